@@ -1,0 +1,434 @@
+package caddymodule
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/mcpgate/mcpgate/mcp"
+)
+
+func init() {
+	caddy.RegisterModule(new(Handler))
+}
+
+// Defaults of mcp_proxy.
+const (
+	defaultMaxPeek         = 64 << 10
+	defaultSessionLifetime = 24 * time.Hour
+)
+
+// Handler is `mcp_proxy`, a reverse proxy for Model Context Protocol
+// servers. It serves every MCP HTTP transport on one endpoint (legacy
+// HTTP+SSE, Streamable HTTP with sessions, the stateless 2026-07-28
+// revision), checks each request against its protocol revision before any
+// upstream is dialled, and pins sessions to the upstream that created them
+// with sealed session ids, so many upstreams and many Caddy instances serve
+// the same sessions without shared state.
+//
+// It embeds Caddy's reverse_proxy, so load balancing, health checks,
+// retries, transports and header manipulation work as they do there. It
+// sets the defaults MCP needs: the Host header is rewritten to the
+// upstream's (MCP SDK servers refuse a foreign Host on loopback), responses
+// are flushed immediately, and the `mcp_session` selection policy routes
+// requests of a session, keeping any configured policy as the fallback for
+// new sessions.
+type Handler struct {
+	// ProxyRaw is the embedded reverse_proxy handler with its upstreams and
+	// every reverse_proxy option.
+	ProxyRaw json.RawMessage `json:"proxy,omitempty" caddy:"namespace=http.handlers inline_key=handler"`
+
+	// SessionKeys are the keys that seal session ids, each the base64 of
+	// 32 random bytes or a passphrase of at least 32 characters. The first
+	// key seals; every key opens, so a key is rotated by putting the new
+	// one first and removing the old one after SessionLifetime. Instances
+	// that must serve each other's sessions need the same keys. Default:
+	// a random key made once per process, so sessions survive config
+	// reloads but not restarts. Placeholders such as `{env.MCP_KEY}` are
+	// replaced at provisioning.
+	SessionKeys []string `json:"session_keys,omitempty"`
+
+	// SessionLifetime is how long a sealed session id stays valid after
+	// the session was created; a client presenting an older one gets 404
+	// and starts a new session. Default: 24h.
+	SessionLifetime caddy.Duration `json:"session_lifetime,omitempty"`
+
+	// MaxPeek is how many bytes of a POST body are read to classify the
+	// JSON-RPC message before the request is admitted and forwarded; the
+	// body is replayed to the upstream unchanged. A body whose envelope
+	// (method, id) is not found within this many bytes is refused with
+	// 413. Bodies up to this size are also checked to be valid JSON.
+	// Default: 64KiB.
+	MaxPeek int64 `json:"max_peek,omitempty"`
+
+	// AllowedOrigins lists the browser origins that may call the endpoint:
+	// "*", exact origins such as "https://app.example.com", or wildcard
+	// hosts such as "https://*.example.com". A request whose Origin header
+	// is present and not allowed gets 403 before it reaches an upstream
+	// (DNS-rebinding protection). Default: only an origin whose host and
+	// port equal the request's Host.
+	AllowedOrigins []string `json:"allowed_origins,omitempty"`
+
+	// RequireSession refuses with 400 a session-era request other than
+	// initialize that carries no Mcp-Session-Id (and a legacy POST without
+	// its route), the answer the MCP spec gives for a missing session. Set
+	// it to false for upstreams that run Streamable HTTP without sessions
+	// under 2025-era clients. Default: true.
+	RequireSession *bool `json:"require_session,omitempty"`
+
+	proxy        caddyhttp.MiddlewareHandler
+	sealer       *mcp.Sealer
+	origins      mcp.OriginPolicy
+	upstreams    map[string]struct{} // static dial addresses; nil with dynamic upstreams
+	logger       *zap.Logger
+	requireSess  bool
+	lifetime     time.Duration
+	maxPeek      int64
+	now          func() time.Time
+	peekBufPool  sync.Pool
+	hostRewrites bool
+}
+
+// CaddyModule returns the Caddy module information.
+func (*Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.mcp_proxy",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// processKey is the session key used when none is configured: one per
+// process, so sessions survive config reloads.
+var processKey = sync.OnceValue(mcp.GenerateKey)
+
+// Provision sets defaults, loads the embedded reverse_proxy and prepares
+// the session sealer.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	h.now = time.Now
+	h.lifetime = time.Duration(h.SessionLifetime)
+	if h.lifetime <= 0 {
+		h.lifetime = defaultSessionLifetime
+	}
+	h.maxPeek = h.MaxPeek
+	if h.maxPeek <= 0 {
+		h.maxPeek = defaultMaxPeek
+	}
+	h.requireSess = h.RequireSession == nil || *h.RequireSession
+	h.origins = mcp.OriginPolicy{Allowed: h.AllowedOrigins}
+	h.peekBufPool.New = func() any { b := make([]byte, h.maxPeek+1); return &b }
+
+	repl := caddy.NewReplacer()
+	var keys [][]byte
+	for i, k := range h.SessionKeys {
+		key, err := mcp.ParseKey(repl.ReplaceKnown(k, ""))
+		if err != nil {
+			return fmt.Errorf("session key %d: %w", i, err)
+		}
+		keys = append(keys, key)
+	}
+	if len(keys) == 0 {
+		keys = [][]byte{processKey()}
+	}
+	sealer, err := mcp.NewSealer(keys)
+	if err != nil {
+		return fmt.Errorf("loading session keys: %w", err)
+	}
+	h.sealer = sealer
+
+	if h.ProxyRaw == nil {
+		return errors.New("mcp_proxy needs at least one upstream")
+	}
+	raw, statics, err := applyProxyDefaults(h.ProxyRaw)
+	if err != nil {
+		return fmt.Errorf("configuring embedded reverse_proxy: %w", err)
+	}
+	h.ProxyRaw = raw
+	h.upstreams = statics
+	mod, err := ctx.LoadModule(h, "ProxyRaw")
+	if err != nil {
+		return fmt.Errorf("loading embedded reverse_proxy: %w", err)
+	}
+	h.proxy = mod.(caddyhttp.MiddlewareHandler)
+	return nil
+}
+
+// applyProxyDefaults sets the MCP defaults on the embedded reverse_proxy's
+// JSON unless the user set them: Host rewritten to the upstream, immediate
+// flushing, and the mcp_session policy wrapping the configured one. It also
+// returns the static upstream dial addresses, or nil when upstreams are
+// dynamic.
+func applyProxyDefaults(raw json.RawMessage) (json.RawMessage, map[string]struct{}, error) {
+	var cfg map[string]any
+	if err := json.Unmarshal(raw, &cfg); err != nil {
+		return nil, nil, err
+	}
+	if _, ok := cfg["flush_interval"]; !ok {
+		cfg["flush_interval"] = -1
+	}
+	hdrs, _ := cfg["headers"].(map[string]any)
+	if hdrs == nil {
+		hdrs = map[string]any{}
+		cfg["headers"] = hdrs
+	}
+	req, _ := hdrs["request"].(map[string]any)
+	if req == nil {
+		req = map[string]any{}
+		hdrs["request"] = req
+	}
+	set, _ := req["set"].(map[string]any)
+	if set == nil {
+		set = map[string]any{}
+		req["set"] = set
+	}
+	if !hasKeyFold(set, "Host") {
+		set["Host"] = []any{"{http.reverse_proxy.upstream.hostport}"}
+	}
+	lb, _ := cfg["load_balancing"].(map[string]any)
+	if lb == nil {
+		lb = map[string]any{}
+		cfg["load_balancing"] = lb
+	}
+	sel, _ := lb["selection_policy"].(map[string]any)
+	if sel == nil || sel["policy"] != "mcp_session" {
+		policy := map[string]any{"policy": "mcp_session"}
+		if sel != nil {
+			policy["fallback"] = sel
+		}
+		lb["selection_policy"] = policy
+	}
+	var statics map[string]struct{}
+	if _, dynamic := cfg["dynamic_upstreams"]; !dynamic {
+		statics = map[string]struct{}{}
+		ups, _ := cfg["upstreams"].([]any)
+		for _, u := range ups {
+			if m, ok := u.(map[string]any); ok {
+				if d, ok := m["dial"].(string); ok {
+					statics[d] = struct{}{}
+				}
+			}
+		}
+	}
+	out, err := json.Marshal(cfg)
+	return out, statics, err
+}
+
+func hasKeyFold(m map[string]any, key string) bool {
+	for k := range m {
+		if http.CanonicalHeaderKey(k) == key {
+			return true
+		}
+	}
+	return false
+}
+
+// ServeHTTP classifies, checks and routes an MCP request, then hands it to
+// the embedded reverse_proxy with a response writer that seals session ids
+// and rewrites the legacy endpoint event.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if !h.origins.Allow(r.Header.Get("Origin"), r.Host) {
+		return h.refuse(w, mcp.Refuse(http.StatusForbidden, mcp.CodeServerError, "", "origin not allowed"))
+	}
+	if h.hostRebound(r) {
+		return h.refuse(w, mcp.Refuse(http.StatusForbidden, mcp.CodeServerError, "", "host not allowed on a loopback listener"))
+	}
+
+	// 1. Classify.
+	var call mcp.Call
+	if ref := mcp.ClassifyHeaders(r.Header, &call); ref != nil {
+		return h.refuse(w, ref)
+	}
+	if r.Method == http.MethodPost {
+		if ref := h.peekBody(r, &call); ref != nil {
+			return h.refuse(w, ref)
+		}
+	}
+
+	// 2. Resolve the session.
+	res, ref := h.resolve(r, &call)
+	if ref != nil {
+		return h.refuse(w, ref)
+	}
+	if res.pinned != "" {
+		caddyhttp.SetVar(r.Context(), varPinned, res.pinned)
+	}
+	if c := h.logger.Check(zapcore.DebugLevel, "mcp request"); c != nil {
+		c.Write(zap.String("era", call.Era.String()), zap.String("method", call.First().Method),
+			zap.Bool("session", res.session != nil))
+	}
+
+	// 3. Proxy, relaying the response through the MCP response writer.
+	rw := newResponseWriter(h, w, r, &call, res)
+	err := h.proxy.ServeHTTP(rw, r, next)
+	if err != nil && !rw.wroteHeader {
+		if missing, _ := caddyhttp.GetVar(r.Context(), varPinMissing).(bool); missing {
+			return h.refuse(w, mcp.Refuse(http.StatusNotFound, mcp.CodeSessionNotFound, call.First().ID, "session not found"))
+		}
+	}
+	return err
+}
+
+// hostRebound reports a DNS-rebinding attempt: a request that reached a
+// loopback listener with a Host that is not a loopback name. Because the
+// proxy rewrites Host for the upstream, the upstream's own check of this
+// kind cannot see it, so the proxy makes it. Requests that carry an
+// allowed Origin are accepted.
+func (h *Handler) hostRebound(r *http.Request) bool {
+	local, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
+	if !ok || local == nil || !mcp.IsLoopbackHost(local.String()) {
+		return false
+	}
+	if mcp.IsLoopbackHost(r.Host) {
+		return false
+	}
+	return len(h.AllowedOrigins) == 0 || r.Header.Get("Origin") == ""
+}
+
+// peekBody reads at most MaxPeek bytes of the body, classifies them and
+// puts the body back, unchanged, for the upstream.
+func (h *Handler) peekBody(r *http.Request, call *mcp.Call) *mcp.Refusal {
+	bp := h.peekBufPool.Get().(*[]byte)
+	buf := *bp
+	n, err := io.ReadFull(r.Body, buf)
+	complete := err == io.EOF || err == io.ErrUnexpectedEOF
+	if err != nil && !complete {
+		h.peekBufPool.Put(bp)
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return mcp.Refuse(http.StatusRequestEntityTooLarge, mcp.CodeInvalidRequest, "", "request body too large")
+		}
+		return mcp.Refuse(http.StatusBadRequest, mcp.CodeInvalidRequest, "", "reading request body failed")
+	}
+	if !complete {
+		n = len(buf) - 1 // the extra byte only told us there is more
+	}
+	// The peeked bytes are copied out of the pooled buffer: the transport
+	// may still read the body after the handler returns.
+	head := bytes.Clone(buf[:n])
+	h.peekBufPool.Put(bp)
+	perr := mcp.ParseEnvelope(head, complete, &call.Peek)
+	if ref := mcp.ClassifyBody(r.Header, perr, call); ref != nil {
+		return ref
+	}
+	if complete {
+		r.Body = replayBody{Reader: bytes.NewReader(head), Closer: r.Body}
+	} else {
+		r.Body = replayBody{Reader: io.MultiReader(bytes.NewReader(head), r.Body), Closer: r.Body}
+	}
+	return nil
+}
+
+type replayBody struct {
+	io.Reader
+	io.Closer
+}
+
+// resolution is the session a request belongs to.
+type resolution struct {
+	// session is the opened token, nil for a request without a session.
+	session *mcp.Session
+	// token is the client's token as presented.
+	token string
+	// pinned is the dial address of the upstream the request must reach.
+	pinned string
+}
+
+// resolve opens the request's session token, from Mcp-Session-Id or the
+// legacy route parameter, and replaces it with the upstream's own id.
+func (h *Handler) resolve(r *http.Request, call *mcp.Call) (resolution, *mcp.Refusal) {
+	var res resolution
+	id := call.First().ID
+	if call.Era != mcp.EraStateless {
+		if rest, tok := mcp.StripRouteParam(r.URL.RawQuery); tok != "" {
+			sess, ref := h.open(tok, mcp.TokenLegacy, id)
+			if ref != nil {
+				return res, ref
+			}
+			r.URL.RawQuery = rest
+			r.RequestURI = ""
+			res.session, res.token, res.pinned = sess, tok, sess.Upstream
+			return res, nil
+		}
+	}
+	tok := r.Header.Get(mcp.HeaderSessionID)
+	if tok == "" || call.Era == mcp.EraStateless {
+		// The stateless revision has no sessions: servers ignore the
+		// header, so it is passed through untouched.
+		if tok == "" && h.requireSess && h.needsSession(r, call) {
+			return res, mcp.Refuse(http.StatusBadRequest, mcp.CodeServerError, id, "Bad Request: Mcp-Session-Id header is required")
+		}
+		return res, nil
+	}
+	sess, ref := h.open(tok, mcp.TokenSession, id)
+	if ref != nil {
+		return res, ref
+	}
+	r.Header.Set(mcp.HeaderSessionID, sess.UpstreamID)
+	res.session, res.token, res.pinned = sess, tok, sess.Upstream
+	return res, nil
+}
+
+// needsSession reports whether a request without a session id breaks the
+// rules of its era: every DELETE, a session-era GET, and any POST but an
+// initialize (or a batch of notifications and responses).
+func (h *Handler) needsSession(r *http.Request, call *mcp.Call) bool {
+	switch r.Method {
+	case http.MethodDelete:
+		return true
+	case http.MethodGet:
+		// A GET without a version header opens a legacy SSE session.
+		return call.Era == mcp.EraSession
+	case http.MethodPost:
+		return !call.IsInitialize()
+	}
+	return false
+}
+
+// open opens a sealed token and checks that its upstream is still
+// configured; every failure is a 404 so the client starts a new session.
+func (h *Handler) open(tok string, kind mcp.TokenKind, id string) (*mcp.Session, *mcp.Refusal) {
+	sess, err := h.sealer.Open(tok, h.now())
+	if err == nil && sess.Kind != kind {
+		err = mcp.ErrTokenInvalid
+	}
+	if err == nil && h.upstreams != nil {
+		if _, ok := h.upstreams[sess.Upstream]; !ok {
+			err = errors.New("session upstream no longer configured")
+		}
+	}
+	if err != nil {
+		if c := h.logger.Check(zapcore.DebugLevel, "session refused"); c != nil {
+			c.Write(zap.Error(err))
+		}
+		return nil, mcp.Refuse(http.StatusNotFound, mcp.CodeSessionNotFound, id, "session not found")
+	}
+	return sess, nil
+}
+
+// refuse writes a refusal: its status and a JSON-RPC error body.
+func (h *Handler) refuse(w http.ResponseWriter, ref *mcp.Refusal) error {
+	body := ref.Body()
+	hdr := w.Header()
+	hdr.Set("Content-Type", "application/json")
+	hdr.Set("Content-Length", fmt.Sprint(len(body)))
+	w.WriteHeader(ref.Status)
+	_, _ = w.Write(body)
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)
