@@ -319,9 +319,16 @@ func (s *scanner) stringValue() (string, bool, error) {
 // message scans one message object into env.
 func (s *scanner) message(env *Envelope) error {
 	var hasMethod, hasID, hasResult bool
+	var seen uint8 // envelope keys already met: a repeat is ambiguous
 	err := s.object(func(key []byte, esc bool) error {
 		if esc {
 			return s.skip()
+		}
+		if bit := envelopeKeyBit(key); bit != 0 {
+			if seen&bit != 0 {
+				return ErrMalformed
+			}
+			seen |= bit
 		}
 		switch string(key) {
 		case "method":
@@ -390,9 +397,16 @@ func (s *scanner) params(env *Envelope) error {
 		return s.skip()
 	}
 	var name, uri string
+	var seen uint8
 	err := s.object(func(key []byte, esc bool) error {
 		if esc {
 			return s.skip()
+		}
+		if bit := paramsKeyBit(key); bit != 0 {
+			if seen&bit != 0 {
+				return ErrMalformed
+			}
+			seen |= bit
 		}
 		var err error
 		switch string(key) {
@@ -419,6 +433,42 @@ func (s *scanner) params(env *Envelope) error {
 		env.Name = uri
 	}
 	return err
+}
+
+// envelopeKeyBit numbers the envelope keys the peek reads. A message that
+// repeats one is refused: JSON parsers disagree on which copy wins, and the
+// proxy must decide on the same value the upstream will use.
+func envelopeKeyBit(key []byte) uint8 {
+	switch string(key) {
+	case "method":
+		return 1
+	case "id":
+		return 2
+	case "params":
+		return 4
+	case "result":
+		return 8
+	case "error":
+		return 16
+	}
+	return 0
+}
+
+// paramsKeyBit numbers the params keys the peek reads, like envelopeKeyBit.
+func paramsKeyBit(key []byte) uint8 {
+	switch string(key) {
+	case "name":
+		return 1
+	case "uri":
+		return 2
+	case "protocolVersion":
+		return 4
+	case "requestId":
+		return 8
+	case "_meta":
+		return 16
+	}
+	return 0
 }
 
 // metaVersionKey is the _meta key that carries the protocol version in the

@@ -1,0 +1,176 @@
+// Package caddytest holds mcpgate's end-to-end tests: a real Caddy, loaded
+// in this process, in front of real MCP servers and clients from the MCP Go
+// SDK. Caddy is process-global, so the tests of this package run one at a
+// time.
+package caddytest
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	// Caddy's standard modules and ours.
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+	_ "github.com/mcpgate/mcpgate"
+
+	"github.com/mcpgate/mcpgate/internal/demo"
+)
+
+// upstream is an MCP server on loopback that counts the requests it gets.
+type upstream struct {
+	*httptest.Server
+	name     string
+	requests atomic.Int64
+}
+
+// addr returns the host:port Caddy dials.
+func (u *upstream) addr() string { return strings.TrimPrefix(u.URL, "http://") }
+
+// startUpstream serves a demo MCP server named name (Streamable HTTP on
+// every path, legacy SSE on /sse).
+func startUpstream(t *testing.T, name string, opts *mcp.StreamableHTTPOptions) *upstream {
+	t.Helper()
+	return startUpstreamHandler(t, name, demo.Handler(demo.NewServer(name), "/sse", opts))
+}
+
+func startUpstreamHandler(t *testing.T, name string, h http.Handler) *upstream {
+	t.Helper()
+	u := &upstream{name: name}
+	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		u.requests.Add(1)
+		h.ServeHTTP(w, r)
+	}))
+	t.Cleanup(u.Close)
+	return u
+}
+
+// freePort returns a loopback port that was free a moment ago.
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// loadCaddyfile adapts a Caddyfile and runs it in this process until the
+// test ends. Global options for a quiet test server are prepended.
+func loadCaddyfile(t *testing.T, body string) {
+	t.Helper()
+	logs := "\tlog {\n\t\toutput discard\n\t}\n"
+	if os.Getenv("MCPGATE_TEST_LOG") != "" {
+		logs = ""
+	}
+	cf := "{\n\tadmin off\n\tauto_https off\n\tpersist_config off\n\tgrace_period 1s\n" + logs + "}\n" + body
+	cfg, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), map[string]any{"filename": "Caddyfile"})
+	if err != nil {
+		t.Fatalf("adapting Caddyfile: %v\n%s", err, cf)
+	}
+	for _, w := range warnings {
+		t.Logf("caddyfile warning: %s", w)
+	}
+	if err := caddy.Load(cfg, true); err != nil {
+		t.Fatalf("loading config: %v", err)
+	}
+	t.Cleanup(func() { _ = caddy.Stop() })
+}
+
+// proxyURL is the base URL of a Caddy listener.
+func proxyURL(port int) string { return fmt.Sprintf("http://127.0.0.1:%d", port) }
+
+// connect opens a go-sdk client session over Streamable HTTP.
+func connect(t *testing.T, ctx context.Context, endpoint string, hc *http.Client, opts *mcp.ClientSessionOptions) *mcp.ClientSession {
+	t.Helper()
+	client := mcp.NewClient(&mcp.Implementation{Name: "e2e", Version: "1"}, nil)
+	cs, err := client.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: endpoint, HTTPClient: hc, MaxRetries: 1}, opts)
+	if err != nil {
+		t.Fatalf("connecting to %s: %v", endpoint, err)
+	}
+	return cs
+}
+
+// echo calls the echo tool and returns its text.
+func echo(ctx context.Context, cs *mcp.ClientSession, text string) (string, error) {
+	res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "echo", Arguments: map[string]any{"text": text}})
+	if err != nil {
+		return "", err
+	}
+	if res.IsError || len(res.Content) != 1 {
+		return "", fmt.Errorf("unexpected result %+v", res)
+	}
+	tc, ok := res.Content[0].(*mcp.TextContent)
+	if !ok {
+		return "", fmt.Errorf("unexpected content %T", res.Content[0])
+	}
+	return tc.Text, nil
+}
+
+// headerRecorder is an http.RoundTripper that remembers the session ids
+// the proxy hands out.
+type headerRecorder struct {
+	base     http.RoundTripper
+	sessions atomic.Value // string
+}
+
+func (h *headerRecorder) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := h.base.RoundTrip(r)
+	if err == nil {
+		if sid := resp.Header.Get("Mcp-Session-Id"); sid != "" {
+			h.sessions.Store(sid)
+		}
+	}
+	return resp, err
+}
+
+func (h *headerRecorder) session() string {
+	s, _ := h.sessions.Load().(string)
+	return s
+}
+
+// rawPost sends a JSON-RPC body with headers and returns status and body.
+func rawPost(t *testing.T, url, body string, hdr map[string]string) (int, http.Header, string) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json, text/event-stream")
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	return do(t, req)
+}
+
+// rawClient opens a connection per request, so a config reload between
+// requests never meets a pooled connection the old server is closing.
+var rawClient = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+
+func do(t *testing.T, req *http.Request) (int, http.Header, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(req.Context(), 10*time.Second)
+	defer cancel()
+	resp, err := rawClient.Do(req.WithContext(ctx))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	return resp.StatusCode, resp.Header, string(b)
+}
+
+const initializeBody = `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}`

@@ -1,0 +1,171 @@
+package mcp
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+func TestParseEnvelope(t *testing.T) {
+	tests := []struct {
+		name     string
+		body     string
+		complete bool
+		want     []Envelope
+		batch    bool
+		err      error
+	}{
+		{name: "request", complete: true,
+			body: `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hi"}}}`,
+			want: []Envelope{{Kind: KindRequest, Method: "tools/call", ID: "7", Name: "echo"}}},
+		{name: "string id and uri", complete: true,
+			body: `{"method":"resources/read","params":{"uri":"file:///a"},"id":"x-1","jsonrpc":"2.0"}`,
+			want: []Envelope{{Kind: KindRequest, Method: "resources/read", ID: `"x-1"`, Name: "file:///a"}}},
+		{name: "notification", complete: true,
+			body: `{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":3,"reason":"x"}}`,
+			want: []Envelope{{Kind: KindNotification, Method: "notifications/cancelled", RequestID: "3"}}},
+		{name: "response", complete: true,
+			body: `{"jsonrpc":"2.0","id":4,"result":{"content":[]}}`,
+			want: []Envelope{{Kind: KindResponse, ID: "4"}}},
+		{name: "error response", complete: true,
+			body: `{"jsonrpc":"2.0","id":4,"error":{"code":1,"message":"m"}}`,
+			want: []Envelope{{Kind: KindResponse, ID: "4"}}},
+		{name: "initialize", complete: true,
+			body: `{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{}}}`,
+			want: []Envelope{{Kind: KindRequest, Method: "initialize", ID: "0", ProtocolVersion: "2025-06-18"}}},
+		{name: "meta version", complete: true,
+			body: `{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}`,
+			want: []Envelope{{Kind: KindRequest, Method: "tools/list", ID: "1", MetaVersion: "2026-07-28"}}},
+		{name: "escaped method", complete: true,
+			body: `{"jsonrpc":"2.0","id":1,"method":"tools\/call","params":{"name":"a\u0062"}}`,
+			want: []Envelope{{Kind: KindRequest, Method: "tools/call", ID: "1", Name: "ab"}}},
+		{name: "null id is a notification", complete: true,
+			body: `{"jsonrpc":"2.0","id":null,"method":"ping"}`,
+			want: []Envelope{{Kind: KindNotification, Method: "ping"}}},
+		{name: "batch", complete: true, batch: true,
+			body: ` [ {"jsonrpc":"2.0","id":1,"method":"ping"}, {"jsonrpc":"2.0","method":"notifications/initialized"} ] `,
+			want: []Envelope{{Kind: KindRequest, Method: "ping", ID: "1"}, {Kind: KindNotification, Method: "notifications/initialized"}}},
+		{name: "truncated after name", complete: false,
+			body: `{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"big","arguments":{"blob":"aaaaaaaa`,
+			want: []Envelope{{Kind: KindRequest, Method: "tools/call", ID: "9", Name: "big"}}},
+		{name: "truncated before method", complete: false,
+			body: `{"jsonrpc":"2.0","id":9,"params":{"name":"big","arguments":{"blob":"aaaaaaaa`,
+			err:  ErrTooLarge},
+		{name: "malformed", complete: true, body: `{"jsonrpc":"2.0",`, err: ErrMalformed},
+		{name: "garbage", complete: true, body: "\x00\xff\xfe", err: ErrMalformed},
+		{name: "empty", complete: true, body: "  ", err: ErrEmptyBody},
+		{name: "not an object", complete: true, body: `"hello"`, err: ErrNotEnvelope},
+		{name: "no method or result", complete: true, body: `{"jsonrpc":"2.0","id":1}`, err: ErrNotEnvelope},
+		{name: "empty batch", complete: true, body: `[]`, err: ErrNotEnvelope},
+		{name: "batch of scalars", complete: true, body: `[1,2]`, err: ErrNotEnvelope},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var p Peek
+			err := ParseEnvelope([]byte(tt.body), tt.complete, &p)
+			if tt.err != nil {
+				if !errors.Is(err, tt.err) {
+					t.Fatalf("err = %v, want %v", err, tt.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("unexpected error %v", err)
+			}
+			if p.Batch != tt.batch {
+				t.Errorf("batch = %v", p.Batch)
+			}
+			if len(p.Messages) != len(tt.want) {
+				t.Fatalf("got %d messages, want %d", len(p.Messages), len(tt.want))
+			}
+			for i := range tt.want {
+				if p.Messages[i] != tt.want[i] {
+					t.Errorf("message %d = %+v, want %+v", i, p.Messages[i], tt.want[i])
+				}
+			}
+		})
+	}
+}
+
+func TestParseEnvelopeBatchLimit(t *testing.T) {
+	body := "[" + strings.Repeat(`{"jsonrpc":"2.0","method":"ping"},`, MaxBatch) + `{"jsonrpc":"2.0","method":"ping"}]`
+	var p Peek
+	if err := ParseEnvelope([]byte(body), true, &p); !errors.Is(err, ErrBatchTooLong) {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestParseEnvelopeDeepNesting(t *testing.T) {
+	// Deep nesting inside params is skipped without recursion.
+	body := `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"x":` + strings.Repeat("[", 100000) + strings.Repeat("]", 100000) + `}}`
+	var p Peek
+	if err := ParseEnvelope([]byte(body), false, &p); err != nil {
+		t.Fatal(err)
+	}
+	if p.First().Method != "tools/call" {
+		t.Fatalf("method %q", p.First().Method)
+	}
+}
+
+func BenchmarkParseEnvelope(b *testing.B) {
+	body := []byte(`{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hello world"}}}`)
+	var p Peek
+	b.ReportAllocs()
+	b.SetBytes(int64(len(body)))
+	for b.Loop() {
+		if err := ParseEnvelope(body, true, &p); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// FuzzParseEnvelope checks that the peek never panics, that a complete
+// body it accepts is valid JSON with a known message kind, and that a
+// truncated prefix of an accepted body yields the same method when it
+// yields one at all.
+func FuzzParseEnvelope(f *testing.F) {
+	for _, s := range []string{
+		`{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo"}}`,
+		`[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","method":"notifications/initialized"}]`,
+		`{"jsonrpc":"2.0","id":"a","result":{}}`,
+		`{"method":"x","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}`,
+		"\x00garbage", `{"a":"\"}`, `[[[[`,
+	} {
+		f.Add([]byte(s), 10)
+	}
+	f.Fuzz(func(t *testing.T, body []byte, cut int) {
+		var p Peek
+		err := ParseEnvelope(body, true, &p)
+		if err == nil {
+			for _, m := range p.Messages {
+				if m.Kind == KindInvalid {
+					t.Fatalf("accepted message of invalid kind: %q", body)
+				}
+			}
+		}
+		if cut < 0 {
+			cut = -cut
+		}
+		if len(body) > 0 {
+			cut %= len(body) + 1
+			var q Peek
+			err2 := ParseEnvelope(body[:cut], false, &q)
+			if err == nil && err2 == nil && !p.Batch && q.First().Method != "" && q.First().Method != p.First().Method {
+				t.Fatalf("truncated method %q, whole %q", q.First().Method, p.First().Method)
+			}
+		}
+	})
+}
+
+func TestParseEnvelopeDuplicateKeys(t *testing.T) {
+	for _, body := range []string{
+		`{"jsonrpc":"2.0","id":1,"method":"tools/list","method":"tools/call"}`,
+		`{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","name":"b"}}`,
+		`{"jsonrpc":"2.0","id":1,"id":2,"method":"ping"}`,
+	} {
+		var p Peek
+		if err := ParseEnvelope([]byte(body), true, &p); !errors.Is(err, ErrMalformed) {
+			t.Errorf("%s: err = %v, want ErrMalformed", body, err)
+		}
+	}
+}
