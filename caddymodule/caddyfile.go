@@ -72,17 +72,17 @@ func (h *Handler) unmarshal(outer *caddyfile.Dispenser) (*reverseproxy.Handler, 
 			switch d.Val() {
 			case "session_key":
 				args := d.RemainingArgs()
-				d.DeleteN(len(args) + 1)
 				if len(args) == 0 {
 					return nil, d.ArgErr()
 				}
+				d.DeleteN(len(args) + 1)
 				h.SessionKeys = append(h.SessionKeys, args...)
 			case "session_lifetime":
 				args := d.RemainingArgs()
-				d.DeleteN(len(args) + 1)
 				if len(args) != 1 {
 					return nil, d.ArgErr()
 				}
+				d.DeleteN(len(args) + 1)
 				dur, err := caddy.ParseDuration(args[0])
 				if err != nil {
 					return nil, d.Errf("bad session_lifetime %q: %v", args[0], err)
@@ -90,10 +90,10 @@ func (h *Handler) unmarshal(outer *caddyfile.Dispenser) (*reverseproxy.Handler, 
 				h.SessionLifetime = caddy.Duration(dur)
 			case "max_peek":
 				args := d.RemainingArgs()
-				d.DeleteN(len(args) + 1)
 				if len(args) != 1 {
 					return nil, d.ArgErr()
 				}
+				d.DeleteN(len(args) + 1)
 				size, err := humanize.ParseBytes(args[0])
 				if err != nil || size == 0 || size > 1<<30 {
 					return nil, d.Errf("bad max_peek %q: want a size between 1B and 1GiB", args[0])
@@ -101,17 +101,17 @@ func (h *Handler) unmarshal(outer *caddyfile.Dispenser) (*reverseproxy.Handler, 
 				h.MaxPeek = int64(size)
 			case "allowed_origins":
 				args := d.RemainingArgs()
-				d.DeleteN(len(args) + 1)
 				if len(args) == 0 {
 					return nil, d.ArgErr()
 				}
+				d.DeleteN(len(args) + 1)
 				h.AllowedOrigins = append(h.AllowedOrigins, args...)
 			case "require_session":
 				args := d.RemainingArgs()
-				d.DeleteN(len(args) + 1)
 				if len(args) != 1 {
 					return nil, d.ArgErr()
 				}
+				d.DeleteN(len(args) + 1)
 				on, err := parseOnOff(args[0])
 				if err != nil {
 					return nil, d.Errf("require_session: %v", err)

@@ -380,9 +380,12 @@ func (h *Handler) resolve(r *http.Request, call *mcp.Call) (resolution, *mcp.Ref
 }
 
 // needsSession reports whether a request without a session id breaks the
-// rules of its era: every DELETE, a session-era GET, and any POST but an
-// initialize (or a batch of notifications and responses).
+// rules of its era: in every era but the stateless one, a DELETE, a
+// session-era GET, and any POST but an initialize.
 func (h *Handler) needsSession(r *http.Request, call *mcp.Call) bool {
+	if call.Era == mcp.EraStateless {
+		return false
+	}
 	switch r.Method {
 	case http.MethodDelete:
 		return true

@@ -1,0 +1,138 @@
+package caddytest
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+)
+
+var (
+	caddyBinOnce sync.Once
+	caddyBin     string
+	caddyBinErr  error
+)
+
+// builtCaddy returns the path of a Caddy binary with mcpgate's modules:
+// $MCPGATE_CADDY_BIN when set, else one built from ./cmd/caddy.
+func builtCaddy(t *testing.T) string {
+	t.Helper()
+	caddyBinOnce.Do(func() {
+		if p := os.Getenv("MCPGATE_CADDY_BIN"); p != "" {
+			caddyBin = p
+			return
+		}
+		dir, err := os.MkdirTemp("", "mcpgate-caddy")
+		if err != nil {
+			caddyBinErr = err
+			return
+		}
+		caddyBin = filepath.Join(dir, "caddy")
+		out, err := exec.Command("go", "build", "-o", caddyBin, "../cmd/caddy").CombinedOutput()
+		if err != nil {
+			caddyBinErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if caddyBinErr != nil {
+		t.Fatal(caddyBinErr)
+	}
+	return caddyBin
+}
+
+// startCaddyProcess runs the built binary with a Caddyfile until the test
+// ends, and waits for port to accept connections.
+func startCaddyProcess(t *testing.T, caddyfile string, port int) {
+	t.Helper()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "Caddyfile")
+	if err := os.WriteFile(path, []byte(caddyfile), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(builtCaddy(t), "run", "--config", path, "--adapter", "caddyfile")
+	cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_CONFIG_HOME="+dir, "XDG_DATA_HOME="+dir)
+	var logs strings.Builder
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("caddy process logs:\n%s", logs.String())
+		}
+	})
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 200*time.Millisecond)
+		if err == nil {
+			c.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("caddy process did not listen on %d", port)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// alternator sends each request to the next of several proxies in turn,
+// as a load balancer in front of Caddy replicas would.
+type alternator struct {
+	hosts []string
+	n     atomic.Int64
+}
+
+func (a *alternator) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.URL.Host = a.hosts[int(a.n.Add(1))%len(a.hosts)]
+	r.Host = r.URL.Host
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+// TestReplicasShareSessions runs two Caddy instances (this process and a
+// separate Caddy process) with the same session key in front of two
+// stateful upstreams: every request alternates between the instances, and
+// every session keeps working.
+func TestReplicasShareSessions(t *testing.T) {
+	a := startUpstream(t, "a", nil)
+	b := startUpstream(t, "b", nil)
+	const key = "replica-shared-key-replica-shared-key"
+	site := func(port int) string {
+		return fmt.Sprintf("http://127.0.0.1:%d {\n\tmcp_proxy %s %s {\n\t\tsession_key %q\n\t\tlb_policy round_robin\n\t}\n}\n", port, a.addr(), b.addr(), key)
+	}
+	p1, p2 := freePort(t), freePort(t)
+	loadCaddyfile(t, site(p1))
+	startCaddyProcess(t, "{\n\tadmin off\n\tauto_https off\n\tpersist_config off\n}\n"+site(p2), p2)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	hc := &http.Client{Transport: &alternator{hosts: []string{fmt.Sprintf("127.0.0.1:%d", p1), fmt.Sprintf("127.0.0.1:%d", p2)}}}
+	for i := range 6 {
+		client := mcp.NewClient(&mcp.Implementation{Name: "replica", Version: "1"}, nil)
+		cs, err := client.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: fmt.Sprintf("http://127.0.0.1:%d/mcp", p1), HTTPClient: hc, MaxRetries: 1, DisableStandaloneSSE: true}, nil)
+		if err != nil {
+			t.Fatalf("session %d: %v", i, err)
+		}
+		for j := range 4 {
+			want := fmt.Sprintf("%d-%d", i, j)
+			if got, err := echo(ctx, cs, want); err != nil || got != want {
+				t.Fatalf("session %d call %d: %q %v", i, j, got, err)
+			}
+		}
+		cs.Close()
+	}
+	if a.requests.Load() == 0 || b.requests.Load() == 0 {
+		t.Errorf("sessions did not use both upstreams: a=%d b=%d", a.requests.Load(), b.requests.Load())
+	}
+}
