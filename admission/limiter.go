@@ -146,9 +146,20 @@ func (l *Limiter) tryInc() bool {
 	}
 }
 
-// Release returns a slot taken by TryAcquire or a successful Acquire. If
-// requests are queued and the limit allows, the slot goes straight to the
-// best waiter. Release panics if more slots are released than were taken.
+// ForceAcquire takes a slot whatever the limit and the queue: it never
+// refuses, never waits and does not allocate. It is for cheap messages that
+// must be counted in flight but never be refused or starved by the limit
+// (see Controller). The slot counts against the limit like any other until
+// it is released, so it can delay other callers. It must be paired with
+// exactly one Release.
+func (l *Limiter) ForceAcquire() {
+	l.inflight.Add(1)
+}
+
+// Release returns a slot taken by TryAcquire, ForceAcquire or a successful
+// Acquire. If requests are queued and the limit allows, the slot goes
+// straight to the best waiter. Release panics if more slots are released
+// than were taken.
 func (l *Limiter) Release() {
 	if l.inflight.Add(-1) < 0 {
 		panic("admission: Limiter.Release without a matching acquire")
