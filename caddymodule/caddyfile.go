@@ -1,6 +1,8 @@
 package caddymodule
 
 import (
+	"fmt"
+	"math"
 	"strconv"
 
 	"github.com/caddyserver/caddy/v2"
@@ -39,6 +41,23 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_peek           <size>
 //		allowed_origins    <origins...>
 //		require_session    on|off
+//		max_event_size     <size>
+//		stream_buffer      <events> <size>
+//		write_timeout      <duration>
+//		keepalive          <duration>
+//		replay             <events> <size> <age>
+//		retry_hint         <duration>
+//		drain              <duration>
+//
+//		max_inflight         <n>
+//		queue                <size> <timeout>
+//		max_streams          <n>
+//		client_key           <placeholder>
+//		client_max_inflight  <n>
+//		client_session_rate  <per_second> [<burst>]
+//		session_max_inflight <n>
+//		tool <name-glob> max_inflight <n> [timeout <duration>]
+//		limit adaptive [min <n>] [max <n>] [initial <n>]
 //
 //		# any reverse_proxy subdirective, for example:
 //		to                 <upstreams...>
@@ -94,11 +113,11 @@ func (h *Handler) unmarshal(outer *caddyfile.Dispenser) (*reverseproxy.Handler, 
 					return nil, d.ArgErr()
 				}
 				d.DeleteN(len(args) + 1)
-				size, err := humanize.ParseBytes(args[0])
-				if err != nil || size == 0 || size > 1<<30 {
-					return nil, d.Errf("bad max_peek %q: want a size between 1B and 1GiB", args[0])
+				size, err := parseSize(args[0])
+				if err != nil {
+					return nil, d.Errf("bad max_peek: %v", err)
 				}
-				h.MaxPeek = int64(size)
+				h.MaxPeek = size
 			case "allowed_origins":
 				args := d.RemainingArgs()
 				if len(args) == 0 {
@@ -117,6 +136,182 @@ func (h *Handler) unmarshal(outer *caddyfile.Dispenser) (*reverseproxy.Handler, 
 					return nil, d.Errf("require_session: %v", err)
 				}
 				h.RequireSession = &on
+			case "max_event_size":
+				args := d.RemainingArgs()
+				if len(args) != 1 {
+					return nil, d.ArgErr()
+				}
+				d.DeleteN(len(args) + 1)
+				size, err := parseSize(args[0])
+				if err != nil {
+					return nil, d.Errf("bad max_event_size: %v", err)
+				}
+				h.MaxEventSize = size
+			case "stream_buffer":
+				args := d.RemainingArgs()
+				if len(args) != 2 {
+					return nil, d.ArgErr()
+				}
+				d.DeleteN(len(args) + 1)
+				n, err := strconv.Atoi(args[0])
+				if err != nil || n <= 0 {
+					return nil, d.Errf("bad stream_buffer event count %q", args[0])
+				}
+				size, err := parseSize(args[1])
+				if err != nil {
+					return nil, d.Errf("bad stream_buffer size: %v", err)
+				}
+				h.StreamBufferEvents, h.StreamBufferBytes = n, size
+			case "replay":
+				args := d.RemainingArgs()
+				if len(args) != 3 {
+					return nil, d.ArgErr()
+				}
+				d.DeleteN(len(args) + 1)
+				n, err := strconv.Atoi(args[0])
+				if err != nil || n <= 0 {
+					return nil, d.Errf("bad replay event count %q", args[0])
+				}
+				size, err := parseSize(args[1])
+				if err != nil {
+					return nil, d.Errf("bad replay size: %v", err)
+				}
+				age, err := caddy.ParseDuration(args[2])
+				if err != nil || age <= 0 {
+					return nil, d.Errf("bad replay age %q", args[2])
+				}
+				h.ReplayEvents, h.ReplayBytes, h.ReplayAge = n, size, caddy.Duration(age)
+			case "max_inflight", "max_streams", "client_max_inflight", "session_max_inflight":
+				name := d.Val()
+				args := d.RemainingArgs()
+				if len(args) != 1 {
+					return nil, d.ArgErr()
+				}
+				d.DeleteN(len(args) + 1)
+				n, err := strconv.Atoi(args[0])
+				if err != nil || n < 0 {
+					return nil, d.Errf("bad %s %q: want a count", name, args[0])
+				}
+				switch name {
+				case "max_inflight":
+					h.MaxInflight = n
+				case "max_streams":
+					h.MaxStreams = n
+				case "client_max_inflight":
+					h.ClientMaxInflight = n
+				case "session_max_inflight":
+					h.SessionMaxInflight = n
+				}
+			case "queue":
+				args := d.RemainingArgs()
+				if len(args) != 2 {
+					return nil, d.ArgErr()
+				}
+				d.DeleteN(len(args) + 1)
+				n, err := strconv.Atoi(args[0])
+				if err != nil || n < 0 {
+					return nil, d.Errf("bad queue size %q", args[0])
+				}
+				dur, err := caddy.ParseDuration(args[1])
+				if err != nil || dur <= 0 {
+					return nil, d.Errf("bad queue timeout %q", args[1])
+				}
+				h.QueueSize, h.QueueTimeout = n, caddy.Duration(dur)
+			case "client_key":
+				args := d.RemainingArgs()
+				if len(args) != 1 {
+					return nil, d.ArgErr()
+				}
+				d.DeleteN(len(args) + 1)
+				h.ClientKey = args[0]
+			case "client_session_rate":
+				args := d.RemainingArgs()
+				if len(args) < 1 || len(args) > 2 {
+					return nil, d.ArgErr()
+				}
+				d.DeleteN(len(args) + 1)
+				rate, err := strconv.ParseFloat(args[0], 64)
+				if err != nil || rate <= 0 || math.IsInf(rate, 0) {
+					return nil, d.Errf("bad client_session_rate %q", args[0])
+				}
+				h.ClientSessionRate = rate
+				if len(args) == 2 {
+					burst, err := strconv.Atoi(args[1])
+					if err != nil || burst <= 0 {
+						return nil, d.Errf("bad client_session_rate burst %q", args[1])
+					}
+					h.ClientSessionBurst = burst
+				}
+			case "tool":
+				args := d.RemainingArgs()
+				if len(args) != 3 && len(args) != 5 {
+					return nil, d.ArgErr()
+				}
+				d.DeleteN(len(args) + 1)
+				if args[1] != "max_inflight" {
+					return nil, d.Errf("tool %s: expected max_inflight, got %q", args[0], args[1])
+				}
+				n, err := strconv.Atoi(args[2])
+				if err != nil || n < 0 {
+					return nil, d.Errf("tool %s: bad max_inflight %q", args[0], args[2])
+				}
+				rule := ToolLimit{Pattern: args[0], MaxInflight: n}
+				if len(args) == 5 {
+					if args[3] != "timeout" {
+						return nil, d.Errf("tool %s: expected timeout, got %q", args[0], args[3])
+					}
+					dur, err := caddy.ParseDuration(args[4])
+					if err != nil || dur <= 0 {
+						return nil, d.Errf("tool %s: bad timeout %q", args[0], args[4])
+					}
+					rule.Timeout = caddy.Duration(dur)
+				}
+				h.Tools = append(h.Tools, rule)
+			case "limit":
+				args := d.RemainingArgs()
+				if len(args) < 1 || args[0] != "adaptive" || len(args)%2 != 1 {
+					return nil, d.Errf("expected: limit adaptive [min <n>] [max <n>] [initial <n>]")
+				}
+				d.DeleteN(len(args) + 1)
+				a := new(AdaptiveLimit)
+				for i := 1; i < len(args); i += 2 {
+					n, err := strconv.Atoi(args[i+1])
+					if err != nil || n <= 0 {
+						return nil, d.Errf("limit adaptive: bad %s %q", args[i], args[i+1])
+					}
+					switch args[i] {
+					case "min":
+						a.Min = n
+					case "max":
+						a.Max = n
+					case "initial":
+						a.Initial = n
+					default:
+						return nil, d.Errf("limit adaptive: unknown option %q", args[i])
+					}
+				}
+				h.Adaptive = a
+			case "write_timeout", "keepalive", "retry_hint", "drain":
+				name := d.Val()
+				args := d.RemainingArgs()
+				if len(args) != 1 {
+					return nil, d.ArgErr()
+				}
+				d.DeleteN(len(args) + 1)
+				dur, err := caddy.ParseDuration(args[0])
+				if err != nil || dur <= 0 {
+					return nil, d.Errf("bad %s %q: want a positive duration", name, args[0])
+				}
+				switch name {
+				case "write_timeout":
+					h.WriteTimeout = caddy.Duration(dur)
+				case "keepalive":
+					h.Keepalive = caddy.Duration(dur)
+				case "retry_hint":
+					h.RetryHint = caddy.Duration(dur)
+				case "drain":
+					h.Drain = caddy.Duration(dur)
+				}
 			}
 		}
 	}
@@ -127,6 +322,19 @@ func (h *Handler) unmarshal(outer *caddyfile.Dispenser) (*reverseproxy.Handler, 
 		return nil, err
 	}
 	return rp, nil
+}
+
+// parseSize parses a humanized size such as 64KiB or 1MB, between 1 byte
+// and 1GiB.
+func parseSize(s string) (int64, error) {
+	n, err := humanize.ParseBytes(s)
+	if err != nil {
+		return 0, err
+	}
+	if n == 0 || n > 1<<30 {
+		return 0, fmt.Errorf("%s is not between 1B and 1GiB", s)
+	}
+	return int64(n), nil
 }
 
 func parseOnOff(s string) (bool, error) {

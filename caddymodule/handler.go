@@ -8,15 +8,19 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/mcpgate/mcpgate/admission"
 	"github.com/mcpgate/mcpgate/mcp"
+	"github.com/mcpgate/mcpgate/sse"
 )
 
 func init() {
@@ -27,6 +31,16 @@ func init() {
 const (
 	defaultMaxPeek         = 64 << 10
 	defaultSessionLifetime = 24 * time.Hour
+	defaultMaxEvent        = 1 << 20
+	defaultQueueEvents     = 100
+	defaultQueueBytes      = 1 << 20
+	defaultWriteTimeout    = 10 * time.Second
+	defaultKeepalive       = 15 * time.Second
+	defaultReplayEvents    = 100
+	defaultReplayBytes     = 1 << 20
+	defaultReplayAge       = 60 * time.Second
+	defaultRetry           = time.Second
+	defaultDrain           = 5 * time.Second
 )
 
 // Handler is `mcp_proxy`, a reverse proxy for Model Context Protocol
@@ -87,17 +101,127 @@ type Handler struct {
 	// under 2025-era clients. Default: true.
 	RequireSession *bool `json:"require_session,omitempty"`
 
-	proxy        caddyhttp.MiddlewareHandler
-	sealer       *mcp.Sealer
-	origins      mcp.OriginPolicy
-	upstreams    map[string]struct{} // static dial addresses; nil with dynamic upstreams
-	logger       *zap.Logger
-	requireSess  bool
-	lifetime     time.Duration
-	maxPeek      int64
-	now          func() time.Time
-	peekBufPool  sync.Pool
-	hostRewrites bool
+	// MaxEventSize caps one Server-Sent Event from an upstream, in bytes.
+	// A larger event closes the stream, with a JSON-RPC error for the
+	// pending request when one is known. Default: 1MiB.
+	MaxEventSize int64 `json:"max_event_size,omitempty"`
+
+	// StreamBufferEvents and StreamBufferBytes bound the events of one
+	// stream waiting to be written to its client. A client that lets
+	// either fill is a slow consumer: its stream is closed (with a retry
+	// hint for clients at 2025-11-25 or later) and it resumes from the
+	// replay ring. Defaults: 100 events, 1MiB.
+	StreamBufferEvents int   `json:"stream_buffer_events,omitempty"`
+	StreamBufferBytes  int64 `json:"stream_buffer_bytes,omitempty"`
+
+	// WriteTimeout is the deadline of each write to a stream's client; a
+	// client that does not take an event within it is a slow consumer.
+	// Default: 10s.
+	WriteTimeout caddy.Duration `json:"write_timeout,omitempty"`
+
+	// Keepalive is how long a stream may stay silent before the proxy
+	// sends an SSE comment, so that idle timeouts of load balancers and
+	// clients do not cut it. Default: 15s.
+	Keepalive caddy.Duration `json:"keepalive,omitempty"`
+
+	// ReplayEvents, ReplayBytes and ReplayAge bound the replay ring of each
+	// request stream: the events a client that dropped can be sent again
+	// when it resumes with Last-Event-ID, also when the upstream keeps no
+	// event store. A stream whose client dropped keeps being read for up
+	// to ReplayAge; if nobody resumes it by then the request is cancelled
+	// upstream. Defaults: 100 events, 1MiB, 1m.
+	ReplayEvents int            `json:"replay_events,omitempty"`
+	ReplayBytes  int64          `json:"replay_bytes,omitempty"`
+	ReplayAge    caddy.Duration `json:"replay_age,omitempty"`
+
+	// RetryHint is the `retry:` value sent before the proxy closes a stream
+	// it expects the client to resume (slow consumer, drain). Default: 1s.
+	RetryHint caddy.Duration `json:"retry_hint,omitempty"`
+
+	// Drain is how long open streams may run after a config reload or
+	// shutdown begins. Each is closed, with a retry hint, at a random
+	// moment between 80% and 100% of it, so clients do not reconnect all
+	// at once. Default: 5s.
+	Drain caddy.Duration `json:"drain,omitempty"`
+
+	// MaxInflight caps the requests in flight through this handler; past
+	// it a request waits in the queue (see QueueSize) or is refused with
+	// 503 and Retry-After. SSE GET streams do not count here (see
+	// MaxStreams). 0 means no cap. Default: 0.
+	MaxInflight int `json:"max_inflight,omitempty"`
+
+	// QueueSize is how many requests may wait for an in-flight slot, and
+	// QueueTimeout how long each may wait. Waiters are served by priority
+	// (work in existing sessions before new sessions; ping, notifications
+	// and responses first, then listings, then tool calls and reads) and,
+	// within a priority, newest first: under sustained overload the oldest
+	// waiters, whose clients are the likeliest to have given up, time out
+	// instead of every request waiting the whole queue. Defaults: 0 (no
+	// queue), 0.
+	QueueSize    int            `json:"queue_size,omitempty"`
+	QueueTimeout caddy.Duration `json:"queue_timeout,omitempty"`
+
+	// MaxStreams caps the SSE GET streams open through this handler; past
+	// it a new stream is refused with 503. 0 means no cap. Default: 0.
+	MaxStreams int `json:"max_streams,omitempty"`
+
+	// ClientKey identifies a client for the per-client limits; any
+	// placeholder, such as `{http.auth.user.id}` or
+	// `{http.request.header.X-Api-Key}`. Default: `{http.vars.client_ip}`,
+	// the client's address with the server's trusted_proxies honoured.
+	ClientKey string `json:"client_key,omitempty"`
+
+	// ClientMaxInflight caps one client's requests in flight; past it the
+	// client gets 429. 0 means no cap. Default: 0.
+	ClientMaxInflight int `json:"client_max_inflight,omitempty"`
+
+	// ClientSessionRate caps how many new sessions per second one client
+	// may open (with bursts of ClientSessionBurst); past it the client
+	// gets 429 with the time until its next session as Retry-After. 0
+	// means no cap. Defaults: 0, and a burst of the rate rounded up.
+	ClientSessionRate  float64 `json:"client_session_rate,omitempty"`
+	ClientSessionBurst int     `json:"client_session_burst,omitempty"`
+
+	// SessionMaxInflight caps one session's requests in flight; past it
+	// the client gets 429. 0 means no cap. Default: 0.
+	SessionMaxInflight int `json:"session_max_inflight,omitempty"`
+
+	// Tools caps heavy tools: each rule limits the concurrent calls of the
+	// tools matching its pattern, without starving the others. A call over
+	// its rule's limit is answered with a JSON-RPC error inside a 200.
+	Tools []ToolLimit `json:"tools,omitempty"`
+
+	// Adaptive, when set, makes the in-flight limit follow the upstream's
+	// latency (a gradient controller: limit·min(1, 1.5·longRTT/shortRTT) +
+	// 4, smoothed; see the admission package), so the capacity need not
+	// be known. EXPERIMENTAL.
+	Adaptive *AdaptiveLimit `json:"adaptive,omitempty"`
+
+	proxy       caddyhttp.MiddlewareHandler
+	sealer      *mcp.Sealer
+	origins     mcp.OriginPolicy
+	upstreams   map[string]struct{} // static dial addresses; nil with dynamic upstreams
+	logger      *zap.Logger
+	requireSess bool
+	lifetime    time.Duration
+	maxPeek     int64
+	now         func() time.Time
+	peekBufPool sync.Pool
+	transport   *relayTransport
+
+	maxEvent                int64
+	queueEvents             int
+	queueBytes              int64
+	writeTimeout, keepalive time.Duration
+	replayEvents            int
+	replayBytes             int64
+	replayAge, retry, drain time.Duration
+	hooks                   *sse.Hooks
+	streams                 *streamSet
+	app                     *App
+	ctrl                    *admission.Controller
+	streamLimit             *admission.Limiter
+	clientKey               string
 }
 
 // CaddyModule returns the Caddy module information.
@@ -126,6 +250,17 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.maxPeek = defaultMaxPeek
 	}
 	h.requireSess = h.RequireSession == nil || *h.RequireSession
+	h.maxEvent = orDefault(h.MaxEventSize, defaultMaxEvent)
+	h.queueEvents = orDefault(h.StreamBufferEvents, defaultQueueEvents)
+	h.queueBytes = orDefault(h.StreamBufferBytes, defaultQueueBytes)
+	h.writeTimeout = orDefault(time.Duration(h.WriteTimeout), defaultWriteTimeout)
+	h.keepalive = orDefault(time.Duration(h.Keepalive), defaultKeepalive)
+	h.replayEvents = orDefault(h.ReplayEvents, defaultReplayEvents)
+	h.replayBytes = orDefault(h.ReplayBytes, defaultReplayBytes)
+	h.replayAge = orDefault(time.Duration(h.ReplayAge), defaultReplayAge)
+	h.retry = orDefault(time.Duration(h.RetryHint), defaultRetry)
+	h.drain = orDefault(time.Duration(h.Drain), defaultDrain)
+	h.streams = newStreamSet()
 	h.origins = mcp.OriginPolicy{Allowed: h.AllowedOrigins}
 	h.peekBufPool.New = func() any { b := make([]byte, h.maxPeek+1); return &b }
 
@@ -147,6 +282,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.sealer = sealer
 
+	if err := h.provisionAdmission(ctx); err != nil {
+		return err
+	}
 	if h.ProxyRaw == nil {
 		return errors.New("mcp_proxy needs at least one upstream")
 	}
@@ -160,8 +298,33 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("loading embedded reverse_proxy: %w", err)
 	}
-	h.proxy = mod.(caddyhttp.MiddlewareHandler)
+	rp, ok := mod.(*reverseproxy.Handler)
+	if !ok {
+		return fmt.Errorf("embedded proxy is %T, want reverse_proxy", mod)
+	}
+	h.transport = &relayTransport{inner: rp.Transport}
+	rp.Transport = h.transport
+	h.proxy = rp
+	if err := acquireRegistry(); err != nil {
+		return err
+	}
+	h.watchStop(ctx)
 	return nil
+}
+
+// Cleanup closes the handler's open streams after the drain delay and
+// releases the shared stream registry.
+func (h *Handler) Cleanup() error {
+	h.streams.drain(h.drain)
+	return releaseRegistry()
+}
+
+// orDefault returns v, or def when v is not positive.
+func orDefault[T int | int64 | time.Duration](v, def T) T {
+	if v <= 0 {
+		return def
+	}
+	return v
 }
 
 // applyProxyDefaults sets the MCP defaults on the embedded reverse_proxy's
@@ -268,13 +431,53 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			zap.Bool("session", res.session != nil))
 	}
 
-	// 3. Proxy, relaying the response through the MCP response writer.
+	// 3. Admit, before any upstream is dialled.
+	release, ok := h.admit(w, r, &call, res)
+	if !ok {
+		return nil
+	}
+	status := http.StatusOK
+	defer func() { release(status) }()
+
+	// A client resuming a stream the proxy still holds is answered from it.
+	if r.Method == http.MethodGet && res.session != nil && res.session.Kind == mcp.TokenSession {
+		if last := r.Header.Get(mcp.HeaderLastEventID); last != "" {
+			if stream := sharedRegistry().Find(sessionKey(res.session), last); stream != nil {
+				return h.serveResume(w, r, stream, last, h.retryHint(&call, res))
+			}
+			if strings.HasPrefix(last, proxyIDMarker) {
+				// An id the proxy assigned and no longer holds means
+				// nothing to the upstream: open a fresh stream.
+				r.Header.Del(mcp.HeaderLastEventID)
+			}
+		}
+	}
+
+	// 4. Proxy, relaying the response through the MCP response writer.
+	st := newRelayState(h, r, &call, res)
+	caddyhttp.SetVar(r.Context(), varRelay, st)
+	defer st.handlerDone()
 	rw := newResponseWriter(h, w, r, &call, res)
 	err := h.proxy.ServeHTTP(rw, r, next)
+	status = rw.status
+	if err != nil {
+		status = http.StatusBadGateway
+	}
 	if err != nil && !rw.wroteHeader {
 		if missing, _ := caddyhttp.GetVar(r.Context(), varPinMissing).(bool); missing {
 			return h.refuse(w, mcp.Refuse(http.StatusNotFound, mcp.CodeSessionNotFound, call.First().ID, "session not found"))
 		}
+	}
+	st.mu.Lock()
+	body := st.body
+	st.mu.Unlock()
+	if body != nil {
+		// 5. Relay the SSE stream reverse_proxy handed over.
+		h.relay(w, st, body)
+		return nil
+	}
+	if r.Method == http.MethodDelete && res.session != nil && rw.status >= 200 && rw.status < 300 {
+		sharedRegistry().Forget(sessionKey(res.session))
 	}
 	return err
 }
@@ -433,5 +636,6 @@ func (h *Handler) refuse(w http.ResponseWriter, ref *mcp.Refusal) error {
 // Interface guards
 var (
 	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
 )

@@ -34,12 +34,23 @@ func AppendError(dst []byte, id string, code int, message string) []byte {
 	dst = append(dst, `,"error":{"code":`...)
 	dst = strconv.AppendInt(dst, int64(code), 10)
 	dst = append(dst, `,"message":`...)
-	dst = appendJSONString(dst, message)
+	dst = AppendString(dst, message)
 	return append(dst, "}}"...)
 }
 
-// appendJSONString appends s as a JSON string literal.
-func appendJSONString(dst []byte, s string) []byte {
+// AppendCancelled appends a notifications/cancelled message for the
+// request with the given raw JSON id.
+func AppendCancelled(dst []byte, requestID, reason string) []byte {
+	dst = append(dst, `{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":`...)
+	dst = append(dst, requestID...)
+	dst = append(dst, `,"reason":`...)
+	dst = AppendString(dst, reason)
+	return append(dst, "}}"...)
+}
+
+// AppendString appends s as a JSON string literal; invalid UTF-8 becomes
+// U+FFFD.
+func AppendString(dst []byte, s string) []byte {
 	const hex = "0123456789abcdef"
 	dst = append(dst, '"')
 	for i := 0; i < len(s); {

@@ -1,0 +1,394 @@
+package caddymodule
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"io"
+	"net/http"
+	"net/url"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"go.uber.org/zap"
+
+	"github.com/mcpgate/mcpgate/mcp"
+	"github.com/mcpgate/mcpgate/sse"
+)
+
+// varRelay holds the request's *relayState for the transport wrapper.
+const varRelay = "mcp.relay"
+
+// proxyIDMarker starts every event id the proxy assigns, so a
+// Last-Event-ID the upstream never issued is not passed to it.
+const proxyIDMarker = "mcpgate-"
+
+// relayState links one proxied request with the transport wrapper: the
+// wrapper detaches the upstream request from the client's cancellation
+// (mcp_proxy decides per era what a disconnect means) and hands an SSE
+// response body to the relay instead of reverse_proxy's copy loop.
+type relayState struct {
+	h    *Handler
+	r    *http.Request
+	call *mcp.Call
+	res  resolution
+	// resumable: a session-era request whose response stream survives a
+	// client disconnect, to be resumed with Last-Event-ID.
+	resumable bool
+
+	mu        sync.Mutex
+	body      io.ReadCloser // SSE body taken over from reverse_proxy
+	outReq    *http.Request // the upstream request as sent
+	cancel    context.CancelFunc
+	stopWatch func() bool
+	stream    *sse.Stream
+	timer     *time.Timer
+	done      bool
+	detached  bool // a pump goroutine owns the upstream beyond the handler
+}
+
+func newRelayState(h *Handler, r *http.Request, call *mcp.Call, res resolution) *relayState {
+	first := call.First()
+	legacy := res.session != nil && res.session.Kind == mcp.TokenLegacy
+	return &relayState{
+		h: h, r: r, call: call, res: res,
+		resumable: r.Method == http.MethodPost && call.Era != mcp.EraStateless && !legacy &&
+			!call.Peek.Batch && first.Kind == mcp.KindRequest && first.Method != "initialize" && res.session != nil,
+	}
+}
+
+// clientGone applies the era's meaning of a client disconnect: for a
+// resumable request the upstream keeps running so the client can resume,
+// for at most the replay age; anything else is cancelled at once.
+func (st *relayState) clientGone() {
+	if !st.resumable {
+		st.abort()
+		return
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.done || st.timer != nil {
+		return
+	}
+	st.timer = time.AfterFunc(st.h.replayAge, st.detachedTooLong)
+}
+
+// detachedTooLong ends a resumable request nobody resumed in time, and
+// tells the upstream the proxy gave up on it.
+func (st *relayState) detachedTooLong() {
+	st.mu.Lock()
+	if st.done {
+		st.mu.Unlock()
+		return
+	}
+	if st.stream != nil && st.stream.Attached() {
+		st.timer.Reset(st.h.replayAge)
+		st.mu.Unlock()
+		return
+	}
+	st.mu.Unlock()
+	st.abort()
+	st.sendCancelled("client did not resume the stream")
+}
+
+// abort cancels the upstream request and closes its body.
+func (st *relayState) abort() {
+	st.mu.Lock()
+	cancel, body := st.cancel, st.body
+	st.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+	if body != nil {
+		_ = body.Close()
+	}
+}
+
+// handlerDone is called when mcp_proxy's ServeHTTP returns: the request
+// is over unless a detached pump still reads its upstream, in which case
+// the pump finishes it.
+func (st *relayState) handlerDone() {
+	st.mu.Lock()
+	detached := st.detached
+	st.mu.Unlock()
+	if !detached {
+		st.finish()
+	}
+}
+
+// finish releases the request's hooks once it is over.
+func (st *relayState) finish() {
+	st.mu.Lock()
+	st.done = true
+	stop, cancel, timer := st.stopWatch, st.cancel, st.timer
+	st.mu.Unlock()
+	if stop != nil {
+		stop()
+	}
+	if timer != nil {
+		timer.Stop()
+	}
+	if cancel != nil {
+		cancel()
+	}
+}
+
+// sendCancelled posts notifications/cancelled for the request upstream,
+// in its session, as a 2025-era sender that abandons a request must.
+// initialize is never cancelled.
+func (st *relayState) sendCancelled(reason string) {
+	first := st.call.First()
+	st.mu.Lock()
+	out := st.outReq
+	st.mu.Unlock()
+	if out == nil || first.ID == "" || first.Method == "initialize" || st.call.Era == mcp.EraStateless {
+		return
+	}
+	body := mcp.AppendCancelled(nil, first.ID, reason)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(out.Context()), 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, out.URL.String(), bytes.NewReader(body))
+	if err != nil {
+		return
+	}
+	req.Host = out.Host
+	for _, k := range []string{mcp.HeaderSessionID, mcp.HeaderProtocolVersion, "Authorization"} {
+		if v := out.Header.Get(k); v != "" {
+			req.Header.Set(k, v)
+		}
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json, text/event-stream")
+	resp, err := st.h.transport.inner.RoundTrip(req)
+	if err != nil {
+		st.h.logger.Debug("sending notifications/cancelled upstream failed", zap.Error(err))
+		return
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	_ = resp.Body.Close()
+}
+
+// relayTransport wraps reverse_proxy's transport. For requests mcp_proxy
+// relays it detaches the upstream request from the client's cancellation
+// (the relay state decides), and takes an SSE response body over so the
+// relay, not reverse_proxy's copy loop, pumps it to the client.
+type relayTransport struct {
+	inner http.RoundTripper
+}
+
+// RoundTrip implements http.RoundTripper.
+func (t *relayTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	st, _ := caddyhttp.GetVar(req.Context(), varRelay).(*relayState)
+	if st == nil {
+		return t.inner.RoundTrip(req)
+	}
+	clientCtx := req.Context()
+	ctx, cancel := context.WithCancel(context.WithoutCancel(clientCtx))
+	req = req.WithContext(ctx)
+	st.mu.Lock()
+	if st.cancel != nil {
+		st.cancel() // a retry: the previous attempt is over
+	}
+	st.cancel, st.outReq = cancel, req
+	if st.stopWatch == nil {
+		st.stopWatch = context.AfterFunc(clientCtx, st.clientGone)
+	}
+	st.mu.Unlock()
+	resp, err := t.inner.RoundTrip(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode == http.StatusOK && isEventStream(resp.Header) && resp.Body != nil && resp.Body != http.NoBody {
+		st.mu.Lock()
+		st.body = resp.Body
+		st.mu.Unlock()
+		resp.Body = http.NoBody
+		resp.ContentLength = -1
+		resp.Header.Del("Content-Length")
+	}
+	return resp, nil
+}
+
+// The transport interfaces reverse_proxy asserts at request time are
+// passed through to the wrapped transport.
+
+// ProxyProtocolEnabled implements reverseproxy.ProxyProtocolTransport.
+func (t *relayTransport) ProxyProtocolEnabled() bool {
+	p, ok := t.inner.(reverseproxy.ProxyProtocolTransport)
+	return ok && p.ProxyProtocolEnabled()
+}
+
+// RequiresContentLength implements
+// reverseproxy.ContentLengthRequiredTransport.
+func (t *relayTransport) RequiresContentLength() bool {
+	c, ok := t.inner.(reverseproxy.ContentLengthRequiredTransport)
+	return ok && c.RequiresContentLength()
+}
+
+// OverrideHealthCheckScheme implements
+// reverseproxy.HealthCheckSchemeOverriderTransport.
+func (t *relayTransport) OverrideHealthCheckScheme(base *url.URL, port string) {
+	if o, ok := t.inner.(reverseproxy.HealthCheckSchemeOverriderTransport); ok {
+		o.OverrideHealthCheckScheme(base, port)
+	}
+}
+
+// clientWriter adapts the client's response writer for the relay.
+type clientWriter struct {
+	w  http.ResponseWriter
+	rc *http.ResponseController
+}
+
+func newClientWriter(w http.ResponseWriter) *clientWriter {
+	return &clientWriter{w: w, rc: http.NewResponseController(w)}
+}
+
+func (c *clientWriter) Write(p []byte) (int, error)        { return c.w.Write(p) }
+func (c *clientWriter) Flush() error                       { return c.rc.Flush() }
+func (c *clientWriter) SetWriteDeadline(t time.Time) error { return c.rc.SetWriteDeadline(t) }
+
+// streamConfig returns the relay configuration of a request's stream.
+func (h *Handler) streamConfig(st *relayState, legacy bool) sse.StreamConfig {
+	cfg := sse.StreamConfig{
+		MaxEvent:     int(h.maxEvent),
+		MaxLine:      int(h.maxEvent),
+		QueueEvents:  h.queueEvents,
+		QueueBytes:   int(h.queueBytes),
+		WriteTimeout: h.writeTimeout,
+		Keepalive:    h.keepalive,
+		Hooks:        h.hooks,
+	}
+	if st.resumable {
+		cfg.ReplayEvents, cfg.ReplayBytes, cfg.ReplayAge = h.replayEvents, h.replayBytes, h.replayAge
+		cfg.IDPrefix = newIDPrefix()
+	}
+	if legacy {
+		cfg.Rewrite = st.rewriteLegacyEndpoint()
+	}
+	if first := st.call.First(); first.Kind == mcp.KindRequest && first.ID != "" {
+		id := first.ID
+		cfg.Final = func(err error) []byte {
+			if !errors.Is(err, sse.ErrEventTooLarge) && !errors.Is(err, sse.ErrLineTooLong) {
+				return nil
+			}
+			msg := mcp.AppendError(nil, id, mcp.CodeInternalError, "response event exceeds the proxy's max_event_size")
+			return sse.AppendEvent(nil, "", "message", msg)
+		}
+	}
+	return cfg
+}
+
+// retryHint returns the retry hint for a request's client: only clients at
+// 2025-11-25 or later are known to honour it; -1 means none.
+func (h *Handler) retryHint(call *mcp.Call, res resolution) time.Duration {
+	v := call.Version
+	if v == "" && res.session != nil {
+		v = res.session.Version
+	}
+	if mcp.SupportsRetryHint(v) {
+		return h.retry
+	}
+	return -1
+}
+
+// newIDPrefix returns a fresh per-stream prefix for proxy-assigned ids.
+func newIDPrefix() string {
+	var b [9]byte
+	_, _ = rand.Read(b[:])
+	return proxyIDMarker + base64.RawURLEncoding.EncodeToString(b[:]) + "-"
+}
+
+// rewriteLegacyEndpoint returns the hook that rewrites the first
+// `endpoint` event of a legacy stream.
+func (st *relayState) rewriteLegacyEndpoint() func(ev *sse.Event) []byte {
+	seen := false
+	return func(ev *sse.Event) []byte {
+		if seen || ev.Name != "endpoint" {
+			return nil
+		}
+		seen = true
+		data, ok := st.h.rewriteEndpoint(st.r, string(ev.Data))
+		if !ok {
+			return nil
+		}
+		return sse.AppendEvent(nil, ev.ID, "endpoint", []byte(data))
+	}
+}
+
+// relay pumps an SSE response body taken over by the transport to the
+// client, and returns when the client has everything, left, or was cut.
+func (h *Handler) relay(w http.ResponseWriter, st *relayState, body io.ReadCloser) {
+	legacy := st.r.Method == http.MethodGet && st.res.session == nil &&
+		st.call.Era != mcp.EraSession && st.call.Era != mcp.EraStateless
+	stream := sse.NewStream(h.streamConfig(st, legacy))
+	stream.SetCloser(func() { _ = body.Close() })
+	st.mu.Lock()
+	st.stream = stream
+	st.mu.Unlock()
+	if st.resumable {
+		h.registry().Add(sessionKey(st.res.session), stream)
+	}
+	// The headers go out now: an idle stream may send nothing for long.
+	cw := newClientWriter(w)
+	_ = cw.Flush()
+	att, _ := stream.Attach(cw, "", h.retryHint(st.call, st.res))
+	untrack := h.track(att, stream, st.resumable)
+	defer untrack()
+
+	if st.resumable {
+		// The upstream is pumped by its own goroutine, so this request can
+		// end (and the client resume elsewhere) while the upstream runs on.
+		st.mu.Lock()
+		st.detached = true
+		st.mu.Unlock()
+		go h.pump(stream, body, st)
+		stop := context.AfterFunc(st.r.Context(), att.Gone)
+		defer stop()
+		_ = att.Wait(st.r.Context())
+		return
+	}
+	stop := context.AfterFunc(st.r.Context(), func() { att.Gone(); stream.Close() })
+	defer stop()
+	att.OnEnd(stream.Close)
+	h.pump(stream, body, st)
+	_ = att.Wait(st.r.Context())
+}
+
+// pump runs the upstream side of a stream until it ends.
+func (h *Handler) pump(stream *sse.Stream, body io.ReadCloser, st *relayState) {
+	err := stream.Pump(body)
+	_ = body.Close()
+	if errors.Is(err, sse.ErrEventTooLarge) || errors.Is(err, sse.ErrLineTooLong) {
+		h.logger.Warn("upstream SSE event over max_event_size; stream closed", zap.Error(err))
+	}
+	st.finish()
+}
+
+// serveResume answers a GET with Last-Event-ID from the stream that holds
+// the id: the events after it, then the stream's live events.
+func (h *Handler) serveResume(w http.ResponseWriter, r *http.Request, stream *sse.Stream, last string, retry time.Duration) error {
+	hdr := w.Header()
+	hdr.Set("Content-Type", "text/event-stream")
+	hdr.Set("Cache-Control", "no-cache")
+	hdr.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	cw := newClientWriter(w)
+	_ = cw.Flush()
+	att, _ := stream.Attach(cw, last, retry)
+	untrack := h.track(att, stream, true)
+	defer untrack()
+	stop := context.AfterFunc(r.Context(), att.Gone)
+	defer stop()
+	_ = att.Wait(r.Context())
+	return nil
+}
+
+// sessionKey names a session in the stream registry: the upstream and the
+// upstream's own session id, which every token of the session shares.
+func sessionKey(s *mcp.Session) string {
+	return s.Upstream + " " + s.UpstreamID
+}

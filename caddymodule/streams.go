@@ -1,0 +1,171 @@
+package caddymodule
+
+import (
+	"context"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyevents"
+
+	"github.com/mcpgate/mcpgate/sse"
+)
+
+// Bounds of the process-wide stream registry.
+const (
+	registryMaxSessions = 100_000
+	registryMaxStreams  = 16
+	registrySweep       = 5 * time.Second
+)
+
+// registryState is the process-wide registry of resumable streams. It
+// lives as long as any mcp_proxy is loaded, across config reloads, so a
+// client whose stream was cut by a reload resumes it under the new config.
+type registryState struct {
+	reg    *sse.Registry
+	cancel context.CancelFunc
+}
+
+// Destruct stops the sweeper.
+func (r *registryState) Destruct() error {
+	r.cancel()
+	return nil
+}
+
+var (
+	registries  = caddy.NewUsagePool()
+	registryMu  sync.RWMutex
+	registryCur *sse.Registry
+)
+
+const registryKey = "mcpgate.streams"
+
+// acquireRegistry takes a reference to the shared registry, creating it
+// (and its sweeper goroutine) on first use.
+func acquireRegistry() error {
+	v, _, err := registries.LoadOrNew(registryKey, func() (caddy.Destructor, error) {
+		ctx, cancel := context.WithCancel(context.Background())
+		st := &registryState{reg: sse.NewRegistry(registryMaxSessions, registryMaxStreams, defaultReplayAge), cancel: cancel}
+		go func() {
+			t := time.NewTicker(registrySweep)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case now := <-t.C:
+					st.reg.Sweep(now)
+				}
+			}
+		}()
+		return st, nil
+	})
+	if err != nil {
+		return err
+	}
+	registryMu.Lock()
+	registryCur = v.(*registryState).reg
+	registryMu.Unlock()
+	return nil
+}
+
+// releaseRegistry drops a reference taken by acquireRegistry.
+func releaseRegistry() error {
+	_, err := registries.Delete(registryKey)
+	return err
+}
+
+// sharedRegistry returns the process-wide stream registry.
+func sharedRegistry() *sse.Registry {
+	registryMu.RLock()
+	defer registryMu.RUnlock()
+	return registryCur
+}
+
+// registry returns the process-wide stream registry.
+func (h *Handler) registry() *sse.Registry { return sharedRegistry() }
+
+// streamSet tracks a handler's open client attachments so they can be
+// drained when its config is unloaded.
+type streamSet struct {
+	mu       sync.Mutex
+	open     map[*sse.Attachment]trackedStream
+	draining bool
+	delay    time.Duration
+}
+
+type trackedStream struct {
+	stream    *sse.Stream
+	resumable bool
+}
+
+func newStreamSet() *streamSet {
+	return &streamSet{open: make(map[*sse.Attachment]trackedStream)}
+}
+
+// track records an open attachment; the returned func forgets it. An
+// attachment opened while the set drains is scheduled for closing at once.
+func (h *Handler) track(a *sse.Attachment, s *sse.Stream, resumable bool) func() {
+	ss := h.streams
+	ss.mu.Lock()
+	ss.open[a] = trackedStream{stream: s, resumable: resumable}
+	draining, delay := ss.draining, ss.delay
+	ss.mu.Unlock()
+	if draining {
+		scheduleDrain(a, trackedStream{stream: s, resumable: resumable}, delay)
+	}
+	return func() {
+		ss.mu.Lock()
+		delete(ss.open, a)
+		ss.mu.Unlock()
+	}
+}
+
+// drain closes every open attachment at a random moment between 80% and
+// 100% of delay, each with the retry hint, so clients reconnect spread
+// out. The upstream of a resumable request stream keeps running so its
+// client can resume it; any other stream's upstream is closed too.
+func (ss *streamSet) drain(delay time.Duration) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.draining {
+		return
+	}
+	ss.draining, ss.delay = true, delay
+	for a, t := range ss.open {
+		scheduleDrain(a, t, delay)
+	}
+}
+
+func scheduleDrain(a *sse.Attachment, t trackedStream, delay time.Duration) {
+	d := time.Duration(float64(delay) * (0.8 + 0.2*rand.Float64()))
+	time.AfterFunc(d, func() {
+		a.Close()
+		if !t.resumable {
+			t.stream.Close()
+		}
+	})
+}
+
+// watchStop starts draining when Caddy announces that this config stops
+// (a reload or shutdown), before the HTTP servers wait for open requests.
+func (h *Handler) watchStop(ctx caddy.Context) {
+	appIface, err := ctx.App("events")
+	if err != nil {
+		return
+	}
+	app, ok := appIface.(*caddyevents.App)
+	if !ok {
+		return
+	}
+	_ = app.On("stopping", caddyevents.Handler(stopHandler{h: h}))
+}
+
+type stopHandler struct{ h *Handler }
+
+// Handle implements caddyevents.Handler.
+func (s stopHandler) Handle(context.Context, caddy.Event) error {
+	s.h.streams.drain(s.h.drain)
+	return nil
+}

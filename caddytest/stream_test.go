@@ -1,0 +1,239 @@
+package caddytest
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/mcpgate/mcpgate/sse"
+)
+
+// dropOnce is a client transport that breaks the SSE response of the
+// first tools/call POST whose progress token is target after it has
+// delivered `after` events, as a network drop would, and records the
+// Last-Event-ID of every GET.
+type dropOnce struct {
+	base    http.RoundTripper
+	target  string
+	after   int
+	dropped atomic.Bool
+	mu      sync.Mutex
+	resumes []string
+	wire    []*bytes.Buffer // the SSE bytes every stream delivered to the client
+}
+
+// tee records what the client reads from an SSE body.
+func (d *dropOnce) tee(rc io.ReadCloser) io.ReadCloser {
+	buf := new(bytes.Buffer)
+	d.mu.Lock()
+	d.wire = append(d.wire, buf)
+	d.mu.Unlock()
+	return &teeBody{ReadCloser: rc, d: d, buf: buf}
+}
+
+type teeBody struct {
+	io.ReadCloser
+	d   *dropOnce
+	buf *bytes.Buffer
+}
+
+func (t *teeBody) Read(p []byte) (int, error) {
+	n, err := t.ReadCloser.Read(p)
+	t.d.mu.Lock()
+	t.buf.Write(p[:n])
+	t.d.mu.Unlock()
+	return n, err
+}
+
+// progress returns, per progress token, the progress values of the
+// notifications the client received on the wire, in order.
+func (d *dropOnce) progress(t *testing.T) map[string][]float64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := map[string][]float64{}
+	for _, b := range d.wire {
+		p := sse.NewParser(1<<20, 1<<20)
+		err := p.Feed(b.Bytes(), func(ev *sse.Event) error {
+			var msg struct {
+				Method string `json:"method"`
+				Params struct {
+					Token    any     `json:"progressToken"`
+					Progress float64 `json:"progress"`
+				} `json:"params"`
+			}
+			if json.Unmarshal(ev.Data, &msg) == nil && msg.Method == "notifications/progress" {
+				tok := fmt.Sprint(msg.Params.Token)
+				out[tok] = append(out[tok], msg.Params.Progress)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Errorf("client received malformed SSE: %v", err)
+		}
+	}
+	return out
+}
+
+func (d *dropOnce) RoundTrip(r *http.Request) (*http.Response, error) {
+	var body []byte
+	if r.Method == http.MethodPost && r.Body != nil {
+		body, _ = io.ReadAll(r.Body)
+		r.Body = io.NopCloser(bytes.NewReader(body))
+	}
+	if r.Method == http.MethodGet {
+		if id := r.Header.Get("Last-Event-ID"); id != "" {
+			d.mu.Lock()
+			d.resumes = append(d.resumes, id)
+			d.mu.Unlock()
+		}
+	}
+	resp, err := d.base.RoundTrip(r)
+	if err != nil {
+		return resp, err
+	}
+	switch {
+	case r.Method == http.MethodGet && r.Header.Get("Last-Event-ID") != "":
+		resp.Body = d.tee(resp.Body)
+	case r.Method == http.MethodPost && bytes.Contains(body, []byte(`"progressToken":"`)):
+		if bytes.Contains(body, []byte(`"progressToken":"`+d.target+`"`)) && d.dropped.CompareAndSwap(false, true) {
+			resp.Body = &dropAfter{ReadCloser: resp.Body, left: d.after}
+		}
+		resp.Body = d.tee(resp.Body)
+	}
+	return resp, nil
+}
+
+func (d *dropOnce) resumed() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return append([]string(nil), d.resumes...)
+}
+
+// dropAfter passes through `left` complete SSE events, then fails.
+type dropAfter struct {
+	io.ReadCloser
+	left    int
+	pending []byte
+	failed  bool
+}
+
+var errDropped = errors.New("connection dropped by test")
+
+func (d *dropAfter) Read(p []byte) (int, error) {
+	if d.failed {
+		return 0, errDropped
+	}
+	for len(d.pending) == 0 {
+		buf := make([]byte, 4096)
+		n, err := d.ReadCloser.Read(buf)
+		d.pending = append(d.pending, buf[:n]...)
+		if err != nil && n == 0 {
+			return 0, err
+		}
+	}
+	// Deliver up to the end of the next event, counting events.
+	i := bytes.Index(d.pending, []byte("\n\n"))
+	if i < 0 {
+		n := copy(p, d.pending)
+		d.pending = d.pending[n:]
+		return n, nil
+	}
+	if d.left == 0 {
+		d.failed = true
+		d.ReadCloser.Close()
+		return 0, errDropped
+	}
+	n := copy(p, d.pending[:i+2])
+	d.pending = d.pending[n:]
+	if n == i+2 {
+		d.left--
+	}
+	return n, nil
+}
+
+// TestStreamResumesAfterDrop drops a tool call's SSE stream mid-call: the
+// client resumes with Last-Event-ID through the proxy and receives the rest
+// exactly once (counted on the wire), whether or not the upstream keeps its
+// own event store. A second stream of the same session runs alongside and
+// keeps its events.
+func TestStreamResumesAfterDrop(t *testing.T) {
+	for _, store := range []bool{false, true} {
+		t.Run(fmt.Sprintf("event_store=%v", store), func(t *testing.T) {
+			opts := &mcp.StreamableHTTPOptions{}
+			if store {
+				opts.EventStore = mcp.NewMemoryEventStore(nil)
+			}
+			up := startUpstream(t, "up", opts)
+			port := freePort(t)
+			loadCaddyfile(t, fmt.Sprintf(":%d {\n\tmcp_proxy %s\n}\n", port, up.addr()))
+
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			var mu sync.Mutex
+			client := mcp.NewClient(&mcp.Implementation{Name: "resume", Version: "1"}, nil)
+			tr := &dropOnce{base: &http.Transport{}, target: "dropped", after: 3}
+			cs, err := client.Connect(ctx, &mcp.StreamableClientTransport{
+				Endpoint: proxyURL(port) + "/mcp", HTTPClient: &http.Client{Transport: tr}, MaxRetries: 3,
+			}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cs.Close()
+
+			const steps = 8
+			var wg sync.WaitGroup
+			results := make(map[string]error)
+			for _, tok := range []string{"dropped", "steady"} {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					res, err := cs.CallTool(ctx, &mcp.CallToolParams{
+						Meta:      mcp.Meta{"progressToken": tok},
+						Name:      "countdown",
+						Arguments: map[string]any{"from": steps, "delay_ms": 100},
+					})
+					if err == nil && (res.IsError || len(res.Content) != 1 || res.Content[0].(*mcp.TextContent).Text != "liftoff") {
+						err = fmt.Errorf("unexpected result %+v", res)
+					}
+					mu.Lock()
+					results[tok] = err
+					mu.Unlock()
+				}()
+			}
+			wg.Wait()
+			for tok, err := range results {
+				if err != nil {
+					t.Errorf("%s call: %v", tok, err)
+				}
+			}
+			t.Logf("resumed with %v", tr.resumed())
+			if !tr.dropped.Load() || len(tr.resumed()) == 0 {
+				t.Fatalf("the stream was not dropped and resumed (dropped=%v resumes=%v)", tr.dropped.Load(), tr.resumed())
+			}
+			progress := tr.progress(t)
+			for _, tok := range []string{"dropped", "steady"} {
+				got := progress[tok]
+				if len(got) != steps {
+					t.Errorf("%s: %d progress notifications, want %d exactly once: %v", tok, len(got), steps, got)
+					continue
+				}
+				for i, p := range got {
+					if p != float64(i+1) {
+						t.Errorf("%s: progress %v, want 1..%d in order", tok, got, steps)
+						break
+					}
+				}
+			}
+		})
+	}
+}

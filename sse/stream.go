@@ -1,0 +1,706 @@
+package sse
+
+import (
+	"context"
+	"errors"
+	"io"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// ClientWriter is the client side of a stream: an HTTP response body that
+// can be flushed and given a write deadline (http.ResponseController
+// provides both).
+type ClientWriter interface {
+	Write(p []byte) (int, error)
+	Flush() error
+	SetWriteDeadline(t time.Time) error
+}
+
+// StreamConfig bounds and shapes one relayed stream.
+type StreamConfig struct {
+	// MaxEvent and MaxLine cap an upstream event and line, in bytes.
+	MaxEvent, MaxLine int
+	// QueueEvents and QueueBytes bound the live events waiting to be
+	// written to the client; past either the client is a slow consumer.
+	// Zero or less means 1024 events and 1 MiB. One event is always
+	// admitted into an empty queue, whatever its size (MaxEvent bounds it).
+	// Events replayed from the ring on Attach do not count against these
+	// bounds (the ring bounds them), so a client can always catch up.
+	QueueEvents int
+	QueueBytes  int
+	// WriteTimeout is the deadline of each write to the client.
+	WriteTimeout time.Duration
+	// Keepalive is the idle time after which a comment is sent; 0 for none.
+	Keepalive time.Duration
+	// ReplayEvents, ReplayBytes and ReplayAge bound the replay ring; a
+	// zero ReplayEvents disables replay.
+	ReplayEvents int
+	ReplayBytes  int64
+	ReplayAge    time.Duration
+	// IDPrefix, when set, gives every event that has no id of its own the
+	// id IDPrefix + sequence number, so clients can resume streams whose
+	// upstream does not number its events.
+	IDPrefix string
+	// Retry, when positive, is sent as a `retry:` hint (milliseconds)
+	// before the proxy closes a stream the client should resume. Attach
+	// may override it per client.
+	Retry time.Duration
+	// Rewrite, when set, may replace an event's raw bytes before it is
+	// stored and delivered; it returns nil to keep them.
+	Rewrite func(ev *Event) []byte
+	// Final, when set, is called when the upstream side fails (an
+	// oversized event, a broken upstream) and may return one last event
+	// to deliver, such as a JSON-RPC error for the pending request.
+	Final func(err error) []byte
+	// Skip lists event ids the client already has (replayed before this
+	// stream began); events with these ids are not delivered again.
+	Skip map[string]struct{}
+	// Hooks receives the stream's accounting; may be nil.
+	Hooks *Hooks
+}
+
+// Hooks are counters and callbacks a stream reports to. Every field may
+// be nil.
+type Hooks struct {
+	// Event is called for every event relayed from upstream, with its
+	// size.
+	Event func(bytes int)
+	// Keepalive is called for every keepalive comment sent.
+	Keepalive func()
+	// SlowConsumer is called when a client is cut for not keeping up.
+	SlowConsumer func()
+	// Oversized is called when an upstream event breaks MaxEvent/MaxLine.
+	Oversized func()
+	// Reserve asks for n more bytes of queue memory (n < 0 returns bytes);
+	// a false answer refuses the event (backpressure) and the client is
+	// treated as a slow consumer.
+	Reserve func(n int) bool
+}
+
+// Reasons a client attachment ends.
+var (
+	// ErrSlowConsumer means the client did not keep up: its queue filled
+	// or a write passed its deadline.
+	ErrSlowConsumer = errors.New("slow consumer")
+	// ErrClientGone means the client went away or its write failed.
+	ErrClientGone = errors.New("client gone")
+	// ErrDetached means another client attachment took the stream over.
+	ErrDetached = errors.New("stream resumed elsewhere")
+	// ErrClosed means the proxy closed the stream (drain, shedding).
+	ErrClosed = errors.New("stream closed by proxy")
+)
+
+// Stream is one relayed Server-Sent Events stream. The upstream side is
+// pumped by one goroutine (Pump); at most one client is attached at a time.
+// Upstream reading and client writing are decoupled by the attachment's
+// bounded queue; the writer is a goroutine that exists only while there is
+// something to write, so an idle stream costs no goroutine of its own.
+// Events are kept in a bounded replay ring so a client that dropped can
+// resume with Last-Event-ID, also after the upstream stream has ended.
+type Stream struct {
+	cfg  StreamConfig
+	ring *Ring
+
+	mu       sync.Mutex
+	att      *Attachment
+	seq      uint64
+	ended    bool // Pump returned
+	pumpErr  error
+	endedAt  time.Time
+	upstream string // newest id the upstream itself assigned
+	done     chan struct{}
+	closeFn  func() // stops the upstream read, set by SetCloser
+}
+
+// Defaults of the client queue bounds.
+const (
+	defaultQueueEvents = 1024
+	defaultQueueBytes  = 1 << 20
+)
+
+// finalWriteTimeout bounds the write of the retry hint.
+const finalWriteTimeout = time.Second
+
+// NewStream returns a stream with the given configuration.
+func NewStream(cfg StreamConfig) *Stream {
+	if cfg.QueueEvents <= 0 {
+		cfg.QueueEvents = defaultQueueEvents
+	}
+	if cfg.QueueBytes <= 0 {
+		cfg.QueueBytes = defaultQueueBytes
+	}
+	s := &Stream{cfg: cfg, done: make(chan struct{})}
+	if cfg.ReplayEvents > 0 && cfg.ReplayBytes > 0 {
+		s.ring = NewRing(cfg.ReplayEvents, cfg.ReplayBytes, cfg.ReplayAge)
+	}
+	return s
+}
+
+// SetCloser registers the function that stops the upstream side (closing
+// the upstream body); Close calls it.
+func (s *Stream) SetCloser(f func()) {
+	s.mu.Lock()
+	s.closeFn = f
+	s.mu.Unlock()
+}
+
+// Close stops the upstream side; Pump returns soon after.
+func (s *Stream) Close() {
+	s.mu.Lock()
+	f := s.closeFn
+	s.mu.Unlock()
+	if f != nil {
+		f()
+	}
+}
+
+// Done is closed when Pump has returned.
+func (s *Stream) Done() <-chan struct{} { return s.done }
+
+// Ended reports whether the upstream side has finished, and when.
+func (s *Stream) Ended() (bool, time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ended, s.endedAt
+}
+
+// Attached reports whether a client is attached.
+func (s *Stream) Attached() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.att != nil
+}
+
+// UpstreamLastID returns the newest event id that the upstream itself
+// assigned, for resuming the upstream stream ("" when none).
+func (s *Stream) UpstreamLastID() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.upstream
+}
+
+// Has reports whether the ring still holds an event with this id.
+func (s *Stream) Has(id string, now time.Time) bool {
+	if s.ring == nil || id == "" {
+		return false
+	}
+	return s.ring.After(id, now, func(string, []byte) bool { return false })
+}
+
+// RingBytes returns the bytes the replay ring holds.
+func (s *Stream) RingBytes() int64 {
+	if s.ring == nil {
+		return 0
+	}
+	return s.ring.Bytes()
+}
+
+// Evict drops replay events older than the ring's age bound.
+func (s *Stream) Evict(now time.Time) int64 {
+	if s.ring == nil {
+		return 0
+	}
+	return s.ring.Evict(now)
+}
+
+// readBufSize is the size of the buffer an idle stream holds while it
+// waits for the upstream: small, because it is held for the stream's
+// whole life. Bursts are read in larger chunks from a pool.
+const (
+	readBufSize  = 512
+	burstBufSize = 16 << 10
+)
+
+var burstPool = sync.Pool{New: func() any { b := make([]byte, burstBufSize); return &b }}
+
+// Pump reads the upstream body until it ends or fails, parsing events and
+// handing each to the attached client and the replay ring. It returns nil
+// at a clean end of stream.
+func (s *Stream) Pump(body io.Reader) error {
+	defer close(s.done)
+	p := NewParser(s.cfg.MaxEvent, s.cfg.MaxLine)
+	var small [readBufSize]byte
+	var err error
+	for {
+		var n int
+		n, err = body.Read(small[:])
+		if n > 0 {
+			if ferr := p.Feed(small[:n], s.emit); ferr != nil {
+				err = ferr
+				break
+			}
+			// More is likely buffered: read it in one larger chunk.
+			if n == len(small) {
+				bp := burstPool.Get().(*[]byte)
+				m, rerr := body.Read(*bp)
+				if m > 0 {
+					if ferr := p.Feed((*bp)[:m], s.emit); ferr != nil {
+						burstPool.Put(bp)
+						err = ferr
+						break
+					}
+				}
+				burstPool.Put(bp)
+				if rerr != nil {
+					err = rerr
+					break
+				}
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
+	if errors.Is(err, io.EOF) {
+		err = nil
+		_, _ = p.Flush(s.emit)
+	}
+	if errors.Is(err, ErrEventTooLarge) || errors.Is(err, ErrLineTooLong) {
+		if h := s.cfg.Hooks; h != nil && h.Oversized != nil {
+			h.Oversized()
+		}
+	}
+	var final []byte
+	if err != nil && s.cfg.Final != nil {
+		final = s.cfg.Final(err)
+	}
+	s.mu.Lock()
+	if final != nil {
+		if s.ring != nil {
+			s.ring.Append("", final, time.Now())
+		}
+		if s.att != nil {
+			s.att.enqueue(final, false)
+		}
+	}
+	s.ended, s.endedAt, s.pumpErr = true, time.Now(), err
+	att := s.att
+	s.mu.Unlock()
+	if att != nil {
+		att.streamEnded()
+	}
+	return err
+}
+
+// Err returns Pump's error once it has returned.
+func (s *Stream) Err() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.pumpErr
+}
+
+// emit handles one parsed upstream event.
+func (s *Stream) emit(ev *Event) error {
+	if ev.Comment {
+		// Upstream keepalives are not stored; the proxy sends its own.
+		return nil
+	}
+	raw := ev.Raw
+	if s.cfg.Rewrite != nil {
+		if r := s.cfg.Rewrite(ev); r != nil {
+			raw = r
+		}
+	}
+	if h := s.cfg.Hooks; h != nil && h.Event != nil {
+		h.Event(len(raw))
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.seq++
+	id := ev.ID
+	if ev.HasID && id != "" {
+		s.upstream = id
+		if _, skip := s.cfg.Skip[id]; skip {
+			return nil
+		}
+	} else if s.cfg.IDPrefix != "" {
+		id = s.cfg.IDPrefix + strconv.FormatUint(s.seq, 10)
+		if ev.HasID {
+			// An empty upstream "id:" field resets the client's last
+			// event id; ours must come after it to be the one kept.
+			raw = appendIDLast(id, raw)
+		} else {
+			raw = prependID(id, raw)
+		}
+	}
+	if s.ring != nil {
+		s.ring.Append(id, raw, time.Now())
+	}
+	if s.att != nil {
+		s.att.enqueue(raw, false)
+	}
+	return nil
+}
+
+// prependID returns raw with an id field line in front.
+func prependID(id string, raw []byte) []byte {
+	out := make([]byte, 0, len(id)+5+len(raw))
+	out = append(out, "id: "...)
+	out = append(out, id...)
+	out = append(out, '\n')
+	return append(out, raw...)
+}
+
+// appendIDLast returns raw with an id field line inserted before the blank
+// line that ends the block, so that it is the block's last id field. A raw
+// block that does not end with a line terminator gets the id in front.
+func appendIDLast(id string, raw []byte) []byte {
+	n := len(raw)
+	switch {
+	case n >= 2 && raw[n-2] == '\r' && raw[n-1] == '\n':
+		n -= 2
+	case n >= 1 && (raw[n-1] == '\n' || raw[n-1] == '\r'):
+		n--
+	default:
+		return prependID(id, raw)
+	}
+	out := make([]byte, 0, len(id)+5+len(raw))
+	out = append(out, raw[:n]...)
+	out = append(out, "id: "...)
+	out = append(out, id...)
+	out = append(out, '\n')
+	return append(out, raw[n:]...)
+}
+
+// Attach connects a client to the stream, replacing any attached client
+// (which ends with ErrDetached). When after is not empty the events the
+// ring holds after that id are queued first; found reports whether the id
+// was in the ring. retry is the retry hint of this client: zero means
+// StreamConfig.Retry, a negative value none. The caller must call Wait.
+func (s *Stream) Attach(w ClientWriter, after string, retry time.Duration) (a *Attachment, found bool) {
+	if retry == 0 {
+		retry = s.cfg.Retry
+	}
+	a = newAttachment(s, w, retry)
+	s.mu.Lock()
+	old := s.att
+	s.att = a
+	if after != "" && s.ring != nil {
+		found = s.ring.After(after, time.Now(), func(_ string, raw []byte) bool {
+			return a.enqueue(raw, true)
+		})
+	}
+	ended := s.ended
+	s.mu.Unlock()
+	if old != nil {
+		old.close(ErrDetached)
+	}
+	a.startKeepalive()
+	if ended {
+		a.streamEnded()
+	}
+	return a, found
+}
+
+// detach removes a from the stream if it is still the attached client.
+func (s *Stream) detach(a *Attachment) {
+	s.mu.Lock()
+	if s.att == a {
+		s.att = nil
+	}
+	s.mu.Unlock()
+}
+
+// Attachment is one client connection receiving a stream's events.
+type Attachment struct {
+	s     *Stream
+	w     ClientWriter
+	retry time.Duration
+
+	mu       sync.Mutex
+	queue    [][]byte
+	qbytes   int
+	replayN  int  // events at the front of queue that were replayed
+	replayB  int  // and their bytes
+	ping     bool // a keepalive comment is due
+	writing  bool
+	closed   bool
+	ended    bool // the stream has no more events
+	reason   error
+	finished chan struct{} // closed when nothing more will be written
+	timer    *time.Timer
+	final    []byte // written last, after the queue (retry hint)
+	onEnd    func() // run when the attachment ends early
+}
+
+func newAttachment(s *Stream, w ClientWriter, retry time.Duration) *Attachment {
+	return &Attachment{s: s, w: w, retry: retry, finished: make(chan struct{})}
+}
+
+// enqueue queues a copy of raw for the client; called with s.mu held.
+// replay marks an event replayed from the ring, which does not count
+// against the queue bounds. It reports whether the attachment is still
+// open.
+func (a *Attachment) enqueue(raw []byte, replay bool) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.closed {
+		return false
+	}
+	if !replay {
+		cfg := &a.s.cfg
+		live, liveBytes := len(a.queue)-a.replayN, a.qbytes-a.replayB
+		if live >= cfg.QueueEvents || liveBytes > 0 && liveBytes+len(raw) > cfg.QueueBytes {
+			a.closeLocked(ErrSlowConsumer)
+			return false
+		}
+	}
+	if !a.reserve(len(raw)) {
+		a.closeLocked(ErrSlowConsumer)
+		return false
+	}
+	a.queue = append(a.queue, append([]byte(nil), raw...))
+	a.qbytes += len(raw)
+	if replay {
+		a.replayN++
+		a.replayB += len(raw)
+	}
+	a.kickLocked()
+	return true
+}
+
+func (a *Attachment) reserve(n int) bool {
+	if h := a.s.cfg.Hooks; h != nil && h.Reserve != nil {
+		return h.Reserve(n)
+	}
+	return true
+}
+
+func (a *Attachment) kickLocked() {
+	if !a.writing {
+		a.writing = true
+		go a.writeLoop()
+	}
+}
+
+// writeLoop writes queued events, then a due keepalive, then the retry
+// hint, until there is nothing left to write.
+func (a *Attachment) writeLoop() {
+	for {
+		a.mu.Lock()
+		var item []byte
+		final, ping := false, false
+		switch {
+		case len(a.queue) > 0: // a closed attachment has an empty queue
+			item = a.queue[0]
+			a.queue[0] = nil
+			a.queue = a.queue[1:]
+			a.qbytes -= len(item)
+			if a.replayN > 0 {
+				a.replayN--
+				a.replayB -= len(item)
+			}
+			if len(a.queue) == 0 {
+				a.queue = nil
+			}
+		case a.ping && !a.closed:
+			item, ping = keepaliveComment, true
+			a.ping = false
+		case a.final != nil:
+			item, final = a.final, true
+			a.final = nil
+		default:
+			a.writing = false
+			if a.closed || a.ended {
+				a.finishLocked()
+			}
+			a.mu.Unlock()
+			return
+		}
+		timeout := a.s.cfg.WriteTimeout
+		if final && (timeout <= 0 || timeout > finalWriteTimeout) {
+			timeout = finalWriteTimeout
+		}
+		if timeout > 0 {
+			// Set under a.mu, so that a close that cuts this write short
+			// (deadline now) cannot be overridden by it.
+			_ = a.w.SetWriteDeadline(time.Now().Add(timeout))
+		}
+		a.mu.Unlock()
+		err := a.write(item)
+		if !final && !ping {
+			a.reserve(-len(item))
+		}
+		if err != nil {
+			a.mu.Lock()
+			reason := ErrClientGone
+			if isTimeout(err) {
+				reason = ErrSlowConsumer
+			}
+			a.closeLocked(reason)
+			a.final = nil
+			a.mu.Unlock()
+			continue
+		}
+		if ping {
+			if h := a.s.cfg.Hooks; h != nil && h.Keepalive != nil {
+				h.Keepalive()
+			}
+		}
+		a.mu.Lock()
+		if a.timer != nil && !a.closed && !a.ended {
+			a.timer.Reset(a.s.cfg.Keepalive)
+		}
+		a.mu.Unlock()
+	}
+}
+
+func (a *Attachment) write(p []byte) error {
+	if _, err := a.w.Write(p); err != nil {
+		return err
+	}
+	return a.w.Flush()
+}
+
+func isTimeout(err error) bool {
+	var te interface{ Timeout() bool }
+	return errors.As(err, &te) && te.Timeout() || errors.Is(err, context.DeadlineExceeded)
+}
+
+// startKeepalive arms the keepalive timer.
+func (a *Attachment) startKeepalive() {
+	if a.s.cfg.Keepalive <= 0 {
+		return
+	}
+	a.mu.Lock()
+	a.timer = time.AfterFunc(a.s.cfg.Keepalive, a.keepalive)
+	a.mu.Unlock()
+}
+
+var keepaliveComment = []byte(":\n\n")
+
+func (a *Attachment) keepalive() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.closed || a.ended {
+		return
+	}
+	if !a.writing {
+		// Not queued: a keepalive holds no reserved bytes.
+		a.ping = true
+		a.kickLocked()
+		return
+	}
+	a.timer.Reset(a.s.cfg.Keepalive)
+}
+
+// streamEnded tells the attachment no more events will come.
+func (a *Attachment) streamEnded() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.ended = true
+	if !a.writing {
+		a.finishLocked()
+	}
+}
+
+// close ends the attachment for reason.
+func (a *Attachment) close(reason error) {
+	a.mu.Lock()
+	a.closeLocked(reason)
+	a.mu.Unlock()
+}
+
+func (a *Attachment) closeLocked(reason error) {
+	if a.closed {
+		// The first reason stays; but a client that went away or was
+		// replaced is sent nothing more, not even a pending retry hint.
+		if a.writing && (reason == ErrClientGone || reason == ErrDetached) {
+			a.final = nil
+			_ = a.w.SetWriteDeadline(time.Now())
+		}
+		return
+	}
+	a.closed = true
+	a.reason = reason
+	if f := a.onEnd; f != nil && reason != ErrDetached {
+		a.onEnd = nil
+		go f()
+	}
+	for _, q := range a.queue {
+		a.reserve(-len(q))
+	}
+	a.queue, a.qbytes, a.replayN, a.replayB, a.ping = nil, 0, 0, 0, false
+	if reason == ErrSlowConsumer {
+		if h := a.s.cfg.Hooks; h != nil && h.SlowConsumer != nil {
+			h.SlowConsumer()
+		}
+	}
+	if a.retry > 0 && (reason == ErrSlowConsumer || reason == ErrClosed) {
+		a.final = AppendRetry(nil, int(a.retry/time.Millisecond))
+	}
+	if a.timer != nil {
+		a.timer.Stop()
+	}
+	if a.writing && (reason == ErrClientGone || reason == ErrDetached || a.final == nil) {
+		// Unblock a write stuck on a client that stopped reading; with a
+		// retry hint pending the write keeps its own deadline instead.
+		_ = a.w.SetWriteDeadline(time.Now())
+	}
+	if a.writing {
+		return
+	}
+	if a.final != nil {
+		a.writing = true
+		go a.writeLoop()
+		return
+	}
+	a.finishLocked()
+}
+
+func (a *Attachment) finishLocked() {
+	select {
+	case <-a.finished:
+	default:
+		close(a.finished)
+		if a.timer != nil {
+			a.timer.Stop()
+		}
+	}
+}
+
+// Close ends the attachment as the proxy's decision (drain, shedding),
+// with the retry hint when one was given.
+func (a *Attachment) Close() { a.close(ErrClosed) }
+
+// Gone ends the attachment because its client went away.
+func (a *Attachment) Gone() { a.close(ErrClientGone) }
+
+// OnEnd registers f to run, once and in its own goroutine, when the
+// attachment ends before its stream does (slow consumer, client gone,
+// closed by the proxy), but not when another client takes it over. A
+// relay uses it to stop reading an upstream nobody will resume.
+func (a *Attachment) OnEnd(f func()) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.closed {
+		if a.reason != ErrDetached {
+			go f()
+		}
+		return
+	}
+	a.onEnd = f
+}
+
+// Wait blocks until the client has been sent everything the stream will
+// send it, or the attachment ended early; it returns nil at a clean end of
+// stream, else the reason. When ctx ends (the client went away) the
+// attachment is closed with ErrClientGone. No write to the client is in
+// progress when Wait returns.
+func (a *Attachment) Wait(ctx context.Context) error {
+	select {
+	case <-a.finished:
+	case <-ctx.Done():
+		a.close(ErrClientGone)
+		<-a.finished
+	}
+	a.s.detach(a)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.timer != nil {
+		a.timer.Stop()
+	}
+	return a.reason
+}

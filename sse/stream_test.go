@@ -1,0 +1,1460 @@
+package sse
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// hangBound is how long a test waits for something that should happen at
+// once before it declares a hang. It is not a timing assertion.
+const hangBound = 3 * time.Second
+
+// timeoutError is what a write past its deadline returns, as net.Conn's
+// os.ErrDeadlineExceeded does.
+type timeoutError struct{}
+
+func (timeoutError) Error() string { return "i/o timeout" }
+func (timeoutError) Timeout() bool { return true }
+
+var errBrokenPipe = errors.New("broken pipe")
+
+// fakeWriter is a ClientWriter that records every call. Like a net.Conn, a
+// Write fails with a timeout once the write deadline has passed; while
+// blocked is set a Write waits until it is cleared or the deadline passes
+// (SetWriteDeadline wakes it, so a deadline in the past ends it at once).
+type fakeWriter struct {
+	mu       sync.Mutex
+	ops      []string // "D" SetWriteDeadline, "W" Write, "F" Flush, "T" timed-out Write
+	writes   [][]byte
+	buf      bytes.Buffer
+	deadline time.Time
+	blocked  bool
+	err      error
+	wake     chan struct{} // closed and replaced when deadline, blocked or err change
+	blocking chan struct{} // gets a value when a Write starts to block
+	wrote    chan struct{} // gets a value after every successful Write
+}
+
+func newFakeWriter() *fakeWriter {
+	return &fakeWriter{wake: make(chan struct{}), blocking: make(chan struct{}, 1), wrote: make(chan struct{}, 1)}
+}
+
+func (f *fakeWriter) wakeLocked() {
+	close(f.wake)
+	f.wake = make(chan struct{})
+}
+
+func (f *fakeWriter) Write(p []byte) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for {
+		if f.err != nil {
+			return 0, f.err
+		}
+		if !f.deadline.IsZero() && !time.Now().Before(f.deadline) {
+			f.ops = append(f.ops, "T")
+			return 0, timeoutError{}
+		}
+		if !f.blocked {
+			break
+		}
+		select {
+		case f.blocking <- struct{}{}:
+		default:
+		}
+		wake := f.wake
+		var tc <-chan time.Time
+		var timer *time.Timer
+		if !f.deadline.IsZero() {
+			timer = time.NewTimer(time.Until(f.deadline))
+			tc = timer.C
+		}
+		f.mu.Unlock()
+		select {
+		case <-wake:
+		case <-tc:
+		}
+		if timer != nil {
+			timer.Stop()
+		}
+		f.mu.Lock()
+	}
+	f.ops = append(f.ops, "W")
+	f.writes = append(f.writes, bytes.Clone(p))
+	f.buf.Write(p)
+	select {
+	case f.wrote <- struct{}{}:
+	default:
+	}
+	return len(p), nil
+}
+
+func (f *fakeWriter) Flush() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.ops = append(f.ops, "F")
+	return f.err
+}
+
+func (f *fakeWriter) SetWriteDeadline(t time.Time) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.ops = append(f.ops, "D")
+	f.deadline = t
+	f.wakeLocked()
+	return nil
+}
+
+func (f *fakeWriter) setBlocked(b bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.blocked = b
+	f.wakeLocked()
+}
+
+func (f *fakeWriter) setErr(err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.err = err
+	f.wakeLocked()
+}
+
+func (f *fakeWriter) String() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.buf.String()
+}
+
+func (f *fakeWriter) Writes() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make([]string, len(f.writes))
+	for i, w := range f.writes {
+		out[i] = string(w)
+	}
+	return out
+}
+
+func (f *fakeWriter) Ops() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return strings.Join(f.ops, "")
+}
+
+// count returns how many writes were exactly s.
+func (f *fakeWriter) count(s string) int {
+	n := 0
+	for _, w := range f.Writes() {
+		if w == s {
+			n++
+		}
+	}
+	return n
+}
+
+// chunkReader returns data in random chunks of 1 to max bytes.
+type chunkReader struct {
+	data []byte
+	rng  *rand.Rand
+	max  int
+}
+
+func (c *chunkReader) Read(p []byte) (int, error) {
+	if len(c.data) == 0 {
+		return 0, io.EOF
+	}
+	n := min(1+c.rng.IntN(c.max), len(p), len(c.data))
+	copy(p, c.data[:n])
+	c.data = c.data[n:]
+	return n, nil
+}
+
+// waitUntil polls cond until it holds, failing the test after hangBound.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(hangBound)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// waitAtt calls a.Wait, failing the test if it does not return.
+func waitAtt(t *testing.T, a *Attachment, ctx context.Context) error {
+	t.Helper()
+	ch := make(chan error, 1)
+	go func() { ch <- a.Wait(ctx) }()
+	select {
+	case err := <-ch:
+		return err
+	case <-time.After(hangBound):
+		t.Fatal("Attachment.Wait hung")
+		return nil
+	}
+}
+
+// startPump runs s.Pump(r) and returns a channel with its result.
+func startPump(s *Stream, r io.Reader) <-chan error {
+	ch := make(chan error, 1)
+	go func() { ch <- s.Pump(r) }()
+	return ch
+}
+
+func pumpResult(t *testing.T, ch <-chan error) error {
+	t.Helper()
+	select {
+	case err := <-ch:
+		return err
+	case <-time.After(hangBound):
+		t.Fatal("Pump hung")
+		return nil
+	}
+}
+
+// evN is the n-th test event, with the id strconv.Itoa(n).
+func evN(n int) string {
+	return "id: " + strconv.Itoa(n) + "\ndata: {\"n\":" + strconv.Itoa(n) + "}\n\n"
+}
+
+func evRange(from, to int) string {
+	var b strings.Builder
+	for i := from; i <= to; i++ {
+		b.WriteString(evN(i))
+	}
+	return b.String()
+}
+
+// reserveCounter is a Hooks.Reserve that keeps the balance of reserved
+// bytes and can refuse reservations.
+type reserveCounter struct {
+	mu     sync.Mutex
+	sum    int
+	calls  int
+	refuse bool
+	bad    bool // a release made the balance negative
+}
+
+func (r *reserveCounter) Reserve(n int) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.calls++
+	if n > 0 && r.refuse {
+		return false
+	}
+	r.sum += n
+	if r.sum < 0 {
+		r.bad = true
+	}
+	return true
+}
+
+func (r *reserveCounter) check(t *testing.T) {
+	t.Helper()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.sum != 0 || r.bad {
+		t.Errorf("reserved bytes not balanced: sum %d, went negative %v (%d calls)", r.sum, r.bad, r.calls)
+	}
+}
+
+func baseConfig() StreamConfig {
+	return StreamConfig{
+		QueueEvents:  64,
+		QueueBytes:   1 << 16,
+		WriteTimeout: time.Second,
+		ReplayEvents: 128,
+		ReplayBytes:  1 << 16,
+	}
+}
+
+// relayInput exercises the parser's corners; relayWant is what a client
+// must receive from it: every non-comment block, byte-exact.
+const relayInput = "\xEF\xBB\xBF" + // BOM, dropped
+	": hello\n\n" + // comment-only block, dropped
+	"id: 1\nevent: message\ndata: {\"a\":1}\n\n" +
+	"\n\n" + // blank lines outside a block
+	"data: multi\r\ndata: line\r\n\r\n" +
+	": ping\n" + // comment run before a field line, dropped
+	"data: x\rid: 2\r\r" +
+	"retry: 100\ndata: y\n\n" +
+	"data: a\n: inner comment\ndata: b\n\n" + // inner comment kept in Raw
+	"event: prime\nid: 3\ndata:\n\n" + // priming event with empty data
+	"data: z\r\r"
+
+const relayWant = "id: 1\nevent: message\ndata: {\"a\":1}\n\n" +
+	"data: multi\r\ndata: line\r\n\r\n" +
+	"data: x\rid: 2\r\r" +
+	"retry: 100\ndata: y\n\n" +
+	"data: a\n: inner comment\ndata: b\n\n" +
+	"event: prime\nid: 3\ndata:\n\n" +
+	"data: z\r\r"
+
+func TestStreamRelayByteExact(t *testing.T) {
+	inputs := map[string]struct{ in, want string }{
+		"trailing CR":     {relayInput, relayWant},
+		"incomplete tail": {relayInput + "data: never ended\n", relayWant},
+		"many events":     {evRange(1, 300), evRange(1, 300)},
+	}
+	for name, tc := range inputs {
+		for seed := range uint64(20) {
+			t.Run(fmt.Sprintf("%s/seed%d", name, seed), func(t *testing.T) {
+				var events, eventBytes atomic.Int64
+				cfg := baseConfig()
+				cfg.QueueEvents = 1000
+				cfg.QueueBytes = 1 << 20
+				cfg.Hooks = &Hooks{Event: func(n int) { events.Add(1); eventBytes.Add(int64(n)) }}
+				s := NewStream(cfg)
+				w := newFakeWriter()
+				a, found := s.Attach(w, "", 0)
+				if found {
+					t.Error("found with no after id")
+				}
+				var r io.Reader = &chunkReader{data: []byte(tc.in), rng: rand.New(rand.NewPCG(seed, 1)), max: 1 + int(seed)*3}
+				if seed == 0 {
+					r = strings.NewReader(tc.in) // whole reads, through the burst buffer
+				}
+				if err := s.Pump(r); err != nil {
+					t.Fatalf("Pump: %v", err)
+				}
+				if err := waitAtt(t, a, context.Background()); err != nil {
+					t.Fatalf("Wait: %v", err)
+				}
+				if got := w.String(); got != tc.want {
+					t.Fatalf("client got\n%q\nwant\n%q", got, tc.want)
+				}
+				if int(eventBytes.Load()) != len(tc.want) {
+					t.Errorf("Event hook counted %d bytes, want %d", eventBytes.Load(), len(tc.want))
+				}
+				// Each write is one whole event, with a deadline set before
+				// it and a flush after it.
+				n := len(w.Writes())
+				if int64(n) != events.Load() {
+					t.Errorf("%d writes for %d events", n, events.Load())
+				}
+				if ops, want := w.Ops(), strings.Repeat("DWF", n); ops != want {
+					t.Errorf("ops %q, want %q", ops, want)
+				}
+				if ended, at := s.Ended(); !ended || at.IsZero() {
+					t.Error("stream not ended")
+				}
+				if s.Attached() {
+					t.Error("still attached after Wait")
+				}
+				select {
+				case <-s.Done():
+				default:
+					t.Error("Done not closed")
+				}
+			})
+		}
+	}
+}
+
+func TestStreamNoWriteDeadlineWhenUnset(t *testing.T) {
+	cfg := baseConfig()
+	cfg.WriteTimeout = 0
+	s := NewStream(cfg)
+	w := newFakeWriter()
+	a, _ := s.Attach(w, "", 0)
+	if err := s.Pump(strings.NewReader(evRange(1, 3))); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitAtt(t, a, context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if ops := w.Ops(); ops != "WFWFWF" {
+		t.Errorf("ops %q", ops)
+	}
+}
+
+func TestStreamZeroConfig(t *testing.T) {
+	// The zero configuration relays (default queue bounds, no replay).
+	s := NewStream(StreamConfig{})
+	w := newFakeWriter()
+	a, _ := s.Attach(w, "", 0)
+	if err := s.Pump(strings.NewReader(evRange(1, 50))); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitAtt(t, a, context.Background()); err != nil {
+		t.Fatalf("Wait: %v", err)
+	}
+	if w.String() != evRange(1, 50) {
+		t.Error("events lost with the zero configuration")
+	}
+	if s.RingBytes() != 0 || s.Has("1", time.Now()) || s.Evict(time.Now()) != 0 {
+		t.Error("a stream without replay holds events")
+	}
+}
+
+func TestStreamRewrite(t *testing.T) {
+	cfg := baseConfig()
+	cfg.Rewrite = func(ev *Event) []byte {
+		if ev.Name == "endpoint" {
+			return []byte("event: endpoint\ndata: /proxy" + string(ev.Data) + "\n\n")
+		}
+		return nil // keep
+	}
+	in := "event: endpoint\r\ndata: /messages?s=1\r\n\r\n" + evN(1) + "id: 2\nevent: endpoint\ndata: /m\n\n" + evN(3)
+	want := "event: endpoint\ndata: /proxy/messages?s=1\n\n" + evN(1) + "event: endpoint\ndata: /proxy/m\n\n" + evN(3)
+	s := NewStream(cfg)
+	w := newFakeWriter()
+	a, _ := s.Attach(w, "", 0)
+	if err := s.Pump(&chunkReader{data: []byte(in), rng: rand.New(rand.NewPCG(7, 7)), max: 5}); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitAtt(t, a, context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := w.String(); got != want {
+		t.Fatalf("got %q\nwant %q", got, want)
+	}
+	// The ring holds the rewritten bytes, under the upstream id.
+	w2 := newFakeWriter()
+	a2, found := s.Attach(w2, "1", 0)
+	if !found {
+		t.Fatal("id 1 not found")
+	}
+	if err := waitAtt(t, a2, context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := w2.String(), "event: endpoint\ndata: /proxy/m\n\n"+evN(3); got != want {
+		t.Fatalf("replay got %q want %q", got, want)
+	}
+}
+
+// clientIDs parses what a client received and returns, for every event,
+// the client's last event id after it (what it would resume with).
+func clientIDs(t *testing.T, b string) []string {
+	t.Helper()
+	p := NewParser(0, 0)
+	var ids []string
+	err := p.Feed([]byte(b), func(ev *Event) error {
+		if !ev.Comment && (ev.HasID || ev.Retry < 0) { // not a retry hint
+			ids = append(ids, p.LastEventID())
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Flush(nil); err != nil {
+		t.Fatal(err)
+	}
+	return ids
+}
+
+func TestStreamIDPrefix(t *testing.T) {
+	cfg := baseConfig()
+	cfg.IDPrefix = "px-"
+	s := NewStream(cfg)
+	pr, pw := io.Pipe()
+	pumped := startPump(s, pr)
+	w := newFakeWriter()
+	a, _ := s.Attach(w, "", 0)
+
+	steps := []struct {
+		in, out, upstream string
+	}{
+		{"data: a\n\n", "id: px-1\ndata: a\n\n", ""},
+		{"id: up-1\ndata: b\n\n", "id: up-1\ndata: b\n\n", "up-1"},
+		{"data: c\r\n\r\n", "id: px-3\ndata: c\r\n\r\n", "up-1"},
+		// An empty id resets the client's last id: ours goes after it.
+		{"id:\ndata: d\r\n\r\n", "id:\ndata: d\r\nid: px-4\n\r\n", "up-1"},
+		{"id: up-2\ndata: e\n\n", "id: up-2\ndata: e\n\n", "up-2"},
+		// An id with NUL is ignored by clients: the event gets ours.
+		{"id: bad\x00\ndata: f\n\n", "id: px-6\nid: bad\x00\ndata: f\n\n", "up-2"},
+		{"event: prime\ndata:\n\n", "id: px-7\nevent: prime\ndata:\n\n", "up-2"},
+	}
+	var want string
+	for _, st := range steps {
+		if _, err := io.WriteString(pw, st.in); err != nil {
+			t.Fatal(err)
+		}
+		want += st.out
+		waitUntil(t, "event "+st.out, func() bool { return w.String() == want || len(w.String()) > len(want) })
+		if got := w.String(); got != want {
+			t.Fatalf("got %q\nwant %q", got, want)
+		}
+		if got := s.UpstreamLastID(); got != st.upstream {
+			t.Errorf("UpstreamLastID %q, want %q", got, st.upstream)
+		}
+	}
+	pw.Close()
+	if err := pumpResult(t, pumped); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitAtt(t, a, context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	wantIDs := []string{"px-1", "up-1", "px-3", "px-4", "up-2", "px-6", "px-7"}
+	if got := clientIDs(t, w.String()); fmt.Sprint(got) != fmt.Sprint(wantIDs) {
+		t.Errorf("client's last ids %v, want %v", got, wantIDs)
+	}
+	// Every id the client can hold resumes the stream just after it.
+	for i, id := range wantIDs {
+		w2 := newFakeWriter()
+		a2, found := s.Attach(w2, id, 0)
+		if !found {
+			t.Fatalf("id %q not found", id)
+		}
+		if err := waitAtt(t, a2, context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		var rest string
+		for _, st := range steps[i+1:] {
+			rest += st.out
+		}
+		if w2.String() != rest {
+			t.Errorf("resume after %q got %q want %q", id, w2.String(), rest)
+		}
+	}
+}
+
+func TestAppendIDLast(t *testing.T) {
+	for in, want := range map[string]string{
+		"id:\ndata: x\n\n":       "id:\ndata: x\nid: p\n\n",
+		"id:\rdata: x\r\r":       "id:\rdata: x\rid: p\n\r",
+		"id:\r\ndata: x\r\n\r\n": "id:\r\ndata: x\r\nid: p\n\r\n",
+		"id:\ndata: x\r\n\n":     "id:\ndata: x\r\nid: p\n\n",
+		"id:\ndata: x\r\r\n":     "id:\ndata: x\rid: p\n\r\n",
+		"no terminator":          "id: p\nno terminator",
+		"":                       "id: p\n",
+	} {
+		if got := string(appendIDLast("p", []byte(in))); got != want {
+			t.Errorf("appendIDLast(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestStreamReplay(t *testing.T) {
+	for _, late := range []bool{false, true} {
+		t.Run(fmt.Sprintf("afterEnd=%v", late), func(t *testing.T) {
+			rc := &reserveCounter{}
+			cfg := baseConfig()
+			cfg.Hooks = &Hooks{Reserve: rc.Reserve}
+			s := NewStream(cfg)
+			pr, pw := io.Pipe()
+			pumped := startPump(s, pr)
+
+			wa := newFakeWriter()
+			ctxA, cancelA := context.WithCancel(context.Background())
+			defer cancelA()
+			a, found := s.Attach(wa, "", 0)
+			if found {
+				t.Error("found without an id")
+			}
+			for i := 1; i <= 3; i++ {
+				io.WriteString(pw, evN(i))
+			}
+			waitUntil(t, "client A to get 3 events", func() bool { return wa.String() == evRange(1, 3) })
+			cancelA()
+			if err := waitAtt(t, a, ctxA); !errors.Is(err, ErrClientGone) {
+				t.Fatalf("A's Wait = %v, want ErrClientGone", err)
+			}
+			if s.Attached() {
+				t.Error("still attached after A left")
+			}
+			// The pump goes on without a client.
+			for i := 4; i <= 6; i++ {
+				io.WriteString(pw, evN(i))
+			}
+			waitUntil(t, "pump to reach 6", func() bool { return s.UpstreamLastID() == "6" })
+			last := 9
+			if late {
+				pw.Close()
+				if err := pumpResult(t, pumped); err != nil {
+					t.Fatal(err)
+				}
+				last = 6
+			}
+			wb := newFakeWriter()
+			b, found := s.Attach(wb, "3", 0)
+			if !found {
+				t.Fatal("id 3 not found")
+			}
+			if !late {
+				for i := 7; i <= 9; i++ {
+					io.WriteString(pw, evN(i))
+				}
+				pw.Close()
+				if err := pumpResult(t, pumped); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := waitAtt(t, b, context.Background()); err != nil {
+				t.Fatalf("B's Wait = %v", err)
+			}
+			if got, want := wb.String(), evRange(4, last); got != want {
+				t.Fatalf("B got %q\nwant %q", got, want)
+			}
+			// An unknown id is not found; nothing is replayed.
+			wc := newFakeWriter()
+			c, found := s.Attach(wc, "nope", 0)
+			if found {
+				t.Error("unknown id found")
+			}
+			if err := waitAtt(t, c, context.Background()); err != nil || wc.String() != "" {
+				t.Errorf("unknown id: Wait %v, got %q", err, wc.String())
+			}
+			if !s.Has("5", time.Now()) || s.Has("nope", time.Now()) || s.Has("", time.Now()) {
+				t.Error("Has is wrong")
+			}
+			if s.RingBytes() == 0 {
+				t.Error("ring empty")
+			}
+			rc.check(t)
+		})
+	}
+}
+
+func TestStreamReplayEvicted(t *testing.T) {
+	cfg := baseConfig()
+	cfg.ReplayEvents = 5
+	s := NewStream(cfg)
+	if err := s.Pump(strings.NewReader(evRange(1, 20))); err != nil {
+		t.Fatal(err)
+	}
+	w := newFakeWriter()
+	a, found := s.Attach(w, "3", 0)
+	if found {
+		t.Error("evicted id found")
+	}
+	waitAtt(t, a, context.Background())
+	w = newFakeWriter()
+	a, found = s.Attach(w, "16", 0)
+	if !found {
+		t.Fatal("id 16 not found")
+	}
+	waitAtt(t, a, context.Background())
+	if w.String() != evRange(17, 20) {
+		t.Errorf("got %q", w.String())
+	}
+	// Expiry by age.
+	if freed := s.Evict(time.Now().Add(time.Hour)); freed != 0 {
+		t.Errorf("no ReplayAge, but Evict freed %d", freed)
+	}
+	cfg.ReplayAge = time.Minute
+	s = NewStream(cfg)
+	s.Pump(strings.NewReader(evRange(1, 3)))
+	if s.Evict(time.Now().Add(time.Hour)) == 0 || s.RingBytes() != 0 || s.Has("2", time.Now().Add(time.Hour)) {
+		t.Error("old events not evicted")
+	}
+}
+
+func TestStreamReplayLargerThanQueue(t *testing.T) {
+	// A client that missed more events than its live queue holds must
+	// still be able to resume: replayed events are bounded by the ring.
+	cfg := baseConfig()
+	cfg.QueueEvents = 4
+	cfg.QueueBytes = 64
+	cfg.Retry = time.Second
+	rc := &reserveCounter{}
+	cfg.Hooks = &Hooks{Reserve: rc.Reserve}
+	s := NewStream(cfg)
+	pr, pw := io.Pipe()
+	pumped := startPump(s, pr)
+	io.WriteString(pw, evRange(1, 60))
+	waitUntil(t, "pump to reach 60", func() bool { return s.UpstreamLastID() == "60" })
+
+	w := newFakeWriter()
+	w.setBlocked(true) // the replay is all queued before anything is written
+	a, found := s.Attach(w, "1", 0)
+	if !found {
+		t.Fatal("id 1 not found")
+	}
+	w.setBlocked(false)
+	// Live events still fit the live queue while the replay drains.
+	io.WriteString(pw, evRange(61, 62))
+	pw.Close()
+	if err := pumpResult(t, pumped); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitAtt(t, a, context.Background()); err != nil {
+		t.Fatalf("Wait = %v", err)
+	}
+	if w.String() != evRange(2, 62) {
+		t.Errorf("got %d bytes, want events 2..62", len(w.String()))
+	}
+	rc.check(t)
+}
+
+func TestStreamEventLargerThanQueueBytes(t *testing.T) {
+	cfg := baseConfig()
+	cfg.QueueBytes = 16
+	s := NewStream(cfg)
+	pr, pw := io.Pipe()
+	pumped := startPump(s, pr)
+	w := newFakeWriter()
+	a, _ := s.Attach(w, "", 0)
+	big := "data: " + strings.Repeat("x", 100) + "\n\n"
+	for i := 1; i <= 3; i++ {
+		io.WriteString(pw, big)
+		waitUntil(t, "big event", func() bool { return w.String() == strings.Repeat(big, i) })
+	}
+	pw.Close()
+	pumpResult(t, pumped)
+	if err := waitAtt(t, a, context.Background()); err != nil {
+		t.Fatalf("Wait = %v", err)
+	}
+}
+
+func TestStreamSkip(t *testing.T) {
+	cfg := baseConfig()
+	cfg.Skip = map[string]struct{}{"2": {}, "3": {}}
+	s := NewStream(cfg)
+	w := newFakeWriter()
+	a, _ := s.Attach(w, "", 0)
+	if err := s.Pump(&chunkReader{data: []byte(evRange(1, 5)), rng: rand.New(rand.NewPCG(1, 2)), max: 7}); err != nil {
+		t.Fatal(err)
+	}
+	waitAtt(t, a, context.Background())
+	if got, want := w.String(), evN(1)+evN(4)+evN(5); got != want {
+		t.Errorf("got %q want %q", got, want)
+	}
+	if s.Has("2", time.Now()) || s.Has("3", time.Now()) {
+		t.Error("skipped events stored")
+	}
+	if s.UpstreamLastID() != "5" {
+		t.Errorf("UpstreamLastID %q", s.UpstreamLastID())
+	}
+	w = newFakeWriter()
+	a, found := s.Attach(w, "1", 0)
+	if !found {
+		t.Fatal("id 1 not found")
+	}
+	waitAtt(t, a, context.Background())
+	if got, want := w.String(), evN(4)+evN(5); got != want {
+		t.Errorf("replay got %q want %q", got, want)
+	}
+}
+
+func TestStreamSlowConsumerQueue(t *testing.T) {
+	var slow atomic.Int32
+	rc := &reserveCounter{}
+	cfg := baseConfig()
+	cfg.QueueEvents = 2
+	cfg.WriteTimeout = 10 * time.Second // the queue bound, not the deadline, must cut it
+	cfg.Hooks = &Hooks{SlowConsumer: func() { slow.Add(1) }, Reserve: rc.Reserve}
+	s := NewStream(cfg)
+	w := newFakeWriter()
+	w.setBlocked(true)
+	a, _ := s.Attach(w, "", 0)
+	pumped := startPump(s, strings.NewReader(evRange(1, 100)))
+	if err := waitAtt(t, a, context.Background()); !errors.Is(err, ErrSlowConsumer) {
+		t.Fatalf("Wait = %v, want ErrSlowConsumer", err)
+	}
+	if n := slow.Load(); n != 1 {
+		t.Errorf("SlowConsumer fired %d times", n)
+	}
+	if len(w.Writes()) != 0 {
+		t.Errorf("blocked writer got writes %q", w.Writes())
+	}
+	if err := pumpResult(t, pumped); err != nil {
+		t.Fatal(err)
+	}
+	if s.Attached() {
+		t.Error("slow consumer still attached")
+	}
+	rc.check(t)
+	// The stream keeps every event for the client's resumption.
+	w2 := newFakeWriter()
+	a2, found := s.Attach(w2, "1", 0)
+	if !found {
+		t.Fatal("id 1 not found")
+	}
+	waitAtt(t, a2, context.Background())
+	if w2.String() != evRange(2, 100) {
+		t.Error("resumption after a slow consumer lost events")
+	}
+	rc.check(t)
+}
+
+func TestStreamSlowConsumerRetryLast(t *testing.T) {
+	slowCh := make(chan struct{})
+	var slow atomic.Int32
+	rc := &reserveCounter{}
+	cfg := baseConfig()
+	cfg.QueueEvents = 2
+	cfg.WriteTimeout = 10 * time.Second
+	cfg.Retry = 1500 * time.Millisecond
+	cfg.Hooks = &Hooks{SlowConsumer: func() {
+		if slow.Add(1) == 1 {
+			close(slowCh)
+		}
+	}, Reserve: rc.Reserve}
+	s := NewStream(cfg)
+	w := newFakeWriter()
+	w.setBlocked(true)
+	a, _ := s.Attach(w, "", 0)
+	pr, pw := io.Pipe()
+	pumped := startPump(s, pr)
+	io.WriteString(pw, evN(1))
+	<-w.blocking // event 1 is stuck in its write
+	go func() { io.WriteString(pw, evRange(2, 100)); pw.Close() }()
+	select {
+	case <-slowCh:
+	case <-time.After(hangBound):
+		t.Fatal("no slow consumer")
+	}
+	w.setBlocked(false) // the stuck write completes within its deadline
+	if err := waitAtt(t, a, context.Background()); !errors.Is(err, ErrSlowConsumer) {
+		t.Fatalf("Wait = %v, want ErrSlowConsumer", err)
+	}
+	writes := w.Writes()
+	if want := []string{evN(1), "retry: 1500\n\n"}; fmt.Sprint(writes) != fmt.Sprint(want) {
+		t.Fatalf("writes %q, want %q", writes, want)
+	}
+	if slow.Load() != 1 {
+		t.Errorf("SlowConsumer fired %d times", slow.Load())
+	}
+	pumpResult(t, pumped)
+	rc.check(t)
+}
+
+func TestStreamWriteTimeout(t *testing.T) {
+	var slow atomic.Int32
+	rc := &reserveCounter{}
+	cfg := baseConfig()
+	cfg.WriteTimeout = 50 * time.Millisecond
+	cfg.Retry = time.Second
+	cfg.Hooks = &Hooks{SlowConsumer: func() { slow.Add(1) }, Reserve: rc.Reserve}
+	s := NewStream(cfg)
+	pr, pw := io.Pipe()
+	pumped := startPump(s, pr)
+	w := newFakeWriter()
+	w.setBlocked(true)
+	a, _ := s.Attach(w, "", 0)
+	io.WriteString(pw, evN(1))
+	if err := waitAtt(t, a, context.Background()); !errors.Is(err, ErrSlowConsumer) {
+		t.Fatalf("Wait = %v, want ErrSlowConsumer", err)
+	}
+	if slow.Load() != 1 {
+		t.Errorf("SlowConsumer fired %d times", slow.Load())
+	}
+	// The connection is stuck: no retry hint is attempted after the timeout.
+	if ops := w.Ops(); len(w.Writes()) != 0 || strings.Count(ops, "T") != 1 {
+		t.Errorf("writes %q ops %q", w.Writes(), ops)
+	}
+	rc.check(t)
+	// The upstream goes on.
+	io.WriteString(pw, evN(2))
+	waitUntil(t, "event 2 stored", func() bool { return s.Has("2", time.Now()) })
+	pw.Close()
+	if err := pumpResult(t, pumped); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestStreamClientGoneWhileBlocked(t *testing.T) {
+	for _, retry := range []time.Duration{0, time.Second} {
+		t.Run(fmt.Sprint(retry), func(t *testing.T) {
+			rc := &reserveCounter{}
+			cfg := baseConfig()
+			cfg.QueueEvents = 2
+			cfg.WriteTimeout = 10 * time.Second
+			cfg.Hooks = &Hooks{Reserve: rc.Reserve}
+			s := NewStream(cfg)
+			pr, pw := io.Pipe()
+			defer pw.Close()
+			startPump(s, pr)
+			w := newFakeWriter()
+			w.setBlocked(true)
+			ctx, cancel := context.WithCancel(context.Background())
+			a, _ := s.Attach(w, "", retry)
+			io.WriteString(pw, evRange(1, 2))
+			<-w.blocking
+			if retry > 0 {
+				// A slow consumer with a retry hint pending, then the
+				// client goes: the hint is dropped, Wait returns at once.
+				io.WriteString(pw, evRange(3, 10))
+				waitUntil(t, "slow consumer", func() bool { return s.UpstreamLastID() == "10" })
+			}
+			cancel()
+			err := waitAtt(t, a, ctx)
+			want := ErrClientGone
+			if retry > 0 {
+				want = ErrSlowConsumer
+			}
+			if !errors.Is(err, want) {
+				t.Fatalf("Wait = %v, want %v", err, want)
+			}
+			if len(w.Writes()) != 0 {
+				t.Errorf("writes %q", w.Writes())
+			}
+			rc.check(t)
+		})
+	}
+}
+
+func TestStreamReplayIntoBrokenClient(t *testing.T) {
+	// The writer fails while Attach is still queueing the replay.
+	for range 20 {
+		rc := &reserveCounter{}
+		cfg := baseConfig()
+		cfg.Hooks = &Hooks{Reserve: rc.Reserve}
+		s := NewStream(cfg)
+		if err := s.Pump(strings.NewReader(evRange(1, 120))); err != nil {
+			t.Fatal(err)
+		}
+		w := newFakeWriter()
+		w.setErr(errBrokenPipe)
+		a, found := s.Attach(w, "1", 0)
+		if !found {
+			t.Fatal("not found")
+		}
+		if err := waitAtt(t, a, context.Background()); !errors.Is(err, ErrClientGone) {
+			t.Fatalf("Wait = %v", err)
+		}
+		rc.check(t)
+	}
+}
+
+func TestStreamClientWriteError(t *testing.T) {
+	rc := &reserveCounter{}
+	cfg := baseConfig()
+	cfg.Hooks = &Hooks{Reserve: rc.Reserve}
+	s := NewStream(cfg)
+	pr, pw := io.Pipe()
+	pumped := startPump(s, pr)
+	w := newFakeWriter()
+	a, _ := s.Attach(w, "", 0)
+	io.WriteString(pw, evN(1))
+	waitUntil(t, "event 1", func() bool { return w.String() == evN(1) })
+	w.setErr(errBrokenPipe)
+	io.WriteString(pw, evRange(2, 5))
+	if err := waitAtt(t, a, context.Background()); !errors.Is(err, ErrClientGone) {
+		t.Fatalf("Wait = %v, want ErrClientGone", err)
+	}
+	pw.Close()
+	pumpResult(t, pumped)
+	rc.check(t)
+}
+
+func TestStreamKeepalive(t *testing.T) {
+	var kas atomic.Int32
+	rc := &reserveCounter{}
+	cfg := baseConfig()
+	cfg.Keepalive = 20 * time.Millisecond
+	cfg.Hooks = &Hooks{Keepalive: func() { kas.Add(1) }, Reserve: rc.Reserve}
+	s := NewStream(cfg)
+	pr, pw := io.Pipe()
+	pumped := startPump(s, pr)
+	w := newFakeWriter()
+	a, _ := s.Attach(w, "", 0)
+	waitUntil(t, "3 keepalives", func() bool { return w.count(":\n\n") >= 3 })
+	io.WriteString(pw, evN(1))
+	waitUntil(t, "event", func() bool { return strings.Contains(w.String(), evN(1)) })
+	waitUntil(t, "a keepalive after the event", func() bool { return strings.HasSuffix(w.String(), evN(1)+":\n\n") })
+	pw.Close()
+	pumpResult(t, pumped)
+	if err := waitAtt(t, a, context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	n := w.count(":\n\n")
+	if int(kas.Load()) != n {
+		t.Errorf("Keepalive hook counted %d, %d written", kas.Load(), n)
+	}
+	for _, wr := range w.Writes() {
+		if wr != ":\n\n" && wr != evN(1) {
+			t.Errorf("unexpected write %q", wr)
+		}
+	}
+	total := len(w.Writes())
+	time.Sleep(5 * cfg.Keepalive)
+	if len(w.Writes()) != total {
+		t.Errorf("writes after the stream ended: %q", w.Writes()[total:])
+	}
+	rc.check(t)
+}
+
+func TestStreamKeepaliveStopsWhenDetached(t *testing.T) {
+	cfg := baseConfig()
+	cfg.Keepalive = 10 * time.Millisecond
+	s := NewStream(cfg)
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	startPump(s, pr)
+	w := newFakeWriter()
+	ctx, cancel := context.WithCancel(context.Background())
+	a, _ := s.Attach(w, "", 0)
+	waitUntil(t, "keepalive", func() bool { return w.count(":\n\n") >= 1 })
+	cancel()
+	if err := waitAtt(t, a, ctx); !errors.Is(err, ErrClientGone) {
+		t.Fatal(err)
+	}
+	total := len(w.Writes())
+	time.Sleep(5 * cfg.Keepalive)
+	if len(w.Writes()) != total {
+		t.Error("keepalive written after the client left")
+	}
+}
+
+func TestStreamAttachReplaces(t *testing.T) {
+	rc := &reserveCounter{}
+	cfg := baseConfig()
+	cfg.Hooks = &Hooks{Reserve: rc.Reserve}
+	s := NewStream(cfg)
+	pr, pw := io.Pipe()
+	pumped := startPump(s, pr)
+	wa := newFakeWriter()
+	a, _ := s.Attach(wa, "", 0)
+	io.WriteString(pw, evN(1))
+	waitUntil(t, "A gets 1", func() bool { return wa.String() == evN(1) })
+
+	wb := newFakeWriter()
+	b, found := s.Attach(wb, "1", 0)
+	if !found {
+		t.Fatal("id 1 not found")
+	}
+	if err := waitAtt(t, a, context.Background()); !errors.Is(err, ErrDetached) {
+		t.Fatalf("A's Wait = %v, want ErrDetached", err)
+	}
+	io.WriteString(pw, evN(2))
+	waitUntil(t, "B gets 2", func() bool { return wb.String() == evN(2) })
+	pw.Close()
+	pumpResult(t, pumped)
+	if err := waitAtt(t, b, context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if wa.String() != evN(1) || wb.String() != evN(2) {
+		t.Errorf("A %q B %q", wa.String(), wb.String())
+	}
+	rc.check(t)
+}
+
+func TestStreamAttachReplacesBlocked(t *testing.T) {
+	// Replacing a client stuck in a write does not wait for its deadline.
+	for _, retry := range []time.Duration{0, time.Second} {
+		rc := &reserveCounter{}
+		cfg := baseConfig()
+		cfg.WriteTimeout = 10 * time.Second
+		cfg.Retry = retry
+		cfg.Hooks = &Hooks{Reserve: rc.Reserve}
+		s := NewStream(cfg)
+		pr, pw := io.Pipe()
+		pumped := startPump(s, pr)
+		wc := newFakeWriter()
+		wc.setBlocked(true)
+		c, _ := s.Attach(wc, "", 0)
+		io.WriteString(pw, evRange(1, 3))
+		<-wc.blocking
+		waitUntil(t, "event 3", func() bool { return s.UpstreamLastID() == "3" })
+		wd := newFakeWriter()
+		d, _ := s.Attach(wd, "1", 0)
+		if err := waitAtt(t, c, context.Background()); !errors.Is(err, ErrDetached) {
+			t.Fatalf("C's Wait = %v, want ErrDetached", err)
+		}
+		pw.Close()
+		pumpResult(t, pumped)
+		if err := waitAtt(t, d, context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if wc.String() != "" || wd.String() != evRange(2, 3) {
+			t.Errorf("C %q D %q", wc.String(), wd.String())
+		}
+		rc.check(t)
+	}
+}
+
+func TestStreamAttachmentClose(t *testing.T) {
+	for _, tc := range []struct {
+		cfgRetry, attRetry time.Duration
+		hint               string
+	}{
+		{0, 0, ""},
+		{2 * time.Second, 0, "retry: 2000\n\n"},
+		{2 * time.Second, 700 * time.Millisecond, "retry: 700\n\n"},
+		{2 * time.Second, -1, ""},
+	} {
+		cfg := baseConfig()
+		cfg.Retry = tc.cfgRetry
+		s := NewStream(cfg)
+		pr, pw := io.Pipe()
+		pumped := startPump(s, pr)
+		w := newFakeWriter()
+		a, _ := s.Attach(w, "", tc.attRetry)
+		io.WriteString(pw, evN(1))
+		waitUntil(t, "event", func() bool { return w.String() == evN(1) })
+		a.Close()
+		if err := waitAtt(t, a, context.Background()); !errors.Is(err, ErrClosed) {
+			t.Fatalf("Wait = %v, want ErrClosed", err)
+		}
+		if got := w.String(); got != evN(1)+tc.hint {
+			t.Errorf("%v/%v: got %q", tc.cfgRetry, tc.attRetry, got)
+		}
+		pw.Close()
+		pumpResult(t, pumped)
+	}
+}
+
+func TestStreamCloseStopsUpstream(t *testing.T) {
+	s := NewStream(baseConfig())
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	errStop := errors.New("stopped")
+	s.SetCloser(func() { pw.CloseWithError(errStop) })
+	pumped := startPump(s, pr)
+	w := newFakeWriter()
+	a, _ := s.Attach(w, "", 0)
+	io.WriteString(pw, evN(1))
+	waitUntil(t, "event", func() bool { return w.String() == evN(1) })
+	s.Close()
+	if err := pumpResult(t, pumped); !errors.Is(err, errStop) {
+		t.Fatalf("Pump = %v", err)
+	}
+	if !errors.Is(s.Err(), errStop) {
+		t.Errorf("Err = %v", s.Err())
+	}
+	if err := waitAtt(t, a, context.Background()); err != nil {
+		t.Errorf("Wait = %v", err)
+	}
+	NewStream(baseConfig()).Close() // no closer: no-op
+}
+
+func TestStreamOversized(t *testing.T) {
+	for _, tc := range []struct {
+		name              string
+		maxEvent, maxLine int
+		bad               string
+		want              error
+	}{
+		{"event", 64, 0, "data: a\ndata: " + strings.Repeat("b", 60) + "\ndata: c\n\n", ErrEventTooLarge},
+		{"line", 1024, 32, "data: " + strings.Repeat("b", 100) + "\n\n", ErrLineTooLong},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var over atomic.Int32
+			rc := &reserveCounter{}
+			cfg := baseConfig()
+			cfg.MaxEvent, cfg.MaxLine = tc.maxEvent, tc.maxLine
+			cfg.Hooks = &Hooks{Oversized: func() { over.Add(1) }, Reserve: rc.Reserve}
+			s := NewStream(cfg)
+			w := newFakeWriter()
+			a, _ := s.Attach(w, "", 0)
+			in := evN(1) + tc.bad + evN(2)
+			err := s.Pump(&chunkReader{data: []byte(in), rng: rand.New(rand.NewPCG(3, 3)), max: 9})
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("Pump = %v, want %v", err, tc.want)
+			}
+			if !errors.Is(s.Err(), tc.want) {
+				t.Errorf("Err = %v", s.Err())
+			}
+			if over.Load() != 1 {
+				t.Errorf("Oversized fired %d times", over.Load())
+			}
+			if err := waitAtt(t, a, context.Background()); err != nil {
+				t.Errorf("Wait = %v", err)
+			}
+			if w.String() != evN(1) {
+				t.Errorf("got %q", w.String())
+			}
+			rc.check(t)
+		})
+	}
+}
+
+func TestStreamReserveRefused(t *testing.T) {
+	for _, retry := range []time.Duration{0, 300 * time.Millisecond} {
+		var slow atomic.Int32
+		rc := &reserveCounter{}
+		cfg := baseConfig()
+		cfg.Retry = retry
+		cfg.Hooks = &Hooks{Reserve: rc.Reserve, SlowConsumer: func() { slow.Add(1) }}
+		s := NewStream(cfg)
+		pr, pw := io.Pipe()
+		pumped := startPump(s, pr)
+		w := newFakeWriter()
+		a, _ := s.Attach(w, "", 0)
+		io.WriteString(pw, evN(1))
+		waitUntil(t, "event 1", func() bool { return w.String() == evN(1) })
+		rc.mu.Lock()
+		rc.refuse = true
+		rc.mu.Unlock()
+		io.WriteString(pw, evN(2))
+		if err := waitAtt(t, a, context.Background()); !errors.Is(err, ErrSlowConsumer) {
+			t.Fatalf("Wait = %v, want ErrSlowConsumer", err)
+		}
+		want := evN(1)
+		if retry > 0 {
+			want += "retry: 300\n\n"
+		}
+		if w.String() != want || slow.Load() != 1 {
+			t.Errorf("got %q, SlowConsumer %d", w.String(), slow.Load())
+		}
+		// Refused during a replay too.
+		w2 := newFakeWriter()
+		a2, found := s.Attach(w2, "1", 0)
+		if !found {
+			t.Fatal("not found")
+		}
+		if err := waitAtt(t, a2, context.Background()); !errors.Is(err, ErrSlowConsumer) {
+			t.Fatalf("replay Wait = %v", err)
+		}
+		pw.Close()
+		pumpResult(t, pumped)
+		rc.check(t)
+	}
+}
+
+func TestStreamReserveBalancedUnderLoad(t *testing.T) {
+	// Many events through a writer that is sometimes slow, ending by every
+	// path; the reservations must balance each time.
+	for i := range 12 {
+		rc := &reserveCounter{}
+		cfg := baseConfig()
+		cfg.QueueEvents = 8
+		cfg.WriteTimeout = 20 * time.Millisecond
+		cfg.Keepalive = time.Millisecond
+		cfg.Retry = 10 * time.Millisecond
+		cfg.Hooks = &Hooks{Reserve: rc.Reserve}
+		s := NewStream(cfg)
+		pr, pw := io.Pipe()
+		pumped := startPump(s, pr)
+		w := newFakeWriter()
+		ctx, cancel := context.WithCancel(context.Background())
+		a, _ := s.Attach(w, "", 0)
+		go func() {
+			for j := 1; j <= 200; j++ {
+				if _, err := io.WriteString(pw, evN(j)); err != nil {
+					return
+				}
+				if j%50 == 0 && i%3 == 1 {
+					w.setBlocked(true)
+					time.Sleep(time.Millisecond)
+					w.setBlocked(false)
+				}
+			}
+			pw.Close()
+		}()
+		switch i % 4 {
+		case 2:
+			cancel()
+		case 3:
+			a.Close()
+		}
+		err := waitAtt(t, a, ctx)
+		if err != nil && !errors.Is(err, ErrClientGone) && !errors.Is(err, ErrClosed) && !errors.Is(err, ErrSlowConsumer) {
+			t.Fatalf("Wait = %v", err)
+		}
+		pumpResult(t, pumped)
+		cancel()
+		rc.check(t)
+	}
+}
+
+func TestStreamGoroutinesReturnToBaseline(t *testing.T) {
+	base := runtime.NumGoroutine()
+	var wg sync.WaitGroup
+	for i := range 200 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cfg := baseConfig()
+			cfg.QueueEvents = 4
+			cfg.Keepalive = 2 * time.Millisecond
+			cfg.WriteTimeout = 20 * time.Millisecond
+			cfg.Retry = 5 * time.Millisecond
+			s := NewStream(cfg)
+			pr, pw := io.Pipe()
+			s.SetCloser(func() { pr.CloseWithError(errors.New("closed")) })
+			pumped := make(chan error, 1)
+			go func() { pumped <- s.Pump(pr) }()
+			w := newFakeWriter()
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			a, _ := s.Attach(w, "", 0)
+			io.WriteString(pw, evN(1))
+			switch i % 5 {
+			case 0: // clean end
+				pw.Close()
+			case 1: // client gone, then the proxy stops the upstream
+				cancel()
+				a.Wait(ctx)
+				s.Close()
+			case 2: // slow consumer
+				w.setBlocked(true)
+				go func() { io.WriteString(pw, evRange(2, 50)); pw.Close() }()
+			case 3: // replaced
+				w2 := newFakeWriter()
+				b, _ := s.Attach(w2, "1", 0)
+				pw.Close()
+				b.Wait(context.Background())
+			case 4: // closed by the proxy
+				a.Close()
+				pw.Close()
+			}
+			a.Wait(ctx)
+			<-pumped
+		}()
+	}
+	wg.Wait()
+	deadline := time.Now().Add(time.Second)
+	for runtime.NumGoroutine() > base && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := runtime.NumGoroutine(); n > base {
+		buf := make([]byte, 1<<16)
+		t.Fatalf("%d goroutines, baseline %d\n%s", n, base, buf[:runtime.Stack(buf, true)])
+	}
+}
+
+// TestStreamConcurrentAttach pumps a stream while several goroutines
+// attach, resume and leave; every attachment must see a gap-free run of
+// events, starting right after the id it resumed from.
+func TestStreamConcurrentAttach(t *testing.T) {
+	cfg := baseConfig()
+	cfg.IDPrefix = "r-"
+	cfg.QueueEvents = 16
+	cfg.Keepalive = time.Millisecond
+	cfg.WriteTimeout = 50 * time.Millisecond
+	cfg.Retry = 5 * time.Millisecond
+	cfg.ReplayEvents = 64
+	rc := &reserveCounter{}
+	cfg.Hooks = &Hooks{Reserve: rc.Reserve}
+	s := NewStream(cfg)
+	pr, pw := io.Pipe()
+	pumped := startPump(s, pr)
+	const total = 3000
+	go func() {
+		for i := 0; i < total; i++ {
+			io.WriteString(pw, "data: "+strconv.Itoa(i)+"\n\n")
+			if i%100 == 0 {
+				runtime.Gosched()
+			}
+		}
+		pw.Close()
+	}()
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(g), 9))
+			last := ""
+			for j := 0; j < 40; j++ {
+				w := newFakeWriter()
+				if rng.IntN(8) == 0 {
+					w.setBlocked(true)
+					go func() { time.Sleep(time.Millisecond); w.setBlocked(false) }()
+				}
+				ctx, cancel := context.WithCancel(context.Background())
+				a, found := s.Attach(w, last, 0)
+				if rng.IntN(2) == 0 {
+					time.Sleep(time.Duration(rng.IntN(500)) * time.Microsecond)
+					cancel()
+				}
+				err := a.Wait(ctx)
+				cancel()
+				if err != nil && !errors.Is(err, ErrClientGone) && !errors.Is(err, ErrDetached) && !errors.Is(err, ErrSlowConsumer) {
+					t.Errorf("Wait = %v", err)
+					return
+				}
+				ids := clientIDs(t, w.String())
+				want := -1
+				if found {
+					want, _ = strconv.Atoi(strings.TrimPrefix(last, "r-"))
+					want++
+				}
+				for _, id := range ids {
+					n, err := strconv.Atoi(strings.TrimPrefix(id, "r-"))
+					if err != nil || (want >= 0 && n != want) {
+						t.Errorf("attachment after %q (found %v): ids %v", last, found, ids)
+						return
+					}
+					want = n + 1
+				}
+				if len(ids) > 0 {
+					last = ids[len(ids)-1]
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if err := pumpResult(t, pumped); err != nil {
+		t.Fatal(err)
+	}
+	rc.check(t)
+}
+
+// cutReader returns data in chunks whose sizes come from cuts (0 means
+// as much as fits), with io.EOF on the last chunk when the cut is odd.
+type cutReader struct {
+	data, cuts []byte
+	i          int
+}
+
+func (r *cutReader) Read(p []byte) (int, error) {
+	if len(r.data) == 0 {
+		return 0, io.EOF
+	}
+	n := len(r.data)
+	var c byte = 1
+	if len(r.cuts) > 0 {
+		c = r.cuts[r.i%len(r.cuts)]
+		r.i++
+		if c == 0 {
+			n = len(p)
+		} else {
+			n = int(c)%97 + 1
+		}
+	}
+	n = min(n, len(p), len(r.data))
+	copy(p, r.data[:n])
+	r.data = r.data[n:]
+	if len(r.data) == 0 && c%2 == 1 {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+func FuzzStreamRelay(f *testing.F) {
+	f.Add([]byte(relayInput), []byte{3, 0, 7})
+	f.Add([]byte(relayInput+"data: tail"), []byte{1})
+	f.Add([]byte(evRange(1, 40)), []byte{0})
+	f.Add([]byte("data: "+strings.Repeat("x", 2000)+"\n\n"), []byte{0, 5})
+	f.Add([]byte(": c\r: d\rdata\r\r\n\nid\n\n"), []byte{2})
+	f.Fuzz(func(t *testing.T, in, cuts []byte) {
+		cfg := StreamConfig{
+			MaxEvent: 1 << 12, MaxLine: 1 << 10,
+			QueueEvents: 1 << 20, QueueBytes: 1 << 30,
+			ReplayEvents: 16, ReplayBytes: 1 << 12,
+		}
+		var want bytes.Buffer
+		p := NewParser(cfg.MaxEvent, cfg.MaxLine)
+		emit := func(ev *Event) error {
+			if !ev.Comment {
+				want.Write(ev.Raw)
+			}
+			return nil
+		}
+		wantErr := p.Feed(in, emit)
+		if wantErr == nil {
+			_, wantErr = p.Flush(emit)
+		}
+		s := NewStream(cfg)
+		w := newFakeWriter()
+		a, _ := s.Attach(w, "", 0)
+		err := s.Pump(&cutReader{data: in, cuts: cuts})
+		if err != wantErr {
+			t.Fatalf("Pump = %v, parser %v", err, wantErr)
+		}
+		if err := waitAtt(t, a, context.Background()); err != nil {
+			t.Fatalf("Wait = %v", err)
+		}
+		if got := w.String(); got != want.String() {
+			t.Fatalf("client got\n%q\nwant\n%q", got, want.String())
+		}
+	})
+}
