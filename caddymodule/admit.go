@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/mcpgate/mcpgate/admission"
 	"github.com/mcpgate/mcpgate/mcp"
@@ -35,6 +36,15 @@ type AdaptiveLimit struct {
 	// Initial is the starting limit. Default: 20.
 	Initial int `json:"initial,omitempty"`
 }
+
+// durationByClass holds the request duration histogram of each method
+// class.
+var durationByClass = func() (o [admission.NumClasses]prometheus.Observer) {
+	for i := range o {
+		o[i] = metrics.requestDuration.WithLabelValues(admission.Class(i).String())
+	}
+	return o
+}()
 
 // defaultClientKey identifies a client by its IP address as Caddy
 // resolves it (honouring the server's trusted_proxies).
@@ -116,13 +126,21 @@ func (h *Handler) admit(w http.ResponseWriter, r *http.Request, call *mcp.Call, 
 	if first.Method == "tools/call" {
 		req.Tool = first.Name
 	}
-	t, refusal, _ := h.ctrl.Admit(r.Context(), &req)
+	t, refusal, waited := h.ctrl.Admit(r.Context(), &req)
 	if refusal != nil {
 		h.refuseAdmission(w, call, refusal)
 		return nil, false
 	}
+	if waited > 0 {
+		metrics.queueWait.Observe(waited.Seconds())
+	}
 	start := time.Now()
-	return func(status int) { t.Release(time.Since(start), status >= 500) }, true
+	duration := durationByClass[req.Class]
+	return func(status int) {
+		d := time.Since(start)
+		t.Release(d, status >= 500)
+		duration.Observe(d.Seconds())
+	}, true
 }
 
 // refuseAdmission answers a refused request: 503 or 429 with Retry-After
@@ -130,6 +148,7 @@ func (h *Handler) admit(w http.ResponseWriter, r *http.Request, call *mcp.Call, 
 // is a JSON-RPC error inside a 200, so one busy tool does not look like a
 // broken server to the client.
 func (h *Handler) refuseAdmission(w http.ResponseWriter, call *mcp.Call, ref *admission.Refusal) {
+	refusalCounters[ref.Reason].Inc()
 	first := call.First()
 	msg := "server overloaded: " + ref.Reason.String() + ", retry after " + ref.RetryAfterHeader + "s"
 	w.Header().Set("Retry-After", ref.RetryAfterHeader)

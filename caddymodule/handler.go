@@ -261,6 +261,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.retry = orDefault(time.Duration(h.RetryHint), defaultRetry)
 	h.drain = orDefault(time.Duration(h.Drain), defaultDrain)
 	h.streams = newStreamSet()
+	h.hooks = streamHooks
+	if err := registerMetrics(ctx); err != nil {
+		return fmt.Errorf("registering metrics: %w", err)
+	}
 	h.origins = mcp.OriginPolicy{Allowed: h.AllowedOrigins}
 	h.peekBufPool.New = func() any { b := make([]byte, h.maxPeek+1); return &b }
 
@@ -438,13 +442,17 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	status := http.StatusOK
 	defer func() { release(status) }()
+	metrics.requestsInFlight.Inc()
+	defer metrics.requestsInFlight.Dec()
 
 	// A client resuming a stream the proxy still holds is answered from it.
 	if r.Method == http.MethodGet && res.session != nil && res.session.Kind == mcp.TokenSession {
 		if last := r.Header.Get(mcp.HeaderLastEventID); last != "" {
 			if stream := sharedRegistry().Find(sessionKey(res.session), last); stream != nil {
+				metrics.replay.WithLabelValues("hit").Inc()
 				return h.serveResume(w, r, stream, last, h.retryHint(&call, res))
 			}
+			metrics.replay.WithLabelValues("miss").Inc()
 			if strings.HasPrefix(last, proxyIDMarker) {
 				// An id the proxy assigned and no longer holds means
 				// nothing to the upstream: open a fresh stream.
@@ -465,6 +473,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	if err != nil && !rw.wroteHeader {
 		if missing, _ := caddyhttp.GetVar(r.Context(), varPinMissing).(bool); missing {
+			metrics.sessionRefusals.WithLabelValues("not_found").Inc()
 			return h.refuse(w, mcp.Refuse(http.StatusNotFound, mcp.CodeSessionNotFound, call.First().ID, "session not found"))
 		}
 	}
@@ -569,6 +578,7 @@ func (h *Handler) resolve(r *http.Request, call *mcp.Call) (resolution, *mcp.Ref
 		// The stateless revision has no sessions: servers ignore the
 		// header, so it is passed through untouched.
 		if tok == "" && h.requireSess && h.needsSession(r, call) {
+			metrics.sessionRefusals.WithLabelValues("missing").Inc()
 			return res, mcp.Refuse(http.StatusBadRequest, mcp.CodeServerError, id, "Bad Request: Mcp-Session-Id header is required")
 		}
 		return res, nil
@@ -617,6 +627,7 @@ func (h *Handler) open(tok string, kind mcp.TokenKind, id string) (*mcp.Session,
 		if c := h.logger.Check(zapcore.DebugLevel, "session refused"); c != nil {
 			c.Write(zap.Error(err))
 		}
+		metrics.sessionRefusals.WithLabelValues("not_found").Inc()
 		return nil, mcp.Refuse(http.StatusNotFound, mcp.CodeSessionNotFound, id, "session not found")
 	}
 	return sess, nil

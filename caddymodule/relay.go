@@ -170,6 +170,7 @@ func (st *relayState) sendCancelled(reason string) {
 	}
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 	_ = resp.Body.Close()
+	metrics.cancelsSent.Inc()
 }
 
 // relayTransport wraps reverse_proxy's transport. For requests mcp_proxy
@@ -338,6 +339,8 @@ func (h *Handler) relay(w http.ResponseWriter, st *relayState, body io.ReadClose
 	att, _ := stream.Attach(cw, "", h.retryHint(st.call, st.res))
 	untrack := h.track(att, stream, st.resumable)
 	defer untrack()
+	metrics.streamsActive.Inc()
+	defer metrics.streamsActive.Dec()
 
 	if st.resumable {
 		// The upstream is pumped by its own goroutine, so this request can
@@ -381,6 +384,8 @@ func (h *Handler) serveResume(w http.ResponseWriter, r *http.Request, stream *ss
 	att, _ := stream.Attach(cw, last, retry)
 	untrack := h.track(att, stream, true)
 	defer untrack()
+	metrics.streamsActive.Inc()
+	defer metrics.streamsActive.Dec()
 	stop := context.AfterFunc(r.Context(), att.Gone)
 	defer stop()
 	_ = att.Wait(r.Context())

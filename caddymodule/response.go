@@ -80,6 +80,7 @@ func (rw *responseWriter) sealSessionHeader(hdr http.Header, sid string) {
 		return
 	}
 	hdr.Set(mcp.HeaderSessionID, tok)
+	metrics.sessionsCreated.Inc()
 }
 
 func isEventStream(h http.Header) bool {

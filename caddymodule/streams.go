@@ -141,6 +141,7 @@ func (ss *streamSet) drain(delay time.Duration) {
 func scheduleDrain(a *sse.Attachment, t trackedStream, delay time.Duration) {
 	d := time.Duration(float64(delay) * (0.8 + 0.2*rand.Float64()))
 	time.AfterFunc(d, func() {
+		metrics.streamsDrained.Inc()
 		a.Close()
 		if !t.resumable {
 			t.stream.Close()

@@ -1,0 +1,149 @@
+package caddymodule
+
+import (
+	"errors"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/mcpgate/mcpgate/admission"
+	"github.com/mcpgate/mcpgate/sse"
+)
+
+// The collectors are created once per process and registered into the
+// registry of every config load, so counters keep counting across reloads
+// and gauges stay right while streams of an old config drain. No label
+// carries a session id or a client address.
+var metrics = struct {
+	requestsInFlight prometheus.Gauge
+	streamsActive    prometheus.Gauge
+	requestDuration  *prometheus.HistogramVec
+	queueWait        prometheus.Histogram
+	refusals         *prometheus.CounterVec
+	sessionsCreated  prometheus.Counter
+	sessionRefusals  *prometheus.CounterVec
+	eventsRelayed    prometheus.Counter
+	bytesRelayed     prometheus.Counter
+	keepalives       prometheus.Counter
+	slowConsumers    prometheus.Counter
+	oversized        prometheus.Counter
+	replay           *prometheus.CounterVec
+	streamsDrained   prometheus.Counter
+	cancelsSent      prometheus.Counter
+	replayBytes      prometheus.GaugeFunc
+}{
+	requestsInFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: "caddy", Subsystem: "mcp", Name: "requests_in_flight",
+		Help: "MCP requests being proxied, streams included.",
+	}),
+	streamsActive: prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: "caddy", Subsystem: "mcp", Name: "streams_active",
+		Help: "SSE streams with a client attached.",
+	}),
+	requestDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: "caddy", Subsystem: "mcp", Name: "request_duration_seconds",
+		Help:    "Time from admission to the end of the response, by method class.",
+		Buckets: []float64{0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60},
+	}, []string{"class"}),
+	queueWait: prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: "caddy", Subsystem: "mcp", Name: "queue_wait_seconds",
+		Help:    "Time admitted requests waited in the admission queue.",
+		Buckets: []float64{0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5},
+	}),
+	refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "mcp", Name: "refusals_total",
+		Help: "Requests refused by admission control, by reason.",
+	}, []string{"reason"}),
+	sessionsCreated: prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "mcp", Name: "sessions_created_total",
+		Help: "Upstream session ids sealed for clients.",
+	}),
+	sessionRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "mcp", Name: "session_errors_total",
+		Help: "Requests answered by the proxy for a session problem: missing (400) or not found (404).",
+	}, []string{"kind"}),
+	eventsRelayed: prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "mcp", Name: "events_relayed_total",
+		Help: "SSE events read from upstreams.",
+	}),
+	bytesRelayed: prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "mcp", Name: "relayed_bytes_total",
+		Help: "Bytes of SSE events read from upstreams.",
+	}),
+	keepalives: prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "mcp", Name: "keepalives_total",
+		Help: "Keepalive comments sent on idle streams.",
+	}),
+	slowConsumers: prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "mcp", Name: "slow_consumer_disconnects_total",
+		Help: "Streams closed because their client did not keep up.",
+	}),
+	oversized: prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "mcp", Name: "oversized_events_total",
+		Help: "Upstream streams closed for an event over max_event_size.",
+	}),
+	replay: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "mcp", Name: "replay_requests_total",
+		Help: "Resumptions with Last-Event-ID: hit (answered from the replay ring) or miss (passed upstream).",
+	}, []string{"result"}),
+	streamsDrained: prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "mcp", Name: "streams_drained_total",
+		Help: "Streams closed with a retry hint because their config was unloaded.",
+	}),
+	cancelsSent: prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "mcp", Name: "upstream_cancellations_total",
+		Help: "notifications/cancelled sent upstream for requests the proxy abandoned.",
+	}),
+	replayBytes: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "caddy", Subsystem: "mcp", Name: "replay_held_bytes",
+		Help: "Bytes held in the replay rings of resumable streams.",
+	}, func() float64 {
+		if r := sharedRegistry(); r != nil {
+			return float64(r.Bytes())
+		}
+		return 0
+	}),
+}
+
+// refusalCounters holds the refusals counter of each admission reason, so
+// the refusal path does not look labels up.
+var refusalCounters = func() (c [admission.NumReasons]prometheus.Counter) {
+	for i := range c {
+		c[i] = metrics.refusals.WithLabelValues(admission.Reason(i).String())
+	}
+	return c
+}()
+
+// streamHooks reports every stream's accounting to the metrics.
+var streamHooks = &sse.Hooks{
+	Event: func(n int) {
+		metrics.eventsRelayed.Inc()
+		metrics.bytesRelayed.Add(float64(n))
+	},
+	Keepalive:    metrics.keepalives.Inc,
+	SlowConsumer: metrics.slowConsumers.Inc,
+	Oversized:    metrics.oversized.Inc,
+}
+
+// registerMetrics registers the collectors into the config's registry.
+func registerMetrics(ctx caddy.Context) error {
+	reg := ctx.GetMetricsRegistry()
+	if reg == nil {
+		return nil
+	}
+	for _, c := range []prometheus.Collector{
+		metrics.requestsInFlight, metrics.streamsActive, metrics.requestDuration,
+		metrics.queueWait, metrics.refusals, metrics.sessionsCreated,
+		metrics.sessionRefusals, metrics.eventsRelayed, metrics.bytesRelayed,
+		metrics.keepalives, metrics.slowConsumers, metrics.oversized,
+		metrics.replay, metrics.streamsDrained, metrics.cancelsSent, metrics.replayBytes,
+	} {
+		if err := reg.Register(c); err != nil {
+			var are prometheus.AlreadyRegisteredError
+			if !errors.As(err, &are) {
+				return err
+			}
+		}
+	}
+	return nil
+}
