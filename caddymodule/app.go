@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"strconv"
+	"sync"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -26,6 +27,11 @@ type App struct {
 	// Default: 0.
 	MaxInflight int `json:"max_inflight,omitempty"`
 
+	// MaxConnections caps the client connections accepted by servers that
+	// use the mcp_connections listener wrapper; a connection over it is
+	// closed at once. 0 means no cap. Default: 0.
+	MaxConnections int `json:"max_connections,omitempty"`
+
 	// MaxStreams caps the SSE streams (GET streams) open through every
 	// mcp_proxy of the process; past it a new stream is refused with 503.
 	// 0 means no cap. Default: 0.
@@ -38,6 +44,19 @@ type App struct {
 type globalState struct {
 	inflight *admission.Limiter
 	streams  *admission.Limiter
+	conns    *admission.Limiter
+}
+
+var (
+	globalMu  sync.Mutex
+	globalCur *globalState
+)
+
+// currentGlobal returns the process-wide state, nil before any mcp app.
+func currentGlobal() *globalState {
+	globalMu.Lock()
+	defer globalMu.Unlock()
+	return globalCur
 }
 
 // Destruct implements caddy.Destructor.
@@ -62,6 +81,7 @@ func (a *App) Provision(caddy.Context) error {
 		return &globalState{
 			inflight: admission.NewLimiter(0, 0, 0),
 			streams:  admission.NewLimiter(0, 0, 0),
+			conns:    admission.NewLimiter(0, 0, 0),
 		}, nil
 	})
 	if err != nil {
@@ -70,6 +90,10 @@ func (a *App) Provision(caddy.Context) error {
 	a.global = v.(*globalState)
 	a.global.inflight.SetLimit(a.MaxInflight)
 	a.global.streams.SetLimit(a.MaxStreams)
+	a.global.conns.SetLimit(a.MaxConnections)
+	globalMu.Lock()
+	globalCur = a.global
+	globalMu.Unlock()
 	return nil
 }
 
@@ -88,8 +112,9 @@ func (a *App) Cleanup() error {
 // parseGlobalOption parses the `mcp` global option:
 //
 //	mcp {
-//		max_inflight <n>
-//		max_streams  <n>
+//		max_connections <n>
+//		max_inflight    <n>
+//		max_streams     <n>
 //	}
 func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 	app := new(App)
@@ -108,6 +133,8 @@ func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 			app.MaxInflight = n
 		case "max_streams":
 			app.MaxStreams = n
+		case "max_connections":
+			app.MaxConnections = n
 		default:
 			return nil, d.Errf("unrecognized mcp option %q", name)
 		}

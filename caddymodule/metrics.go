@@ -137,6 +137,7 @@ func registerMetrics(ctx caddy.Context) error {
 		metrics.sessionRefusals, metrics.eventsRelayed, metrics.bytesRelayed,
 		metrics.keepalives, metrics.slowConsumers, metrics.oversized,
 		metrics.replay, metrics.streamsDrained, metrics.cancelsSent, metrics.replayBytes,
+		connectionsActive,
 	} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError

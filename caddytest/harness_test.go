@@ -71,11 +71,18 @@ func freePort(t *testing.T) int {
 // test ends. Global options for a quiet test server are prepended.
 func loadCaddyfile(t *testing.T, body string) {
 	t.Helper()
+	loadCaddyfileWith(t, "", body)
+}
+
+// loadCaddyfileWith is loadCaddyfile with extra global options (lines
+// that go inside the global block).
+func loadCaddyfileWith(t *testing.T, globalOptions, body string) {
+	t.Helper()
 	logs := "\tlog {\n\t\toutput discard\n\t}\n"
 	if os.Getenv("MCPGATE_TEST_LOG") != "" {
 		logs = ""
 	}
-	cf := "{\n\tadmin off\n\tauto_https off\n\tpersist_config off\n\tgrace_period 1s\n" + logs + "}\n" + body
+	cf := "{\n\tadmin off\n\tauto_https off\n\tpersist_config off\n\tgrace_period 1s\n" + logs + globalOptions + "}\n" + body
 	cfg, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), map[string]any{"filename": "Caddyfile"})
 	if err != nil {
 		t.Fatalf("adapting Caddyfile: %v\n%s", err, cf)

@@ -1,0 +1,121 @@
+package caddymodule
+
+import (
+	"fmt"
+	"net"
+	"sync"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+func init() {
+	caddy.RegisterModule(new(ConnLimit))
+}
+
+// ConnLimit is the `mcp_connections` listener wrapper: it counts the
+// connections a server accepts against the `mcp` app's max_connections,
+// shared by every server that uses it. A connection over the limit is
+// closed as soon as it is accepted, before any TLS or HTTP work is spent
+// on it, and counted as a refusal with reason "connections".
+//
+//	{
+//		servers {
+//			listener_wrappers {
+//				mcp_connections
+//				tls
+//			}
+//		}
+//	}
+type ConnLimit struct {
+	app *App
+}
+
+// CaddyModule returns the Caddy module information.
+func (*ConnLimit) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "caddy.listeners.mcp_connections",
+		New: func() caddy.Module { return new(ConnLimit) },
+	}
+}
+
+// Provision finds the mcp app that holds the limit.
+func (l *ConnLimit) Provision(ctx caddy.Context) error {
+	app, err := ctx.App("mcp")
+	if err != nil {
+		return fmt.Errorf("loading mcp app: %w", err)
+	}
+	l.app = app.(*App)
+	return registerMetrics(ctx)
+}
+
+// WrapListener wraps ln so its connections are counted.
+func (l *ConnLimit) WrapListener(ln net.Listener) net.Listener {
+	return &limitListener{Listener: ln, g: l.app.global}
+}
+
+// UnmarshalCaddyfile parses the wrapper, which takes no arguments:
+//
+//	mcp_connections
+func (l *ConnLimit) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next()
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	return nil
+}
+
+type limitListener struct {
+	net.Listener
+	g *globalState
+}
+
+var connectionRefusals = metrics.refusals.WithLabelValues("connections")
+
+// Accept returns the next connection within the limit, closing those over
+// it.
+func (ll *limitListener) Accept() (net.Conn, error) {
+	for {
+		c, err := ll.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		if ll.g.conns.TryAcquire() {
+			return &countedConn{Conn: c, release: ll.g.conns.Release}, nil
+		}
+		connectionRefusals.Inc()
+		_ = c.Close()
+	}
+}
+
+// countedConn gives its slot back when closed.
+type countedConn struct {
+	net.Conn
+	once    sync.Once
+	release func()
+}
+
+// Close closes the connection and releases its slot once.
+func (c *countedConn) Close() error {
+	c.once.Do(c.release)
+	return c.Conn.Close()
+}
+
+// connectionsActive reports the connections counted by mcp_connections.
+var connectionsActive = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+	Namespace: "caddy", Subsystem: "mcp", Name: "connections_active",
+	Help: "Client connections counted by the mcp_connections listener wrapper.",
+}, func() float64 {
+	if g := currentGlobal(); g != nil {
+		return float64(g.conns.InFlight())
+	}
+	return 0
+})
+
+// Interface guards
+var (
+	_ caddy.Provisioner     = (*ConnLimit)(nil)
+	_ caddy.ListenerWrapper = (*ConnLimit)(nil)
+	_ caddyfile.Unmarshaler = (*ConnLimit)(nil)
+)
