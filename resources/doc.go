@@ -1,0 +1,24 @@
+// Package resources is mcpgate's resource manager: the process-wide memory
+// Budget and each session's Account, the Registry of live MCP sessions with
+// idle expiry, eviction and tombstones, task Groups that own every
+// goroutine the proxy starts, and the pressure Monitors the load manager
+// turns into service levels.
+//
+// Everything here is bounded and owned:
+//
+//   - Budget and Account hold only counters.
+//   - Registry owns its sessions map (at most RegistryConfig.MaxSessions
+//     entries), its tombstone map and queue (at most MaxTombstones each,
+//     entries dropped after TombstoneTTL), and each Session owns its stream
+//     list (at most MaxStreams entries). Scans allocate at most one slice
+//     of the live sessions (Range) or of the n victims asked for
+//     (EvictVictims), freed when the call returns.
+//   - The package starts no goroutine of its own. Goroutines started with
+//     Group.Go belong to that group, end when its context is done, and are
+//     counted in the group and its ancestors; a session's group is closed
+//     when the session leaves the registry.
+//   - Monitors own at most a copy of one runtime histogram's counts.
+//
+// The package imports only the standard library; Caddy wiring lives in
+// caddymodule.
+package resources

@@ -1,0 +1,838 @@
+package resources
+
+import (
+	"errors"
+	"hash/maphash"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// ErrFull is returned by Registry.Open when the registry holds MaxSessions
+// sessions and none of them may be evicted to make room.
+var ErrFull = errors.New("resources: session registry full")
+
+// ErrExists is returned by Registry.Open when a live session already has
+// the key.
+var ErrExists = errors.New("resources: session key already in use")
+
+// ErrEvicted is the reason given to the stream closers of a session that
+// was evicted (idle, capacity, service level or operator).
+var ErrEvicted = errors.New("resources: session evicted")
+
+// ErrDeleted is the reason given to the stream closers of a session that
+// was removed with CauseDeleted (the client ended it).
+var ErrDeleted = errors.New("resources: session deleted")
+
+// ErrStreamLimit is the reason given to the closer of a stream that
+// Session.AddStream refused because the session already holds
+// RegistryConfig.MaxStreams open streams.
+var ErrStreamLimit = errors.New("resources: too many streams in session")
+
+// Cause says why a session left the registry.
+type Cause uint8
+
+// The causes. All but CauseDeleted are evictions: they leave a tombstone
+// and call RegistryConfig.OnEvict.
+const (
+	// CauseIdle: no request and no stream for the idle timeout (Sweep).
+	CauseIdle Cause = iota
+	// CauseCapacity: evicted to make room under MaxSessions.
+	CauseCapacity
+	// CauseLevel: evicted by a service-level action under overload.
+	CauseLevel
+	// CauseOperator: evicted through the admin API.
+	CauseOperator
+	// CauseDeleted: ended by the client (HTTP DELETE); a removal, not an
+	// eviction.
+	CauseDeleted
+
+	// NumCauses is the number of causes, for arrays indexed by Cause.
+	NumCauses = int(CauseDeleted) + 1
+)
+
+// String returns the cause's lowercase name, suitable as a metric label.
+func (c Cause) String() string {
+	switch c {
+	case CauseIdle:
+		return "idle"
+	case CauseCapacity:
+		return "capacity"
+	case CauseLevel:
+		return "level"
+	case CauseOperator:
+		return "operator"
+	case CauseDeleted:
+		return "deleted"
+	default:
+		return "unknown"
+	}
+}
+
+// Registry defaults, used for zero RegistryConfig fields.
+const (
+	// DefaultIdleTimeout is the default RegistryConfig.IdleTimeout.
+	DefaultIdleTimeout = 5 * time.Minute
+	// DefaultSessionMemory is the default per-session quota in bytes (1 MiB).
+	DefaultSessionMemory = 1 << 20
+	// DefaultTombstoneTTL is the default RegistryConfig.TombstoneTTL.
+	DefaultTombstoneTTL = 24 * time.Hour
+	// DefaultMaxTombstones is the default RegistryConfig.MaxTombstones.
+	DefaultMaxTombstones = 100000
+	// DefaultMaxStreams is the default RegistryConfig.MaxStreams.
+	DefaultMaxStreams = 32
+)
+
+// RegistryConfig configures a Registry. The zero value is usable.
+type RegistryConfig struct {
+	// MaxSessions is the most live sessions the registry holds; Open
+	// evicts to stay within it. Zero or less: unlimited.
+	MaxSessions int
+	// IdleTimeout is how long a session with no request in flight and no
+	// open stream lives after its last activity. Zero or less: 5 minutes.
+	IdleTimeout time.Duration
+	// SessionMemory is each session's own memory quota in bytes. Zero: 1
+	// MiB. Less than zero: no per-session quota.
+	SessionMemory int64
+	// Memory is the parent budget every session's account reserves from.
+	// Nil: sessions are bounded by their own quota only.
+	Memory *Budget
+	// TombstoneTTL is how long the key of an evicted session keeps
+	// answering WasEvicted. Zero or less: 24 hours.
+	TombstoneTTL time.Duration
+	// MaxTombstones is the most tombstones kept; the oldest is dropped
+	// first. Zero or less: 100000.
+	MaxTombstones int
+	// MaxStreams is the most open streams one session may register with
+	// AddStream. Zero or less: 32.
+	MaxStreams int
+	// Tasks is the parent of every session's task group. Nil: session
+	// groups are roots.
+	Tasks *Group
+	// OnEvict, when set, is called once for every evicted session (every
+	// cause except CauseDeleted), after its streams are closed and its
+	// memory is released, outside the registry's locks and on the
+	// goroutine that caused the eviction. It is where the caller ends the
+	// upstream session. It must not block for long: Open, Sweep and
+	// EvictVictims call it inline.
+	OnEvict func(s *Session, cause Cause)
+	// Clock returns the current time for Begin, stream activity and
+	// tombstone ages. Nil: time.Now. Tests inject a fake clock here.
+	Clock func() time.Time
+}
+
+// SessionInfo describes a session to the registry.
+type SessionInfo struct {
+	// Key is the opaque, unique key the caller chose for the session.
+	Key string
+	// Upstream is the upstream address the session is pinned to.
+	Upstream string
+	// Version is the MCP protocol version negotiated for the session.
+	Version string
+}
+
+// session states.
+const (
+	stateLive uint32 = iota
+	stateEvicted
+)
+
+// streamEntry is one open stream of a session.
+type streamEntry struct {
+	id    uint64
+	close func(reason error)
+}
+
+// Session is one live MCP session known to this process: its memory
+// account, task group, open streams and activity. Its methods are safe for
+// concurrent use.
+type Session struct {
+	reg     *Registry
+	info    SessionInfo
+	account *Account
+	group   *Group
+	created time.Time
+	endFn   func() // returned by Begin; built once so Begin does not allocate
+
+	lastActive atomic.Int64 // unix nanoseconds
+	inFlight   atomic.Int64
+	nstreams   atomic.Int64 // mirrors len(streams) for lock-free reads
+	state      atomic.Uint32
+	deleted    atomic.Bool // set before closed when removed with CauseDeleted
+
+	mu      sync.Mutex
+	closed  bool          // guarded by mu; set when the streams are taken for eviction
+	nextID  uint64        // guarded by mu
+	streams []streamEntry // guarded by mu; at most MaxStreams entries
+	inline  [4]streamEntry
+}
+
+// Key returns the session's key.
+func (s *Session) Key() string { return s.info.Key }
+
+// Info returns what the session was opened with.
+func (s *Session) Info() SessionInfo { return s.info }
+
+// Account returns the session's memory account. It is closed when the
+// session leaves the registry.
+func (s *Session) Account() *Account { return s.account }
+
+// Group returns the session's task group. It is closed when the session
+// leaves the registry.
+func (s *Session) Group() *Group { return s.group }
+
+// Created returns when the session was opened.
+func (s *Session) Created() time.Time { return s.created }
+
+// LastActive returns the last time the session was touched.
+func (s *Session) LastActive() time.Time { return time.Unix(0, s.lastActive.Load()) }
+
+// Touch records activity at now. The last-active time never moves
+// backwards.
+func (s *Session) Touch(now time.Time) {
+	t := now.UnixNano()
+	for {
+		old := s.lastActive.Load()
+		if t <= old || s.lastActive.CompareAndSwap(old, t) {
+			return
+		}
+	}
+}
+
+// InFlight returns the requests in flight on the session.
+func (s *Session) InFlight() int { return int(s.inFlight.Load()) }
+
+// StreamCount returns the open streams registered with AddStream.
+func (s *Session) StreamCount() int { return int(s.nstreams.Load()) }
+
+// Goroutines returns the goroutines running in the session's task group.
+func (s *Session) Goroutines() int { return s.group.Count() }
+
+// Evicted reports whether the session has left the registry, by eviction
+// or by removal.
+func (s *Session) Evicted() bool { return s.state.Load() == stateEvicted }
+
+// Begin marks a request in flight and touches the session; the returned
+// function ends it (and touches the session again) and must be called
+// exactly once. A session in flight is never idle and is only evicted in
+// protective mode. Begin does not allocate.
+//
+// A session may be evicted between Registry.Get and Begin; a caller that
+// must not proceed on an evicted session checks Evicted after Begin.
+func (s *Session) Begin() (end func()) {
+	s.inFlight.Add(1)
+	s.Touch(s.reg.now())
+	return s.endFn
+}
+
+func (s *Session) end() {
+	s.Touch(s.reg.now())
+	for {
+		n := s.inFlight.Load()
+		if n <= 0 || s.inFlight.CompareAndSwap(n, n-1) {
+			return
+		}
+	}
+}
+
+// AddStream registers an open stream of the session with the function that
+// closes it, and returns the function that unregisters it when the stream
+// ends by itself. An open stream keeps the session from being idle.
+//
+// closer is called at most once, outside the registry's locks, with
+// ErrEvicted or ErrDeleted when the session leaves the registry. It is
+// called before AddStream returns when the session has already left
+// (ErrEvicted or ErrDeleted) or already holds MaxStreams streams
+// (ErrStreamLimit); the returned function then does nothing. remove may be
+// called any number of times, also after closer ran. Registering costs one
+// allocation while the session holds at most four streams.
+func (s *Session) AddStream(closer func(reason error)) (remove func()) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		closer(s.reason())
+		return noop
+	}
+	if len(s.streams) >= s.reg.maxStreams {
+		s.mu.Unlock()
+		closer(ErrStreamLimit)
+		return noop
+	}
+	s.nextID++
+	id := s.nextID
+	s.streams = append(s.streams, streamEntry{id: id, close: closer})
+	s.nstreams.Store(int64(len(s.streams)))
+	s.mu.Unlock()
+	return func() { s.removeStream(id) }
+}
+
+func noop() {}
+
+func (s *Session) removeStream(id uint64) {
+	s.mu.Lock()
+	for i := range s.streams {
+		if s.streams[i].id == id {
+			last := len(s.streams) - 1
+			s.streams[i] = s.streams[last]
+			s.streams[last] = streamEntry{}
+			s.streams = s.streams[:last]
+			s.nstreams.Store(int64(last))
+			s.mu.Unlock()
+			s.Touch(s.reg.now())
+			return
+		}
+	}
+	s.mu.Unlock()
+}
+
+// reason is the error given to the closers of a session that has left.
+func (s *Session) reason() error {
+	if s.deleted.Load() {
+		return ErrDeleted
+	}
+	return ErrEvicted
+}
+
+// shardCount is the number of registry shards; a power of two.
+const shardCount = 64
+
+// shard is one slice of the registry's key space.
+type shard struct {
+	mu       sync.Mutex
+	sessions map[string]*Session // guarded by mu
+	_        [48]byte            // keeps neighbouring shards' locks off one cache line
+}
+
+// Registry holds the live MCP sessions of this process. It bounds them
+// (MaxSessions), expires idle ones (Sweep), evicts the least valuable ones
+// under pressure (EvictVictims) and remembers evicted keys for a while
+// (WasEvicted), so a client whose session was evicted gets a clear answer.
+//
+// Concurrency: the sessions map is split into 64 shards by a hash of the
+// key, each with its own mutex, so Get (every request) rarely contends.
+// Whole-registry operations (Sweep, EvictVictims, Range, Stats) lock one
+// shard at a time. Tombstones have a single mutex of their own; they are
+// written only on eviction. No lock is held while stream closers, OnEvict
+// or Range callbacks run, and no two registry locks are ever held at once
+// (the session's own mutex is taken only without a shard lock held).
+//
+// Bounds: the sessions map holds at most MaxSessions entries (when set);
+// the tombstone map and its queue hold at most MaxTombstones entries each
+// and lose entries older than TombstoneTTL at Sweep; each session holds at
+// most MaxStreams stream entries. The registry starts no goroutine: Sweep
+// is called by its owner on a ticker.
+type Registry struct {
+	seed   maphash.Seed
+	shards [shardCount]shard
+
+	maxSessions   int
+	quota         int64
+	memory        *Budget
+	tombstoneTTL  time.Duration
+	maxTombstones int
+	maxStreams    int
+	tasks         *Group
+	onEvict       func(*Session, Cause)
+	clock         func() time.Time
+
+	idleTimeout atomic.Int64 // nanoseconds
+	count       atomic.Int64 // live sessions, also the MaxSessions slot counter
+	bytes       atomic.Int64 // bytes held by all session accounts
+	evictions   [NumCauses]atomic.Uint64
+
+	tombMu sync.Mutex
+	tombs  map[string]int64 // key → eviction time (unix ns); guarded by tombMu
+	queue  []tombstone      // eviction order, oldest at head; guarded by tombMu
+	head   int              // index of the oldest entry in queue; guarded by tombMu
+}
+
+// tombstone is one entry of the registry's eviction-order queue.
+type tombstone struct {
+	key string
+	at  int64
+}
+
+// RegistryStats is a snapshot of the registry's counts.
+type RegistryStats struct {
+	// Sessions is the number of live sessions.
+	Sessions int
+	// Streams is the number of open streams over all sessions.
+	Streams int
+	// InFlight is the number of requests in flight over all sessions.
+	InFlight int
+	// Bytes is the memory held by all session accounts.
+	Bytes int64
+	// Evictions counts the sessions that left the registry, by cause,
+	// since it was created.
+	Evictions [NumCauses]uint64
+}
+
+// NewRegistry returns an empty registry configured by cfg.
+func NewRegistry(cfg RegistryConfig) *Registry {
+	r := &Registry{
+		seed:          maphash.MakeSeed(),
+		maxSessions:   cfg.MaxSessions,
+		quota:         cfg.SessionMemory,
+		memory:        cfg.Memory,
+		tombstoneTTL:  cfg.TombstoneTTL,
+		maxTombstones: cfg.MaxTombstones,
+		maxStreams:    cfg.MaxStreams,
+		tasks:         cfg.Tasks,
+		onEvict:       cfg.OnEvict,
+		clock:         cfg.Clock,
+		tombs:         make(map[string]int64),
+	}
+	if r.quota == 0 {
+		r.quota = DefaultSessionMemory
+	}
+	if r.tombstoneTTL <= 0 {
+		r.tombstoneTTL = DefaultTombstoneTTL
+	}
+	if r.maxTombstones <= 0 {
+		r.maxTombstones = DefaultMaxTombstones
+	}
+	if r.maxStreams <= 0 {
+		r.maxStreams = DefaultMaxStreams
+	}
+	if r.clock == nil {
+		r.clock = time.Now
+	}
+	r.SetIdleTimeout(cfg.IdleTimeout)
+	for i := range r.shards {
+		r.shards[i].sessions = make(map[string]*Session)
+	}
+	return r
+}
+
+func (r *Registry) now() time.Time { return r.clock() }
+
+func (r *Registry) shard(key string) *shard {
+	return &r.shards[maphash.String(r.seed, key)&(shardCount-1)]
+}
+
+// SetIdleTimeout changes the idle timeout for the next Sweep; service
+// levels scale it down under pressure. Zero or less restores the default
+// of 5 minutes.
+func (r *Registry) SetIdleTimeout(d time.Duration) {
+	if d <= 0 {
+		d = DefaultIdleTimeout
+	}
+	r.idleTimeout.Store(int64(d))
+}
+
+// IdleTimeout returns the idle timeout in force.
+func (r *Registry) IdleTimeout() time.Duration { return time.Duration(r.idleTimeout.Load()) }
+
+// Open creates a live session for info, active at now. When the registry
+// holds MaxSessions sessions it first evicts one victim with
+// CauseCapacity (see EvictVictims; protective allows a session with a
+// request in flight to be the victim) and returns ErrFull when none may be
+// evicted. Making room scans the registry once, so at capacity Open costs
+// O(sessions); the load manager keeps the registry under MaxSessions in
+// normal operation with Sweep and EvictVictims in batches. A key that is live returns ErrExists; a tombstoned key is
+// reopened and loses its tombstone.
+func (r *Registry) Open(info SessionInfo, now time.Time, protective bool) (*Session, error) {
+	if !r.takeSlot(protective) {
+		return nil, ErrFull
+	}
+	s := &Session{
+		reg:     r,
+		info:    info,
+		account: NewAccount(r.quota, r.memory),
+		group:   NewGroup(r.tasks),
+		created: now,
+	}
+	s.account.tally = &r.bytes
+	s.streams = s.inline[:0]
+	s.endFn = s.end
+	s.lastActive.Store(now.UnixNano())
+
+	// Drop the key's tombstone before the session is visible, so an
+	// eviction right after Open keeps its own tombstone. The queue entry
+	// ages out by itself.
+	r.tombMu.Lock()
+	delete(r.tombs, info.Key)
+	r.tombMu.Unlock()
+
+	sh := r.shard(info.Key)
+	sh.mu.Lock()
+	if _, ok := sh.sessions[info.Key]; ok {
+		sh.mu.Unlock()
+		r.count.Add(-1)
+		s.group.Close()
+		return nil, ErrExists
+	}
+	sh.sessions[info.Key] = s
+	sh.mu.Unlock()
+	return s, nil
+}
+
+// takeSlot reserves a place under MaxSessions, evicting to make room.
+func (r *Registry) takeSlot(protective bool) bool {
+	if r.maxSessions <= 0 {
+		r.count.Add(1)
+		return true
+	}
+	// Concurrent Opens may take the room an eviction made; a few rounds
+	// bound the work one Open does before it gives up.
+	for range 4 {
+		for {
+			n := r.count.Load()
+			if n >= int64(r.maxSessions) {
+				break
+			}
+			if r.count.CompareAndSwap(n, n+1) {
+				return true
+			}
+		}
+		if r.EvictVictims(1, protective, CauseCapacity) == 0 {
+			return false
+		}
+	}
+	return false
+}
+
+// Get returns the live session with the key. It does not allocate.
+func (r *Registry) Get(key string) (*Session, bool) {
+	sh := r.shard(key)
+	sh.mu.Lock()
+	s, ok := sh.sessions[key]
+	sh.mu.Unlock()
+	return s, ok
+}
+
+// WasEvicted reports whether a session with the key was evicted less than
+// TombstoneTTL ago and has not been reopened. Removal with CauseDeleted
+// leaves no tombstone.
+func (r *Registry) WasEvicted(key string) bool {
+	r.tombMu.Lock()
+	at, ok := r.tombs[key]
+	r.tombMu.Unlock()
+	return ok && r.now().UnixNano()-at < int64(r.tombstoneTTL)
+}
+
+// Remove takes the live session with the key out of the registry and
+// reports whether there was one. Its streams are closed (ErrDeleted for
+// CauseDeleted, ErrEvicted otherwise), its account is closed, which
+// returns its memory to the parent budget, and its task group is closed.
+// For CauseDeleted that is all; for any other cause the removal is an
+// eviction: the key is tombstoned and OnEvict is called.
+func (r *Registry) Remove(key string, cause Cause) bool {
+	sh := r.shard(key)
+	sh.mu.Lock()
+	s, ok := sh.sessions[key]
+	if ok {
+		r.detachLocked(sh, s)
+	}
+	sh.mu.Unlock()
+	if ok {
+		r.finish(s, cause)
+	}
+	return ok
+}
+
+// Evict evicts the live session with the key for cause and reports whether
+// there was one. It is Remove under the name used for the registry's own
+// causes (idle, capacity, level, operator); with CauseDeleted it removes
+// without a tombstone, exactly as Remove does.
+func (r *Registry) Evict(key string, cause Cause) bool { return r.Remove(key, cause) }
+
+// detachLocked takes s out of sh; sh.mu must be held and s must be in sh.
+func (r *Registry) detachLocked(sh *shard, s *Session) {
+	delete(sh.sessions, s.info.Key)
+	s.state.Store(stateEvicted)
+	r.count.Add(-1)
+}
+
+// finish completes the eviction or removal of s, which has just been
+// detached by this goroutine (so it runs exactly once per session). It
+// takes no registry lock while calling out.
+func (r *Registry) finish(s *Session, cause Cause) {
+	reason := ErrEvicted
+	if cause == CauseDeleted {
+		s.deleted.Store(true)
+		reason = ErrDeleted
+	}
+	s.mu.Lock()
+	s.closed = true
+	streams := s.streams
+	s.streams = nil
+	s.nstreams.Store(0)
+	s.mu.Unlock()
+	for i := range streams {
+		streams[i].close(reason)
+		streams[i] = streamEntry{}
+	}
+	s.account.Close()
+	s.group.Close()
+	if int(cause) < NumCauses {
+		r.evictions[cause].Add(1)
+	}
+	if cause == CauseDeleted {
+		return
+	}
+	r.tombstone(s.info.Key, r.now().UnixNano())
+	if r.onEvict != nil {
+		r.onEvict(s, cause)
+	}
+}
+
+// tombstone remembers key as evicted at at.
+func (r *Registry) tombstone(key string, at int64) {
+	r.tombMu.Lock()
+	defer r.tombMu.Unlock()
+	for len(r.queue)-r.head >= r.maxTombstones {
+		r.popTombLocked()
+	}
+	r.tombs[key] = at
+	r.queue = append(r.queue, tombstone{key: key, at: at})
+}
+
+// popTombLocked drops the oldest queue entry and its map entry unless the
+// map entry is newer (the key was tombstoned again later).
+func (r *Registry) popTombLocked() {
+	t := r.queue[r.head]
+	r.queue[r.head] = tombstone{}
+	r.head++
+	if at, ok := r.tombs[t.key]; ok && at == t.at {
+		delete(r.tombs, t.key)
+	}
+	// Compact once the dead prefix is the larger half, so the queue's
+	// backing array stays within twice the live entries.
+	if r.head > len(r.queue)/2 {
+		n := copy(r.queue, r.queue[r.head:])
+		clear(r.queue[n:])
+		r.queue = r.queue[:n]
+		r.head = 0
+	}
+}
+
+// pruneTombs drops tombstones older than the TTL at now.
+func (r *Registry) pruneTombs(now int64) {
+	r.tombMu.Lock()
+	for r.head < len(r.queue) && now-r.queue[r.head].at >= int64(r.tombstoneTTL) {
+		r.popTombLocked()
+	}
+	r.tombMu.Unlock()
+}
+
+// Tombstones returns the number of evicted keys remembered.
+func (r *Registry) Tombstones() int {
+	r.tombMu.Lock()
+	defer r.tombMu.Unlock()
+	return len(r.tombs)
+}
+
+// idle reports whether s has been idle for timeout at now (see Sweep).
+func idle(s *Session, now int64, timeout int64) bool {
+	return s.inFlight.Load() == 0 && s.nstreams.Load() == 0 && now-s.lastActive.Load() >= timeout
+}
+
+// Sweep evicts with CauseIdle every session idle at now: no request in
+// flight, no open stream, and no activity for the idle timeout. A session
+// with an open stream is never idle, because an MCP GET stream can be
+// silent for hours and still be wanted; a stream whose client has gone is
+// closed by its own write deadline or keepalive failure, which removes it
+// and restarts the idle clock. Sweep also drops tombstones older than the
+// TTL, and returns the number of sessions expired. It scans every session
+// once, one shard at a time; the owner calls it on a ticker (a fraction of
+// the idle timeout).
+func (r *Registry) Sweep(now time.Time) (expired int) {
+	t := now.UnixNano()
+	timeout := r.idleTimeout.Load()
+	var batch []*Session // reused per shard; at most one shard's sessions
+	for i := range r.shards {
+		sh := &r.shards[i]
+		batch = batch[:0]
+		sh.mu.Lock()
+		for _, s := range sh.sessions {
+			if idle(s, t, timeout) {
+				r.detachLocked(sh, s)
+				batch = append(batch, s)
+			}
+		}
+		sh.mu.Unlock()
+		for j, s := range batch {
+			r.finish(s, CauseIdle)
+			batch[j] = nil
+		}
+		expired += len(batch)
+	}
+	r.pruneTombs(t)
+	return expired
+}
+
+// victim is a candidate of EvictVictims.
+type victim struct {
+	s     *Session
+	score float64
+	bytes int64
+}
+
+// better reports whether a should be evicted before b.
+func (a victim) better(b victim) bool {
+	if a.score != b.score {
+		return a.score > b.score
+	}
+	if a.bytes != b.bytes {
+		return a.bytes > b.bytes
+	}
+	return a.s.lastActive.Load() < b.s.lastActive.Load()
+}
+
+// Score returns the victim score of s at now; EvictVictims evicts the
+// highest scores first. It is
+//
+//	idleSeconds × (1 + bytesHeld / quota)
+//
+// where idleSeconds is the time since the session was last active and
+// bytesHeld is what its account holds (quota is SessionMemory, 1 MiB when
+// sessions have no quota). The longest idle go first, and of two equally
+// idle sessions the one holding more memory; a session that holds its
+// whole quota counts as idle twice as long. Ties go to the session holding
+// more bytes, then to the one idle longer.
+func (r *Registry) Score(s *Session, now time.Time) float64 {
+	return r.score(s, now.UnixNano())
+}
+
+func (r *Registry) score(s *Session, now int64) float64 {
+	idleSec := max(float64(now-s.lastActive.Load())/1e9, 0)
+	quota := r.quota
+	if quota <= 0 {
+		quota = DefaultSessionMemory
+	}
+	return idleSec * (1 + float64(s.account.Used())/float64(quota))
+}
+
+// EvictVictims evicts up to n sessions for cause, highest Score first, and
+// returns how many it evicted. A session with a request in flight is never
+// chosen unless protective is true. It scans every session once, keeping
+// the n best candidates in a heap (O(sessions × log n)), then evicts them.
+func (r *Registry) EvictVictims(n int, protective bool, cause Cause) int {
+	if n <= 0 {
+		return 0
+	}
+	n = min(n, int(r.count.Load()))
+	if n <= 0 {
+		return 0
+	}
+	now := r.now().UnixNano()
+	var small [4]victim
+	h := small[:0]
+	if n > len(small) {
+		h = make([]victim, 0, n)
+	}
+	for i := range r.shards {
+		sh := &r.shards[i]
+		sh.mu.Lock()
+		for _, s := range sh.sessions {
+			if !protective && s.inFlight.Load() > 0 {
+				continue
+			}
+			v := victim{s: s, score: r.score(s, now), bytes: s.account.Used()}
+			if len(h) < n {
+				h = append(h, v)
+				heapUp(h, len(h)-1)
+			} else if v.better(h[0]) {
+				h[0] = v
+				heapDown(h, 0)
+			}
+		}
+		sh.mu.Unlock()
+	}
+	evicted := 0
+	for i := range h {
+		s := h[i].s
+		h[i] = victim{}
+		sh := r.shard(s.info.Key)
+		sh.mu.Lock()
+		ok := sh.sessions[s.info.Key] == s && (protective || s.inFlight.Load() == 0)
+		if ok {
+			r.detachLocked(sh, s)
+		}
+		sh.mu.Unlock()
+		if ok {
+			r.finish(s, cause)
+			evicted++
+		}
+	}
+	return evicted
+}
+
+// heapUp and heapDown keep h a heap whose root is the worst victim (the
+// one to drop first when a better candidate turns up).
+func heapUp(h []victim, i int) {
+	for i > 0 {
+		p := (i - 1) / 2
+		if !h[p].better(h[i]) {
+			return
+		}
+		h[p], h[i] = h[i], h[p]
+		i = p
+	}
+}
+
+func heapDown(h []victim, i int) {
+	for {
+		l := 2*i + 1
+		if l >= len(h) {
+			return
+		}
+		w := l
+		if r := l + 1; r < len(h) && h[l].better(h[r]) {
+			w = r
+		}
+		if !h[i].better(h[w]) {
+			return
+		}
+		h[i], h[w] = h[w], h[i]
+		i = w
+	}
+}
+
+// Len returns the number of live sessions.
+func (r *Registry) Len() int { return int(r.count.Load()) }
+
+// Bytes returns the memory held by all session accounts.
+func (r *Registry) Bytes() int64 { return r.bytes.Load() }
+
+// Range calls fn for each live session until fn returns false. It iterates
+// over a snapshot taken one shard at a time, with no lock held while fn
+// runs; sessions opened or evicted meanwhile may or may not be seen. The
+// snapshot costs one slice of the live sessions.
+func (r *Registry) Range(fn func(*Session) bool) {
+	snap := make([]*Session, 0, r.Len())
+	for i := range r.shards {
+		sh := &r.shards[i]
+		sh.mu.Lock()
+		for _, s := range sh.sessions {
+			snap = append(snap, s)
+		}
+		sh.mu.Unlock()
+	}
+	for _, s := range snap {
+		if !fn(s) {
+			return
+		}
+	}
+}
+
+// Stats returns the registry's counts. Streams and InFlight are summed over
+// the sessions, one shard at a time, so Stats costs a scan of the registry;
+// call it at scrape rate, not per request.
+func (r *Registry) Stats() RegistryStats {
+	st := RegistryStats{Sessions: r.Len(), Bytes: r.Bytes()}
+	for i := range r.shards {
+		sh := &r.shards[i]
+		sh.mu.Lock()
+		for _, s := range sh.sessions {
+			st.Streams += int(s.nstreams.Load())
+			st.InFlight += int(s.inFlight.Load())
+		}
+		sh.mu.Unlock()
+	}
+	for i := range st.Evictions {
+		st.Evictions[i] = r.evictions[i].Load()
+	}
+	return st
+}

@@ -1,0 +1,700 @@
+package resources
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// fakeClock is a settable clock for RegistryConfig.Clock.
+type fakeClock struct{ ns atomic.Int64 }
+
+func newFakeClock() *fakeClock {
+	c := &fakeClock{}
+	c.ns.Store(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano())
+	return c
+}
+
+func (c *fakeClock) Now() time.Time                  { return time.Unix(0, c.ns.Load()) }
+func (c *fakeClock) Advance(d time.Duration)         { c.ns.Add(int64(d)) }
+func (c *fakeClock) After(d time.Duration) time.Time { return c.Now().Add(d) }
+
+// evictLog records OnEvict calls.
+type evictLog struct {
+	mu    sync.Mutex
+	calls map[string][]Cause
+}
+
+func (l *evictLog) record(s *Session, c Cause) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.calls == nil {
+		l.calls = make(map[string][]Cause)
+	}
+	l.calls[s.Key()] = append(l.calls[s.Key()], c)
+}
+
+func (l *evictLog) get(key string) []Cause {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.calls[key]
+}
+
+func info(key string) SessionInfo {
+	return SessionInfo{Key: key, Upstream: "10.0.0.1:3000", Version: "2025-11-25"}
+}
+
+func mustOpen(t testing.TB, r *Registry, key string, now time.Time) *Session {
+	t.Helper()
+	s, err := r.Open(info(key), now, false)
+	if err != nil {
+		t.Fatalf("Open(%q): %v", key, err)
+	}
+	return s
+}
+
+func TestRegistryOpenGet(t *testing.T) {
+	clk := newFakeClock()
+	r := NewRegistry(RegistryConfig{Clock: clk.Now})
+	s := mustOpen(t, r, "a", clk.Now())
+	if s.Key() != "a" || s.Info() != info("a") || !s.Created().Equal(clk.Now()) || !s.LastActive().Equal(clk.Now()) {
+		t.Fatalf("session fields: %+v", s.Info())
+	}
+	if s.Account().Quota() != DefaultSessionMemory {
+		t.Fatalf("default quota %d", s.Account().Quota())
+	}
+	got, ok := r.Get("a")
+	if !ok || got != s {
+		t.Fatal("Get did not return the opened session")
+	}
+	if _, ok := r.Get("b"); ok {
+		t.Fatal("Get found an unknown key")
+	}
+	if _, err := r.Open(info("a"), clk.Now(), false); !errors.Is(err, ErrExists) {
+		t.Fatalf("reopening a live key: %v, want ErrExists", err)
+	}
+	if r.Len() != 1 {
+		t.Fatalf("Len = %d, want 1", r.Len())
+	}
+	if r.IdleTimeout() != DefaultIdleTimeout {
+		t.Fatalf("IdleTimeout = %v", r.IdleTimeout())
+	}
+}
+
+func TestRegistryEvict(t *testing.T) {
+	clk := newFakeClock()
+	mem := NewBudget(0)
+	var log evictLog
+	r := NewRegistry(RegistryConfig{Clock: clk.Now, Memory: mem, OnEvict: log.record})
+	s := mustOpen(t, r, "a", clk.Now())
+	if !s.Account().Reserve(1000) {
+		t.Fatal("reserve")
+	}
+	if r.Bytes() != 1000 || mem.Used() != 1000 {
+		t.Fatalf("bytes %d mem %d, want 1000", r.Bytes(), mem.Used())
+	}
+	var reasons []error
+	var mu sync.Mutex
+	for range 2 {
+		s.AddStream(func(err error) { mu.Lock(); reasons = append(reasons, err); mu.Unlock() })
+	}
+	var goroutineEnded atomic.Bool
+	s.Group().Go(func(ctx context.Context) { <-ctx.Done(); goroutineEnded.Store(true) })
+
+	if !r.Evict("a", CauseOperator) {
+		t.Fatal("Evict of a live session reported false")
+	}
+	if r.Evict("a", CauseOperator) || r.Remove("a", CauseDeleted) {
+		t.Fatal("second eviction reported true")
+	}
+	if _, ok := r.Get("a"); ok {
+		t.Fatal("evicted session still live")
+	}
+	if !s.Evicted() || !r.WasEvicted("a") {
+		t.Fatal("eviction not recorded")
+	}
+	if len(reasons) != 2 || !errors.Is(reasons[0], ErrEvicted) || !errors.Is(reasons[1], ErrEvicted) {
+		t.Fatalf("closer reasons %v", reasons)
+	}
+	if got := log.get("a"); len(got) != 1 || got[0] != CauseOperator {
+		t.Fatalf("OnEvict calls %v", got)
+	}
+	if r.Bytes() != 0 || mem.Used() != 0 || !s.Account().Closed() {
+		t.Fatalf("memory not released: bytes %d mem %d", r.Bytes(), mem.Used())
+	}
+	s.Group().Wait()
+	if !goroutineEnded.Load() || s.Goroutines() != 0 {
+		t.Fatal("session goroutine not ended")
+	}
+	st := r.Stats()
+	if st.Sessions != 0 || st.Evictions[CauseOperator] != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+	// A stream added after eviction is closed at once.
+	var late error
+	remove := s.AddStream(func(err error) { late = err })
+	remove()
+	if !errors.Is(late, ErrEvicted) {
+		t.Fatalf("late stream closed with %v", late)
+	}
+	// Reopening the key clears its tombstone.
+	mustOpen(t, r, "a", clk.Now())
+	if r.WasEvicted("a") {
+		t.Fatal("reopened key still tombstoned")
+	}
+}
+
+func TestRegistryRemoveDeleted(t *testing.T) {
+	clk := newFakeClock()
+	var log evictLog
+	r := NewRegistry(RegistryConfig{Clock: clk.Now, OnEvict: log.record})
+	s := mustOpen(t, r, "a", clk.Now())
+	var reason error
+	s.AddStream(func(err error) { reason = err })
+	if !r.Remove("a", CauseDeleted) {
+		t.Fatal("Remove reported false")
+	}
+	if !errors.Is(reason, ErrDeleted) {
+		t.Fatalf("closer reason %v, want ErrDeleted", reason)
+	}
+	if r.WasEvicted("a") {
+		t.Fatal("a deleted session must leave no tombstone")
+	}
+	if got := log.get("a"); len(got) != 0 {
+		t.Fatalf("OnEvict called for a deletion: %v", got)
+	}
+	if r.Stats().Evictions[CauseDeleted] != 1 || !s.Evicted() {
+		t.Fatal("deletion not counted")
+	}
+	var late error
+	s.AddStream(func(err error) { late = err })
+	if !errors.Is(late, ErrDeleted) {
+		t.Fatalf("late stream on deleted session closed with %v", late)
+	}
+	// Remove with an eviction cause tombstones.
+	mustOpen(t, r, "b", clk.Now())
+	r.Remove("b", CauseLevel)
+	if !r.WasEvicted("b") || len(log.get("b")) != 1 {
+		t.Fatal("Remove with an eviction cause must tombstone and call OnEvict")
+	}
+}
+
+func TestSessionStreams(t *testing.T) {
+	clk := newFakeClock()
+	r := NewRegistry(RegistryConfig{Clock: clk.Now, MaxStreams: 2})
+	s := mustOpen(t, r, "a", clk.Now())
+	var closed [3]atomic.Int32
+	r1 := s.AddStream(func(error) { closed[0].Add(1) })
+	r2 := s.AddStream(func(error) { closed[1].Add(1) })
+	var limitErr error
+	r3 := s.AddStream(func(err error) { closed[2].Add(1); limitErr = err })
+	if !errors.Is(limitErr, ErrStreamLimit) || s.StreamCount() != 2 {
+		t.Fatalf("stream limit: err %v count %d", limitErr, s.StreamCount())
+	}
+	r3()
+	clk.Advance(time.Minute)
+	r1()
+	r1() // idempotent
+	if s.StreamCount() != 1 {
+		t.Fatalf("StreamCount = %d, want 1", s.StreamCount())
+	}
+	if !s.LastActive().Equal(clk.Now()) {
+		t.Fatal("stream removal must touch the session")
+	}
+	r.Evict("a", CauseOperator)
+	r2() // after close: no-op
+	if closed[0].Load() != 0 || closed[1].Load() != 1 || closed[2].Load() != 1 {
+		t.Fatalf("closer calls %d %d %d, want 0 1 1", closed[0].Load(), closed[1].Load(), closed[2].Load())
+	}
+}
+
+func TestSessionBeginTouch(t *testing.T) {
+	clk := newFakeClock()
+	r := NewRegistry(RegistryConfig{Clock: clk.Now})
+	start := clk.Now()
+	s := mustOpen(t, r, "a", start)
+	clk.Advance(time.Second)
+	end := s.Begin()
+	if s.InFlight() != 1 || !s.LastActive().Equal(clk.Now()) {
+		t.Fatalf("Begin: inflight %d last %v", s.InFlight(), s.LastActive())
+	}
+	clk.Advance(time.Second)
+	end()
+	if s.InFlight() != 0 || !s.LastActive().Equal(clk.Now()) {
+		t.Fatal("end must decrement and touch")
+	}
+	s.Touch(start) // never backwards
+	if !s.LastActive().Equal(clk.Now()) {
+		t.Fatal("Touch moved last-active backwards")
+	}
+}
+
+func TestRegistrySweep(t *testing.T) {
+	clk := newFakeClock()
+	var log evictLog
+	r := NewRegistry(RegistryConfig{Clock: clk.Now, IdleTimeout: time.Minute, OnEvict: log.record})
+	t0 := clk.Now()
+	idleS := mustOpen(t, r, "idle", t0)
+	busy := mustOpen(t, r, "busy", t0)
+	streaming := mustOpen(t, r, "streaming", t0)
+	recent := mustOpen(t, r, "recent", t0)
+	end := busy.Begin() // Begin touches at the clock's time, t0
+	streaming.AddStream(func(error) {})
+	recent.Touch(t0.Add(30 * time.Second))
+
+	if n := r.Sweep(t0.Add(59 * time.Second)); n != 0 {
+		t.Fatalf("Sweep before the timeout expired %d", n)
+	}
+	if n := r.Sweep(t0.Add(time.Minute)); n != 1 {
+		t.Fatalf("Sweep expired %d, want 1", n)
+	}
+	if _, ok := r.Get("idle"); ok || !idleS.Evicted() || !r.WasEvicted("idle") {
+		t.Fatal("idle session not expired")
+	}
+	if got := log.get("idle"); len(got) != 1 || got[0] != CauseIdle {
+		t.Fatalf("OnEvict %v", got)
+	}
+	// An open stream or a request in flight keeps a session however long.
+	if n := r.Sweep(t0.Add(time.Hour)); n != 1 {
+		t.Fatalf("Sweep expired %d, want 1 (recent)", n)
+	}
+	for _, k := range []string{"busy", "streaming"} {
+		if _, ok := r.Get(k); !ok {
+			t.Fatalf("%s expired", k)
+		}
+	}
+	end()
+	clk.Advance(time.Hour)
+	// end touched busy at the clock's time; a shorter timeout expires it.
+	r.SetIdleTimeout(10 * time.Second)
+	if n := r.Sweep(clk.Now().Add(10 * time.Second)); n != 1 {
+		t.Fatalf("Sweep after end expired %d, want 1", n)
+	}
+	if r.Len() != 1 || r.Stats().Evictions[CauseIdle] != 3 {
+		t.Fatalf("len %d stats %+v", r.Len(), r.Stats())
+	}
+	r.SetIdleTimeout(0)
+	if r.IdleTimeout() != DefaultIdleTimeout {
+		t.Fatal("SetIdleTimeout(0) must restore the default")
+	}
+}
+
+func TestRegistryVictimOrder(t *testing.T) {
+	clk := newFakeClock()
+	r := NewRegistry(RegistryConfig{Clock: clk.Now, SessionMemory: 1000})
+	now := clk.Now()
+	// score = idleSeconds × (1 + bytes/quota)
+	cases := []struct {
+		key   string
+		idle  time.Duration
+		bytes int64
+		score float64
+	}{
+		{"fresh", 0, 1000, 0},
+		{"idle10", 10 * time.Second, 0, 10},
+		{"idle10full", 10 * time.Second, 1000, 20},
+		{"idle15half", 15 * time.Second, 500, 22.5},
+		{"idle5", 5 * time.Second, 0, 5},
+	}
+	for _, c := range cases {
+		s := mustOpen(t, r, c.key, now.Add(-c.idle))
+		s.Account().Reserve(c.bytes)
+		if got := r.Score(s, now); got != c.score {
+			t.Fatalf("Score(%s) = %v, want %v", c.key, got, c.score)
+		}
+	}
+	var order []string
+	for _, want := range []string{"idle15half", "idle10full", "idle10", "idle5", "fresh"} {
+		before := map[string]bool{}
+		r.Range(func(s *Session) bool { before[s.Key()] = true; return true })
+		if n := r.EvictVictims(1, false, CauseLevel); n != 1 {
+			t.Fatalf("EvictVictims = %d", n)
+		}
+		r.Range(func(s *Session) bool { delete(before, s.Key()); return true })
+		for k := range before {
+			order = append(order, k)
+		}
+		if order[len(order)-1] != want {
+			t.Fatalf("eviction order %v, want %s next", order, want)
+		}
+	}
+	if r.EvictVictims(1, false, CauseLevel) != 0 {
+		t.Fatal("evicted from an empty registry")
+	}
+}
+
+func TestRegistryEvictVictimsMany(t *testing.T) {
+	clk := newFakeClock()
+	r := NewRegistry(RegistryConfig{Clock: clk.Now})
+	now := clk.Now()
+	for i := range 100 {
+		mustOpen(t, r, fmt.Sprint(i), now.Add(-time.Duration(i)*time.Second))
+	}
+	if n := r.EvictVictims(10, false, CauseLevel); n != 10 {
+		t.Fatalf("EvictVictims = %d", n)
+	}
+	for i := range 100 {
+		_, live := r.Get(fmt.Sprint(i))
+		if live != (i < 90) {
+			t.Fatalf("session %d live=%v; the 10 idlest must go", i, live)
+		}
+	}
+	if n := r.EvictVictims(1000, false, CauseLevel); n != 90 || r.Len() != 0 {
+		t.Fatalf("EvictVictims(all) = %d, len %d", n, r.Len())
+	}
+}
+
+func TestRegistryProtectiveRule(t *testing.T) {
+	clk := newFakeClock()
+	r := NewRegistry(RegistryConfig{Clock: clk.Now, MaxSessions: 2})
+	a := mustOpen(t, r, "a", clk.Now())
+	b := mustOpen(t, r, "b", clk.Now())
+	endA := a.Begin()
+	endB := b.Begin()
+	clk.Advance(time.Hour)
+	if _, err := r.Open(info("c"), clk.Now(), false); !errors.Is(err, ErrFull) {
+		t.Fatalf("Open with every session in flight: %v, want ErrFull", err)
+	}
+	if r.EvictVictims(2, false, CauseLevel) != 0 {
+		t.Fatal("evicted a session with a request in flight")
+	}
+	endB()
+	// b is no longer in flight, but was just touched: a is idler yet busy.
+	if _, err := r.Open(info("c"), clk.Now(), false); err != nil {
+		t.Fatalf("Open with a free victim: %v", err)
+	}
+	if _, ok := r.Get("b"); ok {
+		t.Fatal("the victim must be b, the only session not in flight")
+	}
+	if _, err := r.Open(info("d"), clk.Now(), true); err != nil {
+		t.Fatalf("protective Open: %v", err)
+	}
+	if r.Len() != 2 || r.Stats().Evictions[CauseCapacity] != 2 {
+		t.Fatalf("len %d stats %+v", r.Len(), r.Stats())
+	}
+	endA()
+}
+
+func TestRegistryCapacityVictim(t *testing.T) {
+	clk := newFakeClock()
+	var log evictLog
+	r := NewRegistry(RegistryConfig{Clock: clk.Now, MaxSessions: 3, OnEvict: log.record})
+	now := clk.Now()
+	mustOpen(t, r, "new", now)
+	mustOpen(t, r, "old", now.Add(-time.Hour))
+	mustOpen(t, r, "mid", now.Add(-time.Minute))
+	if _, err := r.Open(info("x"), now, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := r.Get("old"); ok {
+		t.Fatal("the idlest session must make room")
+	}
+	if got := log.get("old"); len(got) != 1 || got[0] != CauseCapacity {
+		t.Fatalf("OnEvict %v", got)
+	}
+	if r.Len() != 3 {
+		t.Fatalf("Len = %d, want 3", r.Len())
+	}
+}
+
+func TestRegistryTombstoneBounds(t *testing.T) {
+	clk := newFakeClock()
+	r := NewRegistry(RegistryConfig{Clock: clk.Now, MaxTombstones: 3, TombstoneTTL: time.Hour})
+	for i := range 5 {
+		mustOpen(t, r, fmt.Sprint(i), clk.Now())
+		r.Evict(fmt.Sprint(i), CauseOperator)
+		clk.Advance(time.Minute)
+	}
+	if r.Tombstones() != 3 {
+		t.Fatalf("Tombstones = %d, want 3", r.Tombstones())
+	}
+	for i, want := range []bool{false, false, true, true, true} {
+		if got := r.WasEvicted(fmt.Sprint(i)); got != want {
+			t.Fatalf("WasEvicted(%d) = %v, want %v (oldest dropped first)", i, got, want)
+		}
+	}
+	// Reopening and evicting a key again keeps one map entry, the newest;
+	// its stale queue entry still counts toward the bound until it ages out.
+	mustOpen(t, r, "4", clk.Now())
+	r.Evict("4", CauseOperator)
+	if r.Tombstones() > 3 || !r.WasEvicted("4") {
+		t.Fatalf("Tombstones = %d after re-eviction", r.Tombstones())
+	}
+	// TTL: expired tombstones stop answering and are pruned by Sweep.
+	clk.Advance(time.Hour)
+	if r.WasEvicted("2") {
+		t.Fatal("tombstone past its TTL still answers")
+	}
+	r.Sweep(clk.Now())
+	if r.Tombstones() != 0 {
+		t.Fatalf("Tombstones after TTL sweep = %d, want 0", r.Tombstones())
+	}
+	r.tombMu.Lock()
+	qlen := len(r.queue) - r.head
+	r.tombMu.Unlock()
+	if qlen != 0 {
+		t.Fatalf("tombstone queue holds %d after prune", qlen)
+	}
+}
+
+func TestRegistryRange(t *testing.T) {
+	clk := newFakeClock()
+	r := NewRegistry(RegistryConfig{Clock: clk.Now})
+	for i := range 10 {
+		mustOpen(t, r, fmt.Sprint(i), clk.Now())
+	}
+	seen := 0
+	// The callback may evict: no lock is held while it runs.
+	r.Range(func(s *Session) bool {
+		seen++
+		r.Evict(s.Key(), CauseOperator)
+		return seen < 5
+	})
+	if seen != 5 || r.Len() != 5 {
+		t.Fatalf("seen %d len %d", seen, r.Len())
+	}
+}
+
+func TestRegistryStats(t *testing.T) {
+	clk := newFakeClock()
+	r := NewRegistry(RegistryConfig{Clock: clk.Now})
+	a := mustOpen(t, r, "a", clk.Now())
+	b := mustOpen(t, r, "b", clk.Now())
+	end := a.Begin()
+	defer end()
+	b.AddStream(func(error) {})
+	b.AddStream(func(error) {})
+	a.Account().Reserve(7)
+	st := r.Stats()
+	if st.Sessions != 2 || st.Streams != 2 || st.InFlight != 1 || st.Bytes != 7 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func TestCauseString(t *testing.T) {
+	want := []string{"idle", "capacity", "level", "operator", "deleted"}
+	for c := range NumCauses {
+		if got := Cause(c).String(); got != want[c] {
+			t.Fatalf("Cause(%d) = %q, want %q", c, got, want[c])
+		}
+	}
+	if Cause(200).String() != "unknown" {
+		t.Fatal("unknown cause")
+	}
+}
+
+// TestRegistryExactlyOnce races every way of ending a session: each
+// session's OnEvict and each stream closer run exactly once.
+func TestRegistryExactlyOnce(t *testing.T) {
+	clk := newFakeClock()
+	var evicts sync.Map // key → *atomic.Int32
+	r := NewRegistry(RegistryConfig{Clock: clk.Now, IdleTimeout: time.Second, OnEvict: func(s *Session, _ Cause) {
+		v, _ := evicts.LoadOrStore(s.Key(), new(atomic.Int32))
+		v.(*atomic.Int32).Add(1)
+	}})
+	const n = 200
+	closers := make([]atomic.Int32, n)
+	for i := range n {
+		s := mustOpen(t, r, fmt.Sprint(i), clk.Now())
+		s.AddStream(func(error) { closers[i].Add(1) })
+		s.AddStream(func(error) { closers[i].Add(1) })
+	}
+	clk.Advance(time.Hour)
+	var wg sync.WaitGroup
+	wg.Go(func() { r.Sweep(clk.Now()) })
+	wg.Go(func() { r.EvictVictims(n, true, CauseLevel) })
+	wg.Go(func() {
+		for i := range n {
+			r.Evict(fmt.Sprint(i), CauseOperator)
+		}
+	})
+	wg.Go(func() {
+		for i := n - 1; i >= 0; i-- {
+			r.Evict(fmt.Sprint(i), CauseOperator)
+		}
+	})
+	wg.Wait()
+	if r.Len() != 0 {
+		t.Fatalf("Len = %d", r.Len())
+	}
+	for i := range n {
+		if c := closers[i].Load(); c != 2 {
+			t.Fatalf("session %d: closers ran %d times, want 2", i, c)
+		}
+		v, ok := evicts.Load(fmt.Sprint(i))
+		if !ok || v.(*atomic.Int32).Load() != 1 {
+			t.Fatalf("session %d: OnEvict not called exactly once", i)
+		}
+	}
+	st := r.Stats()
+	var total uint64
+	for _, e := range st.Evictions {
+		total += e
+	}
+	if total != n {
+		t.Fatalf("evictions counted %d, want %d", total, n)
+	}
+}
+
+// TestRegistryConcurrentUse exercises the hot paths against evictions
+// under -race.
+func TestRegistryConcurrentUse(t *testing.T) {
+	mem := NewBudget(1 << 20)
+	r := NewRegistry(RegistryConfig{MaxSessions: 50, Memory: mem, IdleTimeout: time.Millisecond})
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Go(func() {
+			for i := range 300 {
+				key := fmt.Sprint(w, "-", i%60)
+				s, ok := r.Get(key)
+				if !ok {
+					var err error
+					if s, err = r.Open(info(key), time.Now(), i%2 == 0); err != nil {
+						continue
+					}
+				}
+				end := s.Begin()
+				remove := s.AddStream(func(error) {})
+				if s.Account().Reserve(100) {
+					s.Account().Release(100)
+				}
+				remove()
+				end()
+			}
+		})
+	}
+	wg.Go(func() {
+		for range 50 {
+			r.Sweep(time.Now().Add(time.Second))
+			r.EvictVictims(5, false, CauseLevel)
+			r.Stats()
+		}
+	})
+	wg.Wait()
+	r.Range(func(s *Session) bool { r.Evict(s.Key(), CauseOperator); return true })
+	if r.Len() != 0 || mem.Used() != 0 || r.Bytes() != 0 {
+		t.Fatalf("len %d mem %d bytes %d", r.Len(), mem.Used(), r.Bytes())
+	}
+}
+
+// TestRegistryLeak opens 10,000 sessions that each hold memory, a stream
+// and a goroutine, abandons them, and checks that one Sweep expires all of
+// them and gives everything back.
+func TestRegistryLeak(t *testing.T) {
+	const n = 10000
+	baseline := runtime.NumGoroutine()
+	clk := newFakeClock()
+	mem := NewBudget(1 << 40)
+	root := NewGroup(nil)
+	defer root.Close()
+	r := NewRegistry(RegistryConfig{Clock: clk.Now, Memory: mem, Tasks: root})
+	for i := range n {
+		s := mustOpen(t, r, fmt.Sprintf("session-%d", i), clk.Now())
+		if !s.Account().Reserve(512) {
+			t.Fatal("reserve")
+		}
+		end := s.Begin()
+		remove := s.AddStream(func(error) {})
+		s.Group().Go(func(ctx context.Context) { <-ctx.Done() })
+		remove()
+		end()
+	}
+	if mem.Used() != n*512 || root.Count() != n {
+		t.Fatalf("before sweep: mem %d goroutines %d", mem.Used(), root.Count())
+	}
+	if got := r.Sweep(clk.After(DefaultIdleTimeout)); got != n {
+		t.Fatalf("Sweep expired %d, want %d", got, n)
+	}
+	root.Wait()
+	if r.Len() != 0 || mem.Used() != 0 || r.Bytes() != 0 || root.Count() != 0 {
+		t.Fatalf("after sweep: len %d mem %d bytes %d goroutines %d", r.Len(), mem.Used(), r.Bytes(), root.Count())
+	}
+	// The goroutines have returned; give the runtime a moment to retire them.
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > baseline && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if g := runtime.NumGoroutine(); g > baseline {
+		t.Fatalf("goroutines %d, baseline %d", g, baseline)
+	}
+}
+
+func TestSessionHotPathAllocs(t *testing.T) {
+	r := NewRegistry(RegistryConfig{})
+	s := mustOpen(t, r, "a", time.Now())
+	if n := testing.AllocsPerRun(100, func() { s.Begin()() }); n != 0 {
+		t.Fatalf("Begin/end allocate %v times", n)
+	}
+	closer := func(error) {}
+	if n := testing.AllocsPerRun(100, func() { s.AddStream(closer)() }); n > 1 {
+		t.Fatalf("AddStream/remove allocate %v times", n)
+	}
+	if n := testing.AllocsPerRun(100, func() { r.Get("a") }); n != 0 {
+		t.Fatalf("Get allocates %v times", n)
+	}
+}
+
+func BenchmarkSessionBeginEnd(b *testing.B) {
+	r := NewRegistry(RegistryConfig{})
+	s := mustOpen(b, r, "a", time.Now())
+	b.ReportAllocs()
+	for b.Loop() {
+		end := s.Begin()
+		end()
+	}
+}
+
+func BenchmarkSessionAddStream(b *testing.B) {
+	r := NewRegistry(RegistryConfig{})
+	s := mustOpen(b, r, "a", time.Now())
+	closer := func(error) {}
+	b.ReportAllocs()
+	for b.Loop() {
+		s.AddStream(closer)()
+	}
+}
+
+func BenchmarkRegistryGet(b *testing.B) {
+	r := NewRegistry(RegistryConfig{})
+	keys := make([]string, 1024)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("session-%016x", i*7919)
+		mustOpen(b, r, keys[i], time.Now())
+	}
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		i := 0
+		for pb.Next() {
+			if _, ok := r.Get(keys[i&1023]); !ok {
+				b.Fatal("missing")
+			}
+			i++
+		}
+	})
+}
+
+func BenchmarkRegistryEvictVictims(b *testing.B) {
+	clk := newFakeClock()
+	r := NewRegistry(RegistryConfig{Clock: clk.Now})
+	for i := range 10000 {
+		mustOpen(b, r, fmt.Sprint(i), clk.Now().Add(-time.Duration(i)*time.Millisecond))
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		// Score every session once and evict the idlest; reopen it untimed.
+		r.EvictVictims(1, false, CauseLevel)
+		b.StopTimer()
+		for i := range 10000 {
+			k := fmt.Sprint(i)
+			if _, ok := r.Get(k); !ok {
+				mustOpen(b, r, k, clk.Now())
+			}
+		}
+		b.StartTimer()
+	}
+}
