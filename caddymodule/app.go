@@ -1,15 +1,22 @@
 package caddymodule
 
 import (
+	"context"
+	"fmt"
+	"net/http"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/dustin/go-humanize"
+	"go.uber.org/zap"
 
 	"github.com/mcpgate/mcpgate/admission"
+	"github.com/mcpgate/mcpgate/resources"
 )
 
 func init() {
@@ -17,40 +24,122 @@ func init() {
 	httpcaddyfile.RegisterGlobalOption("mcp", parseGlobalOption)
 }
 
-// App is the `mcp` app: the process-wide state every mcp_proxy shares.
-// Its limits apply to all mcp_proxy handlers of the process together. The
-// counters behind them live as long as the process, so a config reload
-// keeps counting the requests and streams that are still open.
-type App struct {
-	// MaxInflight caps the requests in flight through every mcp_proxy of
-	// the process; past it a request is refused with 503. 0 means no cap.
-	// Default: 0.
-	MaxInflight int `json:"max_inflight,omitempty"`
+// Defaults of the mcp app.
+const (
+	defaultRefresh          = 250 * time.Millisecond
+	defaultDegradedFraction = 0.5
+	defaultGoroutineCeiling = 200_000
+	defaultSchedTarget      = 50 * time.Millisecond
+	protectiveResetsPerTick = 50
+)
 
+// App is the `mcp` app: the process-wide state every mcp_proxy shares —
+// limits, the memory budget, the registry of live sessions and the load
+// manager that sets the service level. The state lives as long as the
+// process, so a config reload neither forgets live sessions nor resets
+// budgets and counters; each load pushes its settings into it.
+type App struct {
 	// MaxConnections caps the client connections accepted by servers that
 	// use the mcp_connections listener wrapper; a connection over it is
 	// closed at once. 0 means no cap. Default: 0.
 	MaxConnections int `json:"max_connections,omitempty"`
+
+	// MaxInflight caps the requests in flight through every mcp_proxy of
+	// the process; past it a request is refused with 503. 0 means no cap.
+	// Default: 0.
+	MaxInflight int `json:"max_inflight,omitempty"`
 
 	// MaxStreams caps the SSE streams (GET streams) open through every
 	// mcp_proxy of the process; past it a new stream is refused with 503.
 	// 0 means no cap. Default: 0.
 	MaxStreams int `json:"max_streams,omitempty"`
 
+	// MaxSessions caps the live sessions of the process. At the cap the
+	// session that has been idle longest and holds the most memory is
+	// evicted to make room (never one with a request in flight, unless the
+	// level is protective); when none can be, a new session is refused
+	// with 503. 0 means no cap. Default: 0.
+	MaxSessions int `json:"max_sessions,omitempty"`
+
+	// MemoryLimit is the budget, in bytes, for everything the proxy holds
+	// on behalf of clients (queued events, replay rings, peeked bodies); a
+	// reservation that does not fit is refused (backpressure) instead of
+	// allocated. It is also the limit the heap monitor measures against.
+	// Default: GOMEMLIMIT when set, else the cgroup's memory.max, else no
+	// limit.
+	MemoryLimit int64 `json:"memory_limit,omitempty"`
+
+	// SessionMemory is each session's share of MemoryLimit, in bytes.
+	// Default: 1MiB.
+	SessionMemory int64 `json:"session_memory,omitempty"`
+
+	// SessionIdleTimeout expires a session with no request in flight, no
+	// open stream and no activity for this long; its upstream session is
+	// deleted too. Default: 5m.
+	SessionIdleTimeout caddy.Duration `json:"session_idle_timeout,omitempty"`
+
+	// Refresh is how often the pressure monitors are sampled and the
+	// service level recomputed. Default: 250ms.
+	Refresh caddy.Duration `json:"refresh,omitempty"`
+
+	// Degraded, Essential and Protective are the pressures (0–1) at which
+	// each service level is entered; a level is left Hysteresis below its
+	// threshold. Defaults: 0.70, 0.85, 0.95 and 0.05.
+	Degraded   float64 `json:"degraded,omitempty"`
+	Essential  float64 `json:"essential,omitempty"`
+	Protective float64 `json:"protective,omitempty"`
+	Hysteresis float64 `json:"hysteresis,omitempty"`
+
+	// DegradedFraction is what replay rings, stream queues and the session
+	// idle timeout shrink to at the degraded level and above. Default: 0.5.
+	DegradedFraction float64 `json:"degraded_fraction,omitempty"`
+
+	// GoroutineCeiling is the goroutine count that reads as full pressure.
+	// Default: 200000.
+	GoroutineCeiling int `json:"goroutine_ceiling,omitempty"`
+
+	// SchedLatencyTarget is the scheduling latency (p99) that reads as
+	// half pressure; twice it reads as full. Default: 50ms.
+	SchedLatencyTarget caddy.Duration `json:"sched_latency_target,omitempty"`
+
 	global *globalState
 }
 
-// globalState is shared by every App instance (one per config load).
+// globalState is shared by every App instance (one per config load) and
+// by every mcp_proxy; it is made once per process.
 type globalState struct {
 	inflight *admission.Limiter
 	streams  *admission.Limiter
 	conns    *admission.Limiter
+	memory   *resources.Budget
+	sessions *resources.Registry
+	levels   *admission.LoadManager
+	injected *resources.Injected
+	active   *streamSet       // every open stream, for the protective level
+	tasks    *resources.Group // owns every goroutine that outlives a request
+	logger   *zap.Logger
+	cancel   context.CancelFunc
+
+	mu       sync.Mutex
+	fraction float64
+	idle     time.Duration
+	refresh  time.Duration
+}
+
+// Destruct stops the refresh loop and every goroutine the proxy owns.
+func (g *globalState) Destruct() error {
+	g.cancel()
+	g.tasks.Close()
+	return nil
 }
 
 var (
+	globals   = caddy.NewUsagePool()
 	globalMu  sync.Mutex
 	globalCur *globalState
 )
+
+const globalKey = "mcpgate.global"
 
 // currentGlobal returns the process-wide state, nil before any mcp app.
 func currentGlobal() *globalState {
@@ -58,13 +147,6 @@ func currentGlobal() *globalState {
 	defer globalMu.Unlock()
 	return globalCur
 }
-
-// Destruct implements caddy.Destructor.
-func (*globalState) Destruct() error { return nil }
-
-var globals = caddy.NewUsagePool()
-
-const globalKey = "mcpgate.global"
 
 // CaddyModule returns the Caddy module information.
 func (*App) CaddyModule() caddy.ModuleInfo {
@@ -74,28 +156,193 @@ func (*App) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision takes the process-wide counters and applies this config's
-// limits to them.
-func (a *App) Provision(caddy.Context) error {
+// Provision takes the process-wide state and applies this config to it.
+func (a *App) Provision(ctx caddy.Context) error {
+	th := admission.Thresholds{
+		Degraded:   orDefault(a.Degraded, admission.DefaultThresholds.Degraded),
+		Essential:  orDefault(a.Essential, admission.DefaultThresholds.Essential),
+		Protective: orDefault(a.Protective, admission.DefaultThresholds.Protective),
+		Hysteresis: orDefault(a.Hysteresis, admission.DefaultThresholds.Hysteresis),
+	}
+	if err := th.Validate(); err != nil {
+		return err
+	}
+	if a.DegradedFraction < 0 || a.DegradedFraction > 1 {
+		return fmt.Errorf("degraded_fraction %v is not in (0, 1]", a.DegradedFraction)
+	}
+	memLimit := a.MemoryLimit
+	if memLimit <= 0 {
+		memLimit = resources.DefaultMemoryLimit()
+	}
+	logger := ctx.Logger()
 	v, _, err := globals.LoadOrNew(globalKey, func() (caddy.Destructor, error) {
-		return &globalState{
-			inflight: admission.NewLimiter(0, 0, 0),
-			streams:  admission.NewLimiter(0, 0, 0),
-			conns:    admission.NewLimiter(0, 0, 0),
-		}, nil
+		return newGlobalState(logger, th)
 	})
 	if err != nil {
 		return err
 	}
-	a.global = v.(*globalState)
-	a.global.inflight.SetLimit(a.MaxInflight)
-	a.global.streams.SetLimit(a.MaxStreams)
-	a.global.conns.SetLimit(a.MaxConnections)
+	g := v.(*globalState)
+	a.global = g
+	g.inflight.SetLimit(a.MaxInflight)
+	g.streams.SetLimit(a.MaxStreams)
+	g.conns.SetLimit(a.MaxConnections)
+	g.memory.SetLimit(memLimit)
+	g.sessions.SetMaxSessions(a.MaxSessions)
+	g.sessions.SetSessionMemory(orDefault(a.SessionMemory, resources.DefaultSessionMemory))
+	g.levels.SetThresholds(th)
+	g.setMonitors(memLimit, orDefault(a.GoroutineCeiling, defaultGoroutineCeiling),
+		orDefault(time.Duration(a.SchedLatencyTarget), defaultSchedTarget))
+	g.mu.Lock()
+	g.fraction = orDefault(a.DegradedFraction, defaultDegradedFraction)
+	g.idle = orDefault(time.Duration(a.SessionIdleTimeout), resources.DefaultIdleTimeout)
+	g.refresh = orDefault(time.Duration(a.Refresh), defaultRefresh)
+	g.mu.Unlock()
+	g.applyLevel(g.levels.Level())
 	globalMu.Lock()
-	globalCur = a.global
+	globalCur = g
 	globalMu.Unlock()
-	return nil
+	return registerMetrics(ctx)
 }
+
+// newGlobalState makes the process-wide state and starts its refresh
+// loop, which ends when the state is destructed.
+func newGlobalState(logger *zap.Logger, th admission.Thresholds) (*globalState, error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	g := &globalState{
+		inflight: admission.NewLimiter(0, 0, 0),
+		streams:  admission.NewLimiter(0, 0, 0),
+		conns:    admission.NewLimiter(0, 0, 0),
+		memory:   resources.NewBudget(0),
+		injected: resources.NewInjected("injected"),
+		active:   newStreamSet(),
+		tasks:    resources.NewGroup(nil),
+		logger:   logger,
+		cancel:   cancel,
+		fraction: defaultDegradedFraction,
+		idle:     resources.DefaultIdleTimeout,
+		refresh:  defaultRefresh,
+	}
+	g.sessions = resources.NewRegistry(resources.RegistryConfig{
+		Memory:  g.memory,
+		OnEvict: g.onEvict,
+		Tasks:   g.tasks,
+	})
+	lm, err := admission.NewLoadManager(th, g.levelChanged)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	g.levels = lm
+	go g.run(ctx)
+	return g, nil
+}
+
+// setMonitors installs the pressure monitors for the current settings.
+func (g *globalState) setMonitors(memLimit int64, goroutines int, sched time.Duration) {
+	g.levels.SetMonitors(
+		resources.HeapMonitor(func() int64 { return g.memory.Limit() }),
+		resources.CgroupMonitor(resources.DefaultCgroupRoot),
+		resources.BudgetMonitor(g.memory),
+		resources.RatioMonitor("connections", func() int64 { return int64(g.conns.InFlight()) }, func() int64 { return int64(g.conns.Limit()) }),
+		resources.RatioMonitor("sessions", func() int64 { return int64(g.sessions.Len()) }, func() int64 { return int64(g.sessions.MaxSessions()) }),
+		resources.GoroutineMonitor(goroutines),
+		resources.SchedLatencyMonitor(sched),
+		g.injected,
+	)
+}
+
+// run samples the monitors, sweeps idle sessions and applies the level's
+// actions every refresh interval until ctx ends.
+func (g *globalState) run(ctx context.Context) {
+	for {
+		g.mu.Lock()
+		every := g.refresh
+		g.mu.Unlock()
+		t := time.NewTimer(every)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case now := <-t.C:
+			level := g.levels.Sample(now)
+			g.applyLevel(level)
+			g.sessions.Sweep(now)
+			if level == admission.LevelProtective {
+				g.active.resetLargest(protectiveResetsPerTick)
+			}
+		}
+	}
+}
+
+// applyLevel sets what depends on the level: the session idle timeout.
+func (g *globalState) applyLevel(level admission.Level) {
+	g.mu.Lock()
+	idle, fraction := g.idle, g.fraction
+	g.mu.Unlock()
+	if level >= admission.LevelDegraded {
+		idle = time.Duration(float64(idle) * fraction)
+	}
+	g.sessions.SetIdleTimeout(idle)
+	metrics.level.Set(float64(level))
+}
+
+// degradedFraction returns the share of stream buffers and replay rings
+// new streams get at the current level (1 at full).
+func (g *globalState) degradedFraction() float64 {
+	if g.levels.Level() < admission.LevelDegraded {
+		return 1
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.fraction
+}
+
+// levelChanged logs a level change once and counts it.
+func (g *globalState) levelChanged(from, to admission.Level, pressure float64, pinned bool) {
+	metrics.levelChanges.WithLabelValues(to.String()).Inc()
+	msg := "service level raised"
+	if to < from {
+		msg = "service level lowered"
+	}
+	g.logger.Info(msg, zap.String("from", from.String()), zap.String("to", to.String()),
+		zap.Float64("pressure", pressure), zap.Bool("pinned", pinned))
+}
+
+// onEvict tells the upstream a session it no longer needs is gone: most
+// clients never send DELETE, so evicted 2025-era sessions would otherwise
+// pile up upstream.
+func (g *globalState) onEvict(s *resources.Session, cause resources.Cause) {
+	metrics.evictions.WithLabelValues(cause.String()).Inc()
+	info := s.Info()
+	if reg := sharedRegistry(); reg != nil {
+		reg.Forget(info.Key)
+	}
+	if info.Endpoint == "" || info.UpstreamID == "" || info.Version >= "2026-07-28" {
+		return
+	}
+	g.tasks.Go(func(context.Context) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		req, err := http.NewRequestWithContext(ctx, http.MethodDelete, info.Endpoint, nil)
+		if err != nil {
+			return
+		}
+		req.Host = info.Host
+		req.Header.Set("Mcp-Session-Id", info.UpstreamID)
+		if info.Version != "" {
+			req.Header.Set("Mcp-Protocol-Version", info.Version)
+		}
+		resp, err := evictClient.Do(req)
+		if err != nil {
+			g.logger.Debug("deleting evicted session upstream failed", zap.Error(err))
+			return
+		}
+		_ = resp.Body.Close()
+	})
+}
+
+// evictClient sends the DELETE of evicted sessions.
+var evictClient = &http.Client{Timeout: 5 * time.Second}
 
 // Start implements caddy.App.
 func (*App) Start() error { return nil }
@@ -103,7 +350,7 @@ func (*App) Start() error { return nil }
 // Stop implements caddy.App.
 func (*App) Stop() error { return nil }
 
-// Cleanup releases this config's reference to the shared counters.
+// Cleanup releases this config's reference to the shared state.
 func (a *App) Cleanup() error {
 	_, err := globals.Delete(globalKey)
 	return err
@@ -112,34 +359,113 @@ func (a *App) Cleanup() error {
 // parseGlobalOption parses the `mcp` global option:
 //
 //	mcp {
-//		max_connections <n>
-//		max_inflight    <n>
-//		max_streams     <n>
+//		max_connections      <n>
+//		max_inflight         <n>
+//		max_streams          <n>
+//		max_sessions         <n>
+//		memory_limit         <size>
+//		session_memory       <size>
+//		session_idle_timeout <duration>
+//		refresh              <duration>
+//		levels               <degraded> <essential> <protective> [<hysteresis>]
+//		degraded_fraction    <0..1>
+//		goroutine_ceiling    <n>
+//		sched_latency_target <duration>
 //	}
 func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 	app := new(App)
 	d.Next() // the option name
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		name := d.Val()
-		if !d.NextArg() {
-			return nil, d.ArgErr()
-		}
-		n, err := strconv.Atoi(d.Val())
-		if err != nil || n < 0 {
-			return nil, d.Errf("bad %s %q: want a count", name, d.Val())
+		args := d.RemainingArgs()
+		one := func() (string, error) {
+			if len(args) != 1 {
+				return "", d.ArgErr()
+			}
+			return args[0], nil
 		}
 		switch name {
-		case "max_inflight":
-			app.MaxInflight = n
-		case "max_streams":
-			app.MaxStreams = n
-		case "max_connections":
-			app.MaxConnections = n
+		case "max_connections", "max_inflight", "max_streams", "max_sessions", "goroutine_ceiling":
+			s, err := one()
+			if err != nil {
+				return nil, err
+			}
+			n, err := strconv.Atoi(s)
+			if err != nil || n < 0 {
+				return nil, d.Errf("bad %s %q: want a count", name, s)
+			}
+			switch name {
+			case "max_connections":
+				app.MaxConnections = n
+			case "max_inflight":
+				app.MaxInflight = n
+			case "max_streams":
+				app.MaxStreams = n
+			case "max_sessions":
+				app.MaxSessions = n
+			case "goroutine_ceiling":
+				app.GoroutineCeiling = n
+			}
+		case "memory_limit", "session_memory":
+			s, err := one()
+			if err != nil {
+				return nil, err
+			}
+			n, err := humanize.ParseBytes(s)
+			if err != nil || n == 0 || n > 1<<50 {
+				return nil, d.Errf("bad %s %q: want a size such as 512MiB", name, s)
+			}
+			if name == "memory_limit" {
+				app.MemoryLimit = int64(n)
+			} else {
+				app.SessionMemory = int64(n)
+			}
+		case "session_idle_timeout", "refresh", "sched_latency_target":
+			s, err := one()
+			if err != nil {
+				return nil, err
+			}
+			dur, err := caddy.ParseDuration(s)
+			if err != nil || dur <= 0 {
+				return nil, d.Errf("bad %s %q: want a positive duration", name, s)
+			}
+			switch name {
+			case "session_idle_timeout":
+				app.SessionIdleTimeout = caddy.Duration(dur)
+			case "refresh":
+				app.Refresh = caddy.Duration(dur)
+			case "sched_latency_target":
+				app.SchedLatencyTarget = caddy.Duration(dur)
+			}
+		case "levels":
+			if len(args) != 3 && len(args) != 4 {
+				return nil, d.ArgErr()
+			}
+			var v [4]float64
+			for i, s := range args {
+				f, err := strconv.ParseFloat(s, 64)
+				if err != nil {
+					return nil, d.Errf("bad levels value %q", s)
+				}
+				v[i] = f
+			}
+			app.Degraded, app.Essential, app.Protective, app.Hysteresis = v[0], v[1], v[2], v[3]
+			th := admission.Thresholds{Degraded: v[0], Essential: v[1], Protective: v[2], Hysteresis: orDefault(v[3], admission.DefaultThresholds.Hysteresis)}
+			if err := th.Validate(); err != nil {
+				return nil, d.Errf("levels: %v", err)
+			}
+		case "degraded_fraction":
+			s, err := one()
+			if err != nil {
+				return nil, err
+			}
+			f, err := strconv.ParseFloat(s, 64)
+			if err != nil || f <= 0 || f > 1 {
+				return nil, d.Errf("bad degraded_fraction %q: want a number in (0, 1]", s)
+			}
+			app.DegradedFraction = f
 		default:
 			return nil, d.Errf("unrecognized mcp option %q", name)
-		}
-		if d.NextArg() {
-			return nil, d.ArgErr()
 		}
 	}
 	return httpcaddyfile.App{Name: "mcp", Value: caddyconfig.JSON(app, nil)}, nil

@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/mcpgate/mcpgate/admission"
 	"github.com/mcpgate/mcpgate/mcp"
+	"github.com/mcpgate/mcpgate/resources"
 	"github.com/mcpgate/mcpgate/sse"
 )
 
@@ -54,10 +56,10 @@ const (
 // It embeds Caddy's reverse_proxy, so load balancing, health checks,
 // retries, transports and header manipulation work as they do there. It
 // sets the defaults MCP needs: the Host header is rewritten to the
-// upstream's (MCP SDK servers refuse a foreign Host on loopback), responses
-// are flushed immediately, and the `mcp_session` selection policy routes
-// requests of a session, keeping any configured policy as the fallback for
-// new sessions.
+// upstream's (MCP SDK servers refuse a foreign Host on loopback), SSE
+// streams are relayed event by event with a flush after each, and the
+// `mcp_session` selection policy routes requests of a session, keeping any
+// configured policy as the fallback for new sessions.
 type Handler struct {
 	// ProxyRaw is the embedded reverse_proxy handler with its upstreams and
 	// every reverse_proxy option.
@@ -324,7 +326,7 @@ func (h *Handler) Cleanup() error {
 }
 
 // orDefault returns v, or def when v is not positive.
-func orDefault[T int | int64 | time.Duration](v, def T) T {
+func orDefault[T int | int64 | float64 | time.Duration](v, def T) T {
 	if v <= 0 {
 		return def
 	}
@@ -332,17 +334,16 @@ func orDefault[T int | int64 | time.Duration](v, def T) T {
 }
 
 // applyProxyDefaults sets the MCP defaults on the embedded reverse_proxy's
-// JSON unless the user set them: Host rewritten to the upstream, immediate
-// flushing, and the mcp_session policy wrapping the configured one. It also
+// JSON unless the user set them: Host rewritten to the upstream and the
+// mcp_session policy wrapping the configured one. (SSE bodies are relayed
+// by mcp_proxy itself, which flushes every event; other bodies keep
+// reverse_proxy's own flushing.) It also
 // returns the static upstream dial addresses, or nil when upstreams are
 // dynamic.
 func applyProxyDefaults(raw json.RawMessage) (json.RawMessage, map[string]struct{}, error) {
 	var cfg map[string]any
 	if err := json.Unmarshal(raw, &cfg); err != nil {
 		return nil, nil, err
-	}
-	if _, ok := cfg["flush_interval"]; !ok {
-		cfg["flush_interval"] = -1
 	}
 	hdrs, _ := cfg["headers"].(map[string]any)
 	if hdrs == nil {
@@ -435,7 +436,25 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			zap.Bool("session", res.session != nil))
 	}
 
-	// 3. Admit, before any upstream is dialled.
+	// 3. Admit, before any upstream is dialled: the service level first,
+	// then the session's state, then the limits.
+	level := h.app.global.levels.Level()
+	if ref := h.levelGate(level, r, &call, res); ref != nil {
+		refusalCounters[admission.ReasonLevel].Inc()
+		w.Header().Set("Retry-After", levelRetryAfter)
+		return h.refuse(w, ref)
+	}
+	if call.IsInitialize() && res.session == nil && !h.roomForSession(level) {
+		refusalCounters[admission.ReasonCapacity].Inc()
+		w.Header().Set("Retry-After", levelRetryAfter)
+		return h.refuse(w, mcp.Refuse(http.StatusServiceUnavailable, mcp.CodeServerError, call.First().ID, "session limit reached, retry after "+levelRetryAfter+"s"))
+	}
+	sess, endSession, ref := h.trackSession(res, level)
+	if ref != nil {
+		ref.ID = call.First().ID
+		return h.refuse(w, ref)
+	}
+	defer endSession()
 	release, ok := h.admit(w, r, &call, res)
 	if !ok {
 		return nil
@@ -450,7 +469,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		if last := r.Header.Get(mcp.HeaderLastEventID); last != "" {
 			if stream := sharedRegistry().Find(sessionKey(res.session), last); stream != nil {
 				metrics.replay.WithLabelValues("hit").Inc()
-				return h.serveResume(w, r, stream, last, h.retryHint(&call, res))
+				return h.serveResume(w, r, stream, last, h.retryHint(&call, res), sess)
 			}
 			metrics.replay.WithLabelValues("miss").Inc()
 			if strings.HasPrefix(last, proxyIDMarker) {
@@ -463,9 +482,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 	// 4. Proxy, relaying the response through the MCP response writer.
 	st := newRelayState(h, r, &call, res)
+	st.session = sess
 	caddyhttp.SetVar(r.Context(), varRelay, st)
 	defer st.handlerDone()
 	rw := newResponseWriter(h, w, r, &call, res)
+	rw.st = st
 	err := h.proxy.ServeHTTP(rw, r, next)
 	status = rw.status
 	if err != nil {
@@ -487,6 +508,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	if r.Method == http.MethodDelete && res.session != nil && rw.status >= 200 && rw.status < 300 {
 		sharedRegistry().Forget(sessionKey(res.session))
+		h.app.global.sessions.Remove(sessionKey(res.session), resources.CauseDeleted)
 	}
 	return err
 }
@@ -525,8 +547,16 @@ func (h *Handler) peekBody(r *http.Request, call *mcp.Call) *mcp.Refusal {
 	if !complete {
 		n = len(buf) - 1 // the extra byte only told us there is more
 	}
-	// The peeked bytes are copied out of the pooled buffer: the transport
-	// may still read the body after the handler returns.
+	// The peeked bytes are copied out of the pooled buffer (the transport
+	// may still read the body after the handler returns) and reserved from
+	// the memory budget until the request is over.
+	budget := h.app.global.memory
+	if !budget.Reserve(int64(n)) {
+		h.peekBufPool.Put(bp)
+		metrics.backpressure.Inc()
+		return mcp.Refuse(http.StatusServiceUnavailable, mcp.CodeServerError, "", "server out of memory budget, retry later")
+	}
+	context.AfterFunc(r.Context(), func() { budget.Release(int64(n)) })
 	head := bytes.Clone(buf[:n])
 	h.peekBufPool.Put(bp)
 	perr := mcp.ParseEnvelope(head, complete, &call.Peek)

@@ -31,6 +31,11 @@ var metrics = struct {
 	streamsDrained   prometheus.Counter
 	cancelsSent      prometheus.Counter
 	replayBytes      prometheus.GaugeFunc
+	level            prometheus.Gauge
+	levelChanges     *prometheus.CounterVec
+	evictions        *prometheus.CounterVec
+	backpressure     prometheus.Counter
+	protectiveResets prometheus.Counter
 }{
 	requestsInFlight: prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: "caddy", Subsystem: "mcp", Name: "requests_in_flight",
@@ -94,6 +99,26 @@ var metrics = struct {
 		Namespace: "caddy", Subsystem: "mcp", Name: "upstream_cancellations_total",
 		Help: "notifications/cancelled sent upstream for requests the proxy abandoned.",
 	}),
+	level: prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: "caddy", Subsystem: "mcp", Name: "service_level",
+		Help: "Service level in force: 0 full, 1 degraded, 2 essential, 3 protective.",
+	}),
+	levelChanges: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "mcp", Name: "service_level_changes_total",
+		Help: "Service level changes, by the level entered.",
+	}, []string{"level"}),
+	evictions: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "mcp", Name: "session_evictions_total",
+		Help: "Sessions evicted, by cause.",
+	}, []string{"cause"}),
+	backpressure: prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "mcp", Name: "backpressure_total",
+		Help: "Memory reservations refused because a budget was full.",
+	}),
+	protectiveResets: prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "mcp", Name: "protective_resets_total",
+		Help: "Streams closed by the protective level, largest first.",
+	}),
 	replayBytes: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: "caddy", Subsystem: "mcp", Name: "replay_held_bytes",
 		Help: "Bytes held in the replay rings of resumable streams.",
@@ -137,7 +162,8 @@ func registerMetrics(ctx caddy.Context) error {
 		metrics.sessionRefusals, metrics.eventsRelayed, metrics.bytesRelayed,
 		metrics.keepalives, metrics.slowConsumers, metrics.oversized,
 		metrics.replay, metrics.streamsDrained, metrics.cancelsSent, metrics.replayBytes,
-		connectionsActive,
+		connectionsActive, metrics.level, metrics.levelChanges, metrics.evictions,
+		metrics.backpressure, metrics.protectiveResets, globalGauges,
 	} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
@@ -147,4 +173,49 @@ func registerMetrics(ctx caddy.Context) error {
 		}
 	}
 	return nil
+}
+
+// globalGauges reports the process-wide state of the mcp app.
+var globalGauges = newGlobalCollector()
+
+// globalCollector exports gauges read from the process-wide state at
+// scrape time.
+type globalCollector struct {
+	sessions, heldBytes, budget, goroutines, streamsOpen *prometheus.Desc
+}
+
+func newGlobalCollector() *globalCollector {
+	d := func(name, help string) *prometheus.Desc {
+		return prometheus.NewDesc("caddy_mcp_"+name, help, nil, nil)
+	}
+	return &globalCollector{
+		sessions:    d("sessions_active", "Live sessions in the session registry."),
+		heldBytes:   d("held_bytes", "Bytes held on behalf of clients, reserved from the memory budget."),
+		budget:      d("memory_budget_bytes", "The memory budget (0: no limit)."),
+		goroutines:  d("goroutines_owned", "Goroutines owned by the proxy's task groups (detached stream pumps, upstream cancellations)."),
+		streamsOpen: d("streams_open", "Streams registered with live sessions."),
+	}
+}
+
+// Describe implements prometheus.Collector.
+func (c *globalCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.sessions
+	ch <- c.heldBytes
+	ch <- c.budget
+	ch <- c.goroutines
+	ch <- c.streamsOpen
+}
+
+// Collect implements prometheus.Collector.
+func (c *globalCollector) Collect(ch chan<- prometheus.Metric) {
+	g := currentGlobal()
+	if g == nil {
+		return
+	}
+	st := g.sessions.Stats()
+	ch <- prometheus.MustNewConstMetric(c.sessions, prometheus.GaugeValue, float64(st.Sessions))
+	ch <- prometheus.MustNewConstMetric(c.heldBytes, prometheus.GaugeValue, float64(g.memory.Used()))
+	ch <- prometheus.MustNewConstMetric(c.budget, prometheus.GaugeValue, float64(g.memory.Limit()))
+	ch <- prometheus.MustNewConstMetric(c.goroutines, prometheus.GaugeValue, float64(g.tasks.Count()))
+	ch <- prometheus.MustNewConstMetric(c.streamsOpen, prometheus.GaugeValue, float64(st.Streams))
 }

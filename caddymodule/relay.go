@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/mcpgate/mcpgate/mcp"
+	"github.com/mcpgate/mcpgate/resources"
 	"github.com/mcpgate/mcpgate/sse"
 )
 
@@ -39,6 +40,8 @@ type relayState struct {
 	// resumable: a session-era request whose response stream survives a
 	// client disconnect, to be resumed with Last-Event-ID.
 	resumable bool
+	// session is the request's entry in the session registry, or nil.
+	session *resources.Session
 
 	mu        sync.Mutex
 	body      io.ReadCloser // SSE body taken over from reverse_proxy
@@ -61,20 +64,28 @@ func newRelayState(h *Handler, r *http.Request, call *mcp.Call, res resolution) 
 	}
 }
 
-// clientGone applies the era's meaning of a client disconnect: for a
-// resumable request the upstream keeps running so the client can resume,
-// for at most the replay age; anything else is cancelled at once.
+// clientGone applies the era's meaning of a client disconnect. A
+// resumable request whose SSE response stream has begun keeps its upstream
+// running so the client can resume it, for at most the replay age. Any
+// other request is over: the upstream request is cancelled, and for a
+// session-era request the upstream is told with notifications/cancelled,
+// since a client that saw no event id can never resume it.
 func (st *relayState) clientGone() {
-	if !st.resumable {
-		st.abort()
-		return
-	}
 	st.mu.Lock()
-	defer st.mu.Unlock()
 	if st.done || st.timer != nil {
+		st.mu.Unlock()
 		return
 	}
-	st.timer = time.AfterFunc(st.h.replayAge, st.detachedTooLong)
+	if st.resumable && st.stream != nil {
+		st.timer = time.AfterFunc(st.h.replayAge, st.detachedTooLong)
+		st.mu.Unlock()
+		return
+	}
+	st.mu.Unlock()
+	st.abort()
+	if st.resumable {
+		st.sendCancelled("client disconnected before the response")
+	}
 }
 
 // detachedTooLong ends a resumable request nobody resumed in time, and
@@ -261,10 +272,18 @@ func (h *Handler) streamConfig(st *relayState, legacy bool) sse.StreamConfig {
 		QueueBytes:   int(h.queueBytes),
 		WriteTimeout: h.writeTimeout,
 		Keepalive:    h.keepalive,
-		Hooks:        h.hooks,
+		Hooks:        h.streamHooksFor(st.session),
+	}
+	// At the degraded level and above, new streams get smaller buffers.
+	if f := h.app.global.degradedFraction(); f < 1 {
+		cfg.QueueEvents = max(1, int(float64(cfg.QueueEvents)*f))
+		cfg.QueueBytes = max(1, int(float64(cfg.QueueBytes)*f))
 	}
 	if st.resumable {
-		cfg.ReplayEvents, cfg.ReplayBytes, cfg.ReplayAge = h.replayEvents, h.replayBytes, h.replayAge
+		f := h.app.global.degradedFraction()
+		cfg.ReplayEvents = max(1, int(float64(h.replayEvents)*f))
+		cfg.ReplayBytes = max(1, int64(float64(h.replayBytes)*f))
+		cfg.ReplayAge = h.replayAge
 		cfg.IDPrefix = newIDPrefix()
 	}
 	if legacy {
@@ -337,7 +356,7 @@ func (h *Handler) relay(w http.ResponseWriter, st *relayState, body io.ReadClose
 	cw := newClientWriter(w)
 	_ = cw.Flush()
 	att, _ := stream.Attach(cw, "", h.retryHint(st.call, st.res))
-	untrack := h.track(att, stream, st.resumable)
+	untrack := h.track(att, stream, st.resumable, st.session)
 	defer untrack()
 	metrics.streamsActive.Inc()
 	defer metrics.streamsActive.Dec()
@@ -348,7 +367,20 @@ func (h *Handler) relay(w http.ResponseWriter, st *relayState, body io.ReadClose
 		st.mu.Lock()
 		st.detached = true
 		st.mu.Unlock()
-		go h.pump(stream, body, st)
+		group := h.app.global.tasks
+		if st.session != nil {
+			group = st.session.Group()
+		}
+		if !group.Go(func(ctx context.Context) {
+			// The session's end (eviction) ends the pump too.
+			stop := context.AfterFunc(ctx, stream.Close)
+			defer stop()
+			h.pump(stream, body, st)
+		}) {
+			stream.Close()
+			h.pump(stream, body, st)
+			return
+		}
 		stop := context.AfterFunc(st.r.Context(), att.Gone)
 		defer stop()
 		_ = att.Wait(st.r.Context())
@@ -373,7 +405,7 @@ func (h *Handler) pump(stream *sse.Stream, body io.ReadCloser, st *relayState) {
 
 // serveResume answers a GET with Last-Event-ID from the stream that holds
 // the id: the events after it, then the stream's live events.
-func (h *Handler) serveResume(w http.ResponseWriter, r *http.Request, stream *sse.Stream, last string, retry time.Duration) error {
+func (h *Handler) serveResume(w http.ResponseWriter, r *http.Request, stream *sse.Stream, last string, retry time.Duration, sess *resources.Session) error {
 	hdr := w.Header()
 	hdr.Set("Content-Type", "text/event-stream")
 	hdr.Set("Cache-Control", "no-cache")
@@ -382,7 +414,7 @@ func (h *Handler) serveResume(w http.ResponseWriter, r *http.Request, stream *ss
 	cw := newClientWriter(w)
 	_ = cw.Flush()
 	att, _ := stream.Attach(cw, last, retry)
-	untrack := h.track(att, stream, true)
+	untrack := h.track(att, stream, true, sess)
 	defer untrack()
 	metrics.streamsActive.Inc()
 	defer metrics.streamsActive.Dec()

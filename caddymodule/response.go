@@ -21,6 +21,7 @@ type responseWriter struct {
 	r    *http.Request
 	call *mcp.Call
 	res  resolution
+	st   *relayState
 
 	wroteHeader bool
 	status      int
@@ -81,6 +82,9 @@ func (rw *responseWriter) sealSessionHeader(hdr http.Header, sid string) {
 	}
 	hdr.Set(mcp.HeaderSessionID, tok)
 	metrics.sessionsCreated.Inc()
+	if rw.st != nil {
+		rw.h.openSession(rw.st, upstream, sid, version)
+	}
 }
 
 func isEventStream(h http.Header) bool {

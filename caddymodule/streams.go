@@ -1,14 +1,17 @@
 package caddymodule
 
 import (
+	"cmp"
 	"context"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyevents"
 
+	"github.com/mcpgate/mcpgate/resources"
 	"github.com/mcpgate/mcpgate/sse"
 )
 
@@ -86,8 +89,9 @@ func sharedRegistry() *sse.Registry {
 // registry returns the process-wide stream registry.
 func (h *Handler) registry() *sse.Registry { return sharedRegistry() }
 
-// streamSet tracks a handler's open client attachments so they can be
-// drained when its config is unloaded.
+// streamSet tracks open client attachments: each handler's, so they can
+// be drained when its config is unloaded, and the process's, so the
+// protective level can reset the largest.
 type streamSet struct {
 	mu       sync.Mutex
 	open     map[*sse.Attachment]trackedStream
@@ -104,21 +108,40 @@ func newStreamSet() *streamSet {
 	return &streamSet{open: make(map[*sse.Attachment]trackedStream)}
 }
 
-// track records an open attachment; the returned func forgets it. An
-// attachment opened while the set drains is scheduled for closing at once.
-func (h *Handler) track(a *sse.Attachment, s *sse.Stream, resumable bool) func() {
-	ss := h.streams
+// add records an attachment; the returned func forgets it. An attachment
+// opened while the set drains is scheduled for closing at once.
+func (ss *streamSet) add(a *sse.Attachment, t trackedStream) func() {
 	ss.mu.Lock()
-	ss.open[a] = trackedStream{stream: s, resumable: resumable}
+	ss.open[a] = t
 	draining, delay := ss.draining, ss.delay
 	ss.mu.Unlock()
 	if draining {
-		scheduleDrain(a, trackedStream{stream: s, resumable: resumable}, delay)
+		scheduleDrain(a, t, delay)
 	}
 	return func() {
 		ss.mu.Lock()
 		delete(ss.open, a)
 		ss.mu.Unlock()
+	}
+}
+
+// track records an open attachment with the handler, the process and the
+// session (whose eviction closes it); the returned func forgets it.
+func (h *Handler) track(a *sse.Attachment, s *sse.Stream, resumable bool, sess *resources.Session) func() {
+	t := trackedStream{stream: s, resumable: resumable}
+	forgetHandler := h.streams.add(a, t)
+	forgetProcess := h.app.global.active.add(a, t)
+	forgetSession := func() {}
+	if sess != nil {
+		forgetSession = sess.AddStream(func(error) {
+			a.Close()
+			s.Close()
+		})
+	}
+	return func() {
+		forgetSession()
+		forgetProcess()
+		forgetHandler()
 	}
 }
 
@@ -142,11 +165,43 @@ func scheduleDrain(a *sse.Attachment, t trackedStream, delay time.Duration) {
 	d := time.Duration(float64(delay) * (0.8 + 0.2*rand.Float64()))
 	time.AfterFunc(d, func() {
 		metrics.streamsDrained.Inc()
-		a.Close()
-		if !t.resumable {
-			t.stream.Close()
-		}
+		closeTracked(a, t)
 	})
+}
+
+// closeTracked closes an attachment with its retry hint, and the upstream
+// of a stream nobody can resume.
+func closeTracked(a *sse.Attachment, t trackedStream) {
+	a.Close()
+	if !t.resumable {
+		t.stream.Close()
+	}
+}
+
+// resetLargest closes, with the retry hint, the n open streams holding the
+// most memory (queued events and replay ring); idle streams hold least
+// and go last, so a protective level that persists closes them all, n per
+// refresh.
+func (ss *streamSet) resetLargest(n int) {
+	type held struct {
+		a     *sse.Attachment
+		t     trackedStream
+		bytes int64
+	}
+	ss.mu.Lock()
+	all := make([]held, 0, len(ss.open))
+	for a, t := range ss.open {
+		all = append(all, held{a, t, 0})
+	}
+	ss.mu.Unlock()
+	for i := range all {
+		all[i].bytes = int64(all[i].a.Queued()) + all[i].t.stream.RingBytes()
+	}
+	slices.SortFunc(all, func(x, y held) int { return cmp.Compare(y.bytes, x.bytes) })
+	for _, h := range all[:min(n, len(all))] {
+		metrics.protectiveResets.Inc()
+		closeTracked(h.a, h.t)
+	}
 }
 
 // watchStop starts draining when Caddy announces that this config stops

@@ -741,9 +741,13 @@ func TestRelayGoroutinesReturn(t *testing.T) {
 	port := freePort(t)
 	loadCaddyfile(t, fmt.Sprintf(":%d {\n\tmcp_proxy %s\n}\n", port, u.addr()))
 	base := proxyURL(port)
-	// One session holds every stream, so no per-session state (or pooled
-	// initialize connection) comes and goes with the streams.
-	tok := u.initSession(t, base, relayVersion)
+	// The sessions exist before the baseline, so no per-session state
+	// (or pooled initialize connection) comes and goes with the streams;
+	// each holds fewer streams than the per-session stream cap.
+	var toks []string
+	for range 10 {
+		toks = append(toks, u.initSession(t, base, relayVersion))
+	}
 	hc := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
 	defer hc.CloseIdleConnections()
 	baseline := settledGoroutines()
@@ -758,7 +762,7 @@ func TestRelayGoroutinesReturn(t *testing.T) {
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			resp, err := openRelayGET(ctx, hc, base, tok, relayVersion, fmt.Sprintf("s%d", i))
+			resp, err := openRelayGET(ctx, hc, base, toks[i%len(toks)], relayVersion, fmt.Sprintf("s%d", i))
 			if err != nil {
 				errs[i] = err
 				return

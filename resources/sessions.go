@@ -129,6 +129,10 @@ type SessionInfo struct {
 	Upstream string
 	// Version is the MCP protocol version negotiated for the session.
 	Version string
+	// UpstreamID is the upstream's own session id, and Endpoint and Host
+	// the URL and Host header the upstream serves the session on; with
+	// them the owner can end the session upstream when it is evicted.
+	UpstreamID, Endpoint, Host string
 }
 
 // session states.
@@ -325,8 +329,8 @@ type Registry struct {
 	seed   maphash.Seed
 	shards [shardCount]shard
 
-	maxSessions   int
-	quota         int64
+	maxSessions   atomic.Int64
+	quota         atomic.Int64
 	memory        *Budget
 	tombstoneTTL  time.Duration
 	maxTombstones int
@@ -371,8 +375,6 @@ type RegistryStats struct {
 func NewRegistry(cfg RegistryConfig) *Registry {
 	r := &Registry{
 		seed:          maphash.MakeSeed(),
-		maxSessions:   cfg.MaxSessions,
-		quota:         cfg.SessionMemory,
 		memory:        cfg.Memory,
 		tombstoneTTL:  cfg.TombstoneTTL,
 		maxTombstones: cfg.MaxTombstones,
@@ -382,8 +384,10 @@ func NewRegistry(cfg RegistryConfig) *Registry {
 		clock:         cfg.Clock,
 		tombs:         make(map[string]int64),
 	}
-	if r.quota == 0 {
-		r.quota = DefaultSessionMemory
+	r.maxSessions.Store(int64(cfg.MaxSessions))
+	r.quota.Store(cfg.SessionMemory)
+	if r.quota.Load() <= 0 {
+		r.quota.Store(DefaultSessionMemory)
 	}
 	if r.tombstoneTTL <= 0 {
 		r.tombstoneTTL = DefaultTombstoneTTL
@@ -438,7 +442,7 @@ func (r *Registry) Open(info SessionInfo, now time.Time, protective bool) (*Sess
 	s := &Session{
 		reg:     r,
 		info:    info,
-		account: NewAccount(r.quota, r.memory),
+		account: NewAccount(r.quota.Load(), r.memory),
 		group:   NewGroup(r.tasks),
 		created: now,
 	}
@@ -469,7 +473,8 @@ func (r *Registry) Open(info SessionInfo, now time.Time, protective bool) (*Sess
 
 // takeSlot reserves a place under MaxSessions, evicting to make room.
 func (r *Registry) takeSlot(protective bool) bool {
-	if r.maxSessions <= 0 {
+	maxSessions := r.maxSessions.Load()
+	if maxSessions <= 0 {
 		r.count.Add(1)
 		return true
 	}
@@ -478,7 +483,7 @@ func (r *Registry) takeSlot(protective bool) bool {
 	for range 4 {
 		for {
 			n := r.count.Load()
-			if n >= int64(r.maxSessions) {
+			if n >= maxSessions {
 				break
 			}
 			if r.count.CompareAndSwap(n, n+1) {
@@ -490,6 +495,21 @@ func (r *Registry) takeSlot(protective bool) bool {
 		}
 	}
 	return false
+}
+
+// SetMaxSessions changes MaxSessions for sessions opened from now on;
+// 0 means no cap.
+func (r *Registry) SetMaxSessions(n int) { r.maxSessions.Store(int64(n)) }
+
+// MaxSessions returns the cap on live sessions (0: none).
+func (r *Registry) MaxSessions() int { return int(r.maxSessions.Load()) }
+
+// SetSessionMemory changes the memory quota of sessions opened from now
+// on.
+func (r *Registry) SetSessionMemory(n int64) {
+	if n > 0 {
+		r.quota.Store(n)
+	}
 }
 
 // Get returns the live session with the key. It does not allocate.
@@ -697,7 +717,7 @@ func (r *Registry) Score(s *Session, now time.Time) float64 {
 
 func (r *Registry) score(s *Session, now int64) float64 {
 	idleSec := max(float64(now-s.lastActive.Load())/1e9, 0)
-	quota := r.quota
+	quota := r.quota.Load()
 	if quota <= 0 {
 		quota = DefaultSessionMemory
 	}

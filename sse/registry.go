@@ -60,6 +60,7 @@ func (r *Registry) Add(session string, s *Stream) {
 				break
 			}
 		}
+		rs.streams[victim].Discard()
 		rs.streams = append(rs.streams[:victim], rs.streams[victim+1:]...)
 	}
 	rs.streams = append(rs.streams, s)
@@ -71,6 +72,11 @@ func (r *Registry) dropLRULocked() {
 	for k, rs := range r.sessions {
 		if rs.used < used {
 			oldest, used = k, rs.used
+		}
+	}
+	if rs := r.sessions[oldest]; rs != nil {
+		for _, st := range rs.streams {
+			st.Discard()
 		}
 	}
 	delete(r.sessions, oldest)
@@ -99,8 +105,14 @@ func (r *Registry) Find(session, id string) *Stream {
 // Forget drops every stream of a session (the session ended).
 func (r *Registry) Forget(session string) {
 	r.mu.Lock()
+	rs := r.sessions[session]
 	delete(r.sessions, session)
 	r.mu.Unlock()
+	if rs != nil {
+		for _, st := range rs.streams {
+			st.Discard()
+		}
+	}
 }
 
 // Sweep drops streams that ended more than maxAge ago, evicts old events
@@ -116,6 +128,7 @@ func (r *Registry) Sweep(now time.Time) int {
 			ended, at := st.Ended()
 			if ended && now.Sub(at) > r.maxAge {
 				dropped++
+				st.Discard()
 				continue
 			}
 			st.Evict(now)

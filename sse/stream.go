@@ -202,7 +202,42 @@ func (s *Stream) Evict(now time.Time) int64 {
 	if s.ring == nil {
 		return 0
 	}
-	return s.ring.Evict(now)
+	freed := s.ring.Evict(now)
+	s.unreserve(freed)
+	return freed
+}
+
+// Discard empties the replay ring and gives its bytes back; the stream
+// can no longer be resumed.
+func (s *Stream) Discard() {
+	if s.ring != nil {
+		s.unreserve(s.ring.Reset())
+	}
+}
+
+// storeLocked keeps an event in the replay ring, reserving its bytes
+// first; an event whose bytes cannot be reserved is delivered but not
+// kept. Called with s.mu held.
+func (s *Stream) storeLocked(id string, raw []byte) {
+	if s.ring == nil {
+		return
+	}
+	n := int64(len(id) + len(raw))
+	if h := s.cfg.Hooks; h != nil && h.Reserve != nil && !h.Reserve(int(n)) {
+		return
+	}
+	evicted, stored := s.ring.Append(id, raw, time.Now())
+	if !stored {
+		evicted += n
+	}
+	s.unreserve(evicted)
+}
+
+// unreserve gives n bytes back through the Reserve hook.
+func (s *Stream) unreserve(n int64) {
+	if h := s.cfg.Hooks; n > 0 && h != nil && h.Reserve != nil {
+		h.Reserve(-int(n))
+	}
 }
 
 // readBufSize is the size of the buffer an idle stream holds while it
@@ -269,7 +304,7 @@ func (s *Stream) Pump(body io.Reader) error {
 	s.mu.Lock()
 	if final != nil {
 		if s.ring != nil {
-			s.ring.Append("", final, time.Now())
+			s.storeLocked("", final)
 		}
 		if s.att != nil {
 			s.att.enqueue(final, false)
@@ -326,7 +361,7 @@ func (s *Stream) emit(ev *Event) error {
 		}
 	}
 	if s.ring != nil {
-		s.ring.Append(id, raw, time.Now())
+		s.storeLocked(id, raw)
 	}
 	if s.att != nil {
 		s.att.enqueue(raw, false)
@@ -664,6 +699,13 @@ func (a *Attachment) finishLocked() {
 // Close ends the attachment as the proxy's decision (drain, shedding),
 // with the retry hint when one was given.
 func (a *Attachment) Close() { a.close(ErrClosed) }
+
+// Queued returns the bytes waiting to be written to the client.
+func (a *Attachment) Queued() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.qbytes + a.replayB
+}
 
 // Gone ends the attachment because its client went away.
 func (a *Attachment) Gone() { a.close(ErrClientGone) }
