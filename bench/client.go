@@ -1,0 +1,139 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+)
+
+// target is one endpoint under test.
+type target struct {
+	Name string // direct, plain, mcp_proxy
+	URL  string
+}
+
+const (
+	protocolVersion = "2025-06-18"
+	initializeBody  = `{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"mcpgate-bench","version":"1.0.0"}}}`
+	// okMarker is part of every successful tools/call answer of the mock.
+	okMarker = `"text":"ok"`
+)
+
+// newTransport returns an HTTP/1.1 transport tuned for loopback load:
+// enough idle connections per host that none is closed between requests.
+func newTransport(maxIdlePerHost int) *http.Transport {
+	return &http.Transport{
+		Proxy: nil,
+		DialContext: (&net.Dialer{
+			Timeout:   5 * time.Second,
+			KeepAlive: 30 * time.Second,
+		}).DialContext,
+		MaxIdleConns:          0, // no global limit
+		MaxIdleConnsPerHost:   maxIdlePerHost,
+		IdleConnTimeout:       90 * time.Second,
+		DisableCompression:    true,
+		ForceAttemptHTTP2:     false,
+		ResponseHeaderTimeout: 0,
+		WriteBufferSize:       4 << 10,
+		ReadBufferSize:        4 << 10,
+	}
+}
+
+// toolsCallBody is the JSON-RPC tools/call request with id n.
+func toolsCallBody(dst []byte, n int64) []byte {
+	dst = append(dst, `{"jsonrpc":"2.0","id":`...)
+	dst = strconv.AppendInt(dst, n, 10)
+	return append(dst, `,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hi"}}}`...)
+}
+
+// setMCPHeaders sets the headers of an MCP POST; sid may be empty.
+func setMCPHeaders(h http.Header, sid string) {
+	h["Content-Type"] = []string{"application/json"}
+	h["Accept"] = []string{"application/json, text/event-stream"}
+	if sid != "" {
+		h["Mcp-Protocol-Version"] = []string{protocolVersion}
+		h["Mcp-Session-Id"] = []string{sid}
+	}
+}
+
+// initialize opens an MCP session at url and returns its Mcp-Session-Id.
+func initialize(ctx context.Context, c *http.Client, url string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader([]byte(initializeBody)))
+	if err != nil {
+		return "", err
+	}
+	setMCPHeaders(req.Header, "")
+	resp, err := c.Do(req)
+	if err != nil {
+		return "", fmt.Errorf("initialize: %w", err)
+	}
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("initialize: status %d: %s", resp.StatusCode, bytes.TrimSpace(body))
+	}
+	sid := resp.Header.Get("Mcp-Session-Id")
+	if sid == "" {
+		return "", errors.New("initialize: no Mcp-Session-Id in the answer")
+	}
+	return sid, nil
+}
+
+// outcome classifies one request's result.
+type outcome uint8
+
+const (
+	outOK      outcome = iota // 200 with the expected body
+	outStatus                 // any other status
+	outBadBody                // 200 without the expected body
+	outTimeout                // client deadline passed
+	outError                  // transport error
+)
+
+// callResult is one tools/call's result.
+type callResult struct {
+	out        outcome
+	status     int
+	retryAfter bool  // a non-200 answer carried Retry-After
+	err        error // the transport error of outError
+}
+
+// doCall sends one tools/call and reads the whole answer into buf.
+func doCall(ctx context.Context, c *http.Client, url, sid string, body []byte, buf *bytes.Buffer) callResult {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
+	if err != nil {
+		return callResult{out: outError}
+	}
+	setMCPHeaders(req.Header, sid)
+	resp, err := c.Do(req)
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) || ctx.Err() == context.DeadlineExceeded {
+			return callResult{out: outTimeout}
+		}
+		return callResult{out: outError, err: err}
+	}
+	buf.Reset()
+	_, err = buf.ReadFrom(io.LimitReader(resp.Body, 1<<20))
+	resp.Body.Close()
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) || ctx.Err() == context.DeadlineExceeded {
+			return callResult{out: outTimeout, status: resp.StatusCode}
+		}
+		return callResult{out: outError, status: resp.StatusCode, err: err}
+	}
+	if resp.StatusCode != http.StatusOK {
+		return callResult{out: outStatus, status: resp.StatusCode, retryAfter: resp.Header.Get("Retry-After") != ""}
+	}
+	if !bytes.Contains(buf.Bytes(), []byte(okMarker)) {
+		return callResult{out: outBadBody, status: resp.StatusCode}
+	}
+	return callResult{out: outOK, status: resp.StatusCode}
+}

@@ -1,0 +1,656 @@
+// Command bench is mcpgate's side-by-side benchmark harness: it builds
+// Caddy with the mcpgate modules, starts a mock MCP upstream in-process and
+// one Caddy process with two sites (plain reverse_proxy and mcp_proxy) in
+// front of it, and measures the upstream alone, plain reverse_proxy and
+// mcp_proxy in the same run, so machine noise hits all three alike.
+//
+// Usage:
+//
+//	go run ./bench post     [flags]   closed loop: N clients POST tools/call
+//	go run ./bench overload [flags]   open loop at multiples of upstream capacity
+//
+// Run `go run ./bench -h` for the flags.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Target names.
+const (
+	targetDirect = "direct"
+	targetPlain  = "plain"
+	targetMCP    = "mcp_proxy"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(2)
+		}
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+// options are the command-line flags.
+type options struct {
+	scenario       string
+	concurrency    int
+	duration       time.Duration
+	warmup         time.Duration
+	rounds         int
+	timeout        time.Duration
+	service        time.Duration
+	capacity       int
+	multiples      string
+	deadline       time.Duration
+	maxOutstanding int
+	sessions       int
+	targets        string
+	mcpBlock       string
+	plainBlock     string
+	out            string
+	appendOut      bool
+	svgdir         string
+	caddyBin       string
+	cpuprofile     string
+	profileTarget  string
+	quiet          bool
+	quietMax       float64
+	quietWait      time.Duration
+	busyRetries    int
+}
+
+func parseFlags(args []string) (*options, error) {
+	o := &options{}
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(flagOutput)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: go run ./bench <post|overload> [flags]\n\nflags:\n")
+		fs.PrintDefaults()
+	}
+	fs.IntVar(&o.concurrency, "concurrency", 32, "post: concurrent closed-loop clients")
+	fs.DurationVar(&o.duration, "duration", 0, "measured time per target (and per multiple); default 10s for post, 5s for overload")
+	fs.DurationVar(&o.warmup, "warmup", 2*time.Second, "post: warm-up per target before measuring")
+	fs.IntVar(&o.rounds, "rounds", 3, "post: rounds; each round runs every target once, order rotated per round")
+	fs.DurationVar(&o.timeout, "timeout", 10*time.Second, "post: per-request client timeout")
+	var service optDuration
+	var capacity optInt
+	fs.Var(&service, "service", "upstream service time per tools/call (default 0 for post, 20ms for overload)")
+	fs.Var(&capacity, "capacity", "upstream tools/call in service at once, the excess waits in an unbounded FIFO; 0 = unlimited (default 0 for post, 16 for overload)")
+	fs.StringVar(&o.multiples, "multiples", "1,2,5,10", "overload: offered load as multiples of upstream capacity (capacity/service)")
+	fs.DurationVar(&o.deadline, "deadline", time.Second, "overload: client deadline per request, counted from its scheduled send time")
+	fs.IntVar(&o.maxOutstanding, "max-outstanding", 20000, "overload: most requests in flight; the excess is counted as not sent")
+	fs.IntVar(&o.sessions, "sessions", 64, "overload: MCP sessions opened per target and used round-robin")
+	fs.StringVar(&o.targets, "targets", "direct,plain,mcp_proxy", "targets to measure, comma-separated: direct, plain, mcp_proxy")
+	fs.StringVar(&o.mcpBlock, "mcp-block", "", `subdirectives inserted inside "mcp_proxy <upstream> { }"; ";" or newline separated`)
+	fs.StringVar(&o.plainBlock, "plain-block", "", `subdirectives inserted inside "reverse_proxy <upstream> { }"; ";" or newline separated`)
+	fs.StringVar(&o.out, "out", "", "write the Markdown report to this file (default: stdout)")
+	fs.BoolVar(&o.appendOut, "append", false, "append to -out instead of replacing it")
+	fs.StringVar(&o.svgdir, "svgdir", "bench/out", "overload: directory for the SVG plots (bench/out is gitignored; use bench/results for BENCHMARKS.md)")
+	fs.StringVar(&o.caddyBin, "caddy", "", "use this Caddy binary instead of building ./cmd/caddy")
+	fs.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of the Caddy process, taken over the first measurement of -profile-target (enables the admin endpoint on a loopback port)")
+	fs.StringVar(&o.profileTarget, "profile-target", targetMCP, "target whose first measurement -cpuprofile covers: plain or mcp_proxy")
+	fs.BoolVar(&o.quiet, "q", false, "no progress lines on stderr")
+	fs.Float64Var(&o.quietMax, "quiet-max", 0.3, "before each measurement wait until processes other than the bench use at most this many cores; 0 disables")
+	fs.IntVar(&o.busyRetries, "busy-retries", 2, "repeat a measurement during which other processes used more than -quiet-max cores, at most this many times")
+	fs.DurationVar(&o.quietWait, "quiet-wait", time.Minute, "longest wait for a quiet machine before each measurement; it measures anyway after that")
+
+	// The scenario may come first (go run ./bench post -rounds 1) or after
+	// the flags.
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		o.scenario, args = args[0], args[1:]
+	}
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if o.scenario == "" && fs.NArg() > 0 {
+		o.scenario = fs.Arg(0)
+		if err := fs.Parse(fs.Args()[1:]); err != nil {
+			return nil, err
+		}
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	o.service, o.capacity = -1, -1
+	if service.set {
+		o.service = service.d
+	}
+	if capacity.set {
+		o.capacity = capacity.n
+	}
+	switch o.scenario {
+	case "post":
+		if o.duration == 0 {
+			o.duration = 10 * time.Second
+		}
+		if o.service < 0 {
+			o.service = 0
+		}
+		if o.capacity < 0 {
+			o.capacity = 0
+		}
+	case "overload":
+		if o.duration == 0 {
+			o.duration = 5 * time.Second
+		}
+		if o.service < 0 {
+			o.service = 20 * time.Millisecond
+		}
+		if o.capacity < 0 {
+			o.capacity = 16
+		}
+		if o.service <= 0 || o.capacity <= 0 {
+			return nil, errors.New("overload needs a finite upstream capacity: -service > 0 and -capacity > 0")
+		}
+	case "":
+		fs.Usage()
+		return nil, errors.New("no scenario: want post or overload")
+	default:
+		return nil, fmt.Errorf("unknown scenario %q: want post or overload", o.scenario)
+	}
+	if o.concurrency < 1 || o.concurrency > 10000 {
+		return nil, fmt.Errorf("-concurrency %d: want 1..10000", o.concurrency)
+	}
+	if o.rounds < 1 || o.rounds > 100 {
+		return nil, fmt.Errorf("-rounds %d: want 1..100", o.rounds)
+	}
+	if o.duration <= 0 || o.duration > time.Hour || o.warmup < 0 || o.warmup > time.Hour {
+		return nil, errors.New("-duration and -warmup must be positive and at most 1h")
+	}
+	if o.maxOutstanding < 1 || o.sessions < 1 || o.sessions > 10000 {
+		return nil, errors.New("-max-outstanding and -sessions must be positive (sessions at most 10000)")
+	}
+	if o.deadline <= 0 || o.timeout <= 0 {
+		return nil, errors.New("-deadline and -timeout must be positive")
+	}
+	return o, nil
+}
+
+// flagOutput receives usage and flag errors; tests silence it.
+var flagOutput io.Writer = os.Stderr
+
+// optDuration is a duration flag whose default depends on the scenario.
+type optDuration struct {
+	d   time.Duration
+	set bool
+}
+
+func (v *optDuration) String() string {
+	if v == nil || !v.set {
+		return ""
+	}
+	return v.d.String()
+}
+
+func (v *optDuration) Set(s string) error {
+	d, err := time.ParseDuration(s)
+	if err != nil || d < 0 {
+		return fmt.Errorf("want a duration ≥ 0 such as 20ms")
+	}
+	v.d, v.set = d, true
+	return nil
+}
+
+// optInt is an int flag whose default depends on the scenario.
+type optInt struct {
+	n   int
+	set bool
+}
+
+func (v *optInt) String() string {
+	if v == nil || !v.set {
+		return ""
+	}
+	return strconv.Itoa(v.n)
+}
+
+func (v *optInt) Set(s string) error {
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 {
+		return fmt.Errorf("want an integer ≥ 0")
+	}
+	v.n, v.set = n, true
+	return nil
+}
+
+// parseTargets validates a -targets list.
+func parseTargets(s string) ([]string, error) {
+	var out []string
+	seen := map[string]bool{}
+	for _, t := range strings.Split(s, ",") {
+		t = strings.TrimSpace(t)
+		switch t {
+		case "":
+			continue
+		case "mcp", "mcp-proxy":
+			t = targetMCP
+		case targetDirect, targetPlain, targetMCP:
+		default:
+			return nil, fmt.Errorf("unknown target %q: want direct, plain or mcp_proxy", t)
+		}
+		if !seen[t] {
+			seen[t] = true
+			out = append(out, t)
+		}
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no targets")
+	}
+	return out, nil
+}
+
+// benchEnv is the running system under test.
+type benchEnv struct {
+	up    *upstream
+	caddy *caddyProc
+	gate  quietGate
+	logf  func(string, ...any)
+	// busyRetries is how often a measurement disturbed by other
+	// processes is repeated.
+	busyRetries int
+}
+
+// disturbed reports whether other processes used more CPU during a
+// measurement than the quiet gate allows.
+func (e *benchEnv) disturbed(u windowUsage) bool {
+	return e.gate.MaxOthers > 0 && u.Others() > e.gate.MaxOthers
+}
+
+// settle waits for a quiet machine before a measurement and reports the
+// CPU other processes used just before it and whether that was quiet.
+func (e *benchEnv) settle(ctx context.Context, tgt target) quietness {
+	others, ok := e.gate.wait(ctx, e.caddyPID(tgt), e.logf)
+	return quietness{OthersBefore: others, Quiet: ok}
+}
+
+// quietness is the machine's state just before a measurement.
+type quietness struct {
+	OthersBefore float64
+	Quiet        bool
+}
+
+// caddyPID is the Caddy process to watch while tgt runs (also for direct,
+// where it shows Caddy idle).
+func (e *benchEnv) caddyPID(target) int {
+	if e.caddy == nil {
+		return 0
+	}
+	return e.caddy.pid()
+}
+
+// profileReq takes one CPU profile of Caddy through its admin endpoint.
+type profileReq struct {
+	file, target, admin string
+	taken               bool
+	justTaken           bool // the latest measurement was profiled
+	ch                  chan error
+}
+
+// start begins a profile of the given duration if target is the one asked
+// for and none was taken yet.
+func (p *profileReq) start(target string, d time.Duration) {
+	if p == nil {
+		return
+	}
+	p.justTaken = false
+	if p.taken || p.file == "" || target != p.target {
+		return
+	}
+	p.taken, p.justTaken = true, true
+	p.ch = make(chan error, 1)
+	secs := max(1, int(d.Round(time.Second)/time.Second))
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(secs)*time.Second+30*time.Second)
+		defer cancel()
+		url := fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", p.admin, secs)
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			p.ch <- fmt.Errorf("cpu profile: %w", err)
+			return
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+			p.ch <- fmt.Errorf("cpu profile: status %d: %s", resp.StatusCode, b)
+			return
+		}
+		f, err := os.Create(p.file)
+		if err != nil {
+			p.ch <- err
+			return
+		}
+		_, err = io.Copy(f, resp.Body)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		p.ch <- err
+	}()
+}
+
+// retake allows the profile to be taken again when the latest
+// measurement, which it covered, was discarded.
+func (p *profileReq) retake() {
+	if p != nil && p.justTaken && p.ch == nil {
+		p.taken = false
+	}
+}
+
+// wait returns the result of a profile started in the current
+// measurement, if any.
+func (p *profileReq) wait() error {
+	if p == nil || p.ch == nil {
+		return nil
+	}
+	err := <-p.ch
+	p.ch = nil
+	return err
+}
+
+// raiseNoFile sets the RLIMIT_NOFILE soft limit to the hard limit; Caddy,
+// started later, inherits it.
+func raiseNoFile() error {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		return err
+	}
+	if rl.Cur < rl.Max {
+		rl.Cur = rl.Max
+		return syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl)
+	}
+	return nil
+}
+
+// shellQuote quotes a word for a POSIX shell when it needs quoting.
+func shellQuote(s string) string {
+	if s == "" {
+		return "''"
+	}
+	if strings.IndexFunc(s, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_./=,:@%+", r))
+	}) < 0 {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+func commandLine(args []string) string {
+	parts := []string{"go", "run", "./bench"}
+	for _, a := range args {
+		parts = append(parts, shellQuote(a))
+	}
+	return strings.Join(parts, " ")
+}
+
+func run(args []string) error {
+	o, err := parseFlags(args)
+	if err != nil {
+		return err
+	}
+	names, err := parseTargets(o.targets)
+	if err != nil {
+		return err
+	}
+	logf := func(format string, a ...any) {
+		if !o.quiet {
+			fmt.Fprintf(os.Stderr, format+"\n", a...)
+		}
+	}
+	if err := raiseNoFile(); err != nil {
+		logf("warning: cannot raise RLIMIT_NOFILE: %v", err)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	root, err := moduleRoot()
+	if err != nil {
+		return err
+	}
+	tmp, err := os.MkdirTemp("", "mcpgate-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+
+	bin := o.caddyBin
+	build := "prebuilt binary " + o.caddyBin
+	if bin == "" {
+		build = "`go build ./cmd/caddy` of " + gitDescribe(ctx, root)
+		logf("building ./cmd/caddy ...")
+		if bin, err = buildCaddy(ctx, root, tmp); err != nil {
+			return err
+		}
+	}
+
+	up, err := startUpstream(o.service, o.capacity)
+	if err != nil {
+		return err
+	}
+	defer up.close()
+
+	plainPort, err := freePort()
+	if err != nil {
+		return err
+	}
+	mcpPort, err := freePort()
+	if err != nil {
+		return err
+	}
+	params := caddyfileParams{
+		Upstream: up.addr, PlainPort: plainPort, MCPPort: mcpPort,
+		PlainBlock: o.plainBlock, MCPBlock: o.mcpBlock,
+	}
+	prof := &profileReq{file: o.cpuprofile, target: o.profileTarget}
+	if o.cpuprofile != "" {
+		ap, err := freePort()
+		if err != nil {
+			return err
+		}
+		params.AdminAddr = fmt.Sprintf("127.0.0.1:%d", ap)
+		prof.admin = params.AdminAddr
+		if prof.file, err = filepath.Abs(o.cpuprofile); err != nil {
+			return err
+		}
+	}
+	cf := caddyfile(params)
+	cfPath := filepath.Join(tmp, "Caddyfile")
+	if err := os.WriteFile(cfPath, []byte(cf), 0o644); err != nil {
+		return err
+	}
+	logf("starting caddy (plain :%d, mcp_proxy :%d, upstream %s) ...", plainPort, mcpPort, up.addr)
+	cp, err := startCaddy(ctx, bin, cfPath, tmp, []int{plainPort, mcpPort})
+	if err != nil {
+		return err
+	}
+	defer cp.stop()
+	env := &benchEnv{up: up, caddy: cp, gate: quietGate{MaxOthers: o.quietMax, MaxWait: o.quietWait}, logf: logf, busyRetries: o.busyRetries}
+
+	urls := map[string]string{
+		targetDirect: "http://" + up.addr + "/mcp",
+		targetPlain:  fmt.Sprintf("http://127.0.0.1:%d/mcp", plainPort),
+		targetMCP:    fmt.Sprintf("http://127.0.0.1:%d/mcp", mcpPort),
+	}
+	var targets []target
+	for _, n := range names {
+		targets = append(targets, target{Name: n, URL: urls[n]})
+	}
+
+	meta := reportMeta{
+		Build:     build,
+		Command:   commandLine(args),
+		Date:      time.Now(),
+		Machine:   readMachine(),
+		Caddyfile: cf,
+	}
+	upDesc := fmt.Sprintf("mock upstream: service time %s, capacity %s", o.service, capDesc(o.capacity, o.service))
+
+	var report strings.Builder
+	switch o.scenario {
+	case "post":
+		cfg := postConfig{Concurrency: o.concurrency, Warmup: o.warmup, Duration: o.duration, Rounds: o.rounds, Timeout: o.timeout}
+		rounds, err := runPostScenario(ctx, env, targets, cfg, prof, logf)
+		if err != nil {
+			return err
+		}
+		meta.Title = fmt.Sprintf("post: closed loop, %d clients, tools/call, service %s", o.concurrency, o.service)
+		meta.Setup = []string{
+			upDesc,
+			fmt.Sprintf("%d concurrent clients, each with its own session (initialize first) and its own keep-alive connection; POST tools/call in a closed loop", o.concurrency),
+			fmt.Sprintf("per target: %s warm-up, then %s measured (only calls that start and end in the window count; latency is of the 200s)", o.warmup, o.duration),
+			fmt.Sprintf("%d rounds; every round runs every target once, in an order rotated by the round", o.rounds),
+			"one Caddy process serves both sites; generator, mock upstream and Caddy share the machine; CPU is % of one core over the window",
+		}
+		writePostReport(&report, meta, rounds, names)
+	case "overload":
+		mults, err := parseMultiples(o.multiples)
+		if err != nil {
+			return err
+		}
+		cfg := overloadConfig{
+			Multiples: mults, Capacity: capacityPerSecond(o.capacity, o.service), Duration: o.duration,
+			Deadline: o.deadline, MaxOutstanding: o.maxOutstanding, Sessions: o.sessions,
+		}
+		results, err := runOverloadScenario(ctx, env, targets, cfg, prof, logf)
+		if err != nil {
+			return err
+		}
+		plots, err := writePlots(o, cfg, results)
+		if err != nil {
+			return err
+		}
+		meta.Title = fmt.Sprintf("overload: open loop at %s × %.0f/s", o.multiples, cfg.Capacity)
+		meta.Setup = []string{
+			upDesc + " behind an unbounded FIFO queue that never sheds",
+			fmt.Sprintf("open loop: requests scheduled at a fixed rate for %s per target and multiple; latency and the %s client deadline count from each request's scheduled send time (no coordinated omission)", o.duration, o.deadline),
+			"goodput = 200s within the deadline, per second of the run; the 2nd-half column counts requests scheduled in the second half only",
+			fmt.Sprintf("%d sessions per target, used round-robin; at most %d requests in flight (the excess is \"not sent\")", o.sessions, o.maxOutstanding),
+			"at each multiple the targets run in an order rotated by the multiple's index",
+		}
+		if err := prependPlotDir(&plots, o.out); err != nil {
+			return err
+		}
+		writeOverloadReport(&report, meta, cfg, results, plots)
+	}
+
+	if o.out == "" {
+		_, err = io.WriteString(os.Stdout, report.String())
+		return err
+	}
+	flags := os.O_CREATE | os.O_WRONLY | os.O_TRUNC
+	if o.appendOut {
+		flags = os.O_CREATE | os.O_WRONLY | os.O_APPEND
+	}
+	f, err := os.OpenFile(o.out, flags, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := io.WriteString(f, report.String()); err != nil {
+		f.Close()
+		return err
+	}
+	logf("report written to %s", o.out)
+	return f.Close()
+}
+
+// gitDescribe names the source tree: HEAD's short hash, and whether the
+// working tree has changes.
+func gitDescribe(ctx context.Context, root string) string {
+	out, err := exec.CommandContext(ctx, "git", "-C", root, "rev-parse", "--short", "HEAD").Output()
+	if err != nil {
+		return "the working tree (not a git checkout)"
+	}
+	desc := "commit " + strings.TrimSpace(string(out))
+	st, err := exec.CommandContext(ctx, "git", "-C", root, "status", "--porcelain").Output()
+	if err != nil {
+		return desc
+	}
+	for _, line := range strings.Split(string(st), "\n") {
+		// The harness and its report do not change the binary.
+		if len(line) > 3 && !strings.HasPrefix(line[3:], "bench/") && line[3:] != "BENCHMARKS.md" {
+			return desc + " with uncommitted changes"
+		}
+	}
+	return desc
+}
+
+func capDesc(capacity int, service time.Duration) string {
+	if capacity == 0 {
+		return "unlimited"
+	}
+	if c := capacityPerSecond(capacity, service); c > 0 {
+		return fmt.Sprintf("%d in service at once (%.0f tools/call per second)", capacity, c)
+	}
+	return fmt.Sprintf("%d in service at once", capacity)
+}
+
+// writePlots writes the overload SVGs into -svgdir and returns their paths.
+func writePlots(o *options, cfg overloadConfig, results []*overloadResult) ([]string, error) {
+	if len(results) == 0 {
+		return nil, nil
+	}
+	if err := os.MkdirAll(o.svgdir, 0o755); err != nil {
+		return nil, err
+	}
+	g, p := overloadCharts(cfg, results)
+	var paths []string
+	for name, c := range map[string]*lineChart{"overload-goodput.svg": g, "overload-p99.svg": p} {
+		path := filepath.Join(o.svgdir, name)
+		if err := os.WriteFile(path, c.SVG(), 0o644); err != nil {
+			return nil, err
+		}
+		paths = append(paths, path)
+	}
+	if paths[0] > paths[1] {
+		paths[0], paths[1] = paths[1], paths[0]
+	}
+	return paths, nil
+}
+
+// prependPlotDir makes the plot paths relative to the report's directory,
+// so the Markdown links work from where the report lives.
+func prependPlotDir(plots *[]string, out string) error {
+	base := "."
+	if out != "" {
+		base = filepath.Dir(out)
+	}
+	for i, p := range *plots {
+		rel, err := relPath(base, p)
+		if err != nil {
+			return err
+		}
+		(*plots)[i] = rel
+	}
+	return nil
+}
+
+func relPath(base, target string) (string, error) {
+	ab, err := filepath.Abs(base)
+	if err != nil {
+		return "", err
+	}
+	at, err := filepath.Abs(target)
+	if err != nil {
+		return "", err
+	}
+	rel, err := filepath.Rel(ab, at)
+	if err != nil {
+		return "", err
+	}
+	return filepath.ToSlash(rel), nil
+}

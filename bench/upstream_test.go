@@ -1,0 +1,65 @@
+package main
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The mock's handler is exercised through httptest.ResponseRecorder: no
+// listener, no network.
+func TestMockUpstreamHandler(t *testing.T) {
+	u := &upstream{}
+	post := func(body, sid string) *httptest.ResponseRecorder {
+		r := httptest.NewRequest(http.MethodPost, "/mcp", strings.NewReader(body))
+		setMCPHeaders(r.Header, sid)
+		w := httptest.NewRecorder()
+		u.ServeHTTP(w, r)
+		return w
+	}
+	w := post(initializeBody, "")
+	sid := w.Header().Get("Mcp-Session-Id")
+	if w.Code != 200 || len(sid) != 32 || !strings.Contains(w.Body.String(), `"id":0,"result"`) {
+		t.Fatalf("initialize: %d %q %s", w.Code, sid, w.Body)
+	}
+	w = post(string(toolsCallBody(nil, 7)), sid)
+	if w.Code != 200 || w.Body.String() != `{"jsonrpc":"2.0","id":7,"result":{"content":[{"type":"text","text":"ok"}]}}` ||
+		w.Header().Get("Content-Type") != "application/json" {
+		t.Errorf("tools/call: %d %s %v", w.Code, w.Body, w.Header())
+	}
+	if w = post(string(toolsCallBody(nil, 8)), "nope"); w.Code != 404 {
+		t.Errorf("unknown session: %d", w.Code)
+	}
+	if w = post(`{"jsonrpc":"2.0","method":"notifications/initialized"}`, sid); w.Code != 202 {
+		t.Errorf("notification: %d", w.Code)
+	}
+	if w = post(`{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":7}}`, sid); w.Code != 202 {
+		t.Errorf("cancelled: %d", w.Code)
+	}
+	if w = post(`{`, sid); w.Code != 400 {
+		t.Errorf("bad JSON: %d", w.Code)
+	}
+	c := u.counts()
+	if c.Inits != 1 || c.Received != 2 || c.Served != 1 || c.BadSession != 1 || c.Other != 2 || c.Cancelled != 1 {
+		t.Errorf("counts = %+v", c)
+	}
+}
+
+func TestMockUpstreamCancelledWhileQueued(t *testing.T) {
+	u := &upstream{capacity: 1, slots: make(chan struct{}, 1), service: time.Hour}
+	u.slots <- struct{}{} // the only slot is taken
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if u.serve(ctx) {
+		t.Error("served a cancelled request")
+	}
+	if u.busy() != 0 || u.peakQueue.Load() != 1 {
+		t.Errorf("busy %d, peak queue %d", u.busy(), u.peakQueue.Load())
+	}
+	if got := capacityPerSecond(16, 20*time.Millisecond); got != 800 {
+		t.Errorf("capacity = %v", got)
+	}
+}
