@@ -40,6 +40,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		session_lifetime   <duration>
 //		max_peek           <size>
 //		allowed_origins    <origins...>
+//		allowed_hosts      <hosts...>
 //		require_session    on|off
 //		max_event_size     <size>
 //		stream_buffer      <events> <size>
@@ -125,6 +126,13 @@ func (h *Handler) unmarshal(outer *caddyfile.Dispenser) (*reverseproxy.Handler, 
 				}
 				d.DeleteN(len(args) + 1)
 				h.AllowedOrigins = append(h.AllowedOrigins, args...)
+			case "allowed_hosts":
+				args := d.RemainingArgs()
+				if len(args) == 0 {
+					return nil, d.ArgErr()
+				}
+				d.DeleteN(len(args) + 1)
+				h.AllowedHosts = append(h.AllowedHosts, args...)
 			case "require_session":
 				args := d.RemainingArgs()
 				if len(args) != 1 {

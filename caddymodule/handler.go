@@ -96,6 +96,14 @@ type Handler struct {
 	// port equal the request's Host.
 	AllowedOrigins []string `json:"allowed_origins,omitempty"`
 
+	// AllowedHosts lists Host names (without port) accepted on a
+	// loopback listener besides loopback names. A request that reached a
+	// loopback listener with any other Host is refused with 403: that is
+	// a DNS-rebinding attempt, which the upstream cannot detect because
+	// the proxy rewrites Host. Add the public names here when a local
+	// load balancer forwards to Caddy on 127.0.0.1. Default: none.
+	AllowedHosts []string `json:"allowed_hosts,omitempty"`
+
 	// RequireSession refuses with 400 a session-era request other than
 	// initialize that carries no Mcp-Session-Id (and a legacy POST without
 	// its route), the answer the MCP spec gives for a missing session. Set
@@ -514,10 +522,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 }
 
 // hostRebound reports a DNS-rebinding attempt: a request that reached a
-// loopback listener with a Host that is not a loopback name. Because the
-// proxy rewrites Host for the upstream, the upstream's own check of this
-// kind cannot see it, so the proxy makes it. Requests that carry an
-// allowed Origin are accepted.
+// loopback listener with a Host that is neither a loopback name nor in
+// AllowedHosts. Because the proxy rewrites Host for the upstream, the
+// upstream's own check of this kind cannot see it, so the proxy makes it.
 func (h *Handler) hostRebound(r *http.Request) bool {
 	local, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
 	if !ok || local == nil || !mcp.IsLoopbackHost(local.String()) {
@@ -526,7 +533,16 @@ func (h *Handler) hostRebound(r *http.Request) bool {
 	if mcp.IsLoopbackHost(r.Host) {
 		return false
 	}
-	return len(h.AllowedOrigins) == 0 || r.Header.Get("Origin") == ""
+	host, _, err := net.SplitHostPort(r.Host)
+	if err != nil {
+		host = r.Host
+	}
+	for _, a := range h.AllowedHosts {
+		if strings.EqualFold(a, host) {
+			return false
+		}
+	}
+	return true
 }
 
 // peekBody reads at most MaxPeek bytes of the body, classifies them and

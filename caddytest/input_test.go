@@ -14,7 +14,7 @@ func TestOriginAndRebinding(t *testing.T) {
 	up := startUpstream(t, "up", nil)
 	port := freePort(t)
 	port2 := freePort(t)
-	loadCaddyfile(t, fmt.Sprintf(":%d {\n\tmcp_proxy %s\n}\n:%d {\n\tmcp_proxy %s {\n\t\tallowed_origins https://app.example.com\n\t}\n}\n", port, up.addr(), port2, up.addr()))
+	loadCaddyfile(t, fmt.Sprintf(":%d {\n\tmcp_proxy %s\n}\n:%d {\n\tmcp_proxy %s {\n\t\tallowed_origins https://app.example.com\n\t\tallowed_hosts mcp.example.com\n\t}\n}\n", port, up.addr(), port2, up.addr()))
 	url := proxyURL(port) + "/mcp"
 	if st, _, b := rawPost(t, url, initializeBody, map[string]string{"Origin": fmt.Sprintf("http://127.0.0.1:%d", port)}); st != http.StatusOK {
 		t.Fatalf("same origin: %d %s", st, b)
@@ -48,6 +48,17 @@ func TestOriginAndRebinding(t *testing.T) {
 	}
 	if st, _, _ := rawPost(t, url2, initializeBody, map[string]string{"Origin": "https://evil.example"}); st != http.StatusForbidden {
 		t.Errorf("unlisted origin: %d", st)
+	}
+	// A public name listed in allowed_hosts passes on the loopback listener
+	// (a local load balancer forwarding to Caddy); others do not.
+	for host, want := range map[string]int{"mcp.example.com": http.StatusOK, "evil.example": http.StatusForbidden} {
+		req, _ := http.NewRequest(http.MethodPost, url2, strings.NewReader(initializeBody))
+		req.Host = host
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Accept", "application/json, text/event-stream")
+		if st, _, b := do(t, req); st != want {
+			t.Errorf("host %s: %d %s, want %d", host, st, b, want)
+		}
 	}
 }
 
