@@ -155,15 +155,37 @@ func NewLoadManager(th Thresholds, onChange func(from, to Level, pressure float6
 	return &LoadManager{th: th, monitors: monitors, onChange: onChange, last: make([]MonitorPressure, len(monitors))}, nil
 }
 
+// SetThresholds replaces the thresholds (a config reload); the level is
+// recomputed at the next Sample.
+func (m *LoadManager) SetThresholds(th Thresholds) error {
+	if err := th.Validate(); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	m.th = th
+	m.mu.Unlock()
+	return nil
+}
+
+// SetMonitors replaces the monitors (a config reload).
+func (m *LoadManager) SetMonitors(monitors ...Monitor) {
+	m.mu.Lock()
+	m.monitors = monitors
+	m.mu.Unlock()
+}
+
 // Level returns the current service level.
 func (m *LoadManager) Level() Level { return Level(m.level.Load()) }
 
 // Sample reads every monitor and updates the level. It returns the level
 // in force.
 func (m *LoadManager) Sample(now time.Time) Level {
+	m.mu.Lock()
+	monitors := m.monitors
+	m.mu.Unlock()
 	p := 0.0
-	samples := make([]MonitorPressure, len(m.monitors))
-	for i, mon := range m.monitors {
+	samples := make([]MonitorPressure, len(monitors))
+	for i, mon := range monitors {
 		v := clamp01(mon.Pressure())
 		samples[i] = MonitorPressure{Name: mon.Name(), Pressure: v}
 		p = max(p, v)
