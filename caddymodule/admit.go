@@ -7,6 +7,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/mcpgate/mcpgate/admission"
 	"github.com/mcpgate/mcpgate/mcp"
@@ -150,6 +152,9 @@ func (h *Handler) admit(w http.ResponseWriter, r *http.Request, call *mcp.Call, 
 func (h *Handler) refuseAdmission(w http.ResponseWriter, call *mcp.Call, ref *admission.Refusal) {
 	refusalCounters[ref.Reason].Inc()
 	first := call.First()
+	if c := h.logger.Check(zapcore.DebugLevel, "request refused"); c != nil {
+		c.Write(zap.String("reason", ref.Reason.String()), zap.String("method", first.Method), zap.Int("status", ref.Status))
+	}
 	msg := "server overloaded: " + ref.Reason.String() + ", retry after " + ref.RetryAfterHeader + "s"
 	w.Header().Set("Retry-After", ref.RetryAfterHeader)
 	if ref.Reason == admission.ReasonToolLimit && first.ID != "" {

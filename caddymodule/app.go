@@ -29,7 +29,7 @@ const (
 	defaultRefresh          = 250 * time.Millisecond
 	defaultDegradedFraction = 0.5
 	defaultGoroutineCeiling = 200_000
-	defaultSchedTarget      = 50 * time.Millisecond
+	defaultSchedTarget      = 100 * time.Millisecond
 	protectiveResetsPerTick = 50
 )
 
@@ -98,8 +98,8 @@ type App struct {
 	// Default: 200000.
 	GoroutineCeiling int `json:"goroutine_ceiling,omitempty"`
 
-	// SchedLatencyTarget is the scheduling latency (p99) that reads as
-	// half pressure; twice it reads as full. Default: 50ms.
+	// SchedLatencyTarget is the scheduling latency (p99 over one refresh)
+	// that reads as half pressure; twice it reads as full. Default: 100ms.
 	SchedLatencyTarget caddy.Duration `json:"sched_latency_target,omitempty"`
 
 	global *globalState
@@ -120,16 +120,22 @@ type globalState struct {
 	logger   *zap.Logger
 	cancel   context.CancelFunc
 
-	mu       sync.Mutex
-	fraction float64
-	idle     time.Duration
-	refresh  time.Duration
+	mu          sync.Mutex
+	monitorsFor [2]int64 // goroutine ceiling and sched target of the monitors
+	fraction    float64
+	idle        time.Duration
+	refresh     time.Duration
 }
 
 // Destruct stops the refresh loop and every goroutine the proxy owns.
 func (g *globalState) Destruct() error {
 	g.cancel()
 	g.tasks.Close()
+	globalMu.Lock()
+	if globalCur == g {
+		globalCur = nil
+	}
+	globalMu.Unlock()
 	return nil
 }
 
@@ -190,9 +196,17 @@ func (a *App) Provision(ctx caddy.Context) error {
 	g.sessions.SetMaxSessions(a.MaxSessions)
 	g.sessions.SetSessionMemory(orDefault(a.SessionMemory, resources.DefaultSessionMemory))
 	g.levels.SetThresholds(th)
-	g.setMonitors(memLimit, orDefault(a.GoroutineCeiling, defaultGoroutineCeiling),
-		orDefault(time.Duration(a.SchedLatencyTarget), defaultSchedTarget))
+	monitorsFor := [2]int64{
+		int64(orDefault(a.GoroutineCeiling, defaultGoroutineCeiling)),
+		int64(orDefault(time.Duration(a.SchedLatencyTarget), defaultSchedTarget)),
+	}
 	g.mu.Lock()
+	if g.monitorsFor != monitorsFor {
+		// Monitors keep state between samples (the scheduler histogram):
+		// they are replaced only when their settings change.
+		g.monitorsFor = monitorsFor
+		g.setMonitors(int(monitorsFor[0]), time.Duration(monitorsFor[1]))
+	}
 	g.fraction = orDefault(a.DegradedFraction, defaultDegradedFraction)
 	g.idle = orDefault(time.Duration(a.SessionIdleTimeout), resources.DefaultIdleTimeout)
 	g.refresh = orDefault(time.Duration(a.Refresh), defaultRefresh)
@@ -237,8 +251,8 @@ func newGlobalState(logger *zap.Logger, th admission.Thresholds) (*globalState, 
 	return g, nil
 }
 
-// setMonitors installs the pressure monitors for the current settings.
-func (g *globalState) setMonitors(memLimit int64, goroutines int, sched time.Duration) {
+// setMonitors installs the pressure monitors for the given settings.
+func (g *globalState) setMonitors(goroutines int, sched time.Duration) {
 	g.levels.SetMonitors(
 		resources.HeapMonitor(func() int64 { return g.memory.Limit() }),
 		resources.CgroupMonitor(resources.DefaultCgroupRoot),
@@ -266,9 +280,13 @@ func (g *globalState) run(ctx context.Context) {
 		case now := <-t.C:
 			level := g.levels.Sample(now)
 			g.applyLevel(level)
-			g.sessions.Sweep(now)
+			if n := g.sessions.Sweep(now); n > 0 {
+				g.logger.Info("idle sessions expired", zap.Int("count", n))
+			}
 			if level == admission.LevelProtective {
-				g.active.resetLargest(protectiveResetsPerTick)
+				if n := g.active.resetLargest(protectiveResetsPerTick); n > 0 {
+					g.logger.Info("protective level reset streams", zap.Int("count", n))
+				}
 			}
 		}
 	}

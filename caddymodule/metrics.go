@@ -2,9 +2,12 @@ package caddymodule
 
 import (
 	"errors"
+	"sync"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
 
 	"github.com/mcpgate/mcpgate/admission"
 	"github.com/mcpgate/mcpgate/sse"
@@ -145,9 +148,12 @@ var streamHooks = &sse.Hooks{
 		metrics.eventsRelayed.Inc()
 		metrics.bytesRelayed.Add(float64(n))
 	},
-	Keepalive:    metrics.keepalives.Inc,
-	SlowConsumer: metrics.slowConsumers.Inc,
-	Oversized:    metrics.oversized.Inc,
+	Keepalive: metrics.keepalives.Inc,
+	SlowConsumer: func() {
+		metrics.slowConsumers.Inc()
+		slowConsumerLog()
+	},
+	Oversized: metrics.oversized.Inc,
 }
 
 // registerMetrics registers the collectors into the config's registry.
@@ -181,7 +187,7 @@ var globalGauges = newGlobalCollector()
 // globalCollector exports gauges read from the process-wide state at
 // scrape time.
 type globalCollector struct {
-	sessions, heldBytes, budget, goroutines, streamsOpen *prometheus.Desc
+	sessions, heldBytes, budget, goroutines, streamsOpen, pressure *prometheus.Desc
 }
 
 func newGlobalCollector() *globalCollector {
@@ -194,6 +200,8 @@ func newGlobalCollector() *globalCollector {
 		budget:      d("memory_budget_bytes", "The memory budget (0: no limit)."),
 		goroutines:  d("goroutines_owned", "Goroutines owned by the proxy's task groups (detached stream pumps, upstream cancellations)."),
 		streamsOpen: d("streams_open", "Streams registered with live sessions."),
+		pressure: prometheus.NewDesc("caddy_mcp_pressure", "Last sample of each pressure monitor, 0 to 1.",
+			[]string{"monitor"}, nil),
 	}
 }
 
@@ -204,6 +212,7 @@ func (c *globalCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.budget
 	ch <- c.goroutines
 	ch <- c.streamsOpen
+	ch <- c.pressure
 }
 
 // Collect implements prometheus.Collector.
@@ -218,4 +227,27 @@ func (c *globalCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.budget, prometheus.GaugeValue, float64(g.memory.Limit()))
 	ch <- prometheus.MustNewConstMetric(c.goroutines, prometheus.GaugeValue, float64(g.tasks.Count()))
 	ch <- prometheus.MustNewConstMetric(c.streamsOpen, prometheus.GaugeValue, float64(st.Streams))
+	for _, m := range g.levels.Status().Monitors {
+		ch <- prometheus.MustNewConstMetric(c.pressure, prometheus.GaugeValue, m.Pressure, m.Name)
+	}
 }
+
+// slowConsumerLog logs a slow-consumer disconnect at WARN, at most once a
+// second with the count since the previous line, so a herd of stalled
+// clients does not flood the log.
+var slowConsumerLog = func() func() {
+	var mu sync.Mutex
+	var last time.Time
+	var since int
+	return func() {
+		mu.Lock()
+		defer mu.Unlock()
+		since++
+		if now := time.Now(); now.Sub(last) >= time.Second {
+			if g := currentGlobal(); g != nil {
+				g.logger.Warn("slow consumers disconnected", zap.Int("count", since))
+			}
+			last, since = now, 0
+		}
+	}
+}()

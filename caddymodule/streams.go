@@ -182,7 +182,7 @@ func closeTracked(a *sse.Attachment, t trackedStream) {
 // most memory (queued events and replay ring); idle streams hold least
 // and go last, so a protective level that persists closes them all, n per
 // refresh.
-func (ss *streamSet) resetLargest(n int) {
+func (ss *streamSet) resetLargest(n int) int {
 	type held struct {
 		a     *sse.Attachment
 		t     trackedStream
@@ -198,10 +198,12 @@ func (ss *streamSet) resetLargest(n int) {
 		all[i].bytes = int64(all[i].a.Queued()) + all[i].t.stream.RingBytes()
 	}
 	slices.SortFunc(all, func(x, y held) int { return cmp.Compare(y.bytes, x.bytes) })
-	for _, h := range all[:min(n, len(all))] {
+	reset := all[:min(n, len(all))]
+	for _, h := range reset {
 		metrics.protectiveResets.Inc()
 		closeTracked(h.a, h.t)
 	}
+	return len(reset)
 }
 
 // watchStop starts draining when Caddy announces that this config stops

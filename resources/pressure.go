@@ -200,6 +200,9 @@ func GoroutineMonitor(ceiling int) Monitor {
 func SchedLatencyMonitor(target time.Duration) Monitor {
 	m := &schedMonitor{target: target.Seconds()}
 	m.sample[0].Name = "/sched/latencies:seconds"
+	// The first sample is a baseline: the histogram counts since the
+	// process started, which says nothing about now.
+	m.p99()
 	return m
 }
 

@@ -639,6 +639,13 @@ func (a *Attachment) close(reason error) {
 }
 
 func (a *Attachment) closeLocked(reason error) {
+	select {
+	case <-a.finished:
+		// Everything was written and the client's handler may have
+		// returned: nothing may touch the writer any more.
+		return
+	default:
+	}
 	if a.closed {
 		// The first reason stays; but a client that went away or was
 		// replaced is sent nothing more, not even a pending retry hint.

@@ -1463,3 +1463,27 @@ func FuzzStreamRelay(f *testing.F) {
 		}
 	})
 }
+
+// TestStreamCloseAfterFinish checks that closing an attachment after it
+// finished (a drain timer firing after the stream ended) writes nothing:
+// the client's handler may have returned already.
+func TestStreamCloseAfterFinish(t *testing.T) {
+	cfg := baseConfig()
+	cfg.Retry = 100 * time.Millisecond
+	s := NewStream(cfg)
+	w := newFakeWriter()
+	a, _ := s.Attach(w, "", 0)
+	if err := pumpResult(t, startPump(s, strings.NewReader(evN(1)))); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitAtt(t, a, context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	before := len(w.Writes())
+	a.Close()
+	a.Gone()
+	time.Sleep(10 * time.Millisecond) // a stray writer would write now
+	if got := len(w.Writes()); got != before {
+		t.Fatalf("closing a finished attachment wrote %d more times", got-before)
+	}
+}

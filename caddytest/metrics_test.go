@@ -1,0 +1,336 @@
+package caddytest
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
+	dto "github.com/prometheus/client_model/go"
+)
+
+// mcpFamilies returns the caddy_mcp_* families of a scrape.
+func mcpFamilies(mfs map[string]*dto.MetricFamily) []*dto.MetricFamily {
+	var out []*dto.MetricFamily
+	for name, mf := range mfs {
+		if strings.HasPrefix(name, "caddy_mcp_") {
+			out = append(out, mf)
+		}
+	}
+	slices.SortFunc(out, func(a, b *dto.MetricFamily) int { return strings.Compare(a.GetName(), b.GetName()) })
+	return out
+}
+
+// seriesKey names one series of a family by its labels.
+func seriesKey(m *dto.Metric) string {
+	var parts []string
+	for _, lp := range m.GetLabel() {
+		parts = append(parts, lp.GetName()+"="+lp.GetValue())
+	}
+	return strings.Join(parts, ",")
+}
+
+// monotonic returns every counter and histogram series of the caddy_mcp_*
+// families with its value (a histogram's sample count).
+func monotonic(mfs map[string]*dto.MetricFamily) map[string]float64 {
+	out := map[string]float64{}
+	for _, mf := range mcpFamilies(mfs) {
+		for _, m := range mf.GetMetric() {
+			key := mf.GetName() + "{" + seriesKey(m) + "}"
+			switch mf.GetType() {
+			case dto.MetricType_COUNTER:
+				out[key] = m.GetCounter().GetValue()
+			case dto.MetricType_HISTOGRAM:
+				out[key] = float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	return out
+}
+
+// openRawStream opens the standalone GET stream of a raw session and
+// returns its response, whose body the caller reads and closes.
+func openRawStream(t *testing.T, ctx context.Context, url, sid string) *http.Response {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Accept", "text/event-stream")
+	for k, v := range opsHeaders(sid) {
+		req.Header.Set(k, v)
+	}
+	resp, err := rawClient.Do(req)
+	if err != nil {
+		t.Fatalf("opening the GET stream: %v", err)
+	}
+	if resp.StatusCode != http.StatusOK || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		resp.Body.Close()
+		t.Fatalf("GET stream: %d %s", resp.StatusCode, b)
+	}
+	return resp
+}
+
+// TestMetricsEndToEnd drives traffic through mcp_proxy (initialize, tool
+// calls, a streamed tool call, GET streams) and checks that the caddy_mcp_*
+// series on the admin endpoint's /metrics move as expected; that a config
+// reload resets no counter and keeps counting a stream of the old config
+// until it is drained; and that the families pass promlint.
+func TestMetricsEndToEnd(t *testing.T) {
+	up := startUpstream(t, "up", nil)
+	port, adminPort := freePort(t), freePort(t)
+	cfg := opsSite(port, up.addr(), "\t\t\tdrain 1s\n")
+	loadWithAdmin(t, adminPort, opsGlobal, cfg)
+	url := proxyURL(port) + "/mcp"
+
+	m0 := scrape(t, adminPort)
+	baseStreams := metricValue(m0, "caddy_mcp_streams_active")
+	baseInflight := metricValue(m0, "caddy_mcp_requests_in_flight")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*opsWait)
+	defer cancel()
+	cs := connect(t, ctx, url, nil, nil) // initialize, then a standalone GET stream
+	if got, err := echo(ctx, cs, "metrics"); err != nil || got != "metrics" {
+		t.Fatalf("echo: %q %v", got, err)
+	}
+	sid := opsOpen(t, url)
+	countdown := `{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"countdown","arguments":{"from":3},"_meta":{"progressToken":"p5"}}}`
+	st, hdr, body := rawPost(t, url, countdown, opsHeaders(sid))
+	if st != http.StatusOK || !strings.HasPrefix(hdr.Get("Content-Type"), "text/event-stream") || !strings.Contains(body, "liftoff") || strings.Count(body, "notifications/progress") != 3 {
+		t.Fatalf("streamed countdown: %d %q %s", st, hdr.Get("Content-Type"), body)
+	}
+	stream := openRawStream(t, ctx, url, sid)
+	defer stream.Body.Close()
+
+	var m1 map[string]*dto.MetricFamily
+	opsEventually(t, "both GET streams to be counted", func() bool {
+		m1 = scrape(t, adminPort)
+		return metricValue(m1, "caddy_mcp_streams_active") >= baseStreams+2
+	})
+	delta := func(name string, labels ...string) float64 {
+		return metricValue(m1, name, labels...) - metricValue(m0, name, labels...)
+	}
+	for _, c := range []struct {
+		name   string
+		labels []string
+		min    float64
+	}{
+		{"caddy_mcp_sessions_created_total", nil, 2},
+		{"caddy_mcp_request_duration_seconds", []string{"class", "cheap"}, 2}, // initializes, notifications
+		{"caddy_mcp_request_duration_seconds", []string{"class", "heavy"}, 2}, // echo, countdown
+		{"caddy_mcp_events_relayed_total", nil, 4},                            // 3 progress events and the result
+		{"caddy_mcp_relayed_bytes_total", nil, 100},
+	} {
+		if d := delta(c.name, c.labels...); d < c.min {
+			t.Errorf("%s%v moved by %v, want at least %v", c.name, c.labels, d, c.min)
+		}
+	}
+	if v := metricValue(m1, "caddy_mcp_sessions_active"); v < 2 {
+		t.Errorf("caddy_mcp_sessions_active = %v, want at least 2", v)
+	}
+	if v := metricValue(m1, "caddy_mcp_streams_open"); v < 2 {
+		t.Errorf("caddy_mcp_streams_open = %v, want at least 2", v)
+	}
+	if v := metricValue(m1, "caddy_mcp_requests_in_flight"); v < baseInflight+2 {
+		t.Errorf("caddy_mcp_requests_in_flight = %v with two GET streams open, want at least %v", v, baseInflight+2)
+	}
+	if v := metricValue(m1, "caddy_mcp_service_level"); v != 0 {
+		t.Errorf("caddy_mcp_service_level = %v, want 0", v)
+	}
+	for _, name := range []string{"caddy_mcp_held_bytes", "caddy_mcp_memory_budget_bytes", "caddy_mcp_goroutines_owned", "caddy_mcp_connections_active", "caddy_mcp_replay_held_bytes", "caddy_mcp_queue_wait_seconds", "caddy_mcp_refusals_total"} {
+		if _, ok := m1[name]; !ok {
+			t.Errorf("no %s in /metrics", name)
+		}
+	}
+
+	// The go-sdk client leaves; its GET stream ends.
+	if err := cs.Close(); err != nil {
+		t.Logf("closing the go-sdk client: %v", err)
+	}
+	opsEventually(t, "the go-sdk GET stream to be uncounted", func() bool {
+		return metricValue(scrape(t, adminPort), "caddy_mcp_streams_active") <= baseStreams+1
+	})
+
+	// Reload: counters keep their values, and the raw GET stream of the
+	// old config is still counted until the drain closes it.
+	before := monotonic(scrape(t, adminPort))
+	loadWithAdmin(t, adminPort, opsGlobal, cfg)
+	m2 := scrape(t, adminPort)
+	after := monotonic(m2)
+	for key, v := range before {
+		if got, ok := after[key]; !ok || got < v {
+			t.Errorf("after the reload %s = %v (present %v), was %v", key, got, ok, v)
+		}
+	}
+	if v := metricValue(m2, "caddy_mcp_streams_active"); v < 1 {
+		t.Errorf("caddy_mcp_streams_active = %v right after the reload, want the old config's stream counted", v)
+	}
+	ended := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(io.Discard, bufio.NewReader(stream.Body))
+		ended <- err
+	}()
+	select {
+	case <-ended:
+	case <-time.After(opsWait):
+		t.Fatal("the old config's GET stream was not drained")
+	}
+	opsEventually(t, "the drained stream to be uncounted", func() bool {
+		m := scrape(t, adminPort)
+		return metricValue(m, "caddy_mcp_streams_active") <= baseStreams &&
+			metricValue(m, "caddy_mcp_requests_in_flight") <= baseInflight
+	})
+
+	// The new config counts on from the old values.
+	heavy := metricValue(m2, "caddy_mcp_request_duration_seconds", "class", "heavy")
+	if st, b := opsEcho(t, url, sid, 6); st != http.StatusOK {
+		_, _, s := adminCall(t, adminPort, http.MethodGet, "/mcp/status", "")
+		t.Fatalf("echo after the reload: %d %s\nstatus: %s", st, b, s)
+	}
+	m3 := scrape(t, adminPort)
+	if v := metricValue(m3, "caddy_mcp_request_duration_seconds", "class", "heavy"); v != heavy+1 {
+		t.Errorf("heavy requests after the reload: %v, want %v", v, heavy+1)
+	}
+
+	problems, err := promlint.NewWithMetricFamilies(mcpFamilies(m3)).Lint()
+	if err != nil {
+		t.Fatalf("promlint: %v", err)
+	}
+	for _, p := range problems {
+		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
+	}
+	if len(mcpFamilies(m3)) < 20 {
+		t.Errorf("only %d caddy_mcp_* families", len(mcpFamilies(m3)))
+	}
+}
+
+// dashboardPath is the Grafana dashboard shipped with mcpgate.
+const dashboardPath = "../dashboards/mcpgate.json"
+
+// dashboardExprs returns every "expr" string of a dashboard.
+func dashboardExprs(v any) []string {
+	var out []string
+	switch v := v.(type) {
+	case map[string]any:
+		for k, x := range v {
+			if s, ok := x.(string); ok && k == "expr" {
+				out = append(out, s)
+				continue
+			}
+			out = append(out, dashboardExprs(x)...)
+		}
+	case []any:
+		for _, x := range v {
+			out = append(out, dashboardExprs(x)...)
+		}
+	}
+	return out
+}
+
+// TestMetricsDashboard: the Grafana dashboard is valid JSON, queries
+// through the ${DS_PROMETHEUS} datasource variable, and every metric its
+// queries name is one the proxy exports, as a real /metrics scrape shows
+// after traffic that creates every labelled series.
+func TestMetricsDashboard(t *testing.T) {
+	data, err := os.ReadFile(dashboardPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dash map[string]any
+	if err := json.Unmarshal(data, &dash); err != nil {
+		t.Fatalf("%s is not valid JSON: %v", dashboardPath, err)
+	}
+	if !strings.Contains(string(data), `"uid": "${DS_PROMETHEUS}"`) {
+		t.Errorf("the dashboard does not use the ${DS_PROMETHEUS} datasource variable")
+	}
+	tmpl, _ := dash["templating"].(map[string]any)
+	vars, _ := tmpl["list"].([]any)
+	if !slices.ContainsFunc(vars, func(v any) bool {
+		m, _ := v.(map[string]any)
+		return m["name"] == "DS_PROMETHEUS" && m["type"] == "datasource"
+	}) {
+		t.Errorf("no DS_PROMETHEUS datasource variable in the templating list")
+	}
+	panels, _ := dash["panels"].([]any)
+	for _, p := range panels {
+		m, _ := p.(map[string]any)
+		if m["type"] == "row" {
+			continue
+		}
+		if ds, _ := m["datasource"].(map[string]any); ds["uid"] != "${DS_PROMETHEUS}" {
+			t.Errorf("panel %q has datasource %v", m["title"], m["datasource"])
+		}
+	}
+	exprs := dashboardExprs(dash)
+	if len(exprs) < 20 {
+		t.Fatalf("only %d queries in the dashboard", len(exprs))
+	}
+
+	// Traffic that creates every labelled series: sessions, requests, a
+	// replay miss, a session error, a level change, an eviction.
+	up := startRecordingUpstream(t, "up")
+	port, adminPort := freePort(t), freePort(t)
+	loadWithAdmin(t, adminPort, opsGlobal, opsSite(port, up.addr(), ""))
+	url := proxyURL(port) + "/mcp"
+	sid := opsOpen(t, url)
+	if st, b := opsEcho(t, url, sid, 2); st != http.StatusOK {
+		t.Fatalf("echo: %d %s", st, b)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), opsWait)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	for k, v := range opsHeaders(sid) {
+		req.Header.Set(k, v)
+	}
+	req.Header.Set("Accept", "text/event-stream")
+	req.Header.Set("Last-Event-ID", "no-such-event")
+	if resp, err := rawClient.Do(req); err == nil {
+		resp.Body.Close()
+	}
+	if st, b := opsEcho(t, url, "not-a-session", 3); st != http.StatusNotFound {
+		t.Errorf("echo in an unknown session: %d %s", st, b)
+	}
+	adminJSON(t, adminPort, http.MethodPost, "/mcp/level", `{"level":"degraded","duration":"1m"}`, http.StatusOK, nil)
+	adminJSON(t, adminPort, http.MethodDelete, "/mcp/level", "", http.StatusOK, nil)
+	adminJSON(t, adminPort, http.MethodDelete, "/mcp/sessions/"+up.adminID(up.all()[0]), "", http.StatusOK, nil)
+
+	exported := map[string]bool{}
+	for _, mf := range mcpFamilies(scrape(t, adminPort)) {
+		exported[mf.GetName()] = true
+	}
+	name := regexp.MustCompile(`caddy_mcp_[a-z_]+`)
+	used := map[string]bool{}
+	for _, e := range exprs {
+		for _, n := range name.FindAllString(e, -1) {
+			for _, suffix := range []string{"_bucket", "_sum", "_count"} {
+				if base := strings.TrimSuffix(n, suffix); base != n && exported[base] {
+					n = base
+					break
+				}
+			}
+			used[n] = true
+			if !exported[n] {
+				t.Errorf("the dashboard queries %s, which the proxy does not export: %s", n, e)
+			}
+		}
+	}
+	var unused []string
+	for n := range exported {
+		if !used[n] {
+			unused = append(unused, n)
+		}
+	}
+	slices.Sort(unused)
+	if len(unused) > 0 {
+		t.Logf("exported but not on the dashboard: %s", strings.Join(unused, ", "))
+	}
+}
