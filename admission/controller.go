@@ -449,6 +449,21 @@ func (t *Ticket) Release(latency time.Duration, failed bool) {
 // releaseTaken returns the per-proxy, global, client and session slots the
 // ticket holds, in that order, and clears the ticket. It does not sample and
 // does not release the tool slot.
+// takeGlobal takes the process-wide slot; on refusal it releases what the
+// ticket took and reports false.
+func (t *Ticket) takeGlobal() bool {
+	c := t.c
+	if c.global == nil {
+		return true
+	}
+	if !c.global.TryAcquire() {
+		t.releaseTaken()
+		return false
+	}
+	t.flags |= tookGlobal
+	return true
+}
+
 func (t *Ticket) releaseTaken() {
 	c := t.c
 	if t.flags&tookProxy != 0 {
@@ -478,16 +493,19 @@ func (t *Ticket) releaseTaken() {
 //     token is spent even if a later check refuses the request.
 //  2. InSession: the session's in-flight cap, TryAcquire (429).
 //  3. The client's in-flight cap, TryAcquire (429).
-//  4. The process-wide limit, TryAcquire without a queue (503).
-//  5. The first tool rule matching Tool: Acquire with the rule's own queue
+//  4. The first tool rule matching Tool: Acquire with the rule's own queue
 //     and timeout, at PriorityOf(Class, InSession) (503).
-//  6. The per-proxy limit: Acquire with the bounded priority queue at
+//  5. The per-proxy limit: Acquire with the bounded priority queue at
 //     PriorityOf(Class, InSession) (503).
+//  6. The process-wide limit, TryAcquire without a queue (503).
 //
 // The tool rule comes before the per-proxy queue so that calls waiting for
 // a busy tool hold no per-proxy slot: a per-proxy slot is only held by
 // requests the upstream is working on, which keeps the other tools'
-// capacity and the adaptive limit's view of the upstream intact.
+// capacity and the adaptive limit's view of the upstream intact. The
+// process-wide slot comes last for the same reason: a request waiting in
+// one handler's queue must not refuse another handler's work. Cheap
+// messages that bypass the queue take the process-wide slot first.
 //
 // A keyed table full of other keys (MaxKeys) refuses with ReasonCapacity. A
 // context done while waiting refuses with ReasonCanceled.
@@ -536,14 +554,10 @@ func (c *Controller) Admit(ctx context.Context, req *Request) (t Ticket, refusal
 			t.flags |= tookClient
 		}
 	}
-	if c.global != nil {
-		if !c.global.TryAcquire() {
-			t.releaseTaken()
+	if bypass {
+		if !t.takeGlobal() {
 			return Ticket{}, c.Refuse(ReasonCapacity), 0
 		}
-		t.flags |= tookGlobal
-	}
-	if bypass {
 		c.proxy.ForceAcquire()
 		t.flags |= tookProxy
 		return t, nil, 0
@@ -582,6 +596,14 @@ func (c *Controller) Admit(ctx context.Context, req *Request) (t Ticket, refusal
 		return Ticket{}, c.Refuse(ReasonCanceled), waited
 	}
 	t.flags |= tookProxy
+	// The process-wide slot is taken last, so a request waiting in this
+	// handler's queue holds none: it cannot refuse another handler's work.
+	if tool := t.tool; !t.takeGlobal() {
+		if tool != nil {
+			tool.Release()
+		}
+		return Ticket{}, c.Refuse(ReasonCapacity), waited
+	}
 	if c.adaptive != nil {
 		t.inflight = int32(min(c.proxy.InFlight(), math.MaxInt32))
 		t.flags |= sampled

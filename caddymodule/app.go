@@ -393,6 +393,9 @@ func (a *App) Cleanup() error {
 func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 	app := new(App)
 	d.Next() // the option name
+	if d.NextArg() {
+		return nil, d.ArgErr()
+	}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		name := d.Val()
 		args := d.RemainingArgs()

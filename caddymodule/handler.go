@@ -462,15 +462,31 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		ref.ID = call.First().ID
 		return h.refuse(w, ref)
 	}
-	defer endSession()
 	release, ok := h.admit(w, r, &call, res)
 	if !ok {
+		endSession()
 		return nil
 	}
-	status := http.StatusOK
-	defer func() { release(status) }()
 	metrics.requestsInFlight.Inc()
-	defer metrics.requestsInFlight.Dec()
+	// The request's admission slot, its place among the session's requests
+	// in flight and the gauge are given back when the request is over:
+	// when this handler returns, or, for a stream whose client dropped and
+	// whose upstream is still read for a resumption, when that ends.
+	status := http.StatusOK
+	var st *relayState
+	var once sync.Once
+	over := func() {
+		once.Do(func() {
+			release(status)
+			endSession()
+			metrics.requestsInFlight.Dec()
+		})
+	}
+	defer func() {
+		if st == nil || !st.isDetached() {
+			over()
+		}
+	}()
 
 	// A client resuming a stream the proxy still holds is answered from it.
 	if r.Method == http.MethodGet && res.session != nil && res.session.Kind == mcp.TokenSession {
@@ -489,8 +505,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 
 	// 4. Proxy, relaying the response through the MCP response writer.
-	st := newRelayState(h, r, &call, res)
-	st.session = sess
+	st = newRelayState(h, r, &call, res)
+	st.session, st.over = sess, over
 	caddyhttp.SetVar(r.Context(), varRelay, st)
 	defer st.handlerDone()
 	rw := newResponseWriter(h, w, r, &call, res)

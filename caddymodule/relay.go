@@ -42,6 +42,9 @@ type relayState struct {
 	resumable bool
 	// session is the request's entry in the session registry, or nil.
 	session *resources.Session
+	// over gives back what the request holds (admission slot, session
+	// in-flight count); it runs once, when the request is over.
+	over func()
 
 	mu        sync.Mutex
 	body      io.ReadCloser // SSE body taken over from reverse_proxy
@@ -123,12 +126,17 @@ func (st *relayState) abort() {
 // is over unless a detached pump still reads its upstream, in which case
 // the pump finishes it.
 func (st *relayState) handlerDone() {
-	st.mu.Lock()
-	detached := st.detached
-	st.mu.Unlock()
-	if !detached {
+	if !st.isDetached() {
 		st.finish()
 	}
+}
+
+// isDetached reports whether a pump goroutine owns the request beyond its
+// handler.
+func (st *relayState) isDetached() bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.detached
 }
 
 // finish releases the request's hooks once it is over.
@@ -137,6 +145,9 @@ func (st *relayState) finish() {
 	st.done = true
 	stop, cancel, timer := st.stopWatch, st.cancel, st.timer
 	st.mu.Unlock()
+	if st.over != nil {
+		st.over()
+	}
 	if stop != nil {
 		stop()
 	}
