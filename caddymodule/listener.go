@@ -23,12 +23,23 @@ func init() {
 //	{
 //		servers {
 //			listener_wrappers {
-//				mcp_connections
+//				mcp_connections {
+//					write_buffer 64KiB
+//				}
 //				tls
 //			}
 //		}
 //	}
 type ConnLimit struct {
+	// WriteBuffer, when set, caps the kernel send buffer of every
+	// accepted connection, in bytes (SO_SNDBUF). Kernels grow send
+	// buffers to megabytes on fast links, so a client that stops reading
+	// an SSE stream can park that much in the kernel before a write
+	// blocks; a small buffer bounds that memory and lets write_timeout
+	// and stream_buffer detect the slow consumer promptly. Default: the
+	// kernel's.
+	WriteBuffer int64 `json:"write_buffer,omitempty"`
+
 	app *App
 }
 
@@ -52,23 +63,44 @@ func (l *ConnLimit) Provision(ctx caddy.Context) error {
 
 // WrapListener wraps ln so its connections are counted.
 func (l *ConnLimit) WrapListener(ln net.Listener) net.Listener {
-	return &limitListener{Listener: ln, g: l.app.global}
+	return &limitListener{Listener: ln, g: l.app.global, writeBuffer: int(l.WriteBuffer)}
 }
 
-// UnmarshalCaddyfile parses the wrapper, which takes no arguments:
+// UnmarshalCaddyfile parses the wrapper:
 //
-//	mcp_connections
+//	mcp_connections {
+//		write_buffer <size>
+//	}
 func (l *ConnLimit) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next()
 	if d.NextArg() {
 		return d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch d.Val() {
+		case "write_buffer":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			size, err := parseSize(d.Val())
+			if err != nil {
+				return d.Errf("bad write_buffer: %v", err)
+			}
+			l.WriteBuffer = size
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+		default:
+			return d.Errf("unrecognized mcp_connections option %q", d.Val())
+		}
 	}
 	return nil
 }
 
 type limitListener struct {
 	net.Listener
-	g *globalState
+	g           *globalState
+	writeBuffer int
 }
 
 var connectionRefusals = metrics.refusals.WithLabelValues("connections")
@@ -82,6 +114,9 @@ func (ll *limitListener) Accept() (net.Conn, error) {
 			return nil, err
 		}
 		if ll.g.conns.TryAcquire() {
+			if tc, ok := c.(*net.TCPConn); ok && ll.writeBuffer > 0 {
+				_ = tc.SetWriteBuffer(ll.writeBuffer)
+			}
 			return &countedConn{Conn: c, release: ll.g.conns.Release}, nil
 		}
 		connectionRefusals.Inc()
