@@ -81,10 +81,12 @@ start_bg() {
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# Ports come from below Linux's ephemeral range (32768-60999), so an
+# outgoing connection's local port cannot make the bind fail.
 free_port() {
   local p i
   for i in $(seq 1 100); do
-    p=$((20000 + RANDOM % 30000))
+    p=$((20000 + RANDOM % 12000))
     if ! port_open "$p"; then echo "$p"; return 0; fi
   done
   echo "no free port found" >&2
