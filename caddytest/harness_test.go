@@ -174,8 +174,9 @@ func do(t *testing.T, req *http.Request) (int, http.Header, string) {
 	ctx, cancel := context.WithTimeout(req.Context(), 10*time.Second)
 	defer cancel()
 	resp, err := rawClient.Do(req.WithContext(ctx))
-	// Right after a reload onto the same port a connection can meet the
-	// old listener as it closes: retry the dial a few times.
+	// Right after a reload onto the same port a connection can be
+	// accepted by the old server as it shuts down and closed unanswered:
+	// retry a few times.
 	for i := 0; i < 5 && err != nil && isDialReset(err) && req.GetBody != nil; i++ {
 		time.Sleep(50 * time.Millisecond)
 		retry := req.Clone(ctx)
@@ -192,7 +193,9 @@ func do(t *testing.T, req *http.Request) (int, http.Header, string) {
 
 const initializeBody = `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}`
 
-// isDialReset reports a connection refused or reset before any response.
+// isDialReset reports a connection refused, reset or closed before any
+// response.
 func isDialReset(err error) bool {
-	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED)
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
 }
