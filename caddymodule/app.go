@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"strconv"
 	"sync"
@@ -98,8 +99,10 @@ type App struct {
 	// Default: 200000.
 	GoroutineCeiling int `json:"goroutine_ceiling,omitempty"`
 
-	// SchedLatencyTarget is the scheduling latency (p99 over one refresh)
-	// that reads as half pressure; twice it reads as full. Default: 100ms.
+	// SchedLatencyTarget is the scheduling latency (p99 over one refresh,
+	// averaged over four) that reads as half pressure; twice it reads as
+	// 0.9. Scheduler latency alone raises the level to essential at most.
+	// Default: 100ms.
 	SchedLatencyTarget caddy.Duration `json:"sched_latency_target,omitempty"`
 
 	global *globalState
@@ -115,8 +118,9 @@ type globalState struct {
 	sessions *resources.Registry
 	levels   *admission.LoadManager
 	injected *resources.Injected
-	active   *streamSet       // every open stream, for the protective level
-	tasks    *resources.Group // owns every goroutine that outlives a request
+	active   *streamSet                 // every open stream, for the protective level
+	deletes  chan resources.SessionInfo // evicted sessions to delete upstream; bounded queue
+	tasks    *resources.Group           // owns every goroutine that outlives a request
 	logger   *zap.Logger
 	cancel   context.CancelFunc
 
@@ -229,6 +233,7 @@ func newGlobalState(logger *zap.Logger, th admission.Thresholds) (*globalState, 
 		memory:   resources.NewBudget(0),
 		injected: resources.NewInjected("injected"),
 		active:   newStreamSet(),
+		deletes:  make(chan resources.SessionInfo, deleteQueue),
 		tasks:    resources.NewGroup(nil),
 		logger:   logger,
 		cancel:   cancel,
@@ -248,6 +253,12 @@ func newGlobalState(logger *zap.Logger, th admission.Thresholds) (*globalState, 
 	}
 	g.levels = lm
 	go g.run(ctx)
+	// The refresh loop and the delete workers belong to the state and end
+	// with it (Destruct cancels ctx); the tasks group counts only what
+	// requests and sessions start.
+	for range deleteWorkers {
+		go g.deleteWorker(ctx)
+	}
 	return g, nil
 }
 
@@ -260,7 +271,10 @@ func (g *globalState) setMonitors(goroutines int, sched time.Duration) {
 		resources.RatioMonitor("connections", func() int64 { return int64(g.conns.InFlight()) }, func() int64 { return int64(g.conns.Limit()) }),
 		resources.RatioMonitor("sessions", func() int64 { return int64(g.sessions.Len()) }, func() int64 { return int64(g.sessions.MaxSessions()) }),
 		resources.GoroutineMonitor(goroutines),
-		resources.SchedLatencyMonitor(sched),
+		// Scheduler latency is noisy and says little about memory: it is
+		// averaged over four refreshes and may raise the level to
+		// essential at most.
+		resources.Capped(resources.Smoothed(resources.SchedLatencyMonitor(sched), 4), 0.9),
 		g.injected,
 	)
 }
@@ -338,29 +352,61 @@ func (g *globalState) onEvict(s *resources.Session, cause resources.Cause) {
 	if info.Endpoint == "" || info.UpstreamID == "" || info.Version >= "2026-07-28" {
 		return
 	}
-	g.tasks.Go(func(context.Context) {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		req, err := http.NewRequestWithContext(ctx, http.MethodDelete, info.Endpoint, nil)
-		if err != nil {
-			return
-		}
-		req.Host = info.Host
-		req.Header.Set("Mcp-Session-Id", info.UpstreamID)
-		if info.Version != "" {
-			req.Header.Set("Mcp-Protocol-Version", info.Version)
-		}
-		resp, err := evictClient.Do(req)
-		if err != nil {
-			g.logger.Debug("deleting evicted session upstream failed", zap.Error(err))
-			return
-		}
-		_ = resp.Body.Close()
-	})
+	select {
+	case g.deletes <- info:
+	default:
+		// The queue is full: the upstream expires the rest itself.
+		metrics.evictDeletesSkipped.Inc()
+	}
 }
 
+// deleteWorker sends the DELETE of evicted sessions queued on g.deletes
+// until ctx ends.
+func (g *globalState) deleteWorker(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case info := <-g.deletes:
+			g.deleteUpstream(ctx, info)
+		}
+	}
+}
+
+// deleteUpstream ends an evicted session upstream.
+func (g *globalState) deleteUpstream(ctx context.Context, info resources.SessionInfo) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodDelete, info.Endpoint, nil)
+	if err != nil {
+		return
+	}
+	req.Host = info.Host
+	req.Header.Set("Mcp-Session-Id", info.UpstreamID)
+	if info.Version != "" {
+		req.Header.Set("Mcp-Protocol-Version", info.Version)
+	}
+	resp, err := evictClient.Do(req)
+	if err != nil {
+		g.logger.Debug("deleting evicted session upstream failed", zap.Error(err))
+		return
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4<<10))
+	_ = resp.Body.Close()
+}
+
+// Evicted sessions are deleted upstream by deleteWorkers workers from a
+// queue of at most deleteQueue sessions, over kept-alive connections.
+const (
+	deleteWorkers = 8
+	deleteQueue   = 8192
+)
+
 // evictClient sends the DELETE of evicted sessions.
-var evictClient = &http.Client{Timeout: 5 * time.Second}
+var evictClient = &http.Client{
+	Timeout:   5 * time.Second,
+	Transport: &http.Transport{MaxIdleConnsPerHost: deleteWorkers, IdleConnTimeout: 30 * time.Second},
+}
 
 // Start implements caddy.App.
 func (*App) Start() error { return nil }

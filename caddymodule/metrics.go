@@ -18,27 +18,28 @@ import (
 // and gauges stay right while streams of an old config drain. No label
 // carries a session id or a client address.
 var metrics = struct {
-	requestsInFlight prometheus.Gauge
-	streamsActive    prometheus.Gauge
-	requestDuration  *prometheus.HistogramVec
-	queueWait        prometheus.Histogram
-	refusals         *prometheus.CounterVec
-	sessionsCreated  prometheus.Counter
-	sessionRefusals  *prometheus.CounterVec
-	eventsRelayed    prometheus.Counter
-	bytesRelayed     prometheus.Counter
-	keepalives       prometheus.Counter
-	slowConsumers    prometheus.Counter
-	oversized        prometheus.Counter
-	replay           *prometheus.CounterVec
-	streamsDrained   prometheus.Counter
-	cancelsSent      prometheus.Counter
-	replayBytes      prometheus.GaugeFunc
-	level            prometheus.Gauge
-	levelChanges     *prometheus.CounterVec
-	evictions        *prometheus.CounterVec
-	backpressure     prometheus.Counter
-	protectiveResets prometheus.Counter
+	requestsInFlight    prometheus.Gauge
+	streamsActive       prometheus.Gauge
+	requestDuration     *prometheus.HistogramVec
+	queueWait           prometheus.Histogram
+	refusals            *prometheus.CounterVec
+	sessionsCreated     prometheus.Counter
+	sessionRefusals     *prometheus.CounterVec
+	eventsRelayed       prometheus.Counter
+	bytesRelayed        prometheus.Counter
+	keepalives          prometheus.Counter
+	slowConsumers       prometheus.Counter
+	oversized           prometheus.Counter
+	replay              *prometheus.CounterVec
+	streamsDrained      prometheus.Counter
+	cancelsSent         prometheus.Counter
+	replayBytes         prometheus.GaugeFunc
+	level               prometheus.Gauge
+	levelChanges        *prometheus.CounterVec
+	evictions           *prometheus.CounterVec
+	backpressure        prometheus.Counter
+	protectiveResets    prometheus.Counter
+	evictDeletesSkipped prometheus.Counter
 }{
 	requestsInFlight: prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: "caddy", Subsystem: "mcp", Name: "requests_in_flight",
@@ -122,6 +123,10 @@ var metrics = struct {
 		Namespace: "caddy", Subsystem: "mcp", Name: "protective_resets_total",
 		Help: "Streams closed by the protective level, largest first.",
 	}),
+	evictDeletesSkipped: prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "mcp", Name: "evicted_session_deletes_skipped_total",
+		Help: "Evicted sessions not deleted upstream because too many deletes were in flight.",
+	}),
 	replayBytes: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: "caddy", Subsystem: "mcp", Name: "replay_held_bytes",
 		Help: "Bytes held in the replay rings of resumable streams.",
@@ -169,7 +174,7 @@ func registerMetrics(ctx caddy.Context) error {
 		metrics.keepalives, metrics.slowConsumers, metrics.oversized,
 		metrics.replay, metrics.streamsDrained, metrics.cancelsSent, metrics.replayBytes,
 		connectionsActive, metrics.level, metrics.levelChanges, metrics.evictions,
-		metrics.backpressure, metrics.protectiveResets, globalGauges,
+		metrics.backpressure, metrics.protectiveResets, metrics.evictDeletesSkipped, globalGauges,
 	} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError

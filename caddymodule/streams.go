@@ -191,7 +191,9 @@ func (ss *streamSet) resetLargest(n int) int {
 	ss.mu.Lock()
 	all := make([]held, 0, len(ss.open))
 	for a, t := range ss.open {
-		all = append(all, held{a, t, 0})
+		if !a.Closed() {
+			all = append(all, held{a, t, 0})
+		}
 	}
 	ss.mu.Unlock()
 	for i := range all {
@@ -201,7 +203,11 @@ func (ss *streamSet) resetLargest(n int) int {
 	reset := all[:min(n, len(all))]
 	for _, h := range reset {
 		metrics.protectiveResets.Inc()
-		closeTracked(h.a, h.t)
+		// Memory comes first at this level: the stream's upstream is
+		// closed and its replay ring freed even when it was resumable.
+		h.a.Close()
+		h.t.stream.Close()
+		h.t.stream.Discard()
 	}
 	return len(reset)
 }

@@ -45,25 +45,35 @@ func (m *funcMonitor) Pressure() float64 { return clamp01(m.f()) }
 // less (or limit is nil). limit is read at every sample, so a limit changed at run time is
 // followed; DefaultMemoryLimit is the usual choice.
 //
-// The memory counted is the one the runtime's own memory limit (GOMEMLIMIT)
-// is compared to: all memory mapped by the Go runtime minus the heap memory
-// returned to the operating system, that is runtime/metrics
-// "/memory/classes/total:bytes" − "/memory/classes/heap/released:bytes".
-// It includes heap objects, free heap space not yet returned, goroutine
-// stacks and runtime metadata, so a pressure of 1 means the garbage
-// collector is about to run continuously. Reading these two metrics does
-// not stop the world and does not allocate.
+// The memory counted is what the process needs, not what it has mapped:
+// the live heap as of the last garbage collection ("/gc/heap/live:bytes")
+// plus goroutine stacks ("/memory/classes/heap/stacks:bytes") and runtime
+// metadata ("/memory/classes/metadata/other:bytes"). Garbage does not
+// count, so pressure falls as soon as the load that made it is gone. Since
+// the live heap is only measured by a collection, and an idle process
+// collects rarely, a sample that reads 0.7 or more forces a collection (at
+// most every 5 seconds) and measures again. Reading the metrics does not
+// stop the world and does not allocate.
 func HeapMonitor(limit func() int64) Monitor {
 	m := &heapMonitor{limit: limit}
-	m.samples[0].Name = "/memory/classes/total:bytes"
-	m.samples[1].Name = "/memory/classes/heap/released:bytes"
+	m.samples[0].Name = "/gc/heap/live:bytes"
+	m.samples[1].Name = "/memory/classes/heap/stacks:bytes"
+	m.samples[2].Name = "/memory/classes/metadata/other:bytes"
 	return m
 }
+
+// heapGCThreshold is the pressure at which HeapMonitor forces a collection
+// to measure the live heap again, and heapGCInterval how often at most.
+const (
+	heapGCThreshold = 0.7
+	heapGCInterval  = 5 * time.Second
+)
 
 type heapMonitor struct {
 	limit   func() int64
 	mu      sync.Mutex
-	samples [2]metrics.Sample // guarded by mu
+	samples [3]metrics.Sample // guarded by mu
+	lastGC  time.Time         // guarded by mu
 }
 
 func (m *heapMonitor) Name() string { return "heap" }
@@ -76,7 +86,20 @@ func (m *heapMonitor) Pressure() float64 {
 	if limit <= 0 {
 		return 0
 	}
-	return clamp01(float64(m.bytes()) / float64(limit))
+	p := float64(m.bytes()) / float64(limit)
+	if p >= heapGCThreshold {
+		m.mu.Lock()
+		collect := time.Since(m.lastGC) >= heapGCInterval
+		if collect {
+			m.lastGC = time.Now()
+		}
+		m.mu.Unlock()
+		if collect {
+			runtime.GC()
+			p = float64(m.bytes()) / float64(limit)
+		}
+	}
+	return clamp01(p)
 }
 
 // bytes returns the memory HeapMonitor counts.
@@ -84,11 +107,7 @@ func (m *heapMonitor) bytes() uint64 {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	metrics.Read(m.samples[:])
-	total, released := uint64Value(m.samples[0]), uint64Value(m.samples[1])
-	if released > total {
-		return 0
-	}
-	return total - released
+	return uint64Value(m.samples[0]) + uint64Value(m.samples[1]) + uint64Value(m.samples[2])
 }
 
 func uint64Value(s metrics.Sample) uint64 {
@@ -322,3 +341,38 @@ var (
 	_ Monitor = (*schedMonitor)(nil)
 	_ Monitor = (*Injected)(nil)
 )
+
+// Smoothed averages a monitor's last n samples, so one noisy sample
+// cannot move the service level alone.
+func Smoothed(m Monitor, n int) Monitor {
+	return &smoothed{m: m, last: make([]float64, max(n, 1))}
+}
+
+type smoothed struct {
+	m    Monitor
+	mu   sync.Mutex
+	last []float64 // ring of the last samples; guarded by mu
+	i, n int
+}
+
+func (s *smoothed) Name() string { return s.m.Name() }
+
+func (s *smoothed) Pressure() float64 {
+	v := s.m.Pressure()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.last[s.i] = v
+	s.i = (s.i + 1) % len(s.last)
+	s.n = min(s.n+1, len(s.last))
+	sum := 0.0
+	for _, x := range s.last[:s.n] {
+		sum += x
+	}
+	return sum / float64(s.n)
+}
+
+// Capped limits a monitor's pressure to at most ceiling, for a signal that
+// may ask for a level but must not reach the ones above.
+func Capped(m Monitor, ceiling float64) Monitor {
+	return &funcMonitor{name: m.Name(), f: func() float64 { return min(m.Pressure(), ceiling) }}
+}

@@ -360,11 +360,12 @@ func (s *Stream) emit(ev *Event) error {
 			raw = prependID(id, raw)
 		}
 	}
-	if s.ring != nil {
-		s.storeLocked(id, raw)
-	}
+	// The live client is served first: the ring gets what memory is left.
 	if s.att != nil {
 		s.att.enqueue(raw, false)
+	}
+	if s.ring != nil {
+		s.storeLocked(id, raw)
 	}
 	return nil
 }
@@ -706,6 +707,13 @@ func (a *Attachment) finishLocked() {
 // Close ends the attachment as the proxy's decision (drain, shedding),
 // with the retry hint when one was given.
 func (a *Attachment) Close() { a.close(ErrClosed) }
+
+// Closed reports whether the attachment has been closed.
+func (a *Attachment) Closed() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.closed
+}
 
 // Queued returns the bytes waiting to be written to the client.
 func (a *Attachment) Queued() int {
