@@ -89,237 +89,18 @@ func (h *Handler) unmarshal(outer *caddyfile.Dispenser) (*reverseproxy.Handler, 
 			if d.Nesting() != 1 {
 				continue
 			}
-			switch d.Val() {
-			case "session_key":
-				args := d.RemainingArgs()
-				if len(args) == 0 {
-					return nil, d.ArgErr()
-				}
-				d.DeleteN(len(args) + 1)
-				h.SessionKeys = append(h.SessionKeys, args...)
-			case "session_lifetime":
-				args := d.RemainingArgs()
-				if len(args) != 1 {
-					return nil, d.ArgErr()
-				}
-				d.DeleteN(len(args) + 1)
-				dur, err := caddy.ParseDuration(args[0])
-				if err != nil {
-					return nil, d.Errf("bad session_lifetime %q: %v", args[0], err)
-				}
-				h.SessionLifetime = caddy.Duration(dur)
-			case "max_peek":
-				args := d.RemainingArgs()
-				if len(args) != 1 {
-					return nil, d.ArgErr()
-				}
-				d.DeleteN(len(args) + 1)
-				size, err := parseSize(args[0])
-				if err != nil {
-					return nil, d.Errf("bad max_peek: %v", err)
-				}
-				h.MaxPeek = size
-			case "allowed_origins":
-				args := d.RemainingArgs()
-				if len(args) == 0 {
-					return nil, d.ArgErr()
-				}
-				d.DeleteN(len(args) + 1)
-				h.AllowedOrigins = append(h.AllowedOrigins, args...)
-			case "allowed_hosts":
-				args := d.RemainingArgs()
-				if len(args) == 0 {
-					return nil, d.ArgErr()
-				}
-				d.DeleteN(len(args) + 1)
-				h.AllowedHosts = append(h.AllowedHosts, args...)
-			case "require_session":
-				args := d.RemainingArgs()
-				if len(args) != 1 {
-					return nil, d.ArgErr()
-				}
-				d.DeleteN(len(args) + 1)
-				on, err := parseOnOff(args[0])
-				if err != nil {
-					return nil, d.Errf("require_session: %v", err)
-				}
-				h.RequireSession = &on
-			case "max_event_size":
-				args := d.RemainingArgs()
-				if len(args) != 1 {
-					return nil, d.ArgErr()
-				}
-				d.DeleteN(len(args) + 1)
-				size, err := parseSize(args[0])
-				if err != nil {
-					return nil, d.Errf("bad max_event_size: %v", err)
-				}
-				h.MaxEventSize = size
-			case "stream_buffer":
-				args := d.RemainingArgs()
-				if len(args) != 2 {
-					return nil, d.ArgErr()
-				}
-				d.DeleteN(len(args) + 1)
-				n, err := strconv.Atoi(args[0])
-				if err != nil || n <= 0 {
-					return nil, d.Errf("bad stream_buffer event count %q", args[0])
-				}
-				size, err := parseSize(args[1])
-				if err != nil {
-					return nil, d.Errf("bad stream_buffer size: %v", err)
-				}
-				h.StreamBufferEvents, h.StreamBufferBytes = n, size
-			case "replay":
-				args := d.RemainingArgs()
-				if len(args) != 3 {
-					return nil, d.ArgErr()
-				}
-				d.DeleteN(len(args) + 1)
-				n, err := strconv.Atoi(args[0])
-				if err != nil || n <= 0 {
-					return nil, d.Errf("bad replay event count %q", args[0])
-				}
-				size, err := parseSize(args[1])
-				if err != nil {
-					return nil, d.Errf("bad replay size: %v", err)
-				}
-				age, err := caddy.ParseDuration(args[2])
-				if err != nil || age <= 0 {
-					return nil, d.Errf("bad replay age %q", args[2])
-				}
-				h.ReplayEvents, h.ReplayBytes, h.ReplayAge = n, size, caddy.Duration(age)
-			case "max_inflight", "max_streams", "client_max_inflight", "session_max_inflight":
-				name := d.Val()
-				args := d.RemainingArgs()
-				if len(args) != 1 {
-					return nil, d.ArgErr()
-				}
-				d.DeleteN(len(args) + 1)
-				n, err := strconv.Atoi(args[0])
-				if err != nil || n < 0 {
-					return nil, d.Errf("bad %s %q: want a count", name, args[0])
-				}
-				switch name {
-				case "max_inflight":
-					h.MaxInflight = n
-				case "max_streams":
-					h.MaxStreams = n
-				case "client_max_inflight":
-					h.ClientMaxInflight = n
-				case "session_max_inflight":
-					h.SessionMaxInflight = n
-				}
-			case "queue":
-				args := d.RemainingArgs()
-				if len(args) != 2 {
-					return nil, d.ArgErr()
-				}
-				d.DeleteN(len(args) + 1)
-				n, err := strconv.Atoi(args[0])
-				if err != nil || n < 0 {
-					return nil, d.Errf("bad queue size %q", args[0])
-				}
-				dur, err := caddy.ParseDuration(args[1])
-				if err != nil || dur <= 0 {
-					return nil, d.Errf("bad queue timeout %q", args[1])
-				}
-				h.QueueSize, h.QueueTimeout = n, caddy.Duration(dur)
-			case "client_key":
-				args := d.RemainingArgs()
-				if len(args) != 1 {
-					return nil, d.ArgErr()
-				}
-				d.DeleteN(len(args) + 1)
-				h.ClientKey = args[0]
-			case "client_session_rate":
-				args := d.RemainingArgs()
-				if len(args) < 1 || len(args) > 2 {
-					return nil, d.ArgErr()
-				}
-				d.DeleteN(len(args) + 1)
-				rate, err := strconv.ParseFloat(args[0], 64)
-				if err != nil || rate <= 0 || math.IsInf(rate, 0) {
-					return nil, d.Errf("bad client_session_rate %q", args[0])
-				}
-				h.ClientSessionRate = rate
-				if len(args) == 2 {
-					burst, err := strconv.Atoi(args[1])
-					if err != nil || burst <= 0 {
-						return nil, d.Errf("bad client_session_rate burst %q", args[1])
-					}
-					h.ClientSessionBurst = burst
-				}
-			case "tool":
-				args := d.RemainingArgs()
-				if len(args) != 3 && len(args) != 5 {
-					return nil, d.ArgErr()
-				}
-				d.DeleteN(len(args) + 1)
-				if args[1] != "max_inflight" {
-					return nil, d.Errf("tool %s: expected max_inflight, got %q", args[0], args[1])
-				}
-				n, err := strconv.Atoi(args[2])
-				if err != nil || n < 0 {
-					return nil, d.Errf("tool %s: bad max_inflight %q", args[0], args[2])
-				}
-				rule := ToolLimit{Pattern: args[0], MaxInflight: n}
-				if len(args) == 5 {
-					if args[3] != "timeout" {
-						return nil, d.Errf("tool %s: expected timeout, got %q", args[0], args[3])
-					}
-					dur, err := caddy.ParseDuration(args[4])
-					if err != nil || dur <= 0 {
-						return nil, d.Errf("tool %s: bad timeout %q", args[0], args[4])
-					}
-					rule.Timeout = caddy.Duration(dur)
-				}
-				h.Tools = append(h.Tools, rule)
-			case "limit":
-				args := d.RemainingArgs()
-				if len(args) < 1 || args[0] != "adaptive" || len(args)%2 != 1 {
-					return nil, d.Errf("expected: limit adaptive [min <n>] [max <n>] [initial <n>]")
-				}
-				d.DeleteN(len(args) + 1)
-				a := new(AdaptiveLimit)
-				for i := 1; i < len(args); i += 2 {
-					n, err := strconv.Atoi(args[i+1])
-					if err != nil || n <= 0 {
-						return nil, d.Errf("limit adaptive: bad %s %q", args[i], args[i+1])
-					}
-					switch args[i] {
-					case "min":
-						a.Min = n
-					case "max":
-						a.Max = n
-					case "initial":
-						a.Initial = n
-					default:
-						return nil, d.Errf("limit adaptive: unknown option %q", args[i])
-					}
-				}
-				h.Adaptive = a
-			case "write_timeout", "keepalive", "retry_hint", "drain":
-				name := d.Val()
-				args := d.RemainingArgs()
-				if len(args) != 1 {
-					return nil, d.ArgErr()
-				}
-				d.DeleteN(len(args) + 1)
-				dur, err := caddy.ParseDuration(args[0])
-				if err != nil || dur <= 0 {
-					return nil, d.Errf("bad %s %q: want a positive duration", name, args[0])
-				}
-				switch name {
-				case "write_timeout":
-					h.WriteTimeout = caddy.Duration(dur)
-				case "keepalive":
-					h.Keepalive = caddy.Duration(dur)
-				case "retry_hint":
-					h.RetryHint = caddy.Duration(dur)
-				case "drain":
-					h.Drain = caddy.Duration(dur)
-				}
+			name := d.Val()
+			count, ours := subdirectiveArgs[name]
+			if !ours {
+				continue
+			}
+			args := d.RemainingArgs()
+			if !count(len(args)) {
+				return nil, d.ArgErr()
+			}
+			d.DeleteN(len(args) + 1)
+			if err := h.parseSubdirective(name, args); err != nil {
+				return nil, d.Errf("%s: %v", name, err)
 			}
 		}
 	}
@@ -330,6 +111,193 @@ func (h *Handler) unmarshal(outer *caddyfile.Dispenser) (*reverseproxy.Handler, 
 		return nil, err
 	}
 	return rp, nil
+}
+
+// subdirectiveArgs names mcp_proxy's own subdirectives with the argument
+// counts each accepts; every other subdirective is reverse_proxy's.
+var subdirectiveArgs = map[string]func(n int) bool{
+	"session_key":          atLeast(1),
+	"session_lifetime":     exactly(1),
+	"max_peek":             exactly(1),
+	"allowed_origins":      atLeast(1),
+	"allowed_hosts":        atLeast(1),
+	"require_session":      exactly(1),
+	"max_event_size":       exactly(1),
+	"stream_buffer":        exactly(2),
+	"replay":               exactly(3),
+	"write_timeout":        exactly(1),
+	"keepalive":            exactly(1),
+	"retry_hint":           exactly(1),
+	"drain":                exactly(1),
+	"max_inflight":         exactly(1),
+	"max_streams":          exactly(1),
+	"client_max_inflight":  exactly(1),
+	"session_max_inflight": exactly(1),
+	"queue":                exactly(2),
+	"client_key":           exactly(1),
+	"client_session_rate":  func(n int) bool { return n == 1 || n == 2 },
+	"tool":                 func(n int) bool { return n == 3 || n == 5 },
+	"limit":                atLeast(1),
+}
+
+func exactly(want int) func(int) bool  { return func(n int) bool { return n == want } }
+func atLeast(least int) func(int) bool { return func(n int) bool { return n >= least } }
+
+// parseSubdirective applies one of mcp_proxy's own subdirectives, whose
+// argument count is already checked.
+func (h *Handler) parseSubdirective(name string, args []string) error {
+	switch name {
+	case "session_key":
+		h.SessionKeys = append(h.SessionKeys, args...)
+	case "allowed_origins":
+		h.AllowedOrigins = append(h.AllowedOrigins, args...)
+	case "allowed_hosts":
+		h.AllowedHosts = append(h.AllowedHosts, args...)
+	case "client_key":
+		h.ClientKey = args[0]
+	case "require_session":
+		on, err := parseOnOff(args[0])
+		if err != nil {
+			return err
+		}
+		h.RequireSession = &on
+	case "session_lifetime", "write_timeout", "keepalive", "retry_hint", "drain":
+		dur, err := caddy.ParseDuration(args[0])
+		if err != nil || dur <= 0 {
+			return fmt.Errorf("bad %s %q: want a positive duration", name, args[0])
+		}
+		*map[string]*caddy.Duration{
+			"session_lifetime": &h.SessionLifetime, "write_timeout": &h.WriteTimeout,
+			"keepalive": &h.Keepalive, "retry_hint": &h.RetryHint, "drain": &h.Drain,
+		}[name] = caddy.Duration(dur)
+	case "max_peek", "max_event_size":
+		size, err := parseSize(args[0])
+		if err != nil {
+			return fmt.Errorf("bad %s: %v", name, err)
+		}
+		if name == "max_peek" {
+			h.MaxPeek = size
+		} else {
+			h.MaxEventSize = size
+		}
+	case "max_inflight", "max_streams", "client_max_inflight", "session_max_inflight":
+		n, err := strconv.Atoi(args[0])
+		if err != nil || n < 0 {
+			return fmt.Errorf("bad %s %q: want a count", name, args[0])
+		}
+		*map[string]*int{
+			"max_inflight": &h.MaxInflight, "max_streams": &h.MaxStreams,
+			"client_max_inflight": &h.ClientMaxInflight, "session_max_inflight": &h.SessionMaxInflight,
+		}[name] = n
+	case "stream_buffer":
+		n, err := strconv.Atoi(args[0])
+		if err != nil || n <= 0 {
+			return fmt.Errorf("bad stream_buffer event count %q", args[0])
+		}
+		size, err := parseSize(args[1])
+		if err != nil {
+			return fmt.Errorf("bad stream_buffer size: %v", err)
+		}
+		h.StreamBufferEvents, h.StreamBufferBytes = n, size
+	case "replay":
+		n, err := strconv.Atoi(args[0])
+		if err != nil || n <= 0 {
+			return fmt.Errorf("bad replay event count %q", args[0])
+		}
+		size, err := parseSize(args[1])
+		if err != nil {
+			return fmt.Errorf("bad replay size: %v", err)
+		}
+		age, err := caddy.ParseDuration(args[2])
+		if err != nil || age <= 0 {
+			return fmt.Errorf("bad replay age %q", args[2])
+		}
+		h.ReplayEvents, h.ReplayBytes, h.ReplayAge = n, size, caddy.Duration(age)
+	case "queue":
+		n, err := strconv.Atoi(args[0])
+		if err != nil || n < 0 {
+			return fmt.Errorf("bad queue size %q", args[0])
+		}
+		dur, err := caddy.ParseDuration(args[1])
+		if err != nil || dur <= 0 {
+			return fmt.Errorf("bad queue timeout %q", args[1])
+		}
+		h.QueueSize, h.QueueTimeout = n, caddy.Duration(dur)
+	case "client_session_rate":
+		rate, err := strconv.ParseFloat(args[0], 64)
+		if err != nil || rate <= 0 || math.IsInf(rate, 0) {
+			return fmt.Errorf("bad client_session_rate %q", args[0])
+		}
+		h.ClientSessionRate = rate
+		if len(args) == 2 {
+			burst, err := strconv.Atoi(args[1])
+			if err != nil || burst <= 0 {
+				return fmt.Errorf("bad client_session_rate burst %q", args[1])
+			}
+			h.ClientSessionBurst = burst
+		}
+	case "tool":
+		rule, err := parseToolLimit(args)
+		if err != nil {
+			return err
+		}
+		h.Tools = append(h.Tools, rule)
+	case "limit":
+		a, err := parseAdaptive(args)
+		if err != nil {
+			return err
+		}
+		h.Adaptive = a
+	}
+	return nil
+}
+
+// parseToolLimit parses `<name-glob> max_inflight <n> [timeout <d>]`.
+func parseToolLimit(args []string) (ToolLimit, error) {
+	if args[1] != "max_inflight" {
+		return ToolLimit{}, fmt.Errorf("tool %s: expected max_inflight, got %q", args[0], args[1])
+	}
+	n, err := strconv.Atoi(args[2])
+	if err != nil || n < 0 {
+		return ToolLimit{}, fmt.Errorf("tool %s: bad max_inflight %q", args[0], args[2])
+	}
+	rule := ToolLimit{Pattern: args[0], MaxInflight: n}
+	if len(args) == 5 {
+		if args[3] != "timeout" {
+			return ToolLimit{}, fmt.Errorf("tool %s: expected timeout, got %q", args[0], args[3])
+		}
+		dur, err := caddy.ParseDuration(args[4])
+		if err != nil || dur <= 0 {
+			return ToolLimit{}, fmt.Errorf("tool %s: bad timeout %q", args[0], args[4])
+		}
+		rule.Timeout = caddy.Duration(dur)
+	}
+	return rule, nil
+}
+
+// parseAdaptive parses `adaptive [min <n>] [max <n>] [initial <n>]`.
+func parseAdaptive(args []string) (*AdaptiveLimit, error) {
+	if args[0] != "adaptive" || len(args)%2 != 1 {
+		return nil, fmt.Errorf("expected: limit adaptive [min <n>] [max <n>] [initial <n>]")
+	}
+	a := new(AdaptiveLimit)
+	for i := 1; i < len(args); i += 2 {
+		n, err := strconv.Atoi(args[i+1])
+		if err != nil || n <= 0 {
+			return nil, fmt.Errorf("limit adaptive: bad %s %q", args[i], args[i+1])
+		}
+		switch args[i] {
+		case "min":
+			a.Min = n
+		case "max":
+			a.Max = n
+		case "initial":
+			a.Initial = n
+		default:
+			return nil, fmt.Errorf("limit adaptive: unknown option %q", args[i])
+		}
+	}
+	return a, nil
 }
 
 // parseSize parses a humanized size such as 64KiB or 1MB, between 1 byte
