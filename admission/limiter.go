@@ -24,12 +24,16 @@ var ErrQueueTimeout = errors.New("admission: wait queue timeout")
 // The fast path, TryAcquire and Release, is a few atomic operations and does
 // not allocate. When no slot is free, Acquire waits in the queue. A Release
 // hands its slot directly to the best waiter: the highest priority first and,
-// within one priority, the newest waiter first (LIFO). Under sustained
-// overload a FIFO queue serves only requests that have already waited the
-// longest, whose clients are the most likely to have given up, so goodput
-// collapses; serving the newest first keeps the requests whose clients are
-// still waiting fast, and lets the old ones reach their queue timeout and be
-// refused. When the queue is not forming the order makes no difference.
+// within one priority, adaptively FIFO or LIFO. While the oldest waiter has
+// waited less than half the queue timeout the queue is draining, and it is
+// served oldest first, so a burst is absorbed in arrival order and no waiter
+// starves behind newer ones. Once the oldest has waited longer, the queue is
+// standing (sustained overload): a FIFO queue would then serve only requests
+// that have waited the longest, whose clients are the most likely to have
+// given up, so goodput collapses; the newest waiter is served instead, which
+// keeps the requests whose clients are still waiting fast and lets the old
+// ones reach their queue timeout and be refused (adaptive LIFO, as in
+// CoDel-style queue management). Without a queue timeout the queue is FIFO.
 //
 // A full queue refuses a new request with ErrQueueFull, unless the request
 // has a higher priority than some waiter: then the oldest waiter of the
@@ -66,6 +70,7 @@ const (
 // timer are reused across waits.
 type waiter struct {
 	prev, next *waiter
+	since      time.Time // when it joined the queue
 	prio       Priority
 	state      uint8
 	ready      chan struct{} // buffered 1; receives one signal per grant or eviction
@@ -186,11 +191,16 @@ func (l *Limiter) grantLocked() {
 	}
 }
 
-// popBest removes and returns the newest waiter of the highest non-empty
-// priority. It requires mu and count > 0.
+// popBest removes and returns the waiter to serve next from the highest
+// non-empty priority: its oldest while that has waited less than half the
+// queue timeout, else its newest (see Limiter). It requires mu and
+// count > 0.
 func (l *Limiter) popBest() *waiter {
 	for p := NumPriorities - 1; p >= 0; p-- {
-		if w := l.lists[p].tail; w != nil {
+		if w := l.lists[p].head; w != nil {
+			if l.queueTimeout > 0 && time.Since(w.since) >= l.queueTimeout/2 {
+				w = l.lists[p].tail
+			}
 			l.unlink(w)
 			return w
 		}
@@ -255,6 +265,7 @@ func (l *Limiter) Acquire(ctx context.Context, p Priority) (waited time.Duration
 	}
 	w := waiterPool.Get().(*waiter)
 	w.prio = p
+	w.since = time.Now()
 	w.state = waiting
 	l.lists[p].pushBack(w)
 	l.count++

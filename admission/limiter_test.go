@@ -146,20 +146,35 @@ func TestLimiterPriorityOrder(t *testing.T) {
 	}
 }
 
-func TestLimiterLIFOWithinPriority(t *testing.T) {
-	l := NewLimiter(1, 16, hang)
+// TestLimiterAdaptiveLIFO checks the order within a priority: oldest
+// first while the queue drains, newest first once the oldest waiter has
+// waited half the queue timeout (a standing queue).
+func TestLimiterAdaptiveLIFO(t *testing.T) {
+	l := NewLimiter(1, 16, time.Hour)
 	if !l.TryAcquire() {
 		t.Fatal("TryAcquire refused")
 	}
-	out := make(chan result, 4)
-	for i := range 4 {
+	out := make(chan result, 8)
+	for i := range 6 {
 		startWaiter(context.Background(), l, PriorityListSession, i, out)
 		waitQueued(t, l, i+1)
 	}
-	for want := 3; want >= 0; want-- {
+	for want := range 2 {
 		l.Release()
 		if r := recv(t, out); r.err != nil || r.id != want {
-			t.Fatalf("got waiter %d (%v), want %d", r.id, r.err, want)
+			t.Fatalf("draining queue: got waiter %d (%v), want %d", r.id, r.err, want)
+		}
+	}
+	// Age every waiter past half the queue timeout.
+	l.mu.Lock()
+	for w := l.lists[PriorityListSession].head; w != nil; w = w.next {
+		w.since = w.since.Add(-time.Hour)
+	}
+	l.mu.Unlock()
+	for want := 5; want >= 2; want-- {
+		l.Release()
+		if r := recv(t, out); r.err != nil || r.id != want {
+			t.Fatalf("standing queue: got waiter %d (%v), want %d", r.id, r.err, want)
 		}
 	}
 	l.Release()

@@ -164,7 +164,9 @@ type Handler struct {
 	// QueueTimeout how long each may wait. Waiters are served by priority
 	// (work in existing sessions before new sessions; ping, notifications
 	// and responses first, then listings, then tool calls and reads) and,
-	// within a priority, newest first: under sustained overload the oldest
+	// within a priority, oldest first while the queue drains (a burst is
+	// absorbed in arrival order) but newest first once the oldest has
+	// waited half of QueueTimeout: under sustained overload the oldest
 	// waiters, whose clients are the likeliest to have given up, time out
 	// instead of every request waiting the whole queue. Defaults: 0 (no
 	// queue), 0.
