@@ -57,17 +57,27 @@ type caddyfileParams struct {
 	AdminAddr  string // "" for admin off
 	PlainBlock string // inserted inside reverse_proxy { }
 	MCPBlock   string // inserted inside mcp_proxy { }
+	Global     string // global options, inserted inside the global block
 }
 
-// caddyfile renders the Caddyfile: one process, two sites.
+// caddyfile renders the Caddyfile: one process, two sites. A site whose
+// port is 0 is left out (the idle scenario runs one target per process).
 func caddyfile(p caddyfileParams) string {
 	var b strings.Builder
 	admin := "admin off"
 	if p.AdminAddr != "" {
 		admin = "admin " + p.AdminAddr
 	}
-	fmt.Fprintf(&b, "{\n\t%s\n\tauto_https off\n\tpersist_config off\n\tlog {\n\t\toutput discard\n\t}\n}\n\n", admin)
+	fmt.Fprintf(&b, "{\n\t%s\n\tauto_https off\n\tpersist_config off\n\tlog {\n\t\toutput discard\n\t}\n", admin)
+	for _, line := range splitBlock(p.Global) {
+		fmt.Fprintf(&b, "\t%s\n", line)
+	}
+	b.WriteString("}\n")
 	site := func(port int, directive, block string) {
+		if port == 0 {
+			return
+		}
+		b.WriteString("\n")
 		fmt.Fprintf(&b, "http://127.0.0.1:%d {\n\t%s %s", port, directive, p.Upstream)
 		if block = strings.TrimSpace(block); block != "" {
 			b.WriteString(" {\n")
@@ -79,7 +89,6 @@ func caddyfile(p caddyfileParams) string {
 		b.WriteString("\n}\n")
 	}
 	site(p.PlainPort, "reverse_proxy", p.PlainBlock)
-	b.WriteString("\n")
 	site(p.MCPPort, "mcp_proxy", p.MCPBlock)
 	return b.String()
 }

@@ -8,6 +8,9 @@
 //
 //	go run ./bench post     [flags]   closed loop: N clients POST tools/call
 //	go run ./bench overload [flags]   open loop at multiples of upstream capacity
+//	go run ./bench burst    [flags]   closed loop jumping from 10 to 1,000 clients
+//	go run ./bench streams  [flags]   1 KiB events on 100 GET SSE streams
+//	go run ./bench idle     [flags]   5,000 idle GET SSE streams, one Caddy per target
 //
 // Run `go run ./bench -h` for the flags.
 package main
@@ -68,11 +71,26 @@ type options struct {
 	svgdir         string
 	caddyBin       string
 	cpuprofile     string
+	heapprofile    string
 	profileTarget  string
 	quiet          bool
 	quietMax       float64
 	quietWait      time.Duration
 	busyRetries    int
+
+	global          string
+	svgname         string
+	clients         int
+	clientsBefore   int
+	burstWarm       time.Duration
+	burstBackoff    time.Duration
+	streams         int
+	eventSize       int
+	streamRate      float64
+	streamModes     string
+	openConcurrency int
+	settle          time.Duration
+	hold            time.Duration
 }
 
 func parseFlags(args []string) (*options, error) {
@@ -80,7 +98,7 @@ func parseFlags(args []string) (*options, error) {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(flagOutput)
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: go run ./bench <post|overload> [flags]\n\nflags:\n")
+		fmt.Fprintf(fs.Output(), "usage: go run ./bench <post|overload|burst|streams|idle> [flags]\n\nflags:\n")
 		fs.PrintDefaults()
 	}
 	fs.IntVar(&o.concurrency, "concurrency", 32, "post: concurrent closed-loop clients")
@@ -104,11 +122,25 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.svgdir, "svgdir", "bench/out", "overload: directory for the SVG plots (bench/out is gitignored; use bench/results for BENCHMARKS.md)")
 	fs.StringVar(&o.caddyBin, "caddy", "", "use this Caddy binary instead of building ./cmd/caddy")
 	fs.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of the Caddy process, taken over the first measurement of -profile-target (enables the admin endpoint on a loopback port)")
+	fs.StringVar(&o.heapprofile, "heapprofile", "", "write a heap profile of the Caddy process, taken at 80 % of the first measurement of -profile-target")
 	fs.StringVar(&o.profileTarget, "profile-target", targetMCP, "target whose first measurement -cpuprofile covers: plain or mcp_proxy")
 	fs.BoolVar(&o.quiet, "q", false, "no progress lines on stderr")
 	fs.Float64Var(&o.quietMax, "quiet-max", 0.3, "before each measurement wait until processes other than the bench use at most this many cores; 0 disables")
 	fs.IntVar(&o.busyRetries, "busy-retries", 2, "repeat a measurement during which other processes used more than -quiet-max cores, at most this many times")
 	fs.DurationVar(&o.quietWait, "quiet-wait", time.Minute, "longest wait for a quiet machine before each measurement; it measures anyway after that")
+	fs.StringVar(&o.global, "global", "", `global options inserted into the Caddyfile's global block, e.g. "mcp { session_memory 32MiB }"`)
+	fs.StringVar(&o.svgname, "svgname", "", "overload: base name of the SVG plots (<name>-goodput.svg, <name>-p99.svg); default overload")
+	fs.IntVar(&o.clients, "clients", 1000, "burst: closed-loop clients after the jump")
+	fs.IntVar(&o.clientsBefore, "clients-before", 10, "burst: closed-loop clients before the jump")
+	fs.DurationVar(&o.burstWarm, "burst-warm", 2*time.Second, "burst: time with -clients-before clients before the jump")
+	fs.DurationVar(&o.burstBackoff, "burst-backoff", 0, "burst: pause of a client after a 503/429 before its next request (0: none)")
+	fs.IntVar(&o.streams, "streams", 0, "streams/idle: GET SSE streams, each with its own session (default 100 for streams, 5000 for idle)")
+	fs.IntVar(&o.eventSize, "event-size", 1024, "streams: bytes of each SSE event on the wire")
+	fs.Float64Var(&o.streamRate, "stream-rate", 50000, "streams, paced mode: events per second over all streams")
+	fs.StringVar(&o.streamModes, "stream-modes", "saturation,paced", "streams: modes to run, comma-separated: saturation, paced")
+	fs.IntVar(&o.openConcurrency, "open-concurrency", 256, "idle/burst: sessions and streams opening at once")
+	fs.DurationVar(&o.settle, "settle", 3*time.Second, "idle: wait after the last stream opened before the first sample")
+	fs.DurationVar(&o.hold, "hold", 20*time.Second, "idle: second sample this long after the last stream opened (past the 15 s keepalives)")
 
 	// The scenario may come first (go run ./bench post -rounds 1) or after
 	// the flags.
@@ -158,11 +190,55 @@ func parseFlags(args []string) (*options, error) {
 		if o.service <= 0 || o.capacity <= 0 {
 			return nil, errors.New("overload needs a finite upstream capacity: -service > 0 and -capacity > 0")
 		}
+	case "burst":
+		if o.duration == 0 {
+			o.duration = 5 * time.Second
+		}
+		if o.service < 0 {
+			o.service = 20 * time.Millisecond
+		}
+		if o.capacity < 0 {
+			o.capacity = 16
+		}
+		if o.clientsBefore < 0 || o.clientsBefore >= o.clients || o.clients > 5000 {
+			return nil, errors.New("burst needs 0 ≤ -clients-before < -clients ≤ 5000")
+		}
+	case "streams", "idle":
+		if o.duration == 0 {
+			o.duration = 5 * time.Second
+		}
+		if o.service < 0 {
+			o.service = 0
+		}
+		if o.capacity < 0 {
+			o.capacity = 0
+		}
+		if o.streams == 0 {
+			o.streams = 100
+			if o.scenario == "idle" {
+				o.streams = 5000
+			}
+		}
+		if o.streams < 1 || o.streams > 9000 {
+			return nil, errors.New("-streams: want 1..9000 (2 fds per proxied stream under RLIMIT_NOFILE 20000)")
+		}
+		if o.eventSize < 200 || o.eventSize > 1<<20 {
+			return nil, errors.New("-event-size: want 200..1048576")
+		}
+		if o.streamRate <= 0 {
+			return nil, errors.New("-stream-rate must be positive")
+		}
+		if o.openConcurrency < 1 || o.openConcurrency > 4096 {
+			return nil, errors.New("-open-concurrency: want 1..4096")
+		}
+		if o.settle <= 0 || o.hold < 0 || o.settle > 10*time.Minute || o.hold > 10*time.Minute {
+			return nil, errors.New("-settle must be positive; -settle and -hold at most 10m")
+		}
 	case "":
 		fs.Usage()
-		return nil, errors.New("no scenario: want post or overload")
+		return nil, errors.New("no scenario: want post, overload, burst, streams or idle")
 	default:
-		return nil, fmt.Errorf("unknown scenario %q: want post or overload", o.scenario)
+		return nil, fmt.Errorf("unknown scenario %q: want post, overload, burst, streams or idle", o.scenario)
 	}
 	if o.concurrency < 1 || o.concurrency > 10000 {
 		return nil, fmt.Errorf("-concurrency %d: want 1..10000", o.concurrency)
@@ -264,6 +340,8 @@ type benchEnv struct {
 	// busyRetries is how often a measurement disturbed by other
 	// processes is repeated.
 	busyRetries int
+	// admin is Caddy's loopback admin address, for /metrics.
+	admin string
 }
 
 // disturbed reports whether other processes used more CPU during a
@@ -294,9 +372,11 @@ func (e *benchEnv) caddyPID(target) int {
 	return e.caddy.pid()
 }
 
-// profileReq takes one CPU profile of Caddy through its admin endpoint.
+// profileReq takes one CPU profile (and, if asked, one heap profile) of
+// Caddy through its admin endpoint.
 type profileReq struct {
 	file, target, admin string
+	heapFile            string
 	taken               bool
 	justTaken           bool // the latest measurement was profiled
 	ch                  chan error
@@ -309,12 +389,24 @@ func (p *profileReq) start(target string, d time.Duration) {
 		return
 	}
 	p.justTaken = false
-	if p.taken || p.file == "" || target != p.target {
+	if p.taken || (p.file == "" && p.heapFile == "") || target != p.target {
 		return
 	}
 	p.taken, p.justTaken = true, true
-	p.ch = make(chan error, 1)
+	p.ch = make(chan error, 2)
 	secs := max(1, int(d.Round(time.Second)/time.Second))
+	if p.heapFile == "" {
+		p.ch <- nil
+	} else {
+		go func() {
+			time.Sleep(d * 8 / 10)
+			p.ch <- fetchTo(fmt.Sprintf("http://%s/debug/pprof/heap", p.admin), p.heapFile, 30*time.Second)
+		}()
+	}
+	if p.file == "" {
+		p.ch <- nil
+		return
+	}
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(secs)*time.Second+30*time.Second)
 		defer cancel()
@@ -352,14 +444,41 @@ func (p *profileReq) retake() {
 	}
 }
 
-// wait returns the result of a profile started in the current
+// wait returns the result of the profiles started in the current
 // measurement, if any.
 func (p *profileReq) wait() error {
 	if p == nil || p.ch == nil {
 		return nil
 	}
-	err := <-p.ch
+	err1, err2 := <-p.ch, <-p.ch
 	p.ch = nil
+	if err1 != nil {
+		return err1
+	}
+	return err2
+}
+
+// fetchTo saves the body of a GET into file.
+func fetchTo(url, file string, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("profile: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("profile: status %d", resp.StatusCode)
+	}
+	f, err := os.Create(file)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(f, resp.Body)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
 	return err
 }
 
@@ -375,6 +494,18 @@ func raiseNoFile() error {
 		return syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl)
 	}
 	return nil
+}
+
+// fdBudget is the most requests that may be outstanding at once without
+// running the harness out of file descriptors: two each (client and mock
+// side), besides the overload client's idle pool (also two each) and
+// 1,000 spare.
+func fdBudget() int {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil || rl.Cur > 1<<30 {
+		return 0
+	}
+	return max(1, (int(rl.Cur)-1000-2*overloadIdlePool)/2)
 }
 
 // shellQuote quotes a word for a POSIX shell when it needs quoting.
@@ -415,6 +546,12 @@ func run(args []string) error {
 	if err := raiseNoFile(); err != nil {
 		logf("warning: cannot raise RLIMIT_NOFILE: %v", err)
 	}
+	// Every outstanding request can hold two descriptors in the harness:
+	// its client connection and, at the mock, the upstream connection.
+	if limit := fdBudget(); limit > 0 && o.maxOutstanding > limit {
+		logf("-max-outstanding %d lowered to %d to fit RLIMIT_NOFILE", o.maxOutstanding, limit)
+		o.maxOutstanding = limit
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
@@ -444,6 +581,41 @@ func run(args []string) error {
 	}
 	defer up.close()
 
+	meta := reportMeta{
+		Build:   build,
+		Command: commandLine(args),
+		Date:    time.Now(),
+		Machine: readMachine(),
+	}
+	upDesc := fmt.Sprintf("mock upstream: service time %s, capacity %s", o.service, capDesc(o.capacity, o.service))
+	gate := quietGate{MaxOthers: o.quietMax, MaxWait: o.quietWait}
+	var report strings.Builder
+
+	if o.scenario == "idle" {
+		// One fresh Caddy per target, one after the other: RSS is per
+		// process.
+		ie := &idleEnv{
+			bench: &benchEnv{up: up, gate: gate, logf: logf, busyRetries: o.busyRetries},
+			bin:   bin, tmp: tmp,
+			params:   caddyfileParams{Upstream: up.addr, PlainBlock: o.plainBlock, MCPBlock: o.mcpBlock, Global: o.global},
+			heapFile: o.heapprofile, profileTarget: o.profileTarget,
+		}
+		cfg := idleConfig{Streams: o.streams, OpenConcurrency: o.openConcurrency, Settle: o.settle, Hold: o.hold}
+		results, err := runIdleScenario(ctx, ie, names, cfg, logf)
+		if err != nil {
+			return err
+		}
+		meta.Title = fmt.Sprintf("idle: %d idle GET SSE streams, one fresh Caddy per target", o.streams)
+		meta.Setup = []string{
+			"mock upstream in the harness process: every GET stream gets its headers and a `: open` comment at once, then a `: keepalive` comment every 15 s",
+			fmt.Sprintf("per target a fresh Caddy process serving only that target's site, with a loopback admin endpoint for /metrics; %d sessions (initialize, over %d keep-alive connections closed afterwards), then one GET stream per session on its own connection, at most %d opening at once", o.streams, sessionConns, o.openConcurrency),
+			fmt.Sprintf("samples of Caddy: before any session, after the sessions, %s and %s after the last stream opened, and 3 s after every stream was closed; RSS from /proc/<pid>/status VmRSS, goroutines and heap from /metrics, fds from /proc/<pid>/fd", o.settle, o.hold),
+			"per-stream growth = (RSS with every stream open − RSS before any session) ÷ streams, the larger of the two samples; it includes the session",
+		}
+		writeIdleReport(&report, meta, results)
+		return writeOut(o, report.String(), logf)
+	}
+
 	plainPort, err := freePort()
 	if err != nil {
 		return err
@@ -452,23 +624,29 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
+	ap, err := freePort()
+	if err != nil {
+		return err
+	}
 	params := caddyfileParams{
 		Upstream: up.addr, PlainPort: plainPort, MCPPort: mcpPort,
-		PlainBlock: o.plainBlock, MCPBlock: o.mcpBlock,
+		PlainBlock: o.plainBlock, MCPBlock: o.mcpBlock, Global: o.global,
+		// A loopback admin endpoint serves /metrics (and the CPU profile).
+		AdminAddr: fmt.Sprintf("127.0.0.1:%d", ap),
 	}
-	prof := &profileReq{file: o.cpuprofile, target: o.profileTarget}
+	prof := &profileReq{file: o.cpuprofile, target: o.profileTarget, admin: params.AdminAddr}
 	if o.cpuprofile != "" {
-		ap, err := freePort()
-		if err != nil {
-			return err
-		}
-		params.AdminAddr = fmt.Sprintf("127.0.0.1:%d", ap)
-		prof.admin = params.AdminAddr
 		if prof.file, err = filepath.Abs(o.cpuprofile); err != nil {
 			return err
 		}
 	}
+	if o.heapprofile != "" {
+		if prof.heapFile, err = filepath.Abs(o.heapprofile); err != nil {
+			return err
+		}
+	}
 	cf := caddyfile(params)
+	meta.Caddyfile = cf
 	cfPath := filepath.Join(tmp, "Caddyfile")
 	if err := os.WriteFile(cfPath, []byte(cf), 0o644); err != nil {
 		return err
@@ -479,7 +657,7 @@ func run(args []string) error {
 		return err
 	}
 	defer cp.stop()
-	env := &benchEnv{up: up, caddy: cp, gate: quietGate{MaxOthers: o.quietMax, MaxWait: o.quietWait}, logf: logf, busyRetries: o.busyRetries}
+	env := &benchEnv{up: up, caddy: cp, gate: gate, logf: logf, busyRetries: o.busyRetries, admin: params.AdminAddr}
 
 	urls := map[string]string{
 		targetDirect: "http://" + up.addr + "/mcp",
@@ -491,16 +669,6 @@ func run(args []string) error {
 		targets = append(targets, target{Name: n, URL: urls[n]})
 	}
 
-	meta := reportMeta{
-		Build:     build,
-		Command:   commandLine(args),
-		Date:      time.Now(),
-		Machine:   readMachine(),
-		Caddyfile: cf,
-	}
-	upDesc := fmt.Sprintf("mock upstream: service time %s, capacity %s", o.service, capDesc(o.capacity, o.service))
-
-	var report strings.Builder
 	switch o.scenario {
 	case "post":
 		cfg := postConfig{Concurrency: o.concurrency, Warmup: o.warmup, Duration: o.duration, Rounds: o.rounds, Timeout: o.timeout}
@@ -541,15 +709,60 @@ func run(args []string) error {
 			"goodput = 200s within the deadline, per second of the run; the 2nd-half column counts requests scheduled in the second half only",
 			fmt.Sprintf("%d sessions per target, used round-robin; at most %d requests in flight (the excess is \"not sent\")", o.sessions, o.maxOutstanding),
 			"at each multiple the targets run in an order rotated by the multiple's index",
+			"mcp_proxy admitted = requests sent minus its 503/429 refusals (client view), and the count of its request-duration histogram for heavy requests (server view, from /metrics)",
 		}
 		if err := prependPlotDir(&plots, o.out); err != nil {
 			return err
 		}
 		writeOverloadReport(&report, meta, cfg, results, plots)
+	case "burst":
+		cfg := burstConfig{
+			Before: o.clientsBefore, Clients: o.clients, Warm: o.burstWarm, Duration: o.duration,
+			Timeout: o.timeout, Backoff: o.burstBackoff, OpenConcurrency: min(o.openConcurrency, 64), Bin: time.Second,
+		}
+		results, err := runBurstScenario(ctx, env, targets, cfg, logf)
+		if err != nil {
+			return err
+		}
+		meta.Title = fmt.Sprintf("burst: %d → %d closed-loop clients, tools/call, upstream %d × %s", o.clientsBefore, o.clients, o.capacity, o.service)
+		backoff := "immediately (no backoff)"
+		if o.burstBackoff > 0 {
+			backoff = "after " + o.burstBackoff.String()
+		}
+		meta.Setup = []string{
+			upDesc + " behind an unbounded FIFO queue that never sheds",
+			fmt.Sprintf("%d clients, each with its own session and its own keep-alive connection, both made before the run; %d clients run a closed loop for %s, then the other %d join at one instant (the jump) and all run for %s", o.clients, o.clientsBefore, o.burstWarm, o.clients-o.clientsBefore, o.duration),
+			fmt.Sprintf("client timeout %s per request; after a 503/429 a client sends its next request %s; no request starts after the window, and the harness waits for every request in flight to end, so every request is counted once", o.timeout, backoff),
+			"refused share = (503 + 429) ÷ requests started after the jump; the timeline bins requests by completion time",
+		}
+		writeBurstReport(&report, meta, results)
+	case "streams":
+		modes, err := parseModes(o.streamModes)
+		if err != nil {
+			return err
+		}
+		cfg := streamsConfig{Streams: o.streams, EventSize: o.eventSize, Duration: o.duration, Rate: o.streamRate, Modes: modes, Drain: 30 * time.Second, MaxLat: 200_000}
+		results, err := runStreamsScenario(ctx, env, targets, cfg, prof, logf)
+		if err != nil {
+			return err
+		}
+		meta.Title = fmt.Sprintf("streams: %d GET SSE streams, %d-byte events", o.streams, o.eventSize)
+		meta.Setup = []string{
+			fmt.Sprintf("%d sessions per target, each with a GET SSE stream (`Accept: text/event-stream`, `Mcp-Protocol-Version: %s`); all open before the mock starts emitting", o.streams, protocolVersion),
+			fmt.Sprintf("each event is `data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\",\"params\":{\"level\":\"info\",\"data\":{\"seq\":N,\"ts\":<send time, ns>,\"pad\":\"x…\"}}}`, %d bytes on the wire, written and flushed on its own by the mock", o.eventSize),
+			fmt.Sprintf("saturation: every stream emits as fast as its writes go through, for %s; paced: %.0f events/s in total (%.0f per stream, streams staggered evenly), for %s; then the mock ends each response", o.duration, o.streamRate, o.streamRate/float64(o.streams), o.duration),
+			"delivered/s = events received inside the emission window ÷ its length; the clients check every event's sequence (gaps, reordering), its size, and that the stream ends cleanly with every event the mock sent",
+			"latency = client receive time − the send timestamp in the event (same clock: mock and clients live in the harness); proxy-added = a target's percentile minus direct's",
+		}
+		writeStreamsReport(&report, meta, results)
 	}
+	return writeOut(o, report.String(), logf)
+}
 
+// writeOut writes the report to -out, or to stdout.
+func writeOut(o *options, report string, logf func(string, ...any)) error {
 	if o.out == "" {
-		_, err = io.WriteString(os.Stdout, report.String())
+		_, err := io.WriteString(os.Stdout, report)
 		return err
 	}
 	flags := os.O_CREATE | os.O_WRONLY | os.O_TRUNC
@@ -560,12 +773,30 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	if _, err := io.WriteString(f, report.String()); err != nil {
+	if _, err := io.WriteString(f, report); err != nil {
 		f.Close()
 		return err
 	}
 	logf("report written to %s", o.out)
 	return f.Close()
+}
+
+// parseModes validates a -stream-modes list.
+func parseModes(s string) ([]string, error) {
+	var out []string
+	for _, m := range strings.Split(s, ",") {
+		switch m = strings.TrimSpace(m); m {
+		case "":
+		case modeSaturation, modePaced:
+			out = append(out, m)
+		default:
+			return nil, fmt.Errorf("unknown stream mode %q: want saturation or paced", m)
+		}
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no stream modes")
+	}
+	return out, nil
 }
 
 // gitDescribe names the source tree: HEAD's short hash, and whether the
@@ -608,8 +839,16 @@ func writePlots(o *options, cfg overloadConfig, results []*overloadResult) ([]st
 		return nil, err
 	}
 	g, p := overloadCharts(cfg, results)
+	if b := strings.TrimSpace(o.mcpBlock); b != "" {
+		g.Subtitle = "mcp_proxy { " + b + " }"
+		p.Subtitle = g.Subtitle
+	}
+	base := o.svgname
+	if base == "" {
+		base = "overload"
+	}
 	var paths []string
-	for name, c := range map[string]*lineChart{"overload-goodput.svg": g, "overload-p99.svg": p} {
+	for name, c := range map[string]*lineChart{base + "-goodput.svg": g, base + "-p99.svg": p} {
 		path := filepath.Join(o.svgdir, name)
 		if err := os.WriteFile(path, c.SVG(), 0o644); err != nil {
 			return nil, err

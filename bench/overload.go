@@ -10,6 +10,10 @@ import (
 	"time"
 )
 
+// overloadIdlePool is how many idle keep-alive connections the open-loop
+// client keeps.
+const overloadIdlePool = 2048
+
 // overloadConfig is the open-loop scenario's setup.
 type overloadConfig struct {
 	Multiples      []float64
@@ -44,6 +48,19 @@ type overloadResult struct {
 	Reruns                int // runs discarded because other processes disturbed them
 	UpstreamDrained       bool
 	UpstreamDrainDuration time.Duration
+	Metrics               mcpCounters // mcp_proxy's counters over the run (every target: they move only for mcp_proxy)
+	Levels                levelPeak   // mcp_proxy's service level and pressures during the run
+}
+
+// refusals is the 503s and 429s the client got.
+func (r *overloadResult) refusals() int64 {
+	return r.Status[http.StatusServiceUnavailable] + r.Status[http.StatusTooManyRequests]
+}
+
+// admittedByClientView is what the proxy let through as the client sees
+// it: every request sent but the refusals.
+func (r *overloadResult) admittedByClientView() int64 {
+	return r.Scheduled - r.NotSent - r.refusals()
 }
 
 func (r *overloadResult) offered() float64 { return float64(r.Scheduled) / r.Duration.Seconds() }
@@ -78,7 +95,7 @@ type recorder struct {
 // (no coordinated omission).
 func runOverload(ctx context.Context, env *benchEnv, tgt target, mult float64, cfg overloadConfig, profile *profileReq) (*overloadResult, error) {
 	rate := mult * cfg.Capacity
-	tr := newTransport(2048)
+	tr := newTransport(overloadIdlePool)
 	defer tr.CloseIdleConnections()
 	client := &http.Client{Transport: tr}
 
@@ -101,6 +118,8 @@ func runOverload(ctx context.Context, env *benchEnv, tgt target, mult float64, c
 	res.Before = env.settle(ctx, tgt)
 	env.up.resetPeak()
 	up0 := env.up.counts()
+	m0 := scrape(ctx, env.admin)
+	lw := env.watchFor(tgt)
 	win := startWindow(env.caddyPID(tgt))
 	start := time.Now().Add(20 * time.Millisecond)
 	half := start.Add(cfg.Duration / 2)
@@ -151,6 +170,7 @@ func runOverload(ctx context.Context, env *benchEnv, tgt target, mult float64, c
 		return nil, fmt.Errorf("%s: requests still outstanding 30s after their deadline", tgt.Name)
 	}
 	res.Usage = win.stop()
+	res.Levels = lw.stop()
 	if err := profile.wait(); err != nil {
 		return nil, err
 	}
@@ -165,6 +185,7 @@ func runOverload(ctx context.Context, env *benchEnv, tgt target, mult float64, c
 	res.Upstream = env.up.counts().sub(up0)
 	res.UpstreamPeakQueue = env.up.resetPeak()
 	res.PeakOutstanding = peak.Load()
+	res.Metrics = mcpDelta(m0, scrape(ctx, env.admin))
 
 	res.OK, res.OKSecondHalf = rec.ok, rec.ok2
 	res.Timeouts, res.Errors, res.BadBody = rec.timeouts, rec.errs, rec.badBody

@@ -31,6 +31,7 @@ type postResult struct {
 	Status   map[int]int64 // non-200 statuses
 	Upstream upstreamCounts
 	Usage    windowUsage
+	Levels   levelPeak
 	Before   quietness
 	Window   time.Duration // the measured duration
 	Reruns   int           // measurements discarded because other processes disturbed them
@@ -145,20 +146,23 @@ func runPost(ctx context.Context, env *benchEnv, tgt target, cfg postConfig, rou
 	// Measure the process figures over the window only.
 	var up0, up1 upstreamCounts
 	var win *usageWindow
+	var lw *levelWatch
 	if sleepUntil(ctx, mStart) {
 		up0 = env.up.counts()
 		win = startWindow(env.caddyPID(tgt))
+		lw = env.watchFor(tgt)
 		profile.start(tgt.Name, cfg.Duration)
 		if sleepUntil(ctx, mEnd) {
 			up1 = env.up.counts()
 		}
 	}
 	usage := win.stop()
+	levels := lw.stop()
 	wg.Wait()
 	if ctx.Err() != nil {
 		return nil, ctx.Err()
 	}
-	res := &postResult{Target: tgt.Name, Round: round, Status: map[int]int64{}, Upstream: up1.sub(up0), Usage: usage, Before: before, Window: cfg.Duration}
+	res := &postResult{Target: tgt.Name, Round: round, Status: map[int]int64{}, Upstream: up1.sub(up0), Usage: usage, Levels: levels, Before: before, Window: cfg.Duration}
 	var all []time.Duration
 	for i := range stats {
 		st := &stats[i]

@@ -213,13 +213,13 @@ func writePostReport(w io.Writer, meta reportMeta, rounds [][]*postResult, targe
 
 	fmt.Fprintf(w, "### Per round\n\n")
 	t := mdTable{
-		Header: []string{"round", "target", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "non-200", "errors", "timeouts", "Caddy CPU", "Caddy CPU µs/req", "generator+mock CPU", "other processes CPU"},
+		Header: []string{"round", "target", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "non-200", "errors", "timeouts", "Caddy CPU", "Caddy CPU µs/req", "generator+mock CPU", "other processes CPU", "mcp_proxy peak level (pressures ≥ 0.5)"},
 		Right:  rightFrom(14, 2),
 	}
 	for _, row := range rounds {
 		for _, r := range row {
 			t.add(fmt.Sprint(r.Round), r.Target, rate(r.RPS), ms(r.Lat.P50), ms(r.Lat.P90), ms(r.Lat.P99), ms(r.Lat.Max),
-				statusList(r.Status), fmt.Sprint(r.Errors+r.BadBody), fmt.Sprint(r.Timeouts), pct(r.Usage.Caddy.CPU), usPerReq(r.caddyCPUPerReq()), pct(r.Usage.Harness.CPU), othersCell(r.Usage, r.Before, r.Reruns))
+				statusList(r.Status), fmt.Sprint(r.Errors+r.BadBody), fmt.Sprint(r.Timeouts), pct(r.Usage.Caddy.CPU), usPerReq(r.caddyCPUPerReq()), pct(r.Usage.Harness.CPU), othersCell(r.Usage, r.Before, r.Reruns), r.Levels.String())
 		}
 	}
 	t.write(w)
@@ -303,7 +303,7 @@ func writeOverloadReport(w io.Writer, meta reportMeta, cfg overloadConfig, resul
 	fmt.Fprintf(w, "\n### Server view\n\n")
 	s := mdTable{
 		Header: []string{"target", "load", "upstream received", "upstream served", "upstream abandoned", "upstream peak queue",
-			"upstream drain after the run s", "notifications/cancelled at upstream", "503/429 with Retry-After", "Caddy CPU", "Caddy peak RSS", "generator+mock CPU", "other processes CPU", "peak outstanding", "scheduler max lag ms"},
+			"upstream drain after the run s", "notifications/cancelled at upstream", "503/429 with Retry-After", "Caddy CPU", "Caddy peak RSS", "generator+mock CPU", "other processes CPU", "peak outstanding", "scheduler max lag ms", "mcp_proxy peak level (pressures ≥ 0.5)"},
 		Right: rightFrom(15, 2),
 	}
 	for _, r := range sortedOverload(results) {
@@ -319,7 +319,7 @@ func writeOverloadReport(w io.Writer, meta reportMeta, cfg overloadConfig, resul
 		}
 		s.add(r.Target, fmtMultiple(r.Multiple), fmt.Sprint(r.Upstream.Received), fmt.Sprint(r.Upstream.Served)+drained,
 			fmt.Sprint(r.Upstream.Abandoned), fmt.Sprint(r.UpstreamPeakQueue), fmt.Sprintf("%.1f", r.UpstreamDrainDuration.Seconds()), fmt.Sprint(r.Upstream.Cancelled), fmt.Sprint(r.RetryAfter),
-			caddyCPU, caddyRSS, pct(r.Usage.Harness.CPU), othersCell(r.Usage, r.Before, r.Reruns), fmt.Sprint(r.PeakOutstanding), ms(r.MaxLag))
+			caddyCPU, caddyRSS, pct(r.Usage.Harness.CPU), othersCell(r.Usage, r.Before, r.Reruns), fmt.Sprint(r.PeakOutstanding), ms(r.MaxLag), r.Levels.String())
 	}
 	s.write(w)
 	fmt.Fprintln(w)
@@ -329,9 +329,11 @@ func writeOverloadReport(w io.Writer, meta reportMeta, cfg overloadConfig, resul
 		}
 	}
 	fmt.Fprintln(w)
+	writeAdmissionTable(w, results)
 	for _, p := range plots {
 		fmt.Fprintf(w, "![%s](%s)\n\n", strings.TrimSuffix(p[strings.LastIndex(p, "/")+1:], ".svg"), p)
 	}
+	writeGoals(w, overloadGoals(cfg, results))
 }
 
 // sortedOverload orders results by target (in first-seen order) and then

@@ -23,6 +23,7 @@ type hline struct {
 // lineChart is a small line chart rendered as standalone SVG.
 type lineChart struct {
 	Title, XLabel, YLabel string
+	Subtitle              string // a smaller line under the title; may be empty
 	Series                []series
 	HLines                []hline
 	XTicks                []float64 // tick positions; derived from the data when empty
@@ -67,7 +68,10 @@ func (c *lineChart) SVG() []byte {
 	esc := html.EscapeString
 	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="sans-serif" font-size="12">`+"\n", svgW, svgH, svgW, svgH)
 	fmt.Fprintf(&b, `<rect x="0" y="0" width="%d" height="%d" fill="white"/>`+"\n", svgW, svgH)
-	fmt.Fprintf(&b, `<text x="%g" y="22" font-size="15" font-weight="bold">%s</text>`+"\n", padL, esc(c.Title))
+	fmt.Fprintf(&b, `<text x="%g" y="20" font-size="15" font-weight="bold">%s</text>`+"\n", padL, esc(c.Title))
+	if c.Subtitle != "" {
+		fmt.Fprintf(&b, `<text x="%g" y="34" font-size="11" fill="#444">%s</text>`+"\n", padL, esc(c.Subtitle))
+	}
 
 	// Data ranges.
 	xmin, xmax := math.Inf(1), math.Inf(-1)

@@ -16,8 +16,9 @@ import (
 )
 
 // upstream is the mock MCP server: a plain net/http server that answers
-// JSON-RPC POSTs. initialize gets a session id; tools/call gets a fixed
-// text result after the service time. At most capacity tools/call
+// JSON-RPC POSTs and opens GET SSE streams (sse.go). initialize gets a
+// session id; tools/call gets a fixed text result after the service time;
+// notifications/cancelled gets 202 and is counted. At most capacity tools/call
 // requests are in service at once; the rest wait in an unbounded FIFO
 // queue, like a naive server, and leave it only when served or when their
 // request is cancelled (the client or the proxy went away).
@@ -43,6 +44,11 @@ type upstream struct {
 	queued     atomic.Int64 // tools/call requests waiting for a slot now
 	inService  atomic.Int64 // tools/call requests in service now
 	peakQueue  atomic.Int64 // highest queued seen since the last reset
+
+	// GET SSE streams (see sse.go).
+	plan         atomic.Pointer[streamPlan] // nil: streams stay idle
+	streamsOpen  atomic.Int64               // GET streams open now
+	streamsTotal atomic.Int64               // GET streams ever opened
 }
 
 // upstreamCounts is a snapshot of the upstream's counters.
@@ -130,6 +136,10 @@ type rpcEnvelope struct {
 const maxMockBody = 1 << 20
 
 func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodGet {
+		u.serveStream(w, r)
+		return
+	}
 	if r.Method != http.MethodPost {
 		u.other.Add(1)
 		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
