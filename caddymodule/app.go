@@ -306,13 +306,19 @@ func (g *globalState) run(ctx context.Context) {
 	}
 }
 
-// applyLevel sets what depends on the level: the session idle timeout.
+// applyLevel sets what depends on the level: the session idle timeout,
+// and, at degraded and above, the replay rings of open streams shrink to
+// the degraded fraction of the defaults (new streams get the fraction of
+// their handler's settings, see streamConfig).
 func (g *globalState) applyLevel(level admission.Level) {
 	g.mu.Lock()
 	idle, fraction := g.idle, g.fraction
 	g.mu.Unlock()
 	if level >= admission.LevelDegraded {
 		idle = time.Duration(float64(idle) * fraction)
+		if reg := sharedRegistry(); reg != nil {
+			reg.Shrink(max(1, int(defaultReplayEvents*fraction)), max(1, int64(defaultReplayBytes*fraction)))
+		}
 	}
 	g.sessions.SetIdleTimeout(idle)
 	metrics.level.Set(float64(level))

@@ -165,3 +165,17 @@ func (r *Registry) Bytes() int64 {
 	}
 	return n
 }
+
+// Shrink lowers the replay bounds of every stream held to at most
+// maxEvents events and maxBytes bytes each.
+func (r *Registry) Shrink(maxEvents int, maxBytes int64) {
+	r.mu.Lock()
+	var streams []*Stream
+	for _, rs := range r.sessions {
+		streams = append(streams, rs.streams...)
+	}
+	r.mu.Unlock()
+	for _, st := range streams {
+		st.ShrinkRing(maxEvents, maxBytes)
+	}
+}

@@ -207,6 +207,14 @@ func (s *Stream) Evict(now time.Time) int64 {
 	return freed
 }
 
+// ShrinkRing lowers the replay ring's bounds, giving back the bytes of
+// the events it drops (a service level freeing memory).
+func (s *Stream) ShrinkRing(maxEvents int, maxBytes int64) {
+	if s.ring != nil {
+		s.unreserve(s.ring.Shrink(maxEvents, maxBytes))
+	}
+}
+
 // Discard empties the replay ring and gives its bytes back; the stream
 // can no longer be resumed.
 func (s *Stream) Discard() {

@@ -1487,3 +1487,21 @@ func TestStreamCloseAfterFinish(t *testing.T) {
 		t.Fatalf("closing a finished attachment wrote %d more times", got-before)
 	}
 }
+
+// TestStreamShrinkRing checks that shrinking a stream's replay ring drops
+// its oldest events and gives their bytes back.
+func TestStreamShrinkRing(t *testing.T) {
+	rc := &reserveCounter{}
+	cfg := baseConfig()
+	cfg.Hooks = &Hooks{Reserve: rc.Reserve}
+	s := NewStream(cfg)
+	if err := pumpResult(t, startPump(s, strings.NewReader(evRange(1, 10)))); err != nil {
+		t.Fatal(err)
+	}
+	before := s.RingBytes()
+	s.ShrinkRing(2, 1<<20)
+	if !s.Has("10", time.Now()) || s.Has("8", time.Now()) || s.RingBytes() >= before {
+		t.Fatalf("after shrinking: has 10 %v, has 8 %v, bytes %d (were %d)", s.Has("10", time.Now()), s.Has("8", time.Now()), s.RingBytes(), before)
+	}
+	rc.check(t, s)
+}
