@@ -495,7 +495,7 @@ func (a *Attachment) enqueue(raw []byte, replay bool) bool {
 		a.closeLocked(ErrSlowConsumer)
 		return false
 	}
-	a.queue = append(a.queue, append([]byte(nil), raw...))
+	a.queue = append(a.queue, getEventBuf(raw))
 	a.qbytes += len(raw)
 	if replay {
 		a.replayN++
@@ -517,6 +517,30 @@ func (a *Attachment) kickLocked() {
 		a.writing = true
 		go a.writeLoop()
 	}
+}
+
+// eventBufSize is the capacity of the pooled buffers that hold queued
+// events; a larger event gets a buffer of its own.
+const eventBufSize = 2 << 10
+
+var eventBufPool = sync.Pool{New: func() any { b := make([]byte, 0, eventBufSize); return &b }}
+
+// getEventBuf returns a copy of raw, in a pooled buffer when it fits.
+func getEventBuf(raw []byte) []byte {
+	if len(raw) > eventBufSize {
+		return append([]byte(nil), raw...)
+	}
+	bp := eventBufPool.Get().(*[]byte)
+	return append((*bp)[:0], raw...)
+}
+
+// putEventBuf returns a buffer from getEventBuf to the pool once written.
+func putEventBuf(b []byte) {
+	if cap(b) != eventBufSize {
+		return
+	}
+	b = b[:0]
+	eventBufPool.Put(&b)
 }
 
 // writeLoop writes queued events, then a due keepalive, then the retry
@@ -566,6 +590,7 @@ func (a *Attachment) writeLoop() {
 		err := a.write(item)
 		if !final && !ping {
 			a.reserve(-len(item))
+			putEventBuf(item)
 		}
 		if err != nil {
 			a.mu.Lock()
@@ -672,6 +697,7 @@ func (a *Attachment) closeLocked(reason error) {
 	}
 	for _, q := range a.queue {
 		a.reserve(-len(q))
+		putEventBuf(q)
 	}
 	a.queue, a.qbytes, a.replayN, a.replayB, a.ping = nil, 0, 0, 0, false
 	if reason == ErrSlowConsumer {
