@@ -22,7 +22,6 @@ import (
 	"github.com/mcpgate/mcpgate/admission"
 	"github.com/mcpgate/mcpgate/mcp"
 	"github.com/mcpgate/mcpgate/resources"
-	"github.com/mcpgate/mcpgate/sse"
 )
 
 func init() {
@@ -228,7 +227,6 @@ type Handler struct {
 	replayEvents            int
 	replayBytes             int64
 	replayAge, retry, drain time.Duration
-	hooks                   *sse.Hooks
 	streams                 *streamSet
 	app                     *App
 	ctrl                    *admission.Controller
@@ -273,7 +271,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.retry = orDefault(time.Duration(h.RetryHint), defaultRetry)
 	h.drain = orDefault(time.Duration(h.Drain), defaultDrain)
 	h.streams = newStreamSet()
-	h.hooks = streamHooks
 	if err := registerMetrics(ctx); err != nil {
 		return fmt.Errorf("registering metrics: %w", err)
 	}

@@ -361,7 +361,7 @@ func (h *Handler) relay(w http.ResponseWriter, st *relayState, body io.ReadClose
 	st.stream = stream
 	st.mu.Unlock()
 	if st.resumable {
-		h.registry().Add(sessionKey(st.res.session), stream)
+		sharedRegistry().Add(sessionKey(st.res.session), stream)
 	}
 	// The headers go out now: an idle stream may send nothing for long.
 	cw := newClientWriter(w)

@@ -86,9 +86,6 @@ func sharedRegistry() *sse.Registry {
 	return registryCur
 }
 
-// registry returns the process-wide stream registry.
-func (h *Handler) registry() *sse.Registry { return sharedRegistry() }
-
 // streamSet tracks open client attachments: each handler's, so they can
 // be drained when its config is unloaded, and the process's, so the
 // protective level can reset the largest.
