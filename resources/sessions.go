@@ -116,6 +116,14 @@ type RegistryConfig struct {
 	// upstream session. It must not block for long: Open, Sweep and
 	// EvictVictims call it inline.
 	OnEvict func(s *Session, cause Cause)
+	// OnEnd, when set, is called once for every session that leaves the
+	// registry, whatever the cause (CauseDeleted included), with the time
+	// it left. It runs after the session's streams are closed and its
+	// memory is released, before OnEvict, outside the registry's locks
+	// and on the goroutine that removed the session; it must be quick.
+	// It is where the caller observes a session's lifetime figures
+	// (Created, Relayed).
+	OnEnd func(s *Session, cause Cause, at time.Time)
 	// Clock returns the current time for Begin, stream activity and
 	// tombstone ages. Nil: time.Now. Tests inject a fake clock here.
 	Clock func() time.Time
@@ -164,6 +172,11 @@ type Session struct {
 	state      atomic.Uint32
 	deleted    atomic.Bool // set before closed when removed with CauseDeleted
 
+	// events and bytes relayed on the session's streams, for its
+	// lifetime figures; written on every relayed event, so lock-free.
+	relayedEvents atomic.Int64
+	relayedBytes  atomic.Int64
+
 	mu      sync.Mutex
 	closed  bool          // guarded by mu; set when the streams are taken for eviction
 	nextID  uint64        // guarded by mu
@@ -201,6 +214,19 @@ func (s *Session) Touch(now time.Time) {
 			return
 		}
 	}
+}
+
+// AddRelayed counts one event of n bytes relayed to a client of the
+// session. It is called for every event, takes no lock and does not
+// allocate.
+func (s *Session) AddRelayed(n int) {
+	s.relayedEvents.Add(1)
+	s.relayedBytes.Add(int64(n))
+}
+
+// Relayed returns the events and bytes counted by AddRelayed so far.
+func (s *Session) Relayed() (events, bytes int64) {
+	return s.relayedEvents.Load(), s.relayedBytes.Load()
 }
 
 // InFlight returns the requests in flight on the session.
@@ -337,6 +363,7 @@ type Registry struct {
 	maxStreams    int
 	tasks         *Group
 	onEvict       func(*Session, Cause)
+	onEnd         func(*Session, Cause, time.Time)
 	clock         func() time.Time
 
 	idleTimeout atomic.Int64 // nanoseconds
@@ -381,6 +408,7 @@ func NewRegistry(cfg RegistryConfig) *Registry {
 		maxStreams:    cfg.MaxStreams,
 		tasks:         cfg.Tasks,
 		onEvict:       cfg.OnEvict,
+		onEnd:         cfg.OnEnd,
 		clock:         cfg.Clock,
 		tombs:         make(map[string]int64),
 	}
@@ -534,9 +562,9 @@ func (r *Registry) WasEvicted(key string) bool {
 // Remove takes the live session with the key out of the registry and
 // reports whether there was one. Its streams are closed (ErrDeleted for
 // CauseDeleted, ErrEvicted otherwise), its account is closed, which
-// returns its memory to the parent budget, and its task group is closed.
-// For CauseDeleted that is all; for any other cause the removal is an
-// eviction: the key is tombstoned and OnEvict is called.
+// returns its memory to the parent budget, its task group is closed and
+// OnEnd is called. For CauseDeleted that is all; for any other cause the
+// removal is an eviction: the key is tombstoned and OnEvict is called.
 func (r *Registry) Remove(key string, cause Cause) bool {
 	sh := r.shard(key)
 	sh.mu.Lock()
@@ -588,10 +616,14 @@ func (r *Registry) finish(s *Session, cause Cause) {
 	if int(cause) < NumCauses {
 		r.evictions[cause].Add(1)
 	}
+	now := r.now()
+	if r.onEnd != nil {
+		r.onEnd(s, cause, now)
+	}
 	if cause == CauseDeleted {
 		return
 	}
-	r.tombstone(s.info.Key, r.now().UnixNano())
+	r.tombstone(s.info.Key, now.UnixNano())
 	if r.onEvict != nil {
 		r.onEvict(s, cause)
 	}

@@ -492,11 +492,15 @@ func TestCauseString(t *testing.T) {
 // session's OnEvict and each stream closer run exactly once.
 func TestRegistryExactlyOnce(t *testing.T) {
 	clk := newFakeClock()
-	var evicts sync.Map // key → *atomic.Int32
-	r := NewRegistry(RegistryConfig{Clock: clk.Now, IdleTimeout: time.Second, OnEvict: func(s *Session, _ Cause) {
-		v, _ := evicts.LoadOrStore(s.Key(), new(atomic.Int32))
+	var evicts, ends sync.Map // key → *atomic.Int32
+	count := func(m *sync.Map, key string) {
+		v, _ := m.LoadOrStore(key, new(atomic.Int32))
 		v.(*atomic.Int32).Add(1)
-	}})
+	}
+	r := NewRegistry(RegistryConfig{Clock: clk.Now, IdleTimeout: time.Second,
+		OnEvict: func(s *Session, _ Cause) { count(&evicts, s.Key()) },
+		OnEnd:   func(s *Session, _ Cause, _ time.Time) { count(&ends, s.Key()) },
+	})
 	const n = 200
 	closers := make([]atomic.Int32, n)
 	for i := range n {
@@ -529,6 +533,10 @@ func TestRegistryExactlyOnce(t *testing.T) {
 		v, ok := evicts.Load(fmt.Sprint(i))
 		if !ok || v.(*atomic.Int32).Load() != 1 {
 			t.Fatalf("session %d: OnEvict not called exactly once", i)
+		}
+		v, ok = ends.Load(fmt.Sprint(i))
+		if !ok || v.(*atomic.Int32).Load() != 1 {
+			t.Fatalf("session %d: OnEnd not called exactly once", i)
 		}
 	}
 	st := r.Stats()
@@ -636,6 +644,101 @@ func TestSessionHotPathAllocs(t *testing.T) {
 	}
 	if n := testing.AllocsPerRun(100, func() { r.Get("a") }); n != 0 {
 		t.Fatalf("Get allocates %v times", n)
+	}
+	if n := testing.AllocsPerRun(100, func() { s.AddRelayed(100) }); n != 0 {
+		t.Fatalf("AddRelayed allocates %v times", n)
+	}
+}
+
+// endCall is one OnEnd call.
+type endCall struct {
+	key           string
+	cause         Cause
+	age           time.Duration
+	events, bytes int64
+	streamsClosed bool
+	evictedYet    bool
+}
+
+// TestRegistryOnEnd: OnEnd is called once for every way a session leaves
+// the registry, deletion included, after its streams are closed and
+// before OnEvict, with the time it left and what it relayed.
+func TestRegistryOnEnd(t *testing.T) {
+	clk := newFakeClock()
+	var mu sync.Mutex
+	var calls []endCall
+	evicted := map[string]bool{}
+	closed := map[string]bool{}
+	r := NewRegistry(RegistryConfig{
+		Clock: clk.Now, IdleTimeout: time.Minute, MaxSessions: 4,
+		OnEvict: func(s *Session, _ Cause) {
+			mu.Lock()
+			evicted[s.Key()] = true
+			mu.Unlock()
+		},
+		OnEnd: func(s *Session, c Cause, at time.Time) {
+			ev, b := s.Relayed()
+			mu.Lock()
+			calls = append(calls, endCall{s.Key(), c, at.Sub(s.Created()), ev, b, closed[s.Key()], evicted[s.Key()]})
+			mu.Unlock()
+		},
+	})
+	open := func(key string, stream bool) *Session {
+		s := mustOpen(t, r, key, clk.Now())
+		if stream {
+			s.AddStream(func(error) {
+				mu.Lock()
+				closed[key] = true
+				mu.Unlock()
+			})
+		}
+		return s
+	}
+	del, op := open("deleted", true), open("operator", true)
+	open("idle", false) // no stream, so it can expire
+	capa := open("capacity", false)
+	for range 3 {
+		del.AddRelayed(10)
+	}
+	op.AddRelayed(7)
+
+	clk.Advance(2 * time.Second)
+	r.Remove("deleted", CauseDeleted)
+	clk.Advance(time.Second)
+	r.Evict("operator", CauseOperator)
+
+	// The idle session expires; the capacity one, touched just before the
+	// sweep, is the victim when a new session is opened at MaxSessions.
+	clk.Advance(2 * time.Minute)
+	capa.Touch(clk.Now())
+	if n := r.Sweep(clk.Now()); n != 1 {
+		t.Fatalf("Sweep expired %d sessions, want 1", n)
+	}
+	clk.Advance(time.Second)
+	mustOpen(t, r, "new1", clk.Now())
+	mustOpen(t, r, "new2", clk.Now())
+	mustOpen(t, r, "new3", clk.Now())
+	clk.Advance(time.Second)
+	mustOpen(t, r, "new4", clk.Now()) // evicts the capacity session, idle longest
+
+	want := []endCall{
+		{key: "deleted", cause: CauseDeleted, age: 2 * time.Second, events: 3, bytes: 30, streamsClosed: true},
+		{key: "operator", cause: CauseOperator, age: 3 * time.Second, events: 1, bytes: 7, streamsClosed: true},
+		{key: "idle", cause: CauseIdle, age: 3*time.Second + 2*time.Minute},
+		{key: "capacity", cause: CauseCapacity, age: 5*time.Second + 2*time.Minute},
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(calls) != len(want) {
+		t.Fatalf("OnEnd calls %+v, want %+v", calls, want)
+	}
+	for i, w := range want {
+		if calls[i] != w {
+			t.Errorf("OnEnd call %d = %+v, want %+v", i, calls[i], w)
+		}
+	}
+	if !evicted["operator"] || !evicted["idle"] || !evicted["capacity"] || evicted["deleted"] {
+		t.Errorf("OnEvict calls %v", evicted)
 	}
 }
 
