@@ -32,6 +32,7 @@ type Group struct {
 	running int        // goroutines of this group and its descendants, guarded by mu
 	idle    *sync.Cond // signalled when running drops to zero; uses mu
 	count   atomic.Int64
+	onPanic atomic.Pointer[func(v any)]
 }
 
 // NewGroup returns an open group, a child of parent when parent is not nil.
@@ -63,9 +64,42 @@ func (g *Group) Go(f func(ctx context.Context)) bool {
 	}
 	go func() {
 		defer g.exit()
+		defer g.recoverPanic()
 		f(g.ctx)
 	}()
 	return true
+}
+
+// SetPanicHandler makes a panic in a goroutine started with Go on g or on
+// a descendant without a handler of its own end that goroutine only: the
+// panic is recovered and its value handed to fn, which runs on the
+// panicking goroutine (a stack trace taken in fn shows where the panic
+// happened) before the goroutine is counted out. A nil fn removes g's
+// handler. Without a handler in g or an ancestor a panic crashes the
+// process, as in a plain goroutine.
+func (g *Group) SetPanicHandler(fn func(v any)) {
+	if fn == nil {
+		g.onPanic.Store(nil)
+		return
+	}
+	g.onPanic.Store(&fn)
+}
+
+// recoverPanic hands a panic of one of g's goroutines to the nearest
+// panic handler, or lets it crash the process when there is none. It must
+// be deferred directly.
+func (g *Group) recoverPanic() {
+	v := recover()
+	if v == nil {
+		return
+	}
+	for p := g; p != nil; p = p.parent {
+		if fn := p.onPanic.Load(); fn != nil {
+			(*fn)(v)
+			return
+		}
+	}
+	panic(v)
 }
 
 // enter counts one goroutine in g and every ancestor, root first, unless

@@ -2,6 +2,8 @@ package resources
 
 import (
 	"context"
+	"runtime/debug"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -128,3 +130,54 @@ func TestGroupCloseRace(t *testing.T) {
 		child.Close()
 	}
 }
+
+// TestGroupPanicHandler: a panic in a goroutine of a group, or of a
+// descendant, goes to the nearest handler on the panicking goroutine, the
+// goroutine is counted out, and the group goes on working.
+func TestGroupPanicHandler(t *testing.T) {
+	root := NewGroup(nil)
+	defer root.Close()
+	child := NewGroup(root)
+	defer child.Close()
+	var mu sync.Mutex
+	var got []any
+	var stacks []string
+	root.SetPanicHandler(func(v any) {
+		mu.Lock()
+		got = append(got, v)
+		stacks = append(stacks, string(debug.Stack()))
+		mu.Unlock()
+	})
+	child.Go(func(context.Context) { panicInTask("in the child") })
+	child.Wait()
+	if child.Count() != 0 || root.Count() != 0 {
+		t.Fatalf("counts after the panic: child %d, root %d", child.Count(), root.Count())
+	}
+	mu.Lock()
+	if len(got) != 1 || got[0] != "in the child" || !strings.Contains(stacks[0], "panicInTask") {
+		t.Fatalf("handler got %v, stack:\n%s", got, stacks)
+	}
+	mu.Unlock()
+
+	// The child's own handler takes precedence; nil removes it again.
+	var own atomic.Int32
+	child.SetPanicHandler(func(any) { own.Add(1) })
+	child.Go(func(context.Context) { panicInTask("own") })
+	child.Wait()
+	child.SetPanicHandler(nil)
+	child.Go(func(context.Context) { panicInTask("root again") })
+	child.Wait()
+	var done atomic.Bool
+	if !child.Go(func(context.Context) { done.Store(true) }) {
+		t.Fatal("Go refused after a panic")
+	}
+	child.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	if own.Load() != 1 || len(got) != 2 || got[1] != "root again" || !done.Load() {
+		t.Fatalf("own handler %d, root handler %v, later goroutine ran %v", own.Load(), got, done.Load())
+	}
+}
+
+//go:noinline
+func panicInTask(v string) { panic(v) }
