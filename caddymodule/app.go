@@ -244,6 +244,7 @@ func newGlobalState(logger *zap.Logger, th admission.Thresholds) (*globalState, 
 	g.sessions = resources.NewRegistry(resources.RegistryConfig{
 		Memory:  g.memory,
 		OnEvict: g.onEvict,
+		OnEnd:   g.onEnd,
 		Tasks:   g.tasks,
 	})
 	lm, err := admission.NewLoadManager(th, g.levelChanged)
@@ -344,6 +345,19 @@ func (g *globalState) levelChanged(from, to admission.Level, pressure float64, p
 	}
 	g.logger.Info(msg, zap.String("from", from.String()), zap.String("to", to.String()),
 		zap.Float64("pressure", pressure), zap.Bool("pinned", pinned))
+}
+
+// onEnd observes the lifetime figures of a session that left the
+// registry, once per session and whatever the cause: deleted by its
+// client, expired idle, or evicted. Sessions still live when the
+// process-wide state is destroyed (at shutdown, or when no config uses
+// the mcp app any more) are not observed: they did not end, and no
+// loaded config would export the observation.
+func (g *globalState) onEnd(s *resources.Session, _ resources.Cause, at time.Time) {
+	events, bytes := s.Relayed()
+	metrics.sessionDuration.Observe(max(at.Sub(s.Created()), 0).Seconds())
+	metrics.sessionEvents.Observe(float64(events))
+	metrics.sessionBytes.Observe(float64(bytes))
 }
 
 // onEvict tells the upstream a session it no longer needs is gone: most

@@ -40,6 +40,9 @@ var metrics = struct {
 	backpressure        prometheus.Counter
 	protectiveResets    prometheus.Counter
 	evictDeletesSkipped prometheus.Counter
+	sessionDuration     prometheus.Histogram
+	sessionEvents       prometheus.Histogram
+	sessionBytes        prometheus.Histogram
 }{
 	requestsInFlight: prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: "caddy", Subsystem: "mcp", Name: "requests_in_flight",
@@ -127,6 +130,21 @@ var metrics = struct {
 		Namespace: "caddy", Subsystem: "mcp", Name: "evicted_session_deletes_skipped_total",
 		Help: "Evicted sessions not deleted upstream because too many deletes were in flight.",
 	}),
+	sessionDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: "caddy", Subsystem: "mcp", Name: "session_duration_seconds",
+		Help:    "Lifetime of ended sessions (deleted by the client, expired idle or evicted), from when this process first saw them.",
+		Buckets: sessionDurationBuckets,
+	}),
+	sessionEvents: prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: "caddy", Subsystem: "mcp", Name: "session_events",
+		Help:    "SSE events relayed from upstreams per ended session.",
+		Buckets: sessionEventsBuckets,
+	}),
+	sessionBytes: prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: "caddy", Subsystem: "mcp", Name: "session_bytes",
+		Help:    "Bytes of SSE events relayed from upstreams per ended session.",
+		Buckets: sessionBytesBuckets,
+	}),
 	replayBytes: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: "caddy", Subsystem: "mcp", Name: "replay_held_bytes",
 		Help: "Bytes held in the replay rings of resumable streams.",
@@ -138,6 +156,24 @@ var metrics = struct {
 	}),
 }
 
+// Buckets of the per-session histograms, which are observed once per
+// session, when it leaves the session registry (see globalState.onEnd).
+// Each bucket bound is four times the one before, so ten buckets span
+// what one deployment sees, from a one-shot client to a day-long agent:
+//
+//   - caddy_mcp_session_duration_seconds: 0.25 s, 1 s, 4 s … 65536 s
+//     (about 18 h). A client that initializes, calls a tool and deletes
+//     its session lands in the first buckets; a session expired idle
+//     lives at least the idle timeout (5 min by default).
+//   - caddy_mcp_session_events: 1, 4, 16 … 262144 events; a session
+//     that relayed no event counts in the first bucket.
+//   - caddy_mcp_session_bytes: 1 KiB, 4 KiB, 16 KiB … 256 MiB.
+var (
+	sessionDurationBuckets = prometheus.ExponentialBuckets(0.25, 4, 10)
+	sessionEventsBuckets   = prometheus.ExponentialBuckets(1, 4, 10)
+	sessionBytesBuckets    = prometheus.ExponentialBuckets(1024, 4, 10)
+)
+
 // refusalCounters holds the refusals counter of each admission reason, so
 // the refusal path does not look labels up.
 var refusalCounters = func() (c [admission.NumReasons]prometheus.Counter) {
@@ -147,12 +183,15 @@ var refusalCounters = func() (c [admission.NumReasons]prometheus.Counter) {
 	return c
 }()
 
+// countEvent counts one relayed event of n bytes.
+func countEvent(n int) {
+	metrics.eventsRelayed.Inc()
+	metrics.bytesRelayed.Add(float64(n))
+}
+
 // streamHooks reports every stream's accounting to the metrics.
 var streamHooks = &sse.Hooks{
-	Event: func(n int) {
-		metrics.eventsRelayed.Inc()
-		metrics.bytesRelayed.Add(float64(n))
-	},
+	Event:     countEvent,
 	Keepalive: metrics.keepalives.Inc,
 	SlowConsumer: func() {
 		metrics.slowConsumers.Inc()
@@ -175,6 +214,7 @@ func registerMetrics(ctx caddy.Context) error {
 		metrics.replay, metrics.streamsDrained, metrics.cancelsSent, metrics.replayBytes,
 		connectionsActive, metrics.level, metrics.levelChanges, metrics.evictions,
 		metrics.backpressure, metrics.protectiveResets, metrics.evictDeletesSkipped, globalGauges,
+		metrics.sessionDuration, metrics.sessionEvents, metrics.sessionBytes,
 	} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError

@@ -94,7 +94,8 @@ func (h *Handler) openSession(st *relayState, upstream, sid, version string) {
 
 // streamHooksFor returns the accounting hooks of one stream: bytes are
 // reserved from the session's quota (and the process budget through it),
-// or from the process budget for a stream without a session.
+// or from the process budget for a stream without a session; relayed
+// events are also counted for the session, for its lifetime figures.
 func (h *Handler) streamHooksFor(s *resources.Session) *sse.Hooks {
 	hooks := *streamHooks
 	budget := h.app.global.memory
@@ -103,6 +104,10 @@ func (h *Handler) streamHooksFor(s *resources.Session) *sse.Hooks {
 	if s != nil {
 		acct := s.Account()
 		reserve, release = acct.Reserve, acct.Release
+		hooks.Event = func(n int) {
+			countEvent(n)
+			s.AddRelayed(n)
+		}
 	}
 	hooks.Reserve = func(n int) bool {
 		if n < 0 {
