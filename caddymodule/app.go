@@ -241,6 +241,9 @@ func newGlobalState(logger *zap.Logger, th admission.Thresholds) (*globalState, 
 		idle:     resources.DefaultIdleTimeout,
 		refresh:  defaultRefresh,
 	}
+	// A panic in a goroutine of a request or a session ends that
+	// goroutine, not the process.
+	g.tasks.SetPanicHandler(func(v any) { panicked(logger, "task", v) })
 	g.sessions = resources.NewRegistry(resources.RegistryConfig{
 		Memory:  g.memory,
 		OnEvict: g.onEvict,
@@ -293,16 +296,23 @@ func (g *globalState) run(ctx context.Context) {
 			t.Stop()
 			return
 		case now := <-t.C:
-			level := g.levels.Sample(now)
-			g.applyLevel(level)
-			if n := g.sessions.Sweep(now); n > 0 {
-				g.logger.Info("idle sessions expired", zap.Int("count", n))
-			}
-			if level == admission.LevelProtective {
-				if n := g.active.resetLargest(protectiveResetsPerTick); n > 0 {
-					g.logger.Info("protective level reset streams", zap.Int("count", n))
-				}
-			}
+			g.tick(now)
+		}
+	}
+}
+
+// tick is one round of the refresh loop. A panic in it is recovered,
+// logged and counted, and the loop goes on at the next refresh.
+func (g *globalState) tick(now time.Time) {
+	defer recoverPanic(g.logger, "refresh loop")
+	level := g.levels.Sample(now)
+	g.applyLevel(level)
+	if n := g.sessions.Sweep(now); n > 0 {
+		g.logger.Info("idle sessions expired", zap.Int("count", n))
+	}
+	if level == admission.LevelProtective {
+		if n := g.active.resetLargest(protectiveResetsPerTick); n > 0 {
+			g.logger.Info("protective level reset streams", zap.Int("count", n))
 		}
 	}
 }
@@ -393,8 +403,11 @@ func (g *globalState) deleteWorker(ctx context.Context) {
 	}
 }
 
-// deleteUpstream ends an evicted session upstream.
+// deleteUpstream ends an evicted session upstream. A panic in it is
+// recovered, logged and counted, and the worker goes on with the next
+// session.
 func (g *globalState) deleteUpstream(ctx context.Context, info resources.SessionInfo) {
+	defer recoverPanic(g.logger, "session delete worker")
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodDelete, info.Endpoint, nil)

@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"errors"
+	"net/http"
 	"sync"
 	"time"
 
@@ -43,6 +44,7 @@ var metrics = struct {
 	sessionDuration     prometheus.Histogram
 	sessionEvents       prometheus.Histogram
 	sessionBytes        prometheus.Histogram
+	panicsRecovered     prometheus.Counter
 }{
 	requestsInFlight: prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: "caddy", Subsystem: "mcp", Name: "requests_in_flight",
@@ -145,6 +147,10 @@ var metrics = struct {
 		Help:    "Bytes of SSE events relayed from upstreams per ended session.",
 		Buckets: sessionBytesBuckets,
 	}),
+	panicsRecovered: prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "mcp", Name: "panics_recovered_total",
+		Help: "Panics recovered in goroutines the proxy owns; each is logged at ERROR with its stack.",
+	}),
 	replayBytes: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: "caddy", Subsystem: "mcp", Name: "replay_held_bytes",
 		Help: "Bytes held in the replay rings of resumable streams.",
@@ -214,7 +220,7 @@ func registerMetrics(ctx caddy.Context) error {
 		metrics.replay, metrics.streamsDrained, metrics.cancelsSent, metrics.replayBytes,
 		connectionsActive, metrics.level, metrics.levelChanges, metrics.evictions,
 		metrics.backpressure, metrics.protectiveResets, metrics.evictDeletesSkipped, globalGauges,
-		metrics.sessionDuration, metrics.sessionEvents, metrics.sessionBytes,
+		metrics.sessionDuration, metrics.sessionEvents, metrics.sessionBytes, metrics.panicsRecovered,
 	} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
@@ -296,3 +302,35 @@ var slowConsumerLog = func() func() {
 		}
 	}
 }()
+
+// recoverPanic recovers a panic of the goroutine it is deferred in, so one
+// broken goroutine does not take the process and every session down: the
+// panic is logged at ERROR with its stack and counted in
+// caddy_mcp_panics_recovered_total. It must be deferred directly,
+//
+//	defer recoverPanic(logger, "refresh loop")
+//
+// where where names the goroutine in the log line. http.ErrAbortHandler,
+// the panic reverse_proxy aborts a response with on purpose, is recovered
+// without an ERROR line or a count. A nil logger logs to Caddy's default
+// logger.
+func recoverPanic(logger *zap.Logger, where string) {
+	if v := recover(); v != nil {
+		panicked(logger, where, v)
+	}
+}
+
+// panicked logs and counts a panic value recovered by recoverPanic or by
+// a task group's panic handler; it runs on the goroutine that panicked,
+// so the stack it logs shows where the panic happened.
+func panicked(logger *zap.Logger, where string, v any) {
+	if logger == nil {
+		logger = caddy.Log()
+	}
+	if err, ok := v.(error); ok && errors.Is(err, http.ErrAbortHandler) {
+		logger.Debug("response aborted", zap.String("where", where))
+		return
+	}
+	metrics.panicsRecovered.Inc()
+	logger.Error("panic recovered", zap.String("where", where), zap.Any("panic", v), zap.Stack("stack"))
+}

@@ -1,0 +1,146 @@
+package caddymodule
+
+import (
+	"context"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/mcpgate/mcpgate/resources"
+)
+
+//go:noinline
+func panicHere(v any) { panic(v) }
+
+// runRecovered runs f in a goroutine that defers recoverPanic, and waits
+// for it.
+func runRecovered(logger *zap.Logger, f func()) {
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		defer recoverPanic(logger, "test goroutine")
+		f()
+	})
+	wg.Wait()
+}
+
+// TestRecoverPanic: a panic in a goroutine that defers recoverPanic is
+// logged once at ERROR with where, the value and the stack of the panic,
+// and counted; an aborted response is neither; no panic does nothing.
+func TestRecoverPanic(t *testing.T) {
+	core, logs := observer.New(zapcore.DebugLevel)
+	logger := zap.New(core)
+	before := counterValue(metrics.panicsRecovered)
+
+	runRecovered(logger, func() { panicHere("boom") })
+	if got := counterValue(metrics.panicsRecovered) - before; got != 1 {
+		t.Fatalf("panics_recovered_total moved by %v, want 1", got)
+	}
+	errs := logs.FilterLevelExact(zapcore.ErrorLevel).All()
+	if len(errs) != 1 || errs[0].Message != "panic recovered" {
+		t.Fatalf("ERROR lines %+v", errs)
+	}
+	fields := errs[0].ContextMap()
+	if fields["where"] != "test goroutine" || fields["panic"] != "boom" {
+		t.Errorf("fields %v", fields)
+	}
+	if stack, _ := fields["stack"].(string); !strings.Contains(stack, "panicHere") {
+		t.Errorf("the stack does not show the panic site:\n%s", stack)
+	}
+
+	runRecovered(logger, func() { panicHere(http.ErrAbortHandler) })
+	runRecovered(logger, func() {})
+	if got := counterValue(metrics.panicsRecovered) - before; got != 1 {
+		t.Errorf("panics_recovered_total moved by %v after an abort and a clean end, want 1", got)
+	}
+	if n := logs.FilterLevelExact(zapcore.ErrorLevel).Len(); n != 1 {
+		t.Errorf("%d ERROR lines, want 1", n)
+	}
+}
+
+// TestTaskPanicRecovered: a panic in a goroutine of a request's or
+// session's task group is logged and counted through the root group's
+// handler, as newGlobalState installs it.
+func TestTaskPanicRecovered(t *testing.T) {
+	core, logs := observer.New(zapcore.ErrorLevel)
+	logger := zap.New(core)
+	root := resources.NewGroup(nil)
+	defer root.Close()
+	root.SetPanicHandler(func(v any) { panicked(logger, "task", v) })
+	session := resources.NewGroup(root)
+	defer session.Close()
+	before := counterValue(metrics.panicsRecovered)
+	session.Go(func(context.Context) { panicHere("pump") })
+	session.Wait()
+	if got := counterValue(metrics.panicsRecovered) - before; got != 1 {
+		t.Fatalf("panics_recovered_total moved by %v, want 1", got)
+	}
+	all := logs.All()
+	if len(all) != 1 || all[0].ContextMap()["where"] != "task" || !strings.Contains(all[0].ContextMap()["stack"].(string), "panicHere") {
+		t.Fatalf("log %+v", all)
+	}
+}
+
+// TestRefreshTickRecovers: a panic in one round of the refresh loop is
+// recovered, so the loop runs on. A state without a load manager panics
+// in its first step.
+func TestRefreshTickRecovers(t *testing.T) {
+	core, logs := observer.New(zapcore.ErrorLevel)
+	g := &globalState{logger: zap.New(core)}
+	before := counterValue(metrics.panicsRecovered)
+	g.tick(time.Now())
+	if got := counterValue(metrics.panicsRecovered) - before; got != 1 {
+		t.Fatalf("panics_recovered_total moved by %v, want 1", got)
+	}
+	if all := logs.All(); len(all) != 1 || all[0].ContextMap()["where"] != "refresh loop" {
+		t.Fatalf("log %+v", all)
+	}
+}
+
+// TestSessionEndObserved: the end of a session observes its duration and
+// the events and bytes relayed on it, once.
+func TestSessionEndObserved(t *testing.T) {
+	g := &globalState{}
+	reg := resources.NewRegistry(resources.RegistryConfig{OnEnd: g.onEnd})
+	t0 := time.Now().Add(-90 * time.Second)
+	s, err := reg.Open(resources.SessionInfo{Key: "k"}, t0, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.AddRelayed(300)
+	s.AddRelayed(700)
+	d0, e0, b0 := histogramOf(metrics.sessionDuration), histogramOf(metrics.sessionEvents), histogramOf(metrics.sessionBytes)
+	reg.Remove("k", resources.CauseDeleted)
+	reg.Remove("k", resources.CauseIdle)
+	d1, e1, b1 := histogramOf(metrics.sessionDuration), histogramOf(metrics.sessionEvents), histogramOf(metrics.sessionBytes)
+	if d1.count-d0.count != 1 || e1.count-e0.count != 1 || b1.count-b0.count != 1 {
+		t.Fatalf("observations: duration %d, events %d, bytes %d; want 1 each", d1.count-d0.count, e1.count-e0.count, b1.count-b0.count)
+	}
+	if d := d1.sum - d0.sum; d < 90 || d > 120 {
+		t.Errorf("duration observed %v s, want about 90", d)
+	}
+	if e, b := e1.sum-e0.sum, b1.sum-b0.sum; e != 2 || b != 1000 {
+		t.Errorf("events %v, bytes %v; want 2 and 1000", e, b)
+	}
+}
+
+// histogram is a histogram's sample count and sum.
+type histogram struct {
+	count uint64
+	sum   float64
+}
+
+func histogramOf(h prometheus.Metric) histogram {
+	var m dto.Metric
+	if h.Write(&m) != nil {
+		return histogram{}
+	}
+	return histogram{m.GetHistogram().GetSampleCount(), m.GetHistogram().GetSampleSum()}
+}
