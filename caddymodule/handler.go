@@ -2,7 +2,6 @@ package caddymodule
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -219,6 +218,9 @@ type Handler struct {
 	now         func() time.Time
 	peekBufPool sync.Pool
 	transport   *relayTransport
+	// rewriteHost: the user set no Host for upstream requests, so the
+	// transport sets it to the upstream's host:port.
+	rewriteHost bool
 
 	maxEvent                int64
 	queueEvents             int
@@ -301,12 +303,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.ProxyRaw == nil {
 		return errors.New("mcp_proxy needs at least one upstream")
 	}
-	raw, statics, err := applyProxyDefaults(h.ProxyRaw)
+	raw, statics, userHost, err := applyProxyDefaults(h.ProxyRaw)
 	if err != nil {
 		return fmt.Errorf("configuring embedded reverse_proxy: %w", err)
 	}
 	h.ProxyRaw = raw
 	h.upstreams = statics
+	h.rewriteHost = !userHost
 	mod, err := ctx.LoadModule(h, "ProxyRaw")
 	if err != nil {
 		return fmt.Errorf("loading embedded reverse_proxy: %w", err)
@@ -341,34 +344,27 @@ func orDefault[T int | int64 | float64 | time.Duration](v, def T) T {
 }
 
 // applyProxyDefaults sets the MCP defaults on the embedded reverse_proxy's
-// JSON unless the user set them: Host rewritten to the upstream and the
-// mcp_session policy wrapping the configured one. (SSE bodies are relayed
-// by mcp_proxy itself, which flushes every event; other bodies keep
-// reverse_proxy's own flushing.) It also
-// returns the static upstream dial addresses, or nil when upstreams are
-// dynamic.
-func applyProxyDefaults(raw json.RawMessage) (json.RawMessage, map[string]struct{}, error) {
+// JSON unless the user set them: the mcp_session policy wrapping the
+// configured one. It reports whether the user set a Host header for
+// upstream requests (without one, the transport wrapper sends the
+// upstream's host:port, as `header_up Host {upstream_hostport}` would, at
+// less cost than a header operation), and returns the static upstream dial
+// addresses, or nil when upstreams are dynamic. (SSE bodies are relayed by
+// mcp_proxy itself, which flushes every event; other bodies keep
+// reverse_proxy's own flushing.)
+func applyProxyDefaults(raw json.RawMessage) (out json.RawMessage, statics map[string]struct{}, userHost bool, err error) {
 	var cfg map[string]any
 	if err := json.Unmarshal(raw, &cfg); err != nil {
-		return nil, nil, err
+		return nil, nil, false, err
 	}
-	hdrs, _ := cfg["headers"].(map[string]any)
-	if hdrs == nil {
-		hdrs = map[string]any{}
-		cfg["headers"] = hdrs
-	}
-	req, _ := hdrs["request"].(map[string]any)
-	if req == nil {
-		req = map[string]any{}
-		hdrs["request"] = req
-	}
-	set, _ := req["set"].(map[string]any)
-	if set == nil {
-		set = map[string]any{}
-		req["set"] = set
-	}
-	if !hasKeyFold(set, "Host") {
-		set["Host"] = []any{"{http.reverse_proxy.upstream.hostport}"}
+	if hdrs, _ := cfg["headers"].(map[string]any); hdrs != nil {
+		if req, _ := hdrs["request"].(map[string]any); req != nil {
+			for _, op := range []string{"set", "add"} {
+				if m, _ := req[op].(map[string]any); m != nil && hasKeyFold(m, "Host") {
+					userHost = true
+				}
+			}
+		}
 	}
 	lb, _ := cfg["load_balancing"].(map[string]any)
 	if lb == nil {
@@ -383,7 +379,6 @@ func applyProxyDefaults(raw json.RawMessage) (json.RawMessage, map[string]struct
 		}
 		lb["selection_policy"] = policy
 	}
-	var statics map[string]struct{}
 	if _, dynamic := cfg["dynamic_upstreams"]; !dynamic {
 		statics = map[string]struct{}{}
 		ups, _ := cfg["upstreams"].([]any)
@@ -395,8 +390,8 @@ func applyProxyDefaults(raw json.RawMessage) (json.RawMessage, map[string]struct
 			}
 		}
 	}
-	out, err := json.Marshal(cfg)
-	return out, statics, err
+	out, err = json.Marshal(cfg)
+	return out, statics, userHost, err
 }
 
 func hasKeyFold(m map[string]any, key string) bool {
@@ -409,8 +404,9 @@ func hasKeyFold(m map[string]any, key string) bool {
 }
 
 // ServeHTTP classifies, checks and routes an MCP request, then hands it to
-// the embedded reverse_proxy with a response writer that seals session ids
-// and rewrites the legacy endpoint event.
+// the embedded reverse_proxy, whose transport wrapper seals session ids in
+// the upstream's response and hands SSE bodies to the relay (which also
+// rewrites the legacy endpoint event).
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	if !h.origins.Allow(r.Header.Get("Origin"), r.Host) {
 		return h.refuse(w, mcp.Refuse(http.StatusForbidden, mcp.CodeServerError, "", "origin not allowed"))
@@ -425,7 +421,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.refuse(w, ref)
 	}
 	if r.Method == http.MethodPost {
-		if ref := h.peekBody(r, &call); ref != nil {
+		held, ref := h.peekBody(r, &call)
+		if held > 0 {
+			defer h.app.global.memory.Release(held)
+		}
+		if ref != nil {
 			return h.refuse(w, ref)
 		}
 	}
@@ -503,19 +503,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 	}
 
-	// 4. Proxy, relaying the response through the MCP response writer.
+	// 4. Proxy; the transport wrapper seals session ids in the response.
 	st = newRelayState(h, r, &call, res)
 	st.session, st.over = sess, over
 	caddyhttp.SetVar(r.Context(), varRelay, st)
 	defer st.handlerDone()
-	rw := newResponseWriter(h, w, r, &call, res)
-	rw.st = st
-	err := h.proxy.ServeHTTP(rw, r, next)
-	status = rw.status
+	err := h.proxy.ServeHTTP(w, r, next)
+	if st.responded {
+		status = st.status
+	}
 	if err != nil {
 		status = http.StatusBadGateway
 	}
-	if err != nil && !rw.wroteHeader {
+	if err != nil && !st.responded {
 		if missing, _ := caddyhttp.GetVar(r.Context(), varPinMissing).(bool); missing {
 			metrics.sessionRefusals.WithLabelValues("not_found").Inc()
 			return h.refuse(w, mcp.Refuse(http.StatusNotFound, mcp.CodeSessionNotFound, call.First().ID, "session not found"))
@@ -529,7 +529,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		h.relay(w, st, body)
 		return nil
 	}
-	if r.Method == http.MethodDelete && res.session != nil && rw.status >= 200 && rw.status < 300 {
+	if r.Method == http.MethodDelete && res.session != nil && st.responded && st.status >= 200 && st.status < 300 {
 		sharedRegistry().Forget(sessionKey(res.session))
 		h.app.global.sessions.Remove(sessionKey(res.session), resources.CauseDeleted)
 	}
@@ -542,7 +542,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 // upstream's own check of this kind cannot see it, so the proxy makes it.
 func (h *Handler) hostRebound(r *http.Request) bool {
 	local, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
-	if !ok || local == nil || !mcp.IsLoopbackHost(local.String()) {
+	if !ok || local == nil {
+		return false
+	}
+	if tcp, ok := local.(*net.TCPAddr); ok {
+		if !tcp.IP.IsLoopback() {
+			return false
+		}
+	} else if !mcp.IsLoopbackHost(local.String()) {
 		return false
 	}
 	if mcp.IsLoopbackHost(r.Host) {
@@ -561,50 +568,88 @@ func (h *Handler) hostRebound(r *http.Request) bool {
 }
 
 // peekBody reads at most MaxPeek bytes of the body, classifies them and
-// puts the body back, unchanged, for the upstream.
-func (h *Handler) peekBody(r *http.Request, call *mcp.Call) *mcp.Refusal {
-	bp := h.peekBufPool.Get().(*[]byte)
-	buf := *bp
-	n, err := io.ReadFull(r.Body, buf)
-	complete := err == io.EOF || err == io.ErrUnexpectedEOF
-	if err != nil && !complete {
-		h.peekBufPool.Put(bp)
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			return mcp.Refuse(http.StatusRequestEntityTooLarge, mcp.CodeInvalidRequest, "", "request body too large")
+// puts the body back, unchanged, for the upstream. The peeked bytes are
+// reserved from the memory budget; the caller releases the returned count
+// when the request is over.
+func (h *Handler) peekBody(r *http.Request, call *mcp.Call) (int64, *mcp.Refusal) {
+	var head []byte
+	complete := false
+	if cl := r.ContentLength; cl >= 0 && cl <= h.maxPeek {
+		// The common case: a declared length within the cap is read into
+		// a buffer of exactly that size, which then serves the upstream.
+		head = make([]byte, cl)
+		if _, err := io.ReadFull(r.Body, head); err != nil {
+			return 0, bodyReadRefusal(err)
 		}
-		return mcp.Refuse(http.StatusBadRequest, mcp.CodeInvalidRequest, "", "reading request body failed")
-	}
-	if !complete {
-		n = len(buf) - 1 // the extra byte only told us there is more
-	}
-	// The peeked bytes are copied out of the pooled buffer (the transport
-	// may still read the body after the handler returns) and reserved from
-	// the memory budget until the request is over.
-	budget := h.app.global.memory
-	if !budget.Reserve(int64(n)) {
+		complete = true
+	} else {
+		bp := h.peekBufPool.Get().(*[]byte)
+		buf := *bp
+		n, err := io.ReadFull(r.Body, buf)
+		complete = err == io.EOF || err == io.ErrUnexpectedEOF
+		if err != nil && !complete {
+			h.peekBufPool.Put(bp)
+			return 0, bodyReadRefusal(err)
+		}
+		if !complete {
+			n = len(buf) - 1 // the extra byte only told us there is more
+		}
+		// Copied out of the pooled buffer: the transport may still read
+		// the body after the handler returns.
+		head = bytes.Clone(buf[:n])
 		h.peekBufPool.Put(bp)
-		metrics.backpressure.Inc()
-		return mcp.Refuse(http.StatusServiceUnavailable, mcp.CodeServerError, "", "server out of memory budget, retry later")
 	}
-	context.AfterFunc(r.Context(), func() { budget.Release(int64(n)) })
-	head := bytes.Clone(buf[:n])
-	h.peekBufPool.Put(bp)
+	n := int64(len(head))
+	if !h.app.global.memory.Reserve(n) {
+		metrics.backpressure.Inc()
+		return 0, mcp.Refuse(http.StatusServiceUnavailable, mcp.CodeServerError, "", "server out of memory budget, retry later")
+	}
 	perr := mcp.ParseEnvelope(head, complete, &call.Peek)
 	if ref := mcp.ClassifyBody(r.Header, perr, call); ref != nil {
-		return ref
+		return n, ref
 	}
+	rb := &replayBody{rest: r.Body}
+	rb.head.Reset(head)
 	if complete {
-		r.Body = replayBody{Reader: bytes.NewReader(head), Closer: r.Body}
-	} else {
-		r.Body = replayBody{Reader: io.MultiReader(bytes.NewReader(head), r.Body), Closer: r.Body}
+		rb.rest = nil
+		rb.closer = r.Body
 	}
-	return nil
+	r.Body = rb
+	return n, nil
 }
 
+// bodyReadRefusal is the refusal for a request body that could not be read.
+func bodyReadRefusal(err error) *mcp.Refusal {
+	var mbe *http.MaxBytesError
+	if errors.As(err, &mbe) {
+		return mcp.Refuse(http.StatusRequestEntityTooLarge, mcp.CodeInvalidRequest, "", "request body too large")
+	}
+	return mcp.Refuse(http.StatusBadRequest, mcp.CodeInvalidRequest, "", "reading request body failed")
+}
+
+// replayBody is a request body whose first bytes were peeked: it reads
+// them again, then the rest of the original body, if any.
 type replayBody struct {
-	io.Reader
-	io.Closer
+	head   bytes.Reader
+	rest   io.ReadCloser // the unread remainder; nil when all was peeked
+	closer io.Closer     // the original body, when all was peeked
+}
+
+func (b *replayBody) Read(p []byte) (int, error) {
+	if b.head.Len() > 0 {
+		return b.head.Read(p)
+	}
+	if b.rest == nil {
+		return 0, io.EOF
+	}
+	return b.rest.Read(p)
+}
+
+func (b *replayBody) Close() error {
+	if b.rest != nil {
+		return b.rest.Close()
+	}
+	return b.closer.Close()
 }
 
 // resolution is the session a request belongs to.

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"go.uber.org/zap"
@@ -55,6 +56,12 @@ type relayState struct {
 	timer     *time.Timer
 	done      bool
 	detached  bool // a pump goroutine owns the upstream beyond the handler
+
+	// status and responded describe the last upstream response; they are
+	// written by the transport and read by the handler once reverse_proxy
+	// has returned.
+	status    int
+	responded bool
 }
 
 func newRelayState(h *Handler, r *http.Request, call *mcp.Call, res resolution) *relayState {
@@ -209,23 +216,41 @@ func (t *relayTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if st == nil {
 		return t.inner.RoundTrip(req)
 	}
-	clientCtx := req.Context()
-	ctx, cancel := context.WithCancel(context.WithoutCancel(clientCtx))
-	req = req.WithContext(ctx)
-	st.mu.Lock()
-	if st.cancel != nil {
-		st.cancel() // a retry: the previous attempt is over
+	if st.h.rewriteHost {
+		// The request is reverse_proxy's own copy for this attempt.
+		if repl, ok := req.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
+			if hp, ok := repl.GetString("http.reverse_proxy.upstream.hostport"); ok && hp != "" {
+				req.Host = hp
+			}
+		}
 	}
-	st.cancel, st.outReq = cancel, req
-	if st.stopWatch == nil {
-		st.stopWatch = context.AfterFunc(clientCtx, st.clientGone)
+	if st.resumable {
+		// Only a resumable request outlives its client; any other one is
+		// cancelled with the client's request, as reverse_proxy does.
+		clientCtx := req.Context()
+		ctx, cancel := context.WithCancel(context.WithoutCancel(clientCtx))
+		req = req.WithContext(ctx)
+		st.mu.Lock()
+		if st.cancel != nil {
+			st.cancel() // a retry: the previous attempt is over
+		}
+		st.cancel, st.outReq = cancel, req
+		if st.stopWatch == nil {
+			st.stopWatch = context.AfterFunc(clientCtx, st.clientGone)
+		}
+		st.mu.Unlock()
+	} else {
+		st.mu.Lock()
+		st.outReq = req
+		st.mu.Unlock()
 	}
-	st.mu.Unlock()
 	resp, err := t.inner.RoundTrip(req)
 	if err != nil {
 		return nil, err
 	}
-	if resp.StatusCode == http.StatusOK && isEventStream(resp.Header) && resp.Body != nil && resp.Body != http.NoBody {
+	st.status, st.responded = resp.StatusCode, true
+	st.sealResponse(resp)
+	if resp.StatusCode == http.StatusOK && resp.Body != nil && resp.Body != http.NoBody && isEventStream(resp.Header) {
 		st.mu.Lock()
 		st.body = resp.Body
 		st.mu.Unlock()
