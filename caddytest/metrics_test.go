@@ -334,3 +334,138 @@ func TestMetricsDashboard(t *testing.T) {
 		t.Logf("exported but not on the dashboard: %s", strings.Join(unused, ", "))
 	}
 }
+
+// histogramSum returns the sample sum of the histogram family name,
+// summed over its series; a missing family reads 0.
+func histogramSum(mfs map[string]*dto.MetricFamily, name string) float64 {
+	sum := 0.0
+	if mf, ok := mfs[name]; ok {
+		for _, m := range mf.GetMetric() {
+			sum += m.GetHistogram().GetSampleSum()
+		}
+	}
+	return sum
+}
+
+// The per-session histograms.
+const (
+	sessionDurationMetric = "caddy_mcp_session_duration_seconds"
+	sessionEventsMetric   = "caddy_mcp_session_events"
+	sessionBytesMetric    = "caddy_mcp_session_bytes"
+)
+
+// sessionEnds returns how many session ends the three per-session
+// histograms observed, failing the test when they disagree.
+func sessionEnds(t *testing.T, mfs map[string]*dto.MetricFamily) float64 {
+	t.Helper()
+	d := metricValue(mfs, sessionDurationMetric)
+	if e, b := metricValue(mfs, sessionEventsMetric), metricValue(mfs, sessionBytesMetric); e != d || b != d {
+		t.Fatalf("per-session histogram counts disagree: duration %v, events %v, bytes %v", d, e, b)
+	}
+	return d
+}
+
+// TestMetricsSessionHistograms: a session observes its duration and the
+// events and bytes relayed on it exactly once, when it ends — deleted by
+// its client, evicted through the admin API, or expired idle, also after
+// a config reload — and never while it lives.
+func TestMetricsSessionHistograms(t *testing.T) {
+	up := startRecordingUpstream(t, "up")
+	port, adminPort := freePort(t), freePort(t)
+	global := "\tmcp {\n\t\trefresh 50ms\n\t\tsession_idle_timeout 2s\n\t}\n"
+	cfg := opsSite(port, up.addr(), "")
+	loadWithAdmin(t, adminPort, global, cfg)
+	url := proxyURL(port) + "/mcp"
+	m0 := scrape(t, adminPort)
+	ends0 := sessionEnds(t, m0)
+	waitEnds := func(what string, want float64) map[string]*dto.MetricFamily {
+		t.Helper()
+		var m map[string]*dto.MetricFamily
+		opsEventually(t, what, func() bool {
+			m = scrape(t, adminPort)
+			return sessionEnds(t, m) >= ends0+want
+		})
+		if got := sessionEnds(t, m) - ends0; got != want {
+			t.Fatalf("%v session ends observed, want %v", got, want)
+		}
+		return m
+	}
+
+	// 1. A session with a streamed tool call, deleted by its client.
+	sid := opsOpen(t, url)
+	countdown := `{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"countdown","arguments":{"from":3},"_meta":{"progressToken":"p2"}}}`
+	if st, _, body := rawPost(t, url, countdown, opsHeaders(sid)); st != http.StatusOK || strings.Count(body, "notifications/progress") != 3 {
+		t.Fatalf("streamed countdown: %d %s", st, body)
+	}
+	if got := sessionEnds(t, scrape(t, adminPort)) - ends0; got != 0 {
+		t.Fatalf("%v session ends observed while the session lives", got)
+	}
+	req, err := http.NewRequest(http.MethodDelete, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range opsHeaders(sid) {
+		req.Header.Set(k, v)
+	}
+	if st, _, b := do(t, req); st < 200 || st > 299 {
+		t.Fatalf("DELETE of the session: %d %s", st, b)
+	}
+	m1 := waitEnds("the deleted session to be observed", 1)
+	events := histogramSum(m1, sessionEventsMetric) - histogramSum(m0, sessionEventsMetric)
+	bytes := histogramSum(m1, sessionBytesMetric) - histogramSum(m0, sessionBytesMetric)
+	relayedEvents := metricValue(m1, "caddy_mcp_events_relayed_total") - metricValue(m0, "caddy_mcp_events_relayed_total")
+	relayedBytes := metricValue(m1, "caddy_mcp_relayed_bytes_total") - metricValue(m0, "caddy_mcp_relayed_bytes_total")
+	// The countdown's three progress events and its result were relayed
+	// in the session; the initialize response, before the session
+	// existed, counts only globally.
+	if events < 4 || events > relayedEvents {
+		t.Errorf("the deleted session relayed %v events, want at least 4 and at most the %v relayed in all", events, relayedEvents)
+	}
+	if bytes < 100 || bytes > relayedBytes {
+		t.Errorf("the deleted session relayed %v bytes, want at least 100 and at most the %v relayed in all", bytes, relayedBytes)
+	}
+	if d := histogramSum(m1, sessionDurationMetric) - histogramSum(m0, sessionDurationMetric); d <= 0 || d > opsWait.Seconds() {
+		t.Errorf("the deleted session lasted %v s", d)
+	}
+
+	// 2. A session evicted through the admin API; a request in it after
+	// the eviction observes nothing more.
+	sid = opsOpen(t, url)
+	if st, b := opsEcho(t, url, sid, 3); st != http.StatusOK {
+		t.Fatalf("echo: %d %s", st, b)
+	}
+	adminJSON(t, adminPort, http.MethodDelete, "/mcp/sessions/"+up.adminID(up.all()[1]), "", http.StatusOK, nil)
+	waitEnds("the evicted session to be observed", 2)
+	if st, b := opsEcho(t, url, sid, 4); st != http.StatusNotFound {
+		t.Errorf("echo in the evicted session: %d %s, want 404", st, b)
+	}
+
+	// 3. A session opened before a config reload expires idle after it:
+	// observed once, with a duration of at least the idle timeout.
+	sid = opsOpen(t, url)
+	if st, b := opsEcho(t, url, sid, 5); st != http.StatusOK {
+		t.Fatalf("echo: %d %s", st, b)
+	}
+	m2 := scrape(t, adminPort)
+	loadWithAdmin(t, adminPort, global, cfg)
+	m3 := waitEnds("the idle session to expire", 3)
+	if d := histogramSum(m3, sessionDurationMetric) - histogramSum(m2, sessionDurationMetric); d < 2 {
+		t.Errorf("the idle session lasted %v s, want at least the 2 s idle timeout", d)
+	}
+	time.Sleep(300 * time.Millisecond) // several refreshes: nothing is observed twice
+	m4 := scrape(t, adminPort)
+	if got := sessionEnds(t, m4) - ends0; got != 3 {
+		t.Errorf("%v session ends observed in the end, want 3", got)
+	}
+	if e := metricValue(m4, "caddy_mcp_session_evictions_total", "cause", "idle") - metricValue(m2, "caddy_mcp_session_evictions_total", "cause", "idle"); e != 1 {
+		t.Errorf("idle evictions moved by %v, want 1", e)
+	}
+
+	problems, err := promlint.NewWithMetricFamilies(mcpFamilies(m3)).Lint()
+	if err != nil {
+		t.Fatalf("promlint: %v", err)
+	}
+	for _, p := range problems {
+		t.Errorf("promlint: %s: %s", p.Metric, p.Text)
+	}
+}
