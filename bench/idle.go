@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,8 +20,54 @@ import (
 type idleConfig struct {
 	Streams         int
 	OpenConcurrency int           // initializes and GETs in flight at once
-	Settle          time.Duration // wait after the last stream opened before the first sample
+	Settle          time.Duration // wait after the last stream of a step opened before its sample
 	Hold            time.Duration // second sample this long after the last open (after the first keepalives)
+	// Steps are the stream counts at which Caddy is sampled while the
+	// streams are opened, ascending; the last is Streams. The streams of
+	// a step open, the harness waits Settle, samples, and opens the next
+	// step's. The last step's sample is the Settled sample.
+	Steps []int
+}
+
+// defaultIdleSteps is the number of equal steps the streams are opened in
+// when -idle-steps is not given.
+const defaultIdleSteps = 5
+
+// parseIdleSteps parses an -idle-steps list ("1000,2000,5000") for
+// streams streams: positive, strictly ascending counts of at most
+// streams. streams itself is appended when the list stops short of it.
+// An empty list means defaultIdleSteps equal steps.
+func parseIdleSteps(s string, streams int) ([]int, error) {
+	if streams < 1 {
+		return nil, errors.New("no streams")
+	}
+	var out []int
+	if strings.TrimSpace(s) == "" {
+		for i := 1; i <= defaultIdleSteps; i++ {
+			n := (i*streams + defaultIdleSteps - 1) / defaultIdleSteps
+			if len(out) == 0 || n > out[len(out)-1] {
+				out = append(out, n)
+			}
+		}
+		return out, nil
+	}
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("-idle-steps: %q is not a positive stream count", f)
+		}
+		if n > streams {
+			return nil, fmt.Errorf("-idle-steps: %d is more than -streams %d", n, streams)
+		}
+		if len(out) > 0 && n <= out[len(out)-1] {
+			return nil, fmt.Errorf("-idle-steps: %d does not ascend", n)
+		}
+		out = append(out, n)
+	}
+	if out[len(out)-1] != streams {
+		out = append(out, streams)
+	}
+	return out, nil
 }
 
 // sessionConns is how many keep-alive connections open the sessions.
@@ -61,6 +109,7 @@ type idleResult struct {
 	Settled    memPoint      // Settle after the last stream opened
 	Held       memPoint      // Hold after the last stream opened
 	Closed     memPoint      // a few seconds after every stream was closed
+	Steps      []idleStep    // samples while the streams were opened, one per step
 	MockOpen   int64         // streams the mock held at the Settled sample
 	Alive      int64         // client streams still open at the Held sample
 	EndedEarly int64         // client streams that ended before the harness closed them
@@ -70,6 +119,13 @@ type idleResult struct {
 	Usage      windowUsage
 	Before     quietness
 	Caddyfile  string
+}
+
+// idleStep is Caddy's state at one step of opening the streams.
+type idleStep struct {
+	Streams int      // streams the step opened up to
+	Open    int64    // client streams open at the sample
+	Mem     memPoint // Settle after the step's last stream opened
 }
 
 // perStream is (b − a) / n.
@@ -200,40 +256,57 @@ func runIdle(ctx context.Context, ie *idleEnv, tgtName string, cfg idleConfig, l
 	var closing atomic.Bool
 	t0 := time.Now()
 	var lastOpen atomic.Int64
-	for i := range sids {
-		if ctx.Err() != nil {
-			break
-		}
-		sem <- struct{}{}
-		wg.Go(func() {
-			s := time.Now()
-			resp, err := openStream(streamCtx, sc, url, sids[i])
-			<-sem
-			if err != nil {
-				openErrs.Add(1)
-				firstErr.CompareAndSwap(nil, &err)
-				return
-			}
-			ttfb[i] = time.Since(s)
-			opened.Add(1)
-			alive.Add(1)
-			lastOpen.Store(int64(time.Since(t0)))
-			readers.Go(func() {
-				defer resp.Body.Close()
-				buf := make([]byte, 512)
-				for {
-					if _, err := resp.Body.Read(buf); err != nil {
-						break
-					}
-				}
-				alive.Add(-1)
-				if !closing.Load() {
-					endedEarly.Add(1)
-				}
-			})
-		})
+	var paused atomic.Int64 // settle time between steps, left out of OpenTime
+	steps := cfg.Steps
+	if len(steps) == 0 || steps[len(steps)-1] != cfg.Streams {
+		steps = append(steps[:len(steps):len(steps)], cfg.Streams)
 	}
-	wg.Wait()
+	from := 0
+	for si, upto := range steps {
+		for i := from; i < upto && ctx.Err() == nil; i++ {
+			sem <- struct{}{}
+			wg.Go(func() {
+				s := time.Now()
+				resp, err := openStream(streamCtx, sc, url, sids[i])
+				<-sem
+				if err != nil {
+					openErrs.Add(1)
+					firstErr.CompareAndSwap(nil, &err)
+					return
+				}
+				ttfb[i] = time.Since(s)
+				opened.Add(1)
+				alive.Add(1)
+				lastOpen.Store(int64(time.Since(t0)) - paused.Load())
+				readers.Go(func() {
+					defer resp.Body.Close()
+					buf := make([]byte, 512)
+					for {
+						if _, err := resp.Body.Read(buf); err != nil {
+							break
+						}
+					}
+					alive.Add(-1)
+					if !closing.Load() {
+						endedEarly.Add(1)
+					}
+				})
+			})
+		}
+		wg.Wait()
+		from = upto
+		if si == len(steps)-1 {
+			break // the last step's sample is the Settled sample below
+		}
+		p0 := time.Now()
+		if !pause(ctx, cfg.Settle) {
+			return nil, ctx.Err()
+		}
+		st := idleStep{Streams: upto, Open: alive.Load(), Mem: sampleCaddy(ctx, cp.pid(), env.admin)}
+		paused.Add(int64(time.Since(p0)))
+		res.Steps = append(res.Steps, st)
+		logf("  %s: %d streams open: RSS %s, goroutines %.0f", tgtName, st.Open, humanBytes(st.Mem.RSS), st.Mem.Goroutines)
+	}
 	res.Opened, res.OpenErrs = int(opened.Load()), int(openErrs.Load())
 	res.OpenTime = time.Duration(lastOpen.Load())
 	if e := firstErr.Load(); e != nil {
@@ -253,6 +326,7 @@ func runIdle(ctx context.Context, ie *idleEnv, tgtName string, cfg idleConfig, l
 	}
 	res.MockOpen = ie.bench.up.streamsOpen.Load() - open0
 	res.Settled = sampleCaddy(ctx, cp.pid(), env.admin)
+	res.Steps = append(res.Steps, idleStep{Streams: cfg.Streams, Open: alive.Load(), Mem: res.Settled})
 	if cfg.Hold > cfg.Settle {
 		if !pause(ctx, cfg.Hold-cfg.Settle) {
 			return nil, ctx.Err()

@@ -91,6 +91,8 @@ type options struct {
 	openConcurrency int
 	settle          time.Duration
 	hold            time.Duration
+	idleSteps       string
+	steps           []int // parsed idleSteps
 }
 
 func parseFlags(args []string) (*options, error) {
@@ -119,7 +121,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.plainBlock, "plain-block", "", `subdirectives inserted inside "reverse_proxy <upstream> { }"; ";" or newline separated`)
 	fs.StringVar(&o.out, "out", "", "write the Markdown report to this file (default: stdout)")
 	fs.BoolVar(&o.appendOut, "append", false, "append to -out instead of replacing it")
-	fs.StringVar(&o.svgdir, "svgdir", "bench/out", "overload: directory for the SVG plots (bench/out is gitignored; use bench/results for BENCHMARKS.md)")
+	fs.StringVar(&o.svgdir, "svgdir", "bench/out", "overload, idle: directory for the SVG plots (bench/out is gitignored; use bench/results for BENCHMARKS.md)")
 	fs.StringVar(&o.caddyBin, "caddy", "", "use this Caddy binary instead of building ./cmd/caddy")
 	fs.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of the Caddy process, taken over the first measurement of -profile-target (enables the admin endpoint on a loopback port)")
 	fs.StringVar(&o.heapprofile, "heapprofile", "", "write a heap profile of the Caddy process, taken at 80 % of the first measurement of -profile-target")
@@ -129,7 +131,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.IntVar(&o.busyRetries, "busy-retries", 2, "repeat a measurement during which other processes used more than -quiet-max cores, at most this many times")
 	fs.DurationVar(&o.quietWait, "quiet-wait", time.Minute, "longest wait for a quiet machine before each measurement; it measures anyway after that")
 	fs.StringVar(&o.global, "global", "", `global options inserted into the Caddyfile's global block, e.g. "mcp { session_memory 32MiB }"`)
-	fs.StringVar(&o.svgname, "svgname", "", "overload: base name of the SVG plots (<name>-goodput.svg, <name>-p99.svg); default overload")
+	fs.StringVar(&o.svgname, "svgname", "", "overload, idle: base name of the SVG plots (overload: <name>-goodput.svg, <name>-p99.svg; idle: <name>-memory.svg); default the scenario's name")
 	fs.IntVar(&o.clients, "clients", 1000, "burst: closed-loop clients after the jump")
 	fs.IntVar(&o.clientsBefore, "clients-before", 10, "burst: closed-loop clients before the jump")
 	fs.DurationVar(&o.burstWarm, "burst-warm", 2*time.Second, "burst: time with -clients-before clients before the jump")
@@ -141,6 +143,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.IntVar(&o.openConcurrency, "open-concurrency", 256, "idle/burst: sessions and streams opening at once")
 	fs.DurationVar(&o.settle, "settle", 3*time.Second, "idle: wait after the last stream opened before the first sample")
 	fs.DurationVar(&o.hold, "hold", 20*time.Second, "idle: second sample this long after the last stream opened (past the 15 s keepalives)")
+	fs.StringVar(&o.idleSteps, "idle-steps", "", "idle: stream counts at which Caddy's RSS and goroutines are sampled while the streams open, ascending, e.g. 1000,2000,5000 (-streams is always the last); each step waits -settle before its sample; default 5 equal steps")
 
 	// The scenario may come first (go run ./bench post -rounds 1) or after
 	// the flags.
@@ -233,6 +236,13 @@ func parseFlags(args []string) (*options, error) {
 		}
 		if o.settle <= 0 || o.hold < 0 || o.settle > 10*time.Minute || o.hold > 10*time.Minute {
 			return nil, errors.New("-settle must be positive; -settle and -hold at most 10m")
+		}
+		if o.scenario == "idle" {
+			steps, err := parseIdleSteps(o.idleSteps, o.streams)
+			if err != nil {
+				return nil, err
+			}
+			o.steps = steps
 		}
 	case "":
 		fs.Usage()
@@ -600,9 +610,16 @@ func run(args []string) error {
 			params:   caddyfileParams{Upstream: up.addr, PlainBlock: o.plainBlock, MCPBlock: o.mcpBlock, Global: o.global},
 			heapFile: o.heapprofile, profileTarget: o.profileTarget,
 		}
-		cfg := idleConfig{Streams: o.streams, OpenConcurrency: o.openConcurrency, Settle: o.settle, Hold: o.hold}
+		cfg := idleConfig{Streams: o.streams, OpenConcurrency: o.openConcurrency, Settle: o.settle, Hold: o.hold, Steps: o.steps}
 		results, err := runIdleScenario(ctx, ie, names, cfg, logf)
 		if err != nil {
+			return err
+		}
+		plots, err := writeIdlePlot(o, results)
+		if err != nil {
+			return err
+		}
+		if err := prependPlotDir(&plots, o.out); err != nil {
 			return err
 		}
 		meta.Title = fmt.Sprintf("idle: %d idle GET SSE streams, one fresh Caddy per target", o.streams)
@@ -610,9 +627,10 @@ func run(args []string) error {
 			"mock upstream in the harness process: every GET stream gets its headers and a `: open` comment at once, then a `: keepalive` comment every 15 s",
 			fmt.Sprintf("per target a fresh Caddy process serving only that target's site, with a loopback admin endpoint for /metrics; %d sessions (initialize, over %d keep-alive connections closed afterwards), then one GET stream per session on its own connection, at most %d opening at once", o.streams, sessionConns, o.openConcurrency),
 			fmt.Sprintf("samples of Caddy: before any session, after the sessions, %s and %s after the last stream opened, and 3 s after every stream was closed; RSS from /proc/<pid>/status VmRSS, goroutines and heap from /metrics, fds from /proc/<pid>/fd", o.settle, o.hold),
+			fmt.Sprintf("memory against streams: the streams open in steps up to %s; after each step's last stream opened the harness waits %s and samples Caddy before opening the next step's (the last step's sample is the one %s after the last stream opened)", joinInts(o.steps), o.settle, o.settle),
 			"per-stream growth = (RSS with every stream open − RSS before any session) ÷ streams, the larger of the two samples; it includes the session",
 		}
-		writeIdleReport(&report, meta, results)
+		writeIdleReport(&report, meta, results, plots)
 		return writeOut(o, report.String(), logf)
 	}
 
@@ -859,6 +877,40 @@ func writePlots(o *options, cfg overloadConfig, results []*overloadResult) ([]st
 		paths[0], paths[1] = paths[1], paths[0]
 	}
 	return paths, nil
+}
+
+// writeIdlePlot writes the idle scenario's memory-against-streams SVG
+// into -svgdir and returns its path.
+func writeIdlePlot(o *options, results []*idleResult) ([]string, error) {
+	if len(results) == 0 {
+		return nil, nil
+	}
+	if err := os.MkdirAll(o.svgdir, 0o755); err != nil {
+		return nil, err
+	}
+	c := idleChart(results)
+	c.Subtitle = fmt.Sprintf("%d sessions, then their GET streams in steps; one fresh Caddy per target", o.streams)
+	if b := strings.TrimSpace(o.mcpBlock); b != "" {
+		c.Subtitle += "; mcp_proxy { " + b + " }"
+	}
+	base := o.svgname
+	if base == "" {
+		base = "idle"
+	}
+	path := filepath.Join(o.svgdir, base+"-memory.svg")
+	if err := os.WriteFile(path, c.SVG(), 0o644); err != nil {
+		return nil, err
+	}
+	return []string{path}, nil
+}
+
+// joinInts formats counts as "250, 500, 1000".
+func joinInts(ns []int) string {
+	parts := make([]string, len(ns))
+	for i, n := range ns {
+		parts[i] = strconv.Itoa(n)
+	}
+	return strings.Join(parts, ", ")
 }
 
 // prependPlotDir makes the plot paths relative to the report's directory,

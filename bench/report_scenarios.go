@@ -3,6 +3,8 @@ package main
 import (
 	"fmt"
 	"io"
+	"sort"
+	"strings"
 	"time"
 )
 
@@ -381,7 +383,7 @@ func goroutinesCell(a, b float64, n int) string {
 	return fmt.Sprintf("%.0f → %.0f (%.2f per stream)", a, b, (b-a)/float64(n))
 }
 
-func writeIdleReport(w io.Writer, meta reportMeta, results []*idleResult) {
+func writeIdleReport(w io.Writer, meta reportMeta, results []*idleResult, plots []string) {
 	writeMeta(w, meta)
 	t := mdTable{
 		Header: []string{"target", "streams open", "open errors", "open time s", "headers p50 / p99 ms", "RSS before", "RSS sessions only", "RSS settled", "RSS held", "RSS per stream KiB (incl. session)", "of which session KiB", "goroutines", "heap in use per stream KiB", "stacks per stream KiB", "Caddy fds", "RSS 3 s after closing all"},
@@ -432,6 +434,10 @@ func writeIdleReport(w io.Writer, meta reportMeta, results []*idleResult) {
 			fmt.Fprintf(w, "- %s, first open error: `%s`\n", r.Target, r.FirstErr)
 		}
 	}
+	writeIdleSteps(w, results)
+	for _, p := range plots {
+		fmt.Fprintf(w, "![%s](%s)\n\n", strings.TrimSuffix(p[strings.LastIndex(p, "/")+1:], ".svg"), p)
+	}
 	for _, r := range results {
 		fmt.Fprintf(w, "<details><summary>Caddyfile (%s)</summary>\n\n```caddyfile\n%s```\n\n</details>\n\n", r.Target, r.Caddyfile)
 	}
@@ -451,4 +457,91 @@ func writeIdleReport(w io.Writer, meta reportMeta, results []*idleResult) {
 		gs = append(gs, g1, g2)
 	}
 	writeGoals(w, gs)
+}
+
+// mib converts bytes to MiB.
+func mib(b int64) float64 { return float64(b) / (1 << 20) }
+
+// idlePoints returns a target's memory against open streams: the sample
+// with every session made and no stream open, then one per step.
+func idlePoints(r *idleResult) (open []int64, mem []memPoint) {
+	open, mem = []int64{0}, []memPoint{r.Sessions}
+	for _, st := range r.Steps {
+		open = append(open, st.Open)
+		mem = append(mem, st.Mem)
+	}
+	return open, mem
+}
+
+// writeIdleSteps writes Caddy's memory and goroutines at each step of
+// opening the streams, one row per target and step.
+func writeIdleSteps(w io.Writer, results []*idleResult) {
+	stepped := false
+	for _, r := range results {
+		stepped = stepped || len(r.Steps) > 0
+	}
+	if !stepped {
+		return
+	}
+	fmt.Fprintf(w, "### Memory against streams\n\n")
+	t := mdTable{
+		Header: []string{"target", "streams open", "RSS", "RSS over sessions only", "KiB per stream", "KiB per stream since the previous step", "goroutines", "goroutines per stream", "heap in use"},
+		Right:  rightFrom(9, 1),
+	}
+	for _, r := range results {
+		open, mem := idlePoints(r)
+		base := mem[0]
+		for i := range open {
+			perStreamKiB, stepKiB, gPer := "–", "–", "–"
+			if open[i] > 0 {
+				perStreamKiB = kib(perStream(base.RSS, mem[i].RSS, open[i]))
+				if base.Goroutines >= 0 && mem[i].Goroutines >= 0 {
+					gPer = fmt.Sprintf("%.2f", (mem[i].Goroutines-base.Goroutines)/float64(open[i]))
+				}
+			}
+			if i > 0 && open[i] > open[i-1] {
+				stepKiB = kib(perStream(mem[i-1].RSS, mem[i].RSS, open[i]-open[i-1]))
+			}
+			g, heap := "–", "–"
+			if mem[i].Goroutines >= 0 {
+				g = fmt.Sprintf("%.0f", mem[i].Goroutines)
+			}
+			if mem[i].HeapInuse >= 0 {
+				heap = humanBytes(int64(mem[i].HeapInuse))
+			}
+			t.add(r.Target, fmt.Sprint(open[i]), humanBytes(mem[i].RSS), humanBytes(mem[i].RSS-base.RSS), perStreamKiB, stepKiB, g, gPer, heap)
+		}
+	}
+	t.write(w)
+	fmt.Fprintln(w)
+}
+
+// idleChart plots Caddy's RSS against the streams open, one line per
+// target.
+func idleChart(results []*idleResult) *lineChart {
+	c := &lineChart{
+		Title:       "Memory against streams: Caddy RSS with idle SSE streams open",
+		XLabel:      "idle GET SSE streams open (every session made before the first)",
+		YLabel:      "RSS, MiB",
+		XTickFormat: fmtTick,
+	}
+	ticks := map[float64]bool{}
+	for _, r := range results {
+		open, mem := idlePoints(r)
+		s := series{Name: r.Target}
+		for i := range open {
+			s.X = append(s.X, float64(open[i]))
+			s.Y = append(s.Y, mib(mem[i].RSS))
+		}
+		c.Series = append(c.Series, s)
+		ticks[0] = true
+		for _, st := range r.Steps {
+			ticks[float64(st.Streams)] = true
+		}
+	}
+	for x := range ticks {
+		c.XTicks = append(c.XTicks, x)
+	}
+	sort.Float64s(c.XTicks)
+	return c
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/xml"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -297,5 +298,104 @@ func TestRelPath(t *testing.T) {
 	got, err = relPath("bench", "bench/out/x.svg")
 	if err != nil || got != "out/x.svg" {
 		t.Errorf("relPath = %q, %v", got, err)
+	}
+}
+
+func TestParseIdleSteps(t *testing.T) {
+	tests := []struct {
+		in      string
+		streams int
+		want    []int
+	}{
+		{"", 5000, []int{1000, 2000, 3000, 4000, 5000}},
+		{"", 1001, []int{201, 401, 601, 801, 1001}},
+		{"", 3, []int{1, 2, 3}},
+		{"250,500,1000", 1000, []int{250, 500, 1000}},
+		{" 250, 500 ", 1000, []int{250, 500, 1000}},
+		{"1000", 1000, []int{1000}},
+	}
+	for _, tt := range tests {
+		got, err := parseIdleSteps(tt.in, tt.streams)
+		if err != nil || !slices.Equal(got, tt.want) {
+			t.Errorf("parseIdleSteps(%q, %d) = %v, %v; want %v", tt.in, tt.streams, got, err, tt.want)
+		}
+	}
+	for _, bad := range []string{"0", "-5", "x", "500,250", "500,500", "2000", "250,,500"} {
+		if got, err := parseIdleSteps(bad, 1000); err == nil {
+			t.Errorf("parseIdleSteps(%q) = %v, want an error", bad, got)
+		}
+	}
+	flagOutput = io.Discard
+	defer func() { flagOutput = os.Stderr }()
+	o, err := parseFlags([]string{"idle", "-streams", "1000", "-idle-steps", "250,500"})
+	if err != nil || !slices.Equal(o.steps, []int{250, 500, 1000}) {
+		t.Errorf("parseFlags: steps %v, %v", o.steps, err)
+	}
+	if _, err := parseFlags([]string{"idle", "-streams", "1000", "-idle-steps", "5000"}); err == nil {
+		t.Error("a step over -streams accepted")
+	}
+}
+
+// sampleIdle is two targets' results with steps at 500 and 1000 streams.
+func sampleIdle() []*idleResult {
+	mk := func(tgt string, perStream int64) *idleResult {
+		sessions := memPoint{RSS: 60 << 20, Goroutines: 20, HeapInuse: 30 << 20}
+		at := func(n int64) memPoint {
+			return memPoint{RSS: sessions.RSS + n*perStream, Goroutines: 20 + 2*float64(n), HeapInuse: -1}
+		}
+		return &idleResult{
+			Target: tgt, Opened: 1000, Base: memPoint{RSS: 40 << 20}, Sessions: sessions,
+			Steps: []idleStep{{Streams: 500, Open: 500, Mem: at(500)}, {Streams: 1000, Open: 1000, Mem: at(1000)}},
+		}
+	}
+	return []*idleResult{mk(targetPlain, 40<<10), mk(targetMCP, 20<<10)}
+}
+
+func TestIdleStepsReport(t *testing.T) {
+	var b strings.Builder
+	writeIdleSteps(&b, sampleIdle())
+	out := b.String()
+	for _, s := range []string{
+		"### Memory against streams",
+		"| plain | 0 | 60.0 MiB | 0 B | – | – | 20 | – | 30.0 MiB |",
+		"| plain | 500 | 79.5 MiB | 19.5 MiB | 40.0 | 40.0 | 1020 | 2.00 | – |",
+		"| mcp_proxy | 1000 | 79.5 MiB | 19.5 MiB | 20.0 | 20.0 | 2020 | 2.00 | – |",
+	} {
+		if !strings.Contains(out, s) {
+			t.Errorf("steps table lacks %q:\n%s", s, out)
+		}
+	}
+	b.Reset()
+	writeIdleSteps(&b, []*idleResult{{Target: targetMCP}})
+	if b.Len() != 0 {
+		t.Errorf("a table without steps:\n%s", b.String())
+	}
+	b.Reset()
+	writeIdleReport(&b, reportMeta{Title: "idle"}, sampleIdle(), []string{"bench/out/idle-memory.svg"})
+	if !strings.Contains(b.String(), "![idle-memory](bench/out/idle-memory.svg)") {
+		t.Errorf("the report does not link the plot:\n%s", b.String())
+	}
+}
+
+func TestIdleChart(t *testing.T) {
+	c := idleChart(sampleIdle())
+	if len(c.Series) != 2 || c.Series[1].Name != targetMCP || !slices.Equal(c.Series[1].X, []float64{0, 500, 1000}) ||
+		!slices.Equal(c.Series[1].Y, []float64{60, 60 + 500*20.0/1024, 60 + 1000*20.0/1024}) {
+		t.Fatalf("series %+v", c.Series)
+	}
+	if !slices.Equal(c.XTicks, []float64{0, 500, 1000}) {
+		t.Errorf("x ticks %v", c.XTicks)
+	}
+	svg := string(c.SVG())
+	if err := xml.Unmarshal([]byte(svg), new(struct{})); err != nil {
+		t.Fatalf("invalid SVG: %v", err)
+	}
+	for _, s := range []string{">500<", ">1000<", ">plain<", ">mcp_proxy<", "RSS, MiB", "<polyline"} {
+		if !strings.Contains(svg, s) {
+			t.Errorf("svg lacks %q", s)
+		}
+	}
+	if strings.Contains(svg, "×<") {
+		t.Error("stream counts are labelled as multiples")
 	}
 }

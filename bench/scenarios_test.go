@@ -293,7 +293,7 @@ func TestIdleGoals(t *testing.T) {
 		t.Errorf("growth = %v", got)
 	}
 	var b strings.Builder
-	writeIdleReport(&b, reportMeta{Title: "idle test"}, []*idleResult{plain, mcp})
+	writeIdleReport(&b, reportMeta{Title: "idle test"}, []*idleResult{plain, mcp}, nil)
 	out := b.String()
 	for _, s := range []string{"| mcp_proxy | 1000 | 0 |", "| 36.0 |", "10 → 4010 (4.00 per stream)", "36.0 vs 80.0 KiB = 0.45×", "**met**"} {
 		if !strings.Contains(out, s) {

@@ -28,6 +28,9 @@ type lineChart struct {
 	HLines                []hline
 	XTicks                []float64 // tick positions; derived from the data when empty
 	LogX                  bool      // log10 x axis (all x must be > 0)
+	// XTickFormat labels the x ticks; nil labels them as multiples
+	// ("2×").
+	XTickFormat func(float64) string
 }
 
 // Chart geometry, in SVG user units.
@@ -125,10 +128,14 @@ func (c *lineChart) SVG() []byte {
 	if len(ticks) == 0 {
 		ticks = []float64{xmin, xmax}
 	}
+	tickLabel := c.XTickFormat
+	if tickLabel == nil {
+		tickLabel = func(v float64) string { return fmtTick(v) + "×" }
+	}
 	for _, t := range ticks {
 		x := fx(t)
 		fmt.Fprintf(&b, `<line x1="%.1f" y1="%g" x2="%.1f" y2="%g" stroke="#eee"/>`+"\n", x, padT, x, padT+plotH)
-		fmt.Fprintf(&b, `<text x="%.1f" y="%g" text-anchor="middle">%s</text>`+"\n", x, padT+plotH+16, esc(fmtTick(t)+"×"))
+		fmt.Fprintf(&b, `<text x="%.1f" y="%g" text-anchor="middle">%s</text>`+"\n", x, padT+plotH+16, esc(tickLabel(t)))
 	}
 	fmt.Fprintf(&b, `<text x="%g" y="%g" text-anchor="middle">%s</text>`+"\n", padL+plotW/2, float64(svgH)-14, esc(c.XLabel))
 	fmt.Fprintf(&b, `<text x="16" y="%g" text-anchor="middle" transform="rotate(-90 16 %g)">%s</text>`+"\n", padT+plotH/2, padT+plotH/2, esc(c.YLabel))
