@@ -115,16 +115,22 @@ type Handler struct {
 	MaxEventSize int64 `json:"max_event_size,omitempty"`
 
 	// StreamBufferEvents and StreamBufferBytes bound the events of one
-	// stream waiting to be written to its client. A client that lets
-	// either fill is a slow consumer: its stream is closed (with a retry
-	// hint for clients at 2025-11-25 or later) and it resumes from the
-	// replay ring. Defaults: 100 events, 1MiB.
+	// stream waiting to be written to its client. While nothing waits, the
+	// relay writes each upstream read straight through (one flush per
+	// read); events queue only while a write is in progress (a replay, a
+	// keepalive). When either bound is reached the relay stops reading the
+	// upstream, so TCP flow control slows it down, until the client makes
+	// room; a client that makes none within write_timeout is a slow
+	// consumer: its stream is closed (with a retry hint for clients at
+	// 2025-11-25 or later, when the connection still takes it) and it
+	// resumes from the replay ring. Defaults: 100 events, 1MiB.
 	StreamBufferEvents int   `json:"stream_buffer_events,omitempty"`
 	StreamBufferBytes  int64 `json:"stream_buffer_bytes,omitempty"`
 
-	// WriteTimeout is the deadline of each write to a stream's client; a
-	// client that does not take an event within it is a slow consumer.
-	// Default: 10s.
+	// WriteTimeout is the deadline of each write to a stream's client (the
+	// events of one upstream read are written under one deadline); a
+	// client that does not take them within it is a slow consumer. While a
+	// write blocks, the upstream is not read. Default: 10s.
 	WriteTimeout caddy.Duration `json:"write_timeout,omitempty"`
 
 	// Keepalive is how long a stream may stay silent before the proxy

@@ -6,6 +6,7 @@ import (
 	"io"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -23,14 +24,18 @@ type StreamConfig struct {
 	// MaxEvent and MaxLine cap an upstream event and line, in bytes.
 	MaxEvent, MaxLine int
 	// QueueEvents and QueueBytes bound the live events waiting to be
-	// written to the client; past either the client is a slow consumer.
+	// written to the client (events queue only while the writer goroutine
+	// writes); at either bound Pump stops reading the upstream until the
+	// client makes room, and a client that makes none within WriteTimeout
+	// is a slow consumer.
 	// Zero or less means 1024 events and 1 MiB. One event is always
 	// admitted into an empty queue, whatever its size (MaxEvent bounds it).
 	// Events replayed from the ring on Attach do not count against these
 	// bounds (the ring bounds them), so a client can always catch up.
 	QueueEvents int
 	QueueBytes  int
-	// WriteTimeout is the deadline of each write to the client.
+	// WriteTimeout is the deadline of each write to the client; the
+	// events of one upstream read are written under one deadline.
 	WriteTimeout time.Duration
 	// Keepalive is the idle time after which a comment is sent; 0 for none.
 	Keepalive time.Duration
@@ -73,9 +78,11 @@ type Hooks struct {
 	SlowConsumer func()
 	// Oversized is called when an upstream event breaks MaxEvent/MaxLine.
 	Oversized func()
-	// Reserve asks for n more bytes of queue memory (n < 0 returns bytes);
-	// a false answer refuses the event (backpressure) and the client is
-	// treated as a slow consumer.
+	// Reserve asks for n more bytes of queue or ring memory (n < 0
+	// returns bytes). A refused ring event is delivered but not kept for
+	// replay; a refused queued event makes Pump wait for the queue to
+	// drain (backpressure), as a full queue does. Events written straight
+	// through to the client hold no memory and reserve nothing.
 	Reserve func(n int) bool
 }
 
@@ -94,9 +101,10 @@ var (
 
 // Stream is one relayed Server-Sent Events stream. The upstream side is
 // pumped by one goroutine (Pump); at most one client is attached at a time.
-// Upstream reading and client writing are decoupled by the attachment's
-// bounded queue; the writer is a goroutine that exists only while there is
-// something to write, so an idle stream costs no goroutine of its own.
+// Pump writes live events to the client itself while nothing is queued;
+// otherwise they wait in the attachment's bounded queue for its writer, a
+// goroutine that exists only while there is something queued, so an idle
+// stream costs no goroutine of its own.
 // Events are kept in a bounded replay ring so a client that dropped can
 // resume with Last-Event-ID, also after the upstream stream has ended.
 type Stream struct {
@@ -112,6 +120,11 @@ type Stream struct {
 	upstream string // newest id the upstream itself assigned
 	done     chan struct{}
 	closeFn  func() // stops the upstream read, set by SetCloser
+
+	// Used by the Pump goroutine only.
+	owner       *Attachment // whose writer role the pump holds in this chunk
+	ownerFailed bool        // a write of the pump to owner failed
+	scratch     []byte      // builds events that get a proxy id
 }
 
 // Defaults of the client queue bounds.
@@ -261,6 +274,14 @@ var burstPool = sync.Pool{New: func() any { b := make([]byte, burstBufSize); ret
 // Pump reads the upstream body until it ends or fails, parsing events and
 // handing each to the attached client and the replay ring. It returns nil
 // at a clean end of stream.
+//
+// While the client's queue is empty and no write is in progress, Pump
+// writes the events of each upstream read to the client itself and
+// flushes once per read, so an event costs no goroutine hand-off and a
+// burst costs one flush. A write that blocks (the client reads slower
+// than the upstream sends) stops the upstream read, so TCP flow control
+// slows the upstream down, for at most WriteTimeout: past it the client
+// is a slow consumer and is cut.
 func (s *Stream) Pump(body io.Reader) error {
 	defer close(s.done)
 	p := NewParser(s.cfg.MaxEvent, s.cfg.MaxLine)
@@ -272,26 +293,22 @@ func (s *Stream) Pump(body io.Reader) error {
 		if n > 0 {
 			if ferr := p.Feed(small[:n], s.emit); ferr != nil {
 				err = ferr
-				break
-			}
-			// More is likely buffered: read it in one larger chunk.
-			if n == len(small) {
+			} else if n == len(small) {
+				// More is likely buffered: read it in one larger chunk.
 				bp := burstPool.Get().(*[]byte)
 				m, rerr := body.Read(*bp)
 				if m > 0 {
 					if ferr := p.Feed((*bp)[:m], s.emit); ferr != nil {
-						burstPool.Put(bp)
-						err = ferr
-						break
+						rerr = ferr
 					}
 				}
 				burstPool.Put(bp)
 				if rerr != nil {
 					err = rerr
-					break
 				}
 			}
 		}
+		s.endChunk()
 		if err != nil {
 			break
 		}
@@ -309,15 +326,15 @@ func (s *Stream) Pump(body io.Reader) error {
 	if err != nil && s.cfg.Final != nil {
 		final = s.cfg.Final(err)
 	}
-	s.mu.Lock()
 	if final != nil {
-		if s.ring != nil {
-			s.storeLocked("", final)
-		}
-		if s.att != nil {
-			s.att.enqueue(final, false)
-		}
+		s.mu.Lock()
+		s.storeLocked("", final)
+		att := s.att
+		s.mu.Unlock()
+		s.deliver(att, final)
 	}
+	s.endChunk()
+	s.mu.Lock()
 	s.ended, s.endedAt, s.pumpErr = true, time.Now(), err
 	att := s.att
 	s.mu.Unlock()
@@ -334,7 +351,9 @@ func (s *Stream) Err() error {
 	return s.pumpErr
 }
 
-// emit handles one parsed upstream event.
+// emit handles one parsed upstream event: it is kept in the replay ring
+// and delivered to the client attached at that moment. A client attaching
+// later gets it from the ring, so every event reaches each client once.
 func (s *Stream) emit(ev *Event) error {
 	if ev.Comment {
 		// Upstream keepalives are not stored; the proxy sends its own.
@@ -350,12 +369,12 @@ func (s *Stream) emit(ev *Event) error {
 		h.Event(len(raw))
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.seq++
 	id := ev.ID
 	if ev.HasID && id != "" {
 		s.upstream = id
 		if _, skip := s.cfg.Skip[id]; skip {
+			s.mu.Unlock()
 			return nil
 		}
 	} else if s.cfg.IDPrefix != "" {
@@ -363,34 +382,32 @@ func (s *Stream) emit(ev *Event) error {
 		if ev.HasID {
 			// An empty upstream "id:" field resets the client's last
 			// event id; ours must come after it to be the one kept.
-			raw = appendIDLast(id, raw)
+			s.scratch = appendIDLast(s.scratch[:0], id, raw)
 		} else {
-			raw = prependID(id, raw)
+			s.scratch = prependID(s.scratch[:0], id, raw)
 		}
+		raw = s.scratch
 	}
-	// The live client is served first: the ring gets what memory is left.
-	if s.att != nil {
-		s.att.enqueue(raw, false)
-	}
-	if s.ring != nil {
-		s.storeLocked(id, raw)
-	}
+	s.storeLocked(id, raw)
+	att := s.att
+	s.mu.Unlock()
+	s.deliver(att, raw)
 	return nil
 }
 
-// prependID returns raw with an id field line in front.
-func prependID(id string, raw []byte) []byte {
-	out := make([]byte, 0, len(id)+5+len(raw))
-	out = append(out, "id: "...)
-	out = append(out, id...)
-	out = append(out, '\n')
-	return append(out, raw...)
+// prependID appends to dst raw with an id field line in front.
+func prependID(dst []byte, id string, raw []byte) []byte {
+	dst = append(dst, "id: "...)
+	dst = append(dst, id...)
+	dst = append(dst, '\n')
+	return append(dst, raw...)
 }
 
-// appendIDLast returns raw with an id field line inserted before the blank
-// line that ends the block, so that it is the block's last id field. A raw
-// block that does not end with a line terminator gets the id in front.
-func appendIDLast(id string, raw []byte) []byte {
+// appendIDLast appends to dst raw with an id field line inserted before
+// the blank line that ends the block, so that it is the block's last id
+// field. A raw block that does not end with a line terminator gets the id
+// in front.
+func appendIDLast(dst []byte, id string, raw []byte) []byte {
 	n := len(raw)
 	switch {
 	case n >= 2 && raw[n-2] == '\r' && raw[n-1] == '\n':
@@ -398,14 +415,127 @@ func appendIDLast(id string, raw []byte) []byte {
 	case n >= 1 && (raw[n-1] == '\n' || raw[n-1] == '\r'):
 		n--
 	default:
-		return prependID(id, raw)
+		return prependID(dst, id, raw)
 	}
-	out := make([]byte, 0, len(id)+5+len(raw))
-	out = append(out, raw[:n]...)
-	out = append(out, "id: "...)
-	out = append(out, id...)
-	out = append(out, '\n')
-	return append(out, raw[n:]...)
+	dst = append(dst, raw[:n]...)
+	dst = append(dst, "id: "...)
+	dst = append(dst, id...)
+	dst = append(dst, '\n')
+	return append(dst, raw[n:]...)
+}
+
+// deliver hands one live event to a, the client attached when the event
+// was stored. Called by the Pump goroutine only, without s.mu.
+func (s *Stream) deliver(a *Attachment, raw []byte) {
+	if a == nil {
+		return
+	}
+	if s.owner == a {
+		s.writeOwned(raw)
+		return
+	}
+	var deadline time.Time
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	a.mu.Lock()
+	for {
+		if a.closed {
+			a.mu.Unlock()
+			return
+		}
+		if !a.writing && len(a.queue) == 0 {
+			// Nothing is queued or being written: the pump writes the
+			// event itself and keeps the writer role until the end of
+			// this upstream read.
+			a.writing = true
+			a.setDeadlineLocked(a.s.cfg.WriteTimeout)
+			a.mu.Unlock()
+			if s.owner != nil {
+				s.endChunk()
+			}
+			s.owner, s.ownerFailed = a, false
+			s.writeOwned(raw)
+			return
+		}
+		if a.roomLocked(len(raw)) && a.reserve(len(raw)) {
+			a.pushLocked(raw, false)
+			a.kickLocked()
+			a.mu.Unlock()
+			return
+		}
+		// The writer goroutine is busy with a full queue: stop reading
+		// the upstream until it makes room, for at most WriteTimeout.
+		now := time.Now()
+		if deadline.IsZero() {
+			deadline = now.Add(a.waitLimit())
+		} else if !now.Before(deadline) {
+			a.closeLocked(ErrSlowConsumer)
+			a.mu.Unlock()
+			return
+		}
+		if timer == nil {
+			timer = time.NewTimer(deadline.Sub(now))
+		} else {
+			timer.Reset(deadline.Sub(now))
+		}
+		a.waiting = true
+		a.mu.Unlock()
+		select {
+		case <-a.space:
+		case <-timer.C:
+		}
+		a.mu.Lock()
+	}
+}
+
+// writeOwned writes one event while the pump holds the writer role; the
+// flush comes at the end of the upstream read.
+func (s *Stream) writeOwned(raw []byte) {
+	if s.ownerFailed || s.owner.isClosed.Load() {
+		return
+	}
+	if _, err := s.owner.w.Write(raw); err != nil {
+		s.ownerFailed = true
+		s.owner.close(writeErrReason(err))
+	}
+}
+
+// endChunk flushes what the pump wrote during one upstream read and gives
+// the writer role back: to the writer goroutine when something was queued
+// meanwhile (a retry hint after a cut), else to nobody.
+func (s *Stream) endChunk() {
+	a := s.owner
+	if a == nil {
+		return
+	}
+	s.owner = nil
+	var err error
+	if !s.ownerFailed {
+		err = a.w.Flush()
+	}
+	a.mu.Lock()
+	if err != nil {
+		a.closeLocked(writeErrReason(err))
+	}
+	if err != nil || s.ownerFailed {
+		// The connection failed mid-write: no retry hint can follow.
+		a.final = nil
+	}
+	a.writing = false
+	a.resumeLocked()
+	a.mu.Unlock()
+}
+
+// writeErrReason classifies a failed client write.
+func writeErrReason(err error) error {
+	if isTimeout(err) {
+		return ErrSlowConsumer
+	}
+	return ErrClientGone
 }
 
 // Attach connects a client to the stream, replacing any attached client
@@ -423,7 +553,7 @@ func (s *Stream) Attach(w ClientWriter, after string, retry time.Duration) (a *A
 	s.att = a
 	if after != "" && s.ring != nil {
 		found = s.ring.After(after, time.Now(), func(_ string, raw []byte) bool {
-			return a.enqueue(raw, true)
+			return a.enqueueReplay(raw)
 		})
 	}
 	ended := s.ended
@@ -448,6 +578,11 @@ func (s *Stream) detach(a *Attachment) {
 }
 
 // Attachment is one client connection receiving a stream's events.
+//
+// One goroutine at a time holds the writer role (writing): the stream's
+// Pump while it writes live events through, or the attachment's writer
+// goroutine, which exists only while queued items (replayed events, events
+// that arrived during a write, a keepalive, the retry hint) wait.
 type Attachment struct {
 	s     *Stream
 	w     ClientWriter
@@ -455,14 +590,18 @@ type Attachment struct {
 
 	mu       sync.Mutex
 	queue    [][]byte
-	qbytes   int
+	qbytes   int  // bytes in queue
 	replayN  int  // events at the front of queue that were replayed
 	replayB  int  // and their bytes
+	inflight int  // live bytes the writer goroutine took and is writing
 	ping     bool // a keepalive comment is due
-	writing  bool
+	writing  bool // a goroutine holds the writer role
+	waiting  bool // the pump waits for room in the queue
 	closed   bool
-	ended    bool // the stream has no more events
+	isClosed atomic.Bool // closed, readable without mu by the pump
+	ended    bool        // the stream has no more events
 	reason   error
+	space    chan struct{} // buffered 1; signals the waiting pump
 	finished chan struct{} // closed when nothing more will be written
 	timer    *time.Timer
 	final    []byte // written last, after the queue (retry hint)
@@ -470,40 +609,60 @@ type Attachment struct {
 }
 
 func newAttachment(s *Stream, w ClientWriter, retry time.Duration) *Attachment {
-	return &Attachment{s: s, w: w, retry: retry, finished: make(chan struct{})}
+	return &Attachment{s: s, w: w, retry: retry, finished: make(chan struct{}), space: make(chan struct{}, 1)}
 }
 
-// enqueue queues a copy of raw for the client; called with s.mu held.
-// replay marks an event replayed from the ring, which does not count
-// against the queue bounds. It reports whether the attachment is still
-// open.
-func (a *Attachment) enqueue(raw []byte, replay bool) bool {
+// enqueueReplay queues a copy of an event replayed from the ring; called
+// with s.mu held. Replayed events do not count against the queue bounds
+// (the ring bounds them). It reports whether the attachment is still open.
+func (a *Attachment) enqueueReplay(raw []byte) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.closed {
 		return false
 	}
-	if !replay {
-		cfg := &a.s.cfg
-		live, liveBytes := len(a.queue)-a.replayN, a.qbytes-a.replayB
-		if live >= cfg.QueueEvents || liveBytes > 0 && liveBytes+len(raw) > cfg.QueueBytes {
-			a.closeLocked(ErrSlowConsumer)
-			return false
-		}
-	}
 	if !a.reserve(len(raw)) {
 		a.closeLocked(ErrSlowConsumer)
 		return false
 	}
+	a.pushLocked(raw, true)
+	a.kickLocked()
+	return true
+}
+
+// roomLocked reports whether a live event of n bytes fits the queue
+// bounds, counting the live bytes being written. One event always fits
+// an empty queue.
+func (a *Attachment) roomLocked(n int) bool {
+	cfg := &a.s.cfg
+	live, liveBytes := len(a.queue)-a.replayN, a.qbytes-a.replayB+a.inflight
+	if live >= cfg.QueueEvents {
+		return false
+	}
+	return liveBytes == 0 || liveBytes+n <= cfg.QueueBytes
+}
+
+// pushLocked appends a copy of raw to the queue; its bytes are reserved.
+func (a *Attachment) pushLocked(raw []byte, replay bool) {
 	a.queue = append(a.queue, getEventBuf(raw))
 	a.qbytes += len(raw)
 	if replay {
 		a.replayN++
 		a.replayB += len(raw)
 	}
-	a.kickLocked()
-	return true
 }
+
+// waitLimit is how long the pump waits for room in a full queue before
+// the client counts as a slow consumer.
+func (a *Attachment) waitLimit() time.Duration {
+	if t := a.s.cfg.WriteTimeout; t > 0 {
+		return t
+	}
+	return defaultWaitLimit
+}
+
+// defaultWaitLimit bounds the wait for room when writes have no deadline.
+const defaultWaitLimit = 10 * time.Second
 
 func (a *Attachment) reserve(n int) bool {
 	if h := a.s.cfg.Hooks; h != nil && h.Reserve != nil {
@@ -516,6 +675,41 @@ func (a *Attachment) kickLocked() {
 	if !a.writing {
 		a.writing = true
 		go a.writeLoop()
+	}
+}
+
+// signalLocked wakes the pump waiting for room.
+func (a *Attachment) signalLocked() {
+	if a.waiting {
+		a.waiting = false
+		select {
+		case a.space <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// setDeadlineLocked gives the writes that follow a deadline. It is set
+// under a.mu, so that a close that cuts a write short (deadline now)
+// cannot be overridden by it.
+func (a *Attachment) setDeadlineLocked(timeout time.Duration) {
+	if timeout > 0 {
+		_ = a.w.SetWriteDeadline(time.Now().Add(timeout))
+	}
+}
+
+// resumeLocked is called by the goroutine giving up the writer role: it
+// starts the writer goroutine when something waits to be written, else
+// finishes a closed or ended attachment, else rearms the keepalive.
+func (a *Attachment) resumeLocked() {
+	switch {
+	case len(a.queue) > 0 || a.final != nil || a.ping && !a.closed:
+		a.writing = true
+		go a.writeLoop()
+	case a.closed || a.ended:
+		a.finishLocked()
+	case a.timer != nil:
+		a.timer.Reset(a.s.cfg.Keepalive)
 	}
 }
 
@@ -543,23 +737,36 @@ func putEventBuf(b []byte) {
 	eventBufPool.Put(&b)
 }
 
-// writeLoop writes queued events, then a due keepalive, then the retry
-// hint, until there is nothing left to write.
+// maxBatch caps the events one write of the writer goroutine takes from
+// the queue before it flushes.
+const maxBatch = 64
+
+// writeLoop is the writer goroutine: it writes the queued events in
+// batches (one deadline and one flush per batch), then a due keepalive,
+// then the retry hint, and exits when there is nothing left to write.
 func (a *Attachment) writeLoop() {
+	var batch [][]byte
 	for {
 		a.mu.Lock()
-		var item []byte
 		final, ping := false, false
+		var item []byte
+		batch = batch[:0]
 		switch {
 		case len(a.queue) > 0: // a closed attachment has an empty queue
-			item = a.queue[0]
-			a.queue[0] = nil
-			a.queue = a.queue[1:]
-			a.qbytes -= len(item)
-			if a.replayN > 0 {
-				a.replayN--
-				a.replayB -= len(item)
+			n := min(len(a.queue), maxBatch)
+			for i := range n {
+				b := a.queue[i]
+				batch = append(batch, b)
+				a.queue[i] = nil
+				a.qbytes -= len(b)
+				if a.replayN > 0 {
+					a.replayN--
+					a.replayB -= len(b)
+				} else {
+					a.inflight += len(b)
+				}
 			}
+			a.queue = a.queue[n:]
 			if len(a.queue) == 0 {
 				a.queue = nil
 			}
@@ -571,9 +778,7 @@ func (a *Attachment) writeLoop() {
 			a.final = nil
 		default:
 			a.writing = false
-			if a.closed || a.ended {
-				a.finishLocked()
-			}
+			a.resumeLocked()
 			a.mu.Unlock()
 			return
 		}
@@ -581,24 +786,33 @@ func (a *Attachment) writeLoop() {
 		if final && (timeout <= 0 || timeout > finalWriteTimeout) {
 			timeout = finalWriteTimeout
 		}
-		if timeout > 0 {
-			// Set under a.mu, so that a close that cuts this write short
-			// (deadline now) cannot be overridden by it.
-			_ = a.w.SetWriteDeadline(time.Now().Add(timeout))
-		}
+		a.setDeadlineLocked(timeout)
 		a.mu.Unlock()
-		err := a.write(item)
-		if !final && !ping {
-			a.reserve(-len(item))
-			putEventBuf(item)
+		var err error
+		if item != nil {
+			err = a.write(item)
+		} else {
+			for _, b := range batch {
+				if err == nil {
+					_, err = a.w.Write(b)
+				}
+			}
+			if err == nil {
+				err = a.w.Flush()
+			}
+			a.mu.Lock()
+			for _, b := range batch {
+				a.reserve(-len(b))
+				putEventBuf(b)
+			}
+			a.inflight = 0
+			a.signalLocked()
+			a.mu.Unlock()
+			clear(batch)
 		}
 		if err != nil {
 			a.mu.Lock()
-			reason := ErrClientGone
-			if isTimeout(err) {
-				reason = ErrSlowConsumer
-			}
-			a.closeLocked(reason)
+			a.closeLocked(writeErrReason(err))
 			a.final = nil
 			a.mu.Unlock()
 			continue
@@ -608,11 +822,6 @@ func (a *Attachment) writeLoop() {
 				h.Keepalive()
 			}
 		}
-		a.mu.Lock()
-		if a.timer != nil && !a.closed && !a.ended {
-			a.timer.Reset(a.s.cfg.Keepalive)
-		}
-		a.mu.Unlock()
 	}
 }
 
@@ -690,7 +899,9 @@ func (a *Attachment) closeLocked(reason error) {
 		return
 	}
 	a.closed = true
+	a.isClosed.Store(true)
 	a.reason = reason
+	a.signalLocked()
 	if f := a.onEnd; f != nil && reason != ErrDetached {
 		a.onEnd = nil
 		go f()
@@ -753,7 +964,7 @@ func (a *Attachment) Closed() bool {
 func (a *Attachment) Queued() int {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.qbytes + a.replayB
+	return a.qbytes + a.inflight
 }
 
 // Gone ends the attachment because its client went away.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"regexp"
 	"runtime"
 	"strconv"
 	"strings"
@@ -343,14 +344,15 @@ func TestStreamRelayByteExact(t *testing.T) {
 				if int(eventBytes.Load()) != len(tc.want) {
 					t.Errorf("Event hook counted %d bytes, want %d", eventBytes.Load(), len(tc.want))
 				}
-				// Each write is one whole event, with a deadline set before
-				// it and a flush after it.
+				// Each write is one whole event; the events of one upstream
+				// read are written after one deadline and flushed once.
 				n := len(w.Writes())
 				if int64(n) != events.Load() {
 					t.Errorf("%d writes for %d events", n, events.Load())
 				}
-				if ops, want := w.Ops(), strings.Repeat("DWF", n); ops != want {
-					t.Errorf("ops %q, want %q", ops, want)
+				ops := w.Ops()
+				if !regexp.MustCompile(`^(DW+F)*$`).MatchString(ops) || strings.Count(ops, "W") != n {
+					t.Errorf("ops %q, want deadline, writes, flush per read", ops)
 				}
 				if ended, at := s.Ended(); !ended || at.IsZero() {
 					t.Error("stream not ended")
@@ -380,7 +382,7 @@ func TestStreamNoWriteDeadlineWhenUnset(t *testing.T) {
 	if err := waitAtt(t, a, context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if ops := w.Ops(); ops != "WFWFWF" {
+	if ops := w.Ops(); !regexp.MustCompile(`^(W+F)+$`).MatchString(ops) || strings.Count(ops, "W") != 3 {
 		t.Errorf("ops %q", ops)
 	}
 }
@@ -538,7 +540,7 @@ func TestAppendIDLast(t *testing.T) {
 		"no terminator":          "id: p\nno terminator",
 		"":                       "id: p\n",
 	} {
-		if got := string(appendIDLast("p", []byte(in))); got != want {
+		if got := string(appendIDLast(nil, "p", []byte(in))); got != want {
 			t.Errorf("appendIDLast(%q) = %q, want %q", in, got, want)
 		}
 	}
@@ -746,18 +748,32 @@ func TestStreamSkip(t *testing.T) {
 	}
 }
 
-func TestStreamSlowConsumerQueue(t *testing.T) {
+func TestStreamBlockedWriteStopsUpstream(t *testing.T) {
+	// A client that does not read blocks the pump in its write: the
+	// upstream is not read meanwhile, and the write deadline cuts the
+	// client. Every event stays in the ring for its resumption.
 	var slow atomic.Int32
 	rc := &reserveCounter{}
 	cfg := baseConfig()
 	cfg.QueueEvents = 2
-	cfg.WriteTimeout = 10 * time.Second // the queue bound, not the deadline, must cut it
+	cfg.WriteTimeout = 300 * time.Millisecond
 	cfg.Hooks = &Hooks{SlowConsumer: func() { slow.Add(1) }, Reserve: rc.Reserve}
 	s := NewStream(cfg)
 	w := newFakeWriter()
 	w.setBlocked(true)
 	a, _ := s.Attach(w, "", 0)
-	pumped := startPump(s, strings.NewReader(evRange(1, 100)))
+	pr, pw := io.Pipe()
+	pumped := startPump(s, pr)
+	io.WriteString(pw, evN(1))
+	<-w.blocking
+	// The pump is stuck in the client's write: it does not read event 2.
+	wrote := make(chan struct{})
+	go func() { io.WriteString(pw, evRange(2, 100)); pw.Close(); close(wrote) }()
+	select {
+	case <-wrote:
+		t.Fatal("upstream read while the client write was blocked")
+	case <-time.After(100 * time.Millisecond):
+	}
 	if err := waitAtt(t, a, context.Background()); !errors.Is(err, ErrSlowConsumer) {
 		t.Fatalf("Wait = %v, want ErrSlowConsumer", err)
 	}
@@ -773,58 +789,55 @@ func TestStreamSlowConsumerQueue(t *testing.T) {
 	if s.Attached() {
 		t.Error("slow consumer still attached")
 	}
-	// The stream keeps every event for the client's resumption.
-	w2 := newFakeWriter()
-	a2, found := s.Attach(w2, "1", 0)
+	w3 := newFakeWriter()
+	a3, found := s.Attach(w3, "1", 0)
 	if !found {
 		t.Fatal("id 1 not found")
 	}
-	waitAtt(t, a2, context.Background())
-	if w2.String() != evRange(2, 100) {
+	waitAtt(t, a3, context.Background())
+	if w3.String() != evRange(2, 100) {
 		t.Error("resumption after a slow consumer lost events")
 	}
 	rc.check(t, s)
 }
 
-func TestStreamSlowConsumerRetryLast(t *testing.T) {
-	slowCh := make(chan struct{})
-	var slow atomic.Int32
+func TestStreamQueueFullWaitsForWriter(t *testing.T) {
+	// While the writer goroutine is busy with replayed events, live events
+	// queue; a full queue makes the pump wait for room instead of cutting
+	// a client that keeps reading.
 	rc := &reserveCounter{}
 	cfg := baseConfig()
 	cfg.QueueEvents = 2
 	cfg.WriteTimeout = 10 * time.Second
-	cfg.Retry = 1500 * time.Millisecond
-	cfg.Hooks = &Hooks{SlowConsumer: func() {
-		if slow.Add(1) == 1 {
-			close(slowCh)
-		}
-	}, Reserve: rc.Reserve}
+	cfg.Hooks = &Hooks{Reserve: rc.Reserve}
 	s := NewStream(cfg)
-	w := newFakeWriter()
-	w.setBlocked(true)
-	a, _ := s.Attach(w, "", 0)
 	pr, pw := io.Pipe()
 	pumped := startPump(s, pr)
-	io.WriteString(pw, evN(1))
-	<-w.blocking // event 1 is stuck in its write
-	go func() { io.WriteString(pw, evRange(2, 100)); pw.Close() }()
-	select {
-	case <-slowCh:
-	case <-time.After(hangBound):
-		t.Fatal("no slow consumer")
+	io.WriteString(pw, evRange(1, 20))
+	waitUntil(t, "event 20 stored", func() bool { return s.UpstreamLastID() == "20" })
+	w := newFakeWriter()
+	w.setBlocked(true)
+	a, found := s.Attach(w, "1", 0)
+	if !found {
+		t.Fatal("id 1 not found")
 	}
-	w.setBlocked(false) // the stuck write completes within its deadline
-	if err := waitAtt(t, a, context.Background()); !errors.Is(err, ErrSlowConsumer) {
-		t.Fatalf("Wait = %v, want ErrSlowConsumer", err)
+	<-w.blocking // the writer goroutine is stuck in replayed event 2
+	go func() { io.WriteString(pw, evRange(21, 60)); pw.Close() }()
+	waitUntil(t, "queue full", func() bool { return a.Queued() >= 2*len(evN(21)) })
+	time.Sleep(50 * time.Millisecond)
+	if a.Closed() {
+		t.Fatal("client cut while its writes were within their deadline")
 	}
-	writes := w.Writes()
-	if want := []string{evN(1), "retry: 1500\n\n"}; fmt.Sprint(writes) != fmt.Sprint(want) {
-		t.Fatalf("writes %q, want %q", writes, want)
+	w.setBlocked(false)
+	if err := pumpResult(t, pumped); err != nil {
+		t.Fatal(err)
 	}
-	if slow.Load() != 1 {
-		t.Errorf("SlowConsumer fired %d times", slow.Load())
+	if err := waitAtt(t, a, context.Background()); err != nil {
+		t.Fatalf("Wait = %v", err)
 	}
-	pumpResult(t, pumped)
+	if w.String() != evRange(2, 60) {
+		t.Errorf("client got %d bytes, want %d", len(w.String()), len(evRange(2, 60)))
+	}
 	rc.check(t, s)
 }
 
@@ -1054,8 +1067,7 @@ func TestStreamAttachReplacesBlocked(t *testing.T) {
 		wc.setBlocked(true)
 		c, _ := s.Attach(wc, "", 0)
 		io.WriteString(pw, evRange(1, 3))
-		<-wc.blocking
-		waitUntil(t, "event 3", func() bool { return s.UpstreamLastID() == "3" })
+		<-wc.blocking // the pump is stuck writing event 1 to C
 		wd := newFakeWriter()
 		d, _ := s.Attach(wd, "1", 0)
 		if err := waitAtt(t, c, context.Background()); !errors.Is(err, ErrDetached) {
@@ -1170,45 +1182,76 @@ func TestStreamOversized(t *testing.T) {
 }
 
 func TestStreamReserveRefused(t *testing.T) {
+	// A refused reservation does not cut a client that keeps up (its
+	// events are written through, not queued), but the event is not kept
+	// for replay.
+	var slow atomic.Int32
+	rc := &reserveCounter{}
+	cfg := baseConfig()
+	cfg.Hooks = &Hooks{Reserve: rc.Reserve, SlowConsumer: func() { slow.Add(1) }}
+	s := NewStream(cfg)
+	pr, pw := io.Pipe()
+	pumped := startPump(s, pr)
+	w := newFakeWriter()
+	a, _ := s.Attach(w, "", 0)
+	io.WriteString(pw, evN(1))
+	waitUntil(t, "event 1", func() bool { return w.String() == evN(1) })
+	rc.mu.Lock()
+	rc.refuse = true
+	rc.mu.Unlock()
+	io.WriteString(pw, evN(2))
+	waitUntil(t, "event 2", func() bool { return w.String() == evN(1)+evN(2) })
+	pw.Close()
+	pumpResult(t, pumped)
+	if err := waitAtt(t, a, context.Background()); err != nil {
+		t.Fatalf("Wait = %v", err)
+	}
+	if slow.Load() != 0 {
+		t.Errorf("SlowConsumer %d", slow.Load())
+	}
+	w2 := newFakeWriter()
+	a2, found := s.Attach(w2, "1", 0)
+	if !found {
+		t.Fatal("not found")
+	}
+	if err := waitAtt(t, a2, context.Background()); err != nil || w2.String() != "" {
+		t.Fatalf("replay Wait = %v, got %q", err, w2.String())
+	}
+	rc.check(t, s)
+}
+
+func TestStreamReserveRefusedQueued(t *testing.T) {
+	// A queued event whose bytes cannot be reserved waits for the queue to
+	// drain; a budget that stays exhausted, or a writer that stays stuck,
+	// cuts the client once the wait limit passes.
 	for _, retry := range []time.Duration{0, 300 * time.Millisecond} {
 		var slow atomic.Int32
 		rc := &reserveCounter{}
 		cfg := baseConfig()
 		cfg.Retry = retry
+		cfg.WriteTimeout = 300 * time.Millisecond
 		cfg.Hooks = &Hooks{Reserve: rc.Reserve, SlowConsumer: func() { slow.Add(1) }}
 		s := NewStream(cfg)
 		pr, pw := io.Pipe()
 		pumped := startPump(s, pr)
+		io.WriteString(pw, evRange(1, 2))
+		waitUntil(t, "event 2 stored", func() bool { return s.UpstreamLastID() == "2" })
 		w := newFakeWriter()
-		a, _ := s.Attach(w, "", 0)
-		io.WriteString(pw, evN(1))
-		waitUntil(t, "event 1", func() bool { return w.String() == evN(1) })
+		w.setBlocked(true)
+		a, _ := s.Attach(w, "1", 0)
+		<-w.blocking // the writer goroutine holds replayed event 2
 		rc.mu.Lock()
 		rc.refuse = true
 		rc.mu.Unlock()
-		io.WriteString(pw, evN(2))
+		go io.WriteString(pw, evN(3))
 		if err := waitAtt(t, a, context.Background()); !errors.Is(err, ErrSlowConsumer) {
 			t.Fatalf("Wait = %v, want ErrSlowConsumer", err)
 		}
-		want := evN(1)
-		if retry > 0 {
-			want += "retry: 300\n\n"
+		if slow.Load() != 1 {
+			t.Errorf("SlowConsumer %d", slow.Load())
 		}
-		if w.String() != want || slow.Load() != 1 {
-			t.Errorf("got %q, SlowConsumer %d", w.String(), slow.Load())
-		}
-		// An event whose bytes could not be reserved is not kept for
-		// replay either: a resumption finds nothing after event 1.
 		pw.Close()
 		pumpResult(t, pumped)
-		w2 := newFakeWriter()
-		a2, found := s.Attach(w2, "1", 0)
-		if !found {
-			t.Fatal("not found")
-		}
-		if err := waitAtt(t, a2, context.Background()); err != nil || w2.String() != "" {
-			t.Fatalf("replay Wait = %v, got %q", err, w2.String())
-		}
 		rc.check(t, s)
 	}
 }
