@@ -324,7 +324,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if !ok {
 		return fmt.Errorf("embedded proxy is %T, want reverse_proxy", mod)
 	}
-	h.transport = &relayTransport{inner: rp.Transport}
+	h.transport = &relayTransport{inner: rp.Transport, streams: newStreamDialer(rp.Transport)}
 	rp.Transport = h.transport
 	h.proxy = rp
 	if err := acquireRegistry(); err != nil {

@@ -208,6 +208,9 @@ func (st *relayState) sendCancelled(reason string) {
 // relay, not reverse_proxy's copy loop, pumps it to the client.
 type relayTransport struct {
 	inner http.RoundTripper
+	// streams opens SSE GET streams on connections of their own; nil when
+	// the inner transport cannot be bypassed.
+	streams *streamDialer
 }
 
 // RoundTrip implements http.RoundTripper.
@@ -244,7 +247,13 @@ func (t *relayTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		st.outReq = req
 		st.mu.Unlock()
 	}
-	resp, err := t.inner.RoundTrip(req)
+	var resp *http.Response
+	var err error
+	if t.streams.handles(req) {
+		resp, err = t.streams.roundTrip(req)
+	} else {
+		resp, err = t.inner.RoundTrip(req)
+	}
 	if err != nil {
 		return nil, err
 	}

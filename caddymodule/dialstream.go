@@ -1,0 +1,159 @@
+package caddymodule
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"math"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+)
+
+// A GET that opens an SSE stream may live for hours and spend nearly all
+// of it idle. Through net/http's Transport such a stream holds a pooled
+// connection with two goroutines (its read and write loops) and 8 KiB of
+// buffers. When reverse_proxy's transport is plain HTTP/1.1 to the
+// upstream (no TLS, no forward proxy), mcp_proxy opens these streams on a
+// connection of their own instead, dialled with the transport's own
+// dialer (so dial timeouts, local_address, resolvers, PROXY protocol and
+// read/write timeouts apply), with a small read buffer and no goroutine:
+// the relay reads the response body from the handler's goroutine, and
+// closing the body closes the connection.
+
+// streamReadBuf is the read buffer of a dialled stream connection.
+const streamReadBuf = 1 << 10
+
+// defaultMaxStreamHeader caps the response header of a dialled stream when
+// the transport sets no max_response_header_size.
+const defaultMaxStreamHeader = 1 << 20
+
+// streamDialer opens SSE GET streams for one reverse_proxy transport.
+type streamDialer struct {
+	dial      func(ctx context.Context, network, addr string) (netConn, error)
+	proxy     func(*http.Request) (*url.URL, error) // the transport's, e.g. from the environment
+	hdrTimout time.Duration
+	maxHeader int64
+}
+
+// netConn is the part of net.Conn a dialled stream uses.
+type netConn interface {
+	io.ReadWriteCloser
+	SetReadDeadline(t time.Time) error
+}
+
+// newStreamDialer returns a dialer for inner, or nil when streams must go
+// through inner itself (TLS, a forward proxy, HTTP/2-only versions, or a
+// transport of another kind).
+func newStreamDialer(inner http.RoundTripper) *streamDialer {
+	ht, ok := inner.(*reverseproxy.HTTPTransport)
+	if !ok || ht.Transport == nil || ht.Transport.DialContext == nil {
+		return nil
+	}
+	if ht.TLS != nil || ht.Transport.TLSClientConfig != nil ||
+		ht.ForwardProxyURL != "" || len(ht.NetworkProxyRaw) != 0 {
+		return nil
+	}
+	if len(ht.Versions) > 0 && !slices.Contains(ht.Versions, "1.1") {
+		return nil
+	}
+	dial := ht.Transport.DialContext
+	d := &streamDialer{
+		dial: func(ctx context.Context, network, addr string) (netConn, error) {
+			return dial(ctx, network, addr)
+		},
+		proxy:     ht.Transport.Proxy,
+		hdrTimout: time.Duration(ht.ResponseHeaderTimeout),
+		maxHeader: ht.MaxResponseHeaderSize,
+	}
+	if d.maxHeader <= 0 {
+		d.maxHeader = defaultMaxStreamHeader
+	}
+	return d
+}
+
+// handles reports whether req is a plain-HTTP GET that asks for an SSE
+// stream and that the transport would not send through an HTTP proxy.
+func (d *streamDialer) handles(req *http.Request) bool {
+	if d == nil || req.Method != http.MethodGet || req.URL.Scheme != "http" {
+		return false
+	}
+	sse := false
+	for _, v := range req.Header.Values("Accept") {
+		if strings.Contains(strings.ToLower(v), "text/event-stream") {
+			sse = true
+		}
+	}
+	if !sse {
+		return false
+	}
+	if d.proxy != nil {
+		if u, err := d.proxy(req); u != nil || err != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// roundTrip sends req on a connection of its own and returns the response
+// with its header read. The request's context bounds the whole exchange,
+// the body's life included.
+func (d *streamDialer) roundTrip(req *http.Request) (*http.Response, error) {
+	ctx := req.Context()
+	conn, err := d.dial(ctx, "tcp", req.URL.Host)
+	if err != nil {
+		return nil, err
+	}
+	var once sync.Once
+	closeConn := func() { once.Do(func() { _ = conn.Close() }) }
+	stop := context.AfterFunc(ctx, closeConn)
+	fail := func(err error) (*http.Response, error) {
+		stop()
+		closeConn()
+		if ctxErr := ctx.Err(); ctxErr != nil {
+			return nil, ctxErr
+		}
+		return nil, err
+	}
+	if d.hdrTimout > 0 {
+		_ = conn.SetReadDeadline(time.Now().Add(d.hdrTimout))
+	}
+	if err := req.Write(conn); err != nil {
+		return fail(err)
+	}
+	lr := &io.LimitedReader{R: conn, N: d.maxHeader}
+	br := bufio.NewReaderSize(lr, streamReadBuf)
+	resp, err := http.ReadResponse(br, req)
+	if err != nil {
+		if lr.N <= 0 {
+			err = errors.New("upstream response header too large")
+		}
+		return fail(err)
+	}
+	lr.N = math.MaxInt64
+	if d.hdrTimout > 0 {
+		_ = conn.SetReadDeadline(time.Time{})
+	}
+	resp.Body = &streamBody{ReadCloser: resp.Body, close: func() { stop(); closeConn() }}
+	return resp, nil
+}
+
+// streamBody is the body of a dialled stream: closing it closes the
+// connection at once (net/http's body Close would read an endless stream
+// to its end).
+type streamBody struct {
+	io.ReadCloser
+	close func()
+}
+
+func (b *streamBody) Close() error {
+	b.close()
+	_ = b.ReadCloser.Close()
+	return nil
+}
