@@ -1548,3 +1548,34 @@ func TestStreamShrinkRing(t *testing.T) {
 	}
 	rc.check(t, s)
 }
+
+// discardWriter is a ClientWriter that takes everything at once.
+type discardWriter struct{ n int64 }
+
+func (d *discardWriter) Write(p []byte) (int, error)      { d.n += int64(len(p)); return len(p), nil }
+func (d *discardWriter) Flush() error                     { return nil }
+func (d *discardWriter) SetWriteDeadline(time.Time) error { return nil }
+
+// BenchmarkStreamRelay relays 1 KiB events from an upstream body to a
+// client that keeps up; one op is one event.
+func BenchmarkStreamRelay(b *testing.B) {
+	ev := "data: " + strings.Repeat("x", 1017) + "\n\n"
+	const perBody = 1000
+	body := []byte(strings.Repeat(ev, perBody))
+	b.SetBytes(int64(len(ev)))
+	b.ReportAllocs()
+	b.ResetTimer()
+	for done := 0; done < b.N; done += perBody {
+		cfg := baseConfig()
+		cfg.IDPrefix = "p-"
+		s := NewStream(cfg)
+		w := &discardWriter{}
+		a, _ := s.Attach(w, "", 0)
+		if err := s.Pump(bytes.NewReader(body)); err != nil {
+			b.Fatal(err)
+		}
+		if err := a.Wait(context.Background()); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
