@@ -10,6 +10,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 )
 
@@ -51,6 +52,10 @@ const (
 	keySize        = 32
 	tokenVersion   = 1
 )
+
+// openBufPool holds Open's scratch buffers: a token's text, then its
+// decoded bytes.
+var openBufPool = sync.Pool{New: func() any { return new([2 * MaxTokenLength]byte) }}
 
 // Token errors. Each answers 404: the client re-initializes.
 var (
@@ -170,18 +175,31 @@ func (s *Sealer) Open(token string, now time.Time) (*Session, error) {
 	if len(token) == 0 || len(token) > MaxTokenLength {
 		return nil, ErrTokenInvalid
 	}
-	var raw [MaxTokenLength]byte
-	n, err := base64.RawURLEncoding.Decode(raw[:], []byte(token))
+	// The token's text and its decoded bytes share one pooled buffer, and
+	// the plaintext is opened in place: decodeSession copies what it keeps.
+	bp := openBufPool.Get().(*[2 * MaxTokenLength]byte)
+	defer openBufPool.Put(bp)
+	src := append(bp[:0:MaxTokenLength], token...)
+	n, err := base64.RawURLEncoding.Decode(bp[MaxTokenLength:], src)
 	if err != nil || n < 1+12+16 {
 		return nil, ErrTokenInvalid
 	}
-	data := raw[:n]
+	data := bp[MaxTokenLength : MaxTokenLength+n]
 	var pt []byte
 	for _, k := range s.keys {
 		if k.id != data[0] {
 			continue
 		}
-		if p, err := k.aead.Open(nil, data[1:13], data[13:], tokenAAD); err == nil {
+		if len(s.keys) > 1 {
+			// A failed in-place open may have overwritten the
+			// ciphertext the next key must try; open a copy instead.
+			if p, err := k.aead.Open(src[:0], data[1:13], data[13:], tokenAAD); err == nil {
+				pt = p
+				break
+			}
+			continue
+		}
+		if p, err := k.aead.Open(data[13:13], data[1:13], data[13:], tokenAAD); err == nil {
 			pt = p
 			break
 		}
