@@ -354,8 +354,9 @@ func counterValue(c prometheus.Counter) float64 {
 func counterValues(cv *prometheus.CounterVec, label string) map[string]float64 {
 	ch := make(chan prometheus.Metric, 16)
 	go func() {
+		defer close(ch)
+		defer recoverPanic(nil, "admin counters")
 		cv.Collect(ch)
-		close(ch)
 	}()
 	out := map[string]float64{}
 	for m := range ch {

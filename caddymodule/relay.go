@@ -81,6 +81,7 @@ func newRelayState(h *Handler, r *http.Request, call *mcp.Call, res resolution) 
 // session-era request the upstream is told with notifications/cancelled,
 // since a client that saw no event id can never resume it.
 func (st *relayState) clientGone() {
+	defer recoverPanic(st.h.logger, "client gone")
 	st.mu.Lock()
 	if st.done || st.timer != nil {
 		st.mu.Unlock()
@@ -101,6 +102,7 @@ func (st *relayState) clientGone() {
 // detachedTooLong ends a resumable request nobody resumed in time, and
 // tells the upstream the proxy gave up on it.
 func (st *relayState) detachedTooLong() {
+	defer recoverPanic(st.h.logger, "replay timer")
 	st.mu.Lock()
 	if st.done {
 		st.mu.Unlock()
@@ -440,12 +442,12 @@ func (h *Handler) relay(w http.ResponseWriter, st *relayState, body io.ReadClose
 
 // pump runs the upstream side of a stream until it ends.
 func (h *Handler) pump(stream *sse.Stream, body io.ReadCloser, st *relayState) {
+	defer st.finish()
+	defer body.Close()
 	err := stream.Pump(body)
-	_ = body.Close()
 	if errors.Is(err, sse.ErrEventTooLarge) || errors.Is(err, sse.ErrLineTooLong) {
 		h.logger.Warn("upstream SSE event over max_event_size; stream closed", zap.Error(err))
 	}
-	st.finish()
 }
 
 // serveResume answers a GET with Last-Event-ID from the stream that holds

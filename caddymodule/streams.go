@@ -58,7 +58,7 @@ func acquireRegistry() error {
 				case <-ctx.Done():
 					return
 				case now := <-t.C:
-					st.reg.Sweep(now)
+					sweepRegistry(st.reg, now)
 				}
 			}
 		}()
@@ -158,9 +158,17 @@ func (ss *streamSet) drain(delay time.Duration) {
 	}
 }
 
+// sweepRegistry runs one sweep; a panic in it is logged and counted and
+// the sweeper goes on.
+func sweepRegistry(reg *sse.Registry, now time.Time) {
+	defer recoverPanic(nil, "stream registry sweeper")
+	reg.Sweep(now)
+}
+
 func scheduleDrain(a *sse.Attachment, t trackedStream, delay time.Duration) {
 	d := time.Duration(float64(delay) * (0.8 + 0.2*rand.Float64()))
 	time.AfterFunc(d, func() {
+		defer recoverPanic(nil, "stream drain")
 		metrics.streamsDrained.Inc()
 		closeTracked(a, t)
 	})
