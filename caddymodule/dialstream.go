@@ -56,8 +56,9 @@ func newStreamDialer(inner http.RoundTripper) *streamDialer {
 	if !ok || ht.Transport == nil || ht.Transport.DialContext == nil {
 		return nil
 	}
-	if ht.TLS != nil || ht.Transport.TLSClientConfig != nil ||
-		ht.ForwardProxyURL != "" || len(ht.NetworkProxyRaw) != 0 {
+	// (TLSClientConfig is set whenever HTTP/2 is allowed, TLS or not; the
+	// request's scheme tells a TLS upstream apart.)
+	if ht.TLSEnabled() || ht.ForwardProxyURL != "" || len(ht.NetworkProxyRaw) != 0 {
 		return nil
 	}
 	if len(ht.Versions) > 0 && !slices.Contains(ht.Versions, "1.1") {
@@ -81,7 +82,8 @@ func newStreamDialer(inner http.RoundTripper) *streamDialer {
 // handles reports whether req is a plain-HTTP GET that asks for an SSE
 // stream and that the transport would not send through an HTTP proxy.
 func (d *streamDialer) handles(req *http.Request) bool {
-	if d == nil || req.Method != http.MethodGet || req.URL.Scheme != "http" {
+	// The scheme is still empty here: HTTPTransport sets it when it sends.
+	if d == nil || req.Method != http.MethodGet || req.URL.Scheme != "" && req.URL.Scheme != "http" {
 		return false
 	}
 	sse := false
