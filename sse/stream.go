@@ -124,6 +124,7 @@ type Stream struct {
 	// Used by the Pump goroutine only.
 	owner       *Attachment // whose writer role the pump holds in this chunk
 	ownerFailed bool        // a write of the pump to owner failed
+	out         *[]byte     // owner's events of this chunk, not yet written
 	scratch     []byte      // builds events that get a proxy id
 }
 
@@ -492,16 +493,53 @@ func (s *Stream) deliver(a *Attachment, raw []byte) {
 	}
 }
 
-// writeOwned writes one event while the pump holds the writer role; the
-// flush comes at the end of the upstream read.
+// outBufSize is the capacity of the buffer that gathers the events of one
+// upstream read for one write to the client.
+const outBufSize = 32 << 10
+
+var outBufPool = sync.Pool{New: func() any { b := make([]byte, 0, outBufSize); return &b }}
+
+// writeOwned adds one event to what the pump writes to the client at the
+// end of the upstream read, while it holds the writer role; the events of
+// one read go out in one write (or a few, past outBufSize) and one flush.
 func (s *Stream) writeOwned(raw []byte) {
 	if s.ownerFailed || s.owner.isClosed.Load() {
 		return
 	}
-	if _, err := s.owner.w.Write(raw); err != nil {
+	if s.out == nil {
+		s.out = outBufPool.Get().(*[]byte)
+	}
+	buf := *s.out
+	if len(buf)+len(raw) > cap(buf) {
+		if !s.writeOut() {
+			return
+		}
+		buf = *s.out
+		if len(raw) > cap(buf) {
+			s.writeOwnedErr(s.owner.w.Write(raw))
+			return
+		}
+	}
+	*s.out = append(buf, raw...)
+}
+
+// writeOut writes the gathered events; false when the write failed.
+func (s *Stream) writeOut() bool {
+	buf := *s.out
+	*s.out = buf[:0]
+	if len(buf) == 0 || s.ownerFailed {
+		return !s.ownerFailed
+	}
+	return s.writeOwnedErr(s.owner.w.Write(buf))
+}
+
+func (s *Stream) writeOwnedErr(_ int, err error) bool {
+	if err != nil {
 		s.ownerFailed = true
 		s.owner.close(writeErrReason(err))
+		return false
 	}
+	return true
 }
 
 // endChunk flushes what the pump wrote during one upstream read and gives
@@ -512,8 +550,16 @@ func (s *Stream) endChunk() {
 	if a == nil {
 		return
 	}
-	s.owner = nil
 	var err error
+	if s.out != nil {
+		if !a.isClosed.Load() {
+			s.writeOut()
+		}
+		*s.out = (*s.out)[:0]
+		outBufPool.Put(s.out)
+		s.out = nil
+	}
+	s.owner = nil
 	if !s.ownerFailed {
 		err = a.w.Flush()
 	}

@@ -344,10 +344,10 @@ func TestStreamRelayByteExact(t *testing.T) {
 				if int(eventBytes.Load()) != len(tc.want) {
 					t.Errorf("Event hook counted %d bytes, want %d", eventBytes.Load(), len(tc.want))
 				}
-				// Each write is one whole event; the events of one upstream
-				// read are written after one deadline and flushed once.
+				// The events of one upstream read are written together
+				// after one deadline and flushed once.
 				n := len(w.Writes())
-				if int64(n) != events.Load() {
+				if int64(n) > events.Load() {
 					t.Errorf("%d writes for %d events", n, events.Load())
 				}
 				ops := w.Ops()
@@ -382,7 +382,7 @@ func TestStreamNoWriteDeadlineWhenUnset(t *testing.T) {
 	if err := waitAtt(t, a, context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if ops := w.Ops(); !regexp.MustCompile(`^(W+F)+$`).MatchString(ops) || strings.Count(ops, "W") != 3 {
+	if ops := w.Ops(); !regexp.MustCompile(`^(W+F)+$`).MatchString(ops) {
 		t.Errorf("ops %q", ops)
 	}
 }
