@@ -514,7 +514,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	st.session, st.over = sess, over
 	caddyhttp.SetVar(r.Context(), varRelay, st)
 	defer st.handlerDone()
-	err := h.proxy.ServeHTTP(w, r, next)
+	var err error
+	if r.Method == http.MethodGet {
+		err = h.proxyShallow(w, r, next)
+	} else {
+		err = h.proxy.ServeHTTP(w, r, next)
+	}
 	if st.responded {
 		status = st.status
 	}
@@ -538,6 +543,29 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if r.Method == http.MethodDelete && res.session != nil && st.responded && st.status >= 200 && st.status < 300 {
 		sharedRegistry().Forget(sessionKey(res.session))
 		h.app.global.sessions.Remove(sessionKey(res.session), resources.CauseDeleted)
+	}
+	return err
+}
+
+// proxyShallow runs the embedded reverse_proxy on a goroutine of its own
+// and waits for it. A GET usually opens an SSE stream, which the relay then
+// reads from this handler's goroutine for as long as it lives; the deep
+// calls of reverse_proxy and the dial would otherwise leave that parked
+// goroutine with a stack two or four times the size it needs. A panic
+// (reverse_proxy aborts a broken response with http.ErrAbortHandler) is
+// raised again here, where net/http expects it.
+func (h *Handler) proxyShallow(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	var err error
+	var p any
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer func() { p = recover() }()
+		err = h.proxy.ServeHTTP(w, r, next)
+	}()
+	<-done
+	if p != nil {
+		panic(p)
 	}
 	return err
 }
