@@ -30,6 +30,9 @@ import (
 // streamReadBuf is the read buffer of a dialled stream connection.
 const streamReadBuf = 1 << 10
 
+// reqWriterPool holds the buffers stream requests are written through.
+var reqWriterPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 1<<10) }}
+
 // defaultMaxStreamHeader caps the response header of a dialled stream when
 // the transport sets no max_response_header_size.
 const defaultMaxStreamHeader = 1 << 20
@@ -126,7 +129,17 @@ func (d *streamDialer) roundTrip(req *http.Request) (*http.Response, error) {
 	if d.hdrTimout > 0 {
 		_ = conn.SetReadDeadline(time.Now().Add(d.hdrTimout))
 	}
-	if err := req.Write(conn); err != nil {
+	// Request.Write buffers through a fresh 4 KiB writer unless it is
+	// given one; a pooled small one leaves no garbage per stream.
+	bw := reqWriterPool.Get().(*bufio.Writer)
+	bw.Reset(conn)
+	err = req.Write(bw)
+	if err == nil {
+		err = bw.Flush()
+	}
+	bw.Reset(nil)
+	reqWriterPool.Put(bw)
+	if err != nil {
 		return fail(err)
 	}
 	lr := &io.LimitedReader{R: conn, N: d.maxHeader}
