@@ -3,6 +3,7 @@ package admission
 import (
 	"context"
 	"errors"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -10,8 +11,9 @@ import (
 
 // ErrQueueFull is returned by Limiter.Acquire when no slot is free and the
 // wait queue has no room for the request: the queue is full of waiters of
-// equal or higher priority, or the queue size is zero. A waiter evicted from
-// a full queue by a higher-priority arrival also gets ErrQueueFull.
+// equal or higher priority (a standing queue is full at its standing size,
+// see Limiter), or the queue size is zero. A waiter evicted from a full
+// queue by a higher-priority arrival also gets ErrQueueFull.
 var ErrQueueFull = errors.New("admission: wait queue full")
 
 // ErrQueueTimeout is returned by Limiter.Acquire when a request waited for
@@ -23,22 +25,67 @@ var ErrQueueTimeout = errors.New("admission: wait queue timeout")
 //
 // The fast path, TryAcquire and Release, is a few atomic operations and does
 // not allocate. When no slot is free, Acquire waits in the queue. A Release
-// hands its slot directly to the best waiter: the highest priority first and,
-// within one priority, adaptively FIFO or LIFO. While the oldest waiter has
-// waited less than half the queue timeout the queue is draining, and it is
-// served oldest first, so a burst is absorbed in arrival order and no waiter
-// starves behind newer ones. Once the oldest has waited longer, the queue is
-// standing (sustained overload): a FIFO queue would then serve only requests
-// that have waited the longest, whose clients are the most likely to have
-// given up, so goodput collapses; the newest waiter is served instead, which
-// keeps the requests whose clients are still waiting fast and lets the old
-// ones reach their queue timeout and be refused (adaptive LIFO, as in
-// CoDel-style queue management). Without a queue timeout the queue is FIFO.
-//
-// A full queue refuses a new request with ErrQueueFull, unless the request
-// has a higher priority than some waiter: then the oldest waiter of the
-// lowest queued priority is evicted (it gets ErrQueueFull) and the new
+// hands its slot directly to the best waiter: the highest priority first
+// and, within one priority, in the order the queue's state calls for (see
+// below). A full queue refuses a new request with ErrQueueFull, unless the
+// request has a higher priority than some waiter: then the oldest waiter of
+// the lowest queued priority is evicted (it gets ErrQueueFull) and the new
 // request takes its place.
+//
+// Draining queue. A queue that empties now and then, or that refuses
+// nobody, absorbs bursts: it holds up to queueSize waiters, each for up to
+// the queue timeout. While the oldest waiter has waited less than half the
+// queue timeout it is served oldest first, so a burst is absorbed in
+// arrival order and no waiter starves behind newer ones. Once the oldest
+// has waited longer, the newest is served instead (adaptive LIFO): FIFO
+// would then serve only the requests that have waited the longest, whose
+// clients are the likeliest to have given up, while LIFO keeps the
+// requests of clients still waiting fast and lets the old ones reach their
+// timeout. Without a queue timeout a draining queue is FIFO.
+//
+// Standing queue. Under sustained overload a queue of queueSize only adds
+// latency: it stays full, every admitted request waits behind all of it,
+// and the excess is refused anyway. The queue is standing, in CoDel's
+// sense, when it has not been empty at any point during the last interval
+// and has refused a request (full queue, eviction or queue timeout) within
+// that interval and since it was last empty. It stays standing until it
+// has refused nothing for an interval, even if it empties meanwhile. A
+// standing queue admits a newcomer only while it holds fewer than
+//
+//	n = clamp(⌊g·target/w⌋, 1, queueSize)
+//
+// waiters, where g is the number of slots handed to waiters during the last
+// closed rate window and w is that window's length: at that departure rate
+// a newcomer behind n−1 others expects to wait at most target. A newcomer
+// beyond n is refused at once with ErrQueueFull. Waiters are served oldest
+// first and keep the queue timeout; those queued beyond n when the queue
+// started standing stay and are served. A rate window closes when a request
+// that finds no free slot arrives an interval or more after the window
+// opened; a request that finds the queue empty restarts a window that old
+// without closing it, so idle time does not dilute the rate.
+//
+// The defaults are CoDel's: target is StandingTarget (5ms) and the interval
+// StandingInterval (100ms), or half the queue timeout when that is shorter,
+// the wait at which a draining queue turns LIFO. With a queue timeout of at
+// most the target the queue never stands.
+//
+// A standing queue refuses newcomers at once rather than time its waiters
+// out after the target (the "Fail at Scale" CoDel variant) or evict its
+// oldest waiter when full. Both of those refuse a request only after it has
+// been parked with a timer and woken again, so under overload, when most
+// requests are refused, nearly every refusal costs the target plus a
+// wake-up in a busy process, in latency and in CPU. A newcomer refused
+// before it waits gets the fastest and cheapest refusal there is, and
+// sizing the queue from its departure rate bounds the wait of the admitted
+// requests to about the target, which is what CoDel's drops achieve. A
+// standing queue is FIFO because it holds only a target's worth of
+// waiters: none of them is stale, and LIFO would starve the oldest to their
+// timeout behind each newcomer.
+//
+// Requiring a refusal keeps bursts out of the standing state: a burst the
+// queue holds without refusing anyone, such as a closed-loop burst smaller
+// than the queue, is served at the full size and timeout however long the
+// queue stays non-empty.
 //
 // Waiting costs no goroutine besides the caller's own; the queue holds at
 // most queueSize waiters and waiter structs are pooled. All methods are safe
@@ -53,10 +100,25 @@ type Limiter struct {
 
 	queueSize    int
 	queueTimeout time.Duration
+	target       time.Duration        // the standing queue's target wait; 0 turns the control off
+	interval     time.Duration        // how long a queue must stand, and the rate window
+	epoch        time.Time            // the zero of the limiter's clock
+	clock        func() time.Duration // replaces the clock in tests
 
 	mu    sync.Mutex
 	lists [NumPriorities]waitList // guarded by mu
 	count int                     // waiters in lists, guarded by mu
+
+	// Standing-queue state, guarded by mu.
+	// Times are on the limiter's clock (see now).
+	busySince time.Duration // when the queue last turned non-empty
+	refusedAt time.Duration // when the queue last refused a request for room or time
+	standing  bool
+	rateStart time.Duration // start of the current departure-rate window
+	grants    int           // slots handed to waiters since rateStart
+	// standingSize is the standing queue's size, set when a rate window
+	// closes.
+	standingSize int
 }
 
 // waiter states, guarded by Limiter.mu.
@@ -70,7 +132,7 @@ const (
 // timer are reused across waits.
 type waiter struct {
 	prev, next *waiter
-	since      time.Time // when it joined the queue
+	since      time.Duration // when it joined the queue, on the limiter's clock
 	prio       Priority
 	state      uint8
 	ready      chan struct{} // buffered 1; receives one signal per grant or eviction
@@ -116,11 +178,85 @@ func (wl *waitList) remove(w *waiter) {
 // requests are still counted), queues at most queueSize waiters
 // (queueSize <= 0 disables waiting), and lets a waiter wait at most
 // queueTimeout (queueTimeout <= 0 means waiters wait until their context is
-// done).
+// done). Under sustained overload the queue holds fewer waiters (see
+// Limiter).
 func NewLimiter(limit int, queueSize int, queueTimeout time.Duration) *Limiter {
-	l := &Limiter{queueSize: max(queueSize, 0), queueTimeout: queueTimeout}
+	l := &Limiter{queueSize: max(queueSize, 0), queueTimeout: queueTimeout, epoch: time.Now()}
+	l.target, l.interval = standingParams(queueTimeout)
+	l.standingSize = l.queueSize
+	l.refusedAt = math.MinInt64 / 2 // never
 	l.limit.Store(int64(limit))
 	return l
+}
+
+// Standing-queue defaults (see Limiter).
+const (
+	// StandingTarget is the wait a standing queue is sized for.
+	StandingTarget = 5 * time.Millisecond
+	// StandingInterval is the interval of the standing-queue test and the
+	// length of a rate window, unless half the queue timeout is shorter.
+	StandingInterval = 100 * time.Millisecond
+)
+
+// now reads the limiter's clock: the monotonic time since the limiter was
+// made, which costs about half of time.Now.
+func (l *Limiter) now() time.Duration {
+	if l.clock != nil {
+		return l.clock()
+	}
+	return time.Since(l.epoch)
+}
+
+// standingParams returns the standing queue's target and interval for a
+// queue timeout (see Limiter).
+func standingParams(queueTimeout time.Duration) (target, interval time.Duration) {
+	switch {
+	case queueTimeout <= 0:
+		return StandingTarget, StandingInterval
+	case queueTimeout <= StandingTarget:
+		return 0, 0
+	}
+	return StandingTarget, min(StandingInterval, queueTimeout/2)
+}
+
+// standingLocked reports whether the queue is standing at now, updating
+// the state (see Limiter). It requires mu.
+func (l *Limiter) standingLocked(now time.Duration) bool {
+	if l.target <= 0 {
+		return false
+	}
+	recent := now-l.refusedAt < l.interval
+	if !l.standing {
+		l.standing = recent && l.count > 0 && now-l.busySince >= l.interval && l.refusedAt >= l.busySince
+	} else if !recent {
+		l.standing = false
+	}
+	return l.standing
+}
+
+// sizeLocked returns how many waiters the queue holds at now: the
+// standing size while the queue stands, else queueSize. It closes the
+// departure-rate window once it is interval old. It requires mu.
+func (l *Limiter) sizeLocked(now time.Duration) int {
+	if l.target <= 0 {
+		return l.queueSize
+	}
+	l.closeWindowLocked(now)
+	if !l.standingLocked(now) {
+		return l.queueSize
+	}
+	return l.standingSize
+}
+
+// closeWindowLocked ends the departure-rate window if it is interval old
+// and sets the standing size from it: the grants a target's time holds at
+// the window's rate, at least 1 and at most queueSize. It requires mu.
+func (l *Limiter) closeWindowLocked(now time.Duration) {
+	if d := now - l.rateStart; d >= l.interval {
+		n := int(float64(l.grants) * float64(l.target) / float64(d))
+		l.standingSize = min(max(n, 1), l.queueSize)
+		l.grants, l.rateStart = 0, now
+	}
 }
 
 // TryAcquire takes a slot if one is free and no request is queued, and
@@ -184,21 +320,30 @@ func (l *Limiter) dispatch() {
 // grantLocked hands free slots to the best waiters while the limit allows.
 // It requires mu.
 func (l *Limiter) grantLocked() {
-	for l.count > 0 && l.tryInc() {
-		w := l.popBest()
+	if l.count == 0 || !l.tryInc() {
+		return
+	}
+	now := l.now()
+	standing := l.standingLocked(now)
+	for {
+		w := l.popBest(now, standing)
+		l.grants++
 		w.state = granted
 		w.ready <- struct{}{}
+		if l.count == 0 || !l.tryInc() {
+			return
+		}
 	}
 }
 
 // popBest removes and returns the waiter to serve next from the highest
-// non-empty priority: its oldest while that has waited less than half the
-// queue timeout, else its newest (see Limiter). It requires mu and
-// count > 0.
-func (l *Limiter) popBest() *waiter {
+// non-empty priority: its oldest if the queue is standing or that has
+// waited less than half the queue timeout, else its newest (see Limiter).
+// It requires mu and count > 0.
+func (l *Limiter) popBest(now time.Duration, standing bool) *waiter {
 	for p := NumPriorities - 1; p >= 0; p-- {
 		if w := l.lists[p].head; w != nil {
-			if l.queueTimeout > 0 && time.Since(w.since) >= l.queueTimeout/2 {
+			if !standing && l.queueTimeout > 0 && now-w.since >= l.queueTimeout/2 {
 				w = l.lists[p].tail
 			}
 			l.unlink(w)
@@ -252,7 +397,16 @@ func (l *Limiter) Acquire(ctx context.Context, p Priority) (waited time.Duration
 		l.mu.Unlock()
 		return 0, nil
 	}
-	if l.count >= l.queueSize {
+	now := l.now()
+	if l.count == 0 {
+		l.busySince = now
+		if now-l.rateStart >= l.interval {
+			// The window held idle time: start afresh.
+			l.grants, l.rateStart = 0, now
+		}
+	}
+	if l.count >= l.sizeLocked(now) {
+		l.refusedAt = now
 		victim := l.lowestBelow(p)
 		if victim == nil {
 			l.queued.Add(-1)
@@ -265,7 +419,7 @@ func (l *Limiter) Acquire(ctx context.Context, p Priority) (waited time.Duration
 	}
 	w := waiterPool.Get().(*waiter)
 	w.prio = p
-	w.since = time.Now()
+	w.since = now
 	w.state = waiting
 	l.lists[p].pushBack(w)
 	l.count++
@@ -292,6 +446,9 @@ func (l *Limiter) Acquire(ctx context.Context, p Priority) (waited time.Duration
 		l.mu.Lock()
 		if w.state == waiting {
 			l.unlink(w)
+			if err == ErrQueueTimeout {
+				l.refusedAt = l.now()
+			}
 			l.mu.Unlock()
 			return l.putWaiter(w, start, err)
 		}

@@ -168,7 +168,7 @@ func TestLimiterAdaptiveLIFO(t *testing.T) {
 	// Age every waiter past half the queue timeout.
 	l.mu.Lock()
 	for w := l.lists[PriorityListSession].head; w != nil; w = w.next {
-		w.since = w.since.Add(-time.Hour)
+		w.since -= time.Hour
 	}
 	l.mu.Unlock()
 	for want := 5; want >= 2; want-- {
@@ -403,14 +403,15 @@ func TestLimiterGrantRacesTimeout(t *testing.T) {
 
 func TestLimiterStress(t *testing.T) {
 	const goroutines, iterations = 8, 2000
-	for _, changing := range []bool{false, true} {
-		name := "fixed"
-		if changing {
-			name = "changing"
-		}
-		t.Run(name, func(t *testing.T) {
+	for _, mode := range []string{"fixed", "changing", "standing"} {
+		changing := mode == "changing"
+		t.Run(mode, func(t *testing.T) {
 			const limit = 3
 			l := NewLimiter(limit, 4, 200*time.Microsecond)
+			if mode == "standing" {
+				// The standing state turns on and off within the run.
+				l.target, l.interval = 20*time.Microsecond, 100*time.Microsecond
+			}
 			var holders, maxHolders atomic.Int64
 			var granted, refused atomic.Int64
 			stop := make(chan struct{})
@@ -600,4 +601,213 @@ func BenchmarkLimiterHandoff(b *testing.B) {
 			l.Release()
 		}
 	})
+}
+
+// fakeClock is a Limiter clock the test moves by hand. Only the limiter's
+// reading of the time is faked; its timers run on the real clock.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Duration
+}
+
+func (c *fakeClock) Now() time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) Add(d time.Duration) {
+	c.mu.Lock()
+	c.t += d
+	c.mu.Unlock()
+}
+
+// withClock returns a Limiter like NewLimiter(limit, size, timeout) reading
+// the time from a fake clock.
+func withClock(limit, size int, timeout time.Duration) (*Limiter, *fakeClock) {
+	clk := &fakeClock{t: time.Hour}
+	l := NewLimiter(limit, size, timeout)
+	l.clock = clk.Now
+	return l, clk
+}
+
+func TestLimiterStandingParams(t *testing.T) {
+	for _, tc := range []struct {
+		timeout, target, interval time.Duration
+	}{
+		{0, StandingTarget, StandingInterval},
+		{time.Millisecond, 0, 0},
+		{StandingTarget, 0, 0},
+		{50 * time.Millisecond, StandingTarget, 25 * time.Millisecond},
+		{time.Second, StandingTarget, StandingInterval},
+		{5 * time.Second, StandingTarget, StandingInterval},
+	} {
+		l := NewLimiter(1, 4, tc.timeout)
+		if l.target != tc.target || l.interval != tc.interval {
+			t.Errorf("timeout %v: target %v, interval %v; want %v, %v", tc.timeout, l.target, l.interval, tc.target, tc.interval)
+		}
+	}
+}
+
+// TestLimiterStandingQueue walks a queue through the standing state: a
+// queue that stands without refusing anyone keeps its size; once it has
+// also refused a request it is sized from its departure rate, serves
+// oldest first and refuses newcomers at once; after an interval without
+// refusals it is back to its full size.
+func TestLimiterStandingQueue(t *testing.T) {
+	l, clk := withClock(1, 8, time.Hour)
+	l.target = 50 * time.Millisecond // with the 100ms interval
+	if !l.TryAcquire() {
+		t.Fatal("TryAcquire refused")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	out := make(chan result, 32)
+	for i := range 6 {
+		startWaiter(ctx, l, PriorityHeavyNew, i, out)
+		waitQueued(t, l, i+1)
+	}
+	// Four grants in the first 100ms window.
+	clk.Add(100 * time.Millisecond)
+	for want := range 4 {
+		l.Release()
+		if r := recv(t, out); r.err != nil || r.id != want {
+			t.Fatalf("got waiter %d (%v), want %d", r.id, r.err, want)
+		}
+	}
+	// Non-empty for an interval but nothing refused: not standing, and
+	// the queue fills to its size.
+	for i := 6; i < 12; i++ {
+		startWaiter(ctx, l, PriorityHeavyNew, i, out)
+		waitQueued(t, l, i-3)
+	}
+	l.mu.Lock()
+	standing, size := l.standing, l.standingSize
+	l.mu.Unlock()
+	if standing {
+		t.Fatal("standing without a refusal")
+	}
+	// The window closed at 4 grants per 100ms: 2 per 50ms target.
+	if size != 2 {
+		t.Fatalf("standing size %d, want 2", size)
+	}
+	// A full queue refuses: from now on the queue stands.
+	if _, err := l.Acquire(ctx, PriorityHeavyNew); !errors.Is(err, ErrQueueFull) {
+		t.Fatalf("full queue: %v, want ErrQueueFull", err)
+	}
+	// Served oldest first, even when the oldest has waited past half the
+	// queue timeout (a draining queue would serve the newest).
+	l.mu.Lock()
+	for w := l.lists[PriorityHeavyNew].head; w != nil; w = w.next {
+		w.since -= time.Hour
+	}
+	l.mu.Unlock()
+	for want := 4; want < 10; want++ {
+		l.Release()
+		if r := recv(t, out); r.err != nil || r.id != want {
+			t.Fatalf("standing queue: got waiter %d (%v), want %d", r.id, r.err, want)
+		}
+	}
+	// Two waiters left: the standing size is reached, so a newcomer is
+	// refused at once although the queue has room for 8, and without
+	// allocating.
+	if _, err := l.Acquire(ctx, PriorityHeavyNew); !errors.Is(err, ErrQueueFull) {
+		t.Fatalf("standing queue at its size: %v, want ErrQueueFull", err)
+	}
+	if n := testing.AllocsPerRun(100, func() { _, _ = l.Acquire(ctx, PriorityHeavyNew) }); n != 0 {
+		t.Errorf("standing refusal: %v allocs", n)
+	}
+	if l.Queued() != 2 {
+		t.Fatalf("Queued() = %d, want 2", l.Queued())
+	}
+	// A higher priority still evicts a lower one.
+	startWaiter(ctx, l, PriorityCheapSession, 100, out)
+	if r := recv(t, out); r.id != 10 || !errors.Is(r.err, ErrQueueFull) {
+		t.Fatalf("evicted %d (%v), want waiter 10 with ErrQueueFull", r.id, r.err)
+	}
+	waitQueued(t, l, 2)
+	// An interval without refusals ends the standing state.
+	clk.Add(100 * time.Millisecond)
+	startWaiter(ctx, l, PriorityHeavyNew, 12, out)
+	waitQueued(t, l, 3)
+	l.mu.Lock()
+	standing = l.standing
+	l.mu.Unlock()
+	if standing {
+		t.Fatal("still standing after an interval without refusals")
+	}
+	// Draining again: waiter 11 has waited past half the queue timeout,
+	// so the newest is served first.
+	for _, want := range []int{100, 12, 11} {
+		l.Release()
+		if r := recv(t, out); r.err != nil || r.id != want {
+			t.Fatalf("got waiter %d (%v), want %d", r.id, r.err, want)
+		}
+	}
+	l.Release()
+	if l.InFlight() != 0 || l.Queued() != 0 {
+		t.Fatalf("InFlight() = %d, Queued() = %d", l.InFlight(), l.Queued())
+	}
+}
+
+// TestLimiterBurstNotStanding: a burst the queue holds without refusing
+// anyone (a closed loop smaller than the queue) drains at the configured
+// size, oldest first, however long the queue stays non-empty.
+func TestLimiterBurstNotStanding(t *testing.T) {
+	const n = 40
+	l, clk := withClock(1, n, time.Hour)
+	if !l.TryAcquire() {
+		t.Fatal("TryAcquire refused")
+	}
+	out := make(chan result, n+1)
+	for i := range n {
+		startWaiter(context.Background(), l, PriorityHeavySession, i, out)
+		waitQueued(t, l, i+1)
+	}
+	next := n
+	for want := range 4 * n {
+		clk.Add(time.Second) // far beyond the interval and the target
+		l.Release()
+		r := recv(t, out)
+		if r.err != nil || r.id != want {
+			t.Fatalf("got waiter %d (%v), want %d", r.id, r.err, want)
+		}
+		// The served client comes back at once, to the back of the queue.
+		startWaiter(context.Background(), l, PriorityHeavySession, next, out)
+		next++
+		waitQueued(t, l, n)
+	}
+	l.mu.Lock()
+	standing := l.standing
+	l.mu.Unlock()
+	if standing {
+		t.Fatal("a burst without refusals became standing")
+	}
+	for range n {
+		l.Release()
+		if r := recv(t, out); r.err != nil {
+			t.Fatal(r.err)
+		}
+	}
+	l.Release()
+}
+
+// TestLimiterTimeoutMarksRefusal: a queue timeout is a refusal for the
+// standing state, as a full queue is.
+func TestLimiterTimeoutMarksRefusal(t *testing.T) {
+	l, clk := withClock(1, 4, time.Millisecond)
+	l.target, l.interval = time.Microsecond, time.Millisecond
+	if !l.TryAcquire() {
+		t.Fatal("TryAcquire refused")
+	}
+	if _, err := l.Acquire(context.Background(), PriorityHeavyNew); !errors.Is(err, ErrQueueTimeout) {
+		t.Fatalf("Acquire: %v, want ErrQueueTimeout", err)
+	}
+	l.mu.Lock()
+	at := l.refusedAt
+	l.mu.Unlock()
+	if at != clk.Now() {
+		t.Fatalf("refusedAt %v, want %v", at, clk.Now())
+	}
+	l.Release()
 }
