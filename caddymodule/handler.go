@@ -167,13 +167,20 @@ type Handler struct {
 	// QueueSize is how many requests may wait for an in-flight slot, and
 	// QueueTimeout how long each may wait. Waiters are served by priority
 	// (work in existing sessions before new sessions; ping, notifications
-	// and responses first, then listings, then tool calls and reads) and,
-	// within a priority, oldest first while the queue drains (a burst is
-	// absorbed in arrival order) but newest first once the oldest has
-	// waited half of QueueTimeout: under sustained overload the oldest
-	// waiters, whose clients are the likeliest to have given up, time out
-	// instead of every request waiting the whole queue. Defaults: 0 (no
-	// queue), 0.
+	// and responses first, then listings, then tool calls and reads). A
+	// queue that drains, or refuses nobody, absorbs bursts at its full
+	// size: within a priority it serves the oldest first, but the newest
+	// once the oldest has waited half of QueueTimeout, so stale waiters
+	// time out instead of holding up fresh ones. Under sustained overload
+	// (the queue has not been empty for an interval, 100ms or half of
+	// QueueTimeout if shorter, and has refused a request in it) the queue is
+	// standing, as in CoDel: it holds at most clamp(⌊r × 5ms⌋, 1,
+	// QueueSize) waiters, r being the rate at which it handed slots to
+	// waiters over the last interval, serves them oldest first, and
+	// refuses newcomers beyond that at once, so admitted requests wait
+	// about 5ms and refused ones do not wait at all. It stands until it
+	// has refused nothing for an interval. A QueueTimeout of at most 5ms
+	// turns this off. See admission.Limiter. Defaults: 0 (no queue), 0.
 	QueueSize    int            `json:"queue_size,omitempty"`
 	QueueTimeout caddy.Duration `json:"queue_timeout,omitempty"`
 
