@@ -222,6 +222,7 @@ type Handler struct {
 
 	proxy       caddyhttp.MiddlewareHandler
 	sealer      *mcp.Sealer
+	tokens      tokenCache // tokens sealer opened
 	origins     mcp.OriginPolicy
 	upstreams   map[string]struct{} // static dial addresses; nil with dynamic upstreams
 	logger      *zap.Logger
@@ -761,7 +762,14 @@ func (h *Handler) needsSession(r *http.Request, call *mcp.Call) bool {
 // open opens a sealed token and checks that its upstream is still
 // configured; every failure is a 404 so the client starts a new session.
 func (h *Handler) open(tok string, kind mcp.TokenKind, id string) (*mcp.Session, *mcp.Refusal) {
-	sess, err := h.sealer.Open(tok, h.now())
+	now := h.now()
+	sess := h.tokens.get(tok, now)
+	var err error
+	if sess == nil {
+		if sess, err = h.sealer.Open(tok, now); err == nil {
+			h.tokens.put(tok, sess)
+		}
+	}
 	if err == nil && sess.Kind != kind {
 		err = mcp.ErrTokenInvalid
 	}
