@@ -1503,7 +1503,7 @@ func TestLoadMemoryRamp(t *testing.T) {
 }
 
 // TestLoadSessionLeak creates 10,000 sessions through mcp_proxy and
-// abandons them (no DELETE), with `mcp { session_idle_timeout 1s refresh
+// abandons them (no DELETE), with `mcp { session_idle_timeout 4s refresh
 // 50ms }`, reloading the config halfway while a session created before
 // the reload keeps being used. Every session must expire, the upstream
 // must get a DELETE for each, and the proxy's sessions, held bytes and
@@ -1514,7 +1514,10 @@ func TestLoadSessionLeak(t *testing.T) {
 	total := loadScaled(10000, scale, 200)
 	up := startLoadUpstream(t)
 	port := freePort(t)
-	global := "\tmcp {\n\t\tsession_idle_timeout 1s\n\t\trefresh 50ms\n" + loadSchedOff + "\t}\n"
+	// The idle timeout is longer than a config reload takes on a loaded
+	// machine (seconds under -race), so the session pinged across the
+	// reload cannot idle out while the reload holds its pings.
+	global := "\tmcp {\n\t\tsession_idle_timeout 4s\n\t\trefresh 50ms\n" + loadSchedOff + "\t}\n"
 	site := fmt.Sprintf(":%d {\n\tmcp_proxy %s\n}\n", port, up.addr())
 	loadCaddyfileWith(t, global, site)
 	url := proxyURL(port) + "/mcp"
