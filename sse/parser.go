@@ -347,8 +347,13 @@ func (p *Parser) direct(b []byte, i int, emit func(*Event) error) error {
 		}
 		term, cr := terminator(rest, j)
 		next := i + j + term
-		if err := p.check(i-s, j, next-s); err != nil {
-			return err
+		// A blank line outside any block belongs to no event, so no bound
+		// applies to it (split between chunks, its CRLF is not counted
+		// either).
+		if j != 0 || p.kind != blockEmpty {
+			if err := p.check(i-s, j, next-s); err != nil {
+				return err
+			}
 		}
 		if cr {
 			p.crPending = true
