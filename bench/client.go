@@ -77,6 +77,9 @@ func initialize(ctx context.Context, c *http.Client, url string) (string, error)
 	}
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	resp.Body.Close()
+	if resp.StatusCode == http.StatusServiceUnavailable || resp.StatusCode == http.StatusTooManyRequests {
+		return "", fmt.Errorf("initialize: status %d: %s: %w", resp.StatusCode, bytes.TrimSpace(body), errRefused)
+	}
 	if resp.StatusCode != http.StatusOK {
 		return "", fmt.Errorf("initialize: status %d: %s", resp.StatusCode, bytes.TrimSpace(body))
 	}
@@ -86,6 +89,23 @@ func initialize(ctx context.Context, c *http.Client, url string) (string, error)
 	}
 	return sid, nil
 }
+
+// initializeRetrying is initialize that tries again, up to 10 times half
+// a second apart, while the target refuses new sessions (503 or 429).
+func initializeRetrying(ctx context.Context, c *http.Client, url string) (string, error) {
+	for try := 0; ; try++ {
+		sid, err := initialize(ctx, c, url)
+		if err == nil || try >= 9 || !(errors.Is(err, errRefused)) {
+			return sid, err
+		}
+		if !pause(ctx, 500*time.Millisecond) {
+			return "", ctx.Err()
+		}
+	}
+}
+
+// errRefused marks an initialize refused with 503 or 429.
+var errRefused = errors.New("refused")
 
 // outcome classifies one request's result.
 type outcome uint8

@@ -60,6 +60,7 @@ type options struct {
 	service        time.Duration
 	capacity       int
 	multiples      string
+	freshCaddy     bool
 	deadline       time.Duration
 	maxOutstanding int
 	sessions       int
@@ -113,6 +114,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.Var(&service, "service", "upstream service time per tools/call (default 0 for post, 20ms for overload)")
 	fs.Var(&capacity, "capacity", "upstream tools/call in service at once, the excess waits in an unbounded FIFO; 0 = unlimited (default 0 for post, 16 for overload)")
 	fs.StringVar(&o.multiples, "multiples", "1,2,5,10", "overload: offered load as multiples of upstream capacity (capacity/service)")
+	fs.BoolVar(&o.freshCaddy, "fresh-caddy", true, "overload: restart Caddy before every measurement, so that one target's backlog, heap and service level do not fall on the next")
 	fs.DurationVar(&o.deadline, "deadline", time.Second, "overload: client deadline per request, counted from its scheduled send time")
 	fs.IntVar(&o.maxOutstanding, "max-outstanding", 20000, "overload: most requests in flight; the excess is counted as not sent")
 	fs.IntVar(&o.sessions, "sessions", 64, "overload: MCP sessions opened per target and used round-robin")
@@ -352,6 +354,17 @@ type benchEnv struct {
 	busyRetries int
 	// admin is Caddy's loopback admin address, for /metrics.
 	admin string
+	// restart, when set, replaces caddy with a fresh process serving the
+	// same configuration.
+	restart func() error
+}
+
+// freshDesc describes how overload measurements share Caddy.
+func freshDesc(fresh bool) string {
+	if fresh {
+		return "Caddy is restarted before every measurement (-fresh-caddy): each target and multiple starts from a fresh process at the full service level"
+	}
+	return "one Caddy process serves every measurement in turn (-fresh-caddy=false)"
 }
 
 // disturbed reports whether other processes used more CPU during a
@@ -364,6 +377,12 @@ func (e *benchEnv) disturbed(u windowUsage) bool {
 // CPU other processes used just before it and whether that was quiet.
 func (e *benchEnv) settle(ctx context.Context, tgt target) quietness {
 	others, ok := e.gate.wait(ctx, e.caddyPID(tgt), e.logf)
+	// The service level is process-wide: another target's overload in the
+	// same Caddy can leave it raised for a moment after the machine is
+	// quiet. Each measurement starts at the full level.
+	if e.gate.MaxOthers > 0 && !waitLevelFull(ctx, e.admin, 15*time.Second) {
+		e.logf("  service level still above full after 15s; measuring anyway")
+	}
 	return quietness{OthersBefore: others, Quiet: ok}
 }
 
@@ -674,8 +693,19 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	defer cp.stop()
 	env := &benchEnv{up: up, caddy: cp, gate: gate, logf: logf, busyRetries: o.busyRetries, admin: params.AdminAddr}
+	defer func() { env.caddy.stop() }()
+	if o.scenario == "overload" && o.freshCaddy {
+		env.restart = func() error {
+			env.caddy.stop()
+			next, err := startCaddy(ctx, bin, cfPath, tmp, []int{plainPort, mcpPort})
+			if err != nil {
+				return err
+			}
+			env.caddy = next
+			return nil
+		}
+	}
 
 	urls := map[string]string{
 		targetDirect: "http://" + up.addr + "/mcp",
@@ -727,6 +757,7 @@ func run(args []string) error {
 			"goodput = 200s within the deadline, per second of the run; the 2nd-half column counts requests scheduled in the second half only",
 			fmt.Sprintf("%d sessions per target, used round-robin; at most %d requests in flight (the excess is \"not sent\")", o.sessions, o.maxOutstanding),
 			"at each multiple the targets run in an order rotated by the multiple's index",
+			freshDesc(o.freshCaddy),
 			"mcp_proxy admitted = requests sent minus its 503/429 refusals (client view), and the count of its request-duration histogram for heavy requests (server view, from /metrics)",
 		}
 		if err := prependPlotDir(&plots, o.out); err != nil {

@@ -296,6 +296,32 @@ func levelIndex(name string) int {
 	return 0
 }
 
+// waitLevelFull polls admin's /mcp/status until the service level is
+// full, for at most max; true at once when there is no admin endpoint or
+// no mcp app.
+func waitLevelFull(ctx context.Context, admin string, max time.Duration) bool {
+	if admin == "" {
+		return true
+	}
+	c := &http.Client{Timeout: 2 * time.Second}
+	deadline := time.Now().Add(max)
+	for {
+		resp, err := c.Get("http://" + admin + "/mcp/status")
+		if err != nil {
+			return true
+		}
+		var st mcpStatus
+		ok := resp.StatusCode == http.StatusOK && json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&st) == nil
+		resp.Body.Close()
+		if !ok || levelIndex(st.Level) == 0 {
+			return true
+		}
+		if time.Now().After(deadline) || !pause(ctx, 100*time.Millisecond) {
+			return false
+		}
+	}
+}
+
 // watchLevels starts polling admin's /mcp/status every 200 ms; nil when
 // there is no admin endpoint.
 func watchLevels(admin string) *levelWatch {

@@ -99,15 +99,6 @@ func runOverload(ctx context.Context, env *benchEnv, tgt target, mult float64, c
 	defer tr.CloseIdleConnections()
 	client := &http.Client{Transport: tr}
 
-	sids := make([]string, cfg.Sessions)
-	for i := range sids {
-		sid, err := initialize(ctx, client, tgt.URL)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", tgt.Name, err)
-		}
-		sids[i] = sid
-	}
-
 	n := int64(rate * cfg.Duration.Seconds())
 	res := &overloadResult{Target: tgt.Name, Multiple: mult, Rate: rate, Duration: cfg.Duration, Scheduled: n}
 	rec := &recorder{status: map[int]int64{}}
@@ -116,6 +107,14 @@ func runOverload(ctx context.Context, env *benchEnv, tgt target, mult float64, c
 	var wg sync.WaitGroup
 
 	res.Before = env.settle(ctx, tgt)
+	sids := make([]string, cfg.Sessions)
+	for i := range sids {
+		sid, err := initializeRetrying(ctx, client, tgt.URL)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", tgt.Name, err)
+		}
+		sids[i] = sid
+	}
 	env.up.resetPeak()
 	up0 := env.up.counts()
 	m0 := scrape(ctx, env.admin)
@@ -241,6 +240,11 @@ func runOverloadScenario(ctx context.Context, env *benchEnv, targets []target, c
 			var res *overloadResult
 			for attempt := 0; ; attempt++ {
 				logf("overload: %s at %s (%.0f/s) ...", tgt.Name, fmtMultiple(mult), mult*cfg.Capacity)
+				if env.restart != nil {
+					if err := env.restart(); err != nil {
+						return out, fmt.Errorf("restarting caddy: %w", err)
+					}
+				}
 				var err error
 				if res, err = runOverload(ctx, env, tgt, mult, cfg, profile); err != nil {
 					return out, err
