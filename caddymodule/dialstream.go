@@ -23,12 +23,14 @@ import (
 // upstream (no TLS, no forward proxy), mcp_proxy opens these streams on a
 // connection of their own instead, dialled with the transport's own
 // dialer (so dial timeouts, local_address, resolvers, PROXY protocol and
-// read/write timeouts apply), with a small read buffer and no goroutine:
+// read/write timeouts apply), with one 4 KiB read buffer and no goroutine:
 // the relay reads the response body from the handler's goroutine, and
 // closing the body closes the connection.
 
-// streamReadBuf is the read buffer of a dialled stream connection.
-const streamReadBuf = 1 << 10
+// streamReadBuf is the read buffer of a dialled stream connection: as
+// large as net/http's own, so a burst of small chunked events costs one
+// read system call per few events.
+const streamReadBuf = 4 << 10
 
 // reqWriterPool holds the buffers stream requests are written through.
 var reqWriterPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 1<<10) }}
