@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -23,14 +24,19 @@ import (
 // upstream (no TLS, no forward proxy), mcp_proxy opens these streams on a
 // connection of their own instead, dialled with the transport's own
 // dialer (so dial timeouts, local_address, resolvers, PROXY protocol and
-// read/write timeouts apply), with one 4 KiB read buffer and no goroutine:
+// read/write timeouts apply), with no read buffer of its own and no goroutine:
 // the relay reads the response body from the handler's goroutine, and
 // closing the body closes the connection.
 
-// streamReadBuf is the read buffer of a dialled stream connection: as
-// large as net/http's own, so a burst of small chunked events costs one
-// read system call per few events.
+// streamReadBuf is the buffer a dialled stream's response header is read
+// through (pooled), and the read buffer of a body that is not chunked.
+// A chunked body, the usual SSE framing, is decoded straight from the
+// connection into the relay's own buffers (chunkedBody).
 const streamReadBuf = 4 << 10
+
+// headerReaderPool holds the buffers stream response headers are read
+// through; a body that is not chunked keeps its buffer.
+var headerReaderPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, streamReadBuf) }}
 
 // reqWriterPool holds the buffers stream requests are written through.
 var reqWriterPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 1<<10) }}
@@ -145,9 +151,12 @@ func (d *streamDialer) roundTrip(req *http.Request) (*http.Response, error) {
 		return fail(err)
 	}
 	lr := &io.LimitedReader{R: conn, N: d.maxHeader}
-	br := bufio.NewReaderSize(lr, streamReadBuf)
+	br := headerReaderPool.Get().(*bufio.Reader)
+	br.Reset(lr)
 	resp, err := http.ReadResponse(br, req)
 	if err != nil {
+		br.Reset(nil)
+		headerReaderPool.Put(br)
 		if lr.N <= 0 {
 			err = errors.New("upstream response header too large")
 		}
@@ -157,7 +166,20 @@ func (d *streamDialer) roundTrip(req *http.Request) (*http.Response, error) {
 	if d.hdrTimout > 0 {
 		_ = conn.SetReadDeadline(time.Time{})
 	}
-	resp.Body = &streamBody{ReadCloser: resp.Body, close: func() { stop(); closeConn() }}
+	body := resp.Body
+	if len(resp.TransferEncoding) == 1 && resp.TransferEncoding[0] == "chunked" {
+		// The usual SSE framing: decoded straight from the connection,
+		// and the header's read buffer goes back to the pool.
+		cb := &chunkedBody{src: conn}
+		if k := br.Buffered(); k > 0 {
+			b, _ := br.Peek(k)
+			cb.pending = bytes.Clone(b)
+		}
+		br.Reset(nil)
+		headerReaderPool.Put(br)
+		body = io.NopCloser(cb)
+	}
+	resp.Body = &streamBody{ReadCloser: body, close: func() { stop(); closeConn() }}
 	return resp, nil
 }
 
