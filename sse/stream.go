@@ -288,24 +288,39 @@ func (s *Stream) Pump(body io.Reader) error {
 	p := NewParser(s.cfg.MaxEvent, s.cfg.MaxLine)
 	var small [readBufSize]byte
 	var err error
+	// busy: the last read filled at least half a burst buffer, so the
+	// upstream is sending faster than it is read and the next read goes
+	// straight into a burst buffer. An idle stream waits in a small one.
+	busy := false
 	for {
 		var n int
-		n, err = body.Read(small[:])
-		if n > 0 {
-			if ferr := p.Feed(small[:n], s.emit); ferr != nil {
-				err = ferr
-			} else if n == len(small) {
-				// More is likely buffered: read it in one larger chunk.
-				bp := burstPool.Get().(*[]byte)
-				m, rerr := body.Read(*bp)
-				if m > 0 {
-					if ferr := p.Feed((*bp)[:m], s.emit); ferr != nil {
-						rerr = ferr
-					}
+		if busy {
+			bp := burstPool.Get().(*[]byte)
+			n, err = body.Read(*bp)
+			if n > 0 {
+				if ferr := p.Feed((*bp)[:n], s.emit); ferr != nil {
+					err = ferr
 				}
-				burstPool.Put(bp)
-				if rerr != nil {
+			}
+			burstPool.Put(bp)
+			busy = n >= burstBufSize/2
+		} else {
+			n, err = body.Read(small[:])
+			if n > 0 {
+				if ferr := p.Feed(small[:n], s.emit); ferr != nil {
+					err = ferr
+				} else if n == len(small) && err == nil {
+					// More is likely buffered: read it in one larger chunk.
+					bp := burstPool.Get().(*[]byte)
+					m, rerr := body.Read(*bp)
+					if m > 0 {
+						if ferr := p.Feed((*bp)[:m], s.emit); ferr != nil {
+							rerr = ferr
+						}
+					}
+					burstPool.Put(bp)
 					err = rerr
+					busy = m >= burstBufSize/2
 				}
 			}
 		}
