@@ -123,7 +123,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.plainBlock, "plain-block", "", `subdirectives inserted inside "reverse_proxy <upstream> { }"; ";" or newline separated`)
 	fs.StringVar(&o.out, "out", "", "write the Markdown report to this file (default: stdout)")
 	fs.BoolVar(&o.appendOut, "append", false, "append to -out instead of replacing it")
-	fs.StringVar(&o.svgdir, "svgdir", "bench/out", "overload, idle: directory for the SVG plots (bench/out is gitignored; use bench/results for BENCHMARKS.md)")
+	fs.StringVar(&o.svgdir, "svgdir", "bench/out", "overload, streams, idle: directory for the SVG plots (bench/out is gitignored; use bench/results for BENCHMARKS.md)")
 	fs.StringVar(&o.caddyBin, "caddy", "", "use this Caddy binary instead of building ./cmd/caddy")
 	fs.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of the Caddy process, taken over the first measurement of -profile-target (enables the admin endpoint on a loopback port)")
 	fs.StringVar(&o.heapprofile, "heapprofile", "", "write a heap profile of the Caddy process, taken at 80 % of the first measurement of -profile-target")
@@ -133,7 +133,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.IntVar(&o.busyRetries, "busy-retries", 2, "repeat a measurement during which other processes used more than -quiet-max cores, at most this many times")
 	fs.DurationVar(&o.quietWait, "quiet-wait", time.Minute, "longest wait for a quiet machine before each measurement; it measures anyway after that")
 	fs.StringVar(&o.global, "global", "", `global options inserted into the Caddyfile's global block, e.g. "mcp { session_memory 32MiB }"`)
-	fs.StringVar(&o.svgname, "svgname", "", "overload, idle: base name of the SVG plots (overload: <name>-goodput.svg, <name>-p99.svg; idle: <name>-memory.svg); default the scenario's name")
+	fs.StringVar(&o.svgname, "svgname", "", "overload, streams, idle: base name of the SVG plots (overload: <name>-goodput.svg, <name>-p99.svg; streams: <name>-<mode>-events.svg; idle: <name>-memory.svg); default the scenario's name")
 	fs.IntVar(&o.clients, "clients", 1000, "burst: closed-loop clients after the jump")
 	fs.IntVar(&o.clientsBefore, "clients-before", 10, "burst: closed-loop clients before the jump")
 	fs.DurationVar(&o.burstWarm, "burst-warm", 2*time.Second, "burst: time with -clients-before clients before the jump")
@@ -803,7 +803,14 @@ func run(args []string) error {
 			"delivered/s = events received inside the emission window ÷ its length; the clients check every event's sequence (gaps, reordering), its size, and that the stream ends cleanly with every event the mock sent",
 			"latency = client receive time − the send timestamp in the event (same clock: mock and clients live in the harness); proxy-added = a target's percentile minus direct's",
 		}
-		writeStreamsReport(&report, meta, results)
+		plots, err := writeStreamsPlots(o, results)
+		if err != nil {
+			return err
+		}
+		if err := prependPlotDir(&plots, o.out); err != nil {
+			return err
+		}
+		writeStreamsReport(&report, meta, results, plots)
 	}
 	return writeOut(o, report.String(), logf)
 }
@@ -906,6 +913,35 @@ func writePlots(o *options, cfg overloadConfig, results []*overloadResult) ([]st
 	}
 	if paths[0] > paths[1] {
 		paths[0], paths[1] = paths[1], paths[0]
+	}
+	return paths, nil
+}
+
+// writeStreamsPlots writes the streams scenario's events-per-second SVGs,
+// one per mode, into -svgdir and returns their paths.
+func writeStreamsPlots(o *options, results []*streamsResult) ([]string, error) {
+	if len(results) == 0 {
+		return nil, nil
+	}
+	if err := os.MkdirAll(o.svgdir, 0o755); err != nil {
+		return nil, err
+	}
+	base := o.svgname
+	if base == "" {
+		base = "streams"
+	}
+	modes, charts := streamsCharts(results)
+	var paths []string
+	for i, c := range charts {
+		c.Subtitle = fmt.Sprintf("%d GET SSE streams, %d-byte events, %s bins", o.streams, o.eventSize, rateBin)
+		if b := strings.TrimSpace(o.mcpBlock); b != "" {
+			c.Subtitle += "; mcp_proxy { " + b + " }"
+		}
+		path := filepath.Join(o.svgdir, base+"-"+modes[i]+"-events.svg")
+		if err := os.WriteFile(path, c.SVG(), 0o644); err != nil {
+			return nil, err
+		}
+		paths = append(paths, path)
 	}
 	return paths, nil
 }

@@ -242,8 +242,13 @@ func burstGoals(results []*burstResult) []goal {
 
 // ---- streams ----
 
-func writeStreamsReport(w io.Writer, meta reportMeta, results []*streamsResult) {
+func writeStreamsReport(w io.Writer, meta reportMeta, results []*streamsResult, plots []string) {
 	writeMeta(w, meta)
+	defer func() {
+		for _, p := range plots {
+			fmt.Fprintf(w, "![%s](%s)\n\n", strings.TrimSuffix(p[strings.LastIndex(p, "/")+1:], ".svg"), p)
+		}
+	}()
 	byMode := map[string][]*streamsResult{}
 	var modes []string
 	for _, r := range results {
@@ -514,6 +519,33 @@ func writeIdleSteps(w io.Writer, results []*idleResult) {
 	}
 	t.write(w)
 	fmt.Fprintln(w)
+}
+
+// streamsCharts plots the events delivered per second over each mode's
+// window, one line per target, one chart per mode in first-seen order.
+func streamsCharts(results []*streamsResult) (modes []string, charts []*lineChart) {
+	byMode := map[string]*lineChart{}
+	for _, r := range results {
+		c, ok := byMode[r.Mode]
+		if !ok {
+			c = &lineChart{
+				Title:       "Events delivered per second, " + r.Mode,
+				XLabel:      "seconds into the window",
+				YLabel:      "events/s (all streams)",
+				XTickFormat: fmtTick,
+			}
+			byMode[r.Mode] = c
+			modes = append(modes, r.Mode)
+			charts = append(charts, c)
+		}
+		s := series{Name: r.Target}
+		for b, v := range r.Rate {
+			s.X = append(s.X, float64(b+1)*rateBin.Seconds())
+			s.Y = append(s.Y, v)
+		}
+		c.Series = append(c.Series, s)
+	}
+	return modes, charts
 }
 
 // idleChart plots Caddy's RSS against the streams open, one line per

@@ -270,9 +270,9 @@ func TestStreamsGoalsAndReport(t *testing.T) {
 		t.Errorf("paced goal = %s", gs[2].Measured)
 	}
 	var b strings.Builder
-	writeStreamsReport(&b, reportMeta{Title: "streams test"}, rs)
+	writeStreamsReport(&b, reportMeta{Title: "streams test"}, rs, []string{"out/streams-saturation-events.svg"})
 	out := b.String()
-	for _, s := range []string{"### saturation", "### paced", "| plain | 2000000 | 2000000 | 400000 | 1.00× |", "| mcp_proxy | 1900000 | 1900000 | 380000 | 0.95× | 1 |", "+1.50 / +6.00"} {
+	for _, s := range []string{"### saturation", "### paced", "![streams-saturation-events](out/streams-saturation-events.svg)", "| plain | 2000000 | 2000000 | 400000 | 1.00× |", "| mcp_proxy | 1900000 | 1900000 | 380000 | 0.95× | 1 |", "+1.50 / +6.00"} {
 		if !strings.Contains(out, s) {
 			t.Errorf("report lacks %q:\n%s", s, out)
 		}
@@ -362,5 +362,42 @@ func TestParseFlagsNewScenarios(t *testing.T) {
 	}
 	if _, err := parseModes("fast"); err == nil {
 		t.Error("unknown mode accepted")
+	}
+}
+
+func TestStreamsCharts(t *testing.T) {
+	rs := []*streamsResult{
+		{Target: targetPlain, Mode: modeSaturation, Rate: []float64{100, 200, 300}},
+		{Target: targetMCP, Mode: modeSaturation, Rate: []float64{90, 190, 290}},
+		{Target: targetPlain, Mode: modePaced, Rate: []float64{50, 50}},
+	}
+	modes, charts := streamsCharts(rs)
+	if len(modes) != 2 || modes[0] != modeSaturation || modes[1] != modePaced || len(charts) != 2 {
+		t.Fatalf("modes %v, %d charts", modes, len(charts))
+	}
+	sat := charts[0]
+	if len(sat.Series) != 2 || sat.Series[1].Name != targetMCP {
+		t.Fatalf("series %+v", sat.Series)
+	}
+	if x, y := sat.Series[0].X, sat.Series[0].Y; len(x) != 3 || x[0] != rateBin.Seconds() || y[2] != 300 {
+		t.Errorf("plain series x %v y %v", x, y)
+	}
+	if svg := string(sat.SVG()); !strings.HasPrefix(svg, "<svg") || !strings.Contains(svg, "mcp_proxy") {
+		t.Errorf("svg %.80q", svg)
+	}
+}
+
+func TestStreamTallyBins(t *testing.T) {
+	from := time.Unix(100, 0)
+	tl := &streamTally{maxLat: 1, windowFrom: from, windowTo: from.Add(time.Second), Bins: make([]int64, int(time.Second/rateBin))}
+	line := func(seq int) []byte {
+		return appendStreamEvent(nil, int64(seq), from.UnixNano(), 200)
+	}
+	tl.line(line(1), from.Add(10*time.Millisecond), 0)
+	tl.line(line(2), from.Add(150*time.Millisecond), 0)
+	tl.line(line(3), from.Add(160*time.Millisecond), 0)
+	tl.line(line(4), from.Add(2*time.Second), 0) // after the window
+	if tl.Bins[0] != 1 || tl.Bins[1] != 2 || tl.InWindow != 3 {
+		t.Errorf("bins %v, in window %d", tl.Bins, tl.InWindow)
 	}
 }

@@ -252,7 +252,12 @@ type streamTally struct {
 	maxLat     int
 	windowFrom time.Time
 	windowTo   time.Time
+	// Bins counts the events received in each rateBin of the window.
+	Bins []int64
 }
+
+// rateBin is the width of the bins of events received over time.
+const rateBin = 100 * time.Millisecond
 
 // eventPayloadLen is the length of the data value of an event that
 // appendStreamEvent made size bytes long.
@@ -316,6 +321,9 @@ func (t *streamTally) line(line []byte, now time.Time, dataLen int) {
 		t.Last = now
 		if !t.windowFrom.IsZero() && !now.Before(t.windowFrom) && !now.After(t.windowTo) {
 			t.InWindow++
+			if b := int(now.Sub(t.windowFrom) / rateBin); b < len(t.Bins) {
+				t.Bins[b]++
+			}
 		}
 		switch {
 		case seq <= t.LastSeq:

@@ -50,6 +50,9 @@ type streamsResult struct {
 	Usage                     windowUsage
 	Before                    quietness
 	Reruns                    int
+	// Rate is the events received per second over all streams, per
+	// rateBin of the window.
+	Rate []float64
 }
 
 func (r *streamsResult) deliveredPerSec() float64 {
@@ -127,7 +130,7 @@ func runStreams(ctx context.Context, env *benchEnv, tgt target, mode string, cfg
 	tallies := make([]*streamTally, cfg.Streams)
 	payload := eventPayloadLen(cfg.EventSize)
 	for i, resp := range resps {
-		t := &streamTally{maxLat: cfg.MaxLat, windowFrom: startAt, windowTo: windowEnd}
+		t := &streamTally{maxLat: cfg.MaxLat, windowFrom: startAt, windowTo: windowEnd, Bins: make([]int64, int(cfg.Duration/rateBin))}
 		tallies[i] = t
 		wg.Go(func() {
 			defer resp.Body.Close()
@@ -159,7 +162,11 @@ func runStreams(ctx context.Context, env *benchEnv, tgt target, mode string, cfg
 
 	var lat []time.Duration
 	var last time.Time
+	res.Rate = make([]float64, int(cfg.Duration/rateBin))
 	for _, t := range tallies {
+		for b, n := range t.Bins {
+			res.Rate[b] += float64(n) / rateBin.Seconds()
+		}
 		res.Received += t.Events
 		res.InWindow += t.InWindow
 		res.Gaps += t.Gaps
