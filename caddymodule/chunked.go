@@ -92,20 +92,17 @@ func (c *chunkedBody) decode(b []byte) int {
 			if c.left == 0 {
 				c.state = chunkDataCR
 			}
-		case chunkDataCR:
-			if b[i] != '\r' {
+		case chunkDataCR, chunkDataLF:
+			want, next := byte('\r'), chunkDataLF
+			if c.state == chunkDataLF {
+				want, next = '\n', chunkSize
+			}
+			if b[i] != want {
 				c.err = errChunkFormat
 				break
 			}
 			i++
-			c.state = chunkDataLF
-		case chunkDataLF:
-			if b[i] != '\n' {
-				c.err = errChunkFormat
-				break
-			}
-			i++
-			c.state = chunkSize
+			c.state = next
 		default: // chunkSize, chunkTrailer
 			j := bytes.IndexByte(b[i:], '\n')
 			if j < 0 {
