@@ -204,6 +204,7 @@ var streamHooks = &sse.Hooks{
 		slowConsumerLog()
 	},
 	Oversized: metrics.oversized.Inc,
+	Panic:     func(v any) { panicked(nil, "sse stream", v) },
 }
 
 // registerMetrics registers the collectors into the config's registry.

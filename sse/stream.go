@@ -78,6 +78,10 @@ type Hooks struct {
 	SlowConsumer func()
 	// Oversized is called when an upstream event breaks MaxEvent/MaxLine.
 	Oversized func()
+	// Panic, when set, receives a panic raised in a goroutine the stream
+	// owns (its writer, its keepalive timer); the attachment is then
+	// closed. Without it such a panic crashes the process as usual.
+	Panic func(v any)
 	// Reserve asks for n more bytes of queue or ring memory (n < 0
 	// returns bytes). A refused ring event is delivered but not kept for
 	// replay; a refused queued event makes Pump wait for the queue to
@@ -655,6 +659,7 @@ type Attachment struct {
 	replayN  int  // events at the front of queue that were replayed
 	replayB  int  // and their bytes
 	inflight int  // live bytes the writer goroutine took and is writing
+	taken    int  // all bytes (live and replayed) it took and is writing
 	ping     bool // a keepalive comment is due
 	writing  bool // a goroutine holds the writer role
 	waiting  bool // the pump waits for room in the queue
@@ -806,6 +811,7 @@ const maxBatch = 64
 // batches (one deadline and one flush per batch), then a due keepalive,
 // then the retry hint, and exits when there is nothing left to write.
 func (a *Attachment) writeLoop() {
+	defer a.recoverPanic()
 	var batch [][]byte
 	for {
 		a.mu.Lock()
@@ -820,6 +826,7 @@ func (a *Attachment) writeLoop() {
 				batch = append(batch, b)
 				a.queue[i] = nil
 				a.qbytes -= len(b)
+				a.taken += len(b)
 				if a.replayN > 0 {
 					a.replayN--
 					a.replayB -= len(b)
@@ -866,7 +873,7 @@ func (a *Attachment) writeLoop() {
 				a.reserve(-len(b))
 				putEventBuf(b)
 			}
-			a.inflight = 0
+			a.inflight, a.taken = 0, 0
 			a.signalLocked()
 			a.mu.Unlock()
 			clear(batch)
@@ -884,6 +891,44 @@ func (a *Attachment) writeLoop() {
 			}
 		}
 	}
+}
+
+// recoverPanic hands a panic of one of the attachment's goroutines to
+// Hooks.Panic and ends the attachment, so that Wait returns; without the
+// hook the panic goes on.
+func (a *Attachment) recoverPanic() {
+	h := a.s.cfg.Hooks
+	if h == nil || h.Panic == nil {
+		return
+	}
+	v := recover()
+	if v == nil {
+		return
+	}
+	h.Panic(v)
+	if a.mu.TryLock() {
+		a.finishAfterPanicLocked()
+		a.mu.Unlock()
+		return
+	}
+	// a.mu is held, by another goroutine for a moment or by the frame
+	// that panicked; finish once it is free.
+	go func() {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		a.finishAfterPanicLocked()
+	}()
+}
+
+// finishAfterPanicLocked closes the attachment and marks everything
+// written, after its writer died.
+func (a *Attachment) finishAfterPanicLocked() {
+	a.writing = false
+	a.reserve(-a.taken)
+	a.taken, a.inflight = 0, 0
+	a.final, a.retry = nil, 0 // nothing more is written to this client
+	a.closeLocked(ErrClosed)
+	a.finishLocked()
 }
 
 func (a *Attachment) write(p []byte) error {
@@ -911,6 +956,7 @@ func (a *Attachment) startKeepalive() {
 var keepaliveComment = []byte(":\n\n")
 
 func (a *Attachment) keepalive() {
+	defer a.recoverPanic()
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.closed || a.ended {

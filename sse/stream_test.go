@@ -1579,3 +1579,37 @@ func BenchmarkStreamRelay(b *testing.B) {
 		}
 	}
 }
+
+// panicWriter panics on its first write.
+type panicWriter struct{ discardWriter }
+
+func (p *panicWriter) Write([]byte) (int, error) { panic("writer broke") }
+
+func TestStreamWriterPanicRecovered(t *testing.T) {
+	got := make(chan any, 1)
+	rc := &reserveCounter{}
+	cfg := baseConfig()
+	cfg.Retry = time.Second
+	cfg.Hooks = &Hooks{Panic: func(v any) { got <- v }, Reserve: rc.Reserve}
+	s := NewStream(cfg)
+	pr, pw := io.Pipe()
+	pumped := startPump(s, pr)
+	io.WriteString(pw, evRange(1, 2))
+	waitUntil(t, "event 2 stored", func() bool { return s.UpstreamLastID() == "2" })
+	// Replayed events are written by the writer goroutine, which panics.
+	a, _ := s.Attach(&panicWriter{}, "1", 0)
+	select {
+	case v := <-got:
+		if v != "writer broke" {
+			t.Errorf("Panic got %v", v)
+		}
+	case <-time.After(hangBound):
+		t.Fatal("the panic did not reach Hooks.Panic")
+	}
+	if err := waitAtt(t, a, context.Background()); err == nil {
+		t.Error("Wait = nil after the writer panicked")
+	}
+	pw.Close()
+	pumpResult(t, pumped)
+	rc.check(t, s)
+}
