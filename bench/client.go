@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -102,6 +103,46 @@ func initializeRetrying(ctx context.Context, c *http.Client, url string) (string
 			return "", ctx.Err()
 		}
 	}
+}
+
+// warmConns is how many keep-alive connections the overload client opens
+// before a window at rate requests per second: 25 ms worth, 64 to 512.
+func warmConns(rate float64) int {
+	return min(512, max(64, int(rate*0.025)))
+}
+
+// warmConnections sends n concurrent pings in session sid, so that the
+// client's pool holds up to n open connections afterwards.
+func warmConnections(ctx context.Context, c *http.Client, url, sid string, n int) error {
+	errs := make(chan error, n)
+	for i := range n {
+		go func() {
+			ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			body := fmt.Sprintf(`{"jsonrpc":"2.0","id":"warm-%d","method":"ping"}`, i)
+			req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader(body))
+			if err != nil {
+				errs <- err
+				return
+			}
+			setMCPHeaders(req.Header, sid)
+			resp, err := c.Do(req)
+			if err != nil {
+				errs <- fmt.Errorf("warming connections: %w", err)
+				return
+			}
+			_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+			resp.Body.Close()
+			errs <- nil
+		}()
+	}
+	var first error
+	for range n {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
 }
 
 // errRefused marks an initialize refused with 503 or 429.

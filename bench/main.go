@@ -756,6 +756,7 @@ func run(args []string) error {
 			fmt.Sprintf("open loop: requests scheduled at a fixed rate for %s per target and multiple; latency and the %s client deadline count from each request's scheduled send time (no coordinated omission)", o.duration, o.deadline),
 			"goodput = 200s within the deadline, per second of the run; the 2nd-half column counts requests scheduled in the second half only",
 			fmt.Sprintf("%d sessions per target, used round-robin; at most %d requests in flight (the excess is \"not sent\")", o.sessions, o.maxOutstanding),
+			"before each window the client opens 25 ms worth of keep-alive connections (64 to 512) with concurrent pings, as a long-running client population has them open; the pings are not counted",
 			"at each multiple the targets run in an order rotated by the multiple's index",
 			freshDesc(o.freshCaddy),
 			"mcp_proxy admitted = requests sent minus its 503/429 refusals (client view), and the count of its request-duration histogram for heavy requests (server view, from /metrics)",

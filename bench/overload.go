@@ -115,6 +115,12 @@ func runOverload(ctx context.Context, env *benchEnv, tgt target, mult float64, c
 		}
 		sids[i] = sid
 	}
+	// A long-running client population has its connections open: warm
+	// as many as the window is likely to need, so that the measurement
+	// does not start with a storm of TCP handshakes.
+	if err := warmConnections(ctx, client, tgt.URL, sids[0], warmConns(rate)); err != nil {
+		return nil, fmt.Errorf("%s: %w", tgt.Name, err)
+	}
 	env.up.resetPeak()
 	up0 := env.up.counts()
 	m0 := scrape(ctx, env.admin)

@@ -401,3 +401,14 @@ func TestStreamTallyBins(t *testing.T) {
 		t.Errorf("bins %v, in window %d", tl.Bins, tl.InWindow)
 	}
 }
+
+func TestWarmConns(t *testing.T) {
+	for _, tc := range []struct {
+		rate float64
+		want int
+	}{{800, 64}, {4000, 100}, {8000, 200}, {100000, 512}} {
+		if got := warmConns(tc.rate); got != tc.want {
+			t.Errorf("warmConns(%v) = %d, want %d", tc.rate, got, tc.want)
+		}
+	}
+}
