@@ -41,6 +41,10 @@ var headerReaderPool = sync.Pool{New: func() any { return bufio.NewReaderSize(ni
 // reqWriterPool holds the buffers stream requests are written through.
 var reqWriterPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 1<<10) }}
 
+// maxInformational bounds the 1xx responses skipped before a stream's
+// response.
+const maxInformational = 5
+
 // defaultMaxStreamHeader caps the response header of a dialled stream when
 // the transport sets no max_response_header_size.
 const defaultMaxStreamHeader = 1 << 20
@@ -154,6 +158,14 @@ func (d *streamDialer) roundTrip(req *http.Request) (*http.Response, error) {
 	br := headerReaderPool.Get().(*bufio.Reader)
 	br.Reset(lr)
 	resp, err := http.ReadResponse(br, req)
+	// Informational responses (103 Early Hints, a stray 100) precede the
+	// real one, as net/http's Transport also skips them; a few at most.
+	for i := 0; err == nil && i < maxInformational && resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols; i++ {
+		resp, err = http.ReadResponse(br, req)
+	}
+	if err == nil && resp.StatusCode >= 100 && resp.StatusCode < 200 {
+		err = errors.New("upstream sent only informational responses")
+	}
 	if err != nil {
 		br.Reset(nil)
 		headerReaderPool.Put(br)

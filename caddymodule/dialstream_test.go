@@ -149,3 +149,22 @@ func TestStreamDialerHandles(t *testing.T) {
 		t.Error("a nil dialer handles requests")
 	}
 }
+
+func TestStreamDialerSkipsInformational(t *testing.T) {
+	addr, _, _ := rawUpstream(t, "HTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n"+
+		"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\nd\r\ndata: hello\n\n\r\n")
+	req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/", nil)
+	req.Header.Set("Accept", "text/event-stream")
+	resp, err := testDialer().roundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %d, want the final 200", resp.StatusCode)
+	}
+	buf := make([]byte, 64)
+	if n, err := resp.Body.Read(buf); err != nil || string(buf[:n]) != "data: hello\n\n" {
+		t.Fatalf("body %q, %v", buf[:n], err)
+	}
+}
