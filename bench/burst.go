@@ -279,22 +279,14 @@ func summarizeBurst(res *burstResult, records [][]burstCall, cfg burstConfig) {
 func runBurstScenario(ctx context.Context, env *benchEnv, targets []target, cfg burstConfig, logf func(string, ...any)) ([]*burstResult, error) {
 	var out []*burstResult
 	for _, tgt := range targets {
-		var res *burstResult
-		for attempt := 0; ; attempt++ {
+		res, reruns, err := measure(ctx, env, tgt, nil, func() (*burstResult, error) {
 			logf("burst: %s, %d → %d clients ...", tgt.Name, cfg.Before, cfg.Clients)
-			var err error
-			if res, err = runBurst(ctx, env, tgt, cfg); err != nil {
-				return out, err
-			}
-			res.Reruns = attempt
-			if !env.disturbed(res.Usage) || attempt >= env.busyRetries {
-				break
-			}
-			logf("  other processes used %.2f cores during the run; measuring %s again", res.Usage.Others(), tgt.Name)
-			if !pause(ctx, time.Second) {
-				return out, ctx.Err()
-			}
+			return runBurst(ctx, env, tgt, cfg)
+		}, func(r *burstResult) windowUsage { return r.Usage })
+		if err != nil {
+			return out, err
 		}
+		res.Reruns = reruns
 		a := res.After
 		logf("  %s: after the jump %d issued: 200 %d, 503 %d, 429 %d, other %d, errors %d, timeouts %d (refused %.1f %%); 200 p50/p99 %s/%s ms",
 			tgt.Name, a.Issued, a.OK, a.S503, a.S429, a.OtherStatus+a.BadBody, a.Errors, a.Timeouts, 100*a.refusedShare(), ms(res.OKLat.P50), ms(res.OKLat.P99))

@@ -359,6 +359,24 @@ type benchEnv struct {
 	restart func() error
 }
 
+// measure runs one measurement with run and runs it again, at most
+// env.busyRetries times, a second apart, while other processes used more
+// CPU during it than the quiet gate allows (usage tells how much). It
+// returns the result kept and how often it was repeated.
+func measure[R any](ctx context.Context, env *benchEnv, tgt target, profile *profileReq, run func() (R, error), usage func(R) windowUsage) (R, int, error) {
+	for attempt := 0; ; attempt++ {
+		res, err := run()
+		if err != nil || !env.disturbed(usage(res)) || attempt >= env.busyRetries {
+			return res, attempt, err
+		}
+		profile.retake()
+		env.logf("  other processes used %.2f cores during the run; measuring %s again", usage(res).Others(), tgt.Name)
+		if !pause(ctx, time.Second) {
+			return res, attempt, ctx.Err()
+		}
+	}
+}
+
 // freshDesc describes how overload measurements share Caddy.
 func freshDesc(fresh bool) string {
 	if fresh {

@@ -243,28 +243,19 @@ func runOverloadScenario(ctx context.Context, env *benchEnv, targets []target, c
 	var out []*overloadResult
 	for k, mult := range cfg.Multiples {
 		for _, tgt := range rotate(targets, k) {
-			var res *overloadResult
-			for attempt := 0; ; attempt++ {
+			res, reruns, err := measure(ctx, env, tgt, profile, func() (*overloadResult, error) {
 				logf("overload: %s at %s (%.0f/s) ...", tgt.Name, fmtMultiple(mult), mult*cfg.Capacity)
 				if env.restart != nil {
 					if err := env.restart(); err != nil {
-						return out, fmt.Errorf("restarting caddy: %w", err)
+						return nil, fmt.Errorf("restarting caddy: %w", err)
 					}
 				}
-				var err error
-				if res, err = runOverload(ctx, env, tgt, mult, cfg, profile); err != nil {
-					return out, err
-				}
-				res.Reruns = attempt
-				if !env.disturbed(res.Usage) || attempt >= env.busyRetries {
-					break
-				}
-				profile.retake()
-				logf("  other processes used %.2f cores during the run; measuring %s again", res.Usage.Others(), tgt.Name)
-				if !pause(ctx, time.Second) {
-					return out, ctx.Err()
-				}
+				return runOverload(ctx, env, tgt, mult, cfg, profile)
+			}, func(r *overloadResult) windowUsage { return r.Usage })
+			if err != nil {
+				return out, err
 			}
+			res.Reruns = reruns
 			logf("  %s: goodput %.0f/s (2nd half %.0f/s), 503 %d, 429 %d, timeouts %d, errors %d, not sent %d, upstream %d recv / %d served",
 				tgt.Name, res.goodput(), res.goodputSecondHalf(), res.Status[503], res.Status[429],
 				res.Timeouts, res.Errors, res.NotSent, res.Upstream.Received, res.Upstream.Served)

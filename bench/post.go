@@ -193,20 +193,14 @@ func runPostScenario(ctx context.Context, env *benchEnv, targets []target, cfg p
 	for r := range cfg.Rounds {
 		var row []*postResult
 		for _, tgt := range rotate(targets, r) {
-			var res *postResult
-			for attempt := 0; ; attempt++ {
+			res, reruns, err := measure(ctx, env, tgt, profile, func() (*postResult, error) {
 				logf("post: round %d/%d, %s ...", r+1, cfg.Rounds, tgt.Name)
-				var err error
-				if res, err = runPost(ctx, env, tgt, cfg, r+1, profile); err != nil {
-					return rounds, err
-				}
-				res.Reruns = attempt
-				if !env.disturbed(res.Usage) || attempt >= env.busyRetries {
-					break
-				}
-				profile.retake()
-				logf("  other processes used %.2f cores during the window; measuring %s again", res.Usage.Others(), tgt.Name)
+				return runPost(ctx, env, tgt, cfg, r+1, profile)
+			}, func(p *postResult) windowUsage { return p.Usage })
+			if err != nil {
+				return rounds, err
 			}
+			res.Reruns = reruns
 			logf("  %s: %.0f req/s, p50 %s ms, p99 %s ms, non-200 %d, errors %d, timeouts %d",
 				tgt.Name, res.RPS, ms(res.Lat.P50), ms(res.Lat.P99), res.non200(), res.Errors, res.Timeouts)
 			if res.FirstErr != "" {

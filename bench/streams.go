@@ -209,23 +209,14 @@ func runStreamsScenario(ctx context.Context, env *benchEnv, targets []target, cf
 	var out []*streamsResult
 	for k, mode := range cfg.Modes {
 		for _, tgt := range rotate(targets, k) {
-			var res *streamsResult
-			for attempt := 0; ; attempt++ {
+			res, reruns, err := measure(ctx, env, tgt, profile, func() (*streamsResult, error) {
 				logf("streams: %s, %s, %d streams ...", tgt.Name, mode, cfg.Streams)
-				var err error
-				if res, err = runStreams(ctx, env, tgt, mode, cfg, profile); err != nil {
-					return out, err
-				}
-				res.Reruns = attempt
-				if !env.disturbed(res.Usage) || attempt >= env.busyRetries {
-					break
-				}
-				profile.retake()
-				logf("  other processes used %.2f cores during the run; measuring %s again", res.Usage.Others(), tgt.Name)
-				if !pause(ctx, time.Second) {
-					return out, ctx.Err()
-				}
+				return runStreams(ctx, env, tgt, mode, cfg, profile)
+			}, func(r *streamsResult) windowUsage { return r.Usage })
+			if err != nil {
+				return out, err
 			}
+			res.Reruns = reruns
 			logf("  %s: sent %d, received %d (%.0f ev/s in the window), gaps %d, reordered %d, corrupt %d, broken %d, unfinished %d; latency p50/p99 %s/%s ms",
 				tgt.Name, res.Sent, res.Received, res.deliveredPerSec(), res.Gaps, res.Reordered, res.Corrupt, res.BrokenEnds, res.Unfinished, ms(res.Lat.P50), ms(res.Lat.P99))
 			if res.FirstEndErr != "" {
