@@ -123,7 +123,7 @@ func (h *Handler) admit(w http.ResponseWriter, r *http.Request, call *mcp.Call, 
 		}
 	}
 	if res.session != nil && h.SessionMaxInflight > 0 {
-		req.SessionKey = sessionKey(res.session)
+		req.SessionKey = res.key
 	}
 	if first.Method == "tools/call" {
 		req.Tool = first.Name

@@ -504,7 +504,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// A client resuming a stream the proxy still holds is answered from it.
 	if r.Method == http.MethodGet && res.session != nil && res.session.Kind == mcp.TokenSession {
 		if last := r.Header.Get(mcp.HeaderLastEventID); last != "" {
-			if stream := sharedRegistry().Find(sessionKey(res.session), last); stream != nil {
+			if stream := sharedRegistry().Find(res.key, last); stream != nil {
 				metrics.replay.WithLabelValues("hit").Inc()
 				return h.serveResume(w, r, stream, last, h.retryHint(&call, res), sess)
 			}
@@ -549,8 +549,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return nil
 	}
 	if r.Method == http.MethodDelete && res.session != nil && st.responded && st.status >= 200 && st.status < 300 {
-		sharedRegistry().Forget(sessionKey(res.session))
-		h.app.global.sessions.Remove(sessionKey(res.session), resources.CauseDeleted)
+		sharedRegistry().Forget(res.key)
+		h.app.global.sessions.Remove(res.key, resources.CauseDeleted)
 	}
 	return err
 }
@@ -702,6 +702,9 @@ type resolution struct {
 	token string
 	// pinned is the dial address of the upstream the request must reach.
 	pinned string
+	// key names the session in the registries (sessionKey), "" without
+	// a session.
+	key string
 }
 
 // resolve opens the request's session token, from Mcp-Session-Id or the
@@ -717,7 +720,7 @@ func (h *Handler) resolve(r *http.Request, call *mcp.Call) (resolution, *mcp.Ref
 			}
 			r.URL.RawQuery = rest
 			r.RequestURI = ""
-			res.session, res.token, res.pinned = sess, tok, sess.Upstream
+			res.session, res.token, res.pinned, res.key = sess, tok, sess.Upstream, sessionKey(sess.Upstream, sess.UpstreamID)
 			return res, nil
 		}
 	}
@@ -736,7 +739,7 @@ func (h *Handler) resolve(r *http.Request, call *mcp.Call) (resolution, *mcp.Ref
 		return res, ref
 	}
 	r.Header.Set(mcp.HeaderSessionID, sess.UpstreamID)
-	res.session, res.token, res.pinned = sess, tok, sess.Upstream
+	res.session, res.token, res.pinned, res.key = sess, tok, sess.Upstream, sessionKey(sess.Upstream, sess.UpstreamID)
 	return res, nil
 }
 

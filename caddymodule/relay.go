@@ -397,7 +397,7 @@ func (h *Handler) relay(w http.ResponseWriter, st *relayState, body io.ReadClose
 	st.stream = stream
 	st.mu.Unlock()
 	if st.resumable {
-		sharedRegistry().Add(sessionKey(st.res.session), stream)
+		sharedRegistry().Add(st.res.key, stream)
 	}
 	// The headers go out now: an idle stream may send nothing for long.
 	cw := newClientWriter(w)
@@ -471,8 +471,9 @@ func (h *Handler) serveResume(w http.ResponseWriter, r *http.Request, stream *ss
 	return nil
 }
 
-// sessionKey names a session in the stream registry: the upstream and the
-// upstream's own session id, which every token of the session shares.
-func sessionKey(s *mcp.Session) string {
-	return s.Upstream + " " + s.UpstreamID
+// sessionKey names a session in the session and stream registries: the
+// upstream and the upstream's own session id, which every token of the
+// session shares.
+func sessionKey(upstream, upstreamID string) string {
+	return upstream + " " + upstreamID
 }

@@ -45,7 +45,7 @@ func (h *Handler) trackSession(res resolution, level admission.Level) (s *resour
 		return nil, func() {}, nil
 	}
 	g := h.app.global
-	key := sessionKey(res.session)
+	key := res.key
 	s, ok := g.sessions.Get(key)
 	if !ok {
 		if g.sessions.WasEvicted(key) {
@@ -83,7 +83,7 @@ func (h *Handler) roomForSession(level admission.Level) bool {
 // openSession records a session the upstream just created.
 func (h *Handler) openSession(st *relayState, upstream, sid, version string) {
 	g := h.app.global
-	info := resources.SessionInfo{Key: upstream + " " + sid, Upstream: upstream, Version: version, UpstreamID: sid}
+	info := resources.SessionInfo{Key: sessionKey(upstream, sid), Upstream: upstream, Version: version, UpstreamID: sid}
 	st.mu.Lock()
 	if out := st.outReq; out != nil {
 		info.Endpoint, info.Host = out.URL.String(), out.Host
