@@ -140,7 +140,6 @@ func (p *streamPlan) emit(ctx context.Context, w io.Writer, rc *http.ResponseCon
 				if !sleepCtx(ctx, d) {
 					break
 				}
-				now = time.Now()
 			} else if lag := -d; lag > time.Millisecond {
 				lagged++
 				maxLag = max(maxLag, lag)

@@ -114,12 +114,9 @@ func (u *upstream) busy() int64 { return u.queued.Load() + u.inService.Load() }
 // resetPeak starts a new peak-queue window and returns the previous peak.
 func (u *upstream) resetPeak() int64 { return u.peakQueue.Swap(u.queued.Load()) }
 
-// capacityPerSecond is how many tools/call per second the upstream can
-// serve at most; 0 when unlimited or with no service time.
-func (u *upstream) capacityPerSecond() float64 {
-	return capacityPerSecond(u.capacity, u.service)
-}
-
+// capacityPerSecond is how many tools/call per second an upstream of
+// capacity calls in service, each taking service, can serve at most; 0
+// when unlimited or with no service time.
 func capacityPerSecond(capacity int, service time.Duration) float64 {
 	if capacity <= 0 || service <= 0 {
 		return 0

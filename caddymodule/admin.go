@@ -411,9 +411,6 @@ func hashKey(key string) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// sessionID returns the id the admin API shows for a session key.
-func sessionID(key string) string { return hashKey(key)[:sessionIDLen] }
-
 func validIDPrefix(p string) bool {
 	if len(p) < sessionIDLen || len(p) > sha256.Size*2 {
 		return false
