@@ -18,10 +18,10 @@ import (
 // pattern.
 type ToolLimit struct {
 	// Pattern is a glob (path.Match syntax) over tool names. The first
-	// matching rule applies.
+	// matching rule applies. Required.
 	Pattern string `json:"pattern"`
 	// MaxInflight is how many calls of the matching tools may run at once;
-	// 0 exempts them from later rules.
+	// 0 exempts them from later rules. Required.
 	MaxInflight int `json:"max_inflight"`
 	// Timeout is how long a call may wait for a slot; without one a call
 	// over the limit is refused at once. Default: 0.

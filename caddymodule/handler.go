@@ -212,12 +212,13 @@ type Handler struct {
 	// Tools caps heavy tools: each rule limits the concurrent calls of the
 	// tools matching its pattern, without starving the others. A call over
 	// its rule's limit is answered with a JSON-RPC error inside a 200.
+	// Default: no rules; every tool shares the other limits.
 	Tools []ToolLimit `json:"tools,omitempty"`
 
 	// Adaptive, when set, makes the in-flight limit follow the upstream's
 	// latency (a gradient controller: limit·min(1, 1.5·longRTT/shortRTT) +
 	// 4, smoothed; see the admission package), so the capacity need not
-	// be known. EXPERIMENTAL.
+	// be known. Default: off, max_inflight is a fixed limit. EXPERIMENTAL.
 	Adaptive *AdaptiveLimit `json:"adaptive,omitempty"`
 
 	proxy       caddyhttp.MiddlewareHandler
