@@ -48,6 +48,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		keepalive          <duration>
 //		replay             <events> <size> <age>
 //		retry_hint         <duration>
+//		stream_handoff     on|off
 //		drain              <duration>
 //
 //		max_inflight         <n>
@@ -128,6 +129,7 @@ var subdirectiveArgs = map[string]func(n int) bool{
 	"write_timeout":        exactly(1),
 	"keepalive":            exactly(1),
 	"retry_hint":           exactly(1),
+	"stream_handoff":       exactly(1),
 	"drain":                exactly(1),
 	"max_inflight":         exactly(1),
 	"max_streams":          exactly(1),
@@ -155,12 +157,16 @@ func (h *Handler) parseSubdirective(name string, args []string) error {
 		h.AllowedHosts = append(h.AllowedHosts, args...)
 	case "client_key":
 		h.ClientKey = args[0]
-	case "require_session":
+	case "require_session", "stream_handoff":
 		on, err := parseOnOff(args[0])
 		if err != nil {
 			return err
 		}
-		h.RequireSession = &on
+		if name == "require_session" {
+			h.RequireSession = &on
+		} else {
+			h.StreamHandoff = &on
+		}
 	case "session_lifetime", "write_timeout", "keepalive", "retry_hint", "drain":
 		dur, err := caddy.ParseDuration(args[0])
 		if err != nil || dur <= 0 {

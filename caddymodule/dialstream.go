@@ -191,7 +191,7 @@ func (d *streamDialer) roundTrip(req *http.Request) (*http.Response, error) {
 		headerReaderPool.Put(br)
 		body = io.NopCloser(cb)
 	}
-	resp.Body = &streamBody{ReadCloser: body, close: func() { stop(); closeConn() }}
+	resp.Body = &streamBody{ReadCloser: body, unwatch: stop, closeConn: closeConn}
 	return resp, nil
 }
 
@@ -200,11 +200,27 @@ func (d *streamDialer) roundTrip(req *http.Request) (*http.Response, error) {
 // to its end).
 type streamBody struct {
 	io.ReadCloser
-	close func()
+	// unwatch stops closing the connection when the request's context
+	// ends; nil once detach did.
+	unwatch   func() bool
+	closeConn func()
 }
 
 func (b *streamBody) Close() error {
-	b.close()
+	if b.unwatch != nil {
+		b.unwatch()
+	}
+	b.closeConn()
 	_ = b.ReadCloser.Close()
 	return nil
+}
+
+// detach unbinds the body from its request's context, which the body then
+// no longer references: the stream is closed only by Close. It reports
+// false when the context had already ended and closed the connection. It
+// must not run concurrently with Close.
+func (b *streamBody) detach() bool {
+	stopped := b.unwatch()
+	b.unwatch = nil
+	return stopped
 }

@@ -148,6 +148,23 @@ type Handler struct {
 	ReplayBytes  int64          `json:"replay_bytes,omitempty"`
 	ReplayAge    caddy.Duration `json:"replay_age,omitempty"`
 
+	// StreamHandoff lets an SSE GET stream leave Caddy's HTTP server once
+	// its response header is sent: mcp_proxy takes the client's HTTP/1.x
+	// connection over (as reverse_proxy does for WebSockets) and relays the
+	// stream on two small goroutines of its own, instead of holding the
+	// request's handler goroutine, net/http's connection reader and their
+	// buffers for the stream's whole life. A handed-off response is
+	// delimited by the close of its connection ("Connection: close", no
+	// chunked encoding), which every SSE client reads. Caddy's access log
+	// and HTTP metrics record such a request when its stream starts
+	// (status 200, the time to the response header); its end shows in
+	// mcp_proxy's session and stream metrics. It applies only to streams
+	// mcp_proxy opens on connections of its own (a plain-HTTP upstream),
+	// never to HTTP/2 or HTTP/3 clients, the legacy transport, a stream
+	// resumed from the replay ring, or a response another handler encodes.
+	// Default: true.
+	StreamHandoff *bool `json:"stream_handoff,omitempty"`
+
 	// RetryHint is the `retry:` value sent before the proxy closes a stream
 	// it expects the client to resume (slow consumer, drain). Default: 1s.
 	RetryHint caddy.Duration `json:"retry_hint,omitempty"`
@@ -228,6 +245,7 @@ type Handler struct {
 	upstreams   map[string]struct{} // static dial addresses; nil with dynamic upstreams
 	logger      *zap.Logger
 	requireSess bool
+	handoff     bool
 	lifetime    time.Duration
 	maxPeek     int64
 	now         func() time.Time
@@ -277,6 +295,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.maxPeek = defaultMaxPeek
 	}
 	h.requireSess = h.RequireSession == nil || *h.RequireSession
+	h.handoff = h.StreamHandoff == nil || *h.StreamHandoff
 	h.maxEvent = orDefault(h.MaxEventSize, defaultMaxEvent)
 	h.queueEvents = orDefault(h.StreamBufferEvents, defaultQueueEvents)
 	h.queueBytes = orDefault(h.StreamBufferBytes, defaultQueueBytes)
@@ -519,7 +538,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 
 	// 4. Proxy; the transport wrapper seals session ids in the response.
-	st = newRelayState(h, r, &call, res)
+	st = newRelayState(h, w, r, &call, res)
 	st.session, st.over = sess, over
 	caddyhttp.SetVar(r.Context(), varRelay, st)
 	defer st.handlerDone()

@@ -35,9 +35,15 @@ const proxyIDMarker = "mcpgate-"
 // response body to the relay instead of reverse_proxy's copy loop.
 type relayState struct {
 	h    *Handler
-	r    *http.Request
+	r    *http.Request // nil once a handed-off stream left the handler
 	call *mcp.Call
 	res  resolution
+	// w is the client's response writer; the transport only sets headers
+	// on it, before reverse_proxy writes them.
+	w http.ResponseWriter
+	// handoff: a GET whose SSE stream may leave the handler (see
+	// Handler.StreamHandoff); cleared when its response cannot.
+	handoff bool
 	// resumable: a session-era request whose response stream survives a
 	// client disconnect, to be resumed with Last-Event-ID.
 	resumable bool
@@ -64,14 +70,22 @@ type relayState struct {
 	responded bool
 }
 
-func newRelayState(h *Handler, r *http.Request, call *mcp.Call, res resolution) *relayState {
+func newRelayState(h *Handler, w http.ResponseWriter, r *http.Request, call *mcp.Call, res resolution) *relayState {
 	first := call.First()
 	legacy := res.session != nil && res.session.Kind == mcp.TokenLegacy
 	return &relayState{
-		h: h, r: r, call: call, res: res,
+		h: h, r: r, w: w, call: call, res: res,
 		resumable: r.Method == http.MethodPost && call.Era != mcp.EraStateless && !legacy &&
 			!call.Peek.Batch && first.Kind == mcp.KindRequest && first.Method != "initialize" && res.session != nil,
+		handoff: h.handoff && r.Method == http.MethodGet && r.ProtoMajor == 1 && !legacyStream(r, call, res),
 	}
+}
+
+// legacyStream reports whether a request opens a legacy (2024-11-05)
+// HTTP+SSE stream, whose endpoint event is rewritten.
+func legacyStream(r *http.Request, call *mcp.Call, res resolution) bool {
+	return r.Method == http.MethodGet && res.session == nil &&
+		call.Era != mcp.EraSession && call.Era != mcp.EraStateless
 }
 
 // clientGone applies the era's meaning of a client disconnect. A
@@ -251,7 +265,8 @@ func (t *relayTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	var resp *http.Response
 	var err error
-	if t.streams.handles(req) {
+	dialled := t.streams.handles(req)
+	if dialled {
 		resp, err = t.streams.roundTrip(req)
 	} else {
 		resp, err = t.inner.RoundTrip(req)
@@ -268,6 +283,16 @@ func (t *relayTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		resp.Body = http.NoBody
 		resp.ContentLength = -1
 		resp.Header.Del("Content-Length")
+		// A stream that may be handed off is delimited by the close of
+		// its connection, not chunked: net/http then sends
+		// "Connection: close" and no Transfer-Encoding, and the relay
+		// writes the events as they are once it owns the connection.
+		st.handoff = st.handoff && dialled
+		if st.handoff && st.r.ProtoAtLeast(1, 1) {
+			st.w.Header().Set("Transfer-Encoding", "identity")
+		}
+	} else {
+		st.handoff = false
 	}
 	return resp, nil
 }
@@ -389,8 +414,7 @@ func (st *relayState) rewriteLegacyEndpoint() func(ev *sse.Event) []byte {
 // relay pumps an SSE response body taken over by the transport to the
 // client, and returns when the client has everything, left, or was cut.
 func (h *Handler) relay(w http.ResponseWriter, st *relayState, body io.ReadCloser) {
-	legacy := st.r.Method == http.MethodGet && st.res.session == nil &&
-		st.call.Era != mcp.EraSession && st.call.Era != mcp.EraStateless
+	legacy := legacyStream(st.r, st.call, st.res)
 	stream := sse.NewStream(h.streamConfig(st, legacy))
 	stream.SetCloser(func() { _ = body.Close() })
 	st.mu.Lock()
@@ -402,6 +426,9 @@ func (h *Handler) relay(w http.ResponseWriter, st *relayState, body io.ReadClose
 	// The headers go out now: an idle stream may send nothing for long.
 	cw := newClientWriter(w)
 	_ = cw.Flush()
+	if sb, ok := body.(*streamBody); ok && st.handoff && h.handOff(w, st, stream, sb) {
+		return
+	}
 	att, _ := stream.Attach(cw, "", h.retryHint(st.call, st.res))
 	untrack := h.track(att, stream, st.resumable, st.session)
 	defer untrack()

@@ -995,3 +995,73 @@ func TestRelayMaxEventSize(t *testing.T) {
 		})
 	}
 }
+
+// TestRelayHandoff checks the wire form of a GET stream handed off from
+// Caddy's HTTP server (the default) and of one kept by the handler
+// (stream_handoff off): the first is delimited by the connection's close,
+// the second chunked; both deliver every event and end cleanly when the
+// upstream ends the stream.
+func TestRelayHandoff(t *testing.T) {
+	var mu sync.Mutex
+	ends := map[string]chan struct{}{}
+	endOf := func(key string) chan struct{} {
+		mu.Lock()
+		defer mu.Unlock()
+		if ends[key] == nil {
+			ends[key] = make(chan struct{})
+		}
+		return ends[key]
+	}
+	u := startRelayUpstream(t, func(g *relayGET, w *relayWriter) error {
+		if err := w.event("1", `{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"one"}}`); err != nil {
+			return err
+		}
+		if err := w.idle(endOf(g.key)); err != nil {
+			return err
+		}
+		return w.event("2", `{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"two"}}`)
+	}, nil)
+	on, off := freePort(t), freePort(t)
+	loadCaddyfile(t, fmt.Sprintf(":%d {\n\tmcp_proxy %s\n}\n:%d {\n\tmcp_proxy %s {\n\t\tstream_handoff off\n\t}\n}\n",
+		on, u.addr(), off, u.addr()))
+	for _, tc := range []struct {
+		name    string
+		port    int
+		handoff bool
+	}{{"handoff", on, true}, {"handler", off, false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			base := proxyURL(tc.port)
+			tok := u.initSession(t, base, relayVersion)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			resp, err := openRelayGET(ctx, rawClient, base, tok, relayVersion, tc.name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			chunked := slices.Contains(resp.TransferEncoding, "chunked")
+			if tc.handoff && (chunked || !resp.Close) {
+				t.Errorf("handed-off stream: Transfer-Encoding %v, Connection: close %v; want close-delimited", resp.TransferEncoding, resp.Close)
+			}
+			if !tc.handoff && !chunked {
+				t.Errorf("stream kept by the handler: Transfer-Encoding %v, want chunked", resp.TransferEncoding)
+			}
+			evs, ended := watchRelayStream(resp.Body)
+			if ev := nextRelayEvent(t, evs, 5*time.Second, "first event"); ev.id != "1" || !strings.Contains(ev.data, "one") {
+				t.Fatalf("first block %+v", ev)
+			}
+			close(endOf(tc.name))
+			if ev := nextRelayEvent(t, evs, 5*time.Second, "second event"); ev.id != "2" || !strings.Contains(ev.data, "two") {
+				t.Fatalf("second block %+v", ev)
+			}
+			select {
+			case e := <-ended:
+				if e.err != nil {
+					t.Fatalf("stream ended with %v, want a clean end", e.err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("the stream did not end within 5s of the upstream ending it")
+			}
+		})
+	}
+}
