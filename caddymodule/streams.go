@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"cmp"
 	"context"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"sync"
@@ -94,6 +95,7 @@ type streamSet struct {
 	open     map[*sse.Attachment]trackedStream
 	draining bool
 	delay    time.Duration
+	empty    chan struct{} // closed when open empties; made by wait
 }
 
 type trackedStream struct {
@@ -118,7 +120,34 @@ func (ss *streamSet) add(a *sse.Attachment, t trackedStream) func() {
 	return func() {
 		ss.mu.Lock()
 		delete(ss.open, a)
+		if len(ss.open) == 0 && ss.empty != nil {
+			close(ss.empty)
+			ss.empty = nil
+		}
 		ss.mu.Unlock()
+	}
+}
+
+// wait blocks until no attachment is open, or for at most timeout; it
+// reports whether none is.
+func (ss *streamSet) wait(timeout time.Duration) bool {
+	ss.mu.Lock()
+	if len(ss.open) == 0 {
+		ss.mu.Unlock()
+		return true
+	}
+	if ss.empty == nil {
+		ss.empty = make(chan struct{})
+	}
+	empty := ss.empty
+	ss.mu.Unlock()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-empty:
+		return true
+	case <-t.C:
+		return false
 	}
 }
 
@@ -155,6 +184,17 @@ func (ss *streamSet) drain(delay time.Duration) {
 	ss.draining, ss.delay = true, delay
 	for a, t := range ss.open {
 		scheduleDrain(a, t, delay)
+	}
+}
+
+// closeAll closes every open attachment at once, as the drain would.
+func (ss *streamSet) closeAll() {
+	ss.mu.Lock()
+	open := make(map[*sse.Attachment]trackedStream, len(ss.open))
+	maps.Copy(open, ss.open)
+	ss.mu.Unlock()
+	for a, t := range open {
+		closeTracked(a, t)
 	}
 }
 
