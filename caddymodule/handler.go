@@ -362,15 +362,16 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	return nil
 }
 
-// Cleanup closes the handler's open streams after the drain delay, waits
-// for them (at most the drain delay and a second), and releases the
-// shared stream registry.
+// Cleanup closes the handler's open streams after the drain delay (and,
+// when the process exits, waits for them, at most the drain delay and a
+// second), and releases the shared stream registry.
 func (h *Handler) Cleanup() error {
 	h.streams.drain(h.drain)
 	// Handed-off streams are no longer requests Caddy's servers wait
-	// for: the config (on a reload) or the process (on a stop) waits
-	// here until the drain has closed them, with their retry hints.
-	if !h.streams.wait(h.drain + time.Second) {
+	// for before the process exits, so the process waits here until the
+	// drain has closed them, with their retry hints. (On a reload nothing
+	// waits, as for requests: the drain closes them on its own.)
+	if caddy.Exiting() && !h.streams.wait(h.drain+time.Second) {
 		h.logger.Warn("streams still open after the drain; closing them")
 		h.streams.closeAll()
 	}

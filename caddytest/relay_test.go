@@ -1065,3 +1065,81 @@ func TestRelayHandoff(t *testing.T) {
 		})
 	}
 }
+
+// TestRelayDrainOnStop stops a Caddy process (SIGTERM) under 3 open GET
+// streams, which are handed off from its HTTP server: each gets a retry
+// hint and is closed between 80% and 100% of the drain delay, and the
+// process exits only after that.
+func TestRelayDrainOnStop(t *testing.T) {
+	const (
+		streams = 3
+		drain   = time.Second
+		margin  = 1500 * time.Millisecond
+	)
+	u := startRelayUpstream(t, func(g *relayGET, w *relayWriter) error {
+		if err := w.event("1", `{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"hi"}}`); err != nil {
+			return err
+		}
+		return w.idle(nil)
+	}, nil)
+	port := freePort(t)
+	cmd := startCaddyProcess(t, fmt.Sprintf("{\n\tadmin off\n\tauto_https off\n\tpersist_config off\n}\n:%d {\n\tmcp_proxy %s {\n\t\tdrain 1s\n\t}\n}\n", port, u.addr()), port)
+	base := proxyURL(port)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var ends []<-chan relayStreamEnd
+	var evss []<-chan relayEvent
+	for i := range streams {
+		tok := u.initSession(t, base, relayVersion)
+		resp, err := openRelayGET(ctx, rawClient, base, tok, relayVersion, fmt.Sprintf("stop%d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		if !resp.Close {
+			t.Errorf("stream %d was not handed off (no Connection: close)", i)
+		}
+		evs, ended := watchRelayStream(resp.Body)
+		if ev := nextRelayEvent(t, evs, 5*time.Second, "first event"); ev.id != "1" {
+			t.Fatalf("first block %+v", ev)
+		}
+		evss, ends = append(evss, evs), append(ends, ended)
+	}
+
+	start := time.Now()
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan time.Time, 1)
+	go func() {
+		_ = cmd.Wait()
+		exited <- time.Now()
+	}()
+	var last time.Duration
+	for i := range streams {
+		retries := 0
+		for ev := range evss[i] { // bounded: the stream ends within the drain, or at ctx's timeout
+			if ev.retry >= 0 {
+				retries++
+			}
+		}
+		e := <-ends[i]
+		after := e.at.Sub(start)
+		last = max(last, after)
+		if retries != 1 {
+			t.Errorf("stream %d: %d retry hints before the close, want 1", i, retries)
+		}
+		if after < drain*8/10 || after > drain+margin {
+			t.Errorf("stream %d closed %v after SIGTERM, want between %v and %v", i, after, drain*8/10, drain+margin)
+		}
+	}
+	select {
+	case at := <-exited:
+		t.Logf("streams closed by %v, process exited %v after SIGTERM", last.Round(time.Millisecond), at.Sub(start).Round(time.Millisecond))
+		if at.Sub(start) < last {
+			t.Errorf("the process exited %v after SIGTERM, before its last stream closed (%v)", at.Sub(start), last)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the process did not exit within 10s of SIGTERM")
+	}
+}

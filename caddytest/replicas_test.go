@@ -51,7 +51,7 @@ func builtCaddy(t *testing.T) string {
 
 // startCaddyProcess runs the built binary with a Caddyfile until the test
 // ends, and waits for port to accept connections.
-func startCaddyProcess(t *testing.T, caddyfile string, port int) {
+func startCaddyProcess(t *testing.T, caddyfile string, port int) *exec.Cmd {
 	t.Helper()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "Caddyfile")
@@ -67,7 +67,9 @@ func startCaddyProcess(t *testing.T, caddyfile string, port int) {
 	}
 	t.Cleanup(func() {
 		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
+		if cmd.ProcessState == nil {
+			_ = cmd.Wait()
+		}
 		if t.Failed() {
 			t.Logf("caddy process logs:\n%s", logs.String())
 		}
@@ -77,7 +79,7 @@ func startCaddyProcess(t *testing.T, caddyfile string, port int) {
 		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 200*time.Millisecond)
 		if err == nil {
 			c.Close()
-			return
+			return cmd
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("caddy process did not listen on %d", port)
