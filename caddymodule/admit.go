@@ -59,6 +59,7 @@ func (h *Handler) provisionAdmission(ctx caddy.Context) error {
 		return fmt.Errorf("loading mcp app: %w", err)
 	}
 	h.app = appIface.(*App)
+	h.app.global.noteDrain(h.drain)
 	cfg := admission.Config{
 		MaxInflight:        h.MaxInflight,
 		QueueSize:          h.QueueSize,

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -121,6 +122,7 @@ type globalState struct {
 	active   *streamSet                 // every open stream, for the protective level
 	deletes  chan resources.SessionInfo // evicted sessions to delete upstream; bounded queue
 	tasks    *resources.Group           // owns every goroutine that outlives a request
+	maxDrain atomic.Int64               // longest drain of any mcp_proxy, in ns
 	logger   *zap.Logger
 	cancel   context.CancelFunc
 
@@ -129,6 +131,17 @@ type globalState struct {
 	fraction    float64
 	idle        time.Duration
 	refresh     time.Duration
+}
+
+// noteDrain records the drain delay of an mcp_proxy; the longest bounds
+// how long a stopping process waits for its streams.
+func (g *globalState) noteDrain(d time.Duration) {
+	for {
+		cur := g.maxDrain.Load()
+		if int64(d) <= cur || g.maxDrain.CompareAndSwap(cur, int64(d)) {
+			return
+		}
+	}
 }
 
 // Destruct stops the refresh loop and every goroutine the proxy owns.
@@ -444,8 +457,22 @@ var evictClient = &http.Client{
 // Start implements caddy.App.
 func (*App) Start() error { return nil }
 
-// Stop implements caddy.App.
-func (*App) Stop() error { return nil }
+// Stop implements caddy.App. When the process exits it waits until the
+// drain, begun by Caddy's "stopping" event, has closed every open stream
+// with its retry hint: Caddy's servers wait for the requests they serve,
+// but not for streams handed off from them (Handler.StreamHandoff). The
+// wait is bounded by the longest drain of any mcp_proxy and a second;
+// streams still open then are closed.
+func (a *App) Stop() error {
+	if a.global == nil || !caddy.Exiting() {
+		return nil
+	}
+	if !a.global.active.wait(time.Duration(a.global.maxDrain.Load()) + time.Second) {
+		a.global.logger.Warn("streams still open after the drain; closing them")
+		a.global.active.closeAll()
+	}
+	return nil
+}
 
 // Cleanup releases this config's reference to the shared state.
 func (a *App) Cleanup() error {

@@ -362,19 +362,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	return nil
 }
 
-// Cleanup closes the handler's open streams after the drain delay (and,
-// when the process exits, waits for them, at most the drain delay and a
-// second), and releases the shared stream registry.
+// Cleanup closes the handler's open streams after the drain delay and
+// releases the shared stream registry.
 func (h *Handler) Cleanup() error {
 	h.streams.drain(h.drain)
-	// Handed-off streams are no longer requests Caddy's servers wait
-	// for before the process exits, so the process waits here until the
-	// drain has closed them, with their retry hints. (On a reload nothing
-	// waits, as for requests: the drain closes them on its own.)
-	if caddy.Exiting() && !h.streams.wait(h.drain+time.Second) {
-		h.logger.Warn("streams still open after the drain; closing them")
-		h.streams.closeAll()
-	}
 	return releaseRegistry()
 }
 
@@ -463,8 +454,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if ref := mcp.ClassifyHeaders(r.Header, &call); ref != nil {
 		return h.refuse(w, ref)
 	}
+	var whole []byte // the whole request body, when the peek read it all
 	if r.Method == http.MethodPost {
-		held, ref := h.peekBody(r, &call)
+		held, body, ref := h.peekBody(r, &call)
+		whole = body
 		if held > 0 {
 			defer h.app.global.memory.Release(held)
 		}
@@ -548,6 +541,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 	// 4. Proxy; the transport wrapper seals session ids in the response.
 	st = newRelayState(h, w, r, &call, res)
+	st.whole = whole
 	st.session, st.over = sess, over
 	caddyhttp.SetVar(r.Context(), varRelay, st)
 	defer st.handlerDone()
@@ -641,8 +635,9 @@ func (h *Handler) hostRebound(r *http.Request) bool {
 // peekBody reads at most MaxPeek bytes of the body, classifies them and
 // puts the body back, unchanged, for the upstream. The peeked bytes are
 // reserved from the memory budget; the caller releases the returned count
-// when the request is over.
-func (h *Handler) peekBody(r *http.Request, call *mcp.Call) (int64, *mcp.Refusal) {
+// when the request is over. When the peek read the whole body it is
+// returned too.
+func (h *Handler) peekBody(r *http.Request, call *mcp.Call) (held int64, whole []byte, _ *mcp.Refusal) {
 	var head []byte
 	complete := false
 	if cl := r.ContentLength; cl >= 0 && cl <= h.maxPeek {
@@ -650,7 +645,7 @@ func (h *Handler) peekBody(r *http.Request, call *mcp.Call) (int64, *mcp.Refusal
 		// a buffer of exactly that size, which then serves the upstream.
 		head = make([]byte, cl)
 		if _, err := io.ReadFull(r.Body, head); err != nil {
-			return 0, bodyReadRefusal(err)
+			return 0, nil, bodyReadRefusal(err)
 		}
 		complete = true
 	} else {
@@ -660,7 +655,7 @@ func (h *Handler) peekBody(r *http.Request, call *mcp.Call) (int64, *mcp.Refusal
 		complete = err == io.EOF || err == io.ErrUnexpectedEOF
 		if err != nil && !complete {
 			h.peekBufPool.Put(bp)
-			return 0, bodyReadRefusal(err)
+			return 0, nil, bodyReadRefusal(err)
 		}
 		if !complete {
 			n = len(buf) - 1 // the extra byte only told us there is more
@@ -673,20 +668,22 @@ func (h *Handler) peekBody(r *http.Request, call *mcp.Call) (int64, *mcp.Refusal
 	n := int64(len(head))
 	if !h.app.global.memory.Reserve(n) {
 		metrics.backpressure.Inc()
-		return 0, mcp.Refuse(http.StatusServiceUnavailable, mcp.CodeServerError, "", "server out of memory budget, retry later")
+		return 0, nil, mcp.Refuse(http.StatusServiceUnavailable, mcp.CodeServerError, "", "server out of memory budget, retry later")
 	}
 	perr := mcp.ParseEnvelope(head, complete, &call.Peek)
 	if ref := mcp.ClassifyBody(r.Header, perr, call); ref != nil {
-		return n, ref
+		return n, nil, ref
+	}
+	if complete {
+		// The server closes the original body, read to its end, when the
+		// handler returns.
+		r.Body = io.NopCloser(bytes.NewReader(head))
+		return n, head, nil
 	}
 	rb := &replayBody{rest: r.Body}
 	rb.head.Reset(head)
-	if complete {
-		rb.rest = nil
-		rb.closer = r.Body
-	}
 	r.Body = rb
-	return n, nil
+	return n, nil, nil
 }
 
 // bodyReadRefusal is the refusal for a request body that could not be read.
@@ -699,29 +696,20 @@ func bodyReadRefusal(err error) *mcp.Refusal {
 }
 
 // replayBody is a request body whose first bytes were peeked: it reads
-// them again, then the rest of the original body, if any.
+// them again, then the rest of the original body.
 type replayBody struct {
-	head   bytes.Reader
-	rest   io.ReadCloser // the unread remainder; nil when all was peeked
-	closer io.Closer     // the original body, when all was peeked
+	head bytes.Reader
+	rest io.ReadCloser // the unread remainder
 }
 
 func (b *replayBody) Read(p []byte) (int, error) {
 	if b.head.Len() > 0 {
 		return b.head.Read(p)
 	}
-	if b.rest == nil {
-		return 0, io.EOF
-	}
 	return b.rest.Read(p)
 }
 
-func (b *replayBody) Close() error {
-	if b.rest != nil {
-		return b.rest.Close()
-	}
-	return b.closer.Close()
-}
+func (b *replayBody) Close() error { return b.rest.Close() }
 
 // resolution is the session a request belongs to.
 type resolution struct {

@@ -44,6 +44,8 @@ type relayState struct {
 	// handoff: a GET whose SSE stream may leave the handler (see
 	// Handler.StreamHandoff); cleared when its response cannot.
 	handoff bool
+	// whole is the request's whole body when the peek read it all.
+	whole []byte
 	// resumable: a session-era request whose response stream survives a
 	// client disconnect, to be resumed with Last-Event-ID.
 	resumable bool
@@ -262,6 +264,15 @@ func (t *relayTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		st.mu.Lock()
 		st.outReq = req
 		st.mu.Unlock()
+	}
+	if len(st.whole) > 0 && req.Body != nil && req.Body != http.NoBody {
+		// reverse_proxy wraps the body (trailers, retries), which makes
+		// net/http's Transport flush the request's header in a write of
+		// its own, in case the body is slow to come. This body is already
+		// in memory: as a *bytes.Reader the Transport sends the header
+		// and body in one write.
+		req.Body = io.NopCloser(bytes.NewReader(st.whole))
+		req.ContentLength = int64(len(st.whole))
 	}
 	var resp *http.Response
 	var err error

@@ -59,7 +59,7 @@ func startUpstreamHandler(t *testing.T, name string, h http.Handler) *upstream {
 }
 
 // freePort returns a loopback port that was free a moment ago.
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -71,14 +71,14 @@ func freePort(t *testing.T) int {
 
 // loadCaddyfile adapts a Caddyfile and runs it in this process until the
 // test ends. Global options for a quiet test server are prepended.
-func loadCaddyfile(t *testing.T, body string) {
+func loadCaddyfile(t testing.TB, body string) {
 	t.Helper()
 	loadCaddyfileWith(t, "", body)
 }
 
 // loadCaddyfileWith is loadCaddyfile with extra global options (lines
 // that go inside the global block).
-func loadCaddyfileWith(t *testing.T, globalOptions, body string) {
+func loadCaddyfileWith(t testing.TB, globalOptions, body string) {
 	t.Helper()
 	logs := "\tlog {\n\t\toutput discard\n\t}\n"
 	if os.Getenv("MCPGATE_TEST_LOG") != "" {

@@ -1,0 +1,113 @@
+package caddytest
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strconv"
+	"sync/atomic"
+	"testing"
+)
+
+// BenchmarkPOSTToolsCall sends tools/call POSTs of one session through
+// plain reverse_proxy and through mcp_proxy, in one Caddy in this process,
+// to an upstream that answers each at once in JSON. Both sub-benchmarks
+// count the client's and the upstream's work too, which is the same for
+// both: the difference is what mcp_proxy adds per request. (The bench/
+// harness measures the same against a separate Caddy process.)
+func BenchmarkPOSTToolsCall(b *testing.B) {
+	var sessions atomic.Int64
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(io.LimitReader(r.Body, 64<<10))
+		var env struct {
+			ID     json.RawMessage `json:"id"`
+			Method string          `json:"method"`
+		}
+		if json.Unmarshal(body, &env) != nil {
+			http.Error(w, "bad body", http.StatusBadRequest)
+			return
+		}
+		var out string
+		switch env.Method {
+		case "initialize":
+			w.Header().Set("Mcp-Session-Id", fmt.Sprintf("bench-session-%d", sessions.Add(1)))
+			out = `{"jsonrpc":"2.0","id":` + string(env.ID) + `,"result":{"protocolVersion":"2025-06-18","capabilities":{"tools":{}},"serverInfo":{"name":"bench","version":"1"}}}`
+		case "tools/call":
+			out = `{"jsonrpc":"2.0","id":` + string(env.ID) + `,"result":{"content":[{"type":"text","text":"ok"}]}}`
+		default:
+			w.WriteHeader(http.StatusAccepted)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Content-Length", strconv.Itoa(len(out)))
+		_, _ = io.WriteString(w, out)
+	}))
+	defer up.Close()
+	addr := up.Listener.Addr().String()
+	plain, proxied := freePort(b), freePort(b)
+	loadCaddyfile(b, fmt.Sprintf(":%d {\n\treverse_proxy %s\n}\n:%d {\n\tmcp_proxy %s\n}\n", plain, addr, proxied, addr))
+	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64, DisableCompression: true}}
+	defer hc.CloseIdleConnections()
+
+	post := func(b *testing.B, url, sid, body string) (*http.Response, error) {
+		req, err := http.NewRequest(http.MethodPost, url, bytes.NewReader([]byte(body)))
+		if err != nil {
+			return nil, err
+		}
+		req.Header["Content-Type"] = []string{"application/json"}
+		req.Header["Accept"] = []string{"application/json, text/event-stream"}
+		if sid != "" {
+			req.Header["Mcp-Session-Id"] = []string{sid}
+			req.Header["Mcp-Protocol-Version"] = []string{"2025-06-18"}
+		}
+		return hc.Do(req)
+	}
+	for _, tc := range []struct {
+		name string
+		port int
+	}{{"plain", plain}, {"mcp_proxy", proxied}} {
+		b.Run(tc.name, func(b *testing.B) {
+			url := proxyURL(tc.port) + "/mcp"
+			resp, err := post(b, url, "", `{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"bench","version":"1"}}}`)
+			if err != nil {
+				b.Fatal(err)
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			sid := resp.Header.Get("Mcp-Session-Id")
+			if resp.StatusCode != http.StatusOK || sid == "" {
+				b.Fatalf("initialize: %d, session %q", resp.StatusCode, sid)
+			}
+			if os.Getenv("MCPGATE_BENCH_HEADERS") != "" {
+				resp, _ := post(b, url, sid, `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hi"}}}`)
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				b.Logf("%s: sid %q response %v %v", tc.name, sid, resp.Header, resp.TransferEncoding)
+			}
+			var id atomic.Int64
+			b.ReportAllocs()
+			b.SetParallelism(8) // 16 clients on 2 cores: throughput, not latency
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					body := `{"jsonrpc":"2.0","id":` + strconv.FormatInt(id.Add(1), 10) + `,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hi"}}}`
+					resp, err := post(b, url, sid, body)
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode != http.StatusOK {
+						b.Errorf("tools/call: %d", resp.StatusCode)
+						return
+					}
+				}
+			})
+		})
+	}
+}
