@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"strconv"
 	"sync/atomic"
 	"testing"
@@ -81,12 +80,6 @@ func BenchmarkPOSTToolsCall(b *testing.B) {
 			sid := resp.Header.Get("Mcp-Session-Id")
 			if resp.StatusCode != http.StatusOK || sid == "" {
 				b.Fatalf("initialize: %d, session %q", resp.StatusCode, sid)
-			}
-			if os.Getenv("MCPGATE_BENCH_HEADERS") != "" {
-				resp, _ := post(b, url, sid, `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hi"}}}`)
-				_, _ = io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				b.Logf("%s: sid %q response %v %v", tc.name, sid, resp.Header, resp.TransferEncoding)
 			}
 			var id atomic.Int64
 			b.ReportAllocs()
