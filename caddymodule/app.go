@@ -378,9 +378,7 @@ func (g *globalState) levelChanged(from, to admission.Level, pressure float64, p
 // loaded config would export the observation.
 func (g *globalState) onEnd(s *resources.Session, _ resources.Cause, at time.Time) {
 	events, bytes := s.Relayed()
-	metrics.sessionDuration.Observe(max(at.Sub(s.Created()), 0).Seconds())
-	metrics.sessionEvents.Observe(float64(events))
-	metrics.sessionBytes.Observe(float64(bytes))
+	sessionEnds.observe(max(at.Sub(s.Created()), 0).Seconds(), float64(events), float64(bytes))
 }
 
 // onEvict tells the upstream a session it no longer needs is gone: most

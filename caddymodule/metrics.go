@@ -221,7 +221,7 @@ func registerMetrics(ctx caddy.Context) error {
 		metrics.replay, metrics.streamsDrained, metrics.cancelsSent, metrics.replayBytes,
 		connectionsActive, metrics.level, metrics.levelChanges, metrics.evictions,
 		metrics.backpressure, metrics.protectiveResets, metrics.evictDeletesSkipped, globalGauges,
-		metrics.sessionDuration, metrics.sessionEvents, metrics.sessionBytes, metrics.panicsRecovered,
+		sessionEnds, metrics.panicsRecovered,
 	} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
@@ -231,6 +231,40 @@ func registerMetrics(ctx caddy.Context) error {
 		}
 	}
 	return nil
+}
+
+// sessionEnds exports the three per-session histograms as one collector,
+// so that every scrape sees each ended session in all three or in none.
+var sessionEnds = &sessionEndCollector{hs: []prometheus.Histogram{metrics.sessionDuration, metrics.sessionEvents, metrics.sessionBytes}}
+
+type sessionEndCollector struct {
+	mu sync.RWMutex
+	hs []prometheus.Histogram
+}
+
+// observe records one ended session.
+func (c *sessionEndCollector) observe(seconds, events, bytes float64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	metrics.sessionDuration.Observe(seconds)
+	metrics.sessionEvents.Observe(events)
+	metrics.sessionBytes.Observe(bytes)
+}
+
+// Describe implements prometheus.Collector.
+func (c *sessionEndCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, h := range c.hs {
+		h.Describe(ch)
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (c *sessionEndCollector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	for _, h := range c.hs {
+		h.Collect(ch)
+	}
 }
 
 // globalGauges reports the process-wide state of the mcp app.
