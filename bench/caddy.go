@@ -461,6 +461,10 @@ func (w *usageWindow) stop() windowUsage {
 // quiet gate waits: its refresh loop and timers, not a backlog.
 const caddyIdleCPU = 0.15
 
+// harnessIdleCPU is the most CPU (in cores) the harness may use while the
+// quiet gate waits: the mock's and the generator's housekeeping.
+const harnessIdleCPU = 0.10
+
 // quietGate waits before a measurement until processes outside the bench
 // leave the machine mostly idle, so another workload on a shared machine
 // does not land in one target's window only.
@@ -486,18 +490,19 @@ func (g quietGate) wait(ctx context.Context, caddyPID int, logf func(string, ...
 		}
 		u := w.stop()
 		others := u.Others()
-		// Caddy itself must be idle too: a previous measurement's backlog
-		// (another target's overload drains through the same process)
-		// would otherwise fall on this one.
-		if others <= g.MaxOthers && u.Caddy.CPU <= caddyIdleCPU {
+		// Caddy and the harness itself must be idle too: a previous
+		// measurement's backlog (another target's overload drains through
+		// the same Caddy, and its timed-out requests through the
+		// generator and the mock) would otherwise fall on this one.
+		if others <= g.MaxOthers && u.Caddy.CPU <= caddyIdleCPU && u.Harness.CPU <= harnessIdleCPU {
 			return others, true
 		}
 		if time.Now().After(deadline) {
-			logf("  machine still busy (other processes use %.2f cores, Caddy %.2f); measuring anyway", others, u.Caddy.CPU)
+			logf("  machine still busy (other processes use %.2f cores, Caddy %.2f, the harness %.2f); measuring anyway", others, u.Caddy.CPU, u.Harness.CPU)
 			return others, others <= g.MaxOthers
 		}
 		if !logged {
-			logf("  waiting for a quiet machine (other processes use %.2f cores, Caddy %.2f) ...", others, u.Caddy.CPU)
+			logf("  waiting for a quiet machine (other processes use %.2f cores, Caddy %.2f, the harness %.2f) ...", others, u.Caddy.CPU, u.Harness.CPU)
 			logged = true
 		}
 	}

@@ -26,6 +26,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -394,6 +395,10 @@ func (e *benchEnv) disturbed(u windowUsage) bool {
 // settle waits for a quiet machine before a measurement and reports the
 // CPU other processes used just before it and whether that was quiet.
 func (e *benchEnv) settle(ctx context.Context, tgt target) quietness {
+	// The generator and the mock share this process: the garbage of the
+	// previous measurement (plain's overload leaves thousands of timed-out
+	// requests) is collected now, not during the next target's window.
+	runtime.GC()
 	others, ok := e.gate.wait(ctx, e.caddyPID(tgt), e.logf)
 	// The service level is process-wide: another target's overload in the
 	// same Caddy can leave it raised for a moment after the machine is
