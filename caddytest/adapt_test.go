@@ -40,6 +40,7 @@ func TestCaddyfileErrors(t *testing.T) {
 		"max_peek zero":    {"max_peek 0", "bad max_peek"},
 		"session_lifetime": {"session_lifetime forever", "bad session_lifetime"},
 		"require_session":  {"require_session maybe", "require_session"},
+		"stream_handoff":   {"stream_handoff maybe", "stream_handoff"},
 		"session_key":      {"session_key", "wrong argument count"},
 		"allowed_origins":  {"allowed_origins", "wrong argument count"},
 		"unknown":          {"no_such_thing 1", "no_such_thing"},
