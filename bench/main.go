@@ -62,6 +62,8 @@ type options struct {
 	capacity       int
 	multiples      string
 	freshCaddy     bool
+	freshHarness   bool
+	resultFile     string
 	deadline       time.Duration
 	maxOutstanding int
 	sessions       int
@@ -116,6 +118,8 @@ func parseFlags(args []string) (*options, error) {
 	fs.Var(&capacity, "capacity", "upstream tools/call in service at once, the excess waits in an unbounded FIFO; 0 = unlimited (default 0 for post, 16 for overload)")
 	fs.StringVar(&o.multiples, "multiples", "1,2,5,10", "overload: offered load as multiples of upstream capacity (capacity/service)")
 	fs.BoolVar(&o.freshCaddy, "fresh-caddy", true, "overload: restart Caddy before every measurement, so that one target's backlog, heap and service level do not fall on the next")
+	fs.BoolVar(&o.freshHarness, "fresh-harness", true, "overload: run every measurement in a harness process of its own (generator, mock upstream and Caddy), so that one target's collapse does not fall on the next")
+	fs.StringVar(&o.resultFile, "result-file", "", "overload: write the results as JSON to this file instead of a report (what -fresh-harness runs in each harness process)")
 	fs.DurationVar(&o.deadline, "deadline", time.Second, "overload: client deadline per request, counted from its scheduled send time")
 	fs.IntVar(&o.maxOutstanding, "max-outstanding", 20000, "overload: most requests in flight; the excess is counted as not sent")
 	fs.IntVar(&o.sessions, "sessions", 64, "overload: MCP sessions opened per target and used round-robin")
@@ -378,12 +382,16 @@ func measure[R any](ctx context.Context, env *benchEnv, tgt target, profile *pro
 	}
 }
 
-// freshDesc describes how overload measurements share Caddy.
-func freshDesc(fresh bool) string {
-	if fresh {
-		return "Caddy is restarted before every measurement (-fresh-caddy): each target and multiple starts from a fresh process at the full service level"
+// freshDesc describes how overload measurements share Caddy and the
+// harness.
+func freshDesc(freshCaddy, freshHarness bool) string {
+	switch {
+	case freshHarness:
+		return "every measurement runs in a harness process of its own (-fresh-harness), with its own generator, mock upstream and Caddy: each target and multiple starts from fresh processes, Caddy at the full service level"
+	case freshCaddy:
+		return "Caddy is restarted before every measurement (-fresh-caddy): each target and multiple starts from a fresh Caddy process at the full service level; the generator and the mock run in one harness process throughout (-fresh-harness=false)"
 	}
-	return "one Caddy process serves every measurement in turn (-fresh-caddy=false)"
+	return "one Caddy process serves every measurement in turn (-fresh-caddy=false, -fresh-harness=false)"
 }
 
 // disturbed reports whether other processes used more CPU during a
@@ -627,18 +635,31 @@ func run(args []string) error {
 		}
 	}
 
-	up, err := startUpstream(o.service, o.capacity)
-	if err != nil {
-		return err
-	}
-	defer up.close()
-
 	meta := reportMeta{
 		Build:   build,
 		Command: commandLine(args),
 		Date:    time.Now(),
 		Machine: readMachine(),
 	}
+	if o.scenario == "overload" && o.freshHarness && o.resultFile == "" {
+		mults, err := parseMultiples(o.multiples)
+		if err != nil {
+			return err
+		}
+		cf, results, err := runOverloadIsolated(ctx, args, bin, o, names, mults, logf)
+		if err != nil {
+			return err
+		}
+		meta.Caddyfile = cf
+		return writeOverloadOutput(o, meta, overloadConfigOf(o, mults), results, logf)
+	}
+
+	up, err := startUpstream(o.service, o.capacity)
+	if err != nil {
+		return err
+	}
+	defer up.close()
+
 	upDesc := fmt.Sprintf("mock upstream: service time %s, capacity %s", o.service, capDesc(o.capacity, o.service))
 	gate := quietGate{MaxOthers: o.quietMax, MaxWait: o.quietWait}
 	var report strings.Builder
@@ -761,33 +782,15 @@ func run(args []string) error {
 		if err != nil {
 			return err
 		}
-		cfg := overloadConfig{
-			Multiples: mults, Capacity: capacityPerSecond(o.capacity, o.service), Duration: o.duration,
-			Deadline: o.deadline, MaxOutstanding: o.maxOutstanding, Sessions: o.sessions,
-		}
+		cfg := overloadConfigOf(o, mults)
 		results, err := runOverloadScenario(ctx, env, targets, cfg, prof, logf)
 		if err != nil {
 			return err
 		}
-		plots, err := writePlots(o, cfg, results)
-		if err != nil {
-			return err
+		if o.resultFile != "" {
+			return writeChildResult(o.resultFile, cf, results)
 		}
-		meta.Title = fmt.Sprintf("overload: open loop at %s × %.0f/s", o.multiples, cfg.Capacity)
-		meta.Setup = []string{
-			upDesc + " behind an unbounded FIFO queue that never sheds",
-			fmt.Sprintf("open loop: requests scheduled at a fixed rate for %s per target and multiple; latency and the %s client deadline count from each request's scheduled send time (no coordinated omission)", o.duration, o.deadline),
-			"goodput = 200s within the deadline, per second of the run; the 2nd-half column counts requests scheduled in the second half only",
-			fmt.Sprintf("%d sessions per target, used round-robin; at most %d requests in flight (the excess is \"not sent\")", o.sessions, o.maxOutstanding),
-			"before each window the client opens 25 ms worth of keep-alive connections (64 to 512) with concurrent pings, as a long-running client population has them open; the pings are not counted",
-			"at each multiple the targets run in an order rotated by the multiple's index",
-			freshDesc(o.freshCaddy),
-			"mcp_proxy admitted = requests sent minus its 503/429 refusals (client view), and the count of its request-duration histogram for heavy requests (server view, from /metrics)",
-		}
-		if err := prependPlotDir(&plots, o.out); err != nil {
-			return err
-		}
-		writeOverloadReport(&report, meta, cfg, results, plots)
+		return writeOverloadOutput(o, meta, cfg, results, logf)
 	case "burst":
 		cfg := burstConfig{
 			Before: o.clientsBefore, Clients: o.clients, Warm: o.burstWarm, Duration: o.duration,
