@@ -5,14 +5,23 @@ package caddytest
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
@@ -224,6 +233,29 @@ func (u *relayUpstream) initSession(t *testing.T, base, version string) string {
 	}
 	if u.known(&http.Request{Header: http.Header{"Mcp-Session-Id": {tok}}}) {
 		t.Fatalf("the proxy handed out the upstream's own session id %q", tok)
+	}
+	return tok
+}
+
+// initSessionWith is initSession through the client hc.
+func (u *relayUpstream) initSessionWith(t *testing.T, hc *http.Client, base, version string) string {
+	t.Helper()
+	body := fmt.Sprintf(`{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":%q,"capabilities":{},"clientInfo":{"name":"relay","version":"1"}}}`, version)
+	req, err := http.NewRequest(http.MethodPost, base+"/mcp", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json, text/event-stream")
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	resp.Body.Close()
+	tok := resp.Header.Get("Mcp-Session-Id")
+	if resp.StatusCode != http.StatusOK || tok == "" {
+		t.Fatalf("initialize: %d, session %q: %s", resp.StatusCode, tok, b)
 	}
 	return tok
 }
@@ -1142,4 +1174,86 @@ func TestRelayDrainOnStop(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the process did not exit within 10s of SIGTERM")
 	}
+}
+
+// TestRelayHandoffTLS hands off a GET stream on an HTTPS connection of an
+// HTTP/1.1 client (as Node's fetch opens them): the events arrive, the
+// keepalive goes out on the taken-over TLS connection, and closing the
+// client's stream closes the upstream GET at once.
+func TestRelayHandoffTLS(t *testing.T) {
+	u := startRelayUpstream(t, func(g *relayGET, w *relayWriter) error {
+		if err := w.event("1", `{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"over tls"}}`); err != nil {
+			return err
+		}
+		return w.idle(nil)
+	}, nil)
+	port := freePort(t)
+	certFile, keyFile := selfSignedCert(t, "localhost")
+	loadCaddyfile(t, fmt.Sprintf("https://localhost:%d {\n\ttls %s %s\n\tmcp_proxy %s {\n\t\tkeepalive 100ms\n\t}\n}\n", port, certFile, keyFile, u.addr()))
+	base := fmt.Sprintf("https://localhost:%d", port)
+	hc := &http.Client{Transport: &http.Transport{
+		TLSClientConfig:   &tls.Config{InsecureSkipVerify: true}, // a self-signed certificate
+		DisableKeepAlives: true,
+		// HTTP/1.1 only, so the stream can be handed off.
+		TLSNextProto: map[string]func(string, *tls.Conn) http.RoundTripper{},
+	}}
+	tok := u.initSessionWith(t, hc, base, relayVersion)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := openRelayGET(ctx, hc, base, tok, relayVersion, "tls")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.ProtoMajor != 1 || !resp.Close || slices.Contains(resp.TransferEncoding, "chunked") {
+		t.Errorf("stream over %s, Connection: close %v, Transfer-Encoding %v; want a handed-off HTTP/1.1 stream", resp.Proto, resp.Close, resp.TransferEncoding)
+	}
+	evs, _ := watchRelayStream(resp.Body)
+	if ev := nextRelayEvent(t, evs, 5*time.Second, "first event"); ev.id != "1" || !strings.Contains(ev.data, "over tls") {
+		t.Fatalf("first block %+v", ev)
+	}
+	if ev := nextRelayEvent(t, evs, 5*time.Second, "keepalive"); !ev.comment {
+		t.Fatalf("idle stream delivered %+v, want a keepalive comment", ev)
+	}
+	g := u.get(t, "tls")
+	resp.Body.Close()
+	if !waitRelayDone(g, 2*time.Second) || g.selfEnded.Load() {
+		t.Fatal("the upstream GET was not closed within 2s of its client closing the stream")
+	}
+}
+
+// selfSignedCert writes a self-signed certificate for host and its key as
+// PEM files in the test's temporary directory.
+func selfSignedCert(t *testing.T, host string) (certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: host},
+		DNSNames:     []string{host},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return certFile, keyFile
 }
