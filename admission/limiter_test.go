@@ -41,6 +41,23 @@ func startWaiter(ctx context.Context, l *Limiter, p Priority, id int, out chan<-
 	}()
 }
 
+// releaseInOrder releases one slot per wanted waiter, checking that the
+// waiters are served in that order, then releases the last slot and
+// checks that the limiter is empty.
+func releaseInOrder(t *testing.T, l *Limiter, out <-chan result, want ...int) {
+	t.Helper()
+	for _, id := range want {
+		l.Release()
+		if r := recv(t, out); r.err != nil || r.id != id {
+			t.Fatalf("got waiter %d (%v), want %d", r.id, r.err, id)
+		}
+	}
+	l.Release()
+	if l.InFlight() != 0 || l.Queued() != 0 {
+		t.Fatalf("InFlight() = %d, Queued() = %d", l.InFlight(), l.Queued())
+	}
+}
+
 func recv(t *testing.T, out <-chan result) result {
 	t.Helper()
 	select {
@@ -203,16 +220,7 @@ func TestLimiterEviction(t *testing.T) {
 	}
 	waitQueued(t, l, 2)
 
-	for _, want := range []int{2, 1} {
-		l.Release()
-		if r := recv(t, out); r.err != nil || r.id != want {
-			t.Fatalf("got waiter %d (%v), want %d", r.id, r.err, want)
-		}
-	}
-	l.Release()
-	if l.InFlight() != 0 || l.Queued() != 0 {
-		t.Fatalf("InFlight() = %d, Queued() = %d", l.InFlight(), l.Queued())
-	}
+	releaseInOrder(t, l, out, 2, 1)
 }
 
 func TestLimiterQueueTimeout(t *testing.T) {
@@ -738,16 +746,7 @@ func TestLimiterStandingQueue(t *testing.T) {
 	}
 	// Draining again: waiter 11 has waited past half the queue timeout,
 	// so the newest is served first.
-	for _, want := range []int{100, 12, 11} {
-		l.Release()
-		if r := recv(t, out); r.err != nil || r.id != want {
-			t.Fatalf("got waiter %d (%v), want %d", r.id, r.err, want)
-		}
-	}
-	l.Release()
-	if l.InFlight() != 0 || l.Queued() != 0 {
-		t.Fatalf("InFlight() = %d, Queued() = %d", l.InFlight(), l.Queued())
-	}
+	releaseInOrder(t, l, out, 100, 12, 11)
 }
 
 // TestLimiterBurstNotStanding: a burst the queue holds without refusing

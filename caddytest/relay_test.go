@@ -126,6 +126,17 @@ func (e *relayWriter) idle(until <-chan struct{}) error {
 	}
 }
 
+// eventThenIdle is a stream func that sends one log notification with
+// text (and id, unless empty), then idles until the proxy closes the stream.
+func eventThenIdle(id, text string) func(*relayGET, *relayWriter) error {
+	return func(_ *relayGET, w *relayWriter) error {
+		if err := w.event(id, `{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"`+text+`"}}`); err != nil {
+			return err
+		}
+		return w.idle(nil)
+	}
+}
+
 func startRelayUpstream(t *testing.T, stream func(*relayGET, *relayWriter) error, call func(http.ResponseWriter, *http.Request, string)) *relayUpstream {
 	t.Helper()
 	u := &relayUpstream{stream: stream, call: call, sessions: map[string]bool{}, gets: map[string]*relayGET{}}
@@ -703,12 +714,7 @@ func TestRelayGoroutinesReturn(t *testing.T) {
 		parallel = 16
 		slack    = 10
 	)
-	u := startRelayUpstream(t, func(g *relayGET, w *relayWriter) error {
-		if err := w.event("1", `{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"hi"}}`); err != nil {
-			return err
-		}
-		return w.idle(nil)
-	}, nil)
+	u := startRelayUpstream(t, eventThenIdle("1", "hi"), nil)
 	port := freePort(t)
 	loadCaddyfile(t, fmt.Sprintf(":%d {\n\tmcp_proxy %s\n}\n", port, u.addr()))
 	base := proxyURL(port)
@@ -807,12 +813,7 @@ func TestRelayGoroutinesReturn(t *testing.T) {
 // TestRelayClosesUpstreamGET checks that a GET stream its client closes
 // has its upstream request closed promptly.
 func TestRelayClosesUpstreamGET(t *testing.T) {
-	u := startRelayUpstream(t, func(g *relayGET, w *relayWriter) error {
-		if err := w.event("", `{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"hi"}}`); err != nil {
-			return err
-		}
-		return w.idle(nil)
-	}, nil)
+	u := startRelayUpstream(t, eventThenIdle("", "hi"), nil)
 	port := freePort(t)
 	loadCaddyfile(t, fmt.Sprintf(":%d {\n\tmcp_proxy %s\n}\n", port, u.addr()))
 	base := proxyURL(port)
@@ -852,12 +853,7 @@ func TestRelayDrainOnReload(t *testing.T) {
 		drain   = 500 * time.Millisecond
 		margin  = 1500 * time.Millisecond
 	)
-	u := startRelayUpstream(t, func(g *relayGET, w *relayWriter) error {
-		if err := w.event("1", `{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"hi"}}`); err != nil {
-			return err
-		}
-		return w.idle(nil)
-	}, nil)
+	u := startRelayUpstream(t, eventThenIdle("1", "hi"), nil)
 	port := freePort(t)
 	cfg := fmt.Sprintf(":%d {\n\tmcp_proxy %s {\n\t\tdrain 500ms\n\t}\n}\n", port, u.addr())
 	loadCaddyfile(t, cfg)
@@ -1108,12 +1104,7 @@ func TestRelayDrainOnStop(t *testing.T) {
 		drain   = time.Second
 		margin  = 1500 * time.Millisecond
 	)
-	u := startRelayUpstream(t, func(g *relayGET, w *relayWriter) error {
-		if err := w.event("1", `{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"hi"}}`); err != nil {
-			return err
-		}
-		return w.idle(nil)
-	}, nil)
+	u := startRelayUpstream(t, eventThenIdle("1", "hi"), nil)
 	port := freePort(t)
 	cmd := startCaddyProcess(t, fmt.Sprintf("{\n\tadmin off\n\tauto_https off\n\tpersist_config off\n}\n:%d {\n\tmcp_proxy %s {\n\t\tdrain 1s\n\t}\n}\n", port, u.addr()), port)
 	base := proxyURL(port)
@@ -1181,12 +1172,7 @@ func TestRelayDrainOnStop(t *testing.T) {
 // keepalive goes out on the taken-over TLS connection, and closing the
 // client's stream closes the upstream GET at once.
 func TestRelayHandoffTLS(t *testing.T) {
-	u := startRelayUpstream(t, func(g *relayGET, w *relayWriter) error {
-		if err := w.event("1", `{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"over tls"}}`); err != nil {
-			return err
-		}
-		return w.idle(nil)
-	}, nil)
+	u := startRelayUpstream(t, eventThenIdle("1", "over tls"), nil)
 	port := freePort(t)
 	certFile, keyFile := selfSignedCert(t, "localhost")
 	loadCaddyfile(t, fmt.Sprintf("https://localhost:%d {\n\ttls %s %s\n\tmcp_proxy %s {\n\t\tkeepalive 100ms\n\t}\n}\n", port, certFile, keyFile, u.addr()))
