@@ -63,7 +63,10 @@ type Config struct {
 
 	// MaxKeys bounds the number of keys each keyed table (per client in
 	// flight, per session in flight, per client session rate) tracks, so a
-	// flood of distinct keys cannot grow memory. Zero means DefaultMaxKeys.
+	// flood of distinct keys cannot grow memory. The in-flight tables hold
+	// only keys with requests in flight and refuse other keys when full
+	// (ReasonCapacity); the session rate table forgets its least recently
+	// seen clients instead (see KeyedRate). Zero means DefaultMaxKeys.
 	MaxKeys int
 }
 
@@ -88,15 +91,18 @@ type ToolRule struct {
 }
 
 // Request describes one incoming HTTP request for admission, as far as the
-// headers and the peeked JSON-RPC envelope tell.
+// headers and the peeked JSON-RPC envelope tell. The request may carry one
+// JSON-RPC message or a batch of them.
 //
 // Admit is meant for messages (POSTs), whose slot is held while the upstream
 // works on them. A standalone GET stream should not hold an in-flight slot
 // for its whole life; bound streams through the resources package instead.
 type Request struct {
-	// Class is the message's class (see ClassOf). ClassCheap messages other
-	// than a new session's initialize are never queued nor refused by the
-	// per-proxy, per-client or per-session limits (see Controller.Admit).
+	// Class is the message's class (see ClassOf). For a batch it is the
+	// class of its most expensive member (the highest Class of any member).
+	// ClassCheap single messages other than a new session's initialize are
+	// never queued nor refused by the per-proxy, per-client or per-session
+	// limits (see Controller.Admit); a batch never is.
 	Class Class
 
 	// InSession reports that the request belongs to an existing session.
@@ -107,7 +113,8 @@ type Request struct {
 	NewSession bool
 
 	// ClientKey identifies the client for the per-client limits (such as
-	// its address or an authenticated principal). Empty skips them.
+	// its address, see ClientKeyForIP, or an authenticated principal).
+	// Empty skips them.
 	ClientKey string
 
 	// SessionKey identifies the session for the per-session limit. It is
@@ -118,8 +125,51 @@ type Request struct {
 	SessionKey string
 
 	// Tool is params.name of a tools/call request, empty otherwise. Tool
-	// rules apply only to a non-empty Tool.
+	// rules apply only to a non-empty Tool. For a batch, list the tool
+	// names in Tools instead; if both are set, Tool counts as one more
+	// tools/call member.
 	Tool string
+
+	// Weight is the number of requests (messages with an id and a method)
+	// the HTTP request carries: 0 or 1 for a single message, n for a batch
+	// of n requests. Notifications and responses in a batch are not
+	// counted, so a batch of them with at most one request is admitted like
+	// a single message of its Class. A request with a Weight above 1, or
+	// with more than one tool (Tool and Tools together), is a batch: see
+	// Controller.Admit. Admit counts at least one slot per tool, raising
+	// Weight to the number of tools when it is lower.
+	Weight int
+
+	// Tools are the params.name of every tools/call member of a batch, one
+	// entry per member (a tool called twice is listed twice). Empty names
+	// are counted as members but match no tool rule. A single entry with
+	// Weight 0 or 1 and no Tool is the same as setting Tool.
+	Tools []string
+}
+
+// single reports whether req is a single message rather than a batch (see
+// Request.Weight) and, if it is, returns its tool name (empty when it is
+// not a tools/call).
+func (req *Request) single() (tool string, ok bool) {
+	tool = req.Tool
+	switch n := len(req.Tools); {
+	case n == 0:
+	case n == 1 && tool == "":
+		tool = req.Tools[0]
+	default:
+		return "", false
+	}
+	return tool, req.Weight <= 1
+}
+
+// weight returns the slots a batch takes: Weight, at least the number of
+// tools, and at least 1.
+func (req *Request) weight() int {
+	n := len(req.Tools)
+	if req.Tool != "" {
+		n++
+	}
+	return max(req.Weight, n, 1)
 }
 
 // Reason is why a request was refused. Its String is a metrics label.
@@ -131,19 +181,22 @@ const (
 	ReasonCapacity Reason = iota
 	// ReasonQueueFull: the per-proxy limit is reached and its queue has no
 	// room for the request's priority (or it was evicted by a higher one,
-	// or QueueSize is zero). 503.
+	// or QueueSize is zero), or a batch does not fit in the free per-proxy
+	// slots. 503.
 	ReasonQueueFull
 	// ReasonQueueTimeout: the request waited QueueTimeout for a per-proxy
 	// slot. 503.
 	ReasonQueueTimeout
 	// ReasonClientQuota: the client has ClientMaxInflight requests in
-	// flight, or opens sessions faster than ClientSessionRate. 429.
+	// flight (or a batch would take it past that), or opens sessions faster
+	// than ClientSessionRate. 429.
 	ReasonClientQuota
 	// ReasonSessionQuota: the session has SessionMaxInflight requests in
-	// flight. 429.
+	// flight (or a batch would take it past that). 429.
 	ReasonSessionQuota
 	// ReasonToolLimit: the matching tool rule is full and its queue has no
-	// room, or its timeout passed. 503.
+	// room, or its timeout passed, or a batch's calls of the rule's tools
+	// do not fit in its free slots. 503.
 	ReasonToolLimit
 	// ReasonCanceled: the request's context was done while it waited. 503;
 	// the client is normally gone and sees nothing.
@@ -396,8 +449,8 @@ func New(cfg Config, global *Limiter) (*Controller, error) {
 }
 
 // Ticket holds the slots taken for one admitted request. It is a small value
-// and costs no allocation. Release it exactly once, in a defer, with the
-// request's latency measured at release time:
+// and costs no allocation for a single message. Release it exactly once, in
+// a defer, with the request's latency measured at release time:
 //
 //	t, refusal, _ := c.Admit(ctx, &req)
 //	if refusal != nil { … answer refusal.Status … }
@@ -411,10 +464,26 @@ func New(cfg Config, global *Limiter) (*Controller, error) {
 type Ticket struct {
 	c        *Controller
 	tool     *Limiter
+	batch    *batchHold // nil for a single message
 	session  string
 	client   string
 	inflight int32 // per-proxy in flight after acquiring, for Adaptive
 	flags    uint8
+}
+
+// batchHold is what a batch's ticket holds beyond its flags: the number of
+// slots it took of each of the per-proxy, process-wide, per-client and
+// per-session limits, and its tool rule slots.
+type batchHold struct {
+	weight int
+	tools  []toolHold
+	inline [4]toolHold // backs tools for up to 4 rules
+}
+
+// toolHold is n slots of one tool rule.
+type toolHold struct {
+	rule *toolRule
+	n    int
 }
 
 // Ticket flags: which slots the ticket holds.
@@ -426,15 +495,20 @@ const (
 	sampled // the per-proxy slot feeds the adaptive limit
 )
 
-// Release returns every slot the ticket holds. latency is how long the
-// request took upstream and failed whether it failed in a way that signals
-// overload or says nothing about service time (a timeout, a refused
-// connection, a 502/503/504); both feed the adaptive limit, if any, for
-// requests that went through the per-proxy queue. Release must not be
-// called concurrently on the same ticket.
+// Release returns every slot the ticket holds: for a batch, as many slots
+// of each limit as it took. latency is how long the request took upstream
+// and failed whether it failed in a way that signals overload or says
+// nothing about service time (a timeout, a refused connection, a
+// 502/503/504); both feed the adaptive limit, if any, for single requests
+// that went through the per-proxy queue. Release must not be called
+// concurrently on the same ticket.
 func (t *Ticket) Release(latency time.Duration, failed bool) {
 	c := t.c
 	if c == nil {
+		return
+	}
+	if t.batch != nil {
+		t.releaseBatch()
 		return
 	}
 	if t.tool != nil {
@@ -446,9 +520,6 @@ func (t *Ticket) Release(latency time.Duration, failed bool) {
 	t.releaseTaken()
 }
 
-// releaseTaken returns the per-proxy, global, client and session slots the
-// ticket holds, in that order, and clears the ticket. It does not sample and
-// does not release the tool slot.
 // takeGlobal takes the process-wide slot; on refusal it releases what the
 // ticket took and reports false.
 func (t *Ticket) takeGlobal() bool {
@@ -464,6 +535,9 @@ func (t *Ticket) takeGlobal() bool {
 	return true
 }
 
+// releaseTaken returns the per-proxy, global, client and session slots a
+// single message's ticket holds, in that order, and clears the ticket. It
+// does not sample and does not release the tool slot.
 func (t *Ticket) releaseTaken() {
 	c := t.c
 	if t.flags&tookProxy != 0 {
@@ -481,13 +555,38 @@ func (t *Ticket) releaseTaken() {
 	*t = Ticket{}
 }
 
+// releaseBatch returns every slot a batch's ticket holds, tool rules first,
+// then the per-proxy, global, client and session slots, and clears the
+// ticket.
+func (t *Ticket) releaseBatch() {
+	c, b := t.c, t.batch
+	for _, h := range b.tools {
+		h.rule.lim.ReleaseN(h.n)
+	}
+	n := b.weight
+	if t.flags&tookProxy != 0 {
+		c.proxy.ReleaseN(n)
+	}
+	if t.flags&tookGlobal != 0 {
+		c.global.ReleaseN(n)
+	}
+	if t.flags&tookClient != 0 {
+		c.clients.ReleaseN(t.client, n)
+	}
+	if t.flags&tookSession != 0 {
+		c.sessions.ReleaseN(t.session, n)
+	}
+	*t = Ticket{}
+}
+
 // Admit decides whether req is admitted. On success it returns a Ticket
 // holding the request's slots and a nil Refusal; on refusal it returns the
 // zero Ticket and a shared, preallocated Refusal, having released every slot
 // it took. waited is how long the request waited in queues (zero when it did
 // not wait).
 //
-// The checks run in this order, the cheapest and most specific first:
+// For a single message the checks run in this order, the cheapest and most
+// specific first:
 //
 //  1. NewSession: the client's new-session rate (ClientSessionRate). The
 //     token is spent even if a later check refuses the request.
@@ -510,15 +609,28 @@ func (t *Ticket) releaseTaken() {
 // A keyed table full of other keys (MaxKeys) refuses with ReasonCapacity. A
 // context done while waiting refuses with ReasonCanceled.
 //
-// ClassCheap messages that do not open a session (notifications, responses
-// to server requests, ping) are treated specially: they skip steps 1–3 and
-// 5, and at step 6 take a per-proxy slot at once, above the limit if need
-// be, without queueing (Limiter.ForceAcquire). They still count in flight,
-// and the process-wide limit (step 4) still applies to them. A response to
-// a server request (sampling, elicitation) is what unblocks a tools/call
-// holding a slot: queueing or refusing it behind the limit it is waiting on
-// could stall every slot until the upstream's own timeout. They are not
-// sampled for the adaptive limit.
+// ClassCheap single messages that do not open a session (notifications,
+// responses to server requests, ping) are treated specially: they skip
+// steps 1–5, take the process-wide slot (step 6, which still applies to
+// them) and then a per-proxy slot at once, above the limit if need be,
+// without queueing (Limiter.ForceAcquire). They still count in flight. A
+// response to a server request (sampling, elicitation) is what unblocks a
+// tools/call holding a slot: queueing or refusing it behind the limit it is
+// waiting on could stall every slot until the upstream's own timeout. They
+// are not sampled for the adaptive limit.
+//
+// A batch (Request.Weight above 1, or more than one tool) is admitted whole
+// or refused whole, and never waits. It goes through the same checks in the
+// same order, whatever its Class (it never takes the cheap path), but each
+// takes all its slots at once or refuses: n = Request.Weight slots of the
+// session's and the client's in-flight caps (TryAcquireN, 429), for each
+// tool rule as many slots as the batch has tools/call members whose first
+// matching rule it is (ReasonToolLimit), n per-proxy slots (ReasonQueueFull
+// when they are not free, or when requests are queued: a batch does not
+// overtake them) and n process-wide slots (ReasonCapacity). A batch larger
+// than a limit is always refused by it. On a refusal nothing is held. A
+// batch is not sampled for the adaptive limit, since its latency is that of
+// several requests.
 //
 // Retry-After: for ReasonCapacity, ReasonQueueFull, ReasonQueueTimeout and
 // ReasonCanceled it is max(1s, QueueTimeout) rounded up to whole seconds;
@@ -526,21 +638,27 @@ func (t *Ticket) releaseTaken() {
 // client session rate, the time until the client's next token rounded up;
 // for the per-client and per-session in-flight caps, 1s.
 //
-// Admit does not allocate, except when a client's first session token, a
-// new client or a new session is stored (one copy of its key), and for a
-// client-rate refusal with a Retry-After beyond an hour.
+// Admit does not allocate for a single message, except when a client's
+// first session token, a new client or a new session is stored (one copy
+// of its key), and for a client-rate refusal with a Retry-After beyond an
+// hour. An admitted batch allocates its ticket's record of slots.
 func (c *Controller) Admit(ctx context.Context, req *Request) (t Ticket, refusal *Refusal, waited time.Duration) {
 	t.c = c
-	bypass := req.Class == ClassCheap && !req.NewSession
+	tool, single := req.single()
+	bypass := single && req.Class == ClassCheap && !req.NewSession
 	if !bypass {
 		if req.NewSession && c.rate != nil && req.ClientKey != "" {
 			if ok, after := c.rate.Allow(req.ClientKey, c.now()); !ok {
 				return Ticket{}, c.refuseRate(after), 0
 			}
 		}
+		if !single {
+			t, refusal = c.admitBatch(req)
+			return t, refusal, 0
+		}
 		if c.sessions != nil && req.InSession && req.SessionKey != "" {
 			if !c.sessions.TryAcquire(req.SessionKey) {
-				return Ticket{}, c.refuseKeyed(c.sessions, req.SessionKey, ReasonSessionQuota), 0
+				return Ticket{}, c.refuseKeyed(c.sessions, req.SessionKey, 1, ReasonSessionQuota), 0
 			}
 			t.session = req.SessionKey
 			t.flags |= tookSession
@@ -548,7 +666,7 @@ func (c *Controller) Admit(ctx context.Context, req *Request) (t Ticket, refusal
 		if c.clients != nil && req.ClientKey != "" {
 			if !c.clients.TryAcquire(req.ClientKey) {
 				t.releaseTaken()
-				return Ticket{}, c.refuseKeyed(c.clients, req.ClientKey, ReasonClientQuota), 0
+				return Ticket{}, c.refuseKeyed(c.clients, req.ClientKey, 1, ReasonClientQuota), 0
 			}
 			t.client = req.ClientKey
 			t.flags |= tookClient
@@ -564,8 +682,8 @@ func (c *Controller) Admit(ctx context.Context, req *Request) (t Ticket, refusal
 	}
 
 	prio := PriorityOf(req.Class, req.InSession)
-	if req.Tool != "" && len(c.tools) > 0 {
-		if rule := c.matchTool(req.Tool); rule != nil && rule.lim != nil {
+	if tool != "" && len(c.tools) > 0 {
+		if rule := c.matchTool(tool); rule != nil && rule.lim != nil {
 			w, err := rule.lim.Acquire(ctx, prio)
 			waited = w
 			if err != nil {
@@ -611,6 +729,98 @@ func (c *Controller) Admit(ctx context.Context, req *Request) (t Ticket, refusal
 	return t, nil, waited
 }
 
+// admitBatch admits a batch whole or refuses it whole, without waiting (see
+// Admit). The client session rate has been checked.
+func (c *Controller) admitBatch(req *Request) (Ticket, *Refusal) {
+	n := req.weight()
+	b := &batchHold{weight: n}
+	t := Ticket{c: c, batch: b}
+	if c.sessions != nil && req.InSession && req.SessionKey != "" {
+		if !c.sessions.TryAcquireN(req.SessionKey, n) {
+			return Ticket{}, c.refuseKeyed(c.sessions, req.SessionKey, n, ReasonSessionQuota)
+		}
+		t.session = req.SessionKey
+		t.flags |= tookSession
+	}
+	if c.clients != nil && req.ClientKey != "" {
+		if !c.clients.TryAcquireN(req.ClientKey, n) {
+			t.releaseBatch()
+			return Ticket{}, c.refuseKeyed(c.clients, req.ClientKey, n, ReasonClientQuota)
+		}
+		t.client = req.ClientKey
+		t.flags |= tookClient
+	}
+	if len(c.tools) > 0 {
+		holds := c.batchTools(b.inline[:0], req)
+		for i, h := range holds {
+			if !h.rule.lim.TryAcquireN(h.n) {
+				b.tools = holds[:i]
+				t.releaseBatch()
+				c.counts[ReasonToolLimit].Add(1)
+				return Ticket{}, h.rule.refusal
+			}
+		}
+		b.tools = holds
+	}
+	if !c.proxy.TryAcquireN(n) {
+		t.releaseBatch()
+		return Ticket{}, c.Refuse(ReasonQueueFull)
+	}
+	t.flags |= tookProxy
+	if c.global != nil {
+		if !c.global.TryAcquireN(n) {
+			t.releaseBatch()
+			return Ticket{}, c.Refuse(ReasonCapacity)
+		}
+		t.flags |= tookGlobal
+	}
+	return t, nil
+}
+
+// batchTools appends to holds the tool rule slots a batch needs: for each
+// limited rule, the number of its tools/call members whose first matching
+// rule it is. Members matching no rule or an exemption need none.
+func (c *Controller) batchTools(holds []toolHold, req *Request) []toolHold {
+	add := func(name string) {
+		if name == "" {
+			return
+		}
+		rule := c.matchTool(name)
+		if rule == nil || rule.lim == nil {
+			return
+		}
+		for i := range holds {
+			if holds[i].rule == rule {
+				holds[i].n++
+				return
+			}
+		}
+		holds = append(holds, toolHold{rule: rule, n: 1})
+	}
+	add(req.Tool)
+	for _, name := range req.Tools {
+		add(name)
+	}
+	return holds
+}
+
+// AllowNewSession applies the client session rate (ClientSessionRate) to a
+// session opened outside Admit, such as by a legacy SSE GET stream, whose
+// slots the caller takes elsewhere. It spends one of clientKey's tokens and
+// returns nil, or returns the counted refusal (ReasonClientQuota, 429, with
+// the time until the client's next token as Retry-After) when it has none.
+// Without a rate or with an empty clientKey it returns nil. It does not
+// allocate, except for a client's first token (one copy of its key).
+func (c *Controller) AllowNewSession(clientKey string) *Refusal {
+	if c.rate == nil || clientKey == "" {
+		return nil
+	}
+	if ok, after := c.rate.Allow(clientKey, c.now()); !ok {
+		return c.refuseRate(after)
+	}
+	return nil
+}
+
 // matchTool returns the first tool rule matching name, or nil.
 func (c *Controller) matchTool(name string) *toolRule {
 	for i := range c.tools {
@@ -622,10 +832,10 @@ func (c *Controller) matchTool(name string) *toolRule {
 }
 
 // refuseKeyed counts and returns the refusal of a keyed in-flight limit that
-// refused key: reason when key is at its cap, ReasonCapacity when the table
-// is full of other keys.
-func (c *Controller) refuseKeyed(k *KeyedLimiter, key string, reason Reason) *Refusal {
-	if k.InFlight(key) == 0 {
+// refused n slots for key: reason when key's slots plus n exceed its cap,
+// ReasonCapacity when the table is full of other keys.
+func (c *Controller) refuseKeyed(k *KeyedLimiter, key string, n int, reason Reason) *Refusal {
+	if n <= k.PerKey() && k.InFlight(key) == 0 {
 		reason = ReasonCapacity
 	}
 	return c.Refuse(reason)
@@ -666,7 +876,8 @@ func (c *Controller) Refusals() [NumReasons]uint64 {
 	return out
 }
 
-// InFlight returns the number of requests holding a per-proxy slot.
+// InFlight returns the number of per-proxy slots held: one per single
+// request admitted and not yet released, Weight per batch.
 func (c *Controller) InFlight() int { return c.proxy.InFlight() }
 
 // Queued returns the number of requests waiting in the per-proxy queue.

@@ -7,6 +7,7 @@ import (
 	"path"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -592,17 +593,17 @@ func TestControllerStress(t *testing.T) {
 
 	var mu sync.Mutex
 	held := map[string]int{}
-	take := func(key string, limit int) {
+	take := func(key string, n, limit int) {
 		mu.Lock()
 		defer mu.Unlock()
-		held[key]++
+		held[key] += n
 		if held[key] > limit {
 			t.Errorf("%s: %d in flight, cap %d", key, held[key], limit)
 		}
 	}
-	drop := func(key string) {
+	drop := func(key string, n int) {
 		mu.Lock()
-		held[key]--
+		held[key] -= n
 		mu.Unlock()
 	}
 	var admitted, refusedN atomic.Int64
@@ -627,6 +628,12 @@ func TestControllerStress(t *testing.T) {
 				} else if req.Class == ClassCheap {
 					req.NewSession = true
 				}
+				if r.IntN(4) == 0 { // a batch
+					req.Weight = 1 + r.IntN(3)
+					for range r.IntN(3) {
+						req.Tools = append(req.Tools, tools[r.IntN(len(tools))])
+					}
+				}
 				ctx, cancel := context.WithCancel(context.Background())
 				if r.IntN(10) == 0 {
 					time.AfterFunc(time.Duration(r.IntN(50))*time.Microsecond, cancel)
@@ -642,18 +649,30 @@ func TestControllerStress(t *testing.T) {
 					start := time.Now()
 					failed := r.IntN(10) == 0
 					defer func() { tk.Release(time.Since(start), failed) }()
-					bypass := req.Class == ClassCheap && !req.NewSession
+					tool, single := req.single()
+					bypass := single && req.Class == ClassCheap && !req.NewSession
 					if ctl == c && !bypass {
+						n := req.weight()
 						if req.InSession {
-							take("session "+req.SessionKey, sessionCap)
-							defer drop("session " + req.SessionKey)
+							take("session "+req.SessionKey, n, sessionCap)
+							defer drop("session "+req.SessionKey, n)
 						}
-						take("client "+req.ClientKey, clientCap)
-						defer drop("client " + req.ClientKey)
-						if len(req.Tool) > 5 && req.Tool[:5] == "slow_" {
-							take("tool slow_*", toolCap)
-							defer drop("tool slow_*")
+						take("client "+req.ClientKey, n, clientCap)
+						defer drop("client "+req.ClientKey, n)
+						slow := 0
+						names := req.Tools
+						if single {
+							names = []string{tool}
+						} else if req.Tool != "" {
+							names = append(names, req.Tool)
 						}
+						for _, name := range names {
+							if strings.HasPrefix(name, "slow_") {
+								slow++
+							}
+						}
+						take("tool slow_*", slow, toolCap)
+						defer drop("tool slow_*", slow)
 					}
 					if r.IntN(2) == 0 {
 						runtime.Gosched()

@@ -75,6 +75,56 @@ func TestKeyedLimiterUnbounded(t *testing.T) {
 	}
 }
 
+func TestKeyedLimiterN(t *testing.T) {
+	k := NewKeyedLimiter(4, 2)
+	for _, tc := range []struct {
+		op   string // "try" or "release"
+		key  string
+		n    int
+		ok   bool
+		want int // InFlight(key) after
+	}{
+		{"try", "a", 3, true, 3},
+		{"try", "a", 2, false, 3}, // all or nothing
+		{"try", "a", 1, true, 4},
+		{"try", "b", 5, false, 0}, // above the cap outright: no entry stored
+		{"try", "b", 0, true, 0},  // takes nothing
+		{"try", "b", 4, true, 4},
+		{"try", "c", 1, false, 0}, // table full (maxKeys 2)
+		{"release", "a", 2, true, 2},
+		{"release", "a", 0, true, 2},
+		{"try", "a", 2, true, 4},
+		{"release", "a", 4, true, 0}, // entry removed
+		{"try", "c", 2, true, 2},
+		{"release", "c", 9, true, 0}, // more than held: removed
+		{"release", "b", 1, true, 3},
+		{"release", "b", 3, true, 0},
+	} {
+		switch tc.op {
+		case "try":
+			if got := k.TryAcquireN(tc.key, tc.n); got != tc.ok {
+				t.Fatalf("TryAcquireN(%s, %d) = %v, want %v", tc.key, tc.n, got, tc.ok)
+			}
+		case "release":
+			k.ReleaseN(tc.key, tc.n)
+		}
+		if got := k.InFlight(tc.key); got != tc.want {
+			t.Fatalf("after %s(%s, %d): InFlight = %d, want %d", tc.op, tc.key, tc.n, got, tc.want)
+		}
+	}
+	if k.Len() != 0 {
+		t.Fatalf("Len() = %d, want 0", k.Len())
+	}
+	u := NewKeyedLimiter(0, 0) // no cap: counts only
+	if !u.TryAcquireN("x", 1000) || u.InFlight("x") != 1000 {
+		t.Fatal("no cap: refused or not counted")
+	}
+	u.ReleaseN("x", 1000)
+	if u.Len() != 0 {
+		t.Fatalf("Len() = %d, want 0", u.Len())
+	}
+}
+
 func TestKeyedLimiterCopiesKey(t *testing.T) {
 	k := NewKeyedLimiter(1, 10)
 	buf := []byte("client-1")
@@ -193,36 +243,128 @@ func TestKeyedRateSweep(t *testing.T) {
 	}
 }
 
-func TestKeyedRateMaxKeys(t *testing.T) {
-	k := NewKeyedRate(1, 1, 4)
+func TestKeyedRateEvictsLRU(t *testing.T) {
+	k := NewKeyedRate(1, 1, 4) // 1/s, burst 1, 4 keys: one shard, exact LRU
 	now := epoch
-	for i := range 4 {
-		if ok, _ := k.Allow(strconv.Itoa(i), now); !ok {
-			t.Fatalf("key %d refused", i)
+	for _, key := range []string{"a", "b", "c", "d"} {
+		if ok, _ := k.Allow(key, now); !ok {
+			t.Fatalf("key %s refused", key)
 		}
 	}
-	// Full, and no bucket is idle yet: a new key is refused.
-	ok, retry := k.Allow("new", now)
-	if ok || retry != time.Second {
-		t.Fatalf("new key on a full table: %v, %v; want false, 1s", ok, retry)
+	// a is used again (and refused): it becomes the most recently used.
+	if ok, _ := k.Allow("a", now); ok {
+		t.Fatal("a admitted with an empty bucket")
 	}
-	// Once buckets are idle, a new key triggers a lazy sweep and gets in.
-	later := now.Add(2 * time.Second)
-	if ok, _ := k.Allow("new", later); !ok {
-		t.Fatal("new key refused though every bucket was idle")
+	// Full, and no bucket is idle: a new key evicts the least recently
+	// used, b, and is admitted.
+	if ok, retry := k.Allow("new", now); !ok || retry != 0 {
+		t.Fatalf("new key on a full table: %v, %v; want true, 0", ok, retry)
 	}
-	if k.Len() != 1 {
-		t.Fatalf("Len() = %d after the lazy sweep, want 1", k.Len())
+	if k.Len() != 4 {
+		t.Fatalf("Len() = %d, want 4", k.Len())
 	}
-	// Lazy sweeps are throttled: fill again and ask at once.
-	for i := range 3 {
-		k.Allow("x"+strconv.Itoa(i), later)
+	// b was evicted: it starts again with a full bucket. That evicts c.
+	if ok, _ := k.Allow("b", now); !ok {
+		t.Fatal("evicted key b refused")
 	}
-	if ok, _ := k.Allow("y", later.Add(5*time.Millisecond)); ok {
-		t.Fatal("admitted a new key on a full table within the sweep gap")
+	// a, d, new and b keep their (empty) buckets.
+	for _, key := range []string{"a", "d", "new", "b"} {
+		if ok, _ := k.Allow(key, now); ok {
+			t.Fatalf("key %s admitted: its bucket was lost", key)
+		}
 	}
-	if k.Len() > 4 {
-		t.Fatalf("Len() = %d above maxKeys", k.Len())
+	if k.Len() != 4 {
+		t.Fatalf("Len() = %d, want 4", k.Len())
+	}
+}
+
+// TestKeyedRateFlood sends 10×maxKeys distinct keys through tables of
+// several sizes: no new key is ever refused, the table never holds more
+// than maxKeys buckets, and the most recent keys keep their buckets.
+func TestKeyedRateFlood(t *testing.T) {
+	for _, maxKeys := range []int{1, 7, 100, 3000, 40000} {
+		t.Run(strconv.Itoa(maxKeys), func(t *testing.T) {
+			k := NewKeyedRate(1, 1, maxKeys) // each key's first event empties its bucket
+			shards := int(k.mask) + 1
+			now := epoch
+			n := 10 * maxKeys
+			for i := range n {
+				if ok, _ := k.Allow("flood-"+strconv.Itoa(i), now); !ok {
+					t.Fatalf("new key %d refused", i)
+				}
+				if k.Len() > maxKeys {
+					t.Fatalf("Len() = %d above maxKeys", k.Len())
+				}
+			}
+			// Every shard got far more than its share: all are full.
+			if k.Len() != maxKeys {
+				t.Fatalf("Len() = %d, want %d", k.Len(), maxKeys)
+			}
+			// The maxKeys/shards most recent keys all keep their buckets.
+			for i := n - maxKeys/shards; i < n; i++ {
+				if ok, _ := k.Allow("flood-"+strconv.Itoa(i), now); ok {
+					t.Fatalf("recent key %d lost its bucket (%d shards)", n-i, shards)
+				}
+			}
+			var total int
+			for i := range shards {
+				s := &k.shards[i]
+				total += s.max
+				if len(s.m) != s.n {
+					t.Fatalf("shard %d: map %d, count %d", i, len(s.m), s.n)
+				}
+				m := 0
+				for e := s.head; e != nil; e = e.next {
+					m++
+				}
+				if m != s.n {
+					t.Fatalf("shard %d: list %d, count %d", i, m, s.n)
+				}
+			}
+			if total != maxKeys {
+				t.Fatalf("shard bounds add up to %d, want %d", total, maxKeys)
+			}
+		})
+	}
+}
+
+func TestKeyedRateShards(t *testing.T) {
+	for _, tc := range []struct{ maxKeys, shards int }{
+		{0, 32}, {1, 1}, {1000, 1}, {2047, 1}, {2048, 2}, {4096, 4}, {10000, 8},
+		{32767, 16}, {32768, 32}, {DefaultMaxKeys, 32}, {1 << 30, 32},
+	} {
+		k := NewKeyedRate(1, 1, tc.maxKeys)
+		if got := int(k.mask) + 1; got != tc.shards {
+			t.Errorf("maxKeys %d: %d shards, want %d", tc.maxKeys, got, tc.shards)
+		}
+	}
+}
+
+func TestKeyedRateSweepKeepsList(t *testing.T) {
+	k := NewKeyedRate(10, 1, 3)
+	now := epoch
+	k.Allow("a", now)
+	k.Allow("b", now.Add(50*time.Millisecond))
+	k.Allow("c", now.Add(100*time.Millisecond))
+	// a and b are idle at 150ms (a token takes 100ms); c is not.
+	if n := k.Sweep(now.Add(150 * time.Millisecond)); n != 2 || k.Len() != 1 {
+		t.Fatalf("Sweep removed %d, Len() = %d; want 2, 1", n, k.Len())
+	}
+	s := &k.shards[0]
+	if s.head == nil || s.head != s.tail || s.head.key != "c" || s.n != 1 {
+		t.Fatal("list out of sync after Sweep")
+	}
+	// Two new keys fill the table again without evicting c.
+	later := now.Add(160 * time.Millisecond)
+	k.Allow("d", later)
+	k.Allow("e", later)
+	if ok, _ := k.Allow("c", later); ok {
+		t.Fatal("c lost its bucket")
+	}
+	// The next new key evicts the least recently used: d.
+	k.Allow("f", later)
+	if ok, _ := k.Allow("d", later); !ok {
+		t.Fatal("d kept its bucket")
 	}
 }
 
@@ -239,27 +381,40 @@ func TestKeyedRateUnlimited(t *testing.T) {
 }
 
 func TestKeyedRateConcurrent(t *testing.T) {
-	const maxKeys = 16
-	k := NewKeyedRate(1000, 5, maxKeys)
-	var wg sync.WaitGroup
-	for g := range 8 {
-		wg.Go(func() {
-			r := rand.New(rand.NewPCG(uint64(g), 3))
-			now := epoch
-			for range 2000 {
-				now = now.Add(time.Duration(r.IntN(200)) * time.Microsecond)
-				k.Allow(fmt.Sprint(r.IntN(64)), now)
-				if n := k.Len(); n > maxKeys {
-					t.Errorf("Len() = %d above maxKeys", n)
-					return
+	for _, tc := range []struct{ maxKeys, keys int }{
+		{16, 64},     // one shard, constant eviction
+		{4096, 6000}, // four shards
+		{0, 500},     // no bound
+	} {
+		k := NewKeyedRate(1000, 5, tc.maxKeys)
+		var wg sync.WaitGroup
+		for g := range 8 {
+			wg.Go(func() {
+				r := rand.New(rand.NewPCG(uint64(g), 3))
+				now := epoch
+				for i := range 2000 {
+					now = now.Add(time.Duration(r.IntN(200)) * time.Microsecond)
+					k.Allow(fmt.Sprint(r.IntN(tc.keys)), now)
+					if i%100 == 0 && g == 0 {
+						k.Sweep(now)
+					}
+					if n := k.Len(); tc.maxKeys > 0 && n > tc.maxKeys {
+						t.Errorf("Len() = %d above maxKeys", n)
+						return
+					}
 				}
+			})
+		}
+		wg.Wait()
+		k.Sweep(epoch.Add(time.Hour))
+		if k.Len() != 0 {
+			t.Fatalf("Len() = %d after a full sweep", k.Len())
+		}
+		for i := range k.shards {
+			if s := &k.shards[i]; s.head != nil || s.tail != nil || s.n != 0 || len(s.m) != 0 {
+				t.Fatalf("shard %d not empty after a full sweep", i)
 			}
-		})
-	}
-	wg.Wait()
-	k.Sweep(epoch.Add(time.Hour))
-	if k.Len() != 0 {
-		t.Fatalf("Len() = %d after a full sweep", k.Len())
+		}
 	}
 }
 

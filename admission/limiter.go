@@ -287,6 +287,40 @@ func (l *Limiter) tryInc() bool {
 	}
 }
 
+// TryAcquireN takes n slots at once if n are free and no request is queued,
+// and reports whether it did: it takes all n or none. It never blocks and
+// does not allocate. With no limit (limit <= 0) it always succeeds and the
+// n slots are counted. A request of more slots than the limit is always
+// refused. n <= 0 takes nothing and reports true. A true result must be
+// paired with ReleaseN(n) (or n calls of Release).
+func (l *Limiter) TryAcquireN(n int) bool {
+	if n <= 0 {
+		return true
+	}
+	if l.queued.Load() > 0 {
+		return false
+	}
+	return l.tryIncN(int64(n))
+}
+
+// tryIncN takes n slots if the limit allows, ignoring the queue.
+func (l *Limiter) tryIncN(n int64) bool {
+	lim := l.limit.Load()
+	if lim <= 0 {
+		l.inflight.Add(n)
+		return true
+	}
+	for {
+		cur := l.inflight.Load()
+		if cur > lim-n {
+			return false
+		}
+		if l.inflight.CompareAndSwap(cur, cur+n) {
+			return true
+		}
+	}
+}
+
 // ForceAcquire takes a slot whatever the limit and the queue: it never
 // refuses, never waits and does not allocate. It is for cheap messages that
 // must be counted in flight but never be refused or starved by the limit
@@ -304,6 +338,22 @@ func (l *Limiter) ForceAcquire() {
 func (l *Limiter) Release() {
 	if l.inflight.Add(-1) < 0 {
 		panic("admission: Limiter.Release without a matching acquire")
+	}
+	if l.queued.Load() > 0 {
+		l.dispatch()
+	}
+}
+
+// ReleaseN returns n slots taken by TryAcquireN(n) (or by n single
+// acquires). Queued requests get the freed slots as the limit allows.
+// n <= 0 is a no-op. ReleaseN panics if more slots are released than were
+// taken.
+func (l *Limiter) ReleaseN(n int) {
+	if n <= 0 {
+		return
+	}
+	if l.inflight.Add(-int64(n)) < 0 {
+		panic("admission: Limiter.ReleaseN without a matching acquire")
 	}
 	if l.queued.Load() > 0 {
 		l.dispatch()

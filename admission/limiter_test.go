@@ -810,3 +810,114 @@ func TestLimiterTimeoutMarksRefusal(t *testing.T) {
 	}
 	l.Release()
 }
+
+func TestLimiterTryAcquireN(t *testing.T) {
+	l := NewLimiter(5, 4, hang)
+	for _, tc := range []struct {
+		op       string // "try" or "release"
+		n        int
+		ok       bool
+		inflight int
+	}{
+		{"try", 3, true, 3},
+		{"try", 3, false, 3}, // all or nothing: 2 free, 3 asked
+		{"try", 2, true, 5},
+		{"try", 1, false, 5},
+		{"try", 0, true, 5}, // takes nothing
+		{"try", -1, true, 5},
+		{"release", 4, true, 1},
+		{"try", 6, false, 1}, // above the limit outright
+		{"try", 4, true, 5},
+		{"release", 0, true, 5}, // no-op
+		{"release", 5, true, 0},
+		{"try", 5, true, 5},
+		{"release", 5, true, 0},
+	} {
+		switch tc.op {
+		case "try":
+			if got := l.TryAcquireN(tc.n); got != tc.ok {
+				t.Fatalf("TryAcquireN(%d) = %v, want %v", tc.n, got, tc.ok)
+			}
+		case "release":
+			l.ReleaseN(tc.n)
+		}
+		if l.InFlight() != tc.inflight {
+			t.Fatalf("after %s %d: InFlight() = %d, want %d", tc.op, tc.n, l.InFlight(), tc.inflight)
+		}
+	}
+
+	// Requests in the queue are not overtaken.
+	if !l.TryAcquireN(5) {
+		t.Fatal("refused on an idle limiter")
+	}
+	out := make(chan result, 1)
+	startWaiter(context.Background(), l, PriorityHeavyNew, 1, out)
+	waitQueued(t, l, 1)
+	l.ReleaseN(2) // one slot goes to the waiter
+	if r := recv(t, out); r.err != nil {
+		t.Fatalf("waiter: %v", r.err)
+	}
+	if l.TryAcquireN(2) {
+		t.Fatal("admitted 2 slots with 1 free")
+	}
+	if !l.TryAcquireN(1) {
+		t.Fatal("refused 1 slot with 1 free and none queued")
+	}
+	l.ReleaseN(5)
+	if l.InFlight() != 0 {
+		t.Fatalf("InFlight() = %d, want 0", l.InFlight())
+	}
+}
+
+func TestLimiterTryAcquireNUnlimited(t *testing.T) {
+	l := NewLimiter(0, 0, 0)
+	if !l.TryAcquireN(1000) || !l.TryAcquireN(1<<40) || l.InFlight() != 1000+1<<40 {
+		t.Fatalf("InFlight() = %d", l.InFlight())
+	}
+	l.ReleaseN(1 << 40)
+	l.ReleaseN(1000)
+	if l.InFlight() != 0 {
+		t.Fatalf("InFlight() = %d, want 0", l.InFlight())
+	}
+}
+
+func TestLimiterReleaseNPanics(t *testing.T) {
+	l := NewLimiter(4, 0, 0)
+	l.TryAcquireN(2)
+	defer func() {
+		if recover() == nil {
+			t.Fatal("ReleaseN of more slots than taken did not panic")
+		}
+	}()
+	l.ReleaseN(3)
+}
+
+// TestLimiterTryAcquireNConcurrent takes random numbers of slots from 8
+// goroutines and checks the limit is never exceeded.
+func TestLimiterTryAcquireNConcurrent(t *testing.T) {
+	const limit = 10
+	l := NewLimiter(limit, 0, 0)
+	var held atomic.Int64
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Go(func() {
+			r := rand.New(rand.NewPCG(uint64(g), 11))
+			for range 2000 {
+				n := 1 + r.IntN(4)
+				if !l.TryAcquireN(n) {
+					continue
+				}
+				if h := held.Add(int64(n)); h > limit {
+					t.Errorf("%d slots held, limit %d", h, limit)
+				}
+				runtime.Gosched()
+				held.Add(-int64(n))
+				l.ReleaseN(n)
+			}
+		})
+	}
+	wg.Wait()
+	if l.InFlight() != 0 {
+		t.Fatalf("InFlight() = %d, want 0", l.InFlight())
+	}
+}

@@ -1,8 +1,8 @@
 // Package admission holds the building blocks of mcpgate's admission
 // controller: method classes and priorities, an in-flight limiter with a
 // bounded priority wait queue, per-key limits and rates with bounded memory,
-// and an adaptive controller that sets the in-flight limit from observed
-// latencies.
+// the client key of an IP address, and an adaptive controller that sets the
+// in-flight limit from observed latencies.
 //
 // The package depends only on the Go standard library.
 package admission
