@@ -8,9 +8,14 @@
 //
 //   - Budget and Account hold only counters.
 //   - Registry owns its sessions map (at most RegistryConfig.MaxSessions
-//     entries), its tombstone map and queue (at most MaxTombstones each,
-//     entries dropped after TombstoneTTL), and each Session owns its stream
-//     list (at most MaxStreams entries). Scans allocate at most one slice
+//     entries), its client index (an entry per client key only while that
+//     client has a live session or an Open in progress, so at most the live
+//     sessions plus concurrent Opens; each entry lists its client's live
+//     sessions, at most ClientMaxSessions when set), its tombstone map and
+//     queue (at most MaxTombstones each, entries dropped after
+//     TombstoneTTL), and each Session owns its stream list (at most
+//     MaxStreams entries). The strings a session keeps (its SessionInfo)
+//     are charged to its memory account. Scans allocate at most one slice
 //     of the live sessions (Range) or of the n victims asked for
 //     (EvictVictims), freed when the call returns.
 //   - The package starts no goroutine of its own. Goroutines started with

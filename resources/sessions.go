@@ -16,6 +16,19 @@ var ErrFull = errors.New("resources: session registry full")
 // the key.
 var ErrExists = errors.New("resources: session key already in use")
 
+// ErrClientFull is returned by Registry.Open when the client named by
+// SessionInfo.ClientKey already holds ClientMaxSessions live sessions and
+// none of them may be evicted to make room.
+var ErrClientFull = errors.New("resources: too many sessions for client")
+
+// ErrInfoTooLarge is returned by Registry.Open when the strings of the
+// SessionInfo take more bytes than the session memory quota.
+var ErrInfoTooLarge = errors.New("resources: session info larger than the session memory quota")
+
+// ErrNoMemory is returned by Registry.Open when the parent memory budget
+// (RegistryConfig.Memory) has no room for the bytes of the SessionInfo.
+var ErrNoMemory = errors.New("resources: no memory for session info")
+
 // ErrEvicted is the reason given to the stream closers of a session that
 // was evicted (idle, capacity, service level or operator).
 var ErrEvicted = errors.New("resources: session evicted")
@@ -37,7 +50,8 @@ type Cause uint8
 const (
 	// CauseIdle: no request and no stream for the idle timeout (Sweep).
 	CauseIdle Cause = iota
-	// CauseCapacity: evicted to make room under MaxSessions.
+	// CauseCapacity: evicted to make room under MaxSessions or under the
+	// client's ClientMaxSessions.
 	CauseCapacity
 	// CauseLevel: evicted by a service-level action under overload.
 	CauseLevel
@@ -88,6 +102,11 @@ type RegistryConfig struct {
 	// MaxSessions is the most live sessions the registry holds; Open
 	// evicts to stay within it. Zero or less: unlimited.
 	MaxSessions int
+	// ClientMaxSessions is the most live sessions one client (sessions
+	// opened with the same non-empty SessionInfo.ClientKey) may hold; Open
+	// evicts that client's own sessions to stay within it. Sessions with
+	// an empty ClientKey are not counted. Zero or less: unlimited.
+	ClientMaxSessions int
 	// IdleTimeout is how long a session with no request in flight and no
 	// open stream lives after its last activity. Zero or less: 5 minutes.
 	IdleTimeout time.Duration
@@ -125,11 +144,20 @@ type RegistryConfig struct {
 	// (Created, Relayed).
 	OnEnd func(s *Session, cause Cause, at time.Time)
 	// Clock returns the current time for Begin, stream activity and
-	// tombstone ages. Nil: time.Now. Tests inject a fake clock here.
+	// tombstone ages. It is called with a registry lock held, so it must
+	// be quick and must not call into the registry. Nil: time.Now. Tests
+	// inject a fake clock here.
 	Clock func() time.Time
 }
 
 // SessionInfo describes a session to the registry.
+//
+// The session keeps its info for its whole life, and much of it comes
+// from the client or the upstream, so Open charges the bytes of its
+// strings (Size) to the new session's memory account: they count against
+// the session quota and the parent budget like any byte a stream holds,
+// and are given back when the session leaves. Open refuses info that does
+// not fit the quota (ErrInfoTooLarge) or the parent budget (ErrNoMemory).
 type SessionInfo struct {
 	// Key is the opaque, unique key the caller chose for the session.
 	Key string
@@ -141,6 +169,19 @@ type SessionInfo struct {
 	// the URL and Host header the upstream serves the session on; with
 	// them the owner can end the session upstream when it is evicted.
 	UpstreamID, Endpoint, Host string
+	// ClientKey identifies the client that opened the session (its IP
+	// address or principal, say), for the per-client count and cap
+	// (RegistryConfig.ClientMaxSessions). Empty: unknown; the session is
+	// then not counted for any client.
+	ClientKey string
+}
+
+// Size returns the bytes of the strings info holds: what Registry.Open
+// charges to the session's memory account.
+func (info SessionInfo) Size() int64 {
+	return int64(len(info.Key)) + int64(len(info.Upstream)) + int64(len(info.Version)) +
+		int64(len(info.UpstreamID)) + int64(len(info.Endpoint)) + int64(len(info.Host)) +
+		int64(len(info.ClientKey))
 }
 
 // session states.
@@ -165,6 +206,11 @@ type Session struct {
 	group   *Group
 	created time.Time
 	endFn   func() // returned by Begin; built once so Begin does not allocate
+	quietFn func() // returned by BeginQuiet; built once likewise
+
+	// clientIdx is the session's index in its client's list; guarded by
+	// the client shard's mutex. Unused when info.ClientKey is empty.
+	clientIdx int
 
 	lastActive atomic.Int64 // unix nanoseconds
 	inFlight   atomic.Int64
@@ -255,8 +301,26 @@ func (s *Session) Begin() (end func()) {
 	return s.endFn
 }
 
+// BeginQuiet marks a request in flight like Begin, but neither it nor the
+// returned function touches the session. It is for traffic that only
+// finishes work already started (JSON-RPC notifications, responses to the
+// server's requests, DELETE): while such a request is in flight the
+// session is not idle and is only evicted in protective mode, as with
+// Begin, but it does not restart the idle clock, so a session that sends
+// nothing else is expired by Sweep and scores as idle for eviction. The
+// returned function must be called exactly once. BeginQuiet does not
+// allocate.
+func (s *Session) BeginQuiet() (end func()) {
+	s.inFlight.Add(1)
+	return s.quietFn
+}
+
 func (s *Session) end() {
 	s.Touch(s.reg.now())
+	s.endQuiet()
+}
+
+func (s *Session) endQuiet() {
 	for {
 		n := s.inFlight.Load()
 		if n <= 0 || s.inFlight.CompareAndSwap(n, n-1) {
@@ -267,7 +331,8 @@ func (s *Session) end() {
 
 // AddStream registers an open stream of the session with the function that
 // closes it, and returns the function that unregisters it when the stream
-// ends by itself. An open stream keeps the session from being idle.
+// ends by itself. An open stream keeps the session from being idle, and
+// its end touches the session.
 //
 // closer is called at most once, outside the registry's locks, with
 // ErrEvicted or ErrDeleted when the session leaves the registry. It is
@@ -323,7 +388,8 @@ func (s *Session) reason() error {
 	return ErrEvicted
 }
 
-// shardCount is the number of registry shards; a power of two.
+// shardCount is the number of registry shards, and of client-index
+// shards; a power of two.
 const shardCount = 64
 
 // shard is one slice of the registry's key space.
@@ -333,29 +399,60 @@ type shard struct {
 	_        [48]byte            // keeps neighbouring shards' locks off one cache line
 }
 
+// client is the index entry of one client key: its live sessions and the
+// Opens in progress that hold a place under ClientMaxSessions.
+type client struct {
+	sessions []*Session // live sessions; s.clientIdx is s's index
+	opening  int        // places taken by Opens not yet visible
+}
+
+// clientShard is one slice of the client index.
+type clientShard struct {
+	mu      sync.Mutex
+	clients map[string]*client // guarded by mu, as are the entries
+	_       [48]byte           // keeps neighbouring shards' locks off one cache line
+}
+
 // Registry holds the live MCP sessions of this process. It bounds them
-// (MaxSessions), expires idle ones (Sweep), evicts the least valuable ones
-// under pressure (EvictVictims) and remembers evicted keys for a while
-// (WasEvicted), so a client whose session was evicted gets a clear answer.
+// (MaxSessions, and ClientMaxSessions per client), expires idle ones
+// (Sweep), evicts the least valuable ones under pressure (EvictVictims)
+// and remembers evicted keys for a while (WasEvicted), so a client whose
+// session was evicted gets a clear answer.
 //
 // Concurrency: the sessions map is split into 64 shards by a hash of the
 // key, each with its own mutex, so Get (every request) rarely contends.
 // Whole-registry operations (Sweep, EvictVictims, Range, Stats) lock one
-// shard at a time. Tombstones have a single mutex of their own; they are
-// written only on eviction. No lock is held while stream closers, OnEvict
-// or Range callbacks run, and no two registry locks are ever held at once
-// (the session's own mutex is taken only without a shard lock held).
+// shard at a time. The client index is split the same way by a hash of
+// the client key. Tombstones have a single mutex of their own. A session
+// leaves its shard's map, gets its tombstone and leaves its client's
+// index in one critical section of its shard, so a Get that misses an
+// evicted session is always followed by a WasEvicted that reports it;
+// Open likewise drops the key's tombstone and indexes the session in the
+// critical section that makes it visible.
+//
+// Lock order: a session shard's mutex may be held while taking the
+// tombstone mutex or a client shard's mutex (one at a time); no other
+// lock is ever held while taking a registry lock, so no two shard locks
+// and no two client-shard locks are ever held at once. The session's own
+// mutex is taken only without a registry lock held. No lock is held while
+// stream closers, OnEvict, OnEnd or Range callbacks run.
 //
 // Bounds: the sessions map holds at most MaxSessions entries (when set);
-// the tombstone map and its queue hold at most MaxTombstones entries each
-// and lose entries older than TombstoneTTL at Sweep; each session holds at
-// most MaxStreams stream entries. The registry starts no goroutine: Sweep
-// is called by its owner on a ticker.
+// the client index holds one entry per client key that has a live session
+// or an Open in progress (so no more entries than live sessions plus
+// concurrent Opens), and each entry lists that client's live sessions (at
+// most ClientMaxSessions, when set); the tombstone map and its queue hold
+// at most MaxTombstones entries each and lose entries older than
+// TombstoneTTL at Sweep; each session holds at most MaxStreams stream
+// entries. The registry starts no goroutine: Sweep is called by its owner
+// on a ticker.
 type Registry struct {
-	seed   maphash.Seed
-	shards [shardCount]shard
+	seed    maphash.Seed
+	shards  [shardCount]shard
+	clients [shardCount]clientShard
 
 	maxSessions   atomic.Int64
+	clientMax     atomic.Int64
 	quota         atomic.Int64
 	memory        *Budget
 	tombstoneTTL  time.Duration
@@ -387,6 +484,9 @@ type tombstone struct {
 type RegistryStats struct {
 	// Sessions is the number of live sessions.
 	Sessions int
+	// Clients is the number of client keys with a live session (sessions
+	// with an empty ClientKey are not counted).
+	Clients int
 	// Streams is the number of open streams over all sessions.
 	Streams int
 	// InFlight is the number of requests in flight over all sessions.
@@ -413,6 +513,7 @@ func NewRegistry(cfg RegistryConfig) *Registry {
 		tombs:         make(map[string]int64),
 	}
 	r.maxSessions.Store(int64(cfg.MaxSessions))
+	r.clientMax.Store(int64(cfg.ClientMaxSessions))
 	r.quota.Store(cfg.SessionMemory)
 	if r.quota.Load() <= 0 {
 		r.quota.Store(DefaultSessionMemory)
@@ -432,6 +533,7 @@ func NewRegistry(cfg RegistryConfig) *Registry {
 	r.SetIdleTimeout(cfg.IdleTimeout)
 	for i := range r.shards {
 		r.shards[i].sessions = make(map[string]*Session)
+		r.clients[i].clients = make(map[string]*client)
 	}
 	return r
 }
@@ -440,6 +542,10 @@ func (r *Registry) now() time.Time { return r.clock() }
 
 func (r *Registry) shard(key string) *shard {
 	return &r.shards[maphash.String(r.seed, key)&(shardCount-1)]
+}
+
+func (r *Registry) clientShard(clientKey string) *clientShard {
+	return &r.clients[maphash.String(r.seed, clientKey)&(shardCount-1)]
 }
 
 // SetIdleTimeout changes the idle timeout for the next Sweep; service
@@ -455,46 +561,93 @@ func (r *Registry) SetIdleTimeout(d time.Duration) {
 // IdleTimeout returns the idle timeout in force.
 func (r *Registry) IdleTimeout() time.Duration { return time.Duration(r.idleTimeout.Load()) }
 
-// Open creates a live session for info, active at now. When the registry
-// holds MaxSessions sessions it first evicts one victim with
-// CauseCapacity (see EvictVictims; protective allows a session with a
-// request in flight to be the victim) and returns ErrFull when none may be
-// evicted. Making room scans the registry once, so at capacity Open costs
-// O(sessions); the load manager keeps the registry under MaxSessions in
-// normal operation with Sweep and EvictVictims in batches. A key that is live returns ErrExists; a tombstoned key is
+// Open creates a live session for info, active at now. It checks, in
+// this order:
+//
+//   - a live session with the key: ErrExists;
+//   - the bytes of info's strings (SessionInfo.Size) against the session
+//     quota (ErrInfoTooLarge) and then the parent budget (ErrNoMemory);
+//     they are reserved from the new session's account before anything is
+//     evicted, so these refusals and the first change nothing;
+//   - when info.ClientKey is set and that client holds ClientMaxSessions
+//     live sessions: Open evicts the client's own best victim with
+//     CauseCapacity (its highest Score, never one with a request in
+//     flight unless protective), choosing among that client's sessions
+//     only (as many as it is over the cap when the cap was lowered), and
+//     returns ErrClientFull when none may be evicted;
+//   - when the registry holds MaxSessions sessions: Open evicts the
+//     session with the highest Score among all sessions with
+//     CauseCapacity (see EvictVictims; never one with a request in flight
+//     unless protective) and returns ErrFull when none may be evicted.
+//
+// Evicting for the client costs O(that client's sessions); evicting for
+// the registry scans it once, so at capacity Open costs O(sessions) and
+// the load manager keeps the registry under MaxSessions in normal
+// operation with Sweep and EvictVictims in batches. Concurrent Opens may
+// take the room an eviction made; after a few rounds of that Open gives up
+// with ErrClientFull or ErrFull although victims remain. Lowering
+// MaxSessions evicts nothing at once: each Open over it evicts a few
+// victims at most. A key that turns out to be live after victims were
+// evicted returns ErrExists; the victims stay evicted. A tombstoned key is
 // reopened and loses its tombstone.
 func (r *Registry) Open(info SessionInfo, now time.Time, protective bool) (*Session, error) {
+	// A live key is refused before anyone is evicted for it; the check is
+	// repeated where the session becomes visible.
+	if _, ok := r.Get(info.Key); ok {
+		return nil, ErrExists
+	}
+	quota := r.quota.Load()
+	size := info.Size()
+	if quota > 0 && size > quota {
+		return nil, ErrInfoTooLarge
+	}
+	account := NewAccount(quota, r.memory)
+	account.tally = &r.bytes
+	if !account.Reserve(size) {
+		return nil, ErrNoMemory
+	}
+	if info.ClientKey != "" && !r.takeClientSlot(info.ClientKey, protective) {
+		account.Close()
+		return nil, ErrClientFull
+	}
 	if !r.takeSlot(protective) {
+		r.releaseClientSlot(info.ClientKey)
+		account.Close()
 		return nil, ErrFull
 	}
 	s := &Session{
 		reg:     r,
 		info:    info,
-		account: NewAccount(r.quota.Load(), r.memory),
+		account: account,
 		group:   NewGroup(r.tasks),
 		created: now,
 	}
-	s.account.tally = &r.bytes
 	s.streams = s.inline[:0]
 	s.endFn = s.end
+	s.quietFn = s.endQuiet
 	s.lastActive.Store(now.UnixNano())
-
-	// Drop the key's tombstone before the session is visible, so an
-	// eviction right after Open keeps its own tombstone. The queue entry
-	// ages out by itself.
-	r.tombMu.Lock()
-	delete(r.tombs, info.Key)
-	r.tombMu.Unlock()
 
 	sh := r.shard(info.Key)
 	sh.mu.Lock()
 	if _, ok := sh.sessions[info.Key]; ok {
 		sh.mu.Unlock()
 		r.count.Add(-1)
+		r.releaseClientSlot(info.ClientKey)
+		account.Close()
 		s.group.Close()
 		return nil, ErrExists
 	}
+	// The key's tombstone goes in the critical section that makes the
+	// session visible, so a Get miss followed by WasEvicted never sees a
+	// live key as evicted nor an evicted key as unknown. Its queue entry
+	// ages out by itself.
+	r.tombMu.Lock()
+	delete(r.tombs, info.Key)
+	r.tombMu.Unlock()
 	sh.sessions[info.Key] = s
+	if info.ClientKey != "" {
+		r.indexClient(s)
+	}
 	sh.mu.Unlock()
 	return s, nil
 }
@@ -506,8 +659,9 @@ func (r *Registry) takeSlot(protective bool) bool {
 		r.count.Add(1)
 		return true
 	}
-	// Concurrent Opens may take the room an eviction made; a few rounds
-	// bound the work one Open does before it gives up.
+	// Concurrent Opens may take the room an eviction made, and a victim
+	// may begin a request between being chosen and being evicted; a few
+	// rounds bound the work one Open does before it gives up.
 	for range 4 {
 		for {
 			n := r.count.Load()
@@ -518,11 +672,158 @@ func (r *Registry) takeSlot(protective bool) bool {
 				return true
 			}
 		}
-		if r.EvictVictims(1, protective, CauseCapacity) == 0 {
+		if _, found := r.evictVictims(1, protective, CauseCapacity); found == 0 {
 			return false
 		}
 	}
 	return false
+}
+
+// takeClientSlot reserves a place under ClientMaxSessions for an Open by
+// clientKey, evicting the client's own best victims to make room: one
+// when the client is at its cap, as many as it is over a lowered cap. Only
+// the client's sessions are looked at.
+func (r *Registry) takeClientSlot(clientKey string, protective bool) bool {
+	cs := r.clientShard(clientKey)
+	var small [4]victim
+	for range 4 {
+		limit := int(r.clientMax.Load())
+		cs.mu.Lock()
+		c := cs.clients[clientKey]
+		if c == nil {
+			c = &client{}
+			cs.clients[clientKey] = c
+		}
+		held := len(c.sessions) + c.opening
+		if limit <= 0 || held < limit {
+			c.opening++
+			cs.mu.Unlock()
+			return true
+		}
+		h := r.clientVictimsLocked(c, protective, held-limit+1, small[:0])
+		cs.mu.Unlock()
+		if len(h) == 0 {
+			return false
+		}
+		for i := range h {
+			r.evictSession(h[i].s, protective, CauseCapacity)
+			h[i] = victim{}
+		}
+	}
+	return false
+}
+
+// clientVictimsLocked appends to h (empty) the n sessions of c with the
+// highest Score that may be evicted (live, and not in flight unless
+// protective), fewer when c has fewer, and returns it; the client shard's
+// mutex must be held. It costs O(len(c.sessions) × log n).
+func (r *Registry) clientVictimsLocked(c *client, protective bool, n int, h []victim) []victim {
+	now := r.now().UnixNano()
+	for _, s := range c.sessions {
+		if s.state.Load() == stateEvicted || (!protective && s.inFlight.Load() > 0) {
+			continue
+		}
+		v := victim{s: s, score: r.score(s, now), bytes: s.account.Used()}
+		if len(h) < n {
+			h = append(h, v)
+			heapUp(h, len(h)-1)
+		} else if v.better(h[0]) {
+			h[0] = v
+			heapDown(h, 0)
+		}
+	}
+	return h
+}
+
+// EvictClientVictim evicts, with CauseCapacity, the session of clientKey
+// with the highest Score that may be evicted (never one with a request in
+// flight unless protective), and reports whether there was one. It looks
+// only at that client's sessions. A caller about to open a session for a
+// client at its ClientMaxSessions uses it to make room before doing the
+// work that creates the session.
+func (r *Registry) EvictClientVictim(clientKey string, protective bool) bool {
+	if clientKey == "" {
+		return false
+	}
+	cs := r.clientShard(clientKey)
+	var small [1]victim
+	for range 4 {
+		cs.mu.Lock()
+		c := cs.clients[clientKey]
+		var h []victim
+		if c != nil {
+			h = r.clientVictimsLocked(c, protective, 1, small[:0])
+		}
+		cs.mu.Unlock()
+		if len(h) == 0 {
+			return false
+		}
+		if r.evictSession(h[0].s, protective, CauseCapacity) {
+			return true
+		}
+	}
+	return false
+}
+
+// releaseClientSlot gives back a place taken by takeClientSlot for an
+// Open that failed. An empty clientKey is a no-op.
+func (r *Registry) releaseClientSlot(clientKey string) {
+	if clientKey == "" {
+		return
+	}
+	cs := r.clientShard(clientKey)
+	cs.mu.Lock()
+	if c := cs.clients[clientKey]; c != nil {
+		c.opening = max(c.opening-1, 0)
+		if c.opening == 0 && len(c.sessions) == 0 {
+			delete(cs.clients, clientKey)
+		}
+	}
+	cs.mu.Unlock()
+}
+
+// indexClient turns the place s's Open took under its client into an
+// entry of the client's list. The shard mutex of s's key must be held.
+func (r *Registry) indexClient(s *Session) {
+	cs := r.clientShard(s.info.ClientKey)
+	cs.mu.Lock()
+	c := cs.clients[s.info.ClientKey]
+	if c == nil { // the place was taken, so the entry exists; be safe
+		c = &client{}
+		cs.clients[s.info.ClientKey] = c
+	} else {
+		c.opening = max(c.opening-1, 0)
+	}
+	s.clientIdx = len(c.sessions)
+	c.sessions = append(c.sessions, s)
+	cs.mu.Unlock()
+}
+
+// unindexClient takes s out of its client's list, and the entry out of
+// the index when the client has nothing left. The shard mutex of s's key
+// must be held.
+func (r *Registry) unindexClient(s *Session) {
+	cs := r.clientShard(s.info.ClientKey)
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	c := cs.clients[s.info.ClientKey]
+	i := s.clientIdx
+	if c == nil || i >= len(c.sessions) || c.sessions[i] != s {
+		return
+	}
+	last := len(c.sessions) - 1
+	moved := c.sessions[last]
+	c.sessions[i] = moved
+	moved.clientIdx = i
+	c.sessions[last] = nil
+	c.sessions = c.sessions[:last]
+	switch {
+	case last == 0 && c.opening == 0:
+		delete(cs.clients, s.info.ClientKey)
+	case cap(c.sessions) > 16 && last <= cap(c.sessions)/4:
+		// A client that shrank gives back most of its list.
+		c.sessions = append([]*Session(nil), c.sessions...)
+	}
 }
 
 // SetMaxSessions changes MaxSessions for sessions opened from now on;
@@ -531,6 +832,31 @@ func (r *Registry) SetMaxSessions(n int) { r.maxSessions.Store(int64(n)) }
 
 // MaxSessions returns the cap on live sessions (0: none).
 func (r *Registry) MaxSessions() int { return int(r.maxSessions.Load()) }
+
+// SetClientMaxSessions changes ClientMaxSessions, the cap on one client's
+// live sessions, for sessions opened from now on; 0 means no cap. Lowering
+// it evicts nothing at once: a client over the new cap keeps its sessions
+// until they expire or its next Open evicts its excess.
+func (r *Registry) SetClientMaxSessions(n int) { r.clientMax.Store(int64(n)) }
+
+// ClientMaxSessions returns the cap on one client's live sessions (0:
+// none).
+func (r *Registry) ClientMaxSessions() int { return max(int(r.clientMax.Load()), 0) }
+
+// ClientSessions returns the number of live sessions opened with the
+// client key. It is 0 for the empty key, which is never counted.
+func (r *Registry) ClientSessions(clientKey string) int {
+	if clientKey == "" {
+		return 0
+	}
+	cs := r.clientShard(clientKey)
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if c := cs.clients[clientKey]; c != nil {
+		return len(c.sessions)
+	}
+	return 0
+}
 
 // SetSessionMemory changes the memory quota of sessions opened from now
 // on.
@@ -552,6 +878,12 @@ func (r *Registry) Get(key string) (*Session, bool) {
 // WasEvicted reports whether a session with the key was evicted less than
 // TombstoneTTL ago and has not been reopened. Removal with CauseDeleted
 // leaves no tombstone.
+//
+// The tombstone is written in the critical section that takes the
+// session out of the registry, so when Get misses the key of an evicted
+// session, a WasEvicted called after it reports true (until the tombstone
+// is dropped by age or by MaxTombstones, or the key is reopened); there is
+// no moment in which an evicted key is neither live nor tombstoned.
 func (r *Registry) WasEvicted(key string) bool {
 	r.tombMu.Lock()
 	at, ok := r.tombs[key]
@@ -564,17 +896,20 @@ func (r *Registry) WasEvicted(key string) bool {
 // CauseDeleted, ErrEvicted otherwise), its account is closed, which
 // returns its memory to the parent budget, its task group is closed and
 // OnEnd is called. For CauseDeleted that is all; for any other cause the
-// removal is an eviction: the key is tombstoned and OnEvict is called.
+// removal is an eviction: the key is tombstoned, at the moment it leaves
+// the map, and OnEvict is called.
 func (r *Registry) Remove(key string, cause Cause) bool {
 	sh := r.shard(key)
 	sh.mu.Lock()
 	s, ok := sh.sessions[key]
+	var at time.Time
 	if ok {
-		r.detachLocked(sh, s)
+		at = r.now()
+		r.detachLocked(sh, s, cause, at)
 	}
 	sh.mu.Unlock()
 	if ok {
-		r.finish(s, cause)
+		r.finish(s, cause, at)
 	}
 	return ok
 }
@@ -585,20 +920,50 @@ func (r *Registry) Remove(key string, cause Cause) bool {
 // without a tombstone, exactly as Remove does.
 func (r *Registry) Evict(key string, cause Cause) bool { return r.Remove(key, cause) }
 
-// detachLocked takes s out of sh; sh.mu must be held and s must be in sh.
-func (r *Registry) detachLocked(sh *shard, s *Session) {
+// evictSession evicts s for cause if it is still live and, unless
+// protective, has no request in flight; it reports whether it did.
+func (r *Registry) evictSession(s *Session, protective bool, cause Cause) bool {
+	sh := r.shard(s.info.Key)
+	sh.mu.Lock()
+	ok := sh.sessions[s.info.Key] == s && (protective || s.inFlight.Load() == 0)
+	var at time.Time
+	if ok {
+		at = r.now()
+		r.detachLocked(sh, s, cause, at)
+	}
+	sh.mu.Unlock()
+	if ok {
+		r.finish(s, cause, at)
+	}
+	return ok
+}
+
+// detachLocked takes s out of sh at at for cause; sh.mu must be held and s
+// must be in sh. In the same critical section it tombstones the key (for
+// every cause but CauseDeleted) and takes s out of its client's index, so
+// that whoever misses s in the map sees the tombstone and the client's
+// count without s.
+func (r *Registry) detachLocked(sh *shard, s *Session, cause Cause, at time.Time) {
 	delete(sh.sessions, s.info.Key)
+	if cause == CauseDeleted {
+		s.deleted.Store(true)
+	}
 	s.state.Store(stateEvicted)
 	r.count.Add(-1)
+	if cause != CauseDeleted {
+		r.tombstone(s.info.Key, at.UnixNano())
+	}
+	if s.info.ClientKey != "" {
+		r.unindexClient(s)
+	}
 }
 
 // finish completes the eviction or removal of s, which has just been
-// detached by this goroutine (so it runs exactly once per session). It
-// takes no registry lock while calling out.
-func (r *Registry) finish(s *Session, cause Cause) {
+// detached at at by this goroutine (so it runs exactly once per session).
+// It takes no registry lock while calling out.
+func (r *Registry) finish(s *Session, cause Cause, at time.Time) {
 	reason := ErrEvicted
 	if cause == CauseDeleted {
-		s.deleted.Store(true)
 		reason = ErrDeleted
 	}
 	s.mu.Lock()
@@ -616,15 +981,10 @@ func (r *Registry) finish(s *Session, cause Cause) {
 	if int(cause) < NumCauses {
 		r.evictions[cause].Add(1)
 	}
-	now := r.now()
 	if r.onEnd != nil {
-		r.onEnd(s, cause, now)
+		r.onEnd(s, cause, at)
 	}
-	if cause == CauseDeleted {
-		return
-	}
-	r.tombstone(s.info.Key, now.UnixNano())
-	if r.onEvict != nil {
+	if cause != CauseDeleted && r.onEvict != nil {
 		r.onEvict(s, cause)
 	}
 }
@@ -681,14 +1041,17 @@ func idle(s *Session, now int64, timeout int64) bool {
 }
 
 // Sweep evicts with CauseIdle every session idle at now: no request in
-// flight, no open stream, and no activity for the idle timeout. A session
-// with an open stream is never idle, because an MCP GET stream can be
-// silent for hours and still be wanted; a stream whose client has gone is
-// closed by its own write deadline or keepalive failure, which removes it
-// and restarts the idle clock. Sweep also drops tombstones older than the
-// TTL, and returns the number of sessions expired. It scans every session
-// once, one shard at a time; the owner calls it on a ticker (a fraction of
-// the idle timeout).
+// flight, no open stream, and no activity for the idle timeout. Activity
+// is Begin and the end of what Begin started, the end of a stream, and
+// Touch; requests started with BeginQuiet keep a session while they are in
+// flight but are no activity, so a session that only sends notifications
+// and responses expires. A session with an open stream is never idle,
+// because an MCP GET stream can be silent for hours and still be wanted; a
+// stream whose client has gone is closed by its own write deadline or
+// keepalive failure, which removes it and restarts the idle clock. Sweep
+// also drops tombstones older than the TTL, and returns the number of
+// sessions expired. It scans every session once, one shard at a time; the
+// owner calls it on a ticker (a fraction of the idle timeout).
 func (r *Registry) Sweep(now time.Time) (expired int) {
 	t := now.UnixNano()
 	timeout := r.idleTimeout.Load()
@@ -696,16 +1059,20 @@ func (r *Registry) Sweep(now time.Time) (expired int) {
 	for i := range r.shards {
 		sh := &r.shards[i]
 		batch = batch[:0]
+		var at time.Time
 		sh.mu.Lock()
 		for _, s := range sh.sessions {
 			if idle(s, t, timeout) {
-				r.detachLocked(sh, s)
+				if len(batch) == 0 {
+					at = r.now()
+				}
+				r.detachLocked(sh, s, CauseIdle, at)
 				batch = append(batch, s)
 			}
 		}
 		sh.mu.Unlock()
 		for j, s := range batch {
-			r.finish(s, CauseIdle)
+			r.finish(s, CauseIdle, at)
 			batch[j] = nil
 		}
 		expired += len(batch)
@@ -737,12 +1104,13 @@ func (a victim) better(b victim) bool {
 //
 //	idleSeconds × (1 + bytesHeld / quota)
 //
-// where idleSeconds is the time since the session was last active and
-// bytesHeld is what its account holds (quota is SessionMemory, 1 MiB when
-// sessions have no quota). The longest idle go first, and of two equally
-// idle sessions the one holding more memory; a session that holds its
-// whole quota counts as idle twice as long. Ties go to the session holding
-// more bytes, then to the one idle longer.
+// where idleSeconds is the time since the session was last active (see
+// Sweep for what counts as activity; BeginQuiet does not) and bytesHeld is
+// what its account holds, the bytes of its SessionInfo included (quota is
+// SessionMemory, 1 MiB when sessions have no quota). The longest idle go
+// first, and of two equally idle sessions the one holding more memory; a
+// session that holds its whole quota counts as idle twice as long. Ties
+// go to the session holding more bytes, then to the one idle longer.
 func (r *Registry) Score(s *Session, now time.Time) float64 {
 	return r.score(s, now.UnixNano())
 }
@@ -758,15 +1126,24 @@ func (r *Registry) score(s *Session, now int64) float64 {
 
 // EvictVictims evicts up to n sessions for cause, highest Score first, and
 // returns how many it evicted. A session with a request in flight is never
-// chosen unless protective is true. It scans every session once, keeping
-// the n best candidates in a heap (O(sessions × log n)), then evicts them.
+// chosen unless protective is true; one that begins a request between
+// being chosen and being evicted is spared. It scans every session once,
+// keeping the n best candidates in a heap (O(sessions × log n)), then
+// evicts them.
 func (r *Registry) EvictVictims(n int, protective bool, cause Cause) int {
+	evicted, _ := r.evictVictims(n, protective, cause)
+	return evicted
+}
+
+// evictVictims is EvictVictims, also returning how many candidates it
+// found.
+func (r *Registry) evictVictims(n int, protective bool, cause Cause) (evicted, found int) {
 	if n <= 0 {
-		return 0
+		return 0, 0
 	}
 	n = min(n, int(r.count.Load()))
 	if n <= 0 {
-		return 0
+		return 0, 0
 	}
 	now := r.now().UnixNano()
 	var small [4]victim
@@ -792,23 +1169,14 @@ func (r *Registry) EvictVictims(n int, protective bool, cause Cause) int {
 		}
 		sh.mu.Unlock()
 	}
-	evicted := 0
 	for i := range h {
 		s := h[i].s
 		h[i] = victim{}
-		sh := r.shard(s.info.Key)
-		sh.mu.Lock()
-		ok := sh.sessions[s.info.Key] == s && (protective || s.inFlight.Load() == 0)
-		if ok {
-			r.detachLocked(sh, s)
-		}
-		sh.mu.Unlock()
-		if ok {
-			r.finish(s, cause)
+		if r.evictSession(s, protective, cause) {
 			evicted++
 		}
 	}
-	return evicted
+	return evicted, len(h)
 }
 
 // heapUp and heapDown keep h a heap whose root is the worst victim (the
@@ -870,8 +1238,9 @@ func (r *Registry) Range(fn func(*Session) bool) {
 }
 
 // Stats returns the registry's counts. Streams and InFlight are summed over
-// the sessions, one shard at a time, so Stats costs a scan of the registry;
-// call it at scrape rate, not per request.
+// the sessions, one shard at a time, and Clients over the client index, so
+// Stats costs a scan of the registry; call it at scrape rate, not per
+// request.
 func (r *Registry) Stats() RegistryStats {
 	st := RegistryStats{Sessions: r.Len(), Bytes: r.Bytes()}
 	for i := range r.shards {
@@ -882,6 +1251,16 @@ func (r *Registry) Stats() RegistryStats {
 			st.InFlight += int(s.inFlight.Load())
 		}
 		sh.mu.Unlock()
+	}
+	for i := range r.clients {
+		cs := &r.clients[i]
+		cs.mu.Lock()
+		for _, c := range cs.clients {
+			if len(c.sessions) > 0 {
+				st.Clients++
+			}
+		}
+		cs.mu.Unlock()
 	}
 	for i := range st.Evictions {
 		st.Evictions[i] = r.evictions[i].Load()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -95,8 +96,9 @@ func TestRegistryEvict(t *testing.T) {
 	if !s.Account().Reserve(1000) {
 		t.Fatal("reserve")
 	}
-	if r.Bytes() != 1000 || mem.Used() != 1000 {
-		t.Fatalf("bytes %d mem %d, want 1000", r.Bytes(), mem.Used())
+	// The account also holds the bytes of the session's info.
+	if want := 1000 + info("a").Size(); r.Bytes() != want || mem.Used() != want {
+		t.Fatalf("bytes %d mem %d, want %d", r.Bytes(), mem.Used(), want)
 	}
 	var reasons []error
 	var mu sync.Mutex
@@ -288,24 +290,28 @@ func TestRegistryVictimOrder(t *testing.T) {
 	clk := newFakeClock()
 	r := NewRegistry(RegistryConfig{Clock: clk.Now, SessionMemory: 1000})
 	now := clk.Now()
-	// score = idleSeconds × (1 + bytes/quota)
+	// score = idleSeconds × (1 + bytes/quota); bytes is what the account
+	// holds, the info's bytes included (0 below: only those).
 	cases := []struct {
 		key   string
 		idle  time.Duration
 		bytes int64
-		score float64
 	}{
-		{"fresh", 0, 1000, 0},
-		{"idle10", 10 * time.Second, 0, 10},
-		{"idle10full", 10 * time.Second, 1000, 20},
-		{"idle15half", 15 * time.Second, 500, 22.5},
-		{"idle5", 5 * time.Second, 0, 5},
+		{"fresh", 0, 1000},
+		{"idle10", 10 * time.Second, 0},
+		{"idle10full", 10 * time.Second, 1000},
+		{"idle15half", 15 * time.Second, 500},
+		{"idle5", 5 * time.Second, 0},
 	}
 	for _, c := range cases {
 		s := mustOpen(t, r, c.key, now.Add(-c.idle))
-		s.Account().Reserve(c.bytes)
-		if got := r.Score(s, now); got != c.score {
-			t.Fatalf("Score(%s) = %v, want %v", c.key, got, c.score)
+		held := max(c.bytes, info(c.key).Size())
+		if !s.Account().Reserve(held - s.Account().Used()) {
+			t.Fatalf("reserve for %s", c.key)
+		}
+		want := c.idle.Seconds() * (1 + float64(held)/1000)
+		if got := r.Score(s, now); got != want {
+			t.Fatalf("Score(%s) = %v, want %v", c.key, got, want)
 		}
 	}
 	var order []string
@@ -471,7 +477,7 @@ func TestRegistryStats(t *testing.T) {
 	b.AddStream(func(error) {})
 	a.Account().Reserve(7)
 	st := r.Stats()
-	if st.Sessions != 2 || st.Streams != 2 || st.InFlight != 1 || st.Bytes != 7 {
+	if st.Sessions != 2 || st.Streams != 2 || st.InFlight != 1 || st.Bytes != 7+info("a").Size()+info("b").Size() {
 		t.Fatalf("stats %+v", st)
 	}
 }
@@ -601,8 +607,11 @@ func TestRegistryLeak(t *testing.T) {
 	root := NewGroup(nil)
 	defer root.Close()
 	r := NewRegistry(RegistryConfig{Clock: clk.Now, Memory: mem, Tasks: root})
+	var infoBytes int64
 	for i := range n {
-		s := mustOpen(t, r, fmt.Sprintf("session-%d", i), clk.Now())
+		key := fmt.Sprintf("session-%d", i)
+		infoBytes += info(key).Size()
+		s := mustOpen(t, r, key, clk.Now())
 		if !s.Account().Reserve(512) {
 			t.Fatal("reserve")
 		}
@@ -612,7 +621,7 @@ func TestRegistryLeak(t *testing.T) {
 		remove()
 		end()
 	}
-	if mem.Used() != n*512 || root.Count() != n {
+	if mem.Used() != n*512+infoBytes || root.Count() != n {
 		t.Fatalf("before sweep: mem %d goroutines %d", mem.Used(), root.Count())
 	}
 	if got := r.Sweep(clk.After(DefaultIdleTimeout)); got != n {
@@ -637,6 +646,9 @@ func TestSessionHotPathAllocs(t *testing.T) {
 	s := mustOpen(t, r, "a", time.Now())
 	if n := testing.AllocsPerRun(100, func() { s.Begin()() }); n != 0 {
 		t.Fatalf("Begin/end allocate %v times", n)
+	}
+	if n := testing.AllocsPerRun(100, func() { s.BeginQuiet()() }); n != 0 {
+		t.Fatalf("BeginQuiet/end allocate %v times", n)
 	}
 	closer := func(error) {}
 	if n := testing.AllocsPerRun(100, func() { s.AddStream(closer)() }); n > 1 {
@@ -742,6 +754,484 @@ func TestRegistryOnEnd(t *testing.T) {
 	}
 }
 
+// clientEntries returns the number of entries in r's client index.
+func clientEntries(r *Registry) (n int) {
+	for i := range r.clients {
+		cs := &r.clients[i]
+		cs.mu.Lock()
+		n += len(cs.clients)
+		cs.mu.Unlock()
+	}
+	return n
+}
+
+func openClient(t testing.TB, r *Registry, key, client string, now time.Time) *Session {
+	t.Helper()
+	in := info(key)
+	in.ClientKey = client
+	s, err := r.Open(in, now, false)
+	if err != nil {
+		t.Fatalf("Open(%q for %q): %v", key, client, err)
+	}
+	return s
+}
+
+// TestSessionBeginQuiet: quiet requests keep a session while in flight
+// but do not restart its idle clock, so a session that sends nothing else
+// expires and is the preferred victim.
+func TestSessionBeginQuiet(t *testing.T) {
+	clk := newFakeClock()
+	r := NewRegistry(RegistryConfig{Clock: clk.Now, IdleTimeout: time.Minute, MaxSessions: 4})
+	t0 := clk.Now()
+	quiet := mustOpen(t, r, "quiet", t0)
+	active := mustOpen(t, r, "active", t0)
+	streaming := mustOpen(t, r, "streaming", t0)
+	streaming.AddStream(func(error) {})
+
+	// Ten minutes of traffic, every 20 seconds: the active session sends
+	// requests, the others only notifications and responses.
+	var endQuiet func()
+	for range 30 {
+		clk.Advance(20 * time.Second)
+		active.Begin()()
+		streaming.BeginQuiet()()
+		if endQuiet != nil {
+			endQuiet()
+		}
+		endQuiet = quiet.BeginQuiet()
+		if quiet.InFlight() != 1 || !quiet.LastActive().Equal(t0) {
+			t.Fatalf("BeginQuiet: inflight %d, last active %v, want 1, %v", quiet.InFlight(), quiet.LastActive(), t0)
+		}
+	}
+	// In flight, a quietly used session is neither idle nor a victim.
+	if n := r.Sweep(clk.Now()); n != 0 {
+		t.Fatalf("Sweep expired %d sessions with a quiet request in flight or a stream", n)
+	}
+	if r.EvictVictims(1, false, CauseLevel) != 1 {
+		t.Fatal("EvictVictims found no victim")
+	}
+	if _, ok := r.Get("streaming"); ok {
+		t.Fatal("the victim must be the streaming session (idle longest among those not in flight)")
+	}
+	endQuiet()
+	if quiet.InFlight() != 0 || !quiet.LastActive().Equal(t0) {
+		t.Fatal("the end of a quiet request must not touch the session")
+	}
+	// The quiet session is now the idlest: it goes first at capacity and
+	// expires at the next Sweep.
+	if got, want := r.Score(quiet, clk.Now()), r.Score(active, clk.Now()); got <= want {
+		t.Fatalf("Score(quiet) = %v, not above Score(active) = %v", got, want)
+	}
+	mustOpen(t, r, "x", clk.Now())
+	mustOpen(t, r, "y", clk.Now())
+	mustOpen(t, r, "z", clk.Now()) // at MaxSessions: evicts a victim
+	if _, ok := r.Get("quiet"); ok || !r.WasEvicted("quiet") {
+		t.Fatal("the quietly used session must be the capacity victim")
+	}
+	if _, ok := r.Get("active"); !ok {
+		t.Fatal("the active session was evicted")
+	}
+
+	// Sweep: a session with only quiet traffic expires, one with an open
+	// stream does not.
+	r2 := NewRegistry(RegistryConfig{Clock: clk.Now, IdleTimeout: time.Minute})
+	t1 := clk.Now()
+	q := mustOpen(t, r2, "q", t1)
+	st := mustOpen(t, r2, "st", t1)
+	st.AddStream(func(error) {})
+	for range 6 {
+		clk.Advance(15 * time.Second)
+		q.BeginQuiet()()
+		st.BeginQuiet()()
+	}
+	if n := r2.Sweep(clk.Now()); n != 1 || !q.Evicted() || st.Evicted() {
+		t.Fatalf("Sweep expired %d; quiet evicted %v, streaming evicted %v", n, q.Evicted(), st.Evicted())
+	}
+	// Protective eviction may take a session with a quiet request in flight.
+	end := st.BeginQuiet()
+	if r2.EvictVictims(1, false, CauseLevel) != 0 || r2.EvictVictims(1, true, CauseLevel) != 1 {
+		t.Fatal("a quiet request in flight must protect a session except in protective mode")
+	}
+	end()
+}
+
+// TestRegistryClientCap: a client at its cap evicts its own best victim,
+// never another client's, and is refused when all of its sessions are in
+// flight.
+func TestRegistryClientCap(t *testing.T) {
+	clk := newFakeClock()
+	var log evictLog
+	r := NewRegistry(RegistryConfig{Clock: clk.Now, ClientMaxSessions: 3, OnEvict: log.record})
+	if r.ClientMaxSessions() != 3 {
+		t.Fatalf("ClientMaxSessions = %d", r.ClientMaxSessions())
+	}
+	now := clk.Now()
+	// The other client's sessions are idler than any of the flooder's.
+	openClient(t, r, "g1", "good", now.Add(-2*time.Hour))
+	openClient(t, r, "g2", "good", now.Add(-time.Hour))
+	for i := range 3 {
+		openClient(t, r, fmt.Sprint("e", i), "evil", now.Add(-time.Duration(i)*time.Minute))
+	}
+	if r.ClientSessions("evil") != 3 || r.ClientSessions("good") != 2 {
+		t.Fatalf("client sessions evil %d good %d", r.ClientSessions("evil"), r.ClientSessions("good"))
+	}
+	openClient(t, r, "e3", "evil", now)
+	if _, ok := r.Get("e2"); ok {
+		t.Fatal("the flooder's idlest session must make room")
+	}
+	if got := log.get("e2"); len(got) != 1 || got[0] != CauseCapacity {
+		t.Fatalf("OnEvict(e2) %v", got)
+	}
+	// A flood of Opens only ever evicts the flooder's own sessions.
+	for i := 4; i < 200; i++ {
+		clk.Advance(time.Second)
+		openClient(t, r, fmt.Sprint("e", i), "evil", clk.Now())
+	}
+	if r.ClientSessions("evil") != 3 || r.ClientSessions("good") != 2 || r.Len() != 5 {
+		t.Fatalf("after the flood: evil %d good %d len %d", r.ClientSessions("evil"), r.ClientSessions("good"), r.Len())
+	}
+	if len(log.get("g1")) != 0 || len(log.get("g2")) != 0 {
+		t.Fatal("another client's session was evicted")
+	}
+	for i := 197; i < 200; i++ {
+		if _, ok := r.Get(fmt.Sprint("e", i)); !ok {
+			t.Fatalf("e%d, among the newest, was evicted", i)
+		}
+	}
+	if st := r.Stats(); st.Clients != 2 || st.Evictions[CauseCapacity] != 197 {
+		t.Fatalf("stats %+v", st)
+	}
+
+	// With every session of the client in flight, nothing may be evicted.
+	var ends []func()
+	for i := 197; i < 200; i++ {
+		s, _ := r.Get(fmt.Sprint("e", i))
+		ends = append(ends, s.Begin())
+	}
+	in := info("e200")
+	in.ClientKey = "evil"
+	if _, err := r.Open(in, clk.Now(), false); !errors.Is(err, ErrClientFull) {
+		t.Fatalf("Open with all of the client's sessions in flight: %v, want ErrClientFull", err)
+	}
+	if r.Len() != 5 || r.ClientSessions("evil") != 3 || r.Bytes() != sumInfo(r) {
+		t.Fatalf("a refused Open changed the registry: len %d evil %d", r.Len(), r.ClientSessions("evil"))
+	}
+	// Protective mode may evict one in flight, still the client's own.
+	if _, err := r.Open(in, clk.Now(), true); err != nil {
+		t.Fatalf("protective Open: %v", err)
+	}
+	if r.ClientSessions("evil") != 3 || r.ClientSessions("good") != 2 {
+		t.Fatalf("protective Open: evil %d good %d", r.ClientSessions("evil"), r.ClientSessions("good"))
+	}
+	for _, end := range ends {
+		end()
+	}
+
+	// Sessions without a client key are not counted nor capped.
+	for i := range 5 {
+		mustOpen(t, r, fmt.Sprint("anon", i), clk.Now())
+	}
+	if r.ClientSessions("") != 0 || r.Len() != 10 {
+		t.Fatalf("anonymous sessions: counted %d, len %d", r.ClientSessions(""), r.Len())
+	}
+	// No cap: the client may grow.
+	r.SetClientMaxSessions(0)
+	openClient(t, r, "e201", "evil", clk.Now())
+	if r.ClientSessions("evil") != 4 || r.ClientMaxSessions() != 0 {
+		t.Fatalf("without a cap: evil %d", r.ClientSessions("evil"))
+	}
+	// Under a lowered cap the client's next Open evicts all its excess.
+	r.SetClientMaxSessions(2)
+	if r.ClientSessions("evil") != 4 {
+		t.Fatal("lowering the cap must not evict at once")
+	}
+	clk.Advance(time.Second)
+	openClient(t, r, "e202", "evil", clk.Now())
+	if _, ok := r.Get("e202"); !ok || r.ClientSessions("evil") != 2 || r.ClientSessions("good") != 2 {
+		t.Fatalf("over a lowered cap: evil %d good %d", r.ClientSessions("evil"), r.ClientSessions("good"))
+	}
+	// An entry lives only while its client has a live session.
+	if clientEntries(r) != 2 {
+		t.Fatalf("client index holds %d entries, want 2", clientEntries(r))
+	}
+	r.Range(func(s *Session) bool {
+		if s.Info().ClientKey == "evil" {
+			r.Remove(s.Key(), CauseDeleted)
+		}
+		return true
+	})
+	if r.ClientSessions("evil") != 0 || clientEntries(r) != 1 {
+		t.Fatalf("after the client's sessions ended: evil %d, %d entries", r.ClientSessions("evil"), clientEntries(r))
+	}
+	r.Remove("g1", CauseOperator)
+	r.Remove("g2", CauseIdle)
+	if clientEntries(r) != 0 || r.Stats().Clients != 0 {
+		t.Fatalf("client index holds %d entries with no client session live", clientEntries(r))
+	}
+}
+
+// sumInfo returns the info bytes of r's live sessions.
+func sumInfo(r *Registry) (n int64) {
+	r.Range(func(s *Session) bool { n += s.Info().Size(); return true })
+	return n
+}
+
+// TestRegistryClientAndGlobalCap: a client at its own cap makes room
+// from its own sessions also when the registry is full; another client at
+// MaxSessions takes the victim with the highest score of all.
+func TestRegistryClientAndGlobalCap(t *testing.T) {
+	clk := newFakeClock()
+	r := NewRegistry(RegistryConfig{Clock: clk.Now, MaxSessions: 4, ClientMaxSessions: 2})
+	now := clk.Now()
+	openClient(t, r, "g1", "good", now.Add(-2*time.Hour))
+	openClient(t, r, "g2", "good", now.Add(-time.Hour))
+	openClient(t, r, "e1", "evil", now.Add(-time.Minute))
+	openClient(t, r, "e2", "evil", now)
+	openClient(t, r, "e3", "evil", now)
+	if _, ok := r.Get("e1"); ok || r.ClientSessions("good") != 2 || r.Len() != 4 {
+		t.Fatalf("the full client must evict its own session: good %d len %d", r.ClientSessions("good"), r.Len())
+	}
+	openClient(t, r, "t1", "third", now)
+	if _, ok := r.Get("g1"); ok || r.Len() != 4 {
+		t.Fatal("at MaxSessions the victim is the highest score of all")
+	}
+	// Nothing evictable anywhere: ErrFull, and the client's place is
+	// given back.
+	var ends []func()
+	r.Range(func(s *Session) bool { ends = append(ends, s.Begin()); return true })
+	in := info("t2")
+	in.ClientKey = "third"
+	if _, err := r.Open(in, now, false); !errors.Is(err, ErrFull) {
+		t.Fatalf("Open at MaxSessions with every session in flight: %v, want ErrFull", err)
+	}
+	cs := r.clientShard("third")
+	cs.mu.Lock()
+	opening := cs.clients["third"].opening
+	cs.mu.Unlock()
+	if opening != 0 || r.ClientSessions("third") != 1 {
+		t.Fatalf("a refused Open left %d places taken", opening)
+	}
+	for _, end := range ends {
+		end()
+	}
+}
+
+// TestRegistryClientConcurrent floods the registry from one client on
+// several goroutines while another client's idle sessions must survive.
+func TestRegistryClientConcurrent(t *testing.T) {
+	const limit = 5
+	var goodEvicted atomic.Int32
+	r := NewRegistry(RegistryConfig{ClientMaxSessions: limit, OnEvict: func(s *Session, _ Cause) {
+		if s.Info().ClientKey == "good" {
+			goodEvicted.Add(1)
+		}
+	}})
+	old := time.Now().Add(-time.Hour)
+	for i := range 3 {
+		openClient(t, r, fmt.Sprint("g", i), "good", old)
+	}
+	var over atomic.Int32
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			if r.ClientSessions("evil") > limit {
+				over.Add(1)
+			}
+		}
+	})
+	var flood sync.WaitGroup
+	for w := range 4 {
+		flood.Go(func() {
+			for i := range 300 {
+				in := info(fmt.Sprint("e", w, "-", i))
+				in.ClientKey = "evil"
+				s, err := r.Open(in, time.Now(), false)
+				if err != nil {
+					if !errors.Is(err, ErrClientFull) {
+						t.Errorf("Open: %v", err)
+					}
+					continue
+				}
+				if i%3 == 0 {
+					s.Begin()()
+				} else {
+					s.BeginQuiet()()
+				}
+			}
+		})
+	}
+	flood.Wait()
+	close(done)
+	wg.Wait()
+	if over.Load() != 0 {
+		t.Fatalf("the client held more than %d sessions %d times", limit, over.Load())
+	}
+	if goodEvicted.Load() != 0 || r.ClientSessions("good") != 3 {
+		t.Fatalf("another client lost %d sessions", goodEvicted.Load())
+	}
+	evil := 0
+	r.Range(func(s *Session) bool {
+		if s.Info().ClientKey == "evil" {
+			evil++
+		}
+		return true
+	})
+	if evil != r.ClientSessions("evil") || evil > limit || r.Len() != evil+3 {
+		t.Fatalf("index says %d, registry holds %d of the client's sessions (len %d)", r.ClientSessions("evil"), evil, r.Len())
+	}
+	r.Range(func(s *Session) bool { r.Evict(s.Key(), CauseOperator); return true })
+	if clientEntries(r) != 0 || r.Bytes() != 0 {
+		t.Fatalf("after evicting all: %d client entries, %d bytes", clientEntries(r), r.Bytes())
+	}
+}
+
+// TestRegistryInfoCharge: Open charges the info's bytes to the session's
+// account and refuses info that does not fit, changing nothing.
+func TestRegistryInfoCharge(t *testing.T) {
+	clk := newFakeClock()
+	mem := NewBudget(0)
+	r := NewRegistry(RegistryConfig{Clock: clk.Now, Memory: mem, SessionMemory: 100, MaxSessions: 2})
+	in := SessionInfo{Key: "k", Upstream: "10.0.0.1:3000", Version: "2025-11-25", UpstreamID: "abc",
+		Endpoint: "http://10.0.0.1:3000/mcp", Host: "10.0.0.1:3000", ClientKey: "192.0.2.1"}
+	want := int64(len("k") + len("10.0.0.1:3000") + len("2025-11-25") + len("abc") +
+		len("http://10.0.0.1:3000/mcp") + len("10.0.0.1:3000") + len("192.0.2.1"))
+	if in.Size() != want {
+		t.Fatalf("Size = %d, want %d", in.Size(), want)
+	}
+	s, err := r.Open(in, clk.Now(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Account().Used() != want || mem.Used() != want || r.Bytes() != want {
+		t.Fatalf("charged: account %d budget %d registry %d, want %d", s.Account().Used(), mem.Used(), r.Bytes(), want)
+	}
+	if s.Account().Reserve(100 - want + 1) {
+		t.Fatal("the info's bytes must count against the quota")
+	}
+
+	// Too large for the quota: refused before anything is evicted, even
+	// at MaxSessions.
+	clk.Advance(time.Hour)
+	mustOpen(t, r, "other", clk.Now())
+	big := SessionInfo{Key: "big", Endpoint: strings.Repeat("x", 100)}
+	if _, err := r.Open(big, clk.Now(), true); !errors.Is(err, ErrInfoTooLarge) {
+		t.Fatalf("Open with %d bytes of info: %v, want ErrInfoTooLarge", big.Size(), err)
+	}
+	if _, ok := r.Get("big"); ok || r.Len() != 2 || mem.Used() != r.Bytes() || s.Evicted() {
+		t.Fatalf("a refused Open changed the registry: len %d", r.Len())
+	}
+	// Exactly the quota fits.
+	fit := SessionInfo{Key: "fit", Endpoint: strings.Repeat("x", 97)}
+	f, err := r.Open(fit, clk.Now(), false)
+	if err != nil || f.Account().Used() != 100 || f.Account().Reserve(1) {
+		t.Fatalf("Open with info of exactly the quota: %v", err)
+	}
+	if !s.Evicted() {
+		t.Fatal("the idlest session must have made room")
+	}
+	r.Range(func(s *Session) bool { r.Evict(s.Key(), CauseOperator); return true })
+	if mem.Used() != 0 || r.Bytes() != 0 {
+		t.Fatalf("info bytes not given back: budget %d registry %d", mem.Used(), r.Bytes())
+	}
+
+	// The parent budget too: its refusal changes nothing.
+	small := NewBudget(40)
+	r2 := NewRegistry(RegistryConfig{Clock: clk.Now, Memory: small, ClientMaxSessions: 1})
+	if _, err := r2.Open(in, clk.Now(), false); !errors.Is(err, ErrNoMemory) {
+		t.Fatalf("Open over the parent budget: %v, want ErrNoMemory", err)
+	}
+	if small.Used() != 0 || r2.Len() != 0 || r2.Bytes() != 0 || clientEntries(r2) != 0 {
+		t.Fatalf("a refused Open held %d bytes, %d sessions, %d client entries", small.Used(), r2.Len(), clientEntries(r2))
+	}
+	mustOpen(t, r2, "a", clk.Now())
+	if small.Used() != info("a").Size() {
+		t.Fatalf("budget holds %d", small.Used())
+	}
+}
+
+// TestRegistryNoAdoptionWindow hammers evictions against requests that
+// look a key up and, on a miss, ask whether it was evicted (the way a
+// proxy decides between 404 and adopting the session): for a key that
+// was evicted the answer is never "missing and not evicted".
+func TestRegistryNoAdoptionWindow(t *testing.T) {
+	for _, mode := range []string{"remove", "sweep", "victims", "client"} {
+		t.Run(mode, func(t *testing.T) {
+			const n = 2000
+			clk := newFakeClock()
+			r := NewRegistry(RegistryConfig{Clock: clk.Now, IdleTimeout: time.Second, ClientMaxSessions: n,
+				// Slow callbacks widen any gap between a session leaving
+				// the map and its tombstone.
+				OnEnd:   func(*Session, Cause, time.Time) { runtime.Gosched() },
+				OnEvict: func(*Session, Cause) { runtime.Gosched() },
+			})
+			keys := make([]string, n)
+			for i := range keys {
+				keys[i] = fmt.Sprint("k", i)
+				openClient(t, r, keys[i], "c", clk.Now().Add(-time.Duration(n-i)*time.Second))
+			}
+			clk.Advance(time.Hour)
+			var cur atomic.Int64 // the key being evicted, in remove mode
+			var done atomic.Bool
+			var misses atomic.Int64
+			var bad atomic.Pointer[string]
+			var wg sync.WaitGroup
+			for w := range 2 {
+				wg.Go(func() {
+					j := w
+					for !done.Load() {
+						i := int(cur.Load())
+						if mode != "remove" {
+							i = j % n
+							j += 7
+						}
+						k := keys[i]
+						if _, ok := r.Get(k); !ok {
+							misses.Add(1)
+							if !r.WasEvicted(k) {
+								bad.CompareAndSwap(nil, &k)
+							}
+						}
+					}
+				})
+			}
+			switch mode {
+			case "remove":
+				for i, k := range keys {
+					cur.Store(int64(i))
+					r.Remove(k, CauseIdle)
+				}
+			case "sweep":
+				r.Sweep(clk.Now())
+			case "victims":
+				r.EvictVictims(n, false, CauseIdle)
+			case "client":
+				// Each Open over the client's cap evicts its idlest.
+				r.SetClientMaxSessions(1)
+				for i := range n {
+					openClient(t, r, fmt.Sprint("new", i), "c", clk.Now())
+				}
+			}
+			done.Store(true)
+			wg.Wait()
+			if k := bad.Load(); k != nil {
+				t.Fatalf("Get missed %q and WasEvicted reported false", *k)
+			}
+			for _, k := range keys {
+				if _, ok := r.Get(k); ok || !r.WasEvicted(k) {
+					t.Fatalf("%q: live %v, evicted %v after the evictions", k, ok, r.WasEvicted(k))
+				}
+			}
+			t.Logf("%d misses checked", misses.Load())
+		})
+	}
+}
+
 func BenchmarkSessionBeginEnd(b *testing.B) {
 	r := NewRegistry(RegistryConfig{})
 	s := mustOpen(b, r, "a", time.Now())
@@ -799,5 +1289,41 @@ func BenchmarkRegistryEvictVictims(b *testing.B) {
 			}
 		}
 		b.StartTimer()
+	}
+}
+
+func TestRegistryEvictClientVictim(t *testing.T) {
+	r := NewRegistry(RegistryConfig{})
+	now := time.Now()
+	open := func(key, client string, at time.Time) *Session {
+		t.Helper()
+		s, err := r.Open(SessionInfo{Key: key, ClientKey: client}, at, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	open("a1", "a", now.Add(-time.Hour))
+	busy := open("a2", "a", now.Add(-2*time.Hour))
+	end := busy.Begin()
+	open("b1", "b", now.Add(-3*time.Hour))
+	if !r.EvictClientVictim("a", false) {
+		t.Fatal("no victim for a")
+	}
+	if _, ok := r.Get("a1"); ok {
+		t.Error("a1, a's only idle session, was not the victim")
+	}
+	if _, ok := r.Get("b1"); !ok {
+		t.Error("another client's session was evicted")
+	}
+	if r.EvictClientVictim("a", false) {
+		t.Error("a session in flight was evicted")
+	}
+	if !r.EvictClientVictim("a", true) {
+		t.Error("protective eviction found no victim")
+	}
+	end()
+	if r.EvictClientVictim("nobody", true) || r.EvictClientVictim("", true) {
+		t.Error("victim for an unknown client")
 	}
 }
