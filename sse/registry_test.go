@@ -1,7 +1,9 @@
 package sse
 
 import (
+	"fmt"
 	"io"
+	"math/rand/v2"
 	"strconv"
 	"strings"
 	"sync"
@@ -254,5 +256,198 @@ func TestRegistryConcurrent(t *testing.T) {
 	wg.Wait()
 	if s, n := r.Len(); s > 8 || n > 8*4 {
 		t.Errorf("bounds broken: %d sessions, %d streams", s, n)
+	}
+}
+
+// TestRegistryLRUModel runs random operations against a registry and a
+// plain model of least-recently-used order, and checks after each that
+// both hold the same sessions.
+func TestRegistryLRUModel(t *testing.T) {
+	const maxSessions = 4
+	r := NewRegistry(maxSessions, 2, time.Minute)
+	var model []string // least recently used first
+	use := func(k string) {
+		for i, m := range model {
+			if m == k {
+				model = append(model[:i], model[i+1:]...)
+				break
+			}
+		}
+		model = append(model, k)
+	}
+	remove := func(k string) {
+		for i, m := range model {
+			if m == k {
+				model = append(model[:i], model[i+1:]...)
+				return
+			}
+		}
+	}
+	rng := rand.New(rand.NewPCG(4, 2))
+	for step := range 2000 {
+		k := "s" + strconv.Itoa(rng.IntN(8))
+		switch op := rng.IntN(10); {
+		case op < 5:
+			if r.sessions[k] == nil && len(model) >= maxSessions {
+				model = model[1:] // the least recently used goes
+			}
+			r.Add(k, endedStream(t, k))
+			use(k)
+		case op < 8:
+			r.Find(k, k)
+			if r.sessions[k] != nil {
+				use(k)
+			}
+		default:
+			r.Forget(k)
+			remove(k)
+		}
+		var got []string // least recently used first
+		for rs := r.lru.prev; rs != &r.lru; rs = rs.prev {
+			got = append(got, rs.key)
+			if r.sessions[rs.key] != rs {
+				t.Fatalf("step %d: listed session %q is not the registry's", step, rs.key)
+			}
+		}
+		if fmt.Sprint(got) != fmt.Sprint(model) || len(r.sessions) != len(model) {
+			t.Fatalf("step %d: sessions by use %v (%d held), want %v", step, got, len(r.sessions), model)
+		}
+	}
+}
+
+// TestRegistryDropsLeastRecentlyUsedInOrder checks the order in which a
+// full registry drops sessions: oldest use first, a Find or an Add
+// counting as use, a forgotten or swept session not counting at all.
+func TestRegistryDropsLeastRecentlyUsedInOrder(t *testing.T) {
+	r := NewRegistry(3, 4, time.Minute)
+	for _, k := range []string{"A", "B", "C"} {
+		r.Add(k, endedStream(t, k))
+	}
+	r.Find("A", "A")                // B C A
+	r.Add("B", endedStream(t, "b")) // C A B
+	var dropped []string
+	for _, k := range []string{"D", "E", "F"} {
+		before := map[string]bool{}
+		for key := range r.sessions {
+			before[key] = true
+		}
+		r.Add(k, endedStream(t, k))
+		for key := range before {
+			if r.sessions[key] == nil {
+				dropped = append(dropped, key)
+			}
+		}
+	}
+	if fmt.Sprint(dropped) != "[C A B]" {
+		t.Errorf("dropped %v, want [C A B]", dropped)
+	}
+	r.Forget("E") // D F
+	r.Add("G", liveStream(t, "g"))
+	if s, _ := r.Len(); s != 3 || r.Find("D", "D") == nil {
+		t.Errorf("a forgotten session's slot was not reused: %d sessions", s)
+	}
+	// A sweep that empties a session takes it out of the order too.
+	r.Sweep(time.Now().Add(time.Hour)) // G, live, is all that is left
+	r.Add("H", endedStream(t, "h"))
+	r.Add("I", endedStream(t, "i"))
+	if s, _ := r.Len(); s != 3 || r.sessions["G"] == nil {
+		t.Errorf("after a sweep: %d sessions, G held %v", s, r.sessions["G"] != nil)
+	}
+}
+
+// streamWithAge returns an ended stream with its own replay age.
+func streamWithAge(t *testing.T, age time.Duration, id string) *Stream {
+	t.Helper()
+	cfg := regConfig()
+	cfg.ReplayAge = age
+	s := NewStream(cfg)
+	if err := s.Pump(strings.NewReader(idEvents(id))); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// TestRegistrySweepPerStreamAge checks that each stream is kept for its
+// own replay age, and for the registry's default when it has none.
+func TestRegistrySweepPerStreamAge(t *testing.T) {
+	r := NewRegistry(10, 10, time.Minute)
+	short := streamWithAge(t, 10*time.Second, "short")
+	long := streamWithAge(t, 5*time.Minute, "long")
+	none := streamWithAge(t, 0, "none")
+	r.Add("A", short)
+	r.Add("A", long)
+	r.Add("B", none)
+	if long.ReplayAge() != 5*time.Minute || none.ReplayAge() != 0 {
+		t.Errorf("ReplayAge %v, %v", long.ReplayAge(), none.ReplayAge())
+	}
+	_, ended := short.Ended()
+	for _, step := range []struct {
+		after   time.Duration
+		dropped int
+		left    []string
+	}{
+		{5 * time.Second, 0, []string{"short", "long", "none"}},
+		{30 * time.Second, 1, []string{"long", "none"}},
+		{2 * time.Minute, 1, []string{"long"}},
+		{4 * time.Minute, 0, []string{"long"}},
+		{6 * time.Minute, 1, nil},
+	} {
+		if n := r.Sweep(ended.Add(step.after)); n != step.dropped {
+			t.Errorf("sweep at +%v dropped %d, want %d", step.after, n, step.dropped)
+		}
+		_, n := r.Len()
+		if n != len(step.left) {
+			t.Errorf("after the sweep at +%v: %d streams, want %v", step.after, n, step.left)
+		}
+	}
+	if s, _ := r.Len(); s != 0 {
+		t.Errorf("%d sessions left", s)
+	}
+}
+
+// TestRegistryShrinkBy checks that ShrinkBy scales each stream's ring to
+// a fraction of its own configured size.
+func TestRegistryShrinkBy(t *testing.T) {
+	r := NewRegistry(10, 10, time.Minute)
+	stream := func(events int) *Stream {
+		cfg := regConfig()
+		cfg.ReplayEvents = events
+		s := NewStream(cfg)
+		if err := s.Pump(strings.NewReader(evRange(1, events))); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	small, large := stream(10), stream(100)
+	r.Add("A", small)
+	r.Add("B", large)
+	r.ShrinkBy(0.5)
+	has := func(s *Stream, id int) bool { return s.Has(strconv.Itoa(id), time.Now()) }
+	if has(small, 5) || !has(small, 6) || has(large, 50) || !has(large, 51) {
+		t.Errorf("after ShrinkBy(0.5): small has 5 %v, 6 %v; large has 50 %v, 51 %v",
+			has(small, 5), has(small, 6), has(large, 50), has(large, 51))
+	}
+	r.ShrinkBy(0.01) // at least one event each
+	if has(small, 9) || !has(small, 10) || has(large, 99) || !has(large, 100) {
+		t.Error("ShrinkBy(0.01) does not keep one event per stream")
+	}
+}
+
+// BenchmarkRegistryAddFull adds sessions to a full registry: each Add
+// drops the least recently used session.
+func BenchmarkRegistryAddFull(b *testing.B) {
+	const sessions = 10000
+	r := NewRegistry(sessions, 1, time.Minute)
+	s := NewStream(StreamConfig{})
+	keys := make([]string, 2*sessions)
+	for i := range keys {
+		keys[i] = "s" + strconv.Itoa(i)
+	}
+	for _, k := range keys[:sessions] {
+		r.Add(k, s)
+	}
+	b.ResetTimer()
+	for i := range b.N {
+		r.Add(keys[i%len(keys)], s)
 	}
 }

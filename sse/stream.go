@@ -38,6 +38,8 @@ type StreamConfig struct {
 	// events of one upstream read are written under one deadline.
 	WriteTimeout time.Duration
 	// Keepalive is the idle time after which a comment is sent; 0 for none.
+	// Every write to the client, a forwarded upstream comment included,
+	// restarts it.
 	Keepalive time.Duration
 	// ReplayEvents, ReplayBytes and ReplayAge bound the replay ring; a
 	// zero ReplayEvents disables replay.
@@ -49,15 +51,20 @@ type StreamConfig struct {
 	// upstream does not number its events.
 	IDPrefix string
 	// Retry, when positive, is sent as a `retry:` hint (milliseconds)
-	// before the proxy closes a stream the client should resume. Attach
-	// may override it per client.
+	// before the proxy closes a stream the client should resume, and
+	// after the last event of an upstream that broke. Attach may override
+	// it per client.
 	Retry time.Duration
 	// Rewrite, when set, may replace an event's raw bytes before it is
-	// stored and delivered; it returns nil to keep them.
+	// stored and delivered; it returns nil to keep them. Comment-only
+	// blocks are forwarded as they came and not passed to Rewrite.
 	Rewrite func(ev *Event) []byte
-	// Final, when set, is called when the upstream side fails (an
-	// oversized event, a broken upstream) and may return one last event
-	// to deliver, such as a JSON-RPC error for the pending request.
+	// Final, when set, is called once at every end of the upstream side,
+	// from Pump's goroutine after the last upstream event: with nil at a
+	// clean end of stream, ErrClosed when Close stopped the read, else
+	// with Pump's error (an oversized event, a broken upstream). It may return one last
+	// event to deliver and keep for replay, such as a JSON-RPC error for
+	// a request whose stream ended without its answer, or nil for none.
 	Final func(err error) []byte
 	// Skip lists event ids the client already has (replayed before this
 	// stream began); events with these ids are not delivered again.
@@ -70,7 +77,7 @@ type StreamConfig struct {
 // be nil.
 type Hooks struct {
 	// Event is called for every event relayed from upstream, with its
-	// size.
+	// size. Comment-only blocks are not events and are not counted.
 	Event func(bytes int)
 	// Keepalive is called for every keepalive comment sent.
 	Keepalive func()
@@ -111,6 +118,18 @@ var (
 // stream costs no goroutine of its own.
 // Events are kept in a bounded replay ring so a client that dropped can
 // resume with Last-Event-ID, also after the upstream stream has ended.
+//
+// Upstream comment-only blocks (a server's opening ": ok", its own
+// keepalives) are forwarded to the client attached at that moment, under
+// the same queue bounds and backpressure as events, but are neither kept
+// for replay nor given proxy ids. Any write to the client, a forwarded
+// comment included, counts as activity for the keepalive timer.
+//
+// When the upstream breaks (Pump ends with a read error that Close did not
+// cause), the attached client is sent everything queued, the Final event
+// and then its retry hint, so that it reconnects and resumes; at a clean
+// end of stream, after Close, or after an oversized event (the proxy's
+// own refusal, answered by the Final event) no hint is sent.
 type Stream struct {
 	cfg  StreamConfig
 	ring *Ring
@@ -119,6 +138,7 @@ type Stream struct {
 	att      *Attachment
 	seq      uint64
 	ended    bool // Pump returned
+	closing  bool // Close was called: a read error is the proxy's doing
 	pumpErr  error
 	endedAt  time.Time
 	upstream string // newest id the upstream itself assigned
@@ -164,9 +184,12 @@ func (s *Stream) SetCloser(f func()) {
 	s.mu.Unlock()
 }
 
-// Close stops the upstream side; Pump returns soon after.
+// Close stops the upstream side; Pump returns soon after. The end that
+// follows is the proxy's decision, not a broken upstream: the attached
+// client is sent no retry hint for it (Attachment.Close sends one).
 func (s *Stream) Close() {
 	s.mu.Lock()
+	s.closing = true
 	f := s.closeFn
 	s.mu.Unlock()
 	if f != nil {
@@ -233,6 +256,24 @@ func (s *Stream) ShrinkRing(maxEvents int, maxBytes int64) {
 	}
 }
 
+// ShrinkRingBy lowers the replay ring's bounds to fraction of the stream's
+// configured ReplayEvents and ReplayBytes, at least one event and one byte
+// each, giving back the bytes of the events it drops. Bounds are only ever
+// lowered: a fraction of 1 or more changes nothing.
+func (s *Stream) ShrinkRingBy(fraction float64) {
+	if s.ring == nil || !(fraction < 1) {
+		return
+	}
+	fraction = max(fraction, 0)
+	events := max(1, int(float64(s.cfg.ReplayEvents)*fraction))
+	bytes := max(1, int64(float64(s.cfg.ReplayBytes)*fraction))
+	s.ShrinkRing(events, bytes)
+}
+
+// ReplayAge returns the stream's configured StreamConfig.ReplayAge: how
+// long its replay events are kept (zero when the stream sets no age).
+func (s *Stream) ReplayAge() time.Duration { return s.cfg.ReplayAge }
+
 // Discard empties the replay ring and gives its bytes back; the stream
 // can no longer be resumed.
 func (s *Stream) Discard() {
@@ -278,7 +319,9 @@ var burstPool = sync.Pool{New: func() any { b := make([]byte, burstBufSize); ret
 
 // Pump reads the upstream body until it ends or fails, parsing events and
 // handing each to the attached client and the replay ring. It returns nil
-// at a clean end of stream.
+// at a clean end of stream. At every end it calls StreamConfig.Final, if
+// set, and delivers the event it returns; when the upstream broke (a read
+// error not caused by Close) the attached client then gets its retry hint.
 //
 // While the client's queue is empty and no write is in progress, Pump
 // writes the events of each upstream read to the client itself and
@@ -337,14 +380,22 @@ func (s *Stream) Pump(body io.Reader) error {
 		err = nil
 		_, _ = p.Flush(s.emit)
 	}
-	if errors.Is(err, ErrEventTooLarge) || errors.Is(err, ErrLineTooLong) {
+	oversized := errors.Is(err, ErrEventTooLarge) || errors.Is(err, ErrLineTooLong)
+	if oversized {
 		if h := s.cfg.Hooks; h != nil && h.Oversized != nil {
 			h.Oversized()
 		}
 	}
 	var final []byte
-	if err != nil && s.cfg.Final != nil {
-		final = s.cfg.Final(err)
+	if s.cfg.Final != nil {
+		ferr := err
+		s.mu.Lock()
+		if err != nil && s.closing && !oversized {
+			// The read failed because the proxy closed the stream.
+			ferr = ErrClosed
+		}
+		s.mu.Unlock()
+		final = s.cfg.Final(ferr)
 	}
 	if final != nil {
 		s.mu.Lock()
@@ -356,10 +407,13 @@ func (s *Stream) Pump(body io.Reader) error {
 	s.endChunk()
 	s.mu.Lock()
 	s.ended, s.endedAt, s.pumpErr = true, time.Now(), err
+	// The upstream broke unless the stream ended cleanly, Close stopped
+	// it, or the proxy refused an oversized event (Final answers that).
+	broken := err != nil && !s.closing && !oversized
 	att := s.att
 	s.mu.Unlock()
 	if att != nil {
-		att.streamEnded()
+		att.streamEnded(broken)
 	}
 	return err
 }
@@ -374,9 +428,19 @@ func (s *Stream) Err() error {
 // emit handles one parsed upstream event: it is kept in the replay ring
 // and delivered to the client attached at that moment. A client attaching
 // later gets it from the ring, so every event reaches each client once.
+//
+// A comment-only block is only delivered, byte for byte. One that the
+// parser surfaced early, ahead of the field lines of its block, has no
+// blank line of its own; its lines reach the client just before the
+// block's field lines (the next event) or, should those never be
+// delivered, before whatever block is written next, where comment lines
+// change nothing. Either way the client's framing stays valid.
 func (s *Stream) emit(ev *Event) error {
 	if ev.Comment {
-		// Upstream keepalives are not stored; the proxy sends its own.
+		s.mu.Lock()
+		att := s.att
+		s.mu.Unlock()
+		s.deliver(att, ev.Raw)
 		return nil
 	}
 	raw := ev.Raw
@@ -606,8 +670,11 @@ func writeErrReason(err error) error {
 // Attach connects a client to the stream, replacing any attached client
 // (which ends with ErrDetached). When after is not empty the events the
 // ring holds after that id are queued first; found reports whether the id
-// was in the ring. retry is the retry hint of this client: zero means
-// StreamConfig.Retry, a negative value none. The caller must call Wait.
+// was in the ring. retry is the retry hint of this client, sent when the
+// proxy closes the attachment or the upstream breaks while it is attached:
+// zero means StreamConfig.Retry, a negative value none. A client attaching
+// to a stream that has already ended gets what the ring holds and no hint.
+// The caller must call Wait.
 func (s *Stream) Attach(w ClientWriter, after string, retry time.Duration) (a *Attachment, found bool) {
 	if retry == 0 {
 		retry = s.cfg.Retry
@@ -628,7 +695,9 @@ func (s *Stream) Attach(w ClientWriter, after string, retry time.Duration) (a *A
 	}
 	a.startKeepalive()
 	if ended {
-		a.streamEnded()
+		// The stream's end was told to the client attached then; this
+		// one gets what the ring holds and ends cleanly.
+		a.streamEnded(false)
 	}
 	return a, found
 }
@@ -971,14 +1040,26 @@ func (a *Attachment) keepalive() {
 	a.timer.Reset(a.s.cfg.Keepalive)
 }
 
-// streamEnded tells the attachment no more events will come.
-func (a *Attachment) streamEnded() {
+// streamEnded tells the attachment no more events will come. When the
+// upstream broke, the retry hint (if the attachment has one) is written
+// after everything queued, as after a proxy close, and the attachment
+// still ends cleanly.
+func (a *Attachment) streamEnded(broken bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.ended = true
-	if !a.writing {
-		a.finishLocked()
+	if broken && !a.closed && a.retry > 0 && a.final == nil {
+		a.final = AppendRetry(nil, int(a.retry/time.Millisecond))
 	}
+	if a.writing {
+		return
+	}
+	if a.final != nil {
+		a.writing = true
+		go a.writeLoop()
+		return
+	}
+	a.finishLocked()
 }
 
 // close ends the attachment for reason.
@@ -1024,7 +1105,13 @@ func (a *Attachment) closeLocked(reason error) {
 		}
 	}
 	if a.retry > 0 && (reason == ErrSlowConsumer || reason == ErrClosed) {
-		a.final = AppendRetry(nil, int(a.retry/time.Millisecond))
+		if a.final == nil {
+			a.final = AppendRetry(nil, int(a.retry/time.Millisecond))
+		}
+	} else {
+		// A client that went away or was replaced is sent nothing more,
+		// not even the hint of a broken upstream.
+		a.final = nil
 	}
 	if a.timer != nil {
 		a.timer.Stop()
@@ -1094,10 +1181,10 @@ func (a *Attachment) OnEnd(f func()) {
 }
 
 // Wait blocks until the client has been sent everything the stream will
-// send it, or the attachment ended early; it returns nil at a clean end of
-// stream, else the reason. When ctx ends (the client went away) the
-// attachment is closed with ErrClientGone. No write to the client is in
-// progress when Wait returns.
+// send it, or the attachment ended early; it returns nil when the stream
+// ended, cleanly or not (Stream.Err tells which), else the reason. When
+// ctx ends (the client went away) the attachment is closed with
+// ErrClientGone. No write to the client is in progress when Wait returns.
 func (a *Attachment) Wait(ctx context.Context) error {
 	select {
 	case <-a.finished:

@@ -214,6 +214,15 @@ func startPump(s *Stream, r io.Reader) <-chan error {
 	return ch
 }
 
+// pipeStream returns a stream with cfg pumped from the read end of a
+// pipe: the test writes the upstream into pw (closing it ends the stream
+// cleanly) and pumped gets Pump's result.
+func pipeStream(cfg StreamConfig) (s *Stream, pw *io.PipeWriter, pumped <-chan error) {
+	s = NewStream(cfg)
+	pr, pw := io.Pipe()
+	return s, pw, startPump(s, pr)
+}
+
 func pumpResult(t *testing.T, ch <-chan error) error {
 	t.Helper()
 	select {
@@ -287,32 +296,37 @@ func baseConfig() StreamConfig {
 }
 
 // relayInput exercises the parser's corners; relayWant is what a client
-// must receive from it: every non-comment block, byte-exact.
+// must receive from it: every block, comments included, byte-exact;
+// relayComments is the bytes of its comment-only blocks.
 const relayInput = "\xEF\xBB\xBF" + // BOM, dropped
-	": hello\n\n" + // comment-only block, dropped
+	": hello\n\n" + // comment-only block, forwarded
 	"id: 1\nevent: message\ndata: {\"a\":1}\n\n" +
-	"\n\n" + // blank lines outside a block
+	"\n\n" + // blank lines outside a block, dropped
 	"data: multi\r\ndata: line\r\n\r\n" +
-	": ping\n" + // comment run before a field line, dropped
+	": ping\n" + // comment run before a field line, forwarded
 	"data: x\rid: 2\r\r" +
 	"retry: 100\ndata: y\n\n" +
 	"data: a\n: inner comment\ndata: b\n\n" + // inner comment kept in Raw
 	"event: prime\nid: 3\ndata:\n\n" + // priming event with empty data
 	"data: z\r\r"
 
-const relayWant = "id: 1\nevent: message\ndata: {\"a\":1}\n\n" +
+const relayWant = ": hello\n\n" +
+	"id: 1\nevent: message\ndata: {\"a\":1}\n\n" +
 	"data: multi\r\ndata: line\r\n\r\n" +
+	": ping\n" +
 	"data: x\rid: 2\r\r" +
 	"retry: 100\ndata: y\n\n" +
 	"data: a\n: inner comment\ndata: b\n\n" +
 	"event: prime\nid: 3\ndata:\n\n" +
 	"data: z\r\r"
 
+const relayComments = ": hello\n\n" + ": ping\n"
+
 func TestStreamRelayByteExact(t *testing.T) {
-	inputs := map[string]struct{ in, want string }{
-		"trailing CR":     {relayInput, relayWant},
-		"incomplete tail": {relayInput + "data: never ended\n", relayWant},
-		"many events":     {evRange(1, 300), evRange(1, 300)},
+	inputs := map[string]struct{ in, want, comments string }{
+		"trailing CR":     {relayInput, relayWant, relayComments},
+		"incomplete tail": {relayInput + "data: never ended\n", relayWant, relayComments},
+		"many events":     {evRange(1, 300), evRange(1, 300), ""},
 	}
 	for name, tc := range inputs {
 		for seed := range uint64(20) {
@@ -341,14 +355,14 @@ func TestStreamRelayByteExact(t *testing.T) {
 				if got := w.String(); got != tc.want {
 					t.Fatalf("client got\n%q\nwant\n%q", got, tc.want)
 				}
-				if int(eventBytes.Load()) != len(tc.want) {
-					t.Errorf("Event hook counted %d bytes, want %d", eventBytes.Load(), len(tc.want))
+				if want := len(tc.want) - len(tc.comments); int(eventBytes.Load()) != want {
+					t.Errorf("Event hook counted %d bytes, want %d", eventBytes.Load(), want)
 				}
-				// The events of one upstream read are written together
+				// The blocks of one upstream read are written together
 				// after one deadline and flushed once.
 				n := len(w.Writes())
-				if int64(n) > events.Load() {
-					t.Errorf("%d writes for %d events", n, events.Load())
+				if blocks := events.Load() + int64(strings.Count(tc.comments, ":")); int64(n) > blocks {
+					t.Errorf("%d writes for %d blocks", n, blocks)
 				}
 				ops := w.Ops()
 				if !regexp.MustCompile(`^(DW+F)*$`).MatchString(ops) || strings.Count(ops, "W") != n {
@@ -466,9 +480,7 @@ func clientIDs(t *testing.T, b string) []string {
 func TestStreamIDPrefix(t *testing.T) {
 	cfg := baseConfig()
 	cfg.IDPrefix = "px-"
-	s := NewStream(cfg)
-	pr, pw := io.Pipe()
-	pumped := startPump(s, pr)
+	s, pw, pumped := pipeStream(cfg)
 	w := newFakeWriter()
 	a, _ := s.Attach(w, "", 0)
 
@@ -552,9 +564,7 @@ func TestStreamReplay(t *testing.T) {
 			rc := &reserveCounter{}
 			cfg := baseConfig()
 			cfg.Hooks = &Hooks{Reserve: rc.Reserve}
-			s := NewStream(cfg)
-			pr, pw := io.Pipe()
-			pumped := startPump(s, pr)
+			s, pw, pumped := pipeStream(cfg)
 
 			wa := newFakeWriter()
 			ctxA, cancelA := context.WithCancel(context.Background())
@@ -670,9 +680,7 @@ func TestStreamReplayLargerThanQueue(t *testing.T) {
 	cfg.Retry = time.Second
 	rc := &reserveCounter{}
 	cfg.Hooks = &Hooks{Reserve: rc.Reserve}
-	s := NewStream(cfg)
-	pr, pw := io.Pipe()
-	pumped := startPump(s, pr)
+	s, pw, pumped := pipeStream(cfg)
 	io.WriteString(pw, evRange(1, 60))
 	waitUntil(t, "pump to reach 60", func() bool { return s.UpstreamLastID() == "60" })
 
@@ -701,9 +709,7 @@ func TestStreamReplayLargerThanQueue(t *testing.T) {
 func TestStreamEventLargerThanQueueBytes(t *testing.T) {
 	cfg := baseConfig()
 	cfg.QueueBytes = 16
-	s := NewStream(cfg)
-	pr, pw := io.Pipe()
-	pumped := startPump(s, pr)
+	s, pw, pumped := pipeStream(cfg)
 	w := newFakeWriter()
 	a, _ := s.Attach(w, "", 0)
 	big := "data: " + strings.Repeat("x", 100) + "\n\n"
@@ -810,9 +816,7 @@ func TestStreamQueueFullWaitsForWriter(t *testing.T) {
 	cfg.QueueEvents = 2
 	cfg.WriteTimeout = 10 * time.Second
 	cfg.Hooks = &Hooks{Reserve: rc.Reserve}
-	s := NewStream(cfg)
-	pr, pw := io.Pipe()
-	pumped := startPump(s, pr)
+	s, pw, pumped := pipeStream(cfg)
 	io.WriteString(pw, evRange(1, 20))
 	waitUntil(t, "event 20 stored", func() bool { return s.UpstreamLastID() == "20" })
 	w := newFakeWriter()
@@ -848,9 +852,7 @@ func TestStreamWriteTimeout(t *testing.T) {
 	cfg.WriteTimeout = 50 * time.Millisecond
 	cfg.Retry = time.Second
 	cfg.Hooks = &Hooks{SlowConsumer: func() { slow.Add(1) }, Reserve: rc.Reserve}
-	s := NewStream(cfg)
-	pr, pw := io.Pipe()
-	pumped := startPump(s, pr)
+	s, pw, pumped := pipeStream(cfg)
 	w := newFakeWriter()
 	w.setBlocked(true)
 	a, _ := s.Attach(w, "", 0)
@@ -943,9 +945,7 @@ func TestStreamClientWriteError(t *testing.T) {
 	rc := &reserveCounter{}
 	cfg := baseConfig()
 	cfg.Hooks = &Hooks{Reserve: rc.Reserve}
-	s := NewStream(cfg)
-	pr, pw := io.Pipe()
-	pumped := startPump(s, pr)
+	s, pw, pumped := pipeStream(cfg)
 	w := newFakeWriter()
 	a, _ := s.Attach(w, "", 0)
 	io.WriteString(pw, evN(1))
@@ -966,9 +966,7 @@ func TestStreamKeepalive(t *testing.T) {
 	cfg := baseConfig()
 	cfg.Keepalive = 20 * time.Millisecond
 	cfg.Hooks = &Hooks{Keepalive: func() { kas.Add(1) }, Reserve: rc.Reserve}
-	s := NewStream(cfg)
-	pr, pw := io.Pipe()
-	pumped := startPump(s, pr)
+	s, pw, pumped := pipeStream(cfg)
 	w := newFakeWriter()
 	a, _ := s.Attach(w, "", 0)
 	waitUntil(t, "3 keepalives", func() bool { return w.count(":\n\n") >= 3 })
@@ -1023,9 +1021,7 @@ func TestStreamAttachReplaces(t *testing.T) {
 	rc := &reserveCounter{}
 	cfg := baseConfig()
 	cfg.Hooks = &Hooks{Reserve: rc.Reserve}
-	s := NewStream(cfg)
-	pr, pw := io.Pipe()
-	pumped := startPump(s, pr)
+	s, pw, pumped := pipeStream(cfg)
 	wa := newFakeWriter()
 	a, _ := s.Attach(wa, "", 0)
 	io.WriteString(pw, evN(1))
@@ -1060,9 +1056,7 @@ func TestStreamAttachReplacesBlocked(t *testing.T) {
 		cfg.WriteTimeout = 10 * time.Second
 		cfg.Retry = retry
 		cfg.Hooks = &Hooks{Reserve: rc.Reserve}
-		s := NewStream(cfg)
-		pr, pw := io.Pipe()
-		pumped := startPump(s, pr)
+		s, pw, pumped := pipeStream(cfg)
 		wc := newFakeWriter()
 		wc.setBlocked(true)
 		c, _ := s.Attach(wc, "", 0)
@@ -1097,9 +1091,7 @@ func TestStreamAttachmentClose(t *testing.T) {
 	} {
 		cfg := baseConfig()
 		cfg.Retry = tc.cfgRetry
-		s := NewStream(cfg)
-		pr, pw := io.Pipe()
-		pumped := startPump(s, pr)
+		s, pw, pumped := pipeStream(cfg)
 		w := newFakeWriter()
 		a, _ := s.Attach(w, "", tc.attRetry)
 		io.WriteString(pw, evN(1))
@@ -1189,9 +1181,7 @@ func TestStreamReserveRefused(t *testing.T) {
 	rc := &reserveCounter{}
 	cfg := baseConfig()
 	cfg.Hooks = &Hooks{Reserve: rc.Reserve, SlowConsumer: func() { slow.Add(1) }}
-	s := NewStream(cfg)
-	pr, pw := io.Pipe()
-	pumped := startPump(s, pr)
+	s, pw, pumped := pipeStream(cfg)
 	w := newFakeWriter()
 	a, _ := s.Attach(w, "", 0)
 	io.WriteString(pw, evN(1))
@@ -1231,9 +1221,7 @@ func TestStreamReserveRefusedQueued(t *testing.T) {
 		cfg.Retry = retry
 		cfg.WriteTimeout = 300 * time.Millisecond
 		cfg.Hooks = &Hooks{Reserve: rc.Reserve, SlowConsumer: func() { slow.Add(1) }}
-		s := NewStream(cfg)
-		pr, pw := io.Pipe()
-		pumped := startPump(s, pr)
+		s, pw, pumped := pipeStream(cfg)
 		io.WriteString(pw, evRange(1, 2))
 		waitUntil(t, "event 2 stored", func() bool { return s.UpstreamLastID() == "2" })
 		w := newFakeWriter()
@@ -1267,9 +1255,7 @@ func TestStreamReserveBalancedUnderLoad(t *testing.T) {
 		cfg.Keepalive = time.Millisecond
 		cfg.Retry = 10 * time.Millisecond
 		cfg.Hooks = &Hooks{Reserve: rc.Reserve}
-		s := NewStream(cfg)
-		pr, pw := io.Pipe()
-		pumped := startPump(s, pr)
+		s, pw, pumped := pipeStream(cfg)
 		w := newFakeWriter()
 		ctx, cancel := context.WithCancel(context.Background())
 		a, _ := s.Attach(w, "", 0)
@@ -1371,9 +1357,7 @@ func TestStreamConcurrentAttach(t *testing.T) {
 	cfg.ReplayEvents = 64
 	rc := &reserveCounter{}
 	cfg.Hooks = &Hooks{Reserve: rc.Reserve}
-	s := NewStream(cfg)
-	pr, pw := io.Pipe()
-	pumped := startPump(s, pr)
+	s, pw, pumped := pipeStream(cfg)
 	const total = 3000
 	go func() {
 		for i := 0; i < total; i++ {
@@ -1482,9 +1466,7 @@ func FuzzStreamRelay(f *testing.F) {
 		var want bytes.Buffer
 		p := NewParser(cfg.MaxEvent, cfg.MaxLine)
 		emit := func(ev *Event) error {
-			if !ev.Comment {
-				want.Write(ev.Raw)
-			}
+			want.Write(ev.Raw)
 			return nil
 		}
 		wantErr := p.Feed(in, emit)
@@ -1591,9 +1573,7 @@ func TestStreamWriterPanicRecovered(t *testing.T) {
 	cfg := baseConfig()
 	cfg.Retry = time.Second
 	cfg.Hooks = &Hooks{Panic: func(v any) { got <- v }, Reserve: rc.Reserve}
-	s := NewStream(cfg)
-	pr, pw := io.Pipe()
-	pumped := startPump(s, pr)
+	s, pw, pumped := pipeStream(cfg)
 	io.WriteString(pw, evRange(1, 2))
 	waitUntil(t, "event 2 stored", func() bool { return s.UpstreamLastID() == "2" })
 	// Replayed events are written by the writer goroutine, which panics.
@@ -1612,4 +1592,405 @@ func TestStreamWriterPanicRecovered(t *testing.T) {
 	pw.Close()
 	pumpResult(t, pumped)
 	rc.check(t, s)
+}
+
+// TestStreamForwardsComments checks that upstream comment-only blocks
+// reach the client byte for byte, before any event and between events,
+// without proxy ids and without being kept for replay, and that the
+// client's framing stays valid.
+func TestStreamForwardsComments(t *testing.T) {
+	const in = ": ok\n\n" + // before any event
+		"data: a\n\n" +
+		": ping\n" + // surfaced early, ahead of its block's field lines
+		"data: b\n\n" +
+		": mid\r\n\r\n" + // between events
+		"data: c\n\n"
+	const want = ": ok\n\n" +
+		"id: p-1\ndata: a\n\n" +
+		": ping\n" +
+		"id: p-2\ndata: b\n\n" +
+		": mid\r\n\r\n" +
+		"id: p-3\ndata: c\n\n"
+	for seed := range uint64(12) {
+		var events atomic.Int32
+		cfg := baseConfig()
+		cfg.IDPrefix = "p-"
+		cfg.Hooks = &Hooks{Event: func(int) { events.Add(1) }}
+		s := NewStream(cfg)
+		w := newFakeWriter()
+		a, _ := s.Attach(w, "", 0)
+		if err := s.Pump(&chunkReader{data: []byte(in), rng: rand.New(rand.NewPCG(seed, 5)), max: 1 + int(seed)}); err != nil {
+			t.Fatal(err)
+		}
+		if err := waitAtt(t, a, context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		got := w.String()
+		if got != want {
+			t.Fatalf("seed %d: client got\n%q\nwant\n%q", seed, got, want)
+		}
+		if n := events.Load(); n != 3 {
+			t.Errorf("Event hook counted %d, want 3 (comments are not events)", n)
+		}
+		// What the client got parses to the same events, with our ids.
+		var data []string
+		p := NewParser(0, 0)
+		if err := p.Feed([]byte(got), func(ev *Event) error {
+			if !ev.Comment {
+				data = append(data, p.LastEventID()+"="+string(ev.Data))
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if fmt.Sprint(data) != "[p-1=a p-2=b p-3=c]" {
+			t.Errorf("client parsed %v", data)
+		}
+		// The ring holds the events only.
+		w2 := newFakeWriter()
+		a2, found := s.Attach(w2, "p-1", 0)
+		if !found {
+			t.Fatal("p-1 not found")
+		}
+		if err := waitAtt(t, a2, context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if got, want := w2.String(), "id: p-2\ndata: b\n\nid: p-3\ndata: c\n\n"; got != want {
+			t.Errorf("replay got %q want %q", got, want)
+		}
+	}
+}
+
+// TestStreamCommentLive checks that a comment is written as soon as it
+// arrives: a server's opening comment is the client's first byte.
+func TestStreamCommentLive(t *testing.T) {
+	cfg := baseConfig()
+	cfg.Keepalive = time.Hour
+	s, pw, pumped := pipeStream(cfg)
+	w := newFakeWriter()
+	a, _ := s.Attach(w, "", 0)
+	// A comment line followed by a field line of its block is written
+	// as soon as the field line starts (the parser cannot know earlier
+	// whether the block has fields).
+	want := ""
+	for _, step := range []struct{ in, out string }{
+		{": ok\n\n", ": ok\n\n"},
+		{evN(1), evN(1)},
+		{": ping\n\n", ": ping\n\n"},
+		{evN(2), evN(2)},
+		{": x\nd", ": x\n"},
+		{"ata: y\n\n", "data: y\n\n"},
+	} {
+		io.WriteString(pw, step.in)
+		want += step.out
+		waitUntil(t, fmt.Sprintf("%q", step.out), func() bool { return w.String() == want })
+	}
+	pw.Close()
+	if err := pumpResult(t, pumped); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitAtt(t, a, context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if w.String() != want {
+		t.Errorf("got %q want %q", w.String(), want)
+	}
+}
+
+// TestStreamCommentIsActivity checks that forwarded upstream comments
+// hold off the proxy's keepalive, which comes only after Keepalive of
+// silence.
+func TestStreamCommentIsActivity(t *testing.T) {
+	var kas atomic.Int32
+	cfg := baseConfig()
+	cfg.Keepalive = 250 * time.Millisecond
+	cfg.Hooks = &Hooks{Keepalive: func() { kas.Add(1) }}
+	s, pw, pumped := pipeStream(cfg)
+	w := newFakeWriter()
+	a, _ := s.Attach(w, "", 0)
+	for range 30 {
+		io.WriteString(pw, ": up\n\n")
+		time.Sleep(cfg.Keepalive / 10)
+	}
+	if n := w.count(":\n\n"); n != 0 || kas.Load() != 0 {
+		t.Errorf("%d keepalives while the upstream sent comments", n)
+	}
+	if n := w.count(": up\n\n"); n != 30 {
+		t.Errorf("%d comments forwarded, want 30", n)
+	}
+	waitUntil(t, "a keepalive after silence", func() bool { return w.count(":\n\n") == 1 })
+	pw.Close()
+	pumpResult(t, pumped)
+	if err := waitAtt(t, a, context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestStreamCommentQueueBound checks that comments queue under the live
+// queue bounds: a full queue makes the pump wait, and nothing is lost.
+func TestStreamCommentQueueBound(t *testing.T) {
+	rc := &reserveCounter{}
+	cfg := baseConfig()
+	cfg.QueueEvents = 2
+	cfg.WriteTimeout = 10 * time.Second
+	cfg.Hooks = &Hooks{Reserve: rc.Reserve}
+	s, pw, pumped := pipeStream(cfg)
+	io.WriteString(pw, evRange(1, 10))
+	waitUntil(t, "event 10 stored", func() bool { return s.UpstreamLastID() == "10" })
+	ringBytes := s.RingBytes()
+	w := newFakeWriter()
+	w.setBlocked(true)
+	a, _ := s.Attach(w, "1", 0)
+	<-w.blocking // the writer goroutine is stuck in the replay
+	comment := func(i int) string { return ": c" + strconv.Itoa(i) + "\n\n" }
+	const total = 20
+	var sent atomic.Int32
+	go func() {
+		for i := 1; i <= total; i++ {
+			io.WriteString(pw, comment(i)) // one upstream read each
+			sent.Add(1)
+		}
+		pw.Close()
+	}()
+	waitUntil(t, "queue full", func() bool { return a.Queued() >= 2*len(comment(1)) })
+	time.Sleep(50 * time.Millisecond)
+	if n := sent.Load(); n >= total {
+		t.Fatalf("the upstream was read on with the queue full (%d comments sent)", n)
+	}
+	if q := a.Queued(); q > 2*len(comment(10)) {
+		t.Errorf("queue holds %d bytes, over its bound of 2 blocks", q)
+	}
+	if a.Closed() {
+		t.Fatal("client cut while its writes were within their deadline")
+	}
+	w.setBlocked(false)
+	if err := pumpResult(t, pumped); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitAtt(t, a, context.Background()); err != nil {
+		t.Fatalf("Wait = %v", err)
+	}
+	want := evRange(2, 10)
+	for i := 1; i <= total; i++ {
+		want += comment(i)
+	}
+	if w.String() != want {
+		t.Errorf("client got %q\nwant %q", w.String(), want)
+	}
+	if s.RingBytes() != ringBytes {
+		t.Errorf("comments kept for replay: ring %d bytes, was %d", s.RingBytes(), ringBytes)
+	}
+	rc.check(t, s)
+}
+
+// finalEvent is what the Final hook of the tests below returns.
+func finalEvent(err error) string {
+	if err == nil {
+		return "event: final\ndata: eof\n\n"
+	}
+	return "event: final\ndata: " + err.Error() + "\n\n"
+}
+
+// TestStreamFinalAtEveryEnd checks that Final is called once at every end
+// of the upstream side, with nil at a clean end, and its event delivered
+// and kept for replay.
+func TestStreamFinalAtEveryEnd(t *testing.T) {
+	errBroken := errors.New("connection reset")
+	errStop := errors.New("stopped")
+	for _, tc := range []struct {
+		name      string
+		end       func(s *Stream, pw *io.PipeWriter)
+		want      error
+		wantFinal error
+	}{
+		{"clean", func(_ *Stream, pw *io.PipeWriter) { pw.Close() }, nil, nil},
+		{"broken", func(_ *Stream, pw *io.PipeWriter) { pw.CloseWithError(errBroken) }, errBroken, errBroken},
+		{"closed", func(s *Stream, _ *io.PipeWriter) { s.Close() }, errStop, ErrClosed},
+		{"oversized", func(_ *Stream, pw *io.PipeWriter) {
+			io.WriteString(pw, strings.Repeat("data: "+strings.Repeat("x", 50)+"\n", 4)+"\n")
+		}, ErrEventTooLarge, ErrEventTooLarge},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var calls atomic.Int32
+			var got error
+			cfg := baseConfig()
+			cfg.MaxEvent = 128
+			cfg.Final = func(err error) []byte {
+				calls.Add(1)
+				got = err
+				return []byte(finalEvent(err))
+			}
+			s, pw, pumped := pipeStream(cfg)
+			s.SetCloser(func() { pw.CloseWithError(errStop) })
+			w := newFakeWriter()
+			a, _ := s.Attach(w, "", 0)
+			io.WriteString(pw, evN(1))
+			waitUntil(t, "event 1", func() bool { return w.String() == evN(1) })
+			tc.end(s, pw)
+			if err := pumpResult(t, pumped); !errors.Is(err, tc.want) {
+				t.Fatalf("Pump = %v, want %v", err, tc.want)
+			}
+			if err := waitAtt(t, a, context.Background()); err != nil {
+				t.Fatalf("Wait = %v", err)
+			}
+			if n := calls.Load(); n != 1 || !errors.Is(got, tc.wantFinal) || (tc.wantFinal == nil) != (got == nil) {
+				t.Errorf("Final called %d times, last with %v; want once with %v", n, got, tc.wantFinal)
+			}
+			fin := finalEvent(got)
+			if w.String() != evN(1)+fin {
+				t.Errorf("client got %q", w.String())
+			}
+			w2 := newFakeWriter()
+			a2, _ := s.Attach(w2, "1", 0)
+			if err := waitAtt(t, a2, context.Background()); err != nil || w2.String() != fin {
+				t.Errorf("replay: Wait %v, got %q, want the final event", err, w2.String())
+			}
+		})
+	}
+}
+
+// TestStreamRetryHintAtEnd checks that a client attached when the
+// upstream breaks gets, after the Final event, its retry hint, and that a
+// clean end, the proxy's own Close or an oversized event sends none.
+func TestStreamRetryHintAtEnd(t *testing.T) {
+	errBroken := errors.New("connection reset")
+	errStop := errors.New("stopped")
+	const fin = "data: final\n\n"
+	for _, tc := range []struct {
+		name               string
+		cfgRetry, attRetry time.Duration
+		end                func(s *Stream, pw *io.PipeWriter)
+		hint               string
+	}{
+		{"clean", 700 * time.Millisecond, 0, func(_ *Stream, pw *io.PipeWriter) { pw.Close() }, ""},
+		{"broken", 700 * time.Millisecond, 0, func(_ *Stream, pw *io.PipeWriter) { pw.CloseWithError(errBroken) }, "retry: 700\n\n"},
+		{"broken/own hint", 700 * time.Millisecond, 300 * time.Millisecond, func(_ *Stream, pw *io.PipeWriter) { pw.CloseWithError(errBroken) }, "retry: 300\n\n"},
+		{"broken/no hint", 700 * time.Millisecond, -1, func(_ *Stream, pw *io.PipeWriter) { pw.CloseWithError(errBroken) }, ""},
+		{"broken/none configured", 0, 0, func(_ *Stream, pw *io.PipeWriter) { pw.CloseWithError(errBroken) }, ""},
+		{"closed by the proxy", 700 * time.Millisecond, 0, func(s *Stream, _ *io.PipeWriter) { s.Close() }, ""},
+		{"oversized", 700 * time.Millisecond, 0, func(_ *Stream, pw *io.PipeWriter) {
+			io.WriteString(pw, "data: "+strings.Repeat("x", 200)+"\n\n")
+		}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rc := &reserveCounter{}
+			cfg := baseConfig()
+			cfg.Retry = tc.cfgRetry
+			cfg.MaxEvent = 128
+			cfg.Final = func(error) []byte { return []byte(fin) }
+			cfg.Hooks = &Hooks{Reserve: rc.Reserve}
+			s, pw, pumped := pipeStream(cfg)
+			s.SetCloser(func() { pw.CloseWithError(errStop) })
+			w := newFakeWriter()
+			a, _ := s.Attach(w, "", tc.attRetry)
+			io.WriteString(pw, evN(1))
+			waitUntil(t, "event 1", func() bool { return w.String() == evN(1) })
+			tc.end(s, pw)
+			pumpResult(t, pumped)
+			if err := waitAtt(t, a, context.Background()); err != nil {
+				t.Fatalf("Wait = %v, want nil", err)
+			}
+			if got, want := w.String(), evN(1)+fin+tc.hint; got != want {
+				t.Errorf("client got %q want %q", got, want)
+			}
+			// A client resuming the ended stream gets what the ring
+			// holds, and no hint.
+			w2 := newFakeWriter()
+			a2, _ := s.Attach(w2, "1", 0)
+			if err := waitAtt(t, a2, context.Background()); err != nil || w2.String() != fin {
+				t.Errorf("resume: Wait %v, got %q", err, w2.String())
+			}
+			rc.check(t, s)
+		})
+	}
+}
+
+// TestStreamRetryHintAfterQueued checks that the hint of a broken
+// upstream comes after everything queued for the client, and that a
+// client that goes away first is sent nothing more.
+func TestStreamRetryHintAfterQueued(t *testing.T) {
+	errBroken := errors.New("connection reset")
+	for _, gone := range []bool{false, true} {
+		t.Run(fmt.Sprintf("gone=%v", gone), func(t *testing.T) {
+			rc := &reserveCounter{}
+			cfg := baseConfig()
+			cfg.Retry = 500 * time.Millisecond
+			cfg.WriteTimeout = 10 * time.Second
+			cfg.Final = func(err error) []byte { return []byte(finalEvent(err)) }
+			cfg.Hooks = &Hooks{Reserve: rc.Reserve}
+			s, pw, pumped := pipeStream(cfg)
+			io.WriteString(pw, evRange(1, 10))
+			waitUntil(t, "event 10 stored", func() bool { return s.UpstreamLastID() == "10" })
+			w := newFakeWriter()
+			w.setBlocked(true)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			a, _ := s.Attach(w, "1", 0)
+			<-w.blocking // the writer goroutine is stuck in the replay
+			io.WriteString(pw, evN(11)+": c\n\n")
+			pw.CloseWithError(errBroken)
+			if err := pumpResult(t, pumped); !errors.Is(err, errBroken) {
+				t.Fatalf("Pump = %v", err)
+			}
+			if gone {
+				cancel()
+				if err := waitAtt(t, a, ctx); !errors.Is(err, ErrClientGone) {
+					t.Fatalf("Wait = %v, want ErrClientGone", err)
+				}
+				w.setBlocked(false)
+				time.Sleep(10 * time.Millisecond) // a stray writer would write now
+				if got := w.String(); got != "" {
+					t.Errorf("a client that went away got %q", got)
+				}
+				rc.check(t, s)
+				return
+			}
+			w.setBlocked(false)
+			if err := waitAtt(t, a, ctx); err != nil {
+				t.Fatalf("Wait = %v", err)
+			}
+			want := evRange(2, 11) + ": c\n\n" + finalEvent(errBroken) + "retry: 500\n\n"
+			if got := w.String(); got != want {
+				t.Errorf("client got %q\nwant %q", got, want)
+			}
+			rc.check(t, s)
+		})
+	}
+}
+
+// TestStreamShrinkRingBy checks that a stream's ring shrinks to a
+// fraction of its own configured bounds, never below one event, and never
+// grows.
+func TestStreamShrinkRingBy(t *testing.T) {
+	rc := &reserveCounter{}
+	cfg := baseConfig()
+	cfg.ReplayEvents = 20
+	cfg.Hooks = &Hooks{Reserve: rc.Reserve}
+	s := NewStream(cfg)
+	if err := s.Pump(strings.NewReader(evRange(1, 20))); err != nil {
+		t.Fatal(err)
+	}
+	has := func(id int) bool { return s.Has(strconv.Itoa(id), time.Now()) }
+	s.ShrinkRingBy(1.5)
+	if !has(1) {
+		t.Error("a fraction over 1 dropped events")
+	}
+	s.ShrinkRingBy(0.5)
+	if has(10) || !has(11) || !has(20) {
+		t.Errorf("after ShrinkRingBy(0.5): has 10 %v, 11 %v", has(10), has(11))
+	}
+	s.ShrinkRingBy(0.9) // bounds are only ever lowered
+	if has(10) || !has(11) {
+		t.Error("ShrinkRingBy(0.9) after 0.5 changed the ring")
+	}
+	s.ShrinkRingBy(0.05) // one event
+	if has(19) || !has(20) {
+		t.Error("ShrinkRingBy(0.05) does not keep exactly one event")
+	}
+	s.ShrinkRingBy(0) // one event and one byte: nothing fits
+	if has(20) || s.RingBytes() != 0 {
+		t.Error("ShrinkRingBy(0) kept an event")
+	}
+	rc.check(t, s)
+	NewStream(StreamConfig{}).ShrinkRingBy(0.5) // no ring: no-op
 }
