@@ -47,6 +47,26 @@ func Refuse(status, code int, id, msg string) *Refusal {
 	return &Refusal{Status: status, Code: code, Message: msg, ID: id}
 }
 
+// BodyRefusal is the answer to a body ParseEnvelope or CheckedBody refused
+// with err: 413 for a body too large to read (ErrTooLarge,
+// ErrBatchTooLarge, ErrLateEnvelope, ErrBodyTooLarge), 400 with a JSON-RPC
+// parse error for ErrMalformed and ErrEmptyBody, and 400 with an invalid
+// request error otherwise (ErrAmbiguous, ErrJSONRPCVersion, ErrInvalidID,
+// ErrNotEnvelope, ErrBatchTooLong).
+func BodyRefusal(err error) *Refusal {
+	switch {
+	case errors.Is(err, ErrTooLarge), errors.Is(err, ErrBatchTooLarge),
+		errors.Is(err, ErrLateEnvelope), errors.Is(err, ErrBodyTooLarge):
+		return Refuse(http.StatusRequestEntityTooLarge, CodeInvalidRequest, "", err.Error())
+	case errors.Is(err, ErrAmbiguous):
+		return Refuse(http.StatusBadRequest, CodeInvalidRequest, "", err.Error())
+	case errors.Is(err, ErrMalformed), errors.Is(err, ErrEmptyBody):
+		return Refuse(http.StatusBadRequest, CodeParseError, "", "parse error: "+err.Error())
+	default:
+		return Refuse(http.StatusBadRequest, CodeInvalidRequest, "", "invalid request: "+err.Error())
+	}
+}
+
 // ClassifyHeaders sets the era and version of a request from its headers.
 // An invalid MCP-Protocol-Version is refused with 400.
 func ClassifyHeaders(h http.Header, c *Call) *Refusal {
@@ -70,14 +90,7 @@ func ClassifyHeaders(h http.Header, c *Call) *Refusal {
 // ClassifyHeaders.
 func ClassifyBody(h http.Header, peekErr error, c *Call) *Refusal {
 	if peekErr != nil {
-		switch {
-		case errors.Is(peekErr, ErrTooLarge):
-			return Refuse(http.StatusRequestEntityTooLarge, CodeInvalidRequest, "", peekErr.Error())
-		case errors.Is(peekErr, ErrMalformed), errors.Is(peekErr, ErrEmptyBody):
-			return Refuse(http.StatusBadRequest, CodeParseError, "", "parse error: "+peekErr.Error())
-		default:
-			return Refuse(http.StatusBadRequest, CodeInvalidRequest, "", "invalid request: "+peekErr.Error())
-		}
+		return BodyRefusal(peekErr)
 	}
 	first := c.First()
 	if c.Version == "" && first.Kind == KindRequest && first.Method == "initialize" && first.ProtocolVersion != "" {

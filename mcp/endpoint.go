@@ -6,26 +6,31 @@ import (
 	"strings"
 )
 
-// RouteParam is the query parameter mcpgate adds to a legacy endpoint URL
-// to carry the sealed route of the session's POSTs. It is removed before a
-// POST is forwarded.
+// RouteParam is the query parameter of the legacy endpoint URL mcpgate
+// gives clients: it carries the sealed route of the session's POSTs, the
+// upstream's own endpoint included. A POST's query is replaced by the
+// upstream's before it is forwarded.
 const RouteParam = "mcpgate_route"
 
 // ErrBadEndpoint means a legacy endpoint event did not hold a usable URL.
 var ErrBadEndpoint = errors.New("legacy endpoint event holds no usable URL")
 
-// RewriteEndpoint maps the data of a legacy (2024-11-05) `endpoint` event
-// to a root-relative URL that reaches the same upstream path through the
-// proxy. data may be absolute, root-relative or relative to the SSE URL;
-// it is resolved against streamPath, the path the upstream served the SSE
-// GET on. prefix is the path the proxy stripped before forwarding (for
-// example by handle_path), restored in front of the result. The sealed
-// route token is appended as RouteParam. The result is same-origin by
-// construction, so clients that reject a cross-origin endpoint accept it.
-func RewriteEndpoint(data, streamPath, prefix, token string) (string, error) {
+// MapEndpoint maps the data of a legacy (2024-11-05) `endpoint` event.
+// data may be absolute, root-relative or relative to the SSE URL; it is
+// resolved against streamPath, the path the upstream served the SSE GET
+// on. It returns upstream, the path and query the upstream expects the
+// session's POSTs on (its session id is in that query, so upstream is
+// sealed into the route token and never shown to the client), and
+// clientPath, the path the client posts to through the proxy: upstream's
+// path under prefix, the path the proxy stripped before forwarding (for
+// example by handle_path). clientPath is always path-absolute (one
+// leading slash, never "//host"), so the endpoint the client sees is
+// same-origin by construction and clients that reject a cross-origin
+// endpoint accept it.
+func MapEndpoint(data, streamPath, prefix string) (upstream, clientPath string, err error) {
 	data = strings.TrimSpace(data)
 	if data == "" {
-		return "", ErrBadEndpoint
+		return "", "", ErrBadEndpoint
 	}
 	base := &url.URL{Scheme: "http", Host: "upstream", Path: streamPath}
 	if streamPath == "" {
@@ -33,26 +38,36 @@ func RewriteEndpoint(data, streamPath, prefix, token string) (string, error) {
 	}
 	ref, err := url.Parse(data)
 	if err != nil {
-		return "", ErrBadEndpoint
+		return "", "", ErrBadEndpoint
 	}
 	u := base.ResolveReference(ref)
 	path := u.EscapedPath()
 	if path == "" {
 		path = "/"
 	}
-	prefix = strings.TrimSuffix(prefix, "/")
-	q := u.RawQuery
-	if token != "" {
-		if q != "" {
-			q += "&"
-		}
-		q += RouteParam + "=" + url.QueryEscape(token)
+	if strings.HasPrefix(path, "//") {
+		// "//host/…" would be a network-path reference: another origin.
+		path = "/" + strings.TrimLeft(path, "/")
 	}
-	out := prefix + path
-	if q != "" {
-		out += "?" + q
+	upstream = path
+	if u.RawQuery != "" {
+		upstream += "?" + u.RawQuery
 	}
-	return out, nil
+	clientPath = strings.TrimSuffix(prefix, "/") + path
+	return upstream, clientPath, nil
+}
+
+// EndpointURL returns the endpoint a legacy client is given: clientPath
+// with the sealed route token as its only query parameter.
+func EndpointURL(clientPath, token string) string {
+	return clientPath + "?" + RouteParam + "=" + url.QueryEscape(token)
+}
+
+// SplitEndpoint splits an upstream endpoint from MapEndpoint into its
+// escaped path and raw query.
+func SplitEndpoint(upstream string) (escapedPath, rawQuery string) {
+	escapedPath, rawQuery, _ = strings.Cut(upstream, "?")
+	return escapedPath, rawQuery
 }
 
 // StripRouteParam removes RouteParam from a raw query and returns the

@@ -1,25 +1,41 @@
 package mcp
 
-import "testing"
+import (
+	"strings"
+	"testing"
+)
 
-func TestRewriteEndpoint(t *testing.T) {
+func TestMapEndpoint(t *testing.T) {
 	tests := []struct {
-		data, stream, prefix, want string
+		data, stream, prefix, upstream, client string
 	}{
-		{"/message?sessionId=abc", "/sse", "", "/message?sessionId=abc&" + RouteParam + "=T"},
-		{"?sessionid=abc", "/sse", "/legacy", "/legacy/sse?sessionid=abc&" + RouteParam + "=T"},
-		{"http://10.0.0.5:3000/messages/?session_id=x", "/sse", "/mcp", "/mcp/messages/?session_id=x&" + RouteParam + "=T"},
-		{"messages", "/a/sse", "", "/a/messages?" + RouteParam + "=T"},
-		{"/m", "/sse", "/p/", "/p/m?" + RouteParam + "=T"},
+		{"/message?sessionId=abc", "/sse", "", "/message?sessionId=abc", "/message"},
+		{"?sessionid=abc", "/sse", "/legacy", "/sse?sessionid=abc", "/legacy/sse"},
+		{"http://10.0.0.5:3000/messages/?session_id=x", "/sse", "/mcp", "/messages/?session_id=x", "/mcp/messages/"},
+		{"messages", "/a/sse", "", "/a/messages", "/a/messages"},
+		{"/m", "/sse", "/p/", "/m", "/p/m"},
+		// Never a network-path reference, whatever the upstream says.
+		{"http://up//evil.example/x?s=1", "/sse", "", "/evil.example/x?s=1", "/evil.example/x"},
+		{"//evil.example//x", "/sse", "", "/x", "/x"},
+		{`/\evil.example/x`, "/sse", "", "/%5Cevil.example/x", "/%5Cevil.example/x"},
 	}
 	for _, tt := range tests {
-		got, err := RewriteEndpoint(tt.data, tt.stream, tt.prefix, "T")
-		if err != nil || got != tt.want {
-			t.Errorf("RewriteEndpoint(%q, %q, %q) = %q, %v; want %q", tt.data, tt.stream, tt.prefix, got, err, tt.want)
+		up, client, err := MapEndpoint(tt.data, tt.stream, tt.prefix)
+		if err != nil || up != tt.upstream || client != tt.client {
+			t.Errorf("MapEndpoint(%q, %q, %q) = %q, %q, %v; want %q, %q", tt.data, tt.stream, tt.prefix, up, client, err, tt.upstream, tt.client)
+		}
+		if strings.HasPrefix(client, "//") || !strings.HasPrefix(client, "/") {
+			t.Errorf("%q: client path %q is not path-absolute", tt.data, client)
 		}
 	}
-	if _, err := RewriteEndpoint("  ", "/sse", "", "T"); err == nil {
+	if _, _, err := MapEndpoint("  ", "/sse", ""); err == nil {
 		t.Error("empty endpoint accepted")
+	}
+	if got := EndpointURL("/legacy/message", "a+b"); got != "/legacy/message?"+RouteParam+"=a%2Bb" {
+		t.Errorf("EndpointURL: %q", got)
+	}
+	if p, q := SplitEndpoint("/m?sessionId=1&x=2"); p != "/m" || q != "sessionId=1&x=2" {
+		t.Errorf("SplitEndpoint: %q %q", p, q)
 	}
 }
 
@@ -42,36 +58,6 @@ func TestStrippedPrefix(t *testing.T) {
 	} {
 		if got := StrippedPrefix(tt[0], tt[1]); got != tt[2] {
 			t.Errorf("StrippedPrefix(%q, %q) = %q, want %q", tt[0], tt[1], got, tt[2])
-		}
-	}
-}
-
-func TestOriginPolicy(t *testing.T) {
-	def := &OriginPolicy{}
-	list := &OriginPolicy{Allowed: []string{"https://app.example.com", "https://*.corp.example"}}
-	any := &OriginPolicy{Allowed: []string{"*"}}
-	for _, tt := range []struct {
-		p      *OriginPolicy
-		origin string
-		host   string
-		want   bool
-	}{
-		{def, "", "x", true},
-		{def, "http://localhost:8080", "localhost:8080", true},
-		{def, "http://LOCALHOST:8080", "localhost:8080", true},
-		{def, "https://mcp.example.com", "mcp.example.com", true},
-		{def, "https://mcp.example.com:443", "mcp.example.com", true},
-		{def, "http://evil.example", "localhost:8080", false},
-		{def, "http://localhost:9999", "localhost:8080", false},
-		{def, "null", "localhost", false},
-		{list, "https://app.example.com", "mcp.example.com", true},
-		{list, "https://a.corp.example", "mcp.example.com", true},
-		{list, "http://a.corp.example", "mcp.example.com", false},
-		{list, "https://evil.example", "mcp.example.com", false},
-		{any, "https://whatever", "x", true},
-	} {
-		if got := tt.p.Allow(tt.origin, tt.host); got != tt.want {
-			t.Errorf("%v Allow(%q, %q) = %v", tt.p.Allowed, tt.origin, tt.host, got)
 		}
 	}
 }

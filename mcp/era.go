@@ -95,6 +95,18 @@ func AllowsBatch(version string) bool {
 	return version == "" || version == Version20250326
 }
 
+// BatchAllowed reports whether a JSON-RPC batch is allowed on a request:
+// the version is the MCP-Protocol-Version header when present, else the
+// session's negotiated version when known, else 2025-03-26, the spec's
+// default. Only 2025-03-26 allows batches.
+func BatchAllowed(headerVersion, sessionVersion string) bool {
+	v := headerVersion
+	if v == "" {
+		v = sessionVersion
+	}
+	return AllowsBatch(v)
+}
+
 // SupportsRetryHint reports whether a client at this version is known to
 // honour an SSE `retry:` field before polling again (2025-11-25 and later;
 // SEP-1699). Older clients still parse it, but the spec gives them no duty.

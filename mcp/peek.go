@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 )
 
@@ -38,7 +39,10 @@ type Envelope struct {
 	Kind Kind
 	// Method is the method of a request or notification.
 	Method string
-	// ID is the raw JSON of the id (`1`, `"a"`), empty when absent.
+	// ID is the raw JSON of the id (`1`, `"a"`), empty when absent or
+	// null. In a request read from the head of a body longer than the
+	// peek, it is also empty when the id follows the head (CheckedBody
+	// then makes sure it does).
 	ID string
 	// Name is params.name, or params.uri when there is no name (the value
 	// that the 2026-07-28 Mcp-Name header mirrors).
@@ -73,30 +77,153 @@ func (p *Peek) First() *Envelope {
 // MaxBatch bounds the number of messages a batch may hold.
 const MaxBatch = 256
 
-// Peek errors. Each is a client error (HTTP 400 or 413).
+// Peek errors. Each is a client error (HTTP 400 or 413); ClassifyBody and
+// BodyRefusal map them to their answers.
 var (
-	ErrMalformed    = errors.New("malformed JSON-RPC message")
-	ErrEmptyBody    = errors.New("empty request body")
-	ErrNotEnvelope  = errors.New("not a JSON-RPC request, notification or response")
+	// ErrMalformed is a body that is not valid JSON or not valid UTF-8
+	// (HTTP 400, JSON-RPC parse error).
+	ErrMalformed = errors.New("malformed JSON-RPC message")
+	// ErrEmptyBody is a body with nothing but whitespace.
+	ErrEmptyBody = errors.New("empty request body")
+	// ErrNotEnvelope is JSON that is not a JSON-RPC message: not an
+	// object, neither a method nor a result or error, both, or a member
+	// of the wrong type. The error returned may say more; errors.Is
+	// matches it with ErrNotEnvelope.
+	ErrNotEnvelope = errors.New("not a JSON-RPC request, notification or response")
+	// ErrBatchTooLong is a batch of more than MaxBatch messages.
 	ErrBatchTooLong = fmt.Errorf("batch holds more than %d messages", MaxBatch)
 	// ErrTooLarge means the body is larger than the peek limit and the
 	// envelope fields were not all found within it.
 	ErrTooLarge = errors.New("JSON-RPC envelope not found within the peek limit")
+	// ErrAmbiguous is a message that decoders may read differently: a key
+	// of the message or of its params that repeats, exactly or up to case
+	// folding, or that differs from a member the proxy reads only by case
+	// folding ("Method", "paramſ"); in params._meta the same for the
+	// protocol version key. Keys are compared once unescaped, so
+	// "\u006dethod" is "method". The error returned names the key;
+	// errors.Is matches it with ErrAmbiguous.
+	ErrAmbiguous = errors.New("ambiguous JSON-RPC message")
+	// ErrJSONRPCVersion is a message without "jsonrpc":"2.0".
+	ErrJSONRPCVersion = errors.New(`invalid JSON-RPC version: "jsonrpc" must be "2.0"`)
+	// ErrInvalidID is a message whose id is not a string, a number or null.
+	ErrInvalidID = errors.New("JSON-RPC id must be a string, a number or null")
+	// ErrBatchTooLarge is a batch larger than the peek limit: every
+	// message of a batch must be known before it is admitted (HTTP 413).
+	ErrBatchTooLarge = errors.New("JSON-RPC batch larger than the peek limit")
+	// ErrLateEnvelope is a body longer than the peek limit that holds,
+	// after the part peeked, a member the proxy reads (a key of the
+	// message other than a late "jsonrpc" or "id", or a params member
+	// other than "arguments" and "_meta"), or a late id that changes what
+	// the peek read. CheckedBody reports it; it is a 413.
+	ErrLateEnvelope = errors.New("JSON-RPC member after the peek limit")
+	// ErrBodyTooLarge is a body longer than the limit given to
+	// NewCheckedBody (HTTP 413).
+	ErrBodyTooLarge = errors.New("request body too large")
 )
 
+// Refusals that are an ErrNotEnvelope or an ErrMalformed, with the reason.
+var (
+	errInvalidUTF8      = fmt.Errorf("%w: invalid UTF-8", ErrMalformed)
+	errTooDeep          = fmt.Errorf("%w: nested deeper than %d", ErrMalformed, maxNesting)
+	errTrailing         = fmt.Errorf("%w: more than %d bytes of whitespace after the message", ErrMalformed, maxTrailing)
+	errMethodAndResult  = fmt.Errorf("%w: a message has both a method and a result or error", ErrNotEnvelope)
+	errResultAndError   = fmt.Errorf("%w: a response has both a result and an error", ErrNotEnvelope)
+	errResponseID       = fmt.Errorf("%w: a response needs an id (null only in an error response)", ErrNotEnvelope)
+	errMethodType       = fmt.Errorf("%w: method must be a string", ErrNotEnvelope)
+	errParamsType       = fmt.Errorf("%w: params must be an object", ErrNotEnvelope)
+	errMetaType         = fmt.Errorf("%w: params._meta must be an object", ErrNotEnvelope)
+	errMetaVersionType  = fmt.Errorf("%w: params._meta[%q] must be a string", ErrNotEnvelope, metaVersionKey)
+	errRequestWithoutID = fmt.Errorf("%w: in a body longer than the peek limit, a method that is not a notification needs an id", ErrNotEnvelope)
+	errParamTypes       = [...]error{
+		parName:            fmt.Errorf("%w: params.name must be a string", ErrNotEnvelope),
+		parURI:             fmt.Errorf("%w: params.uri must be a string", ErrNotEnvelope),
+		parProtocolVersion: fmt.Errorf("%w: params.protocolVersion must be a string", ErrNotEnvelope),
+	}
+)
+
+func paramTypeError(m int) error { return errParamTypes[m] }
+
+// keyError is an ErrAmbiguous or an ErrLateEnvelope that names the key.
+type keyError struct {
+	sentinel error
+	msg      string
+	member   bool // the key is (a spelling of) a member the proxy reads
+}
+
+func (e *keyError) Error() string        { return e.msg }
+func (e *keyError) Is(target error) bool { return target == e.sentinel }
+
+// objectName names the object of a member set in messages.
+func (set memberSet) objectName() string {
+	switch set {
+	case setParams:
+		return " in params"
+	case setMeta:
+		return " in params._meta"
+	}
+	return ""
+}
+
+// quoteKey quotes a key for a message, shortened to 64 bytes.
+func quoteKey(key []byte) string {
+	if len(key) > 64 {
+		return strconv.Quote(string(key[:64])) + "…"
+	}
+	return strconv.Quote(string(key))
+}
+
+// ambiguousKey is the ErrAmbiguous of a key that repeats (dup) or that
+// folds to member m of set.
+func ambiguousKey(set memberSet, key []byte, m int, dup bool) error {
+	var msg string
+	switch {
+	case dup:
+		msg = "duplicate key " + quoteKey(key)
+	case m >= 0:
+		msg = "case-variant key " + quoteKey(key) + " of " + strconv.Quote(set.name(m))
+	}
+	return &keyError{sentinel: ErrAmbiguous, msg: ErrAmbiguous.Error() + ": " + msg + set.objectName(), member: m >= 0}
+}
+
+// lateKey is the ErrLateEnvelope of member m of set.
+func lateKey(set memberSet, m int) error {
+	return &keyError{sentinel: ErrLateEnvelope, msg: ErrLateEnvelope.Error() + ": " + strconv.Quote(set.name(m)) + set.objectName(), member: true}
+}
+
 // ParseEnvelope scans body, a whole request body (complete) or its first
-// bytes (not complete), for the JSON-RPC envelopes it holds. It copies only
-// the short strings it returns. A complete body must be valid JSON; a
-// truncated one must at least hold every message's method or id.
+// bytes (not complete), for the JSON-RPC envelopes it holds, reading each
+// message the way a standard decoder (encoding/json) will: keys are
+// unescaped before they are matched, and a message that decoders could
+// read differently is refused (ErrAmbiguous). It copies only the short
+// strings it returns.
+//
+// Every message must be a JSON object with "jsonrpc":"2.0" and either a
+// string method (a request when it has a non-null id, else a
+// notification) or one of result and error (a response, which needs an
+// id; null only with error). An id must be a string, a number or null;
+// params an object or null; params.name, params.uri and
+// params.protocolVersion strings or null; params._meta an object or null.
+// A complete body must be valid JSON and valid UTF-8.
+//
+// A truncated body must be a valid prefix of one message (a batch must be
+// complete: ErrBatchTooLarge) whose head holds its method (or a result or
+// error), and for tools/call and prompts/get params.name, for
+// resources/read, resources/subscribe and resources/unsubscribe
+// params.uri (else ErrTooLarge). The rest of such a body is checked by
+// CheckedBody, which aborts it when it holds anything that would change
+// this reading: "jsonrpc" and "id" may follow the head, everything else the
+// peek reads must be in it. A request whose id follows the head is a
+// request with an empty ID; a message whose method starts with
+// "notifications/" is a notification unless the head shows an id.
 func ParseEnvelope(body []byte, complete bool, into *Peek) error {
 	into.Batch = false
 	into.Messages = into.Messages[:0]
 	into.Complete = complete
-	if complete && !json.Valid(body) {
-		if len(trimSpace(body)) == 0 {
+	if err := checkJSON(body, complete); err != nil {
+		if complete && len(trimSpace(body)) == 0 {
 			return ErrEmptyBody
 		}
-		return ErrMalformed
+		return err
 	}
 	s := scanner{b: body}
 	s.ws()
@@ -108,9 +235,12 @@ func ParseEnvelope(body []byte, complete bool, into *Peek) error {
 	}
 	if s.b[s.i] == '[' {
 		into.Batch = true
+		if !complete {
+			return ErrBatchTooLarge
+		}
 		s.i++
 		s.ws()
-		if !s.eof() && s.b[s.i] == ']' {
+		if s.b[s.i] == ']' {
 			return ErrNotEnvelope
 		}
 		for {
@@ -122,21 +252,28 @@ func ParseEnvelope(body []byte, complete bool, into *Peek) error {
 				return err
 			}
 			s.ws()
-			if s.eof() {
-				return ErrTooLarge
-			}
 			if s.b[s.i] == ']' {
 				return nil
 			}
-			if s.b[s.i] != ',' {
-				return ErrMalformed
-			}
-			s.i++
+			s.i++ // ','
 			s.ws()
 		}
 	}
 	into.Messages = append(into.Messages, Envelope{})
 	return s.message(&into.Messages[0])
+}
+
+// checkJSON refuses a body that is not valid JSON in valid UTF-8, or, not
+// complete, not the beginning of such a body.
+func checkJSON(body []byte, complete bool) error {
+	var v streamCheck
+	if _, err := v.write(body); err != nil {
+		return err
+	}
+	if complete {
+		return v.end()
+	}
+	return nil
 }
 
 func trimSpace(b []byte) []byte {
@@ -148,8 +285,9 @@ func trimSpace(b []byte) []byte {
 
 func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' }
 
-// scanner walks JSON text that may end early. It never recurses, so deep
-// nesting costs no stack.
+// scanner walks JSON text that may end early. The text is valid JSON, or
+// a valid prefix of it, so values it does not read are skipped with little
+// care. It never recurses, so deep nesting costs no stack.
 type scanner struct {
 	b []byte
 	i int
@@ -234,54 +372,40 @@ func (s *scanner) skip() error {
 	}
 }
 
-// object walks the members of an object at s.i, calling member for each key
-// with s.i at the value; member must consume the value.
-func (s *scanner) object(member func(key []byte, escaped bool) error) error {
+// nextKey reads the key of the next member of the object being scanned
+// (first: none was read yet) and leaves s.i at its value. ok is false at
+// the end of the object, whose closer it consumes.
+func (s *scanner) nextKey(first bool) (raw, quoted []byte, escaped, ok bool, err error) {
 	s.ws()
 	if s.eof() {
-		return errEOF
+		return nil, nil, false, false, errEOF
 	}
-	if s.b[s.i] != '{' {
-		return ErrNotEnvelope
+	switch c := s.b[s.i]; {
+	case c == '}':
+		s.i++
+		return nil, nil, false, false, nil
+	case !first && c == ',':
+		s.i++
+		s.ws()
+	case !first:
+		return nil, nil, false, false, ErrMalformed
+	}
+	start := s.i
+	raw, escaped, err = s.str()
+	if err != nil {
+		return nil, nil, false, false, err
+	}
+	quoted = s.b[start:s.i]
+	s.ws()
+	if s.eof() {
+		return nil, nil, false, false, errEOF
+	}
+	if s.b[s.i] != ':' {
+		return nil, nil, false, false, ErrMalformed
 	}
 	s.i++
 	s.ws()
-	if !s.eof() && s.b[s.i] == '}' {
-		s.i++
-		return nil
-	}
-	for {
-		s.ws()
-		key, esc, err := s.str()
-		if err != nil {
-			return err
-		}
-		s.ws()
-		if s.eof() {
-			return errEOF
-		}
-		if s.b[s.i] != ':' {
-			return ErrMalformed
-		}
-		s.i++
-		s.ws()
-		if err := member(key, esc); err != nil {
-			return err
-		}
-		s.ws()
-		if s.eof() {
-			return errEOF
-		}
-		switch s.b[s.i] {
-		case ',':
-			s.i++
-		case '}':
-			s.i++
-			return nil
-		default:
-			return ErrMalformed
-		}
-	}
+	return raw, quoted, escaped, true, nil
 }
 
 // rawValue returns the raw bytes of the scalar or compound value at s.i.
@@ -293,203 +417,321 @@ func (s *scanner) rawValue() ([]byte, error) {
 	return s.b[start:s.i], nil
 }
 
-// stringValue reads a string value, decoding escapes when present; a
-// non-string value is skipped and reported as absent.
-func (s *scanner) stringValue() (string, bool, error) {
-	if s.eof() {
-		return "", false, errEOF
-	}
-	if s.b[s.i] != '"' {
-		return "", false, s.skip()
-	}
+// stringValue reads the string at s.i, decoding escapes when present.
+func (s *scanner) stringValue() (string, error) {
+	start := s.i
 	raw, esc, err := s.str()
 	if err != nil {
-		return "", false, err
+		return "", err
 	}
 	if !esc {
-		return internString(raw), true, nil
+		return internString(raw), nil
 	}
 	var out string
-	if err := json.Unmarshal(s.b[s.i-len(raw)-2:s.i], &out); err != nil {
-		return "", false, ErrMalformed
+	if err := json.Unmarshal(s.b[start:s.i], &out); err != nil {
+		return "", ErrMalformed
 	}
-	return out, true, nil
+	return out, nil
+}
+
+// optString reads a string or null at s.i (null reads as ""); ok is false
+// for a value of another type, which is not consumed.
+func (s *scanner) optString() (v string, ok bool, err error) {
+	if s.eof() {
+		return "", true, errEOF
+	}
+	switch s.b[s.i] {
+	case '"':
+		v, err = s.stringValue()
+		return v, true, err
+	case 'n':
+		return "", true, s.skip()
+	}
+	return "", false, nil
+}
+
+// msgFacts is what the scan of one message object read.
+type msgFacts struct {
+	jsonrpc  bool // "jsonrpc":"2.0"
+	method   bool
+	id       bool // an id value (null too)
+	idNull   bool
+	result   bool // a result key
+	errorKey bool // an error key
+	name     bool // params.name (null too)
+	uri      bool // params.uri (null too)
 }
 
 // message scans one message object into env.
 func (s *scanner) message(env *Envelope) error {
-	var hasMethod, hasID, hasResult bool
-	var seen uint8 // envelope keys already met: a repeat is ambiguous
-	err := s.object(func(key []byte, esc bool) error {
-		if esc {
-			return s.skip()
-		}
-		if bit := envelopeKeyBit(key); bit != 0 {
-			if seen&bit != 0 {
-				return ErrMalformed
-			}
-			seen |= bit
-		}
-		switch string(key) {
-		case "method":
-			m, ok, err := s.stringValue()
-			if err != nil {
-				return err
-			}
-			env.Method, hasMethod = m, ok
-			return nil
-		case "id":
-			raw, err := s.rawValue()
-			if err != nil {
-				return err
-			}
-			if string(raw) != "null" {
-				env.ID, hasID = string(raw), true
-			}
-			return nil
-		case "result", "error":
-			hasResult = true
-			return s.skip()
-		case "params":
-			return s.params(env)
-		}
-		return s.skip()
-	})
-	if err == errEOF {
-		// A truncated message is good enough when what admission needs
-		// is known: the method, or that it is a response. An id may
-		// still follow the part seen, so a method without an id is a
-		// request unless its name says notification.
-		switch {
-		case hasMethod && !hasID && !strings.HasPrefix(env.Method, "notifications/"):
-			env.Kind = KindRequest
-			return nil
-		case hasMethod, hasResult && hasID:
-			err = nil
-		default:
-			return ErrTooLarge
-		}
-	}
-	if err != nil {
+	var f msgFacts
+	err := s.envelope(env, &f)
+	if err != nil && err != errEOF {
 		return err
 	}
+	closed := err == nil
 	switch {
-	case hasMethod && hasID:
-		env.Kind = KindRequest
-	case hasMethod:
-		env.Kind = KindNotification
-	case hasResult && hasID:
-		env.Kind = KindResponse
-	case hasResult:
+	case f.method && (f.result || f.errorKey):
+		return errMethodAndResult
+	case f.result && f.errorKey:
+		return errResultAndError
+	case f.result && f.id && f.idNull:
+		return errResponseID
+	}
+	if closed {
+		if !f.jsonrpc {
+			return ErrJSONRPCVersion
+		}
+		switch {
+		case f.method && f.id && !f.idNull:
+			env.Kind = KindRequest
+		case f.method:
+			env.Kind = KindNotification
+		case f.result || f.errorKey:
+			if !f.id {
+				return errResponseID
+			}
+			env.Kind = KindResponse
+		default:
+			return ErrNotEnvelope
+		}
+		return nil
+	}
+	// The head of a longer body: what the proxy decides on must be in it.
+	switch {
+	case f.method:
+		switch {
+		case f.id && !f.idNull:
+			env.Kind = KindRequest
+		case f.id, strings.HasPrefix(env.Method, "notifications/"):
+			env.Kind = KindNotification
+		default:
+			// The id follows; CheckedBody makes sure of it.
+			env.Kind = KindRequest
+		}
+		switch env.Method {
+		case "tools/call", "prompts/get":
+			if !f.name {
+				return ErrTooLarge
+			}
+		case "resources/read", "resources/subscribe", "resources/unsubscribe":
+			if !f.uri {
+				return ErrTooLarge
+			}
+		}
+	case f.result || f.errorKey:
 		env.Kind = KindResponse
 	default:
-		return ErrNotEnvelope
+		return ErrTooLarge
 	}
 	return nil
 }
 
-// params scans the params object for the fields the proxy needs.
-func (s *scanner) params(env *Envelope) error {
+// envelope scans the members of a message object.
+func (s *scanner) envelope(env *Envelope, f *msgFacts) error {
 	if s.eof() {
 		return errEOF
 	}
 	if s.b[s.i] != '{' {
-		return s.skip()
+		return ErrNotEnvelope
 	}
-	var name, uri string
-	var seen uint8
-	err := s.object(func(key []byte, esc bool) error {
-		if esc {
-			return s.skip()
-		}
-		if bit := paramsKeyBit(key); bit != 0 {
-			if seen&bit != 0 {
-				return ErrMalformed
-			}
-			seen |= bit
-		}
-		var err error
-		switch string(key) {
-		case "name":
-			name, _, err = s.stringValue()
-		case "uri":
-			uri, _, err = s.stringValue()
-		case "protocolVersion":
-			env.ProtocolVersion, _, err = s.stringValue()
-		case "requestId":
-			var raw []byte
-			raw, err = s.rawValue()
-			env.RequestID = string(raw)
-		case "_meta":
-			err = s.meta(env)
-		default:
-			err = s.skip()
-		}
-		return err
-	})
-	if name != "" {
-		env.Name = name
-	} else {
-		env.Name = uri
-	}
-	return err
-}
-
-// envelopeKeyBit numbers the envelope keys the peek reads. A message that
-// repeats one is refused: JSON parsers disagree on which copy wins, and the
-// proxy must decide on the same value the upstream will use.
-func envelopeKeyBit(key []byte) uint8 {
-	switch string(key) {
-	case "method":
-		return 1
-	case "id":
-		return 2
-	case "params":
-		return 4
-	case "result":
-		return 8
-	case "error":
-		return 16
-	}
-	return 0
-}
-
-// paramsKeyBit numbers the params keys the peek reads, like envelopeKeyBit.
-func paramsKeyBit(key []byte) uint8 {
-	switch string(key) {
-	case "name":
-		return 1
-	case "uri":
-		return 2
-	case "protocolVersion":
-		return 4
-	case "requestId":
-		return 8
-	case "_meta":
-		return 16
-	}
-	return 0
-}
-
-// metaVersionKey is the _meta key that carries the protocol version in the
-// stateless revision.
-const metaVersionKey = "io.modelcontextprotocol/protocolVersion"
-
-func (s *scanner) meta(env *Envelope) error {
-	if s.eof() {
-		return errEOF
-	}
-	if s.b[s.i] != '{' {
-		return s.skip()
-	}
-	return s.object(func(key []byte, esc bool) error {
-		if !esc && string(key) == metaVersionKey {
-			v, _, err := s.stringValue()
-			env.MetaVersion = v
+	s.i++
+	keys := objectKeys{set: setEnvelope}
+	for first := true; ; first = false {
+		raw, quoted, esc, ok, err := s.nextKey(first)
+		if err != nil || !ok {
 			return err
 		}
-		return s.skip()
-	})
+		key, err := decodeKey(raw, quoted, esc)
+		if err != nil {
+			return err
+		}
+		m, err := keys.add(key)
+		if err != nil {
+			return err
+		}
+		if s.eof() {
+			return errEOF
+		}
+		c := s.b[s.i]
+		switch m {
+		case envJSONRPC:
+			if c != '"' {
+				return ErrJSONRPCVersion
+			}
+			start := s.i
+			raw, esc, err := s.str()
+			if err != nil {
+				return err
+			}
+			if esc {
+				var v string
+				if json.Unmarshal(s.b[start:s.i], &v) != nil || v != "2.0" {
+					return ErrJSONRPCVersion
+				}
+			} else if string(raw) != "2.0" {
+				return ErrJSONRPCVersion
+			}
+			f.jsonrpc = true
+		case envMethod:
+			if c != '"' {
+				return errMethodType
+			}
+			v, err := s.stringValue()
+			if err != nil {
+				return err
+			}
+			env.Method, f.method = v, true
+		case envID:
+			if c != '"' && c != 'n' && c != '-' && (c < '0' || c > '9') {
+				return ErrInvalidID
+			}
+			raw, err := s.rawValue()
+			if err != nil {
+				return err
+			}
+			f.id = true
+			if c == 'n' {
+				f.idNull = true
+			} else {
+				env.ID = string(raw)
+			}
+		case envParams:
+			switch c {
+			case '{':
+				err = s.params(env, f)
+			case 'n':
+				err = s.skip()
+			default:
+				return errParamsType
+			}
+			if err != nil {
+				return err
+			}
+		case envResult, envError:
+			// Known once the value starts: it may end past the head.
+			if m == envResult {
+				f.result = true
+			} else {
+				f.errorKey = true
+			}
+			if err := s.skip(); err != nil {
+				return err
+			}
+		default:
+			if err := s.skip(); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// params scans the params object for the fields the proxy needs.
+func (s *scanner) params(env *Envelope, f *msgFacts) error {
+	s.i++ // '{'
+	keys := objectKeys{set: setParams}
+	var name, uri string
+	defer func() {
+		if name != "" {
+			env.Name = name
+		} else {
+			env.Name = uri
+		}
+	}()
+	for first := true; ; first = false {
+		raw, quoted, esc, ok, err := s.nextKey(first)
+		if err != nil || !ok {
+			return err
+		}
+		key, err := decodeKey(raw, quoted, esc)
+		if err != nil {
+			return err
+		}
+		m, err := keys.add(key)
+		if err != nil {
+			return err
+		}
+		if s.eof() {
+			return errEOF
+		}
+		switch m {
+		case parName, parURI, parProtocolVersion:
+			v, isStr, err := s.optString()
+			if !isStr {
+				return paramTypeError(m)
+			}
+			if err != nil {
+				return err
+			}
+			switch m {
+			case parName:
+				name, f.name = v, true
+			case parURI:
+				uri, f.uri = v, true
+			default:
+				env.ProtocolVersion = v
+			}
+		case parRequestID:
+			raw, err := s.rawValue()
+			if err != nil {
+				return err
+			}
+			env.RequestID = string(raw)
+		case parMeta:
+			switch s.b[s.i] {
+			case '{':
+				err = s.meta(env)
+			case 'n':
+				err = s.skip()
+			default:
+				return errMetaType
+			}
+			if err != nil {
+				return err
+			}
+		default:
+			if err := s.skip(); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// meta scans params._meta for the protocol version.
+func (s *scanner) meta(env *Envelope) error {
+	s.i++ // '{'
+	seen := false
+	for first := true; ; first = false {
+		raw, quoted, esc, ok, err := s.nextKey(first)
+		if err != nil || !ok {
+			return err
+		}
+		key, err := decodeKey(raw, quoted, esc)
+		if err != nil {
+			return err
+		}
+		if m, exact, _ := classifyKey(key, setMeta); m == 0 {
+			if !exact {
+				return ambiguousKey(setMeta, key, m, false)
+			}
+			if seen {
+				return ambiguousKey(setMeta, key, m, true)
+			}
+			seen = true
+			v, isStr, err := s.optString()
+			if !isStr {
+				return errMetaVersionType
+			}
+			if err != nil {
+				return err
+			}
+			env.MetaVersion = v
+			continue
+		}
+		if err := s.skip(); err != nil {
+			return err
+		}
+	}
 }
 
 // knownStrings holds method names and versions seen on every request, so

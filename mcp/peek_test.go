@@ -96,14 +96,24 @@ func TestParseEnvelopeBatchLimit(t *testing.T) {
 }
 
 func TestParseEnvelopeDeepNesting(t *testing.T) {
-	// Deep nesting inside params is skipped without recursion.
-	body := `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"x":` + strings.Repeat("[", 100000) + strings.Repeat("]", 100000) + `}}`
-	var p Peek
-	if err := ParseEnvelope([]byte(body), false, &p); err != nil {
-		t.Fatal(err)
+	// Deep nesting inside params is skipped without recursion, up to the
+	// depth encoding/json accepts.
+	body := `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","x":` + strings.Repeat("[", maxNesting-2) + strings.Repeat("]", maxNesting-2) + `}}`
+	for _, complete := range []bool{true, false} {
+		var p Peek
+		if err := ParseEnvelope([]byte(body), complete, &p); err != nil {
+			t.Fatal(err)
+		}
+		if p.First().Method != "tools/call" {
+			t.Fatalf("method %q", p.First().Method)
+		}
 	}
-	if p.First().Method != "tools/call" {
-		t.Fatalf("method %q", p.First().Method)
+	body = `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","x":` + strings.Repeat("[", 100000) + strings.Repeat("]", 100000) + `}}`
+	for _, complete := range []bool{true, false} {
+		var p Peek
+		if err := ParseEnvelope([]byte(body), complete, &p); !errors.Is(err, ErrMalformed) {
+			t.Fatalf("err = %v", err)
+		}
 	}
 }
 
@@ -128,7 +138,7 @@ func FuzzParseEnvelope(f *testing.F) {
 		`{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo"}}`,
 		`[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","method":"notifications/initialized"}]`,
 		`{"jsonrpc":"2.0","id":"a","result":{}}`,
-		`{"method":"x","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}`,
+		`{"jsonrpc":"2.0","method":"x","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}`,
 		"\x00garbage", `{"a":"\"}`, `[[[[`,
 	} {
 		f.Add([]byte(s), 10)
@@ -164,8 +174,30 @@ func TestParseEnvelopeDuplicateKeys(t *testing.T) {
 		`{"jsonrpc":"2.0","id":1,"id":2,"method":"ping"}`,
 	} {
 		var p Peek
-		if err := ParseEnvelope([]byte(body), true, &p); !errors.Is(err, ErrMalformed) {
-			t.Errorf("%s: err = %v, want ErrMalformed", body, err)
+		if err := ParseEnvelope([]byte(body), true, &p); !errors.Is(err, ErrAmbiguous) {
+			t.Errorf("%s: err = %v, want ErrAmbiguous", body, err)
 		}
+	}
+}
+
+// BenchmarkPeek classifies small complete tools/call bodies as the SDKs
+// write them.
+func BenchmarkPeek(b *testing.B) {
+	for _, bc := range []struct{ name, body string }{
+		{"tools-call", `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hello world"}}}`},
+		{"typescript", `{"method":"tools/call","params":{"name":"echo","arguments":{"text":"hello world"}},"jsonrpc":"2.0","id":7}`},
+		{"go-sdk-meta", `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"_meta":{"progressToken":"p1"},"name":"echo","arguments":{"text":"hi"}}}`},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			body := []byte(bc.body)
+			var p Peek
+			b.ReportAllocs()
+			b.SetBytes(int64(len(body)))
+			for b.Loop() {
+				if err := ParseEnvelope(body, true, &p); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

@@ -3,7 +3,6 @@ package mcp
 import (
 	"crypto/aes"
 	"crypto/cipher"
-	"crypto/hkdf"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
@@ -12,6 +11,8 @@ import (
 	"fmt"
 	"sync"
 	"time"
+
+	"golang.org/x/crypto/scrypt"
 )
 
 // TokenKind tells what a sealed token stands for.
@@ -39,26 +40,42 @@ type Session struct {
 	Version string
 	// Expires is when the token stops opening (second precision).
 	Expires time.Time
+	// Endpoint is, in a legacy route token, the upstream's POST endpoint
+	// (path and query, as its endpoint event named it): the upstream's
+	// own session id travels sealed in it and never reaches the client.
+	Endpoint string
+	// Principal is a keyed hash of the principal the session is bound to
+	// (empty for a session opened without one).
+	Principal string
 }
 
 // Limits of what a token may carry.
 const (
 	// MaxUpstreamSessionID caps the length of an upstream's session id.
 	MaxUpstreamSessionID = 512
+	// MaxEndpoint caps the length of a legacy endpoint a token carries.
+	MaxEndpoint = 512
 	// MaxTokenLength caps the length of a token a client may present; a
-	// longer one is refused before any decoding.
-	MaxTokenLength = 1400
+	// longer one is refused before any decoding. It fits a token with
+	// every field at its cap.
+	MaxTokenLength = 1920
 	maxUpstreamLen = 255
+	maxVersionLen  = 32
+	maxPrincipal   = 64
 	keySize        = 32
-	tokenVersion   = 1
+	// tokenVersion is the plaintext format sealed; tokens of format 1
+	// (without Endpoint and Principal) still open.
+	tokenVersion = 2
 )
 
 // openBufPool holds Open's scratch buffers: a token's text, then its
 // decoded bytes.
 var openBufPool = sync.Pool{New: func() any { return new([2 * MaxTokenLength]byte) }}
 
-// Token errors. Each answers 404: the client re-initializes.
+// Token errors. ErrTokenInvalid and ErrTokenExpired answer 404: the
+// client re-initializes. ErrTooLong means a field does not fit a token.
 var (
+	ErrTooLong      = errors.New("session fields too long to seal")
 	ErrTokenInvalid = errors.New("session token invalid")
 	ErrTokenExpired = errors.New("session token expired")
 )
@@ -99,11 +116,26 @@ func GenerateKey() []byte {
 	return k
 }
 
+// Parameters of the passphrase key derivation (scrypt). They are fixed, so
+// every replica given the same passphrase derives the same key: N = 2^15,
+// r = 8, p = 1 (32 MiB and some tens of milliseconds, once per passphrase
+// and process), with a fixed salt.
+const (
+	kdfN    = 1 << 15
+	kdfR    = 8
+	kdfP    = 1
+	kdfSalt = "mcpgate session key v2"
+)
+
+// derivedKeys caches the keys derived from passphrases, by the SHA-256 of
+// the passphrase, so a config reload does not pay the derivation again.
+var derivedKeys sync.Map // [32]byte → []byte
+
 // ParseKey turns a configured key into 32 bytes of key material. A value
 // that is base64 (standard or URL alphabet, padded or not) of exactly 32
 // bytes is used as is; any other value of at least 32 characters is a
-// passphrase stretched with HKDF-SHA256 (cheap on purpose: it runs once at
-// provisioning, never per request).
+// passphrase, stretched with the memory-hard scrypt (see kdfN), so that a
+// sealed token is no cheap oracle for guessing a human-chosen passphrase.
 func ParseKey(s string) ([]byte, error) {
 	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
 		if b, err := enc.DecodeString(s); err == nil && len(b) == keySize {
@@ -113,7 +145,16 @@ func ParseKey(s string) ([]byte, error) {
 	if len(s) < keySize {
 		return nil, fmt.Errorf("session key must be base64 of 32 bytes or a passphrase of at least 32 characters")
 	}
-	return hkdf.Key(sha256.New, []byte(s), nil, "mcpgate session key", keySize)
+	id := sha256.Sum256([]byte(s))
+	if k, ok := derivedKeys.Load(id); ok {
+		return k.([]byte), nil
+	}
+	k, err := scrypt.Key([]byte(s), []byte(kdfSalt), kdfN, kdfR, kdfP, keySize)
+	if err != nil {
+		return nil, fmt.Errorf("deriving session key: %w", err)
+	}
+	derivedKeys.Store(id, k)
+	return k, nil
 }
 
 // NewSealer returns a Sealer for the given 32-byte keys; the first seals.
@@ -144,22 +185,25 @@ func NewSealer(keys [][]byte) (*Sealer, error) {
 // a random nonce and the AES-GCM ciphertext. Every character is in the
 // visible ASCII range that MCP requires of session ids.
 func (s *Sealer) Seal(sess *Session) (string, error) {
-	if len(sess.Upstream) > maxUpstreamLen || len(sess.UpstreamID) > MaxUpstreamSessionID || len(sess.Version) > 32 {
-		return "", errors.New("session fields too long to seal")
+	if len(sess.Upstream) > maxUpstreamLen || len(sess.UpstreamID) > MaxUpstreamSessionID ||
+		len(sess.Version) > maxVersionLen || len(sess.Endpoint) > MaxEndpoint || len(sess.Principal) > maxPrincipal {
+		return "", ErrTooLong
 	}
 	k := s.keys[0]
-	var buf [1 + 12 + 64 + maxUpstreamLen + MaxUpstreamSessionID + 32 + 16]byte
+	var buf [1 + 12 + 32 + maxUpstreamLen + MaxUpstreamSessionID + maxVersionLen + MaxEndpoint + maxPrincipal + 16]byte
 	out := buf[:0]
 	out = append(out, k.id)
 	nonce := buf[1:13]
 	_, _ = rand.Read(nonce)
 	out = out[:13]
-	pt := make([]byte, 0, 16+len(sess.Upstream)+len(sess.UpstreamID)+len(sess.Version))
+	pt := make([]byte, 0, 24+len(sess.Upstream)+len(sess.UpstreamID)+len(sess.Version)+len(sess.Endpoint)+len(sess.Principal))
 	pt = append(pt, tokenVersion, byte(sess.Kind))
 	pt = binary.AppendUvarint(pt, uint64(sess.Expires.Unix()))
 	pt = appendField(pt, sess.Upstream)
 	pt = appendField(pt, sess.UpstreamID)
 	pt = appendField(pt, sess.Version)
+	pt = appendField(pt, sess.Endpoint)
+	pt = appendField(pt, sess.Principal)
 	out = k.aead.Seal(out, nonce, pt, tokenAAD)
 	return base64.RawURLEncoding.EncodeToString(out), nil
 }
@@ -218,9 +262,10 @@ func (s *Sealer) Open(token string, now time.Time) (*Session, error) {
 }
 
 func decodeSession(pt []byte) (*Session, bool) {
-	if len(pt) < 2 || pt[0] != tokenVersion {
+	if len(pt) < 2 || (pt[0] != tokenVersion && pt[0] != 1) {
 		return nil, false
 	}
+	format := pt[0]
 	sess := &Session{Kind: TokenKind(pt[1])}
 	pt = pt[2:]
 	exp, n := binary.Uvarint(pt)
@@ -238,6 +283,14 @@ func decodeSession(pt []byte) (*Session, bool) {
 	}
 	if sess.Version, pt, ok = readField(pt); !ok {
 		return nil, false
+	}
+	if format >= 2 {
+		if sess.Endpoint, pt, ok = readField(pt); !ok {
+			return nil, false
+		}
+		if sess.Principal, pt, ok = readField(pt); !ok {
+			return nil, false
+		}
 	}
 	return sess, len(pt) == 0
 }

@@ -1,6 +1,9 @@
 package mcp
 
 import (
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"strings"
 	"testing"
@@ -97,6 +100,11 @@ func TestParseKey(t *testing.T) {
 	if string(k1) != string(k2) {
 		t.Error("passphrase derivation is not stable")
 	}
+	// The documented derivation: scrypt, N=2^15, r=8, p=1, salt
+	// "mcpgate session key v2". Replicas derive the same key from it.
+	if got := hex.EncodeToString(k1); got != "e41e6ba6592d036dbc084c40e95a8cb36bed3e0f7f0f1f187cfb1f45023a882a" {
+		t.Errorf("passphrase key %s does not follow the documented derivation", got)
+	}
 	if k, err := ParseKey("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="); err != nil || k[31] != 31 {
 		t.Errorf("base64 key: %v %v", k, err)
 	}
@@ -144,4 +152,48 @@ func FuzzOpenToken(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestTokenFieldsAndFormat1(t *testing.T) {
+	s, err := NewSealer([][]byte{GenerateKey()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	in := &Session{Kind: TokenLegacy, Upstream: "10.0.0.1:80", UpstreamID: "k", Version: Version20241105,
+		Expires: now.Add(time.Hour).Truncate(time.Second), Endpoint: "/message?sessionId=abc", Principal: "\x01\x02"}
+	tok, err := s.Seal(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := s.Open(tok, now)
+	if err != nil || *out != *in {
+		t.Fatalf("round trip: %+v %v", out, err)
+	}
+	// Every field at its cap still makes a token within MaxTokenLength.
+	full := &Session{Kind: TokenSession, Upstream: strings.Repeat("u", maxUpstreamLen), UpstreamID: strings.Repeat("i", MaxUpstreamSessionID),
+		Version: strings.Repeat("v", maxVersionLen), Expires: now.Add(time.Hour), Endpoint: strings.Repeat("e", MaxEndpoint), Principal: strings.Repeat("p", maxPrincipal)}
+	if tok, err := s.Seal(full); err != nil || len(tok) > MaxTokenLength {
+		t.Fatalf("full token: %d %v", len(tok), err)
+	} else if _, err := s.Open(tok, now); err != nil {
+		t.Fatalf("full token does not open: %v", err)
+	}
+	full.Endpoint += "e"
+	if _, err := s.Seal(full); err != ErrTooLong {
+		t.Errorf("over-long endpoint sealed: %v", err)
+	}
+	// A token of the first format (no endpoint, no principal) opens.
+	k := s.keys[0]
+	pt := []byte{1, byte(TokenSession)}
+	pt = binary.AppendUvarint(pt, uint64(now.Add(time.Hour).Unix()))
+	pt = appendField(pt, "up:1")
+	pt = appendField(pt, "sid")
+	pt = appendField(pt, Version20250618)
+	nonce := make([]byte, 12)
+	raw := append([]byte{k.id}, nonce...)
+	raw = k.aead.Seal(raw, nonce, pt, tokenAAD)
+	old, err := s.Open(base64.RawURLEncoding.EncodeToString(raw), now)
+	if err != nil || old.UpstreamID != "sid" || old.Upstream != "up:1" || old.Endpoint != "" {
+		t.Errorf("format 1 token: %+v %v", old, err)
+	}
 }

@@ -1,0 +1,326 @@
+package mcp
+
+import (
+	"bytes"
+	"encoding/json"
+	"unicode"
+	"unicode/utf8"
+)
+
+// Members of a JSON-RPC message object the proxy reads.
+const (
+	envJSONRPC = iota
+	envID
+	envMethod
+	envParams
+	envResult
+	envError
+)
+
+// envelopeNames are the envelope members, indexed by the env constants.
+var envelopeNames = [...]string{"jsonrpc", "id", "method", "params", "result", "error"}
+
+// Members of a params object the proxy reads.
+const (
+	parName = iota
+	parURI
+	parProtocolVersion
+	parRequestID
+	parMeta
+	parArguments
+	parCursor
+)
+
+// paramsNames are the params members, indexed by the par constants.
+var paramsNames = [...]string{"name", "uri", "protocolVersion", "requestId", "_meta", "arguments", "cursor"}
+
+// metaVersionKey is the _meta key that carries the protocol version in the
+// stateless revision.
+const metaVersionKey = "io.modelcontextprotocol/protocolVersion"
+
+// memberSet names the object whose members a key is compared with.
+type memberSet uint8
+
+const (
+	setEnvelope memberSet = iota
+	setParams
+	setMeta
+)
+
+// name returns the exact spelling of member m of the set.
+func (set memberSet) name(m int) string {
+	switch set {
+	case setEnvelope:
+		return envelopeNames[m]
+	case setParams:
+		return paramsNames[m]
+	}
+	return metaVersionKey
+}
+
+// FNV-1a, over the folded form of a key.
+const (
+	fnvOffset = 14695981039346656037
+	fnvPrime  = 1099511628211
+)
+
+// maxMemberKey bounds the length of a decoded key that can still fold to a
+// member name: the longest name has 39 bytes, and a folded name is never
+// longer than its source, so 128 leaves room for every spelling.
+const maxMemberKey = 128
+
+// classifyKey compares a decoded key with the members of set the way
+// encoding/json matches object keys to struct fields: ASCII letters
+// compare case-insensitively, other runes by Unicode simple folding (so
+// "ſ" U+017F matches "s" and "K" U+212A matches "k"). It returns the
+// member the key folds to (-1 for none), whether the key is that member's
+// exact spelling, and a hash of the folded key that is equal for keys that
+// fold alike.
+func classifyKey(key []byte, set memberSet) (member int, exact bool, hash uint64) {
+	var buf [maxMemberKey]byte
+	n := 0
+	short := len(key) <= maxMemberKey
+	h := uint64(fnvOffset)
+	for i := 0; i < len(key); {
+		c := key[i]
+		if c < utf8.RuneSelf {
+			if 'a' <= c && c <= 'z' {
+				c -= 'a' - 'A'
+			}
+			h = (h ^ uint64(c)) * fnvPrime
+			if short {
+				buf[n] = c
+				n++
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRune(key[i:])
+		i += size
+		var enc [utf8.UTFMax]byte
+		m := utf8.EncodeRune(enc[:], foldRune(r))
+		if n+m > len(buf) {
+			short = false
+		}
+		for _, e := range enc[:m] {
+			h = (h ^ uint64(e)) * fnvPrime
+			if short {
+				buf[n] = e
+				n++
+			}
+		}
+	}
+	member = -1
+	if short {
+		member = lookupFolded(buf[:n], set)
+	}
+	exact = member >= 0 && string(key) == set.name(member)
+	return member, exact, h
+}
+
+// exactMember returns the member of set spelled exactly key, or -1.
+func exactMember(key []byte, set memberSet) int {
+	switch set {
+	case setEnvelope:
+		switch string(key) {
+		case "jsonrpc":
+			return envJSONRPC
+		case "id":
+			return envID
+		case "method":
+			return envMethod
+		case "params":
+			return envParams
+		case "result":
+			return envResult
+		case "error":
+			return envError
+		}
+	case setParams:
+		switch string(key) {
+		case "name":
+			return parName
+		case "uri":
+			return parURI
+		case "protocolVersion":
+			return parProtocolVersion
+		case "requestId":
+			return parRequestID
+		case "_meta":
+			return parMeta
+		case "arguments":
+			return parArguments
+		case "cursor":
+			return parCursor
+		}
+	case setMeta:
+		if string(key) == metaVersionKey {
+			return 0
+		}
+	}
+	return -1
+}
+
+// objectKeys finds the keys of one object (the message or its params)
+// that decoders could read differently: a key that repeats, exactly or by
+// folding, and a key that folds to a member without being spelled as it.
+type objectKeys struct {
+	set     memberSet
+	members uint8 // the members met
+	others  keySet
+}
+
+// add checks the next decoded key of the object and returns its member
+// index, or -1 for a key that is not a member.
+func (ok *objectKeys) add(key []byte) (int, error) {
+	if m := exactMember(key, ok.set); m >= 0 {
+		if ok.members&(1<<m) != 0 {
+			return m, ambiguousKey(ok.set, key, m, true)
+		}
+		ok.members |= 1 << m
+		return m, nil
+	}
+	// Not a member's spelling: neither a member's variant nor a repeat.
+	m, _, h := classifyKey(key, ok.set)
+	if m >= 0 {
+		return m, ambiguousKey(ok.set, key, m, false)
+	}
+	if ok.others.add(key, h) {
+		return -1, ambiguousKey(ok.set, key, -1, true)
+	}
+	return -1, nil
+}
+
+// lookupFolded returns the member of set whose folded name is folded, or -1.
+func lookupFolded(folded []byte, set memberSet) int {
+	switch set {
+	case setEnvelope:
+		switch string(folded) {
+		case "JSONRPC":
+			return envJSONRPC
+		case "ID":
+			return envID
+		case "METHOD":
+			return envMethod
+		case "PARAMS":
+			return envParams
+		case "RESULT":
+			return envResult
+		case "ERROR":
+			return envError
+		}
+	case setParams:
+		switch string(folded) {
+		case "NAME":
+			return parName
+		case "URI":
+			return parURI
+		case "PROTOCOLVERSION":
+			return parProtocolVersion
+		case "REQUESTID":
+			return parRequestID
+		case "_META":
+			return parMeta
+		case "ARGUMENTS":
+			return parArguments
+		case "CURSOR":
+			return parCursor
+		}
+	case setMeta:
+		if string(folded) == "IO.MODELCONTEXTPROTOCOL/PROTOCOLVERSION" {
+			return 0
+		}
+	}
+	return -1
+}
+
+// foldRune returns the smallest rune of r's simple case-folding orbit, the
+// canonical form encoding/json compares non-ASCII runes of names in.
+func foldRune(r rune) rune {
+	for {
+		r2 := unicode.SimpleFold(r)
+		if r2 <= r {
+			return r2
+		}
+		r = r2
+	}
+}
+
+// appendFold appends the folded form of key to dst: ASCII letters in upper
+// case, every other rune as foldRune.
+func appendFold(dst, key []byte) []byte {
+	for i := 0; i < len(key); {
+		c := key[i]
+		if c < utf8.RuneSelf {
+			if 'a' <= c && c <= 'z' {
+				c -= 'a' - 'A'
+			}
+			dst = append(dst, c)
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRune(key[i:])
+		dst = utf8.AppendRune(dst, foldRune(r))
+		i += size
+	}
+	return dst
+}
+
+// foldEqual reports whether two decoded keys fold alike.
+func foldEqual(a, b []byte) bool {
+	return bytes.Equal(appendFold(nil, a), appendFold(nil, b))
+}
+
+// decodeKey returns the decoded form of a raw JSON string (the bytes
+// between its quotes); quoted is the string with its quotes. Keys without
+// escapes are returned as they are, without allocating.
+func decodeKey(raw, quoted []byte, escaped bool) ([]byte, error) {
+	if !escaped {
+		return raw, nil
+	}
+	var s string
+	if err := json.Unmarshal(quoted, &s); err != nil {
+		return nil, ErrMalformed
+	}
+	return []byte(s), nil
+}
+
+// keySet remembers the keys of one object to find a key that repeats,
+// exactly or by folding. The first keys live in a fixed array; an object
+// with many keys spills into a map, so the check stays linear.
+type keySet struct {
+	n    int
+	hash [16]uint64
+	key  [16][]byte
+	more map[uint64][][]byte
+}
+
+// add records a decoded key with its fold hash and reports whether a key
+// that folds alike was recorded before.
+func (ks *keySet) add(key []byte, hash uint64) (dup bool) {
+	if ks.n < len(ks.hash) {
+		for i := 0; i < ks.n; i++ {
+			if ks.hash[i] == hash && foldEqual(ks.key[i], key) {
+				return true
+			}
+		}
+		ks.hash[ks.n] = hash
+		ks.key[ks.n] = key
+		ks.n++
+		return false
+	}
+	if ks.more == nil {
+		ks.more = make(map[uint64][][]byte, 2*len(ks.hash))
+		for i := range ks.hash {
+			ks.more[ks.hash[i]] = append(ks.more[ks.hash[i]], ks.key[i])
+		}
+	}
+	for _, k := range ks.more[hash] {
+		if foldEqual(k, key) {
+			return true
+		}
+	}
+	ks.more[hash] = append(ks.more[hash], key)
+	ks.n++
+	return false
+}

@@ -1,0 +1,127 @@
+package mcp
+
+import (
+	"net/http"
+	"strings"
+	"testing"
+)
+
+type hostList []string
+
+func (l hostList) Named() bool { return len(l) > 0 }
+func (l hostList) Match(h string) bool {
+	for _, p := range l {
+		if MatchHostPattern(p, h) {
+			return true
+		}
+	}
+	return false
+}
+
+func TestOriginPolicyCheck(t *testing.T) {
+	none := &OriginPolicy{}
+	list := &OriginPolicy{Allowed: []string{"https://app.example.com", "https://*.corp.example"}}
+	star := &OriginPolicy{Allowed: []string{"*"}}
+	site := hostList{"mcp.example.com", "*.mcp.example.com"}
+	for _, tt := range []struct {
+		name      string
+		p         *OriginPolicy
+		origin    string
+		fetchSite string
+		host      string
+		site      SiteHosts
+		want      bool
+	}{
+		{"no browser signal, any host", none, "", "", "public.example:443", site, true},
+		{"no browser signal, rebound host", none, "", "", "evil.example:8080", nil, true},
+		{"fetch site none", none, "", "none", "evil.example", nil, true},
+		{"site host origin", none, "https://mcp.example.com", "", "mcp.example.com", site, true},
+		{"site wildcard origin", none, "https://a.mcp.example.com", "", "mcp.example.com", site, true},
+		{"wildcard is one label", none, "https://a.b.mcp.example.com", "", "mcp.example.com", site, false},
+		{"rebinding: origin equals host", none, "http://evil.example:8080", "", "evil.example:8080", site, false},
+		{"rebinding on a site naming no host", none, "http://evil.example:8080", "", "evil.example:8080", nil, false},
+		{"loopback origin, site naming no host", none, "http://localhost:3000", "", "127.0.0.1:8080", nil, true},
+		{"loopback origin, site naming hosts", none, "http://localhost:3000", "", "mcp.example.com", site, false},
+		{"listed origin", list, "https://app.example.com", "", "mcp.example.com", site, true},
+		{"listed wildcard", list, "https://x.corp.example", "", "mcp.example.com", site, true},
+		{"scheme matters", list, "http://x.corp.example", "", "mcp.example.com", site, false},
+		{"star", star, "https://whatever", "", "x", nil, true},
+		{"null origin", none, "null", "", "localhost", nil, false},
+		{"cross-site without origin", none, "", "cross-site", "mcp.example.com", site, false},
+		{"same-origin GET without origin, site host", none, "", "same-origin", "mcp.example.com", site, true},
+		{"same-origin GET without origin, rebound host", none, "", "same-origin", "evil.example", site, false},
+	} {
+		ref := tt.p.Check(tt.origin, tt.fetchSite, tt.host, tt.site)
+		if got := ref == nil; got != tt.want {
+			t.Errorf("%s: allowed %v, want %v (%v)", tt.name, got, tt.want, ref)
+		}
+		if ref != nil && (ref.Status != http.StatusForbidden || !strings.Contains(ref.Message, "allowed_origins") && tt.fetchSite != "cross-site") {
+			t.Errorf("%s: refusal %d %q does not name allowed_origins", tt.name, ref.Status, ref.Message)
+		}
+	}
+}
+
+func TestMatchHostPattern(t *testing.T) {
+	for _, tt := range []struct {
+		p, h string
+		want bool
+	}{
+		{"example.com", "EXAMPLE.com", true},
+		{"example.com", "example.com.", true},
+		{"*.example.com", "a.example.com", true},
+		{"*.example.com", "example.com", false},
+		{"*.example.com", "a.b.example.com", false},
+		{"*", "localhost", true},
+		{"*", "a.b", false},
+	} {
+		if got := MatchHostPattern(tt.p, tt.h); got != tt.want {
+			t.Errorf("MatchHostPattern(%q, %q) = %v", tt.p, tt.h, got)
+		}
+	}
+}
+
+func TestCheckShape(t *testing.T) {
+	for _, tt := range []struct {
+		method, path string
+		hdr          map[string]string
+		want         int
+	}{
+		{"POST", "/mcp", map[string]string{"Content-Type": "application/json"}, 0},
+		{"POST", "/mcp", map[string]string{"Content-Type": "Application/JSON; charset=utf-8"}, 0},
+		{"POST", "/mcp", map[string]string{"Content-Type": "text/plain"}, 415},
+		{"POST", "/mcp", nil, 415},
+		{"POST", "/mcp", map[string]string{"Content-Type": "application/jsonx"}, 415},
+		{"GET", "/mcp", map[string]string{"Accept": "text/event-stream"}, 0},
+		{"GET", "/mcp", map[string]string{"Accept": "text/html, */*;q=0.8"}, 0},
+		{"GET", "/mcp", map[string]string{"Accept": "text/*"}, 0},
+		{"GET", "/mcp", nil, 0},
+		{"GET", "/mcp", map[string]string{"Accept": "text/html"}, 406},
+		{"GET", "/mcp", map[string]string{"Accept": "text/event-stream;q=0"}, 406},
+		{"GET", "/mcp", map[string]string{"Accept": "application/json"}, 406},
+		{"DELETE", "/mcp", nil, 0},
+		{"PUT", "/mcp", nil, 405},
+		{"PATCH", "/mcp", nil, 405},
+		{"OPTIONS", "/mcp", nil, 405},
+		{"OPTIONS", "/mcp", map[string]string{"Origin": "https://a", "Access-Control-Request-Method": "POST"}, 0},
+		{"POST", "/mcp/../../etc/passwd", map[string]string{"Content-Type": "application/json"}, 400},
+		{"POST", "/mcp/%2e%2E/x", map[string]string{"Content-Type": "application/json"}, 400},
+		{"POST", "/mcp/./x", map[string]string{"Content-Type": "application/json"}, 400},
+		{"POST", "/mcp/.well-known/x", map[string]string{"Content-Type": "application/json"}, 0},
+		{"POST", "/mcp/...", map[string]string{"Content-Type": "application/json"}, 0},
+	} {
+		r, err := http.NewRequest(tt.method, "http://h"+tt.path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k, v := range tt.hdr {
+			r.Header.Set(k, v)
+		}
+		got := 0
+		if ref := CheckShape(r); ref != nil {
+			got = ref.Status
+		}
+		if got != tt.want {
+			t.Errorf("%s %s %v: %d, want %d", tt.method, tt.path, tt.hdr, got, tt.want)
+		}
+	}
+}

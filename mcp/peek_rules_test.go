@@ -1,0 +1,241 @@
+package mcp
+
+import (
+	"errors"
+	"net/http"
+	"strings"
+	"testing"
+)
+
+// TestParseEnvelopeRefusals lists messages decoders could read differently
+// or that are not JSON-RPC 2.0, each refused.
+func TestParseEnvelopeRefusals(t *testing.T) {
+	tests := []struct {
+		name     string
+		body     string
+		complete bool
+		err      error
+	}{
+		// Keys are decoded before they are matched.
+		{"escaped method key", `{"jsonrpc":"2.0","id":1,"method":"ping","\u006dethod":"tools/call","params":{"name":"sleep"}}`, true, ErrAmbiguous},
+		{"escaped method key first", `{"jsonrpc":"2.0","id":1,"\u006dethod":"tools/call","method":"ping"}`, true, ErrAmbiguous},
+		{"case variant method", `{"jsonrpc":"2.0","id":1,"method":"ping","Method":"tools/call"}`, true, ErrAmbiguous},
+		{"case variant alone", `{"jsonrpc":"2.0","id":1,"METHOD":"tools/call"}`, true, ErrAmbiguous},
+		{"escaped name key", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","\u006eame":"sleep"}}`, true, ErrAmbiguous},
+		{"case variant name", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","NAME":"sleep"}}`, true, ErrAmbiguous},
+		{"escaped case variant name", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"\u004eame":"sleep"}}`, true, ErrAmbiguous},
+		{"long s folds to s", `{"jsonrpc":"2.0","id":1,"method":"tools/call","paramſ":{"name":"sleep"}}`, true, ErrAmbiguous},
+		{"escaped long s", `{"jsonrpc":"2.0","id":1,"method":"tools/call","param\u017f":{"name":"sleep"}}`, true, ErrAmbiguous},
+		{"long s in jsonrpc", `{"jſonrpc":"2.0","jsonrpc":"2.0","id":1,"method":"ping"}`, true, ErrAmbiguous},
+		{"kelvin sign duplicate", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","progressToken":1,"progressToKen":2}}`, true, ErrAmbiguous},
+		{"case duplicate of another key", `{"jsonrpc":"2.0","id":1,"method":"ping","extra":1,"EXTRA":2}`, true, ErrAmbiguous},
+		{"exact duplicate of another key", `{"jsonrpc":"2.0","id":1,"method":"ping","x":1,"x":2}`, true, ErrAmbiguous},
+		{"duplicate method", `{"jsonrpc":"2.0","id":1,"method":"tools/list","method":"tools/call"}`, true, ErrAmbiguous},
+		{"duplicate id", `{"jsonrpc":"2.0","id":1,"id":2,"method":"ping"}`, true, ErrAmbiguous},
+		{"duplicate jsonrpc", `{"jsonrpc":"2.0","jsonrpc":"2.0","id":1,"method":"ping"}`, true, ErrAmbiguous},
+		{"duplicate params", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a"},"params":{"name":"b"}}`, true, ErrAmbiguous},
+		{"duplicate name", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","name":"b"}}`, true, ErrAmbiguous},
+		{"duplicate uri", `{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"a","uri":"b"}}`, true, ErrAmbiguous},
+		{"case variant arguments", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","Arguments":{}}}`, true, ErrAmbiguous},
+		{"case variant meta", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","_Meta":{}}}`, true, ErrAmbiguous},
+		{"meta version duplicate", `{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/protocolVersion":"2025-06-18"}}}`, true, ErrAmbiguous},
+		{"meta version variant", `{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","IO.modelcontextprotocol/protocolVersion":"2025-06-18"}}}`, true, ErrAmbiguous},
+		{"meta version escaped variant", `{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocol\u0056ersion":"x","io.modelcontextprotocol/protocolversion":"y"}}}`, true, ErrAmbiguous},
+		// A tools/call disguised as a response.
+		{"response with escaped method", `{"jsonrpc":"2.0","id":1,"result":{},"\u006dethod":"tools/call","params":{"name":"sleep"}}`, true, ErrNotEnvelope},
+		{"response with case variant method", `{"jsonrpc":"2.0","id":1,"result":{},"Method":"tools/call","params":{"name":"sleep"}}`, true, ErrAmbiguous},
+		{"method and error", `{"jsonrpc":"2.0","id":1,"method":"ping","error":{"code":1,"message":"m"}}`, true, ErrNotEnvelope},
+		{"result and error", `{"jsonrpc":"2.0","id":1,"result":{},"error":{"code":1,"message":"m"}}`, true, ErrNotEnvelope},
+		{"response without id", `{"jsonrpc":"2.0","result":{}}`, true, ErrNotEnvelope},
+		{"result with null id", `{"jsonrpc":"2.0","id":null,"result":{}}`, true, ErrNotEnvelope},
+		// The version.
+		{"no jsonrpc", `{"id":1,"method":"tools/call","params":{"name":"sleep"}}`, true, ErrJSONRPCVersion},
+		{"jsonrpc 1.0", `{"jsonrpc":"1.0","id":1,"method":"ping"}`, true, ErrJSONRPCVersion},
+		{"jsonrpc number", `{"jsonrpc":2.0,"id":1,"method":"ping"}`, true, ErrJSONRPCVersion},
+		{"jsonrpc null", `{"jsonrpc":null,"id":1,"method":"ping"}`, true, ErrJSONRPCVersion},
+		{"jsonrpc with space", `{"jsonrpc":"2.0 ","id":1,"method":"ping"}`, true, ErrJSONRPCVersion},
+		{"batch member without jsonrpc", `[{"jsonrpc":"2.0","id":1,"method":"ping"},{"id":2,"method":"ping"}]`, true, ErrJSONRPCVersion},
+		// Types.
+		{"object id", `{"jsonrpc":"2.0","id":{},"method":"ping"}`, true, ErrInvalidID},
+		{"array id", `{"jsonrpc":"2.0","id":[1],"method":"ping"}`, true, ErrInvalidID},
+		{"bool id", `{"jsonrpc":"2.0","id":true,"method":"ping"}`, true, ErrInvalidID},
+		{"method number", `{"jsonrpc":"2.0","id":1,"method":5}`, true, ErrNotEnvelope},
+		{"method null", `{"jsonrpc":"2.0","id":1,"method":null}`, true, ErrNotEnvelope},
+		{"params array", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":["sleep"]}`, true, ErrNotEnvelope},
+		{"name number", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":7}}`, true, ErrNotEnvelope},
+		{"name object", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":{"a":1}}}`, true, ErrNotEnvelope},
+		{"meta array", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","_meta":[]}}`, true, ErrNotEnvelope},
+		{"meta version number", `{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":1}}}`, true, ErrNotEnvelope},
+		// UTF-8.
+		{"invalid UTF-8 in a value", "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"a\xff\"}}", true, ErrMalformed},
+		{"invalid UTF-8 in a key", "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\",\"\xc0\xaf\":1}", true, ErrMalformed},
+		{"surrogate in UTF-8", "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\",\"params\":{\"x\":\"\xed\xa0\x80\"}}", true, ErrMalformed},
+		{"invalid UTF-8 in the head", "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"a\",\"x\":\"\xff", false, ErrMalformed},
+		// Bodies longer than the peek.
+		{"truncated batch", `[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"a","arguments":{"x":"aaa`, false, ErrBatchTooLarge},
+		{"truncated before method", `{"jsonrpc":"2.0","id":1,"params":{"name":"a","arguments":{"x":"aaa`, false, ErrTooLarge},
+		{"truncated in method", `{"jsonrpc":"2.0","id":1,"method":"tools/ca`, false, ErrTooLarge},
+		{"truncated tools/call before name", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"arguments":{"x":"aaa`, false, ErrTooLarge},
+		{"truncated tools/call in name", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"ab`, false, ErrTooLarge},
+		{"truncated tools/call before params", `{"jsonrpc":"2.0","id":1,"method":"tools/call","x":"aaa`, false, ErrTooLarge},
+		{"truncated prompts/get before name", `{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"arguments":{"x":"aaa`, false, ErrTooLarge},
+		{"truncated resources/read before uri", `{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"_meta":{"x":"aaa`, false, ErrTooLarge},
+		{"truncated duplicate in head", `{"jsonrpc":"2.0","id":1,"method":"ping","method":"tools/call","params":{"x":"aaa`, false, ErrAmbiguous},
+		{"truncated variant in head", `{"jsonrpc":"2.0","id":1,"method":"ping","Method":"x","params":{"x":"aaa`, false, ErrAmbiguous},
+		{"truncated wrong version", `{"jsonrpc":"1.0","id":1,"method":"ping","params":{"x":"aaa`, false, ErrJSONRPCVersion},
+		{"truncated malformed", `{"jsonrpc":"2.0","id":1,"method":"ping","params":{"x":aaa`, false, ErrMalformed},
+		{"truncated method and result", `{"jsonrpc":"2.0","id":1,"method":"ping","result":{"x":"aaa`, false, ErrNotEnvelope},
+		{"deep nesting", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","x":` + strings.Repeat("[", maxNesting+1), false, ErrMalformed},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var p Peek
+			err := ParseEnvelope([]byte(tt.body), tt.complete, &p)
+			if !errors.Is(err, tt.err) {
+				t.Fatalf("err = %v, want %v", err, tt.err)
+			}
+		})
+	}
+}
+
+// TestParseEnvelopeSDKMessages lists messages as the SDKs write them.
+func TestParseEnvelopeSDKMessages(t *testing.T) {
+	tests := []struct {
+		name     string
+		body     string
+		complete bool
+		want     Envelope
+	}{
+		{"go-sdk tools/call", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"_meta":{"progressToken":"t"},"name":"x","arguments":{"a":1}}}`, true,
+			Envelope{Kind: KindRequest, Method: "tools/call", ID: "1", Name: "x"}},
+		{"typescript tools/call", `{"method":"tools/call","params":{"name":"x","arguments":{"a":1},"_meta":{"progressToken":1}},"jsonrpc":"2.0","id":2}`, true,
+			Envelope{Kind: KindRequest, Method: "tools/call", ID: "2", Name: "x"}},
+		{"typescript initialize", `{"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"c","version":"1"}},"jsonrpc":"2.0","id":0}`, true,
+			Envelope{Kind: KindRequest, Method: "initialize", ID: "0", ProtocolVersion: "2025-06-18"}},
+		{"python tools/call", `{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"x","arguments":{}}}`, true,
+			Envelope{Kind: KindRequest, Method: "tools/call", ID: "3", Name: "x"}},
+		{"typescript response", `{"result":{"content":[]},"jsonrpc":"2.0","id":5}`, true,
+			Envelope{Kind: KindResponse, ID: "5"}},
+		{"error response with null id", `{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"x"}}`, true,
+			Envelope{Kind: KindResponse}},
+		{"stateless tools/call", `{"jsonrpc":"2.0","id":"r1","method":"tools/call","params":{"name":"x","arguments":{},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","progressToken":1}}}`, true,
+			Envelope{Kind: KindRequest, Method: "tools/call", ID: `"r1"`, Name: "x", MetaVersion: "2026-07-28"}},
+		{"cancelled", `{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"r1","reason":"x"}}`, true,
+			Envelope{Kind: KindNotification, Method: "notifications/cancelled", RequestID: `"r1"`}},
+		{"escaped values and keys", `{"\u006asonrpc":"2\u002e0","\u0069d":1,"method":"tools\/call","params":{"n\u0061me":"a\u0062"}}`, true,
+			Envelope{Kind: KindRequest, Method: "tools/call", ID: "1", Name: "ab"}},
+		{"null params and name", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":null}}`, true,
+			Envelope{Kind: KindRequest, Method: "tools/call", ID: "1"}},
+		{"other keys", `{"jsonrpc":"2.0","id":1,"method":"ping","x":{"method":"a","Method":"b"},"params":null}`, true,
+			Envelope{Kind: KindRequest, Method: "ping", ID: "1"}},
+		{"many keys", `{"jsonrpc":"2.0","id":1,"method":"x/y","params":{` + manyKeys(40) + `}}`, true,
+			Envelope{Kind: KindRequest, Method: "x/y", ID: "1"}},
+		// The head of a longer body.
+		{"typescript head", `{"method":"tools/call","params":{"name":"x","arguments":{"a":"aaaa`, false,
+			Envelope{Kind: KindRequest, Method: "tools/call", Name: "x"}},
+		{"go-sdk head", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"_meta":{"progressToken":"t"},"name":"x","arguments":{"a":"aaaa`, false,
+			Envelope{Kind: KindRequest, Method: "tools/call", ID: "1", Name: "x"}},
+		{"notification head", `{"method":"notifications/message","params":{"data":"aaaa`, false,
+			Envelope{Kind: KindNotification, Method: "notifications/message"}},
+		{"response head", `{"result":{"content":[{"type":"text","text":"aaaa`, false,
+			Envelope{Kind: KindResponse}},
+		{"head cut in an id", `{"method":"ping","params":{},"jsonrpc":"2.0","id":12`, false,
+			Envelope{Kind: KindRequest, Method: "ping"}},
+		{"head holding the whole message", `{"jsonrpc":"2.0","method":"ping"}  `, false,
+			Envelope{Kind: KindNotification, Method: "ping"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var p Peek
+			if err := ParseEnvelope([]byte(tt.body), tt.complete, &p); err != nil {
+				t.Fatal(err)
+			}
+			if len(p.Messages) != 1 || p.Messages[0] != tt.want {
+				t.Fatalf("got %+v, want %+v", p.Messages, tt.want)
+			}
+			if tt.complete {
+				if err := checkAgreement([]byte(tt.body), &p, false); err != nil {
+					t.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+func manyKeys(n int) string {
+	var b strings.Builder
+	for i := range n {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(`"k`)
+		b.WriteString(strings.Repeat("x", i))
+		b.WriteString(`":1`)
+	}
+	return b.String()
+}
+
+func TestParseEnvelopeManyKeysDuplicate(t *testing.T) {
+	body := `{"jsonrpc":"2.0","id":1,"method":"x/y","params":{` + manyKeys(40) + `,"KXXXXX":2}}`
+	var p Peek
+	if err := ParseEnvelope([]byte(body), true, &p); !errors.Is(err, ErrAmbiguous) {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestClassifyBodyRefusals(t *testing.T) {
+	tests := []struct {
+		body     string
+		complete bool
+		status   int
+		code     int
+		msg      string
+	}{
+		{`{"jsonrpc":"2.0","id":1,"method":"ping","\u006dethod":"tools/call"}`, true, 400, CodeInvalidRequest,
+			`ambiguous JSON-RPC message: duplicate key "method"`},
+		{`{"jsonrpc":"2.0","id":1,"method":"ping","Method":"tools/call"}`, true, 400, CodeInvalidRequest,
+			`ambiguous JSON-RPC message: case-variant key "Method" of "method"`},
+		{`{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","nam\u0065":"b"}}`, true, 400, CodeInvalidRequest,
+			`ambiguous JSON-RPC message: duplicate key "name" in params`},
+		{`{"id":1,"method":"ping"}`, true, 400, CodeInvalidRequest, `invalid request: invalid JSON-RPC version: "jsonrpc" must be "2.0"`},
+		{`{"jsonrpc":"2.0","id":true,"method":"ping"}`, true, 400, CodeInvalidRequest, "invalid request: JSON-RPC id must be a string, a number or null"},
+		{"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"\xff\"}", true, 400, CodeParseError, "parse error: malformed JSON-RPC message: invalid UTF-8 at byte 34"},
+		{`[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","id":1,"method":"pi`, false, 413, CodeInvalidRequest, "JSON-RPC batch larger than the peek limit"},
+		{`{"jsonrpc":"2.0","id":1,"params":{"x":"aa`, false, 413, CodeInvalidRequest, "JSON-RPC envelope not found within the peek limit"},
+	}
+	for _, tt := range tests {
+		var c Call
+		err := ParseEnvelope([]byte(tt.body), tt.complete, &c.Peek)
+		ref := ClassifyBody(http.Header{}, err, &c)
+		if ref == nil || ref.Status != tt.status || ref.Code != tt.code || ref.Message != tt.msg {
+			t.Errorf("%s: got %+v, want %d %d %q", tt.body, ref, tt.status, tt.code, tt.msg)
+		}
+	}
+	for err, status := range map[error]int{ErrLateEnvelope: 413, ErrBodyTooLarge: 413, lateKey(setParams, parName): 413, errTrailing: 400} {
+		if ref := BodyRefusal(err); ref.Status != status {
+			t.Errorf("%v: status %d, want %d", err, ref.Status, status)
+		}
+	}
+}
+
+func TestBatchAllowed(t *testing.T) {
+	tests := []struct {
+		header, session string
+		want            bool
+	}{
+		{"", "", true},
+		{Version20250326, "", true},
+		{Version20250618, "", false},
+		{"", Version20250326, true},
+		{"", Version20250618, false},
+		{"", Version20241105, false},
+		{Version20250326, Version20250618, true},
+		{Version20250618, Version20250326, false},
+		{Version20260728, "", false},
+	}
+	for _, tt := range tests {
+		if got := BatchAllowed(tt.header, tt.session); got != tt.want {
+			t.Errorf("BatchAllowed(%q, %q) = %v, want %v", tt.header, tt.session, got, tt.want)
+		}
+	}
+}

@@ -1,0 +1,128 @@
+package mcp
+
+import (
+	"net/http"
+	"strings"
+)
+
+// AllowedMethods is the Allow header of a 405 answer: the HTTP methods an
+// MCP endpoint serves (OPTIONS only as a CORS preflight).
+const AllowedMethods = "GET, POST, DELETE, OPTIONS"
+
+// CheckShape refuses a request that cannot be MCP over HTTP, before
+// anything else is read: a method other than GET, POST, DELETE (and
+// OPTIONS when it is a CORS preflight) gets 405, a GET whose Accept does
+// not admit text/event-stream 406, a POST whose Content-Type is not JSON
+// 415, and a path with dot segments (".", "..", also percent-encoded)
+// 400. The caller sets the Allow header on a 405.
+func CheckShape(r *http.Request) *Refusal {
+	switch r.Method {
+	case http.MethodPost:
+		if !isJSON(r.Header.Get("Content-Type")) {
+			return Refuse(http.StatusUnsupportedMediaType, CodeInvalidRequest, "", "Unsupported Media Type: Content-Type must be application/json")
+		}
+	case http.MethodGet:
+		if !AcceptsEventStream(r.Header.Values("Accept")) {
+			return Refuse(http.StatusNotAcceptable, CodeInvalidRequest, "", "Not Acceptable: a GET must accept text/event-stream")
+		}
+	case http.MethodDelete:
+	case http.MethodOptions:
+		if !IsPreflight(r) {
+			return Refuse(http.StatusMethodNotAllowed, CodeInvalidRequest, "", "Method Not Allowed: OPTIONS is served only as a CORS preflight")
+		}
+	default:
+		return Refuse(http.StatusMethodNotAllowed, CodeInvalidRequest, "", "Method Not Allowed: an MCP endpoint serves GET, POST and DELETE")
+	}
+	if HasDotSegment(r.URL.EscapedPath()) {
+		return Refuse(http.StatusBadRequest, CodeInvalidRequest, "", "Bad Request: the path has dot segments")
+	}
+	return nil
+}
+
+// IsPreflight reports whether r is a CORS preflight: OPTIONS with Origin
+// and Access-Control-Request-Method.
+func IsPreflight(r *http.Request) bool {
+	return r.Method == http.MethodOptions && r.Header.Get("Origin") != "" &&
+		r.Header.Get("Access-Control-Request-Method") != ""
+}
+
+// isJSON reports whether a Content-Type is application/json, ignoring case
+// and parameters.
+func isJSON(ct string) bool {
+	const mt = "application/json"
+	ct = strings.TrimLeft(ct, " \t")
+	if len(ct) < len(mt) || !strings.EqualFold(ct[:len(mt)], mt) {
+		return false
+	}
+	rest := strings.TrimLeft(ct[len(mt):], " \t")
+	return rest == "" || rest[0] == ';'
+}
+
+// AcceptsEventStream reports whether Accept header values admit
+// text/event-stream: the type itself, text/*, */*, or no Accept header at
+// all (which accepts anything). A media range with q=0 does not admit.
+func AcceptsEventStream(values []string) bool {
+	if len(values) == 0 {
+		return true
+	}
+	for _, v := range values {
+		for item := range strings.SplitSeq(v, ",") {
+			mt, params, _ := strings.Cut(item, ";")
+			mt = strings.ToLower(strings.TrimSpace(mt))
+			if mt != "text/event-stream" && mt != "text/*" && mt != "*/*" {
+				continue
+			}
+			if !zeroQ(params) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// zeroQ reports whether media-range parameters carry q=0.
+func zeroQ(params string) bool {
+	for p := range strings.SplitSeq(params, ";") {
+		k, v, ok := strings.Cut(strings.TrimSpace(p), "=")
+		if ok && strings.EqualFold(strings.TrimSpace(k), "q") {
+			v = strings.TrimRight(strings.TrimSpace(v), "0")
+			return v == "0" || v == "0." || v == ""
+		}
+	}
+	return false
+}
+
+// HasDotSegment reports whether an escaped URL path has a "." or ".."
+// segment, written plainly or percent-encoded (%2e, %2E), which an
+// upstream would resolve to another path than the one matched.
+func HasDotSegment(escapedPath string) bool {
+	for seg := range strings.SplitSeq(escapedPath, "/") {
+		if len(seg) == 0 || len(seg) > 6 {
+			continue
+		}
+		s := strings.ReplaceAll(strings.ToLower(seg), "%2e", ".")
+		if s == "." || s == ".." {
+			return true
+		}
+	}
+	return false
+}
+
+// NeedsSession reports whether a request without a session id breaks the
+// rules of its era: in every era but the stateless one, a DELETE, a
+// session-era GET, and any POST but an initialize. (A GET without a
+// version header opens a legacy SSE session.)
+func NeedsSession(method string, c *Call) bool {
+	if c.Era == EraStateless {
+		return false
+	}
+	switch method {
+	case http.MethodDelete:
+		return true
+	case http.MethodGet:
+		return c.Era == EraSession
+	case http.MethodPost:
+		return !c.IsInitialize()
+	}
+	return false
+}

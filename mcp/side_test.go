@@ -1,0 +1,38 @@
+package mcp
+
+import "testing"
+
+func TestAnswersRequest(t *testing.T) {
+	for _, tt := range []struct {
+		data, id string
+		want     bool
+	}{
+		{`{"jsonrpc":"2.0","id":1,"result":{}}`, "1", true},
+		{`{"jsonrpc":"2.0","result":{"content":[{"text":"}"}]},"id":"a"}`, `"a"`, true},
+		{`{"jsonrpc":"2.0","id":7,"error":{"code":-1,"message":"x"}}`, "7", true},
+		{`{"jsonrpc":"2.0","id":2,"result":{}}`, "1", false},
+		{`{"jsonrpc":"2.0","method":"notifications/progress","params":{"id":1}}`, "1", false},
+		{`{"jsonrpc":"2.0","id":1,"method":"sampling/createMessage"}`, "1", false},
+		{`{"jsonrpc":"2.0","\u0069d":1,"result":{}}`, "1", true},
+		{``, "1", false},
+		{`not json`, "1", false},
+		{`{"id":1,"result":`, "1", false},
+	} {
+		if got := AnswersRequest([]byte(tt.data), tt.id); got != tt.want {
+			t.Errorf("AnswersRequest(%q, %s) = %v", tt.data, tt.id, got)
+		}
+	}
+}
+
+func TestSideHelpers(t *testing.T) {
+	if !HasSessionDelete(Version20250618) || HasSessionDelete(Version20241105) || HasSessionDelete(Version20260728) || HasSessionDelete("") {
+		t.Error("HasSessionDelete")
+	}
+	h := SideHeaders("sid", Version20251125)
+	if h.Get(HeaderSessionID) != "sid" || h.Get(HeaderProtocolVersion) != Version20251125 {
+		t.Errorf("SideHeaders: %v", h)
+	}
+	if len(SideHeaders("", "")) != 0 {
+		t.Error("empty SideHeaders has headers")
+	}
+}

@@ -1,0 +1,785 @@
+package mcp
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+)
+
+// maxNesting is the deepest nesting of arrays and objects encoding/json
+// accepts; the stream check refuses deeper input the same way.
+const maxNesting = 10000
+
+// States of the stream check.
+const (
+	stValue      uint8 = iota // a value must follow
+	stValueOrEnd              // after '[': a value or ']'
+	stKeyOrEnd                // after '{': a key or '}'
+	stKey                     // after ',' in an object: a key
+	stColon                   // after a key: ':'
+	stAfter                   // after a value inside a container: ',' or the closer
+	stDone                    // after the top-level value: whitespace only
+	stString                  // inside a string
+	stEscape                  // after a backslash
+	stHex1                    // \u and 0 hex digits read
+	stHex2
+	stHex3
+	stHex4
+	stNeg    // after '-'
+	stZero   // after a leading 0
+	stInt    // in the integer digits
+	stDot    // after '.'
+	stFrac   // in the fraction digits
+	stExp    // after 'e' or 'E'
+	stExpSgn // after the exponent sign
+	stExpDig // in the exponent digits
+	stLit    // inside true, false or null
+	stLitEnd // after a literal: a delimiter must follow
+)
+
+// Object contexts the message check tracks, at depths 1 to 3.
+const (
+	ctxNone uint8 = iota
+	ctxEnvelope
+	ctxParams
+	ctxMeta
+)
+
+// strCap bounds the raw bytes of a key or value the message check keeps:
+// a longer key cannot decode to a member name (each of their at most 39
+// characters takes at most 6 bytes, as \uXXXX).
+const strCap = 256
+
+// maxTrailing bounds the whitespace a CheckedBody holds back after the
+// message's closing brace until the body ends.
+const maxTrailing = 4096
+
+// streamCheck is an incremental JSON validator: bytes are pushed in chunks
+// of any size and it keeps only a fixed amount of state (a bit per open
+// container, up to maxNesting). It accepts exactly what json.Valid
+// accepts, and additionally requires valid UTF-8 inside strings.
+//
+// With track set it also reads a single JSON-RPC message the way
+// ParseEnvelope does, and refuses what ParseEnvelope's reading of the
+// first boundary bytes could not have seen: see CheckedBody.
+type streamCheck struct {
+	off   int64 // offset of the next byte
+	st    uint8
+	inKey bool   // the string being scanned is an object key
+	lit   string // the rest of the literal being scanned
+	need  uint8  // UTF-8 continuation bytes still expected
+	lo    byte   // range of the next continuation byte
+	hi    byte
+	depth int
+	obj   [maxNesting/64 + 1]uint64 // bit d: the container at depth d is an object
+
+	track    bool
+	boundary int64
+	ctx      [4]uint8 // context of the object open at depths 1 to 3
+	cur      [4]int8  // member whose value is being read in that object, -1 for another key
+	next     uint8    // context of the container about to open
+
+	buffering bool
+	bufOver   bool
+	bufEsc    bool
+	bufLen    int
+	buf       [strCap + 2]byte // the string being kept, with its quotes
+
+	envSeen     uint8 // bits of the envelope members met
+	parSeen     uint8 // bits of the params members met
+	metaSeen    bool  // the _meta version key was met
+	jsonrpc     bool  // "jsonrpc":"2.0" was read
+	methodNotif bool  // the method starts with "notifications/"
+	idEarly     bool  // the id's value ended before the boundary
+	idType      byte  // first byte of the id's value
+	closedEarly bool  // the message object closed before the boundary
+}
+
+// newMessageCheck returns a stream check that reads one JSON-RPC message
+// and treats what starts at or after boundary as unseen by the peek.
+func newMessageCheck(boundary int64) *streamCheck {
+	return &streamCheck{track: true, boundary: boundary}
+}
+
+func (v *streamCheck) isObject(d int) bool { return v.obj[d>>6]&(1<<(d&63)) != 0 }
+
+// tracked reports whether the object open at depth d is one whose members
+// the message check reads.
+func (v *streamCheck) tracked(d int) bool {
+	return v.track && d >= 1 && d <= 3 && v.ctx[d] != ctxNone
+}
+
+func (v *streamCheck) syntaxError(i int) error {
+	return fmt.Errorf("%w: invalid JSON at byte %d", ErrMalformed, v.off+int64(i))
+}
+
+func (v *streamCheck) utf8Error(i int) error {
+	return fmt.Errorf("%w at byte %d", errInvalidUTF8, v.off+int64(i))
+}
+
+// keep appends string bytes to the kept string, up to strCap.
+func (v *streamCheck) keep(b []byte) {
+	if !v.buffering || v.bufOver {
+		return
+	}
+	if v.bufLen+len(b) > strCap+1 {
+		v.bufOver = true
+		n := copy(v.buf[v.bufLen:strCap+1], b)
+		v.bufLen += n
+		return
+	}
+	v.bufLen += copy(v.buf[v.bufLen:], b)
+}
+
+func (v *streamCheck) keepByte(c byte) {
+	if v.buffering && !v.bufOver {
+		if v.bufLen >= strCap+1 {
+			v.bufOver = true
+			return
+		}
+		v.buf[v.bufLen] = c
+		v.bufLen++
+	}
+}
+
+// startKeep starts keeping the string whose opening quote was just read.
+func (v *streamCheck) startKeep() {
+	v.buffering = true
+	v.bufOver = false
+	v.bufEsc = false
+	v.buf[0] = '"'
+	v.bufLen = 1
+}
+
+// kept returns the kept string decoded, and false when it was longer than
+// strCap.
+func (v *streamCheck) kept() ([]byte, bool, error) {
+	v.buffering = false
+	if v.bufOver {
+		return nil, false, nil
+	}
+	raw := v.buf[1:v.bufLen]
+	if !v.bufEsc {
+		return raw, true, nil
+	}
+	v.buf[v.bufLen] = '"'
+	// A copy: the decoder must not keep the check's buffer alive.
+	quoted := append([]byte(nil), v.buf[:v.bufLen+1]...)
+	k, err := decodeKey(quoted[1:len(quoted)-1], quoted, true)
+	return k, err == nil, err
+}
+
+// write pushes the next bytes of the input. It returns the index in p of
+// the byte that closed the top-level value, or -1 when it did not close
+// in p, and the first violation met.
+func (v *streamCheck) write(p []byte) (closeAt int, err error) {
+	closeAt, err = v.scan(p)
+	v.off += int64(len(p))
+	return closeAt, err
+}
+
+func (v *streamCheck) scan(p []byte) (closeAt int, err error) {
+	closeAt = -1
+	for i := 0; i < len(p); i++ {
+		c := p[i]
+		switch v.st {
+		case stString:
+			if v.need > 0 {
+				if c < v.lo || c > v.hi {
+					return closeAt, v.utf8Error(i)
+				}
+				v.need--
+				v.lo, v.hi = 0x80, 0xBF
+				v.keepByte(c)
+				continue
+			}
+			j := i
+			for j < len(p) {
+				b := p[j]
+				if b < 0x20 || b == '"' || b == '\\' || b >= 0x80 {
+					break
+				}
+				j++
+			}
+			if j > i {
+				v.keep(p[i:j])
+				if j == len(p) {
+					return closeAt, nil
+				}
+				i = j
+				c = p[i]
+			}
+			switch {
+			case c == '"':
+				if err := v.stringEnd(i); err != nil {
+					return closeAt, err
+				}
+			case c == '\\':
+				v.st = stEscape
+				v.bufEsc = true
+				v.keepByte(c)
+			case c < 0x20:
+				return closeAt, v.syntaxError(i)
+			default:
+				switch {
+				case c >= 0xC2 && c <= 0xDF:
+					v.need, v.lo, v.hi = 1, 0x80, 0xBF
+				case c == 0xE0:
+					v.need, v.lo, v.hi = 2, 0xA0, 0xBF
+				case c >= 0xE1 && c <= 0xEC, c == 0xEE, c == 0xEF:
+					v.need, v.lo, v.hi = 2, 0x80, 0xBF
+				case c == 0xED:
+					v.need, v.lo, v.hi = 2, 0x80, 0x9F
+				case c == 0xF0:
+					v.need, v.lo, v.hi = 3, 0x90, 0xBF
+				case c >= 0xF1 && c <= 0xF3:
+					v.need, v.lo, v.hi = 3, 0x80, 0xBF
+				case c == 0xF4:
+					v.need, v.lo, v.hi = 3, 0x80, 0x8F
+				default:
+					return closeAt, v.utf8Error(i)
+				}
+				v.keepByte(c)
+			}
+		case stEscape:
+			switch c {
+			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+				v.st = stString
+			case 'u':
+				v.st = stHex1
+			default:
+				return closeAt, v.syntaxError(i)
+			}
+			v.keepByte(c)
+		case stHex1, stHex2, stHex3, stHex4:
+			if !isHex(c) {
+				return closeAt, v.syntaxError(i)
+			}
+			if v.st == stHex4 {
+				v.st = stString
+			} else {
+				v.st++
+			}
+			v.keepByte(c)
+		case stValue, stValueOrEnd:
+			if isSpace(c) {
+				continue
+			}
+			if c == ']' && v.st == stValueOrEnd {
+				closed, err := v.closeContainer(i)
+				if err != nil {
+					return closeAt, err
+				}
+				if closed {
+					closeAt = i
+				}
+				continue
+			}
+			if !isValueStart(c) {
+				return closeAt, v.syntaxError(i)
+			}
+			if err := v.valueBegin(c, v.off+int64(i)); err != nil {
+				return closeAt, err
+			}
+			switch {
+			case c == '{' || c == '[':
+				if v.depth >= maxNesting {
+					return closeAt, fmt.Errorf("%w at byte %d", errTooDeep, v.off+int64(i))
+				}
+				v.depth++
+				d := v.depth
+				if c == '{' {
+					v.obj[d>>6] |= 1 << (d & 63)
+					v.st = stKeyOrEnd
+				} else {
+					v.obj[d>>6] &^= 1 << (d & 63)
+					v.st = stValueOrEnd
+				}
+				if v.track && d <= 3 {
+					v.ctx[d] = ctxNone
+					if c == '{' {
+						v.ctx[d] = v.next
+					}
+					v.cur[d] = -1
+				}
+			case c == '"':
+				v.st = stString
+				v.inKey = false
+			case c == '-':
+				v.st = stNeg
+			case c == '0':
+				v.st = stZero
+			case c >= '1' && c <= '9':
+				v.st = stInt
+			case c == 't':
+				v.st, v.lit = stLit, "rue"
+			case c == 'f':
+				v.st, v.lit = stLit, "alse"
+			case c == 'n':
+				v.st, v.lit = stLit, "ull"
+			default:
+				return closeAt, v.syntaxError(i)
+			}
+		case stKeyOrEnd, stKey:
+			if isSpace(c) {
+				continue
+			}
+			switch {
+			case c == '"':
+				v.st = stString
+				v.inKey = true
+				if v.tracked(v.depth) {
+					v.startKeep()
+				}
+			case c == '}' && v.st == stKeyOrEnd:
+				closed, err := v.closeObject(i)
+				if err != nil {
+					return closeAt, err
+				}
+				if closed {
+					closeAt = i
+				}
+			default:
+				return closeAt, v.syntaxError(i)
+			}
+		case stColon:
+			if isSpace(c) {
+				continue
+			}
+			if c != ':' {
+				return closeAt, v.syntaxError(i)
+			}
+			v.st = stValue
+		case stAfter:
+			if isSpace(c) {
+				continue
+			}
+			switch c {
+			case ',':
+				if v.isObject(v.depth) {
+					v.st = stKey
+				} else {
+					v.st = stValue
+				}
+			case '}':
+				if !v.isObject(v.depth) {
+					return closeAt, v.syntaxError(i)
+				}
+				closed, err := v.closeObject(i)
+				if err != nil {
+					return closeAt, err
+				}
+				if closed {
+					closeAt = i
+				}
+			case ']':
+				if v.isObject(v.depth) {
+					return closeAt, v.syntaxError(i)
+				}
+				closed, err := v.closeContainer(i)
+				if err != nil {
+					return closeAt, err
+				}
+				if closed {
+					closeAt = i
+				}
+			default:
+				return closeAt, v.syntaxError(i)
+			}
+		case stDone:
+			if !isSpace(c) {
+				return closeAt, v.syntaxError(i)
+			}
+		case stNeg:
+			switch {
+			case c == '0':
+				v.st = stZero
+			case c >= '1' && c <= '9':
+				v.st = stInt
+			default:
+				return closeAt, v.syntaxError(i)
+			}
+		case stZero, stInt, stFrac, stExpDig:
+			switch {
+			case c >= '0' && c <= '9' && v.st != stZero:
+			case c == '.' && (v.st == stZero || v.st == stInt):
+				v.st = stDot
+			case (c == 'e' || c == 'E') && v.st != stExpDig:
+				v.st = stExp
+			default:
+				if err := v.scalarEnd(i); err != nil {
+					return closeAt, err
+				}
+				i-- // the delimiter is read again in the new state
+			}
+		case stDot:
+			if c < '0' || c > '9' {
+				return closeAt, v.syntaxError(i)
+			}
+			v.st = stFrac
+		case stExp:
+			switch {
+			case c == '+' || c == '-':
+				v.st = stExpSgn
+			case c >= '0' && c <= '9':
+				v.st = stExpDig
+			default:
+				return closeAt, v.syntaxError(i)
+			}
+		case stExpSgn:
+			if c < '0' || c > '9' {
+				return closeAt, v.syntaxError(i)
+			}
+			v.st = stExpDig
+		case stLit:
+			if c != v.lit[0] {
+				return closeAt, v.syntaxError(i)
+			}
+			v.lit = v.lit[1:]
+			if v.lit == "" {
+				v.st = stLitEnd
+			}
+		case stLitEnd:
+			if err := v.scalarEnd(i); err != nil {
+				return closeAt, err
+			}
+			i--
+		}
+	}
+	return closeAt, nil
+}
+
+// isValueStart reports whether c can start a JSON value.
+func isValueStart(c byte) bool {
+	switch c {
+	case '{', '[', '"', '-', 't', 'f', 'n':
+		return true
+	}
+	return c >= '0' && c <= '9'
+}
+
+func isHex(c byte) bool {
+	return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F'
+}
+
+// afterValue moves past a complete value.
+func (v *streamCheck) afterValue() {
+	if v.depth == 0 {
+		v.st = stDone
+	} else {
+		v.st = stAfter
+	}
+}
+
+// scalarEnd ends a number or literal at the delimiter at p[i].
+func (v *streamCheck) scalarEnd(i int) error {
+	v.afterValue()
+	if v.tracked(v.depth) {
+		return v.valueEnd(v.depth, v.off+int64(i))
+	}
+	return nil
+}
+
+// stringEnd ends the string whose closing quote is p[i].
+func (v *streamCheck) stringEnd(i int) error {
+	if v.inKey {
+		v.inKey = false
+		v.st = stColon
+		if v.tracked(v.depth) {
+			return v.keyEnd(v.depth)
+		}
+		return nil
+	}
+	v.afterValue()
+	if v.tracked(v.depth) {
+		return v.valueEnd(v.depth, v.off+int64(i))
+	}
+	return nil
+}
+
+// closeObject closes the object open at the current depth with the '}'
+// at p[i], and reports whether that closed the top-level value.
+func (v *streamCheck) closeObject(i int) (bool, error) {
+	if v.tracked(v.depth) && v.ctx[v.depth] == ctxEnvelope {
+		if err := v.messageEnd(v.off + int64(i)); err != nil {
+			return false, err
+		}
+	}
+	return v.closeContainer(i)
+}
+
+// closeContainer pops the container at the current depth (the caller
+// checked its kind) and reports whether that closed the top-level value.
+func (v *streamCheck) closeContainer(i int) (bool, error) {
+	v.depth--
+	if v.depth == 0 {
+		v.st = stDone
+		return true, nil
+	}
+	v.st = stAfter
+	if v.tracked(v.depth) {
+		return false, v.valueEnd(v.depth, v.off+int64(i))
+	}
+	return false, nil
+}
+
+// end reports whether the input pushed so far is one complete JSON value
+// (and, with track, one acceptable message).
+func (v *streamCheck) end() error {
+	switch v.st {
+	case stDone:
+		return nil
+	case stZero, stInt, stFrac, stExpDig, stLitEnd:
+		if v.depth == 0 {
+			return nil
+		}
+	case stString, stEscape, stHex1, stHex2, stHex3, stHex4:
+		if v.need > 0 {
+			return fmt.Errorf("%w at byte %d", errInvalidUTF8, v.off)
+		}
+	}
+	return fmt.Errorf("%w: unexpected end of JSON at byte %d", ErrMalformed, v.off)
+}
+
+// valueBegin notes c, the first byte of a value, at offset pos.
+func (v *streamCheck) valueBegin(c byte, pos int64) error {
+	if !v.track {
+		return nil
+	}
+	v.next = ctxNone
+	d := v.depth
+	if d == 0 {
+		switch c {
+		case '{':
+			v.next = ctxEnvelope
+			return nil
+		case '[':
+			return ErrBatchTooLarge
+		}
+		return ErrNotEnvelope
+	}
+	if !v.tracked(d) || !v.isObject(d) {
+		return nil
+	}
+	m := int(v.cur[d])
+	if m < 0 {
+		return nil
+	}
+	str := c == '"'
+	strOrNull := str || c == 'n'
+	switch v.ctx[d] {
+	case ctxEnvelope:
+		if pos >= v.boundary && (m == envParams || m == envResult || m == envError) {
+			// ParseEnvelope reads these from the head when their value
+			// starts in it.
+			return lateKey(setEnvelope, m)
+		}
+		switch m {
+		case envJSONRPC:
+			if !str {
+				return ErrJSONRPCVersion
+			}
+			v.startKeep()
+		case envMethod:
+			if !str {
+				return errMethodType
+			}
+			v.startKeep()
+		case envID:
+			if !strOrNull && c != '-' && (c < '0' || c > '9') {
+				return ErrInvalidID
+			}
+			v.idType = c
+		case envParams:
+			switch c {
+			case '{':
+				v.next = ctxParams
+			case 'n':
+			default:
+				return errParamsType
+			}
+		}
+	case ctxParams:
+		switch m {
+		case parName, parURI, parProtocolVersion:
+			if !strOrNull {
+				return paramTypeError(m)
+			}
+		case parMeta:
+			switch c {
+			case '{':
+				v.next = ctxMeta
+			case 'n':
+			default:
+				return errMetaType
+			}
+		}
+	case ctxMeta:
+		if !strOrNull {
+			return errMetaVersionType
+		}
+	}
+	return nil
+}
+
+// keyEnd reads the key that just ended in the tracked object at depth d.
+func (v *streamCheck) keyEnd(d int) error {
+	v.cur[d] = -1
+	key, ok, err := v.kept()
+	if err != nil || !ok {
+		return err
+	}
+	var set memberSet
+	switch v.ctx[d] {
+	case ctxEnvelope:
+		set = setEnvelope
+	case ctxParams:
+		set = setParams
+	default:
+		set = setMeta
+	}
+	m, exact, _ := classifyKey(key, set)
+	if m < 0 {
+		return nil
+	}
+	if !exact {
+		return ambiguousKey(set, key, m, false)
+	}
+	switch set {
+	case setEnvelope:
+		if v.envSeen&(1<<m) != 0 {
+			return ambiguousKey(set, key, m, true)
+		}
+		v.envSeen |= 1 << m
+	case setParams:
+		if v.parSeen&(1<<m) != 0 {
+			return ambiguousKey(set, key, m, true)
+		}
+		v.parSeen |= 1 << m
+	default:
+		if v.metaSeen {
+			return ambiguousKey(set, key, m, true)
+		}
+		v.metaSeen = true
+	}
+	v.cur[d] = int8(m)
+	return nil
+}
+
+// valueEnd notes the end of the value of the current member of the
+// tracked object at depth d; pos is the offset of its last byte (a string's
+// closing quote, a container's closer) or of the delimiter after a number
+// or literal, the first offset at which ParseEnvelope knows the value.
+func (v *streamCheck) valueEnd(d int, pos int64) error {
+	m := int(v.cur[d])
+	v.cur[d] = -1
+	if m < 0 {
+		return nil
+	}
+	early := pos < v.boundary
+	switch v.ctx[d] {
+	case ctxEnvelope:
+		switch m {
+		case envJSONRPC:
+			s, ok, err := v.kept()
+			if err != nil {
+				return err
+			}
+			if !ok || string(s) != "2.0" {
+				return ErrJSONRPCVersion
+			}
+			v.jsonrpc = true
+		case envMethod:
+			if !early {
+				return lateKey(setEnvelope, m)
+			}
+			v.methodNotif = v.keptHasPrefix("notifications/")
+		case envID:
+			v.idEarly = early
+		}
+	case ctxParams:
+		switch m {
+		case parName, parURI, parProtocolVersion, parRequestID, parCursor:
+			if !early {
+				return lateKey(setParams, m)
+			}
+		}
+	case ctxMeta:
+		if !early {
+			return lateKey(setMeta, 0)
+		}
+	}
+	return nil
+}
+
+// keptHasPrefix reports whether the kept string, decoded, starts with
+// prefix. Of a string longer than strCap the kept start is decoded, cut
+// before an escape the cap split.
+func (v *streamCheck) keptHasPrefix(prefix string) bool {
+	v.buffering = false
+	raw := v.buf[1:v.bufLen]
+	if v.bufOver {
+		raw = v.buf[1 : strCap+1]
+		for k := 0; k < len(raw); k++ {
+			if raw[k] != '\\' {
+				continue
+			}
+			n := 2
+			if k+1 < len(raw) && raw[k+1] == 'u' {
+				n = 6
+			}
+			if k+n > len(raw) {
+				raw = raw[:k]
+				break
+			}
+			k += n - 1
+		}
+	}
+	if !v.bufEsc {
+		return strings.HasPrefix(string(raw), prefix)
+	}
+	q := make([]byte, 0, len(raw)+2)
+	q = append(append(append(q, '"'), raw...), '"')
+	var s string
+	if json.Unmarshal(q, &s) != nil {
+		return false
+	}
+	return strings.HasPrefix(s, prefix)
+}
+
+// messageEnd applies the rules about the whole message when its closing
+// brace, at offset pos, is read.
+func (v *streamCheck) messageEnd(pos int64) error {
+	v.closedEarly = pos < v.boundary
+	has := func(m int) bool { return v.envSeen&(1<<m) != 0 }
+	if !v.jsonrpc {
+		return ErrJSONRPCVersion
+	}
+	method, result, errMember, id := has(envMethod), has(envResult), has(envError), has(envID)
+	switch {
+	case method && (result || errMember):
+		return errMethodAndResult
+	case result && errMember:
+		return errResultAndError
+	case method:
+		if v.closedEarly {
+			return nil
+		}
+		if id && !v.idEarly && (v.methodNotif || v.idType == 'n') {
+			// The peek read a notification, or a request whose id it
+			// did not see: an id that turns it into something else is
+			// not allowed to arrive late.
+			return lateKey(setEnvelope, envID)
+		}
+		if !id && !v.methodNotif {
+			return errRequestWithoutID
+		}
+	case result || errMember:
+		if !id || (v.idType == 'n' && !errMember) {
+			return errResponseID
+		}
+	default:
+		return ErrNotEnvelope
+	}
+	return nil
+}
