@@ -249,10 +249,7 @@ type adminResources struct {
 
 // usageOf reads the resources the proxy holds and their limits.
 func usageOf(g *globalState, st resources.RegistryStats) adminResources {
-	var replay int64
-	if reg := sharedRegistry(); reg != nil {
-		replay = reg.Bytes()
-	}
+	replay := g.resume.Bytes()
 	return adminResources{
 		Memory:             adminPair{Used: g.memory.Used(), Limit: max(g.memory.Limit(), 0)},
 		Sessions:           adminPair{Used: int64(st.Sessions), Limit: int64(g.sessions.MaxSessions())},

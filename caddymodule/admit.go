@@ -59,7 +59,15 @@ func (h *Handler) provisionAdmission(ctx caddy.Context) error {
 		return fmt.Errorf("loading mcp app: %w", err)
 	}
 	h.app = appIface.(*App)
-	h.app.global.noteDrain(h.drain)
+	h.app.noteDrain(h.drain)
+	if h.QueueSize > 0 && h.MaxInflight == 0 && h.Adaptive == nil {
+		return fmt.Errorf("queue %d: without max_inflight (or limit adaptive) no request ever waits; set max_inflight or remove queue", h.QueueSize)
+	}
+	for _, t := range h.Tools {
+		if t.MaxInflight == 0 && t.Timeout > 0 {
+			return fmt.Errorf("tool %s: a timeout with max_inflight 0 does nothing (0 exempts the tool); set max_inflight or remove timeout", t.Pattern)
+		}
+	}
 	cfg := admission.Config{
 		MaxInflight:        h.MaxInflight,
 		QueueSize:          h.QueueSize,
@@ -85,54 +93,88 @@ func (h *Handler) provisionAdmission(ctx caddy.Context) error {
 	}
 	h.ctrl = ctrl
 	h.streamLimit = admission.NewLimiter(h.MaxStreams, 0, 0)
+	if h.ClientMaxStreams > 0 {
+		h.clientStreams = admission.NewKeyedLimiter(h.ClientMaxStreams, admission.DefaultMaxKeys)
+	}
 	h.clientKey = h.ClientKey
 	if h.clientKey == "" {
 		h.clientKey = defaultClientKey
 	}
+	h.ipv6Prefix = h.ClientIPv6Prefix
+	if h.ipv6Prefix < 0 || h.ipv6Prefix > 128 {
+		return fmt.Errorf("client_ipv6_prefix %d: want 1 to 128 bits", h.ipv6Prefix)
+	}
 	return nil
 }
 
-// admit decides whether a request may proceed, from its headers and peek
-// alone, before any upstream is dialled. A GET opens a stream and takes a
-// stream slot instead of a request slot. On refusal it writes the answer
-// and returns ok false; otherwise release must be called when the request
-// is over.
-func (h *Handler) admit(w http.ResponseWriter, r *http.Request, call *mcp.Call, res resolution) (release func(status int), ok bool) {
+// admitExchange admits a request before any upstream is dialled: the
+// service level first, then room in the session table for a request that
+// opens a session, then the request's session, then the limits. On
+// success the request holds its slots until it is over (exchange.over).
+func (h *Handler) admitExchange(x *exchange) *mcp.Refusal {
+	r, call := x.r, &x.call
+	g := h.app.global
+	x.clientKey = h.clientKeyOf(r)
+	x.level = g.levels.Level()
+	id := call.First().ID
+	if ref := h.levelGate(x.level, r, call, x.res); ref != nil {
+		refusalCounters[admission.ReasonLevel].Inc()
+		x.w.Header().Set("Retry-After", levelRetryAfter)
+		return ref
+	}
+	if opensSession(r, call, x.res) {
+		if ref := h.roomForSession(x.clientKey, x.level, id); ref != nil {
+			x.w.Header().Set("Retry-After", levelRetryAfter)
+			return ref
+		}
+	}
+	sess, end, ref := h.trackSession(r, call, x.res, x.clientKey, x.level)
+	if ref != nil {
+		if ref.Status != http.StatusNotFound {
+			x.w.Header().Set("Retry-After", levelRetryAfter)
+		}
+		return ref
+	}
+	release, ref := h.admit(x)
+	if ref != nil {
+		end()
+		return ref
+	}
+	x.sess, x.endSession, x.release = sess, end, release
+	metrics.requestsInFlight.Inc()
+	return nil
+}
+
+// admit applies the limits, from the request's headers and peek alone. A
+// GET opens a stream and takes stream slots (process, handler, client)
+// instead of request slots; a legacy GET also opens a session and is
+// subject to the client's session rate. A POST takes request slots by all
+// its messages: a batch is classed by its most expensive member and
+// counts as its number of requests, each tools/call member against its
+// tool's cap. The returned release must be called when the request is
+// over.
+func (h *Handler) admit(x *exchange) (release func(status int), _ *mcp.Refusal) {
+	r, call := x.r, &x.call
 	if r.Method == http.MethodGet {
-		global := h.app.global.streams
-		if !global.TryAcquire() {
-			h.refuseAdmission(w, call, h.ctrl.Refuse(admission.ReasonCapacity))
-			return nil, false
+		if legacyStream(r, call, x.res) {
+			if refusal := h.ctrl.AllowNewSession(x.clientKey); refusal != nil {
+				return nil, h.refuseAdmission(x.w, call, refusal)
+			}
 		}
-		if !h.streamLimit.TryAcquire() {
-			global.Release()
-			h.refuseAdmission(w, call, h.ctrl.Refuse(admission.ReasonCapacity))
-			return nil, false
-		}
-		return func(int) { h.streamLimit.Release(); global.Release() }, true
+		return h.admitStream(x)
 	}
-	first := call.First()
 	req := admission.Request{
-		Class:      admission.ClassOf(first.Method, first.Kind == mcp.KindResponse, first.Kind == mcp.KindNotification),
-		InSession:  res.session != nil,
-		NewSession: res.session == nil && call.IsInitialize(),
+		InSession:  x.res.session != nil,
+		NewSession: x.res.session == nil && call.IsInitialize(),
+		ClientKey:  x.clientKey,
 	}
-	if h.ClientMaxInflight > 0 || h.ClientSessionRate > 0 {
-		repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-		if repl != nil {
-			req.ClientKey = repl.ReplaceAll(h.clientKey, "")
-		}
-	}
-	if res.session != nil && h.SessionMaxInflight > 0 {
-		req.SessionKey = res.key
-	}
-	if first.Method == "tools/call" {
-		req.Tool = first.Name
+	requestOf(call, &req)
+	if x.res.session != nil && h.SessionMaxInflight > 0 {
+		req.SessionKey = x.res.key
 	}
 	t, refusal, waited := h.ctrl.Admit(r.Context(), &req)
 	if refusal != nil {
-		h.refuseAdmission(w, call, refusal)
-		return nil, false
+		return nil, h.refuseAdmission(x.w, call, refusal)
 	}
 	if waited > 0 {
 		metrics.queueWait.Observe(waited.Seconds())
@@ -143,14 +185,60 @@ func (h *Handler) admit(w http.ResponseWriter, r *http.Request, call *mcp.Call, 
 		d := time.Since(start)
 		t.Release(d, status >= 500)
 		duration.Observe(d.Seconds())
-	}, true
+	}, nil
 }
 
-// refuseAdmission answers a refused request: 503 or 429 with Retry-After
-// and a JSON-RPC error carrying the request id. A refusal by a tool limit
-// is a JSON-RPC error inside a 200, so one busy tool does not look like a
-// broken server to the client.
-func (h *Handler) refuseAdmission(w http.ResponseWriter, call *mcp.Call, ref *admission.Refusal) {
+// requestOf fills the class, weight and tools of an admission request
+// from every message of a POST.
+func requestOf(call *mcp.Call, req *admission.Request) {
+	msgs := call.Peek.Messages
+	for i := range msgs {
+		m := &msgs[i]
+		c := admission.ClassOf(m.Method, m.Kind == mcp.KindResponse, m.Kind == mcp.KindNotification)
+		if i == 0 || c > req.Class {
+			req.Class = c
+		}
+		if m.Kind == mcp.KindRequest {
+			req.Weight++
+			if m.Method == "tools/call" {
+				if call.Peek.Batch {
+					req.Tools = append(req.Tools, m.Name)
+				} else {
+					req.Tool = m.Name
+				}
+			}
+		}
+	}
+}
+
+// admitStream takes the stream slots of a GET: the process's, the
+// handler's and the client's.
+func (h *Handler) admitStream(x *exchange) (func(int), *mcp.Refusal) {
+	global := h.app.global.streams
+	if !global.TryAcquire() {
+		return nil, h.refuseAdmission(x.w, &x.call, h.ctrl.Refuse(admission.ReasonCapacity))
+	}
+	if !h.streamLimit.TryAcquire() {
+		global.Release()
+		return nil, h.refuseAdmission(x.w, &x.call, h.ctrl.Refuse(admission.ReasonCapacity))
+	}
+	key := x.clientKey
+	if h.clientStreams == nil || key == "" {
+		return func(int) { h.streamLimit.Release(); global.Release() }, nil
+	}
+	if !h.clientStreams.TryAcquire(key) {
+		h.streamLimit.Release()
+		global.Release()
+		return nil, h.refuseAdmission(x.w, &x.call, h.ctrl.Refuse(admission.ReasonClientQuota))
+	}
+	return func(int) { h.clientStreams.Release(key); h.streamLimit.Release(); global.Release() }, nil
+}
+
+// refuseAdmission returns the answer to a refused request: 503 or 429
+// with Retry-After and a JSON-RPC error carrying the request id. A
+// refusal by a tool limit is a JSON-RPC error inside a 200, so one busy
+// tool does not look like a broken server to the client.
+func (h *Handler) refuseAdmission(w http.ResponseWriter, call *mcp.Call, ref *admission.Refusal) *mcp.Refusal {
 	refusalCounters[ref.Reason].Inc()
 	first := call.First()
 	if c := h.logger.Check(zapcore.DebugLevel, "request refused"); c != nil {
@@ -158,9 +246,8 @@ func (h *Handler) refuseAdmission(w http.ResponseWriter, call *mcp.Call, ref *ad
 	}
 	msg := "server overloaded: " + ref.Reason.String() + ", retry after " + ref.RetryAfterHeader + "s"
 	w.Header().Set("Retry-After", ref.RetryAfterHeader)
-	if ref.Reason == admission.ReasonToolLimit && first.ID != "" {
-		_ = h.refuse(w, mcp.Refuse(http.StatusOK, mcp.CodeServerError, first.ID, "tool "+first.Name+" is busy, retry after "+ref.RetryAfterHeader+"s"))
-		return
+	if ref.Reason == admission.ReasonToolLimit && first.ID != "" && !call.Peek.Batch {
+		return mcp.Refuse(http.StatusOK, mcp.CodeServerError, first.ID, "tool "+first.Name+" is busy, retry after "+ref.RetryAfterHeader+"s")
 	}
-	_ = h.refuse(w, mcp.Refuse(ref.Status, mcp.CodeServerError, first.ID, msg))
+	return mcp.Refuse(ref.Status, mcp.CodeServerError, first.ID, msg)
 }

@@ -3,7 +3,6 @@ package caddymodule
 import (
 	"context"
 	"fmt"
-	"io"
 	"net/http"
 	"strconv"
 	"sync"
@@ -18,7 +17,9 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/mcpgate/mcpgate/admission"
+	"github.com/mcpgate/mcpgate/mcp"
 	"github.com/mcpgate/mcpgate/resources"
+	"github.com/mcpgate/mcpgate/sse"
 )
 
 func init() {
@@ -56,12 +57,27 @@ type App struct {
 	// 0 means no cap. Default: 0.
 	MaxStreams int `json:"max_streams,omitempty"`
 
-	// MaxSessions caps the live sessions of the process. At the cap the
-	// session that has been idle longest and holds the most memory is
-	// evicted to make room (never one with a request in flight, unless the
-	// level is protective); when none can be, a new session is refused
-	// with 503. 0 means no cap. Default: 0.
+	// MaxSessions caps the live sessions of the process (Streamable HTTP
+	// and legacy HTTP+SSE alike). At the cap a new session evicts the
+	// session that has been idle longest and holds the most memory (never
+	// one with a request or stream in flight, unless the level is
+	// protective); when none can be, the new session is refused with 503
+	// and Retry-After. The number of sessions never raises the service
+	// level: a full table is handled by the table. A negative value turns
+	// the cap off (Caddyfile: `max_sessions 0`). Default: MemoryLimit ÷
+	// SessionMemory, or 10000 when the memory limit is unknown; the value
+	// in force is shown in /mcp/status.
 	MaxSessions int `json:"max_sessions,omitempty"`
+
+	// ClientMaxSessions caps the live sessions of one client (see
+	// mcp_proxy's client_key); a client at its cap that opens another
+	// session evicts its own idlest one, and is refused with 429 when all
+	// of its sessions have work in flight. A flood from one client thus
+	// never takes another client's place while the flooder's sessions can
+	// be evicted. A negative value turns the cap off (Caddyfile:
+	// `client_max_sessions 0`). Default: a tenth of MaxSessions, at least
+	// 16 (none when MaxSessions is off).
+	ClientMaxSessions int `json:"client_max_sessions,omitempty"`
 
 	// MemoryLimit is the budget, in bytes, for everything the proxy holds
 	// on behalf of clients (queued events, replay rings, peeked bodies); a
@@ -107,7 +123,39 @@ type App struct {
 	SchedLatencyTarget caddy.Duration `json:"sched_latency_target,omitempty"`
 
 	global *globalState
+	// acquired: Provision took a reference to global, which Cleanup gives
+	// back; a Provision that failed took none.
+	acquired bool
+	// settings are this config's process-wide settings, applied when the
+	// config starts, so a config that fails to load changes nothing.
+	settings appSettings
+	// drains holds the drain delay of every mcp_proxy of this config.
+	drainsMu sync.Mutex
+	drains   []time.Duration
 }
+
+// appSettings are the process-wide settings of one config, with every
+// default applied.
+type appSettings struct {
+	th                                admission.Thresholds
+	maxInflight, maxStreams, maxConns int
+	maxSessions, clientMaxSessions    int
+	memoryLimit, sessionMemory        int64
+	monitorsFor                       [2]int64 // goroutine ceiling, sched target
+	fraction                          float64
+	idle, refresh                     time.Duration
+}
+
+// Defaults of the session caps.
+const (
+	// defaultMaxSessionsUnknown is max_sessions when no memory limit is
+	// known.
+	defaultMaxSessionsUnknown = 10_000
+	// defaultClientShare is the share of max_sessions one client may
+	// hold by default, and minClientMaxSessions its floor.
+	defaultClientShare   = 10
+	minClientMaxSessions = 16
+)
 
 // globalState is shared by every App instance (one per config load) and
 // by every mcp_proxy; it is made once per process.
@@ -120,11 +168,14 @@ type globalState struct {
 	levels   *admission.LoadManager
 	injected *resources.Injected
 	active   *streamSet                 // every open stream, for the protective level
+	resume   *sse.Registry              // resumable streams by session, across reloads
 	deletes  chan resources.SessionInfo // evicted sessions to delete upstream; bounded queue
 	tasks    *resources.Group           // owns every goroutine that outlives a request
 	maxDrain atomic.Int64               // longest drain of any mcp_proxy, in ns
 	logger   *zap.Logger
 	cancel   context.CancelFunc
+
+	resumeSwept time.Time // last sweep of resume; the refresh loop's only
 
 	mu          sync.Mutex
 	monitorsFor [2]int64 // goroutine ceiling and sched target of the monitors
@@ -133,15 +184,13 @@ type globalState struct {
 	refresh     time.Duration
 }
 
-// noteDrain records the drain delay of an mcp_proxy; the longest bounds
-// how long a stopping process waits for its streams.
-func (g *globalState) noteDrain(d time.Duration) {
-	for {
-		cur := g.maxDrain.Load()
-		if int64(d) <= cur || g.maxDrain.CompareAndSwap(cur, int64(d)) {
-			return
-		}
-	}
+// noteDrain records the drain delay of an mcp_proxy of this config; the
+// longest of the running config bounds how long a stopping process waits
+// for its streams.
+func (a *App) noteDrain(d time.Duration) {
+	a.drainsMu.Lock()
+	a.drains = append(a.drains, d)
+	a.drainsMu.Unlock()
 }
 
 // Destruct stops the refresh loop and every goroutine the proxy owns.
@@ -179,7 +228,9 @@ func (*App) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision takes the process-wide state and applies this config to it.
+// Provision checks this config's settings and takes a reference to the
+// process-wide state. It changes nothing in that state: the settings are
+// applied by Start, once the whole config has loaded.
 func (a *App) Provision(ctx caddy.Context) error {
 	th := admission.Thresholds{
 		Degraded:   orDefault(a.Degraded, admission.DefaultThresholds.Degraded),
@@ -193,10 +244,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if a.DegradedFraction < 0 || a.DegradedFraction > 1 {
 		return fmt.Errorf("degraded_fraction %v is not in (0, 1]", a.DegradedFraction)
 	}
-	memLimit := a.MemoryLimit
-	if memLimit <= 0 {
-		memLimit = resources.DefaultMemoryLimit()
-	}
+	a.settings = a.resolveSettings(th)
 	logger := ctx.Logger()
 	v, _, err := globals.LoadOrNew(globalKey, func() (caddy.Destructor, error) {
 		return newGlobalState(logger, th)
@@ -204,35 +252,89 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	g := v.(*globalState)
-	a.global = g
-	g.inflight.SetLimit(a.MaxInflight)
-	g.streams.SetLimit(a.MaxStreams)
-	g.conns.SetLimit(a.MaxConnections)
-	g.memory.SetLimit(memLimit)
-	g.sessions.SetMaxSessions(a.MaxSessions)
-	g.sessions.SetSessionMemory(orDefault(a.SessionMemory, resources.DefaultSessionMemory))
-	g.levels.SetThresholds(th)
-	monitorsFor := [2]int64{
-		int64(orDefault(a.GoroutineCeiling, defaultGoroutineCeiling)),
-		int64(orDefault(time.Duration(a.SchedLatencyTarget), defaultSchedTarget)),
+	a.acquired = true
+	a.global = v.(*globalState)
+	return registerMetrics(ctx)
+}
+
+// resolveSettings applies the defaults to the app's fields.
+func (a *App) resolveSettings(th admission.Thresholds) appSettings {
+	st := appSettings{
+		th:            th,
+		maxInflight:   a.MaxInflight,
+		maxStreams:    a.MaxStreams,
+		maxConns:      a.MaxConnections,
+		memoryLimit:   a.MemoryLimit,
+		sessionMemory: orDefault(a.SessionMemory, resources.DefaultSessionMemory),
+		fraction:      orDefault(a.DegradedFraction, defaultDegradedFraction),
+		idle:          orDefault(time.Duration(a.SessionIdleTimeout), resources.DefaultIdleTimeout),
+		refresh:       orDefault(time.Duration(a.Refresh), defaultRefresh),
+		monitorsFor: [2]int64{
+			int64(orDefault(a.GoroutineCeiling, defaultGoroutineCeiling)),
+			int64(orDefault(time.Duration(a.SchedLatencyTarget), defaultSchedTarget)),
+		},
 	}
+	if st.memoryLimit <= 0 {
+		st.memoryLimit = resources.DefaultMemoryLimit()
+	}
+	st.maxSessions, st.clientMaxSessions = defaultSessionCaps(a.MaxSessions, a.ClientMaxSessions, st.memoryLimit, st.sessionMemory)
+	return st
+}
+
+// defaultSessionCaps resolves max_sessions and client_max_sessions: a
+// configured value as it is (negative: no cap, returned as 0), else the
+// default (see App.MaxSessions and App.ClientMaxSessions).
+func defaultSessionCaps(maxSessions, clientMax int, memoryLimit, sessionMemory int64) (int, int) {
+	switch {
+	case maxSessions < 0:
+		maxSessions = 0
+	case maxSessions == 0 && memoryLimit > 0:
+		maxSessions = int(max(1, memoryLimit/sessionMemory))
+	case maxSessions == 0:
+		maxSessions = defaultMaxSessionsUnknown
+	}
+	switch {
+	case clientMax < 0, clientMax == 0 && maxSessions == 0:
+		clientMax = 0
+	case clientMax == 0:
+		clientMax = max(minClientMaxSessions, maxSessions/defaultClientShare)
+	}
+	return maxSessions, clientMax
+}
+
+// Start applies this config's settings to the process-wide state: the
+// config is now the running one.
+func (a *App) Start() error {
+	g, st := a.global, a.settings
+	g.inflight.SetLimit(st.maxInflight)
+	g.streams.SetLimit(st.maxStreams)
+	g.conns.SetLimit(st.maxConns)
+	g.memory.SetLimit(st.memoryLimit)
+	g.sessions.SetMaxSessions(st.maxSessions)
+	g.sessions.SetClientMaxSessions(st.clientMaxSessions)
+	g.sessions.SetSessionMemory(st.sessionMemory)
+	g.levels.SetThresholds(st.th)
+	var drain time.Duration
+	a.drainsMu.Lock()
+	for _, d := range a.drains {
+		drain = max(drain, d)
+	}
+	a.drainsMu.Unlock()
+	g.maxDrain.Store(int64(drain))
 	g.mu.Lock()
-	if g.monitorsFor != monitorsFor {
+	if g.monitorsFor != st.monitorsFor {
 		// Monitors keep state between samples (the scheduler histogram):
 		// they are replaced only when their settings change.
-		g.monitorsFor = monitorsFor
-		g.setMonitors(int(monitorsFor[0]), time.Duration(monitorsFor[1]))
+		g.monitorsFor = st.monitorsFor
+		g.setMonitors(int(st.monitorsFor[0]), time.Duration(st.monitorsFor[1]))
 	}
-	g.fraction = orDefault(a.DegradedFraction, defaultDegradedFraction)
-	g.idle = orDefault(time.Duration(a.SessionIdleTimeout), resources.DefaultIdleTimeout)
-	g.refresh = orDefault(time.Duration(a.Refresh), defaultRefresh)
+	g.fraction, g.idle, g.refresh = st.fraction, st.idle, st.refresh
 	g.mu.Unlock()
 	g.applyLevel(g.levels.Level())
 	globalMu.Lock()
 	globalCur = g
 	globalMu.Unlock()
-	return registerMetrics(ctx)
+	return nil
 }
 
 // newGlobalState makes the process-wide state and starts its refresh
@@ -246,6 +348,7 @@ func newGlobalState(logger *zap.Logger, th admission.Thresholds) (*globalState, 
 		memory:   resources.NewBudget(0),
 		injected: resources.NewInjected("injected"),
 		active:   newStreamSet(),
+		resume:   sse.NewRegistry(resumeMaxSessions, resumeMaxStreams, defaultReplayAge),
 		deletes:  make(chan resources.SessionInfo, deleteQueue),
 		tasks:    resources.NewGroup(nil),
 		logger:   logger,
@@ -286,7 +389,6 @@ func (g *globalState) setMonitors(goroutines int, sched time.Duration) {
 		resources.CgroupMonitor(resources.DefaultCgroupRoot),
 		resources.BudgetMonitor(g.memory),
 		resources.RatioMonitor("connections", func() int64 { return int64(g.conns.InFlight()) }, func() int64 { return int64(g.conns.Limit()) }),
-		resources.RatioMonitor("sessions", func() int64 { return int64(g.sessions.Len()) }, func() int64 { return int64(g.sessions.MaxSessions()) }),
 		resources.GoroutineMonitor(goroutines),
 		// Scheduler latency is noisy and says little about memory: it is
 		// averaged over four refreshes and may raise the level to
@@ -323,6 +425,10 @@ func (g *globalState) tick(now time.Time) {
 	if n := g.sessions.Sweep(now); n > 0 {
 		g.logger.Info("idle sessions expired", zap.Int("count", n))
 	}
+	if now.Sub(g.resumeSwept) >= resumeSweep {
+		g.resumeSwept = now
+		g.resume.Sweep(now)
+	}
 	if level == admission.LevelProtective {
 		if n := g.active.resetLargest(protectiveResetsPerTick); n > 0 {
 			g.logger.Info("protective level reset streams", zap.Int("count", n))
@@ -331,18 +437,16 @@ func (g *globalState) tick(now time.Time) {
 }
 
 // applyLevel sets what depends on the level: the session idle timeout,
-// and, at degraded and above, the replay rings of open streams shrink to
-// the degraded fraction of the defaults (new streams get the fraction of
-// their handler's settings, see streamConfig).
+// and, at degraded and above, the replay ring of each open stream shrinks
+// to the degraded fraction of its own handler's settings (new streams get
+// the fraction too, see streamConfig).
 func (g *globalState) applyLevel(level admission.Level) {
 	g.mu.Lock()
 	idle, fraction := g.idle, g.fraction
 	g.mu.Unlock()
 	if level >= admission.LevelDegraded {
 		idle = time.Duration(float64(idle) * fraction)
-		if reg := sharedRegistry(); reg != nil {
-			reg.Shrink(max(1, int(defaultReplayEvents*fraction)), max(1, int64(defaultReplayBytes*fraction)))
-		}
+		g.resume.ShrinkBy(fraction)
 	}
 	g.sessions.SetIdleTimeout(idle)
 	metrics.level.Set(float64(level))
@@ -387,10 +491,10 @@ func (g *globalState) onEnd(s *resources.Session, _ resources.Cause, at time.Tim
 func (g *globalState) onEvict(s *resources.Session, cause resources.Cause) {
 	metrics.evictions.WithLabelValues(cause.String()).Inc()
 	info := s.Info()
-	if reg := sharedRegistry(); reg != nil {
-		reg.Forget(info.Key)
-	}
-	if info.Endpoint == "" || info.UpstreamID == "" || info.Version >= "2026-07-28" {
+	g.resume.Forget(info.Key)
+	if info.UpstreamID == "" || !mcp.HasSessionDelete(info.Version) {
+		// A legacy session ends upstream with its stream, which eviction
+		// closed; the stateless revision has no sessions.
 		return
 	}
 	select {
@@ -414,46 +518,39 @@ func (g *globalState) deleteWorker(ctx context.Context) {
 	}
 }
 
-// deleteUpstream ends an evicted session upstream. A panic in it is
-// recovered, logged and counted, and the worker goes on with the next
-// session.
+// deleteUpstream ends an evicted session upstream, with a DELETE sent
+// through the embedded reverse_proxy of an mcp_proxy that serves the
+// session's upstream, so that upstream's transport and header rules
+// apply. A panic in it is recovered, logged and counted, and the worker
+// goes on with the next session.
 func (g *globalState) deleteUpstream(ctx context.Context, info resources.SessionInfo) {
 	defer recoverPanic(g.logger, "session delete worker")
+	h := handlerFor(info.Upstream)
+	if h == nil {
+		metrics.evictDeletesSkipped.Inc()
+		return
+	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodDelete, info.Endpoint, nil)
-	if err != nil {
-		return
+	hdr := mcp.SideHeaders(info.UpstreamID, info.Version)
+	if status, err := h.sideRequest(ctx, info.Upstream, http.MethodDelete, info.Endpoint, info.Host, hdr, nil); err != nil {
+		g.logger.Debug("deleting evicted session upstream failed", zap.Error(err), zap.Int("status", status))
 	}
-	req.Host = info.Host
-	req.Header.Set("Mcp-Session-Id", info.UpstreamID)
-	if info.Version != "" {
-		req.Header.Set("Mcp-Protocol-Version", info.Version)
-	}
-	resp, err := evictClient.Do(req)
-	if err != nil {
-		g.logger.Debug("deleting evicted session upstream failed", zap.Error(err))
-		return
-	}
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4<<10))
-	_ = resp.Body.Close()
 }
 
 // Evicted sessions are deleted upstream by deleteWorkers workers from a
-// queue of at most deleteQueue sessions, over kept-alive connections.
+// queue of at most deleteQueue sessions.
 const (
 	deleteWorkers = 8
 	deleteQueue   = 8192
 )
 
-// evictClient sends the DELETE of evicted sessions.
-var evictClient = &http.Client{
-	Timeout:   5 * time.Second,
-	Transport: &http.Transport{MaxIdleConnsPerHost: deleteWorkers, IdleConnTimeout: 30 * time.Second},
-}
-
-// Start implements caddy.App.
-func (*App) Start() error { return nil }
+// Bounds of the process-wide registry of resumable streams.
+const (
+	resumeMaxSessions = 100_000
+	resumeMaxStreams  = 16
+	resumeSweep       = 5 * time.Second
+)
 
 // Stop implements caddy.App. When the process exits it waits until the
 // drain, begun by Caddy's "stopping" event, has closed every open stream
@@ -472,8 +569,13 @@ func (a *App) Stop() error {
 	return nil
 }
 
-// Cleanup releases this config's reference to the shared state.
+// Cleanup releases this config's reference to the shared state, if its
+// Provision took one.
 func (a *App) Cleanup() error {
+	if !a.acquired {
+		return nil
+	}
+	a.acquired = false
 	_, err := globals.Delete(globalKey)
 	return err
 }
@@ -484,7 +586,8 @@ func (a *App) Cleanup() error {
 //		max_connections      <n>
 //		max_inflight         <n>
 //		max_streams          <n>
-//		max_sessions         <n>
+//		max_sessions         <n>|0
+//		client_max_sessions  <n>|0
 //		memory_limit         <size>
 //		session_memory       <size>
 //		session_idle_timeout <duration>
@@ -510,7 +613,7 @@ func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 			return args[0], nil
 		}
 		switch name {
-		case "max_connections", "max_inflight", "max_streams", "max_sessions", "goroutine_ceiling":
+		case "max_connections", "max_inflight", "max_streams", "max_sessions", "client_max_sessions", "goroutine_ceiling":
 			s, err := one()
 			if err != nil {
 				return nil, err
@@ -527,7 +630,9 @@ func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 			case "max_streams":
 				app.MaxStreams = n
 			case "max_sessions":
-				app.MaxSessions = n
+				app.MaxSessions = offIfZero(n)
+			case "client_max_sessions":
+				app.ClientMaxSessions = offIfZero(n)
 			case "goroutine_ceiling":
 				app.GoroutineCeiling = n
 			}
@@ -602,3 +707,12 @@ var (
 	_ caddy.Provisioner  = (*App)(nil)
 	_ caddy.CleanerUpper = (*App)(nil)
 )
+
+// offIfZero maps a Caddyfile count of 0, which turns a cap with a default
+// off, to its JSON form, -1.
+func offIfZero(n int) int {
+	if n == 0 {
+		return -1
+	}
+	return n
+}

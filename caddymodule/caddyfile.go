@@ -39,8 +39,9 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		session_key        <key> [<older_keys...>]
 //		session_lifetime   <duration>
 //		max_peek           <size>
+//		max_body           <size>|0
+//		body_timeout       <duration>
 //		allowed_origins    <origins...>
-//		allowed_hosts      <hosts...>
 //		require_session    on|off
 //		max_event_size     <size>
 //		stream_buffer      <events> <size>
@@ -56,6 +57,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_streams          <n>
 //		client_key           <placeholder>
 //		client_max_inflight  <n>
+//		client_max_streams   <n>
+//		client_ipv6_prefix   <bits>
 //		client_session_rate  <per_second> [<burst>]
 //		session_max_inflight <n>
 //		tool <name-glob> max_inflight <n> [timeout <duration>]
@@ -85,6 +88,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 // and hands the rest to reverse_proxy's parser.
 func (h *Handler) unmarshal(outer *caddyfile.Dispenser) (*reverseproxy.Handler, error) {
 	d := outer.NewFromNextSegment()
+	seen := map[string]bool{}
 	for d.Next() {
 		for d.NextBlock(0) {
 			if d.Nesting() != 1 {
@@ -95,6 +99,10 @@ func (h *Handler) unmarshal(outer *caddyfile.Dispenser) (*reverseproxy.Handler, 
 			if !ours {
 				continue
 			}
+			if seen[name] && !repeatable[name] {
+				return nil, d.Errf("%s given twice: give it once (the second would replace the first)", name)
+			}
+			seen[name] = true
 			args := d.RemainingArgs()
 			if !count(len(args)) {
 				return nil, d.ArgErr()
@@ -120,8 +128,10 @@ var subdirectiveArgs = map[string]func(n int) bool{
 	"session_key":          atLeast(1),
 	"session_lifetime":     exactly(1),
 	"max_peek":             exactly(1),
+	"max_body":             exactly(1),
+	"body_timeout":         exactly(1),
 	"allowed_origins":      atLeast(1),
-	"allowed_hosts":        atLeast(1),
+	"allowed_hosts":        atLeast(0),
 	"require_session":      exactly(1),
 	"max_event_size":       exactly(1),
 	"stream_buffer":        exactly(2),
@@ -134,6 +144,8 @@ var subdirectiveArgs = map[string]func(n int) bool{
 	"max_inflight":         exactly(1),
 	"max_streams":          exactly(1),
 	"client_max_inflight":  exactly(1),
+	"client_max_streams":   exactly(1),
+	"client_ipv6_prefix":   exactly(1),
 	"session_max_inflight": exactly(1),
 	"queue":                exactly(2),
 	"client_key":           exactly(1),
@@ -141,6 +153,9 @@ var subdirectiveArgs = map[string]func(n int) bool{
 	"tool":                 func(n int) bool { return n == 3 || n == 5 },
 	"limit":                atLeast(1),
 }
+
+// repeatable names the subdirectives that may be given more than once.
+var repeatable = map[string]bool{"tool": true}
 
 func exactly(want int) func(int) bool  { return func(n int) bool { return n == want } }
 func atLeast(least int) func(int) bool { return func(n int) bool { return n >= least } }
@@ -154,7 +169,17 @@ func (h *Handler) parseSubdirective(name string, args []string) error {
 	case "allowed_origins":
 		h.AllowedOrigins = append(h.AllowedOrigins, args...)
 	case "allowed_hosts":
-		h.AllowedHosts = append(h.AllowedHosts, args...)
+		return fmt.Errorf("allowed_hosts is gone: requests without an Origin header (MCP clients, tunnels, local load balancers) now pass whatever their Host; list browser origins in allowed_origins")
+	case "max_body":
+		if args[0] == "0" || args[0] == "off" {
+			h.MaxBody = -1
+			break
+		}
+		size, err := parseSize(args[0])
+		if err != nil {
+			return fmt.Errorf("bad max_body: %v", err)
+		}
+		h.MaxBody = size
 	case "client_key":
 		h.ClientKey = args[0]
 	case "require_session", "stream_handoff":
@@ -167,7 +192,7 @@ func (h *Handler) parseSubdirective(name string, args []string) error {
 		} else {
 			h.StreamHandoff = &on
 		}
-	case "session_lifetime", "write_timeout", "keepalive", "retry_hint", "drain":
+	case "session_lifetime", "write_timeout", "keepalive", "retry_hint", "drain", "body_timeout":
 		dur, err := caddy.ParseDuration(args[0])
 		if err != nil || dur <= 0 {
 			return fmt.Errorf("bad %s %q: want a positive duration", name, args[0])
@@ -175,6 +200,7 @@ func (h *Handler) parseSubdirective(name string, args []string) error {
 		*map[string]*caddy.Duration{
 			"session_lifetime": &h.SessionLifetime, "write_timeout": &h.WriteTimeout,
 			"keepalive": &h.Keepalive, "retry_hint": &h.RetryHint, "drain": &h.Drain,
+			"body_timeout": &h.BodyTimeout,
 		}[name] = caddy.Duration(dur)
 	case "max_peek", "max_event_size":
 		size, err := parseSize(args[0])
@@ -186,15 +212,22 @@ func (h *Handler) parseSubdirective(name string, args []string) error {
 		} else {
 			h.MaxEventSize = size
 		}
-	case "max_inflight", "max_streams", "client_max_inflight", "session_max_inflight":
+	case "max_inflight", "max_streams", "client_max_inflight", "client_max_streams", "session_max_inflight":
 		n, err := strconv.Atoi(args[0])
 		if err != nil || n < 0 {
 			return fmt.Errorf("bad %s %q: want a count", name, args[0])
 		}
 		*map[string]*int{
 			"max_inflight": &h.MaxInflight, "max_streams": &h.MaxStreams,
-			"client_max_inflight": &h.ClientMaxInflight, "session_max_inflight": &h.SessionMaxInflight,
+			"client_max_inflight": &h.ClientMaxInflight, "client_max_streams": &h.ClientMaxStreams,
+			"session_max_inflight": &h.SessionMaxInflight,
 		}[name] = n
+	case "client_ipv6_prefix":
+		n, err := strconv.Atoi(args[0])
+		if err != nil || n < 1 || n > 128 {
+			return fmt.Errorf("bad client_ipv6_prefix %q: want 1 to 128 bits", args[0])
+		}
+		h.ClientIPv6Prefix = n
 	case "stream_buffer":
 		n, err := strconv.Atoi(args[0])
 		if err != nil || n <= 0 {

@@ -111,7 +111,13 @@ func (d *streamDialer) handles(req *http.Request) bool {
 		return false
 	}
 	if d.proxy != nil {
-		if u, err := d.proxy(req); u != nil || err != nil {
+		// The transport fills the scheme in only when it sends; the proxy
+		// decision (HTTP_PROXY, NO_PROXY) needs it now.
+		probe := *req
+		u := *req.URL
+		u.Scheme = "http"
+		probe.URL = &u
+		if pu, err := d.proxy(&probe); pu != nil || err != nil {
 			return false
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -140,6 +141,25 @@ func TestStreamDialerHandles(t *testing.T) {
 		req.Header.Set("Accept", tc.accept)
 		if got := d.handles(req); got != tc.want {
 			t.Errorf("%s %s %q: handles = %v", tc.method, tc.url, tc.accept, got)
+		}
+	}
+	// A forward proxy from the environment is decided on the request as
+	// it will be sent (scheme http), not on the scheme-less URL
+	// reverse_proxy hands over: such a stream goes through the transport.
+	proxied := testDialer()
+	proxied.proxy = http.ProxyURL(&url.URL{Scheme: "http", Host: "proxy.invalid:3128"})
+	envLike := testDialer()
+	envLike.proxy = func(r *http.Request) (*url.URL, error) {
+		if r.URL.Scheme != "http" {
+			return nil, nil // what ProxyFromEnvironment does without a scheme
+		}
+		return &url.URL{Scheme: "http", Host: "proxy.invalid:3128"}, nil
+	}
+	for _, pd := range []*streamDialer{proxied, envLike} {
+		req, _ := http.NewRequest("GET", "//127.0.0.1:1/", nil)
+		req.Header.Set("Accept", "text/event-stream")
+		if pd.handles(req) {
+			t.Error("a stream that a proxy applies to is dialled directly")
 		}
 	}
 	var nilDialer *streamDialer

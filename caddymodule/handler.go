@@ -1,14 +1,10 @@
 package caddymodule
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
-	"strings"
 	"sync"
 	"time"
 
@@ -16,11 +12,9 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 
 	"github.com/mcpgate/mcpgate/admission"
 	"github.com/mcpgate/mcpgate/mcp"
-	"github.com/mcpgate/mcpgate/resources"
 )
 
 func init() {
@@ -78,29 +72,43 @@ type Handler struct {
 	// and starts a new session. Default: 24h.
 	SessionLifetime caddy.Duration `json:"session_lifetime,omitempty"`
 
-	// MaxPeek is how many bytes of a POST body are read to classify the
-	// JSON-RPC message before the request is admitted and forwarded; the
-	// body is replayed to the upstream unchanged. A body whose envelope
-	// (method, id) is not found within this many bytes is refused with
-	// 413. Bodies up to this size are also checked to be valid JSON.
-	// Default: 64KiB.
+	// MaxPeek is how many bytes of a POST body are read, and checked,
+	// before the request is admitted and forwarded; the body is replayed
+	// to the upstream unchanged. The JSON-RPC envelope (jsonrpc, id,
+	// method, and params.name, params.uri and params._meta where present)
+	// must come within it: a body whose envelope is not complete within
+	// this many bytes, and a batch longer than it, is refused with 413. A
+	// longer single message streams on to the upstream while the rest of
+	// its top level is checked; a member of the envelope found after the
+	// first MaxPeek bytes aborts the upstream request before its last byte
+	// is sent, and the client gets 400. Default: 64KiB.
 	MaxPeek int64 `json:"max_peek,omitempty"`
 
-	// AllowedOrigins lists the browser origins that may call the endpoint:
-	// "*", exact origins such as "https://app.example.com", or wildcard
-	// hosts such as "https://*.example.com". A request whose Origin header
-	// is present and not allowed gets 403 before it reaches an upstream
-	// (DNS-rebinding protection). Default: only an origin whose host and
-	// port equal the request's Host.
-	AllowedOrigins []string `json:"allowed_origins,omitempty"`
+	// MaxBody caps a POST body, in bytes: a larger declared length is
+	// refused with 413 before anything is read, and a chunked or
+	// understated body is aborted at the cap (413; the upstream never
+	// receives a complete request). A negative value turns the cap off
+	// (Caddyfile: `max_body 0`). Default: 4MiB.
+	MaxBody int64 `json:"max_body,omitempty"`
 
-	// AllowedHosts lists Host names (without port) accepted on a
-	// loopback listener besides loopback names. A request that reached a
-	// loopback listener with any other Host is refused with 403: that is
-	// a DNS-rebinding attempt, which the upstream cannot detect because
-	// the proxy rewrites Host. Add the public names here when a local
-	// load balancer forwards to Caddy on 127.0.0.1. Default: none.
-	AllowedHosts []string `json:"allowed_hosts,omitempty"`
+	// BodyTimeout bounds the wait for the first MaxPeek bytes of a POST
+	// body, and then each read of the rest: a client that does not send
+	// them within it gets 408 and its connection is closed. Default: 10s.
+	BodyTimeout caddy.Duration `json:"body_timeout,omitempty"`
+
+	// AllowedOrigins lists browser origins that may call the endpoint
+	// besides pages on the hosts the site is served under: "*", exact
+	// origins such as "https://app.example.com", or wildcard hosts such as
+	// "https://*.example.com". Only browser requests are checked: a
+	// request with no Origin header and no Sec-Fetch-Site (MCP SDKs,
+	// tunnels, sidecars) passes whatever its Host. A browser request
+	// passes when the host of its origin is one the site names (site
+	// address or host matcher), when its origin is listed here, or, on a
+	// site that names no host, when its origin is a loopback host; any
+	// other gets 403 before it reaches an upstream (DNS-rebinding
+	// protection: an origin equal to the Host header is not enough).
+	// Default: none.
+	AllowedOrigins []string `json:"allowed_origins,omitempty"`
 
 	// RequireSession refuses with 400 a session-era request other than
 	// initialize that carries no Mcp-Session-Id (and a legacy POST without
@@ -205,15 +213,31 @@ type Handler struct {
 	// it a new stream is refused with 503. 0 means no cap. Default: 0.
 	MaxStreams int `json:"max_streams,omitempty"`
 
-	// ClientKey identifies a client for the per-client limits; any
+	// ClientKey identifies a client for the per-client limits (in flight,
+	// session rate, streams, and the mcp app's client_max_sessions); any
 	// placeholder, such as `{http.auth.user.id}` or
-	// `{http.request.header.X-Api-Key}`. Default: `{http.vars.client_ip}`,
-	// the client's address with the server's trusted_proxies honoured.
+	// `{http.request.header.X-Api-Key}`. A key that resolves to nothing
+	// falls back to the client's address. Default:
+	// `{http.vars.client_ip}`, the client's address with the server's
+	// trusted_proxies honoured.
 	ClientKey string `json:"client_key,omitempty"`
 
 	// ClientMaxInflight caps one client's requests in flight; past it the
-	// client gets 429. 0 means no cap. Default: 0.
+	// client gets 429. SSE GET streams do not count here (see
+	// ClientMaxStreams). 0 means no cap. Default: 0.
 	ClientMaxInflight int `json:"client_max_inflight,omitempty"`
+
+	// ClientMaxStreams caps one client's SSE GET streams (Streamable HTTP
+	// and legacy) open through this handler; past it the client gets 429.
+	// 0 means no cap. Default: 0.
+	ClientMaxStreams int `json:"client_max_streams,omitempty"`
+
+	// ClientIPv6Prefix is the size, in bits, of the IPv6 network that
+	// counts as one client when the client key is an IPv6 address (as the
+	// default client_key is), so a client cannot escape its limits by
+	// rotating the addresses of its network. 128 keys every address on
+	// its own. Default: 64.
+	ClientIPv6Prefix int `json:"client_ipv6_prefix,omitempty"`
 
 	// ClientSessionRate caps how many new sessions per second one client
 	// may open (with bursts of ClientSessionBurst); past it the client
@@ -242,15 +266,18 @@ type Handler struct {
 	sealer      *mcp.Sealer
 	tokens      tokenCache // tokens sealer opened
 	origins     mcp.OriginPolicy
+	sites       sync.Map            // *caddyhttp.Server → hostSet, see siteHosts
 	upstreams   map[string]struct{} // static dial addresses; nil with dynamic upstreams
 	logger      *zap.Logger
 	requireSess bool
 	handoff     bool
 	lifetime    time.Duration
 	maxPeek     int64
+	maxBody     int64
+	bodyTimeout time.Duration
 	now         func() time.Time
-	peekBufPool sync.Pool
 	transport   *relayTransport
+	registered  bool // listed for side requests, see registerUpstreams
 	// rewriteHost: the user set no Host for upstream requests, so the
 	// transport sets it to the upstream's host:port.
 	rewriteHost bool
@@ -266,7 +293,13 @@ type Handler struct {
 	app                     *App
 	ctrl                    *admission.Controller
 	streamLimit             *admission.Limiter
+	clientStreams           *admission.KeyedLimiter // nil: no per-client cap
 	clientKey               string
+	ipv6Prefix              int
+	// downRetryAfter is the Retry-After, in seconds, of a request whose
+	// pinned upstream cannot be reached: how long a health check keeps
+	// an upstream marked down.
+	downRetryAfter int
 }
 
 // CaddyModule returns the Caddy module information.
@@ -290,10 +323,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.lifetime <= 0 {
 		h.lifetime = defaultSessionLifetime
 	}
-	h.maxPeek = h.MaxPeek
-	if h.maxPeek <= 0 {
-		h.maxPeek = defaultMaxPeek
+	h.maxPeek = orDefault(h.MaxPeek, defaultMaxPeek)
+	h.maxBody = h.MaxBody
+	if h.maxBody == 0 {
+		h.maxBody = defaultMaxBody
 	}
+	h.bodyTimeout = orDefault(time.Duration(h.BodyTimeout), defaultBodyTimeout)
 	h.requireSess = h.RequireSession == nil || *h.RequireSession
 	h.handoff = h.StreamHandoff == nil || *h.StreamHandoff
 	h.maxEvent = orDefault(h.MaxEventSize, defaultMaxEvent)
@@ -311,7 +346,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("registering metrics: %w", err)
 	}
 	h.origins = mcp.OriginPolicy{Allowed: h.AllowedOrigins}
-	h.peekBufPool.New = func() any { b := make([]byte, h.maxPeek+1); return &b }
 
 	repl := caddy.NewReplacer()
 	var keys [][]byte
@@ -352,21 +386,42 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if !ok {
 		return fmt.Errorf("embedded proxy is %T, want reverse_proxy", mod)
 	}
-	h.transport = &relayTransport{inner: rp.Transport, streams: newStreamDialer(rp.Transport)}
+	h.transport = &relayTransport{inner: rp.Transport, streams: newStreamDialer(rp.Transport), rewriteHost: h.rewriteHost}
 	rp.Transport = h.transport
 	h.proxy = rp
-	if err := acquireRegistry(); err != nil {
-		return err
-	}
+	h.downRetryAfter = downRetryAfter(rp.HealthChecks)
 	h.watchStop(ctx)
+	h.registerUpstreams()
+	h.registered = true
 	return nil
 }
 
 // Cleanup closes the handler's open streams after the drain delay and
-// releases the shared stream registry.
+// takes the handler off the side-request routes. It releases only what a
+// Provision that may have failed halfway acquired.
 func (h *Handler) Cleanup() error {
-	h.streams.drain(h.drain)
-	return releaseRegistry()
+	if h.streams != nil {
+		h.streams.drain(h.drain)
+	}
+	if h.registered {
+		h.unregisterUpstreams()
+		h.registered = false
+	}
+	return nil
+}
+
+// downRetryAfter returns how long, in whole seconds, a health check keeps
+// an upstream marked unavailable: the passive checks' fail duration, else
+// the active checks' interval, else one second.
+func downRetryAfter(hc *reverseproxy.HealthChecks) int {
+	var d time.Duration
+	if hc != nil && hc.Passive != nil {
+		d = time.Duration(hc.Passive.FailDuration)
+	}
+	if d <= 0 && hc != nil && hc.Active != nil && hc.Active.IsEnabled() {
+		d = time.Duration(hc.Active.Interval)
+	}
+	return max(1, int((d+time.Second-1)/time.Second))
 }
 
 // orDefault returns v, or def when v is not positive.
@@ -437,147 +492,6 @@ func hasKeyFold(m map[string]any, key string) bool {
 	return false
 }
 
-// ServeHTTP classifies, checks and routes an MCP request, then hands it to
-// the embedded reverse_proxy, whose transport wrapper seals session ids in
-// the upstream's response and hands SSE bodies to the relay (which also
-// rewrites the legacy endpoint event).
-func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	if !h.origins.Allow(r.Header.Get("Origin"), r.Host) {
-		return h.refuse(w, mcp.Refuse(http.StatusForbidden, mcp.CodeServerError, "", "origin not allowed"))
-	}
-	if h.hostRebound(r) {
-		return h.refuse(w, mcp.Refuse(http.StatusForbidden, mcp.CodeServerError, "", "host not allowed on a loopback listener"))
-	}
-
-	// 1. Classify.
-	var call mcp.Call
-	if ref := mcp.ClassifyHeaders(r.Header, &call); ref != nil {
-		return h.refuse(w, ref)
-	}
-	var whole []byte // the whole request body, when the peek read it all
-	if r.Method == http.MethodPost {
-		held, body, ref := h.peekBody(r, &call)
-		whole = body
-		if held > 0 {
-			defer h.app.global.memory.Release(held)
-		}
-		if ref != nil {
-			return h.refuse(w, ref)
-		}
-	}
-
-	// 2. Resolve the session.
-	res, ref := h.resolve(r, &call)
-	if ref != nil {
-		return h.refuse(w, ref)
-	}
-	if res.pinned != "" {
-		caddyhttp.SetVar(r.Context(), varPinned, res.pinned)
-	}
-	if c := h.logger.Check(zapcore.DebugLevel, "mcp request"); c != nil {
-		c.Write(zap.String("era", call.Era.String()), zap.String("method", call.First().Method),
-			zap.Bool("session", res.session != nil))
-	}
-
-	// 3. Admit, before any upstream is dialled: the service level first,
-	// then the session's state, then the limits.
-	level := h.app.global.levels.Level()
-	if ref := h.levelGate(level, r, &call, res); ref != nil {
-		refusalCounters[admission.ReasonLevel].Inc()
-		w.Header().Set("Retry-After", levelRetryAfter)
-		return h.refuse(w, ref)
-	}
-	if call.IsInitialize() && res.session == nil && !h.roomForSession(level) {
-		refusalCounters[admission.ReasonCapacity].Inc()
-		w.Header().Set("Retry-After", levelRetryAfter)
-		return h.refuse(w, mcp.Refuse(http.StatusServiceUnavailable, mcp.CodeServerError, call.First().ID, "session limit reached, retry after "+levelRetryAfter+"s"))
-	}
-	sess, endSession, ref := h.trackSession(res, level)
-	if ref != nil {
-		ref.ID = call.First().ID
-		return h.refuse(w, ref)
-	}
-	release, ok := h.admit(w, r, &call, res)
-	if !ok {
-		endSession()
-		return nil
-	}
-	metrics.requestsInFlight.Inc()
-	// The request's admission slot, its place among the session's requests
-	// in flight and the gauge are given back when the request is over:
-	// when this handler returns, or, for a stream whose client dropped and
-	// whose upstream is still read for a resumption, when that ends.
-	status := http.StatusOK
-	var st *relayState
-	var once sync.Once
-	over := func() {
-		once.Do(func() {
-			release(status)
-			endSession()
-			metrics.requestsInFlight.Dec()
-		})
-	}
-	defer func() {
-		if st == nil || !st.isDetached() {
-			over()
-		}
-	}()
-
-	// A client resuming a stream the proxy still holds is answered from it.
-	if r.Method == http.MethodGet && res.session != nil && res.session.Kind == mcp.TokenSession {
-		if last := r.Header.Get(mcp.HeaderLastEventID); last != "" {
-			if stream := sharedRegistry().Find(res.key, last); stream != nil {
-				metrics.replay.WithLabelValues("hit").Inc()
-				return h.serveResume(w, r, stream, last, h.retryHint(&call, res), sess)
-			}
-			metrics.replay.WithLabelValues("miss").Inc()
-			if strings.HasPrefix(last, proxyIDMarker) {
-				// An id the proxy assigned and no longer holds means
-				// nothing to the upstream: open a fresh stream.
-				r.Header.Del(mcp.HeaderLastEventID)
-			}
-		}
-	}
-
-	// 4. Proxy; the transport wrapper seals session ids in the response.
-	st = newRelayState(h, w, r, &call, res)
-	st.whole = whole
-	st.session, st.over = sess, over
-	caddyhttp.SetVar(r.Context(), varRelay, st)
-	defer st.handlerDone()
-	var err error
-	if r.Method == http.MethodGet {
-		err = h.proxyShallow(w, r, next)
-	} else {
-		err = h.proxy.ServeHTTP(w, r, next)
-	}
-	if st.responded {
-		status = st.status
-	}
-	if err != nil {
-		status = http.StatusBadGateway
-	}
-	if err != nil && !st.responded {
-		if missing, _ := caddyhttp.GetVar(r.Context(), varPinMissing).(bool); missing {
-			metrics.sessionRefusals.WithLabelValues("not_found").Inc()
-			return h.refuse(w, mcp.Refuse(http.StatusNotFound, mcp.CodeSessionNotFound, call.First().ID, "session not found"))
-		}
-	}
-	st.mu.Lock()
-	body := st.body
-	st.mu.Unlock()
-	if body != nil {
-		// 5. Relay the SSE stream reverse_proxy handed over.
-		h.relay(w, st, body)
-		return nil
-	}
-	if r.Method == http.MethodDelete && res.session != nil && st.responded && st.status >= 200 && st.status < 300 {
-		sharedRegistry().Forget(res.key)
-		h.app.global.sessions.Remove(res.key, resources.CauseDeleted)
-	}
-	return err
-}
-
 // proxyShallow runs the embedded reverse_proxy on a goroutine of its own
 // and waits for it. A GET usually opens an SSE stream, which the relay then
 // reads from this handler's goroutine for as long as it lives; the deep
@@ -599,213 +513,6 @@ func (h *Handler) proxyShallow(w http.ResponseWriter, r *http.Request, next cadd
 		panic(p)
 	}
 	return err
-}
-
-// hostRebound reports a DNS-rebinding attempt: a request that reached a
-// loopback listener with a Host that is neither a loopback name nor in
-// AllowedHosts. Because the proxy rewrites Host for the upstream, the
-// upstream's own check of this kind cannot see it, so the proxy makes it.
-func (h *Handler) hostRebound(r *http.Request) bool {
-	local, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
-	if !ok || local == nil {
-		return false
-	}
-	if tcp, ok := local.(*net.TCPAddr); ok {
-		if !tcp.IP.IsLoopback() {
-			return false
-		}
-	} else if !mcp.IsLoopbackHost(local.String()) {
-		return false
-	}
-	if mcp.IsLoopbackHost(r.Host) {
-		return false
-	}
-	host, _, err := net.SplitHostPort(r.Host)
-	if err != nil {
-		host = r.Host
-	}
-	for _, a := range h.AllowedHosts {
-		if strings.EqualFold(a, host) {
-			return false
-		}
-	}
-	return true
-}
-
-// peekBody reads at most MaxPeek bytes of the body, classifies them and
-// puts the body back, unchanged, for the upstream. The peeked bytes are
-// reserved from the memory budget; the caller releases the returned count
-// when the request is over. When the peek read the whole body it is
-// returned too.
-func (h *Handler) peekBody(r *http.Request, call *mcp.Call) (held int64, whole []byte, _ *mcp.Refusal) {
-	var head []byte
-	complete := false
-	if cl := r.ContentLength; cl >= 0 && cl <= h.maxPeek {
-		// The common case: a declared length within the cap is read into
-		// a buffer of exactly that size, which then serves the upstream.
-		head = make([]byte, cl)
-		if _, err := io.ReadFull(r.Body, head); err != nil {
-			return 0, nil, bodyReadRefusal(err)
-		}
-		complete = true
-	} else {
-		bp := h.peekBufPool.Get().(*[]byte)
-		buf := *bp
-		n, err := io.ReadFull(r.Body, buf)
-		complete = err == io.EOF || err == io.ErrUnexpectedEOF
-		if err != nil && !complete {
-			h.peekBufPool.Put(bp)
-			return 0, nil, bodyReadRefusal(err)
-		}
-		if !complete {
-			n = len(buf) - 1 // the extra byte only told us there is more
-		}
-		// Copied out of the pooled buffer: the transport may still read
-		// the body after the handler returns.
-		head = bytes.Clone(buf[:n])
-		h.peekBufPool.Put(bp)
-	}
-	n := int64(len(head))
-	if !h.app.global.memory.Reserve(n) {
-		metrics.backpressure.Inc()
-		return 0, nil, mcp.Refuse(http.StatusServiceUnavailable, mcp.CodeServerError, "", "server out of memory budget, retry later")
-	}
-	perr := mcp.ParseEnvelope(head, complete, &call.Peek)
-	if ref := mcp.ClassifyBody(r.Header, perr, call); ref != nil {
-		return n, nil, ref
-	}
-	if complete {
-		// The server closes the original body, read to its end, when the
-		// handler returns.
-		r.Body = io.NopCloser(bytes.NewReader(head))
-		return n, head, nil
-	}
-	rb := &replayBody{rest: r.Body}
-	rb.head.Reset(head)
-	r.Body = rb
-	return n, nil, nil
-}
-
-// bodyReadRefusal is the refusal for a request body that could not be read.
-func bodyReadRefusal(err error) *mcp.Refusal {
-	var mbe *http.MaxBytesError
-	if errors.As(err, &mbe) {
-		return mcp.Refuse(http.StatusRequestEntityTooLarge, mcp.CodeInvalidRequest, "", "request body too large")
-	}
-	return mcp.Refuse(http.StatusBadRequest, mcp.CodeInvalidRequest, "", "reading request body failed")
-}
-
-// replayBody is a request body whose first bytes were peeked: it reads
-// them again, then the rest of the original body.
-type replayBody struct {
-	head bytes.Reader
-	rest io.ReadCloser // the unread remainder
-}
-
-func (b *replayBody) Read(p []byte) (int, error) {
-	if b.head.Len() > 0 {
-		return b.head.Read(p)
-	}
-	return b.rest.Read(p)
-}
-
-func (b *replayBody) Close() error { return b.rest.Close() }
-
-// resolution is the session a request belongs to.
-type resolution struct {
-	// session is the opened token, nil for a request without a session.
-	session *mcp.Session
-	// token is the client's token as presented.
-	token string
-	// pinned is the dial address of the upstream the request must reach.
-	pinned string
-	// key names the session in the registries (sessionKey), "" without
-	// a session.
-	key string
-}
-
-// resolve opens the request's session token, from Mcp-Session-Id or the
-// legacy route parameter, and replaces it with the upstream's own id.
-func (h *Handler) resolve(r *http.Request, call *mcp.Call) (resolution, *mcp.Refusal) {
-	var res resolution
-	id := call.First().ID
-	if call.Era != mcp.EraStateless {
-		if rest, tok := mcp.StripRouteParam(r.URL.RawQuery); tok != "" {
-			sess, ref := h.open(tok, mcp.TokenLegacy, id)
-			if ref != nil {
-				return res, ref
-			}
-			r.URL.RawQuery = rest
-			r.RequestURI = ""
-			res.session, res.token, res.pinned, res.key = sess, tok, sess.Upstream, sessionKey(sess.Upstream, sess.UpstreamID)
-			return res, nil
-		}
-	}
-	tok := r.Header.Get(mcp.HeaderSessionID)
-	if tok == "" || call.Era == mcp.EraStateless {
-		// The stateless revision has no sessions: servers ignore the
-		// header, so it is passed through untouched.
-		if tok == "" && h.requireSess && h.needsSession(r, call) {
-			metrics.sessionRefusals.WithLabelValues("missing").Inc()
-			return res, mcp.Refuse(http.StatusBadRequest, mcp.CodeServerError, id, "Bad Request: Mcp-Session-Id header is required")
-		}
-		return res, nil
-	}
-	sess, ref := h.open(tok, mcp.TokenSession, id)
-	if ref != nil {
-		return res, ref
-	}
-	r.Header.Set(mcp.HeaderSessionID, sess.UpstreamID)
-	res.session, res.token, res.pinned, res.key = sess, tok, sess.Upstream, sessionKey(sess.Upstream, sess.UpstreamID)
-	return res, nil
-}
-
-// needsSession reports whether a request without a session id breaks the
-// rules of its era: in every era but the stateless one, a DELETE, a
-// session-era GET, and any POST but an initialize.
-func (h *Handler) needsSession(r *http.Request, call *mcp.Call) bool {
-	if call.Era == mcp.EraStateless {
-		return false
-	}
-	switch r.Method {
-	case http.MethodDelete:
-		return true
-	case http.MethodGet:
-		// A GET without a version header opens a legacy SSE session.
-		return call.Era == mcp.EraSession
-	case http.MethodPost:
-		return !call.IsInitialize()
-	}
-	return false
-}
-
-// open opens a sealed token and checks that its upstream is still
-// configured; every failure is a 404 so the client starts a new session.
-func (h *Handler) open(tok string, kind mcp.TokenKind, id string) (*mcp.Session, *mcp.Refusal) {
-	now := h.now()
-	sess := h.tokens.get(tok, now)
-	var err error
-	if sess == nil {
-		if sess, err = h.sealer.Open(tok, now); err == nil {
-			h.tokens.put(tok, sess)
-		}
-	}
-	if err == nil && sess.Kind != kind {
-		err = mcp.ErrTokenInvalid
-	}
-	if err == nil && h.upstreams != nil {
-		if _, ok := h.upstreams[sess.Upstream]; !ok {
-			err = errors.New("session upstream no longer configured")
-		}
-	}
-	if err != nil {
-		if c := h.logger.Check(zapcore.DebugLevel, "session refused"); c != nil {
-			c.Write(zap.Error(err))
-		}
-		metrics.sessionRefusals.WithLabelValues("not_found").Inc()
-		return nil, mcp.Refuse(http.StatusNotFound, mcp.CodeSessionNotFound, id, "session not found")
-	}
-	return sess, nil
 }
 
 // refuse writes a refusal: its status and a JSON-RPC error body.

@@ -28,8 +28,13 @@ const defaultUnhealthyAt = admission.LevelEssential
 // level: 200 OK while the level is below UnhealthyAt, 503 Service
 // Unavailable from it on, so a balancer sends new clients to other
 // replicas while this one sheds load, and existing sessions keep being
-// served. The body is a small JSON document with the level, the pressure
-// of each monitor and the proxy's counts:
+// served. The body is a small JSON document with the status and the
+// level:
+//
+//	{"status":"ok","level":"full"}
+//
+// With Details on it also has the pressure of each monitor and the
+// proxy's counts, which an endpoint reachable by anyone should not show:
 //
 //	{"status":"ok","level":"full","pinned":false,"pressure":0.12,
 //	 "pressures":{"heap":0.12,...},"sessions":3,"streams":2,
@@ -44,6 +49,11 @@ type Health struct {
 	// Default: "essential" (200 at full and degraded, 503 at essential and
 	// protective).
 	UnhealthyAt string `json:"unhealthy_at,omitempty"`
+
+	// Details adds the pressures, the pinning and the counts of sessions,
+	// streams, requests and memory to the answer. Default: false (status
+	// and level only).
+	Details bool `json:"details,omitempty"`
 
 	unhealthy admission.Level
 	app       *App
@@ -93,8 +103,13 @@ func parseUnhealthyAt(s string) (admission.Level, error) {
 // healthBody is the JSON body of an mcp_health answer.
 type healthBody struct {
 	// Status is "ok" with 200 and "unavailable" with 503.
-	Status    string             `json:"status"`
-	Level     string             `json:"level"`
+	Status string `json:"status"`
+	Level  string `json:"level"`
+	*healthDetails
+}
+
+// healthDetails is what an mcp_health answer adds with details on.
+type healthDetails struct {
 	Pinned    bool               `json:"pinned"`
 	Pressure  float64            `json:"pressure"`
 	Pressures map[string]float64 `json:"pressures"`
@@ -116,19 +131,21 @@ func (h *Health) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.H
 	}
 	g := h.app.global
 	ls := g.levels.Status()
-	body := healthBody{
-		Status:           "ok",
-		Level:            ls.Level.String(),
-		Pinned:           ls.Pinned,
-		Pressure:         round3(ls.Pressure),
-		Pressures:        make(map[string]float64, len(ls.Monitors)),
-		Sessions:         g.sessions.Len(),
-		Streams:          int64(gaugeValue(metrics.streamsActive)),
-		RequestsInFlight: g.inflight.InFlight(),
-		Memory:           adminPair{Used: g.memory.Used(), Limit: max(g.memory.Limit(), 0)},
-	}
-	for _, m := range ls.Monitors {
-		body.Pressures[m.Name] = round3(m.Pressure)
+	body := healthBody{Status: "ok", Level: ls.Level.String()}
+	if h.Details {
+		d := &healthDetails{
+			Pinned:           ls.Pinned,
+			Pressure:         round3(ls.Pressure),
+			Pressures:        make(map[string]float64, len(ls.Monitors)),
+			Sessions:         g.sessions.Len(),
+			Streams:          int64(gaugeValue(metrics.streamsActive)),
+			RequestsInFlight: g.inflight.InFlight(),
+			Memory:           adminPair{Used: g.memory.Used(), Limit: max(g.memory.Limit(), 0)},
+		}
+		for _, m := range ls.Monitors {
+			d.Pressures[m.Name] = round3(m.Pressure)
+		}
+		body.healthDetails = d
 	}
 	status := http.StatusOK
 	if ls.Level >= h.unhealthy {
@@ -161,6 +178,7 @@ func parseHealthCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, 
 //
 //	mcp_health [<matcher>] {
 //		unhealthy_at degraded|essential|protective
+//		details      on|off
 //	}
 //
 // The block is optional; without it the endpoint answers 503 from the
@@ -182,6 +200,18 @@ func (h *Health) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("%v", err)
 			}
 			h.UnhealthyAt = d.Val()
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+		case "details":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			on, err := parseOnOff(d.Val())
+			if err != nil {
+				return d.Errf("details: want on or off, got %q", d.Val())
+			}
+			h.Details = on
 			if d.NextArg() {
 				return d.ArgErr()
 			}

@@ -45,7 +45,22 @@ var metrics = struct {
 	sessionEvents       prometheus.Histogram
 	sessionBytes        prometheus.Histogram
 	panicsRecovered     prometheus.Counter
+	upstreamIDs         *prometheus.CounterVec
+	upstreamFailures    *prometheus.CounterVec
+	unanswered          prometheus.Counter
 }{
+	unanswered: prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "mcp", Name: "unanswered_streams_total",
+		Help: "SSE answers whose upstream stream ended without the response, to which the proxy added a JSON-RPC error for the request.",
+	}),
+	upstreamFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "mcp", Name: "upstream_failures_total",
+		Help: "Requests answered by the proxy because the upstream could not be reached or failed before answering: pinned_unreachable (503, the session lives on) or the status sent (502, 503, 504).",
+	}, []string{"result"}),
+	upstreamIDs: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "mcp", Name: "upstream_session_ids_total",
+		Help: "Upstream session ids the proxy did not hand to clients: dropped (on an answer that starts no session) or unusable (an initialize answered with 502).",
+	}, []string{"result"}),
 	requestsInFlight: prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: "caddy", Subsystem: "mcp", Name: "requests_in_flight",
 		Help: "MCP requests being proxied, streams included.",
@@ -155,8 +170,8 @@ var metrics = struct {
 		Namespace: "caddy", Subsystem: "mcp", Name: "replay_held_bytes",
 		Help: "Bytes held in the replay rings of resumable streams.",
 	}, func() float64 {
-		if r := sharedRegistry(); r != nil {
-			return float64(r.Bytes())
+		if g := currentGlobal(); g != nil {
+			return float64(g.resume.Bytes())
 		}
 		return 0
 	}),
@@ -221,7 +236,7 @@ func registerMetrics(ctx caddy.Context) error {
 		metrics.replay, metrics.streamsDrained, metrics.cancelsSent, metrics.replayBytes,
 		connectionsActive, metrics.level, metrics.levelChanges, metrics.evictions,
 		metrics.backpressure, metrics.protectiveResets, metrics.evictDeletesSkipped, globalGauges,
-		sessionEnds, metrics.panicsRecovered,
+		sessionEnds, metrics.panicsRecovered, metrics.upstreamIDs, metrics.upstreamFailures, metrics.unanswered,
 	} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError

@@ -51,9 +51,15 @@ type relayState struct {
 	resumable bool
 	// session is the request's entry in the session registry, or nil.
 	session *resources.Session
+	// clientKey identifies the request's client for per-client limits.
+	clientKey string
 	// over gives back what the request holds (admission slot, session
 	// in-flight count); it runs once, when the request is over.
 	over func()
+	// legacyID and legacyUpstream name the legacy session a legacy SSE
+	// stream opened, legacyEnd ends it when the stream is over.
+	legacyID, legacyUpstream string
+	legacyEnd                func()
 
 	mu        sync.Mutex
 	body      io.ReadCloser // SSE body taken over from reverse_proxy
@@ -168,10 +174,14 @@ func (st *relayState) isDetached() bool {
 func (st *relayState) finish() {
 	st.mu.Lock()
 	st.done = true
-	stop, cancel, timer := st.stopWatch, st.cancel, st.timer
+	stop, cancel, timer, legacyEnd := st.stopWatch, st.cancel, st.timer, st.legacyEnd
+	st.legacyEnd = nil
 	st.mu.Unlock()
 	if st.over != nil {
 		st.over()
+	}
+	if legacyEnd != nil {
+		legacyEnd()
 	}
 	if stop != nil {
 		stop()
@@ -185,38 +195,31 @@ func (st *relayState) finish() {
 }
 
 // sendCancelled posts notifications/cancelled for the request upstream,
-// in its session, as a 2025-era sender that abandons a request must.
-// initialize is never cancelled.
+// in its session, as a 2025-era sender that abandons a request must. It
+// goes through the embedded reverse_proxy with the client request's own
+// headers (see sideRequest). initialize is never cancelled.
 func (st *relayState) sendCancelled(reason string) {
 	first := st.call.First()
 	st.mu.Lock()
-	out := st.outReq
+	r := st.r
+	sent := st.outReq != nil
 	st.mu.Unlock()
-	if out == nil || first.ID == "" || first.Method == "initialize" || st.call.Era == mcp.EraStateless {
+	if r == nil || !sent || first.ID == "" || first.Method == "initialize" || st.call.Era == mcp.EraStateless || st.res.session == nil {
 		return
 	}
-	body := mcp.AppendCancelled(nil, first.ID, reason)
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(out.Context()), 5*time.Second)
+	hdr := r.Header.Clone()
+	for _, k := range []string{"Content-Length", "Transfer-Encoding", mcp.HeaderLastEventID} {
+		hdr.Del(k)
+	}
+	hdr.Set("Content-Type", "application/json")
+	hdr.Set("Accept", "application/json, text/event-stream")
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 5*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, out.URL.String(), bytes.NewReader(body))
-	if err != nil {
-		return
-	}
-	req.Host = out.Host
-	for _, k := range []string{mcp.HeaderSessionID, mcp.HeaderProtocolVersion, "Authorization"} {
-		if v := out.Header.Get(k); v != "" {
-			req.Header.Set(k, v)
-		}
-	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Accept", "application/json, text/event-stream")
-	resp, err := st.h.transport.inner.RoundTrip(req)
-	if err != nil {
+	body := mcp.CancelledBody(first.ID, reason)
+	if _, err := st.h.sideRequest(ctx, st.res.pinned, http.MethodPost, r.URL.EscapedPath(), r.Host, hdr, body); err != nil {
 		st.h.logger.Debug("sending notifications/cancelled upstream failed", zap.Error(err))
 		return
 	}
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-	_ = resp.Body.Close()
 	metrics.cancelsSent.Inc()
 }
 
@@ -226,6 +229,10 @@ func (st *relayState) sendCancelled(reason string) {
 // relay, not reverse_proxy's copy loop, pumps it to the client.
 type relayTransport struct {
 	inner http.RoundTripper
+	// rewriteHost: the user set no Host for upstream requests, so the
+	// transport sets it to the upstream's host:port, on client requests
+	// and on the proxy's own side requests alike.
+	rewriteHost bool
 	// streams opens SSE GET streams on connections of their own; nil when
 	// the inner transport cannot be bypassed.
 	streams *streamDialer
@@ -233,17 +240,17 @@ type relayTransport struct {
 
 // RoundTrip implements http.RoundTripper.
 func (t *relayTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	st, _ := caddyhttp.GetVar(req.Context(), varRelay).(*relayState)
-	if st == nil {
-		return t.inner.RoundTrip(req)
-	}
-	if st.h.rewriteHost {
+	if t.rewriteHost {
 		// The request is reverse_proxy's own copy for this attempt.
 		if repl, ok := req.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
 			if hp, ok := repl.GetString("http.reverse_proxy.upstream.hostport"); ok && hp != "" {
 				req.Host = hp
 			}
 		}
+	}
+	st, _ := caddyhttp.GetVar(req.Context(), varRelay).(*relayState)
+	if st == nil {
+		return t.inner.RoundTrip(req)
 	}
 	if st.resumable {
 		// Only a resumable request outlives its client; any other one is
@@ -286,7 +293,11 @@ func (t *relayTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, err
 	}
 	st.status, st.responded = resp.StatusCode, true
-	st.sealResponse(resp)
+	resp = st.sealResponse(req, resp)
+	if resp.StatusCode == http.StatusOK && legacyStream(st.r, st.call, st.res) && isEventStream(resp.Header) && !st.openLegacy(req) {
+		resp = st.replaceResponse(resp, http.StatusServiceUnavailable, mcp.CodeServerError,
+			"session limit reached, retry after "+levelRetryAfter+"s")
+	}
 	if resp.StatusCode == http.StatusOK && resp.Body != nil && resp.Body != http.NoBody && isEventStream(resp.Header) {
 		st.mu.Lock()
 		st.body = resp.Body
@@ -346,7 +357,9 @@ func (c *clientWriter) Write(p []byte) (int, error)        { return c.w.Write(p)
 func (c *clientWriter) Flush() error                       { return c.rc.Flush() }
 func (c *clientWriter) SetWriteDeadline(t time.Time) error { return c.rc.SetWriteDeadline(t) }
 
-// streamConfig returns the relay configuration of a request's stream.
+// streamConfig returns the relay configuration of a request's stream. The
+// replay ring gets the handler's full sizes; relay shrinks it to the
+// degraded fraction, as the level does for the streams already open.
 func (h *Handler) streamConfig(st *relayState, legacy bool) sse.StreamConfig {
 	cfg := sse.StreamConfig{
 		MaxEvent:     int(h.maxEvent),
@@ -363,26 +376,51 @@ func (h *Handler) streamConfig(st *relayState, legacy bool) sse.StreamConfig {
 		cfg.QueueBytes = max(1, int(float64(cfg.QueueBytes)*f))
 	}
 	if st.resumable {
-		f := h.app.global.degradedFraction()
-		cfg.ReplayEvents = max(1, int(float64(h.replayEvents)*f))
-		cfg.ReplayBytes = max(1, int64(float64(h.replayBytes)*f))
-		cfg.ReplayAge = h.replayAge
+		cfg.ReplayEvents, cfg.ReplayBytes, cfg.ReplayAge = h.replayEvents, h.replayBytes, h.replayAge
 		cfg.IDPrefix = newIDPrefix()
 	}
 	if legacy {
 		cfg.Rewrite = st.rewriteLegacyEndpoint()
 	}
-	if first := st.call.First(); first.Kind == mcp.KindRequest && first.ID != "" {
-		id := first.ID
-		cfg.Final = func(err error) []byte {
-			if !errors.Is(err, sse.ErrEventTooLarge) && !errors.Is(err, sse.ErrLineTooLong) {
-				return nil
-			}
-			msg := mcp.AppendError(nil, id, mcp.CodeInternalError, "response event exceeds the proxy's max_event_size")
-			return sse.AppendEvent(nil, "", "message", msg)
-		}
+	if first := st.call.First(); first.Kind == mcp.KindRequest && first.ID != "" && !st.call.Peek.Batch {
+		cfg.Rewrite, cfg.Final = answerWatch(first.ID)
 	}
 	return cfg
+}
+
+// answerWatch returns the hooks that make sure a request's SSE answer
+// carries its response: rewrite notes the response with the request's id
+// as it passes, and final, at the end of the upstream stream, gives a
+// JSON-RPC error for the request when none passed: an event over
+// max_event_size, an upstream that broke, or a stream that ended (or was
+// never SSE at all) without the answer.
+func answerWatch(id string) (rewrite func(*sse.Event) []byte, final func(error) []byte) {
+	answered := false
+	rewrite = func(ev *sse.Event) []byte {
+		if !answered && mcp.AnswersRequest(ev.Data, id) {
+			answered = true
+		}
+		return nil
+	}
+	final = func(err error) []byte {
+		if answered {
+			return nil
+		}
+		var msg string
+		switch {
+		case errors.Is(err, sse.ErrEventTooLarge), errors.Is(err, sse.ErrLineTooLong):
+			msg = "response event exceeds the proxy's max_event_size"
+		case errors.Is(err, sse.ErrClosed):
+			return nil
+		case err != nil:
+			msg = "the upstream connection failed before the answer"
+		default:
+			msg = "the upstream ended the stream without an answer"
+		}
+		metrics.unanswered.Inc()
+		return sse.AppendEvent(nil, "", "message", mcp.AppendError(nil, id, mcp.CodeInternalError, msg))
+	}
+	return rewrite, final
 }
 
 // retryHint returns the retry hint for a request's client: only clients at
@@ -414,9 +452,12 @@ func (st *relayState) rewriteLegacyEndpoint() func(ev *sse.Event) []byte {
 			return nil
 		}
 		seen = true
-		data, ok := st.h.rewriteEndpoint(st.r, string(ev.Data))
+		data, ok := st.rewriteEndpoint(st.r, string(ev.Data))
 		if !ok {
-			return nil
+			// The upstream's endpoint must not reach the client: the
+			// stream ends instead.
+			st.abort()
+			return sse.AppendComment(nil, "endpoint not available")
 		}
 		return sse.AppendEvent(nil, ev.ID, "endpoint", []byte(data))
 	}
@@ -427,12 +468,15 @@ func (st *relayState) rewriteLegacyEndpoint() func(ev *sse.Event) []byte {
 func (h *Handler) relay(w http.ResponseWriter, st *relayState, body io.ReadCloser) {
 	legacy := legacyStream(st.r, st.call, st.res)
 	stream := sse.NewStream(h.streamConfig(st, legacy))
+	if f := h.app.global.degradedFraction(); f < 1 {
+		stream.ShrinkRingBy(f)
+	}
 	stream.SetCloser(func() { _ = body.Close() })
 	st.mu.Lock()
 	st.stream = stream
 	st.mu.Unlock()
 	if st.resumable {
-		sharedRegistry().Add(st.res.key, stream)
+		h.app.global.resume.Add(st.res.key, stream)
 	}
 	// The headers go out now: an idle stream may send nothing for long.
 	cw := newClientWriter(w)

@@ -1,59 +1,190 @@
 package caddymodule
 
 import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"io"
 	"net/http"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/mcpgate/mcpgate/admission"
 	"github.com/mcpgate/mcpgate/mcp"
+	"github.com/mcpgate/mcpgate/resources"
 )
 
 // sealResponse runs on every upstream response, before reverse_proxy copies
-// its headers to the client: it replaces the upstream's session id with
-// the sealed token the client will present (a new one for a new session,
-// the client's own for a known one).
-func (st *relayState) sealResponse(resp *http.Response) {
-	if st.call.Era == mcp.EraStateless {
-		return
-	}
+// its headers to the client, and makes sure no upstream session id reaches
+// the client unsealed or unregistered: the id of the request's own session
+// becomes the client's token again; a new id starts a session only on an
+// initialize answer, where it is sealed into a new token and registered;
+// any other id is dropped. An initialize answer whose id cannot be carried
+// (empty, not visible ASCII, too long, repeated) is replaced by a 502 with
+// a JSON-RPC error, and the upstream session is deleted. It returns the
+// response to hand on, which may be a replacement.
+func (st *relayState) sealResponse(req *http.Request, resp *http.Response) *http.Response {
 	hdr := resp.Header
-	sid := hdr.Get(mcp.HeaderSessionID)
-	if sid == "" {
-		return
+	ids := hdr.Values(mcp.HeaderSessionID)
+	if len(ids) == 0 {
+		return resp
 	}
 	h := st.h
-	if st.res.session != nil && sid == st.res.session.UpstreamID {
+	if st.res.session != nil && st.res.session.Kind == mcp.TokenSession && len(ids) == 1 && ids[0] == st.res.session.UpstreamID {
 		hdr.Set(mcp.HeaderSessionID, st.res.token)
-		return
+		return resp
 	}
-	upstream, _ := caddyhttp.GetVar(st.r.Context(), varSelected).(string)
-	if !mcp.ValidSessionID(sid) || upstream == "" {
-		hdr.Del(mcp.HeaderSessionID)
-		h.logger.Warn("dropping unusable session id from upstream",
-			zap.String("upstream", upstream), zap.Int("length", len(sid)))
-		return
+	hdr.Del(mcp.HeaderSessionID)
+	if !st.call.IsInitialize() || st.res.session != nil {
+		metrics.upstreamIDs.WithLabelValues("dropped").Inc()
+		if c := h.logger.Check(zap.DebugLevel, "upstream session id on an answer that starts no session dropped"); c != nil {
+			c.Write(zap.String("method", st.call.First().Method))
+		}
+		return resp
 	}
-	version := st.call.Version
-	if st.call.IsInitialize() {
-		version = st.call.First().ProtocolVersion
+	upstream, _ := caddyhttp.GetVar(req.Context(), varSelected).(string)
+	sid := ids[0]
+	if len(ids) != 1 || !mcp.ValidSessionID(sid) || upstream == "" {
+		metrics.upstreamIDs.WithLabelValues("unusable").Inc()
+		h.logger.Warn("upstream session id cannot be carried; initialize answered with 502",
+			zap.String("upstream", upstream), zap.Int("ids", len(ids)), zap.Int("length", len(sid)))
+		if len(ids) == 1 && sid != "" && validHeaderValue(sid) {
+			st.deleteUpstreamSession(req, sid)
+		}
+		return st.replaceResponse(resp, http.StatusBadGateway, mcp.CodeInternalError,
+			"the upstream's session id cannot be carried by the proxy")
 	}
-	tok, err := h.sealer.Seal(&mcp.Session{
+	version := st.call.First().ProtocolVersion
+	if version == "" {
+		version = st.call.Version
+	}
+	sess := &mcp.Session{
 		Kind:       mcp.TokenSession,
 		Upstream:   upstream,
 		UpstreamID: sid,
 		Version:    version,
 		Expires:    h.now().Add(h.lifetime),
-	})
+	}
+	tok, err := h.sealer.Seal(sess)
 	if err != nil {
-		hdr.Del(mcp.HeaderSessionID)
-		h.logger.Warn("cannot seal upstream session id", zap.Error(err))
-		return
+		metrics.upstreamIDs.WithLabelValues("unusable").Inc()
+		h.logger.Warn("cannot seal upstream session id; initialize answered with 502", zap.Error(err))
+		st.deleteUpstreamSession(req, sid)
+		return st.replaceResponse(resp, http.StatusBadGateway, mcp.CodeInternalError,
+			"the upstream's session id cannot be carried by the proxy")
+	}
+	if err := h.openSession(st, req, upstream, sid, version); err != nil {
+		st.deleteUpstreamSession(req, sid)
+		return st.replaceResponse(resp, http.StatusServiceUnavailable, mcp.CodeServerError,
+			"session limit reached, retry after "+levelRetryAfter+"s")
 	}
 	hdr.Set(mcp.HeaderSessionID, tok)
 	metrics.sessionsCreated.Inc()
-	h.openSession(st, upstream, sid, version)
+	return resp
+}
+
+// validHeaderValue reports whether v can be sent as a header value.
+func validHeaderValue(v string) bool {
+	for i := 0; i < len(v); i++ {
+		if c := v[i]; c < 0x20 && c != '\t' || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// replaceResponse closes resp's body and returns, in its place, an answer
+// of the proxy's own with a JSON-RPC error for the request.
+func (st *relayState) replaceResponse(resp *http.Response, status, code int, msg string) *http.Response {
+	if resp.Body != nil {
+		_ = resp.Body.Close()
+	}
+	body := mcp.AppendError(nil, st.call.First().ID, code, msg)
+	hdr := http.Header{}
+	hdr.Set("Content-Type", "application/json")
+	hdr.Set("Content-Length", strconv.Itoa(len(body)))
+	if status == http.StatusServiceUnavailable {
+		hdr.Set("Retry-After", levelRetryAfter)
+	}
+	st.status = status
+	return &http.Response{
+		Status:        strconv.Itoa(status) + " " + http.StatusText(status),
+		StatusCode:    status,
+		Proto:         resp.Proto,
+		ProtoMajor:    resp.ProtoMajor,
+		ProtoMinor:    resp.ProtoMinor,
+		Header:        hdr,
+		Body:          io.NopCloser(bytes.NewReader(body)),
+		ContentLength: int64(len(body)),
+		Request:       resp.Request,
+	}
+}
+
+// deleteUpstreamSession ends an upstream session the proxy will not use,
+// with a DELETE sent like req (same upstream, transport and headers), in
+// the background.
+func (st *relayState) deleteUpstreamSession(req *http.Request, sid string) {
+	del := req.Clone(context.WithoutCancel(req.Context()))
+	del.Method = http.MethodDelete
+	del.Body, del.ContentLength, del.GetBody = http.NoBody, 0, nil
+	del.Header.Del("Content-Type")
+	del.Header.Del("Content-Length")
+	del.Header.Set(mcp.HeaderSessionID, sid)
+	inner := st.h.transport.inner
+	logger := st.h.logger
+	_ = st.h.app.global.tasks.Go(func(ctx context.Context) {
+		defer recoverPanic(logger, "upstream session delete")
+		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		resp, err := inner.RoundTrip(del.WithContext(ctx))
+		if err != nil {
+			logger.Debug("deleting an unusable upstream session failed", zap.Error(err))
+			return
+		}
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4<<10))
+		_ = resp.Body.Close()
+	})
+}
+
+// openSession records a session the upstream just created, or reports
+// why it cannot be.
+func (h *Handler) openSession(st *relayState, req *http.Request, upstream, sid, version string) error {
+	g := h.app.global
+	info := resources.SessionInfo{
+		Key: sessionKey(upstream, sid), Upstream: upstream, Version: version, UpstreamID: sid,
+		ClientKey: st.clientKey, Endpoint: endpointOf(req), Host: req.Host,
+	}
+	_, err := g.sessions.Open(info, time.Now(), g.levels.Level() == admission.LevelProtective)
+	if errors.Is(err, resources.ErrExists) {
+		// The upstream handed out an id that is live already: the same
+		// session.
+		return nil
+	}
+	if err != nil {
+		metrics.sessionRefusals.WithLabelValues("full").Inc()
+		if c := h.logger.Check(zap.DebugLevel, "new session not registered"); c != nil {
+			c.Write(zap.Error(err))
+		}
+	}
+	return err
+}
+
+// endpointOf returns the URL of an upstream request without its query,
+// which the client chose: the address a session's DELETE goes to.
+func endpointOf(req *http.Request) string {
+	u := *req.URL
+	u.RawQuery, u.ForceQuery, u.Fragment, u.RawFragment = "", false, "", ""
+	s := u.String()
+	if len(s) > mcp.MaxEndpoint {
+		return ""
+	}
+	return s
 }
 
 // isEventStream reports whether a response's media type is
@@ -68,28 +199,68 @@ func isEventStream(h http.Header) bool {
 	return rest == "" || rest[0] == ';'
 }
 
-// rewriteEndpoint maps a legacy endpoint URL under the proxy's origin and
-// route prefix, with the sealed route to the upstream that serves r.
-func (h *Handler) rewriteEndpoint(r *http.Request, data string) (string, bool) {
-	upstream, _ := caddyhttp.GetVar(r.Context(), varSelected).(string)
-	tok, err := h.sealer.Seal(&mcp.Session{
-		Kind:     mcp.TokenLegacy,
-		Upstream: upstream,
-		Version:  mcp.Version20241105,
-		Expires:  h.now().Add(h.lifetime),
-	})
-	if err != nil {
-		h.logger.Warn("cannot seal legacy route", zap.Error(err))
-		return "", false
+// openLegacy registers the session of a legacy (2024-11-05) HTTP+SSE
+// stream the upstream just opened. The stream is the session: it is in
+// flight while the stream is open and leaves the registry when it ends.
+// It reports false when the session cannot be registered.
+func (st *relayState) openLegacy(req *http.Request) bool {
+	h := st.h
+	g := h.app.global
+	upstream, _ := caddyhttp.GetVar(req.Context(), varSelected).(string)
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	id := "legacy-" + base64.RawURLEncoding.EncodeToString(b[:])
+	info := resources.SessionInfo{
+		Key: sessionKey(upstream, id), Upstream: upstream, Version: mcp.Version20241105, UpstreamID: id,
+		ClientKey: st.clientKey,
 	}
+	s, err := g.sessions.Open(info, time.Now(), g.levels.Level() == admission.LevelProtective)
+	if err != nil {
+		metrics.sessionRefusals.WithLabelValues("full").Inc()
+		return false
+	}
+	end := s.Begin()
+	st.mu.Lock()
+	st.session, st.legacyID, st.legacyUpstream = s, id, upstream
+	st.legacyEnd = func() {
+		end()
+		g.sessions.Remove(info.Key, resources.CauseDeleted)
+	}
+	st.mu.Unlock()
+	metrics.sessionsCreated.Inc()
+	return true
+}
+
+// rewriteEndpoint maps a legacy endpoint URL under the proxy's origin and
+// route prefix. The upstream's endpoint, with the upstream's session id in
+// its query, is sealed into the route token the URL carries, so the client
+// never sees it.
+func (st *relayState) rewriteEndpoint(r *http.Request, data string) (string, bool) {
+	h := st.h
 	prefix := ""
 	if orig, ok := r.Context().Value(caddyhttp.OriginalRequestCtxKey).(http.Request); ok && orig.URL != nil {
 		prefix = mcp.StrippedPrefix(orig.URL.Path, r.URL.Path)
 	}
-	out, err := mcp.RewriteEndpoint(data, r.URL.Path, prefix, tok)
+	upstreamEP, clientPath, err := mcp.MapEndpoint(data, r.URL.Path, prefix)
 	if err != nil {
 		h.logger.Warn("legacy endpoint event not rewritten", zap.Error(err))
 		return "", false
 	}
-	return out, true
+	st.mu.Lock()
+	id, upstream := st.legacyID, st.legacyUpstream
+	st.mu.Unlock()
+	tok, err := h.sealer.Seal(&mcp.Session{
+		Kind:       mcp.TokenLegacy,
+		Upstream:   upstream,
+		UpstreamID: id,
+		Version:    mcp.Version20241105,
+		Expires:    h.now().Add(h.lifetime),
+		Endpoint:   upstreamEP,
+	})
+	if err != nil {
+		metrics.upstreamIDs.WithLabelValues("unusable").Inc()
+		h.logger.Warn("legacy endpoint cannot be sealed; stream closed", zap.Error(err), zap.Int("length", len(upstreamEP)))
+		return "", false
+	}
+	return mcp.EndpointURL(clientPath, tok), true
 }

@@ -23,18 +23,21 @@ const (
 	varPinned = "mcp.pinned_upstream"
 	// varSelected holds the dial address the policy chose.
 	varSelected = "mcp.selected_upstream"
-	// varPinMissing is set when the pinned upstream is not in the pool
-	// or not available.
+	// varPinMissing is set when the pinned upstream is not in the pool.
 	varPinMissing = "mcp.pinned_upstream_missing"
 )
 
 // SessionSelection is the `mcp_session` load-balancing policy. A request
 // that belongs to an MCP session goes to the upstream its sealed session
 // token names, with no shared state, so any Caddy instance holding the
-// session key routes it alike. A request without a session (initialize, a
-// legacy SSE GET) goes to the fallback policy. When the pinned upstream is
-// gone or unavailable no upstream is selected and mcp_proxy answers 404 so
-// the client starts a new session.
+// session key routes it alike, and it does so while that upstream is in
+// the pool, healthy or not: a health check's blip does not end sessions
+// (a request that cannot reach it gets 503 with Retry-After from
+// mcp_proxy, and the client retries). A request without a session
+// (initialize, a legacy SSE GET) goes to the fallback policy, which
+// avoids unavailable upstreams. When the pinned upstream has left the
+// pool no upstream is selected and mcp_proxy answers 404 so the client
+// starts a new session.
 //
 // mcp_proxy installs this policy itself, keeping any `lb_policy` the user
 // sets as the fallback; it is not meant to be used with plain
@@ -74,9 +77,6 @@ func (s *SessionSelection) Select(pool reverseproxy.UpstreamPool, r *http.Reques
 	if pinned, _ := caddyhttp.GetVar(r.Context(), varPinned).(string); pinned != "" {
 		for _, u := range pool {
 			if u.String() == pinned {
-				if !u.Available() {
-					break
-				}
 				caddyhttp.SetVar(r.Context(), varSelected, pinned)
 				return u
 			}

@@ -1,6 +1,7 @@
 package caddymodule
 
 import (
+	"errors"
 	"net/http"
 	"time"
 
@@ -13,6 +14,31 @@ import (
 // levelRetryAfter is the Retry-After of a refusal by service level.
 const levelRetryAfter = "1"
 
+// finishing reports traffic that only finishes work already in flight:
+// a DELETE, or a POST of notifications and responses only. The
+// protective level lets it through, and it does not count as a session's
+// activity.
+func finishing(r *http.Request, call *mcp.Call) bool {
+	if r.Method == http.MethodDelete {
+		return true
+	}
+	if r.Method != http.MethodPost || len(call.Peek.Messages) == 0 {
+		return false
+	}
+	for i := range call.Peek.Messages {
+		if k := call.Peek.Messages[i].Kind; k != mcp.KindResponse && k != mcp.KindNotification {
+			return false
+		}
+	}
+	return true
+}
+
+// opensSession reports a request that starts a session: an initialize
+// without one, or the GET of a legacy HTTP+SSE stream.
+func opensSession(r *http.Request, call *mcp.Call, res resolution) bool {
+	return res.session == nil && (call.IsInitialize() || legacyStream(r, call, res))
+}
+
 // levelGate applies the service level to a new request: at the
 // protective level only what finishes work already in flight passes
 // (responses, notifications, DELETE); at the essential level new sessions
@@ -21,75 +47,109 @@ func (h *Handler) levelGate(level admission.Level, r *http.Request, call *mcp.Ca
 	if level < admission.LevelEssential {
 		return nil
 	}
-	first := call.First()
-	newSession := res.session == nil && (call.IsInitialize() ||
-		(r.Method == http.MethodGet && call.Era != mcp.EraSession && call.Era != mcp.EraStateless))
-	finishing := r.Method == http.MethodDelete ||
-		(r.Method == http.MethodPost && !call.Peek.Batch && (first.Kind == mcp.KindResponse || first.Kind == mcp.KindNotification))
+	id := call.First().ID
 	switch {
-	case level == admission.LevelProtective && !finishing:
-		return mcp.Refuse(http.StatusServiceUnavailable, mcp.CodeServerError, first.ID, "server overloaded (protective level): retry after "+levelRetryAfter+"s")
-	case newSession:
-		return mcp.Refuse(http.StatusServiceUnavailable, mcp.CodeServerError, first.ID, "server overloaded (essential level): no new sessions, retry after "+levelRetryAfter+"s")
+	case level == admission.LevelProtective && !finishing(r, call):
+		return mcp.Refuse(http.StatusServiceUnavailable, mcp.CodeServerError, id, "server overloaded (protective level): retry after "+levelRetryAfter+"s")
+	case opensSession(r, call, res):
+		return mcp.Refuse(http.StatusServiceUnavailable, mcp.CodeServerError, id, "server overloaded (essential level): no new sessions, retry after "+levelRetryAfter+"s")
 	}
 	return nil
 }
 
 // trackSession finds the request's session in the registry, adopting one
 // created by another instance or before a restart. A session the registry
-// evicted is refused with 404 so the client starts anew. The returned
-// session is nil for requests without a session and when the registry is
-// full; end must be called when the request is over.
-func (h *Handler) trackSession(res resolution, level admission.Level) (s *resources.Session, end func(), ref *mcp.Refusal) {
-	if res.session == nil || res.session.Kind != mcp.TokenSession {
+// evicted is refused with 404 so the client starts anew; a session that
+// cannot be registered (the table is full of sessions with work in
+// flight) is refused with 503, never served untracked. end must be called
+// when the request is over. Traffic that only finishes work (see
+// finishing) does not refresh the session's idle clock.
+func (h *Handler) trackSession(r *http.Request, call *mcp.Call, res resolution, clientKey string, level admission.Level) (s *resources.Session, end func(), ref *mcp.Refusal) {
+	if res.session == nil {
 		return nil, func() {}, nil
 	}
 	g := h.app.global
-	key := res.key
-	s, ok := g.sessions.Get(key)
+	id := call.First().ID
+	s, ok := g.sessions.Get(res.key)
 	if !ok {
-		if g.sessions.WasEvicted(key) {
+		if g.sessions.WasEvicted(res.key) {
 			metrics.sessionRefusals.WithLabelValues("not_found").Inc()
-			return nil, nil, mcp.Refuse(http.StatusNotFound, mcp.CodeSessionNotFound, "", "session not found")
+			return nil, nil, mcp.Refuse(http.StatusNotFound, mcp.CodeSessionNotFound, id, "session not found")
 		}
 		var err error
 		s, err = g.sessions.Open(resources.SessionInfo{
-			Key: key, Upstream: res.session.Upstream, Version: res.session.Version, UpstreamID: res.session.UpstreamID,
+			Key: res.key, Upstream: res.session.Upstream, Version: res.session.Version, UpstreamID: res.session.UpstreamID,
+			ClientKey: clientKey, Endpoint: boundedPath(r), Host: r.Host,
 		}, time.Now(), level == admission.LevelProtective)
+		if errors.Is(err, resources.ErrExists) {
+			s, ok = g.sessions.Get(res.key)
+			err = nil
+			if !ok {
+				err = resources.ErrFull
+			}
+		}
 		if err != nil {
-			return nil, func() {}, nil
+			return nil, nil, sessionTableRefusal(err, id)
 		}
 	}
-	end = s.Begin()
+	if finishing(r, call) {
+		end = s.BeginQuiet()
+	} else {
+		end = s.Begin()
+	}
 	if s.Evicted() {
 		end()
 		metrics.sessionRefusals.WithLabelValues("not_found").Inc()
-		return nil, nil, mcp.Refuse(http.StatusNotFound, mcp.CodeSessionNotFound, "", "session not found")
+		return nil, nil, mcp.Refuse(http.StatusNotFound, mcp.CodeSessionNotFound, id, "session not found")
 	}
 	return s, end, nil
 }
 
-// roomForSession makes room for a new session at max_sessions by evicting
-// a victim; false means none could be evicted.
-func (h *Handler) roomForSession(level admission.Level) bool {
-	g := h.app.global
-	max := g.sessions.MaxSessions()
-	if max <= 0 || g.sessions.Len() < max {
-		return true
+// sessionTableRefusal answers a session the registry could not take: 429
+// when the client holds its share of sessions, 503 when the table is
+// full, both with Retry-After, and counts it.
+func sessionTableRefusal(err error, id string) *mcp.Refusal {
+	if errors.Is(err, resources.ErrClientFull) {
+		metrics.sessionRefusals.WithLabelValues("client_full").Inc()
+		return mcp.Refuse(http.StatusTooManyRequests, mcp.CodeServerError, id,
+			"too many sessions for this client (client_max_sessions), retry after "+levelRetryAfter+"s")
 	}
-	return g.sessions.EvictVictims(1, level == admission.LevelProtective, resources.CauseCapacity) > 0
+	metrics.sessionRefusals.WithLabelValues("full").Inc()
+	return mcp.Refuse(http.StatusServiceUnavailable, mcp.CodeServerError, id,
+		"session limit reached, retry after "+levelRetryAfter+"s")
 }
 
-// openSession records a session the upstream just created.
-func (h *Handler) openSession(st *relayState, upstream, sid, version string) {
+// roomForSession makes room for a new session at max_sessions, and in the
+// client's share at client_max_sessions, by evicting the idlest sessions
+// (see resources.Registry.Score); it refuses when none can be evicted.
+// Registering the session later makes room again if others took it
+// meanwhile.
+func (h *Handler) roomForSession(clientKey string, level admission.Level, id string) *mcp.Refusal {
 	g := h.app.global
-	info := resources.SessionInfo{Key: sessionKey(upstream, sid), Upstream: upstream, Version: version, UpstreamID: sid}
-	st.mu.Lock()
-	if out := st.outReq; out != nil {
-		info.Endpoint, info.Host = out.URL.String(), out.Host
+	protective := level == admission.LevelProtective
+	if max := g.sessions.ClientMaxSessions(); max > 0 && clientKey != "" && g.sessions.ClientSessions(clientKey) >= max {
+		if !g.sessions.EvictClientVictim(clientKey, protective) {
+			return sessionTableRefusal(resources.ErrClientFull, id)
+		}
 	}
-	st.mu.Unlock()
-	_, _ = g.sessions.Open(info, time.Now(), g.levels.Level() == admission.LevelProtective)
+	max := g.sessions.MaxSessions()
+	if max <= 0 || g.sessions.Len() < max {
+		return nil
+	}
+	if g.sessions.EvictVictims(1, protective, resources.CauseCapacity) > 0 {
+		return nil
+	}
+	return sessionTableRefusal(resources.ErrFull, id)
+}
+
+// boundedPath is a request's path as a session keeps it for its DELETE,
+// empty when longer than a token may carry.
+func boundedPath(r *http.Request) string {
+	p := r.URL.EscapedPath()
+	if len(p) > mcp.MaxEndpoint {
+		return ""
+	}
+	return p
 }
 
 // streamHooksFor returns the accounting hooks of one stream: bytes are

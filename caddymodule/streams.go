@@ -16,77 +16,6 @@ import (
 	"github.com/mcpgate/mcpgate/sse"
 )
 
-// Bounds of the process-wide stream registry.
-const (
-	registryMaxSessions = 100_000
-	registryMaxStreams  = 16
-	registrySweep       = 5 * time.Second
-)
-
-// registryState is the process-wide registry of resumable streams. It
-// lives as long as any mcp_proxy is loaded, across config reloads, so a
-// client whose stream was cut by a reload resumes it under the new config.
-type registryState struct {
-	reg    *sse.Registry
-	cancel context.CancelFunc
-}
-
-// Destruct stops the sweeper.
-func (r *registryState) Destruct() error {
-	r.cancel()
-	return nil
-}
-
-var (
-	registries  = caddy.NewUsagePool()
-	registryMu  sync.RWMutex
-	registryCur *sse.Registry
-)
-
-const registryKey = "mcpgate.streams"
-
-// acquireRegistry takes a reference to the shared registry, creating it
-// (and its sweeper goroutine) on first use.
-func acquireRegistry() error {
-	v, _, err := registries.LoadOrNew(registryKey, func() (caddy.Destructor, error) {
-		ctx, cancel := context.WithCancel(context.Background())
-		st := &registryState{reg: sse.NewRegistry(registryMaxSessions, registryMaxStreams, defaultReplayAge), cancel: cancel}
-		go func() {
-			t := time.NewTicker(registrySweep)
-			defer t.Stop()
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case now := <-t.C:
-					sweepRegistry(st.reg, now)
-				}
-			}
-		}()
-		return st, nil
-	})
-	if err != nil {
-		return err
-	}
-	registryMu.Lock()
-	registryCur = v.(*registryState).reg
-	registryMu.Unlock()
-	return nil
-}
-
-// releaseRegistry drops a reference taken by acquireRegistry.
-func releaseRegistry() error {
-	_, err := registries.Delete(registryKey)
-	return err
-}
-
-// sharedRegistry returns the process-wide stream registry.
-func sharedRegistry() *sse.Registry {
-	registryMu.RLock()
-	defer registryMu.RUnlock()
-	return registryCur
-}
-
 // streamSet tracks open client attachments: each handler's, so they can
 // be drained when its config is unloaded, and the process's, so the
 // protective level can reset the largest.
@@ -196,13 +125,6 @@ func (ss *streamSet) closeAll() {
 	for a, t := range open {
 		closeTracked(a, t)
 	}
-}
-
-// sweepRegistry runs one sweep; a panic in it is logged and counted and
-// the sweeper goes on.
-func sweepRegistry(reg *sse.Registry, now time.Time) {
-	defer recoverPanic(nil, "stream registry sweeper")
-	reg.Sweep(now)
 }
 
 func scheduleDrain(a *sse.Attachment, t trackedStream, delay time.Duration) {

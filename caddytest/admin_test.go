@@ -55,7 +55,7 @@ func loadWithAdmin(t *testing.T, adminPort int, globalOptions, body string) {
 // opsSite is a site on port with mcp_health at /healthz and mcp_proxy to
 // up for everything else; block goes inside mcp_proxy.
 func opsSite(port int, up, block string) string {
-	return fmt.Sprintf(":%d {\n\thandle /healthz {\n\t\tmcp_health\n\t}\n\thandle {\n\t\tmcp_proxy %s {\n%s\t\t}\n\t}\n}\n", port, up, block)
+	return fmt.Sprintf(":%d {\n\thandle /healthz {\n\t\tmcp_health {\n\t\t\tdetails on\n\t\t}\n\t}\n\thandle {\n\t\tmcp_proxy %s {\n%s\t\t}\n\t}\n}\n", port, up, block)
 }
 
 // opsGlobal is the mcp global option with a fast refresh.
@@ -308,7 +308,7 @@ func TestAdminStatus(t *testing.T) {
 	if s.Level != "full" || s.Computed != "full" || s.Pinned || !s.PinnedUntil.IsZero() {
 		t.Errorf("level %q computed %q pinned %v until %v, want full, not pinned", s.Level, s.Computed, s.Pinned, s.PinnedUntil)
 	}
-	for _, m := range []string{"heap", "cgroup_memory", "budget", "connections", "sessions", "goroutines", "sched_latency", "injected"} {
+	for _, m := range []string{"heap", "cgroup_memory", "budget", "connections", "goroutines", "sched_latency", "injected"} {
 		if _, ok := s.Pressures[m]; !ok {
 			t.Errorf("no pressure for monitor %s in %v", m, s.Pressures)
 		}

@@ -43,13 +43,20 @@ func pinLevel(t *testing.T, adminPort int, level string) {
 }
 
 // TestHealthOrderAndBody: `mcp_health /healthz` next to `respond` needs no
-// order line and runs first; it answers GET with a JSON body of the level,
-// the pressures and the counts, HEAD with the status alone, other methods
-// with 405; the answer is never cached. It works with no mcp_proxy at all.
+// order line and runs first; it answers GET with a JSON body of the status
+// and level (with `details on`, also the pressures and the counts), HEAD
+// with the status alone, other methods with 405; the answer is never
+// cached. It works with no mcp_proxy at all.
 func TestHealthOrderAndBody(t *testing.T) {
 	port, adminPort := freePort(t), freePort(t)
-	loadWithAdmin(t, adminPort, opsGlobal, fmt.Sprintf(":%d {\n\trespond \"fallback\" 404\n\tmcp_health /healthz\n}\n", port))
+	loadWithAdmin(t, adminPort, opsGlobal, fmt.Sprintf(":%d {\n\trespond \"fallback\" 404\n\tmcp_health /healthz {\n\t\tdetails on\n\t}\n\tmcp_health /public\n}\n", port))
 	base := proxyURL(port)
+
+	// Without details: status and level only, nothing about the load.
+	req, _ := http.NewRequest(http.MethodGet, base+"/public", nil)
+	if st, _, body := do(t, req); st != http.StatusOK || body != `{"status":"ok","level":"full"}`+"\n" {
+		t.Errorf("health without details: %d %q", st, body)
+	}
 
 	var h healthAnswer
 	var hdr http.Header
@@ -64,16 +71,23 @@ func TestHealthOrderAndBody(t *testing.T) {
 	if hdr.Get("Cache-Control") != "no-store" || hdr.Get("Content-Type") != "application/json" {
 		t.Errorf("health headers %v", hdr)
 	}
-	for _, m := range []string{"heap", "budget", "sessions", "injected"} {
+	for _, m := range []string{"heap", "budget", "injected"} {
 		if _, ok := h.Pressures[m]; !ok {
 			t.Errorf("no pressure %s in %v", m, h.Pressures)
+		}
+	}
+	// The number of sessions is the session table's business, not a
+	// pressure on the service level.
+	for _, m := range []string{"sessions"} {
+		if _, ok := h.Pressures[m]; ok {
+			t.Errorf("pressure %s in %v", m, h.Pressures)
 		}
 	}
 	if h.Sessions < 0 || h.Streams < 0 || h.RequestsInFlight < 0 || h.Memory.Used < 0 {
 		t.Errorf("health counts %+v", h)
 	}
 
-	req, _ := http.NewRequest(http.MethodHead, base+"/healthz", nil)
+	req, _ = http.NewRequest(http.MethodHead, base+"/healthz", nil)
 	if st, _, body := do(t, req); st != http.StatusOK || body != "" {
 		t.Errorf("HEAD: %d %q", st, body)
 	}
@@ -106,7 +120,7 @@ func TestHealthUnhealthyAt(t *testing.T) {
 	up := startUpstream(t, "up", nil)
 	port, adminPort := freePort(t), freePort(t)
 	loadWithAdmin(t, adminPort, opsGlobal, fmt.Sprintf(
-		":%d {\n\thandle /ready {\n\t\tmcp_health {\n\t\t\tunhealthy_at degraded\n\t\t}\n\t}\n\thandle /live {\n\t\tmcp_health {\n\t\t\tunhealthy_at protective\n\t\t}\n\t}\n\thandle {\n\t\tmcp_proxy %s\n\t}\n}\n",
+		":%d {\n\thandle /ready {\n\t\tmcp_health {\n\t\t\tunhealthy_at degraded\n\t\t\tdetails on\n\t\t}\n\t}\n\thandle /live {\n\t\tmcp_health {\n\t\t\tunhealthy_at protective\n\t\t}\n\t}\n\thandle {\n\t\tmcp_proxy %s\n\t}\n}\n",
 		port, up.addr()))
 	base := proxyURL(port)
 	opsOpen(t, base+"/mcp")
@@ -141,6 +155,7 @@ func TestHealthCaddyfileErrors(t *testing.T) {
 		"missing level":  {"mcp_health {\n\t\tunhealthy_at\n\t}", "wrong argument count"},
 		"two levels":     {"mcp_health {\n\t\tunhealthy_at degraded essential\n\t}", "wrong argument count"},
 		"unknown subdir": {"mcp_health {\n\t\tcache 5s\n\t}", "cache"},
+		"bad details":    {"mcp_health {\n\t\tdetails maybe\n\t}", "details"},
 	} {
 		cf := ":8080 {\n\t" + tt.directive + "\n}\n"
 		_, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), nil)

@@ -2,63 +2,20 @@ package caddytest
 
 import (
 	"fmt"
-	"net/http"
 	"strings"
 	"testing"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 )
 
-// TestOriginAndRebinding checks that a foreign Origin, or a foreign Host on
-// a loopback listener, is refused with 403 before reaching the upstream,
-// while the upstream never sees the client's Host (it is rewritten).
-func TestOriginAndRebinding(t *testing.T) {
-	up := startUpstream(t, "up", nil)
-	port := freePort(t)
-	port2 := freePort(t)
-	loadCaddyfile(t, fmt.Sprintf(":%d {\n\tmcp_proxy %s\n}\n:%d {\n\tmcp_proxy %s {\n\t\tallowed_origins https://app.example.com\n\t\tallowed_hosts mcp.example.com\n\t}\n}\n", port, up.addr(), port2, up.addr()))
-	url := proxyURL(port) + "/mcp"
-	if st, _, b := rawPost(t, url, initializeBody, map[string]string{"Origin": fmt.Sprintf("http://127.0.0.1:%d", port)}); st != http.StatusOK {
-		t.Fatalf("same origin: %d %s", st, b)
-	}
-	before := up.requests.Load()
-	for name, hdr := range map[string]map[string]string{
-		"foreign origin": {"Origin": "http://evil.example"},
-		"other port":     {"Origin": "http://127.0.0.1:1"},
-		"null origin":    {"Origin": "null"},
-	} {
-		st, _, b := rawPost(t, url, initializeBody, hdr)
-		if st != http.StatusForbidden || !strings.Contains(b, `"jsonrpc":"2.0"`) {
-			t.Errorf("%s: %d %s", name, st, b)
-		}
-	}
-	// DNS rebinding: evil.example resolves to 127.0.0.1 and the browser
-	// sends its own name as Host (and Origin).
-	req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(initializeBody))
-	req.Host = "evil.example"
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Accept", "application/json, text/event-stream")
-	if st, _, b := do(t, req); st != http.StatusForbidden {
-		t.Errorf("rebound host: %d %s", st, b)
-	}
-	if got := up.requests.Load() - before; got != 0 {
-		t.Errorf("%d refused requests reached the upstream", got)
-	}
-	url2 := proxyURL(port2) + "/mcp"
-	if st, _, b := rawPost(t, url2, initializeBody, map[string]string{"Origin": "https://app.example.com"}); st != http.StatusOK {
-		t.Errorf("listed origin: %d %s", st, b)
-	}
-	if st, _, _ := rawPost(t, url2, initializeBody, map[string]string{"Origin": "https://evil.example"}); st != http.StatusForbidden {
-		t.Errorf("unlisted origin: %d", st)
-	}
-	// A public name listed in allowed_hosts passes on the loopback listener
-	// (a local load balancer forwarding to Caddy); others do not.
-	for host, want := range map[string]int{"mcp.example.com": http.StatusOK, "evil.example": http.StatusForbidden} {
-		req, _ := http.NewRequest(http.MethodPost, url2, strings.NewReader(initializeBody))
-		req.Host = host
-		req.Header.Set("Content-Type", "application/json")
-		req.Header.Set("Accept", "application/json, text/event-stream")
-		if st, _, b := do(t, req); st != want {
-			t.Errorf("host %s: %d %s, want %d", host, st, b, want)
-		}
+// TestAllowedHostsGone: the loopback-listener Host check and its
+// allowed_hosts list are gone (see TestHostileRebinding); a Caddyfile that
+// still names allowed_hosts is told what to do instead.
+func TestAllowedHostsGone(t *testing.T) {
+	cf := ":8080 {\n\tmcp_proxy 127.0.0.1:9 {\n\t\tallowed_hosts mcp.example.com\n\t}\n}\n"
+	_, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), nil)
+	if err == nil || !strings.Contains(err.Error(), "allowed_origins") {
+		t.Errorf("allowed_hosts: %v", err)
 	}
 }
 
@@ -85,7 +42,7 @@ func TestBadInput(t *testing.T) {
 		{"oversized envelope", big, nil, 413, "-32600"},
 		{"bad version header", initializeBody, map[string]string{"Mcp-Protocol-Version": "latest"}, 400, "-32600"},
 		{"batch at 2025-06-18", `[{"jsonrpc":"2.0","id":1,"method":"ping"}]`, map[string]string{"Mcp-Protocol-Version": "2025-06-18"}, 400, "-32600"},
-		{"duplicate method", `{"jsonrpc":"2.0","id":1,"method":"ping","method":"tools/call"}`, nil, 400, "-32700"},
+		{"duplicate method", `{"jsonrpc":"2.0","id":1,"method":"ping","method":"tools/call"}`, nil, 400, "-32600"},
 	} {
 		st, hdr, b := rawPost(t, url, tt.body, tt.hdr)
 		if st != tt.status || !strings.Contains(b, `"code":`+tt.code) || hdr.Get("Content-Type") != "application/json" {
@@ -95,11 +52,11 @@ func TestBadInput(t *testing.T) {
 	if got := up.requests.Load() - before; got != 0 {
 		t.Errorf("%d bad requests reached the upstream", got)
 	}
-	// Upstream 4xx bodies are relayed byte for byte.
-	req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(initializeBody))
-	req.Header.Set("Content-Type", "text/plain")
-	st, _, b := do(t, req)
-	if st != http.StatusUnsupportedMediaType || !strings.Contains(b, "Content-Type must be") {
-		t.Errorf("upstream 415 not relayed: %d %q", st, b)
+	// Upstream 4xx bodies are relayed byte for byte: the go-sdk server
+	// refuses a POST that does not accept both of its answer types.
+	st, _, b := rawPost(t, url, initializeBody, map[string]string{"Accept": "application/json"})
+	if st < 400 || st >= 500 || strings.Contains(b, `"jsonrpc":"2.0","id":null`) || b == "" {
+		t.Errorf("upstream 4xx not relayed: %d %q", st, b)
 	}
+	t.Logf("upstream's answer relayed: %d %q", st, b)
 }

@@ -955,7 +955,9 @@ func TestLoadBurst(t *testing.T) {
 }
 
 // TestLoadMemoryBounds runs 500 SSE sessions through a Caddy process with
-// `mcp { memory_limit 100MB session_memory 1MiB refresh 100ms }`: half hold
+// `mcp { memory_limit 100MB session_memory 1MiB refresh 100ms }`, session
+// caps set above the 500 sessions (the default would be the 95 that fit
+// the limit at their full quota; here they overcommit it on purpose): half hold
 // a GET stream (its queue fills), half a tool call answered with an SSE
 // stream whose replay ring keeps up to 1 MiB (`replay 1000 1MiB 1m`), and
 // once every stream is open the upstream sends each 1 MB of 1 KiB events:
@@ -1025,7 +1027,7 @@ func TestLoadMemoryBounds(t *testing.T) {
 	port, aport := freePort(t), freePort(t)
 	cf := fmt.Sprintf("{\n\tadmin 127.0.0.1:%d\n\tauto_https off\n\tpersist_config off\n\tgrace_period 1s\n"+
 		"\tservers {\n\t\tlistener_wrappers {\n\t\t\tmcp_connections {\n\t\t\t\twrite_buffer 16KiB\n\t\t\t}\n\t\t}\n\t}\n"+
-		"\tmcp {\n\t\tmemory_limit %dMB\n\t\tsession_memory 1MiB\n\t\trefresh 100ms\n"+loadSchedOff+"\t}\n}\n"+
+		"\tmcp {\n\t\tmemory_limit %dMB\n\t\tsession_memory 1MiB\n\t\tmax_sessions 1000\n\t\tclient_max_sessions 0\n\t\trefresh 100ms\n"+loadSchedOff+"\t}\n}\n"+
 		":%d {\n\tmcp_proxy %s {\n\t\tstream_buffer 2000 1MiB\n\t\treplay 1000 1MiB 1m\n\t}\n}\n", aport, limitMB, port, up.addr())
 	p := startBuiltCaddy(t, cf, port, aport)
 	base := proxyURL(port)

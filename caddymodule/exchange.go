@@ -1,0 +1,134 @@
+package caddymodule
+
+import (
+	"net/http"
+	"sync"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/mcpgate/mcpgate/admission"
+	"github.com/mcpgate/mcpgate/mcp"
+	"github.com/mcpgate/mcpgate/resources"
+)
+
+// exchange is one request on its way through mcp_proxy: what each step of
+// the pipeline learnt, and what the request holds until it is over.
+type exchange struct {
+	w    http.ResponseWriter
+	r    *http.Request
+	call mcp.Call
+	body peekedBody
+	res  resolution
+	// clientKey identifies the client for the per-client limits.
+	clientKey string
+	level     admission.Level
+	// sess is the request's entry in the session registry, or nil.
+	sess *resources.Session
+	// endSession and release give back the request's place in its
+	// session and its admission slots; over runs them once.
+	endSession func()
+	release    func(status int)
+	status     int
+	once       sync.Once
+	st         *relayState
+}
+
+// ServeHTTP runs an MCP request through mcp_proxy's pipeline: classify
+// (shape, origin, headers, body), resolve the session, admit (service
+// level, session table, limits), then proxy through the embedded
+// reverse_proxy, whose transport wrapper seals session ids and hands SSE
+// bodies to the relay. Every refusal is answered here with its status and
+// a JSON-RPC error; nothing refused reaches an upstream.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	x := &exchange{w: w, r: r, status: http.StatusOK}
+	defer x.releaseBody(h)
+	if ref := h.classify(x); ref != nil {
+		return h.refuse(w, ref)
+	}
+	if r.Method == http.MethodOptions {
+		// A CORS preflight from an allowed origin: the upstream answers it.
+		return h.proxy.ServeHTTP(w, r, next)
+	}
+	if ref := h.resolve(x); ref != nil {
+		return h.refuse(w, ref)
+	}
+	if ref := h.admitExchange(x); ref != nil {
+		return h.refuse(w, ref)
+	}
+	defer x.maybeOver()
+	if h.resume(x) {
+		return nil
+	}
+	return h.forward(x, next)
+}
+
+// classify checks that the request is MCP over HTTP, from an allowed
+// origin, with valid MCP headers, and reads and classifies a POST body.
+func (h *Handler) classify(x *exchange) *mcp.Refusal {
+	r := x.r
+	if ref := mcp.CheckShape(r); ref != nil {
+		if ref.Status == http.StatusMethodNotAllowed {
+			x.w.Header().Set("Allow", mcp.AllowedMethods)
+		}
+		return ref
+	}
+	if ref := h.checkOrigin(r); ref != nil {
+		return ref
+	}
+	if ref := mcp.ClassifyHeaders(r.Header, &x.call); ref != nil {
+		return ref
+	}
+	if r.Method != http.MethodPost {
+		return nil
+	}
+	var ref *mcp.Refusal
+	x.body, ref = h.readBody(x.w, r, &x.call)
+	return ref
+}
+
+// releaseBody gives the peeked body's bytes back to the memory budget.
+func (x *exchange) releaseBody(h *Handler) {
+	if x.body.held > 0 {
+		h.app.global.memory.Release(x.body.held)
+	}
+}
+
+// clientKeyOf resolves the request's client key: client_key's value, or
+// the client's address when it is empty; an IPv6 address stands for its
+// network (client_ipv6_prefix).
+func (h *Handler) clientKeyOf(r *http.Request) string {
+	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	key := ""
+	if repl != nil {
+		key = repl.ReplaceAll(h.clientKey, "")
+	}
+	if key == "" {
+		key, _ = caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
+	}
+	return admission.ClientKeyForIP(key, h.ipv6Prefix)
+}
+
+// over gives back what the request holds: its admission slots, its place
+// among its session's requests in flight, the gauge. It runs once, when
+// the handler returns or, for a stream whose client dropped and whose
+// upstream is still read for a resumption, when that ends.
+func (x *exchange) over() {
+	x.once.Do(func() {
+		if x.release != nil {
+			x.release(x.status)
+		}
+		if x.endSession != nil {
+			x.endSession()
+		}
+		metrics.requestsInFlight.Dec()
+	})
+}
+
+// maybeOver ends the request when the handler returns, unless a detached
+// pump still reads its upstream and ends it later.
+func (x *exchange) maybeOver() {
+	if x.st == nil || !x.st.isDetached() {
+		x.over()
+	}
+}

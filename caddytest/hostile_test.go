@@ -1,0 +1,577 @@
+package caddytest
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+)
+
+// decodingUpstream is an MCP server that reads each message the way most
+// servers do (Go encoding/json: keys unescaped and matched
+// case-insensitively, the last duplicate wins), answers sessions and
+// tools, and records what it ran: the proxy's checks are only worth as
+// much as the proxy's reading of a message agrees with this one.
+type decodingUpstream struct {
+	*upstream
+	mu       sync.Mutex
+	ran      []string // method or method:name of every message run
+	running  atomic.Int64
+	maxRun   atomic.Int64 // most tools/call sleep running at once
+	bodies   atomic.Int64 // POST bodies read to their end
+	sessions atomic.Int64
+}
+
+func startDecodingUpstream(t *testing.T) *decodingUpstream {
+	t.Helper()
+	d := &decodingUpstream{}
+	d.upstream = startUpstreamHandler(t, "decoding", http.HandlerFunc(d.serve))
+	return d
+}
+
+type decodedMessage struct {
+	JSONRPC string          `json:"jsonrpc"`
+	ID      json.RawMessage `json:"id"`
+	Method  string          `json:"method"`
+	Params  struct {
+		Name string `json:"name"`
+	} `json:"params"`
+}
+
+func (d *decodingUpstream) serve(w http.ResponseWriter, r *http.Request) {
+	switch r.Method {
+	case http.MethodGet:
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(http.StatusOK)
+		_, _ = io.WriteString(w, ": ok\n\n")
+		w.(http.Flusher).Flush()
+		<-r.Context().Done()
+		return
+	case http.MethodDelete:
+		w.WriteHeader(http.StatusOK)
+		return
+	}
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		http.Error(w, "body", http.StatusBadRequest)
+		return
+	}
+	d.bodies.Add(1)
+	var msgs []decodedMessage
+	if strings.HasPrefix(strings.TrimSpace(string(body)), "[") {
+		err = json.Unmarshal(body, &msgs)
+	} else {
+		var m decodedMessage
+		err = json.Unmarshal(body, &m)
+		msgs = append(msgs, m)
+	}
+	if err != nil {
+		http.Error(w, "parse", http.StatusBadRequest)
+		return
+	}
+	var out []string
+	for _, m := range msgs {
+		what := m.Method
+		if m.Params.Name != "" {
+			what += ":" + m.Params.Name
+		}
+		d.mu.Lock()
+		d.ran = append(d.ran, what)
+		d.mu.Unlock()
+		if what == "tools/call:sleep" {
+			n := d.running.Add(1)
+			for {
+				old := d.maxRun.Load()
+				if n <= old || d.maxRun.CompareAndSwap(old, n) {
+					break
+				}
+			}
+			time.Sleep(300 * time.Millisecond)
+			d.running.Add(-1)
+		}
+		if len(m.ID) > 0 && m.Method != "" {
+			out = append(out, fmt.Sprintf(`{"jsonrpc":"2.0","id":%s,"result":{}}`, m.ID))
+		}
+	}
+	if len(msgs) == 1 && msgs[0].Method == "initialize" {
+		w.Header().Set("Mcp-Session-Id", fmt.Sprintf("sess-%d", d.sessions.Add(1)))
+	}
+	if len(out) == 0 {
+		w.WriteHeader(http.StatusAccepted)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	if len(msgs) > 1 || strings.HasPrefix(strings.TrimSpace(string(body)), "[") {
+		_, _ = io.WriteString(w, "["+strings.Join(out, ",")+"]")
+		return
+	}
+	_, _ = io.WriteString(w, out[0])
+}
+
+// didRun reports whether the upstream ran a message described as
+// method[:name].
+func (d *decodingUpstream) didRun(what string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, r := range d.ran {
+		if r == what {
+			return true
+		}
+	}
+	return false
+}
+
+// TestHostileReading sends messages whose reading a proxy could get wrong:
+// escaped and case-variant keys, duplicates, a call disguised as a
+// response, a wrong or missing jsonrpc, a late envelope key past the
+// peek. Each is refused with 400 before the upstream runs anything, and
+// the per-tool cap holds against them.
+func TestHostileReading(t *testing.T) {
+	up := startDecodingUpstream(t)
+	port := freePort(t)
+	loadCaddyfile(t, fmt.Sprintf(":%d {\n\tmcp_proxy %s {\n\t\trequire_session off\n\t\tmax_peek 1KiB\n\t\ttool sleep max_inflight 1\n\t}\n}\n", port, up.addr()))
+	url := proxyURL(port) + "/mcp"
+	pad := strings.Repeat("x", 2048)
+	for _, tt := range []struct{ name, body, code string }{
+		{"escaped method", `{"jsonrpc":"2.0","id":1,"method":"ping","\u006dethod":"tools/call","params":{"name":"sleep"}}`, "-32600"},
+		{"case-variant method", `{"jsonrpc":"2.0","id":1,"method":"ping","Method":"tools/call","params":{"name":"sleep"}}`, "-32600"},
+		{"long-s folding", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"},"paramſ":{"name":"sleep"}}`, "-32600"},
+		{"escaped name", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","\u006eame":"sleep"}}`, "-32600"},
+		{"duplicate method", `{"jsonrpc":"2.0","id":1,"method":"ping","method":"tools/call"}`, "-32600"},
+		{"disguised as a response", `{"jsonrpc":"2.0","id":1,"result":{},"\u006dethod":"tools/call","params":{"name":"sleep"}}`, "-32600"},
+		{"no jsonrpc", `{"id":1,"method":"tools/call","params":{"name":"sleep"}}`, "-32600"},
+		{"jsonrpc 1.0", `{"jsonrpc":"1.0","id":1,"method":"tools/call","params":{"name":"sleep"}}`, "-32600"},
+		{"late method after the peek", `{"jsonrpc":"2.0","id":1,"method":"ping","params":{"pad":"` + pad + `"},"method":"tools/call"}`, "-32600"},
+		{"late escaped name after the peek", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"pad":"` + pad + `"},"\u006eame":"sleep"}}`, "-32600"},
+	} {
+		st, _, b := rawPost(t, url, tt.body, nil)
+		if st != http.StatusBadRequest || !strings.Contains(b, `"code":`+tt.code) {
+			t.Errorf("%s: %d %s", tt.name, st, b)
+		}
+	}
+	if up.didRun("tools/call:sleep") || up.didRun("tools/call") {
+		t.Fatalf("a refused message ran upstream: %v", up.ran)
+	}
+	if n := up.bodies.Load(); n != 0 {
+		t.Errorf("the upstream read %d complete bodies of refused messages", n)
+	}
+
+	// A large call whose envelope is all within the peek streams through
+	// byte for byte, and the tool cap holds: six at once, one runs at a
+	// time, the others are told the tool is busy.
+	var wg sync.WaitGroup
+	var busy atomic.Int64
+	for i := range 6 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			body := fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"sleep","arguments":{"pad":"%s"}}}`, i, pad)
+			st, _, b := rawPost(t, url, body, nil)
+			if st == http.StatusOK && strings.Contains(b, "is busy") {
+				busy.Add(1)
+			} else if st != http.StatusOK || !strings.Contains(b, `"result"`) {
+				t.Errorf("call %d: %d %s", i, st, b)
+			}
+		}()
+	}
+	wg.Wait()
+	if m := up.maxRun.Load(); m != 1 || busy.Load() == 0 {
+		t.Errorf("sleep ran %d at once (%d busy answers), want 1", m, busy.Load())
+	}
+}
+
+// TestHostileLevelDisguise: with the level pinned to protective, a
+// tools/call disguised as a response never reaches the upstream.
+func TestHostileLevelDisguise(t *testing.T) {
+	up := startDecodingUpstream(t)
+	port, adminPort := freePort(t), freePort(t)
+	loadWithAdmin(t, adminPort, opsGlobal, fmt.Sprintf(":%d {\n\tmcp_proxy %s {\n\t\trequire_session off\n\t}\n}\n", port, up.addr()))
+	pinLevel(t, adminPort, "protective")
+	url := proxyURL(port) + "/mcp"
+	st, _, b := rawPost(t, url, `{"jsonrpc":"2.0","id":1,"result":{},"\u006dethod":"tools/call","params":{"name":"sleep"}}`, nil)
+	if st < 400 || up.didRun("tools/call:sleep") {
+		t.Errorf("disguised call at protective: %d %s, ran %v", st, b, up.ran)
+	}
+	// A genuine response still passes at protective (it finishes work).
+	if st, _, b := rawPost(t, url, `{"jsonrpc":"2.0","id":5,"result":{}}`, nil); st != http.StatusAccepted {
+		t.Errorf("response at protective: %d %s", st, b)
+	}
+}
+
+// TestHostileBodies: a declared length over max_body is refused at once
+// with 413; a body that stops arriving gets 408 within body_timeout and
+// its connection is closed; a chunked body over max_body is aborted with
+// 413 and the upstream never receives a complete request.
+func TestHostileBodies(t *testing.T) {
+	up := startDecodingUpstream(t)
+	port := freePort(t)
+	loadCaddyfile(t, fmt.Sprintf(":%d {\n\tmcp_proxy %s {\n\t\trequire_session off\n\t\tmax_body 1MiB\n\t\tbody_timeout 500ms\n\t}\n}\n", port, up.addr()))
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+
+	raw := func(head, body string, wait time.Duration) (string, bool) {
+		t.Helper()
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.WriteString(c, head+body); err != nil {
+			t.Fatal(err)
+		}
+		br := bufio.NewReader(c)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("no answer: %v", err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		_ = resp.Body.Close()
+		// The connection is closed after the answer.
+		_ = c.SetReadDeadline(time.Now().Add(wait))
+		_, err = br.ReadByte()
+		return fmt.Sprintf("%d %s", resp.StatusCode, b), err == io.EOF
+	}
+	hdr := "POST /mcp HTTP/1.1\r\nHost: " + addr + "\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n"
+
+	start := time.Now()
+	got, closed := raw(hdr+"Content-Length: 10485760\r\n\r\n", `{"jsonrpc"`, time.Second)
+	if !strings.HasPrefix(got, "413 ") || !strings.Contains(got, "max_body") || !closed || time.Since(start) > 2*time.Second {
+		t.Errorf("declared 10 MiB: %s (closed %v, %v)", got, closed, time.Since(start))
+	}
+	got, closed = raw(hdr+"Content-Length: 4096\r\n\r\n", `{"jsonrpc"`, time.Second)
+	if !strings.HasPrefix(got, "408 ") || !strings.Contains(got, "body_timeout") || !closed {
+		t.Errorf("stalled body: %s (closed %v)", got, closed)
+	}
+
+	// 2 MiB chunked, the envelope first: streamed until the limit, then
+	// aborted.
+	pr, pw := io.Pipe()
+	go func() {
+		_, _ = io.WriteString(pw, `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"blob":"`)
+		chunk := strings.Repeat("a", 64<<10)
+		for range 32 {
+			if _, err := io.WriteString(pw, chunk); err != nil {
+				return
+			}
+		}
+		_, _ = io.WriteString(pw, `"}}}`)
+		_ = pw.Close()
+	}()
+	req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/mcp", pr)
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json, text/event-stream")
+	st, _, b := do(t, req)
+	if st != http.StatusRequestEntityTooLarge || !strings.Contains(b, `"id":1`) {
+		t.Errorf("2 MiB chunked: %d %s", st, b)
+	}
+	if n := up.bodies.Load(); n != 0 || up.didRun("tools/call:echo") {
+		t.Errorf("the upstream received %d complete bodies, ran %v", n, up.ran)
+	}
+}
+
+// TestHostileShape: only MCP over HTTP reaches the upstream.
+func TestHostileShape(t *testing.T) {
+	up := startDecodingUpstream(t)
+	port := freePort(t)
+	loadCaddyfile(t, fmt.Sprintf(":%d {\n\tmcp_proxy %s {\n\t\trequire_session off\n\t}\n}\n", port, up.addr()))
+	base := proxyURL(port)
+	before := up.requests.Load()
+	for _, tt := range []struct {
+		method, path string
+		hdr          map[string]string
+		status       int
+		allow        bool
+	}{
+		{"PUT", "/mcp", map[string]string{"Content-Type": "application/json"}, 405, true},
+		{"PATCH", "/mcp", nil, 405, true},
+		{"OPTIONS", "/mcp", nil, 405, true},
+		{"GET", "/mcp", map[string]string{"Accept": "text/html"}, 406, false},
+		{"POST", "/mcp", map[string]string{"Content-Type": "text/plain"}, 415, false},
+		{"POST", "/mcp/../../etc/passwd", map[string]string{"Content-Type": "application/json"}, 400, false},
+		{"POST", "/mcp/%2e%2e/admin", map[string]string{"Content-Type": "application/json"}, 400, false},
+	} {
+		c, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var sb strings.Builder
+		fmt.Fprintf(&sb, "%s %s HTTP/1.1\r\nHost: %s\r\nContent-Length: 2\r\nConnection: close\r\n", tt.method, tt.path, strings.TrimPrefix(base, "http://"))
+		for k, v := range tt.hdr {
+			fmt.Fprintf(&sb, "%s: %s\r\n", k, v)
+		}
+		sb.WriteString("\r\n{}")
+		_, _ = io.WriteString(c, sb.String())
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatalf("%s %s: %v", tt.method, tt.path, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		c.Close()
+		if resp.StatusCode != tt.status || !strings.Contains(string(b), `"jsonrpc":"2.0"`) {
+			t.Errorf("%s %s %v: %d %s", tt.method, tt.path, tt.hdr, resp.StatusCode, b)
+		}
+		if tt.allow && resp.Header.Get("Allow") != "GET, POST, DELETE, OPTIONS" {
+			t.Errorf("%s: Allow %q", tt.method, resp.Header.Get("Allow"))
+		}
+	}
+	if n := up.requests.Load() - before; n != 0 {
+		t.Errorf("%d refused requests reached the upstream", n)
+	}
+}
+
+// TestHostileBatches: a batch is admitted by all its members and follows
+// the session's negotiated version when it carries no version header.
+func TestHostileBatches(t *testing.T) {
+	up := startDecodingUpstream(t)
+	port, port2 := freePort(t), freePort(t)
+	loadCaddyfile(t, fmt.Sprintf(":%d {\n\tmcp_proxy %s {\n\t\ttool sleep max_inflight 1\n\t\tsession_max_inflight 1\n\t}\n}\n"+
+		":%d {\n\tmcp_proxy %s {\n\t\ttool sleep max_inflight 1\n\t\tsession_max_inflight 2\n\t}\n}\n", port, up.addr(), port2, up.addr()))
+	session := func(url, version string) string {
+		t.Helper()
+		body := `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"` + version + `","capabilities":{},"clientInfo":{"name":"b","version":"1"}}}`
+		st, hdr, b := rawPost(t, url, body, nil)
+		if st != http.StatusOK || hdr.Get("Mcp-Session-Id") == "" {
+			t.Fatalf("initialize %s: %d %s", version, st, b)
+		}
+		return hdr.Get("Mcp-Session-Id")
+	}
+	batch := `[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"sleep"}}]`
+	url, url2 := proxyURL(port)+"/mcp", proxyURL(port2)+"/mcp"
+
+	// 2025-06-18 forbids batches, header or not.
+	sid := session(url, "2025-06-18")
+	if st, _, b := rawPost(t, url, batch, map[string]string{"Mcp-Session-Id": sid}); st != http.StatusBadRequest {
+		t.Errorf("batch in a 2025-06-18 session without a version header: %d %s", st, b)
+	}
+	// 2025-03-26 allows them, but a batch of two requests never fits a
+	// session allowed one in flight: a ping at its head buys nothing.
+	sid = session(url, "2025-03-26")
+	if st, _, b := rawPost(t, url, batch, map[string]string{"Mcp-Session-Id": sid}); st != http.StatusTooManyRequests {
+		t.Errorf("batch of two in a session allowed one: %d %s", st, b)
+	}
+	// Allowed two, four batches at once: the tool's cap lets one run.
+	sid = session(url2, "2025-03-26")
+	var wg sync.WaitGroup
+	var ok, refused atomic.Int64
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			st, _, _ := rawPost(t, url2, batch, map[string]string{"Mcp-Session-Id": sid})
+			if st == http.StatusOK {
+				ok.Add(1)
+			} else if st == http.StatusTooManyRequests || st == http.StatusServiceUnavailable {
+				refused.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if up.maxRun.Load() != 1 || ok.Load() < 1 || refused.Load() < 1 || ok.Load()+refused.Load() != 4 {
+		t.Errorf("4 concurrent batches: %d ok, %d refused, sleep ran %d at once", ok.Load(), refused.Load(), up.maxRun.Load())
+	}
+}
+
+// TestHostileRebinding: DNS-rebinding protection keys on the browser's
+// signal: a tunnel forwarding the public Host over loopback without
+// Origin passes; a rebinding page (Origin and Host both the attacker's
+// name) is refused on a loopback listener and on one whose local address
+// is not loopback, with a message naming allowed_origins; a page on an
+// allowed origin or on the site's own host passes.
+func TestHostileRebinding(t *testing.T) {
+	up := startUpstream(t, "up", nil)
+	port, port2, port3 := freePort(t), freePort(t), freePort(t)
+	loadCaddyfileWith(t, fmt.Sprintf("\tservers :%d {\n\t\tlistener_wrappers {\n\t\t\tmcpgate_test_lan\n\t\t}\n\t}\n", port2), fmt.Sprintf(
+		":%d {\n\tmcp_proxy %s {\n\t\tallowed_origins https://app.example.com\n\t}\n}\n"+
+			":%d {\n\tbind 127.0.0.1\n\tmcp_proxy %s\n}\n"+
+			"http://mcp.example.com:%d {\n\tbind 127.0.0.1\n\tmcp_proxy %s\n}\n",
+		port, up.addr(), port2, up.addr(), port3, up.addr()))
+	post := func(port int, host, origin string) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodPost, proxyURL(port)+"/mcp", strings.NewReader(initializeBody))
+		req.Host = host
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Accept", "application/json, text/event-stream")
+		if origin != "" {
+			req.Header.Set("Origin", origin)
+		}
+		st, _, b := do(t, req)
+		return st, b
+	}
+	if st, b := post(port, "mcp.public.example", ""); st != http.StatusOK {
+		t.Errorf("tunnel with the public Host and no Origin: %d %s", st, b)
+	}
+	evil := fmt.Sprintf("evil.example:%d", port)
+	if st, b := post(port, evil, "http://"+evil); st != http.StatusForbidden || !strings.Contains(b, "allowed_origins") {
+		t.Errorf("rebinding on a loopback listener: %d %s", st, b)
+	}
+	if st, b := post(port, "mcp.public.example", "https://app.example.com"); st != http.StatusOK {
+		t.Errorf("allowed origin: %d %s", st, b)
+	}
+	if st, b := post(port, "localhost", fmt.Sprintf("http://localhost:%d", port)); st != http.StatusOK {
+		t.Errorf("loopback page on a site naming no host: %d %s", st, b)
+	}
+	site := fmt.Sprintf("mcp.example.com:%d", port3)
+	if st, b := post(port3, site, "http://"+site); st != http.StatusOK {
+		t.Errorf("page on the site's own host: %d %s", st, b)
+	}
+	if st, b := post(port3, site, "http://localhost:3000"); st != http.StatusForbidden {
+		t.Errorf("loopback page on a site naming a host: %d %s", st, b)
+	}
+	// The same requests on a server whose connections arrive on a LAN
+	// address: the rebinding page is refused, the tunnel passes.
+	evil2 := fmt.Sprintf("evil.example:%d", port2)
+	if st, b := post(port2, evil2, "http://"+evil2); st != http.StatusForbidden || !strings.Contains(b, "allowed_origins") {
+		t.Errorf("rebinding on a non-loopback listener: %d %s", st, b)
+	}
+	if st, b := post(port2, "mcp.public.example", ""); st != http.StatusOK {
+		t.Errorf("tunnel on a non-loopback listener: %d %s", st, b)
+	}
+}
+
+func init() {
+	caddy.RegisterModule(lanListener{})
+}
+
+// lanListener is a listener wrapper for tests: the connections it accepts
+// report a LAN local address (192.0.2.10), as on a server reached over its
+// network interface, while the test's traffic stays on loopback.
+type lanListener struct{}
+
+func (lanListener) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{ID: "caddy.listeners.mcpgate_test_lan", New: func() caddy.Module { return lanListener{} }}
+}
+
+func (lanListener) WrapListener(l net.Listener) net.Listener { return lanNet{l} }
+
+func (lanListener) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next()
+	return nil
+}
+
+type lanNet struct{ net.Listener }
+
+func (l lanNet) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return lanConn{c}, nil
+}
+
+type lanConn struct{ net.Conn }
+
+func (lanConn) LocalAddr() net.Addr { return &net.TCPAddr{IP: net.IPv4(192, 0, 2, 10), Port: 443} }
+
+// TestHostileAccessLog: with the log filter README gives, Caddy's access
+// log shows no session token, neither the request's Mcp-Session-Id nor the
+// one an initialize answer hands out.
+func TestHostileAccessLog(t *testing.T) {
+	up := startUpstream(t, "up", nil)
+	port := freePort(t)
+	logFile := filepath.Join(t.TempDir(), "access.log")
+	loadCaddyfile(t, fmt.Sprintf(":%d {\n\tlog {\n\t\toutput file %s\n\t\tformat filter {\n\t\t\trequest>headers>Mcp-Session-Id replace REDACTED\n\t\t\tresp_headers>Mcp-Session-Id replace REDACTED\n\t\t\trequest>uri query {\n\t\t\t\treplace mcpgate_route REDACTED\n\t\t\t}\n\t\t}\n\t}\n\tmcp_proxy %s\n}\n", port, logFile, up.addr()))
+	url := proxyURL(port) + "/mcp"
+	st, hdr, b := rawPost(t, url, initializeBody, nil)
+	tok := hdr.Get("Mcp-Session-Id")
+	if st != http.StatusOK || tok == "" {
+		t.Fatalf("initialize: %d %s", st, b)
+	}
+	if st, _, b := rawPost(t, url, `{"jsonrpc":"2.0","method":"notifications/initialized"}`, map[string]string{"Mcp-Session-Id": tok, "Mcp-Protocol-Version": "2025-06-18"}); st != http.StatusAccepted {
+		t.Fatalf("initialized: %d %s", st, b)
+	}
+	var log []byte
+	pollUntil(t, "two access log lines", func() bool {
+		log, _ = os.ReadFile(logFile)
+		return strings.Count(string(log), "handled request") >= 2
+	})
+	if strings.Contains(string(log), tok) {
+		t.Errorf("the access log holds the session token:\n%s", log)
+	}
+	lines := strings.Split(strings.TrimSpace(string(log)), "\n")
+	t.Logf("access log line of the initialize: %s", lines[0])
+	t.Logf("access log line of a request in the session: %s", lines[1])
+	var entry struct {
+		Request struct {
+			Headers map[string]any `json:"headers"`
+		} `json:"request"`
+		RespHeaders map[string]any `json:"resp_headers"`
+	}
+	if err := json.Unmarshal([]byte(lines[0]), &entry); err != nil || entry.RespHeaders["Mcp-Session-Id"] != "REDACTED" {
+		t.Errorf("initialize line: %v %v", err, entry.RespHeaders)
+	}
+	if err := json.Unmarshal([]byte(lines[1]), &entry); err != nil || entry.Request.Headers["Mcp-Session-Id"] != "REDACTED" {
+		t.Errorf("session line: %v %v", err, entry.Request.Headers)
+	}
+}
+
+// TestHostileLegacyEndpoint: the legacy endpoint a client is given is
+// always a path-absolute URL carrying only the sealed route, whatever
+// the upstream advertises, and the upstream's own session id stays
+// sealed in it.
+func TestHostileLegacyEndpoint(t *testing.T) {
+	var endpoint atomic.Value
+	endpoint.Store("http://up//evil.example/message?sessionId=secret-upstream-id")
+	var posted atomic.Value
+	up := startUpstreamHandler(t, "legacy", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet {
+			w.Header().Set("Content-Type", "text/event-stream")
+			w.WriteHeader(http.StatusOK)
+			fmt.Fprintf(w, "event: endpoint\ndata: %s\n\n", endpoint.Load())
+			w.(http.Flusher).Flush()
+			<-r.Context().Done()
+			return
+		}
+		posted.Store(r.URL.RequestURI())
+		w.WriteHeader(http.StatusAccepted)
+	}))
+	port := freePort(t)
+	loadCaddyfile(t, fmt.Sprintf(":%d {\n\tmcp_proxy %s\n}\n", port, up.addr()))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, proxyURL(port)+"/sse", nil)
+	req.Header.Set("Accept", "text/event-stream")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	br := bufio.NewReader(resp.Body)
+	var data string
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatalf("no endpoint event: %v", err)
+		}
+		if v, ok := strings.CutPrefix(line, "data: "); ok {
+			data = strings.TrimSpace(v)
+			break
+		}
+	}
+	if !strings.HasPrefix(data, "/evil.example/message?mcpgate_route=") || strings.HasPrefix(data, "//") || strings.Contains(data, "secret-upstream-id") || strings.Count(data, "=") != 1 {
+		t.Fatalf("endpoint given to the client: %q", data)
+	}
+	st, _, b := rawPost(t, proxyURL(port)+data, `{"jsonrpc":"2.0","id":1,"method":"ping"}`, nil)
+	if st != http.StatusAccepted || posted.Load() != "/evil.example/message?sessionId=secret-upstream-id" {
+		t.Errorf("legacy POST: %d %s, upstream got %v", st, b, posted.Load())
+	}
+	// The raw upstream id, with a 2026-07-28 version header and no route,
+	// is never taken for a route.
+	st, _, _ = rawPost(t, proxyURL(port)+"/evil.example/message?mcpgate_route=bogus", `{"jsonrpc":"2.0","id":2,"method":"ping"}`,
+		map[string]string{"Mcp-Protocol-Version": "2026-07-28", "Mcp-Method": "ping"})
+	if st != http.StatusNotFound {
+		t.Errorf("bogus route with a 2026-07-28 header: %d", st)
+	}
+}
