@@ -11,6 +11,7 @@
 //	go run ./bench burst    [flags]   closed loop jumping from 10 to 1,000 clients
 //	go run ./bench streams  [flags]   1 KiB events on 100 GET SSE streams
 //	go run ./bench idle     [flags]   5,000 idle GET SSE streams, one Caddy per target
+//	go run ./bench upstreamkill [flags]   SIGKILL of the upstream under 70 open flows
 //
 // Run `go run ./bench -h` for the flags.
 package main
@@ -41,6 +42,14 @@ const (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == mockCommand {
+		// The mock upstream as a process of its own (upstreamkill).
+		if err := runMockProcess(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(os.Args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			os.Exit(2)
@@ -97,6 +106,10 @@ type options struct {
 	hold            time.Duration
 	idleSteps       string
 	steps           []int // parsed idleSteps
+	streamCalls     int
+	jsonCalls       int
+	endBudget       time.Duration
+	slowTool        time.Duration
 }
 
 func parseFlags(args []string) (*options, error) {
@@ -104,13 +117,13 @@ func parseFlags(args []string) (*options, error) {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(flagOutput)
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: go run ./bench <post|overload|burst|streams|idle> [flags]\n\nflags:\n")
+		fmt.Fprintf(fs.Output(), "usage: go run ./bench <post|overload|burst|streams|idle|upstreamkill> [flags]\n\nflags:\n")
 		fs.PrintDefaults()
 	}
 	fs.IntVar(&o.concurrency, "concurrency", 32, "post: concurrent closed-loop clients")
 	fs.DurationVar(&o.duration, "duration", 0, "measured time per target (and per multiple); default 10s for post, 5s for overload")
 	fs.DurationVar(&o.warmup, "warmup", 2*time.Second, "post: warm-up per target before measuring")
-	fs.IntVar(&o.rounds, "rounds", 3, "post: rounds; each round runs every target once, order rotated per round")
+	fs.IntVar(&o.rounds, "rounds", 3, "post, upstreamkill: rounds; each round runs every target once, order rotated per round (default 1 for upstreamkill)")
 	fs.DurationVar(&o.timeout, "timeout", 10*time.Second, "post: per-request client timeout")
 	var service optDuration
 	var capacity optInt
@@ -143,13 +156,17 @@ func parseFlags(args []string) (*options, error) {
 	fs.IntVar(&o.clientsBefore, "clients-before", 10, "burst: closed-loop clients before the jump")
 	fs.DurationVar(&o.burstWarm, "burst-warm", 2*time.Second, "burst: time with -clients-before clients before the jump")
 	fs.DurationVar(&o.burstBackoff, "burst-backoff", 0, "burst: pause of a client after a 503/429 before its next request (0: none)")
-	fs.IntVar(&o.streams, "streams", 0, "streams/idle: GET SSE streams, each with its own session (default 100 for streams, 5000 for idle)")
+	fs.IntVar(&o.streams, "streams", 0, "streams/idle/upstreamkill: GET SSE streams, each with its own session (default 100 for streams, 5000 for idle, 50 for upstreamkill)")
 	fs.IntVar(&o.eventSize, "event-size", 1024, "streams: bytes of each SSE event on the wire")
 	fs.Float64Var(&o.streamRate, "stream-rate", 50000, "streams, paced mode: events per second over all streams")
 	fs.StringVar(&o.streamModes, "stream-modes", "saturation,paced", "streams: modes to run, comma-separated: saturation, paced")
 	fs.IntVar(&o.openConcurrency, "open-concurrency", 256, "idle/burst: sessions and streams opening at once")
-	fs.DurationVar(&o.settle, "settle", 3*time.Second, "idle: wait after the last stream opened before the first sample")
+	fs.DurationVar(&o.settle, "settle", 3*time.Second, "idle: wait after the last stream opened before the first sample; upstreamkill: wait after every flow ended before Caddy's goroutines are counted again")
 	fs.DurationVar(&o.hold, "hold", 20*time.Second, "idle: second sample this long after the last stream opened (past the 15 s keepalives)")
+	fs.IntVar(&o.streamCalls, "stream-calls", 10, "upstreamkill: tools/call whose answer streams as SSE, running when the upstream is killed")
+	fs.IntVar(&o.jsonCalls, "json-calls", 10, "upstreamkill: tools/call waiting for a JSON answer when the upstream is killed")
+	fs.DurationVar(&o.endBudget, "end-budget", 5*time.Second, "upstreamkill: time after the kill within which every flow must end; a flow still open then is hung")
+	fs.DurationVar(&o.slowTool, "slow-tool", 30*time.Second, "upstreamkill: time the mock's slow tools take to answer (longer than opening every flow)")
 	fs.StringVar(&o.idleSteps, "idle-steps", "", "idle: stream counts at which Caddy's RSS and goroutines are sampled while the streams open, ascending, e.g. 1000,2000,5000 (-streams is always the last); each step waits -settle before its sample; default 5 equal steps")
 
 	// The scenario may come first (go run ./bench post -rounds 1) or after
@@ -169,6 +186,8 @@ func parseFlags(args []string) (*options, error) {
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments: %q", fs.Args())
 	}
+	roundsSet := false
+	fs.Visit(func(f *flag.Flag) { roundsSet = roundsSet || f.Name == "rounds" })
 	o.service, o.capacity = -1, -1
 	if service.set {
 		o.service = service.d
@@ -251,11 +270,30 @@ func parseFlags(args []string) (*options, error) {
 			}
 			o.steps = steps
 		}
+	case "upstreamkill":
+		if o.streams == 0 {
+			o.streams = 50
+		}
+		if !roundsSet {
+			o.rounds = 1
+		}
+		if o.duration == 0 {
+			o.duration = o.endBudget // not used; keeps the common checks below
+		}
+		if o.streams < 0 || o.streamCalls < 0 || o.jsonCalls < 0 || o.streams+o.streamCalls+o.jsonCalls < 1 || o.streams+o.streamCalls+o.jsonCalls > 2000 {
+			return nil, errors.New("upstreamkill: -streams, -stream-calls and -json-calls must be ≥ 0, 1..2000 flows in all")
+		}
+		if o.endBudget <= 0 || o.endBudget > 10*time.Minute || o.settle <= 0 || o.settle > 10*time.Minute {
+			return nil, errors.New("upstreamkill: -end-budget and -settle must be positive and at most 10m")
+		}
+		if o.slowTool < 5*time.Second {
+			return nil, errors.New("upstreamkill: -slow-tool must be at least 5s, so that every call still runs when the upstream is killed")
+		}
 	case "":
 		fs.Usage()
-		return nil, errors.New("no scenario: want post, overload, burst, streams or idle")
+		return nil, errors.New("no scenario: want post, overload, burst, streams, idle or upstreamkill")
 	default:
-		return nil, fmt.Errorf("unknown scenario %q: want post, overload, burst, streams or idle", o.scenario)
+		return nil, fmt.Errorf("unknown scenario %q: want post, overload, burst, streams, idle or upstreamkill", o.scenario)
 	}
 	if o.concurrency < 1 || o.concurrency > 10000 {
 		return nil, fmt.Errorf("-concurrency %d: want 1..10000", o.concurrency)
@@ -652,6 +690,10 @@ func run(args []string) error {
 		}
 		meta.Caddyfile = cf
 		return writeOverloadOutput(o, meta, overloadConfigOf(o, mults), results, logf)
+	}
+
+	if o.scenario == "upstreamkill" {
+		return runUpstreamKillMain(ctx, o, names, bin, tmp, meta, logf)
 	}
 
 	up, err := startUpstream(o.service, o.capacity)

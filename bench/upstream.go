@@ -17,7 +17,9 @@ import (
 
 // upstream is the mock MCP server: a plain net/http server that answers
 // JSON-RPC POSTs and opens GET SSE streams (sse.go). initialize gets a
-// session id; tools/call gets a fixed text result after the service time;
+// session id and the protocol version the client asked for (when the mock
+// knows it); tools/call gets a fixed text result after the service time,
+// or, for the slow tools when they are on, a late answer (slowtools.go);
 // notifications/cancelled gets 202 and is counted. At most capacity tools/call
 // requests are in service at once; the rest wait in an unbounded FIFO
 // queue, like a naive server, and leave it only when served or when their
@@ -49,6 +51,11 @@ type upstream struct {
 	plan         atomic.Pointer[streamPlan] // nil: streams stay idle
 	streamsOpen  atomic.Int64               // GET streams open now
 	streamsTotal atomic.Int64               // GET streams ever opened
+
+	// Slow tools (see slowtools.go); off while slow is 0.
+	slow        time.Duration // how long a slow tool takes before answering
+	slowStreams atomic.Int64  // slow_stream calls running now (progress sent)
+	slowJSON    atomic.Int64  // slow_json calls running now
 }
 
 // upstreamCounts is a snapshot of the upstream's counters.
@@ -77,6 +84,13 @@ func startUpstream(service time.Duration, capacity int) (*upstream, error) {
 	if err != nil {
 		return nil, fmt.Errorf("upstream listen: %w", err)
 	}
+	u := newUpstream(ln, service, capacity)
+	go func() { _ = u.srv.Serve(ln) }()
+	return u, nil
+}
+
+// newUpstream makes the mock for the listener ln without serving yet.
+func newUpstream(ln net.Listener, service time.Duration, capacity int) *upstream {
 	u := &upstream{service: service, capacity: capacity, ln: ln, addr: ln.Addr().String()}
 	if capacity > 0 {
 		u.slots = make(chan struct{}, capacity)
@@ -87,8 +101,7 @@ func startUpstream(service time.Duration, capacity int) (*upstream, error) {
 		IdleTimeout:       60 * time.Second,
 		ErrorLog:          nil,
 	}
-	go func() { _ = u.srv.Serve(ln) }()
-	return u, nil
+	return u
 }
 
 // close stops the server and drops its connections.
@@ -160,12 +173,15 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		u.inits.Add(1)
 		w.Header().Set("Mcp-Session-Id", sid)
 		writeJSON(w, http.StatusOK, `{"jsonrpc":"2.0","id":`+string(idOrNull(env.ID))+
-			`,"result":{"protocolVersion":"2025-06-18","capabilities":{"tools":{}},"serverInfo":{"name":"bench-mock","version":"1.0.0"}}}`)
+			`,"result":{"protocolVersion":"`+negotiatedVersion(body)+`","capabilities":{"tools":{}},"serverInfo":{"name":"bench-mock","version":"1.0.0"}}}`)
 	case "tools/call":
 		u.received.Add(1)
 		if _, ok := u.sessions.Load(r.Header.Get("Mcp-Session-Id")); !ok {
 			u.badSession.Add(1)
 			writeJSON(w, http.StatusNotFound, `{"jsonrpc":"2.0","id":`+string(idOrNull(env.ID))+`,"error":{"code":-32001,"message":"session not found"}}`)
+			return
+		}
+		if u.slow > 0 && u.serveSlowTool(w, r, env.ID, body) {
 			return
 		}
 		if !u.serve(r.Context()) {
