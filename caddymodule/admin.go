@@ -222,8 +222,12 @@ type adminPair struct {
 type adminResources struct {
 	// Memory is the bytes reserved from the memory budget.
 	Memory adminPair `json:"memory_bytes"`
-	// Sessions is the live sessions against max_sessions.
+	// Sessions is the live sessions against max_sessions (the value in
+	// force, its default included).
 	Sessions adminPair `json:"sessions"`
+	// ClientMaxSessions is the cap on one client's live sessions in force
+	// (0: none).
+	ClientMaxSessions int `json:"client_max_sessions"`
 	// SessionIdleTimeout is the idle timeout in force (it shrinks at the
 	// degraded level and above).
 	SessionIdleTimeout string `json:"session_idle_timeout"`
@@ -253,6 +257,7 @@ func usageOf(g *globalState, st resources.RegistryStats) adminResources {
 	return adminResources{
 		Memory:             adminPair{Used: g.memory.Used(), Limit: max(g.memory.Limit(), 0)},
 		Sessions:           adminPair{Used: int64(st.Sessions), Limit: int64(g.sessions.MaxSessions())},
+		ClientMaxSessions:  g.sessions.ClientMaxSessions(),
 		SessionIdleTimeout: g.sessions.IdleTimeout().String(),
 		Streams:            adminPair{Used: int64(g.streams.InFlight()), Limit: int64(max(g.streams.Limit(), 0))},
 		StreamsActive:      int64(gaugeValue(metrics.streamsActive)),

@@ -1,6 +1,8 @@
 package caddytest
 
 import (
+	"bytes"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -8,6 +10,9 @@ import (
 
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	caddytester "github.com/caddyserver/caddy/v2/caddytest"
+
+	// mcp_demo, which Caddyfile.example uses.
+	_ "github.com/mcpgate/mcpgate/internal/demo/caddydemo"
 )
 
 // TestCaddyfileAdapt compares the JSON that each Caddyfile in
@@ -44,11 +49,52 @@ func TestCaddyfileErrors(t *testing.T) {
 		"session_key":      {"session_key", "wrong argument count"},
 		"allowed_origins":  {"allowed_origins", "wrong argument count"},
 		"unknown":          {"no_such_thing 1", "no_such_thing"},
+		"allowed_hosts":    {"allowed_hosts a.example", "allowed_origins"},
+		"given twice":      {"max_inflight 4\n\t\tmax_inflight 8", "given twice"},
+		"max_body":         {"max_body huge", "bad max_body"},
+		"body_timeout":     {"body_timeout -1s", "bad body_timeout"},
+		"ipv6 prefix":      {"client_ipv6_prefix 129", "client_ipv6_prefix"},
+		"client streams":   {"client_max_streams many", "client_max_streams"},
 	} {
 		cf := ":8080 {\n\tmcp_proxy localhost:3000 {\n\t\t" + tt.block + "\n\t}\n}\n"
 		_, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), nil)
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%s: err = %v, want it to mention %q", name, err, tt.want)
 		}
+	}
+}
+
+// TestExampleInREADME: Caddyfile.example adapts, and to the JSON the
+// README shows for it.
+func TestExampleInREADME(t *testing.T) {
+	t.Setenv("MCP_SESSION_KEY", "")
+	os.Unsetenv("MCP_SESSION_KEY")
+	example, err := os.ReadFile("../Caddyfile.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _, err := caddyconfig.GetAdapter("caddyfile").Adapt(example, map[string]any{"filename": "Caddyfile.example"})
+	if err != nil {
+		t.Fatalf("Caddyfile.example does not adapt: %v", err)
+	}
+	const open = "<details><summary>Caddyfile.example as JSON</summary>\n\n```json\n"
+	_, block, ok := strings.Cut(string(readme), open)
+	block, _, ok2 := strings.Cut(block, "```")
+	if !ok || !ok2 {
+		t.Fatal("README has no JSON block for Caddyfile.example")
+	}
+	var a, b bytes.Buffer
+	if err := json.Compact(&a, got); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Compact(&b, []byte(block)); err != nil {
+		t.Fatalf("README's JSON: %v", err)
+	}
+	if a.String() != b.String() {
+		t.Errorf("README's JSON for Caddyfile.example is not what it adapts to; regenerate it with\n  go run ./cmd/caddy adapt --config Caddyfile.example --pretty\ngot:\n%s", got)
 	}
 }

@@ -14,6 +14,9 @@ import (
 
 	// The mcpgate modules.
 	_ "github.com/mcpgate/mcpgate"
+
+	// The demo MCP server, mcp_demo.
+	_ "github.com/mcpgate/mcpgate/internal/demo/caddydemo"
 )
 
 func main() {

@@ -1,4 +1,7 @@
-package main
+// Package caddydemo registers the demo MCP server as the Caddy handler
+// mcp_demo. Only ./cmd/caddy and the end-to-end tests import it; the
+// mcpgate modules themselves (what xcaddy builds in) do not.
+package caddydemo
 
 import (
 	"net/http"
@@ -26,7 +29,8 @@ func init() {
 // built with the MCP Go SDK, so the example configuration works with
 // nothing else running. It serves Streamable HTTP with sessions and
 // resumable streams on every path, and the legacy HTTP+SSE transport under
-// /sse. It is registered only by this command, not by the mcpgate package.
+// /sse. It is registered only by ./cmd/caddy (and the tests), not by the mcpgate
+// package.
 type Demo struct {
 	handler http.Handler
 }
