@@ -1,0 +1,350 @@
+package auth
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+)
+
+const resource = "https://mcp.example.com/mcp"
+
+type issuer struct {
+	t   *testing.T
+	key any
+	kid string
+	alg jose.SignatureAlgorithm
+}
+
+func newRSAIssuer(t *testing.T, kid string) *issuer {
+	k, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &issuer{t: t, key: k, kid: kid, alg: jose.RS256}
+}
+
+func (i *issuer) public() jose.JSONWebKey {
+	var pub any
+	switch k := i.key.(type) {
+	case *rsa.PrivateKey:
+		pub = &k.PublicKey
+	case *ecdsa.PrivateKey:
+		pub = &k.PublicKey
+	}
+	return jose.JSONWebKey{Key: pub, KeyID: i.kid, Algorithm: string(i.alg), Use: "sig"}
+}
+
+func (i *issuer) token(claims map[string]any) string {
+	i.t.Helper()
+	s, err := jose.NewSigner(jose.SigningKey{Algorithm: i.alg, Key: jose.JSONWebKey{Key: i.key, KeyID: i.kid}},
+		(&jose.SignerOptions{}).WithType("JWT"))
+	if err != nil {
+		i.t.Fatal(err)
+	}
+	tok, err := jwt.Signed(s).Claims(claims).Serialize()
+	if err != nil {
+		i.t.Fatal(err)
+	}
+	return tok
+}
+
+func claims(now time.Time, over map[string]any) map[string]any {
+	c := map[string]any{
+		"iss": "https://as.example.com", "sub": "alice", "aud": resource,
+		"exp": now.Add(time.Hour).Unix(), "iat": now.Unix(), "scope": "mcp:read mcp:tools",
+	}
+	for k, v := range over {
+		if v == nil {
+			delete(c, k)
+		} else {
+			c[k] = v
+		}
+	}
+	return c
+}
+
+func TestVerifyJWT(t *testing.T) {
+	now := time.Now()
+	iss := newRSAIssuer(t, "k1")
+	other := newRSAIssuer(t, "k1")
+	v := &Verifier{Keys: NewStaticKeySet([]jose.JSONWebKey{iss.public()}), Issuers: []string{"https://as.example.com"}}
+	ok := iss.token(claims(now, nil))
+	p, err := v.Verify(context.Background(), ok, []string{resource}, now)
+	if err != nil || p.ID != "alice" || !p.HasScopes([]string{"mcp:tools"}) || p.Claims["iss"] != "https://as.example.com" {
+		t.Fatalf("valid token: %+v %v", p, err)
+	}
+	parts := strings.Split(ok, ".")
+	tampered := parts[0] + "." + base64.RawURLEncoding.EncodeToString([]byte(`{"sub":"mallory","aud":"`+resource+`","exp":9999999999}`)) + "." + parts[2]
+	none := base64.RawURLEncoding.EncodeToString([]byte(`{"alg":"none","typ":"JWT"}`)) + "." + parts[1] + "."
+	// HS256 keyed with the RSA public key's bytes: the classic algorithm
+	// confusion.
+	der, _ := x509.MarshalPKIXPublicKey(iss.public().Key)
+	hs, _ := jose.NewSigner(jose.SigningKey{Algorithm: jose.HS256, Key: der}, nil)
+	confused, _ := jwt.Signed(hs).Claims(claims(now, nil)).Serialize()
+	for name, tok := range map[string]string{
+		"expired":         iss.token(claims(now, map[string]any{"exp": now.Add(-time.Hour).Unix()})),
+		"not yet valid":   iss.token(claims(now, map[string]any{"nbf": now.Add(time.Hour).Unix()})),
+		"no expiry":       iss.token(claims(now, map[string]any{"exp": nil})),
+		"wrong audience":  iss.token(claims(now, map[string]any{"aud": "https://other.example.com/mcp"})),
+		"wrong issuer":    iss.token(claims(now, map[string]any{"iss": "https://evil.example.com"})),
+		"other key":       other.token(claims(now, nil)),
+		"tampered":        tampered,
+		"alg none":        none,
+		"hmac confusion":  confused,
+		"garbage":         "not.a.token",
+		"opaque, no intr": "opaque-token",
+	} {
+		_, err := v.Verify(context.Background(), tok, []string{resource}, now)
+		var ae *Error
+		if !errors.As(err, &ae) || ae.Status != http.StatusUnauthorized || ae.Code != "invalid_token" {
+			t.Errorf("%s: %v", name, err)
+		}
+		if ae != nil && strings.Contains(ae.Description, tok) {
+			t.Errorf("%s: the error holds the token", name)
+		}
+	}
+	// Leeway: expired 10s ago passes with the default 30s.
+	if _, err := v.Verify(context.Background(), iss.token(claims(now, map[string]any{"exp": now.Add(-10 * time.Second).Unix()})), []string{resource}, now); err != nil {
+		t.Errorf("within leeway: %v", err)
+	}
+	if _, err := v.Verify(context.Background(), "", []string{resource}, now); err != ErrNoToken {
+		t.Errorf("no token: %v", err)
+	}
+	v.RequiredScopes = []string{"mcp:admin"}
+	_, err = v.Verify(context.Background(), ok, []string{resource}, now)
+	var ae *Error
+	if !errors.As(err, &ae) || ae.Status != http.StatusForbidden || ae.Code != "insufficient_scope" || ae.Scope != "mcp:admin" {
+		t.Errorf("insufficient scope: %v", err)
+	}
+}
+
+func TestVerifyECAndClaim(t *testing.T) {
+	now := time.Now()
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	iss := &issuer{t: t, key: k, kid: "ec", alg: jose.ES256}
+	v := &Verifier{Keys: NewStaticKeySet([]jose.JSONWebKey{iss.public()}), PrincipalClaim: "email"}
+	p, err := v.Verify(context.Background(), iss.token(claims(now, map[string]any{"email": "alice@example.com", "scope": nil, "scp": []any{"a", "b"}})), []string{resource}, now)
+	if err != nil || p.ID != "alice@example.com" || !p.HasScopes([]string{"a", "b"}) {
+		t.Fatalf("%+v %v", p, err)
+	}
+	// An algorithm outside the allow-list is refused.
+	v.Algorithms = []jose.SignatureAlgorithm{jose.RS256}
+	if _, err := v.Verify(context.Background(), iss.token(claims(now, nil)), []string{resource}, now); err == nil {
+		t.Error("ES256 accepted with only RS256 allowed")
+	}
+}
+
+// jwksServer serves a key set that the test can change, counting fetches
+// and failing on demand.
+type jwksServer struct {
+	*httptest.Server
+	keys    atomic.Value // []jose.JSONWebKey
+	fetches atomic.Int64
+	down    atomic.Bool
+}
+
+func newJWKS(t *testing.T, keys ...jose.JSONWebKey) *jwksServer {
+	s := &jwksServer{}
+	s.keys.Store(keys)
+	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.fetches.Add(1)
+		if s.down.Load() {
+			http.Error(w, "down", http.StatusServiceUnavailable)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(jose.JSONWebKeySet{Keys: s.keys.Load().([]jose.JSONWebKey)})
+	}))
+	t.Cleanup(s.Close)
+	return s
+}
+
+func TestJWKSRotationAndStale(t *testing.T) {
+	now := time.Now()
+	k1, k2 := newRSAIssuer(t, "k1"), newRSAIssuer(t, "k2")
+	srv := newJWKS(t, k1.public())
+	v := &Verifier{Keys: &KeySet{URL: srv.URL, MinRefresh: time.Minute, Refresh: time.Hour, MaxStale: 2 * time.Hour}}
+	ctx := context.Background()
+	if _, err := v.Verify(ctx, k1.token(claims(now, nil)), []string{resource}, now); err != nil {
+		t.Fatalf("k1: %v", err)
+	}
+	// A second token with the cached key costs no fetch.
+	if _, err := v.Verify(ctx, k1.token(claims(now, nil)), []string{resource}, now); err != nil || srv.fetches.Load() != 1 {
+		t.Fatalf("cached k1: %v, %d fetches", err, srv.fetches.Load())
+	}
+	// The issuer rotates to k2: a token with the unknown kid fetches the
+	// set again, once per MinRefresh at most.
+	srv.keys.Store([]jose.JSONWebKey{k1.public(), k2.public()})
+	if _, err := v.Verify(ctx, k2.token(claims(now, nil)), []string{resource}, now.Add(2*time.Minute)); err != nil {
+		t.Fatalf("rotated k2: %v", err)
+	}
+	unknown := newRSAIssuer(t, "k3")
+	for range 5 {
+		if _, err := v.Verify(ctx, unknown.token(claims(now, nil)), []string{resource}, now.Add(150*time.Second)); err == nil {
+			t.Fatal("unknown key accepted")
+		}
+	}
+	if n := srv.fetches.Load(); n != 2 {
+		t.Errorf("%d fetches, want 2: the unknown key came within MinRefresh of the last fetch", n)
+	}
+	if _, err := v.Verify(ctx, unknown.token(claims(now, nil)), []string{resource}, now.Add(200*time.Second)); err == nil {
+		t.Fatal("unknown key accepted")
+	}
+	if n := srv.fetches.Load(); n != 3 {
+		t.Errorf("%d fetches, want 3: one more for the unknown key past MinRefresh", n)
+	}
+	// The JWKS server goes down: cached keys keep working past their
+	// refresh, within MaxStale; then they do not.
+	srv.down.Store(true)
+	later := now.Add(2*time.Minute + time.Hour + 30*time.Minute)
+	if _, err := v.Verify(ctx, k1.token(claims(later, nil)), []string{resource}, later); err != nil {
+		t.Errorf("stale key while the JWKS is down: %v", err)
+	}
+	muchLater := now.Add(5 * time.Hour)
+	if _, err := v.Verify(ctx, k1.token(claims(muchLater, nil)), []string{resource}, muchLater); err == nil {
+		t.Error("keys served past MaxStale")
+	}
+}
+
+func TestJWKSRefusesSymmetricKeys(t *testing.T) {
+	now := time.Now()
+	secret := []byte("0123456789abcdef0123456789abcdef")
+	srv := newJWKS(t, jose.JSONWebKey{Key: secret, KeyID: "s", Algorithm: "HS256"})
+	v := &Verifier{Keys: &KeySet{URL: srv.URL}, Algorithms: []jose.SignatureAlgorithm{jose.HS256}}
+	s, _ := jose.NewSigner(jose.SigningKey{Algorithm: jose.HS256, Key: jose.JSONWebKey{Key: secret, KeyID: "s"}}, nil)
+	tok, _ := jwt.Signed(s).Claims(claims(now, nil)).Serialize()
+	if _, err := v.Verify(context.Background(), tok, []string{resource}, now); err == nil {
+		t.Error("HMAC key from a JWKS accepted")
+	}
+	// A static secret, configured on purpose, verifies HS256.
+	v.Keys = NewStaticKeySet([]jose.JSONWebKey{{Key: secret, KeyID: "s", Algorithm: "HS256"}})
+	if _, err := v.Verify(context.Background(), tok, []string{resource}, now); err != nil {
+		t.Errorf("static HMAC secret: %v", err)
+	}
+}
+
+func TestIntrospection(t *testing.T) {
+	now := time.Now()
+	var calls atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		id, secret, _ := r.BasicAuth()
+		if id != "rs" || secret != "pw" || r.FormValue("token") == "" {
+			http.Error(w, "unauthorized", http.StatusUnauthorized)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		switch r.FormValue("token") {
+		case "good":
+			_, _ = w.Write([]byte(`{"active":true,"sub":"bob","scope":"mcp:read","aud":["` + resource + `"],"exp":` + jsonInt(now.Add(30*time.Second).Unix()) + `}`))
+		case "other-aud":
+			_, _ = w.Write([]byte(`{"active":true,"sub":"bob","aud":"https://x.example"}`))
+		default:
+			_, _ = w.Write([]byte(`{"active":false}`))
+		}
+	}))
+	defer srv.Close()
+	v := &Verifier{Introspection: &Introspector{URL: srv.URL, ClientID: "rs", ClientSecret: "pw", CacheTTL: time.Minute}}
+	ctx := context.Background()
+	for range 3 {
+		p, err := v.Verify(ctx, "good", []string{resource}, now)
+		if err != nil || p.ID != "bob" || !p.HasScopes([]string{"mcp:read"}) {
+			t.Fatalf("good: %+v %v", p, err)
+		}
+	}
+	if calls.Load() != 1 {
+		t.Errorf("%d introspections for one token, want 1 (cached)", calls.Load())
+	}
+	// The cache never outlives the token (30s here, though CacheTTL is 1m).
+	if _, err := v.Verify(ctx, "good", []string{resource}, now.Add(40*time.Second)); err == nil || calls.Load() != 2 {
+		t.Errorf("past the token's expiry: %v, %d calls", err, calls.Load())
+	}
+	for _, tok := range []string{"revoked", "other-aud"} {
+		if _, err := v.Verify(ctx, tok, []string{resource}, now); err == nil {
+			t.Errorf("%s accepted", tok)
+		}
+	}
+}
+
+func jsonInt(n int64) string { b, _ := json.Marshal(n); return string(b) }
+
+func TestMetadataAndChallenge(t *testing.T) {
+	if got := MetadataURL("https://mcp.example.com/mcp"); got != "https://mcp.example.com/.well-known/oauth-protected-resource/mcp" {
+		t.Errorf("MetadataURL: %s", got)
+	}
+	if got := MetadataURL("https://mcp.example.com"); got != "https://mcp.example.com/.well-known/oauth-protected-resource" {
+		t.Errorf("MetadataURL root: %s", got)
+	}
+	if p, ok := ResourcePathOf("/.well-known/oauth-protected-resource/mcp"); !ok || p != "/mcp" {
+		t.Errorf("ResourcePathOf: %q %v", p, ok)
+	}
+	if _, ok := ResourcePathOf("/.well-known/oauth-protected-resourcex"); ok {
+		t.Error("ResourcePathOf matched a longer name")
+	}
+	m := Metadata{Resource: resource, AuthorizationServers: []string{"https://as.example.com"}, ScopesSupported: []string{"mcp:read"}}
+	var back map[string]any
+	if err := json.Unmarshal(m.JSON(), &back); err != nil || back["resource"] != resource || back["bearer_methods_supported"].([]any)[0] != "header" {
+		t.Errorf("metadata: %s", m.JSON())
+	}
+	md := "https://mcp.example.com/.well-known/oauth-protected-resource/mcp"
+	if got := Challenge(ErrNoToken, md); got != `Bearer resource_metadata="`+md+`"` {
+		t.Errorf("no token: %s", got)
+	}
+	if got := Challenge(invalid(`bad "x"`), md); got != `Bearer error="invalid_token", error_description="bad \"x\"", resource_metadata="`+md+`"` {
+		t.Errorf("invalid: %s", got)
+	}
+	if got := Challenge(InsufficientScope([]string{"a", "b"}), md); !strings.Contains(got, `error="insufficient_scope"`) || !strings.Contains(got, `scope="a b"`) {
+		t.Errorf("scope: %s", got)
+	}
+	rules := []ScopeRule{{Method: "tools/call", Target: "delete_*", Scopes: []string{"admin"}}, {Method: "tools/*", Scopes: []string{"tools", "admin"}}}
+	if got := RequiredScopes(rules, "tools/call", "delete_repo"); strings.Join(got, " ") != "admin tools" {
+		t.Errorf("RequiredScopes: %v", got)
+	}
+	if got := RequiredScopes(rules, "resources/read", "x"); len(got) != 0 {
+		t.Errorf("RequiredScopes: %v", got)
+	}
+}
+
+// BenchmarkVerifyFirst verifies a token's signature each time (RS256).
+func BenchmarkVerifyFirst(b *testing.B) {
+	now := time.Now()
+	iss := newRSAIssuer(&testing.T{}, "k1")
+	tok := iss.token(claims(now, nil))
+	v := &Verifier{Keys: NewStaticKeySet([]jose.JSONWebKey{iss.public()}), NoCache: true}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := v.Verify(context.Background(), tok, []string{resource}, now); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkVerifyCached is a client's every request after its first with
+// the same token.
+func BenchmarkVerifyCached(b *testing.B) {
+	now := time.Now()
+	iss := newRSAIssuer(&testing.T{}, "k1")
+	tok := iss.token(claims(now, nil))
+	v := &Verifier{Keys: NewStaticKeySet([]jose.JSONWebKey{iss.public()})}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := v.Verify(context.Background(), tok, []string{resource}, now); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -1,0 +1,22 @@
+// Package auth is mcpgate's OAuth 2.1 resource server, as the MCP
+// authorization specification asks of an HTTP MCP server: it validates
+// Bearer access tokens (signed JWTs against static keys or a JWKS URL, or
+// opaque tokens through RFC 7662 introspection), checks their issuer,
+// audience (the resource indicator of RFC 8707), lifetime and scopes,
+// builds the Protected Resource Metadata document of RFC 9728 and the
+// WWW-Authenticate challenges that point clients at it.
+//
+// JOSE is go-jose's: the package parses and verifies nothing by hand. Only
+// the algorithms configured are accepted ("none" never is), a symmetric
+// (HMAC) algorithm only with a static secret, never with a public key or a
+// key from a JWKS.
+//
+// Bounds: a KeySet holds the keys of one JWKS document (at most
+// MaxJWKSKeys, a document of at most MaxJWKSBytes) and fetches it at most
+// once per MinRefresh whatever the tokens ask for, one fetch at a time; an
+// Introspector caches at most MaxCached results, each for no longer than
+// its token lives. The package starts no goroutine.
+//
+// It imports the standard library and go-jose only; the Caddy module
+// mcp_auth (package caddymodule) wires it into Caddy.
+package auth

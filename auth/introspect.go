@@ -1,0 +1,192 @@
+package auth
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Bounds and defaults of an Introspector.
+const (
+	// MaxCached bounds the introspection results kept.
+	MaxCached = 10000
+	// DefaultCacheTTL is how long an active result is kept at most (and
+	// never past the token's expiry).
+	DefaultCacheTTL = time.Minute
+	// maxIntrospectionBytes caps an introspection answer.
+	maxIntrospectionBytes = 64 << 10
+)
+
+// Introspector checks opaque tokens with an OAuth 2.0 Token Introspection
+// endpoint (RFC 7662), caching each result by the token's SHA-256 for at
+// most CacheTTL and never past the token's expiry. It is safe for
+// concurrent use.
+type Introspector struct {
+	// URL is the introspection endpoint.
+	URL string
+	// ClientID and ClientSecret authenticate the resource server to it
+	// (HTTP Basic).
+	ClientID, ClientSecret string
+	// Client sends the requests; nil means one with a 5 s timeout.
+	Client *http.Client
+	// CacheTTL: see DefaultCacheTTL. Negative disables caching.
+	CacheTTL time.Duration
+
+	mu    sync.Mutex
+	cache map[[32]byte]cached
+}
+
+type cached struct {
+	p     *Principal
+	until time.Time
+}
+
+// introspection is the answer of an introspection endpoint.
+type introspection struct {
+	Active   bool            `json:"active"`
+	Scope    string          `json:"scope"`
+	Sub      string          `json:"sub"`
+	Username string          `json:"username"`
+	ClientID string          `json:"client_id"`
+	Iss      string          `json:"iss"`
+	Aud      json.RawMessage `json:"aud"`
+	Exp      int64           `json:"exp"`
+	Nbf      int64           `json:"nbf"`
+}
+
+// Check introspects token (or answers from the cache) and checks that it
+// is active, not expired, issued by one of issuers (when any) and for one
+// of audiences.
+func (in *Introspector) Check(ctx context.Context, token string, audiences, issuers []string, now time.Time) (*Principal, error) {
+	key := sha256.Sum256([]byte(token))
+	in.mu.Lock()
+	if c, ok := in.cache[key]; ok && now.Before(c.until) {
+		in.mu.Unlock()
+		return c.p, nil
+	}
+	in.mu.Unlock()
+	res, claims, err := in.introspect(ctx, token)
+	if err != nil {
+		return nil, &Error{Status: http.StatusUnauthorized, Code: "invalid_token", Description: "the token could not be checked: " + err.Error()}
+	}
+	if !res.Active {
+		return nil, invalid("the token is not active")
+	}
+	exp := time.Unix(res.Exp, 0)
+	if res.Exp != 0 && !now.Before(exp) {
+		return nil, invalid("the token has expired")
+	}
+	if res.Nbf != 0 && now.Before(time.Unix(res.Nbf, 0)) {
+		return nil, invalid("the token is not valid yet")
+	}
+	if len(issuers) > 0 && !slices.Contains(issuers, res.Iss) {
+		return nil, invalid("the token's issuer is not accepted")
+	}
+	if len(audiences) > 0 && !audienceMatches(res.Aud, audiences) {
+		return nil, invalid("the token was not issued for this resource")
+	}
+	p := &Principal{ID: res.Sub, Scopes: strings.Fields(res.Scope), Claims: claims}
+	if res.Exp != 0 {
+		p.Expires = exp
+	}
+	in.store(key, p, now)
+	return p, nil
+}
+
+// introspect asks the endpoint about token.
+func (in *Introspector) introspect(ctx context.Context, token string) (*introspection, map[string]any, error) {
+	form := url.Values{"token": {token}, "token_type_hint": {"access_token"}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, in.URL, strings.NewReader(form.Encode()))
+	if err != nil {
+		return nil, nil, err
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Accept", "application/json")
+	if in.ClientID != "" {
+		req.SetBasicAuth(url.QueryEscape(in.ClientID), url.QueryEscape(in.ClientSecret))
+	}
+	client := in.Client
+	if client == nil {
+		client = &http.Client{Timeout: DefaultFetchTimeout}
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, nil, fmt.Errorf("introspection answered %s", resp.Status)
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxIntrospectionBytes))
+	if err != nil {
+		return nil, nil, err
+	}
+	var res introspection
+	var claims map[string]any
+	if err := json.Unmarshal(body, &res); err != nil {
+		return nil, nil, fmt.Errorf("decoding introspection: %w", err)
+	}
+	_ = json.Unmarshal(body, &claims)
+	return &res, claims, nil
+}
+
+// store caches an active result until the earlier of CacheTTL and the
+// token's expiry, keeping at most MaxCached entries.
+func (in *Introspector) store(key [32]byte, p *Principal, now time.Time) {
+	ttl := in.CacheTTL
+	if ttl < 0 {
+		return
+	}
+	if ttl == 0 {
+		ttl = DefaultCacheTTL
+	}
+	until := now.Add(ttl)
+	if !p.Expires.IsZero() && p.Expires.Before(until) {
+		until = p.Expires
+	}
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if in.cache == nil {
+		in.cache = make(map[[32]byte]cached)
+	}
+	if len(in.cache) >= MaxCached {
+		for k, c := range in.cache {
+			if !now.Before(c.until) {
+				delete(in.cache, k)
+			}
+		}
+		for k := range in.cache {
+			if len(in.cache) < MaxCached {
+				break
+			}
+			delete(in.cache, k)
+		}
+	}
+	in.cache[key] = cached{p: p, until: until}
+}
+
+// audienceMatches reports whether an aud value (a string or a list)
+// names one of audiences.
+func audienceMatches(raw json.RawMessage, audiences []string) bool {
+	var one string
+	if json.Unmarshal(raw, &one) == nil {
+		return slices.Contains(audiences, one)
+	}
+	var list []string
+	if json.Unmarshal(raw, &list) == nil {
+		for _, a := range list {
+			if slices.Contains(audiences, a) {
+				return true
+			}
+		}
+	}
+	return false
+}

@@ -1,0 +1,260 @@
+package auth
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
+)
+
+// Bounds and defaults of a KeySet.
+const (
+	// MaxJWKSBytes caps a JWKS document.
+	MaxJWKSBytes = 1 << 20
+	// MaxJWKSKeys caps the keys kept from one JWKS document.
+	MaxJWKSKeys = 100
+	// DefaultRefresh is how long a JWKS document is used before it is
+	// fetched again, when its answer sets no max-age.
+	DefaultRefresh = time.Hour
+	// DefaultMinRefresh is how often, at most, the JWKS is fetched because
+	// a token names a key it does not hold.
+	DefaultMinRefresh = time.Minute
+	// DefaultMaxStale is how long keys are served after their document
+	// expired while fetching it again fails.
+	DefaultMaxStale = 24 * time.Hour
+	// DefaultFetchTimeout bounds one fetch of the JWKS.
+	DefaultFetchTimeout = 5 * time.Second
+)
+
+// ErrUnknownKey means no key matches the token's key id.
+var ErrUnknownKey = errors.New("no key for the token's key id")
+
+// KeySet finds the key a token was signed with: among static keys, or in
+// a JWKS document fetched from URL, cached, fetched again when it expires
+// or when a token names an unknown key (at most once per MinRefresh), and
+// served stale for at most MaxStale while fetching fails. It is safe for
+// concurrent use.
+type KeySet struct {
+	// URL is the JWKS document's address; empty for static keys only.
+	URL string
+	// Client fetches the JWKS; nil means a client with FetchTimeout.
+	Client *http.Client
+	// Refresh, MinRefresh, MaxStale and FetchTimeout: see the defaults.
+	Refresh, MinRefresh, MaxStale, FetchTimeout time.Duration
+
+	static []jose.JSONWebKey
+
+	mu        sync.Mutex
+	keys      []jose.JSONWebKey // from the last good fetch
+	fetched   time.Time         // when keys were fetched
+	expires   time.Time         // when keys should be fetched again
+	attempted time.Time         // last fetch attempt
+	fetching  chan struct{}     // closed when the fetch in progress ends
+	lastErr   error
+}
+
+// NewStaticKeySet returns a key set of the given keys only. A key with no
+// key id matches any token; a symmetric key must have its algorithm set.
+func NewStaticKeySet(keys []jose.JSONWebKey) *KeySet {
+	return &KeySet{static: keys}
+}
+
+// AddStatic adds keys that are always available besides the JWKS.
+func (s *KeySet) AddStatic(keys ...jose.JSONWebKey) { s.static = append(s.static, keys...) }
+
+// Key returns the key with id kid (any key when kid is empty and the set
+// holds one only) that may verify alg, fetching the JWKS as its
+// freshness, MinRefresh and MaxStale allow.
+func (s *KeySet) Key(ctx context.Context, kid string, alg jose.SignatureAlgorithm, now time.Time) (jose.JSONWebKey, error) {
+	if k, ok := pick(s.static, kid, alg, true); ok {
+		return k, nil
+	}
+	if s.URL == "" {
+		return jose.JSONWebKey{}, ErrUnknownKey
+	}
+	s.mu.Lock()
+	keys, fresh := s.keys, now.Before(s.expires)
+	s.mu.Unlock()
+	if k, ok := pick(keys, kid, alg, false); ok && fresh {
+		return k, nil
+	}
+	// Expired, or no such key: fetch again if allowed, then look again,
+	// serving stale keys while the fetch fails.
+	err := s.refresh(ctx, now)
+	s.mu.Lock()
+	keys, stale := s.keys, now.Sub(s.expires) <= s.maxStale()
+	s.mu.Unlock()
+	if k, ok := pick(keys, kid, alg, false); ok && (err == nil || stale) {
+		return k, nil
+	}
+	if err != nil {
+		return jose.JSONWebKey{}, fmt.Errorf("%w (fetching keys: %v)", ErrUnknownKey, err)
+	}
+	return jose.JSONWebKey{}, ErrUnknownKey
+}
+
+// pick finds the key for kid and alg. Keys from a JWKS are never
+// symmetric: an HMAC algorithm only ever verifies with a static secret.
+func pick(keys []jose.JSONWebKey, kid string, alg jose.SignatureAlgorithm, allowSymmetric bool) (jose.JSONWebKey, bool) {
+	var found jose.JSONWebKey
+	n := 0
+	for _, k := range keys {
+		if kid != "" && k.KeyID != "" && k.KeyID != kid {
+			continue
+		}
+		if k.Use != "" && k.Use != "sig" {
+			continue
+		}
+		if k.Algorithm != "" && k.Algorithm != string(alg) {
+			continue
+		}
+		_, symmetric := k.Key.([]byte)
+		if symmetric != isHMAC(alg) || (symmetric && !allowSymmetric) {
+			continue
+		}
+		if kid != "" && k.KeyID == kid {
+			return k, true
+		}
+		found = k
+		n++
+	}
+	return found, n == 1
+}
+
+func isHMAC(alg jose.SignatureAlgorithm) bool {
+	return alg == jose.HS256 || alg == jose.HS384 || alg == jose.HS512
+}
+
+func (s *KeySet) maxStale() time.Duration {
+	if s.MaxStale > 0 {
+		return s.MaxStale
+	}
+	return DefaultMaxStale
+}
+
+// refresh fetches the JWKS unless the last attempt is under MinRefresh
+// old (then it reports that attempt's error); concurrent callers share
+// one fetch.
+func (s *KeySet) refresh(ctx context.Context, now time.Time) error {
+	s.mu.Lock()
+	if wait := s.fetching; wait != nil {
+		s.mu.Unlock()
+		select {
+		case <-wait:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.lastErr
+	}
+	min := s.MinRefresh
+	if min <= 0 {
+		min = DefaultMinRefresh
+	}
+	if !s.attempted.IsZero() && now.Sub(s.attempted) < min {
+		err := s.lastErr
+		s.mu.Unlock()
+		return err
+	}
+	s.attempted = now
+	done := make(chan struct{})
+	s.fetching = done
+	s.mu.Unlock()
+
+	keys, maxAge, err := s.fetch(ctx)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.fetching = nil
+	close(done)
+	s.lastErr = err
+	if err != nil {
+		return err
+	}
+	if maxAge <= 0 {
+		maxAge = s.Refresh
+		if maxAge <= 0 {
+			maxAge = DefaultRefresh
+		}
+	}
+	s.keys, s.fetched, s.expires = keys, now, now.Add(maxAge)
+	return nil
+}
+
+// fetch gets and parses the JWKS document, and its max-age.
+func (s *KeySet) fetch(ctx context.Context) ([]jose.JSONWebKey, time.Duration, error) {
+	timeout := s.FetchTimeout
+	if timeout <= 0 {
+		timeout = DefaultFetchTimeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.URL, nil)
+	if err != nil {
+		return nil, 0, err
+	}
+	req.Header.Set("Accept", "application/json, application/jwk-set+json")
+	client := s.Client
+	if client == nil {
+		client = &http.Client{Timeout: timeout}
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, 0, fmt.Errorf("JWKS answered %s", resp.Status)
+	}
+	if mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type")); mt != "" && !strings.Contains(mt, "json") {
+		return nil, 0, fmt.Errorf("JWKS is %s, not JSON", mt)
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxJWKSBytes+1))
+	if err != nil {
+		return nil, 0, err
+	}
+	if len(body) > MaxJWKSBytes {
+		return nil, 0, errors.New("JWKS document too large")
+	}
+	var set jose.JSONWebKeySet
+	if err := json.Unmarshal(body, &set); err != nil {
+		return nil, 0, fmt.Errorf("decoding JWKS: %w", err)
+	}
+	keys := make([]jose.JSONWebKey, 0, min(len(set.Keys), MaxJWKSKeys))
+	for _, k := range set.Keys {
+		if len(keys) == MaxJWKSKeys {
+			break
+		}
+		if _, symmetric := k.Key.([]byte); symmetric || !k.Valid() {
+			continue
+		}
+		keys = append(keys, k.Public())
+	}
+	return keys, maxAge(resp.Header.Get("Cache-Control")), nil
+}
+
+// maxAge reads max-age from a Cache-Control header, bounded to a minute
+// at least and a day at most; 0 when absent.
+func maxAge(cc string) time.Duration {
+	for part := range strings.SplitSeq(cc, ",") {
+		k, v, ok := strings.Cut(strings.TrimSpace(part), "=")
+		if !ok || !strings.EqualFold(k, "max-age") {
+			continue
+		}
+		secs, err := strconv.Atoi(strings.Trim(v, `"`))
+		if err != nil || secs < 0 {
+			return 0
+		}
+		return min(max(time.Duration(secs)*time.Second, time.Minute), 24*time.Hour)
+	}
+	return 0
+}
