@@ -1,0 +1,1742 @@
+//go:build linux
+
+// Fault scenarios through a real Caddy: configs that fail to load while
+// thousands of streams are open, upstreams that die or answer badly,
+// health-check blips under pinned sessions, upstream comments on streams,
+// the proxy's own requests through the upstream's transport and header
+// rules, a full session table, the drain of a stopping process after a
+// reload, and configuration that would do nothing.
+
+package caddytest
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+
+	"github.com/mcpgate/mcpgate/internal/demo"
+)
+
+// faultWait bounds the waits of the fault tests.
+const faultWait = 10 * time.Second
+
+// faultProgress is a progress notification an upstream sends on a
+// request's SSE answer.
+const faultProgress = `{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":"p","progress":1}}`
+
+// faultSeen is one request an upstream received.
+type faultSeen struct {
+	at      time.Time
+	method  string // HTTP method
+	path    string
+	rpc     string // JSON-RPC method of a POST, "" for none
+	id      string // raw JSON id of a POST, "" for none
+	params  json.RawMessage
+	sid     string // Mcp-Session-Id
+	version string // Mcp-Protocol-Version
+	auth    string // Authorization
+	cert    string // common name of the client certificate, "" without one
+}
+
+// cancelledID returns the raw JSON requestId of a notifications/cancelled.
+func (s faultSeen) cancelledID() string {
+	var p struct {
+		RequestID json.RawMessage `json:"requestId"`
+	}
+	if s.rpc != "notifications/cancelled" || json.Unmarshal(s.params, &p) != nil {
+		return ""
+	}
+	return string(p.RequestID)
+}
+
+// faultLog records the requests an upstream handler receives and the
+// session ids it mints.
+type faultLog struct {
+	mu     sync.Mutex
+	seen   []faultSeen
+	minted []string
+}
+
+// wrap returns h recording into l.
+func (l *faultLog) wrap(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s := faultSeen{
+			at: time.Now(), method: r.Method, path: r.URL.Path,
+			sid: r.Header.Get("Mcp-Session-Id"), version: r.Header.Get("Mcp-Protocol-Version"),
+			auth: r.Header.Get("Authorization"),
+		}
+		if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+			s.cert = r.TLS.PeerCertificates[0].Subject.CommonName
+		}
+		if r.Method == http.MethodPost {
+			b, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+			r.Body = io.NopCloser(bytes.NewReader(b))
+			var msg struct {
+				ID     json.RawMessage `json:"id"`
+				Method string          `json:"method"`
+				Params json.RawMessage `json:"params"`
+			}
+			if json.Unmarshal(b, &msg) == nil {
+				s.rpc, s.id, s.params = msg.Method, string(msg.ID), msg.Params
+			}
+		}
+		l.mu.Lock()
+		l.seen = append(l.seen, s)
+		l.mu.Unlock()
+		h.ServeHTTP(w, r)
+		if s.rpc == "initialize" {
+			if sid := w.Header().Get("Mcp-Session-Id"); sid != "" {
+				l.mu.Lock()
+				l.minted = append(l.minted, sid)
+				l.mu.Unlock()
+			}
+		}
+	})
+}
+
+// find returns the first recorded request pred accepts.
+func (l *faultLog) find(pred func(faultSeen) bool) (faultSeen, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, s := range l.seen {
+		if pred(s) {
+			return s, true
+		}
+	}
+	return faultSeen{}, false
+}
+
+// count returns how many recorded requests pred accepts.
+func (l *faultLog) count(pred func(faultSeen) bool) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, s := range l.seen {
+		if pred(s) {
+			n++
+		}
+	}
+	return n
+}
+
+// await waits up to d for a request pred accepts.
+func (l *faultLog) await(t *testing.T, what string, d time.Duration, pred func(faultSeen) bool) faultSeen {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		if s, ok := l.find(pred); ok {
+			return s
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the upstream did not receive %s within %v", what, d)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// mintedIDs returns the session ids the upstream handed out, in order.
+func (l *faultLog) mintedIDs() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]string(nil), l.minted...)
+}
+
+// faultUpstream is a hand-written MCP server whose answers the tests
+// control. A POST initialize is answered in JSON with a fresh
+// Mcp-Session-Id; another request of a session it issued goes to call (a
+// JSON {} result without one), a notification gets 202; a GET of a known
+// session opens an SSE stream run by stream (idle until the request ends
+// without one); a DELETE ends the session. Anything of an unknown session
+// gets 404. Every request is recorded.
+type faultUpstream struct {
+	faultLog
+	call   func(w http.ResponseWriter, r *http.Request, id string)
+	stream func(w *relayWriter, r *http.Request) error
+	h      http.Handler
+
+	smu      sync.Mutex
+	sessions map[string]bool
+}
+
+func newFaultUpstream(call func(http.ResponseWriter, *http.Request, string), stream func(*relayWriter, *http.Request) error) *faultUpstream {
+	u := &faultUpstream{call: call, stream: stream, sessions: map[string]bool{}}
+	u.h = u.wrap(http.HandlerFunc(u.serve))
+	return u
+}
+
+func (u *faultUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) { u.h.ServeHTTP(w, r) }
+
+func (u *faultUpstream) known(sid string) bool {
+	u.smu.Lock()
+	defer u.smu.Unlock()
+	return u.sessions[sid]
+}
+
+func (u *faultUpstream) serve(w http.ResponseWriter, r *http.Request) {
+	sid := r.Header.Get("Mcp-Session-Id")
+	switch r.Method {
+	case http.MethodPost:
+		var msg struct {
+			ID     json.RawMessage `json:"id"`
+			Method string          `json:"method"`
+			Params struct {
+				ProtocolVersion string `json:"protocolVersion"`
+			} `json:"params"`
+		}
+		b, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+		if err != nil || json.Unmarshal(b, &msg) != nil {
+			http.Error(w, "bad body", http.StatusBadRequest)
+			return
+		}
+		if msg.Method == "initialize" {
+			var rb [16]byte
+			_, _ = rand.Read(rb[:])
+			sid := hex.EncodeToString(rb[:])
+			u.smu.Lock()
+			u.sessions[sid] = true
+			u.smu.Unlock()
+			w.Header().Set("Content-Type", "application/json")
+			w.Header().Set("Mcp-Session-Id", sid)
+			fmt.Fprintf(w, `{"jsonrpc":"2.0","id":%s,"result":{"protocolVersion":%q,"capabilities":{"tools":{}},"serverInfo":{"name":"fault","version":"1"}}}`,
+				msg.ID, msg.Params.ProtocolVersion)
+			return
+		}
+		if !u.known(sid) {
+			http.Error(w, "unknown session", http.StatusNotFound)
+			return
+		}
+		if len(msg.ID) == 0 {
+			w.WriteHeader(http.StatusAccepted)
+			return
+		}
+		if u.call != nil {
+			u.call(w, r, string(msg.ID))
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintf(w, `{"jsonrpc":"2.0","id":%s,"result":{}}`, msg.ID)
+	case http.MethodGet:
+		if !u.known(sid) {
+			http.Error(w, "unknown session", http.StatusNotFound)
+			return
+		}
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.Header().Set("Cache-Control", "no-cache")
+		w.WriteHeader(http.StatusOK)
+		ew := &relayWriter{w: w, rc: http.NewResponseController(w), ctx: r.Context()}
+		_ = ew.rc.Flush()
+		if u.stream != nil {
+			_ = u.stream(ew, r)
+			return
+		}
+		<-r.Context().Done()
+	case http.MethodDelete:
+		u.smu.Lock()
+		ok := u.sessions[sid]
+		delete(u.sessions, sid)
+		u.smu.Unlock()
+		if !ok {
+			http.Error(w, "unknown session", http.StatusNotFound)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	default:
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+	}
+}
+
+// faultServer serves a handler on loopback and can die abruptly: kill
+// closes its listener and resets every connection, as a crashed process
+// would; start serves again on the same address.
+type faultServer struct {
+	addr string
+	h    http.Handler
+
+	mu    sync.Mutex
+	srv   *http.Server
+	ln    net.Listener
+	conns map[net.Conn]struct{}
+}
+
+// startFaultServer serves h on addr ("127.0.0.1:0" for any port) until
+// the test ends.
+func startFaultServer(t *testing.T, addr string, h http.Handler) *faultServer {
+	t.Helper()
+	s := &faultServer{addr: addr, h: h}
+	s.start(t)
+	t.Cleanup(s.kill)
+	return s
+}
+
+// start serves on the server's address, which must be free.
+func (s *faultServer) start(t *testing.T) {
+	t.Helper()
+	ln, err := net.Listen("tcp", s.addr)
+	if err != nil {
+		t.Fatalf("listening on %s: %v", s.addr, err)
+	}
+	srv := &http.Server{Handler: s.h, ConnState: s.track, ReadHeaderTimeout: faultWait}
+	s.mu.Lock()
+	s.addr = ln.Addr().String()
+	s.srv, s.ln, s.conns = srv, ln, map[net.Conn]struct{}{}
+	s.mu.Unlock()
+	go func() { _ = srv.Serve(ln) }()
+}
+
+func (s *faultServer) track(c net.Conn, state http.ConnState) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch state {
+	case http.StateNew:
+		if s.conns != nil {
+			s.conns[c] = struct{}{}
+		}
+	case http.StateClosed, http.StateHijacked:
+		delete(s.conns, c)
+	}
+}
+
+// kill closes the listener and resets every open connection (RST, no
+// FIN); handlers still running write into closed connections.
+func (s *faultServer) kill() {
+	s.mu.Lock()
+	srv, ln, conns := s.srv, s.ln, s.conns
+	s.srv, s.ln, s.conns = nil, nil, nil
+	s.mu.Unlock()
+	if ln == nil {
+		return
+	}
+	_ = ln.Close()
+	for c := range conns {
+		if tc, ok := c.(*net.TCPConn); ok {
+			_ = tc.SetLinger(0)
+		}
+		_ = c.Close()
+	}
+	_ = srv.Close()
+}
+
+// faultRPC is a JSON-RPC message as a client received it.
+type faultRPC struct {
+	JSONRPC string          `json:"jsonrpc"`
+	ID      json.RawMessage `json:"id"`
+	Result  json.RawMessage `json:"result"`
+	Error   *struct {
+		Code    int    `json:"code"`
+		Message string `json:"message"`
+	} `json:"error"`
+}
+
+// faultErrorFor checks that data is a JSON-RPC error for the request with
+// the raw JSON id and the code, and returns its message.
+func faultErrorFor(t *testing.T, what, data, id string, code int) string {
+	t.Helper()
+	var m faultRPC
+	if err := json.Unmarshal([]byte(data), &m); err != nil || m.JSONRPC != "2.0" || m.Error == nil {
+		t.Errorf("%s: %q is not a JSON-RPC error (%v)", what, data, err)
+		return ""
+	}
+	if string(m.ID) != id || m.Error.Code != code {
+		t.Errorf("%s: error id %s code %d %q, want id %s code %d", what, m.ID, m.Error.Code, m.Error.Message, id, code)
+	}
+	return m.Error.Message
+}
+
+// faultInit opens a session at version through the proxy with raw
+// requests and returns the client's session id.
+func faultInit(t *testing.T, url, version string) string {
+	t.Helper()
+	body := fmt.Sprintf(`{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":%q,"capabilities":{},"clientInfo":{"name":"fault","version":"1"}}}`, version)
+	st, hdr, b := rawPost(t, url, body, nil)
+	tok := hdr.Get("Mcp-Session-Id")
+	if st != http.StatusOK || tok == "" {
+		t.Fatalf("initialize at %s: %d %q %s", version, st, tok, b)
+	}
+	if st, _, b := rawPost(t, url, `{"jsonrpc":"2.0","method":"notifications/initialized"}`, faultHeaders(tok, version)); st != http.StatusAccepted {
+		t.Fatalf("notifications/initialized: %d %s", st, b)
+	}
+	return tok
+}
+
+// faultHeaders are the headers of a request of session tok at version.
+func faultHeaders(tok, version string) map[string]string {
+	return map[string]string{"Mcp-Session-Id": tok, "Mcp-Protocol-Version": version}
+}
+
+// faultOpenPost sends a JSON-RPC POST and returns the response unread;
+// the request lives as long as ctx.
+func faultOpenPost(ctx context.Context, url, body string, hdr map[string]string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json, text/event-stream")
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	return rawClient.Do(req)
+}
+
+// faultSSEAnswer checks that resp is a 200 SSE answer.
+func faultSSEAnswer(t *testing.T, what string, resp *http.Response, err error) *http.Response {
+	t.Helper()
+	if err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+	if resp.StatusCode != http.StatusOK || !isSSE(resp) {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		resp.Body.Close()
+		t.Fatalf("%s: %d %q %s, want a 200 SSE answer", what, resp.StatusCode, resp.Header.Get("Content-Type"), b)
+	}
+	return resp
+}
+
+func isSSE(resp *http.Response) bool {
+	return strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")
+}
+
+// faultDrain reads the rest of a watched stream: its data events and
+// retry hints in order, and how it ended. The channels end with the body,
+// which ends at the latest when the request's context does.
+func faultDrain(evs <-chan relayEvent, ended <-chan relayStreamEnd) ([]relayEvent, relayStreamEnd) {
+	var out []relayEvent
+	for ev := range evs {
+		if !ev.comment {
+			out = append(out, ev)
+		}
+	}
+	return out, <-ended
+}
+
+// faultCaddyfile is the Caddyfile loadWithAdmin loads, for posting to the
+// admin endpoint's /load.
+func faultCaddyfile(adminPort int, globalOptions, body string) string {
+	return fmt.Sprintf("{\n\tadmin 127.0.0.1:%d\n\tauto_https off\n\tpersist_config off\n\tgrace_period 1s\n\tlog {\n\t\toutput discard\n\t}\n", adminPort) +
+		globalOptions + "}\n" + body
+}
+
+// faultAdminLoad posts a config of the given media type to the admin
+// endpoint's /load and returns the status and body.
+func faultAdminLoad(t *testing.T, adminPort int, contentType, body string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, fmt.Sprintf("http://127.0.0.1:%d/load", adminPort), strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", contentType)
+	st, _, b := do(t, req)
+	return st, b
+}
+
+// faultNoFile makes room for need open files: the soft limit goes up to
+// the hard limit, and the hard limit up to need when the process may
+// raise it. It returns the soft limit.
+func faultNoFile(t *testing.T, need uint64) uint64 {
+	t.Helper()
+	raiseNoFile(t)
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	if lim.Cur < need {
+		want := syscall.Rlimit{Cur: need, Max: max(need, lim.Max)}
+		if syscall.Setrlimit(syscall.RLIMIT_NOFILE, &want) == nil {
+			lim = want
+		}
+	}
+	return lim.Cur
+}
+
+// faultSignal is one event an upstream sends on every open stream; next
+// is the one after it, set before done is closed.
+type faultSignal struct {
+	done chan struct{}
+	msg  string
+	next *faultSignal
+}
+
+// faultBroadcast sends events to every stream of an upstream.
+type faultBroadcast struct{ cur atomic.Pointer[faultSignal] }
+
+func newFaultBroadcast() *faultBroadcast {
+	b := new(faultBroadcast)
+	b.cur.Store(&faultSignal{done: make(chan struct{})})
+	return b
+}
+
+// current is the next signal a stream opening now waits for.
+func (b *faultBroadcast) current() *faultSignal { return b.cur.Load() }
+
+// send fires the current signal with msg; one goroutine sends.
+func (b *faultBroadcast) send(msg string) {
+	s := b.cur.Load()
+	s.msg, s.next = msg, &faultSignal{done: make(chan struct{})}
+	b.cur.Store(s.next)
+	close(s.done)
+}
+
+// faultNote is a log notification carrying text.
+func faultNote(text string) string {
+	return `{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"` + text + `"}}`
+}
+
+// TestLoadReloadFailure holds 1,000 SSE GET streams open through
+// mcp_proxy (5,000 with MCPGATE_SOAK=1, fewer under the race detector and
+// with -short, see loadScale; those the open-file limit leaves no room for
+// over HTTP/1.1 go over HTTP/2) and posts configs to the admin endpoint's
+// /load. (a) A JSON config whose mcp app has invalid level thresholds and
+// (b) a Caddyfile whose mcp_proxy cannot provision (its session key comes
+// from an unset environment variable) are refused with 400 and change
+// nothing: the upstream holds every GET open, every client still receives
+// the upstream's events, /mcp/status answers with the running settings,
+// the running config is the same, new sessions work, and no goroutine is
+// left behind. (c) A good config then drains the old streams, each with a
+// retry hint, spread between 80% and 100% of the drain delay; new sessions
+// are served by the new config, old ones keep working, and once the
+// streams are gone the goroutines, held bytes and owned goroutines come
+// back to where they were.
+func TestLoadReloadFailure(t *testing.T) {
+	scale := loadScale(t, 0.2)
+	full := 1000
+	if os.Getenv("MCPGATE_SOAK") == "1" {
+		full = 5000
+	}
+	n := loadScaled(full, scale, 50)
+	// A stream over HTTP/1.1 holds four descriptors of this process: the
+	// client's connection, Caddy's end of it, Caddy's upstream connection
+	// and the upstream's end of that one. Streams beyond what the open-file
+	// limit allows that way go over HTTP/2 (h2c), many to a client
+	// connection, and hold two.
+	const spareFDs = 1024
+	lim := int(faultNoFile(t, uint64(4*n+spareFDs)))
+	if lim < spareFDs+2*n {
+		if lim < spareFDs+2*50 {
+			t.Skipf("open-file limit %d leaves no room for streams", lim)
+		}
+		n = (lim - spareFDs) / 2
+		t.Logf("open-file limit %d: %d streams", lim, n)
+	}
+	h1 := min(n, (lim-spareFDs-2*n)/2)
+	// Thousands of streams closed within 100ms keep two cores busy for a
+	// while.
+	margin := 2*time.Second + time.Duration(n)*time.Millisecond/2
+	const (
+		perSession = 16 // streams per session, under the registry's cap of 32
+		drain      = 500 * time.Millisecond
+		slack      = 10 // goroutines that may come and go
+	)
+
+	sig := newFaultBroadcast()
+	up := startLoadUpstream(t)
+	up.stream = func(w *relayWriter, _ string) error {
+		next := sig.current()
+		if err := w.event("", loadHello); err != nil {
+			return err
+		}
+		for {
+			select {
+			case <-w.ctx.Done():
+				return w.ctx.Err()
+			case <-next.done:
+				if err := w.event("", faultNote(next.msg)); err != nil {
+					return err
+				}
+				next = next.next
+			}
+		}
+	}
+	port, adminPort := freePort(t), freePort(t)
+	// No session caps: every session comes from one client address.
+	global := "\tservers {\n\t\tprotocols h1 h2c\n\t}\n\tmcp {\n\t\tmax_sessions 0\n\t\tclient_max_sessions 0\n" + loadSchedOff + "\t}\n"
+	site := func(extra string) string {
+		return fmt.Sprintf(":%d {\n\tmcp_proxy %s {\n\t\tdrain 500ms\n\t\tkeepalive 5m\n%s\t}\n}\n", port, up.addr(), extra)
+	}
+	loadWithAdmin(t, adminPort, global, site(""))
+	base := proxyURL(port)
+	url := base + "/mcp"
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	tr := &http.Transport{MaxIdleConnsPerHost: 32, DisableCompression: true}
+	defer tr.CloseIdleConnections()
+	hc := &http.Client{Transport: tr}
+	// Every stream has a connection of its own.
+	sc := &http.Client{Transport: &http.Transport{DisableKeepAlives: true, DisableCompression: true}}
+	var h2 http.Protocols
+	h2.SetUnencryptedHTTP2(true)
+	h2tr := &http.Transport{Protocols: &h2, DisableCompression: true}
+	defer h2tr.CloseIdleConnections()
+	h2c := &http.Client{Transport: h2tr}
+
+	toks := make([]string, (n+perSession-1)/perSession)
+	var firstErr atomic.Value
+	loadParallel(len(toks), 16, func(i int) {
+		tok, r := loadInit(ctx, hc, url)
+		if tok == "" {
+			firstErr.CompareAndSwap(nil, "initialize: "+r.String())
+		}
+		toks[i] = tok
+	})
+	if e := firstErr.Load(); e != nil {
+		t.Fatal(e)
+	}
+	// The baseline is taken with the sessions open and every idle
+	// connection closed (reverse_proxy's idle pool to the upstream
+	// included), so only what the streams leave behind counts.
+	settle := func() int {
+		tr.CloseIdleConnections()
+		h2tr.CloseIdleConnections()
+		up.CloseClientConnections()
+		runtime.GC()
+		return settledGoroutines()
+	}
+	baseline := settle()
+	held0, owned0 := loadMetric(t, "caddy_mcp_held_bytes"), loadMetric(t, "caddy_mcp_goroutines_owned")
+
+	// What each client saw; a stream's entry is written by its reader
+	// only, and read once the reader is done.
+	type clientStream struct {
+		retries int
+		retryMS int
+		endAt   time.Time
+		err     error
+	}
+	streams := make([]clientStream, n)
+	seen := map[string]*atomic.Int64{"a": new(atomic.Int64), "b": new(atomic.Int64)}
+	var ended atomic.Int64
+	var readers sync.WaitGroup
+	openStart := time.Now()
+	loadParallel(n, 32, func(i int) {
+		client := sc
+		if i >= h1 {
+			client = h2c
+		}
+		resp, err := openRelayGET(ctx, client, base, toks[i/perSession], loadVersion, "s"+strconv.Itoa(i))
+		if err == nil && (i >= h1) != (resp.ProtoMajor == 2) {
+			err = fmt.Errorf("stream %d over %s", i, resp.Proto)
+		}
+		if err != nil {
+			firstErr.CompareAndSwap(nil, err.Error())
+			return
+		}
+		first := make(chan bool, 1)
+		readers.Go(func() {
+			defer resp.Body.Close()
+			st := &streams[i]
+			gotFirst := false
+			st.err = readRelayEvents(resp.Body, func(ev relayEvent) error {
+				switch {
+				case ev.retry >= 0:
+					st.retries++
+					st.retryMS = ev.retry
+				case ev.comment:
+				case !gotFirst:
+					gotFirst = true
+					first <- strings.Contains(ev.data, "hello")
+				default:
+					for phase, c := range seen {
+						if strings.Contains(ev.data, "phase-"+phase) {
+							c.Add(1)
+						}
+					}
+				}
+				return nil
+			})
+			st.endAt = time.Now()
+			ended.Add(1)
+			if !gotFirst {
+				first <- false
+			}
+		})
+		select {
+		case ok := <-first:
+			if !ok {
+				firstErr.CompareAndSwap(nil, fmt.Sprintf("stream %d: no hello event", i))
+			}
+		case <-time.After(faultWait):
+			firstErr.CompareAndSwap(nil, fmt.Sprintf("stream %d: no first event within %v", i, faultWait))
+		}
+	})
+	if e := firstErr.Load(); e != nil {
+		t.Fatal(e)
+	}
+	if !loadUntil(faultWait, 10*time.Millisecond, func() bool { return up.busy.Load() == int64(n) }) {
+		t.Fatalf("the upstream holds %d GET streams, want %d", up.busy.Load(), n)
+	}
+	withStreams := settledGoroutines()
+	t.Logf("%d streams (%d over HTTP/1.1, %d over HTTP/2) on %d sessions open in %v; goroutines %d before, %d with the streams",
+		n, h1, n-h1, len(toks), time.Since(openStart).Round(time.Millisecond), baseline, withStreams)
+
+	getConfig := func() string {
+		t.Helper()
+		st, _, b := adminCall(t, adminPort, http.MethodGet, "/config/", "")
+		if st != http.StatusOK {
+			t.Fatalf("GET /config/: %d %s", st, b)
+		}
+		return b
+	}
+	running := getConfig()
+	status0 := status(t, adminPort)
+	unchanged := func(phase string) {
+		t.Helper()
+		if e := ended.Load(); e != 0 {
+			t.Errorf("%s: %d of %d streams ended", phase, e, n)
+		}
+		if b := up.busy.Load(); b != int64(n) {
+			t.Errorf("%s: the upstream holds %d GET streams, want %d", phase, b, n)
+		}
+		sig.send("phase-" + phase)
+		if !loadUntil(30*time.Second, 10*time.Millisecond, func() bool { return seen[phase].Load() == int64(n) }) {
+			t.Errorf("%s: %d of %d clients received the upstream's event", phase, seen[phase].Load(), n)
+		}
+		s := status(t, adminPort)
+		if s.Level != status0.Level || fmt.Sprint(s.Thresholds) != fmt.Sprint(status0.Thresholds) || s.Resources.Sessions.Limit != status0.Resources.Sessions.Limit {
+			t.Errorf("%s: /mcp/status shows level %s, thresholds %v, session limit %d; before: %s, %v, %d",
+				phase, s.Level, s.Thresholds, s.Resources.Sessions.Limit, status0.Level, status0.Thresholds, status0.Resources.Sessions.Limit)
+		}
+		if cfg := getConfig(); cfg != running {
+			t.Errorf("%s: the running config changed:\n%s\nwas\n%s", phase, cfg, running)
+		}
+		tok, r := loadInit(ctx, rawClient, url)
+		switch {
+		case tok == "":
+			t.Errorf("%s: initialize: %v", phase, r)
+		case r.hdr.Get("X-Mcp-Config") != "":
+			t.Errorf("%s: a new session was answered by another config (X-Mcp-Config %q)", phase, r.hdr.Get("X-Mcp-Config"))
+		default:
+			if d := loadDelete(ctx, rawClient, url, tok); d.status != http.StatusOK {
+				t.Errorf("%s: DELETE of a new session: %v", phase, d)
+			}
+		}
+		if g := settledGoroutines(); g > withStreams+slack {
+			t.Errorf("%s: %d goroutines, %d before the load (+%d allowed)", phase, g, withStreams, slack)
+		}
+	}
+
+	// (a) A JSON config whose mcp app has invalid thresholds.
+	var cfg map[string]any
+	if err := json.Unmarshal([]byte(running), &cfg); err != nil {
+		t.Fatalf("the running config: %v", err)
+	}
+	apps, _ := cfg["apps"].(map[string]any)
+	mcpApp, _ := apps["mcp"].(map[string]any)
+	if mcpApp == nil {
+		t.Fatalf("the running config has no mcp app: %s", running)
+	}
+	mcpApp["degraded"], mcpApp["essential"], mcpApp["protective"] = 0.9, 0.5, 0.2
+	badJSON, err := json.Marshal(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, _, body := adminCall(t, adminPort, http.MethodPost, "/load", string(badJSON))
+	if st != http.StatusBadRequest {
+		t.Errorf("(a) POST /load with invalid thresholds: %d %s, want 400", st, body)
+	}
+	t.Logf("(a) invalid thresholds: %d %s", st, strings.TrimSpace(body))
+	unchanged("a")
+
+	// (b) A Caddyfile whose mcp_proxy fails to provision.
+	if v, ok := os.LookupEnv("MCPGATE_TEST_UNSET_KEY"); ok {
+		t.Fatalf("MCPGATE_TEST_UNSET_KEY is set (%q); the test needs it unset", v)
+	}
+	st, body = faultAdminLoad(t, adminPort, "text/caddyfile",
+		faultCaddyfile(adminPort, global, site("\t\tsession_key {env.MCPGATE_TEST_UNSET_KEY}\n")))
+	if st != http.StatusBadRequest || !strings.Contains(body, "session key") {
+		t.Errorf("(b) POST /load with an unset session key: %d %s, want 400 naming the session key", st, body)
+	}
+	t.Logf("(b) unset session key: %d %s", st, strings.TrimSpace(body))
+	unchanged("b")
+
+	// (c) A good config, changed: its answers carry a header.
+	start := time.Now()
+	st, body = faultAdminLoad(t, adminPort, "text/caddyfile",
+		faultCaddyfile(adminPort, global, site("\t\theader_down X-Mcp-Config v2\n")))
+	took := time.Since(start)
+	if st != http.StatusOK {
+		t.Fatalf("(c) POST /load of a good config: %d %s", st, body)
+	}
+	if !loadUntil(drain+30*time.Second, 10*time.Millisecond, func() bool { return ended.Load() == int64(n) }) {
+		t.Fatalf("(c) %d of %d streams ended after the reload", ended.Load(), n)
+	}
+	readers.Wait()
+	var bad []string
+	first, last := time.Duration(1<<62), time.Duration(0)
+	var lastH1, lastH2 time.Duration
+	for i := range streams {
+		s := &streams[i]
+		after := s.endAt.Sub(start)
+		first, last = min(first, after), max(last, after)
+		if i < h1 {
+			lastH1 = max(lastH1, after)
+		} else {
+			lastH2 = max(lastH2, after)
+		}
+		switch {
+		case s.err != nil:
+			bad = append(bad, fmt.Sprintf("stream %d ended with %v", i, s.err))
+		case s.retries != 1 || s.retryMS != 1000:
+			bad = append(bad, fmt.Sprintf("stream %d got %d retry hints (last %d ms), want one of 1000 ms", i, s.retries, s.retryMS))
+		case after < drain*8/10 || after > took+drain+margin:
+			bad = append(bad, fmt.Sprintf("stream %d closed %v after the reload began", i, after))
+		}
+	}
+	if len(bad) > 0 {
+		t.Errorf("(c) %d of %d streams not drained as configured (drain %v, load took %v); %s",
+			len(bad), n, drain, took, strings.Join(bad[:min(5, len(bad))], "; "))
+	}
+	if last-first < drain/20 {
+		t.Errorf("(c) every stream closed within %v (%v to %v after the reload began); want them spread over the drain", last-first, first, last)
+	}
+	t.Logf("(c) reload took %v; streams closed %v to %v after it began (the last over HTTP/1.1 at %v, over HTTP/2 at %v)",
+		took.Round(time.Millisecond), first.Round(time.Millisecond), last.Round(time.Millisecond), lastH1.Round(time.Millisecond), lastH2.Round(time.Millisecond))
+
+	// New sessions are the new config's; old ones keep working.
+	var r loadReply
+	for try := 0; try < 5; try++ {
+		r = loadPost(ctx, rawClient, url, loadInitBody, "")
+		if r.err == nil || !isDialReset(r.err) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !r.ok() || r.hdr.Get("X-Mcp-Config") != "v2" {
+		t.Fatalf("(c) initialize after the reload: %v, X-Mcp-Config %q; want an answer of the new config", r, r.hdr.Get("X-Mcp-Config"))
+	}
+	tok := r.hdr.Get("Mcp-Session-Id")
+	resp, err := openRelayGET(ctx, sc, base, tok, loadVersion, "new")
+	if err != nil {
+		t.Fatalf("(c) GET stream of a new session: %v", err)
+	}
+	if err := loadFirstEvent(resp.Body); err != nil {
+		t.Errorf("(c) GET stream of a new session: %v", err)
+	}
+	resp.Body.Close()
+	if p := loadPost(ctx, rawClient, url, loadPing(9), toks[0]); !p.ok() {
+		t.Errorf("(c) ping in a session opened before the reload: %v", p)
+	}
+	if d := loadDelete(ctx, rawClient, url, tok); d.status != http.StatusOK {
+		t.Errorf("(c) DELETE of the new session: %v", d)
+	}
+
+	if !loadUntil(faultWait, 20*time.Millisecond, func() bool { return up.busy.Load() == 0 }) {
+		t.Errorf("(c) the upstream still holds %d GET streams", up.busy.Load())
+	}
+	if !loadUntil(faultWait, 20*time.Millisecond, func() bool {
+		return loadMetric(t, "caddy_mcp_held_bytes") == held0 && loadMetric(t, "caddy_mcp_goroutines_owned") == owned0
+	}) {
+		t.Errorf("(c) caddy_mcp_held_bytes %v (baseline %v), caddy_mcp_goroutines_owned %v (baseline %v)",
+			loadMetric(t, "caddy_mcp_held_bytes"), held0, loadMetric(t, "caddy_mcp_goroutines_owned"), owned0)
+	}
+	now := settle()
+	t.Logf("goroutines: %d before the streams, %d with them, %d after the reload drained them", baseline, withStreams, now)
+	if now > baseline+slack {
+		buf := make([]byte, 1<<20)
+		buf = buf[:runtime.Stack(buf, true)]
+		t.Errorf("(c) %d goroutines once the streams were gone, baseline %d (+%d allowed)\n%s", now, baseline, slack, buf)
+	}
+}
+
+// TestFaultUpstreamDies kills an upstream (listener closed, every
+// connection reset) while each of two sessions, at 2025-06-18 and
+// 2025-11-25, has a call waiting for a JSON answer, a call whose SSE
+// answer has begun, and a GET stream. Every pending call is answered: the
+// JSON call with a 502 whose body is a JSON-RPC error carrying its id, the
+// SSE call with a final JSON-RPC error event for its id before a clean
+// end (and a retry hint after it for the 2025-11-25 client), the GET
+// stream with a clean end (and a retry hint for the 2025-11-25 client).
+// The next request of a session, whose upstream cannot be dialled, gets
+// 503 with Retry-After and a JSON-RPC error, not 404.
+func TestFaultUpstreamDies(t *testing.T) {
+	release := make(chan struct{})
+	var releaseOnce sync.Once
+	releaseAll := func() { releaseOnce.Do(func() { close(release) }) }
+	t.Cleanup(releaseAll)
+	hold := func(r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}
+	u := newFaultUpstream(func(w http.ResponseWriter, r *http.Request, id string) {
+		if strings.HasPrefix(id, "2") {
+			// An SSE answer that has begun: a progress notification, and
+			// nothing more.
+			w.Header().Set("Content-Type", "text/event-stream")
+			w.WriteHeader(http.StatusOK)
+			ew := &relayWriter{w: w, rc: http.NewResponseController(w), ctx: r.Context()}
+			if ew.event("", faultProgress) != nil {
+				return
+			}
+		}
+		hold(r)
+	}, func(w *relayWriter, r *http.Request) error {
+		if err := w.event("", loadHello); err != nil {
+			return err
+		}
+		hold(r)
+		return nil
+	})
+	srv := startFaultServer(t, "127.0.0.1:0", u)
+	port := freePort(t)
+	loadCaddyfile(t, fmt.Sprintf(":%d {\n\tmcp_proxy %s {\n\t\tkeepalive 10s\n\t}\n}\n", port, srv.addr))
+	base := proxyURL(port)
+	url := base + "/mcp"
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	type pending struct {
+		version, tok   string
+		jsonID, sseID  string
+		json           <-chan httpReply
+		sseEvs, getEvs <-chan relayEvent
+		sseEnd, getEnd <-chan relayStreamEnd
+	}
+	var ps []*pending
+	for i, v := range []string{"2025-06-18", "2025-11-25"} {
+		p := &pending{version: v, tok: faultInit(t, url, v), jsonID: strconv.Itoa(11 + i), sseID: strconv.Itoa(21 + i)}
+		hdr := faultHeaders(p.tok, v)
+		p.json = sendJSON(ctx, url, callBody(p.jsonID, "slow", "{}"), hdr)
+		resp, err := faultOpenPost(ctx, url, callBody(p.sseID, "stream", "{}"), hdr)
+		resp = faultSSEAnswer(t, "call "+p.sseID, resp, err)
+		defer resp.Body.Close()
+		p.sseEvs, p.sseEnd = watchRelayStream(resp.Body)
+		if ev := nextRelayEvent(t, p.sseEvs, faultWait, "call "+p.sseID); !strings.Contains(ev.data, "notifications/progress") {
+			t.Fatalf("call %s: first event %+v, want the progress notification", p.sseID, ev)
+		}
+		get, err := openRelayGET(ctx, rawClient, base, p.tok, v, "get-"+v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer get.Body.Close()
+		p.getEvs, p.getEnd = watchRelayStream(get.Body)
+		if ev := nextRelayEvent(t, p.getEvs, faultWait, "GET at "+v); !strings.Contains(ev.data, "hello") {
+			t.Fatalf("GET at %s: first event %+v", v, ev)
+		}
+		u.await(t, "call "+p.jsonID, faultWait, func(s faultSeen) bool { return s.id == p.jsonID })
+		ps = append(ps, p)
+	}
+
+	killed := time.Now()
+	srv.kill()
+	releaseAll()
+
+	for _, p := range ps {
+		retryWanted := p.version == "2025-11-25"
+		r := awaitReply(t, p.json, "call "+p.jsonID)
+		if r.err != nil || r.status != http.StatusBadGateway || r.hdr.Get("Content-Type") != "application/json" {
+			t.Errorf("call %s (%s) waiting for a JSON answer: %d %q %v %q, want 502 with a JSON-RPC error",
+				p.jsonID, p.version, r.status, r.hdr.Get("Content-Type"), r.err, r.body)
+		}
+		if r.err == nil {
+			faultErrorFor(t, "call "+p.jsonID, r.body, p.jsonID, -32603)
+		}
+
+		evs, end := faultDrain(p.sseEvs, p.sseEnd)
+		errAt, retryAt := -1, -1
+		for i, ev := range evs {
+			switch {
+			case ev.retry >= 0:
+				retryAt = i
+				if ev.retry != 1000 {
+					t.Errorf("call %s (%s): retry %d ms, want the default hint 1000", p.sseID, p.version, ev.retry)
+				}
+			case ev.data != "":
+				errAt = i
+			}
+		}
+		switch {
+		case end.err != nil:
+			t.Errorf("call %s (%s): the SSE answer ended with %v, want a clean end", p.sseID, p.version, end.err)
+		case errAt < 0:
+			t.Errorf("call %s (%s): no event after the upstream died (%+v)", p.sseID, p.version, evs)
+		default:
+			msg := faultErrorFor(t, "call "+p.sseID+" final event", evs[errAt].data, p.sseID, -32603)
+			t.Logf("call %s (%s): final event %q, %v after the kill", p.sseID, p.version, msg, end.at.Sub(killed).Round(time.Millisecond))
+		}
+		if retryWanted && retryAt < errAt {
+			t.Errorf("call %s (%s): no retry hint after the final event (%+v)", p.sseID, p.version, evs)
+		}
+		if !retryWanted && retryAt >= 0 {
+			t.Errorf("call %s (%s): a retry hint for a client that does not honour it", p.sseID, p.version)
+		}
+
+		evs, end = faultDrain(p.getEvs, p.getEnd)
+		retries := 0
+		for _, ev := range evs {
+			if ev.retry >= 0 {
+				retries++
+			} else {
+				t.Errorf("GET at %s: unexpected %+v after the upstream died", p.version, ev)
+			}
+		}
+		if end.err != nil {
+			t.Errorf("GET at %s ended with %v, want a clean end", p.version, end.err)
+		}
+		want := 0
+		if retryWanted {
+			want = 1
+		}
+		if retries != want {
+			t.Errorf("GET at %s: %d retry hints, want %d", p.version, retries, want)
+		}
+	}
+
+	// The session's upstream cannot be dialled now.
+	r := postJSON(ctx, url, callBody("31", "echo", "{}"), faultHeaders(ps[0].tok, ps[0].version))
+	if r.err != nil || r.status != http.StatusServiceUnavailable || r.hdr.Get("Retry-After") != "1" {
+		t.Errorf("request of a session whose upstream is down: %d Retry-After %q %v %q, want 503 with Retry-After 1",
+			r.status, r.hdr.Get("Retry-After"), r.err, r.body)
+	}
+	if r.err == nil {
+		faultErrorFor(t, "request 31", r.body, "31", -32000)
+	}
+}
+
+// TestFaultUnansweredStream has an upstream answer a tools/call with
+// Content-Type text/event-stream but without the response: a notification
+// and the end of the stream, a plain JSON body, and no body at all (with
+// Content-Length: 0, and chunked). The client gets, each time, a JSON-RPC
+// error event for its request as the stream's last event, not an empty
+// 200.
+func TestFaultUnansweredStream(t *testing.T) {
+	u := newFaultUpstream(func(w http.ResponseWriter, r *http.Request, id string) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(http.StatusOK)
+		switch id {
+		case "41":
+			_, _ = io.WriteString(w, "data: "+faultProgress+"\n\n")
+		case "42":
+			_, _ = io.WriteString(w, `{"jsonrpc":"2.0","id":42,"result":{}}`)
+		case "44":
+			// The header goes out at once; the body, chunked, is empty.
+			_ = http.NewResponseController(w).Flush()
+		}
+		// Without a write or flush (43) net/http sends Content-Length: 0.
+	}, nil)
+	up := startUpstreamHandler(t, "fault", u)
+	port := freePort(t)
+	loadCaddyfile(t, fmt.Sprintf(":%d {\n\tmcp_proxy %s\n}\n", port, up.addr()))
+	url := proxyURL(port) + "/mcp"
+	for _, version := range []string{"2025-06-18", "2025-11-25"} {
+		tok := faultInit(t, url, version)
+		for _, tc := range []struct{ id, what string }{
+			{"41", "a notification, then the end"},
+			{"42", "plain JSON"},
+			{"43", "an empty body (Content-Length 0)"},
+			{"44", "an empty chunked body"},
+		} {
+			t.Run(version+"/"+tc.what, func(t *testing.T) {
+				ctx, cancel := context.WithTimeout(context.Background(), faultWait)
+				defer cancel()
+				resp, err := faultOpenPost(ctx, url, callBody(tc.id, "x", "{}"), faultHeaders(tok, version))
+				resp = faultSSEAnswer(t, "call "+tc.id, resp, err)
+				defer resp.Body.Close()
+				var raw bytes.Buffer
+				var evs []relayEvent
+				err = readRelayEvents(io.TeeReader(resp.Body, &raw), func(ev relayEvent) error {
+					if !ev.comment && ev.data != "" {
+						evs = append(evs, ev)
+					}
+					return nil
+				})
+				if err != nil {
+					t.Fatalf("the answer did not end cleanly: %v (received %q)", err, raw.String())
+				}
+				if len(evs) == 0 {
+					t.Fatalf("the client received no event (%q)", raw.String())
+				}
+				if tc.id == "41" && (len(evs) != 2 || !strings.Contains(evs[0].data, "notifications/progress")) {
+					t.Errorf("received %q; want the notification, then the error", raw.String())
+				}
+				msg := faultErrorFor(t, "last event", evs[len(evs)-1].data, tc.id, -32603)
+				t.Logf("received %q (%s)", raw.String(), msg)
+			})
+		}
+	}
+}
+
+// TestFaultCancelReachesUpstream: a 2025-06-18 client that goes away
+// before its request's answer carried any event — once after the SSE
+// answer began, once before any answer — makes the proxy abort the
+// upstream request and post notifications/cancelled with the request's
+// id in the session. An SSE answer that began is kept for the replay age
+// (1s here) for a client that might resume it.
+func TestFaultCancelReachesUpstream(t *testing.T) {
+	const replayAge = time.Second
+	var mu sync.Mutex
+	aborted := map[string]chan struct{}{}
+	release := make(chan struct{})
+	u := newFaultUpstream(func(w http.ResponseWriter, r *http.Request, id string) {
+		done := make(chan struct{})
+		mu.Lock()
+		aborted[id] = done
+		mu.Unlock()
+		if id == "51" {
+			w.Header().Set("Content-Type", "text/event-stream")
+			w.WriteHeader(http.StatusOK)
+			_ = http.NewResponseController(w).Flush()
+		}
+		select {
+		case <-r.Context().Done():
+			close(done)
+		case <-release:
+		}
+	}, nil)
+	up := startUpstreamHandler(t, "fault", u)
+	t.Cleanup(func() { close(release) })
+	port := freePort(t)
+	loadCaddyfile(t, fmt.Sprintf(":%d {\n\tmcp_proxy %s {\n\t\treplay 100 1MiB 1s\n\t}\n}\n", port, up.addr()))
+	url := proxyURL(port) + "/mcp"
+	const version = "2025-06-18"
+	tok := faultInit(t, url, version)
+	sids := u.mintedIDs()
+	if len(sids) != 1 {
+		t.Fatalf("the upstream minted %d sessions", len(sids))
+	}
+	upstreamAborted := func(id string) bool {
+		mu.Lock()
+		done := aborted[id]
+		mu.Unlock()
+		if done == nil {
+			return false
+		}
+		select {
+		case <-done:
+			return true
+		case <-time.After(faultWait):
+			return false
+		}
+	}
+	cancelled := func(id string, gone time.Time, within time.Duration) {
+		t.Helper()
+		c := u.await(t, "notifications/cancelled for request "+id, within, func(s faultSeen) bool { return s.cancelledID() == id })
+		if c.sid != sids[0] || c.method != http.MethodPost || c.path != "/mcp" {
+			t.Errorf("notifications/cancelled for %s: %s %s in session %q, want POST /mcp in %q", id, c.method, c.path, c.sid, sids[0])
+		}
+		t.Logf("notifications/cancelled for request %s reached the upstream %v after the client left", id, c.at.Sub(gone).Round(time.Millisecond))
+		if !upstreamAborted(id) {
+			t.Errorf("the upstream request %s was not aborted", id)
+		}
+	}
+
+	// The SSE answer began and carried nothing.
+	cctx, ccancel := context.WithCancel(context.Background())
+	resp, err := faultOpenPost(cctx, url, callBody("51", "slow", "{}"), faultHeaders(tok, version))
+	resp = faultSSEAnswer(t, "call 51", resp, err)
+	gone := time.Now()
+	resp.Body.Close()
+	ccancel()
+	cancelled("51", gone, replayAge+faultWait)
+
+	// No answer yet.
+	cctx, ccancel = context.WithCancel(context.Background())
+	defer ccancel()
+	reply := sendJSON(cctx, url, callBody("52", "slow", "{}"), faultHeaders(tok, version))
+	u.await(t, "call 52", faultWait, func(s faultSeen) bool { return s.id == "52" })
+	gone = time.Now()
+	ccancel()
+	<-reply
+	cancelled("52", gone, faultWait)
+}
+
+// blipUpstream serves the demo MCP server with health-check faults on
+// demand: /health answers health (200 when 0), and failNext makes the next
+// POST answer 500.
+type blipUpstream struct {
+	h        http.Handler
+	health   atomic.Int32
+	failNext atomic.Bool
+	served   atomic.Int64 // requests the MCP server answered
+	inits    atomic.Int64 // POSTs without a session (initialize)
+}
+
+func newBlipUpstream(name string) *blipUpstream {
+	return &blipUpstream{h: demo.Handler(demo.NewServer(name), "/sse", nil)}
+}
+
+func (b *blipUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == "/health" {
+		st := int(b.health.Load())
+		if st == 0 {
+			st = http.StatusOK
+		}
+		w.WriteHeader(st)
+		return
+	}
+	if r.Method == http.MethodPost && b.failNext.CompareAndSwap(true, false) {
+		http.Error(w, "injected failure", http.StatusInternalServerError)
+		return
+	}
+	b.served.Add(1)
+	if r.Method == http.MethodPost && r.Header.Get("Mcp-Session-Id") == "" {
+		b.inits.Add(1)
+	}
+	b.h.ServeHTTP(w, r)
+}
+
+// blipOpen opens a session and reports which upstream created it.
+func blipOpen(t *testing.T, url string, a, b *blipUpstream) (sid, on string) {
+	t.Helper()
+	a0, b0 := a.inits.Load(), b.inits.Load()
+	sid = opsOpen(t, url)
+	switch {
+	case a.inits.Load() > a0:
+		return sid, "A"
+	case b.inits.Load() > b0:
+		return sid, "B"
+	}
+	t.Fatal("neither upstream created the session")
+	return "", ""
+}
+
+// blipEcho calls echo in session sid and checks that upstream up answered.
+func blipEcho(t *testing.T, url, sid string, id int, up *blipUpstream, what string) {
+	t.Helper()
+	before := up.served.Load()
+	st, body := opsEcho(t, url, sid, id)
+	if st != http.StatusOK || !strings.Contains(body, fmt.Sprintf("hi %d", id)) {
+		t.Errorf("%s: %d %s, want the echo", what, st, body)
+	}
+	if up.served.Load() == before {
+		t.Errorf("%s: not served by the session's upstream", what)
+	}
+}
+
+// TestFaultPassiveHealthBlip: sessions pinned to upstream A survive A
+// being marked down by passive health checks (one 500 with max_fails 1):
+// the session's next request still goes to A and succeeds, while new
+// sessions go to B. When A cannot be reached at all a session request
+// gets 503 with Retry-After set to the fail duration and a JSON-RPC
+// error, not 404; when A is back on the same port the session works
+// again.
+func TestFaultPassiveHealthBlip(t *testing.T) {
+	a, b := newBlipUpstream("A"), newBlipUpstream("B")
+	as := startFaultServer(t, "127.0.0.1:0", a)
+	bs := startUpstreamHandler(t, "B", b)
+	port := freePort(t)
+	loadCaddyfile(t, fmt.Sprintf(":%d {\n\tmcp_proxy %s %s {\n\t\tlb_policy first\n\t\tfail_duration 10s\n\t\tmax_fails 1\n\t\tunhealthy_status 5xx\n\t}\n}\n",
+		port, as.addr, bs.addr()))
+	url := proxyURL(port) + "/mcp"
+	sid, on := blipOpen(t, url, a, b)
+	if on != "A" {
+		t.Fatalf("the first session went to %s, want A (lb_policy first)", on)
+	}
+	blipEcho(t, url, sid, 2, a, "a request while A is healthy")
+
+	a.failNext.Store(true)
+	if st, body := opsEcho(t, url, sid, 3); st != http.StatusInternalServerError {
+		t.Fatalf("the injected failure: %d %s, want A's 500", st, body)
+	}
+	blipEcho(t, url, sid, 4, a, "the session's next request, A marked down")
+	if sid2, on := blipOpen(t, url, a, b); on != "B" {
+		t.Errorf("a new session went to %s while A is marked down, want B", on)
+	} else {
+		blipEcho(t, url, sid2, 5, b, "a request of the session on B")
+	}
+
+	as.kill()
+	st, hdr, got := rawPost(t, url, `{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hi 6"}}}`, opsHeaders(sid))
+	if st != http.StatusServiceUnavailable || hdr.Get("Retry-After") != "10" || hdr.Get("Content-Type") != "application/json" {
+		t.Errorf("a request while A is unreachable: %d Retry-After %q %q %s, want 503 with Retry-After 10 (the fail duration)",
+			st, hdr.Get("Retry-After"), hdr.Get("Content-Type"), got)
+	}
+	faultErrorFor(t, "request 6", got, "6", -32000)
+
+	as.start(t)
+	blipEcho(t, url, sid, 7, a, "the session's request once A is back")
+}
+
+// TestFaultActiveHealthBlip: while A's active health check answers 500, a
+// session pinned to A keeps being served by A and new sessions go to B;
+// once the check passes again new sessions go to A.
+func TestFaultActiveHealthBlip(t *testing.T) {
+	a, b := newBlipUpstream("A"), newBlipUpstream("B")
+	as := startUpstreamHandler(t, "A", a)
+	bs := startUpstreamHandler(t, "B", b)
+	port := freePort(t)
+	loadCaddyfile(t, fmt.Sprintf(":%d {\n\tmcp_proxy %s %s {\n\t\tlb_policy first\n\t\thealth_uri /health\n\t\thealth_interval 100ms\n\t\thealth_timeout 1s\n\t}\n}\n",
+		port, as.addr(), bs.addr()))
+	url := proxyURL(port) + "/mcp"
+	sid, on := blipOpen(t, url, a, b)
+	if on != "A" {
+		t.Fatalf("the first session went to %s, want A (lb_policy first)", on)
+	}
+	a.health.Store(http.StatusInternalServerError)
+	var sid2 string
+	opsEventually(t, "new sessions to go to B", func() bool {
+		s, on := blipOpen(t, url, a, b)
+		sid2 = s
+		return on == "B"
+	})
+	blipEcho(t, url, sid, 2, a, "the session's request while A's health check fails")
+	blipEcho(t, url, sid2, 3, b, "a request of the session on B")
+	a.health.Store(http.StatusOK)
+	opsEventually(t, "new sessions to go to A again", func() bool {
+		_, on := blipOpen(t, url, a, b)
+		return on == "A"
+	})
+	blipEcho(t, url, sid, 4, a, "the session's request after A recovered")
+}
+
+// TestFaultStreamComment: an upstream GET stream that opens with the
+// comment ": ok" and then stays silent reaches the client with that
+// comment at once, long before the proxy's keepalive (10s), whether the
+// stream is handed off or relayed by the handler.
+func TestFaultStreamComment(t *testing.T) {
+	u := startRelayUpstream(t, func(_ *relayGET, w *relayWriter) error {
+		if err := w.write(": ok\n\n"); err != nil {
+			return err
+		}
+		return w.idle(nil)
+	}, nil)
+	on, off := freePort(t), freePort(t)
+	loadCaddyfile(t, fmt.Sprintf(":%d {\n\tmcp_proxy %s {\n\t\tkeepalive 10s\n\t}\n}\n:%d {\n\tmcp_proxy %s {\n\t\tkeepalive 10s\n\t\tstream_handoff off\n\t}\n}\n",
+		on, u.addr(), off, u.addr()))
+	for _, tc := range []struct {
+		name string
+		port int
+	}{{"handoff", on}, {"handler", off}} {
+		t.Run(tc.name, func(t *testing.T) {
+			base := proxyURL(tc.port)
+			tok := u.initSession(t, base, relayVersion)
+			ctx, cancel := context.WithTimeout(context.Background(), faultWait)
+			defer cancel()
+			opened := time.Now()
+			resp, err := openRelayGET(ctx, rawClient, base, tok, relayVersion, "comment-"+tc.name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			got := make(chan []byte, 1)
+			go func() {
+				var seen []byte
+				buf := make([]byte, 64)
+				for !bytes.Contains(seen, []byte("\n\n")) {
+					n, err := resp.Body.Read(buf)
+					seen = append(seen, buf[:n]...)
+					if err != nil {
+						break
+					}
+				}
+				got <- seen
+			}()
+			select {
+			case b := <-got:
+				if string(b) != ": ok\n\n" {
+					t.Errorf("the stream began with %q, want the upstream's %q", b, ": ok\n\n")
+				}
+				if d := time.Since(opened); d > 3*time.Second {
+					t.Errorf("the comment arrived %v after the GET, want it at once", d)
+				} else {
+					t.Logf("the comment arrived %v after the GET", d.Round(time.Microsecond))
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("nothing within 5s of the GET")
+			}
+		})
+	}
+}
+
+// faultPKI is a certificate authority with a server certificate for
+// 127.0.0.1 and a client certificate, the CA and client files written to
+// the test's temporary directory.
+type faultPKI struct {
+	caFile, clientCert, clientKey string
+	server                        tls.Certificate
+	pool                          *x509.CertPool
+}
+
+// faultClientCN is the common name of faultPKI's client certificate.
+const faultClientCN = "mcpgate-test-client"
+
+func newFaultPKI(t *testing.T) *faultPKI {
+	t.Helper()
+	newKey := func() *ecdsa.PrivateKey {
+		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	caKey := newKey()
+	caTmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "mcpgate test CA"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := x509.ParseCertificate(caDER)
+	if err != nil {
+		t.Fatal(err)
+	}
+	issue := func(serial int64, cn string, usage x509.ExtKeyUsage, ips []net.IP) ([]byte, *ecdsa.PrivateKey) {
+		key := newKey()
+		tmpl := &x509.Certificate{
+			SerialNumber: big.NewInt(serial),
+			Subject:      pkix.Name{CommonName: cn},
+			IPAddresses:  ips,
+			NotBefore:    time.Now().Add(-time.Hour),
+			NotAfter:     time.Now().Add(time.Hour),
+			KeyUsage:     x509.KeyUsageDigitalSignature,
+			ExtKeyUsage:  []x509.ExtKeyUsage{usage},
+		}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return der, key
+	}
+	serverDER, serverKey := issue(2, "127.0.0.1", x509.ExtKeyUsageServerAuth, []net.IP{net.IPv4(127, 0, 0, 1)})
+	clientDER, clientKey := issue(3, faultClientCN, x509.ExtKeyUsageClientAuth, nil)
+	keyDER, err := x509.MarshalPKCS8PrivateKey(clientKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	p := &faultPKI{
+		caFile:     filepath.Join(dir, "ca.pem"),
+		clientCert: filepath.Join(dir, "client.pem"),
+		clientKey:  filepath.Join(dir, "client-key.pem"),
+		server:     tls.Certificate{Certificate: [][]byte{serverDER}, PrivateKey: serverKey},
+		pool:       x509.NewCertPool(),
+	}
+	p.pool.AddCert(ca)
+	for file, block := range map[string]*pem.Block{
+		p.caFile:     {Type: "CERTIFICATE", Bytes: caDER},
+		p.clientCert: {Type: "CERTIFICATE", Bytes: clientDER},
+		p.clientKey:  {Type: "PRIVATE KEY", Bytes: keyDER},
+	} {
+		if err := os.WriteFile(file, pem.EncodeToMemory(block), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return p
+}
+
+// TestFaultSideRequestsTLS: the requests the proxy sends of its own accord
+// go through the upstream's own transport and header rules. The upstream
+// is the demo MCP server over TLS, requiring a client certificate signed
+// by the test's CA; mcp_proxy reaches it with `transport http {
+// tls_trust_pool file …; tls_client_auth … }` and sets `header_up
+// Authorization`. A notifications/cancelled for a call whose client left,
+// and the DELETE of a session evicted through the admin API, reach the
+// upstream over the client-certificate connection, with the header and
+// the upstream's own Mcp-Session-Id.
+func TestFaultSideRequestsTLS(t *testing.T) {
+	pki := newFaultPKI(t)
+	rec := new(faultLog)
+	srv := httptest.NewUnstartedServer(rec.wrap(demo.Handler(demo.NewServer("tls"), "", nil)))
+	srv.TLS = &tls.Config{
+		Certificates: []tls.Certificate{pki.server},
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+		ClientCAs:    pki.pool,
+		MinVersion:   tls.VersionTLS12,
+	}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	addr := srv.Listener.Addr().String()
+	port, adminPort := freePort(t), freePort(t)
+	loadWithAdmin(t, adminPort, "", fmt.Sprintf(":%d {\n\tmcp_proxy %s {\n\t\ttransport http {\n\t\t\ttls_trust_pool file %s\n\t\t\ttls_client_auth %s %s\n\t\t}\n\t\theader_up Authorization \"Bearer side-test\"\n\t\treplay 100 1MiB 1s\n\t}\n}\n",
+		port, addr, pki.caFile, pki.clientCert, pki.clientKey))
+	url := proxyURL(port) + "/mcp"
+	tok := opsOpen(t, url)
+	sids := rec.mintedIDs()
+	if len(sids) != 1 {
+		t.Fatalf("the upstream minted %d sessions", len(sids))
+	}
+	if n := rec.count(func(s faultSeen) bool { return s.auth != "Bearer side-test" || s.cert != faultClientCN }); n != 0 {
+		t.Fatalf("%d of the client's requests reached the upstream without the header or the client certificate", n)
+	}
+	side := func(what string, s faultSeen) {
+		t.Helper()
+		if s.auth != "Bearer side-test" || s.cert != faultClientCN || s.sid != sids[0] || s.path != "/mcp" {
+			t.Errorf("%s: Authorization %q, client certificate %q, Mcp-Session-Id %q, path %q; want %q, %q, %q, /mcp",
+				what, s.auth, s.cert, s.sid, s.path, "Bearer side-test", faultClientCN, sids[0])
+		}
+	}
+
+	// A call whose client leaves: the upstream is told.
+	ctx, cancel := context.WithCancel(context.Background())
+	reply := sendJSON(ctx, url, callBody("77", "countdown", `{"from":100,"delay_ms":100}`), opsHeaders(tok))
+	rec.await(t, "call 77", faultWait, func(s faultSeen) bool { return s.id == "77" })
+	time.Sleep(100 * time.Millisecond)
+	cancel()
+	<-reply
+	c := rec.await(t, "notifications/cancelled for call 77", 2*faultWait, func(s faultSeen) bool { return s.cancelledID() == "77" })
+	side("notifications/cancelled", c)
+
+	// An evicted session is deleted upstream.
+	sum := sha256.Sum256([]byte(addr + " " + sids[0]))
+	id := hex.EncodeToString(sum[:])[:8]
+	var evicted struct {
+		Evicted int `json:"evicted"`
+	}
+	adminJSON(t, adminPort, http.MethodDelete, "/mcp/sessions/"+id, "", http.StatusOK, &evicted)
+	if evicted.Evicted != 1 {
+		t.Fatalf("evicted %d sessions, want 1", evicted.Evicted)
+	}
+	d := rec.await(t, "the DELETE of the evicted session", faultWait, func(s faultSeen) bool { return s.method == http.MethodDelete })
+	side("DELETE", d)
+	if d.version != opsVersion {
+		t.Errorf("DELETE: Mcp-Protocol-Version %q, want %q", d.version, opsVersion)
+	}
+	if st, body := opsEcho(t, url, tok, 78); st != http.StatusNotFound {
+		t.Errorf("a request of the evicted session: %d %s, want 404", st, body)
+	}
+}
+
+// TestFaultSessionTableFull: with `mcp { max_sessions 1 }` and the one
+// session holding a GET stream open (in flight, so it cannot be evicted),
+// a new initialize is refused with 503, Retry-After and a JSON-RPC error,
+// and never reaches the upstream; once the stream is closed the idle
+// session gives way to a new one.
+func TestFaultSessionTableFull(t *testing.T) {
+	u := startRelayUpstream(t, eventThenIdle("1", "hi"), nil)
+	port := freePort(t)
+	loadCaddyfileWith(t, "\tmcp {\n\t\tmax_sessions 1\n\t}\n", fmt.Sprintf(":%d {\n\tmcp_proxy %s\n}\n", port, u.addr()))
+	base := proxyURL(port)
+	url := base + "/mcp"
+	tok := u.initSession(t, base, relayVersion)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*faultWait)
+	defer cancel()
+	resp, err := openRelayGET(ctx, rawClient, base, tok, relayVersion, "held")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	evs, _ := watchRelayStream(resp.Body)
+	nextRelayEvent(t, evs, faultWait, "first event")
+	upstreamSessions := func() int {
+		u.mu.Lock()
+		defer u.mu.Unlock()
+		return len(u.sessions)
+	}
+
+	r := postJSON(ctx, url, initializeBody, nil)
+	assertRefused(t, r, http.StatusServiceUnavailable, "1", "session limit", "1")
+	if n := upstreamSessions(); n != 1 {
+		t.Errorf("the upstream has %d sessions, want 1: a refused initialize reached it", n)
+	}
+
+	resp.Body.Close()
+	opsEventually(t, "a new session once the stream is closed", func() bool {
+		r = postJSON(ctx, url, initializeBody, nil)
+		if r.status == http.StatusServiceUnavailable {
+			return false
+		}
+		if r.status != http.StatusOK || r.hdr.Get("Mcp-Session-Id") == "" {
+			t.Fatalf("initialize: %d %v %s", r.status, r.err, r.body)
+		}
+		return true
+	})
+	st, _, body := rawPost(t, url, `{"jsonrpc":"2.0","id":2,"method":"ping"}`, faultHeaders(tok, relayVersion))
+	if st != http.StatusNotFound {
+		t.Errorf("a request of the evicted session: %d %s, want 404", st, body)
+	}
+}
+
+// TestFaultDrainOnStopFollowsReload runs Caddy as a process with `drain
+// 5s`, opens 20 streams, reloads to `drain 300ms` through the admin API,
+// opens 3 more streams and stops the process (SIGTERM). The streams of the
+// running config are closed with a retry hint between 80% and 100% of
+// 300ms. The process waits for open streams only as long as the running
+// config's drain and a second: the 20 streams opened before the reload,
+// whose own drain would end 4 to 5 s after the reload, are closed then,
+// each with its retry hint as the drain would, and the process exits
+// within about 1.3 s, not 5 s. (Stopping makes the process exit, so it
+// cannot be done in this process.)
+func TestFaultDrainOnStopFollowsReload(t *testing.T) {
+	const (
+		oldStreams = 20
+		newStreams = 3
+		drain      = 300 * time.Millisecond
+		bound      = 3 * time.Second // well below the old drain's 4s
+		margin     = time.Second
+	)
+	u := startRelayUpstream(t, eventThenIdle("1", "hi"), nil)
+	port, adminPort := freePort(t), freePort(t)
+	cf := func(d string) string {
+		return fmt.Sprintf("{\n\tadmin 127.0.0.1:%d\n\tauto_https off\n\tpersist_config off\n}\n:%d {\n\tmcp_proxy %s {\n\t\tdrain %s\n\t}\n}\n", adminPort, port, u.addr(), d)
+	}
+	p := startBuiltCaddy(t, cf("5s"), port, adminPort)
+	base := proxyURL(port)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	type watched struct {
+		evs   <-chan relayEvent
+		ended <-chan relayStreamEnd
+	}
+	open := func(key string) watched {
+		t.Helper()
+		tok := u.initSession(t, base, relayVersion)
+		resp, err := openRelayGET(ctx, rawClient, base, tok, relayVersion, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { resp.Body.Close() })
+		evs, ended := watchRelayStream(resp.Body)
+		if ev := nextRelayEvent(t, evs, faultWait, key); ev.id != "1" {
+			t.Fatalf("%s: first block %+v", key, ev)
+		}
+		return watched{evs, ended}
+	}
+	var olds, news []watched
+	for i := range oldStreams {
+		olds = append(olds, open(fmt.Sprintf("old%d", i)))
+	}
+	if st, body := faultAdminLoad(t, adminPort, "text/caddyfile", cf("300ms")); st != http.StatusOK {
+		t.Fatalf("reload: %d %s", st, body)
+	}
+	for i := range newStreams {
+		news = append(news, open(fmt.Sprintf("new%d", i)))
+	}
+
+	start := time.Now()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	type closed struct {
+		after   time.Duration
+		retries int
+		err     error
+	}
+	collect := func(ws []watched) (out []closed) {
+		for _, w := range ws {
+			got, end := faultDrain(w.evs, w.ended)
+			c := closed{after: end.at.Sub(start), err: end.err}
+			for _, ev := range got {
+				if ev.retry >= 0 {
+					c.retries++
+				}
+			}
+			out = append(out, c)
+		}
+		return out
+	}
+	newClosed, oldClosed := collect(news), collect(olds)
+	var exit time.Duration
+	select {
+	case <-p.exited:
+		exit = time.Since(start)
+	case <-time.After(faultWait):
+		t.Fatalf("the process did not exit within %v of SIGTERM", faultWait)
+	}
+	summary := func(cs []closed) string {
+		var b strings.Builder
+		for i, c := range cs {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			fmt.Fprintf(&b, "%v (%d hints)", c.after.Round(time.Millisecond), c.retries)
+		}
+		return b.String()
+	}
+	t.Logf("after SIGTERM, the streams of the running config closed at %s; those opened before the reload at %s; the process exited at %v",
+		summary(newClosed), summary(oldClosed), exit.Round(time.Millisecond))
+
+	t.Run("running config's drain", func(t *testing.T) {
+		for i, c := range newClosed {
+			if c.retries != 1 || c.err != nil || c.after < drain*8/10 || c.after > drain+margin {
+				t.Errorf("stream %d of the running config: %d retry hints, end %v, closed %v after SIGTERM; want one hint, a clean end, between %v and %v",
+					i, c.retries, c.err, c.after, drain*8/10, drain+margin)
+			}
+		}
+		for i, c := range oldClosed {
+			if c.err != nil || c.after > bound {
+				t.Errorf("stream %d opened before the reload: end %v, closed %v after SIGTERM; want a clean end within %v", i, c.err, c.after, bound)
+			}
+		}
+		if exit > bound {
+			t.Errorf("the process exited %v after SIGTERM, want within %v (drain 300ms and a second)", exit, bound)
+		}
+	})
+	t.Run("streams closed on exit get the retry hint", func(t *testing.T) {
+		missing := 0
+		for _, c := range oldClosed {
+			if c.retries != 1 {
+				missing++
+			}
+		}
+		if missing > 0 {
+			t.Errorf("%d of the %d streams still open when the process stopped waiting got no retry hint", missing, len(oldClosed))
+		}
+	})
+}
+
+// TestFaultConfigDoesNothing: configuration that would do nothing is an
+// error naming the fix — a queue without max_inflight, a subdirective
+// given twice, a tool rule with max_inflight 0 and a timeout — while the
+// same settings in a form that does something load.
+func TestFaultConfigDoesNothing(t *testing.T) {
+	for _, tc := range []struct {
+		name, block, want string
+	}{
+		{"queue without max_inflight", "queue 10 1s", "set max_inflight or remove queue"},
+		{"max_inflight twice", "max_inflight 5\n\t\tmax_inflight 6", "max_inflight given twice: give it once"},
+		{"drain twice", "drain 1s\n\t\tdrain 2s", "drain given twice: give it once"},
+		{"tool max_inflight 0 with a timeout", "tool x max_inflight 0 timeout 1s", "set max_inflight or remove timeout"},
+		{"queue with max_inflight", "max_inflight 5\n\t\tqueue 10 1s", ""},
+		{"queue with an adaptive limit", "limit adaptive\n\t\tqueue 10 1s", ""},
+		{"tool max_inflight 0", "tool x max_inflight 0", ""},
+		{"two tool rules", "tool x max_inflight 1\n\t\ttool y max_inflight 2 timeout 1s", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			port := freePort(t)
+			cf := fmt.Sprintf("{\n\tadmin off\n\tauto_https off\n\tpersist_config off\n\tlog {\n\t\toutput discard\n\t}\n}\n:%d {\n\tmcp_proxy 127.0.0.1:9 {\n\t\t%s\n\t}\n}\n", port, tc.block)
+			cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), map[string]any{"filename": "Caddyfile"})
+			if err == nil {
+				err = caddy.Load(cfg, true)
+				if err == nil {
+					t.Cleanup(func() { _ = caddy.Stop() })
+				}
+			}
+			switch {
+			case tc.want == "" && err != nil:
+				t.Errorf("%s: %v, want it to load", tc.block, err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Errorf("%s: err = %v, want it to mention %q", tc.block, err, tc.want)
+			case tc.want != "":
+				t.Logf("%v", err)
+				if c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 200*time.Millisecond); err == nil {
+					c.Close()
+					t.Errorf("a config that failed to load listens on %d", port)
+				}
+			}
+		})
+	}
+}
