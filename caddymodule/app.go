@@ -565,6 +565,9 @@ func (a *App) Stop() error {
 	if !a.global.active.wait(time.Duration(a.global.maxDrain.Load()) + time.Second) {
 		a.global.logger.Warn("streams still open after the drain; closing them")
 		a.global.active.closeAll()
+		// The retry hints are written by the streams' own goroutines:
+		// give them a moment before the process exits.
+		a.global.active.wait(time.Second)
 	}
 	return nil
 }

@@ -1,6 +1,8 @@
 package caddymodule
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"net/http"
 	"sync"
 
@@ -94,6 +96,9 @@ func (x *exchange) releaseBody(h *Handler) {
 	}
 }
 
+// maxClientKey is the longest client key kept as it is.
+const maxClientKey = 128
+
 // clientKeyOf resolves the request's client key: client_key's value, or
 // the client's address when it is empty; an IPv6 address stands for its
 // network (client_ipv6_prefix).
@@ -105,6 +110,12 @@ func (h *Handler) clientKeyOf(r *http.Request) string {
 	}
 	if key == "" {
 		key, _ = caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
+	}
+	if len(key) > maxClientKey {
+		// A long key (from a header, say) is kept as its hash: sessions
+		// and keyed tables store it.
+		sum := sha256.Sum256([]byte(key))
+		return "sha256:" + hex.EncodeToString(sum[:16])
 	}
 	return admission.ClientKeyForIP(key, h.ipv6Prefix)
 }

@@ -298,7 +298,9 @@ func (t *relayTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		resp = st.replaceResponse(resp, http.StatusServiceUnavailable, mcp.CodeServerError,
 			"session limit reached, retry after "+levelRetryAfter+"s")
 	}
-	if resp.StatusCode == http.StatusOK && resp.Body != nil && resp.Body != http.NoBody && isEventStream(resp.Header) {
+	// An empty SSE answer (Content-Length: 0 gives http.NoBody) goes to
+	// the relay too: it ends at once, without the request's answer.
+	if resp.StatusCode == http.StatusOK && resp.Body != nil && isEventStream(resp.Header) {
 		st.mu.Lock()
 		st.body = resp.Body
 		st.mu.Unlock()

@@ -28,7 +28,8 @@ type resolution struct {
 // resolve opens the request's session token, from the legacy route
 // parameter or Mcp-Session-Id, whatever version header the request
 // carries: a token that does not open is refused with 404, and the
-// request is then handled in the era its token records. The upstream
+// request is then handled in the era its token records (a version header
+// of another era gets 400, as the session's servers answer it). The upstream
 // gets its own session id (or legacy endpoint) in place of the token,
 // never the token, and a client's raw id is never forwarded. A batch is
 // refused where the request's version, or else its session's, forbids
@@ -58,7 +59,12 @@ func (h *Handler) resolve(x *exchange) *mcp.Refusal {
 		if ref != nil {
 			return ref
 		}
-		if era, ok := mcp.EraOf(sess.Version); ok {
+		if era, ok := mcp.EraOf(sess.Version); ok && era != call.Era && call.Version != "" {
+			// The request is the session's, whose era refuses a version
+			// header of another era, as its servers do.
+			return mcp.Refuse(http.StatusBadRequest, mcp.CodeInvalidRequest, id,
+				"Bad Request: MCP-Protocol-Version "+call.Version+" is not the session's version "+sess.Version)
+		} else if ok {
 			call.Era = era
 		}
 		r.Header.Set(mcp.HeaderSessionID, sess.UpstreamID)

@@ -41,7 +41,7 @@ func (st *relayState) sealResponse(req *http.Request, resp *http.Response) *http
 		return resp
 	}
 	hdr.Del(mcp.HeaderSessionID)
-	if !st.call.IsInitialize() || st.res.session != nil {
+	if !st.call.IsInitialize() || st.res.session != nil || resp.StatusCode < 200 || resp.StatusCode > 299 {
 		metrics.upstreamIDs.WithLabelValues("dropped").Inc()
 		if c := h.logger.Check(zap.DebugLevel, "upstream session id on an answer that starts no session dropped"); c != nil {
 			c.Write(zap.String("method", st.call.First().Method))
@@ -64,6 +64,7 @@ func (st *relayState) sealResponse(req *http.Request, resp *http.Response) *http
 	if version == "" {
 		version = st.call.Version
 	}
+	version = mcp.SessionVersion(version)
 	sess := &mcp.Session{
 		Kind:       mcp.TokenSession,
 		Upstream:   upstream,
@@ -81,8 +82,8 @@ func (st *relayState) sealResponse(req *http.Request, resp *http.Response) *http
 	}
 	if err := h.openSession(st, req, upstream, sid, version); err != nil {
 		st.deleteUpstreamSession(req, sid)
-		return st.replaceResponse(resp, http.StatusServiceUnavailable, mcp.CodeServerError,
-			"session limit reached, retry after "+levelRetryAfter+"s")
+		ref := sessionTableRefusal(err, "")
+		return st.replaceResponse(resp, ref.Status, ref.Code, ref.Message)
 	}
 	hdr.Set(mcp.HeaderSessionID, tok)
 	metrics.sessionsCreated.Inc()
@@ -109,7 +110,7 @@ func (st *relayState) replaceResponse(resp *http.Response, status, code int, msg
 	hdr := http.Header{}
 	hdr.Set("Content-Type", "application/json")
 	hdr.Set("Content-Length", strconv.Itoa(len(body)))
-	if status == http.StatusServiceUnavailable {
+	if status == http.StatusServiceUnavailable || status == http.StatusTooManyRequests {
 		hdr.Set("Retry-After", levelRetryAfter)
 	}
 	st.status = status
@@ -158,7 +159,7 @@ func (h *Handler) openSession(st *relayState, req *http.Request, upstream, sid, 
 	g := h.app.global
 	info := resources.SessionInfo{
 		Key: sessionKey(upstream, sid), Upstream: upstream, Version: version, UpstreamID: sid,
-		ClientKey: st.clientKey, Endpoint: endpointOf(req), Host: req.Host,
+		ClientKey: st.clientKey, Endpoint: boundedPath(st.r), Host: boundedHost(st.r.Host),
 	}
 	_, err := g.sessions.Open(info, time.Now(), g.levels.Level() == admission.LevelProtective)
 	if errors.Is(err, resources.ErrExists) {
@@ -167,24 +168,11 @@ func (h *Handler) openSession(st *relayState, req *http.Request, upstream, sid, 
 		return nil
 	}
 	if err != nil {
-		metrics.sessionRefusals.WithLabelValues("full").Inc()
 		if c := h.logger.Check(zap.DebugLevel, "new session not registered"); c != nil {
 			c.Write(zap.Error(err))
 		}
 	}
 	return err
-}
-
-// endpointOf returns the URL of an upstream request without its query,
-// which the client chose: the address a session's DELETE goes to.
-func endpointOf(req *http.Request) string {
-	u := *req.URL
-	u.RawQuery, u.ForceQuery, u.Fragment, u.RawFragment = "", false, "", ""
-	s := u.String()
-	if len(s) > mcp.MaxEndpoint {
-		return ""
-	}
-	return s
 }
 
 // isEventStream reports whether a response's media type is

@@ -79,7 +79,7 @@ func (h *Handler) trackSession(r *http.Request, call *mcp.Call, res resolution, 
 		var err error
 		s, err = g.sessions.Open(resources.SessionInfo{
 			Key: res.key, Upstream: res.session.Upstream, Version: res.session.Version, UpstreamID: res.session.UpstreamID,
-			ClientKey: clientKey, Endpoint: boundedPath(r), Host: r.Host,
+			ClientKey: clientKey, Endpoint: boundedPath(r), Host: boundedHost(r.Host),
 		}, time.Now(), level == admission.LevelProtective)
 		if errors.Is(err, resources.ErrExists) {
 			s, ok = g.sessions.Get(res.key)
@@ -140,6 +140,18 @@ func (h *Handler) roomForSession(clientKey string, level admission.Level, id str
 		return nil
 	}
 	return sessionTableRefusal(resources.ErrFull, id)
+}
+
+// maxStoredHost bounds the Host a session keeps for its DELETE.
+const maxStoredHost = 255
+
+// boundedHost is a Host header as a session keeps it: empty when longer
+// than a host name can be (the DELETE then goes with the upstream's).
+func boundedHost(host string) string {
+	if len(host) > maxStoredHost {
+		return ""
+	}
+	return host
 }
 
 // boundedPath is a request's path as a session keeps it for its DELETE,

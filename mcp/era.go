@@ -121,3 +121,19 @@ func ProtocolVersion(h http.Header) string {
 	}
 	return ""
 }
+
+// SessionVersion returns the version to record for a session an upstream
+// created in answer to an initialize that offered version: the offered
+// version when it is of the session era, else the session-era version
+// nearest to it (the upstream gave a session id, so it speaks the session
+// era whatever was offered).
+func SessionVersion(offered string) string {
+	era, ok := EraOf(offered)
+	switch {
+	case ok && era == EraSession:
+		return offered
+	case ok && era == EraStateless:
+		return Version20251125
+	}
+	return Version20250326
+}

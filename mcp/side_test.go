@@ -36,3 +36,15 @@ func TestSideHelpers(t *testing.T) {
 		t.Error("empty SideHeaders has headers")
 	}
 }
+
+func TestSessionVersion(t *testing.T) {
+	for offered, want := range map[string]string{
+		Version20250618: Version20250618, Version20251125: Version20251125, Version20250326: Version20250326,
+		Version20260728: Version20251125, "2027-01-01": Version20251125, Version20241105: Version20250326,
+		"": Version20250326, "bogus": Version20250326,
+	} {
+		if got := SessionVersion(offered); got != want {
+			t.Errorf("SessionVersion(%q) = %q, want %q", offered, got, want)
+		}
+	}
+}
