@@ -518,7 +518,7 @@ func (a *AdminAPI) showSessions(w http.ResponseWriter, g *globalState, prefix st
 func (a *AdminAPI) evictSessions(w http.ResponseWriter, g *globalState, prefix string) error {
 	evicted := 0
 	for _, s := range matching(g, prefix) {
-		if g.sessions.Evict(s.Key(), resources.CauseOperator) {
+		if g.sessions.Remove(s.Key(), resources.CauseOperator) {
 			evicted++
 		}
 	}
