@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/mcpgate/mcpgate/h1stream"
 	"github.com/mcpgate/mcpgate/sse"
 )
 
@@ -34,7 +35,7 @@ const maxClientTrailing = 64 << 10
 // having changed nothing, when the connection cannot be taken over; the
 // caller then relays the stream from the handler as usual. It reports true
 // when the stream is handed off or already over.
-func (h *Handler) handOff(w http.ResponseWriter, st *relayState, stream *sse.Stream, body *streamBody) bool {
+func (h *Handler) handOff(w http.ResponseWriter, st *relayState, stream *sse.Stream, body *h1stream.Body) bool {
 	if w.Header().Get("Content-Encoding") != "" {
 		// Another handler encodes the response body: it must see every
 		// byte, so the stream stays with the handler.
@@ -47,7 +48,7 @@ func (h *Handler) handOff(w http.ResponseWriter, st *relayState, stream *sse.Str
 	// From here the response is the relay's. The upstream connection
 	// must outlive the request's context, which net/http cancels when
 	// the handler returns.
-	if !body.detach() {
+	if !body.Detach() {
 		// The request was cancelled first: the client is gone.
 		_ = conn.Close()
 		_ = body.Close()

@@ -17,6 +17,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"go.uber.org/zap"
 
+	"github.com/mcpgate/mcpgate/h1stream"
 	"github.com/mcpgate/mcpgate/mcp"
 	"github.com/mcpgate/mcpgate/resources"
 	"github.com/mcpgate/mcpgate/sse"
@@ -235,7 +236,7 @@ type relayTransport struct {
 	rewriteHost bool
 	// streams opens SSE GET streams on connections of their own; nil when
 	// the inner transport cannot be bypassed.
-	streams *streamDialer
+	streams *h1stream.Dialer
 }
 
 // RoundTrip implements http.RoundTripper.
@@ -283,9 +284,9 @@ func (t *relayTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	var resp *http.Response
 	var err error
-	dialled := t.streams.handles(req)
+	dialled := t.streams.Handles(req)
 	if dialled {
-		resp, err = t.streams.roundTrip(req)
+		resp, err = t.streams.RoundTrip(req)
 	} else {
 		resp, err = t.inner.RoundTrip(req)
 	}
@@ -481,7 +482,7 @@ func (h *Handler) relay(w http.ResponseWriter, st *relayState, body io.ReadClose
 	// The headers go out now: an idle stream may send nothing for long.
 	cw := newClientWriter(w)
 	_ = cw.Flush()
-	if sb, ok := body.(*streamBody); ok && st.handoff && h.handOff(w, st, stream, sb) {
+	if sb, ok := body.(*h1stream.Body); ok && st.handoff && h.handOff(w, st, stream, sb) {
 		return
 	}
 	att, _ := stream.Attach(cw, "", h.retryHint(st.call, st.res))
