@@ -167,7 +167,7 @@ type globalState struct {
 	sessions *resources.Registry
 	levels   *admission.LoadManager
 	injected *resources.Injected
-	active   *streamSet                 // every open stream, for the protective level
+	active   *sse.StreamSet             // every open stream, for the protective level
 	resume   *sse.Registry              // resumable streams by session, across reloads
 	deletes  chan resources.SessionInfo // evicted sessions to delete upstream; bounded queue
 	tasks    *resources.Group           // owns every goroutine that outlives a request
@@ -347,7 +347,7 @@ func newGlobalState(logger *zap.Logger, th admission.Thresholds) (*globalState, 
 		conns:    admission.NewLimiter(0, 0, 0),
 		memory:   resources.NewBudget(0),
 		injected: resources.NewInjected("injected"),
-		active:   newStreamSet(),
+		active:   sse.NewStreamSet(nil),
 		resume:   sse.NewRegistry(resumeMaxSessions, resumeMaxStreams, defaultReplayAge),
 		deletes:  make(chan resources.SessionInfo, deleteQueue),
 		tasks:    resources.NewGroup(nil),
@@ -430,7 +430,8 @@ func (g *globalState) tick(now time.Time) {
 		g.resume.Sweep(now)
 	}
 	if level == admission.LevelProtective {
-		if n := g.active.resetLargest(protectiveResetsPerTick); n > 0 {
+		if n := g.active.ResetLargest(protectiveResetsPerTick); n > 0 {
+			metrics.protectiveResets.Add(float64(n))
 			g.logger.Info("protective level reset streams", zap.Int("count", n))
 		}
 	}
@@ -562,9 +563,9 @@ func (a *App) Stop() error {
 	if a.global == nil || !caddy.Exiting() {
 		return nil
 	}
-	if !a.global.active.wait(time.Duration(a.global.maxDrain.Load()) + time.Second) {
+	if !a.global.active.Wait(time.Duration(a.global.maxDrain.Load()) + time.Second) {
 		a.global.logger.Warn("streams still open after the drain; closing them")
-		a.global.active.closeAll()
+		a.global.active.CloseAll()
 	}
 	return nil
 }
