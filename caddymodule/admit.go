@@ -87,7 +87,7 @@ func (h *Handler) provisionAdmission(ctx caddy.Context) error {
 		}
 		cfg.Adaptive = &admission.AdaptiveConfig{InitialLimit: a.Initial, MinLimit: a.Min, MaxLimit: maxLimit}
 	}
-	ctrl, err := admission.New(cfg, h.app.global.inflight)
+	ctrl, err := admission.New(cfg, h.app.global.InflightLimit())
 	if err != nil {
 		return fmt.Errorf("admission: %w", err)
 	}
@@ -115,7 +115,7 @@ func (h *Handler) admitExchange(x *exchange) *mcp.Refusal {
 	r, call := x.r, &x.call
 	g := h.app.global
 	x.clientKey = h.clientKeyOf(r)
-	x.level = g.levels.Level()
+	x.level = g.Level()
 	id := call.First().ID
 	if ref := h.levelGate(x.level, r, call, x.res); ref != nil {
 		refusalCounters[admission.ReasonLevel].Inc()
@@ -214,7 +214,7 @@ func requestOf(call *mcp.Call, req *admission.Request) {
 // admitStream takes the stream slots of a GET: the process's, the
 // handler's and the client's.
 func (h *Handler) admitStream(x *exchange) (func(int), *mcp.Refusal) {
-	global := h.app.global.streams
+	global := h.app.global.StreamLimit()
 	if !global.TryAcquire() {
 		return nil, h.refuseAdmission(x.w, &x.call, h.ctrl.Refuse(admission.ReasonCapacity))
 	}

@@ -114,11 +114,11 @@ func (ll *limitListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		if ll.g.conns.TryAcquire() {
+		if ll.g.ConnLimit().TryAcquire() {
 			if tc, ok := c.(*net.TCPConn); ok && ll.writeBuffer > 0 {
 				_ = tc.SetWriteBuffer(ll.writeBuffer)
 			}
-			return &countedConn{Conn: c, release: ll.g.conns.Release}, nil
+			return &countedConn{Conn: c, release: ll.g.ConnLimit().Release}, nil
 		}
 		connectionRefusals.Inc()
 		_ = c.Close()
@@ -153,7 +153,7 @@ var connectionsActive = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 	Help: "Client connections counted by the mcp_connections listener wrapper.",
 }, func() float64 {
 	if g := currentGlobal(); g != nil {
-		return float64(g.conns.InFlight())
+		return float64(g.ConnLimit().InFlight())
 	}
 	return 0
 })

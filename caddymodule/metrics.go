@@ -171,14 +171,14 @@ var metrics = struct {
 		Help: "Bytes held in the replay rings of resumable streams.",
 	}, func() float64 {
 		if g := currentGlobal(); g != nil {
-			return float64(g.resume.Bytes())
+			return float64(g.Resume().Bytes())
 		}
 		return 0
 	}),
 }
 
 // Buckets of the per-session histograms, which are observed once per
-// session, when it leaves the session registry (see globalState.onEnd).
+// session, when it leaves the session registry (see sessionEnded).
 // Each bucket bound is four times the one before, so ten buckets span
 // what one deployment sees, from a one-shot client to a day-long agent:
 //
@@ -322,13 +322,13 @@ func (c *globalCollector) Collect(ch chan<- prometheus.Metric) {
 	if g == nil {
 		return
 	}
-	st := g.sessions.Stats()
+	st := g.Sessions().Stats()
 	ch <- prometheus.MustNewConstMetric(c.sessions, prometheus.GaugeValue, float64(st.Sessions))
-	ch <- prometheus.MustNewConstMetric(c.heldBytes, prometheus.GaugeValue, float64(g.memory.Used()))
-	ch <- prometheus.MustNewConstMetric(c.budget, prometheus.GaugeValue, float64(g.memory.Limit()))
-	ch <- prometheus.MustNewConstMetric(c.goroutines, prometheus.GaugeValue, float64(g.tasks.Count()))
+	ch <- prometheus.MustNewConstMetric(c.heldBytes, prometheus.GaugeValue, float64(g.Memory().Used()))
+	ch <- prometheus.MustNewConstMetric(c.budget, prometheus.GaugeValue, float64(g.Memory().Limit()))
+	ch <- prometheus.MustNewConstMetric(c.goroutines, prometheus.GaugeValue, float64(g.Tasks().Count()))
 	ch <- prometheus.MustNewConstMetric(c.streamsOpen, prometheus.GaugeValue, float64(st.Streams))
-	for _, m := range g.levels.Status().Monitors {
+	for _, m := range g.LevelStatus().Monitors {
 		ch <- prometheus.MustNewConstMetric(c.pressure, prometheus.GaugeValue, m.Pressure, m.Name)
 	}
 }

@@ -372,7 +372,7 @@ func (h *Handler) streamConfig(st *relayState, legacy bool) sse.StreamConfig {
 		Hooks:        h.streamHooksFor(st.session),
 	}
 	// At the degraded level and above, new streams get smaller buffers.
-	if f := h.app.global.degradedFraction(); f < 1 {
+	if f := h.app.global.DegradedFraction(); f < 1 {
 		cfg.QueueEvents = max(1, int(float64(cfg.QueueEvents)*f))
 		cfg.QueueBytes = max(1, int(float64(cfg.QueueBytes)*f))
 	}
@@ -469,7 +469,7 @@ func (st *relayState) rewriteLegacyEndpoint() func(ev *sse.Event) []byte {
 func (h *Handler) relay(w http.ResponseWriter, st *relayState, body io.ReadCloser) {
 	legacy := legacyStream(st.r, st.call, st.res)
 	stream := sse.NewStream(h.streamConfig(st, legacy))
-	if f := h.app.global.degradedFraction(); f < 1 {
+	if f := h.app.global.DegradedFraction(); f < 1 {
 		stream.ShrinkRingBy(f)
 	}
 	stream.SetCloser(func() { _ = body.Close() })
@@ -477,7 +477,7 @@ func (h *Handler) relay(w http.ResponseWriter, st *relayState, body io.ReadClose
 	st.stream = stream
 	st.mu.Unlock()
 	if st.resumable {
-		h.app.global.resume.Add(st.res.key, stream)
+		h.app.global.Resume().Add(st.res.key, stream)
 	}
 	// The headers go out now: an idle stream may send nothing for long.
 	cw := newClientWriter(w)

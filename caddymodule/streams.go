@@ -21,7 +21,7 @@ var drainHooks = &sse.StreamSetHooks{
 // session (whose eviction closes it); the returned func forgets it.
 func (h *Handler) track(a *sse.Attachment, s *sse.Stream, resumable bool, sess *resources.Session) func() {
 	forgetHandler := h.streams.Add(a, s, resumable)
-	forgetProcess := h.app.global.active.Add(a, s, resumable)
+	forgetProcess := h.app.global.OpenStreams().Add(a, s, resumable)
 	forgetSession := func() {}
 	if sess != nil {
 		forgetSession = sess.AddStream(func(error) {
