@@ -287,7 +287,7 @@ func statusOf(g *globalState) adminStatus {
 		},
 		Refresh:    g.Refresh().String(),
 		Resources:  usageOf(g, st),
-		Refusals:   map[string]uint64{},
+		Refusals:   g.RefusalsByReason(),
 		Evictions:  map[string]uint64{},
 		Changes:    map[string]uint64{},
 		Tombstones: g.Sessions().Tombstones(),
@@ -298,9 +298,6 @@ func statusOf(g *globalState) adminStatus {
 	for _, m := range ls.Monitors {
 		out.Monitors[m.Name] = round3(m.Pressure)
 	}
-	for reason, v := range counterValues(metrics.refusals, "reason") {
-		out.Refusals[reason] = uint64(v)
-	}
 	for c := range resources.NumCauses {
 		if resources.Cause(c) != resources.CauseDeleted {
 			out.Evictions[resources.Cause(c).String()] = st.Evictions[c]
@@ -309,7 +306,6 @@ func statusOf(g *globalState) adminStatus {
 	for l := range admission.Level(admission.NumLevels) {
 		out.Changes[l.String()] = ls.Changes[l]
 	}
-	replay := counterValues(metrics.replay, "result")
 	out.Counters = map[string]float64{
 		"sessions_created":          counterValue(metrics.sessionsCreated),
 		"events_relayed":            counterValue(metrics.eventsRelayed),
@@ -321,8 +317,8 @@ func statusOf(g *globalState) adminStatus {
 		"protective_resets":         counterValue(metrics.protectiveResets),
 		"streams_drained":           counterValue(metrics.streamsDrained),
 		"upstream_cancellations":    counterValue(metrics.cancelsSent),
-		"replay_hits":               replay["hit"],
-		"replay_misses":             replay["miss"],
+		"replay_hits":               counterValue(replayHits),
+		"replay_misses":             counterValue(replayMisses),
 		"sessions_deleted":          float64(st.Evictions[resources.CauseDeleted]),
 	}
 	return out
@@ -346,30 +342,6 @@ func counterValue(c prometheus.Counter) float64 {
 		return 0
 	}
 	return m.GetCounter().GetValue()
-}
-
-// counterValues reads every child of a counter vector, by the value of
-// its label.
-func counterValues(cv *prometheus.CounterVec, label string) map[string]float64 {
-	ch := make(chan prometheus.Metric, 16)
-	go func() {
-		defer close(ch)
-		defer recoverPanic(nil, "admin counters")
-		cv.Collect(ch)
-	}()
-	out := map[string]float64{}
-	for m := range ch {
-		var d dto.Metric
-		if m.Write(&d) != nil {
-			continue
-		}
-		for _, lp := range d.GetLabel() {
-			if lp.GetName() == label {
-				out[lp.GetValue()] += d.GetCounter().GetValue()
-			}
-		}
-	}
-	return out
 }
 
 // --- /mcp/sessions -----------------------------------------------------------

@@ -87,6 +87,7 @@ func (h *Handler) provisionAdmission(ctx caddy.Context) error {
 		}
 		cfg.Adaptive = &admission.AdaptiveConfig{InitialLimit: a.Initial, MinLimit: a.Min, MaxLimit: maxLimit}
 	}
+	cfg.Counts = h.app.global.Refusals()
 	ctrl, err := admission.New(cfg, h.app.global.InflightLimit())
 	if err != nil {
 		return fmt.Errorf("admission: %w", err)
@@ -118,7 +119,7 @@ func (h *Handler) admitExchange(x *exchange) *mcp.Refusal {
 	x.level = g.Level()
 	id := call.First().ID
 	if ref := h.levelGate(x.level, r, call, x.res); ref != nil {
-		refusalCounters[admission.ReasonLevel].Inc()
+		g.Refusals().Add(admission.ReasonLevel)
 		x.w.Header().Set("Retry-After", levelRetryAfter)
 		return ref
 	}
@@ -239,7 +240,6 @@ func (h *Handler) admitStream(x *exchange) (func(int), *mcp.Refusal) {
 // refusal by a tool limit is a JSON-RPC error inside a 200, so one busy
 // tool does not look like a broken server to the client.
 func (h *Handler) refuseAdmission(w http.ResponseWriter, call *mcp.Call, ref *admission.Refusal) *mcp.Refusal {
-	refusalCounters[ref.Reason].Inc()
 	first := call.First()
 	if c := h.logger.Check(zapcore.DebugLevel, "request refused"); c != nil {
 		c.Write(zap.String("reason", ref.Reason.String()), zap.String("method", first.Method), zap.Int("status", ref.Status))

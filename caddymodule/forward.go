@@ -27,11 +27,11 @@ func (h *Handler) resume(x *exchange) bool {
 		return false
 	}
 	if stream := h.app.global.Resume().Find(res.key, last); stream != nil {
-		metrics.replay.WithLabelValues("hit").Inc()
+		replayHits.Inc()
 		_ = h.serveResume(x.w, r, stream, last, h.retryHint(&x.call, res), x.sess)
 		return true
 	}
-	metrics.replay.WithLabelValues("miss").Inc()
+	replayMisses.Inc()
 	if strings.HasPrefix(last, proxyIDMarker) {
 		r.Header.Del(mcp.HeaderLastEventID)
 	}

@@ -104,8 +104,6 @@ type limitListener struct {
 	writeBuffer int
 }
 
-var connectionRefusals = metrics.refusals.WithLabelValues("connections")
-
 // Accept returns the next connection within the limit, closing those over
 // it.
 func (ll *limitListener) Accept() (net.Conn, error) {
@@ -114,13 +112,12 @@ func (ll *limitListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		if ll.g.ConnLimit().TryAcquire() {
+		if ll.g.AdmitConnection() {
 			if tc, ok := c.(*net.TCPConn); ok && ll.writeBuffer > 0 {
 				_ = tc.SetWriteBuffer(ll.writeBuffer)
 			}
-			return &countedConn{Conn: c, release: ll.g.ConnLimit().Release}, nil
+			return &countedConn{Conn: c, release: ll.g.ReleaseConnection}, nil
 		}
-		connectionRefusals.Inc()
 		_ = c.Close()
 	}
 }

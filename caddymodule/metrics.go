@@ -10,7 +10,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
-	"github.com/mcpgate/mcpgate/admission"
 	"github.com/mcpgate/mcpgate/sse"
 )
 
@@ -23,7 +22,6 @@ var metrics = struct {
 	streamsActive       prometheus.Gauge
 	requestDuration     *prometheus.HistogramVec
 	queueWait           prometheus.Histogram
-	refusals            *prometheus.CounterVec
 	sessionsCreated     prometheus.Counter
 	sessionRefusals     *prometheus.CounterVec
 	eventsRelayed       prometheus.Counter
@@ -79,10 +77,6 @@ var metrics = struct {
 		Help:    "Time admitted requests waited in the admission queue.",
 		Buckets: []float64{0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5},
 	}),
-	refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: "caddy", Subsystem: "mcp", Name: "refusals_total",
-		Help: "Requests refused by admission control, by reason.",
-	}, []string{"reason"}),
 	sessionsCreated: prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "mcp", Name: "sessions_created_total",
 		Help: "Upstream session ids sealed for clients.",
@@ -195,14 +189,35 @@ var (
 	sessionBytesBuckets    = prometheus.ExponentialBuckets(1024, 4, 10)
 )
 
-// refusalCounters holds the refusals counter of each admission reason, so
-// the refusal path does not look labels up.
-var refusalCounters = func() (c [admission.NumReasons]prometheus.Counter) {
-	for i := range c {
-		c[i] = metrics.refusals.WithLabelValues(admission.Reason(i).String())
+// replayHits and replayMisses count resumptions answered from a replay
+// ring and passed upstream, so the request path does not look labels up.
+var (
+	replayHits   = metrics.replay.WithLabelValues("hit")
+	replayMisses = metrics.replay.WithLabelValues("miss")
+)
+
+// refusals exports the refusal counts the governor keeps, which every
+// mcp_proxy counts into and /mcp/status shows (governor.RefusalsByReason),
+// as caddy_mcp_refusals_total, by reason; connections refused by
+// mcp_connections have the reason "connections".
+var refusals = &refusalCollector{desc: prometheus.NewDesc("caddy_mcp_refusals_total",
+	"Requests refused by admission control, by reason.", []string{"reason"}, nil)}
+
+type refusalCollector struct{ desc *prometheus.Desc }
+
+// Describe implements prometheus.Collector.
+func (c *refusalCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+// Collect implements prometheus.Collector.
+func (c *refusalCollector) Collect(ch chan<- prometheus.Metric) {
+	g := currentGlobal()
+	if g == nil {
+		return
 	}
-	return c
-}()
+	for reason, n := range g.RefusalsByReason() {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(n), reason)
+	}
+}
 
 // countEvent counts one relayed event of n bytes.
 func countEvent(n int) {
@@ -230,7 +245,7 @@ func registerMetrics(ctx caddy.Context) error {
 	}
 	for _, c := range []prometheus.Collector{
 		metrics.requestsInFlight, metrics.streamsActive, metrics.requestDuration,
-		metrics.queueWait, metrics.refusals, metrics.sessionsCreated,
+		metrics.queueWait, refusals, metrics.sessionsCreated,
 		metrics.sessionRefusals, metrics.eventsRelayed, metrics.bytesRelayed,
 		metrics.keepalives, metrics.slowConsumers, metrics.oversized,
 		metrics.replay, metrics.streamsDrained, metrics.cancelsSent, metrics.replayBytes,

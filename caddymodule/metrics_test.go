@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"strings"
 	"sync"
@@ -174,4 +175,53 @@ func histogramOf(h prometheus.Metric) histogram {
 		return histogram{}
 	}
 	return histogram{m.GetHistogram().GetSampleCount(), m.GetHistogram().GetSampleSum()}
+}
+
+// TestRefusalsOneSource: /mcp/status and caddy_mcp_refusals_total show
+// the same numbers, the governor's counts, which the admission
+// controllers, the level gate and the connection limit count into.
+func TestRefusalsOneSource(t *testing.T) {
+	g := newGlobalState(zap.NewNop())
+	defer g.Destruct()
+	if err := g.Apply(governor.Settings{MaxConnections: 1}); err != nil {
+		t.Fatal(err)
+	}
+	globalMu.Lock()
+	prev := globalCur
+	globalCur = g
+	globalMu.Unlock()
+	defer func() {
+		globalMu.Lock()
+		globalCur = prev
+		globalMu.Unlock()
+	}()
+	for range 2 { // an mcp_proxy, and the same after a reload
+		ctrl, err := admission.New(admission.Config{Counts: g.Refusals()}, g.InflightLimit())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctrl.Refuse(admission.ReasonQueueFull)
+	}
+	g.Refusals().Add(admission.ReasonLevel)
+	g.AdmitConnection()
+	g.AdmitConnection()
+
+	collected := map[string]uint64{}
+	ch := make(chan prometheus.Metric, 32)
+	refusals.Collect(ch)
+	close(ch)
+	for m := range ch {
+		var d dto.Metric
+		if err := m.Write(&d); err != nil {
+			t.Fatal(err)
+		}
+		collected[d.GetLabel()[0].GetValue()] = uint64(d.GetCounter().GetValue())
+	}
+	shown := statusOf(g).Refusals
+	if fmt.Sprint(collected) != fmt.Sprint(shown) {
+		t.Fatalf("/metrics %v, /mcp/status %v", collected, shown)
+	}
+	if shown["queue_full"] != 2 || shown["level"] != 1 || shown["connections"] != 1 || len(shown) != admission.NumReasons+1 {
+		t.Errorf("refusals %v", shown)
+	}
 }

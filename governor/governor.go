@@ -203,6 +203,22 @@ func (g *Governor) Tasks() *resources.Group { return g.tasks }
 // Counts).
 func (g *Governor) Refusals() *admission.RefusalCounts { return &g.refusals }
 
+// ReasonConnections is the name RefusalsByReason gives the connections
+// AdmitConnection refused.
+const ReasonConnections = "connections"
+
+// RefusalsByReason returns every refusal counted so far by the name of
+// its reason: each admission.Reason's String for requests, and
+// ReasonConnections for connections.
+func (g *Governor) RefusalsByReason() map[string]uint64 {
+	out := make(map[string]uint64, admission.NumReasons+1)
+	for r, n := range g.refusals.Load() {
+		out[admission.Reason(r).String()] = n
+	}
+	out[ReasonConnections] = g.connRefusals.Load()
+	return out
+}
+
 // AdmitConnection takes a client connection slot and reports true, or
 // counts a refused connection and reports false. ReleaseConnection gives
 // a slot back.

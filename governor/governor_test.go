@@ -479,6 +479,30 @@ func TestConnections(t *testing.T) {
 	}
 }
 
+// TestRefusalsByReason: the refusals of every Controller counting into
+// the governor's counts, and the refused connections, by reason name.
+func TestRefusalsByReason(t *testing.T) {
+	r := newRecord()
+	g := newGovernor(t, r, Settings{MaxConnections: 1})
+	for range 2 {
+		ctrl, err := admission.New(admission.Config{Counts: g.Refusals()}, g.InflightLimit())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctrl.Refuse(admission.ReasonQueueFull)
+	}
+	g.Refusals().Add(admission.ReasonLevel)
+	g.AdmitConnection()
+	g.AdmitConnection()
+	got := g.RefusalsByReason()
+	if len(got) != admission.NumReasons+1 {
+		t.Errorf("%d reasons, want %d: %v", len(got), admission.NumReasons+1, got)
+	}
+	if got["queue_full"] != 2 || got["level"] != 1 || got[ReasonConnections] != 1 || got["capacity"] != 0 {
+		t.Errorf("refusals %v", got)
+	}
+}
+
 // TestCloseStopsEverything: Close ends the refresh loop, the delete
 // workers and, through the task group's context, every task; the
 // goroutine count returns to where it was.
