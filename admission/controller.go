@@ -68,6 +68,12 @@ type Config struct {
 	// (ReasonCapacity); the session rate table forgets its least recently
 	// seen clients instead (see KeyedRate). Zero means DefaultMaxKeys.
 	MaxKeys int
+
+	// Counts, when not nil, is where the Controller counts its refusals,
+	// shared with other Controllers (every proxy instance of a process,
+	// across config reloads) so the process keeps one set of counts. Nil
+	// gives the Controller counts of its own.
+	Counts *RefusalCounts
 }
 
 // ToolRule limits the tools/call requests in flight for the tools whose name
@@ -242,6 +248,30 @@ func (r Reason) Status() int {
 	return 503
 }
 
+// RefusalCounts counts refused requests by Reason. The zero value is ready
+// to use; it is safe for concurrent use and holds only NumReasons counters.
+type RefusalCounts struct {
+	n [NumReasons]atomic.Uint64
+}
+
+// Add counts one refusal for reason; a reason out of range counts as
+// ReasonCapacity.
+func (rc *RefusalCounts) Add(reason Reason) {
+	if reason >= NumReasons {
+		reason = ReasonCapacity
+	}
+	rc.n[reason].Add(1)
+}
+
+// Load returns the refusals counted so far, indexed by Reason.
+func (rc *RefusalCounts) Load() [NumReasons]uint64 {
+	var out [NumReasons]uint64
+	for i := range out {
+		out[i] = rc.n[i].Load()
+	}
+	return out
+}
+
 // Refusal is the answer to a refused request. Refusals are preallocated and
 // shared: never modify one.
 type Refusal struct {
@@ -336,8 +366,8 @@ type Controller struct {
 	tools    []toolRule
 
 	refusals     [NumReasons]*Refusal
-	rateRefusals []*Refusal // index n-1: Retry-After n seconds
-	counts       [NumReasons]atomic.Uint64
+	rateRefusals []*Refusal     // index n-1: Retry-After n seconds
+	counts       *RefusalCounts // Config.Counts, or the Controller's own
 
 	now func() time.Time // the clock for the client session rate
 }
@@ -350,23 +380,8 @@ type Controller struct {
 // size or duration, a non-finite rate, or an empty or malformed tool
 // pattern.
 func New(cfg Config, global *Limiter) (*Controller, error) {
-	switch {
-	case cfg.MaxInflight < 0:
-		return nil, fmt.Errorf("max inflight %d: must not be negative", cfg.MaxInflight)
-	case cfg.QueueSize < 0:
-		return nil, fmt.Errorf("queue size %d: must not be negative", cfg.QueueSize)
-	case cfg.QueueTimeout < 0:
-		return nil, fmt.Errorf("queue timeout %v: must not be negative", cfg.QueueTimeout)
-	case cfg.ClientMaxInflight < 0:
-		return nil, fmt.Errorf("client max inflight %d: must not be negative", cfg.ClientMaxInflight)
-	case cfg.ClientSessionRate < 0 || math.IsNaN(cfg.ClientSessionRate) || math.IsInf(cfg.ClientSessionRate, 0):
-		return nil, fmt.Errorf("client session rate %v: must be a non-negative number", cfg.ClientSessionRate)
-	case cfg.ClientSessionBurst < 0:
-		return nil, fmt.Errorf("client session burst %d: must not be negative", cfg.ClientSessionBurst)
-	case cfg.SessionMaxInflight < 0:
-		return nil, fmt.Errorf("session max inflight %d: must not be negative", cfg.SessionMaxInflight)
-	case cfg.MaxKeys < 0:
-		return nil, fmt.Errorf("max keys %d: must not be negative", cfg.MaxKeys)
+	if err := cfg.validate(); err != nil {
+		return nil, err
 	}
 	maxKeys := cfg.MaxKeys
 	if maxKeys == 0 {
@@ -376,7 +391,11 @@ func New(cfg Config, global *Limiter) (*Controller, error) {
 	c := &Controller{
 		global: global,
 		proxy:  NewLimiter(cfg.MaxInflight, cfg.QueueSize, cfg.QueueTimeout),
+		counts: cfg.Counts,
 		now:    time.Now,
+	}
+	if c.counts == nil {
+		c.counts = new(RefusalCounts)
 	}
 	if cfg.Adaptive != nil {
 		acfg := *cfg.Adaptive
@@ -398,41 +417,12 @@ func New(cfg Config, global *Limiter) (*Controller, error) {
 		c.clients = NewKeyedLimiter(cfg.ClientMaxInflight, maxKeys)
 	}
 	if cfg.ClientSessionRate > 0 {
-		burst := cfg.ClientSessionBurst
-		if burst == 0 {
-			burst = int(max(1, math.Ceil(min(cfg.ClientSessionRate, 1<<30))))
-		}
-		c.rate = NewKeyedRate(cfg.ClientSessionRate, burst, maxKeys)
-		// The longest Retry-After of a token bucket is the time to earn one
-		// token.
-		n := min(retrySeconds(time.Duration(float64(time.Second)/cfg.ClientSessionRate)), maxRateRefusals)
-		c.rateRefusals = make([]*Refusal, n)
-		for i := range c.rateRefusals {
-			c.rateRefusals[i] = newRefusal(ReasonClientQuota, time.Duration(i+1)*time.Second)
-		}
+		c.setRate(cfg.ClientSessionRate, cfg.ClientSessionBurst, maxKeys)
 	}
 	for i, tr := range cfg.Tools {
-		if tr.Pattern == "" {
-			return nil, fmt.Errorf("tool rule %d: empty pattern", i)
-		}
-		if _, err := path.Match(tr.Pattern, ""); err != nil {
-			return nil, fmt.Errorf("tool rule %d: pattern %q: %w", i, tr.Pattern, err)
-		}
-		if tr.MaxInflight < 0 {
-			return nil, fmt.Errorf("tool rule %d (%s): max inflight %d: must not be negative", i, tr.Pattern, tr.MaxInflight)
-		}
-		if tr.Timeout < 0 {
-			return nil, fmt.Errorf("tool rule %d (%s): timeout %v: must not be negative", i, tr.Pattern, tr.Timeout)
-		}
-		r := toolRule{pattern: tr.Pattern}
-		r.kind, r.lit = compileRule(tr.Pattern)
-		if tr.MaxInflight > 0 {
-			queue := 0
-			if tr.Timeout > 0 {
-				queue = tr.MaxInflight
-			}
-			r.lim = NewLimiter(tr.MaxInflight, queue, tr.Timeout)
-			r.refusal = newRefusal(ReasonToolLimit, tr.Timeout)
+		r, err := compileToolRule(i, tr)
+		if err != nil {
+			return nil, err
 		}
 		c.tools = append(c.tools, r)
 	}
@@ -446,6 +436,74 @@ func New(cfg Config, global *Limiter) (*Controller, error) {
 		c.refusals[r] = newRefusal(r, retry)
 	}
 	return c, nil
+}
+
+// validate reports a negative limit, size or duration, or a non-finite
+// rate.
+func (cfg *Config) validate() error {
+	switch {
+	case cfg.MaxInflight < 0:
+		return fmt.Errorf("max inflight %d: must not be negative", cfg.MaxInflight)
+	case cfg.QueueSize < 0:
+		return fmt.Errorf("queue size %d: must not be negative", cfg.QueueSize)
+	case cfg.QueueTimeout < 0:
+		return fmt.Errorf("queue timeout %v: must not be negative", cfg.QueueTimeout)
+	case cfg.ClientMaxInflight < 0:
+		return fmt.Errorf("client max inflight %d: must not be negative", cfg.ClientMaxInflight)
+	case cfg.ClientSessionRate < 0 || math.IsNaN(cfg.ClientSessionRate) || math.IsInf(cfg.ClientSessionRate, 0):
+		return fmt.Errorf("client session rate %v: must be a non-negative number", cfg.ClientSessionRate)
+	case cfg.ClientSessionBurst < 0:
+		return fmt.Errorf("client session burst %d: must not be negative", cfg.ClientSessionBurst)
+	case cfg.SessionMaxInflight < 0:
+		return fmt.Errorf("session max inflight %d: must not be negative", cfg.SessionMaxInflight)
+	case cfg.MaxKeys < 0:
+		return fmt.Errorf("max keys %d: must not be negative", cfg.MaxKeys)
+	}
+	return nil
+}
+
+// setRate sets up the client session rate: a token bucket per client key
+// (at most maxKeys), and the preallocated refusals for every Retry-After
+// it can advertise.
+func (c *Controller) setRate(rate float64, burst, maxKeys int) {
+	if burst == 0 {
+		burst = int(max(1, math.Ceil(min(rate, 1<<30))))
+	}
+	c.rate = NewKeyedRate(rate, burst, maxKeys)
+	// The longest Retry-After of a token bucket is the time to earn one
+	// token.
+	n := min(retrySeconds(time.Duration(float64(time.Second)/rate)), maxRateRefusals)
+	c.rateRefusals = make([]*Refusal, n)
+	for i := range c.rateRefusals {
+		c.rateRefusals[i] = newRefusal(ReasonClientQuota, time.Duration(i+1)*time.Second)
+	}
+}
+
+// compileToolRule checks and compiles tool rule i.
+func compileToolRule(i int, tr ToolRule) (toolRule, error) {
+	if tr.Pattern == "" {
+		return toolRule{}, fmt.Errorf("tool rule %d: empty pattern", i)
+	}
+	if _, err := path.Match(tr.Pattern, ""); err != nil {
+		return toolRule{}, fmt.Errorf("tool rule %d: pattern %q: %w", i, tr.Pattern, err)
+	}
+	if tr.MaxInflight < 0 {
+		return toolRule{}, fmt.Errorf("tool rule %d (%s): max inflight %d: must not be negative", i, tr.Pattern, tr.MaxInflight)
+	}
+	if tr.Timeout < 0 {
+		return toolRule{}, fmt.Errorf("tool rule %d (%s): timeout %v: must not be negative", i, tr.Pattern, tr.Timeout)
+	}
+	r := toolRule{pattern: tr.Pattern}
+	r.kind, r.lit = compileRule(tr.Pattern)
+	if tr.MaxInflight > 0 {
+		queue := 0
+		if tr.Timeout > 0 {
+			queue = tr.MaxInflight
+		}
+		r.lim = NewLimiter(tr.MaxInflight, queue, tr.Timeout)
+		r.refusal = newRefusal(ReasonToolLimit, tr.Timeout)
+	}
+	return r, nil
 }
 
 // Ticket holds the slots taken for one admitted request. It is a small value
@@ -683,19 +741,12 @@ func (c *Controller) Admit(ctx context.Context, req *Request) (t Ticket, refusal
 
 	prio := PriorityOf(req.Class, req.InSession)
 	if tool != "" && len(c.tools) > 0 {
-		if rule := c.matchTool(tool); rule != nil && rule.lim != nil {
-			w, err := rule.lim.Acquire(ctx, prio)
-			waited = w
-			if err != nil {
-				t.releaseTaken()
-				if err == ErrQueueFull || err == ErrQueueTimeout {
-					c.counts[ReasonToolLimit].Add(1)
-					return Ticket{}, rule.refusal, waited
-				}
-				return Ticket{}, c.Refuse(ReasonCanceled), waited
-			}
-			t.tool = rule.lim
+		var lim *Limiter
+		if lim, waited, refusal = c.acquireTool(ctx, tool, prio); refusal != nil {
+			t.releaseTaken()
+			return Ticket{}, refusal, waited
 		}
+		t.tool = lim
 	}
 
 	w, err := c.proxy.Acquire(ctx, prio)
@@ -729,6 +780,26 @@ func (c *Controller) Admit(ctx context.Context, req *Request) (t Ticket, refusal
 	return t, nil, waited
 }
 
+// acquireTool takes a slot of the first tool rule matching tool, waiting
+// in the rule's queue if it has one. It returns the rule's limiter (nil
+// when no limited rule matches) and how long it waited, or the counted
+// refusal.
+func (c *Controller) acquireTool(ctx context.Context, tool string, prio Priority) (*Limiter, time.Duration, *Refusal) {
+	rule := c.matchTool(tool)
+	if rule == nil || rule.lim == nil {
+		return nil, 0, nil
+	}
+	waited, err := rule.lim.Acquire(ctx, prio)
+	switch {
+	case err == nil:
+		return rule.lim, waited, nil
+	case err == ErrQueueFull || err == ErrQueueTimeout:
+		c.counts.Add(ReasonToolLimit)
+		return nil, waited, rule.refusal
+	}
+	return nil, waited, c.Refuse(ReasonCanceled)
+}
+
 // admitBatch admits a batch whole or refuses it whole, without waiting (see
 // Admit). The client session rate has been checked.
 func (c *Controller) admitBatch(req *Request) (Ticket, *Refusal) {
@@ -756,7 +827,7 @@ func (c *Controller) admitBatch(req *Request) (Ticket, *Refusal) {
 			if !h.rule.lim.TryAcquireN(h.n) {
 				b.tools = holds[:i]
 				t.releaseBatch()
-				c.counts[ReasonToolLimit].Add(1)
+				c.counts.Add(ReasonToolLimit)
 				return Ticket{}, h.rule.refusal
 			}
 		}
@@ -843,7 +914,7 @@ func (c *Controller) refuseKeyed(k *KeyedLimiter, key string, n int, reason Reas
 
 // refuseRate counts and returns a client-rate refusal advertising after.
 func (c *Controller) refuseRate(after time.Duration) *Refusal {
-	c.counts[ReasonClientQuota].Add(1)
+	c.counts.Add(ReasonClientQuota)
 	// The bucket computes after in floating point, which can overshoot a
 	// whole second by a few nanoseconds; do not round that up to the next.
 	n := retrySeconds(after - time.Microsecond)
@@ -862,19 +933,14 @@ func (c *Controller) Refuse(reason Reason) *Refusal {
 	if reason >= NumReasons {
 		reason = ReasonCapacity
 	}
-	c.counts[reason].Add(1)
+	c.counts.Add(reason)
 	return c.refusals[reason]
 }
 
-// Refusals returns how many requests were refused for each reason since the
-// Controller was built, indexed by Reason.
-func (c *Controller) Refusals() [NumReasons]uint64 {
-	var out [NumReasons]uint64
-	for i := range out {
-		out[i] = c.counts[i].Load()
-	}
-	return out
-}
+// Refusals returns how many requests were refused for each reason, indexed
+// by Reason: by this Controller since it was built, or, with Config.Counts,
+// by every Controller sharing those counts since they were made.
+func (c *Controller) Refusals() [NumReasons]uint64 { return c.counts.Load() }
 
 // InFlight returns the number of per-proxy slots held: one per single
 // request admitted and not yet released, Weight per batch.

@@ -130,6 +130,36 @@ func TestReasonStrings(t *testing.T) {
 	}
 }
 
+// TestSharedRefusalCounts: Controllers given the same Config.Counts count
+// their refusals, those of Admit and those of Refuse alike, into it, and
+// a Controller built later sees the counts of those before it.
+func TestSharedRefusalCounts(t *testing.T) {
+	var counts RefusalCounts
+	global := NewLimiter(1, 0, 0)
+	old := mustNew(t, Config{Counts: &counts}, global)
+	tk := admit(t, old, heavy)
+	checkRefusal(t, refused(t, old, heavy), ReasonCapacity, 503, time.Second)
+	reloaded := mustNew(t, Config{Counts: &counts}, global)
+	checkRefusal(t, refused(t, reloaded, heavy), ReasonCapacity, 503, time.Second)
+	reloaded.Refuse(ReasonLevel)
+	tk.Release(0, false)
+	var want [NumReasons]uint64
+	want[ReasonCapacity], want[ReasonLevel] = 2, 1
+	if got := counts.Load(); got != want {
+		t.Fatalf("shared counts %v, want %v", got, want)
+	}
+	if old.Refusals() != want || reloaded.Refusals() != want {
+		t.Fatalf("Refusals() %v and %v, want the shared %v", old.Refusals(), reloaded.Refusals(), want)
+	}
+	if own := mustNew(t, Config{}, nil); own.Refusals() != ([NumReasons]uint64{}) {
+		t.Fatalf("a Controller without Counts starts at %v", own.Refusals())
+	}
+	counts.Add(NumReasons) // out of range: counted as capacity
+	if got := counts.Load()[ReasonCapacity]; got != 3 {
+		t.Fatalf("capacity %d after an out-of-range Add, want 3", got)
+	}
+}
+
 func TestControllerRefusals(t *testing.T) {
 	t.Run("global", func(t *testing.T) {
 		global := NewLimiter(1, 0, 0)

@@ -1,11 +1,12 @@
 package admission
 
 import (
-	"context"
 	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/mcpgate/mcpgate/resources"
 )
 
 // Level is a service level: how much of its work the proxy still does.
@@ -110,14 +111,6 @@ func (t Thresholds) Next(cur Level, p float64) Level {
 	return up
 }
 
-// Monitor reports a pressure in [0,1]. The resources package provides
-// monitors for heap, cgroup memory, held bytes, connections, goroutines
-// and scheduler latency.
-type Monitor interface {
-	Name() string
-	Pressure() float64
-}
-
 // MonitorPressure is one monitor's last sample.
 type MonitorPressure struct {
 	Name     string  `json:"name"`
@@ -130,7 +123,7 @@ type MonitorPressure struct {
 // request path; Sample runs from one goroutine at the refresh interval.
 type LoadManager struct {
 	th       Thresholds
-	monitors []Monitor
+	monitors []resources.Monitor
 
 	level atomic.Uint32
 
@@ -148,7 +141,7 @@ type LoadManager struct {
 // NewLoadManager returns a manager over monitors with thresholds th.
 // onChange, when not nil, is called (from Sample, without locks held) on
 // every level change.
-func NewLoadManager(th Thresholds, onChange func(from, to Level, pressure float64, pinned bool), monitors ...Monitor) (*LoadManager, error) {
+func NewLoadManager(th Thresholds, onChange func(from, to Level, pressure float64, pinned bool), monitors ...resources.Monitor) (*LoadManager, error) {
 	if err := th.Validate(); err != nil {
 		return nil, err
 	}
@@ -168,7 +161,7 @@ func (m *LoadManager) SetThresholds(th Thresholds) error {
 }
 
 // SetMonitors replaces the monitors (a config reload).
-func (m *LoadManager) SetMonitors(monitors ...Monitor) {
+func (m *LoadManager) SetMonitors(monitors ...resources.Monitor) {
 	m.mu.Lock()
 	m.monitors = monitors
 	m.mu.Unlock()
@@ -186,7 +179,7 @@ func (m *LoadManager) Sample(now time.Time) Level {
 	p := 0.0
 	samples := make([]MonitorPressure, len(monitors))
 	for i, mon := range monitors {
-		v := clamp01(mon.Pressure())
+		v := resources.PressureOf(mon)
 		samples[i] = MonitorPressure{Name: mon.Name(), Pressure: v}
 		p = max(p, v)
 	}
@@ -264,32 +257,4 @@ func (m *LoadManager) Status() Status {
 		Monitors: append([]MonitorPressure(nil), m.last...),
 		Pinned:   m.pinned, PinUntil: m.pinUntil, Changes: m.changes, Threshold: m.th,
 	}
-}
-
-// Run samples every interval until ctx ends, calling after (when not nil)
-// with the level after each sample.
-func (m *LoadManager) Run(ctx context.Context, every time.Duration, after func(Level)) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case now := <-t.C:
-			l := m.Sample(now)
-			if after != nil {
-				after(l)
-			}
-		}
-	}
-}
-
-func clamp01(v float64) float64 {
-	switch {
-	case v != v || v < 0: // NaN or negative
-		return 0
-	case v > 1:
-		return 1
-	}
-	return v
 }

@@ -565,7 +565,3 @@ func (l *Limiter) Queued() int { return int(l.queued.Load()) }
 
 // QueueSize returns the maximum number of waiters.
 func (l *Limiter) QueueSize() int { return l.queueSize }
-
-// QueueTimeout returns the longest time a waiter waits for a slot; zero or
-// less means until its context is done.
-func (l *Limiter) QueueTimeout() time.Duration { return l.queueTimeout }

@@ -253,30 +253,27 @@ type adminResources struct {
 
 // usageOf reads the resources the proxy holds and their limits.
 func usageOf(g *globalState, st resources.RegistryStats) adminResources {
-	replay := g.resume.Bytes()
+	replay := g.Resume().Bytes()
 	return adminResources{
-		Memory:             adminPair{Used: g.memory.Used(), Limit: max(g.memory.Limit(), 0)},
-		Sessions:           adminPair{Used: int64(st.Sessions), Limit: int64(g.sessions.MaxSessions())},
-		ClientMaxSessions:  g.sessions.ClientMaxSessions(),
-		SessionIdleTimeout: g.sessions.IdleTimeout().String(),
-		Streams:            adminPair{Used: int64(g.streams.InFlight()), Limit: int64(max(g.streams.Limit(), 0))},
+		Memory:             adminPair{Used: g.Memory().Used(), Limit: max(g.Memory().Limit(), 0)},
+		Sessions:           adminPair{Used: int64(st.Sessions), Limit: int64(g.Sessions().MaxSessions())},
+		ClientMaxSessions:  g.Sessions().ClientMaxSessions(),
+		SessionIdleTimeout: g.Sessions().IdleTimeout().String(),
+		Streams:            adminPair{Used: int64(g.StreamLimit().InFlight()), Limit: int64(max(g.StreamLimit().Limit(), 0))},
 		StreamsActive:      int64(gaugeValue(metrics.streamsActive)),
 		StreamsInSessions:  st.Streams,
-		RequestsInFlight:   adminPair{Used: int64(g.inflight.InFlight()), Limit: int64(max(g.inflight.Limit(), 0))},
-		RequestsQueued:     g.inflight.Queued(),
-		Connections:        adminPair{Used: int64(g.conns.InFlight()), Limit: int64(max(g.conns.Limit(), 0))},
-		GoroutinesOwned:    g.tasks.Count(),
+		RequestsInFlight:   adminPair{Used: int64(g.InflightLimit().InFlight()), Limit: int64(max(g.InflightLimit().Limit(), 0))},
+		RequestsQueued:     g.InflightLimit().Queued(),
+		Connections:        adminPair{Used: int64(g.ConnLimit().InFlight()), Limit: int64(max(g.ConnLimit().Limit(), 0))},
+		GoroutinesOwned:    g.Tasks().Count(),
 		ReplayHeldBytes:    replay,
 	}
 }
 
 // statusOf builds the answer of GET /mcp/status.
 func statusOf(g *globalState) adminStatus {
-	ls := g.levels.Status()
-	st := g.sessions.Stats()
-	g.mu.Lock()
-	refresh := g.refresh
-	g.mu.Unlock()
+	ls := g.LevelStatus()
+	st := g.Sessions().Stats()
 	out := adminStatus{
 		Level:       ls.Level.String(),
 		Computed:    ls.Computed.String(),
@@ -288,21 +285,18 @@ func statusOf(g *globalState) adminStatus {
 			Degraded: ls.Threshold.Degraded, Essential: ls.Threshold.Essential,
 			Protective: ls.Threshold.Protective, Hysteresis: ls.Threshold.Hysteresis,
 		},
-		Refresh:    refresh.String(),
+		Refresh:    g.Refresh().String(),
 		Resources:  usageOf(g, st),
-		Refusals:   map[string]uint64{},
+		Refusals:   g.RefusalsByReason(),
 		Evictions:  map[string]uint64{},
 		Changes:    map[string]uint64{},
-		Tombstones: g.sessions.Tombstones(),
+		Tombstones: g.Sessions().Tombstones(),
 	}
 	if !ls.Pinned {
 		out.PinnedUntil = time.Time{}
 	}
 	for _, m := range ls.Monitors {
 		out.Monitors[m.Name] = round3(m.Pressure)
-	}
-	for reason, v := range counterValues(metrics.refusals, "reason") {
-		out.Refusals[reason] = uint64(v)
 	}
 	for c := range resources.NumCauses {
 		if resources.Cause(c) != resources.CauseDeleted {
@@ -312,7 +306,6 @@ func statusOf(g *globalState) adminStatus {
 	for l := range admission.Level(admission.NumLevels) {
 		out.Changes[l.String()] = ls.Changes[l]
 	}
-	replay := counterValues(metrics.replay, "result")
 	out.Counters = map[string]float64{
 		"sessions_created":          counterValue(metrics.sessionsCreated),
 		"events_relayed":            counterValue(metrics.eventsRelayed),
@@ -324,8 +317,8 @@ func statusOf(g *globalState) adminStatus {
 		"protective_resets":         counterValue(metrics.protectiveResets),
 		"streams_drained":           counterValue(metrics.streamsDrained),
 		"upstream_cancellations":    counterValue(metrics.cancelsSent),
-		"replay_hits":               replay["hit"],
-		"replay_misses":             replay["miss"],
+		"replay_hits":               counterValue(replayHits),
+		"replay_misses":             counterValue(replayMisses),
 		"sessions_deleted":          float64(st.Evictions[resources.CauseDeleted]),
 	}
 	return out
@@ -349,30 +342,6 @@ func counterValue(c prometheus.Counter) float64 {
 		return 0
 	}
 	return m.GetCounter().GetValue()
-}
-
-// counterValues reads every child of a counter vector, by the value of
-// its label.
-func counterValues(cv *prometheus.CounterVec, label string) map[string]float64 {
-	ch := make(chan prometheus.Metric, 16)
-	go func() {
-		defer close(ch)
-		defer recoverPanic(nil, "admin counters")
-		cv.Collect(ch)
-	}()
-	out := map[string]float64{}
-	for m := range ch {
-		var d dto.Metric
-		if m.Write(&d) != nil {
-			continue
-		}
-		for _, lp := range d.GetLabel() {
-			if lp.GetName() == label {
-				out[lp.GetValue()] += d.GetCounter().GetValue()
-			}
-		}
-	}
-	return out
 }
 
 // --- /mcp/sessions -----------------------------------------------------------
@@ -462,7 +431,7 @@ func (a *AdminAPI) listSessions(w http.ResponseWriter, r *http.Request, g *globa
 	now := time.Now()
 	total := 0
 	var page []adminSession
-	g.sessions.Range(func(s *resources.Session) bool {
+	g.Sessions().Range(func(s *resources.Session) bool {
 		total++
 		h := hashKey(s.Key())
 		if h > cursor {
@@ -487,7 +456,7 @@ func (a *AdminAPI) listSessions(w http.ResponseWriter, r *http.Request, g *globa
 // matching returns the live sessions whose hash starts with prefix.
 func matching(g *globalState, prefix string) []*resources.Session {
 	var out []*resources.Session
-	g.sessions.Range(func(s *resources.Session) bool {
+	g.Sessions().Range(func(s *resources.Session) bool {
 		if strings.HasPrefix(hashKey(s.Key()), prefix) {
 			out = append(out, s)
 		}
@@ -518,7 +487,7 @@ func (a *AdminAPI) showSessions(w http.ResponseWriter, g *globalState, prefix st
 func (a *AdminAPI) evictSessions(w http.ResponseWriter, g *globalState, prefix string) error {
 	evicted := 0
 	for _, s := range matching(g, prefix) {
-		if g.sessions.Evict(s.Key(), resources.CauseOperator) {
+		if g.Sessions().Remove(s.Key(), resources.CauseOperator) {
 			evicted++
 		}
 	}
@@ -548,7 +517,7 @@ type levelAnswer struct {
 }
 
 func levelOf(g *globalState) levelAnswer {
-	ls := g.levels.Status()
+	ls := g.LevelStatus()
 	out := levelAnswer{Level: ls.Level.String(), Computed: ls.Computed.String(), Pinned: ls.Pinned}
 	if ls.Pinned {
 		out.PinnedUntil = ls.PinUntil
@@ -572,8 +541,7 @@ func (a *AdminAPI) pin(w http.ResponseWriter, r *http.Request, g *globalState) e
 	}
 	d = min(d, adminMaxPin)
 	now := time.Now()
-	g.levels.Pin(level, now.Add(d), now)
-	g.applyLevel(g.levels.Level())
+	g.Pin(level, now.Add(d), now)
 	a.logger.Info("service level pinned by operator", zap.String("level", level.String()),
 		zap.Duration("duration", d), zap.Time("until", now.Add(d)))
 	return writeJSON(w, http.StatusOK, levelOf(g))
@@ -581,9 +549,8 @@ func (a *AdminAPI) pin(w http.ResponseWriter, r *http.Request, g *globalState) e
 
 // unpin answers DELETE /mcp/level.
 func (a *AdminAPI) unpin(w http.ResponseWriter, g *globalState) error {
-	g.levels.Unpin(time.Now())
-	g.applyLevel(g.levels.Level())
-	a.logger.Info("service level released by operator", zap.String("level", g.levels.Level().String()))
+	g.Unpin(time.Now())
+	a.logger.Info("service level released by operator", zap.String("level", g.Level().String()))
 	return writeJSON(w, http.StatusOK, levelOf(g))
 }
 
@@ -608,9 +575,9 @@ func (a *AdminAPI) inject(w http.ResponseWriter, r *http.Request, g *globalState
 		}
 		v = *req.Pressure
 	}
-	g.injected.Set(v)
+	g.Injected().Set(v)
 	a.logger.Info("injected pressure set by operator", zap.Float64("pressure", v))
-	return writeJSON(w, http.StatusOK, map[string]float64{g.injected.Name(): v})
+	return writeJSON(w, http.StatusOK, map[string]float64{g.Injected().Name(): v})
 }
 
 // Interface guards

@@ -87,7 +87,8 @@ func (h *Handler) provisionAdmission(ctx caddy.Context) error {
 		}
 		cfg.Adaptive = &admission.AdaptiveConfig{InitialLimit: a.Initial, MinLimit: a.Min, MaxLimit: maxLimit}
 	}
-	ctrl, err := admission.New(cfg, h.app.global.inflight)
+	cfg.Counts = h.app.global.Refusals()
+	ctrl, err := admission.New(cfg, h.app.global.InflightLimit())
 	if err != nil {
 		return fmt.Errorf("admission: %w", err)
 	}
@@ -115,10 +116,10 @@ func (h *Handler) admitExchange(x *exchange) *mcp.Refusal {
 	r, call := x.r, &x.call
 	g := h.app.global
 	x.clientKey = h.clientKeyOf(r)
-	x.level = g.levels.Level()
+	x.level = g.Level()
 	id := call.First().ID
 	if ref := h.levelGate(x.level, r, call, x.res); ref != nil {
-		refusalCounters[admission.ReasonLevel].Inc()
+		g.Refusals().Add(admission.ReasonLevel)
 		x.w.Header().Set("Retry-After", levelRetryAfter)
 		return ref
 	}
@@ -214,7 +215,7 @@ func requestOf(call *mcp.Call, req *admission.Request) {
 // admitStream takes the stream slots of a GET: the process's, the
 // handler's and the client's.
 func (h *Handler) admitStream(x *exchange) (func(int), *mcp.Refusal) {
-	global := h.app.global.streams
+	global := h.app.global.StreamLimit()
 	if !global.TryAcquire() {
 		return nil, h.refuseAdmission(x.w, &x.call, h.ctrl.Refuse(admission.ReasonCapacity))
 	}
@@ -239,7 +240,6 @@ func (h *Handler) admitStream(x *exchange) (func(int), *mcp.Refusal) {
 // refusal by a tool limit is a JSON-RPC error inside a 200, so one busy
 // tool does not look like a broken server to the client.
 func (h *Handler) refuseAdmission(w http.ResponseWriter, call *mcp.Call, ref *admission.Refusal) *mcp.Refusal {
-	refusalCounters[ref.Reason].Inc()
 	first := call.First()
 	if c := h.logger.Check(zapcore.DebugLevel, "request refused"); c != nil {
 		c.Write(zap.String("reason", ref.Reason.String()), zap.String("method", first.Method), zap.Int("status", ref.Status))

@@ -56,7 +56,7 @@ func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, call *mcp.Cal
 	if cl >= 0 && cl < want {
 		want = cl
 	}
-	budget := h.app.global.memory
+	budget := h.app.global.Memory()
 	if !budget.Reserve(want) {
 		metrics.backpressure.Inc()
 		return pb, mcp.Refuse(http.StatusServiceUnavailable, mcp.CodeServerError, "", "server out of memory budget, retry later")

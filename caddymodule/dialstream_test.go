@@ -1,190 +1,55 @@
 package caddymodule
 
 import (
-	"bufio"
-	"context"
-	"io"
+	"encoding/json"
 	"net"
 	"net/http"
 	"net/url"
-	"strings"
 	"testing"
 	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 )
 
-// rawUpstream accepts one connection and answers it with resp after
-// reading the request head; it reports the request head and when the
-// connection is closed by the peer.
-func rawUpstream(t *testing.T, resp string) (addr string, head <-chan string, closed <-chan struct{}) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+func TestNewStreamDialer(t *testing.T) {
+	var nd net.Dialer
+	plain := func() *reverseproxy.HTTPTransport {
+		return &reverseproxy.HTTPTransport{Transport: &http.Transport{DialContext: nd.DialContext}}
 	}
-	t.Cleanup(func() { ln.Close() })
-	h, c := make(chan string, 1), make(chan struct{})
-	go func() {
-		conn, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer conn.Close()
-		br := bufio.NewReader(conn)
-		var sb strings.Builder
-		for {
-			line, err := br.ReadString('\n')
-			if err != nil {
-				return
-			}
-			sb.WriteString(line)
-			if line == "\r\n" {
-				break
-			}
-		}
-		h <- sb.String()
-		io.WriteString(conn, resp)
-		_, _ = io.Copy(io.Discard, conn) // until the proxy closes
-		close(c)
-	}()
-	return ln.Addr().String(), h, c
-}
-
-func testDialer() *streamDialer {
-	var d net.Dialer
-	return &streamDialer{
-		dial: func(ctx context.Context, network, addr string) (netConn, error) {
-			return d.DialContext(ctx, network, addr)
-		},
-		maxHeader: 4096,
+	bypassed := map[string]func(*reverseproxy.HTTPTransport){
+		"tls":           func(ht *reverseproxy.HTTPTransport) { ht.TLS = &reverseproxy.TLSConfig{} },
+		"forward proxy": func(ht *reverseproxy.HTTPTransport) { ht.ForwardProxyURL = "http://proxy.invalid:3128" },
+		"network proxy": func(ht *reverseproxy.HTTPTransport) { ht.NetworkProxyRaw = json.RawMessage(`{"from":"none"}`) },
+		"h2c only":      func(ht *reverseproxy.HTTPTransport) { ht.Versions = []string{"h2c"} },
+		"no dialer":     func(ht *reverseproxy.HTTPTransport) { ht.Transport.DialContext = nil },
+		"unprovisioned": func(ht *reverseproxy.HTTPTransport) { ht.Transport = nil },
 	}
-}
-
-func TestStreamDialerRelaysAndCloses(t *testing.T) {
-	addr, head, closed := rawUpstream(t, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"+
-		"d\r\ndata: hello\n\n\r\n")
-	req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/mcp", nil)
-	req.Host = "upstream.example"
-	req.Header.Set("Accept", "text/event-stream")
-	req.Header.Set("Mcp-Session-Id", "abc")
-	d := testDialer()
-	if !d.handles(req) {
-		t.Fatal("an SSE GET is not handled")
-	}
-	resp, err := d.roundTrip(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := <-head
-	if !strings.HasPrefix(h, "GET /mcp HTTP/1.1\r\n") || !strings.Contains(h, "Host: upstream.example\r\n") || !strings.Contains(h, "Mcp-Session-Id: abc\r\n") {
-		t.Errorf("request head %q", h)
-	}
-	buf := make([]byte, 64)
-	n, err := resp.Body.Read(buf)
-	if err != nil || string(buf[:n]) != "data: hello\n\n" {
-		t.Fatalf("body %q, %v", buf[:n], err)
-	}
-	// Closing the endless body returns at once and closes the connection.
-	done := make(chan struct{})
-	go func() { resp.Body.Close(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(5 * time.Second):
-		t.Fatal("Body.Close blocked")
-	}
-	select {
-	case <-closed:
-	case <-time.After(5 * time.Second):
-		t.Fatal("upstream connection not closed")
-	}
-}
-
-func TestStreamDialerContextCloses(t *testing.T) {
-	addr, _, closed := rawUpstream(t, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n")
-	ctx, cancel := context.WithCancel(context.Background())
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/", nil)
-	req.Header.Set("Accept", "text/event-stream")
-	resp, err := testDialer().roundTrip(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	cancel()
-	select {
-	case <-closed:
-	case <-time.After(5 * time.Second):
-		t.Fatal("cancelling the request did not close the upstream connection")
-	}
-}
-
-func TestStreamDialerHeaderCap(t *testing.T) {
-	addr, _, _ := rawUpstream(t, "HTTP/1.1 200 OK\r\nX-Big: "+strings.Repeat("x", 8192)+"\r\n\r\n")
-	req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/", nil)
-	req.Header.Set("Accept", "text/event-stream")
-	if _, err := testDialer().roundTrip(req); err == nil || !strings.Contains(err.Error(), "too large") {
-		t.Fatalf("err = %v, want a header-too-large error", err)
-	}
-}
-
-func TestStreamDialerHandles(t *testing.T) {
-	d := testDialer()
-	for _, tc := range []struct {
-		method, url, accept string
-		want                bool
-	}{
-		{"GET", "http://127.0.0.1:1/", "text/event-stream", true},
-		{"GET", "//127.0.0.1:1/", "application/json, Text/Event-Stream", true},
-		{"GET", "https://127.0.0.1:1/", "text/event-stream", false},
-		{"GET", "http://127.0.0.1:1/", "application/json", false},
-		{"POST", "http://127.0.0.1:1/", "text/event-stream", false},
-	} {
-		req, _ := http.NewRequest(tc.method, tc.url, nil)
-		req.Header.Set("Accept", tc.accept)
-		if got := d.handles(req); got != tc.want {
-			t.Errorf("%s %s %q: handles = %v", tc.method, tc.url, tc.accept, got)
+	for name, change := range bypassed {
+		ht := plain()
+		change(ht)
+		if d := newStreamDialer(ht); d != nil {
+			t.Errorf("%s: got a dialer, want streams through the transport", name)
 		}
 	}
-	// A forward proxy from the environment is decided on the request as
-	// it will be sent (scheme http), not on the scheme-less URL
-	// reverse_proxy hands over: such a stream goes through the transport.
-	proxied := testDialer()
-	proxied.proxy = http.ProxyURL(&url.URL{Scheme: "http", Host: "proxy.invalid:3128"})
-	envLike := testDialer()
-	envLike.proxy = func(r *http.Request) (*url.URL, error) {
-		if r.URL.Scheme != "http" {
-			return nil, nil // what ProxyFromEnvironment does without a scheme
-		}
-		return &url.URL{Scheme: "http", Host: "proxy.invalid:3128"}, nil
+	if d := newStreamDialer(http.DefaultTransport); d != nil {
+		t.Error("a transport of another kind got a dialer")
 	}
-	for _, pd := range []*streamDialer{proxied, envLike} {
-		req, _ := http.NewRequest("GET", "//127.0.0.1:1/", nil)
-		req.Header.Set("Accept", "text/event-stream")
-		if pd.handles(req) {
-			t.Error("a stream that a proxy applies to is dialled directly")
-		}
-	}
-	var nilDialer *streamDialer
-	req, _ := http.NewRequest("GET", "http://127.0.0.1:1/", nil)
-	req.Header.Set("Accept", "text/event-stream")
-	if nilDialer.handles(req) {
-		t.Error("a nil dialer handles requests")
-	}
-}
 
-func TestStreamDialerSkipsInformational(t *testing.T) {
-	addr, _, _ := rawUpstream(t, "HTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n"+
-		"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\nd\r\ndata: hello\n\n\r\n")
-	req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/", nil)
-	req.Header.Set("Accept", "text/event-stream")
-	resp, err := testDialer().roundTrip(req)
-	if err != nil {
-		t.Fatal(err)
+	ht := plain()
+	ht.Versions = []string{"1.1", "2"}
+	ht.ResponseHeaderTimeout = caddy.Duration(3 * time.Second)
+	ht.MaxResponseHeaderSize = 8192
+	proxyURL := &url.URL{Scheme: "http", Host: "proxy.invalid:3128"}
+	ht.Transport.Proxy = http.ProxyURL(proxyURL)
+	d := newStreamDialer(ht)
+	if d == nil {
+		t.Fatal("a plain HTTP/1.1 transport got no dialer")
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("status %d, want the final 200", resp.StatusCode)
+	if d.DialContext == nil || d.ResponseHeaderTimeout != 3*time.Second || d.MaxResponseHeaderSize != 8192 {
+		t.Errorf("dialer %+v does not carry the transport's settings", d)
 	}
-	buf := make([]byte, 64)
-	if n, err := resp.Body.Read(buf); err != nil || string(buf[:n]) != "data: hello\n\n" {
-		t.Fatalf("body %q, %v", buf[:n], err)
+	if u, _ := d.Proxy(&http.Request{URL: &url.URL{Scheme: "http", Host: "a"}}); u == nil || *u != *proxyURL {
+		t.Errorf("proxy %v, want the transport's", u)
 	}
 }

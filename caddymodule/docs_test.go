@@ -10,6 +10,7 @@ import (
 	"github.com/dustin/go-humanize"
 
 	"github.com/mcpgate/mcpgate/admission"
+	"github.com/mcpgate/mcpgate/governor"
 	"github.com/mcpgate/mcpgate/resources"
 )
 
@@ -61,13 +62,13 @@ func TestDocumentedDefaults(t *testing.T) {
 		// mcp
 		"session_memory":       docSize(resources.DefaultSessionMemory),
 		"session_idle_timeout": docDuration(resources.DefaultIdleTimeout),
-		"refresh":              docDuration(defaultRefresh),
+		"refresh":              docDuration(governor.DefaultRefresh),
 		"levels":               fmt.Sprintf("%.2f %.2f %.2f %.2f", th.Degraded, th.Essential, th.Protective, th.Hysteresis),
-		"degraded_fraction":    fmt.Sprint(defaultDegradedFraction),
-		"goroutine_ceiling":    fmt.Sprint(defaultGoroutineCeiling),
-		"sched_latency_target": docDuration(defaultSchedTarget),
-		"max_sessions":         fmt.Sprint(defaultMaxSessionsUnknown),
-		"client_max_sessions":  fmt.Sprint(minClientMaxSessions),
+		"degraded_fraction":    fmt.Sprint(governor.DefaultDegradedFraction),
+		"goroutine_ceiling":    fmt.Sprint(governor.DefaultGoroutineCeiling),
+		"sched_latency_target": docDuration(governor.DefaultSchedLatencyTarget),
+		"max_sessions":         fmt.Sprint(governor.DefaultMaxSessions),
+		"client_max_sessions":  fmt.Sprint(governor.MinClientMaxSessions),
 	}
 	for name, want := range defaults {
 		rows := 0
@@ -95,10 +96,10 @@ func TestDocumentedDefaults(t *testing.T) {
 		}
 	}
 	for _, phrase := range []string{
-		fmt.Sprintf("twice `sched_latency_target` (2 × %s)", docDuration(defaultSchedTarget)),
+		fmt.Sprintf("twice `sched_latency_target` (2 × %s)", docDuration(governor.DefaultSchedLatencyTarget)),
 		fmt.Sprintf("`stream_buffer`, %d events / %s, or `write_timeout`, %s", defaultQueueEvents, docSize(defaultQueueBytes), docDuration(defaultWriteTimeout)),
 		fmt.Sprintf("within `drain` (%s)", docDuration(defaultDrain)),
-		fmt.Sprintf("`refresh` intervals (%s)", docDuration(defaultRefresh)),
+		fmt.Sprintf("`refresh` intervals (%s)", docDuration(governor.DefaultRefresh)),
 		fmt.Sprintf("thresholds default to %.2f (degraded), %.2f (essential) and %.2f\n(protective)", th.Degraded, th.Essential, th.Protective),
 	} {
 		if !strings.Contains(strings.ToLower(string(runbook)), strings.ToLower(phrase)) {

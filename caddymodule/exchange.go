@@ -92,7 +92,7 @@ func (h *Handler) classify(x *exchange) *mcp.Refusal {
 // releaseBody gives the peeked body's bytes back to the memory budget.
 func (x *exchange) releaseBody(h *Handler) {
 	if x.body.held > 0 {
-		h.app.global.memory.Release(x.body.held)
+		h.app.global.Memory().Release(x.body.held)
 	}
 }
 

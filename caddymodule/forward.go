@@ -26,12 +26,12 @@ func (h *Handler) resume(x *exchange) bool {
 	if last == "" {
 		return false
 	}
-	if stream := h.app.global.resume.Find(res.key, last); stream != nil {
-		metrics.replay.WithLabelValues("hit").Inc()
+	if stream := h.app.global.Resume().Find(res.key, last); stream != nil {
+		replayHits.Inc()
 		_ = h.serveResume(x.w, r, stream, last, h.retryHint(&x.call, res), x.sess)
 		return true
 	}
-	metrics.replay.WithLabelValues("miss").Inc()
+	replayMisses.Inc()
 	if strings.HasPrefix(last, proxyIDMarker) {
 		r.Header.Del(mcp.HeaderLastEventID)
 	}
@@ -77,8 +77,8 @@ func (h *Handler) forward(x *exchange, next caddyhttp.Handler) error {
 		return nil
 	}
 	if r.Method == http.MethodDelete && x.res.session != nil && st.responded && st.status >= 200 && st.status < 300 {
-		h.app.global.resume.Forget(x.res.key)
-		h.app.global.sessions.Remove(x.res.key, resources.CauseDeleted)
+		h.app.global.Resume().Forget(x.res.key)
+		h.app.global.Sessions().Remove(x.res.key, resources.CauseDeleted)
 	}
 	return err
 }

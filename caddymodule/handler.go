@@ -15,6 +15,7 @@ import (
 
 	"github.com/mcpgate/mcpgate/admission"
 	"github.com/mcpgate/mcpgate/mcp"
+	"github.com/mcpgate/mcpgate/sse"
 )
 
 func init() {
@@ -289,7 +290,7 @@ type Handler struct {
 	replayEvents            int
 	replayBytes             int64
 	replayAge, retry, drain time.Duration
-	streams                 *streamSet
+	streams                 *sse.StreamSet
 	app                     *App
 	ctrl                    *admission.Controller
 	streamLimit             *admission.Limiter
@@ -341,7 +342,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.replayAge = orDefault(time.Duration(h.ReplayAge), defaultReplayAge)
 	h.retry = orDefault(time.Duration(h.RetryHint), defaultRetry)
 	h.drain = orDefault(time.Duration(h.Drain), defaultDrain)
-	h.streams = newStreamSet()
+	h.streams = sse.NewStreamSet(drainHooks)
 	if err := registerMetrics(ctx); err != nil {
 		return fmt.Errorf("registering metrics: %w", err)
 	}
@@ -401,7 +402,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 // Provision that may have failed halfway acquired.
 func (h *Handler) Cleanup() error {
 	if h.streams != nil {
-		h.streams.drain(h.drain)
+		h.streams.Drain(h.drain)
 	}
 	if h.registered {
 		h.unregisterUpstreams()

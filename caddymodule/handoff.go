@@ -4,8 +4,8 @@ import (
 	"context"
 	"net"
 	"net/http"
-	"time"
 
+	"github.com/mcpgate/mcpgate/h1stream"
 	"github.com/mcpgate/mcpgate/sse"
 )
 
@@ -18,23 +18,17 @@ import (
 // its response header is sent, the handler returns, and the stream lives
 // on two small goroutines of its own: the relay's pump, and a reader of
 // the client connection that ends the stream as soon as the client goes.
-
-// handoffLinger bounds how long a handed-off connection waits for its
-// client to close after the stream's end was sent (a TCP half-close, so
-// the last events are not lost to a reset).
-const handoffLinger = time.Second
-
-// maxClientTrailing bounds the bytes a client may send on a handed-off
-// connection after its request (nothing is expected: the response said
-// "Connection: close"); past it the client is treated as gone.
-const maxClientTrailing = 64 << 10
+//
+// The connection-level pieces (writer, client reader, half-close with
+// linger) are h1stream's; this file hijacks the connection and ties the
+// stream to the session's task group.
 
 // handOff takes the client connection of a GET stream over from net/http
 // and relays the stream from goroutines of its own. It reports false,
 // having changed nothing, when the connection cannot be taken over; the
 // caller then relays the stream from the handler as usual. It reports true
 // when the stream is handed off or already over.
-func (h *Handler) handOff(w http.ResponseWriter, st *relayState, stream *sse.Stream, body *streamBody) bool {
+func (h *Handler) handOff(w http.ResponseWriter, st *relayState, stream *sse.Stream, body *h1stream.Body) bool {
 	if w.Header().Get("Content-Encoding") != "" {
 		// Another handler encodes the response body: it must see every
 		// byte, so the stream stays with the handler.
@@ -47,7 +41,7 @@ func (h *Handler) handOff(w http.ResponseWriter, st *relayState, stream *sse.Str
 	// From here the response is the relay's. The upstream connection
 	// must outlive the request's context, which net/http cancels when
 	// the handler returns.
-	if !body.detach() {
+	if !body.Detach() {
 		// The request was cancelled first: the client is gone.
 		_ = conn.Close()
 		_ = body.Close()
@@ -59,7 +53,7 @@ func (h *Handler) handOff(w http.ResponseWriter, st *relayState, stream *sse.Str
 	st.r, st.w, st.outReq = nil, nil, nil
 	st.mu.Unlock()
 
-	att, _ := stream.Attach(handoffWriter{conn}, "", h.retryHint(st.call, st.res))
+	att, _ := stream.Attach(h1stream.ConnWriter{Conn: conn}, "", h.retryHint(st.call, st.res))
 	untrack := h.track(att, stream, false, st.session)
 	metrics.streamsActive.Inc()
 	att.OnEnd(stream.Close)
@@ -69,7 +63,7 @@ func (h *Handler) handOff(w http.ResponseWriter, st *relayState, stream *sse.Str
 		defer stop()
 		defer metrics.streamsActive.Dec()
 		defer untrack()
-		defer endHandoff(conn)
+		defer h1stream.EndResponse(conn)
 		go watchClient(conn, att, stream)
 		h.pump(stream, body, st)
 		_ = att.Wait(context.Background())
@@ -86,41 +80,12 @@ func (h *Handler) handOff(w http.ResponseWriter, st *relayState, stream *sse.Str
 	return true
 }
 
-// endHandoff ends a handed-off response: its end is the close of the
-// connection. The write side is shut first so that the client reads
-// everything sent, and the client reader (watchClient) closes the
-// connection when the client closes its side, or after handoffLinger.
-func endHandoff(conn net.Conn) {
-	if cw, ok := conn.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
-		_ = conn.SetReadDeadline(time.Now().Add(handoffLinger))
-		return
-	}
-	_ = conn.Close()
-}
-
-// watchClient reads a handed-off client connection until the client
-// closes it (or the stream's end closed it), and then ends the stream at
-// once and closes the connection. It owns the connection's read side.
+// watchClient ends a handed-off stream as soon as its client goes (see
+// h1stream.WatchClient); it runs on a goroutine of its own.
 func watchClient(conn net.Conn, att *sse.Attachment, stream *sse.Stream) {
 	defer recoverPanic(nil, "stream client reader")
-	defer conn.Close()
-	var buf [64]byte
-	for read := 0; read <= maxClientTrailing; {
-		n, err := conn.Read(buf[:])
-		read += n
-		if err != nil {
-			break
-		}
-	}
-	att.Gone()
-	stream.Close()
+	h1stream.WatchClient(conn, func() {
+		att.Gone()
+		stream.Close()
+	})
 }
-
-// handoffWriter writes a handed-off stream straight to the client
-// connection; the relay writes each batch of events once, so there is
-// nothing to buffer or flush.
-type handoffWriter struct{ conn net.Conn }
-
-func (w handoffWriter) Write(p []byte) (int, error)        { return w.conn.Write(p) }
-func (handoffWriter) Flush() error                         { return nil }
-func (w handoffWriter) SetWriteDeadline(t time.Time) error { return w.conn.SetWriteDeadline(t) }

@@ -130,17 +130,17 @@ func (h *Health) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.H
 		return caddyhttp.Error(http.StatusMethodNotAllowed, fmt.Errorf("method %s not allowed", r.Method))
 	}
 	g := h.app.global
-	ls := g.levels.Status()
+	ls := g.LevelStatus()
 	body := healthBody{Status: "ok", Level: ls.Level.String()}
 	if h.Details {
 		d := &healthDetails{
 			Pinned:           ls.Pinned,
 			Pressure:         round3(ls.Pressure),
 			Pressures:        make(map[string]float64, len(ls.Monitors)),
-			Sessions:         g.sessions.Len(),
+			Sessions:         g.Sessions().Len(),
 			Streams:          int64(gaugeValue(metrics.streamsActive)),
-			RequestsInFlight: g.inflight.InFlight(),
-			Memory:           adminPair{Used: g.memory.Used(), Limit: max(g.memory.Limit(), 0)},
+			RequestsInFlight: g.InflightLimit().InFlight(),
+			Memory:           adminPair{Used: g.Memory().Used(), Limit: max(g.Memory().Limit(), 0)},
 		}
 		for _, m := range ls.Monitors {
 			d.Pressures[m.Name] = round3(m.Pressure)

@@ -104,8 +104,6 @@ type limitListener struct {
 	writeBuffer int
 }
 
-var connectionRefusals = metrics.refusals.WithLabelValues("connections")
-
 // Accept returns the next connection within the limit, closing those over
 // it.
 func (ll *limitListener) Accept() (net.Conn, error) {
@@ -114,13 +112,12 @@ func (ll *limitListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		if ll.g.conns.TryAcquire() {
+		if ll.g.AdmitConnection() {
 			if tc, ok := c.(*net.TCPConn); ok && ll.writeBuffer > 0 {
 				_ = tc.SetWriteBuffer(ll.writeBuffer)
 			}
-			return &countedConn{Conn: c, release: ll.g.conns.Release}, nil
+			return &countedConn{Conn: c, release: ll.g.ReleaseConnection}, nil
 		}
-		connectionRefusals.Inc()
 		_ = c.Close()
 	}
 }
@@ -153,7 +150,7 @@ var connectionsActive = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 	Help: "Client connections counted by the mcp_connections listener wrapper.",
 }, func() float64 {
 	if g := currentGlobal(); g != nil {
-		return float64(g.conns.InFlight())
+		return float64(g.ConnLimit().InFlight())
 	}
 	return 0
 })

@@ -10,7 +10,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
-	"github.com/mcpgate/mcpgate/admission"
 	"github.com/mcpgate/mcpgate/sse"
 )
 
@@ -23,7 +22,6 @@ var metrics = struct {
 	streamsActive       prometheus.Gauge
 	requestDuration     *prometheus.HistogramVec
 	queueWait           prometheus.Histogram
-	refusals            *prometheus.CounterVec
 	sessionsCreated     prometheus.Counter
 	sessionRefusals     *prometheus.CounterVec
 	eventsRelayed       prometheus.Counter
@@ -79,10 +77,6 @@ var metrics = struct {
 		Help:    "Time admitted requests waited in the admission queue.",
 		Buckets: []float64{0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5},
 	}),
-	refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: "caddy", Subsystem: "mcp", Name: "refusals_total",
-		Help: "Requests refused by admission control, by reason.",
-	}, []string{"reason"}),
 	sessionsCreated: prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "mcp", Name: "sessions_created_total",
 		Help: "Upstream session ids sealed for clients.",
@@ -171,14 +165,14 @@ var metrics = struct {
 		Help: "Bytes held in the replay rings of resumable streams.",
 	}, func() float64 {
 		if g := currentGlobal(); g != nil {
-			return float64(g.resume.Bytes())
+			return float64(g.Resume().Bytes())
 		}
 		return 0
 	}),
 }
 
 // Buckets of the per-session histograms, which are observed once per
-// session, when it leaves the session registry (see globalState.onEnd).
+// session, when it leaves the session registry (see sessionEnded).
 // Each bucket bound is four times the one before, so ten buckets span
 // what one deployment sees, from a one-shot client to a day-long agent:
 //
@@ -195,14 +189,35 @@ var (
 	sessionBytesBuckets    = prometheus.ExponentialBuckets(1024, 4, 10)
 )
 
-// refusalCounters holds the refusals counter of each admission reason, so
-// the refusal path does not look labels up.
-var refusalCounters = func() (c [admission.NumReasons]prometheus.Counter) {
-	for i := range c {
-		c[i] = metrics.refusals.WithLabelValues(admission.Reason(i).String())
+// replayHits and replayMisses count resumptions answered from a replay
+// ring and passed upstream, so the request path does not look labels up.
+var (
+	replayHits   = metrics.replay.WithLabelValues("hit")
+	replayMisses = metrics.replay.WithLabelValues("miss")
+)
+
+// refusals exports the refusal counts the governor keeps, which every
+// mcp_proxy counts into and /mcp/status shows (governor.RefusalsByReason),
+// as caddy_mcp_refusals_total, by reason; connections refused by
+// mcp_connections have the reason "connections".
+var refusals = &refusalCollector{desc: prometheus.NewDesc("caddy_mcp_refusals_total",
+	"Requests refused by admission control, by reason.", []string{"reason"}, nil)}
+
+type refusalCollector struct{ desc *prometheus.Desc }
+
+// Describe implements prometheus.Collector.
+func (c *refusalCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+// Collect implements prometheus.Collector.
+func (c *refusalCollector) Collect(ch chan<- prometheus.Metric) {
+	g := currentGlobal()
+	if g == nil {
+		return
 	}
-	return c
-}()
+	for reason, n := range g.RefusalsByReason() {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(n), reason)
+	}
+}
 
 // countEvent counts one relayed event of n bytes.
 func countEvent(n int) {
@@ -230,7 +245,7 @@ func registerMetrics(ctx caddy.Context) error {
 	}
 	for _, c := range []prometheus.Collector{
 		metrics.requestsInFlight, metrics.streamsActive, metrics.requestDuration,
-		metrics.queueWait, metrics.refusals, metrics.sessionsCreated,
+		metrics.queueWait, refusals, metrics.sessionsCreated,
 		metrics.sessionRefusals, metrics.eventsRelayed, metrics.bytesRelayed,
 		metrics.keepalives, metrics.slowConsumers, metrics.oversized,
 		metrics.replay, metrics.streamsDrained, metrics.cancelsSent, metrics.replayBytes,
@@ -322,13 +337,13 @@ func (c *globalCollector) Collect(ch chan<- prometheus.Metric) {
 	if g == nil {
 		return
 	}
-	st := g.sessions.Stats()
+	st := g.Sessions().Stats()
 	ch <- prometheus.MustNewConstMetric(c.sessions, prometheus.GaugeValue, float64(st.Sessions))
-	ch <- prometheus.MustNewConstMetric(c.heldBytes, prometheus.GaugeValue, float64(g.memory.Used()))
-	ch <- prometheus.MustNewConstMetric(c.budget, prometheus.GaugeValue, float64(g.memory.Limit()))
-	ch <- prometheus.MustNewConstMetric(c.goroutines, prometheus.GaugeValue, float64(g.tasks.Count()))
+	ch <- prometheus.MustNewConstMetric(c.heldBytes, prometheus.GaugeValue, float64(g.Memory().Used()))
+	ch <- prometheus.MustNewConstMetric(c.budget, prometheus.GaugeValue, float64(g.Memory().Limit()))
+	ch <- prometheus.MustNewConstMetric(c.goroutines, prometheus.GaugeValue, float64(g.Tasks().Count()))
 	ch <- prometheus.MustNewConstMetric(c.streamsOpen, prometheus.GaugeValue, float64(st.Streams))
-	for _, m := range g.levels.Status().Monitors {
+	for _, m := range g.LevelStatus().Monitors {
 		ch <- prometheus.MustNewConstMetric(c.pressure, prometheus.GaugeValue, m.Pressure, m.Name)
 	}
 }

@@ -2,9 +2,11 @@ package caddymodule
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,6 +16,8 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/mcpgate/mcpgate/admission"
+	"github.com/mcpgate/mcpgate/governor"
 	"github.com/mcpgate/mcpgate/resources"
 )
 
@@ -67,13 +71,14 @@ func TestRecoverPanic(t *testing.T) {
 
 // TestTaskPanicRecovered: a panic in a goroutine of a request's or
 // session's task group is logged and counted through the root group's
-// handler, as newGlobalState installs it.
+// handler, as the governor installs it with the glue's Panic hook.
 func TestTaskPanicRecovered(t *testing.T) {
 	core, logs := observer.New(zapcore.ErrorLevel)
 	logger := zap.New(core)
 	root := resources.NewGroup(nil)
 	defer root.Close()
-	root.SetPanicHandler(func(v any) { panicked(logger, "task", v) })
+	panicHook := governorHooks(logger).Panic
+	root.SetPanicHandler(func(v any) { panicHook("task", v) })
 	session := resources.NewGroup(root)
 	defer session.Close()
 	before := counterValue(metrics.panicsRecovered)
@@ -88,18 +93,46 @@ func TestTaskPanicRecovered(t *testing.T) {
 	}
 }
 
-// TestRefreshTickRecovers: a panic in one round of the refresh loop is
-// recovered, so the loop runs on. A state without a load manager panics
-// in its first step.
+// TestRefreshTickRecovers: a panic in one round of the governor's refresh
+// loop is recovered, logged at ERROR with where it happened and counted,
+// and the loop runs on. The hook that records the level in force panics
+// once.
 func TestRefreshTickRecovers(t *testing.T) {
 	core, logs := observer.New(zapcore.ErrorLevel)
-	g := &globalState{logger: zap.New(core)}
+	hooks := governorHooks(zap.New(core))
+	var armed atomic.Bool    // the next refresh panics
+	var applied atomic.Int32 // refreshes since
+	hooks.LevelApplied = func(admission.Level) {
+		if armed.CompareAndSwap(true, false) {
+			panicHere("level hook")
+		}
+		applied.Add(1)
+	}
 	before := counterValue(metrics.panicsRecovered)
-	g.tick(time.Now())
+	g := governor.New(hooks)
+	defer g.Close()
+	if err := g.Apply(governor.Settings{Refresh: time.Millisecond}); err != nil {
+		t.Fatal(err)
+	}
+	armed.Store(true)
+	deadline := time.Now().Add(5 * time.Second)
+	for counterValue(metrics.panicsRecovered)-before < 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the panic was not counted")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	for since := applied.Load(); applied.Load() < since+2; {
+		if time.Now().After(deadline) {
+			t.Fatal("the refresh loop stopped after the panic")
+		}
+		time.Sleep(time.Millisecond)
+	}
 	if got := counterValue(metrics.panicsRecovered) - before; got != 1 {
 		t.Fatalf("panics_recovered_total moved by %v, want 1", got)
 	}
-	if all := logs.All(); len(all) != 1 || all[0].ContextMap()["where"] != "refresh loop" {
+	all := logs.All()
+	if len(all) != 1 || all[0].ContextMap()["where"] != "refresh loop" {
 		t.Fatalf("log %+v", all)
 	}
 }
@@ -107,8 +140,7 @@ func TestRefreshTickRecovers(t *testing.T) {
 // TestSessionEndObserved: the end of a session observes its duration and
 // the events and bytes relayed on it, once.
 func TestSessionEndObserved(t *testing.T) {
-	g := &globalState{}
-	reg := resources.NewRegistry(resources.RegistryConfig{OnEnd: g.onEnd})
+	reg := resources.NewRegistry(resources.RegistryConfig{OnEnd: governorHooks(zap.NewNop()).SessionEnded})
 	t0 := time.Now().Add(-90 * time.Second)
 	s, err := reg.Open(resources.SessionInfo{Key: "k"}, t0, false)
 	if err != nil {
@@ -143,4 +175,53 @@ func histogramOf(h prometheus.Metric) histogram {
 		return histogram{}
 	}
 	return histogram{m.GetHistogram().GetSampleCount(), m.GetHistogram().GetSampleSum()}
+}
+
+// TestRefusalsOneSource: /mcp/status and caddy_mcp_refusals_total show
+// the same numbers, the governor's counts, which the admission
+// controllers, the level gate and the connection limit count into.
+func TestRefusalsOneSource(t *testing.T) {
+	g := newGlobalState(zap.NewNop())
+	defer g.Destruct()
+	if err := g.Apply(governor.Settings{MaxConnections: 1}); err != nil {
+		t.Fatal(err)
+	}
+	globalMu.Lock()
+	prev := globalCur
+	globalCur = g
+	globalMu.Unlock()
+	defer func() {
+		globalMu.Lock()
+		globalCur = prev
+		globalMu.Unlock()
+	}()
+	for range 2 { // an mcp_proxy, and the same after a reload
+		ctrl, err := admission.New(admission.Config{Counts: g.Refusals()}, g.InflightLimit())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctrl.Refuse(admission.ReasonQueueFull)
+	}
+	g.Refusals().Add(admission.ReasonLevel)
+	g.AdmitConnection()
+	g.AdmitConnection()
+
+	collected := map[string]uint64{}
+	ch := make(chan prometheus.Metric, 32)
+	refusals.Collect(ch)
+	close(ch)
+	for m := range ch {
+		var d dto.Metric
+		if err := m.Write(&d); err != nil {
+			t.Fatal(err)
+		}
+		collected[d.GetLabel()[0].GetValue()] = uint64(d.GetCounter().GetValue())
+	}
+	shown := statusOf(g).Refusals
+	if fmt.Sprint(collected) != fmt.Sprint(shown) {
+		t.Fatalf("/metrics %v, /mcp/status %v", collected, shown)
+	}
+	if shown["queue_full"] != 2 || shown["level"] != 1 || shown["connections"] != 1 || len(shown) != admission.NumReasons+1 {
+		t.Errorf("refusals %v", shown)
+	}
 }

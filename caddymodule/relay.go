@@ -17,6 +17,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"go.uber.org/zap"
 
+	"github.com/mcpgate/mcpgate/h1stream"
 	"github.com/mcpgate/mcpgate/mcp"
 	"github.com/mcpgate/mcpgate/resources"
 	"github.com/mcpgate/mcpgate/sse"
@@ -235,7 +236,7 @@ type relayTransport struct {
 	rewriteHost bool
 	// streams opens SSE GET streams on connections of their own; nil when
 	// the inner transport cannot be bypassed.
-	streams *streamDialer
+	streams *h1stream.Dialer
 }
 
 // RoundTrip implements http.RoundTripper.
@@ -283,9 +284,9 @@ func (t *relayTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	var resp *http.Response
 	var err error
-	dialled := t.streams.handles(req)
+	dialled := t.streams.Handles(req)
 	if dialled {
-		resp, err = t.streams.roundTrip(req)
+		resp, err = t.streams.RoundTrip(req)
 	} else {
 		resp, err = t.inner.RoundTrip(req)
 	}
@@ -373,7 +374,7 @@ func (h *Handler) streamConfig(st *relayState, legacy bool) sse.StreamConfig {
 		Hooks:        h.streamHooksFor(st.session),
 	}
 	// At the degraded level and above, new streams get smaller buffers.
-	if f := h.app.global.degradedFraction(); f < 1 {
+	if f := h.app.global.DegradedFraction(); f < 1 {
 		cfg.QueueEvents = max(1, int(float64(cfg.QueueEvents)*f))
 		cfg.QueueBytes = max(1, int(float64(cfg.QueueBytes)*f))
 	}
@@ -470,7 +471,7 @@ func (st *relayState) rewriteLegacyEndpoint() func(ev *sse.Event) []byte {
 func (h *Handler) relay(w http.ResponseWriter, st *relayState, body io.ReadCloser) {
 	legacy := legacyStream(st.r, st.call, st.res)
 	stream := sse.NewStream(h.streamConfig(st, legacy))
-	if f := h.app.global.degradedFraction(); f < 1 {
+	if f := h.app.global.DegradedFraction(); f < 1 {
 		stream.ShrinkRingBy(f)
 	}
 	stream.SetCloser(func() { _ = body.Close() })
@@ -478,12 +479,12 @@ func (h *Handler) relay(w http.ResponseWriter, st *relayState, body io.ReadClose
 	st.stream = stream
 	st.mu.Unlock()
 	if st.resumable {
-		h.app.global.resume.Add(st.res.key, stream)
+		h.app.global.Resume().Add(st.res.key, stream)
 	}
 	// The headers go out now: an idle stream may send nothing for long.
 	cw := newClientWriter(w)
 	_ = cw.Flush()
-	if sb, ok := body.(*streamBody); ok && st.handoff && h.handOff(w, st, stream, sb) {
+	if sb, ok := body.(*h1stream.Body); ok && st.handoff && h.handOff(w, st, stream, sb) {
 		return
 	}
 	att, _ := stream.Attach(cw, "", h.retryHint(st.call, st.res))

@@ -161,7 +161,7 @@ func (h *Handler) openSession(st *relayState, req *http.Request, upstream, sid, 
 		Key: sessionKey(upstream, sid), Upstream: upstream, Version: version, UpstreamID: sid,
 		ClientKey: st.clientKey, Endpoint: boundedPath(st.r), Host: boundedHost(st.r.Host),
 	}
-	_, err := g.sessions.Open(info, time.Now(), g.levels.Level() == admission.LevelProtective)
+	_, err := g.Sessions().Open(info, time.Now(), g.Level() == admission.LevelProtective)
 	if errors.Is(err, resources.ErrExists) {
 		// The upstream handed out an id that is live already: the same
 		// session.
@@ -202,7 +202,7 @@ func (st *relayState) openLegacy(req *http.Request) bool {
 		Key: sessionKey(upstream, id), Upstream: upstream, Version: mcp.Version20241105, UpstreamID: id,
 		ClientKey: st.clientKey,
 	}
-	s, err := g.sessions.Open(info, time.Now(), g.levels.Level() == admission.LevelProtective)
+	s, err := g.Sessions().Open(info, time.Now(), g.Level() == admission.LevelProtective)
 	if err != nil {
 		metrics.sessionRefusals.WithLabelValues("full").Inc()
 		return false
@@ -212,7 +212,7 @@ func (st *relayState) openLegacy(req *http.Request) bool {
 	st.session, st.legacyID, st.legacyUpstream = s, id, upstream
 	st.legacyEnd = func() {
 		end()
-		g.sessions.Remove(info.Key, resources.CauseDeleted)
+		g.Sessions().Remove(info.Key, resources.CauseDeleted)
 	}
 	st.mu.Unlock()
 	metrics.sessionsCreated.Inc()

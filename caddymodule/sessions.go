@@ -70,19 +70,19 @@ func (h *Handler) trackSession(r *http.Request, call *mcp.Call, res resolution, 
 	}
 	g := h.app.global
 	id := call.First().ID
-	s, ok := g.sessions.Get(res.key)
+	s, ok := g.Sessions().Get(res.key)
 	if !ok {
-		if g.sessions.WasEvicted(res.key) {
+		if g.Sessions().WasEvicted(res.key) {
 			metrics.sessionRefusals.WithLabelValues("not_found").Inc()
 			return nil, nil, mcp.Refuse(http.StatusNotFound, mcp.CodeSessionNotFound, id, "session not found")
 		}
 		var err error
-		s, err = g.sessions.Open(resources.SessionInfo{
+		s, err = g.Sessions().Open(resources.SessionInfo{
 			Key: res.key, Upstream: res.session.Upstream, Version: res.session.Version, UpstreamID: res.session.UpstreamID,
 			ClientKey: clientKey, Endpoint: boundedPath(r), Host: boundedHost(r.Host),
 		}, time.Now(), level == admission.LevelProtective)
 		if errors.Is(err, resources.ErrExists) {
-			s, ok = g.sessions.Get(res.key)
+			s, ok = g.Sessions().Get(res.key)
 			err = nil
 			if !ok {
 				err = resources.ErrFull
@@ -127,16 +127,16 @@ func sessionTableRefusal(err error, id string) *mcp.Refusal {
 func (h *Handler) roomForSession(clientKey string, level admission.Level, id string) *mcp.Refusal {
 	g := h.app.global
 	protective := level == admission.LevelProtective
-	if max := g.sessions.ClientMaxSessions(); max > 0 && clientKey != "" && g.sessions.ClientSessions(clientKey) >= max {
-		if !g.sessions.EvictClientVictim(clientKey, protective) {
+	if max := g.Sessions().ClientMaxSessions(); max > 0 && clientKey != "" && g.Sessions().ClientSessions(clientKey) >= max {
+		if !g.Sessions().EvictClientVictim(clientKey, protective) {
 			return sessionTableRefusal(resources.ErrClientFull, id)
 		}
 	}
-	max := g.sessions.MaxSessions()
-	if max <= 0 || g.sessions.Len() < max {
+	max := g.Sessions().MaxSessions()
+	if max <= 0 || g.Sessions().Len() < max {
 		return nil
 	}
-	if g.sessions.EvictVictims(1, protective, resources.CauseCapacity) > 0 {
+	if g.Sessions().EvictVictims(1, protective, resources.CauseCapacity) > 0 {
 		return nil
 	}
 	return sessionTableRefusal(resources.ErrFull, id)
@@ -170,7 +170,7 @@ func boundedPath(r *http.Request) string {
 // events are also counted for the session, for its lifetime figures.
 func (h *Handler) streamHooksFor(s *resources.Session) *sse.Hooks {
 	hooks := *streamHooks
-	budget := h.app.global.memory
+	budget := h.app.global.Memory()
 	reserve := budget.Reserve
 	release := budget.Release
 	if s != nil {

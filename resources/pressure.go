@@ -26,6 +26,11 @@ type Monitor interface {
 	Pressure() float64
 }
 
+// PressureOf reads m's pressure clamped to [0, 1], NaN as 0, so a monitor
+// that breaks its contract cannot make the service level, or the status
+// that shows it, unreadable.
+func PressureOf(m Monitor) float64 { return clamp01(m.Pressure()) }
+
 // DefaultCgroupRoot is the directory CgroupMonitor and DefaultMemoryLimit
 // read the cgroup v2 memory files from: the process's own cgroup when the
 // container runtime mounts its cgroup namespace there.

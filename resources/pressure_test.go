@@ -237,3 +237,20 @@ func TestMemoryLimit(t *testing.T) {
 		t.Fatal("DefaultMemoryLimit negative")
 	}
 }
+
+// rawMonitor reads whatever it is given, in or out of [0, 1].
+type rawMonitor float64
+
+func (rawMonitor) Name() string        { return "raw" }
+func (m rawMonitor) Pressure() float64 { return float64(m) }
+
+// TestPressureOf: a monitor's reading is clamped to [0, 1], NaN read as 0.
+func TestPressureOf(t *testing.T) {
+	for _, tc := range []struct{ in, want float64 }{
+		{0.4, 0.4}, {-1, 0}, {7, 1}, {math.NaN(), 0}, {math.Inf(1), 1}, {math.Inf(-1), 0},
+	} {
+		if got := PressureOf(rawMonitor(tc.in)); got != tc.want {
+			t.Errorf("PressureOf(%v) = %v, want %v", tc.in, got, tc.want)
+		}
+	}
+}

@@ -914,12 +914,6 @@ func (r *Registry) Remove(key string, cause Cause) bool {
 	return ok
 }
 
-// Evict evicts the live session with the key for cause and reports whether
-// there was one. It is Remove under the name used for the registry's own
-// causes (idle, capacity, level, operator); with CauseDeleted it removes
-// without a tombstone, exactly as Remove does.
-func (r *Registry) Evict(key string, cause Cause) bool { return r.Remove(key, cause) }
-
 // evictSession evicts s for cause if it is still live and, unless
 // protective, has no request in flight; it reports whether it did.
 func (r *Registry) evictSession(s *Session, protective bool, cause Cause) bool {

@@ -108,10 +108,10 @@ func TestRegistryEvict(t *testing.T) {
 	var goroutineEnded atomic.Bool
 	s.Group().Go(func(ctx context.Context) { <-ctx.Done(); goroutineEnded.Store(true) })
 
-	if !r.Evict("a", CauseOperator) {
-		t.Fatal("Evict of a live session reported false")
+	if !r.Remove("a", CauseOperator) {
+		t.Fatal("Remove of a live session for an eviction cause reported false")
 	}
-	if r.Evict("a", CauseOperator) || r.Remove("a", CauseDeleted) {
+	if r.Remove("a", CauseOperator) || r.Remove("a", CauseDeleted) {
 		t.Fatal("second eviction reported true")
 	}
 	if _, ok := r.Get("a"); ok {
@@ -208,7 +208,7 @@ func TestSessionStreams(t *testing.T) {
 	if !s.LastActive().Equal(clk.Now()) {
 		t.Fatal("stream removal must touch the session")
 	}
-	r.Evict("a", CauseOperator)
+	r.Remove("a", CauseOperator)
 	r2() // after close: no-op
 	if closed[0].Load() != 0 || closed[1].Load() != 1 || closed[2].Load() != 1 {
 		t.Fatalf("closer calls %d %d %d, want 0 1 1", closed[0].Load(), closed[1].Load(), closed[2].Load())
@@ -413,7 +413,7 @@ func TestRegistryTombstoneBounds(t *testing.T) {
 	r := NewRegistry(RegistryConfig{Clock: clk.Now, MaxTombstones: 3, TombstoneTTL: time.Hour})
 	for i := range 5 {
 		mustOpen(t, r, fmt.Sprint(i), clk.Now())
-		r.Evict(fmt.Sprint(i), CauseOperator)
+		r.Remove(fmt.Sprint(i), CauseOperator)
 		clk.Advance(time.Minute)
 	}
 	if r.Tombstones() != 3 {
@@ -427,7 +427,7 @@ func TestRegistryTombstoneBounds(t *testing.T) {
 	// Reopening and evicting a key again keeps one map entry, the newest;
 	// its stale queue entry still counts toward the bound until it ages out.
 	mustOpen(t, r, "4", clk.Now())
-	r.Evict("4", CauseOperator)
+	r.Remove("4", CauseOperator)
 	if r.Tombstones() > 3 || !r.WasEvicted("4") {
 		t.Fatalf("Tombstones = %d after re-eviction", r.Tombstones())
 	}
@@ -458,7 +458,7 @@ func TestRegistryRange(t *testing.T) {
 	// The callback may evict: no lock is held while it runs.
 	r.Range(func(s *Session) bool {
 		seen++
-		r.Evict(s.Key(), CauseOperator)
+		r.Remove(s.Key(), CauseOperator)
 		return seen < 5
 	})
 	if seen != 5 || r.Len() != 5 {
@@ -520,12 +520,12 @@ func TestRegistryExactlyOnce(t *testing.T) {
 	wg.Go(func() { r.EvictVictims(n, true, CauseLevel) })
 	wg.Go(func() {
 		for i := range n {
-			r.Evict(fmt.Sprint(i), CauseOperator)
+			r.Remove(fmt.Sprint(i), CauseOperator)
 		}
 	})
 	wg.Go(func() {
 		for i := n - 1; i >= 0; i-- {
-			r.Evict(fmt.Sprint(i), CauseOperator)
+			r.Remove(fmt.Sprint(i), CauseOperator)
 		}
 	})
 	wg.Wait()
@@ -590,7 +590,7 @@ func TestRegistryConcurrentUse(t *testing.T) {
 		}
 	})
 	wg.Wait()
-	r.Range(func(s *Session) bool { r.Evict(s.Key(), CauseOperator); return true })
+	r.Range(func(s *Session) bool { r.Remove(s.Key(), CauseOperator); return true })
 	if r.Len() != 0 || mem.Used() != 0 || r.Bytes() != 0 {
 		t.Fatalf("len %d mem %d bytes %d", r.Len(), mem.Used(), r.Bytes())
 	}
@@ -717,7 +717,7 @@ func TestRegistryOnEnd(t *testing.T) {
 	clk.Advance(2 * time.Second)
 	r.Remove("deleted", CauseDeleted)
 	clk.Advance(time.Second)
-	r.Evict("operator", CauseOperator)
+	r.Remove("operator", CauseOperator)
 
 	// The idle session expires; the capacity one, touched just before the
 	// sweep, is the victim when a new session is opened at MaxSessions.
@@ -1085,7 +1085,7 @@ func TestRegistryClientConcurrent(t *testing.T) {
 	if evil != r.ClientSessions("evil") || evil > limit || r.Len() != evil+3 {
 		t.Fatalf("index says %d, registry holds %d of the client's sessions (len %d)", r.ClientSessions("evil"), evil, r.Len())
 	}
-	r.Range(func(s *Session) bool { r.Evict(s.Key(), CauseOperator); return true })
+	r.Range(func(s *Session) bool { r.Remove(s.Key(), CauseOperator); return true })
 	if clientEntries(r) != 0 || r.Bytes() != 0 {
 		t.Fatalf("after evicting all: %d client entries, %d bytes", clientEntries(r), r.Bytes())
 	}
@@ -1135,7 +1135,7 @@ func TestRegistryInfoCharge(t *testing.T) {
 	if !s.Evicted() {
 		t.Fatal("the idlest session must have made room")
 	}
-	r.Range(func(s *Session) bool { r.Evict(s.Key(), CauseOperator); return true })
+	r.Range(func(s *Session) bool { r.Remove(s.Key(), CauseOperator); return true })
 	if mem.Used() != 0 || r.Bytes() != 0 {
 		t.Fatalf("info bytes not given back: budget %d registry %d", mem.Used(), r.Bytes())
 	}

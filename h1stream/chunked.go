@@ -1,4 +1,4 @@
-package caddymodule
+package h1stream
 
 import (
 	"bytes"
