@@ -277,11 +277,8 @@ type Handler struct {
 	maxBody     int64
 	bodyTimeout time.Duration
 	now         func() time.Time
-	transport   *relayTransport
+	transport   *RelayTransport
 	registered  bool // listed for side requests, see registerUpstreams
-	// rewriteHost: the user set no Host for upstream requests, so the
-	// transport sets it to the upstream's host:port.
-	rewriteHost bool
 
 	maxEvent                int64
 	queueEvents             int
@@ -372,13 +369,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.ProxyRaw == nil {
 		return errors.New("mcp_proxy needs at least one upstream")
 	}
-	raw, statics, userHost, err := applyProxyDefaults(h.ProxyRaw)
+	raw, statics, err := applyProxyDefaults(h.ProxyRaw)
 	if err != nil {
 		return fmt.Errorf("configuring embedded reverse_proxy: %w", err)
 	}
 	h.ProxyRaw = raw
 	h.upstreams = statics
-	h.rewriteHost = !userHost
 	mod, err := ctx.LoadModule(h, "ProxyRaw")
 	if err != nil {
 		return fmt.Errorf("loading embedded reverse_proxy: %w", err)
@@ -387,8 +383,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if !ok {
 		return fmt.Errorf("embedded proxy is %T, want reverse_proxy", mod)
 	}
-	h.transport = &relayTransport{inner: rp.Transport, streams: newStreamDialer(rp.Transport), rewriteHost: h.rewriteHost}
-	rp.Transport = h.transport
+	if h.transport, ok = rp.Transport.(*RelayTransport); !ok {
+		return fmt.Errorf("embedded proxy's transport is %T, want mcp_relay", rp.Transport)
+	}
 	h.proxy = rp
 	h.downRetryAfter = downRetryAfter(rp.HealthChecks)
 	h.watchStop(ctx)
@@ -434,19 +431,20 @@ func orDefault[T int | int64 | float64 | time.Duration](v, def T) T {
 }
 
 // applyProxyDefaults sets the MCP defaults on the embedded reverse_proxy's
-// JSON unless the user set them: the mcp_session policy wrapping the
-// configured one. It reports whether the user set a Host header for
-// upstream requests (without one, the transport wrapper sends the
-// upstream's host:port, as `header_up Host {upstream_hostport}` would, at
-// less cost than a header operation), and returns the static upstream dial
-// addresses, or nil when upstreams are dynamic. (SSE bodies are relayed by
-// mcp_proxy itself, which flushes every event; other bodies keep
-// reverse_proxy's own flushing.)
-func applyProxyDefaults(raw json.RawMessage) (out json.RawMessage, statics map[string]struct{}, userHost bool, err error) {
+// JSON: the mcp_session policy wrapping the configured one, and the
+// mcp_relay transport wrapping the configured one, which also sends the
+// upstream's host:port as Host unless the user set a Host header (as
+// `header_up Host {upstream_hostport}` would, at less cost than a header
+// operation). It returns the static upstream dial addresses, or nil when
+// upstreams are dynamic. (SSE bodies are relayed by mcp_proxy itself,
+// which flushes every event; other bodies keep reverse_proxy's own
+// flushing.)
+func applyProxyDefaults(raw json.RawMessage) (out json.RawMessage, statics map[string]struct{}, err error) {
 	var cfg map[string]any
 	if err := json.Unmarshal(raw, &cfg); err != nil {
-		return nil, nil, false, err
+		return nil, nil, err
 	}
+	userHost := false
 	if hdrs, _ := cfg["headers"].(map[string]any); hdrs != nil {
 		if req, _ := hdrs["request"].(map[string]any); req != nil {
 			for _, op := range []string{"set", "add"} {
@@ -480,8 +478,9 @@ func applyProxyDefaults(raw json.RawMessage) (out json.RawMessage, statics map[s
 			}
 		}
 	}
+	wrapTransport(cfg, !userHost)
 	out, err = json.Marshal(cfg)
-	return out, statics, userHost, err
+	return out, statics, err
 }
 
 func hasKeyFold(m map[string]any, key string) bool {

@@ -1,20 +1,15 @@
 package caddymodule
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
 	"errors"
 	"io"
 	"net/http"
-	"net/url"
 	"sync"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"go.uber.org/zap"
 
 	"github.com/mcpgate/mcpgate/h1stream"
@@ -222,128 +217,6 @@ func (st *relayState) sendCancelled(reason string) {
 		return
 	}
 	metrics.cancelsSent.Inc()
-}
-
-// relayTransport wraps reverse_proxy's transport. For requests mcp_proxy
-// relays it detaches the upstream request from the client's cancellation
-// (the relay state decides), and takes an SSE response body over so the
-// relay, not reverse_proxy's copy loop, pumps it to the client.
-type relayTransport struct {
-	inner http.RoundTripper
-	// rewriteHost: the user set no Host for upstream requests, so the
-	// transport sets it to the upstream's host:port, on client requests
-	// and on the proxy's own side requests alike.
-	rewriteHost bool
-	// streams opens SSE GET streams on connections of their own; nil when
-	// the inner transport cannot be bypassed.
-	streams *h1stream.Dialer
-}
-
-// RoundTrip implements http.RoundTripper.
-func (t *relayTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	if t.rewriteHost {
-		// The request is reverse_proxy's own copy for this attempt.
-		if repl, ok := req.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
-			if hp, ok := repl.GetString("http.reverse_proxy.upstream.hostport"); ok && hp != "" {
-				req.Host = hp
-			}
-		}
-	}
-	st, _ := caddyhttp.GetVar(req.Context(), varRelay).(*relayState)
-	if st == nil {
-		return t.inner.RoundTrip(req)
-	}
-	if st.resumable {
-		// Only a resumable request outlives its client; any other one is
-		// cancelled with the client's request, as reverse_proxy does.
-		clientCtx := req.Context()
-		ctx, cancel := context.WithCancel(context.WithoutCancel(clientCtx))
-		req = req.WithContext(ctx)
-		st.mu.Lock()
-		if st.cancel != nil {
-			st.cancel() // a retry: the previous attempt is over
-		}
-		st.cancel, st.outReq = cancel, req
-		if st.stopWatch == nil {
-			st.stopWatch = context.AfterFunc(clientCtx, st.clientGone)
-		}
-		st.mu.Unlock()
-	} else {
-		st.mu.Lock()
-		st.outReq = req
-		st.mu.Unlock()
-	}
-	if len(st.whole) > 0 && req.Body != nil && req.Body != http.NoBody {
-		// reverse_proxy wraps the body (trailers, retries), which makes
-		// net/http's Transport flush the request's header in a write of
-		// its own, in case the body is slow to come. This body is already
-		// in memory: as a *bytes.Reader the Transport sends the header
-		// and body in one write.
-		req.Body = io.NopCloser(bytes.NewReader(st.whole))
-		req.ContentLength = int64(len(st.whole))
-	}
-	var resp *http.Response
-	var err error
-	dialled := t.streams.Handles(req)
-	if dialled {
-		resp, err = t.streams.RoundTrip(req)
-	} else {
-		resp, err = t.inner.RoundTrip(req)
-	}
-	if err != nil {
-		return nil, err
-	}
-	st.status, st.responded = resp.StatusCode, true
-	resp = st.sealResponse(req, resp)
-	if resp.StatusCode == http.StatusOK && legacyStream(st.r, st.call, st.res) && isEventStream(resp.Header) && !st.openLegacy(req) {
-		resp = st.replaceResponse(resp, http.StatusServiceUnavailable, mcp.CodeServerError,
-			"session limit reached, retry after "+levelRetryAfter+"s")
-	}
-	// An empty SSE answer (Content-Length: 0 gives http.NoBody) goes to
-	// the relay too: it ends at once, without the request's answer.
-	if resp.StatusCode == http.StatusOK && resp.Body != nil && isEventStream(resp.Header) {
-		st.mu.Lock()
-		st.body = resp.Body
-		st.mu.Unlock()
-		resp.Body = http.NoBody
-		resp.ContentLength = -1
-		resp.Header.Del("Content-Length")
-		// A stream that may be handed off is delimited by the close of
-		// its connection, not chunked: net/http then sends
-		// "Connection: close" and no Transfer-Encoding, and the relay
-		// writes the events as they are once it owns the connection.
-		st.handoff = st.handoff && dialled
-		if st.handoff && st.r.ProtoAtLeast(1, 1) {
-			st.w.Header().Set("Transfer-Encoding", "identity")
-		}
-	} else {
-		st.handoff = false
-	}
-	return resp, nil
-}
-
-// The transport interfaces reverse_proxy asserts at request time are
-// passed through to the wrapped transport.
-
-// ProxyProtocolEnabled implements reverseproxy.ProxyProtocolTransport.
-func (t *relayTransport) ProxyProtocolEnabled() bool {
-	p, ok := t.inner.(reverseproxy.ProxyProtocolTransport)
-	return ok && p.ProxyProtocolEnabled()
-}
-
-// RequiresContentLength implements
-// reverseproxy.ContentLengthRequiredTransport.
-func (t *relayTransport) RequiresContentLength() bool {
-	c, ok := t.inner.(reverseproxy.ContentLengthRequiredTransport)
-	return ok && c.RequiresContentLength()
-}
-
-// OverrideHealthCheckScheme implements
-// reverseproxy.HealthCheckSchemeOverriderTransport.
-func (t *relayTransport) OverrideHealthCheckScheme(base *url.URL, port string) {
-	if o, ok := t.inner.(reverseproxy.HealthCheckSchemeOverriderTransport); ok {
-		o.OverrideHealthCheckScheme(base, port)
-	}
 }
 
 // clientWriter adapts the client's response writer for the relay.
