@@ -1,15 +1,10 @@
 package caddymodule
 
 import (
-	"strconv"
 	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig"
-	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
-	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
-	"github.com/dustin/go-humanize"
 	"go.uber.org/zap"
 
 	"github.com/mcpgate/mcpgate/admission"
@@ -19,7 +14,6 @@ import (
 
 func init() {
 	caddy.RegisterModule(new(App))
-	httpcaddyfile.RegisterGlobalOption("mcp", parseGlobalOption)
 }
 
 // App is the `mcp` app: the process-wide state every mcp_proxy shares —
@@ -264,176 +258,9 @@ func (a *App) Cleanup() error {
 	return err
 }
 
-// parseGlobalOption parses the `mcp` global option:
-//
-//	mcp {
-//		max_connections      <n>
-//		max_inflight         <n>
-//		max_streams          <n>
-//		max_sessions         <n>|0
-//		client_max_sessions  <n>|0
-//		memory_limit         <size>
-//		session_memory       <size>
-//		session_idle_timeout <duration>
-//		refresh              <duration>
-//		levels               <degraded> <essential> <protective> [<hysteresis>]
-//		degraded_fraction    <0..1>
-//		goroutine_ceiling    <n>
-//		sched_latency_target <duration>
-//	}
-func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
-	app := new(App)
-	d.Next() // the option name
-	if d.NextArg() {
-		return nil, d.ArgErr()
-	}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		name := d.Val()
-		args := d.RemainingArgs()
-		var err error
-		switch name {
-		case "max_connections", "max_inflight", "max_streams", "max_sessions", "client_max_sessions", "goroutine_ceiling":
-			err = app.parseCount(d, name, args)
-		case "memory_limit", "session_memory":
-			err = app.parseSize(d, name, args)
-		case "session_idle_timeout", "refresh", "sched_latency_target":
-			err = app.parseDuration(d, name, args)
-		case "levels":
-			err = app.parseLevels(d, args)
-		case "degraded_fraction":
-			err = app.parseFraction(d, args)
-		default:
-			err = d.Errf("unrecognized mcp option %q", name)
-		}
-		if err != nil {
-			return nil, err
-		}
-	}
-	return httpcaddyfile.App{Name: "mcp", Value: caddyconfig.JSON(app, nil)}, nil
-}
-
-// oneArg returns the single argument of an option, or an argument error.
-func oneArg(d *caddyfile.Dispenser, args []string) (string, error) {
-	if len(args) != 1 {
-		return "", d.ArgErr()
-	}
-	return args[0], nil
-}
-
-// parseCount parses an option holding a count.
-func (app *App) parseCount(d *caddyfile.Dispenser, name string, args []string) error {
-	s, err := oneArg(d, args)
-	if err != nil {
-		return err
-	}
-	n, err := strconv.Atoi(s)
-	if err != nil || n < 0 {
-		return d.Errf("bad %s %q: want a count", name, s)
-	}
-	switch name {
-	case "max_connections":
-		app.MaxConnections = n
-	case "max_inflight":
-		app.MaxInflight = n
-	case "max_streams":
-		app.MaxStreams = n
-	case "max_sessions":
-		app.MaxSessions = offIfZero(n)
-	case "client_max_sessions":
-		app.ClientMaxSessions = offIfZero(n)
-	case "goroutine_ceiling":
-		app.GoroutineCeiling = n
-	}
-	return nil
-}
-
-// parseSize parses an option holding a size.
-func (app *App) parseSize(d *caddyfile.Dispenser, name string, args []string) error {
-	s, err := oneArg(d, args)
-	if err != nil {
-		return err
-	}
-	n, err := humanize.ParseBytes(s)
-	if err != nil || n == 0 || n > 1<<50 {
-		return d.Errf("bad %s %q: want a size such as 512MiB", name, s)
-	}
-	if name == "memory_limit" {
-		app.MemoryLimit = int64(n)
-	} else {
-		app.SessionMemory = int64(n)
-	}
-	return nil
-}
-
-// parseDuration parses an option holding a duration.
-func (app *App) parseDuration(d *caddyfile.Dispenser, name string, args []string) error {
-	s, err := oneArg(d, args)
-	if err != nil {
-		return err
-	}
-	dur, err := caddy.ParseDuration(s)
-	if err != nil || dur <= 0 {
-		return d.Errf("bad %s %q: want a positive duration", name, s)
-	}
-	switch name {
-	case "session_idle_timeout":
-		app.SessionIdleTimeout = caddy.Duration(dur)
-	case "refresh":
-		app.Refresh = caddy.Duration(dur)
-	case "sched_latency_target":
-		app.SchedLatencyTarget = caddy.Duration(dur)
-	}
-	return nil
-}
-
-// parseLevels parses `levels <degraded> <essential> <protective>
-// [<hysteresis>]`.
-func (app *App) parseLevels(d *caddyfile.Dispenser, args []string) error {
-	if len(args) != 3 && len(args) != 4 {
-		return d.ArgErr()
-	}
-	var v [4]float64
-	for i, s := range args {
-		f, err := strconv.ParseFloat(s, 64)
-		if err != nil {
-			return d.Errf("bad levels value %q", s)
-		}
-		v[i] = f
-	}
-	app.Degraded, app.Essential, app.Protective, app.Hysteresis = v[0], v[1], v[2], v[3]
-	th := admission.Thresholds{Degraded: v[0], Essential: v[1], Protective: v[2], Hysteresis: orDefault(v[3], admission.DefaultThresholds.Hysteresis)}
-	if err := th.Validate(); err != nil {
-		return d.Errf("levels: %v", err)
-	}
-	return nil
-}
-
-// parseFraction parses `degraded_fraction <0..1>`.
-func (app *App) parseFraction(d *caddyfile.Dispenser, args []string) error {
-	s, err := oneArg(d, args)
-	if err != nil {
-		return err
-	}
-	f, err := strconv.ParseFloat(s, 64)
-	if err != nil || f <= 0 || f > 1 {
-		return d.Errf("bad degraded_fraction %q: want a number in (0, 1]", s)
-	}
-	app.DegradedFraction = f
-	return nil
-}
-
 // Interface guards
 var (
 	_ caddy.App          = (*App)(nil)
 	_ caddy.Provisioner  = (*App)(nil)
 	_ caddy.CleanerUpper = (*App)(nil)
 )
-
-// offIfZero maps a Caddyfile count of 0, which turns a cap with a default
-// off, to its JSON form, -1.
-func offIfZero(n int) int {
-	if n == 0 {
-		return -1
-	}
-	return n
-}

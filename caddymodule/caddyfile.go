@@ -12,14 +12,156 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"github.com/dustin/go-humanize"
+
+	"github.com/mcpgate/mcpgate/admission"
 )
 
+// Every Caddyfile form of the mcpgate modules is parsed here: the
+// mcp_proxy and mcp_health directives, the mcp global option, the
+// mcp_connections listener wrapper and the mcp_session policy. Counts,
+// sizes and durations go through one set of parsers with the same bounds
+// everywhere.
+
 func init() {
-	httpcaddyfile.RegisterHandlerDirective("mcp_proxy", parseCaddyfile)
+	httpcaddyfile.RegisterHandlerDirective("mcp_proxy", parseProxyDirective)
 	httpcaddyfile.RegisterDirectiveOrder("mcp_proxy", httpcaddyfile.Before, "reverse_proxy")
+	httpcaddyfile.RegisterHandlerDirective("mcp_health", parseHealthDirective)
+	httpcaddyfile.RegisterDirectiveOrder("mcp_health", httpcaddyfile.Before, "respond")
+	httpcaddyfile.RegisterGlobalOption("mcp", parseGlobalOption)
 }
 
-func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+// option is one subdirective or global option: which argument counts it
+// takes and how it applies its arguments.
+type option struct {
+	nargs func(n int) bool
+	apply func(args []string) error
+	// repeat: the option may be given more than once.
+	repeat bool
+}
+
+func exactly(want int) func(int) bool  { return func(n int) bool { return n == want } }
+func atLeast(least int) func(int) bool { return func(n int) bool { return n >= least } }
+func between(lo, hi int) func(int) bool {
+	return func(n int) bool { return n >= lo && n <= hi }
+}
+
+// one is an option taking a single argument parsed by parse.
+func one(parse func(string) error) option {
+	return option{nargs: exactly(1), apply: func(a []string) error { return parse(a[0]) }}
+}
+
+// The shared value parsers. Each error says what was wrong and what the
+// value should look like.
+
+// parseCount reads a count: a whole number, 0 or more.
+func parseCount(s string) (int, error) {
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("%q: want a count", s)
+	}
+	return n, nil
+}
+
+// parseSize reads a size such as 64KiB or 512MB, from 1 byte to 1 PiB.
+func parseSize(s string) (int64, error) {
+	n, err := humanize.ParseBytes(s)
+	if err != nil || n == 0 || n > 1<<50 {
+		return 0, fmt.Errorf("%q: want a size such as 64KiB", s)
+	}
+	return int64(n), nil
+}
+
+// parseDuration reads a positive duration such as 10s or 5m.
+func parseDuration(s string) (caddy.Duration, error) {
+	d, err := caddy.ParseDuration(s)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("%q: want a positive duration", s)
+	}
+	return caddy.Duration(d), nil
+}
+
+// parseOnOff reads on/off (or a boolean).
+func parseOnOff(s string) (bool, error) {
+	switch s {
+	case "on":
+		return true, nil
+	case "off":
+		return false, nil
+	}
+	b, err := strconv.ParseBool(s)
+	if err != nil {
+		return false, fmt.Errorf("%q: want on or off", s)
+	}
+	return b, nil
+}
+
+func countOpt(dst *int) option {
+	return one(func(s string) (err error) { *dst, err = parseCount(s); return })
+}
+
+// countOrOff is a count whose 0 turns off a cap that has a default (JSON
+// -1).
+func countOrOff(dst *int) option {
+	return one(func(s string) error {
+		n, err := parseCount(s)
+		if n == 0 {
+			n = -1
+		}
+		*dst = n
+		return err
+	})
+}
+
+func sizeOpt(dst *int64) option {
+	return one(func(s string) (err error) { *dst, err = parseSize(s); return })
+}
+
+func durationOpt(dst *caddy.Duration) option {
+	return one(func(s string) (err error) { *dst, err = parseDuration(s); return })
+}
+
+func onOffOpt(dst **bool) option {
+	return one(func(s string) error { b, err := parseOnOff(s); *dst = &b; return err })
+}
+
+func listOpt(dst *[]string) option {
+	return option{nargs: atLeast(1), apply: func(a []string) error { *dst = append(*dst, a...); return nil }}
+}
+
+// parseBlock applies the options of a block, each at most once unless it
+// repeats; what names the block's options in the error for an unknown one.
+func parseBlock(d *caddyfile.Dispenser, opts map[string]option, what string) error {
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		name := d.Val()
+		o, ok := opts[name]
+		if !ok {
+			return d.Errf("unrecognized %s %q", what, name)
+		}
+		if err := applyOption(d, name, o, d.RemainingArgs(), seen); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// applyOption applies one option's arguments.
+func applyOption(d *caddyfile.Dispenser, name string, o option, args []string, seen map[string]bool) error {
+	if seen[name] && !o.repeat {
+		return d.Errf("%s given twice: give it once (the second would replace the first)", name)
+	}
+	seen[name] = true
+	if !o.nargs(len(args)) {
+		return d.ArgErr()
+	}
+	if err := o.apply(args); err != nil {
+		return d.Errf("bad %s %v", name, err)
+	}
+	return nil
+}
+
+// parseProxyDirective parses mcp_proxy.
+func parseProxyDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	m := new(Handler)
 	rp, err := m.unmarshal(h.Dispenser)
 	if err != nil {
@@ -74,7 +216,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //
 // Upstreams on the directive line and every subdirective mcp_proxy does not
 // know are handed to reverse_proxy's own parser; a configured lb_policy
-// becomes the fallback of the mcp_session policy.
+// becomes the fallback of the mcp_session policy. Each subdirective but
+// tool may be given once.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	rp, err := h.unmarshal(d)
 	if err != nil {
@@ -88,29 +231,19 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 // and hands the rest to reverse_proxy's parser.
 func (h *Handler) unmarshal(outer *caddyfile.Dispenser) (*reverseproxy.Handler, error) {
 	d := outer.NewFromNextSegment()
+	opts := h.options()
 	seen := map[string]bool{}
 	for d.Next() {
 		for d.NextBlock(0) {
-			if d.Nesting() != 1 {
+			o, ours := opts[d.Val()]
+			if d.Nesting() != 1 || !ours {
 				continue
 			}
-			name := d.Val()
-			count, ours := subdirectiveArgs[name]
-			if !ours {
-				continue
-			}
-			if seen[name] && !repeatable[name] {
-				return nil, d.Errf("%s given twice: give it once (the second would replace the first)", name)
-			}
-			seen[name] = true
-			args := d.RemainingArgs()
-			if !count(len(args)) {
-				return nil, d.ArgErr()
+			name, args := d.Val(), d.RemainingArgs()
+			if err := applyOption(d, name, o, args, seen); err != nil {
+				return nil, err
 			}
 			d.DeleteN(len(args) + 1)
-			if err := h.parseSubdirective(name, args); err != nil {
-				return nil, d.Errf("%s: %v", name, err)
-			}
 		}
 	}
 	d.Reset()
@@ -122,249 +255,277 @@ func (h *Handler) unmarshal(outer *caddyfile.Dispenser) (*reverseproxy.Handler, 
 	return rp, nil
 }
 
-// subdirectiveArgs names mcp_proxy's own subdirectives with the argument
-// counts each accepts; every other subdirective is reverse_proxy's.
-var subdirectiveArgs = map[string]func(n int) bool{
-	"session_key":          atLeast(1),
-	"session_lifetime":     exactly(1),
-	"max_peek":             exactly(1),
-	"max_body":             exactly(1),
-	"body_timeout":         exactly(1),
-	"allowed_origins":      atLeast(1),
-	"allowed_hosts":        atLeast(0),
-	"require_session":      exactly(1),
-	"max_event_size":       exactly(1),
-	"stream_buffer":        exactly(2),
-	"replay":               exactly(3),
-	"write_timeout":        exactly(1),
-	"keepalive":            exactly(1),
-	"retry_hint":           exactly(1),
-	"stream_handoff":       exactly(1),
-	"drain":                exactly(1),
-	"max_inflight":         exactly(1),
-	"max_streams":          exactly(1),
-	"client_max_inflight":  exactly(1),
-	"client_max_streams":   exactly(1),
-	"client_ipv6_prefix":   exactly(1),
-	"session_max_inflight": exactly(1),
-	"queue":                exactly(2),
-	"client_key":           exactly(1),
-	"client_session_rate":  func(n int) bool { return n == 1 || n == 2 },
-	"tool":                 func(n int) bool { return n == 3 || n == 5 },
-	"limit":                atLeast(1),
+// options are mcp_proxy's own subdirectives; every other one is
+// reverse_proxy's.
+func (h *Handler) options() map[string]option {
+	return map[string]option{
+		"session_key":      listOpt(&h.SessionKeys),
+		"session_lifetime": durationOpt(&h.SessionLifetime),
+		"max_peek":         sizeOpt(&h.MaxPeek),
+		"max_body": one(func(s string) (err error) {
+			if s == "0" || s == "off" {
+				h.MaxBody = -1
+				return nil
+			}
+			h.MaxBody, err = parseSize(s)
+			return err
+		}),
+		"body_timeout":    durationOpt(&h.BodyTimeout),
+		"allowed_origins": listOpt(&h.AllowedOrigins),
+		"allowed_hosts": {nargs: atLeast(0), apply: func([]string) error {
+			return fmt.Errorf("(the option is gone): requests without an Origin header (MCP clients, tunnels, local load balancers) pass whatever their Host; list browser origins in allowed_origins")
+		}},
+		"require_session":      onOffOpt(&h.RequireSession),
+		"stream_handoff":       onOffOpt(&h.StreamHandoff),
+		"max_event_size":       sizeOpt(&h.MaxEventSize),
+		"write_timeout":        durationOpt(&h.WriteTimeout),
+		"keepalive":            durationOpt(&h.Keepalive),
+		"retry_hint":           durationOpt(&h.RetryHint),
+		"drain":                durationOpt(&h.Drain),
+		"max_inflight":         countOpt(&h.MaxInflight),
+		"max_streams":          countOpt(&h.MaxStreams),
+		"client_max_inflight":  countOpt(&h.ClientMaxInflight),
+		"client_max_streams":   countOpt(&h.ClientMaxStreams),
+		"session_max_inflight": countOpt(&h.SessionMaxInflight),
+		"client_key":           one(func(s string) error { h.ClientKey = s; return nil }),
+		"client_ipv6_prefix": one(func(s string) (err error) {
+			h.ClientIPv6Prefix, err = parseCount(s)
+			if err == nil && (h.ClientIPv6Prefix < 1 || h.ClientIPv6Prefix > 128) {
+				err = fmt.Errorf("%q: want 1 to 128 bits", s)
+			}
+			return err
+		}),
+		"stream_buffer": {nargs: exactly(2), apply: func(a []string) (err error) {
+			if h.StreamBufferEvents, err = positive(a[0]); err == nil {
+				h.StreamBufferBytes, err = parseSize(a[1])
+			}
+			return err
+		}},
+		"replay": {nargs: exactly(3), apply: func(a []string) (err error) {
+			if h.ReplayEvents, err = positive(a[0]); err == nil {
+				if h.ReplayBytes, err = parseSize(a[1]); err == nil {
+					h.ReplayAge, err = parseDuration(a[2])
+				}
+			}
+			return err
+		}},
+		"queue": {nargs: exactly(2), apply: func(a []string) (err error) {
+			if h.QueueSize, err = parseCount(a[0]); err != nil {
+				return fmt.Errorf("size %v", err)
+			}
+			if h.QueueTimeout, err = parseDuration(a[1]); err != nil {
+				return fmt.Errorf("timeout %v", err)
+			}
+			return nil
+		}},
+		"client_session_rate": {nargs: between(1, 2), apply: h.parseSessionRate},
+		"tool": {nargs: func(n int) bool { return n == 3 || n == 5 }, repeat: true, apply: func(a []string) error {
+			rule, err := parseToolLimit(a)
+			h.Tools = append(h.Tools, rule)
+			return err
+		}},
+		"limit": {nargs: atLeast(1), apply: func(a []string) (err error) {
+			h.Adaptive, err = parseAdaptive(a)
+			return err
+		}},
+	}
 }
 
-// repeatable names the subdirectives that may be given more than once.
-var repeatable = map[string]bool{"tool": true}
+// positive reads a count of at least 1.
+func positive(s string) (int, error) {
+	n, err := parseCount(s)
+	if err == nil && n == 0 {
+		err = fmt.Errorf("%q: want at least 1", s)
+	}
+	return n, err
+}
 
-func exactly(want int) func(int) bool  { return func(n int) bool { return n == want } }
-func atLeast(least int) func(int) bool { return func(n int) bool { return n >= least } }
-
-// parseSubdirective applies one of mcp_proxy's own subdirectives, whose
-// argument count is already checked.
-func (h *Handler) parseSubdirective(name string, args []string) error {
-	switch name {
-	case "session_key":
-		h.SessionKeys = append(h.SessionKeys, args...)
-	case "allowed_origins":
-		h.AllowedOrigins = append(h.AllowedOrigins, args...)
-	case "allowed_hosts":
-		return fmt.Errorf("allowed_hosts is gone: requests without an Origin header (MCP clients, tunnels, local load balancers) now pass whatever their Host; list browser origins in allowed_origins")
-	case "max_body":
-		if args[0] == "0" || args[0] == "off" {
-			h.MaxBody = -1
-			break
+// parseSessionRate parses `<per_second> [<burst>]`.
+func (h *Handler) parseSessionRate(a []string) error {
+	rate, err := strconv.ParseFloat(a[0], 64)
+	if err != nil || rate <= 0 || math.IsInf(rate, 0) || math.IsNaN(rate) {
+		return fmt.Errorf("%q: want sessions per second", a[0])
+	}
+	h.ClientSessionRate = rate
+	if len(a) == 2 {
+		if h.ClientSessionBurst, err = positive(a[1]); err != nil {
+			return fmt.Errorf("burst %v", err)
 		}
-		size, err := parseSize(args[0])
-		if err != nil {
-			return fmt.Errorf("bad max_body: %v", err)
-		}
-		h.MaxBody = size
-	case "client_key":
-		h.ClientKey = args[0]
-	case "require_session", "stream_handoff":
-		on, err := parseOnOff(args[0])
-		if err != nil {
-			return err
-		}
-		if name == "require_session" {
-			h.RequireSession = &on
-		} else {
-			h.StreamHandoff = &on
-		}
-	case "session_lifetime", "write_timeout", "keepalive", "retry_hint", "drain", "body_timeout":
-		dur, err := caddy.ParseDuration(args[0])
-		if err != nil || dur <= 0 {
-			return fmt.Errorf("bad %s %q: want a positive duration", name, args[0])
-		}
-		*map[string]*caddy.Duration{
-			"session_lifetime": &h.SessionLifetime, "write_timeout": &h.WriteTimeout,
-			"keepalive": &h.Keepalive, "retry_hint": &h.RetryHint, "drain": &h.Drain,
-			"body_timeout": &h.BodyTimeout,
-		}[name] = caddy.Duration(dur)
-	case "max_peek", "max_event_size":
-		size, err := parseSize(args[0])
-		if err != nil {
-			return fmt.Errorf("bad %s: %v", name, err)
-		}
-		if name == "max_peek" {
-			h.MaxPeek = size
-		} else {
-			h.MaxEventSize = size
-		}
-	case "max_inflight", "max_streams", "client_max_inflight", "client_max_streams", "session_max_inflight":
-		n, err := strconv.Atoi(args[0])
-		if err != nil || n < 0 {
-			return fmt.Errorf("bad %s %q: want a count", name, args[0])
-		}
-		*map[string]*int{
-			"max_inflight": &h.MaxInflight, "max_streams": &h.MaxStreams,
-			"client_max_inflight": &h.ClientMaxInflight, "client_max_streams": &h.ClientMaxStreams,
-			"session_max_inflight": &h.SessionMaxInflight,
-		}[name] = n
-	case "client_ipv6_prefix":
-		n, err := strconv.Atoi(args[0])
-		if err != nil || n < 1 || n > 128 {
-			return fmt.Errorf("bad client_ipv6_prefix %q: want 1 to 128 bits", args[0])
-		}
-		h.ClientIPv6Prefix = n
-	case "stream_buffer":
-		n, err := strconv.Atoi(args[0])
-		if err != nil || n <= 0 {
-			return fmt.Errorf("bad stream_buffer event count %q", args[0])
-		}
-		size, err := parseSize(args[1])
-		if err != nil {
-			return fmt.Errorf("bad stream_buffer size: %v", err)
-		}
-		h.StreamBufferEvents, h.StreamBufferBytes = n, size
-	case "replay":
-		n, err := strconv.Atoi(args[0])
-		if err != nil || n <= 0 {
-			return fmt.Errorf("bad replay event count %q", args[0])
-		}
-		size, err := parseSize(args[1])
-		if err != nil {
-			return fmt.Errorf("bad replay size: %v", err)
-		}
-		age, err := caddy.ParseDuration(args[2])
-		if err != nil || age <= 0 {
-			return fmt.Errorf("bad replay age %q", args[2])
-		}
-		h.ReplayEvents, h.ReplayBytes, h.ReplayAge = n, size, caddy.Duration(age)
-	case "queue":
-		n, err := strconv.Atoi(args[0])
-		if err != nil || n < 0 {
-			return fmt.Errorf("bad queue size %q", args[0])
-		}
-		dur, err := caddy.ParseDuration(args[1])
-		if err != nil || dur <= 0 {
-			return fmt.Errorf("bad queue timeout %q", args[1])
-		}
-		h.QueueSize, h.QueueTimeout = n, caddy.Duration(dur)
-	case "client_session_rate":
-		rate, err := strconv.ParseFloat(args[0], 64)
-		if err != nil || rate <= 0 || math.IsInf(rate, 0) {
-			return fmt.Errorf("bad client_session_rate %q", args[0])
-		}
-		h.ClientSessionRate = rate
-		if len(args) == 2 {
-			burst, err := strconv.Atoi(args[1])
-			if err != nil || burst <= 0 {
-				return fmt.Errorf("bad client_session_rate burst %q", args[1])
-			}
-			h.ClientSessionBurst = burst
-		}
-	case "tool":
-		rule, err := parseToolLimit(args)
-		if err != nil {
-			return err
-		}
-		h.Tools = append(h.Tools, rule)
-	case "limit":
-		a, err := parseAdaptive(args)
-		if err != nil {
-			return err
-		}
-		h.Adaptive = a
 	}
 	return nil
 }
 
 // parseToolLimit parses `<name-glob> max_inflight <n> [timeout <d>]`.
-func parseToolLimit(args []string) (ToolLimit, error) {
-	if args[1] != "max_inflight" {
-		return ToolLimit{}, fmt.Errorf("tool %s: expected max_inflight, got %q", args[0], args[1])
+func parseToolLimit(a []string) (ToolLimit, error) {
+	rule := ToolLimit{Pattern: a[0]}
+	if a[1] != "max_inflight" {
+		return rule, fmt.Errorf("%s: expected max_inflight, got %q", a[0], a[1])
 	}
-	n, err := strconv.Atoi(args[2])
-	if err != nil || n < 0 {
-		return ToolLimit{}, fmt.Errorf("tool %s: bad max_inflight %q", args[0], args[2])
+	var err error
+	if rule.MaxInflight, err = parseCount(a[2]); err != nil {
+		return rule, fmt.Errorf("%s: bad max_inflight %v", a[0], err)
 	}
-	rule := ToolLimit{Pattern: args[0], MaxInflight: n}
-	if len(args) == 5 {
-		if args[3] != "timeout" {
-			return ToolLimit{}, fmt.Errorf("tool %s: expected timeout, got %q", args[0], args[3])
+	if len(a) == 5 {
+		if a[3] != "timeout" {
+			return rule, fmt.Errorf("%s: expected timeout, got %q", a[0], a[3])
 		}
-		dur, err := caddy.ParseDuration(args[4])
-		if err != nil || dur <= 0 {
-			return ToolLimit{}, fmt.Errorf("tool %s: bad timeout %q", args[0], args[4])
+		if rule.Timeout, err = parseDuration(a[4]); err != nil {
+			return rule, fmt.Errorf("%s: bad timeout %v", a[0], err)
 		}
-		rule.Timeout = caddy.Duration(dur)
 	}
 	return rule, nil
 }
 
 // parseAdaptive parses `adaptive [min <n>] [max <n>] [initial <n>]`.
-func parseAdaptive(args []string) (*AdaptiveLimit, error) {
-	if args[0] != "adaptive" || len(args)%2 != 1 {
-		return nil, fmt.Errorf("expected: limit adaptive [min <n>] [max <n>] [initial <n>]")
+func parseAdaptive(a []string) (*AdaptiveLimit, error) {
+	if a[0] != "adaptive" || len(a)%2 != 1 {
+		return nil, fmt.Errorf("(expected: limit adaptive [min <n>] [max <n>] [initial <n>])")
 	}
-	a := new(AdaptiveLimit)
-	for i := 1; i < len(args); i += 2 {
-		n, err := strconv.Atoi(args[i+1])
-		if err != nil || n <= 0 {
-			return nil, fmt.Errorf("limit adaptive: bad %s %q", args[i], args[i+1])
+	l := new(AdaptiveLimit)
+	dst := map[string]*int{"min": &l.Min, "max": &l.Max, "initial": &l.Initial}
+	for i := 1; i < len(a); i += 2 {
+		p, ok := dst[a[i]]
+		if !ok {
+			return nil, fmt.Errorf("adaptive: unknown option %q", a[i])
 		}
-		switch args[i] {
-		case "min":
-			a.Min = n
-		case "max":
-			a.Max = n
-		case "initial":
-			a.Initial = n
-		default:
-			return nil, fmt.Errorf("limit adaptive: unknown option %q", args[i])
+		n, err := positive(a[i+1])
+		if err != nil {
+			return nil, fmt.Errorf("adaptive: bad %s %v", a[i], err)
 		}
+		*p = n
 	}
-	return a, nil
+	return l, nil
 }
 
-// parseSize parses a humanized size such as 64KiB or 1MB, between 1 byte
-// and 1GiB.
-func parseSize(s string) (int64, error) {
-	n, err := humanize.ParseBytes(s)
-	if err != nil {
-		return 0, err
+// parseGlobalOption parses the `mcp` global option (see App for its
+// syntax).
+func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
+	app := new(App)
+	d.Next() // the option name
+	if d.NextArg() {
+		return nil, d.ArgErr()
 	}
-	if n == 0 || n > 1<<30 {
-		return 0, fmt.Errorf("%s is not between 1B and 1GiB", s)
+	if err := parseBlock(d, app.options(), "mcp option"); err != nil {
+		return nil, err
 	}
-	return int64(n), nil
+	return httpcaddyfile.App{Name: "mcp", Value: caddyconfig.JSON(app, nil)}, nil
 }
 
-func parseOnOff(s string) (bool, error) {
-	switch s {
-	case "on":
-		return true, nil
-	case "off":
-		return false, nil
+// options are the mcp global option's settings.
+func (a *App) options() map[string]option {
+	return map[string]option{
+		"max_connections":      countOpt(&a.MaxConnections),
+		"max_inflight":         countOpt(&a.MaxInflight),
+		"max_streams":          countOpt(&a.MaxStreams),
+		"max_sessions":         countOrOff(&a.MaxSessions),
+		"client_max_sessions":  countOrOff(&a.ClientMaxSessions),
+		"goroutine_ceiling":    countOpt(&a.GoroutineCeiling),
+		"memory_limit":         sizeOpt(&a.MemoryLimit),
+		"session_memory":       sizeOpt(&a.SessionMemory),
+		"session_idle_timeout": durationOpt(&a.SessionIdleTimeout),
+		"refresh":              durationOpt(&a.Refresh),
+		"sched_latency_target": durationOpt(&a.SchedLatencyTarget),
+		"levels":               {nargs: between(3, 4), apply: a.parseLevels},
+		"degraded_fraction": one(func(s string) error {
+			f, err := strconv.ParseFloat(s, 64)
+			if err != nil || f <= 0 || f > 1 {
+				return fmt.Errorf("%q: want a number in (0, 1]", s)
+			}
+			a.DegradedFraction = f
+			return nil
+		}),
 	}
-	b, err := strconv.ParseBool(s)
+}
+
+// parseLevels parses `<degraded> <essential> <protective> [<hysteresis>]`.
+func (a *App) parseLevels(args []string) error {
+	var v [4]float64
+	for i, s := range args {
+		f, err := strconv.ParseFloat(s, 64)
+		if err != nil {
+			return fmt.Errorf("%q: want a pressure between 0 and 1", s)
+		}
+		v[i] = f
+	}
+	a.Degraded, a.Essential, a.Protective, a.Hysteresis = v[0], v[1], v[2], v[3]
+	th := admission.Thresholds{Degraded: v[0], Essential: v[1], Protective: v[2], Hysteresis: orDefault(v[3], admission.DefaultThresholds.Hysteresis)}
+	return th.Validate()
+}
+
+// parseHealthDirective parses mcp_health.
+func parseHealthDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	m := new(Health)
+	err := m.UnmarshalCaddyfile(h.Dispenser)
+	return m, err
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	mcp_health [<matcher>] {
+//		unhealthy_at degraded|essential|protective
+//		details      on|off
+//	}
+//
+// The block is optional; without it the endpoint answers 503 from the
+// essential level on, with the status and level only. mcp_health is
+// ordered just before `respond`, so `handle /healthz { mcp_health }` and
+// `mcp_health /healthz` both work without an `order` line.
+func (h *Health) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // the directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	return parseBlock(d, map[string]option{
+		"unhealthy_at": one(func(s string) error {
+			if _, err := parseUnhealthyAt(s); err != nil {
+				return fmt.Errorf("%q: want degraded, essential or protective", s)
+			}
+			h.UnhealthyAt = s
+			return nil
+		}),
+		"details": one(func(s string) (err error) { h.Details, err = parseOnOff(s); return }),
+	}, "mcp_health subdirective")
+}
+
+// UnmarshalCaddyfile parses the listener wrapper:
+//
+//	mcp_connections {
+//		write_buffer <size>
+//	}
+func (l *ConnLimit) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next()
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	return parseBlock(d, map[string]option{"write_buffer": sizeOpt(&l.WriteBuffer)}, "mcp_connections option")
+}
+
+// UnmarshalCaddyfile sets up the policy from Caddyfile tokens. Syntax:
+//
+//	lb_policy mcp_session [<fallback_policy> [<args...>]]
+func (s *SessionSelection) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume policy name
+	if !d.NextArg() {
+		return nil
+	}
+	name := d.Val()
+	modID := "http.reverse_proxy.selection_policies." + name
+	unm, err := caddyfile.UnmarshalModule(d, modID)
 	if err != nil {
-		return false, strconv.ErrSyntax
+		return err
 	}
-	return b, nil
+	sel, ok := unm.(reverseproxy.Selector)
+	if !ok {
+		return d.Errf("module %s (%T) is not a reverseproxy.Selector", modID, unm)
+	}
+	s.FallbackRaw = caddyconfig.JSONModuleObject(sel, "policy", name, nil)
+	return nil
 }
 
 // Interface guards
-var _ caddyfile.Unmarshaler = (*Handler)(nil)
+var (
+	_ caddyfile.Unmarshaler = (*Handler)(nil)
+	_ caddyfile.Unmarshaler = (*Health)(nil)
+	_ caddyfile.Unmarshaler = (*ConnLimit)(nil)
+	_ caddyfile.Unmarshaler = (*SessionSelection)(nil)
+)

@@ -7,8 +7,6 @@ import (
 	"strconv"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
-	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/mcpgate/mcpgate/admission"
@@ -16,8 +14,6 @@ import (
 
 func init() {
 	caddy.RegisterModule(new(Health))
-	httpcaddyfile.RegisterHandlerDirective("mcp_health", parseHealthCaddyfile)
-	httpcaddyfile.RegisterDirectiveOrder("mcp_health", httpcaddyfile.Before, "respond")
 }
 
 // defaultUnhealthyAt is the default Health.UnhealthyAt.
@@ -167,65 +163,9 @@ func (h *Health) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.H
 	return nil
 }
 
-// parseHealthCaddyfile sets up mcp_health from Caddyfile tokens.
-func parseHealthCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
-	m := new(Health)
-	err := m.UnmarshalCaddyfile(h.Dispenser)
-	return m, err
-}
-
-// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
-//
-//	mcp_health [<matcher>] {
-//		unhealthy_at degraded|essential|protective
-//		details      on|off
-//	}
-//
-// The block is optional; without it the endpoint answers 503 from the
-// essential level on. mcp_health is ordered just before `respond`, so
-// `handle /healthz { mcp_health }` and `mcp_health /healthz` both work
-// without an `order` line.
-func (h *Health) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // the directive name
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		switch d.Val() {
-		case "unhealthy_at":
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			if _, err := parseUnhealthyAt(d.Val()); err != nil {
-				return d.Errf("%v", err)
-			}
-			h.UnhealthyAt = d.Val()
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-		case "details":
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			on, err := parseOnOff(d.Val())
-			if err != nil {
-				return d.Errf("details: want on or off, got %q", d.Val())
-			}
-			h.Details = on
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-		default:
-			return d.Errf("unrecognized mcp_health subdirective %q", d.Val())
-		}
-	}
-	return nil
-}
-
 // Interface guards
 var (
 	_ caddy.Provisioner           = (*Health)(nil)
 	_ caddy.Validator             = (*Health)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Health)(nil)
-	_ caddyfile.Unmarshaler       = (*Health)(nil)
 )

@@ -7,7 +7,6 @@ import (
 	"sync"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -65,37 +64,6 @@ func (l *ConnLimit) Provision(ctx caddy.Context) error {
 // WrapListener wraps ln so its connections are counted.
 func (l *ConnLimit) WrapListener(ln net.Listener) net.Listener {
 	return &limitListener{Listener: ln, g: l.app.global, writeBuffer: int(l.WriteBuffer)}
-}
-
-// UnmarshalCaddyfile parses the wrapper:
-//
-//	mcp_connections {
-//		write_buffer <size>
-//	}
-func (l *ConnLimit) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next()
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		switch d.Val() {
-		case "write_buffer":
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			size, err := parseSize(d.Val())
-			if err != nil {
-				return d.Errf("bad write_buffer: %v", err)
-			}
-			l.WriteBuffer = size
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-		default:
-			return d.Errf("unrecognized mcp_connections option %q", d.Val())
-		}
-	}
-	return nil
 }
 
 type limitListener struct {
@@ -159,5 +127,4 @@ var connectionsActive = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 var (
 	_ caddy.Provisioner     = (*ConnLimit)(nil)
 	_ caddy.ListenerWrapper = (*ConnLimit)(nil)
-	_ caddyfile.Unmarshaler = (*ConnLimit)(nil)
 )

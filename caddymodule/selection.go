@@ -7,7 +7,6 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
-	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 )
@@ -91,31 +90,8 @@ func (s *SessionSelection) Select(pool reverseproxy.UpstreamPool, r *http.Reques
 	return u
 }
 
-// UnmarshalCaddyfile sets up the policy from Caddyfile tokens. Syntax:
-//
-//	lb_policy mcp_session [<fallback_policy> [<args...>]]
-func (s *SessionSelection) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // consume policy name
-	if !d.NextArg() {
-		return nil
-	}
-	name := d.Val()
-	modID := "http.reverse_proxy.selection_policies." + name
-	unm, err := caddyfile.UnmarshalModule(d, modID)
-	if err != nil {
-		return err
-	}
-	sel, ok := unm.(reverseproxy.Selector)
-	if !ok {
-		return d.Errf("module %s (%T) is not a reverseproxy.Selector", modID, unm)
-	}
-	s.FallbackRaw = caddyconfig.JSONModuleObject(sel, "policy", name, nil)
-	return nil
-}
-
 // Interface guards
 var (
 	_ caddy.Provisioner     = (*SessionSelection)(nil)
 	_ reverseproxy.Selector = (*SessionSelection)(nil)
-	_ caddyfile.Unmarshaler = (*SessionSelection)(nil)
 )
