@@ -118,12 +118,13 @@ func (h *Handler) admitExchange(x *exchange) *mcp.Refusal {
 	x.clientKey = h.clientKeyOf(r)
 	x.level = g.Level()
 	id := call.First().ID
-	if ref := h.levelGate(x.level, r, call, x.res); ref != nil {
+	opens := mcp.OpensSession(r.Method, call, x.res.session != nil)
+	if ok, why := x.level.Admits(mcp.Finishing(r.Method, call), opens); !ok {
 		g.Refusals().Add(admission.ReasonLevel)
 		x.w.Header().Set("Retry-After", levelRetryAfter)
-		return ref
+		return mcp.Refuse(http.StatusServiceUnavailable, mcp.CodeServerError, id, why+", retry after "+levelRetryAfter+"s")
 	}
-	if opensSession(r, call, x.res) {
+	if opens {
 		if ref := h.roomForSession(x.clientKey, x.level, id); ref != nil {
 			x.w.Header().Set("Retry-After", levelRetryAfter)
 			return ref
@@ -157,7 +158,7 @@ func (h *Handler) admitExchange(x *exchange) *mcp.Refusal {
 func (h *Handler) admit(x *exchange) (release func(status int), _ *mcp.Refusal) {
 	r, call := x.r, &x.call
 	if r.Method == http.MethodGet {
-		if legacyStream(r, call, x.res) {
+		if mcp.OpensLegacyStream(r.Method, call, x.res.session != nil) {
 			if refusal := h.ctrl.AllowNewSession(x.clientKey); refusal != nil {
 				return nil, h.refuseAdmission(x.w, call, refusal)
 			}

@@ -265,7 +265,7 @@ type Handler struct {
 
 	proxy       caddyhttp.MiddlewareHandler
 	sealer      *mcp.Sealer
-	tokens      tokenCache // tokens sealer opened
+	tokens      mcp.TokenCache // tokens sealer opened
 	origins     mcp.OriginPolicy
 	sites       sync.Map            // *caddyhttp.Server → hostSet, see siteHosts
 	upstreams   map[string]struct{} // static dial addresses; nil with dynamic upstreams

@@ -75,12 +75,10 @@ type relayState struct {
 }
 
 func newRelayState(h *Handler, w http.ResponseWriter, r *http.Request, call *mcp.Call, res resolution) *relayState {
-	first := call.First()
 	legacy := res.session != nil && res.session.Kind == mcp.TokenLegacy
 	return &relayState{
 		h: h, r: r, w: w, call: call, res: res,
-		resumable: r.Method == http.MethodPost && call.Era != mcp.EraStateless && !legacy &&
-			!call.Peek.Batch && first.Kind == mcp.KindRequest && first.Method != "initialize" && res.session != nil,
+		resumable: mcp.Resumable(r.Method, call, res.session != nil, legacy),
 		handoff: h.handoff && r.Method == http.MethodGet && r.ProtoMajor == 1 && !legacyStream(r, call, res),
 	}
 }
@@ -88,8 +86,7 @@ func newRelayState(h *Handler, w http.ResponseWriter, r *http.Request, call *mcp
 // legacyStream reports whether a request opens a legacy (2024-11-05)
 // HTTP+SSE stream, whose endpoint event is rewritten.
 func legacyStream(r *http.Request, call *mcp.Call, res resolution) bool {
-	return r.Method == http.MethodGet && res.session == nil &&
-		call.Era != mcp.EraSession && call.Era != mcp.EraStateless
+	return mcp.OpensLegacyStream(r.Method, call, res.session != nil)
 }
 
 // clientGone applies the era's meaning of a client disconnect. A

@@ -101,11 +101,11 @@ func (h *Handler) resolve(x *exchange) *mcp.Refusal {
 // configured; every failure is a 404 so the client starts a new session.
 func (h *Handler) open(tok string, kind mcp.TokenKind, id string) (*mcp.Session, *mcp.Refusal) {
 	now := h.now()
-	sess := h.tokens.get(tok, now)
+	sess := h.tokens.Get(tok, now)
 	var err error
 	if sess == nil {
 		if sess, err = h.sealer.Open(tok, now); err == nil {
-			h.tokens.put(tok, sess)
+			h.tokens.Put(tok, sess)
 		}
 	}
 	if err == nil && sess.Kind != kind {

@@ -14,49 +14,6 @@ import (
 // levelRetryAfter is the Retry-After of a refusal by service level.
 const levelRetryAfter = "1"
 
-// finishing reports traffic that only finishes work already in flight:
-// a DELETE, or a POST of notifications and responses only. The
-// protective level lets it through, and it does not count as a session's
-// activity.
-func finishing(r *http.Request, call *mcp.Call) bool {
-	if r.Method == http.MethodDelete {
-		return true
-	}
-	if r.Method != http.MethodPost || len(call.Peek.Messages) == 0 {
-		return false
-	}
-	for i := range call.Peek.Messages {
-		if k := call.Peek.Messages[i].Kind; k != mcp.KindResponse && k != mcp.KindNotification {
-			return false
-		}
-	}
-	return true
-}
-
-// opensSession reports a request that starts a session: an initialize
-// without one, or the GET of a legacy HTTP+SSE stream.
-func opensSession(r *http.Request, call *mcp.Call, res resolution) bool {
-	return res.session == nil && (call.IsInitialize() || legacyStream(r, call, res))
-}
-
-// levelGate applies the service level to a new request: at the
-// protective level only what finishes work already in flight passes
-// (responses, notifications, DELETE); at the essential level new sessions
-// are refused.
-func (h *Handler) levelGate(level admission.Level, r *http.Request, call *mcp.Call, res resolution) *mcp.Refusal {
-	if level < admission.LevelEssential {
-		return nil
-	}
-	id := call.First().ID
-	switch {
-	case level == admission.LevelProtective && !finishing(r, call):
-		return mcp.Refuse(http.StatusServiceUnavailable, mcp.CodeServerError, id, "server overloaded (protective level): retry after "+levelRetryAfter+"s")
-	case opensSession(r, call, res):
-		return mcp.Refuse(http.StatusServiceUnavailable, mcp.CodeServerError, id, "server overloaded (essential level): no new sessions, retry after "+levelRetryAfter+"s")
-	}
-	return nil
-}
-
 // trackSession finds the request's session in the registry, adopting one
 // created by another instance or before a restart. A session the registry
 // evicted is refused with 404 so the client starts anew; a session that
@@ -92,7 +49,7 @@ func (h *Handler) trackSession(r *http.Request, call *mcp.Call, res resolution, 
 			return nil, nil, sessionTableRefusal(err, id)
 		}
 	}
-	if finishing(r, call) {
+	if mcp.Finishing(r.Method, call) {
 		end = s.BeginQuiet()
 	} else {
 		end = s.Begin()
