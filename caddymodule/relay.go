@@ -79,7 +79,7 @@ func newRelayState(h *Handler, w http.ResponseWriter, r *http.Request, call *mcp
 	return &relayState{
 		h: h, r: r, w: w, call: call, res: res,
 		resumable: mcp.Resumable(r.Method, call, res.session != nil, legacy),
-		handoff: h.handoff && r.Method == http.MethodGet && r.ProtoMajor == 1 && !legacyStream(r, call, res),
+		handoff:   h.handoff && r.Method == http.MethodGet && r.ProtoMajor == 1 && !legacyStream(r, call, res),
 	}
 }
 
