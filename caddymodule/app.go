@@ -20,7 +20,30 @@ func init() {
 // limits, the memory budget, the registry of live sessions and the load
 // manager that sets the service level. The state lives as long as the
 // process, so a config reload neither forgets live sessions nor resets
-// budgets and counters; each load pushes its settings into it.
+// budgets and counters; a config's settings are applied once it has
+// loaded completely, so a config that fails to load changes nothing.
+//
+// In a Caddyfile it is the `mcp` global option:
+//
+//	{
+//		mcp {
+//			max_connections      <n>
+//			max_inflight         <n>
+//			max_streams          <n>
+//			max_sessions         <n>|0
+//			client_max_sessions  <n>|0
+//			memory_limit         <size>
+//			session_memory       <size>
+//			session_idle_timeout <duration>
+//			refresh              <duration>
+//			levels               <degraded> <essential> <protective> [<hysteresis>]
+//			degraded_fraction    <0..1>
+//			goroutine_ceiling    <n>
+//			sched_latency_target <duration>
+//		}
+//	}
+//
+// Each option may be given once; `0` turns off a cap that has a default.
 type App struct {
 	// MaxConnections caps the client connections accepted by servers that
 	// use the mcp_connections listener wrapper; a connection over it is
@@ -80,12 +103,21 @@ type App struct {
 	// service level recomputed. Default: 250ms.
 	Refresh caddy.Duration `json:"refresh,omitempty"`
 
-	// Degraded, Essential and Protective are the pressures (0–1) at which
-	// each service level is entered; a level is left Hysteresis below its
-	// threshold. Defaults: 0.70, 0.85, 0.95 and 0.05.
-	Degraded   float64 `json:"degraded,omitempty"`
-	Essential  float64 `json:"essential,omitempty"`
+	// Degraded is the pressure (0–1) at which the degraded level is
+	// entered. Default: 0.70.
+	Degraded float64 `json:"degraded,omitempty"`
+
+	// Essential is the pressure (0–1) at which the essential level is
+	// entered. Default: 0.85.
+	Essential float64 `json:"essential,omitempty"`
+
+	// Protective is the pressure (0–1) at which the protective level is
+	// entered. Default: 0.95.
 	Protective float64 `json:"protective,omitempty"`
+
+	// Hysteresis is how far below a level's threshold the pressure must
+	// fall for the level to be left, so the level does not flap.
+	// Default: 0.05.
 	Hysteresis float64 `json:"hysteresis,omitempty"`
 
 	// DegradedFraction is what replay rings, stream queues and the session
@@ -103,6 +135,7 @@ type App struct {
 	SchedLatencyTarget caddy.Duration `json:"sched_latency_target,omitempty"`
 
 	global *globalState
+	ctx    caddy.Context
 	// acquired: Provision took a reference to global, which Cleanup gives
 	// back; a Provision that failed took none.
 	acquired bool
@@ -210,6 +243,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	}
 	a.acquired = true
 	a.global = v.(*globalState)
+	a.ctx = ctx
 	return registerMetrics(ctx)
 }
 
@@ -228,6 +262,7 @@ func (a *App) Start() error {
 	globalMu.Lock()
 	globalCur = a.global
 	globalMu.Unlock()
+	setEventSink(a.ctx)
 	return nil
 }
 

@@ -123,18 +123,18 @@ type Handler struct {
 	// pending request when one is known. Default: 1MiB.
 	MaxEventSize int64 `json:"max_event_size,omitempty"`
 
-	// StreamBufferEvents and StreamBufferBytes bound the events of one
-	// stream waiting to be written to its client. While nothing waits, the
-	// relay writes each upstream read straight through (one flush per
-	// read); events queue only while a write is in progress (a replay, a
-	// keepalive). When either bound is reached the relay stops reading the
-	// upstream, so TCP flow control slows it down, until the client makes
-	// room; a client that makes none within write_timeout is a slow
-	// consumer: its stream is closed (with a retry hint for clients at
-	// 2025-11-25 or later, when the connection still takes it) and it
-	// resumes from the replay ring. Defaults: 100 events, 1MiB.
-	StreamBufferEvents int   `json:"stream_buffer_events,omitempty"`
-	StreamBufferBytes  int64 `json:"stream_buffer_bytes,omitempty"`
+	// StreamBufferEvents bounds the events of one stream waiting to be
+	// written to its client (they wait only while another write is in
+	// progress). At the bound the upstream is not read, so TCP slows it
+	// down, until the client makes room; a client that makes none within
+	// WriteTimeout is cut as a slow consumer and resumes from the replay
+	// ring. Default: 100 events.
+	StreamBufferEvents int `json:"stream_buffer_events,omitempty"`
+
+	// StreamBufferBytes bounds, in bytes, the events of one stream waiting
+	// to be written to its client, as StreamBufferEvents does their count.
+	// Default: 1MiB.
+	StreamBufferBytes int64 `json:"stream_buffer_bytes,omitempty"`
 
 	// WriteTimeout is the deadline of each write to a stream's client (the
 	// events of one upstream read are written under one deadline); a
@@ -147,15 +147,21 @@ type Handler struct {
 	// clients do not cut it. Default: 15s.
 	Keepalive caddy.Duration `json:"keepalive,omitempty"`
 
-	// ReplayEvents, ReplayBytes and ReplayAge bound the replay ring of each
-	// request stream: the events a client that dropped can be sent again
-	// when it resumes with Last-Event-ID, also when the upstream keeps no
-	// event store. A stream whose client dropped keeps being read for up
-	// to ReplayAge; if nobody resumes it by then the request is cancelled
-	// upstream. Defaults: 100 events, 1MiB, 1m.
-	ReplayEvents int            `json:"replay_events,omitempty"`
-	ReplayBytes  int64          `json:"replay_bytes,omitempty"`
-	ReplayAge    caddy.Duration `json:"replay_age,omitempty"`
+	// ReplayEvents bounds the events kept in the replay ring of each
+	// request stream: what a client that dropped is sent again when it
+	// resumes with Last-Event-ID, also when the upstream keeps no event
+	// store. Default: 100 events.
+	ReplayEvents int `json:"replay_events,omitempty"`
+
+	// ReplayBytes bounds, in bytes, the events kept in the replay ring of
+	// each request stream. Default: 1MiB.
+	ReplayBytes int64 `json:"replay_bytes,omitempty"`
+
+	// ReplayAge is how long a request stream whose client dropped keeps
+	// being read for a resumption, and how long its events are kept; if
+	// nobody resumes it by then, the request is cancelled upstream.
+	// Default: 1m.
+	ReplayAge caddy.Duration `json:"replay_age,omitempty"`
 
 	// StreamHandoff lets an SSE GET stream leave Caddy's HTTP server once
 	// its response header is sent: mcp_proxy takes the client's HTTP/1.x
@@ -190,24 +196,18 @@ type Handler struct {
 	// MaxStreams). 0 means no cap. Default: 0.
 	MaxInflight int `json:"max_inflight,omitempty"`
 
-	// QueueSize is how many requests may wait for an in-flight slot, and
-	// QueueTimeout how long each may wait. Waiters are served by priority
-	// (work in existing sessions before new sessions; ping, notifications
-	// and responses first, then listings, then tool calls and reads). A
-	// queue that drains, or refuses nobody, absorbs bursts at its full
-	// size: within a priority it serves the oldest first, but the newest
-	// once the oldest has waited half of QueueTimeout, so stale waiters
-	// time out instead of holding up fresh ones. Under sustained overload
-	// (the queue has not been empty for an interval, 100ms or half of
-	// QueueTimeout if shorter, and has refused a request in it) the queue is
-	// standing, as in CoDel: it holds at most clamp(⌊r × 5ms⌋, 1,
-	// QueueSize) waiters, r being the rate at which it handed slots to
-	// waiters over the last interval, serves them oldest first, and
-	// refuses newcomers beyond that at once, so admitted requests wait
-	// about 5ms and refused ones do not wait at all. It stands until it
-	// has refused nothing for an interval. A QueueTimeout of at most 5ms
-	// turns this off. See admission.Limiter. Defaults: 0 (no queue), 0.
-	QueueSize    int            `json:"queue_size,omitempty"`
+	// QueueSize is how many requests may wait for an in-flight slot when
+	// MaxInflight is reached, served by priority (work in existing
+	// sessions first; ping, notifications and responses, then listings,
+	// then tool calls and reads). Under sustained overload the queue keeps
+	// only the waiters it can serve within about 5ms and refuses the rest
+	// at once (the package doc of caddymodule describes the algorithm).
+	// Needs MaxInflight or Adaptive. Default: 0 (no queue).
+	QueueSize int `json:"queue_size,omitempty"`
+
+	// QueueTimeout is how long a request may wait in the queue before it
+	// is refused with 503. Default: 0 (until the client goes away; set it
+	// with QueueSize).
 	QueueTimeout caddy.Duration `json:"queue_timeout,omitempty"`
 
 	// MaxStreams caps the SSE GET streams open through this handler; past
@@ -240,12 +240,15 @@ type Handler struct {
 	// its own. Default: 64.
 	ClientIPv6Prefix int `json:"client_ipv6_prefix,omitempty"`
 
-	// ClientSessionRate caps how many new sessions per second one client
-	// may open (with bursts of ClientSessionBurst); past it the client
-	// gets 429 with the time until its next session as Retry-After. 0
-	// means no cap. Defaults: 0, and a burst of the rate rounded up.
-	ClientSessionRate  float64 `json:"client_session_rate,omitempty"`
-	ClientSessionBurst int     `json:"client_session_burst,omitempty"`
+	// ClientSessionRate caps how many new sessions (initialize, legacy
+	// SSE GET) one client may open per second; past it the client gets
+	// 429 with the time until its next session as Retry-After. 0 means no
+	// cap. Default: 0.
+	ClientSessionRate float64 `json:"client_session_rate,omitempty"`
+
+	// ClientSessionBurst is how many new sessions a client may open at
+	// once within ClientSessionRate. Default: the rate rounded up.
+	ClientSessionBurst int `json:"client_session_burst,omitempty"`
 
 	// SessionMaxInflight caps one session's requests in flight; past it
 	// the client gets 429. 0 means no cap. Default: 0.

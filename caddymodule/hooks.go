@@ -26,11 +26,13 @@ func governorHooks(logger *zap.Logger) governor.Hooks {
 			}
 			logger.Info(msg, zap.String("from", from.String()), zap.String("to", to.String()),
 				zap.Float64("pressure", pressure), zap.Bool("pinned", pinned))
+			emitLevelChanged(from, to, pressure, pinned)
 		},
 		LevelApplied: func(level admission.Level) { metrics.level.Set(float64(level)) },
 		SessionEnded: sessionEnded,
-		SessionEvicted: func(_ *resources.Session, cause resources.Cause) {
+		SessionEvicted: func(s *resources.Session, cause resources.Cause) {
 			metrics.evictions.WithLabelValues(cause.String()).Inc()
+			emitSessionEvicted(s, cause)
 		},
 		IdleExpired: func(n int) {
 			logger.Info("idle sessions expired", zap.Int("count", n))
