@@ -10,6 +10,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/mcpgate/mcpgate/admission"
+	"github.com/mcpgate/mcpgate/auth"
 	"github.com/mcpgate/mcpgate/mcp"
 	"github.com/mcpgate/mcpgate/resources"
 )
@@ -24,6 +25,9 @@ type exchange struct {
 	res  resolution
 	// clientKey identifies the client for the per-client limits.
 	clientKey string
+	// principal is who the request's credentials say it is; "" for
+	// none. Sessions are bound to it.
+	principal string
 	level     admission.Level
 	// sess is the request's entry in the session registry, or nil.
 	sess *resources.Session
@@ -55,6 +59,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if ref := h.resolve(x); ref != nil {
 		return h.refuse(w, ref)
 	}
+	if ref := h.authorize(x); ref != nil {
+		return h.refuse(w, ref)
+	}
 	if ref := h.admitExchange(x); ref != nil {
 		return h.refuse(w, ref)
 	}
@@ -81,12 +88,39 @@ func (h *Handler) classify(x *exchange) *mcp.Refusal {
 	if ref := mcp.ClassifyHeaders(r.Header, &x.call); ref != nil {
 		return ref
 	}
-	if r.Method != http.MethodPost {
+	if r.Method == http.MethodPost {
+		var ref *mcp.Refusal
+		if x.body, ref = h.readBody(x.w, r, &x.call); ref != nil {
+			return ref
+		}
+	}
+	setCallFacts(r, &x.call)
+	return nil
+}
+
+// authorize enforces the scope rules of mcp_auth in front, if any, on
+// every message of the request: a principal lacking a scope a message
+// needs gets 403 with an insufficient_scope challenge naming it.
+func (h *Handler) authorize(x *exchange) *mcp.Refusal {
+	ac, _ := caddyhttp.GetVar(x.r.Context(), varAuth).(*authContext)
+	if ac == nil || len(ac.rules) == 0 {
 		return nil
 	}
-	var ref *mcp.Refusal
-	x.body, ref = h.readBody(x.w, r, &x.call)
-	return ref
+	msgs := x.call.Peek.Messages
+	if len(msgs) == 0 {
+		msgs = []mcp.Envelope{{}}
+	}
+	for i := range msgs {
+		need := auth.RequiredScopes(ac.rules, msgs[i].Method, msgs[i].Name)
+		if ac.principal.HasScopes(need) {
+			continue
+		}
+		e := auth.InsufficientScope(need)
+		metrics.authRefusals.WithLabelValues(e.Code).Inc()
+		x.w.Header().Set("WWW-Authenticate", auth.Challenge(e, ac.metadataURL))
+		return mcp.Refuse(e.Status, mcp.CodeServerError, x.call.First().ID, "Forbidden: "+e.Description+" ("+e.Scope+")")
+	}
+	return nil
 }
 
 // releaseBody gives the peeked body's bytes back to the memory budget.

@@ -51,7 +51,7 @@ func (h *Handler) forward(x *exchange, next caddyhttp.Handler) error {
 	st := newRelayState(h, x.w, r, &x.call, x.res)
 	x.st = st
 	st.whole = x.body.whole
-	st.session, st.over, st.clientKey = x.sess, x.over, x.clientKey
+	st.session, st.over, st.clientKey, st.principal = x.sess, x.over, x.clientKey, x.principal
 	caddyhttp.SetVar(r.Context(), varRelay, st)
 	defer st.handlerDone()
 	var err error

@@ -520,6 +520,11 @@ func (h *Handler) proxyShallow(w http.ResponseWriter, r *http.Request, next cadd
 
 // refuse writes a refusal: its status and a JSON-RPC error body.
 func (h *Handler) refuse(w http.ResponseWriter, ref *mcp.Refusal) error {
+	return writeRefusal(w, ref)
+}
+
+// writeRefusal writes a refusal: its status and a JSON-RPC error body.
+func writeRefusal(w http.ResponseWriter, ref *mcp.Refusal) error {
 	body := ref.Body()
 	hdr := w.Header()
 	hdr.Set("Content-Type", "application/json")

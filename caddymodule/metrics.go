@@ -46,7 +46,12 @@ var metrics = struct {
 	upstreamIDs         *prometheus.CounterVec
 	upstreamFailures    *prometheus.CounterVec
 	unanswered          prometheus.Counter
+	authRefusals        *prometheus.CounterVec
 }{
+	authRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "mcp", Name: "auth_refusals_total",
+		Help: "Requests mcp_auth or mcp_proxy refused for their credentials: missing (no token), invalid_token, invalid_request, insufficient_scope.",
+	}, []string{"reason"}),
 	unanswered: prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "mcp", Name: "unanswered_streams_total",
 		Help: "SSE answers whose upstream stream ended without the response, to which the proxy added a JSON-RPC error for the request.",
@@ -251,7 +256,7 @@ func registerMetrics(ctx caddy.Context) error {
 		metrics.replay, metrics.streamsDrained, metrics.cancelsSent, metrics.replayBytes,
 		connectionsActive, metrics.level, metrics.levelChanges, metrics.evictions,
 		metrics.backpressure, metrics.protectiveResets, metrics.evictDeletesSkipped, globalGauges,
-		sessionEnds, metrics.panicsRecovered, metrics.upstreamIDs, metrics.upstreamFailures, metrics.unanswered,
+		sessionEnds, metrics.panicsRecovered, metrics.upstreamIDs, metrics.upstreamFailures, metrics.unanswered, metrics.authRefusals,
 	} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError

@@ -49,6 +49,9 @@ type relayState struct {
 	session *resources.Session
 	// clientKey identifies the request's client for per-client limits.
 	clientKey string
+	// principal is the request's principal; a session it starts is bound
+	// to it.
+	principal string
 	// over gives back what the request holds (admission slot, session
 	// in-flight count); it runs once, when the request is over.
 	over func()

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/url"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -37,59 +38,28 @@ type resolution struct {
 func (h *Handler) resolve(x *exchange) *mcp.Refusal {
 	r, call := x.r, &x.call
 	id := call.First().ID
+	x.principal = principalOf(r)
 	var res resolution
+	var ref *mcp.Refusal
 	if rest, tok := mcp.StripRouteParam(r.URL.RawQuery); tok != "" {
-		sess, ref := h.open(tok, mcp.TokenLegacy, id)
-		if ref != nil {
-			return ref
-		}
-		path, query := mcp.SplitEndpoint(sess.Endpoint)
-		if sess.Endpoint == "" {
-			path, query = r.URL.EscapedPath(), rest
-		}
-		if p, err := url.PathUnescape(path); err == nil {
-			r.URL.Path, r.URL.RawPath = p, path
-		}
-		r.URL.RawQuery = query
-		r.RequestURI = ""
-		call.Era = mcp.EraLegacy
-		res = resolution{session: sess, token: tok, pinned: sess.Upstream, key: sessionKey(sess.Upstream, sess.UpstreamID)}
+		res, ref = h.resolveLegacy(r, call, tok, rest, x.principal)
 	} else if tok := r.Header.Get(mcp.HeaderSessionID); tok != "" {
-		sess, ref := h.open(tok, mcp.TokenSession, id)
-		if ref != nil {
-			return ref
-		}
-		if era, ok := mcp.EraOf(sess.Version); ok && era != call.Era && call.Version != "" {
-			// The request is the session's, whose era refuses a version
-			// header of another era, as its servers do.
-			return mcp.Refuse(http.StatusBadRequest, mcp.CodeInvalidRequest, id,
-				"Bad Request: MCP-Protocol-Version "+call.Version+" is not the session's version "+sess.Version)
-		} else if ok {
-			call.Era = era
-		}
-		r.Header.Set(mcp.HeaderSessionID, sess.UpstreamID)
-		res = resolution{session: sess, token: tok, pinned: sess.Upstream, key: sessionKey(sess.Upstream, sess.UpstreamID)}
+		res, ref = h.resolveSession(r, call, tok, x.principal)
 	} else if h.requireSess && mcp.NeedsSession(r.Method, call) {
 		metrics.sessionRefusals.WithLabelValues("missing").Inc()
-		return mcp.Refuse(http.StatusBadRequest, mcp.CodeServerError, id, "Bad Request: Mcp-Session-Id header is required")
+		ref = mcp.Refuse(http.StatusBadRequest, mcp.CodeServerError, id, "Bad Request: Mcp-Session-Id header is required")
 	}
-	if call.Peek.Batch {
-		version := ""
-		if res.session != nil {
-			version = res.session.Version
-		}
-		if !mcp.BatchAllowed(call.Version, version) {
-			if call.Version != "" {
-				version = call.Version
-			}
-			return mcp.Refuse(http.StatusBadRequest, mcp.CodeInvalidRequest, "",
-				"JSON-RPC batches are not allowed at protocol version "+version)
-		}
+	if ref == nil && call.Peek.Batch {
+		ref = checkBatch(call, res)
+	}
+	if ref != nil {
+		return ref
 	}
 	if res.pinned != "" {
 		caddyhttp.SetVar(r.Context(), varPinned, res.pinned)
 	}
 	x.res = res
+	setSessionFacts(r, res)
 	if c := h.logger.Check(zapcore.DebugLevel, "mcp request"); c != nil {
 		c.Write(zap.String("era", call.Era.String()), zap.String("method", call.First().Method),
 			zap.Bool("session", res.session != nil))
@@ -97,9 +67,80 @@ func (h *Handler) resolve(x *exchange) *mcp.Refusal {
 	return nil
 }
 
+// resolveLegacy opens a legacy route token; the POST goes to the
+// upstream's own endpoint, which the token carries.
+func (h *Handler) resolveLegacy(r *http.Request, call *mcp.Call, tok, rest, principal string) (resolution, *mcp.Refusal) {
+	sess, ref := h.open(tok, mcp.TokenLegacy, call.First().ID, principal)
+	if ref != nil {
+		return resolution{}, ref
+	}
+	path, query := mcp.SplitEndpoint(sess.Endpoint)
+	if sess.Endpoint == "" {
+		path, query = r.URL.EscapedPath(), rest
+	}
+	if p, err := url.PathUnescape(path); err == nil {
+		r.URL.Path, r.URL.RawPath = p, path
+	}
+	r.URL.RawQuery = query
+	r.RequestURI = ""
+	call.Era = mcp.EraLegacy
+	return resolution{session: sess, token: tok, pinned: sess.Upstream, key: sessionKey(sess.Upstream, sess.UpstreamID)}, nil
+}
+
+// resolveSession opens a Mcp-Session-Id token; the upstream gets its own
+// id in its place.
+func (h *Handler) resolveSession(r *http.Request, call *mcp.Call, tok, principal string) (resolution, *mcp.Refusal) {
+	id := call.First().ID
+	sess, ref := h.open(tok, mcp.TokenSession, id, principal)
+	if ref != nil {
+		return resolution{}, ref
+	}
+	if era, ok := mcp.EraOf(sess.Version); ok && era != call.Era && call.Version != "" {
+		// The request is the session's, whose era refuses a version
+		// header of another era, as its servers do.
+		return resolution{}, mcp.Refuse(http.StatusBadRequest, mcp.CodeInvalidRequest, id,
+			"Bad Request: MCP-Protocol-Version "+call.Version+" is not the session's version "+sess.Version)
+	} else if ok {
+		call.Era = era
+	}
+	r.Header.Set(mcp.HeaderSessionID, sess.UpstreamID)
+	return resolution{session: sess, token: tok, pinned: sess.Upstream, key: sessionKey(sess.Upstream, sess.UpstreamID)}, nil
+}
+
+// checkBatch refuses a batch where the request's version, or else its
+// session's, forbids batches.
+func checkBatch(call *mcp.Call, res resolution) *mcp.Refusal {
+	version := ""
+	if res.session != nil {
+		version = res.session.Version
+	}
+	if mcp.BatchAllowed(call.Version, version) {
+		return nil
+	}
+	if call.Version != "" {
+		version = call.Version
+	}
+	return mcp.Refuse(http.StatusBadRequest, mcp.CodeInvalidRequest, "",
+		"JSON-RPC batches are not allowed at protocol version "+version)
+}
+
+// principalOf is the request's principal, as any Caddy authentication
+// module (mcp_auth, basic_auth, forward_auth…) sets it; "" for none.
+func principalOf(r *http.Request) string {
+	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if repl == nil {
+		return ""
+	}
+	p, _ := repl.GetString("http.auth.user.id")
+	return p
+}
+
 // open opens a sealed token and checks that its upstream is still
-// configured; every failure is a 404 so the client starts a new session.
-func (h *Handler) open(tok string, kind mcp.TokenKind, id string) (*mcp.Session, *mcp.Refusal) {
+// configured and that it belongs to the request's principal (a session
+// opened by a principal, presented by another or by none, and an
+// unauthenticated session presented with a principal, are unknown); every
+// failure is a 404 so the client starts a new session.
+func (h *Handler) open(tok string, kind mcp.TokenKind, id, principal string) (*mcp.Session, *mcp.Refusal) {
 	now := h.now()
 	sess := h.tokens.Get(tok, now)
 	var err error
@@ -115,6 +156,12 @@ func (h *Handler) open(tok string, kind mcp.TokenKind, id string) (*mcp.Session,
 		if _, ok := h.upstreams[sess.Upstream]; !ok {
 			err = errors.New("session upstream no longer configured")
 		}
+	}
+	if err == nil && !h.sealer.Bound(sess, principal) {
+		metrics.sessionRefusals.WithLabelValues("principal").Inc()
+		h.logger.Warn("session presented by another principal than its own; answered as unknown",
+			zap.String("session", hashKey(sessionKey(sess.Upstream, sess.UpstreamID))[:sessionIDLen]), zap.String("principal", principal))
+		return nil, mcp.Refuse(http.StatusNotFound, mcp.CodeSessionNotFound, id, "session not found")
 	}
 	if err != nil {
 		if c := h.logger.Check(zapcore.DebugLevel, "session refused"); c != nil {

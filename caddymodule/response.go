@@ -71,6 +71,7 @@ func (st *relayState) sealResponse(req *http.Request, resp *http.Response) *http
 		UpstreamID: sid,
 		Version:    version,
 		Expires:    h.now().Add(h.lifetime),
+		Principal:  h.sealer.Bind(st.principal),
 	}
 	tok, err := h.sealer.Seal(sess)
 	if err != nil {
@@ -244,6 +245,7 @@ func (st *relayState) rewriteEndpoint(r *http.Request, data string) (string, boo
 		Version:    mcp.Version20241105,
 		Expires:    h.now().Add(h.lifetime),
 		Endpoint:   upstreamEP,
+		Principal:  h.sealer.Bind(st.principal),
 	})
 	if err != nil {
 		metrics.upstreamIDs.WithLabelValues("unusable").Inc()

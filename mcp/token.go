@@ -3,6 +3,8 @@ package mcp
 import (
 	"crypto/aes"
 	"crypto/cipher"
+	"crypto/hkdf"
+	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
@@ -45,8 +47,11 @@ type Session struct {
 	// own session id travels sealed in it and never reaches the client.
 	Endpoint string
 	// Principal is a keyed hash of the principal the session is bound to
-	// (empty for a session opened without one).
+	// (empty for a session opened without one); see Sealer.Bind.
 	Principal string
+
+	// key is the index of the sealer key that opened the token.
+	key int
 }
 
 // Limits of what a token may carry.
@@ -105,6 +110,7 @@ type Sealer struct {
 type sealKey struct {
 	id   byte
 	aead cipher.AEAD
+	bind []byte // HMAC key of principal bindings, derived from the key
 }
 
 var tokenAAD = []byte("mcpgate session token v1")
@@ -176,7 +182,11 @@ func NewSealer(keys [][]byte) (*Sealer, error) {
 			return nil, fmt.Errorf("session key %d: %w", i, err)
 		}
 		sum := sha256.Sum256(k)
-		s.keys = append(s.keys, sealKey{id: sum[0], aead: aead})
+		bind, err := hkdf.Key(sha256.New, k, nil, "mcpgate principal binding", sha256.Size)
+		if err != nil {
+			return nil, fmt.Errorf("session key %d: %w", i, err)
+		}
+		s.keys = append(s.keys, sealKey{id: sum[0], aead: aead, bind: bind})
 	}
 	return s, nil
 }
@@ -230,7 +240,9 @@ func (s *Sealer) Open(token string, now time.Time) (*Session, error) {
 	}
 	data := bp[MaxTokenLength : MaxTokenLength+n]
 	var pt []byte
-	for _, k := range s.keys {
+	opened := 0
+	for i, k := range s.keys {
+		opened = i
 		if k.id != data[0] {
 			continue
 		}
@@ -252,6 +264,9 @@ func (s *Sealer) Open(token string, now time.Time) (*Session, error) {
 		return nil, ErrTokenInvalid
 	}
 	sess, ok := decodeSession(pt)
+	if ok {
+		sess.key = opened
+	}
 	if !ok {
 		return nil, ErrTokenInvalid
 	}
@@ -301,4 +316,33 @@ func readField(b []byte) (string, []byte, bool) {
 		return "", nil, false
 	}
 	return string(b[n : n+int(l)]), b[n+int(l):], true
+}
+
+// Bind returns the binding of a session to principal, as Session.Principal
+// carries it: a keyed hash (HMAC-SHA256 with a key derived from the
+// sealing key, truncated to 16 bytes), so a token tells nothing of its
+// principal even to whoever holds it; "" for no principal.
+func (s *Sealer) Bind(principal string) string {
+	return bindWith(s.keys[0].bind, principal)
+}
+
+// Bound reports whether an opened session belongs to principal: both have
+// none, or the session's binding is principal's under the key that sealed
+// the token. The binding is the principal, not its credential, so a
+// refreshed token of the same principal keeps its sessions.
+func (s *Sealer) Bound(sess *Session, principal string) bool {
+	if sess.Principal == "" || principal == "" {
+		return sess.Principal == "" && principal == ""
+	}
+	k := s.keys[min(max(sess.key, 0), len(s.keys)-1)]
+	return hmac.Equal([]byte(sess.Principal), []byte(bindWith(k.bind, principal)))
+}
+
+func bindWith(key []byte, principal string) string {
+	if principal == "" {
+		return ""
+	}
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte(principal))
+	return string(m.Sum(nil)[:16])
 }

@@ -197,3 +197,36 @@ func TestTokenFieldsAndFormat1(t *testing.T) {
 		t.Errorf("format 1 token: %+v %v", old, err)
 	}
 }
+
+func TestPrincipalBinding(t *testing.T) {
+	k1, k2 := GenerateKey(), GenerateKey()
+	old, _ := NewSealer([][]byte{k1})
+	now := time.Now()
+	in := &Session{Kind: TokenSession, Upstream: "u:1", UpstreamID: "s", Expires: now.Add(time.Hour), Principal: old.Bind("alice")}
+	tok, err := old.Seal(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(in.Principal, "alice") || len(in.Principal) != 16 {
+		t.Errorf("binding %q", in.Principal)
+	}
+	// After a rotation the token, sealed under the older key, still binds
+	// alice and nobody else.
+	rotated, _ := NewSealer([][]byte{k2, k1})
+	sess, err := rotated.Open(tok, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rotated.Bound(sess, "alice") || rotated.Bound(sess, "bob") || rotated.Bound(sess, "") {
+		t.Error("binding under the older key")
+	}
+	anon := &Session{Kind: TokenSession, Upstream: "u:1", UpstreamID: "s", Expires: now.Add(time.Hour)}
+	atok, _ := rotated.Seal(anon)
+	asess, _ := rotated.Open(atok, now)
+	if !rotated.Bound(asess, "") || rotated.Bound(asess, "alice") {
+		t.Error("an unbound session")
+	}
+	if rotated.Bind("alice") == old.Bind("alice") {
+		t.Error("bindings do not depend on the key")
+	}
+}

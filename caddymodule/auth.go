@@ -1,0 +1,418 @@
+package caddymodule
+
+import (
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	jose "github.com/go-jose/go-jose/v4"
+	"go.uber.org/zap"
+
+	"github.com/mcpgate/mcpgate/auth"
+	"github.com/mcpgate/mcpgate/mcp"
+)
+
+func init() {
+	caddy.RegisterModule(new(Auth))
+}
+
+// varAuth holds the request's *authContext for mcp_proxy.
+const varAuth = "mcp.auth"
+
+// Auth is `mcp_auth`, an OAuth 2.1 resource server in front of MCP
+// servers (or any route), as the MCP authorization specification asks of
+// an HTTP MCP server. It accepts a request only with a valid Bearer access
+// token issued for this resource: a JWT verified against static keys or a
+// JWKS URL (issuer, audience, expiry, algorithm allow-list, required
+// scopes), or an opaque token checked by RFC 7662 introspection. It
+// serves the Protected Resource Metadata of RFC 9728 at
+// /.well-known/oauth-protected-resource (and its path-suffixed form, e.g.
+// /.well-known/oauth-protected-resource/mcp), and answers a request
+// without a valid token with 401 and `WWW-Authenticate: Bearer
+// resource_metadata="…"` pointing at it, a token lacking a scope with 403
+// `insufficient_scope`.
+//
+// The principal becomes `{http.auth.user.id}` (from PrincipalClaim) and
+// its claims `{http.auth.user.<claim>}`, as Caddy's own authentication
+// sets them; mcp_proxy binds sessions to it. The client's Authorization
+// header is removed before the request goes on, unless ForwardToken is
+// set: the token is for this resource, not for the servers behind it.
+// Scope rules by MCP method and tool are enforced by mcp_proxy, which
+// reads the message. mcp_auth is ordered just after forward_auth.
+type Auth struct {
+	// Issuers lists the accepted token issuers (the iss claim). Default:
+	// any issuer whose keys verify the token.
+	Issuers []string `json:"issuers,omitempty"`
+
+	// AuthorizationServers lists the authorization servers the metadata
+	// names. Default: Issuers.
+	AuthorizationServers []string `json:"authorization_servers,omitempty"`
+
+	// Resource is this resource's URI, the audience tokens must name (RFC
+	// 8707). Default: the request's scheme and host with the MCP
+	// endpoint's path (the request's path; the path after
+	// /.well-known/oauth-protected-resource for the metadata). Set it when
+	// one MCP server spans several paths, as a legacy HTTP+SSE one does.
+	Resource string `json:"resource,omitempty"`
+
+	// Audiences lists more audiences accepted besides Resource. Default:
+	// none.
+	Audiences []string `json:"audiences,omitempty"`
+
+	// JWKSURL is where the issuer publishes its signing keys. The set is
+	// fetched with a timeout of JWKSTimeout, kept for its max-age (or
+	// JWKSRefresh), fetched again when a token names a key it does not
+	// hold (at most every JWKSMinRefresh), and used for JWKSMaxStale past
+	// its freshness while fetching fails.
+	JWKSURL string `json:"jwks_url,omitempty"`
+
+	// JWKSTimeout bounds one fetch of the JWKS. Default: 5s.
+	JWKSTimeout caddy.Duration `json:"jwks_timeout,omitempty"`
+
+	// JWKSRefresh is how long a JWKS is used when its answer sets no
+	// max-age. Default: 1h.
+	JWKSRefresh caddy.Duration `json:"jwks_refresh,omitempty"`
+
+	// JWKSMinRefresh is how often, at most, an unknown key id makes the
+	// JWKS be fetched again. Default: 1m.
+	JWKSMinRefresh caddy.Duration `json:"jwks_min_refresh,omitempty"`
+
+	// JWKSMaxStale is how long keys are used past their freshness while
+	// the JWKS cannot be fetched. Default: 24h.
+	JWKSMaxStale caddy.Duration `json:"jwks_max_stale,omitempty"`
+
+	// Keys are static verification keys: PEM public keys or certificates
+	// (inline or in a file), JWKs, or HMAC secrets. Default: none.
+	Keys []StaticKey `json:"keys,omitempty"`
+
+	// Algorithms lists the accepted JWS algorithms. "none" is never
+	// accepted, and an HMAC algorithm only with a static secret. Default:
+	// RS256/384/512, PS256/384/512, ES256/384/512, EdDSA.
+	Algorithms []string `json:"algorithms,omitempty"`
+
+	// Leeway is the clock skew allowed on exp, nbf and iat. Default: 30s.
+	Leeway caddy.Duration `json:"leeway,omitempty"`
+
+	// PrincipalClaim names the claim that identifies the principal.
+	// Default: sub.
+	PrincipalClaim string `json:"principal_claim,omitempty"`
+
+	// RequiredScopes must all be held by every token. Default: none.
+	RequiredScopes []string `json:"required_scopes,omitempty"`
+
+	// ScopeRules require scopes for MCP requests by method and target
+	// (tool, prompt or resource glob), enforced by mcp_proxy with 403
+	// insufficient_scope. Default: none.
+	ScopeRules []auth.ScopeRule `json:"scope_rules,omitempty"`
+
+	// ScopesSupported is what the metadata lists. Default: the scopes of
+	// RequiredScopes and ScopeRules.
+	ScopesSupported []string `json:"scopes_supported,omitempty"`
+
+	// Introspection checks opaque tokens with an RFC 7662 endpoint.
+	// Default: none (only JWTs are accepted).
+	Introspection *IntrospectionConfig `json:"introspection,omitempty"`
+
+	// ForwardToken keeps the client's Authorization header on the request
+	// for the handlers and upstreams behind. The MCP specification forbids
+	// passing a token on to servers it was not issued for: set it only
+	// when the upstream is part of this resource. Default: false.
+	ForwardToken bool `json:"forward_token,omitempty"`
+
+	// ResourceName is the human-readable name the metadata gives.
+	// Default: none.
+	ResourceName string `json:"resource_name,omitempty"`
+
+	verifier *auth.Verifier
+	logger   *zap.Logger
+}
+
+// StaticKey is one static verification key.
+type StaticKey struct {
+	// File is a file holding a PEM public key, certificate, or JWK.
+	File string `json:"file,omitempty"`
+	// PEM is a PEM public key or certificate, inline.
+	PEM string `json:"pem,omitempty"`
+	// JWK is a JSON Web Key, inline.
+	JWK json.RawMessage `json:"jwk,omitempty"`
+	// Secret is the base64 of an HMAC secret; Algorithm must name an HS
+	// algorithm.
+	Secret string `json:"secret,omitempty"`
+	// KeyID is the key id tokens name (kid); empty matches any.
+	KeyID string `json:"kid,omitempty"`
+	// Algorithm restricts the key to one algorithm.
+	Algorithm string `json:"alg,omitempty"`
+}
+
+// IntrospectionConfig configures RFC 7662 introspection.
+type IntrospectionConfig struct {
+	// URL is the introspection endpoint.
+	URL string `json:"url"`
+	// ClientID and ClientSecret authenticate this resource server to the
+	// endpoint (HTTP Basic); placeholders such as {env.X} are replaced.
+	ClientID string `json:"client_id,omitempty"`
+	// ClientSecret: see ClientID.
+	ClientSecret string `json:"client_secret,omitempty"`
+	// CacheTTL is how long a result is kept at most (never past the
+	// token's expiry). Default: 1m.
+	CacheTTL caddy.Duration `json:"cache_ttl,omitempty"`
+}
+
+// CaddyModule returns the Caddy module information.
+func (*Auth) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.mcp_auth",
+		New: func() caddy.Module { return new(Auth) },
+	}
+}
+
+// Provision builds the verifier.
+func (a *Auth) Provision(ctx caddy.Context) error {
+	a.logger = ctx.Logger()
+	repl := caddy.NewReplacer()
+	v := &auth.Verifier{Issuers: a.Issuers, Leeway: time.Duration(a.Leeway), PrincipalClaim: a.PrincipalClaim, RequiredScopes: a.RequiredScopes}
+	for _, alg := range a.Algorithms {
+		if strings.EqualFold(alg, "none") {
+			return errors.New(`algorithm "none" is never accepted`)
+		}
+		v.Algorithms = append(v.Algorithms, jose.SignatureAlgorithm(alg))
+	}
+	if a.JWKSURL != "" || len(a.Keys) > 0 {
+		v.Keys = &auth.KeySet{URL: repl.ReplaceKnown(a.JWKSURL, ""), Refresh: time.Duration(a.JWKSRefresh),
+			MinRefresh: time.Duration(a.JWKSMinRefresh), MaxStale: time.Duration(a.JWKSMaxStale), FetchTimeout: time.Duration(a.JWKSTimeout)}
+		for i, k := range a.Keys {
+			jwk, err := k.load(repl)
+			if err != nil {
+				return fmt.Errorf("key %d: %w", i, err)
+			}
+			v.Keys.AddStatic(jwk)
+		}
+	}
+	if in := a.Introspection; in != nil {
+		v.Introspection = &auth.Introspector{URL: repl.ReplaceKnown(in.URL, ""), ClientID: repl.ReplaceKnown(in.ClientID, ""),
+			ClientSecret: repl.ReplaceKnown(in.ClientSecret, ""), CacheTTL: time.Duration(in.CacheTTL)}
+	}
+	if v.Keys == nil && v.Introspection == nil {
+		return errors.New("mcp_auth needs jwks_url, a key, or introspection")
+	}
+	a.verifier = v
+	return registerMetrics(ctx)
+}
+
+// load reads a static key as a JWK.
+func (k StaticKey) load(repl *caddy.Replacer) (jose.JSONWebKey, error) {
+	var jwk jose.JSONWebKey
+	switch {
+	case k.Secret != "":
+		secret, err := base64.StdEncoding.DecodeString(repl.ReplaceKnown(k.Secret, ""))
+		if err != nil || len(secret) < 32 {
+			return jwk, errors.New("secret: want the base64 of at least 32 bytes")
+		}
+		if !strings.HasPrefix(k.Algorithm, "HS") {
+			return jwk, errors.New("a secret needs alg HS256, HS384 or HS512")
+		}
+		jwk.Key = secret
+	case len(k.JWK) > 0:
+		if err := json.Unmarshal(k.JWK, &jwk); err != nil {
+			return jwk, err
+		}
+	default:
+		data := []byte(k.PEM)
+		if k.File != "" {
+			b, err := os.ReadFile(k.File)
+			if err != nil {
+				return jwk, err
+			}
+			data = b
+		}
+		if json.Valid(data) {
+			err := json.Unmarshal(data, &jwk)
+			return withKeyInfo(jwk, k), err
+		}
+		key, err := parsePEMKey(data)
+		if err != nil {
+			return jwk, err
+		}
+		jwk.Key = key
+	}
+	return withKeyInfo(jwk, k), nil
+}
+
+func withKeyInfo(jwk jose.JSONWebKey, k StaticKey) jose.JSONWebKey {
+	if k.KeyID != "" {
+		jwk.KeyID = k.KeyID
+	}
+	if k.Algorithm != "" {
+		jwk.Algorithm = k.Algorithm
+	}
+	return jwk
+}
+
+// parsePEMKey reads a PEM public key or certificate.
+func parsePEMKey(data []byte) (any, error) {
+	block, _ := pem.Decode(data)
+	if block == nil {
+		return nil, errors.New("no PEM block")
+	}
+	if block.Type == "CERTIFICATE" {
+		cert, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, err
+		}
+		return cert.PublicKey, nil
+	}
+	return x509.ParsePKIXPublicKey(block.Bytes)
+}
+
+// authContext is what mcp_auth leaves for mcp_proxy: the principal, and
+// what a scope refusal needs.
+type authContext struct {
+	principal   *auth.Principal
+	rules       []auth.ScopeRule
+	metadataURL string
+}
+
+// ServeHTTP serves the metadata, or authenticates the request and passes
+// it on.
+func (a *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if rp, ok := auth.ResourcePathOf(r.URL.Path); ok && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
+		return a.serveMetadata(w, r, rp)
+	}
+	resource := a.resourceOf(r, r.URL.Path)
+	mdURL := auth.MetadataURL(resource)
+	tok, ok := bearer(r.Header.Get("Authorization"))
+	if !ok {
+		metrics.authRefusals.WithLabelValues("invalid_request").Inc()
+		return a.challenge(w, &auth.Error{Status: http.StatusBadRequest, Code: "invalid_request", Description: "the Authorization header is not a Bearer token"}, mdURL)
+	}
+	p, err := a.verifier.Verify(r.Context(), tok, append([]string{resource}, a.Audiences...), time.Now())
+	if err != nil {
+		var ae *auth.Error
+		if !errors.As(err, &ae) {
+			ae = &auth.Error{Status: http.StatusUnauthorized, Code: "invalid_token", Description: err.Error()}
+		}
+		reason := ae.Code
+		if reason == "" {
+			reason = "missing"
+		}
+		metrics.authRefusals.WithLabelValues(reason).Inc()
+		if c := a.logger.Check(zap.DebugLevel, "token refused"); c != nil {
+			c.Write(zap.String("reason", ae.Description))
+		}
+		return a.challenge(w, ae, mdURL)
+	}
+	setPrincipal(r, p)
+	caddyhttp.SetVar(r.Context(), varAuth, &authContext{principal: p, rules: a.ScopeRules, metadataURL: mdURL})
+	if !a.ForwardToken {
+		r.Header.Del("Authorization")
+	}
+	return next.ServeHTTP(w, r)
+}
+
+// bearer reads a Bearer token from an Authorization header; ok is false
+// for another scheme ("" is a missing token, which Verify refuses).
+func bearer(h string) (tok string, ok bool) {
+	if h == "" {
+		return "", true
+	}
+	scheme, tok, _ := strings.Cut(h, " ")
+	if !strings.EqualFold(scheme, "Bearer") {
+		return "", false
+	}
+	return strings.TrimSpace(tok), true
+}
+
+// setPrincipal sets {http.auth.user.id} and {http.auth.user.<claim>}.
+func setPrincipal(r *http.Request, p *auth.Principal) {
+	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if repl == nil {
+		return
+	}
+	repl.Set("http.auth.user.id", p.ID)
+	for k, v := range p.Claims {
+		repl.Set("http.auth.user."+k, auth.ClaimString(v))
+	}
+	repl.Set("http.auth.user.scope", strings.Join(p.Scopes, " "))
+}
+
+// resourceOf is the resource URI of a request to path.
+func (a *Auth) resourceOf(r *http.Request, path string) string {
+	if a.Resource != "" {
+		return a.Resource
+	}
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	return scheme + "://" + r.Host + strings.TrimSuffix(path, "/")
+}
+
+// serveMetadata serves the Protected Resource Metadata document.
+func (a *Auth) serveMetadata(w http.ResponseWriter, r *http.Request, resourcePath string) error {
+	servers := a.AuthorizationServers
+	if len(servers) == 0 {
+		servers = a.Issuers
+	}
+	scopes := a.ScopesSupported
+	if len(scopes) == 0 {
+		scopes = append(scopes, a.RequiredScopes...)
+		for _, rule := range a.ScopeRules {
+			scopes = append(scopes, rule.Scopes...)
+		}
+	}
+	md := auth.Metadata{Resource: a.resourceOf(r, resourcePath), AuthorizationServers: servers,
+		ScopesSupported: dedupe(scopes), ResourceName: a.ResourceName}
+	body := md.JSON()
+	hdr := w.Header()
+	hdr.Set("Content-Type", "application/json")
+	hdr.Set("Cache-Control", "max-age=300")
+	hdr.Set("Access-Control-Allow-Origin", "*")
+	hdr.Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(http.StatusOK)
+	if r.Method != http.MethodHead {
+		_, _ = w.Write(body)
+	}
+	return nil
+}
+
+// challenge answers a refused request: its status, the WWW-Authenticate
+// challenge pointing at the metadata, and a JSON-RPC error.
+func (a *Auth) challenge(w http.ResponseWriter, e *auth.Error, metadataURL string) error {
+	return writeChallenge(w, e, metadataURL, "")
+}
+
+// writeChallenge writes an auth refusal with a JSON-RPC error for id.
+func writeChallenge(w http.ResponseWriter, e *auth.Error, metadataURL, id string) error {
+	w.Header().Set("WWW-Authenticate", auth.Challenge(e, metadataURL))
+	msg := http.StatusText(e.Status) + ": " + e.Description
+	return writeRefusal(w, mcp.Refuse(e.Status, mcp.CodeServerError, id, msg))
+}
+
+// dedupe returns l without repeats, in order.
+func dedupe(l []string) []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, s := range l {
+		if !seen[s] {
+			seen[s] = true
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Auth)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Auth)(nil)
+)

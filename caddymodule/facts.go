@@ -1,0 +1,111 @@
+package caddymodule
+
+import (
+	"encoding/json"
+	"net/http"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/mcpgate/mcpgate/mcp"
+)
+
+// Placeholders mcp_proxy sets as soon as it knows each fact (see Handler).
+const (
+	phMethod    = "http.mcp.method"
+	phTool      = "http.mcp.tool"
+	phResource  = "http.mcp.resource"
+	phPrompt    = "http.mcp.prompt"
+	phVersion   = "http.mcp.version"
+	phSession   = "http.mcp.session"
+	phRequestID = "http.mcp.request_id"
+)
+
+// setCallFacts makes what the classification learnt of a request
+// placeholders, and attributes of the request's trace span (the
+// OpenTelemetry semantic conventions for MCP) when it is being traced.
+func setCallFacts(r *http.Request, call *mcp.Call) {
+	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if repl == nil {
+		return
+	}
+	first := call.First()
+	version := call.Version
+	if version == "" {
+		version = first.ProtocolVersion
+	}
+	id := requestIDString(first.ID)
+	target, targetKey := "", ""
+	switch first.Method {
+	case "tools/call":
+		target, targetKey = first.Name, phTool
+	case "prompts/get":
+		target, targetKey = first.Name, phPrompt
+	case "resources/read", "resources/subscribe", "resources/unsubscribe":
+		target, targetKey = first.Name, phResource
+	}
+	for _, kv := range [...][2]string{{phMethod, first.Method}, {targetKey, target}, {phVersion, version}, {phRequestID, id}} {
+		if kv[0] != "" && kv[1] != "" {
+			repl.Set(kv[0], kv[1])
+		}
+	}
+	span := trace.SpanFromContext(r.Context())
+	if !span.IsRecording() {
+		return
+	}
+	attrs := make([]attribute.KeyValue, 0, 5)
+	if first.Method != "" {
+		attrs = append(attrs, attribute.String("mcp.method.name", first.Method))
+	}
+	if targetKey == phTool {
+		attrs = append(attrs, attribute.String("gen_ai.tool.name", target))
+	}
+	if targetKey == phResource {
+		attrs = append(attrs, attribute.String("mcp.resource.uri", target))
+	}
+	if id != "" {
+		attrs = append(attrs, attribute.String("jsonrpc.request.id", id))
+	}
+	if version != "" {
+		attrs = append(attrs, attribute.String("mcp.protocol.version", version))
+	}
+	span.SetAttributes(attrs...)
+}
+
+// setSessionFacts makes the request's session a placeholder (and a span
+// attribute): a short stable hash of it, the id /mcp/sessions shows, never
+// its token; and the session's version when the request named none.
+func setSessionFacts(r *http.Request, res resolution) {
+	if res.session == nil {
+		return
+	}
+	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if repl == nil {
+		return
+	}
+	id := hashKey(res.key)[:sessionIDLen]
+	repl.Set(phSession, id)
+	if _, ok := repl.Get(phVersion); !ok && res.session.Version != "" {
+		repl.Set(phVersion, res.session.Version)
+	}
+	if span := trace.SpanFromContext(r.Context()); span.IsRecording() {
+		span.SetAttributes(attribute.String("mcp.session.id", id))
+	}
+}
+
+// requestIDString writes a raw JSON-RPC id for a placeholder: a string
+// without its quotes, a number as it is.
+func requestIDString(raw string) string {
+	if len(raw) > 1 && raw[0] == '"' {
+		if inner := raw[1 : len(raw)-1]; !strings.ContainsRune(inner, '\\') {
+			return inner
+		}
+		var s string
+		if json.Unmarshal([]byte(raw), &s) == nil {
+			return s
+		}
+	}
+	return raw
+}
