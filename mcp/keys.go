@@ -47,16 +47,34 @@ const (
 	setMeta
 )
 
-// name returns the exact spelling of member m of the set.
-func (set memberSet) name(m int) string {
+// names returns the exact spellings of the set's members, indexed by
+// member.
+func (set memberSet) names() []string {
 	switch set {
 	case setEnvelope:
-		return envelopeNames[m]
+		return envelopeNames[:]
 	case setParams:
-		return paramsNames[m]
+		return paramsNames[:]
 	}
-	return metaVersionKey
+	return metaNames[:]
 }
+
+// metaNames is the one member of _meta the proxy reads.
+var metaNames = [...]string{metaVersionKey}
+
+// name returns the exact spelling of member m of the set.
+func (set memberSet) name(m int) string { return set.names()[m] }
+
+// foldedNames holds the members' names of each set in folded form (see
+// appendFold), indexed like names.
+var foldedNames = func() (folded [setMeta + 1][]string) {
+	for set := range folded {
+		for _, name := range memberSet(set).names() {
+			folded[set] = append(folded[set], string(appendFold(nil, []byte(name))))
+		}
+	}
+	return folded
+}()
 
 // FNV-1a, over the folded form of a key.
 const (
@@ -118,7 +136,9 @@ func classifyKey(key []byte, set memberSet) (member int, exact bool, hash uint64
 	return member, exact, h
 }
 
-// exactMember returns the member of set spelled exactly key, or -1.
+// exactMember returns the member of set spelled exactly key, or -1. It
+// runs for every key of every message read, so it is spelled out as a
+// switch, which the compiler turns into a search by length and bytes.
 func exactMember(key []byte, set memberSet) int {
 	switch set {
 	case setEnvelope:
@@ -193,42 +213,9 @@ func (ok *objectKeys) add(key []byte) (int, error) {
 
 // lookupFolded returns the member of set whose folded name is folded, or -1.
 func lookupFolded(folded []byte, set memberSet) int {
-	switch set {
-	case setEnvelope:
-		switch string(folded) {
-		case "JSONRPC":
-			return envJSONRPC
-		case "ID":
-			return envID
-		case "METHOD":
-			return envMethod
-		case "PARAMS":
-			return envParams
-		case "RESULT":
-			return envResult
-		case "ERROR":
-			return envError
-		}
-	case setParams:
-		switch string(folded) {
-		case "NAME":
-			return parName
-		case "URI":
-			return parURI
-		case "PROTOCOLVERSION":
-			return parProtocolVersion
-		case "REQUESTID":
-			return parRequestID
-		case "_META":
-			return parMeta
-		case "ARGUMENTS":
-			return parArguments
-		case "CURSOR":
-			return parCursor
-		}
-	case setMeta:
-		if string(folded) == "IO.MODELCONTEXTPROTOCOL/PROTOCOLVERSION" {
-			return 0
+	for m, name := range foldedNames[set] {
+		if name == string(folded) {
+			return m
 		}
 	}
 	return -1

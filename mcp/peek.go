@@ -373,39 +373,58 @@ func (s *scanner) skip() error {
 }
 
 // nextKey reads the key of the next member of the object being scanned
-// (first: none was read yet) and leaves s.i at its value. ok is false at
-// the end of the object, whose closer it consumes.
-func (s *scanner) nextKey(first bool) (raw, quoted []byte, escaped, ok bool, err error) {
+// (first: none was read yet), decoded, and leaves s.i at its value. ok is
+// false at the end of the object, whose closer it consumes.
+func (s *scanner) nextKey(first bool) (key []byte, ok bool, err error) {
 	s.ws()
 	if s.eof() {
-		return nil, nil, false, false, errEOF
+		return nil, false, errEOF
 	}
 	switch c := s.b[s.i]; {
 	case c == '}':
 		s.i++
-		return nil, nil, false, false, nil
+		return nil, false, nil
 	case !first && c == ',':
 		s.i++
 		s.ws()
 	case !first:
-		return nil, nil, false, false, ErrMalformed
+		return nil, false, ErrMalformed
 	}
 	start := s.i
-	raw, escaped, err = s.str()
+	raw, escaped, err := s.str()
 	if err != nil {
-		return nil, nil, false, false, err
+		return nil, false, err
 	}
-	quoted = s.b[start:s.i]
+	quoted := s.b[start:s.i]
 	s.ws()
 	if s.eof() {
-		return nil, nil, false, false, errEOF
+		return nil, false, errEOF
 	}
 	if s.b[s.i] != ':' {
-		return nil, nil, false, false, ErrMalformed
+		return nil, false, ErrMalformed
 	}
 	s.i++
 	s.ws()
-	return raw, quoted, escaped, true, nil
+	key, err = decodeKey(raw, quoted, escaped)
+	return key, err == nil, err
+}
+
+// member reads the key of the next member of an object whose keys are
+// checked by keys, and returns its member index in keys' set (-1 for
+// another key) with s.i at its value, which has started. ok is false at
+// the end of the object.
+func (s *scanner) member(keys *objectKeys, first bool) (m int, ok bool, err error) {
+	key, ok, err := s.nextKey(first)
+	if err != nil || !ok {
+		return -1, false, err
+	}
+	if m, err = keys.add(key); err != nil {
+		return m, false, err
+	}
+	if s.eof() {
+		return m, false, errEOF
+	}
+	return m, true, nil
 }
 
 // rawValue returns the raw bytes of the scalar or compound value at s.i.
@@ -538,92 +557,87 @@ func (s *scanner) envelope(env *Envelope, f *msgFacts) error {
 	s.i++
 	keys := objectKeys{set: setEnvelope}
 	for first := true; ; first = false {
-		raw, quoted, esc, ok, err := s.nextKey(first)
+		m, ok, err := s.member(&keys, first)
 		if err != nil || !ok {
 			return err
 		}
-		key, err := decodeKey(raw, quoted, esc)
-		if err != nil {
+		if err := s.envelopeValue(m, env, f); err != nil {
 			return err
-		}
-		m, err := keys.add(key)
-		if err != nil {
-			return err
-		}
-		if s.eof() {
-			return errEOF
-		}
-		c := s.b[s.i]
-		switch m {
-		case envJSONRPC:
-			if c != '"' {
-				return ErrJSONRPCVersion
-			}
-			start := s.i
-			raw, esc, err := s.str()
-			if err != nil {
-				return err
-			}
-			if esc {
-				var v string
-				if json.Unmarshal(s.b[start:s.i], &v) != nil || v != "2.0" {
-					return ErrJSONRPCVersion
-				}
-			} else if string(raw) != "2.0" {
-				return ErrJSONRPCVersion
-			}
-			f.jsonrpc = true
-		case envMethod:
-			if c != '"' {
-				return errMethodType
-			}
-			v, err := s.stringValue()
-			if err != nil {
-				return err
-			}
-			env.Method, f.method = v, true
-		case envID:
-			if c != '"' && c != 'n' && c != '-' && (c < '0' || c > '9') {
-				return ErrInvalidID
-			}
-			raw, err := s.rawValue()
-			if err != nil {
-				return err
-			}
-			f.id = true
-			if c == 'n' {
-				f.idNull = true
-			} else {
-				env.ID = string(raw)
-			}
-		case envParams:
-			switch c {
-			case '{':
-				err = s.params(env, f)
-			case 'n':
-				err = s.skip()
-			default:
-				return errParamsType
-			}
-			if err != nil {
-				return err
-			}
-		case envResult, envError:
-			// Known once the value starts: it may end past the head.
-			if m == envResult {
-				f.result = true
-			} else {
-				f.errorKey = true
-			}
-			if err := s.skip(); err != nil {
-				return err
-			}
-		default:
-			if err := s.skip(); err != nil {
-				return err
-			}
 		}
 	}
+}
+
+// envelopeValue scans the value of member m (-1 for another key) of a
+// message object.
+func (s *scanner) envelopeValue(m int, env *Envelope, f *msgFacts) error {
+	c := s.b[s.i]
+	switch m {
+	case envJSONRPC:
+		if c != '"' {
+			return ErrJSONRPCVersion
+		}
+		err := s.version()
+		f.jsonrpc = err == nil
+		return err
+	case envMethod:
+		if c != '"' {
+			return errMethodType
+		}
+		v, err := s.stringValue()
+		if err != nil {
+			return err
+		}
+		env.Method, f.method = v, true
+		return nil
+	case envID:
+		if c != '"' && c != 'n' && c != '-' && (c < '0' || c > '9') {
+			return ErrInvalidID
+		}
+		raw, err := s.rawValue()
+		if err != nil {
+			return err
+		}
+		f.id = true
+		if c == 'n' {
+			f.idNull = true
+		} else {
+			env.ID = string(raw)
+		}
+		return nil
+	case envParams:
+		switch c {
+		case '{':
+			return s.params(env, f)
+		case 'n':
+		default:
+			return errParamsType
+		}
+	case envResult:
+		// Known once the value starts: it may end past the head.
+		f.result = true
+	case envError:
+		f.errorKey = true
+	}
+	return s.skip()
+}
+
+// version reads the string at s.i, the value of "jsonrpc", which must be
+// "2.0".
+func (s *scanner) version() error {
+	start := s.i
+	raw, esc, err := s.str()
+	if err != nil {
+		return err
+	}
+	if esc {
+		var v string
+		if json.Unmarshal(s.b[start:s.i], &v) != nil || v != "2.0" {
+			return ErrJSONRPCVersion
+		}
+	} else if string(raw) != "2.0" {
+		return ErrJSONRPCVersion
+	}
+	return nil
 }
 
 // params scans the params object for the fields the proxy needs.
@@ -639,20 +653,9 @@ func (s *scanner) params(env *Envelope, f *msgFacts) error {
 		}
 	}()
 	for first := true; ; first = false {
-		raw, quoted, esc, ok, err := s.nextKey(first)
+		m, ok, err := s.member(&keys, first)
 		if err != nil || !ok {
 			return err
-		}
-		key, err := decodeKey(raw, quoted, esc)
-		if err != nil {
-			return err
-		}
-		m, err := keys.add(key)
-		if err != nil {
-			return err
-		}
-		if s.eof() {
-			return errEOF
 		}
 		switch m {
 		case parName, parURI, parProtocolVersion:
@@ -702,12 +705,8 @@ func (s *scanner) meta(env *Envelope) error {
 	s.i++ // '{'
 	seen := false
 	for first := true; ; first = false {
-		raw, quoted, esc, ok, err := s.nextKey(first)
+		key, ok, err := s.nextKey(first)
 		if err != nil || !ok {
-			return err
-		}
-		key, err := decodeKey(raw, quoted, esc)
-		if err != nil {
 			return err
 		}
 		if m, exact, _ := classifyKey(key, setMeta); m == 0 {

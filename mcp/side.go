@@ -1,9 +1,6 @@
 package mcp
 
-import (
-	"encoding/json"
-	"net/http"
-)
+import "net/http"
 
 // HasSessionDelete reports whether a session negotiated at version ends
 // with an HTTP DELETE: the session era (2025-03-26 up to 2026-07-28). A
@@ -48,17 +45,11 @@ func AnswersRequest(data []byte, id string) bool {
 	s.i++
 	var sameID, answer bool
 	for first := true; ; first = false {
-		raw, _, escaped, ok, err := s.nextKey(first)
+		key, ok, err := s.nextKey(first)
 		if err != nil || !ok {
 			return err == nil && sameID && answer
 		}
-		key := string(raw)
-		if escaped {
-			if err := json.Unmarshal(append(append([]byte{'"'}, raw...), '"'), &key); err != nil {
-				return false
-			}
-		}
-		switch key {
+		switch string(key) {
 		case "id":
 			v, err := s.rawValue()
 			if err != nil {

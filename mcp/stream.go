@@ -178,275 +178,338 @@ func (v *streamCheck) write(p []byte) (closeAt int, err error) {
 	return closeAt, err
 }
 
-func (v *streamCheck) scan(p []byte) (closeAt int, err error) {
-	closeAt = -1
+// scan runs the state machine over p. The frequent steps, between tokens
+// and along a string, are taken here; the others are methods of their
+// own. Those that read numbers and literals read up to their end (or the
+// end of p) and return the index of the last byte they consumed: the byte
+// that ends a number or literal is left to the state that follows.
+func (v *streamCheck) scan(p []byte) (int, error) {
+	closeAt := -1
 	for i := 0; i < len(p); i++ {
 		c := p[i]
+		if c <= ' ' && v.st <= stDone && isSpace(c) {
+			continue // whitespace between tokens
+		}
+		var err error
+		closed := false
 		switch v.st {
 		case stString:
 			if v.need > 0 {
-				if c < v.lo || c > v.hi {
-					return closeAt, v.utf8Error(i)
-				}
-				v.need--
-				v.lo, v.hi = 0x80, 0xBF
-				v.keepByte(c)
-				continue
+				err = v.continuation(c, i)
+				break
 			}
-			j := i
-			for j < len(p) {
-				b := p[j]
-				if b < 0x20 || b == '"' || b == '\\' || b >= 0x80 {
-					break
-				}
+			j := i // plain bytes are kept in one run
+			for j < len(p) && !stringSpecial(p[j]) {
 				j++
 			}
-			if j > i {
-				v.keep(p[i:j])
-				if j == len(p) {
-					return closeAt, nil
-				}
-				i = j
-				c = p[i]
+			v.keep(p[i:j])
+			if j == len(p) {
+				return closeAt, nil
 			}
-			switch {
-			case c == '"':
-				if err := v.stringEnd(i); err != nil {
-					return closeAt, err
-				}
-			case c == '\\':
-				v.st = stEscape
-				v.bufEsc = true
-				v.keepByte(c)
-			case c < 0x20:
-				return closeAt, v.syntaxError(i)
-			default:
-				switch {
-				case c >= 0xC2 && c <= 0xDF:
-					v.need, v.lo, v.hi = 1, 0x80, 0xBF
-				case c == 0xE0:
-					v.need, v.lo, v.hi = 2, 0xA0, 0xBF
-				case c >= 0xE1 && c <= 0xEC, c == 0xEE, c == 0xEF:
-					v.need, v.lo, v.hi = 2, 0x80, 0xBF
-				case c == 0xED:
-					v.need, v.lo, v.hi = 2, 0x80, 0x9F
-				case c == 0xF0:
-					v.need, v.lo, v.hi = 3, 0x90, 0xBF
-				case c >= 0xF1 && c <= 0xF3:
-					v.need, v.lo, v.hi = 3, 0x80, 0xBF
-				case c == 0xF4:
-					v.need, v.lo, v.hi = 3, 0x80, 0x8F
-				default:
-					return closeAt, v.utf8Error(i)
-				}
-				v.keepByte(c)
+			i = j
+			if p[i] == '"' {
+				err = v.stringEnd(i)
+			} else {
+				err = v.stringByte(p[i], i)
 			}
 		case stEscape:
-			switch c {
-			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
-				v.st = stString
-			case 'u':
-				v.st = stHex1
-			default:
-				return closeAt, v.syntaxError(i)
-			}
-			v.keepByte(c)
+			err = v.escape(c, i)
 		case stHex1, stHex2, stHex3, stHex4:
-			if !isHex(c) {
-				return closeAt, v.syntaxError(i)
-			}
-			if v.st == stHex4 {
-				v.st = stString
-			} else {
-				v.st++
-			}
-			v.keepByte(c)
+			err = v.hexDigit(c, i)
 		case stValue, stValueOrEnd:
-			if isSpace(c) {
-				continue
-			}
-			if c == ']' && v.st == stValueOrEnd {
-				closed, err := v.closeContainer(i)
-				if err != nil {
-					return closeAt, err
-				}
-				if closed {
-					closeAt = i
-				}
-				continue
-			}
-			if !isValueStart(c) {
-				return closeAt, v.syntaxError(i)
-			}
-			if err := v.valueBegin(c, v.off+int64(i)); err != nil {
-				return closeAt, err
-			}
-			switch {
-			case c == '{' || c == '[':
-				if v.depth >= maxNesting {
-					return closeAt, fmt.Errorf("%w at byte %d", errTooDeep, v.off+int64(i))
-				}
-				v.depth++
-				d := v.depth
-				if c == '{' {
-					v.obj[d>>6] |= 1 << (d & 63)
-					v.st = stKeyOrEnd
-				} else {
-					v.obj[d>>6] &^= 1 << (d & 63)
-					v.st = stValueOrEnd
-				}
-				if v.track && d <= 3 {
-					v.ctx[d] = ctxNone
-					if c == '{' {
-						v.ctx[d] = v.next
-					}
-					v.cur[d] = -1
-				}
-			case c == '"':
-				v.st = stString
-				v.inKey = false
-			case c == '-':
-				v.st = stNeg
-			case c == '0':
-				v.st = stZero
-			case c >= '1' && c <= '9':
-				v.st = stInt
-			case c == 't':
-				v.st, v.lit = stLit, "rue"
-			case c == 'f':
-				v.st, v.lit = stLit, "alse"
-			case c == 'n':
-				v.st, v.lit = stLit, "ull"
-			default:
-				return closeAt, v.syntaxError(i)
-			}
+			closed, err = v.value(c, i)
 		case stKeyOrEnd, stKey:
-			if isSpace(c) {
-				continue
-			}
-			switch {
-			case c == '"':
-				v.st = stString
-				v.inKey = true
-				if v.tracked(v.depth) {
-					v.startKeep()
-				}
-			case c == '}' && v.st == stKeyOrEnd:
-				closed, err := v.closeObject(i)
-				if err != nil {
-					return closeAt, err
-				}
-				if closed {
-					closeAt = i
-				}
-			default:
-				return closeAt, v.syntaxError(i)
+			if c == '"' {
+				v.startKey()
+			} else {
+				closed, err = v.keyOrEnd(c, i)
 			}
 		case stColon:
-			if isSpace(c) {
-				continue
+			if c == ':' {
+				v.st = stValue
+			} else {
+				err = v.syntaxError(i)
 			}
-			if c != ':' {
-				return closeAt, v.syntaxError(i)
-			}
-			v.st = stValue
 		case stAfter:
-			if isSpace(c) {
-				continue
+			if c == ',' {
+				v.nextMember()
+			} else {
+				closed, err = v.closer(c, i)
 			}
-			switch c {
-			case ',':
-				if v.isObject(v.depth) {
-					v.st = stKey
-				} else {
-					v.st = stValue
-				}
-			case '}':
-				if !v.isObject(v.depth) {
-					return closeAt, v.syntaxError(i)
-				}
-				closed, err := v.closeObject(i)
-				if err != nil {
-					return closeAt, err
-				}
-				if closed {
-					closeAt = i
-				}
-			case ']':
-				if v.isObject(v.depth) {
-					return closeAt, v.syntaxError(i)
-				}
-				closed, err := v.closeContainer(i)
-				if err != nil {
-					return closeAt, err
-				}
-				if closed {
-					closeAt = i
-				}
-			default:
-				return closeAt, v.syntaxError(i)
-			}
-		case stDone:
-			if !isSpace(c) {
-				return closeAt, v.syntaxError(i)
-			}
+		case stDone: // only whitespace may follow, skipped above
+			err = v.syntaxError(i)
+		case stLit:
+			i, err = v.literal(p, i)
+		case stLitEnd:
+			err = v.scalarEnd(i)
+			i-- // the delimiter is read again in the new state
+		default: // the number states
+			i, err = v.number(p, i)
+		}
+		if err != nil {
+			return closeAt, err
+		}
+		if closed {
+			closeAt = i
+		}
+	}
+	return closeAt, nil
+}
+
+// stringByte reads c, at p[i], a byte of a string other than a plain byte
+// or its closing quote.
+func (v *streamCheck) stringByte(c byte, i int) error {
+	switch {
+	case c == '\\':
+		v.st = stEscape
+		v.bufEsc = true
+		v.keepByte(c)
+		return nil
+	case c < 0x20:
+		return v.syntaxError(i)
+	}
+	return v.utf8Lead(c, i)
+}
+
+// stringSpecial reports whether c, in a string, is anything but a plain
+// byte kept as it is: a quote, a backslash, a control or a non-ASCII byte.
+func stringSpecial(c byte) bool {
+	return c < 0x20 || c == '"' || c == '\\' || c >= 0x80
+}
+
+// utf8Lead reads c, at p[i], as the first byte of a multi-byte UTF-8
+// sequence in a string, and sets the continuation bytes it calls for.
+func (v *streamCheck) utf8Lead(c byte, i int) error {
+	switch {
+	case c >= 0xC2 && c <= 0xDF:
+		v.need, v.lo, v.hi = 1, 0x80, 0xBF
+	case c == 0xE0:
+		v.need, v.lo, v.hi = 2, 0xA0, 0xBF
+	case c >= 0xE1 && c <= 0xEC, c == 0xEE, c == 0xEF:
+		v.need, v.lo, v.hi = 2, 0x80, 0xBF
+	case c == 0xED:
+		v.need, v.lo, v.hi = 2, 0x80, 0x9F
+	case c == 0xF0:
+		v.need, v.lo, v.hi = 3, 0x90, 0xBF
+	case c >= 0xF1 && c <= 0xF3:
+		v.need, v.lo, v.hi = 3, 0x80, 0xBF
+	case c == 0xF4:
+		v.need, v.lo, v.hi = 3, 0x80, 0x8F
+	default:
+		return v.utf8Error(i)
+	}
+	v.keepByte(c)
+	return nil
+}
+
+// continuation reads c, at p[i], as the next continuation byte of a UTF-8
+// sequence in a string.
+func (v *streamCheck) continuation(c byte, i int) error {
+	if c < v.lo || c > v.hi {
+		return v.utf8Error(i)
+	}
+	v.need--
+	v.lo, v.hi = 0x80, 0xBF
+	v.keepByte(c)
+	return nil
+}
+
+// escape reads c, at p[i], the byte after a backslash in a string.
+func (v *streamCheck) escape(c byte, i int) error {
+	switch c {
+	case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+		v.st = stString
+	case 'u':
+		v.st = stHex1
+	default:
+		return v.syntaxError(i)
+	}
+	v.keepByte(c)
+	return nil
+}
+
+// hexDigit reads c, at p[i], one of the four hex digits of a \u escape.
+func (v *streamCheck) hexDigit(c byte, i int) error {
+	if !isHex(c) {
+		return v.syntaxError(i)
+	}
+	if v.st == stHex4 {
+		v.st = stString
+	} else {
+		v.st++
+	}
+	v.keepByte(c)
+	return nil
+}
+
+// value reads c, at p[i], where a value must start (or, after '[', the
+// array may end), and reports whether it closed the top-level value.
+func (v *streamCheck) value(c byte, i int) (closed bool, err error) {
+	if c == ']' && v.st == stValueOrEnd {
+		return v.closeContainer(i)
+	}
+	if !isValueStart(c) {
+		return false, v.syntaxError(i)
+	}
+	if v.track && v.depth <= 3 {
+		if err := v.valueBegin(c, v.off+int64(i)); err != nil {
+			return false, err
+		}
+	}
+	switch {
+	case c == '{' || c == '[':
+		return false, v.open(c, i)
+	case c == '"':
+		v.st = stString
+		v.inKey = false
+	case c == '-':
+		v.st = stNeg
+	case c == '0':
+		v.st = stZero
+	case c >= '1' && c <= '9':
+		v.st = stInt
+	case c == 't':
+		v.st, v.lit = stLit, "rue"
+	case c == 'f':
+		v.st, v.lit = stLit, "alse"
+	case c == 'n':
+		v.st, v.lit = stLit, "ull"
+	default:
+		return false, v.syntaxError(i)
+	}
+	return false, nil
+}
+
+// open opens the object or array whose opening c is at p[i].
+func (v *streamCheck) open(c byte, i int) error {
+	if v.depth >= maxNesting {
+		return fmt.Errorf("%w at byte %d", errTooDeep, v.off+int64(i))
+	}
+	v.depth++
+	d := v.depth
+	if c == '{' {
+		v.obj[d>>6] |= 1 << (d & 63)
+		v.st = stKeyOrEnd
+	} else {
+		v.obj[d>>6] &^= 1 << (d & 63)
+		v.st = stValueOrEnd
+	}
+	if v.track && d <= 3 {
+		v.ctx[d] = ctxNone
+		if c == '{' {
+			v.ctx[d] = v.next
+		}
+		v.cur[d] = -1
+	}
+	return nil
+}
+
+// startKey starts reading an object's key, whose opening quote was read.
+func (v *streamCheck) startKey() {
+	v.st = stString
+	v.inKey = true
+	if v.tracked(v.depth) {
+		v.startKeep()
+	}
+}
+
+// keyOrEnd reads c, at p[i], where an object's key must start, when it is
+// not the key's opening quote: right after '{' the object may end. It
+// reports whether that closed the top-level value.
+func (v *streamCheck) keyOrEnd(c byte, i int) (closed bool, err error) {
+	if c == '}' && v.st == stKeyOrEnd {
+		return v.closeObject(i)
+	}
+	return false, v.syntaxError(i)
+}
+
+// nextMember moves past the ',' after a value inside a container.
+func (v *streamCheck) nextMember() {
+	if v.isObject(v.depth) {
+		v.st = stKey
+	} else {
+		v.st = stValue
+	}
+}
+
+// closer reads c, at p[i], after a value inside a container, when it is
+// not a ',': it must close the container. It reports whether that closed
+// the top-level value.
+func (v *streamCheck) closer(c byte, i int) (closed bool, err error) {
+	inObject := v.isObject(v.depth)
+	switch {
+	case c == '}' && inObject:
+		return v.closeObject(i)
+	case c == ']' && !inObject:
+		return v.closeContainer(i)
+	}
+	return false, v.syntaxError(i)
+}
+
+// number reads the bytes of a number from p[i] on. A byte that cannot
+// continue a complete number ends it and is left to the state that
+// follows; number returns the index of the last byte it consumed.
+func (v *streamCheck) number(p []byte, i int) (int, error) {
+	for ; i < len(p); i++ {
+		c := p[i]
+		digit := c >= '0' && c <= '9'
+		switch v.st {
 		case stNeg:
 			switch {
 			case c == '0':
 				v.st = stZero
-			case c >= '1' && c <= '9':
+			case digit:
 				v.st = stInt
 			default:
-				return closeAt, v.syntaxError(i)
+				return i, v.syntaxError(i)
 			}
-		case stZero, stInt, stFrac, stExpDig:
+		case stDot, stExpSgn:
+			if !digit {
+				return i, v.syntaxError(i)
+			}
+			if v.st == stDot {
+				v.st = stFrac
+			} else {
+				v.st = stExpDig
+			}
+		case stExp:
 			switch {
-			case c >= '0' && c <= '9' && v.st != stZero:
+			case c == '+' || c == '-':
+				v.st = stExpSgn
+			case digit:
+				v.st = stExpDig
+			default:
+				return i, v.syntaxError(i)
+			}
+		default: // stZero, stInt, stFrac, stExpDig
+			switch {
+			case digit && v.st != stZero:
 			case c == '.' && (v.st == stZero || v.st == stInt):
 				v.st = stDot
 			case (c == 'e' || c == 'E') && v.st != stExpDig:
 				v.st = stExp
 			default:
-				if err := v.scalarEnd(i); err != nil {
-					return closeAt, err
-				}
-				i-- // the delimiter is read again in the new state
+				return i - 1, v.scalarEnd(i)
 			}
-		case stDot:
-			if c < '0' || c > '9' {
-				return closeAt, v.syntaxError(i)
-			}
-			v.st = stFrac
-		case stExp:
-			switch {
-			case c == '+' || c == '-':
-				v.st = stExpSgn
-			case c >= '0' && c <= '9':
-				v.st = stExpDig
-			default:
-				return closeAt, v.syntaxError(i)
-			}
-		case stExpSgn:
-			if c < '0' || c > '9' {
-				return closeAt, v.syntaxError(i)
-			}
-			v.st = stExpDig
-		case stLit:
-			if c != v.lit[0] {
-				return closeAt, v.syntaxError(i)
-			}
-			v.lit = v.lit[1:]
-			if v.lit == "" {
-				v.st = stLitEnd
-			}
-		case stLitEnd:
-			if err := v.scalarEnd(i); err != nil {
-				return closeAt, err
-			}
-			i--
 		}
 	}
-	return closeAt, nil
+	return len(p) - 1, nil
+}
+
+// literal reads the bytes of true, false or null from p[i] on, and returns
+// the index of the last byte it read.
+func (v *streamCheck) literal(p []byte, i int) (int, error) {
+	for ; i < len(p); i++ {
+		if p[i] != v.lit[0] {
+			return i, v.syntaxError(i)
+		}
+		v.lit = v.lit[1:]
+		if v.lit == "" {
+			v.st = stLitEnd
+			return i, nil
+		}
+	}
+	return len(p) - 1, nil
 }
 
 // isValueStart reports whether c can start a JSON value.
