@@ -20,13 +20,14 @@ import (
 
 	"github.com/mcpgate/mcpgate/auth"
 	"github.com/mcpgate/mcpgate/mcp"
+	"github.com/mcpgate/mcpgate/resources"
 )
 
 func init() {
 	caddy.RegisterModule(new(Auth))
 }
 
-// varAuth holds the request's *authContext for mcp_proxy.
+// varAuth holds the request's *auth.Principal, for mcp_proxy.
 const varAuth = "mcp.auth"
 
 // Auth is `mcp_auth`, an OAuth 2.1 resource server in front of MCP
@@ -47,8 +48,12 @@ const varAuth = "mcp.auth"
 // sets them; mcp_proxy binds sessions to it. The client's Authorization
 // header is removed before the request goes on, unless ForwardToken is
 // set: the token is for this resource, not for the servers behind it.
-// Scope rules by MCP method and tool are enforced by mcp_proxy, which
-// reads the message. mcp_auth is ordered just after forward_auth.
+// mcp_auth reads the JSON-RPC messages of a POST with a JSON body, as
+// mcp_proxy does, to enforce ScopeRules by MCP method and target and to set
+// the MCP placeholders (see Handler) for the matchers and handlers behind
+// it; a body that is not valid MCP is refused as mcp_proxy refuses it.
+// mcp_auth is ordered just after forward_auth, before respond and
+// mcp_proxy.
 type Auth struct {
 	// Issuers lists the accepted token issuers (the iss claim). Default:
 	// any issuer whose keys verify the token.
@@ -111,8 +116,9 @@ type Auth struct {
 	RequiredScopes []string `json:"required_scopes,omitempty"`
 
 	// ScopeRules require scopes for MCP requests by method and target
-	// (tool, prompt or resource glob), enforced by mcp_proxy with 403
-	// insufficient_scope. Default: none.
+	// (tool, prompt or resource glob): a token lacking one gets 403
+	// insufficient_scope naming the scopes. Every message of a batch is
+	// checked. Default: none.
 	ScopeRules []auth.ScopeRule `json:"scope_rules,omitempty"`
 
 	// ScopesSupported is what the metadata lists. Default: the scopes of
@@ -134,6 +140,7 @@ type Auth struct {
 	ResourceName string `json:"resource_name,omitempty"`
 
 	verifier *auth.Verifier
+	memory   *resources.Budget
 	logger   *zap.Logger
 }
 
@@ -206,6 +213,11 @@ func (a *Auth) Provision(ctx caddy.Context) error {
 		return errors.New("mcp_auth needs jwks_url, a key, or introspection")
 	}
 	a.verifier = v
+	app, err := ctx.App("mcp")
+	if err != nil {
+		return fmt.Errorf("loading mcp app: %w", err)
+	}
+	a.memory = app.(*App).global.Memory()
 	return registerMetrics(ctx)
 }
 
@@ -274,27 +286,15 @@ func parsePEMKey(data []byte) (any, error) {
 	return x509.ParsePKIXPublicKey(block.Bytes)
 }
 
-// authContext is what mcp_auth leaves for mcp_proxy: the principal, and
-// what a scope refusal needs.
-type authContext struct {
-	principal   *auth.Principal
-	rules       []auth.ScopeRule
-	metadataURL string
-}
-
-// ServeHTTP serves the metadata, or authenticates the request and passes
-// it on.
+// ServeHTTP serves the metadata, or authenticates the request, reads its
+// MCP messages, checks their scopes, and passes it on.
 func (a *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	if rp, ok := auth.ResourcePathOf(r.URL.Path); ok && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
 		return a.serveMetadata(w, r, rp)
 	}
 	resource := a.resourceOf(r, r.URL.Path)
 	mdURL := auth.MetadataURL(resource)
-	tok, ok := bearer(r.Header.Get("Authorization"))
-	if !ok {
-		metrics.authRefusals.WithLabelValues("invalid_request").Inc()
-		return a.challenge(w, &auth.Error{Status: http.StatusBadRequest, Code: "invalid_request", Description: "the Authorization header is not a Bearer token"}, mdURL)
-	}
+	tok := bearer(r.Header.Get("Authorization"))
 	p, err := a.verifier.Verify(r.Context(), tok, append([]string{resource}, a.Audiences...), time.Now())
 	if err != nil {
 		var ae *auth.Error
@@ -307,29 +307,75 @@ func (a *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		}
 		metrics.authRefusals.WithLabelValues(reason).Inc()
 		if c := a.logger.Check(zap.DebugLevel, "token refused"); c != nil {
-			c.Write(zap.String("reason", ae.Description))
+			c.Write(zap.String("reason", ae.Description), zap.String("remote_ip", r.RemoteAddr))
 		}
-		return a.challenge(w, ae, mdURL)
+		if ae.Status == http.StatusUnauthorized && ae.Scope == "" && len(a.RequiredScopes) > 0 {
+			// The scopes every request needs, for the client to ask for.
+			e := *ae
+			e.Scope = strings.Join(a.RequiredScopes, " ")
+			ae = &e
+		}
+		return writeChallenge(w, ae, mdURL, "")
+	}
+	var call mcp.Call
+	if r.Method == http.MethodPost && mcp.IsJSON(r.Header.Get("Content-Type")) {
+		pb, ref := a.readMessages(w, r, &call)
+		defer a.memory.Release(pb.held)
+		if ref != nil {
+			return writeRefusal(w, ref)
+		}
+		setCallFacts(r, &call)
+	}
+	if e := a.checkScopes(p, &call); e != nil {
+		metrics.authRefusals.WithLabelValues(e.Code).Inc()
+		return writeChallenge(w, e, mdURL, call.First().ID)
 	}
 	setPrincipal(r, p)
-	caddyhttp.SetVar(r.Context(), varAuth, &authContext{principal: p, rules: a.ScopeRules, metadataURL: mdURL})
+	caddyhttp.SetVar(r.Context(), varAuth, p)
 	if !a.ForwardToken {
 		r.Header.Del("Authorization")
 	}
 	return next.ServeHTTP(w, r)
 }
 
-// bearer reads a Bearer token from an Authorization header; ok is false
-// for another scheme ("" is a missing token, which Verify refuses).
-func bearer(h string) (tok string, ok bool) {
-	if h == "" {
-		return "", true
+// readMessages reads the JSON-RPC messages of a POST body the way
+// mcp_proxy does (the same strict reading, the rest of a long body checked
+// as it streams on), so that scope rules, matchers and handlers behind see
+// the method and target the upstream will.
+func (a *Auth) readMessages(w http.ResponseWriter, r *http.Request, call *mcp.Call) (peekedBody, *mcp.Refusal) {
+	if ref := mcp.ClassifyHeaders(r.Header, call); ref != nil {
+		return peekedBody{}, ref
 	}
+	return readBody(w, r, call, bodyLimits{maxPeek: defaultMaxPeek, timeout: defaultBodyTimeout, memory: a.memory})
+}
+
+// checkScopes returns the 403 for a principal lacking a scope one of the
+// request's messages needs under ScopeRules, nil when it holds them all.
+func (a *Auth) checkScopes(p *auth.Principal, call *mcp.Call) *auth.Error {
+	if len(a.ScopeRules) == 0 {
+		return nil
+	}
+	msgs := call.Peek.Messages
+	if len(msgs) == 0 {
+		msgs = []mcp.Envelope{{}}
+	}
+	for i := range msgs {
+		if need := auth.RequiredScopes(a.ScopeRules, msgs[i].Method, msgs[i].Name); !p.HasScopes(need) {
+			return auth.InsufficientScope(need)
+		}
+	}
+	return nil
+}
+
+// bearer reads a Bearer token from an Authorization header; another
+// scheme is no token (Verify answers a missing token with the plain
+// challenge a client starts its authorization from).
+func bearer(h string) string {
 	scheme, tok, _ := strings.Cut(h, " ")
 	if !strings.EqualFold(scheme, "Bearer") {
-		return "", false
+		return ""
 	}
-	return strings.TrimSpace(tok), true
+	return strings.TrimSpace(tok)
 }
 
 // setPrincipal sets {http.auth.user.id} and {http.auth.user.<claim>}.
@@ -383,12 +429,6 @@ func (a *Auth) serveMetadata(w http.ResponseWriter, r *http.Request, resourcePat
 		_, _ = w.Write(body)
 	}
 	return nil
-}
-
-// challenge answers a refused request: its status, the WWW-Authenticate
-// challenge pointing at the metadata, and a JSON-RPC error.
-func (a *Auth) challenge(w http.ResponseWriter, e *auth.Error, metadataURL string) error {
-	return writeChallenge(w, e, metadataURL, "")
 }
 
 // writeChallenge writes an auth refusal with a JSON-RPC error for id.

@@ -13,6 +13,7 @@ import (
 	"github.com/dustin/go-humanize"
 
 	"github.com/mcpgate/mcpgate/mcp"
+	"github.com/mcpgate/mcpgate/resources"
 )
 
 // Defaults of the request body bounds.
@@ -36,6 +37,15 @@ type peekedBody struct {
 	checked *mcp.CheckedBody
 }
 
+// bodyLimits bound the reading of a request body: the peek, the whole
+// body (0: unbounded), the time each read may take, and the memory budget
+// the peek's buffer is reserved from.
+type bodyLimits struct {
+	maxPeek, maxBody int64
+	timeout          time.Duration
+	memory           *resources.Budget
+}
+
 // readBody reads the head of a POST body, at most max_peek bytes, within
 // body_timeout, classifies it and puts the body back, unchanged, for the
 // upstream. A declared length over max_body is refused at once. The
@@ -43,26 +53,26 @@ type peekedBody struct {
 // what will really be read, and grows only as bytes arrive. A body longer
 // than the peek streams on through mcp.CheckedBody, which checks the rest
 // of its top level and aborts it at max_body.
-func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, call *mcp.Call) (pb peekedBody, ref *mcp.Refusal) {
+func readBody(w http.ResponseWriter, r *http.Request, call *mcp.Call, lim bodyLimits) (pb peekedBody, ref *mcp.Refusal) {
 	cl := r.ContentLength
-	if h.maxBody > 0 && cl > h.maxBody {
+	if lim.maxBody > 0 && cl > lim.maxBody {
 		w.Header().Set("Connection", "close")
-		return pb, bodyTooLarge(h.maxBody)
+		return pb, bodyTooLarge(lim.maxBody)
 	}
-	want := h.maxPeek + 1
-	if h.maxBody > 0 && h.maxBody < h.maxPeek {
-		want = h.maxBody + 1
+	want := lim.maxPeek + 1
+	if lim.maxBody > 0 && lim.maxBody < lim.maxPeek {
+		want = lim.maxBody + 1
 	}
 	if cl >= 0 && cl < want {
 		want = cl
 	}
-	budget := h.app.global.Memory()
+	budget := lim.memory
 	if !budget.Reserve(want) {
 		metrics.backpressure.Inc()
 		return pb, mcp.Refuse(http.StatusServiceUnavailable, mcp.CodeServerError, "", "server out of memory budget, retry later")
 	}
 	rc := http.NewResponseController(w)
-	_ = rc.SetReadDeadline(time.Now().Add(h.bodyTimeout))
+	_ = rc.SetReadDeadline(time.Now().Add(lim.timeout))
 	head, eof, err := readHead(r.Body, want)
 	if n := int64(len(head)); n < want {
 		budget.Release(want - n)
@@ -78,9 +88,9 @@ func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, call *mcp.Cal
 		return pb, bodyReadRefusal(err)
 	}
 	complete := eof || (cl >= 0 && int64(len(head)) == cl)
-	if h.maxBody > 0 && int64(len(head)) > h.maxBody {
+	if lim.maxBody > 0 && int64(len(head)) > lim.maxBody {
 		w.Header().Set("Connection", "close")
-		return pb, bodyTooLarge(h.maxBody)
+		return pb, bodyTooLarge(lim.maxBody)
 	}
 	perr := mcp.ParseEnvelope(head, complete, &call.Peek)
 	if ref := mcp.ClassifyBody(r.Header, perr, call); ref != nil {
@@ -97,8 +107,8 @@ func (h *Handler) readBody(w http.ResponseWriter, r *http.Request, call *mcp.Cal
 	}
 	// The rest streams to the upstream; each read of it must make
 	// progress within body_timeout.
-	rest := &deadlineReader{ReadCloser: r.Body, rc: rc, timeout: h.bodyTimeout}
-	pb.checked = mcp.NewCheckedBody(head, rest, max(h.maxBody, 0))
+	rest := &deadlineReader{ReadCloser: r.Body, rc: rc, timeout: lim.timeout}
+	pb.checked = mcp.NewCheckedBody(head, rest, max(lim.maxBody, 0))
 	r.Body = pb.checked
 	r.ContentLength = cl
 	return pb, nil

@@ -10,7 +10,6 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/mcpgate/mcpgate/admission"
-	"github.com/mcpgate/mcpgate/auth"
 	"github.com/mcpgate/mcpgate/mcp"
 	"github.com/mcpgate/mcpgate/resources"
 )
@@ -59,9 +58,6 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if ref := h.resolve(x); ref != nil {
 		return h.refuse(w, ref)
 	}
-	if ref := h.authorize(x); ref != nil {
-		return h.refuse(w, ref)
-	}
 	if ref := h.admitExchange(x); ref != nil {
 		return h.refuse(w, ref)
 	}
@@ -90,36 +86,12 @@ func (h *Handler) classify(x *exchange) *mcp.Refusal {
 	}
 	if r.Method == http.MethodPost {
 		var ref *mcp.Refusal
-		if x.body, ref = h.readBody(x.w, r, &x.call); ref != nil {
+		lim := bodyLimits{maxPeek: h.maxPeek, maxBody: h.maxBody, timeout: h.bodyTimeout, memory: h.app.global.Memory()}
+		if x.body, ref = readBody(x.w, r, &x.call, lim); ref != nil {
 			return ref
 		}
 	}
 	setCallFacts(r, &x.call)
-	return nil
-}
-
-// authorize enforces the scope rules of mcp_auth in front, if any, on
-// every message of the request: a principal lacking a scope a message
-// needs gets 403 with an insufficient_scope challenge naming it.
-func (h *Handler) authorize(x *exchange) *mcp.Refusal {
-	ac, _ := caddyhttp.GetVar(x.r.Context(), varAuth).(*authContext)
-	if ac == nil || len(ac.rules) == 0 {
-		return nil
-	}
-	msgs := x.call.Peek.Messages
-	if len(msgs) == 0 {
-		msgs = []mcp.Envelope{{}}
-	}
-	for i := range msgs {
-		need := auth.RequiredScopes(ac.rules, msgs[i].Method, msgs[i].Name)
-		if ac.principal.HasScopes(need) {
-			continue
-		}
-		e := auth.InsufficientScope(need)
-		metrics.authRefusals.WithLabelValues(e.Code).Inc()
-		x.w.Header().Set("WWW-Authenticate", auth.Challenge(e, ac.metadataURL))
-		return mcp.Refuse(e.Status, mcp.CodeServerError, x.call.First().ID, "Forbidden: "+e.Description+" ("+e.Scope+")")
-	}
 	return nil
 }
 

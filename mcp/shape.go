@@ -18,7 +18,7 @@ const AllowedMethods = "GET, POST, DELETE, OPTIONS"
 func CheckShape(r *http.Request) *Refusal {
 	switch r.Method {
 	case http.MethodPost:
-		if !isJSON(r.Header.Get("Content-Type")) {
+		if !IsJSON(r.Header.Get("Content-Type")) {
 			return Refuse(http.StatusUnsupportedMediaType, CodeInvalidRequest, "", "Unsupported Media Type: Content-Type must be application/json")
 		}
 	case http.MethodGet:
@@ -46,9 +46,9 @@ func IsPreflight(r *http.Request) bool {
 		r.Header.Get("Access-Control-Request-Method") != ""
 }
 
-// isJSON reports whether a Content-Type is application/json, ignoring case
+// IsJSON reports whether a Content-Type is application/json, ignoring case
 // and parameters.
-func isJSON(ct string) bool {
+func IsJSON(ct string) bool {
 	const mt = "application/json"
 	ct = strings.TrimLeft(ct, " \t")
 	if len(ct) < len(mt) || !strings.EqualFold(ct[:len(mt)], mt) {
