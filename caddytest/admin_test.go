@@ -6,15 +6,13 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
-	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -22,34 +20,12 @@ import (
 	"github.com/mcpgate/mcpgate/internal/demo"
 )
 
-// opsWait bounds every wait of the operations tests.
-const opsWait = 15 * time.Second
-
-// opsVersion is the protocol version of the raw sessions these tests open.
-const opsVersion = "2025-06-18"
-
 // loadWithAdmin is loadCaddyfileWith with Caddy's admin endpoint on
 // 127.0.0.1:adminPort instead of off, so the test can reach /mcp/* and
 // /metrics. Loading again in the same test is a config reload.
 func loadWithAdmin(t *testing.T, adminPort int, globalOptions, body string) {
 	t.Helper()
-	logs := "\tlog {\n\t\toutput discard\n\t}\n"
-	if os.Getenv("MCPGATE_TEST_LOG") != "" {
-		logs = ""
-	}
-	cf := fmt.Sprintf("{\n\tadmin 127.0.0.1:%d\n\tauto_https off\n\tpersist_config off\n\tgrace_period 1s\n", adminPort) +
-		logs + globalOptions + "}\n" + body
-	cfg, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), map[string]any{"filename": "Caddyfile"})
-	if err != nil {
-		t.Fatalf("adapting Caddyfile: %v\n%s", err, cf)
-	}
-	for _, w := range warnings {
-		t.Logf("caddyfile warning: %s", w)
-	}
-	if err := caddy.Load(cfg, true); err != nil {
-		t.Fatalf("loading config: %v", err)
-	}
-	t.Cleanup(func() { _ = caddy.Stop() })
+	loadConfig(t, testCaddyfile(fmt.Sprintf("127.0.0.1:%d", adminPort), globalOptions, body))
 }
 
 // opsSite is a site on port with mcp_health at /healthz and mcp_proxy to
@@ -130,31 +106,51 @@ func status(t *testing.T, adminPort int) opsStatus {
 	return s
 }
 
-// opsEventually polls cond until it holds, for at most opsWait.
-func opsEventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(opsWait)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // scrape reads the admin endpoint's /metrics.
-func scrape(t *testing.T, adminPort int) map[string]*dto.MetricFamily {
+func scrape(t *testing.T, adminPort int) promText {
 	t.Helper()
 	st, _, body := adminCall(t, adminPort, http.MethodGet, "/metrics", "")
 	if st != http.StatusOK {
 		t.Fatalf("GET /metrics: %d %s", st, body)
 	}
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	mfs, err := p.TextToMetricFamilies(strings.NewReader(body))
+	mfs, err := parseMetrics(strings.NewReader(body))
 	if err != nil {
 		t.Fatalf("parsing /metrics: %v", err)
 	}
 	return mfs
+}
+
+// promText is a scrape of /metrics: the metric families by name.
+type promText = map[string]*dto.MetricFamily
+
+// parseMetrics parses a Prometheus text exposition.
+func parseMetrics(r io.Reader) (promText, error) {
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	return p.TextToMetricFamilies(r)
+}
+
+// liveMetric returns metricValue of a family of the running in-process
+// config's metrics, 0 when it is missing.
+func liveMetric(t *testing.T, name string, labels ...string) float64 {
+	t.Helper()
+	v, _ := liveFamily(t, name, labels...)
+	return v
+}
+
+// liveFamily is liveMetric that also reports whether the family exists.
+func liveFamily(t *testing.T, name string, labels ...string) (float64, bool) {
+	t.Helper()
+	actx := caddy.ActiveContext()
+	families, err := actx.GetMetricsRegistry().Gather()
+	if err != nil {
+		t.Fatalf("gathering metrics: %v", err)
+	}
+	for _, f := range families {
+		if f.GetName() == name {
+			return metricValue(promText{name: f}, name, labels...), true
+		}
+	}
+	return 0, false
 }
 
 // metricValue returns the value of the series of family name whose labels
@@ -194,99 +190,11 @@ next:
 	return sum
 }
 
-// sidRecorder serves a demo MCP server and remembers the session ids it
-// mints, in order.
-type sidRecorder struct {
-	*upstream
-	mu   sync.Mutex
-	sids []string
-}
-
-func startRecordingUpstream(t *testing.T, name string) *sidRecorder {
-	t.Helper()
-	rec := &sidRecorder{}
-	h := demo.Handler(demo.NewServer(name), "/sse", nil)
-	rec.upstream = startUpstreamHandler(t, name, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("Mcp-Session-Id") == "" && r.Method == http.MethodPost {
-			w = &sidCapture{ResponseWriter: w, rec: rec}
-		}
-		h.ServeHTTP(w, r)
-	}))
-	return rec
-}
-
-func (rec *sidRecorder) all() []string {
-	rec.mu.Lock()
-	defer rec.mu.Unlock()
-	return append([]string(nil), rec.sids...)
-}
-
-// adminID is the id the admin API shows for a session of this upstream.
-func (rec *sidRecorder) adminID(sid string) string {
-	sum := sha256.Sum256([]byte(rec.addr() + " " + sid))
+// adminID is the id the admin API shows for a session of this upstream
+// whose upstream session id is sid.
+func (u *upstream) adminID(sid string) string {
+	sum := sha256.Sum256([]byte(u.Listener.Addr().String() + " " + sid))
 	return hex.EncodeToString(sum[:])[:8]
-}
-
-type sidCapture struct {
-	http.ResponseWriter
-	rec  *sidRecorder
-	done bool
-}
-
-func (c *sidCapture) WriteHeader(code int) {
-	if !c.done {
-		c.done = true
-		if sid := c.Header().Get("Mcp-Session-Id"); sid != "" {
-			c.rec.mu.Lock()
-			c.rec.sids = append(c.rec.sids, sid)
-			c.rec.mu.Unlock()
-		}
-	}
-	c.ResponseWriter.WriteHeader(code)
-}
-
-func (c *sidCapture) Write(p []byte) (int, error) {
-	if !c.done {
-		c.WriteHeader(http.StatusOK)
-	}
-	return c.ResponseWriter.Write(p)
-}
-
-func (c *sidCapture) Flush() {
-	if f, ok := c.ResponseWriter.(http.Flusher); ok {
-		f.Flush()
-	}
-}
-
-func (c *sidCapture) Unwrap() http.ResponseWriter { return c.ResponseWriter }
-
-// opsHeaders are the headers of a request of the raw session sid.
-func opsHeaders(sid string) map[string]string {
-	return map[string]string{"Mcp-Session-Id": sid, "Mcp-Protocol-Version": opsVersion}
-}
-
-// opsOpen initializes a raw session through the proxy and returns its
-// sealed id.
-func opsOpen(t *testing.T, url string) string {
-	t.Helper()
-	msg := fmt.Sprintf(`{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":%q,"capabilities":{},"clientInfo":{"name":"ops","version":"1"}}}`, opsVersion)
-	st, h, b := rawPost(t, url, msg, nil)
-	sid := h.Get("Mcp-Session-Id")
-	if st != http.StatusOK || sid == "" {
-		t.Fatalf("initialize: %d %q %s", st, sid, b)
-	}
-	if st, _, b := rawPost(t, url, `{"jsonrpc":"2.0","method":"notifications/initialized"}`, opsHeaders(sid)); st != http.StatusAccepted {
-		t.Fatalf("notifications/initialized: %d %s", st, b)
-	}
-	return sid
-}
-
-// opsEcho calls the echo tool in a raw session and returns the status.
-func opsEcho(t *testing.T, url, sid string, id int) (int, string) {
-	t.Helper()
-	body := fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hi %d"}}}`, id, id)
-	st, _, b := rawPost(t, url, body, opsHeaders(sid))
-	return st, b
 }
 
 // TestAdminStatus: GET /mcp/status reports the level, every monitor's
@@ -298,10 +206,10 @@ func TestAdminStatus(t *testing.T) {
 	port, adminPort := freePort(t), freePort(t)
 	loadWithAdmin(t, adminPort, "\tmcp {\n\t\trefresh 50ms\n\t\tmax_sessions 500\n\t\tmax_inflight 40\n\t\tmemory_limit 64MiB\n\t\tlevels 0.6 0.8 0.9\n\t}\n",
 		opsSite(port, up.addr(), ""))
-	opsOpen(t, proxyURL(port)+"/mcp")
+	rawSession(t, proxyURL(port)+"/mcp", nil)
 
 	var s opsStatus
-	opsEventually(t, "the monitors to be sampled", func() bool {
+	pollUntil(t, "the monitors to be sampled", func() bool {
 		s = status(t, adminPort)
 		return len(s.Pressures) > 0
 	})
@@ -367,7 +275,7 @@ func TestAdminLevelPin(t *testing.T) {
 	loadWithAdmin(t, adminPort, opsGlobal, opsSite(port, up.addr(), ""))
 	url := proxyURL(port) + "/mcp"
 	health := proxyURL(port) + "/healthz"
-	sid := opsOpen(t, url)
+	sid := rawSession(t, url, nil)
 	t.Cleanup(func() { adminCall(t, adminPort, http.MethodDelete, "/mcp/level", "") })
 
 	healthOf := func() (int, http.Header, map[string]any) {
@@ -412,7 +320,7 @@ func TestAdminLevelPin(t *testing.T) {
 	if st, _, b := rawPost(t, url, initializeBody, nil); st != http.StatusServiceUnavailable {
 		t.Errorf("initialize at essential: %d %s", st, b)
 	}
-	if st, b := opsEcho(t, url, sid, 2); st != http.StatusOK {
+	if st, b := sessionEcho(t, url, sid, 2); st != http.StatusOK {
 		t.Errorf("tools/call in a session at essential: %d %s", st, b)
 	}
 
@@ -474,7 +382,7 @@ func TestAdminInjectedPressure(t *testing.T) {
 
 	adminJSON(t, adminPort, http.MethodPost, "/mcp/pressure", `{"pressure":0.9}`, http.StatusOK, nil)
 	var s opsStatus
-	opsEventually(t, "the essential level", func() bool {
+	pollUntil(t, "the essential level", func() bool {
 		s = status(t, adminPort)
 		return s.Level == "essential"
 	})
@@ -485,12 +393,12 @@ func TestAdminInjectedPressure(t *testing.T) {
 	if st, _, b := do(t, req); st != http.StatusServiceUnavailable || !strings.Contains(b, `"injected":0.9`) {
 		t.Errorf("health under injected pressure: %d %s", st, b)
 	}
-	opsEventually(t, "caddy_mcp_service_level 2", func() bool {
+	pollUntil(t, "caddy_mcp_service_level 2", func() bool {
 		return metricValue(scrape(t, adminPort), "caddy_mcp_service_level") == 2
 	})
 
 	adminJSON(t, adminPort, http.MethodDelete, "/mcp/pressure", "", http.StatusOK, nil)
-	opsEventually(t, "the full level", func() bool { return status(t, adminPort).Level == "full" })
+	pollUntil(t, "the full level", func() bool { return status(t, adminPort).Level == "full" })
 	if st, _, b := do(t, req); st != http.StatusOK {
 		t.Errorf("health after reset: %d %s", st, b)
 	}
@@ -544,20 +452,20 @@ func sessionsOf(t *testing.T, adminPort, limit int, addr string) (all, mine []op
 // whose client then gets 404; the list never shows a token or an upstream
 // session id.
 func TestAdminSessions(t *testing.T) {
-	up := startRecordingUpstream(t, "up")
+	up := startRecorded(t, "up", demo.Handler(demo.NewServer("up"), "/sse", nil))
 	port, adminPort := freePort(t), freePort(t)
 	loadWithAdmin(t, adminPort, opsGlobal, opsSite(port, up.addr(), ""))
 	url := proxyURL(port) + "/mcp"
 
-	tokens := []string{opsOpen(t, url), opsOpen(t, url)}
-	ctx, cancel := context.WithTimeout(context.Background(), opsWait)
+	tokens := []string{rawSession(t, url, nil), rawSession(t, url, nil)}
+	ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
 	defer cancel()
 	cs := connect(t, ctx, url, nil, nil) // opens a standalone GET stream
 	defer cs.Close()
 	if got, err := echo(ctx, cs, "sdk"); err != nil || got != "sdk" {
 		t.Fatalf("echo through the go-sdk client: %q %v", got, err)
 	}
-	sids := up.all()
+	sids := up.mintedIDs()
 	if len(sids) != 3 {
 		t.Fatalf("upstream minted %d sessions, want 3", len(sids))
 	}
@@ -567,7 +475,7 @@ func TestAdminSessions(t *testing.T) {
 	}
 
 	var mine []opsSession
-	opsEventually(t, "the go-sdk client's GET stream to be listed", func() bool {
+	pollUntil(t, "the go-sdk client's GET stream to be listed", func() bool {
 		_, mine = sessionsOf(t, adminPort, 1000, up.addr())
 		for _, s := range mine {
 			if s.ID == up.adminID(sids[2]) && s.Streams == 1 {
@@ -631,10 +539,10 @@ func TestAdminSessions(t *testing.T) {
 	if evicted.Evicted != 1 {
 		t.Errorf("evicted %d sessions, want 1", evicted.Evicted)
 	}
-	if st, b := opsEcho(t, url, tokens[0], 3); st != http.StatusNotFound {
+	if st, b := sessionEcho(t, url, tokens[0], 3); st != http.StatusNotFound {
 		t.Errorf("request in the evicted session: %d %s, want 404", st, b)
 	}
-	if st, b := opsEcho(t, url, tokens[1], 4); st != http.StatusOK {
+	if st, b := sessionEcho(t, url, tokens[1], 4); st != http.StatusOK {
 		t.Errorf("request in another session: %d %s", st, b)
 	}
 	if st, _, b := adminCall(t, adminPort, http.MethodDelete, "/mcp/sessions/"+victim, ""); st != http.StatusNotFound {

@@ -3,8 +3,6 @@ package caddytest
 import (
 	"bytes"
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -19,368 +17,27 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/mcpgate/mcpgate/admission"
 	"github.com/mcpgate/mcpgate/caddymodule"
-	"github.com/mcpgate/mcpgate/internal/demo"
 )
 
-// boundedWait bounds every wait of these tests for something that
-// should happen.
-const boundedWait = 15 * time.Second
-
-// gatedUpstream is a go-sdk MCP server with the demo tools, plus "block",
-// and "countdown" replaced by the same gated tool: a call runs until the
-// test opens the gate of its "key" argument (or the call is cancelled). It
-// records every request it gets, in arrival order.
-type gatedUpstream struct {
-	*upstream
-	started chan string // the key of every gated call that began running
-
-	mu       sync.Mutex
-	gates    map[string]chan struct{}
-	allOpen  bool
-	arrivals []arrival
-}
-
-// arrival is one request as the upstream saw it.
-type arrival struct {
-	httpMethod string
-	method     string // JSON-RPC method of a POST
-	name       string // params.name
-	id         string // raw JSON id, "" for a notification
-}
-
-type gateArgs struct {
-	Key string `json:"key" jsonschema:"the gate this call waits for"`
-}
-
-func startGated(t *testing.T, name string, opts *mcp.StreamableHTTPOptions) *gatedUpstream {
+// startGated starts a fake upstream that answers in SSE, as the go-sdk
+// server does, whose tools "block" and "countdown" run until the test
+// opens their gate (gatedTool), and whose tool "crash" dies in the middle
+// of its answer.
+func startGated(t *testing.T) *fakeUpstream {
 	t.Helper()
-	g := &gatedUpstream{started: make(chan string, 1024), gates: map[string]chan struct{}{}}
-	srv := demo.NewServer(name)
-	gated := func(ctx context.Context, req *mcp.CallToolRequest, in gateArgs) (*mcp.CallToolResult, any, error) {
-		if tok := req.Params.GetProgressToken(); tok != nil {
-			// A progress notification first: the answer becomes an SSE
-			// stream whose headers reach the client before the result.
-			if err := req.Session.NotifyProgress(ctx, &mcp.ProgressNotificationParams{ProgressToken: tok, Progress: 1, Message: "running"}); err != nil {
-				return nil, nil, err
-			}
-		}
-		select {
-		case g.started <- in.Key:
-		default:
-		}
-		select {
-		case <-g.gate(in.Key):
-		case <-ctx.Done():
-			return nil, nil, ctx.Err()
-		case <-time.After(2 * boundedWait):
-			return nil, nil, errors.New("gate " + in.Key + " never opened")
-		}
-		return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "done " + in.Key}}}, nil, nil
-	}
-	mcp.AddTool(srv, &mcp.Tool{Name: "block", Description: "Wait for the test."}, gated)
-	mcp.AddTool(srv, &mcp.Tool{Name: "countdown", Description: "Wait for the test."}, gated)
-	inner := demo.Handler(srv, "", opts)
-	g.upstream = startUpstreamHandler(t, name, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		a := arrival{httpMethod: r.Method}
-		if r.Method == http.MethodPost {
-			body, _ := io.ReadAll(r.Body)
-			r.Body = io.NopCloser(bytes.NewReader(body))
-			var env struct {
-				ID     json.RawMessage `json:"id"`
-				Method string          `json:"method"`
-				Params struct {
-					Name string `json:"name"`
-				} `json:"params"`
-			}
-			_ = json.Unmarshal(body, &env)
-			a.method, a.name, a.id = env.Method, env.Params.Name, string(env.ID)
-		}
-		g.mu.Lock()
-		g.arrivals = append(g.arrivals, a)
-		g.mu.Unlock()
-		if a.method == "tools/call" && a.name == "crash" {
+	return startFake(t, &fakeUpstream{name: "up", sse: true, on: map[string]func(*fakeCall){
+		"tools/call:block":     gatedTool,
+		"tools/call:countdown": gatedTool,
+		"tools/call:crash": func(c *fakeCall) {
 			// An upstream that dies in the middle of its answer.
-			w.Header().Set("Content-Type", "text/event-stream")
-			w.WriteHeader(http.StatusOK)
-			_, _ = io.WriteString(w, "event: message\ndata: {\"jsonrpc\":")
-			http.NewResponseController(w).Flush()
+			s := c.sse()
+			_ = s.write("event: message\ndata: {\"jsonrpc\":")
 			panic(http.ErrAbortHandler)
-		}
-		inner.ServeHTTP(w, r)
-	}))
-	// Cleanups run last-in first-out: the gates open before the upstream
-	// closes, which waits for its requests.
-	t.Cleanup(g.openAll)
-	return g
-}
-
-// gate returns the channel that is closed when key's gate opens.
-func (g *gatedUpstream) gate(key string) chan struct{} {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	ch, ok := g.gates[key]
-	if !ok {
-		ch = make(chan struct{})
-		if g.allOpen {
-			close(ch)
-		}
-		g.gates[key] = ch
-	}
-	return ch
-}
-
-// open opens the gates of keys; a call with an open gate returns at once.
-func (g *gatedUpstream) open(keys ...string) {
-	for _, k := range keys {
-		ch := g.gate(k)
-		g.mu.Lock()
-		select {
-		case <-ch:
-		default:
-			close(ch)
-		}
-		g.mu.Unlock()
-	}
-}
-
-func (g *gatedUpstream) openAll() {
-	g.mu.Lock()
-	g.allOpen = true
-	for _, ch := range g.gates {
-		select {
-		case <-ch:
-		default:
-			close(ch)
-		}
-	}
-	g.mu.Unlock()
-}
-
-// awaitStarted waits until the gated calls of keys run in the upstream.
-func (g *gatedUpstream) awaitStarted(t *testing.T, keys ...string) {
-	t.Helper()
-	want := map[string]bool{}
-	for _, k := range keys {
-		want[k] = true
-	}
-	timeout := time.After(boundedWait)
-	for len(want) > 0 {
-		select {
-		case k := <-g.started:
-			delete(want, k)
-		case <-timeout:
-			t.Fatalf("gated calls never started upstream: %v", want)
-		}
-	}
-}
-
-// mark returns the number of requests the upstream has seen so far.
-func (g *gatedUpstream) mark() int {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return len(g.arrivals)
-}
-
-// since returns the requests the upstream saw after mark.
-func (g *gatedUpstream) since(mark int) []arrival {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return append([]arrival(nil), g.arrivals[mark:]...)
-}
-
-// saw reports whether a POST with the raw JSON id reached the upstream.
-func (g *gatedUpstream) saw(id string) bool {
-	for _, a := range g.since(0) {
-		if a.httpMethod == http.MethodPost && a.id == id {
-			return true
-		}
-	}
-	return false
-}
-
-// count returns how many requests with the HTTP method reached the
-// upstream.
-func (g *gatedUpstream) count(httpMethod string) int {
-	n := 0
-	for _, a := range g.since(0) {
-		if a.httpMethod == httpMethod {
-			n++
-		}
-	}
-	return n
-}
-
-// assertNotForwarded fails the test for every id that reached the
-// upstream, and when the upstream got any request since mark.
-func (g *gatedUpstream) assertNotForwarded(t *testing.T, mark int, ids ...string) {
-	t.Helper()
-	for _, id := range ids {
-		if g.saw(id) {
-			t.Errorf("refused request %s reached the upstream", id)
-		}
-	}
-	if got := g.since(mark); len(got) != 0 {
-		t.Errorf("the upstream got %d requests while only refusals were expected: %+v", len(got), got)
-	}
-}
-
-const sessionVersion = "2025-06-18"
-
-func initBody(id int) string {
-	return fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"initialize","params":{"protocolVersion":%q,"capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}`, id, sessionVersion)
-}
-
-// callBody is a tools/call of tool with JSON arguments; id is raw JSON.
-func callBody(id, tool, args string) string {
-	return fmt.Sprintf(`{"jsonrpc":"2.0","id":%s,"method":"tools/call","params":{"name":%q,"arguments":%s}}`, id, tool, args)
-}
-
-func gatedCall(id int, tool, key string) string {
-	return callBody(strconv.Itoa(id), tool, fmt.Sprintf(`{"key":%q}`, key))
-}
-
-func echoCall(id int, text string) string {
-	return callBody(strconv.Itoa(id), "echo", fmt.Sprintf(`{"text":%q}`, text))
-}
-
-func rpcRequest(id int, method string) string {
-	return fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":%q}`, id, method)
-}
-
-// inSession returns the headers of a request of session sid, plus extra.
-func inSession(sid string, extra map[string]string) map[string]string {
-	h := map[string]string{"Mcp-Session-Id": sid, "Mcp-Protocol-Version": sessionVersion}
-	for k, v := range extra {
-		h[k] = v
-	}
-	return h
-}
-
-// rawSession initializes a session through the proxy with raw requests
-// and returns the sealed session id.
-func rawSession(t *testing.T, url string, hdr map[string]string) string {
-	t.Helper()
-	st, h, b := rawPost(t, url, initBody(1), hdr)
-	sid := h.Get("Mcp-Session-Id")
-	if st != http.StatusOK || sid == "" {
-		t.Fatalf("initialize: %d %q %s", st, sid, b)
-	}
-	if st, _, b := rawPost(t, url, `{"jsonrpc":"2.0","method":"notifications/initialized"}`, inSession(sid, hdr)); st != http.StatusAccepted {
-		t.Fatalf("notifications/initialized: %d %s", st, b)
-	}
-	return sid
-}
-
-// httpReply is an HTTP answer as a client got it.
-type httpReply struct {
-	status int
-	hdr    http.Header
-	body   string
-	err    error
-}
-
-// postJSON sends a JSON-RPC POST and reads the whole answer. Unlike rawPost
-// it may run on any goroutine.
-func postJSON(ctx context.Context, url, body string, hdr map[string]string) httpReply {
-	ctx, cancel := context.WithTimeout(ctx, 2*boundedWait)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader(body))
-	if err != nil {
-		return httpReply{err: err}
-	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Accept", "application/json, text/event-stream")
-	for k, v := range hdr {
-		req.Header.Set(k, v)
-	}
-	resp, err := rawClient.Do(req)
-	if err != nil {
-		return httpReply{err: err}
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	return httpReply{status: resp.StatusCode, hdr: resp.Header, body: string(b), err: err}
-}
-
-// sendJSON posts on its own goroutine; the answer arrives on the channel.
-func sendJSON(ctx context.Context, url, body string, hdr map[string]string) <-chan httpReply {
-	ch := make(chan httpReply, 1)
-	go func() { ch <- postJSON(ctx, url, body, hdr) }()
-	return ch
-}
-
-func awaitReply(t *testing.T, ch <-chan httpReply, what string) httpReply {
-	t.Helper()
-	select {
-	case r := <-ch:
-		return r
-	case <-time.After(2 * boundedWait):
-		t.Fatalf("%s: no answer", what)
-	}
-	return httpReply{}
-}
-
-// assertResult checks a successful answer to the request with the raw
-// JSON id that contains want.
-func assertResult(t *testing.T, r httpReply, id, want string) {
-	t.Helper()
-	if r.err != nil || r.status != http.StatusOK || !strings.Contains(r.body, `"id":`+id+`,"result"`) || !strings.Contains(r.body, want) {
-		t.Errorf("request %s: got %d %v %q, want 200 with a result containing %q", id, r.status, r.err, r.body, want)
-	}
-}
-
-// assertRefused checks an admission refusal: the HTTP status, a
-// Retry-After of retryAfter seconds, and a JSON-RPC error body for the
-// request with the raw JSON id whose message names the reason.
-func assertRefused(t *testing.T, r httpReply, status int, id, reason, retryAfter string) {
-	t.Helper()
-	if r.err != nil {
-		t.Errorf("request %s: %v", id, r.err)
-		return
-	}
-	if r.status != status {
-		t.Errorf("request %s: status %d, want %d (%s)", id, r.status, status, r.body)
-	}
-	if got := r.hdr.Get("Retry-After"); got != retryAfter {
-		t.Errorf("request %s: Retry-After %q, want %q", id, got, retryAfter)
-	}
-	if ct := r.hdr.Get("Content-Type"); ct != "application/json" {
-		t.Errorf("request %s: Content-Type %q", id, ct)
-	}
-	var msg struct {
-		JSONRPC string          `json:"jsonrpc"`
-		ID      json.RawMessage `json:"id"`
-		Error   *struct {
-			Code    int    `json:"code"`
-			Message string `json:"message"`
-		} `json:"error"`
-	}
-	if err := json.Unmarshal([]byte(r.body), &msg); err != nil || msg.JSONRPC != "2.0" || msg.Error == nil {
-		t.Errorf("request %s: body is not a JSON-RPC error: %q (%v)", id, r.body, err)
-		return
-	}
-	if string(msg.ID) != id {
-		t.Errorf("request %s: error carries id %s", id, msg.ID)
-	}
-	if msg.Error.Code != -32000 || !strings.Contains(msg.Error.Message, reason) {
-		t.Errorf("request %s: error %d %q, want -32000 naming %q", id, msg.Error.Code, msg.Error.Message, reason)
-	}
-}
-
-// pollUntil polls cond until it holds, for at most boundedWait.
-func pollUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(boundedWait)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+		},
+	}})
 }
 
 // proxyOn returns the mcp_proxy handler of the running config that serves
@@ -476,7 +133,7 @@ func siteWith(port int, up, block string) string {
 // ping of an existing session is never refused; once the calls end the
 // full capacity is back.
 func TestAdmissionMaxInflight(t *testing.T) {
-	g := startGated(t, "up", nil)
+	g := startGated(t)
 	port := freePort(t)
 	loadCaddyfile(t, siteWith(port, g.addr(), "\t\tmax_inflight 2\n"))
 	url := proxyURL(port) + "/mcp"
@@ -518,7 +175,7 @@ func TestAdmissionMaxInflight(t *testing.T) {
 // the timeout are refused (queue_timeout). Refused requests never reach
 // the upstream.
 func TestAdmissionQueue(t *testing.T) {
-	g := startGated(t, "up", nil)
+	g := startGated(t)
 	port := freePort(t)
 	loadCaddyfile(t, siteWith(port, g.addr(), "\t\tmax_inflight 2\n\t\tqueue 4 2s\n"))
 	url := proxyURL(port) + "/mcp"
@@ -546,7 +203,7 @@ func TestAdmissionQueue(t *testing.T) {
 	rc = sendJSON(ctx, url, gatedCall(13, "block", "c"), inSession(c, nil))
 	g.awaitStarted(t, "c")
 	mark := g.mark()
-	var waiters []<-chan httpReply
+	var waiters []<-chan reply
 	for i := range 4 {
 		waiters = append(waiters, sendJSON(ctx, url, echoCall(20+i, "waiter"), inSession(d, nil)))
 	}
@@ -577,7 +234,7 @@ func TestAdmissionQueue(t *testing.T) {
 // in the order they came (FIFO: call, initialize, list) nor its reverse
 // (LIFO: list, initialize, call). A ping of a session is not queued.
 func TestAdmissionPriority(t *testing.T) {
-	g := startGated(t, "up", nil)
+	g := startGated(t)
 	port := freePort(t)
 	loadCaddyfile(t, siteWith(port, g.addr(), "\t\tmax_inflight 1\n\t\tqueue 10 5s\n"))
 	url := proxyURL(port) + "/mcp"
@@ -616,7 +273,7 @@ func TestAdmissionPriority(t *testing.T) {
 	var order []string
 	for _, a := range g.since(mark) {
 		if a.id == "11" || a.id == "12" || a.id == "13" {
-			order = append(order, a.method)
+			order = append(order, a.rpc)
 		}
 	}
 	want := []string{"tools/list", "tools/call", "initialize"}
@@ -629,7 +286,7 @@ func TestAdmissionPriority(t *testing.T) {
 // concurrent request of a session gets 429 and never reaches the upstream,
 // while another session and the session's pings are unaffected.
 func TestAdmissionSessionMaxInflight(t *testing.T) {
-	g := startGated(t, "up", nil)
+	g := startGated(t)
 	port := freePort(t)
 	loadCaddyfile(t, siteWith(port, g.addr(), "\t\tsession_max_inflight 1\n"))
 	url := proxyURL(port) + "/mcp"
@@ -657,7 +314,7 @@ func TestAdmissionSessionMaxInflight(t *testing.T) {
 // X-Client header, a second concurrent request of the same client, even
 // from another session, gets 429; another client is unaffected.
 func TestAdmissionClientMaxInflight(t *testing.T) {
-	g := startGated(t, "up", nil)
+	g := startGated(t)
 	port := freePort(t)
 	loadCaddyfile(t, siteWith(port, g.addr(), "\t\tclient_max_inflight 1\n\t\tclient_key {http.request.header.X-Client}\n"))
 	url := proxyURL(port) + "/mcp"
@@ -694,7 +351,7 @@ func TestAdmissionClientMaxInflight(t *testing.T) {
 // the client's existing session keeps working, and after Retry-After it
 // may open a session again.
 func TestAdmissionClientSessionRate(t *testing.T) {
-	g := startGated(t, "up", nil)
+	g := startGated(t)
 	port := freePort(t)
 	loadCaddyfile(t, siteWith(port, g.addr(), "\t\tclient_session_rate 1 1\n"))
 	url := proxyURL(port) + "/mcp"
@@ -734,7 +391,7 @@ func TestAdmissionClientSessionRate(t *testing.T) {
 // error with the request's id, never reaches the upstream, and other tools
 // keep running.
 func TestAdmissionToolLimit(t *testing.T) {
-	g := startGated(t, "up", nil)
+	g := startGated(t)
 	port := freePort(t)
 	loadCaddyfile(t, siteWith(port, g.addr(), "\t\ttool countdown max_inflight 1\n"))
 	url := proxyURL(port) + "/mcp"
@@ -766,7 +423,7 @@ func TestAdmissionToolLimit(t *testing.T) {
 // TestAdmissionGlobalLimit: the mcp global option's max_inflight is one
 // limit shared by every mcp_proxy of the process; it applies to pings too.
 func TestAdmissionGlobalLimit(t *testing.T) {
-	g := startGated(t, "up", nil)
+	g := startGated(t)
 	p1, p2 := freePort(t), freePort(t)
 	loadCaddyfileWith(t, "\tmcp {\n\t\tmax_inflight 1\n\t}\n",
 		fmt.Sprintf(":%d {\n\tmcp_proxy %s\n}\n:%d {\n\tmcp_proxy %s\n}\n", p1, g.addr(), p2, g.addr()))
@@ -794,33 +451,11 @@ func TestAdmissionGlobalLimit(t *testing.T) {
 	assertResult(t, postJSON(ctx, u1, echoCall(16, "one"), inSession(a, nil)), "16", "one")
 }
 
-// openGETStream opens a session's GET SSE stream; the caller closes the body.
-func openGETStream(ctx context.Context, url, sid string) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("Accept", "text/event-stream")
-	req.Header.Set("Mcp-Session-Id", sid)
-	req.Header.Set("Mcp-Protocol-Version", sessionVersion)
-	return rawClient.Do(req)
-}
-
-// streamRefusal reads a refused GET into an httpReply.
-func streamRefusal(resp *http.Response, err error) httpReply {
-	if err != nil {
-		return httpReply{err: err}
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	return httpReply{status: resp.StatusCode, hdr: resp.Header, body: string(b), err: err}
-}
-
 // TestAdmissionMaxStreams: with max_streams 1, a second GET stream is
 // refused with 503 while the first is open and never reaches the
 // upstream; once the first closes a new one opens.
 func TestAdmissionMaxStreams(t *testing.T) {
-	g := startGated(t, "up", nil)
+	g := startGated(t)
 	port := freePort(t)
 	loadCaddyfile(t, siteWith(port, g.addr(), "\t\tmax_streams 1\n"))
 	url := proxyURL(port) + "/mcp"
@@ -829,17 +464,17 @@ func TestAdmissionMaxStreams(t *testing.T) {
 
 	ctxA, cancelA := context.WithTimeout(context.Background(), 2*boundedWait)
 	defer cancelA()
-	first, err := openGETStream(ctxA, url, a)
+	first, err := getStream(ctxA, rawClient, url, a, sessionVersion, "", nil)
 	if err != nil || first.StatusCode != http.StatusOK || first.Header.Get("Content-Type") != "text/event-stream" {
 		t.Fatalf("first stream: %v %v", err, first)
 	}
-	gets := g.count(http.MethodGet)
+	gets := g.count(ofMethod(http.MethodGet))
 	mark := g.mark()
 	ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
 	defer cancel()
-	assertRefused(t, streamRefusal(openGETStream(ctx, url, b)), 503, "null", "capacity", "1")
+	assertRefused(t, readReply(getStream(ctx, rawClient, url, b, sessionVersion, "", nil)), 503, "null", "capacity", "1")
 	g.assertNotForwarded(t, mark)
-	if n := g.count(http.MethodGet); n != gets {
+	if n := g.count(ofMethod(http.MethodGet)); n != gets {
 		t.Errorf("a refused stream reached the upstream")
 	}
 	// POSTs do not take stream slots.
@@ -849,7 +484,7 @@ func TestAdmissionMaxStreams(t *testing.T) {
 	first.Body.Close()
 	var second *http.Response
 	pollUntil(t, "the stream slot to free", func() bool {
-		resp, err := openGETStream(ctx, url, b)
+		resp, err := getStream(ctx, rawClient, url, b, sessionVersion, "", nil)
 		if err != nil {
 			t.Fatalf("second stream: %v", err)
 		}
@@ -857,7 +492,7 @@ func TestAdmissionMaxStreams(t *testing.T) {
 			second = resp
 			return true
 		}
-		r := streamRefusal(resp, nil)
+		r := readReply(resp, nil)
 		if r.status != http.StatusServiceUnavailable {
 			t.Fatalf("second stream: %d %s", r.status, r.body)
 		}
@@ -872,7 +507,7 @@ func TestAdmissionMaxStreams(t *testing.T) {
 // mid-answer, and refusals of every kind; afterwards every limit must be
 // back to its full capacity.
 func TestAdmissionSlotsReleased(t *testing.T) {
-	g := startGated(t, "up", nil)
+	g := startGated(t)
 	port := freePort(t)
 	loadCaddyfileWith(t, "\tmcp {\n\t\tmax_inflight 4\n\t}\n", siteWith(port, g.addr(),
 		"\t\tmax_inflight 3\n\t\tqueue 3 1s\n\t\tmax_streams 1\n\t\tsession_max_inflight 2\n"+
@@ -900,7 +535,7 @@ func TestAdmissionSlotsReleased(t *testing.T) {
 	ctx, cancelRunning := context.WithCancel(context.Background())
 	running := sendJSON(ctx, url, gatedCall(1, "block", "cancelled-running"), inSession(sessions[0].sid, sessions[0].hdr))
 	g.awaitStarted(t, "cancelled-running")
-	held := []<-chan httpReply{
+	held := []<-chan reply{
 		sendJSON(context.Background(), url, gatedCall(2, "countdown", "held-1"), inSession(sessions[2].sid, sessions[2].hdr)),
 		sendJSON(context.Background(), url, gatedCall(3, "countdown", "held-2"), inSession(sessions[4].sid, sessions[4].hdr)),
 	}
@@ -957,7 +592,7 @@ func TestAdmissionSlotsReleased(t *testing.T) {
 			defer wg.Done()
 			defer cancel()
 			if body == "" {
-				if resp, err := openGETStream(ctx, url, s.sid); err == nil {
+				if resp, err := getStream(ctx, rawClient, url, s.sid, sessionVersion, "", nil); err == nil {
 					_, _ = io.Copy(io.Discard, resp.Body)
 					resp.Body.Close()
 				}
@@ -981,7 +616,7 @@ func TestAdmissionSlotsReleased(t *testing.T) {
 
 	// Full capacity: three calls at once (the per-proxy and the global
 	// limit), two of them of the limited tool.
-	var calls []<-chan httpReply
+	var calls []<-chan reply
 	for i, tool := range []string{"block", "block", "countdown"} {
 		s := sessions[2*i]
 		calls = append(calls, sendJSON(context.Background(), url, gatedCall(200+i, tool, fmt.Sprintf("full-%d", i)), inSession(s.sid, s.hdr)))
@@ -1006,7 +641,7 @@ func TestAdmissionSlotsReleased(t *testing.T) {
 	awaitIdle(t, port)
 	sctx, cancel := context.WithTimeout(context.Background(), boundedWait)
 	defer cancel()
-	resp, err := openGETStream(sctx, url, sessions[7].sid)
+	resp, err := getStream(sctx, rawClient, url, sessions[7].sid, sessionVersion, "", nil)
 	if err != nil || resp.StatusCode != http.StatusOK {
 		t.Fatalf("stream after the burst: %v %v", err, resp)
 	}
@@ -1062,7 +697,7 @@ func TestAdmissionCaddyfileErrors(t *testing.T) {
 // past max_inflight.
 func TestAdmissionDetachedCallHoldsSlot(t *testing.T) {
 
-	g := startGated(t, "up", nil)
+	g := startGated(t)
 	port := freePort(t)
 	loadCaddyfile(t, siteWith(port, g.addr(), "\t\tmax_inflight 1\n"))
 	url := proxyURL(port) + "/mcp"
@@ -1096,7 +731,7 @@ func TestAdmissionDetachedCallHoldsSlot(t *testing.T) {
 	resp.Body.Close()
 	// The proxy is done with the client once no stream has a client
 	// attached.
-	pollUntil(t, "the proxy to see the client go", func() bool { return gaugeValue(t, "caddy_mcp_streams_active") == 0 })
+	pollUntil(t, "the proxy to see the client go", func() bool { v, ok := liveFamily(t, "caddy_mcp_streams_active"); return ok && v == 0 })
 
 	// The upstream still runs the call: the only slot is taken.
 	second := sendJSON(context.Background(), url, gatedCall(11, "block", "second"), inSession(b, nil))
@@ -1113,29 +748,12 @@ func TestAdmissionDetachedCallHoldsSlot(t *testing.T) {
 	g.open("left")
 }
 
-// gaugeValue returns the value of a gauge of the running config's metrics.
-func gaugeValue(t *testing.T, name string) float64 {
-	t.Helper()
-	actx := caddy.ActiveContext()
-	families, err := actx.GetMetricsRegistry().Gather()
-	if err != nil {
-		t.Fatalf("gathering metrics: %v", err)
-	}
-	for _, f := range families {
-		if f.GetName() == name && len(f.GetMetric()) == 1 {
-			return f.GetMetric()[0].GetGauge().GetValue()
-		}
-	}
-	t.Fatalf("no gauge %s", name)
-	return 0
-}
-
 // TestAdmissionQueuedHoldsNoGlobalSlot: a request waiting in one
 // mcp_proxy's queue is not in flight, so it must not take the process-wide
 // in-flight slot another mcp_proxy needs.
 func TestAdmissionQueuedHoldsNoGlobalSlot(t *testing.T) {
 
-	g := startGated(t, "up", nil)
+	g := startGated(t)
 	p1, p2 := freePort(t), freePort(t)
 	loadCaddyfileWith(t, "\tmcp {\n\t\tmax_inflight 2\n\t}\n",
 		siteWith(p1, g.addr(), "\t\tmax_inflight 1\n\t\tqueue 4 5s\n")+fmt.Sprintf(":%d {\n\tmcp_proxy %s\n}\n", p2, g.addr()))

@@ -81,7 +81,7 @@ func TestEvents(t *testing.T) {
 	}
 	adminCall(t, adminPort, http.MethodDelete, "/mcp/level", "")
 
-	opsOpen(t, proxyURL(port)+"/mcp")
+	rawSession(t, proxyURL(port)+"/mcp", nil)
 	var page struct {
 		Sessions []struct{ ID string } `json:"sessions"`
 	}

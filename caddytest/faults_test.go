@@ -15,11 +15,9 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
@@ -47,402 +45,6 @@ import (
 
 // faultWait bounds the waits of the fault tests.
 const faultWait = 10 * time.Second
-
-// faultProgress is a progress notification an upstream sends on a
-// request's SSE answer.
-const faultProgress = `{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":"p","progress":1}}`
-
-// faultSeen is one request an upstream received.
-type faultSeen struct {
-	at      time.Time
-	method  string // HTTP method
-	path    string
-	rpc     string // JSON-RPC method of a POST, "" for none
-	id      string // raw JSON id of a POST, "" for none
-	params  json.RawMessage
-	sid     string // Mcp-Session-Id
-	version string // Mcp-Protocol-Version
-	auth    string // Authorization
-	cert    string // common name of the client certificate, "" without one
-}
-
-// cancelledID returns the raw JSON requestId of a notifications/cancelled.
-func (s faultSeen) cancelledID() string {
-	var p struct {
-		RequestID json.RawMessage `json:"requestId"`
-	}
-	if s.rpc != "notifications/cancelled" || json.Unmarshal(s.params, &p) != nil {
-		return ""
-	}
-	return string(p.RequestID)
-}
-
-// faultLog records the requests an upstream handler receives and the
-// session ids it mints.
-type faultLog struct {
-	mu     sync.Mutex
-	seen   []faultSeen
-	minted []string
-}
-
-// wrap returns h recording into l.
-func (l *faultLog) wrap(h http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		s := faultSeen{
-			at: time.Now(), method: r.Method, path: r.URL.Path,
-			sid: r.Header.Get("Mcp-Session-Id"), version: r.Header.Get("Mcp-Protocol-Version"),
-			auth: r.Header.Get("Authorization"),
-		}
-		if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
-			s.cert = r.TLS.PeerCertificates[0].Subject.CommonName
-		}
-		if r.Method == http.MethodPost {
-			b, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
-			r.Body = io.NopCloser(bytes.NewReader(b))
-			var msg struct {
-				ID     json.RawMessage `json:"id"`
-				Method string          `json:"method"`
-				Params json.RawMessage `json:"params"`
-			}
-			if json.Unmarshal(b, &msg) == nil {
-				s.rpc, s.id, s.params = msg.Method, string(msg.ID), msg.Params
-			}
-		}
-		l.mu.Lock()
-		l.seen = append(l.seen, s)
-		l.mu.Unlock()
-		h.ServeHTTP(w, r)
-		if s.rpc == "initialize" {
-			if sid := w.Header().Get("Mcp-Session-Id"); sid != "" {
-				l.mu.Lock()
-				l.minted = append(l.minted, sid)
-				l.mu.Unlock()
-			}
-		}
-	})
-}
-
-// find returns the first recorded request pred accepts.
-func (l *faultLog) find(pred func(faultSeen) bool) (faultSeen, bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for _, s := range l.seen {
-		if pred(s) {
-			return s, true
-		}
-	}
-	return faultSeen{}, false
-}
-
-// count returns how many recorded requests pred accepts.
-func (l *faultLog) count(pred func(faultSeen) bool) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	n := 0
-	for _, s := range l.seen {
-		if pred(s) {
-			n++
-		}
-	}
-	return n
-}
-
-// await waits up to d for a request pred accepts.
-func (l *faultLog) await(t *testing.T, what string, d time.Duration, pred func(faultSeen) bool) faultSeen {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		if s, ok := l.find(pred); ok {
-			return s
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the upstream did not receive %s within %v", what, d)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
-// mintedIDs returns the session ids the upstream handed out, in order.
-func (l *faultLog) mintedIDs() []string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return append([]string(nil), l.minted...)
-}
-
-// faultUpstream is a hand-written MCP server whose answers the tests
-// control. A POST initialize is answered in JSON with a fresh
-// Mcp-Session-Id; another request of a session it issued goes to call (a
-// JSON {} result without one), a notification gets 202; a GET of a known
-// session opens an SSE stream run by stream (idle until the request ends
-// without one); a DELETE ends the session. Anything of an unknown session
-// gets 404. Every request is recorded.
-type faultUpstream struct {
-	faultLog
-	call   func(w http.ResponseWriter, r *http.Request, id string)
-	stream func(w *relayWriter, r *http.Request) error
-	h      http.Handler
-
-	smu      sync.Mutex
-	sessions map[string]bool
-}
-
-func newFaultUpstream(call func(http.ResponseWriter, *http.Request, string), stream func(*relayWriter, *http.Request) error) *faultUpstream {
-	u := &faultUpstream{call: call, stream: stream, sessions: map[string]bool{}}
-	u.h = u.wrap(http.HandlerFunc(u.serve))
-	return u
-}
-
-func (u *faultUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) { u.h.ServeHTTP(w, r) }
-
-func (u *faultUpstream) known(sid string) bool {
-	u.smu.Lock()
-	defer u.smu.Unlock()
-	return u.sessions[sid]
-}
-
-func (u *faultUpstream) serve(w http.ResponseWriter, r *http.Request) {
-	sid := r.Header.Get("Mcp-Session-Id")
-	switch r.Method {
-	case http.MethodPost:
-		var msg struct {
-			ID     json.RawMessage `json:"id"`
-			Method string          `json:"method"`
-			Params struct {
-				ProtocolVersion string `json:"protocolVersion"`
-			} `json:"params"`
-		}
-		b, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
-		if err != nil || json.Unmarshal(b, &msg) != nil {
-			http.Error(w, "bad body", http.StatusBadRequest)
-			return
-		}
-		if msg.Method == "initialize" {
-			var rb [16]byte
-			_, _ = rand.Read(rb[:])
-			sid := hex.EncodeToString(rb[:])
-			u.smu.Lock()
-			u.sessions[sid] = true
-			u.smu.Unlock()
-			w.Header().Set("Content-Type", "application/json")
-			w.Header().Set("Mcp-Session-Id", sid)
-			fmt.Fprintf(w, `{"jsonrpc":"2.0","id":%s,"result":{"protocolVersion":%q,"capabilities":{"tools":{}},"serverInfo":{"name":"fault","version":"1"}}}`,
-				msg.ID, msg.Params.ProtocolVersion)
-			return
-		}
-		if !u.known(sid) {
-			http.Error(w, "unknown session", http.StatusNotFound)
-			return
-		}
-		if len(msg.ID) == 0 {
-			w.WriteHeader(http.StatusAccepted)
-			return
-		}
-		if u.call != nil {
-			u.call(w, r, string(msg.ID))
-			return
-		}
-		w.Header().Set("Content-Type", "application/json")
-		fmt.Fprintf(w, `{"jsonrpc":"2.0","id":%s,"result":{}}`, msg.ID)
-	case http.MethodGet:
-		if !u.known(sid) {
-			http.Error(w, "unknown session", http.StatusNotFound)
-			return
-		}
-		w.Header().Set("Content-Type", "text/event-stream")
-		w.Header().Set("Cache-Control", "no-cache")
-		w.WriteHeader(http.StatusOK)
-		ew := &relayWriter{w: w, rc: http.NewResponseController(w), ctx: r.Context()}
-		_ = ew.rc.Flush()
-		if u.stream != nil {
-			_ = u.stream(ew, r)
-			return
-		}
-		<-r.Context().Done()
-	case http.MethodDelete:
-		u.smu.Lock()
-		ok := u.sessions[sid]
-		delete(u.sessions, sid)
-		u.smu.Unlock()
-		if !ok {
-			http.Error(w, "unknown session", http.StatusNotFound)
-			return
-		}
-		w.WriteHeader(http.StatusOK)
-	default:
-		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
-	}
-}
-
-// faultServer serves a handler on loopback and can die abruptly: kill
-// closes its listener and resets every connection, as a crashed process
-// would; start serves again on the same address.
-type faultServer struct {
-	addr string
-	h    http.Handler
-
-	mu    sync.Mutex
-	srv   *http.Server
-	ln    net.Listener
-	conns map[net.Conn]struct{}
-}
-
-// startFaultServer serves h on addr ("127.0.0.1:0" for any port) until
-// the test ends.
-func startFaultServer(t *testing.T, addr string, h http.Handler) *faultServer {
-	t.Helper()
-	s := &faultServer{addr: addr, h: h}
-	s.start(t)
-	t.Cleanup(s.kill)
-	return s
-}
-
-// start serves on the server's address, which must be free.
-func (s *faultServer) start(t *testing.T) {
-	t.Helper()
-	ln, err := net.Listen("tcp", s.addr)
-	if err != nil {
-		t.Fatalf("listening on %s: %v", s.addr, err)
-	}
-	srv := &http.Server{Handler: s.h, ConnState: s.track, ReadHeaderTimeout: faultWait}
-	s.mu.Lock()
-	s.addr = ln.Addr().String()
-	s.srv, s.ln, s.conns = srv, ln, map[net.Conn]struct{}{}
-	s.mu.Unlock()
-	go func() { _ = srv.Serve(ln) }()
-}
-
-func (s *faultServer) track(c net.Conn, state http.ConnState) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	switch state {
-	case http.StateNew:
-		if s.conns != nil {
-			s.conns[c] = struct{}{}
-		}
-	case http.StateClosed, http.StateHijacked:
-		delete(s.conns, c)
-	}
-}
-
-// kill closes the listener and resets every open connection (RST, no
-// FIN); handlers still running write into closed connections.
-func (s *faultServer) kill() {
-	s.mu.Lock()
-	srv, ln, conns := s.srv, s.ln, s.conns
-	s.srv, s.ln, s.conns = nil, nil, nil
-	s.mu.Unlock()
-	if ln == nil {
-		return
-	}
-	_ = ln.Close()
-	for c := range conns {
-		if tc, ok := c.(*net.TCPConn); ok {
-			_ = tc.SetLinger(0)
-		}
-		_ = c.Close()
-	}
-	_ = srv.Close()
-}
-
-// faultRPC is a JSON-RPC message as a client received it.
-type faultRPC struct {
-	JSONRPC string          `json:"jsonrpc"`
-	ID      json.RawMessage `json:"id"`
-	Result  json.RawMessage `json:"result"`
-	Error   *struct {
-		Code    int    `json:"code"`
-		Message string `json:"message"`
-	} `json:"error"`
-}
-
-// faultErrorFor checks that data is a JSON-RPC error for the request with
-// the raw JSON id and the code, and returns its message.
-func faultErrorFor(t *testing.T, what, data, id string, code int) string {
-	t.Helper()
-	var m faultRPC
-	if err := json.Unmarshal([]byte(data), &m); err != nil || m.JSONRPC != "2.0" || m.Error == nil {
-		t.Errorf("%s: %q is not a JSON-RPC error (%v)", what, data, err)
-		return ""
-	}
-	if string(m.ID) != id || m.Error.Code != code {
-		t.Errorf("%s: error id %s code %d %q, want id %s code %d", what, m.ID, m.Error.Code, m.Error.Message, id, code)
-	}
-	return m.Error.Message
-}
-
-// faultInit opens a session at version through the proxy with raw
-// requests and returns the client's session id.
-func faultInit(t *testing.T, url, version string) string {
-	t.Helper()
-	body := fmt.Sprintf(`{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":%q,"capabilities":{},"clientInfo":{"name":"fault","version":"1"}}}`, version)
-	st, hdr, b := rawPost(t, url, body, nil)
-	tok := hdr.Get("Mcp-Session-Id")
-	if st != http.StatusOK || tok == "" {
-		t.Fatalf("initialize at %s: %d %q %s", version, st, tok, b)
-	}
-	if st, _, b := rawPost(t, url, `{"jsonrpc":"2.0","method":"notifications/initialized"}`, faultHeaders(tok, version)); st != http.StatusAccepted {
-		t.Fatalf("notifications/initialized: %d %s", st, b)
-	}
-	return tok
-}
-
-// faultHeaders are the headers of a request of session tok at version.
-func faultHeaders(tok, version string) map[string]string {
-	return map[string]string{"Mcp-Session-Id": tok, "Mcp-Protocol-Version": version}
-}
-
-// faultOpenPost sends a JSON-RPC POST and returns the response unread;
-// the request lives as long as ctx.
-func faultOpenPost(ctx context.Context, url, body string, hdr map[string]string) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader(body))
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Accept", "application/json, text/event-stream")
-	for k, v := range hdr {
-		req.Header.Set(k, v)
-	}
-	return rawClient.Do(req)
-}
-
-// faultSSEAnswer checks that resp is a 200 SSE answer.
-func faultSSEAnswer(t *testing.T, what string, resp *http.Response, err error) *http.Response {
-	t.Helper()
-	if err != nil {
-		t.Fatalf("%s: %v", what, err)
-	}
-	if resp.StatusCode != http.StatusOK || !isSSE(resp) {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		resp.Body.Close()
-		t.Fatalf("%s: %d %q %s, want a 200 SSE answer", what, resp.StatusCode, resp.Header.Get("Content-Type"), b)
-	}
-	return resp
-}
-
-func isSSE(resp *http.Response) bool {
-	return strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")
-}
-
-// faultDrain reads the rest of a watched stream: its data events and
-// retry hints in order, and how it ended. The channels end with the body,
-// which ends at the latest when the request's context does.
-func faultDrain(evs <-chan relayEvent, ended <-chan relayStreamEnd) ([]relayEvent, relayStreamEnd) {
-	var out []relayEvent
-	for ev := range evs {
-		if !ev.comment {
-			out = append(out, ev)
-		}
-	}
-	return out, <-ended
-}
-
-// faultCaddyfile is the Caddyfile loadWithAdmin loads, for posting to the
-// admin endpoint's /load.
-func faultCaddyfile(adminPort int, globalOptions, body string) string {
-	return fmt.Sprintf("{\n\tadmin 127.0.0.1:%d\n\tauto_https off\n\tpersist_config off\n\tgrace_period 1s\n\tlog {\n\t\toutput discard\n\t}\n", adminPort) +
-		globalOptions + "}\n" + body
-}
 
 // faultAdminLoad posts a config of the given media type to the admin
 // endpoint's /load and returns the status and body.
@@ -504,11 +106,6 @@ func (b *faultBroadcast) send(msg string) {
 	close(s.done)
 }
 
-// faultNote is a log notification carrying text.
-func faultNote(text string) string {
-	return `{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"` + text + `"}}`
-}
-
 // TestLoadReloadFailure holds 1,000 SSE GET streams open through
 // mcp_proxy (5,000 with MCPGATE_SOAK=1, fewer under the race detector and
 // with -short, see loadScale; those the open-file limit leaves no room for
@@ -556,24 +153,23 @@ func TestLoadReloadFailure(t *testing.T) {
 	)
 
 	sig := newFaultBroadcast()
-	up := startLoadUpstream(t)
-	up.stream = func(w *relayWriter, _ string) error {
+	up := startFake(t, &fakeUpstream{name: "load", stream: func(s *fakeStream) error {
 		next := sig.current()
-		if err := w.event("", loadHello); err != nil {
+		if err := s.event("", logNote("hello")); err != nil {
 			return err
 		}
 		for {
 			select {
-			case <-w.ctx.Done():
-				return w.ctx.Err()
+			case <-s.ctx.Done():
+				return s.ctx.Err()
 			case <-next.done:
-				if err := w.event("", faultNote(next.msg)); err != nil {
+				if err := s.event("", logNote(next.msg)); err != nil {
 					return err
 				}
 				next = next.next
 			}
 		}
-	}
+	}})
 	port, adminPort := freePort(t), freePort(t)
 	// No session caps: every session comes from one client address.
 	global := "\tservers {\n\t\tprotocols h1 h2c\n\t}\n\tmcp {\n\t\tmax_sessions 0\n\t\tclient_max_sessions 0\n" + loadSchedOff + "\t}\n"
@@ -598,8 +194,8 @@ func TestLoadReloadFailure(t *testing.T) {
 
 	toks := make([]string, (n+perSession-1)/perSession)
 	var firstErr atomic.Value
-	loadParallel(len(toks), 16, func(i int) {
-		tok, r := loadInit(ctx, hc, url)
+	parallel(len(toks), 16, func(i int) {
+		tok, r := initSession(ctx, hc, url, loadVersion)
 		if tok == "" {
 			firstErr.CompareAndSwap(nil, "initialize: "+r.String())
 		}
@@ -619,7 +215,7 @@ func TestLoadReloadFailure(t *testing.T) {
 		return settledGoroutines()
 	}
 	baseline := settle()
-	held0, owned0 := loadMetric(t, "caddy_mcp_held_bytes"), loadMetric(t, "caddy_mcp_goroutines_owned")
+	held0, owned0 := liveMetric(t, "caddy_mcp_held_bytes"), liveMetric(t, "caddy_mcp_goroutines_owned")
 
 	// What each client saw; a stream's entry is written by its reader
 	// only, and read once the reader is done.
@@ -634,12 +230,12 @@ func TestLoadReloadFailure(t *testing.T) {
 	var ended atomic.Int64
 	var readers sync.WaitGroup
 	openStart := time.Now()
-	loadParallel(n, 32, func(i int) {
+	parallel(n, 32, func(i int) {
 		client := sc
 		if i >= h1 {
 			client = h2c
 		}
-		resp, err := openRelayGET(ctx, client, base, toks[i/perSession], loadVersion, "s"+strconv.Itoa(i))
+		resp, err := openStream(ctx, client, base+"/mcp", toks[i/perSession], loadVersion, "s"+strconv.Itoa(i))
 		if err == nil && (i >= h1) != (resp.ProtoMajor == 2) {
 			err = fmt.Errorf("stream %d over %s", i, resp.Proto)
 		}
@@ -652,7 +248,7 @@ func TestLoadReloadFailure(t *testing.T) {
 			defer resp.Body.Close()
 			st := &streams[i]
 			gotFirst := false
-			st.err = readRelayEvents(resp.Body, func(ev relayEvent) error {
+			st.err = readEvents(resp.Body, func(ev sseEvent) error {
 				switch {
 				case ev.retry >= 0:
 					st.retries++
@@ -688,7 +284,7 @@ func TestLoadReloadFailure(t *testing.T) {
 	if e := firstErr.Load(); e != nil {
 		t.Fatal(e)
 	}
-	if !loadUntil(faultWait, 10*time.Millisecond, func() bool { return up.busy.Load() == int64(n) }) {
+	if !waitUntil(faultWait, 10*time.Millisecond, func() bool { return up.busy.Load() == int64(n) }) {
 		t.Fatalf("the upstream holds %d GET streams, want %d", up.busy.Load(), n)
 	}
 	withStreams := settledGoroutines()
@@ -714,7 +310,7 @@ func TestLoadReloadFailure(t *testing.T) {
 			t.Errorf("%s: the upstream holds %d GET streams, want %d", phase, b, n)
 		}
 		sig.send("phase-" + phase)
-		if !loadUntil(30*time.Second, 10*time.Millisecond, func() bool { return seen[phase].Load() == int64(n) }) {
+		if !waitUntil(30*time.Second, 10*time.Millisecond, func() bool { return seen[phase].Load() == int64(n) }) {
 			t.Errorf("%s: %d of %d clients received the upstream's event", phase, seen[phase].Load(), n)
 		}
 		s := status(t, adminPort)
@@ -725,14 +321,14 @@ func TestLoadReloadFailure(t *testing.T) {
 		if cfg := getConfig(); cfg != running {
 			t.Errorf("%s: the running config changed:\n%s\nwas\n%s", phase, cfg, running)
 		}
-		tok, r := loadInit(ctx, rawClient, url)
+		tok, r := initSession(ctx, rawClient, url, loadVersion)
 		switch {
 		case tok == "":
 			t.Errorf("%s: initialize: %v", phase, r)
 		case r.hdr.Get("X-Mcp-Config") != "":
 			t.Errorf("%s: a new session was answered by another config (X-Mcp-Config %q)", phase, r.hdr.Get("X-Mcp-Config"))
 		default:
-			if d := loadDelete(ctx, rawClient, url, tok); d.status != http.StatusOK {
+			if d := deleteSession(ctx, rawClient, url, tok, loadVersion); d.status != http.StatusOK {
 				t.Errorf("%s: DELETE of a new session: %v", phase, d)
 			}
 		}
@@ -768,7 +364,7 @@ func TestLoadReloadFailure(t *testing.T) {
 		t.Fatalf("MCPGATE_TEST_UNSET_KEY is set (%q); the test needs it unset", v)
 	}
 	st, body = faultAdminLoad(t, adminPort, "text/caddyfile",
-		faultCaddyfile(adminPort, global, site("\t\tsession_key {env.MCPGATE_TEST_UNSET_KEY}\n")))
+		testCaddyfile(fmt.Sprintf("127.0.0.1:%d", adminPort), global, site("\t\tsession_key {env.MCPGATE_TEST_UNSET_KEY}\n")))
 	if st != http.StatusBadRequest || !strings.Contains(body, "session key") {
 		t.Errorf("(b) POST /load with an unset session key: %d %s, want 400 naming the session key", st, body)
 	}
@@ -778,12 +374,12 @@ func TestLoadReloadFailure(t *testing.T) {
 	// (c) A good config, changed: its answers carry a header.
 	start := time.Now()
 	st, body = faultAdminLoad(t, adminPort, "text/caddyfile",
-		faultCaddyfile(adminPort, global, site("\t\theader_down X-Mcp-Config v2\n")))
+		testCaddyfile(fmt.Sprintf("127.0.0.1:%d", adminPort), global, site("\t\theader_down X-Mcp-Config v2\n")))
 	took := time.Since(start)
 	if st != http.StatusOK {
 		t.Fatalf("(c) POST /load of a good config: %d %s", st, body)
 	}
-	if !loadUntil(drain+30*time.Second, 10*time.Millisecond, func() bool { return ended.Load() == int64(n) }) {
+	if !waitUntil(drain+30*time.Second, 10*time.Millisecond, func() bool { return ended.Load() == int64(n) }) {
 		t.Fatalf("(c) %d of %d streams ended after the reload", ended.Load(), n)
 	}
 	readers.Wait()
@@ -819,9 +415,9 @@ func TestLoadReloadFailure(t *testing.T) {
 		took.Round(time.Millisecond), first.Round(time.Millisecond), last.Round(time.Millisecond), lastH1.Round(time.Millisecond), lastH2.Round(time.Millisecond))
 
 	// New sessions are the new config's; old ones keep working.
-	var r loadReply
+	var r reply
 	for try := 0; try < 5; try++ {
-		r = loadPost(ctx, rawClient, url, loadInitBody, "")
+		r = post(ctx, rawClient, url, initAt(1, loadVersion), nil)
 		if r.err == nil || !isDialReset(r.err) {
 			break
 		}
@@ -831,29 +427,29 @@ func TestLoadReloadFailure(t *testing.T) {
 		t.Fatalf("(c) initialize after the reload: %v, X-Mcp-Config %q; want an answer of the new config", r, r.hdr.Get("X-Mcp-Config"))
 	}
 	tok := r.hdr.Get("Mcp-Session-Id")
-	resp, err := openRelayGET(ctx, sc, base, tok, loadVersion, "new")
+	resp, err := openStream(ctx, sc, base+"/mcp", tok, loadVersion, "new")
 	if err != nil {
 		t.Fatalf("(c) GET stream of a new session: %v", err)
 	}
-	if err := loadFirstEvent(resp.Body); err != nil {
+	if err := firstEvent(resp.Body); err != nil {
 		t.Errorf("(c) GET stream of a new session: %v", err)
 	}
 	resp.Body.Close()
-	if p := loadPost(ctx, rawClient, url, loadPing(9), toks[0]); !p.ok() {
+	if p := post(ctx, rawClient, url, rpcRequest(9, "ping"), sessionHeaders(toks[0], loadVersion)); !p.ok() {
 		t.Errorf("(c) ping in a session opened before the reload: %v", p)
 	}
-	if d := loadDelete(ctx, rawClient, url, tok); d.status != http.StatusOK {
+	if d := deleteSession(ctx, rawClient, url, tok, loadVersion); d.status != http.StatusOK {
 		t.Errorf("(c) DELETE of the new session: %v", d)
 	}
 
-	if !loadUntil(faultWait, 20*time.Millisecond, func() bool { return up.busy.Load() == 0 }) {
+	if !waitUntil(faultWait, 20*time.Millisecond, func() bool { return up.busy.Load() == 0 }) {
 		t.Errorf("(c) the upstream still holds %d GET streams", up.busy.Load())
 	}
-	if !loadUntil(faultWait, 20*time.Millisecond, func() bool {
-		return loadMetric(t, "caddy_mcp_held_bytes") == held0 && loadMetric(t, "caddy_mcp_goroutines_owned") == owned0
+	if !waitUntil(faultWait, 20*time.Millisecond, func() bool {
+		return liveMetric(t, "caddy_mcp_held_bytes") == held0 && liveMetric(t, "caddy_mcp_goroutines_owned") == owned0
 	}) {
 		t.Errorf("(c) caddy_mcp_held_bytes %v (baseline %v), caddy_mcp_goroutines_owned %v (baseline %v)",
-			loadMetric(t, "caddy_mcp_held_bytes"), held0, loadMetric(t, "caddy_mcp_goroutines_owned"), owned0)
+			liveMetric(t, "caddy_mcp_held_bytes"), held0, liveMetric(t, "caddy_mcp_goroutines_owned"), owned0)
 	}
 	now := settle()
 	t.Logf("goroutines: %d before the streams, %d with them, %d after the reload drained them", baseline, withStreams, now)
@@ -879,32 +475,27 @@ func TestFaultUpstreamDies(t *testing.T) {
 	var releaseOnce sync.Once
 	releaseAll := func() { releaseOnce.Do(func() { close(release) }) }
 	t.Cleanup(releaseAll)
-	hold := func(r *http.Request) {
+	hold := func(ctx context.Context) {
 		select {
 		case <-release:
-		case <-r.Context().Done():
+		case <-ctx.Done():
 		}
 	}
-	u := newFaultUpstream(func(w http.ResponseWriter, r *http.Request, id string) {
-		if strings.HasPrefix(id, "2") {
-			// An SSE answer that has begun: a progress notification, and
-			// nothing more.
-			w.Header().Set("Content-Type", "text/event-stream")
-			w.WriteHeader(http.StatusOK)
-			ew := &relayWriter{w: w, rc: http.NewResponseController(w), ctx: r.Context()}
-			if ew.event("", faultProgress) != nil {
-				return
-			}
+	u := &fakeUpstream{name: "fault", on: map[string]func(*fakeCall){"*": func(c *fakeCall) {
+		// An SSE answer that has begun: a progress notification, and
+		// nothing more.
+		if strings.HasPrefix(c.id, "2") && c.sse().event("", progressNote) != nil {
+			return
 		}
-		hold(r)
-	}, func(w *relayWriter, r *http.Request) error {
-		if err := w.event("", loadHello); err != nil {
+		hold(c.r.Context())
+	}}, stream: func(s *fakeStream) error {
+		if err := s.event("", logNote("hello")); err != nil {
 			return err
 		}
-		hold(r)
+		hold(s.ctx)
 		return nil
-	})
-	srv := startFaultServer(t, "127.0.0.1:0", u)
+	}}
+	srv := startKillable(t, "127.0.0.1:0", u)
 	port := freePort(t)
 	loadCaddyfile(t, fmt.Sprintf(":%d {\n\tmcp_proxy %s {\n\t\tkeepalive 10s\n\t}\n}\n", port, srv.addr))
 	base := proxyURL(port)
@@ -915,32 +506,32 @@ func TestFaultUpstreamDies(t *testing.T) {
 	type pending struct {
 		version, tok   string
 		jsonID, sseID  string
-		json           <-chan httpReply
-		sseEvs, getEvs <-chan relayEvent
-		sseEnd, getEnd <-chan relayStreamEnd
+		json           <-chan reply
+		sseEvs, getEvs <-chan sseEvent
+		sseEnd, getEnd <-chan streamEnd
 	}
 	var ps []*pending
 	for i, v := range []string{"2025-06-18", "2025-11-25"} {
-		p := &pending{version: v, tok: faultInit(t, url, v), jsonID: strconv.Itoa(11 + i), sseID: strconv.Itoa(21 + i)}
-		hdr := faultHeaders(p.tok, v)
+		p := &pending{version: v, tok: openSessionWith(t, rawClient, url, v, nil), jsonID: strconv.Itoa(11 + i), sseID: strconv.Itoa(21 + i)}
+		hdr := sessionHeaders(p.tok, v)
 		p.json = sendJSON(ctx, url, callBody(p.jsonID, "slow", "{}"), hdr)
-		resp, err := faultOpenPost(ctx, url, callBody(p.sseID, "stream", "{}"), hdr)
-		resp = faultSSEAnswer(t, "call "+p.sseID, resp, err)
+		resp, err := openPost(ctx, rawClient, url, callBody(p.sseID, "stream", "{}"), hdr)
+		resp = sseAnswer(t, "call "+p.sseID, resp, err)
 		defer resp.Body.Close()
-		p.sseEvs, p.sseEnd = watchRelayStream(resp.Body)
-		if ev := nextRelayEvent(t, p.sseEvs, faultWait, "call "+p.sseID); !strings.Contains(ev.data, "notifications/progress") {
+		p.sseEvs, p.sseEnd = watchEvents(resp.Body)
+		if ev := nextEvent(t, p.sseEvs, faultWait, "call "+p.sseID); !strings.Contains(ev.data, "notifications/progress") {
 			t.Fatalf("call %s: first event %+v, want the progress notification", p.sseID, ev)
 		}
-		get, err := openRelayGET(ctx, rawClient, base, p.tok, v, "get-"+v)
+		get, err := openStream(ctx, rawClient, base+"/mcp", p.tok, v, "get-"+v)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer get.Body.Close()
-		p.getEvs, p.getEnd = watchRelayStream(get.Body)
-		if ev := nextRelayEvent(t, p.getEvs, faultWait, "GET at "+v); !strings.Contains(ev.data, "hello") {
+		p.getEvs, p.getEnd = watchEvents(get.Body)
+		if ev := nextEvent(t, p.getEvs, faultWait, "GET at "+v); !strings.Contains(ev.data, "hello") {
 			t.Fatalf("GET at %s: first event %+v", v, ev)
 		}
-		u.await(t, "call "+p.jsonID, faultWait, func(s faultSeen) bool { return s.id == p.jsonID })
+		u.await(t, "call "+p.jsonID, faultWait, func(s fakeSeen) bool { return s.id == p.jsonID })
 		ps = append(ps, p)
 	}
 
@@ -956,10 +547,10 @@ func TestFaultUpstreamDies(t *testing.T) {
 				p.jsonID, p.version, r.status, r.hdr.Get("Content-Type"), r.err, r.body)
 		}
 		if r.err == nil {
-			faultErrorFor(t, "call "+p.jsonID, r.body, p.jsonID, -32603)
+			rpcErrorFor(t, "call "+p.jsonID, r.body, p.jsonID, -32603)
 		}
 
-		evs, end := faultDrain(p.sseEvs, p.sseEnd)
+		evs, end := drainEvents(p.sseEvs, p.sseEnd)
 		errAt, retryAt := -1, -1
 		for i, ev := range evs {
 			switch {
@@ -978,7 +569,7 @@ func TestFaultUpstreamDies(t *testing.T) {
 		case errAt < 0:
 			t.Errorf("call %s (%s): no event after the upstream died (%+v)", p.sseID, p.version, evs)
 		default:
-			msg := faultErrorFor(t, "call "+p.sseID+" final event", evs[errAt].data, p.sseID, -32603)
+			msg := rpcErrorFor(t, "call "+p.sseID+" final event", evs[errAt].data, p.sseID, -32603)
 			t.Logf("call %s (%s): final event %q, %v after the kill", p.sseID, p.version, msg, end.at.Sub(killed).Round(time.Millisecond))
 		}
 		if retryWanted && retryAt < errAt {
@@ -988,7 +579,7 @@ func TestFaultUpstreamDies(t *testing.T) {
 			t.Errorf("call %s (%s): a retry hint for a client that does not honour it", p.sseID, p.version)
 		}
 
-		evs, end = faultDrain(p.getEvs, p.getEnd)
+		evs, end = drainEvents(p.getEvs, p.getEnd)
 		retries := 0
 		for _, ev := range evs {
 			if ev.retry >= 0 {
@@ -1010,13 +601,13 @@ func TestFaultUpstreamDies(t *testing.T) {
 	}
 
 	// The session's upstream cannot be dialled now.
-	r := postJSON(ctx, url, callBody("31", "echo", "{}"), faultHeaders(ps[0].tok, ps[0].version))
+	r := postJSON(ctx, url, callBody("31", "echo", "{}"), sessionHeaders(ps[0].tok, ps[0].version))
 	if r.err != nil || r.status != http.StatusServiceUnavailable || r.hdr.Get("Retry-After") != "1" {
 		t.Errorf("request of a session whose upstream is down: %d Retry-After %q %v %q, want 503 with Retry-After 1",
 			r.status, r.hdr.Get("Retry-After"), r.err, r.body)
 	}
 	if r.err == nil {
-		faultErrorFor(t, "request 31", r.body, "31", -32000)
+		rpcErrorFor(t, "request 31", r.body, "31", -32000)
 	}
 }
 
@@ -1027,12 +618,13 @@ func TestFaultUpstreamDies(t *testing.T) {
 // error event for its request as the stream's last event, not an empty
 // 200.
 func TestFaultUnansweredStream(t *testing.T) {
-	u := newFaultUpstream(func(w http.ResponseWriter, r *http.Request, id string) {
+	up := startFake(t, &fakeUpstream{name: "fault", on: map[string]func(*fakeCall){"*": func(c *fakeCall) {
+		w := c.w
 		w.Header().Set("Content-Type", "text/event-stream")
 		w.WriteHeader(http.StatusOK)
-		switch id {
+		switch c.id {
 		case "41":
-			_, _ = io.WriteString(w, "data: "+faultProgress+"\n\n")
+			_, _ = io.WriteString(w, "data: "+progressNote+"\n\n")
 		case "42":
 			_, _ = io.WriteString(w, `{"jsonrpc":"2.0","id":42,"result":{}}`)
 		case "44":
@@ -1040,13 +632,12 @@ func TestFaultUnansweredStream(t *testing.T) {
 			_ = http.NewResponseController(w).Flush()
 		}
 		// Without a write or flush (43) net/http sends Content-Length: 0.
-	}, nil)
-	up := startUpstreamHandler(t, "fault", u)
+	}}})
 	port := freePort(t)
 	loadCaddyfile(t, fmt.Sprintf(":%d {\n\tmcp_proxy %s\n}\n", port, up.addr()))
 	url := proxyURL(port) + "/mcp"
 	for _, version := range []string{"2025-06-18", "2025-11-25"} {
-		tok := faultInit(t, url, version)
+		tok := openSessionWith(t, rawClient, url, version, nil)
 		for _, tc := range []struct{ id, what string }{
 			{"41", "a notification, then the end"},
 			{"42", "plain JSON"},
@@ -1056,12 +647,12 @@ func TestFaultUnansweredStream(t *testing.T) {
 			t.Run(version+"/"+tc.what, func(t *testing.T) {
 				ctx, cancel := context.WithTimeout(context.Background(), faultWait)
 				defer cancel()
-				resp, err := faultOpenPost(ctx, url, callBody(tc.id, "x", "{}"), faultHeaders(tok, version))
-				resp = faultSSEAnswer(t, "call "+tc.id, resp, err)
+				resp, err := openPost(ctx, rawClient, url, callBody(tc.id, "x", "{}"), sessionHeaders(tok, version))
+				resp = sseAnswer(t, "call "+tc.id, resp, err)
 				defer resp.Body.Close()
 				var raw bytes.Buffer
-				var evs []relayEvent
-				err = readRelayEvents(io.TeeReader(resp.Body, &raw), func(ev relayEvent) error {
+				var evs []sseEvent
+				err = readEvents(io.TeeReader(resp.Body, &raw), func(ev sseEvent) error {
 					if !ev.comment && ev.data != "" {
 						evs = append(evs, ev)
 					}
@@ -1076,7 +667,7 @@ func TestFaultUnansweredStream(t *testing.T) {
 				if tc.id == "41" && (len(evs) != 2 || !strings.Contains(evs[0].data, "notifications/progress")) {
 					t.Errorf("received %q; want the notification, then the error", raw.String())
 				}
-				msg := faultErrorFor(t, "last event", evs[len(evs)-1].data, tc.id, -32603)
+				msg := rpcErrorFor(t, "last event", evs[len(evs)-1].data, tc.id, -32603)
 				t.Logf("received %q (%s)", raw.String(), msg)
 			})
 		}
@@ -1094,29 +685,26 @@ func TestFaultCancelReachesUpstream(t *testing.T) {
 	var mu sync.Mutex
 	aborted := map[string]chan struct{}{}
 	release := make(chan struct{})
-	u := newFaultUpstream(func(w http.ResponseWriter, r *http.Request, id string) {
+	u := startFake(t, &fakeUpstream{name: "fault", on: map[string]func(*fakeCall){"*": func(c *fakeCall) {
 		done := make(chan struct{})
 		mu.Lock()
-		aborted[id] = done
+		aborted[c.id] = done
 		mu.Unlock()
-		if id == "51" {
-			w.Header().Set("Content-Type", "text/event-stream")
-			w.WriteHeader(http.StatusOK)
-			_ = http.NewResponseController(w).Flush()
+		if c.id == "51" {
+			c.sse()
 		}
 		select {
-		case <-r.Context().Done():
+		case <-c.r.Context().Done():
 			close(done)
 		case <-release:
 		}
-	}, nil)
-	up := startUpstreamHandler(t, "fault", u)
+	}}})
 	t.Cleanup(func() { close(release) })
 	port := freePort(t)
-	loadCaddyfile(t, fmt.Sprintf(":%d {\n\tmcp_proxy %s {\n\t\treplay 100 1MiB 1s\n\t}\n}\n", port, up.addr()))
+	loadCaddyfile(t, fmt.Sprintf(":%d {\n\tmcp_proxy %s {\n\t\treplay 100 1MiB 1s\n\t}\n}\n", port, u.addr()))
 	url := proxyURL(port) + "/mcp"
 	const version = "2025-06-18"
-	tok := faultInit(t, url, version)
+	tok := openSessionWith(t, rawClient, url, version, nil)
 	sids := u.mintedIDs()
 	if len(sids) != 1 {
 		t.Fatalf("the upstream minted %d sessions", len(sids))
@@ -1137,7 +725,7 @@ func TestFaultCancelReachesUpstream(t *testing.T) {
 	}
 	cancelled := func(id string, gone time.Time, within time.Duration) {
 		t.Helper()
-		c := u.await(t, "notifications/cancelled for request "+id, within, func(s faultSeen) bool { return s.cancelledID() == id })
+		c := u.await(t, "notifications/cancelled for request "+id, within, func(s fakeSeen) bool { return s.cancelledID() == id })
 		if c.sid != sids[0] || c.method != http.MethodPost || c.path != "/mcp" {
 			t.Errorf("notifications/cancelled for %s: %s %s in session %q, want POST /mcp in %q", id, c.method, c.path, c.sid, sids[0])
 		}
@@ -1149,8 +737,8 @@ func TestFaultCancelReachesUpstream(t *testing.T) {
 
 	// The SSE answer began and carried nothing.
 	cctx, ccancel := context.WithCancel(context.Background())
-	resp, err := faultOpenPost(cctx, url, callBody("51", "slow", "{}"), faultHeaders(tok, version))
-	resp = faultSSEAnswer(t, "call 51", resp, err)
+	resp, err := openPost(cctx, rawClient, url, callBody("51", "slow", "{}"), sessionHeaders(tok, version))
+	resp = sseAnswer(t, "call 51", resp, err)
 	gone := time.Now()
 	resp.Body.Close()
 	ccancel()
@@ -1159,8 +747,8 @@ func TestFaultCancelReachesUpstream(t *testing.T) {
 	// No answer yet.
 	cctx, ccancel = context.WithCancel(context.Background())
 	defer ccancel()
-	reply := sendJSON(cctx, url, callBody("52", "slow", "{}"), faultHeaders(tok, version))
-	u.await(t, "call 52", faultWait, func(s faultSeen) bool { return s.id == "52" })
+	reply := sendJSON(cctx, url, callBody("52", "slow", "{}"), sessionHeaders(tok, version))
+	u.await(t, "call 52", faultWait, func(s fakeSeen) bool { return s.id == "52" })
 	gone = time.Now()
 	ccancel()
 	<-reply
@@ -1206,7 +794,7 @@ func (b *blipUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func blipOpen(t *testing.T, url string, a, b *blipUpstream) (sid, on string) {
 	t.Helper()
 	a0, b0 := a.inits.Load(), b.inits.Load()
-	sid = opsOpen(t, url)
+	sid = rawSession(t, url, nil)
 	switch {
 	case a.inits.Load() > a0:
 		return sid, "A"
@@ -1221,7 +809,7 @@ func blipOpen(t *testing.T, url string, a, b *blipUpstream) (sid, on string) {
 func blipEcho(t *testing.T, url, sid string, id int, up *blipUpstream, what string) {
 	t.Helper()
 	before := up.served.Load()
-	st, body := opsEcho(t, url, sid, id)
+	st, body := sessionEcho(t, url, sid, id)
 	if st != http.StatusOK || !strings.Contains(body, fmt.Sprintf("hi %d", id)) {
 		t.Errorf("%s: %d %s, want the echo", what, st, body)
 	}
@@ -1239,7 +827,7 @@ func blipEcho(t *testing.T, url, sid string, id int, up *blipUpstream, what stri
 // again.
 func TestFaultPassiveHealthBlip(t *testing.T) {
 	a, b := newBlipUpstream("A"), newBlipUpstream("B")
-	as := startFaultServer(t, "127.0.0.1:0", a)
+	as := startKillable(t, "127.0.0.1:0", a)
 	bs := startUpstreamHandler(t, "B", b)
 	port := freePort(t)
 	loadCaddyfile(t, fmt.Sprintf(":%d {\n\tmcp_proxy %s %s {\n\t\tlb_policy first\n\t\tfail_duration 10s\n\t\tmax_fails 1\n\t\tunhealthy_status 5xx\n\t}\n}\n",
@@ -1252,7 +840,7 @@ func TestFaultPassiveHealthBlip(t *testing.T) {
 	blipEcho(t, url, sid, 2, a, "a request while A is healthy")
 
 	a.failNext.Store(true)
-	if st, body := opsEcho(t, url, sid, 3); st != http.StatusInternalServerError {
+	if st, body := sessionEcho(t, url, sid, 3); st != http.StatusInternalServerError {
 		t.Fatalf("the injected failure: %d %s, want A's 500", st, body)
 	}
 	blipEcho(t, url, sid, 4, a, "the session's next request, A marked down")
@@ -1263,12 +851,12 @@ func TestFaultPassiveHealthBlip(t *testing.T) {
 	}
 
 	as.kill()
-	st, hdr, got := rawPost(t, url, `{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hi 6"}}}`, opsHeaders(sid))
+	st, hdr, got := rawPost(t, url, `{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hi 6"}}}`, inSession(sid, nil))
 	if st != http.StatusServiceUnavailable || hdr.Get("Retry-After") != "10" || hdr.Get("Content-Type") != "application/json" {
 		t.Errorf("a request while A is unreachable: %d Retry-After %q %q %s, want 503 with Retry-After 10 (the fail duration)",
 			st, hdr.Get("Retry-After"), hdr.Get("Content-Type"), got)
 	}
-	faultErrorFor(t, "request 6", got, "6", -32000)
+	rpcErrorFor(t, "request 6", got, "6", -32000)
 
 	as.start(t)
 	blipEcho(t, url, sid, 7, a, "the session's request once A is back")
@@ -1291,7 +879,7 @@ func TestFaultActiveHealthBlip(t *testing.T) {
 	}
 	a.health.Store(http.StatusInternalServerError)
 	var sid2 string
-	opsEventually(t, "new sessions to go to B", func() bool {
+	pollUntil(t, "new sessions to go to B", func() bool {
 		s, on := blipOpen(t, url, a, b)
 		sid2 = s
 		return on == "B"
@@ -1299,7 +887,7 @@ func TestFaultActiveHealthBlip(t *testing.T) {
 	blipEcho(t, url, sid, 2, a, "the session's request while A's health check fails")
 	blipEcho(t, url, sid2, 3, b, "a request of the session on B")
 	a.health.Store(http.StatusOK)
-	opsEventually(t, "new sessions to go to A again", func() bool {
+	pollUntil(t, "new sessions to go to A again", func() bool {
 		_, on := blipOpen(t, url, a, b)
 		return on == "A"
 	})
@@ -1311,12 +899,7 @@ func TestFaultActiveHealthBlip(t *testing.T) {
 // comment at once, long before the proxy's keepalive (10s), whether the
 // stream is handed off or relayed by the handler.
 func TestFaultStreamComment(t *testing.T) {
-	u := startRelayUpstream(t, func(_ *relayGET, w *relayWriter) error {
-		if err := w.write(": ok\n\n"); err != nil {
-			return err
-		}
-		return w.idle(nil)
-	}, nil)
+	u := startFake(t, &fakeUpstream{stream: commentThenIdle})
 	on, off := freePort(t), freePort(t)
 	loadCaddyfile(t, fmt.Sprintf(":%d {\n\tmcp_proxy %s {\n\t\tkeepalive 10s\n\t}\n}\n:%d {\n\tmcp_proxy %s {\n\t\tkeepalive 10s\n\t\tstream_handoff off\n\t}\n}\n",
 		on, u.addr(), off, u.addr()))
@@ -1326,11 +909,11 @@ func TestFaultStreamComment(t *testing.T) {
 	}{{"handoff", on}, {"handler", off}} {
 		t.Run(tc.name, func(t *testing.T) {
 			base := proxyURL(tc.port)
-			tok := u.initSession(t, base, relayVersion)
+			tok := u.openSession(t, base, relayVersion)
 			ctx, cancel := context.WithTimeout(context.Background(), faultWait)
 			defer cancel()
 			opened := time.Now()
-			resp, err := openRelayGET(ctx, rawClient, base, tok, relayVersion, "comment-"+tc.name)
+			resp, err := openStream(ctx, rawClient, base+"/mcp", tok, relayVersion, "comment-"+tc.name)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -1459,7 +1042,7 @@ func newFaultPKI(t *testing.T) *faultPKI {
 // the upstream's own Mcp-Session-Id.
 func TestFaultSideRequestsTLS(t *testing.T) {
 	pki := newFaultPKI(t)
-	rec := new(faultLog)
+	rec := new(fakeLog)
 	srv := httptest.NewUnstartedServer(rec.wrap(demo.Handler(demo.NewServer("tls"), "", nil)))
 	srv.TLS = &tls.Config{
 		Certificates: []tls.Certificate{pki.server},
@@ -1474,15 +1057,15 @@ func TestFaultSideRequestsTLS(t *testing.T) {
 	loadWithAdmin(t, adminPort, "", fmt.Sprintf(":%d {\n\tmcp_proxy %s {\n\t\ttransport http {\n\t\t\ttls_trust_pool file %s\n\t\t\ttls_client_auth %s %s\n\t\t}\n\t\theader_up Authorization \"Bearer side-test\"\n\t\treplay 100 1MiB 1s\n\t}\n}\n",
 		port, addr, pki.caFile, pki.clientCert, pki.clientKey))
 	url := proxyURL(port) + "/mcp"
-	tok := opsOpen(t, url)
+	tok := rawSession(t, url, nil)
 	sids := rec.mintedIDs()
 	if len(sids) != 1 {
 		t.Fatalf("the upstream minted %d sessions", len(sids))
 	}
-	if n := rec.count(func(s faultSeen) bool { return s.auth != "Bearer side-test" || s.cert != faultClientCN }); n != 0 {
+	if n := rec.count(func(s fakeSeen) bool { return s.auth != "Bearer side-test" || s.cert != faultClientCN }); n != 0 {
 		t.Fatalf("%d of the client's requests reached the upstream without the header or the client certificate", n)
 	}
-	side := func(what string, s faultSeen) {
+	side := func(what string, s fakeSeen) {
 		t.Helper()
 		if s.auth != "Bearer side-test" || s.cert != faultClientCN || s.sid != sids[0] || s.path != "/mcp" {
 			t.Errorf("%s: Authorization %q, client certificate %q, Mcp-Session-Id %q, path %q; want %q, %q, %q, /mcp",
@@ -1492,17 +1075,16 @@ func TestFaultSideRequestsTLS(t *testing.T) {
 
 	// A call whose client leaves: the upstream is told.
 	ctx, cancel := context.WithCancel(context.Background())
-	reply := sendJSON(ctx, url, callBody("77", "countdown", `{"from":100,"delay_ms":100}`), opsHeaders(tok))
-	rec.await(t, "call 77", faultWait, func(s faultSeen) bool { return s.id == "77" })
+	reply := sendJSON(ctx, url, callBody("77", "countdown", `{"from":100,"delay_ms":100}`), inSession(tok, nil))
+	rec.await(t, "call 77", faultWait, func(s fakeSeen) bool { return s.id == "77" })
 	time.Sleep(100 * time.Millisecond)
 	cancel()
 	<-reply
-	c := rec.await(t, "notifications/cancelled for call 77", 2*faultWait, func(s faultSeen) bool { return s.cancelledID() == "77" })
+	c := rec.await(t, "notifications/cancelled for call 77", 2*faultWait, func(s fakeSeen) bool { return s.cancelledID() == "77" })
 	side("notifications/cancelled", c)
 
 	// An evicted session is deleted upstream.
-	sum := sha256.Sum256([]byte(addr + " " + sids[0]))
-	id := hex.EncodeToString(sum[:])[:8]
+	id := (&upstream{Server: srv}).adminID(sids[0])
 	var evicted struct {
 		Evicted int `json:"evicted"`
 	}
@@ -1510,12 +1092,12 @@ func TestFaultSideRequestsTLS(t *testing.T) {
 	if evicted.Evicted != 1 {
 		t.Fatalf("evicted %d sessions, want 1", evicted.Evicted)
 	}
-	d := rec.await(t, "the DELETE of the evicted session", faultWait, func(s faultSeen) bool { return s.method == http.MethodDelete })
+	d := rec.await(t, "the DELETE of the evicted session", faultWait, func(s fakeSeen) bool { return s.method == http.MethodDelete })
 	side("DELETE", d)
-	if d.version != opsVersion {
-		t.Errorf("DELETE: Mcp-Protocol-Version %q, want %q", d.version, opsVersion)
+	if d.version != sessionVersion {
+		t.Errorf("DELETE: Mcp-Protocol-Version %q, want %q", d.version, sessionVersion)
 	}
-	if st, body := opsEcho(t, url, tok, 78); st != http.StatusNotFound {
+	if st, body := sessionEcho(t, url, tok, 78); st != http.StatusNotFound {
 		t.Errorf("a request of the evicted session: %d %s, want 404", st, body)
 	}
 }
@@ -1526,35 +1108,30 @@ func TestFaultSideRequestsTLS(t *testing.T) {
 // and never reaches the upstream; once the stream is closed the idle
 // session gives way to a new one.
 func TestFaultSessionTableFull(t *testing.T) {
-	u := startRelayUpstream(t, eventThenIdle("1", "hi"), nil)
+	u := startFake(t, &fakeUpstream{stream: eventThenIdle("1", "hi")})
 	port := freePort(t)
 	loadCaddyfileWith(t, "\tmcp {\n\t\tmax_sessions 1\n\t}\n", fmt.Sprintf(":%d {\n\tmcp_proxy %s\n}\n", port, u.addr()))
 	base := proxyURL(port)
 	url := base + "/mcp"
-	tok := u.initSession(t, base, relayVersion)
+	tok := u.openSession(t, base, relayVersion)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*faultWait)
 	defer cancel()
-	resp, err := openRelayGET(ctx, rawClient, base, tok, relayVersion, "held")
+	resp, err := openStream(ctx, rawClient, base+"/mcp", tok, relayVersion, "held")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	evs, _ := watchRelayStream(resp.Body)
-	nextRelayEvent(t, evs, faultWait, "first event")
-	upstreamSessions := func() int {
-		u.mu.Lock()
-		defer u.mu.Unlock()
-		return len(u.sessions)
-	}
+	evs, _ := watchEvents(resp.Body)
+	nextEvent(t, evs, faultWait, "first event")
 
 	r := postJSON(ctx, url, initializeBody, nil)
 	assertRefused(t, r, http.StatusServiceUnavailable, "1", "session limit", "1")
-	if n := upstreamSessions(); n != 1 {
+	if n := u.live(); n != 1 {
 		t.Errorf("the upstream has %d sessions, want 1: a refused initialize reached it", n)
 	}
 
 	resp.Body.Close()
-	opsEventually(t, "a new session once the stream is closed", func() bool {
+	pollUntil(t, "a new session once the stream is closed", func() bool {
 		r = postJSON(ctx, url, initializeBody, nil)
 		if r.status == http.StatusServiceUnavailable {
 			return false
@@ -1564,7 +1141,7 @@ func TestFaultSessionTableFull(t *testing.T) {
 		}
 		return true
 	})
-	st, _, body := rawPost(t, url, `{"jsonrpc":"2.0","id":2,"method":"ping"}`, faultHeaders(tok, relayVersion))
+	st, _, body := rawPost(t, url, `{"jsonrpc":"2.0","id":2,"method":"ping"}`, sessionHeaders(tok, relayVersion))
 	if st != http.StatusNotFound {
 		t.Errorf("a request of the evicted session: %d %s, want 404", st, body)
 	}
@@ -1588,7 +1165,7 @@ func TestFaultDrainOnStopFollowsReload(t *testing.T) {
 		bound      = 3 * time.Second // well below the old drain's 4s
 		margin     = time.Second
 	)
-	u := startRelayUpstream(t, eventThenIdle("1", "hi"), nil)
+	u := startFake(t, &fakeUpstream{stream: eventThenIdle("1", "hi")})
 	port, adminPort := freePort(t), freePort(t)
 	cf := func(d string) string {
 		return fmt.Sprintf("{\n\tadmin 127.0.0.1:%d\n\tauto_https off\n\tpersist_config off\n}\n:%d {\n\tmcp_proxy %s {\n\t\tdrain %s\n\t}\n}\n", adminPort, port, u.addr(), d)
@@ -1598,19 +1175,19 @@ func TestFaultDrainOnStopFollowsReload(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	type watched struct {
-		evs   <-chan relayEvent
-		ended <-chan relayStreamEnd
+		evs   <-chan sseEvent
+		ended <-chan streamEnd
 	}
 	open := func(key string) watched {
 		t.Helper()
-		tok := u.initSession(t, base, relayVersion)
-		resp, err := openRelayGET(ctx, rawClient, base, tok, relayVersion, key)
+		tok := u.openSession(t, base, relayVersion)
+		resp, err := openStream(ctx, rawClient, base+"/mcp", tok, relayVersion, key)
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { resp.Body.Close() })
-		evs, ended := watchRelayStream(resp.Body)
-		if ev := nextRelayEvent(t, evs, faultWait, key); ev.id != "1" {
+		evs, ended := watchEvents(resp.Body)
+		if ev := nextEvent(t, evs, faultWait, key); ev.id != "1" {
 			t.Fatalf("%s: first block %+v", key, ev)
 		}
 		return watched{evs, ended}
@@ -1637,7 +1214,7 @@ func TestFaultDrainOnStopFollowsReload(t *testing.T) {
 	}
 	collect := func(ws []watched) (out []closed) {
 		for _, w := range ws {
-			got, end := faultDrain(w.evs, w.ended)
+			got, end := drainEvents(w.evs, w.ended)
 			c := closed{after: end.at.Sub(start), err: end.err}
 			for _, ev := range got {
 				if ev.retry >= 0 {

@@ -80,11 +80,24 @@ func loadCaddyfile(t testing.TB, body string) {
 // that go inside the global block).
 func loadCaddyfileWith(t testing.TB, globalOptions, body string) {
 	t.Helper()
+	loadConfig(t, testCaddyfile("off", globalOptions, body))
+}
+
+// testCaddyfile is a Caddyfile for a quiet test server with the admin
+// endpoint at admin ("off" for none), extra global options and the sites
+// of body. MCPGATE_TEST_LOG set keeps Caddy's logs.
+func testCaddyfile(admin, globalOptions, body string) string {
 	logs := "\tlog {\n\t\toutput discard\n\t}\n"
 	if os.Getenv("MCPGATE_TEST_LOG") != "" {
 		logs = ""
 	}
-	cf := "{\n\tadmin off\n\tauto_https off\n\tpersist_config off\n\tgrace_period 1s\n" + logs + globalOptions + "}\n" + body
+	return "{\n\tadmin " + admin + "\n\tauto_https off\n\tpersist_config off\n\tgrace_period 1s\n" + logs + globalOptions + "}\n" + body
+}
+
+// loadConfig adapts a Caddyfile and runs it in this process until the
+// test ends; loading again in the same test is a config reload.
+func loadConfig(t testing.TB, cf string) {
+	t.Helper()
 	cfg, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), map[string]any{"filename": "Caddyfile"})
 	if err != nil {
 		t.Fatalf("adapting Caddyfile: %v\n%s", err, cf)
@@ -96,6 +109,15 @@ func loadCaddyfileWith(t testing.TB, globalOptions, body string) {
 		t.Fatalf("loading config: %v", err)
 	}
 	t.Cleanup(func() { _ = caddy.Stop() })
+}
+
+// proxySite is a site on port whose mcp_proxy goes to up, with the lines
+// of block (none: no block) inside mcp_proxy.
+func proxySite(port int, up, block string) string {
+	if block == "" {
+		return fmt.Sprintf(":%d {\n\tmcp_proxy %s\n}\n", port, up)
+	}
+	return fmt.Sprintf(":%d {\n\tmcp_proxy %s {\n%s\t}\n}\n", port, up, block)
 }
 
 // proxyURL is the base URL of a Caddy listener.
@@ -153,16 +175,17 @@ func (h *headerRecorder) session() string {
 // rawPost sends a JSON-RPC body with headers and returns status and body.
 func rawPost(t *testing.T, url, body string, hdr map[string]string) (int, http.Header, string) {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
+	return postWith(t, rawClient, url, body, hdr)
+}
+
+// postWith is rawPost through the client hc.
+func postWith(t *testing.T, hc *http.Client, url, body string, hdr map[string]string) (int, http.Header, string) {
+	t.Helper()
+	req, err := newPost(context.Background(), url, body, hdr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Accept", "application/json, text/event-stream")
-	for k, v := range hdr {
-		req.Header.Set(k, v)
-	}
-	return do(t, req)
+	return doWith(t, hc, req)
 }
 
 // rawClient opens a connection per request, so a config reload between
@@ -171,9 +194,15 @@ var rawClient = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}
 
 func do(t *testing.T, req *http.Request) (int, http.Header, string) {
 	t.Helper()
+	return doWith(t, rawClient, req)
+}
+
+// doWith sends req through hc, within 10s, and reads the answer.
+func doWith(t *testing.T, hc *http.Client, req *http.Request) (int, http.Header, string) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(req.Context(), 10*time.Second)
 	defer cancel()
-	resp, err := rawClient.Do(req.WithContext(ctx))
+	resp, err := hc.Do(req.WithContext(ctx))
 	// Right after a reload onto the same port a connection can be
 	// accepted by the old server as it shuts down and closed unanswered:
 	// retry a few times.
@@ -181,7 +210,7 @@ func do(t *testing.T, req *http.Request) (int, http.Header, string) {
 		time.Sleep(50 * time.Millisecond)
 		retry := req.Clone(ctx)
 		retry.Body, _ = req.GetBody()
-		resp, err = rawClient.Do(retry)
+		resp, err = hc.Do(retry)
 	}
 	if err != nil {
 		t.Fatal(err)
@@ -191,7 +220,8 @@ func do(t *testing.T, req *http.Request) (int, http.Header, string) {
 	return resp.StatusCode, resp.Header, string(b)
 }
 
-const initializeBody = `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}`
+// initializeBody is an initialize request at sessionVersion.
+var initializeBody = initBody(1)
 
 // isDialReset reports a connection refused, reset or closed before any
 // response.

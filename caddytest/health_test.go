@@ -61,7 +61,7 @@ func TestHealthOrderAndBody(t *testing.T) {
 	var h healthAnswer
 	var hdr http.Header
 	var st int
-	opsEventually(t, "the monitors to be sampled", func() bool {
+	pollUntil(t, "the monitors to be sampled", func() bool {
 		st, hdr, h = getHealth(t, base+"/healthz")
 		return len(h.Pressures) > 0
 	})
@@ -123,7 +123,7 @@ func TestHealthUnhealthyAt(t *testing.T) {
 		":%d {\n\thandle /ready {\n\t\tmcp_health {\n\t\t\tunhealthy_at degraded\n\t\t\tdetails on\n\t\t}\n\t}\n\thandle /live {\n\t\tmcp_health {\n\t\t\tunhealthy_at protective\n\t\t}\n\t}\n\thandle {\n\t\tmcp_proxy %s\n\t}\n}\n",
 		port, up.addr()))
 	base := proxyURL(port)
-	opsOpen(t, base+"/mcp")
+	rawSession(t, base+"/mcp", nil)
 
 	for _, tt := range []struct {
 		level       string

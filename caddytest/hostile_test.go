@@ -20,118 +20,31 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 )
 
-// decodingUpstream is an MCP server that reads each message the way most
-// servers do (Go encoding/json: keys unescaped and matched
-// case-insensitively, the last duplicate wins), answers sessions and
-// tools, and records what it ran: the proxy's checks are only worth as
-// much as the proxy's reading of a message agrees with this one.
-type decodingUpstream struct {
-	*upstream
-	mu       sync.Mutex
-	ran      []string // method or method:name of every message run
-	running  atomic.Int64
-	maxRun   atomic.Int64 // most tools/call sleep running at once
-	bodies   atomic.Int64 // POST bodies read to their end
-	sessions atomic.Int64
-}
-
-func startDecodingUpstream(t *testing.T) *decodingUpstream {
+// startDecoding starts a fake upstream that serves requests of any
+// session, or none, whose GET streams open with the comment ": ok", and
+// whose tool "sleep" runs 300ms, counting how many run at once. The
+// proxy's checks are only worth as much as the proxy's reading of a
+// message agrees with the upstream's (Go's encoding/json: keys unescaped
+// and matched case-insensitively, the last duplicate wins); the fake's log
+// shows what it ran.
+func startDecoding(t *testing.T) (*fakeUpstream, *atomic.Int64) {
 	t.Helper()
-	d := &decodingUpstream{}
-	d.upstream = startUpstreamHandler(t, "decoding", http.HandlerFunc(d.serve))
-	return d
-}
-
-type decodedMessage struct {
-	JSONRPC string          `json:"jsonrpc"`
-	ID      json.RawMessage `json:"id"`
-	Method  string          `json:"method"`
-	Params  struct {
-		Name string `json:"name"`
-	} `json:"params"`
-}
-
-func (d *decodingUpstream) serve(w http.ResponseWriter, r *http.Request) {
-	switch r.Method {
-	case http.MethodGet:
-		w.Header().Set("Content-Type", "text/event-stream")
-		w.WriteHeader(http.StatusOK)
-		_, _ = io.WriteString(w, ": ok\n\n")
-		w.(http.Flusher).Flush()
-		<-r.Context().Done()
-		return
-	case http.MethodDelete:
-		w.WriteHeader(http.StatusOK)
-		return
-	}
-	body, err := io.ReadAll(r.Body)
-	if err != nil {
-		http.Error(w, "body", http.StatusBadRequest)
-		return
-	}
-	d.bodies.Add(1)
-	var msgs []decodedMessage
-	if strings.HasPrefix(strings.TrimSpace(string(body)), "[") {
-		err = json.Unmarshal(body, &msgs)
-	} else {
-		var m decodedMessage
-		err = json.Unmarshal(body, &m)
-		msgs = append(msgs, m)
-	}
-	if err != nil {
-		http.Error(w, "parse", http.StatusBadRequest)
-		return
-	}
-	var out []string
-	for _, m := range msgs {
-		what := m.Method
-		if m.Params.Name != "" {
-			what += ":" + m.Params.Name
-		}
-		d.mu.Lock()
-		d.ran = append(d.ran, what)
-		d.mu.Unlock()
-		if what == "tools/call:sleep" {
-			n := d.running.Add(1)
+	var running, maxRun atomic.Int64
+	u := startFake(t, &fakeUpstream{name: "decoding", stateless: true, stream: commentThenIdle, on: map[string]func(*fakeCall){
+		"tools/call:sleep": func(c *fakeCall) {
+			n := running.Add(1)
 			for {
-				old := d.maxRun.Load()
-				if n <= old || d.maxRun.CompareAndSwap(old, n) {
+				old := maxRun.Load()
+				if n <= old || maxRun.CompareAndSwap(old, n) {
 					break
 				}
 			}
 			time.Sleep(300 * time.Millisecond)
-			d.running.Add(-1)
-		}
-		if len(m.ID) > 0 && m.Method != "" {
-			out = append(out, fmt.Sprintf(`{"jsonrpc":"2.0","id":%s,"result":{}}`, m.ID))
-		}
-	}
-	if len(msgs) == 1 && msgs[0].Method == "initialize" {
-		w.Header().Set("Mcp-Session-Id", fmt.Sprintf("sess-%d", d.sessions.Add(1)))
-	}
-	if len(out) == 0 {
-		w.WriteHeader(http.StatusAccepted)
-		return
-	}
-	w.Header().Set("Content-Type", "application/json")
-	if len(msgs) > 1 || strings.HasPrefix(strings.TrimSpace(string(body)), "[") {
-		_, _ = io.WriteString(w, "["+strings.Join(out, ",")+"]")
-		return
-	}
-	_, _ = io.WriteString(w, out[0])
-}
-
-// didRun reports whether the upstream ran a message described as
-// method[:name].
-func (d *decodingUpstream) didRun(what string) bool {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	for _, r := range d.ran {
-		if r == what {
-			return true
-		}
-	}
-	return false
+			running.Add(-1)
+			c.result(`{}`)
+		},
+	}})
+	return u, &maxRun
 }
 
 // TestHostileReading sends messages whose reading a proxy could get wrong:
@@ -140,7 +53,7 @@ func (d *decodingUpstream) didRun(what string) bool {
 // peek. Each is refused with 400 before the upstream runs anything, and
 // the per-tool cap holds against them.
 func TestHostileReading(t *testing.T) {
-	up := startDecodingUpstream(t)
+	up, maxRun := startDecoding(t)
 	port := freePort(t)
 	loadCaddyfile(t, fmt.Sprintf(":%d {\n\tmcp_proxy %s {\n\t\trequire_session off\n\t\tmax_peek 1KiB\n\t\ttool sleep max_inflight 1\n\t}\n}\n", port, up.addr()))
 	url := proxyURL(port) + "/mcp"
@@ -163,9 +76,9 @@ func TestHostileReading(t *testing.T) {
 		}
 	}
 	if up.didRun("tools/call:sleep") || up.didRun("tools/call") {
-		t.Fatalf("a refused message ran upstream: %v", up.ran)
+		t.Fatalf("a refused message ran upstream: %v", up.ran())
 	}
-	if n := up.bodies.Load(); n != 0 {
+	if n := up.bodiesRead(); n != 0 {
 		t.Errorf("the upstream read %d complete bodies of refused messages", n)
 	}
 
@@ -188,7 +101,7 @@ func TestHostileReading(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	if m := up.maxRun.Load(); m != 1 || busy.Load() == 0 {
+	if m := maxRun.Load(); m != 1 || busy.Load() == 0 {
 		t.Errorf("sleep ran %d at once (%d busy answers), want 1", m, busy.Load())
 	}
 }
@@ -196,14 +109,14 @@ func TestHostileReading(t *testing.T) {
 // TestHostileLevelDisguise: with the level pinned to protective, a
 // tools/call disguised as a response never reaches the upstream.
 func TestHostileLevelDisguise(t *testing.T) {
-	up := startDecodingUpstream(t)
+	up, _ := startDecoding(t)
 	port, adminPort := freePort(t), freePort(t)
 	loadWithAdmin(t, adminPort, opsGlobal, fmt.Sprintf(":%d {\n\tmcp_proxy %s {\n\t\trequire_session off\n\t}\n}\n", port, up.addr()))
 	pinLevel(t, adminPort, "protective")
 	url := proxyURL(port) + "/mcp"
 	st, _, b := rawPost(t, url, `{"jsonrpc":"2.0","id":1,"result":{},"\u006dethod":"tools/call","params":{"name":"sleep"}}`, nil)
 	if st < 400 || up.didRun("tools/call:sleep") {
-		t.Errorf("disguised call at protective: %d %s, ran %v", st, b, up.ran)
+		t.Errorf("disguised call at protective: %d %s, ran %v", st, b, up.ran())
 	}
 	// A genuine response still passes at protective (it finishes work).
 	if st, _, b := rawPost(t, url, `{"jsonrpc":"2.0","id":5,"result":{}}`, nil); st != http.StatusAccepted {
@@ -216,7 +129,7 @@ func TestHostileLevelDisguise(t *testing.T) {
 // its connection is closed; a chunked body over max_body is aborted with
 // 413 and the upstream never receives a complete request.
 func TestHostileBodies(t *testing.T) {
-	up := startDecodingUpstream(t)
+	up, _ := startDecoding(t)
 	port := freePort(t)
 	loadCaddyfile(t, fmt.Sprintf(":%d {\n\tmcp_proxy %s {\n\t\trequire_session off\n\t\tmax_body 1MiB\n\t\tbody_timeout 500ms\n\t}\n}\n", port, up.addr()))
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
@@ -277,14 +190,14 @@ func TestHostileBodies(t *testing.T) {
 	if st != http.StatusRequestEntityTooLarge || !strings.Contains(b, `"id":1`) {
 		t.Errorf("2 MiB chunked: %d %s", st, b)
 	}
-	if n := up.bodies.Load(); n != 0 || up.didRun("tools/call:echo") {
-		t.Errorf("the upstream received %d complete bodies, ran %v", n, up.ran)
+	if n := up.bodiesRead(); n != 0 || up.didRun("tools/call:echo") {
+		t.Errorf("the upstream received %d complete bodies, ran %v", n, up.ran())
 	}
 }
 
 // TestHostileShape: only MCP over HTTP reaches the upstream.
 func TestHostileShape(t *testing.T) {
-	up := startDecodingUpstream(t)
+	up, _ := startDecoding(t)
 	port := freePort(t)
 	loadCaddyfile(t, fmt.Sprintf(":%d {\n\tmcp_proxy %s {\n\t\trequire_session off\n\t}\n}\n", port, up.addr()))
 	base := proxyURL(port)
@@ -335,7 +248,7 @@ func TestHostileShape(t *testing.T) {
 // TestHostileBatches: a batch is admitted by all its members and follows
 // the session's negotiated version when it carries no version header.
 func TestHostileBatches(t *testing.T) {
-	up := startDecodingUpstream(t)
+	up, maxRun := startDecoding(t)
 	port, port2 := freePort(t), freePort(t)
 	loadCaddyfile(t, fmt.Sprintf(":%d {\n\tmcp_proxy %s {\n\t\ttool sleep max_inflight 1\n\t\tsession_max_inflight 1\n\t}\n}\n"+
 		":%d {\n\tmcp_proxy %s {\n\t\ttool sleep max_inflight 1\n\t\tsession_max_inflight 2\n\t}\n}\n", port, up.addr(), port2, up.addr()))
@@ -379,8 +292,8 @@ func TestHostileBatches(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	if up.maxRun.Load() != 1 || ok.Load() < 1 || refused.Load() < 1 || ok.Load()+refused.Load() != 4 {
-		t.Errorf("4 concurrent batches: %d ok, %d refused, sleep ran %d at once", ok.Load(), refused.Load(), up.maxRun.Load())
+	if maxRun.Load() != 1 || ok.Load() < 1 || refused.Load() < 1 || ok.Load()+refused.Load() != 4 {
+		t.Errorf("4 concurrent batches: %d ok, %d refused, sleep ran %d at once", ok.Load(), refused.Load(), maxRun.Load())
 	}
 }
 

@@ -19,11 +19,8 @@
 package caddytest
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -43,8 +40,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/caddyserver/caddy/v2"
 )
 
 // loadVersion is the protocol version the load clients speak.
@@ -118,167 +113,6 @@ func raiseNoFile(t *testing.T) {
 	}
 }
 
-// loadParallel runs f(0) … f(n-1) on at most workers goroutines.
-func loadParallel(n, workers int, f func(i int)) {
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range min(workers, n) {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= n {
-					return
-				}
-				f(i)
-			}
-		})
-	}
-	wg.Wait()
-}
-
-// loadUntil polls cond every step until it holds or d has passed, and
-// reports whether it held.
-func loadUntil(d, step time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(d)
-	for {
-		if cond() {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(step)
-	}
-}
-
-// loadUpstream is a cheap hand-written MCP upstream. A POST initialize is
-// answered in JSON with a random Mcp-Session-Id; a request of a session it
-// issued goes to call (a JSON {} result without one), a notification gets
-// 202; a GET of a known session opens an SSE stream run by stream (one
-// event, then idle until the request ends, without one); a DELETE ends the
-// session and is counted. Anything of an unknown session gets 404.
-type loadUpstream struct {
-	*upstream
-	stream func(w *relayWriter, sid string) error
-	call   func(w http.ResponseWriter, r *http.Request, method, id string)
-
-	mu          sync.Mutex
-	sessions    map[string]bool
-	deleteConns map[string]bool // remote addresses DELETEs came from
-
-	created      atomic.Int64 // sessions issued
-	deletes      atomic.Int64 // DELETE requests
-	deletedKnown atomic.Int64 // DELETEs that ended a live session
-	busy         atomic.Int64 // GET streams and calls being served
-}
-
-func startLoadUpstream(t *testing.T) *loadUpstream {
-	t.Helper()
-	u := &loadUpstream{sessions: map[string]bool{}, deleteConns: map[string]bool{}}
-	u.upstream = startUpstreamHandler(t, "load", http.HandlerFunc(u.serve))
-	return u
-}
-
-func (u *loadUpstream) known(sid string) bool {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return u.sessions[sid]
-}
-
-// live returns the number of sessions not deleted.
-func (u *loadUpstream) live() int {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return len(u.sessions)
-}
-
-func (u *loadUpstream) serve(w http.ResponseWriter, r *http.Request) {
-	sid := r.Header.Get("Mcp-Session-Id")
-	switch r.Method {
-	case http.MethodPost:
-		body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
-		var msg struct {
-			ID     json.RawMessage `json:"id"`
-			Method string          `json:"method"`
-			Params struct {
-				ProtocolVersion string `json:"protocolVersion"`
-			} `json:"params"`
-		}
-		if err != nil || json.Unmarshal(body, &msg) != nil {
-			http.Error(w, "bad body", http.StatusBadRequest)
-			return
-		}
-		if msg.Method == "initialize" {
-			var b [16]byte
-			_, _ = rand.Read(b[:])
-			sid := hex.EncodeToString(b[:])
-			u.mu.Lock()
-			u.sessions[sid] = true
-			u.mu.Unlock()
-			u.created.Add(1)
-			w.Header().Set("Content-Type", "application/json")
-			w.Header().Set("Mcp-Session-Id", sid)
-			fmt.Fprintf(w, `{"jsonrpc":"2.0","id":%s,"result":{"protocolVersion":%q,"capabilities":{"tools":{}},"serverInfo":{"name":"load","version":"1"}}}`,
-				msg.ID, msg.Params.ProtocolVersion)
-			return
-		}
-		if !u.known(sid) {
-			http.Error(w, "unknown session", http.StatusNotFound)
-			return
-		}
-		if len(msg.ID) == 0 {
-			w.WriteHeader(http.StatusAccepted)
-			return
-		}
-		if u.call != nil {
-			u.busy.Add(1)
-			defer u.busy.Add(-1)
-			u.call(w, r, msg.Method, string(msg.ID))
-			return
-		}
-		w.Header().Set("Content-Type", "application/json")
-		fmt.Fprintf(w, `{"jsonrpc":"2.0","id":%s,"result":{}}`, msg.ID)
-	case http.MethodGet:
-		if !u.known(sid) {
-			http.Error(w, "unknown session", http.StatusNotFound)
-			return
-		}
-		u.busy.Add(1)
-		defer u.busy.Add(-1)
-		w.Header().Set("Content-Type", "text/event-stream")
-		w.Header().Set("Cache-Control", "no-cache")
-		w.WriteHeader(http.StatusOK)
-		ew := &relayWriter{w: w, rc: http.NewResponseController(w), ctx: r.Context()}
-		_ = ew.rc.Flush()
-		if u.stream != nil {
-			_ = u.stream(ew, sid)
-			return
-		}
-		if ew.event("", loadHello) == nil {
-			_ = ew.idle(nil)
-		}
-	case http.MethodDelete:
-		u.deletes.Add(1)
-		u.mu.Lock()
-		u.deleteConns[r.RemoteAddr] = true
-		ok := u.sessions[sid]
-		delete(u.sessions, sid)
-		u.mu.Unlock()
-		if !ok {
-			http.Error(w, "unknown session", http.StatusNotFound)
-			return
-		}
-		u.deletedKnown.Add(1)
-		w.WriteHeader(http.StatusOK)
-	default:
-		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
-	}
-}
-
-// loadHello is the first event of a stream: it tells the client the
-// stream is open end to end.
-const loadHello = `{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"hello"}}`
-
 // loadEvents returns the text of n SSE events of exactly size bytes each
 // (logging notifications padded with x).
 func loadEvents(n, size int) string {
@@ -291,7 +125,7 @@ func loadEvents(n, size int) string {
 // loadBulk writes total bytes of size-byte events, batch events per write
 // and flush: the first burst bytes at once, the rest one write every
 // interval. It reports the first write error.
-func loadBulk(w *relayWriter, total, burst, size, batch int, every time.Duration) error {
+func loadBulk(w *fakeStream, total, burst, size, batch int, every time.Duration) error {
 	chunk := loadEvents(batch, size)
 	tick := time.NewTicker(every)
 	defer tick.Stop()
@@ -309,162 +143,6 @@ func loadBulk(w *relayWriter, total, burst, size, batch int, every time.Duration
 		}
 	}
 	return nil
-}
-
-// loadReply is what a client got for one request.
-type loadReply struct {
-	status int
-	hdr    http.Header
-	body   []byte
-	err    error
-}
-
-// refused reports an answer of the proxy's admission control or service
-// level: 503 or 429 with a JSON-RPC error body.
-func (r loadReply) refused() bool {
-	return r.err == nil && (r.status == http.StatusServiceUnavailable || r.status == http.StatusTooManyRequests) &&
-		bytes.Contains(r.body, []byte(`"error"`))
-}
-
-// ok reports a 200 with a JSON-RPC result.
-func (r loadReply) ok() bool {
-	return r.err == nil && r.status == http.StatusOK && bytes.Contains(r.body, []byte(`"result"`))
-}
-
-func (r loadReply) String() string {
-	if r.err != nil {
-		return r.err.Error()
-	}
-	return fmt.Sprintf("%d %s", r.status, bytes.TrimSpace(r.body[:min(len(r.body), 300)]))
-}
-
-// loadPost POSTs a JSON-RPC body with hc and reads the whole answer.
-func loadPost(ctx context.Context, hc *http.Client, url, body, sid string) loadReply {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader(body))
-	if err != nil {
-		return loadReply{err: err}
-	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Accept", "application/json, text/event-stream")
-	if sid != "" {
-		req.Header.Set("Mcp-Session-Id", sid)
-		req.Header.Set("Mcp-Protocol-Version", loadVersion)
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return loadReply{err: err}
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	return loadReply{status: resp.StatusCode, hdr: resp.Header, body: b, err: err}
-}
-
-// loadDelete ends a session through the proxy.
-func loadDelete(ctx context.Context, hc *http.Client, url, sid string) loadReply {
-	req, err := http.NewRequestWithContext(ctx, http.MethodDelete, url, nil)
-	if err != nil {
-		return loadReply{err: err}
-	}
-	req.Header.Set("Mcp-Session-Id", sid)
-	req.Header.Set("Mcp-Protocol-Version", loadVersion)
-	resp, err := hc.Do(req)
-	if err != nil {
-		return loadReply{err: err}
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	return loadReply{status: resp.StatusCode, hdr: resp.Header, body: b, err: err}
-}
-
-var loadInitBody = `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"` + loadVersion + `","capabilities":{},"clientInfo":{"name":"load","version":"1"}}}`
-
-// loadInit creates a session through the proxy and returns its token, or
-// the reply when there is none.
-func loadInit(ctx context.Context, hc *http.Client, url string) (string, loadReply) {
-	r := loadPost(ctx, hc, url, loadInitBody, "")
-	if !r.ok() {
-		return "", r
-	}
-	return r.hdr.Get("Mcp-Session-Id"), r
-}
-
-func loadCall(id int, tool string) string {
-	return fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":%q,"arguments":{}}}`, id, tool)
-}
-
-func loadPing(id int) string {
-	return fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"ping"}`, id)
-}
-
-// loadFirstEvent reads a stream until the end of its first SSE block.
-func loadFirstEvent(body io.Reader) error {
-	var seen []byte
-	buf := make([]byte, 512)
-	for !bytes.Contains(seen, []byte("\n\n")) {
-		n, err := body.Read(buf)
-		seen = append(seen, buf[:n]...)
-		if err != nil {
-			return fmt.Errorf("before the first event: %w (got %q)", err, seen)
-		}
-	}
-	return nil
-}
-
-// loadMetric sums the series of a metric family of the running in-process
-// config (gauge, counter or untyped).
-func loadMetric(t *testing.T, name string) float64 {
-	t.Helper()
-	actx := caddy.ActiveContext()
-	families, err := actx.GetMetricsRegistry().Gather()
-	if err != nil {
-		t.Fatalf("gathering metrics: %v", err)
-	}
-	var v float64
-	for _, f := range families {
-		if f.GetName() != name {
-			continue
-		}
-		for _, m := range f.GetMetric() {
-			v += m.GetGauge().GetValue() + m.GetCounter().GetValue() + m.GetUntyped().GetValue()
-		}
-	}
-	return v
-}
-
-// promText is a parsed Prometheus text exposition: series → value.
-type promText map[string]float64
-
-// sum adds the series of a metric name, with any labels.
-func (p promText) sum(name string) float64 {
-	var v float64
-	for k, x := range p {
-		if k == name || strings.HasPrefix(k, name+"{") {
-			v += x
-		}
-	}
-	return v
-}
-
-func parsePromText(r io.Reader) (promText, error) {
-	p := promText{}
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		if i < 0 {
-			continue
-		}
-		v, err := strconv.ParseFloat(line[i+1:], 64)
-		if err != nil {
-			continue
-		}
-		p[line[:i]] = v
-	}
-	return p, sc.Err()
 }
 
 // lockedBuffer collects a subprocess's output.
@@ -553,7 +231,7 @@ func startLoadProc(t *testing.T, dir string, argv []string, port, adminPort int,
 		}
 	})
 	for _, pt := range []int{port, adminPort} {
-		if !loadUntil(30*time.Second, 50*time.Millisecond, func() bool {
+		if !waitUntil(30*time.Second, 50*time.Millisecond, func() bool {
 			c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", pt), 200*time.Millisecond)
 			if err == nil {
 				c.Close()
@@ -605,7 +283,7 @@ func (p *loadProc) metrics() (promText, error) {
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("/metrics: %d", resp.StatusCode)
 	}
-	return parsePromText(resp.Body)
+	return parseMetrics(resp.Body)
 }
 
 // settle waits until the process's goroutine count holds still for three
@@ -618,7 +296,7 @@ func (p *loadProc) settle(t *testing.T) (goroutines float64, rss int64) {
 		if err != nil {
 			t.Fatalf("scraping the caddy process: %v", err)
 		}
-		g := m.sum("go_goroutines")
+		g := metricValue(m, "go_goroutines")
 		if g == last {
 			stable++
 		} else {
@@ -648,7 +326,7 @@ func TestLoadGradualConnections(t *testing.T) {
 			steps = append(steps, n)
 		}
 	}
-	up := startLoadUpstream(t)
+	up := startFake(t, &fakeUpstream{name: "load", stream: eventThenIdle("", "hello")})
 	port, aport := freePort(t), freePort(t)
 	p := startBuiltCaddy(t, fmt.Sprintf("{\n\tadmin 127.0.0.1:%d\n\tauto_https off\n\tpersist_config off\n\tmcp {\n%s\t}\n}\n:%d {\n\tmcp_proxy %s {\n\t\tkeepalive 2s\n\t}\n}\n",
 		aport, loadSchedOff, port, up.addr()), port, aport)
@@ -673,12 +351,12 @@ func TestLoadGradualConnections(t *testing.T) {
 		}
 	}()
 	open := func(i int) error {
-		tok, r := loadInit(ctx, hc, url)
+		tok, r := initSession(ctx, hc, url, loadVersion)
 		if tok == "" {
 			return fmt.Errorf("client %d: initialize: %v", i, r)
 		}
 		cctx, ccancel := context.WithCancel(ctx)
-		resp, err := openRelayGET(cctx, hc, proxyURL(port), tok, loadVersion, strconv.Itoa(i))
+		resp, err := openStream(cctx, hc, url, tok, loadVersion, strconv.Itoa(i))
 		if err != nil {
 			ccancel()
 			return err
@@ -691,7 +369,7 @@ func TestLoadGradualConnections(t *testing.T) {
 		go func() {
 			defer close(c.done)
 			defer resp.Body.Close()
-			first <- loadFirstEvent(resp.Body)
+			first <- firstEvent(resp.Body)
 			_, _ = io.Copy(io.Discard, resp.Body) // keepalives, until closed
 		}()
 		select {
@@ -710,7 +388,7 @@ func TestLoadGradualConnections(t *testing.T) {
 	<-clients[0].done
 	clients = clients[:0]
 	tr.CloseIdleConnections()
-	if !loadUntil(10*time.Second, 50*time.Millisecond, func() bool { return up.busy.Load() == 0 }) {
+	if !waitUntil(10*time.Second, 50*time.Millisecond, func() bool { return up.busy.Load() == 0 }) {
 		t.Fatal("the warm-up stream stayed open upstream")
 	}
 	g0, rss0 := p.settle(t)
@@ -719,7 +397,7 @@ func TestLoadGradualConnections(t *testing.T) {
 	for _, n := range steps {
 		from := len(clients)
 		var failed atomic.Value
-		loadParallel(n-from, 16, func(i int) {
+		parallel(n-from, 16, func(i int) {
 			if err := open(from + i); err != nil {
 				failed.CompareAndSwap(nil, err)
 			}
@@ -728,12 +406,12 @@ func TestLoadGradualConnections(t *testing.T) {
 			t.Fatalf("step %d: %v", n, err)
 		}
 		tr.CloseIdleConnections() // none should be idle: each holds a stream
-		if !loadUntil(10*time.Second, 50*time.Millisecond, func() bool {
+		if !waitUntil(10*time.Second, 50*time.Millisecond, func() bool {
 			m, err := p.metrics()
-			return err == nil && int(m.sum("caddy_mcp_streams_active")) == n && int(up.busy.Load()) == n
+			return err == nil && int(metricValue(m, "caddy_mcp_streams_active")) == n && int(up.busy.Load()) == n
 		}) {
 			m, _ := p.metrics()
-			t.Fatalf("step %d: %v streams active in the proxy, %d upstream", n, m.sum("caddy_mcp_streams_active"), up.busy.Load())
+			t.Fatalf("step %d: %v streams active in the proxy, %d upstream", n, metricValue(m, "caddy_mcp_streams_active"), up.busy.Load())
 		}
 		g, rss := p.settle(t)
 		perG := (g - g0) / float64(n)
@@ -755,9 +433,9 @@ func TestLoadGradualConnections(t *testing.T) {
 		<-c.done
 	}
 	tr.CloseIdleConnections()
-	if !loadUntil(10*time.Second, 50*time.Millisecond, func() bool {
+	if !waitUntil(10*time.Second, 50*time.Millisecond, func() bool {
 		m, err := p.metrics()
-		return err == nil && m.sum("caddy_mcp_streams_active") == 0 && up.busy.Load() == 0
+		return err == nil && metricValue(m, "caddy_mcp_streams_active") == 0 && up.busy.Load() == 0
 	}) {
 		t.Errorf("streams still open 10s after every client closed (upstream %d)", up.busy.Load())
 	}
@@ -796,22 +474,18 @@ func TestLoadBurst(t *testing.T) {
 	)
 	clients := loadScaled(1000, scale, 50)
 	var running, peak atomic.Int64
-	up := startLoadUpstream(t)
-	up.call = func(w http.ResponseWriter, r *http.Request, method, id string) {
-		if method == "tools/call" {
-			n := running.Add(1)
-			for {
-				p := peak.Load()
-				if n <= p || peak.CompareAndSwap(p, n) {
-					break
-				}
+	up := startFake(t, &fakeUpstream{name: "load", on: map[string]func(*fakeCall){"tools/call": func(c *fakeCall) {
+		n := running.Add(1)
+		for {
+			p := peak.Load()
+			if n <= p || peak.CompareAndSwap(p, n) {
+				break
 			}
-			time.Sleep(work)
-			running.Add(-1)
 		}
-		w.Header().Set("Content-Type", "application/json")
-		fmt.Fprintf(w, `{"jsonrpc":"2.0","id":%s,"result":{"content":[{"type":"text","text":"ok"}]}}`, id)
-	}
+		time.Sleep(work)
+		running.Add(-1)
+		c.text("ok")
+	}}})
 	port, aport := freePort(t), freePort(t)
 	p := startBuiltCaddy(t, fmt.Sprintf("{\n\tadmin 127.0.0.1:%d\n\tauto_https off\n\tpersist_config off\n\tmcp {\n%s\t}\n}\n:%d {\n\tmcp_proxy %s {\n\t\tmax_inflight %d\n\t\tqueue 1000 5s\n\t}\n}\n",
 		aport, loadSchedOff, port, up.addr(), capacity), port, aport)
@@ -824,8 +498,8 @@ func TestLoadBurst(t *testing.T) {
 	defer cancel()
 	toks := make([]string, clients)
 	var initErr atomic.Value
-	loadParallel(clients, 32, func(i int) {
-		tok, r := loadInit(ctx, hc, url)
+	parallel(clients, 32, func(i int) {
+		tok, r := initSession(ctx, hc, url, loadVersion)
 		if tok == "" {
 			initErr.CompareAndSwap(nil, fmt.Errorf("session %d: %v", i, r))
 		}
@@ -857,7 +531,7 @@ func TestLoadBurst(t *testing.T) {
 		defer close(sampled)
 		for {
 			if m, err := p.metrics(); err == nil {
-				if l := int64(m.sum("caddy_mcp_service_level")); l > maxLevel.Load() {
+				if l := int64(metricValue(m, "caddy_mcp_service_level")); l > maxLevel.Load() {
 					maxLevel.Store(l)
 				}
 			}
@@ -880,7 +554,7 @@ func TestLoadBurst(t *testing.T) {
 			}
 			ph.sent.Add(1)
 			rctx, rcancel := context.WithTimeout(ctx, 20*time.Second)
-			r := loadPost(rctx, hc, url, loadCall(n+2, "work"), toks[i])
+			r := post(rctx, hc, url, callBody(strconv.Itoa(n+2), "work", "{}"), sessionHeaders(toks[i], loadVersion))
 			rcancel()
 			d := time.Since(now)
 			switch {
@@ -894,7 +568,7 @@ func TestLoadBurst(t *testing.T) {
 				var e struct {
 					Error struct{ Message string }
 				}
-				_ = json.Unmarshal(r.body, &e)
+				_ = json.Unmarshal([]byte(r.body), &e)
 				ph.mu.Lock()
 				ph.reasons[fmt.Sprintf("%d %s", r.status, e.Error.Message)]++
 				ph.mu.Unlock()
@@ -942,7 +616,7 @@ func TestLoadBurst(t *testing.T) {
 	b := phases[1]
 	t.Logf("burst: %.0f calls/s answered over %v (upstream capacity %d/s); upstream peak concurrency %d; highest service level %d; proxy queue waits: %.0f",
 		float64(b.ok.Load())/took.Seconds(), took.Round(time.Millisecond), int(capacity*time.Second/work), peak.Load(), maxLevel.Load(),
-		m1.sum("caddy_mcp_queue_wait_seconds_count")-m0.sum("caddy_mcp_queue_wait_seconds_count"))
+		metricValue(m1, "caddy_mcp_queue_wait_seconds")-metricValue(m0, "caddy_mcp_queue_wait_seconds"))
 	if phases[0].refused.Load() != 0 {
 		t.Errorf("%d of the warm-up calls refused", phases[0].refused.Load())
 	}
@@ -990,40 +664,24 @@ func TestLoadMemoryBounds(t *testing.T) {
 	limit := float64(limitMB) * 1e6
 
 	startBulk := make(chan struct{})
-	up := startLoadUpstream(t)
-	up.stream = func(w *relayWriter, _ string) error {
-		if err := w.event("", loadHello); err != nil {
+	// Every stream, a GET or the SSE answer to a tools/call, says hello,
+	// then waits for the bulk.
+	hello := func(s *fakeStream) error {
+		if err := s.event("", logNote("hello")); err != nil {
 			return err
 		}
 		select {
-		case <-w.ctx.Done():
-			return w.ctx.Err()
+		case <-s.ctx.Done():
+			return s.ctx.Err()
 		case <-startBulk:
 		}
-		return loadBulk(w, perStream, burst, evSize, 16, pace)
+		return loadBulk(s, perStream, burst, evSize, 16, pace)
 	}
-	up.call = func(w http.ResponseWriter, r *http.Request, method, id string) {
-		if method != "tools/call" {
-			w.Header().Set("Content-Type", "application/json")
-			fmt.Fprintf(w, `{"jsonrpc":"2.0","id":%s,"result":{}}`, id)
-			return
+	up := startFake(t, &fakeUpstream{name: "load", stream: hello, on: map[string]func(*fakeCall){"tools/call": func(c *fakeCall) {
+		if hello(c.sse()) == nil {
+			c.text("done")
 		}
-		w.Header().Set("Content-Type", "text/event-stream")
-		w.WriteHeader(http.StatusOK)
-		ew := &relayWriter{w: w, rc: http.NewResponseController(w), ctx: r.Context()}
-		if ew.event("", loadHello) != nil {
-			return
-		}
-		select {
-		case <-r.Context().Done():
-			return
-		case <-startBulk:
-		}
-		if loadBulk(ew, perStream, burst, evSize, 16, pace) != nil {
-			return
-		}
-		_ = ew.event("", `{"jsonrpc":"2.0","id":`+id+`,"result":{"content":[{"type":"text","text":"done"}]}}`)
-	}
+	}}})
 	port, aport := freePort(t), freePort(t)
 	cf := fmt.Sprintf("{\n\tadmin 127.0.0.1:%d\n\tauto_https off\n\tpersist_config off\n\tgrace_period 1s\n"+
 		"\tservers {\n\t\tlistener_wrappers {\n\t\t\tmcp_connections {\n\t\t\t\twrite_buffer 16KiB\n\t\t\t}\n\t\t}\n\t}\n"+
@@ -1044,8 +702,8 @@ func TestLoadMemoryBounds(t *testing.T) {
 	hc := &http.Client{Transport: tr}
 	toks := make([]string, sessions)
 	var setupErr atomic.Value
-	loadParallel(sessions, 16, func(i int) {
-		tok, r := loadInit(ctx, hc, url)
+	parallel(sessions, 16, func(i int) {
+		tok, r := initSession(ctx, hc, url, loadVersion)
 		if tok == "" {
 			setupErr.CompareAndSwap(nil, fmt.Errorf("session %d: %v", i, r))
 		}
@@ -1066,7 +724,7 @@ func TestLoadMemoryBounds(t *testing.T) {
 	bodies := make([]io.ReadCloser, sessions)
 	var readers sync.WaitGroup
 	var stop atomic.Bool
-	loadParallel(sessions, 16, func(i int) {
+	parallel(sessions, 16, func(i int) {
 		hc := slow
 		if kindOf(i) == kindFast {
 			hc = fast
@@ -1074,22 +732,13 @@ func TestLoadMemoryBounds(t *testing.T) {
 		var resp *http.Response
 		var err error
 		if i%2 == 0 {
-			resp, err = openRelayGET(ctx, hc, base, toks[i], loadVersion, strconv.Itoa(i))
+			resp, err = openStream(ctx, hc, url, toks[i], loadVersion, strconv.Itoa(i))
 		} else {
-			req, _ := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader(loadCall(2, "bulk")))
-			req.Header.Set("Content-Type", "application/json")
-			req.Header.Set("Accept", "application/json, text/event-stream")
-			req.Header.Set("Mcp-Session-Id", toks[i])
-			req.Header.Set("Mcp-Protocol-Version", loadVersion)
-			resp, err = hc.Do(req)
-			if err == nil && (resp.StatusCode != http.StatusOK || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream")) {
-				b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-				resp.Body.Close()
-				err = fmt.Errorf("tools/call %d: %d %s", i, resp.StatusCode, b)
-			}
+			resp, err = openPost(ctx, hc, url, callBody("2", "bulk", "{}"), sessionHeaders(toks[i], loadVersion))
+			resp, err = sseOnly(fmt.Sprintf("tools/call %d", i), resp, err)
 		}
 		if err == nil {
-			err = loadFirstEvent(resp.Body)
+			err = firstEvent(resp.Body)
 		}
 		if err != nil {
 			setupErr.CompareAndSwap(nil, fmt.Errorf("stream %d: %v", i, err))
@@ -1142,8 +791,8 @@ func TestLoadMemoryBounds(t *testing.T) {
 				if m, err := p.metrics(); err == nil {
 					smu.Lock()
 					samples++
-					maxHeld = max(maxHeld, m.sum("caddy_mcp_held_bytes"))
-					maxLevel = max(maxLevel, m.sum("caddy_mcp_service_level"))
+					maxHeld = max(maxHeld, metricValue(m, "caddy_mcp_held_bytes"))
+					maxLevel = max(maxLevel, metricValue(m, "caddy_mcp_service_level"))
 					smu.Unlock()
 				}
 				select {
@@ -1156,7 +805,7 @@ func TestLoadMemoryBounds(t *testing.T) {
 	}
 	began := time.Now()
 	close(startBulk)
-	ended := loadUntil(90*time.Second, 50*time.Millisecond, func() bool { return up.busy.Load() == 0 || p.dead() })
+	ended := waitUntil(90*time.Second, 50*time.Millisecond, func() bool { return up.busy.Load() == 0 || p.dead() })
 	took := time.Since(began)
 	close(stopSampling)
 	samplers.Wait()
@@ -1170,7 +819,7 @@ func TestLoadMemoryBounds(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	delta := func(name string) float64 { return m1.sum(name) - m0.sum(name) }
+	delta := func(name string) float64 { return metricValue(m1, name) - metricValue(m0, name) }
 	t.Logf("%d sessions (%d MB sent by the upstream) over %v: held bytes peaked at %.1f MB of the %.0f MB limit (%d samples); "+
 		"%.0f refused reservations, %.0f slow consumers cut, %.0f protective resets, %.0f MB relayed; highest level %v",
 		sessions, sessions*perStream/1e6, took.Round(time.Millisecond), maxHeld/1e6, limit/1e6, samples,
@@ -1199,8 +848,8 @@ func TestLoadMemoryBounds(t *testing.T) {
 	}
 	readers.Wait()
 	var delErr atomic.Value
-	loadParallel(sessions, 16, func(i int) {
-		if r := loadDelete(ctx, hc, url, toks[i]); r.err != nil || r.status != http.StatusOK {
+	parallel(sessions, 16, func(i int) {
+		if r := deleteSession(ctx, hc, url, toks[i], loadVersion); r.err != nil || r.status != http.StatusOK {
 			delErr.CompareAndSwap(nil, fmt.Errorf("DELETE %d: %v", i, r))
 		}
 	})
@@ -1208,25 +857,25 @@ func TestLoadMemoryBounds(t *testing.T) {
 		t.Error(err)
 	}
 	var held, streams float64
-	if !loadUntil(15*time.Second, 50*time.Millisecond, func() bool {
+	if !waitUntil(15*time.Second, 50*time.Millisecond, func() bool {
 		m, err := p.metrics()
 		if err != nil {
 			return false
 		}
-		held, streams = m.sum("caddy_mcp_held_bytes"), m.sum("caddy_mcp_streams_active")
+		held, streams = metricValue(m, "caddy_mcp_held_bytes"), metricValue(m, "caddy_mcp_streams_active")
 		return held == 0 && streams == 0
 	}) {
 		t.Errorf("held bytes %.0f and %.0f streams active 15s after every session was deleted", held, streams)
 	}
 	// Alive and serving: a new session is answered, or refused by the
 	// service level while the process's heap is still over its thresholds.
-	r := loadPost(ctx, hc, url, loadInitBody, "")
+	r := post(ctx, hc, url, initAt(1, loadVersion), nil)
 	m2, err := p.metrics()
 	if p.dead() || err != nil || !(r.ok() || r.refused()) {
 		t.Fatalf("the caddy process is not serving at the end: dead %v, metrics %v, initialize %v", p.dead(), err, r)
 	}
 	rss, _ := p.rss()
-	t.Logf("at the end: initialize %d, level %.0f, RSS %.1f MiB", r.status, m2.sum("caddy_mcp_service_level"), float64(rss)/(1<<20))
+	t.Logf("at the end: initialize %d, level %.0f, RSS %.1f MiB", r.status, metricValue(m2, "caddy_mcp_service_level"), float64(rss)/(1<<20))
 }
 
 // levelChange is one service level change from the process's log.
@@ -1280,21 +929,12 @@ func TestLoadMemoryRamp(t *testing.T) {
 	perSession := events * evSize
 	attempts := 2 * memLimit / perSession
 
-	up := startLoadUpstream(t)
 	chunk := loadEvents(events, evSize)
-	up.call = func(w http.ResponseWriter, r *http.Request, method, id string) {
-		if method != "tools/call" {
-			w.Header().Set("Content-Type", "application/json")
-			fmt.Fprintf(w, `{"jsonrpc":"2.0","id":%s,"result":{}}`, id)
-			return
+	up := startFake(t, &fakeUpstream{name: "load", stream: eventThenIdle("", "hello"), on: map[string]func(*fakeCall){"tools/call": func(c *fakeCall) {
+		if s := c.sse(); s.write(chunk) == nil {
+			_ = s.idle(nil) // the call runs until the proxy or client ends it
 		}
-		w.Header().Set("Content-Type", "text/event-stream")
-		w.WriteHeader(http.StatusOK)
-		ew := &relayWriter{w: w, rc: http.NewResponseController(w), ctx: r.Context()}
-		if ew.write(chunk) == nil {
-			_ = ew.idle(nil) // the call runs until the proxy or client ends it
-		}
-	}
+	}}})
 	port, aport := freePort(t), freePort(t)
 	p := startBuiltCaddy(t, fmt.Sprintf("{\n\tadmin 127.0.0.1:%d\n\tauto_https off\n\tpersist_config off\n\tmcp {\n\t\trefresh 100ms\n%s\t}\n}\n:%d {\n\tmcp_proxy %s\n}\n",
 		aport, loadSchedOff, port, up.addr()), port, aport, "GOMEMLIMIT=512MiB")
@@ -1323,7 +963,7 @@ func TestLoadMemoryRamp(t *testing.T) {
 			rss, _ := p.rss()
 			s := sample{at: time.Since(start), rss: rss, level: -1}
 			if m, err := p.metrics(); err == nil {
-				s.level, s.held = m.sum("caddy_mcp_service_level"), m.sum("caddy_mcp_held_bytes")
+				s.level, s.held = metricValue(m, "caddy_mcp_service_level"), metricValue(m, "caddy_mcp_held_bytes")
 			}
 			smu.Lock()
 			samples = append(samples, s)
@@ -1357,9 +997,9 @@ func TestLoadMemoryRamp(t *testing.T) {
 		readers                   sync.WaitGroup
 	)
 	tick := time.NewTicker(pace)
-	loadParallel(attempts, 8, func(i int) {
+	parallel(attempts, 8, func(i int) {
 		<-tick.C
-		tok, r := loadInit(ctx, hc, url)
+		tok, r := initSession(ctx, hc, url, loadVersion)
 		if tok == "" {
 			if r.refused() {
 				refused.Add(1)
@@ -1372,12 +1012,7 @@ func TestLoadMemoryRamp(t *testing.T) {
 		toks = append(toks, tok)
 		mu.Unlock()
 		sctx, scancel := context.WithCancel(ctx)
-		req, _ := http.NewRequestWithContext(sctx, http.MethodPost, url, strings.NewReader(loadCall(2, "fill")))
-		req.Header.Set("Content-Type", "application/json")
-		req.Header.Set("Accept", "application/json, text/event-stream")
-		req.Header.Set("Mcp-Session-Id", tok)
-		req.Header.Set("Mcp-Protocol-Version", loadVersion)
-		resp, err := streamer.Do(req)
+		resp, err := openPost(sctx, streamer, url, callBody("2", "fill", "{}"), sessionHeaders(tok, loadVersion))
 		if err != nil {
 			scancel()
 			failed.CompareAndSwap(nil, fmt.Errorf("tools/call %d: %v", i, err))
@@ -1401,7 +1036,7 @@ func TestLoadMemoryRamp(t *testing.T) {
 		readers.Go(func() {
 			defer resp.Body.Close()
 			n := 0
-			err := readRelayEvents(resp.Body, func(ev relayEvent) error {
+			err := readEvents(resp.Body, func(ev sseEvent) error {
 				if !ev.comment && ev.retry < 0 {
 					if n++; n == events {
 						got <- n
@@ -1438,9 +1073,9 @@ func TestLoadMemoryRamp(t *testing.T) {
 	allToks := slices.Clone(toks)
 	mu.Unlock()
 	readers.Wait()
-	loadParallel(len(allToks), 16, func(i int) { _ = loadDelete(ctx, hc, url, allToks[i]) })
+	parallel(len(allToks), 16, func(i int) { _ = deleteSession(ctx, hc, url, allToks[i], loadVersion) })
 	tr.CloseIdleConnections()
-	recovered := loadUntil(30*time.Second, 100*time.Millisecond, func() bool { return lastLevel() == 0 })
+	recovered := waitUntil(30*time.Second, 100*time.Millisecond, func() bool { return lastLevel() == 0 })
 	recoveredAt := time.Since(start)
 	time.Sleep(300 * time.Millisecond)
 	close(stopSampling)
@@ -1454,10 +1089,10 @@ func TestLoadMemoryRamp(t *testing.T) {
 	}
 	// What the heap monitor reads: the memory the Go runtime holds
 	// (mapped minus returned to the OS), against the limit.
-	heapPressure := (mEnd.sum("go_memstats_sys_bytes") - mEnd.sum("go_memstats_heap_released_bytes")) / memLimit
+	heapPressure := (metricValue(mEnd, "go_memstats_sys_bytes") - metricValue(mEnd, "go_memstats_heap_released_bytes")) / memLimit
 	endState := fmt.Sprintf("held %.0f bytes, %.0f sessions, heap monitor about %.2f (heap in use %.0f MiB), RSS %.0f MiB",
-		mEnd.sum("caddy_mcp_held_bytes"), mEnd.sum("caddy_mcp_sessions_active"), heapPressure,
-		mEnd.sum("go_memstats_heap_inuse_bytes")/(1<<20), float64(samples[len(samples)-1].rss)/(1<<20))
+		metricValue(mEnd, "caddy_mcp_held_bytes"), metricValue(mEnd, "caddy_mcp_sessions_active"), heapPressure,
+		metricValue(mEnd, "go_memstats_heap_inuse_bytes")/(1<<20), float64(samples[len(samples)-1].rss)/(1<<20))
 
 	var maxRSS int64
 	var timeline []string
@@ -1514,7 +1149,7 @@ func TestLoadSessionLeak(t *testing.T) {
 	scale := loadScale(t, 0.2)
 	raiseNoFile(t)
 	total := loadScaled(10000, scale, 200)
-	up := startLoadUpstream(t)
+	up := startFake(t, &fakeUpstream{name: "load", stream: eventThenIdle("", "hello")})
 	port := freePort(t)
 	// The idle timeout is longer than a config reload takes on a loaded
 	// machine (seconds under -race), so the session pinged across the
@@ -1535,9 +1170,9 @@ func TestLoadSessionLeak(t *testing.T) {
 	var failed, levelRefusals atomic.Int64
 	var firstErr atomic.Value
 	create := func(n int) {
-		loadParallel(n, 32, func(int) {
+		parallel(n, 32, func(int) {
 			for try := 0; ; try++ {
-				tok, r := loadInit(ctx, hc, url)
+				tok, r := initSession(ctx, hc, url, loadVersion)
 				switch {
 				case tok != "":
 					return
@@ -1553,9 +1188,9 @@ func TestLoadSessionLeak(t *testing.T) {
 		})
 	}
 	drained := func(d time.Duration) bool {
-		return loadUntil(d, 50*time.Millisecond, func() bool {
-			return loadMetric(t, "caddy_mcp_sessions_active") == 0 && loadMetric(t, "caddy_mcp_held_bytes") == 0 &&
-				loadMetric(t, "caddy_mcp_goroutines_owned") == 0 && up.live() == 0
+		return waitUntil(d, 50*time.Millisecond, func() bool {
+			return liveMetric(t, "caddy_mcp_sessions_active") == 0 && liveMetric(t, "caddy_mcp_held_bytes") == 0 &&
+				liveMetric(t, "caddy_mcp_goroutines_owned") == 0 && up.live() == 0
 		})
 	}
 	// Goroutines are counted with every connection to the upstream closed
@@ -1571,7 +1206,7 @@ func TestLoadSessionLeak(t *testing.T) {
 	}
 	create(64)
 	if !drained(15 * time.Second) {
-		t.Fatalf("the warm-up sessions did not expire: %v active, %d upstream", loadMetric(t, "caddy_mcp_sessions_active"), up.live())
+		t.Fatalf("the warm-up sessions did not expire: %v active, %d upstream", liveMetric(t, "caddy_mcp_sessions_active"), up.live())
 	}
 	baseline := settled()
 	created0, deletes0 := up.created.Load(), up.deletedKnown.Load()
@@ -1580,7 +1215,7 @@ func TestLoadSessionLeak(t *testing.T) {
 	create(total / 2)
 	// A session created before the reload is used on both sides of it,
 	// every 100ms so that it never idles out.
-	keep, r := loadInit(ctx, hc, url)
+	keep, r := initSession(ctx, hc, url, loadVersion)
 	if keep == "" {
 		t.Fatalf("initialize: %v", r)
 	}
@@ -1600,11 +1235,11 @@ func TestLoadSessionLeak(t *testing.T) {
 			// Right after a reload a new connection can meet the old
 			// listener as it closes (see do in harness_test.go): a dial
 			// reset or an EOF before any answer is tried again.
-			r := loadPost(ctx, rawClient, url, loadPing(100+i), keep)
+			r := post(ctx, rawClient, url, rpcRequest(100+i, "ping"), sessionHeaders(keep, loadVersion))
 			for try := 0; try < 5 && r.err != nil && (isDialReset(r.err) || errors.Is(r.err, io.EOF)); try++ {
 				hiccups.Add(1)
 				time.Sleep(50 * time.Millisecond)
-				r = loadPost(ctx, rawClient, url, loadPing(100+i), keep)
+				r = post(ctx, rawClient, url, rpcRequest(100+i, "ping"), sessionHeaders(keep, loadVersion))
 			}
 			switch {
 			case r.ok() && done:
@@ -1620,7 +1255,7 @@ func TestLoadSessionLeak(t *testing.T) {
 			time.Sleep(100 * time.Millisecond)
 		}
 	}()
-	if !loadUntil(10*time.Second, 10*time.Millisecond, func() bool { return before.Load() >= 2 }) {
+	if !waitUntil(10*time.Second, 10*time.Millisecond, func() bool { return before.Load() >= 2 }) {
 		t.Fatalf("the session to keep does not answer pings (%d refused, first failure %v)", pingRefused.Load(), pingErr.Load())
 	}
 	tr.CloseIdleConnections()
@@ -1642,7 +1277,7 @@ func TestLoadSessionLeak(t *testing.T) {
 
 	if !drained(30 * time.Second) {
 		t.Errorf("30s after the last session was created: %v sessions active, %v held bytes, %v owned goroutines, %d upstream sessions not deleted",
-			loadMetric(t, "caddy_mcp_sessions_active"), loadMetric(t, "caddy_mcp_held_bytes"), loadMetric(t, "caddy_mcp_goroutines_owned"), up.live())
+			liveMetric(t, "caddy_mcp_sessions_active"), liveMetric(t, "caddy_mcp_held_bytes"), liveMetric(t, "caddy_mcp_goroutines_owned"), up.live())
 	}
 	drainedIn := time.Since(began) - createdIn
 	created, deleted := up.created.Load()-created0, up.deletedKnown.Load()-deletes0
@@ -1650,13 +1285,16 @@ func TestLoadSessionLeak(t *testing.T) {
 		t.Errorf("the upstream got a DELETE for %d of its %d sessions", deleted, created)
 	}
 	now := settled()
-	up.mu.Lock()
-	conns := len(up.deleteConns)
-	up.mu.Unlock()
+	conns := map[string]bool{}
+	for _, s := range up.since(0) {
+		if s.method == http.MethodDelete {
+			conns[s.remote] = true
+		}
+	}
 	t.Logf("%d sessions created in %v (%d refused by the service level and retried; reload took %v; pings on a session across it: %d before, %d after, %d refused, %d connections reset by the reload and retried), "+
 		"all expired %v later; the upstream got DELETEs for %d of %d sessions, over %d connections; goroutines %d before, %d after; evictions %v",
 		created, createdIn.Round(time.Millisecond), levelRefusals.Load(), reloadTook.Round(time.Millisecond), before.Load(), after.Load(), pingRefused.Load(), hiccups.Load(),
-		drainedIn.Round(time.Millisecond), deleted, created, conns, baseline, now, loadMetric(t, "caddy_mcp_session_evictions_total"))
+		drainedIn.Round(time.Millisecond), deleted, created, len(conns), baseline, now, liveMetric(t, "caddy_mcp_session_evictions_total"))
 	if now > baseline+10 {
 		buf := make([]byte, 1<<20)
 		buf = buf[:runtime.Stack(buf, true)]

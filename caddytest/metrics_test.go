@@ -15,6 +15,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/mcpgate/mcpgate/internal/demo"
 )
 
 // mcpFamilies returns the caddy_mcp_* families of a scrape.
@@ -60,22 +62,9 @@ func monotonic(mfs map[string]*dto.MetricFamily) map[string]float64 {
 // returns its response, whose body the caller reads and closes.
 func openRawStream(t *testing.T, ctx context.Context, url, sid string) *http.Response {
 	t.Helper()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Accept", "text/event-stream")
-	for k, v := range opsHeaders(sid) {
-		req.Header.Set(k, v)
-	}
-	resp, err := rawClient.Do(req)
+	resp, err := openStream(ctx, rawClient, url, sid, sessionVersion, "")
 	if err != nil {
 		t.Fatalf("opening the GET stream: %v", err)
-	}
-	if resp.StatusCode != http.StatusOK || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		resp.Body.Close()
-		t.Fatalf("GET stream: %d %s", resp.StatusCode, b)
 	}
 	return resp
 }
@@ -96,15 +85,15 @@ func TestMetricsEndToEnd(t *testing.T) {
 	baseStreams := metricValue(m0, "caddy_mcp_streams_active")
 	baseInflight := metricValue(m0, "caddy_mcp_requests_in_flight")
 
-	ctx, cancel := context.WithTimeout(context.Background(), 2*opsWait)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*boundedWait)
 	defer cancel()
 	cs := connect(t, ctx, url, nil, nil) // initialize, then a standalone GET stream
 	if got, err := echo(ctx, cs, "metrics"); err != nil || got != "metrics" {
 		t.Fatalf("echo: %q %v", got, err)
 	}
-	sid := opsOpen(t, url)
+	sid := rawSession(t, url, nil)
 	countdown := `{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"countdown","arguments":{"from":3},"_meta":{"progressToken":"p5"}}}`
-	st, hdr, body := rawPost(t, url, countdown, opsHeaders(sid))
+	st, hdr, body := rawPost(t, url, countdown, inSession(sid, nil))
 	if st != http.StatusOK || !strings.HasPrefix(hdr.Get("Content-Type"), "text/event-stream") || !strings.Contains(body, "liftoff") || strings.Count(body, "notifications/progress") != 3 {
 		t.Fatalf("streamed countdown: %d %q %s", st, hdr.Get("Content-Type"), body)
 	}
@@ -112,7 +101,7 @@ func TestMetricsEndToEnd(t *testing.T) {
 	defer stream.Body.Close()
 
 	var m1 map[string]*dto.MetricFamily
-	opsEventually(t, "both GET streams to be counted", func() bool {
+	pollUntil(t, "both GET streams to be counted", func() bool {
 		m1 = scrape(t, adminPort)
 		return metricValue(m1, "caddy_mcp_streams_active") >= baseStreams+2
 	})
@@ -156,7 +145,7 @@ func TestMetricsEndToEnd(t *testing.T) {
 	if err := cs.Close(); err != nil {
 		t.Logf("closing the go-sdk client: %v", err)
 	}
-	opsEventually(t, "the go-sdk GET stream to be uncounted", func() bool {
+	pollUntil(t, "the go-sdk GET stream to be uncounted", func() bool {
 		return metricValue(scrape(t, adminPort), "caddy_mcp_streams_active") <= baseStreams+1
 	})
 
@@ -181,10 +170,10 @@ func TestMetricsEndToEnd(t *testing.T) {
 	}()
 	select {
 	case <-ended:
-	case <-time.After(opsWait):
+	case <-time.After(boundedWait):
 		t.Fatal("the old config's GET stream was not drained")
 	}
-	opsEventually(t, "the drained stream to be uncounted", func() bool {
+	pollUntil(t, "the drained stream to be uncounted", func() bool {
 		m := scrape(t, adminPort)
 		return metricValue(m, "caddy_mcp_streams_active") <= baseStreams &&
 			metricValue(m, "caddy_mcp_requests_in_flight") <= baseInflight
@@ -192,7 +181,7 @@ func TestMetricsEndToEnd(t *testing.T) {
 
 	// The new config counts on from the old values.
 	heavy := metricValue(m2, "caddy_mcp_request_duration_seconds", "class", "heavy")
-	if st, b := opsEcho(t, url, sid, 6); st != http.StatusOK {
+	if st, b := sessionEcho(t, url, sid, 6); st != http.StatusOK {
 		_, _, s := adminCall(t, adminPort, http.MethodGet, "/mcp/status", "")
 		t.Fatalf("echo after the reload: %d %s\nstatus: %s", st, b, s)
 	}
@@ -277,31 +266,25 @@ func TestMetricsDashboard(t *testing.T) {
 
 	// Traffic that creates every labelled series: sessions, requests, a
 	// replay miss, a session error, a level change, an eviction.
-	up := startRecordingUpstream(t, "up")
+	up := startRecorded(t, "up", demo.Handler(demo.NewServer("up"), "/sse", nil))
 	port, adminPort := freePort(t), freePort(t)
 	loadWithAdmin(t, adminPort, opsGlobal, opsSite(port, up.addr(), ""))
 	url := proxyURL(port) + "/mcp"
-	sid := opsOpen(t, url)
-	if st, b := opsEcho(t, url, sid, 2); st != http.StatusOK {
+	sid := rawSession(t, url, nil)
+	if st, b := sessionEcho(t, url, sid, 2); st != http.StatusOK {
 		t.Fatalf("echo: %d %s", st, b)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), opsWait)
+	ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
 	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	for k, v := range opsHeaders(sid) {
-		req.Header.Set(k, v)
-	}
-	req.Header.Set("Accept", "text/event-stream")
-	req.Header.Set("Last-Event-ID", "no-such-event")
-	if resp, err := rawClient.Do(req); err == nil {
+	if resp, err := getStream(ctx, rawClient, url, sid, sessionVersion, "", map[string]string{"Last-Event-ID": "no-such-event"}); err == nil {
 		resp.Body.Close()
 	}
-	if st, b := opsEcho(t, url, "not-a-session", 3); st != http.StatusNotFound {
+	if st, b := sessionEcho(t, url, "not-a-session", 3); st != http.StatusNotFound {
 		t.Errorf("echo in an unknown session: %d %s", st, b)
 	}
 	adminJSON(t, adminPort, http.MethodPost, "/mcp/level", `{"level":"degraded","duration":"1m"}`, http.StatusOK, nil)
 	adminJSON(t, adminPort, http.MethodDelete, "/mcp/level", "", http.StatusOK, nil)
-	adminJSON(t, adminPort, http.MethodDelete, "/mcp/sessions/"+up.adminID(up.all()[0]), "", http.StatusOK, nil)
+	adminJSON(t, adminPort, http.MethodDelete, "/mcp/sessions/"+up.adminID(up.mintedIDs()[0]), "", http.StatusOK, nil)
 
 	exported := map[string]bool{}
 	for _, mf := range mcpFamilies(scrape(t, adminPort)) {
@@ -370,7 +353,7 @@ func sessionEnds(t *testing.T, mfs map[string]*dto.MetricFamily) float64 {
 // its client, evicted through the admin API, or expired idle, also after
 // a config reload — and never while it lives.
 func TestMetricsSessionHistograms(t *testing.T) {
-	up := startRecordingUpstream(t, "up")
+	up := startRecorded(t, "up", demo.Handler(demo.NewServer("up"), "/sse", nil))
 	port, adminPort := freePort(t), freePort(t)
 	global := "\tmcp {\n\t\trefresh 50ms\n\t\tsession_idle_timeout 2s\n\t}\n"
 	cfg := opsSite(port, up.addr(), "")
@@ -381,7 +364,7 @@ func TestMetricsSessionHistograms(t *testing.T) {
 	waitEnds := func(what string, want float64) map[string]*dto.MetricFamily {
 		t.Helper()
 		var m map[string]*dto.MetricFamily
-		opsEventually(t, what, func() bool {
+		pollUntil(t, what, func() bool {
 			m = scrape(t, adminPort)
 			return sessionEnds(t, m) >= ends0+want
 		})
@@ -392,9 +375,9 @@ func TestMetricsSessionHistograms(t *testing.T) {
 	}
 
 	// 1. A session with a streamed tool call, deleted by its client.
-	sid := opsOpen(t, url)
+	sid := rawSession(t, url, nil)
 	countdown := `{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"countdown","arguments":{"from":3},"_meta":{"progressToken":"p2"}}}`
-	if st, _, body := rawPost(t, url, countdown, opsHeaders(sid)); st != http.StatusOK || strings.Count(body, "notifications/progress") != 3 {
+	if st, _, body := rawPost(t, url, countdown, inSession(sid, nil)); st != http.StatusOK || strings.Count(body, "notifications/progress") != 3 {
 		t.Fatalf("streamed countdown: %d %s", st, body)
 	}
 	if got := sessionEnds(t, scrape(t, adminPort)) - ends0; got != 0 {
@@ -404,7 +387,7 @@ func TestMetricsSessionHistograms(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for k, v := range opsHeaders(sid) {
+	for k, v := range inSession(sid, nil) {
 		req.Header.Set(k, v)
 	}
 	if st, _, b := do(t, req); st < 200 || st > 299 {
@@ -424,26 +407,26 @@ func TestMetricsSessionHistograms(t *testing.T) {
 	if bytes < 100 || bytes > relayedBytes {
 		t.Errorf("the deleted session relayed %v bytes, want at least 100 and at most the %v relayed in all", bytes, relayedBytes)
 	}
-	if d := histogramSum(m1, sessionDurationMetric) - histogramSum(m0, sessionDurationMetric); d <= 0 || d > opsWait.Seconds() {
+	if d := histogramSum(m1, sessionDurationMetric) - histogramSum(m0, sessionDurationMetric); d <= 0 || d > boundedWait.Seconds() {
 		t.Errorf("the deleted session lasted %v s", d)
 	}
 
 	// 2. A session evicted through the admin API; a request in it after
 	// the eviction observes nothing more.
-	sid = opsOpen(t, url)
-	if st, b := opsEcho(t, url, sid, 3); st != http.StatusOK {
+	sid = rawSession(t, url, nil)
+	if st, b := sessionEcho(t, url, sid, 3); st != http.StatusOK {
 		t.Fatalf("echo: %d %s", st, b)
 	}
-	adminJSON(t, adminPort, http.MethodDelete, "/mcp/sessions/"+up.adminID(up.all()[1]), "", http.StatusOK, nil)
+	adminJSON(t, adminPort, http.MethodDelete, "/mcp/sessions/"+up.adminID(up.mintedIDs()[1]), "", http.StatusOK, nil)
 	waitEnds("the evicted session to be observed", 2)
-	if st, b := opsEcho(t, url, sid, 4); st != http.StatusNotFound {
+	if st, b := sessionEcho(t, url, sid, 4); st != http.StatusNotFound {
 		t.Errorf("echo in the evicted session: %d %s, want 404", st, b)
 	}
 
 	// 3. A session opened before a config reload expires idle after it:
 	// observed once, with a duration of at least the idle timeout.
-	sid = opsOpen(t, url)
-	if st, b := opsEcho(t, url, sid, 5); st != http.StatusOK {
+	sid = rawSession(t, url, nil)
+	if st, b := sessionEcho(t, url, sid, 5); st != http.StatusOK {
 		t.Fatalf("echo: %d %s", st, b)
 	}
 	m2 := scrape(t, adminPort)

@@ -11,7 +11,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -31,414 +30,44 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/mcpgate/mcpgate/sse"
 )
 
 // relayVersion is the protocol version the relay tests' clients speak: the
 // first that honours retry hints.
 const relayVersion = "2025-11-25"
 
-// relayUpstream is a hand-written MCP server whose streams the tests
-// control. A POST initialize is answered in JSON with a fresh
-// Mcp-Session-Id; a GET of a session it issued opens an SSE stream run by
-// the test's stream func; another POST of a known session is answered by
-// the test's call func (a JSON {} result without one). It records every
-// GET stream under the client's X-Relay-Stream header, with the moment its
-// request context ended, which is when the proxy closed the upstream
-// connection (or the handler returned).
-type relayUpstream struct {
-	*upstream
-	stream func(g *relayGET, w *relayWriter) error
-	call   func(w http.ResponseWriter, r *http.Request, id string)
-
-	mu       sync.Mutex
-	sessions map[string]bool
-	gets     map[string]*relayGET
-}
-
-// relayGET is one GET stream the upstream served.
-type relayGET struct {
-	key    string
-	opened time.Time
-	done   chan struct{} // closed when the request's context ends
-	doneAt time.Time     // set before done is closed
-	// selfEnded: the stream function returned nil, ending the stream on
-	// its own, rather than seeing its context end or a write fail.
-	selfEnded atomic.Bool
-	sent      atomic.Int64 // events written
-	bytes     atomic.Int64 // bytes written
-}
-
-// cancelled reports whether the proxy closed this stream's upstream
-// request before the upstream ended it.
-func (g *relayGET) cancelled() bool {
-	select {
-	case <-g.done:
-		return !g.selfEnded.Load()
-	default:
-		return false
-	}
-}
-
-// relayWriter writes SSE to an upstream response, flushing every write.
-type relayWriter struct {
-	w   http.ResponseWriter
-	rc  *http.ResponseController
-	ctx context.Context
-	g   *relayGET
-}
-
-func (e *relayWriter) write(s string) error {
-	if _, err := io.WriteString(e.w, s); err != nil {
-		return err
-	}
-	if e.g != nil {
-		e.g.bytes.Add(int64(len(s)))
-	}
-	return e.rc.Flush()
-}
-
-// event writes one event, with an id line unless id is empty.
-func (e *relayWriter) event(id, data string) error {
-	var b strings.Builder
-	if id != "" {
-		b.WriteString("id: " + id + "\n")
-	}
-	b.WriteString("data: " + data + "\n\n")
-	if err := e.write(b.String()); err != nil {
-		return err
-	}
-	if e.g != nil {
-		e.g.sent.Add(1)
-	}
-	return nil
-}
-
-// idle waits until the request's context ends or until is closed; it
-// returns nil in the latter case.
-func (e *relayWriter) idle(until <-chan struct{}) error {
-	select {
-	case <-e.ctx.Done():
-		return e.ctx.Err()
-	case <-until:
-		return nil
-	}
-}
-
-// eventThenIdle is a stream func that sends one log notification with
-// text (and id, unless empty), then idles until the proxy closes the stream.
-func eventThenIdle(id, text string) func(*relayGET, *relayWriter) error {
-	return func(_ *relayGET, w *relayWriter) error {
-		if err := w.event(id, `{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"`+text+`"}}`); err != nil {
-			return err
-		}
-		return w.idle(nil)
-	}
-}
-
-func startRelayUpstream(t *testing.T, stream func(*relayGET, *relayWriter) error, call func(http.ResponseWriter, *http.Request, string)) *relayUpstream {
-	t.Helper()
-	u := &relayUpstream{stream: stream, call: call, sessions: map[string]bool{}, gets: map[string]*relayGET{}}
-	u.upstream = startUpstreamHandler(t, "relay", http.HandlerFunc(u.serve))
-	return u
-}
-
-func (u *relayUpstream) known(r *http.Request) bool {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return u.sessions[r.Header.Get("Mcp-Session-Id")]
-}
-
-func (u *relayUpstream) serve(w http.ResponseWriter, r *http.Request) {
-	switch r.Method {
-	case http.MethodPost:
-		body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
-		var msg struct {
-			ID     json.RawMessage `json:"id"`
-			Method string          `json:"method"`
-			Params struct {
-				ProtocolVersion string `json:"protocolVersion"`
-			} `json:"params"`
-		}
-		if err != nil || json.Unmarshal(body, &msg) != nil {
-			http.Error(w, "bad body", http.StatusBadRequest)
-			return
-		}
-		if msg.Method == "initialize" {
-			var b [16]byte
-			_, _ = rand.Read(b[:])
-			sid := hex.EncodeToString(b[:])
-			u.mu.Lock()
-			u.sessions[sid] = true
-			u.mu.Unlock()
-			w.Header().Set("Content-Type", "application/json")
-			w.Header().Set("Mcp-Session-Id", sid)
-			fmt.Fprintf(w, `{"jsonrpc":"2.0","id":%s,"result":{"protocolVersion":%q,"capabilities":{},"serverInfo":{"name":"relay","version":"1"}}}`,
-				msg.ID, msg.Params.ProtocolVersion)
-			return
-		}
-		if !u.known(r) {
-			http.Error(w, "unknown session", http.StatusNotFound)
-			return
-		}
-		if len(msg.ID) == 0 {
-			w.WriteHeader(http.StatusAccepted)
-			return
-		}
-		if u.call != nil {
-			u.call(w, r, string(msg.ID))
-			return
-		}
-		w.Header().Set("Content-Type", "application/json")
-		fmt.Fprintf(w, `{"jsonrpc":"2.0","id":%s,"result":{}}`, msg.ID)
-	case http.MethodGet:
-		if !u.known(r) {
-			http.Error(w, "unknown session", http.StatusNotFound)
-			return
-		}
-		g := &relayGET{key: r.Header.Get("X-Relay-Stream"), opened: time.Now(), done: make(chan struct{})}
-		context.AfterFunc(r.Context(), func() {
-			g.doneAt = time.Now()
-			close(g.done)
-		})
-		u.mu.Lock()
-		u.gets[g.key] = g
-		u.mu.Unlock()
-		w.Header().Set("Content-Type", "text/event-stream")
-		w.Header().Set("Cache-Control", "no-cache")
-		w.WriteHeader(http.StatusOK)
-		ew := &relayWriter{w: w, rc: http.NewResponseController(w), ctx: r.Context(), g: g}
-		_ = ew.rc.Flush()
-		if u.stream(g, ew) == nil {
-			g.selfEnded.Store(true)
-		}
-	default:
-		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
-	}
-}
-
-// get returns the GET stream opened with key. The proxy sends a stream's
-// headers only after the upstream's, so it exists once the client has them.
-func (u *relayUpstream) get(t *testing.T, key string) *relayGET {
-	t.Helper()
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	g := u.gets[key]
-	if g == nil {
-		t.Fatalf("the upstream never saw GET stream %q", key)
-	}
-	return g
-}
-
-// initSession initializes a session through the proxy at the given
-// version and returns the session id the client must send: the proxy's
-// sealed token, never the upstream's own id.
-func (u *relayUpstream) initSession(t *testing.T, base, version string) string {
-	t.Helper()
-	body := fmt.Sprintf(`{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":%q,"capabilities":{},"clientInfo":{"name":"relay","version":"1"}}}`, version)
-	st, hdr, b := rawPost(t, base+"/mcp", body, nil)
-	tok := hdr.Get("Mcp-Session-Id")
-	if st != http.StatusOK || tok == "" {
-		t.Fatalf("initialize: %d, session %q: %s", st, tok, b)
-	}
-	if u.known(&http.Request{Header: http.Header{"Mcp-Session-Id": {tok}}}) {
-		t.Fatalf("the proxy handed out the upstream's own session id %q", tok)
-	}
-	return tok
-}
-
-// initSessionWith is initSession through the client hc.
-func (u *relayUpstream) initSessionWith(t *testing.T, hc *http.Client, base, version string) string {
-	t.Helper()
-	body := fmt.Sprintf(`{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":%q,"capabilities":{},"clientInfo":{"name":"relay","version":"1"}}}`, version)
-	req, err := http.NewRequest(http.MethodPost, base+"/mcp", strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Accept", "application/json, text/event-stream")
-	resp, err := hc.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-	resp.Body.Close()
-	tok := resp.Header.Get("Mcp-Session-Id")
-	if resp.StatusCode != http.StatusOK || tok == "" {
-		t.Fatalf("initialize: %d, session %q: %s", resp.StatusCode, tok, b)
-	}
-	return tok
-}
-
-// openRelayGET opens a GET stream through the proxy; key names it for the
-// upstream.
-func openRelayGET(ctx context.Context, hc *http.Client, base, token, version, key string) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/mcp", nil)
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("Accept", "text/event-stream")
-	req.Header.Set("Mcp-Session-Id", token)
-	req.Header.Set("Mcp-Protocol-Version", version)
-	req.Header.Set("X-Relay-Stream", key)
-	resp, err := hc.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("GET %s: %w", key, err)
-	}
-	if resp.StatusCode != http.StatusOK || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		resp.Body.Close()
-		return nil, fmt.Errorf("GET %s: %d %q: %s", key, resp.StatusCode, resp.Header.Get("Content-Type"), b)
-	}
-	return resp, nil
-}
-
-// relayEvent is one SSE block as a client received it.
-type relayEvent struct {
-	at      time.Time
-	id      string
-	hasID   bool
-	data    string
-	retry   int
-	comment bool
-}
-
-// readRelayEvents parses an SSE body, calling f for every block, until
-// the body ends (nil) or fails, or f fails.
-func readRelayEvents(body io.Reader, f func(relayEvent) error) error {
-	p := sse.NewParser(1<<20, 1<<20)
-	buf := make([]byte, 4096)
-	emit := func(ev *sse.Event) error {
-		return f(relayEvent{at: time.Now(), id: ev.ID, hasID: ev.HasID, data: string(ev.Data), retry: ev.Retry, comment: ev.Comment})
-	}
-	for {
-		n, err := body.Read(buf)
-		if n > 0 {
-			if ferr := p.Feed(buf[:n], emit); ferr != nil {
-				return ferr
-			}
-		}
-		if errors.Is(err, io.EOF) {
-			_, ferr := p.Flush(emit)
-			return ferr
-		}
-		if err != nil {
-			return err
-		}
-	}
-}
-
-// relayStreamEnd is how a client's stream ended.
-type relayStreamEnd struct {
-	at  time.Time
-	err error
-}
-
-// watchRelayStream reads a stream in its own goroutine: every block goes
-// to the returned channel, which is closed at the end; then the end is
-// sent on the second channel.
-func watchRelayStream(body io.Reader) (<-chan relayEvent, <-chan relayStreamEnd) {
-	evs := make(chan relayEvent, 1024)
-	end := make(chan relayStreamEnd, 1)
-	go func() {
-		err := readRelayEvents(body, func(ev relayEvent) error {
-			select {
-			case evs <- ev:
-				return nil
-			default:
-				return errors.New("test reader: too many events")
-			}
-		})
-		at := time.Now()
-		close(evs)
-		end <- relayStreamEnd{at: at, err: err}
-	}()
-	return evs, end
-}
-
-// nextRelayEvent returns the next block within d, failing the test
-// otherwise.
-func nextRelayEvent(t *testing.T, evs <-chan relayEvent, d time.Duration, what string) relayEvent {
-	t.Helper()
-	select {
-	case ev, ok := <-evs:
-		if !ok {
-			t.Fatalf("%s: the stream ended", what)
-		}
-		return ev
-	case <-time.After(d):
-		t.Fatalf("%s: nothing within %v", what, d)
-	}
-	return relayEvent{}
-}
-
-// waitRelayDone waits for an upstream GET's request context to end.
-func waitRelayDone(g *relayGET, d time.Duration) bool {
-	select {
-	case <-g.done:
-		return true
-	case <-time.After(d):
-		return false
-	}
-}
-
-// settledGoroutines returns the goroutine count once it holds still for a
-// few polls (at most about 2s).
-func settledGoroutines() int {
-	n := runtime.NumGoroutine()
-	stable := 0
-	for i := 0; i < 100 && stable < 5; i++ {
-		time.Sleep(20 * time.Millisecond)
-		m := runtime.NumGoroutine()
-		if m == n {
-			stable++
-		} else {
-			n, stable = m, 0
-		}
-	}
-	return n
-}
-
-func heapInuse() uint64 {
-	runtime.GC()
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	return ms.HeapInuse
-}
-
 // TestRelayKeepalive checks that an idle GET stream gets `:` comments
 // every keepalive period, and that the stream, comments and all, ends when
 // the upstream ends it.
 func TestRelayKeepalive(t *testing.T) {
 	end := make(chan struct{})
-	u := startRelayUpstream(t, func(g *relayGET, w *relayWriter) error {
-		if err := w.event("1", `{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"hello"}}`); err != nil {
+	u := startFake(t, &fakeUpstream{stream: func(s *fakeStream) error {
+		if err := s.event("1", logNote("hello")); err != nil {
 			return err
 		}
-		return w.idle(end)
-	}, nil)
+		return s.idle(end)
+	}})
 	port := freePort(t)
 	loadCaddyfile(t, fmt.Sprintf(":%d {\n\tmcp_proxy %s {\n\t\tkeepalive 100ms\n\t}\n}\n", port, u.addr()))
 	base := proxyURL(port)
-	tok := u.initSession(t, base, relayVersion)
+	tok := u.openSession(t, base, relayVersion)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	resp, err := openRelayGET(ctx, rawClient, base, tok, relayVersion, "idle")
+	resp, err := openStream(ctx, rawClient, base+"/mcp", tok, relayVersion, "idle")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	evs, ended := watchRelayStream(resp.Body)
+	evs, ended := watchEvents(resp.Body)
 
-	if ev := nextRelayEvent(t, evs, 5*time.Second, "first event"); ev.comment || ev.id != "1" || !strings.Contains(ev.data, "hello") {
+	if ev := nextEvent(t, evs, 5*time.Second, "first event"); ev.comment || ev.id != "1" || !strings.Contains(ev.data, "hello") {
 		t.Fatalf("first block %+v, want the upstream's event 1", ev)
 	}
 	const want = 4
 	var times []time.Time
 	for len(times) < want {
-		ev := nextRelayEvent(t, evs, 3*time.Second, fmt.Sprintf("keepalive %d", len(times)+1))
+		ev := nextEvent(t, evs, 3*time.Second, fmt.Sprintf("keepalive %d", len(times)+1))
 		if !ev.comment {
 			t.Fatalf("idle stream delivered %+v, want only keepalive comments", ev)
 		}
@@ -483,7 +112,7 @@ func TestRelayKeepalive(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the stream did not end within 5s of the upstream ending it")
 	}
-	if g := u.get(t, "idle"); !waitRelayDone(g, 2*time.Second) || !g.selfEnded.Load() {
+	if g := u.getStream(t, "idle"); !g.waitDone(2*time.Second) || !g.selfEnded.Load() {
 		t.Error("the upstream stream did not end on its own")
 	}
 }
@@ -532,32 +161,32 @@ func TestRelaySlowConsumers(t *testing.T) {
 		margin = 3 * time.Second
 	)
 	pad := strings.Repeat("x", 1024-len(`id: 100\ndata: {"seq":100,"pad":""}\n\n`)-2)
-	u := startRelayUpstream(t, func(g *relayGET, w *relayWriter) error {
+	u := startFake(t, &fakeUpstream{stream: func(s *fakeStream) error {
 		n := events
-		if strings.HasPrefix(g.key, "stalled-") {
+		if strings.HasPrefix(s.key, "stalled-") {
 			n = stalledCap
 		}
 		tick := time.NewTicker(interval)
 		defer tick.Stop()
 		for seq := 1; seq <= n; seq++ {
-			if err := w.event(strconv.Itoa(seq), fmt.Sprintf(`{"seq":%d,"pad":"%s"}`, seq, pad)); err != nil {
+			if err := s.event(strconv.Itoa(seq), fmt.Sprintf(`{"seq":%d,"pad":"%s"}`, seq, pad)); err != nil {
 				return err
 			}
 			select {
-			case <-w.ctx.Done():
-				return w.ctx.Err()
+			case <-s.ctx.Done():
+				return s.ctx.Err()
 			case <-tick.C:
 			}
 		}
 		return nil
-	}, nil)
+	}})
 	port := freePort(t)
 	loadCaddyfileWith(t, "\tservers {\n\t\tlistener_wrappers {\n\t\t\tmcp_connections {\n\t\t\t\twrite_buffer 16KiB\n\t\t\t}\n\t\t}\n\t}\n",
 		fmt.Sprintf(":%d {\n\tmcp_proxy %s {\n\t\twrite_timeout 1s\n\t\tstream_buffer 50 256KiB\n\t}\n}\n", port, u.addr()))
 	base := proxyURL(port)
 	tokens := make([]string, healthy+stalled)
 	for i := range tokens {
-		tokens[i] = u.initSession(t, base, relayVersion)
+		tokens[i] = u.openSession(t, base, relayVersion)
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -600,7 +229,7 @@ func TestRelaySlowConsumers(t *testing.T) {
 	for i := range healthy + stalled {
 		if i%4 == 3 { // every fourth client stalls
 			key := fmt.Sprintf("stalled-%d", i)
-			resp, err := openRelayGET(ctx, slowClient, base, tokens[i], relayVersion, key)
+			resp, err := openStream(ctx, slowClient, base+"/mcp", tokens[i], relayVersion, key)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -609,14 +238,14 @@ func TestRelaySlowConsumers(t *testing.T) {
 			continue
 		}
 		key := fmt.Sprintf("healthy-%d", i)
-		resp, err := openRelayGET(ctx, okClient, base, tokens[i], relayVersion, key)
+		resp, err := openStream(ctx, okClient, base+"/mcp", tokens[i], relayVersion, key)
 		if err != nil {
 			t.Fatal(err)
 		}
 		wg.Go(func() {
 			defer resp.Body.Close()
 			next := 1
-			err := readRelayEvents(resp.Body, func(ev relayEvent) error {
+			err := readEvents(resp.Body, func(ev sseEvent) error {
 				if ev.comment {
 					return nil
 				}
@@ -643,9 +272,9 @@ func TestRelaySlowConsumers(t *testing.T) {
 	// Every stalled stream is cut: the proxy closes its upstream GET.
 	var latencies []time.Duration
 	for key, at := range stalledAt {
-		g := u.get(t, key)
+		g := u.getStream(t, key)
 		bound := writeTimeout + time.Second + margin
-		if !waitRelayDone(g, time.Until(at.Add(bound))) {
+		if !g.waitDone(time.Until(at.Add(bound))) {
 			t.Errorf("%s: the proxy did not close the stalled stream within %v of its last read (upstream sent %d events)", key, bound, g.sent.Load())
 			continue
 		}
@@ -682,14 +311,12 @@ func TestRelaySlowConsumers(t *testing.T) {
 		}
 	}
 	var emitted int64
-	u.mu.Lock()
-	for key, g := range u.gets {
+	for key, g := range u.getStreams() {
 		emitted += g.bytes.Load()
 		if strings.HasPrefix(key, "healthy-") && (g.cancelled() || g.sent.Load() != events) {
 			t.Errorf("%s: upstream sent %d events, cancelled %v", key, g.sent.Load(), g.cancelled())
 		}
 	}
-	u.mu.Unlock()
 	heapAfter := heapInuse()
 	slices.Sort(latencies)
 	if len(latencies) > 0 {
@@ -714,7 +341,7 @@ func TestRelayGoroutinesReturn(t *testing.T) {
 		parallel = 16
 		slack    = 10
 	)
-	u := startRelayUpstream(t, eventThenIdle("1", "hi"), nil)
+	u := startFake(t, &fakeUpstream{stream: eventThenIdle("1", "hi")})
 	port := freePort(t)
 	loadCaddyfile(t, fmt.Sprintf(":%d {\n\tmcp_proxy %s\n}\n", port, u.addr()))
 	base := proxyURL(port)
@@ -723,7 +350,7 @@ func TestRelayGoroutinesReturn(t *testing.T) {
 	// each holds fewer streams than the per-session stream cap.
 	var toks []string
 	for range 10 {
-		toks = append(toks, u.initSession(t, base, relayVersion))
+		toks = append(toks, u.openSession(t, base, relayVersion))
 	}
 	hc := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
 	defer hc.CloseIdleConnections()
@@ -739,14 +366,14 @@ func TestRelayGoroutinesReturn(t *testing.T) {
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			resp, err := openRelayGET(ctx, hc, base, toks[i%len(toks)], relayVersion, fmt.Sprintf("s%d", i))
+			resp, err := openStream(ctx, hc, base+"/mcp", toks[i%len(toks)], relayVersion, fmt.Sprintf("s%d", i))
 			if err != nil {
 				errs[i] = err
 				return
 			}
 			resps[i] = resp
 			got := errors.New("first event received")
-			err = readRelayEvents(resp.Body, func(ev relayEvent) error {
+			err = readEvents(resp.Body, func(ev sseEvent) error {
 				if ev.comment {
 					return nil
 				}
@@ -778,14 +405,13 @@ func TestRelayGoroutinesReturn(t *testing.T) {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		open = 0
-		u.mu.Lock()
-		for _, g := range u.gets {
+		gets := u.getStreams()
+		for _, g := range gets {
 			if !g.cancelled() {
 				open++
 			}
 		}
-		seen := len(u.gets)
-		u.mu.Unlock()
+		seen := len(gets)
 		now = runtime.NumGoroutine()
 		if seen == streams && open == 0 && now <= baseline+slack || time.Now().After(deadline) {
 			break
@@ -794,10 +420,7 @@ func TestRelayGoroutinesReturn(t *testing.T) {
 	}
 	t.Logf("goroutines: %d before, %d with %d streams open, %d %v after the clients closed",
 		baseline, peak, streams, now, time.Since(closedAt).Round(time.Millisecond))
-	u.mu.Lock()
-	seen := len(u.gets)
-	u.mu.Unlock()
-	if seen != streams {
+	if seen := len(u.getStreams()); seen != streams {
 		t.Errorf("upstream saw %d GETs, want %d", seen, streams)
 	}
 	if open > 0 {
@@ -813,27 +436,27 @@ func TestRelayGoroutinesReturn(t *testing.T) {
 // TestRelayClosesUpstreamGET checks that a GET stream its client closes
 // has its upstream request closed promptly.
 func TestRelayClosesUpstreamGET(t *testing.T) {
-	u := startRelayUpstream(t, eventThenIdle("", "hi"), nil)
+	u := startFake(t, &fakeUpstream{stream: eventThenIdle("", "hi")})
 	port := freePort(t)
 	loadCaddyfile(t, fmt.Sprintf(":%d {\n\tmcp_proxy %s\n}\n", port, u.addr()))
 	base := proxyURL(port)
 	for _, version := range []string{"2025-06-18", "2025-11-25"} {
 		t.Run(version, func(t *testing.T) {
-			tok := u.initSession(t, base, version)
+			tok := u.openSession(t, base, version)
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			resp, err := openRelayGET(ctx, rawClient, base, tok, version, "close-"+version)
+			resp, err := openStream(ctx, rawClient, base+"/mcp", tok, version, "close-"+version)
 			if err != nil {
 				t.Fatal(err)
 			}
-			evs, _ := watchRelayStream(resp.Body)
-			if ev := nextRelayEvent(t, evs, 5*time.Second, "first event"); !strings.Contains(ev.data, "hi") {
+			evs, _ := watchEvents(resp.Body)
+			if ev := nextEvent(t, evs, 5*time.Second, "first event"); !strings.Contains(ev.data, "hi") {
 				t.Fatalf("first block %+v", ev)
 			}
-			g := u.get(t, "close-"+version)
+			g := u.getStream(t, "close-"+version)
 			closed := time.Now()
 			resp.Body.Close()
-			if !waitRelayDone(g, 2*time.Second) {
+			if !g.waitDone(2 * time.Second) {
 				t.Fatal("the upstream GET was still open 2s after its client closed the stream")
 			}
 			if g.selfEnded.Load() {
@@ -853,7 +476,7 @@ func TestRelayDrainOnReload(t *testing.T) {
 		drain   = 500 * time.Millisecond
 		margin  = 1500 * time.Millisecond
 	)
-	u := startRelayUpstream(t, eventThenIdle("1", "hi"), nil)
+	u := startFake(t, &fakeUpstream{stream: eventThenIdle("1", "hi")})
 	port := freePort(t)
 	cfg := fmt.Sprintf(":%d {\n\tmcp_proxy %s {\n\t\tdrain 500ms\n\t}\n}\n", port, u.addr())
 	loadCaddyfile(t, cfg)
@@ -863,19 +486,19 @@ func TestRelayDrainOnReload(t *testing.T) {
 	defer cancel()
 	type watched struct {
 		resp  *http.Response
-		evs   <-chan relayEvent
-		ended <-chan relayStreamEnd
+		evs   <-chan sseEvent
+		ended <-chan streamEnd
 	}
 	var ws []watched
 	for i := range streams {
-		tok := u.initSession(t, base, relayVersion)
-		resp, err := openRelayGET(ctx, rawClient, base, tok, relayVersion, fmt.Sprintf("d%d", i))
+		tok := u.openSession(t, base, relayVersion)
+		resp, err := openStream(ctx, rawClient, base+"/mcp", tok, relayVersion, fmt.Sprintf("d%d", i))
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer resp.Body.Close()
-		evs, ended := watchRelayStream(resp.Body)
-		if ev := nextRelayEvent(t, evs, 5*time.Second, "first event"); ev.id != "1" {
+		evs, ended := watchEvents(resp.Body)
+		if ev := nextEvent(t, evs, 5*time.Second, "first event"); ev.id != "1" {
 			t.Fatalf("first block %+v", ev)
 		}
 		ws = append(ws, watched{resp, evs, ended})
@@ -910,8 +533,8 @@ func TestRelayDrainOnReload(t *testing.T) {
 		if after < drain*8/10 || after > drain+margin {
 			t.Errorf("stream %d closed %v after the reload began, want between %v and %v", i, after, drain*8/10, drain+margin)
 		}
-		g := u.get(t, fmt.Sprintf("d%d", i))
-		if !waitRelayDone(g, 2*time.Second) || g.selfEnded.Load() {
+		g := u.getStream(t, fmt.Sprintf("d%d", i))
+		if !g.waitDone(2*time.Second) || g.selfEnded.Load() {
 			t.Errorf("stream %d: the proxy did not close the upstream GET", i)
 		} else if d := g.doneAt.Sub(start); d < drain*8/10 {
 			t.Errorf("stream %d: upstream GET closed %v after the reload began, before the drain", i, d)
@@ -930,57 +553,39 @@ func TestRelayDrainOnReload(t *testing.T) {
 // request is closed.
 func TestRelayMaxEventSize(t *testing.T) {
 	big := strings.Repeat("x", 4096)
-	var mu sync.Mutex
-	calls := map[string]*relayGET{} // the POSTs, keyed by JSON-RPC id
-	u := startRelayUpstream(t, func(g *relayGET, w *relayWriter) error { return w.idle(nil) },
-		func(w http.ResponseWriter, r *http.Request, id string) {
-			c := &relayGET{key: id, opened: time.Now(), done: make(chan struct{})}
-			context.AfterFunc(r.Context(), func() {
-				c.doneAt = time.Now()
-				close(c.done)
-			})
-			mu.Lock()
-			calls[id] = c
-			mu.Unlock()
-			w.Header().Set("Content-Type", "text/event-stream")
-			w.WriteHeader(http.StatusOK)
-			ew := &relayWriter{w: w, rc: http.NewResponseController(w), ctx: r.Context(), g: c}
-			if ew.event("", `{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":"p","progress":1}}`) != nil {
-				return
-			}
-			if ew.event("", `{"jsonrpc":"2.0","id":`+id+`,"result":{"content":[{"type":"text","text":"`+big+`"}]}}`) != nil {
-				return
-			}
-			if ew.idle(nil) == nil {
-				c.selfEnded.Store(true)
-			}
-		})
+	u := startFake(t, &fakeUpstream{on: map[string]func(*fakeCall){"*": func(c *fakeCall) {
+		s := c.sse()
+		if s.event("", progressNote) != nil {
+			return
+		}
+		if s.event("", `{"jsonrpc":"2.0","id":`+c.id+`,"result":{"content":[{"type":"text","text":"`+big+`"}]}}`) != nil {
+			return
+		}
+		if s.idle(nil) == nil {
+			s.selfEnded.Store(true)
+		}
+	}}})
 	port := freePort(t)
 	loadCaddyfile(t, fmt.Sprintf(":%d {\n\tmcp_proxy %s {\n\t\tmax_event_size 2KiB\n\t}\n}\n", port, u.addr()))
 	base := proxyURL(port)
-	tok := u.initSession(t, base, relayVersion)
+	tok := u.openSession(t, base, relayVersion)
 
 	for _, id := range []string{`7`, `"call-8"`} {
 		t.Run(id, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			body := `{"jsonrpc":"2.0","id":` + id + `,"method":"tools/call","params":{"name":"big","arguments":{},"_meta":{"progressToken":"p"}}}`
-			req, _ := http.NewRequestWithContext(ctx, http.MethodPost, base+"/mcp", strings.NewReader(body))
-			req.Header.Set("Content-Type", "application/json")
-			req.Header.Set("Accept", "application/json, text/event-stream")
-			req.Header.Set("Mcp-Session-Id", tok)
-			req.Header.Set("Mcp-Protocol-Version", relayVersion)
-			resp, err := rawClient.Do(req)
+			resp, err := openPost(ctx, rawClient, base+"/mcp", body, sessionHeaders(tok, relayVersion))
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer resp.Body.Close()
-			if resp.StatusCode != http.StatusOK || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
+			if resp.StatusCode != http.StatusOK || !isSSE(resp) {
 				t.Fatalf("tools/call: %d %q", resp.StatusCode, resp.Header.Get("Content-Type"))
 			}
-			var got []relayEvent
+			var got []sseEvent
 			var raw bytes.Buffer
-			err = readRelayEvents(io.TeeReader(resp.Body, &raw), func(ev relayEvent) error {
+			err = readEvents(io.TeeReader(resp.Body, &raw), func(ev sseEvent) error {
 				if !ev.comment {
 					got = append(got, ev)
 				}
@@ -996,27 +601,12 @@ func TestRelayMaxEventSize(t *testing.T) {
 			if len(got) != 2 || !strings.Contains(got[0].data, "notifications/progress") {
 				t.Fatalf("client received %q; want the progress event, then the error", raw.String())
 			}
-			var msg struct {
-				JSONRPC string          `json:"jsonrpc"`
-				ID      json.RawMessage `json:"id"`
-				Error   *struct {
-					Code    int    `json:"code"`
-					Message string `json:"message"`
-				} `json:"error"`
-			}
-			if err := json.Unmarshal([]byte(got[1].data), &msg); err != nil || msg.JSONRPC != "2.0" || msg.Error == nil {
-				t.Fatalf("last event %q is not a JSON-RPC error: %v", got[1].data, err)
-			}
-			if string(msg.ID) != id || msg.Error.Code != -32603 {
-				t.Errorf("error id %s code %d, want id %s code -32603", msg.ID, msg.Error.Code, id)
-			}
-			mu.Lock()
-			c := calls[id]
-			mu.Unlock()
+			rpcErrorFor(t, "last event", got[1].data, id, -32603)
+			c := u.answer(id)
 			if c == nil {
 				t.Fatal("the call never reached the upstream")
 			}
-			if !waitRelayDone(c, 2*time.Second) || c.selfEnded.Load() {
+			if !c.waitDone(2*time.Second) || c.selfEnded.Load() {
 				t.Fatal("the proxy did not close the upstream request after the oversized event")
 			}
 			t.Logf("upstream request closed %v relative to the client's end of stream", c.doneAt.Sub(endAt).Round(time.Microsecond))
@@ -1040,15 +630,15 @@ func TestRelayHandoff(t *testing.T) {
 		}
 		return ends[key]
 	}
-	u := startRelayUpstream(t, func(g *relayGET, w *relayWriter) error {
-		if err := w.event("1", `{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"one"}}`); err != nil {
+	u := startFake(t, &fakeUpstream{stream: func(s *fakeStream) error {
+		if err := s.event("1", logNote("one")); err != nil {
 			return err
 		}
-		if err := w.idle(endOf(g.key)); err != nil {
+		if err := s.idle(endOf(s.key)); err != nil {
 			return err
 		}
-		return w.event("2", `{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"two"}}`)
-	}, nil)
+		return s.event("2", logNote("two"))
+	}})
 	on, off := freePort(t), freePort(t)
 	loadCaddyfile(t, fmt.Sprintf(":%d {\n\tmcp_proxy %s\n}\n:%d {\n\tmcp_proxy %s {\n\t\tstream_handoff off\n\t}\n}\n",
 		on, u.addr(), off, u.addr()))
@@ -1059,10 +649,10 @@ func TestRelayHandoff(t *testing.T) {
 	}{{"handoff", on, true}, {"handler", off, false}} {
 		t.Run(tc.name, func(t *testing.T) {
 			base := proxyURL(tc.port)
-			tok := u.initSession(t, base, relayVersion)
+			tok := u.openSession(t, base, relayVersion)
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			resp, err := openRelayGET(ctx, rawClient, base, tok, relayVersion, tc.name)
+			resp, err := openStream(ctx, rawClient, base+"/mcp", tok, relayVersion, tc.name)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -1074,12 +664,12 @@ func TestRelayHandoff(t *testing.T) {
 			if !tc.handoff && !chunked {
 				t.Errorf("stream kept by the handler: Transfer-Encoding %v, want chunked", resp.TransferEncoding)
 			}
-			evs, ended := watchRelayStream(resp.Body)
-			if ev := nextRelayEvent(t, evs, 5*time.Second, "first event"); ev.id != "1" || !strings.Contains(ev.data, "one") {
+			evs, ended := watchEvents(resp.Body)
+			if ev := nextEvent(t, evs, 5*time.Second, "first event"); ev.id != "1" || !strings.Contains(ev.data, "one") {
 				t.Fatalf("first block %+v", ev)
 			}
 			close(endOf(tc.name))
-			if ev := nextRelayEvent(t, evs, 5*time.Second, "second event"); ev.id != "2" || !strings.Contains(ev.data, "two") {
+			if ev := nextEvent(t, evs, 5*time.Second, "second event"); ev.id != "2" || !strings.Contains(ev.data, "two") {
 				t.Fatalf("second block %+v", ev)
 			}
 			select {
@@ -1104,17 +694,17 @@ func TestRelayDrainOnStop(t *testing.T) {
 		drain   = time.Second
 		margin  = 1500 * time.Millisecond
 	)
-	u := startRelayUpstream(t, eventThenIdle("1", "hi"), nil)
+	u := startFake(t, &fakeUpstream{stream: eventThenIdle("1", "hi")})
 	port := freePort(t)
 	cmd := startCaddyProcess(t, fmt.Sprintf("{\n\tadmin off\n\tauto_https off\n\tpersist_config off\n}\n:%d {\n\tmcp_proxy %s {\n\t\tdrain 1s\n\t}\n}\n", port, u.addr()), port)
 	base := proxyURL(port)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	var ends []<-chan relayStreamEnd
-	var evss []<-chan relayEvent
+	var ends []<-chan streamEnd
+	var evss []<-chan sseEvent
 	for i := range streams {
-		tok := u.initSession(t, base, relayVersion)
-		resp, err := openRelayGET(ctx, rawClient, base, tok, relayVersion, fmt.Sprintf("stop%d", i))
+		tok := u.openSession(t, base, relayVersion)
+		resp, err := openStream(ctx, rawClient, base+"/mcp", tok, relayVersion, fmt.Sprintf("stop%d", i))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -1122,8 +712,8 @@ func TestRelayDrainOnStop(t *testing.T) {
 		if !resp.Close {
 			t.Errorf("stream %d was not handed off (no Connection: close)", i)
 		}
-		evs, ended := watchRelayStream(resp.Body)
-		if ev := nextRelayEvent(t, evs, 5*time.Second, "first event"); ev.id != "1" {
+		evs, ended := watchEvents(resp.Body)
+		if ev := nextEvent(t, evs, 5*time.Second, "first event"); ev.id != "1" {
 			t.Fatalf("first block %+v", ev)
 		}
 		evss, ends = append(evss, evs), append(ends, ended)
@@ -1172,7 +762,7 @@ func TestRelayDrainOnStop(t *testing.T) {
 // keepalive goes out on the taken-over TLS connection, and closing the
 // client's stream closes the upstream GET at once.
 func TestRelayHandoffTLS(t *testing.T) {
-	u := startRelayUpstream(t, eventThenIdle("1", "over tls"), nil)
+	u := startFake(t, &fakeUpstream{stream: eventThenIdle("1", "over tls")})
 	port := freePort(t)
 	certFile, keyFile := selfSignedCert(t, "localhost")
 	loadCaddyfile(t, fmt.Sprintf("https://localhost:%d {\n\ttls %s %s\n\tmcp_proxy %s {\n\t\tkeepalive 100ms\n\t}\n}\n", port, certFile, keyFile, u.addr()))
@@ -1183,10 +773,10 @@ func TestRelayHandoffTLS(t *testing.T) {
 		// HTTP/1.1 only, so the stream can be handed off.
 		TLSNextProto: map[string]func(string, *tls.Conn) http.RoundTripper{},
 	}}
-	tok := u.initSessionWith(t, hc, base, relayVersion)
+	tok := u.openSessionWith(t, hc, base, relayVersion)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	resp, err := openRelayGET(ctx, hc, base, tok, relayVersion, "tls")
+	resp, err := openStream(ctx, hc, base+"/mcp", tok, relayVersion, "tls")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1194,16 +784,16 @@ func TestRelayHandoffTLS(t *testing.T) {
 	if resp.ProtoMajor != 1 || !resp.Close || slices.Contains(resp.TransferEncoding, "chunked") {
 		t.Errorf("stream over %s, Connection: close %v, Transfer-Encoding %v; want a handed-off HTTP/1.1 stream", resp.Proto, resp.Close, resp.TransferEncoding)
 	}
-	evs, _ := watchRelayStream(resp.Body)
-	if ev := nextRelayEvent(t, evs, 5*time.Second, "first event"); ev.id != "1" || !strings.Contains(ev.data, "over tls") {
+	evs, _ := watchEvents(resp.Body)
+	if ev := nextEvent(t, evs, 5*time.Second, "first event"); ev.id != "1" || !strings.Contains(ev.data, "over tls") {
 		t.Fatalf("first block %+v", ev)
 	}
-	if ev := nextRelayEvent(t, evs, 5*time.Second, "keepalive"); !ev.comment {
+	if ev := nextEvent(t, evs, 5*time.Second, "keepalive"); !ev.comment {
 		t.Fatalf("idle stream delivered %+v, want a keepalive comment", ev)
 	}
-	g := u.get(t, "tls")
+	g := u.getStream(t, "tls")
 	resp.Body.Close()
-	if !waitRelayDone(g, 2*time.Second) || g.selfEnded.Load() {
+	if !g.waitDone(2*time.Second) || g.selfEnded.Load() {
 		t.Fatal("the upstream GET was not closed within 2s of its client closing the stream")
 	}
 }

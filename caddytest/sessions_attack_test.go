@@ -15,8 +15,6 @@ package caddytest
 import (
 	"bufio"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -38,101 +36,60 @@ import (
 )
 
 // watchUpstream is the demo MCP server (Streamable HTTP everywhere, legacy
-// HTTP+SSE at /sse) behind a wrapper that records what reaches it: the
-// session ids it mints, the Mcp-Session-Id of every request, DELETEs, the
-// session ids of its legacy streams. A request carrying
+// HTTP+SSE at /sse) with its requests recorded (recordedUpstream), and the
+// session ids of the legacy endpoints it hands out. A request carrying
 // X-Answer-Session-Id gets that value as the Mcp-Session-Id of its answer,
-// so a test can make the upstream put an id on any answer; one carrying
-// X-Slow is counted in running while it is served.
+// so a test can make the upstream put an id on any answer (it is not
+// recorded as minted); one carrying X-Slow is counted in running while it
+// is served.
 type watchUpstream struct {
-	*upstream
+	*recordedUpstream
 	running atomic.Int64
 
-	mu         sync.Mutex
-	minted     []string            // ids on answers to POSTs without one, in order
-	seen       map[string]int      // requests by Mcp-Session-Id
-	byClient   map[string][]string // Mcp-Session-Id of requests, by X-Client
-	deletes    map[string]int      // DELETE requests by Mcp-Session-Id
-	deleteURIs []string            // request URI of every DELETE
-	legacyIDs  []string            // session ids of the legacy endpoints handed out
+	mu        sync.Mutex
+	legacyIDs []string // session ids of the legacy endpoints handed out
 }
 
 func startWatchUpstream(t *testing.T, name string, opts *mcp.StreamableHTTPOptions) *watchUpstream {
 	t.Helper()
-	u := &watchUpstream{seen: map[string]int{}, byClient: map[string][]string{}, deletes: map[string]int{}}
+	u := &watchUpstream{recordedUpstream: &recordedUpstream{fakeLog: new(fakeLog)}}
 	inner := demo.Handler(demo.NewServer(name), "/sse", opts)
+	recorded := u.wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && r.URL.Path == "/sse" {
+			w = &endpointSniffer{ResponseWriter: w, u: u}
+		}
+		inner.ServeHTTP(w, r)
+	}))
 	u.upstream = startUpstreamHandler(t, name, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		sid := r.Header.Get("Mcp-Session-Id")
-		u.mu.Lock()
-		if sid != "" {
-			u.seen[sid]++
-			if c := r.Header.Get("X-Client"); c != "" {
-				u.byClient[c] = append(u.byClient[c], sid)
-			}
-		}
-		if r.Method == http.MethodDelete {
-			u.deletes[sid]++
-			u.deleteURIs = append(u.deleteURIs, r.RequestURI)
-		}
-		u.mu.Unlock()
 		if r.Header.Get("X-Slow") != "" {
 			u.running.Add(1)
 			defer u.running.Add(-1)
 		}
-		switch {
-		case r.Method == http.MethodGet && r.URL.Path == "/sse":
-			w = &endpointSniffer{ResponseWriter: w, u: u}
-		case r.Method == http.MethodPost && r.URL.Path != "/sse":
-			w = &answerHeaders{ResponseWriter: w, u: u, mint: sid == "", inject: r.Header.Get("X-Answer-Session-Id")}
+		if inject := r.Header.Get("X-Answer-Session-Id"); inject != "" && r.Method == http.MethodPost && r.URL.Path != "/sse" {
+			w = &answerHeaders{ResponseWriter: w, inject: inject}
 		}
-		inner.ServeHTTP(w, r)
+		recorded.ServeHTTP(w, r)
 	}))
 	return u
 }
 
-func (u *watchUpstream) mintedIDs() []string {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return append([]string(nil), u.minted...)
-}
-
-func (u *watchUpstream) seenCount(sid string) int {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return u.seen[sid]
-}
-
-func (u *watchUpstream) deleted(sid string) int {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return u.deletes[sid]
-}
+// deleted counts the DELETEs of upstream session id sid.
+func (u *watchUpstream) deleted(sid string) int { return u.bySession(sid, http.MethodDelete) }
 
 // deletesOf counts the DELETEs of the given ids, each at most once.
 func (u *watchUpstream) deletesOf(ids map[string]bool) int {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	n := 0
-	for id := range ids {
-		if u.deletes[id] > 0 {
-			n++
+	deleted := map[string]bool{}
+	for _, s := range u.since(0) {
+		if s.method == http.MethodDelete && ids[s.sid] {
+			deleted[s.sid] = true
 		}
 	}
-	return n
+	return len(deleted)
 }
 
-// adminID is the id the admin API shows for a session of this upstream.
-func (u *watchUpstream) adminID(sid string) string {
-	sum := sha256.Sum256([]byte(u.addr() + " " + sid))
-	return hex.EncodeToString(sum[:])[:8]
-}
-
-// answerHeaders records the session id on an answer and plants one when
-// the request asked for it.
+// answerHeaders plants a session id on an answer.
 type answerHeaders struct {
 	http.ResponseWriter
-	u      *watchUpstream
-	mint   bool
 	inject string
 	done   bool
 }
@@ -140,13 +97,7 @@ type answerHeaders struct {
 func (a *answerHeaders) WriteHeader(code int) {
 	if !a.done {
 		a.done = true
-		if a.inject != "" {
-			a.Header().Set("Mcp-Session-Id", a.inject)
-		} else if sid := a.Header().Get("Mcp-Session-Id"); a.mint && sid != "" {
-			a.u.mu.Lock()
-			a.u.minted = append(a.u.minted, sid)
-			a.u.mu.Unlock()
-		}
+		a.Header().Set("Mcp-Session-Id", a.inject)
 	}
 	a.ResponseWriter.WriteHeader(code)
 }
@@ -196,41 +147,6 @@ func (e *endpointSniffer) Flush() {
 
 func (e *endpointSniffer) Unwrap() http.ResponseWriter { return e.ResponseWriter }
 
-// attackPost POSTs a JSON-RPC body with extra headers through hc and reads
-// the whole answer. It never fails the test, so it may run on any
-// goroutine.
-func attackPost(ctx context.Context, hc *http.Client, url, body string, hdr map[string]string) loadReply {
-	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader(body))
-	if err != nil {
-		return loadReply{err: err}
-	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Accept", "application/json, text/event-stream")
-	for k, v := range hdr {
-		req.Header.Set(k, v)
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return loadReply{err: err}
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	return loadReply{status: resp.StatusCode, hdr: resp.Header, body: b, err: err}
-}
-
-// withHeaders returns the union of header maps, later ones winning.
-func withHeaders(maps ...map[string]string) map[string]string {
-	out := map[string]string{}
-	for _, m := range maps {
-		for k, v := range m {
-			out[k] = v
-		}
-	}
-	return out
-}
-
 // statusNow reads GET /mcp/status without failing the test.
 func statusNow(ctx context.Context, adminPort int) (opsStatus, error) {
 	var s opsStatus
@@ -262,7 +178,7 @@ func statusAfterLoad(t *testing.T, adminPort int, cond func(opsStatus) bool) ops
 	t.Helper()
 	var s opsStatus
 	var err error
-	if !loadUntil(opsWait, 20*time.Millisecond, func() bool {
+	if !waitUntil(boundedWait, 20*time.Millisecond, func() bool {
 		s, err = statusNow(context.Background(), adminPort)
 		return err == nil && cond(s)
 	}) {
@@ -309,28 +225,6 @@ func listSessions(t *testing.T, adminPort, limit int, addr string) (mine []attac
 	t.Fatalf("more than 1000 pages of sessions")
 	return nil, 0
 }
-
-// isRPCError reports a JSON-RPC error body with the given raw id ("" for
-// any) and, when code is not 0, that code.
-func isRPCError(body []byte, id string, code int) bool {
-	var m struct {
-		JSONRPC string          `json:"jsonrpc"`
-		ID      json.RawMessage `json:"id"`
-		Error   *struct {
-			Code    int    `json:"code"`
-			Message string `json:"message"`
-		} `json:"error"`
-	}
-	if json.Unmarshal(body, &m) != nil || m.JSONRPC != "2.0" || m.Error == nil || m.Error.Message == "" {
-		return false
-	}
-	if id != "" && string(m.ID) != id {
-		return false
-	}
-	return code == 0 || m.Error.Code == code
-}
-
-const notifyInitialized = `{"jsonrpc":"2.0","method":"notifications/initialized"}`
 
 // TestSessionFlood: one client (X-Client: attacker) opens sessions as fast
 // as it can, 50 at a time, in four waves of 2,000 sessions 2s apart,
@@ -413,26 +307,26 @@ func TestSessionFlood(t *testing.T) {
 	var goodErr atomic.Value
 	var goodToken atomic.Value
 	wg.Go(func() {
-		fail := func(what string, r loadReply) {
+		fail := func(what string, r reply) {
 			goodFails.Add(1)
 			goodErr.CompareAndSwap(nil, fmt.Sprintf("%s after %v: %v", what, time.Since(start), r))
 		}
-		r := attackPost(ctx, goodHC, url, initBody(1), good)
+		r := post(ctx, goodHC, url, initBody(1), good)
 		tok := r.hdr.Get("Mcp-Session-Id")
 		if !r.ok() || tok == "" {
 			fail("initialize", r)
 			return
 		}
 		goodToken.Store(tok)
-		if r := attackPost(ctx, goodHC, url, notifyInitialized, inSession(tok, good)); r.err != nil || r.status != http.StatusAccepted {
+		if r := post(ctx, goodHC, url, notifyInitialized, inSession(tok, good)); r.err != nil || r.status != http.StatusAccepted {
 			fail("notifications/initialized", r)
 		}
 		for i := 0; i < 1000 && time.Now().Before(end); i++ {
 			next := time.Now().Add(100 * time.Millisecond)
 			text := fmt.Sprintf("good-%d", i)
-			r := attackPost(ctx, goodHC, url, echoCall(i+2, text), inSession(tok, good))
+			r := post(ctx, goodHC, url, echoCall(i+2, text), inSession(tok, good))
 			goodCalls.Add(1)
-			if !r.ok() || !strings.Contains(string(r.body), `"text":"`+text+`"`) {
+			if !r.ok() || !strings.Contains(r.body, `"text":"`+text+`"`) {
 				fail("tools/call "+text, r)
 			}
 			time.Sleep(time.Until(next))
@@ -468,8 +362,8 @@ func TestSessionFlood(t *testing.T) {
 				toks = append(toks, tok)
 			}
 			liveMu.Unlock()
-			loadParallel(len(toks), 16, func(i int) {
-				r := attackPost(ctx, atkHC, url, notifyInitialized, inSession(toks[i], attacker))
+			parallel(len(toks), 16, func(i int) {
+				r := post(ctx, atkHC, url, notifyInitialized, inSession(toks[i], attacker))
 				switch {
 				case r.err == nil && r.status == http.StatusAccepted:
 					notified.Add(1)
@@ -493,13 +387,13 @@ func TestSessionFlood(t *testing.T) {
 	waves := 0
 	for ; waves < maxWaves && time.Now().Before(end); waves++ {
 		time.Sleep(time.Until(start.Add(time.Duration(waves) * waveEvery)))
-		loadParallel(total, workers, func(i int) {
+		parallel(total, workers, func(i int) {
 			if time.Now().After(end) {
 				return
 			}
 			id := 1000 + waves*total + i
 			atkSent.Add(1)
-			r := attackPost(ctx, atkHC, url, initBody(id), attacker)
+			r := post(ctx, atkHC, url, initBody(id), attacker)
 			switch tok := r.hdr.Get("Mcp-Session-Id"); {
 			case r.ok() && tok != "":
 				atkOK.Add(1)
@@ -576,12 +470,12 @@ func TestSessionFlood(t *testing.T) {
 		}
 	}
 
-	up.mu.Lock()
 	goodSids := map[string]bool{}
-	for _, sid := range up.byClient["good"] {
-		goodSids[sid] = true
+	for _, s := range up.since(0) {
+		if s.client == "good" && s.sid != "" {
+			goodSids[s.sid] = true
+		}
 	}
-	up.mu.Unlock()
 
 	// The attacker's sessions that took its notifications after the flood
 	// are as idle as if they had not: their idle time runs from the flood.
@@ -614,7 +508,7 @@ func TestSessionFlood(t *testing.T) {
 			attackerSids[sid] = true
 		}
 	}
-	if !loadUntil(15*time.Second, 50*time.Millisecond, func() bool { return float64(up.deletesOf(attackerSids)) >= capacity }) {
+	if !waitUntil(15*time.Second, 50*time.Millisecond, func() bool { return float64(up.deletesOf(attackerSids)) >= capacity }) {
 		t.Errorf("the upstream got DELETEs for %d attacker sessions, want at least %v (one per capacity eviction)", up.deletesOf(attackerSids), capacity)
 	}
 	if n := up.deletesOf(goodSids); n != 0 || len(goodSids) != 1 {
@@ -699,7 +593,7 @@ func TestSessionFloodNotificationsIdle(t *testing.T) {
 			if got := metricValue(scrape(t, adminPort), "caddy_mcp_session_evictions_total", "cause", "capacity") - capacity0; got != float64(half) {
 				t.Errorf("%v capacity evictions, want %d", got, half)
 			}
-			if !loadUntil(10*time.Second, 10*time.Millisecond, func() bool {
+			if !waitUntil(10*time.Second, 10*time.Millisecond, func() bool {
 				for _, sid := range notifiedSids {
 					if up.deleted(sid) == 0 {
 						return false
@@ -722,25 +616,13 @@ type legacyClient struct {
 }
 
 // openLegacyStream opens a legacy stream (GET /sse) and reads its endpoint
-// event. A stream that does not open is answered as a loadReply.
-func openLegacyStream(ctx context.Context, hc *http.Client, url string) (*legacyClient, loadReply) {
+// event. A stream that does not open is answered as a reply.
+func openLegacyStream(ctx context.Context, hc *http.Client, url string) (*legacyClient, reply) {
 	ctx, cancel := context.WithCancel(ctx)
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
+	resp, err := getStream(ctx, hc, url, "", "", "", nil)
+	if err != nil || resp.StatusCode != http.StatusOK {
 		cancel()
-		return nil, loadReply{err: err}
-	}
-	req.Header.Set("Accept", "text/event-stream")
-	resp, err := hc.Do(req)
-	if err != nil {
-		cancel()
-		return nil, loadReply{err: err}
-	}
-	if resp.StatusCode != http.StatusOK {
-		b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-		resp.Body.Close()
-		cancel()
-		return nil, loadReply{status: resp.StatusCode, hdr: resp.Header, body: b, err: err}
+		return nil, readReply(resp, err)
 	}
 	// The endpoint event comes at once; a stream that does not send it
 	// within 10s is given up.
@@ -752,7 +634,7 @@ func openLegacyStream(ctx context.Context, hc *http.Client, url string) (*legacy
 		if err != nil {
 			resp.Body.Close()
 			cancel()
-			return nil, loadReply{status: resp.StatusCode, hdr: resp.Header, err: fmt.Errorf("no endpoint event: %w", err)}
+			return nil, reply{status: resp.StatusCode, hdr: resp.Header, err: fmt.Errorf("no endpoint event: %w", err)}
 		}
 		line = strings.TrimRight(line, "\r\n")
 		if v, ok := strings.CutPrefix(line, "event:"); ok {
@@ -777,7 +659,7 @@ func openLegacyStream(ctx context.Context, hc *http.Client, url string) (*legacy
 					}
 				}
 			}()
-			return c, loadReply{status: resp.StatusCode, hdr: resp.Header}
+			return c, reply{status: resp.StatusCode, hdr: resp.Header}
 		}
 	}
 }
@@ -842,14 +724,14 @@ func TestSessionLegacyFlood(t *testing.T) {
 			c.cancel()
 		}
 	}
-	opsEventually(t, "the legacy sessions of closed streams to end", func() bool { return status(t, adminPort).Resources.Sessions.Used == 0 })
+	pollUntil(t, "the legacy sessions of closed streams to end", func() bool { return status(t, adminPort).Resources.Sessions.Used == 0 })
 
 	// The flood.
 	var mu sync.Mutex
 	var streams []*legacyClient
 	var refused, other atomic.Int64
 	var otherErr atomic.Value
-	loadParallel(total, workers, func(int) {
+	parallel(total, workers, func(int) {
 		c, r := openLegacyStream(ctx, hc, proxyURL(port)+"/sse")
 		switch {
 		case c != nil:
@@ -952,7 +834,7 @@ func TestSessionLegacyFlood(t *testing.T) {
 		t.Errorf("%d streams closed after evicting one session", closed)
 	}
 	st, _, b = rawPost(t, proxyURL(port)+victim.endpoint, rpcRequest(78, "ping"), nil)
-	if st != http.StatusNotFound || !isRPCError([]byte(b), "78", -32001) {
+	if st != http.StatusNotFound || !isRPCError(b, "78", -32001) {
 		t.Errorf("legacy POST to the evicted session: %d %s, want 404", st, b)
 	}
 	// Its place is free for a new stream.
@@ -965,7 +847,7 @@ func TestSessionLegacyFlood(t *testing.T) {
 	for _, c := range streams {
 		c.cancel()
 	}
-	opsEventually(t, "every legacy session to end with its stream", func() bool { return status(t, adminPort).Resources.Sessions.Used == 0 })
+	pollUntil(t, "every legacy session to end with its stream", func() bool { return status(t, adminPort).Resources.Sessions.Used == 0 })
 }
 
 // TestSessionSealed: a session is entered only with its sealed token. The
@@ -981,13 +863,13 @@ func TestSessionSealed(t *testing.T) {
 	port, port2, adminPort := freePort(t), freePort(t), freePort(t)
 	loadWithAdmin(t, adminPort, opsGlobal, opsSite(port, up.addr(), "")+opsSite(port2, stateless.addr(), ""))
 	url := proxyURL(port) + "/mcp"
-	tok := opsOpen(t, url)
+	tok := rawSession(t, url, nil)
 	ids := up.mintedIDs()
 	if len(ids) != 1 || ids[0] == tok {
 		t.Fatalf("upstream ids %v, token %q", ids, tok)
 	}
 	raw := ids[0]
-	if st, b := opsEcho(t, url, tok, 2); st != http.StatusOK {
+	if st, b := sessionEcho(t, url, tok, 2); st != http.StatusOK {
 		t.Fatalf("echo with the token: %d %s", st, b)
 	}
 	sessions := status(t, adminPort).Resources.Sessions.Used
@@ -995,7 +877,7 @@ func TestSessionSealed(t *testing.T) {
 	dropped0 := metricValue(mfs, "caddy_mcp_upstream_session_ids_total", "result", "dropped")
 
 	// The raw id, every way.
-	seen, requests := up.seenCount(raw), up.requests.Load()
+	seen, requests := up.bySession(raw, ""), up.requests.Load()
 	call2026 := `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","arguments":{"text":"x"},` + meta2026 + `}}`
 	for _, tc := range []struct {
 		name string
@@ -1007,7 +889,7 @@ func TestSessionSealed(t *testing.T) {
 		{"2026-07-28", call2026, map[string]string{"Mcp-Session-Id": raw, "Mcp-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call", "Mcp-Name": "echo"}},
 	} {
 		st, h, b := rawPost(t, url, tc.body, tc.hdr)
-		if st != http.StatusNotFound || !isRPCError([]byte(b), "7", -32001) || h.Get("Mcp-Session-Id") != "" {
+		if st != http.StatusNotFound || !isRPCError(b, "7", -32001) || h.Get("Mcp-Session-Id") != "" {
 			t.Errorf("raw upstream id, %s: %d %s, want 404 with -32001", tc.name, st, b)
 		}
 	}
@@ -1016,14 +898,14 @@ func TestSessionSealed(t *testing.T) {
 		req.Header.Set("Accept", "text/event-stream")
 		req.Header.Set("Mcp-Session-Id", raw)
 		req.Header.Set("Mcp-Protocol-Version", "2025-06-18")
-		if st, _, b := do(t, req); st != http.StatusNotFound || !isRPCError([]byte(b), "", -32001) {
+		if st, _, b := do(t, req); st != http.StatusNotFound || !isRPCError(b, "", -32001) {
 			t.Errorf("raw upstream id on a %s: %d %s, want 404", method, st, b)
 		}
 	}
 	if st, _, b := rawPost(t, url+"?mcpgate_route="+raw, rpcRequest(8, "ping"), nil); st != http.StatusNotFound {
 		t.Errorf("raw upstream id as a legacy route: %d %s, want 404", st, b)
 	}
-	if got := up.requests.Load() - requests; got != 0 || up.seenCount(raw) != seen {
+	if got := up.requests.Load() - requests; got != 0 || up.bySession(raw, "") != seen {
 		t.Errorf("%d requests with the raw id reached the upstream", got)
 	}
 	if up.deleted(raw) != 0 {
@@ -1034,18 +916,18 @@ func TestSessionSealed(t *testing.T) {
 	// session's era, which answers a version header of another era with
 	// 400, as its servers do; the upstream sees nothing of it.
 	st, h, b := rawPost(t, url, call2026, map[string]string{"Mcp-Session-Id": tok, "Mcp-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call", "Mcp-Name": "echo"})
-	if st != http.StatusBadRequest || !isRPCError([]byte(b), "7", -32600) || h.Get("Mcp-Session-Id") != "" {
+	if st != http.StatusBadRequest || !isRPCError(b, "7", -32600) || h.Get("Mcp-Session-Id") != "" {
 		t.Errorf("tools/call with the token and a 2026-07-28 header: %d %s", st, b)
-	} else if up.seenCount(raw) != seen {
+	} else if up.bySession(raw, "") != seen {
 		t.Errorf("tools/call with the token and a 2026-07-28 header reached the upstream")
 	}
 
 	// An upstream id on a tools/call answer opens nothing.
-	st, h, b = rawPost(t, url, echoCall(9, "planted"), withHeaders(opsHeaders(tok), map[string]string{"X-Answer-Session-Id": "planted-by-upstream"}))
+	st, h, b = rawPost(t, url, echoCall(9, "planted"), withHeaders(inSession(tok, nil), map[string]string{"X-Answer-Session-Id": "planted-by-upstream"}))
 	if st != http.StatusOK || !strings.Contains(b, `"text":"planted"`) || h.Get("Mcp-Session-Id") != "" {
 		t.Errorf("tools/call answered with a new upstream id: %d, client got Mcp-Session-Id %q: %s", st, h.Get("Mcp-Session-Id"), b)
 	}
-	if st, _, b := rawPost(t, url, echoCall(10, "x"), opsHeaders("planted-by-upstream")); st != http.StatusNotFound {
+	if st, _, b := rawPost(t, url, echoCall(10, "x"), inSession("planted-by-upstream", nil)); st != http.StatusNotFound {
 		t.Errorf("the planted id as a session: %d %s", st, b)
 	}
 	// A 2026-07-28 answer (no session) carrying an upstream id.
@@ -1208,7 +1090,7 @@ func TestSessionUnusableUpstreamID(t *testing.T) {
 		case st == http.StatusOK:
 			t.Errorf("%s: initialize answered 200 (Mcp-Session-Id %.40q): %s", tc.name, h.Get("Mcp-Session-Id"), show)
 			continue
-		case st != http.StatusBadGateway || !isRPCError([]byte(b), id, 0) || h.Get("Mcp-Session-Id") != "":
+		case st != http.StatusBadGateway || !isRPCError(b, id, 0) || h.Get("Mcp-Session-Id") != "":
 			t.Errorf("%s: %d, Mcp-Session-Id %.40q: %s; want 502 with a JSON-RPC error with id %s", tc.name, st, h.Get("Mcp-Session-Id"), show, id)
 			continue
 		}
@@ -1220,7 +1102,7 @@ func TestSessionUnusableUpstreamID(t *testing.T) {
 		if tc.folded {
 			wait = 2 * time.Second
 		}
-		if !loadUntil(wait, 10*time.Millisecond, func() bool { return len(up.deletesOf("/case/"+tc.name)) > 0 }) {
+		if !waitUntil(wait, 10*time.Millisecond, func() bool { return len(up.deletesOf("/case/"+tc.name)) > 0 }) {
 			if tc.folded {
 				t.Logf("%s: the answer was refused before the proxy saw an id (%s)", tc.name, show)
 				continue
@@ -1333,12 +1215,12 @@ func TestSessionClientKeyFallback(t *testing.T) {
 	defer cancel()
 	session := func(hc *http.Client) string {
 		t.Helper()
-		r := attackPost(ctx, hc, url, initBody(1), nil)
+		r := post(ctx, hc, url, initBody(1), nil)
 		tok := r.hdr.Get("Mcp-Session-Id")
 		if !r.ok() || tok == "" {
 			t.Fatalf("initialize: %v", r)
 		}
-		if r := attackPost(ctx, hc, url, notifyInitialized, inSession(tok, nil)); r.status != http.StatusAccepted {
+		if r := post(ctx, hc, url, notifyInitialized, inSession(tok, nil)); r.status != http.StatusAccepted {
 			t.Fatalf("notifications/initialized: %v", r)
 		}
 		return tok
@@ -1348,24 +1230,24 @@ func TestSessionClientKeyFallback(t *testing.T) {
 	slowHdr := func(tok string) map[string]string { return inSession(tok, map[string]string{"X-Slow": "1"}) }
 
 	var wg sync.WaitGroup
-	var first, beside loadReply
-	wg.Go(func() { first = attackPost(ctx, one, url, slow, slowHdr(tokOne)) })
+	var first, beside reply
+	wg.Go(func() { first = post(ctx, one, url, slow, slowHdr(tokOne)) })
 	pollUntil(t, "the first slow call to run upstream", func() bool { return up.running.Load() == 1 })
-	wg.Go(func() { beside = attackPost(ctx, two, url, slow, slowHdr(tokTwo)) })
+	wg.Go(func() { beside = post(ctx, two, url, slow, slowHdr(tokTwo)) })
 	pollUntil(t, "the call from 127.0.0.2 to run beside it", func() bool { return up.running.Load() == 2 })
-	second := attackPost(ctx, one, url, echoCall(6, "x"), inSession(tokOne, nil))
+	second := post(ctx, one, url, echoCall(6, "x"), inSession(tokOne, nil))
 	if second.status != http.StatusTooManyRequests || second.hdr.Get("Retry-After") == "" || !isRPCError(second.body, "6", 0) {
 		t.Errorf("a second call from 127.0.0.1: %v, want 429 with Retry-After and a JSON-RPC error", second)
 	}
 	wg.Wait()
-	if !first.ok() || !strings.Contains(string(first.body), "liftoff") {
+	if !first.ok() || !strings.Contains(first.body, "liftoff") {
 		t.Errorf("the slow call from 127.0.0.1: %v", first)
 	}
-	if !beside.ok() || !strings.Contains(string(beside.body), "liftoff") {
+	if !beside.ok() || !strings.Contains(beside.body, "liftoff") {
 		t.Errorf("the slow call from 127.0.0.2: %v", beside)
 	}
 	// Its slot is back once the call ends.
-	if r := attackPost(ctx, one, url, echoCall(7, "y"), inSession(tokOne, nil)); !r.ok() {
+	if r := post(ctx, one, url, echoCall(7, "y"), inSession(tokOne, nil)); !r.ok() {
 		t.Errorf("a call from 127.0.0.1 after the slow one: %v", r)
 	}
 }
@@ -1390,10 +1272,10 @@ func TestSessionQueryNotStored(t *testing.T) {
 	if st != http.StatusOK || tok == "" {
 		t.Fatalf("initialize with a 100 KB query: %d %s", st, b[:min(len(b), 300)])
 	}
-	if st, _, b := rawPost(t, url, notifyInitialized, opsHeaders(tok)); st != http.StatusAccepted {
+	if st, _, b := rawPost(t, url, notifyInitialized, inSession(tok, nil)); st != http.StatusAccepted {
 		t.Fatalf("notifications/initialized: %d %s", st, b)
 	}
-	if st, b := opsEcho(t, url, tok, 2); st != http.StatusOK || !strings.Contains(b, "result") {
+	if st, b := sessionEcho(t, url, tok, 2); st != http.StatusOK || !strings.Contains(b, "result") {
 		t.Errorf("echo in the session: %d %s", st, b)
 	}
 	ids := up.mintedIDs()
@@ -1409,9 +1291,12 @@ func TestSessionQueryNotStored(t *testing.T) {
 	}
 	adminJSON(t, adminPort, http.MethodDelete, "/mcp/sessions/"+mine[0].ID, "", http.StatusOK, nil)
 	pollUntil(t, "the evicted session's DELETE upstream", func() bool { return up.deleted(ids[0]) == 1 })
-	up.mu.Lock()
-	uris := append([]string(nil), up.deleteURIs...)
-	up.mu.Unlock()
+	var uris []string
+	for _, s := range up.since(0) {
+		if s.method == http.MethodDelete {
+			uris = append(uris, s.uri)
+		}
+	}
 	if len(uris) != 1 || uris[0] != "/mcp" {
 		short := make([]string, len(uris))
 		for i, u := range uris {
@@ -1433,7 +1318,7 @@ func TestSessionAdoptedHostNotStored(t *testing.T) {
 	global := opsGlobal + "\tservers {\n\t\tmax_header_size 1MiB\n\t}\n"
 	loadWithAdmin(t, adminPort, global, opsSite(port, up.addr(), ""))
 	url := proxyURL(port) + "/mcp"
-	tok := opsOpen(t, url)
+	tok := rawSession(t, url, nil)
 	// A stop forgets every live session; the next config adopts them.
 	if err := caddy.Stop(); err != nil {
 		t.Fatal(err)
@@ -1444,7 +1329,7 @@ func TestSessionAdoptedHostNotStored(t *testing.T) {
 	req.Host = strings.Repeat("h", 200<<10)
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Accept", "application/json, text/event-stream")
-	for k, v := range opsHeaders(tok) {
+	for k, v := range inSession(tok, nil) {
 		req.Header.Set(k, v)
 	}
 	if st, _, b := do(t, req); st != http.StatusOK || !strings.Contains(b, `"text":"adopted"`) {
@@ -1494,7 +1379,7 @@ func TestSessionNegotiatedVersion(t *testing.T) {
 			t.Errorf("the session is listed at protocol version %s; the upstream negotiated %s", one.Sessions[0].Version, negotiated)
 		}
 		adminJSON(t, adminPort, http.MethodDelete, "/mcp/sessions/"+up.adminID(sid), "", http.StatusOK, nil)
-		if !loadUntil(5*time.Second, 10*time.Millisecond, func() bool { return up.deleted(sid) > 0 }) {
+		if !waitUntil(5*time.Second, 10*time.Millisecond, func() bool { return up.deleted(sid) > 0 }) {
 			t.Errorf("the evicted session (negotiated %s) was not deleted upstream", negotiated)
 		}
 	}
