@@ -1,6 +1,7 @@
 package admission
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"math"
@@ -218,25 +219,22 @@ const NumReasons = 8
 // String returns the metrics label of r, such as "queue_full" ("unknown"
 // for an out-of-range value).
 func (r Reason) String() string {
-	switch r {
-	case ReasonCapacity:
-		return "capacity"
-	case ReasonQueueFull:
-		return "queue_full"
-	case ReasonQueueTimeout:
-		return "queue_timeout"
-	case ReasonClientQuota:
-		return "client_quota"
-	case ReasonSessionQuota:
-		return "session_quota"
-	case ReasonToolLimit:
-		return "tool_limit"
-	case ReasonCanceled:
-		return "canceled"
-	case ReasonLevel:
-		return "level"
+	if r < NumReasons {
+		return reasonNames[r]
 	}
 	return "unknown"
+}
+
+// reasonNames are the metrics labels of the reasons, indexed by Reason.
+var reasonNames = [NumReasons]string{
+	ReasonCapacity:     "capacity",
+	ReasonQueueFull:    "queue_full",
+	ReasonQueueTimeout: "queue_timeout",
+	ReasonClientQuota:  "client_quota",
+	ReasonSessionQuota: "session_quota",
+	ReasonToolLimit:    "tool_limit",
+	ReasonCanceled:     "canceled",
+	ReasonLevel:        "level",
 }
 
 // Status returns the HTTP status of a refusal for r: 429 for a client's or
@@ -441,23 +439,30 @@ func New(cfg Config, global *Limiter) (*Controller, error) {
 // validate reports a negative limit, size or duration, or a non-finite
 // rate.
 func (cfg *Config) validate() error {
-	switch {
-	case cfg.MaxInflight < 0:
-		return fmt.Errorf("max inflight %d: must not be negative", cfg.MaxInflight)
-	case cfg.QueueSize < 0:
-		return fmt.Errorf("queue size %d: must not be negative", cfg.QueueSize)
-	case cfg.QueueTimeout < 0:
-		return fmt.Errorf("queue timeout %v: must not be negative", cfg.QueueTimeout)
-	case cfg.ClientMaxInflight < 0:
-		return fmt.Errorf("client max inflight %d: must not be negative", cfg.ClientMaxInflight)
-	case cfg.ClientSessionRate < 0 || math.IsNaN(cfg.ClientSessionRate) || math.IsInf(cfg.ClientSessionRate, 0):
-		return fmt.Errorf("client session rate %v: must be a non-negative number", cfg.ClientSessionRate)
-	case cfg.ClientSessionBurst < 0:
-		return fmt.Errorf("client session burst %d: must not be negative", cfg.ClientSessionBurst)
-	case cfg.SessionMaxInflight < 0:
-		return fmt.Errorf("session max inflight %d: must not be negative", cfg.SessionMaxInflight)
-	case cfg.MaxKeys < 0:
-		return fmt.Errorf("max keys %d: must not be negative", cfg.MaxKeys)
+	return cmp.Or(
+		notNegative("max inflight", cfg.MaxInflight),
+		notNegative("queue size", cfg.QueueSize),
+		notNegative("queue timeout", cfg.QueueTimeout),
+		notNegative("client max inflight", cfg.ClientMaxInflight),
+		finiteRate("client session rate", cfg.ClientSessionRate),
+		notNegative("client session burst", cfg.ClientSessionBurst),
+		notNegative("session max inflight", cfg.SessionMaxInflight),
+		notNegative("max keys", cfg.MaxKeys),
+	)
+}
+
+// notNegative reports a negative setting, named what.
+func notNegative[T int | time.Duration](what string, v T) error {
+	if v < 0 {
+		return fmt.Errorf("%s %v: must not be negative", what, v)
+	}
+	return nil
+}
+
+// finiteRate reports a negative or non-finite rate, named what.
+func finiteRate(what string, v float64) error {
+	if v < 0 || math.IsNaN(v) || math.IsInf(v, 0) {
+		return fmt.Errorf("%s %v: must be a non-negative number", what, v)
 	}
 	return nil
 }
@@ -487,11 +492,8 @@ func compileToolRule(i int, tr ToolRule) (toolRule, error) {
 	if _, err := path.Match(tr.Pattern, ""); err != nil {
 		return toolRule{}, fmt.Errorf("tool rule %d: pattern %q: %w", i, tr.Pattern, err)
 	}
-	if tr.MaxInflight < 0 {
-		return toolRule{}, fmt.Errorf("tool rule %d (%s): max inflight %d: must not be negative", i, tr.Pattern, tr.MaxInflight)
-	}
-	if tr.Timeout < 0 {
-		return toolRule{}, fmt.Errorf("tool rule %d (%s): timeout %v: must not be negative", i, tr.Pattern, tr.Timeout)
+	if err := cmp.Or(notNegative("max inflight", tr.MaxInflight), notNegative("timeout", tr.Timeout)); err != nil {
+		return toolRule{}, fmt.Errorf("tool rule %d (%s): %w", i, tr.Pattern, err)
 	}
 	r := toolRule{pattern: tr.Pattern}
 	r.kind, r.lit = compileRule(tr.Pattern)

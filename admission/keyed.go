@@ -206,53 +206,29 @@ type KeyedRate struct {
 const rateKeysPerShard = 1024
 
 // rateShard is one shard of a KeyedRate: its buckets by key, and the same
-// buckets on a list from the most recently used (head) to the least (tail).
+// buckets on a list from the least recently used (head) to the most (tail).
 type rateShard struct {
-	mu         sync.Mutex
-	m          map[string]*rateEntry
-	head, tail *rateEntry
-	n          int      // buckets held
-	max        int      // buckets held at most; 0 means no bound
-	_          [16]byte // keep shards on separate cache lines
+	mu sync.Mutex
+	m  map[string]*rateEntry
+	list[keyBucket]
+	n   int      // buckets held
+	max int      // buckets held at most; 0 means no bound
+	_   [16]byte // keep shards on separate cache lines
 }
 
-// rateEntry is one key's bucket, linked into its shard's list.
-type rateEntry struct {
-	key        string
-	b          bucket
-	prev, next *rateEntry
+// rateEntry is one key's bucket, a node of its shard's list.
+type rateEntry = listNode[keyBucket]
+
+// keyBucket is a key and its bucket.
+type keyBucket struct {
+	key string
+	b   bucket
 }
 
 // bucket is one key's token bucket.
 type bucket struct {
 	tokens float64 // tokens at last
 	last   int64   // unix nanoseconds of the last update
-}
-
-// pushFront links e as s's most recently used entry. It requires s.mu.
-func (s *rateShard) pushFront(e *rateEntry) {
-	e.prev, e.next = nil, s.head
-	if s.head != nil {
-		s.head.prev = e
-	} else {
-		s.tail = e
-	}
-	s.head = e
-}
-
-// unlink removes e from s's list. It requires s.mu.
-func (s *rateShard) unlink(e *rateEntry) {
-	if e.prev != nil {
-		e.prev.next = e.next
-	} else {
-		s.head = e.next
-	}
-	if e.next != nil {
-		e.next.prev = e.prev
-	} else {
-		s.tail = e.prev
-	}
-	e.prev, e.next = nil, nil
 }
 
 // NewKeyedRate returns a KeyedRate allowing perSecond events per second per
@@ -323,33 +299,33 @@ func (k *KeyedRate) Allow(key string, now time.Time) (ok bool, retryAfter time.D
 	if e == nil {
 		if s.max > 0 && s.n >= s.max {
 			// Reuse the least recently used entry for the new key.
-			e = s.tail
-			s.unlink(e)
-			delete(s.m, e.key)
+			e = s.head
+			s.remove(e)
+			delete(s.m, e.val.key)
 		} else {
 			e = new(rateEntry)
 			s.n++
 			k.keys.Add(1)
 		}
-		e.key = strings.Clone(key)
-		e.b = bucket{tokens: k.burst - 1, last: t}
-		s.m[e.key] = e
-		s.pushFront(e)
+		e.val = keyBucket{key: strings.Clone(key), b: bucket{tokens: k.burst - 1, last: t}}
+		s.m[e.val.key] = e
+		s.pushBack(e)
 		return true, 0
 	}
-	if s.head != e {
-		s.unlink(e)
-		s.pushFront(e)
+	if s.tail != e {
+		s.remove(e)
+		s.pushBack(e)
 	}
-	tokens := k.refill(e.b, t)
-	if t > e.b.last {
-		e.b.last = t
+	b := &e.val.b
+	tokens := k.refill(*b, t)
+	if t > b.last {
+		b.last = t
 	}
 	if tokens >= 1 {
-		e.b.tokens = tokens - 1
+		b.tokens = tokens - 1
 		return true, 0
 	}
-	e.b.tokens = tokens
+	b.tokens = tokens
 	return false, time.Duration(math.Ceil((1 - tokens) / k.perNano))
 }
 
@@ -357,9 +333,9 @@ func (k *KeyedRate) Allow(key string, now time.Time) (ok bool, retryAfter time.D
 func (k *KeyedRate) sweepShard(s *rateShard, now int64) int {
 	n := 0
 	for key, e := range s.m {
-		if k.refill(e.b, now) >= k.burst {
+		if k.refill(e.val.b, now) >= k.burst {
 			delete(s.m, key)
-			s.unlink(e)
+			s.remove(e)
 			n++
 		}
 	}

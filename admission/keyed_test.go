@@ -351,7 +351,7 @@ func TestKeyedRateSweepKeepsList(t *testing.T) {
 		t.Fatalf("Sweep removed %d, Len() = %d; want 2, 1", n, k.Len())
 	}
 	s := &k.shards[0]
-	if s.head == nil || s.head != s.tail || s.head.key != "c" || s.n != 1 {
+	if s.head == nil || s.head != s.tail || s.head.val.key != "c" || s.n != 1 {
 		t.Fatal("list out of sync after Sweep")
 	}
 	// Two new keys fill the table again without evicting c.

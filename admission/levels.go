@@ -29,19 +29,21 @@ const (
 // NumLevels is the number of service levels.
 const NumLevels = 4
 
-// String returns the level's lowercase name.
+// String returns the level's lowercase name ("unknown" for an
+// out-of-range value).
 func (l Level) String() string {
-	switch l {
-	case LevelFull:
-		return "full"
-	case LevelDegraded:
-		return "degraded"
-	case LevelEssential:
-		return "essential"
-	case LevelProtective:
-		return "protective"
+	if l < NumLevels {
+		return levelNames[l]
 	}
 	return "unknown"
+}
+
+// levelNames are the levels' names, indexed by Level.
+var levelNames = [NumLevels]string{
+	LevelFull:       "full",
+	LevelDegraded:   "degraded",
+	LevelEssential:  "essential",
+	LevelProtective: "protective",
 }
 
 // ParseLevel parses a level name as String writes it.

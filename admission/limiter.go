@@ -106,8 +106,8 @@ type Limiter struct {
 	clock        func() time.Duration // replaces the clock in tests
 
 	mu    sync.Mutex
-	lists [NumPriorities]waitList // guarded by mu
-	count int                     // waiters in lists, guarded by mu
+	lists [NumPriorities]list[waitState] // oldest at head, guarded by mu
+	count int                            // waiters in lists, guarded by mu
 
 	// Standing-queue state, guarded by mu.
 	// Times are on the limiter's clock (see now).
@@ -128,49 +128,21 @@ const (
 	evicted
 )
 
-// waiter is one caller blocked in Acquire. It is pooled: its channel and
-// timer are reused across waits.
-type waiter struct {
-	prev, next *waiter
-	since      time.Duration // when it joined the queue, on the limiter's clock
-	prio       Priority
-	state      uint8
-	ready      chan struct{} // buffered 1; receives one signal per grant or eviction
-	timer      *time.Timer
+// waiter is one caller blocked in Acquire, a node of its priority's wait
+// list. It is pooled: its channel and timer are reused across waits.
+type waiter = listNode[waitState]
+
+// waitState is what a waiter holds.
+type waitState struct {
+	since time.Duration // when it joined the queue, on the limiter's clock
+	prio  Priority
+	state uint8
+	ready chan struct{} // buffered 1; receives one signal per grant or eviction
+	timer *time.Timer
 }
 
 var waiterPool = sync.Pool{
-	New: func() any { return &waiter{ready: make(chan struct{}, 1)} },
-}
-
-// waitList is an intrusive doubly linked list of waiters of one priority,
-// oldest at head, newest at tail.
-type waitList struct {
-	head, tail *waiter
-}
-
-func (wl *waitList) pushBack(w *waiter) {
-	w.prev, w.next = wl.tail, nil
-	if wl.tail != nil {
-		wl.tail.next = w
-	} else {
-		wl.head = w
-	}
-	wl.tail = w
-}
-
-func (wl *waitList) remove(w *waiter) {
-	if w.prev != nil {
-		w.prev.next = w.next
-	} else {
-		wl.head = w.next
-	}
-	if w.next != nil {
-		w.next.prev = w.prev
-	} else {
-		wl.tail = w.prev
-	}
-	w.prev, w.next = nil, nil
+	New: func() any { return &waiter{val: waitState{ready: make(chan struct{}, 1)}} },
 }
 
 // NewLimiter returns a Limiter that admits at most limit requests in flight
@@ -378,8 +350,8 @@ func (l *Limiter) grantLocked() {
 	for {
 		w := l.popBest(now, standing)
 		l.grants++
-		w.state = granted
-		w.ready <- struct{}{}
+		w.val.state = granted
+		w.val.ready <- struct{}{}
 		if l.count == 0 || !l.tryInc() {
 			return
 		}
@@ -393,7 +365,7 @@ func (l *Limiter) grantLocked() {
 func (l *Limiter) popBest(now time.Duration, standing bool) *waiter {
 	for p := NumPriorities - 1; p >= 0; p-- {
 		if w := l.lists[p].head; w != nil {
-			if !standing && l.queueTimeout > 0 && now-w.since >= l.queueTimeout/2 {
+			if !standing && l.queueTimeout > 0 && now-w.val.since >= l.queueTimeout/2 {
 				w = l.lists[p].tail
 			}
 			l.unlink(w)
@@ -405,7 +377,7 @@ func (l *Limiter) popBest(now time.Duration, standing bool) *waiter {
 
 // unlink removes w from its list and the counts. It requires mu.
 func (l *Limiter) unlink(w *waiter) {
-	l.lists[w.prio].remove(w)
+	l.lists[w.val.prio].remove(w)
 	l.count--
 	l.queued.Add(-1)
 }
@@ -434,7 +406,18 @@ func (l *Limiter) Acquire(ctx context.Context, p Priority) (waited time.Duration
 	if p >= NumPriorities {
 		p = NumPriorities - 1
 	}
+	w, err := l.join(p)
+	if w == nil {
+		return 0, err
+	}
+	return l.wait(ctx, w)
+}
 
+// join takes a slot freed since TryAcquire or else queues a waiter of
+// priority p, evicting the oldest waiter of a lower priority when the
+// queue is full. It returns no waiter when it took a slot (and a nil
+// error) or when the queue has no room for p (ErrQueueFull).
+func (l *Limiter) join(p Priority) (*waiter, error) {
 	l.mu.Lock()
 	// Announce the intent to wait before the last look at the slots, so a
 	// concurrent Release either sees this caller in the queue or has freed
@@ -445,7 +428,7 @@ func (l *Limiter) Acquire(ctx context.Context, p Priority) (waited time.Duration
 	if l.count == 0 && l.tryInc() {
 		l.queued.Add(-1)
 		l.mu.Unlock()
-		return 0, nil
+		return nil, nil
 	}
 	now := l.now()
 	if l.count == 0 {
@@ -461,32 +444,38 @@ func (l *Limiter) Acquire(ctx context.Context, p Priority) (waited time.Duration
 		if victim == nil {
 			l.queued.Add(-1)
 			l.mu.Unlock()
-			return 0, ErrQueueFull
+			return nil, ErrQueueFull
 		}
 		l.unlink(victim)
-		victim.state = evicted
-		victim.ready <- struct{}{}
+		victim.val.state = evicted
+		victim.val.ready <- struct{}{}
 	}
 	w := waiterPool.Get().(*waiter)
-	w.prio = p
-	w.since = now
-	w.state = waiting
+	w.val.prio, w.val.since, w.val.state = p, now, waiting
 	l.lists[p].pushBack(w)
 	l.count++
 	l.mu.Unlock()
+	return w, nil
+}
 
+// wait blocks until the queued waiter w is granted a slot or evicted, the
+// queue timeout passes or ctx is done, and returns how long it waited and
+// the result of Acquire.
+func (l *Limiter) wait(ctx context.Context, w *waiter) (time.Duration, error) {
+	ws := &w.val
 	start := time.Now()
 	var timeout <-chan time.Time
 	if l.queueTimeout > 0 {
-		if w.timer == nil {
-			w.timer = time.NewTimer(l.queueTimeout)
+		if ws.timer == nil {
+			ws.timer = time.NewTimer(l.queueTimeout)
 		} else {
-			w.timer.Reset(l.queueTimeout)
+			ws.timer.Reset(l.queueTimeout)
 		}
-		timeout = w.timer.C
+		timeout = ws.timer.C
 	}
+	var err error
 	select {
-	case <-w.ready:
+	case <-ws.ready:
 	case <-timeout:
 		err = ErrQueueTimeout
 	case <-ctx.Done():
@@ -494,7 +483,7 @@ func (l *Limiter) Acquire(ctx context.Context, p Priority) (waited time.Duration
 	}
 	if err != nil {
 		l.mu.Lock()
-		if w.state == waiting {
+		if ws.state == waiting {
 			l.unlink(w)
 			if err == ErrQueueTimeout {
 				l.refusedAt = l.now()
@@ -505,9 +494,9 @@ func (l *Limiter) Acquire(ctx context.Context, p Priority) (waited time.Duration
 		l.mu.Unlock()
 		// Granted or evicted while the wait ended: the signal was sent
 		// under mu, so it is already buffered.
-		<-w.ready
+		<-ws.ready
 	}
-	switch w.state {
+	switch ws.state {
 	case granted:
 		if err != nil && err != ErrQueueTimeout {
 			// The caller is gone: pass the slot on.
@@ -535,8 +524,8 @@ func (l *Limiter) lowestBelow(p Priority) *waiter {
 // putWaiter returns w to the pool and the result of its wait.
 func (l *Limiter) putWaiter(w *waiter, start time.Time, err error) (time.Duration, error) {
 	waited := time.Since(start)
-	if w.timer != nil {
-		w.timer.Stop()
+	if w.val.timer != nil {
+		w.val.timer.Stop()
 	}
 	waiterPool.Put(w)
 	return waited, err

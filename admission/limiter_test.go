@@ -185,7 +185,7 @@ func TestLimiterAdaptiveLIFO(t *testing.T) {
 	// Age every waiter past half the queue timeout.
 	l.mu.Lock()
 	for w := l.lists[PriorityListSession].head; w != nil; w = w.next {
-		w.since -= time.Hour
+		w.val.since -= time.Hour
 	}
 	l.mu.Unlock()
 	for want := 5; want >= 2; want-- {
@@ -707,7 +707,7 @@ func TestLimiterStandingQueue(t *testing.T) {
 	// queue timeout (a draining queue would serve the newest).
 	l.mu.Lock()
 	for w := l.lists[PriorityHeavyNew].head; w != nil; w = w.next {
-		w.since -= time.Hour
+		w.val.since -= time.Hour
 	}
 	l.mu.Unlock()
 	for want := 4; want < 10; want++ {
