@@ -1,7 +1,6 @@
 package caddytest
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -123,226 +122,447 @@ func awaitIdle(t *testing.T, port int) {
 	})
 }
 
-func siteWith(port int, up, block string) string {
-	return fmt.Sprintf(":%d {\n\tmcp_proxy %s {\n%s\t}\n}\n", port, up, block)
+// admissionScene is an admission scenario under way: a gated fake
+// upstream (startGated) behind one mcp_proxy per site, and raw sessions
+// opened through them, by name.
+type admissionScene struct {
+	t        *testing.T
+	g        *fakeUpstream
+	ports    []int
+	urls     []string
+	sessions map[string]sceneSession
+	held     map[string]heldCall     // calls running upstream, by gate key
+	waiting  map[string]<-chan reply // requests sent on their own, by raw id
+	marked   int                     // the upstream's request count at mark
 }
 
-// TestAdmissionMaxInflight: with max_inflight 2 and no queue, a third
-// request while two tool calls run upstream is refused at once with 503,
-// Retry-After and a JSON-RPC error, and never reaches the upstream; a
-// ping of an existing session is never refused; once the calls end the
-// full capacity is back.
-func TestAdmissionMaxInflight(t *testing.T) {
-	g := startGated(t)
-	port := freePort(t)
-	loadCaddyfile(t, siteWith(port, g.addr(), "\t\tmax_inflight 2\n"))
-	url := proxyURL(port) + "/mcp"
-	a, b, c := rawSession(t, url, nil), rawSession(t, url, nil), rawSession(t, url, nil)
-	awaitIdle(t, port)
-	ctx := context.Background()
-
-	ra := sendJSON(ctx, url, gatedCall(10, "block", "a"), inSession(a, nil))
-	rb := sendJSON(ctx, url, gatedCall(11, "block", "b"), inSession(b, nil))
-	g.awaitStarted(t, "a", "b")
-
-	mark := g.mark()
-	assertRefused(t, postJSON(ctx, url, echoCall(12, "x"), inSession(c, nil)), 503, "12", "queue_full", "1")
-	assertRefused(t, postJSON(ctx, url, initBody(13), nil), 503, "13", "queue_full", "1")
-	assertRefused(t, postJSON(ctx, url, `{"jsonrpc":"2.0","id":"req-14","method":"tools/list"}`, inSession(c, nil)), 503, `"req-14"`, "queue_full", "1")
-	g.assertNotForwarded(t, mark, "12", "13", `"req-14"`)
-
-	// Cheap messages of a session are never refused by the limit.
-	assertResult(t, postJSON(ctx, url, rpcRequest(15, "ping"), inSession(c, nil)), "15", "{}")
-
-	g.open("a", "b")
-	assertResult(t, awaitReply(t, ra, "call a"), "10", "done a")
-	assertResult(t, awaitReply(t, rb, "call b"), "11", "done b")
-
-	// Both slots are free again.
-	awaitIdle(t, port)
-	ra = sendJSON(ctx, url, gatedCall(16, "block", "a2"), inSession(a, nil))
-	rb = sendJSON(ctx, url, gatedCall(17, "block", "b2"), inSession(b, nil))
-	g.awaitStarted(t, "a2", "b2")
-	g.open("a2", "b2")
-	assertResult(t, awaitReply(t, ra, "call a2"), "16", "done a2")
-	assertResult(t, awaitReply(t, rb, "call b2"), "17", "done b2")
-	assertResult(t, postJSON(ctx, url, echoCall(18, "again"), inSession(c, nil)), "18", "again")
+// sceneSession is a raw session of a scene; a session spec before it is
+// opened.
+type sceneSession struct {
+	name   string
+	site   int    // index of the site it is opened through
+	client string // its X-Client header, "" for none
+	sid    string
 }
 
-// TestAdmissionQueue: with max_inflight 2 and queue 4 2s, a request over
-// the limit waits and is served when a slot frees; with the queue full the
-// next is refused at once (queue_full); waiters that get no slot within
-// the timeout are refused (queue_timeout). Refused requests never reach
-// the upstream.
-func TestAdmissionQueue(t *testing.T) {
-	g := startGated(t)
-	port := freePort(t)
-	loadCaddyfile(t, siteWith(port, g.addr(), "\t\tmax_inflight 2\n\t\tqueue 4 2s\n"))
-	url := proxyURL(port) + "/mcp"
-	a, b, c, d := rawSession(t, url, nil), rawSession(t, url, nil), rawSession(t, url, nil), rawSession(t, url, nil)
-	awaitIdle(t, port)
-	ctrl := controllerOn(t, port)
-	ctx := context.Background()
-
-	ra := sendJSON(ctx, url, gatedCall(10, "block", "a"), inSession(a, nil))
-	rb := sendJSON(ctx, url, gatedCall(11, "block", "b"), inSession(b, nil))
-	g.awaitStarted(t, "a", "b")
-
-	// A third call waits for a slot and is served when one frees.
-	rc := sendJSON(ctx, url, echoCall(12, "queued"), inSession(c, nil))
-	pollUntil(t, "the third call to queue", func() bool { return ctrl.Queued() == 1 })
-	if g.saw("12") {
-		t.Fatal("a queued call reached the upstream")
-	}
-	g.open("a")
-	assertResult(t, awaitReply(t, ra, "call a"), "10", "done a")
-	assertResult(t, awaitReply(t, rc, "queued call"), "12", "queued")
-
-	// Fill both slots and the queue.
-	pollUntil(t, "the served calls to release their slots", func() bool { return ctrl.InFlight() == 1 })
-	rc = sendJSON(ctx, url, gatedCall(13, "block", "c"), inSession(c, nil))
-	g.awaitStarted(t, "c")
-	mark := g.mark()
-	var waiters []<-chan reply
-	for i := range 4 {
-		waiters = append(waiters, sendJSON(ctx, url, echoCall(20+i, "waiter"), inSession(d, nil)))
-	}
-	pollUntil(t, "four waiters", func() bool { return ctrl.Queued() == 4 })
-	// The queue is full of requests of the same priority, or higher.
-	assertRefused(t, postJSON(ctx, url, echoCall(30, "x"), inSession(d, nil)), 503, "30", "queue_full", "2")
-	assertRefused(t, postJSON(ctx, url, initBody(31), nil), 503, "31", "queue_full", "2")
-	// Nobody frees a slot: every waiter times out.
-	for i, w := range waiters {
-		assertRefused(t, awaitReply(t, w, "waiter"), 503, strconv.Itoa(20+i), "queue_timeout", "2")
-	}
-	g.assertNotForwarded(t, mark, "20", "21", "22", "23", "30", "31")
-	if q := ctrl.Queued(); q != 0 {
-		t.Errorf("%d requests still queued", q)
-	}
-
-	g.open("b", "c")
-	assertResult(t, awaitReply(t, rb, "call b"), "11", "done b")
-	assertResult(t, awaitReply(t, rc, "call c"), "13", "done c")
-	pollUntil(t, "every slot free", func() bool { return ctrl.InFlight() == 0 })
-	assertResult(t, postJSON(ctx, url, echoCall(32, "after"), inSession(d, nil)), "32", "after")
+// heldCall is a gated call running upstream.
+type heldCall struct {
+	id    int
+	reply <-chan reply
 }
 
-// TestAdmissionPriority: with one slot taken, a tools/call and a
-// tools/list of an existing session and a new session's initialize wait
-// in the queue; when the slot frees they reach the upstream by priority
-// (in-session list work, in-session tool calls, then new sessions), not
-// in the order they came (FIFO: call, initialize, list) nor its reverse
-// (LIFO: list, initialize, call). A ping of a session is not queued.
-func TestAdmissionPriority(t *testing.T) {
-	g := startGated(t)
-	port := freePort(t)
-	loadCaddyfile(t, siteWith(port, g.addr(), "\t\tmax_inflight 1\n\t\tqueue 10 5s\n"))
-	url := proxyURL(port) + "/mcp"
-	a, b := rawSession(t, url, nil), rawSession(t, url, nil)
-	awaitIdle(t, port)
-	ctrl := controllerOn(t, port)
-	ctx := context.Background()
+// sessionOn names a session of a site with the X-Client header client.
+func sessionOn(name string, site int, client string) sceneSession {
+	return sceneSession{name: name, site: site, client: client}
+}
 
-	heavy := sendJSON(ctx, url, gatedCall(10, "block", "heavy"), inSession(a, nil))
-	g.awaitStarted(t, "heavy")
-	mark := g.mark()
-
-	call := sendJSON(ctx, url, echoCall(11, "call"), inSession(b, nil))
-	pollUntil(t, "tools/call to queue", func() bool { return ctrl.Queued() == 1 })
-	initq := sendJSON(ctx, url, initBody(12), nil)
-	pollUntil(t, "initialize to queue", func() bool { return ctrl.Queued() == 2 })
-	list := sendJSON(ctx, url, rpcRequest(13, "tools/list"), inSession(b, nil))
-	pollUntil(t, "tools/list to queue", func() bool { return ctrl.Queued() == 3 })
-
-	assertResult(t, postJSON(ctx, url, rpcRequest(14, "ping"), inSession(b, nil)), "14", "{}")
-	if q := ctrl.Queued(); q != 3 {
-		t.Fatalf("queued %d, want 3", q)
+// plainSessions names sessions of the first site without a client header.
+func plainSessions(names ...string) []sceneSession {
+	var out []sceneSession
+	for _, n := range names {
+		out = append(out, sessionOn(n, 0, ""))
 	}
-	for _, a := range g.since(mark) {
-		if a.id != "14" {
-			t.Fatalf("a queued request reached the upstream: %+v", a)
+	return out
+}
+
+// openScene starts a gated upstream and a config with the global options
+// and a site per block (the lines inside its mcp_proxy), then opens the
+// sessions in order, each once the proxy it went through is idle again.
+func openScene(t *testing.T, global string, blocks []string, sessions []sceneSession) *admissionScene {
+	t.Helper()
+	s := &admissionScene{t: t, g: startGated(t), sessions: map[string]sceneSession{},
+		held: map[string]heldCall{}, waiting: map[string]<-chan reply{}}
+	var sites strings.Builder
+	for _, block := range blocks {
+		port := freePort(t)
+		s.ports = append(s.ports, port)
+		s.urls = append(s.urls, proxyURL(port)+"/mcp")
+		sites.WriteString(proxySite(port, s.g.addr(), block))
+	}
+	loadCaddyfileWith(t, global, sites.String())
+	for _, ss := range sessions {
+		ss.sid = rawSession(t, s.urls[ss.site], ss.clientHeader())
+		s.sessions[ss.name] = ss
+		awaitIdle(t, s.ports[ss.site])
+	}
+	return s
+}
+
+func (ss sceneSession) clientHeader() map[string]string {
+	if ss.client == "" {
+		return nil
+	}
+	return map[string]string{"X-Client": ss.client}
+}
+
+// sceneRequest is a request of a scene: in a session, or an initialize
+// from a session's client (fresh).
+type sceneRequest struct {
+	session string
+	body    string
+	id      string // raw JSON
+	fresh   bool
+}
+
+// in is a request in session.
+func in(session, body, id string) sceneRequest {
+	return sceneRequest{session: session, body: body, id: id}
+}
+
+// newSession is an initialize from session's client, through its site.
+func newSession(session string, id int) sceneRequest {
+	return sceneRequest{session: session, body: initBody(id), id: strconv.Itoa(id), fresh: true}
+}
+
+// send posts r on its own goroutine.
+func (s *admissionScene) send(r sceneRequest) <-chan reply {
+	ss, ok := s.sessions[r.session]
+	if !ok {
+		s.t.Fatalf("no session %q", r.session)
+	}
+	hdr := inSession(ss.sid, ss.clientHeader())
+	if r.fresh {
+		hdr = ss.clientHeader()
+	}
+	return sendJSON(context.Background(), s.urls[ss.site], r.body, hdr)
+}
+
+// admissionStep is one step of a scenario.
+type admissionStep func(s *admissionScene)
+
+// hold sends a gated call of tool in session and waits until it runs
+// upstream.
+func hold(session string, id int, tool, key string) admissionStep {
+	return func(s *admissionScene) {
+		s.t.Helper()
+		s.held[key] = heldCall{id, s.send(in(session, gatedCall(id, tool, key), strconv.Itoa(id)))}
+		s.g.awaitStarted(s.t, key)
+	}
+}
+
+// release opens the gates of held calls and checks their answers.
+func release(keys ...string) admissionStep {
+	return func(s *admissionScene) {
+		s.t.Helper()
+		s.g.open(keys...)
+		for _, k := range keys {
+			h := s.held[k]
+			assertResult(s.t, awaitReply(s.t, h.reply, "call "+k), strconv.Itoa(h.id), "done "+k)
+			delete(s.held, k)
 		}
 	}
+}
 
-	g.open("heavy")
-	assertResult(t, awaitReply(t, heavy, "heavy call"), "10", "done heavy")
-	assertResult(t, awaitReply(t, call, "tools/call"), "11", "call")
-	assertResult(t, awaitReply(t, initq, "initialize"), "12", "protocolVersion")
-	assertResult(t, awaitReply(t, list, "tools/list"), "13", "echo")
+// openGates opens gates without a held call.
+func openGates(keys ...string) admissionStep {
+	return func(s *admissionScene) { s.g.open(keys...) }
+}
 
-	var order []string
-	for _, a := range g.since(mark) {
-		if a.id == "11" || a.id == "12" || a.id == "13" {
-			order = append(order, a.rpc)
+// refused sends each request and checks that it is refused with status,
+// a Retry-After of retryAfter seconds and a JSON-RPC error naming reason.
+func refused(status int, reason, retryAfter string, reqs ...sceneRequest) admissionStep {
+	return func(s *admissionScene) {
+		s.t.Helper()
+		for _, r := range reqs {
+			assertRefused(s.t, awaitReply(s.t, s.send(r), "request "+r.id), status, r.id, reason, retryAfter)
 		}
 	}
-	want := []string{"tools/list", "tools/call", "initialize"}
-	if !reflect.DeepEqual(order, want) {
-		t.Errorf("queued requests reached the upstream in the order %v, want %v", order, want)
+}
+
+// passes sends r and checks for a result containing want.
+func passes(r sceneRequest, want string) admissionStep {
+	return func(s *admissionScene) {
+		s.t.Helper()
+		assertResult(s.t, awaitReply(s.t, s.send(r), "request "+r.id), r.id, want)
 	}
 }
 
-// TestAdmissionSessionMaxInflight: with session_max_inflight 1, a second
-// concurrent request of a session gets 429 and never reaches the upstream,
-// while another session and the session's pings are unaffected.
-func TestAdmissionSessionMaxInflight(t *testing.T) {
-	g := startGated(t)
-	port := freePort(t)
-	loadCaddyfile(t, siteWith(port, g.addr(), "\t\tsession_max_inflight 1\n"))
-	url := proxyURL(port) + "/mcp"
-	a, b := rawSession(t, url, nil), rawSession(t, url, nil)
-	awaitIdle(t, port)
-	ctx := context.Background()
-
-	ra := sendJSON(ctx, url, gatedCall(10, "block", "a"), inSession(a, nil))
-	g.awaitStarted(t, "a")
-	mark := g.mark()
-	assertRefused(t, postJSON(ctx, url, echoCall(11, "x"), inSession(a, nil)), 429, "11", "session_quota", "1")
-	assertRefused(t, postJSON(ctx, url, rpcRequest(12, "tools/list"), inSession(a, nil)), 429, "12", "session_quota", "1")
-	g.assertNotForwarded(t, mark, "11", "12")
-
-	assertResult(t, postJSON(ctx, url, echoCall(13, "other session"), inSession(b, nil)), "13", "other session")
-	assertResult(t, postJSON(ctx, url, rpcRequest(14, "ping"), inSession(a, nil)), "14", "{}")
-
-	g.open("a")
-	assertResult(t, awaitReply(t, ra, "call a"), "10", "done a")
-	awaitIdle(t, port)
-	assertResult(t, postJSON(ctx, url, echoCall(15, "free again"), inSession(a, nil)), "15", "free again")
+// queued sends r on its own and waits until the proxy of its session's
+// site holds n requests in its queue.
+func queued(r sceneRequest, n int) admissionStep {
+	return func(s *admissionScene) {
+		s.t.Helper()
+		s.waiting[r.id] = s.send(r)
+		ctrl := controllerOn(s.t, s.ports[s.sessions[r.session].site])
+		pollUntil(s.t, fmt.Sprintf("request %s to queue (%d queued)", r.id, n), func() bool { return ctrl.Queued() == n })
+	}
 }
 
-// TestAdmissionClientMaxInflight: with client_max_inflight 1 keyed by the
-// X-Client header, a second concurrent request of the same client, even
-// from another session, gets 429; another client is unaffected.
-func TestAdmissionClientMaxInflight(t *testing.T) {
-	g := startGated(t)
-	port := freePort(t)
-	loadCaddyfile(t, siteWith(port, g.addr(), "\t\tclient_max_inflight 1\n\t\tclient_key {http.request.header.X-Client}\n"))
-	url := proxyURL(port) + "/mcp"
-	alice := map[string]string{"X-Client": "alice"}
-	bob := map[string]string{"X-Client": "bob"}
-	a1 := rawSession(t, url, alice)
-	awaitIdle(t, port)
-	a2 := rawSession(t, url, alice)
-	b1 := rawSession(t, url, bob)
-	awaitIdle(t, port)
-	ctx := context.Background()
+// served checks the answer to a request sent on its own: a result
+// containing want, or any answer when want is empty.
+func served(id, want string) admissionStep {
+	return func(s *admissionScene) {
+		s.t.Helper()
+		r := awaitReply(s.t, s.waiting[id], "request "+id)
+		if want != "" {
+			assertResult(s.t, r, id, want)
+		}
+	}
+}
 
-	ra := sendJSON(ctx, url, gatedCall(10, "block", "alice"), inSession(a1, alice))
-	g.awaitStarted(t, "alice")
-	mark := g.mark()
-	assertRefused(t, postJSON(ctx, url, echoCall(11, "x"), inSession(a2, alice)), 429, "11", "client_quota", "1")
-	assertRefused(t, postJSON(ctx, url, initBody(12), alice), 429, "12", "client_quota", "1")
-	g.assertNotForwarded(t, mark, "11", "12")
+// expired checks that requests sent on their own were refused when their
+// time in the queue ran out.
+func expired(retryAfter string, ids ...string) admissionStep {
+	return func(s *admissionScene) {
+		s.t.Helper()
+		for _, id := range ids {
+			assertRefused(s.t, awaitReply(s.t, s.waiting[id], "request "+id), http.StatusServiceUnavailable, id, "queue_timeout", retryAfter)
+		}
+	}
+}
 
-	// Another client passes, also while both hold a call.
-	assertResult(t, postJSON(ctx, url, echoCall(13, "bob"), inSession(b1, bob)), "13", "bob")
-	rb := sendJSON(ctx, url, gatedCall(14, "block", "bob"), inSession(b1, bob))
-	g.awaitStarted(t, "bob")
-	g.open("alice", "bob")
-	assertResult(t, awaitReply(t, ra, "alice's call"), "10", "done alice")
-	assertResult(t, awaitReply(t, rb, "bob's call"), "14", "done bob")
-	awaitIdle(t, port)
-	assertResult(t, postJSON(ctx, url, echoCall(15, "alice again"), inSession(a2, alice)), "15", "alice again")
+// mark notes how many requests the upstream has seen.
+func mark() admissionStep {
+	return func(s *admissionScene) { s.marked = s.g.mark() }
+}
+
+// notForwarded checks that no request reached the upstream since mark,
+// and none of ids ever.
+func notForwarded(ids ...string) admissionStep {
+	return func(s *admissionScene) {
+		s.t.Helper()
+		s.g.assertNotForwarded(s.t, s.marked, ids...)
+	}
+}
+
+// idle waits until every proxy of the scene holds no admission slot.
+func idle() admissionStep {
+	return func(s *admissionScene) {
+		s.t.Helper()
+		for _, p := range s.ports {
+			awaitIdle(s.t, p)
+		}
+	}
+}
+
+// inFlight waits until the first site's proxy has n requests in flight.
+func inFlight(n int) admissionStep {
+	return func(s *admissionScene) {
+		s.t.Helper()
+		ctrl := controllerOn(s.t, s.ports[0])
+		pollUntil(s.t, fmt.Sprintf("%d requests in flight", n), func() bool { return ctrl.InFlight() == n })
+	}
+}
+
+// TestAdmissionLimits runs the admission scenarios: calls held upstream by
+// gates take the slots of a limit, and the requests sent meanwhile are
+// served, queued or refused as the limit says; refused requests never
+// reach the upstream.
+func TestAdmissionLimits(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		global   string   // mcp global options
+		sites    []string // the lines inside each site's mcp_proxy
+		sessions []sceneSession
+		steps    []admissionStep
+	}{{
+		// With max_inflight 2 and no queue, a third request while two tool
+		// calls run upstream is refused at once with 503, Retry-After and a
+		// JSON-RPC error, and never reaches the upstream; a ping of an
+		// existing session is never refused; once the calls end the full
+		// capacity is back.
+		name:     "MaxInflight",
+		sites:    []string{"\t\tmax_inflight 2\n"},
+		sessions: plainSessions("a", "b", "c"),
+		steps: []admissionStep{
+			hold("a", 10, "block", "a"), hold("b", 11, "block", "b"),
+			mark(),
+			refused(503, "queue_full", "1",
+				in("c", echoCall(12, "x"), "12"), newSession("c", 13),
+				in("c", `{"jsonrpc":"2.0","id":"req-14","method":"tools/list"}`, `"req-14"`)),
+			notForwarded("12", "13", `"req-14"`),
+			// Cheap messages of a session are never refused by the limit.
+			passes(in("c", rpcRequest(15, "ping"), "15"), "{}"),
+			release("a", "b"),
+			// Both slots are free again.
+			idle(),
+			hold("a", 16, "block", "a2"), hold("b", 17, "block", "b2"),
+			release("a2", "b2"),
+			passes(in("c", echoCall(18, "again"), "18"), "again"),
+		},
+	}, {
+		// With max_inflight 2 and queue 4 2s, a request over the limit waits
+		// and is served when a slot frees; with the queue full the next is
+		// refused at once (queue_full); waiters that get no slot within the
+		// timeout are refused (queue_timeout). Refused requests never reach
+		// the upstream.
+		name:     "Queue",
+		sites:    []string{"\t\tmax_inflight 2\n\t\tqueue 4 2s\n"},
+		sessions: plainSessions("a", "b", "c", "d"),
+		steps: []admissionStep{
+			hold("a", 10, "block", "a"), hold("b", 11, "block", "b"),
+			// A third call waits for a slot and is served when one frees.
+			mark(),
+			queued(in("c", echoCall(12, "queued"), "12"), 1),
+			notForwarded("12"),
+			release("a"),
+			served("12", "queued"),
+			// Fill both slots and the queue.
+			inFlight(1),
+			hold("c", 13, "block", "c"),
+			mark(),
+			queued(in("d", echoCall(20, "waiter"), "20"), 1), queued(in("d", echoCall(21, "waiter"), "21"), 2),
+			queued(in("d", echoCall(22, "waiter"), "22"), 3), queued(in("d", echoCall(23, "waiter"), "23"), 4),
+			// The queue is full of requests of the same priority, or higher.
+			refused(503, "queue_full", "2", in("d", echoCall(30, "x"), "30"), newSession("d", 31)),
+			// Nobody frees a slot: every waiter times out.
+			expired("2", "20", "21", "22", "23"),
+			notForwarded("20", "21", "22", "23", "30", "31"),
+			func(s *admissionScene) {
+				if q := controllerOn(s.t, s.ports[0]).Queued(); q != 0 {
+					s.t.Errorf("%d requests still queued", q)
+				}
+			},
+			release("b", "c"),
+			inFlight(0),
+			passes(in("d", echoCall(32, "after"), "32"), "after"),
+		},
+	}, {
+		// With one slot taken, a tools/call and a tools/list of an existing
+		// session and a new session's initialize wait in the queue; when
+		// the slot frees they reach the upstream by priority (in-session
+		// list work, in-session tool calls, then new sessions), not in the
+		// order they came (FIFO: call, initialize, list) nor its reverse
+		// (LIFO: list, initialize, call). A ping of a session is not
+		// queued.
+		name:     "Priority",
+		sites:    []string{"\t\tmax_inflight 1\n\t\tqueue 10 5s\n"},
+		sessions: plainSessions("a", "b"),
+		steps: []admissionStep{
+			hold("a", 10, "block", "heavy"),
+			mark(),
+			queued(in("b", echoCall(11, "call"), "11"), 1),
+			queued(newSession("b", 12), 2),
+			queued(in("b", rpcRequest(13, "tools/list"), "13"), 3),
+			passes(in("b", rpcRequest(14, "ping"), "14"), "{}"),
+			func(s *admissionScene) {
+				if q := controllerOn(s.t, s.ports[0]).Queued(); q != 3 {
+					s.t.Fatalf("queued %d, want 3", q)
+				}
+				for _, a := range s.g.since(s.marked) {
+					if a.id != "14" {
+						s.t.Fatalf("a queued request reached the upstream: %+v", a)
+					}
+				}
+			},
+			release("heavy"),
+			served("11", "call"), served("12", "protocolVersion"), served("13", "echo"),
+			func(s *admissionScene) {
+				var order []string
+				for _, a := range s.g.since(s.marked) {
+					if a.id == "11" || a.id == "12" || a.id == "13" {
+						order = append(order, a.rpc)
+					}
+				}
+				if want := []string{"tools/list", "tools/call", "initialize"}; !reflect.DeepEqual(order, want) {
+					s.t.Errorf("queued requests reached the upstream in the order %v, want %v", order, want)
+				}
+			},
+		},
+	}, {
+		// With session_max_inflight 1, a second concurrent request of a
+		// session gets 429 and never reaches the upstream, while another
+		// session and the session's pings are unaffected.
+		name:     "SessionMaxInflight",
+		sites:    []string{"\t\tsession_max_inflight 1\n"},
+		sessions: plainSessions("a", "b"),
+		steps: []admissionStep{
+			hold("a", 10, "block", "a"),
+			mark(),
+			refused(429, "session_quota", "1", in("a", echoCall(11, "x"), "11"), in("a", rpcRequest(12, "tools/list"), "12")),
+			notForwarded("11", "12"),
+			passes(in("b", echoCall(13, "other session"), "13"), "other session"),
+			passes(in("a", rpcRequest(14, "ping"), "14"), "{}"),
+			release("a"),
+			idle(),
+			passes(in("a", echoCall(15, "free again"), "15"), "free again"),
+		},
+	}, {
+		// With client_max_inflight 1 keyed by the X-Client header, a second
+		// concurrent request of the same client, even from another session,
+		// gets 429; another client is unaffected.
+		name:     "ClientMaxInflight",
+		sites:    []string{"\t\tclient_max_inflight 1\n\t\tclient_key {http.request.header.X-Client}\n"},
+		sessions: []sceneSession{sessionOn("a1", 0, "alice"), sessionOn("a2", 0, "alice"), sessionOn("b1", 0, "bob")},
+		steps: []admissionStep{
+			hold("a1", 10, "block", "alice"),
+			mark(),
+			refused(429, "client_quota", "1", in("a2", echoCall(11, "x"), "11"), newSession("a2", 12)),
+			notForwarded("11", "12"),
+			// Another client passes, also while both hold a call.
+			passes(in("b1", echoCall(13, "bob"), "13"), "bob"),
+			hold("b1", 14, "block", "bob"),
+			release("alice", "bob"),
+			idle(),
+			passes(in("a2", echoCall(15, "alice again"), "15"), "alice again"),
+		},
+	}, {
+		// With tool countdown max_inflight 1, a second concurrent countdown
+		// call is answered with HTTP 200 carrying a JSON-RPC error with the
+		// request's id, never reaches the upstream, and other tools keep
+		// running.
+		name:     "ToolLimit",
+		sites:    []string{"\t\ttool countdown max_inflight 1\n"},
+		sessions: plainSessions("a", "b"),
+		steps: []admissionStep{
+			hold("a", 10, "countdown", "first"),
+			mark(),
+			refused(http.StatusOK, "tool countdown is busy", "1",
+				in("b", callBody("11", "countdown", `{"key":"second"}`), "11"),
+				in("b", callBody(`"cd-12"`, "countdown", `{"key":"second"}`), `"cd-12"`)),
+			notForwarded("11", `"cd-12"`),
+			// Other tools are not limited by the countdown rule.
+			passes(in("b", echoCall(13, "still"), "13"), "still"),
+			hold("b", 14, "block", "other"),
+			release("first", "other"),
+			idle(),
+			openGates("third"),
+			passes(in("b", gatedCall(15, "countdown", "third"), "15"), "done third"),
+		},
+	}, {
+		// The mcp global option's max_inflight is one limit shared by every
+		// mcp_proxy of the process; it applies to pings too.
+		name:     "GlobalLimit",
+		global:   "\tmcp {\n\t\tmax_inflight 1\n\t}\n",
+		sites:    []string{"", ""},
+		sessions: []sceneSession{sessionOn("a", 0, ""), sessionOn("b", 1, "")},
+		steps: []admissionStep{
+			hold("a", 10, "block", "a"),
+			mark(),
+			refused(503, "capacity", "1",
+				in("b", echoCall(11, "x"), "11"), newSession("b", 12),
+				in("b", rpcRequest(13, "ping"), "13"), in("a", echoCall(14, "x"), "14")),
+			notForwarded("11", "12", "13", "14"),
+			release("a"),
+			idle(),
+			passes(in("b", echoCall(15, "two"), "15"), "two"),
+			idle(),
+			passes(in("a", echoCall(16, "one"), "16"), "one"),
+		},
+	}, {
+		// A request waiting in one mcp_proxy's queue is not in flight, so
+		// it must not take the process-wide in-flight slot another
+		// mcp_proxy needs.
+		name:     "QueuedHoldsNoGlobalSlot",
+		global:   "\tmcp {\n\t\tmax_inflight 2\n\t}\n",
+		sites:    []string{"\t\tmax_inflight 1\n\t\tqueue 4 5s\n", ""},
+		sessions: []sceneSession{sessionOn("a", 0, ""), sessionOn("b", 1, "")},
+		steps: []admissionStep{
+			hold("a", 10, "block", "a"),
+			queued(in("a", echoCall(11, "waits"), "11"), 1),
+			// One request is in flight in the process, the limit is two.
+			passes(in("b", echoCall(12, "other proxy"), "12"), "other proxy"),
+			release("a"),
+			served("11", ""),
+		},
+	}} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := openScene(t, tc.global, tc.sites, tc.sessions)
+			for _, step := range tc.steps {
+				step(s)
+			}
+		})
+	}
 }
 
 // TestAdmissionClientSessionRate: with client_session_rate 1 1, a second
@@ -351,10 +571,8 @@ func TestAdmissionClientMaxInflight(t *testing.T) {
 // the client's existing session keeps working, and after Retry-After it
 // may open a session again.
 func TestAdmissionClientSessionRate(t *testing.T) {
-	g := startGated(t)
-	port := freePort(t)
-	loadCaddyfile(t, siteWith(port, g.addr(), "\t\tclient_session_rate 1 1\n"))
-	url := proxyURL(port) + "/mcp"
+	sc := openScene(t, "", []string{"\t\tclient_session_rate 1 1\n"}, nil)
+	g, url := sc.g, sc.urls[0]
 	ctx := context.Background()
 
 	first := postJSON(ctx, url, initBody(1), nil)
@@ -386,81 +604,12 @@ func TestAdmissionClientSessionRate(t *testing.T) {
 	assertResult(t, postJSON(ctx, url, initBody(4), nil), "4", "protocolVersion")
 }
 
-// TestAdmissionToolLimit: with tool countdown max_inflight 1, a second
-// concurrent countdown call is answered with HTTP 200 carrying a JSON-RPC
-// error with the request's id, never reaches the upstream, and other tools
-// keep running.
-func TestAdmissionToolLimit(t *testing.T) {
-	g := startGated(t)
-	port := freePort(t)
-	loadCaddyfile(t, siteWith(port, g.addr(), "\t\ttool countdown max_inflight 1\n"))
-	url := proxyURL(port) + "/mcp"
-	a, b := rawSession(t, url, nil), rawSession(t, url, nil)
-	awaitIdle(t, port)
-	ctx := context.Background()
-
-	first := sendJSON(ctx, url, gatedCall(10, "countdown", "first"), inSession(a, nil))
-	g.awaitStarted(t, "first")
-	mark := g.mark()
-	for _, id := range []string{"11", `"cd-12"`} {
-		r := postJSON(ctx, url, callBody(id, "countdown", `{"key":"second"}`), inSession(b, nil))
-		assertRefused(t, r, http.StatusOK, id, "tool countdown is busy", "1")
-	}
-	g.assertNotForwarded(t, mark, "11", `"cd-12"`)
-
-	// Other tools are not limited by the countdown rule.
-	assertResult(t, postJSON(ctx, url, echoCall(13, "still"), inSession(b, nil)), "13", "still")
-	other := sendJSON(ctx, url, gatedCall(14, "block", "other"), inSession(b, nil))
-	g.awaitStarted(t, "other")
-	g.open("first", "other")
-	assertResult(t, awaitReply(t, first, "first countdown"), "10", "done first")
-	assertResult(t, awaitReply(t, other, "block"), "14", "done other")
-	awaitIdle(t, port)
-	g.open("third")
-	assertResult(t, postJSON(ctx, url, gatedCall(15, "countdown", "third"), inSession(b, nil)), "15", "done third")
-}
-
-// TestAdmissionGlobalLimit: the mcp global option's max_inflight is one
-// limit shared by every mcp_proxy of the process; it applies to pings too.
-func TestAdmissionGlobalLimit(t *testing.T) {
-	g := startGated(t)
-	p1, p2 := freePort(t), freePort(t)
-	loadCaddyfileWith(t, "\tmcp {\n\t\tmax_inflight 1\n\t}\n",
-		fmt.Sprintf(":%d {\n\tmcp_proxy %s\n}\n:%d {\n\tmcp_proxy %s\n}\n", p1, g.addr(), p2, g.addr()))
-	u1, u2 := proxyURL(p1)+"/mcp", proxyURL(p2)+"/mcp"
-	a := rawSession(t, u1, nil)
-	awaitIdle(t, p1)
-	b := rawSession(t, u2, nil)
-	awaitIdle(t, p2)
-	ctx := context.Background()
-
-	ra := sendJSON(ctx, u1, gatedCall(10, "block", "a"), inSession(a, nil))
-	g.awaitStarted(t, "a")
-	mark := g.mark()
-	assertRefused(t, postJSON(ctx, u2, echoCall(11, "x"), inSession(b, nil)), 503, "11", "capacity", "1")
-	assertRefused(t, postJSON(ctx, u2, initBody(12), nil), 503, "12", "capacity", "1")
-	assertRefused(t, postJSON(ctx, u2, rpcRequest(13, "ping"), inSession(b, nil)), 503, "13", "capacity", "1")
-	assertRefused(t, postJSON(ctx, u1, echoCall(14, "x"), inSession(a, nil)), 503, "14", "capacity", "1")
-	g.assertNotForwarded(t, mark, "11", "12", "13", "14")
-
-	g.open("a")
-	assertResult(t, awaitReply(t, ra, "call a"), "10", "done a")
-	awaitIdle(t, p1)
-	assertResult(t, postJSON(ctx, u2, echoCall(15, "two"), inSession(b, nil)), "15", "two")
-	awaitIdle(t, p2)
-	assertResult(t, postJSON(ctx, u1, echoCall(16, "one"), inSession(a, nil)), "16", "one")
-}
-
 // TestAdmissionMaxStreams: with max_streams 1, a second GET stream is
 // refused with 503 while the first is open and never reaches the
 // upstream; once the first closes a new one opens.
 func TestAdmissionMaxStreams(t *testing.T) {
-	g := startGated(t)
-	port := freePort(t)
-	loadCaddyfile(t, siteWith(port, g.addr(), "\t\tmax_streams 1\n"))
-	url := proxyURL(port) + "/mcp"
-	a, b := rawSession(t, url, nil), rawSession(t, url, nil)
-	awaitIdle(t, port)
+	sc := openScene(t, "", []string{"\t\tmax_streams 1\n"}, plainSessions("a", "b"))
+	g, url, a, b := sc.g, sc.urls[0], sc.sessions["a"].sid, sc.sessions["b"].sid
 
 	ctxA, cancelA := context.WithTimeout(context.Background(), 2*boundedWait)
 	defer cancelA()
@@ -507,27 +656,26 @@ func TestAdmissionMaxStreams(t *testing.T) {
 // mid-answer, and refusals of every kind; afterwards every limit must be
 // back to its full capacity.
 func TestAdmissionSlotsReleased(t *testing.T) {
-	g := startGated(t)
-	port := freePort(t)
-	loadCaddyfileWith(t, "\tmcp {\n\t\tmax_inflight 4\n\t}\n", siteWith(port, g.addr(),
-		"\t\tmax_inflight 3\n\t\tqueue 3 1s\n\t\tmax_streams 1\n\t\tsession_max_inflight 2\n"+
-			"\t\tclient_max_inflight 2\n\t\tclient_key {http.request.header.X-Client}\n"+
-			"\t\ttool block max_inflight 2 timeout 1s\n"))
-	url := proxyURL(port) + "/mcp"
-	h := proxyOn(t, port)
-	ctrl := unexported[*admission.Controller](t, h, "ctrl")
+	// Two sessions of each of four clients.
+	var specs []sceneSession
+	for i := range 8 {
+		specs = append(specs, sessionOn(strconv.Itoa(i), 0, fmt.Sprintf("client-%d", i/2)))
+	}
+	sc := openScene(t, "\tmcp {\n\t\tmax_inflight 4\n\t}\n", []string{
+		"\t\tmax_inflight 3\n\t\tqueue 3 1s\n\t\tmax_streams 1\n\t\tsession_max_inflight 2\n" +
+			"\t\tclient_max_inflight 2\n\t\tclient_key {http.request.header.X-Client}\n" +
+			"\t\ttool block max_inflight 2 timeout 1s\n"}, specs)
+	g, port, url := sc.g, sc.ports[0], sc.urls[0]
+	ctrl := controllerOn(t, port)
 
 	type session struct {
 		sid string
 		hdr map[string]string
 	}
 	var sessions []session
-	for c := range 4 {
-		hdr := map[string]string{"X-Client": fmt.Sprintf("client-%d", c)}
-		for range 2 {
-			sessions = append(sessions, session{rawSession(t, url, hdr), hdr})
-		}
-		awaitIdle(t, port)
+	for i := range 8 {
+		ss := sc.sessions[strconv.Itoa(i)]
+		sessions = append(sessions, session{ss.sid, ss.clientHeader()})
 	}
 
 	// Deterministic cancellations first: a call cancelled while it runs
@@ -696,36 +844,19 @@ func TestAdmissionCaddyfileErrors(t *testing.T) {
 // otherwise clients that time out and retry multiply the upstream's load
 // past max_inflight.
 func TestAdmissionDetachedCallHoldsSlot(t *testing.T) {
-
-	g := startGated(t)
-	port := freePort(t)
-	loadCaddyfile(t, siteWith(port, g.addr(), "\t\tmax_inflight 1\n"))
-	url := proxyURL(port) + "/mcp"
-	a, b := rawSession(t, url, nil), rawSession(t, url, nil)
-	awaitIdle(t, port)
+	sc := openScene(t, "", []string{"\t\tmax_inflight 1\n"}, plainSessions("a", "b"))
+	g, url, a, b := sc.g, sc.urls[0], sc.sessions["a"].sid, sc.sessions["b"].sid
 
 	ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
 	body := `{"jsonrpc":"2.0","id":10,"method":"tools/call","params":{"_meta":{"progressToken":"p"},"name":"block","arguments":{"key":"left"}}}`
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader(body))
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Accept", "application/json, text/event-stream")
-	for k, v := range inSession(a, nil) {
-		req.Header.Set(k, v)
-	}
-	resp, err := rawClient.Do(req)
+	resp, err := openPost(ctx, rawClient, url, body, inSession(a, nil))
 	if err != nil || resp.StatusCode != http.StatusOK {
 		t.Fatalf("call: %v %v", err, resp)
 	}
 	g.awaitStarted(t, "left")
 	// Read until the progress notification, then go away.
-	buf := make([]byte, 4096)
-	var got []byte
-	for !bytes.Contains(got, []byte("notifications/progress")) {
-		n, err := resp.Body.Read(buf)
-		got = append(got, buf[:n]...)
-		if err != nil {
-			t.Fatalf("reading the stream: %v %q", err, got)
-		}
+	if _, err := readUntil(resp.Body, "notifications/progress"); err != nil {
+		t.Fatalf("reading the stream: %v", err)
 	}
 	cancel()
 	resp.Body.Close()
@@ -746,34 +877,6 @@ func TestAdmissionDetachedCallHoldsSlot(t *testing.T) {
 		t.Fatal("second call: no answer")
 	}
 	g.open("left")
-}
-
-// TestAdmissionQueuedHoldsNoGlobalSlot: a request waiting in one
-// mcp_proxy's queue is not in flight, so it must not take the process-wide
-// in-flight slot another mcp_proxy needs.
-func TestAdmissionQueuedHoldsNoGlobalSlot(t *testing.T) {
-
-	g := startGated(t)
-	p1, p2 := freePort(t), freePort(t)
-	loadCaddyfileWith(t, "\tmcp {\n\t\tmax_inflight 2\n\t}\n",
-		siteWith(p1, g.addr(), "\t\tmax_inflight 1\n\t\tqueue 4 5s\n")+fmt.Sprintf(":%d {\n\tmcp_proxy %s\n}\n", p2, g.addr()))
-	u1, u2 := proxyURL(p1)+"/mcp", proxyURL(p2)+"/mcp"
-	a := rawSession(t, u1, nil)
-	awaitIdle(t, p1)
-	b := rawSession(t, u2, nil)
-	awaitIdle(t, p2)
-	ctrl := controllerOn(t, p1)
-	ctx := context.Background()
-
-	running := sendJSON(ctx, u1, gatedCall(10, "block", "a"), inSession(a, nil))
-	g.awaitStarted(t, "a")
-	waiting := sendJSON(ctx, u1, echoCall(11, "waits"), inSession(a, nil))
-	pollUntil(t, "a waiter", func() bool { return ctrl.Queued() == 1 })
-	// One request is in flight in the process, the limit is two.
-	assertResult(t, postJSON(ctx, u2, echoCall(12, "other proxy"), inSession(b, nil)), "12", "other proxy")
-	g.open("a")
-	awaitReply(t, running, "running call")
-	awaitReply(t, waiting, "waiting call")
 }
 
 // TestAdmissionMcpOptionArguments: arguments on the mcp global option's
