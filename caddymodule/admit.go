@@ -97,6 +97,10 @@ func (h *Handler) provisionAdmission(ctx caddy.Context) error {
 	if h.ClientMaxStreams > 0 {
 		h.clientStreams = admission.NewKeyedLimiter(h.ClientMaxStreams, admission.DefaultMaxKeys)
 	}
+	h.principal = h.Principal
+	if h.principal == "" {
+		h.principal = "{http.auth.user.id}"
+	}
 	h.clientKey = h.ClientKey
 	if h.clientKey == "" {
 		h.clientKey = defaultClientKey

@@ -203,6 +203,7 @@ func parseProxyDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, e
 //		queue                <size> <timeout>
 //		max_streams          <n>
 //		client_key           <placeholder>
+//		principal            <placeholder>
 //		client_max_inflight  <n>
 //		client_max_streams   <n>
 //		client_ipv6_prefix   <bits>
@@ -293,6 +294,7 @@ func (h *Handler) options() map[string]option {
 		"client_max_streams":   countOpt(&h.ClientMaxStreams),
 		"session_max_inflight": countOpt(&h.SessionMaxInflight),
 		"client_key":           one(func(s string) error { h.ClientKey = s; return nil }),
+		"principal":            one(func(s string) error { h.Principal = s; return nil }),
 		"client_ipv6_prefix": one(func(s string) (err error) {
 			h.ClientIPv6Prefix, err = parseCount(s)
 			if err == nil && (h.ClientIPv6Prefix < 1 || h.ClientIPv6Prefix > 128) {

@@ -53,6 +53,29 @@ const (
 // streams are relayed event by event with a flush after each, and the
 // `mcp_session` selection policy routes requests of a session, keeping any
 // configured policy as the fallback for new sessions.
+//
+// When a route has a principal, `{http.auth.user.id}` as mcp_auth,
+// basic_auth or any other authentication module sets it (or what
+// Principal names), the sessions opened on it are bound to it: the sealed id carries a keyed hash of the principal, and an id
+// presented by another principal, or by none, is unknown (404).
+//
+// What mcp_proxy learns of a request is set as placeholders as soon as it
+// is known, for header_up, log_append, respond and the matchers of the
+// handlers after it (mcp_auth sets the message's placeholders too, so
+// matchers between mcp_auth and mcp_proxy see them):
+//
+//	{http.mcp.method}      the JSON-RPC method (of a batch's first message)
+//	{http.mcp.tool}        the tool a tools/call calls
+//	{http.mcp.resource}    the URI of resources/read, subscribe, unsubscribe
+//	{http.mcp.prompt}      the prompt a prompts/get gets
+//	{http.mcp.version}     the protocol version, from the header or session
+//	{http.mcp.session}     a short stable hash of the session (never its id)
+//	{http.mcp.request_id}  the JSON-RPC id (a string without its quotes)
+//
+// When Caddy's tracing is on, the request's span gets the same facts as
+// the OpenTelemetry attributes of MCP: mcp.method.name, gen_ai.tool.name,
+// mcp.resource.uri, jsonrpc.request.id, mcp.protocol.version and
+// mcp.session.id (the hash).
 type Handler struct {
 	// ProxyRaw is the embedded reverse_proxy handler with its upstreams and
 	// every reverse_proxy option.
@@ -223,6 +246,15 @@ type Handler struct {
 	// trusted_proxies honoured.
 	ClientKey string `json:"client_key,omitempty"`
 
+	// Principal is the placeholder whose value is the request's
+	// authenticated principal, to which sessions are bound: a session
+	// opened with one principal is unknown (404) to any other and to
+	// none. Set it for an authentication that leaves the user elsewhere,
+	// such as forward_auth's copied header:
+	// `{http.request.header.Remote-User}`. Default: `{http.auth.user.id}`,
+	// which mcp_auth, basic_auth and other authentication modules set.
+	Principal string `json:"principal,omitempty"`
+
 	// ClientMaxInflight caps one client's requests in flight; past it the
 	// client gets 429. SSE GET streams do not count here (see
 	// ClientMaxStreams). 0 means no cap. Default: 0.
@@ -296,6 +328,7 @@ type Handler struct {
 	streamLimit             *admission.Limiter
 	clientStreams           *admission.KeyedLimiter // nil: no per-client cap
 	clientKey               string
+	principal               string
 	ipv6Prefix              int
 	// downRetryAfter is the Retry-After, in seconds, of a request whose
 	// pinned upstream cannot be reached: how long a health check keeps

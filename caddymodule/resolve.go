@@ -38,7 +38,7 @@ type resolution struct {
 func (h *Handler) resolve(x *exchange) *mcp.Refusal {
 	r, call := x.r, &x.call
 	id := call.First().ID
-	x.principal = principalOf(r)
+	x.principal = h.principalOf(r)
 	var res resolution
 	var ref *mcp.Refusal
 	if rest, tok := mcp.StripRouteParam(r.URL.RawQuery); tok != "" {
@@ -124,15 +124,14 @@ func checkBatch(call *mcp.Call, res resolution) *mcp.Refusal {
 		"JSON-RPC batches are not allowed at protocol version "+version)
 }
 
-// principalOf is the request's principal, as any Caddy authentication
-// module (mcp_auth, basic_auth, forward_auth…) sets it; "" for none.
-func principalOf(r *http.Request) string {
+// principalOf is the request's principal, the value of the principal
+// placeholder (see Handler.Principal); "" for none.
+func (h *Handler) principalOf(r *http.Request) string {
 	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	if repl == nil {
 		return ""
 	}
-	p, _ := repl.GetString("http.auth.user.id")
-	return p
+	return repl.ReplaceAll(h.principal, "")
 }
 
 // open opens a sealed token and checks that its upstream is still
