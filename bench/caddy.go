@@ -58,10 +58,24 @@ type caddyfileParams struct {
 	PlainBlock string // inserted inside reverse_proxy { }
 	MCPBlock   string // inserted inside mcp_proxy { }
 	Global     string // global options, inserted inside the global block
+
+	// The mcp_auth site: mcp_auth in front of mcp_proxy, on AuthPort (0:
+	// no such site). Its mcp_proxy gets MCPBlock and then PolicyBlock.
+	AuthPort    int
+	AuthKeyFile string // the PEM public key mcp_auth verifies tokens with
+	AuthBlock   string // inserted inside mcp_auth { } after the issuer, resource and key
+	PolicyBlock string // inserted inside this site's mcp_proxy { } after MCPBlock
 }
 
-// caddyfile renders the Caddyfile: one process, two sites. A site whose
-// port is 0 is left out (the idle scenario runs one target per process).
+// authResource is the resource URI of the mcp_auth site on port: the
+// audience of its tokens.
+func authResource(port int) string {
+	return fmt.Sprintf("http://127.0.0.1:%d/mcp", port)
+}
+
+// caddyfile renders the Caddyfile: one process, two sites (three with
+// mcp_auth). A site whose port is 0 is left out (the idle scenario runs
+// one target per process).
 func caddyfile(p caddyfileParams) string {
 	var b strings.Builder
 	admin := "admin off"
@@ -73,23 +87,42 @@ func caddyfile(p caddyfileParams) string {
 		fmt.Fprintf(&b, "\t%s\n", line)
 	}
 	b.WriteString("}\n")
-	site := func(port int, directive, block string) {
-		if port == 0 {
-			return
+	// handler writes "\t<directive> <args>", with a block of lines if
+	// there are any.
+	handler := func(directive, args string, lines []string) {
+		fmt.Fprintf(&b, "\t%s", directive)
+		if args != "" {
+			b.WriteString(" " + args)
 		}
-		b.WriteString("\n")
-		fmt.Fprintf(&b, "http://127.0.0.1:%d {\n\t%s %s", port, directive, p.Upstream)
-		if block = strings.TrimSpace(block); block != "" {
+		if len(lines) > 0 {
 			b.WriteString(" {\n")
-			for _, line := range splitBlock(block) {
+			for _, line := range lines {
 				fmt.Fprintf(&b, "\t\t%s\n", line)
 			}
 			b.WriteString("\t}")
 		}
-		b.WriteString("\n}\n")
+		b.WriteString("\n")
+	}
+	site := func(port int, directive, block string) {
+		if port == 0 {
+			return
+		}
+		fmt.Fprintf(&b, "\nhttp://127.0.0.1:%d {\n", port)
+		handler(directive, p.Upstream, splitBlock(block))
+		b.WriteString("}\n")
 	}
 	site(p.PlainPort, "reverse_proxy", p.PlainBlock)
 	site(p.MCPPort, "mcp_proxy", p.MCPBlock)
+	if p.AuthPort != 0 {
+		fmt.Fprintf(&b, "\nhttp://127.0.0.1:%d {\n", p.AuthPort)
+		handler("mcp_auth", "", append([]string{
+			"issuer " + authIssuer,
+			"resource " + authResource(p.AuthPort),
+			fmt.Sprintf("key file %s kid %s alg RS256", p.AuthKeyFile, authKeyID),
+		}, splitBlock(p.AuthBlock)...))
+		handler("mcp_proxy", p.Upstream, append(splitBlock(p.MCPBlock), splitBlock(p.PolicyBlock)...))
+		b.WriteString("}\n")
+	}
 	return b.String()
 }
 

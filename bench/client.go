@@ -15,8 +15,11 @@ import (
 
 // target is one endpoint under test.
 type target struct {
-	Name string // direct, plain, mcp_proxy
+	Name string // direct, plain, mcp_proxy, mcp_auth
 	URL  string
+	// Token, when set, is the bearer token every request to the target
+	// carries (mcp_auth); see target.client.
+	Token string
 }
 
 const (

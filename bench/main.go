@@ -2,7 +2,9 @@
 // Caddy with the mcpgate modules, starts a mock MCP upstream in-process and
 // one Caddy process with two sites (plain reverse_proxy and mcp_proxy) in
 // front of it, and measures the upstream alone, plain reverse_proxy and
-// mcp_proxy in the same run, so machine noise hits all three alike.
+// mcp_proxy in the same run, so machine noise hits all three alike. The
+// post scenario can measure a third site as well, mcp_auth in front of
+// mcp_proxy (-targets …,mcp_auth), with a token the harness signs itself.
 //
 // Usage:
 //
@@ -28,6 +30,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -39,6 +42,8 @@ const (
 	targetDirect = "direct"
 	targetPlain  = "plain"
 	targetMCP    = "mcp_proxy"
+	// targetAuth is mcp_auth in front of mcp_proxy, on a site of its own.
+	targetAuth = "mcp_auth"
 )
 
 func main() {
@@ -79,6 +84,8 @@ type options struct {
 	targets        string
 	mcpBlock       string
 	plainBlock     string
+	authBlock      string
+	policyBlock    string
 	out            string
 	appendOut      bool
 	svgdir         string
@@ -136,16 +143,18 @@ func parseFlags(args []string) (*options, error) {
 	fs.DurationVar(&o.deadline, "deadline", time.Second, "overload: client deadline per request, counted from its scheduled send time")
 	fs.IntVar(&o.maxOutstanding, "max-outstanding", 20000, "overload: most requests in flight; the excess is counted as not sent")
 	fs.IntVar(&o.sessions, "sessions", 64, "overload: MCP sessions opened per target and used round-robin")
-	fs.StringVar(&o.targets, "targets", "direct,plain,mcp_proxy", "targets to measure, comma-separated: direct, plain, mcp_proxy")
+	fs.StringVar(&o.targets, "targets", "direct,plain,mcp_proxy", "targets to measure, comma-separated: direct, plain, mcp_proxy, mcp_auth (post only: mcp_auth in front of mcp_proxy, every request with a bearer token the harness signs)")
 	fs.StringVar(&o.mcpBlock, "mcp-block", "", `subdirectives inserted inside "mcp_proxy <upstream> { }"; ";" or newline separated`)
 	fs.StringVar(&o.plainBlock, "plain-block", "", `subdirectives inserted inside "reverse_proxy <upstream> { }"; ";" or newline separated`)
+	fs.StringVar(&o.authBlock, "auth-block", "", `mcp_auth target: subdirectives inserted inside "mcp_auth { }" after its issuer, resource and key; ";" or newline separated`)
+	fs.StringVar(&o.policyBlock, "policy-block", "", `mcp_auth target: subdirectives inserted inside its "mcp_proxy <upstream> { }" after the -mcp-block lines; ";" or newline separated`)
 	fs.StringVar(&o.out, "out", "", "write the Markdown report to this file (default: stdout)")
 	fs.BoolVar(&o.appendOut, "append", false, "append to -out instead of replacing it")
 	fs.StringVar(&o.svgdir, "svgdir", "bench/out", "overload, streams, idle: directory for the SVG plots (bench/out is gitignored; use bench/results for BENCHMARKS.md)")
 	fs.StringVar(&o.caddyBin, "caddy", "", "use this Caddy binary instead of building ./cmd/caddy")
 	fs.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of the Caddy process, taken over the first measurement of -profile-target (enables the admin endpoint on a loopback port)")
 	fs.StringVar(&o.heapprofile, "heapprofile", "", "write a heap profile of the Caddy process, taken at 80 % of the first measurement of -profile-target")
-	fs.StringVar(&o.profileTarget, "profile-target", targetMCP, "target whose first measurement -cpuprofile covers: plain or mcp_proxy")
+	fs.StringVar(&o.profileTarget, "profile-target", targetMCP, "target whose first measurement -cpuprofile covers: plain, mcp_proxy or mcp_auth")
 	fs.BoolVar(&o.quiet, "q", false, "no progress lines on stderr")
 	fs.Float64Var(&o.quietMax, "quiet-max", 0.3, "before each measurement wait until processes other than the bench use at most this many cores; 0 disables")
 	fs.IntVar(&o.busyRetries, "busy-retries", 2, "repeat a measurement during which other processes used more than -quiet-max cores, at most this many times")
@@ -371,9 +380,11 @@ func parseTargets(s string) ([]string, error) {
 			continue
 		case "mcp", "mcp-proxy":
 			t = targetMCP
-		case targetDirect, targetPlain, targetMCP:
+		case "auth", "mcp-auth":
+			t = targetAuth
+		case targetDirect, targetPlain, targetMCP, targetAuth:
 		default:
-			return nil, fmt.Errorf("unknown target %q: want direct, plain or mcp_proxy", t)
+			return nil, fmt.Errorf("unknown target %q: want direct, plain, mcp_proxy or mcp_auth", t)
 		}
 		if !seen[t] {
 			seen[t] = true
@@ -636,6 +647,9 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
+	if slices.Contains(names, targetAuth) && o.scenario != "post" {
+		return fmt.Errorf("target %s: only the post scenario measures it", targetAuth)
+	}
 	logf := func(format string, a ...any) {
 		if !o.quiet {
 			fmt.Fprintf(os.Stderr, format+"\n", a...)
@@ -757,6 +771,20 @@ func run(args []string) error {
 		// A loopback admin endpoint serves /metrics (and the CPU profile).
 		AdminAddr: fmt.Sprintf("127.0.0.1:%d", ap),
 	}
+	ports := []int{plainPort, mcpPort}
+	// The mcp_auth site exists only when it is measured, so that the
+	// Caddyfile of the other runs stays as it was.
+	var issuer *benchIssuer
+	if slices.Contains(names, targetAuth) {
+		if params.AuthPort, err = freePort(); err != nil {
+			return err
+		}
+		if issuer, err = newBenchIssuer(tmp, authResource(params.AuthPort), time.Now()); err != nil {
+			return err
+		}
+		params.AuthKeyFile, params.AuthBlock, params.PolicyBlock = issuer.KeyFile, o.authBlock, o.policyBlock
+		ports = append(ports, params.AuthPort)
+	}
 	prof := &profileReq{file: o.cpuprofile, target: o.profileTarget, admin: params.AdminAddr}
 	if o.cpuprofile != "" {
 		if prof.file, err = filepath.Abs(o.cpuprofile); err != nil {
@@ -775,7 +803,10 @@ func run(args []string) error {
 		return err
 	}
 	logf("starting caddy (plain :%d, mcp_proxy :%d, upstream %s) ...", plainPort, mcpPort, up.addr)
-	cp, err := startCaddy(ctx, bin, cfPath, tmp, []int{plainPort, mcpPort})
+	if issuer != nil {
+		logf("  and mcp_auth in front of mcp_proxy on :%d", params.AuthPort)
+	}
+	cp, err := startCaddy(ctx, bin, cfPath, tmp, ports)
 	if err != nil {
 		return err
 	}
@@ -784,7 +815,7 @@ func run(args []string) error {
 	if o.scenario == "overload" && o.freshCaddy {
 		env.restart = func() error {
 			env.caddy.stop()
-			next, err := startCaddy(ctx, bin, cfPath, tmp, []int{plainPort, mcpPort})
+			next, err := startCaddy(ctx, bin, cfPath, tmp, ports)
 			if err != nil {
 				return err
 			}
@@ -798,9 +829,16 @@ func run(args []string) error {
 		targetPlain:  fmt.Sprintf("http://127.0.0.1:%d/mcp", plainPort),
 		targetMCP:    fmt.Sprintf("http://127.0.0.1:%d/mcp", mcpPort),
 	}
+	if issuer != nil {
+		urls[targetAuth] = authResource(params.AuthPort)
+	}
 	var targets []target
 	for _, n := range names {
-		targets = append(targets, target{Name: n, URL: urls[n]})
+		t := target{Name: n, URL: urls[n]}
+		if n == targetAuth {
+			t.Token = issuer.Token
+		}
+		targets = append(targets, t)
 	}
 
 	switch o.scenario {
@@ -817,6 +855,15 @@ func run(args []string) error {
 			fmt.Sprintf("per target: %s warm-up, then %s measured (only calls that start and end in the window count; latency is of the 200s)", o.warmup, o.duration),
 			fmt.Sprintf("%d rounds; every round runs every target once, in an order rotated by the round", o.rounds),
 			"one Caddy process serves both sites; generator, mock upstream and Caddy share the machine; CPU is % of one core over the window",
+		}
+		if issuer != nil {
+			meta.Setup[len(meta.Setup)-1] = "one Caddy process serves the three sites; generator, mock upstream and Caddy share the machine; CPU is % of one core over the window"
+			block := "the same mcp_proxy block as the mcp_proxy site"
+			if strings.TrimSpace(o.policyBlock) != "" {
+				block += ", then the -policy-block lines"
+			}
+			meta.Setup = append(meta.Setup, fmt.Sprintf("mcp_auth: mcp_auth in front of mcp_proxy (%s) on a site of its own; the harness made an RSA-2048 key at start (its public half is the Caddyfile's key file) and signed one RS256 token with it (iss %s, sub %s, aud %s, scope %s, valid %s); every request to this target, initialize included, carries it as `Authorization: Bearer`, so after its first verification mcp_auth finds the token in its cache of verified tokens",
+				block, authIssuer, authSubject, authResource(params.AuthPort), authScope, authTokenLife))
 		}
 		writePostReport(&report, meta, rounds, names)
 	case "overload":

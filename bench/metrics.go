@@ -359,9 +359,10 @@ func watchLevels(admin string) *levelWatch {
 	return w
 }
 
-// watchFor watches the levels while tgt runs, when it is mcp_proxy.
+// watchFor watches the levels while tgt runs, when it is mcp_proxy (or
+// mcp_proxy behind mcp_auth).
 func (e *benchEnv) watchFor(tgt target) *levelWatch {
-	if tgt.Name != targetMCP {
+	if tgt.Name != targetMCP && tgt.Name != targetAuth {
 		return nil
 	}
 	return watchLevels(e.admin)

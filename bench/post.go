@@ -75,7 +75,7 @@ func runPost(ctx context.Context, env *benchEnv, tgt target, cfg postConfig, rou
 	transports := make([]*http.Transport, cfg.Concurrency)
 	for i := range clients {
 		transports[i] = newTransport(cfg.Concurrency)
-		clients[i] = &http.Client{Transport: transports[i]}
+		clients[i] = tgt.client(transports[i])
 	}
 	defer func() {
 		for _, t := range transports {
@@ -271,25 +271,43 @@ const (
 	goalMinRPSRatio = 0.90
 )
 
+// The mcp_auth goal: mcp_auth in front of mcp_proxy within 1.15× of
+// mcp_proxy alone on p99 and at least 0.90× its throughput.
+const (
+	authGoalMaxP99Ratio = 1.15
+	authGoalMinRPSRatio = 0.90
+)
+
 func checkGoal(meds []postMedian) goalCheck {
-	var plain, mcp *postMedian
+	return compareMedians(meds, targetMCP, targetPlain, goalMaxP99Ratio, goalMinRPSRatio)
+}
+
+// checkAuthGoal compares mcp_auth with mcp_proxy.
+func checkAuthGoal(meds []postMedian) goalCheck {
+	return compareMedians(meds, targetAuth, targetMCP, authGoalMaxP99Ratio, authGoalMinRPSRatio)
+}
+
+// compareMedians checks target against base: p99 at most maxP99 times
+// base's, and req/s at least minRPS times base's.
+func compareMedians(meds []postMedian, target, base string, maxP99, minRPS float64) goalCheck {
+	var b, t *postMedian
 	for i := range meds {
 		switch meds[i].Target {
-		case targetPlain:
-			plain = &meds[i]
-		case targetMCP:
-			mcp = &meds[i]
+		case base:
+			b = &meds[i]
+		case target:
+			t = &meds[i]
 		}
 	}
-	if plain == nil || mcp == nil || plain.P99 == 0 || plain.RPS == 0 {
+	if b == nil || t == nil || b.P99 == 0 || b.RPS == 0 {
 		return goalCheck{}
 	}
 	g := goalCheck{
 		OK:       true,
-		P99Ratio: float64(mcp.P99) / float64(plain.P99),
-		RPSRatio: mcp.RPS / plain.RPS,
+		P99Ratio: float64(t.P99) / float64(b.P99),
+		RPSRatio: t.RPS / b.RPS,
 	}
-	g.Holds = g.P99Ratio <= goalMaxP99Ratio && g.RPSRatio >= goalMinRPSRatio
+	g.Holds = g.P99Ratio <= maxP99 && g.RPSRatio >= minRPS
 	return g
 }
 

@@ -232,9 +232,22 @@ func writePostReport(w io.Writer, meta reportMeta, rounds [][]*postResult, targe
 			plain = &meds[i]
 		}
 	}
+	// With mcp_auth measured, its comparison with mcp_proxy gets columns
+	// of its own.
+	authGoal := checkAuthGoal(meds)
+	var mcp *postMedian
+	for i := range meds {
+		if meds[i].Target == targetMCP {
+			mcp = &meds[i]
+		}
+	}
 	m := mdTable{
 		Header: []string{"target", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "req/s vs plain", "p99 vs plain", "Caddy CPU µs/req"},
 		Right:  rightFrom(9, 1),
+	}
+	if authGoal.OK {
+		m.Header = append(m.Header, "req/s vs mcp_proxy", "p99 vs mcp_proxy")
+		m.Right = rightFrom(11, 1)
 	}
 	for _, md := range meds {
 		rr, pr := "–", "–"
@@ -242,18 +255,54 @@ func writePostReport(w io.Writer, meta reportMeta, rounds [][]*postResult, targe
 			rr = ratio(md.RPS, plain.RPS)
 			pr = ratio(float64(md.P99), float64(plain.P99))
 		}
-		m.add(md.Target, rate(md.RPS), ms(md.P50), ms(md.P90), ms(md.P99), ms(md.Max), rr, pr, usPerReq(md.CPUPerReq))
+		row := []string{md.Target, rate(md.RPS), ms(md.P50), ms(md.P90), ms(md.P99), ms(md.Max), rr, pr, usPerReq(md.CPUPerReq)}
+		if authGoal.OK {
+			row = append(row, ratio(md.RPS, mcp.RPS), ratio(float64(md.P99), float64(mcp.P99)))
+		}
+		m.add(row...)
 	}
 	m.write(w)
 	fmt.Fprintln(w)
-	if g := checkGoal(meds); g.OK {
-		verdict := "**holds**"
-		if !g.Holds {
-			verdict = "**does not hold**"
+	verdict := func(g goalCheck) string {
+		if g.Holds {
+			return "**holds**"
 		}
-		fmt.Fprintf(w, "Goal (mcp_proxy p99 ≤ %.2f× plain reverse_proxy and req/s ≥ %.2f× plain, medians of rounds): "+
-			"p99 %.2f×, req/s %.2f× — %s in this run.\n\n", goalMaxP99Ratio, goalMinRPSRatio, g.P99Ratio, g.RPSRatio, verdict)
+		return "**does not hold**"
 	}
+	if g := checkGoal(meds); g.OK {
+		fmt.Fprintf(w, "Goal (mcp_proxy p99 ≤ %.2f× plain reverse_proxy and req/s ≥ %.2f× plain, medians of rounds): "+
+			"p99 %.2f×, req/s %.2f× — %s in this run.\n\n", goalMaxP99Ratio, goalMinRPSRatio, g.P99Ratio, g.RPSRatio, verdict(g))
+	}
+	if authGoal.OK {
+		fmt.Fprintf(w, "Goal (mcp_auth in front of mcp_proxy: p99 ≤ %.2f× mcp_proxy and req/s ≥ %.2f× mcp_proxy, medians of rounds): "+
+			"p99 %.2f×, req/s %.2f× — %s in this run.", authGoalMaxP99Ratio, authGoalMinRPSRatio, authGoal.P99Ratio, authGoal.RPSRatio, verdict(authGoal))
+		if per := perRoundRatios(rounds, targetAuth, targetMCP); per != "" {
+			fmt.Fprintf(w, " Per round (req/s, p99): %s.", per)
+		}
+		fmt.Fprintf(w, "\n\n")
+	}
+}
+
+// perRoundRatios formats target's req/s and p99 against base's in each
+// round where both ran: "1: 0.95× / 1.04×; 2: …".
+func perRoundRatios(rounds [][]*postResult, target, base string) string {
+	var parts []string
+	for _, row := range rounds {
+		var t, b *postResult
+		for _, r := range row {
+			switch r.Target {
+			case target:
+				t = r
+			case base:
+				b = r
+			}
+		}
+		if t == nil || b == nil {
+			continue
+		}
+		parts = append(parts, fmt.Sprintf("%d: %s / %s", t.Round, ratio(t.RPS, b.RPS), ratio(float64(t.Lat.P99), float64(b.Lat.P99))))
+	}
+	return strings.Join(parts, "; ")
 }
 
 // otherStatusCell lists the non-200 answers other than 503 and 429, and
