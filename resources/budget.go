@@ -58,15 +58,8 @@ func (b *Budget) Reserve(n int64) bool {
 // budget cannot grant more than its limit afterwards. Releasing zero or
 // fewer bytes is a no-op.
 func (b *Budget) Release(n int64) {
-	if n <= 0 {
-		return
-	}
-	for {
-		used := b.used.Load()
-		next := max(used-n, 0)
-		if b.used.CompareAndSwap(used, next) {
-			return
-		}
+	if n > 0 {
+		lower(&b.used, n)
 	}
 }
 
@@ -163,15 +156,22 @@ func (a *Account) Release(n int64) {
 	if n <= 0 {
 		return
 	}
+	if freed := lower(&a.used, n); freed > 0 {
+		a.giveBack(freed)
+	}
+}
+
+// lower takes n (> 0) from a count of bytes, stopping at zero, and returns
+// how much it took. A count below zero (a closed account) is left alone.
+func lower(count *atomic.Int64, n int64) (taken int64) {
 	for {
-		u := a.used.Load()
-		if u == accountClosed || u == 0 {
-			return
+		u := count.Load()
+		if u <= 0 {
+			return 0
 		}
 		next := max(u-n, 0)
-		if a.used.CompareAndSwap(u, next) {
-			a.giveBack(u - next)
-			return
+		if count.CompareAndSwap(u, next) {
+			return u - next
 		}
 	}
 }

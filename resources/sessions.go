@@ -899,27 +899,25 @@ func (r *Registry) WasEvicted(key string) bool {
 // removal is an eviction: the key is tombstoned, at the moment it leaves
 // the map, and OnEvict is called.
 func (r *Registry) Remove(key string, cause Cause) bool {
-	sh := r.shard(key)
-	sh.mu.Lock()
-	s, ok := sh.sessions[key]
-	var at time.Time
-	if ok {
-		at = r.now()
-		r.detachLocked(sh, s, cause, at)
-	}
-	sh.mu.Unlock()
-	if ok {
-		r.finish(s, cause, at)
-	}
-	return ok
+	return r.removeIf(key, cause, nil)
 }
 
 // evictSession evicts s for cause if it is still live and, unless
 // protective, has no request in flight; it reports whether it did.
 func (r *Registry) evictSession(s *Session, protective bool, cause Cause) bool {
-	sh := r.shard(s.info.Key)
+	return r.removeIf(s.info.Key, cause, func(live *Session) bool {
+		return live == s && (protective || s.inFlight.Load() == 0)
+	})
+}
+
+// removeIf takes the live session with the key out of the registry for
+// cause, if there is one and may (when set) allows it, and reports whether
+// it did. may is asked under the shard's lock.
+func (r *Registry) removeIf(key string, cause Cause, may func(live *Session) bool) bool {
+	sh := r.shard(key)
 	sh.mu.Lock()
-	ok := sh.sessions[s.info.Key] == s && (protective || s.inFlight.Load() == 0)
+	s, ok := sh.sessions[key]
+	ok = ok && (may == nil || may(s))
 	var at time.Time
 	if ok {
 		at = r.now()
