@@ -10,14 +10,24 @@ import (
 // MaxVerified bounds the verified JWTs a Verifier remembers.
 const MaxVerified = 10000
 
-// verifiedCache remembers the principals of JWTs already verified, by the
+// principalCache remembers principals by a 32-byte key, each until a
+// time of its own, holding at most a given number: when it is full,
+// expired entries go first, then arbitrary ones. The zero value is empty
+// and ready for use; it is safe for concurrent use.
+//
+// A Verifier keeps the principals of JWTs already verified, by the
 // SHA-256 of the token and the audiences it was checked against, until the
-// token expires: a client sends the same token with every request for its
-// lifetime, and a signature costs tens of microseconds to verify. At most
-// MaxVerified entries; expired ones go first when it is full.
-type verifiedCache struct {
+// token expires (at most MaxVerified): a client sends the same token with
+// every request for its lifetime, and a signature costs tens of
+// microseconds to verify. An Introspector keeps its results likewise.
+type principalCache struct {
 	mu sync.Mutex
-	m  map[[32]byte]*Principal
+	m  map[[32]byte]cachedPrincipal
+}
+
+type cachedPrincipal struct {
+	p     *Principal
+	until time.Time
 }
 
 // cacheKey hashes a token with the audiences it is checked against.
@@ -31,41 +41,42 @@ func cacheKey(token string, audiences []string) [32]byte {
 	return k
 }
 
-func (c *verifiedCache) get(k [32]byte, now time.Time) *Principal {
+// get returns the principal kept under k, or nil when there is none or
+// it expired at now (it is then dropped).
+func (c *principalCache) get(k [32]byte, now time.Time) *Principal {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	p := c.m[k]
-	if p == nil {
+	e, ok := c.m[k]
+	if !ok {
 		return nil
 	}
-	if !now.Before(p.Expires) {
+	if !now.Before(e.until) {
 		delete(c.m, k)
 		return nil
 	}
-	return p
+	return e.p
 }
 
-func (c *verifiedCache) put(k [32]byte, p *Principal, now time.Time) {
-	if p.Expires.IsZero() {
-		return
-	}
+// put keeps p under k until until, first making room when the cache
+// holds limit entries at now.
+func (c *principalCache) put(k [32]byte, p *Principal, until, now time.Time, limit int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.m == nil {
-		c.m = make(map[[32]byte]*Principal)
+		c.m = make(map[[32]byte]cachedPrincipal)
 	}
-	if len(c.m) >= MaxVerified {
-		for key, q := range c.m {
-			if !now.Before(q.Expires) {
+	if len(c.m) >= limit {
+		for key, e := range c.m {
+			if !now.Before(e.until) {
 				delete(c.m, key)
 			}
 		}
 		for key := range c.m {
-			if len(c.m) < MaxVerified {
+			if len(c.m) < limit {
 				break
 			}
 			delete(c.m, key)
 		}
 	}
-	c.m[k] = p
+	c.m[k] = cachedPrincipal{p: p, until: until}
 }

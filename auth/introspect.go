@@ -10,7 +10,6 @@ import (
 	"net/url"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 )
 
@@ -40,13 +39,7 @@ type Introspector struct {
 	// CacheTTL: see DefaultCacheTTL. Negative disables caching.
 	CacheTTL time.Duration
 
-	mu    sync.Mutex
-	cache map[[32]byte]cached
-}
-
-type cached struct {
-	p     *Principal
-	until time.Time
+	cache principalCache
 }
 
 // introspection is the answer of an introspection endpoint.
@@ -67,12 +60,9 @@ type introspection struct {
 // of audiences.
 func (in *Introspector) Check(ctx context.Context, token string, audiences, issuers []string, now time.Time) (*Principal, error) {
 	key := sha256.Sum256([]byte(token))
-	in.mu.Lock()
-	if c, ok := in.cache[key]; ok && now.Before(c.until) {
-		in.mu.Unlock()
-		return c.p, nil
+	if p := in.cache.get(key, now); p != nil {
+		return p, nil
 	}
-	in.mu.Unlock()
 	res, claims, err := in.introspect(ctx, token)
 	if err != nil {
 		return nil, &Error{Status: http.StatusUnauthorized, Code: "invalid_token", Description: "the token could not be checked: " + err.Error()}
@@ -152,25 +142,7 @@ func (in *Introspector) store(key [32]byte, p *Principal, now time.Time) {
 	if !p.Expires.IsZero() && p.Expires.Before(until) {
 		until = p.Expires
 	}
-	in.mu.Lock()
-	defer in.mu.Unlock()
-	if in.cache == nil {
-		in.cache = make(map[[32]byte]cached)
-	}
-	if len(in.cache) >= MaxCached {
-		for k, c := range in.cache {
-			if !now.Before(c.until) {
-				delete(in.cache, k)
-			}
-		}
-		for k := range in.cache {
-			if len(in.cache) < MaxCached {
-				break
-			}
-			delete(in.cache, k)
-		}
-	}
-	in.cache[key] = cached{p: p, until: until}
+	in.cache.put(key, p, until, now, MaxCached)
 }
 
 // audienceMatches reports whether an aud value (a string or a list)

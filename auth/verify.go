@@ -93,7 +93,7 @@ type Verifier struct {
 	// NoCache turns off the cache of verified tokens.
 	NoCache bool
 
-	cache verifiedCache
+	cache principalCache // verified JWTs, until they expire
 }
 
 // Verify checks token for the resource whose identifiers (its URI, and
@@ -113,8 +113,8 @@ func (v *Verifier) Verify(ctx context.Context, token string, audiences []string,
 		// A verified token is verified again only once it expires.
 	} else if strings.Count(token, ".") == 2 && v.Keys != nil {
 		p, err = v.verifyJWT(ctx, token, audiences, now)
-		if err == nil && !v.NoCache {
-			v.cache.put(key, p, now)
+		if err == nil && !v.NoCache && !p.Expires.IsZero() {
+			v.cache.put(key, p, p.Expires, now, MaxVerified)
 		}
 	} else if v.Introspection != nil {
 		p, err = v.Introspection.Check(ctx, token, audiences, v.Issuers, now)
