@@ -203,6 +203,18 @@ type adminStatus struct {
 	Changes    map[string]uint64  `json:"level_changes"`
 	Counters   map[string]float64 `json:"counters"`
 	Tombstones int                `json:"evicted_keys_remembered"`
+	// Governance says what the level leaves of the governance features:
+	// rules always hold; the audit trail is full, sampled or keeps only
+	// denials and errors; tool pin checks are full or skip unchanged
+	// definitions.
+	Governance adminGovernance `json:"governance"`
+}
+
+type adminGovernance struct {
+	Rules     string             `json:"rules"`
+	Audit     string             `json:"audit"`
+	PinChecks string             `json:"pin_checks"`
+	Counters  map[string]float64 `json:"counters"`
 }
 
 type adminThresholds struct {
@@ -321,6 +333,7 @@ func statusOf(g *globalState) adminStatus {
 		"replay_misses":             counterValue(replayMisses),
 		"sessions_deleted":          float64(st.Evictions[resources.CauseDeleted]),
 	}
+	out.Governance = governanceStatus(ls.Level)
 	return out
 }
 

@@ -20,11 +20,16 @@ type ToolLimit struct {
 	// Pattern is a glob (path.Match syntax) over tool names. The first
 	// matching rule applies. Required.
 	Pattern string `json:"pattern"`
-	// MaxInflight is how many calls of the matching tools may run at once;
-	// 0 exempts them from later rules. Required.
+	// MaxInflight is how many calls of the matching tools may run at once.
+	// 0 in a rule without Timeout exempts the matching calls from the
+	// caps of later rules. Default: 0.
 	MaxInflight int `json:"max_inflight"`
-	// Timeout is how long a call may wait for a slot; without one a call
-	// over the limit is refused at once. Default: 0.
+	// Wait is how long a call may wait for a slot under MaxInflight;
+	// without it a call over the limit is refused at once. Default: 0.
+	Wait caddy.Duration `json:"wait,omitempty"`
+	// Timeout bounds the whole life of a call of the matching tools, as
+	// RequestTimeout does for every request, in its place. Default: the
+	// handler's RequestTimeout.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
 }
 
@@ -64,8 +69,8 @@ func (h *Handler) provisionAdmission(ctx caddy.Context) error {
 		return fmt.Errorf("queue %d: without max_inflight (or limit adaptive) no request ever waits; set max_inflight or remove queue", h.QueueSize)
 	}
 	for _, t := range h.Tools {
-		if t.MaxInflight == 0 && t.Timeout > 0 {
-			return fmt.Errorf("tool %s: a timeout with max_inflight 0 does nothing (0 exempts the tool); set max_inflight or remove timeout", t.Pattern)
+		if t.MaxInflight == 0 && t.Wait > 0 {
+			return fmt.Errorf("tool %s: a wait without max_inflight does nothing; set max_inflight or remove wait", t.Pattern)
 		}
 	}
 	cfg := admission.Config{
@@ -78,7 +83,10 @@ func (h *Handler) provisionAdmission(ctx caddy.Context) error {
 		SessionMaxInflight: h.SessionMaxInflight,
 	}
 	for _, t := range h.Tools {
-		cfg.Tools = append(cfg.Tools, admission.ToolRule{Pattern: t.Pattern, MaxInflight: t.MaxInflight, Timeout: time.Duration(t.Timeout)})
+		if t.MaxInflight == 0 && t.Timeout > 0 {
+			continue // a deadline only, see deadlineFor
+		}
+		cfg.Tools = append(cfg.Tools, admission.ToolRule{Pattern: t.Pattern, MaxInflight: t.MaxInflight, Timeout: time.Duration(t.Wait)})
 	}
 	if a := h.Adaptive; a != nil {
 		maxLimit := a.Max

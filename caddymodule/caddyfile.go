@@ -168,7 +168,7 @@ func applyOption(d *caddyfile.Dispenser, name string, o option, args []string, s
 // parseProxyDirective parses mcp_proxy.
 func parseProxyDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	m := new(Handler)
-	rp, err := m.unmarshal(h.Dispenser)
+	rp, err := m.unmarshal(h.Dispenser, &h)
 	if err != nil {
 		return nil, err
 	}
@@ -209,8 +209,16 @@ func parseProxyDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, e
 //		client_ipv6_prefix   <bits>
 //		client_session_rate  <per_second> [<burst>]
 //		session_max_inflight <n>
-//		tool <name-glob> max_inflight <n> [timeout <duration>]
+//		tool <name-glob> [max_inflight <n>] [wait <duration>] [timeout <duration>]
 //		limit adaptive [min <n>] [max <n>] [initial <n>]
+//
+//		rules { ... }       # see caddyfile_policy.go
+//		unknown_error      <tool|prompt|resource|method> <code> <message>
+//		pin_tools          off|drop|warn
+//		request_timeout    <duration>
+//		max_timeout        <duration>
+//		max_response       <size>
+//		audit [{ ... }]
 //
 //		# any reverse_proxy subdirective, for example:
 //		to                 <upstreams...>
@@ -225,7 +233,7 @@ func parseProxyDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, e
 // becomes the fallback of the mcp_session policy. Each subdirective but
 // tool may be given once.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	rp, err := h.unmarshal(d)
+	rp, err := h.unmarshal(d, nil)
 	if err != nil {
 		return err
 	}
@@ -235,12 +243,24 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 
 // unmarshal reads mcp_proxy's own subdirectives, deleting their tokens,
 // and hands the rest to reverse_proxy's parser.
-func (h *Handler) unmarshal(outer *caddyfile.Dispenser) (*reverseproxy.Handler, error) {
+func (h *Handler) unmarshal(outer *caddyfile.Dispenser, helper *httpcaddyfile.Helper) (*reverseproxy.Handler, error) {
 	d := outer.NewFromNextSegment()
 	opts := h.options()
 	seen := map[string]bool{}
 	for d.Next() {
 		for d.NextBlock(0) {
+			if name := d.Val(); d.Nesting() == 1 && blockOptions[name] {
+				if seen[name] {
+					return nil, d.Errf("%s given twice: give it once", name)
+				}
+				seen[name] = true
+				seg := d.NextSegment()
+				d.DeleteN(len(seg))
+				if err := h.parseBlockOption(seg, helper); err != nil {
+					return nil, err
+				}
+				continue
+			}
 			o, ours := opts[d.Val()]
 			if d.Nesting() != 1 || !ours {
 				continue
@@ -264,7 +284,7 @@ func (h *Handler) unmarshal(outer *caddyfile.Dispenser) (*reverseproxy.Handler, 
 // options are mcp_proxy's own subdirectives; every other one is
 // reverse_proxy's.
 func (h *Handler) options() map[string]option {
-	return map[string]option{
+	opts := map[string]option{
 		"session_key":      listOpt(&h.SessionKeys),
 		"session_lifetime": durationOpt(&h.SessionLifetime),
 		"max_peek":         sizeOpt(&h.MaxPeek),
@@ -326,7 +346,7 @@ func (h *Handler) options() map[string]option {
 			return nil
 		}},
 		"client_session_rate": {nargs: between(1, 2), apply: h.parseSessionRate},
-		"tool": {nargs: func(n int) bool { return n == 3 || n == 5 }, repeat: true, apply: func(a []string) error {
+		"tool": {nargs: atLeast(3), repeat: true, apply: func(a []string) error {
 			rule, err := parseToolLimit(a)
 			h.Tools = append(h.Tools, rule)
 			return err
@@ -336,6 +356,8 @@ func (h *Handler) options() map[string]option {
 			return err
 		}},
 	}
+	h.governanceOptions(opts)
+	return opts
 }
 
 // positive reads a count of at least 1.
@@ -362,23 +384,33 @@ func (h *Handler) parseSessionRate(a []string) error {
 	return nil
 }
 
-// parseToolLimit parses `<name-glob> max_inflight <n> [timeout <d>]`.
+// parseToolLimit parses `<name-glob> [max_inflight <n>] [wait <d>]
+// [timeout <d>]`.
 func parseToolLimit(a []string) (ToolLimit, error) {
 	rule := ToolLimit{Pattern: a[0]}
-	if a[1] != "max_inflight" {
-		return rule, fmt.Errorf("%s: expected max_inflight, got %q", a[0], a[1])
+	if len(a)%2 != 1 || len(a) < 3 {
+		return rule, fmt.Errorf("%s: want <name-glob> [max_inflight <n>] [wait <duration>] [timeout <duration>]", a[0])
 	}
-	var err error
-	if rule.MaxInflight, err = parseCount(a[2]); err != nil {
-		return rule, fmt.Errorf("%s: bad max_inflight %v", a[0], err)
-	}
-	if len(a) == 5 {
-		if a[3] != "timeout" {
-			return rule, fmt.Errorf("%s: expected timeout, got %q", a[0], a[3])
+	seen := map[string]bool{}
+	for i := 1; i < len(a); i += 2 {
+		var err error
+		switch a[i] {
+		case "max_inflight":
+			rule.MaxInflight, err = parseCount(a[i+1])
+		case "wait":
+			rule.Wait, err = parseDuration(a[i+1])
+		case "timeout":
+			rule.Timeout, err = parseDuration(a[i+1])
+		default:
+			return rule, fmt.Errorf("%s: unknown option %q: want max_inflight, wait or timeout", a[0], a[i])
 		}
-		if rule.Timeout, err = parseDuration(a[4]); err != nil {
-			return rule, fmt.Errorf("%s: bad timeout %v", a[0], err)
+		if err != nil {
+			return rule, fmt.Errorf("%s: bad %s %v", a[0], a[i], err)
 		}
+		if seen[a[i]] {
+			return rule, fmt.Errorf("%s: %s given twice", a[0], a[i])
+		}
+		seen[a[i]] = true
 	}
 	return rule, nil
 }

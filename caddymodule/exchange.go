@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"net/http"
 	"sync"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -37,35 +38,63 @@ type exchange struct {
 	status     int
 	once       sync.Once
 	st         *relayState
+
+	// For the access rules and the audit record: who sends the request,
+	// its denied messages, the decision and the rule that made it, the
+	// JSON-RPC code of an error the proxy answered, when it began.
+	subject  *subject
+	denied   []denial
+	decision string
+	rule     string
+	code     int
+	start    time.Time
 }
 
 // ServeHTTP runs an MCP request through mcp_proxy's pipeline: classify
-// (shape, origin, headers, body), resolve the session, admit (service
-// level, session table, limits), then proxy through the embedded
-// reverse_proxy, whose transport wrapper seals session ids and hands SSE
-// bodies to the relay. Every refusal is answered here with its status and
-// a JSON-RPC error; nothing refused reaches an upstream.
+// (shape, origin, headers, body), resolve the session, apply the access
+// rules, admit (service level, session table, limits), then proxy through
+// the embedded reverse_proxy, whose transport wrapper seals session ids,
+// filters list results and hands SSE bodies to the relay. Every refusal
+// is answered here with its status and a JSON-RPC error; nothing refused
+// or denied reaches an upstream. With an audit trail, the request's
+// record is queued when the handler returns.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	x := &exchange{w: w, r: r, status: http.StatusOK}
+	x := &exchange{w: w, r: r, status: http.StatusOK, decision: "allow"}
+	if h.auditor != nil {
+		x.start = time.Now()
+		cw := &countingWriter{ResponseWriter: w}
+		x.w = cw
+		defer h.audit(x, cw)
+	}
 	defer x.releaseBody(h)
 	if ref := h.classify(x); ref != nil {
-		return h.refuse(w, ref)
+		return x.refuse(h, ref)
 	}
 	if r.Method == http.MethodOptions {
 		// A CORS preflight from an allowed origin: the upstream answers it.
-		return h.proxy.ServeHTTP(w, r, next)
+		return h.proxy.ServeHTTP(x.w, r, next)
 	}
 	if ref := h.resolve(x); ref != nil {
-		return h.refuse(w, ref)
+		return x.refuse(h, ref)
+	}
+	if h.enforce(x) {
+		return nil
 	}
 	if ref := h.admitExchange(x); ref != nil {
-		return h.refuse(w, ref)
+		return x.refuse(h, ref)
 	}
 	defer x.maybeOver()
 	if h.resume(x) {
 		return nil
 	}
 	return h.forward(x, next)
+}
+
+// refuse answers the request with a refusal and notes it for the audit
+// record.
+func (x *exchange) refuse(h *Handler, ref *mcp.Refusal) error {
+	x.decision, x.status, x.code = "refuse", ref.Status, ref.Code
+	return h.refuse(x.w, ref)
 }
 
 // classify checks that the request is MCP over HTTP, from an allowed

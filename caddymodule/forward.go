@@ -52,21 +52,38 @@ func (h *Handler) forward(x *exchange, next caddyhttp.Handler) error {
 	x.st = st
 	st.whole = x.body.whole
 	st.session, st.over, st.clientKey, st.principal = x.sess, x.over, x.clientKey, x.principal
+	st.subject = x.subject
+	if st.subject == nil && h.gov.filters() {
+		st.subject = newSubject(r, x.principal, h.gov.matchers)
+	}
+	if d := h.deadlineFor(r, &x.call); d > 0 {
+		st.startDeadline(d, h.maxTimeout)
+	}
 	caddyhttp.SetVar(r.Context(), varRelay, st)
 	defer st.handlerDone()
 	var err error
 	if r.Method == http.MethodGet {
 		err = h.proxyShallow(x.w, r, next)
 	} else {
-		err = h.proxy.ServeHTTP(x.w, r, next)
+		var w http.ResponseWriter = x.w
+		if st.deadline != nil {
+			w = &deadlineWriter{ResponseWriter: x.w, st: st}
+		}
+		err = h.proxy.ServeHTTP(w, r, next)
 	}
 	if st.responded {
 		x.status = st.status
+	} else if st.isExpired() {
+		ref := st.timeoutRefusal()
+		x.status, x.code = ref.Status, ref.Code
+		return h.refuse(x.w, ref)
 	}
 	if err != nil {
 		x.status = http.StatusBadGateway
 		if !st.responded {
-			return h.refuse(x.w, h.upstreamFailure(x, err))
+			ref := h.upstreamFailure(x, err)
+			x.status, x.code = ref.Status, ref.Code
+			return h.refuse(x.w, ref)
 		}
 	}
 	st.mu.Lock()

@@ -246,6 +246,58 @@ type Handler struct {
 	// trusted_proxies honoured.
 	ClientKey string `json:"client_key,omitempty"`
 
+	// Rules decide who may call which tool, get which prompt and read
+	// which resource, in order: the first rule whose targets and
+	// condition match a message decides; when none does, RulesDefault
+	// does. A denied call never reaches the upstream and gets the error an
+	// unknown tool, prompt, resource or method gets (see UnknownErrors),
+	// and list results (tools/list, prompts/list, resources/list,
+	// resources/templates/list) show only what the caller may use. Rules
+	// hold at every service level. Default: none.
+	Rules []Rule `json:"rules,omitempty"`
+
+	// RulesDefault is the action for a message no rule matches: "allow"
+	// or "deny". Default: allow.
+	RulesDefault string `json:"rules_default,omitempty"`
+
+	// UnknownErrors replaces, per kind of target ("tool", "prompt",
+	// "resource", "method"), the JSON-RPC error a denied call gets, so it
+	// matches what the upstream answers for something it does not have.
+	// Default: the go-sdk's errors: -32602 `unknown tool "<name>"`,
+	// -32602 `unknown prompt "<name>"`, -32602 `Resource not found` with
+	// data {"uri": …}, -32601 `method not found: "<method>"`.
+	UnknownErrors map[string]UnknownError `json:"unknown_errors,omitempty"`
+
+	// PinTools pins tool definitions: the first tools/list an upstream
+	// serves records a hash of each tool's name, description and schemas;
+	// a later list in which a tool's definition changed drops that tool
+	// ("drop") or passes it with a warning ("warn"); both log at WARN and
+	// count. Default: off.
+	PinTools string `json:"pin_tools,omitempty"`
+
+	// RequestTimeout bounds the whole life of a request after admission
+	// (not the queue wait): past it the client gets a JSON-RPC error for
+	// the request, its slots are freed, and the upstream is told
+	// (notifications/cancelled in a session, the stream closed at
+	// 2026-07-28). A progress notification on the request's stream
+	// extends it, up to MaxTimeout. A tool's own timeout (Tools) takes
+	// precedence. Default: none.
+	RequestTimeout caddy.Duration `json:"request_timeout,omitempty"`
+
+	// MaxTimeout caps how far progress notifications extend a request's
+	// deadline, from its start. Default: 10 times the deadline.
+	MaxTimeout caddy.Duration `json:"max_timeout,omitempty"`
+
+	// MaxResponse caps the answer to a request: a JSON answer, or the sum
+	// of an SSE answer's events. An answer over it is replaced by (or, on
+	// a stream, ended with) a JSON-RPC error for the request. Default: no
+	// cap.
+	MaxResponse int64 `json:"max_response,omitempty"`
+
+	// Audit writes one structured record per MCP request to the logger
+	// http.handlers.mcp_proxy.audit. Default: off.
+	Audit *AuditConfig `json:"audit,omitempty"`
+
 	// Principal is the placeholder whose value is the request's
 	// authenticated principal, to which sessions are bound: a session
 	// opened with one principal is unknown (404) to any other and to
@@ -329,6 +381,10 @@ type Handler struct {
 	clientStreams           *admission.KeyedLimiter // nil: no per-client cap
 	clientKey               string
 	principal               string
+	gov                     *governance
+	auditor                 *auditor
+	requestTimeout          time.Duration
+	maxTimeout              time.Duration
 	ipv6Prefix              int
 	// downRetryAfter is the Retry-After, in seconds, of a request whose
 	// pinned upstream cannot be reached: how long a health check keeps
@@ -402,6 +458,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.provisionAdmission(ctx); err != nil {
 		return err
 	}
+	if err := h.provisionGovernance(ctx); err != nil {
+		return err
+	}
+	h.requestTimeout, h.maxTimeout = time.Duration(h.RequestTimeout), time.Duration(h.MaxTimeout)
+	if h.MaxResponse < 0 {
+		return fmt.Errorf("max_response %d: want a size", h.MaxResponse)
+	}
 	if h.ProxyRaw == nil {
 		return errors.New("mcp_proxy needs at least one upstream")
 	}
@@ -427,7 +490,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.watchStop(ctx)
 	h.registerUpstreams()
 	h.registered = true
-	return nil
+	return h.provisionAudit(ctx)
 }
 
 // Cleanup closes the handler's open streams after the drain delay and
@@ -437,6 +500,7 @@ func (h *Handler) Cleanup() error {
 	if h.streams != nil {
 		h.streams.Drain(h.drain)
 	}
+	h.auditor.close()
 	if h.registered {
 		h.unregisterUpstreams()
 		h.registered = false

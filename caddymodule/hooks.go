@@ -28,7 +28,10 @@ func governorHooks(logger *zap.Logger) governor.Hooks {
 				zap.Float64("pressure", pressure), zap.Bool("pinned", pinned))
 			emitLevelChanged(from, to, pressure, pinned)
 		},
-		LevelApplied: func(level admission.Level) { metrics.level.Set(float64(level)) },
+		LevelApplied: func(level admission.Level) {
+			metrics.level.Set(float64(level))
+			noteGovernanceLevel(level)
+		},
 		SessionEnded: sessionEnded,
 		SessionEvicted: func(s *resources.Session, cause resources.Cause) {
 			metrics.evictions.WithLabelValues(cause.String()).Inc()

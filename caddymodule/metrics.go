@@ -47,10 +47,45 @@ var metrics = struct {
 	upstreamFailures    *prometheus.CounterVec
 	unanswered          prometheus.Counter
 	authRefusals        *prometheus.CounterVec
+	denials             *prometheus.CounterVec
+	listFiltered        *prometheus.CounterVec
+	pinned              *prometheus.CounterVec
+	deadlines           *prometheus.CounterVec
+	responseTooLarge    prometheus.Counter
+	audit               *prometheus.CounterVec
+	reduced             *prometheus.GaugeVec
 }{
+	denials: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "mcp", Name: "denials_total",
+		Help: "Messages the access rules denied, answered as unknown, by kind of target: tool, prompt, resource, method.",
+	}, []string{"kind"}),
+	listFiltered: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "mcp", Name: "list_items_filtered_total",
+		Help: "Items removed from list results, by reason: rule (the caller may not use it), pin (a pinned tool whose definition changed), error (a list result that could not be read, answered with an error).",
+	}, []string{"reason"}),
+	pinned: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "mcp", Name: "tool_pins_total",
+		Help: "Tool definitions checked against their pins: new (pinned now), changed (dropped or warned), skipped (an unchanged list not checked again at the degraded level).",
+	}, []string{"result"}),
+	deadlines: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "mcp", Name: "deadlines_total",
+		Help: "Requests whose deadline (request_timeout, a tool's timeout) passed, by where they were: waiting (no answer yet) or streaming.",
+	}, []string{"state"}),
+	responseTooLarge: prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "mcp", Name: "responses_too_large_total",
+		Help: "Answers over max_response (or a list result over max_event_size) replaced by a JSON-RPC error.",
+	}),
+	audit: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "mcp", Name: "audit_records_total",
+		Help: "Audit records by result: written, dropped (the queue was full), sampled_out (left out at the degraded or essential level).",
+	}, []string{"result"}),
+	reduced: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "caddy", Subsystem: "mcp", Name: "governance_reduced",
+		Help: "1 while the service level reduces a governance feature: audit (sampled at degraded, denials and errors only at essential), pin_checks (unchanged lists not checked at degraded).",
+	}, []string{"feature"}),
 	authRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "mcp", Name: "auth_refusals_total",
-		Help: "Requests mcp_auth or mcp_proxy refused for their credentials: missing (no token), invalid_token, invalid_request, insufficient_scope.",
+		Help: "Requests mcp_auth refused: missing (no bearer token, 401), invalid_token (401), insufficient_scope (403).",
 	}, []string{"reason"}),
 	unanswered: prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "mcp", Name: "unanswered_streams_total",
@@ -257,6 +292,8 @@ func registerMetrics(ctx caddy.Context) error {
 		connectionsActive, metrics.level, metrics.levelChanges, metrics.evictions,
 		metrics.backpressure, metrics.protectiveResets, metrics.evictDeletesSkipped, globalGauges,
 		sessionEnds, metrics.panicsRecovered, metrics.upstreamIDs, metrics.upstreamFailures, metrics.unanswered, metrics.authRefusals,
+		metrics.denials, metrics.listFiltered, metrics.pinned, metrics.deadlines, metrics.responseTooLarge,
+		metrics.audit, metrics.reduced,
 	} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError

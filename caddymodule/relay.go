@@ -75,6 +75,19 @@ type relayState struct {
 	// has returned.
 	status    int
 	responded bool
+
+	// upstream is the dial address of the upstream that answered; held
+	// the memory-budget bytes a read answer holds until the end.
+	upstream string
+	held     int64
+	// subject is who sent the request, for filtering its list result.
+	subject *subject
+	// The request's deadline (see deadline.go): the timer, its step, the
+	// latest it may be moved to, and whether it passed.
+	deadline     *time.Timer
+	deadlineStep time.Duration
+	deadlineEnd  time.Time
+	expired      bool
 }
 
 func newRelayState(h *Handler, w http.ResponseWriter, r *http.Request, call *mcp.Call, res resolution) *relayState {
@@ -172,7 +185,15 @@ func (st *relayState) finish() {
 	st.done = true
 	stop, cancel, timer, legacyEnd := st.stopWatch, st.cancel, st.timer, st.legacyEnd
 	st.legacyEnd = nil
+	held := st.held
+	st.held = 0
+	if st.deadline != nil {
+		st.deadline.Stop()
+	}
 	st.mu.Unlock()
+	if held > 0 {
+		st.h.app.global.Memory().Release(held)
+	}
 	if st.over != nil {
 		st.over()
 	}
@@ -259,44 +280,9 @@ func (h *Handler) streamConfig(st *relayState, legacy bool) sse.StreamConfig {
 		cfg.Rewrite = st.rewriteLegacyEndpoint()
 	}
 	if first := st.call.First(); first.Kind == mcp.KindRequest && first.ID != "" && !st.call.Peek.Batch {
-		cfg.Rewrite, cfg.Final = answerWatch(first.ID)
+		cfg.Rewrite, cfg.Final = st.answerWatch(first.ID)
 	}
 	return cfg
-}
-
-// answerWatch returns the hooks that make sure a request's SSE answer
-// carries its response: rewrite notes the response with the request's id
-// as it passes, and final, at the end of the upstream stream, gives a
-// JSON-RPC error for the request when none passed: an event over
-// max_event_size, an upstream that broke, or a stream that ended (or was
-// never SSE at all) without the answer.
-func answerWatch(id string) (rewrite func(*sse.Event) []byte, final func(error) []byte) {
-	answered := false
-	rewrite = func(ev *sse.Event) []byte {
-		if !answered && mcp.AnswersRequest(ev.Data, id) {
-			answered = true
-		}
-		return nil
-	}
-	final = func(err error) []byte {
-		if answered {
-			return nil
-		}
-		var msg string
-		switch {
-		case errors.Is(err, sse.ErrEventTooLarge), errors.Is(err, sse.ErrLineTooLong):
-			msg = "response event exceeds the proxy's max_event_size"
-		case errors.Is(err, sse.ErrClosed):
-			return nil
-		case err != nil:
-			msg = "the upstream connection failed before the answer"
-		default:
-			msg = "the upstream ended the stream without an answer"
-		}
-		metrics.unanswered.Inc()
-		return sse.AppendEvent(nil, "", "message", mcp.AppendError(nil, id, mcp.CodeInternalError, msg))
-	}
-	return rewrite, final
 }
 
 // retryHint returns the retry hint for a request's client: only clients at

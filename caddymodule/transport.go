@@ -132,6 +132,18 @@ func (st *relayState) attempt(req *http.Request) *http.Request {
 			st.stopWatch = context.AfterFunc(clientCtx, st.clientGone)
 		}
 	}
+	if st.deadline != nil && !st.resumable {
+		// A request with a deadline gets a context the deadline cancels.
+		ctx, cancel := context.WithCancel(req.Context())
+		req = req.WithContext(ctx)
+		if st.cancel != nil {
+			st.cancel()
+		}
+		st.cancel = cancel
+	}
+	if st.expired && st.cancel != nil {
+		st.cancel() // no new attempt after the deadline
+	}
 	st.outReq = req
 	if len(st.whole) > 0 && req.Body != nil && req.Body != http.NoBody {
 		// reverse_proxy wraps the body (trailers, retries), which makes
@@ -149,7 +161,18 @@ func (st *relayState) attempt(req *http.Request) *http.Request {
 // session registered, an SSE body taken over for the relay.
 func (st *relayState) answer(req *http.Request, resp *http.Response, dialled bool) *http.Response {
 	st.status, st.responded = resp.StatusCode, true
+	st.noteUpstream(req)
 	resp = st.sealResponse(req, resp)
+	streamed := isEventStream(resp.Header)
+	if g := st.h.gov; g != nil && req.Method == http.MethodPost && resp.StatusCode == http.StatusOK {
+		g.sseAnswers.Store(streamed)
+	}
+	if !streamed {
+		st.stopDeadline()
+		if resp.StatusCode == http.StatusOK && resp.Body != nil && st.readsJSON() && mcp.IsJSON(resp.Header.Get("Content-Type")) {
+			resp = st.processJSON(resp)
+		}
+	}
 	if resp.StatusCode == http.StatusOK && legacyStream(st.r, st.call, st.res) && isEventStream(resp.Header) && !st.openLegacy(req) {
 		resp = st.replaceResponse(resp, http.StatusServiceUnavailable, mcp.CodeServerError,
 			"session limit reached, retry after "+levelRetryAfter+"s")

@@ -1,0 +1,281 @@
+package caddymodule
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/mcpgate/mcpgate/admission"
+	"github.com/mcpgate/mcpgate/mcp"
+	"github.com/mcpgate/mcpgate/policy"
+)
+
+// AuditConfig configures mcp_proxy's audit trail: one structured record
+// per MCP request on the logger http.handlers.mcp_proxy.audit (route it
+// with Caddy's `log` options: `include`, `exclude`, its own output).
+// Records are written by a goroutine of their own through a bounded
+// queue: when the log sink cannot keep up, records are dropped and
+// counted, and requests never wait for it.
+type AuditConfig struct {
+	// QueueSize bounds the records waiting to be written. Default: 4096.
+	QueueSize int `json:"queue_size,omitempty"`
+
+	// Arguments adds the arguments of each tools/call and prompts/get
+	// (params.arguments) to its record, with Redact applied. A body
+	// longer than max_peek has no arguments in its record. Default:
+	// false.
+	Arguments bool `json:"arguments,omitempty"`
+
+	// Redact lists JSON pointers (RFC 6901) into the arguments whose
+	// values are replaced by "REDACTED", e.g. "/password". Default:
+	// none.
+	Redact []string `json:"redact,omitempty"`
+
+	// MaxArgumentSize caps the arguments in one record; larger ones are
+	// replaced by a note of their size. Default: 4KiB.
+	MaxArgumentSize int `json:"max_argument_size,omitempty"`
+
+	// DegradedSample keeps one in this many records of successful
+	// listing calls (*/list) and pings at the degraded level. At the
+	// essential level and above only denials, refusals and errors are
+	// recorded. Default: 10.
+	DegradedSample int `json:"degraded_sample,omitempty"`
+}
+
+// auditor writes a handler's audit records.
+type auditor struct {
+	cfg     AuditConfig
+	logger  *zap.Logger
+	writer  *policy.Writer
+	sampler *policy.Sampler
+}
+
+// Defaults of the audit trail.
+const (
+	defaultAuditQueue      = 4096
+	defaultAuditArgs       = 4 << 10
+	defaultDegradedSample  = 10
+	auditLoggerName        = "audit"
+	auditRecordDescription = "mcp request"
+)
+
+// provisionAudit starts the handler's audit writer.
+func (h *Handler) provisionAudit(ctx caddy.Context) error {
+	if h.Audit == nil {
+		return nil
+	}
+	cfg := *h.Audit
+	cfg.QueueSize = orDefault(cfg.QueueSize, defaultAuditQueue)
+	cfg.MaxArgumentSize = orDefault(cfg.MaxArgumentSize, defaultAuditArgs)
+	cfg.DegradedSample = orDefault(cfg.DegradedSample, defaultDegradedSample)
+	for _, p := range cfg.Redact {
+		if err := policy.ValidPointer(p); err != nil {
+			return fmt.Errorf("audit redact %q: %w", p, err)
+		}
+	}
+	a := &auditor{cfg: cfg, logger: ctx.Logger().Named(auditLoggerName), sampler: policy.NewSampler(cfg.DegradedSample)}
+	a.writer = policy.NewWriter(cfg.QueueSize, a.write)
+	h.auditor = a
+	return nil
+}
+
+// close stops the writer once what is queued is written.
+func (a *auditor) close() {
+	if a != nil {
+		a.writer.Close()
+	}
+}
+
+// write writes one record to the audit logger.
+func (a *auditor) write(rec *policy.Record) {
+	fields := []zap.Field{
+		zap.Time("time", rec.Time),
+		zap.String("principal", rec.Principal),
+		zap.String("session", rec.Session),
+		zap.String("client", rec.Client),
+		zap.String("method", rec.Method),
+		zap.String("decision", rec.Decision),
+		zap.Int("status", rec.Status),
+		zap.Duration("duration", rec.Duration),
+		zap.String("upstream", rec.Upstream),
+		zap.Int64("bytes_in", rec.BytesIn),
+		zap.Int64("bytes_out", rec.BytesOut),
+	}
+	if rec.Kind != "" {
+		fields = append(fields, zap.String(rec.Kind, rec.Target))
+	}
+	if rec.Rule != "" {
+		fields = append(fields, zap.String("rule", rec.Rule))
+	}
+	if rec.Code != 0 {
+		fields = append(fields, zap.Int("error_code", rec.Code))
+	}
+	if rec.Arguments != nil {
+		fields = append(fields, zap.Any("arguments", rec.Arguments))
+	}
+	a.logger.Info(auditRecordDescription, fields...)
+}
+
+// keep applies the service level to a record: everything at full; at
+// degraded one in DegradedSample successful listing calls and pings; at
+// essential and above only denials, refusals and errors.
+func (a *auditor) keep(level admission.Level, rec *policy.Record) bool {
+	failed := rec.Decision != "allow" || rec.Status >= 400 || rec.Code != 0
+	switch {
+	case failed || level == admission.LevelFull:
+		return true
+	case level >= admission.LevelEssential:
+		return false
+	case rec.Method == "ping" || strings.HasSuffix(rec.Method, "/list"):
+		return a.sampler.Keep()
+	}
+	return true
+}
+
+// countingWriter counts the bytes written to the client through the
+// handler, for the audit record.
+type countingWriter struct {
+	http.ResponseWriter
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.ResponseWriter.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// Unwrap lets http.ResponseController reach the writer beneath.
+func (c *countingWriter) Unwrap() http.ResponseWriter { return c.ResponseWriter }
+
+// audit queues the request's record, when the handler audits.
+func (h *Handler) audit(x *exchange, out *countingWriter) {
+	a := h.auditor
+	if a == nil {
+		return
+	}
+	first := x.call.First()
+	rec := policy.Record{
+		Time: x.start, Principal: x.principal, Client: x.clientKey, Method: first.Method,
+		Decision: x.decision, Rule: x.rule, Status: x.status, Code: x.code,
+		Duration: time.Since(x.start), BytesIn: x.r.ContentLength,
+	}
+	if rec.Client == "" {
+		rec.Client, _ = caddyhttp.GetVar(x.r.Context(), caddyhttp.ClientIPVarKey).(string)
+	}
+	if rec.Method == "" {
+		rec.Method = x.r.Method
+	}
+	if first.Method != "" {
+		if kind, target := policy.TargetOf(first.Method, first.Name); kind != policy.KindMethod {
+			rec.Kind, rec.Target = kind.String(), target
+		}
+	}
+	if x.res.session != nil {
+		rec.Session = hashKey(x.res.key)[:sessionIDLen]
+	}
+	if x.st != nil {
+		rec.Upstream = x.st.upstreamAddr()
+	}
+	if x.body.whole != nil {
+		rec.BytesIn = int64(len(x.body.whole))
+	}
+	if out != nil {
+		rec.BytesOut = out.n
+	}
+	level := x.level
+	if x.release == nil {
+		level = h.app.global.Level()
+	}
+	if !a.keep(level, &rec) {
+		metrics.audit.WithLabelValues("sampled_out").Inc()
+		return
+	}
+	if a.cfg.Arguments && x.body.whole != nil && (first.Method == "tools/call" || first.Method == "prompts/get") && !x.call.Peek.Batch {
+		var msg struct {
+			Params struct {
+				Arguments json.RawMessage `json:"arguments"`
+			} `json:"params"`
+		}
+		if json.Unmarshal(x.body.whole, &msg) == nil && msg.Params.Arguments != nil {
+			rec.Arguments = policy.Redact(msg.Params.Arguments, a.cfg.Redact, a.cfg.MaxArgumentSize)
+		}
+	}
+	if a.writer.Log(&rec) {
+		metrics.audit.WithLabelValues("written").Inc()
+	} else {
+		metrics.audit.WithLabelValues("dropped").Inc()
+	}
+}
+
+// auditMode names what the audit trail keeps at a level, for /mcp/status.
+func auditMode(level admission.Level) string {
+	switch {
+	case level >= admission.LevelEssential:
+		return "denials_and_errors"
+	case level == admission.LevelDegraded:
+		return "sampled"
+	}
+	return "full"
+}
+
+// refusalCode is the JSON-RPC code of a refusal, for the audit record.
+func refusalCode(ref *mcp.Refusal) int {
+	if ref == nil {
+		return 0
+	}
+	return ref.Code
+}
+
+// pinMode names what the tool pin checks do at a level, for /mcp/status.
+func pinMode(level admission.Level) string {
+	if level >= admission.LevelDegraded {
+		return "changed_only"
+	}
+	return "full"
+}
+
+// governanceStatus is the governance part of /mcp/status.
+func governanceStatus(level admission.Level) adminGovernance {
+	vec := func(v *prometheus.CounterVec, label string) float64 {
+		c, err := v.GetMetricWithLabelValues(label)
+		if err != nil {
+			return 0
+		}
+		return counterValue(c)
+	}
+	return adminGovernance{
+		Rules: "enforced", Audit: auditMode(level), PinChecks: pinMode(level),
+		Counters: map[string]float64{
+			"audit_written":     vec(metrics.audit, "written"),
+			"audit_dropped":     vec(metrics.audit, "dropped"),
+			"audit_sampled_out": vec(metrics.audit, "sampled_out"),
+			"denied_tool":       vec(metrics.denials, "tool"),
+			"denied_prompt":     vec(metrics.denials, "prompt"),
+			"denied_resource":   vec(metrics.denials, "resource"),
+			"denied_method":     vec(metrics.denials, "method"),
+			"list_items_hidden": vec(metrics.listFiltered, "rule"),
+			"pins_changed":      vec(metrics.pinned, "changed"),
+			"deadlines_passed":  vec(metrics.deadlines, "waiting") + vec(metrics.deadlines, "streaming"),
+		},
+	}
+}
+
+// noteGovernanceLevel sets the governance_reduced gauges for a level.
+func noteGovernanceLevel(level admission.Level) {
+	audit, pins := 0.0, 0.0
+	if level >= admission.LevelDegraded {
+		audit, pins = 1, 1
+	}
+	metrics.reduced.WithLabelValues("audit").Set(audit)
+	metrics.reduced.WithLabelValues("pin_checks").Set(pins)
+}
+
+func init() { noteGovernanceLevel(admission.LevelFull) }

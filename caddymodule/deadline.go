@@ -1,0 +1,139 @@
+package caddymodule
+
+import (
+	"net/http"
+	"path"
+	"time"
+
+	"github.com/mcpgate/mcpgate/mcp"
+)
+
+// A request's deadline (request_timeout, or its tool's timeout) bounds
+// its whole life after admission. When it passes, the upstream request is
+// cancelled (its context, which closes its connection or stream: the
+// 2026-07-28 way of cancelling) and, in a session, the upstream is sent
+// notifications/cancelled with the request's id; the client gets a
+// JSON-RPC error for its request, as the answer or as the last event of
+// its stream; the handler returns, which frees the request's slots. Each
+// progress notification on the request's stream moves the deadline to a
+// full step from then, up to max_timeout from the start.
+
+// defaultMaxTimeoutFactor is max_timeout, without one, in steps.
+const defaultMaxTimeoutFactor = 10
+
+// deadlineFor returns the deadline step of a request: the timeout of the
+// first tool rule that matches its tool and has one, else
+// request_timeout; 0 for none. Only single requests have one.
+func (h *Handler) deadlineFor(r *http.Request, call *mcp.Call) time.Duration {
+	first := call.First()
+	if r.Method != http.MethodPost || call.Peek.Batch || first.Kind != mcp.KindRequest || first.ID == "" {
+		return 0
+	}
+	if first.Method == "tools/call" {
+		for _, t := range h.Tools {
+			if ok, _ := path.Match(t.Pattern, first.Name); ok && t.Timeout > 0 {
+				return time.Duration(t.Timeout)
+			}
+		}
+	}
+	return h.requestTimeout
+}
+
+// startDeadline arms the request's deadline.
+func (st *relayState) startDeadline(step, maxTotal time.Duration) {
+	if maxTotal <= 0 {
+		maxTotal = defaultMaxTimeoutFactor * step
+	}
+	now := time.Now()
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.deadlineStep = step
+	st.deadlineEnd = now.Add(max(maxTotal, step))
+	st.deadline = time.AfterFunc(step, st.expire)
+}
+
+// extendDeadline moves the deadline a full step from now, within
+// max_timeout, on a progress notification.
+func (st *relayState) extendDeadline() {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.deadline == nil || st.expired || st.done {
+		return
+	}
+	next := min(st.deadlineStep, time.Until(st.deadlineEnd))
+	if next > 0 {
+		st.deadline.Reset(next)
+	}
+}
+
+// stopDeadline disarms the deadline: the answer arrived.
+func (st *relayState) stopDeadline() {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.deadline != nil {
+		st.deadline.Stop()
+	}
+}
+
+// isExpired reports whether the request's deadline passed.
+func (st *relayState) isExpired() bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.expired
+}
+
+// expire ends a request whose deadline passed.
+func (st *relayState) expire() {
+	defer recoverPanic(st.h.logger, "request deadline")
+	st.mu.Lock()
+	if st.done || st.expired {
+		st.mu.Unlock()
+		return
+	}
+	st.expired = true
+	state := "waiting"
+	if st.stream != nil {
+		state = "streaming"
+	}
+	st.mu.Unlock()
+	metrics.deadlines.WithLabelValues(state).Inc()
+	st.giveUp("request timed out")
+}
+
+// giveUp abandons the upstream request: cancels it and, in a session,
+// tells the upstream.
+func (st *relayState) giveUp(reason string) {
+	st.abort()
+	st.sendCancelled(reason)
+}
+
+// timeoutRefusal is the answer to a request whose deadline passed before
+// the upstream answered: a JSON-RPC error for it, inside a 200 as the
+// request's answer.
+func (st *relayState) timeoutRefusal() *mcp.Refusal {
+	return mcp.Refuse(http.StatusOK, codeRequestTimeout, st.call.First().ID,
+		"request timed out: no answer within "+st.deadlineStep.String())
+}
+
+// deadlineWriter is the client's writer as reverse_proxy sees it for a
+// request with a deadline: reverse_proxy records an upstream request
+// cancelled by the deadline as the client's own disconnect (499), which
+// the handler answers instead with the request's timeout error.
+type deadlineWriter struct {
+	http.ResponseWriter
+	st *relayState
+}
+
+func (d *deadlineWriter) WriteHeader(code int) {
+	if code == statusClientClosed && d.st.isExpired() {
+		return
+	}
+	d.ResponseWriter.WriteHeader(code)
+}
+
+// Unwrap lets http.ResponseController reach the writer beneath.
+func (d *deadlineWriter) Unwrap() http.ResponseWriter { return d.ResponseWriter }
+
+// statusClientClosed is the status reverse_proxy records for a cancelled
+// upstream request.
+const statusClientClosed = 499

@@ -1,0 +1,443 @@
+package caddymodule
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/mcpgate/mcpgate/auth"
+	"github.com/mcpgate/mcpgate/mcp"
+	"github.com/mcpgate/mcpgate/policy"
+)
+
+// Rule is one access rule of mcp_proxy (see Handler.Rules).
+type Rule struct {
+	// Action is "allow" or "deny".
+	Action string `json:"action"`
+
+	// Kind is what Targets name: "tool" (tools/call), "prompt"
+	// (prompts/get), "resource" (resources/read, resources/subscribe,
+	// resources/unsubscribe) or "method" (any JSON-RPC method).
+	Kind string `json:"kind"`
+
+	// Targets are globs over the tool names, prompt names, resource URIs
+	// or methods: `*` matches any characters, `/` included, `?` one.
+	Targets []string `json:"targets"`
+
+	// Methods, for tool, prompt and resource rules, restricts the rule to
+	// messages of these methods (globs), e.g. resources/subscribe.
+	// Default: every method of the kind.
+	Methods []string `json:"methods,omitempty"`
+
+	// Unless makes the condition an exception: the rule applies to the
+	// subjects that do not meet it. Default: false (the rule applies to
+	// those that do).
+	Unless bool `json:"unless,omitempty"`
+
+	// Principals restricts the rule to these principals (exact). Default:
+	// any.
+	Principals []string `json:"principals,omitempty"`
+
+	// Scopes restricts the rule to subjects holding all these OAuth
+	// scopes (from mcp_auth, or `{http.auth.user.scope}`). Default: none
+	// needed.
+	Scopes []string `json:"scopes,omitempty"`
+
+	// Placeholder, with Values, restricts the rule to requests where the
+	// placeholder's value matches one of Values (globs), e.g.
+	// `{http.request.header.X-Tenant}`. Default: none.
+	Placeholder string `json:"placeholder,omitempty"`
+
+	// Values: see Placeholder.
+	Values []string `json:"values,omitempty"`
+
+	// MatchRaw restricts the rule to requests a matcher set matches, as a
+	// route's `match` would. Default: none.
+	MatchRaw caddy.ModuleMap `json:"match,omitempty" caddy:"namespace=http.matchers"`
+}
+
+// UnknownError is the JSON-RPC error a denied call gets, for one kind of
+// target; "%s" in Message stands for the target's name.
+type UnknownError struct {
+	// Code is the JSON-RPC error code.
+	Code int `json:"code"`
+	// Message is the error message; "%s" is replaced by the name, quoted
+	// as Go's %q quotes it when written "%q".
+	Message string `json:"message"`
+}
+
+// The errors a go-sdk server gives for an unknown tool, prompt, resource
+// and method; a denied call gets the same unless UnknownErrors says
+// otherwise.
+var defaultUnknownErrors = map[string]UnknownError{
+	"tool":     {Code: -32602, Message: "unknown tool %q"},
+	"prompt":   {Code: -32602, Message: "unknown prompt %q"},
+	"resource": {Code: -32602, Message: "Resource not found"},
+	"method":   {Code: mcp.CodeMethodNotFound, Message: "method not found: %q"},
+}
+
+// governance is the compiled policy of a handler: the rules, their
+// matchers, the errors denied calls get, tool pinning.
+type governance struct {
+	policy   policy.Policy
+	matchers []caddyhttp.MatcherSet
+	unknown  map[policy.Kind]UnknownError
+	pins     *policy.Pins // nil without pin_tools
+	pinWarn  bool         // pin_tools warn: a changed tool passes
+	// sseAnswers notes whether the upstreams' last answer to a POST
+	// request was an SSE stream, so a denial answers the same way.
+	sseAnswers atomic.Bool
+	// unchanged holds, per upstream, the hash of the last tools array
+	// whose every tool matched its pin; at the degraded level an equal
+	// array is not checked tool by tool again.
+	unchanged    sync.Map // upstream + "\x00" + tool → [32]byte
+	unchangedLen atomic.Int64
+}
+
+// filters reports whether list results need reading: rules exist or
+// tools are pinned.
+func (g *governance) filters() bool {
+	return g != nil && (len(g.policy.Rules) > 0 || g.pins != nil)
+}
+
+// provisionGovernance compiles the rules and the pinning table.
+func (h *Handler) provisionGovernance(ctx caddy.Context) error {
+	g := &governance{unknown: map[policy.Kind]UnknownError{}}
+	switch h.RulesDefault {
+	case "", "allow":
+		g.policy.Default = policy.Allow
+	case "deny":
+		g.policy.Default = policy.Deny
+	default:
+		return fmt.Errorf("rules_default %q: want allow or deny", h.RulesDefault)
+	}
+	for i := range h.Rules {
+		rule, err := h.compileRule(ctx, i, g)
+		if err != nil {
+			return fmt.Errorf("rule %d: %w", i+1, err)
+		}
+		g.policy.Rules = append(g.policy.Rules, rule)
+	}
+	if err := g.policy.Compile(); err != nil {
+		return err
+	}
+	for name, e := range defaultUnknownErrors {
+		if custom, ok := h.UnknownErrors[name]; ok {
+			e = custom
+		}
+		kind, _ := kindOf(name)
+		g.unknown[kind] = e
+	}
+	for name := range h.UnknownErrors {
+		if _, ok := kindOf(name); !ok {
+			return fmt.Errorf("unknown_errors %q: want tool, prompt, resource or method", name)
+		}
+	}
+	switch h.PinTools {
+	case "", "off":
+	case "drop", "on", "warn":
+		g.pins = &policy.Pins{Max: defaultMaxPins}
+		g.pinWarn = h.PinTools == "warn"
+	default:
+		return fmt.Errorf("pin_tools %q: want off, drop or warn", h.PinTools)
+	}
+	h.gov = g
+	return nil
+}
+
+// defaultMaxPins bounds the pinned tool definitions of a handler.
+const defaultMaxPins = 10000
+
+// kindOf reads a rule kind.
+func kindOf(s string) (policy.Kind, bool) {
+	switch s {
+	case "tool":
+		return policy.KindTool, true
+	case "prompt":
+		return policy.KindPrompt, true
+	case "resource":
+		return policy.KindResource, true
+	case "method":
+		return policy.KindMethod, true
+	}
+	return 0, false
+}
+
+// compileRule turns rule i of the config into a policy rule, loading its
+// matcher set.
+func (h *Handler) compileRule(ctx caddy.Context, i int, g *governance) (policy.Rule, error) {
+	c := &h.Rules[i]
+	var out policy.Rule
+	switch c.Action {
+	case "allow":
+		out.Action = policy.Allow
+	case "deny":
+		out.Action = policy.Deny
+	default:
+		return out, fmt.Errorf("action %q: want allow or deny", c.Action)
+	}
+	kind, ok := kindOf(c.Kind)
+	if !ok {
+		return out, fmt.Errorf("kind %q: want tool, prompt, resource or method", c.Kind)
+	}
+	if len(c.Targets) == 0 {
+		return out, fmt.Errorf("no targets")
+	}
+	out.Kind, out.Targets, out.Methods = kind, c.Targets, c.Methods
+	out.Label = "rule " + strconv.Itoa(i+1) + ": " + c.Action + " " + c.Kind + " " + strings.Join(c.Targets, " ")
+	cond := &policy.Condition{Negate: c.Unless, Principals: c.Principals, Scopes: c.Scopes,
+		Placeholder: c.Placeholder, Values: c.Values, Matcher: -1}
+	if c.MatchRaw != nil {
+		mods, err := ctx.LoadModule(c, "MatchRaw")
+		if err != nil {
+			return out, fmt.Errorf("loading matchers: %w", err)
+		}
+		var set caddyhttp.MatcherSet
+		for _, m := range mods.(map[string]any) {
+			set = append(set, m)
+		}
+		cond.Matcher = len(g.matchers)
+		g.matchers = append(g.matchers, set)
+	}
+	if len(cond.Principals) > 0 || len(cond.Scopes) > 0 || cond.Placeholder != "" || cond.Matcher >= 0 {
+		out.When = cond
+	} else if c.Unless {
+		return out, fmt.Errorf("unless without a condition")
+	}
+	return out, nil
+}
+
+// subject is who sends a request, for the rules: read lazily from the
+// request, each fact once.
+type subject struct {
+	r         *http.Request
+	repl      *caddy.Replacer
+	principal string
+	scopes    []string
+	scopesSet bool
+	matchers  []caddyhttp.MatcherSet
+	matched   map[int]bool
+}
+
+func newSubject(r *http.Request, principal string, matchers []caddyhttp.MatcherSet) *subject {
+	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	return &subject{r: r, repl: repl, principal: principal, matchers: matchers}
+}
+
+func (s *subject) Principal() string { return s.principal }
+
+func (s *subject) Value(placeholder string) string {
+	if s.repl == nil {
+		return ""
+	}
+	return s.repl.ReplaceAll(placeholder, "")
+}
+
+func (s *subject) HasScopes(need []string) bool {
+	if !s.scopesSet {
+		s.scopesSet = true
+		if p, ok := caddyhttp.GetVar(s.r.Context(), varAuth).(*auth.Principal); ok && p != nil {
+			s.scopes = p.Scopes
+		} else if s.repl != nil {
+			v, _ := s.repl.GetString("http.auth.user.scope")
+			s.scopes = strings.Fields(v)
+		}
+	}
+	for _, n := range need {
+		found := false
+		for _, have := range s.scopes {
+			if have == n {
+				found = true
+				break
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *subject) Match(set int) bool {
+	if ok, seen := s.matched[set]; seen {
+		return ok
+	}
+	if set < 0 || set >= len(s.matchers) {
+		return false
+	}
+	ok, err := s.matchers[set].MatchWithError(s.r)
+	if err != nil {
+		ok = false
+	}
+	if s.matched == nil {
+		s.matched = map[int]bool{}
+	}
+	s.matched[set] = ok
+	return ok
+}
+
+// denial is a message of a request the rules denied.
+type denial struct {
+	index int // in the request's messages
+	kind  policy.Kind
+	name  string
+	rule  string
+}
+
+// enforce applies the access rules to every message of the request: the
+// first denied one is answered, for a single message, by the proxy with
+// the error an unknown tool, prompt, resource or method gets, and the
+// request goes no further. It reports whether it answered.
+func (h *Handler) enforce(x *exchange) bool {
+	g := h.gov
+	if g == nil || len(g.policy.Rules) == 0 && g.policy.Default == policy.Allow {
+		return false
+	}
+	msgs := x.call.Peek.Messages
+	x.subject = newSubject(x.r, x.principal, g.matchers)
+	for i := range msgs {
+		m := &msgs[i]
+		if m.Kind == mcp.KindResponse || m.Method == "" {
+			continue
+		}
+		kind, target := policy.TargetOf(m.Method, m.Name)
+		action, rule := g.policy.Decide(x.subject, m.Method, m.Name)
+		label := ""
+		if rule >= 0 {
+			label = g.policy.Rules[rule].Label
+		}
+		x.decision, x.rule = action.String(), label
+		if action == policy.Allow {
+			continue
+		}
+		x.denied = append(x.denied, denial{index: i, kind: kind, name: target, rule: label})
+	}
+	if len(x.denied) == 0 {
+		return false
+	}
+	x.decision = "deny"
+	x.rule = x.denied[0].rule
+	for _, d := range x.denied {
+		metrics.denials.WithLabelValues(d.kind.String()).Inc()
+	}
+	if c := h.logger.Check(zap.DebugLevel, "call denied"); c != nil {
+		d := x.denied[0]
+		c.Write(zap.String("kind", d.kind.String()), zap.String("target", d.name), zap.String("rule", d.rule),
+			zap.String("principal", x.principal))
+	}
+	h.answerDenied(x)
+	return true
+}
+
+// unknownErrorFor is the JSON-RPC error message of a denied message.
+func (g *governance) unknownErrorFor(d denial, id string) []byte {
+	e := g.unknown[d.kind]
+	msg := e.Message
+	if strings.Contains(msg, "%q") {
+		msg = strings.Replace(msg, "%q", strconv.Quote(d.name), 1)
+	} else if strings.Contains(msg, "%s") {
+		msg = strings.Replace(msg, "%s", d.name, 1)
+	}
+	type rpcError struct {
+		Code    int             `json:"code"`
+		Message string          `json:"message"`
+		Data    json.RawMessage `json:"data,omitempty"`
+	}
+	body := struct {
+		JSONRPC string          `json:"jsonrpc"`
+		ID      json.RawMessage `json:"id"`
+		Error   rpcError        `json:"error"`
+	}{JSONRPC: "2.0", ID: json.RawMessage(id), Error: rpcError{Code: e.Code, Message: msg}}
+	if id == "" {
+		body.ID = json.RawMessage("null")
+	}
+	if d.kind == policy.KindResource {
+		uri, _ := json.Marshal(map[string]string{"uri": d.name})
+		body.Error.Data = uri
+	}
+	out, _ := json.Marshal(body)
+	return out
+}
+
+// answerDenied answers a request with denied messages as the upstream
+// answers calls of things it does not have: a notification is accepted
+// (202) and dropped; a request gets its error in a JSON answer, or as an
+// event of an SSE answer when the upstreams answer that way (or the client
+// accepts nothing else). A batch gets every message's answer: the denied
+// ones their error, the others -32600, since none of them is sent.
+func (h *Handler) answerDenied(x *exchange) {
+	w := x.w
+	hdr := w.Header()
+	if tok := x.r.Header.Get(mcp.HeaderSessionID); tok != "" && x.res.session != nil {
+		hdr.Set(mcp.HeaderSessionID, tok)
+	}
+	var answers [][]byte
+	denied := map[int]denial{}
+	for _, d := range x.denied {
+		denied[d.index] = d
+	}
+	for i, m := range x.call.Peek.Messages {
+		if m.Kind != mcp.KindRequest || m.ID == "" {
+			continue
+		}
+		if d, ok := denied[i]; ok {
+			answers = append(answers, h.gov.unknownErrorFor(d, m.ID))
+			continue
+		}
+		answers = append(answers, mcp.AppendError(nil, m.ID, mcp.CodeInvalidRequest, "batch not processed"))
+	}
+	x.status = http.StatusAccepted
+	if len(answers) == 0 {
+		w.WriteHeader(http.StatusAccepted)
+		return
+	}
+	x.status = http.StatusOK
+	accept := x.r.Header.Get("Accept")
+	if (h.gov.sseAnswers.Load() || !strings.Contains(accept, "application/json")) && strings.Contains(accept, "text/event-stream") {
+		hdr.Set("Content-Type", "text/event-stream")
+		hdr.Set("Cache-Control", "no-cache")
+		w.WriteHeader(http.StatusOK)
+		var buf []byte
+		for _, a := range answers {
+			buf = appendSSEAnswer(buf, a)
+		}
+		_, _ = w.Write(buf)
+		return
+	}
+	body := answers[0]
+	if x.call.Peek.Batch {
+		body = append([]byte{'['}, joinJSON(answers)...)
+		body = append(body, ']')
+	}
+	hdr.Set("Content-Type", "application/json")
+	hdr.Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(body)
+}
+
+// appendSSEAnswer appends a JSON-RPC message as an SSE message event.
+func appendSSEAnswer(buf, msg []byte) []byte {
+	buf = append(buf, "event: message\ndata: "...)
+	buf = append(buf, msg...)
+	return append(buf, "\n\n"...)
+}
+
+// joinJSON joins JSON values with commas.
+func joinJSON(vs [][]byte) []byte {
+	var out []byte
+	for i, v := range vs {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		out = append(out, v...)
+	}
+	return out
+}
