@@ -97,6 +97,14 @@ func (a *AdminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 		return withGlobal(func(g *globalState) error { return writeJSON(w, http.StatusOK, statusOf(g)) })
+	case path == "/mcp/pins":
+		if err := allowMethods(w, r, http.MethodDelete); err != nil {
+			return err
+		}
+		upstream := r.URL.Query().Get("upstream")
+		toolPins.Forget(upstream)
+		a.logger.Info("tool pins forgotten by operator", zap.String("upstream", upstream))
+		return writeJSON(w, http.StatusOK, map[string]int{"pinned": toolPins.Len()})
 	case path == "/mcp/sessions":
 		if err := allowMethods(w, r, http.MethodGet); err != nil {
 			return err

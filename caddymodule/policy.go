@@ -90,7 +90,7 @@ type governance struct {
 	policy   policy.Policy
 	matchers []caddyhttp.MatcherSet
 	unknown  map[policy.Kind]UnknownError
-	pins     *policy.Pins // nil without pin_tools
+	pins     *policy.Pins // toolPins, nil without pin_tools
 	pinWarn  bool         // pin_tools warn: a changed tool passes
 	// sseAnswers notes whether the upstreams' last answer to a POST
 	// request was an SSE stream, so a denial answers the same way.
@@ -144,7 +144,7 @@ func (h *Handler) provisionGovernance(ctx caddy.Context) error {
 	switch h.PinTools {
 	case "", "off":
 	case "drop", "on", "warn":
-		g.pins = &policy.Pins{Max: defaultMaxPins}
+		g.pins = toolPins
 		g.pinWarn = h.PinTools == "warn"
 	default:
 		return fmt.Errorf("pin_tools %q: want off, drop or warn", h.PinTools)
@@ -153,8 +153,13 @@ func (h *Handler) provisionGovernance(ctx caddy.Context) error {
 	return nil
 }
 
-// defaultMaxPins bounds the pinned tool definitions of a handler.
+// defaultMaxPins bounds the pinned tool definitions of the process.
 const defaultMaxPins = 10000
+
+// toolPins are the pinned tool definitions of every upstream, shared by
+// the handlers of every config, so a reload keeps them; DELETE /mcp/pins
+// forgets them after an operator approved a change.
+var toolPins = &policy.Pins{Max: defaultMaxPins}
 
 // kindOf reads a rule kind.
 func kindOf(s string) (policy.Kind, bool) {
