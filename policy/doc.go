@@ -1,0 +1,30 @@
+// Package policy is mcpgate's MCP access policy, independent of Caddy:
+// ordered allow/deny rules over JSON-RPC methods, tool names, prompt names
+// and resource URIs with conditions on the caller (Policy), the filtering
+// of list results down to what a caller may call (FilterList), the pinning
+// of tool definitions to notice an upstream changing them (Pins), and the
+// audit trail: an asynchronous record Writer, the redaction of logged
+// arguments (Redact) and a Sampler.
+//
+// Everything here is bounded and owned:
+//
+//   - A Policy holds what its Compile prepared from its rules. Decide and
+//     Allows allocate nothing of their own and take at most
+//     O(len(pattern) × len(target)) steps per glob (no backtracking past
+//     the last `*`).
+//   - FilterList reads the message in one pass of a json.Decoder and
+//     holds, for the duration of the call, the decoder's buffer (at most
+//     the message), the names and offsets of the members and items it
+//     reads, and the message it writes.
+//   - Pins holds at most Max pins (10000 when unset) across all upstreams,
+//     each a fixed-size entry (hashes of the tool name and definition) plus
+//     its upstream string; the least recently checked is evicted first.
+//   - A Writer owns a queue of at most its size records (1024 when unset)
+//     and one goroutine, started by NewWriter and ended by Close, which
+//     waits for it. Records that do not fit are dropped and counted. This
+//     is the only goroutine the package starts.
+//   - Redact decodes one value for the duration of the call; Sampler holds
+//     a counter.
+//
+// The package imports only the standard library.
+package policy

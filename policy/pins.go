@@ -1,0 +1,203 @@
+package policy
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/json"
+	"sync"
+)
+
+// Verdict is what Pins.Check says of a tool definition.
+type Verdict uint8
+
+const (
+	PinNew     Verdict = iota // first seen: now pinned
+	PinSame                   // as pinned
+	PinChanged                // differs from the pinned definition
+)
+
+// String returns "new", "same" or "changed".
+func (v Verdict) String() string {
+	switch v {
+	case PinNew:
+		return "new"
+	case PinSame:
+		return "same"
+	case PinChanged:
+		return "changed"
+	}
+	return "unknown"
+}
+
+// DefaultMaxPins is the number of pins a Pins with Max <= 0 keeps.
+const DefaultMaxPins = 10000
+
+// Pins remembers a hash of each tool definition an upstream served first,
+// for at most Max tools across all upstreams (least recently checked
+// evicted first; Max <= 0 means 10000). Safe for concurrent use; set Max
+// before the first Check.
+//
+// A pin holds the upstream string as given and sha256 hashes of the tool
+// name and definition, so its size does not depend on what the upstream
+// serves. An evicted tool is pinned anew (PinNew) when next checked.
+type Pins struct {
+	Max int
+
+	mu   sync.Mutex
+	byUp map[string]map[[sha256.Size]byte]*pin // upstream → hash of name → pin
+	n    int
+	head *pin // most recently checked
+	tail *pin // least recently checked
+}
+
+// pin is one pinned tool, in the recency list of its Pins.
+type pin struct {
+	upstream   string
+	name       [sha256.Size]byte
+	def        [sha256.Size]byte
+	prev, next *pin
+}
+
+// Check hashes def (a tools/list item: name, description, inputSchema,
+// outputSchema — each canonicalised by decoding and re-encoding with
+// encoding/json, so member order and whitespace do not matter; other
+// members such as annotations, title, _meta are not part of the hash) and
+// compares it with the hash pinned for (upstream, name); the first
+// definition seen is pinned (PinNew). A changed definition stays
+// PinChanged (the pin is not replaced) until Forget; a definition changed
+// back to the pinned one is PinSame again. A def that is not a JSON object
+// is hashed as its raw bytes.
+func (p *Pins) Check(upstream, name string, def json.RawMessage) Verdict {
+	h := hashDefinition(def)
+	nh := sha256.Sum256([]byte(name))
+
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if pn := p.byUp[upstream][nh]; pn != nil {
+		p.touch(pn)
+		if pn.def == h {
+			return PinSame
+		}
+		return PinChanged
+	}
+	limit := p.Max
+	if limit <= 0 {
+		limit = DefaultMaxPins
+	}
+	for p.n >= limit && p.tail != nil {
+		p.remove(p.tail)
+	}
+	if p.byUp == nil {
+		p.byUp = make(map[string]map[[sha256.Size]byte]*pin)
+	}
+	names := p.byUp[upstream]
+	if names == nil {
+		names = make(map[[sha256.Size]byte]*pin)
+		p.byUp[upstream] = names
+	}
+	pn := &pin{upstream: upstream, name: nh, def: h}
+	names[nh] = pn
+	p.n++
+	p.pushFront(pn)
+	return PinNew
+}
+
+// Forget drops the pins of an upstream ("" for all), e.g. after an
+// operator approved a change.
+func (p *Pins) Forget(upstream string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if upstream == "" {
+		p.byUp, p.n, p.head, p.tail = nil, 0, nil, nil
+		return
+	}
+	for _, pn := range p.byUp[upstream] {
+		p.remove(pn)
+	}
+}
+
+// Len returns how many tools are pinned.
+func (p *Pins) Len() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.n
+}
+
+// remove drops pn from the table and the recency list.
+func (p *Pins) remove(pn *pin) {
+	names := p.byUp[pn.upstream]
+	delete(names, pn.name)
+	if len(names) == 0 {
+		delete(p.byUp, pn.upstream)
+	}
+	p.n--
+	p.unlink(pn)
+}
+
+func (p *Pins) unlink(pn *pin) {
+	if pn.prev != nil {
+		pn.prev.next = pn.next
+	} else {
+		p.head = pn.next
+	}
+	if pn.next != nil {
+		pn.next.prev = pn.prev
+	} else {
+		p.tail = pn.prev
+	}
+	pn.prev, pn.next = nil, nil
+}
+
+func (p *Pins) pushFront(pn *pin) {
+	pn.next = p.head
+	if p.head != nil {
+		p.head.prev = pn
+	}
+	p.head = pn
+	if p.tail == nil {
+		p.tail = pn
+	}
+}
+
+// touch makes pn the most recently checked pin.
+func (p *Pins) touch(pn *pin) {
+	if p.head == pn {
+		return
+	}
+	p.unlink(pn)
+	p.pushFront(pn)
+}
+
+// hashedMembers are the members of a tool definition that Check hashes.
+var hashedMembers = []string{"name", "description", "inputSchema", "outputSchema"}
+
+// hashDefinition returns the sha256 hash of the canonical form of def: a
+// JSON object of the hashed members present, each decoded and re-encoded
+// (object members sorted, no white space, numbers as written). A def that
+// does not decode is hashed as its raw bytes, in a form no canonical
+// object takes.
+func hashDefinition(def json.RawMessage) [sha256.Size]byte {
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(def, &m); err != nil || m == nil {
+		return sha256.Sum256(append([]byte("raw\x00"), def...))
+	}
+	canon := make(map[string]any, len(hashedMembers))
+	for _, k := range hashedMembers {
+		raw, ok := m[k]
+		if !ok {
+			continue
+		}
+		dec := json.NewDecoder(bytes.NewReader(raw))
+		dec.UseNumber()
+		var v any
+		if err := dec.Decode(&v); err != nil {
+			return sha256.Sum256(append([]byte("raw\x00"), def...))
+		}
+		canon[k] = v
+	}
+	b, err := json.Marshal(canon) // map keys are sorted
+	if err != nil {
+		return sha256.Sum256(append([]byte("raw\x00"), def...))
+	}
+	return sha256.Sum256(b)
+}
