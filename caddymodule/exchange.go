@@ -42,8 +42,11 @@ type exchange struct {
 	// For the access rules and the audit record: who sends the request,
 	// its denied messages, the decision and the rule that made it, the
 	// JSON-RPC code of an error the proxy answered, when it began.
-	subject  *subject
-	denied   []denial
+	subject *subject
+	denied  []denial
+	// spliced are the errors of a batch's denied requests, added to the
+	// upstream's answer to the rest of the batch.
+	spliced  [][]byte
 	decision string
 	rule     string
 	code     int

@@ -52,7 +52,7 @@ func (h *Handler) forward(x *exchange, next caddyhttp.Handler) error {
 	x.st = st
 	st.whole = x.body.whole
 	st.session, st.over, st.clientKey, st.principal = x.sess, x.over, x.clientKey, x.principal
-	st.subject = x.subject
+	st.subject, st.spliced = x.subject, x.spliced
 	if st.subject == nil && h.gov.filters() {
 		st.subject = newSubject(r, x.principal, h.gov.matchers)
 	}

@@ -1,8 +1,11 @@
 package caddymodule
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -338,7 +341,51 @@ func (h *Handler) enforce(x *exchange) bool {
 		c.Write(zap.String("kind", d.kind.String()), zap.String("target", d.name), zap.String("rule", d.rule),
 			zap.String("principal", x.principal))
 	}
+	if x.call.Peek.Batch && len(x.denied) < len(msgs) && x.body.whole != nil && h.stripDenied(x) {
+		// The rest of the batch goes on; the denied calls' errors are
+		// added to the upstream's answer.
+		return false
+	}
 	h.answerDenied(x)
+	return true
+}
+
+// stripDenied takes a batch's denied messages out of its body, keeping
+// the errors their requests get for the answer (see spliceAnswers). It
+// reports false when the body cannot be rewritten.
+func (h *Handler) stripDenied(x *exchange) bool {
+	var members []json.RawMessage
+	if err := json.Unmarshal(x.body.whole, &members); err != nil || len(members) != len(x.call.Peek.Messages) {
+		return false
+	}
+	denied := make(map[int]denial, len(x.denied))
+	for _, d := range x.denied {
+		denied[d.index] = d
+	}
+	kept := make([]json.RawMessage, 0, len(members)-len(x.denied))
+	msgs := make([]mcp.Envelope, 0, cap(kept))
+	var answers [][]byte
+	for i, m := range x.call.Peek.Messages {
+		d, isDenied := denied[i]
+		switch {
+		case !isDenied:
+			kept = append(kept, members[i])
+			msgs = append(msgs, m)
+		case m.Kind == mcp.KindRequest && m.ID != "":
+			answers = append(answers, h.gov.unknownErrorFor(d, m.ID))
+		}
+	}
+	body, err := json.Marshal(kept)
+	if err != nil {
+		return false
+	}
+	x.call.Peek.Messages = msgs
+	x.body.whole = body
+	x.r.Body = io.NopCloser(bytes.NewReader(body))
+	x.r.ContentLength = int64(len(body))
+	x.r.Header.Set("Content-Length", strconv.Itoa(len(body)))
+	x.spliced = answers
+	x.decision = "allow"
 	return true
 }
 
@@ -372,12 +419,12 @@ func (g *governance) unknownErrorFor(d denial, id string) []byte {
 	return out
 }
 
-// answerDenied answers a request with denied messages as the upstream
-// answers calls of things it does not have: a notification is accepted
-// (202) and dropped; a request gets its error in a JSON answer, or as an
-// event of an SSE answer when the upstreams answer that way (or the client
-// accepts nothing else). A batch gets every message's answer: the denied
-// ones their error, the others -32600, since none of them is sent.
+// answerDenied answers a request whose messages are all denied as the
+// upstream answers calls of things it does not have: a notification is
+// accepted (202) and dropped; a request gets its error in a JSON answer,
+// or as an event of an SSE answer when the upstreams answer that way (or
+// the client accepts nothing else). (A batch with messages that are not
+// denied goes on without the denied ones: see stripDenied.)
 func (h *Handler) answerDenied(x *exchange) {
 	w := x.w
 	hdr := w.Header()
@@ -397,6 +444,7 @@ func (h *Handler) answerDenied(x *exchange) {
 			answers = append(answers, h.gov.unknownErrorFor(d, m.ID))
 			continue
 		}
+		// Not reached: a batch with a message not denied is stripped.
 		answers = append(answers, mcp.AppendError(nil, m.ID, mcp.CodeInvalidRequest, "batch not processed"))
 	}
 	x.status = http.StatusAccepted
@@ -445,4 +493,59 @@ func joinJSON(vs [][]byte) []byte {
 		out = append(out, v...)
 	}
 	return out
+}
+
+// spliceAnswers adds the errors of a batch's denied requests to the
+// upstream's answer to the rest: into a JSON array, as events at the end of
+// an SSE answer (see the batch's stream hooks), or, when the rest held no
+// request (the upstream answered 202), as the whole answer.
+func (st *relayState) spliceAnswers(resp *http.Response) *http.Response {
+	if resp.StatusCode == http.StatusAccepted {
+		body := append([]byte{'['}, joinJSON(st.spliced)...)
+		body = append(body, ']')
+		if resp.Body != nil {
+			_ = resp.Body.Close()
+		}
+		resp.StatusCode, resp.Status = http.StatusOK, "200 OK"
+		resp.Header.Set("Content-Type", "application/json")
+		resp.Header.Set("Content-Length", strconv.Itoa(len(body)))
+		resp.Body = io.NopCloser(bytes.NewReader(body))
+		resp.ContentLength = int64(len(body))
+		return resp
+	}
+	if resp.StatusCode != http.StatusOK || !mcp.IsJSON(resp.Header.Get("Content-Type")) || resp.Body == nil {
+		return resp
+	}
+	limit := st.h.maxEvent
+	raw, _, err := readHead(resp.Body, limit+1)
+	_ = resp.Body.Close()
+	var answers []json.RawMessage
+	if err == nil && int64(len(raw)) <= limit {
+		err = json.Unmarshal(raw, &answers)
+	} else if err == nil {
+		err = errors.New("the batch answer exceeds max_event_size")
+	}
+	if err != nil {
+		return st.replaceResponse(resp, http.StatusBadGateway, mcp.CodeInternalError, "the upstream's batch answer could not be read")
+	}
+	for _, a := range st.spliced {
+		answers = append(answers, a)
+	}
+	body, _ := json.Marshal(answers)
+	resp.Body = io.NopCloser(bytes.NewReader(body))
+	resp.ContentLength = int64(len(body))
+	resp.Header.Set("Content-Length", strconv.Itoa(len(body)))
+	return resp
+}
+
+// splicedFinal returns the stream hook that ends a batch's SSE answer with
+// the errors of its denied requests.
+func (st *relayState) splicedFinal() func(error) []byte {
+	return func(error) []byte {
+		var out []byte
+		for _, a := range st.spliced {
+			out = appendSSEAnswer(out, a)
+		}
+		return out
+	}
 }

@@ -82,6 +82,8 @@ type relayState struct {
 	held     int64
 	// subject is who sent the request, for filtering its list result.
 	subject *subject
+	// spliced are the errors of a batch's denied requests, for the answer.
+	spliced [][]byte
 	// The request's deadline (see deadline.go): the timer, its step, the
 	// latest it may be moved to, and whether it passed.
 	deadline     *time.Timer
@@ -281,6 +283,9 @@ func (h *Handler) streamConfig(st *relayState, legacy bool) sse.StreamConfig {
 	}
 	if first := st.call.First(); first.Kind == mcp.KindRequest && first.ID != "" && !st.call.Peek.Batch {
 		cfg.Rewrite, cfg.Final = st.answerWatch(first.ID)
+	}
+	if len(st.spliced) > 0 {
+		cfg.Final = st.splicedFinal()
 	}
 	return cfg
 }

@@ -167,6 +167,9 @@ func (st *relayState) answer(req *http.Request, resp *http.Response, dialled boo
 	if g := st.h.gov; g != nil && req.Method == http.MethodPost && resp.StatusCode == http.StatusOK {
 		g.sseAnswers.Store(streamed)
 	}
+	if len(st.spliced) > 0 && !streamed {
+		resp = st.spliceAnswers(resp)
+	}
 	if !streamed {
 		st.stopDeadline()
 		if resp.StatusCode == http.StatusOK && resp.Body != nil && st.readsJSON() && mcp.IsJSON(resp.Header.Get("Content-Type")) {
