@@ -333,49 +333,7 @@ var burstPool = sync.Pool{New: func() any { b := make([]byte, burstBufSize); ret
 func (s *Stream) Pump(body io.Reader) error {
 	defer close(s.done)
 	p := NewParser(s.cfg.MaxEvent, s.cfg.MaxLine)
-	var small [readBufSize]byte
-	var err error
-	// busy: the last read filled at least half a burst buffer, so the
-	// upstream is sending faster than it is read and the next read goes
-	// straight into a burst buffer. An idle stream waits in a small one.
-	busy := false
-	for {
-		var n int
-		if busy {
-			bp := burstPool.Get().(*[]byte)
-			n, err = body.Read(*bp)
-			if n > 0 {
-				if ferr := p.Feed((*bp)[:n], s.emit); ferr != nil {
-					err = ferr
-				}
-			}
-			burstPool.Put(bp)
-			busy = n >= burstBufSize/2
-		} else {
-			n, err = body.Read(small[:])
-			if n > 0 {
-				if ferr := p.Feed(small[:n], s.emit); ferr != nil {
-					err = ferr
-				} else if n == len(small) && err == nil {
-					// More is likely buffered: read it in one larger chunk.
-					bp := burstPool.Get().(*[]byte)
-					m, rerr := body.Read(*bp)
-					if m > 0 {
-						if ferr := p.Feed((*bp)[:m], s.emit); ferr != nil {
-							rerr = ferr
-						}
-					}
-					burstPool.Put(bp)
-					err = rerr
-					busy = m >= burstBufSize/2
-				}
-			}
-		}
-		s.endChunk()
-		if err != nil {
-			break
-		}
-	}
+	err := s.relay(body, p)
 	if errors.Is(err, io.EOF) {
 		err = nil
 		_, _ = p.Flush(s.emit)
@@ -386,24 +344,7 @@ func (s *Stream) Pump(body io.Reader) error {
 			h.Oversized()
 		}
 	}
-	var final []byte
-	if s.cfg.Final != nil {
-		ferr := err
-		s.mu.Lock()
-		if err != nil && s.closing && !oversized {
-			// The read failed because the proxy closed the stream.
-			ferr = ErrClosed
-		}
-		s.mu.Unlock()
-		final = s.cfg.Final(ferr)
-	}
-	if final != nil {
-		s.mu.Lock()
-		s.storeLocked("", final)
-		att := s.att
-		s.mu.Unlock()
-		s.deliver(att, final)
-	}
+	s.deliverFinal(err, oversized)
 	s.endChunk()
 	s.mu.Lock()
 	s.ended, s.endedAt, s.pumpErr = true, time.Now(), err
@@ -416,6 +357,76 @@ func (s *Stream) Pump(body io.Reader) error {
 		att.streamEnded(broken)
 	}
 	return err
+}
+
+// relay reads body and feeds p, one upstream read at a time, until a
+// read or the parser fails, and returns that error.
+func (s *Stream) relay(body io.Reader, p *Parser) error {
+	var small [readBufSize]byte
+	// busy: the last read filled at least half a burst buffer, so the
+	// upstream is sending faster than it is read and the next read goes
+	// straight into a burst buffer. An idle stream waits in a small one.
+	busy := false
+	for {
+		var err error
+		if busy {
+			busy, err = s.readBurst(body, p)
+		} else {
+			var n int
+			n, err = body.Read(small[:])
+			if n > 0 {
+				if ferr := p.Feed(small[:n], s.emit); ferr != nil {
+					err = ferr
+				} else if n == len(small) && err == nil {
+					// More is likely buffered: read it in one larger chunk.
+					busy, err = s.readBurst(body, p)
+				}
+			}
+		}
+		s.endChunk()
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// readBurst reads body once into a pooled burst buffer and feeds what it
+// read to p. busy reports whether the read filled at least half the
+// buffer.
+func (s *Stream) readBurst(body io.Reader, p *Parser) (busy bool, err error) {
+	bp := burstPool.Get().(*[]byte)
+	n, err := body.Read(*bp)
+	if n > 0 {
+		if ferr := p.Feed((*bp)[:n], s.emit); ferr != nil {
+			err = ferr
+		}
+	}
+	burstPool.Put(bp)
+	return n >= burstBufSize/2, err
+}
+
+// deliverFinal asks StreamConfig.Final, when set, for the stream's last
+// event at the end of the upstream side, whose error is err, and keeps
+// and delivers the event it returns.
+func (s *Stream) deliverFinal(err error, oversized bool) {
+	if s.cfg.Final == nil {
+		return
+	}
+	s.mu.Lock()
+	if err != nil && s.closing && !oversized {
+		// The read failed because the proxy closed the stream.
+		err = ErrClosed
+	}
+	s.mu.Unlock()
+	final := s.cfg.Final(err)
+	if final == nil {
+		return
+	}
+	s.mu.Lock()
+	s.storeLocked("", final)
+	att := s.att
+	s.mu.Unlock()
+	s.deliver(att, final)
 }
 
 // Err returns Pump's error once it has returned.
@@ -886,27 +897,9 @@ func (a *Attachment) writeLoop() {
 		a.mu.Lock()
 		final, ping := false, false
 		var item []byte
-		batch = batch[:0]
 		switch {
 		case len(a.queue) > 0: // a closed attachment has an empty queue
-			n := min(len(a.queue), maxBatch)
-			for i := range n {
-				b := a.queue[i]
-				batch = append(batch, b)
-				a.queue[i] = nil
-				a.qbytes -= len(b)
-				a.taken += len(b)
-				if a.replayN > 0 {
-					a.replayN--
-					a.replayB -= len(b)
-				} else {
-					a.inflight += len(b)
-				}
-			}
-			a.queue = a.queue[n:]
-			if len(a.queue) == 0 {
-				a.queue = nil
-			}
+			batch = a.takeBatchLocked(batch[:0])
 		case a.ping && !a.closed:
 			item, ping = keepaliveComment, true
 			a.ping = false
@@ -929,23 +922,7 @@ func (a *Attachment) writeLoop() {
 		if item != nil {
 			err = a.write(item)
 		} else {
-			for _, b := range batch {
-				if err == nil {
-					_, err = a.w.Write(b)
-				}
-			}
-			if err == nil {
-				err = a.w.Flush()
-			}
-			a.mu.Lock()
-			for _, b := range batch {
-				a.reserve(-len(b))
-				putEventBuf(b)
-			}
-			a.inflight, a.taken = 0, 0
-			a.signalLocked()
-			a.mu.Unlock()
-			clear(batch)
+			err = a.writeBatch(batch)
 		}
 		if err != nil {
 			a.mu.Lock()
@@ -960,6 +937,54 @@ func (a *Attachment) writeLoop() {
 			}
 		}
 	}
+}
+
+// takeBatchLocked moves up to maxBatch events from the front of the queue
+// to batch, counting them as taken by the writer, and returns batch.
+func (a *Attachment) takeBatchLocked(batch [][]byte) [][]byte {
+	n := min(len(a.queue), maxBatch)
+	for i := range n {
+		b := a.queue[i]
+		batch = append(batch, b)
+		a.queue[i] = nil
+		a.qbytes -= len(b)
+		a.taken += len(b)
+		if a.replayN > 0 {
+			a.replayN--
+			a.replayB -= len(b)
+		} else {
+			a.inflight += len(b)
+		}
+	}
+	a.queue = a.queue[n:]
+	if len(a.queue) == 0 {
+		a.queue = nil
+	}
+	return batch
+}
+
+// writeBatch writes the events of a batch and flushes them, then gives
+// their bytes back and wakes a pump waiting for room.
+func (a *Attachment) writeBatch(batch [][]byte) error {
+	var err error
+	for _, b := range batch {
+		if err == nil {
+			_, err = a.w.Write(b)
+		}
+	}
+	if err == nil {
+		err = a.w.Flush()
+	}
+	a.mu.Lock()
+	for _, b := range batch {
+		a.reserve(-len(b))
+		putEventBuf(b)
+	}
+	a.inflight, a.taken = 0, 0
+	a.signalLocked()
+	a.mu.Unlock()
+	clear(batch)
+	return err
 }
 
 // recoverPanic hands a panic of one of the attachment's goroutines to
@@ -1051,15 +1076,7 @@ func (a *Attachment) streamEnded(broken bool) {
 	if broken && !a.closed && a.retry > 0 && a.final == nil {
 		a.final = AppendRetry(nil, int(a.retry/time.Millisecond))
 	}
-	if a.writing {
-		return
-	}
-	if a.final != nil {
-		a.writing = true
-		go a.writeLoop()
-		return
-	}
-	a.finishLocked()
+	a.wrapUpLocked()
 }
 
 // close ends the attachment for reason.
@@ -1121,15 +1138,21 @@ func (a *Attachment) closeLocked(reason error) {
 		// retry hint pending the write keeps its own deadline instead.
 		_ = a.w.SetWriteDeadline(time.Now())
 	}
-	if a.writing {
-		return
+	a.wrapUpLocked()
+}
+
+// wrapUpLocked, once nothing more will be queued, has the retry hint
+// written when one is pending, or else finishes the attachment. A
+// goroutine holding the writer role does that itself when it gives the
+// role up (see resumeLocked).
+func (a *Attachment) wrapUpLocked() {
+	switch {
+	case a.writing:
+	case a.final != nil:
+		a.kickLocked()
+	default:
+		a.finishLocked()
 	}
-	if a.final != nil {
-		a.writing = true
-		go a.writeLoop()
-		return
-	}
-	a.finishLocked()
 }
 
 func (a *Attachment) finishLocked() {
