@@ -68,7 +68,7 @@ const (
 	resumeMaxSessions = 100_000
 	resumeMaxStreams  = 16
 	resumeSweep       = 5 * time.Second
-	resumeMaxAge      = time.Minute
+	resumeMaxAge      = sse.DefaultReplayAge
 	// protectiveResetsPerTick is how many of the largest streams each
 	// refresh at the protective level resets.
 	protectiveResetsPerTick = 50

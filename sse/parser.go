@@ -13,8 +13,9 @@ import (
 )
 
 // DefaultMaxEvent is the event size bound, in bytes, that NewParser uses when
-// it is given a bound of zero or less.
-const DefaultMaxEvent = 4 << 20
+// it is given a bound of zero or less (so does a Stream whose
+// StreamConfig.MaxEvent is zero or less): 1 MiB.
+const DefaultMaxEvent = 1 << 20
 
 // Errors returned by Parser.Feed. After either of them the parser is unusable.
 var (

@@ -21,15 +21,17 @@ type ClientWriter interface {
 
 // StreamConfig bounds and shapes one relayed stream.
 type StreamConfig struct {
-	// MaxEvent and MaxLine cap an upstream event and line, in bytes.
+	// MaxEvent and MaxLine cap an upstream event and line, in bytes; zero
+	// or less means DefaultMaxEvent, and MaxEvent for MaxLine.
 	MaxEvent, MaxLine int
 	// QueueEvents and QueueBytes bound the live events waiting to be
 	// written to the client (events queue only while the writer goroutine
 	// writes); at either bound Pump stops reading the upstream until the
 	// client makes room, and a client that makes none within WriteTimeout
 	// is a slow consumer.
-	// Zero or less means 1024 events and 1 MiB. One event is always
-	// admitted into an empty queue, whatever its size (MaxEvent bounds it).
+	// Zero or less means DefaultQueueEvents and DefaultQueueBytes. One
+	// event is always admitted into an empty queue, whatever its size
+	// (MaxEvent bounds it).
 	// Events replayed from the ring on Attach do not count against these
 	// bounds (the ring bounds them), so a client can always catch up.
 	QueueEvents int
@@ -152,10 +154,31 @@ type Stream struct {
 	scratch     []byte      // builds events that get a proxy id
 }
 
-// Defaults of the client queue bounds.
+// Defaults of a relayed stream: the bounds NewStream uses where a
+// StreamConfig leaves them at zero or less, and the values a proxy should
+// configure where its user sets none (in a StreamConfig, a zero
+// WriteTimeout, Keepalive, ReplayEvents or Retry turns that off).
 const (
-	defaultQueueEvents = 1024
-	defaultQueueBytes  = 1 << 20
+	// DefaultQueueEvents and DefaultQueueBytes bound a client's queue of
+	// live events (StreamConfig.QueueEvents and QueueBytes).
+	DefaultQueueEvents = 100
+	DefaultQueueBytes  = 1 << 20
+	// DefaultWriteTimeout is the deadline of each write to a client
+	// (StreamConfig.WriteTimeout). A stream whose writes have no deadline
+	// still waits at most this long for room in a full queue.
+	DefaultWriteTimeout = 10 * time.Second
+	// DefaultKeepalive is the idle time after which a keepalive comment is
+	// sent (StreamConfig.Keepalive).
+	DefaultKeepalive = 15 * time.Second
+	// DefaultReplayEvents, DefaultReplayBytes and DefaultReplayAge bound
+	// a stream's replay ring (StreamConfig.ReplayEvents, ReplayBytes and
+	// ReplayAge).
+	DefaultReplayEvents = 100
+	DefaultReplayBytes  = 1 << 20
+	DefaultReplayAge    = 60 * time.Second
+	// DefaultRetry is the retry hint sent to a client that should resume
+	// (StreamConfig.Retry).
+	DefaultRetry = time.Second
 )
 
 // finalWriteTimeout bounds the write of the retry hint.
@@ -164,10 +187,10 @@ const finalWriteTimeout = time.Second
 // NewStream returns a stream with the given configuration.
 func NewStream(cfg StreamConfig) *Stream {
 	if cfg.QueueEvents <= 0 {
-		cfg.QueueEvents = defaultQueueEvents
+		cfg.QueueEvents = DefaultQueueEvents
 	}
 	if cfg.QueueBytes <= 0 {
-		cfg.QueueBytes = defaultQueueBytes
+		cfg.QueueBytes = DefaultQueueBytes
 	}
 	s := &Stream{cfg: cfg, done: make(chan struct{})}
 	if cfg.ReplayEvents > 0 && cfg.ReplayBytes > 0 {
@@ -804,11 +827,8 @@ func (a *Attachment) waitLimit() time.Duration {
 	if t := a.s.cfg.WriteTimeout; t > 0 {
 		return t
 	}
-	return defaultWaitLimit
+	return DefaultWriteTimeout
 }
-
-// defaultWaitLimit bounds the wait for room when writes have no deadline.
-const defaultWaitLimit = 10 * time.Second
 
 func (a *Attachment) reserve(n int) bool {
 	if h := a.s.cfg.Hooks; h != nil && h.Reserve != nil {
