@@ -218,12 +218,7 @@ const NumReasons = 8
 
 // String returns the metrics label of r, such as "queue_full" ("unknown"
 // for an out-of-range value).
-func (r Reason) String() string {
-	if r < NumReasons {
-		return reasonNames[r]
-	}
-	return "unknown"
-}
+func (r Reason) String() string { return nameOf(r, reasonNames[:]) }
 
 // reasonNames are the metrics labels of the reasons, indexed by Reason.
 var reasonNames = [NumReasons]string{

@@ -31,9 +31,13 @@ const NumLevels = 4
 
 // String returns the level's lowercase name ("unknown" for an
 // out-of-range value).
-func (l Level) String() string {
-	if l < NumLevels {
-		return levelNames[l]
+func (l Level) String() string { return nameOf(l, levelNames[:]) }
+
+// nameOf returns the name of v, an enumerated value, from its names indexed
+// by value: "unknown" for a value out of range.
+func nameOf[T ~uint8](v T, names []string) string {
+	if int(v) < len(names) {
+		return names[v]
 	}
 	return "unknown"
 }
