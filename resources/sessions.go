@@ -723,14 +723,7 @@ func (r *Registry) clientVictimsLocked(c *client, protective bool, n int, h []vi
 		if s.state.Load() == stateEvicted || (!protective && s.inFlight.Load() > 0) {
 			continue
 		}
-		v := victim{s: s, score: r.score(s, now), bytes: s.account.Used()}
-		if len(h) < n {
-			h = append(h, v)
-			heapUp(h, len(h)-1)
-		} else if v.better(h[0]) {
-			h[0] = v
-			heapDown(h, 0)
-		}
+		h = r.offerVictim(h, n, s, now)
 	}
 	return h
 }
@@ -1150,14 +1143,7 @@ func (r *Registry) evictVictims(n int, protective bool, cause Cause) (evicted, f
 			if !protective && s.inFlight.Load() > 0 {
 				continue
 			}
-			v := victim{s: s, score: r.score(s, now), bytes: s.account.Used()}
-			if len(h) < n {
-				h = append(h, v)
-				heapUp(h, len(h)-1)
-			} else if v.better(h[0]) {
-				h[0] = v
-				heapDown(h, 0)
-			}
+			h = r.offerVictim(h, n, s, now)
 		}
 		sh.mu.Unlock()
 	}
@@ -1169,6 +1155,20 @@ func (r *Registry) evictVictims(n int, protective bool, cause Cause) (evicted, f
 		}
 	}
 	return evicted, len(h)
+}
+
+// offerVictim adds s, scored at now, to h, the heap of the n best victims
+// met so far, if it is one of them, and returns h.
+func (r *Registry) offerVictim(h []victim, n int, s *Session, now int64) []victim {
+	v := victim{s: s, score: r.score(s, now), bytes: s.account.Used()}
+	if len(h) < n {
+		h = append(h, v)
+		heapUp(h, len(h)-1)
+	} else if v.better(h[0]) {
+		h[0] = v
+		heapDown(h, 0)
+	}
+	return h
 }
 
 // heapUp and heapDown keep h a heap whose root is the worst victim (the
