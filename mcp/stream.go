@@ -10,7 +10,8 @@ import (
 // accepts; the stream check refuses deeper input the same way.
 const maxNesting = 10000
 
-// States of the stream check.
+// States of the stream check. The states up to stDone are between tokens,
+// where whitespace is skipped.
 const (
 	stValue      uint8 = iota // a value must follow
 	stValueOrEnd              // after '[': a value or ']'
