@@ -22,19 +22,19 @@ func init() {
 	caddy.RegisterModule(new(Handler))
 }
 
-// Defaults of mcp_proxy.
+// Defaults of mcp_proxy; the stream ones are the relay's own.
 const (
 	defaultMaxPeek         = 64 << 10
 	defaultSessionLifetime = 24 * time.Hour
-	defaultMaxEvent        = 1 << 20
-	defaultQueueEvents     = 100
-	defaultQueueBytes      = 1 << 20
-	defaultWriteTimeout    = 10 * time.Second
-	defaultKeepalive       = 15 * time.Second
-	defaultReplayEvents    = 100
-	defaultReplayBytes     = 1 << 20
-	defaultReplayAge       = 60 * time.Second
-	defaultRetry           = time.Second
+	defaultMaxEvent        = sse.DefaultMaxEvent
+	defaultQueueEvents     = sse.DefaultQueueEvents
+	defaultQueueBytes      = sse.DefaultQueueBytes
+	defaultWriteTimeout    = sse.DefaultWriteTimeout
+	defaultKeepalive       = sse.DefaultKeepalive
+	defaultReplayEvents    = sse.DefaultReplayEvents
+	defaultReplayBytes     = sse.DefaultReplayBytes
+	defaultReplayAge       = sse.DefaultReplayAge
+	defaultRetry           = sse.DefaultRetry
 	defaultDrain           = 5 * time.Second
 )
 
