@@ -56,11 +56,7 @@ func TestCaddyfileErrors(t *testing.T) {
 		"ipv6 prefix":      {"client_ipv6_prefix 129", "client_ipv6_prefix"},
 		"client streams":   {"client_max_streams many", "client_max_streams"},
 	} {
-		cf := ":8080 {\n\tmcp_proxy localhost:3000 {\n\t\t" + tt.block + "\n\t}\n}\n"
-		_, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), nil)
-		if err == nil || !strings.Contains(err.Error(), tt.want) {
-			t.Errorf("%s: err = %v, want it to mention %q", name, err, tt.want)
-		}
+		adaptFails(t, name, proxyBlockCaddyfile("", tt.block), tt.want)
 	}
 }
 

@@ -34,6 +34,16 @@ func opsSite(port int, up, block string) string {
 	return fmt.Sprintf(":%d {\n\thandle /healthz {\n\t\tmcp_health {\n\t\t\tdetails on\n\t\t}\n\t}\n\thandle {\n\t\tmcp_proxy %s {\n%s\t\t}\n\t}\n}\n", port, up, block)
 }
 
+// startOps loads a config with the admin endpoint on a new port, the
+// global options, and opsSite on another port in front of up (block goes
+// inside its mcp_proxy), and returns both ports.
+func startOps(t *testing.T, up, globalOptions, block string) (port, adminPort int) {
+	t.Helper()
+	port, adminPort = freePort(t), freePort(t)
+	loadWithAdmin(t, adminPort, globalOptions, opsSite(port, up, block))
+	return port, adminPort
+}
+
 // opsGlobal is the mcp global option with a fast refresh.
 const opsGlobal = "\tmcp {\n\t\trefresh 50ms\n\t}\n"
 
@@ -203,9 +213,7 @@ func (u *upstream) adminID(sid string) string {
 // header.
 func TestAdminStatus(t *testing.T) {
 	up := startUpstream(t, "up", nil)
-	port, adminPort := freePort(t), freePort(t)
-	loadWithAdmin(t, adminPort, "\tmcp {\n\t\trefresh 50ms\n\t\tmax_sessions 500\n\t\tmax_inflight 40\n\t\tmemory_limit 64MiB\n\t\tlevels 0.6 0.8 0.9\n\t}\n",
-		opsSite(port, up.addr(), ""))
+	port, adminPort := startOps(t, up.addr(), "\tmcp {\n\t\trefresh 50ms\n\t\tmax_sessions 500\n\t\tmax_inflight 40\n\t\tmemory_limit 64MiB\n\t\tlevels 0.6 0.8 0.9\n\t}\n", "")
 	rawSession(t, proxyURL(port)+"/mcp", nil)
 
 	var s opsStatus
@@ -271,8 +279,7 @@ func TestAdminStatus(t *testing.T) {
 // refuses new sessions; releasing it restores everything. Bad pins get 400.
 func TestAdminLevelPin(t *testing.T) {
 	up := startUpstream(t, "up", nil)
-	port, adminPort := freePort(t), freePort(t)
-	loadWithAdmin(t, adminPort, opsGlobal, opsSite(port, up.addr(), ""))
+	port, adminPort := startOps(t, up.addr(), opsGlobal, "")
 	url := proxyURL(port) + "/mcp"
 	health := proxyURL(port) + "/healthz"
 	sid := rawSession(t, url, nil)
@@ -369,8 +376,7 @@ func TestAdminLevelPin(t *testing.T) {
 // to essential within a few refreshes, and back to full once it is reset.
 func TestAdminInjectedPressure(t *testing.T) {
 	up := startUpstream(t, "up", nil)
-	port, adminPort := freePort(t), freePort(t)
-	loadWithAdmin(t, adminPort, opsGlobal, opsSite(port, up.addr(), ""))
+	port, adminPort := startOps(t, up.addr(), opsGlobal, "")
 	health := proxyURL(port) + "/healthz"
 	t.Cleanup(func() { adminCall(t, adminPort, http.MethodDelete, "/mcp/pressure", "") })
 
@@ -404,10 +410,11 @@ func TestAdminInjectedPressure(t *testing.T) {
 	}
 }
 
-// opsSession is one entry of GET /mcp/sessions.
-type opsSession struct {
+// adminSession is one entry of GET /mcp/sessions.
+type adminSession struct {
 	ID       string  `json:"id"`
 	Upstream string  `json:"upstream"`
+	Version  string  `json:"protocol_version"`
 	Age      float64 `json:"age_seconds"`
 	Idle     float64 `json:"idle_seconds"`
 	Bytes    int64   `json:"bytes"`
@@ -415,22 +422,27 @@ type opsSession struct {
 	InFlight int     `json:"in_flight"`
 }
 
-type opsPage struct {
-	Sessions []opsSession `json:"sessions"`
-	Total    int          `json:"total"`
-	Next     string       `json:"next"`
+// adminPage is one page of GET /mcp/sessions.
+type adminPage struct {
+	Sessions []adminSession `json:"sessions"`
+	Total    int            `json:"total"`
+	Next     string         `json:"next"`
 }
 
-// sessionsOf lists every live session a page at a time, and returns those
-// of upstream addr in listing order.
-func sessionsOf(t *testing.T, adminPort, limit int, addr string) (all, mine []opsSession) {
+// listSessions lists every live session, limit per page, and returns
+// them all and those of upstream addr in listing order, and the number of
+// pages.
+func listSessions(t *testing.T, adminPort, limit int, addr string) (all, mine []adminSession, pages int) {
 	t.Helper()
 	cursor := ""
-	for range 10000 {
-		var p opsPage
+	for pages = 1; ; pages++ {
+		if pages > 10000 {
+			t.Fatalf("more than 10000 pages of sessions")
+		}
+		var p adminPage
 		adminJSON(t, adminPort, http.MethodGet, fmt.Sprintf("/mcp/sessions?limit=%d&cursor=%s", limit, cursor), "", http.StatusOK, &p)
 		if len(p.Sessions) > limit {
-			t.Fatalf("page of %d sessions with limit %d", len(p.Sessions), limit)
+			t.Fatalf("a page of %d sessions with limit %d", len(p.Sessions), limit)
 		}
 		all = append(all, p.Sessions...)
 		if p.Next == "" {
@@ -443,7 +455,7 @@ func sessionsOf(t *testing.T, adminPort, limit int, addr string) (all, mine []op
 			mine = append(mine, s)
 		}
 	}
-	return all, mine
+	return all, mine, pages
 }
 
 // TestAdminSessions: sessions opened through mcp_proxy are listed with a
@@ -453,8 +465,7 @@ func sessionsOf(t *testing.T, adminPort, limit int, addr string) (all, mine []op
 // session id.
 func TestAdminSessions(t *testing.T) {
 	up := startRecorded(t, "up", demo.Handler(demo.NewServer("up"), "/sse", nil))
-	port, adminPort := freePort(t), freePort(t)
-	loadWithAdmin(t, adminPort, opsGlobal, opsSite(port, up.addr(), ""))
+	port, adminPort := startOps(t, up.addr(), opsGlobal, "")
 	url := proxyURL(port) + "/mcp"
 
 	tokens := []string{rawSession(t, url, nil), rawSession(t, url, nil)}
@@ -474,9 +485,9 @@ func TestAdminSessions(t *testing.T) {
 		wantIDs[up.adminID(sid)] = true
 	}
 
-	var mine []opsSession
+	var mine []adminSession
 	pollUntil(t, "the go-sdk client's GET stream to be listed", func() bool {
-		_, mine = sessionsOf(t, adminPort, 1000, up.addr())
+		_, mine, _ = listSessions(t, adminPort, 1000, up.addr())
 		for _, s := range mine {
 			if s.ID == up.adminID(sids[2]) && s.Streams == 1 {
 				return true
@@ -497,8 +508,8 @@ func TestAdminSessions(t *testing.T) {
 	}
 
 	// Paging with a small limit gives the same sessions in the same order.
-	all, _ := sessionsOf(t, adminPort, 1000, "")
-	paged, pagedMine := sessionsOf(t, adminPort, 2, up.addr())
+	all, _, _ := listSessions(t, adminPort, 1000, "")
+	paged, pagedMine, _ := listSessions(t, adminPort, 2, up.addr())
 	if len(paged) != len(all) || len(pagedMine) != 3 {
 		t.Errorf("paging with limit 2 listed %d sessions (%d of the upstream), one page %d", len(paged), len(pagedMine), len(all))
 	}
@@ -521,12 +532,12 @@ func TestAdminSessions(t *testing.T) {
 			t.Errorf("GET /mcp/sessions?%s: %d %s, want 400", q, st, b)
 		}
 	}
-	var big opsPage
+	var big adminPage
 	adminJSON(t, adminPort, http.MethodGet, "/mcp/sessions?limit=5000", "", http.StatusOK, &big)
 
 	// GET of one id shows it; DELETE evicts it.
 	victim := up.adminID(sids[0])
-	var one opsPage
+	var one adminPage
 	adminJSON(t, adminPort, http.MethodGet, "/mcp/sessions/"+victim, "", http.StatusOK, &one)
 	if len(one.Sessions) != 1 || one.Sessions[0].ID != victim {
 		t.Errorf("GET /mcp/sessions/%s: %+v", victim, one)
@@ -562,7 +573,7 @@ func TestAdminSessions(t *testing.T) {
 	if after := metricValue(scrape(t, adminPort), "caddy_mcp_session_evictions_total", "cause", "operator"); after != before+1 {
 		t.Errorf("caddy_mcp_session_evictions_total{cause=operator} went from %v to %v", before, after)
 	}
-	_, mine = sessionsOf(t, adminPort, 1000, up.addr())
+	_, mine, _ = listSessions(t, adminPort, 1000, up.addr())
 	if len(mine) != 2 {
 		t.Errorf("%d sessions of the upstream after the eviction, want 2", len(mine))
 	}

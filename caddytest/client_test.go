@@ -252,6 +252,18 @@ func openStream(ctx context.Context, hc *http.Client, url, sid, version, key str
 	return sseOnly("GET "+key, resp, err)
 }
 
+// mustOpenStream is openStream that fails the test when the stream does
+// not open, and closes it when the test ends.
+func mustOpenStream(t *testing.T, ctx context.Context, hc *http.Client, url, sid, version, key string) *http.Response {
+	t.Helper()
+	resp, err := openStream(ctx, hc, url, sid, version, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { resp.Body.Close() })
+	return resp
+}
+
 // sseOnly passes a 200 SSE answer and turns anything else into an error,
 // the answer read and closed.
 func sseOnly(what string, resp *http.Response, err error) (*http.Response, error) {
@@ -511,40 +523,54 @@ func parallel(n, workers int, f func(i int)) {
 	wg.Wait()
 }
 
-// tally counts the answers of many requests.
-type tally struct {
-	mu       sync.Mutex
-	ok       int
-	byStatus map[int]int // the other answers by status
-	first    string      // the first answer that was not ok
-}
-
-// add counts r, as ok when isOK holds.
-func (c *tally) add(r reply, isOK bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if isOK {
-		c.ok++
-		return
-	}
-	if c.byStatus == nil {
-		c.byStatus = map[int]int{}
-	}
-	c.byStatus[r.status]++
-	if c.first == "" {
-		c.first = r.String()
-	}
-}
-
-// burst sends n requests at once, the ith answered by send(i), and tallies
-// the answers isOK accepts and the others by status.
-func burst(n int, send func(i int) reply, isOK func(reply) bool) *tally {
-	c := new(tally)
+// burst sends n requests at once, the ith answered by send(i), and counts
+// the answers by the kind classify gives them; sample holds an answer of
+// each kind.
+func burst(n int, send func(i int) reply, classify func(reply) string) (counts map[string]int, sample map[string]reply) {
+	var mu sync.Mutex
+	counts, sample = map[string]int{}, map[string]reply{}
 	parallel(n, n, func(i int) {
 		r := send(i)
-		c.add(r, isOK(r))
+		kind := classify(r)
+		mu.Lock()
+		defer mu.Unlock()
+		counts[kind]++
+		sample[kind] = r
 	})
-	return c
+	return counts, sample
+}
+
+// sampleEvery calls f now and then every d, on a goroutine of its own,
+// until stop is called; stop returns once f has run for the last time.
+func sampleEvery(d time.Duration, f func()) (stop func()) {
+	done, ended := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(ended)
+		tick := time.NewTicker(d)
+		defer tick.Stop()
+		for {
+			f()
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		<-ended
+	}
+}
+
+// isClosed reports whether ch is closed.
+func isClosed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
 }
 
 // settledGoroutines returns the goroutine count once it holds still for a

@@ -126,8 +126,7 @@ func TestStatelessDisconnectCancels(t *testing.T) {
 // TestLegacyUnderPrefix runs a real legacy (2024-11-05) HTTP+SSE client
 // against a legacy server mounted under a stripped path prefix.
 func TestLegacyUnderPrefix(t *testing.T) {
-	a := startUpstream(t, "a", nil)
-	b := startUpstream(t, "b", nil)
+	a, b := startTwoUpstreams(t)
 	port := freePort(t)
 	loadCaddyfile(t, fmt.Sprintf(":%d {\n\thandle_path /legacy/* {\n\t\tmcp_proxy %s %s {\n\t\t\tlb_policy round_robin\n\t\t}\n\t}\n}\n", port, a.addr(), b.addr()))
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -149,7 +148,5 @@ func TestLegacyUnderPrefix(t *testing.T) {
 		}
 		cs.Close()
 	}
-	if a.requests.Load() == 0 || b.requests.Load() == 0 {
-		t.Errorf("legacy sessions did not spread: a=%d b=%d", a.requests.Load(), b.requests.Load())
-	}
+	assertBothUsed(t, "legacy sessions did not spread", a, b)
 }

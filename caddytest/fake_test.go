@@ -238,9 +238,7 @@ func (u *fakeUpstream) initialize(w http.ResponseWriter, r *http.Request, m fake
 	u.sessions[sid] = true
 	u.mu.Unlock()
 	u.created.Add(1)
-	u.lmu.Lock()
-	u.minted = append(u.minted, sid)
-	u.lmu.Unlock()
+	u.addMinted(sid)
 	w.Header().Set("Mcp-Session-Id", sid)
 	c := &fakeCall{u: u, w: w, r: r, msg: m, id: string(m.ID)}
 	c.result(fmt.Sprintf(`{"protocolVersion":%q,"capabilities":{"tools":{}},"serverInfo":{"name":%q,"version":"1"}}`, m.params().ProtocolVersion, u.name))
@@ -439,14 +437,7 @@ func (s *fakeStream) idle(until <-chan struct{}) error {
 
 // cancelled reports whether the proxy closed this stream's request before
 // the upstream ended it.
-func (s *fakeStream) cancelled() bool {
-	select {
-	case <-s.done:
-		return !s.selfEnded.Load()
-	default:
-		return false
-	}
-}
+func (s *fakeStream) cancelled() bool { return isClosed(s.done) && !s.selfEnded.Load() }
 
 // waitDone waits up to d for the stream's request to end.
 func (s *fakeStream) waitDone(d time.Duration) bool {
@@ -621,7 +612,11 @@ func (l *fakeLog) wrap(h http.Handler) http.Handler {
 			}
 			r.Body = io.NopCloser(rest)
 			if s.sid == "" {
-				w = &mintCapture{ResponseWriter: w, l: l}
+				w = &headerHook{ResponseWriter: w, hook: func(h http.Header) {
+					if sid := h.Get("Mcp-Session-Id"); sid != "" {
+						l.addMinted(sid)
+					}
+				}}
 			}
 		}
 		h.ServeHTTP(w, r)
@@ -632,39 +627,43 @@ type errReader struct{ err error }
 
 func (e errReader) Read([]byte) (int, error) { return 0, e.err }
 
-// mintCapture records the session id an answer carries.
-type mintCapture struct {
+// headerHook is a ResponseWriter that runs hook on the answer's header
+// once, just before it is written.
+type headerHook struct {
 	http.ResponseWriter
-	l    *fakeLog
+	hook func(http.Header)
 	done bool
 }
 
-func (c *mintCapture) WriteHeader(code int) {
-	if !c.done {
-		c.done = true
-		if sid := c.Header().Get("Mcp-Session-Id"); sid != "" {
-			c.l.lmu.Lock()
-			c.l.minted = append(c.l.minted, sid)
-			c.l.lmu.Unlock()
-		}
+func (h *headerHook) WriteHeader(code int) {
+	if !h.done {
+		h.done = true
+		h.hook(h.Header())
 	}
-	c.ResponseWriter.WriteHeader(code)
+	h.ResponseWriter.WriteHeader(code)
 }
 
-func (c *mintCapture) Write(p []byte) (int, error) {
-	if !c.done {
-		c.WriteHeader(http.StatusOK)
+func (h *headerHook) Write(p []byte) (int, error) {
+	if !h.done {
+		h.WriteHeader(http.StatusOK)
 	}
-	return c.ResponseWriter.Write(p)
+	return h.ResponseWriter.Write(p)
 }
 
-func (c *mintCapture) Flush() {
-	if f, ok := c.ResponseWriter.(http.Flusher); ok {
+func (h *headerHook) Flush() {
+	if f, ok := h.ResponseWriter.(http.Flusher); ok {
 		f.Flush()
 	}
 }
 
-func (c *mintCapture) Unwrap() http.ResponseWriter { return c.ResponseWriter }
+func (h *headerHook) Unwrap() http.ResponseWriter { return h.ResponseWriter }
+
+// addMinted records a session id the upstream handed out.
+func (l *fakeLog) addMinted(sid string) {
+	l.lmu.Lock()
+	defer l.lmu.Unlock()
+	l.minted = append(l.minted, sid)
+}
 
 // mintedIDs returns the session ids the upstream handed out, in order.
 func (l *fakeLog) mintedIDs() []string {

@@ -12,22 +12,14 @@ package caddytest
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -192,18 +184,8 @@ func TestLoadReloadFailure(t *testing.T) {
 	defer h2tr.CloseIdleConnections()
 	h2c := &http.Client{Transport: h2tr}
 
-	toks := make([]string, (n+perSession-1)/perSession)
+	toks := openSessions(t, ctx, hc, url, (n+perSession-1)/perSession, 16)
 	var firstErr atomic.Value
-	parallel(len(toks), 16, func(i int) {
-		tok, r := initSession(ctx, hc, url, loadVersion)
-		if tok == "" {
-			firstErr.CompareAndSwap(nil, "initialize: "+r.String())
-		}
-		toks[i] = tok
-	})
-	if e := firstErr.Load(); e != nil {
-		t.Fatal(e)
-	}
 	// The baseline is taken with the sessions open and every idle
 	// connection closed (reverse_proxy's idle pool to the upstream
 	// included), so only what the streams leave behind counts.
@@ -522,11 +504,7 @@ func TestFaultUpstreamDies(t *testing.T) {
 		if ev := nextEvent(t, p.sseEvs, faultWait, "call "+p.sseID); !strings.Contains(ev.data, "notifications/progress") {
 			t.Fatalf("call %s: first event %+v, want the progress notification", p.sseID, ev)
 		}
-		get, err := openStream(ctx, rawClient, base+"/mcp", p.tok, v, "get-"+v)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer get.Body.Close()
+		get := mustOpenStream(t, ctx, rawClient, base+"/mcp", p.tok, v, "get-"+v)
 		p.getEvs, p.getEnd = watchEvents(get.Body)
 		if ev := nextEvent(t, p.getEvs, faultWait, "GET at "+v); !strings.Contains(ev.data, "hello") {
 			t.Fatalf("GET at %s: first event %+v", v, ev)
@@ -790,6 +768,24 @@ func (b *blipUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	b.h.ServeHTTP(w, r)
 }
 
+// openBlip serves blip upstreams A (on a server the test can kill) and B
+// behind one mcp_proxy with lb_policy first and the lines of block, and
+// opens a session, which must go to A.
+func openBlip(t *testing.T, block string) (a, b *blipUpstream, as *killableServer, url, sid string) {
+	t.Helper()
+	a, b = newBlipUpstream("A"), newBlipUpstream("B")
+	as = startKillable(t, "127.0.0.1:0", a)
+	bs := startUpstreamHandler(t, "B", b)
+	port := freePort(t)
+	loadCaddyfile(t, proxySite(port, as.addr+" "+bs.addr(), "\t\tlb_policy first\n"+block))
+	url = proxyURL(port) + "/mcp"
+	sid, on := blipOpen(t, url, a, b)
+	if on != "A" {
+		t.Fatalf("the first session went to %s, want A (lb_policy first)", on)
+	}
+	return a, b, as, url, sid
+}
+
 // blipOpen opens a session and reports which upstream created it.
 func blipOpen(t *testing.T, url string, a, b *blipUpstream) (sid, on string) {
 	t.Helper()
@@ -826,17 +822,7 @@ func blipEcho(t *testing.T, url, sid string, id int, up *blipUpstream, what stri
 // error, not 404; when A is back on the same port the session works
 // again.
 func TestFaultPassiveHealthBlip(t *testing.T) {
-	a, b := newBlipUpstream("A"), newBlipUpstream("B")
-	as := startKillable(t, "127.0.0.1:0", a)
-	bs := startUpstreamHandler(t, "B", b)
-	port := freePort(t)
-	loadCaddyfile(t, fmt.Sprintf(":%d {\n\tmcp_proxy %s %s {\n\t\tlb_policy first\n\t\tfail_duration 10s\n\t\tmax_fails 1\n\t\tunhealthy_status 5xx\n\t}\n}\n",
-		port, as.addr, bs.addr()))
-	url := proxyURL(port) + "/mcp"
-	sid, on := blipOpen(t, url, a, b)
-	if on != "A" {
-		t.Fatalf("the first session went to %s, want A (lb_policy first)", on)
-	}
+	a, b, as, url, sid := openBlip(t, "\t\tfail_duration 10s\n\t\tmax_fails 1\n\t\tunhealthy_status 5xx\n")
 	blipEcho(t, url, sid, 2, a, "a request while A is healthy")
 
 	a.failNext.Store(true)
@@ -866,17 +852,7 @@ func TestFaultPassiveHealthBlip(t *testing.T) {
 // session pinned to A keeps being served by A and new sessions go to B;
 // once the check passes again new sessions go to A.
 func TestFaultActiveHealthBlip(t *testing.T) {
-	a, b := newBlipUpstream("A"), newBlipUpstream("B")
-	as := startUpstreamHandler(t, "A", a)
-	bs := startUpstreamHandler(t, "B", b)
-	port := freePort(t)
-	loadCaddyfile(t, fmt.Sprintf(":%d {\n\tmcp_proxy %s %s {\n\t\tlb_policy first\n\t\thealth_uri /health\n\t\thealth_interval 100ms\n\t\thealth_timeout 1s\n\t}\n}\n",
-		port, as.addr(), bs.addr()))
-	url := proxyURL(port) + "/mcp"
-	sid, on := blipOpen(t, url, a, b)
-	if on != "A" {
-		t.Fatalf("the first session went to %s, want A (lb_policy first)", on)
-	}
+	a, b, _, url, sid := openBlip(t, "\t\thealth_uri /health\n\t\thealth_interval 100ms\n\t\thealth_timeout 1s\n")
 	a.health.Store(http.StatusInternalServerError)
 	var sid2 string
 	pollUntil(t, "new sessions to go to B", func() bool {
@@ -900,9 +876,7 @@ func TestFaultActiveHealthBlip(t *testing.T) {
 // stream is handed off or relayed by the handler.
 func TestFaultStreamComment(t *testing.T) {
 	u := startFake(t, &fakeUpstream{stream: commentThenIdle})
-	on, off := freePort(t), freePort(t)
-	loadCaddyfile(t, fmt.Sprintf(":%d {\n\tmcp_proxy %s {\n\t\tkeepalive 10s\n\t}\n}\n:%d {\n\tmcp_proxy %s {\n\t\tkeepalive 10s\n\t\tstream_handoff off\n\t}\n}\n",
-		on, u.addr(), off, u.addr()))
+	on, off := loadHandoffPair(t, u.addr(), "\t\tkeepalive 10s\n")
 	for _, tc := range []struct {
 		name string
 		port int
@@ -913,11 +887,7 @@ func TestFaultStreamComment(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), faultWait)
 			defer cancel()
 			opened := time.Now()
-			resp, err := openStream(ctx, rawClient, base+"/mcp", tok, relayVersion, "comment-"+tc.name)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer resp.Body.Close()
+			resp := mustOpenStream(t, ctx, rawClient, base+"/mcp", tok, relayVersion, "comment-"+tc.name)
 			got := make(chan []byte, 1)
 			go func() {
 				var seen []byte
@@ -948,88 +918,9 @@ func TestFaultStreamComment(t *testing.T) {
 	}
 }
 
-// faultPKI is a certificate authority with a server certificate for
-// 127.0.0.1 and a client certificate, the CA and client files written to
-// the test's temporary directory.
-type faultPKI struct {
-	caFile, clientCert, clientKey string
-	server                        tls.Certificate
-	pool                          *x509.CertPool
-}
-
-// faultClientCN is the common name of faultPKI's client certificate.
+// faultClientCN is the common name of the client certificate the proxy
+// presents to a TLS upstream.
 const faultClientCN = "mcpgate-test-client"
-
-func newFaultPKI(t *testing.T) *faultPKI {
-	t.Helper()
-	newKey := func() *ecdsa.PrivateKey {
-		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return k
-	}
-	caKey := newKey()
-	caTmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "mcpgate test CA"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, err := x509.ParseCertificate(caDER)
-	if err != nil {
-		t.Fatal(err)
-	}
-	issue := func(serial int64, cn string, usage x509.ExtKeyUsage, ips []net.IP) ([]byte, *ecdsa.PrivateKey) {
-		key := newKey()
-		tmpl := &x509.Certificate{
-			SerialNumber: big.NewInt(serial),
-			Subject:      pkix.Name{CommonName: cn},
-			IPAddresses:  ips,
-			NotBefore:    time.Now().Add(-time.Hour),
-			NotAfter:     time.Now().Add(time.Hour),
-			KeyUsage:     x509.KeyUsageDigitalSignature,
-			ExtKeyUsage:  []x509.ExtKeyUsage{usage},
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return der, key
-	}
-	serverDER, serverKey := issue(2, "127.0.0.1", x509.ExtKeyUsageServerAuth, []net.IP{net.IPv4(127, 0, 0, 1)})
-	clientDER, clientKey := issue(3, faultClientCN, x509.ExtKeyUsageClientAuth, nil)
-	keyDER, err := x509.MarshalPKCS8PrivateKey(clientKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	p := &faultPKI{
-		caFile:     filepath.Join(dir, "ca.pem"),
-		clientCert: filepath.Join(dir, "client.pem"),
-		clientKey:  filepath.Join(dir, "client-key.pem"),
-		server:     tls.Certificate{Certificate: [][]byte{serverDER}, PrivateKey: serverKey},
-		pool:       x509.NewCertPool(),
-	}
-	p.pool.AddCert(ca)
-	for file, block := range map[string]*pem.Block{
-		p.caFile:     {Type: "CERTIFICATE", Bytes: caDER},
-		p.clientCert: {Type: "CERTIFICATE", Bytes: clientDER},
-		p.clientKey:  {Type: "PRIVATE KEY", Bytes: keyDER},
-	} {
-		if err := os.WriteFile(file, pem.EncodeToMemory(block), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return p
-}
 
 // TestFaultSideRequestsTLS: the requests the proxy sends of its own accord
 // go through the upstream's own transport and header rules. The upstream
@@ -1041,13 +932,14 @@ func newFaultPKI(t *testing.T) *faultPKI {
 // upstream over the client-certificate connection, with the header and
 // the upstream's own Mcp-Session-Id.
 func TestFaultSideRequestsTLS(t *testing.T) {
-	pki := newFaultPKI(t)
+	ca := newTestCA(t)
+	clientCert, clientKey := ca.writeFiles("client", ca.issue(faultClientCN))
 	rec := new(fakeLog)
 	srv := httptest.NewUnstartedServer(rec.wrap(demo.Handler(demo.NewServer("tls"), "", nil)))
 	srv.TLS = &tls.Config{
-		Certificates: []tls.Certificate{pki.server},
+		Certificates: []tls.Certificate{ca.issue("127.0.0.1", "127.0.0.1")},
 		ClientAuth:   tls.RequireAndVerifyClientCert,
-		ClientCAs:    pki.pool,
+		ClientCAs:    ca.pool,
 		MinVersion:   tls.VersionTLS12,
 	}
 	srv.StartTLS()
@@ -1055,7 +947,7 @@ func TestFaultSideRequestsTLS(t *testing.T) {
 	addr := srv.Listener.Addr().String()
 	port, adminPort := freePort(t), freePort(t)
 	loadWithAdmin(t, adminPort, "", fmt.Sprintf(":%d {\n\tmcp_proxy %s {\n\t\ttransport http {\n\t\t\ttls_trust_pool file %s\n\t\t\ttls_client_auth %s %s\n\t\t}\n\t\theader_up Authorization \"Bearer side-test\"\n\t\treplay 100 1MiB 1s\n\t}\n}\n",
-		port, addr, pki.caFile, pki.clientCert, pki.clientKey))
+		port, addr, ca.file, clientCert, clientKey))
 	url := proxyURL(port) + "/mcp"
 	tok := rawSession(t, url, nil)
 	sids := rec.mintedIDs()
@@ -1116,11 +1008,7 @@ func TestFaultSessionTableFull(t *testing.T) {
 	tok := u.openSession(t, base, relayVersion)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*faultWait)
 	defer cancel()
-	resp, err := openStream(ctx, rawClient, base+"/mcp", tok, relayVersion, "held")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
+	resp := mustOpenStream(t, ctx, rawClient, base+"/mcp", tok, relayVersion, "held")
 	evs, _ := watchEvents(resp.Body)
 	nextEvent(t, evs, faultWait, "first event")
 
@@ -1181,11 +1069,7 @@ func TestFaultDrainOnStopFollowsReload(t *testing.T) {
 	open := func(key string) watched {
 		t.Helper()
 		tok := u.openSession(t, base, relayVersion)
-		resp, err := openStream(ctx, rawClient, base+"/mcp", tok, relayVersion, key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { resp.Body.Close() })
+		resp := mustOpenStream(t, ctx, rawClient, base+"/mcp", tok, relayVersion, key)
 		evs, ended := watchEvents(resp.Body)
 		if ev := nextEvent(t, evs, faultWait, key); ev.id != "1" {
 			t.Fatalf("%s: first block %+v", key, ev)
@@ -1286,11 +1170,11 @@ func TestFaultConfigDoesNothing(t *testing.T) {
 		{"queue without max_inflight", "queue 10 1s", "set max_inflight or remove queue"},
 		{"max_inflight twice", "max_inflight 5\n\t\tmax_inflight 6", "max_inflight given twice: give it once"},
 		{"drain twice", "drain 1s\n\t\tdrain 2s", "drain given twice: give it once"},
-		{"tool max_inflight 0 with a timeout", "tool x max_inflight 0 timeout 1s", "set max_inflight or remove timeout"},
+		{"tool max_inflight 0 with a wait", "tool x max_inflight 0 wait 1s", "set max_inflight or remove wait"},
 		{"queue with max_inflight", "max_inflight 5\n\t\tqueue 10 1s", ""},
 		{"queue with an adaptive limit", "limit adaptive\n\t\tqueue 10 1s", ""},
 		{"tool max_inflight 0", "tool x max_inflight 0", ""},
-		{"two tool rules", "tool x max_inflight 1\n\t\ttool y max_inflight 2 timeout 1s", ""},
+		{"two tool rules", "tool x max_inflight 1\n\t\ttool y max_inflight 2 wait 1s", ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			port := freePort(t)

@@ -47,6 +47,20 @@ func startUpstream(t *testing.T, name string, opts *mcp.StreamableHTTPOptions) *
 	return startUpstreamHandler(t, name, demo.Handler(demo.NewServer(name), "/sse", opts))
 }
 
+// startTwoUpstreams starts demo MCP servers named a and b.
+func startTwoUpstreams(t *testing.T) (a, b *upstream) {
+	t.Helper()
+	return startUpstream(t, "a", nil), startUpstream(t, "b", nil)
+}
+
+// assertBothUsed fails the test unless both upstreams got requests.
+func assertBothUsed(t *testing.T, what string, a, b *upstream) {
+	t.Helper()
+	if a.requests.Load() == 0 || b.requests.Load() == 0 {
+		t.Errorf("%s: a=%d b=%d requests", what, a.requests.Load(), b.requests.Load())
+	}
+}
+
 func startUpstreamHandler(t *testing.T, name string, h http.Handler) *upstream {
 	t.Helper()
 	u := &upstream{name: name}
@@ -109,6 +123,26 @@ func loadConfig(t testing.TB, cf string) {
 		t.Fatalf("loading config: %v", err)
 	}
 	t.Cleanup(func() { _ = caddy.Stop() })
+}
+
+// adaptFails checks that the Caddyfile cf fails to adapt with an error
+// that mentions want.
+func adaptFails(t *testing.T, what, cf, want string) {
+	t.Helper()
+	_, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), nil)
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("%s: err = %v, want it to mention %q", what, err, want)
+	}
+}
+
+// proxyBlockCaddyfile is a Caddyfile with the global option global (none
+// when empty) and a site whose mcp_proxy holds the line block.
+func proxyBlockCaddyfile(global, block string) string {
+	cf := ":8080 {\n\tmcp_proxy localhost:3000 {\n\t\t" + block + "\n\t}\n}\n"
+	if global != "" {
+		cf = "{\n\t" + global + "\n}\n" + cf
+	}
+	return cf
 }
 
 // proxySite is a site on port whose mcp_proxy goes to up, with the lines

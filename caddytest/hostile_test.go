@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -85,24 +84,23 @@ func TestHostileReading(t *testing.T) {
 	// A large call whose envelope is all within the peek streams through
 	// byte for byte, and the tool cap holds: six at once, one runs at a
 	// time, the others are told the tool is busy.
-	var wg sync.WaitGroup
-	var busy atomic.Int64
-	for i := range 6 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			body := fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"sleep","arguments":{"pad":"%s"}}}`, i, pad)
-			st, _, b := rawPost(t, url, body, nil)
-			if st == http.StatusOK && strings.Contains(b, "is busy") {
-				busy.Add(1)
-			} else if st != http.StatusOK || !strings.Contains(b, `"result"`) {
-				t.Errorf("call %d: %d %s", i, st, b)
-			}
-		}()
+	counts, sample := burst(6, func(i int) reply {
+		body := fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"sleep","arguments":{"pad":"%s"}}}`, i, pad)
+		return postJSON(context.Background(), url, body, nil)
+	}, func(r reply) string {
+		switch {
+		case r.err == nil && r.status == http.StatusOK && strings.Contains(r.body, "is busy"):
+			return "busy"
+		case r.ok():
+			return "ok"
+		}
+		return "other"
+	})
+	if counts["other"] != 0 {
+		t.Errorf("%d calls neither ran nor were told the tool is busy, as %v", counts["other"], sample["other"])
 	}
-	wg.Wait()
-	if m := maxRun.Load(); m != 1 || busy.Load() == 0 {
-		t.Errorf("sleep ran %d at once (%d busy answers), want 1", m, busy.Load())
+	if m := maxRun.Load(); m != 1 || counts["busy"] == 0 {
+		t.Errorf("sleep ran %d at once (%d busy answers), want 1", m, counts["busy"])
 	}
 }
 
@@ -277,23 +275,19 @@ func TestHostileBatches(t *testing.T) {
 	}
 	// Allowed two, four batches at once: the tool's cap lets one run.
 	sid = session(url2, "2025-03-26")
-	var wg sync.WaitGroup
-	var ok, refused atomic.Int64
-	for range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			st, _, _ := rawPost(t, url2, batch, map[string]string{"Mcp-Session-Id": sid})
-			if st == http.StatusOK {
-				ok.Add(1)
-			} else if st == http.StatusTooManyRequests || st == http.StatusServiceUnavailable {
-				refused.Add(1)
-			}
-		}()
-	}
-	wg.Wait()
-	if maxRun.Load() != 1 || ok.Load() < 1 || refused.Load() < 1 || ok.Load()+refused.Load() != 4 {
-		t.Errorf("4 concurrent batches: %d ok, %d refused, sleep ran %d at once", ok.Load(), refused.Load(), maxRun.Load())
+	counts, _ := burst(4, func(int) reply {
+		return postJSON(context.Background(), url2, batch, map[string]string{"Mcp-Session-Id": sid})
+	}, func(r reply) string {
+		switch {
+		case r.err == nil && r.status == http.StatusOK:
+			return "ok"
+		case r.err == nil && (r.status == http.StatusTooManyRequests || r.status == http.StatusServiceUnavailable):
+			return "refused"
+		}
+		return "other"
+	})
+	if maxRun.Load() != 1 || counts["ok"] < 1 || counts["refused"] < 1 || counts["ok"]+counts["refused"] != 4 {
+		t.Errorf("4 concurrent batches: %d ok, %d refused, sleep ran %d at once", counts["ok"], counts["refused"], maxRun.Load())
 	}
 }
 
@@ -311,46 +305,35 @@ func TestHostileRebinding(t *testing.T) {
 			":%d {\n\tbind 127.0.0.1\n\tmcp_proxy %s\n}\n"+
 			"http://mcp.example.com:%d {\n\tbind 127.0.0.1\n\tmcp_proxy %s\n}\n",
 		port, up.addr(), port2, up.addr(), port3, up.addr()))
-	post := func(port int, host, origin string) (int, string) {
-		t.Helper()
-		req, _ := http.NewRequest(http.MethodPost, proxyURL(port)+"/mcp", strings.NewReader(initializeBody))
-		req.Host = host
-		req.Header.Set("Content-Type", "application/json")
-		req.Header.Set("Accept", "application/json, text/event-stream")
-		if origin != "" {
-			req.Header.Set("Origin", origin)
-		}
-		st, _, b := do(t, req)
-		return st, b
-	}
-	if st, b := post(port, "mcp.public.example", ""); st != http.StatusOK {
-		t.Errorf("tunnel with the public Host and no Origin: %d %s", st, b)
-	}
-	evil := fmt.Sprintf("evil.example:%d", port)
-	if st, b := post(port, evil, "http://"+evil); st != http.StatusForbidden || !strings.Contains(b, "allowed_origins") {
-		t.Errorf("rebinding on a loopback listener: %d %s", st, b)
-	}
-	if st, b := post(port, "mcp.public.example", "https://app.example.com"); st != http.StatusOK {
-		t.Errorf("allowed origin: %d %s", st, b)
-	}
-	if st, b := post(port, "localhost", fmt.Sprintf("http://localhost:%d", port)); st != http.StatusOK {
-		t.Errorf("loopback page on a site naming no host: %d %s", st, b)
-	}
+	evil, evil2 := fmt.Sprintf("evil.example:%d", port), fmt.Sprintf("evil.example:%d", port2)
 	site := fmt.Sprintf("mcp.example.com:%d", port3)
-	if st, b := post(port3, site, "http://"+site); st != http.StatusOK {
-		t.Errorf("page on the site's own host: %d %s", st, b)
-	}
-	if st, b := post(port3, site, "http://localhost:3000"); st != http.StatusForbidden {
-		t.Errorf("loopback page on a site naming a host: %d %s", st, b)
-	}
-	// The same requests on a server whose connections arrive on a LAN
-	// address: the rebinding page is refused, the tunnel passes.
-	evil2 := fmt.Sprintf("evil.example:%d", port2)
-	if st, b := post(port2, evil2, "http://"+evil2); st != http.StatusForbidden || !strings.Contains(b, "allowed_origins") {
-		t.Errorf("rebinding on a non-loopback listener: %d %s", st, b)
-	}
-	if st, b := post(port2, "mcp.public.example", ""); st != http.StatusOK {
-		t.Errorf("tunnel on a non-loopback listener: %d %s", st, b)
+	for _, tc := range []struct {
+		what         string
+		port         int
+		host, origin string
+		status       int
+		mention      string // a word the refusal names
+	}{
+		{"tunnel with the public Host and no Origin", port, "mcp.public.example", "", http.StatusOK, ""},
+		{"rebinding on a loopback listener", port, evil, "http://" + evil, http.StatusForbidden, "allowed_origins"},
+		{"allowed origin", port, "mcp.public.example", "https://app.example.com", http.StatusOK, ""},
+		{"loopback page on a site naming no host", port, "localhost", fmt.Sprintf("http://localhost:%d", port), http.StatusOK, ""},
+		{"page on the site's own host", port3, site, "http://" + site, http.StatusOK, ""},
+		{"loopback page on a site naming a host", port3, site, "http://localhost:3000", http.StatusForbidden, ""},
+		// The same requests on a server whose connections arrive on a LAN
+		// address: the rebinding page is refused, the tunnel passes.
+		{"rebinding on a non-loopback listener", port2, evil2, "http://" + evil2, http.StatusForbidden, "allowed_origins"},
+		{"tunnel on a non-loopback listener", port2, "mcp.public.example", "", http.StatusOK, ""},
+	} {
+		hdr := map[string]string{}
+		if tc.origin != "" {
+			hdr["Origin"] = tc.origin
+		}
+		req, _ := newPost(context.Background(), proxyURL(tc.port)+"/mcp", initializeBody, hdr)
+		req.Host = tc.host
+		if st, _, b := do(t, req); st != tc.status || !strings.Contains(b, tc.mention) {
+			t.Errorf("%s: %d %s", tc.what, st, b)
+		}
 	}
 }
 
@@ -435,21 +418,14 @@ func TestHostileAccessLog(t *testing.T) {
 // the upstream advertises, and the upstream's own session id stays
 // sealed in it.
 func TestHostileLegacyEndpoint(t *testing.T) {
-	var endpoint atomic.Value
-	endpoint.Store("http://up//evil.example/message?sessionId=secret-upstream-id")
-	var posted atomic.Value
-	up := startUpstreamHandler(t, "legacy", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodGet {
-			w.Header().Set("Content-Type", "text/event-stream")
-			w.WriteHeader(http.StatusOK)
-			fmt.Fprintf(w, "event: endpoint\ndata: %s\n\n", endpoint.Load())
-			w.(http.Flusher).Flush()
-			<-r.Context().Done()
-			return
+	// A legacy server: its stream begins with the endpoint of its
+	// session's POSTs, which it answers on the stream.
+	up := startFake(t, &fakeUpstream{name: "legacy", stateless: true, stream: func(s *fakeStream) error {
+		if err := s.write("event: endpoint\ndata: http://up//evil.example/message?sessionId=secret-upstream-id\n\n"); err != nil {
+			return err
 		}
-		posted.Store(r.URL.RequestURI())
-		w.WriteHeader(http.StatusAccepted)
-	}))
+		return s.idle(nil)
+	}, on: map[string]func(*fakeCall){"*": func(c *fakeCall) { c.w.WriteHeader(http.StatusAccepted) }}})
 	port := freePort(t)
 	loadCaddyfile(t, fmt.Sprintf(":%d {\n\tmcp_proxy %s\n}\n", port, up.addr()))
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -477,8 +453,9 @@ func TestHostileLegacyEndpoint(t *testing.T) {
 		t.Fatalf("endpoint given to the client: %q", data)
 	}
 	st, _, b := rawPost(t, proxyURL(port)+data, `{"jsonrpc":"2.0","id":1,"method":"ping"}`, nil)
-	if st != http.StatusAccepted || posted.Load() != "/evil.example/message?sessionId=secret-upstream-id" {
-		t.Errorf("legacy POST: %d %s, upstream got %v", st, b, posted.Load())
+	posted, _ := up.find(ofMethod(http.MethodPost))
+	if st != http.StatusAccepted || posted.uri != "/evil.example/message?sessionId=secret-upstream-id" {
+		t.Errorf("legacy POST: %d %s, upstream got %v", st, b, posted.uri)
 	}
 	// The raw upstream id, with a 2026-07-28 version header and no route,
 	// is never taken for a route.

@@ -113,6 +113,26 @@ func raiseNoFile(t *testing.T) {
 	}
 }
 
+// openSessions initializes n sessions at loadVersion through hc, workers
+// at a time, and returns their tokens; it fails the test unless every
+// one opened.
+func openSessions(t *testing.T, ctx context.Context, hc *http.Client, url string, n, workers int) []string {
+	t.Helper()
+	toks := make([]string, n)
+	var failed atomic.Value
+	parallel(n, workers, func(i int) {
+		tok, r := initSession(ctx, hc, url, loadVersion)
+		if tok == "" {
+			failed.CompareAndSwap(nil, fmt.Errorf("session %d: initialize: %v", i, r))
+		}
+		toks[i] = tok
+	})
+	if err, _ := failed.Load().(error); err != nil {
+		t.Fatal(err)
+	}
+	return toks
+}
+
 // loadEvents returns the text of n SSE events of exactly size bytes each
 // (logging notifications padded with x).
 func loadEvents(n, size int) string {
@@ -245,14 +265,7 @@ func startLoadProc(t *testing.T, dir string, argv []string, port, adminPort int,
 }
 
 // dead reports whether the process has exited.
-func (p *loadProc) dead() bool {
-	select {
-	case <-p.exited:
-		return true
-	default:
-		return false
-	}
-}
+func (p *loadProc) dead() bool { return isClosed(p.exited) }
 
 // rss returns the process's resident set size in bytes.
 func (p *loadProc) rss() (int64, error) {
@@ -496,18 +509,7 @@ func TestLoadBurst(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	toks := make([]string, clients)
-	var initErr atomic.Value
-	parallel(clients, 32, func(i int) {
-		tok, r := initSession(ctx, hc, url, loadVersion)
-		if tok == "" {
-			initErr.CompareAndSwap(nil, fmt.Errorf("session %d: %v", i, r))
-		}
-		toks[i] = tok
-	})
-	if err, _ := initErr.Load().(error); err != nil {
-		t.Fatal(err)
-	}
+	toks := openSessions(t, ctx, hc, url, clients, 32)
 	m0, err := p.metrics()
 	if err != nil {
 		t.Fatal(err)
@@ -525,23 +527,13 @@ func TestLoadBurst(t *testing.T) {
 	jump := start.Add(warmFor)
 	end := jump.Add(burstFor)
 	var maxLevel atomic.Int64
-	sampling := make(chan struct{})
-	sampled := make(chan struct{})
-	go func() {
-		defer close(sampled)
-		for {
-			if m, err := p.metrics(); err == nil {
-				if l := int64(metricValue(m, "caddy_mcp_service_level")); l > maxLevel.Load() {
-					maxLevel.Store(l)
-				}
-			}
-			select {
-			case <-sampling:
-				return
-			case <-time.After(50 * time.Millisecond):
+	stopSampling := sampleEvery(50*time.Millisecond, func() {
+		if m, err := p.metrics(); err == nil {
+			if l := int64(metricValue(m, "caddy_mcp_service_level")); l > maxLevel.Load() {
+				maxLevel.Store(l)
 			}
 		}
-	}()
+	})
 	loop := func(i int) {
 		for n := 0; ; n++ {
 			now := time.Now()
@@ -588,8 +580,7 @@ func TestLoadBurst(t *testing.T) {
 	}
 	wg.Wait()
 	took := time.Since(jump)
-	close(sampling)
-	<-sampled
+	stopSampling()
 	m1, err := p.metrics()
 	if err != nil {
 		t.Fatal(err)
@@ -700,18 +691,8 @@ func TestLoadMemoryBounds(t *testing.T) {
 	tr := &http.Transport{MaxIdleConnsPerHost: 64, DisableCompression: true}
 	defer tr.CloseIdleConnections()
 	hc := &http.Client{Transport: tr}
-	toks := make([]string, sessions)
+	toks := openSessions(t, ctx, hc, url, sessions, 16)
 	var setupErr atomic.Value
-	parallel(sessions, 16, func(i int) {
-		tok, r := initSession(ctx, hc, url, loadVersion)
-		if tok == "" {
-			setupErr.CompareAndSwap(nil, fmt.Errorf("session %d: %v", i, r))
-		}
-		toks[i] = tok
-	})
-	if err, _ := setupErr.Load().(error); err != nil {
-		t.Fatal(err)
-	}
 
 	fast := &http.Client{Transport: &http.Transport{DisableKeepAlives: true, DisableCompression: true}}
 	slow := tinyRecvBufClient()
@@ -781,34 +762,29 @@ func TestLoadMemoryBounds(t *testing.T) {
 		smu               sync.Mutex
 		maxHeld, maxLevel float64
 		samples           int
-		samplers          sync.WaitGroup
+		samplers          []func()
 	)
-	stopSampling := make(chan struct{})
 	for k := range 4 {
-		samplers.Go(func() {
-			time.Sleep(time.Duration(k) * 5 * time.Millisecond)
-			for {
-				if m, err := p.metrics(); err == nil {
-					smu.Lock()
-					samples++
-					maxHeld = max(maxHeld, metricValue(m, "caddy_mcp_held_bytes"))
-					maxLevel = max(maxLevel, metricValue(m, "caddy_mcp_service_level"))
-					smu.Unlock()
-				}
-				select {
-				case <-stopSampling:
-					return
-				case <-time.After(20 * time.Millisecond):
-				}
+		if k > 0 {
+			time.Sleep(5 * time.Millisecond)
+		}
+		samplers = append(samplers, sampleEvery(20*time.Millisecond, func() {
+			if m, err := p.metrics(); err == nil {
+				smu.Lock()
+				samples++
+				maxHeld = max(maxHeld, metricValue(m, "caddy_mcp_held_bytes"))
+				maxLevel = max(maxLevel, metricValue(m, "caddy_mcp_service_level"))
+				smu.Unlock()
 			}
-		})
+		}))
 	}
 	began := time.Now()
 	close(startBulk)
 	ended := waitUntil(90*time.Second, 50*time.Millisecond, func() bool { return up.busy.Load() == 0 || p.dead() })
 	took := time.Since(began)
-	close(stopSampling)
-	samplers.Wait()
+	for _, stop := range samplers {
+		stop()
+	}
 	if p.dead() {
 		t.Fatal("the caddy process exited during the run")
 	}
@@ -953,28 +929,16 @@ func TestLoadMemoryRamp(t *testing.T) {
 		samples []sample
 	)
 	start := time.Now()
-	sampled := make(chan struct{})
-	stopSampling := make(chan struct{})
-	go func() {
-		defer close(sampled)
-		tick := time.NewTicker(100 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			rss, _ := p.rss()
-			s := sample{at: time.Since(start), rss: rss, level: -1}
-			if m, err := p.metrics(); err == nil {
-				s.level, s.held = metricValue(m, "caddy_mcp_service_level"), metricValue(m, "caddy_mcp_held_bytes")
-			}
-			smu.Lock()
-			samples = append(samples, s)
-			smu.Unlock()
-			select {
-			case <-stopSampling:
-				return
-			case <-tick.C:
-			}
+	stopSampling := sampleEvery(100*time.Millisecond, func() {
+		rss, _ := p.rss()
+		s := sample{at: time.Since(start), rss: rss, level: -1}
+		if m, err := p.metrics(); err == nil {
+			s.level, s.held = metricValue(m, "caddy_mcp_service_level"), metricValue(m, "caddy_mcp_held_bytes")
 		}
-	}()
+		smu.Lock()
+		samples = append(samples, s)
+		smu.Unlock()
+	})
 	lastLevel := func() float64 {
 		smu.Lock()
 		defer smu.Unlock()
@@ -1078,8 +1042,7 @@ func TestLoadMemoryRamp(t *testing.T) {
 	recovered := waitUntil(30*time.Second, 100*time.Millisecond, func() bool { return lastLevel() == 0 })
 	recoveredAt := time.Since(start)
 	time.Sleep(300 * time.Millisecond)
-	close(stopSampling)
-	<-sampled
+	stopSampling()
 	if err, _ := failed.Load().(error); err != nil {
 		t.Error(err)
 	}

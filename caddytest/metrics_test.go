@@ -267,8 +267,7 @@ func TestMetricsDashboard(t *testing.T) {
 	// Traffic that creates every labelled series: sessions, requests, a
 	// replay miss, a session error, a level change, an eviction.
 	up := startRecorded(t, "up", demo.Handler(demo.NewServer("up"), "/sse", nil))
-	port, adminPort := freePort(t), freePort(t)
-	loadWithAdmin(t, adminPort, opsGlobal, opsSite(port, up.addr(), ""))
+	port, adminPort := startOps(t, up.addr(), opsGlobal, "")
 	url := proxyURL(port) + "/mcp"
 	sid := rawSession(t, url, nil)
 	if st, b := sessionEcho(t, url, sid, 2); st != http.StatusOK {

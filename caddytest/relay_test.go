@@ -5,22 +5,13 @@ package caddytest
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
@@ -54,11 +45,7 @@ func TestRelayKeepalive(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	resp, err := openStream(ctx, rawClient, base+"/mcp", tok, relayVersion, "idle")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
+	resp := mustOpenStream(t, ctx, rawClient, base+"/mcp", tok, relayVersion, "idle")
 	evs, ended := watchEvents(resp.Body)
 
 	if ev := nextEvent(t, evs, 5*time.Second, "first event"); ev.comment || ev.id != "1" || !strings.Contains(ev.data, "hello") {
@@ -197,25 +184,13 @@ func TestRelaySlowConsumers(t *testing.T) {
 
 	// Heap samples while the streams run.
 	var peakHeap atomic.Uint64
-	stopSampling := make(chan struct{})
-	sampled := make(chan struct{})
-	go func() {
-		defer close(sampled)
-		tick := time.NewTicker(100 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			var ms runtime.MemStats
-			runtime.ReadMemStats(&ms)
-			if ms.HeapInuse > peakHeap.Load() {
-				peakHeap.Store(ms.HeapInuse)
-			}
-			select {
-			case <-stopSampling:
-				return
-			case <-tick.C:
-			}
+	stopSampling := sampleEvery(100*time.Millisecond, func() {
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		if ms.HeapInuse > peakHeap.Load() {
+			peakHeap.Store(ms.HeapInuse)
 		}
-	}()
+	})
 
 	var wg sync.WaitGroup
 	results := make([]error, healthy+stalled)
@@ -229,19 +204,13 @@ func TestRelaySlowConsumers(t *testing.T) {
 	for i := range healthy + stalled {
 		if i%4 == 3 { // every fourth client stalls
 			key := fmt.Sprintf("stalled-%d", i)
-			resp, err := openStream(ctx, slowClient, base+"/mcp", tokens[i], relayVersion, key)
-			if err != nil {
-				t.Fatal(err)
-			}
+			resp := mustOpenStream(t, ctx, slowClient, base+"/mcp", tokens[i], relayVersion, key)
 			stalledAt[key] = time.Now()
 			stalledResps = append(stalledResps, resp)
 			continue
 		}
 		key := fmt.Sprintf("healthy-%d", i)
-		resp, err := openStream(ctx, okClient, base+"/mcp", tokens[i], relayVersion, key)
-		if err != nil {
-			t.Fatal(err)
-		}
+		resp := mustOpenStream(t, ctx, okClient, base+"/mcp", tokens[i], relayVersion, key)
 		wg.Go(func() {
 			defer resp.Body.Close()
 			next := 1
@@ -303,8 +272,7 @@ func TestRelaySlowConsumers(t *testing.T) {
 		}
 	}
 	wg.Wait()
-	close(stopSampling)
-	<-sampled
+	stopSampling()
 	for i, err := range results {
 		if err != nil {
 			t.Errorf("healthy client %d: %v", i, err)
@@ -445,10 +413,7 @@ func TestRelayClosesUpstreamGET(t *testing.T) {
 			tok := u.openSession(t, base, version)
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			resp, err := openStream(ctx, rawClient, base+"/mcp", tok, version, "close-"+version)
-			if err != nil {
-				t.Fatal(err)
-			}
+			resp := mustOpenStream(t, ctx, rawClient, base+"/mcp", tok, version, "close-"+version)
 			evs, _ := watchEvents(resp.Body)
 			if ev := nextEvent(t, evs, 5*time.Second, "first event"); !strings.Contains(ev.data, "hi") {
 				t.Fatalf("first block %+v", ev)
@@ -492,11 +457,7 @@ func TestRelayDrainOnReload(t *testing.T) {
 	var ws []watched
 	for i := range streams {
 		tok := u.openSession(t, base, relayVersion)
-		resp, err := openStream(ctx, rawClient, base+"/mcp", tok, relayVersion, fmt.Sprintf("d%d", i))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
+		resp := mustOpenStream(t, ctx, rawClient, base+"/mcp", tok, relayVersion, fmt.Sprintf("d%d", i))
 		evs, ended := watchEvents(resp.Body)
 		if ev := nextEvent(t, evs, 5*time.Second, "first event"); ev.id != "1" {
 			t.Fatalf("first block %+v", ev)
@@ -639,9 +600,7 @@ func TestRelayHandoff(t *testing.T) {
 		}
 		return s.event("2", logNote("two"))
 	}})
-	on, off := freePort(t), freePort(t)
-	loadCaddyfile(t, fmt.Sprintf(":%d {\n\tmcp_proxy %s\n}\n:%d {\n\tmcp_proxy %s {\n\t\tstream_handoff off\n\t}\n}\n",
-		on, u.addr(), off, u.addr()))
+	on, off := loadHandoffPair(t, u.addr(), "")
 	for _, tc := range []struct {
 		name    string
 		port    int
@@ -652,11 +611,7 @@ func TestRelayHandoff(t *testing.T) {
 			tok := u.openSession(t, base, relayVersion)
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			resp, err := openStream(ctx, rawClient, base+"/mcp", tok, relayVersion, tc.name)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer resp.Body.Close()
+			resp := mustOpenStream(t, ctx, rawClient, base+"/mcp", tok, relayVersion, tc.name)
 			chunked := slices.Contains(resp.TransferEncoding, "chunked")
 			if tc.handoff && (chunked || !resp.Close) {
 				t.Errorf("handed-off stream: Transfer-Encoding %v, Connection: close %v; want close-delimited", resp.TransferEncoding, resp.Close)
@@ -684,6 +639,17 @@ func TestRelayHandoff(t *testing.T) {
 	}
 }
 
+// loadHandoffPair loads two sites in front of up, with the lines of block
+// inside their mcp_proxy: one hands GET streams off from Caddy's HTTP
+// server (the default), the other keeps them in the handler
+// (stream_handoff off). It returns their ports.
+func loadHandoffPair(t *testing.T, up, block string) (on, off int) {
+	t.Helper()
+	on, off = freePort(t), freePort(t)
+	loadCaddyfile(t, proxySite(on, up, block)+proxySite(off, up, block+"\t\tstream_handoff off\n"))
+	return on, off
+}
+
 // TestRelayDrainOnStop stops a Caddy process (SIGTERM) under 3 open GET
 // streams, which are handed off from its HTTP server: each gets a retry
 // hint and is closed between 80% and 100% of the drain delay, and the
@@ -704,11 +670,7 @@ func TestRelayDrainOnStop(t *testing.T) {
 	var evss []<-chan sseEvent
 	for i := range streams {
 		tok := u.openSession(t, base, relayVersion)
-		resp, err := openStream(ctx, rawClient, base+"/mcp", tok, relayVersion, fmt.Sprintf("stop%d", i))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
+		resp := mustOpenStream(t, ctx, rawClient, base+"/mcp", tok, relayVersion, fmt.Sprintf("stop%d", i))
 		if !resp.Close {
 			t.Errorf("stream %d was not handed off (no Connection: close)", i)
 		}
@@ -764,7 +726,8 @@ func TestRelayDrainOnStop(t *testing.T) {
 func TestRelayHandoffTLS(t *testing.T) {
 	u := startFake(t, &fakeUpstream{stream: eventThenIdle("1", "over tls")})
 	port := freePort(t)
-	certFile, keyFile := selfSignedCert(t, "localhost")
+	ca := newTestCA(t)
+	certFile, keyFile := ca.writeFiles("localhost", ca.issue("localhost", "localhost"))
 	loadCaddyfile(t, fmt.Sprintf("https://localhost:%d {\n\ttls %s %s\n\tmcp_proxy %s {\n\t\tkeepalive 100ms\n\t}\n}\n", port, certFile, keyFile, u.addr()))
 	base := fmt.Sprintf("https://localhost:%d", port)
 	hc := &http.Client{Transport: &http.Transport{
@@ -776,11 +739,7 @@ func TestRelayHandoffTLS(t *testing.T) {
 	tok := u.openSessionWith(t, hc, base, relayVersion)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	resp, err := openStream(ctx, hc, base+"/mcp", tok, relayVersion, "tls")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
+	resp := mustOpenStream(t, ctx, hc, base+"/mcp", tok, relayVersion, "tls")
 	if resp.ProtoMajor != 1 || !resp.Close || slices.Contains(resp.TransferEncoding, "chunked") {
 		t.Errorf("stream over %s, Connection: close %v, Transfer-Encoding %v; want a handed-off HTTP/1.1 stream", resp.Proto, resp.Close, resp.TransferEncoding)
 	}
@@ -796,40 +755,4 @@ func TestRelayHandoffTLS(t *testing.T) {
 	if !g.waitDone(2*time.Second) || g.selfEnded.Load() {
 		t.Fatal("the upstream GET was not closed within 2s of its client closing the stream")
 	}
-}
-
-// selfSignedCert writes a self-signed certificate for host and its key as
-// PEM files in the test's temporary directory.
-func selfSignedCert(t *testing.T, host string) (certFile, keyFile string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: host},
-		DNSNames:     []string{host},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return certFile, keyFile
 }

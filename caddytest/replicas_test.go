@@ -107,8 +107,7 @@ func (a *alternator) RoundTrip(r *http.Request) (*http.Response, error) {
 // stateful upstreams: every request alternates between the instances, and
 // every session keeps working.
 func TestReplicasShareSessions(t *testing.T) {
-	a := startUpstream(t, "a", nil)
-	b := startUpstream(t, "b", nil)
+	a, b := startTwoUpstreams(t)
 	const key = "replica-shared-key-replica-shared-key"
 	site := func(port int) string {
 		return fmt.Sprintf("http://127.0.0.1:%d {\n\tmcp_proxy %s %s {\n\t\tsession_key %q\n\t\tlb_policy round_robin\n\t}\n}\n", port, a.addr(), b.addr(), key)
@@ -134,7 +133,5 @@ func TestReplicasShareSessions(t *testing.T) {
 		}
 		cs.Close()
 	}
-	if a.requests.Load() == 0 || b.requests.Load() == 0 {
-		t.Errorf("sessions did not use both upstreams: a=%d b=%d", a.requests.Load(), b.requests.Load())
-	}
+	assertBothUsed(t, "sessions did not use both upstreams", a, b)
 }

@@ -71,8 +71,7 @@ func validVisibleASCII(s string) bool {
 // upstreams behind round-robin: every request of a session must reach the
 // upstream that created it, or the stateful servers answer 404.
 func TestTwoUpstreamsPinnedSessions(t *testing.T) {
-	a := startUpstream(t, "a", nil)
-	b := startUpstream(t, "b", nil)
+	a, b := startTwoUpstreams(t)
 	port := freePort(t)
 	loadCaddyfile(t, fmt.Sprintf(":%d {\n\tmcp_proxy %s %s {\n\t\tlb_policy round_robin\n\t}\n}\n", port, a.addr(), b.addr()))
 
@@ -110,9 +109,7 @@ func TestTwoUpstreamsPinnedSessions(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
-	if a.requests.Load() == 0 || b.requests.Load() == 0 {
-		t.Errorf("round robin did not use both upstreams: a=%d b=%d", a.requests.Load(), b.requests.Load())
-	}
+	assertBothUsed(t, "round robin did not use both upstreams", a, b)
 }
 
 // TestSessionTokenRefusals checks the answers for tokens that must not

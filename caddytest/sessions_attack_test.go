@@ -66,7 +66,7 @@ func startWatchUpstream(t *testing.T, name string, opts *mcp.StreamableHTTPOptio
 			defer u.running.Add(-1)
 		}
 		if inject := r.Header.Get("X-Answer-Session-Id"); inject != "" && r.Method == http.MethodPost && r.URL.Path != "/sse" {
-			w = &answerHeaders{ResponseWriter: w, inject: inject}
+			w = &headerHook{ResponseWriter: w, hook: func(h http.Header) { h.Set("Mcp-Session-Id", inject) }}
 		}
 		recorded.ServeHTTP(w, r)
 	}))
@@ -86,36 +86,6 @@ func (u *watchUpstream) deletesOf(ids map[string]bool) int {
 	}
 	return len(deleted)
 }
-
-// answerHeaders plants a session id on an answer.
-type answerHeaders struct {
-	http.ResponseWriter
-	inject string
-	done   bool
-}
-
-func (a *answerHeaders) WriteHeader(code int) {
-	if !a.done {
-		a.done = true
-		a.Header().Set("Mcp-Session-Id", a.inject)
-	}
-	a.ResponseWriter.WriteHeader(code)
-}
-
-func (a *answerHeaders) Write(p []byte) (int, error) {
-	if !a.done {
-		a.WriteHeader(http.StatusOK)
-	}
-	return a.ResponseWriter.Write(p)
-}
-
-func (a *answerHeaders) Flush() {
-	if f, ok := a.ResponseWriter.(http.Flusher); ok {
-		f.Flush()
-	}
-}
-
-func (a *answerHeaders) Unwrap() http.ResponseWriter { return a.ResponseWriter }
 
 // endpointSniffer records the upstream's own session id from the endpoint
 // event of a legacy stream.
@@ -185,45 +155,6 @@ func statusAfterLoad(t *testing.T, adminPort int, cond func(opsStatus) bool) ops
 		t.Fatalf("GET /mcp/status after a config load: %+v %v", s.Resources, err)
 	}
 	return s
-}
-
-// attackSession is one entry of GET /mcp/sessions.
-type attackSession struct {
-	ID       string  `json:"id"`
-	Upstream string  `json:"upstream"`
-	Version  string  `json:"protocol_version"`
-	Idle     float64 `json:"idle_seconds"`
-	Bytes    int64   `json:"bytes"`
-	Streams  int     `json:"streams"`
-	InFlight int     `json:"in_flight"`
-}
-
-// listSessions lists every live session, limit per page, and returns
-// those of upstream addr ("" for all) and the page count.
-func listSessions(t *testing.T, adminPort, limit int, addr string) (mine []attackSession, pages int) {
-	t.Helper()
-	cursor := ""
-	for pages = 1; pages <= 1000; pages++ {
-		var p struct {
-			Sessions []attackSession `json:"sessions"`
-			Next     string          `json:"next"`
-		}
-		adminJSON(t, adminPort, http.MethodGet, fmt.Sprintf("/mcp/sessions?limit=%d&cursor=%s", limit, cursor), "", http.StatusOK, &p)
-		if len(p.Sessions) > limit {
-			t.Fatalf("a page of %d sessions with limit %d", len(p.Sessions), limit)
-		}
-		for _, s := range p.Sessions {
-			if addr == "" || s.Upstream == addr {
-				mine = append(mine, s)
-			}
-		}
-		if p.Next == "" {
-			return mine, pages
-		}
-		cursor = p.Next
-	}
-	t.Fatalf("more than 1000 pages of sessions")
-	return nil, 0
 }
 
 // TestSessionFlood: one client (X-Client: attacker) opens sessions as fast
@@ -481,7 +412,7 @@ func TestSessionFlood(t *testing.T) {
 	// are as idle as if they had not: their idle time runs from the flood.
 	if ns, ok := notifyStart.Load().(time.Time); ok && notified.Load() > 0 && start.Add(floodTook).Before(ns) {
 		since := time.Since(ns).Seconds()
-		mine, _ := listSessions(t, adminPort, 1000, up.addr())
+		_, mine, _ := listSessions(t, adminPort, 1000, up.addr())
 		checked := 0
 		for _, s := range mine {
 			isGood := false
@@ -534,8 +465,7 @@ func TestSessionFloodNotificationsIdle(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			up := startWatchUpstream(t, "quiet", nil)
-			port, adminPort := freePort(t), freePort(t)
-			loadWithAdmin(t, adminPort, tc.global, opsSite(port, up.addr(), tc.block))
+			port, adminPort := startOps(t, up.addr(), tc.global, tc.block)
 			url := proxyURL(port) + "/mcp"
 			hdr := map[string]string{"X-Client": "flooder"}
 			capacity0 := metricValue(scrape(t, adminPort), "caddy_mcp_session_evictions_total", "cause", "capacity")
@@ -563,7 +493,7 @@ func TestSessionFloodNotificationsIdle(t *testing.T) {
 			}
 			// The notified sessions are still the idlest.
 			idle := map[string]float64{}
-			mine, _ := listSessions(t, adminPort, 1000, up.addr())
+			_, mine, _ := listSessions(t, adminPort, 1000, up.addr())
 			for _, s := range mine {
 				idle[s.ID] = s.Idle
 			}
@@ -664,15 +594,6 @@ func openLegacyStream(ctx context.Context, hc *http.Client, url string) (*legacy
 	}
 }
 
-func (c *legacyClient) isClosed() bool {
-	select {
-	case <-c.closed:
-		return true
-	default:
-		return false
-	}
-}
-
 // TestSessionLegacyFlood: legacy HTTP+SSE streams are sessions. Under
 // `max_sessions 200`, 500 legacy streams from one client: 200 open, the
 // rest are refused with 503, Retry-After and a JSON-RPC error (an open
@@ -758,7 +679,7 @@ func TestSessionLegacyFlood(t *testing.T) {
 		t.Errorf("status sessions %+v, want %d of %d", s.Resources.Sessions, maxSess, maxSess)
 	}
 	limit := max(maxSess/8, 5)
-	mine, pages := listSessions(t, adminPort, limit, up.addr())
+	_, mine, pages := listSessions(t, adminPort, limit, up.addr())
 	if len(mine) != maxSess || pages < maxSess/limit {
 		t.Errorf("listed %d sessions in %d pages of %d, want %d", len(mine), pages, limit, maxSess)
 	}
@@ -804,7 +725,7 @@ func TestSessionLegacyFlood(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("no answer on the stream after the legacy POST")
 	}
-	mine, _ = listSessions(t, adminPort, 1000, up.addr())
+	_, mine, _ = listSessions(t, adminPort, 1000, up.addr())
 	sort.Slice(mine, func(i, j int) bool { return mine[i].Idle < mine[j].Idle })
 	if len(mine) < 2 || mine[0].Idle > 0.5 || mine[1].Idle < 1.0 {
 		t.Fatalf("after a POST to one legacy session, the least idle sessions: %+v", mine[:min(2, len(mine))])
@@ -826,7 +747,7 @@ func TestSessionLegacyFlood(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	closed := 0
 	for _, c := range streams {
-		if c.isClosed() {
+		if isClosed(c.closed) {
 			closed++
 		}
 	}
@@ -850,6 +771,18 @@ func TestSessionLegacyFlood(t *testing.T) {
 	pollUntil(t, "every legacy session to end with its stream", func() bool { return status(t, adminPort).Resources.Sessions.Used == 0 })
 }
 
+// startBothEras serves a stateful watched demo upstream named name behind
+// an opsSite on port and a stateless one behind another on port2, with
+// the admin endpoint on, and returns the stateful one and the ports.
+func startBothEras(t *testing.T, name string) (up *watchUpstream, port, port2, adminPort int) {
+	t.Helper()
+	up = startWatchUpstream(t, name, nil)
+	stateless := startWatchUpstream(t, "stateless", &mcp.StreamableHTTPOptions{Stateless: true})
+	port, port2, adminPort = freePort(t), freePort(t), freePort(t)
+	loadWithAdmin(t, adminPort, opsGlobal, opsSite(port, up.addr(), "")+opsSite(port2, stateless.addr(), ""))
+	return up, port, port2, adminPort
+}
+
 // TestSessionSealed: a session is entered only with its sealed token. The
 // upstream's raw session id, presented as Mcp-Session-Id (with no version
 // header, a 2025-06-18 one, or a 2026-07-28 one with Mcp-Method), on a
@@ -858,10 +791,7 @@ func TestSessionLegacyFlood(t *testing.T) {
 // in its session's era. An upstream id on an answer that starts no
 // session is dropped: it neither reaches the client nor opens a session.
 func TestSessionSealed(t *testing.T) {
-	up := startWatchUpstream(t, "sealed", nil)
-	stateless := startWatchUpstream(t, "stateless", &mcp.StreamableHTTPOptions{Stateless: true})
-	port, port2, adminPort := freePort(t), freePort(t), freePort(t)
-	loadWithAdmin(t, adminPort, opsGlobal, opsSite(port, up.addr(), "")+opsSite(port2, stateless.addr(), ""))
+	up, port, port2, adminPort := startBothEras(t, "sealed")
 	url := proxyURL(port) + "/mcp"
 	tok := rawSession(t, url, nil)
 	ids := up.mintedIDs()
@@ -1055,8 +985,7 @@ func TestSessionUnusableUpstreamID(t *testing.T) {
 		"repeated": "Mcp-Session-Id: one\r\nMcp-Session-Id: two\r\n",
 	}
 	up := startRawIDUpstream(t, cases)
-	port, adminPort := freePort(t), freePort(t)
-	loadWithAdmin(t, adminPort, opsGlobal, opsSite(port, up.addr(), ""))
+	port, adminPort := startOps(t, up.addr(), opsGlobal, "")
 	base := proxyURL(port) + "/case/"
 	unusable0 := metricValue(scrape(t, adminPort), "caddy_mcp_upstream_session_ids_total", "result", "unusable")
 
@@ -1143,8 +1072,7 @@ func TestSessionUnusableUpstreamID(t *testing.T) {
 // evicts its idlest.
 func TestSessionDefaults(t *testing.T) {
 	up := startWatchUpstream(t, "defaults", nil)
-	port, adminPort := freePort(t), freePort(t)
-	loadWithAdmin(t, adminPort, "\tmcp {\n\t\tmemory_limit 64MiB\n\t\trefresh 50ms\n\t}\n", opsSite(port, up.addr(), ""))
+	port, adminPort := startOps(t, up.addr(), "\tmcp {\n\t\tmemory_limit 64MiB\n\t\trefresh 50ms\n\t}\n", "")
 	url := proxyURL(port) + "/mcp"
 
 	resourcesOf := func() map[string]any {
@@ -1252,6 +1180,9 @@ func TestSessionClientKeyFallback(t *testing.T) {
 	}
 }
 
+// bigHeaders is opsGlobal with the server's header limit raised to 1MiB.
+const bigHeaders = opsGlobal + "\tservers {\n\t\tmax_header_size 1MiB\n\t}\n"
+
 // TestSessionQueryNotStored: what a session keeps of what its client chose
 // is small: an initialize POSTed with a 100 KB query string makes a
 // working session whose bytes, as the admin API shows them, are a few
@@ -1259,12 +1190,10 @@ func TestSessionClientKeyFallback(t *testing.T) {
 // the query.
 func TestSessionQueryNotStored(t *testing.T) {
 	up := startWatchUpstream(t, "query", nil)
-	port, adminPort := freePort(t), freePort(t)
 	// Caddy's own limit on a request's header section, request line
 	// included, is 16KiB by default: it is raised so the query reaches
 	// mcp_proxy.
-	global := opsGlobal + "\tservers {\n\t\tmax_header_size 1MiB\n\t}\n"
-	loadWithAdmin(t, adminPort, global, opsSite(port, up.addr(), ""))
+	port, adminPort := startOps(t, up.addr(), bigHeaders, "")
 	url := proxyURL(port) + "/mcp"
 	query := "pad=" + strings.Repeat("q", 100<<10)
 	st, h, b := rawPost(t, url+"?"+query, initBody(1), nil)
@@ -1282,14 +1211,8 @@ func TestSessionQueryNotStored(t *testing.T) {
 	if len(ids) != 1 {
 		t.Fatalf("upstream ids %v", ids)
 	}
-	mine, _ := listSessions(t, adminPort, 1000, up.addr())
-	if len(mine) != 1 || mine[0].ID != up.adminID(ids[0]) {
-		t.Fatalf("sessions %+v", mine)
-	}
-	if mine[0].Bytes <= 0 || mine[0].Bytes > 1024 {
-		t.Errorf("the session holds %d bytes, want a few hundred (the query is not kept)", mine[0].Bytes)
-	}
-	adminJSON(t, adminPort, http.MethodDelete, "/mcp/sessions/"+mine[0].ID, "", http.StatusOK, nil)
+	only := smallSession(t, adminPort, up, ids[0], "the query")
+	adminJSON(t, adminPort, http.MethodDelete, "/mcp/sessions/"+only.ID, "", http.StatusOK, nil)
 	pollUntil(t, "the evicted session's DELETE upstream", func() bool { return up.deleted(ids[0]) == 1 })
 	var uris []string
 	for _, s := range up.since(0) {
@@ -1314,34 +1237,36 @@ func TestSessionQueryNotStored(t *testing.T) {
 // operator serving large tokens or cookies would.
 func TestSessionAdoptedHostNotStored(t *testing.T) {
 	up := startWatchUpstream(t, "adopted", nil)
-	port, adminPort := freePort(t), freePort(t)
-	global := opsGlobal + "\tservers {\n\t\tmax_header_size 1MiB\n\t}\n"
-	loadWithAdmin(t, adminPort, global, opsSite(port, up.addr(), ""))
+	port, adminPort := startOps(t, up.addr(), bigHeaders, "")
 	url := proxyURL(port) + "/mcp"
 	tok := rawSession(t, url, nil)
 	// A stop forgets every live session; the next config adopts them.
 	if err := caddy.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	loadWithAdmin(t, adminPort, global, opsSite(port, up.addr(), ""))
+	loadWithAdmin(t, adminPort, bigHeaders, opsSite(port, up.addr(), ""))
 	statusAfterLoad(t, adminPort, func(s opsStatus) bool { return s.Resources.Sessions.Used == 0 })
-	req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(echoCall(3, "adopted")))
+	req, _ := newPost(context.Background(), url, echoCall(3, "adopted"), inSession(tok, nil))
 	req.Host = strings.Repeat("h", 200<<10)
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Accept", "application/json, text/event-stream")
-	for k, v := range inSession(tok, nil) {
-		req.Header.Set(k, v)
-	}
 	if st, _, b := do(t, req); st != http.StatusOK || !strings.Contains(b, `"text":"adopted"`) {
 		t.Fatalf("the first request after the stop, with a 200 KB Host: %d %.300s", st, b)
 	}
-	mine, _ := listSessions(t, adminPort, 1000, up.addr())
-	if len(mine) != 1 || mine[0].ID != up.adminID(up.mintedIDs()[0]) {
+	smallSession(t, adminPort, up, up.mintedIDs()[0], "the 200 KB Host")
+}
+
+// smallSession checks that the only live session of up is the one of
+// upstream session id sid, and that it holds a few hundred bytes: not
+// what (its client chose) too.
+func smallSession(t *testing.T, adminPort int, up *watchUpstream, sid, what string) adminSession {
+	t.Helper()
+	_, mine, _ := listSessions(t, adminPort, 1000, up.addr())
+	if len(mine) != 1 || mine[0].ID != up.adminID(sid) {
 		t.Fatalf("sessions %+v", mine)
 	}
 	if mine[0].Bytes <= 0 || mine[0].Bytes > 1024 {
-		t.Errorf("the adopted session holds %d bytes, want a few hundred (the 200 KB Host is not kept)", mine[0].Bytes)
+		t.Errorf("the session holds %d bytes, want a few hundred (%s is not kept)", mine[0].Bytes, what)
 	}
+	return mine[0]
 }
 
 // TestSessionNegotiatedVersion: a session is what its upstream negotiated.
@@ -1356,10 +1281,7 @@ func TestSessionAdoptedHostNotStored(t *testing.T) {
 // server that has no initialize) starts no session, even when the answer
 // carries an id.
 func TestSessionNegotiatedVersion(t *testing.T) {
-	up := startWatchUpstream(t, "negotiated", nil)
-	stateless := startWatchUpstream(t, "stateless", &mcp.StreamableHTTPOptions{Stateless: true})
-	port, port2, adminPort := freePort(t), freePort(t), freePort(t)
-	loadWithAdmin(t, adminPort, opsGlobal, opsSite(port, up.addr(), "")+opsSite(port2, stateless.addr(), ""))
+	up, port, port2, adminPort := startBothEras(t, "negotiated")
 	url := proxyURL(port) + "/mcp"
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -1369,7 +1291,7 @@ func TestSessionNegotiatedVersion(t *testing.T) {
 	evict := func(sid, negotiated string) {
 		t.Helper()
 		var one struct {
-			Sessions []attackSession `json:"sessions"`
+			Sessions []adminSession `json:"sessions"`
 		}
 		adminJSON(t, adminPort, http.MethodGet, "/mcp/sessions/"+up.adminID(sid), "", http.StatusOK, &one)
 		if len(one.Sessions) != 1 {
