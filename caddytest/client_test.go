@@ -523,15 +523,14 @@ func parallel(n, workers int, f func(i int)) {
 	wg.Wait()
 }
 
-// burst sends n requests at once, the ith answered by send(i), and counts
-// the answers by the kind classify gives them; sample holds an answer of
-// each kind.
-func burst(n int, send func(i int) reply, classify func(reply) string) (counts map[string]int, sample map[string]reply) {
+// burst runs send(0) … send(n-1), workers at a time, and counts the
+// answers by the kind send gives each; sample holds an answer of each
+// kind.
+func burst(n, workers int, send func(i int) (kind string, r reply)) (counts map[string]int, sample map[string]reply) {
 	var mu sync.Mutex
 	counts, sample = map[string]int{}, map[string]reply{}
-	parallel(n, n, func(i int) {
-		r := send(i)
-		kind := classify(r)
+	parallel(n, workers, func(i int) {
+		kind, r := send(i)
 		mu.Lock()
 		defer mu.Unlock()
 		counts[kind]++

@@ -84,17 +84,16 @@ func TestHostileReading(t *testing.T) {
 	// A large call whose envelope is all within the peek streams through
 	// byte for byte, and the tool cap holds: six at once, one runs at a
 	// time, the others are told the tool is busy.
-	counts, sample := burst(6, func(i int) reply {
+	counts, sample := burst(6, 6, func(i int) (string, reply) {
 		body := fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"sleep","arguments":{"pad":"%s"}}}`, i, pad)
-		return postJSON(context.Background(), url, body, nil)
-	}, func(r reply) string {
+		r := postJSON(context.Background(), url, body, nil)
 		switch {
 		case r.err == nil && r.status == http.StatusOK && strings.Contains(r.body, "is busy"):
-			return "busy"
+			return "busy", r
 		case r.ok():
-			return "ok"
+			return "ok", r
 		}
-		return "other"
+		return "other", r
 	})
 	if counts["other"] != 0 {
 		t.Errorf("%d calls neither ran nor were told the tool is busy, as %v", counts["other"], sample["other"])
@@ -275,16 +274,15 @@ func TestHostileBatches(t *testing.T) {
 	}
 	// Allowed two, four batches at once: the tool's cap lets one run.
 	sid = session(url2, "2025-03-26")
-	counts, _ := burst(4, func(int) reply {
-		return postJSON(context.Background(), url2, batch, map[string]string{"Mcp-Session-Id": sid})
-	}, func(r reply) string {
+	counts, _ := burst(4, 4, func(int) (string, reply) {
+		r := postJSON(context.Background(), url2, batch, map[string]string{"Mcp-Session-Id": sid})
 		switch {
 		case r.err == nil && r.status == http.StatusOK:
-			return "ok"
+			return "ok", r
 		case r.err == nil && (r.status == http.StatusTooManyRequests || r.status == http.StatusServiceUnavailable):
-			return "refused"
+			return "refused", r
 		}
-		return "other"
+		return "other", r
 	})
 	if maxRun.Load() != 1 || counts["ok"] < 1 || counts["refused"] < 1 || counts["ok"]+counts["refused"] != 4 {
 		t.Errorf("4 concurrent batches: %d ok, %d refused, sleep ran %d at once", counts["ok"], counts["refused"], maxRun.Load())

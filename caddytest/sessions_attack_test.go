@@ -312,49 +312,57 @@ func TestSessionFlood(t *testing.T) {
 
 	// The flood: waves of initializes, workers at a time, until the run
 	// is over.
-	var atkOK, atkOther, atkSent atomic.Int64
-	var refusedBy sync.Map // status → *atomic.Int64
-	var atkErr atomic.Value
+	// Each answer is a session ("ok"), a refusal with Retry-After and a
+	// JSON-RPC error (its status), or "other"; "late" were not sent.
+	atk := map[string]int{}
+	var atkErr reply
 	waves := 0
 	for ; waves < maxWaves && time.Now().Before(end); waves++ {
 		time.Sleep(time.Until(start.Add(time.Duration(waves) * waveEvery)))
-		parallel(total, workers, func(i int) {
+		counts, sample := burst(total, workers, func(i int) (string, reply) {
 			if time.Now().After(end) {
-				return
+				return "late", reply{}
 			}
 			id := 1000 + waves*total + i
-			atkSent.Add(1)
 			r := post(ctx, atkHC, url, initBody(id), attacker)
 			switch tok := r.hdr.Get("Mcp-Session-Id"); {
 			case r.ok() && tok != "":
-				atkOK.Add(1)
 				liveMu.Lock()
 				live[tok] = true
 				liveMu.Unlock()
+				return "ok", r
 			case r.refused() && r.hdr.Get("Retry-After") != "" && isRPCError(r.body, strconv.Itoa(id), 0):
-				n, _ := refusedBy.LoadOrStore(r.status, new(atomic.Int64))
-				n.(*atomic.Int64).Add(1)
-			default:
-				atkOther.Add(1)
-				atkErr.CompareAndSwap(nil, r.String())
+				return strconv.Itoa(r.status), r
 			}
+			return "other", r
 		})
+		for k, n := range counts {
+			atk[k] += n
+		}
+		if r, ok := sample["other"]; ok && atkErr.status == 0 && atkErr.err == nil {
+			atkErr = r
+		}
 	}
 	floodTook := time.Since(start)
 	wg.Wait()
 
-	refusals := map[int]int64{}
-	refusedBy.Range(func(k, v any) bool {
-		refusals[k.(int)] = v.(*atomic.Int64).Load()
-		return true
-	})
+	refusals := map[int]int{}
+	atkSent := 0
+	for k, n := range atk {
+		if st, err := strconv.Atoi(k); err == nil {
+			refusals[st] = n
+		}
+		if k != "late" {
+			atkSent += n
+		}
+	}
 	mfs = scrape(t, adminPort)
 	capacity := metricValue(mfs, "caddy_mcp_session_evictions_total", "cause", "capacity") - capacity0
 	clientFull := metricValue(mfs, "caddy_mcp_session_errors_total", "kind", "client_full") - clientFull0
 	t.Logf("attacker: %d initializes in %d waves over %v: %d sessions, refused by status %v, %d other; "+
 		"notifications: %d accepted, %d on evicted sessions (404), %d other; good client: %d calls; "+
 		"status sampled %d times, most live sessions %d; capacity evictions %v, client_full refusals %v",
-		atkSent.Load(), waves, floodTook.Round(time.Millisecond), atkOK.Load(), refusals, atkOther.Load(),
+		atkSent, waves, floodTook.Round(time.Millisecond), atk["ok"], refusals, atk["other"],
 		notified.Load(), notifiedGone.Load(), notifyOther.Load(), goodCalls.Load(),
 		samples.Load(), maxUsed.Load(), capacity, clientFull)
 
@@ -373,18 +381,18 @@ func TestSessionFlood(t *testing.T) {
 	if m := maxUsed.Load(); m > maxSess || m > share+1 {
 		t.Errorf("up to %d live sessions, want at most %d (the attacker's share %d and the good client's one)", m, share+1, share)
 	}
-	if atkOther.Load() != 0 {
-		t.Errorf("%d attacker initializes were neither a session nor a refusal with Retry-After and a JSON-RPC error; first: %v", atkOther.Load(), atkErr.Load())
+	if atk["other"] != 0 {
+		t.Errorf("%d attacker initializes were neither a session nor a refusal with Retry-After and a JSON-RPC error; one: %v", atk["other"], atkErr)
 	}
 	for st := range refusals {
 		if st != http.StatusTooManyRequests && st != http.StatusServiceUnavailable {
 			t.Errorf("attacker refused with status %d", st)
 		}
 	}
-	if atkOK.Load() <= share {
-		t.Fatalf("the attacker opened only %d sessions", atkOK.Load())
+	if atk["ok"] <= share {
+		t.Fatalf("the attacker opened only %d sessions", atk["ok"])
 	}
-	if want := float64(atkOK.Load() - share); capacity < want {
+	if want := float64(atk["ok"] - share); capacity < want {
 		t.Errorf("caddy_mcp_session_evictions_total{cause=capacity} grew by %v, want at least %v (attacker sessions over its share)", capacity, want)
 	}
 
@@ -650,30 +658,27 @@ func TestSessionLegacyFlood(t *testing.T) {
 	// The flood.
 	var mu sync.Mutex
 	var streams []*legacyClient
-	var refused, other atomic.Int64
-	var otherErr atomic.Value
-	parallel(total, workers, func(int) {
+	counts, sample := burst(total, workers, func(int) (string, reply) {
 		c, r := openLegacyStream(ctx, hc, proxyURL(port)+"/sse")
 		switch {
 		case c != nil:
 			mu.Lock()
 			streams = append(streams, c)
 			mu.Unlock()
+			return "open", r
 		case r.err == nil && r.status == http.StatusServiceUnavailable && r.hdr.Get("Retry-After") != "" && isRPCError(r.body, "", 0):
-			refused.Add(1)
-		default:
-			other.Add(1)
-			otherErr.CompareAndSwap(nil, r.String())
+			return "refused", r
 		}
+		return "other", r
 	})
 	defer func() {
 		for _, c := range streams {
 			c.cancel()
 		}
 	}()
-	t.Logf("%d legacy streams under max_sessions %d: %d open, %d refused with 503, %d other", total, maxSess, len(streams), refused.Load(), other.Load())
-	if len(streams) != maxSess || refused.Load() != int64(total-maxSess) || other.Load() != 0 {
-		t.Fatalf("%d open, %d refused, %d other (first: %v): want %d open, the rest refused with 503", len(streams), refused.Load(), other.Load(), otherErr.Load(), maxSess)
+	t.Logf("%d legacy streams under max_sessions %d: %d open, %d refused with 503, %d other", total, maxSess, len(streams), counts["refused"], counts["other"])
+	if len(streams) != maxSess || counts["refused"] != total-maxSess || counts["other"] != 0 {
+		t.Fatalf("%d open, %d refused, %d other (one: %v): want %d open, the rest refused with 503", len(streams), counts["refused"], counts["other"], sample["other"], maxSess)
 	}
 	if s := status(t, adminPort); s.Resources.Sessions.Used != int64(maxSess) || s.Resources.Sessions.Limit != int64(maxSess) {
 		t.Errorf("status sessions %+v, want %d of %d", s.Resources.Sessions, maxSess, maxSess)
