@@ -66,7 +66,6 @@ type fakeUpstream struct {
 	answers  map[string]*fakeStream // SSE answers to POSTs by raw JSON-RPC id
 
 	created      atomic.Int64 // sessions issued
-	deletes      atomic.Int64 // DELETE requests
 	deletedKnown atomic.Int64 // DELETEs that ended a live session
 	busy         atomic.Int64 // GET streams and handled requests being served
 }
@@ -107,10 +106,10 @@ func (u *fakeUpstream) live() int {
 	return len(u.sessions)
 }
 
-// getStream returns the GET stream opened with key. The proxy sends a
+// streamOf returns the GET stream opened with key. The proxy sends a
 // stream's headers only after the upstream's, so it exists once the
 // client has them.
-func (u *fakeUpstream) getStream(t *testing.T, key string) *fakeStream {
+func (u *fakeUpstream) streamOf(t *testing.T, key string) *fakeStream {
 	t.Helper()
 	u.mu.Lock()
 	defer u.mu.Unlock()
@@ -121,8 +120,8 @@ func (u *fakeUpstream) getStream(t *testing.T, key string) *fakeStream {
 	return s
 }
 
-// getStreams returns every GET stream opened with a key, by key.
-func (u *fakeUpstream) getStreams() map[string]*fakeStream {
+// allStreams returns every GET stream opened with a key, by key.
+func (u *fakeUpstream) allStreams() map[string]*fakeStream {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	out := make(map[string]*fakeStream, len(u.gets))
@@ -160,11 +159,11 @@ func (u *fakeUpstream) openSessionWith(t *testing.T, hc *http.Client, base, vers
 
 func (u *fakeUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	u.init()
-	seen, body, err := u.record(r)
+	seen, _, err := u.record(r)
 	switch r.Method {
 	case http.MethodPost:
-		msgs, batch, perr := parseMessages(body)
-		if err != nil || perr != nil {
+		msgs, batch := seen.msgs, seen.batch
+		if err != nil || msgs == nil {
 			http.Error(w, "bad body", http.StatusBadRequest)
 			return
 		}
@@ -210,7 +209,6 @@ func (u *fakeUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			s.selfEnded.Store(true)
 		}
 	case http.MethodDelete:
-		u.deletes.Add(1)
 		u.mu.Lock()
 		ok := u.sessions[seen.sid]
 		delete(u.sessions, seen.sid)
@@ -312,9 +310,6 @@ type fakeCall struct {
 	batch *[]string
 	s     *fakeStream // the SSE answer, once begun
 }
-
-// tool returns the name of the tool a tools/call calls.
-func (c *fakeCall) tool() string { return c.msg.params().Name }
 
 // arg returns a string argument of a tools/call, "" when missing.
 func (c *fakeCall) arg(name string) string {
@@ -531,9 +526,10 @@ type fakeSeen struct {
 	at     time.Time
 	method string // HTTP method
 	path   string
-	uri    string // the request URI
-	remote string // the client's address
-	msgs   []fakeMsg
+	uri    string          // the request URI
+	remote string          // the client's address
+	msgs   []fakeMsg       // the messages of a POST body that parsed
+	batch  bool            // they came as a batch
 	read   bool            // a POST whose body was read to its end
 	rpc    string          // JSON-RPC method of a POST of one message, "" for none
 	name   string          // its params.name
@@ -587,7 +583,7 @@ func (l *fakeLog) record(r *http.Request) (fakeSeen, []byte, error) {
 		}
 		s.read = err == nil
 		if msgs, batch, perr := parseMessages(body); err == nil && perr == nil {
-			s.msgs = msgs
+			s.msgs, s.batch = msgs, batch
 			if !batch {
 				s.rpc, s.name, s.id, s.params = msgs[0].Method, msgs[0].params().Name, string(msgs[0].ID), msgs[0].Params
 			}

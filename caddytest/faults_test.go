@@ -436,9 +436,7 @@ func TestLoadReloadFailure(t *testing.T) {
 	now := settle()
 	t.Logf("goroutines: %d before the streams, %d with them, %d after the reload drained them", baseline, withStreams, now)
 	if now > baseline+slack {
-		buf := make([]byte, 1<<20)
-		buf = buf[:runtime.Stack(buf, true)]
-		t.Errorf("(c) %d goroutines once the streams were gone, baseline %d (+%d allowed)\n%s", now, baseline, slack, buf)
+		t.Errorf("(c) %d goroutines once the streams were gone, baseline %d (+%d allowed)\n%s", now, baseline, slack, goroutineDump())
 	}
 }
 

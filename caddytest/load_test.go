@@ -1259,8 +1259,6 @@ func TestLoadSessionLeak(t *testing.T) {
 		created, createdIn.Round(time.Millisecond), levelRefusals.Load(), reloadTook.Round(time.Millisecond), before.Load(), after.Load(), pingRefused.Load(), hiccups.Load(),
 		drainedIn.Round(time.Millisecond), deleted, created, len(conns), baseline, now, liveMetric(t, "caddy_mcp_session_evictions_total"))
 	if now > baseline+10 {
-		buf := make([]byte, 1<<20)
-		buf = buf[:runtime.Stack(buf, true)]
-		t.Errorf("%d goroutines after every session expired, baseline %d (+10 allowed)\n%s", now, baseline, buf)
+		t.Errorf("%d goroutines after every session expired, baseline %d (+10 allowed)\n%s", now, baseline, goroutineDump())
 	}
 }

@@ -99,7 +99,7 @@ func TestRelayKeepalive(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the stream did not end within 5s of the upstream ending it")
 	}
-	if g := u.getStream(t, "idle"); !g.waitDone(2*time.Second) || !g.selfEnded.Load() {
+	if g := u.streamOf(t, "idle"); !g.waitDone(2*time.Second) || !g.selfEnded.Load() {
 		t.Error("the upstream stream did not end on its own")
 	}
 }
@@ -241,7 +241,7 @@ func TestRelaySlowConsumers(t *testing.T) {
 	// Every stalled stream is cut: the proxy closes its upstream GET.
 	var latencies []time.Duration
 	for key, at := range stalledAt {
-		g := u.getStream(t, key)
+		g := u.streamOf(t, key)
 		bound := writeTimeout + time.Second + margin
 		if !g.waitDone(time.Until(at.Add(bound))) {
 			t.Errorf("%s: the proxy did not close the stalled stream within %v of its last read (upstream sent %d events)", key, bound, g.sent.Load())
@@ -279,7 +279,7 @@ func TestRelaySlowConsumers(t *testing.T) {
 		}
 	}
 	var emitted int64
-	for key, g := range u.getStreams() {
+	for key, g := range u.allStreams() {
 		emitted += g.bytes.Load()
 		if strings.HasPrefix(key, "healthy-") && (g.cancelled() || g.sent.Load() != events) {
 			t.Errorf("%s: upstream sent %d events, cancelled %v", key, g.sent.Load(), g.cancelled())
@@ -373,7 +373,7 @@ func TestRelayGoroutinesReturn(t *testing.T) {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		open = 0
-		gets := u.getStreams()
+		gets := u.allStreams()
 		for _, g := range gets {
 			if !g.cancelled() {
 				open++
@@ -388,16 +388,14 @@ func TestRelayGoroutinesReturn(t *testing.T) {
 	}
 	t.Logf("goroutines: %d before, %d with %d streams open, %d %v after the clients closed",
 		baseline, peak, streams, now, time.Since(closedAt).Round(time.Millisecond))
-	if seen := len(u.getStreams()); seen != streams {
+	if seen := len(u.allStreams()); seen != streams {
 		t.Errorf("upstream saw %d GETs, want %d", seen, streams)
 	}
 	if open > 0 {
 		t.Errorf("%d upstream GETs still open 5s after their clients left", open)
 	}
 	if now > baseline+slack {
-		buf := make([]byte, 1<<20)
-		buf = buf[:runtime.Stack(buf, true)]
-		t.Errorf("%d goroutines 5s after every stream closed, baseline %d (+%d allowed)\n%s", now, baseline, slack, buf)
+		t.Errorf("%d goroutines 5s after every stream closed, baseline %d (+%d allowed)\n%s", now, baseline, slack, goroutineDump())
 	}
 }
 
@@ -418,7 +416,7 @@ func TestRelayClosesUpstreamGET(t *testing.T) {
 			if ev := nextEvent(t, evs, 5*time.Second, "first event"); !strings.Contains(ev.data, "hi") {
 				t.Fatalf("first block %+v", ev)
 			}
-			g := u.getStream(t, "close-"+version)
+			g := u.streamOf(t, "close-"+version)
 			closed := time.Now()
 			resp.Body.Close()
 			if !g.waitDone(2 * time.Second) {
@@ -494,7 +492,7 @@ func TestRelayDrainOnReload(t *testing.T) {
 		if after < drain*8/10 || after > drain+margin {
 			t.Errorf("stream %d closed %v after the reload began, want between %v and %v", i, after, drain*8/10, drain+margin)
 		}
-		g := u.getStream(t, fmt.Sprintf("d%d", i))
+		g := u.streamOf(t, fmt.Sprintf("d%d", i))
 		if !g.waitDone(2*time.Second) || g.selfEnded.Load() {
 			t.Errorf("stream %d: the proxy did not close the upstream GET", i)
 		} else if d := g.doneAt.Sub(start); d < drain*8/10 {
@@ -750,7 +748,7 @@ func TestRelayHandoffTLS(t *testing.T) {
 	if ev := nextEvent(t, evs, 5*time.Second, "keepalive"); !ev.comment {
 		t.Fatalf("idle stream delivered %+v, want a keepalive comment", ev)
 	}
-	g := u.getStream(t, "tls")
+	g := u.streamOf(t, "tls")
 	resp.Body.Close()
 	if !g.waitDone(2*time.Second) || g.selfEnded.Load() {
 		t.Fatal("the upstream GET was not closed within 2s of its client closing the stream")
