@@ -25,6 +25,9 @@ import (
 // read whole, within max_event_size (a list) or max_response, from the
 // memory budget; an SSE answer is read event by event as it is relayed.
 
+// dropEvent, returned by a stream's Rewrite hook, drops the event.
+var dropEvent = []byte{}
+
 // codeResponseTooLarge and codeRequestTimeout are the JSON-RPC codes of
 // the proxy's answers for a capped response and a passed deadline.
 const (
@@ -145,7 +148,7 @@ func (st *relayState) holdBytes(n int64) {
 func (st *relayState) filterList(method string, msg []byte) (out []byte, ok bool) {
 	g := st.h.gov
 	kind, _ := policy.ListKind(method)
-	rules := len(g.policy.Rules) > 0 || g.policy.Default == policy.Deny
+	rules := g.enforces()
 	pins := g.pins != nil && kind == policy.KindTool
 	upstream := st.upstreamAddr()
 	degraded := st.h.app.global.Level() >= admission.LevelDegraded
@@ -213,12 +216,18 @@ func (st *relayState) answerWatch(id string) (rewrite func(*sse.Event) []byte, f
 	var answered atomic.Bool
 	var total int64
 	list := st.listMethod()
+	capped := false
 	rewrite = func(ev *sse.Event) []byte {
+		if capped {
+			return dropEvent // read in the same burst as the capping one
+		}
 		total += int64(len(ev.Data))
 		if st.h.MaxResponse > 0 && total > st.h.MaxResponse && !answered.Load() {
 			answered.Store(true)
+			capped = true
 			metrics.responseTooLarge.Inc()
-			go st.giveUp("the response exceeded the proxy's max_response")
+			st.abort()
+			go st.sendCancelled("the response exceeded the proxy's max_response")
 			return sse.AppendEvent(nil, ev.ID, "message", mcp.AppendError(nil, id, codeResponseTooLarge, tooLargeMessage("", st.h.MaxResponse)))
 		}
 		if answered.Load() || !mcp.AnswersRequest(ev.Data, id) {

@@ -52,7 +52,8 @@ type AuditConfig struct {
 // auditor writes a handler's audit records.
 type auditor struct {
 	cfg     AuditConfig
-	logger  *zap.Logger
+	logger  *zap.Logger // the audit trail
+	warn    *zap.Logger // the handler's, for the auditor's own troubles
 	writer  *policy.Writer
 	sampler *policy.Sampler
 }
@@ -80,16 +81,35 @@ func (h *Handler) provisionAudit(ctx caddy.Context) error {
 			return fmt.Errorf("audit redact %q: %w", p, err)
 		}
 	}
-	a := &auditor{cfg: cfg, logger: ctx.Logger().Named(auditLoggerName), sampler: policy.NewSampler(cfg.DegradedSample)}
+	a := &auditor{cfg: cfg, logger: ctx.Logger().Named(auditLoggerName), warn: ctx.Logger(), sampler: policy.NewSampler(cfg.DegradedSample)}
 	a.writer = policy.NewWriter(cfg.QueueSize, a.write)
 	h.auditor = a
 	return nil
 }
 
-// close stops the writer once what is queued is written.
+// auditCloseWait bounds how long a config's cleanup waits for its audit
+// records to be written.
+const auditCloseWait = 2 * time.Second
+
+// close stops the writer once what is queued is written, waiting at most
+// auditCloseWait: a log sink that blocks must not block a reload. The
+// writer then finishes on its own when the sink moves, or never, with
+// the process.
 func (a *auditor) close() {
-	if a != nil {
+	if a == nil {
+		return
+	}
+	done := make(chan struct{})
+	go func() {
 		a.writer.Close()
+		close(done)
+	}()
+	t := time.NewTimer(auditCloseWait)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		a.warn.Warn("audit log sink blocked; records still queued are left to it", zap.Uint64("dropped", a.writer.Dropped()))
 	}
 }
 

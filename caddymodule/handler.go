@@ -257,7 +257,9 @@ type Handler struct {
 	Rules []Rule `json:"rules,omitempty"`
 
 	// RulesDefault is the action for a message no rule matches: "allow"
-	// or "deny". Default: allow.
+	// or "deny". "deny" leaves the lifecycle allowed (initialize, ping,
+	// notifications, and the list methods, whose results are filtered),
+	// unless a rule names it. Default: allow.
 	RulesDefault string `json:"rules_default,omitempty"`
 
 	// UnknownErrors replaces, per kind of target ("tool", "prompt",

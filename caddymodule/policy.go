@@ -19,6 +19,7 @@ import (
 	"github.com/mcpgate/mcpgate/auth"
 	"github.com/mcpgate/mcpgate/mcp"
 	"github.com/mcpgate/mcpgate/policy"
+	"github.com/mcpgate/mcpgate/sse"
 )
 
 // Rule is one access rule of mcp_proxy (see Handler.Rules).
@@ -96,8 +97,12 @@ type governance struct {
 	pins     *policy.Pins // toolPins, nil without pin_tools
 	pinWarn  bool         // pin_tools warn: a changed tool passes
 	// sseAnswers notes whether the upstreams' last answer to a POST
-	// request was an SSE stream, so a denial answers the same way.
-	sseAnswers atomic.Bool
+	// request was an SSE stream, so a denial answers the same way, and
+	// answerHeaders holds the headers of such answers (JSON, SSE), which a
+	// denial's answer carries too.
+	sseAnswers    atomic.Bool
+	answerHeaders [2]atomic.Pointer[answerTemplate]
+	answersSeen   atomic.Uint64
 	// unchanged holds, per upstream, the hash of the last tools array
 	// whose every tool matched its pin; at the degraded level an equal
 	// array is not checked tool by tool again.
@@ -105,10 +110,27 @@ type governance struct {
 	unchangedLen atomic.Int64
 }
 
+// enforces reports whether any message can be denied.
+func (g *governance) enforces() bool {
+	return g != nil && (len(g.policy.Rules) > 0 || g.policy.Default == policy.Deny)
+}
+
+// lifecycle reports a method `default deny` leaves allowed, since no
+// client works without it and it exposes nothing the rules guard:
+// initialize, ping, the client's notifications, and the list methods,
+// whose results are filtered by the rules. A rule that names one of
+// them still applies.
+func lifecycle(method string) bool {
+	if _, ok := policy.ListKind(method); ok {
+		return true
+	}
+	return method == "initialize" || method == "ping" || strings.HasPrefix(method, "notifications/")
+}
+
 // filters reports whether list results need reading: rules exist or
 // tools are pinned.
 func (g *governance) filters() bool {
-	return g != nil && (len(g.policy.Rules) > 0 || g.pins != nil)
+	return g.enforces() || g != nil && g.pins != nil
 }
 
 // provisionGovernance compiles the rules and the pinning table.
@@ -306,7 +328,7 @@ type denial struct {
 // request goes no further. It reports whether it answered.
 func (h *Handler) enforce(x *exchange) bool {
 	g := h.gov
-	if g == nil || len(g.policy.Rules) == 0 && g.policy.Default == policy.Allow {
+	if !g.enforces() {
 		return false
 	}
 	msgs := x.call.Peek.Messages
@@ -318,6 +340,9 @@ func (h *Handler) enforce(x *exchange) bool {
 		}
 		kind, target := policy.TargetOf(m.Method, m.Name)
 		action, rule := g.policy.Decide(x.subject, m.Method, m.Name)
+		if rule < 0 && action == policy.Deny && lifecycle(m.Method) {
+			action = policy.Allow
+		}
 		label := ""
 		if rule >= 0 {
 			label = g.policy.Rules[rule].Label
@@ -419,6 +444,62 @@ func (g *governance) unknownErrorFor(d denial, id string) []byte {
 	return out
 }
 
+// answerTemplate is what a denial copies of an upstream's answer: its
+// headers (less those of the one response) and the Via that
+// reverse_proxy adds.
+type answerTemplate struct {
+	header http.Header
+	via    string
+	// session: the answer carried the session's id.
+	session bool
+}
+
+// perResponseHeaders are not copied from an upstream's answer to a
+// denial's.
+var perResponseHeaders = []string{"Content-Length", "Date", mcp.HeaderSessionID, "Set-Cookie", "Transfer-Encoding", "Connection"}
+
+// noteAnswer keeps the headers of an upstream's 200 answer to a POST, the
+// first one of each kind and then one in 256.
+func (g *governance) noteAnswer(resp *http.Response, streamed bool) {
+	g.sseAnswers.Store(streamed)
+	slot := &g.answerHeaders[0]
+	if streamed {
+		slot = &g.answerHeaders[1]
+	}
+	if slot.Load() != nil && g.answersSeen.Add(1)%256 != 0 {
+		return
+	}
+	hdr := resp.Header.Clone()
+	session := hdr.Get(mcp.HeaderSessionID) != ""
+	for _, k := range perResponseHeaders {
+		hdr.Del(k)
+	}
+	slot.Store(&answerTemplate{header: hdr, session: session,
+		via: strconv.Itoa(resp.ProtoMajor) + "." + strconv.Itoa(resp.ProtoMinor) + " Caddy"})
+}
+
+// answerHeadersFor sets a denial's headers as an upstream's answer of the
+// kind has them, through reverse_proxy: its own headers, the session's id
+// (the client's token) when answers carry it, Caddy's Via and no Server.
+func (g *governance) answerHeadersFor(hdr http.Header, streamed bool, token string) {
+	slot := &g.answerHeaders[0]
+	if streamed {
+		slot = &g.answerHeaders[1]
+	}
+	t := slot.Load()
+	if t == nil {
+		return
+	}
+	hdr.Del("Server")
+	for k, v := range t.header {
+		hdr[k] = append([]string(nil), v...)
+	}
+	hdr["Via"] = append(hdr["Via"], t.via)
+	if t.session && token != "" {
+		hdr.Set(mcp.HeaderSessionID, token)
+	}
+}
+
 // answerDenied answers a request whose messages are all denied as the
 // upstream answers calls of things it does not have: a notification is
 // accepted (202) and dropped; a request gets its error in a JSON answer,
@@ -428,9 +509,6 @@ func (g *governance) unknownErrorFor(d denial, id string) []byte {
 func (h *Handler) answerDenied(x *exchange) {
 	w := x.w
 	hdr := w.Header()
-	if tok := x.r.Header.Get(mcp.HeaderSessionID); tok != "" && x.res.session != nil {
-		hdr.Set(mcp.HeaderSessionID, tok)
-	}
 	var answers [][]byte
 	denied := map[int]denial{}
 	for _, d := range x.denied {
@@ -442,6 +520,9 @@ func (h *Handler) answerDenied(x *exchange) {
 		}
 		if d, ok := denied[i]; ok {
 			answers = append(answers, h.gov.unknownErrorFor(d, m.ID))
+			if x.code == 0 {
+				x.code = h.gov.unknown[d.kind].Code
+			}
 			continue
 		}
 		// Not reached: a batch with a message not denied is stripped.
@@ -457,10 +538,21 @@ func (h *Handler) answerDenied(x *exchange) {
 	if (h.gov.sseAnswers.Load() || !strings.Contains(accept, "application/json")) && strings.Contains(accept, "text/event-stream") {
 		hdr.Set("Content-Type", "text/event-stream")
 		hdr.Set("Cache-Control", "no-cache")
+		h.gov.answerHeadersFor(hdr, true, x.res.token)
 		w.WriteHeader(http.StatusOK)
+		// A relayed answer's events carry the proxy's ids where the
+		// client can resume them; so do these.
+		prefix := ""
+		if mcp.Resumable(x.r.Method, &x.call, x.res.session != nil, false) {
+			prefix = newIDPrefix()
+		}
 		var buf []byte
-		for _, a := range answers {
-			buf = appendSSEAnswer(buf, a)
+		for i, a := range answers {
+			id := ""
+			if prefix != "" {
+				id = prefix + strconv.Itoa(i+1)
+			}
+			buf = sse.AppendEvent(buf, id, "message", a)
 		}
 		_, _ = w.Write(buf)
 		return
@@ -471,6 +563,7 @@ func (h *Handler) answerDenied(x *exchange) {
 		body = append(body, ']')
 	}
 	hdr.Set("Content-Type", "application/json")
+	h.gov.answerHeadersFor(hdr, false, x.res.token)
 	hdr.Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(body)

@@ -98,6 +98,7 @@ func (t *RelayTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return t.inner.RoundTrip(req)
 	}
 	req = st.attempt(req)
+	st.noteUpstream(req)
 	dialled := t.streams.Handles(req)
 	var resp *http.Response
 	var err error
@@ -161,11 +162,10 @@ func (st *relayState) attempt(req *http.Request) *http.Request {
 // session registered, an SSE body taken over for the relay.
 func (st *relayState) answer(req *http.Request, resp *http.Response, dialled bool) *http.Response {
 	st.status, st.responded = resp.StatusCode, true
-	st.noteUpstream(req)
 	resp = st.sealResponse(req, resp)
 	streamed := isEventStream(resp.Header)
-	if g := st.h.gov; g != nil && req.Method == http.MethodPost && resp.StatusCode == http.StatusOK {
-		g.sseAnswers.Store(streamed)
+	if g := st.h.gov; g != nil && req.Method == http.MethodPost && resp.StatusCode == http.StatusOK && g.enforces() {
+		g.noteAnswer(resp, streamed)
 	}
 	if len(st.spliced) > 0 && !streamed {
 		resp = st.spliceAnswers(resp)

@@ -256,11 +256,11 @@ func TestGovernanceToolListAndDenial(t *testing.T) {
 			}
 			wantContentType(t, "denied tools/call", denied, !mode.json)
 			wantContentType(t, "unknown tools/call", unknown, !mode.json)
-			if got := denied.hdr.Get("Mcp-Session-Id"); got != sid {
-				t.Errorf("denied tools/call: Mcp-Session-Id %q, want the session's %q", got, sid)
-				if slices.Contains(up.mintedIDs(), got) {
-					t.Errorf("denied tools/call: the proxy handed out the upstream's own session id %q", got)
-				}
+			if got, want := denied.hdr.Get("Mcp-Session-Id"), unknown.hdr.Get("Mcp-Session-Id"); got != want {
+				t.Errorf("denied tools/call: Mcp-Session-Id %q where the answer for an unknown tool has %q (session %q)", got, want, sid)
+			}
+			if got := denied.hdr.Get("Mcp-Session-Id"); got != "" && slices.Contains(up.mintedIDs(), got) {
+				t.Errorf("denied tools/call: the proxy handed out the upstream's own session id %q", got)
 			}
 			deniedMsg := onlyMessage(t, "denied tools/call", denied)
 			rpcErrorFor(t, "denied tools/call", deniedMsg, "804", -32602)
@@ -1746,7 +1746,8 @@ func TestGovernanceAuditLevels(t *testing.T) {
 func TestGovernanceDefaultDeny(t *testing.T) {
 	up := startRecorded(t, "up", demo.Handler(demo.NewServer("up"), "", &mcp.StreamableHTTPOptions{JSONResponse: true}))
 	port := freePort(t)
-	loadCaddyfile(t, proxySite(port, up.addr(), rulesBlock("default deny", "allow method initialize notifications/* tools/list ping", "allow tool echo")))
+	// default deny leaves the lifecycle and the (filtered) lists allowed.
+	loadCaddyfile(t, proxySite(port, up.addr(), rulesBlock("default deny", "allow tool echo", "deny method prompts/list")))
 	url := proxyURL(port) + "/mcp"
 	ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
 	defer cancel()
@@ -1764,7 +1765,10 @@ func TestGovernanceDefaultDeny(t *testing.T) {
 	if m := rpcErrorFor(t, "prompts/list under default deny", onlyMessage(t, "prompts/list", r), "5", -32601); m != `method not found: "prompts/list"` {
 		t.Errorf("prompts/list under default deny: message %q", m)
 	}
-	if up.saw("4") || up.saw("5") || !up.saw("3") {
-		t.Errorf("under default deny the upstream saw add %v, prompts/list %v, echo %v", up.saw("4"), up.saw("5"), up.saw("3"))
+	if r := postJSON(ctx, url, rpcRequest(6, "logging/setLevel"), hdr); rpcErrorFor(t, "logging/setLevel under default deny", onlyMessage(t, "logging/setLevel", r), "6", -32601) == "" {
+		t.Errorf("logging/setLevel under default deny: %s", r)
+	}
+	if up.saw("4") || up.saw("5") || up.saw("6") || !up.saw("3") {
+		t.Errorf("under default deny the upstream saw add %v, prompts/list %v, logging/setLevel %v, echo %v", up.saw("4"), up.saw("5"), up.saw("6"), up.saw("3"))
 	}
 }

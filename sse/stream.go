@@ -58,8 +58,9 @@ type StreamConfig struct {
 	// it per client.
 	Retry time.Duration
 	// Rewrite, when set, may replace an event's raw bytes before it is
-	// stored and delivered; it returns nil to keep them. Comment-only
-	// blocks are forwarded as they came and not passed to Rewrite.
+	// stored and delivered; it returns nil to keep them, and an empty
+	// non-nil slice to drop the event. Comment-only blocks are forwarded
+	// as they came and not passed to Rewrite.
 	Rewrite func(ev *Event) []byte
 	// Final, when set, is called once at every end of the upstream side,
 	// from Pump's goroutine after the last upstream event: with nil at a
@@ -480,6 +481,9 @@ func (s *Stream) emit(ev *Event) error {
 	raw := ev.Raw
 	if s.cfg.Rewrite != nil {
 		if r := s.cfg.Rewrite(ev); r != nil {
+			if len(r) == 0 {
+				return nil // dropped
+			}
 			raw = r
 		}
 	}
