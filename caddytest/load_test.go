@@ -884,8 +884,8 @@ func levelChanges(logs string) []levelChange {
 }
 
 // TestLoadMemoryRamp is a soak (about a minute; MCPGATE_SOAK=1 runs it):
-// a Caddy process with GOMEMLIMIT=512MiB and `mcp { refresh 100ms }`
-// gets new sessions at a steady pace, each with a tool call whose SSE
+// a Caddy process with GOMEMLIMIT=512MiB and `mcp { refresh 100ms
+// max_sessions 0 client_max_sessions 0 }` gets new sessions at a steady pace, each with a tool call whose SSE
 // answer leaves about 800 KiB in its replay ring, until twice as many
 // sessions as the memory limit holds have been tried. The RSS must never
 // exceed the limit by more than 10%, the essential level must come before
@@ -912,7 +912,10 @@ func TestLoadMemoryRamp(t *testing.T) {
 		}
 	}}})
 	port, aport := freePort(t), freePort(t)
-	p := startBuiltCaddy(t, fmt.Sprintf("{\n\tadmin 127.0.0.1:%d\n\tauto_https off\n\tpersist_config off\n\tmcp {\n\t\trefresh 100ms\n%s\t}\n}\n:%d {\n\tmcp_proxy %s\n}\n",
+	// No session caps: the memory is what this ramp runs into, not the
+	// session table (whose default follows the memory limit), and every
+	// session comes from one client address.
+	p := startBuiltCaddy(t, fmt.Sprintf("{\n\tadmin 127.0.0.1:%d\n\tauto_https off\n\tpersist_config off\n\tmcp {\n\t\trefresh 100ms\n\t\tmax_sessions 0\n\t\tclient_max_sessions 0\n%s\t}\n}\n:%d {\n\tmcp_proxy %s\n}\n",
 		aport, loadSchedOff, port, up.addr()), port, aport, "GOMEMLIMIT=512MiB")
 	base := proxyURL(port)
 	url := base + "/mcp"
