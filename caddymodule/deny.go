@@ -1,0 +1,351 @@
+package caddymodule
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"go.uber.org/zap"
+
+	"github.com/mcpgate/mcpgate/mcp"
+	"github.com/mcpgate/mcpgate/policy"
+	"github.com/mcpgate/mcpgate/sse"
+)
+
+// A message the access rules deny never reaches an upstream: a request
+// whose messages are all denied is answered by the proxy, as the upstream
+// answers a call of something it does not have; a batch goes on without
+// its denied messages, and their errors are added to the upstream's answer.
+
+// denial is a message of a request the rules denied.
+type denial struct {
+	index int // in the request's messages
+	kind  policy.Kind
+	name  string
+	rule  string
+}
+
+// enforce applies the access rules to every message of the request: the
+// first denied one is answered, for a single message, by the proxy with
+// the error an unknown tool, prompt, resource or method gets, and the
+// request goes no further. It reports whether it answered.
+func (h *Handler) enforce(x *exchange) bool {
+	g := h.gov
+	if !g.enforces() {
+		return false
+	}
+	msgs := x.call.Peek.Messages
+	x.subject = newSubject(x.r, x.principal, g.matchers)
+	for i := range msgs {
+		m := &msgs[i]
+		if m.Kind == mcp.KindResponse || m.Method == "" {
+			continue
+		}
+		kind, target := policy.TargetOf(m.Method, m.Name)
+		action, rule := g.policy.Decide(x.subject, m.Method, m.Name)
+		if rule < 0 && action == policy.Deny && lifecycle(m.Method) {
+			action = policy.Allow
+		}
+		label := ""
+		if rule >= 0 {
+			label = g.policy.Rules[rule].Label
+		}
+		x.decision, x.rule = action.String(), label
+		if action == policy.Allow {
+			continue
+		}
+		x.denied = append(x.denied, denial{index: i, kind: kind, name: target, rule: label})
+	}
+	if len(x.denied) == 0 {
+		return false
+	}
+	x.decision = "deny"
+	x.rule = x.denied[0].rule
+	for _, d := range x.denied {
+		metrics.denials.WithLabelValues(d.kind.String()).Inc()
+	}
+	if c := h.logger.Check(zap.DebugLevel, "call denied"); c != nil {
+		d := x.denied[0]
+		c.Write(zap.String("kind", d.kind.String()), zap.String("target", d.name), zap.String("rule", d.rule),
+			zap.String("principal", x.principal))
+	}
+	if x.call.Peek.Batch && len(x.denied) < len(msgs) && x.body.whole != nil && h.stripDenied(x) {
+		// The rest of the batch goes on; the denied calls' errors are
+		// added to the upstream's answer.
+		return false
+	}
+	h.answerDenied(x)
+	return true
+}
+
+// stripDenied takes a batch's denied messages out of its body, keeping
+// the errors their requests get for the answer (see spliceAnswers). It
+// reports false when the body cannot be rewritten.
+func (h *Handler) stripDenied(x *exchange) bool {
+	var members []json.RawMessage
+	if err := json.Unmarshal(x.body.whole, &members); err != nil || len(members) != len(x.call.Peek.Messages) {
+		return false
+	}
+	denied := make(map[int]denial, len(x.denied))
+	for _, d := range x.denied {
+		denied[d.index] = d
+	}
+	kept := make([]json.RawMessage, 0, len(members)-len(x.denied))
+	msgs := make([]mcp.Envelope, 0, cap(kept))
+	var answers [][]byte
+	for i, m := range x.call.Peek.Messages {
+		d, isDenied := denied[i]
+		switch {
+		case !isDenied:
+			kept = append(kept, members[i])
+			msgs = append(msgs, m)
+		case m.Kind == mcp.KindRequest && m.ID != "":
+			answers = append(answers, h.gov.unknownErrorFor(d, m.ID))
+		}
+	}
+	body, err := json.Marshal(kept)
+	if err != nil {
+		return false
+	}
+	x.call.Peek.Messages = msgs
+	x.body.whole = body
+	x.r.Body = io.NopCloser(bytes.NewReader(body))
+	x.r.ContentLength = int64(len(body))
+	x.r.Header.Set("Content-Length", strconv.Itoa(len(body)))
+	x.spliced = answers
+	x.decision = "allow"
+	return true
+}
+
+// unknownErrorFor is the JSON-RPC error message of a denied message.
+func (g *governance) unknownErrorFor(d denial, id string) []byte {
+	e := g.unknown[d.kind]
+	msg := e.Message
+	if strings.Contains(msg, "%q") {
+		msg = strings.Replace(msg, "%q", strconv.Quote(d.name), 1)
+	} else if strings.Contains(msg, "%s") {
+		msg = strings.Replace(msg, "%s", d.name, 1)
+	}
+	type rpcError struct {
+		Code    int             `json:"code"`
+		Message string          `json:"message"`
+		Data    json.RawMessage `json:"data,omitempty"`
+	}
+	body := struct {
+		JSONRPC string          `json:"jsonrpc"`
+		ID      json.RawMessage `json:"id"`
+		Error   rpcError        `json:"error"`
+	}{JSONRPC: "2.0", ID: json.RawMessage(id), Error: rpcError{Code: e.Code, Message: msg}}
+	if id == "" {
+		body.ID = json.RawMessage("null")
+	}
+	if d.kind == policy.KindResource {
+		uri, _ := json.Marshal(map[string]string{"uri": d.name})
+		body.Error.Data = uri
+	}
+	out, _ := json.Marshal(body)
+	return out
+}
+
+// answerTemplate is what a denial copies of an upstream's answer: its
+// headers (less those of the one response) and the Via that
+// reverse_proxy adds.
+type answerTemplate struct {
+	header http.Header
+	via    string
+	// session: the answer carried the session's id.
+	session bool
+}
+
+// perResponseHeaders are not copied from an upstream's answer to a
+// denial's.
+var perResponseHeaders = []string{"Content-Length", "Date", mcp.HeaderSessionID, "Set-Cookie", "Transfer-Encoding", "Connection"}
+
+// noteAnswer keeps the headers of an upstream's 200 answer to a POST, the
+// first one of each kind and then one in 256.
+func (g *governance) noteAnswer(resp *http.Response, streamed bool) {
+	g.sseAnswers.Store(streamed)
+	slot := &g.answerHeaders[0]
+	if streamed {
+		slot = &g.answerHeaders[1]
+	}
+	if slot.Load() != nil && g.answersSeen.Add(1)%256 != 0 {
+		return
+	}
+	hdr := resp.Header.Clone()
+	session := hdr.Get(mcp.HeaderSessionID) != ""
+	for _, k := range perResponseHeaders {
+		hdr.Del(k)
+	}
+	slot.Store(&answerTemplate{header: hdr, session: session,
+		via: strconv.Itoa(resp.ProtoMajor) + "." + strconv.Itoa(resp.ProtoMinor) + " Caddy"})
+}
+
+// answerHeadersFor sets a denial's headers as an upstream's answer of the
+// kind has them, through reverse_proxy: its own headers, the session's id
+// (the client's token) when answers carry it, Caddy's Via and no Server.
+func (g *governance) answerHeadersFor(hdr http.Header, streamed bool, token string) {
+	slot := &g.answerHeaders[0]
+	if streamed {
+		slot = &g.answerHeaders[1]
+	}
+	t := slot.Load()
+	if t == nil {
+		return
+	}
+	hdr.Del("Server")
+	for k, v := range t.header {
+		hdr[k] = append([]string(nil), v...)
+	}
+	hdr["Via"] = append(hdr["Via"], t.via)
+	if t.session && token != "" {
+		hdr.Set(mcp.HeaderSessionID, token)
+	}
+}
+
+// answerDenied answers a request whose messages are all denied as the
+// upstream answers calls of things it does not have: a notification is
+// accepted (202) and dropped; a request gets its error in a JSON answer,
+// or as an event of an SSE answer when the upstreams answer that way (or
+// the client accepts nothing else). (A batch with messages that are not
+// denied goes on without the denied ones: see stripDenied.)
+func (h *Handler) answerDenied(x *exchange) {
+	w := x.w
+	hdr := w.Header()
+	var answers [][]byte
+	denied := map[int]denial{}
+	for _, d := range x.denied {
+		denied[d.index] = d
+	}
+	for i, m := range x.call.Peek.Messages {
+		if m.Kind != mcp.KindRequest || m.ID == "" {
+			continue
+		}
+		if d, ok := denied[i]; ok {
+			answers = append(answers, h.gov.unknownErrorFor(d, m.ID))
+			if x.code == 0 {
+				x.code = h.gov.unknown[d.kind].Code
+			}
+			continue
+		}
+		// Not reached: a batch with a message not denied is stripped.
+		answers = append(answers, mcp.AppendError(nil, m.ID, mcp.CodeInvalidRequest, "batch not processed"))
+	}
+	x.status = http.StatusAccepted
+	if len(answers) == 0 {
+		w.WriteHeader(http.StatusAccepted)
+		return
+	}
+	x.status = http.StatusOK
+	accept := x.r.Header.Get("Accept")
+	if (h.gov.sseAnswers.Load() || !strings.Contains(accept, "application/json")) && strings.Contains(accept, "text/event-stream") {
+		hdr.Set("Content-Type", "text/event-stream")
+		hdr.Set("Cache-Control", "no-cache")
+		h.gov.answerHeadersFor(hdr, true, x.res.token)
+		w.WriteHeader(http.StatusOK)
+		// A relayed answer's events carry the proxy's ids where the
+		// client can resume them; so do these.
+		prefix := ""
+		if mcp.Resumable(x.r.Method, &x.call, x.res.session != nil, false) {
+			prefix = newIDPrefix()
+		}
+		var buf []byte
+		for i, a := range answers {
+			id := ""
+			if prefix != "" {
+				id = prefix + strconv.Itoa(i+1)
+			}
+			buf = sse.AppendEvent(buf, id, "message", a)
+		}
+		_, _ = w.Write(buf)
+		return
+	}
+	body := answers[0]
+	if x.call.Peek.Batch {
+		body = append([]byte{'['}, joinJSON(answers)...)
+		body = append(body, ']')
+	}
+	hdr.Set("Content-Type", "application/json")
+	h.gov.answerHeadersFor(hdr, false, x.res.token)
+	hdr.Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(body)
+}
+
+// appendSSEAnswer appends a JSON-RPC message as an SSE message event.
+func appendSSEAnswer(buf, msg []byte) []byte {
+	buf = append(buf, "event: message\ndata: "...)
+	buf = append(buf, msg...)
+	return append(buf, "\n\n"...)
+}
+
+// joinJSON joins JSON values with commas.
+func joinJSON(vs [][]byte) []byte {
+	var out []byte
+	for i, v := range vs {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		out = append(out, v...)
+	}
+	return out
+}
+
+// spliceAnswers adds the errors of a batch's denied requests to the
+// upstream's answer to the rest: into a JSON array, as events at the end of
+// an SSE answer (see the batch's stream hooks), or, when the rest held no
+// request (the upstream answered 202), as the whole answer.
+func (st *relayState) spliceAnswers(resp *http.Response) *http.Response {
+	if resp.StatusCode == http.StatusAccepted {
+		body := append([]byte{'['}, joinJSON(st.spliced)...)
+		body = append(body, ']')
+		if resp.Body != nil {
+			_ = resp.Body.Close()
+		}
+		resp.StatusCode, resp.Status = http.StatusOK, "200 OK"
+		resp.Header.Set("Content-Type", "application/json")
+		resp.Header.Set("Content-Length", strconv.Itoa(len(body)))
+		resp.Body = io.NopCloser(bytes.NewReader(body))
+		resp.ContentLength = int64(len(body))
+		return resp
+	}
+	if resp.StatusCode != http.StatusOK || !mcp.IsJSON(resp.Header.Get("Content-Type")) || resp.Body == nil {
+		return resp
+	}
+	limit := st.h.maxEvent
+	raw, _, err := readHead(resp.Body, limit+1)
+	_ = resp.Body.Close()
+	var answers []json.RawMessage
+	if err == nil && int64(len(raw)) <= limit {
+		err = json.Unmarshal(raw, &answers)
+	} else if err == nil {
+		err = errors.New("the batch answer exceeds max_event_size")
+	}
+	if err != nil {
+		return st.replaceResponse(resp, http.StatusBadGateway, mcp.CodeInternalError, "the upstream's batch answer could not be read")
+	}
+	for _, a := range st.spliced {
+		answers = append(answers, a)
+	}
+	body, _ := json.Marshal(answers)
+	resp.Body = io.NopCloser(bytes.NewReader(body))
+	resp.ContentLength = int64(len(body))
+	resp.Header.Set("Content-Length", strconv.Itoa(len(body)))
+	return resp
+}
+
+// splicedFinal returns the stream hook that ends a batch's SSE answer with
+// the errors of its denied requests.
+func (st *relayState) splicedFinal() func(error) []byte {
+	return func(error) []byte {
+		var out []byte
+		for _, a := range st.spliced {
+			out = appendSSEAnswer(out, a)
+		}
+		return out
+	}
+}
