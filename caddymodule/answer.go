@@ -101,7 +101,7 @@ func (st *relayState) processJSON(resp *http.Response) *http.Response {
 		metrics.backpressure.Inc()
 		return st.replaceResponse(resp, http.StatusServiceUnavailable, mcp.CodeServerError, "server out of memory budget, retry later")
 	}
-	body, _, err := readHead(resp.Body, limit+1)
+	body, _, err := mcp.ReadHead(resp.Body, limit+1)
 	_ = resp.Body.Close()
 	budget.Release(want - int64(len(body)))
 	st.holdBytes(int64(len(body)))

@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"slices"
 	"time"
 
 	"github.com/dustin/go-humanize"
@@ -20,9 +19,6 @@ import (
 const (
 	defaultMaxBody     = 4 << 20
 	defaultBodyTimeout = 10 * time.Second
-	// bodyChunk is the first buffer of a peek whose length is not known
-	// or larger: the buffer grows only as bytes arrive.
-	bodyChunk = 4 << 10
 )
 
 // peekedBody is what reading the head of a POST body left for the rest of
@@ -59,13 +55,7 @@ func readBody(w http.ResponseWriter, r *http.Request, call *mcp.Call, lim bodyLi
 		w.Header().Set("Connection", "close")
 		return pb, bodyTooLarge(lim.maxBody)
 	}
-	want := lim.maxPeek + 1
-	if lim.maxBody > 0 && lim.maxBody < lim.maxPeek {
-		want = lim.maxBody + 1
-	}
-	if cl >= 0 && cl < want {
-		want = cl
-	}
+	want := mcp.PeekSize(lim.maxPeek, lim.maxBody, cl)
 	budget := lim.memory
 	if !budget.Reserve(want) {
 		metrics.backpressure.Inc()
@@ -73,7 +63,7 @@ func readBody(w http.ResponseWriter, r *http.Request, call *mcp.Call, lim bodyLi
 	}
 	rc := http.NewResponseController(w)
 	_ = rc.SetReadDeadline(time.Now().Add(lim.timeout))
-	head, eof, err := readHead(r.Body, want)
+	head, eof, err := mcp.ReadHead(r.Body, want)
 	if n := int64(len(head)); n < want {
 		budget.Release(want - n)
 	}
@@ -112,34 +102,6 @@ func readBody(w http.ResponseWriter, r *http.Request, call *mcp.Call, lim bodyLi
 	r.Body = pb.checked
 	r.ContentLength = cl
 	return pb, nil
-}
-
-// readHead reads up to want bytes from body into a buffer that grows as
-// bytes arrive, and reports whether body ended first.
-func readHead(body io.Reader, want int64) (head []byte, eof bool, err error) {
-	if want == 0 {
-		var one [1]byte
-		n, err := body.Read(one[:])
-		if n == 0 && (err == io.EOF || err == nil) {
-			return nil, err == io.EOF, nil
-		}
-		return one[:n], false, err
-	}
-	head = make([]byte, 0, min(want, bodyChunk))
-	for int64(len(head)) < want {
-		if len(head) == cap(head) {
-			head = slices.Grow(head, int(min(int64(cap(head)), want-int64(len(head)))))
-		}
-		n, err := body.Read(head[len(head):cap(head)])
-		head = head[:len(head)+n]
-		if err == io.EOF {
-			return head, true, nil
-		}
-		if err != nil {
-			return head, false, err
-		}
-	}
-	return head, false, nil
 }
 
 // deadlineReader is the rest of a request body past the peek: every Read

@@ -266,8 +266,7 @@ func (h *Handler) answerDenied(x *exchange) {
 	}
 	body := answers[0]
 	if x.call.Peek.Batch {
-		body = append([]byte{'['}, joinJSON(answers)...)
-		body = append(body, ']')
+		body = mcp.AppendBatch(nil, answers)
 	}
 	hdr.Set("Content-Type", "application/json")
 	h.gov.answerHeadersFor(hdr, false, x.res.token)
@@ -283,26 +282,13 @@ func appendSSEAnswer(buf, msg []byte) []byte {
 	return append(buf, "\n\n"...)
 }
 
-// joinJSON joins JSON values with commas.
-func joinJSON(vs [][]byte) []byte {
-	var out []byte
-	for i, v := range vs {
-		if i > 0 {
-			out = append(out, ',')
-		}
-		out = append(out, v...)
-	}
-	return out
-}
-
 // spliceAnswers adds the errors of a batch's denied requests to the
 // upstream's answer to the rest: into a JSON array, as events at the end of
 // an SSE answer (see the batch's stream hooks), or, when the rest held no
 // request (the upstream answered 202), as the whole answer.
 func (st *relayState) spliceAnswers(resp *http.Response) *http.Response {
 	if resp.StatusCode == http.StatusAccepted {
-		body := append([]byte{'['}, joinJSON(st.spliced)...)
-		body = append(body, ']')
+		body := mcp.AppendBatch(nil, st.spliced)
 		if resp.Body != nil {
 			_ = resp.Body.Close()
 		}
@@ -317,7 +303,7 @@ func (st *relayState) spliceAnswers(resp *http.Response) *http.Response {
 		return resp
 	}
 	limit := st.h.maxEvent
-	raw, _, err := readHead(resp.Body, limit+1)
+	raw, _, err := mcp.ReadHead(resp.Body, limit+1)
 	_ = resp.Body.Close()
 	var answers []json.RawMessage
 	if err == nil && int64(len(raw)) <= limit {

@@ -1,9 +1,7 @@
 package caddymodule
 
 import (
-	"encoding/json"
 	"net/http"
-	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.opentelemetry.io/otel/attribute"
@@ -36,7 +34,7 @@ func setCallFacts(r *http.Request, call *mcp.Call) {
 	if version == "" {
 		version = first.ProtocolVersion
 	}
-	id := requestIDString(first.ID)
+	id := mcp.IDText(first.ID)
 	target, targetKey := "", ""
 	switch first.Method {
 	case "tools/call":
@@ -93,19 +91,4 @@ func setSessionFacts(r *http.Request, res resolution) {
 	if span := trace.SpanFromContext(r.Context()); span.IsRecording() {
 		span.SetAttributes(attribute.String("mcp.session.id", id))
 	}
-}
-
-// requestIDString writes a raw JSON-RPC id for a placeholder: a string
-// without its quotes, a number as it is.
-func requestIDString(raw string) string {
-	if len(raw) > 1 && raw[0] == '"' {
-		if inner := raw[1 : len(raw)-1]; !strings.ContainsRune(inner, '\\') {
-			return inner
-		}
-		var s string
-		if json.Unmarshal([]byte(raw), &s) == nil {
-			return s
-		}
-	}
-	return raw
 }
