@@ -2,7 +2,6 @@ package caddymodule
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"io"
@@ -13,7 +12,6 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
-	"github.com/mcpgate/mcpgate/admission"
 	"github.com/mcpgate/mcpgate/mcp"
 	"github.com/mcpgate/mcpgate/policy"
 	"github.com/mcpgate/mcpgate/sse"
@@ -151,13 +149,13 @@ func (st *relayState) filterList(method string, msg []byte) (out []byte, ok bool
 	rules := g.enforces()
 	pins := g.pins != nil && kind == policy.KindTool
 	upstream := st.upstreamAddr()
-	degraded := st.h.app.global.Level() >= admission.LevelDegraded
+	skipPins := effortAt(st.h.app.global.Level()).SkipUnchangedPins()
 	keep := func(key string, item json.RawMessage) bool {
 		if rules && !g.policy.Allows(st.subject, kind, key) {
 			metrics.listFiltered.WithLabelValues("rule").Inc()
 			return false
 		}
-		if pins && !st.h.checkPin(upstream, key, item, degraded) {
+		if pins && !st.h.checkPin(upstream, key, item, skipPins) {
 			metrics.listFiltered.WithLabelValues("pin").Inc()
 			return false
 		}
@@ -173,34 +171,21 @@ func (st *relayState) filterList(method string, msg []byte) (out []byte, ok bool
 }
 
 // checkPin checks a tool definition against its pin and reports whether
-// it may be listed. At the degraded level, a definition whose bytes are
-// those last found equal to the pin is not checked again.
-func (h *Handler) checkPin(upstream, name string, item json.RawMessage, degraded bool) bool {
+// it may be listed. At reduced service levels, a definition whose bytes
+// are those last found as pinned is not checked again.
+func (h *Handler) checkPin(upstream, name string, item json.RawMessage, skip bool) bool {
 	g := h.gov
-	key := upstream + "\x00" + name
-	sum := sha256.Sum256(item)
-	if degraded {
-		if last, ok := g.unchanged.Load(key); ok && last.([32]byte) == sum {
-			metrics.pinned.WithLabelValues("skipped").Inc()
-			return true
-		}
-	}
-	switch g.pins.Check(upstream, name, item) {
+	switch g.pins.CheckRaw(&g.skips, upstream, name, item, skip) {
+	case policy.PinSkipped:
+		metrics.pinned.WithLabelValues("skipped").Inc()
 	case policy.PinNew:
 		metrics.pinned.WithLabelValues("new").Inc()
-	case policy.PinSame:
 	case policy.PinChanged:
 		metrics.pinned.WithLabelValues("changed").Inc()
 		h.logger.Warn("tool definition changed since it was pinned", zap.String("upstream", upstream),
 			zap.String("tool", name), zap.Bool("listed", g.pinWarn))
-		g.unchanged.Delete(key)
 		return g.pinWarn
 	}
-	if g.unchangedLen.Add(1) > defaultMaxPins {
-		g.unchanged.Clear()
-		g.unchangedLen.Store(0)
-	}
-	g.unchanged.Store(key, sum)
 	return true
 }
 

@@ -1,10 +1,8 @@
 package caddymodule
 
 import (
-	"encoding/json"
 	"fmt"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -143,20 +141,16 @@ func (a *auditor) write(rec *policy.Record) {
 	a.logger.Info(auditRecordDescription, fields...)
 }
 
-// keep applies the service level to a record: everything at full; at
-// degraded one in DegradedSample successful listing calls and pings; at
-// essential and above only denials, refusals and errors.
-func (a *auditor) keep(level admission.Level, rec *policy.Record) bool {
-	failed := rec.Decision != "allow" || rec.Status >= 400 || rec.Code != 0
+// effortAt is the governance's effort at a service level: full at full,
+// reduced at degraded, minimal at essential and above.
+func effortAt(level admission.Level) policy.Effort {
 	switch {
-	case failed || level == admission.LevelFull:
-		return true
 	case level >= admission.LevelEssential:
-		return false
-	case rec.Method == "ping" || strings.HasSuffix(rec.Method, "/list"):
-		return a.sampler.Keep()
+		return policy.EffortMinimal
+	case level == admission.LevelDegraded:
+		return policy.EffortReduced
 	}
-	return true
+	return policy.EffortFull
 }
 
 // countingWriter counts the bytes written to the client through the
@@ -214,19 +208,12 @@ func (h *Handler) audit(x *exchange, out *countingWriter) {
 	if x.release == nil {
 		level = h.app.global.Level()
 	}
-	if !a.keep(level, &rec) {
+	if !effortAt(level).Keep(&rec, a.sampler) {
 		metrics.audit.WithLabelValues("sampled_out").Inc()
 		return
 	}
 	if a.cfg.Arguments && x.body.whole != nil && (first.Method == "tools/call" || first.Method == "prompts/get") && !x.call.Peek.Batch {
-		var msg struct {
-			Params struct {
-				Arguments json.RawMessage `json:"arguments"`
-			} `json:"params"`
-		}
-		if json.Unmarshal(x.body.whole, &msg) == nil && msg.Params.Arguments != nil {
-			rec.Arguments = policy.Redact(msg.Params.Arguments, a.cfg.Redact, a.cfg.MaxArgumentSize)
-		}
+		rec.Arguments = policy.ArgumentsOf(x.body.whole, a.cfg.Redact, a.cfg.MaxArgumentSize)
 	}
 	if a.writer.Log(&rec) {
 		metrics.audit.WithLabelValues("written").Inc()
@@ -235,31 +222,12 @@ func (h *Handler) audit(x *exchange, out *countingWriter) {
 	}
 }
 
-// auditMode names what the audit trail keeps at a level, for /mcp/status.
-func auditMode(level admission.Level) string {
-	switch {
-	case level >= admission.LevelEssential:
-		return "denials_and_errors"
-	case level == admission.LevelDegraded:
-		return "sampled"
-	}
-	return "full"
-}
-
 // refusalCode is the JSON-RPC code of a refusal, for the audit record.
 func refusalCode(ref *mcp.Refusal) int {
 	if ref == nil {
 		return 0
 	}
 	return ref.Code
-}
-
-// pinMode names what the tool pin checks do at a level, for /mcp/status.
-func pinMode(level admission.Level) string {
-	if level >= admission.LevelDegraded {
-		return "changed_only"
-	}
-	return "full"
 }
 
 // governanceStatus is the governance part of /mcp/status.
@@ -272,7 +240,7 @@ func governanceStatus(level admission.Level) adminGovernance {
 		return counterValue(c)
 	}
 	return adminGovernance{
-		Rules: "enforced", Audit: auditMode(level), PinChecks: pinMode(level),
+		Rules: "enforced", Audit: effortAt(level).AuditMode(), PinChecks: effortAt(level).PinMode(),
 		Counters: map[string]float64{
 			"audit_written":     vec(metrics.audit, "written"),
 			"audit_dropped":     vec(metrics.audit, "dropped"),
@@ -291,7 +259,7 @@ func governanceStatus(level admission.Level) adminGovernance {
 // noteGovernanceLevel sets the governance_reduced gauges for a level.
 func noteGovernanceLevel(level admission.Level) {
 	audit, pins := 0.0, 0.0
-	if level >= admission.LevelDegraded {
+	if effortAt(level) != policy.EffortFull {
 		audit, pins = 1, 1
 	}
 	metrics.reduced.WithLabelValues("audit").Set(audit)

@@ -48,7 +48,7 @@ func (h *Handler) governanceOptions(opts map[string]option) {
 	opts["max_timeout"] = durationOpt(&h.MaxTimeout)
 	opts["max_response"] = sizeOpt(&h.MaxResponse)
 	opts["unknown_error"] = option{nargs: exactly(3), repeat: true, apply: func(a []string) error {
-		if _, ok := kindOf(a[0]); !ok {
+		if _, ok := policy.ParseKind(a[0]); !ok {
 			return fmt.Errorf("%q: want tool, prompt, resource or method", a[0])
 		}
 		code, err := strconv.Atoi(a[1])
@@ -134,7 +134,7 @@ func parseRule(action caddyfile.Token, toks []caddyfile.Token, helper *httpcaddy
 		return r, fmt.Errorf("want <tool|prompt|resource|method> <glob...>")
 	}
 	r.Kind = toks[0].Text
-	if _, ok := kindOf(r.Kind); !ok {
+	if _, ok := policy.ParseKind(r.Kind); !ok {
 		return r, fmt.Errorf("%q: want tool, prompt, resource or method", r.Kind)
 	}
 	i := 1

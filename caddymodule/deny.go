@@ -2,7 +2,6 @@ package caddymodule
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
@@ -21,14 +20,6 @@ import (
 // answers a call of something it does not have; a batch goes on without
 // its denied messages, and their errors are added to the upstream's answer.
 
-// denial is a message of a request the rules denied.
-type denial struct {
-	index int // in the request's messages
-	kind  policy.Kind
-	name  string
-	rule  string
-}
-
 // enforce applies the access rules to every message of the request: the
 // first denied one is answered, for a single message, by the proxy with
 // the error an unknown tool, prompt, resource or method gets, and the
@@ -40,37 +31,19 @@ func (h *Handler) enforce(x *exchange) bool {
 	}
 	msgs := x.call.Peek.Messages
 	x.subject = newSubject(x.r, x.principal, g.matchers)
-	for i := range msgs {
-		m := &msgs[i]
-		if m.Kind == mcp.KindResponse || m.Method == "" {
-			continue
-		}
-		kind, target := policy.TargetOf(m.Method, m.Name)
-		action, rule := g.policy.Decide(x.subject, m.Method, m.Name)
-		if rule < 0 && action == policy.Deny && lifecycle(m.Method) {
-			action = policy.Allow
-		}
-		label := ""
-		if rule >= 0 {
-			label = g.policy.Rules[rule].Label
-		}
-		x.decision, x.rule = action.String(), label
-		if action == policy.Allow {
-			continue
-		}
-		x.denied = append(x.denied, denial{index: i, kind: kind, name: target, rule: label})
-	}
+	denied, last, rule := g.policy.DecideAll(x.subject, msgs)
+	x.denied, x.decision, x.rule = denied, last.String(), rule
 	if len(x.denied) == 0 {
 		return false
 	}
 	x.decision = "deny"
-	x.rule = x.denied[0].rule
+	x.rule = x.denied[0].Rule
 	for _, d := range x.denied {
-		metrics.denials.WithLabelValues(d.kind.String()).Inc()
+		metrics.denials.WithLabelValues(d.Kind.String()).Inc()
 	}
 	if c := h.logger.Check(zap.DebugLevel, "call denied"); c != nil {
 		d := x.denied[0]
-		c.Write(zap.String("kind", d.kind.String()), zap.String("target", d.name), zap.String("rule", d.rule),
+		c.Write(zap.String("kind", d.Kind.String()), zap.String("target", d.Name), zap.String("rule", d.Rule),
 			zap.String("principal", x.principal))
 	}
 	if x.call.Peek.Batch && len(x.denied) < len(msgs) && x.body.whole != nil && h.stripDenied(x) {
@@ -86,32 +59,11 @@ func (h *Handler) enforce(x *exchange) bool {
 // the errors their requests get for the answer (see spliceAnswers). It
 // reports false when the body cannot be rewritten.
 func (h *Handler) stripDenied(x *exchange) bool {
-	var members []json.RawMessage
-	if err := json.Unmarshal(x.body.whole, &members); err != nil || len(members) != len(x.call.Peek.Messages) {
+	body, kept, answers, ok := h.gov.unknown.StripDenied(x.body.whole, x.call.Peek.Messages, x.denied)
+	if !ok {
 		return false
 	}
-	denied := make(map[int]denial, len(x.denied))
-	for _, d := range x.denied {
-		denied[d.index] = d
-	}
-	kept := make([]json.RawMessage, 0, len(members)-len(x.denied))
-	msgs := make([]mcp.Envelope, 0, cap(kept))
-	var answers [][]byte
-	for i, m := range x.call.Peek.Messages {
-		d, isDenied := denied[i]
-		switch {
-		case !isDenied:
-			kept = append(kept, members[i])
-			msgs = append(msgs, m)
-		case m.Kind == mcp.KindRequest && m.ID != "":
-			answers = append(answers, h.gov.unknownErrorFor(d, m.ID))
-		}
-	}
-	body, err := json.Marshal(kept)
-	if err != nil {
-		return false
-	}
-	x.call.Peek.Messages = msgs
+	x.call.Peek.Messages = kept
 	x.body.whole = body
 	x.r.Body = io.NopCloser(bytes.NewReader(body))
 	x.r.ContentLength = int64(len(body))
@@ -119,36 +71,6 @@ func (h *Handler) stripDenied(x *exchange) bool {
 	x.spliced = answers
 	x.decision = "allow"
 	return true
-}
-
-// unknownErrorFor is the JSON-RPC error message of a denied message.
-func (g *governance) unknownErrorFor(d denial, id string) []byte {
-	e := g.unknown[d.kind]
-	msg := e.Message
-	if strings.Contains(msg, "%q") {
-		msg = strings.Replace(msg, "%q", strconv.Quote(d.name), 1)
-	} else if strings.Contains(msg, "%s") {
-		msg = strings.Replace(msg, "%s", d.name, 1)
-	}
-	type rpcError struct {
-		Code    int             `json:"code"`
-		Message string          `json:"message"`
-		Data    json.RawMessage `json:"data,omitempty"`
-	}
-	body := struct {
-		JSONRPC string          `json:"jsonrpc"`
-		ID      json.RawMessage `json:"id"`
-		Error   rpcError        `json:"error"`
-	}{JSONRPC: "2.0", ID: json.RawMessage(id), Error: rpcError{Code: e.Code, Message: msg}}
-	if id == "" {
-		body.ID = json.RawMessage("null")
-	}
-	if d.kind == policy.KindResource {
-		uri, _ := json.Marshal(map[string]string{"uri": d.name})
-		body.Error.Data = uri
-	}
-	out, _ := json.Marshal(body)
-	return out
 }
 
 // answerTemplate is what a denial copies of an upstream's answer: its
@@ -216,24 +138,9 @@ func (g *governance) answerHeadersFor(hdr http.Header, streamed bool, token stri
 func (h *Handler) answerDenied(x *exchange) {
 	w := x.w
 	hdr := w.Header()
-	var answers [][]byte
-	denied := map[int]denial{}
-	for _, d := range x.denied {
-		denied[d.index] = d
-	}
-	for i, m := range x.call.Peek.Messages {
-		if m.Kind != mcp.KindRequest || m.ID == "" {
-			continue
-		}
-		if d, ok := denied[i]; ok {
-			answers = append(answers, h.gov.unknownErrorFor(d, m.ID))
-			if x.code == 0 {
-				x.code = h.gov.unknown[d.kind].Code
-			}
-			continue
-		}
-		// Not reached: a batch with a message not denied is stripped.
-		answers = append(answers, mcp.AppendError(nil, m.ID, mcp.CodeInvalidRequest, "batch not processed"))
+	answers, code := h.gov.unknown.Answers(x.call.Peek.Messages, x.denied)
+	if x.code == 0 {
+		x.code = code
 	}
 	x.status = http.StatusAccepted
 	if len(answers) == 0 {
@@ -275,13 +182,6 @@ func (h *Handler) answerDenied(x *exchange) {
 	_, _ = w.Write(body)
 }
 
-// appendSSEAnswer appends a JSON-RPC message as an SSE message event.
-func appendSSEAnswer(buf, msg []byte) []byte {
-	buf = append(buf, "event: message\ndata: "...)
-	buf = append(buf, msg...)
-	return append(buf, "\n\n"...)
-}
-
 // spliceAnswers adds the errors of a batch's denied requests to the
 // upstream's answer to the rest: into a JSON array, as events at the end of
 // an SSE answer (see the batch's stream hooks), or, when the rest held no
@@ -305,19 +205,15 @@ func (st *relayState) spliceAnswers(resp *http.Response) *http.Response {
 	limit := st.h.maxEvent
 	raw, _, err := mcp.ReadHead(resp.Body, limit+1)
 	_ = resp.Body.Close()
-	var answers []json.RawMessage
+	var body []byte
 	if err == nil && int64(len(raw)) <= limit {
-		err = json.Unmarshal(raw, &answers)
+		body, err = policy.SpliceAnswers(raw, st.spliced)
 	} else if err == nil {
 		err = errors.New("the batch answer exceeds max_event_size")
 	}
 	if err != nil {
 		return st.replaceResponse(resp, http.StatusBadGateway, mcp.CodeInternalError, "the upstream's batch answer could not be read")
 	}
-	for _, a := range st.spliced {
-		answers = append(answers, a)
-	}
-	body, _ := json.Marshal(answers)
 	resp.Body = io.NopCloser(bytes.NewReader(body))
 	resp.ContentLength = int64(len(body))
 	resp.Header.Set("Content-Length", strconv.Itoa(len(body)))
@@ -330,7 +226,7 @@ func (st *relayState) splicedFinal() func(error) []byte {
 	return func(error) []byte {
 		var out []byte
 		for _, a := range st.spliced {
-			out = appendSSEAnswer(out, a)
+			out = sse.AppendEvent(out, "", "message", a)
 		}
 		return out
 	}

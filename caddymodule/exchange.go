@@ -12,6 +12,7 @@ import (
 
 	"github.com/mcpgate/mcpgate/admission"
 	"github.com/mcpgate/mcpgate/mcp"
+	"github.com/mcpgate/mcpgate/policy"
 	"github.com/mcpgate/mcpgate/resources"
 )
 
@@ -43,7 +44,7 @@ type exchange struct {
 	// its denied messages, the decision and the rule that made it, the
 	// JSON-RPC code of an error the proxy answered, when it began.
 	subject *subject
-	denied  []denial
+	denied  []policy.Denial
 	// spliced are the errors of a batch's denied requests, added to the
 	// upstream's answer to the rest of the batch.
 	spliced  [][]byte

@@ -3,16 +3,15 @@ package caddymodule
 import (
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/mcpgate/mcpgate/auth"
-	"github.com/mcpgate/mcpgate/mcp"
 	"github.com/mcpgate/mcpgate/policy"
 )
 
@@ -72,22 +71,12 @@ type UnknownError struct {
 	Message string `json:"message"`
 }
 
-// The errors a go-sdk server gives for an unknown tool, prompt, resource
-// and method; a denied call gets the same unless UnknownErrors says
-// otherwise.
-var defaultUnknownErrors = map[string]UnknownError{
-	"tool":     {Code: -32602, Message: "unknown tool %q"},
-	"prompt":   {Code: -32602, Message: "unknown prompt %q"},
-	"resource": {Code: -32602, Message: "Resource not found"},
-	"method":   {Code: mcp.CodeMethodNotFound, Message: "method not found: %q"},
-}
-
 // governance is the compiled policy of a handler: the rules, their
 // matchers, the errors denied calls get, tool pinning.
 type governance struct {
 	policy   policy.Policy
 	matchers []caddyhttp.MatcherSet
-	unknown  map[policy.Kind]UnknownError
+	unknown  policy.UnknownErrors
 	pins     *policy.Pins // toolPins, nil without pin_tools
 	pinWarn  bool         // pin_tools warn: a changed tool passes
 	// sseAnswers notes whether the upstreams' last answer to a POST
@@ -97,28 +86,14 @@ type governance struct {
 	sseAnswers    atomic.Bool
 	answerHeaders [2]atomic.Pointer[answerTemplate]
 	answersSeen   atomic.Uint64
-	// unchanged holds, per upstream, the hash of the last tools array
-	// whose every tool matched its pin; at the degraded level an equal
-	// array is not checked tool by tool again.
-	unchanged    sync.Map // upstream + "\x00" + tool → [32]byte
-	unchangedLen atomic.Int64
+	// skips lets the pin checks leave alone, at reduced service levels,
+	// the definitions this handler last found as pinned.
+	skips policy.PinSkips
 }
 
 // enforces reports whether any message can be denied.
 func (g *governance) enforces() bool {
 	return g != nil && (len(g.policy.Rules) > 0 || g.policy.Default == policy.Deny)
-}
-
-// lifecycle reports a method `default deny` leaves allowed, since no
-// client works without it and it exposes nothing the rules guard:
-// initialize, ping, the client's notifications, and the list methods,
-// whose results are filtered by the rules. A rule that names one of
-// them still applies.
-func lifecycle(method string) bool {
-	if _, ok := policy.ListKind(method); ok {
-		return true
-	}
-	return method == "initialize" || method == "ping" || strings.HasPrefix(method, "notifications/")
 }
 
 // filters reports whether list results need reading: rules exist or
@@ -129,7 +104,7 @@ func (g *governance) filters() bool {
 
 // provisionGovernance compiles the rules and the pinning table.
 func (h *Handler) provisionGovernance(ctx caddy.Context) error {
-	g := &governance{unknown: map[policy.Kind]UnknownError{}}
+	g := &governance{unknown: policy.DefaultUnknownErrors()}
 	switch h.RulesDefault {
 	case "", "allow":
 		g.policy.Default = policy.Allow
@@ -148,17 +123,12 @@ func (h *Handler) provisionGovernance(ctx caddy.Context) error {
 	if err := g.policy.Compile(); err != nil {
 		return err
 	}
-	for name, e := range defaultUnknownErrors {
-		if custom, ok := h.UnknownErrors[name]; ok {
-			e = custom
-		}
-		kind, _ := kindOf(name)
-		g.unknown[kind] = e
-	}
-	for name := range h.UnknownErrors {
-		if _, ok := kindOf(name); !ok {
+	for name, e := range h.UnknownErrors {
+		kind, ok := policy.ParseKind(name)
+		if !ok {
 			return fmt.Errorf("unknown_errors %q: want tool, prompt, resource or method", name)
 		}
+		g.unknown[kind] = policy.UnknownError{Code: e.Code, Message: e.Message}
 	}
 	switch h.PinTools {
 	case "", "off":
@@ -172,28 +142,10 @@ func (h *Handler) provisionGovernance(ctx caddy.Context) error {
 	return nil
 }
 
-// defaultMaxPins bounds the pinned tool definitions of the process.
-const defaultMaxPins = 10000
-
 // toolPins are the pinned tool definitions of every upstream, shared by
 // the handlers of every config, so a reload keeps them; DELETE /mcp/pins
 // forgets them after an operator approved a change.
-var toolPins = &policy.Pins{Max: defaultMaxPins}
-
-// kindOf reads a rule kind.
-func kindOf(s string) (policy.Kind, bool) {
-	switch s {
-	case "tool":
-		return policy.KindTool, true
-	case "prompt":
-		return policy.KindPrompt, true
-	case "resource":
-		return policy.KindResource, true
-	case "method":
-		return policy.KindMethod, true
-	}
-	return 0, false
-}
+var toolPins = &policy.Pins{Max: policy.DefaultMaxPins}
 
 // compileRule turns rule i of the config into a policy rule, loading its
 // matcher set.
@@ -208,7 +160,7 @@ func (h *Handler) compileRule(ctx caddy.Context, i int, g *governance) (policy.R
 	default:
 		return out, fmt.Errorf("action %q: want allow or deny", c.Action)
 	}
-	kind, ok := kindOf(c.Kind)
+	kind, ok := policy.ParseKind(c.Kind)
 	if !ok {
 		return out, fmt.Errorf("kind %q: want tool, prompt, resource or method", c.Kind)
 	}
@@ -276,14 +228,7 @@ func (s *subject) HasScopes(need []string) bool {
 		}
 	}
 	for _, n := range need {
-		found := false
-		for _, have := range s.scopes {
-			if have == n {
-				found = true
-				break
-			}
-		}
-		if !found {
+		if !slices.Contains(s.scopes, n) {
 			return false
 		}
 	}

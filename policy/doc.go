@@ -1,10 +1,15 @@
 // Package policy is mcpgate's MCP access policy, independent of Caddy:
 // ordered allow/deny rules over JSON-RPC methods, tool names, prompt names
-// and resource URIs with conditions on the caller (Policy), the filtering
-// of list results down to what a caller may call (FilterList), the pinning
-// of tool definitions to notice an upstream changing them (Pins), and the
-// audit trail: an asynchronous record Writer, the redaction of logged
-// arguments (Redact) and a Sampler.
+// and resource URIs with conditions on the caller (Policy, DecideAll for
+// a request's messages), the answers denied messages get (UnknownErrors:
+// the errors of unknown targets, a batch's denied members taken out with
+// StripDenied and their errors added to the upstream's answer with
+// SpliceAnswers), the filtering of list results down to what a caller may
+// call (FilterList), the pinning of tool definitions to notice an upstream
+// changing them (Pins, with PinSkips to leave unchanged bytes unchecked),
+// the audit trail: an asynchronous record Writer, the redaction of logged
+// arguments (Redact, ArgumentsOf) and a Sampler; and what of this work is
+// done at a reduced service level (Effort).
 //
 // Everything here is bounded and owned:
 //
@@ -23,8 +28,12 @@
 //     and one goroutine, started by NewWriter and ended by Close, which
 //     waits for it. Records that do not fit are dropped and counted. This
 //     is the only goroutine the package starts.
-//   - Redact decodes one value for the duration of the call; Sampler holds
-//     a counter.
+//   - PinSkips holds at most Max entries (10000 when unset), each a key of
+//     upstream and tool name and a hash; it forgets them all when full.
+//   - Redact and ArgumentsOf decode one value for the duration of the
+//     call; StripDenied and SpliceAnswers one batch; Sampler holds a
+//     counter.
 //
-// The package imports only the standard library.
+// The package imports the standard library and mcp (the JSON-RPC
+// envelope and errors).
 package policy

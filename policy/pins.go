@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"sync"
+	"sync/atomic"
 )
 
 // Verdict is what Pins.Check says of a tool definition.
@@ -14,9 +15,10 @@ const (
 	PinNew     Verdict = iota // first seen: now pinned
 	PinSame                   // as pinned
 	PinChanged                // differs from the pinned definition
+	PinSkipped                // not checked (see Pins.CheckRaw)
 )
 
-// String returns "new", "same" or "changed".
+// String returns "new", "same", "changed" or "skipped".
 func (v Verdict) String() string {
 	switch v {
 	case PinNew:
@@ -25,6 +27,8 @@ func (v Verdict) String() string {
 		return "same"
 	case PinChanged:
 		return "changed"
+	case PinSkipped:
+		return "skipped"
 	}
 	return "unknown"
 }
@@ -100,6 +104,49 @@ func (p *Pins) Check(upstream, name string, def json.RawMessage) Verdict {
 	p.n++
 	p.pushFront(pn)
 	return PinNew
+}
+
+// PinSkips remembers, per upstream and tool, a hash of the raw bytes of
+// the definition last found new or as pinned, so that CheckRaw can leave a
+// definition served again byte for byte unchecked. It holds at most Max
+// entries (Max <= 0 means DefaultMaxPins) and forgets all of them when it
+// has stored that many since it last did. It is independent of the Pins it
+// is used with (Forget does not clear it). The zero PinSkips is ready;
+// safe for concurrent use.
+type PinSkips struct {
+	Max int
+
+	last   sync.Map // upstream + "\x00" + name → [sha256.Size]byte
+	stored atomic.Int64
+}
+
+// CheckRaw is Check, with skips: when skip is set and the raw bytes of def
+// are those skips holds for (upstream, name), def is not checked
+// (PinSkipped). A definition found new or as pinned is noted in skips, a
+// changed one dropped from it.
+func (p *Pins) CheckRaw(skips *PinSkips, upstream, name string, def json.RawMessage, skip bool) Verdict {
+	key := upstream + "\x00" + name
+	sum := sha256.Sum256(def)
+	if skip {
+		if last, ok := skips.last.Load(key); ok && last.([sha256.Size]byte) == sum {
+			return PinSkipped
+		}
+	}
+	v := p.Check(upstream, name, def)
+	if v == PinChanged {
+		skips.last.Delete(key)
+		return v
+	}
+	limit := int64(skips.Max)
+	if limit <= 0 {
+		limit = DefaultMaxPins
+	}
+	if skips.stored.Add(1) > limit {
+		skips.last.Clear()
+		skips.stored.Store(0)
+	}
+	skips.last.Store(key, sum)
+	return v
 }
 
 // Forget drops the pins of an upstream ("" for all), e.g. after an

@@ -151,3 +151,49 @@ func BenchmarkPinsCheck(b *testing.B) {
 		p.Check("u", fmt.Sprint("tool_", i%50), items[i%50])
 	}
 }
+
+func TestPinsCheckRaw(t *testing.T) {
+	const def = `{"name":"echo","description":"Echoes."}`
+	const changed = `{"name":"echo","description":"Echoes, and more."}`
+	var p Pins
+	var skips PinSkips
+	steps := []struct {
+		name string
+		def  string
+		skip bool
+		want Verdict
+	}{
+		{"first seen, skipping asked", def, true, PinNew},
+		{"same bytes, skipping", def, true, PinSkipped},
+		{"same bytes, not skipping", def, false, PinSame},
+		{"other bytes, same definition", `{"description":"Echoes.","name":"echo"}`, true, PinSame},
+		{"back to the first bytes: the last ones are remembered", def, true, PinSame},
+		{"the first bytes again", def, true, PinSkipped},
+		{"changed", changed, true, PinChanged},
+		{"changed again", changed, true, PinChanged},
+		{"changed back: checked", def, true, PinSame},
+	}
+	for _, s := range steps {
+		if got := p.CheckRaw(&skips, "a", "echo", json.RawMessage(s.def), s.skip); got != s.want {
+			t.Errorf("%s: CheckRaw = %v, want %v", s.name, got, s.want)
+		}
+	}
+	if PinSkipped.String() != "skipped" {
+		t.Errorf("PinSkipped is %q", PinSkipped)
+	}
+}
+
+func TestPinSkipsBound(t *testing.T) {
+	var p Pins
+	skips := PinSkips{Max: 3}
+	for i := range 3 {
+		p.CheckRaw(&skips, "a", fmt.Sprint(i), json.RawMessage(`{}`), true)
+	}
+	if got := p.CheckRaw(&skips, "a", "0", json.RawMessage(`{}`), true); got != PinSkipped {
+		t.Fatalf("within the bound: %v", got)
+	}
+	p.CheckRaw(&skips, "a", "3", json.RawMessage(`{}`), true) // the fourth store starts over
+	if got := p.CheckRaw(&skips, "a", "0", json.RawMessage(`{}`), true); got != PinSame {
+		t.Errorf("past the bound: %v, want the skips forgotten", got)
+	}
+}

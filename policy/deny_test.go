@@ -1,0 +1,163 @@
+package policy
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/mcpgate/mcpgate/mcp"
+)
+
+func TestParseKind(t *testing.T) {
+	for _, k := range []Kind{KindMethod, KindTool, KindPrompt, KindResource} {
+		if got, ok := ParseKind(k.String()); !ok || got != k {
+			t.Errorf("ParseKind(%q) = %v, %v", k, got, ok)
+		}
+	}
+	if _, ok := ParseKind("tools"); ok {
+		t.Error("ParseKind(tools) succeeded")
+	}
+}
+
+func TestLifecycle(t *testing.T) {
+	for m, want := range map[string]bool{
+		"initialize": true, "ping": true, "notifications/initialized": true, "notifications/cancelled": true,
+		"tools/list": true, "prompts/list": true, "resources/list": true, "resources/templates/list": true,
+		"tools/call": false, "resources/read": false, "logging/setLevel": false, "sampling/createMessage": false,
+	} {
+		if got := Lifecycle(m); got != want {
+			t.Errorf("Lifecycle(%q) = %v, want %v", m, got, want)
+		}
+	}
+}
+
+// envelopes parses a body as the proxy's peek does.
+func envelopes(t *testing.T, body string) []mcp.Envelope {
+	t.Helper()
+	var p mcp.Peek
+	if err := mcp.ParseEnvelope([]byte(body), true, &p); err != nil {
+		t.Fatalf("%s: %v", body, err)
+	}
+	return p.Messages
+}
+
+func TestDecideAll(t *testing.T) {
+	p := &Policy{Default: Deny, Rules: []Rule{
+		{Action: Deny, Kind: KindTool, Targets: []string{"delete_*"}, Label: "no deletes"},
+		{Action: Allow, Kind: KindTool, Targets: []string{"*"}, Label: "tools"},
+	}}
+	if err := p.Compile(); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		body     string
+		denied   []Denial
+		last     Action
+		lastRule string
+	}{
+		{`{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}}`, nil, Allow, "tools"},
+		{`{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}`, nil, Allow, ""},
+		{`{"jsonrpc":"2.0","id":1,"method":"logging/setLevel","params":{}}`,
+			[]Denial{{Index: 0, Kind: KindMethod, Name: "logging/setLevel"}}, Deny, ""},
+		{`[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"delete_repo"}},` +
+			`{"jsonrpc":"2.0","method":"notifications/initialized"},` +
+			`{"jsonrpc":"2.0","id":2,"method":"prompts/get","params":{"name":"greet"}},` +
+			`{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo"}}]`,
+			[]Denial{{Index: 0, Kind: KindTool, Name: "delete_repo", Rule: "no deletes"}, {Index: 2, Kind: KindPrompt, Name: "greet"}},
+			Allow, "tools"},
+		{`{"jsonrpc":"2.0","id":1,"result":{}}`, nil, Allow, ""},
+	}
+	for _, c := range cases {
+		denied, last, rule := p.DecideAll(nil, envelopes(t, c.body))
+		if len(denied) != len(c.denied) || last != c.last || rule != c.lastRule {
+			t.Errorf("%s: %v, %v, %q; want %v, %v, %q", c.body, denied, last, rule, c.denied, c.last, c.lastRule)
+			continue
+		}
+		for i := range denied {
+			if denied[i] != c.denied[i] {
+				t.Errorf("%s: denial %d = %+v, want %+v", c.body, i, denied[i], c.denied[i])
+			}
+		}
+	}
+}
+
+func TestUnknownErrorAnswer(t *testing.T) {
+	u := DefaultUnknownErrors()
+	u[KindPrompt] = UnknownError{Code: -32000, Message: "no prompt %s here"}
+	cases := []struct {
+		d    Denial
+		id   string
+		want string
+	}{
+		{Denial{Kind: KindTool, Name: "delete_repo"}, `1`, `{"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":"unknown tool \"delete_repo\""}}`},
+		{Denial{Kind: KindMethod, Name: "logging/setLevel"}, `"a"`, `{"jsonrpc":"2.0","id":"a","error":{"code":-32601,"message":"method not found: \"logging/setLevel\""}}`},
+		{Denial{Kind: KindResource, Name: "file:///etc/passwd"}, `2`, `{"jsonrpc":"2.0","id":2,"error":{"code":-32602,"message":"Resource not found","data":{"uri":"file:///etc/passwd"}}}`},
+		{Denial{Kind: KindPrompt, Name: "greet"}, ``, `{"jsonrpc":"2.0","id":null,"error":{"code":-32000,"message":"no prompt greet here"}}`},
+		{Denial{Kind: KindTool, Name: "<b>"}, `3`, `{"jsonrpc":"2.0","id":3,"error":{"code":-32602,"message":"unknown tool \"\u003cb\u003e\""}}`},
+	}
+	for _, c := range cases {
+		if got := string(u.Answer(c.d, c.id)); got != c.want {
+			t.Errorf("Answer(%+v, %s) =\n%s\nwant\n%s", c.d, c.id, got, c.want)
+		}
+	}
+}
+
+func TestUnknownErrorsAnswers(t *testing.T) {
+	u := DefaultUnknownErrors()
+	msgs := envelopes(t, `[{"jsonrpc":"2.0","method":"notifications/x"},`+
+		`{"jsonrpc":"2.0","id":1,"method":"logging/setLevel","params":{}},`+
+		`{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo"}}]`)
+	denied := []Denial{{Index: 0, Kind: KindMethod, Name: "notifications/x"}, {Index: 1, Kind: KindMethod, Name: "logging/setLevel"}}
+	answers, code := u.Answers(msgs, denied)
+	if code != mcp.CodeMethodNotFound || len(answers) != 2 {
+		t.Fatalf("code %d, %d answers", code, len(answers))
+	}
+	if !strings.Contains(string(answers[0]), `"id":1,`) || !strings.Contains(string(answers[1]), `"batch not processed"`) {
+		t.Errorf("answers: %s", answers)
+	}
+	if answers, code := u.Answers(msgs[:1], denied[:1]); len(answers) != 0 || code != 0 {
+		t.Errorf("a denied notification: %s, code %d", answers, code)
+	}
+}
+
+func TestStripDenied(t *testing.T) {
+	u := DefaultUnknownErrors()
+	body := `[ {"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"delete_repo"}},` +
+		` {"jsonrpc":"2.0","method":"notifications/x"},` +
+		` {"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo"}} ]`
+	msgs := envelopes(t, body)
+	denied := []Denial{{Index: 0, Kind: KindTool, Name: "delete_repo"}, {Index: 1, Kind: KindMethod, Name: "notifications/x"}}
+	out, kept, answers, ok := u.StripDenied([]byte(body), msgs, denied)
+	if !ok {
+		t.Fatal("not stripped")
+	}
+	if want := `[{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"echo"}}]`; string(out) != want {
+		t.Errorf("body %s, want %s", out, want)
+	}
+	if len(kept) != 1 || kept[0].Name != "echo" {
+		t.Errorf("kept %+v", kept)
+	}
+	if len(answers) != 1 || string(answers[0]) != string(u.Answer(denied[0], "1")) {
+		t.Errorf("answers %s", answers)
+	}
+	if _, _, _, ok := u.StripDenied([]byte(`[1,2]`), msgs, denied); ok {
+		t.Error("a body of other members was stripped")
+	}
+	if _, _, _, ok := u.StripDenied([]byte(`{}`), msgs, denied); ok {
+		t.Error("a body that is not an array was stripped")
+	}
+}
+
+func TestSpliceAnswers(t *testing.T) {
+	got, err := SpliceAnswers([]byte(`[ {"jsonrpc":"2.0","id":2,"result":{}} ]`), [][]byte{[]byte(`{"jsonrpc":"2.0","id":1,"error":{"code":1,"message":"x"}}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var all []json.RawMessage
+	if json.Unmarshal(got, &all) != nil || len(all) != 2 || !strings.Contains(string(all[1]), `"id":1`) {
+		t.Errorf("spliced %s", got)
+	}
+	if _, err := SpliceAnswers([]byte(`{"jsonrpc":"2.0","id":2,"result":{}}`), nil); err == nil {
+		t.Error("an answer that is not an array was spliced")
+	}
+}
