@@ -24,52 +24,15 @@ var processKey = sync.OnceValue(mcp.GenerateKey)
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	h.now = time.Now
-	h.lifetime = time.Duration(h.SessionLifetime)
-	if h.lifetime <= 0 {
-		h.lifetime = defaultSessionLifetime
-	}
-	h.maxPeek = orDefault(h.MaxPeek, defaultMaxPeek)
-	h.maxBody = h.MaxBody
-	if h.maxBody == 0 {
-		h.maxBody = defaultMaxBody
-	}
-	h.bodyTimeout = orDefault(time.Duration(h.BodyTimeout), defaultBodyTimeout)
-	h.requireSess = h.RequireSession == nil || *h.RequireSession
-	h.handoff = h.StreamHandoff == nil || *h.StreamHandoff
-	h.maxEvent = orDefault(h.MaxEventSize, defaultMaxEvent)
-	h.queueEvents = orDefault(h.StreamBufferEvents, defaultQueueEvents)
-	h.queueBytes = orDefault(h.StreamBufferBytes, defaultQueueBytes)
-	h.writeTimeout = orDefault(time.Duration(h.WriteTimeout), defaultWriteTimeout)
-	h.keepalive = orDefault(time.Duration(h.Keepalive), defaultKeepalive)
-	h.replayEvents = orDefault(h.ReplayEvents, defaultReplayEvents)
-	h.replayBytes = orDefault(h.ReplayBytes, defaultReplayBytes)
-	h.replayAge = orDefault(time.Duration(h.ReplayAge), defaultReplayAge)
-	h.retry = orDefault(time.Duration(h.RetryHint), defaultRetry)
-	h.drain = orDefault(time.Duration(h.Drain), defaultDrain)
+	h.setDefaults()
 	h.streams = sse.NewStreamSet(drainHooks)
 	if err := registerMetrics(ctx); err != nil {
 		return fmt.Errorf("registering metrics: %w", err)
 	}
 	h.origins = mcp.OriginPolicy{Allowed: h.AllowedOrigins}
-
-	repl := caddy.NewReplacer()
-	var keys [][]byte
-	for i, k := range h.SessionKeys {
-		key, err := mcp.ParseKey(repl.ReplaceKnown(k, ""))
-		if err != nil {
-			return fmt.Errorf("session key %d: %w", i, err)
-		}
-		keys = append(keys, key)
+	if err := h.provisionSealer(); err != nil {
+		return err
 	}
-	if len(keys) == 0 {
-		keys = [][]byte{processKey()}
-	}
-	sealer, err := mcp.NewSealer(keys)
-	if err != nil {
-		return fmt.Errorf("loading session keys: %w", err)
-	}
-	h.sealer = sealer
-
 	if err := h.provisionAdmission(ctx); err != nil {
 		return err
 	}
@@ -80,6 +43,18 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.MaxResponse < 0 {
 		return fmt.Errorf("max_response %d: want a size", h.MaxResponse)
 	}
+	if err := h.loadProxy(ctx); err != nil {
+		return err
+	}
+	h.watchStop(ctx)
+	h.registerUpstreams()
+	h.registered = true
+	return h.provisionAudit(ctx)
+}
+
+// loadProxy loads the embedded reverse_proxy with the MCP defaults applied
+// (see applyProxyDefaults).
+func (h *Handler) loadProxy(ctx caddy.Context) error {
 	if h.ProxyRaw == nil {
 		return errors.New("mcp_proxy needs at least one upstream")
 	}
@@ -102,10 +77,57 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.proxy = rp
 	h.downRetryAfter = downRetryAfter(rp.HealthChecks)
-	h.watchStop(ctx)
-	h.registerUpstreams()
-	h.registered = true
-	return h.provisionAudit(ctx)
+	return nil
+}
+
+// setDefaults sets the session, body and stream settings from the config,
+// each to its default where the config leaves it unset.
+func (h *Handler) setDefaults() {
+	h.lifetime = time.Duration(h.SessionLifetime)
+	if h.lifetime <= 0 {
+		h.lifetime = defaultSessionLifetime
+	}
+	h.maxPeek = orDefault(h.MaxPeek, defaultMaxPeek)
+	h.maxBody = h.MaxBody
+	if h.maxBody == 0 {
+		h.maxBody = defaultMaxBody
+	}
+	h.bodyTimeout = orDefault(time.Duration(h.BodyTimeout), defaultBodyTimeout)
+	h.requireSess = h.RequireSession == nil || *h.RequireSession
+	h.handoff = h.StreamHandoff == nil || *h.StreamHandoff
+	h.maxEvent = orDefault(h.MaxEventSize, defaultMaxEvent)
+	h.queueEvents = orDefault(h.StreamBufferEvents, defaultQueueEvents)
+	h.queueBytes = orDefault(h.StreamBufferBytes, defaultQueueBytes)
+	h.writeTimeout = orDefault(time.Duration(h.WriteTimeout), defaultWriteTimeout)
+	h.keepalive = orDefault(time.Duration(h.Keepalive), defaultKeepalive)
+	h.replayEvents = orDefault(h.ReplayEvents, defaultReplayEvents)
+	h.replayBytes = orDefault(h.ReplayBytes, defaultReplayBytes)
+	h.replayAge = orDefault(time.Duration(h.ReplayAge), defaultReplayAge)
+	h.retry = orDefault(time.Duration(h.RetryHint), defaultRetry)
+	h.drain = orDefault(time.Duration(h.Drain), defaultDrain)
+}
+
+// provisionSealer prepares the session sealer from the configured keys
+// (placeholders replaced), or the process's key when none is configured.
+func (h *Handler) provisionSealer() error {
+	repl := caddy.NewReplacer()
+	var keys [][]byte
+	for i, k := range h.SessionKeys {
+		key, err := mcp.ParseKey(repl.ReplaceKnown(k, ""))
+		if err != nil {
+			return fmt.Errorf("session key %d: %w", i, err)
+		}
+		keys = append(keys, key)
+	}
+	if len(keys) == 0 {
+		keys = [][]byte{processKey()}
+	}
+	sealer, err := mcp.NewSealer(keys)
+	if err != nil {
+		return fmt.Errorf("loading session keys: %w", err)
+	}
+	h.sealer = sealer
+	return nil
 }
 
 // Cleanup closes the handler's open streams after the drain delay and

@@ -74,103 +74,135 @@ func FilterList(method string, msg []byte, keep func(key string, item json.RawMe
 	if err != nil {
 		return nil, 0, err
 	}
+	e := listEdit{}
+	if e.result, err = p.resultIndex(top); err != nil || e.result < 0 {
+		return nil, 0, err // an error response, or not a response
+	}
+	if e.array, e.scope, err = p.arrayAndScope(); err != nil {
+		return nil, 0, err
+	}
+	e.kept = make([]span, 0, len(p.items))
+	for _, it := range p.items {
+		if keep(it.key, p.bytes(it.span)) {
+			e.kept = append(e.kept, it.span)
+		}
+	}
+	removed = len(p.items) - len(e.kept)
+	e.trimmed = removed > 0
+	e.setScope = private || e.scope >= 0
+	if e.setScope && e.scope >= 0 && p.isString(p.result[e.scope].val, "private") {
+		e.setScope = false // already private
+	}
+	if removed == 0 && !e.setScope {
+		return nil, 0, nil
+	}
+	return p.rewrite(top, &e), removed, nil
+}
 
+// listEdit is what FilterList changes in a list result: where result, its
+// array and its cacheScope are (-1 for none), the items kept, whether some
+// were removed, and whether cacheScope is set to "private".
+type listEdit struct {
+	result, array, scope int
+	kept                 []span
+	trimmed, setScope    bool
+}
+
+// resultIndex returns the index of the message's result member, or -1 for
+// an error response or a message that is not a response.
+func (p *listParser) resultIndex(top object) (int, error) {
 	ri, err := top.find("result")
 	if err != nil {
-		return nil, 0, fmt.Errorf("message: %w", err)
+		return -1, fmt.Errorf("message: %w", err)
 	}
 	ei, err := top.find("error")
 	if err != nil {
-		return nil, 0, fmt.Errorf("message: %w", err)
+		return -1, fmt.Errorf("message: %w", err)
 	}
 	if ri >= 0 && ei >= 0 && !p.isNull(top[ei].val) {
 		// JSON-RPC 1.0 style peers send the one that does not apply as null.
 		if !p.isNull(top[ri].val) {
-			return nil, 0, errors.New("message has both result and error")
+			return -1, errors.New("message has both result and error")
 		}
 		ri = -1
 	}
-	if ri < 0 {
-		return nil, 0, nil // an error response, or not a response
-	}
+	return ri, nil
+}
+
+// arrayAndScope returns the indices, in result, of the list's array and
+// of cacheScope (-1 when absent).
+func (p *listParser) arrayAndScope() (ai, ci int, err error) {
 	if !p.resultRead {
-		return nil, 0, errors.New("result is not a JSON object")
+		return 0, 0, errors.New("result is not a JSON object")
 	}
-	result := p.result
-	ai, err := result.find(arrayName)
+	ai, err = p.result.find(p.arrayName)
 	if err != nil {
-		return nil, 0, fmt.Errorf("result: %w", err)
+		return 0, 0, fmt.Errorf("result: %w", err)
 	}
 	if ai < 0 {
-		return nil, 0, fmt.Errorf("result has no %s member", arrayName)
+		return 0, 0, fmt.Errorf("result has no %s member", p.arrayName)
 	}
 	if !p.itemsRead {
-		return nil, 0, fmt.Errorf("result.%s is not an array", arrayName)
+		return 0, 0, fmt.Errorf("result.%s is not an array", p.arrayName)
 	}
-	ci, err := result.find("cacheScope")
+	ci, err = p.result.find("cacheScope")
 	if err != nil {
-		return nil, 0, fmt.Errorf("result: %w", err)
+		return 0, 0, fmt.Errorf("result: %w", err)
 	}
+	return ai, ci, nil
+}
 
-	kept := make([]span, 0, len(p.items))
-	for _, it := range p.items {
-		if keep(it.key, p.bytes(it.span)) {
-			kept = append(kept, it.span)
-		}
-	}
-	removed = len(p.items) - len(kept)
-
-	setScope := private || ci >= 0
-	if setScope && ci >= 0 && p.isString(result[ci].val, "private") {
-		setScope = false // already private
-	}
-	if removed == 0 && !setScope {
-		return nil, 0, nil
-	}
-
-	b := make([]byte, 0, len(msg)+len(`,"cacheScope":"private"`))
+// rewrite writes the message again with e applied to its result.
+func (p *listParser) rewrite(top object, e *listEdit) []byte {
+	b := make([]byte, 0, len(p.msg)+len(`,"cacheScope":"private"`))
 	b = append(b, '{')
-	for i, m := range top {
+	b = p.appendMembers(b, top, func(b []byte, i int) []byte {
+		if i != e.result {
+			return append(b, p.bytes(top[i].val)...)
+		}
+		return p.appendResult(b, e)
+	})
+	return append(b, '}')
+}
+
+// appendResult appends the result object with e applied.
+func (p *listParser) appendResult(b []byte, e *listEdit) []byte {
+	b = append(b, '{')
+	b = p.appendMembers(b, p.result, func(b []byte, j int) []byte {
+		switch {
+		case j == e.array && e.trimmed:
+			b = append(b, '[')
+			for k, sp := range e.kept {
+				if k > 0 {
+					b = append(b, ',')
+				}
+				b = append(b, p.bytes(sp)...)
+			}
+			return append(b, ']')
+		case j == e.scope && e.setScope:
+			return append(b, privateScope...)
+		}
+		return append(b, p.bytes(p.result[j].val)...)
+	})
+	if e.scope < 0 && e.setScope {
+		b = append(b, `,"cacheScope":`...)
+		b = append(b, privateScope...)
+	}
+	return append(b, '}')
+}
+
+// appendMembers appends the members of obj, separated by commas: each
+// name, then its value as val appends it.
+func (p *listParser) appendMembers(b []byte, obj object, val func(b []byte, i int) []byte) []byte {
+	for i, m := range obj {
 		if i > 0 {
 			b = append(b, ',')
 		}
 		b = appendString(b, m.name)
 		b = append(b, ':')
-		if i != ri {
-			b = append(b, p.bytes(m.val)...)
-			continue
-		}
-		b = append(b, '{')
-		for j, r := range result {
-			if j > 0 {
-				b = append(b, ',')
-			}
-			b = appendString(b, r.name)
-			b = append(b, ':')
-			switch {
-			case j == ai && removed > 0:
-				b = append(b, '[')
-				for k, sp := range kept {
-					if k > 0 {
-						b = append(b, ',')
-					}
-					b = append(b, p.bytes(sp)...)
-				}
-				b = append(b, ']')
-			case j == ci && setScope:
-				b = append(b, privateScope...)
-			default:
-				b = append(b, p.bytes(r.val)...)
-			}
-		}
-		if ci < 0 && setScope {
-			b = append(b, `,"cacheScope":`...)
-			b = append(b, privateScope...)
-		}
-		b = append(b, '}')
+		b = val(b, i)
 	}
-	b = append(b, '}')
-	return b, removed, nil
+	return b
 }
 
 const privateScope = `"private"`
