@@ -7,6 +7,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/mcpgate/mcpgate/resources"
 )
 
 // keyedShards is the number of independently locked maps in KeyedLimiter and
@@ -210,14 +212,14 @@ const rateKeysPerShard = 1024
 type rateShard struct {
 	mu sync.Mutex
 	m  map[string]*rateEntry
-	list[keyBucket]
+	resources.List[keyBucket]
 	n   int      // buckets held
 	max int      // buckets held at most; 0 means no bound
 	_   [16]byte // keep shards on separate cache lines
 }
 
 // rateEntry is one key's bucket, a node of its shard's list.
-type rateEntry = listNode[keyBucket]
+type rateEntry = resources.Node[keyBucket]
 
 // keyBucket is a key and its bucket.
 type keyBucket struct {
@@ -299,24 +301,21 @@ func (k *KeyedRate) Allow(key string, now time.Time) (ok bool, retryAfter time.D
 	if e == nil {
 		if s.max > 0 && s.n >= s.max {
 			// Reuse the least recently used entry for the new key.
-			e = s.head
-			s.remove(e)
-			delete(s.m, e.val.key)
+			e = s.Front()
+			s.Remove(e)
+			delete(s.m, e.Value.key)
 		} else {
 			e = new(rateEntry)
 			s.n++
 			k.keys.Add(1)
 		}
-		e.val = keyBucket{key: strings.Clone(key), b: bucket{tokens: k.burst - 1, last: t}}
-		s.m[e.val.key] = e
-		s.pushBack(e)
+		e.Value = keyBucket{key: strings.Clone(key), b: bucket{tokens: k.burst - 1, last: t}}
+		s.m[e.Value.key] = e
+		s.PushBack(e)
 		return true, 0
 	}
-	if s.tail != e {
-		s.remove(e)
-		s.pushBack(e)
-	}
-	b := &e.val.b
+	s.MoveToBack(e)
+	b := &e.Value.b
 	tokens := k.refill(*b, t)
 	if t > b.last {
 		b.last = t
@@ -333,9 +332,9 @@ func (k *KeyedRate) Allow(key string, now time.Time) (ok bool, retryAfter time.D
 func (k *KeyedRate) sweepShard(s *rateShard, now int64) int {
 	n := 0
 	for key, e := range s.m {
-		if k.refill(e.val.b, now) >= k.burst {
+		if k.refill(e.Value.b, now) >= k.burst {
 			delete(s.m, key)
-			s.remove(e)
+			s.Remove(e)
 			n++
 		}
 	}

@@ -314,7 +314,7 @@ func TestKeyedRateFlood(t *testing.T) {
 					t.Fatalf("shard %d: map %d, count %d", i, len(s.m), s.n)
 				}
 				m := 0
-				for e := s.head; e != nil; e = e.next {
+				for e := s.Front(); e != nil; e = e.Next() {
 					m++
 				}
 				if m != s.n {
@@ -351,7 +351,7 @@ func TestKeyedRateSweepKeepsList(t *testing.T) {
 		t.Fatalf("Sweep removed %d, Len() = %d; want 2, 1", n, k.Len())
 	}
 	s := &k.shards[0]
-	if s.head == nil || s.head != s.tail || s.head.val.key != "c" || s.n != 1 {
+	if s.Front() == nil || s.Front() != s.Back() || s.Front().Value.key != "c" || s.n != 1 {
 		t.Fatal("list out of sync after Sweep")
 	}
 	// Two new keys fill the table again without evicting c.
@@ -411,7 +411,7 @@ func TestKeyedRateConcurrent(t *testing.T) {
 			t.Fatalf("Len() = %d after a full sweep", k.Len())
 		}
 		for i := range k.shards {
-			if s := &k.shards[i]; s.head != nil || s.tail != nil || s.n != 0 || len(s.m) != 0 {
+			if s := &k.shards[i]; s.Front() != nil || s.Back() != nil || s.n != 0 || len(s.m) != 0 {
 				t.Fatalf("shard %d not empty after a full sweep", i)
 			}
 		}

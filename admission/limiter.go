@@ -7,6 +7,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/mcpgate/mcpgate/resources"
 )
 
 // ErrQueueFull is returned by Limiter.Acquire when no slot is free and the
@@ -106,8 +108,8 @@ type Limiter struct {
 	clock        func() time.Duration // replaces the clock in tests
 
 	mu    sync.Mutex
-	lists [NumPriorities]list[waitState] // oldest at head, guarded by mu
-	count int                            // waiters in lists, guarded by mu
+	lists [NumPriorities]resources.List[waitState] // oldest at head, guarded by mu
+	count int                                      // waiters in lists, guarded by mu
 
 	// Standing-queue state, guarded by mu.
 	// Times are on the limiter's clock (see now).
@@ -130,7 +132,7 @@ const (
 
 // waiter is one caller blocked in Acquire, a node of its priority's wait
 // list. It is pooled: its channel and timer are reused across waits.
-type waiter = listNode[waitState]
+type waiter = resources.Node[waitState]
 
 // waitState is what a waiter holds.
 type waitState struct {
@@ -142,7 +144,7 @@ type waitState struct {
 }
 
 var waiterPool = sync.Pool{
-	New: func() any { return &waiter{val: waitState{ready: make(chan struct{}, 1)}} },
+	New: func() any { return &waiter{Value: waitState{ready: make(chan struct{}, 1)}} },
 }
 
 // NewLimiter returns a Limiter that admits at most limit requests in flight
@@ -350,8 +352,8 @@ func (l *Limiter) grantLocked() {
 	for {
 		w := l.popBest(now, standing)
 		l.grants++
-		w.val.state = granted
-		w.val.ready <- struct{}{}
+		w.Value.state = granted
+		w.Value.ready <- struct{}{}
 		if l.count == 0 || !l.tryInc() {
 			return
 		}
@@ -364,9 +366,9 @@ func (l *Limiter) grantLocked() {
 // It requires mu and count > 0.
 func (l *Limiter) popBest(now time.Duration, standing bool) *waiter {
 	for p := NumPriorities - 1; p >= 0; p-- {
-		if w := l.lists[p].head; w != nil {
-			if !standing && l.queueTimeout > 0 && now-w.val.since >= l.queueTimeout/2 {
-				w = l.lists[p].tail
+		if w := l.lists[p].Front(); w != nil {
+			if !standing && l.queueTimeout > 0 && now-w.Value.since >= l.queueTimeout/2 {
+				w = l.lists[p].Back()
 			}
 			l.unlink(w)
 			return w
@@ -377,7 +379,7 @@ func (l *Limiter) popBest(now time.Duration, standing bool) *waiter {
 
 // unlink removes w from its list and the counts. It requires mu.
 func (l *Limiter) unlink(w *waiter) {
-	l.lists[w.val.prio].remove(w)
+	l.lists[w.Value.prio].Remove(w)
 	l.count--
 	l.queued.Add(-1)
 }
@@ -447,12 +449,12 @@ func (l *Limiter) join(p Priority) (*waiter, error) {
 			return nil, ErrQueueFull
 		}
 		l.unlink(victim)
-		victim.val.state = evicted
-		victim.val.ready <- struct{}{}
+		victim.Value.state = evicted
+		victim.Value.ready <- struct{}{}
 	}
 	w := waiterPool.Get().(*waiter)
-	w.val.prio, w.val.since, w.val.state = p, now, waiting
-	l.lists[p].pushBack(w)
+	w.Value.prio, w.Value.since, w.Value.state = p, now, waiting
+	l.lists[p].PushBack(w)
 	l.count++
 	l.mu.Unlock()
 	return w, nil
@@ -462,7 +464,7 @@ func (l *Limiter) join(p Priority) (*waiter, error) {
 // queue timeout passes or ctx is done, and returns how long it waited and
 // the result of Acquire.
 func (l *Limiter) wait(ctx context.Context, w *waiter) (time.Duration, error) {
-	ws := &w.val
+	ws := &w.Value
 	start := time.Now()
 	var timeout <-chan time.Time
 	if l.queueTimeout > 0 {
@@ -514,7 +516,7 @@ func (l *Limiter) wait(ctx context.Context, w *waiter) (time.Duration, error) {
 // priority is below p, else nil. It requires mu.
 func (l *Limiter) lowestBelow(p Priority) *waiter {
 	for q := Priority(0); q < p; q++ {
-		if w := l.lists[q].head; w != nil {
+		if w := l.lists[q].Front(); w != nil {
 			return w
 		}
 	}
@@ -524,8 +526,8 @@ func (l *Limiter) lowestBelow(p Priority) *waiter {
 // putWaiter returns w to the pool and the result of its wait.
 func (l *Limiter) putWaiter(w *waiter, start time.Time, err error) (time.Duration, error) {
 	waited := time.Since(start)
-	if w.val.timer != nil {
-		w.val.timer.Stop()
+	if w.Value.timer != nil {
+		w.Value.timer.Stop()
 	}
 	waiterPool.Put(w)
 	return waited, err

@@ -184,8 +184,8 @@ func TestLimiterAdaptiveLIFO(t *testing.T) {
 	}
 	// Age every waiter past half the queue timeout.
 	l.mu.Lock()
-	for w := l.lists[PriorityListSession].head; w != nil; w = w.next {
-		w.val.since -= time.Hour
+	for w := l.lists[PriorityListSession].Front(); w != nil; w = w.Next() {
+		w.Value.since -= time.Hour
 	}
 	l.mu.Unlock()
 	for want := 5; want >= 2; want-- {
@@ -706,8 +706,8 @@ func TestLimiterStandingQueue(t *testing.T) {
 	// Served oldest first, even when the oldest has waited past half the
 	// queue timeout (a draining queue would serve the newest).
 	l.mu.Lock()
-	for w := l.lists[PriorityHeavyNew].head; w != nil; w = w.next {
-		w.val.since -= time.Hour
+	for w := l.lists[PriorityHeavyNew].Front(); w != nil; w = w.Next() {
+		w.Value.since -= time.Hour
 	}
 	l.mu.Unlock()
 	for want := 4; want < 10; want++ {

@@ -24,10 +24,10 @@ import (
 func init() {
 	httpcaddyfile.RegisterHandlerDirective("mcp_proxy", parseProxyDirective)
 	httpcaddyfile.RegisterDirectiveOrder("mcp_proxy", httpcaddyfile.Before, "reverse_proxy")
-	httpcaddyfile.RegisterHandlerDirective("mcp_health", parseHealthDirective)
+	httpcaddyfile.RegisterHandlerDirective("mcp_health", parseDirective[Health])
 	httpcaddyfile.RegisterDirectiveOrder("mcp_health", httpcaddyfile.Before, "respond")
 	httpcaddyfile.RegisterGlobalOption("mcp", parseGlobalOption)
-	httpcaddyfile.RegisterHandlerDirective("mcp_auth", parseAuthDirective)
+	httpcaddyfile.RegisterHandlerDirective("mcp_auth", parseDirective[Auth])
 	httpcaddyfile.RegisterDirectiveOrder("mcp_auth", httpcaddyfile.After, "forward_auth")
 }
 
@@ -161,9 +161,14 @@ func applyOption(d *caddyfile.Dispenser, name string, o option, args []string, s
 	return nil
 }
 
-// parseHealthDirective parses mcp_health.
-func parseHealthDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
-	m := new(Health)
+// parseDirective parses a handler directive whose module unmarshals
+// itself from the Caddyfile (mcp_health, mcp_auth).
+func parseDirective[T any, PT interface {
+	*T
+	caddyfile.Unmarshaler
+	caddyhttp.MiddlewareHandler
+}](h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	m := PT(new(T))
 	err := m.UnmarshalCaddyfile(h.Dispenser)
 	return m, err
 }

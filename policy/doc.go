@@ -34,6 +34,6 @@
 //     call; StripDenied and SpliceAnswers one batch; Sampler holds a
 //     counter.
 //
-// The package imports the standard library and mcp (the JSON-RPC
-// envelope and errors).
+// The package imports the standard library, mcp (the JSON-RPC envelope
+// and errors) and resources (the pins' recency list).
 package policy

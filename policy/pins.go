@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"sync"
 	"sync/atomic"
+
+	"github.com/mcpgate/mcpgate/resources"
 )
 
 // Verdict is what Pins.Check says of a tool definition.
@@ -47,20 +49,21 @@ const DefaultMaxPins = 10000
 type Pins struct {
 	Max int
 
-	mu   sync.Mutex
-	byUp map[string]map[[sha256.Size]byte]*pin // upstream → hash of name → pin
-	n    int
-	head *pin // most recently checked
-	tail *pin // least recently checked
+	mu      sync.Mutex
+	byUp    map[string]map[[sha256.Size]byte]*pinNode // upstream → hash of name → pin
+	n       int
+	recency resources.List[pin] // least recently checked at the front
 }
 
-// pin is one pinned tool, in the recency list of its Pins.
+// pin is one pinned tool.
 type pin struct {
-	upstream   string
-	name       [sha256.Size]byte
-	def        [sha256.Size]byte
-	prev, next *pin
+	upstream string
+	name     [sha256.Size]byte
+	def      [sha256.Size]byte
 }
+
+// pinNode is a pin in the recency list of its Pins.
+type pinNode = resources.Node[pin]
 
 // Check hashes def (a tools/list item: name, description, inputSchema,
 // outputSchema — each canonicalised by decoding and re-encoding with
@@ -78,8 +81,8 @@ func (p *Pins) Check(upstream, name string, def json.RawMessage) Verdict {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if pn := p.byUp[upstream][nh]; pn != nil {
-		p.touch(pn)
-		if pn.def == h {
+		p.recency.MoveToBack(pn)
+		if pn.Value.def == h {
 			return PinSame
 		}
 		return PinChanged
@@ -88,21 +91,21 @@ func (p *Pins) Check(upstream, name string, def json.RawMessage) Verdict {
 	if limit <= 0 {
 		limit = DefaultMaxPins
 	}
-	for p.n >= limit && p.tail != nil {
-		p.remove(p.tail)
+	for p.n >= limit && p.recency.Front() != nil {
+		p.remove(p.recency.Front())
 	}
 	if p.byUp == nil {
-		p.byUp = make(map[string]map[[sha256.Size]byte]*pin)
+		p.byUp = make(map[string]map[[sha256.Size]byte]*pinNode)
 	}
 	names := p.byUp[upstream]
 	if names == nil {
-		names = make(map[[sha256.Size]byte]*pin)
+		names = make(map[[sha256.Size]byte]*pinNode)
 		p.byUp[upstream] = names
 	}
-	pn := &pin{upstream: upstream, name: nh, def: h}
+	pn := &pinNode{Value: pin{upstream: upstream, name: nh, def: h}}
 	names[nh] = pn
 	p.n++
-	p.pushFront(pn)
+	p.recency.PushBack(pn)
 	return PinNew
 }
 
@@ -155,7 +158,7 @@ func (p *Pins) Forget(upstream string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if upstream == "" {
-		p.byUp, p.n, p.head, p.tail = nil, 0, nil, nil
+		p.byUp, p.n, p.recency = nil, 0, resources.List[pin]{}
 		return
 	}
 	for _, pn := range p.byUp[upstream] {
@@ -171,48 +174,14 @@ func (p *Pins) Len() int {
 }
 
 // remove drops pn from the table and the recency list.
-func (p *Pins) remove(pn *pin) {
-	names := p.byUp[pn.upstream]
-	delete(names, pn.name)
+func (p *Pins) remove(pn *pinNode) {
+	names := p.byUp[pn.Value.upstream]
+	delete(names, pn.Value.name)
 	if len(names) == 0 {
-		delete(p.byUp, pn.upstream)
+		delete(p.byUp, pn.Value.upstream)
 	}
 	p.n--
-	p.unlink(pn)
-}
-
-func (p *Pins) unlink(pn *pin) {
-	if pn.prev != nil {
-		pn.prev.next = pn.next
-	} else {
-		p.head = pn.next
-	}
-	if pn.next != nil {
-		pn.next.prev = pn.prev
-	} else {
-		p.tail = pn.prev
-	}
-	pn.prev, pn.next = nil, nil
-}
-
-func (p *Pins) pushFront(pn *pin) {
-	pn.next = p.head
-	if p.head != nil {
-		p.head.prev = pn
-	}
-	p.head = pn
-	if p.tail == nil {
-		p.tail = pn
-	}
-}
-
-// touch makes pn the most recently checked pin.
-func (p *Pins) touch(pn *pin) {
-	if p.head == pn {
-		return
-	}
-	p.unlink(pn)
-	p.pushFront(pn)
+	p.recency.Remove(pn)
 }
 
 // hashedMembers are the members of a tool definition that Check hashes.

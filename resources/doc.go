@@ -2,7 +2,8 @@
 // Budget and each session's Account, the Registry of live MCP sessions with
 // idle expiry, eviction and tombstones, task Groups that own every
 // goroutine the proxy starts, and the pressure Monitors the load manager
-// turns into service levels.
+// turns into service levels. Its List, of nodes the caller allocates, holds
+// the wait and recency lists of admission and policy.
 //
 // Everything here is bounded and owned:
 //
