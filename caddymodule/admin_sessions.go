@@ -51,6 +51,11 @@ func hashKey(key string) string {
 	return hex.EncodeToString(sum[:])
 }
 
+// sessionID is the id under which a session is shown (the admin API,
+// the {http.mcp.session} placeholder, events, audit records and logs):
+// the first sessionIDLen hex digits of hashKey of its registry key.
+func sessionID(key string) string { return hashKey(key)[:sessionIDLen] }
+
 func validIDPrefix(p string) bool {
 	if len(p) < sessionIDLen || len(p) > sha256.Size*2 {
 		return false

@@ -193,7 +193,7 @@ func (h *Handler) audit(x *exchange, out *countingWriter) {
 		}
 	}
 	if x.res.session != nil {
-		rec.Session = hashKey(x.res.key)[:sessionIDLen]
+		rec.Session = sessionID(x.res.key)
 	}
 	if x.st != nil {
 		rec.Upstream = x.st.upstreamAddr()

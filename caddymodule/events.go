@@ -68,6 +68,6 @@ func emitLevelChanged(from, to admission.Level, pressure float64, pinned bool) {
 func emitSessionEvicted(s *resources.Session, cause resources.Cause) {
 	emit(eventSessionEvicted, func() map[string]any {
 		info := s.Info()
-		return map[string]any{"session": hashKey(info.Key)[:sessionIDLen], "upstream": info.Upstream, "cause": cause.String()}
+		return map[string]any{"session": sessionID(info.Key), "upstream": info.Upstream, "cause": cause.String()}
 	})
 }

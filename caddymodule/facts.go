@@ -83,7 +83,7 @@ func setSessionFacts(r *http.Request, res resolution) {
 	if repl == nil {
 		return
 	}
-	id := hashKey(res.key)[:sessionIDLen]
+	id := sessionID(res.key)
 	repl.Set(phSession, id)
 	if _, ok := repl.Get(phVersion); !ok && res.session.Version != "" {
 		repl.Set(phVersion, res.session.Version)

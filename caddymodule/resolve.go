@@ -159,7 +159,7 @@ func (h *Handler) open(tok string, kind mcp.TokenKind, id, principal string) (*m
 	if err == nil && !h.sealer.Bound(sess, principal) {
 		metrics.sessionRefusals.WithLabelValues("principal").Inc()
 		h.logger.Warn("session presented by another principal than its own; answered as unknown",
-			zap.String("session", hashKey(sessionKey(sess.Upstream, sess.UpstreamID))[:sessionIDLen]), zap.String("principal", principal))
+			zap.String("session", sessionID(sessionKey(sess.Upstream, sess.UpstreamID))), zap.String("principal", principal))
 		return nil, mcp.Refuse(http.StatusNotFound, mcp.CodeSessionNotFound, id, "session not found")
 	}
 	if err != nil {
