@@ -29,8 +29,8 @@ func PeekSize(maxPeek, maxBody, contentLength int64) int64 {
 
 // ReadHead reads from body until it holds want bytes or body ends, into a
 // buffer that starts at 4KiB at most and grows only as bytes arrive, and
-// reports whether body ended first. The last read may fill the buffer
-// past want, up to the capacity it grew to. With want 0 it reads at most
+// reports whether body ended first; it never holds more than want bytes.
+// With want 0 it reads at most
 // one byte, to learn whether the body is empty. An error other than
 // io.EOF is returned with the bytes read before it.
 func ReadHead(body io.Reader, want int64) (head []byte, eof bool, err error) {
@@ -47,7 +47,7 @@ func ReadHead(body io.Reader, want int64) (head []byte, eof bool, err error) {
 		if len(head) == cap(head) {
 			head = slices.Grow(head, int(min(int64(cap(head)), want-int64(len(head)))))
 		}
-		n, err := body.Read(head[len(head):cap(head)])
+		n, err := body.Read(head[len(head):int(min(int64(cap(head)), want))])
 		head = head[:len(head)+n]
 		if err == io.EOF {
 			return head, true, nil

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"strings"
 	"testing"
 	"testing/iotest"
 )
@@ -94,6 +95,18 @@ func TestAppendBatch(t *testing.T) {
 	} {
 		if got := string(AppendBatch(nil, c.in)); got != c.want {
 			t.Errorf("AppendBatch(%q) = %s, want %s", c.in, got, c.want)
+		}
+	}
+}
+
+// TestReadHeadStopsAtWant checks that the head never holds more than was
+// asked for, however much each read could deliver.
+func TestReadHeadStopsAtWant(t *testing.T) {
+	for _, want := range []int64{1, 4095, 4096, 5000, 70000} {
+		body := strings.NewReader(strings.Repeat("x", 200000))
+		head, eof, err := ReadHead(body, want)
+		if err != nil || eof || int64(len(head)) != want {
+			t.Errorf("want %d: got %d bytes, eof %v, err %v", want, len(head), eof, err)
 		}
 	}
 }
