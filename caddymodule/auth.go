@@ -7,6 +7,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"strconv"
@@ -140,8 +141,11 @@ type Auth struct {
 	ResourceName string `json:"resource_name,omitempty"`
 
 	verifier *auth.Verifier
-	memory   *resources.Budget
-	logger   *zap.Logger
+	// audiences are the accepted audiences when Resource is set; nil
+	// when each request's resource is one.
+	audiences []string
+	memory    *resources.Budget
+	logger    *zap.Logger
 }
 
 // StaticKey is one static verification key.
@@ -213,6 +217,9 @@ func (a *Auth) Provision(ctx caddy.Context) error {
 		return errors.New("mcp_auth needs jwks_url, a key, or introspection")
 	}
 	a.verifier = v
+	if a.Resource != "" {
+		a.audiences = append([]string{a.Resource}, a.Audiences...)
+	}
 	app, err := ctx.App("mcp")
 	if err != nil {
 		return fmt.Errorf("loading mcp app: %w", err)
@@ -293,9 +300,12 @@ func (a *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		return a.serveMetadata(w, r, rp)
 	}
 	resource := a.resourceOf(r, r.URL.Path)
-	mdURL := auth.MetadataURL(resource)
 	tok := bearer(r.Header.Get("Authorization"))
-	p, err := a.verifier.Verify(r.Context(), tok, append([]string{resource}, a.Audiences...), time.Now())
+	audiences := a.audiences
+	if audiences == nil {
+		audiences = append([]string{resource}, a.Audiences...)
+	}
+	p, err := a.verifier.Verify(r.Context(), tok, audiences, time.Now())
 	if err != nil {
 		var ae *auth.Error
 		if !errors.As(err, &ae) {
@@ -315,7 +325,7 @@ func (a *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 			e.Scope = strings.Join(a.RequiredScopes, " ")
 			ae = &e
 		}
-		return writeChallenge(w, ae, mdURL, "")
+		return writeChallenge(w, ae, auth.MetadataURL(resource), "")
 	}
 	var call mcp.Call
 	if r.Method == http.MethodPost && mcp.IsJSON(r.Header.Get("Content-Type")) {
@@ -325,10 +335,15 @@ func (a *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 			return writeRefusal(w, ref)
 		}
 		setCallFacts(r, &call)
+		if pb.whole != nil {
+			// mcp_proxy behind takes the reading over instead of reading
+			// the body again.
+			caddyhttp.SetVar(r.Context(), varPeeked, &sharedPeek{call: call, whole: pb.whole, body: r.Body})
+		}
 	}
 	if e := a.checkScopes(p, &call); e != nil {
 		metrics.authRefusals.WithLabelValues(e.Code).Inc()
-		return writeChallenge(w, e, mdURL, call.First().ID)
+		return writeChallenge(w, e, auth.MetadataURL(resource), call.First().ID)
 	}
 	setPrincipal(r, p)
 	caddyhttp.SetVar(r.Context(), varAuth, p)
@@ -378,17 +393,41 @@ func bearer(h string) string {
 	return strings.TrimSpace(tok)
 }
 
-// setPrincipal sets {http.auth.user.id} and {http.auth.user.<claim>}.
+// setPrincipal sets {http.auth.user.id}, and makes the token's claims
+// {http.auth.user.<claim>} and its scopes {http.auth.user.scope}, written
+// out only when a placeholder asks for one.
 func setPrincipal(r *http.Request, p *auth.Principal) {
 	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	if repl == nil {
 		return
 	}
 	repl.Set("http.auth.user.id", p.ID)
-	for k, v := range p.Claims {
-		repl.Set("http.auth.user."+k, auth.ClaimString(v))
-	}
-	repl.Set("http.auth.user.scope", strings.Join(p.Scopes, " "))
+	repl.Map(func(key string) (any, bool) {
+		name, ok := strings.CutPrefix(key, "http.auth.user.")
+		if !ok {
+			return nil, false
+		}
+		if name == "scope" {
+			return strings.Join(p.Scopes, " "), true
+		}
+		v, ok := p.Claims[name]
+		if !ok {
+			return nil, false
+		}
+		return auth.ClaimString(v), true
+	})
+}
+
+// varPeeked holds the *sharedPeek mcp_auth leaves for mcp_proxy.
+const varPeeked = "mcp.peeked"
+
+// sharedPeek is a POST body mcp_auth read whole and classified, and the
+// reader it put back on the request: mcp_proxy uses them while the
+// request still carries that reader.
+type sharedPeek struct {
+	call  mcp.Call
+	whole []byte
+	body  io.ReadCloser
 }
 
 // resourceOf is the resource URI of a request to path.

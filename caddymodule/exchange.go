@@ -118,6 +118,14 @@ func (h *Handler) classify(x *exchange) *mcp.Refusal {
 		return ref
 	}
 	if r.Method == http.MethodPost {
+		if sp, ok := caddyhttp.GetVar(r.Context(), varPeeked).(*sharedPeek); ok && sp.body == r.Body &&
+			(h.maxBody <= 0 || int64(len(sp.whole)) <= h.maxBody) {
+			// mcp_auth in front read and classified the whole body, as
+			// readBody would; its reservation lasts the request.
+			// It set the placeholders too.
+			x.call, x.body = sp.call, peekedBody{whole: sp.whole}
+			return nil
+		}
 		var ref *mcp.Refusal
 		lim := bodyLimits{maxPeek: h.maxPeek, maxBody: h.maxBody, timeout: h.bodyTimeout, memory: h.app.global.Memory()}
 		if x.body, ref = readBody(x.w, r, &x.call, lim); ref != nil {
