@@ -2,18 +2,24 @@ package caddytest
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
 )
 
 // BenchmarkPOSTToolsCall sends tools/call POSTs of one session through
-// plain reverse_proxy and through mcp_proxy, in one Caddy in this process,
+// plain reverse_proxy, mcp_proxy, and mcp_auth in front of mcp_proxy (one
+// token, so its verification is cached), in one Caddy in this process,
 // to an upstream that answers each at once in JSON. Both sub-benchmarks
 // count the client's and the upstream's work too, which is the same for
 // both: the difference is what mcp_proxy adds per request. (The bench/
@@ -47,8 +53,12 @@ func BenchmarkPOSTToolsCall(b *testing.B) {
 	}))
 	defer up.Close()
 	addr := up.Listener.Addr().String()
-	plain, proxied := freePort(b), freePort(b)
-	loadCaddyfile(b, fmt.Sprintf(":%d {\n\treverse_proxy %s\n}\n:%d {\n\tmcp_proxy %s\n}\n", plain, addr, proxied, addr))
+	plain, proxied, authed := freePort(b), freePort(b), freePort(b)
+	secret := bytes.Repeat([]byte("k"), 32)
+	loadCaddyfile(b, fmt.Sprintf(":%d {\n\treverse_proxy %s\n}\n:%d {\n\tmcp_proxy %s\n}\n"+
+		":%d {\n\tmcp_auth {\n\t\tissuer bench\n\t\tkey secret %s kid k alg HS256\n\t\talgorithms HS256\n\t}\n\tmcp_proxy %s\n}\n",
+		plain, addr, proxied, addr, authed, base64.StdEncoding.EncodeToString(secret), addr))
+	token := benchToken(b, secret, proxyURL(authed)+"/mcp")
 	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64, DisableCompression: true}}
 	defer hc.CloseIdleConnections()
 
@@ -59,6 +69,9 @@ func BenchmarkPOSTToolsCall(b *testing.B) {
 		}
 		req.Header["Content-Type"] = []string{"application/json"}
 		req.Header["Accept"] = []string{"application/json, text/event-stream"}
+		if strings.Contains(url, fmt.Sprintf(":%d/", authed)) {
+			req.Header["Authorization"] = []string{"Bearer " + token}
+		}
 		if sid != "" {
 			req.Header["Mcp-Session-Id"] = []string{sid}
 			req.Header["Mcp-Protocol-Version"] = []string{"2025-06-18"}
@@ -68,7 +81,7 @@ func BenchmarkPOSTToolsCall(b *testing.B) {
 	for _, tc := range []struct {
 		name string
 		port int
-	}{{"plain", plain}, {"mcp_proxy", proxied}} {
+	}{{"plain", plain}, {"mcp_proxy", proxied}, {"mcp_auth", authed}} {
 		b.Run(tc.name, func(b *testing.B) {
 			url := proxyURL(tc.port) + "/mcp"
 			resp, err := post(b, url, "", `{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"bench","version":"1"}}}`)
@@ -103,4 +116,13 @@ func BenchmarkPOSTToolsCall(b *testing.B) {
 			})
 		})
 	}
+}
+
+// benchToken signs an HS256 access token for resource, valid for an hour.
+func benchToken(b *testing.B, secret []byte, resource string) string {
+	now := time.Now()
+	return signWith(b, jose.HS256, jose.JSONWebKey{Key: secret, KeyID: "k"}, map[string]any{
+		"iss": "bench", "sub": "bench-user", "aud": resource, "scope": "mcp",
+		"iat": now.Unix(), "nbf": now.Unix(), "exp": now.Add(time.Hour).Unix(),
+	})
 }
