@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
@@ -109,4 +110,14 @@ func (b bearerTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	r2 := *r
 	r2.Header = h
 	return b.base.RoundTrip(&r2)
+}
+
+// authSetup is the report's setup line for the mcp_auth target on port.
+func authSetup(o *options, port int) string {
+	block := "the same mcp_proxy block as the mcp_proxy site"
+	if strings.TrimSpace(o.policyBlock) != "" {
+		block += ", then the -policy-block lines"
+	}
+	return fmt.Sprintf("mcp_auth: mcp_auth in front of mcp_proxy (%s) on a site of its own; the harness made an RSA-2048 key at start (its public half is the Caddyfile's key file) and signed one RS256 token with it (iss %s, sub %s, aud %s, scope %s, valid %s); every request to this target, initialize included, carries it as `Authorization: Bearer`, so after its first verification mcp_auth finds the token in its cache of verified tokens",
+		block, authIssuer, authSubject, authResource(port), authScope, authTokenLife)
 }

@@ -144,10 +144,13 @@ func (r *idleResult) growth() float64 {
 
 // idleEnv is what runIdle needs to start its own Caddy.
 type idleEnv struct {
-	bench  *benchEnv
-	bin    string
-	tmp    string
-	params caddyfileParams // Upstream, blocks and Global set; ports filled per target
+	bench *benchEnv
+	bin   string
+	tmp   string
+	// baseBin is the -baseline binary, which the baseline target's Caddy
+	// is started from ("" when the baseline is not measured).
+	baseBin string
+	params  caddyfileParams // Upstream, blocks and Global set; ports filled per target
 	// heapFile, when set, receives a heap profile of the profileTarget's
 	// Caddy at the held sample, and heapFile + ".goroutines.txt" its
 	// goroutines grouped by stack.
@@ -182,8 +185,16 @@ func runIdle(ctx context.Context, ie *idleEnv, tgtName string, cfg idleConfig, l
 	if err := os.WriteFile(cfPath, []byte(cf), 0o644); err != nil {
 		return nil, err
 	}
-	logf("idle: starting a fresh caddy for %s (:%d) ...", tgtName, port)
-	cp, err := startCaddy(ctx, ie.bin, cfPath, dir, []int{port})
+	bin := ie.bin
+	if tgtName == targetBase {
+		// The same site and Caddyfile as mcp_proxy's, from the other build.
+		if ie.baseBin == "" {
+			return nil, errors.New("target baseline needs -baseline")
+		}
+		bin = ie.baseBin
+	}
+	logf("idle: starting a fresh caddy for %s (:%d) from %s ...", tgtName, port, bin)
+	cp, err := startCaddy(ctx, bin, cfPath, dir, []int{port})
 	if err != nil {
 		return nil, err
 	}

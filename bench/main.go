@@ -3,15 +3,19 @@
 // one Caddy process with two sites (plain reverse_proxy and mcp_proxy) in
 // front of it, and measures the upstream alone, plain reverse_proxy and
 // mcp_proxy in the same run, so machine noise hits all three alike. The
-// post scenario can measure a third site as well, mcp_auth in front of
-// mcp_proxy (-targets …,mcp_auth), with a token the harness signs itself.
+// post and streams scenarios can measure a third site as well, mcp_auth
+// in front of mcp_proxy (-targets …,mcp_auth), with a token the harness
+// signs itself. With -baseline <caddy binary>, post, streams and idle can
+// also measure the same mcp_proxy site served by a second Caddy process
+// started from that binary (-targets …,baseline), for a comparison across
+// commits within one run.
 //
 // Usage:
 //
 //	go run ./bench post     [flags]   closed loop: N clients POST tools/call
 //	go run ./bench overload [flags]   open loop at multiples of upstream capacity
 //	go run ./bench burst    [flags]   closed loop jumping from 10 to 1,000 clients
-//	go run ./bench streams  [flags]   1 KiB events on 100 GET SSE streams
+//	go run ./bench streams  [flags]   1 KiB events on 100 GET SSE streams (or SSE answers to POSTs)
 //	go run ./bench idle     [flags]   5,000 idle GET SSE streams, one Caddy per target
 //	go run ./bench upstreamkill [flags]   SIGKILL of the upstream under 70 open flows
 //
@@ -44,6 +48,18 @@ const (
 	targetMCP    = "mcp_proxy"
 	// targetAuth is mcp_auth in front of mcp_proxy, on a site of its own.
 	targetAuth = "mcp_auth"
+	// targetBase is the mcp_proxy site served by a second Caddy process
+	// started from the -baseline binary.
+	targetBase = "baseline"
+)
+
+// Stream kinds of the streams scenario.
+const (
+	// kindGet: each stream is a session's GET SSE stream.
+	kindGet = "get"
+	// kindAnswer: each stream is the text/event-stream answer to a POST
+	// tools/call of the mock's stream tool.
+	kindAnswer = "answer"
 )
 
 func main() {
@@ -90,6 +106,7 @@ type options struct {
 	appendOut      bool
 	svgdir         string
 	caddyBin       string
+	baselineBin    string
 	cpuprofile     string
 	heapprofile    string
 	profileTarget  string
@@ -108,6 +125,7 @@ type options struct {
 	eventSize       int
 	streamRate      float64
 	streamModes     string
+	streamKind      string
 	openConcurrency int
 	settle          time.Duration
 	hold            time.Duration
@@ -143,7 +161,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.DurationVar(&o.deadline, "deadline", time.Second, "overload: client deadline per request, counted from its scheduled send time")
 	fs.IntVar(&o.maxOutstanding, "max-outstanding", 20000, "overload: most requests in flight; the excess is counted as not sent")
 	fs.IntVar(&o.sessions, "sessions", 64, "overload: MCP sessions opened per target and used round-robin")
-	fs.StringVar(&o.targets, "targets", "direct,plain,mcp_proxy", "targets to measure, comma-separated: direct, plain, mcp_proxy, mcp_auth (post only: mcp_auth in front of mcp_proxy, every request with a bearer token the harness signs)")
+	fs.StringVar(&o.targets, "targets", "direct,plain,mcp_proxy", "targets to measure, comma-separated: direct, plain, mcp_proxy, mcp_auth (post and streams: mcp_auth in front of mcp_proxy, every request with a bearer token the harness signs), baseline (post, streams and idle, with -baseline: the mcp_proxy site served by a second Caddy process started from the -baseline binary)")
 	fs.StringVar(&o.mcpBlock, "mcp-block", "", `subdirectives inserted inside "mcp_proxy <upstream> { }"; ";" or newline separated`)
 	fs.StringVar(&o.plainBlock, "plain-block", "", `subdirectives inserted inside "reverse_proxy <upstream> { }"; ";" or newline separated`)
 	fs.StringVar(&o.authBlock, "auth-block", "", `mcp_auth target: subdirectives inserted inside "mcp_auth { }" after its issuer, resource and key; ";" or newline separated`)
@@ -152,9 +170,10 @@ func parseFlags(args []string) (*options, error) {
 	fs.BoolVar(&o.appendOut, "append", false, "append to -out instead of replacing it")
 	fs.StringVar(&o.svgdir, "svgdir", "bench/out", "overload, streams, idle: directory for the SVG plots (bench/out is gitignored; use bench/results for BENCHMARKS.md)")
 	fs.StringVar(&o.caddyBin, "caddy", "", "use this Caddy binary instead of building ./cmd/caddy")
+	fs.StringVar(&o.baselineBin, "baseline", "", "post, streams, idle: a Caddy binary (e.g. ./cmd/caddy built at an older commit) for the baseline target: the same mcp_proxy site (-mcp-block, -global) served by a second Caddy process started from it, in front of the same mock upstream")
 	fs.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of the Caddy process, taken over the first measurement of -profile-target (enables the admin endpoint on a loopback port)")
 	fs.StringVar(&o.heapprofile, "heapprofile", "", "write a heap profile of the Caddy process, taken at 80 % of the first measurement of -profile-target")
-	fs.StringVar(&o.profileTarget, "profile-target", targetMCP, "target whose first measurement -cpuprofile covers: plain, mcp_proxy or mcp_auth")
+	fs.StringVar(&o.profileTarget, "profile-target", targetMCP, "target whose first measurement -cpuprofile covers: plain, mcp_proxy, mcp_auth or baseline")
 	fs.BoolVar(&o.quiet, "q", false, "no progress lines on stderr")
 	fs.Float64Var(&o.quietMax, "quiet-max", 0.3, "before each measurement wait until processes other than the bench use at most this many cores; 0 disables")
 	fs.IntVar(&o.busyRetries, "busy-retries", 2, "repeat a measurement during which other processes used more than -quiet-max cores, at most this many times")
@@ -169,6 +188,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.IntVar(&o.eventSize, "event-size", 1024, "streams: bytes of each SSE event on the wire")
 	fs.Float64Var(&o.streamRate, "stream-rate", 50000, "streams, paced mode: events per second over all streams")
 	fs.StringVar(&o.streamModes, "stream-modes", "saturation,paced", "streams: modes to run, comma-separated: saturation, paced")
+	fs.StringVar(&o.streamKind, "stream-kind", kindGet, "streams: get (each stream a session's GET SSE stream) or answer (each stream the text/event-stream answer to a POST tools/call of the mock's stream tool, ended by the call's result)")
 	fs.IntVar(&o.openConcurrency, "open-concurrency", 256, "idle/burst: sessions and streams opening at once")
 	fs.DurationVar(&o.settle, "settle", 3*time.Second, "idle: wait after the last stream opened before the first sample; upstreamkill: wait after every flow ended before Caddy's goroutines are counted again")
 	fs.DurationVar(&o.hold, "hold", 20*time.Second, "idle: second sample this long after the last stream opened (past the 15 s keepalives)")
@@ -319,6 +339,15 @@ func parseFlags(args []string) (*options, error) {
 	if o.deadline <= 0 || o.timeout <= 0 {
 		return nil, errors.New("-deadline and -timeout must be positive")
 	}
+	switch o.streamKind {
+	case kindGet:
+	case kindAnswer:
+		if o.scenario != "streams" {
+			return nil, fmt.Errorf("-stream-kind %s: only the streams scenario has it", kindAnswer)
+		}
+	default:
+		return nil, fmt.Errorf("-stream-kind %q: want get or answer", o.streamKind)
+	}
 	return o, nil
 }
 
@@ -382,9 +411,9 @@ func parseTargets(s string) ([]string, error) {
 			t = targetMCP
 		case "auth", "mcp-auth":
 			t = targetAuth
-		case targetDirect, targetPlain, targetMCP, targetAuth:
+		case targetDirect, targetPlain, targetMCP, targetAuth, targetBase:
 		default:
-			return nil, fmt.Errorf("unknown target %q: want direct, plain, mcp_proxy or mcp_auth", t)
+			return nil, fmt.Errorf("unknown target %q: want direct, plain, mcp_proxy, mcp_auth or baseline", t)
 		}
 		if !seen[t] {
 			seen[t] = true
@@ -408,6 +437,10 @@ type benchEnv struct {
 	busyRetries int
 	// admin is Caddy's loopback admin address, for /metrics.
 	admin string
+	// base and baseAdmin are the baseline target's Caddy process and its
+	// admin address; nil and "" when the baseline is not measured.
+	base      *caddyProc
+	baseAdmin string
 	// restart, when set, replaces caddy with a fresh process serving the
 	// same configuration.
 	restart func() error
@@ -460,7 +493,7 @@ func (e *benchEnv) settle(ctx context.Context, tgt target) quietness {
 	// The service level is process-wide: another target's overload in the
 	// same Caddy can leave it raised for a moment after the machine is
 	// quiet. Each measurement starts at the full level.
-	if e.gate.MaxOthers > 0 && !waitLevelFull(ctx, e.admin, 15*time.Second) {
+	if e.gate.MaxOthers > 0 && !waitLevelFull(ctx, e.adminFor(tgt), 15*time.Second) {
 		e.logf("  service level still above full after 15s; measuring anyway")
 	}
 	return quietness{OthersBefore: others, Quiet: ok}
@@ -473,12 +506,24 @@ type quietness struct {
 }
 
 // caddyPID is the Caddy process to watch while tgt runs (also for direct,
-// where it shows Caddy idle).
-func (e *benchEnv) caddyPID(target) int {
+// where it shows Caddy idle): the baseline's own process for the
+// baseline, the main one for every other target.
+func (e *benchEnv) caddyPID(tgt target) int {
+	if tgt.Name == targetBase && e.base != nil {
+		return e.base.pid()
+	}
 	if e.caddy == nil {
 		return 0
 	}
 	return e.caddy.pid()
+}
+
+// adminFor is the admin address of the Caddy process that serves tgt.
+func (e *benchEnv) adminFor(tgt target) string {
+	if tgt.Name == targetBase {
+		return e.baseAdmin
+	}
+	return e.admin
 }
 
 // profileReq takes one CPU profile (and, if asked, one heap profile) of
@@ -647,13 +692,29 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	if slices.Contains(names, targetAuth) && o.scenario != "post" {
-		return fmt.Errorf("target %s: only the post scenario measures it", targetAuth)
+	if slices.Contains(names, targetAuth) && o.scenario != "post" && o.scenario != "streams" {
+		return fmt.Errorf("target %s: only the post and streams scenarios measure it", targetAuth)
 	}
 	logf := func(format string, a ...any) {
 		if !o.quiet {
 			fmt.Fprintf(os.Stderr, format+"\n", a...)
 		}
+	}
+	measureBase := slices.Contains(names, targetBase)
+	if measureBase {
+		switch o.scenario {
+		case "post", "streams", "idle":
+		default:
+			return fmt.Errorf("target %s: only the post, streams and idle scenarios measure it", targetBase)
+		}
+		if o.baselineBin == "" {
+			return fmt.Errorf("target %s needs -baseline <caddy binary>", targetBase)
+		}
+		if o.baselineBin, err = checkBinary(o.baselineBin); err != nil {
+			return fmt.Errorf("-baseline: %w", err)
+		}
+	} else if o.baselineBin != "" {
+		logf("-baseline is set but -targets has no %s: the baseline binary is not used", targetBase)
 	}
 	if err := raiseNoFile(); err != nil {
 		logf("warning: cannot raise RLIMIT_NOFILE: %v", err)
@@ -687,6 +748,9 @@ func run(args []string) error {
 		}
 	}
 
+	if measureBase {
+		build += "; baseline: " + binaryDesc(o.baselineBin)
+	}
 	meta := reportMeta{
 		Build:   build,
 		Command: commandLine(args),
@@ -725,7 +789,7 @@ func run(args []string) error {
 		// process.
 		ie := &idleEnv{
 			bench: &benchEnv{up: up, gate: gate, logf: logf, busyRetries: o.busyRetries},
-			bin:   bin, tmp: tmp,
+			bin:   bin, baseBin: o.baselineBin, tmp: tmp,
 			params:   caddyfileParams{Upstream: up.addr, PlainBlock: o.plainBlock, MCPBlock: o.mcpBlock, Global: o.global},
 			heapFile: o.heapprofile, profileTarget: o.profileTarget,
 		}
@@ -748,6 +812,9 @@ func run(args []string) error {
 			fmt.Sprintf("samples of Caddy: before any session, after the sessions, %s and %s after the last stream opened, and 3 s after every stream was closed; RSS from /proc/<pid>/status VmRSS, goroutines and heap from /metrics, fds from /proc/<pid>/fd", o.settle, o.hold),
 			fmt.Sprintf("memory against streams: the streams open in steps up to %s; after each step's last stream opened the harness waits %s and samples Caddy before opening the next step's (the last step's sample is the one %s after the last stream opened)", joinInts(o.steps), o.settle, o.settle),
 			"per-stream growth = (RSS with every stream open − RSS before any session) ÷ streams, the larger of the two samples; it includes the session",
+		}
+		if measureBase {
+			meta.Setup = append(meta.Setup, fmt.Sprintf("baseline: the mcp_proxy target's site and Caddyfile, in a fresh Caddy process started from the -baseline binary %s", o.baselineBin))
 		}
 		writeIdleReport(&report, meta, results, plots)
 		return writeOut(o, report.String(), logf)
@@ -812,6 +879,23 @@ func run(args []string) error {
 	}
 	env := &benchEnv{up: up, caddy: cp, gate: gate, logf: logf, busyRetries: o.busyRetries, admin: params.AdminAddr}
 	defer func() { env.caddy.stop() }()
+	var baseURL string
+	if measureBase {
+		// The baseline: the mcp_proxy site alone, with the same block and
+		// global options, in a second Caddy process of its own (own admin
+		// endpoint, own pid for the CPU figures), started and stopped
+		// like the first.
+		bcf, port, err := startBaseline(ctx, env, o, up.addr, tmp, logf)
+		if err != nil {
+			return err
+		}
+		defer env.base.stop()
+		meta.BaseCaddyfile = bcf
+		baseURL = fmt.Sprintf("http://127.0.0.1:%d/mcp", port)
+		if o.profileTarget == targetBase {
+			prof.admin = env.baseAdmin
+		}
+	}
 	if o.scenario == "overload" && o.freshCaddy {
 		env.restart = func() error {
 			env.caddy.stop()
@@ -832,6 +916,9 @@ func run(args []string) error {
 	if issuer != nil {
 		urls[targetAuth] = authResource(params.AuthPort)
 	}
+	if measureBase {
+		urls[targetBase] = baseURL
+	}
 	var targets []target
 	for _, n := range names {
 		t := target{Name: n, URL: urls[n]}
@@ -849,21 +936,25 @@ func run(args []string) error {
 			return err
 		}
 		meta.Title = fmt.Sprintf("post: closed loop, %d clients, tools/call, service %s", o.concurrency, o.service)
+		procs := "one Caddy process serves both sites"
+		if issuer != nil {
+			procs = "one Caddy process serves the three sites"
+		}
+		if measureBase {
+			procs += " (and a second one the baseline's, below)"
+		}
 		meta.Setup = []string{
 			upDesc,
 			fmt.Sprintf("%d concurrent clients, each with its own session (initialize first) and its own keep-alive connection; POST tools/call in a closed loop", o.concurrency),
 			fmt.Sprintf("per target: %s warm-up, then %s measured (only calls that start and end in the window count; latency is of the 200s)", o.warmup, o.duration),
 			fmt.Sprintf("%d rounds; every round runs every target once, in an order rotated by the round", o.rounds),
-			"one Caddy process serves both sites; generator, mock upstream and Caddy share the machine; CPU is % of one core over the window",
+			procs + "; generator, mock upstream and Caddy share the machine; CPU is % of one core over the window",
 		}
 		if issuer != nil {
-			meta.Setup[len(meta.Setup)-1] = "one Caddy process serves the three sites; generator, mock upstream and Caddy share the machine; CPU is % of one core over the window"
-			block := "the same mcp_proxy block as the mcp_proxy site"
-			if strings.TrimSpace(o.policyBlock) != "" {
-				block += ", then the -policy-block lines"
-			}
-			meta.Setup = append(meta.Setup, fmt.Sprintf("mcp_auth: mcp_auth in front of mcp_proxy (%s) on a site of its own; the harness made an RSA-2048 key at start (its public half is the Caddyfile's key file) and signed one RS256 token with it (iss %s, sub %s, aud %s, scope %s, valid %s); every request to this target, initialize included, carries it as `Authorization: Bearer`, so after its first verification mcp_auth finds the token in its cache of verified tokens",
-				block, authIssuer, authSubject, authResource(params.AuthPort), authScope, authTokenLife))
+			meta.Setup = append(meta.Setup, authSetup(o, params.AuthPort))
+		}
+		if measureBase {
+			meta.Setup = append(meta.Setup, baseSetup(o))
 		}
 		writePostReport(&report, meta, rounds, names)
 	case "overload":
@@ -906,18 +997,32 @@ func run(args []string) error {
 		if err != nil {
 			return err
 		}
-		cfg := streamsConfig{Streams: o.streams, EventSize: o.eventSize, Duration: o.duration, Rate: o.streamRate, Modes: modes, Drain: 30 * time.Second, MaxLat: 200_000}
+		cfg := streamsConfig{Streams: o.streams, EventSize: o.eventSize, Duration: o.duration, Rate: o.streamRate, Modes: modes, Kind: o.streamKind, Drain: 30 * time.Second, MaxLat: 200_000}
 		results, err := runStreamsScenario(ctx, env, targets, cfg, prof, logf)
 		if err != nil {
 			return err
 		}
 		meta.Title = fmt.Sprintf("streams: %d GET SSE streams, %d-byte events", o.streams, o.eventSize)
+		open := fmt.Sprintf("%d sessions per target, each with a GET SSE stream (`Accept: text/event-stream`, `Mcp-Protocol-Version: %s`); all open before the mock starts emitting", o.streams, protocolVersion)
+		end := "then the mock ends each response"
+		if o.streamKind == kindAnswer {
+			meta.Title = fmt.Sprintf("streams: %d SSE answers to POST tools/call, %d-byte events", o.streams, o.eventSize)
+			open = fmt.Sprintf("%d sessions per target, each with one POST `tools/call` of the mock's `%s` tool (`Accept: application/json, text/event-stream`, `Mcp-Protocol-Version: %s`), which the mock answers with `text/event-stream`: the headers and a `: open` comment at once, then the events below; all answers open before the mock starts emitting", o.streams, toolStream, protocolVersion)
+			end = "then the mock sends the call's JSON-RPC result (`{\"jsonrpc\":\"2.0\",\"id\":<id>,\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"ok\"}]}}`) as the last event and ends each response; the clients count that result, and any JSON-RPC error, apart from the events"
+		}
 		meta.Setup = []string{
-			fmt.Sprintf("%d sessions per target, each with a GET SSE stream (`Accept: text/event-stream`, `Mcp-Protocol-Version: %s`); all open before the mock starts emitting", o.streams, protocolVersion),
+			open,
 			fmt.Sprintf("each event is `data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\",\"params\":{\"level\":\"info\",\"data\":{\"seq\":N,\"ts\":<send time, ns>,\"pad\":\"x…\"}}}`, %d bytes on the wire, written and flushed on its own by the mock", o.eventSize),
-			fmt.Sprintf("saturation: every stream emits as fast as its writes go through, for %s; paced: %.0f events/s in total (%.0f per stream, streams staggered evenly), for %s; then the mock ends each response", o.duration, o.streamRate, o.streamRate/float64(o.streams), o.duration),
+			fmt.Sprintf("saturation: every stream emits as fast as its writes go through, for %s; paced: %.0f events/s in total (%.0f per stream, streams staggered evenly), for %s; %s", o.duration, o.streamRate, o.streamRate/float64(o.streams), o.duration, end),
 			"delivered/s = events received inside the emission window ÷ its length; the clients check every event's sequence (gaps, reordering), its size, and that the stream ends cleanly with every event the mock sent",
 			"latency = client receive time − the send timestamp in the event (same clock: mock and clients live in the harness); proxy-added = a target's percentile minus direct's",
+			"Caddy CPU is % of one core from the start of the emission until every stream ended; per event = that CPU time ÷ events received",
+		}
+		if issuer != nil {
+			meta.Setup = append(meta.Setup, authSetup(o, params.AuthPort))
+		}
+		if measureBase {
+			meta.Setup = append(meta.Setup, baseSetup(o))
 		}
 		plots, err := writeStreamsPlots(o, results)
 		if err != nil {
@@ -1049,7 +1154,11 @@ func writeStreamsPlots(o *options, results []*streamsResult) ([]string, error) {
 	modes, charts := streamsCharts(results)
 	var paths []string
 	for i, c := range charts {
-		c.Subtitle = fmt.Sprintf("%d GET SSE streams, %d-byte events, %s bins", o.streams, o.eventSize, rateBin)
+		kind := "GET SSE streams"
+		if o.streamKind == kindAnswer {
+			kind = "SSE answers to POST tools/call"
+		}
+		c.Subtitle = fmt.Sprintf("%d %s, %d-byte events, %s bins", o.streams, kind, o.eventSize, rateBin)
 		if b := strings.TrimSpace(o.mcpBlock); b != "" {
 			c.Subtitle += "; mcp_proxy { " + b + " }"
 		}

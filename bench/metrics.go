@@ -359,13 +359,20 @@ func watchLevels(admin string) *levelWatch {
 	return w
 }
 
-// watchFor watches the levels while tgt runs, when it is mcp_proxy (or
-// mcp_proxy behind mcp_auth).
+// watchFor watches the levels while tgt runs, when it is an mcp_proxy
+// site (mcp_proxy, mcp_proxy behind mcp_auth, the baseline's), on the
+// Caddy process that serves it.
 func (e *benchEnv) watchFor(tgt target) *levelWatch {
-	if tgt.Name != targetMCP && tgt.Name != targetAuth {
+	if !isMCPTarget(tgt.Name) {
 		return nil
 	}
-	return watchLevels(e.admin)
+	return watchLevels(e.adminFor(tgt))
+}
+
+// isMCPTarget reports whether a target is served by mcp_proxy: its
+// /metrics and /mcp/status figures are mcp_proxy's.
+func isMCPTarget(name string) bool {
+	return name == targetMCP || name == targetAuth || name == targetBase
 }
 
 func (w *levelWatch) stop() levelPeak {

@@ -201,8 +201,8 @@ func runPostScenario(ctx context.Context, env *benchEnv, targets []target, cfg p
 				return rounds, err
 			}
 			res.Reruns = reruns
-			logf("  %s: %.0f req/s, p50 %s ms, p99 %s ms, non-200 %d, errors %d, timeouts %d",
-				tgt.Name, res.RPS, ms(res.Lat.P50), ms(res.Lat.P99), res.non200(), res.Errors, res.Timeouts)
+			logf("  %s: %.0f req/s, p50 %s ms, p99 %s ms, non-200 %d, errors %d, 200 without the result %d, timeouts %d",
+				tgt.Name, res.RPS, ms(res.Lat.P50), ms(res.Lat.P99), res.non200(), res.Errors, res.BadBody, res.Timeouts)
 			if res.FirstErr != "" {
 				logf("  first error: %s", res.FirstErr)
 			}

@@ -136,6 +136,14 @@ func usPerReq(d time.Duration) string {
 	return fmt.Sprintf("%.0f", float64(d)/float64(time.Microsecond))
 }
 
+// usPerEvent formats a per-event CPU time in microseconds, "–" for none.
+func usPerEvent(d time.Duration) string {
+	if d <= 0 {
+		return "–"
+	}
+	return fmt.Sprintf("%.2f", float64(d)/float64(time.Microsecond))
+}
+
 // pct formats a CPU share (1.0 = one core) as a percentage of one core.
 func pct(v float64) string { return fmt.Sprintf("%.0f %%", v*100) }
 
@@ -161,6 +169,9 @@ type reportMeta struct {
 	Machine   machineInfo
 	Setup     []string // one bullet each
 	Caddyfile string
+	// BaseCaddyfile is the baseline process's Caddyfile, when the
+	// baseline target ran beside the others.
+	BaseCaddyfile string
 }
 
 func writeMeta(w io.Writer, m reportMeta) {
@@ -187,6 +198,9 @@ func writeMeta(w io.Writer, m reportMeta) {
 	}
 	if m.Caddyfile != "" {
 		fmt.Fprintf(w, "<details><summary>Caddyfile</summary>\n\n```caddyfile\n%s```\n\n</details>\n\n", m.Caddyfile)
+	}
+	if m.BaseCaddyfile != "" {
+		fmt.Fprintf(w, "<details><summary>Caddyfile (baseline process)</summary>\n\n```caddyfile\n%s```\n\n</details>\n\n", m.BaseCaddyfile)
 	}
 }
 
@@ -281,6 +295,30 @@ func writePostReport(w io.Writer, meta reportMeta, rounds [][]*postResult, targe
 		}
 		fmt.Fprintf(w, "\n\n")
 	}
+	writePostBaseline(w, rounds, meds)
+}
+
+// writePostBaseline compares mcp_proxy with the baseline build, when both
+// ran: medians of rounds, and each round.
+func writePostBaseline(w io.Writer, rounds [][]*postResult, meds []postMedian) {
+	var mcp, base *postMedian
+	for i := range meds {
+		switch meds[i].Target {
+		case targetMCP:
+			mcp = &meds[i]
+		case targetBase:
+			base = &meds[i]
+		}
+	}
+	if mcp == nil || base == nil {
+		return
+	}
+	fmt.Fprintf(w, "mcp_proxy against the baseline build (mcp_proxy ÷ baseline, medians of rounds): req/s %s, p50 %s, p99 %s, Caddy CPU per request %s.",
+		ratio(mcp.RPS, base.RPS), ratio(float64(mcp.P50), float64(base.P50)), ratio(float64(mcp.P99), float64(base.P99)), ratio(float64(mcp.CPUPerReq), float64(base.CPUPerReq)))
+	if per := perRoundRatios(rounds, targetMCP, targetBase); per != "" {
+		fmt.Fprintf(w, " Per round (req/s, p99): %s.", per)
+	}
+	fmt.Fprintf(w, "\n\n")
 }
 
 // perRoundRatios formats target's req/s and p99 against base's in each

@@ -259,19 +259,29 @@ func writeStreamsReport(w io.Writer, meta reportMeta, results []*streamsResult, 
 	}
 	for _, mode := range modes {
 		rs := sortedByTarget(byMode[mode])
-		var direct, plain *streamsResult
+		var direct, plain, mcp, base *streamsResult
+		answers := false
 		for _, r := range rs {
 			switch r.Target {
 			case targetDirect:
 				direct = r
 			case targetPlain:
 				plain = r
+			case targetMCP:
+				mcp = r
+			case targetBase:
+				base = r
 			}
+			answers = answers || r.Kind == kindAnswer
 		}
 		fmt.Fprintf(w, "### %s\n\n", mode)
 		t := mdTable{
 			Header: []string{"target", "sent by the mock", "received", "delivered/s (window)", "vs plain", "gaps", "reordered", "corrupt", "streams: clean / broken / cut", "latency p50 / p99 / max ms", "proxy-added p50 / p99 ms", "tail after the window ms"},
 			Right:  rightFrom(12, 1),
+		}
+		if answers {
+			t.Header = append(t.Header, "call results / JSON-RPC errors")
+			t.Right = rightFrom(13, 1)
 		}
 		for _, r := range rs {
 			vs := "–"
@@ -282,24 +292,28 @@ func writeStreamsReport(w io.Writer, meta reportMeta, results []*streamsResult, 
 			if direct != nil && r.Target != targetDirect {
 				added = signedMs(r.Lat.P50-direct.Lat.P50) + " / " + signedMs(r.Lat.P99-direct.Lat.P99)
 			}
-			t.add(r.Target, fmt.Sprint(r.Sent), fmt.Sprint(r.Received), rate(r.deliveredPerSec()), vs,
+			row := []string{r.Target, fmt.Sprint(r.Sent), fmt.Sprint(r.Received), rate(r.deliveredPerSec()), vs,
 				fmt.Sprint(r.Gaps), fmt.Sprint(r.Reordered), fmt.Sprint(r.Corrupt),
 				fmt.Sprintf("%d / %d / %d", r.CleanEnds, r.BrokenEnds, r.Unfinished),
-				ms(r.Lat.P50)+" / "+ms(r.Lat.P99)+" / "+ms(r.Lat.Max), added, ms(r.TailAfterWindow))
+				ms(r.Lat.P50) + " / " + ms(r.Lat.P99) + " / " + ms(r.Lat.Max), added, ms(r.TailAfterWindow)}
+			if answers {
+				row = append(row, fmt.Sprintf("%d / %d", r.Results, r.RPCErrors))
+			}
+			t.add(row...)
 		}
 		t.write(w)
 		fmt.Fprintln(w)
 		s := mdTable{
-			Header: []string{"target", "Caddy CPU", "Caddy peak RSS", "generator+mock CPU", "other processes CPU", "mock: events > 1 ms behind schedule / worst ms", "mock write errors", "mcp_proxy: slow-consumer cuts / backpressure / keepalives", "service level changes", "mcp_proxy peak level (pressures ≥ 0.5)"},
-			Right:  rightFrom(9, 1),
+			Header: []string{"target", "Caddy CPU", "Caddy CPU µs/event", "Caddy peak RSS", "generator+mock CPU", "other processes CPU", "mock: events > 1 ms behind schedule / worst ms", "mock write errors", "mcp_proxy: slow-consumer cuts / backpressure / keepalives", "service level changes", "mcp_proxy peak level (pressures ≥ 0.5)"},
+			Right:  rightFrom(10, 1),
 		}
 		for _, r := range rs {
-			caddyCPU, caddyRSS := pct(r.Usage.Caddy.CPU), humanBytes(r.Usage.Caddy.PeakRSS)
+			caddyCPU, perEvent, caddyRSS := pct(r.Usage.Caddy.CPU), usPerEvent(r.cpuPerEvent()), humanBytes(r.Usage.Caddy.PeakRSS)
 			if r.Target == targetDirect {
-				caddyCPU, caddyRSS = "–", "–"
+				caddyCPU, perEvent, caddyRSS = "–", "–", "–"
 			}
 			mc, lv := "–", "–"
-			if r.Target == targetMCP && r.Metrics.Scraped {
+			if isMCPTarget(r.Target) && r.Metrics.Scraped {
 				mc = fmt.Sprintf("%.0f / %.0f / %.0f", r.Metrics.SlowConsumers, r.Metrics.Backpressure, r.Metrics.Keepalives)
 				lv = floatMap(r.Metrics.LevelChanges)
 			}
@@ -307,13 +321,21 @@ func writeStreamsReport(w io.Writer, meta reportMeta, results []*streamsResult, 
 			if r.Mode == modePaced {
 				lag = fmt.Sprintf("%d / %s", r.MockLagged, ms(r.MockMaxLag))
 			}
-			s.add(r.Target, caddyCPU, caddyRSS, pct(r.Usage.Harness.CPU), othersCell(r.Usage, r.Before, r.Reruns), lag, fmt.Sprint(r.MockWriteErrs), mc, lv, r.Levels.String())
+			s.add(r.Target, caddyCPU, perEvent, caddyRSS, pct(r.Usage.Harness.CPU), othersCell(r.Usage, r.Before, r.Reruns), lag, fmt.Sprint(r.MockWriteErrs), mc, lv, r.Levels.String())
 		}
 		s.write(w)
 		fmt.Fprintln(w)
+		if mcp != nil && base != nil {
+			fmt.Fprintf(w, "mcp_proxy against the baseline build (mcp_proxy ÷ baseline): delivered/s %s, latency p50 %s, p99 %s, Caddy CPU per event %s.\n\n",
+				ratio(mcp.deliveredPerSec(), base.deliveredPerSec()), ratio(float64(mcp.Lat.P50), float64(base.Lat.P50)), ratio(float64(mcp.Lat.P99), float64(base.Lat.P99)),
+				ratio(float64(mcp.cpuPerEvent()), float64(base.cpuPerEvent())))
+		}
 		for _, r := range rs {
 			if r.FirstEndErr != "" {
 				fmt.Fprintf(w, "- %s, first broken stream: `%s`\n", r.Target, r.FirstEndErr)
+			}
+			if r.FirstRPCError != "" {
+				fmt.Fprintf(w, "- %s, first JSON-RPC error on a stream: `%s`\n", r.Target, r.FirstRPCError)
 			}
 		}
 		fmt.Fprintln(w)
@@ -329,7 +351,7 @@ func signedMs(d time.Duration) string {
 }
 
 func sortedByTarget(rs []*streamsResult) []*streamsResult {
-	order := map[string]int{targetDirect: 0, targetPlain: 1, targetMCP: 2}
+	order := map[string]int{targetDirect: 0, targetPlain: 1, targetMCP: 2, targetAuth: 3, targetBase: 4}
 	out := append([]*streamsResult(nil), rs...)
 	for i := 1; i < len(out); i++ {
 		for j := i; j > 0 && order[out[j].Target] < order[out[j-1].Target]; j-- {
@@ -394,10 +416,15 @@ func writeIdleReport(w io.Writer, meta reportMeta, results []*idleResult, plots 
 		Header: []string{"target", "streams open", "open errors", "open time s", "headers p50 / p99 ms", "RSS before", "RSS sessions only", "RSS settled", "RSS held", "RSS per stream KiB (incl. session)", "of which session KiB", "goroutines", "heap in use per stream KiB", "stacks per stream KiB", "Caddy fds", "RSS 3 s after closing all"},
 		Right:  rightFrom(16, 1),
 	}
-	var plain *idleResult
+	var plain, mcp, base *idleResult
 	for _, r := range results {
-		if r.Target == targetPlain {
+		switch r.Target {
+		case targetPlain:
 			plain = r
+		case targetMCP:
+			mcp = r
+		case targetBase:
+			base = r
 		}
 	}
 	for _, r := range results {
@@ -426,7 +453,7 @@ func writeIdleReport(w io.Writer, meta reportMeta, results []*idleResult, plots 
 			g = fmt.Sprintf("%.0f", r.Closed.Goroutines)
 		}
 		ka, lv := "–", "–"
-		if r.Target == targetMCP && r.Metrics.Scraped {
+		if isMCPTarget(r.Target) && r.Metrics.Scraped {
 			ka, lv = fmt.Sprintf("%.0f", r.Metrics.Keepalives), floatMap(r.Metrics.LevelChanges)
 		}
 		s.add(r.Target, fmt.Sprint(r.MockOpen), fmt.Sprint(r.Alive), fmt.Sprint(r.EndedEarly), fmt.Sprintf("%.1f", r.CloseTime.Seconds()),
@@ -438,6 +465,21 @@ func writeIdleReport(w io.Writer, meta reportMeta, results []*idleResult, plots 
 		if r.FirstErr != "" {
 			fmt.Fprintf(w, "- %s, first open error: `%s`\n", r.Target, r.FirstErr)
 		}
+	}
+	if mcp != nil && base != nil {
+		fmt.Fprintf(w, "mcp_proxy against the baseline build (mcp_proxy ÷ baseline): RSS per stream %s vs %s KiB = %s",
+			kib(mcp.growth()), kib(base.growth()), ratio(mcp.growth(), base.growth()))
+		if n, b := int64(mcp.Opened), int64(base.Opened); n > 0 && b > 0 && mcp.Base.Goroutines >= 0 && mcp.Held.Goroutines >= 0 && base.Base.Goroutines >= 0 && base.Held.Goroutines >= 0 {
+			gm := (mcp.Held.Goroutines - mcp.Base.Goroutines) / float64(n)
+			gb := (base.Held.Goroutines - base.Base.Goroutines) / float64(b)
+			fmt.Fprintf(w, "; goroutines per stream %.2f vs %.2f", gm, gb)
+		}
+		if mcp.Base.HeapInuse >= 0 && mcp.Held.HeapInuse >= 0 && base.Base.HeapInuse >= 0 && base.Held.HeapInuse >= 0 && mcp.Opened > 0 && base.Opened > 0 {
+			hm := (mcp.Held.HeapInuse - mcp.Base.HeapInuse) / float64(mcp.Opened)
+			hb := (base.Held.HeapInuse - base.Base.HeapInuse) / float64(base.Opened)
+			fmt.Fprintf(w, "; heap in use per stream %s vs %s KiB = %s", kib(hm), kib(hb), ratio(hm, hb))
+		}
+		fmt.Fprintf(w, ".\n\n")
 	}
 	writeIdleSteps(w, results)
 	for _, p := range plots {

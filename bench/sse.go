@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -20,6 +21,14 @@ import (
 // then what the current streamPlan says. Without a plan the stream stays
 // idle, with a keepalive comment every keepaliveEvery, until the client
 // or the server ends it.
+//
+// While a plan is set, a POST tools/call of the tool toolStream gets the
+// same stream as its answer: the headers and ": open" at once, the plan's
+// events, and then the call's JSON-RPC result as the last event.
+
+// toolStream is the mock's tool whose answer is a text/event-stream of
+// the current plan's events, ended by the call's result.
+const toolStream = "stream"
 
 // streamPlan tells the mock's GET streams what to emit. It is set before
 // the streams are opened; every stream waits for start to be closed, then
@@ -68,15 +77,8 @@ func (u *upstream) serveStream(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "GET needs Accept: text/event-stream", http.StatusNotAcceptable)
 		return
 	}
-	h := w.Header()
-	h.Set("Content-Type", "text/event-stream")
-	h.Set("Cache-Control", "no-cache")
-	w.WriteHeader(http.StatusOK)
-	rc := http.NewResponseController(w)
-	if _, err := io.WriteString(w, ": open\n\n"); err != nil {
-		return
-	}
-	if rc.Flush() != nil {
+	rc, ok := openEventStream(w)
+	if !ok {
 		return
 	}
 	u.streamsTotal.Add(1)
@@ -90,7 +92,7 @@ func (u *upstream) serveStream(w http.ResponseWriter, r *http.Request) {
 		case <-ctx.Done():
 			return
 		}
-		p.emit(ctx, w, rc)
+		_ = p.emit(ctx, w, rc)
 		return
 	}
 	t := time.NewTicker(keepaliveEvery)
@@ -110,9 +112,67 @@ func (u *upstream) serveStream(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// openEventStream answers with text/event-stream headers and a ": open"
+// comment, flushed at once; false when the client is gone.
+func openEventStream(w http.ResponseWriter) (*http.ResponseController, bool) {
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-cache")
+	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
+	if _, err := io.WriteString(w, ": open\n\n"); err != nil {
+		return nil, false
+	}
+	return rc, rc.Flush() == nil
+}
+
+// isStreamTool reports whether a tools/call body calls toolStream.
+func isStreamTool(body []byte) bool {
+	var m struct {
+		Params struct {
+			Name string `json:"name"`
+		} `json:"params"`
+	}
+	return json.Unmarshal(body, &m) == nil && m.Params.Name == toolStream
+}
+
+// serveAnswerStream answers a tools/call of toolStream with an SSE stream
+// of the plan's events, as a GET stream gets them, and then the call's
+// result: the answer an MCP server gives a call that sends notifications
+// before its result. A call whose stream broke before the result counts
+// as abandoned.
+func (u *upstream) serveAnswerStream(w http.ResponseWriter, r *http.Request, p *streamPlan, id json.RawMessage) {
+	rc, ok := openEventStream(w)
+	if !ok {
+		u.abandoned.Add(1)
+		return
+	}
+	u.streamsTotal.Add(1)
+	u.streamsOpen.Add(1)
+	defer u.streamsOpen.Add(-1)
+	ctx := r.Context()
+	select {
+	case <-p.start:
+	case <-ctx.Done():
+		u.abandoned.Add(1)
+		return
+	}
+	if !p.emit(ctx, w, rc) {
+		u.abandoned.Add(1)
+		return
+	}
+	result := `data: {"jsonrpc":"2.0","id":` + string(idOrNull(id)) + `,"result":{"content":[{"type":"text","text":"ok"}]}}` + "\n\n"
+	if _, err := io.WriteString(w, result); err != nil || rc.Flush() != nil {
+		u.abandoned.Add(1)
+		return
+	}
+	u.served.Add(1)
+}
+
 // emit writes the plan's events to one stream, each flushed on its own,
-// as an MCP server sends its messages.
-func (p *streamPlan) emit(ctx context.Context, w io.Writer, rc *http.ResponseController) {
+// as an MCP server sends its messages. It reports whether the emission
+// ran to its end: no write failed and the request was not cancelled.
+func (p *streamPlan) emit(ctx context.Context, w io.Writer, rc *http.ResponseController) bool {
 	k := p.next.Add(1) - 1
 	start := p.startAt
 	if p.Interval > 0 && p.Streams > 0 {
@@ -122,7 +182,7 @@ func (p *streamPlan) emit(ctx context.Context, w io.Writer, rc *http.ResponseCon
 	end := p.startAt.Add(p.Duration)
 	if d := time.Until(start); d > 0 {
 		if !sleepCtx(ctx, d) {
-			return
+			return false
 		}
 	}
 	buf := make([]byte, 0, p.EventSize+64)
@@ -166,6 +226,7 @@ func (p *streamPlan) emit(ctx context.Context, w io.Writer, rc *http.ResponseCon
 		p.writeEr++
 	}
 	p.mu.Unlock()
+	return !writeErr && ctx.Err() == nil
 }
 
 // sleepCtx sleeps for d; false if ctx ended first.
@@ -239,7 +300,7 @@ type streamTally struct {
 	InWindow   int64 // of which received inside the measurement window
 	Gaps       int64 // events missing between two received ones
 	Reordered  int64 // seq at or below one already seen
-	Corrupt    int64 // data lines of the wrong size or without seq/ts
+	Corrupt    int64 // data lines of the wrong size or without seq/ts, other than JSON-RPC responses
 	Comments   int64 // comment lines (keepalives)
 	LastSeq    int64
 	Bytes      int64
@@ -253,6 +314,13 @@ type streamTally struct {
 	windowTo   time.Time
 	// Bins counts the events received in each rateBin of the window.
 	Bins []int64
+
+	// Results and RPCErrors count the JSON-RPC responses on the stream
+	// (an SSE answer ends with the call's result; a proxy may put an
+	// error in its place); they are not events. FirstRPCError is the
+	// first error's code and message.
+	Results, RPCErrors int64
+	FirstRPCError      string
 }
 
 // rateBin is the width of the bins of events received over time.
@@ -309,6 +377,9 @@ func (t *streamTally) line(line []byte, now time.Time, dataLen int) {
 		t.Comments++
 	case bytes.HasPrefix(line, []byte("data:")):
 		seq, ts, ok := parseStreamEvent(line)
+		if !ok && t.rpcResponse(dataValue(line)) {
+			return
+		}
 		if !ok || (dataLen > 0 && len(dataValue(line)) != dataLen) {
 			t.Corrupt++
 			return
@@ -337,6 +408,58 @@ func (t *streamTally) line(line []byte, now time.Time, dataLen int) {
 			t.Lat = append(t.Lat, now.Sub(time.Unix(0, ts)))
 		}
 	}
+}
+
+// rpcResponse counts a data value that is a JSON-RPC response (an id and
+// a result or an error) and reports whether it was one.
+func (t *streamTally) rpcResponse(v []byte) bool {
+	var m struct {
+		ID     json.RawMessage `json:"id"`
+		Result json.RawMessage `json:"result"`
+		Error  *struct {
+			Code    int    `json:"code"`
+			Message string `json:"message"`
+		} `json:"error"`
+	}
+	if json.Unmarshal(v, &m) != nil || len(m.ID) == 0 || (m.Result == nil) == (m.Error == nil) {
+		return false
+	}
+	if m.Error != nil {
+		t.RPCErrors++
+		if t.FirstRPCError == "" {
+			t.FirstRPCError = fmt.Sprintf("%d %s", m.Error.Code, m.Error.Message)
+		}
+		return true
+	}
+	t.Results++
+	return true
+}
+
+// streamCallBody is the JSON-RPC tools/call of toolStream with id n.
+func streamCallBody(n int64) []byte {
+	b := append([]byte(`{"jsonrpc":"2.0","id":`), strconv.FormatInt(n, 10)...)
+	return append(b, `,"method":"tools/call","params":{"name":"`+toolStream+`","arguments":{}}}`...)
+}
+
+// openAnswer sends a tools/call of toolStream with id n in session sid
+// and returns the response once its headers are in; it must be an SSE
+// answer.
+func openAnswer(ctx context.Context, c *http.Client, url, sid string, n int64) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(streamCallBody(n)))
+	if err != nil {
+		return nil, err
+	}
+	setMCPHeaders(req.Header, sid)
+	resp, err := c.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		resp.Body.Close()
+		return nil, fmt.Errorf("tools/call %s: status %d, Content-Type %q: %s", toolStream, resp.StatusCode, resp.Header.Get("Content-Type"), bytes.TrimSpace(b))
+	}
+	return resp, nil
 }
 
 // openStream opens an MCP session's GET SSE stream and returns the

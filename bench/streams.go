@@ -14,16 +14,19 @@ const (
 	modePaced      = "paced"
 )
 
-// streamsConfig is the streams scenario's setup: Streams GET SSE streams,
+// streamsConfig is the streams scenario's setup: Streams SSE streams,
 // each with its own session; the mock emits EventSize-byte events on each
 // for Duration, as fast as it can (saturation) or at Rate events per
-// second in total (paced).
+// second in total (paced). A stream is the session's GET stream (Kind
+// get) or the SSE answer to a POST tools/call of the mock's stream tool,
+// which ends with the call's result (Kind answer).
 type streamsConfig struct {
 	Streams   int
 	EventSize int
 	Duration  time.Duration
 	Rate      float64 // paced: events per second over all streams
 	Modes     []string
+	Kind      string        // kindGet or kindAnswer
 	Drain     time.Duration // longest wait for the tail after the emission
 	MaxLat    int           // latency samples kept per stream
 }
@@ -31,6 +34,7 @@ type streamsConfig struct {
 // streamsResult is one target's figures in one mode.
 type streamsResult struct {
 	Target, Mode string
+	Kind         string // kindGet or kindAnswer
 	Streams      int
 	Duration     time.Duration
 
@@ -48,21 +52,41 @@ type streamsResult struct {
 	Metrics                   mcpCounters
 	Levels                    levelPeak
 	Usage                     windowUsage
+	UsageSpan                 time.Duration // how long Usage was measured
 	Before                    quietness
 	Reruns                    int
 	// Rate is the events received per second over all streams, per
 	// rateBin of the window.
 	Rate []float64
+
+	// Results and RPCErrors are the JSON-RPC responses the streams carried
+	// (an answer stream ends with its call's result); FirstRPCError is
+	// the first error's code and message.
+	Results, RPCErrors int64
+	FirstRPCError      string
 }
 
 func (r *streamsResult) deliveredPerSec() float64 {
 	return float64(r.InWindow) / r.Duration.Seconds()
 }
 
-// lossless: every event the mock sent arrived once, in order, intact, and
-// every stream ended cleanly.
+// lossless: every event the mock sent arrived once, in order, intact,
+// every stream ended cleanly, and every answer stream carried its call's
+// result and no error.
 func (r *streamsResult) lossless() bool {
+	if r.Kind == kindAnswer && (r.Results != int64(r.Streams) || r.RPCErrors != 0) {
+		return false
+	}
 	return r.Received == r.Sent && r.Gaps == 0 && r.Reordered == 0 && r.Corrupt == 0 && r.BrokenEnds == 0 && r.Unfinished == 0
+}
+
+// cpuPerEvent is Caddy's CPU time per event received, over the time its
+// CPU was measured; 0 when unknown.
+func (r *streamsResult) cpuPerEvent() time.Duration {
+	if r.Received == 0 || r.UsageSpan <= 0 || r.Target == targetDirect {
+		return 0
+	}
+	return time.Duration(r.Usage.Caddy.CPU * float64(r.UsageSpan) / float64(r.Received))
 }
 
 // runStreams opens the streams through one target and runs one mode.
@@ -78,7 +102,7 @@ func runStreams(ctx context.Context, env *benchEnv, tgt target, mode string, cfg
 	tr := newTransport(cfg.Streams + 16)
 	tr.ReadBufferSize = 64 << 10
 	defer tr.CloseIdleConnections()
-	client := &http.Client{Transport: tr}
+	client := tgt.client(tr)
 	streamCtx, cancelStreams := context.WithCancel(ctx)
 	defer cancelStreams()
 
@@ -95,6 +119,10 @@ func runStreams(ctx context.Context, env *benchEnv, tgt target, mode string, cfg
 			sid, err := initialize(ctx, client, tgt.URL)
 			if err != nil {
 				errs[i] = err
+				return
+			}
+			if cfg.Kind == kindAnswer {
+				resps[i], errs[i] = openAnswer(streamCtx, client, tgt.URL, sid, int64(i)+1)
 				return
 			}
 			resps[i], errs[i] = openStream(streamCtx, client, tgt.URL, sid)
@@ -120,11 +148,13 @@ func runStreams(ctx context.Context, env *benchEnv, tgt target, mode string, cfg
 		}
 	}
 
-	res := &streamsResult{Target: tgt.Name, Mode: mode, Streams: cfg.Streams, Duration: cfg.Duration}
+	res := &streamsResult{Target: tgt.Name, Mode: mode, Kind: cfg.Kind, Streams: cfg.Streams, Duration: cfg.Duration}
 	res.Before = env.settle(ctx, tgt)
-	m0 := scrape(ctx, env.admin)
+	admin := env.adminFor(tgt)
+	m0 := scrape(ctx, admin)
 	lw := env.watchFor(tgt)
 	win := startWindow(env.caddyPID(tgt))
+	winFrom := time.Now()
 	startAt := time.Now().Add(50 * time.Millisecond)
 	windowEnd := startAt.Add(cfg.Duration)
 	tallies := make([]*streamTally, cfg.Streams)
@@ -154,11 +184,12 @@ func runStreams(ctx context.Context, env *benchEnv, tgt target, mode string, cfg
 		return nil, ctx.Err()
 	}
 	res.Usage = win.stop()
+	res.UsageSpan = time.Since(winFrom)
 	res.Levels = lw.stop()
 	if err := profile.wait(); err != nil {
 		return nil, err
 	}
-	res.Metrics = mcpDelta(m0, scrape(ctx, env.admin))
+	res.Metrics = mcpDelta(m0, scrape(ctx, admin))
 
 	var lat []time.Duration
 	var last time.Time
@@ -173,6 +204,11 @@ func runStreams(ctx context.Context, env *benchEnv, tgt target, mode string, cfg
 		res.Reordered += t.Reordered
 		res.Corrupt += t.Corrupt
 		res.Comments += t.Comments
+		res.Results += t.Results
+		res.RPCErrors += t.RPCErrors
+		if res.FirstRPCError == "" {
+			res.FirstRPCError = t.FirstRPCError
+		}
 		switch {
 		case t.EndErr == nil:
 			res.CleanEnds++
@@ -217,10 +253,16 @@ func runStreamsScenario(ctx context.Context, env *benchEnv, targets []target, cf
 				return out, err
 			}
 			res.Reruns = reruns
-			logf("  %s: sent %d, received %d (%.0f ev/s in the window), gaps %d, reordered %d, corrupt %d, broken %d, unfinished %d; latency p50/p99 %s/%s ms",
-				tgt.Name, res.Sent, res.Received, res.deliveredPerSec(), res.Gaps, res.Reordered, res.Corrupt, res.BrokenEnds, res.Unfinished, ms(res.Lat.P50), ms(res.Lat.P99))
+			logf("  %s: sent %d, received %d (%.0f ev/s in the window), gaps %d, reordered %d, corrupt %d, broken %d, unfinished %d; latency p50/p99 %s/%s ms; Caddy CPU %s, %s µs/event",
+				tgt.Name, res.Sent, res.Received, res.deliveredPerSec(), res.Gaps, res.Reordered, res.Corrupt, res.BrokenEnds, res.Unfinished, ms(res.Lat.P50), ms(res.Lat.P99), pct(res.Usage.Caddy.CPU), usPerEvent(res.cpuPerEvent()))
+			if cfg.Kind == kindAnswer {
+				logf("  %s: call results %d of %d, JSON-RPC errors %d", tgt.Name, res.Results, res.Streams, res.RPCErrors)
+			}
 			if res.FirstEndErr != "" {
 				logf("  first broken stream: %s", res.FirstEndErr)
+			}
+			if res.FirstRPCError != "" {
+				logf("  first JSON-RPC error: %s", res.FirstRPCError)
 			}
 			out = append(out, res)
 			if !pause(ctx, time.Second) {

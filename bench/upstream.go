@@ -47,10 +47,10 @@ type upstream struct {
 	inService  atomic.Int64 // tools/call requests in service now
 	peakQueue  atomic.Int64 // highest queued seen since the last reset
 
-	// GET SSE streams (see sse.go).
-	plan         atomic.Pointer[streamPlan] // nil: streams stay idle
-	streamsOpen  atomic.Int64               // GET streams open now
-	streamsTotal atomic.Int64               // GET streams ever opened
+	// GET SSE streams, and SSE answers of the stream tool (see sse.go).
+	plan         atomic.Pointer[streamPlan] // nil: streams stay idle, no stream tool
+	streamsOpen  atomic.Int64               // streams open now
+	streamsTotal atomic.Int64               // streams ever opened
 
 	// Slow tools (see slowtools.go); off while slow is 0.
 	slow        time.Duration // how long a slow tool takes before answering
@@ -182,6 +182,12 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		if u.slow > 0 && u.serveSlowTool(w, r, env.ID, body) {
+			return
+		}
+		// The stream tool exists only while a streams plan is set, so the
+		// other scenarios' calls are not parsed any further.
+		if p := u.plan.Load(); p != nil && isStreamTool(body) {
+			u.serveAnswerStream(w, r, p, env.ID)
 			return
 		}
 		if !u.serve(r.Context()) {
