@@ -107,7 +107,7 @@ func (h *Handler) provisionAdmission(ctx caddy.Context) error {
 	}
 	h.principal = h.Principal
 	if h.principal == "" {
-		h.principal = "{http.auth.user.id}"
+		h.principal = defaultPrincipal
 	}
 	h.clientKey = h.ClientKey
 	if h.clientKey == "" {

@@ -131,8 +131,16 @@ func (h *Handler) principalOf(r *http.Request) string {
 	if repl == nil {
 		return ""
 	}
+	if h.principal == defaultPrincipal {
+		p, _ := repl.GetString("http.auth.user.id")
+		return p
+	}
 	return repl.ReplaceAll(h.principal, "")
 }
+
+// defaultPrincipal is the principal placeholder without a principal
+// subdirective.
+const defaultPrincipal = "{http.auth.user.id}"
 
 // open opens a sealed token and checks that its upstream is still
 // configured and that it belongs to the request's principal (a session

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/crypto/scrypt"
@@ -52,6 +53,10 @@ type Session struct {
 
 	// key is the index of the sealer key that opened the token.
 	key int
+	// bound is the last principal Bound found the session bound to, so
+	// the cached session of a busy client is not hashed again for every
+	// request.
+	bound atomic.Pointer[string]
 }
 
 // Limits of what a token may carry.
@@ -334,8 +339,15 @@ func (s *Sealer) Bound(sess *Session, principal string) bool {
 	if sess.Principal == "" || principal == "" {
 		return sess.Principal == "" && principal == ""
 	}
+	if last := sess.bound.Load(); last != nil && *last == principal {
+		return true
+	}
 	k := s.keys[min(max(sess.key, 0), len(s.keys)-1)]
-	return hmac.Equal([]byte(sess.Principal), []byte(bindWith(k.bind, principal)))
+	if !hmac.Equal([]byte(sess.Principal), []byte(bindWith(k.bind, principal))) {
+		return false
+	}
+	sess.bound.Store(&principal)
+	return true
 }
 
 func bindWith(key []byte, principal string) string {
