@@ -9,6 +9,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/mcpgate/mcpgate/admission"
 	"github.com/mcpgate/mcpgate/mcp"
@@ -113,32 +114,42 @@ func (a *auditor) close() {
 
 // write writes one record to the audit logger.
 func (a *auditor) write(rec *policy.Record) {
-	fields := []zap.Field{
-		zap.Time("time", rec.Time),
-		zap.String("principal", rec.Principal),
-		zap.String("session", rec.Session),
-		zap.String("client", rec.Client),
-		zap.String("method", rec.Method),
-		zap.String("decision", rec.Decision),
-		zap.Int("status", rec.Status),
-		zap.Duration("duration", rec.Duration),
-		zap.String("upstream", rec.Upstream),
-		zap.Int64("bytes_in", rec.BytesIn),
-		zap.Int64("bytes_out", rec.BytesOut),
+	if ce := a.logger.Check(zap.InfoLevel, auditRecordDescription); ce != nil {
+		ce.Write(zap.Inline(auditEntry{rec}))
 	}
+}
+
+// auditEntry writes a record's fields into its log entry, without a
+// zap.Field for each.
+type auditEntry struct{ rec *policy.Record }
+
+// MarshalLogObject implements zapcore.ObjectMarshaler.
+func (e auditEntry) MarshalLogObject(enc zapcore.ObjectEncoder) error {
+	rec := e.rec
+	enc.AddTime("time", rec.Time)
+	enc.AddString("principal", rec.Principal)
+	enc.AddString("session", rec.Session)
+	enc.AddString("client", rec.Client)
+	enc.AddString("method", rec.Method)
+	enc.AddString("decision", rec.Decision)
+	enc.AddInt("status", rec.Status)
+	enc.AddDuration("duration", rec.Duration)
+	enc.AddString("upstream", rec.Upstream)
+	enc.AddInt64("bytes_in", rec.BytesIn)
+	enc.AddInt64("bytes_out", rec.BytesOut)
 	if rec.Kind != "" {
-		fields = append(fields, zap.String(rec.Kind, rec.Target))
+		enc.AddString(rec.Kind, rec.Target)
 	}
 	if rec.Rule != "" {
-		fields = append(fields, zap.String("rule", rec.Rule))
+		enc.AddString("rule", rec.Rule)
 	}
 	if rec.Code != 0 {
-		fields = append(fields, zap.Int("error_code", rec.Code))
+		enc.AddInt("error_code", rec.Code)
 	}
 	if rec.Arguments != nil {
-		fields = append(fields, zap.Any("arguments", rec.Arguments))
+		return enc.AddReflected("arguments", rec.Arguments)
 	}
-	a.logger.Info(auditRecordDescription, fields...)
+	return nil
 }
 
 // effortAt is the governance's effort at a service level: full at full,
