@@ -64,6 +64,7 @@ type exchange struct {
 // record is queued when the handler returns.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	x := &exchange{w: w, r: r, status: http.StatusOK, decision: "allow"}
+	defer x.leave()
 	if h.auditor != nil {
 		x.start = time.Now()
 		cw := &countingWriter{ResponseWriter: w}
@@ -141,6 +142,16 @@ func (x *exchange) releaseBody(h *Handler) {
 	if x.body.held > 0 {
 		h.app.global.Memory().Release(x.body.held)
 	}
+}
+
+// leave drops the exchange's hold on the request and its response writer
+// when the handler returns (after the audit record is queued). A stream
+// handed off or detached keeps the exchange (its relay ends the request
+// with over), and must not keep with it the request, its context and
+// Replacer, or the client connection's buffers net/http gave up.
+func (x *exchange) leave() {
+	x.r, x.w = nil, nil
+	x.spliced, x.denied, x.subject = nil, nil, nil
 }
 
 // maxClientKey is the longest client key kept as it is.
