@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -47,6 +48,27 @@ func newTransport(maxIdlePerHost int) *http.Transport {
 		WriteBufferSize:       4 << 10,
 		ReadBufferSize:        4 << 10,
 	}
+}
+
+// newSpreadTransport is newTransport whose connections come, in turn,
+// from the loopback addresses 127.0.1.1 … 127.0.1.n, so that Caddy sees
+// n clients instead of one (mcp_proxy's client_key is the remote address
+// by default, and the mcp app caps the sessions of one client). Linux
+// routes all of 127.0.0.0/8 to the loopback interface, so no set-up is
+// needed.
+func newSpreadTransport(maxIdlePerHost, n int) *http.Transport {
+	tr := newTransport(maxIdlePerHost)
+	var next atomic.Uint32
+	tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		i := next.Add(1) % uint32(n)
+		d := net.Dialer{
+			Timeout:   5 * time.Second,
+			KeepAlive: 30 * time.Second,
+			LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 1, byte(i+1))},
+		}
+		return d.DialContext(ctx, network, addr)
+	}
+	return tr
 }
 
 // toolsCallBody is the JSON-RPC tools/call request with id n.

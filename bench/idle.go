@@ -217,8 +217,10 @@ func runIdle(ctx context.Context, ie *idleEnv, tgtName string, cfg idleConfig, l
 
 	// Sessions, over a pool of keep-alive connections that is closed
 	// afterwards so only the streams hold connections.
-	// Few connections, so that their buffers do not count as session cost.
-	itr := newTransport(sessionConns)
+	// Few connections, so that their buffers do not count as session cost;
+	// each from its own loopback address, so that the sessions count as
+	// those of sessionConns clients, none of them near its own cap.
+	itr := newSpreadTransport(sessionConns, sessionConns)
 	ic := &http.Client{Transport: itr}
 	sids := make([]string, cfg.Streams)
 	var sessErr atomic.Pointer[error]
