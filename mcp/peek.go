@@ -1,6 +1,7 @@
 package mcp
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -312,18 +313,26 @@ func (s *scanner) str() (raw []byte, escaped bool, err error) {
 	if s.b[s.i] != '"' {
 		return nil, false, ErrMalformed
 	}
+	// The next quote ends the string unless a backslash before it starts
+	// an escape; both searches are bytes.IndexByte's, which a long string
+	// without escapes (an event's padding, a base64 blob) passes at memory
+	// speed.
 	start := s.i + 1
-	for j := start; j < len(s.b); j++ {
-		switch s.b[j] {
-		case '\\':
-			escaped = true
-			j++
-		case '"':
-			s.i = j + 1
-			return s.b[start:j], escaped, nil
+	for j := start; ; {
+		q := bytes.IndexByte(s.b[j:], '"')
+		if q < 0 {
+			return nil, false, errEOF
 		}
+		q += j
+		bs := bytes.IndexByte(s.b[j:q], '\\')
+		if bs < 0 {
+			s.i = q + 1
+			return s.b[start:q], escaped, nil
+		}
+		// Past the backslash and the byte it escapes (a quote, maybe).
+		escaped = true
+		j += bs + 2
 	}
-	return nil, false, errEOF
 }
 
 // skip moves past one JSON value of any type.

@@ -201,3 +201,40 @@ func BenchmarkPeek(b *testing.B) {
 		})
 	}
 }
+
+// TestScannerStr checks where a string ends: escaped quotes and
+// backslashes anywhere, a long run without escapes, and a string cut
+// before its end.
+func TestScannerStr(t *testing.T) {
+	long := strings.Repeat("x", 1000)
+	for _, tc := range []struct {
+		in, raw string
+		escaped bool
+		err     bool
+	}{
+		{in: `"abc",`, raw: `abc`},
+		{in: `"",`, raw: ``},
+		{in: `"a\"b",`, raw: `a\"b`, escaped: true},
+		{in: `"a\\",`, raw: `a\\`, escaped: true},
+		{in: `"\\\"",`, raw: `\\\"`, escaped: true},
+		{in: `"` + long + `\"` + long + `",`, raw: long + `\"` + long, escaped: true},
+		{in: `"` + long + `",`, raw: long},
+		{in: `"\u0022",`, raw: `\u0022`, escaped: true},
+		{in: `"abc`, err: true},
+		{in: `"abc\"`, err: true},
+		{in: `"abc\`, err: true},
+	} {
+		s := scanner{b: []byte(tc.in)}
+		raw, esc, err := s.str()
+		if (err != nil) != tc.err {
+			t.Errorf("%.40q: err %v", tc.in, err)
+			continue
+		}
+		if tc.err {
+			continue
+		}
+		if string(raw) != tc.raw || esc != tc.escaped || s.b[s.i] != ',' {
+			t.Errorf("%.40q: raw %.40q escaped %v, next %q", tc.in, raw, esc, s.b[s.i])
+		}
+	}
+}
