@@ -28,6 +28,9 @@ const (
 	initializeBody  = `{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"mcpgate-bench","version":"1.0.0"}}}`
 	// okMarker is part of every successful tools/call answer of the mock.
 	okMarker = `"text":"ok"`
+	// listMarker is part of the mock's tools/list answer, also when
+	// filtered by the bench's rules (they allow echo).
+	listMarker = `"name":"echo"`
 )
 
 // newTransport returns an HTTP/1.1 transport tuned for loopback load:
@@ -69,6 +72,13 @@ func newSpreadTransport(maxIdlePerHost, n int) *http.Transport {
 		return d.DialContext(ctx, network, addr)
 	}
 	return tr
+}
+
+// toolsListBody is the JSON-RPC tools/list request with id n.
+func toolsListBody(dst []byte, n int64) []byte {
+	dst = append(dst, `{"jsonrpc":"2.0","id":`...)
+	dst = strconv.AppendInt(dst, n, 10)
+	return append(dst, `,"method":"tools/list","params":{}}`...)
 }
 
 // toolsCallBody is the JSON-RPC tools/call request with id n.
@@ -194,6 +204,12 @@ type callResult struct {
 
 // doCall sends one tools/call and reads the whole answer into buf.
 func doCall(ctx context.Context, c *http.Client, url, sid string, body []byte, buf *bytes.Buffer) callResult {
+	return doPost(ctx, c, url, sid, body, okMarker, buf)
+}
+
+// doPost sends one request and reads the whole answer into buf; a 200
+// counts as answered when its body contains marker.
+func doPost(ctx context.Context, c *http.Client, url, sid string, body []byte, marker string, buf *bytes.Buffer) callResult {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
 	if err != nil {
 		return callResult{out: outError}
@@ -218,7 +234,7 @@ func doCall(ctx context.Context, c *http.Client, url, sid string, body []byte, b
 	if resp.StatusCode != http.StatusOK {
 		return callResult{out: outStatus, status: resp.StatusCode, retryAfter: resp.Header.Get("Retry-After") != ""}
 	}
-	if !bytes.Contains(buf.Bytes(), []byte(okMarker)) {
+	if !bytes.Contains(buf.Bytes(), []byte(marker)) {
 		return callResult{out: outBadBody, status: resp.StatusCode}
 	}
 	return callResult{out: outOK, status: resp.StatusCode}

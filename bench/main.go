@@ -62,6 +62,14 @@ const (
 	kindAnswer = "answer"
 )
 
+// Requests of the post scenario.
+const (
+	// postCallTool: tools/call of the mock's echo tool.
+	postCallTool = "call"
+	// postCallList: tools/list.
+	postCallList = "list"
+)
+
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == mockCommand {
 		// The mock upstream as a process of its own (upstreamkill).
@@ -126,6 +134,7 @@ type options struct {
 	streamRate      float64
 	streamModes     string
 	streamKind      string
+	postCall        string
 	openConcurrency int
 	settle          time.Duration
 	hold            time.Duration
@@ -188,6 +197,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.IntVar(&o.eventSize, "event-size", 1024, "streams: bytes of each SSE event on the wire")
 	fs.Float64Var(&o.streamRate, "stream-rate", 50000, "streams, paced mode: events per second over all streams")
 	fs.StringVar(&o.streamModes, "stream-modes", "saturation,paced", "streams: modes to run, comma-separated: saturation, paced")
+	fs.StringVar(&o.postCall, "post-call", postCallTool, "post: what each request is: call (tools/call of the mock's echo tool) or list (tools/list, answered with the mock's 20 tools; mcp_proxy filters the list when rules deny some of them)")
 	fs.StringVar(&o.streamKind, "stream-kind", kindGet, "streams: get (each stream a session's GET SSE stream) or answer (each stream the text/event-stream answer to a POST tools/call of the mock's stream tool, ended by the call's result)")
 	fs.IntVar(&o.openConcurrency, "open-concurrency", 256, "idle/burst: sessions and streams opening at once")
 	fs.DurationVar(&o.settle, "settle", 3*time.Second, "idle: wait after the last stream opened before the first sample; upstreamkill: wait after every flow ended before Caddy's goroutines are counted again")
@@ -347,6 +357,15 @@ func parseFlags(args []string) (*options, error) {
 		}
 	default:
 		return nil, fmt.Errorf("-stream-kind %q: want get or answer", o.streamKind)
+	}
+	switch o.postCall {
+	case postCallTool:
+	case postCallList:
+		if o.scenario != "post" {
+			return nil, fmt.Errorf("-post-call %s: only the post scenario has it", postCallList)
+		}
+	default:
+		return nil, fmt.Errorf("-post-call %q: want call or list", o.postCall)
 	}
 	return o, nil
 }
@@ -930,12 +949,16 @@ func run(args []string) error {
 
 	switch o.scenario {
 	case "post":
-		cfg := postConfig{Concurrency: o.concurrency, Warmup: o.warmup, Duration: o.duration, Rounds: o.rounds, Timeout: o.timeout}
+		cfg := postConfig{Concurrency: o.concurrency, Warmup: o.warmup, Duration: o.duration, Rounds: o.rounds, Timeout: o.timeout, List: o.postCall == postCallList}
 		rounds, err := runPostScenario(ctx, env, targets, cfg, prof, logf)
 		if err != nil {
 			return err
 		}
-		meta.Title = fmt.Sprintf("post: closed loop, %d clients, tools/call, service %s", o.concurrency, o.service)
+		method := "tools/call"
+		if cfg.List {
+			method = "tools/list"
+		}
+		meta.Title = fmt.Sprintf("post: closed loop, %d clients, %s, service %s", o.concurrency, method, o.service)
 		procs := "one Caddy process serves both sites"
 		if issuer != nil {
 			procs = "one Caddy process serves the three sites"
@@ -945,10 +968,13 @@ func run(args []string) error {
 		}
 		meta.Setup = []string{
 			upDesc,
-			fmt.Sprintf("%d concurrent clients, each with its own session (initialize first) and its own keep-alive connection; POST tools/call in a closed loop", o.concurrency),
+			fmt.Sprintf("%d concurrent clients, each with its own session (initialize first) and its own keep-alive connection; POST %s in a closed loop", o.concurrency, method),
 			fmt.Sprintf("per target: %s warm-up, then %s measured (only calls that start and end in the window count; latency is of the 200s)", o.warmup, o.duration),
 			fmt.Sprintf("%d rounds; every round runs every target once, in an order rotated by the round", o.rounds),
 			procs + "; generator, mock upstream and Caddy share the machine; CPU is % of one core over the window",
+		}
+		if cfg.List {
+			meta.Setup = append(meta.Setup, "each request is a tools/list; the mock answers every one with the same "+strconv.Itoa(len(mockTools))+" tools ("+strconv.Itoa(len(mockToolsList))+" bytes: "+strings.Join(mockTools, ", ")+"), each with a description and an input schema; a 200 counts when its body names the echo tool")
 		}
 		if issuer != nil {
 			meta.Setup = append(meta.Setup, authSetup(o, params.AuthPort))

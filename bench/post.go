@@ -16,6 +16,8 @@ type postConfig struct {
 	Duration    time.Duration
 	Rounds      int
 	Timeout     time.Duration // per request
+	// List sends tools/list instead of tools/call.
+	List bool
 }
 
 // postResult is one target's figures in one round.
@@ -115,9 +117,15 @@ func runPost(ctx context.Context, env *benchEnv, tgt target, cfg postConfig, rou
 				if !t0.Before(mEnd) || runCtx.Err() != nil {
 					return
 				}
-				body = toolsCallBody(body[:0], int64(i)*1_000_000_000+n+1)
+				id := int64(i)*1_000_000_000 + n + 1
+				marker := okMarker
+				if cfg.List {
+					body, marker = toolsListBody(body[:0], id), listMarker
+				} else {
+					body = toolsCallBody(body[:0], id)
+				}
 				cctx, ccancel := context.WithTimeout(runCtx, cfg.Timeout)
-				res := doCall(cctx, clients[i], tgt.URL, sids[i], body, &buf)
+				res := doPost(cctx, clients[i], tgt.URL, sids[i], body, marker, &buf)
 				ccancel()
 				t1 := time.Now()
 				if t0.Before(mStart) || t1.After(mEnd) {

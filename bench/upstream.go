@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -196,6 +197,19 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		u.served.Add(1)
 		writeJSON(w, http.StatusOK, `{"jsonrpc":"2.0","id":`+string(idOrNull(env.ID))+`,"result":{"content":[{"type":"text","text":"ok"}]}}`)
+	case "tools/list":
+		u.received.Add(1)
+		if _, ok := u.sessions.Load(r.Header.Get("Mcp-Session-Id")); !ok {
+			u.badSession.Add(1)
+			writeJSON(w, http.StatusNotFound, `{"jsonrpc":"2.0","id":`+string(idOrNull(env.ID))+`,"error":{"code":-32001,"message":"session not found"}}`)
+			return
+		}
+		if !u.serve(r.Context()) {
+			u.abandoned.Add(1)
+			return
+		}
+		u.served.Add(1)
+		writeJSON(w, http.StatusOK, `{"jsonrpc":"2.0","id":`+string(idOrNull(env.ID))+`,"result":`+mockToolsList+`}`)
 	case "notifications/cancelled":
 		u.cancelled.Add(1)
 		w.WriteHeader(http.StatusAccepted)
@@ -282,3 +296,26 @@ func (u *upstream) waitIdle(ctx context.Context, timeout time.Duration) bool {
 	}
 	return u.busy() == 0
 }
+
+// mockTools are the tools the mock lists: echo, which the post scenario
+// calls, and others, eight of which the policy of BENCHMARKS.md's
+// governance runs denies to the harness's token (t1_*, admin_*, shell_*,
+// exec_*, run_*).
+var mockTools = []string{
+	"echo", "stream", "search", "fetch", "summarize", "translate", "weather", "calendar", "notes", "todo",
+	"t1_delete", "t1_purge", "t2_export", "admin_users", "admin_keys", "shell_exec", "exec_script", "run_job", "run_query", "t2_import",
+}
+
+// mockToolsList is the result of the mock's tools/list.
+var mockToolsList = func() string {
+	var b strings.Builder
+	b.WriteString(`{"tools":[`)
+	for i, name := range mockTools {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, `{"name":%q,"description":"The %s tool of the bench mock: it takes a text and answers ok.","inputSchema":{"type":"object","properties":{"text":{"type":"string","description":"what to %s"}},"required":["text"]}}`, name, name, name)
+	}
+	b.WriteString(`]}`)
+	return b.String()
+}()
