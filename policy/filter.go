@@ -1,7 +1,6 @@
 package policy
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -61,7 +60,6 @@ func FilterList(method string, msg []byte, keep func(key string, item json.RawMe
 		return nil, 0, fmt.Errorf("%q is not a list method", method)
 	}
 	p := &listParser{
-		dec:       json.NewDecoder(bytes.NewReader(msg)),
 		msg:       msg,
 		arrayName: arrayName,
 		keyName:   keyName,

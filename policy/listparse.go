@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -32,13 +33,16 @@ type item struct {
 	span span
 }
 
-// listParser reads a list response in one pass of a json.Decoder, from
-// which it takes the tokens and, with InputOffset, where each value lies
-// in msg. It descends into result and result.<array> (when they are an
-// object and an array); every other value is checked and skipped whole.
+// listParser reads a list response in one pass over msg, which json.Valid
+// has checked before: a valid message needs no decoder to find where its
+// values begin and end, only its strings' quotes and its brackets. Member
+// names are decoded as encoding/json decodes them (json.Unmarshal when
+// one has an escape or bytes that are not UTF-8). It descends into result
+// and result.<array> (when they are an object and an array); every other
+// value is skipped whole.
 type listParser struct {
-	dec                *json.Decoder
 	msg                []byte
+	i                  int // the read position in msg
 	arrayName, keyName string
 
 	result     object // the members of result, when resultRead
@@ -47,12 +51,6 @@ type listParser struct {
 	itemsRead  bool
 	scratch    object // an item's members, reused from item to item
 }
-
-// skipValue is a decoding target that checks a value and keeps nothing
-// of it.
-type skipValue struct{}
-
-func (*skipValue) UnmarshalJSON([]byte) error { return nil }
 
 func (p *listParser) bytes(s span) []byte { return p.msg[s.start:s.end:s.end] }
 
@@ -65,18 +63,6 @@ func (p *listParser) isString(sp span, s string) bool {
 	return len(raw) > 0 && raw[0] == '"' && json.Unmarshal(raw, &v) == nil && v == s
 }
 
-// next returns where the next value starts: past the white space, the
-// separator sep (':' after a member name, ',' between array elements) and
-// the white space after it, from where the decoder stands. The decoder
-// itself checks the separator when it reads the value.
-func (p *listParser) next(sep byte) int {
-	i := skipSpace(p.msg, int(p.dec.InputOffset()))
-	if i < len(p.msg) && p.msg[i] == sep {
-		i = skipSpace(p.msg, i+1)
-	}
-	return i
-}
-
 func skipSpace(b []byte, i int) int {
 	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
 		i++
@@ -86,8 +72,114 @@ func skipSpace(b []byte, i int) int {
 
 func (p *listParser) startsWith(i int, c byte) bool { return i < len(p.msg) && p.msg[i] == c }
 
+// errCut is what the walk reports if msg ends inside a value, which a
+// message json.Valid accepted does not.
+var errCut = errors.New("unexpected end of JSON input")
+
+// ws moves past white space and returns the byte there (0 at the end).
+func (p *listParser) ws() byte {
+	p.i = skipSpace(p.msg, p.i)
+	if p.i < len(p.msg) {
+		return p.msg[p.i]
+	}
+	return 0
+}
+
+// skipString moves past the string whose opening quote is at p.i.
+func (p *listParser) skipString() error {
+	for j := p.i + 1; ; {
+		q := bytes.IndexByte(p.msg[j:], '"')
+		if q < 0 {
+			return errCut
+		}
+		q += j
+		bs := bytes.IndexByte(p.msg[j:q], '\\')
+		if bs < 0 {
+			p.i = q + 1
+			return nil
+		}
+		j += bs + 2 // past the backslash and the byte it escapes
+	}
+}
+
+// skip moves past the value at p.i.
+func (p *listParser) skip() error {
+	if p.i >= len(p.msg) {
+		return errCut
+	}
+	switch p.msg[p.i] {
+	case '"':
+		return p.skipString()
+	case '{', '[':
+		for depth := 0; p.i < len(p.msg); {
+			switch p.msg[p.i] {
+			case '"':
+				if err := p.skipString(); err != nil {
+					return err
+				}
+				continue
+			case '{', '[':
+				depth++
+			case '}', ']':
+				if depth--; depth == 0 {
+					p.i++
+					return nil
+				}
+			}
+			p.i++
+		}
+		return errCut
+	}
+	// A number or a literal: up to the next delimiter.
+	for p.i < len(p.msg) {
+		switch p.msg[p.i] {
+		case ',', '}', ']', ' ', '\t', '\n', '\r':
+			return nil
+		}
+		p.i++
+	}
+	return nil
+}
+
+// name reads the member name at p.i.
+func (p *listParser) name() (string, error) {
+	start := p.i
+	if !p.startsWith(start, '"') {
+		return "", errors.New("member name is not a string")
+	}
+	if err := p.skipString(); err != nil {
+		return "", err
+	}
+	raw := p.msg[start+1 : p.i-1]
+	if bytes.IndexByte(raw, '\\') < 0 && utf8.Valid(raw) {
+		return string(raw), nil
+	}
+	var name string
+	if err := json.Unmarshal(p.msg[start:p.i], &name); err != nil {
+		return "", err
+	}
+	return name, nil
+}
+
+// invalid returns the error for a message json.Valid refused, as a
+// decoder reading it describes it.
+func invalid(msg []byte) error {
+	dec := json.NewDecoder(bytes.NewReader(msg))
+	if err := dec.Decode(new(json.RawMessage)); err != nil {
+		return err
+	}
+	if err := expectEOF(dec); err != nil {
+		return err
+	}
+	return errors.New("invalid JSON")
+}
+
 // message reads the whole message.
 func (p *listParser) message() (object, error) {
+	if !json.Valid(p.msg) {
+		return nil, fmt.Errorf("message: %w", invalid(p.msg))
+	}
+	p.ws()
 	top, err := p.object(nil, func(name string, start int) (bool, error) {
 		if name != "result" || !p.startsWith(start, '{') {
 			return false, nil
@@ -102,8 +194,8 @@ func (p *listParser) message() (object, error) {
 	if err != nil {
 		return nil, fmt.Errorf("message: %w", err)
 	}
-	if err := expectEOF(p.dec); err != nil {
-		return nil, fmt.Errorf("message: %w", err)
+	if p.ws() != 0 {
+		return nil, errors.New("message: data after the JSON value")
 	}
 	return top, nil
 }
@@ -113,11 +205,14 @@ func (p *listParser) resultMember(name string, start int) (bool, error) {
 	if name != p.arrayName || !p.startsWith(start, '[') {
 		return false, nil
 	}
-	if _, err := p.dec.Token(); err != nil {
-		return false, err
+	p.i++
+	if p.ws() == ']' {
+		p.i++
+		p.itemsRead = true
+		return true, nil
 	}
-	for n := 0; p.dec.More(); n++ {
-		start := p.next(',')
+	for n := 0; ; n++ {
+		start := p.i
 		if !p.startsWith(start, '{') {
 			return false, fmt.Errorf("%s[%d]: not a JSON object", p.arrayName, n)
 		}
@@ -129,13 +224,18 @@ func (p *listParser) resultMember(name string, start int) (bool, error) {
 		if err != nil {
 			return false, fmt.Errorf("%s[%d]: %w", p.arrayName, n, err)
 		}
-		p.items = append(p.items, item{key: key, span: span{start, int(p.dec.InputOffset())}})
+		p.items = append(p.items, item{key: key, span: span{start, p.i}})
+		c := p.ws()
+		p.i++
+		if c == ']' {
+			p.itemsRead = true
+			return true, nil
+		}
+		if c != ',' {
+			return false, errCut
+		}
+		p.ws()
 	}
-	if _, err := p.dec.Token(); err != nil { // the closing bracket
-		return false, err
-	}
-	p.itemsRead = true
-	return true, nil
 }
 
 // itemKey returns the string value of an item's key member.
@@ -159,35 +259,36 @@ func (p *listParser) itemKey(obj object) (string, error) {
 // it, it keeps a set of folded names.
 const foldScanMax = 16
 
-// object reads the JSON object that is the decoder's next value, appending
-// its members to obj. For each member, descend (when not nil) may read the
-// value itself, starting at offset start, and then returns true; other
-// values are checked and skipped. Two member names that are equal or equal
-// under Unicode case folding are an error.
+// object reads the JSON object at p.i, appending its members to obj. For
+// each member, descend (when not nil) may read the value itself, starting
+// at offset start (p.i), and then returns true; other values are skipped.
+// Two member names that are equal or equal under Unicode case folding are
+// an error.
 func (p *listParser) object(obj object, descend func(name string, start int) (bool, error)) (object, error) {
-	dec := p.dec
-	tok, err := dec.Token()
-	if err != nil {
-		return nil, err
-	}
-	if d, ok := tok.(json.Delim); !ok || d != '{' {
+	if !p.startsWith(p.i, '{') {
 		return nil, errors.New("not a JSON object")
+	}
+	p.i++
+	if p.ws() == '}' {
+		p.i++
+		return obj, nil
 	}
 	first := len(obj)
 	var folded map[string]struct{}
-	for dec.More() {
-		tok, err := dec.Token()
+	for {
+		name, err := p.name()
 		if err != nil {
 			return nil, err
-		}
-		name, ok := tok.(string)
-		if !ok {
-			return nil, errors.New("member name is not a string")
 		}
 		if err := checkDup(obj[first:], name, &folded); err != nil {
 			return nil, err
 		}
-		start := p.next(':')
+		if p.ws() != ':' {
+			return nil, errCut
+		}
+		p.i++
+		p.ws()
+		start := p.i
 		done := false
 		if descend != nil {
 			if done, err = descend(name, start); err != nil {
@@ -195,16 +296,22 @@ func (p *listParser) object(obj object, descend func(name string, start int) (bo
 			}
 		}
 		if !done {
-			if err := dec.Decode(&skipValue{}); err != nil {
+			if err := p.skip(); err != nil {
 				return nil, err
 			}
 		}
-		obj = append(obj, member{name: name, val: span{start, int(dec.InputOffset())}})
+		obj = append(obj, member{name: name, val: span{start, p.i}})
+		c := p.ws()
+		p.i++
+		switch c {
+		case '}':
+			return obj, nil
+		case ',':
+			p.ws()
+		default:
+			return nil, errCut
+		}
 	}
-	if _, err := dec.Token(); err != nil { // the closing brace
-		return nil, err
-	}
-	return obj, nil
 }
 
 // checkDup reports an error when name equals, or equals but for case, the
