@@ -100,9 +100,15 @@ func setMCPHeaders(h http.Header, sid string) {
 
 // initialize opens an MCP session at url and returns its Mcp-Session-Id.
 func initialize(ctx context.Context, c *http.Client, url string) (string, error) {
+	return initializeWith(ctx, c, url, initializeBody)
+}
+
+// initializeWith opens a session with the initialize request body and
+// returns its Mcp-Session-Id; a 503 or 429 is errRefused.
+func initializeWith(ctx context.Context, c *http.Client, url, initBody string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader([]byte(initializeBody)))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader([]byte(initBody)))
 	if err != nil {
 		return "", err
 	}

@@ -453,27 +453,7 @@ func newKillRequest(ctx context.Context, kind flowKind, url, sid string, id int6
 // killInitialize opens a session at killProtocolVersion and returns its
 // Mcp-Session-Id.
 func killInitialize(ctx context.Context, c *http.Client, url string) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader([]byte(killInitializeBody)))
-	if err != nil {
-		return "", err
-	}
-	setMCPHeaders(req.Header, "")
-	resp, err := c.Do(req)
-	if err != nil {
-		return "", fmt.Errorf("initialize: %w", err)
-	}
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("initialize: status %d: %s", resp.StatusCode, bytes.TrimSpace(body))
-	}
-	sid := resp.Header.Get("Mcp-Session-Id")
-	if sid == "" {
-		return "", errors.New("initialize: no Mcp-Session-Id in the answer")
-	}
-	return sid, nil
+	return initializeWith(ctx, c, url, killInitializeBody)
 }
 
 // runKillScenario runs every target once per round, in an order rotated

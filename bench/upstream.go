@@ -176,10 +176,7 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, `{"jsonrpc":"2.0","id":`+string(idOrNull(env.ID))+
 			`,"result":{"protocolVersion":"`+negotiatedVersion(body)+`","capabilities":{"tools":{}},"serverInfo":{"name":"bench-mock","version":"1.0.0"}}}`)
 	case "tools/call":
-		u.received.Add(1)
-		if _, ok := u.sessions.Load(r.Header.Get("Mcp-Session-Id")); !ok {
-			u.badSession.Add(1)
-			writeJSON(w, http.StatusNotFound, `{"jsonrpc":"2.0","id":`+string(idOrNull(env.ID))+`,"error":{"code":-32001,"message":"session not found"}}`)
+		if !u.inSession(w, r, env.ID) {
 			return
 		}
 		if u.slow > 0 && u.serveSlowTool(w, r, env.ID, body) {
@@ -198,10 +195,7 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		u.served.Add(1)
 		writeJSON(w, http.StatusOK, `{"jsonrpc":"2.0","id":`+string(idOrNull(env.ID))+`,"result":{"content":[{"type":"text","text":"ok"}]}}`)
 	case "tools/list":
-		u.received.Add(1)
-		if _, ok := u.sessions.Load(r.Header.Get("Mcp-Session-Id")); !ok {
-			u.badSession.Add(1)
-			writeJSON(w, http.StatusNotFound, `{"jsonrpc":"2.0","id":`+string(idOrNull(env.ID))+`,"error":{"code":-32001,"message":"session not found"}}`)
+		if !u.inSession(w, r, env.ID) {
 			return
 		}
 		if !u.serve(r.Context()) {
@@ -218,6 +212,18 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		u.other.Add(1)
 		w.WriteHeader(http.StatusAccepted)
 	}
+}
+
+// inSession counts a received request and reports whether its session is
+// known; it answers 404 when not.
+func (u *upstream) inSession(w http.ResponseWriter, r *http.Request, id json.RawMessage) bool {
+	u.received.Add(1)
+	if _, ok := u.sessions.Load(r.Header.Get("Mcp-Session-Id")); !ok {
+		u.badSession.Add(1)
+		writeJSON(w, http.StatusNotFound, `{"jsonrpc":"2.0","id":`+string(idOrNull(id))+`,"error":{"code":-32001,"message":"session not found"}}`)
+		return false
+	}
+	return true
 }
 
 // serve waits for a slot in FIFO order, then spends the service time. It
