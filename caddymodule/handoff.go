@@ -49,8 +49,9 @@ func (h *Handler) handOff(w http.ResponseWriter, st *relayState, stream *sse.Str
 	}
 	st.mu.Lock()
 	st.detached = true
-	// Nothing of the request is kept: the stream no longer needs it.
-	st.r, st.w, st.outReq = nil, nil, nil
+	// Nothing of the request is kept: the stream no longer needs it (a
+	// GET stream carries no answer whose list the subject would filter).
+	st.r, st.w, st.outReq, st.subject = nil, nil, nil, nil
 	st.mu.Unlock()
 
 	att, _ := stream.Attach(h1stream.ConnWriter{Conn: conn}, "", h.retryHint(st.call, st.res))
