@@ -38,6 +38,23 @@ func TestParseFlagsStreamKind(t *testing.T) {
 	}
 }
 
+func TestParseFlagsPostCall(t *testing.T) {
+	flagOutput = io.Discard
+	defer func() { flagOutput = os.Stderr }()
+	o, err := parseFlags([]string{"post"})
+	if err != nil || o.postCall != postCallTool {
+		t.Errorf("default %q, %v", o.postCall, err)
+	}
+	if o, err = parseFlags([]string{"post", "-post-call", "list"}); err != nil || o.postCall != postCallList {
+		t.Errorf("list: %+v, %v", o, err)
+	}
+	for _, bad := range [][]string{{"post", "-post-call", "get"}, {"streams", "-post-call", "list"}, {"overload", "-post-call", "list"}} {
+		if _, err := parseFlags(bad); err == nil {
+			t.Errorf("parseFlags(%q) accepted", bad)
+		}
+	}
+}
+
 // run refuses the targets a scenario cannot measure before it starts
 // anything.
 func TestRunRefusesTargets(t *testing.T) {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -42,8 +43,24 @@ func TestMockUpstreamHandler(t *testing.T) {
 	if w = post(`{`, sid); w.Code != 400 {
 		t.Errorf("bad JSON: %d", w.Code)
 	}
+	w = post(string(toolsListBody(nil, 9)), sid)
+	var list struct {
+		ID     int `json:"id"`
+		Result struct {
+			Tools []struct {
+				Name string `json:"name"`
+			} `json:"tools"`
+		} `json:"result"`
+	}
+	if w.Code != 200 || json.Unmarshal(w.Body.Bytes(), &list) != nil || list.ID != 9 ||
+		len(list.Result.Tools) != len(mockTools) || !strings.Contains(w.Body.String(), listMarker) {
+		t.Errorf("tools/list: %d %.200s", w.Code, w.Body)
+	}
+	if w = post(string(toolsListBody(nil, 10)), "nope"); w.Code != 404 {
+		t.Errorf("tools/list, unknown session: %d", w.Code)
+	}
 	c := u.counts()
-	if c.Inits != 1 || c.Received != 2 || c.Served != 1 || c.BadSession != 1 || c.Other != 2 || c.Cancelled != 1 {
+	if c.Inits != 1 || c.Received != 4 || c.Served != 2 || c.BadSession != 2 || c.Other != 2 || c.Cancelled != 1 {
 		t.Errorf("counts = %+v", c)
 	}
 }
