@@ -2,7 +2,6 @@ package auth
 
 import (
 	"crypto/sha256"
-	"strings"
 	"sync"
 	"time"
 )
@@ -32,13 +31,15 @@ type cachedPrincipal struct {
 
 // cacheKey hashes a token with the audiences it is checked against.
 func cacheKey(token string, audiences []string) [32]byte {
-	h := sha256.New()
-	h.Write([]byte(token))
-	h.Write([]byte{0})
-	h.Write([]byte(strings.Join(audiences, "\x00")))
-	var k [32]byte
-	h.Sum(k[:0])
-	return k
+	// One buffer on the stack for a token of usual size, so that a cache
+	// hit does not copy the token to the heap.
+	var scratch [2048]byte
+	b := append(scratch[:0], token...)
+	for _, a := range audiences {
+		b = append(b, 0)
+		b = append(b, a...)
+	}
+	return sha256.Sum256(b)
 }
 
 // get returns the principal kept under k, or nil when there is none or
