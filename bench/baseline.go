@@ -71,31 +71,14 @@ func startBaseline(ctx context.Context, env *benchEnv, o *options, upstream, tmp
 	if o.baselineBin == "" {
 		return "", 0, errors.New("no -baseline binary")
 	}
-	port, err := freePort()
-	if err != nil {
-		return "", 0, err
-	}
-	ap, err := freePort()
-	if err != nil {
-		return "", 0, err
-	}
-	admin := fmt.Sprintf("127.0.0.1:%d", ap)
-	cf := caddyfile(baselineParams(o, upstream, port, admin))
-	dir := filepath.Join(tmp, targetBase)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return "", 0, err
-	}
-	path := filepath.Join(dir, "Caddyfile")
-	if err := os.WriteFile(path, []byte(cf), 0o644); err != nil {
-		return "", 0, err
-	}
-	logf("starting the baseline caddy from %s (mcp_proxy :%d) ...", o.baselineBin, port)
-	cp, err := startCaddy(ctx, o.baselineBin, path, dir, []int{port})
+	logf("starting the baseline caddy from %s ...", o.baselineBin)
+	sc, err := startSoloCaddy(ctx, o.baselineBin, filepath.Join(tmp, targetBase),
+		func(port int, admin string) caddyfileParams { return baselineParams(o, upstream, port, admin) })
 	if err != nil {
 		return "", 0, fmt.Errorf("baseline: %w", err)
 	}
-	env.base, env.baseAdmin = cp, admin
-	return cf, port, nil
+	env.base, env.baseAdmin = sc.proc, sc.admin
+	return sc.cf, sc.port, nil
 }
 
 // baseSetup is the report's setup line for the baseline target.

@@ -185,6 +185,56 @@ func freePort() (int, error) {
 	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
+// soloCaddy is a Caddy process started for one site: its Caddyfile, the
+// site's port and the admin address.
+type soloCaddy struct {
+	proc  *caddyProc
+	cf    string
+	port  int
+	admin string
+}
+
+// startSoloCaddy picks a free port for a site and one for the admin
+// endpoint, writes the Caddyfile site builds from them into dir, and
+// starts bin on it.
+func startSoloCaddy(ctx context.Context, bin, dir string, site func(port int, admin string) caddyfileParams) (*soloCaddy, error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	ap, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	admin := fmt.Sprintf("127.0.0.1:%d", ap)
+	cf := caddyfile(site(port, admin))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	path := filepath.Join(dir, "Caddyfile")
+	if err := os.WriteFile(path, []byte(cf), 0o644); err != nil {
+		return nil, err
+	}
+	cp, err := startCaddy(ctx, bin, path, dir, []int{port})
+	if err != nil {
+		return nil, err
+	}
+	return &soloCaddy{proc: cp, cf: cf, port: port, admin: admin}, nil
+}
+
+// siteOnly returns p serving only tgtName's site (plain or the mcp_proxy
+// site) on port, with its admin endpoint at admin.
+func siteOnly(p caddyfileParams, tgtName string, port int, admin string) caddyfileParams {
+	p.PlainPort, p.MCPPort = 0, 0
+	if tgtName == targetPlain {
+		p.PlainPort = port
+	} else {
+		p.MCPPort = port
+	}
+	p.AdminAddr = admin
+	return p
+}
+
 // caddyProc is a running Caddy process.
 type caddyProc struct {
 	cmd    *exec.Cmd

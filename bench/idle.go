@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -160,31 +159,6 @@ type idleEnv struct {
 // runIdle starts a fresh Caddy that serves only tgtName, opens the
 // sessions and streams through it, samples it, and stops it.
 func runIdle(ctx context.Context, ie *idleEnv, tgtName string, cfg idleConfig, logf func(string, ...any)) (*idleResult, error) {
-	port, err := freePort()
-	if err != nil {
-		return nil, err
-	}
-	ap, err := freePort()
-	if err != nil {
-		return nil, err
-	}
-	p := ie.params
-	p.PlainPort, p.MCPPort = 0, 0
-	if tgtName == targetPlain {
-		p.PlainPort = port
-	} else {
-		p.MCPPort = port
-	}
-	p.AdminAddr = fmt.Sprintf("127.0.0.1:%d", ap)
-	cf := caddyfile(p)
-	dir := filepath.Join(ie.tmp, "idle-"+tgtName)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, err
-	}
-	cfPath := filepath.Join(dir, "Caddyfile")
-	if err := os.WriteFile(cfPath, []byte(cf), 0o644); err != nil {
-		return nil, err
-	}
 	bin := ie.bin
 	if tgtName == targetBase {
 		// The same site and Caddyfile as mcp_proxy's, from the other build.
@@ -193,14 +167,16 @@ func runIdle(ctx context.Context, ie *idleEnv, tgtName string, cfg idleConfig, l
 		}
 		bin = ie.baseBin
 	}
-	logf("idle: starting a fresh caddy for %s (:%d) from %s ...", tgtName, port, bin)
-	cp, err := startCaddy(ctx, bin, cfPath, dir, []int{port})
+	logf("idle: starting a fresh caddy for %s from %s ...", tgtName, bin)
+	solo, err := startSoloCaddy(ctx, bin, filepath.Join(ie.tmp, "idle-"+tgtName),
+		func(port int, admin string) caddyfileParams { return siteOnly(ie.params, tgtName, port, admin) })
 	if err != nil {
 		return nil, err
 	}
-	defer cp.stop()
+	defer solo.proc.stop()
+	port, cf, cp := solo.port, solo.cf, solo.proc
 	env := *ie.bench
-	env.caddy, env.admin = cp, p.AdminAddr
+	env.caddy, env.admin = cp, solo.admin
 	url := fmt.Sprintf("http://127.0.0.1:%d/mcp", port)
 	tgt := target{Name: tgtName, URL: url}
 	res := &idleResult{Target: tgtName, Streams: cfg.Streams, Caddyfile: cf}

@@ -159,39 +159,18 @@ func runKill(ctx context.Context, ke *killEnv, tgtName string, round int, cfg ki
 	// up is replaced by the restarted process; stop whichever runs.
 	defer func() { up.stop() }()
 
-	port, err := freePort()
-	if err != nil {
-		return nil, err
-	}
-	ap, err := freePort()
-	if err != nil {
-		return nil, err
-	}
 	p := ke.params
-	p.Upstream, p.PlainPort, p.MCPPort = upAddr, 0, 0
-	if tgtName == targetPlain {
-		p.PlainPort = port
-	} else {
-		p.MCPPort = port
-	}
-	p.AdminAddr = fmt.Sprintf("127.0.0.1:%d", ap)
-	cf := caddyfile(p)
-	dir := filepath.Join(ke.tmp, fmt.Sprintf("kill-%s-%d", tgtName, round))
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, err
-	}
-	cfPath := filepath.Join(dir, "Caddyfile")
-	if err := os.WriteFile(cfPath, []byte(cf), 0o644); err != nil {
-		return nil, err
-	}
-	logf("upstreamkill: %s, round %d: mock upstream pid %d on %s, fresh caddy on :%d ...", tgtName, round, up.pid(), upAddr, port)
-	cp, err := startCaddy(ctx, ke.bin, cfPath, dir, []int{port})
+	p.Upstream = upAddr
+	sc, err := startSoloCaddy(ctx, ke.bin, filepath.Join(ke.tmp, fmt.Sprintf("kill-%s-%d", tgtName, round)),
+		func(port int, admin string) caddyfileParams { return siteOnly(p, tgtName, port, admin) })
 	if err != nil {
 		return nil, err
 	}
-	defer cp.stop()
+	defer sc.proc.stop()
+	port, cf := sc.port, sc.cf
+	logf("upstreamkill: %s, round %d: mock upstream pid %d on %s, fresh caddy on :%d", tgtName, round, up.pid(), upAddr, port)
 	env := *ke.bench
-	env.caddy, env.admin = cp, p.AdminAddr
+	env.caddy, env.admin = sc.proc, sc.admin
 	url := fmt.Sprintf("http://127.0.0.1:%d/mcp", port)
 	tgt := target{Name: tgtName, URL: url}
 	res := &killResult{Target: tgtName, Round: round, Caddyfile: cf, Recovered: -1}
@@ -351,8 +330,8 @@ func runKill(ctx context.Context, ke *killEnv, tgtName string, round int, cfg ki
 		return nil, ctx.Err()
 	}
 	res.GoroutinesAfter = goroutinesOf(scrape(ctx, env.admin))
-	if !cp.alive() {
-		return res, errors.New("caddy exited during the run:\n" + cp.stderr.String())
+	if !sc.proc.alive() {
+		return res, errors.New("caddy exited during the run:\n" + sc.proc.stderr.String())
 	}
 	return res, nil
 }
