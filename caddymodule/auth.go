@@ -79,7 +79,8 @@ type Auth struct {
 	// fetched with a timeout of JWKSTimeout, kept for its max-age (or
 	// JWKSRefresh), fetched again when a token names a key it does not
 	// hold (at most every JWKSMinRefresh), and used for JWKSMaxStale past
-	// its freshness while fetching fails.
+	// its freshness while fetching fails. Default: none (tokens are
+	// checked against Keys, or by Introspection).
 	JWKSURL string `json:"jwks_url,omitempty"`
 
 	// JWKSTimeout bounds one fetch of the JWKS. Default: 5s.
@@ -150,29 +151,35 @@ type Auth struct {
 
 // StaticKey is one static verification key.
 type StaticKey struct {
-	// File is a file holding a PEM public key, certificate, or JWK.
+	// File is a file holding a PEM public key, certificate, or JWK. One
+	// of File, PEM, JWK and Secret is required; of several, the first of
+	// Secret, JWK, File and PEM is used.
 	File string `json:"file,omitempty"`
-	// PEM is a PEM public key or certificate, inline.
+	// PEM is a PEM public key or certificate, inline. Default: none.
 	PEM string `json:"pem,omitempty"`
-	// JWK is a JSON Web Key, inline.
+	// JWK is a JSON Web Key, inline. Default: none.
 	JWK json.RawMessage `json:"jwk,omitempty"`
 	// Secret is the base64 of an HMAC secret; Algorithm must name an HS
-	// algorithm.
+	// algorithm. Default: none.
 	Secret string `json:"secret,omitempty"`
-	// KeyID is the key id tokens name (kid); empty matches any.
+	// KeyID is the key id tokens name (kid). Default: empty, which
+	// matches any kid.
 	KeyID string `json:"kid,omitempty"`
-	// Algorithm restricts the key to one algorithm.
+	// Algorithm restricts the key to one algorithm, e.g. RS256. Default:
+	// any of Algorithms the key's type can verify.
 	Algorithm string `json:"alg,omitempty"`
 }
 
 // IntrospectionConfig configures RFC 7662 introspection.
 type IntrospectionConfig struct {
-	// URL is the introspection endpoint.
+	// URL is the introspection endpoint; placeholders such as {env.X}
+	// are replaced. Required.
 	URL string `json:"url"`
 	// ClientID and ClientSecret authenticate this resource server to the
 	// endpoint (HTTP Basic); placeholders such as {env.X} are replaced.
+	// Default: none (the endpoint is called without credentials).
 	ClientID string `json:"client_id,omitempty"`
-	// ClientSecret: see ClientID.
+	// ClientSecret: see ClientID. Default: none.
 	ClientSecret string `json:"client_secret,omitempty"`
 	// CacheTTL is how long a result is kept at most (never past the
 	// token's expiry). Default: 1m.

@@ -17,16 +17,17 @@ import (
 
 // Rule is one access rule of mcp_proxy (see Handler.Rules).
 type Rule struct {
-	// Action is "allow" or "deny".
+	// Action is "allow" or "deny". Required.
 	Action string `json:"action"`
 
 	// Kind is what Targets name: "tool" (tools/call), "prompt"
 	// (prompts/get), "resource" (resources/read, resources/subscribe,
-	// resources/unsubscribe) or "method" (any JSON-RPC method).
+	// resources/unsubscribe) or "method" (any JSON-RPC method). Required.
 	Kind string `json:"kind"`
 
 	// Targets are globs over the tool names, prompt names, resource URIs
 	// or methods: `*` matches any characters, `/` included, `?` one.
+	// At least one is required.
 	Targets []string `json:"targets"`
 
 	// Methods, for tool, prompt and resource rules, restricts the rule to
@@ -53,7 +54,7 @@ type Rule struct {
 	// `{http.request.header.X-Tenant}`. Default: none.
 	Placeholder string `json:"placeholder,omitempty"`
 
-	// Values: see Placeholder.
+	// Values: see Placeholder. Required with Placeholder. Default: none.
 	Values []string `json:"values,omitempty"`
 
 	// MatchRaw restricts the rule to requests a matcher set matches, as a
@@ -64,10 +65,10 @@ type Rule struct {
 // UnknownError is the JSON-RPC error a denied call gets, for one kind of
 // target; "%s" in Message stands for the target's name.
 type UnknownError struct {
-	// Code is the JSON-RPC error code.
+	// Code is the JSON-RPC error code. Required.
 	Code int `json:"code"`
 	// Message is the error message; "%s" is replaced by the name, quoted
-	// as Go's %q quotes it when written "%q".
+	// as Go's %q quotes it when written "%q". Required.
 	Message string `json:"message"`
 }
 
@@ -127,6 +128,9 @@ func (h *Handler) provisionGovernance(ctx caddy.Context) error {
 		kind, ok := policy.ParseKind(name)
 		if !ok {
 			return fmt.Errorf("unknown_errors %q: want tool, prompt, resource or method", name)
+		}
+		if e.Code == 0 || e.Message == "" {
+			return fmt.Errorf("unknown_errors %q: want a non-zero code and a message", name)
 		}
 		g.unknown[kind] = policy.UnknownError{Code: e.Code, Message: e.Message}
 	}
