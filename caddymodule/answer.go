@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -212,7 +213,12 @@ func (st *relayState) answerWatch(id string) (rewrite func(*sse.Event) []byte, f
 			capped = true
 			metrics.responseTooLarge.Inc()
 			st.abort()
-			go st.sendCancelled("the response exceeded the proxy's max_response")
+			// Not from the pump, which must go on to end the answer; the
+			// process's task group owns (and bounds) the side request.
+			_ = st.h.app.global.tasks.Go(func(context.Context) {
+				defer recoverPanic(st.h.logger, "notifications/cancelled after max_response")
+				st.sendCancelled("the response exceeded the proxy's max_response")
+			})
 			return sse.AppendEvent(nil, ev.ID, "message", mcp.AppendError(nil, id, codeResponseTooLarge, tooLargeMessage("", st.h.MaxResponse)))
 		}
 		if answered.Load() || !mcp.AnswersRequest(ev.Data, id) {
