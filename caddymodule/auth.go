@@ -217,6 +217,9 @@ func (a *Auth) Provision(ctx caddy.Context) error {
 		}
 	}
 	if in := a.Introspection; in != nil {
+		if in.URL == "" {
+			return errors.New("introspection needs a url")
+		}
 		v.Introspection = &auth.Introspector{URL: repl.ReplaceKnown(in.URL, ""), ClientID: repl.ReplaceKnown(in.ClientID, ""),
 			ClientSecret: repl.ReplaceKnown(in.ClientSecret, ""), CacheTTL: time.Duration(in.CacheTTL)}
 	}
