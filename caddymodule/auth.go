@@ -2,14 +2,11 @@ package caddymodule
 
 import (
 	"crypto/x509"
-	"encoding/base64"
-	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -149,43 +146,6 @@ type Auth struct {
 	logger    *zap.Logger
 }
 
-// StaticKey is one static verification key.
-type StaticKey struct {
-	// File is a file holding a PEM public key, certificate, or JWK. One
-	// of File, PEM, JWK and Secret is required; of several, the first of
-	// Secret, JWK, File and PEM is used.
-	File string `json:"file,omitempty"`
-	// PEM is a PEM public key or certificate, inline. Default: none.
-	PEM string `json:"pem,omitempty"`
-	// JWK is a JSON Web Key, inline. Default: none.
-	JWK json.RawMessage `json:"jwk,omitempty"`
-	// Secret is the base64 of an HMAC secret; Algorithm must name an HS
-	// algorithm. Default: none.
-	Secret string `json:"secret,omitempty"`
-	// KeyID is the key id tokens name (kid). Default: empty, which
-	// matches any kid.
-	KeyID string `json:"kid,omitempty"`
-	// Algorithm restricts the key to one algorithm, e.g. RS256. Default:
-	// any of Algorithms the key's type can verify.
-	Algorithm string `json:"alg,omitempty"`
-}
-
-// IntrospectionConfig configures RFC 7662 introspection.
-type IntrospectionConfig struct {
-	// URL is the introspection endpoint; placeholders such as {env.X}
-	// are replaced. Required.
-	URL string `json:"url"`
-	// ClientID and ClientSecret authenticate this resource server to the
-	// endpoint (HTTP Basic); placeholders such as {env.X} are replaced.
-	// Default: none (the endpoint is called without credentials).
-	ClientID string `json:"client_id,omitempty"`
-	// ClientSecret: see ClientID. Default: none.
-	ClientSecret string `json:"client_secret,omitempty"`
-	// CacheTTL is how long a result is kept at most (never past the
-	// token's expiry). Default: 1m.
-	CacheTTL caddy.Duration `json:"cache_ttl,omitempty"`
-}
-
 // CaddyModule returns the Caddy module information.
 func (*Auth) CaddyModule() caddy.ModuleInfo {
 	return caddy.ModuleInfo{
@@ -236,45 +196,6 @@ func (a *Auth) Provision(ctx caddy.Context) error {
 	}
 	a.memory = app.(*App).global.Memory()
 	return registerMetrics(ctx)
-}
-
-// load reads a static key as a JWK.
-func (k StaticKey) load(repl *caddy.Replacer) (jose.JSONWebKey, error) {
-	var jwk jose.JSONWebKey
-	switch {
-	case k.Secret != "":
-		secret, err := base64.StdEncoding.DecodeString(repl.ReplaceKnown(k.Secret, ""))
-		if err != nil || len(secret) < 32 {
-			return jwk, errors.New("secret: want the base64 of at least 32 bytes")
-		}
-		if !strings.HasPrefix(k.Algorithm, "HS") {
-			return jwk, errors.New("a secret needs alg HS256, HS384 or HS512")
-		}
-		jwk.Key = secret
-	case len(k.JWK) > 0:
-		if err := json.Unmarshal(k.JWK, &jwk); err != nil {
-			return jwk, err
-		}
-	default:
-		data := []byte(k.PEM)
-		if k.File != "" {
-			b, err := os.ReadFile(k.File)
-			if err != nil {
-				return jwk, err
-			}
-			data = b
-		}
-		if json.Valid(data) {
-			err := json.Unmarshal(data, &jwk)
-			return withKeyInfo(jwk, k), err
-		}
-		key, err := parsePEMKey(data)
-		if err != nil {
-			return jwk, err
-		}
-		jwk.Key = key
-	}
-	return withKeyInfo(jwk, k), nil
 }
 
 func withKeyInfo(jwk jose.JSONWebKey, k StaticKey) jose.JSONWebKey {
