@@ -313,21 +313,32 @@ func (s *scanner) str() (raw []byte, escaped bool, err error) {
 	if s.b[s.i] != '"' {
 		return nil, false, ErrMalformed
 	}
-	// The next quote ends the string unless a backslash before it starts
-	// an escape; both searches are bytes.IndexByte's, which a long string
-	// without escapes (an event's padding, a base64 blob) passes at memory
-	// speed.
-	start := s.i + 1
-	for j := start; ; {
-		q := bytes.IndexByte(s.b[j:], '"')
+	end, escaped, ok := StringEnd(s.b, s.i)
+	if !ok {
+		return nil, false, errEOF
+	}
+	raw = s.b[s.i+1 : end-1]
+	s.i = end
+	return raw, escaped, nil
+}
+
+// StringEnd returns the offset just past the JSON string whose opening
+// quote is b[i], and whether the string holds an escape; ok is false when
+// b ends inside it. The string's bytes are not checked otherwise.
+//
+// The next quote ends the string unless a backslash before it starts an
+// escape; both searches are bytes.IndexByte's, which a long string without
+// escapes (an event's padding, a base64 blob) passes at memory speed.
+func StringEnd(b []byte, i int) (end int, escaped, ok bool) {
+	for j := i + 1; ; {
+		q := bytes.IndexByte(b[j:], '"')
 		if q < 0 {
-			return nil, false, errEOF
+			return 0, false, false
 		}
 		q += j
-		bs := bytes.IndexByte(s.b[j:q], '\\')
+		bs := bytes.IndexByte(b[j:q], '\\')
 		if bs < 0 {
-			s.i = q + 1
-			return s.b[start:q], escaped, nil
+			return q + 1, escaped, true
 		}
 		// Past the backslash and the byte it escapes (a quote, maybe).
 		escaped = true

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/mcpgate/mcpgate/mcp"
 )
 
 // The one-pass reader of a list result behind FilterList, and the JSON
@@ -87,19 +89,12 @@ func (p *listParser) ws() byte {
 
 // skipString moves past the string whose opening quote is at p.i.
 func (p *listParser) skipString() error {
-	for j := p.i + 1; ; {
-		q := bytes.IndexByte(p.msg[j:], '"')
-		if q < 0 {
-			return errCut
-		}
-		q += j
-		bs := bytes.IndexByte(p.msg[j:q], '\\')
-		if bs < 0 {
-			p.i = q + 1
-			return nil
-		}
-		j += bs + 2 // past the backslash and the byte it escapes
+	end, _, ok := mcp.StringEnd(p.msg, p.i)
+	if !ok {
+		return errCut
 	}
+	p.i = end
+	return nil
 }
 
 // skip moves past the value at p.i.
@@ -147,11 +142,12 @@ func (p *listParser) name() (string, error) {
 	if !p.startsWith(start, '"') {
 		return "", errors.New("member name is not a string")
 	}
-	if err := p.skipString(); err != nil {
-		return "", err
+	end, escaped, ok := mcp.StringEnd(p.msg, start)
+	if !ok {
+		return "", errCut
 	}
-	raw := p.msg[start+1 : p.i-1]
-	if bytes.IndexByte(raw, '\\') < 0 && utf8.Valid(raw) {
+	p.i = end
+	if raw := p.msg[start+1 : end-1]; !escaped && utf8.Valid(raw) {
 		return string(raw), nil
 	}
 	var name string
