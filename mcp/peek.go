@@ -392,6 +392,19 @@ func (s *scanner) skip() error {
 	}
 }
 
+// ValueEnd returns the offset just past the JSON value that starts at
+// b[i] (after any white space), found by its quotes and brackets alone;
+// ok is false when b ends inside it. It does not check the value's
+// syntax: it is for bytes json.Valid or the peek already accepted.
+func ValueEnd(b []byte, i int) (end int, ok bool) {
+	s := scanner{b: b, i: i}
+	s.ws()
+	if s.skip() != nil {
+		return 0, false
+	}
+	return s.i, true
+}
+
 // nextKey reads the key of the next member of the object being scanned
 // (first: none was read yet), decoded, and leaves s.i at its value. ok is
 // false at the end of the object, whose closer it consumes.

@@ -87,52 +87,13 @@ func (p *listParser) ws() byte {
 	return 0
 }
 
-// skipString moves past the string whose opening quote is at p.i.
-func (p *listParser) skipString() error {
-	end, _, ok := mcp.StringEnd(p.msg, p.i)
+// skip moves past the value at p.i.
+func (p *listParser) skip() error {
+	end, ok := mcp.ValueEnd(p.msg, p.i)
 	if !ok {
 		return errCut
 	}
 	p.i = end
-	return nil
-}
-
-// skip moves past the value at p.i.
-func (p *listParser) skip() error {
-	if p.i >= len(p.msg) {
-		return errCut
-	}
-	switch p.msg[p.i] {
-	case '"':
-		return p.skipString()
-	case '{', '[':
-		for depth := 0; p.i < len(p.msg); {
-			switch p.msg[p.i] {
-			case '"':
-				if err := p.skipString(); err != nil {
-					return err
-				}
-				continue
-			case '{', '[':
-				depth++
-			case '}', ']':
-				if depth--; depth == 0 {
-					p.i++
-					return nil
-				}
-			}
-			p.i++
-		}
-		return errCut
-	}
-	// A number or a literal: up to the next delimiter.
-	for p.i < len(p.msg) {
-		switch p.msg[p.i] {
-		case ',', '}', ']', ' ', '\t', '\n', '\r':
-			return nil
-		}
-		p.i++
-	}
 	return nil
 }
 
