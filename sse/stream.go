@@ -517,6 +517,34 @@ func (s *Stream) emit(ev *Event) error {
 	return nil
 }
 
+// Inject delivers an event of the proxy's own (raw, one whole event block)
+// to the attached client, among the upstream's events: the answer of a
+// request the proxy answered itself on a stream that carries the answers
+// of many (a legacy HTTP+SSE session). It is queued under the same bounds
+// as upstream events, but never waits for room: it reports false, and
+// delivers nothing, when no client is attached, the stream has ended, or
+// the queue is full. The event is not passed to Rewrite and not kept for
+// replay. It may be called from any goroutine.
+func (s *Stream) Inject(raw []byte) bool {
+	s.mu.Lock()
+	a := s.att
+	ended := s.ended
+	s.mu.Unlock()
+	if a == nil || ended || len(raw) == 0 {
+		return false
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.closed || a.ended || !a.roomLocked(len(raw)) || !a.reserve(len(raw)) {
+		return false
+	}
+	// Queued, it is written by the writer goroutine, or, when the pump
+	// holds the writer role, right after the pump's current chunk.
+	a.pushLocked(raw, false)
+	a.kickLocked()
+	return true
+}
+
 // prependID appends to dst raw with an id field line in front.
 func prependID(dst []byte, id string, raw []byte) []byte {
 	dst = append(dst, "id: "...)

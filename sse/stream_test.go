@@ -1994,3 +1994,57 @@ func TestStreamShrinkRingBy(t *testing.T) {
 	rc.check(t, s)
 	NewStream(StreamConfig{}).ShrinkRingBy(0.5) // no ring: no-op
 }
+
+func TestStreamInject(t *testing.T) {
+	// Events of the proxy's own reach the client among the upstream's,
+	// whole, under the queue bounds, and never wait for room.
+	rc := &reserveCounter{}
+	cfg := baseConfig()
+	cfg.QueueEvents = 2
+	cfg.Hooks = &Hooks{Reserve: rc.Reserve}
+	injected := "event: message\ndata: {\"injected\":true}\n\n"
+	s, pw, pumped := pipeStream(cfg)
+	if s.Inject([]byte(injected)) {
+		t.Fatal("Inject with no client attached reported delivery")
+	}
+	w := newFakeWriter()
+	a, _ := s.Attach(w, "", 0)
+	io.WriteString(pw, evN(1))
+	waitUntil(t, "event 1 written", func() bool { return strings.Contains(w.String(), evN(1)) })
+	if !s.Inject([]byte(injected)) {
+		t.Fatal("Inject to an idle client refused")
+	}
+	waitUntil(t, "injected event written", func() bool { return strings.Contains(w.String(), injected) })
+	io.WriteString(pw, evN(2))
+	waitUntil(t, "event 2 written", func() bool { return strings.Contains(w.String(), evN(2)) })
+
+	// A client that does not read: the queue fills, and Inject refuses
+	// at once rather than wait.
+	w.setBlocked(true)
+	if !s.Inject([]byte(injected)) {
+		t.Fatal("Inject refused with room in the queue")
+	}
+	<-w.blocking
+	if !s.Inject([]byte(injected)) || !s.Inject([]byte(injected)) {
+		t.Fatal("Inject refused with room in the queue")
+	}
+	if s.Inject([]byte(injected)) {
+		t.Fatal("Inject into a full queue reported delivery")
+	}
+	w.setBlocked(false)
+	pw.Close()
+	if err := pumpResult(t, pumped); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitAtt(t, a, context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	want := evN(1) + injected + evN(2) + injected + injected + injected
+	if got := w.String(); got != want {
+		t.Errorf("client got %q\nwant %q", got, want)
+	}
+	if s.Inject([]byte(injected)) {
+		t.Fatal("Inject into an ended stream reported delivery")
+	}
+	rc.check(t, s)
+}
