@@ -37,31 +37,43 @@ func CancelledBody(requestID, reason string) []byte {
 // id is id. It reads only the top-level keys of the message and skips
 // their values without decoding them.
 func AnswersRequest(data []byte, id string) bool {
+	got, ok := ResponseID(data)
+	return ok && string(got) == id
+}
+
+// ResponseID returns the raw JSON id of data, the data of one SSE event,
+// when it is a JSON-RPC response (a result or an error) with a non-null
+// id; id is a sub-slice of data. It reads only the top-level keys of the
+// message and skips their values without decoding them; a message that is
+// not one well-formed JSON object up to its last key is not a response.
+func ResponseID(data []byte) (id []byte, ok bool) {
 	s := scanner{b: data}
 	s.ws()
 	if s.eof() || s.b[s.i] != '{' {
-		return false
+		return nil, false
 	}
 	s.i++
-	var sameID, answer bool
+	var answer bool
 	for first := true; ; first = false {
-		key, ok, err := s.nextKey(first)
-		if err != nil || !ok {
-			return err == nil && sameID && answer
+		key, more, err := s.nextKey(first)
+		if err != nil || !more {
+			ok = err == nil && answer && len(id) > 0 && string(id) != "null"
+			if !ok {
+				id = nil
+			}
+			return id, ok
 		}
 		switch string(key) {
 		case "id":
-			v, err := s.rawValue()
-			if err != nil {
-				return false
+			if id, err = s.rawValue(); err != nil {
+				return nil, false
 			}
-			sameID = string(v) == id
 			continue
 		case "result", "error":
 			answer = true
 		}
 		if s.skip() != nil {
-			return false
+			return nil, false
 		}
 	}
 }

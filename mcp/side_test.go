@@ -48,3 +48,26 @@ func TestSessionVersion(t *testing.T) {
 		}
 	}
 }
+
+func TestResponseID(t *testing.T) {
+	for _, tt := range []struct {
+		data, id string
+		ok       bool
+	}{
+		{`{"jsonrpc":"2.0","id":1,"result":{}}`, "1", true},
+		{`{"result":{"tools":[]},"jsonrpc":"2.0","id":"a\"b"}`, `"a\"b"`, true},
+		{`{"jsonrpc":"2.0","id":7,"error":{"code":-1,"message":"x"}}`, "7", true},
+		{`{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"x"}}`, "", false},
+		{`{"jsonrpc":"2.0","error":{"code":-32700,"message":"x"}}`, "", false},
+		{`{"jsonrpc":"2.0","method":"notifications/progress","params":{"id":1}}`, "", false},
+		{`{"jsonrpc":"2.0","id":1,"method":"sampling/createMessage"}`, "", false},
+		{`{"jsonrpc":"2.0","id":1,"result":`, "", false},
+		{`[{"jsonrpc":"2.0","id":1,"result":{}}]`, "", false},
+		{`  {"id":2,"result":{},"id":3}`, "3", true},
+	} {
+		id, ok := ResponseID([]byte(tt.data))
+		if string(id) != tt.id || ok != tt.ok {
+			t.Errorf("ResponseID(%q) = %q, %v; want %q, %v", tt.data, id, ok, tt.id, tt.ok)
+		}
+	}
+}
