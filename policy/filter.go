@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // listShape returns the member of a list result that holds its items and
@@ -20,6 +21,31 @@ func listShape(method string) (array, key string, ok bool) {
 		return "resourceTemplates", "uriTemplate", true
 	}
 	return "", "", false
+}
+
+// ListMethodOf returns the list method whose result msg, one JSON-RPC
+// response, has the shape of: a result object holding a "tools",
+// "prompts", "resources" or "resourceTemplates" array (tried in that
+// order, member names compared ignoring case, as encoding/json matches
+// them), or "" for any other message. It tells the list results apart on
+// a stream that carries the answers of requests the caller did not see;
+// FilterList then refuses a result a decoder could read otherwise.
+func ListMethodOf(msg []byte) string {
+	var m struct {
+		Result map[string]json.RawMessage `json:"result"`
+	}
+	if json.Unmarshal(msg, &m) != nil || len(m.Result) == 0 {
+		return ""
+	}
+	for _, method := range []string{methodToolsList, methodPromptsList, methodResourcesList, methodResourceTemplates} {
+		array, _, _ := listShape(method)
+		for name, v := range m.Result {
+			if strings.EqualFold(name, array) && len(v) > 0 && v[0] == '[' {
+				return method
+			}
+		}
+	}
+	return ""
 }
 
 // FilterList rewrites msg, one JSON-RPC message (a JSON object) that

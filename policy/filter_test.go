@@ -430,3 +430,22 @@ func BenchmarkFilterList(b *testing.B) {
 		}
 	}
 }
+
+func TestListMethodOf(t *testing.T) {
+	for msg, want := range map[string]string{
+		`{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"a"}]}}`:                 "tools/list",
+		`{"jsonrpc":"2.0","id":1,"result":{"nextCursor":"x","prompts":[]}}`:          "prompts/list",
+		`{"jsonrpc":"2.0","id":1,"result":{"resources":[]}}`:                         "resources/list",
+		`{"jsonrpc":"2.0","id":1,"result":{"resourceTemplates":[]}}`:                 "resources/templates/list",
+		`{"jsonrpc":"2.0","id":1,"result":{"Tools":[{"name":"a"}]}}`:                 "tools/list",
+		`{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"x"}]}}`: "",
+		`{"jsonrpc":"2.0","id":1,"result":{"tools":"not an array"}}`:                 "",
+		`{"jsonrpc":"2.0","id":1,"error":{"code":-1,"message":"x"}}`:                 "",
+		`{"jsonrpc":"2.0","method":"notifications/tools/list_changed"}`:              "",
+		`{"jsonrpc":"2.0","id":1,"result":{"tools":[`:                                "",
+	} {
+		if got := ListMethodOf([]byte(msg)); got != want {
+			t.Errorf("ListMethodOf(%s) = %q, want %q", msg, got, want)
+		}
+	}
+}
