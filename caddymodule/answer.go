@@ -141,31 +141,38 @@ func (st *relayState) holdBytes(n int64) {
 	st.mu.Unlock()
 }
 
-// filterList filters one JSON-RPC message answering a list request; out
-// is nil when nothing changed, ok false when the message could not be
-// read (the caller answers an error rather than pass it unfiltered).
+// filterList filters one JSON-RPC message answering the request's list
+// request (see Handler.filterList).
 func (st *relayState) filterList(method string, msg []byte) (out []byte, ok bool) {
-	g := st.h.gov
+	return st.h.filterList(method, msg, st.subject, st.upstreamAddr(), st.call.Era == mcp.EraStateless)
+}
+
+// filterList filters one JSON-RPC message answering a list request of
+// method sent by subj to upstream, private when the result may not be
+// cached beyond the caller; out is nil when nothing changed, ok false when
+// the message could not be read (the caller answers an error rather than
+// pass it unfiltered).
+func (h *Handler) filterList(method string, msg []byte, subj *subject, upstream string, private bool) (out []byte, ok bool) {
+	g := h.gov
 	kind, _ := policy.ListKind(method)
 	rules := g.enforces()
 	pins := g.pins != nil && kind == policy.KindTool
-	upstream := st.upstreamAddr()
-	skipPins := effortAt(st.h.app.global.Level()).SkipUnchangedPins()
+	skipPins := effortAt(h.app.global.Level()).SkipUnchangedPins()
 	keep := func(key string, item json.RawMessage) bool {
-		if rules && !g.policy.Allows(st.subject, kind, key) {
+		if rules && !g.policy.Allows(subj, kind, key) {
 			metrics.listFiltered.WithLabelValues("rule").Inc()
 			return false
 		}
-		if pins && !st.h.checkPin(upstream, key, item, skipPins) {
+		if pins && !h.checkPin(upstream, key, item, skipPins) {
 			metrics.listFiltered.WithLabelValues("pin").Inc()
 			return false
 		}
 		return true
 	}
-	out, _, err := policy.FilterList(method, msg, keep, st.call.Era == mcp.EraStateless)
+	out, _, err := policy.FilterList(method, msg, keep, private)
 	if err != nil {
 		metrics.listFiltered.WithLabelValues("error").Inc()
-		st.h.logger.Warn("list result not readable; answered with an error", zap.String("method", method), zap.Error(err))
+		h.logger.Warn("list result not readable; answered with an error", zap.String("method", method), zap.Error(err))
 		return nil, false
 	}
 	return out, true

@@ -133,7 +133,8 @@ func (g *governance) answerHeadersFor(hdr http.Header, streamed bool, token stri
 // upstream answers calls of things it does not have: a notification is
 // accepted (202) and dropped; a request gets its error in a JSON answer,
 // or as an event of an SSE answer when the upstreams answer that way (or
-// the client accepts nothing else). (A batch with messages that are not
+// the client accepts nothing else), or, in a legacy session whose stream
+// this handler relays, accepted (202) with its error sent on the stream. (A batch with messages that are not
 // denied goes on without the denied ones: see stripDenied.)
 func (h *Handler) answerDenied(x *exchange) {
 	w := x.w
@@ -144,6 +145,11 @@ func (h *Handler) answerDenied(x *exchange) {
 	}
 	x.status = http.StatusAccepted
 	if len(answers) == 0 {
+		w.WriteHeader(http.StatusAccepted)
+		return
+	}
+	if link := h.legacyLinkOf(x); link != nil && link.send(answers) {
+		// A legacy session's answers go on its stream.
 		w.WriteHeader(http.StatusAccepted)
 		return
 	}

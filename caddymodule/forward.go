@@ -56,7 +56,22 @@ func (h *Handler) forward(x *exchange, next caddyhttp.Handler) error {
 	if st.subject == nil && h.gov.filters() {
 		st.subject = newSubject(r, x.principal, h.gov.matchers)
 	}
-	if d := h.deadlineFor(r, &x.call); d > 0 {
+	link := h.legacyLinkOf(x)
+	if link != nil {
+		// The answers come on the session's stream (see legacy.go).
+		awaited, ref := link.expect(h, x, st, h.deadlineFor(r, &x.call))
+		if ref != nil {
+			return x.refuse(h, ref)
+		}
+		if len(st.spliced) > 0 && link.send(st.spliced) {
+			st.spliced = nil
+		}
+		defer func() {
+			if len(awaited) > 0 && !(st.responded && st.status >= 200 && st.status < 300) {
+				link.forget(awaited)
+			}
+		}()
+	} else if d := h.deadlineFor(r, &x.call); d > 0 {
 		st.startDeadline(d, h.maxTimeout)
 	}
 	caddyhttp.SetVar(r.Context(), varRelay, st)

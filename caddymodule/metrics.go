@@ -123,7 +123,7 @@ var metrics = struct {
 	}),
 	sessionRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "mcp", Name: "session_errors_total",
-		Help: "Requests answered by the proxy for a session problem: missing (400) or not found (404).",
+		Help: "Requests answered by the proxy for a session problem: missing (400), not found (404), session table or legacy answers full (503), client full (429).",
 	}, []string{"kind"}),
 	eventsRelayed: prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "mcp", Name: "events_relayed_total",

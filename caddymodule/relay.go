@@ -226,12 +226,7 @@ func (st *relayState) sendCancelled(reason string) {
 	if r == nil || !sent || first.ID == "" || first.Method == "initialize" || st.call.Era == mcp.EraStateless || st.res.session == nil {
 		return
 	}
-	hdr := r.Header.Clone()
-	for _, k := range []string{"Content-Length", "Transfer-Encoding", mcp.HeaderLastEventID} {
-		hdr.Del(k)
-	}
-	hdr.Set("Content-Type", "application/json")
-	hdr.Set("Accept", "application/json, text/event-stream")
+	hdr := cancelHeaders(r.Header)
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 5*time.Second)
 	defer cancel()
 	body := mcp.CancelledBody(first.ID, reason)
@@ -240,6 +235,19 @@ func (st *relayState) sendCancelled(reason string) {
 		return
 	}
 	metrics.cancelsSent.Inc()
+}
+
+// cancelHeaders returns the headers of a notifications/cancelled the
+// proxy posts for a client request with headers h: the client's own, for
+// a body of the proxy's.
+func cancelHeaders(h http.Header) http.Header {
+	hdr := h.Clone()
+	for _, k := range []string{"Content-Length", "Transfer-Encoding", mcp.HeaderLastEventID} {
+		hdr.Del(k)
+	}
+	hdr.Set("Content-Type", "application/json")
+	hdr.Set("Accept", "application/json, text/event-stream")
+	return hdr
 }
 
 // clientWriter adapts the client's response writer for the relay.
@@ -334,7 +342,15 @@ func (st *relayState) rewriteLegacyEndpoint() func(ev *sse.Event) []byte {
 // client, and returns when the client has everything, left, or was cut.
 func (h *Handler) relay(w http.ResponseWriter, st *relayState, body io.ReadCloser) {
 	legacy := legacyStream(st.r, st.call, st.res)
-	stream := sse.NewStream(h.streamConfig(st, legacy))
+	cfg := h.streamConfig(st, legacy)
+	var link *legacyLink
+	if legacy && st.legacyID != "" && h.watchesLegacy() {
+		link, cfg.Rewrite = h.newLegacyLink(st, cfg.Rewrite)
+	}
+	stream := sse.NewStream(cfg)
+	if link != nil {
+		h.linkLegacy(st, link, stream)
+	}
 	if f := h.app.global.DegradedFraction(); f < 1 {
 		stream.ShrinkRingBy(f)
 	}

@@ -469,6 +469,43 @@ func catalogServer() *mcp.Server {
 	return s
 }
 
+// wantCatalogLists checks the lists of catalogServer under rules that
+// deny file:///secret/* and admin_* prompts: only the public resource,
+// the docs template and greet are left.
+func wantCatalogLists(t *testing.T, ctx context.Context, cs *mcp.ClientSession) {
+	t.Helper()
+	resources, err := cs.ListResources(ctx, nil)
+	if err != nil {
+		t.Fatalf("resources/list: %v", err)
+	}
+	if uris := namesOf(resources.Resources, func(r *mcp.Resource) string { return r.URI }); !slices.Equal(uris, []string{"file:///public/readme.txt"}) {
+		t.Errorf("resources/list: %v, want the public resource only", uris)
+	}
+	templates, err := cs.ListResourceTemplates(ctx, nil)
+	if err != nil {
+		t.Fatalf("resources/templates/list: %v", err)
+	}
+	if tmpls := namesOf(templates.ResourceTemplates, func(r *mcp.ResourceTemplate) string { return r.URITemplate }); !slices.Equal(tmpls, []string{"file:///docs/{name}"}) {
+		t.Errorf("resources/templates/list: %v, want the docs template only", tmpls)
+	}
+	prompts, err := cs.ListPrompts(ctx, nil)
+	if err != nil {
+		t.Fatalf("prompts/list: %v", err)
+	}
+	if names := namesOf(prompts.Prompts, func(p *mcp.Prompt) string { return p.Name }); !slices.Equal(names, []string{"greet"}) {
+		t.Errorf("prompts/list: %v, want greet only", names)
+	}
+}
+
+// namesOf returns the name of each item.
+func namesOf[T any](items []T, name func(T) string) []string {
+	out := make([]string, 0, len(items))
+	for _, it := range items {
+		out = append(out, name(it))
+	}
+	return out
+}
+
 // freshCall runs f on a go-sdk client session of its own and returns its
 // error.
 func freshCall(t *testing.T, ctx context.Context, url string, hc *http.Client, f func(cs *mcp.ClientSession) error) error {
@@ -505,39 +542,7 @@ func TestGovernanceResourcesAndPrompts(t *testing.T) {
 
 			cs := connect(t, ctx, url, nil, nil)
 			defer cs.Close()
-			resources, err := cs.ListResources(ctx, nil)
-			if err != nil {
-				t.Fatalf("resources/list: %v", err)
-			}
-			var uris []string
-			for _, r := range resources.Resources {
-				uris = append(uris, r.URI)
-			}
-			if !slices.Equal(uris, []string{"file:///public/readme.txt"}) {
-				t.Errorf("resources/list: %v, want the public resource only", uris)
-			}
-			templates, err := cs.ListResourceTemplates(ctx, nil)
-			if err != nil {
-				t.Fatalf("resources/templates/list: %v", err)
-			}
-			var tmpls []string
-			for _, r := range templates.ResourceTemplates {
-				tmpls = append(tmpls, r.URITemplate)
-			}
-			if !slices.Equal(tmpls, []string{"file:///docs/{name}"}) {
-				t.Errorf("resources/templates/list: %v, want the docs template only", tmpls)
-			}
-			prompts, err := cs.ListPrompts(ctx, nil)
-			if err != nil {
-				t.Fatalf("prompts/list: %v", err)
-			}
-			var pnames []string
-			for _, p := range prompts.Prompts {
-				pnames = append(pnames, p.Name)
-			}
-			if !slices.Equal(pnames, []string{"greet"}) {
-				t.Errorf("prompts/list: %v, want greet only", pnames)
-			}
+			wantCatalogLists(t, ctx, cs)
 			for _, uri := range []string{"file:///public/readme.txt", "file:///docs/guide"} {
 				if res, err := cs.ReadResource(ctx, &mcp.ReadResourceParams{URI: uri}); err != nil || len(res.Contents) != 1 || res.Contents[0].Text != "contents of "+uri {
 					t.Errorf("reading %s: %+v %v", uri, res, err)
@@ -551,7 +556,7 @@ func TestGovernanceResourcesAndPrompts(t *testing.T) {
 			}
 
 			// The denied ones, each on a session of its own.
-			err = freshCall(t, ctx, url, nil, func(cs *mcp.ClientSession) error {
+			err := freshCall(t, ctx, url, nil, func(cs *mcp.ClientSession) error {
 				_, err := cs.ReadResource(ctx, &mcp.ReadResourceParams{URI: "file:///secret/key.txt"})
 				return err
 			})
@@ -1002,6 +1007,27 @@ func awaitString(t *testing.T, ch <-chan string, what string) string {
 // its context ends, then reports the context's error on cancelled.
 func blockingServer(cancelled chan<- error) *mcp.Server {
 	s := mcp.NewServer(&mcp.Implementation{Name: "blocking", Version: "1"}, nil)
+	addBlockTool(s, cancelled)
+	return s
+}
+
+// awaitCancelled waits for the block tool's context to end, and fails the
+// test unless it was cancelled.
+func awaitCancelled(t *testing.T, cancelled <-chan error) {
+	t.Helper()
+	select {
+	case err := <-cancelled:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("the tool's context ended with %v, want cancelled", err)
+		}
+	case <-time.After(boundedWait):
+		t.Fatal("the go-sdk tool's context was never cancelled")
+	}
+}
+
+// addBlockTool adds to s the tool block, which waits until its context is
+// cancelled and then sends the context's error on cancelled.
+func addBlockTool(s *mcp.Server, cancelled chan<- error) {
 	s.AddTool(&mcp.Tool{Name: "block", InputSchema: map[string]any{"type": "object"}},
 		func(ctx context.Context, _ *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
 			select {
@@ -1012,7 +1038,6 @@ func blockingServer(cancelled chan<- error) *mcp.Server {
 				return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "not cancelled"}}}, nil
 			}
 		})
-	return s
 }
 
 // TestGovernanceDeadlineSession: in a 2025-06-18 session, `tool slow
@@ -1104,14 +1129,7 @@ func TestGovernanceDeadlineSession(t *testing.T) {
 			t.Fatalf("timed-out call: %s", r)
 		}
 		rpcErrorFor(t, "timed-out call", lastMessage(t, "timed-out call", r), "45", -32001)
-		select {
-		case err := <-cancelled:
-			if !errors.Is(err, context.Canceled) {
-				t.Errorf("the tool's context ended with %v, want cancelled", err)
-			}
-		case <-time.After(boundedWait):
-			t.Fatal("the go-sdk tool's context was never cancelled")
-		}
+		awaitCancelled(t, cancelled)
 		up.await(t, "notifications/cancelled for 45", boundedWait, func(s fakeSeen) bool { return s.cancelledID() == "45" })
 		if r := postJSON(ctx, url, rpcRequest(46, "tools/list"), inSession(sid, nil)); !r.ok() {
 			t.Errorf("the session after the deadline: %s", r)

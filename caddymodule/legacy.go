@@ -1,0 +1,389 @@
+package caddymodule
+
+import (
+	"bytes"
+	"context"
+	"net/http"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/mcpgate/mcpgate/mcp"
+	"github.com/mcpgate/mcpgate/policy"
+	"github.com/mcpgate/mcpgate/sse"
+)
+
+// A legacy (2024-11-05) HTTP+SSE session gets every answer on its one GET
+// stream: the upstream accepts each POST with 202 and sends the answer as
+// a `message` event of the stream. So what mcp_proxy does with answers is
+// done on that stream: each legacy stream the process relays is linked,
+// by its session key, to the POSTs of its session that the process
+// receives.
+// A denied request is accepted (202) and its error sent on the stream; a
+// list result on the stream is filtered for whoever sent its request; a
+// request's deadline runs until its answer comes on the stream, and when
+// it passes the error goes on the stream, the late answer is dropped and
+// the upstream gets notifications/cancelled; an answer over max_response
+// is replaced by an error.
+//
+// A POST that finds no link (its stream is relayed by another replica) is
+// denied in its own answer, which a legacy client does not read, and runs
+// without a deadline; the replica that relays the stream still filters a
+// list result it sees there, told apart by its shape, for the stream's
+// opener (the session's principal: a legacy token is bound to it).
+
+// maxLegacyPending bounds the requests of one legacy session whose
+// answers the proxy awaits on its stream (a list to filter, a deadline).
+const maxLegacyPending = 256
+
+// progressMethod marks a progress notification, which moves deadlines.
+var progressMethod = []byte(`notifications/progress`)
+
+// legacyLinks holds the links of the legacy streams relayed in the
+// process, by session key: a POST finds its session's stream also when a
+// config reload put it in another handler than the stream's.
+var legacyLinks legacyTable
+
+// legacyTable maps session keys to links.
+type legacyTable struct {
+	mu sync.Mutex
+	m  map[string]*legacyLink
+}
+
+func (t *legacyTable) add(key string, l *legacyLink) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.m == nil {
+		t.m = map[string]*legacyLink{}
+	}
+	t.m[key] = l
+}
+
+func (t *legacyTable) remove(key string, l *legacyLink) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.m[key] == l {
+		delete(t.m, key)
+	}
+}
+
+func (t *legacyTable) get(key string) *legacyLink {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.m[key]
+}
+
+// legacyLink is what the proxy knows of a legacy session whose stream it
+// relays: the stream, who opened it, the upstream, and the requests of the
+// session whose answers it awaits.
+type legacyLink struct {
+	h        *Handler
+	stream   *sse.Stream
+	subject  *subject // the stream's opener
+	upstream string
+
+	mu      sync.Mutex
+	pending map[string]*legacyCall // by the request's raw JSON id
+	closed  bool
+}
+
+// legacyCall is a request whose answer is awaited on a legacy stream.
+type legacyCall struct {
+	id      string
+	list    string // the list method whose result is filtered, or ""
+	subject *subject
+	// The deadline: its timer and step, the latest it may be moved to,
+	// whether it passed, and what tells the upstream.
+	timer   *time.Timer
+	step    time.Duration
+	end     time.Time
+	expired bool
+	cancel  func(reason string)
+}
+
+// watchesLegacy reports whether the handler does anything with answers
+// that a legacy stream would carry.
+func (h *Handler) watchesLegacy() bool {
+	if h.gov.filters() || h.MaxResponse > 0 || h.requestTimeout > 0 {
+		return true
+	}
+	for _, t := range h.Tools {
+		if t.Timeout > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// newLegacyLink returns the link of the legacy stream st relays, and the
+// stream hook that runs rewrite (the endpoint event's) and then the
+// link's own work on each event.
+func (h *Handler) newLegacyLink(st *relayState, rewrite func(*sse.Event) []byte) (*legacyLink, func(*sse.Event) []byte) {
+	l := &legacyLink{h: h, subject: st.subject, upstream: st.upstreamAddr(), pending: map[string]*legacyCall{}}
+	return l, func(ev *sse.Event) []byte {
+		if ev.Name == "endpoint" {
+			return rewrite(ev)
+		}
+		return l.answer(ev)
+	}
+}
+
+// linkLegacy makes l, the link of stream, findable by the POSTs of its
+// session until the stream ends.
+func (h *Handler) linkLegacy(st *relayState, l *legacyLink, stream *sse.Stream) {
+	l.stream = stream
+	st.mu.Lock()
+	key := sessionKey(st.legacyUpstream, st.legacyID)
+	end := st.legacyEnd
+	st.legacyEnd = func() {
+		legacyLinks.remove(key, l)
+		l.close()
+		if end != nil {
+			end()
+		}
+	}
+	st.mu.Unlock()
+	legacyLinks.add(key, l)
+}
+
+// legacyLinkOf returns the link of the legacy session of the request, or
+// nil.
+func (h *Handler) legacyLinkOf(x *exchange) *legacyLink {
+	if x.res.session == nil || x.res.session.Kind != mcp.TokenLegacy {
+		return nil
+	}
+	return legacyLinks.get(x.res.key)
+}
+
+// close stops the deadlines of the link's requests: its stream ended.
+func (l *legacyLink) close() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.closed = true
+	for _, c := range l.pending {
+		if c.timer != nil {
+			c.timer.Stop()
+		}
+	}
+	l.pending = nil
+}
+
+// send delivers answers of the proxy's own on the stream, as `message`
+// events, and reports whether the client was sent them.
+func (l *legacyLink) send(answers [][]byte) bool {
+	var buf []byte
+	for _, a := range answers {
+		buf = sse.AppendEvent(buf, "", "message", a)
+	}
+	return l.stream.Inject(buf)
+}
+
+// expect notes the requests of x, received by h, whose answers the
+// stream must act on: a list result to filter, a deadline of step (0:
+// none). It returns their ids, or a refusal when the session awaits too
+// many answers already. A notifications/cancelled of x ends the wait for
+// the request it names.
+func (l *legacyLink) expect(h *Handler, x *exchange, st *relayState, step time.Duration) ([]string, *mcp.Refusal) {
+	var calls []*legacyCall
+	var dropped []string
+	for i := range x.call.Peek.Messages {
+		m := &x.call.Peek.Messages[i]
+		if m.Kind == mcp.KindNotification && m.Method == "notifications/cancelled" && m.RequestID != "" {
+			// The client gave the request up: no answer is awaited.
+			dropped = append(dropped, m.RequestID)
+			continue
+		}
+		if m.Kind != mcp.KindRequest || m.ID == "" {
+			continue
+		}
+		c := &legacyCall{id: m.ID, step: step}
+		if _, ok := policy.ListKind(m.Method); ok && h.gov.filters() {
+			c.list, c.subject = m.Method, st.subject
+		}
+		if c.list == "" && c.step == 0 {
+			continue
+		}
+		if c.step > 0 {
+			c.cancel = h.legacyCanceller(x, m.ID)
+		}
+		calls = append(calls, c)
+	}
+	if len(dropped) > 0 {
+		l.forget(dropped)
+	}
+	if len(calls) == 0 {
+		return nil, nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return nil, nil
+	}
+	if len(l.pending)+len(calls) > maxLegacyPending && !l.makeRoomLocked(len(calls)) {
+		metrics.sessionRefusals.WithLabelValues("legacy_pending").Inc()
+		x.w.Header().Set("Retry-After", levelRetryAfter)
+		return nil, mcp.Refuse(http.StatusServiceUnavailable, mcp.CodeServerError, x.call.First().ID,
+			"too many requests of this session await their answers, retry after "+levelRetryAfter+"s")
+	}
+	ids := make([]string, 0, len(calls))
+	maxTotal := h.maxTimeout
+	if maxTotal <= 0 {
+		maxTotal = defaultMaxTimeoutFactor * step
+	}
+	now := time.Now()
+	for _, c := range calls {
+		if old := l.pending[c.id]; old != nil && old.timer != nil {
+			old.timer.Stop()
+		}
+		l.pending[c.id] = c
+		if c.step > 0 {
+			c.end = now.Add(max(maxTotal, c.step))
+			c.timer = time.AfterFunc(c.step, func() { l.expire(c) })
+		}
+		ids = append(ids, c.id)
+	}
+	return ids, nil
+}
+
+// makeRoomLocked drops requests whose deadline passed (only their late
+// answers are awaited, to be dropped) until n more fit.
+func (l *legacyLink) makeRoomLocked(n int) bool {
+	for id, c := range l.pending {
+		if len(l.pending)+n <= maxLegacyPending {
+			break
+		}
+		if c.expired {
+			delete(l.pending, id)
+		}
+	}
+	return len(l.pending)+n <= maxLegacyPending
+}
+
+// forget drops requests whose answer will not come on the stream: the
+// upstream did not accept their POST, or the client cancelled them.
+func (l *legacyLink) forget(ids []string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, id := range ids {
+		if c := l.pending[id]; c != nil {
+			if c.timer != nil {
+				c.timer.Stop()
+			}
+			delete(l.pending, id)
+		}
+	}
+}
+
+// take returns and forgets the awaited request an answer with id answers.
+func (l *legacyLink) take(id []byte) *legacyCall {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	c := l.pending[string(id)]
+	if c != nil {
+		delete(l.pending, c.id)
+		if c.timer != nil {
+			c.timer.Stop()
+		}
+	}
+	return c
+}
+
+// extend moves the deadlines of the session's requests a full step from
+// now, within max_timeout: a progress notification came. (Legacy progress
+// is not matched to its request, so any progress moves them all.)
+func (l *legacyLink) extend() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, c := range l.pending {
+		if c.timer == nil || c.expired {
+			continue
+		}
+		if next := min(c.step, time.Until(c.end)); next > 0 {
+			c.timer.Reset(next)
+		}
+	}
+}
+
+// expire ends a request whose deadline passed: the client gets the error
+// on the stream, the upstream is told, the late answer will be dropped.
+func (l *legacyLink) expire(c *legacyCall) {
+	defer recoverPanic(l.h.logger, "legacy request deadline")
+	l.mu.Lock()
+	if l.closed || l.pending[c.id] != c || c.expired {
+		l.mu.Unlock()
+		return
+	}
+	c.expired = true
+	l.mu.Unlock()
+	metrics.deadlines.WithLabelValues("waiting").Inc()
+	msg := mcp.AppendError(nil, c.id, codeRequestTimeout, "request timed out: no answer within "+c.step.String())
+	if !l.send([][]byte{msg}) {
+		l.h.logger.Debug("timeout error of a legacy request not delivered: its stream is gone or full")
+	}
+	c.cancel("request timed out")
+}
+
+// answer is the stream hook for every event after the endpoint: an
+// answer the session awaits is dropped when its deadline passed, capped
+// by max_response, and filtered when it is a list result.
+func (l *legacyLink) answer(ev *sse.Event) []byte {
+	id, ok := mcp.ResponseID(ev.Data)
+	if !ok {
+		if bytes.Contains(ev.Data, progressMethod) {
+			l.extend()
+		}
+		return nil
+	}
+	c := l.take(id)
+	if c != nil && c.expired {
+		return dropEvent
+	}
+	h := l.h
+	if h.MaxResponse > 0 && int64(len(ev.Data)) > h.MaxResponse {
+		metrics.responseTooLarge.Inc()
+		return sse.AppendEvent(nil, ev.ID, "message", mcp.AppendError(nil, string(id), codeResponseTooLarge, tooLargeMessage("", h.MaxResponse)))
+	}
+	list, subj := "", l.subject
+	switch {
+	case c != nil:
+		list, subj = c.list, c.subject
+	case h.gov.filters():
+		list = policy.ListMethodOf(ev.Data)
+	}
+	if list == "" {
+		return nil
+	}
+	out, ok := h.filterList(list, ev.Data, subj, l.upstream, false)
+	switch {
+	case !ok:
+		return sse.AppendEvent(nil, ev.ID, "message", mcp.AppendError(nil, string(id), mcp.CodeInternalError, "the list result could not be read by the proxy"))
+	case out != nil:
+		return sse.AppendEvent(nil, ev.ID, ev.Name, out)
+	}
+	return nil
+}
+
+// legacyCanceller returns what tells the upstream that the proxy gave up
+// on request id of x's legacy session: notifications/cancelled, posted to
+// the session's upstream endpoint as x was, in the process's task group.
+func (h *Handler) legacyCanceller(x *exchange, id string) func(reason string) {
+	hdr := cancelHeaders(x.r.Header)
+	path := x.r.URL.EscapedPath()
+	if q := x.r.URL.RawQuery; q != "" {
+		path += "?" + q
+	}
+	host, upstream := x.r.Host, x.res.pinned
+	return func(reason string) {
+		_ = h.app.global.tasks.Go(func(ctx context.Context) {
+			defer recoverPanic(h.logger, "legacy notifications/cancelled")
+			ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			if _, err := h.sideRequest(ctx, upstream, http.MethodPost, path, host, hdr, mcp.CancelledBody(id, reason)); err != nil {
+				h.logger.Debug("sending notifications/cancelled upstream failed", zap.Error(err))
+				return
+			}
+			metrics.cancelsSent.Inc()
+		})
+	}
+}

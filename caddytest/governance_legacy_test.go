@@ -1,0 +1,258 @@
+package caddytest
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/mcpgate/mcpgate/internal/demo"
+)
+
+// legacyGovServer is a go-sdk server with tools listed two by two (some
+// denied by the test's rules), a tool that blocks until cancelled, one
+// that answers with a large text, and the catalog's resources and
+// prompts.
+func legacyGovServer(cancelled chan<- error) *mcp.Server {
+	s := catalogServer()
+	for _, n := range []string{"add", "b_hidden1", "b_hidden2", "echo", "zeta"} {
+		govTool(s, n, "The "+n+" tool.")
+	}
+	addBlockTool(s, cancelled)
+	mcp.AddTool(s, &mcp.Tool{Name: "blob"}, func(_ context.Context, _ *mcp.CallToolRequest, in SizeArgs) (*mcp.CallToolResult, any, error) {
+		return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: strings.Repeat("x", min(in.Size, 1<<20))}}}, nil, nil
+	})
+	return s
+}
+
+// wantLegacyTools checks that tools/list, over all its pages, shows the
+// tools of legacyGovServer less add and b_*.
+func wantLegacyTools(t *testing.T, ctx context.Context, cs *mcp.ClientSession, how string) {
+	t.Helper()
+	names, _ := listAllTools(t, ctx, cs)
+	slices.Sort(names)
+	if want := []string{"blob", "block", "echo", "zeta"}; !slices.Equal(names, want) {
+		t.Errorf("tools/list %s: %v, want %v", how, names, want)
+	}
+}
+
+// connectLegacy opens a go-sdk client session over the legacy HTTP+SSE
+// transport.
+func connectLegacy(t *testing.T, ctx context.Context, endpoint string) *mcp.ClientSession {
+	t.Helper()
+	client := mcp.NewClient(&mcp.Implementation{Name: "legacy-e2e", Version: "1"}, nil)
+	cs, err := client.Connect(ctx, &mcp.SSEClientTransport{Endpoint: endpoint}, nil)
+	if err != nil {
+		t.Fatalf("legacy connect to %s: %v", endpoint, err)
+	}
+	return cs
+}
+
+// TestGovernanceLegacy: in a legacy (2024-11-05) HTTP+SSE session, where
+// every answer comes on the session's GET stream, the rules, list
+// filtering, deadlines and max_response hold as in the later eras, for a
+// go-sdk client and server: lists lack what is denied (tools across
+// pages, resources, templates, prompts); a denied call gets, on the
+// stream, the error the upstream gives an unknown one and never reaches
+// the upstream; a call past its deadline gets -32001 while the upstream's
+// tool sees its context cancelled (notifications/cancelled on the
+// session); an answer over max_response is replaced by an error; the
+// session works on after each.
+func TestGovernanceLegacy(t *testing.T) {
+	cancelled := make(chan error, 4)
+	up := startRecorded(t, "legacy-gov", demo.Handler(legacyGovServer(cancelled), "/sse", nil))
+	port := freePort(t)
+	loadCaddyfile(t, proxySite(port, up.addr(), rulesBlock(
+		"deny tool add b_*",
+		"deny resource file:///secret/*",
+		"deny prompt admin_*")+"\t\ttool block timeout 300ms\n\t\tmax_response 4KiB\n"))
+	ctx, cancel := context.WithTimeout(context.Background(), 2*boundedWait)
+	defer cancel()
+	denialsBefore := liveMetric(t, "caddy_mcp_denials_total", "kind", "tool")
+
+	cs := connectLegacy(t, ctx, proxyURL(port)+"/sse")
+	defer cs.Close()
+
+	// Lists.
+	wantLegacyTools(t, ctx, cs, "over the legacy transport")
+	wantCatalogLists(t, ctx, cs)
+
+	// Denials, answered on the stream as unknown targets.
+	callCtx, callCancel := context.WithTimeout(ctx, boundedWait)
+	_, err := cs.CallTool(callCtx, &mcp.CallToolParams{Name: "add", Arguments: map[string]any{}})
+	callCancel()
+	if err == nil || !strings.Contains(err.Error(), `unknown tool "add"`) {
+		t.Errorf("calling the denied tool add: %v, want the unknown tool error", err)
+	}
+	_, unknownErr := cs.CallTool(ctx, &mcp.CallToolParams{Name: "nosuch", Arguments: map[string]any{}})
+	if unknownErr == nil || err == nil || strings.ReplaceAll(unknownErr.Error(), "nosuch", "add") != err.Error() {
+		t.Errorf("denied call's error %v differs from the upstream's for an unknown tool %v", err, unknownErr)
+	}
+	if _, err := cs.ReadResource(ctx, &mcp.ReadResourceParams{URI: "file:///secret/key.txt"}); err == nil || !strings.Contains(err.Error(), "Resource not found") {
+		t.Errorf("reading a denied resource: %v, want Resource not found", err)
+	}
+	if _, err := cs.GetPrompt(ctx, &mcp.GetPromptParams{Name: "admin_reset"}); err == nil {
+		t.Errorf("getting a denied prompt succeeded")
+	}
+	if up.didRun("tools/call:add") || up.didRun("resources/read") || up.didRun("prompts/get:admin_reset") {
+		t.Errorf("a denied call reached the upstream: %v", up.ran())
+	}
+	if got := liveMetric(t, "caddy_mcp_denials_total", "kind", "tool") - denialsBefore; got != 1 {
+		t.Errorf("caddy_mcp_denials_total{kind=tool} grew by %v, want 1", got)
+	}
+	if res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "zeta", Arguments: map[string]any{}}); err != nil || res.IsError {
+		t.Errorf("calling zeta after the denials: %+v %v", res, err)
+	}
+	if res, err := cs.ReadResource(ctx, &mcp.ReadResourceParams{URI: "file:///public/readme.txt"}); err != nil || len(res.Contents) != 1 {
+		t.Errorf("reading the public resource: %+v %v", res, err)
+	}
+
+	// A deadline: the error on the stream, the upstream told.
+	start := time.Now()
+	_, err = cs.CallTool(ctx, &mcp.CallToolParams{Name: "block", Arguments: map[string]any{}})
+	if err == nil || !strings.Contains(err.Error(), "request timed out") {
+		t.Errorf("calling block past its deadline: %v after %v, want the timeout error", err, time.Since(start))
+	}
+	awaitCancelled(t, cancelled)
+	up.await(t, "notifications/cancelled for the block call", boundedWait, func(s fakeSeen) bool { return s.cancelledID() != "" })
+
+	// max_response: the large answer replaced by an error.
+	if res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "blob", Arguments: map[string]any{"size": 1000}}); err != nil || res.IsError {
+		t.Errorf("a small blob: %+v %v", res, err)
+	}
+	_, err = cs.CallTool(ctx, &mcp.CallToolParams{Name: "blob", Arguments: map[string]any{"size": 8000}})
+	if err == nil || !strings.Contains(err.Error(), "max_response") {
+		t.Errorf("a blob over max_response: %v, want the max_response error", err)
+	}
+	if res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "echo", Arguments: map[string]any{}}); err != nil || res.IsError {
+		t.Errorf("calling echo at the end: %+v %v", res, err)
+	}
+}
+
+// postsTo sends POSTs to another host than the stream's, as a load
+// balancer in front of replicas may.
+type postsTo struct{ host string }
+
+func (p postsTo) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.Method == http.MethodPost {
+		r = r.Clone(r.Context())
+		r.URL.Host, r.Host = p.host, p.host
+	}
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+// TestGovernanceLegacyOtherReplica: when a legacy session's POSTs reach
+// another replica than the one relaying its stream (two sites with one
+// session key here), the replica relaying the stream still filters the
+// list results on it, told apart by their shape, for the session's
+// principal; the calls the POSTs carry still pass the rules there.
+func TestGovernanceLegacyOtherReplica(t *testing.T) {
+	up := startRecorded(t, "legacy-gov", demo.Handler(legacyGovServer(make(chan error, 4)), "/sse", nil))
+	streamPort, postPort := freePort(t), freePort(t)
+	block := rulesBlock("deny tool add b_*", "deny prompt admin_*") + "\t\tsession_key shared-test-passphrase-of-32-characters\n"
+	loadCaddyfile(t, proxySite(streamPort, up.addr(), block)+proxySite(postPort, up.addr(), block))
+	ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
+	defer cancel()
+	client := mcp.NewClient(&mcp.Implementation{Name: "legacy-e2e", Version: "1"}, nil)
+	cs, err := client.Connect(ctx, &mcp.SSEClientTransport{
+		Endpoint:   proxyURL(streamPort) + "/sse",
+		HTTPClient: &http.Client{Transport: postsTo{host: fmt.Sprintf("127.0.0.1:%d", postPort)}},
+	}, nil)
+	if err != nil {
+		t.Fatalf("legacy connect: %v", err)
+	}
+	defer cs.Close()
+	wantLegacyTools(t, ctx, cs, "with the POSTs on another replica")
+	prompts, err := cs.ListPrompts(ctx, nil)
+	if err != nil || len(prompts.Prompts) != 1 || prompts.Prompts[0].Name != "greet" {
+		t.Errorf("prompts/list with the POSTs on another replica: %+v %v, want greet only", prompts, err)
+	}
+	if res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "zeta", Arguments: map[string]any{}}); err != nil || res.IsError {
+		t.Errorf("calling zeta: %+v %v", res, err)
+	}
+	// The denied call is refused by the replica that got it; its error
+	// is in the POST's answer, which a legacy client does not read.
+	callCtx, callCancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	_, _ = cs.CallTool(callCtx, &mcp.CallToolParams{Name: "add", Arguments: map[string]any{}})
+	callCancel()
+	if up.didRun("tools/call:add") {
+		t.Errorf("the denied call reached the upstream")
+	}
+}
+
+// TestGovernanceLegacyPendingBound: the requests of one legacy session
+// whose answers the proxy awaits on its stream (here calls with a
+// deadline) are bounded: past 256 a POST is refused with 503, Retry-After
+// and a JSON-RPC error, and nothing of it reaches the upstream. Once the
+// client cancels its calls, their answers are awaited no more and a list
+// (awaited, to be filtered) is accepted again.
+func TestGovernanceLegacyPendingBound(t *testing.T) {
+	up := startRecorded(t, "legacy-gov", demo.Handler(legacyGovServer(make(chan error, 512)), "/sse", nil))
+	port := freePort(t)
+	loadCaddyfile(t, proxySite(port, up.addr(), rulesBlock("deny tool add")+"\t\ttool block timeout 1m\n\t\tmax_inflight 1000\n"))
+	ctx, cancel := context.WithTimeout(context.Background(), 2*boundedWait)
+	defer cancel()
+	before := liveMetric(t, "caddy_mcp_session_errors_total", "kind", "legacy_pending")
+	lc, r := openLegacyStream(ctx, rawClient, proxyURL(port)+"/sse")
+	if lc == nil {
+		t.Fatalf("legacy stream: %s", r)
+	}
+	defer lc.cancel()
+	url := proxyURL(port) + lc.endpoint
+	if r := postJSON(ctx, url, initAt(1, "2024-11-05"), nil); r.status != http.StatusAccepted {
+		t.Fatalf("initialize: %s", r)
+	}
+	postJSON(ctx, url, `{"jsonrpc":"2.0","method":"notifications/initialized"}`, nil)
+	for i := range 256 {
+		if r := postJSON(ctx, url, callBody(strconv.Itoa(100+i), "block", `{}`), nil); r.status != http.StatusAccepted {
+			t.Fatalf("call %d of 256: %s, want 202", i+1, r)
+		}
+	}
+	r = postJSON(ctx, url, callBody("999", "block", `{}`), nil)
+	if r.status != http.StatusServiceUnavailable || r.hdr.Get("Retry-After") == "" {
+		t.Fatalf("call 257: %s, want 503 with Retry-After", r)
+	}
+	rpcErrorFor(t, "call 257", r.body, "999", -32000)
+	if up.saw("999") {
+		t.Errorf("the refused call reached the upstream")
+	}
+	if got := liveMetric(t, "caddy_mcp_session_errors_total", "kind", "legacy_pending") - before; got != 1 {
+		t.Errorf(`caddy_mcp_session_errors_total{kind="legacy_pending"} grew by %v, want 1`, got)
+	}
+	// The client gives up on its calls: the upstream ends them, and the
+	// proxy awaits their answers no more, so the session has room again.
+	for i := range 256 {
+		postJSON(ctx, url, fmt.Sprintf(`{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":%d}}`, 100+i), nil)
+	}
+	// (What the upstream sends for the cancelled calls is let pass.)
+	for quiet := false; !quiet && ctx.Err() == nil; {
+		select {
+		case <-lc.events:
+		case <-time.After(300 * time.Millisecond):
+			quiet = true
+		}
+	}
+	if r := postJSON(ctx, url, rpcRequest(1000, "tools/list"), nil); r.status != http.StatusAccepted {
+		t.Errorf("a list after the client cancelled the calls: %s, want 202", r)
+	}
+	for {
+		select {
+		case ev := <-lc.events:
+			if !strings.Contains(ev, `"id":1000`) {
+				continue
+			}
+			if names, _ := toolNames(t, ev); !slices.Contains(names, "zeta") || slices.Contains(names, "add") {
+				t.Errorf("the list on the stream: %v, want it filtered", names)
+			}
+		case <-time.After(boundedWait):
+			t.Error("no answer to the list on the stream")
+		}
+		return
+	}
+}
