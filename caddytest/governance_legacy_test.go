@@ -147,42 +147,57 @@ func (p postsTo) RoundTrip(r *http.Request) (*http.Response, error) {
 	return http.DefaultTransport.RoundTrip(r)
 }
 
-// TestGovernanceLegacyOtherReplica: when a legacy session's POSTs reach
-// another replica than the one relaying its stream (two sites with one
-// session key here), the replica relaying the stream still filters the
-// list results on it, told apart by their shape, for the session's
-// principal; the calls the POSTs carry still pass the rules there.
+// TestGovernanceLegacyOtherReplica: a legacy session's POSTs may reach
+// another site or replica than the one relaying its stream (one session
+// key for all). Another site of the same process finds the stream: its
+// denials are answered there. Another Caddy process does not: the process
+// relaying the stream still filters the list results on it, told apart
+// by their shape, for the session's principal, and the calls still pass
+// the rules on the replica that gets them.
 func TestGovernanceLegacyOtherReplica(t *testing.T) {
-	up := startRecorded(t, "legacy-gov", demo.Handler(legacyGovServer(make(chan error, 4)), "/sse", nil))
-	streamPort, postPort := freePort(t), freePort(t)
 	block := rulesBlock("deny tool add b_*", "deny prompt admin_*") + "\t\tsession_key shared-test-passphrase-of-32-characters\n"
-	loadCaddyfile(t, proxySite(streamPort, up.addr(), block)+proxySite(postPort, up.addr(), block))
-	ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
-	defer cancel()
-	client := mcp.NewClient(&mcp.Implementation{Name: "legacy-e2e", Version: "1"}, nil)
-	cs, err := client.Connect(ctx, &mcp.SSEClientTransport{
-		Endpoint:   proxyURL(streamPort) + "/sse",
-		HTTPClient: &http.Client{Transport: postsTo{host: fmt.Sprintf("127.0.0.1:%d", postPort)}},
-	}, nil)
-	if err != nil {
-		t.Fatalf("legacy connect: %v", err)
-	}
-	defer cs.Close()
-	wantLegacyTools(t, ctx, cs, "with the POSTs on another replica")
-	prompts, err := cs.ListPrompts(ctx, nil)
-	if err != nil || len(prompts.Prompts) != 1 || prompts.Prompts[0].Name != "greet" {
-		t.Errorf("prompts/list with the POSTs on another replica: %+v %v, want greet only", prompts, err)
-	}
-	if res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "zeta", Arguments: map[string]any{}}); err != nil || res.IsError {
-		t.Errorf("calling zeta: %+v %v", res, err)
-	}
-	// The denied call is refused by the replica that got it; its error
-	// is in the POST's answer, which a legacy client does not read.
-	callCtx, callCancel := context.WithTimeout(ctx, 500*time.Millisecond)
-	_, _ = cs.CallTool(callCtx, &mcp.CallToolParams{Name: "add", Arguments: map[string]any{}})
-	callCancel()
-	if up.didRun("tools/call:add") {
-		t.Errorf("the denied call reached the upstream")
+	for _, where := range []string{"site", "process"} {
+		t.Run(where, func(t *testing.T) {
+			up := startRecorded(t, "legacy-gov", demo.Handler(legacyGovServer(make(chan error, 4)), "/sse", nil))
+			streamPort, postPort := freePort(t), freePort(t)
+			if where == "site" {
+				loadCaddyfile(t, proxySite(streamPort, up.addr(), block)+proxySite(postPort, up.addr(), block))
+			} else {
+				loadCaddyfile(t, proxySite(streamPort, up.addr(), block))
+				startCaddyProcess(t, "{\n\tadmin off\n\tauto_https off\n\tpersist_config off\n}\n"+proxySite(postPort, up.addr(), block), postPort)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
+			defer cancel()
+			client := mcp.NewClient(&mcp.Implementation{Name: "legacy-e2e", Version: "1"}, nil)
+			cs, err := client.Connect(ctx, &mcp.SSEClientTransport{
+				Endpoint:   proxyURL(streamPort) + "/sse",
+				HTTPClient: &http.Client{Transport: postsTo{host: fmt.Sprintf("127.0.0.1:%d", postPort)}},
+			}, nil)
+			if err != nil {
+				t.Fatalf("legacy connect: %v", err)
+			}
+			defer cs.Close()
+			wantLegacyTools(t, ctx, cs, "with the POSTs on another "+where)
+			prompts, err := cs.ListPrompts(ctx, nil)
+			if err != nil || len(prompts.Prompts) != 1 || prompts.Prompts[0].Name != "greet" {
+				t.Errorf("prompts/list with the POSTs on another %s: %+v %v, want greet only", where, prompts, err)
+			}
+			if res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "zeta", Arguments: map[string]any{}}); err != nil || res.IsError {
+				t.Errorf("calling zeta: %+v %v", res, err)
+			}
+			// The denied call is refused by the replica that got it; a
+			// replica without the stream answers in the POST's response,
+			// which a legacy client does not read.
+			callCtx, callCancel := context.WithTimeout(ctx, 500*time.Millisecond)
+			_, err = cs.CallTool(callCtx, &mcp.CallToolParams{Name: "add", Arguments: map[string]any{}})
+			callCancel()
+			if where == "site" && (err == nil || !strings.Contains(err.Error(), `unknown tool "add"`)) {
+				t.Errorf("calling the denied tool add through another site: %v, want the unknown tool error", err)
+			}
+			if up.didRun("tools/call:add") {
+				t.Errorf("the denied call reached the upstream")
+			}
+		})
 	}
 }
 
