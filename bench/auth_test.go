@@ -153,7 +153,7 @@ func TestWritePostReportAuth(t *testing.T) {
 		"| mcp_proxy | 6850 | 4.00 | 7.25 | 14.5 | 29.0 | 0.96× | 1.07× | – | 1.00× | 1.00× |",
 		"| mcp_auth | 6165 | 4.00 | 8.00 | 16.0 | 32.0 | 0.87× | 1.19× | – | 0.90× | 1.10× |",
 		"p99 1.07×, req/s 0.96× — **holds** in this run.",
-		"mcp_auth in front of mcp_proxy: p99 ≤ 1.15× mcp_proxy and req/s ≥ 0.90× mcp_proxy, medians of rounds): p99 1.10×, req/s 0.90× — **holds** in this run. Per round (req/s, p99): 1: 0.90× / 1.00×; 2: 0.90× / 1.21×.",
+		"mcp_auth in front of mcp_proxy: p99 ≤ 1.15× mcp_proxy and req/s ≥ 0.90× mcp_proxy, medians of rounds): p99 1.10×, req/s 0.90× — **holds** in this run. Per round (req/s, p99): 1: 0.90× / 1.00×; 2: 0.90× / 1.21×; median of the per-round ratios: 0.90× / 1.11×.",
 	} {
 		if !strings.Contains(out, s) {
 			t.Errorf("report lacks %q:\n%s", s, out)

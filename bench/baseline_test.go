@@ -243,7 +243,7 @@ func TestReportsWithBaseline(t *testing.T) {
 	out := b.String()
 	for _, s := range []string{
 		"| baseline | 6400 | 4.00 | 7.25 | 14.5 | 29.0 |",
-		"mcp_proxy against the baseline build (mcp_proxy ÷ baseline, medians of rounds): req/s 1.07×, p50 1.00×, p99 1.00×, Caddy CPU per request –. Per round (req/s, p99): 1: 1.00× / 1.00×; 2: 1.15× / 1.00×.",
+		"mcp_proxy against the baseline build (mcp_proxy ÷ baseline, medians of rounds): req/s 1.07×, p50 1.00×, p99 1.00×, Caddy CPU per request –. Per round (req/s, p99): 1: 1.00× / 1.00×; 2: 1.15× / 1.00×; median of the per-round ratios: 1.07× / 1.00×.",
 		"<summary>Caddyfile (baseline process)</summary>",
 	} {
 		if !strings.Contains(out, s) {

@@ -325,6 +325,7 @@ func writePostBaseline(w io.Writer, rounds [][]*postResult, meds []postMedian) {
 // round where both ran: "1: 0.95× / 1.04×; 2: …".
 func perRoundRatios(rounds [][]*postResult, target, base string) string {
 	var parts []string
+	var rps, p99 []float64
 	for _, row := range rounds {
 		var t, b *postResult
 		for _, r := range row {
@@ -339,8 +340,19 @@ func perRoundRatios(rounds [][]*postResult, target, base string) string {
 			continue
 		}
 		parts = append(parts, fmt.Sprintf("%d: %s / %s", t.Round, ratio(t.RPS, b.RPS), ratio(float64(t.Lat.P99), float64(b.Lat.P99))))
+		if b.RPS > 0 && b.Lat.P99 > 0 {
+			rps = append(rps, t.RPS/b.RPS)
+			p99 = append(p99, float64(t.Lat.P99)/float64(b.Lat.P99))
+		}
 	}
-	return strings.Join(parts, "; ")
+	out := strings.Join(parts, "; ")
+	if len(rps) > 1 {
+		// The two targets of one round share the machine's state of that
+		// moment, so the median of the paired ratios is less exposed to
+		// drift over the run than the ratio of the medians.
+		out += fmt.Sprintf("; median of the per-round ratios: %.2f× / %.2f×", median(rps), median(p99))
+	}
+	return out
 }
 
 // otherStatusCell lists the non-200 answers other than 503 and 429, and
