@@ -67,7 +67,9 @@ func (h *Handler) forward(x *exchange, next caddyhttp.Handler) error {
 			st.spliced = nil
 		}
 		defer func() {
-			if len(awaited) > 0 && !(st.responded && st.status >= 200 && st.status < 300) {
+			// Only a POST the upstream accepted (202) is answered on the
+			// stream.
+			if len(awaited) > 0 && !(st.responded && (st.status == http.StatusAccepted || st.status == http.StatusNoContent)) {
 				link.forget(awaited)
 			}
 		}()

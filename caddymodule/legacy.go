@@ -19,8 +19,7 @@ import (
 // a `message` event of the stream. So what mcp_proxy does with answers is
 // done on that stream: each legacy stream the process relays is linked,
 // by its session key, to the POSTs of its session that the process
-// receives.
-// A denied request is accepted (202) and its error sent on the stream; a
+// receives. A denied request is accepted (202) and its error sent on the stream; a
 // list result on the stream is filtered for whoever sent its request; a
 // request's deadline runs until its answer comes on the stream, and when
 // it passes the error goes on the stream, the late answer is dropped and
@@ -34,7 +33,8 @@ import (
 // opener (the session's principal: a legacy token is bound to it).
 
 // maxLegacyPending bounds the requests of one legacy session whose
-// answers the proxy awaits on its stream (a list to filter, a deadline).
+// answers the proxy awaits on its stream (a list to filter, a call with a
+// deadline).
 const maxLegacyPending = 256
 
 // progressMethod marks a progress notification, which moves deadlines.
@@ -181,9 +181,10 @@ func (l *legacyLink) send(answers [][]byte) bool {
 
 // expect notes the requests of x, received by h, whose answers the
 // stream must act on: a list result to filter, a deadline of step (0:
-// none). It returns their ids, or a refusal when the session awaits too
-// many answers already. A notifications/cancelled of x ends the wait for
-// the request it names.
+// none). It returns their ids, or a refusal when a request with a
+// deadline finds the session awaiting too many answers already (lists
+// that find no room are filtered by their shape instead). A
+// notifications/cancelled of x ends the wait for the request it names.
 func (l *legacyLink) expect(h *Handler, x *exchange, st *relayState, step time.Duration) ([]string, *mcp.Refusal) {
 	var calls []*legacyCall
 	var dropped []string
@@ -221,6 +222,10 @@ func (l *legacyLink) expect(h *Handler, x *exchange, st *relayState, step time.D
 		return nil, nil
 	}
 	if len(l.pending)+len(calls) > maxLegacyPending && !l.makeRoomLocked(len(calls)) {
+		if step == 0 {
+			// Lists only: their results are filtered by their shape.
+			return nil, nil
+		}
 		metrics.sessionRefusals.WithLabelValues("legacy_pending").Inc()
 		x.w.Header().Set("Retry-After", levelRetryAfter)
 		return nil, mcp.Refuse(http.StatusServiceUnavailable, mcp.CodeServerError, x.call.First().ID,
@@ -246,15 +251,23 @@ func (l *legacyLink) expect(h *Handler, x *exchange, st *relayState, step time.D
 	return ids, nil
 }
 
-// makeRoomLocked drops requests whose deadline passed (only their late
-// answers are awaited, to be dropped) until n more fit.
+// makeRoomLocked makes room for n more requests, dropping those whose
+// deadline passed (only their late answers are awaited, to be dropped),
+// then lists without a deadline (a list result whose request is not
+// awaited is still filtered, by its shape, for the stream's opener). It
+// reports false when the calls with a running deadline leave no room.
 func (l *legacyLink) makeRoomLocked(n int) bool {
-	for id, c := range l.pending {
-		if len(l.pending)+n <= maxLegacyPending {
-			break
-		}
-		if c.expired {
-			delete(l.pending, id)
+	for _, droppable := range []func(*legacyCall) bool{
+		func(c *legacyCall) bool { return c.expired },
+		func(c *legacyCall) bool { return c.timer == nil },
+	} {
+		for id, c := range l.pending {
+			if len(l.pending)+n <= maxLegacyPending {
+				return true
+			}
+			if droppable(c) {
+				delete(l.pending, id)
+			}
 		}
 	}
 	return len(l.pending)+n <= maxLegacyPending

@@ -202,11 +202,12 @@ func TestGovernanceLegacyOtherReplica(t *testing.T) {
 }
 
 // TestGovernanceLegacyPendingBound: the requests of one legacy session
-// whose answers the proxy awaits on its stream (here calls with a
-// deadline) are bounded: past 256 a POST is refused with 503, Retry-After
-// and a JSON-RPC error, and nothing of it reaches the upstream. Once the
-// client cancels its calls, their answers are awaited no more and a list
-// (awaited, to be filtered) is accepted again.
+// whose answers the proxy awaits on its stream are bounded: past 256
+// calls with a deadline, the next one is refused with 503, Retry-After
+// and a JSON-RPC error, and never reaches the upstream; a list still
+// passes, its result filtered by its shape. Once the client cancels its
+// calls, their answers are awaited no more and a call with a deadline is
+// accepted again.
 func TestGovernanceLegacyPendingBound(t *testing.T) {
 	up := startRecorded(t, "legacy-gov", demo.Handler(legacyGovServer(make(chan error, 512)), "/sse", nil))
 	port := freePort(t)
@@ -224,11 +225,19 @@ func TestGovernanceLegacyPendingBound(t *testing.T) {
 		t.Fatalf("initialize: %s", r)
 	}
 	postJSON(ctx, url, `{"jsonrpc":"2.0","method":"notifications/initialized"}`, nil)
+	cancelCalls := func(ids ...int) {
+		for _, id := range ids {
+			postJSON(ctx, url, fmt.Sprintf(`{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":%d}}`, id), nil)
+		}
+	}
+	var calls []int
 	for i := range 256 {
+		calls = append(calls, 100+i)
 		if r := postJSON(ctx, url, callBody(strconv.Itoa(100+i), "block", `{}`), nil); r.status != http.StatusAccepted {
 			t.Fatalf("call %d of 256: %s, want 202", i+1, r)
 		}
 	}
+	defer func() { cancelCalls(calls...) }() // the upstream ends them
 	r = postJSON(ctx, url, callBody("999", "block", `{}`), nil)
 	if r.status != http.StatusServiceUnavailable || r.hdr.Get("Retry-After") == "" {
 		t.Fatalf("call 257: %s, want 503 with Retry-After", r)
@@ -240,34 +249,29 @@ func TestGovernanceLegacyPendingBound(t *testing.T) {
 	if got := liveMetric(t, "caddy_mcp_session_errors_total", "kind", "legacy_pending") - before; got != 1 {
 		t.Errorf(`caddy_mcp_session_errors_total{kind="legacy_pending"} grew by %v, want 1`, got)
 	}
-	// The client gives up on its calls: the upstream ends them, and the
-	// proxy awaits their answers no more, so the session has room again.
-	for i := range 256 {
-		postJSON(ctx, url, fmt.Sprintf(`{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":%d}}`, 100+i), nil)
-	}
-	// (What the upstream sends for the cancelled calls is let pass.)
-	for quiet := false; !quiet && ctx.Err() == nil; {
-		select {
-		case <-lc.events:
-		case <-time.After(300 * time.Millisecond):
-			quiet = true
-		}
-	}
 	if r := postJSON(ctx, url, rpcRequest(1000, "tools/list"), nil); r.status != http.StatusAccepted {
-		t.Errorf("a list after the client cancelled the calls: %s, want 202", r)
+		t.Fatalf("a list with 256 calls awaited: %s, want 202", r)
 	}
-	for {
+	for waiting := true; waiting; {
 		select {
 		case ev := <-lc.events:
 			if !strings.Contains(ev, `"id":1000`) {
 				continue
 			}
+			waiting = false
 			if names, _ := toolNames(t, ev); !slices.Contains(names, "zeta") || slices.Contains(names, "add") {
 				t.Errorf("the list on the stream: %v, want it filtered", names)
 			}
 		case <-time.After(boundedWait):
-			t.Error("no answer to the list on the stream")
+			t.Fatal("no answer to the list on the stream")
 		}
-		return
 	}
+
+	// The client gives up on its calls: the proxy awaits their answers
+	// no more, so the session has room again.
+	cancelCalls(calls...)
+	if r := postJSON(ctx, url, callBody("1001", "block", `{}`), nil); r.status != http.StatusAccepted {
+		t.Errorf("a call after the client cancelled the others: %s, want 202", r)
+	}
+	calls = append(calls, 1001)
 }
