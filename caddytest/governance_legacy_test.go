@@ -275,3 +275,83 @@ func TestGovernanceLegacyPendingBound(t *testing.T) {
 	}
 	calls = append(calls, 1001)
 }
+
+// legacyLog reads a legacy stream's events and keeps them all.
+type legacyLog struct {
+	lc   *legacyClient
+	seen []string
+}
+
+// answer returns the data of the first event that answers id.
+func (l *legacyLog) answer(t *testing.T, id int) string {
+	t.Helper()
+	want := fmt.Sprintf(`"id":%d,`, id)
+	timeout := time.After(boundedWait)
+	for {
+		select {
+		case ev := <-l.lc.events:
+			l.seen = append(l.seen, ev)
+			if strings.Contains(ev, want) && (strings.Contains(ev, `"result"`) || strings.Contains(ev, `"error"`)) {
+				return ev
+			}
+		case <-timeout:
+			t.Fatalf("no answer to %d on the legacy stream", id)
+			return ""
+		}
+	}
+}
+
+// TestGovernanceLegacyDeadlineProgress: on the legacy transport, with
+// request_timeout 300ms and max_timeout 1200ms, the demo countdown
+// reporting progress every 50ms for 400ms succeeds (progress on the
+// stream moves the deadline), the same countdown without a progress
+// token gets -32001 on the stream, and a countdown of 2s with progress
+// gets -32001 once max_timeout passes; the late results of the two never
+// reach the client.
+func TestGovernanceLegacyDeadlineProgress(t *testing.T) {
+	up := startRecorded(t, "demo", demo.Handler(demo.NewServer("demo"), "/sse", nil))
+	port := freePort(t)
+	loadCaddyfile(t, proxySite(port, up.addr(), "\t\trequest_timeout 300ms\n\t\tmax_timeout 1200ms\n"))
+	ctx, cancel := context.WithTimeout(context.Background(), 2*boundedWait)
+	defer cancel()
+	lc, r := openLegacyStream(ctx, rawClient, proxyURL(port)+"/sse")
+	if lc == nil {
+		t.Fatalf("legacy stream: %s", r)
+	}
+	defer lc.cancel()
+	log := &legacyLog{lc: lc}
+	url := proxyURL(port) + lc.endpoint
+	postJSON(ctx, url, initAt(1, "2024-11-05"), nil)
+	log.answer(t, 1)
+	postJSON(ctx, url, `{"jsonrpc":"2.0","method":"notifications/initialized"}`, nil)
+
+	if r := postJSON(ctx, url, countdownCall(51, 8, 50, "p51"), nil); r.status != http.StatusAccepted {
+		t.Fatalf("countdown: %s", r)
+	}
+	if ev := log.answer(t, 51); !strings.Contains(ev, "liftoff") {
+		t.Errorf("countdown of 400ms with progress: %s, want liftoff", ev)
+	}
+	postJSON(ctx, url, countdownCall(52, 8, 50, ""), nil)
+	if m := rpcErrorFor(t, "countdown without progress", log.answer(t, 52), "52", -32001); !strings.Contains(m, "request timed out") {
+		t.Errorf("countdown without progress: message %q", m)
+	}
+	postJSON(ctx, url, countdownCall(53, 40, 50, "p53"), nil)
+	rpcErrorFor(t, "countdown of 2s", log.answer(t, 53), "53", -32001)
+	// The upstream answers 52 and 53 too, once the proxy's
+	// notifications/cancelled stop them (with an error) or they end;
+	// a countdown of 2s started now ends after both.
+	up.await(t, "notifications/cancelled for 53", boundedWait, func(s fakeSeen) bool { return s.cancelledID() == "53" })
+	postJSON(ctx, url, countdownCall(54, 40, 50, "p54"), nil)
+	log.answer(t, 54)
+	for _, id := range []string{`"id":52,`, `"id":53,`} {
+		answers := 0
+		for _, ev := range log.seen {
+			if strings.Contains(ev, id) && (strings.Contains(ev, `"result"`) || strings.Contains(ev, `"error"`)) {
+				answers++
+			}
+		}
+		if answers != 1 {
+			t.Errorf("the client got %d answers with %s, want only the timeout error: %q", answers, id, log.seen)
+		}
+	}
+}
