@@ -134,8 +134,9 @@ func (g *governance) answerHeadersFor(hdr http.Header, streamed bool, token stri
 // accepted (202) and dropped; a request gets its error in a JSON answer,
 // or as an event of an SSE answer when the upstreams answer that way (or
 // the client accepts nothing else), or, in a legacy session whose stream
-// this handler relays, accepted (202) with its error sent on the stream. (A batch with messages that are not
-// denied goes on without the denied ones: see stripDenied.)
+// the process relays, accepted (202) with its error sent on the stream.
+// (A batch with messages that are not denied goes on without the denied
+// ones: see stripDenied.)
 func (h *Handler) answerDenied(x *exchange) {
 	w := x.w
 	hdr := w.Header()

@@ -19,12 +19,12 @@ import (
 // a `message` event of the stream. So what mcp_proxy does with answers is
 // done on that stream: each legacy stream the process relays is linked,
 // by its session key, to the POSTs of its session that the process
-// receives. A denied request is accepted (202) and its error sent on the stream; a
-// list result on the stream is filtered for whoever sent its request; a
-// request's deadline runs until its answer comes on the stream, and when
-// it passes the error goes on the stream, the late answer is dropped and
-// the upstream gets notifications/cancelled; an answer over max_response
-// is replaced by an error.
+// receives. A denied request is accepted (202) and its error sent on the
+// stream; a list result on the stream is filtered for whoever sent its
+// request; a request's deadline runs until its answer comes on the
+// stream, and when it passes the error goes on the stream, the late
+// answer is dropped and the upstream gets notifications/cancelled; an
+// answer over max_response is replaced by an error.
 //
 // A POST that finds no link (its stream is relayed by another replica) is
 // denied in its own answer, which a legacy client does not read, and runs
