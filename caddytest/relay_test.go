@@ -754,3 +754,22 @@ func TestRelayHandoffTLS(t *testing.T) {
 		t.Fatal("the upstream GET was not closed within 2s of its client closing the stream")
 	}
 }
+
+// TestRelayAnswerWithIDWrittenAnotherWay: a go-sdk server writes a
+// string id back as it decoded it ("ab" for "\u0061b"); the relay still
+// takes that event for the request's answer and adds no error of its own
+// for a stream that "ended without the answer".
+func TestRelayAnswerWithIDWrittenAnotherWay(t *testing.T) {
+	up := startUpstream(t, "demo", nil)
+	port := freePort(t)
+	loadCaddyfile(t, proxySite(port, up.addr(), ""))
+	url := proxyURL(port) + "/mcp"
+	ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
+	defer cancel()
+	sid := rawSession(t, url, nil)
+	r := postJSON(ctx, url, `{"jsonrpc":"2.0","id":"\u0061b","method":"tools/call","params":{"name":"echo","arguments":{"text":"x"}}}`, inSession(sid, nil))
+	msgs := messagesOf(t, r)
+	if len(msgs) != 1 || !strings.Contains(msgs[0], `"result"`) {
+		t.Errorf("answer to an escaped id: %q, want the upstream's result alone", msgs)
+	}
+}

@@ -1,6 +1,11 @@
 package mcp
 
-import "net/http"
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"strings"
+)
 
 // HasSessionDelete reports whether a session negotiated at version ends
 // with an HTTP DELETE: the session era (2025-03-26 up to 2026-07-28). A
@@ -38,7 +43,33 @@ func CancelledBody(requestID, reason string) []byte {
 // their values without decoding them.
 func AnswersRequest(data []byte, id string) bool {
 	got, ok := ResponseID(data)
-	return ok && string(got) == id
+	if !ok {
+		return false
+	}
+	if string(got) == id {
+		return true
+	}
+	// The same string id written another way ("\u0061" for "a"), as a
+	// server that decodes ids and writes them again answers it.
+	return (bytes.IndexByte(got, '\\') >= 0 || strings.IndexByte(id, '\\') >= 0) && IDKey(string(got)) == IDKey(id)
+}
+
+// IDKey returns the key under which a raw JSON-RPC id (an Envelope's ID,
+// or ResponseID's) equals the same id written another way: a string is
+// compared once unescaped ("\u0061" is "a"), a number as written; a
+// string id and a number never share a key.
+func IDKey(raw string) string {
+	if len(raw) < 2 || raw[0] != '"' {
+		return raw
+	}
+	if strings.IndexByte(raw, '\\') < 0 {
+		return raw[:len(raw)-1]
+	}
+	var s string
+	if json.Unmarshal([]byte(raw), &s) != nil {
+		return raw
+	}
+	return `"` + s
 }
 
 // ResponseID returns the raw JSON id of data, the data of one SSE event,

@@ -17,6 +17,12 @@ func TestAnswersRequest(t *testing.T) {
 		{``, "1", false},
 		{`not json`, "1", false},
 		{`{"id":1,"result":`, "1", false},
+		{`{"jsonrpc":"2.0","id":"ab","result":{}}`, `"\u0061b"`, true},
+		{`{"jsonrpc":"2.0","id":"\u0061b","result":{}}`, `"ab"`, true},
+		{`{"jsonrpc":"2.0","id":"a\"b","result":{}}`, `"a\u0022b"`, true},
+		{`{"jsonrpc":"2.0","id":"1","result":{}}`, `1`, false},
+		{`{"jsonrpc":"2.0","id":"\u0031","result":{}}`, `1`, false},
+		{`{"jsonrpc":"2.0","id":"ab","result":{}}`, `"\u0061c"`, false},
 	} {
 		if got := AnswersRequest([]byte(tt.data), tt.id); got != tt.want {
 			t.Errorf("AnswersRequest(%q, %s) = %v", tt.data, tt.id, got)
@@ -68,6 +74,21 @@ func TestResponseID(t *testing.T) {
 		id, ok := ResponseID([]byte(tt.data))
 		if string(id) != tt.id || ok != tt.ok {
 			t.Errorf("ResponseID(%q) = %q, %v; want %q, %v", tt.data, id, ok, tt.id, tt.ok)
+		}
+	}
+}
+
+func TestIDKey(t *testing.T) {
+	same := [][2]string{{`"ab"`, `"\u0061b"`}, {`"a/b"`, `"a\/b"`}, {`7`, `7`}}
+	for _, p := range same {
+		if IDKey(p[0]) != IDKey(p[1]) {
+			t.Errorf("IDKey(%s) %q != IDKey(%s) %q", p[0], IDKey(p[0]), p[1], IDKey(p[1]))
+		}
+	}
+	differ := [][2]string{{`"1"`, `1`}, {`"ab"`, `"ac"`}, {`1`, `1.0`}, {`"\u0031"`, `1`}}
+	for _, p := range differ {
+		if IDKey(p[0]) == IDKey(p[1]) {
+			t.Errorf("IDKey(%s) == IDKey(%s) = %q", p[0], p[1], IDKey(p[0]))
 		}
 	}
 }
