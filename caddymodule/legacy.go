@@ -84,13 +84,14 @@ type legacyLink struct {
 	upstream string
 
 	mu      sync.Mutex
-	pending map[string]*legacyCall // by the request's raw JSON id
+	pending map[string]*legacyCall // by mcp.IDKey of the request's id
 	closed  bool
 }
 
 // legacyCall is a request whose answer is awaited on a legacy stream.
 type legacyCall struct {
-	id      string
+	id      string // the raw JSON id, as the client wrote it
+	key     string // mcp.IDKey(id)
 	list    string // the list method whose result is filtered, or ""
 	subject *subject
 	// The deadline: its timer and step, the latest it may be moved to,
@@ -181,7 +182,7 @@ func (l *legacyLink) send(answers [][]byte) bool {
 
 // expect notes the requests of x, received by h, whose answers the
 // stream must act on: a list result to filter, a deadline of step (0:
-// none). It returns their ids, or a refusal when a request with a
+// none). It returns their keys, or a refusal when a request with a
 // deadline finds the session awaiting too many answers already (lists
 // that find no room are filtered by their shape instead). A
 // notifications/cancelled of x ends the wait for the request it names.
@@ -192,13 +193,13 @@ func (l *legacyLink) expect(h *Handler, x *exchange, st *relayState, step time.D
 		m := &x.call.Peek.Messages[i]
 		if m.Kind == mcp.KindNotification && m.Method == "notifications/cancelled" && m.RequestID != "" {
 			// The client gave the request up: no answer is awaited.
-			dropped = append(dropped, m.RequestID)
+			dropped = append(dropped, mcp.IDKey(m.RequestID))
 			continue
 		}
 		if m.Kind != mcp.KindRequest || m.ID == "" {
 			continue
 		}
-		c := &legacyCall{id: m.ID, step: step}
+		c := &legacyCall{id: m.ID, key: mcp.IDKey(m.ID), step: step}
 		if _, ok := policy.ListKind(m.Method); ok && h.gov.filters() {
 			c.list, c.subject = m.Method, st.subject
 		}
@@ -238,15 +239,15 @@ func (l *legacyLink) expect(h *Handler, x *exchange, st *relayState, step time.D
 	}
 	now := time.Now()
 	for _, c := range calls {
-		if old := l.pending[c.id]; old != nil && old.timer != nil {
+		if old := l.pending[c.key]; old != nil && old.timer != nil {
 			old.timer.Stop()
 		}
-		l.pending[c.id] = c
+		l.pending[c.key] = c
 		if c.step > 0 {
 			c.end = now.Add(max(maxTotal, c.step))
 			c.timer = time.AfterFunc(c.step, func() { l.expire(c) })
 		}
-		ids = append(ids, c.id)
+		ids = append(ids, c.key)
 	}
 	return ids, nil
 }
@@ -261,40 +262,42 @@ func (l *legacyLink) makeRoomLocked(n int) bool {
 		func(c *legacyCall) bool { return c.expired },
 		func(c *legacyCall) bool { return c.timer == nil },
 	} {
-		for id, c := range l.pending {
+		for key, c := range l.pending {
 			if len(l.pending)+n <= maxLegacyPending {
 				return true
 			}
 			if droppable(c) {
-				delete(l.pending, id)
+				delete(l.pending, key)
 			}
 		}
 	}
 	return len(l.pending)+n <= maxLegacyPending
 }
 
-// forget drops requests whose answer will not come on the stream: the
-// upstream did not accept their POST, or the client cancelled them.
-func (l *legacyLink) forget(ids []string) {
+// forget drops requests, by key, whose answer will not come on the
+// stream: the upstream did not accept their POST, or the client cancelled
+// them.
+func (l *legacyLink) forget(keys []string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	for _, id := range ids {
-		if c := l.pending[id]; c != nil {
+	for _, key := range keys {
+		if c := l.pending[key]; c != nil {
 			if c.timer != nil {
 				c.timer.Stop()
 			}
-			delete(l.pending, id)
+			delete(l.pending, key)
 		}
 	}
 }
 
-// take returns and forgets the awaited request an answer with id answers.
+// take returns and forgets the awaited request an answer with id (raw
+// JSON, written as the upstream writes it) answers.
 func (l *legacyLink) take(id []byte) *legacyCall {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	c := l.pending[string(id)]
+	c := l.pending[mcp.IDKey(string(id))]
 	if c != nil {
-		delete(l.pending, c.id)
+		delete(l.pending, c.key)
 		if c.timer != nil {
 			c.timer.Stop()
 		}
@@ -323,7 +326,7 @@ func (l *legacyLink) extend() {
 func (l *legacyLink) expire(c *legacyCall) {
 	defer recoverPanic(l.h.logger, "legacy request deadline")
 	l.mu.Lock()
-	if l.closed || l.pending[c.id] != c || c.expired {
+	if l.closed || l.pending[c.key] != c || c.expired {
 		l.mu.Unlock()
 		return
 	}

@@ -282,10 +282,11 @@ type legacyLog struct {
 	seen []string
 }
 
-// answer returns the data of the first event that answers id.
-func (l *legacyLog) answer(t *testing.T, id int) string {
+// answer returns the data of the first event that answers id (an int,
+// or a raw JSON string id).
+func (l *legacyLog) answer(t *testing.T, id any) string {
 	t.Helper()
-	want := fmt.Sprintf(`"id":%d,`, id)
+	want := fmt.Sprintf(`"id":%v,`, id)
 	timeout := time.After(boundedWait)
 	for {
 		select {
@@ -295,7 +296,7 @@ func (l *legacyLog) answer(t *testing.T, id int) string {
 				return ev
 			}
 		case <-timeout:
-			t.Fatalf("no answer to %d on the legacy stream", id)
+			t.Fatalf("no answer to %v on the legacy stream", id)
 			return ""
 		}
 	}
@@ -331,6 +332,12 @@ func TestGovernanceLegacyDeadlineProgress(t *testing.T) {
 	if ev := log.answer(t, 51); !strings.Contains(ev, "liftoff") {
 		t.Errorf("countdown of 400ms with progress: %s, want liftoff", ev)
 	}
+	// An id the upstream writes back another way ("cd" for "\u0063d")
+	// is still the request's: its answer stops the deadline.
+	postJSON(ctx, url, `{"jsonrpc":"2.0","id":"\u0063d","method":"tools/call","params":{"name":"countdown","arguments":{"from":2,"delay_ms":50},"_meta":{"progressToken":"pcd"}}}`, nil)
+	if ev := log.answer(t, `"cd"`); !strings.Contains(ev, "liftoff") {
+		t.Errorf("countdown with an escaped id: %s, want liftoff", ev)
+	}
 	postJSON(ctx, url, countdownCall(52, 8, 50, ""), nil)
 	if m := rpcErrorFor(t, "countdown without progress", log.answer(t, 52), "52", -32001); !strings.Contains(m, "request timed out") {
 		t.Errorf("countdown without progress: message %q", m)
@@ -343,6 +350,11 @@ func TestGovernanceLegacyDeadlineProgress(t *testing.T) {
 	up.await(t, "notifications/cancelled for 53", boundedWait, func(s fakeSeen) bool { return s.cancelledID() == "53" })
 	postJSON(ctx, url, countdownCall(54, 40, 50, "p54"), nil)
 	log.answer(t, 54)
+	for _, ev := range log.seen {
+		if strings.Contains(ev, `"error"`) && (strings.Contains(ev, `"id":"cd"`) || strings.Contains(ev, `"id":"\u0063d"`)) {
+			t.Errorf("the call answered in time got an error too: %s", ev)
+		}
+	}
 	for _, id := range []string{`"id":52,`, `"id":53,`} {
 		answers := 0
 		for _, ev := range log.seen {
