@@ -228,8 +228,21 @@ func (st *relayState) answerWatch(id string) (rewrite func(*sse.Event) []byte, f
 			})
 			return sse.AppendEvent(nil, ev.ID, "message", mcp.AppendError(nil, id, codeResponseTooLarge, tooLargeMessage("", st.h.MaxResponse)))
 		}
-		if answered.Load() || !mcp.AnswersRequest(ev.Data, id) {
-			if st.deadline != nil && bytes.Contains(ev.Data, []byte(`notifications/progress`)) {
+		if answered.Load() {
+			return nil
+		}
+		got, isAnswer, err := mcp.ResponseID(ev.Data)
+		if err != nil && list != "" {
+			// A client's decoder may read this as the list result, which
+			// the proxy cannot filter as such.
+			answered.Store(true)
+			st.stopDeadline()
+			metrics.listFiltered.WithLabelValues("error").Inc()
+			st.h.logger.Warn("upstream answer not readable; answered with an error", zap.String("method", list), zap.Error(err))
+			return sse.AppendEvent(nil, ev.ID, "message", mcp.AppendError(nil, id, mcp.CodeInternalError, "the list result could not be read by the proxy"))
+		}
+		if !isAnswer || err != nil || !mcp.SameID(got, id) {
+			if st.deadline != nil && bytes.Contains(ev.Data, progressMethod) {
 				st.extendDeadline()
 			}
 			return nil

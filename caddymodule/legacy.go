@@ -342,9 +342,19 @@ func (l *legacyLink) expire(c *legacyCall) {
 
 // answer is the stream hook for every event after the endpoint: an
 // answer the session awaits is dropped when its deadline passed, capped
-// by max_response, and filtered when it is a list result.
+// by max_response, and filtered when it is a list result. With rules or
+// pins, a message whose top-level keys a decoder could read as another
+// id or answer (mcp.ErrAmbiguous) is dropped.
 func (l *legacyLink) answer(ev *sse.Event) []byte {
-	id, ok := mcp.ResponseID(ev.Data)
+	h := l.h
+	id, ok, err := mcp.ResponseID(ev.Data)
+	if err != nil && h.gov.filters() {
+		// A client's decoder may read this as an answer, maybe a list
+		// result, which the proxy cannot filter as such.
+		metrics.listFiltered.WithLabelValues("error").Inc()
+		h.logger.Warn("upstream message not readable; dropped from a legacy stream", zap.Error(err))
+		return dropEvent
+	}
 	if !ok {
 		if bytes.Contains(ev.Data, progressMethod) {
 			l.extend()
@@ -355,7 +365,6 @@ func (l *legacyLink) answer(ev *sse.Event) []byte {
 	if c != nil && c.expired {
 		return dropEvent
 	}
-	h := l.h
 	if h.MaxResponse > 0 && int64(len(ev.Data)) > h.MaxResponse {
 		metrics.responseTooLarge.Inc()
 		return sse.AppendEvent(nil, ev.ID, "message", mcp.AppendError(nil, string(id), codeResponseTooLarge, tooLargeMessage("", h.MaxResponse)))

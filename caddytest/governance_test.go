@@ -1790,3 +1790,32 @@ func TestGovernanceDefaultDeny(t *testing.T) {
 		t.Errorf("under default deny the upstream saw add %v, prompts/list %v, logging/setLevel %v, echo %v", up.saw("4"), up.saw("5"), up.saw("6"), up.saw("3"))
 	}
 }
+
+// TestGovernanceAmbiguousListAnswer: an upstream that spells the id of
+// its SSE list answer "ID" (which encoding/json, and so the go-sdk client,
+// reads as the id) does not get a list past the filter: the proxy, which
+// cannot take that event for the request's answer, answers the request
+// with an error instead, and the denied tool is never seen.
+func TestGovernanceAmbiguousListAnswer(t *testing.T) {
+	const tools = `{"tools":[{"name":"add","inputSchema":{"type":"object"}},{"name":"zeta","inputSchema":{"type":"object"}}]}`
+	fake := startFake(t, &fakeUpstream{sse: true, on: map[string]func(*fakeCall){
+		"tools/list": func(c *fakeCall) {
+			_ = c.sse().event("", `{"jsonrpc":"2.0","ID":`+c.id+`,"result":`+tools+`}`)
+		},
+	}})
+	port := freePort(t)
+	loadCaddyfile(t, proxySite(port, fake.addr(), rulesBlock("deny tool add")))
+	base := proxyURL(port)
+	ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
+	defer cancel()
+	before := liveMetric(t, "caddy_mcp_list_items_filtered_total", "reason", "error")
+	sid := fake.openSession(t, base, sessionVersion)
+	r := postJSON(ctx, base+"/mcp", rpcRequest(61, "tools/list"), inSession(sid, nil))
+	if strings.Contains(r.body, `"add"`) {
+		t.Errorf("the denied tool reached the client in %q", r.body)
+	}
+	rpcErrorFor(t, "tools/list answered with ID", lastMessage(t, "tools/list", r), "61", -32603)
+	if got := liveMetric(t, "caddy_mcp_list_items_filtered_total", "reason", "error") - before; got != 1 {
+		t.Errorf(`caddy_mcp_list_items_filtered_total{reason="error"} grew by %v, want 1`, got)
+	}
+}

@@ -37,20 +37,13 @@ func CancelledBody(requestID, reason string) []byte {
 	return AppendCancelled(nil, requestID, reason)
 }
 
-// AnswersRequest reports whether data, the data of one SSE event, is the
-// JSON-RPC response (a result or an error) to the request whose raw JSON
-// id is id. It reads only the top-level keys of the message and skips
-// their values without decoding them.
-func AnswersRequest(data []byte, id string) bool {
-	got, ok := ResponseID(data)
-	if !ok {
-		return false
-	}
+// SameID reports whether got, a raw JSON-RPC id, is id written the same
+// way or another way (see IDKey), as a server that decodes ids and writes
+// them again answers with it ("a" for "\u0061").
+func SameID(got []byte, id string) bool {
 	if string(got) == id {
 		return true
 	}
-	// The same string id written another way ("\u0061" for "a"), as a
-	// server that decodes ids and writes them again answers it.
 	return (bytes.IndexByte(got, '\\') >= 0 || strings.IndexByte(id, '\\') >= 0) && IDKey(string(got)) == IDKey(id)
 }
 
@@ -77,34 +70,43 @@ func IDKey(raw string) string {
 // id; id is a sub-slice of data. It reads only the top-level keys of the
 // message and skips their values without decoding them; a message that is
 // not one well-formed JSON object up to its last key is not a response.
-func ResponseID(data []byte) (id []byte, ok bool) {
+// err is ErrAmbiguous (and ok false) when a top-level key differs from
+// "id", "result" or "error" only as encoding/json's matching ignores
+// (case, Unicode folding): a decoder may read another id, or an answer,
+// where this reading sees none.
+func ResponseID(data []byte) (id []byte, ok bool, err error) {
 	s := scanner{b: data}
 	s.ws()
 	if s.eof() || s.b[s.i] != '{' {
-		return nil, false
+		return nil, false, nil
 	}
 	s.i++
 	var answer bool
 	for first := true; ; first = false {
-		key, more, err := s.nextKey(first)
-		if err != nil || !more {
-			ok = err == nil && answer && len(id) > 0 && string(id) != "null"
+		key, more, kerr := s.nextKey(first)
+		if kerr != nil || !more {
+			ok = kerr == nil && answer && len(id) > 0 && string(id) != "null"
 			if !ok {
 				id = nil
 			}
-			return id, ok
+			return id, ok, nil
 		}
 		switch string(key) {
 		case "id":
-			if id, err = s.rawValue(); err != nil {
-				return nil, false
+			if id, kerr = s.rawValue(); kerr != nil {
+				return nil, false, nil
 			}
 			continue
 		case "result", "error":
 			answer = true
+		case "jsonrpc":
+		default:
+			if m, _, _ := classifyKey(key, setEnvelope); m == envID || m == envResult || m == envError {
+				return nil, false, ambiguousKey(setEnvelope, key, m, false)
+			}
 		}
 		if s.skip() != nil {
-			return nil, false
+			return nil, false, nil
 		}
 	}
 }

@@ -1,6 +1,17 @@
 package mcp
 
-import "testing"
+import (
+	"encoding/json"
+	"errors"
+	"testing"
+)
+
+// answersRequest is how the relay tells a request's answer: ResponseID,
+// then SameID.
+func answersRequest(data []byte, id string) bool {
+	got, ok, err := ResponseID(data)
+	return ok && err == nil && SameID(got, id)
+}
 
 func TestAnswersRequest(t *testing.T) {
 	for _, tt := range []struct {
@@ -24,8 +35,8 @@ func TestAnswersRequest(t *testing.T) {
 		{`{"jsonrpc":"2.0","id":"\u0031","result":{}}`, `1`, false},
 		{`{"jsonrpc":"2.0","id":"ab","result":{}}`, `"\u0061c"`, false},
 	} {
-		if got := AnswersRequest([]byte(tt.data), tt.id); got != tt.want {
-			t.Errorf("AnswersRequest(%q, %s) = %v", tt.data, tt.id, got)
+		if got := answersRequest([]byte(tt.data), tt.id); got != tt.want {
+			t.Errorf("answersRequest(%q, %s) = %v", tt.data, tt.id, got)
 		}
 	}
 }
@@ -71,9 +82,24 @@ func TestResponseID(t *testing.T) {
 		{`[{"jsonrpc":"2.0","id":1,"result":{}}]`, "", false},
 		{`  {"id":2,"result":{},"id":3}`, "3", true},
 	} {
-		id, ok := ResponseID([]byte(tt.data))
-		if string(id) != tt.id || ok != tt.ok {
-			t.Errorf("ResponseID(%q) = %q, %v; want %q, %v", tt.data, id, ok, tt.id, tt.ok)
+		id, ok, err := ResponseID([]byte(tt.data))
+		if string(id) != tt.id || ok != tt.ok || err != nil {
+			t.Errorf("ResponseID(%q) = %q, %v, %v; want %q, %v", tt.data, id, ok, err, tt.id, tt.ok)
+		}
+	}
+	// Keys encoding/json would read as id, result or error.
+	for _, data := range []string{
+		`{"jsonrpc":"2.0","ID":1,"result":{}}`,
+		`{"jsonrpc":"2.0","id":1,"Result":{}}`,
+		`{"jsonrpc":"2.0","id":1,"reſult":{}}`,
+		`{"jsonrpc":"2.0","method":"notifications/progress","Id":4}`,
+		`{"jsonrpc":"2.0","id":1,"\u0045rror":{"code":1,"message":"x"}}`,
+	} {
+		if id, ok, err := ResponseID([]byte(data)); ok || !errors.Is(err, ErrAmbiguous) {
+			t.Errorf("ResponseID(%s) = %q, %v, %v; want ErrAmbiguous", data, id, ok, err)
+		}
+		if answersRequest([]byte(data), "1") {
+			t.Errorf("answersRequest(%s) = true for an ambiguous message", data)
 		}
 	}
 }
@@ -91,4 +117,43 @@ func TestIDKey(t *testing.T) {
 			t.Errorf("IDKey(%s) == IDKey(%s) = %q", p[0], p[1], IDKey(p[0]))
 		}
 	}
+}
+
+// FuzzResponseIDAgreement checks that wherever ResponseID reads a
+// response, with no ambiguity, encoding/json reads one too with the same
+// id; and that where it reads none, encoding/json does not find, in a
+// valid message, a non-null id with a result or an error.
+func FuzzResponseIDAgreement(f *testing.F) {
+	for _, s := range []string{
+		`{"jsonrpc":"2.0","id":1,"result":{}}`,
+		`{"jsonrpc":"2.0","id":"a\u0062","error":{"code":1,"message":"x"}}`,
+		`{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1}}`,
+		`{"ID":1,"result":{}}`,
+		`{"id":1,"id":2,"result":null}`,
+		`{"id":null,"error":{}}`,
+		`{"\u0069d":3,"result":[]}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var m struct {
+			ID     json.RawMessage `json:"id"`
+			Result json.RawMessage `json:"result"`
+			Error  json.RawMessage `json:"error"`
+		}
+		if json.Unmarshal(data, &m) != nil {
+			return // not one valid JSON object: no client reads it either
+		}
+		id, ok, err := ResponseID(data)
+		if err != nil {
+			return // refused as ambiguous
+		}
+		decoded := len(m.ID) > 0 && string(m.ID) != "null" && (m.Result != nil || m.Error != nil)
+		if ok != decoded {
+			t.Fatalf("%q: ResponseID says response %v (id %s), encoding/json id %s result %s error %s", data, ok, id, m.ID, m.Result, m.Error)
+		}
+		if ok && IDKey(string(id)) != IDKey(string(m.ID)) {
+			t.Fatalf("%q: ResponseID id %s, encoding/json %s", data, id, m.ID)
+		}
+	})
 }
