@@ -1792,7 +1792,7 @@ func TestGovernanceDefaultDeny(t *testing.T) {
 }
 
 // TestGovernanceAmbiguousListAnswer: an upstream that spells the id of
-// its SSE list answer "ID" (which encoding/json, and so the go-sdk client,
+// its SSE list answer "ID" (which a client decoding with encoding/json
 // reads as the id) does not get a list past the filter: the proxy, which
 // cannot take that event for the request's answer, answers the request
 // with an error instead, and the denied tool is never seen.
