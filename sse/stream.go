@@ -517,14 +517,16 @@ func (s *Stream) emit(ev *Event) error {
 	return nil
 }
 
-// Inject delivers an event of the proxy's own (raw, one whole event block)
-// to the attached client, among the upstream's events: the answer of a
+// Inject delivers events of the proxy's own (raw, whole event blocks) to
+// the attached client, among the upstream's events: the answer of a
 // request the proxy answered itself on a stream that carries the answers
-// of many (a legacy HTTP+SSE session). It is queued under the same bounds
-// as upstream events, but never waits for room: it reports false, and
-// delivers nothing, when no client is attached, the stream has ended, or
-// the queue is full. The event is not passed to Rewrite and not kept for
-// replay. It may be called from any goroutine.
+// of many (a legacy HTTP+SSE session). raw is queued as one event under
+// the same bounds as upstream events, but never waits for room: Inject
+// reports false, and delivers nothing, when no client is attached, the
+// stream has ended, or the queue is full. raw is not passed to Rewrite
+// and not kept for replay. Inject may be called from any goroutine; the
+// pump gives up the writer role after each upstream read, so an injected
+// event never waits for the upstream.
 func (s *Stream) Inject(raw []byte) bool {
 	s.mu.Lock()
 	a := s.att
