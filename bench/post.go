@@ -295,18 +295,20 @@ func checkAuthGoal(meds []postMedian) goalCheck {
 	return compareMedians(meds, targetAuth, targetMCP, authGoalMaxP99Ratio, authGoalMinRPSRatio)
 }
 
+// medianFor returns the medians of target, or nil when it did not run.
+func medianFor(meds []postMedian, target string) *postMedian {
+	for i := range meds {
+		if meds[i].Target == target {
+			return &meds[i]
+		}
+	}
+	return nil
+}
+
 // compareMedians checks target against base: p99 at most maxP99 times
 // base's, and req/s at least minRPS times base's.
 func compareMedians(meds []postMedian, target, base string, maxP99, minRPS float64) goalCheck {
-	var b, t *postMedian
-	for i := range meds {
-		switch meds[i].Target {
-		case base:
-			b = &meds[i]
-		case target:
-			t = &meds[i]
-		}
-	}
+	b, t := medianFor(meds, base), medianFor(meds, target)
 	if b == nil || t == nil || b.P99 == 0 || b.RPS == 0 {
 		return goalCheck{}
 	}

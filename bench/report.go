@@ -240,21 +240,10 @@ func writePostReport(w io.Writer, meta reportMeta, rounds [][]*postResult, targe
 
 	meds := medianOfRounds(rounds, targets)
 	fmt.Fprintf(w, "\n### Median of %d rounds\n\n", len(rounds))
-	var plain *postMedian
-	for i := range meds {
-		if meds[i].Target == targetPlain {
-			plain = &meds[i]
-		}
-	}
+	plain, mcp := medianFor(meds, targetPlain), medianFor(meds, targetMCP)
 	// With mcp_auth measured, its comparison with mcp_proxy gets columns
 	// of its own.
 	authGoal := checkAuthGoal(meds)
-	var mcp *postMedian
-	for i := range meds {
-		if meds[i].Target == targetMCP {
-			mcp = &meds[i]
-		}
-	}
 	m := mdTable{
 		Header: []string{"target", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "req/s vs plain", "p99 vs plain", "Caddy CPU µs/req"},
 		Right:  rightFrom(9, 1),
@@ -301,15 +290,7 @@ func writePostReport(w io.Writer, meta reportMeta, rounds [][]*postResult, targe
 // writePostBaseline compares mcp_proxy with the baseline build, when both
 // ran: medians of rounds, and each round.
 func writePostBaseline(w io.Writer, rounds [][]*postResult, meds []postMedian) {
-	var mcp, base *postMedian
-	for i := range meds {
-		switch meds[i].Target {
-		case targetMCP:
-			mcp = &meds[i]
-		case targetBase:
-			base = &meds[i]
-		}
-	}
+	mcp, base := medianFor(meds, targetMCP), medianFor(meds, targetBase)
 	if mcp == nil || base == nil {
 		return
 	}

@@ -450,6 +450,13 @@ func openAnswer(ctx context.Context, c *http.Client, url, sid string, n int64) (
 		return nil, err
 	}
 	setMCPHeaders(req.Header, sid)
+	return doStream(c, req, "tools/call "+toolStream)
+}
+
+// doStream sends req and returns its response once its headers are in,
+// or an error naming what, the status and the start of the body unless
+// it is a 200 text/event-stream.
+func doStream(c *http.Client, req *http.Request, what string) (*http.Response, error) {
 	resp, err := c.Do(req)
 	if err != nil {
 		return nil, err
@@ -457,7 +464,7 @@ func openAnswer(ctx context.Context, c *http.Client, url, sid string, n int64) (
 	if resp.StatusCode != http.StatusOK || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 		resp.Body.Close()
-		return nil, fmt.Errorf("tools/call %s: status %d, Content-Type %q: %s", toolStream, resp.StatusCode, resp.Header.Get("Content-Type"), bytes.TrimSpace(b))
+		return nil, fmt.Errorf("%s: status %d, Content-Type %q: %s", what, resp.StatusCode, resp.Header.Get("Content-Type"), bytes.TrimSpace(b))
 	}
 	return resp, nil
 }
@@ -472,14 +479,5 @@ func openStream(ctx context.Context, c *http.Client, url, sid string) (*http.Res
 	req.Header["Accept"] = []string{"text/event-stream"}
 	req.Header["Mcp-Protocol-Version"] = []string{protocolVersion}
 	req.Header["Mcp-Session-Id"] = []string{sid}
-	resp, err := c.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	if resp.StatusCode != http.StatusOK || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		resp.Body.Close()
-		return nil, fmt.Errorf("GET stream: status %d, Content-Type %q: %s", resp.StatusCode, resp.Header.Get("Content-Type"), bytes.TrimSpace(b))
-	}
-	return resp, nil
+	return doStream(c, req, "GET stream")
 }
