@@ -77,13 +77,15 @@ func (u *upstream) serveStream(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "GET needs Accept: text/event-stream", http.StatusNotAcceptable)
 		return
 	}
+	// Counted before the headers go out, so a client that has them sees
+	// its stream counted.
+	u.streamsTotal.Add(1)
+	u.streamsOpen.Add(1)
+	defer u.streamsOpen.Add(-1)
 	rc, ok := openEventStream(w)
 	if !ok {
 		return
 	}
-	u.streamsTotal.Add(1)
-	u.streamsOpen.Add(1)
-	defer u.streamsOpen.Add(-1)
 
 	ctx := r.Context()
 	if p := u.plan.Load(); p != nil {
@@ -142,14 +144,14 @@ func isStreamTool(body []byte) bool {
 // before its result. A call whose stream broke before the result counts
 // as abandoned.
 func (u *upstream) serveAnswerStream(w http.ResponseWriter, r *http.Request, p *streamPlan, id json.RawMessage) {
+	u.streamsTotal.Add(1)
+	u.streamsOpen.Add(1)
+	defer u.streamsOpen.Add(-1)
 	rc, ok := openEventStream(w)
 	if !ok {
 		u.abandoned.Add(1)
 		return
 	}
-	u.streamsTotal.Add(1)
-	u.streamsOpen.Add(1)
-	defer u.streamsOpen.Add(-1)
 	ctx := r.Context()
 	select {
 	case <-p.start:
