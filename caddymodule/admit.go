@@ -101,9 +101,9 @@ func (h *Handler) provisionAdmission(ctx caddy.Context) error {
 		return fmt.Errorf("admission: %w", err)
 	}
 	h.ctrl = ctrl
-	h.streamLimit = admission.NewLimiter(h.MaxStreams, 0, 0)
+	h.streamSlots = admission.StreamSlots{Process: h.app.global.StreamLimit(), Handler: admission.NewLimiter(h.MaxStreams, 0, 0)}
 	if h.ClientMaxStreams > 0 {
-		h.clientStreams = admission.NewKeyedLimiter(h.ClientMaxStreams, admission.DefaultMaxKeys)
+		h.streamSlots.Client = admission.NewKeyedLimiter(h.ClientMaxStreams, admission.DefaultMaxKeys)
 	}
 	h.principal = h.Principal
 	if h.principal == "" {
@@ -137,9 +137,9 @@ func (h *Handler) admitExchange(x *exchange) *mcp.Refusal {
 		return mcp.Refuse(http.StatusServiceUnavailable, mcp.CodeServerError, id, why+", retry after "+levelRetryAfter+"s")
 	}
 	if opens {
-		if ref := h.roomForSession(x.clientKey, x.level, id); ref != nil {
+		if err := admission.RoomForSession(g.Sessions(), x.clientKey, x.level == admission.LevelProtective); err != nil {
 			x.w.Header().Set("Retry-After", levelRetryAfter)
-			return ref
+			return sessionTableRefusal(err, id)
 		}
 	}
 	sess, end, ref := h.trackSession(r, call, x.res, x.clientKey, x.level)
@@ -225,27 +225,13 @@ func requestOf(call *mcp.Call, req *admission.Request) {
 	}
 }
 
-// admitStream takes the stream slots of a GET: the process's, the
-// handler's and the client's.
+// admitStream takes the stream slots of a GET.
 func (h *Handler) admitStream(x *exchange) (func(int), *mcp.Refusal) {
-	global := h.app.global.StreamLimit()
-	if !global.TryAcquire() {
-		return nil, h.refuseAdmission(x.w, &x.call, h.ctrl.Refuse(admission.ReasonCapacity))
+	release, reason, ok := h.streamSlots.Acquire(x.clientKey)
+	if !ok {
+		return nil, h.refuseAdmission(x.w, &x.call, h.ctrl.Refuse(reason))
 	}
-	if !h.streamLimit.TryAcquire() {
-		global.Release()
-		return nil, h.refuseAdmission(x.w, &x.call, h.ctrl.Refuse(admission.ReasonCapacity))
-	}
-	key := x.clientKey
-	if h.clientStreams == nil || key == "" {
-		return func(int) { h.streamLimit.Release(); global.Release() }, nil
-	}
-	if !h.clientStreams.TryAcquire(key) {
-		h.streamLimit.Release()
-		global.Release()
-		return nil, h.refuseAdmission(x.w, &x.call, h.ctrl.Refuse(admission.ReasonClientQuota))
-	}
-	return func(int) { h.clientStreams.Release(key); h.streamLimit.Release(); global.Release() }, nil
+	return func(int) { release() }, nil
 }
 
 // refuseAdmission returns the answer to a refused request: 503 or 429

@@ -27,12 +27,9 @@ import (
 // dropEvent, returned by a stream's Rewrite hook, drops the event.
 var dropEvent = []byte{}
 
-// codeResponseTooLarge and codeRequestTimeout are the JSON-RPC codes of
-// the proxy's answers for a capped response and a passed deadline.
-const (
-	codeResponseTooLarge = mcp.CodeInternalError
-	codeRequestTimeout   = -32001
-)
+// codeResponseTooLarge is the JSON-RPC code of the proxy's answer for a
+// capped response (policy.CodeRequestTimeout that for a passed deadline).
+const codeResponseTooLarge = mcp.CodeInternalError
 
 // listMethod returns the list method of a single-request call whose
 // result is filtered, or "".
@@ -152,7 +149,7 @@ func (st *relayState) filterList(method string, msg []byte) (out []byte, ok bool
 // cached beyond the caller; out is nil when nothing changed, ok false when
 // the message could not be read (the caller answers an error rather than
 // pass it unfiltered).
-func (h *Handler) filterList(method string, msg []byte, subj *subject, upstream string, private bool) (out []byte, ok bool) {
+func (h *Handler) filterList(method string, msg []byte, subj policy.Subject, upstream string, private bool) (out []byte, ok bool) {
 	g := h.gov
 	kind, _ := policy.ListKind(method)
 	rules := g.enforces()
@@ -269,7 +266,7 @@ func (st *relayState) answerWatch(id string) (rewrite func(*sse.Event) []byte, f
 		code := mcp.CodeInternalError
 		switch {
 		case st.isExpired():
-			msg, code = "request timed out: the deadline passed ("+st.deadlineStep.String()+")", codeRequestTimeout
+			msg, code = "request timed out: the deadline passed ("+st.deadline.Step().String()+")", policy.CodeRequestTimeout
 		case errors.Is(err, sse.ErrEventTooLarge), errors.Is(err, sse.ErrLineTooLong):
 			msg = "response event exceeds the proxy's max_event_size"
 		case errors.Is(err, sse.ErrClosed):

@@ -6,20 +6,17 @@ import (
 	"time"
 
 	"github.com/mcpgate/mcpgate/mcp"
+	"github.com/mcpgate/mcpgate/policy"
 )
 
-// A request's deadline (request_timeout, or its tool's timeout) bounds
-// its whole life after admission. When it passes, the upstream request is
-// cancelled (its context, which closes its connection or stream: the
-// 2026-07-28 way of cancelling) and, in a session, the upstream is sent
-// notifications/cancelled with the request's id; the client gets a
-// JSON-RPC error for its request, as the answer or as the last event of
-// its stream; the handler returns, which frees the request's slots. Each
-// progress notification on the request's stream moves the deadline to a
-// full step from then, up to max_timeout from the start.
-
-// defaultMaxTimeoutFactor is max_timeout, without one, in steps.
-const defaultMaxTimeoutFactor = 10
+// A request's deadline (request_timeout, or its tool's timeout; see
+// policy.Deadline) bounds its whole life after admission. When it passes,
+// the upstream request is cancelled (its context, which closes its
+// connection or stream: the 2026-07-28 way of cancelling) and, in a
+// session, the upstream is sent notifications/cancelled with the
+// request's id; the client gets a JSON-RPC error for its request, as the
+// answer or as the last event of its stream; the handler returns, which
+// frees the request's slots.
 
 // deadlineFor returns the deadline step of a request: the timeout of the
 // first tool rule that matches its tool and has one, else
@@ -41,28 +38,17 @@ func (h *Handler) deadlineFor(r *http.Request, call *mcp.Call) time.Duration {
 
 // startDeadline arms the request's deadline.
 func (st *relayState) startDeadline(step, maxTotal time.Duration) {
-	if maxTotal <= 0 {
-		maxTotal = defaultMaxTimeoutFactor * step
-	}
-	now := time.Now()
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	st.deadlineStep = step
-	st.deadlineEnd = now.Add(max(maxTotal, step))
-	st.deadline = time.AfterFunc(step, st.expire)
+	st.deadline = policy.NewDeadline(step, maxTotal, st.expire)
 }
 
-// extendDeadline moves the deadline a full step from now, within
-// max_timeout, on a progress notification.
+// extendDeadline moves the deadline on a progress notification.
 func (st *relayState) extendDeadline() {
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	if st.deadline == nil || st.expired || st.done {
-		return
-	}
-	next := min(st.deadlineStep, time.Until(st.deadlineEnd))
-	if next > 0 {
-		st.deadline.Reset(next)
+	if st.deadline != nil && !st.expired && !st.done {
+		st.deadline.Extend()
 	}
 }
 
@@ -111,8 +97,7 @@ func (st *relayState) giveUp(reason string) {
 // the upstream answered: a JSON-RPC error for it, inside a 200 as the
 // request's answer.
 func (st *relayState) timeoutRefusal() *mcp.Refusal {
-	return mcp.Refuse(http.StatusOK, codeRequestTimeout, st.call.First().ID,
-		"request timed out: no answer within "+st.deadlineStep.String())
+	return mcp.Refuse(http.StatusOK, policy.CodeRequestTimeout, st.call.First().ID, policy.TimeoutMessage(st.deadline.Step()))
 }
 
 // deadlineWriter is the client's writer as reverse_proxy sees it for a

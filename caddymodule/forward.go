@@ -59,7 +59,7 @@ func (h *Handler) forward(x *exchange, next caddyhttp.Handler) error {
 	link := h.legacyLinkOf(x)
 	if link != nil {
 		// The answers come on the session's stream (see legacy.go).
-		awaited, ref := link.expect(h, x, st, h.deadlineFor(r, &x.call))
+		awaited, ref := link.expect(x, st, h.deadlineFor(r, &x.call))
 		if ref != nil {
 			return x.refuse(h, ref)
 		}
@@ -70,7 +70,7 @@ func (h *Handler) forward(x *exchange, next caddyhttp.Handler) error {
 			// Only a POST the upstream accepted (202) is answered on the
 			// stream.
 			if len(awaited) > 0 && !(st.responded && (st.status == http.StatusAccepted || st.status == http.StatusNoContent)) {
-				link.forget(awaited)
+				link.awaiting.Forget(awaited)
 			}
 		}()
 	} else if d := h.deadlineFor(r, &x.call); d > 0 {

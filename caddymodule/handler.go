@@ -377,8 +377,7 @@ type Handler struct {
 	streams                 *sse.StreamSet
 	app                     *App
 	ctrl                    *admission.Controller
-	streamLimit             *admission.Limiter
-	clientStreams           *admission.KeyedLimiter // nil: no per-client cap
+	streamSlots             admission.StreamSlots
 	clientKey               string
 	principal               string
 	gov                     *governance

@@ -32,11 +32,6 @@ import (
 // list result it sees there, told apart by its shape, for the stream's
 // opener (the session's principal: a legacy token is bound to it).
 
-// maxLegacyPending bounds the requests of one legacy session whose
-// answers the proxy awaits on its stream (a list to filter, a call with a
-// deadline).
-const maxLegacyPending = 256
-
 // progressMethod marks a progress notification, which moves deadlines.
 var progressMethod = []byte(`notifications/progress`)
 
@@ -82,25 +77,7 @@ type legacyLink struct {
 	stream   *sse.Stream
 	subject  *subject // the stream's opener
 	upstream string
-
-	mu      sync.Mutex
-	pending map[string]*legacyCall // by mcp.IDKey of the request's id
-	closed  bool
-}
-
-// legacyCall is a request whose answer is awaited on a legacy stream.
-type legacyCall struct {
-	id      string // the raw JSON id, as the client wrote it
-	key     string // mcp.IDKey(id)
-	list    string // the list method whose result is filtered, or ""
-	subject *subject
-	// The deadline: its timer and step, the latest it may be moved to,
-	// whether it passed, and what tells the upstream.
-	timer   *time.Timer
-	step    time.Duration
-	end     time.Time
-	expired bool
-	cancel  func(reason string)
+	awaiting *policy.Awaiting
 }
 
 // watchesLegacy reports whether the handler does anything with answers
@@ -121,7 +98,8 @@ func (h *Handler) watchesLegacy() bool {
 // stream hook that runs rewrite (the endpoint event's) and then the
 // link's own work on each event.
 func (h *Handler) newLegacyLink(st *relayState, rewrite func(*sse.Event) []byte) (*legacyLink, func(*sse.Event) []byte) {
-	l := &legacyLink{h: h, subject: st.subject, upstream: st.upstreamAddr(), pending: map[string]*legacyCall{}}
+	l := &legacyLink{h: h, subject: st.subject, upstream: st.upstreamAddr()}
+	l.awaiting = policy.NewAwaiting(l.expire)
 	return l, func(ev *sse.Event) []byte {
 		if ev.Name == "endpoint" {
 			return rewrite(ev)
@@ -139,7 +117,7 @@ func (h *Handler) linkLegacy(st *relayState, l *legacyLink, stream *sse.Stream) 
 	end := st.legacyEnd
 	st.legacyEnd = func() {
 		legacyLinks.remove(key, l)
-		l.close()
+		l.awaiting.Close()
 		if end != nil {
 			end()
 		}
@@ -157,19 +135,6 @@ func (h *Handler) legacyLinkOf(x *exchange) *legacyLink {
 	return legacyLinks.get(x.res.key)
 }
 
-// close stops the deadlines of the link's requests: its stream ended.
-func (l *legacyLink) close() {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.closed = true
-	for _, c := range l.pending {
-		if c.timer != nil {
-			c.timer.Stop()
-		}
-	}
-	l.pending = nil
-}
-
 // send delivers answers of the proxy's own on the stream, as `message`
 // events, and reports whether the client was sent them.
 func (l *legacyLink) send(answers [][]byte) bool {
@@ -180,164 +145,66 @@ func (l *legacyLink) send(answers [][]byte) bool {
 	return l.stream.Inject(buf)
 }
 
-// expect notes the requests of x, received by h, whose answers the
-// stream must act on: a list result to filter, a deadline of step (0:
-// none). It returns their keys, or a refusal when a request with a
-// deadline finds the session awaiting too many answers already (lists
-// that find no room are filtered by their shape instead). A
-// notifications/cancelled of x ends the wait for the request it names.
-func (l *legacyLink) expect(h *Handler, x *exchange, st *relayState, step time.Duration) ([]string, *mcp.Refusal) {
-	var calls []*legacyCall
-	var dropped []string
+// expect notes the requests of x whose answers the stream must act on: a
+// list result to filter, a deadline of step (0: none). It returns their
+// ids, or a refusal when a request with a deadline finds the session
+// awaiting too many answers already (lists that find no room are
+// filtered by their shape instead). A notifications/cancelled of x ends
+// the wait for the request it names.
+func (l *legacyLink) expect(x *exchange, st *relayState, step time.Duration) ([]string, *mcp.Refusal) {
+	h := l.h
+	var calls []*policy.Awaited
+	var ids, dropped []string
 	for i := range x.call.Peek.Messages {
 		m := &x.call.Peek.Messages[i]
 		if m.Kind == mcp.KindNotification && m.Method == "notifications/cancelled" && m.RequestID != "" {
 			// The client gave the request up: no answer is awaited.
-			dropped = append(dropped, mcp.IDKey(m.RequestID))
+			dropped = append(dropped, m.RequestID)
 			continue
 		}
 		if m.Kind != mcp.KindRequest || m.ID == "" {
 			continue
 		}
-		c := &legacyCall{id: m.ID, key: mcp.IDKey(m.ID), step: step}
+		c := &policy.Awaited{ID: m.ID, Step: step}
 		if _, ok := policy.ListKind(m.Method); ok && h.gov.filters() {
-			c.list, c.subject = m.Method, st.subject
+			c.List, c.Subject = m.Method, st.subject
 		}
-		if c.list == "" && c.step == 0 {
+		if c.List == "" && c.Step == 0 {
 			continue
 		}
-		if c.step > 0 {
-			c.cancel = h.legacyCanceller(x, m.ID)
+		if c.Step > 0 {
+			c.Cancel = h.legacyCanceller(x, m.ID)
 		}
 		calls = append(calls, c)
+		ids = append(ids, m.ID)
 	}
 	if len(dropped) > 0 {
-		l.forget(dropped)
+		l.awaiting.Forget(dropped)
 	}
-	if len(calls) == 0 {
+	if l.awaiting.Add(calls, h.maxTimeout) {
+		return ids, nil
+	}
+	if step == 0 {
+		// Lists only: their results are filtered by their shape.
 		return nil, nil
 	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.closed {
-		return nil, nil
-	}
-	if len(l.pending)+len(calls) > maxLegacyPending && !l.makeRoomLocked(len(calls)) {
-		if step == 0 {
-			// Lists only: their results are filtered by their shape.
-			return nil, nil
-		}
-		metrics.sessionRefusals.WithLabelValues("legacy_pending").Inc()
-		x.w.Header().Set("Retry-After", levelRetryAfter)
-		return nil, mcp.Refuse(http.StatusServiceUnavailable, mcp.CodeServerError, x.call.First().ID,
-			"too many requests of this session await their answers, retry after "+levelRetryAfter+"s")
-	}
-	ids := make([]string, 0, len(calls))
-	maxTotal := h.maxTimeout
-	if maxTotal <= 0 {
-		maxTotal = defaultMaxTimeoutFactor * step
-	}
-	now := time.Now()
-	for _, c := range calls {
-		if old := l.pending[c.key]; old != nil && old.timer != nil {
-			old.timer.Stop()
-		}
-		l.pending[c.key] = c
-		if c.step > 0 {
-			c.end = now.Add(max(maxTotal, c.step))
-			c.timer = time.AfterFunc(c.step, func() { l.expire(c) })
-		}
-		ids = append(ids, c.key)
-	}
-	return ids, nil
+	metrics.sessionRefusals.WithLabelValues("legacy_pending").Inc()
+	x.w.Header().Set("Retry-After", levelRetryAfter)
+	return nil, mcp.Refuse(http.StatusServiceUnavailable, mcp.CodeServerError, x.call.First().ID,
+		"too many requests of this session await their answers, retry after "+levelRetryAfter+"s")
 }
 
-// makeRoomLocked makes room for n more requests, dropping those whose
-// deadline passed (only their late answers are awaited, to be dropped),
-// then lists without a deadline (a list result whose request is not
-// awaited is still filtered, by its shape, for the stream's opener). It
-// reports false when the calls with a running deadline leave no room.
-func (l *legacyLink) makeRoomLocked(n int) bool {
-	for _, droppable := range []func(*legacyCall) bool{
-		func(c *legacyCall) bool { return c.expired },
-		func(c *legacyCall) bool { return c.timer == nil },
-	} {
-		for key, c := range l.pending {
-			if len(l.pending)+n <= maxLegacyPending {
-				return true
-			}
-			if droppable(c) {
-				delete(l.pending, key)
-			}
-		}
-	}
-	return len(l.pending)+n <= maxLegacyPending
-}
-
-// forget drops requests, by key, whose answer will not come on the
-// stream: the upstream did not accept their POST, or the client cancelled
-// them.
-func (l *legacyLink) forget(keys []string) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for _, key := range keys {
-		if c := l.pending[key]; c != nil {
-			if c.timer != nil {
-				c.timer.Stop()
-			}
-			delete(l.pending, key)
-		}
-	}
-}
-
-// take returns and forgets the awaited request an answer with id (raw
-// JSON, written as the upstream writes it) answers.
-func (l *legacyLink) take(id []byte) *legacyCall {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	c := l.pending[mcp.IDKey(string(id))]
-	if c != nil {
-		delete(l.pending, c.key)
-		if c.timer != nil {
-			c.timer.Stop()
-		}
-	}
-	return c
-}
-
-// extend moves the deadlines of the session's requests a full step from
-// now, within max_timeout: a progress notification came. (Legacy progress
-// is not matched to its request, so any progress moves them all.)
-func (l *legacyLink) extend() {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for _, c := range l.pending {
-		if c.timer == nil || c.expired {
-			continue
-		}
-		if next := min(c.step, time.Until(c.end)); next > 0 {
-			c.timer.Reset(next)
-		}
-	}
-}
-
-// expire ends a request whose deadline passed: the client gets the error
-// on the stream, the upstream is told, the late answer will be dropped.
-func (l *legacyLink) expire(c *legacyCall) {
+// expire answers a request whose deadline passed: the client gets the
+// error on the stream, the upstream is told; the late answer will be
+// dropped.
+func (l *legacyLink) expire(c *policy.Awaited) {
 	defer recoverPanic(l.h.logger, "legacy request deadline")
-	l.mu.Lock()
-	if l.closed || l.pending[c.key] != c || c.expired {
-		l.mu.Unlock()
-		return
-	}
-	c.expired = true
-	l.mu.Unlock()
 	metrics.deadlines.WithLabelValues("waiting").Inc()
-	msg := mcp.AppendError(nil, c.id, codeRequestTimeout, "request timed out: no answer within "+c.step.String())
+	msg := mcp.AppendError(nil, c.ID, policy.CodeRequestTimeout, policy.TimeoutMessage(c.Step))
 	if !l.send([][]byte{msg}) {
 		l.h.logger.Debug("timeout error of a legacy request not delivered: its stream is gone or full")
 	}
-	c.cancel("request timed out")
+	c.Cancel("request timed out")
 }
 
 // answer is the stream hook for every event after the endpoint: an
@@ -357,22 +224,22 @@ func (l *legacyLink) answer(ev *sse.Event) []byte {
 	}
 	if !ok {
 		if bytes.Contains(ev.Data, progressMethod) {
-			l.extend()
+			l.awaiting.Extend()
 		}
 		return nil
 	}
-	c := l.take(id)
-	if c != nil && c.expired {
+	c, expired := l.awaiting.Take(id)
+	if expired {
 		return dropEvent
 	}
 	if h.MaxResponse > 0 && int64(len(ev.Data)) > h.MaxResponse {
 		metrics.responseTooLarge.Inc()
 		return sse.AppendEvent(nil, ev.ID, "message", mcp.AppendError(nil, string(id), codeResponseTooLarge, tooLargeMessage("", h.MaxResponse)))
 	}
-	list, subj := "", l.subject
+	list, subj := "", policy.Subject(l.subject)
 	switch {
 	case c != nil:
-		list, subj = c.list, c.subject
+		list, subj = c.List, c.Subject
 	case h.gov.filters():
 		list = policy.ListMethodOf(ev.Data)
 	}

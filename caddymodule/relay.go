@@ -14,6 +14,7 @@ import (
 
 	"github.com/mcpgate/mcpgate/h1stream"
 	"github.com/mcpgate/mcpgate/mcp"
+	"github.com/mcpgate/mcpgate/policy"
 	"github.com/mcpgate/mcpgate/resources"
 	"github.com/mcpgate/mcpgate/sse"
 )
@@ -84,12 +85,9 @@ type relayState struct {
 	subject *subject
 	// spliced are the errors of a batch's denied requests, for the answer.
 	spliced [][]byte
-	// The request's deadline (see deadline.go): the timer, its step, the
-	// latest it may be moved to, and whether it passed.
-	deadline     *time.Timer
-	deadlineStep time.Duration
-	deadlineEnd  time.Time
-	expired      bool
+	// The request's deadline (see deadline.go), and whether it passed.
+	deadline *policy.Deadline
+	expired  bool
 }
 
 func newRelayState(h *Handler, w http.ResponseWriter, r *http.Request, call *mcp.Call, res resolution) *relayState {

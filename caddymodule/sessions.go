@@ -76,29 +76,6 @@ func sessionTableRefusal(err error, id string) *mcp.Refusal {
 		"session limit reached, retry after "+levelRetryAfter+"s")
 }
 
-// roomForSession makes room for a new session at max_sessions, and in the
-// client's share at client_max_sessions, by evicting the idlest sessions
-// (see resources.Registry.Score); it refuses when none can be evicted.
-// Registering the session later makes room again if others took it
-// meanwhile.
-func (h *Handler) roomForSession(clientKey string, level admission.Level, id string) *mcp.Refusal {
-	g := h.app.global
-	protective := level == admission.LevelProtective
-	if max := g.Sessions().ClientMaxSessions(); max > 0 && clientKey != "" && g.Sessions().ClientSessions(clientKey) >= max {
-		if !g.Sessions().EvictClientVictim(clientKey, protective) {
-			return sessionTableRefusal(resources.ErrClientFull, id)
-		}
-	}
-	max := g.Sessions().MaxSessions()
-	if max <= 0 || g.Sessions().Len() < max {
-		return nil
-	}
-	if g.Sessions().EvictVictims(1, protective, resources.CauseCapacity) > 0 {
-		return nil
-	}
-	return sessionTableRefusal(resources.ErrFull, id)
-}
-
 // maxStoredHost bounds the Host a session keeps for its DELETE.
 const maxStoredHost = 255
 

@@ -106,7 +106,7 @@ func awaitIdle(t *testing.T, port int) {
 	t.Helper()
 	h := proxyOn(t, port)
 	ctrl := unexported[*admission.Controller](t, h, "ctrl")
-	streams := unexported[*admission.Limiter](t, h, "streamLimit")
+	streams := unexported[admission.StreamSlots](t, h, "streamSlots").Handler
 	sessions := unexported[*admission.KeyedLimiter](t, ctrl, "sessions")
 	clients := unexported[*admission.KeyedLimiter](t, ctrl, "clients")
 	pollUntil(t, "every admission slot to be free", func() bool {
