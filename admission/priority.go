@@ -1,10 +1,12 @@
 // Package admission holds the building blocks of mcpgate's admission
 // controller: method classes and priorities, an in-flight limiter with a
 // bounded priority wait queue, per-key limits and rates with bounded memory,
-// the client key of an IP address, and an adaptive controller that sets the
-// in-flight limit from observed latencies.
+// the client key of an IP address, an adaptive controller that sets the
+// in-flight limit from observed latencies, the service levels and what they
+// admit, the room a new session needs in the session table
+// (RoomForSession) and the slots of an SSE stream (StreamSlots).
 //
-// The package depends only on the Go standard library.
+// The package imports the standard library and resources.
 package admission
 
 import "strings"

@@ -209,8 +209,8 @@ func (h *Handler) audit(x *exchange, out *countingWriter) {
 	if x.st != nil {
 		rec.Upstream = x.st.upstreamAddr()
 	}
-	if x.body.whole != nil {
-		rec.BytesIn = int64(len(x.body.whole))
+	if x.body.Whole != nil {
+		rec.BytesIn = int64(len(x.body.Whole))
 	}
 	if out != nil {
 		rec.BytesOut = out.n
@@ -223,8 +223,8 @@ func (h *Handler) audit(x *exchange, out *countingWriter) {
 		metrics.audit.WithLabelValues("sampled_out").Inc()
 		return
 	}
-	if a.cfg.Arguments && x.body.whole != nil && (first.Method == "tools/call" || first.Method == "prompts/get") && !x.call.Peek.Batch {
-		rec.Arguments = policy.ArgumentsOf(x.body.whole, a.cfg.Redact, a.cfg.MaxArgumentSize)
+	if a.cfg.Arguments && x.body.Whole != nil && (first.Method == "tools/call" || first.Method == "prompts/get") && !x.call.Peek.Batch {
+		rec.Arguments = policy.ArgumentsOf(x.body.Whole, a.cfg.Redact, a.cfg.MaxArgumentSize)
 	}
 	if a.writer.Log(&rec) {
 		metrics.audit.WithLabelValues("written").Inc()

@@ -143,6 +143,7 @@ type Auth struct {
 	// when each request's resource is one.
 	audiences []string
 	memory    *resources.Budget
+	body      mcp.BodyLimits
 	logger    *zap.Logger
 }
 
@@ -195,6 +196,7 @@ func (a *Auth) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("loading mcp app: %w", err)
 	}
 	a.memory = app.(*App).global.Memory()
+	a.body = bodyLimits(defaultMaxPeek, 0, defaultBodyTimeout, a.memory)
 	return registerMetrics(ctx)
 }
 
@@ -261,15 +263,15 @@ func (a *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	var call mcp.Call
 	if r.Method == http.MethodPost && mcp.IsJSON(r.Header.Get("Content-Type")) {
 		pb, ref := a.readMessages(w, r, &call)
-		defer a.memory.Release(pb.held)
+		defer a.memory.Release(pb.Held)
 		if ref != nil {
 			return writeRefusal(w, ref)
 		}
 		setCallFacts(r, &call)
-		if pb.whole != nil {
+		if pb.Whole != nil {
 			// mcp_proxy behind takes the reading over instead of reading
 			// the body again.
-			caddyhttp.SetVar(r.Context(), varPeeked, &sharedPeek{call: call, whole: pb.whole, body: r.Body})
+			caddyhttp.SetVar(r.Context(), varPeeked, &sharedPeek{call: call, whole: pb.Whole, body: r.Body})
 		}
 	}
 	if e := a.checkScopes(p, &call); e != nil {
@@ -288,11 +290,11 @@ func (a *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 // mcp_proxy does (the same strict reading, the rest of a long body checked
 // as it streams on), so that scope rules, matchers and handlers behind see
 // the method and target the upstream will.
-func (a *Auth) readMessages(w http.ResponseWriter, r *http.Request, call *mcp.Call) (peekedBody, *mcp.Refusal) {
+func (a *Auth) readMessages(w http.ResponseWriter, r *http.Request, call *mcp.Call) (mcp.Body, *mcp.Refusal) {
 	if ref := mcp.ClassifyHeaders(r.Header, call); ref != nil {
-		return peekedBody{}, ref
+		return mcp.Body{}, ref
 	}
-	return readBody(w, r, call, bodyLimits{maxPeek: defaultMaxPeek, timeout: defaultBodyTimeout, memory: a.memory})
+	return mcp.ReadBody(w, r, call, a.body)
 }
 
 // checkScopes returns the 403 for a principal lacking a scope one of the

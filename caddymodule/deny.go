@@ -46,7 +46,7 @@ func (h *Handler) enforce(x *exchange) bool {
 		c.Write(zap.String("kind", d.Kind.String()), zap.String("target", d.Name), zap.String("rule", d.Rule),
 			zap.String("principal", x.principal))
 	}
-	if x.call.Peek.Batch && len(x.denied) < len(msgs) && x.body.whole != nil && h.stripDenied(x) {
+	if x.call.Peek.Batch && len(x.denied) < len(msgs) && x.body.Whole != nil && h.stripDenied(x) {
 		// The rest of the batch goes on; the denied calls' errors are
 		// added to the upstream's answer.
 		return false
@@ -59,12 +59,12 @@ func (h *Handler) enforce(x *exchange) bool {
 // the errors their requests get for the answer (see spliceAnswers). It
 // reports false when the body cannot be rewritten.
 func (h *Handler) stripDenied(x *exchange) bool {
-	body, kept, answers, ok := h.gov.unknown.StripDenied(x.body.whole, x.call.Peek.Messages, x.denied)
+	body, kept, answers, ok := h.gov.unknown.StripDenied(x.body.Whole, x.call.Peek.Messages, x.denied)
 	if !ok {
 		return false
 	}
 	x.call.Peek.Messages = kept
-	x.body.whole = body
+	x.body.Whole = body
 	x.r.Body = io.NopCloser(bytes.NewReader(body))
 	x.r.ContentLength = int64(len(body))
 	x.r.Header.Set("Content-Length", strconv.Itoa(len(body)))

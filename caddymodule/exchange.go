@@ -22,7 +22,7 @@ type exchange struct {
 	w    http.ResponseWriter
 	r    *http.Request
 	call mcp.Call
-	body peekedBody
+	body mcp.Body
 	res  resolution
 	// clientKey identifies the client for the per-client limits.
 	clientKey string
@@ -120,16 +120,15 @@ func (h *Handler) classify(x *exchange) *mcp.Refusal {
 	}
 	if r.Method == http.MethodPost {
 		if sp, ok := caddyhttp.GetVar(r.Context(), varPeeked).(*sharedPeek); ok && sp.body == r.Body &&
-			(h.maxBody <= 0 || int64(len(sp.whole)) <= h.maxBody) {
+			(h.body.MaxBody <= 0 || int64(len(sp.whole)) <= h.body.MaxBody) {
 			// mcp_auth in front read and classified the whole body, as
 			// readBody would; its reservation lasts the request.
 			// It set the placeholders too.
-			x.call, x.body = sp.call, peekedBody{whole: sp.whole}
+			x.call, x.body = sp.call, mcp.Body{Whole: sp.whole}
 			return nil
 		}
 		var ref *mcp.Refusal
-		lim := bodyLimits{maxPeek: h.maxPeek, maxBody: h.maxBody, timeout: h.bodyTimeout, memory: h.app.global.Memory()}
-		if x.body, ref = readBody(x.w, r, &x.call, lim); ref != nil {
+		if x.body, ref = mcp.ReadBody(x.w, r, &x.call, h.body); ref != nil {
 			return ref
 		}
 	}
@@ -139,8 +138,8 @@ func (h *Handler) classify(x *exchange) *mcp.Refusal {
 
 // releaseBody gives the peeked body's bytes back to the memory budget.
 func (x *exchange) releaseBody(h *Handler) {
-	if x.body.held > 0 {
-		h.app.global.Memory().Release(x.body.held)
+	if x.body.Held > 0 {
+		h.app.global.Memory().Release(x.body.Held)
 	}
 }
 

@@ -50,7 +50,7 @@ func (h *Handler) forward(x *exchange, next caddyhttp.Handler) error {
 	r := x.r
 	st := newRelayState(h, x.w, r, &x.call, x.res)
 	x.st = st
-	st.whole = x.body.whole
+	st.whole = x.body.Whole
 	st.session, st.over, st.clientKey, st.principal = x.sess, x.over, x.clientKey, x.principal
 	st.subject, st.spliced = x.subject, x.spliced
 	if st.subject == nil && h.gov.filters() {
@@ -121,7 +121,7 @@ func (h *Handler) forward(x *exchange, next caddyhttp.Handler) error {
 // an upstream answer for.
 func (h *Handler) upstreamFailure(x *exchange, err error) *mcp.Refusal {
 	id := x.call.First().ID
-	if ref := checkedBodyRefusal(x.body.checked, h.maxBody); ref != nil {
+	if ref := h.body.CheckedBodyRefusal(x.body); ref != nil {
 		ref.ID = id
 		x.w.Header().Set("Connection", "close")
 		return ref

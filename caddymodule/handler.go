@@ -360,9 +360,7 @@ type Handler struct {
 	requireSess bool
 	handoff     bool
 	lifetime    time.Duration
-	maxPeek     int64
-	maxBody     int64
-	bodyTimeout time.Duration
+	body        mcp.BodyLimits
 	now         func() time.Time
 	transport   *RelayTransport
 	registered  bool // listed for side requests, see registerUpstreams

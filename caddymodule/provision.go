@@ -36,6 +36,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.provisionAdmission(ctx); err != nil {
 		return err
 	}
+	maxBody := h.MaxBody
+	if maxBody == 0 {
+		maxBody = defaultMaxBody
+	}
+	h.body = bodyLimits(orDefault(h.MaxPeek, defaultMaxPeek), maxBody,
+		orDefault(time.Duration(h.BodyTimeout), defaultBodyTimeout), h.app.global.Memory())
 	if err := h.provisionGovernance(ctx); err != nil {
 		return err
 	}
@@ -87,12 +93,6 @@ func (h *Handler) setDefaults() {
 	if h.lifetime <= 0 {
 		h.lifetime = defaultSessionLifetime
 	}
-	h.maxPeek = orDefault(h.MaxPeek, defaultMaxPeek)
-	h.maxBody = h.MaxBody
-	if h.maxBody == 0 {
-		h.maxBody = defaultMaxBody
-	}
-	h.bodyTimeout = orDefault(time.Duration(h.BodyTimeout), defaultBodyTimeout)
 	h.requireSess = h.RequireSession == nil || *h.RequireSession
 	h.handoff = h.StreamHandoff == nil || *h.StreamHandoff
 	h.maxEvent = orDefault(h.MaxEventSize, defaultMaxEvent)

@@ -1,8 +1,10 @@
 // Package mcp holds the Model Context Protocol knowledge mcpgate needs on
 // the wire: protocol revisions and their eras, a bounded JSON-RPC envelope
-// peek, method classes, the header checks of the stateless revision, sealed
-// session tokens, JSON-RPC error bodies and the rewriting of the legacy
-// HTTP+SSE endpoint event. It does not import Caddy.
+// peek and the reading of a POST body around it (ReadBody: the head within
+// a memory budget and a timeout, the rest checked as it streams), method
+// classes, the header checks of the stateless revision, sealed session
+// tokens, JSON-RPC error bodies and the rewriting of the legacy HTTP+SSE
+// endpoint event. It does not import Caddy.
 package mcp
 
 import "net/http"

@@ -8,8 +8,10 @@
 // call (FilterList), the pinning of tool definitions to notice an upstream
 // changing them (Pins, with PinSkips to leave unchanged bytes unchecked),
 // the audit trail: an asynchronous record Writer, the redaction of logged
-// arguments (Redact, ArgumentsOf) and a Sampler; and what of this work is
-// done at a reduced service level (Effort).
+// arguments (Redact, ArgumentsOf) and a Sampler; what of this work is
+// done at a reduced service level (Effort); and request deadlines that
+// progress moves (Deadline), with the table of a legacy session's requests
+// whose answers are awaited on its stream (Awaiting).
 //
 // Everything here is bounded and owned:
 //
@@ -27,7 +29,11 @@
 //   - A Writer owns a queue of at most its size records (1024 when unset)
 //     and one goroutine, started by NewWriter and ended by Close, which
 //     waits for it. Records that do not fit are dropped and counted. This
-//     is the only goroutine the package starts.
+//     is the only goroutine the package starts (a Deadline's fire runs
+//     on the goroutine of its timer).
+//   - An Awaiting holds at most MaxAwaited requests, each with at most
+//     one timer (its Deadline), stopped when its answer is taken, it is
+//     forgotten or the table closed.
 //   - PinSkips holds at most Max entries (10000 when unset), each a key of
 //     upstream and tool name and a hash; it forgets them all when full.
 //   - Redact and ArgumentsOf decode one value for the duration of the

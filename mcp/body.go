@@ -1,0 +1,168 @@
+package mcp
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"time"
+)
+
+// BodyLimits bound the reading of a POST body by ReadBody.
+type BodyLimits struct {
+	// MaxPeek is how many bytes are read, and checked, before the request
+	// goes on.
+	MaxPeek int64
+	// MaxBody caps the whole body; 0 or less: no cap.
+	MaxBody int64
+	// MaxBodyText is MaxBody as a refusal names it, such as "4.0 MiB".
+	MaxBodyText string
+	// Timeout bounds the wait for the head, and then each read of the
+	// rest.
+	Timeout time.Duration
+	// Reserve takes n bytes from a memory budget for the head's buffer
+	// and reports false when there is no room; Release gives back what
+	// was not used. Both are needed.
+	Reserve func(n int64) bool
+	Release func(n int64)
+}
+
+// Body is what ReadBody left for the rest of the request.
+type Body struct {
+	// Held is the bytes reserved for the head; the caller releases them
+	// when the request is over.
+	Held int64
+	// Whole is the entire body when the head holds all of it.
+	Whole []byte
+	// Checked is the body streamed past the head, nil when Whole is set;
+	// CheckedBodyRefusal tells what its check found.
+	Checked *CheckedBody
+}
+
+// ReadBody reads the head of a POST body, at most lim.MaxPeek bytes,
+// within lim.Timeout, classifies it into call (ParseEnvelope,
+// ClassifyBody) and puts the body back, unchanged, for the upstream. A
+// declared length over lim.MaxBody is refused at once. The buffer is
+// reserved before anything is read, for what will really be read, and
+// grows only as bytes arrive. A body longer than the head streams on
+// through a CheckedBody, which checks the rest of its top level and
+// aborts it at lim.MaxBody; each read of the rest gets lim.Timeout. A
+// refusal that leaves the body unread asks for the connection to close.
+func ReadBody(w http.ResponseWriter, r *http.Request, call *Call, lim BodyLimits) (b Body, ref *Refusal) {
+	cl := r.ContentLength
+	if lim.MaxBody > 0 && cl > lim.MaxBody {
+		w.Header().Set("Connection", "close")
+		return b, lim.tooLarge()
+	}
+	want := PeekSize(lim.MaxPeek, lim.MaxBody, cl)
+	if !lim.Reserve(want) {
+		return b, Refuse(http.StatusServiceUnavailable, CodeServerError, "", "server out of memory budget, retry later")
+	}
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Now().Add(lim.Timeout))
+	head, eof, err := ReadHead(r.Body, want)
+	if n := int64(len(head)); n < want {
+		lim.Release(want - n)
+	}
+	b.Held = int64(len(head))
+	if err != nil {
+		_ = rc.SetReadDeadline(time.Time{})
+		if IsTimeout(err) {
+			w.Header().Set("Connection", "close")
+			return b, bodyTimeout()
+		}
+		return b, bodyReadRefusal(err)
+	}
+	complete := eof || (cl >= 0 && int64(len(head)) == cl)
+	if lim.MaxBody > 0 && int64(len(head)) > lim.MaxBody {
+		w.Header().Set("Connection", "close")
+		return b, lim.tooLarge()
+	}
+	perr := ParseEnvelope(head, complete, &call.Peek)
+	if ref := ClassifyBody(r.Header, perr, call); ref != nil {
+		_ = rc.SetReadDeadline(time.Time{})
+		return b, ref
+	}
+	if complete {
+		_ = rc.SetReadDeadline(time.Time{})
+		// The server closes the original body, read to its end, when the
+		// handler returns.
+		r.Body = io.NopCloser(bytes.NewReader(head))
+		b.Whole = head
+		return b, nil
+	}
+	rest := &deadlineReader{ReadCloser: r.Body, rc: rc, timeout: lim.Timeout}
+	b.Checked = NewCheckedBody(head, rest, max(lim.MaxBody, 0))
+	r.Body = b.Checked
+	r.ContentLength = cl
+	return b, nil
+}
+
+// deadlineReader is the rest of a request body past the head: every Read
+// gets timeout to make progress, and the deadline is lifted at its end.
+type deadlineReader struct {
+	io.ReadCloser
+	rc      *http.ResponseController
+	timeout time.Duration
+}
+
+func (d *deadlineReader) Read(p []byte) (int, error) {
+	_ = d.rc.SetReadDeadline(time.Now().Add(d.timeout))
+	n, err := d.ReadCloser.Read(p)
+	if err != nil {
+		_ = d.rc.SetReadDeadline(time.Time{})
+	}
+	return n, err
+}
+
+// IsTimeout reports an error of a read or write that hit its deadline.
+func IsTimeout(err error) bool {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return true
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// tooLarge is the refusal of a body over MaxBody.
+func (lim BodyLimits) tooLarge() *Refusal {
+	return Refuse(http.StatusRequestEntityTooLarge, CodeInvalidRequest, "",
+		"Payload Too Large: the request body exceeds max_body ("+lim.MaxBodyText+")")
+}
+
+// bodyTimeout is the refusal of a body that did not arrive in time.
+func bodyTimeout() *Refusal {
+	return Refuse(http.StatusRequestTimeout, CodeInvalidRequest, "",
+		"Request Timeout: the request body did not arrive within body_timeout")
+}
+
+// bodyReadRefusal is the refusal for a request body that could not be read.
+func bodyReadRefusal(err error) *Refusal {
+	var mbe *http.MaxBytesError
+	if errors.As(err, &mbe) {
+		return Refuse(http.StatusRequestEntityTooLarge, CodeInvalidRequest, "", "request body too large")
+	}
+	return Refuse(http.StatusBadRequest, CodeInvalidRequest, "", "reading request body failed")
+}
+
+// CheckedBodyRefusal is the answer to a request whose body the streaming
+// check of b aborted, nil when it did not (or b has no streamed rest).
+func (lim BodyLimits) CheckedBodyRefusal(b Body) *Refusal {
+	if b.Checked == nil {
+		return nil
+	}
+	err := b.Checked.Err()
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, ErrBodyTooLarge):
+		return lim.tooLarge()
+	case IsTimeout(err):
+		return bodyTimeout()
+	case errors.Is(err, ErrMalformed):
+		return Refuse(http.StatusBadRequest, CodeParseError, "", "parse error: "+err.Error())
+	}
+	return Refuse(http.StatusBadRequest, CodeInvalidRequest, "", "invalid request: "+err.Error())
+}

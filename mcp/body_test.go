@@ -1,0 +1,127 @@
+package mcp
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"testing/iotest"
+)
+
+// budgetCounter is a memory budget of a fixed size for ReadBody.
+type budgetCounter struct{ size, used int64 }
+
+func (b *budgetCounter) limits(maxPeek, maxBody int64) BodyLimits {
+	return BodyLimits{
+		MaxPeek: maxPeek, MaxBody: maxBody, MaxBodyText: "the cap",
+		Reserve: func(n int64) bool {
+			if b.used+n > b.size {
+				return false
+			}
+			b.used += n
+			return true
+		},
+		Release: func(n int64) { b.used -= n },
+	}
+}
+
+func postWith(body io.Reader, length int64) *http.Request {
+	r := httptest.NewRequest(http.MethodPost, "/mcp", body)
+	r.ContentLength = length
+	r.Header.Set("Content-Type", "application/json")
+	return r
+}
+
+func TestReadBodyWhole(t *testing.T) {
+	const msg = `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo"}}`
+	for _, length := range []int64{int64(len(msg)), -1} {
+		budget := &budgetCounter{size: 1 << 20}
+		w := httptest.NewRecorder()
+		// One byte per read: the head is gathered across reads.
+		r := postWith(iotest.OneByteReader(strings.NewReader(msg)), length)
+		var call Call
+		b, ref := ReadBody(w, r, &call, budget.limits(1024, 4096))
+		if ref != nil {
+			t.Fatalf("length %d: refused %d %s", length, ref.Status, ref.Body())
+		}
+		if string(b.Whole) != msg || b.Checked != nil || b.Held != int64(len(msg)) || budget.used != b.Held {
+			t.Fatalf("length %d: whole %q, held %d, budget %d", length, b.Whole, b.Held, budget.used)
+		}
+		if call.First().Name != "echo" {
+			t.Fatalf("not classified: %+v", call.First())
+		}
+		if got, _ := io.ReadAll(r.Body); string(got) != msg {
+			t.Fatalf("body for the upstream: %q", got)
+		}
+	}
+}
+
+func TestReadBodyStreamsTheRest(t *testing.T) {
+	text := strings.Repeat("a", 300)
+	msg := `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"` + text + `"}}}`
+	budget := &budgetCounter{size: 1 << 20}
+	r := postWith(strings.NewReader(msg), int64(len(msg)))
+	var call Call
+	lim := budget.limits(100, 4096)
+	b, ref := ReadBody(httptest.NewRecorder(), r, &call, lim)
+	if ref != nil || b.Whole != nil || b.Checked == nil || b.Held != 101 {
+		t.Fatalf("refusal %v, whole %q, held %d", ref, b.Whole, b.Held)
+	}
+	if got, _ := io.ReadAll(r.Body); string(got) != msg || r.ContentLength != int64(len(msg)) {
+		t.Fatalf("body for the upstream: %d bytes, length %d", len(got), r.ContentLength)
+	}
+	if ref := lim.CheckedBodyRefusal(b); ref != nil {
+		t.Fatalf("a clean body refused: %s", ref.Body())
+	}
+
+	// The same body over max_body, not declared: aborted as it streams.
+	r = postWith(strings.NewReader(msg), -1)
+	lim = budget.limits(100, 200)
+	b, ref = ReadBody(httptest.NewRecorder(), r, &call, lim)
+	if ref != nil || b.Checked == nil {
+		t.Fatalf("refused before the cap: %v", ref)
+	}
+	if _, err := io.ReadAll(r.Body); err == nil {
+		t.Fatal("a body over max_body streamed to its end")
+	}
+	if ref := lim.CheckedBodyRefusal(b); ref == nil || ref.Status != http.StatusRequestEntityTooLarge || !strings.Contains(string(ref.Body()), "the cap") {
+		t.Fatalf("over max_body: %+v", ref)
+	}
+}
+
+func TestReadBodyRefusals(t *testing.T) {
+	const msg = `{"jsonrpc":"2.0","id":1,"method":"ping"}`
+	budget := &budgetCounter{size: 1 << 20}
+	// A declared length over max_body: refused before reading, the
+	// connection to be closed.
+	w := httptest.NewRecorder()
+	r := postWith(strings.NewReader(msg), 5000)
+	var call Call
+	if _, ref := ReadBody(w, r, &call, budget.limits(1024, 4096)); ref == nil || ref.Status != http.StatusRequestEntityTooLarge || w.Header().Get("Connection") != "close" {
+		t.Fatalf("declared length over max_body: %+v, Connection %q", ref, w.Header().Get("Connection"))
+	}
+	// No room in the budget: 503, nothing held.
+	small := &budgetCounter{size: 10}
+	if b, ref := ReadBody(httptest.NewRecorder(), postWith(strings.NewReader(msg), int64(len(msg))), &call, small.limits(1024, 4096)); ref == nil || ref.Status != http.StatusServiceUnavailable || b.Held != 0 || small.used != 0 {
+		t.Fatalf("out of budget: %+v, held %d", ref, b.Held)
+	}
+	// A body that breaks while read: 400, and what was read is held.
+	r = postWith(io.MultiReader(strings.NewReader(`{"jsonrpc"`), iotest.ErrReader(io.ErrUnexpectedEOF)), -1)
+	if b, ref := ReadBody(httptest.NewRecorder(), r, &call, budget.limits(1024, 4096)); ref == nil || ref.Status != http.StatusBadRequest || b.Held != budget.used {
+		t.Fatalf("broken body: %+v, held %d of %d", ref, b.Held, budget.used)
+	}
+	// http.MaxBytesReader's cap: 413.
+	budget.used = 0
+	w = httptest.NewRecorder()
+	r = postWith(strings.NewReader(msg), -1)
+	r.Body = http.MaxBytesReader(w, r.Body, 5)
+	if _, ref := ReadBody(w, r, &call, budget.limits(1024, 4096)); ref == nil || ref.Status != http.StatusRequestEntityTooLarge {
+		t.Fatalf("MaxBytesReader: %+v", ref)
+	}
+	// Not JSON-RPC: the classification's refusal.
+	r = postWith(strings.NewReader(`[1,2`), 4)
+	if _, ref := ReadBody(httptest.NewRecorder(), r, &call, budget.limits(1024, 4096)); ref == nil || ref.Code != CodeParseError {
+		t.Fatalf("malformed: %+v", ref)
+	}
+}
