@@ -4,9 +4,6 @@ import (
 	"math"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
-
 	"github.com/mcpgate/mcpgate/admission"
 	"github.com/mcpgate/mcpgate/resources"
 )
@@ -99,7 +96,7 @@ func usageOf(g *globalState, st resources.RegistryStats) adminResources {
 		ClientMaxSessions:  g.Sessions().ClientMaxSessions(),
 		SessionIdleTimeout: g.Sessions().IdleTimeout().String(),
 		Streams:            adminPair{Used: int64(g.StreamLimit().InFlight()), Limit: int64(max(g.StreamLimit().Limit(), 0))},
-		StreamsActive:      int64(gaugeValue(metrics.streamsActive)),
+		StreamsActive:      metrics.streamsActive.Value(),
 		StreamsInSessions:  st.Streams,
 		RequestsInFlight:   adminPair{Used: int64(g.InflightLimit().InFlight()), Limit: int64(max(g.InflightLimit().Limit(), 0))},
 		RequestsQueued:     g.InflightLimit().Queued(),
@@ -146,18 +143,18 @@ func statusOf(g *globalState) adminStatus {
 		out.Changes[l.String()] = ls.Changes[l]
 	}
 	out.Counters = map[string]float64{
-		"sessions_created":          counterValue(metrics.sessionsCreated),
-		"events_relayed":            counterValue(metrics.eventsRelayed),
-		"relayed_bytes":             counterValue(metrics.bytesRelayed),
-		"keepalives":                counterValue(metrics.keepalives),
-		"slow_consumer_disconnects": counterValue(metrics.slowConsumers),
-		"oversized_events":          counterValue(metrics.oversized),
-		"backpressure":              counterValue(metrics.backpressure),
-		"protective_resets":         counterValue(metrics.protectiveResets),
-		"streams_drained":           counterValue(metrics.streamsDrained),
-		"upstream_cancellations":    counterValue(metrics.cancelsSent),
-		"replay_hits":               counterValue(replayHits),
-		"replay_misses":             counterValue(replayMisses),
+		"sessions_created":          metrics.sessionsCreated.Value(),
+		"events_relayed":            metrics.eventsRelayed.Value(),
+		"relayed_bytes":             metrics.bytesRelayed.Value(),
+		"keepalives":                metrics.keepalives.Value(),
+		"slow_consumer_disconnects": metrics.slowConsumers.Value(),
+		"oversized_events":          metrics.oversized.Value(),
+		"backpressure":              metrics.backpressure.Value(),
+		"protective_resets":         metrics.protectiveResets.Value(),
+		"streams_drained":           metrics.streamsDrained.Value(),
+		"upstream_cancellations":    metrics.cancelsSent.Value(),
+		"replay_hits":               replayHits.Value(),
+		"replay_misses":             replayMisses.Value(),
 		"sessions_deleted":          float64(st.Evictions[resources.CauseDeleted]),
 	}
 	out.Governance = governanceStatus(ls.Level)
@@ -165,21 +162,3 @@ func statusOf(g *globalState) adminStatus {
 }
 
 func round3(v float64) float64 { return math.Round(v*1000) / 1000 }
-
-// gaugeValue reads a gauge.
-func gaugeValue(g prometheus.Gauge) float64 {
-	var m dto.Metric
-	if g.Write(&m) != nil {
-		return 0
-	}
-	return m.GetGauge().GetValue()
-}
-
-// counterValue reads a counter.
-func counterValue(c prometheus.Counter) float64 {
-	var m dto.Metric
-	if c.Write(&m) != nil {
-		return 0
-	}
-	return m.GetCounter().GetValue()
-}

@@ -7,7 +7,6 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
@@ -243,13 +242,7 @@ func refusalCode(ref *mcp.Refusal) int {
 
 // governanceStatus is the governance part of /mcp/status.
 func governanceStatus(level admission.Level) adminGovernance {
-	vec := func(v *prometheus.CounterVec, label string) float64 {
-		c, err := v.GetMetricWithLabelValues(label)
-		if err != nil {
-			return 0
-		}
-		return counterValue(c)
-	}
+	vec := (*counterVec).Value
 	return adminGovernance{
 		Rules: "enforced", Audit: effortAt(level).AuditMode(), PinChecks: effortAt(level).PinMode(),
 		Counters: map[string]float64{

@@ -134,7 +134,7 @@ func (h *Health) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.H
 			Pressure:         round3(ls.Pressure),
 			Pressures:        make(map[string]float64, len(ls.Monitors)),
 			Sessions:         g.Sessions().Len(),
-			Streams:          int64(gaugeValue(metrics.streamsActive)),
+			Streams:          metrics.streamsActive.Value(),
 			RequestsInFlight: g.InflightLimit().InFlight(),
 			Memory:           adminPair{Used: g.Memory().Used(), Limit: max(g.Memory().Limit(), 0)},
 		}

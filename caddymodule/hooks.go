@@ -41,7 +41,7 @@ func governorHooks(logger *zap.Logger) governor.Hooks {
 			logger.Info("idle sessions expired", zap.Int("count", n))
 		},
 		ProtectiveResets: func(n int) {
-			metrics.protectiveResets.Add(float64(n))
+			metrics.protectiveResets.Add(uint64(n))
 			logger.Info("protective level reset streams", zap.Int("count", n))
 		},
 		DeleteSkipped: metrics.evictDeletesSkipped.Inc,

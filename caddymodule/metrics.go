@@ -19,66 +19,66 @@ import (
 // carries a session id or a client address.
 var metrics = struct {
 	requestsInFlight    prometheus.Gauge
-	streamsActive       prometheus.Gauge
+	streamsActive       *gauge
 	requestDuration     *prometheus.HistogramVec
 	queueWait           prometheus.Histogram
-	sessionsCreated     prometheus.Counter
+	sessionsCreated     *counter
 	sessionRefusals     *prometheus.CounterVec
-	eventsRelayed       prometheus.Counter
-	bytesRelayed        prometheus.Counter
-	keepalives          prometheus.Counter
-	slowConsumers       prometheus.Counter
-	oversized           prometheus.Counter
-	replay              *prometheus.CounterVec
-	streamsDrained      prometheus.Counter
-	cancelsSent         prometheus.Counter
+	eventsRelayed       *counter
+	bytesRelayed        *counter
+	keepalives          *counter
+	slowConsumers       *counter
+	oversized           *counter
+	replay              *counterVec
+	streamsDrained      *counter
+	cancelsSent         *counter
 	replayBytes         prometheus.GaugeFunc
 	level               prometheus.Gauge
 	levelChanges        *prometheus.CounterVec
 	evictions           *prometheus.CounterVec
-	backpressure        prometheus.Counter
-	protectiveResets    prometheus.Counter
+	backpressure        *counter
+	protectiveResets    *counter
 	evictDeletesSkipped prometheus.Counter
 	sessionDuration     prometheus.Histogram
 	sessionEvents       prometheus.Histogram
 	sessionBytes        prometheus.Histogram
-	panicsRecovered     prometheus.Counter
+	panicsRecovered     *counter
 	upstreamIDs         *prometheus.CounterVec
 	upstreamFailures    *prometheus.CounterVec
 	unanswered          prometheus.Counter
 	authRefusals        *prometheus.CounterVec
-	denials             *prometheus.CounterVec
-	listFiltered        *prometheus.CounterVec
-	pinned              *prometheus.CounterVec
-	deadlines           *prometheus.CounterVec
+	denials             *counterVec
+	listFiltered        *counterVec
+	pinned              *counterVec
+	deadlines           *counterVec
 	responseTooLarge    prometheus.Counter
-	audit               *prometheus.CounterVec
+	audit               *counterVec
 	reduced             *prometheus.GaugeVec
 }{
-	denials: prometheus.NewCounterVec(prometheus.CounterOpts{
+	denials: newCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "mcp", Name: "denials_total",
 		Help: "Messages the access rules denied, answered as unknown, by kind of target: tool, prompt, resource, method.",
-	}, []string{"kind"}),
-	listFiltered: prometheus.NewCounterVec(prometheus.CounterOpts{
+	}, "kind"),
+	listFiltered: newCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "mcp", Name: "list_items_filtered_total",
 		Help: "Items removed from list results, by reason: rule (the caller may not use it), pin (a pinned tool whose definition changed), error (a list result that could not be read, answered with an error).",
-	}, []string{"reason"}),
-	pinned: prometheus.NewCounterVec(prometheus.CounterOpts{
+	}, "reason"),
+	pinned: newCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "mcp", Name: "tool_pins_total",
 		Help: "Tool definitions checked against their pins: new (pinned now), changed (dropped or warned), skipped (an unchanged list not checked again at the degraded level).",
-	}, []string{"result"}),
-	deadlines: prometheus.NewCounterVec(prometheus.CounterOpts{
+	}, "result"),
+	deadlines: newCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "mcp", Name: "deadlines_total",
 		Help: "Requests whose deadline (request_timeout, a tool's timeout) passed, by where they were: waiting (no answer yet) or streaming.",
-	}, []string{"state"}),
+	}, "state"),
 	responseTooLarge: prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "mcp", Name: "responses_too_large_total",
 		Help: "Answers over max_response (or a list result over max_event_size) replaced by a JSON-RPC error.",
 	}),
-	audit: prometheus.NewCounterVec(prometheus.CounterOpts{
+	audit: newCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "mcp", Name: "audit_records_total",
 		Help: "Audit records by result: written, dropped (the queue was full), sampled_out (left out at the degraded or essential level).",
-	}, []string{"result"}),
+	}, "result"),
 	reduced: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: "caddy", Subsystem: "mcp", Name: "governance_reduced",
 		Help: "1 while the service level reduces a governance feature: audit (sampled at degraded, denials and errors only at essential), pin_checks (unchanged lists not checked at degraded).",
@@ -103,7 +103,7 @@ var metrics = struct {
 		Namespace: "caddy", Subsystem: "mcp", Name: "requests_in_flight",
 		Help: "MCP requests being proxied, streams included.",
 	}),
-	streamsActive: prometheus.NewGauge(prometheus.GaugeOpts{
+	streamsActive: newGauge(prometheus.GaugeOpts{
 		Namespace: "caddy", Subsystem: "mcp", Name: "streams_active",
 		Help: "SSE streams with a client attached.",
 	}),
@@ -117,7 +117,7 @@ var metrics = struct {
 		Help:    "Time admitted requests waited in the admission queue.",
 		Buckets: []float64{0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5},
 	}),
-	sessionsCreated: prometheus.NewCounter(prometheus.CounterOpts{
+	sessionsCreated: newCounter(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "mcp", Name: "sessions_created_total",
 		Help: "Upstream session ids sealed for clients.",
 	}),
@@ -125,35 +125,35 @@ var metrics = struct {
 		Namespace: "caddy", Subsystem: "mcp", Name: "session_errors_total",
 		Help: "Requests answered by the proxy for a session problem: missing (400), not found (404), session table or legacy answers full (503), client full (429).",
 	}, []string{"kind"}),
-	eventsRelayed: prometheus.NewCounter(prometheus.CounterOpts{
+	eventsRelayed: newCounter(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "mcp", Name: "events_relayed_total",
 		Help: "SSE events read from upstreams.",
 	}),
-	bytesRelayed: prometheus.NewCounter(prometheus.CounterOpts{
+	bytesRelayed: newCounter(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "mcp", Name: "relayed_bytes_total",
 		Help: "Bytes of SSE events read from upstreams.",
 	}),
-	keepalives: prometheus.NewCounter(prometheus.CounterOpts{
+	keepalives: newCounter(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "mcp", Name: "keepalives_total",
 		Help: "Keepalive comments sent on idle streams.",
 	}),
-	slowConsumers: prometheus.NewCounter(prometheus.CounterOpts{
+	slowConsumers: newCounter(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "mcp", Name: "slow_consumer_disconnects_total",
 		Help: "Streams closed because their client did not keep up.",
 	}),
-	oversized: prometheus.NewCounter(prometheus.CounterOpts{
+	oversized: newCounter(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "mcp", Name: "oversized_events_total",
 		Help: "Upstream streams closed for an event over max_event_size.",
 	}),
-	replay: prometheus.NewCounterVec(prometheus.CounterOpts{
+	replay: newCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "mcp", Name: "replay_requests_total",
 		Help: "Resumptions with Last-Event-ID: hit (answered from the replay ring) or miss (passed upstream).",
-	}, []string{"result"}),
-	streamsDrained: prometheus.NewCounter(prometheus.CounterOpts{
+	}, "result"),
+	streamsDrained: newCounter(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "mcp", Name: "streams_drained_total",
 		Help: "Streams closed with a retry hint because their config was unloaded.",
 	}),
-	cancelsSent: prometheus.NewCounter(prometheus.CounterOpts{
+	cancelsSent: newCounter(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "mcp", Name: "upstream_cancellations_total",
 		Help: "notifications/cancelled sent upstream for requests the proxy abandoned.",
 	}),
@@ -169,11 +169,11 @@ var metrics = struct {
 		Namespace: "caddy", Subsystem: "mcp", Name: "session_evictions_total",
 		Help: "Sessions evicted, by cause.",
 	}, []string{"cause"}),
-	backpressure: prometheus.NewCounter(prometheus.CounterOpts{
+	backpressure: newCounter(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "mcp", Name: "backpressure_total",
 		Help: "Memory reservations refused because a budget was full.",
 	}),
-	protectiveResets: prometheus.NewCounter(prometheus.CounterOpts{
+	protectiveResets: newCounter(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "mcp", Name: "protective_resets_total",
 		Help: "Streams closed by the protective level, largest first.",
 	}),
@@ -196,7 +196,7 @@ var metrics = struct {
 		Help:    "Bytes of SSE events relayed from upstreams per ended session.",
 		Buckets: sessionBytesBuckets,
 	}),
-	panicsRecovered: prometheus.NewCounter(prometheus.CounterOpts{
+	panicsRecovered: newCounter(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "mcp", Name: "panics_recovered_total",
 		Help: "Panics recovered in goroutines the proxy owns; each is logged at ERROR with its stack.",
 	}),
@@ -262,7 +262,7 @@ func (c *refusalCollector) Collect(ch chan<- prometheus.Metric) {
 // countEvent counts one relayed event of n bytes.
 func countEvent(n int) {
 	metrics.eventsRelayed.Inc()
-	metrics.bytesRelayed.Add(float64(n))
+	metrics.bytesRelayed.Add(uint64(n))
 }
 
 // streamHooks reports every stream's accounting to the metrics.

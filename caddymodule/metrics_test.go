@@ -41,10 +41,10 @@ func runRecovered(logger *zap.Logger, f func()) {
 func TestRecoverPanic(t *testing.T) {
 	core, logs := observer.New(zapcore.DebugLevel)
 	logger := zap.New(core)
-	before := counterValue(metrics.panicsRecovered)
+	before := metrics.panicsRecovered.Value()
 
 	runRecovered(logger, func() { panicHere("boom") })
-	if got := counterValue(metrics.panicsRecovered) - before; got != 1 {
+	if got := metrics.panicsRecovered.Value() - before; got != 1 {
 		t.Fatalf("panics_recovered_total moved by %v, want 1", got)
 	}
 	errs := logs.FilterLevelExact(zapcore.ErrorLevel).All()
@@ -61,7 +61,7 @@ func TestRecoverPanic(t *testing.T) {
 
 	runRecovered(logger, func() { panicHere(http.ErrAbortHandler) })
 	runRecovered(logger, func() {})
-	if got := counterValue(metrics.panicsRecovered) - before; got != 1 {
+	if got := metrics.panicsRecovered.Value() - before; got != 1 {
 		t.Errorf("panics_recovered_total moved by %v after an abort and a clean end, want 1", got)
 	}
 	if n := logs.FilterLevelExact(zapcore.ErrorLevel).Len(); n != 1 {
@@ -81,10 +81,10 @@ func TestTaskPanicRecovered(t *testing.T) {
 	root.SetPanicHandler(func(v any) { panicHook("task", v) })
 	session := resources.NewGroup(root)
 	defer session.Close()
-	before := counterValue(metrics.panicsRecovered)
+	before := metrics.panicsRecovered.Value()
 	session.Go(func(context.Context) { panicHere("pump") })
 	session.Wait()
-	if got := counterValue(metrics.panicsRecovered) - before; got != 1 {
+	if got := metrics.panicsRecovered.Value() - before; got != 1 {
 		t.Fatalf("panics_recovered_total moved by %v, want 1", got)
 	}
 	all := logs.All()
@@ -108,7 +108,7 @@ func TestRefreshTickRecovers(t *testing.T) {
 		}
 		applied.Add(1)
 	}
-	before := counterValue(metrics.panicsRecovered)
+	before := metrics.panicsRecovered.Value()
 	g := governor.New(hooks)
 	defer g.Close()
 	if err := g.Apply(governor.Settings{Refresh: time.Millisecond}); err != nil {
@@ -116,7 +116,7 @@ func TestRefreshTickRecovers(t *testing.T) {
 	}
 	armed.Store(true)
 	deadline := time.Now().Add(5 * time.Second)
-	for counterValue(metrics.panicsRecovered)-before < 1 {
+	for metrics.panicsRecovered.Value()-before < 1 {
 		if time.Now().After(deadline) {
 			t.Fatal("the panic was not counted")
 		}
@@ -128,7 +128,7 @@ func TestRefreshTickRecovers(t *testing.T) {
 		}
 		time.Sleep(time.Millisecond)
 	}
-	if got := counterValue(metrics.panicsRecovered) - before; got != 1 {
+	if got := metrics.panicsRecovered.Value() - before; got != 1 {
 		t.Fatalf("panics_recovered_total moved by %v, want 1", got)
 	}
 	all := logs.All()
