@@ -165,7 +165,7 @@ func (h *Handler) answerDenied(x *exchange) {
 		// client can resume them; so do these.
 		prefix := ""
 		if mcp.Resumable(x.r.Method, &x.call, x.res.session != nil, false) {
-			prefix = newIDPrefix()
+			prefix = sse.NewIDPrefix()
 		}
 		var buf []byte
 		for i, a := range answers {

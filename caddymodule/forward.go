@@ -4,13 +4,13 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
-	"strings"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
 	"github.com/mcpgate/mcpgate/mcp"
 	"github.com/mcpgate/mcpgate/resources"
+	"github.com/mcpgate/mcpgate/sse"
 )
 
 // resume answers a GET with Last-Event-ID from the stream the proxy still
@@ -32,7 +32,7 @@ func (h *Handler) resume(x *exchange) bool {
 		return true
 	}
 	replayMisses.Inc()
-	if strings.HasPrefix(last, proxyIDMarker) {
+	if sse.IsProxyID(last) {
 		r.Header.Del(mcp.HeaderLastEventID)
 	}
 	return false

@@ -113,7 +113,7 @@ func (h *Handler) newLegacyLink(st *relayState, rewrite func(*sse.Event) []byte)
 func (h *Handler) linkLegacy(st *relayState, l *legacyLink, stream *sse.Stream) {
 	l.stream = stream
 	st.mu.Lock()
-	key := sessionKey(st.legacyUpstream, st.legacyID)
+	key := mcp.SessionKey(st.legacyUpstream, st.legacyID)
 	end := st.legacyEnd
 	st.legacyEnd = func() {
 		legacyLinks.remove(key, l)
@@ -260,7 +260,7 @@ func (l *legacyLink) answer(ev *sse.Event) []byte {
 // on request id of x's legacy session: notifications/cancelled, posted to
 // the session's upstream endpoint as x was, in the process's task group.
 func (h *Handler) legacyCanceller(x *exchange, id string) func(reason string) {
-	hdr := cancelHeaders(x.r.Header)
+	hdr := mcp.CancelHeaders(x.r.Header)
 	path := x.r.URL.EscapedPath()
 	if q := x.r.URL.RawQuery; q != "" {
 		path += "?" + q

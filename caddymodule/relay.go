@@ -2,8 +2,6 @@ package caddymodule
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/base64"
 	"errors"
 	"io"
 	"net/http"
@@ -21,10 +19,6 @@ import (
 
 // varRelay holds the request's *relayState for the transport wrapper.
 const varRelay = "mcp.relay"
-
-// proxyIDMarker starts every event id the proxy assigns, so a
-// Last-Event-ID the upstream never issued is not passed to it.
-const proxyIDMarker = "mcpgate-"
 
 // relayState links one proxied request with the transport wrapper: the
 // wrapper detaches the upstream request from the client's cancellation
@@ -224,7 +218,7 @@ func (st *relayState) sendCancelled(reason string) {
 	if r == nil || !sent || first.ID == "" || first.Method == "initialize" || st.call.Era == mcp.EraStateless || st.res.session == nil {
 		return
 	}
-	hdr := cancelHeaders(r.Header)
+	hdr := mcp.CancelHeaders(r.Header)
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 5*time.Second)
 	defer cancel()
 	body := mcp.CancelledBody(first.ID, reason)
@@ -233,19 +227,6 @@ func (st *relayState) sendCancelled(reason string) {
 		return
 	}
 	metrics.cancelsSent.Inc()
-}
-
-// cancelHeaders returns the headers of a notifications/cancelled the
-// proxy posts for a client request with headers h: the client's own, for
-// a body of the proxy's.
-func cancelHeaders(h http.Header) http.Header {
-	hdr := h.Clone()
-	for _, k := range []string{"Content-Length", "Transfer-Encoding", mcp.HeaderLastEventID} {
-		hdr.Del(k)
-	}
-	hdr.Set("Content-Type", "application/json")
-	hdr.Set("Accept", "application/json, text/event-stream")
-	return hdr
 }
 
 // clientWriter adapts the client's response writer for the relay.
@@ -282,7 +263,7 @@ func (h *Handler) streamConfig(st *relayState, legacy bool) sse.StreamConfig {
 	}
 	if st.resumable {
 		cfg.ReplayEvents, cfg.ReplayBytes, cfg.ReplayAge = h.replayEvents, h.replayBytes, h.replayAge
-		cfg.IDPrefix = newIDPrefix()
+		cfg.IDPrefix = sse.NewIDPrefix()
 	}
 	if legacy {
 		cfg.Rewrite = st.rewriteLegacyEndpoint()
@@ -307,13 +288,6 @@ func (h *Handler) retryHint(call *mcp.Call, res resolution) time.Duration {
 		return h.retry
 	}
 	return -1
-}
-
-// newIDPrefix returns a fresh per-stream prefix for proxy-assigned ids.
-func newIDPrefix() string {
-	var b [9]byte
-	_, _ = rand.Read(b[:])
-	return proxyIDMarker + base64.RawURLEncoding.EncodeToString(b[:]) + "-"
 }
 
 // rewriteLegacyEndpoint returns the hook that rewrites the first
@@ -432,11 +406,4 @@ func (h *Handler) serveResume(w http.ResponseWriter, r *http.Request, stream *ss
 	defer stop()
 	_ = att.Wait(r.Context())
 	return nil
-}
-
-// sessionKey names a session in the session and stream registries: the
-// upstream and the upstream's own session id, which every token of the
-// session shares.
-func sessionKey(upstream, upstreamID string) string {
-	return upstream + " " + upstreamID
 }

@@ -84,7 +84,7 @@ func (h *Handler) resolveLegacy(r *http.Request, call *mcp.Call, tok, rest, prin
 	r.URL.RawQuery = query
 	r.RequestURI = ""
 	call.Era = mcp.EraLegacy
-	return resolution{session: sess, token: tok, pinned: sess.Upstream, key: sessionKey(sess.Upstream, sess.UpstreamID)}, nil
+	return resolution{session: sess, token: tok, pinned: sess.Upstream, key: mcp.SessionKey(sess.Upstream, sess.UpstreamID)}, nil
 }
 
 // resolveSession opens a Mcp-Session-Id token; the upstream gets its own
@@ -104,7 +104,7 @@ func (h *Handler) resolveSession(r *http.Request, call *mcp.Call, tok, principal
 		call.Era = era
 	}
 	r.Header.Set(mcp.HeaderSessionID, sess.UpstreamID)
-	return resolution{session: sess, token: tok, pinned: sess.Upstream, key: sessionKey(sess.Upstream, sess.UpstreamID)}, nil
+	return resolution{session: sess, token: tok, pinned: sess.Upstream, key: mcp.SessionKey(sess.Upstream, sess.UpstreamID)}, nil
 }
 
 // checkBatch refuses a batch where the request's version, or else its
@@ -167,7 +167,7 @@ func (h *Handler) open(tok string, kind mcp.TokenKind, id, principal string) (*m
 	if err == nil && !h.sealer.Bound(sess, principal) {
 		metrics.sessionRefusals.WithLabelValues("principal").Inc()
 		h.logger.Warn("session presented by another principal than its own; answered as unknown",
-			zap.String("session", sessionID(sessionKey(sess.Upstream, sess.UpstreamID))), zap.String("principal", principal))
+			zap.String("session", sessionID(mcp.SessionKey(sess.Upstream, sess.UpstreamID))), zap.String("principal", principal))
 		return nil, mcp.Refuse(http.StatusNotFound, mcp.CodeSessionNotFound, id, "session not found")
 	}
 	if err != nil {

@@ -159,8 +159,8 @@ func (st *relayState) deleteUpstreamSession(req *http.Request, sid string) {
 func (h *Handler) openSession(st *relayState, req *http.Request, upstream, sid, version string) error {
 	g := h.app.global
 	info := resources.SessionInfo{
-		Key: sessionKey(upstream, sid), Upstream: upstream, Version: version, UpstreamID: sid,
-		ClientKey: st.clientKey, Endpoint: boundedPath(st.r), Host: boundedHost(st.r.Host),
+		Key: mcp.SessionKey(upstream, sid), Upstream: upstream, Version: version, UpstreamID: sid,
+		ClientKey: st.clientKey, Endpoint: mcp.SessionEndpoint(st.r), Host: mcp.SessionHost(st.r.Host),
 	}
 	_, err := g.Sessions().Open(info, time.Now(), g.Level() == admission.LevelProtective)
 	if errors.Is(err, resources.ErrExists) {
@@ -200,7 +200,7 @@ func (st *relayState) openLegacy(req *http.Request) bool {
 	_, _ = rand.Read(b[:])
 	id := "legacy-" + base64.RawURLEncoding.EncodeToString(b[:])
 	info := resources.SessionInfo{
-		Key: sessionKey(upstream, id), Upstream: upstream, Version: mcp.Version20241105, UpstreamID: id,
+		Key: mcp.SessionKey(upstream, id), Upstream: upstream, Version: mcp.Version20241105, UpstreamID: id,
 		ClientKey: st.clientKey,
 	}
 	s, err := g.Sessions().Open(info, time.Now(), g.Level() == admission.LevelProtective)

@@ -36,7 +36,7 @@ func (h *Handler) trackSession(r *http.Request, call *mcp.Call, res resolution, 
 		var err error
 		s, err = g.Sessions().Open(resources.SessionInfo{
 			Key: res.key, Upstream: res.session.Upstream, Version: res.session.Version, UpstreamID: res.session.UpstreamID,
-			ClientKey: clientKey, Endpoint: boundedPath(r), Host: boundedHost(r.Host),
+			ClientKey: clientKey, Endpoint: mcp.SessionEndpoint(r), Host: mcp.SessionHost(r.Host),
 		}, time.Now(), level == admission.LevelProtective)
 		if errors.Is(err, resources.ErrExists) {
 			s, ok = g.Sessions().Get(res.key)
@@ -74,28 +74,6 @@ func sessionTableRefusal(err error, id string) *mcp.Refusal {
 	metrics.sessionRefusals.WithLabelValues("full").Inc()
 	return mcp.Refuse(http.StatusServiceUnavailable, mcp.CodeServerError, id,
 		"session limit reached, retry after "+levelRetryAfter+"s")
-}
-
-// maxStoredHost bounds the Host a session keeps for its DELETE.
-const maxStoredHost = 255
-
-// boundedHost is a Host header as a session keeps it: empty when longer
-// than a host name can be (the DELETE then goes with the upstream's).
-func boundedHost(host string) string {
-	if len(host) > maxStoredHost {
-		return ""
-	}
-	return host
-}
-
-// boundedPath is a request's path as a session keeps it for its DELETE,
-// empty when longer than a token may carry.
-func boundedPath(r *http.Request) string {
-	p := r.URL.EscapedPath()
-	if len(p) > mcp.MaxEndpoint {
-		return ""
-	}
-	return p
 }
 
 // streamHooksFor returns the accounting hooks of one stream: bytes are

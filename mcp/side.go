@@ -110,3 +110,45 @@ func ResponseID(data []byte) (id []byte, ok bool, err error) {
 		}
 	}
 }
+
+// CancelHeaders returns the headers of a notifications/cancelled the proxy
+// posts for a client request that had header h: the client's own (its
+// session, version and credentials), for a JSON body of the proxy's.
+func CancelHeaders(h http.Header) http.Header {
+	hdr := h.Clone()
+	for _, k := range []string{"Content-Length", "Transfer-Encoding", HeaderLastEventID} {
+		hdr.Del(k)
+	}
+	hdr.Set("Content-Type", "application/json")
+	hdr.Set("Accept", "application/json, text/event-stream")
+	return hdr
+}
+
+// SessionKey names a session in the proxy's registries: its upstream and
+// the upstream's own session id, which every token of the session shares.
+func SessionKey(upstream, upstreamID string) string {
+	return upstream + " " + upstreamID
+}
+
+// maxSessionHost bounds the Host a session keeps for its DELETE.
+const maxSessionHost = 255
+
+// SessionHost is a Host header as a session keeps it for its DELETE:
+// empty when longer than a host name can be (the DELETE then goes with
+// the upstream's).
+func SessionHost(host string) string {
+	if len(host) > maxSessionHost {
+		return ""
+	}
+	return host
+}
+
+// SessionEndpoint is the path of request r as a session keeps it for its
+// DELETE, empty when longer than a token may carry (MaxEndpoint).
+func SessionEndpoint(r *http.Request) string {
+	p := r.URL.EscapedPath()
+	if len(p) > MaxEndpoint {
+		return ""
+	}
+	return p
+}

@@ -3,6 +3,8 @@ package mcp
 import (
 	"encoding/json"
 	"errors"
+	"net/http"
+	"strings"
 	"testing"
 )
 
@@ -51,6 +53,37 @@ func TestSideHelpers(t *testing.T) {
 	}
 	if len(SideHeaders("", "")) != 0 {
 		t.Error("empty SideHeaders has headers")
+	}
+	client := http.Header{}
+	for k, v := range map[string]string{
+		"Content-Length": "12", "Transfer-Encoding": "chunked", HeaderLastEventID: "7", "Content-Type": "text/plain",
+		"Accept": "text/event-stream", HeaderSessionID: "sid", "Authorization": "Bearer t",
+	} {
+		client.Set(k, v)
+	}
+	c := CancelHeaders(client)
+	if c.Get("Content-Length") != "" || c.Get("Transfer-Encoding") != "" || c.Get(HeaderLastEventID) != "" ||
+		c.Get("Content-Type") != "application/json" || c.Get("Accept") != "application/json, text/event-stream" ||
+		c.Get(HeaderSessionID) != "sid" || c.Get("Authorization") != "Bearer t" {
+		t.Errorf("CancelHeaders: %v", c)
+	}
+	if client.Get("Content-Length") != "12" || client.Get("Content-Type") != "text/plain" {
+		t.Error("CancelHeaders changed the client's headers")
+	}
+	if SessionKey("a:1", "x") == SessionKey("a:1x", "") || SessionKey("a", "b c") != SessionKey("a", "b c") {
+		t.Error("SessionKey")
+	}
+	long := strings.Repeat("h", maxSessionHost+1)
+	if SessionHost("example.com") != "example.com" || SessionHost(long) != "" {
+		t.Error("SessionHost")
+	}
+	r, _ := http.NewRequest(http.MethodPost, "http://x/a%20b/mcp", nil)
+	if SessionEndpoint(r) != "/a%20b/mcp" {
+		t.Errorf("SessionEndpoint %q", SessionEndpoint(r))
+	}
+	r, _ = http.NewRequest(http.MethodPost, "http://x/"+strings.Repeat("p", MaxEndpoint), nil)
+	if SessionEndpoint(r) != "" {
+		t.Error("SessionEndpoint kept a path over MaxEndpoint")
 	}
 }
 

@@ -2051,3 +2051,13 @@ func TestStreamInject(t *testing.T) {
 	}
 	rc.check(t, s)
 }
+
+func TestIDPrefix(t *testing.T) {
+	a, b := NewIDPrefix(), NewIDPrefix()
+	if a == b || !IsProxyID(a+"1") || !IsProxyID(b) || IsProxyID("42") || IsProxyID("") {
+		t.Fatalf("prefixes %q %q", a, b)
+	}
+	if strings.ContainsAny(a, "\r\n :") {
+		t.Fatalf("prefix %q holds a byte an SSE id line or a Last-Event-ID cannot", a)
+	}
+}
