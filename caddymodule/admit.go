@@ -130,7 +130,7 @@ func (h *Handler) admitExchange(x *exchange) *mcp.Refusal {
 	x.clientKey = h.clientKeyOf(r)
 	x.level = g.Level()
 	id := call.First().ID
-	opens := mcp.OpensSession(r.Method, call, x.res.session != nil)
+	opens := mcp.OpensSession(r.Method, call, x.res.Session != nil)
 	if ok, why := x.level.Admits(mcp.Finishing(r.Method, call), opens); !ok {
 		g.Refusals().Add(admission.ReasonLevel)
 		x.w.Header().Set("Retry-After", levelRetryAfter)
@@ -139,7 +139,7 @@ func (h *Handler) admitExchange(x *exchange) *mcp.Refusal {
 	if opens {
 		if err := admission.RoomForSession(g.Sessions(), x.clientKey, x.level == admission.LevelProtective); err != nil {
 			x.w.Header().Set("Retry-After", levelRetryAfter)
-			return sessionTableRefusal(err, id)
+			return h.relay.SessionTableRefusal(err, id)
 		}
 	}
 	sess, end, ref := h.trackSession(r, call, x.res, x.clientKey, x.level)
@@ -170,7 +170,7 @@ func (h *Handler) admitExchange(x *exchange) *mcp.Refusal {
 func (h *Handler) admit(x *exchange) (release func(status int), _ *mcp.Refusal) {
 	r, call := x.r, &x.call
 	if r.Method == http.MethodGet {
-		if mcp.OpensLegacyStream(r.Method, call, x.res.session != nil) {
+		if mcp.OpensLegacyStream(r.Method, call, x.res.Session != nil) {
 			if refusal := h.ctrl.AllowNewSession(x.clientKey); refusal != nil {
 				return nil, h.refuseAdmission(x.w, call, refusal)
 			}
@@ -178,13 +178,13 @@ func (h *Handler) admit(x *exchange) (release func(status int), _ *mcp.Refusal) 
 		return h.admitStream(x)
 	}
 	req := admission.Request{
-		InSession:  x.res.session != nil,
-		NewSession: x.res.session == nil && call.IsInitialize(),
+		InSession:  x.res.Session != nil,
+		NewSession: x.res.Session == nil && call.IsInitialize(),
 		ClientKey:  x.clientKey,
 	}
 	requestOf(call, &req)
-	if x.res.session != nil && h.SessionMaxInflight > 0 {
-		req.SessionKey = x.res.key
+	if x.res.Session != nil && h.SessionMaxInflight > 0 {
+		req.SessionKey = x.res.Key
 	}
 	t, refusal, waited := h.ctrl.Admit(r.Context(), &req)
 	if refusal != nil {

@@ -11,7 +11,6 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/mcpgate/mcpgate/admission"
-	"github.com/mcpgate/mcpgate/mcp"
 	"github.com/mcpgate/mcpgate/policy"
 )
 
@@ -202,11 +201,11 @@ func (h *Handler) audit(x *exchange, out *countingWriter) {
 			rec.Kind, rec.Target = kind.String(), target
 		}
 	}
-	if x.res.session != nil {
-		rec.Session = sessionID(x.res.key)
+	if x.res.Session != nil {
+		rec.Session = sessionID(x.res.Key)
 	}
 	if x.st != nil {
-		rec.Upstream = x.st.upstreamAddr()
+		rec.Upstream = x.st.UpstreamAddr()
 	}
 	if x.body.Whole != nil {
 		rec.BytesIn = int64(len(x.body.Whole))
@@ -230,14 +229,6 @@ func (h *Handler) audit(x *exchange, out *countingWriter) {
 	} else {
 		metrics.audit.WithLabelValues("dropped").Inc()
 	}
-}
-
-// refusalCode is the JSON-RPC code of a refusal, for the audit record.
-func refusalCode(ref *mcp.Refusal) int {
-	if ref == nil {
-		return 0
-	}
-	return ref.Code
 }
 
 // governanceStatus is the governance part of /mcp/status.

@@ -2,7 +2,6 @@ package caddymodule
 
 import (
 	"bytes"
-	"errors"
 	"io"
 	"net/http"
 	"strconv"
@@ -11,7 +10,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/mcpgate/mcpgate/mcp"
-	"github.com/mcpgate/mcpgate/policy"
+	"github.com/mcpgate/mcpgate/relay"
 	"github.com/mcpgate/mcpgate/sse"
 )
 
@@ -149,7 +148,7 @@ func (h *Handler) answerDenied(x *exchange) {
 		w.WriteHeader(http.StatusAccepted)
 		return
 	}
-	if link := h.legacyLinkOf(x); link != nil && link.send(answers) {
+	if relay.SendOnLegacyStream(x.res, answers) {
 		// A legacy session's answers go on its stream.
 		w.WriteHeader(http.StatusAccepted)
 		return
@@ -159,12 +158,12 @@ func (h *Handler) answerDenied(x *exchange) {
 	if (h.gov.sseAnswers.Load() || !strings.Contains(accept, "application/json")) && strings.Contains(accept, "text/event-stream") {
 		hdr.Set("Content-Type", "text/event-stream")
 		hdr.Set("Cache-Control", "no-cache")
-		h.gov.answerHeadersFor(hdr, true, x.res.token)
+		h.gov.answerHeadersFor(hdr, true, x.res.Token)
 		w.WriteHeader(http.StatusOK)
 		// A relayed answer's events carry the proxy's ids where the
 		// client can resume them; so do these.
 		prefix := ""
-		if mcp.Resumable(x.r.Method, &x.call, x.res.session != nil, false) {
+		if mcp.Resumable(x.r.Method, &x.call, x.res.Session != nil, false) {
 			prefix = sse.NewIDPrefix()
 		}
 		var buf []byte
@@ -183,58 +182,8 @@ func (h *Handler) answerDenied(x *exchange) {
 		body = mcp.AppendBatch(nil, answers)
 	}
 	hdr.Set("Content-Type", "application/json")
-	h.gov.answerHeadersFor(hdr, false, x.res.token)
+	h.gov.answerHeadersFor(hdr, false, x.res.Token)
 	hdr.Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(body)
-}
-
-// spliceAnswers adds the errors of a batch's denied requests to the
-// upstream's answer to the rest: into a JSON array, as events at the end of
-// an SSE answer (see the batch's stream hooks), or, when the rest held no
-// request (the upstream answered 202), as the whole answer.
-func (st *relayState) spliceAnswers(resp *http.Response) *http.Response {
-	if resp.StatusCode == http.StatusAccepted {
-		body := mcp.AppendBatch(nil, st.spliced)
-		if resp.Body != nil {
-			_ = resp.Body.Close()
-		}
-		resp.StatusCode, resp.Status = http.StatusOK, "200 OK"
-		resp.Header.Set("Content-Type", "application/json")
-		resp.Header.Set("Content-Length", strconv.Itoa(len(body)))
-		resp.Body = io.NopCloser(bytes.NewReader(body))
-		resp.ContentLength = int64(len(body))
-		return resp
-	}
-	if resp.StatusCode != http.StatusOK || !mcp.IsJSON(resp.Header.Get("Content-Type")) || resp.Body == nil {
-		return resp
-	}
-	limit := st.h.maxEvent
-	raw, _, err := mcp.ReadHead(resp.Body, limit+1)
-	_ = resp.Body.Close()
-	var body []byte
-	if err == nil && int64(len(raw)) <= limit {
-		body, err = policy.SpliceAnswers(raw, st.spliced)
-	} else if err == nil {
-		err = errors.New("the batch answer exceeds max_event_size")
-	}
-	if err != nil {
-		return st.replaceResponse(resp, http.StatusBadGateway, mcp.CodeInternalError, "the upstream's batch answer could not be read")
-	}
-	resp.Body = io.NopCloser(bytes.NewReader(body))
-	resp.ContentLength = int64(len(body))
-	resp.Header.Set("Content-Length", strconv.Itoa(len(body)))
-	return resp
-}
-
-// splicedFinal returns the stream hook that ends a batch's SSE answer with
-// the errors of its denied requests.
-func (st *relayState) splicedFinal() func(error) []byte {
-	return func(error) []byte {
-		var out []byte
-		for _, a := range st.spliced {
-			out = sse.AppendEvent(out, "", "message", a)
-		}
-		return out
-	}
 }

@@ -2,9 +2,9 @@
 // types (mcp_proxy, its mcp_relay transport and mcp_session policy, the
 // mcp app, mcp_health, mcp_connections, the admin routes), Caddyfile
 // parsing, provisioning, metrics registration and Caddy events. The
-// protocol, access policy, authentication, streaming, admission and
-// resource logic lives in the packages mcp, policy, auth, sse, h1stream,
-// admission, resources and governor.
+// protocol, access policy, authentication, relaying, streaming, admission
+// and resource logic lives in the packages mcp, policy, auth, relay, sse,
+// h1stream, admission, resources and governor.
 //
 // # A request through mcp_proxy
 //
@@ -12,8 +12,10 @@
 // origin, its MCP headers, the peek of its body), resolve its session
 // from the sealed token, apply the access rules (policy), admit it
 // (service level, session table, limits) and forward it through the
-// embedded reverse_proxy, whose mcp_relay transport seals session ids in
-// the answer, filters list results and hands SSE bodies to the relay.
+// embedded reverse_proxy, whose mcp_relay transport hands each attempt
+// and its answer to the request's relay.State (package relay: session ids
+// sealed in the answer, list results filtered, deadlines, SSE bodies
+// relayed to the client).
 //
 // # The admission queue
 //

@@ -13,6 +13,7 @@ import (
 	"github.com/mcpgate/mcpgate/admission"
 	"github.com/mcpgate/mcpgate/mcp"
 	"github.com/mcpgate/mcpgate/policy"
+	"github.com/mcpgate/mcpgate/relay"
 	"github.com/mcpgate/mcpgate/resources"
 )
 
@@ -38,7 +39,7 @@ type exchange struct {
 	release    func(status int)
 	status     int
 	once       sync.Once
-	st         *relayState
+	st         *relay.State
 
 	// For the access rules and the audit record: who sends the request,
 	// its denied messages, the decision and the rule that made it, the
@@ -196,7 +197,7 @@ func (x *exchange) over() {
 // maybeOver ends the request when the handler returns, unless a detached
 // pump still reads its upstream and ends it later.
 func (x *exchange) maybeOver() {
-	if x.st == nil || !x.st.isDetached() {
+	if x.st == nil || !x.st.IsDetached() {
 		x.over()
 	}
 }

@@ -76,17 +76,17 @@ func setCallFacts(r *http.Request, call *mcp.Call) {
 // attribute): a short stable hash of it, the id /mcp/sessions shows, never
 // its token; and the session's version when the request named none.
 func setSessionFacts(r *http.Request, res resolution) {
-	if res.session == nil {
+	if res.Session == nil {
 		return
 	}
 	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	if repl == nil {
 		return
 	}
-	id := sessionID(res.key)
+	id := sessionID(res.Key)
 	repl.Set(phSession, id)
-	if _, ok := repl.Get(phVersion); !ok && res.session.Version != "" {
-		repl.Set(phVersion, res.session.Version)
+	if _, ok := repl.Get(phVersion); !ok && res.Session.Version != "" {
+		repl.Set(phVersion, res.Session.Version)
 	}
 	if span := trace.SpanFromContext(r.Context()); span.IsRecording() {
 		span.SetAttributes(attribute.String("mcp.session.id", id))

@@ -19,16 +19,16 @@ import (
 // upstream opens a fresh stream.
 func (h *Handler) resume(x *exchange) bool {
 	r, res := x.r, x.res
-	if r.Method != http.MethodGet || res.session == nil || res.session.Kind != mcp.TokenSession {
+	if r.Method != http.MethodGet || res.Session == nil || res.Session.Kind != mcp.TokenSession {
 		return false
 	}
 	last := r.Header.Get(mcp.HeaderLastEventID)
 	if last == "" {
 		return false
 	}
-	if stream := h.app.global.Resume().Find(res.key, last); stream != nil {
+	if stream := h.app.global.Resume().Find(res.Key, last); stream != nil {
 		replayHits.Inc()
-		_ = h.serveResume(x.w, r, stream, last, h.retryHint(&x.call, res), x.sess)
+		_ = h.relay.ServeResume(x.w, r, stream, last, h.relay.RetryHint(&x.call, res), x.sess)
 		return true
 	}
 	replayMisses.Inc()
@@ -48,71 +48,55 @@ func (h *Handler) resume(x *exchange) bool {
 // sent; 400, 408 or 413 when the streamed body was aborted.
 func (h *Handler) forward(x *exchange, next caddyhttp.Handler) error {
 	r := x.r
-	st := newRelayState(h, x.w, r, &x.call, x.res)
+	st := h.relay.NewState(x.w, r, &x.call, x.res)
 	x.st = st
-	st.whole = x.body.Whole
-	st.session, st.over, st.clientKey, st.principal = x.sess, x.over, x.clientKey, x.principal
-	st.subject, st.spliced = x.subject, x.spliced
-	if st.subject == nil && h.gov.filters() {
-		st.subject = newSubject(r, x.principal, h.gov.matchers)
+	st.Whole = x.body.Whole
+	st.Session, st.Over, st.ClientKey, st.Principal = x.sess, x.over, x.clientKey, x.principal
+	st.Spliced = x.spliced
+	if x.subject != nil {
+		st.Subject = x.subject
+	} else if h.gov.filters() {
+		st.Subject = newSubject(r, x.principal, h.gov.matchers)
 	}
-	link := h.legacyLinkOf(x)
-	if link != nil {
-		// The answers come on the session's stream (see legacy.go).
-		awaited, ref := link.expect(x, st, h.deadlineFor(r, &x.call))
-		if ref != nil {
-			return x.refuse(h, ref)
-		}
-		if len(st.spliced) > 0 && link.send(st.spliced) {
-			st.spliced = nil
-		}
-		defer func() {
-			// Only a POST the upstream accepted (202) is answered on the
-			// stream.
-			if len(awaited) > 0 && !(st.responded && (st.status == http.StatusAccepted || st.status == http.StatusNoContent)) {
-				link.awaiting.Forget(awaited)
-			}
-		}()
-	} else if d := h.deadlineFor(r, &x.call); d > 0 {
-		st.startDeadline(d, h.maxTimeout)
+	if orig, ok := r.Context().Value(caddyhttp.OriginalRequestCtxKey).(http.Request); ok && orig.URL != nil && r.Method == http.MethodGet {
+		st.RoutePrefix = mcp.StrippedPrefix(orig.URL.Path, r.URL.Path)
 	}
+	armed, ref := st.Arm(h.deadlineFor(r, &x.call))
+	if ref != nil {
+		return x.refuse(h, ref)
+	}
+	defer armed()
 	caddyhttp.SetVar(r.Context(), varRelay, st)
-	defer st.handlerDone()
+	defer st.HandlerDone()
 	var err error
 	if r.Method == http.MethodGet {
 		err = h.proxyShallow(x.w, r, next)
 	} else {
-		var w http.ResponseWriter = x.w
-		if st.deadline != nil {
-			w = &deadlineWriter{ResponseWriter: x.w, st: st}
-		}
-		err = h.proxy.ServeHTTP(w, r, next)
+		err = h.proxy.ServeHTTP(st.Writer(x.w), r, next)
 	}
-	if st.responded {
-		x.status = st.status
-	} else if st.isExpired() {
-		ref := st.timeoutRefusal()
+	status, responded := st.Response()
+	if responded {
+		x.status = status
+	} else if st.IsExpired() {
+		ref := st.TimeoutRefusal()
 		x.status, x.code = ref.Status, ref.Code
 		return h.refuse(x.w, ref)
 	}
 	if err != nil {
 		x.status = http.StatusBadGateway
-		if !st.responded {
+		if !responded {
 			ref := h.upstreamFailure(x, err)
 			x.status, x.code = ref.Status, ref.Code
 			return h.refuse(x.w, ref)
 		}
 	}
-	st.mu.Lock()
-	sseBody := st.body
-	st.mu.Unlock()
-	if sseBody != nil {
-		h.relay(x.w, st, sseBody)
+	if body := st.StreamBody(); body != nil {
+		h.relay.Relay(x.w, st, body)
 		return nil
 	}
-	if r.Method == http.MethodDelete && x.res.session != nil && st.responded && st.status >= 200 && st.status < 300 {
-		h.app.global.Resume().Forget(x.res.key)
-		h.app.global.Sessions().Remove(x.res.key, resources.CauseDeleted)
+	if r.Method == http.MethodDelete && x.res.Session != nil && responded && status >= 200 && status < 300 {
+		h.app.global.Resume().Forget(x.res.Key)
+		h.app.global.Sessions().Remove(x.res.Key, resources.CauseDeleted)
 	}
 	return err
 }
@@ -136,7 +120,7 @@ func (h *Handler) upstreamFailure(x *exchange, err error) *mcp.Refusal {
 		status = he.StatusCode
 	}
 	var dial reverseproxy.DialError
-	if x.res.pinned != "" && errors.As(err, &dial) {
+	if x.res.Pinned != "" && errors.As(err, &dial) {
 		metrics.upstreamFailures.WithLabelValues("pinned_unreachable").Inc()
 		retry := strconv.Itoa(h.downRetryAfter)
 		x.w.Header().Set("Retry-After", retry)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/mcpgate/mcpgate/admission"
 	"github.com/mcpgate/mcpgate/mcp"
+	"github.com/mcpgate/mcpgate/relay"
 	"github.com/mcpgate/mcpgate/sse"
 )
 
@@ -358,31 +359,24 @@ type Handler struct {
 	upstreams   map[string]struct{} // static dial addresses; nil with dynamic upstreams
 	logger      *zap.Logger
 	requireSess bool
-	handoff     bool
-	lifetime    time.Duration
 	body        mcp.BodyLimits
 	now         func() time.Time
 	transport   *RelayTransport
+	relayCfg    relay.Config
+	relay       *relay.Proxy
 	registered  bool // listed for side requests, see registerUpstreams
 
-	maxEvent                int64
-	queueEvents             int
-	queueBytes              int64
-	writeTimeout, keepalive time.Duration
-	replayEvents            int
-	replayBytes             int64
-	replayAge, retry, drain time.Duration
-	streams                 *sse.StreamSet
-	app                     *App
-	ctrl                    *admission.Controller
-	streamSlots             admission.StreamSlots
-	clientKey               string
-	principal               string
-	gov                     *governance
-	auditor                 *auditor
-	requestTimeout          time.Duration
-	maxTimeout              time.Duration
-	ipv6Prefix              int
+	drain          time.Duration
+	streams        *sse.StreamSet
+	app            *App
+	ctrl           *admission.Controller
+	streamSlots    admission.StreamSlots
+	clientKey      string
+	principal      string
+	gov            *governance
+	auditor        *auditor
+	requestTimeout time.Duration
+	ipv6Prefix     int
 	// downRetryAfter is the Retry-After, in seconds, of a request whose
 	// pinned upstream cannot be reached: how long a health check keeps
 	// an upstream marked down.

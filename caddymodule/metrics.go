@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/mcpgate/mcpgate/relay"
 	"github.com/mcpgate/mcpgate/sse"
 )
 
@@ -257,6 +258,21 @@ func (c *refusalCollector) Collect(ch chan<- prometheus.Metric) {
 	for reason, n := range g.RefusalsByReason() {
 		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(n), reason)
 	}
+}
+
+// relayMetrics are the counts of every handler's relay.
+var relayMetrics = &relay.Metrics{
+	CancelSent:       metrics.cancelsSent.Inc,
+	ResponseTooLarge: metrics.responseTooLarge.Inc,
+	Backpressure:     metrics.backpressure.Inc,
+	ListUnreadable:   func() { metrics.listFiltered.WithLabelValues("error").Inc() },
+	Unanswered:       metrics.unanswered.Inc,
+	SessionCreated:   metrics.sessionsCreated.Inc,
+	StreamOpened:     metrics.streamsActive.Inc,
+	StreamClosed:     metrics.streamsActive.Dec,
+	Deadline:         func(state string) { metrics.deadlines.WithLabelValues(state).Inc() },
+	SessionRefused:   func(kind string) { metrics.sessionRefusals.WithLabelValues(kind).Inc() },
+	UpstreamID:       func(result string) { metrics.upstreamIDs.WithLabelValues(result).Inc() },
 }
 
 // countEvent counts one relayed event of n bytes.

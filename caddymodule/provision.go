@@ -12,6 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
 	"github.com/mcpgate/mcpgate/mcp"
+	"github.com/mcpgate/mcpgate/relay"
 	"github.com/mcpgate/mcpgate/sse"
 )
 
@@ -45,13 +46,14 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.provisionGovernance(ctx); err != nil {
 		return err
 	}
-	h.requestTimeout, h.maxTimeout = time.Duration(h.RequestTimeout), time.Duration(h.MaxTimeout)
+	h.requestTimeout = time.Duration(h.RequestTimeout)
 	if h.MaxResponse < 0 {
 		return fmt.Errorf("max_response %d: want a size", h.MaxResponse)
 	}
 	if err := h.loadProxy(ctx); err != nil {
 		return err
 	}
+	h.provisionRelay()
 	h.watchStop(ctx)
 	h.registerUpstreams()
 	h.registered = true
@@ -89,22 +91,23 @@ func (h *Handler) loadProxy(ctx caddy.Context) error {
 // setDefaults sets the session, body and stream settings from the config,
 // each to its default where the config leaves it unset.
 func (h *Handler) setDefaults() {
-	h.lifetime = time.Duration(h.SessionLifetime)
-	if h.lifetime <= 0 {
-		h.lifetime = defaultSessionLifetime
-	}
 	h.requireSess = h.RequireSession == nil || *h.RequireSession
-	h.handoff = h.StreamHandoff == nil || *h.StreamHandoff
-	h.maxEvent = orDefault(h.MaxEventSize, defaultMaxEvent)
-	h.queueEvents = orDefault(h.StreamBufferEvents, defaultQueueEvents)
-	h.queueBytes = orDefault(h.StreamBufferBytes, defaultQueueBytes)
-	h.writeTimeout = orDefault(time.Duration(h.WriteTimeout), defaultWriteTimeout)
-	h.keepalive = orDefault(time.Duration(h.Keepalive), defaultKeepalive)
-	h.replayEvents = orDefault(h.ReplayEvents, defaultReplayEvents)
-	h.replayBytes = orDefault(h.ReplayBytes, defaultReplayBytes)
-	h.replayAge = orDefault(time.Duration(h.ReplayAge), defaultReplayAge)
-	h.retry = orDefault(time.Duration(h.RetryHint), defaultRetry)
 	h.drain = orDefault(time.Duration(h.Drain), defaultDrain)
+	h.relayCfg = relay.Config{
+		MaxEvent:        orDefault(h.MaxEventSize, defaultMaxEvent),
+		QueueEvents:     orDefault(h.StreamBufferEvents, defaultQueueEvents),
+		QueueBytes:      orDefault(h.StreamBufferBytes, defaultQueueBytes),
+		WriteTimeout:    orDefault(time.Duration(h.WriteTimeout), defaultWriteTimeout),
+		Keepalive:       orDefault(time.Duration(h.Keepalive), defaultKeepalive),
+		ReplayEvents:    orDefault(h.ReplayEvents, defaultReplayEvents),
+		ReplayBytes:     orDefault(h.ReplayBytes, defaultReplayBytes),
+		ReplayAge:       orDefault(time.Duration(h.ReplayAge), defaultReplayAge),
+		Retry:           orDefault(time.Duration(h.RetryHint), defaultRetry),
+		Handoff:         h.StreamHandoff == nil || *h.StreamHandoff,
+		MaxResponse:     h.MaxResponse,
+		MaxTimeout:      time.Duration(h.MaxTimeout),
+		SessionLifetime: orDefault(time.Duration(h.SessionLifetime), defaultSessionLifetime),
+	}
 }
 
 // provisionSealer prepares the session sealer from the configured keys
@@ -227,4 +230,19 @@ func hasKeyFold(m map[string]any, key string) bool {
 		}
 	}
 	return false
+}
+
+// provisionRelay prepares what relays the handler's admitted requests.
+func (h *Handler) provisionRelay() {
+	cfg := h.relayCfg
+	cfg.Deadlines = h.requestTimeout > 0
+	for _, t := range h.Tools {
+		cfg.Deadlines = cfg.Deadlines || t.Timeout > 0
+	}
+	h.relay = &relay.Proxy{
+		Config: cfg, Logger: h.logger, Gov: h.app.global.Governor, Lists: lists{h}, Sealer: h.sealer,
+		Streams: h.streams, Inner: h.transport.inner, Now: h.now, Metrics: relayMetrics,
+		Side: h.sideRequest, StreamHooks: h.streamHooksFor,
+		Panicked: func(where string, v any) { panicked(h.logger, where, v) },
+	}
 }

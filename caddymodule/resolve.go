@@ -11,20 +11,11 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/mcpgate/mcpgate/mcp"
+	"github.com/mcpgate/mcpgate/relay"
 )
 
 // resolution is the session a request belongs to.
-type resolution struct {
-	// session is the opened token, nil for a request without a session.
-	session *mcp.Session
-	// token is the client's token as presented.
-	token string
-	// pinned is the dial address of the upstream the request must reach.
-	pinned string
-	// key names the session in the registries (sessionKey), "" without
-	// a session.
-	key string
-}
+type resolution = relay.Resolution
 
 // resolve opens the request's session token, from the legacy route
 // parameter or Mcp-Session-Id, whatever version header the request
@@ -55,14 +46,14 @@ func (h *Handler) resolve(x *exchange) *mcp.Refusal {
 	if ref != nil {
 		return ref
 	}
-	if res.pinned != "" {
-		caddyhttp.SetVar(r.Context(), varPinned, res.pinned)
+	if res.Pinned != "" {
+		caddyhttp.SetVar(r.Context(), varPinned, res.Pinned)
 	}
 	x.res = res
 	setSessionFacts(r, res)
 	if c := h.logger.Check(zapcore.DebugLevel, "mcp request"); c != nil {
 		c.Write(zap.String("era", call.Era.String()), zap.String("method", call.First().Method),
-			zap.Bool("session", res.session != nil))
+			zap.Bool("session", res.Session != nil))
 	}
 	return nil
 }
@@ -84,7 +75,7 @@ func (h *Handler) resolveLegacy(r *http.Request, call *mcp.Call, tok, rest, prin
 	r.URL.RawQuery = query
 	r.RequestURI = ""
 	call.Era = mcp.EraLegacy
-	return resolution{session: sess, token: tok, pinned: sess.Upstream, key: mcp.SessionKey(sess.Upstream, sess.UpstreamID)}, nil
+	return resolution{Session: sess, Token: tok, Pinned: sess.Upstream, Key: mcp.SessionKey(sess.Upstream, sess.UpstreamID)}, nil
 }
 
 // resolveSession opens a Mcp-Session-Id token; the upstream gets its own
@@ -104,15 +95,15 @@ func (h *Handler) resolveSession(r *http.Request, call *mcp.Call, tok, principal
 		call.Era = era
 	}
 	r.Header.Set(mcp.HeaderSessionID, sess.UpstreamID)
-	return resolution{session: sess, token: tok, pinned: sess.Upstream, key: mcp.SessionKey(sess.Upstream, sess.UpstreamID)}, nil
+	return resolution{Session: sess, Token: tok, Pinned: sess.Upstream, Key: mcp.SessionKey(sess.Upstream, sess.UpstreamID)}, nil
 }
 
 // checkBatch refuses a batch where the request's version, or else its
 // session's, forbids batches.
 func checkBatch(call *mcp.Call, res resolution) *mcp.Refusal {
 	version := ""
-	if res.session != nil {
-		version = res.session.Version
+	if res.Session != nil {
+		version = res.Session.Version
 	}
 	if mcp.BatchAllowed(call.Version, version) {
 		return nil

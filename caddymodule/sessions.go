@@ -22,31 +22,31 @@ const levelRetryAfter = "1"
 // when the request is over. Traffic that only finishes work (see
 // finishing) does not refresh the session's idle clock.
 func (h *Handler) trackSession(r *http.Request, call *mcp.Call, res resolution, clientKey string, level admission.Level) (s *resources.Session, end func(), ref *mcp.Refusal) {
-	if res.session == nil {
+	if res.Session == nil {
 		return nil, func() {}, nil
 	}
 	g := h.app.global
 	id := call.First().ID
-	s, ok := g.Sessions().Get(res.key)
+	s, ok := g.Sessions().Get(res.Key)
 	if !ok {
-		if g.Sessions().WasEvicted(res.key) {
+		if g.Sessions().WasEvicted(res.Key) {
 			metrics.sessionRefusals.WithLabelValues("not_found").Inc()
 			return nil, nil, mcp.Refuse(http.StatusNotFound, mcp.CodeSessionNotFound, id, "session not found")
 		}
 		var err error
 		s, err = g.Sessions().Open(resources.SessionInfo{
-			Key: res.key, Upstream: res.session.Upstream, Version: res.session.Version, UpstreamID: res.session.UpstreamID,
+			Key: res.Key, Upstream: res.Session.Upstream, Version: res.Session.Version, UpstreamID: res.Session.UpstreamID,
 			ClientKey: clientKey, Endpoint: mcp.SessionEndpoint(r), Host: mcp.SessionHost(r.Host),
 		}, time.Now(), level == admission.LevelProtective)
 		if errors.Is(err, resources.ErrExists) {
-			s, ok = g.Sessions().Get(res.key)
+			s, ok = g.Sessions().Get(res.Key)
 			err = nil
 			if !ok {
 				err = resources.ErrFull
 			}
 		}
 		if err != nil {
-			return nil, nil, sessionTableRefusal(err, id)
+			return nil, nil, h.relay.SessionTableRefusal(err, id)
 		}
 	}
 	if mcp.Finishing(r.Method, call) {
@@ -60,20 +60,6 @@ func (h *Handler) trackSession(r *http.Request, call *mcp.Call, res resolution, 
 		return nil, nil, mcp.Refuse(http.StatusNotFound, mcp.CodeSessionNotFound, id, "session not found")
 	}
 	return s, end, nil
-}
-
-// sessionTableRefusal answers a session the registry could not take: 429
-// when the client holds its share of sessions, 503 when the table is
-// full, both with Retry-After, and counts it.
-func sessionTableRefusal(err error, id string) *mcp.Refusal {
-	if errors.Is(err, resources.ErrClientFull) {
-		metrics.sessionRefusals.WithLabelValues("client_full").Inc()
-		return mcp.Refuse(http.StatusTooManyRequests, mcp.CodeServerError, id,
-			"too many sessions for this client (client_max_sessions), retry after "+levelRetryAfter+"s")
-	}
-	metrics.sessionRefusals.WithLabelValues("full").Inc()
-	return mcp.Refuse(http.StatusServiceUnavailable, mcp.CodeServerError, id,
-		"session limit reached, retry after "+levelRetryAfter+"s")
 }
 
 // streamHooksFor returns the accounting hooks of one stream: bytes are

@@ -6,7 +6,6 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyevents"
 
-	"github.com/mcpgate/mcpgate/resources"
 	"github.com/mcpgate/mcpgate/sse"
 )
 
@@ -15,25 +14,6 @@ import (
 var drainHooks = &sse.StreamSetHooks{
 	Drained: func() { metrics.streamsDrained.Inc() },
 	Panic:   func(v any) { panicked(nil, "stream drain", v) },
-}
-
-// track records an open attachment with the handler, the process and the
-// session (whose eviction closes it); the returned func forgets it.
-func (h *Handler) track(a *sse.Attachment, s *sse.Stream, resumable bool, sess *resources.Session) func() {
-	forgetHandler := h.streams.Add(a, s, resumable)
-	forgetProcess := h.app.global.OpenStreams().Add(a, s, resumable)
-	forgetSession := func() {}
-	if sess != nil {
-		forgetSession = sess.AddStream(func(error) {
-			a.Close()
-			s.Close()
-		})
-	}
-	return func() {
-		forgetSession()
-		forgetProcess()
-		forgetHandler()
-	}
 }
 
 // watchStop starts draining when Caddy announces that this config stops

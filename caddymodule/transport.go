@@ -1,11 +1,8 @@
 package caddymodule
 
 import (
-	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 
@@ -15,12 +12,15 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 
 	"github.com/mcpgate/mcpgate/h1stream"
-	"github.com/mcpgate/mcpgate/mcp"
+	"github.com/mcpgate/mcpgate/relay"
 )
 
 func init() {
 	caddy.RegisterModule(new(RelayTransport))
 }
+
+// varRelay holds the request's *relay.State for the transport wrapper.
+const varRelay = "mcp.relay"
 
 // RelayTransport is the `mcp_relay` transport that mcp_proxy gives its
 // embedded reverse_proxy, around the transport the user configured (the
@@ -85,20 +85,22 @@ func wrapTransport(cfg map[string]any, rewriteHost bool) {
 
 // RoundTrip implements http.RoundTripper.
 func (t *RelayTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	if t.RewriteHost {
-		// The request is reverse_proxy's own copy for this attempt.
-		if repl, ok := req.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
-			if hp, ok := repl.GetString("http.reverse_proxy.upstream.hostport"); ok && hp != "" {
-				req.Host = hp
-			}
-		}
+	hostport, known := "", false
+	if repl, ok := req.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
+		hostport, known = repl.GetString("http.reverse_proxy.upstream.hostport")
 	}
-	st, _ := caddyhttp.GetVar(req.Context(), varRelay).(*relayState)
+	if t.RewriteHost && hostport != "" {
+		// The request is reverse_proxy's own copy for this attempt.
+		req.Host = hostport
+	}
+	st, _ := caddyhttp.GetVar(req.Context(), varRelay).(*relay.State)
 	if st == nil {
 		return t.inner.RoundTrip(req)
 	}
-	req = st.attempt(req)
-	st.noteUpstream(req)
+	req = st.Attempt(req)
+	if known {
+		st.SetUpstream(hostport)
+	}
 	dialled := t.streams.Handles(req)
 	var resp *http.Response
 	var err error
@@ -110,97 +112,8 @@ func (t *RelayTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil {
 		return nil, err
 	}
-	return st.answer(req, resp, dialled), nil
-}
-
-// attempt prepares one attempt of the request upstream: a resumable
-// request gets a context of its own, which only the relay state cancels;
-// a body already read whole goes as one buffer.
-func (st *relayState) attempt(req *http.Request) *http.Request {
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	if st.resumable {
-		// Only a resumable request outlives its client; any other one is
-		// cancelled with the client's request, as reverse_proxy does.
-		clientCtx := req.Context()
-		ctx, cancel := context.WithCancel(context.WithoutCancel(clientCtx))
-		req = req.WithContext(ctx)
-		if st.cancel != nil {
-			st.cancel() // a retry: the previous attempt is over
-		}
-		st.cancel = cancel
-		if st.stopWatch == nil {
-			st.stopWatch = context.AfterFunc(clientCtx, st.clientGone)
-		}
-	}
-	if st.deadline != nil && !st.resumable {
-		// A request with a deadline gets a context the deadline cancels.
-		ctx, cancel := context.WithCancel(req.Context())
-		req = req.WithContext(ctx)
-		if st.cancel != nil {
-			st.cancel()
-		}
-		st.cancel = cancel
-	}
-	if st.expired && st.cancel != nil {
-		st.cancel() // no new attempt after the deadline
-	}
-	st.outReq = req
-	if len(st.whole) > 0 && req.Body != nil && req.Body != http.NoBody {
-		// reverse_proxy wraps the body (trailers, retries), which makes
-		// net/http's Transport flush the request's header in a write of
-		// its own, in case the body is slow to come. This body is already
-		// in memory: as a *bytes.Reader the Transport sends the header
-		// and body in one write.
-		req.Body = io.NopCloser(bytes.NewReader(st.whole))
-		req.ContentLength = int64(len(st.whole))
-	}
-	return req
-}
-
-// answer handles the upstream's answer: session ids sealed, a legacy
-// session registered, an SSE body taken over for the relay.
-func (st *relayState) answer(req *http.Request, resp *http.Response, dialled bool) *http.Response {
-	st.status, st.responded = resp.StatusCode, true
-	resp = st.sealResponse(req, resp)
-	streamed := isEventStream(resp.Header)
-	if g := st.h.gov; g != nil && req.Method == http.MethodPost && resp.StatusCode == http.StatusOK && g.enforces() {
-		g.noteAnswer(resp, streamed)
-	}
-	if len(st.spliced) > 0 && !streamed {
-		resp = st.spliceAnswers(resp)
-	}
-	if !streamed {
-		st.stopDeadline()
-		if resp.StatusCode == http.StatusOK && resp.Body != nil && st.readsJSON() && mcp.IsJSON(resp.Header.Get("Content-Type")) {
-			resp = st.processJSON(resp)
-		}
-	}
-	if resp.StatusCode == http.StatusOK && legacyStream(st.r, st.call, st.res) && isEventStream(resp.Header) && !st.openLegacy(req) {
-		resp = st.replaceResponse(resp, http.StatusServiceUnavailable, mcp.CodeServerError,
-			"session limit reached, retry after "+levelRetryAfter+"s")
-	}
-	// An empty SSE answer (Content-Length: 0 gives http.NoBody) goes to
-	// the relay too: it ends at once, without the request's answer.
-	if resp.StatusCode != http.StatusOK || resp.Body == nil || !isEventStream(resp.Header) {
-		st.handoff = false
-		return resp
-	}
-	st.mu.Lock()
-	st.body = resp.Body
-	st.mu.Unlock()
-	resp.Body = http.NoBody
-	resp.ContentLength = -1
-	resp.Header.Del("Content-Length")
-	// A stream that may be handed off is delimited by the close of its
-	// connection, not chunked: net/http then sends "Connection: close"
-	// and no Transfer-Encoding, and the relay writes the events as they
-	// are once it owns the connection.
-	st.handoff = st.handoff && dialled
-	if st.handoff && st.r.ProtoAtLeast(1, 1) {
-		st.w.Header().Set("Transfer-Encoding", "identity")
-	}
-	return resp
+	selected, _ := caddyhttp.GetVar(req.Context(), varSelected).(string)
+	return st.Answer(req, resp, dialled, selected), nil
 }
 
 // The transport interfaces reverse_proxy asserts are passed through to

@@ -1,16 +1,15 @@
-package caddymodule
+package relay
 
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
 	"strconv"
 	"sync/atomic"
 
-	"github.com/caddyserver/caddy/v2"
+	"github.com/dustin/go-humanize"
 	"go.uber.org/zap"
 
 	"github.com/mcpgate/mcpgate/mcp"
@@ -33,8 +32,8 @@ const codeResponseTooLarge = mcp.CodeInternalError
 
 // listMethod returns the list method of a single-request call whose
 // result is filtered, or "".
-func (st *relayState) listMethod() string {
-	if !st.h.gov.filters() || st.call.Peek.Batch {
+func (st *State) listMethod() string {
+	if !st.p.Lists.Filters() || st.call.Peek.Batch {
 		return ""
 	}
 	first := st.call.First()
@@ -49,52 +48,46 @@ func (st *relayState) listMethod() string {
 
 // readsJSON reports whether the request's JSON answer must be read whole:
 // a filtered list, or any answer under max_response.
-func (st *relayState) readsJSON() bool {
-	return st.listMethod() != "" || st.h.MaxResponse > 0
+func (st *State) readsJSON() bool {
+	return st.listMethod() != "" || st.p.MaxResponse > 0
 }
 
-// upstreamAddr returns the dial address of the upstream that answered.
-func (st *relayState) upstreamAddr() string {
+// UpstreamAddr returns the dial address of the upstream that answered.
+func (st *State) UpstreamAddr() string {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	return st.upstream
 }
 
-// noteUpstream records the upstream of an attempt, from reverse_proxy's
-// placeholder.
-func (st *relayState) noteUpstream(req *http.Request) {
-	repl, _ := req.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	if repl == nil {
-		return
-	}
-	if up, ok := repl.GetString("http.reverse_proxy.upstream.hostport"); ok {
-		st.mu.Lock()
-		st.upstream = up
-		st.mu.Unlock()
-	}
+// SetUpstream records the dial address of the upstream an attempt goes
+// to.
+func (st *State) SetUpstream(addr string) {
+	st.mu.Lock()
+	st.upstream = addr
+	st.mu.Unlock()
 }
 
 // processJSON reads a JSON answer whole and returns it filtered and
 // capped: a list result without what the caller may not see, an answer
 // over max_response replaced by a JSON-RPC error for the request.
-func (st *relayState) processJSON(resp *http.Response) *http.Response {
-	h := st.h
-	limit := h.MaxResponse
+func (st *State) processJSON(resp *http.Response) *http.Response {
+	p := st.p
+	limit := p.MaxResponse
 	list := st.listMethod()
-	if list != "" && (limit <= 0 || h.maxEvent < limit) {
-		limit = h.maxEvent
+	if list != "" && (limit <= 0 || p.MaxEvent < limit) {
+		limit = p.MaxEvent
 	}
 	if resp.ContentLength > limit {
-		metrics.responseTooLarge.Inc()
+		st.p.Metrics.ResponseTooLarge()
 		return st.replaceResponse(resp, http.StatusOK, codeResponseTooLarge, tooLargeMessage(list, limit))
 	}
-	budget := h.app.global.Memory()
+	budget := p.Gov.Memory()
 	want := limit + 1
 	if resp.ContentLength >= 0 {
 		want = resp.ContentLength
 	}
 	if !budget.Reserve(want) {
-		metrics.backpressure.Inc()
+		st.p.Metrics.Backpressure()
 		return st.replaceResponse(resp, http.StatusServiceUnavailable, mcp.CodeServerError, "server out of memory budget, retry later")
 	}
 	body, _, err := mcp.ReadHead(resp.Body, limit+1)
@@ -105,7 +98,7 @@ func (st *relayState) processJSON(resp *http.Response) *http.Response {
 	case err != nil:
 		return st.replaceResponse(resp, http.StatusBadGateway, mcp.CodeInternalError, "upstream answer broke off")
 	case int64(len(body)) > limit:
-		metrics.responseTooLarge.Inc()
+		st.p.Metrics.ResponseTooLarge()
 		return st.replaceResponse(resp, http.StatusOK, codeResponseTooLarge, tooLargeMessage(list, limit))
 	}
 	if list != "" {
@@ -126,72 +119,22 @@ func (st *relayState) processJSON(resp *http.Response) *http.Response {
 // tooLargeMessage says why an answer was capped.
 func tooLargeMessage(list string, limit int64) string {
 	if list != "" {
-		return "the list result exceeds the proxy's max_event_size or max_response (" + humanSize(limit) + ")"
+		return "the list result exceeds the proxy's max_event_size or max_response (" + humanize.IBytes(uint64(limit)) + ")"
 	}
-	return "the response exceeds the proxy's max_response (" + humanSize(limit) + ")"
+	return "the response exceeds the proxy's max_response (" + humanize.IBytes(uint64(limit)) + ")"
 }
 
 // holdBytes notes memory held for the request until it finishes.
-func (st *relayState) holdBytes(n int64) {
+func (st *State) holdBytes(n int64) {
 	st.mu.Lock()
 	st.held += n
 	st.mu.Unlock()
 }
 
 // filterList filters one JSON-RPC message answering the request's list
-// request (see Handler.filterList).
-func (st *relayState) filterList(method string, msg []byte) (out []byte, ok bool) {
-	return st.h.filterList(method, msg, st.subject, st.upstreamAddr(), st.call.Era == mcp.EraStateless)
-}
-
-// filterList filters one JSON-RPC message answering a list request of
-// method sent by subj to upstream, private when the result may not be
-// cached beyond the caller; out is nil when nothing changed, ok false when
-// the message could not be read (the caller answers an error rather than
-// pass it unfiltered).
-func (h *Handler) filterList(method string, msg []byte, subj policy.Subject, upstream string, private bool) (out []byte, ok bool) {
-	g := h.gov
-	kind, _ := policy.ListKind(method)
-	rules := g.enforces()
-	pins := g.pins != nil && kind == policy.KindTool
-	skipPins := effortAt(h.app.global.Level()).SkipUnchangedPins()
-	keep := func(key string, item json.RawMessage) bool {
-		if rules && !g.policy.Allows(subj, kind, key) {
-			metrics.listFiltered.WithLabelValues("rule").Inc()
-			return false
-		}
-		if pins && !h.checkPin(upstream, key, item, skipPins) {
-			metrics.listFiltered.WithLabelValues("pin").Inc()
-			return false
-		}
-		return true
-	}
-	out, _, err := policy.FilterList(method, msg, keep, private)
-	if err != nil {
-		metrics.listFiltered.WithLabelValues("error").Inc()
-		h.logger.Warn("list result not readable; answered with an error", zap.String("method", method), zap.Error(err))
-		return nil, false
-	}
-	return out, true
-}
-
-// checkPin checks a tool definition against its pin and reports whether
-// it may be listed. At reduced service levels, a definition whose bytes
-// are those last found as pinned is not checked again.
-func (h *Handler) checkPin(upstream, name string, item json.RawMessage, skip bool) bool {
-	g := h.gov
-	switch g.pins.CheckRaw(&g.skips, upstream, name, item, skip) {
-	case policy.PinSkipped:
-		metrics.pinned.WithLabelValues("skipped").Inc()
-	case policy.PinNew:
-		metrics.pinned.WithLabelValues("new").Inc()
-	case policy.PinChanged:
-		metrics.pinned.WithLabelValues("changed").Inc()
-		h.logger.Warn("tool definition changed since it was pinned", zap.String("upstream", upstream),
-			zap.String("tool", name), zap.Bool("listed", g.pinWarn))
-		return g.pinWarn
-	}
-	return true
+// request (see Lists.Filter).
+func (st *State) filterList(method string, msg []byte) (out []byte, ok bool) {
+	return st.p.Lists.Filter(method, msg, st.Subject, st.UpstreamAddr(), st.call.Era == mcp.EraStateless)
 }
 
 // answerWatch returns the relay hooks of a request's SSE answer: rewrite
@@ -202,7 +145,7 @@ func (h *Handler) checkPin(upstream, name string, item json.RawMessage, skip boo
 // passed: an event over max_event_size, an upstream that broke, a passed
 // deadline, or a stream that ended (or was never SSE at all) without the
 // answer.
-func (st *relayState) answerWatch(id string) (rewrite func(*sse.Event) []byte, final func(error) []byte) {
+func (st *State) answerWatch(id string) (rewrite func(*sse.Event) []byte, final func(error) []byte) {
 	var answered atomic.Bool
 	var total int64
 	list := st.listMethod()
@@ -212,18 +155,18 @@ func (st *relayState) answerWatch(id string) (rewrite func(*sse.Event) []byte, f
 			return dropEvent // read in the same burst as the capping one
 		}
 		total += int64(len(ev.Data))
-		if st.h.MaxResponse > 0 && total > st.h.MaxResponse && !answered.Load() {
+		if st.p.MaxResponse > 0 && total > st.p.MaxResponse && !answered.Load() {
 			answered.Store(true)
 			capped = true
-			metrics.responseTooLarge.Inc()
+			st.p.Metrics.ResponseTooLarge()
 			st.abort()
 			// Not from the pump, which must go on to end the answer; the
 			// process's task group owns (and bounds) the side request.
-			_ = st.h.app.global.tasks.Go(func(context.Context) {
-				defer recoverPanic(st.h.logger, "notifications/cancelled after max_response")
+			_ = st.p.Gov.Tasks().Go(func(context.Context) {
+				defer st.p.recoverPanic("notifications/cancelled after max_response")
 				st.sendCancelled("the response exceeded the proxy's max_response")
 			})
-			return sse.AppendEvent(nil, ev.ID, "message", mcp.AppendError(nil, id, codeResponseTooLarge, tooLargeMessage("", st.h.MaxResponse)))
+			return sse.AppendEvent(nil, ev.ID, "message", mcp.AppendError(nil, id, codeResponseTooLarge, tooLargeMessage("", st.p.MaxResponse)))
 		}
 		if answered.Load() {
 			return nil
@@ -234,8 +177,8 @@ func (st *relayState) answerWatch(id string) (rewrite func(*sse.Event) []byte, f
 			// the proxy cannot filter as such.
 			answered.Store(true)
 			st.stopDeadline()
-			metrics.listFiltered.WithLabelValues("error").Inc()
-			st.h.logger.Warn("upstream answer not readable; answered with an error", zap.String("method", list), zap.Error(err))
+			st.p.Metrics.ListUnreadable()
+			st.p.Logger.Warn("upstream answer not readable; answered with an error", zap.String("method", list), zap.Error(err))
 			return sse.AppendEvent(nil, ev.ID, "message", mcp.AppendError(nil, id, mcp.CodeInternalError, "the list result could not be read by the proxy"))
 		}
 		if !isAnswer || err != nil || !mcp.SameID(got, id) {
@@ -265,7 +208,7 @@ func (st *relayState) answerWatch(id string) (rewrite func(*sse.Event) []byte, f
 		var msg string
 		code := mcp.CodeInternalError
 		switch {
-		case st.isExpired():
+		case st.IsExpired():
 			msg, code = "request timed out: the deadline passed ("+st.deadline.Step().String()+")", policy.CodeRequestTimeout
 		case errors.Is(err, sse.ErrEventTooLarge), errors.Is(err, sse.ErrLineTooLong):
 			msg = "response event exceeds the proxy's max_event_size"
@@ -276,7 +219,7 @@ func (st *relayState) answerWatch(id string) (rewrite func(*sse.Event) []byte, f
 		default:
 			msg = "the upstream ended the stream without an answer"
 		}
-		metrics.unanswered.Inc()
+		st.p.Metrics.Unanswered()
 		return sse.AppendEvent(nil, "", "message", mcp.AppendError(nil, id, code, msg))
 	}
 	return rewrite, final

@@ -1,4 +1,4 @@
-package caddymodule
+package relay
 
 import (
 	"context"
@@ -28,7 +28,7 @@ import (
 // having changed nothing, when the connection cannot be taken over; the
 // caller then relays the stream from the handler as usual. It reports true
 // when the stream is handed off or already over.
-func (h *Handler) handOff(w http.ResponseWriter, st *relayState, stream *sse.Stream, body *h1stream.Body) bool {
+func (p *Proxy) handOff(w http.ResponseWriter, st *State, stream *sse.Stream, body *h1stream.Body) bool {
 	if w.Header().Get("Content-Encoding") != "" {
 		// Another handler encodes the response body: it must see every
 		// byte, so the stream stays with the handler.
@@ -51,27 +51,27 @@ func (h *Handler) handOff(w http.ResponseWriter, st *relayState, stream *sse.Str
 	st.detached = true
 	// Nothing of the request is kept: the stream no longer needs it (a
 	// GET stream carries no answer whose list the subject would filter).
-	st.r, st.w, st.outReq, st.subject = nil, nil, nil, nil
+	st.r, st.w, st.outReq, st.Subject = nil, nil, nil, nil
 	st.mu.Unlock()
 
-	att, _ := stream.Attach(h1stream.ConnWriter{Conn: conn}, "", h.retryHint(st.call, st.res))
-	untrack := h.track(att, stream, false, st.session)
-	metrics.streamsActive.Inc()
+	att, _ := stream.Attach(h1stream.ConnWriter{Conn: conn}, "", p.RetryHint(st.call, st.res))
+	untrack := p.track(att, stream, false, st.Session)
+	p.Metrics.StreamOpened()
 	att.OnEnd(stream.Close)
 	run := func(ctx context.Context) {
 		// The session's end (eviction) and the process's end the stream too.
 		stop := context.AfterFunc(ctx, stream.Close)
 		defer stop()
-		defer metrics.streamsActive.Dec()
+		defer p.Metrics.StreamClosed()
 		defer untrack()
 		defer h1stream.EndResponse(conn)
-		go watchClient(conn, att, stream)
-		h.pump(stream, body, st)
+		go p.watchClient(conn, att, stream)
+		p.pump(stream, body, st)
 		_ = att.Wait(context.Background())
 	}
-	group := h.app.global.tasks
-	if st.session != nil {
-		group = st.session.Group()
+	group := p.Gov.Tasks()
+	if st.Session != nil {
+		group = st.Session.Group()
 	}
 	if !group.Go(run) {
 		// The group is closing: relay from here, as without a handoff.
@@ -83,8 +83,8 @@ func (h *Handler) handOff(w http.ResponseWriter, st *relayState, stream *sse.Str
 
 // watchClient ends a handed-off stream as soon as its client goes (see
 // h1stream.WatchClient); it runs on a goroutine of its own.
-func watchClient(conn net.Conn, att *sse.Attachment, stream *sse.Stream) {
-	defer recoverPanic(nil, "stream client reader")
+func (p *Proxy) watchClient(conn net.Conn, att *sse.Attachment, stream *sse.Stream) {
+	defer p.recoverPanic("stream client reader")
 	h1stream.WatchClient(conn, func() {
 		att.Gone()
 		stream.Close()

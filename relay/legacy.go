@@ -1,4 +1,4 @@
-package caddymodule
+package relay
 
 import (
 	"bytes"
@@ -73,32 +73,24 @@ func (t *legacyTable) get(key string) *legacyLink {
 // relays: the stream, who opened it, the upstream, and the requests of the
 // session whose answers it awaits.
 type legacyLink struct {
-	h        *Handler
+	p        *Proxy
 	stream   *sse.Stream
-	subject  *subject // the stream's opener
+	subject  policy.Subject // the stream's opener
 	upstream string
 	awaiting *policy.Awaiting
 }
 
 // watchesLegacy reports whether the handler does anything with answers
 // that a legacy stream would carry.
-func (h *Handler) watchesLegacy() bool {
-	if h.gov.filters() || h.MaxResponse > 0 || h.requestTimeout > 0 {
-		return true
-	}
-	for _, t := range h.Tools {
-		if t.Timeout > 0 {
-			return true
-		}
-	}
-	return false
+func (p *Proxy) watchesLegacy() bool {
+	return p.Lists.Filters() || p.MaxResponse > 0 || p.Deadlines
 }
 
 // newLegacyLink returns the link of the legacy stream st relays, and the
 // stream hook that runs rewrite (the endpoint event's) and then the
 // link's own work on each event.
-func (h *Handler) newLegacyLink(st *relayState, rewrite func(*sse.Event) []byte) (*legacyLink, func(*sse.Event) []byte) {
-	l := &legacyLink{h: h, subject: st.subject, upstream: st.upstreamAddr()}
+func (p *Proxy) newLegacyLink(st *State, rewrite func(*sse.Event) []byte) (*legacyLink, func(*sse.Event) []byte) {
+	l := &legacyLink{p: p, subject: st.Subject, upstream: st.UpstreamAddr()}
 	l.awaiting = policy.NewAwaiting(l.expire)
 	return l, func(ev *sse.Event) []byte {
 		if ev.Name == "endpoint" {
@@ -110,7 +102,7 @@ func (h *Handler) newLegacyLink(st *relayState, rewrite func(*sse.Event) []byte)
 
 // linkLegacy makes l, the link of stream, findable by the POSTs of its
 // session until the stream ends.
-func (h *Handler) linkLegacy(st *relayState, l *legacyLink, stream *sse.Stream) {
+func (p *Proxy) linkLegacy(st *State, l *legacyLink, stream *sse.Stream) {
 	l.stream = stream
 	st.mu.Lock()
 	key := mcp.SessionKey(st.legacyUpstream, st.legacyID)
@@ -126,13 +118,50 @@ func (h *Handler) linkLegacy(st *relayState, l *legacyLink, stream *sse.Stream) 
 	legacyLinks.add(key, l)
 }
 
-// legacyLinkOf returns the link of the legacy session of the request, or
-// nil.
-func (h *Handler) legacyLinkOf(x *exchange) *legacyLink {
-	if x.res.session == nil || x.res.session.Kind != mcp.TokenLegacy {
+// legacyLinkOf returns the link of the legacy session res, or nil.
+func legacyLinkOf(res Resolution) *legacyLink {
+	if res.Session == nil || res.Session.Kind != mcp.TokenLegacy {
 		return nil
 	}
-	return legacyLinks.get(x.res.key)
+	return legacyLinks.get(res.Key)
+}
+
+// SendOnLegacyStream sends answers of the proxy's own on the stream of
+// the legacy session res, when this process relays it, and reports
+// whether the client was sent them.
+func SendOnLegacyStream(res Resolution, answers [][]byte) bool {
+	l := legacyLinkOf(res)
+	return l != nil && l.send(answers)
+}
+
+// Arm sets up what acts on the request's answers before it goes
+// upstream: in a legacy session whose stream this process relays, the
+// stream awaits the answers it must act on (see expect) and a batch's
+// spliced errors are sent on it; otherwise a deadline of step (0: none)
+// starts. It returns a refusal when the request cannot be awaited, and
+// otherwise what to call once the proxy has returned, which stops
+// awaiting the answers of a POST the upstream did not accept (only a 202
+// or 204 is answered on the stream).
+func (st *State) Arm(step time.Duration) (done func(), ref *mcp.Refusal) {
+	l := legacyLinkOf(st.res)
+	if l == nil {
+		if step > 0 {
+			st.startDeadline(step, st.p.MaxTimeout)
+		}
+		return func() {}, nil
+	}
+	awaited, ref := l.expect(st, step)
+	if ref != nil {
+		return nil, ref
+	}
+	if len(st.Spliced) > 0 && l.send(st.Spliced) {
+		st.Spliced = nil
+	}
+	return func() {
+		if len(awaited) > 0 && !(st.responded && (st.status == http.StatusAccepted || st.status == http.StatusNoContent)) {
+			l.awaiting.Forget(awaited)
+		}
+	}, nil
 }
 
 // send delivers answers of the proxy's own on the stream, as `message`
@@ -145,18 +174,18 @@ func (l *legacyLink) send(answers [][]byte) bool {
 	return l.stream.Inject(buf)
 }
 
-// expect notes the requests of x whose answers the stream must act on: a
-// list result to filter, a deadline of step (0: none). It returns their
+// expect notes the requests of st whose answers the stream must act on:
+// a list result to filter, a deadline of step (0: none). It returns their
 // ids, or a refusal when a request with a deadline finds the session
 // awaiting too many answers already (lists that find no room are
-// filtered by their shape instead). A notifications/cancelled of x ends
+// filtered by their shape instead). A notifications/cancelled of st ends
 // the wait for the request it names.
-func (l *legacyLink) expect(x *exchange, st *relayState, step time.Duration) ([]string, *mcp.Refusal) {
-	h := l.h
+func (l *legacyLink) expect(st *State, step time.Duration) ([]string, *mcp.Refusal) {
+	p := l.p
 	var calls []*policy.Awaited
 	var ids, dropped []string
-	for i := range x.call.Peek.Messages {
-		m := &x.call.Peek.Messages[i]
+	for i := range st.call.Peek.Messages {
+		m := &st.call.Peek.Messages[i]
 		if m.Kind == mcp.KindNotification && m.Method == "notifications/cancelled" && m.RequestID != "" {
 			// The client gave the request up: no answer is awaited.
 			dropped = append(dropped, m.RequestID)
@@ -166,14 +195,14 @@ func (l *legacyLink) expect(x *exchange, st *relayState, step time.Duration) ([]
 			continue
 		}
 		c := &policy.Awaited{ID: m.ID, Step: step}
-		if _, ok := policy.ListKind(m.Method); ok && h.gov.filters() {
-			c.List, c.Subject = m.Method, st.subject
+		if _, ok := policy.ListKind(m.Method); ok && p.Lists.Filters() {
+			c.List, c.Subject = m.Method, st.Subject
 		}
 		if c.List == "" && c.Step == 0 {
 			continue
 		}
 		if c.Step > 0 {
-			c.Cancel = h.legacyCanceller(x, m.ID)
+			c.Cancel = p.legacyCanceller(st, m.ID)
 		}
 		calls = append(calls, c)
 		ids = append(ids, m.ID)
@@ -181,28 +210,28 @@ func (l *legacyLink) expect(x *exchange, st *relayState, step time.Duration) ([]
 	if len(dropped) > 0 {
 		l.awaiting.Forget(dropped)
 	}
-	if l.awaiting.Add(calls, h.maxTimeout) {
+	if l.awaiting.Add(calls, p.MaxTimeout) {
 		return ids, nil
 	}
 	if step == 0 {
 		// Lists only: their results are filtered by their shape.
 		return nil, nil
 	}
-	metrics.sessionRefusals.WithLabelValues("legacy_pending").Inc()
-	x.w.Header().Set("Retry-After", levelRetryAfter)
-	return nil, mcp.Refuse(http.StatusServiceUnavailable, mcp.CodeServerError, x.call.First().ID,
-		"too many requests of this session await their answers, retry after "+levelRetryAfter+"s")
+	l.p.Metrics.SessionRefused("legacy_pending")
+	st.w.Header().Set("Retry-After", RetryAfter)
+	return nil, mcp.Refuse(http.StatusServiceUnavailable, mcp.CodeServerError, st.call.First().ID,
+		"too many requests of this session await their answers, retry after "+RetryAfter+"s")
 }
 
 // expire answers a request whose deadline passed: the client gets the
 // error on the stream, the upstream is told; the late answer will be
 // dropped.
 func (l *legacyLink) expire(c *policy.Awaited) {
-	defer recoverPanic(l.h.logger, "legacy request deadline")
-	metrics.deadlines.WithLabelValues("waiting").Inc()
+	defer l.p.recoverPanic("legacy request deadline")
+	l.p.Metrics.Deadline("waiting")
 	msg := mcp.AppendError(nil, c.ID, policy.CodeRequestTimeout, policy.TimeoutMessage(c.Step))
 	if !l.send([][]byte{msg}) {
-		l.h.logger.Debug("timeout error of a legacy request not delivered: its stream is gone or full")
+		l.p.Logger.Debug("timeout error of a legacy request not delivered: its stream is gone or full")
 	}
 	c.Cancel("request timed out")
 }
@@ -213,13 +242,13 @@ func (l *legacyLink) expire(c *policy.Awaited) {
 // pins, a message whose top-level keys a decoder could read as another
 // id or answer (mcp.ErrAmbiguous) is dropped.
 func (l *legacyLink) answer(ev *sse.Event) []byte {
-	h := l.h
+	p := l.p
 	id, ok, err := mcp.ResponseID(ev.Data)
-	if err != nil && h.gov.filters() {
+	if err != nil && p.Lists.Filters() {
 		// A client's decoder may read this as an answer, maybe a list
 		// result, which the proxy cannot filter as such.
-		metrics.listFiltered.WithLabelValues("error").Inc()
-		h.logger.Warn("upstream message not readable; dropped from a legacy stream", zap.Error(err))
+		l.p.Metrics.ListUnreadable()
+		p.Logger.Warn("upstream message not readable; dropped from a legacy stream", zap.Error(err))
 		return dropEvent
 	}
 	if !ok {
@@ -232,21 +261,21 @@ func (l *legacyLink) answer(ev *sse.Event) []byte {
 	if expired {
 		return dropEvent
 	}
-	if h.MaxResponse > 0 && int64(len(ev.Data)) > h.MaxResponse {
-		metrics.responseTooLarge.Inc()
-		return sse.AppendEvent(nil, ev.ID, "message", mcp.AppendError(nil, string(id), codeResponseTooLarge, tooLargeMessage("", h.MaxResponse)))
+	if p.MaxResponse > 0 && int64(len(ev.Data)) > p.MaxResponse {
+		l.p.Metrics.ResponseTooLarge()
+		return sse.AppendEvent(nil, ev.ID, "message", mcp.AppendError(nil, string(id), codeResponseTooLarge, tooLargeMessage("", p.MaxResponse)))
 	}
 	list, subj := "", policy.Subject(l.subject)
 	switch {
 	case c != nil:
 		list, subj = c.List, c.Subject
-	case h.gov.filters():
+	case p.Lists.Filters():
 		list = policy.ListMethodOf(ev.Data)
 	}
 	if list == "" {
 		return nil
 	}
-	out, ok := h.filterList(list, ev.Data, subj, l.upstream, false)
+	out, ok := p.Lists.Filter(list, ev.Data, subj, l.upstream, false)
 	switch {
 	case !ok:
 		return sse.AppendEvent(nil, ev.ID, "message", mcp.AppendError(nil, string(id), mcp.CodeInternalError, "the list result could not be read by the proxy"))
@@ -257,25 +286,26 @@ func (l *legacyLink) answer(ev *sse.Event) []byte {
 }
 
 // legacyCanceller returns what tells the upstream that the proxy gave up
-// on request id of x's legacy session: notifications/cancelled, posted to
-// the session's upstream endpoint as x was, in the process's task group.
-func (h *Handler) legacyCanceller(x *exchange, id string) func(reason string) {
-	hdr := mcp.CancelHeaders(x.r.Header)
-	path := x.r.URL.EscapedPath()
-	if q := x.r.URL.RawQuery; q != "" {
+// on request id of st's legacy session: notifications/cancelled, posted to
+// the session's upstream endpoint as st's request was, in the process's
+// task group.
+func (p *Proxy) legacyCanceller(st *State, id string) func(reason string) {
+	hdr := mcp.CancelHeaders(st.r.Header)
+	path := st.r.URL.EscapedPath()
+	if q := st.r.URL.RawQuery; q != "" {
 		path += "?" + q
 	}
-	host, upstream := x.r.Host, x.res.pinned
+	host, upstream := st.r.Host, st.res.Pinned
 	return func(reason string) {
-		_ = h.app.global.tasks.Go(func(ctx context.Context) {
-			defer recoverPanic(h.logger, "legacy notifications/cancelled")
+		_ = p.Gov.Tasks().Go(func(ctx context.Context) {
+			defer p.recoverPanic("legacy notifications/cancelled")
 			ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			defer cancel()
-			if _, err := h.sideRequest(ctx, upstream, http.MethodPost, path, host, hdr, mcp.CancelledBody(id, reason)); err != nil {
-				h.logger.Debug("sending notifications/cancelled upstream failed", zap.Error(err))
+			if _, err := p.Side(ctx, upstream, http.MethodPost, path, host, hdr, mcp.CancelledBody(id, reason)); err != nil {
+				p.Logger.Debug("sending notifications/cancelled upstream failed", zap.Error(err))
 				return
 			}
-			metrics.cancelsSent.Inc()
+			p.Metrics.CancelSent()
 		})
 	}
 }

@@ -1,4 +1,4 @@
-package caddymodule
+package relay
 
 import (
 	"context"
@@ -17,46 +17,53 @@ import (
 	"github.com/mcpgate/mcpgate/sse"
 )
 
-// varRelay holds the request's *relayState for the transport wrapper.
-const varRelay = "mcp.relay"
-
-// relayState links one proxied request with the transport wrapper: the
+// State links one proxied request with the transport wrapper: the
 // wrapper detaches the upstream request from the client's cancellation
-// (mcp_proxy decides per era what a disconnect means) and hands an SSE
-// response body to the relay instead of reverse_proxy's copy loop.
-type relayState struct {
-	h    *Handler
+// (the relay decides per era what a disconnect means) and hands an SSE
+// response body to the relay instead of the proxy's copy loop. The
+// caller sets its exported fields before the request goes upstream.
+type State struct {
+	// Whole is the request's whole body when the peek read it all.
+	Whole []byte
+	// Session is the request's entry in the session registry, or nil.
+	Session *resources.Session
+	// ClientKey identifies the request's client for per-client limits.
+	ClientKey string
+	// Principal is the request's principal; a session it starts is bound
+	// to it.
+	Principal string
+	// Over gives back what the request holds (admission slot, session
+	// in-flight count); it runs once, when the request is over.
+	Over func()
+	// Subject is who sent the request, for filtering its list result.
+	Subject policy.Subject
+	// Spliced are the errors of a batch's denied requests, for the
+	// answer.
+	Spliced [][]byte
+	// RoutePrefix is the path prefix a route stripped from the request,
+	// which a legacy endpoint the client is sent keeps.
+	RoutePrefix string
+
+	p    *Proxy
 	r    *http.Request // nil once a handed-off stream left the handler
 	call *mcp.Call
-	res  resolution
+	res  Resolution
 	// w is the client's response writer; the transport only sets headers
-	// on it, before reverse_proxy writes them.
+	// on it, before the proxy writes them.
 	w http.ResponseWriter
 	// handoff: a GET whose SSE stream may leave the handler (see
-	// Handler.StreamHandoff); cleared when its response cannot.
+	// Config.Handoff); cleared when its response cannot.
 	handoff bool
-	// whole is the request's whole body when the peek read it all.
-	whole []byte
 	// resumable: a session-era request whose response stream survives a
 	// client disconnect, to be resumed with Last-Event-ID.
 	resumable bool
-	// session is the request's entry in the session registry, or nil.
-	session *resources.Session
-	// clientKey identifies the request's client for per-client limits.
-	clientKey string
-	// principal is the request's principal; a session it starts is bound
-	// to it.
-	principal string
-	// over gives back what the request holds (admission slot, session
-	// in-flight count); it runs once, when the request is over.
-	over func()
 	// legacyID and legacyUpstream name the legacy session a legacy SSE
 	// stream opened, legacyEnd ends it when the stream is over.
 	legacyID, legacyUpstream string
 	legacyEnd                func()
 
 	mu        sync.Mutex
-	body      io.ReadCloser // SSE body taken over from reverse_proxy
+	body      io.ReadCloser // SSE body taken over from the proxy
 	outReq    *http.Request // the upstream request as sent
 	cancel    context.CancelFunc
 	stopWatch func() bool
@@ -66,7 +73,7 @@ type relayState struct {
 	detached  bool // a pump goroutine owns the upstream beyond the handler
 
 	// status and responded describe the last upstream response; they are
-	// written by the transport and read by the handler once reverse_proxy
+	// written by the transport and read by the handler once the proxy
 	// has returned.
 	status    int
 	responded bool
@@ -75,28 +82,25 @@ type relayState struct {
 	// the memory-budget bytes a read answer holds until the end.
 	upstream string
 	held     int64
-	// subject is who sent the request, for filtering its list result.
-	subject *subject
-	// spliced are the errors of a batch's denied requests, for the answer.
-	spliced [][]byte
 	// The request's deadline (see deadline.go), and whether it passed.
 	deadline *policy.Deadline
 	expired  bool
 }
 
-func newRelayState(h *Handler, w http.ResponseWriter, r *http.Request, call *mcp.Call, res resolution) *relayState {
-	legacy := res.session != nil && res.session.Kind == mcp.TokenLegacy
-	return &relayState{
-		h: h, r: r, w: w, call: call, res: res,
-		resumable: mcp.Resumable(r.Method, call, res.session != nil, legacy),
-		handoff:   h.handoff && r.Method == http.MethodGet && r.ProtoMajor == 1 && !legacyStream(r, call, res),
+// NewState returns the relay state of request r, answered on w.
+func (p *Proxy) NewState(w http.ResponseWriter, r *http.Request, call *mcp.Call, res Resolution) *State {
+	legacy := res.Session != nil && res.Session.Kind == mcp.TokenLegacy
+	return &State{
+		p: p, r: r, w: w, call: call, res: res,
+		resumable: mcp.Resumable(r.Method, call, res.Session != nil, legacy),
+		handoff:   p.Handoff && r.Method == http.MethodGet && r.ProtoMajor == 1 && !legacyStream(r, call, res),
 	}
 }
 
 // legacyStream reports whether a request opens a legacy (2024-11-05)
 // HTTP+SSE stream, whose endpoint event is rewritten.
-func legacyStream(r *http.Request, call *mcp.Call, res resolution) bool {
-	return mcp.OpensLegacyStream(r.Method, call, res.session != nil)
+func legacyStream(r *http.Request, call *mcp.Call, res Resolution) bool {
+	return mcp.OpensLegacyStream(r.Method, call, res.Session != nil)
 }
 
 // clientGone applies the era's meaning of a client disconnect. A
@@ -105,15 +109,15 @@ func legacyStream(r *http.Request, call *mcp.Call, res resolution) bool {
 // other request is over: the upstream request is cancelled, and for a
 // session-era request the upstream is told with notifications/cancelled,
 // since a client that saw no event id can never resume it.
-func (st *relayState) clientGone() {
-	defer recoverPanic(st.h.logger, "client gone")
+func (st *State) clientGone() {
+	defer st.p.recoverPanic("client gone")
 	st.mu.Lock()
 	if st.done || st.timer != nil {
 		st.mu.Unlock()
 		return
 	}
 	if st.resumable && st.stream != nil {
-		st.timer = time.AfterFunc(st.h.replayAge, st.detachedTooLong)
+		st.timer = time.AfterFunc(st.p.ReplayAge, st.detachedTooLong)
 		st.mu.Unlock()
 		return
 	}
@@ -126,15 +130,15 @@ func (st *relayState) clientGone() {
 
 // detachedTooLong ends a resumable request nobody resumed in time, and
 // tells the upstream the proxy gave up on it.
-func (st *relayState) detachedTooLong() {
-	defer recoverPanic(st.h.logger, "replay timer")
+func (st *State) detachedTooLong() {
+	defer st.p.recoverPanic("replay timer")
 	st.mu.Lock()
 	if st.done {
 		st.mu.Unlock()
 		return
 	}
 	if st.stream != nil && st.stream.Attached() {
-		st.timer.Reset(st.h.replayAge)
+		st.timer.Reset(st.p.ReplayAge)
 		st.mu.Unlock()
 		return
 	}
@@ -144,7 +148,7 @@ func (st *relayState) detachedTooLong() {
 }
 
 // abort cancels the upstream request and closes its body.
-func (st *relayState) abort() {
+func (st *State) abort() {
 	st.mu.Lock()
 	cancel, body := st.cancel, st.body
 	st.mu.Unlock()
@@ -156,25 +160,25 @@ func (st *relayState) abort() {
 	}
 }
 
-// handlerDone is called when mcp_proxy's ServeHTTP returns: the request
+// HandlerDone is called when mcp_proxy's ServeHTTP returns: the request
 // is over unless a detached pump still reads its upstream, in which case
 // the pump finishes it.
-func (st *relayState) handlerDone() {
-	if !st.isDetached() {
+func (st *State) HandlerDone() {
+	if !st.IsDetached() {
 		st.finish()
 	}
 }
 
-// isDetached reports whether a pump goroutine owns the request beyond its
+// IsDetached reports whether a pump goroutine owns the request beyond its
 // handler.
-func (st *relayState) isDetached() bool {
+func (st *State) IsDetached() bool {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	return st.detached
 }
 
 // finish releases the request's hooks once it is over.
-func (st *relayState) finish() {
+func (st *State) finish() {
 	st.mu.Lock()
 	st.done = true
 	stop, cancel, timer, legacyEnd := st.stopWatch, st.cancel, st.timer, st.legacyEnd
@@ -186,10 +190,10 @@ func (st *relayState) finish() {
 	}
 	st.mu.Unlock()
 	if held > 0 {
-		st.h.app.global.Memory().Release(held)
+		st.p.Gov.Memory().Release(held)
 	}
-	if st.over != nil {
-		st.over()
+	if st.Over != nil {
+		st.Over()
 	}
 	if legacyEnd != nil {
 		legacyEnd()
@@ -209,24 +213,24 @@ func (st *relayState) finish() {
 // in its session, as a 2025-era sender that abandons a request must. It
 // goes through the embedded reverse_proxy with the client request's own
 // headers (see sideRequest). initialize is never cancelled.
-func (st *relayState) sendCancelled(reason string) {
+func (st *State) sendCancelled(reason string) {
 	first := st.call.First()
 	st.mu.Lock()
 	r := st.r
 	sent := st.outReq != nil
 	st.mu.Unlock()
-	if r == nil || !sent || first.ID == "" || first.Method == "initialize" || st.call.Era == mcp.EraStateless || st.res.session == nil {
+	if r == nil || !sent || first.ID == "" || first.Method == "initialize" || st.call.Era == mcp.EraStateless || st.res.Session == nil {
 		return
 	}
 	hdr := mcp.CancelHeaders(r.Header)
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 5*time.Second)
 	defer cancel()
 	body := mcp.CancelledBody(first.ID, reason)
-	if _, err := st.h.sideRequest(ctx, st.res.pinned, http.MethodPost, r.URL.EscapedPath(), r.Host, hdr, body); err != nil {
-		st.h.logger.Debug("sending notifications/cancelled upstream failed", zap.Error(err))
+	if _, err := st.p.Side(ctx, st.res.Pinned, http.MethodPost, r.URL.EscapedPath(), r.Host, hdr, body); err != nil {
+		st.p.Logger.Debug("sending notifications/cancelled upstream failed", zap.Error(err))
 		return
 	}
-	metrics.cancelsSent.Inc()
+	st.p.Metrics.CancelSent()
 }
 
 // clientWriter adapts the client's response writer for the relay.
@@ -246,23 +250,23 @@ func (c *clientWriter) SetWriteDeadline(t time.Time) error { return c.rc.SetWrit
 // streamConfig returns the relay configuration of a request's stream. The
 // replay ring gets the handler's full sizes; relay shrinks it to the
 // degraded fraction, as the level does for the streams already open.
-func (h *Handler) streamConfig(st *relayState, legacy bool) sse.StreamConfig {
+func (p *Proxy) streamConfig(st *State, legacy bool) sse.StreamConfig {
 	cfg := sse.StreamConfig{
-		MaxEvent:     int(h.maxEvent),
-		MaxLine:      int(h.maxEvent),
-		QueueEvents:  h.queueEvents,
-		QueueBytes:   int(h.queueBytes),
-		WriteTimeout: h.writeTimeout,
-		Keepalive:    h.keepalive,
-		Hooks:        h.streamHooksFor(st.session),
+		MaxEvent:     int(p.MaxEvent),
+		MaxLine:      int(p.MaxEvent),
+		QueueEvents:  p.QueueEvents,
+		QueueBytes:   int(p.QueueBytes),
+		WriteTimeout: p.WriteTimeout,
+		Keepalive:    p.Keepalive,
+		Hooks:        p.StreamHooks(st.Session),
 	}
 	// At the degraded level and above, new streams get smaller buffers.
-	if f := h.app.global.DegradedFraction(); f < 1 {
+	if f := p.Gov.DegradedFraction(); f < 1 {
 		cfg.QueueEvents = max(1, int(float64(cfg.QueueEvents)*f))
 		cfg.QueueBytes = max(1, int(float64(cfg.QueueBytes)*f))
 	}
 	if st.resumable {
-		cfg.ReplayEvents, cfg.ReplayBytes, cfg.ReplayAge = h.replayEvents, h.replayBytes, h.replayAge
+		cfg.ReplayEvents, cfg.ReplayBytes, cfg.ReplayAge = p.ReplayEvents, p.ReplayBytes, p.ReplayAge
 		cfg.IDPrefix = sse.NewIDPrefix()
 	}
 	if legacy {
@@ -271,28 +275,28 @@ func (h *Handler) streamConfig(st *relayState, legacy bool) sse.StreamConfig {
 	if first := st.call.First(); first.Kind == mcp.KindRequest && first.ID != "" && !st.call.Peek.Batch {
 		cfg.Rewrite, cfg.Final = st.answerWatch(first.ID)
 	}
-	if len(st.spliced) > 0 {
+	if len(st.Spliced) > 0 {
 		cfg.Final = st.splicedFinal()
 	}
 	return cfg
 }
 
-// retryHint returns the retry hint for a request's client: only clients at
+// RetryHint returns the retry hint for a request's client: only clients at
 // 2025-11-25 or later are known to honour it; -1 means none.
-func (h *Handler) retryHint(call *mcp.Call, res resolution) time.Duration {
+func (p *Proxy) RetryHint(call *mcp.Call, res Resolution) time.Duration {
 	v := call.Version
-	if v == "" && res.session != nil {
-		v = res.session.Version
+	if v == "" && res.Session != nil {
+		v = res.Session.Version
 	}
 	if mcp.SupportsRetryHint(v) {
-		return h.retry
+		return p.Retry
 	}
 	return -1
 }
 
 // rewriteLegacyEndpoint returns the hook that rewrites the first
 // `endpoint` event of a legacy stream.
-func (st *relayState) rewriteLegacyEndpoint() func(ev *sse.Event) []byte {
+func (st *State) rewriteLegacyEndpoint() func(ev *sse.Event) []byte {
 	seen := false
 	return func(ev *sse.Event) []byte {
 		if seen || ev.Name != "endpoint" {
@@ -310,20 +314,20 @@ func (st *relayState) rewriteLegacyEndpoint() func(ev *sse.Event) []byte {
 	}
 }
 
-// relay pumps an SSE response body taken over by the transport to the
+// Relay pumps an SSE response body taken over by the transport to the
 // client, and returns when the client has everything, left, or was cut.
-func (h *Handler) relay(w http.ResponseWriter, st *relayState, body io.ReadCloser) {
+func (p *Proxy) Relay(w http.ResponseWriter, st *State, body io.ReadCloser) {
 	legacy := legacyStream(st.r, st.call, st.res)
-	cfg := h.streamConfig(st, legacy)
+	cfg := p.streamConfig(st, legacy)
 	var link *legacyLink
-	if legacy && st.legacyID != "" && h.watchesLegacy() {
-		link, cfg.Rewrite = h.newLegacyLink(st, cfg.Rewrite)
+	if legacy && st.legacyID != "" && p.watchesLegacy() {
+		link, cfg.Rewrite = p.newLegacyLink(st, cfg.Rewrite)
 	}
 	stream := sse.NewStream(cfg)
 	if link != nil {
-		h.linkLegacy(st, link, stream)
+		p.linkLegacy(st, link, stream)
 	}
-	if f := h.app.global.DegradedFraction(); f < 1 {
+	if f := p.Gov.DegradedFraction(); f < 1 {
 		stream.ShrinkRingBy(f)
 	}
 	stream.SetCloser(func() { _ = body.Close() })
@@ -331,19 +335,19 @@ func (h *Handler) relay(w http.ResponseWriter, st *relayState, body io.ReadClose
 	st.stream = stream
 	st.mu.Unlock()
 	if st.resumable {
-		h.app.global.Resume().Add(st.res.key, stream)
+		p.Gov.Resume().Add(st.res.Key, stream)
 	}
 	// The headers go out now: an idle stream may send nothing for long.
 	cw := newClientWriter(w)
 	_ = cw.Flush()
-	if sb, ok := body.(*h1stream.Body); ok && st.handoff && h.handOff(w, st, stream, sb) {
+	if sb, ok := body.(*h1stream.Body); ok && st.handoff && p.handOff(w, st, stream, sb) {
 		return
 	}
-	att, _ := stream.Attach(cw, "", h.retryHint(st.call, st.res))
-	untrack := h.track(att, stream, st.resumable, st.session)
+	att, _ := stream.Attach(cw, "", p.RetryHint(st.call, st.res))
+	untrack := p.track(att, stream, st.resumable, st.Session)
 	defer untrack()
-	metrics.streamsActive.Inc()
-	defer metrics.streamsActive.Dec()
+	p.Metrics.StreamOpened()
+	defer p.Metrics.StreamClosed()
 
 	if st.resumable {
 		// The upstream is pumped by its own goroutine, so this request can
@@ -351,18 +355,18 @@ func (h *Handler) relay(w http.ResponseWriter, st *relayState, body io.ReadClose
 		st.mu.Lock()
 		st.detached = true
 		st.mu.Unlock()
-		group := h.app.global.tasks
-		if st.session != nil {
-			group = st.session.Group()
+		group := p.Gov.Tasks()
+		if st.Session != nil {
+			group = st.Session.Group()
 		}
 		if !group.Go(func(ctx context.Context) {
 			// The session's end (eviction) ends the pump too.
 			stop := context.AfterFunc(ctx, stream.Close)
 			defer stop()
-			h.pump(stream, body, st)
+			p.pump(stream, body, st)
 		}) {
 			stream.Close()
-			h.pump(stream, body, st)
+			p.pump(stream, body, st)
 			return
 		}
 		stop := context.AfterFunc(st.r.Context(), att.Gone)
@@ -373,23 +377,23 @@ func (h *Handler) relay(w http.ResponseWriter, st *relayState, body io.ReadClose
 	stop := context.AfterFunc(st.r.Context(), func() { att.Gone(); stream.Close() })
 	defer stop()
 	att.OnEnd(stream.Close)
-	h.pump(stream, body, st)
+	p.pump(stream, body, st)
 	_ = att.Wait(st.r.Context())
 }
 
 // pump runs the upstream side of a stream until it ends.
-func (h *Handler) pump(stream *sse.Stream, body io.ReadCloser, st *relayState) {
+func (p *Proxy) pump(stream *sse.Stream, body io.ReadCloser, st *State) {
 	defer st.finish()
 	defer body.Close()
 	err := stream.Pump(body)
 	if errors.Is(err, sse.ErrEventTooLarge) || errors.Is(err, sse.ErrLineTooLong) {
-		h.logger.Warn("upstream SSE event over max_event_size; stream closed", zap.Error(err))
+		p.Logger.Warn("upstream SSE event over max_event_size; stream closed", zap.Error(err))
 	}
 }
 
-// serveResume answers a GET with Last-Event-ID from the stream that holds
+// ServeResume answers a GET with Last-Event-ID from the stream that holds
 // the id: the events after it, then the stream's live events.
-func (h *Handler) serveResume(w http.ResponseWriter, r *http.Request, stream *sse.Stream, last string, retry time.Duration, sess *resources.Session) error {
+func (p *Proxy) ServeResume(w http.ResponseWriter, r *http.Request, stream *sse.Stream, last string, retry time.Duration, sess *resources.Session) error {
 	hdr := w.Header()
 	hdr.Set("Content-Type", "text/event-stream")
 	hdr.Set("Cache-Control", "no-cache")
@@ -398,12 +402,28 @@ func (h *Handler) serveResume(w http.ResponseWriter, r *http.Request, stream *ss
 	cw := newClientWriter(w)
 	_ = cw.Flush()
 	att, _ := stream.Attach(cw, last, retry)
-	untrack := h.track(att, stream, true, sess)
+	untrack := p.track(att, stream, true, sess)
 	defer untrack()
-	metrics.streamsActive.Inc()
-	defer metrics.streamsActive.Dec()
+	p.Metrics.StreamOpened()
+	defer p.Metrics.StreamClosed()
 	stop := context.AfterFunc(r.Context(), att.Gone)
 	defer stop()
 	_ = att.Wait(r.Context())
 	return nil
+}
+
+// Response reports the status of the last upstream response, and whether
+// there was one; the caller reads it once the proxy has returned.
+func (st *State) Response() (status int, ok bool) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.status, st.responded
+}
+
+// StreamBody returns the SSE body the transport took over for Relay, nil
+// when the answer was not a stream.
+func (st *State) StreamBody() io.ReadCloser {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.body
 }

@@ -1,4 +1,4 @@
-package caddymodule
+package relay
 
 import (
 	"bytes"
@@ -12,7 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
 	"github.com/mcpgate/mcpgate/admission"
@@ -29,30 +28,29 @@ import (
 // (empty, not visible ASCII, too long, repeated) is replaced by a 502 with
 // a JSON-RPC error, and the upstream session is deleted. It returns the
 // response to hand on, which may be a replacement.
-func (st *relayState) sealResponse(req *http.Request, resp *http.Response) *http.Response {
+func (st *State) sealResponse(req *http.Request, resp *http.Response, upstream string) *http.Response {
 	hdr := resp.Header
 	ids := hdr.Values(mcp.HeaderSessionID)
 	if len(ids) == 0 {
 		return resp
 	}
-	h := st.h
-	if st.res.session != nil && st.res.session.Kind == mcp.TokenSession && len(ids) == 1 && ids[0] == st.res.session.UpstreamID {
-		hdr.Set(mcp.HeaderSessionID, st.res.token)
+	p := st.p
+	if st.res.Session != nil && st.res.Session.Kind == mcp.TokenSession && len(ids) == 1 && ids[0] == st.res.Session.UpstreamID {
+		hdr.Set(mcp.HeaderSessionID, st.res.Token)
 		return resp
 	}
 	hdr.Del(mcp.HeaderSessionID)
-	if !st.call.IsInitialize() || st.res.session != nil || resp.StatusCode < 200 || resp.StatusCode > 299 {
-		metrics.upstreamIDs.WithLabelValues("dropped").Inc()
-		if c := h.logger.Check(zap.DebugLevel, "upstream session id on an answer that starts no session dropped"); c != nil {
+	if !st.call.IsInitialize() || st.res.Session != nil || resp.StatusCode < 200 || resp.StatusCode > 299 {
+		st.p.Metrics.UpstreamID("dropped")
+		if c := p.Logger.Check(zap.DebugLevel, "upstream session id on an answer that starts no session dropped"); c != nil {
 			c.Write(zap.String("method", st.call.First().Method))
 		}
 		return resp
 	}
-	upstream, _ := caddyhttp.GetVar(req.Context(), varSelected).(string)
 	sid := ids[0]
 	if len(ids) != 1 || !mcp.ValidSessionID(sid) || upstream == "" {
-		metrics.upstreamIDs.WithLabelValues("unusable").Inc()
-		h.logger.Warn("upstream session id cannot be carried; initialize answered with 502",
+		st.p.Metrics.UpstreamID("unusable")
+		p.Logger.Warn("upstream session id cannot be carried; initialize answered with 502",
 			zap.String("upstream", upstream), zap.Int("ids", len(ids)), zap.Int("length", len(sid)))
 		if len(ids) == 1 && sid != "" && validHeaderValue(sid) {
 			st.deleteUpstreamSession(req, sid)
@@ -70,24 +68,24 @@ func (st *relayState) sealResponse(req *http.Request, resp *http.Response) *http
 		Upstream:   upstream,
 		UpstreamID: sid,
 		Version:    version,
-		Expires:    h.now().Add(h.lifetime),
-		Principal:  h.sealer.Bind(st.principal),
+		Expires:    p.Now().Add(p.SessionLifetime),
+		Principal:  p.Sealer.Bind(st.Principal),
 	}
-	tok, err := h.sealer.Seal(sess)
+	tok, err := p.Sealer.Seal(sess)
 	if err != nil {
-		metrics.upstreamIDs.WithLabelValues("unusable").Inc()
-		h.logger.Warn("cannot seal upstream session id; initialize answered with 502", zap.Error(err))
+		st.p.Metrics.UpstreamID("unusable")
+		p.Logger.Warn("cannot seal upstream session id; initialize answered with 502", zap.Error(err))
 		st.deleteUpstreamSession(req, sid)
 		return st.replaceResponse(resp, http.StatusBadGateway, mcp.CodeInternalError,
 			"the upstream's session id cannot be carried by the proxy")
 	}
-	if err := h.openSession(st, req, upstream, sid, version); err != nil {
+	if err := p.openSession(st, req, upstream, sid, version); err != nil {
 		st.deleteUpstreamSession(req, sid)
-		ref := sessionTableRefusal(err, "")
+		ref := p.SessionTableRefusal(err, "")
 		return st.replaceResponse(resp, ref.Status, ref.Code, ref.Message)
 	}
 	hdr.Set(mcp.HeaderSessionID, tok)
-	metrics.sessionsCreated.Inc()
+	st.p.Metrics.SessionCreated()
 	return resp
 }
 
@@ -103,7 +101,7 @@ func validHeaderValue(v string) bool {
 
 // replaceResponse closes resp's body and returns, in its place, an answer
 // of the proxy's own with a JSON-RPC error for the request.
-func (st *relayState) replaceResponse(resp *http.Response, status, code int, msg string) *http.Response {
+func (st *State) replaceResponse(resp *http.Response, status, code int, msg string) *http.Response {
 	if resp.Body != nil {
 		_ = resp.Body.Close()
 	}
@@ -112,7 +110,7 @@ func (st *relayState) replaceResponse(resp *http.Response, status, code int, msg
 	hdr.Set("Content-Type", "application/json")
 	hdr.Set("Content-Length", strconv.Itoa(len(body)))
 	if status == http.StatusServiceUnavailable || status == http.StatusTooManyRequests {
-		hdr.Set("Retry-After", levelRetryAfter)
+		hdr.Set("Retry-After", RetryAfter)
 	}
 	st.status = status
 	return &http.Response{
@@ -131,17 +129,17 @@ func (st *relayState) replaceResponse(resp *http.Response, status, code int, msg
 // deleteUpstreamSession ends an upstream session the proxy will not use,
 // with a DELETE sent like req (same upstream, transport and headers), in
 // the background.
-func (st *relayState) deleteUpstreamSession(req *http.Request, sid string) {
+func (st *State) deleteUpstreamSession(req *http.Request, sid string) {
 	del := req.Clone(context.WithoutCancel(req.Context()))
 	del.Method = http.MethodDelete
 	del.Body, del.ContentLength, del.GetBody = http.NoBody, 0, nil
 	del.Header.Del("Content-Type")
 	del.Header.Del("Content-Length")
 	del.Header.Set(mcp.HeaderSessionID, sid)
-	inner := st.h.transport.inner
-	logger := st.h.logger
-	_ = st.h.app.global.tasks.Go(func(ctx context.Context) {
-		defer recoverPanic(logger, "upstream session delete")
+	p := st.p
+	inner, logger := p.Inner, p.Logger
+	_ = p.Gov.Tasks().Go(func(ctx context.Context) {
+		defer p.recoverPanic("upstream session delete")
 		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
 		resp, err := inner.RoundTrip(del.WithContext(ctx))
@@ -156,11 +154,11 @@ func (st *relayState) deleteUpstreamSession(req *http.Request, sid string) {
 
 // openSession records a session the upstream just created, or reports
 // why it cannot be.
-func (h *Handler) openSession(st *relayState, req *http.Request, upstream, sid, version string) error {
-	g := h.app.global
+func (p *Proxy) openSession(st *State, req *http.Request, upstream, sid, version string) error {
+	g := p.Gov
 	info := resources.SessionInfo{
 		Key: mcp.SessionKey(upstream, sid), Upstream: upstream, Version: version, UpstreamID: sid,
-		ClientKey: st.clientKey, Endpoint: mcp.SessionEndpoint(st.r), Host: mcp.SessionHost(st.r.Host),
+		ClientKey: st.ClientKey, Endpoint: mcp.SessionEndpoint(st.r), Host: mcp.SessionHost(st.r.Host),
 	}
 	_, err := g.Sessions().Open(info, time.Now(), g.Level() == admission.LevelProtective)
 	if errors.Is(err, resources.ErrExists) {
@@ -169,7 +167,7 @@ func (h *Handler) openSession(st *relayState, req *http.Request, upstream, sid, 
 		return nil
 	}
 	if err != nil {
-		if c := h.logger.Check(zap.DebugLevel, "new session not registered"); c != nil {
+		if c := p.Logger.Check(zap.DebugLevel, "new session not registered"); c != nil {
 			c.Write(zap.Error(err))
 		}
 	}
@@ -192,31 +190,30 @@ func isEventStream(h http.Header) bool {
 // stream the upstream just opened. The stream is the session: it is in
 // flight while the stream is open and leaves the registry when it ends.
 // It reports false when the session cannot be registered.
-func (st *relayState) openLegacy(req *http.Request) bool {
-	h := st.h
-	g := h.app.global
-	upstream, _ := caddyhttp.GetVar(req.Context(), varSelected).(string)
+func (st *State) openLegacy(upstream string) bool {
+	p := st.p
+	g := p.Gov
 	var b [12]byte
 	_, _ = rand.Read(b[:])
 	id := "legacy-" + base64.RawURLEncoding.EncodeToString(b[:])
 	info := resources.SessionInfo{
 		Key: mcp.SessionKey(upstream, id), Upstream: upstream, Version: mcp.Version20241105, UpstreamID: id,
-		ClientKey: st.clientKey,
+		ClientKey: st.ClientKey,
 	}
 	s, err := g.Sessions().Open(info, time.Now(), g.Level() == admission.LevelProtective)
 	if err != nil {
-		metrics.sessionRefusals.WithLabelValues("full").Inc()
+		st.p.Metrics.SessionRefused("full")
 		return false
 	}
 	end := s.Begin()
 	st.mu.Lock()
-	st.session, st.legacyID, st.legacyUpstream = s, id, upstream
+	st.Session, st.legacyID, st.legacyUpstream = s, id, upstream
 	st.legacyEnd = func() {
 		end()
 		g.Sessions().Remove(info.Key, resources.CauseDeleted)
 	}
 	st.mu.Unlock()
-	metrics.sessionsCreated.Inc()
+	st.p.Metrics.SessionCreated()
 	return true
 }
 
@@ -224,33 +221,43 @@ func (st *relayState) openLegacy(req *http.Request) bool {
 // route prefix. The upstream's endpoint, with the upstream's session id in
 // its query, is sealed into the route token the URL carries, so the client
 // never sees it.
-func (st *relayState) rewriteEndpoint(r *http.Request, data string) (string, bool) {
-	h := st.h
-	prefix := ""
-	if orig, ok := r.Context().Value(caddyhttp.OriginalRequestCtxKey).(http.Request); ok && orig.URL != nil {
-		prefix = mcp.StrippedPrefix(orig.URL.Path, r.URL.Path)
-	}
-	upstreamEP, clientPath, err := mcp.MapEndpoint(data, r.URL.Path, prefix)
+func (st *State) rewriteEndpoint(r *http.Request, data string) (string, bool) {
+	p := st.p
+	upstreamEP, clientPath, err := mcp.MapEndpoint(data, r.URL.Path, st.RoutePrefix)
 	if err != nil {
-		h.logger.Warn("legacy endpoint event not rewritten", zap.Error(err))
+		p.Logger.Warn("legacy endpoint event not rewritten", zap.Error(err))
 		return "", false
 	}
 	st.mu.Lock()
 	id, upstream := st.legacyID, st.legacyUpstream
 	st.mu.Unlock()
-	tok, err := h.sealer.Seal(&mcp.Session{
+	tok, err := p.Sealer.Seal(&mcp.Session{
 		Kind:       mcp.TokenLegacy,
 		Upstream:   upstream,
 		UpstreamID: id,
 		Version:    mcp.Version20241105,
-		Expires:    h.now().Add(h.lifetime),
+		Expires:    p.Now().Add(p.SessionLifetime),
 		Endpoint:   upstreamEP,
-		Principal:  h.sealer.Bind(st.principal),
+		Principal:  p.Sealer.Bind(st.Principal),
 	})
 	if err != nil {
-		metrics.upstreamIDs.WithLabelValues("unusable").Inc()
-		h.logger.Warn("legacy endpoint cannot be sealed; stream closed", zap.Error(err), zap.Int("length", len(upstreamEP)))
+		st.p.Metrics.UpstreamID("unusable")
+		p.Logger.Warn("legacy endpoint cannot be sealed; stream closed", zap.Error(err), zap.Int("length", len(upstreamEP)))
 		return "", false
 	}
 	return mcp.EndpointURL(clientPath, tok), true
+}
+
+// SessionTableRefusal answers a session the registry could not take: 429
+// when the client holds its share of sessions, 503 when the table is
+// full, both with Retry-After, and counts it.
+func (p *Proxy) SessionTableRefusal(err error, id string) *mcp.Refusal {
+	if errors.Is(err, resources.ErrClientFull) {
+		p.Metrics.SessionRefused("client_full")
+		return mcp.Refuse(http.StatusTooManyRequests, mcp.CodeServerError, id,
+			"too many sessions for this client (client_max_sessions), retry after "+RetryAfter+"s")
+	}
+	p.Metrics.SessionRefused("full")
+	return mcp.Refuse(http.StatusServiceUnavailable, mcp.CodeServerError, id,
+		"session limit reached, retry after "+RetryAfter+"s")
 }

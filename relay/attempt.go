@@ -1,0 +1,154 @@
+package relay
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"strconv"
+
+	"github.com/mcpgate/mcpgate/mcp"
+	"github.com/mcpgate/mcpgate/policy"
+	"github.com/mcpgate/mcpgate/sse"
+)
+
+// Attempt prepares one attempt of the request upstream: a resumable
+// request gets a context of its own, which only the relay state cancels;
+// a body already read whole goes as one buffer.
+func (st *State) Attempt(req *http.Request) *http.Request {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.resumable {
+		// Only a resumable request outlives its client; any other one is
+		// cancelled with the client's request, as reverse_proxy does.
+		clientCtx := req.Context()
+		ctx, cancel := context.WithCancel(context.WithoutCancel(clientCtx))
+		req = req.WithContext(ctx)
+		if st.cancel != nil {
+			st.cancel() // a retry: the previous attempt is over
+		}
+		st.cancel = cancel
+		if st.stopWatch == nil {
+			st.stopWatch = context.AfterFunc(clientCtx, st.clientGone)
+		}
+	}
+	if st.deadline != nil && !st.resumable {
+		// A request with a deadline gets a context the deadline cancels.
+		ctx, cancel := context.WithCancel(req.Context())
+		req = req.WithContext(ctx)
+		if st.cancel != nil {
+			st.cancel()
+		}
+		st.cancel = cancel
+	}
+	if st.expired && st.cancel != nil {
+		st.cancel() // no new attempt after the deadline
+	}
+	st.outReq = req
+	if len(st.Whole) > 0 && req.Body != nil && req.Body != http.NoBody {
+		// reverse_proxy wraps the body (trailers, retries), which makes
+		// net/http's Transport flush the request's header in a write of
+		// its own, in case the body is slow to come. This body is already
+		// in memory: as a *bytes.Reader the Transport sends the header
+		// and body in one write.
+		req.Body = io.NopCloser(bytes.NewReader(st.Whole))
+		req.ContentLength = int64(len(st.Whole))
+	}
+	return req
+}
+
+// Answer handles the upstream's answer: session ids sealed, a legacy
+// session registered, an SSE body taken over for the relay.
+func (st *State) Answer(req *http.Request, resp *http.Response, dialled bool, selected string) *http.Response {
+	st.status, st.responded = resp.StatusCode, true
+	resp = st.sealResponse(req, resp, selected)
+	streamed := isEventStream(resp.Header)
+	if l := st.p.Lists; req.Method == http.MethodPost && resp.StatusCode == http.StatusOK && l.Enforces() {
+		l.NoteAnswer(resp, streamed)
+	}
+	if len(st.Spliced) > 0 && !streamed {
+		resp = st.spliceAnswers(resp)
+	}
+	if !streamed {
+		st.stopDeadline()
+		if resp.StatusCode == http.StatusOK && resp.Body != nil && st.readsJSON() && mcp.IsJSON(resp.Header.Get("Content-Type")) {
+			resp = st.processJSON(resp)
+		}
+	}
+	if resp.StatusCode == http.StatusOK && legacyStream(st.r, st.call, st.res) && isEventStream(resp.Header) && !st.openLegacy(selected) {
+		resp = st.replaceResponse(resp, http.StatusServiceUnavailable, mcp.CodeServerError,
+			"session limit reached, retry after "+RetryAfter+"s")
+	}
+	// An empty SSE answer (Content-Length: 0 gives http.NoBody) goes to
+	// the relay too: it ends at once, without the request's answer.
+	if resp.StatusCode != http.StatusOK || resp.Body == nil || !isEventStream(resp.Header) {
+		st.handoff = false
+		return resp
+	}
+	st.mu.Lock()
+	st.body = resp.Body
+	st.mu.Unlock()
+	resp.Body = http.NoBody
+	resp.ContentLength = -1
+	resp.Header.Del("Content-Length")
+	// A stream that may be handed off is delimited by the close of its
+	// connection, not chunked: net/http then sends "Connection: close"
+	// and no Transfer-Encoding, and the relay writes the events as they
+	// are once it owns the connection.
+	st.handoff = st.handoff && dialled
+	if st.handoff && st.r.ProtoAtLeast(1, 1) {
+		st.w.Header().Set("Transfer-Encoding", "identity")
+	}
+	return resp
+}
+
+// spliceAnswers adds the errors of a batch's denied requests to the
+// upstream's answer to the rest: into a JSON array, as events at the end of
+// an SSE answer (see the batch's stream hooks), or, when the rest held no
+// request (the upstream answered 202), as the whole answer.
+func (st *State) spliceAnswers(resp *http.Response) *http.Response {
+	if resp.StatusCode == http.StatusAccepted {
+		body := mcp.AppendBatch(nil, st.Spliced)
+		if resp.Body != nil {
+			_ = resp.Body.Close()
+		}
+		resp.StatusCode, resp.Status = http.StatusOK, "200 OK"
+		resp.Header.Set("Content-Type", "application/json")
+		resp.Header.Set("Content-Length", strconv.Itoa(len(body)))
+		resp.Body = io.NopCloser(bytes.NewReader(body))
+		resp.ContentLength = int64(len(body))
+		return resp
+	}
+	if resp.StatusCode != http.StatusOK || !mcp.IsJSON(resp.Header.Get("Content-Type")) || resp.Body == nil {
+		return resp
+	}
+	limit := st.p.MaxEvent
+	raw, _, err := mcp.ReadHead(resp.Body, limit+1)
+	_ = resp.Body.Close()
+	var body []byte
+	if err == nil && int64(len(raw)) <= limit {
+		body, err = policy.SpliceAnswers(raw, st.Spliced)
+	} else if err == nil {
+		err = errors.New("the batch answer exceeds max_event_size")
+	}
+	if err != nil {
+		return st.replaceResponse(resp, http.StatusBadGateway, mcp.CodeInternalError, "the upstream's batch answer could not be read")
+	}
+	resp.Body = io.NopCloser(bytes.NewReader(body))
+	resp.ContentLength = int64(len(body))
+	resp.Header.Set("Content-Length", strconv.Itoa(len(body)))
+	return resp
+}
+
+// splicedFinal returns the stream hook that ends a batch's SSE answer with
+// the errors of its denied requests.
+func (st *State) splicedFinal() func(error) []byte {
+	return func(error) []byte {
+		var out []byte
+		for _, a := range st.Spliced {
+			out = sse.AppendEvent(out, "", "message", a)
+		}
+		return out
+	}
+}

@@ -1,0 +1,116 @@
+package relay
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/mcpgate/mcpgate/mcp"
+	"github.com/mcpgate/mcpgate/policy"
+)
+
+// A request's deadline (request_timeout, or its tool's timeout; see
+// policy.Deadline) bounds its whole life after admission. When it passes,
+// the upstream request is cancelled (its context, which closes its
+// connection or stream: the 2026-07-28 way of cancelling) and, in a
+// session, the upstream is sent notifications/cancelled with the
+// request's id; the client gets a JSON-RPC error for its request, as the
+// answer or as the last event of its stream; the handler returns, which
+// frees the request's slots.
+
+// startDeadline arms the request's deadline.
+func (st *State) startDeadline(step, maxTotal time.Duration) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.deadline = policy.NewDeadline(step, maxTotal, st.expire)
+}
+
+// extendDeadline moves the deadline on a progress notification.
+func (st *State) extendDeadline() {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.deadline != nil && !st.expired && !st.done {
+		st.deadline.Extend()
+	}
+}
+
+// stopDeadline disarms the deadline: the answer arrived.
+func (st *State) stopDeadline() {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.deadline != nil {
+		st.deadline.Stop()
+	}
+}
+
+// IsExpired reports whether the request's deadline passed.
+func (st *State) IsExpired() bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.expired
+}
+
+// expire ends a request whose deadline passed.
+func (st *State) expire() {
+	defer st.p.recoverPanic("request deadline")
+	st.mu.Lock()
+	if st.done || st.expired {
+		st.mu.Unlock()
+		return
+	}
+	st.expired = true
+	state := "waiting"
+	if st.stream != nil {
+		state = "streaming"
+	}
+	st.mu.Unlock()
+	st.p.Metrics.Deadline(state)
+	st.giveUp("request timed out")
+}
+
+// giveUp abandons the upstream request: cancels it and, in a session,
+// tells the upstream.
+func (st *State) giveUp(reason string) {
+	st.abort()
+	st.sendCancelled(reason)
+}
+
+// TimeoutRefusal is the answer to a request whose deadline passed before
+// the upstream answered: a JSON-RPC error for it, inside a 200 as the
+// request's answer.
+func (st *State) TimeoutRefusal() *mcp.Refusal {
+	return mcp.Refuse(http.StatusOK, policy.CodeRequestTimeout, st.call.First().ID, policy.TimeoutMessage(st.deadline.Step()))
+}
+
+// deadlineWriter is the client's writer as reverse_proxy sees it for a
+// request with a deadline: reverse_proxy records an upstream request
+// cancelled by the deadline as the client's own disconnect (499), which
+// the handler answers instead with the request's timeout error.
+type deadlineWriter struct {
+	http.ResponseWriter
+	st *State
+}
+
+func (d *deadlineWriter) WriteHeader(code int) {
+	if code == statusClientClosed && d.st.IsExpired() {
+		return
+	}
+	d.ResponseWriter.WriteHeader(code)
+}
+
+// Unwrap lets http.ResponseController reach the writer beneath.
+func (d *deadlineWriter) Unwrap() http.ResponseWriter { return d.ResponseWriter }
+
+// statusClientClosed is the status reverse_proxy records for a cancelled
+// upstream request.
+const statusClientClosed = 499
+
+// Writer returns w as the proxy should write the client's answer: for a
+// request with a deadline, a writer that does not let the proxy's record
+// of the cancelled upstream request (499) reach the client, which the
+// caller answers with TimeoutRefusal instead.
+func (st *State) Writer(w http.ResponseWriter) http.ResponseWriter {
+	if st.deadline == nil {
+		return w
+	}
+	return &deadlineWriter{ResponseWriter: w, st: st}
+}

@@ -1,0 +1,147 @@
+// Package relay is what mcpgate does with a proxied MCP request once it is
+// admitted, independent of Caddy: the relay state that links the request
+// with its upstream attempts (detached from the client where the era says
+// a disconnect is no cancel), the answer (session ids sealed, a legacy
+// session registered, a JSON answer read whole when it is filtered or
+// capped, an SSE body taken over), the SSE relay of the answer or GET
+// stream (answer watch, max_response, replay and resumption, handoff of a
+// GET stream's connection), request deadlines, and the legacy HTTP+SSE
+// links that act on answers sent on a session's stream.
+//
+// A Proxy holds what one mcp_proxy handler configures and the process-wide
+// state it shares (the governor); its Hooks are how it reaches what the
+// caller owns: metrics, panics, side requests through the caller's proxy.
+// Every goroutine it starts belongs to the governor's task group or a
+// session's; every buffer is bounded by the stream and answer limits of
+// its Config and reserved from the governor's memory budget.
+package relay
+
+import (
+	"context"
+	"net/http"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/mcpgate/mcpgate/governor"
+	"github.com/mcpgate/mcpgate/mcp"
+	"github.com/mcpgate/mcpgate/policy"
+	"github.com/mcpgate/mcpgate/resources"
+	"github.com/mcpgate/mcpgate/sse"
+)
+
+// RetryAfter is the Retry-After, in seconds, of the proxy's refusals for
+// a full session table.
+const RetryAfter = "1"
+
+// Config is the part of an mcp_proxy's configuration the relay applies,
+// with defaults already set.
+type Config struct {
+	MaxEvent                int64
+	QueueEvents             int
+	QueueBytes              int64
+	WriteTimeout, Keepalive time.Duration
+	ReplayEvents            int
+	ReplayBytes             int64
+	ReplayAge               time.Duration
+	Retry                   time.Duration // the retry hint
+	Handoff                 bool          // GET streams may leave the handler
+	MaxResponse             int64         // 0: no cap
+	MaxTimeout              time.Duration // 0: DefaultMaxTimeoutFactor steps
+	SessionLifetime         time.Duration
+	// Deadlines: some request may have a deadline (request_timeout or a
+	// tool's timeout).
+	Deadlines bool
+}
+
+// Lists is the access policy's part in answers: whether list results are
+// filtered (rules or pins), and the filter.
+type Lists interface {
+	// Filters reports whether list results are filtered at all.
+	Filters() bool
+	// Enforces reports whether access rules are enforced.
+	Enforces() bool
+	// Filter filters one JSON-RPC message answering a list request of
+	// method sent by subj to upstream, private when the result may not
+	// be cached beyond the caller; out is nil when nothing changed, ok
+	// false when the message could not be read.
+	Filter(method string, msg []byte, subj policy.Subject, upstream string, private bool) (out []byte, ok bool)
+	// NoteAnswer notes how the upstreams answer POST requests, for the
+	// answers of denied ones.
+	NoteAnswer(resp *http.Response, streamed bool)
+}
+
+// Metrics are the counts the relay reports. Every field is needed.
+type Metrics struct {
+	CancelSent, ResponseTooLarge, Backpressure, ListUnreadable, Unanswered, SessionCreated func()
+	StreamOpened, StreamClosed                                                             func()
+	Deadline                                                                               func(state string)  // "waiting", "streaming"
+	SessionRefused                                                                         func(kind string)   // "full", "legacy_pending"
+	UpstreamID                                                                             func(result string) // "dropped", "unusable"
+}
+
+// Proxy relays the requests of one mcp_proxy handler.
+type Proxy struct {
+	Config
+	Logger  *zap.Logger
+	Gov     *governor.Governor
+	Lists   Lists
+	Sealer  *mcp.Sealer
+	Streams *sse.StreamSet // the handler's open streams, drained on reload
+	// Inner is the transport an upstream session the proxy will not use
+	// is deleted through.
+	Inner   http.RoundTripper
+	Now     func() time.Time
+	Metrics *Metrics
+	// Side sends a request of the proxy's own (notifications/cancelled)
+	// to the upstream with dial address upstream through the caller's
+	// proxy; path is the escaped path a client would send it to, host
+	// its Host header.
+	Side func(ctx context.Context, upstream, method, path, host string, hdr http.Header, body []byte) (int, error)
+	// StreamHooks returns the accounting hooks of a stream of sess (nil
+	// for a stream without a session).
+	StreamHooks func(sess *resources.Session) *sse.Hooks
+	// Panicked reports a panic recovered on one of the relay's
+	// goroutines or timers.
+	Panicked func(where string, v any)
+}
+
+// Resolution is a request's session as the proxy resolved it.
+type Resolution struct {
+	// Session is the opened token, nil for a request without a session.
+	Session *mcp.Session
+	// Token is the client's token as presented.
+	Token string
+	// Pinned is the dial address of the upstream the request must reach.
+	Pinned string
+	// Key names the session in the registries (mcp.SessionKey), ""
+	// without a session.
+	Key string
+}
+
+// recoverPanic reports a panic of the goroutine or timer it is deferred
+// in.
+func (p *Proxy) recoverPanic(where string) {
+	if v := recover(); v != nil {
+		p.Panicked(where, v)
+	}
+}
+
+// track records an open attachment with the handler, the process and the
+// session (whose eviction closes it); the returned func forgets it.
+func (p *Proxy) track(a *sse.Attachment, s *sse.Stream, resumable bool, sess *resources.Session) func() {
+	forgetHandler := p.Streams.Add(a, s, resumable)
+	forgetProcess := p.Gov.OpenStreams().Add(a, s, resumable)
+	forgetSession := func() {}
+	if sess != nil {
+		forgetSession = sess.AddStream(func(error) {
+			a.Close()
+			s.Close()
+		})
+	}
+	return func() {
+		forgetSession()
+		forgetProcess()
+		forgetHandler()
+	}
+}

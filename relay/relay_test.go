@@ -1,0 +1,228 @@
+package relay
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/mcpgate/mcpgate/governor"
+	"github.com/mcpgate/mcpgate/mcp"
+	"github.com/mcpgate/mcpgate/policy"
+	"github.com/mcpgate/mcpgate/resources"
+	"github.com/mcpgate/mcpgate/sse"
+)
+
+// counts records what a Proxy reports through its Metrics.
+type counts struct {
+	mu sync.Mutex
+	m  map[string]int
+}
+
+func (c *counts) add(name string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.m[name]++
+}
+
+func (c *counts) get(name string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.m[name]
+}
+
+func (c *counts) metrics() *Metrics {
+	f := func(name string) func() { return func() { c.add(name) } }
+	return &Metrics{
+		CancelSent: f("cancel"), ResponseTooLarge: f("too_large"), Backpressure: f("backpressure"),
+		ListUnreadable: f("list_unreadable"), Unanswered: f("unanswered"), SessionCreated: f("session"),
+		StreamOpened: f("opened"), StreamClosed: f("closed"),
+		Deadline:       func(s string) { c.add("deadline_" + s) },
+		SessionRefused: func(k string) { c.add("refused_" + k) },
+		UpstreamID:     func(r string) { c.add("id_" + r) },
+	}
+}
+
+// noLists filters nothing.
+type noLists struct{}
+
+func (noLists) Filters() bool  { return false }
+func (noLists) Enforces() bool { return false }
+func (noLists) Filter(string, []byte, policy.Subject, string, bool) ([]byte, bool) {
+	return nil, true
+}
+func (noLists) NoteAnswer(*http.Response, bool) {}
+
+// side records the side requests a Proxy sends.
+type side struct {
+	mu     sync.Mutex
+	bodies []string
+}
+
+func (s *side) sendFunc() func(context.Context, string, string, string, string, http.Header, []byte) (int, error) {
+	return func(_ context.Context, _, _, _, _ string, _ http.Header, body []byte) (int, error) {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.bodies = append(s.bodies, string(body))
+		return http.StatusAccepted, nil
+	}
+}
+
+func newTestProxy(t *testing.T, cfg Config) (*Proxy, *counts, *side) {
+	t.Helper()
+	gov := governor.New(governor.Hooks{})
+	t.Cleanup(gov.Close)
+	sealer, err := mcp.NewSealer([][]byte{mcp.GenerateKey()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &counts{m: map[string]int{}}
+	sd := &side{}
+	if cfg.MaxEvent == 0 {
+		cfg.MaxEvent, cfg.QueueEvents, cfg.QueueBytes = 1<<20, 100, 1<<20
+		cfg.WriteTimeout, cfg.SessionLifetime = 5*time.Second, time.Hour
+	}
+	p := &Proxy{
+		Config: cfg, Logger: zap.NewNop(), Gov: gov, Lists: noLists{}, Sealer: sealer,
+		Streams: sse.NewStreamSet(nil), Inner: http.DefaultTransport, Now: time.Now, Metrics: c.metrics(),
+		Side:        sd.sendFunc(),
+		StreamHooks: func(*resources.Session) *sse.Hooks { return &sse.Hooks{} },
+		Panicked:    func(where string, v any) { t.Errorf("panic in %s: %v", where, v) },
+	}
+	return p, c, sd
+}
+
+func TestIsEventStream(t *testing.T) {
+	for ct, want := range map[string]bool{
+		"text/event-stream": true, "Text/Event-Stream; charset=utf-8": true, "text/event-stream ;x=y": true,
+		"text/event-streams": false, "application/json": false, "": false, "text/event": false,
+	} {
+		h := http.Header{}
+		h.Set("Content-Type", ct)
+		if got := isEventStream(h); got != want {
+			t.Errorf("%q: %v", ct, got)
+		}
+	}
+}
+
+func TestSessionTableRefusal(t *testing.T) {
+	p, c, _ := newTestProxy(t, Config{})
+	if ref := p.SessionTableRefusal(resources.ErrClientFull, "1"); ref.Status != http.StatusTooManyRequests || c.get("refused_client_full") != 1 {
+		t.Errorf("client full: %+v", ref)
+	}
+	if ref := p.SessionTableRefusal(resources.ErrFull, "1"); ref.Status != http.StatusServiceUnavailable || c.get("refused_full") != 1 {
+		t.Errorf("full: %+v", ref)
+	}
+}
+
+// post returns a tools/call POST of a 2025-06-18 session and its call.
+func post(t *testing.T, body string) (*http.Request, *mcp.Call) {
+	t.Helper()
+	r := httptest.NewRequest(http.MethodPost, "/mcp", strings.NewReader(body))
+	r.Header.Set("Content-Type", "application/json")
+	r.Header.Set(mcp.HeaderProtocolVersion, mcp.Version20250618)
+	call := &mcp.Call{}
+	if ref := mcp.ClassifyHeaders(r.Header, call); ref != nil {
+		t.Fatal(ref.Message)
+	}
+	if err := mcp.ParseEnvelope([]byte(body), true, &call.Peek); err != nil {
+		t.Fatal(err)
+	}
+	return r, call
+}
+
+func sseResponse(req *http.Request, events string) *http.Response {
+	return &http.Response{
+		StatusCode: http.StatusOK, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header:  http.Header{"Content-Type": {"text/event-stream"}},
+		Body:    io.NopCloser(strings.NewReader(events)),
+		Request: req, ContentLength: -1,
+	}
+}
+
+// TestRelayAnswerWatch: an SSE answer that ends without the request's
+// answer gets the proxy's error for it as its last event; one that
+// passes max_response is ended with an error and the upstream is told.
+func TestRelayAnswerWatch(t *testing.T) {
+	const body = `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo"}}`
+	sess := &mcp.Session{Kind: mcp.TokenSession, Upstream: "up:1", UpstreamID: "u1", Version: mcp.Version20250618}
+	res := Resolution{Session: sess, Token: "tok", Pinned: "up:1", Key: mcp.SessionKey("up:1", "u1")}
+
+	p, c, _ := newTestProxy(t, Config{})
+	r, call := post(t, body)
+	w := httptest.NewRecorder()
+	st := p.NewState(w, r, call, res)
+	req := st.Attempt(r.Clone(r.Context()))
+	resp := st.Answer(req, sseResponse(req, "event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\n"), false, "up:1")
+	if b := st.StreamBody(); b == nil || resp.Body != http.NoBody {
+		t.Fatal("SSE body not taken over")
+	}
+	p.Relay(w, st, st.StreamBody())
+	out := w.Body.String()
+	if !strings.Contains(out, "notifications/progress") || !strings.Contains(out, `"id":7`) || !strings.Contains(out, "without an answer") {
+		t.Fatalf("client got %q", out)
+	}
+	if c.get("unanswered") != 1 || c.get("opened") != 1 || c.get("closed") != 1 {
+		t.Fatalf("counts %v", c.m)
+	}
+
+	p, c, sd := newTestProxy(t, Config{})
+	p.MaxResponse = 100
+	r, call = post(t, body)
+	w = httptest.NewRecorder()
+	st = p.NewState(w, r, call, res)
+	req = st.Attempt(r.Clone(r.Context()))
+	big := `{"jsonrpc":"2.0","id":7,"result":{"text":"` + strings.Repeat("a", 200) + `"}}`
+	st.Answer(req, sseResponse(req, "data: "+big+"\n\n"), false, "up:1")
+	p.Relay(w, st, st.StreamBody())
+	out = w.Body.String()
+	if strings.Contains(out, "aaaa") || !strings.Contains(out, "max_response") {
+		t.Fatalf("client got %q", out)
+	}
+	p.Gov.Tasks().Wait()
+	sd.mu.Lock()
+	defer sd.mu.Unlock()
+	if c.get("too_large") != 1 || len(sd.bodies) != 1 || !strings.Contains(sd.bodies[0], "notifications/cancelled") {
+		t.Fatalf("counts %v, side requests %q", c.m, sd.bodies)
+	}
+}
+
+// TestArmDeadline: without a legacy link a request with a step gets a
+// deadline, which cancels its upstream attempt and leaves the timeout
+// error for the caller.
+func TestArmDeadline(t *testing.T) {
+	p, c, _ := newTestProxy(t, Config{})
+	r, call := post(t, `{"jsonrpc":"2.0","id":"a","method":"tools/call","params":{"name":"slow"}}`)
+	st := p.NewState(httptest.NewRecorder(), r, call, Resolution{})
+	done, ref := st.Arm(time.Millisecond)
+	if ref != nil {
+		t.Fatal(ref.Message)
+	}
+	defer done()
+	req := st.Attempt(r.Clone(r.Context()))
+	select {
+	case <-req.Context().Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the deadline did not cancel the attempt")
+	}
+	if !st.IsExpired() || c.get("deadline_waiting") != 1 {
+		t.Fatalf("expired %v, counts %v", st.IsExpired(), c.m)
+	}
+	if ref := st.TimeoutRefusal(); ref.Code != policy.CodeRequestTimeout || ref.Status != http.StatusOK {
+		t.Fatalf("refusal %+v", ref)
+	}
+	// The proxy's record of the cancelled attempt does not reach the
+	// client, who gets the timeout error instead.
+	rec := httptest.NewRecorder()
+	st.Writer(rec).WriteHeader(statusClientClosed)
+	if rec.Code == statusClientClosed {
+		t.Fatal("499 written to the client")
+	}
+	st.HandlerDone()
+}
