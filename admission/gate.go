@@ -1,6 +1,11 @@
 package admission
 
-import "github.com/mcpgate/mcpgate/resources"
+import (
+	"errors"
+	"time"
+
+	"github.com/mcpgate/mcpgate/resources"
+)
 
 // Admits reports whether the service level lets a request in: at the
 // protective level only traffic that finishes work already in flight
@@ -71,4 +76,47 @@ func (s StreamSlots) Acquire(clientKey string) (release func(), reason Reason, o
 		return nil, ReasonClientQuota, false
 	}
 	return func() { s.Client.Release(clientKey); s.Handler.Release(); s.Process.Release() }, 0, true
+}
+
+// ErrSessionGone reports a session the registry evicted: its client must
+// start a new one.
+var ErrSessionGone = errors.New("session evicted")
+
+// TrackSession begins a request in the session info.Key of reg, adopting
+// (registering from info) a session another instance created or this one
+// held before a restart. A request that only finishes work (quiet) does
+// not refresh the session's idle clock. The caller calls end when the
+// request is over. It returns ErrSessionGone for a session the registry
+// evicted, and resources.ErrFull or resources.ErrClientFull when it
+// cannot take an adopted one (at the protective level, by evicting even
+// sessions with requests in flight); a session is never served
+// untracked.
+func TrackSession(reg *resources.Registry, info resources.SessionInfo, quiet, protective bool) (s *resources.Session, end func(), err error) {
+	s, ok := reg.Get(info.Key)
+	if !ok {
+		if reg.WasEvicted(info.Key) {
+			return nil, nil, ErrSessionGone
+		}
+		s, err = reg.Open(info, time.Now(), protective)
+		if errors.Is(err, resources.ErrExists) {
+			if s, ok = reg.Get(info.Key); ok {
+				err = nil
+			} else {
+				err = resources.ErrFull
+			}
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+	}
+	if quiet {
+		end = s.BeginQuiet()
+	} else {
+		end = s.Begin()
+	}
+	if s.Evicted() {
+		end()
+		return nil, nil, ErrSessionGone
+	}
+	return s, end, nil
 }

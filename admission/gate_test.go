@@ -136,3 +136,37 @@ func TestStreamSlots(t *testing.T) {
 		rel()
 	}
 }
+
+func TestTrackSession(t *testing.T) {
+	now := time.Unix(1000, 0)
+	r := resources.NewRegistry(resources.RegistryConfig{MaxSessions: 1, Clock: func() time.Time { return now }})
+	info := resources.SessionInfo{Key: "up a", Upstream: "up", UpstreamID: "a", ClientKey: "c"}
+	// A session of another instance is adopted, and found again.
+	s, end, err := TrackSession(r, info, false, false)
+	if err != nil || s == nil || r.Len() != 1 {
+		t.Fatalf("adopt: %v, %d sessions", err, r.Len())
+	}
+	s2, end2, err := TrackSession(r, info, true, false)
+	if err != nil || s2 != s {
+		t.Fatalf("again: %v, same %v", err, s2 == s)
+	}
+	end2()
+	// The table is full of a session with a request in flight.
+	other := resources.SessionInfo{Key: "up b", Upstream: "up", UpstreamID: "b"}
+	if _, _, err := TrackSession(r, other, false, false); !errors.Is(err, resources.ErrFull) {
+		t.Fatalf("full: %v", err)
+	}
+	end()
+	// An evicted session is gone for good.
+	if r.EvictVictims(1, false, resources.CauseCapacity) != 1 {
+		t.Fatal("not evicted")
+	}
+	if _, _, err := TrackSession(r, info, false, false); !errors.Is(err, ErrSessionGone) {
+		t.Fatalf("evicted: %v", err)
+	}
+	if _, end, err := TrackSession(r, other, false, false); err != nil {
+		t.Fatalf("room again: %v", err)
+	} else {
+		end()
+	}
+}

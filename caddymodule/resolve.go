@@ -41,7 +41,11 @@ func (h *Handler) resolve(x *exchange) *mcp.Refusal {
 		ref = mcp.Refuse(http.StatusBadRequest, mcp.CodeServerError, id, "Bad Request: Mcp-Session-Id header is required")
 	}
 	if ref == nil && call.Peek.Batch {
-		ref = checkBatch(call, res)
+		version := ""
+		if res.Session != nil {
+			version = res.Session.Version
+		}
+		ref = mcp.BatchRefusal(call, version)
 	}
 	if ref != nil {
 		return ref
@@ -96,23 +100,6 @@ func (h *Handler) resolveSession(r *http.Request, call *mcp.Call, tok, principal
 	}
 	r.Header.Set(mcp.HeaderSessionID, sess.UpstreamID)
 	return resolution{Session: sess, Token: tok, Pinned: sess.Upstream, Key: mcp.SessionKey(sess.Upstream, sess.UpstreamID)}, nil
-}
-
-// checkBatch refuses a batch where the request's version, or else its
-// session's, forbids batches.
-func checkBatch(call *mcp.Call, res resolution) *mcp.Refusal {
-	version := ""
-	if res.Session != nil {
-		version = res.Session.Version
-	}
-	if mcp.BatchAllowed(call.Version, version) {
-		return nil
-	}
-	if call.Version != "" {
-		version = call.Version
-	}
-	return mcp.Refuse(http.StatusBadRequest, mcp.CodeInvalidRequest, "",
-		"JSON-RPC batches are not allowed at protocol version "+version)
 }
 
 // principalOf is the request's principal, the value of the principal

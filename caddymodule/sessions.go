@@ -3,7 +3,6 @@ package caddymodule
 import (
 	"errors"
 	"net/http"
-	"time"
 
 	"github.com/mcpgate/mcpgate/admission"
 	"github.com/mcpgate/mcpgate/mcp"
@@ -14,50 +13,25 @@ import (
 // levelRetryAfter is the Retry-After of a refusal by service level.
 const levelRetryAfter = "1"
 
-// trackSession finds the request's session in the registry, adopting one
-// created by another instance or before a restart. A session the registry
-// evicted is refused with 404 so the client starts anew; a session that
-// cannot be registered (the table is full of sessions with work in
-// flight) is refused with 503, never served untracked. end must be called
-// when the request is over. Traffic that only finishes work (see
-// finishing) does not refresh the session's idle clock.
+// trackSession begins the request in its session's entry of the registry
+// (see admission.TrackSession): a session the registry evicted is refused
+// with 404 so the client starts anew, one that cannot be adopted with 429
+// or 503. end must be called when the request is over.
 func (h *Handler) trackSession(r *http.Request, call *mcp.Call, res resolution, clientKey string, level admission.Level) (s *resources.Session, end func(), ref *mcp.Refusal) {
 	if res.Session == nil {
 		return nil, func() {}, nil
 	}
-	g := h.app.global
-	id := call.First().ID
-	s, ok := g.Sessions().Get(res.Key)
-	if !ok {
-		if g.Sessions().WasEvicted(res.Key) {
-			metrics.sessionRefusals.WithLabelValues("not_found").Inc()
-			return nil, nil, mcp.Refuse(http.StatusNotFound, mcp.CodeSessionNotFound, id, "session not found")
-		}
-		var err error
-		s, err = g.Sessions().Open(resources.SessionInfo{
-			Key: res.Key, Upstream: res.Session.Upstream, Version: res.Session.Version, UpstreamID: res.Session.UpstreamID,
-			ClientKey: clientKey, Endpoint: mcp.SessionEndpoint(r), Host: mcp.SessionHost(r.Host),
-		}, time.Now(), level == admission.LevelProtective)
-		if errors.Is(err, resources.ErrExists) {
-			s, ok = g.Sessions().Get(res.Key)
-			err = nil
-			if !ok {
-				err = resources.ErrFull
-			}
-		}
-		if err != nil {
-			return nil, nil, h.relay.SessionTableRefusal(err, id)
-		}
+	info := resources.SessionInfo{
+		Key: res.Key, Upstream: res.Session.Upstream, Version: res.Session.Version, UpstreamID: res.Session.UpstreamID,
+		ClientKey: clientKey, Endpoint: mcp.SessionEndpoint(r), Host: mcp.SessionHost(r.Host),
 	}
-	if mcp.Finishing(r.Method, call) {
-		end = s.BeginQuiet()
-	} else {
-		end = s.Begin()
-	}
-	if s.Evicted() {
-		end()
+	s, end, err := admission.TrackSession(h.app.global.Sessions(), info, mcp.Finishing(r.Method, call), level == admission.LevelProtective)
+	switch {
+	case errors.Is(err, admission.ErrSessionGone):
 		metrics.sessionRefusals.WithLabelValues("not_found").Inc()
-		return nil, nil, mcp.Refuse(http.StatusNotFound, mcp.CodeSessionNotFound, id, "session not found")
+		return nil, nil, mcp.Refuse(http.StatusNotFound, mcp.CodeSessionNotFound, call.First().ID, "session not found")
+	case err != nil:
+		return nil, nil, h.relay.SessionTableRefusal(err, call.First().ID)
 	}
 	return s, end, nil
 }

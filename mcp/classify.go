@@ -116,3 +116,17 @@ func ClassifyBody(h http.Header, peekErr error, c *Call) *Refusal {
 	}
 	return nil
 }
+
+// BatchRefusal refuses a batch where the request's version, or else its
+// session's (sessionVersion, "" without a session), forbids batches (see
+// BatchAllowed); nil when the batch is allowed.
+func BatchRefusal(c *Call, sessionVersion string) *Refusal {
+	if BatchAllowed(c.Version, sessionVersion) {
+		return nil
+	}
+	version := sessionVersion
+	if c.Version != "" {
+		version = c.Version
+	}
+	return Refuse(http.StatusBadRequest, CodeInvalidRequest, "", "JSON-RPC batches are not allowed at protocol version "+version)
+}

@@ -239,3 +239,22 @@ func TestBatchAllowed(t *testing.T) {
 		}
 	}
 }
+
+func TestBatchRefusal(t *testing.T) {
+	for _, tt := range []struct {
+		header, session string
+		refused         bool
+		names           string
+	}{
+		{"", "", false, ""},
+		{Version20250326, Version20250618, false, ""},
+		{"", Version20250326, false, ""},
+		{"", Version20250618, true, Version20250618},
+		{Version20250618, Version20250326, true, Version20250618},
+	} {
+		ref := BatchRefusal(&Call{Version: tt.header}, tt.session)
+		if (ref != nil) != tt.refused || ref != nil && (ref.Status != http.StatusBadRequest || !strings.Contains(ref.Message, tt.names)) {
+			t.Errorf("header %q session %q: %+v", tt.header, tt.session, ref)
+		}
+	}
+}
