@@ -351,20 +351,20 @@ type Handler struct {
 	// be known. Default: off, max_inflight is a fixed limit. EXPERIMENTAL.
 	Adaptive *AdaptiveLimit `json:"adaptive,omitempty"`
 
-	proxy       caddyhttp.MiddlewareHandler
-	sealer      *mcp.Sealer
-	tokens      mcp.TokenCache // tokens sealer opened
-	origins     mcp.OriginPolicy
-	sites       sync.Map            // *caddyhttp.Server → hostSet, see siteHosts
-	upstreams   map[string]struct{} // static dial addresses; nil with dynamic upstreams
-	logger      *zap.Logger
-	requireSess bool
-	body        mcp.BodyLimits
-	now         func() time.Time
-	transport   *RelayTransport
-	relayCfg    relay.Config
-	relay       *relay.Proxy
-	registered  bool // listed for side requests, see registerUpstreams
+	proxy      caddyhttp.MiddlewareHandler
+	sealer     *mcp.Sealer
+	tokens     mcp.TokenCache // tokens sealer opened
+	resolver   *mcp.Resolver
+	origins    mcp.OriginPolicy
+	sites      sync.Map            // *caddyhttp.Server → hostSet, see siteHosts
+	upstreams  map[string]struct{} // static dial addresses; nil with dynamic upstreams
+	logger     *zap.Logger
+	body       mcp.BodyLimits
+	now        func() time.Time
+	transport  *RelayTransport
+	relayCfg   relay.Config
+	relay      *relay.Proxy
+	registered bool // listed for side requests, see registerUpstreams
 
 	drain          time.Duration
 	streams        *sse.StreamSet

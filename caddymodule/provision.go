@@ -53,6 +53,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.loadProxy(ctx); err != nil {
 		return err
 	}
+	h.resolver = &mcp.Resolver{
+		Sealer: h.sealer, Tokens: &h.tokens, Upstreams: h.upstreams,
+		RequireSession: h.RequireSession == nil || *h.RequireSession, Now: h.now,
+		Refused: h.sessionRefused,
+	}
 	h.provisionRelay()
 	h.watchStop(ctx)
 	h.registerUpstreams()
@@ -91,7 +96,6 @@ func (h *Handler) loadProxy(ctx caddy.Context) error {
 // setDefaults sets the session, body and stream settings from the config,
 // each to its default where the config leaves it unset.
 func (h *Handler) setDefaults() {
-	h.requireSess = h.RequireSession == nil || *h.RequireSession
 	h.drain = orDefault(time.Duration(h.Drain), defaultDrain)
 	h.relayCfg = relay.Config{
 		MaxEvent:        orDefault(h.MaxEventSize, defaultMaxEvent),

@@ -3,8 +3,9 @@
 // peek and the reading of a POST body around it (ReadBody: the head within
 // a memory budget and a timeout, the rest checked as it streams), method
 // classes, the header checks of the stateless revision, sealed session
-// tokens, JSON-RPC error bodies and the rewriting of the legacy HTTP+SSE
-// endpoint event. It does not import Caddy.
+// tokens and the resolution of a request's session from them (Resolver),
+// JSON-RPC error bodies and the rewriting of the legacy HTTP+SSE endpoint
+// event. It does not import Caddy.
 package mcp
 
 import "net/http"

@@ -119,7 +119,7 @@ func (p *Proxy) linkLegacy(st *State, l *legacyLink, stream *sse.Stream) {
 }
 
 // legacyLinkOf returns the link of the legacy session res, or nil.
-func legacyLinkOf(res Resolution) *legacyLink {
+func legacyLinkOf(res mcp.Resolution) *legacyLink {
 	if res.Session == nil || res.Session.Kind != mcp.TokenLegacy {
 		return nil
 	}
@@ -129,7 +129,7 @@ func legacyLinkOf(res Resolution) *legacyLink {
 // SendOnLegacyStream sends answers of the proxy's own on the stream of
 // the legacy session res, when this process relays it, and reports
 // whether the client was sent them.
-func SendOnLegacyStream(res Resolution, answers [][]byte) bool {
+func SendOnLegacyStream(res mcp.Resolution, answers [][]byte) bool {
 	l := legacyLinkOf(res)
 	return l != nil && l.send(answers)
 }

@@ -106,19 +106,6 @@ type Proxy struct {
 	Panicked func(where string, v any)
 }
 
-// Resolution is a request's session as the proxy resolved it.
-type Resolution struct {
-	// Session is the opened token, nil for a request without a session.
-	Session *mcp.Session
-	// Token is the client's token as presented.
-	Token string
-	// Pinned is the dial address of the upstream the request must reach.
-	Pinned string
-	// Key names the session in the registries (mcp.SessionKey), ""
-	// without a session.
-	Key string
-}
-
 // recoverPanic reports a panic of the goroutine or timer it is deferred
 // in.
 func (p *Proxy) recoverPanic(where string) {

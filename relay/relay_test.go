@@ -152,7 +152,7 @@ func sseResponse(req *http.Request, events string) *http.Response {
 func TestRelayAnswerWatch(t *testing.T) {
 	const body = `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo"}}`
 	sess := &mcp.Session{Kind: mcp.TokenSession, Upstream: "up:1", UpstreamID: "u1", Version: mcp.Version20250618}
-	res := Resolution{Session: sess, Token: "tok", Pinned: "up:1", Key: mcp.SessionKey("up:1", "u1")}
+	res := mcp.Resolution{Session: sess, Token: "tok", Pinned: "up:1", Key: mcp.SessionKey("up:1", "u1")}
 
 	p, c, _ := newTestProxy(t, Config{})
 	r, call := post(t, body)
@@ -199,7 +199,7 @@ func TestRelayAnswerWatch(t *testing.T) {
 func TestArmDeadline(t *testing.T) {
 	p, c, _ := newTestProxy(t, Config{})
 	r, call := post(t, `{"jsonrpc":"2.0","id":"a","method":"tools/call","params":{"name":"slow"}}`)
-	st := p.NewState(httptest.NewRecorder(), r, call, Resolution{})
+	st := p.NewState(httptest.NewRecorder(), r, call, mcp.Resolution{})
 	done, ref := st.Arm(time.Millisecond)
 	if ref != nil {
 		t.Fatal(ref.Message)

@@ -47,7 +47,7 @@ type State struct {
 	p    *Proxy
 	r    *http.Request // nil once a handed-off stream left the handler
 	call *mcp.Call
-	res  Resolution
+	res  mcp.Resolution
 	// w is the client's response writer; the transport only sets headers
 	// on it, before the proxy writes them.
 	w http.ResponseWriter
@@ -88,7 +88,7 @@ type State struct {
 }
 
 // NewState returns the relay state of request r, answered on w.
-func (p *Proxy) NewState(w http.ResponseWriter, r *http.Request, call *mcp.Call, res Resolution) *State {
+func (p *Proxy) NewState(w http.ResponseWriter, r *http.Request, call *mcp.Call, res mcp.Resolution) *State {
 	legacy := res.Session != nil && res.Session.Kind == mcp.TokenLegacy
 	return &State{
 		p: p, r: r, w: w, call: call, res: res,
@@ -99,7 +99,7 @@ func (p *Proxy) NewState(w http.ResponseWriter, r *http.Request, call *mcp.Call,
 
 // legacyStream reports whether a request opens a legacy (2024-11-05)
 // HTTP+SSE stream, whose endpoint event is rewritten.
-func legacyStream(r *http.Request, call *mcp.Call, res Resolution) bool {
+func legacyStream(r *http.Request, call *mcp.Call, res mcp.Resolution) bool {
 	return mcp.OpensLegacyStream(r.Method, call, res.Session != nil)
 }
 
@@ -283,7 +283,7 @@ func (p *Proxy) streamConfig(st *State, legacy bool) sse.StreamConfig {
 
 // RetryHint returns the retry hint for a request's client: only clients at
 // 2025-11-25 or later are known to honour it; -1 means none.
-func (p *Proxy) RetryHint(call *mcp.Call, res Resolution) time.Duration {
+func (p *Proxy) RetryHint(call *mcp.Call, res mcp.Resolution) time.Duration {
 	v := call.Version
 	if v == "" && res.Session != nil {
 		v = res.Session.Version
