@@ -3,15 +3,9 @@ package caddymodule
 import (
 	"bytes"
 	"io"
-	"net/http"
 	"strconv"
-	"strings"
 
 	"go.uber.org/zap"
-
-	"github.com/mcpgate/mcpgate/mcp"
-	"github.com/mcpgate/mcpgate/relay"
-	"github.com/mcpgate/mcpgate/sse"
 )
 
 // A message the access rules deny never reaches an upstream: a request
@@ -55,7 +49,8 @@ func (h *Handler) enforce(x *exchange) bool {
 }
 
 // stripDenied takes a batch's denied messages out of its body, keeping
-// the errors their requests get for the answer (see spliceAnswers). It
+// the errors their requests get for the upstream's answer, where the
+// relay adds them (relay.State.Spliced). It
 // reports false when the body cannot be rewritten.
 func (h *Handler) stripDenied(x *exchange) bool {
 	body, kept, answers, ok := h.gov.unknown.StripDenied(x.body.Whole, x.call.Peek.Messages, x.denied)
@@ -72,118 +67,14 @@ func (h *Handler) stripDenied(x *exchange) bool {
 	return true
 }
 
-// answerTemplate is what a denial copies of an upstream's answer: its
-// headers (less those of the one response) and the Via that
-// reverse_proxy adds.
-type answerTemplate struct {
-	header http.Header
-	via    string
-	// session: the answer carried the session's id.
-	session bool
-}
-
-// perResponseHeaders are not copied from an upstream's answer to a
-// denial's.
-var perResponseHeaders = []string{"Content-Length", "Date", mcp.HeaderSessionID, "Set-Cookie", "Transfer-Encoding", "Connection"}
-
-// noteAnswer keeps the headers of an upstream's 200 answer to a POST, the
-// first one of each kind and then one in 256.
-func (g *governance) noteAnswer(resp *http.Response, streamed bool) {
-	g.sseAnswers.Store(streamed)
-	slot := &g.answerHeaders[0]
-	if streamed {
-		slot = &g.answerHeaders[1]
-	}
-	if slot.Load() != nil && g.answersSeen.Add(1)%256 != 0 {
-		return
-	}
-	hdr := resp.Header.Clone()
-	session := hdr.Get(mcp.HeaderSessionID) != ""
-	for _, k := range perResponseHeaders {
-		hdr.Del(k)
-	}
-	slot.Store(&answerTemplate{header: hdr, session: session,
-		via: strconv.Itoa(resp.ProtoMajor) + "." + strconv.Itoa(resp.ProtoMinor) + " Caddy"})
-}
-
-// answerHeadersFor sets a denial's headers as an upstream's answer of the
-// kind has them, through reverse_proxy: its own headers, the session's id
-// (the client's token) when answers carry it, Caddy's Via and no Server.
-func (g *governance) answerHeadersFor(hdr http.Header, streamed bool, token string) {
-	slot := &g.answerHeaders[0]
-	if streamed {
-		slot = &g.answerHeaders[1]
-	}
-	t := slot.Load()
-	if t == nil {
-		return
-	}
-	hdr.Del("Server")
-	for k, v := range t.header {
-		hdr[k] = append([]string(nil), v...)
-	}
-	hdr["Via"] = append(hdr["Via"], t.via)
-	if t.session && token != "" {
-		hdr.Set(mcp.HeaderSessionID, token)
-	}
-}
-
-// answerDenied answers a request whose messages are all denied as the
-// upstream answers calls of things it does not have: a notification is
-// accepted (202) and dropped; a request gets its error in a JSON answer,
-// or as an event of an SSE answer when the upstreams answer that way (or
-// the client accepts nothing else), or, in a legacy session whose stream
-// the process relays, accepted (202) with its error sent on the stream.
-// (A batch with messages that are not denied goes on without the denied
-// ones: see stripDenied.)
+// answerDenied answers a request whose messages are all denied with the
+// errors an upstream gives calls of things it does not have, written as
+// the upstreams answer (see relay.Denials.Write). (A batch with messages
+// that are not denied goes on without the denied ones: see stripDenied.)
 func (h *Handler) answerDenied(x *exchange) {
-	w := x.w
-	hdr := w.Header()
 	answers, code := h.gov.unknown.Answers(x.call.Peek.Messages, x.denied)
 	if x.code == 0 {
 		x.code = code
 	}
-	x.status = http.StatusAccepted
-	if len(answers) == 0 {
-		w.WriteHeader(http.StatusAccepted)
-		return
-	}
-	if relay.SendOnLegacyStream(x.res, answers) {
-		// A legacy session's answers go on its stream.
-		w.WriteHeader(http.StatusAccepted)
-		return
-	}
-	x.status = http.StatusOK
-	accept := x.r.Header.Get("Accept")
-	if (h.gov.sseAnswers.Load() || !strings.Contains(accept, "application/json")) && strings.Contains(accept, "text/event-stream") {
-		hdr.Set("Content-Type", "text/event-stream")
-		hdr.Set("Cache-Control", "no-cache")
-		h.gov.answerHeadersFor(hdr, true, x.res.Token)
-		w.WriteHeader(http.StatusOK)
-		// A relayed answer's events carry the proxy's ids where the
-		// client can resume them; so do these.
-		prefix := ""
-		if mcp.Resumable(x.r.Method, &x.call, x.res.Session != nil, false) {
-			prefix = sse.NewIDPrefix()
-		}
-		var buf []byte
-		for i, a := range answers {
-			id := ""
-			if prefix != "" {
-				id = prefix + strconv.Itoa(i+1)
-			}
-			buf = sse.AppendEvent(buf, id, "message", a)
-		}
-		_, _ = w.Write(buf)
-		return
-	}
-	body := answers[0]
-	if x.call.Peek.Batch {
-		body = mcp.AppendBatch(nil, answers)
-	}
-	hdr.Set("Content-Type", "application/json")
-	h.gov.answerHeadersFor(hdr, false, x.res.Token)
-	hdr.Set("Content-Length", strconv.Itoa(len(body)))
-	w.WriteHeader(http.StatusOK)
-	_, _ = w.Write(body)
+	x.status = h.relay.Denials.Write(x.w, x.r, &x.call, x.res, answers)
 }

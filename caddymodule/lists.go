@@ -2,7 +2,6 @@ package caddymodule
 
 import (
 	"encoding/json"
-	"net/http"
 
 	"go.uber.org/zap"
 
@@ -20,8 +19,6 @@ func (l lists) Enforces() bool { return l.h.gov.enforces() }
 func (l lists) Filter(method string, msg []byte, subj policy.Subject, upstream string, private bool) ([]byte, bool) {
 	return l.h.filterList(method, msg, subj, upstream, private)
 }
-
-func (l lists) NoteAnswer(resp *http.Response, streamed bool) { l.h.gov.noteAnswer(resp, streamed) }
 
 var _ relay.Lists = lists{}
 

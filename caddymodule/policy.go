@@ -6,7 +6,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync/atomic"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -80,13 +79,6 @@ type governance struct {
 	unknown  policy.UnknownErrors
 	pins     *policy.Pins // toolPins, nil without pin_tools
 	pinWarn  bool         // pin_tools warn: a changed tool passes
-	// sseAnswers notes whether the upstreams' last answer to a POST
-	// request was an SSE stream, so a denial answers the same way, and
-	// answerHeaders holds the headers of such answers (JSON, SSE), which a
-	// denial's answer carries too.
-	sseAnswers    atomic.Bool
-	answerHeaders [2]atomic.Pointer[answerTemplate]
-	answersSeen   atomic.Uint64
 	// skips lets the pin checks leave alone, at reduced service levels,
 	// the definitions this handler last found as pinned.
 	skips policy.PinSkips

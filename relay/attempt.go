@@ -64,8 +64,8 @@ func (st *State) Answer(req *http.Request, resp *http.Response, dialled bool, se
 	st.status, st.responded = resp.StatusCode, true
 	resp = st.sealResponse(req, resp, selected)
 	streamed := isEventStream(resp.Header)
-	if l := st.p.Lists; req.Method == http.MethodPost && resp.StatusCode == http.StatusOK && l.Enforces() {
-		l.NoteAnswer(resp, streamed)
+	if req.Method == http.MethodPost && resp.StatusCode == http.StatusOK && st.p.Lists.Enforces() {
+		st.p.Denials.Note(resp, streamed)
 	}
 	if len(st.Spliced) > 0 && !streamed {
 		resp = st.spliceAnswers(resp)

@@ -55,7 +55,7 @@ type Config struct {
 }
 
 // Lists is the access policy's part in answers: whether list results are
-// filtered (rules or pins), and the filter.
+// filtered (rules or pins), whether rules are enforced, and the filter.
 type Lists interface {
 	// Filters reports whether list results are filtered at all.
 	Filters() bool
@@ -66,9 +66,6 @@ type Lists interface {
 	// be cached beyond the caller; out is nil when nothing changed, ok
 	// false when the message could not be read.
 	Filter(method string, msg []byte, subj policy.Subject, upstream string, private bool) (out []byte, ok bool)
-	// NoteAnswer notes how the upstreams answer POST requests, for the
-	// answers of denied ones.
-	NoteAnswer(resp *http.Response, streamed bool)
 }
 
 // Metrics are the counts the relay reports. Every field is needed.
@@ -104,6 +101,10 @@ type Proxy struct {
 	// Panicked reports a panic recovered on one of the relay's
 	// goroutines or timers.
 	Panicked func(where string, v any)
+	// Denials answers the handler's denied requests as its upstreams
+	// answer (see Denials); Answer notes their answers while access rules
+	// are enforced.
+	Denials Denials
 }
 
 // recoverPanic reports a panic of the goroutine or timer it is deferred

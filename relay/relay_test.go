@@ -226,3 +226,48 @@ func TestArmDeadline(t *testing.T) {
 	}
 	st.HandlerDone()
 }
+
+// TestDenialsAnswerAsTheUpstreams: a denial is written in the form and
+// with the headers of the upstreams' last answers.
+func TestDenialsAnswerAsTheUpstreams(t *testing.T) {
+	var d Denials
+	res := mcp.Resolution{Session: &mcp.Session{Kind: mcp.TokenSession}, Token: "client-token"}
+	answers := [][]byte{[]byte(`{"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":"unknown tool"}}`)}
+
+	// Before any upstream answer: JSON, headers of its own only.
+	r, call := post(t, `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}}`)
+	r.Header.Set("Accept", "application/json, text/event-stream")
+	w := httptest.NewRecorder()
+	if st := d.Write(w, r, call, res, answers); st != http.StatusOK || w.Header().Get("Content-Type") != "application/json" || w.Body.String() != string(answers[0]) {
+		t.Fatalf("first: %d %v %q", st, w.Header(), w.Body.String())
+	}
+
+	up := &http.Response{ProtoMajor: 1, ProtoMinor: 1, Header: http.Header{
+		"Content-Type": {"text/event-stream"}, "X-Upstream": {"yes"}, mcp.HeaderSessionID: {"u-1"}, "Date": {"then"},
+	}}
+	d.Note(up, true)
+	w = httptest.NewRecorder()
+	w.Header().Set("Server", "Caddy")
+	if st := d.Write(w, r, call, res, answers); st != http.StatusOK {
+		t.Fatalf("status %d", st)
+	}
+	h := w.Header()
+	if h.Get("Content-Type") != "text/event-stream" || h.Get("X-Upstream") != "yes" || h.Get("Date") != "" || h.Get("Server") != "" ||
+		h.Get("Via") != "1.1 Caddy" || h.Get(mcp.HeaderSessionID) != "client-token" {
+		t.Fatalf("headers %v", h)
+	}
+	if b := w.Body.String(); !strings.Contains(b, "event: message") || !strings.Contains(b, "unknown tool") || !strings.Contains(b, "id: "+sse.ProxyIDMarker) {
+		t.Fatalf("body %q", b)
+	}
+
+	// A client that accepts only JSON gets JSON; a notification gets 202.
+	r.Header.Set("Accept", "application/json")
+	w = httptest.NewRecorder()
+	if st := d.Write(w, r, call, res, answers); st != http.StatusOK || !strings.HasPrefix(w.Header().Get("Content-Type"), "application/json") {
+		t.Fatalf("json only: %d %v", st, w.Header())
+	}
+	w = httptest.NewRecorder()
+	if st := d.Write(w, r, call, res, nil); st != http.StatusAccepted || w.Code != http.StatusAccepted || w.Body.Len() != 0 {
+		t.Fatalf("notification: %d %d %q", st, w.Code, w.Body.String())
+	}
+}
