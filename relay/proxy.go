@@ -5,12 +5,14 @@
 // session registered, a JSON answer read whole when it is filtered or
 // capped, an SSE body taken over), the SSE relay of the answer or GET
 // stream (answer watch, max_response, replay and resumption, handoff of a
-// GET stream's connection), request deadlines, and the legacy HTTP+SSE
-// links that act on answers sent on a session's stream.
+// GET stream's connection), request deadlines, the legacy HTTP+SSE links
+// that act on answers sent on a session's stream, and the answers of
+// requests the access rules denied (Denials).
 //
 // A Proxy holds what one mcp_proxy handler configures and the process-wide
-// state it shares (the governor); its Hooks are how it reaches what the
-// caller owns: metrics, panics, side requests through the caller's proxy.
+// state it shares (the governor); its function fields are how it reaches
+// what the caller owns: metrics, panics, stream accounting, side requests
+// through the caller's proxy.
 // Every goroutine it starts belongs to the governor's task group or a
 // session's; every buffer is bounded by the stream and answer limits of
 // its Config and reserved from the governor's memory budget.
@@ -37,18 +39,33 @@ const RetryAfter = "1"
 // Config is the part of an mcp_proxy's configuration the relay applies,
 // with defaults already set.
 type Config struct {
-	MaxEvent                int64
-	QueueEvents             int
-	QueueBytes              int64
+	// MaxEvent caps one upstream SSE event, in bytes, and a JSON list
+	// result read whole.
+	MaxEvent int64
+	// QueueEvents and QueueBytes bound the events of one stream waiting
+	// for its client (sse.StreamConfig).
+	QueueEvents int
+	QueueBytes  int64
+	// WriteTimeout is the deadline of each write to a stream's client;
+	// Keepalive the silence after which a comment is sent.
 	WriteTimeout, Keepalive time.Duration
-	ReplayEvents            int
-	ReplayBytes             int64
-	ReplayAge               time.Duration
-	Retry                   time.Duration // the retry hint
-	Handoff                 bool          // GET streams may leave the handler
-	MaxResponse             int64         // 0: no cap
-	MaxTimeout              time.Duration // 0: DefaultMaxTimeoutFactor steps
-	SessionLifetime         time.Duration
+	// ReplayEvents, ReplayBytes and ReplayAge bound the replay ring of a
+	// resumable stream, and ReplayAge how long a stream nobody resumes is
+	// kept.
+	ReplayEvents int
+	ReplayBytes  int64
+	ReplayAge    time.Duration
+	// Retry is the retry hint sent before the proxy closes a stream.
+	Retry time.Duration
+	// Handoff lets a GET stream leave the handler (see handOff).
+	Handoff bool
+	// MaxResponse caps an answer, in bytes; 0: no cap.
+	MaxResponse int64
+	// MaxTimeout caps how far progress moves a deadline; 0:
+	// policy.DefaultMaxTimeoutFactor steps.
+	MaxTimeout time.Duration
+	// SessionLifetime is how long a sealed session id stays valid.
+	SessionLifetime time.Duration
 	// Deadlines: some request may have a deadline (request_timeout or a
 	// tool's timeout).
 	Deadlines bool
