@@ -123,7 +123,7 @@ func (h *Handler) classify(x *exchange) *mcp.Refusal {
 		if sp, ok := caddyhttp.GetVar(r.Context(), varPeeked).(*sharedPeek); ok && sp.body == r.Body &&
 			(h.body.MaxBody <= 0 || int64(len(sp.whole)) <= h.body.MaxBody) {
 			// mcp_auth in front read and classified the whole body, as
-			// readBody would; its reservation lasts the request.
+			// mcp.ReadBody would; its reservation lasts the request.
 			// It set the placeholders too.
 			x.call, x.body = sp.call, mcp.Body{Whole: sp.whole}
 			return nil
