@@ -58,8 +58,12 @@ func (st *State) Attempt(req *http.Request) *http.Request {
 	return req
 }
 
-// Answer handles the upstream's answer: session ids sealed, a legacy
-// session registered, an SSE body taken over for the relay.
+// Answer handles the upstream's answer to attempt req: session ids sealed
+// (a new session pinned to selected, the dial address the selection
+// policy chose), a legacy session registered, a JSON answer filtered and
+// capped, a batch's spliced errors added, an SSE body taken over for
+// Relay; dialled reports that req went on a connection of the relay's
+// own (h1stream), whose stream may be handed off.
 func (st *State) Answer(req *http.Request, resp *http.Response, dialled bool, selected string) *http.Response {
 	st.status, st.responded = resp.StatusCode, true
 	resp = st.sealResponse(req, resp, selected)
