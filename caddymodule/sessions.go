@@ -6,12 +6,14 @@ import (
 
 	"github.com/mcpgate/mcpgate/admission"
 	"github.com/mcpgate/mcpgate/mcp"
+	"github.com/mcpgate/mcpgate/relay"
 	"github.com/mcpgate/mcpgate/resources"
 	"github.com/mcpgate/mcpgate/sse"
 )
 
-// levelRetryAfter is the Retry-After of a refusal by service level.
-const levelRetryAfter = "1"
+// levelRetryAfter is the Retry-After of a refusal by service level or
+// for a full session table, the relay's.
+const levelRetryAfter = relay.RetryAfter
 
 // trackSession begins the request in its session's entry of the registry
 // (see admission.TrackSession): a session the registry evicted is refused

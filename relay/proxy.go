@@ -33,7 +33,7 @@ import (
 )
 
 // RetryAfter is the Retry-After, in seconds, of the proxy's refusals for
-// a full session table.
+// a full session table or a service level that admits no new work.
 const RetryAfter = "1"
 
 // Config is the part of an mcp_proxy's configuration the relay applies,
