@@ -46,20 +46,16 @@ type AuditConfig struct {
 	DegradedSample int `json:"degraded_sample,omitempty"`
 }
 
-// auditor writes a handler's audit records.
+// auditor is a handler's audit trail: the policy's Auditor writing to
+// the audit logger.
 type auditor struct {
-	cfg     AuditConfig
-	logger  *zap.Logger // the audit trail
-	warn    *zap.Logger // the handler's, for the auditor's own troubles
-	writer  *policy.Writer
-	sampler *policy.Sampler
+	*policy.Auditor
+	logger *zap.Logger // the audit trail
+	warn   *zap.Logger // the handler's, for the auditor's own troubles
 }
 
-// Defaults of the audit trail.
+// Names of the audit trail's logger and of its records' log message.
 const (
-	defaultAuditQueue      = 4096
-	defaultAuditArgs       = 4 << 10
-	defaultDegradedSample  = 10
 	auditLoggerName        = "audit"
 	auditRecordDescription = "mcp request"
 )
@@ -69,17 +65,12 @@ func (h *Handler) provisionAudit(ctx caddy.Context) error {
 	if h.Audit == nil {
 		return nil
 	}
-	cfg := *h.Audit
-	cfg.QueueSize = orDefault(cfg.QueueSize, defaultAuditQueue)
-	cfg.MaxArgumentSize = orDefault(cfg.MaxArgumentSize, defaultAuditArgs)
-	cfg.DegradedSample = orDefault(cfg.DegradedSample, defaultDegradedSample)
-	for _, p := range cfg.Redact {
-		if err := policy.ValidPointer(p); err != nil {
-			return fmt.Errorf("audit redact %q: %w", p, err)
-		}
+	a := &auditor{logger: ctx.Logger().Named(auditLoggerName), warn: ctx.Logger()}
+	var err error
+	a.Auditor, err = policy.NewAuditor(policy.AuditSettings(*h.Audit), a.write)
+	if err != nil {
+		return fmt.Errorf("audit %w", err)
 	}
-	a := &auditor{cfg: cfg, logger: ctx.Logger().Named(auditLoggerName), warn: ctx.Logger(), sampler: policy.NewSampler(cfg.DegradedSample)}
-	a.writer = policy.NewWriter(cfg.QueueSize, a.write)
 	h.auditor = a
 	return nil
 }
@@ -88,25 +79,11 @@ func (h *Handler) provisionAudit(ctx caddy.Context) error {
 // records to be written.
 const auditCloseWait = 2 * time.Second
 
-// close stops the writer once what is queued is written, waiting at most
-// auditCloseWait: a log sink that blocks must not block a reload. The
-// writer then finishes on its own when the sink moves, or never, with
-// the process.
+// close stops the audit trail once what is queued is written, waiting at
+// most auditCloseWait: a log sink that blocks must not block a reload.
 func (a *auditor) close() {
-	if a == nil {
-		return
-	}
-	done := make(chan struct{})
-	go func() {
-		a.writer.Close()
-		close(done)
-	}()
-	t := time.NewTimer(auditCloseWait)
-	defer t.Stop()
-	select {
-	case <-done:
-	case <-t.C:
-		a.warn.Warn("audit log sink blocked; records still queued are left to it", zap.Uint64("dropped", a.writer.Dropped()))
+	if a != nil && !a.Close(auditCloseWait) {
+		a.warn.Warn("audit log sink blocked; records still queued are left to it", zap.Uint64("dropped", a.Dropped()))
 	}
 }
 
@@ -217,18 +194,11 @@ func (h *Handler) audit(x *exchange, out *countingWriter) {
 	if x.release == nil {
 		level = h.app.global.Level()
 	}
-	if !effortAt(level).Keep(&rec, a.sampler) {
-		metrics.audit.WithLabelValues("sampled_out").Inc()
-		return
+	var msg []byte
+	if !x.call.Peek.Batch {
+		msg = x.body.Whole
 	}
-	if a.cfg.Arguments && x.body.Whole != nil && (first.Method == "tools/call" || first.Method == "prompts/get") && !x.call.Peek.Batch {
-		rec.Arguments = policy.ArgumentsOf(x.body.Whole, a.cfg.Redact, a.cfg.MaxArgumentSize)
-	}
-	if a.writer.Log(&rec) {
-		metrics.audit.WithLabelValues("written").Inc()
-	} else {
-		metrics.audit.WithLabelValues("dropped").Inc()
-	}
+	metrics.audit.WithLabelValues(a.Audit(&rec, effortAt(level), msg).String()).Inc()
 }
 
 // governanceStatus is the governance part of /mcp/status.

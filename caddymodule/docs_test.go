@@ -11,6 +11,7 @@ import (
 
 	"github.com/mcpgate/mcpgate/admission"
 	"github.com/mcpgate/mcpgate/governor"
+	"github.com/mcpgate/mcpgate/policy"
 	"github.com/mcpgate/mcpgate/resources"
 )
 
@@ -59,6 +60,9 @@ func TestDocumentedDefaults(t *testing.T) {
 		"retry_hint":         docDuration(defaultRetry),
 		"drain":              docDuration(defaultDrain),
 		"client_ipv6_prefix": fmt.Sprint(admission.DefaultIPv6PrefixBits),
+		// mcp_proxy's audit block
+		"max_argument_size": docSize(policy.DefaultMaxArguments),
+		"degraded_sample":   fmt.Sprint(policy.DefaultDegradedSample),
 		// mcp
 		"session_memory":       docSize(resources.DefaultSessionMemory),
 		"session_idle_timeout": docDuration(resources.DefaultIdleTimeout),
@@ -94,6 +98,10 @@ func TestDocumentedDefaults(t *testing.T) {
 		if rows == 0 {
 			t.Errorf("README: no table row documents %s (default %s)", name, want)
 		}
+	}
+	// audit's queue shares its name with mcp_proxy's own
+	if row := fmt.Sprintf("| `queue <n>` | `%d` | records waiting", policy.DefaultAuditQueue); !strings.Contains(string(readme), row) {
+		t.Errorf("README does not say %q", row)
 	}
 	for _, phrase := range []string{
 		fmt.Sprintf("twice `sched_latency_target` (2 × %s)", docDuration(governor.DefaultSchedLatencyTarget)),

@@ -7,8 +7,9 @@
 // SpliceAnswers), the filtering of list results down to what a caller may
 // call (FilterList), the pinning of tool definitions to notice an upstream
 // changing them (Pins, with PinSkips to leave unchanged bytes unchecked),
-// the audit trail: an asynchronous record Writer, the redaction of logged
-// arguments (Redact, ArgumentsOf) and a Sampler; what of this work is
+// the audit trail (Auditor: which records an Effort keeps, through an
+// asynchronous record Writer, with the redaction of logged arguments,
+// Redact and ArgumentsOf, and a Sampler); what of this work is
 // done at a reduced service level (Effort); and request deadlines that
 // progress moves (Deadline), with the table of a legacy session's requests
 // whose answers are awaited on its stream (Awaiting).
@@ -26,11 +27,14 @@
 //   - Pins holds at most Max pins (10000 when unset) across all upstreams,
 //     each a fixed-size entry (hashes of the tool name and definition) plus
 //     its upstream string; the least recently checked is evicted first.
+//   - An Auditor owns its Writer, closed by Auditor.Close, which waits
+//     for it at most the time it is given.
 //   - A Writer owns a queue of at most its size records (1024 when unset)
 //     and one goroutine, started by NewWriter and ended by Close, which
-//     waits for it. Records that do not fit are dropped and counted. This
-//     is the only goroutine the package starts (a Deadline's fire runs
-//     on the goroutine of its timer).
+//     waits for it. Records that do not fit are dropped and counted. It
+//     and the one Auditor.Close waits on (which ends when the Writer's
+//     Close returns) are the only goroutines the package starts (a
+//     Deadline's fire runs on the goroutine of its timer).
 //   - An Awaiting holds at most MaxAwaited requests, each with at most
 //     one timer (its Deadline), stopped when its answer is taken, it is
 //     forgotten or the table closed.

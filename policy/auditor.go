@@ -1,0 +1,130 @@
+package policy
+
+import (
+	"fmt"
+	"time"
+)
+
+// Defaults of an Auditor.
+const (
+	// DefaultAuditQueue is the records an Auditor queues for writing.
+	DefaultAuditQueue = 4096
+	// DefaultMaxArguments caps the arguments in one record, in bytes.
+	DefaultMaxArguments = 4 << 10
+	// DefaultDegradedSample keeps one in this many records of successful
+	// listing calls and pings at EffortReduced.
+	DefaultDegradedSample = 10
+)
+
+// AuditSettings configure an Auditor; a zero field takes its default.
+type AuditSettings struct {
+	QueueSize       int      // records waiting to be written (DefaultAuditQueue)
+	Arguments       bool     // log the arguments of tools/call and prompts/get
+	Redact          []string // RFC 6901 pointers into the arguments to hide
+	MaxArgumentSize int      // bytes of arguments in one record (DefaultMaxArguments)
+	DegradedSample  int      // one in this many listing records at EffortReduced (DefaultDegradedSample)
+}
+
+// AuditResult is what an Auditor did with a record.
+type AuditResult uint8
+
+const (
+	// AuditWritten: the record was queued for writing.
+	AuditWritten AuditResult = iota
+	// AuditDropped: the queue was full or the Auditor closed.
+	AuditDropped
+	// AuditSampledOut: the Effort left the record out.
+	AuditSampledOut
+)
+
+// String names the result as the metrics do: written, dropped,
+// sampled_out.
+func (r AuditResult) String() string {
+	switch r {
+	case AuditDropped:
+		return "dropped"
+	case AuditSampledOut:
+		return "sampled_out"
+	}
+	return "written"
+}
+
+// Auditor is one handler's audit trail: it decides, at the Effort the
+// caller gives, which records are kept, adds the redacted arguments where
+// configured, and hands the records to a Writer. It owns the Writer's
+// goroutine until Close.
+type Auditor struct {
+	settings AuditSettings
+	writer   *Writer
+	sampler  *Sampler
+}
+
+// NewAuditor starts an Auditor that writes each kept record with write
+// (see Writer for what write may do). It refuses a Redact entry that is
+// not a JSON pointer.
+func NewAuditor(s AuditSettings, write func(*Record)) (*Auditor, error) {
+	for _, p := range s.Redact {
+		if err := ValidPointer(p); err != nil {
+			return nil, fmt.Errorf("redact %q: %w", p, err)
+		}
+	}
+	s.QueueSize = orDefault(s.QueueSize, DefaultAuditQueue)
+	s.MaxArgumentSize = orDefault(s.MaxArgumentSize, DefaultMaxArguments)
+	s.DegradedSample = orDefault(s.DegradedSample, DefaultDegradedSample)
+	return &Auditor{settings: s, writer: NewWriter(s.QueueSize, write), sampler: NewSampler(s.DegradedSample)}, nil
+}
+
+func orDefault(v, def int) int {
+	if v <= 0 {
+		return def
+	}
+	return v
+}
+
+// Settings returns the settings in force, defaults applied.
+func (a *Auditor) Settings() AuditSettings { return a.settings }
+
+// Audit keeps or leaves out rec at effort (Effort.Keep) and queues a kept
+// one, adding the arguments of msg, the request's only message, to a
+// tools/call or prompts/get record when the settings ask for them (msg nil:
+// none, as for a batch or a body longer than the peek). It never blocks.
+func (a *Auditor) Audit(rec *Record, effort Effort, msg []byte) AuditResult {
+	if !effort.Keep(rec, a.sampler) {
+		return AuditSampledOut
+	}
+	if a.settings.Arguments && msg != nil && (rec.Method == "tools/call" || rec.Method == "prompts/get") {
+		rec.Arguments = ArgumentsOf(msg, a.settings.Redact, a.settings.MaxArgumentSize)
+	}
+	if a.writer.Log(rec) {
+		return AuditWritten
+	}
+	return AuditDropped
+}
+
+// Dropped returns how many records were dropped because the queue was
+// full or the Auditor closed.
+func (a *Auditor) Dropped() uint64 { return a.writer.Dropped() }
+
+// Close stops taking records and waits at most wait for those queued to
+// be written; it reports whether they were. A write that blocks past wait
+// (a stuck log sink) is left to finish on the Writer's goroutine, which
+// ends after it, so a caller's shutdown is not held by the sink. A nil
+// Auditor is closed.
+func (a *Auditor) Close(wait time.Duration) bool {
+	if a == nil {
+		return true
+	}
+	done := make(chan struct{})
+	go func() {
+		a.writer.Close()
+		close(done)
+	}()
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-done:
+		return true
+	case <-t.C:
+		return false
+	}
+}
