@@ -3,8 +3,11 @@
 // Bearer access tokens (signed JWTs against static keys or a JWKS URL, or
 // opaque tokens through RFC 7662 introspection), checks their issuer,
 // audience (the resource indicator of RFC 8707), lifetime and scopes,
-// builds the Protected Resource Metadata document of RFC 9728 and the
-// WWW-Authenticate challenges that point clients at it.
+// serves the Protected Resource Metadata document of RFC 9728
+// (ServeMetadata) and builds the WWW-Authenticate challenges that point
+// clients at it. It also reads what a configuration or a request gives:
+// verification keys in PEM, JWK or HMAC-secret form (ParseKey, SecretKey)
+// and the Bearer token of an Authorization header (Bearer).
 //
 // JOSE is go-jose's: the package parses and verifies nothing by hand. Only
 // the algorithms configured are accepted ("none" never is), a symmetric

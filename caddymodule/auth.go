@@ -1,13 +1,10 @@
 package caddymodule
 
 import (
-	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
 
@@ -200,32 +197,6 @@ func (a *Auth) Provision(ctx caddy.Context) error {
 	return registerMetrics(ctx)
 }
 
-func withKeyInfo(jwk jose.JSONWebKey, k StaticKey) jose.JSONWebKey {
-	if k.KeyID != "" {
-		jwk.KeyID = k.KeyID
-	}
-	if k.Algorithm != "" {
-		jwk.Algorithm = k.Algorithm
-	}
-	return jwk
-}
-
-// parsePEMKey reads a PEM public key or certificate.
-func parsePEMKey(data []byte) (any, error) {
-	block, _ := pem.Decode(data)
-	if block == nil {
-		return nil, errors.New("no PEM block")
-	}
-	if block.Type == "CERTIFICATE" {
-		cert, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			return nil, err
-		}
-		return cert.PublicKey, nil
-	}
-	return x509.ParsePKIXPublicKey(block.Bytes)
-}
-
 // ServeHTTP serves the metadata, or authenticates the request, reads its
 // MCP messages, checks their scopes, and passes it on.
 func (a *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
@@ -233,7 +204,7 @@ func (a *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		return a.serveMetadata(w, r, rp)
 	}
 	resource := a.resourceOf(r, r.URL.Path)
-	tok := bearer(r.Header.Get("Authorization"))
+	tok := auth.Bearer(r.Header.Get("Authorization"))
 	audiences := a.audiences
 	if audiences == nil {
 		audiences = append([]string{resource}, a.Audiences...)
@@ -315,17 +286,6 @@ func (a *Auth) checkScopes(p *auth.Principal, call *mcp.Call) *auth.Error {
 	return nil
 }
 
-// bearer reads a Bearer token from an Authorization header; another
-// scheme is no token (Verify answers a missing token with the plain
-// challenge a client starts its authorization from).
-func bearer(h string) string {
-	scheme, tok, _ := strings.Cut(h, " ")
-	if !strings.EqualFold(scheme, "Bearer") {
-		return ""
-	}
-	return strings.TrimSpace(tok)
-}
-
 // setPrincipal sets {http.auth.user.id}, and makes the token's claims
 // {http.auth.user.<claim>} and its scopes {http.auth.user.scope}, written
 // out only when a placeholder asks for one.
@@ -368,11 +328,7 @@ func (a *Auth) resourceOf(r *http.Request, path string) string {
 	if a.Resource != "" {
 		return a.Resource
 	}
-	scheme := "http"
-	if r.TLS != nil {
-		scheme = "https"
-	}
-	return scheme + "://" + r.Host + strings.TrimSuffix(path, "/")
+	return auth.ResourceURL(r, path)
 }
 
 // serveMetadata serves the Protected Resource Metadata document.
@@ -381,25 +337,8 @@ func (a *Auth) serveMetadata(w http.ResponseWriter, r *http.Request, resourcePat
 	if len(servers) == 0 {
 		servers = a.Issuers
 	}
-	scopes := a.ScopesSupported
-	if len(scopes) == 0 {
-		scopes = append(scopes, a.RequiredScopes...)
-		for _, rule := range a.ScopeRules {
-			scopes = append(scopes, rule.Scopes...)
-		}
-	}
-	md := auth.Metadata{Resource: a.resourceOf(r, resourcePath), AuthorizationServers: servers,
-		ScopesSupported: dedupe(scopes), ResourceName: a.ResourceName}
-	body := md.JSON()
-	hdr := w.Header()
-	hdr.Set("Content-Type", "application/json")
-	hdr.Set("Cache-Control", "max-age=300")
-	hdr.Set("Access-Control-Allow-Origin", "*")
-	hdr.Set("Content-Length", strconv.Itoa(len(body)))
-	w.WriteHeader(http.StatusOK)
-	if r.Method != http.MethodHead {
-		_, _ = w.Write(body)
-	}
+	auth.ServeMetadata(w, r, &auth.Metadata{Resource: a.resourceOf(r, resourcePath), AuthorizationServers: servers,
+		ScopesSupported: auth.SupportedScopes(a.ScopesSupported, a.RequiredScopes, a.ScopeRules), ResourceName: a.ResourceName})
 	return nil
 }
 
@@ -408,19 +347,6 @@ func writeChallenge(w http.ResponseWriter, e *auth.Error, metadataURL, id string
 	w.Header().Set("WWW-Authenticate", auth.Challenge(e, metadataURL))
 	msg := http.StatusText(e.Status) + ": " + e.Description
 	return writeRefusal(w, mcp.Refuse(e.Status, mcp.CodeServerError, id, msg))
-}
-
-// dedupe returns l without repeats, in order.
-func dedupe(l []string) []string {
-	var out []string
-	seen := map[string]bool{}
-	for _, s := range l {
-		if !seen[s] {
-			seen[s] = true
-			out = append(out, s)
-		}
-	}
-	return out
 }
 
 // Interface guards

@@ -1,14 +1,13 @@
 package caddymodule
 
 import (
-	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"os"
-	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	jose "github.com/go-jose/go-jose/v4"
+
+	"github.com/mcpgate/mcpgate/auth"
 )
 
 // The key and introspection settings of mcp_auth.
@@ -52,39 +51,17 @@ type IntrospectionConfig struct {
 
 // load reads a static key as a JWK.
 func (k StaticKey) load(repl *caddy.Replacer) (jose.JSONWebKey, error) {
-	var jwk jose.JSONWebKey
 	switch {
 	case k.Secret != "":
-		secret, err := base64.StdEncoding.DecodeString(repl.ReplaceKnown(k.Secret, ""))
-		if err != nil || len(secret) < 32 {
-			return jwk, errors.New("secret: want the base64 of at least 32 bytes")
-		}
-		if !strings.HasPrefix(k.Algorithm, "HS") {
-			return jwk, errors.New("a secret needs alg HS256, HS384 or HS512")
-		}
-		jwk.Key = secret
+		return auth.SecretKey(repl.ReplaceKnown(k.Secret, ""), k.KeyID, k.Algorithm)
 	case len(k.JWK) > 0:
-		if err := json.Unmarshal(k.JWK, &jwk); err != nil {
-			return jwk, err
-		}
-	default:
-		data := []byte(k.PEM)
-		if k.File != "" {
-			b, err := os.ReadFile(k.File)
-			if err != nil {
-				return jwk, err
-			}
-			data = b
-		}
-		if json.Valid(data) {
-			err := json.Unmarshal(data, &jwk)
-			return withKeyInfo(jwk, k), err
-		}
-		key, err := parsePEMKey(data)
+		return auth.ParseKey(k.JWK, k.KeyID, k.Algorithm)
+	case k.File != "":
+		data, err := os.ReadFile(k.File)
 		if err != nil {
-			return jwk, err
+			return jose.JSONWebKey{}, err
 		}
-		jwk.Key = key
+		return auth.ParseKey(data, k.KeyID, k.Algorithm)
 	}
-	return withKeyInfo(jwk, k), nil
+	return auth.ParseKey([]byte(k.PEM), k.KeyID, k.Algorithm)
 }
