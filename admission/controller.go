@@ -950,6 +950,22 @@ func (c *Controller) Queued() int { return c.proxy.Queued() }
 // configured); zero means no cap.
 func (c *Controller) Limit() int { return c.proxy.Limit() }
 
+// Idle reports whether the Controller holds no slot and queues no
+// request: nothing in flight or waiting under its own limit or any tool's,
+// and no session or client with a request in flight. The process-wide
+// limit, which other Controllers share, is not looked at.
+func (c *Controller) Idle() bool {
+	if c.proxy.InFlight() != 0 || c.proxy.Queued() != 0 {
+		return false
+	}
+	for i := range c.tools {
+		if l := c.tools[i].lim; l != nil && (l.InFlight() != 0 || l.Queued() != 0) {
+			return false
+		}
+	}
+	return (c.sessions == nil || c.sessions.Len() == 0) && (c.clients == nil || c.clients.Len() == 0)
+}
+
 // Global returns the process-wide limiter passed to New, or nil.
 func (c *Controller) Global() *Limiter { return c.global }
 

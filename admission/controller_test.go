@@ -79,6 +79,32 @@ func checkIdle(t *testing.T, c *Controller) {
 			t.Fatalf("tool %s: InFlight %d, Queued %d", s.Pattern, s.InFlight, s.Queued)
 		}
 	}
+	if !c.Idle() {
+		t.Fatal("Idle() false with no slot held")
+	}
+}
+
+// TestControllerIdle checks Idle before, during and after requests that
+// hold the handler's slot and, besides it, a session's, a client's or a
+// tool's.
+func TestControllerIdle(t *testing.T) {
+	cfg := Config{MaxInflight: 5, QueueSize: 2, QueueTimeout: time.Second, SessionMaxInflight: 2, ClientMaxInflight: 3,
+		Tools: []ToolRule{{Pattern: "slow", MaxInflight: 1}}}
+	for _, req := range []Request{
+		{Class: ClassHeavy},
+		{Class: ClassHeavy, SessionKey: "s1"},
+		{Class: ClassHeavy, ClientKey: "c1"},
+		{Class: ClassHeavy, Tool: "slow", Weight: 1},
+	} {
+		c := mustNew(t, cfg, nil)
+		checkIdle(t, c)
+		tk := admit(t, c, req)
+		if c.Idle() {
+			t.Errorf("Idle() with %+v admitted", req)
+		}
+		release(tk)
+		checkIdle(t, c)
+	}
 }
 
 var (

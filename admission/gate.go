@@ -78,6 +78,13 @@ func (s StreamSlots) Acquire(clientKey string) (release func(), reason Reason, o
 	return func() { s.Client.Release(clientKey); s.Handler.Release(); s.Process.Release() }, 0, true
 }
 
+// Idle reports whether no stream holds a slot of the handler or of a
+// client (the process-wide limit, shared with other handlers, is not
+// looked at).
+func (s StreamSlots) Idle() bool {
+	return s.Handler.InFlight() == 0 && (s.Client == nil || s.Client.Len() == 0)
+}
+
 // ErrSessionGone reports a session the registry evicted: its client must
 // start a new one.
 var ErrSessionGone = errors.New("session evicted")

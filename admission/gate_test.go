@@ -94,9 +94,15 @@ func TestRoomForSession(t *testing.T) {
 func TestStreamSlots(t *testing.T) {
 	process, handler := NewLimiter(2, 0, 0), NewLimiter(3, 0, 0)
 	slots := StreamSlots{Process: process, Handler: handler, Client: NewKeyedLimiter(1, 10)}
+	if !slots.Idle() {
+		t.Fatal("new slots are not idle")
+	}
 	rel1, _, ok := slots.Acquire("a")
 	if !ok {
 		t.Fatal("first stream refused")
+	}
+	if slots.Idle() {
+		t.Fatal("slots holding a stream are idle")
 	}
 	if _, reason, ok := slots.Acquire("a"); ok || reason != ReasonClientQuota {
 		t.Fatalf("client's second stream: ok %v reason %v", ok, reason)
@@ -113,7 +119,7 @@ func TestStreamSlots(t *testing.T) {
 	}
 	rel1()
 	rel2()
-	if process.InFlight() != 0 || handler.InFlight() != 0 || slots.Client.InFlight("a") != 0 || slots.Client.InFlight("b") != 0 {
+	if process.InFlight() != 0 || handler.InFlight() != 0 || slots.Client.InFlight("a") != 0 || slots.Client.InFlight("b") != 0 || !slots.Idle() {
 		t.Fatal("slots not given back")
 	}
 	// Without a client cap, or a key, only the process and handler count.

@@ -250,3 +250,13 @@ func (h *Handler) refuseAdmission(w http.ResponseWriter, call *mcp.Call, ref *ad
 	}
 	return mcp.Refuse(ref.Status, mcp.CodeServerError, first.ID, msg)
 }
+
+// Admission returns the handler's admission controller, once provisioned:
+// its queue, requests in flight and tool limits can be watched through it.
+func (h *Handler) Admission() *admission.Controller { return h.ctrl }
+
+// Idle reports whether the handler holds no admission slot and queues no
+// request: no request or stream in flight under its own limits, nor under
+// a session's, client's or tool's (the process-wide limits, shared with
+// other handlers, are not looked at).
+func (h *Handler) Idle() bool { return h.ctrl.Idle() && h.streamSlots.Idle() }

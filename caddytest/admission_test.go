@@ -11,7 +11,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-	"unsafe"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -76,26 +75,9 @@ func proxyOn(t *testing.T, port int) *caddymodule.Handler {
 	return nil
 }
 
-// unexported reads an unexported field of the struct owner points to.
-// The admission state has no metric or admin endpoint yet that tells how
-// many requests wait in a queue or hold a slot; the tests need it to know
-// a request is queued, and that every slot is free again.
-func unexported[T any](t *testing.T, owner any, field string) T {
-	t.Helper()
-	f := reflect.ValueOf(owner).Elem().FieldByName(field)
-	if !f.IsValid() {
-		t.Fatalf("%T has no field %s", owner, field)
-	}
-	v, ok := reflect.NewAt(f.Type(), unsafe.Pointer(f.UnsafeAddr())).Elem().Interface().(T)
-	if !ok {
-		t.Fatalf("%T field %s is a %s", owner, field, f.Type())
-	}
-	return v
-}
-
 func controllerOn(t *testing.T, port int) *admission.Controller {
 	t.Helper()
-	return unexported[*admission.Controller](t, proxyOn(t, port), "ctrl")
+	return proxyOn(t, port).Admission()
 }
 
 // awaitIdle waits until the mcp_proxy on port holds no admission slot of any
@@ -105,19 +87,9 @@ func controllerOn(t *testing.T, port int) *admission.Controller {
 func awaitIdle(t *testing.T, port int) {
 	t.Helper()
 	h := proxyOn(t, port)
-	ctrl := unexported[*admission.Controller](t, h, "ctrl")
-	streams := unexported[admission.StreamSlots](t, h, "streamSlots").Handler
-	sessions := unexported[*admission.KeyedLimiter](t, ctrl, "sessions")
-	clients := unexported[*admission.KeyedLimiter](t, ctrl, "clients")
 	pollUntil(t, "every admission slot to be free", func() bool {
-		for _, ts := range ctrl.ToolStats() {
-			if ts.InFlight != 0 || ts.Queued != 0 {
-				return false
-			}
-		}
-		return ctrl.InFlight() == 0 && ctrl.Queued() == 0 && streams.InFlight() == 0 &&
-			(ctrl.Global() == nil || ctrl.Global().InFlight() == 0) &&
-			(sessions == nil || sessions.Len() == 0) && (clients == nil || clients.Len() == 0)
+		g := h.Admission().Global()
+		return h.Idle() && (g == nil || g.InFlight() == 0)
 	})
 }
 
