@@ -38,11 +38,13 @@ type IntrospectionConfig struct {
 	// URL is the introspection endpoint; placeholders such as {env.X}
 	// are replaced. Required.
 	URL string `json:"url"`
-	// ClientID and ClientSecret authenticate this resource server to the
-	// endpoint (HTTP Basic); placeholders such as {env.X} are replaced.
-	// Default: none (the endpoint is called without credentials).
+	// ClientID, with ClientSecret, authenticates this resource server to
+	// the endpoint (HTTP Basic); placeholders such as {env.X} are
+	// replaced. Default: none (the endpoint is called without
+	// credentials).
 	ClientID string `json:"client_id,omitempty"`
-	// ClientSecret: see ClientID. Default: none.
+	// ClientSecret is the secret of ClientID (HTTP Basic); placeholders
+	// such as {env.CLIENT_SECRET} are replaced. Default: none.
 	ClientSecret string `json:"client_secret,omitempty"`
 	// CacheTTL is how long a result is kept at most (never past the
 	// token's expiry). Default: 1m.

@@ -77,7 +77,8 @@ const (
 // mcp.session.id (the hash).
 type Handler struct {
 	// ProxyRaw is the embedded reverse_proxy handler with its upstreams and
-	// every reverse_proxy option.
+	// every reverse_proxy option (static or dynamic upstreams). Required: a
+	// config without it fails to load.
 	ProxyRaw json.RawMessage `json:"proxy,omitempty" caddy:"namespace=http.handlers inline_key=handler"`
 
 	// SessionKeys are the keys that seal session ids, each the base64 of

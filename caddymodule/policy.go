@@ -26,7 +26,7 @@ type Rule struct {
 
 	// Targets are globs over the tool names, prompt names, resource URIs
 	// or methods: `*` matches any characters, `/` included, `?` one.
-	// At least one is required.
+	// Required: at least one.
 	Targets []string `json:"targets"`
 
 	// Methods, for tool, prompt and resource rules, restricts the rule to
@@ -53,7 +53,9 @@ type Rule struct {
 	// `{http.request.header.X-Tenant}`. Default: none.
 	Placeholder string `json:"placeholder,omitempty"`
 
-	// Values: see Placeholder. Required with Placeholder. Default: none.
+	// Values are the globs Placeholder's value is matched against; the
+	// condition holds when one matches. Required with Placeholder.
+	// Default: none.
 	Values []string `json:"values,omitempty"`
 
 	// MatchRaw restricts the rule to requests a matcher set matches, as a
