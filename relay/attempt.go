@@ -51,9 +51,14 @@ func (st *State) Attempt(req *http.Request) *http.Request {
 		// net/http's Transport flush the request's header in a write of
 		// its own, in case the body is slow to come. This body is already
 		// in memory: as a *bytes.Reader the Transport sends the header
-		// and body in one write.
-		req.Body = io.NopCloser(bytes.NewReader(st.Whole))
-		req.ContentLength = int64(len(st.Whole))
+		// and body in one write. With GetBody, the Transport sends the
+		// request again on a new connection when a pooled one turns out
+		// closed before any of it was written (an upstream that
+		// restarted), instead of failing it.
+		whole := st.Whole
+		req.Body = io.NopCloser(bytes.NewReader(whole))
+		req.ContentLength = int64(len(whole))
+		req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(whole)), nil }
 	}
 	return req
 }
