@@ -258,5 +258,7 @@ func (h *Handler) Admission() *admission.Controller { return h.ctrl }
 // Idle reports whether the handler holds no admission slot and queues no
 // request: no request or stream in flight under its own limits, nor under
 // a session's, client's or tool's (the process-wide limits, shared with
-// other handlers, are not looked at).
-func (h *Handler) Idle() bool { return h.ctrl.Idle() && h.streamSlots.Idle() }
+// other handlers, are not looked at). A handler not provisioned is idle.
+func (h *Handler) Idle() bool {
+	return h.ctrl == nil || h.ctrl.Idle() && h.streamSlots.Idle()
+}

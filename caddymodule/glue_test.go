@@ -159,3 +159,9 @@ func TestAuditRecord(t *testing.T) {
 		t.Errorf("GET record has arguments")
 	}
 }
+
+func TestIdleUnprovisioned(t *testing.T) {
+	if !new(Handler).Idle() {
+		t.Fatal("a handler not provisioned is not idle")
+	}
+}
