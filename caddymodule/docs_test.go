@@ -99,9 +99,14 @@ func TestDocumentedDefaults(t *testing.T) {
 			t.Errorf("README: no table row documents %s (default %s)", name, want)
 		}
 	}
-	// audit's queue shares its name with mcp_proxy's own
-	if row := fmt.Sprintf("| `queue <n>` | `%d` | records waiting", policy.DefaultAuditQueue); !strings.Contains(string(readme), row) {
-		t.Errorf("README does not say %q", row)
+	for _, phrase := range []string{
+		// audit's queue shares its name with mcp_proxy's own
+		fmt.Sprintf("| `queue <n>` | `%d` | records waiting", policy.DefaultAuditQueue),
+		fmt.Sprintf("is closed after %s instead of reverse_proxy's 2m", docDuration(defaultUpstreamIdle)),
+	} {
+		if !strings.Contains(string(readme), phrase) {
+			t.Errorf("README does not say %q", phrase)
+		}
 	}
 	for _, phrase := range []string{
 		fmt.Sprintf("twice `sched_latency_target` (2 × %s)", docDuration(governor.DefaultSchedLatencyTarget)),

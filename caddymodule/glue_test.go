@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -163,5 +164,42 @@ func TestAuditRecord(t *testing.T) {
 func TestIdleUnprovisioned(t *testing.T) {
 	if !new(Handler).Idle() {
 		t.Fatal("a handler not provisioned is not idle")
+	}
+}
+
+// TestWrapTransportIdleTimeout checks the transport mcp_proxy gives its
+// embedded reverse_proxy: an mcp_relay around the configured one, whose
+// http transport closes idle upstream connections after
+// defaultUpstreamIdle unless its keepalive is set.
+func TestWrapTransportIdleTimeout(t *testing.T) {
+	idle := float64(defaultUpstreamIdle)
+	cases := []struct{ name, in, want string }{
+		{"none", `{}`, fmt.Sprintf(`{"inner":{"keep_alive":{"idle_timeout":%v},"protocol":"http"},"protocol":"mcp_relay","rewrite_host":true}`, idle)},
+		{"http", `{"transport":{"protocol":"http","dial_timeout":1000}}`,
+			fmt.Sprintf(`{"inner":{"dial_timeout":1000,"keep_alive":{"idle_timeout":%v},"protocol":"http"},"protocol":"mcp_relay","rewrite_host":true}`, idle)},
+		{"keepalive set", `{"transport":{"protocol":"http","keep_alive":{"idle_timeout":60000000000}}}`,
+			`{"inner":{"keep_alive":{"idle_timeout":60000000000},"protocol":"http"},"protocol":"mcp_relay","rewrite_host":true}`},
+		{"keepalive off", `{"transport":{"protocol":"http","keep_alive":{"enabled":false}}}`,
+			fmt.Sprintf(`{"inner":{"keep_alive":{"enabled":false,"idle_timeout":%v},"protocol":"http"},"protocol":"mcp_relay","rewrite_host":true}`, idle)},
+		{"fastcgi", `{"transport":{"protocol":"fastcgi","root":"/srv"}}`,
+			`{"inner":{"protocol":"fastcgi","root":"/srv"},"protocol":"mcp_relay","rewrite_host":true}`},
+		{"relay already", `{"transport":{"protocol":"mcp_relay","inner":{"protocol":"http"}}}`,
+			fmt.Sprintf(`{"inner":{"keep_alive":{"idle_timeout":%v},"protocol":"http"},"protocol":"mcp_relay"}`, idle)},
+	}
+	for _, c := range cases {
+		var cfg map[string]any
+		if err := json.Unmarshal([]byte(c.in), &cfg); err != nil {
+			t.Fatal(err)
+		}
+		wrapTransport(cfg, true)
+		got, _ := json.Marshal(cfg["transport"])
+		var want any
+		if err := json.Unmarshal([]byte(c.want), &want); err != nil {
+			t.Fatal(err)
+		}
+		wantJSON, _ := json.Marshal(want)
+		if string(got) != string(wantJSON) {
+			t.Errorf("%s:\n got %s\nwant %s", c.name, got, wantJSON)
+		}
 	}
 }

@@ -49,9 +49,13 @@ const (
 // retries, transports and header manipulation work as they do there. It
 // sets the defaults MCP needs: the Host header is rewritten to the
 // upstream's (MCP SDK servers refuse a foreign Host on loopback), SSE
-// streams are relayed event by event with a flush after each, and the
+// streams are relayed event by event with a flush after each, the
 // `mcp_session` selection policy routes requests of a session, keeping any
-// configured policy as the fallback for new sessions.
+// configured policy as the fallback for new sessions, and an idle
+// connection to an upstream is closed after 4s unless the http
+// transport's `keepalive` says otherwise (the usual MCP servers, on
+// Node's http or uvicorn, close theirs after 5s; a request sent as the
+// upstream closes the connection would fail with 502).
 //
 // When a route has a principal, `{http.auth.user.id}` as mcp_auth,
 // basic_auth or any other authentication module sets it (or what

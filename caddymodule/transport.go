@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -70,18 +71,44 @@ func (t *RelayTransport) Provision(ctx caddy.Context) error {
 }
 
 // wrapTransport makes the embedded reverse_proxy's transport config an
-// mcp_relay around the one the user configured.
+// mcp_relay around the one the user configured (http by default), and
+// gives an http transport whose `keepalive` is not set the idle timeout
+// defaultUpstreamIdle.
 func wrapTransport(cfg map[string]any, rewriteHost bool) {
-	inner, _ := cfg["transport"].(map[string]any)
-	if inner != nil && inner["protocol"] == "mcp_relay" {
+	t, _ := cfg["transport"].(map[string]any)
+	if t == nil || t["protocol"] != "mcp_relay" {
+		relay := map[string]any{"protocol": "mcp_relay", "rewrite_host": rewriteHost}
+		if t != nil {
+			relay["inner"] = t
+		}
+		t = relay
+		cfg["transport"] = t
+	}
+	inner, _ := t["inner"].(map[string]any)
+	if inner == nil {
+		inner = map[string]any{"protocol": "http"}
+		t["inner"] = inner
+	}
+	if inner["protocol"] != "http" {
 		return
 	}
-	relay := map[string]any{"protocol": "mcp_relay", "rewrite_host": rewriteHost}
-	if inner != nil {
-		relay["inner"] = inner
+	ka, _ := inner["keep_alive"].(map[string]any)
+	if ka == nil {
+		ka = map[string]any{}
+		inner["keep_alive"] = ka
 	}
-	cfg["transport"] = relay
+	if _, set := ka["idle_timeout"]; !set {
+		ka["idle_timeout"] = int64(defaultUpstreamIdle)
+	}
 }
+
+// defaultUpstreamIdle is how long an idle connection to an upstream is
+// kept for the next request when the http transport's `keepalive` is not
+// set: less than the 5s after which the MCP SDKs' usual servers (Node's
+// http, uvicorn) close an idle connection, so the proxy, not the upstream,
+// closes it. With reverse_proxy's own 2m, a request sent just as the
+// upstream closes the connection fails with 502.
+const defaultUpstreamIdle = 4 * time.Second
 
 // RoundTrip implements http.RoundTripper.
 func (t *RelayTransport) RoundTrip(req *http.Request) (*http.Response, error) {

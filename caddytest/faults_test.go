@@ -1199,3 +1199,36 @@ func TestFaultConfigDoesNothing(t *testing.T) {
 		})
 	}
 }
+
+// TestFaultUpstreamIdleConnectionClosed: mcp_proxy closes an idle
+// connection to its upstream itself, after 4s, less than the 5s after
+// which the usual MCP servers close theirs (a request sent on a connection
+// as the upstream closes it would fail with 502). That a `keepalive` of
+// the http transport takes precedence is TestWrapTransportIdleTimeout's.
+func TestFaultUpstreamIdleConnectionClosed(t *testing.T) {
+	var opened, closed atomic.Int32
+	up := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"jsonrpc":"2.0","id":1,"result":{}}`))
+	}))
+	up.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		switch s {
+		case http.StateNew:
+			opened.Add(1)
+		case http.StateClosed:
+			closed.Add(1)
+		}
+	}
+	up.Start()
+	defer up.Close()
+	port := freePort(t)
+	loadCaddyfile(t, proxySite(port, up.Listener.Addr().String(), "\t\trequire_session off\n"))
+	st, _, body := rawPost(t, proxyURL(port)+"/mcp", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}}`,
+		map[string]string{"MCP-Protocol-Version": "2025-06-18"})
+	if st != http.StatusOK || opened.Load() != 1 {
+		t.Fatalf("%d %s, %d upstream connections", st, body, opened.Load())
+	}
+	// reverse_proxy's own default would keep it for 2m, past this wait.
+	pollUntil(t, "the proxy to close its idle upstream connection", func() bool { return closed.Load() == 1 })
+}
