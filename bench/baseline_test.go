@@ -68,11 +68,12 @@ func TestRunRefusesTargets(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"overload", "-q", "-targets", "mcp_proxy,baseline", "-baseline", exe}, "only the post, streams and idle"},
+		{[]string{"overload", "-q", "-targets", "mcp_proxy,baseline", "-baseline", exe}, "only the post, streams, idle and idleedge"},
 		{[]string{"post", "-q", "-targets", "mcp_proxy,baseline"}, "needs -baseline"},
 		{[]string{"post", "-q", "-targets", "baseline", "-baseline", t.TempDir()}, "not an executable file"},
 		{[]string{"post", "-q", "-targets", "baseline", "-baseline", filepath.Join(t.TempDir(), "none")}, "-baseline"},
 		{[]string{"burst", "-q", "-targets", "mcp_auth"}, "only the post and streams"},
+		{[]string{"idleedge", "-q", "-targets", "plain,mcp_auth"}, "only the post and streams"},
 	} {
 		err := run(tc.args)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -5,10 +5,10 @@
 // mcp_proxy in the same run, so machine noise hits all three alike. The
 // post and streams scenarios can measure a third site as well, mcp_auth
 // in front of mcp_proxy (-targets …,mcp_auth), with a token the harness
-// signs itself. With -baseline <caddy binary>, post, streams and idle can
-// also measure the same mcp_proxy site served by a second Caddy process
-// started from that binary (-targets …,baseline), for a comparison across
-// commits within one run.
+// signs itself. With -baseline <caddy binary>, post, streams, idle and
+// idleedge can also measure the same mcp_proxy site served by a second
+// Caddy process started from that binary (-targets …,baseline), for a
+// comparison across commits within one run.
 //
 // Usage:
 //
@@ -18,6 +18,7 @@
 //	go run ./bench streams  [flags]   1 KiB events on 100 GET SSE streams (or SSE answers to POSTs)
 //	go run ./bench idle     [flags]   5,000 idle GET SSE streams, one Caddy per target
 //	go run ./bench upstreamkill [flags]   SIGKILL of the upstream under 70 open flows
+//	go run ./bench idleedge [flags]   POST, wait the upstream's idle timeout ±5ms, POST: 502s of pooled connections
 //
 // Run `go run ./bench -h` for the flags.
 package main
@@ -144,6 +145,9 @@ type options struct {
 	jsonCalls       int
 	endBudget       time.Duration
 	slowTool        time.Duration
+	upstreamIdle    time.Duration
+	edgeJitter      time.Duration
+	seed            int64
 }
 
 func parseFlags(args []string) (*options, error) {
@@ -151,14 +155,14 @@ func parseFlags(args []string) (*options, error) {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(flagOutput)
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: go run ./bench <post|overload|burst|streams|idle|upstreamkill> [flags]\n\nflags:\n")
+		fmt.Fprintf(fs.Output(), "usage: go run ./bench <post|overload|burst|streams|idle|upstreamkill|idleedge> [flags]\n\nflags:\n")
 		fs.PrintDefaults()
 	}
 	fs.IntVar(&o.concurrency, "concurrency", 32, "post: concurrent closed-loop clients")
 	fs.DurationVar(&o.duration, "duration", 0, "measured time per target (and per multiple); default 10s for post, 5s for overload")
 	fs.DurationVar(&o.warmup, "warmup", 2*time.Second, "post: warm-up per target before measuring")
-	fs.IntVar(&o.rounds, "rounds", 3, "post, upstreamkill: rounds; each round runs every target once, order rotated per round (default 1 for upstreamkill)")
-	fs.DurationVar(&o.timeout, "timeout", 10*time.Second, "post: per-request client timeout")
+	fs.IntVar(&o.rounds, "rounds", 3, "post, upstreamkill: rounds; each round runs every target once, order rotated per round (default 1 for upstreamkill); idleedge: POST, wait, POST rounds per target, 1..1000 (default 70)")
+	fs.DurationVar(&o.timeout, "timeout", 10*time.Second, "post, idleedge: per-request client timeout")
 	var service optDuration
 	var capacity optInt
 	fs.Var(&service, "service", "upstream service time per tools/call (default 0 for post, 20ms for overload)")
@@ -170,7 +174,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.DurationVar(&o.deadline, "deadline", time.Second, "overload: client deadline per request, counted from its scheduled send time")
 	fs.IntVar(&o.maxOutstanding, "max-outstanding", 20000, "overload: most requests in flight; the excess is counted as not sent")
 	fs.IntVar(&o.sessions, "sessions", 64, "overload: MCP sessions opened per target and used round-robin")
-	fs.StringVar(&o.targets, "targets", "direct,plain,mcp_proxy", "targets to measure, comma-separated: direct, plain, mcp_proxy, mcp_auth (post and streams: mcp_auth in front of mcp_proxy, every request with a bearer token the harness signs), baseline (post, streams and idle, with -baseline: the mcp_proxy site served by a second Caddy process started from the -baseline binary)")
+	fs.StringVar(&o.targets, "targets", "direct,plain,mcp_proxy", "targets to measure, comma-separated: direct, plain, mcp_proxy, mcp_auth (post and streams: mcp_auth in front of mcp_proxy, every request with a bearer token the harness signs), baseline (post, streams, idle and idleedge, with -baseline: the mcp_proxy site served by a second Caddy process started from the -baseline binary)")
 	fs.StringVar(&o.mcpBlock, "mcp-block", "", `subdirectives inserted inside "mcp_proxy <upstream> { }"; ";" or newline separated`)
 	fs.StringVar(&o.plainBlock, "plain-block", "", `subdirectives inserted inside "reverse_proxy <upstream> { }"; ";" or newline separated`)
 	fs.StringVar(&o.authBlock, "auth-block", "", `mcp_auth target: subdirectives inserted inside "mcp_auth { }" after its issuer, resource and key; ";" or newline separated`)
@@ -179,7 +183,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.BoolVar(&o.appendOut, "append", false, "append to -out instead of replacing it")
 	fs.StringVar(&o.svgdir, "svgdir", "bench/out", "overload, streams, idle: directory for the SVG plots (bench/out is gitignored; use bench/results for BENCHMARKS.md)")
 	fs.StringVar(&o.caddyBin, "caddy", "", "use this Caddy binary instead of building ./cmd/caddy")
-	fs.StringVar(&o.baselineBin, "baseline", "", "post, streams, idle: a Caddy binary (e.g. ./cmd/caddy built at an older commit) for the baseline target: the same mcp_proxy site (-mcp-block, -global) served by a second Caddy process started from it, in front of the same mock upstream")
+	fs.StringVar(&o.baselineBin, "baseline", "", "post, streams, idle, idleedge: a Caddy binary (e.g. ./cmd/caddy built at an older commit) for the baseline target: the same mcp_proxy site (-mcp-block, -global) served by a second Caddy process started from it, in front of the same mock upstream")
 	fs.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of the Caddy process, taken over the first measurement of -profile-target (enables the admin endpoint on a loopback port)")
 	fs.StringVar(&o.heapprofile, "heapprofile", "", "write a heap profile of the Caddy process, taken at 80 % of the first measurement of -profile-target")
 	fs.StringVar(&o.profileTarget, "profile-target", targetMCP, "target whose first measurement -cpuprofile covers: plain, mcp_proxy, mcp_auth or baseline")
@@ -206,6 +210,10 @@ func parseFlags(args []string) (*options, error) {
 	fs.IntVar(&o.jsonCalls, "json-calls", 10, "upstreamkill: tools/call waiting for a JSON answer when the upstream is killed")
 	fs.DurationVar(&o.endBudget, "end-budget", 5*time.Second, "upstreamkill: time after the kill within which every flow must end; a flow still open then is hung")
 	fs.DurationVar(&o.slowTool, "slow-tool", 30*time.Second, "upstreamkill: time the mock's slow tools take to answer (longer than opening every flow)")
+	var upstreamIdle optDuration
+	fs.Var(&upstreamIdle, "upstream-idle", "idleedge: the mock upstream's keep-alive idle timeout (its http.Server IdleTimeout), and the wait between a round's two POSTs, 10ms..1m (default 5s, as Node's http and uvicorn)")
+	fs.DurationVar(&o.edgeJitter, "edge-jitter", edgeMaxJitter, "idleedge: the wait is -upstream-idle plus a uniform jitter in ±this, 0..5ms and at most half of -upstream-idle")
+	fs.Int64Var(&o.seed, "seed", 1, "idleedge: seed of the jitter; every target gets the same sequence")
 	fs.StringVar(&o.idleSteps, "idle-steps", "", "idle: stream counts at which Caddy's RSS and goroutines are sampled while the streams open, ascending, e.g. 1000,2000,5000 (-streams is always the last); each step waits -settle before its sample; default 5 equal steps")
 
 	// The scenario may come first (go run ./bench post -rounds 1) or after
@@ -227,6 +235,12 @@ func parseFlags(args []string) (*options, error) {
 	}
 	roundsSet := false
 	fs.Visit(func(f *flag.Flag) { roundsSet = roundsSet || f.Name == "rounds" })
+	if upstreamIdle.set {
+		if o.scenario != "idleedge" {
+			return nil, errors.New("-upstream-idle: only the idleedge scenario has it")
+		}
+		o.upstreamIdle = upstreamIdle.d
+	}
 	o.service, o.capacity = -1, -1
 	if service.set {
 		o.service = service.d
@@ -328,16 +342,20 @@ func parseFlags(args []string) (*options, error) {
 		if o.slowTool < 5*time.Second {
 			return nil, errors.New("upstreamkill: -slow-tool must be at least 5s, so that every call still runs when the upstream is killed")
 		}
+	case "idleedge":
+		if err := edgeFlags(o, roundsSet); err != nil {
+			return nil, err
+		}
 	case "":
 		fs.Usage()
-		return nil, errors.New("no scenario: want post, overload, burst, streams, idle or upstreamkill")
+		return nil, errors.New("no scenario: want post, overload, burst, streams, idle, upstreamkill or idleedge")
 	default:
-		return nil, fmt.Errorf("unknown scenario %q: want post, overload, burst, streams, idle or upstreamkill", o.scenario)
+		return nil, fmt.Errorf("unknown scenario %q: want post, overload, burst, streams, idle, upstreamkill or idleedge", o.scenario)
 	}
 	if o.concurrency < 1 || o.concurrency > 10000 {
 		return nil, fmt.Errorf("-concurrency %d: want 1..10000", o.concurrency)
 	}
-	if o.rounds < 1 || o.rounds > 100 {
+	if o.scenario != "idleedge" && (o.rounds < 1 || o.rounds > 100) {
 		return nil, fmt.Errorf("-rounds %d: want 1..100", o.rounds)
 	}
 	if o.duration <= 0 || o.duration > time.Hour || o.warmup < 0 || o.warmup > time.Hour {
@@ -722,9 +740,9 @@ func run(args []string) error {
 	measureBase := slices.Contains(names, targetBase)
 	if measureBase {
 		switch o.scenario {
-		case "post", "streams", "idle":
+		case "post", "streams", "idle", "idleedge":
 		default:
-			return fmt.Errorf("target %s: only the post, streams and idle scenarios measure it", targetBase)
+			return fmt.Errorf("target %s: only the post, streams, idle and idleedge scenarios measure it", targetBase)
 		}
 		if o.baselineBin == "" {
 			return fmt.Errorf("target %s needs -baseline <caddy binary>", targetBase)
@@ -793,7 +811,14 @@ func run(args []string) error {
 		return runUpstreamKillMain(ctx, o, names, bin, tmp, meta, logf)
 	}
 
-	up, err := startUpstream(o.service, o.capacity)
+	mock := mockOptions{}
+	if o.scenario == "idleedge" {
+		mock = mockOptions{IdleTimeout: o.upstreamIdle, Stateless: true}
+		// The requests carry no session: the mcp_proxy sites (and the
+		// baseline's) let them through.
+		o.mcpBlock = edgeMCPBlock(o.mcpBlock)
+	}
+	up, err := startUpstream(o.service, o.capacity, mock)
 	if err != nil {
 		return err
 	}
@@ -1058,6 +1083,18 @@ func run(args []string) error {
 			return err
 		}
 		writeStreamsReport(&report, meta, results, plots)
+	case "idleedge":
+		cfg := edgeConfigOf(o)
+		results, err := runEdgeScenario(ctx, env, targets, cfg, logf)
+		if err != nil {
+			return err
+		}
+		meta.Title = edgeTitle(cfg)
+		meta.Setup = edgeSetup(cfg, upDesc)
+		if measureBase {
+			meta.Setup = append(meta.Setup, edgeBaseSetup(o.baselineBin))
+		}
+		writeEdgeReport(&report, meta, cfg, results)
 	}
 	return writeOut(o, report.String(), logf)
 }

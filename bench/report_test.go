@@ -142,7 +142,7 @@ func TestParseFlags(t *testing.T) {
 	if o.scenario != "post" || o.service != 20*time.Millisecond || o.capacity != 16 {
 		t.Errorf("flags before the scenario: %+v", o)
 	}
-	for _, bad := range [][]string{{}, {"nope"}, {"post", "extra"}, {"overload", "-capacity", "0"}, {"post", "-rounds", "0"}, {"post", "-service", "-1s"}} {
+	for _, bad := range [][]string{{}, {"nope"}, {"post", "extra"}, {"overload", "-capacity", "0"}, {"post", "-rounds", "0"}, {"post", "-service", "-1s"}, {"post", "-upstream-idle", "1s"}, {"idleedge", "-rounds", "1001"}, {"idleedge", "-upstream-idle", "1ms"}} {
 		if _, err := parseFlags(bad); err == nil {
 			t.Errorf("parseFlags(%q) accepted", bad)
 		}

@@ -57,7 +57,27 @@ type upstream struct {
 	slow        time.Duration // how long a slow tool takes before answering
 	slowStreams atomic.Int64  // slow_stream calls running now (progress sent)
 	slowJSON    atomic.Int64  // slow_json calls running now
+
+	// stateless answers tools/call and tools/list that carry no
+	// Mcp-Session-Id, as a Streamable HTTP server without sessions does
+	// (idleedge); an unknown session id is still answered 404.
+	stateless bool
 }
+
+// mockOptions are the in-process mock's settings besides its service time
+// and capacity.
+type mockOptions struct {
+	// IdleTimeout is how long the mock keeps an idle keep-alive
+	// connection (its http.Server's IdleTimeout); 0 keeps
+	// mockDefaultIdle.
+	IdleTimeout time.Duration
+	// Stateless: see upstream.stateless.
+	Stateless bool
+}
+
+// mockDefaultIdle is the in-process mock's keep-alive idle timeout unless
+// mockOptions set one.
+const mockDefaultIdle = 60 * time.Second
 
 // upstreamCounts is a snapshot of the upstream's counters.
 type upstreamCounts struct {
@@ -77,15 +97,22 @@ func (c upstreamCounts) sub(o upstreamCounts) upstreamCounts {
 }
 
 // startUpstream listens on a free loopback port and serves.
-func startUpstream(service time.Duration, capacity int) (*upstream, error) {
+func startUpstream(service time.Duration, capacity int, opts mockOptions) (*upstream, error) {
 	if capacity < 0 {
 		return nil, fmt.Errorf("capacity %d: want 0 (unlimited) or more", capacity)
+	}
+	if opts.IdleTimeout < 0 {
+		return nil, fmt.Errorf("idle timeout %s: want 0 (the default) or more", opts.IdleTimeout)
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, fmt.Errorf("upstream listen: %w", err)
 	}
 	u := newUpstream(ln, service, capacity)
+	if opts.IdleTimeout > 0 {
+		u.srv.IdleTimeout = opts.IdleTimeout
+	}
+	u.stateless = opts.Stateless
 	go func() { _ = u.srv.Serve(ln) }()
 	return u, nil
 }
@@ -99,7 +126,7 @@ func newUpstream(ln net.Listener, service time.Duration, capacity int) *upstream
 	u.srv = &http.Server{
 		Handler:           u,
 		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       60 * time.Second,
+		IdleTimeout:       mockDefaultIdle,
 		ErrorLog:          nil,
 	}
 	return u
@@ -218,7 +245,11 @@ func (u *upstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // known; it answers 404 when not.
 func (u *upstream) inSession(w http.ResponseWriter, r *http.Request, id json.RawMessage) bool {
 	u.received.Add(1)
-	if _, ok := u.sessions.Load(r.Header.Get("Mcp-Session-Id")); !ok {
+	sid := r.Header.Get("Mcp-Session-Id")
+	if u.stateless && sid == "" {
+		return true
+	}
+	if _, ok := u.sessions.Load(sid); !ok {
 		u.badSession.Add(1)
 		writeJSON(w, http.StatusNotFound, `{"jsonrpc":"2.0","id":`+string(idOrNull(id))+`,"error":{"code":-32001,"message":"session not found"}}`)
 		return false
