@@ -24,7 +24,7 @@ type exchange struct {
 	r    *http.Request
 	call mcp.Call
 	body mcp.Body
-	res  resolution
+	res  mcp.Resolution
 	// clientKey identifies the client for the per-client limits.
 	clientKey string
 	// principal is who the request's credentials say it is; "" for

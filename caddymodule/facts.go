@@ -75,7 +75,7 @@ func setCallFacts(r *http.Request, call *mcp.Call) {
 // setSessionFacts makes the request's session a placeholder (and a span
 // attribute): a short stable hash of it, the id /mcp/sessions shows, never
 // its token; and the session's version when the request named none.
-func setSessionFacts(r *http.Request, res resolution) {
+func setSessionFacts(r *http.Request, res mcp.Resolution) {
 	if res.Session == nil {
 		return
 	}

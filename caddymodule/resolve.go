@@ -11,9 +11,6 @@ import (
 	"github.com/mcpgate/mcpgate/mcp"
 )
 
-// resolution is the session a request belongs to.
-type resolution = mcp.Resolution
-
 // resolve opens the request's session token (see mcp.Resolver.Resolve) for
 // its principal, pins the request to its session's upstream and sets the
 // session's placeholders.

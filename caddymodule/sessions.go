@@ -19,7 +19,7 @@ const levelRetryAfter = relay.RetryAfter
 // (see admission.TrackSession): a session the registry evicted is refused
 // with 404 so the client starts anew, one that cannot be adopted with 429
 // or 503. end must be called when the request is over.
-func (h *Handler) trackSession(r *http.Request, call *mcp.Call, res resolution, clientKey string, level admission.Level) (s *resources.Session, end func(), ref *mcp.Refusal) {
+func (h *Handler) trackSession(r *http.Request, call *mcp.Call, res mcp.Resolution, clientKey string, level admission.Level) (s *resources.Session, end func(), ref *mcp.Refusal) {
 	if res.Session == nil {
 		return nil, func() {}, nil
 	}

@@ -16,9 +16,10 @@ func HasSessionDelete(version string) bool {
 	return ok && era == EraSession
 }
 
-// SideHeaders returns the MCP headers of a request the proxy sends of its
-// own accord in a session (a DELETE, a notifications/cancelled): the
-// upstream's session id and the negotiated version, when known.
+// SideHeaders returns the MCP headers of the DELETE that ends an evicted
+// session upstream: the upstream's session id and the negotiated version,
+// when known. (A notifications/cancelled goes with the headers of the
+// request it cancels: see CancelHeaders.)
 func SideHeaders(upstreamID, version string) http.Header {
 	h := make(http.Header, 4)
 	if upstreamID != "" {
@@ -28,13 +29,6 @@ func SideHeaders(upstreamID, version string) http.Header {
 		h.Set(HeaderProtocolVersion, version)
 	}
 	return h
-}
-
-// CancelledBody returns a notifications/cancelled message for the request
-// with the raw JSON id requestID, and the headers to post it with in a
-// session (see SideHeaders).
-func CancelledBody(requestID, reason string) []byte {
-	return AppendCancelled(nil, requestID, reason)
 }
 
 // SameID reports whether got, a raw JSON-RPC id, is id written the same

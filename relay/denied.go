@@ -38,10 +38,7 @@ var perResponseHeaders = []string{"Content-Length", "Date", mcp.HeaderSessionID,
 // first one of each kind and then one in 256.
 func (d *Denials) Note(resp *http.Response, streamed bool) {
 	d.sse.Store(streamed)
-	slot := &d.headers[0]
-	if streamed {
-		slot = &d.headers[1]
-	}
+	slot := d.slot(streamed)
 	if slot.Load() != nil && d.seen.Add(1)%256 != 0 {
 		return
 	}
@@ -54,15 +51,19 @@ func (d *Denials) Note(resp *http.Response, streamed bool) {
 		via: strconv.Itoa(resp.ProtoMajor) + "." + strconv.Itoa(resp.ProtoMinor) + " Caddy"})
 }
 
+// slot holds the template of the JSON answers, or of the SSE ones.
+func (d *Denials) slot(streamed bool) *atomic.Pointer[answerTemplate] {
+	if streamed {
+		return &d.headers[1]
+	}
+	return &d.headers[0]
+}
+
 // headersFor sets a denial's headers as an upstream's answer of the
 // kind has them, through reverse_proxy: its own headers, the session's id
 // (the client's token) when answers carry it, Caddy's Via and no Server.
 func (d *Denials) headersFor(hdr http.Header, streamed bool, token string) {
-	slot := &d.headers[0]
-	if streamed {
-		slot = &d.headers[1]
-	}
-	t := slot.Load()
+	t := d.slot(streamed).Load()
 	if t == nil {
 		return
 	}

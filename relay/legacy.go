@@ -299,13 +299,7 @@ func (p *Proxy) legacyCanceller(st *State, id string) func(reason string) {
 	return func(reason string) {
 		_ = p.Gov.Tasks().Go(func(ctx context.Context) {
 			defer p.recoverPanic("legacy notifications/cancelled")
-			ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-			defer cancel()
-			if _, err := p.Side(ctx, upstream, http.MethodPost, path, host, hdr, mcp.CancelledBody(id, reason)); err != nil {
-				p.Logger.Debug("sending notifications/cancelled upstream failed", zap.Error(err))
-				return
-			}
-			p.Metrics.CancelSent()
+			p.postCancelled(ctx, upstream, path, host, hdr, id, reason)
 		})
 	}
 }

@@ -140,7 +140,7 @@ func (st *State) deleteUpstreamSession(req *http.Request, sid string) {
 	inner, logger := p.Inner, p.Logger
 	_ = p.Gov.Tasks().Go(func(ctx context.Context) {
 		defer p.recoverPanic("upstream session delete")
-		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		ctx, cancel := context.WithTimeout(ctx, sideTimeout)
 		defer cancel()
 		resp, err := inner.RoundTrip(del.WithContext(ctx))
 		if err != nil {

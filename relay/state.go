@@ -222,15 +222,24 @@ func (st *State) sendCancelled(reason string) {
 	if r == nil || !sent || first.ID == "" || first.Method == "initialize" || st.call.Era == mcp.EraStateless || st.res.Session == nil {
 		return
 	}
-	hdr := mcp.CancelHeaders(r.Header)
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 5*time.Second)
+	st.p.postCancelled(context.WithoutCancel(r.Context()), st.res.Pinned, r.URL.EscapedPath(), r.Host, mcp.CancelHeaders(r.Header), first.ID, reason)
+}
+
+// sideTimeout bounds a request the proxy sends upstream of its own accord
+// (notifications/cancelled, the DELETE of an unusable session).
+const sideTimeout = 5 * time.Second
+
+// postCancelled posts notifications/cancelled for the request with raw
+// JSON id to upstream, at path with host and hdr, through the caller's
+// proxy, within sideTimeout.
+func (p *Proxy) postCancelled(ctx context.Context, upstream, path, host string, hdr http.Header, id, reason string) {
+	ctx, cancel := context.WithTimeout(ctx, sideTimeout)
 	defer cancel()
-	body := mcp.CancelledBody(first.ID, reason)
-	if _, err := st.p.Side(ctx, st.res.Pinned, http.MethodPost, r.URL.EscapedPath(), r.Host, hdr, body); err != nil {
-		st.p.Logger.Debug("sending notifications/cancelled upstream failed", zap.Error(err))
+	if _, err := p.Side(ctx, upstream, http.MethodPost, path, host, hdr, mcp.AppendCancelled(nil, id, reason)); err != nil {
+		p.Logger.Debug("sending notifications/cancelled upstream failed", zap.Error(err))
 		return
 	}
-	st.p.Metrics.CancelSent()
+	p.Metrics.CancelSent()
 }
 
 // clientWriter adapts the client's response writer for the relay.
