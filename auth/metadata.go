@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"path"
+	"slices"
 	"strings"
 )
 
@@ -120,7 +121,7 @@ func RequiredScopes(rules []ScopeRule, method, target string) []string {
 			continue
 		}
 		for _, s := range rules[i].Scopes {
-			if !containsString(out, s) {
+			if !slices.Contains(out, s) {
 				out = append(out, s)
 			}
 		}
@@ -132,13 +133,4 @@ func RequiredScopes(rules []ScopeRule, method, target string) []string {
 func InsufficientScope(scopes []string) *Error {
 	return &Error{Status: http.StatusForbidden, Code: "insufficient_scope",
 		Description: "the token lacks a scope this request needs", Scope: strings.Join(scopes, " ")}
-}
-
-func containsString(l []string, s string) bool {
-	for _, x := range l {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }

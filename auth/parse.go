@@ -7,6 +7,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -97,7 +98,7 @@ func SupportedScopes(configured, required []string, rules []ScopeRule) []string 
 	var out []string
 	add := func(l []string) {
 		for _, s := range l {
-			if !containsString(out, s) {
+			if !slices.Contains(out, s) {
 				out = append(out, s)
 			}
 		}
