@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/mcpgate/mcpgate/admission"
+	"github.com/mcpgate/mcpgate/resources"
 )
 
 func init() {
@@ -30,9 +31,6 @@ const (
 	adminMaxPin = 24 * time.Hour
 	// adminMaxBody caps the JSON body of POST requests.
 	adminMaxBody = 4 << 10
-	// sessionIDLen is the length of the session id the API shows: hex
-	// digits of the SHA-256 of the session's registry key.
-	sessionIDLen = 8
 )
 
 // AdminAPI is the `admin.api.mcp` module: the mcpgate routes of Caddy's
@@ -108,8 +106,8 @@ func (a *AdminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 		prefix := strings.ToLower(strings.TrimPrefix(path, "/mcp/sessions/"))
-		if !validIDPrefix(prefix) {
-			return apiError(http.StatusBadRequest, "session id %q: want %d to 64 hex digits", prefix, sessionIDLen)
+		if !resources.ValidIDPrefix(prefix) {
+			return apiError(http.StatusBadRequest, "session id %q: want %d to %d hex digits", prefix, resources.SessionIDLen, resources.SessionHashLen)
 		}
 		return withGlobal(func(g *globalState) error {
 			if r.Method == http.MethodDelete {
@@ -193,23 +191,6 @@ type pinRequest struct {
 	Duration caddy.Duration `json:"duration"`
 }
 
-// levelAnswer is the answer of POST and DELETE /mcp/level.
-type levelAnswer struct {
-	Level       string    `json:"level"`
-	Computed    string    `json:"computed_level"`
-	Pinned      bool      `json:"pinned"`
-	PinnedUntil time.Time `json:"pinned_until,omitzero"`
-}
-
-func levelOf(g *globalState) levelAnswer {
-	ls := g.LevelStatus()
-	out := levelAnswer{Level: ls.Level.String(), Computed: ls.Computed.String(), Pinned: ls.Pinned}
-	if ls.Pinned {
-		out.PinnedUntil = ls.PinUntil
-	}
-	return out
-}
-
 // pin answers POST /mcp/level.
 func (a *AdminAPI) pin(w http.ResponseWriter, r *http.Request, g *globalState) error {
 	var req pinRequest
@@ -229,14 +210,14 @@ func (a *AdminAPI) pin(w http.ResponseWriter, r *http.Request, g *globalState) e
 	g.Pin(level, now.Add(d), now)
 	a.logger.Info("service level pinned by operator", zap.String("level", level.String()),
 		zap.Duration("duration", d), zap.Time("until", now.Add(d)))
-	return writeJSON(w, http.StatusOK, levelOf(g))
+	return writeJSON(w, http.StatusOK, g.Levels())
 }
 
 // unpin answers DELETE /mcp/level.
 func (a *AdminAPI) unpin(w http.ResponseWriter, g *globalState) error {
 	g.Unpin(time.Now())
 	a.logger.Info("service level released by operator", zap.String("level", g.Level().String()))
-	return writeJSON(w, http.StatusOK, levelOf(g))
+	return writeJSON(w, http.StatusOK, g.Levels())
 }
 
 // pressureRequest is the body of POST /mcp/pressure.

@@ -11,7 +11,9 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/mcpgate/mcpgate/admission"
+	"github.com/mcpgate/mcpgate/governor"
 	"github.com/mcpgate/mcpgate/policy"
+	"github.com/mcpgate/mcpgate/resources"
 )
 
 // AuditConfig configures mcp_proxy's audit trail: one structured record
@@ -179,7 +181,7 @@ func (h *Handler) audit(x *exchange, out *countingWriter) {
 		}
 	}
 	if x.res.Session != nil {
-		rec.Session = sessionID(x.res.Key)
+		rec.Session = resources.SessionID(x.res.Key)
 	}
 	if x.st != nil {
 		rec.Upstream = x.st.UpstreamAddr()
@@ -202,9 +204,9 @@ func (h *Handler) audit(x *exchange, out *countingWriter) {
 }
 
 // governanceStatus is the governance part of /mcp/status.
-func governanceStatus(level admission.Level) adminGovernance {
+func governanceStatus(level admission.Level) governor.GovernanceView {
 	vec := (*counterVec).Value
-	return adminGovernance{
+	return governor.GovernanceView{
 		Rules: "enforced", Audit: effortAt(level).AuditMode(), PinChecks: effortAt(level).PinMode(),
 		Counters: map[string]float64{
 			"audit_written":     vec(metrics.audit, "written"),

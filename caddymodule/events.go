@@ -60,7 +60,7 @@ func emit(name string, data func() map[string]any) {
 // emitLevelChanged emits mcp_level_changed.
 func emitLevelChanged(from, to admission.Level, pressure float64, pinned bool) {
 	emit(eventLevelChanged, func() map[string]any {
-		return map[string]any{"from": from.String(), "to": to.String(), "pressure": round3(pressure), "pinned": pinned}
+		return map[string]any{"from": from.String(), "to": to.String(), "pressure": resources.Round3(pressure), "pinned": pinned}
 	})
 }
 
@@ -68,6 +68,6 @@ func emitLevelChanged(from, to admission.Level, pressure float64, pinned bool) {
 func emitSessionEvicted(s *resources.Session, cause resources.Cause) {
 	emit(eventSessionEvicted, func() map[string]any {
 		info := s.Info()
-		return map[string]any{"session": sessionID(info.Key), "upstream": info.Upstream, "cause": cause.String()}
+		return map[string]any{"session": resources.SessionID(info.Key), "upstream": info.Upstream, "cause": cause.String()}
 	})
 }

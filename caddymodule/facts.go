@@ -8,6 +8,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/mcpgate/mcpgate/mcp"
+	"github.com/mcpgate/mcpgate/resources"
 )
 
 // Placeholders mcp_proxy sets as soon as it knows each fact (see Handler).
@@ -83,7 +84,7 @@ func setSessionFacts(r *http.Request, res mcp.Resolution) {
 	if repl == nil {
 		return
 	}
-	id := sessionID(res.Key)
+	id := resources.SessionID(res.Key)
 	repl.Set(phSession, id)
 	if _, ok := repl.Get(phVersion); !ok && res.Session.Version != "" {
 		repl.Set(phVersion, res.Session.Version)

@@ -10,6 +10,8 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/mcpgate/mcpgate/admission"
+	"github.com/mcpgate/mcpgate/governor"
+	"github.com/mcpgate/mcpgate/resources"
 )
 
 func init() {
@@ -111,10 +113,10 @@ type healthDetails struct {
 	Pressures map[string]float64 `json:"pressures"`
 	// Sessions is the live sessions, Streams the SSE streams with a client
 	// attached, RequestsInFlight the requests holding a process-wide slot.
-	Sessions         int       `json:"sessions"`
-	Streams          int64     `json:"streams"`
-	RequestsInFlight int       `json:"requests_in_flight"`
-	Memory           adminPair `json:"memory_bytes"`
+	Sessions         int           `json:"sessions"`
+	Streams          int64         `json:"streams"`
+	RequestsInFlight int           `json:"requests_in_flight"`
+	Memory           governor.Pair `json:"memory_bytes"`
 }
 
 // ServeHTTP answers the health check. It reads only counters that cost
@@ -131,15 +133,12 @@ func (h *Health) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.H
 	if h.Details {
 		d := &healthDetails{
 			Pinned:           ls.Pinned,
-			Pressure:         round3(ls.Pressure),
-			Pressures:        make(map[string]float64, len(ls.Monitors)),
+			Pressure:         resources.Round3(ls.Pressure),
+			Pressures:        governor.Pressures(ls),
 			Sessions:         g.Sessions().Len(),
 			Streams:          metrics.streamsActive.Value(),
 			RequestsInFlight: g.InflightLimit().InFlight(),
-			Memory:           adminPair{Used: g.Memory().Used(), Limit: max(g.Memory().Limit(), 0)},
-		}
-		for _, m := range ls.Monitors {
-			d.Pressures[m.Name] = round3(m.Pressure)
+			Memory:           g.MemoryPair(),
 		}
 		body.healthDetails = d
 	}

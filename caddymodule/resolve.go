@@ -9,6 +9,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/mcpgate/mcpgate/mcp"
+	"github.com/mcpgate/mcpgate/resources"
 )
 
 // resolve opens the request's session token (see mcp.Resolver.Resolve) for
@@ -40,7 +41,7 @@ func (h *Handler) sessionRefused(kind, key, principal string, err error) {
 	switch {
 	case kind == mcp.RefusedPrincipal:
 		h.logger.Warn("session presented by another principal than its own; answered as unknown",
-			zap.String("session", sessionID(key)), zap.String("principal", principal))
+			zap.String("session", resources.SessionID(key)), zap.String("principal", principal))
 	case err != nil:
 		if c := h.logger.Check(zapcore.DebugLevel, "session refused"); c != nil {
 			c.Write(zap.Error(err))
