@@ -7,7 +7,7 @@ import (
 )
 
 // statusOf builds the answer of GET /mcp/status: the governor's snapshot
-// with the counts the Prometheus collectors keep.
+// with the counts the proxy keeps beside its metrics (counters.go).
 func statusOf(g *globalState) governor.Status {
 	out := g.Status()
 	out.Resources.StreamsActive = metrics.streamsActive.Value()

@@ -12,7 +12,8 @@
 // degraded level and above, resets of the largest streams at the
 // protective level), expires idle sessions and sweeps the resumable
 // streams. Settings are applied in one call (Apply), so a config reload
-// changes the limits without losing sessions, budgets or counts.
+// changes the limits without losing sessions, budgets or counts. Status
+// is the snapshot the admin API's /mcp/status serves.
 //
 // The package imports only the standard library and mcpgate's own
 // resources, admission, sse and mcp packages: metrics, logging, panic

@@ -2,8 +2,10 @@
 // Budget and each session's Account, the Registry of live MCP sessions with
 // idle expiry, eviction and tombstones, task Groups that own every
 // goroutine the proxy starts, and the pressure Monitors the load manager
-// turns into service levels. Its List, of nodes the caller allocates, holds
-// the wait and recency lists of admission and policy.
+// turns into service levels. Registry.Page and Matching are the admin
+// views of the live sessions, which are shown under SessionID. Its List,
+// of nodes the caller allocates, holds the wait and recency lists of
+// admission and policy.
 //
 // Everything here is bounded and owned:
 //
@@ -17,8 +19,9 @@
 //     TombstoneTTL), and each Session owns its stream list (at most
 //     MaxStreams entries). The strings a session keeps (its SessionInfo)
 //     are charged to its memory account. Scans allocate at most one slice
-//     of the live sessions (Range) or of the n victims asked for
-//     (EvictVictims), freed when the call returns.
+//     of the live sessions (Range; Page and Matching one more, of their
+//     views) or of the n victims asked for (EvictVictims), freed when the
+//     call returns.
 //   - The package starts no goroutine of its own. Goroutines started with
 //     Group.Go belong to that group, end when its context is done, and are
 //     counted in the group and its ancestors; a session's group is closed
