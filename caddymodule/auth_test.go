@@ -1,0 +1,81 @@
+package caddymodule
+
+import (
+	"context"
+	"net/http/httptest"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/mcpgate/mcpgate/auth"
+	"github.com/mcpgate/mcpgate/mcp"
+)
+
+// TestCheckScopes: every message of a request, each member of a batch,
+// must be allowed by the token's scopes under scope_rules; a request
+// without messages (a GET) is checked as a request of no method.
+func TestCheckScopes(t *testing.T) {
+	a := &Auth{ScopeRules: []auth.ScopeRule{
+		{Method: "tools/call", Target: "admin_*", Scopes: []string{"admin"}},
+		{Method: "tools/*", Scopes: []string{"tools"}},
+		{Method: "", Scopes: []string{"stream"}},
+	}}
+	call := func(name string) string {
+		return `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"` + name + `"}}`
+	}
+	cases := []struct {
+		body   string // "" for a GET
+		scopes []string
+		want   string // the scopes the 403 names; "" for none
+	}{
+		{call("add"), []string{"tools"}, ""},
+		{call("add"), nil, "tools"},
+		{call("admin_reset"), []string{"tools"}, "admin tools"},
+		{call("admin_reset"), []string{"tools", "admin"}, ""},
+		{`{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"admin_x"}}`, nil, ""},
+		// a batch is refused for its member that needs more
+		{"[" + call("add") + "," + call("admin_reset") + "]", []string{"tools"}, "admin tools"},
+		{"", nil, "stream"},
+		{"", []string{"stream"}, ""},
+	}
+	for _, c := range cases {
+		var m mcp.Call
+		if c.body != "" {
+			m = *callOf(t, c.body)
+		}
+		e := a.checkScopes(&auth.Principal{ID: "u", Scopes: c.scopes}, &m)
+		switch {
+		case c.want == "" && e != nil:
+			t.Errorf("%s with %v: refused %+v", c.body, c.scopes, e)
+		case c.want != "" && (e == nil || e.Status != 403 || e.Code != "insufficient_scope" || e.Scope != c.want):
+			t.Errorf("%s with %v: %+v, want 403 naming %q", c.body, c.scopes, e, c.want)
+		}
+	}
+	if e := new(Auth).checkScopes(&auth.Principal{}, callOf(t, call("admin_reset"))); e != nil {
+		t.Errorf("without scope rules: %+v", e)
+	}
+}
+
+// TestSetPrincipal: the principal and its claims become Caddy's
+// {http.auth.user.*} placeholders.
+func TestSetPrincipal(t *testing.T) {
+	repl := caddy.NewReplacer()
+	r := httptest.NewRequest("GET", "/mcp", nil)
+	r = r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, repl))
+	setPrincipal(r, &auth.Principal{ID: "alice", Scopes: []string{"a", "b"},
+		Claims: map[string]any{"email": "a@example.com", "groups": []any{"x", "y"}, "n": 3.0}})
+	for k, want := range map[string]string{
+		"{http.auth.user.id}":     "alice",
+		"{http.auth.user.scope}":  "a b",
+		"{http.auth.user.email}":  "a@example.com",
+		"{http.auth.user.groups}": "x,y",
+		"{http.auth.user.n}":      "3",
+		"{http.auth.user.none}":   "-",
+		"{http.other}":            "-",
+	} {
+		if got := repl.ReplaceAll(k, "-"); got != want {
+			t.Errorf("%s = %q, want %q", k, got, want)
+		}
+	}
+	setPrincipal(httptest.NewRequest("GET", "/mcp", nil), &auth.Principal{ID: "x"}) // no Replacer: nothing to set
+}
