@@ -95,8 +95,9 @@ func (s *Session) view(hash string, now time.Time) SessionView {
 	}
 }
 
-// Page returns at most limit live sessions whose hash sorts after cursor
-// ("" for the first page), in hash order, which stays put while sessions
+// Page returns at most limit live sessions (all of them when limit is 0
+// or less) whose hash sorts after cursor ("" for the first page), in hash
+// order, which stays put while sessions
 // come and go: the cursor is the full hash of the last session of the
 // previous page, so a session that appears or leaves between pages moves
 // nothing. Next is set when more sessions follow.
@@ -110,7 +111,7 @@ func (r *Registry) Page(cursor string, limit int, now time.Time) SessionPage {
 		return true
 	})
 	sortViews(out.Sessions)
-	if len(out.Sessions) > limit {
+	if limit > 0 && len(out.Sessions) > limit {
 		out.Sessions = out.Sessions[:limit]
 		out.Next = out.Sessions[limit-1].hash
 	}

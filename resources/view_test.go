@@ -80,6 +80,9 @@ func TestRegistryPage(t *testing.T) {
 	if p := r.Page("", 1000, clk.Now()); p.Next != "" || p.Total != r.Len() || len(p.Sessions) != r.Len() {
 		t.Fatalf("one page of all: next %q total %d len %d, live %d", p.Next, p.Total, len(p.Sessions), r.Len())
 	}
+	if p := r.Page("", 0, clk.Now()); p.Next != "" || len(p.Sessions) != r.Len() {
+		t.Fatalf("no limit: next %q len %d, live %d", p.Next, len(p.Sessions), r.Len())
+	}
 	if p := NewRegistry(RegistryConfig{}).Page("", 10, clk.Now()); p.Sessions == nil || p.Total != 0 {
 		t.Fatalf("empty registry: %+v", p)
 	}
