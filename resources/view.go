@@ -32,7 +32,7 @@ func SessionHash(key string) string {
 func SessionID(key string) string { return SessionHash(key)[:SessionIDLen] }
 
 // ValidIDPrefix reports whether p can select sessions by the prefix of
-// their hash: SessionIDLen to 64 lower-case hex digits.
+// their hash: SessionIDLen to SessionHashLen lower-case hex digits.
 func ValidIDPrefix(p string) bool {
 	if len(p) < SessionIDLen || len(p) > SessionHashLen {
 		return false
