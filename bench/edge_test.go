@@ -88,13 +88,7 @@ func TestEdgeMCPBlock(t *testing.T) {
 // unknown session is still 404.
 func TestMockStateless(t *testing.T) {
 	u := &upstream{stateless: true}
-	post := func(body, sid string) *httptest.ResponseRecorder {
-		r := httptest.NewRequest(http.MethodPost, "/mcp", strings.NewReader(body))
-		setMCPHeaders(r.Header, sid)
-		w := httptest.NewRecorder()
-		u.ServeHTTP(w, r)
-		return w
-	}
+	post := func(body, sid string) *httptest.ResponseRecorder { return mockPost(u, body, sid) }
 	if w := post(string(toolsListBody(nil, 3)), ""); w.Code != 200 || !strings.Contains(w.Body.String(), listMarker) {
 		t.Errorf("tools/list without a session: %d %.100s", w.Code, w.Body)
 	}

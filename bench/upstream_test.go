@@ -10,17 +10,20 @@ import (
 	"time"
 )
 
-// The mock's handler is exercised through httptest.ResponseRecorder: no
-// listener, no network.
+// mockPost sends a POST with body, in session sid ("" for none), to the
+// mock's handler through an httptest.ResponseRecorder: no listener, no
+// network.
+func mockPost(u *upstream, body, sid string) *httptest.ResponseRecorder {
+	r := httptest.NewRequest(http.MethodPost, "/mcp", strings.NewReader(body))
+	setMCPHeaders(r.Header, sid)
+	w := httptest.NewRecorder()
+	u.ServeHTTP(w, r)
+	return w
+}
+
 func TestMockUpstreamHandler(t *testing.T) {
 	u := &upstream{}
-	post := func(body, sid string) *httptest.ResponseRecorder {
-		r := httptest.NewRequest(http.MethodPost, "/mcp", strings.NewReader(body))
-		setMCPHeaders(r.Header, sid)
-		w := httptest.NewRecorder()
-		u.ServeHTTP(w, r)
-		return w
-	}
+	post := func(body, sid string) *httptest.ResponseRecorder { return mockPost(u, body, sid) }
 	w := post(initializeBody, "")
 	sid := w.Header().Get("Mcp-Session-Id")
 	if w.Code != 200 || len(sid) != 32 || !strings.Contains(w.Body.String(), `"id":0,"result"`) {
