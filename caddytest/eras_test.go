@@ -135,7 +135,7 @@ func TestLegacyUnderPrefix(t *testing.T) {
 	// and each session's POSTs must follow its stream.
 	for i := range 4 {
 		client := mcp.NewClient(&mcp.Implementation{Name: "legacy", Version: "1"}, nil)
-		cs, err := client.Connect(ctx, &mcp.SSEClientTransport{Endpoint: proxyURL(port) + "/legacy/sse"}, nil)
+		cs, err := client.Connect(ctx, &mcp.SSEClientTransport{Endpoint: proxyURL(port) + "/legacy/sse"}, legacyOptions)
 		if err != nil {
 			t.Fatalf("legacy connect %d: %v", i, err)
 		}

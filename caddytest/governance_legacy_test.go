@@ -44,12 +44,21 @@ func wantLegacyTools(t *testing.T, ctx context.Context, cs *mcp.ClientSession, h
 	}
 }
 
+// legacyOptions has a go-sdk client start a legacy HTTP+SSE session with
+// initialize at 2025-11-25, the version it falls back to after probing
+// with server/discover. The probe is skipped: a go-sdk SSE server sends
+// the endpoint event before it notes which versions the transport
+// serves, so a probe that comes in that moment is answered with every
+// version, 2026-07-28 too, and the client would speak the stateless
+// revision over the legacy transport.
+var legacyOptions = &mcp.ClientSessionOptions{ProtocolVersion: "2025-11-25"}
+
 // connectLegacy opens a go-sdk client session over the legacy HTTP+SSE
 // transport.
 func connectLegacy(t *testing.T, ctx context.Context, endpoint string) *mcp.ClientSession {
 	t.Helper()
 	client := mcp.NewClient(&mcp.Implementation{Name: "legacy-e2e", Version: "1"}, nil)
-	cs, err := client.Connect(ctx, &mcp.SSEClientTransport{Endpoint: endpoint}, nil)
+	cs, err := client.Connect(ctx, &mcp.SSEClientTransport{Endpoint: endpoint}, legacyOptions)
 	if err != nil {
 		t.Fatalf("legacy connect to %s: %v", endpoint, err)
 	}
@@ -174,7 +183,7 @@ func TestGovernanceLegacyOtherReplica(t *testing.T) {
 			cs, err := client.Connect(ctx, &mcp.SSEClientTransport{
 				Endpoint:   proxyURL(streamPort) + "/sse",
 				HTTPClient: &http.Client{Transport: postsTo{host: fmt.Sprintf("127.0.0.1:%d", postPort)}},
-			}, nil)
+			}, legacyOptions)
 			if err != nil {
 				t.Fatalf("legacy connect: %v", err)
 			}
