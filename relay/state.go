@@ -242,20 +242,6 @@ func (p *Proxy) postCancelled(ctx context.Context, upstream, path, host string, 
 	p.Metrics.CancelSent()
 }
 
-// clientWriter adapts the client's response writer for the relay.
-type clientWriter struct {
-	w  http.ResponseWriter
-	rc *http.ResponseController
-}
-
-func newClientWriter(w http.ResponseWriter) *clientWriter {
-	return &clientWriter{w: w, rc: http.NewResponseController(w)}
-}
-
-func (c *clientWriter) Write(p []byte) (int, error)        { return c.w.Write(p) }
-func (c *clientWriter) Flush() error                       { return c.rc.Flush() }
-func (c *clientWriter) SetWriteDeadline(t time.Time) error { return c.rc.SetWriteDeadline(t) }
-
 // streamConfig returns the relay configuration of a request's stream. The
 // replay ring gets the handler's full sizes; relay shrinks it to the
 // degraded fraction, as the level does for the streams already open.

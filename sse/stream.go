@@ -12,7 +12,9 @@ import (
 
 // ClientWriter is the client side of a stream: an HTTP response body that
 // can be flushed and given a write deadline (http.ResponseController
-// provides both).
+// provides both). Write and Flush are called by one goroutine at a time;
+// SetWriteDeadline may also be called while a Write or Flush is in
+// progress on another goroutine, to cut it short, as a net.Conn allows.
 type ClientWriter interface {
 	Write(p []byte) (int, error)
 	Flush() error

@@ -1,0 +1,83 @@
+package relay
+
+import (
+	"net/http"
+	"sync"
+	"time"
+)
+
+// clientWriter is the client's response writer as a stream writes to it
+// (an sse.ClientWriter). The stream's writes and flushes come from one
+// goroutine at a time, but a deadline may come from another one while a
+// write is in progress, to cut it short (the client went away, another
+// client took the stream over). The writers Caddy puts between a handler
+// and the connection are not all safe for that: its write idle timeout
+// keeps the deadline a handler sets as a ceiling that each of its writes
+// reads. So a deadline goes at once to the connection's own writer, the
+// innermost one, which cuts a write in progress short, and to the chain
+// of writers from the goroutine that writes, before its next write or
+// flush. A deadline that comes just before a write begins may be
+// replaced by the idle deadline Caddy sets for that write; the write then
+// still ends by the stream's write timeout, which the chain holds as its
+// ceiling.
+type clientWriter struct {
+	w    http.ResponseWriter
+	rc   *http.ResponseController
+	conn interface{ SetWriteDeadline(time.Time) error } // nil: the innermost writer has no deadline
+
+	mu       sync.Mutex
+	deadline time.Time // the last deadline asked for
+	pending  bool      // deadline is not yet given to the chain
+}
+
+// maxUnwrap bounds the writers newClientWriter looks through for the
+// innermost one.
+const maxUnwrap = 32
+
+func newClientWriter(w http.ResponseWriter) *clientWriter {
+	c := &clientWriter{w: w, rc: http.NewResponseController(w)}
+	inner := w
+	for range maxUnwrap {
+		u, ok := inner.(interface{ Unwrap() http.ResponseWriter })
+		if !ok {
+			break
+		}
+		inner = u.Unwrap()
+	}
+	c.conn, _ = inner.(interface{ SetWriteDeadline(time.Time) error })
+	return c
+}
+
+func (c *clientWriter) Write(p []byte) (int, error) {
+	c.applyDeadline()
+	return c.w.Write(p)
+}
+
+func (c *clientWriter) Flush() error {
+	c.applyDeadline()
+	return c.rc.Flush()
+}
+
+// SetWriteDeadline may be called while another goroutine writes: see
+// clientWriter.
+func (c *clientWriter) SetWriteDeadline(t time.Time) error {
+	c.mu.Lock()
+	c.deadline, c.pending = t, true
+	c.mu.Unlock()
+	if c.conn == nil {
+		return nil // the chain gets it before the next write
+	}
+	return c.conn.SetWriteDeadline(t)
+}
+
+// applyDeadline gives the chain of writers the deadline asked for since
+// the last write, on the goroutine that writes.
+func (c *clientWriter) applyDeadline() {
+	c.mu.Lock()
+	t, pending := c.deadline, c.pending
+	c.pending = false
+	c.mu.Unlock()
+	if pending {
+		_ = c.rc.SetWriteDeadline(t)
+	}
+}

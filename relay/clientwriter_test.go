@@ -1,0 +1,123 @@
+package relay
+
+import (
+	"bufio"
+	"errors"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+// ceilingWriter stands for a writer between a handler and the connection
+// that, like Caddy's write idle timeout, keeps the deadline a handler
+// sets and reads it on each write, with no lock: it may be used by one
+// goroutine at a time only.
+type ceilingWriter struct {
+	http.ResponseWriter
+	rc      *http.ResponseController
+	ceiling time.Time
+	seen    []time.Time // every deadline it was given
+}
+
+func (w *ceilingWriter) SetWriteDeadline(t time.Time) error {
+	w.ceiling = t
+	w.seen = append(w.seen, t)
+	return w.rc.SetWriteDeadline(t)
+}
+
+func (w *ceilingWriter) Write(p []byte) (int, error) {
+	d := time.Now().Add(time.Minute)
+	if !w.ceiling.IsZero() && w.ceiling.Before(d) {
+		d = w.ceiling
+	}
+	_ = w.rc.SetWriteDeadline(d)
+	return w.ResponseWriter.Write(p)
+}
+
+func (w *ceilingWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// TestClientWriterDeadlineFromAnotherGoroutine: a deadline set while
+// another goroutine writes reaches the connection at once and cuts a
+// write to a client that reads nothing short, and reaches the writers in
+// between only from the goroutine that writes (under -race, the
+// ceilingWriter's field would otherwise be a data race).
+func TestClientWriterDeadlineFromAnotherGoroutine(t *testing.T) {
+	writeErr := make(chan error, 1)
+	var cw *clientWriter
+	var ceiling *ceilingWriter
+	started := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ceiling = &ceilingWriter{ResponseWriter: w, rc: http.NewResponseController(w)}
+		cw = newClientWriter(ceiling)
+		w.Header().Set("Content-Type", "text/event-stream")
+		_ = cw.Flush()
+		close(started)
+		chunk := []byte("data: " + strings.Repeat("x", 64<<10) + "\n\n")
+		var err error
+		// The client reads nothing: the socket buffers fill, and a
+		// write blocks until its deadline; at most 4 GiB are tried.
+		for i := 0; i < 1<<16 && err == nil; i++ {
+			if _, err = cw.Write(chunk); err == nil {
+				err = cw.Flush()
+			}
+		}
+		writeErr <- err
+	}))
+	defer srv.Close()
+	conn, err := net.Dial("tcp", srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := http.ReadResponse(bufio.NewReader(conn), nil); err != nil {
+		t.Fatal(err)
+	}
+	<-started
+	// Let the writes fill the buffers, then cut them short from here.
+	time.Sleep(100 * time.Millisecond)
+	if err := cw.SetWriteDeadline(time.Now()); err != nil {
+		t.Fatalf("SetWriteDeadline: %v", err)
+	}
+	select {
+	case err := <-writeErr:
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Errorf("the write ended with %v, want a deadline error", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the write to a client that reads nothing was not cut short")
+	}
+}
+
+// TestClientWriterDeadlineReachesChain: a deadline set between writes is
+// given to the writers in between before the next write, once.
+func TestClientWriterDeadlineReachesChain(t *testing.T) {
+	rec := httptest.NewRecorder()
+	ceiling := &ceilingWriter{ResponseWriter: rec, rc: http.NewResponseController(rec)}
+	cw := newClientWriter(ceiling)
+	if cw.conn != nil {
+		t.Fatal("a recorder has no deadline of its own, yet one was found")
+	}
+	d := time.Now().Add(time.Hour)
+	_ = cw.SetWriteDeadline(d)
+	if len(ceiling.seen) != 0 {
+		t.Fatalf("the chain was given a deadline by the caller of SetWriteDeadline: %v", ceiling.seen)
+	}
+	for range 2 {
+		if _, err := cw.Write([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(ceiling.seen) != 1 || !ceiling.seen[0].Equal(d) {
+		t.Errorf("the chain got deadlines %v, want %v once", ceiling.seen, d)
+	}
+	if rec.Body.String() != "xx" {
+		t.Errorf("body %q", rec.Body.String())
+	}
+}
