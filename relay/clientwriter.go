@@ -8,18 +8,18 @@ import (
 
 // clientWriter is the client's response writer as a stream writes to it
 // (an sse.ClientWriter). The stream's writes and flushes come from one
-// goroutine at a time, but a deadline may come from another one while a
-// write is in progress, to cut it short (the client went away, another
-// client took the stream over). The writers Caddy puts between a handler
-// and the connection are not all safe for that: its write idle timeout
-// keeps the deadline a handler sets as a ceiling that each of its writes
-// reads. So a deadline goes at once to the connection's own writer, the
-// innermost one, which cuts a write in progress short, and to the chain
-// of writers from the goroutine that writes, before its next write or
-// flush. A deadline that comes just before a write begins may be
-// replaced by the idle deadline Caddy sets for that write; the write then
-// still ends by the stream's write timeout, which the chain holds as its
-// ceiling.
+// goroutine at a time, but a deadline that has passed may come from
+// another one while a write is in progress, to cut it short (the client
+// went away, another client took the stream over). The writers Caddy puts
+// between a handler and the connection are not all safe for that: its
+// write idle timeout keeps the deadline a handler sets as a ceiling that
+// each of its writes reads. So every deadline reaches the chain of
+// writers from the goroutine that writes, before its next write or
+// flush, and one that has passed also goes at once to the innermost
+// writer (the connection's own), which cuts a write in progress short.
+// One that comes just before a write begins may be replaced by the idle
+// deadline Caddy sets for that write; the write then still ends by the
+// deadline the chain holds as its ceiling (the stream's write timeout).
 type clientWriter struct {
 	w    http.ResponseWriter
 	rc   *http.ResponseController
@@ -58,13 +58,14 @@ func (c *clientWriter) Flush() error {
 	return c.rc.Flush()
 }
 
-// SetWriteDeadline may be called while another goroutine writes: see
-// clientWriter.
+// SetWriteDeadline gives the writes that follow deadline t; when t has
+// passed, it also cuts short a write in progress on another goroutine
+// (see clientWriter).
 func (c *clientWriter) SetWriteDeadline(t time.Time) error {
 	c.mu.Lock()
 	c.deadline, c.pending = t, true
 	c.mu.Unlock()
-	if c.conn == nil {
+	if c.conn == nil || t.IsZero() || t.After(time.Now()) {
 		return nil // the chain gets it before the next write
 	}
 	return c.conn.SetWriteDeadline(t)

@@ -95,29 +95,51 @@ func TestClientWriterDeadlineFromAnotherGoroutine(t *testing.T) {
 	}
 }
 
-// TestClientWriterDeadlineReachesChain: a deadline set between writes is
-// given to the writers in between before the next write, once.
+// deadlineRecorder is an innermost writer with a deadline of its own; it
+// records the deadlines it is given.
+type deadlineRecorder struct {
+	*httptest.ResponseRecorder
+	seen []time.Time
+}
+
+func (d *deadlineRecorder) SetWriteDeadline(t time.Time) error {
+	d.seen = append(d.seen, t)
+	return nil
+}
+
+// TestClientWriterDeadlineReachesChain: a deadline is given to the
+// writers in between before the next write, once; only one that has
+// passed goes to the innermost writer at once.
 func TestClientWriterDeadlineReachesChain(t *testing.T) {
-	rec := httptest.NewRecorder()
-	ceiling := &ceilingWriter{ResponseWriter: rec, rc: http.NewResponseController(rec)}
+	inner := &deadlineRecorder{ResponseRecorder: httptest.NewRecorder()}
+	ceiling := &ceilingWriter{ResponseWriter: inner, rc: http.NewResponseController(inner)}
 	cw := newClientWriter(ceiling)
-	if cw.conn != nil {
-		t.Fatal("a recorder has no deadline of its own, yet one was found")
-	}
-	d := time.Now().Add(time.Hour)
-	_ = cw.SetWriteDeadline(d)
-	if len(ceiling.seen) != 0 {
-		t.Fatalf("the chain was given a deadline by the caller of SetWriteDeadline: %v", ceiling.seen)
-	}
-	for range 2 {
+	write := func() {
+		t.Helper()
 		if _, err := cw.Write([]byte("x")); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if len(ceiling.seen) != 1 || !ceiling.seen[0].Equal(d) {
-		t.Errorf("the chain got deadlines %v, want %v once", ceiling.seen, d)
+	future := time.Now().Add(time.Hour)
+	_ = cw.SetWriteDeadline(future)
+	if len(ceiling.seen) != 0 || len(inner.seen) != 0 {
+		t.Fatalf("a deadline for the writes that follow was given before a write: chain %v, innermost %v", ceiling.seen, inner.seen)
 	}
-	if rec.Body.String() != "xx" {
-		t.Errorf("body %q", rec.Body.String())
+	write()
+	write()
+	if len(ceiling.seen) != 1 || !ceiling.seen[0].Equal(future) {
+		t.Errorf("the chain got deadlines %v, want %v once", ceiling.seen, future)
+	}
+	past := time.Now()
+	_ = cw.SetWriteDeadline(past)
+	if n := len(inner.seen); n == 0 || !inner.seen[n-1].Equal(past) {
+		t.Errorf("a deadline that has passed did not go to the innermost writer at once: %v", inner.seen)
+	}
+	write()
+	if n := len(ceiling.seen); n != 2 || !ceiling.seen[1].Equal(past) {
+		t.Errorf("the chain got deadlines %v, want %v last", ceiling.seen, past)
+	}
+	if got := inner.Body.String(); got != "xxx" {
+		t.Errorf("body %q", got)
 	}
 }
