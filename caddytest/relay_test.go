@@ -108,7 +108,12 @@ func TestRelayKeepalive(t *testing.T) {
 // receive buffer, set before connecting so the advertised window stays
 // small.
 func tinyRecvBufClient() *http.Client {
-	d := &net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+	return &http.Client{Transport: &http.Transport{DisableKeepAlives: true, DialContext: tinyRecvBufDialer().DialContext}}
+}
+
+// tinyRecvBufDialer dials connections with a 4 KiB TCP receive buffer.
+func tinyRecvBufDialer() *net.Dialer {
+	return &net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
 		var serr error
 		if err := c.Control(func(fd uintptr) {
 			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
@@ -117,7 +122,97 @@ func tinyRecvBufClient() *http.Client {
 		}
 		return serr
 	}}
-	return &http.Client{Transport: &http.Transport{DisableKeepAlives: true, DialContext: d.DialContext}}
+}
+
+// TestRelayClientGoneWhileWriteBlocked: a GET stream relayed from its
+// handler (stream_handoff off), whose client stops reading and then
+// half-closes its connection while the proxy's write to it is blocked
+// (the client's window is full, so only a deadline ends that write): the
+// proxy sees the client gone, cuts the write short through Caddy's
+// response writers (its write idle timeout among them), closes the
+// upstream stream and ends the client's stream (caddy_mcp_streams_active
+// back to 0), long before write_timeout (1m) or Caddy's write idle
+// timeout (1m) would end the write.
+func TestRelayClientGoneWhileWriteBlocked(t *testing.T) {
+	pad := strings.Repeat("x", 1000)
+	u := startFake(t, &fakeUpstream{stream: func(s *fakeStream) error {
+		// As fast as the proxy reads; at most 100 MB, far more than
+		// the buffers on the way hold.
+		for seq := 1; seq <= 100_000; seq++ {
+			if err := s.event(strconv.Itoa(seq), `{"pad":"`+pad+`"}`); err != nil {
+				return err
+			}
+		}
+		return s.idle(nil)
+	}})
+	port := freePort(t)
+	loadCaddyfileWith(t, "\tservers {\n\t\tlistener_wrappers {\n\t\t\tmcp_connections {\n\t\t\t\twrite_buffer 16KiB\n\t\t\t}\n\t\t}\n\t}\n",
+		fmt.Sprintf(":%d {\n\tmcp_proxy %s {\n\t\tstream_handoff off\n\t\twrite_timeout 1m\n\t}\n}\n", port, u.addr()))
+	base := proxyURL(port)
+	sid := u.openSession(t, base, relayVersion)
+
+	conns := make(chan net.Conn, 1)
+	d := tinyRecvBufDialer()
+	hc := &http.Client{Transport: &http.Transport{DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := d.DialContext(ctx, network, addr)
+			if err == nil {
+				select {
+				case conns <- c:
+				default: // only the first is the stream's
+				}
+			}
+			return c, err
+		}}}
+	streams := func() float64 { return liveMetric(t, "caddy_mcp_streams_active") }
+	waitStreams := func(want float64) bool {
+		for range 200 {
+			if streams() == want {
+				return true
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		return false
+	}
+	if !waitStreams(0) {
+		t.Fatalf("%v streams of earlier tests still active", streams())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
+	defer cancel()
+	mustOpenStream(t, ctx, hc, base+"/mcp", sid, relayVersion, "flood")
+	conn := <-conns
+	g := u.streamOf(t, "flood")
+
+	// The client reads nothing more: the proxy's writes block, its queue
+	// fills, it stops reading the upstream, and the upstream's writes
+	// stop. Wait for that: no event sent for 500ms.
+	last, still := g.sent.Load(), 0
+	for i := 0; i < 200 && still < 5; i++ {
+		time.Sleep(100 * time.Millisecond)
+		if n := g.sent.Load(); n == last {
+			still++
+		} else {
+			last, still = n, 0
+		}
+	}
+	if still < 5 {
+		t.Fatalf("the upstream never stalled (%d events sent)", last)
+	}
+	if g.cancelled() {
+		t.Fatal("the proxy closed the stream before its client went away")
+	}
+	if err := conn.(*net.TCPConn).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if !g.waitDone(10 * time.Second) {
+		t.Fatalf("the upstream stream was still open 10s after its client went away while a write to it was blocked (%d events sent)", g.sent.Load())
+	}
+	if g.selfEnded.Load() {
+		t.Error("the upstream ended the stream itself; the proxy never closed it")
+	}
+	if !waitStreams(0) {
+		t.Errorf("the client's stream was still active 10s after it went away: the write to it was not cut short")
+	}
 }
 
 // TestRelaySlowConsumers runs 10 stalled clients (tiny receive buffer,
