@@ -97,10 +97,10 @@ func (s *Session) view(hash string, now time.Time) SessionView {
 
 // Page returns at most limit live sessions (all of them when limit is 0
 // or less) whose hash sorts after cursor ("" for the first page), in hash
-// order, which stays put while sessions
-// come and go: the cursor is the full hash of the last session of the
-// previous page, so a session that appears or leaves between pages moves
-// nothing. Next is set when more sessions follow.
+// order, which stays put while sessions come and go: the cursor is the
+// full hash of the last session of the previous page, so a session that
+// appears or leaves between pages moves nothing. Next is set when more
+// sessions follow.
 func (r *Registry) Page(cursor string, limit int, now time.Time) SessionPage {
 	out := SessionPage{Sessions: []SessionView{}}
 	r.Range(func(s *Session) bool {
