@@ -273,6 +273,12 @@ func TestIntrospection(t *testing.T) {
 	if calls.Load() != 1 {
 		t.Errorf("%d introspections for one token, want 1 (cached)", calls.Load())
 	}
+	// A result is cached for the resource it was checked for: the token
+	// presented to another resource is introspected again, and refused.
+	if p, err := v.Verify(ctx, "good", []string{"https://other.example/mcp"}, now); err == nil || calls.Load() != 2 {
+		t.Errorf("cached token for another resource: %+v %v, %d calls", p, err, calls.Load())
+	}
+	calls.Store(1)
 	// The cache never outlives the token (30s here, though CacheTTL is 1m).
 	if _, err := v.Verify(ctx, "good", []string{resource}, now.Add(40*time.Second)); err == nil || calls.Load() != 2 {
 		t.Errorf("past the token's expiry: %v, %d calls", err, calls.Load())

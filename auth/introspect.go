@@ -2,7 +2,6 @@ package auth
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -25,9 +24,9 @@ const (
 )
 
 // Introspector checks opaque tokens with an OAuth 2.0 Token Introspection
-// endpoint (RFC 7662), caching each result by the token's SHA-256 for at
-// most CacheTTL and never past the token's expiry. It is safe for
-// concurrent use.
+// endpoint (RFC 7662), caching each accepted result by the SHA-256 of the
+// token and the audiences it was accepted for, for at most CacheTTL and
+// never past the token's expiry. It is safe for concurrent use.
 type Introspector struct {
 	// URL is the introspection endpoint.
 	URL string
@@ -57,9 +56,10 @@ type introspection struct {
 
 // Check introspects token (or answers from the cache) and checks that it
 // is active, not expired, issued by one of issuers (when any) and for one
-// of audiences.
+// of audiences. A result is cached for the audiences it was checked
+// against: the same token presented for another resource is checked again.
 func (in *Introspector) Check(ctx context.Context, token string, audiences, issuers []string, now time.Time) (*Principal, error) {
-	key := sha256.Sum256([]byte(token))
+	key := cacheKey(token, audiences)
 	if p := in.cache.get(key, now); p != nil {
 		return p, nil
 	}
