@@ -224,6 +224,44 @@ func TestJWKSRotationAndStale(t *testing.T) {
 	}
 }
 
+// A client that goes away while the JWKS is being fetched for its token
+// stops waiting, but the fetch goes on for the others: the next token is
+// verified with the keys it brought, without another fetch.
+func TestJWKSFetchOutlivesItsCaller(t *testing.T) {
+	now := time.Now()
+	iss := newRSAIssuer(t, "k1")
+	arrived, release := make(chan struct{}), make(chan struct{})
+	var fetches atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if fetches.Add(1) == 1 {
+			close(arrived)
+			<-release
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{iss.public()}})
+	}))
+	defer srv.Close()
+	v := &Verifier{Keys: &KeySet{URL: srv.URL, MinRefresh: time.Minute}}
+	ctx, cancel := context.WithCancel(context.Background())
+	first := make(chan error, 1)
+	go func() {
+		_, err := v.Verify(ctx, iss.token(claims(now, nil)), []string{resource}, now)
+		first <- err
+	}()
+	<-arrived
+	cancel()
+	if err := <-first; err == nil {
+		t.Error("the caller that went away was answered with a principal")
+	}
+	close(release)
+	if _, err := v.Verify(context.Background(), iss.token(claims(now, map[string]any{"jti": "2"})), []string{resource}, now); err != nil {
+		t.Errorf("the next token, within MinRefresh: %v", err)
+	}
+	if n := fetches.Load(); n != 1 {
+		t.Errorf("%d fetches, want 1", n)
+	}
+}
+
 func TestJWKSRefusesSymmetricKeys(t *testing.T) {
 	now := time.Now()
 	secret := []byte("0123456789abcdef0123456789abcdef")

@@ -142,35 +142,43 @@ func (s *KeySet) maxStale() time.Duration {
 }
 
 // refresh fetches the JWKS unless the last attempt is under MinRefresh
-// old (then it reports that attempt's error); concurrent callers share
-// one fetch.
+// old (then it reports that attempt's error). Concurrent callers share one
+// fetch, which runs on its own goroutine, bounded by FetchTimeout: a
+// caller that goes away stops waiting for it but does not cut it short,
+// so one client leaving cannot fail the fetch for the others until
+// MinRefresh has passed.
 func (s *KeySet) refresh(ctx context.Context, now time.Time) error {
 	s.mu.Lock()
-	if wait := s.fetching; wait != nil {
-		s.mu.Unlock()
-		select {
-		case <-wait:
-		case <-ctx.Done():
-			return ctx.Err()
+	wait := s.fetching
+	if wait == nil {
+		min := s.MinRefresh
+		if min <= 0 {
+			min = DefaultMinRefresh
 		}
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		return s.lastErr
+		if !s.attempted.IsZero() && now.Sub(s.attempted) < min {
+			err := s.lastErr
+			s.mu.Unlock()
+			return err
+		}
+		s.attempted = now
+		wait = make(chan struct{})
+		s.fetching = wait
+		go s.fetchAndKeep(context.WithoutCancel(ctx), now, wait)
 	}
-	min := s.MinRefresh
-	if min <= 0 {
-		min = DefaultMinRefresh
-	}
-	if !s.attempted.IsZero() && now.Sub(s.attempted) < min {
-		err := s.lastErr
-		s.mu.Unlock()
-		return err
-	}
-	s.attempted = now
-	done := make(chan struct{})
-	s.fetching = done
 	s.mu.Unlock()
+	select {
+	case <-wait:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lastErr
+}
 
+// fetchAndKeep fetches the JWKS and keeps the keys or the error, then
+// closes done.
+func (s *KeySet) fetchAndKeep(ctx context.Context, now time.Time, done chan struct{}) {
 	keys, maxAge, err := s.fetch(ctx)
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -178,7 +186,7 @@ func (s *KeySet) refresh(ctx context.Context, now time.Time) error {
 	close(done)
 	s.lastErr = err
 	if err != nil {
-		return err
+		return
 	}
 	if maxAge <= 0 {
 		maxAge = s.Refresh
@@ -187,7 +195,6 @@ func (s *KeySet) refresh(ctx context.Context, now time.Time) error {
 		}
 	}
 	s.keys, s.fetched, s.expires = keys, now, now.Add(maxAge)
-	return nil
 }
 
 // fetch gets and parses the JWKS document, and its max-age.
