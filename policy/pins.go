@@ -111,15 +111,17 @@ func (p *Pins) Check(upstream, name string, def json.RawMessage) Verdict {
 
 // PinSkips remembers, per upstream and tool, a hash of the raw bytes of
 // the definition last found new or as pinned, so that CheckRaw can leave a
-// definition served again byte for byte unchecked. It holds at most Max
-// entries (Max <= 0 means DefaultMaxPins) and forgets all of them when it
-// has stored that many since it last did. It is independent of the Pins it
+// definition served again byte for byte unchecked. An entry is two sha256
+// hashes (of the upstream and tool name, and of the definition), whatever
+// the upstream serves. It holds at most Max entries (Max <= 0 means
+// DefaultMaxPins) and forgets all of them when it has stored that many
+// since it last did. It is independent of the Pins it
 // is used with (Forget does not clear it). The zero PinSkips is ready;
 // safe for concurrent use.
 type PinSkips struct {
 	Max int
 
-	last   sync.Map // upstream + "\x00" + name → [sha256.Size]byte
+	last   sync.Map // sha256(upstream, name) → sha256(definition), both [sha256.Size]byte
 	stored atomic.Int64
 }
 
@@ -128,7 +130,7 @@ type PinSkips struct {
 // (PinSkipped). A definition found new or as pinned is noted in skips, a
 // changed one dropped from it.
 func (p *Pins) CheckRaw(skips *PinSkips, upstream, name string, def json.RawMessage, skip bool) Verdict {
-	key := upstream + "\x00" + name
+	key := skipKey(upstream, name)
 	sum := sha256.Sum256(def)
 	if skip {
 		if last, ok := skips.last.Load(key); ok && last.([sha256.Size]byte) == sum {
@@ -150,6 +152,17 @@ func (p *Pins) CheckRaw(skips *PinSkips, upstream, name string, def json.RawMess
 	}
 	skips.last.Store(key, sum)
 	return v
+}
+
+// skipKey is the key of (upstream, name) in a PinSkips.
+func skipKey(upstream, name string) [sha256.Size]byte {
+	h := sha256.New()
+	h.Write([]byte(upstream))
+	h.Write([]byte{0})
+	h.Write([]byte(name))
+	var k [sha256.Size]byte
+	h.Sum(k[:0])
+	return k
 }
 
 // Forget drops the pins of an upstream ("" for all), e.g. after an
