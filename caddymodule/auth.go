@@ -47,6 +47,8 @@ const varAuth = "mcp.auth"
 // mcp_proxy does, to enforce ScopeRules by MCP method and target and to set
 // the MCP placeholders (see Handler) for the matchers and handlers behind
 // it; a body that is not valid MCP is refused as mcp_proxy refuses it.
+// With ScopeRules, a POST whose body is not JSON in UTF-8 is refused with
+// 415, as its messages cannot be checked.
 // mcp_auth is ordered just after forward_auth, before respond and
 // mcp_proxy.
 type Auth struct {
@@ -232,17 +234,22 @@ func (a *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		return writeChallenge(w, ae, auth.MetadataURL(resource), "")
 	}
 	var call mcp.Call
-	if r.Method == http.MethodPost && mcp.IsJSON(r.Header.Get("Content-Type")) {
-		pb, ref := a.readMessages(w, r, &call)
-		defer a.memory.Release(pb.Held)
-		if ref != nil {
+	if r.Method == http.MethodPost {
+		if ref := mcp.CheckMediaType(r.Header); ref == nil {
+			pb, ref := a.readMessages(w, r, &call)
+			defer a.memory.Release(pb.Held)
+			if ref != nil {
+				return writeRefusal(w, ref)
+			}
+			setCallFacts(r, &call)
+			if pb.Whole != nil {
+				// mcp_proxy behind takes the reading over instead of
+				// reading the body again.
+				caddyhttp.SetVar(r.Context(), varPeeked, &sharedPeek{call: call, whole: pb.Whole, body: r.Body})
+			}
+		} else if len(a.ScopeRules) > 0 {
+			// Messages that cannot be read cannot be checked.
 			return writeRefusal(w, ref)
-		}
-		setCallFacts(r, &call)
-		if pb.Whole != nil {
-			// mcp_proxy behind takes the reading over instead of reading
-			// the body again.
-			caddyhttp.SetVar(r.Context(), varPeeked, &sharedPeek{call: call, whole: pb.Whole, body: r.Body})
 		}
 	}
 	if e := a.checkScopes(p, &call); e != nil {

@@ -262,6 +262,44 @@ func TestAuthMetadataAndKeys(t *testing.T) {
 	}
 }
 
+// TestAuthScopesUnreadableBody checks mcp_auth's scope rules in front of a
+// plain reverse_proxy: a POST whose messages it cannot read (a body in
+// another charset, which a server may decode into other messages, or not
+// declared as JSON at all) is refused, not passed unchecked.
+func TestAuthScopesUnreadableBody(t *testing.T) {
+	as := startAuthServer(t)
+	up := startUpstream(t, "up", &mcp.StreamableHTTPOptions{Stateless: true})
+	port := freePort(t)
+	loadCaddyfile(t, fmt.Sprintf(`:%d {
+	mcp_auth {
+		issuer %s
+		jwks_url %s/jwks
+		scope tools/call:delete_* mcp:admin
+	}
+	reverse_proxy %s
+}
+`, port, as.issuer(), as.URL, up.addr()))
+	endpoint := proxyURL(port) + "/mcp"
+	reader := as.tokenFor("alice", endpoint, "mcp:read")
+	// The name read as UTF-8 is "echo"; read as UTF-7, a later "name"
+	// member appears, which JSON.parse takes.
+	smuggled := `{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo","arguments":{},"x":"+ACI-,+ACI-name+ACI-:+ACI-delete_repo"}}`
+	before := up.requests.Load()
+	for _, ct := range []string{"application/json; charset=utf-7", "application/json; charset=utf-16", "text/plain"} {
+		hdr := bearerHdr(reader)
+		hdr["Content-Type"] = ct
+		if status, _, body := rawPost(t, endpoint, smuggled, hdr); status != http.StatusUnsupportedMediaType {
+			t.Errorf("%s: %d %s, want 415", ct, status, body)
+		}
+	}
+	if n := up.requests.Load() - before; n != 0 {
+		t.Errorf("the upstream got %d unchecked requests", n)
+	}
+	if status, _, body := rawPost(t, endpoint, toolCall("echo"), bearerHdr(reader)); status != http.StatusOK {
+		t.Errorf("echo in UTF-8: %d %s", status, body)
+	}
+}
+
 // TestAuthSessionBinding checks that a session belongs to the principal
 // that opened it, across token refreshes and replicas sharing the session
 // key.

@@ -209,6 +209,7 @@ func TestHostileShape(t *testing.T) {
 		{"OPTIONS", "/mcp", nil, 405, true},
 		{"GET", "/mcp", map[string]string{"Accept": "text/html"}, 406, false},
 		{"POST", "/mcp", map[string]string{"Content-Type": "text/plain"}, 415, false},
+		{"POST", "/mcp", map[string]string{"Content-Type": "application/json; charset=utf-7"}, 415, false},
 		{"POST", "/mcp/../../etc/passwd", map[string]string{"Content-Type": "application/json"}, 400, false},
 		{"POST", "/mcp/%2e%2e/admin", map[string]string{"Content-Type": "application/json"}, 400, false},
 	} {

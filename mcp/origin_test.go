@@ -80,6 +80,16 @@ func TestMatchHostPattern(t *testing.T) {
 	}
 }
 
+// Two Content-Type headers are refused: a server may read either.
+func TestCheckShapeTwoContentTypes(t *testing.T) {
+	r, _ := http.NewRequest("POST", "http://h/mcp", nil)
+	r.Header.Add("Content-Type", "application/json")
+	r.Header.Add("Content-Type", "application/json; charset=utf-7")
+	if ref := CheckShape(r); ref == nil || ref.Status != 415 {
+		t.Errorf("two Content-Type headers: %+v", ref)
+	}
+}
+
 func TestCheckShape(t *testing.T) {
 	for _, tt := range []struct {
 		method, path string
@@ -91,6 +101,15 @@ func TestCheckShape(t *testing.T) {
 		{"POST", "/mcp", map[string]string{"Content-Type": "text/plain"}, 415},
 		{"POST", "/mcp", nil, 415},
 		{"POST", "/mcp", map[string]string{"Content-Type": "application/jsonx"}, 415},
+		{"POST", "/mcp", map[string]string{"Content-Type": `application/json;charset="UTF-8"`}, 0},
+		{"POST", "/mcp", map[string]string{"Content-Type": "application/json; charset=utf8"}, 0},
+		{"POST", "/mcp", map[string]string{"Content-Type": "application/json; charset=utf-7"}, 415},
+		{"POST", "/mcp", map[string]string{"Content-Type": "application/json; charset=UTF-16LE"}, 415},
+		{"POST", "/mcp", map[string]string{"Content-Type": "application/json; charset=iso-8859-1"}, 415},
+		{"POST", "/mcp", map[string]string{"Content-Type": "application/json; charset=utf-8; charset=utf-7"}, 415},
+		{"POST", "/mcp", map[string]string{"Content-Type": "application/json; charset*=utf-8''utf-7"}, 415},
+		{"POST", "/mcp", map[string]string{"Content-Type": "application/json; profile=x"}, 415},
+		{"POST", "/mcp", map[string]string{"Content-Type": "application/json, text/plain"}, 415},
 		{"GET", "/mcp", map[string]string{"Accept": "text/event-stream"}, 0},
 		{"GET", "/mcp", map[string]string{"Accept": "text/html, */*;q=0.8"}, 0},
 		{"GET", "/mcp", map[string]string{"Accept": "text/*"}, 0},

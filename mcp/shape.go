@@ -1,6 +1,7 @@
 package mcp
 
 import (
+	"mime"
 	"net/http"
 	"strings"
 )
@@ -12,14 +13,14 @@ const AllowedMethods = "GET, POST, DELETE, OPTIONS"
 // CheckShape refuses a request that cannot be MCP over HTTP, before
 // anything else is read: a method other than GET, POST, DELETE (and
 // OPTIONS when it is a CORS preflight) gets 405, a GET whose Accept does
-// not admit text/event-stream 406, a POST whose Content-Type is not JSON
-// 415, and a path with dot segments (".", "..", also percent-encoded)
+// not admit text/event-stream 406, a POST whose body is not JSON in UTF-8
+// 415 (see CheckMediaType), and a path with dot segments (".", "..", also percent-encoded)
 // 400. The caller sets the Allow header on a 405.
 func CheckShape(r *http.Request) *Refusal {
 	switch r.Method {
 	case http.MethodPost:
-		if !IsJSON(r.Header.Get("Content-Type")) {
-			return Refuse(http.StatusUnsupportedMediaType, CodeInvalidRequest, "", "Unsupported Media Type: Content-Type must be application/json")
+		if ref := CheckMediaType(r.Header); ref != nil {
+			return ref
 		}
 	case http.MethodGet:
 		if !AcceptsEventStream(r.Header.Values("Accept")) {
@@ -46,16 +47,32 @@ func IsPreflight(r *http.Request) bool {
 		r.Header.Get("Access-Control-Request-Method") != ""
 }
 
-// IsJSON reports whether a Content-Type is application/json, ignoring case
-// and parameters.
+// CheckMediaType refuses, with 415, a POST whose body is not declared as
+// JSON in UTF-8 by exactly one Content-Type header (see IsJSON). A body
+// declared in another charset is refused, not read as UTF-8: a server that
+// decodes it by its charset (UTF-7, UTF-16, Latin-1) would read other
+// messages than the proxy checked.
+func CheckMediaType(h http.Header) *Refusal {
+	if cts := h.Values("Content-Type"); len(cts) != 1 || !IsJSON(cts[0]) {
+		return Refuse(http.StatusUnsupportedMediaType, CodeInvalidRequest, "", "Unsupported Media Type: Content-Type must be application/json, in UTF-8")
+	}
+	return nil
+}
+
+// IsJSON reports whether a Content-Type is application/json (any case)
+// with no parameter but, at most, charset=utf-8 (or utf8; any case,
+// quoted or not).
 func IsJSON(ct string) bool {
-	const mt = "application/json"
-	ct = strings.TrimLeft(ct, " \t")
-	if len(ct) < len(mt) || !strings.EqualFold(ct[:len(mt)], mt) {
+	mt, params, err := mime.ParseMediaType(ct)
+	if err != nil || mt != "application/json" {
 		return false
 	}
-	rest := strings.TrimLeft(ct[len(mt):], " \t")
-	return rest == "" || rest[0] == ';'
+	for k, v := range params {
+		if k != "charset" || !strings.EqualFold(v, "utf-8") && !strings.EqualFold(v, "utf8") {
+			return false
+		}
+	}
+	return true
 }
 
 // AcceptsEventStream reports whether Accept header values admit
