@@ -106,8 +106,9 @@ var (
 	ErrAmbiguous = errors.New("ambiguous JSON-RPC message")
 	// ErrJSONRPCVersion is a message without "jsonrpc":"2.0".
 	ErrJSONRPCVersion = errors.New(`invalid JSON-RPC version: "jsonrpc" must be "2.0"`)
-	// ErrInvalidID is a message whose id is not a string, a number or null.
-	ErrInvalidID = errors.New("JSON-RPC id must be a string, a number or null")
+	// ErrInvalidID is a message whose id is not a string, null, or an
+	// integer that every peer reads alike (see safeIntegerID).
+	ErrInvalidID = errors.New("JSON-RPC id must be a string, an integer or null")
 	// ErrBatchTooLarge is a batch larger than the peek limit: every
 	// message of a batch must be known before it is admitted (HTTP 413).
 	ErrBatchTooLarge = errors.New("JSON-RPC batch larger than the peek limit")
@@ -134,6 +135,7 @@ var (
 	errParamsType       = fmt.Errorf("%w: params must be an object", ErrNotEnvelope)
 	errMetaType         = fmt.Errorf("%w: params._meta must be an object", ErrNotEnvelope)
 	errMetaVersionType  = fmt.Errorf("%w: params._meta[%q] must be a string", ErrNotEnvelope, metaVersionKey)
+	errNumberID         = fmt.Errorf("%w: a number id must be an integer of at most 2^53-1 in magnitude, without fraction or exponent", ErrInvalidID)
 	errRequestWithoutID = fmt.Errorf("%w: in a body longer than the peek limit, a method that is not a notification needs an id", ErrNotEnvelope)
 	errParamTypes       = [...]error{
 		parName:            fmt.Errorf("%w: params.name must be a string", ErrNotEnvelope),
@@ -630,6 +632,9 @@ func (s *scanner) envelopeValue(m int, env *Envelope, f *msgFacts) error {
 		if err != nil {
 			return err
 		}
+		if c != '"' && c != 'n' && !safeIntegerID(raw) {
+			return errNumberID
+		}
 		f.id = true
 		if c == 'n' {
 			f.idNull = true
@@ -652,6 +657,31 @@ func (s *scanner) envelopeValue(m int, env *Envelope, f *msgFacts) error {
 		f.errorKey = true
 	}
 	return s.skip()
+}
+
+// maxSafeID is the largest magnitude of a number id: 2^53-1, the largest
+// integer that every JSON peer reads exactly (JavaScript's numbers are
+// doubles).
+const maxSafeID = 1<<53 - 1
+
+// safeIntegerID reports whether raw, a JSON number, is an integer id that
+// every peer reads as the same value and writes back as raw: no fraction,
+// no exponent, not -0, at most maxSafeID in magnitude. A server that
+// decodes 1.0, 1e0 or 2^53+1 answers with another id (1, or a rounded
+// one), whose answer the proxy would not match to its request.
+func safeIntegerID(raw []byte) bool {
+	digits := bytes.TrimPrefix(raw, []byte("-"))
+	if len(digits) == 0 || len(digits) > 16 || digits[0] == '0' && (len(digits) > 1 || len(raw) > 1) {
+		return false
+	}
+	var n uint64
+	for _, c := range digits {
+		if c < '0' || c > '9' {
+			return false
+		}
+		n = n*10 + uint64(c-'0')
+	}
+	return n <= maxSafeID
 }
 
 // version reads the string at s.i, the value of "jsonrpc", which must be

@@ -152,6 +152,16 @@ func (v *streamCheck) startKeep() {
 	v.bufLen = 1
 }
 
+// startKeepNumber starts keeping the number whose first byte c was just
+// read (the id's, which safeIntegerID checks once it ends).
+func (v *streamCheck) startKeepNumber(c byte) {
+	v.buffering = true
+	v.bufOver = false
+	v.bufEsc = false
+	v.bufLen = 0
+	v.keepByte(c)
+}
+
 // kept returns the kept string decoded, and false when it was longer than
 // strCap.
 func (v *streamCheck) kept() ([]byte, bool, error) {
@@ -493,6 +503,7 @@ func (v *streamCheck) number(p []byte, i int) (int, error) {
 				return i - 1, v.scalarEnd(i)
 			}
 		}
+		v.keepByte(c)
 	}
 	return len(p) - 1, nil
 }
@@ -654,6 +665,9 @@ func (v *streamCheck) valueBegin(c byte, pos int64) error {
 				return ErrInvalidID
 			}
 			v.idType = c
+			if !strOrNull {
+				v.startKeepNumber(c)
+			}
 		case envParams:
 			switch c {
 			case '{':
@@ -760,6 +774,12 @@ func (v *streamCheck) valueEnd(d int, pos int64) error {
 			v.methodNotif = v.keptHasPrefix("notifications/")
 		case envID:
 			v.idEarly = early
+			if v.idType != '"' && v.idType != 'n' {
+				v.buffering = false
+				if v.bufOver || !safeIntegerID(v.buf[:v.bufLen]) {
+					return errNumberID
+				}
+			}
 		}
 	case ctxParams:
 		switch m {
