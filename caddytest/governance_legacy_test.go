@@ -410,10 +410,10 @@ func TestGovernanceLegacyPinTools(t *testing.T) {
 	}
 }
 
-// ambiguousLegacyServer is a legacy HTTP+SSE server that answers every
-// POSTed request on its stream with a tools/list result whose id is
-// spelled "ID".
-func ambiguousLegacyServer() http.Handler {
+// answeringLegacyServer is a legacy HTTP+SSE server that answers every
+// POSTed request on its stream with the message answer makes of its raw
+// id.
+func answeringLegacyServer(answer func(id string) string) http.Handler {
 	events := make(chan string, 16)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodGet {
@@ -435,18 +435,23 @@ func ambiguousLegacyServer() http.Handler {
 		}
 		body, _ := io.ReadAll(r.Body)
 		if json.Unmarshal(body, &m) == nil && len(m.ID) > 0 {
-			events <- `{"jsonrpc":"2.0","ID":` + string(m.ID) + `,"result":{"tools":[{"name":"add","inputSchema":{"type":"object"}}]}}`
+			events <- answer(string(m.ID))
 		}
 		w.WriteHeader(http.StatusAccepted)
 	})
 }
+
+// legacyToolsResult is a tools/list result listing add and zeta.
+const legacyToolsResult = `{"tools":[{"name":"add","inputSchema":{"type":"object"}},{"name":"zeta","inputSchema":{"type":"object"}}]}`
 
 // TestGovernanceLegacyAmbiguousAnswer: with rules, a message on a legacy
 // stream whose id a decoder reads from "ID" is dropped (the proxy cannot
 // tell which request it answers, nor filter it for that request): the
 // denied tool never reaches the client.
 func TestGovernanceLegacyAmbiguousAnswer(t *testing.T) {
-	up := startUpstreamHandler(t, "ambiguous", ambiguousLegacyServer())
+	up := startUpstreamHandler(t, "ambiguous", answeringLegacyServer(func(id string) string {
+		return `{"jsonrpc":"2.0","ID":` + id + `,"result":` + legacyToolsResult + `}`
+	}))
 	port := freePort(t)
 	loadCaddyfile(t, proxySite(port, up.addr(), rulesBlock("deny tool add")))
 	ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
@@ -463,5 +468,35 @@ func TestGovernanceLegacyAmbiguousAnswer(t *testing.T) {
 	case ev := <-lc.events:
 		t.Errorf("the stream carried %s, want the ambiguous answer dropped", ev)
 	case <-time.After(500 * time.Millisecond):
+	}
+}
+
+// TestGovernanceLegacyArrayAnswer: with rules, a legacy stream's event
+// holding an array of answers (as a batch is answered, though the client
+// sent none) has each list result in it filtered: the denied tool never
+// reaches the client.
+func TestGovernanceLegacyArrayAnswer(t *testing.T) {
+	up := startUpstreamHandler(t, "array", answeringLegacyServer(func(id string) string {
+		return `[{"jsonrpc":"2.0","id":` + id + `,"result":` + legacyToolsResult + `}]`
+	}))
+	port := freePort(t)
+	loadCaddyfile(t, proxySite(port, up.addr(), rulesBlock("deny tool add")))
+	ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
+	defer cancel()
+	lc, r := openLegacyStream(ctx, rawClient, proxyURL(port)+"/sse")
+	if lc == nil {
+		t.Fatalf("legacy stream: %s", r)
+	}
+	defer lc.cancel()
+	if r := postJSON(ctx, proxyURL(port)+lc.endpoint, rpcRequest(7, "tools/list"), nil); r.status != http.StatusAccepted {
+		t.Fatalf("tools/list: %s", r)
+	}
+	select {
+	case ev := <-lc.events:
+		if strings.Contains(ev, `"add"`) || !strings.Contains(ev, `"zeta"`) || !strings.HasPrefix(ev, "[") {
+			t.Errorf("the stream carried %s, want the array with zeta only", ev)
+		}
+	case <-ctx.Done():
+		t.Fatal("no answer on the stream")
 	}
 }

@@ -1819,3 +1819,65 @@ func TestGovernanceAmbiguousListAnswer(t *testing.T) {
 		t.Errorf(`caddy_mcp_list_items_filtered_total{reason="error"} grew by %v, want 1`, got)
 	}
 }
+
+// TestGovernanceListFramings: a list result is filtered however the
+// upstream frames it and however the client sends the request: in a
+// batch (answered with an array), with its id after max_peek (the proxy
+// cannot match the answer by id), as a JSON body declared as another media
+// type, as an SSE event holding an array, or under another id than the
+// request's. The denied tool never reaches the client; the allowed one
+// does.
+func TestGovernanceListFramings(t *testing.T) {
+	const tools = `{"tools":[{"name":"add","inputSchema":{"type":"object"}},{"name":"zeta","inputSchema":{"type":"object"}}]}`
+	msg := func(id string) string { return `{"jsonrpc":"2.0","id":` + id + `,"result":` + tools + `}` }
+	fake := startFake(t, &fakeUpstream{on: map[string]func(*fakeCall){
+		"tools/list": func(c *fakeCall) {
+			switch c.r.Header.Get("X-Framing") {
+			case "text/plain", "application/json; charset=utf-8; v=1":
+				c.w.Header().Set("Content-Type", c.r.Header.Get("X-Framing"))
+				_, _ = io.WriteString(c.w, msg(c.id))
+			case "sse":
+				_ = c.sse().event("", msg(c.id))
+			case "sse array":
+				_ = c.sse().event("", "["+msg(c.id)+"]")
+			case "sse other id":
+				_ = c.sse().event("", msg("9999"))
+				_ = c.sse().event("", msg(c.id))
+			default:
+				c.result(tools)
+			}
+		},
+	}})
+	port := freePort(t)
+	loadCaddyfile(t, proxySite(port, fake.addr(), "\t\tmax_peek 1KiB\n"+rulesBlock("deny tool add")))
+	base := proxyURL(port)
+	ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
+	defer cancel()
+	sid := fake.openSession(t, base, sessionVersion)
+	oldSid := fake.openSession(t, base, "2025-03-26")
+	lateID := `{"jsonrpc":"2.0","method":"tools/list","params":{"_meta":{"pad":"` + strings.Repeat("x", 2000) + `"}},"id":64}`
+	for _, c := range []struct {
+		name, body string
+		hdr        map[string]string
+	}{
+		{"batch", "[" + rpcRequest(62, "tools/list") + "," + rpcRequest(63, "ping") + "]", sessionHeaders(oldSid, "2025-03-26")},
+		{"id after max_peek", lateID, inSession(sid, nil)},
+		{"id after max_peek, SSE", lateID, inSession(sid, map[string]string{"X-Framing": "sse"})},
+		{"text/plain", rpcRequest(65, "tools/list"), inSession(sid, map[string]string{"X-Framing": "text/plain"})},
+		{"JSON with a parameter", rpcRequest(66, "tools/list"), inSession(sid, map[string]string{"X-Framing": "application/json; charset=utf-8; v=1"})},
+		{"SSE array", rpcRequest(67, "tools/list"), inSession(sid, map[string]string{"X-Framing": "sse array"})},
+		{"SSE under another id", rpcRequest(68, "tools/list"), inSession(sid, map[string]string{"X-Framing": "sse other id"})},
+	} {
+		r := postJSON(ctx, base+"/mcp", c.body, c.hdr)
+		if r.status != http.StatusOK {
+			t.Errorf("%s: %d %s", c.name, r.status, r.body)
+			continue
+		}
+		if strings.Contains(r.body, `"add"`) {
+			t.Errorf("%s: the denied tool reached the client in %s", c.name, r.body)
+		}
+		if !strings.Contains(r.body, `"zeta"`) {
+			t.Errorf("%s: the allowed tool is missing from %s", c.name, r.body)
+		}
+	}
+}

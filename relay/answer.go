@@ -3,6 +3,7 @@ package relay
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
@@ -46,10 +47,108 @@ func (st *State) listMethod() string {
 	return first.Method
 }
 
+// answerLists returns the list methods of the request's list requests (a
+// single one, or those of a batch) by the key of their ids (mcp.IDKey; ""
+// for an id that came after the peek), when the handler filters lists; nil
+// when there is none.
+func (st *State) answerLists() map[string]string {
+	if !st.p.Lists.Filters() {
+		return nil
+	}
+	var lists map[string]string
+	for i := range st.call.Peek.Messages {
+		m := &st.call.Peek.Messages[i]
+		if _, ok := policy.ListKind(m.Method); !ok || m.Kind != mcp.KindRequest {
+			continue
+		}
+		if lists == nil {
+			lists = make(map[string]string)
+		}
+		lists[mcp.IDKey(m.ID)] = m.Method
+	}
+	return lists
+}
+
 // readsJSON reports whether the request's JSON answer must be read whole:
-// a filtered list, or any answer under max_response.
+// a filtered list (alone or in a batch), or any answer under max_response.
 func (st *State) readsJSON() bool {
-	return st.listMethod() != "" || st.p.MaxResponse > 0
+	return st.answerLists() != nil || st.p.MaxResponse > 0
+}
+
+// filterMessages filters the list results in data, one JSON-RPC message
+// or an array of them (as a batch is answered), with filter: a response
+// is filtered as the list request of lists its id names or, when it names
+// none, as the list result its shape is (policy.ListMethodOf), so that no
+// list result passes unfiltered whatever id it carries. out is nil when
+// nothing changed; ok is false when a message cannot be read (a client
+// may read a list result in it that the proxy cannot filter).
+func filterMessages(data []byte, lists map[string]string, filter func(method string, msg []byte) ([]byte, bool)) (out []byte, ok bool) {
+	if !isArray(data) {
+		return filterMessage(data, lists, filter)
+	}
+	var all []json.RawMessage
+	if json.Unmarshal(data, &all) != nil {
+		return nil, false
+	}
+	changed := false
+	for i, m := range all {
+		o, ok := filterMessage(m, lists, filter)
+		if !ok {
+			return nil, false
+		}
+		if o != nil {
+			all[i], changed = o, true
+		}
+	}
+	if !changed {
+		return nil, true
+	}
+	out, err := json.Marshal(all)
+	return out, err == nil
+}
+
+// isArray reports whether data is a JSON array, by its first byte.
+func isArray(data []byte) bool {
+	t := bytes.TrimLeft(data, " \t\r\n")
+	return len(t) > 0 && t[0] == '['
+}
+
+// filterMessage is filterMessages for one message.
+func filterMessage(msg []byte, lists map[string]string, filter func(method string, msg []byte) ([]byte, bool)) (out []byte, ok bool) {
+	id, isAnswer, err := mcp.ResponseID(msg)
+	if err != nil {
+		return nil, false
+	}
+	method := ""
+	if isAnswer {
+		method = lists[mcp.IDKey(string(id))]
+	}
+	if method == "" {
+		method = policy.ListMethodOf(msg)
+	}
+	if method == "" {
+		return nil, true
+	}
+	return filter(method, msg)
+}
+
+// listWatch returns the relay hook of an SSE answer to list requests
+// whose answers answerWatch does not watch (a batch's, or one whose id
+// came after the peek): each event is filtered as filterMessages does; one
+// that cannot be read is replaced by an error.
+func (st *State) listWatch(lists map[string]string) func(*sse.Event) []byte {
+	return func(ev *sse.Event) []byte {
+		out, ok := filterMessages(ev.Data, lists, st.filterList)
+		switch {
+		case !ok:
+			st.p.Metrics.ListUnreadable()
+			st.p.Logger.Warn("upstream message not readable where a list result may be; replaced by an error")
+			return sse.AppendEvent(nil, ev.ID, "message", mcp.AppendError(nil, "", mcp.CodeInternalError, "the list result could not be read by the proxy"))
+		case out != nil:
+			return sse.AppendEvent(nil, ev.ID, ev.Name, out)
+		}
+		return nil
+	}
 }
 
 // UpstreamAddr returns the dial address of the upstream that answered.
@@ -73,13 +172,13 @@ func (st *State) SetUpstream(addr string) {
 func (st *State) processJSON(resp *http.Response) *http.Response {
 	p := st.p
 	limit := p.MaxResponse
-	list := st.listMethod()
-	if list != "" && (limit <= 0 || p.MaxEvent < limit) {
+	lists := st.answerLists()
+	if lists != nil && (limit <= 0 || p.MaxEvent < limit) {
 		limit = p.MaxEvent
 	}
 	if resp.ContentLength > limit {
 		st.p.Metrics.ResponseTooLarge()
-		return st.replaceResponse(resp, http.StatusOK, codeResponseTooLarge, tooLargeMessage(list, limit))
+		return st.replaceResponse(resp, http.StatusOK, codeResponseTooLarge, tooLargeMessage(lists != nil, limit))
 	}
 	budget := p.Gov.Memory()
 	want := limit + 1
@@ -99,10 +198,10 @@ func (st *State) processJSON(resp *http.Response) *http.Response {
 		return st.replaceResponse(resp, http.StatusBadGateway, mcp.CodeInternalError, "upstream answer broke off")
 	case int64(len(body)) > limit:
 		st.p.Metrics.ResponseTooLarge()
-		return st.replaceResponse(resp, http.StatusOK, codeResponseTooLarge, tooLargeMessage(list, limit))
+		return st.replaceResponse(resp, http.StatusOK, codeResponseTooLarge, tooLargeMessage(lists != nil, limit))
 	}
-	if list != "" {
-		out, ok := st.filterList(list, body)
+	if lists != nil {
+		out, ok := filterMessages(body, lists, st.filterList)
 		if !ok {
 			return st.replaceResponse(resp, http.StatusOK, mcp.CodeInternalError, "the list result could not be read by the proxy")
 		}
@@ -117,8 +216,8 @@ func (st *State) processJSON(resp *http.Response) *http.Response {
 }
 
 // tooLargeMessage says why an answer was capped.
-func tooLargeMessage(list string, limit int64) string {
-	if list != "" {
+func tooLargeMessage(list bool, limit int64) string {
+	if list {
 		return "the list result exceeds the proxy's max_event_size or max_response (" + humanize.IBytes(uint64(limit)) + ")"
 	}
 	return "the response exceeds the proxy's max_response (" + humanize.IBytes(uint64(limit)) + ")"
@@ -149,6 +248,10 @@ func (st *State) answerWatch(id string) (rewrite func(*sse.Event) []byte, final 
 	var answered atomic.Bool
 	var total int64
 	list := st.listMethod()
+	var others func(*sse.Event) []byte
+	if list != "" {
+		others = st.listWatch(nil)
+	}
 	capped := false
 	rewrite = func(ev *sse.Event) []byte {
 		if capped {
@@ -166,7 +269,7 @@ func (st *State) answerWatch(id string) (rewrite func(*sse.Event) []byte, final 
 				defer st.p.recoverPanic("notifications/cancelled after max_response")
 				st.sendCancelled("the response exceeded the proxy's max_response")
 			})
-			return sse.AppendEvent(nil, ev.ID, "message", mcp.AppendError(nil, id, codeResponseTooLarge, tooLargeMessage("", st.p.MaxResponse)))
+			return sse.AppendEvent(nil, ev.ID, "message", mcp.AppendError(nil, id, codeResponseTooLarge, tooLargeMessage(false, st.p.MaxResponse)))
 		}
 		if answered.Load() {
 			return nil
@@ -184,6 +287,11 @@ func (st *State) answerWatch(id string) (rewrite func(*sse.Event) []byte, final 
 		if !isAnswer || err != nil || !mcp.SameID(got, id) {
 			if st.deadline != nil && bytes.Contains(ev.Data, progressMethod) {
 				st.extendDeadline()
+			}
+			if others != nil {
+				// A list result under another id, or in an array, is
+				// filtered all the same.
+				return others(ev)
 			}
 			return nil
 		}

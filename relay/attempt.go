@@ -81,7 +81,9 @@ func (st *State) Answer(req *http.Request, resp *http.Response, dialled bool, se
 	}
 	if !streamed {
 		st.stopDeadline()
-		if resp.StatusCode == http.StatusOK && resp.Body != nil && st.readsJSON() && mcp.IsJSON(resp.Header.Get("Content-Type")) {
+		// Whatever its declared media type: a client may read a JSON
+		// answer in it.
+		if resp.StatusCode == http.StatusOK && resp.Body != nil && st.readsJSON() {
 			resp = st.processJSON(resp)
 		}
 	}

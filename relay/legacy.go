@@ -3,6 +3,7 @@ package relay
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"net/http"
 	"sync"
 	"time"
@@ -255,6 +256,9 @@ func (l *legacyLink) answer(ev *sse.Event) []byte {
 		if bytes.Contains(ev.Data, progressMethod) {
 			l.awaiting.Extend()
 		}
+		if isArray(ev.Data) {
+			return l.answerArray(ev)
+		}
 		return nil
 	}
 	c, expired := l.awaiting.Take(id)
@@ -263,7 +267,7 @@ func (l *legacyLink) answer(ev *sse.Event) []byte {
 	}
 	if p.MaxResponse > 0 && int64(len(ev.Data)) > p.MaxResponse {
 		l.p.Metrics.ResponseTooLarge()
-		return sse.AppendEvent(nil, ev.ID, "message", mcp.AppendError(nil, string(id), codeResponseTooLarge, tooLargeMessage("", p.MaxResponse)))
+		return sse.AppendEvent(nil, ev.ID, "message", mcp.AppendError(nil, string(id), codeResponseTooLarge, tooLargeMessage(false, p.MaxResponse)))
 	}
 	list, subj := "", policy.Subject(l.subject)
 	switch {
@@ -283,6 +287,73 @@ func (l *legacyLink) answer(ev *sse.Event) []byte {
 		return sse.AppendEvent(nil, ev.ID, ev.Name, out)
 	}
 	return nil
+}
+
+// answerArray handles an event holding an array of messages (a batch's
+// answers) as answer does each message: the awaited requests it answers
+// are taken (an answer whose deadline passed is dropped), and, when lists
+// are filtered, each list result is filtered for its request's subject,
+// or for the stream's opener by its shape; an array that cannot be read
+// is then dropped.
+func (l *legacyLink) answerArray(ev *sse.Event) []byte {
+	filters := l.p.Lists.Filters()
+	var all []json.RawMessage
+	if json.Unmarshal(ev.Data, &all) != nil {
+		if filters {
+			return l.unreadable()
+		}
+		return nil
+	}
+	kept, changed := all[:0], false
+	for _, msg := range all {
+		id, ok, err := mcp.ResponseID(msg)
+		if err != nil && filters {
+			return l.unreadable()
+		}
+		list, subj := "", policy.Subject(l.subject)
+		if filters {
+			list = policy.ListMethodOf(msg)
+		}
+		if ok {
+			c, expired := l.awaiting.Take(id)
+			if expired {
+				changed = true // its timeout error went instead
+				continue
+			}
+			if c != nil && c.List != "" && filters {
+				list, subj = c.List, c.Subject
+			}
+		}
+		if list != "" {
+			out, ok := l.p.Lists.Filter(list, msg, subj, l.upstream, false)
+			if !ok {
+				return l.unreadable()
+			}
+			if out != nil {
+				msg, changed = out, true
+			}
+		}
+		kept = append(kept, msg)
+	}
+	switch {
+	case !changed:
+		return nil
+	case len(kept) == 0:
+		return dropEvent
+	}
+	out, err := json.Marshal(kept)
+	if err != nil {
+		return l.unreadable()
+	}
+	return sse.AppendEvent(nil, ev.ID, ev.Name, out)
+}
+
+// unreadable drops an event that may hold a list result the proxy cannot
+// read.
+func (l *legacyLink) unreadable() []byte {
+	l.p.Metrics.ListUnreadable()
+	l.p.Logger.Warn("upstream array of messages not readable; dropped from a legacy stream")
+	return dropEvent
 }
 
 // legacyCanceller returns what tells the upstream that the proxy gave up

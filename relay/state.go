@@ -269,6 +269,8 @@ func (p *Proxy) streamConfig(st *State, legacy bool) sse.StreamConfig {
 	}
 	if first := st.call.First(); first.Kind == mcp.KindRequest && first.ID != "" && !st.call.Peek.Batch {
 		cfg.Rewrite, cfg.Final = st.answerWatch(first.ID)
+	} else if lists := st.answerLists(); lists != nil {
+		cfg.Rewrite = st.listWatch(lists)
 	}
 	if len(st.Spliced) > 0 {
 		cfg.Final = st.splicedFinal()
