@@ -20,6 +20,13 @@ func (l lists) Filter(method string, msg []byte, subj policy.Subject, upstream s
 	return l.h.filterList(method, msg, subj, upstream, private)
 }
 
+func (l lists) Freeze(s policy.Subject) policy.Subject {
+	if l.h.gov == nil {
+		return nil
+	}
+	return l.h.gov.policy.Snapshot(s)
+}
+
 var _ relay.Lists = lists{}
 
 // filterList filters one JSON-RPC message answering a list request of

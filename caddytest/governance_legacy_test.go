@@ -500,3 +500,39 @@ func TestGovernanceLegacyArrayAnswer(t *testing.T) {
 		t.Fatal("no answer on the stream")
 	}
 }
+
+// TestGovernanceLegacyListForItsRequest: on a legacy stream, a list result
+// comes after the POST that asked for it has ended, and is filtered for
+// that POST, as its conditions stood then: with a rule that hides add
+// unless the request names the tenant acme, the answer to a POST naming
+// acme lists add, the answer to one that does not hides it.
+func TestGovernanceLegacyListForItsRequest(t *testing.T) {
+	up := startUpstreamHandler(t, "tenant", answeringLegacyServer(func(id string) string {
+		return `{"jsonrpc":"2.0","id":` + id + `,"result":` + legacyToolsResult + `}`
+	}))
+	port := freePort(t)
+	loadCaddyfile(t, proxySite(port, up.addr(), rulesBlock("deny tool add unless value {http.request.header.X-Tenant} acme")))
+	ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
+	defer cancel()
+	lc, r := openLegacyStream(ctx, rawClient, proxyURL(port)+"/sse")
+	if lc == nil {
+		t.Fatalf("legacy stream: %s", r)
+	}
+	defer lc.cancel()
+	for _, c := range []struct {
+		tenant  string
+		wantAdd bool
+	}{{"acme", true}, {"other", false}, {"acme", true}} {
+		if r := postJSON(ctx, proxyURL(port)+lc.endpoint, rpcRequest(7, "tools/list"), map[string]string{"X-Tenant": c.tenant}); r.status != http.StatusAccepted {
+			t.Fatalf("tools/list: %s", r)
+		}
+		select {
+		case ev := <-lc.events:
+			if strings.Contains(ev, `"add"`) != c.wantAdd || !strings.Contains(ev, `"zeta"`) {
+				t.Errorf("tenant %s: the stream carried %s, want add listed: %v", c.tenant, ev, c.wantAdd)
+			}
+		case <-ctx.Done():
+			t.Fatal("no answer on the stream")
+		}
+	}
+}

@@ -97,7 +97,8 @@ type Awaited struct {
 // NewAwaiting returns an empty table. onExpire runs, on a goroutine of its
 // own, for a request whose deadline passed while its answer was awaited;
 // the request stays in the table, expired, so its late answer is known
-// for what it is.
+// for what it is, without its Subject and, once onExpire returned, its
+// Cancel.
 func NewAwaiting(onExpire func(*Awaited)) *Awaiting {
 	return &Awaiting{pending: map[string]*Awaited{}, onExpire: onExpire}
 }
@@ -226,6 +227,10 @@ func (a *Awaiting) expire(c *Awaited) {
 		return
 	}
 	c.expired = true
+	c.Subject = nil // its late answer is dropped, not filtered
 	a.mu.Unlock()
 	a.onExpire(c)
+	a.mu.Lock()
+	c.Cancel = nil // called: what it holds can go
+	a.mu.Unlock()
 }

@@ -108,7 +108,7 @@ func TestAwaitingExpire(t *testing.T) {
 	var mu sync.Mutex
 	var reasons []string
 	cancel := func(r string) { mu.Lock(); reasons = append(reasons, r); mu.Unlock() }
-	a.Add([]*Awaited{{ID: `1`, Step: time.Millisecond, Cancel: cancel}, {ID: `2`, Step: time.Hour, Cancel: cancel}}, 0)
+	a.Add([]*Awaited{{ID: `1`, List: "tools/list", Subject: nobody{}, Step: time.Millisecond, Cancel: cancel}, {ID: `2`, Step: time.Hour, Cancel: cancel}}, 0)
 	if id := <-log.ch; id != `1` {
 		t.Fatalf("expired %s", id)
 	}
@@ -117,6 +117,9 @@ func TestAwaitingExpire(t *testing.T) {
 	c, expired := a.Take([]byte(`1`))
 	if c == nil || !expired {
 		t.Fatalf("late answer: %+v expired %v", c, expired)
+	}
+	if c.Subject != nil {
+		t.Fatal("an expired request keeps its subject, which its dropped answer does not need")
 	}
 	if c, expired := a.Take([]byte(`2`)); c == nil || expired {
 		t.Fatalf("running deadline: %+v expired %v", c, expired)

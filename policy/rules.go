@@ -428,12 +428,53 @@ func (p *Policy) decide(s Subject, method string, k Kind, target string) (Action
 				continue
 			}
 		}
-		if r.when != nil && !r.when.holds(s) {
+		if r.when != nil && !holds(s, c, i, r.when) {
 			continue
 		}
 		return r.action, int(i)
 	}
 	return c.def, -1
+}
+
+// holds evaluates the condition w of rule i of c for s, or reads it from
+// s when s is a snapshot taken under c.
+func holds(s Subject, c *compiled, i int32, w *compiledCond) bool {
+	if snap, ok := s.(*snapshot); ok && snap.c == c {
+		return snap.holds[i]
+	}
+	return w.holds(s)
+}
+
+// Snapshot returns a Subject that stands under the policy, as last
+// compiled, where s stands now: the condition of every rule is evaluated
+// once, and only the results are kept, not s (nor the request s may read
+// its facts from). It lets a decision be made after that request is gone.
+// The snapshot's own methods answer as an unauthenticated subject with no
+// scopes, empty placeholders and no matcher set matching, which is also
+// how it stands under another compiled policy.
+func (p *Policy) Snapshot(s Subject) Subject {
+	c := p.c
+	snap := &snapshot{c: c}
+	if c == nil {
+		return snap
+	}
+	if s == nil {
+		s = nobody{}
+	}
+	snap.holds = make([]bool, len(c.rules))
+	for i := range c.rules {
+		if w := c.rules[i].when; w != nil {
+			snap.holds[i] = w.holds(s)
+		}
+	}
+	return snap
+}
+
+// snapshot is a Subject as Snapshot took it.
+type snapshot struct {
+	nobody
+	c     *compiled
+	holds []bool // by rule index: whether its condition held
 }
 
 // Allows reports whether an item of a list result, of kind k with target

@@ -217,7 +217,41 @@ func TestDecide(t *testing.T) {
 			if a != tt.want || i != tt.rule {
 				t.Fatalf("Decide(%q, %q) = %v, %d; want %v, %d", tt.method, tt.item, a, i, tt.want, tt.rule)
 			}
+			// A snapshot of the subject decides the same.
+			if a, i := p.Decide(p.Snapshot(tt.s), tt.method, tt.item); a != tt.want || i != tt.rule {
+				t.Fatalf("Decide(Snapshot, %q, %q) = %v, %d; want %v, %d", tt.method, tt.item, a, i, tt.want, tt.rule)
+			}
 		})
+	}
+}
+
+// TestSubjectSnapshot checks that a snapshot keeps nothing of its subject
+// but the standing it had when taken, and stands as nobody under another
+// compiled policy.
+func TestSubjectSnapshot(t *testing.T) {
+	p := testPolicy()
+	if err := p.Compile(); err != nil {
+		t.Fatal(err)
+	}
+	bob := &subject{principal: "bob"}
+	snap := p.Snapshot(bob)
+	calls := bob.calls
+	bob.principal = "carol"
+	if a, i := p.Decide(snap, "tools/call", "admin_reset"); a != Allow || i != 3 || bob.calls != calls {
+		t.Fatalf("Decide(snapshot of bob) = %v, %d, %d subject calls; want allow by rule 3 without asking the subject", a, i, bob.calls-calls)
+	}
+	if snap.Principal() != "" || snap.Value("{x}") != "" || snap.HasScopes([]string{"s"}) || snap.Match(0) {
+		t.Fatal("a snapshot's own methods answer as someone")
+	}
+	other := testPolicy()
+	if err := other.Compile(); err != nil {
+		t.Fatal(err)
+	}
+	if a, i := other.Decide(snap, "tools/call", "admin_reset"); a != Deny || i != 7 {
+		t.Fatalf("Decide(snapshot) under another policy = %v, %d; want deny by rule 7, as nobody", a, i)
+	}
+	if a, i := p.Decide((&Policy{}).Snapshot(bob), "tools/call", "admin_reset"); a != Deny || i != 7 {
+		t.Fatalf("Decide(snapshot under an uncompiled policy) = %v, %d; want deny by rule 7", a, i)
 	}
 }
 

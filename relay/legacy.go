@@ -91,7 +91,7 @@ func (p *Proxy) watchesLegacy() bool {
 // stream hook that runs rewrite (the endpoint event's) and then the
 // link's own work on each event.
 func (p *Proxy) newLegacyLink(st *State, rewrite func(*sse.Event) []byte) (*legacyLink, func(*sse.Event) []byte) {
-	l := &legacyLink{p: p, subject: st.Subject, upstream: st.UpstreamAddr()}
+	l := &legacyLink{p: p, subject: p.Lists.Freeze(st.Subject), upstream: st.UpstreamAddr()}
 	l.awaiting = policy.NewAwaiting(l.expire)
 	return l, func(ev *sse.Event) []byte {
 		if ev.Name == "endpoint" {
@@ -197,7 +197,9 @@ func (l *legacyLink) expect(st *State, step time.Duration) ([]string, *mcp.Refus
 		}
 		c := &policy.Awaited{ID: m.ID, Step: step}
 		if _, ok := policy.ListKind(m.Method); ok && p.Lists.Filters() {
-			c.List, c.Subject = m.Method, st.Subject
+			// The answer comes after the POST ended: nothing of its
+			// request is kept.
+			c.List, c.Subject = m.Method, p.Lists.Freeze(st.Subject)
 		}
 		if c.List == "" && c.Step == 0 {
 			continue
@@ -356,12 +358,33 @@ func (l *legacyLink) unreadable() []byte {
 	return dropEvent
 }
 
+// maxKeptHeaderBytes bounds the client headers a legacy request with a
+// deadline keeps, while its answer is awaited, for the
+// notifications/cancelled it may need: a request with more keeps none,
+// and its cancellation goes with the proxy's own headers only.
+const maxKeptHeaderBytes = 8 << 10
+
+// headerBytes is the size of h as written on the wire, near enough.
+func headerBytes(h http.Header) int {
+	n := 0
+	for k, vs := range h {
+		for _, v := range vs {
+			n += len(k) + len(v) + 4
+		}
+	}
+	return n
+}
+
 // legacyCanceller returns what tells the upstream that the proxy gave up
 // on request id of st's legacy session: notifications/cancelled, posted to
-// the session's upstream endpoint as st's request was, in the process's
-// task group.
+// the session's upstream endpoint as st's request was (with its headers,
+// up to maxKeptHeaderBytes), in the process's task group.
 func (p *Proxy) legacyCanceller(st *State, id string) func(reason string) {
-	hdr := mcp.CancelHeaders(st.r.Header)
+	hdr := st.r.Header
+	if headerBytes(hdr) > maxKeptHeaderBytes {
+		hdr = http.Header{}
+	}
+	hdr = mcp.CancelHeaders(hdr)
 	path := st.r.URL.EscapedPath()
 	if q := st.r.URL.RawQuery; q != "" {
 		path += "?" + q

@@ -83,6 +83,10 @@ type Lists interface {
 	// be cached beyond the caller; out is nil when nothing changed, ok
 	// false when the message could not be read.
 	Filter(method string, msg []byte, subj policy.Subject, upstream string, private bool) (out []byte, ok bool)
+	// Freeze returns what Filter needs of subj, kept apart from the
+	// request subj reads (see policy.Policy.Snapshot): for a list result
+	// that comes after that request has ended.
+	Freeze(subj policy.Subject) policy.Subject
 }
 
 // Metrics are the counts the relay reports. Every field is needed.

@@ -54,6 +54,8 @@ type noLists struct{}
 
 func (noLists) Filters() bool  { return false }
 func (noLists) Enforces() bool { return false }
+
+func (noLists) Freeze(policy.Subject) policy.Subject { return nil }
 func (noLists) Filter(string, []byte, policy.Subject, string, bool) ([]byte, bool) {
 	return nil, true
 }
