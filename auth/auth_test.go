@@ -13,6 +13,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -444,4 +445,37 @@ func BenchmarkSignatureAlone(b *testing.B) {
 			}
 		}
 	})
+}
+
+// TestPrincipalCacheBound checks that the cache holds at most its limit:
+// expired entries go first; a cache full of live ones makes room for a
+// sixteenth more at once.
+func TestPrincipalCacheBound(t *testing.T) {
+	now := time.Now()
+	var c principalCache
+	key := func(i int) [32]byte { return cacheKey(fmt.Sprint(i), nil) }
+	const limit = 64
+	for i := range limit {
+		c.put(key(i), &Principal{ID: fmt.Sprint(i)}, now.Add(time.Hour), now, limit)
+	}
+	c.put(key(limit), &Principal{}, now.Add(time.Hour), now, limit)
+	if n := len(c.m); n != limit-limit/16 {
+		t.Fatalf("%d entries after a put into a full cache, want %d", n, limit-limit/16)
+	}
+	if c.get(key(limit), now) == nil {
+		t.Fatal("the new entry is not kept")
+	}
+	for i := range limit/16 - 1 {
+		c.put(key(1000+i), &Principal{}, now.Add(time.Hour), now, limit)
+	}
+	if n := len(c.m); n != limit-1 {
+		t.Fatalf("%d entries, want %d", n, limit-1)
+	}
+	// Once they expire, a put drops them all.
+	later := now.Add(2 * time.Hour)
+	c.put(key(-1), &Principal{}, later.Add(time.Hour), later, limit)
+	c.put(key(-2), &Principal{}, later.Add(time.Hour), later, limit)
+	if n := len(c.m); n != 2 {
+		t.Fatalf("%d entries after the others expired, want 2", n)
+	}
 }

@@ -12,7 +12,9 @@ const MaxVerified = 10000
 // principalCache remembers principals by a 32-byte key, each until a
 // time of its own, holding at most a given number: when it is full,
 // expired entries go first, then arbitrary ones. The zero value is empty
-// and ready for use; it is safe for concurrent use.
+// and ready for use; it is safe for concurrent use. A full cache of live
+// entries drops a sixteenth of them at once, so that the sweep for
+// expired ones runs once per that many new entries.
 //
 // A Verifier keeps the principals of JWTs already verified, by the
 // SHA-256 of the token and the audiences it was checked against, until the
@@ -72,8 +74,10 @@ func (c *principalCache) put(k [32]byte, p *Principal, until, now time.Time, lim
 				delete(c.m, key)
 			}
 		}
+		// Room for a sixteenth more, so that a cache full of live
+		// entries is not swept again at each new one.
 		for key := range c.m {
-			if len(c.m) < limit {
+			if len(c.m) < limit-limit/16 {
 				break
 			}
 			delete(c.m, key)
