@@ -63,6 +63,9 @@ func CheckMediaType(h http.Header) *Refusal {
 // with no parameter but, at most, charset=utf-8 (or utf8; any case,
 // quoted or not).
 func IsJSON(ct string) bool {
+	if strings.EqualFold(ct, "application/json") {
+		return true // what clients send, without a parse
+	}
 	mt, params, err := mime.ParseMediaType(ct)
 	if err != nil || mt != "application/json" {
 		return false
