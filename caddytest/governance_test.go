@@ -1843,6 +1843,7 @@ func TestGovernanceListFramings(t *testing.T) {
 			case "sse other id":
 				_ = c.sse().event("", msg("9999"))
 				_ = c.sse().event("", msg(c.id))
+				_ = c.sse().event("", msg("9998"))
 			default:
 				c.result(tools)
 			}

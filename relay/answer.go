@@ -272,6 +272,9 @@ func (st *State) answerWatch(id string) (rewrite func(*sse.Event) []byte, final 
 			return sse.AppendEvent(nil, ev.ID, "message", mcp.AppendError(nil, id, codeResponseTooLarge, tooLargeMessage(false, st.p.MaxResponse)))
 		}
 		if answered.Load() {
+			if others != nil {
+				return others(ev)
+			}
 			return nil
 		}
 		got, isAnswer, err := mcp.ResponseID(ev.Data)
