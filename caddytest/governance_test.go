@@ -598,6 +598,11 @@ func TestGovernanceResourcesAndPrompts(t *testing.T) {
 					t.Errorf("%s %s (denied) reached the upstream", c.method, c.uri)
 				}
 			}
+			// A name beside the uri does not hide the uri the upstream
+			// reads.
+			if r := ask("849", "resources/read", `{"name":"x","uri":"file:///secret/key.txt"}`); strings.Contains(r.body, "contents of") || up.saw("849") {
+				t.Errorf("resources/read of a denied uri with a name beside it: %s", r)
+			}
 			unknownPrompt := onlyMessage(t, "unknown prompt", ask("832", "prompts/get", `{"name":"nosuch"}`))
 			denied := onlyMessage(t, "admin prompt", ask("833", "prompts/get", `{"name":"admin_reset"}`))
 			sameAnswer(t, "prompts/get admin_reset", denied, unknownPrompt, "832", "833", "nosuch", "admin_reset")
@@ -609,8 +614,8 @@ func TestGovernanceResourcesAndPrompts(t *testing.T) {
 					t.Errorf("the upstream received %s with params %s", s.rpc, s.params)
 				}
 			}
-			if got := liveMetric(t, "caddy_mcp_denials_total", "kind", "resource") - resBefore; got != 6 {
-				t.Errorf("caddy_mcp_denials_total{kind=resource} grew by %v, want 6", got)
+			if got := liveMetric(t, "caddy_mcp_denials_total", "kind", "resource") - resBefore; got != 7 {
+				t.Errorf("caddy_mcp_denials_total{kind=resource} grew by %v, want 7", got)
 			}
 			if got := liveMetric(t, "caddy_mcp_denials_total", "kind", "prompt") - promptBefore; got != 2 {
 				t.Errorf("caddy_mcp_denials_total{kind=prompt} grew by %v, want 2", got)

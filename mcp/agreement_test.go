@@ -79,10 +79,7 @@ func (m *stdMessage) reading() (reading, error) {
 	}
 	r.response = len(m.Result) > 0 || len(m.Error) > 0
 	if p := m.Params; p != nil {
-		r.name = p.Name
-		if r.name == "" {
-			r.name = p.URI
-		}
+		r.name = upstreamTarget(r.method, p.Name, p.URI)
 		r.version = p.ProtocolVersion
 		if raw, ok := p.Meta[metaVersionKey]; ok {
 			if err := json.Unmarshal(raw, &r.metaVersion); err != nil {
@@ -206,6 +203,7 @@ func isMetaKey(k string) bool { return k == metaVersionKey }
 
 func strictMessage(d *json.Decoder, open json.Token, members bool) (reading, error) {
 	var r reading
+	var name, uri string
 	var envRead, parRead func(string) bool
 	if members {
 		envRead = func(k string) bool { return exactMember([]byte(k), setEnvelope) >= 0 }
@@ -233,7 +231,6 @@ func strictMessage(d *json.Decoder, open json.Token, members bool) (reading, err
 			if err != nil || tok == nil {
 				return err
 			}
-			var name, uri string
 			err = strictObject(d, tok, parRead, func(key string) error {
 				var err error
 				switch key {
@@ -261,17 +258,27 @@ func strictMessage(d *json.Decoder, open json.Token, members bool) (reading, err
 				}
 				return err
 			})
-			r.name = name
-			if name == "" {
-				r.name = uri
-			}
 			return err
 		default:
 			err = skipValue(d)
 		}
 		return err
 	})
+	r.name = upstreamTarget(r.method, name, uri)
 	return r, err
+}
+
+// upstreamTarget is the target an MCP server reads in a message of method
+// with these params.name and params.uri: the uri of a resource method,
+// the name of a tool call or a prompt, else whichever is set.
+func upstreamTarget(method, name, uri string) string {
+	switch {
+	case method == "resources/read" || method == "resources/subscribe" || method == "resources/unsubscribe":
+		return uri
+	case method == "tools/call" || method == "prompts/get" || name != "":
+		return name
+	}
+	return uri
 }
 
 // envelopeReading is the peek's reading of a message.

@@ -45,8 +45,12 @@ type Envelope struct {
 	// peek, it is also empty when the id follows the head (CheckedBody
 	// then makes sure it does).
 	ID string
-	// Name is params.name, or params.uri when there is no name (the value
-	// that the 2026-07-28 Mcp-Name header mirrors).
+	// Name is the message's target, as its upstream reads it (the value
+	// that the 2026-07-28 Mcp-Name header mirrors): params.uri of a
+	// resources/read, resources/subscribe or resources/unsubscribe,
+	// params.name of a tools/call or prompts/get, even when the message
+	// holds the other member too; for another method params.name, or
+	// params.uri when there is no name.
 	Name string
 	// ProtocolVersion is params.protocolVersion (an initialize request).
 	ProtocolVersion string
@@ -514,6 +518,8 @@ type msgFacts struct {
 	errorKey bool // an error key
 	name     bool // params.name (null too)
 	uri      bool // params.uri (null too)
+	// The values of params.name and params.uri.
+	nameValue, uriValue string
 }
 
 // message scans one message object into env.
@@ -523,6 +529,7 @@ func (s *scanner) message(env *Envelope) error {
 	if err != nil && err != errEOF {
 		return err
 	}
+	env.Name = targetName(env.Method, f.nameValue, f.uriValue)
 	closed := err == nil
 	switch {
 	case f.method && (f.result || f.errorKey):
@@ -579,6 +586,23 @@ func (s *scanner) message(env *Envelope) error {
 		return ErrTooLarge
 	}
 	return nil
+}
+
+// targetName is the params member an upstream reads as the target of a
+// message of method: params.uri for the resources methods, params.name
+// for tools/call and prompts/get, whatever else the message holds; for
+// another method, the name, or the uri without one.
+func targetName(method, name, uri string) string {
+	switch method {
+	case "resources/read", "resources/subscribe", "resources/unsubscribe":
+		return uri
+	case "tools/call", "prompts/get":
+		return name
+	}
+	if name != "" {
+		return name
+	}
+	return uri
 }
 
 // envelope scans the members of a message object.
@@ -707,14 +731,6 @@ func (s *scanner) version() error {
 func (s *scanner) params(env *Envelope, f *msgFacts) error {
 	s.i++ // '{'
 	keys := objectKeys{set: setParams}
-	var name, uri string
-	defer func() {
-		if name != "" {
-			env.Name = name
-		} else {
-			env.Name = uri
-		}
-	}()
 	for first := true; ; first = false {
 		m, ok, err := s.member(&keys, first)
 		if err != nil || !ok {
@@ -731,9 +747,9 @@ func (s *scanner) params(env *Envelope, f *msgFacts) error {
 			}
 			switch m {
 			case parName:
-				name, f.name = v, true
+				f.nameValue, f.name = v, true
 			case parURI:
-				uri, f.uri = v, true
+				f.uriValue, f.uri = v, true
 			default:
 				env.ProtocolVersion = v
 			}
