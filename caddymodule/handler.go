@@ -257,7 +257,10 @@ type Handler struct {
 	// unknown tool, prompt, resource or method gets (see UnknownErrors),
 	// and list results (tools/list, prompts/list, resources/list,
 	// resources/templates/list) show only what the caller may use. Rules
-	// hold at every service level. Default: none.
+	// hold at every service level. With rules (or PinTools), SSE events
+	// are written anew from what the proxy read of them, and events named
+	// other than "message" are dropped (see the README's request
+	// handling). Default: none.
 	Rules []Rule `json:"rules,omitempty"`
 
 	// RulesDefault is the action for a message no rule matches: "allow"

@@ -414,11 +414,17 @@ func TestGovernanceLegacyPinTools(t *testing.T) {
 // POSTed request on its stream with the message answer makes of its raw
 // id.
 func answeringLegacyServer(answer func(id string) string) http.Handler {
+	return legacyServerWith("event: endpoint\ndata: /sse?sessionId=s1\n\n", answer)
+}
+
+// legacyServerWith is answeringLegacyServer whose stream begins with head
+// (raw SSE text, the endpoint event in it) instead.
+func legacyServerWith(head string, answer func(id string) string) http.Handler {
 	events := make(chan string, 16)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodGet {
 			w.Header().Set("Content-Type", "text/event-stream")
-			fmt.Fprint(w, "event: endpoint\ndata: /sse?sessionId=s1\n\n")
+			fmt.Fprint(w, head)
 			w.(http.Flusher).Flush()
 			for {
 				select {
@@ -534,5 +540,53 @@ func TestGovernanceLegacyListForItsRequest(t *testing.T) {
 		case <-ctx.Done():
 			t.Fatal("no answer on the stream")
 		}
+	}
+}
+
+// TestLegacyEndpointFramings: an endpoint event a client reads as one is
+// rewritten whatever the relay's reading of its name (the go-sdk client
+// trims "endpoint "), so the upstream's endpoint, its session id in it,
+// never reaches the client; a second endpoint event, which a client may
+// read as a message, is dropped.
+func TestLegacyEndpointFramings(t *testing.T) {
+	full := `{"jsonrpc":"2.0","id":99,"result":` + legacyToolsResult + `}`
+	for _, c := range []struct{ name, head, rules string }{
+		{"name with a space", "event: endpoint \ndata: /sse?sessionId=SECRET1\n\n", ""},
+		{"second endpoint", "event: endpoint\ndata: /sse?sessionId=SECRET1\n\nevent: endpoint\ndata: " + full + "\n\n", rulesBlock("deny tool add")},
+		{"second endpoint, CR", "event: endpoint\rdata: /sse?sessionId=SECRET1\r\revent:endpoint\rdata: /sse?sessionId=SECRET2\r\r", ""},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			up := startUpstreamHandler(t, "endpoint", legacyServerWith(c.head, func(id string) string {
+				return `{"jsonrpc":"2.0","id":` + id + `,"result":` + legacyToolsResult + `}`
+			}))
+			port := freePort(t)
+			loadCaddyfile(t, proxySite(port, up.addr(), c.rules))
+			ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
+			defer cancel()
+			lc, r := openLegacyStream(ctx, rawClient, proxyURL(port)+"/sse")
+			if lc == nil {
+				t.Fatalf("legacy stream: %s", r)
+			}
+			defer lc.cancel()
+			if strings.Contains(lc.endpoint, "SECRET") || !strings.Contains(lc.endpoint, "mcpgate_route=") {
+				t.Fatalf("the client's endpoint is %q", lc.endpoint)
+			}
+			if r := postJSON(ctx, proxyURL(port)+lc.endpoint, rpcRequest(7, "tools/list"), nil); r.status != http.StatusAccepted {
+				t.Fatalf("tools/list: %s", r)
+			}
+			for {
+				select {
+				case ev := <-lc.events:
+					if strings.Contains(ev, "SECRET") || c.rules != "" && strings.Contains(ev, `"add"`) {
+						t.Fatalf("the stream carried %s", ev)
+					}
+					if strings.Contains(ev, `"id":7`) {
+						return
+					}
+				case <-ctx.Done():
+					t.Fatal("no answer on the stream")
+				}
+			}
+		})
 	}
 }

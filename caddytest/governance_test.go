@@ -1849,6 +1849,11 @@ func TestGovernanceListFramings(t *testing.T) {
 				_ = c.sse().event("", msg("9999"))
 				_ = c.sse().event("", msg(c.id))
 				_ = c.sse().event("", msg("9998"))
+			case "sse raw":
+				// SSE framings clients read otherwise than the WHATWG
+				// rules do, or than the relay would forwarding bytes.
+				raw, _ := base64.StdEncoding.DecodeString(c.r.Header.Get("X-Raw"))
+				_ = c.sse().write(strings.NewReplacer("FULL", msg(c.id), "CR", "\r").Replace(string(raw)))
 			default:
 				c.result(tools)
 			}
@@ -1862,10 +1867,11 @@ func TestGovernanceListFramings(t *testing.T) {
 	sid := fake.openSession(t, base, sessionVersion)
 	oldSid := fake.openSession(t, base, "2025-03-26")
 	lateID := `{"jsonrpc":"2.0","method":"tools/list","params":{"_meta":{"pad":"` + strings.Repeat("x", 2000) + `"}},"id":64}`
-	for _, c := range []struct {
+	type framing struct {
 		name, body string
 		hdr        map[string]string
-	}{
+	}
+	cases := []framing{
 		{"batch", "[" + rpcRequest(62, "tools/list") + "," + rpcRequest(63, "ping") + "]", sessionHeaders(oldSid, "2025-03-26")},
 		{"id after max_peek", lateID, inSession(sid, nil)},
 		{"id after max_peek, SSE", lateID, inSession(sid, map[string]string{"X-Framing": "sse"})},
@@ -1873,16 +1879,34 @@ func TestGovernanceListFramings(t *testing.T) {
 		{"JSON with a parameter", rpcRequest(66, "tools/list"), inSession(sid, map[string]string{"X-Framing": "application/json; charset=utf-8; v=1"})},
 		{"SSE array", rpcRequest(67, "tools/list"), inSession(sid, map[string]string{"X-Framing": "sse array"})},
 		{"SSE under another id", rpcRequest(68, "tools/list"), inSession(sid, map[string]string{"X-Framing": "sse other id"})},
+	}
+	// Raw SSE answers, FULL standing for the answer listing add, CR for a
+	// carriage return (clients that split lines at LF only read on past
+	// it).
+	for i, raw := range []string{
+		"event: x\ndata: " + msg("ID") + "\n\ndata: FULL\n\n",
+		"event: message \ndata: FULL\n\n",
+		`data: {"jsonrpc":"2.0",CR"id":ID,"result":` + tools + "}\n\n",
+		"xCRdata: " + msg("ID") + "\n\ndata: FULL\n\n",
+		"\xEF\xBB\xBF\xEF\xBB\xBFdata: FULL\nid: 5\n\n",
+		"\n\xEF\xBB\xBFdata: FULL\nid: 5\n\n",
+		"\xC3\xAF\xC2\xBB\xC2\xBFdata: FULL\nid: 5\n\n",
+		": cCRdata: FULL\n\n",
 	} {
+		id := strconv.Itoa(70 + i)
+		cases = append(cases, framing{"raw SSE " + strconv.Quote(raw), rpcRequest(70+i, "tools/list"),
+			inSession(sid, map[string]string{"X-Framing": "sse raw", "X-Raw": base64.StdEncoding.EncodeToString([]byte(strings.ReplaceAll(raw, "ID", id)))})})
+	}
+	for _, c := range cases {
 		r := postJSON(ctx, base+"/mcp", c.body, c.hdr)
 		if r.status != http.StatusOK {
 			t.Errorf("%s: %d %s", c.name, r.status, r.body)
 			continue
 		}
 		if strings.Contains(r.body, `"add"`) {
-			t.Errorf("%s: the denied tool reached the client in %s", c.name, r.body)
+			t.Errorf("%s: the denied tool reached the client in %q", c.name, r.body)
 		}
-		if !strings.Contains(r.body, `"zeta"`) {
+		if !strings.Contains(r.body, `"zeta"`) && !strings.HasPrefix(c.name, "raw SSE") {
 			t.Errorf("%s: the allowed tool is missing from %s", c.name, r.body)
 		}
 	}

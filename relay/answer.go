@@ -249,7 +249,8 @@ func (st *State) answerWatch(id string) (rewrite func(*sse.Event) []byte, final 
 	var total int64
 	list := st.listMethod()
 	var others func(*sse.Event) []byte
-	if list != "" {
+	if st.p.Lists.Filters() {
+		// Any other message may be a list result a client reads.
 		others = st.listWatch(nil)
 	}
 	capped := false

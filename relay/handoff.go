@@ -49,9 +49,9 @@ func (p *Proxy) handOff(w http.ResponseWriter, st *State, stream *sse.Stream, bo
 	}
 	st.mu.Lock()
 	st.detached = true
-	// Nothing of the request is kept: the stream no longer needs it (a
-	// GET stream carries no answer whose list the subject would filter).
-	st.r, st.w, st.outReq, st.Subject = nil, nil, nil, nil
+	// Nothing of the request is kept: the stream no longer needs it; a
+	// list result it may carry is filtered for a snapshot of the subject.
+	st.r, st.w, st.outReq, st.Subject = nil, nil, nil, p.Lists.Freeze(st.Subject)
 	st.mu.Unlock()
 
 	att, _ := stream.Attach(h1stream.ConnWriter{Conn: conn}, "", p.RetryHint(st.call, st.res))

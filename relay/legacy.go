@@ -94,7 +94,7 @@ func (p *Proxy) newLegacyLink(st *State, rewrite func(*sse.Event) []byte) (*lega
 	l := &legacyLink{p: p, subject: p.Lists.Freeze(st.Subject), upstream: st.UpstreamAddr()}
 	l.awaiting = policy.NewAwaiting(l.expire)
 	return l, func(ev *sse.Event) []byte {
-		if ev.Name == "endpoint" {
+		if isEndpointEvent(ev.Name) {
 			return rewrite(ev)
 		}
 		return l.answer(ev)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -264,13 +265,26 @@ func (p *Proxy) streamConfig(st *State, legacy bool) sse.StreamConfig {
 		cfg.ReplayEvents, cfg.ReplayBytes, cfg.ReplayAge = p.ReplayEvents, p.ReplayBytes, p.ReplayAge
 		cfg.IDPrefix = sse.NewIDPrefix()
 	}
-	if legacy {
+	// Where the relay decides on what events hold (a legacy stream's
+	// endpoint, list results to filter), the client gets the events as
+	// the relay read them, not the upstream's bytes.
+	filters := p.Lists.Filters()
+	cfg.Canonical = legacy || filters
+	first := st.call.First()
+	switch {
+	case legacy:
 		cfg.Rewrite = st.rewriteLegacyEndpoint()
-	}
-	if first := st.call.First(); first.Kind == mcp.KindRequest && first.ID != "" && !st.call.Peek.Batch {
+	case first.Kind == mcp.KindRequest && first.ID != "" && !st.call.Peek.Batch:
 		cfg.Rewrite, cfg.Final = st.answerWatch(first.ID)
-	} else if lists := st.answerLists(); lists != nil {
-		cfg.Rewrite = st.listWatch(lists)
+	case st.answerLists() != nil:
+		cfg.Rewrite = st.listWatch(st.answerLists())
+	case filters:
+		// Any stream may carry a list result (a resumed one, a
+		// server's): it is filtered by its shape.
+		cfg.Rewrite = st.listWatch(nil)
+	}
+	if filters && !legacy {
+		cfg.Rewrite = messagesOnly(cfg.Rewrite)
 	}
 	if len(st.Spliced) > 0 {
 		cfg.Final = st.splicedFinal()
@@ -291,13 +305,41 @@ func (p *Proxy) RetryHint(call *mcp.Call, res mcp.Resolution) time.Duration {
 	return -1
 }
 
+// messagesOnly returns rewrite behind a hook that drops the events of a
+// name other than "message": clients read only unnamed and "message"
+// events as MCP messages, but some trim the name first ("message " is one
+// for the go-sdk client), so an event the relay does not read as a
+// message must not reach them.
+func messagesOnly(rewrite func(*sse.Event) []byte) func(*sse.Event) []byte {
+	return func(ev *sse.Event) []byte {
+		switch {
+		case ev.Name != "" && ev.Name != "message":
+			return dropEvent
+		case rewrite == nil:
+			return nil
+		}
+		return rewrite(ev)
+	}
+}
+
+// isEndpointEvent reports whether a legacy client may read an event of
+// this name as the endpoint: the go-sdk client trims the name first.
+func isEndpointEvent(name string) bool {
+	return strings.TrimSpace(name) == "endpoint"
+}
+
 // rewriteLegacyEndpoint returns the hook that rewrites the first
-// `endpoint` event of a legacy stream.
+// `endpoint` event of a legacy stream, and drops any later one: a server
+// sends one, and a client may read another as a message, or as an
+// endpoint to post to.
 func (st *State) rewriteLegacyEndpoint() func(ev *sse.Event) []byte {
 	seen := false
 	return func(ev *sse.Event) []byte {
-		if seen || ev.Name != "endpoint" {
+		switch {
+		case !isEndpointEvent(ev.Name):
 			return nil
+		case seen:
+			return dropEvent
 		}
 		seen = true
 		data, ok := st.rewriteEndpoint(st.r, string(ev.Data))

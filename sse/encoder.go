@@ -41,6 +41,40 @@ func AppendEvent(dst []byte, id, name string, data []byte) []byte {
 	return append(dst, '\n')
 }
 
+// AppendCanonical appends ev written anew from the fields a client reads:
+// an "id" line when the block had a valid id field (an empty one too: it
+// resets the client's last event id), an "event" line when it had a name,
+// a "retry" line when it had a valid one, one "data" line per line of
+// Data (none when Data is empty, which a client does not tell apart from
+// empty data lines), and the blank line. Comment lines, unknown fields and
+// the upstream's own line ends are left out. A block with none of these
+// fields appends nothing.
+func AppendCanonical(dst []byte, ev *Event) []byte {
+	if !ev.HasID && ev.Name == "" && ev.Retry < 0 && len(ev.Data) == 0 {
+		return dst
+	}
+	if ev.HasID {
+		dst = appendLine(dst, "id", ev.ID)
+	}
+	if ev.Name != "" {
+		dst = appendLine(dst, "event", ev.Name)
+	}
+	if ev.Retry >= 0 {
+		dst = append(dst, "retry: "...)
+		dst = strconv.AppendInt(dst, int64(ev.Retry), 10)
+		dst = append(dst, '\n')
+	}
+	for data := ev.Data; len(data) > 0; {
+		line, rest, more := bytes.Cut(data, []byte{'\n'})
+		dst = appendLine(dst, "data", line)
+		if more && len(rest) == 0 {
+			dst = appendLine(dst, "data", rest) // a last empty line
+		}
+		data = rest
+	}
+	return append(dst, '\n')
+}
+
 // AppendComment appends a comment-only block to dst and returns the extended
 // slice: one comment line per line of text (split as in AppendEvent) and a
 // blank line, e.g. ": keepalive\n\n". Empty text gives ":\n\n". Write it only

@@ -2,6 +2,7 @@ package sse
 
 import (
 	"bytes"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -106,4 +107,101 @@ func BenchmarkAppendEvent(b *testing.B) {
 	for b.Loop() {
 		buf = AppendEvent(buf[:0], "stream-1_12345", "message", data)
 	}
+}
+
+// parsedEvent is what a client reads of an event.
+type parsedEvent struct {
+	id    string
+	hasID bool
+	name  string
+	data  string
+	retry int
+}
+
+// parseAll parses a whole stream and returns the events with a field a
+// client reads.
+func parseAll(t *testing.T, stream []byte) []parsedEvent {
+	t.Helper()
+	var out []parsedEvent
+	emit := func(ev *Event) error {
+		if !ev.Comment && (ev.HasID || ev.Name != "" || ev.Retry >= 0 || len(ev.Data) > 0) {
+			out = append(out, parsedEvent{ev.ID, ev.HasID, ev.Name, string(ev.Data), ev.Retry})
+		}
+		return nil
+	}
+	p := NewParser(0, 0)
+	if err := p.Feed(stream, emit); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Flush(emit); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// canonical writes every event of stream anew, as a Canonical stream does.
+func canonical(t *testing.T, stream []byte) []byte {
+	t.Helper()
+	var out []byte
+	p := NewParser(0, 0)
+	emit := func(ev *Event) error {
+		if !ev.Comment {
+			out = AppendCanonical(out, ev)
+		}
+		return nil
+	}
+	if err := p.Feed(stream, emit); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Flush(emit); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// TestAppendCanonical checks that an event written anew reads as the
+// parser read the upstream's, in LF-only lines of the four fields alone,
+// whatever line ends, byte order marks, comments and unknown fields the
+// upstream wrote.
+func TestAppendCanonical(t *testing.T) {
+	for _, in := range []string{
+		"data: {\"a\":1}\n\n",
+		"data: {\"jsonrpc\":\"2.0\",\r\"id\":1,\"result\":{}}\n\n",
+		"id: 7\r\nevent: message\r\ndata: a\r\ndata: b\r\n\r\n",
+		"\xEF\xBB\xBF\xEF\xBB\xBFdata: x\nid: 5\n\n",
+		"\n\xEF\xBB\xBFdata: x\nid: 5\n\n",
+		"\xC3\xAF\xC2\xBB\xC2\xBFdata: x\nid: 5\n\n",
+		": ping\ndata: x\n\n",
+		"x\rdata: y\n\n",
+		"event: message \ndata:  two spaces\n\n",
+		"id:\ndata:\n\n",
+		"id: a\x00b\ndata: x\ndata:\n\n",
+		"retry: 3000\n\n",
+		"Data: x\nfoo\n\n",
+		"data: x\n\ndata: unterminated",
+	} {
+		want := parseAll(t, []byte(in))
+		out := canonical(t, []byte(in))
+		if bytes.ContainsRune(out, '\r') || bytes.HasPrefix(out, []byte("\xEF\xBB\xBF")) || bytes.Contains(out, []byte("\n:")) {
+			t.Errorf("%q written anew as %q", in, out)
+		}
+		if got := parseAll(t, out); !slices.Equal(got, want) {
+			t.Errorf("%q: read as %+v, written anew as %q, read back as %+v", in, want, out, got)
+		}
+	}
+}
+
+// FuzzAppendCanonical checks that any stream written anew reads as the
+// stream itself did.
+func FuzzAppendCanonical(f *testing.F) {
+	f.Add([]byte("id: 1\r\nevent: x\rdata: a\n\n: c\n\xEF\xBB\xBFdata: b\n\n"))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		if len(in) > 4096 {
+			return
+		}
+		want := parseAll(t, in)
+		if got := parseAll(t, canonical(t, in)); !slices.Equal(got, want) {
+			t.Fatalf("%q: read as %+v, written anew read back as %+v", in, want, got)
+		}
+	})
 }

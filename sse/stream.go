@@ -64,6 +64,15 @@ type StreamConfig struct {
 	// non-nil slice to drop the event. Comment-only blocks are forwarded
 	// as they came and not passed to Rewrite.
 	Rewrite func(ev *Event) []byte
+	// Canonical relays each event as the parser read it rather than as
+	// the upstream wrote it: the block a Rewrite keeps is written anew
+	// from its fields (AppendCanonical), and comment-only blocks are
+	// dropped (Keepalive keeps the client's side alive). A client then
+	// reads exactly the events the relay read, whatever line ends, byte
+	// order marks or unknown fields the upstream sent and however the
+	// client's parser differs from the WHATWG rules: what a Rewrite
+	// decides on an event is what the client gets.
+	Canonical bool
 	// Final, when set, is called once at every end of the upstream side,
 	// from Pump's goroutine after the last upstream event: with nil at a
 	// clean end of stream, ErrClosed when Close stopped the read, else
@@ -155,6 +164,7 @@ type Stream struct {
 	ownerFailed bool        // a write of the pump to owner failed
 	out         *[]byte     // owner's events of this chunk, not yet written
 	scratch     []byte      // builds events that get a proxy id
+	canon       []byte      // builds events written anew (Canonical)
 }
 
 // Defaults of a relayed stream: the bounds NewStream uses where a
@@ -474,20 +484,30 @@ func (s *Stream) Err() error {
 // change nothing. Either way the client's framing stays valid.
 func (s *Stream) emit(ev *Event) error {
 	if ev.Comment {
+		if s.cfg.Canonical {
+			return nil
+		}
 		s.mu.Lock()
 		att := s.att
 		s.mu.Unlock()
 		s.deliver(att, ev.Raw)
 		return nil
 	}
-	raw := ev.Raw
+	raw, rewritten := ev.Raw, false
 	if s.cfg.Rewrite != nil {
 		if r := s.cfg.Rewrite(ev); r != nil {
 			if len(r) == 0 {
 				return nil // dropped
 			}
-			raw = r
+			raw, rewritten = r, true
 		}
+	}
+	if s.cfg.Canonical && !rewritten {
+		s.canon = AppendCanonical(s.canon[:0], ev)
+		if len(s.canon) == 0 {
+			return nil // no field a client reads
+		}
+		raw = s.canon
 	}
 	if h := s.cfg.Hooks; h != nil && h.Event != nil {
 		h.Event(len(raw))
