@@ -493,3 +493,44 @@ func postChunked2MiB(addr string) (int, string, error) {
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	return resp.StatusCode, string(body), err
 }
+
+// TestHostileDuplicateHeaders: a second value of an MCP header the proxy
+// reads is refused with 400 and a JSON-RPC error, and the upstream, which
+// might read the other value, gets nothing: an empty first Mcp-Session-Id
+// cannot carry a raw upstream id past the session check.
+func TestHostileDuplicateHeaders(t *testing.T) {
+	up, _ := startDecoding(t)
+	port := freePort(t)
+	loadCaddyfile(t, fmt.Sprintf(":%d {\n\tmcp_proxy %s\n}\n", port, up.addr()))
+	host := strings.TrimPrefix(proxyURL(port), "http://")
+	before := up.requests.Load()
+	for _, dup := range []string{
+		"Mcp-Session-Id: \r\nMcp-Session-Id: raw-upstream-id",
+		"MCP-Protocol-Version: 2025-06-18\r\nMCP-Protocol-Version: 2026-07-28",
+		"Last-Event-ID: \r\nLast-Event-ID: 7",
+	} {
+		for _, req := range []string{
+			"POST /mcp HTTP/1.1\r\nHost: " + host + "\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n" + dup + "\r\nContent-Length: 58\r\nConnection: close\r\n\r\n" + `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}`,
+			"GET /mcp HTTP/1.1\r\nHost: " + host + "\r\nAccept: text/event-stream\r\n" + dup + "\r\nConnection: close\r\n\r\n",
+		} {
+			c, err := net.Dial("tcp", host)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_ = c.SetDeadline(time.Now().Add(boundedWait))
+			_, _ = io.WriteString(c, req)
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil {
+				t.Fatalf("%q: %v", dup, err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			c.Close()
+			if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(b), `"jsonrpc":"2.0"`) {
+				t.Errorf("%s with %q: %d %s", strings.Fields(req)[0], dup, resp.StatusCode, b)
+			}
+		}
+	}
+	if n := up.requests.Load() - before; n != 0 {
+		t.Errorf("%d requests with two values of a header reached the upstream", n)
+	}
+}

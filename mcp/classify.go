@@ -67,9 +67,20 @@ func BodyRefusal(err error) *Refusal {
 	}
 }
 
+// singleHeaders are the MCP headers the proxy reads, which a request may
+// carry once each: of two values a server may read another than the
+// proxy did (the go-sdk reads the first, Node.js joins them).
+var singleHeaders = [...]string{HeaderSessionID, HeaderProtocolVersion, HeaderMethod, HeaderName, HeaderLastEventID}
+
 // ClassifyHeaders sets the era and version of a request from its headers.
-// An invalid MCP-Protocol-Version is refused with 400.
+// An invalid MCP-Protocol-Version, or a second value of a header the
+// proxy reads (see singleHeaders), is refused with 400.
 func ClassifyHeaders(h http.Header, c *Call) *Refusal {
+	for _, k := range singleHeaders {
+		if len(h[k]) > 1 {
+			return Refuse(http.StatusBadRequest, CodeInvalidRequest, "", "Bad Request: more than one "+k+" header")
+		}
+	}
 	c.Version = ProtocolVersion(h)
 	c.Era = EraUnknown
 	if c.Version == "" {

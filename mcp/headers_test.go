@@ -92,6 +92,16 @@ func TestClassifyBody(t *testing.T) {
 	if ref := ClassifyHeaders(h, &Call{}); ref == nil || ref.Status != 400 {
 		t.Errorf("invalid version accepted: %v", ref)
 	}
+	// A header the proxy reads comes once: an empty first value hides
+	// nothing.
+	for _, k := range []string{"Mcp-Session-Id", "mcp-protocol-version", "MCP-METHOD", "Mcp-Name", "Last-Event-ID"} {
+		h := http.Header{}
+		h.Add(k, "")
+		h.Add(k, "x")
+		if ref := ClassifyHeaders(h, &Call{}); ref == nil || ref.Status != 400 {
+			t.Errorf("two %s headers accepted: %v", k, ref)
+		}
+	}
 	// The stateless era refuses a header mismatch with -32020 and the id.
 	h = http.Header{}
 	h.Set(HeaderProtocolVersion, Version20260728)
