@@ -20,6 +20,11 @@ import (
 // process, so sessions survive config reloads.
 var processKey = sync.OnceValue(mcp.GenerateKey)
 
+// legacyParams are the query parameters of the legacy endpoints every
+// handler of the process mapped, kept across reloads: a request naming
+// one without a route token is refused.
+var legacyParams = &mcp.LegacyParams{}
+
 // Provision sets defaults, loads the embedded reverse_proxy and prepares
 // the session sealer.
 func (h *Handler) Provision(ctx caddy.Context) error {
@@ -56,7 +61,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.resolver = &mcp.Resolver{
 		Sealer: h.sealer, Tokens: &h.tokens, Upstreams: h.upstreams,
 		RequireSession: h.RequireSession == nil || *h.RequireSession, Now: h.now,
-		Refused: h.sessionRefused,
+		Legacy: legacyParams, Refused: h.sessionRefused,
 	}
 	h.provisionRelay()
 	h.watchStop(ctx)
@@ -244,7 +249,7 @@ func (h *Handler) provisionRelay() {
 		cfg.Deadlines = cfg.Deadlines || t.Timeout > 0
 	}
 	h.relay = &relay.Proxy{
-		Config: cfg, Logger: h.logger, Gov: h.app.global.Governor, Lists: lists{h}, Sealer: h.sealer,
+		Config: cfg, Logger: h.logger, Gov: h.app.global.Governor, Lists: lists{h}, Sealer: h.sealer, LegacyParams: legacyParams,
 		Streams: h.streams, Inner: h.transport.inner, Now: h.now, Metrics: relayMetrics,
 		Side: h.sideRequest, StreamHooks: h.streamHooksFor,
 		Panicked: func(where string, v any) { panicked(h.logger, where, v) },

@@ -462,6 +462,32 @@ func TestHostileLegacyEndpoint(t *testing.T) {
 	if st != http.StatusNotFound {
 		t.Errorf("bogus route with a 2026-07-28 header: %d", st)
 	}
+	// The upstream's own query, raw id and all, without a route: in a
+	// request of an era that needs no session (initialize, 2026-07-28) or
+	// with a session header, it never reaches the upstream, whatever the
+	// parameter's case or escaping.
+	before := len(up.since(0))
+	for _, c := range []struct {
+		query string
+		hdr   map[string]string
+		body  string
+	}{
+		{"sessionId=secret-upstream-id", map[string]string{"Mcp-Protocol-Version": "2026-07-28", "Mcp-Method": "ping"}, `{"jsonrpc":"2.0","id":3,"method":"ping","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}`},
+		{"sessionid=secret-upstream-id", nil, `{"jsonrpc":"2.0","id":4,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{}}}`},
+		{"x=1&session%49d=secret-upstream-id", nil, `{"jsonrpc":"2.0","id":5,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{}}}`},
+	} {
+		st, _, b := rawPost(t, proxyURL(port)+"/evil.example/message?"+c.query, c.body, c.hdr)
+		if st != http.StatusNotFound || !strings.Contains(b, `"code":-32001`) {
+			t.Errorf("the upstream's query %q without a route: %d %s", c.query, st, b)
+		}
+	}
+	if got := up.since(before); len(got) != 0 {
+		t.Errorf("requests with the upstream's query reached it: %v", got)
+	}
+	// A query of other names passes.
+	if st, _, b := rawPost(t, proxyURL(port)+"/mcp?tenant=a", `{"jsonrpc":"2.0","id":6,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{}}}`, nil); st == http.StatusNotFound {
+		t.Errorf("a query of another name: %d %s", st, b)
+	}
 }
 
 // postChunked2MiB posts a 2 MiB chunked tools/call whose envelope comes

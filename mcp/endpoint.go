@@ -4,6 +4,8 @@ import (
 	"errors"
 	"net/url"
 	"strings"
+	"sync"
+	"sync/atomic"
 )
 
 // RouteParam is the query parameter of the legacy endpoint URL mcpgate
@@ -105,4 +107,82 @@ func StrippedPrefix(original, current string) string {
 		p = strings.TrimSuffix(p, "/")
 	}
 	return p
+}
+
+// MaxLegacyParams bounds the names a LegacyParams remembers.
+const MaxLegacyParams = 16
+
+// LegacyParams remembers the names of the query parameters of the legacy
+// endpoints upstreams gave (an upstream's session id is in one of them,
+// such as sessionId), compared without case, at most MaxLegacyParams. A
+// request that names one without a route token may carry an upstream's
+// own session id, which the proxy never sealed and cannot check: the
+// Resolver refuses it. The zero value is ready; it is safe for concurrent
+// use, and Named takes no lock.
+type LegacyParams struct {
+	mu    sync.Mutex                           // serialises Note
+	names atomic.Pointer[map[string]struct{}] // replaced whole by Note
+}
+
+// Note remembers the parameter names of a legacy endpoint's raw query.
+func (lp *LegacyParams) Note(rawQuery string) {
+	if rawQuery == "" {
+		return
+	}
+	lp.mu.Lock()
+	defer lp.mu.Unlock()
+	var next map[string]struct{}
+	for name := range queryNames(rawQuery) {
+		cur := lp.names.Load()
+		if cur != nil {
+			if _, ok := (*cur)[name]; ok {
+				continue
+			}
+		}
+		if next == nil {
+			next = make(map[string]struct{})
+			if cur != nil {
+				for k := range *cur {
+					next[k] = struct{}{}
+				}
+			}
+		}
+		if len(next) < MaxLegacyParams {
+			next[name] = struct{}{}
+		}
+	}
+	if next != nil {
+		lp.names.Store(&next)
+	}
+}
+
+// Named reports whether rawQuery has a parameter of a name Note saw.
+func (lp *LegacyParams) Named(rawQuery string) bool {
+	names := lp.names.Load()
+	if names == nil || rawQuery == "" {
+		return false
+	}
+	for name := range queryNames(rawQuery) {
+		if _, ok := (*names)[name]; ok {
+			return true
+		}
+	}
+	return false
+}
+
+// queryNames yields the parameter names of a raw query, unescaped as
+// servers read them ("+" is a space) and lowercased; a name that does not
+// unescape is yielded as it is.
+func queryNames(rawQuery string) func(yield func(string) bool) {
+	return func(yield func(string) bool) {
+		for part := range strings.SplitSeq(rawQuery, "&") {
+			name, _, _ := strings.Cut(part, "=")
+			if un, err := url.QueryUnescape(name); err == nil {
+				name = un
+			}
+			if !yield(strings.ToLower(name)) {
+				return
+			}
+		}
+	}
 }

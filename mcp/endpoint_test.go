@@ -1,6 +1,7 @@
 package mcp
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -70,5 +71,35 @@ func TestIsLoopbackHost(t *testing.T) {
 		if got := IsLoopbackHost(h); got != want {
 			t.Errorf("IsLoopbackHost(%q) = %v", h, got)
 		}
+	}
+}
+
+func TestLegacyParams(t *testing.T) {
+	var lp LegacyParams
+	if lp.Named("sessionId=x") {
+		t.Fatal("an empty set names a parameter")
+	}
+	lp.Note("sessionId=abc&v=2")
+	for q, want := range map[string]bool{
+		"sessionId=x":          true,
+		"SESSIONID=x":          true,
+		"session%49d=x":        true,
+		"a=1&v":                true,
+		"sessionid":            true,
+		"session+id=x":         false,
+		"sessionIdx=x":         false,
+		"":                     false,
+		"tenant=a&other=b":     false,
+		"tenant=a&sessionId=b": true,
+	} {
+		if got := lp.Named(q); got != want {
+			t.Errorf("Named(%q) = %v, want %v", q, got, want)
+		}
+	}
+	for i := range 2 * MaxLegacyParams {
+		lp.Note(fmt.Sprintf("p%d=1", i))
+	}
+	if n := len(*lp.names.Load()); n != MaxLegacyParams {
+		t.Errorf("%d names kept, want at most %d", n, MaxLegacyParams)
 	}
 }

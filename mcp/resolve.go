@@ -39,6 +39,10 @@ type Resolver struct {
 	// initialize that carries no session (see NeedsSession).
 	RequireSession bool
 	Now            func() time.Time
+	// Legacy, when set, names the query parameters of legacy endpoints: a
+	// request without a route token that carries one is refused with 404
+	// (its value may be an upstream's own session id).
+	Legacy *LegacyParams
 	// Refused, when set, is told of every refusal for a session problem:
 	// its kind, the session's key when known, the principal that
 	// presented it, and the cause.
@@ -49,6 +53,10 @@ type Resolver struct {
 // configuration.
 var errSessionUpstreamGone = errors.New("session upstream no longer configured")
 
+// errRawLegacyID is the cause of a request that names a legacy endpoint's
+// parameter without a route token.
+var errRawLegacyID = errors.New("a legacy endpoint's query parameter without the proxy's route token")
+
 // Resolve opens the request's session token, from the legacy route
 // parameter or Mcp-Session-Id, whatever version header the request
 // carries: a token that does not open, or opens for another principal than
@@ -56,13 +64,17 @@ var errSessionUpstreamGone = errors.New("session upstream no longer configured")
 // era its token records (a version header of another era gets 400, as the
 // session's servers answer it). The upstream gets its own session id (or
 // legacy endpoint) in place of the token: r is rewritten, and a client's
-// raw id is never forwarded. A batch is refused where the request's
+// raw id is never forwarded; nor is a query naming a legacy endpoint's
+// parameter (see Legacy) without a route token: that is a 404. A batch is refused where the request's
 // version, or else its session's, forbids batches.
 func (rv *Resolver) Resolve(r *http.Request, call *Call, principal string) (Resolution, *Refusal) {
 	var res Resolution
 	var ref *Refusal
 	if rest, tok := StripRouteParam(r.URL.RawQuery); tok != "" {
 		res, ref = rv.resolveLegacy(r, call, tok, rest, principal)
+	} else if rv.Legacy != nil && rv.Legacy.Named(r.URL.RawQuery) {
+		rv.refused(RefusedNotFound, "", principal, errRawLegacyID)
+		ref = Refuse(http.StatusNotFound, CodeSessionNotFound, call.First().ID, "session not found")
 	} else if tok := r.Header.Get(HeaderSessionID); tok != "" {
 		res, ref = rv.resolveSession(r, call, tok, principal)
 	} else if rv.RequireSession && NeedsSession(r.Method, call) {

@@ -101,11 +101,13 @@ type Metrics struct {
 // Proxy relays the requests of one mcp_proxy handler.
 type Proxy struct {
 	Config
-	Logger  *zap.Logger
-	Gov     *governor.Governor
-	Lists   Lists
-	Sealer  *mcp.Sealer
-	Streams *sse.StreamSet // the handler's open streams, drained on reload
+	Logger *zap.Logger
+	Gov    *governor.Governor
+	Lists  Lists
+	Sealer *mcp.Sealer
+	// LegacyParams is told the query of every legacy endpoint mapped.
+	LegacyParams *mcp.LegacyParams
+	Streams      *sse.StreamSet // the handler's open streams, drained on reload
 	// Inner is the transport an upstream session the proxy will not use
 	// is deleted through.
 	Inner   http.RoundTripper

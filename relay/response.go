@@ -228,6 +228,10 @@ func (st *State) rewriteEndpoint(r *http.Request, data string) (string, bool) {
 		p.Logger.Warn("legacy endpoint event not rewritten", zap.Error(err))
 		return "", false
 	}
+	if p.LegacyParams != nil {
+		_, query := mcp.SplitEndpoint(upstreamEP)
+		p.LegacyParams.Note(query)
+	}
 	st.mu.Lock()
 	id, upstream := st.legacyID, st.legacyUpstream
 	st.mu.Unlock()
