@@ -120,7 +120,7 @@ const MaxLegacyParams = 16
 // Resolver refuses it. The zero value is ready; it is safe for concurrent
 // use, and Named takes no lock.
 type LegacyParams struct {
-	mu    sync.Mutex                           // serialises Note
+	mu    sync.Mutex                          // serialises Note
 	names atomic.Pointer[map[string]struct{}] // replaced whole by Note
 }
 
