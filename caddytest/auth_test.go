@@ -73,6 +73,12 @@ func authSite(port int, as *authServer, up, authLines, proxyLines string) string
 `, port, as.issuer(), as.URL, authLines, up, proxyLines)
 }
 
+// authFront is a site on port with mcp_auth (trusting as, with
+// authLines) in front of the handlers of rest.
+func authFront(port int, as *authServer, authLines, rest string) string {
+	return fmt.Sprintf(":%d {\n\tmcp_auth {\n\t\tissuer %s\n\t\tjwks_url %s/jwks\n%s\t}\n%s}\n", port, as.issuer(), as.URL, authLines, rest)
+}
+
 // bearerHdr is the headers of an MCP POST with a bearer token.
 func bearerHdr(tok string) map[string]string {
 	h := map[string]string{"MCP-Protocol-Version": "2025-06-18"}
@@ -270,15 +276,7 @@ func TestAuthScopesUnreadableBody(t *testing.T) {
 	as := startAuthServer(t)
 	up := startUpstream(t, "up", &mcp.StreamableHTTPOptions{Stateless: true})
 	port := freePort(t)
-	loadCaddyfile(t, fmt.Sprintf(`:%d {
-	mcp_auth {
-		issuer %s
-		jwks_url %s/jwks
-		scope tools/call:delete_* mcp:admin
-	}
-	reverse_proxy %s
-}
-`, port, as.issuer(), as.URL, up.addr()))
+	loadCaddyfile(t, authFront(port, as, "\t\tscope tools/call:delete_* mcp:admin\n", "\treverse_proxy "+up.addr()+"\n"))
 	endpoint := proxyURL(port) + "/mcp"
 	reader := as.tokenFor("alice", endpoint, "mcp:read")
 	// The name read as UTF-8 is "echo"; read as UTF-7, a later "name"
@@ -370,18 +368,12 @@ func TestAuthPlaceholderMatcher(t *testing.T) {
 	as := startAuthServer(t)
 	up := startUpstream(t, "up", &mcp.StreamableHTTPOptions{Stateless: true})
 	port := freePort(t)
-	loadCaddyfile(t, fmt.Sprintf(`:%d {
-	mcp_auth {
-		issuer %s
-		jwks_url %s/jwks
-	}
-	@delete expression {http.mcp.tool} == "delete_repo"
+	loadCaddyfile(t, authFront(port, as, "", `	@delete expression {http.mcp.tool} == "delete_repo"
 	respond @delete "refused by policy: {http.mcp.method} {http.mcp.tool} by {http.auth.user.id}" 403
-	mcp_proxy %s {
+	mcp_proxy `+up.addr()+` {
 		require_session off
 	}
-}
-`, port, as.issuer(), as.URL, up.addr()))
+`))
 	endpoint := proxyURL(port) + "/mcp"
 	tok := as.tokenFor("alice", endpoint, "")
 	before := up.requests.Load()

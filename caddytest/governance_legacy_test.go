@@ -450,26 +450,42 @@ func legacyServerWith(head string, answer func(id string) string) http.Handler {
 // legacyToolsResult is a tools/list result listing add and zeta.
 const legacyToolsResult = `{"tools":[{"name":"add","inputSchema":{"type":"object"}},{"name":"zeta","inputSchema":{"type":"object"}}]}`
 
+// legacyStreamTo serves the legacy server h behind mcp_proxy with block,
+// and opens a legacy stream through it, which ends with the test; port is
+// the proxy's.
+func legacyStreamTo(t *testing.T, ctx context.Context, h http.Handler, block string) (lc *legacyClient, port int) {
+	t.Helper()
+	up := startUpstreamHandler(t, "legacy", h)
+	port = freePort(t)
+	loadCaddyfile(t, proxySite(port, up.addr(), block))
+	lc, r := openLegacyStream(ctx, rawClient, proxyURL(port)+"/sse")
+	if lc == nil {
+		t.Fatalf("legacy stream: %s", r)
+	}
+	t.Cleanup(lc.cancel)
+	return lc, port
+}
+
+// postLegacy posts a tools/list with id 7 to the stream's endpoint, which
+// must accept it.
+func postLegacy(t *testing.T, ctx context.Context, port int, lc *legacyClient, hdr map[string]string) {
+	t.Helper()
+	if r := postJSON(ctx, proxyURL(port)+lc.endpoint, rpcRequest(7, "tools/list"), hdr); r.status != http.StatusAccepted {
+		t.Fatalf("tools/list: %s", r)
+	}
+}
+
 // TestGovernanceLegacyAmbiguousAnswer: with rules, a message on a legacy
 // stream whose id a decoder reads from "ID" is dropped (the proxy cannot
 // tell which request it answers, nor filter it for that request): the
 // denied tool never reaches the client.
 func TestGovernanceLegacyAmbiguousAnswer(t *testing.T) {
-	up := startUpstreamHandler(t, "ambiguous", answeringLegacyServer(func(id string) string {
-		return `{"jsonrpc":"2.0","ID":` + id + `,"result":` + legacyToolsResult + `}`
-	}))
-	port := freePort(t)
-	loadCaddyfile(t, proxySite(port, up.addr(), rulesBlock("deny tool add")))
 	ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
 	defer cancel()
-	lc, r := openLegacyStream(ctx, rawClient, proxyURL(port)+"/sse")
-	if lc == nil {
-		t.Fatalf("legacy stream: %s", r)
-	}
-	defer lc.cancel()
-	if r := postJSON(ctx, proxyURL(port)+lc.endpoint, rpcRequest(7, "tools/list"), nil); r.status != http.StatusAccepted {
-		t.Fatalf("tools/list: %s", r)
-	}
+	lc, port := legacyStreamTo(t, ctx, answeringLegacyServer(func(id string) string {
+		return `{"jsonrpc":"2.0","ID":` + id + `,"result":` + legacyToolsResult + `}`
+	}), rulesBlock("deny tool add"))
+	postLegacy(t, ctx, port, lc, nil)
 	select {
 	case ev := <-lc.events:
 		t.Errorf("the stream carried %s, want the ambiguous answer dropped", ev)
@@ -482,21 +498,12 @@ func TestGovernanceLegacyAmbiguousAnswer(t *testing.T) {
 // sent none) has each list result in it filtered: the denied tool never
 // reaches the client.
 func TestGovernanceLegacyArrayAnswer(t *testing.T) {
-	up := startUpstreamHandler(t, "array", answeringLegacyServer(func(id string) string {
-		return `[{"jsonrpc":"2.0","id":` + id + `,"result":` + legacyToolsResult + `}]`
-	}))
-	port := freePort(t)
-	loadCaddyfile(t, proxySite(port, up.addr(), rulesBlock("deny tool add")))
 	ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
 	defer cancel()
-	lc, r := openLegacyStream(ctx, rawClient, proxyURL(port)+"/sse")
-	if lc == nil {
-		t.Fatalf("legacy stream: %s", r)
-	}
-	defer lc.cancel()
-	if r := postJSON(ctx, proxyURL(port)+lc.endpoint, rpcRequest(7, "tools/list"), nil); r.status != http.StatusAccepted {
-		t.Fatalf("tools/list: %s", r)
-	}
+	lc, port := legacyStreamTo(t, ctx, answeringLegacyServer(func(id string) string {
+		return `[{"jsonrpc":"2.0","id":` + id + `,"result":` + legacyToolsResult + `}]`
+	}), rulesBlock("deny tool add"))
+	postLegacy(t, ctx, port, lc, nil)
 	select {
 	case ev := <-lc.events:
 		if strings.Contains(ev, `"add"`) || !strings.Contains(ev, `"zeta"`) || !strings.HasPrefix(ev, "[") {
@@ -513,25 +520,16 @@ func TestGovernanceLegacyArrayAnswer(t *testing.T) {
 // unless the request names the tenant acme, the answer to a POST naming
 // acme lists add, the answer to one that does not hides it.
 func TestGovernanceLegacyListForItsRequest(t *testing.T) {
-	up := startUpstreamHandler(t, "tenant", answeringLegacyServer(func(id string) string {
-		return `{"jsonrpc":"2.0","id":` + id + `,"result":` + legacyToolsResult + `}`
-	}))
-	port := freePort(t)
-	loadCaddyfile(t, proxySite(port, up.addr(), rulesBlock("deny tool add unless value {http.request.header.X-Tenant} acme")))
 	ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
 	defer cancel()
-	lc, r := openLegacyStream(ctx, rawClient, proxyURL(port)+"/sse")
-	if lc == nil {
-		t.Fatalf("legacy stream: %s", r)
-	}
-	defer lc.cancel()
+	lc, port := legacyStreamTo(t, ctx, answeringLegacyServer(func(id string) string {
+		return `{"jsonrpc":"2.0","id":` + id + `,"result":` + legacyToolsResult + `}`
+	}), rulesBlock("deny tool add unless value {http.request.header.X-Tenant} acme"))
 	for _, c := range []struct {
 		tenant  string
 		wantAdd bool
 	}{{"acme", true}, {"other", false}, {"acme", true}} {
-		if r := postJSON(ctx, proxyURL(port)+lc.endpoint, rpcRequest(7, "tools/list"), map[string]string{"X-Tenant": c.tenant}); r.status != http.StatusAccepted {
-			t.Fatalf("tools/list: %s", r)
-		}
+		postLegacy(t, ctx, port, lc, map[string]string{"X-Tenant": c.tenant})
 		select {
 		case ev := <-lc.events:
 			if strings.Contains(ev, `"add"`) != c.wantAdd || !strings.Contains(ev, `"zeta"`) {
@@ -556,24 +554,15 @@ func TestLegacyEndpointFramings(t *testing.T) {
 		{"second endpoint, CR", "event: endpoint\rdata: /sse?sessionId=SECRET1\r\revent:endpoint\rdata: /sse?sessionId=SECRET2\r\r", ""},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			up := startUpstreamHandler(t, "endpoint", legacyServerWith(c.head, func(id string) string {
-				return `{"jsonrpc":"2.0","id":` + id + `,"result":` + legacyToolsResult + `}`
-			}))
-			port := freePort(t)
-			loadCaddyfile(t, proxySite(port, up.addr(), c.rules))
 			ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
 			defer cancel()
-			lc, r := openLegacyStream(ctx, rawClient, proxyURL(port)+"/sse")
-			if lc == nil {
-				t.Fatalf("legacy stream: %s", r)
-			}
-			defer lc.cancel()
+			lc, port := legacyStreamTo(t, ctx, legacyServerWith(c.head, func(id string) string {
+				return `{"jsonrpc":"2.0","id":` + id + `,"result":` + legacyToolsResult + `}`
+			}), c.rules)
 			if strings.Contains(lc.endpoint, "SECRET") || !strings.Contains(lc.endpoint, "mcpgate_route=") {
 				t.Fatalf("the client's endpoint is %q", lc.endpoint)
 			}
-			if r := postJSON(ctx, proxyURL(port)+lc.endpoint, rpcRequest(7, "tools/list"), nil); r.status != http.StatusAccepted {
-				t.Fatalf("tools/list: %s", r)
-			}
+			postLegacy(t, ctx, port, lc, nil)
 			for {
 				select {
 				case ev := <-lc.events:
