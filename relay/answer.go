@@ -79,7 +79,8 @@ func (st *State) readsJSON() bool {
 // or an array of them (as a batch is answered), with filter: a response
 // is filtered as the list request of lists its id names or, when it names
 // none, as the list result its shape is (policy.ListMethodOf), so that no
-// list result passes unfiltered whatever id it carries. out is nil when
+// list result passes unfiltered whatever id it carries; requests and
+// notifications pass as they are. out is nil when
 // nothing changed; ok is false when a message cannot be read (a client
 // may read a list result in it that the proxy cannot filter).
 func filterMessages(data []byte, lists map[string]string, filter func(method string, msg []byte) ([]byte, bool)) (out []byte, ok bool) {
@@ -116,13 +117,13 @@ func isArray(data []byte) bool {
 // filterMessage is filterMessages for one message.
 func filterMessage(msg []byte, lists map[string]string, filter func(method string, msg []byte) ([]byte, bool)) (out []byte, ok bool) {
 	id, isAnswer, err := mcp.ResponseID(msg)
-	if err != nil {
+	switch {
+	case err != nil:
 		return nil, false
+	case !isAnswer:
+		return nil, true // a request, a notification: no list result
 	}
-	method := ""
-	if isAnswer {
-		method = lists[mcp.IDKey(string(id))]
-	}
+	method := lists[mcp.IDKey(string(id))]
 	if method == "" {
 		method = policy.ListMethodOf(msg)
 	}

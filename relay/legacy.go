@@ -313,7 +313,7 @@ func (l *legacyLink) answerArray(ev *sse.Event) []byte {
 			return l.unreadable()
 		}
 		list, subj := "", policy.Subject(l.subject)
-		if filters {
+		if filters && ok {
 			list = policy.ListMethodOf(msg)
 		}
 		if ok {
