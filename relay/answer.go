@@ -293,9 +293,10 @@ func (st *State) answerWatch(id string) (rewrite func(*sse.Event) []byte, final 
 			if st.deadline != nil && bytes.Contains(ev.Data, progressMethod) {
 				st.extendDeadline()
 			}
-			if others != nil {
+			if others != nil && (isAnswer || err != nil || isArray(ev.Data)) {
 				// A list result under another id, or in an array, is
-				// filtered all the same.
+				// filtered all the same (a request or a notification
+				// cannot be one).
 				return others(ev)
 			}
 			return nil
