@@ -64,7 +64,10 @@ type Auth struct {
 	// 8707). Default: the request's scheme and host with the MCP
 	// endpoint's path (the request's path; the path after
 	// /.well-known/oauth-protected-resource for the metadata). Set it when
-	// one MCP server spans several paths, as a legacy HTTP+SSE one does.
+	// one MCP server spans several paths, as a legacy HTTP+SSE one does,
+	// and on a site that answers any host: the host is then the client's
+	// to choose, and a token the issuer made for another resource would
+	// pass with that resource's host.
 	Resource string `json:"resource,omitempty"`
 
 	// Audiences lists more audiences accepted besides Resource. Default:
