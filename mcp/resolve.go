@@ -65,8 +65,9 @@ var errRawLegacyID = errors.New("a legacy endpoint's query parameter without the
 // session's servers answer it). The upstream gets its own session id (or
 // legacy endpoint) in place of the token: r is rewritten, and a client's
 // raw id is never forwarded; nor is a query naming a legacy endpoint's
-// parameter (see Legacy) without a route token: that is a 404. A batch is refused where the request's
-// version, or else its session's, forbids batches.
+// parameter (see Legacy) without a route token: that is a 404. A batch
+// is refused where the request's version, or else its session's, forbids
+// batches.
 func (rv *Resolver) Resolve(r *http.Request, call *Call, principal string) (Resolution, *Refusal) {
 	var res Resolution
 	var ref *Refusal

@@ -14,8 +14,8 @@ const AllowedMethods = "GET, POST, DELETE, OPTIONS"
 // anything else is read: a method other than GET, POST, DELETE (and
 // OPTIONS when it is a CORS preflight) gets 405, a GET whose Accept does
 // not admit text/event-stream 406, a POST whose body is not JSON in UTF-8
-// 415 (see CheckMediaType), and a path with dot segments (".", "..", also percent-encoded)
-// 400. The caller sets the Allow header on a 405.
+// 415 (see CheckMediaType), and a path with dot segments (".", "..", also
+// percent-encoded) 400. The caller sets the Allow header on a 405.
 func CheckShape(r *http.Request) *Refusal {
 	switch r.Method {
 	case http.MethodPost:

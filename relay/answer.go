@@ -83,7 +83,7 @@ func (st *State) readsJSON() bool {
 // notifications pass as they are. out is nil when
 // nothing changed; ok is false when a message cannot be read (a client
 // may read a list result in it that the proxy cannot filter).
-func filterMessages(data []byte, lists map[string]string, filter func(method string, msg []byte) ([]byte, bool)) (out []byte, ok bool) {
+func filterMessages(data []byte, lists map[string]string, filter listFilter) (out []byte, ok bool) {
 	if !isArray(data) {
 		return filterMessage(data, lists, filter)
 	}
@@ -108,6 +108,10 @@ func filterMessages(data []byte, lists map[string]string, filter func(method str
 	return out, err == nil
 }
 
+// listFilter filters one message answering a list request of method (see
+// Lists.Filter).
+type listFilter func(method string, msg []byte) (out []byte, ok bool)
+
 // isArray reports whether data is a JSON array, by its first byte.
 func isArray(data []byte) bool {
 	t := bytes.TrimLeft(data, " \t\r\n")
@@ -115,7 +119,7 @@ func isArray(data []byte) bool {
 }
 
 // filterMessage is filterMessages for one message.
-func filterMessage(msg []byte, lists map[string]string, filter func(method string, msg []byte) ([]byte, bool)) (out []byte, ok bool) {
+func filterMessage(msg []byte, lists map[string]string, filter listFilter) (out []byte, ok bool) {
 	id, isAnswer, err := mcp.ResponseID(msg)
 	switch {
 	case err != nil:
