@@ -115,9 +115,9 @@ func (p *Pins) Check(upstream, name string, def json.RawMessage) Verdict {
 // hashes (of the upstream and tool name, and of the definition), whatever
 // the upstream serves. It holds at most Max entries (Max <= 0 means
 // DefaultMaxPins) and forgets all of them when it has stored that many
-// since it last did. It is independent of the Pins it
-// is used with (Forget does not clear it). The zero PinSkips is ready;
-// safe for concurrent use.
+// since it last did. It is independent of the Pins it is used with
+// (Forget does not clear it). The zero PinSkips is ready; safe for
+// concurrent use.
 type PinSkips struct {
 	Max int
 
