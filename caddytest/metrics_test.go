@@ -101,9 +101,15 @@ func TestMetricsEndToEnd(t *testing.T) {
 	defer stream.Body.Close()
 
 	var m1 map[string]*dto.MetricFamily
+	// Every gauge the two GET streams move is waited for, not the active
+	// one alone: that one is process-wide and also counts the streams of
+	// earlier tests' configs, and once reached its mark while
+	// streams_open still counted one stream.
 	pollUntil(t, "both GET streams to be counted", func() bool {
 		m1 = scrape(t, adminPort)
-		return metricValue(m1, "caddy_mcp_streams_active") >= baseStreams+2
+		return metricValue(m1, "caddy_mcp_streams_active") >= baseStreams+2 &&
+			metricValue(m1, "caddy_mcp_streams_open") >= 2 &&
+			metricValue(m1, "caddy_mcp_requests_in_flight") >= baseInflight+2
 	})
 	delta := func(name string, labels ...string) float64 {
 		return metricValue(m1, name, labels...) - metricValue(m0, name, labels...)
