@@ -80,9 +80,9 @@ func (st *State) readsJSON() bool {
 // is filtered as the list request of lists its id names or, when it names
 // none, as the list result its shape is (policy.ListMethodOf), so that no
 // list result passes unfiltered whatever id it carries; requests and
-// notifications pass as they are. out is nil when
-// nothing changed; ok is false when a message cannot be read (a client
-// may read a list result in it that the proxy cannot filter).
+// notifications pass as they are. out is nil when nothing changed; ok is
+// false when a message cannot be read (a client may read a list result in
+// it that the proxy cannot filter).
 func filterMessages(data []byte, lists map[string]string, filter listFilter) (out []byte, ok bool) {
 	if !isArray(data) {
 		return filterMessage(data, lists, filter)
