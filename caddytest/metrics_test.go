@@ -429,13 +429,22 @@ func TestMetricsSessionHistograms(t *testing.T) {
 	}
 
 	// 3. A session opened before a config reload expires idle after it:
-	// observed once, with a duration of at least the idle timeout.
+	// observed once, with a duration of at least the idle timeout. The
+	// level is held at full (before the reload and after it): a busy
+	// machine would raise it, and a degraded level shortens the idle
+	// timeout below the 2s checked.
+	pinFull := func() {
+		adminJSON(t, adminPort, http.MethodPost, "/mcp/level", `{"level":"full","duration":"5m"}`, http.StatusOK, nil)
+	}
+	pinFull()
+	t.Cleanup(func() { adminCall(t, adminPort, http.MethodDelete, "/mcp/level", "") })
 	sid = rawSession(t, url, nil)
 	if st, b := sessionEcho(t, url, sid, 5); st != http.StatusOK {
 		t.Fatalf("echo: %d %s", st, b)
 	}
 	m2 := scrape(t, adminPort)
 	loadWithAdmin(t, adminPort, global, cfg)
+	pinFull()
 	m3 := waitEnds("the idle session to expire", 3)
 	if d := histogramSum(m3, sessionDurationMetric) - histogramSum(m2, sessionDurationMetric); d < 2 {
 		t.Errorf("the idle session lasted %v s, want at least the 2 s idle timeout", d)
