@@ -69,12 +69,6 @@ func (st *State) answerLists() map[string]string {
 	return lists
 }
 
-// readsJSON reports whether the request's JSON answer must be read whole:
-// a filtered list (alone or in a batch), or any answer under max_response.
-func (st *State) readsJSON() bool {
-	return st.answerLists() != nil || st.p.MaxResponse > 0
-}
-
 // filterMessages filters the list results in data, one JSON-RPC message
 // or an array of them (as a batch is answered), with filter: a response
 // is filtered as the list request of lists its id names or, when it names
@@ -171,13 +165,18 @@ func (st *State) SetUpstream(addr string) {
 	st.mu.Unlock()
 }
 
-// processJSON reads a JSON answer whole and returns it filtered and
-// capped: a list result without what the caller may not see, an answer
-// over max_response replaced by a JSON-RPC error for the request.
+// processJSON reads a JSON answer whole, when it must be (a filtered list,
+// alone or in a batch, or any answer under max_response), and returns it
+// filtered and capped: a list result without what the caller may not
+// see, an answer over max_response replaced by a JSON-RPC error for the
+// request.
 func (st *State) processJSON(resp *http.Response) *http.Response {
 	p := st.p
 	limit := p.MaxResponse
 	lists := st.answerLists()
+	if lists == nil && limit <= 0 {
+		return resp
+	}
 	if lists != nil && (limit <= 0 || p.MaxEvent < limit) {
 		limit = p.MaxEvent
 	}

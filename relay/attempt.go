@@ -83,7 +83,7 @@ func (st *State) Answer(req *http.Request, resp *http.Response, dialled bool, se
 		st.stopDeadline()
 		// Whatever its declared media type: a client may read a JSON
 		// answer in it.
-		if resp.StatusCode == http.StatusOK && resp.Body != nil && st.readsJSON() {
+		if resp.StatusCode == http.StatusOK && resp.Body != nil {
 			resp = st.processJSON(resp)
 		}
 	}

@@ -270,14 +270,14 @@ func (p *Proxy) streamConfig(st *State, legacy bool) sse.StreamConfig {
 	// the relay read them, not the upstream's bytes.
 	filters := p.Lists.Filters()
 	cfg.Canonical = legacy || filters
-	first := st.call.First()
+	first, lists := st.call.First(), st.answerLists()
 	switch {
 	case legacy:
 		cfg.Rewrite = st.rewriteLegacyEndpoint()
 	case first.Kind == mcp.KindRequest && first.ID != "" && !st.call.Peek.Batch:
 		cfg.Rewrite, cfg.Final = st.answerWatch(first.ID)
-	case st.answerLists() != nil:
-		cfg.Rewrite = st.listWatch(st.answerLists())
+	case lists != nil:
+		cfg.Rewrite = st.listWatch(lists)
 	case filters:
 		// Any stream may carry a list result (a resumed one, a
 		// server's): it is filtered by its shape.
