@@ -33,6 +33,7 @@ var metrics = struct {
 	replay              *counterVec
 	streamsDrained      *counter
 	cancelsSent         *counter
+	sideSkipped         prometheus.Counter
 	replayBytes         prometheus.GaugeFunc
 	level               prometheus.Gauge
 	levelChanges        *prometheus.CounterVec
@@ -158,6 +159,10 @@ var metrics = struct {
 		Namespace: "caddy", Subsystem: "mcp", Name: "upstream_cancellations_total",
 		Help: "notifications/cancelled sent upstream for requests the proxy abandoned.",
 	}),
+	sideSkipped: prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "mcp", Name: "side_requests_skipped_total",
+		Help: "Requests of the proxy's own (notifications/cancelled, DELETE of an unusable upstream session) not sent because too many were in flight.",
+	}),
 	level: prometheus.NewGauge(prometheus.GaugeOpts{
 		Namespace: "caddy", Subsystem: "mcp", Name: "service_level",
 		Help: "Service level in force: 0 full, 1 degraded, 2 essential, 3 protective.",
@@ -263,6 +268,7 @@ func (c *refusalCollector) Collect(ch chan<- prometheus.Metric) {
 // relayMetrics are the counts of every handler's relay.
 var relayMetrics = &relay.Metrics{
 	CancelSent:       metrics.cancelsSent.Inc,
+	SideSkipped:      metrics.sideSkipped.Inc,
 	ResponseTooLarge: metrics.responseTooLarge.Inc,
 	Backpressure:     metrics.backpressure.Inc,
 	ListUnreadable:   func() { metrics.listFiltered.WithLabelValues("error").Inc() },
@@ -304,7 +310,7 @@ func registerMetrics(ctx caddy.Context) error {
 		metrics.queueWait, refusals, metrics.sessionsCreated,
 		metrics.sessionRefusals, metrics.eventsRelayed, metrics.bytesRelayed,
 		metrics.keepalives, metrics.slowConsumers, metrics.oversized,
-		metrics.replay, metrics.streamsDrained, metrics.cancelsSent, metrics.replayBytes,
+		metrics.replay, metrics.streamsDrained, metrics.cancelsSent, metrics.sideSkipped, metrics.replayBytes,
 		connectionsActive, metrics.level, metrics.levelChanges, metrics.evictions,
 		metrics.backpressure, metrics.protectiveResets, metrics.evictDeletesSkipped, globalGauges,
 		sessionEnds, metrics.panicsRecovered, metrics.upstreamIDs, metrics.upstreamFailures, metrics.unanswered, metrics.authRefusals,

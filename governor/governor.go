@@ -72,6 +72,11 @@ const (
 	// protectiveResetsPerTick is how many of the largest streams each
 	// refresh at the protective level resets.
 	protectiveResetsPerTick = 50
+	// MaxSideRequests is how many requests of the proxies' own
+	// (notifications/cancelled, the DELETE of an upstream session the
+	// proxy will not use) may be in flight at once in the process; one
+	// more is not sent (see SideRequests).
+	MaxSideRequests = 256
 )
 
 // Governor is the process-wide state of every MCP proxy of a process and
@@ -84,6 +89,7 @@ type Governor struct {
 	inflight *admission.Limiter
 	streams  *admission.Limiter
 	conns    *admission.Limiter
+	side     *admission.Limiter
 	memory   *resources.Budget
 	sessions *resources.Registry
 	levels   *admission.LoadManager
@@ -122,6 +128,7 @@ func New(hooks Hooks) *Governor {
 		inflight: admission.NewLimiter(0, 0, 0),
 		streams:  admission.NewLimiter(0, 0, 0),
 		conns:    admission.NewLimiter(0, 0, 0),
+		side:     admission.NewLimiter(MaxSideRequests, 0, 0),
 		memory:   resources.NewBudget(0),
 		injected: resources.NewInjected("injected"),
 		open:     sse.NewStreamSet(nil),
@@ -176,6 +183,13 @@ func (g *Governor) StreamLimit() *admission.Limiter { return g.streams }
 
 // ConnLimit returns the process-wide limit of client connections.
 func (g *Governor) ConnLimit() *admission.Limiter { return g.conns }
+
+// SideRequests returns the slots of the requests the proxies send of
+// their own accord, MaxSideRequests of them. Each ends within seconds,
+// but a client can make the proxy abandon requests as fast as it sends
+// them; what finds no slot is not sent (the upstream finishes the
+// abandoned request and its answer is dropped).
+func (g *Governor) SideRequests() *admission.Limiter { return g.side }
 
 // Memory returns the process-wide memory budget.
 func (g *Governor) Memory() *resources.Budget { return g.memory }

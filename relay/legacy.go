@@ -391,8 +391,7 @@ func (p *Proxy) legacyCanceller(st *State, id string) func(reason string) {
 	}
 	host, upstream := st.r.Host, st.res.Pinned
 	return func(reason string) {
-		_ = p.Gov.Tasks().Go(func(ctx context.Context) {
-			defer p.recoverPanic("legacy notifications/cancelled")
+		p.goSide("legacy notifications/cancelled", func(ctx context.Context) {
 			p.postCancelled(ctx, upstream, path, host, hdr, id, reason)
 		})
 	}

@@ -92,7 +92,7 @@ type Lists interface {
 // Metrics are the counts the relay reports. Every field is needed.
 type Metrics struct {
 	CancelSent, ResponseTooLarge, Backpressure, ListUnreadable, Unanswered, SessionCreated func()
-	StreamOpened, StreamClosed                                                             func()
+	StreamOpened, StreamClosed, SideSkipped                                                func()
 	Deadline                                                                               func(state string)  // "waiting", "streaming"
 	SessionRefused                                                                         func(kind string)   // "full", "legacy_pending"
 	UpstreamID                                                                             func(result string) // "dropped", "unusable"

@@ -128,7 +128,7 @@ func (st *State) replaceResponse(resp *http.Response, status, code int, msg stri
 
 // deleteUpstreamSession ends an upstream session the proxy will not use,
 // with a DELETE sent like req (same upstream, transport and headers), in
-// the background.
+// the background if a side-request slot is free.
 func (st *State) deleteUpstreamSession(req *http.Request, sid string) {
 	del := req.Clone(context.WithoutCancel(req.Context()))
 	del.Method = http.MethodDelete
@@ -138,8 +138,7 @@ func (st *State) deleteUpstreamSession(req *http.Request, sid string) {
 	del.Header.Set(mcp.HeaderSessionID, sid)
 	p := st.p
 	inner, logger := p.Inner, p.Logger
-	_ = p.Gov.Tasks().Go(func(ctx context.Context) {
-		defer p.recoverPanic("upstream session delete")
+	p.goSide("upstream session delete", func(ctx context.Context) {
 		ctx, cancel := context.WithTimeout(ctx, sideTimeout)
 		defer cancel()
 		resp, err := inner.RoundTrip(del.WithContext(ctx))

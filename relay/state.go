@@ -223,7 +223,40 @@ func (st *State) sendCancelled(reason string) {
 	if r == nil || !sent || first.ID == "" || first.Method == "initialize" || st.call.Era == mcp.EraStateless || st.res.Session == nil {
 		return
 	}
+	release, ok := st.p.sideSlot()
+	if !ok {
+		return
+	}
+	defer release()
 	st.p.postCancelled(context.WithoutCancel(r.Context()), st.res.Pinned, r.URL.EscapedPath(), r.Host, mcp.CancelHeaders(r.Header), first.ID, reason)
+}
+
+// sideSlot takes one of the process's slots for a request of the proxy's
+// own; when none is free it counts the request skipped and reports false.
+func (p *Proxy) sideSlot() (release func(), ok bool) {
+	slots := p.Gov.SideRequests()
+	if !slots.TryAcquire() {
+		p.Metrics.SideSkipped()
+		return nil, false
+	}
+	return slots.Release, true
+}
+
+// goSide runs f, a request of the proxy's own, on the process's task
+// group if a side-request slot is free (see sideSlot); where names it in
+// a panic report.
+func (p *Proxy) goSide(where string, f func(ctx context.Context)) {
+	release, ok := p.sideSlot()
+	if !ok {
+		return
+	}
+	if !p.Gov.Tasks().Go(func(ctx context.Context) {
+		defer release()
+		defer p.recoverPanic(where)
+		f(ctx)
+	}) {
+		release()
+	}
 }
 
 // sideTimeout bounds a request the proxy sends upstream of its own accord
@@ -232,7 +265,7 @@ const sideTimeout = 5 * time.Second
 
 // postCancelled posts notifications/cancelled for the request with raw
 // JSON id to upstream, at path with host and hdr, through the caller's
-// proxy, within sideTimeout.
+// proxy, within sideTimeout. The caller holds a side-request slot.
 func (p *Proxy) postCancelled(ctx context.Context, upstream, path, host string, hdr http.Header, id, reason string) {
 	ctx, cancel := context.WithTimeout(ctx, sideTimeout)
 	defer cancel()
