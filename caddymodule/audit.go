@@ -83,9 +83,11 @@ const auditCloseWait = 2 * time.Second
 
 // close stops the audit trail once what is queued is written, waiting at
 // most auditCloseWait: a log sink that blocks must not block a reload.
+// Past that wait the records still queued are dropped; the writer is left
+// in its one write and ends when the sink takes it.
 func (a *auditor) close() {
 	if a != nil && !a.Close(auditCloseWait) {
-		a.warn.Warn("audit log sink blocked; records still queued are left to it", zap.Uint64("dropped", a.Dropped()))
+		a.warn.Warn("audit log sink blocked; records still queued were dropped", zap.Uint64("dropped", a.Dropped()))
 	}
 }
 

@@ -121,13 +121,39 @@ func (w *Writer) Written() uint64 { return w.written.Load() }
 // for the Writer's goroutine to end, so for every write to return. It may
 // be called more than once.
 func (w *Writer) Close() {
+	w.stop()
+	<-w.done
+}
+
+// CloseWait is Close waiting at most wait, and reports whether every
+// queued record was written. Past wait (a write that blocks: a stuck log
+// sink), the records still queued are dropped and counted, and the
+// Writer's goroutine is left in its write with the one record it holds; it
+// ends when that write returns. A sink that stays stuck thus keeps one
+// goroutine and one record of each Writer closed on it, never its queue.
+func (w *Writer) CloseWait(wait time.Duration) bool {
+	w.stop()
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-w.done:
+		return true
+	case <-t.C:
+	}
+	for range w.queue {
+		w.dropped.Add(1)
+	}
+	return false
+}
+
+// stop stops taking records.
+func (w *Writer) stop() {
 	w.mu.Lock()
 	if !w.closed {
 		w.closed = true
 		close(w.queue)
 	}
 	w.mu.Unlock()
-	<-w.done
 }
 
 // redacted is the value Redact puts in place of each value it hides.

@@ -106,25 +106,13 @@ func (a *Auditor) Audit(rec *Record, effort Effort, msg []byte) AuditResult {
 func (a *Auditor) Dropped() uint64 { return a.writer.Dropped() }
 
 // Close stops taking records and waits at most wait for those queued to
-// be written; it reports whether they were. A write that blocks past wait
-// (a stuck log sink) is left to finish on the Writer's goroutine, which
-// ends after it, so a caller's shutdown is not held by the sink. A nil
-// Auditor is closed.
+// be written; it reports whether they were. Past wait (a stuck log sink)
+// the records still queued are dropped and counted, and the one being
+// written is left to its write (see Writer.CloseWait), so a caller's
+// shutdown is not held by the sink. A nil Auditor is closed.
 func (a *Auditor) Close(wait time.Duration) bool {
 	if a == nil {
 		return true
 	}
-	done := make(chan struct{})
-	go func() {
-		a.writer.Close()
-		close(done)
-	}()
-	t := time.NewTimer(wait)
-	defer t.Stop()
-	select {
-	case <-done:
-		return true
-	case <-t.C:
-		return false
-	}
+	return a.writer.CloseWait(wait)
 }

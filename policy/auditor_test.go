@@ -1,6 +1,8 @@
 package policy
 
 import (
+	"encoding/json"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -100,6 +102,50 @@ func TestAuditorCloseBlockedSink(t *testing.T) {
 	var nilAuditor *Auditor
 	if !nilAuditor.Close(0) {
 		t.Fatal("a nil Auditor is not closed")
+	}
+}
+
+// TestAuditorCloseBlockedSinkFreesQueue: an Auditor closed on a sink
+// that stays stuck keeps only its writer goroutine, blocked in the one
+// record it writes; the records queued behind it are dropped and counted,
+// and Close leaves no goroutine of its own. Reloads on a stuck sink then
+// cost a goroutine each, not a queue each.
+func TestAuditorCloseBlockedSinkFreesQueue(t *testing.T) {
+	const size = 64
+	release := make(chan struct{})
+	defer close(release)
+	writing := make(chan struct{}, 1)
+	a, err := NewAuditor(AuditSettings{QueueSize: size}, func(*Record) {
+		select {
+		case writing <- struct{}{}:
+		default:
+		}
+		<-release
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Audit(&Record{Decision: "allow"}, EffortFull, nil)
+	<-writing
+	for range size {
+		if a.Audit(&Record{Decision: "allow", Arguments: json.RawMessage(`{"a":1}`)}, EffortFull, nil) != AuditWritten {
+			t.Fatal("a record was not queued")
+		}
+	}
+	before := runtime.NumGoroutine()
+	if a.Close(10 * time.Millisecond) {
+		t.Fatal("Close reported the records written while the sink blocks")
+	}
+	if got := len(a.writer.queue); got != 0 {
+		t.Errorf("%d records still queued after Close gave up on the sink", got)
+	}
+	if got := a.Dropped(); got != size {
+		t.Errorf("Dropped = %d, want the %d records queued", got, size)
+	}
+	// Let a goroutine Close started, if any, show up.
+	time.Sleep(10 * time.Millisecond)
+	if after := runtime.NumGoroutine(); after > before {
+		t.Errorf("%d goroutines after Close, %d before", after, before)
 	}
 }
 

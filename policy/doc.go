@@ -31,10 +31,12 @@
 //     for it at most the time it is given.
 //   - A Writer owns a queue of at most its size records (1024 when unset)
 //     and one goroutine, started by NewWriter and ended by Close, which
-//     waits for it. Records that do not fit are dropped and counted. It
-//     and the one Auditor.Close waits on (which ends when the Writer's
-//     Close returns) are the only goroutines the package starts (a
-//     Deadline's fire runs on the goroutine of its timer).
+//     waits for it. Records that do not fit are dropped and counted.
+//     CloseWait gives up on a write that blocks past its wait: it drops
+//     the records still queued, and the goroutine ends when that write
+//     returns, holding meanwhile the one record it writes. It is the
+//     only goroutine the package starts (a Deadline's fire runs on the
+//     goroutine of its timer).
 //   - An Awaiting holds at most MaxAwaited requests, each with at most
 //     one timer (its Deadline), stopped when its answer is taken, it is
 //     forgotten or the table closed.
