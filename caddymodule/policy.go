@@ -25,8 +25,10 @@ type Rule struct {
 	Kind string `json:"kind"`
 
 	// Targets are globs over the tool names, prompt names, resource URIs
-	// or methods: `*` matches any characters, `/` included, `?` one.
-	// Required: at least one.
+	// or methods: `*` matches any characters, `/` included, `?` one. A
+	// resource URI is allowed only if allowed both as written and in its
+	// canonical form (escapes decoded, case, dot segments: see the
+	// policy package's CanonicalURI). Required: at least one.
 	Targets []string `json:"targets"`
 
 	// Methods, for tool, prompt and resource rules, restricts the rule to

@@ -9,7 +9,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -513,6 +515,71 @@ func freshCall(t *testing.T, ctx context.Context, url string, hc *http.Client, f
 	cs := connect(t, ctx, url, hc, nil)
 	defer cs.Close()
 	return f(cs)
+}
+
+// fileServer is a go-sdk server with one template file:///{+path} whose
+// handler reads its files by the path of the URI as url.Parse gives it, as
+// servers that take a URI apart do.
+func fileServer() *mcp.Server {
+	s := mcp.NewServer(&mcp.Implementation{Name: "files", Version: "1"}, nil)
+	files := map[string]string{"/public/readme.txt": "hello", "/public/my notes.txt": "notes", "/secret/key.txt": "TOP-SECRET-KEY"}
+	s.AddResourceTemplate(&mcp.ResourceTemplate{URITemplate: "file:///{+path}", Name: "files"},
+		func(_ context.Context, req *mcp.ReadResourceRequest) (*mcp.ReadResourceResult, error) {
+			u, err := url.Parse(req.Params.URI)
+			if err != nil || !strings.EqualFold(u.Scheme, "file") {
+				return nil, mcp.ResourceNotFoundError(req.Params.URI)
+			}
+			text, ok := files[path.Clean(u.Path)]
+			if !ok {
+				return nil, mcp.ResourceNotFoundError(req.Params.URI)
+			}
+			return &mcp.ReadResourceResult{Contents: []*mcp.ResourceContents{{URI: req.Params.URI, Text: text}}}, nil
+		})
+	return s
+}
+
+// TestGovernanceResourceURIReadings: a resource rule holds for every
+// spelling of a URI that the upstream reads as the same resource (percent
+// escapes, case, dot segments, extra slashes, an authority of a file URI),
+// with a deny rule and with an allow list; a URI that only reads
+// differently passes.
+func TestGovernanceResourceURIReadings(t *testing.T) {
+	up := startRecorded(t, "files", demo.Handler(fileServer(), "", &mcp.StreamableHTTPOptions{JSONResponse: true}))
+	secret := []string{
+		"file:///secret/key.txt", "file:///%73ecret/key.txt", "file:///secret%2Fkey.txt", "FILE:///secret/key.txt",
+		"file:///public/../secret/key.txt", "file:///public/%2e%2e/secret/key.txt", "file:////secret/key.txt",
+		"file://localhost/secret/key.txt", "file:/secret/key.txt",
+	}
+	for n, c := range []struct {
+		name  string
+		rules []string
+	}{
+		{"deny", []string{"deny resource file:///secret/*"}},
+		{"allow list", []string{"allow resource file:///public/*", "default deny"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			port := freePort(t)
+			loadCaddyfile(t, proxySite(port, up.addr(), rulesBlock(c.rules...)))
+			u := proxyURL(port) + "/mcp"
+			ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
+			defer cancel()
+			hdr := inSession(rawSession(t, u, nil), nil)
+			read := func(id int, uri string) reply {
+				return postJSON(ctx, u, fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"resources/read","params":{"uri":%q}}`, id, uri), hdr)
+			}
+			for i, uri := range secret {
+				id := 1000*n + 100 + i
+				if r := read(id, uri); r.status != http.StatusOK || !strings.Contains(r.body, "Resource not found") || up.saw(strconv.Itoa(id)) {
+					t.Errorf("resources/read %s: %d %s (reached the upstream: %v), want the unknown-resource error", uri, r.status, r.body, up.saw(strconv.Itoa(id)))
+				}
+			}
+			for i, uri := range []string{"file:///public/readme.txt", "file:///public/my%20notes.txt"} {
+				if r := read(1000*n+200+i, uri); !strings.Contains(r.body, `"text":"`) {
+					t.Errorf("resources/read %s: %d %s, want its contents", uri, r.status, r.body)
+				}
+			}
+		})
+	}
 }
 
 // TestGovernanceResourcesAndPrompts: `deny resource file:///secret/*`

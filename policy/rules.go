@@ -3,6 +3,7 @@ package policy
 import (
 	"errors"
 	"fmt"
+	"slices"
 )
 
 // Action is what a rule does with a message it matches.
@@ -141,7 +142,7 @@ type Condition struct {
 type Rule struct {
 	Action  Action
 	Kind    Kind
-	Targets []string   // globs over the target (tool name, prompt name, resource URI, or method for KindMethod)
+	Targets []string   // globs over the target (tool name, prompt name, resource URI, or method for KindMethod); a URI is matched as written and as CanonicalURI gives it, and so are URI patterns
 	Methods []string   // optional, KindTool/KindPrompt/KindResource only: globs the message's method must also match (e.g. only resources/subscribe)
 	When    *Condition // nil: always
 	Label   string     // how audit records and logs name the rule, e.g. "rule 3: deny tool delete_*"
@@ -294,6 +295,21 @@ func compileRule(r *Rule) (compiledRule, error) {
 	if cr.targets, err = compileSet(r.Targets); err != nil {
 		return compiledRule{}, fmt.Errorf("target %w", err)
 	}
+	if r.Kind == KindResource {
+		// A URI pattern also matches in the form an upstream reads (see
+		// CanonicalURI), which decide checks a URI in too.
+		var canon []string
+		for _, t := range r.Targets {
+			if c := canonicalPattern(t); c != t {
+				canon = append(canon, c)
+			}
+		}
+		if len(canon) > 0 {
+			if cr.targets, err = compileSet(append(slices.Clip(r.Targets), canon...)); err != nil {
+				return compiledRule{}, fmt.Errorf("target %w", err)
+			}
+		}
+	}
 	if len(r.Methods) > 0 {
 		if r.Kind == KindMethod {
 			return compiledRule{}, errors.New("methods restrict tool, prompt and resource rules only; a method rule's targets are methods")
@@ -407,6 +423,22 @@ func (p *Policy) Decide(s Subject, method, name string) (Action, int) {
 }
 
 func (p *Policy) decide(s Subject, method string, k Kind, target string) (Action, int) {
+	a, r := p.decideAs(s, method, k, target)
+	if k == KindResource && a == Allow {
+		// The upstream may read the URI otherwise than it is written
+		// (escapes, case, dot segments): it is allowed only if allowed
+		// in both readings.
+		if canon := CanonicalURI(target); canon != target {
+			if a2, r2 := p.decideAs(s, method, k, canon); a2 != Allow {
+				return a2, r2
+			}
+		}
+	}
+	return a, r
+}
+
+// decideAs is decide for the target as given.
+func (p *Policy) decideAs(s Subject, method string, k Kind, target string) (Action, int) {
 	c := p.c
 	if c == nil {
 		return Deny, -1
