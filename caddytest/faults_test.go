@@ -11,6 +11,7 @@ package caddytest
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -1231,4 +1232,57 @@ func TestFaultUpstreamIdleConnectionClosed(t *testing.T) {
 	}
 	// reverse_proxy's own default would keep it for 2m, past this wait.
 	pollUntil(t, "the proxy to close its idle upstream connection", func() bool { return closed.Load() == 1 })
+}
+
+// gzipped is s compressed with gzip.
+func gzipped(s string) []byte {
+	var b bytes.Buffer
+	zw := gzip.NewWriter(&b)
+	_, _ = io.WriteString(zw, s)
+	_ = zw.Close()
+	return b.Bytes()
+}
+
+// TestFaultEncodedAnswers: the proxy asks upstreams for unencoded
+// answers whatever the client accepts, so a list result it filters is
+// one it can read (a gzip-capable client once got the denied tool in
+// the upstream's compressed list); an upstream that encodes its answer
+// anyway gets the client a 502 with a JSON-RPC error, never bytes the
+// proxy did not read.
+func TestFaultEncodedAnswers(t *testing.T) {
+	const list = `"result":{"tools":[{"name":"echo","inputSchema":{"type":"object"}},{"name":"secret","inputSchema":{"type":"object"}}]}}`
+	var ignoreIdentity atomic.Bool
+	var asked atomic.Value
+	u := startFake(t, &fakeUpstream{name: "zip", on: map[string]func(*fakeCall){
+		"tools/list": func(c *fakeCall) {
+			asked.Store(c.r.Header.Get("Accept-Encoding"))
+			msg := `{"jsonrpc":"2.0","id":` + c.id + `,` + list
+			c.w.Header().Set("Content-Type", "application/json")
+			if ignoreIdentity.Load() || strings.Contains(c.r.Header.Get("Accept-Encoding"), "gzip") {
+				c.w.Header().Set("Content-Encoding", "gzip")
+				_, _ = c.w.Write(gzipped(msg))
+				return
+			}
+			_, _ = io.WriteString(c.w, msg)
+		},
+	}})
+	port := freePort(t)
+	loadCaddyfile(t, proxySite(port, u.addr(), rulesBlock("deny tool secret")))
+	url := proxyURL(port) + "/mcp"
+	hdr := sessionHeaders(openSessionWith(t, rawClient, url, sessionVersion, nil), sessionVersion)
+	hdr["Accept-Encoding"] = "gzip, br"
+	ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
+	defer cancel()
+	r := postJSON(ctx, url, rpcRequest(9, "tools/list"), hdr)
+	if !r.ok() || !strings.Contains(r.body, `"echo"`) || strings.Contains(r.body, `"secret"`) {
+		t.Errorf("tools/list from a gzip-capable client: %s; want the list with echo and without secret", r)
+	}
+	if got, _ := asked.Load().(string); got != "identity" {
+		t.Errorf("the upstream was asked for Accept-Encoding %q, want identity", got)
+	}
+	ignoreIdentity.Store(true)
+	r = postJSON(ctx, url, rpcRequest(10, "tools/list"), hdr)
+	if r.status != http.StatusBadGateway || !strings.Contains(r.body, `"id":10`) || !strings.Contains(r.body, "-32603") || strings.Contains(r.body, "secret") {
+		t.Errorf("an encoded answer: %s; want 502 with a JSON-RPC error for id 10", r)
+	}
 }

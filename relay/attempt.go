@@ -7,6 +7,9 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
+
+	"go.uber.org/zap"
 
 	"github.com/mcpgate/mcpgate/mcp"
 	"github.com/mcpgate/mcpgate/policy"
@@ -45,6 +48,10 @@ func (st *State) Attempt(req *http.Request) *http.Request {
 	if st.expired && st.cancel != nil {
 		st.cancel() // no new attempt after the deadline
 	}
+	// The proxy reads answers (ids, list results, pins, caps): it asks
+	// for them unencoded, whatever the client accepts (Answer refuses an
+	// encoded one).
+	req.Header.Set("Accept-Encoding", "identity")
 	st.outReq = req
 	if len(st.Whole) > 0 && req.Body != nil && req.Body != http.NoBody {
 		// reverse_proxy wraps the body (trailers, retries), which makes
@@ -71,6 +78,12 @@ func (st *State) Attempt(req *http.Request) *http.Request {
 // own (h1stream), whose stream may be handed off.
 func (st *State) Answer(req *http.Request, resp *http.Response, dialled bool, selected string) *http.Response {
 	st.status, st.responded = resp.StatusCode, true
+	if resp.StatusCode == http.StatusOK && encoded(resp.Header) {
+		st.p.Logger.Warn("upstream answer has a Content-Encoding though the proxy asked for none; answered with 502",
+			zap.String("content_encoding", resp.Header.Get("Content-Encoding")), zap.String("upstream", st.UpstreamAddr()))
+		return st.replaceResponse(resp, http.StatusBadGateway, mcp.CodeInternalError,
+			"the upstream's answer is encoded (Content-Encoding), which the proxy cannot read")
+	}
 	resp = st.sealResponse(req, resp, selected)
 	streamed := isEventStream(resp.Header)
 	if req.Method == http.MethodPost && resp.StatusCode == http.StatusOK && st.p.Lists.Enforces() {
@@ -112,6 +125,18 @@ func (st *State) Answer(req *http.Request, resp *http.Response, dialled bool, se
 		st.w.Header().Set("Transfer-Encoding", "identity")
 	}
 	return resp
+}
+
+// encoded reports a Content-Encoding other than identity.
+func encoded(h http.Header) bool {
+	for _, v := range h.Values("Content-Encoding") {
+		for _, c := range strings.Split(v, ",") {
+			if c = strings.TrimSpace(c); c != "" && !strings.EqualFold(c, "identity") {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // spliceAnswers adds the errors of a batch's denied requests to the
