@@ -1,10 +1,12 @@
 package caddymodule
 
 import (
+	"context"
 	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyevents"
 	"go.uber.org/zap"
 
 	"github.com/mcpgate/mcpgate/admission"
@@ -140,8 +142,12 @@ type App struct {
 	// back; a Provision that failed took none.
 	acquired bool
 	// settings are this config's process-wide settings, applied when the
-	// config starts, so a config that fails to load changes nothing.
+	// config has started, so a config that fails to load changes nothing.
 	settings governor.Settings
+	// onStarted: the settings are applied on Caddy's "started" event,
+	// emitted once every app of the config has started; without an
+	// events app, Start applies them.
+	onStarted bool
 	// drains holds the drain delay of every mcp_proxy of this config.
 	drainsMu sync.Mutex
 	drains   []time.Duration
@@ -211,7 +217,7 @@ func (*App) CaddyModule() caddy.ModuleInfo {
 
 // Provision checks this config's settings and takes a reference to the
 // process-wide state. It changes nothing in that state: the settings are
-// applied by Start, once the whole config has loaded.
+// applied once the whole config has started (see Start).
 func (a *App) Provision(ctx caddy.Context) error {
 	a.settings = governor.Settings{
 		Thresholds: admission.Thresholds{
@@ -244,12 +250,42 @@ func (a *App) Provision(ctx caddy.Context) error {
 	a.acquired = true
 	a.global = v.(*globalState)
 	a.ctx = ctx
+	if ev, err := ctx.App("events"); err == nil {
+		if events, ok := ev.(*caddyevents.App); ok {
+			events.On("started", caddyevents.Handler(startedHandler{a}))
+			a.onStarted = true
+		}
+	}
 	return registerMetrics(ctx)
 }
 
-// Start applies this config's settings to the process-wide state: the
-// config is now the running one.
+// Start implements caddy.App. Caddy starts a config's apps one by one and
+// stops those started when a later one fails (a listener's port taken):
+// the settings wait for the "started" event, which comes once they all
+// have, so a config that fails to start changes nothing of the running
+// one.
 func (a *App) Start() error {
+	if a.onStarted {
+		return nil
+	}
+	return a.apply()
+}
+
+// startedHandler applies the settings of its config when that config has
+// started.
+type startedHandler struct{ a *App }
+
+// Handle implements caddyevents.Handler.
+func (h startedHandler) Handle(context.Context, caddy.Event) error {
+	if err := h.a.apply(); err != nil {
+		h.a.global.logger.Error("applying the mcp settings of the config that started", zap.Error(err))
+	}
+	return nil
+}
+
+// apply makes this config's settings those of the process-wide state:
+// the config is now the running one.
+func (a *App) apply() error {
 	st := a.settings
 	a.drainsMu.Lock()
 	for _, d := range a.drains {

@@ -1286,3 +1286,43 @@ func TestFaultEncodedAnswers(t *testing.T) {
 		t.Errorf("an encoded answer: %s; want 502 with a JSON-RPC error for id 10", r)
 	}
 }
+
+// TestFaultFailedStartChangesNothing: a reload that fails when Caddy
+// starts its apps (a listener whose port is taken) changes none of the
+// running settings, whatever order Caddy starts the apps in (map order:
+// the mcp app may start before the http app fails, so several attempts).
+func TestFaultFailedStartChangesNothing(t *testing.T) {
+	u := startFake(t, &fakeUpstream{name: "keep"})
+	port, admin := freePort(t), freePort(t)
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	takenPort := taken.Addr().(*net.TCPAddr).Port
+	global := func(sessions, inflight int) string {
+		return fmt.Sprintf("\tmcp {\n\t\trefresh 50ms\n\t\tmax_sessions %d\n\t\tmax_inflight %d\n\t}\n", sessions, inflight)
+	}
+	good := testCaddyfile(fmt.Sprintf("127.0.0.1:%d", admin), global(1000, 500), opsSite(port, u.addr(), ""))
+	bad := testCaddyfile(fmt.Sprintf("127.0.0.1:%d", admin), global(3, 2),
+		opsSite(port, u.addr(), "")+fmt.Sprintf("http://127.0.0.1:%d {\n\trespond ok\n}\n", takenPort))
+	loadConfig(t, good)
+	before := status(t, admin)
+	for attempt := 1; attempt <= 12; attempt++ {
+		if st, b := faultAdminLoad(t, admin, "text/caddyfile", bad); st == http.StatusOK {
+			t.Fatalf("the config with a taken port loaded: %s", b)
+		}
+		s := status(t, admin)
+		if s.Resources.Sessions.Limit != before.Resources.Sessions.Limit || s.Resources.InFlight.Limit != before.Resources.InFlight.Limit {
+			t.Fatalf("attempt %d: the failed reload changed the running settings: sessions limit %d → %d, in-flight limit %d → %d",
+				attempt, before.Resources.Sessions.Limit, s.Resources.Sessions.Limit, before.Resources.InFlight.Limit, s.Resources.InFlight.Limit)
+		}
+	}
+	// A config that loads still applies its settings.
+	if st, b := faultAdminLoad(t, admin, "text/caddyfile", testCaddyfile(fmt.Sprintf("127.0.0.1:%d", admin), global(7, 5), opsSite(port, u.addr(), ""))); st != http.StatusOK {
+		t.Fatalf("a good reload: %d %s", st, b)
+	}
+	if s := status(t, admin); s.Resources.Sessions.Limit != 7 || s.Resources.InFlight.Limit != 5 {
+		t.Errorf("after a good reload: sessions limit %d, in-flight limit %d, want 7 and 5", s.Resources.Sessions.Limit, s.Resources.InFlight.Limit)
+	}
+}
