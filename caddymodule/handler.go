@@ -278,10 +278,11 @@ type Handler struct {
 	UnknownErrors map[string]UnknownError `json:"unknown_errors,omitempty"`
 
 	// PinTools pins tool definitions: the first tools/list an upstream
-	// serves records a hash of each tool's name, description and schemas;
-	// a later list in which a tool's definition changed drops that tool
-	// ("drop") or passes it with a warning ("warn"); both log at WARN and
-	// count. Default: off.
+	// serves records a hash of each tool's definition (every member but
+	// _meta: name, title, description, schemas, annotations…); a later
+	// list in which a tool's definition changed drops that tool ("drop")
+	// or passes it with a warning ("warn"); both log at WARN and count.
+	// Default: off.
 	PinTools string `json:"pin_tools,omitempty"`
 
 	// RequestTimeout bounds the whole life of a request after admission

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/json"
+	"io"
 	"sync"
 	"sync/atomic"
 
@@ -65,10 +66,10 @@ type pin struct {
 // pinNode is a pin in the recency list of its Pins.
 type pinNode = resources.Node[pin]
 
-// Check hashes def (a tools/list item: name, description, inputSchema,
-// outputSchema — each canonicalised by decoding and re-encoding with
-// encoding/json, so member order and whitespace do not matter; other
-// members such as annotations, title, _meta are not part of the hash) and
+// Check hashes def (a tools/list item: every member but _meta, so the
+// name, title, description, schemas, annotations and any other member,
+// under the name as written; canonicalised by decoding and re-encoding
+// with encoding/json, so member order and whitespace do not matter) and
 // compares it with the hash pinned for (upstream, name); the first
 // definition seen is pinned (PinNew). A changed definition stays
 // PinChanged (the pin is not replaced) until Forget; a definition changed
@@ -197,36 +198,37 @@ func (p *Pins) remove(pn *pinNode) {
 	p.recency.Remove(pn)
 }
 
-// hashedMembers are the members of a tool definition that Check hashes.
-var hashedMembers = []string{"name", "description", "inputSchema", "outputSchema"}
+// unhashedMember is the one member of a tool definition that Check does
+// not hash: _meta, the protocol's metadata, which is not the tool's
+// description to a client.
+const unhashedMember = "_meta"
 
-// hashDefinition returns the sha256 hash of the canonical form of def: a
-// JSON object of the hashed members present, each decoded and re-encoded
-// (object members sorted, no white space, numbers as written). A def that
-// does not decode is hashed as its raw bytes, in a form no canonical
-// object takes.
+// hashDefinition returns the sha256 hash of the canonical form of def: the
+// JSON object decoded and re-encoded without its _meta member (object
+// members sorted by name as written, so names differing only in case are
+// distinct members; no white space; strings escaped one way; numbers as
+// written; a member given twice as its last value, as decoders read it).
+// A def that is not one JSON object is hashed as its raw bytes, in a form
+// no canonical object takes.
 func hashDefinition(def json.RawMessage) [sha256.Size]byte {
-	var m map[string]json.RawMessage
-	if err := json.Unmarshal(def, &m); err != nil || m == nil {
-		return sha256.Sum256(append([]byte("raw\x00"), def...))
+	dec := json.NewDecoder(bytes.NewReader(def))
+	dec.UseNumber()
+	var m map[string]any
+	if err := dec.Decode(&m); err != nil || m == nil {
+		return rawHash(def)
 	}
-	canon := make(map[string]any, len(hashedMembers))
-	for _, k := range hashedMembers {
-		raw, ok := m[k]
-		if !ok {
-			continue
-		}
-		dec := json.NewDecoder(bytes.NewReader(raw))
-		dec.UseNumber()
-		var v any
-		if err := dec.Decode(&v); err != nil {
-			return sha256.Sum256(append([]byte("raw\x00"), def...))
-		}
-		canon[k] = v
+	if _, err := dec.Token(); err != io.EOF { // more than one value
+		return rawHash(def)
 	}
-	b, err := json.Marshal(canon) // map keys are sorted
+	delete(m, unhashedMember)
+	b, err := json.Marshal(m) // map keys are sorted
 	if err != nil {
-		return sha256.Sum256(append([]byte("raw\x00"), def...))
+		return rawHash(def)
 	}
 	return sha256.Sum256(b)
+}
+
+// rawHash is the hash of a definition that does not decode.
+func rawHash(def json.RawMessage) [sha256.Size]byte {
+	return sha256.Sum256(append([]byte("raw\x00"), def...))
 }
