@@ -282,6 +282,8 @@ type Handler struct {
 	// _meta: name, title, description, schemas, annotations…); a later
 	// list in which a tool's definition changed drops that tool ("drop")
 	// or passes it with a warning ("warn"); both log at WARN and count.
+	// One upstream holds at most 2,500 pins (see policy.Pins); a new tool
+	// the pins have no room for is dropped or passed the same.
 	// Default: off.
 	PinTools string `json:"pin_tools,omitempty"`
 

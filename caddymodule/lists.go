@@ -40,18 +40,32 @@ func (h *Handler) filterList(method string, msg []byte, subj policy.Subject, ups
 	rules := g.enforces()
 	pins := g.pins != nil && kind == policy.KindTool
 	skipPins := effortAt(h.app.global.Level()).SkipUnchangedPins()
+	overQuota, firstOver := 0, ""
 	keep := func(key string, item json.RawMessage) bool {
 		if rules && !g.policy.Allows(subj, kind, key) {
 			metrics.listFiltered.WithLabelValues("rule").Inc()
 			return false
 		}
-		if pins && !h.checkPin(upstream, key, item, skipPins) {
-			metrics.listFiltered.WithLabelValues("pin").Inc()
-			return false
+		if pins {
+			v := h.checkPin(upstream, key, item, skipPins)
+			if v == policy.PinOverQuota {
+				if overQuota == 0 {
+					firstOver = key
+				}
+				overQuota++
+			}
+			if (v == policy.PinChanged || v == policy.PinOverQuota) && !g.pinWarn {
+				metrics.listFiltered.WithLabelValues("pin").Inc()
+				return false
+			}
 		}
 		return true
 	}
 	out, _, err := policy.FilterList(method, msg, keep, private)
+	if overQuota > 0 {
+		h.logger.Warn("tools not pinned: no room for the upstream's pins", zap.String("upstream", upstream),
+			zap.Int("tools", overQuota), zap.String("first_tool", firstOver), zap.Bool("listed", g.pinWarn))
+	}
 	if err != nil {
 		metrics.listFiltered.WithLabelValues("error").Inc()
 		h.logger.Warn("list result not readable; answered with an error", zap.String("method", method), zap.Error(err))
@@ -60,21 +74,25 @@ func (h *Handler) filterList(method string, msg []byte, subj policy.Subject, ups
 	return out, true
 }
 
-// checkPin checks a tool definition against its pin and reports whether
-// it may be listed. At reduced service levels, a definition whose bytes
-// are those last found as pinned is not checked again.
-func (h *Handler) checkPin(upstream, name string, item json.RawMessage, skip bool) bool {
+// checkPin checks a tool definition against its pin, counts the verdict
+// and logs a changed tool. At reduced service levels, a definition whose
+// bytes are those last found as pinned is not checked again. A changed
+// tool, and a new one for which the pins have no room (PinOverQuota), are
+// listed only with pin_tools warn.
+func (h *Handler) checkPin(upstream, name string, item json.RawMessage, skip bool) policy.Verdict {
 	g := h.gov
-	switch g.pins.CheckRaw(&g.skips, upstream, name, item, skip) {
+	v := g.pins.CheckRaw(&g.skips, upstream, name, item, skip)
+	switch v {
 	case policy.PinSkipped:
 		metrics.pinned.WithLabelValues("skipped").Inc()
 	case policy.PinNew:
 		metrics.pinned.WithLabelValues("new").Inc()
+	case policy.PinOverQuota:
+		metrics.pinned.WithLabelValues("over_quota").Inc()
 	case policy.PinChanged:
 		metrics.pinned.WithLabelValues("changed").Inc()
 		h.logger.Warn("tool definition changed since it was pinned", zap.String("upstream", upstream),
 			zap.String("tool", name), zap.Bool("listed", g.pinWarn))
-		return g.pinWarn
 	}
-	return true
+	return v
 }

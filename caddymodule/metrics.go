@@ -63,11 +63,11 @@ var metrics = struct {
 	}, "kind"),
 	listFiltered: newCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "mcp", Name: "list_items_filtered_total",
-		Help: "Items removed from list results, by reason: rule (the caller may not use it), pin (a pinned tool whose definition changed), error (a list result that could not be read, answered with an error).",
+		Help: "Items removed from list results, by reason: rule (the caller may not use it), pin (a pinned tool whose definition changed, or a new tool the pins had no room for), error (a list result that could not be read, answered with an error).",
 	}, "reason"),
 	pinned: newCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "mcp", Name: "tool_pins_total",
-		Help: "Tool definitions checked against their pins: new (pinned now), changed (dropped or warned), skipped (an unchanged list not checked again at the degraded level).",
+		Help: "Tool definitions checked against their pins: new (pinned now), changed (dropped or warned), over_quota (new, not pinned: its upstream holds its quota of pins or the table is full; dropped or warned), skipped (an unchanged list not checked again at the degraded level).",
 	}, "result"),
 	deadlines: newCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "mcp", Name: "deadlines_total",

@@ -145,7 +145,7 @@ func (h *Handler) provisionGovernance(ctx caddy.Context) error {
 // toolPins are the pinned tool definitions of every upstream, shared by
 // the handlers of every config, so a reload keeps them; DELETE /mcp/pins
 // forgets them after an operator approved a change.
-var toolPins = &policy.Pins{Max: policy.DefaultMaxPins}
+var toolPins = &policy.Pins{Max: policy.DefaultMaxPins, PerUpstream: policy.DefaultMaxPins / 4}
 
 // compileRule turns rule i of the config into a policy rule, loading its
 // matcher set.

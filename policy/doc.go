@@ -24,9 +24,15 @@
 //     holds, for the duration of the call, the decoder's buffer (at most
 //     the message), the names and offsets of the members and items it
 //     reads, and the message it writes.
-//   - Pins holds at most Max pins (10000 when unset) across all upstreams,
-//     each a fixed-size entry (hashes of the tool name and definition) plus
-//     its upstream string; the least recently checked is evicted first.
+//   - Pins holds at most Max pins (10000 when unset) across all upstreams
+//     and PerUpstream (a quarter of Max when unset) of one upstream, each
+//     a fixed-size entry (hashes of the tool name and definition), with
+//     one string per upstream holding pins. A new tool of an upstream at
+//     its quota is not pinned (PinOverQuota); in a full table it takes
+//     the least recently checked pin of the upstream holding the most,
+//     only if that is another holding at least two more pins, else it is
+//     not pinned: no upstream evicts its own pins or brings another's
+//     below its own number.
 //   - An Auditor owns its Writer, closed by Auditor.Close, which waits
 //     for it at most the time it is given.
 //   - A Writer owns a queue of at most its size records (1024 when unset)

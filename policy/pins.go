@@ -15,13 +15,14 @@ import (
 type Verdict uint8
 
 const (
-	PinNew     Verdict = iota // first seen: now pinned
-	PinSame                   // as pinned
-	PinChanged                // differs from the pinned definition
-	PinSkipped                // not checked (see Pins.CheckRaw)
+	PinNew       Verdict = iota // first seen: now pinned
+	PinSame                     // as pinned
+	PinChanged                  // differs from the pinned definition
+	PinSkipped                  // not checked (see Pins.CheckRaw)
+	PinOverQuota                // first seen, not pinned: no room for its upstream (see Pins)
 )
 
-// String returns "new", "same", "changed" or "skipped".
+// String returns "new", "same", "changed", "skipped" or "over_quota".
 func (v Verdict) String() string {
 	switch v {
 	case PinNew:
@@ -32,6 +33,8 @@ func (v Verdict) String() string {
 		return "changed"
 	case PinSkipped:
 		return "skipped"
+	case PinOverQuota:
+		return "over_quota"
 	}
 	return "unknown"
 }
@@ -40,30 +43,55 @@ func (v Verdict) String() string {
 const DefaultMaxPins = 10000
 
 // Pins remembers a hash of each tool definition an upstream served first,
-// for at most Max tools across all upstreams (least recently checked
-// evicted first; Max <= 0 means 10000). Safe for concurrent use; set Max
-// before the first Check.
+// for at most Max tools across all upstreams (Max <= 0 means 10000) and
+// at most PerUpstream tools of one upstream (PerUpstream <= 0 means a
+// quarter of Max, 2500 by default, at least 1). Safe for concurrent use;
+// set Max and PerUpstream before the first Check.
 //
-// A pin holds the upstream string as given and sha256 hashes of the tool
-// name and definition, so its size does not depend on what the upstream
-// serves. An evicted tool is pinned anew (PinNew) when next checked.
+// By listing new tools, an upstream can evict none of its own pins, nor
+// bring another upstream's below its own number:
+//
+//   - A tool first seen from an upstream holding its quota of pins is not
+//     pinned (PinOverQuota); none of its pins is evicted for it.
+//   - When the table holds Max pins, a tool first seen from an upstream
+//     under its quota takes the place of the least recently checked pin
+//     of the upstream holding the most pins, if that is another upstream
+//     holding at least two more pins than the requesting one (so that it
+//     is left with at least as many); otherwise it is not pinned
+//     (PinOverQuota). A full table thus tends to an even share among the
+//     upstreams that list tools, and the pins of an upstream gone (a
+//     changed config) are the first to make room for others.
+//
+// With at most Max/PerUpstream upstreams (4 by default) the table never
+// fills. Finding the upstream holding the most pins when it is full takes
+// a look at each upstream holding pins.
+//
+// A pin is sha256 hashes of the tool name and definition, with its
+// upstream's string held once for all its pins, so its size does not
+// depend on what the upstream serves. An evicted tool is pinned anew
+// (PinNew) when next checked, if there is room.
 type Pins struct {
-	Max int
+	Max         int
+	PerUpstream int
 
-	mu      sync.Mutex
-	byUp    map[string]map[[sha256.Size]byte]*pinNode // upstream → hash of name → pin
-	n       int
-	recency resources.List[pin] // least recently checked at the front
+	mu   sync.Mutex
+	byUp map[string]*upstreamPins // at most Max upstreams, each holding pins
+	n    int                      // pins held
+}
+
+// upstreamPins are the pins of one upstream.
+type upstreamPins struct {
+	names   map[[sha256.Size]byte]*pinNode // hash of name → pin
+	recency resources.List[pin]            // least recently checked at the front
 }
 
 // pin is one pinned tool.
 type pin struct {
-	upstream string
-	name     [sha256.Size]byte
-	def      [sha256.Size]byte
+	name [sha256.Size]byte
+	def  [sha256.Size]byte
 }
 
-// pinNode is a pin in the recency list of its Pins.
+// pinNode is a pin in the recency list of its upstream.
 type pinNode = resources.Node[pin]
 
 // Check hashes def (a tools/list item: every member but _meta, so the
@@ -71,43 +99,89 @@ type pinNode = resources.Node[pin]
 // under the name as written; canonicalised by decoding and re-encoding
 // with encoding/json, so member order and whitespace do not matter) and
 // compares it with the hash pinned for (upstream, name); the first
-// definition seen is pinned (PinNew). A changed definition stays
-// PinChanged (the pin is not replaced) until Forget; a definition changed
-// back to the pinned one is PinSame again. A def that is not a JSON object
-// is hashed as its raw bytes.
+// definition seen is pinned (PinNew), if there is room for it
+// (PinOverQuota otherwise: see Pins; it is checked again, as first seen,
+// next time). A changed definition stays PinChanged (the pin is not
+// replaced) until Forget; a definition changed back to the pinned one is
+// PinSame again. A def that is not a JSON object is hashed as its raw
+// bytes.
 func (p *Pins) Check(upstream, name string, def json.RawMessage) Verdict {
-	h := hashDefinition(def)
+	return p.check(upstream, name, hashDefinition(def))
+}
+
+// check is Check of a definition hashed h.
+func (p *Pins) check(upstream, name string, h [sha256.Size]byte) Verdict {
 	nh := sha256.Sum256([]byte(name))
 
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if pn := p.byUp[upstream][nh]; pn != nil {
-		p.recency.MoveToBack(pn)
-		if pn.Value.def == h {
-			return PinSame
+	u := p.byUp[upstream]
+	if u != nil {
+		if pn := u.names[nh]; pn != nil {
+			u.recency.MoveToBack(pn)
+			if pn.Value.def == h {
+				return PinSame
+			}
+			return PinChanged
 		}
-		return PinChanged
 	}
-	limit := p.Max
+	limit, quota := p.limits()
+	held := 0
+	if u != nil {
+		held = len(u.names)
+	}
+	if held >= quota {
+		return PinOverQuota
+	}
+	for p.n >= limit {
+		if !p.evictFor(upstream, held) {
+			return PinOverQuota
+		}
+	}
+	if u == nil {
+		if p.byUp == nil {
+			p.byUp = make(map[string]*upstreamPins)
+		}
+		u = &upstreamPins{names: make(map[[sha256.Size]byte]*pinNode)}
+		p.byUp[upstream] = u
+	}
+	pn := &pinNode{Value: pin{name: nh, def: h}}
+	u.names[nh] = pn
+	u.recency.PushBack(pn)
+	p.n++
+	return PinNew
+}
+
+// limits returns the pins p holds at most, in all and of one upstream.
+func (p *Pins) limits() (limit, quota int) {
+	limit = p.Max
 	if limit <= 0 {
 		limit = DefaultMaxPins
 	}
-	for p.n >= limit && p.recency.Front() != nil {
-		p.remove(p.recency.Front())
+	quota = p.PerUpstream
+	if quota <= 0 {
+		quota = limit / 4
 	}
-	if p.byUp == nil {
-		p.byUp = make(map[string]map[[sha256.Size]byte]*pinNode)
+	return limit, max(1, min(quota, limit))
+}
+
+// evictFor makes room for a pin of upstream, which holds held pins: it
+// evicts the least recently checked pin of the upstream holding the most,
+// if that is another one holding at least held+2. It reports whether it
+// did.
+func (p *Pins) evictFor(upstream string, held int) bool {
+	var most *upstreamPins
+	mostUp := ""
+	for up, u := range p.byUp {
+		if most == nil || len(u.names) > len(most.names) {
+			most, mostUp = u, up
+		}
 	}
-	names := p.byUp[upstream]
-	if names == nil {
-		names = make(map[[sha256.Size]byte]*pinNode)
-		p.byUp[upstream] = names
+	if most == nil || mostUp == upstream || len(most.names) < held+2 {
+		return false
 	}
-	pn := &pinNode{Value: pin{upstream: upstream, name: nh, def: h}}
-	names[nh] = pn
-	p.n++
-	p.recency.PushBack(pn)
-	return PinNew
+	p.remove(mostUp, most, most.recency.Front())
+	return true
 }
 
 // PinSkips remembers, per upstream and tool, a hash of the raw bytes of
@@ -129,7 +203,7 @@ type PinSkips struct {
 // CheckRaw is Check, with skips: when skip is set and the raw bytes of def
 // are those skips holds for (upstream, name), def is not checked
 // (PinSkipped). A definition found new or as pinned is noted in skips, a
-// changed one dropped from it.
+// changed or unpinned (PinOverQuota) one dropped from it.
 func (p *Pins) CheckRaw(skips *PinSkips, upstream, name string, def json.RawMessage, skip bool) Verdict {
 	key := skipKey(upstream, name)
 	sum := sha256.Sum256(def)
@@ -139,7 +213,7 @@ func (p *Pins) CheckRaw(skips *PinSkips, upstream, name string, def json.RawMess
 		}
 	}
 	v := p.Check(upstream, name, def)
-	if v == PinChanged {
+	if v == PinChanged || v == PinOverQuota {
 		skips.last.Delete(key)
 		return v
 	}
@@ -172,11 +246,12 @@ func (p *Pins) Forget(upstream string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if upstream == "" {
-		p.byUp, p.n, p.recency = nil, 0, resources.List[pin]{}
+		p.byUp, p.n = nil, 0
 		return
 	}
-	for _, pn := range p.byUp[upstream] {
-		p.remove(pn)
+	if u := p.byUp[upstream]; u != nil {
+		p.n -= len(u.names)
+		delete(p.byUp, upstream)
 	}
 }
 
@@ -187,15 +262,14 @@ func (p *Pins) Len() int {
 	return p.n
 }
 
-// remove drops pn from the table and the recency list.
-func (p *Pins) remove(pn *pinNode) {
-	names := p.byUp[pn.Value.upstream]
-	delete(names, pn.Value.name)
-	if len(names) == 0 {
-		delete(p.byUp, pn.Value.upstream)
+// remove drops pn, a pin of upstream's u, from the table.
+func (p *Pins) remove(upstream string, u *upstreamPins, pn *pinNode) {
+	delete(u.names, pn.Value.name)
+	u.recency.Remove(pn)
+	if len(u.names) == 0 {
+		delete(p.byUp, upstream)
 	}
 	p.n--
-	p.recency.Remove(pn)
 }
 
 // unhashedMember is the one member of a tool definition that Check does
