@@ -47,7 +47,7 @@
 //     one timer (its Deadline), stopped when its answer is taken, it is
 //     forgotten or the table closed.
 //   - PinSkips holds at most Max entries (10000 when unset), each a key of
-//     upstream and tool name and a hash; it forgets them all when full.
+//     upstream and tool name and two hashes; it forgets them all when full.
 //   - Redact and ArgumentsOf decode one value for the duration of the
 //     call; StripDenied and SpliceAnswers one batch; Sampler holds a
 //     counter.

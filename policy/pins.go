@@ -185,34 +185,46 @@ func (p *Pins) evictFor(upstream string, held int) bool {
 }
 
 // PinSkips remembers, per upstream and tool, a hash of the raw bytes of
-// the definition last found new or as pinned, so that CheckRaw can leave a
-// definition served again byte for byte unchecked. An entry is two sha256
-// hashes (of the upstream and tool name, and of the definition), whatever
-// the upstream serves. It holds at most Max entries (Max <= 0 means
-// DefaultMaxPins) and forgets all of them when it has stored that many
-// since it last did. It is independent of the Pins it is used with
-// (Forget does not clear it). The zero PinSkips is ready; safe for
-// concurrent use.
+// the definition last found new or as pinned, and the hash it was pinned
+// under, so that CheckRaw can leave a definition served again byte for
+// byte unchecked while its pin holds. An entry is three sha256 hashes (of
+// the upstream and tool name, of the raw definition and of its canonical
+// form), whatever the upstream serves. It holds at most Max entries (Max
+// <= 0 means DefaultMaxPins) and forgets all of them when it has stored
+// that many since it last did. An entry counts only while the Pins it is
+// used with holds the same pin: after Forget or an eviction the
+// definition is checked, and pinned, again. The zero PinSkips is ready;
+// safe for concurrent use.
 type PinSkips struct {
 	Max int
 
-	last   sync.Map // sha256(upstream, name) → sha256(definition), both [sha256.Size]byte
+	last   sync.Map // sha256(upstream, name) [sha256.Size]byte → skipEntry
 	stored atomic.Int64
 }
 
-// CheckRaw is Check, with skips: when skip is set and the raw bytes of def
-// are those skips holds for (upstream, name), def is not checked
-// (PinSkipped). A definition found new or as pinned is noted in skips, a
-// changed or unpinned (PinOverQuota) one dropped from it.
+// skipEntry is what a PinSkips holds of a definition: the hash of its
+// bytes and the hash it was pinned under.
+type skipEntry struct {
+	raw, def [sha256.Size]byte
+}
+
+// CheckRaw is Check, with skips: when skip is set, the raw bytes of def
+// are those skips holds for (upstream, name) and p still holds the pin
+// they were found as, def is not hashed nor checked (PinSkipped; the pin
+// counts as checked). A definition found new or as pinned is noted in
+// skips, a changed or unpinned (PinOverQuota) one dropped from it.
 func (p *Pins) CheckRaw(skips *PinSkips, upstream, name string, def json.RawMessage, skip bool) Verdict {
 	key := skipKey(upstream, name)
 	sum := sha256.Sum256(def)
 	if skip {
-		if last, ok := skips.last.Load(key); ok && last.([sha256.Size]byte) == sum {
-			return PinSkipped
+		if last, ok := skips.last.Load(key); ok {
+			if e := last.(skipEntry); e.raw == sum && p.holds(upstream, name, e.def) {
+				return PinSkipped
+			}
 		}
 	}
-	v := p.Check(upstream, name, def)
+	h := hashDefinition(def)
+	v := p.check(upstream, name, h)
 	if v == PinChanged || v == PinOverQuota {
 		skips.last.Delete(key)
 		return v
@@ -225,8 +237,26 @@ func (p *Pins) CheckRaw(skips *PinSkips, upstream, name string, def json.RawMess
 		skips.last.Clear()
 		skips.stored.Store(0)
 	}
-	skips.last.Store(key, sum)
+	skips.last.Store(key, skipEntry{raw: sum, def: h})
 	return v
+}
+
+// holds reports whether the pin of (upstream, name) is h, marking it
+// checked if so.
+func (p *Pins) holds(upstream, name string, h [sha256.Size]byte) bool {
+	nh := sha256.Sum256([]byte(name))
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	u := p.byUp[upstream]
+	if u == nil {
+		return false
+	}
+	pn := u.names[nh]
+	if pn == nil || pn.Value.def != h {
+		return false
+	}
+	u.recency.MoveToBack(pn)
+	return true
 }
 
 // skipKey is the key of (upstream, name) in a PinSkips.
