@@ -12,6 +12,7 @@ import (
 
 	"github.com/mcpgate/mcpgate/admission"
 	"github.com/mcpgate/mcpgate/governor"
+	"github.com/mcpgate/mcpgate/mcp"
 	"github.com/mcpgate/mcpgate/policy"
 	"github.com/mcpgate/mcpgate/resources"
 )
@@ -125,6 +126,10 @@ func (e auditEntry) MarshalLogObject(enc zapcore.ObjectEncoder) error {
 	if rec.Code != 0 {
 		enc.AddInt("error_code", rec.Code)
 	}
+	if rec.BatchSize > 0 {
+		enc.AddInt("batch_index", rec.BatchIndex)
+		enc.AddInt("batch_size", rec.BatchSize)
+	}
 	if rec.Arguments != nil {
 		return enc.AddReflected("arguments", rec.Arguments)
 	}
@@ -198,11 +203,46 @@ func (h *Handler) audit(x *exchange, out *countingWriter) {
 	if x.release == nil {
 		level = h.app.global.Level()
 	}
-	var msg []byte
-	if !x.call.Peek.Batch {
-		msg = x.body.Whole
+	if x.call.Peek.Batch {
+		auditBatch(a, rec, x, effortAt(level))
+		return
 	}
-	metrics.audit.WithLabelValues(a.Audit(&rec, effortAt(level), msg).String()).Inc()
+	metrics.audit.WithLabelValues(a.Audit(&rec, effortAt(level), x.body.Whole).String()).Inc()
+}
+
+// auditBatch queues a record for each request and notification of a
+// batch, denied ones included: its method, target and decision (a denied
+// message's own, with the rule that denied it; the others the batch's,
+// without a rule), the rest (status, bytes, duration) the batch's as a
+// whole, and its place in the batch. Each is kept or left out at effort
+// on its own.
+func auditBatch(a *auditor, base policy.Record, x *exchange, effort policy.Effort) {
+	msgs := x.batch
+	if msgs == nil {
+		msgs = x.call.Peek.Messages
+	}
+	for i := range msgs {
+		m := &msgs[i]
+		if m.Kind == mcp.KindResponse {
+			continue
+		}
+		rec := base
+		rec.Method, rec.Kind, rec.Target, rec.Rule = m.Method, "", "", ""
+		if kind, target := policy.TargetOf(m.Method, m.Name); kind != policy.KindMethod {
+			rec.Kind, rec.Target = kind.String(), target
+		}
+		if rec.Decision == "deny" {
+			rec.Decision = "allow" // unless denied below
+		}
+		for _, d := range x.denied {
+			if d.Index == i {
+				rec.Decision, rec.Rule = "deny", d.Rule
+				break
+			}
+		}
+		rec.BatchIndex, rec.BatchSize = i+1, len(msgs)
+		metrics.audit.WithLabelValues(a.Audit(&rec, effort, nil).String()).Inc()
+	}
 }
 
 // governanceStatus is the governance part of /mcp/status.

@@ -57,6 +57,7 @@ func (h *Handler) stripDenied(x *exchange) bool {
 	if !ok {
 		return false
 	}
+	x.batch = x.call.Peek.Messages
 	x.call.Peek.Messages = kept
 	x.body.Whole = body
 	x.r.Body = io.NopCloser(bytes.NewReader(body))

@@ -48,7 +48,10 @@ type exchange struct {
 	denied  []policy.Denial
 	// spliced are the errors of a batch's denied requests, added to the
 	// upstream's answer to the rest of the batch.
-	spliced  [][]byte
+	spliced [][]byte
+	// batch holds a batch's messages as the client sent them, when the
+	// denied ones were taken out of call (the audit records them all).
+	batch    []mcp.Envelope
 	decision string
 	rule     string
 	code     int
@@ -151,7 +154,7 @@ func (x *exchange) releaseBody(h *Handler) {
 // Replacer, or the client connection's buffers net/http gave up.
 func (x *exchange) leave() {
 	x.r, x.w = nil, nil
-	x.spliced, x.denied, x.subject = nil, nil, nil
+	x.spliced, x.denied, x.subject, x.batch = nil, nil, nil, nil
 }
 
 // maxClientKey is the longest client key kept as it is.

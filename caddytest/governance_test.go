@@ -1624,6 +1624,45 @@ func governanceOf(t *testing.T, adminPort int) govStatus {
 	return s
 }
 
+// TestGovernanceAuditBatch: a 2025-03-26 batch leaves a record for each
+// of its requests and notifications, each with its own method and target,
+// a denied member with decision deny and its rule, the others allow, and
+// its place in the batch; client-sized fields are bounded.
+func TestGovernanceAuditBatch(t *testing.T) {
+	up := startRecorded(t, "up", demo.Handler(demo.NewServer("up"), "", &mcp.StreamableHTTPOptions{JSONResponse: true}))
+	logOpt, path := logTo(t, "audit", "http.handlers.mcp_proxy.audit", "INFO")
+	port := freePort(t)
+	loadCaddyfileWith(t, logOpt, proxySite(port, up.addr(), rulesBlock("deny tool add")+"\t\taudit\n"))
+	u := proxyURL(port) + "/mcp"
+	ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
+	defer cancel()
+	hdr := sessionHeaders(openSessionWith(t, rawClient, u, "2025-03-26", nil), "2025-03-26")
+
+	batch := `[{"jsonrpc":"2.0","id":71,"method":"ping"},` + callBody("72", "add", `{"a":1,"b":2}`) + `,` + callBody("73", "echo", `{"text":"exfil"}`) + `]`
+	r := postJSON(ctx, u, batch, hdr)
+	if !strings.Contains(r.body, `unknown tool \"add\"`) || !strings.Contains(r.body, "exfil") {
+		t.Fatalf("batch: %v", r)
+	}
+	deny := awaitRecord(t, path, "tools/call", "add", "deny")
+	wantFields(t, "the denied member", deny, map[string]any{"rule": "rule 1: deny tool add", "batch_index": 2, "batch_size": 3})
+	echo := awaitRecord(t, path, "tools/call", "echo", "allow")
+	wantFields(t, "the allowed call", echo, map[string]any{"rule": nil, "batch_index": 3, "batch_size": 3})
+	ping := awaitRecord(t, path, "ping", "", "allow")
+	wantFields(t, "the ping", ping, map[string]any{"batch_index": 1, "batch_size": 3})
+
+	// A method and a tool name of 30 KiB leave a record of a few hundred
+	// bytes.
+	long := strings.Repeat("t", 30<<10)
+	postJSON(ctx, u, callBody("74", long, `{}`), hdr)
+	rec := awaitLine(t, path, "the record of the long tool name", func(m map[string]any) bool {
+		s, _ := m["tool"].(string)
+		return strings.HasPrefix(s, "ttt")
+	})
+	if b, _ := json.Marshal(rec); len(b) > 2<<10 {
+		t.Errorf("the record of a call with a 30 KiB tool name is %d bytes", len(b))
+	}
+}
+
 // TestGovernanceAuditBlockedSink: with the audit log going to a TCP sink
 // that never reads, and a queue of 8, 200 calls whose records are 12KiB
 // each all succeed; the records the sink cannot take are dropped and

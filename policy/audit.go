@@ -30,6 +30,10 @@ type Record struct {
 	BytesIn   int64
 	BytesOut  int64
 	Arguments json.RawMessage // nil unless configured (already redacted)
+	// BatchIndex is the message's place in its batch, from 1, and
+	// BatchSize the batch's number of messages; both 0 for a request of
+	// one message.
+	BatchIndex, BatchSize int
 }
 
 // DefaultQueueSize is the queue size of a Writer made with a size <= 0.

@@ -1,8 +1,12 @@
 package policy
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
+	"strconv"
 	"time"
+	"unicode/utf8"
 )
 
 // Defaults of an Auditor.
@@ -92,6 +96,8 @@ func (a *Auditor) Audit(rec *Record, effort Effort, msg []byte) AuditResult {
 	if !effort.Keep(rec, a.sampler) {
 		return AuditSampledOut
 	}
+	rec.Method, rec.Kind, rec.Target = capField(rec.Method), capField(rec.Kind), capField(rec.Target)
+	rec.Principal, rec.Client = capField(rec.Principal), capField(rec.Client)
 	if a.settings.Arguments && msg != nil && (rec.Method == "tools/call" || rec.Method == "prompts/get") {
 		rec.Arguments = ArgumentsOf(msg, a.settings.Redact, a.settings.MaxArgumentSize)
 	}
@@ -99,6 +105,27 @@ func (a *Auditor) Audit(rec *Record, effort Effort, msg []byte) AuditResult {
 		return AuditWritten
 	}
 	return AuditDropped
+}
+
+// MaxRecordField bounds each text field of a Record that a client
+// chooses (method, target, principal, client): a longer one is cut and
+// ends in its length and a hash of the whole, so records stay small and
+// values that differ after the cut still differ.
+const MaxRecordField = 256
+
+// capField returns s within MaxRecordField bytes (see there), cut at a
+// UTF-8 character boundary.
+func capField(s string) string {
+	if len(s) <= MaxRecordField {
+		return s
+	}
+	sum := sha256.Sum256([]byte(s))
+	tail := "…(" + strconv.Itoa(len(s)) + " bytes, sha256:" + hex.EncodeToString(sum[:8]) + ")"
+	cut := MaxRecordField - len(tail)
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + tail
 }
 
 // Dropped returns how many records were dropped because the queue was

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 // collect is a write func that keeps copies of the records written.
@@ -154,5 +155,38 @@ func TestAuditResultString(t *testing.T) {
 		if r.String() != want {
 			t.Errorf("%d: %q, want %q", r, r.String(), want)
 		}
+	}
+}
+
+// TestAuditorCapsClientFields: the fields of a record a client chooses
+// are kept within MaxRecordField bytes, cut at a character boundary, and
+// two values that differ only past the cut stay distinct.
+func TestAuditorCapsClientFields(t *testing.T) {
+	var c collect
+	a, err := NewAuditor(AuditSettings{}, c.write)
+	if err != nil {
+		t.Fatal(err)
+	}
+	long := strings.Repeat("é", 20<<10)
+	a.Audit(&Record{Decision: "allow", Method: "x/" + long + "a", Kind: "tool", Target: long + "a", Principal: long, Client: long}, EffortFull, nil)
+	a.Audit(&Record{Decision: "allow", Method: "x/" + long + "b", Kind: "tool", Target: "short"}, EffortFull, nil)
+	if !a.Close(5 * time.Second) {
+		t.Fatal("Close timed out")
+	}
+	recs := c.all()
+	if len(recs) != 2 {
+		t.Fatalf("%d records", len(recs))
+	}
+	r := recs[0]
+	for name, v := range map[string]string{"method": r.Method, "target": r.Target, "principal": r.Principal, "client": r.Client} {
+		if len(v) > MaxRecordField || !utf8.ValidString(v) || !strings.Contains(v, "bytes, sha256:") {
+			t.Errorf("%s: %d bytes, valid UTF-8 %v: %.60q", name, len(v), utf8.ValidString(v), v)
+		}
+	}
+	if recs[0].Method == recs[1].Method {
+		t.Error("two methods that differ past the cut give the same field")
+	}
+	if recs[1].Target != "short" {
+		t.Errorf("a short target was changed: %q", recs[1].Target)
 	}
 }
