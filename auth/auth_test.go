@@ -359,12 +359,41 @@ func TestMetadataAndChallenge(t *testing.T) {
 	if got := Challenge(InsufficientScope([]string{"a", "b"}), md); !strings.Contains(got, `error="insufficient_scope"`) || !strings.Contains(got, `scope="a b"`) {
 		t.Errorf("scope: %s", got)
 	}
-	rules := []ScopeRule{{Method: "tools/call", Target: "delete_*", Scopes: []string{"admin"}}, {Method: "tools/*", Scopes: []string{"tools", "admin"}}}
-	if got := RequiredScopes(rules, "tools/call", "delete_repo"); strings.Join(got, " ") != "admin tools" {
-		t.Errorf("RequiredScopes: %v", got)
+}
+
+// prefixGlob is a Glob of literal text and one trailing `*`, enough for
+// the rules of these tests (mcp_auth passes policy.Glob).
+func prefixGlob(pattern, target string) bool {
+	if p, ok := strings.CutSuffix(pattern, "*"); ok {
+		return strings.HasPrefix(target, p)
 	}
-	if got := RequiredScopes(rules, "resources/read", "x"); len(got) != 0 {
-		t.Errorf("RequiredScopes: %v", got)
+	return pattern == target
+}
+
+// TestRequiredScopes: every rule whose method and target globs match
+// adds its scopes, in rule order, without repeats; the globs are read by
+// the Glob given; an empty method glob matches only a request without a
+// method, and a rule without a target glob any target.
+func TestRequiredScopes(t *testing.T) {
+	rules := []ScopeRule{
+		{Method: "tools/call", Target: "delete_*", Scopes: []string{"admin"}},
+		{Method: "tools/*", Scopes: []string{"tools", "admin"}},
+		{Method: "", Scopes: []string{"stream"}},
+	}
+	for _, c := range []struct{ method, target, want string }{
+		{"tools/call", "delete_repo", "admin tools"},
+		{"tools/call", "echo", "tools admin"},
+		{"resources/read", "x", ""},
+		{"", "", "stream"},
+	} {
+		if got := strings.Join(RequiredScopes(rules, c.method, c.target, prefixGlob), " "); got != c.want {
+			t.Errorf("RequiredScopes(%q, %q) = %q, want %q", c.method, c.target, got, c.want)
+		}
+	}
+	var asked []string
+	spy := func(pattern, target string) bool { asked = append(asked, pattern+" "+target); return true }
+	if got := RequiredScopes(rules[:1], "tools/call", "a/b", spy); len(got) != 1 || strings.Join(asked, ",") != "tools/call tools/call,delete_* a/b" {
+		t.Errorf("RequiredScopes with a Glob matching all: %v, the Glob was asked %q", got, asked)
 	}
 }
 

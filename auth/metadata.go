@@ -3,7 +3,6 @@ package auth
 import (
 	"encoding/json"
 	"net/http"
-	"path"
 	"slices"
 	"strings"
 )
@@ -90,7 +89,9 @@ func Challenge(e *Error, metadataURL string) string {
 // ScopeRule requires scopes for MCP requests whose method, and target
 // (tool, prompt or resource), match globs.
 type ScopeRule struct {
-	// Method is a glob over the JSON-RPC method (path.Match syntax).
+	// Method is a glob over the JSON-RPC method, as the Glob given to
+	// Matches reads it; empty matches only a request without a method (a
+	// GET).
 	Method string `json:"method"`
 	// Target, when set, is a glob over the tool name (tools/call), the
 	// prompt name (prompts/get) or the resource URI (resources/read,
@@ -100,24 +101,32 @@ type ScopeRule struct {
 	Scopes []string `json:"scopes"`
 }
 
-// Matches reports whether the rule applies to method and target.
-func (r *ScopeRule) Matches(method, target string) bool {
-	if ok, _ := path.Match(r.Method, method); !ok {
+// Glob reports whether target matches the glob pattern. The package
+// leaves globbing to its caller, so that scope rules read patterns as the
+// caller's other rules do: mcp_auth passes policy.Glob, whose `*` matches
+// any run of characters, `/` included (resource URIs hold slashes), `?`
+// one character, and `\` escapes the next.
+type Glob func(pattern, target string) bool
+
+// Matches reports whether the rule applies to method and target, with
+// glob reading its patterns.
+func (r *ScopeRule) Matches(method, target string, glob Glob) bool {
+	if r.Method == "" {
+		if method != "" {
+			return false
+		}
+	} else if !glob(r.Method, method) {
 		return false
 	}
-	if r.Target == "" {
-		return true
-	}
-	ok, _ := path.Match(r.Target, target)
-	return ok
+	return r.Target == "" || glob(r.Target, target)
 }
 
 // RequiredScopes returns the scopes every rule matching method and target
-// requires, in rule order, without repeats.
-func RequiredScopes(rules []ScopeRule, method, target string) []string {
+// (see ScopeRule.Matches) requires, in rule order, without repeats.
+func RequiredScopes(rules []ScopeRule, method, target string, glob Glob) []string {
 	var out []string
 	for i := range rules {
-		if !rules[i].Matches(method, target) {
+		if !rules[i].Matches(method, target, glob) {
 			continue
 		}
 		for _, s := range rules[i].Scopes {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/mcpgate/mcpgate/auth"
 	"github.com/mcpgate/mcpgate/mcp"
+	"github.com/mcpgate/mcpgate/policy"
 	"github.com/mcpgate/mcpgate/resources"
 )
 
@@ -117,9 +118,13 @@ type Auth struct {
 	RequiredScopes []string `json:"required_scopes,omitempty"`
 
 	// ScopeRules require scopes for MCP requests by method and target
-	// (tool, prompt or resource glob): a token lacking one gets 403
+	// (tool, prompt or resource): a token lacking one gets 403
 	// insufficient_scope naming the scopes. Every message of a batch is
-	// checked. Default: none.
+	// checked. Method and target are globs as the policy rules read them:
+	// `*` matches any run of characters, `/` included, `?` one character,
+	// `\` escapes the next; a malformed glob (one ending in a lone `\`)
+	// is refused at load. An empty method matches only a request without
+	// one (a GET). Default: none.
 	ScopeRules []auth.ScopeRule `json:"scope_rules,omitempty"`
 
 	// ScopesSupported is what the metadata lists. Default: the scopes of
@@ -188,6 +193,9 @@ func (a *Auth) Provision(ctx caddy.Context) error {
 	}
 	if v.Keys == nil && v.Introspection == nil {
 		return errors.New("mcp_auth needs jwks_url, a key, or introspection")
+	}
+	if err := validScopeRules(a.ScopeRules); err != nil {
+		return err
 	}
 	a.verifier = v
 	if a.Resource != "" {
@@ -289,8 +297,25 @@ func (a *Auth) checkScopes(p *auth.Principal, call *mcp.Call) *auth.Error {
 		msgs = []mcp.Envelope{{}}
 	}
 	for i := range msgs {
-		if need := auth.RequiredScopes(a.ScopeRules, msgs[i].Method, msgs[i].Name); !p.HasScopes(need) {
+		if need := auth.RequiredScopes(a.ScopeRules, msgs[i].Method, msgs[i].Name, policy.Glob); !p.HasScopes(need) {
 			return auth.InsufficientScope(need)
+		}
+	}
+	return nil
+}
+
+// validScopeRules refuses a scope rule whose method or target is a
+// malformed glob (see policy.ValidGlob), which would match nothing and so
+// require no scope.
+func validScopeRules(rules []auth.ScopeRule) error {
+	for i, r := range rules {
+		for _, g := range []string{r.Method, r.Target} {
+			if g == "" {
+				continue
+			}
+			if err := policy.ValidGlob(g); err != nil {
+				return fmt.Errorf("scope rule %d (%s): glob %q: %w", i+1, r.Method, g, err)
+			}
 		}
 	}
 	return nil

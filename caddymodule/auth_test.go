@@ -56,6 +56,50 @@ func TestCheckScopes(t *testing.T) {
 	}
 }
 
+// TestScopeRuleGlobs: scope rules read their globs as the policy rules
+// do: `*` crosses `/`, so a rule over a URI scheme covers every URI under
+// it and `*` covers every method; brackets are literal; a malformed glob
+// is refused at load rather than protecting nothing.
+func TestScopeRuleGlobs(t *testing.T) {
+	a := &Auth{ScopeRules: []auth.ScopeRule{
+		{Method: "resources/read", Target: "secret://*", Scopes: []string{"secrets"}},
+		{Method: "tools/call", Target: "delete_*", Scopes: []string{"admin"}},
+		{Method: "tools/call", Target: "ops_[x", Scopes: []string{"ops"}},
+		{Method: "*", Scopes: []string{"basic"}},
+	}}
+	if err := validScopeRules(a.ScopeRules); err != nil {
+		t.Fatal(err)
+	}
+	read := func(uri string) string {
+		return `{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"` + uri + `"}}`
+	}
+	call := func(name string) string {
+		return `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"` + name + `"}}`
+	}
+	for body, want := range map[string]string{
+		read("secret://db"):          "secrets basic",
+		read("secret://db/password"): "secrets basic",
+		read("file:///etc/passwd"):   "basic",
+		call("delete_repo/force"):    "admin basic",
+		call("ops_[x"):               "ops basic",
+		call("ops_x"):                "basic",
+		call("echo"):                 "basic",
+	} {
+		e := a.checkScopes(&auth.Principal{ID: "u"}, callOf(t, body))
+		if e == nil || e.Scope != want {
+			t.Errorf("%s without scopes: %+v, want 403 naming %q", body, e, want)
+		}
+	}
+	for _, bad := range []auth.ScopeRule{
+		{Method: "tools/call", Target: `delete_\`, Scopes: []string{"admin"}},
+		{Method: "tools/\xff", Scopes: []string{"admin"}},
+	} {
+		if err := validScopeRules([]auth.ScopeRule{bad}); err == nil {
+			t.Errorf("rule %q:%q accepted", bad.Method, bad.Target)
+		}
+	}
+}
+
 // TestSetPrincipal: the principal and its claims become Caddy's
 // {http.auth.user.*} placeholders.
 func TestSetPrincipal(t *testing.T) {

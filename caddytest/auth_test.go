@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -265,6 +266,44 @@ func TestAuthMetadataAndKeys(t *testing.T) {
 		if status, _, body := rawPost(t, endpoint, toolCall("echo"), bearerHdr(tok)); status != http.StatusOK {
 			t.Errorf("with the JWKS server down: %d %s", status, body)
 		}
+	}
+}
+
+// TestAuthScopeGlobsCrossSlash checks that a scope rule's globs match as
+// the policy rules' do, `*` across `/`: the README's
+// `scope resources/read:secret://* mcp:secrets` covers a URI of several
+// segments, and `scope * mcp:basic` every method, so a token without the
+// scope is refused before the upstream.
+func TestAuthScopeGlobsCrossSlash(t *testing.T) {
+	as := startAuthServer(t)
+	var reached atomic.Int64
+	up := startUpstreamHandler(t, "up", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		reached.Add(1)
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"jsonrpc":"2.0","id":3,"result":{}}`)
+	}))
+	port := freePort(t)
+	loadCaddyfile(t, authFront(port, as, "\t\tscope resources/read:secret://* mcp:secrets\n\t\tscope * mcp:basic\n",
+		"\treverse_proxy "+up.addr()+"\n"))
+	endpoint := proxyURL(port) + "/mcp"
+	read := func(uri string) string {
+		return fmt.Sprintf(`{"jsonrpc":"2.0","id":3,"method":"resources/read","params":{"uri":%q}}`, uri)
+	}
+	reader := as.tokenFor("alice", endpoint, "mcp:read mcp:basic")
+	for _, uri := range []string{"secret://db", "secret://db/password"} {
+		status, h, body := rawPost(t, endpoint, read(uri), bearerHdr(reader))
+		if status != http.StatusForbidden || !strings.Contains(h.Get("WWW-Authenticate"), `scope="mcp:secrets mcp:basic"`) {
+			t.Errorf("resources/read %s without mcp:secrets: %d %q %s", uri, status, h.Get("WWW-Authenticate"), body)
+		}
+	}
+	if status, _, body := rawPost(t, endpoint, toolCall("echo"), bearerHdr(as.tokenFor("alice", endpoint, "mcp:read"))); status != http.StatusForbidden {
+		t.Errorf("tools/call under `scope * mcp:basic` without mcp:basic: %d %s", status, body)
+	}
+	if n := reached.Load(); n != 0 {
+		t.Errorf("the upstream was reached %d times", n)
+	}
+	if status, _, body := rawPost(t, endpoint, read("secret://db/password"), bearerHdr(as.tokenFor("alice", endpoint, "mcp:basic mcp:secrets"))); status != http.StatusOK {
+		t.Errorf("resources/read with mcp:secrets: %d %s", status, body)
 	}
 }
 
