@@ -153,6 +153,39 @@ func TestVerifyECAndClaim(t *testing.T) {
 	}
 }
 
+// TestVerifyRefusesTokenWithoutPrincipal: a token whose principal claim
+// is missing, empty or not a string is refused as invalid_token naming
+// the claim. An empty id would be "no principal" to the session binding,
+// which every such token would share with anonymous requests, and a
+// number decodes to a float64, in which distinct large ids are equal.
+func TestVerifyRefusesTokenWithoutPrincipal(t *testing.T) {
+	now := time.Now()
+	iss := newRSAIssuer(t, "k1")
+	for _, c := range []struct {
+		claim string
+		over  map[string]any
+		want  string
+	}{
+		{"", map[string]any{"sub": nil}, "the token has no sub"},
+		{"", map[string]any{"sub": ""}, "the token has no sub"},
+		{"email", nil, "the token has no email"},
+		{"uid", map[string]any{"uid": int64(1234567890123456789)}, "the token's uid is not a string"},
+		{"uid", map[string]any{"uid": 1234567}, "the token's uid is not a string"},
+		{"groups", map[string]any{"groups": []string{"a"}}, "the token's groups is not a string"},
+	} {
+		v := &Verifier{Keys: NewStaticKeySet([]jose.JSONWebKey{iss.public()}), PrincipalClaim: c.claim}
+		p, err := v.Verify(context.Background(), iss.token(claims(now, c.over)), []string{resource}, now)
+		var ae *Error
+		if !errors.As(err, &ae) || ae.Status != http.StatusUnauthorized || ae.Code != "invalid_token" || ae.Description != c.want {
+			t.Errorf("claim %q, %v: %+v %v, want invalid_token %q", c.claim, c.over, p, err, c.want)
+		}
+	}
+	v := &Verifier{Keys: NewStaticKeySet([]jose.JSONWebKey{iss.public()}), PrincipalClaim: "uid"}
+	if p, err := v.Verify(context.Background(), iss.token(claims(now, map[string]any{"uid": "1234567890123456789"})), []string{resource}, now); err != nil || p.ID != "1234567890123456789" {
+		t.Errorf("a string uid: %+v %v", p, err)
+	}
+}
+
 // jwksServer serves a key set that the test can change, counting fetches
 // and failing on demand.
 type jwksServer struct {
@@ -325,6 +358,44 @@ func TestIntrospection(t *testing.T) {
 	for _, tok := range []string{"revoked", "other-aud"} {
 		if _, err := v.Verify(ctx, tok, []string{resource}, now); err == nil {
 			t.Errorf("%s accepted", tok)
+		}
+	}
+}
+
+// TestIntrospectionPrincipalClaim: the principal of an introspected
+// token is its answer's PrincipalClaim, as for a JWT; an answer without
+// it (RFC 7662 makes sub optional: a client-credentials token often has
+// none) is refused, not taken as an empty principal all such tokens
+// would share.
+func TestIntrospectionPrincipalClaim(t *testing.T) {
+	now := time.Now()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		switch tok := r.FormValue("token"); tok {
+		case "user":
+			_, _ = w.Write([]byte(`{"active":true,"sub":"u-123","username":"alice","aud":"` + resource + `"}`))
+		case "numeric":
+			_, _ = w.Write([]byte(`{"active":true,"sub":"u-1","uid":12345678901234567,"aud":"` + resource + `"}`))
+		default:
+			_, _ = w.Write([]byte(`{"active":true,"client_id":"` + tok + `","aud":"` + resource + `"}`))
+		}
+	}))
+	defer srv.Close()
+	ctx := context.Background()
+	for _, c := range []struct{ claim, token, id, err string }{
+		{"username", "user", "alice", ""},
+		{"", "user", "u-123", ""},
+		{"", "client-a", "", "the token has no sub"},
+		{"client_id", "client-a", "client-a", ""},
+		{"uid", "numeric", "", "the token's uid is not a string"},
+	} {
+		v := &Verifier{Introspection: &Introspector{URL: srv.URL}, PrincipalClaim: c.claim}
+		p, err := v.Verify(ctx, c.token, []string{resource}, now)
+		switch {
+		case c.err == "" && (err != nil || p.ID != c.id):
+			t.Errorf("claim %q, token %s: %+v %v, want principal %q", c.claim, c.token, p, err, c.id)
+		case c.err != "" && (err == nil || err.Error() != c.err):
+			t.Errorf("claim %q, token %s: %+v %v, want %q", c.claim, c.token, p, err, c.err)
 		}
 	}
 }

@@ -43,22 +43,21 @@ type Introspector struct {
 
 // introspection is the answer of an introspection endpoint.
 type introspection struct {
-	Active   bool            `json:"active"`
-	Scope    string          `json:"scope"`
-	Sub      string          `json:"sub"`
-	Username string          `json:"username"`
-	ClientID string          `json:"client_id"`
-	Iss      string          `json:"iss"`
-	Aud      json.RawMessage `json:"aud"`
-	Exp      int64           `json:"exp"`
-	Nbf      int64           `json:"nbf"`
+	Active bool            `json:"active"`
+	Scope  string          `json:"scope"`
+	Iss    string          `json:"iss"`
+	Aud    json.RawMessage `json:"aud"`
+	Exp    int64           `json:"exp"`
+	Nbf    int64           `json:"nbf"`
 }
 
 // Check introspects token (or answers from the cache) and checks that it
-// is active, not expired, issued by one of issuers (when any) and for one
-// of audiences. A result is cached for the audiences it was checked
-// against: the same token presented for another resource is checked again.
-func (in *Introspector) Check(ctx context.Context, token string, audiences, issuers []string, now time.Time) (*Principal, error) {
+// is active, not expired, issued by one of issuers (when any), for one of
+// audiences, and names its principal in principalClaim (sub when empty)
+// as a non-empty string. A result is cached for the audiences it was
+// checked against: the same token presented for another resource is
+// checked again.
+func (in *Introspector) Check(ctx context.Context, token string, audiences, issuers []string, principalClaim string, now time.Time) (*Principal, error) {
 	key := cacheKey(token, audiences)
 	if p := in.cache.get(key, now); p != nil {
 		return p, nil
@@ -83,7 +82,11 @@ func (in *Introspector) Check(ctx context.Context, token string, audiences, issu
 	if len(audiences) > 0 && !audienceMatches(res.Aud, audiences) {
 		return nil, invalid("the token was not issued for this resource")
 	}
-	p := &Principal{ID: res.Sub, Scopes: strings.Fields(res.Scope), Claims: claims}
+	id, ierr := principalID(claims, principalClaim)
+	if ierr != nil {
+		return nil, ierr
+	}
+	p := &Principal{ID: id, Scopes: strings.Fields(res.Scope), Claims: claims}
 	if res.Exp != 0 {
 		p.Expires = exp
 	}

@@ -26,7 +26,8 @@ var DefaultAlgorithms = []jose.SignatureAlgorithm{
 
 // Principal is who an access token stands for.
 type Principal struct {
-	// ID is the value of the configured principal claim (sub by default).
+	// ID is the value of the configured principal claim (sub by
+	// default), never empty.
 	ID string
 	// Scopes are the token's scopes.
 	Scopes []string
@@ -85,8 +86,9 @@ type Verifier struct {
 	Algorithms []jose.SignatureAlgorithm
 	// Leeway is the clock skew allowed; zero means DefaultLeeway.
 	Leeway time.Duration
-	// PrincipalClaim names the claim the principal's id comes from;
-	// empty means "sub".
+	// PrincipalClaim names the claim the principal's id comes from, in a
+	// JWT or an introspection answer; empty means "sub". A token whose
+	// claim is missing, empty or not a string is refused.
 	PrincipalClaim string
 	// RequiredScopes must all be held by every token.
 	RequiredScopes []string
@@ -117,7 +119,7 @@ func (v *Verifier) Verify(ctx context.Context, token string, audiences []string,
 			v.cache.put(key, p, p.Expires, now, MaxVerified)
 		}
 	} else if v.Introspection != nil {
-		p, err = v.Introspection.Check(ctx, token, audiences, v.Issuers, now)
+		p, err = v.Introspection.Check(ctx, token, audiences, v.Issuers, v.PrincipalClaim, now)
 	} else {
 		return nil, invalid("the token is not a signed JWT")
 	}
@@ -157,7 +159,7 @@ func (v *Verifier) verifyJWT(ctx context.Context, token string, audiences []stri
 	if err := v.checkClaims(std, audiences, now); err != nil {
 		return nil, err
 	}
-	return v.principal(all, std.Expiry), nil
+	return v.principal(all, std.Expiry)
 }
 
 // checkClaims checks iss, aud, exp, nbf and iat.
@@ -186,20 +188,39 @@ func (v *Verifier) checkClaims(c jwt.Claims, audiences []string, now time.Time) 
 	return nil
 }
 
-// principal builds the principal from a token's claims.
-func (v *Verifier) principal(claims map[string]any, exp *jwt.NumericDate) *Principal {
-	claim := v.PrincipalClaim
-	if claim == "" {
-		claim = "sub"
+// principal builds the principal from a token's claims, or refuses a
+// token without a principal.
+func (v *Verifier) principal(claims map[string]any, exp *jwt.NumericDate) (*Principal, error) {
+	id, err := principalID(claims, v.PrincipalClaim)
+	if err != nil {
+		return nil, err
 	}
-	p := &Principal{Claims: claims, Scopes: scopesOf(claims)}
-	if id, ok := claims[claim]; ok {
-		p.ID = claimString(id)
-	}
+	p := &Principal{ID: id, Claims: claims, Scopes: scopesOf(claims)}
 	if exp != nil {
 		p.Expires = exp.Time()
 	}
-	return p
+	return p, nil
+}
+
+// principalID is the value of a token's principal claim (claim, or sub
+// when empty), which must be a non-empty string: a token without one
+// stands for nobody in particular, and an id of another type has no
+// exact string form (a JSON number is decoded to a float64, in which
+// distinct large ids are equal).
+func principalID(claims map[string]any, claim string) (string, *Error) {
+	if claim == "" {
+		claim = "sub"
+	}
+	switch id := claims[claim].(type) {
+	case string:
+		if id != "" {
+			return id, nil
+		}
+	case nil:
+	default:
+		return "", invalid("the token's %s is not a string", claim)
+	}
+	return "", invalid("the token has no %s", claim)
 }
 
 // scopesOf reads the scope claim (a space-separated string, RFC 8693) or

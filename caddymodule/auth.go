@@ -110,8 +110,12 @@ type Auth struct {
 	// Leeway is the clock skew allowed on exp, nbf and iat. Default: 30s.
 	Leeway caddy.Duration `json:"leeway,omitempty"`
 
-	// PrincipalClaim names the claim that identifies the principal.
-	// Default: sub.
+	// PrincipalClaim names the claim that identifies the principal, in a
+	// JWT or an introspection answer. A token whose claim is missing,
+	// empty or not a string is refused (401 invalid_token): without a
+	// principal its sessions would be everybody's. Set it to client_id
+	// for an introspection endpoint that gives client-credentials tokens
+	// no sub. Default: sub.
 	PrincipalClaim string `json:"principal_claim,omitempty"`
 
 	// RequiredScopes must all be held by every token. Default: none.

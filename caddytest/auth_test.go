@@ -141,6 +141,11 @@ func TestAuthTokens(t *testing.T) {
 		{name: "unknown key", token: signWith(t, jose.RS256, jose.JSONWebKey{Key: mustRSA(t), KeyID: "nope"}, valid), errCode: "invalid_token"},
 		{name: "HMAC with the public key", token: signWith(t, jose.HS256, jose.JSONWebKey{Key: der, KeyID: pub.kid}, valid), errCode: "invalid_token"},
 		{name: "garbage", token: "not.a.jwt", errCode: "invalid_token"},
+		// Without a principal, the request would be nobody's: its
+		// sessions those of every other such token and of anonymous
+		// requests.
+		{name: "no sub", token: as.mint(with("sub", nil)), errCode: "invalid_token"},
+		{name: "empty sub", token: as.mint(with("sub", "")), errCode: "invalid_token"},
 	}
 	before := up.requests.Load()
 	for _, c := range cases {
