@@ -296,6 +296,35 @@ func TestJWKSFetchOutlivesItsCaller(t *testing.T) {
 	}
 }
 
+// TestKeySetPrefersExactKid: a static key without a kid does not hide
+// the JWKS: a token naming a kid no static key has is checked against the
+// JWKS's key of that kid, and falls back on the kid-less static key only
+// when the JWKS has none; a static key of the token's kid is used without
+// fetching the JWKS.
+func TestKeySetPrefersExactKid(t *testing.T) {
+	now := time.Now()
+	jwksIss, kidless, named := newRSAIssuer(t, "k1"), newRSAIssuer(t, ""), newRSAIssuer(t, "s1")
+	srv := newJWKS(t, jwksIss.public())
+	ks := &KeySet{URL: srv.URL}
+	ks.AddStatic(kidless.public(), named.public())
+	v := &Verifier{Keys: ks, NoCache: true}
+	ctx := context.Background()
+	if _, err := v.Verify(ctx, named.token(claims(now, nil)), []string{resource}, now); err != nil || srv.fetches.Load() != 0 {
+		t.Errorf("static key of the token's kid: %v, %d JWKS fetches", err, srv.fetches.Load())
+	}
+	if _, err := v.Verify(ctx, jwksIss.token(claims(now, nil)), []string{resource}, now); err != nil || srv.fetches.Load() != 1 {
+		t.Errorf("JWKS key k1 beside a kid-less static key: %v, %d JWKS fetches", err, srv.fetches.Load())
+	}
+	other := &issuer{t: t, key: kidless.key, kid: "elsewhere", alg: jose.RS256}
+	if _, err := v.Verify(ctx, other.token(claims(now, nil)), []string{resource}, now); err != nil {
+		t.Errorf("kid-less static key, token naming a kid nobody has: %v", err)
+	}
+	stranger := newRSAIssuer(t, "k1")
+	if _, err := v.Verify(ctx, stranger.token(claims(now, nil)), []string{resource}, now); err == nil {
+		t.Error("a token of an unknown key naming the JWKS's kid accepted")
+	}
+}
+
 func TestJWKSRefusesSymmetricKeys(t *testing.T) {
 	now := time.Now()
 	secret := []byte("0123456789abcdef0123456789abcdef")

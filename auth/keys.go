@@ -71,20 +71,35 @@ func NewStaticKeySet(keys []jose.JSONWebKey) *KeySet {
 // AddStatic adds keys that are always available besides the JWKS.
 func (s *KeySet) AddStatic(keys ...jose.JSONWebKey) { s.static = append(s.static, keys...) }
 
-// Key returns the key with id kid (any key when kid is empty and the set
-// holds one only) that may verify alg, fetching the JWKS as its
-// freshness, MinRefresh and MaxStale allow.
+// Key returns the key that may verify alg for a token naming the key id
+// kid, fetching the JWKS as its freshness, MinRefresh and MaxStale allow.
+// A token naming a kid gets the static key of that kid, else the JWKS's
+// key of that kid, and only when neither holds one a static key without a
+// kid: such a key does not hide the JWKS. A token naming no kid gets the
+// one key that may verify alg, static keys first.
 func (s *KeySet) Key(ctx context.Context, kid string, alg jose.SignatureAlgorithm, now time.Time) (jose.JSONWebKey, error) {
-	if k, ok := pick(s.static, kid, alg, true); ok {
+	if k, ok := pick(s.static, kid, alg, true, kid != "" && s.URL != ""); ok {
 		return k, nil
 	}
 	if s.URL == "" {
 		return jose.JSONWebKey{}, ErrUnknownKey
 	}
+	k, err := s.fromJWKS(ctx, kid, alg, now)
+	if err != nil && kid != "" {
+		// No key of that kid anywhere: a static key without one.
+		if k, ok := pick(s.static, kid, alg, true, false); ok {
+			return k, nil
+		}
+	}
+	return k, err
+}
+
+// fromJWKS returns the JWKS's key for kid and alg.
+func (s *KeySet) fromJWKS(ctx context.Context, kid string, alg jose.SignatureAlgorithm, now time.Time) (jose.JSONWebKey, error) {
 	s.mu.Lock()
 	keys, fresh := s.keys, now.Before(s.expires)
 	s.mu.Unlock()
-	if k, ok := pick(keys, kid, alg, false); ok && fresh {
+	if k, ok := pick(keys, kid, alg, false, false); ok && fresh {
 		return k, nil
 	}
 	// Expired, or no such key: fetch again if allowed, then look again,
@@ -93,7 +108,7 @@ func (s *KeySet) Key(ctx context.Context, kid string, alg jose.SignatureAlgorith
 	s.mu.Lock()
 	keys, stale := s.keys, now.Sub(s.expires) <= s.maxStale()
 	s.mu.Unlock()
-	if k, ok := pick(keys, kid, alg, false); ok && (err == nil || stale) {
+	if k, ok := pick(keys, kid, alg, false, false); ok && (err == nil || stale) {
 		return k, nil
 	}
 	if err != nil {
@@ -102,13 +117,15 @@ func (s *KeySet) Key(ctx context.Context, kid string, alg jose.SignatureAlgorith
 	return jose.JSONWebKey{}, ErrUnknownKey
 }
 
-// pick finds the key for kid and alg. Keys from a JWKS are never
+// pick finds the key for kid and alg: the key of that kid, else, unless
+// exact, the one key without a kid that may verify alg (for a token
+// without a kid, the one key of any kid). Keys from a JWKS are never
 // symmetric: an HMAC algorithm only ever verifies with a static secret.
-func pick(keys []jose.JSONWebKey, kid string, alg jose.SignatureAlgorithm, allowSymmetric bool) (jose.JSONWebKey, bool) {
+func pick(keys []jose.JSONWebKey, kid string, alg jose.SignatureAlgorithm, allowSymmetric, exact bool) (jose.JSONWebKey, bool) {
 	var found jose.JSONWebKey
 	n := 0
 	for _, k := range keys {
-		if kid != "" && k.KeyID != "" && k.KeyID != kid {
+		if kid != "" && k.KeyID != kid && (exact || k.KeyID != "") {
 			continue
 		}
 		if k.Use != "" && k.Use != "sig" {

@@ -25,8 +25,10 @@ type StaticKey struct {
 	// Secret is the base64 of an HMAC secret; Algorithm must name an HS
 	// algorithm. Default: none.
 	Secret string `json:"secret,omitempty"`
-	// KeyID is the key id tokens name (kid). Default: empty, which
-	// matches any kid.
+	// KeyID is the key id tokens name (kid). A token naming a kid gets
+	// the static key of that kid, else the JWKS's; a key without a kid
+	// serves tokens naming no kid, and tokens naming a kid that neither
+	// the other static keys nor the JWKS hold. Default: empty.
 	KeyID string `json:"kid,omitempty"`
 	// Algorithm restricts the key to one algorithm, e.g. RS256. Default:
 	// any of Algorithms the key's type can verify.
