@@ -325,6 +325,55 @@ func TestKeySetPrefersExactKid(t *testing.T) {
 	}
 }
 
+// TestKeysBoundToIssuers: with several issuers, a key verifies only the
+// tokens of the issuers it is bound to: one issuer's key signing a token
+// that claims another issuer is refused, whether the key is static or
+// from the JWKS; kid-less static keys of different issuers are told apart
+// by the token's issuer; and the principal is qualified by the issuer, so
+// that the two issuers' "alice" are two principals.
+func TestKeysBoundToIssuers(t *testing.T) {
+	now := time.Now()
+	const issA, issB = "https://a.example.com", "https://b.example.com"
+	jwksA, keyB, kidlessA, kidlessB := newRSAIssuer(t, "a1"), newRSAIssuer(t, "b1"), newRSAIssuer(t, ""), newRSAIssuer(t, "")
+	srv := newJWKS(t, jwksA.public())
+	ks := &KeySet{URL: srv.URL, Issuers: []string{issA}}
+	ks.AddStaticFor([]string{issB}, keyB.public())
+	v := &Verifier{Keys: ks, Issuers: []string{issA, issB}, NoCache: true}
+	kidless := &KeySet{}
+	kidless.AddStaticFor([]string{issA}, kidlessA.public())
+	kidless.AddStaticFor([]string{issB}, kidlessB.public())
+	vKidless := &Verifier{Keys: kidless, Issuers: []string{issA, issB}, NoCache: true}
+	ctx := context.Background()
+	for _, c := range []struct {
+		name string
+		v    *Verifier
+		key  *issuer
+		iss  string
+		id   string // "" for refused
+	}{
+		{"A's JWKS key, iss A", v, jwksA, issA, issA + " alice"},
+		{"B's static key, iss B", v, keyB, issB, issB + " alice"},
+		{"B's static key, iss A", v, keyB, issA, ""},
+		{"A's JWKS key, iss B", v, jwksA, issB, ""},
+		{"A's kid-less key, iss A", vKidless, kidlessA, issA, issA + " alice"},
+		{"B's kid-less key, iss B", vKidless, kidlessB, issB, issB + " alice"},
+		{"B's kid-less key, iss A", vKidless, kidlessB, issA, ""},
+	} {
+		p, err := c.v.Verify(ctx, c.key.token(claims(now, map[string]any{"iss": c.iss})), []string{resource}, now)
+		switch {
+		case c.id == "" && err == nil:
+			t.Errorf("%s: accepted as %q", c.name, p.ID)
+		case c.id != "" && (err != nil || p.ID != c.id):
+			t.Errorf("%s: %+v %v, want principal %q", c.name, p, err, c.id)
+		}
+	}
+	// One issuer: the principal is the claim alone.
+	one := &Verifier{Keys: NewStaticKeySet([]jose.JSONWebKey{keyB.public()}), Issuers: []string{issB}}
+	if p, err := one.Verify(ctx, keyB.token(claims(now, map[string]any{"iss": issB})), []string{resource}, now); err != nil || p.ID != "alice" {
+		t.Errorf("one issuer: %+v %v, want principal alice", p, err)
+	}
+}
+
 func TestJWKSRefusesSymmetricKeys(t *testing.T) {
 	now := time.Now()
 	secret := []byte("0123456789abcdef0123456789abcdef")

@@ -82,7 +82,7 @@ func (in *Introspector) Check(ctx context.Context, token string, audiences, issu
 	if len(audiences) > 0 && !audienceMatches(res.Aud, audiences) {
 		return nil, invalid("the token was not issued for this resource")
 	}
-	id, ierr := principalID(claims, principalClaim)
+	id, ierr := principalID(claims, principalClaim, issuers)
 	if ierr != nil {
 		return nil, ierr
 	}

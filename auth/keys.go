@@ -8,6 +8,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -41,65 +42,102 @@ var ErrUnknownKey = errors.New("no key for the token's key id")
 // KeySet finds the key a token was signed with: among static keys, or in
 // a JWKS document fetched from URL, cached, fetched again when it expires
 // or when a token names an unknown key (at most once per MinRefresh), and
-// served stale for at most MaxStale while fetching fails. It is safe for
-// concurrent use.
+// served stale for at most MaxStale while fetching fails. Each key may be
+// bound to the issuers whose tokens it verifies, so that one issuer's key
+// cannot sign for another. It is safe for concurrent use.
 type KeySet struct {
 	// URL is the JWKS document's address; empty for static keys only.
 	URL string
+	// Issuers are the issuers whose tokens the JWKS's keys verify; empty
+	// means any the Verifier accepts.
+	Issuers []string
 	// Client fetches the JWKS; nil means a client with FetchTimeout.
 	Client *http.Client
 	// Refresh, MinRefresh, MaxStale and FetchTimeout: see the defaults.
 	Refresh, MinRefresh, MaxStale, FetchTimeout time.Duration
 
-	static []jose.JSONWebKey
+	static []boundKey
 
 	mu        sync.Mutex
-	keys      []jose.JSONWebKey // from the last good fetch
-	fetched   time.Time         // when keys were fetched
-	expires   time.Time         // when keys should be fetched again
-	attempted time.Time         // last fetch attempt
-	fetching  chan struct{}     // closed when the fetch in progress ends
+	keys      []boundKey    // from the last good fetch
+	fetched   time.Time     // when keys were fetched
+	expires   time.Time     // when keys should be fetched again
+	attempted time.Time     // last fetch attempt
+	fetching  chan struct{} // closed when the fetch in progress ends
 	lastErr   error
 }
 
-// NewStaticKeySet returns a key set of the given keys only. A key with no
-// key id matches any token; a symmetric key must have its algorithm set.
-func NewStaticKeySet(keys []jose.JSONWebKey) *KeySet {
-	return &KeySet{static: keys}
+// boundKey is a key with the issuers whose tokens it verifies (any the
+// Verifier accepts, when none).
+type boundKey struct {
+	jose.JSONWebKey
+	issuers []string
 }
 
-// AddStatic adds keys that are always available besides the JWKS.
-func (s *KeySet) AddStatic(keys ...jose.JSONWebKey) { s.static = append(s.static, keys...) }
+// NewStaticKeySet returns a key set of the given keys only, each for any
+// issuer. A key with no key id matches any token; a symmetric key must
+// have its algorithm set.
+func NewStaticKeySet(keys []jose.JSONWebKey) *KeySet {
+	s := &KeySet{}
+	s.AddStatic(keys...)
+	return s
+}
+
+// AddStatic adds keys that are always available besides the JWKS, each
+// verifying tokens of any issuer the Verifier accepts.
+func (s *KeySet) AddStatic(keys ...jose.JSONWebKey) { s.AddStaticFor(nil, keys...) }
+
+// AddStaticFor adds keys that are always available besides the JWKS,
+// each verifying only tokens whose iss is one of issuers (any the
+// Verifier accepts, when issuers is empty).
+func (s *KeySet) AddStaticFor(issuers []string, keys ...jose.JSONWebKey) {
+	for _, k := range keys {
+		s.static = append(s.static, boundKey{JSONWebKey: k, issuers: slices.Clone(issuers)})
+	}
+}
 
 // Key returns the key that may verify alg for a token naming the key id
 // kid, fetching the JWKS as its freshness, MinRefresh and MaxStale allow.
 // A token naming a kid gets the static key of that kid, else the JWKS's
 // key of that kid, and only when neither holds one a static key without a
 // kid: such a key does not hide the JWKS. A token naming no kid gets the
-// one key that may verify alg, static keys first.
+// one key that may verify alg, static keys first. Key does not look at
+// the issuers keys are bound to; Verifier does.
 func (s *KeySet) Key(ctx context.Context, kid string, alg jose.SignatureAlgorithm, now time.Time) (jose.JSONWebKey, error) {
-	if k, ok := pick(s.static, kid, alg, true, kid != "" && s.URL != ""); ok {
+	k, err := s.key(ctx, kid, alg, "", now)
+	return k.JSONWebKey, err
+}
+
+// key is Key for a token that claims the issuer iss (not yet verified;
+// "" for any): keys bound to other issuers are passed over, and the JWKS
+// is not consulted when its keys are bound to other issuers. The key
+// returned says which issuers it verifies, for the caller to check
+// against the verified claim.
+func (s *KeySet) key(ctx context.Context, kid string, alg jose.SignatureAlgorithm, iss string, now time.Time) (boundKey, error) {
+	useJWKS := s.URL != "" && (iss == "" || len(s.Issuers) == 0 || slices.Contains(s.Issuers, iss))
+	if k, ok := pick(s.static, kid, alg, iss, true, kid != "" && useJWKS); ok {
 		return k, nil
 	}
-	if s.URL == "" {
-		return jose.JSONWebKey{}, ErrUnknownKey
+	if !useJWKS {
+		return boundKey{}, ErrUnknownKey
 	}
 	k, err := s.fromJWKS(ctx, kid, alg, now)
 	if err != nil && kid != "" {
 		// No key of that kid anywhere: a static key without one.
-		if k, ok := pick(s.static, kid, alg, true, false); ok {
+		if k, ok := pick(s.static, kid, alg, iss, true, false); ok {
 			return k, nil
 		}
 	}
 	return k, err
 }
 
-// fromJWKS returns the JWKS's key for kid and alg.
-func (s *KeySet) fromJWKS(ctx context.Context, kid string, alg jose.SignatureAlgorithm, now time.Time) (jose.JSONWebKey, error) {
+// fromJWKS returns the JWKS's key for kid and alg, bound to Issuers.
+func (s *KeySet) fromJWKS(ctx context.Context, kid string, alg jose.SignatureAlgorithm, now time.Time) (boundKey, error) {
 	s.mu.Lock()
 	keys, fresh := s.keys, now.Before(s.expires)
 	s.mu.Unlock()
-	if k, ok := pick(keys, kid, alg, false, false); ok && fresh {
+	if k, ok := pick(keys, kid, alg, "", false, false); ok && fresh {
+		k.issuers = s.Issuers
 		return k, nil
 	}
 	// Expired, or no such key: fetch again if allowed, then look again,
@@ -108,24 +146,29 @@ func (s *KeySet) fromJWKS(ctx context.Context, kid string, alg jose.SignatureAlg
 	s.mu.Lock()
 	keys, stale := s.keys, now.Sub(s.expires) <= s.maxStale()
 	s.mu.Unlock()
-	if k, ok := pick(keys, kid, alg, false, false); ok && (err == nil || stale) {
+	if k, ok := pick(keys, kid, alg, "", false, false); ok && (err == nil || stale) {
+		k.issuers = s.Issuers
 		return k, nil
 	}
 	if err != nil {
-		return jose.JSONWebKey{}, fmt.Errorf("%w (fetching keys: %v)", ErrUnknownKey, err)
+		return boundKey{}, fmt.Errorf("%w (fetching keys: %v)", ErrUnknownKey, err)
 	}
-	return jose.JSONWebKey{}, ErrUnknownKey
+	return boundKey{}, ErrUnknownKey
 }
 
-// pick finds the key for kid and alg: the key of that kid, else, unless
-// exact, the one key without a kid that may verify alg (for a token
-// without a kid, the one key of any kid). Keys from a JWKS are never
-// symmetric: an HMAC algorithm only ever verifies with a static secret.
-func pick(keys []jose.JSONWebKey, kid string, alg jose.SignatureAlgorithm, allowSymmetric, exact bool) (jose.JSONWebKey, bool) {
-	var found jose.JSONWebKey
+// pick finds the key for kid and alg, among those bound to iss (when not
+// empty): the key of that kid, else, unless exact, the one key without a
+// kid that may verify alg (for a token without a kid, the one key of any
+// kid). Keys from a JWKS are never symmetric: an HMAC algorithm only ever
+// verifies with a static secret.
+func pick(keys []boundKey, kid string, alg jose.SignatureAlgorithm, iss string, allowSymmetric, exact bool) (boundKey, bool) {
+	var found boundKey
 	n := 0
 	for _, k := range keys {
 		if kid != "" && k.KeyID != kid && (exact || k.KeyID != "") {
+			continue
+		}
+		if iss != "" && len(k.issuers) > 0 && !slices.Contains(k.issuers, iss) {
 			continue
 		}
 		if k.Use != "" && k.Use != "sig" {
@@ -215,7 +258,7 @@ func (s *KeySet) fetchAndKeep(ctx context.Context, now time.Time, done chan stru
 }
 
 // fetch gets and parses the JWKS document, and its max-age.
-func (s *KeySet) fetch(ctx context.Context) ([]jose.JSONWebKey, time.Duration, error) {
+func (s *KeySet) fetch(ctx context.Context) ([]boundKey, time.Duration, error) {
 	timeout := s.FetchTimeout
 	if timeout <= 0 {
 		timeout = DefaultFetchTimeout
@@ -253,7 +296,7 @@ func (s *KeySet) fetch(ctx context.Context) ([]jose.JSONWebKey, time.Duration, e
 	if err := json.Unmarshal(body, &set); err != nil {
 		return nil, 0, fmt.Errorf("decoding JWKS: %w", err)
 	}
-	keys := make([]jose.JSONWebKey, 0, min(len(set.Keys), MaxJWKSKeys))
+	keys := make([]boundKey, 0, min(len(set.Keys), MaxJWKSKeys))
 	for _, k := range set.Keys {
 		if len(keys) == MaxJWKSKeys {
 			break
@@ -261,7 +304,7 @@ func (s *KeySet) fetch(ctx context.Context) ([]jose.JSONWebKey, time.Duration, e
 		if _, symmetric := k.Key.([]byte); symmetric || !k.Valid() {
 			continue
 		}
-		keys = append(keys, k.Public())
+		keys = append(keys, boundKey{JSONWebKey: k.Public()})
 	}
 	return keys, maxAge(resp.Header.Get("Cache-Control")), nil
 }

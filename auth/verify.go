@@ -27,7 +27,9 @@ var DefaultAlgorithms = []jose.SignatureAlgorithm{
 // Principal is who an access token stands for.
 type Principal struct {
 	// ID is the value of the configured principal claim (sub by
-	// default), never empty.
+	// default), never empty. When the Verifier accepts more than one
+	// issuer, it is the token's issuer, a space, and that value, e.g.
+	// "https://as-b.example.com alice".
 	ID string
 	// Scopes are the token's scopes.
 	Scopes []string
@@ -79,7 +81,10 @@ type Verifier struct {
 	// Introspection checks opaque tokens (and JWTs when Keys is nil);
 	// nil accepts no opaque token.
 	Introspection *Introspector
-	// Issuers lists the accepted iss values; empty accepts any.
+	// Issuers lists the accepted iss values; empty accepts any. With more
+	// than one, a principal's ID is qualified by its issuer (see
+	// Principal.ID); an issuer should then hold no space, for the ID to
+	// name one issuer's principal only.
 	Issuers []string
 	// Algorithms are the accepted JWS algorithms; empty means
 	// DefaultAlgorithms. "none" is never accepted.
@@ -147,17 +152,26 @@ func (v *Verifier) verifyJWT(ctx context.Context, token string, audiences []stri
 		return nil, invalid("the token must have one signature")
 	}
 	hdr := tok.Headers[0]
-	key, err := v.Keys.Key(ctx, hdr.KeyID, jose.SignatureAlgorithm(hdr.Algorithm), now)
+	// The issuer the token claims narrows the keys to those bound to it;
+	// the claim is checked against the key once verified.
+	var claimed struct {
+		Iss string `json:"iss"`
+	}
+	_ = tok.UnsafeClaimsWithoutVerification(&claimed)
+	key, err := v.Keys.key(ctx, hdr.KeyID, jose.SignatureAlgorithm(hdr.Algorithm), claimed.Iss, now)
 	if err != nil {
 		return nil, invalid("%v", err)
 	}
 	var std jwt.Claims
 	var all map[string]any
-	if err := tok.Claims(key, &std, &all); err != nil {
+	if err := tok.Claims(key.JSONWebKey, &std, &all); err != nil {
 		return nil, invalid("the token's signature does not verify")
 	}
 	if err := v.checkClaims(std, audiences, now); err != nil {
 		return nil, err
+	}
+	if len(key.issuers) > 0 && !slices.Contains(key.issuers, std.Issuer) {
+		return nil, invalid("the token's issuer is not accepted for its key")
 	}
 	return v.principal(all, std.Expiry)
 }
@@ -191,7 +205,7 @@ func (v *Verifier) checkClaims(c jwt.Claims, audiences []string, now time.Time) 
 // principal builds the principal from a token's claims, or refuses a
 // token without a principal.
 func (v *Verifier) principal(claims map[string]any, exp *jwt.NumericDate) (*Principal, error) {
-	id, err := principalID(claims, v.PrincipalClaim)
+	id, err := principalID(claims, v.PrincipalClaim, v.Issuers)
 	if err != nil {
 		return nil, err
 	}
@@ -206,16 +220,23 @@ func (v *Verifier) principal(claims map[string]any, exp *jwt.NumericDate) (*Prin
 // when empty), which must be a non-empty string: a token without one
 // stands for nobody in particular, and an id of another type has no
 // exact string form (a JSON number is decoded to a float64, in which
-// distinct large ids are equal).
-func principalID(claims map[string]any, claim string) (string, *Error) {
+// distinct large ids are equal). When more than one issuer is accepted,
+// the id is the token's issuer, a space, and the claim's value, so that
+// two issuers' users of the same name are not one principal.
+func principalID(claims map[string]any, claim string, issuers []string) (string, *Error) {
 	if claim == "" {
 		claim = "sub"
 	}
 	switch id := claims[claim].(type) {
 	case string:
-		if id != "" {
-			return id, nil
+		if id == "" {
+			break
 		}
+		if len(issuers) > 1 {
+			iss, _ := claims["iss"].(string)
+			return iss + " " + id, nil
+		}
+		return id, nil
 	case nil:
 	default:
 		return "", invalid("the token's %s is not a string", claim)

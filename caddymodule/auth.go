@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -53,8 +55,14 @@ const varAuth = "mcp.auth"
 // mcp_auth is ordered just after forward_auth, before respond and
 // mcp_proxy.
 type Auth struct {
-	// Issuers lists the accepted token issuers (the iss claim). Default:
-	// any issuer whose keys verify the token.
+	// Issuers lists the accepted token issuers (the iss claim). With
+	// several, each key is bound to the issuers it signs for (see
+	// StaticKey.Issuers and JWKSIssuers), and the principal,
+	// `{http.auth.user.id}`, to which sessions are bound, is the issuer,
+	// a space, and the PrincipalClaim (e.g. `https://as-b.example.com
+	// alice`), so that two issuers' users of the same name are not one
+	// principal; an issuer then may not hold a space. Default: any issuer
+	// whose keys verify the token.
 	Issuers []string `json:"issuers,omitempty"`
 
 	// AuthorizationServers lists the authorization servers the metadata
@@ -82,6 +90,13 @@ type Auth struct {
 	// its freshness while fetching fails. Default: none (tokens are
 	// checked against Keys, or by Introspection).
 	JWKSURL string `json:"jwks_url,omitempty"`
+
+	// JWKSIssuers lists the issuers whose tokens the JWKS's keys verify,
+	// each one of Issuers: a token of another iss signed with one of them
+	// is refused. Default: Issuers (any issuer when none); required when
+	// several Issuers are accepted along with static Keys, which belong to
+	// some of them.
+	JWKSIssuers []string `json:"jwks_issuers,omitempty"`
 
 	// JWKSTimeout bounds one fetch of the JWKS. Default: 5s.
 	JWKSTimeout caddy.Duration `json:"jwks_timeout,omitempty"`
@@ -177,15 +192,18 @@ func (a *Auth) Provision(ctx caddy.Context) error {
 		}
 		v.Algorithms = append(v.Algorithms, jose.SignatureAlgorithm(alg))
 	}
+	if err := a.checkIssuers(); err != nil {
+		return err
+	}
 	if a.JWKSURL != "" || len(a.Keys) > 0 {
-		v.Keys = &auth.KeySet{URL: repl.ReplaceKnown(a.JWKSURL, ""), Refresh: time.Duration(a.JWKSRefresh),
+		v.Keys = &auth.KeySet{URL: repl.ReplaceKnown(a.JWKSURL, ""), Issuers: a.JWKSIssuers, Refresh: time.Duration(a.JWKSRefresh),
 			MinRefresh: time.Duration(a.JWKSMinRefresh), MaxStale: time.Duration(a.JWKSMaxStale), FetchTimeout: time.Duration(a.JWKSTimeout)}
 		for i, k := range a.Keys {
 			jwk, err := k.load(repl)
 			if err != nil {
 				return fmt.Errorf("key %d: %w", i, err)
 			}
-			v.Keys.AddStatic(jwk)
+			v.Keys.AddStaticFor(k.Issuers, jwk)
 		}
 	}
 	if in := a.Introspection; in != nil {
@@ -303,6 +321,50 @@ func (a *Auth) checkScopes(p *auth.Principal, call *mcp.Call) *auth.Error {
 	for i := range msgs {
 		if need := auth.RequiredScopes(a.ScopeRules, msgs[i].Method, msgs[i].Name, policy.Glob); !p.HasScopes(need) {
 			return auth.InsufficientScope(need)
+		}
+	}
+	return nil
+}
+
+// checkIssuers refuses keys that could sign for an issuer they do not
+// belong to: with several issuers, a static key must name its own, and so
+// must the JWKS beside static keys; a key's issuers must be accepted
+// ones. With several issuers, one holding a space is refused, as the
+// principal "<issuer> <claim>" would not name one issuer's user only.
+func (a *Auth) checkIssuers() error {
+	several := len(a.Issuers) > 1
+	accepted := func(what string, issuers []string) error {
+		for _, iss := range issuers {
+			if len(a.Issuers) > 0 && !slices.Contains(a.Issuers, iss) {
+				return fmt.Errorf("%s: issuer %q is not one of the accepted issuers %q", what, iss, a.Issuers)
+			}
+		}
+		return nil
+	}
+	for i, k := range a.Keys {
+		if several && len(k.Issuers) == 0 {
+			return fmt.Errorf("key %d: with several issuers, name the one the key signs for (key … issuer <url>): "+
+				"a key of one issuer must not sign tokens of another", i)
+		}
+		if err := accepted(fmt.Sprintf("key %d", i), k.Issuers); err != nil {
+			return err
+		}
+	}
+	if a.JWKSURL == "" && len(a.JWKSIssuers) > 0 {
+		return errors.New("jwks_issuers without jwks_url")
+	}
+	if several && a.JWKSURL != "" && len(a.Keys) > 0 && len(a.JWKSIssuers) == 0 {
+		return errors.New("with several issuers and static keys, name the issuers the jwks_url signs for (jwks_issuer <url...>): " +
+			"a key of one issuer must not sign tokens of another")
+	}
+	if err := accepted("jwks_issuers", a.JWKSIssuers); err != nil {
+		return err
+	}
+	if several {
+		for _, iss := range a.Issuers {
+			if strings.ContainsFunc(iss, unicode.IsSpace) {
+				return fmt.Errorf("issuer %q: with several issuers, an issuer may not hold a space", iss)
+			}
 		}
 	}
 	return nil

@@ -33,6 +33,12 @@ type StaticKey struct {
 	// Algorithm restricts the key to one algorithm, e.g. RS256. Default:
 	// any of Algorithms the key's type can verify.
 	Algorithm string `json:"alg,omitempty"`
+	// Issuers lists the issuers whose tokens the key verifies, each one
+	// of mcp_auth's Issuers: a token of another iss signed with it is
+	// refused, so that one issuer's key cannot sign for another. Default:
+	// mcp_auth's one issuer, or any issuer when it names none; required
+	// when it names several.
+	Issuers []string `json:"issuers,omitempty"`
 }
 
 // IntrospectionConfig configures RFC 7662 introspection.

@@ -3,6 +3,7 @@ package caddymodule
 import (
 	"context"
 	"net/http/httptest"
+	"strings"
 	"testing"
 
 	"github.com/caddyserver/caddy/v2"
@@ -96,6 +97,40 @@ func TestScopeRuleGlobs(t *testing.T) {
 	} {
 		if err := validScopeRules([]auth.ScopeRule{bad}); err == nil {
 			t.Errorf("rule %q:%q accepted", bad.Method, bad.Target)
+		}
+	}
+}
+
+// TestCheckIssuers: with several issuers, every key must be bound to the
+// issuers it signs for, a static key by its own issuers and the JWKS
+// beside static keys by jwks_issuers, each an accepted issuer; with one
+// issuer or none, keys need not say.
+func TestCheckIssuers(t *testing.T) {
+	const a, b = "https://a.example", "https://b.example"
+	key := func(issuers ...string) StaticKey { return StaticKey{PEM: "x", Issuers: issuers} }
+	for _, c := range []struct {
+		name string
+		auth Auth
+		want string // "" when accepted
+	}{
+		{"one issuer, key without issuer", Auth{Issuers: []string{a}, JWKSURL: "u", Keys: []StaticKey{key()}}, ""},
+		{"no issuer, keys without issuer", Auth{JWKSURL: "u", Keys: []StaticKey{key(), key()}}, ""},
+		{"no issuer, key bound to one", Auth{Keys: []StaticKey{key(b)}}, ""},
+		{"several issuers, JWKS only", Auth{Issuers: []string{a, b}, JWKSURL: "u"}, ""},
+		{"several issuers, bound keys", Auth{Issuers: []string{a, b}, JWKSURL: "u", JWKSIssuers: []string{a}, Keys: []StaticKey{key(b)}}, ""},
+		{"several issuers, key without issuer", Auth{Issuers: []string{a, b}, Keys: []StaticKey{key(a), key()}}, "key 1: with several issuers"},
+		{"several issuers, JWKS beside keys", Auth{Issuers: []string{a, b}, JWKSURL: "u", Keys: []StaticKey{key(b)}}, "jwks_issuer"},
+		{"key of another issuer", Auth{Issuers: []string{a}, Keys: []StaticKey{key(b)}}, "is not one of the accepted issuers"},
+		{"JWKS of another issuer", Auth{Issuers: []string{a}, JWKSURL: "u", JWKSIssuers: []string{b}}, "is not one of the accepted issuers"},
+		{"jwks_issuers without jwks_url", Auth{Issuers: []string{a}, JWKSIssuers: []string{a}, Keys: []StaticKey{key()}}, "without jwks_url"},
+		{"several issuers, one with a space", Auth{Issuers: []string{a, "b c"}, JWKSURL: "u"}, "may not hold a space"},
+	} {
+		err := c.auth.checkIssuers()
+		switch {
+		case c.want == "" && err != nil:
+			t.Errorf("%s: %v", c.name, err)
+		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
+			t.Errorf("%s: %v, want an error mentioning %q", c.name, err, c.want)
 		}
 	}
 }

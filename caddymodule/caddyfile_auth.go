@@ -18,11 +18,12 @@ import (
 //		resource              <uri>
 //		audience              <aud...>
 //		jwks_url              <url>
+//		jwks_issuer           <url...>
 //		jwks_timeout          <duration>
 //		jwks_refresh          <duration>
 //		jwks_min_refresh      <duration>
 //		jwks_max_stale        <duration>
-//		key                   file|pem|jwk|secret <value> [kid <id>] [alg <alg>]
+//		key                   file|pem|jwk|secret <value> [kid <id>] [alg <alg>] [issuer <url>]...
 //		algorithms            <alg...>
 //		leeway                <duration>
 //		principal_claim       <claim>
@@ -52,6 +53,7 @@ func (a *Auth) options() map[string]option {
 		"resource":              str(&a.Resource),
 		"audience":              listOpt(&a.Audiences),
 		"jwks_url":              str(&a.JWKSURL),
+		"jwks_issuer":           listOpt(&a.JWKSIssuers),
 		"jwks_timeout":          durationOpt(&a.JWKSTimeout),
 		"jwks_refresh":          durationOpt(&a.JWKSRefresh),
 		"jwks_min_refresh":      durationOpt(&a.JWKSMinRefresh),
@@ -63,7 +65,7 @@ func (a *Auth) options() map[string]option {
 		"scopes_supported":      listOpt(&a.ScopesSupported),
 		"resource_name":         str(&a.ResourceName),
 		"forward_token":         one(func(s string) (err error) { a.ForwardToken, err = parseOnOff(s); return }),
-		"key":                   {nargs: func(n int) bool { return n == 2 || n == 4 || n == 6 }, repeat: true, apply: a.parseKey},
+		"key":                   {nargs: func(n int) bool { return n >= 2 && n%2 == 0 }, repeat: true, apply: a.parseKey},
 		"scope": {nargs: atLeast(2), repeat: true, apply: func(args []string) error {
 			method, target, _ := strings.Cut(args[0], ":")
 			a.ScopeRules = append(a.ScopeRules, auth.ScopeRule{Method: method, Target: target, Scopes: args[1:]})
@@ -73,7 +75,8 @@ func (a *Auth) options() map[string]option {
 	}
 }
 
-// parseKey parses `file|pem|jwk|secret <value> [kid <id>] [alg <alg>]`.
+// parseKey parses `file|pem|jwk|secret <value> [kid <id>] [alg <alg>]
+// [issuer <url>]...`, issuer given once per issuer the key signs for.
 func (a *Auth) parseKey(args []string) error {
 	var k StaticKey
 	switch args[0] {
@@ -94,8 +97,10 @@ func (a *Auth) parseKey(args []string) error {
 			k.KeyID = args[i+1]
 		case "alg":
 			k.Algorithm = args[i+1]
+		case "issuer":
+			k.Issuers = append(k.Issuers, args[i+1])
 		default:
-			return fmt.Errorf("%q: want kid or alg", args[i])
+			return fmt.Errorf("%q: want kid, alg or issuer", args[i])
 		}
 	}
 	a.Keys = append(a.Keys, k)

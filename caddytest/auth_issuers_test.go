@@ -1,0 +1,117 @@
+package caddytest
+
+import (
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+
+	jose "github.com/go-jose/go-jose/v4"
+	"github.com/mcpgate/mcpgate/internal/demo"
+)
+
+// TestAuthKeysBoundToIssuers checks mcp_auth with two issuers, A by its
+// JWKS and B by a static key: each key verifies only its own issuer's
+// tokens, so B's key cannot sign for A's admin nor A's for B's; and the
+// principal is qualified by the issuer, in {http.auth.user.id} and in the
+// session binding, so that A's alice and B's alice are two users.
+func TestAuthKeysBoundToIssuers(t *testing.T) {
+	asA, asB := startAuthServer(t), startAuthServer(t)
+	var seen seenHeaders
+	up := startUpstreamHandler(t, "up", seen.wrap(demo.Handler(demo.NewServer("up"), "/sse", nil)))
+	asB.mu.Lock()
+	privB := asB.keys[0].priv
+	asB.mu.Unlock()
+	der, err := x509.MarshalPKIXPublicKey(&privB.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pemB := t.TempDir() + "/b.pem"
+	if err := os.WriteFile(pemB, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	const resource = "http://mcp.test/mcp"
+	port := freePort(t)
+	loadCaddyfile(t, fmt.Sprintf(`:%d {
+	mcp_auth {
+		issuer %[2]s %[3]s
+		jwks_url %[2]s/jwks
+		jwks_issuer %[2]s
+		key file %[4]s kid b-key issuer %[3]s
+		resource %[5]s
+	}
+	mcp_proxy %[6]s {
+		header_up X-User {http.auth.user.id}
+		session_key shared-test-passphrase-of-32-characters
+	}
+}
+`, port, asA.issuer(), asB.issuer(), pemB, resource, up.addr()))
+	endpoint := proxyURL(port) + "/mcp"
+	mintB := func(c map[string]any) string {
+		return signWith(t, jose.RS256, jose.JSONWebKey{Key: privB, KeyID: "b-key"}, c)
+	}
+	aliceA := asA.tokenFor("alice", resource, "mcp:read")
+	aliceB := mintB(asB.claims("alice", resource, "mcp:read"))
+
+	sid := openSessionAs(t, endpoint, aliceA)
+	hdr := bearerHdr(aliceA)
+	hdr["Mcp-Session-Id"] = sid
+	if status, _, body := rawPost(t, endpoint, toolsListBody, hdr); status != http.StatusOK {
+		t.Fatalf("A's alice in her session: %d %s", status, body)
+	}
+	hdr = bearerHdr(aliceB)
+	hdr["Mcp-Session-Id"] = sid
+	if status, _, body := rawPost(t, endpoint, toolsListBody, hdr); status != http.StatusNotFound {
+		t.Errorf("B's alice presents A's alice's session: %d, want 404 (%s)", status, body)
+	}
+	openSessionAs(t, endpoint, aliceB)
+	users, _ := seen.all("X-User")
+	got := map[string]bool{}
+	for _, u := range users {
+		got[u] = true
+	}
+	if len(got) != 2 || !got[asA.issuer()+" alice"] || !got[asB.issuer()+" alice"] {
+		t.Errorf("X-User upstream %q, want %q and %q", users, asA.issuer()+" alice", asB.issuer()+" alice")
+	}
+
+	forged := asB.claims("admin", resource, "mcp:read mcp:admin")
+	forged["iss"] = asA.issuer()
+	if status, h, _ := rawPost(t, endpoint, toolsListBody, bearerHdr(mintB(forged))); status != http.StatusUnauthorized {
+		t.Errorf("B's key signing for A's admin: %d, want 401 (%q)", status, h.Get("WWW-Authenticate"))
+	}
+	forged = asA.claims("admin", resource, "mcp:read mcp:admin")
+	forged["iss"] = asB.issuer()
+	if status, h, _ := rawPost(t, endpoint, toolsListBody, bearerHdr(asA.mint(forged))); status != http.StatusUnauthorized {
+		t.Errorf("A's key signing for B's admin: %d, want 401 (%q)", status, h.Get("WWW-Authenticate"))
+	}
+}
+
+// TestAuthConfigRefused checks that mcp_auth refuses, at load, a
+// configuration that would let a token through unchecked: a static key
+// that could sign for either of two issuers, a JWKS beside static keys
+// without the issuers it signs for, a scope rule whose glob is malformed
+// (it would require no scope).
+func TestAuthConfigRefused(t *testing.T) {
+	for _, c := range []struct{ name, lines, want string }{
+		{"key of either issuer", "issuer https://a.example https://b.example\n\t\tkey secret MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY= alg HS256", "name the one the key signs for"},
+		{"JWKS beside a bound key", "issuer https://a.example https://b.example\n\t\tjwks_url https://a.example/jwks\n\t\tkey secret MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY= alg HS256 issuer https://b.example", "jwks_issuer"},
+		{"malformed scope glob", "jwks_url https://a.example/jwks\n\t\tscope `tools/call:delete_\\` mcp:admin", "scope rule 1"},
+	} {
+		cf := testCaddyfile("off", "", fmt.Sprintf(":%d {\n\tmcp_auth {\n\t\t%s\n\t}\n\trespond ok\n}\n", freePort(t), c.lines))
+		cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), map[string]any{"filename": "Caddyfile"})
+		if err == nil {
+			if err = caddy.Load(cfg, true); err == nil {
+				_ = caddy.Stop()
+			}
+		}
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want an error mentioning %q", c.name, err, c.want)
+		}
+	}
+}
