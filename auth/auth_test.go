@@ -478,6 +478,37 @@ func TestIntrospectionPrincipalClaim(t *testing.T) {
 	}
 }
 
+// TestFetchErrorsStayOutOfDescriptions: when the introspection endpoint
+// or the JWKS cannot be reached, the client's description is fixed; the
+// cause, for the operator's log, names the endpoint without its query or
+// user info, where a key may sit.
+func TestFetchErrorsStayOutOfDescriptions(t *testing.T) {
+	now := time.Now()
+	dead := httptest.NewServer(http.NotFoundHandler())
+	dead.Close() // nothing listens there any more
+	secretURL := strings.Replace(dead.URL, "http://", "http://user:S3CRET@", 1) + "/internal?api_key=S3CRET"
+	ctx := context.Background()
+	iss := newRSAIssuer(t, "k1")
+	for _, c := range []struct {
+		name  string
+		v     *Verifier
+		token string
+		want  string
+	}{
+		{"introspection", &Verifier{Introspection: &Introspector{URL: secretURL}}, "opaque", "the token could not be checked"},
+		{"JWKS", &Verifier{Keys: &KeySet{URL: secretURL}}, iss.token(claims(now, nil)), "no key for the token's key id"},
+	} {
+		_, err := c.v.Verify(ctx, c.token, []string{resource}, now)
+		var ae *Error
+		if !errors.As(err, &ae) || ae.Description != c.want || ae.Cause == nil {
+			t.Fatalf("%s: %#v, want %q with a cause", c.name, err, c.want)
+		}
+		if cause := ae.Cause.Error(); strings.Contains(cause, "S3CRET") || !strings.Contains(cause, strings.TrimPrefix(dead.URL, "http://")+"/internal") {
+			t.Errorf("%s: cause %q, want the endpoint without its query and user info", c.name, cause)
+		}
+	}
+}
+
 func jsonInt(n int64) string { b, _ := json.Marshal(n); return string(b) }
 
 func TestMetadataAndChallenge(t *testing.T) {

@@ -3,6 +3,7 @@ package auth
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -64,7 +65,8 @@ func (in *Introspector) Check(ctx context.Context, token string, audiences, issu
 	}
 	res, claims, err := in.introspect(ctx, token)
 	if err != nil {
-		return nil, &Error{Status: http.StatusUnauthorized, Code: "invalid_token", Description: "the token could not be checked: " + err.Error()}
+		return nil, &Error{Status: http.StatusUnauthorized, Code: "invalid_token", Description: "the token could not be checked",
+			Cause: fmt.Errorf("introspection: %w", err)}
 	}
 	if !res.Active {
 		return nil, invalid("the token is not active")
@@ -112,7 +114,7 @@ func (in *Introspector) introspect(ctx context.Context, token string) (*introspe
 	}
 	resp, err := client.Do(req)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, redactURL(err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
@@ -146,6 +148,22 @@ func (in *Introspector) store(key [32]byte, p *Principal, now time.Time) {
 		until = p.Expires
 	}
 	in.cache.put(key, p, until, now, MaxCached)
+}
+
+// redactURL drops the query and user info from the address a request
+// error names: an endpoint's address may carry a key, and the error goes
+// to the log.
+func redactURL(err error) error {
+	var ue *url.Error
+	if !errors.As(err, &ue) {
+		return err
+	}
+	u, perr := url.Parse(ue.URL)
+	if perr != nil {
+		return &url.Error{Op: ue.Op, URL: "(address withheld)", Err: ue.Err}
+	}
+	u.User, u.RawQuery, u.ForceQuery, u.Fragment = nil, "", false, ""
+	return &url.Error{Op: ue.Op, URL: u.String(), Err: ue.Err}
 }
 
 // audienceMatches reports whether an aud value (a string or a list)

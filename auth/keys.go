@@ -276,7 +276,7 @@ func (s *KeySet) fetch(ctx context.Context) ([]boundKey, time.Duration, error) {
 	}
 	resp, err := client.Do(req)
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, redactURL(err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {

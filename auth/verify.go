@@ -61,9 +61,17 @@ type Error struct {
 	Description string
 	// Scope lists the scopes the request needs, space-separated.
 	Scope string
+	// Cause is why a token could not be checked (the JWKS or the
+	// introspection endpoint failing), for the operator's log: it may
+	// name internal addresses, so it never goes to the client, whose
+	// Description stays fixed.
+	Cause error
 }
 
 func (e *Error) Error() string { return e.Description }
+
+// Unwrap returns the Cause.
+func (e *Error) Unwrap() error { return e.Cause }
 
 // Errors returned by Verifier.Verify, each an *Error.
 var (
@@ -160,7 +168,11 @@ func (v *Verifier) verifyJWT(ctx context.Context, token string, audiences []stri
 	_ = tok.UnsafeClaimsWithoutVerification(&claimed)
 	key, err := v.Keys.key(ctx, hdr.KeyID, jose.SignatureAlgorithm(hdr.Algorithm), claimed.Iss, now)
 	if err != nil {
-		return nil, invalid("%v", err)
+		e := invalid("%v", ErrUnknownKey)
+		if err != ErrUnknownKey {
+			e.Cause = err // the JWKS could not be fetched
+		}
+		return nil, e
 	}
 	var std jwt.Claims
 	var all map[string]any

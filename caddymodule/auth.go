@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unicode"
 
@@ -171,6 +172,9 @@ type Auth struct {
 	memory    *resources.Budget
 	body      mcp.BodyLimits
 	logger    *zap.Logger
+	// causeLogNext is when logCause may log again (Unix ns);
+	// causeLogSkipped counts the causes it left out since.
+	causeLogNext, causeLogSkipped atomic.Int64
 }
 
 // CaddyModule returns the Caddy module information.
@@ -248,15 +252,18 @@ func (a *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	if err != nil {
 		var ae *auth.Error
 		if !errors.As(err, &ae) {
-			ae = &auth.Error{Status: http.StatusUnauthorized, Code: "invalid_token", Description: err.Error()}
+			ae = &auth.Error{Status: http.StatusUnauthorized, Code: "invalid_token", Description: "the token could not be checked", Cause: err}
 		}
 		reason := ae.Code
 		if reason == "" {
 			reason = "missing"
 		}
 		metrics.authRefusals.WithLabelValues(reason).Inc()
+		if ae.Cause != nil {
+			a.logCause(ae)
+		}
 		if c := a.logger.Check(zap.DebugLevel, "token refused"); c != nil {
-			c.Write(zap.String("reason", ae.Description), zap.String("remote_ip", r.RemoteAddr))
+			c.Write(zap.String("reason", ae.Description), zap.NamedError("cause", ae.Cause), zap.String("remote_ip", r.RemoteAddr))
 		}
 		if ae.Status == http.StatusUnauthorized && ae.Scope == "" && len(a.RequiredScopes) > 0 {
 			// The scopes every request needs, for the client to ask for.
@@ -295,6 +302,25 @@ func (a *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		r.Header.Del("Authorization")
 	}
 	return next.ServeHTTP(w, r)
+}
+
+// causeLogInterval is the least time between two WARNs of why tokens
+// could not be checked: any client can make one per request while the
+// JWKS or the introspection endpoint fails.
+const causeLogInterval = 10 * time.Second
+
+// logCause logs at WARN why a token could not be checked (the client is
+// told only that it could not be), at most once per causeLogInterval,
+// with the count of those left out since the last one.
+func (a *Auth) logCause(e *auth.Error) {
+	now := time.Now().UnixNano()
+	next := a.causeLogNext.Load()
+	if now < next || !a.causeLogNext.CompareAndSwap(next, now+int64(causeLogInterval)) {
+		a.causeLogSkipped.Add(1)
+		return
+	}
+	a.logger.Warn("token could not be checked", zap.String("reason", e.Description), zap.Error(e.Cause),
+		zap.Int64("not_logged_since_last", a.causeLogSkipped.Swap(0)))
 }
 
 // readMessages reads the JSON-RPC messages of a POST body the way

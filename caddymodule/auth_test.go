@@ -2,11 +2,15 @@ package caddymodule
 
 import (
 	"context"
+	"errors"
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/mcpgate/mcpgate/auth"
 	"github.com/mcpgate/mcpgate/mcp"
@@ -110,20 +114,20 @@ func TestCheckIssuers(t *testing.T) {
 	key := func(issuers ...string) StaticKey { return StaticKey{PEM: "x", Issuers: issuers} }
 	for _, c := range []struct {
 		name string
-		auth Auth
+		auth *Auth
 		want string // "" when accepted
 	}{
-		{"one issuer, key without issuer", Auth{Issuers: []string{a}, JWKSURL: "u", Keys: []StaticKey{key()}}, ""},
-		{"no issuer, keys without issuer", Auth{JWKSURL: "u", Keys: []StaticKey{key(), key()}}, ""},
-		{"no issuer, key bound to one", Auth{Keys: []StaticKey{key(b)}}, ""},
-		{"several issuers, JWKS only", Auth{Issuers: []string{a, b}, JWKSURL: "u"}, ""},
-		{"several issuers, bound keys", Auth{Issuers: []string{a, b}, JWKSURL: "u", JWKSIssuers: []string{a}, Keys: []StaticKey{key(b)}}, ""},
-		{"several issuers, key without issuer", Auth{Issuers: []string{a, b}, Keys: []StaticKey{key(a), key()}}, "key 1: with several issuers"},
-		{"several issuers, JWKS beside keys", Auth{Issuers: []string{a, b}, JWKSURL: "u", Keys: []StaticKey{key(b)}}, "jwks_issuer"},
-		{"key of another issuer", Auth{Issuers: []string{a}, Keys: []StaticKey{key(b)}}, "is not one of the accepted issuers"},
-		{"JWKS of another issuer", Auth{Issuers: []string{a}, JWKSURL: "u", JWKSIssuers: []string{b}}, "is not one of the accepted issuers"},
-		{"jwks_issuers without jwks_url", Auth{Issuers: []string{a}, JWKSIssuers: []string{a}, Keys: []StaticKey{key()}}, "without jwks_url"},
-		{"several issuers, one with a space", Auth{Issuers: []string{a, "b c"}, JWKSURL: "u"}, "may not hold a space"},
+		{"one issuer, key without issuer", &Auth{Issuers: []string{a}, JWKSURL: "u", Keys: []StaticKey{key()}}, ""},
+		{"no issuer, keys without issuer", &Auth{JWKSURL: "u", Keys: []StaticKey{key(), key()}}, ""},
+		{"no issuer, key bound to one", &Auth{Keys: []StaticKey{key(b)}}, ""},
+		{"several issuers, JWKS only", &Auth{Issuers: []string{a, b}, JWKSURL: "u"}, ""},
+		{"several issuers, bound keys", &Auth{Issuers: []string{a, b}, JWKSURL: "u", JWKSIssuers: []string{a}, Keys: []StaticKey{key(b)}}, ""},
+		{"several issuers, key without issuer", &Auth{Issuers: []string{a, b}, Keys: []StaticKey{key(a), key()}}, "key 1: with several issuers"},
+		{"several issuers, JWKS beside keys", &Auth{Issuers: []string{a, b}, JWKSURL: "u", Keys: []StaticKey{key(b)}}, "jwks_issuer"},
+		{"key of another issuer", &Auth{Issuers: []string{a}, Keys: []StaticKey{key(b)}}, "is not one of the accepted issuers"},
+		{"JWKS of another issuer", &Auth{Issuers: []string{a}, JWKSURL: "u", JWKSIssuers: []string{b}}, "is not one of the accepted issuers"},
+		{"jwks_issuers without jwks_url", &Auth{Issuers: []string{a}, JWKSIssuers: []string{a}, Keys: []StaticKey{key()}}, "without jwks_url"},
+		{"several issuers, one with a space", &Auth{Issuers: []string{a, "b c"}, JWKSURL: "u"}, "may not hold a space"},
 	} {
 		err := c.auth.checkIssuers()
 		switch {
@@ -132,6 +136,27 @@ func TestCheckIssuers(t *testing.T) {
 		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
 			t.Errorf("%s: %v, want an error mentioning %q", c.name, err, c.want)
 		}
+	}
+}
+
+// TestLogCauseRateLimited: why tokens could not be checked is logged at
+// WARN once per causeLogInterval however many requests hit it, the next
+// line counting those left out.
+func TestLogCauseRateLimited(t *testing.T) {
+	core, logs := observer.New(zap.WarnLevel)
+	a := &Auth{logger: zap.New(core)}
+	e := &auth.Error{Description: "the token could not be checked", Cause: errors.New("introspection: dial refused")}
+	for range 100 {
+		a.logCause(e)
+	}
+	if n := logs.Len(); n != 1 {
+		t.Fatalf("%d WARNs for 100 causes, want 1", n)
+	}
+	a.causeLogNext.Store(time.Now().UnixNano()) // the interval is over
+	a.logCause(e)
+	all := logs.All()
+	if len(all) != 2 || all[1].ContextMap()["not_logged_since_last"] != int64(99) || all[1].ContextMap()["error"] != "introspection: dial refused" {
+		t.Errorf("WARNs %+v, want a second one counting 99 left out", all)
 	}
 }
 

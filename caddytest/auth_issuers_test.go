@@ -115,3 +115,30 @@ func TestAuthConfigRefused(t *testing.T) {
 		}
 	}
 }
+
+// TestAuthFetchErrorsStayInLog checks that an introspection endpoint that
+// cannot be reached is not described to the client: the 401's challenge
+// and body say only that the token could not be checked, never the
+// endpoint's address, its query, or the dial error.
+func TestAuthFetchErrorsStayInLog(t *testing.T) {
+	dead := freePort(t) // nothing listens
+	port := freePort(t)
+	loadCaddyfile(t, fmt.Sprintf(`:%d {
+	mcp_auth {
+		introspect "http://127.0.0.1:%d/internal/introspect?api_key=S3CRET"
+		resource http://mcp.test/mcp
+	}
+	respond "ok"
+}
+`, port, dead))
+	status, h, body := rawPost(t, proxyURL(port)+"/mcp", toolCall("echo"), bearerHdr("opaque-token"))
+	chal := h.Get("WWW-Authenticate")
+	if status != http.StatusUnauthorized || !strings.Contains(chal, `error_description="the token could not be checked"`) {
+		t.Errorf("%d %q, want 401 saying the token could not be checked", status, chal)
+	}
+	for _, leak := range []string{"S3CRET", "/internal/introspect", "127.0.0.1", "dial"} {
+		if strings.Contains(chal, leak) || strings.Contains(body, leak) {
+			t.Errorf("%q reaches the client: %q %s", leak, chal, body)
+		}
+	}
+}
