@@ -40,7 +40,10 @@ const varAuth = "mcp.auth"
 // /.well-known/oauth-protected-resource/mcp), and answers a request
 // without a valid token with 401 and `WWW-Authenticate: Bearer
 // resource_metadata="…"` pointing at it, a token lacking a scope with 403
-// `insufficient_scope`.
+// `insufficient_scope`. A matcher on mcp_auth must therefore cover
+// /.well-known/oauth-protected-resource* as well as the MCP endpoint
+// (`@auth path /mcp* /.well-known/oauth-protected-resource*`): with
+// `mcp_auth /mcp*` alone the metadata the 401 names is not served.
 //
 // The principal becomes `{http.auth.user.id}` (from PrincipalClaim) and
 // its claims `{http.auth.user.<claim>}`, as Caddy's own authentication

@@ -11,8 +11,9 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
-
 	jose "github.com/go-jose/go-jose/v4"
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
 	"github.com/mcpgate/mcpgate/internal/demo"
 )
 
@@ -140,5 +141,56 @@ func TestAuthFetchErrorsStayInLog(t *testing.T) {
 		if strings.Contains(chal, leak) || strings.Contains(body, leak) {
 			t.Errorf("%q reaches the client: %q %s", leak, chal, body)
 		}
+	}
+}
+
+// TestAuthReadmeMatcherServesMetadata checks the matcher the README gives
+// mcp_auth: the metadata its 401 points at is served, so a client can
+// find the authorization server (with `mcp_auth /mcp*` alone the
+// well-known path is outside the matcher and answers 404).
+func TestAuthReadmeMatcherServesMetadata(t *testing.T) {
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var matcher string
+	for line := range strings.SplitSeq(string(readme), "\n") {
+		if strings.HasPrefix(line, "\t@auth path ") {
+			matcher = strings.TrimSpace(line)
+			break
+		}
+	}
+	if !strings.Contains(matcher, "/.well-known/oauth-protected-resource") {
+		t.Fatalf("README's mcp_auth matcher %q leaves the metadata out", matcher)
+	}
+	as := startAuthServer(t)
+	up := startUpstream(t, "up", &mcp.StreamableHTTPOptions{Stateless: true})
+	port := freePort(t)
+	loadCaddyfile(t, fmt.Sprintf(`:%d {
+	%s
+	mcp_auth @auth {
+		issuer %s
+		jwks_url %s/jwks
+		require_scope mcp
+	}
+	mcp_proxy /mcp* %s {
+		require_session off
+	}
+}
+`, port, matcher, as.issuer(), as.URL, up.addr()))
+	_, h, _ := rawPost(t, proxyURL(port)+"/mcp", toolCall("echo"), bearerHdr(""))
+	chal := h.Get("WWW-Authenticate")
+	_, md, ok := strings.Cut(chal, `resource_metadata="`)
+	md, _, _ = strings.Cut(md, `"`)
+	if !ok {
+		t.Fatalf("challenge %q names no metadata", chal)
+	}
+	req, _ := http.NewRequest(http.MethodGet, md, nil)
+	status, rh, body := do(t, req)
+	if status != http.StatusOK || !strings.Contains(rh.Get("Content-Type"), "json") || !strings.Contains(body, as.issuer()) {
+		t.Errorf("GET %s (named by the 401): %d %q %s", md, status, rh.Get("Content-Type"), body)
+	}
+	if status, _, body := rawPost(t, proxyURL(port)+"/mcp", toolCall("echo"), bearerHdr(as.tokenFor("alice", proxyURL(port)+"/mcp", "mcp"))); status != http.StatusOK {
+		t.Errorf("a valid token: %d %s", status, body)
 	}
 }
