@@ -348,7 +348,11 @@ func (a *Auth) checkScopes(p *auth.Principal, call *mcp.Call) *auth.Error {
 		msgs = []mcp.Envelope{{}}
 	}
 	for i := range msgs {
-		if need := auth.RequiredScopes(a.ScopeRules, msgs[i].Method, msgs[i].Name, policy.Glob); !p.HasScopes(need) {
+		glob := policy.Glob
+		if kind, _ := policy.TargetOf(msgs[i].Method, ""); kind == policy.KindResource {
+			glob = policy.GlobURI // as the access rules judge URIs
+		}
+		if need := auth.RequiredScopes(a.ScopeRules, msgs[i].Method, msgs[i].Name, glob); !p.HasScopes(need) {
 			return auth.InsufficientScope(need)
 		}
 	}

@@ -85,10 +85,13 @@ func TestScopeRuleGlobs(t *testing.T) {
 		read("secret://db"):          "secrets basic",
 		read("secret://db/password"): "secrets basic",
 		read("file:///etc/passwd"):   "basic",
-		call("delete_repo/force"):    "admin basic",
-		call("ops_[x"):               "ops basic",
-		call("ops_x"):                "basic",
-		call("echo"):                 "basic",
+		// Other spellings of a URI a scope rule names need its scopes.
+		read("SECRET://db/password"):   "secrets basic",
+		read("secret://db/%70assword"): "secrets basic",
+		call("delete_repo/force"):      "admin basic",
+		call("ops_[x"):                 "ops basic",
+		call("ops_x"):                  "basic",
+		call("echo"):                   "basic",
 	} {
 		e := a.checkScopes(&auth.Principal{ID: "u"}, callOf(t, body))
 		if e == nil || e.Scope != want {

@@ -24,6 +24,20 @@ func CanonicalURI(uri string) string {
 	return canonicalURI(uri, false)
 }
 
+// GlobURI reports whether the URI target matches the glob pattern in any
+// of the readings decide judges a URI in: target as written or canonical
+// (CanonicalURI), against pattern as written or canonical. A requirement
+// that names URIs (a scope rule, say) applies by it wherever an upstream
+// may read the URI as one it names.
+func GlobURI(pattern, target string) bool {
+	if Glob(pattern, target) {
+		return true
+	}
+	canon, canonPat := CanonicalURI(target), canonicalPattern(pattern)
+	return canon != target && Glob(pattern, canon) ||
+		canonPat != pattern && (Glob(canonPat, target) || Glob(canonPat, canon))
+}
+
 // canonicalPattern is CanonicalURI for a glob pattern over URIs: `\` is
 // the glob's escape, not a path separator, and a `*`, `?` or `\` that a
 // percent-escape decodes to is escaped, so it matches only itself.

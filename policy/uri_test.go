@@ -102,3 +102,22 @@ func TestDecideResourceReadings(t *testing.T) {
 		t.Error("the pattern file:///star%2A matched file:///starry")
 	}
 }
+
+func TestGlobURI(t *testing.T) {
+	for _, c := range []struct {
+		pattern, target string
+		want            bool
+	}{
+		{"secret://*", "secret://db/password", true},
+		{"secret://*", "SECRET://db/password", true},
+		{"file:///secret/*", "file:///%73ecret/key", true},
+		{"file:///docs/my%20notes.txt", "file:///docs/my notes.txt", true},
+		{"file:///docs/my notes.txt", "file:///docs/my%20notes.txt", true},
+		{"file:///star%2A", "file:///starry", false},
+		{"file:///public/*", "file:///private/x", false},
+	} {
+		if got := GlobURI(c.pattern, c.target); got != c.want {
+			t.Errorf("GlobURI(%q, %q) = %v, want %v", c.pattern, c.target, got, c.want)
+		}
+	}
+}
