@@ -23,6 +23,11 @@ type stdMessage struct {
 		URI             string                     `json:"uri"`
 		ProtocolVersion string                     `json:"protocolVersion"`
 		Meta            map[string]json.RawMessage `json:"_meta"`
+		Ref             *struct {
+			Type string `json:"type"`
+			Name string `json:"name"`
+			URI  string `json:"uri"`
+		} `json:"ref"`
 	} `json:"params"`
 	Result json.RawMessage `json:"result"`
 	Error  json.RawMessage `json:"error"`
@@ -39,6 +44,8 @@ type reading struct {
 	name        string
 	version     string
 	metaVersion string
+	refType     string // of a completion/complete
+	refTarget   string
 }
 
 // canonicalID returns the id in a canonical JSON form: strings decoded and
@@ -81,6 +88,9 @@ func (m *stdMessage) reading() (reading, error) {
 	if p := m.Params; p != nil {
 		r.name = upstreamTarget(r.method, p.Name, p.URI)
 		r.version = p.ProtocolVersion
+		if ref := p.Ref; ref != nil && r.method == "completion/complete" {
+			r.refType, r.refTarget = ref.Type, upstreamRefTarget(ref.Type, ref.Name, ref.URI)
+		}
 		if raw, ok := p.Meta[metaVersionKey]; ok {
 			if err := json.Unmarshal(raw, &r.metaVersion); err != nil {
 				return r, err
@@ -203,11 +213,12 @@ func isMetaKey(k string) bool { return k == metaVersionKey }
 
 func strictMessage(d *json.Decoder, open json.Token, members bool) (reading, error) {
 	var r reading
-	var name, uri string
-	var envRead, parRead func(string) bool
+	var name, uri, refType, refName, refURI string
+	var envRead, parRead, refRead func(string) bool
 	if members {
 		envRead = func(k string) bool { return exactMember([]byte(k), setEnvelope) >= 0 }
 		parRead = func(k string) bool { return exactMember([]byte(k), setParams) >= 0 }
+		refRead = func(k string) bool { return exactMember([]byte(k), setRef) >= 0 }
 	}
 	err := strictObject(d, open, envRead, func(key string) error {
 		var err error
@@ -240,6 +251,25 @@ func strictMessage(d *json.Decoder, open json.Token, members bool) (reading, err
 					uri, err = strictString(d, true)
 				case "protocolVersion":
 					r.version, err = strictString(d, true)
+				case "ref":
+					tok, err := d.Token()
+					if err != nil || tok == nil {
+						return err
+					}
+					return strictObject(d, tok, refRead, func(key string) error {
+						var err error
+						switch key {
+						case "type":
+							refType, err = strictString(d, true)
+						case "name":
+							refName, err = strictString(d, true)
+						case "uri":
+							refURI, err = strictString(d, true)
+						default:
+							err = skipValue(d)
+						}
+						return err
+					})
 				case "_meta":
 					tok, err := d.Token()
 					if err != nil || tok == nil {
@@ -265,7 +295,23 @@ func strictMessage(d *json.Decoder, open json.Token, members bool) (reading, err
 		return err
 	})
 	r.name = upstreamTarget(r.method, name, uri)
+	if r.method == "completion/complete" {
+		r.refType, r.refTarget = refType, upstreamRefTarget(refType, refName, refURI)
+	}
 	return r, err
+}
+
+// upstreamRefTarget is what an MCP server completes for a params.ref of
+// type typ with this name and uri: the name of a prompt, the uri of a
+// resource template, else whichever is set.
+func upstreamRefTarget(typ, name, uri string) string {
+	switch {
+	case typ == "ref/resource":
+		return uri
+	case typ == "ref/prompt" || name != "":
+		return name
+	}
+	return uri
 }
 
 // upstreamTarget is the target an MCP server reads in a message of method
@@ -291,6 +337,8 @@ func envelopeReading(env *Envelope) (reading, error) {
 		name:        env.Name,
 		version:     env.ProtocolVersion,
 		metaVersion: env.MetaVersion,
+		refType:     env.RefType,
+		refTarget:   env.RefTarget,
 	}
 	if env.ID != "" {
 		id, err := canonicalID([]byte(env.ID))
@@ -504,13 +552,47 @@ func genMessage(rnd *rand.Rand) []byte {
 	if rnd.IntN(6) == 0 {
 		params = append(params, member("protocolVersion", pick(`"2025-06-18"`, `"2025-03-26"`)))
 	}
+	if rnd.IntN(2) == 0 {
+		var ref []string
+		// Mostly exact spellings, so that enough of them are accepted.
+		exact := rnd.IntN(3) > 0
+		member := func(k, v string) string {
+			if exact {
+				return `"` + k + `":` + v
+			}
+			return member(k, v)
+		}
+		if rnd.IntN(5) > 0 {
+			ref = append(ref, member("type", pick(`"ref/prompt"`, `"ref/resource"`, `"ref\/prompt"`, `"ref/tool"`, `null`, `1`)))
+		}
+		if rnd.IntN(2) == 0 {
+			ref = append(ref, member("name", pick(`"admin_reset"`, `"greet"`, `"\u0061dmin"`, `null`, `{}`)))
+		}
+		if rnd.IntN(2) == 0 {
+			ref = append(ref, member("uri", pick(`"file:///secret/{name}"`, `"x"`, `null`, `[]`)))
+		}
+		if rnd.IntN(4) == 0 {
+			ref = append(ref, member("title", `"t"`))
+		}
+		params = append(params, `"ref":`+pick(obj(ref), obj(ref), obj(ref), `null`, `"ref/prompt"`,
+			`{"type":"ref/prompt","name":"admin_reset"}`, `{"type":"ref/resource","uri":"file:///secret/{name}"}`,
+			`{"uri":"file:///secret/{name}","name":"greet","type":"ref/prompt"}`, `{"name":"greet","type":"ref/resource","uri":"x"}`))
+		if rnd.IntN(4) == 0 {
+			params[len(params)-1] = member("ref", obj(ref))
+		}
+	}
+	if rnd.IntN(4) == 0 {
+		params = append(params, member("argument", pick(`{"name":"target","value":"`+strings.Repeat("v", rnd.IntN(200))+`"}`, `{}`)))
+	}
 	var env []string
 	if rnd.IntN(8) > 0 {
 		env = append(env, member("jsonrpc", pick(`"2.0"`, `"2.0"`, `"2.0"`, `"1.0"`, `"2\u002e0"`, `2`)))
 	}
-	switch rnd.IntN(4) {
+	switch rnd.IntN(5) {
+	case 4:
+		env = append(env, member("method", `"completion/complete"`))
 	case 0, 1:
-		env = append(env, member("method", pick(`"tools/call"`, `"ping"`, `"notifications/initialized"`, `"prompts/get"`, `"resources/read"`, `"tools\/call"`, `null`)))
+		env = append(env, member("method", pick(`"tools/call"`, `"ping"`, `"notifications/initialized"`, `"prompts/get"`, `"resources/read"`, `"tools\/call"`, `"completion/complete"`, `"completion/complete"`, `"completion\/complete"`, `null`)))
 	case 2:
 		env = append(env, member("result", pick(`{}`, `{"content":[]}`, `null`)))
 	default:
@@ -561,8 +643,8 @@ func TestPeekAgreementGenerated(t *testing.T) {
 
 // FuzzPeekAgreement checks, on any body, that wherever the peek accepts a
 // message encoding/json and a strict decoder read the same jsonrpc,
-// method, id, params.name or params.uri, protocolVersion and _meta
-// version; that a body cut after any byte and streamed through
+// method, id, params.name or params.uri, protocolVersion, _meta version
+// and, of a completion/complete, params.ref's type and target; that a body cut after any byte and streamed through
 // CheckedBody either passes unchanged and reads the same, or is aborted
 // before it is complete.
 func FuzzPeekAgreement(f *testing.F) {

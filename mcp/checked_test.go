@@ -55,6 +55,10 @@ func TestCheckedBody(t *testing.T) {
 		{"multi-byte runes", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{"a":"` + strings.Repeat("é€😀", 30) + `"}}}`, 0, nil},
 		{"escapes", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{"a":"` + strings.Repeat(`\"\\\u00e9\ud83d\ude00`, 10) + `"}}}`, 0, nil},
 		{"trailing whitespace", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{"a":"` + x + "\"}}}\r\n \t\n", 0, nil},
+		{"completion", `{"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"g"},"argument":{"name":"a","value":"` + x + `"}},"jsonrpc":"2.0","id":1}`, 0, nil},
+		{"late second ref", `{"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"g"},"argument":{"value":"` + x + `"},"ref":{"type":"ref/prompt","name":"admin_reset"}},"jsonrpc":"2.0","id":1}`, 0, ErrAmbiguous},
+		{"late ref variant", `{"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"g"},"argument":{"value":"` + x + `"},"REF":{"type":"ref/prompt","name":"admin_reset"}},"jsonrpc":"2.0","id":1}`, 0, ErrAmbiguous},
+		{"late ref of another method", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{"a":"` + x + `"},"ref":{"type":"ref/prompt","name":"admin_reset"}}}`, 0, nil},
 		{"other late keys", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{"a":"` + x + `","method":"y","Name":"z"},"task":{}},"extra":{"method":1}}`, 0, nil},
 
 		{"late method", `{"jsonrpc":"2.0","id":1,"method":"ping","params":{"a":"` + x + `"},"method":"tools/call"}`, 0, ErrAmbiguous},
@@ -67,6 +71,10 @@ func TestCheckedBody(t *testing.T) {
 		{"late uri", `{"jsonrpc":"2.0","id":1,"method":"x/y","params":{"pad":"` + x + `","uri":"file:///etc"}}`, 0, ErrLateEnvelope},
 		{"late second name", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"a":"` + x + `"},"name":"sleep"}}`, 0, ErrAmbiguous},
 		{"late escaped name", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"a":"` + x + `"},"\u006eame":"sleep"}}`, 0, ErrAmbiguous},
+		{"late ref of another method variant", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{"a":"` + x + `"},"rEf":{}}}`, 0, ErrAmbiguous},
+		{"late ref member variant", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{"a":"` + x + `"},"ref":{"name":"a","NAME":"b"}}}`, 0, ErrAmbiguous},
+		{"late ref member type", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{"a":"` + x + `"},"ref":{"name":1}}}`, 0, ErrNotEnvelope},
+		{"late ref type", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{"a":"` + x + `"},"ref":"x"}}`, 0, ErrNotEnvelope},
 		{"late meta version", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{"a":"` + x + `"},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}`, 0, ErrLateEnvelope},
 		{"late meta version variant", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","_meta":{"a":"` + x + `","io.modelcontextprotocol/protocolversion":"2026-07-28"}}}`, 0, ErrAmbiguous},
 		{"late id of a notification", `{"jsonrpc":"2.0","method":"notifications/message","params":{"data":"` + x + `"},"id":1}`, 0, ErrLateEnvelope},
@@ -237,6 +245,25 @@ func BenchmarkCheckedBody(b *testing.B) {
 // TestCheckedBodyEveryCut cuts bodies after every byte: wherever the peek
 // accepts the head, the checked body either passes unchanged and reads
 // the same as the decoders, or stops short of a complete message.
+// TestCheckedBodyLateRef checks that the check refuses the ref of a
+// completion/complete that ends after the head, whose reading the peek
+// refuses itself (ErrTooLarge): the check does not count on that.
+func TestCheckedBodyLateRef(t *testing.T) {
+	x := pad(200)
+	for _, body := range []string{
+		`{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"argument":{"name":"a","value":"` + x + `"},"ref":{"type":"ref/prompt","name":"admin_reset"}}}`,
+		`{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"argument":{"name":"a","value":"` + x + `"},"ref":null}}`,
+		`{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","pad":"` + x + `","name":"admin_reset"}}}`,
+		`{"jsonrpc":"2.0","id":1,"params":{"ref":{"type":"ref/prompt","name":"admin_reset","pad":"` + x + `"}},"method":"completion/complete"}`,
+	} {
+		var p Peek
+		if err := ParseEnvelope([]byte(body[:testWindow]), false, &p); !errors.Is(err, ErrTooLarge) {
+			t.Errorf("%.60s…: head read with %v, want ErrTooLarge", body, err)
+		}
+		streamEvery(t, body, testWindow, 0, ErrLateEnvelope)
+	}
+}
+
 func TestCheckedBodyEveryCut(t *testing.T) {
 	x := pad(40)
 	for _, body := range []string{
@@ -253,6 +280,11 @@ func TestCheckedBodyEveryCut(t *testing.T) {
 		`{"jsonrpc":"2.0","id":1,"method":"x/y","params":{"arguments":{"a":"` + x + `"},"_meta":{"io.modelcontextprotocol/protocolVersion":"1"}}}`,
 		`{"jsonrpc":"2.0","method":"notifications/message","params":{"data":"` + x + `"},"id":1}`,
 		`{"jsonrpc":"2.0","method":"x/y","params":{"data":"` + x + `"}}`,
+		`{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"admin_reset"},"argument":{"name":"a","value":"` + x + `"}}}`,
+		`{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"argument":{"name":"a","value":"` + x + `"},"ref":{"type":"ref/resource","uri":"file:///secret/{n}"}}}`,
+		`{"params":{"argument":{"value":"` + x + `"},"ref":{"uri":"file:///secret/{n}","type":"ref/resource"}},"method":"completion/complete","jsonrpc":"2.0","id":1}`,
+		`{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"greet"},"argument":{"value":"` + x + `"},"Ref":{"name":"admin_reset"}}}`,
+		`{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{"a":"` + x + `"},"ref":{"type":"ref/prompt","name":"admin_reset","name":"b"}}}`,
 		`{"jsonrpc":"2.0","id":1,"result":{},"pad":"` + x + `","\u006dethod":"tools/call","params":{"name":"sleep"}}`,
 		`{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}}` + " \n" + `{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"sleep"}}`,
 	} {

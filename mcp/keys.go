@@ -29,10 +29,22 @@ const (
 	parMeta
 	parArguments
 	parCursor
+	parRef
 )
 
 // paramsNames are the params members, indexed by the par constants.
-var paramsNames = [...]string{"name", "uri", "protocolVersion", "requestId", "_meta", "arguments", "cursor"}
+var paramsNames = [...]string{"name", "uri", "protocolVersion", "requestId", "_meta", "arguments", "cursor", "ref"}
+
+// Members of params.ref (a completion/complete's reference) the proxy
+// reads.
+const (
+	refType = iota
+	refName
+	refURI
+)
+
+// refNames are the params.ref members, indexed by the ref constants.
+var refNames = [...]string{"type", "name", "uri"}
 
 // metaVersionKey is the _meta key that carries the protocol version in the
 // stateless revision.
@@ -45,6 +57,7 @@ const (
 	setEnvelope memberSet = iota
 	setParams
 	setMeta
+	setRef
 )
 
 // names returns the exact spellings of the set's members, indexed by
@@ -55,6 +68,8 @@ func (set memberSet) names() []string {
 		return envelopeNames[:]
 	case setParams:
 		return paramsNames[:]
+	case setRef:
+		return refNames[:]
 	}
 	return metaNames[:]
 }
@@ -67,7 +82,7 @@ func (set memberSet) name(m int) string { return set.names()[m] }
 
 // foldedNames holds the members' names of each set in folded form (see
 // appendFold), indexed like names.
-var foldedNames = func() (folded [setMeta + 1][]string) {
+var foldedNames = func() (folded [setRef + 1][]string) {
 	for set := range folded {
 		for _, name := range memberSet(set).names() {
 			folded[set] = append(folded[set], string(appendFold(nil, []byte(name))))
@@ -172,18 +187,30 @@ func exactMember(key []byte, set memberSet) int {
 			return parArguments
 		case "cursor":
 			return parCursor
+		case "ref":
+			return parRef
 		}
 	case setMeta:
 		if string(key) == metaVersionKey {
 			return 0
 		}
+	case setRef:
+		switch string(key) {
+		case "type":
+			return refType
+		case "name":
+			return refName
+		case "uri":
+			return refURI
+		}
 	}
 	return -1
 }
 
-// objectKeys finds the keys of one object (the message or its params)
-// that decoders could read differently: a key that repeats, exactly or by
-// folding, and a key that folds to a member without being spelled as it.
+// objectKeys finds the keys of one object (the message, its params or
+// params.ref) that decoders could read differently: a key that repeats,
+// exactly or by folding, and a key that folds to a member without being
+// spelled as it.
 type objectKeys struct {
 	set     memberSet
 	members uint8 // the members met

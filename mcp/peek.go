@@ -59,7 +59,30 @@ type Envelope struct {
 	MetaVersion string
 	// RequestID is the raw JSON of params.requestId (notifications/cancelled).
 	RequestID string
+	// RefType is params.ref.type of a completion/complete: RefPrompt,
+	// RefResource, or another string the upstream will refuse; empty for
+	// other methods, and when the completion names no type.
+	RefType string
+	// RefTarget is what params.ref of a completion/complete refers to, as
+	// its upstream reads it: params.ref.name of a RefPrompt (the prompt
+	// whose argument is completed), params.ref.uri of a RefResource (a URI
+	// template), even when the ref holds the other member too; for another
+	// type the name, or the uri when there is no name. Empty for other
+	// methods. Name is not affected: a completion's Name stays
+	// params.name or params.uri, as for any other method.
+	RefTarget string
 }
+
+// The types of params.ref of a completion/complete.
+const (
+	// RefPrompt refers to a prompt by params.ref.name.
+	RefPrompt = "ref/prompt"
+	// RefResource refers to a resource template by params.ref.uri.
+	RefResource = "ref/resource"
+)
+
+// methodComplete is the method whose params.ref the peek reads.
+const methodComplete = "completion/complete"
 
 // Peek is the result of scanning a request body.
 type Peek struct {
@@ -103,8 +126,9 @@ var (
 	// ErrAmbiguous is a message that decoders may read differently: a key
 	// of the message or of its params that repeats, exactly or up to case
 	// folding, or that differs from a member the proxy reads only by case
-	// folding ("Method", "paramſ"); in params._meta the same for the
-	// protocol version key. Keys are compared once unescaped, so
+	// folding ("Method", "paramſ"); the same in params.ref (a key that
+	// repeats, or folds to "type", "name" or "uri"); in params._meta the
+	// same for the protocol version key. Keys are compared once unescaped, so
 	// "\u006dethod" is "method". The error returned names the key;
 	// errors.Is matches it with ErrAmbiguous.
 	ErrAmbiguous = errors.New("ambiguous JSON-RPC message")
@@ -118,9 +142,10 @@ var (
 	ErrBatchTooLarge = errors.New("JSON-RPC batch larger than the peek limit")
 	// ErrLateEnvelope is a body longer than the peek limit that holds,
 	// after the part peeked, a member the proxy reads (a key of the
-	// message other than a late "jsonrpc" or "id", or a params member
-	// other than "arguments" and "_meta"), or a late id that changes what
-	// the peek read. CheckedBody reports it; it is a 413.
+	// message other than a late "jsonrpc" or "id", a params member other
+	// than "arguments", "_meta" and "ref", or the "ref" of a
+	// completion/complete), or a late id that changes what the peek read.
+	// CheckedBody reports it; it is a 413.
 	ErrLateEnvelope = errors.New("JSON-RPC member after the peek limit")
 	// ErrBodyTooLarge is a body longer than the limit given to
 	// NewCheckedBody (HTTP 413).
@@ -141,14 +166,24 @@ var (
 	errMetaVersionType  = fmt.Errorf("%w: params._meta[%q] must be a string", ErrNotEnvelope, metaVersionKey)
 	errNumberID         = fmt.Errorf("%w: a number id must be an integer of at most 2^53-1 in magnitude, without fraction or exponent", ErrInvalidID)
 	errRequestWithoutID = fmt.Errorf("%w: in a body longer than the peek limit, a method that is not a notification needs an id", ErrNotEnvelope)
+	errRefType          = fmt.Errorf("%w: params.ref must be an object", ErrNotEnvelope)
 	errParamTypes       = [...]error{
 		parName:            fmt.Errorf("%w: params.name must be a string", ErrNotEnvelope),
 		parURI:             fmt.Errorf("%w: params.uri must be a string", ErrNotEnvelope),
 		parProtocolVersion: fmt.Errorf("%w: params.protocolVersion must be a string", ErrNotEnvelope),
 	}
+	errRefTypes = [...]error{
+		refType: fmt.Errorf("%w: params.ref.type must be a string", ErrNotEnvelope),
+		refName: fmt.Errorf("%w: params.ref.name must be a string", ErrNotEnvelope),
+		refURI:  fmt.Errorf("%w: params.ref.uri must be a string", ErrNotEnvelope),
+	}
 )
 
 func paramTypeError(m int) error { return errParamTypes[m] }
+
+// refMemberTypeError is the refusal of member m of params.ref that is
+// not a string or null.
+func refMemberTypeError(m int) error { return errRefTypes[m] }
 
 // keyError is an ErrAmbiguous or an ErrLateEnvelope that names the key.
 type keyError struct {
@@ -167,6 +202,8 @@ func (set memberSet) objectName() string {
 		return " in params"
 	case setMeta:
 		return " in params._meta"
+	case setRef:
+		return " in params.ref"
 	}
 	return ""
 }
@@ -209,14 +246,18 @@ func lateKey(set memberSet, m int) error {
 // notification) or one of result and error (a response, which needs an
 // id; null only with error). An id must be a string, a number or null;
 // params an object or null; params.name, params.uri and
-// params.protocolVersion strings or null; params._meta an object or null.
-// A complete body must be valid JSON and valid UTF-8.
+// params.protocolVersion strings or null; params._meta an object or null;
+// params.ref an object or null whose type, name and uri are strings or
+// null (whatever the method: the keys of params.ref are checked like those
+// of params, and its members read for a completion/complete, see
+// Envelope.RefTarget). A complete body must be valid JSON and valid UTF-8.
 //
 // A truncated body must be a valid prefix of one message (a batch must be
 // complete: ErrBatchTooLarge) whose head holds its method (or a result or
 // error), and for tools/call and prompts/get params.name, for
 // resources/read, resources/subscribe and resources/unsubscribe
-// params.uri (else ErrTooLarge). The rest of such a body is checked by
+// params.uri, for completion/complete the whole of params.ref (else
+// ErrTooLarge). The rest of such a body is checked by
 // CheckedBody, which aborts it when it holds anything that would change
 // this reading: "jsonrpc" and "id" may follow the head, everything else the
 // peek reads must be in it. A request whose id follows the head is a
@@ -518,8 +559,11 @@ type msgFacts struct {
 	errorKey bool // an error key
 	name     bool // params.name (null too)
 	uri      bool // params.uri (null too)
+	ref      bool // params.ref, read to its end (null too)
 	// The values of params.name and params.uri.
 	nameValue, uriValue string
+	// The values of params.ref.type, .name and .uri.
+	refTypeValue, refNameValue, refURIValue string
 }
 
 // message scans one message object into env.
@@ -530,6 +574,10 @@ func (s *scanner) message(env *Envelope) error {
 		return err
 	}
 	env.Name = targetName(env.Method, f.nameValue, f.uriValue)
+	if env.Method == methodComplete {
+		env.RefType = f.refTypeValue
+		env.RefTarget = refTarget(f.refTypeValue, f.refNameValue, f.refURIValue)
+	}
 	closed := err == nil
 	switch {
 	case f.method && (f.result || f.errorKey):
@@ -579,6 +627,10 @@ func (s *scanner) message(env *Envelope) error {
 			if !f.uri {
 				return ErrTooLarge
 			}
+		case methodComplete:
+			if !f.ref {
+				return ErrTooLarge
+			}
 		}
 	case f.result || f.errorKey:
 		env.Kind = KindResponse
@@ -598,6 +650,23 @@ func targetName(method, name, uri string) string {
 		return uri
 	case "tools/call", "prompts/get":
 		return name
+	}
+	if name != "" {
+		return name
+	}
+	return uri
+}
+
+// refTarget is the member of params.ref an upstream reads as the target
+// of a completion/complete whose ref has type typ: the name of a prompt,
+// the uri of a resource template, whatever else the ref holds; for
+// another type, the name, or the uri without one.
+func refTarget(typ, name, uri string) string {
+	switch typ {
+	case RefPrompt:
+		return name
+	case RefResource:
+		return uri
 	}
 	if name != "" {
 		return name
@@ -771,10 +840,57 @@ func (s *scanner) params(env *Envelope, f *msgFacts) error {
 			if err != nil {
 				return err
 			}
+		case parRef:
+			switch s.b[s.i] {
+			case '{':
+				err = s.ref(f)
+			case 'n':
+				err = s.skip()
+			default:
+				return errRefType
+			}
+			if err != nil {
+				return err
+			}
+			f.ref = true
 		default:
 			if err := s.skip(); err != nil {
 				return err
 			}
+		}
+	}
+}
+
+// ref scans params.ref (a completion/complete's reference) for its type,
+// name and uri.
+func (s *scanner) ref(f *msgFacts) error {
+	s.i++ // '{'
+	keys := objectKeys{set: setRef}
+	for first := true; ; first = false {
+		m, ok, err := s.member(&keys, first)
+		if err != nil || !ok {
+			return err
+		}
+		if m < 0 {
+			if err := s.skip(); err != nil {
+				return err
+			}
+			continue
+		}
+		v, isStr, err := s.optString()
+		if !isStr {
+			return refMemberTypeError(m)
+		}
+		if err != nil {
+			return err
+		}
+		switch m {
+		case refType:
+			f.refTypeValue = v
+		case refName:
+			f.refNameValue = v
+		default:
+			f.refURIValue = v
 		}
 	}
 }
@@ -825,7 +941,7 @@ var knownStrings = func() map[string]string {
 		"subscriptions/listen", "tasks/get", "tasks/list", "tasks/cancel",
 		"tasks/result", "notifications/initialized", "notifications/cancelled",
 		"notifications/progress", "notifications/message",
-		"notifications/roots/list_changed",
+		"notifications/roots/list_changed", RefPrompt, RefResource,
 		Version20241105, Version20250326, Version20250618, Version20251125,
 		Version20260728,
 	} {

@@ -181,12 +181,13 @@ func TestParseEnvelopeDuplicateKeys(t *testing.T) {
 }
 
 // BenchmarkPeek classifies small complete tools/call bodies as the SDKs
-// write them.
+// write them, and a completion of a prompt.
 func BenchmarkPeek(b *testing.B) {
 	for _, bc := range []struct{ name, body string }{
 		{"tools-call", `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hello world"}}}`},
 		{"typescript", `{"method":"tools/call","params":{"name":"echo","arguments":{"text":"hello world"}},"jsonrpc":"2.0","id":7}`},
 		{"go-sdk-meta", `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"_meta":{"progressToken":"p1"},"name":"echo","arguments":{"text":"hi"}}}`},
+		{"completion", `{"jsonrpc":"2.0","id":7,"method":"completion/complete","params":{"argument":{"name":"target","value":"pr"},"ref":{"type":"ref/prompt","name":"greet"}}}`},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			body := []byte(bc.body)

@@ -44,6 +44,7 @@ const (
 	ctxEnvelope
 	ctxParams
 	ctxMeta
+	ctxRef // params.ref
 )
 
 // strCap bounds the raw bytes of a key or value the message check keeps:
@@ -89,8 +90,10 @@ type streamCheck struct {
 	envSeen     uint8 // bits of the envelope members met
 	parSeen     uint8 // bits of the params members met
 	metaSeen    bool  // the _meta version key was met
+	refSeen     uint8 // bits of the params.ref members met
 	jsonrpc     bool  // "jsonrpc":"2.0" was read
 	methodNotif bool  // the method starts with "notifications/"
+	methodRef   bool  // the method is completion/complete, whose params.ref the peek reads
 	idEarly     bool  // the id's value ended before the boundary
 	idType      byte  // first byte of the id's value
 	closedEarly bool  // the message object closed before the boundary
@@ -691,10 +694,22 @@ func (v *streamCheck) valueBegin(c byte, pos int64) error {
 			default:
 				return errMetaType
 			}
+		case parRef:
+			switch c {
+			case '{':
+				v.next = ctxRef
+			case 'n':
+			default:
+				return errRefType
+			}
 		}
 	case ctxMeta:
 		if !strOrNull {
 			return errMetaVersionType
+		}
+	case ctxRef:
+		if !strOrNull {
+			return refMemberTypeError(m)
 		}
 	}
 	return nil
@@ -713,6 +728,8 @@ func (v *streamCheck) keyEnd(d int) error {
 		set = setEnvelope
 	case ctxParams:
 		set = setParams
+	case ctxRef:
+		set = setRef
 	default:
 		set = setMeta
 	}
@@ -734,6 +751,11 @@ func (v *streamCheck) keyEnd(d int) error {
 			return ambiguousKey(set, key, m, true)
 		}
 		v.parSeen |= 1 << m
+	case setRef:
+		if v.refSeen&(1<<m) != 0 {
+			return ambiguousKey(set, key, m, true)
+		}
+		v.refSeen |= 1 << m
 	default:
 		if v.metaSeen {
 			return ambiguousKey(set, key, m, true)
@@ -771,6 +793,7 @@ func (v *streamCheck) valueEnd(d int, pos int64) error {
 			if !early {
 				return lateKey(setEnvelope, m)
 			}
+			v.methodRef = v.keptEquals(methodComplete)
 			v.methodNotif = v.keptHasPrefix("notifications/")
 		case envID:
 			v.idEarly = early
@@ -787,6 +810,12 @@ func (v *streamCheck) valueEnd(d int, pos int64) error {
 			if !early {
 				return lateKey(setParams, m)
 			}
+		case parRef:
+			// The peek reads the ref of a completion/complete only; a
+			// method not read yet will come late itself.
+			if !early && (v.methodRef || v.envSeen&(1<<envMethod) == 0) {
+				return lateKey(setParams, m)
+			}
 		}
 	case ctxMeta:
 		if !early {
@@ -794,6 +823,22 @@ func (v *streamCheck) valueEnd(d int, pos int64) error {
 		}
 	}
 	return nil
+}
+
+// keptEquals reports whether the kept string, decoded, is s. It leaves
+// the string kept, for keptHasPrefix.
+func (v *streamCheck) keptEquals(s string) bool {
+	if v.bufOver {
+		return false
+	}
+	raw := v.buf[1:v.bufLen]
+	if !v.bufEsc {
+		return string(raw) == s
+	}
+	q := make([]byte, 0, len(raw)+2)
+	q = append(append(append(q, '"'), raw...), '"')
+	var d string
+	return json.Unmarshal(q, &d) == nil && d == s
 }
 
 // keptHasPrefix reports whether the kept string, decoded, starts with
