@@ -183,7 +183,7 @@ func (h *Handler) audit(x *exchange, out *countingWriter) {
 		rec.Method = x.r.Method
 	}
 	if first.Method != "" {
-		if kind, target := policy.TargetOf(first.Method, first.Name); kind != policy.KindMethod {
+		if kind, target := policy.MessageTarget(first); kind != policy.KindMethod {
 			rec.Kind, rec.Target = kind.String(), target
 		}
 	}

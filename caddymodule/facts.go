@@ -44,6 +44,15 @@ func setCallFacts(r *http.Request, call *mcp.Call) {
 		target, targetKey = first.Name, phPrompt
 	case "resources/read", "resources/subscribe", "resources/unsubscribe":
 		target, targetKey = first.Name, phResource
+	case "completion/complete":
+		// The prompt or resource template whose argument it completes,
+		// as the access rules judge it (policy.RefOf).
+		switch first.RefType {
+		case mcp.RefPrompt:
+			target, targetKey = first.RefTarget, phPrompt
+		case mcp.RefResource:
+			target, targetKey = first.RefTarget, phResource
+		}
 	}
 	for _, kv := range [...][2]string{{phMethod, first.Method}, {targetKey, target}, {phVersion, version}, {phRequestID, id}} {
 		if kv[0] != "" && kv[1] != "" {
@@ -61,7 +70,8 @@ func setCallFacts(r *http.Request, call *mcp.Call) {
 	if targetKey == phTool {
 		attrs = append(attrs, attribute.String("gen_ai.tool.name", target))
 	}
-	if targetKey == phResource {
+	if targetKey == phResource && first.Method != "completion/complete" {
+		// A completion's is a URI template, not a resource's URI.
 		attrs = append(attrs, attribute.String("mcp.resource.uri", target))
 	}
 	if id != "" {

@@ -37,6 +37,15 @@ func TestCallFacts(t *testing.T) {
 			ph:   map[string]string{phMethod: "prompts/get", phPrompt: "greet", phTool: ""},
 		},
 		{
+			body: `{"jsonrpc":"2.0","id":9,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"admin_reset"},"argument":{"name":"a","value":""}}}`,
+			ph:   map[string]string{phMethod: "completion/complete", phPrompt: "admin_reset", phResource: ""},
+		},
+		{
+			body:  `{"jsonrpc":"2.0","id":10,"method":"completion/complete","params":{"ref":{"type":"ref/resource","uri":"file:///secret/{name}"},"argument":{"name":"name","value":""}}}`,
+			ph:    map[string]string{phMethod: "completion/complete", phResource: "file:///secret/{name}", phPrompt: ""},
+			attrs: map[string]string{"mcp.method.name": "completion/complete", "mcp.resource.uri": ""},
+		},
+		{
 			body: `{"jsonrpc":"2.0","method":"notifications/initialized"}`,
 			ph:   map[string]string{phMethod: "notifications/initialized", phRequestID: ""},
 		},

@@ -69,8 +69,10 @@ const (
 //
 //	{http.mcp.method}      the JSON-RPC method (of a batch's first message)
 //	{http.mcp.tool}        the tool a tools/call calls
-//	{http.mcp.resource}    the URI of resources/read, subscribe, unsubscribe
-//	{http.mcp.prompt}      the prompt a prompts/get gets
+//	{http.mcp.resource}    the URI of resources/read, subscribe, unsubscribe,
+//	                       or the URI template a completion/complete completes
+//	{http.mcp.prompt}      the prompt a prompts/get gets, or whose argument a
+//	                       completion/complete completes
 //	{http.mcp.version}     the protocol version, from the header or session
 //	{http.mcp.session}     a short stable hash of the session (never its id)
 //	{http.mcp.request_id}  the JSON-RPC id (a string without its quotes)

@@ -691,6 +691,230 @@ func TestGovernanceResourcesAndPrompts(t *testing.T) {
 	}
 }
 
+// completionServer is a go-sdk server with the prompts greet and
+// admin_reset and the templates file:///docs/{name} and
+// file:///secret/{name}, whose completion handler completes the argument
+// of any prompt and the {name} of any template with what it has.
+func completionServer() *mcp.Server {
+	s := mcp.NewServer(&mcp.Implementation{Name: "catalog", Version: "1"}, &mcp.ServerOptions{
+		CompletionHandler: func(_ context.Context, req *mcp.CompleteRequest) (*mcp.CompleteResult, error) {
+			var values []string
+			switch ref := req.Params.Ref; ref.Type + " " + ref.Name + ref.URI {
+			case "ref/prompt admin_reset":
+				values = []string{"prod-db-primary", "prod-db-replica"}
+			case "ref/prompt greet":
+				values = []string{"world"}
+			case "ref/resource file:///secret/{name}":
+				values = []string{"key.txt", "aws-credentials"}
+			case "ref/resource file:///docs/{name}":
+				values = []string{"guide.txt"}
+			}
+			return &mcp.CompleteResult{Completion: mcp.CompletionResultDetails{Values: values, Total: len(values)}}, nil
+		},
+	})
+	read := func(_ context.Context, req *mcp.ReadResourceRequest) (*mcp.ReadResourceResult, error) {
+		return &mcp.ReadResourceResult{Contents: []*mcp.ResourceContents{{URI: req.Params.URI, Text: "contents of " + req.Params.URI}}}, nil
+	}
+	for _, tmpl := range []string{"file:///docs/{name}", "file:///secret/{name}"} {
+		s.AddResourceTemplate(&mcp.ResourceTemplate{URITemplate: tmpl, Name: tmpl}, read)
+	}
+	prompt := func(_ context.Context, req *mcp.GetPromptRequest) (*mcp.GetPromptResult, error) {
+		return &mcp.GetPromptResult{Messages: []*mcp.PromptMessage{{Role: "user", Content: &mcp.TextContent{Text: "prompt " + req.Params.Name}}}}, nil
+	}
+	for _, name := range []string{"greet", "admin_reset"} {
+		s.AddPrompt(&mcp.Prompt{Name: name, Arguments: []*mcp.PromptArgument{{Name: "target"}}}, prompt)
+	}
+	return s
+}
+
+// completeBody is a completion/complete request with the raw JSON id and
+// params.ref, completing an argument named target after params.argument
+// (of value pad) when refLast, else before it.
+func completeBody(id, ref, pad string, refLast bool) string {
+	argument := `"argument":{"name":"target","value":"` + pad + `"}`
+	if refLast {
+		return `{"jsonrpc":"2.0","id":` + id + `,"method":"completion/complete","params":{` + argument + `,"ref":` + ref + `}}`
+	}
+	return `{"jsonrpc":"2.0","id":` + id + `,"method":"completion/complete","params":{"ref":` + ref + `,` + argument + `}}`
+}
+
+// TestGovernanceCompletionOfDenied: under `deny prompt admin_*` and `deny
+// resource file:///secret/*`, a completion/complete whose params.ref is
+// the denied prompt or a denied template (in any spelling the upstream
+// reads alike) never reaches the upstream and gets the answer an unknown
+// prompt or resource gets, as a denied prompts/get or resources/read
+// does, JSON or SSE as the upstream answers, to a go-sdk client and raw,
+// alone or in a 2025-03-26 batch; its audit record names the prompt or
+// template and the rule. Completions of the allowed prompt and template
+// still work, with their ref before or after max_peek's head (a late ref
+// is refused with 413, as a late name is). A `deny method
+// completion/complete` still denies every completion.
+func TestGovernanceCompletionOfDenied(t *testing.T) {
+	for _, mode := range []struct {
+		name string
+		json bool
+	}{{"json", true}, {"sse", false}} {
+		t.Run(mode.name, func(t *testing.T) {
+			up := startRecorded(t, "catalog", demo.Handler(completionServer(), "", &mcp.StreamableHTTPOptions{JSONResponse: mode.json}))
+			logOpt, logPath := logTo(t, "audit", "http.handlers.mcp_proxy.audit", "INFO")
+			port := freePort(t)
+			loadCaddyfileWith(t, logOpt, proxySite(port, up.addr(), rulesBlock("deny prompt admin_*", "deny resource file:///secret/*")+
+				"\t\tmax_peek 4KiB\n\t\taudit\n"))
+			url := proxyURL(port) + "/mcp"
+			ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
+			defer cancel()
+			promptBefore := liveMetric(t, "caddy_mcp_denials_total", "kind", "prompt")
+			resBefore := liveMetric(t, "caddy_mcp_denials_total", "kind", "resource")
+
+			// A go-sdk client completes greet, not admin_reset.
+			cs := connect(t, ctx, url, nil, nil)
+			defer cs.Close()
+			arg := mcp.CompleteParamsArgument{Name: "target"}
+			res, err := cs.Complete(ctx, &mcp.CompleteParams{Ref: &mcp.CompleteReference{Type: "ref/prompt", Name: "greet"}, Argument: arg})
+			if err != nil || !slices.Equal(res.Completion.Values, []string{"world"}) {
+				t.Errorf("go-sdk client completing greet: %+v %v", res, err)
+			}
+			err = freshCall(t, ctx, url, nil, func(cs *mcp.ClientSession) error {
+				res, err := cs.Complete(ctx, &mcp.CompleteParams{Ref: &mcp.CompleteReference{Type: "ref/prompt", Name: "admin_reset"}, Argument: arg})
+				if err == nil {
+					return fmt.Errorf("completed: %+v", res.Completion)
+				}
+				return err
+			})
+			if err == nil || !strings.Contains(err.Error(), `unknown prompt "admin_reset"`) {
+				t.Errorf("go-sdk client completing admin_reset: %v, want unknown prompt", err)
+			}
+
+			// Raw: the denied completions get the unknown prompt's and
+			// the unknown resource's answers.
+			hdr := inSession(rawSession(t, url, nil), nil)
+			ask := func(id, method, params string) reply {
+				return postJSON(ctx, url, fmt.Sprintf(`{"jsonrpc":"2.0","id":%s,"method":%q,"params":%s}`, id, method, params), hdr)
+			}
+			unknownPrompt := onlyMessage(t, "unknown prompt", ask("881", "prompts/get", `{"name":"nosuch"}`))
+			unknownRead := onlyMessage(t, "unknown resource", ask("882", "resources/read", `{"uri":"file:///nowhere/x.txt"}`))
+			if r := ask("883", "prompts/get", `{"name":"admin_reset"}`); !strings.Contains(r.body, `unknown prompt`) || up.saw("883") {
+				t.Errorf("control: prompts/get admin_reset: %s", r)
+			}
+			for i, ref := range []string{
+				`{"type":"ref/prompt","name":"admin_reset"}`,
+				`{"type":"ref\/prompt","n\u0061me":"admin_reset"}`,
+				`{"uri":"file:///docs/{name}","type":"ref/prompt","name":"admin_reset"}`,
+			} {
+				id := fmt.Sprintf("88%d", 4+i)
+				r := postJSON(ctx, url, completeBody(id, ref, "", i%2 == 0), hdr)
+				wantContentType(t, "completion of "+ref, r, !mode.json)
+				sameAnswer(t, "completion of "+ref, onlyMessage(t, "completion of "+ref, r), unknownPrompt, "881", id, "nosuch", "admin_reset")
+				if up.saw(id) {
+					t.Errorf("completion of %s (denied) reached the upstream", ref)
+				}
+			}
+			for i, uri := range []string{"file:///secret/{name}", "file:///%73ecret/{name}", "FILE:///docs/../secret/{name}"} {
+				id := fmt.Sprintf("89%d", i)
+				ref := fmt.Sprintf(`{"type":"ref/resource","uri":%q}`, uri)
+				r := postJSON(ctx, url, completeBody(id, ref, "", i%2 == 1), hdr)
+				wantContentType(t, "completion of "+uri, r, !mode.json)
+				msg := onlyMessage(t, "completion of "+uri, r)
+				sameAnswer(t, "completion of "+uri, msg, unknownRead, "882", id, "file:///nowhere/x.txt", uri)
+				if up.saw(id) {
+					t.Errorf("completion of %s (denied) reached the upstream", uri)
+				}
+			}
+			// The allowed ones, with the ref in the head or after it.
+			pad := strings.Repeat("p", 5<<10)
+			for _, c := range []struct {
+				id, ref, pad, want string
+				refLast            bool
+			}{
+				{"8101", `{"type":"ref/prompt","name":"greet"}`, "", `"values":["world"]`, true},
+				{"8102", `{"type":"ref/resource","uri":"file:///docs/{name}"}`, "", `"values":["guide.txt"]`, false},
+				{"8103", `{"type":"ref/prompt","name":"greet"}`, pad, `"values":["world"]`, false},
+			} {
+				r := postJSON(ctx, url, completeBody(c.id, c.ref, c.pad, c.refLast), hdr)
+				if msg := onlyMessage(t, "completion of "+c.ref, r); !strings.Contains(msg, c.want) || !strings.Contains(msg, `"id":`+c.id) {
+					t.Errorf("completion of %s: %s, want %s", c.ref, msg, c.want)
+				}
+			}
+			// A ref after the head is refused, allowed or not.
+			for _, c := range []struct{ id, ref string }{
+				{"8104", `{"type":"ref/prompt","name":"admin_reset"}`},
+				{"8105", `{"type":"ref/prompt","name":"greet"}`},
+			} {
+				if r := postJSON(ctx, url, completeBody(c.id, c.ref, pad, true), hdr); r.status != http.StatusRequestEntityTooLarge || up.saw(c.id) {
+					t.Errorf("completion of %s after max_peek: %d %.200s (reached the upstream: %v), want 413", c.ref, r.status, r.body, up.saw(c.id))
+				}
+			}
+
+			// A 2025-03-26 batch: the denied completions are taken out,
+			// the allowed one reaches the upstream.
+			oldHdr := sessionHeaders(openSessionWith(t, rawClient, url, "2025-03-26", nil), "2025-03-26")
+			mark := up.mark()
+			batch := "[" + completeBody("8111", `{"type":"ref/prompt","name":"greet"}`, "", false) + "," +
+				completeBody("8112", `{"type":"ref/prompt","name":"admin_reset"}`, "", false) + "," +
+				completeBody("8113", `{"type":"ref/resource","uri":"file:///secret/{name}"}`, "", true) + "]"
+			r := postJSON(ctx, url, batch, oldHdr)
+			byID := batchAnswers(t, r)
+			if a := byID["8111"]; !strings.Contains(a, `"values":["world"]`) {
+				t.Errorf("batch completion of greet: %q, want the upstream's values", a)
+			}
+			if m := rpcErrorFor(t, "batch completion of admin_reset", byID["8112"], "8112", -32602); m != `unknown prompt "admin_reset"` {
+				t.Errorf("batch completion of admin_reset: message %q", m)
+			}
+			if a := byID["8113"]; !strings.Contains(a, "Resource not found") || !strings.Contains(a, `"data":{"uri":"file:///secret/{name}"}`) {
+				t.Errorf("batch completion of the secret template: %q, want Resource not found", a)
+			}
+			var ran []string
+			for _, s := range up.since(mark) {
+				for _, m := range s.msgs {
+					ran = append(ran, m.what()+"#"+string(m.ID))
+				}
+			}
+			if len(ran) != 1 || !strings.HasSuffix(ran[0], "#8111") {
+				t.Errorf("the upstream read %v of the batch, want the completion 8111 only", ran)
+			}
+
+			for _, s := range up.since(0) {
+				if strings.Contains(string(s.params), "secret") || strings.Contains(string(s.params), "admin_reset") {
+					t.Errorf("the upstream received %s with params %.200s", s.rpc, s.params)
+				}
+			}
+			if got := liveMetric(t, "caddy_mcp_denials_total", "kind", "prompt") - promptBefore; got != 6 {
+				t.Errorf("caddy_mcp_denials_total{kind=prompt} grew by %v, want 6", got)
+			}
+			if got := liveMetric(t, "caddy_mcp_denials_total", "kind", "resource") - resBefore; got != 4 {
+				t.Errorf("caddy_mcp_denials_total{kind=resource} grew by %v, want 4", got)
+			}
+			rec := awaitLine(t, logPath, "the audit record of a denied completion", func(m map[string]any) bool {
+				return m["method"] == "completion/complete" && m["decision"] == "deny" && m["resource"] != nil
+			})
+			wantFields(t, "denied completion", rec, map[string]any{"resource": "file:///secret/{name}", "rule": "rule 2: deny resource file:///secret/*", "error_code": -32602})
+			rec = awaitLine(t, logPath, "the audit record of an allowed completion", func(m map[string]any) bool {
+				return m["method"] == "completion/complete" && m["decision"] == "allow" && m["prompt"] != nil
+			})
+			wantFields(t, "allowed completion", rec, map[string]any{"prompt": "greet", "rule": nil})
+		})
+	}
+
+	t.Run("method rule", func(t *testing.T) {
+		up := startRecorded(t, "catalog", demo.Handler(completionServer(), "", &mcp.StreamableHTTPOptions{JSONResponse: true}))
+		port := freePort(t)
+		loadCaddyfile(t, proxySite(port, up.addr(), rulesBlock("deny method completion/complete", "deny prompt admin_*")))
+		url := proxyURL(port) + "/mcp"
+		ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
+		defer cancel()
+		hdr := inSession(rawSession(t, url, nil), nil)
+		for _, c := range []struct{ id, ref string }{
+			{"8121", `{"type":"ref/prompt","name":"greet"}`},
+			{"8122", `{"type":"ref/prompt","name":"admin_reset"}`},
+		} {
+			r := postJSON(ctx, url, completeBody(c.id, c.ref, "", false), hdr)
+			if m := rpcErrorFor(t, "completion of "+c.ref, onlyMessage(t, "completion of "+c.ref, r), c.id, -32601); m != `method not found: "completion/complete"` || up.saw(c.id) {
+				t.Errorf("completion of %s under deny method completion/complete: %q (reached the upstream: %v)", c.ref, m, up.saw(c.id))
+			}
+		}
+	})
+}
+
 // TestGovernanceMethodRules: `deny method logging/setLevel` answers the
 // method with -32601 `method not found: "logging/setLevel"`, to a go-sdk
 // client and raw, JSON or SSE as the upstream answers, never forwarded; a

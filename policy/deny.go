@@ -49,6 +49,16 @@ type Denial struct {
 // allowed when only the default denies them. It returns the denied
 // messages, and the action and rule Label that decided the last message
 // (Allow and "" when there was none to decide).
+//
+// A completion/complete that refers to a prompt or a resource template
+// (see RefOf) is judged twice: as the method, and as its prompt or
+// template the way Allows judges a listed item (so completing is allowed
+// just where the item is listed). It is denied when either denies: by the
+// method's rules as a method (KindMethod), else as its prompt or resource
+// (Denial.Kind KindPrompt or KindResource, Name the prompt name or URI
+// template), and it then gets the error of an unknown prompt or
+// resource. When both allow, the rule named is the item's when a rule
+// decided it, else the method's.
 func (p *Policy) DecideAll(s Subject, msgs []mcp.Envelope) (denied []Denial, last Action, rule string) {
 	for i := range msgs {
 		m := &msgs[i]
@@ -59,6 +69,14 @@ func (p *Policy) DecideAll(s Subject, msgs []mcp.Envelope) (denied []Denial, las
 		action, r := p.Decide(s, m.Method, m.Name)
 		if r < 0 && action == Deny && Lifecycle(m.Method) {
 			action = Allow
+		}
+		if rk, rt, ok := RefOf(m); ok && action == Allow {
+			switch a, ri := p.decideItem(s, rk, rt); {
+			case a == Deny:
+				kind, target, action, r = rk, rt, a, ri
+			case ri >= 0:
+				r = ri
+			}
 		}
 		last, rule = action, ""
 		if r >= 0 {

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -78,6 +79,95 @@ func TestDecideAll(t *testing.T) {
 				t.Errorf("%s: denial %d = %+v, want %+v", c.body, i, denied[i], c.denied[i])
 			}
 		}
+	}
+}
+
+// TestDecideAllCompletion checks that a completion/complete is judged as
+// the prompt or resource template its params.ref refers to, as well as
+// the method: denied when either denies, as the prompt or resource when
+// the method is allowed.
+func TestDecideAllCompletion(t *testing.T) {
+	complete := func(id int, ref string) string {
+		return fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"completion/complete","params":{"ref":%s,"argument":{"name":"a","value":""}}}`, id, ref)
+	}
+	prompt := func(name string) string { return `{"type":"ref/prompt","name":"` + name + `"}` }
+	template := func(uri string) string { return `{"type":"ref/resource","uri":"` + uri + `"}` }
+	rules := []Rule{
+		{Action: Deny, Kind: KindPrompt, Targets: []string{"admin_*"}, Label: "no admin"},
+		{Action: Deny, Kind: KindResource, Targets: []string{"file:///secret/*"}, Label: "no secrets"},
+		{Action: Deny, Kind: KindResource, Targets: []string{"secret://*"}, Methods: []string{"resources/subscribe"}, Label: "no watching"},
+		{Action: Deny, Kind: KindMethod, Targets: []string{"completion/complete"}, When: &Condition{Principals: []string{"mallory"}, Matcher: -1}, Label: "no completing"},
+		{Action: Allow, Kind: KindPrompt, Targets: []string{"greet"}, Label: "greet"},
+	}
+	p := &Policy{Rules: rules}
+	if err := p.Compile(); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		body     string
+		denied   []Denial
+		last     Action
+		lastRule string
+	}{
+		{complete(1, prompt("admin_reset")), []Denial{{Kind: KindPrompt, Name: "admin_reset", Rule: "no admin"}}, Deny, "no admin"},
+		{complete(2, template("file:///secret/{name}")), []Denial{{Kind: KindResource, Name: "file:///secret/{name}", Rule: "no secrets"}}, Deny, "no secrets"},
+		// The template is matched in its canonical form too.
+		{complete(3, template("FILE:///public/../secret/{name}")), []Denial{{Kind: KindResource, Name: "FILE:///public/../secret/{name}", Rule: "no secrets"}}, Deny, "no secrets"},
+		{complete(4, prompt("greet")), nil, Allow, "greet"},
+		{complete(5, prompt("other")), nil, Allow, ""},
+		{complete(6, template("file:///public/{name}")), nil, Allow, ""},
+		// A rule narrowed to another method leaves the template listed,
+		// and completed.
+		{complete(7, template("secret://{name}")), nil, Allow, ""},
+		// The target is the member the ref's type names.
+		{complete(8, `{"type":"ref/prompt","name":"greet","uri":"file:///secret/{name}"}`), nil, Allow, "greet"},
+		{complete(9, `{"type":"ref/resource","name":"admin_reset","uri":"file:///secret/{name}"}`), []Denial{{Kind: KindResource, Name: "file:///secret/{name}", Rule: "no secrets"}}, Deny, "no secrets"},
+		// Another type is judged as the method only.
+		{complete(10, `{"type":"ref/tool","name":"admin_reset"}`), nil, Allow, ""},
+		// Other methods are not judged by a ref.
+		{`{"jsonrpc":"2.0","id":11,"method":"x/y","params":{"ref":{"type":"ref/prompt","name":"admin_reset"}}}`, nil, Allow, ""},
+		{`[` + complete(12, prompt("greet")) + `,` + complete(13, prompt("admin_x")) + `]`, []Denial{{Index: 1, Kind: KindPrompt, Name: "admin_x", Rule: "no admin"}}, Deny, "no admin"},
+	}
+	for _, c := range cases {
+		denied, last, rule := p.DecideAll(nil, envelopes(t, c.body))
+		if len(denied) != len(c.denied) || last != c.last || rule != c.lastRule {
+			t.Errorf("%s: %v, %v, %q; want %v, %v, %q", c.body, denied, last, rule, c.denied, c.last, c.lastRule)
+			continue
+		}
+		for i := range denied {
+			if denied[i] != c.denied[i] {
+				t.Errorf("%s: denial %d = %+v, want %+v", c.body, i, denied[i], c.denied[i])
+			}
+		}
+	}
+
+	// A method rule still applies, and names the method.
+	s := &subject{principal: "mallory"}
+	denied, _, rule := p.DecideAll(s, envelopes(t, complete(14, prompt("greet"))))
+	if len(denied) != 1 || denied[0].Kind != KindMethod || denied[0].Name != "completion/complete" || rule != "no completing" {
+		t.Errorf("completion by mallory: %+v, rule %q", denied, rule)
+	}
+	denied, _, _ = p.DecideAll(s, envelopes(t, complete(15, prompt("admin_reset"))))
+	if len(denied) != 1 || denied[0].Kind != KindMethod {
+		t.Errorf("completion of a denied prompt by mallory: %+v", denied)
+	}
+
+	// Under default deny the method and the item must both be allowed.
+	p = &Policy{Default: Deny, Rules: []Rule{
+		{Action: Allow, Kind: KindMethod, Targets: []string{"completion/complete"}, Label: "completing"},
+		{Action: Allow, Kind: KindPrompt, Targets: []string{"greet"}, Label: "greet"},
+	}}
+	if err := p.Compile(); err != nil {
+		t.Fatal(err)
+	}
+	if denied, _, rule := p.DecideAll(nil, envelopes(t, complete(16, prompt("greet")))); len(denied) != 0 || rule != "greet" {
+		t.Errorf("default deny, allowed prompt: %+v, rule %q", denied, rule)
+	}
+	if denied, _, _ := p.DecideAll(nil, envelopes(t, complete(17, prompt("other")))); len(denied) != 1 || denied[0].Kind != KindPrompt || denied[0].Rule != "" {
+		t.Errorf("default deny, other prompt: %+v", denied)
+	}
+	if denied, _, rule := p.DecideAll(nil, envelopes(t, complete(18, `{"type":"ref/tool","name":"x"}`))); len(denied) != 0 || rule != "completing" {
+		t.Errorf("default deny, another type of ref: %+v, rule %q", denied, rule)
 	}
 }
 

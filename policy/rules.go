@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+
+	"github.com/mcpgate/mcpgate/mcp"
 )
 
 // Action is what a rule does with a message it matches.
@@ -31,8 +33,8 @@ type Kind uint8
 const (
 	KindMethod   Kind = iota // the JSON-RPC method itself
 	KindTool                 // tools/call params.name
-	KindPrompt               // prompts/get params.name
-	KindResource             // resources/read, resources/subscribe, resources/unsubscribe params.uri
+	KindPrompt               // prompts/get params.name (and completion/complete of a prompt, see RefOf)
+	KindResource             // resources/read, resources/subscribe, resources/unsubscribe params.uri (and completion/complete of a template, see RefOf)
 )
 
 const numKinds = 4
@@ -64,6 +66,7 @@ const (
 	methodPromptsList       = "prompts/list"
 	methodResourcesList     = "resources/list"
 	methodResourceTemplates = "resources/templates/list"
+	methodComplete          = "completion/complete"
 )
 
 // kindMethods lists, for each kind but KindMethod, the methods whose
@@ -78,7 +81,8 @@ var kindMethods = [numKinds][]string{
 // tool name (KindTool), prompts/get the prompt name (KindPrompt),
 // resources/read|subscribe|unsubscribe the URI (KindResource); any other
 // method is (KindMethod, method). name is the message's params.name or
-// params.uri, whichever its method has.
+// params.uri, whichever its method has. (A completion/complete is of
+// KindMethod here; the prompt or template it completes is RefOf's.)
 func TargetOf(method, name string) (Kind, string) {
 	switch method {
 	case methodToolsCall:
@@ -89,6 +93,37 @@ func TargetOf(method, name string) (Kind, string) {
 		return KindResource, name
 	}
 	return KindMethod, method
+}
+
+// RefOf returns what a completion/complete message refers to by its
+// params.ref, whose arguments it asks the upstream to complete: the
+// prompt of a "ref/prompt" (KindPrompt, its name), the resource template
+// of a "ref/resource" (KindResource, its URI template). ok is false for
+// another method or another type of ref, which upstreams refuse.
+//
+// DecideAll judges such a completion as the method completion/complete
+// and as the prompt or resource it refers to (see Allows).
+func RefOf(m *mcp.Envelope) (k Kind, target string, ok bool) {
+	if m.Method != methodComplete {
+		return KindMethod, "", false
+	}
+	switch m.RefType {
+	case mcp.RefPrompt:
+		return KindPrompt, m.RefTarget, true
+	case mcp.RefResource:
+		return KindResource, m.RefTarget, true
+	}
+	return KindMethod, "", false
+}
+
+// MessageTarget returns the kind and target a message is about: the
+// prompt or resource template a completion/complete refers to (see
+// RefOf), else TargetOf's.
+func MessageTarget(m *mcp.Envelope) (Kind, string) {
+	if k, target, ok := RefOf(m); ok {
+		return k, target
+	}
+	return TargetOf(m.Method, m.Name)
 }
 
 // ListKind returns, for a list method (tools/list, prompts/list,
@@ -514,7 +549,17 @@ type snapshot struct {
 // (tools/call, prompts/get, resources/read). For resource templates (kind
 // KindResource, target the uriTemplate string) the template string is
 // matched as if it were a URI. For KindMethod, target is the method.
+//
+// A completion/complete of a prompt or resource template is allowed only
+// where its item is (see DecideAll).
 func (p *Policy) Allows(s Subject, k Kind, target string) bool {
+	a, _ := p.decideItem(s, k, target)
+	return a == Allow
+}
+
+// decideItem is Allows with the index of the rule that decided (-1 for
+// the default).
+func (p *Policy) decideItem(s Subject, k Kind, target string) (Action, int) {
 	var method string
 	switch k {
 	case KindTool:
@@ -526,8 +571,7 @@ func (p *Policy) Allows(s Subject, k Kind, target string) bool {
 	case KindMethod:
 		method = target
 	default:
-		return false
+		return Deny, -1
 	}
-	a, _ := p.decide(s, method, k, target)
-	return a == Allow
+	return p.decide(s, method, k, target)
 }
