@@ -1326,3 +1326,109 @@ func TestFaultFailedStartChangesNothing(t *testing.T) {
 		t.Errorf("after a good reload: sessions limit %d, in-flight limit %d, want 7 and 5", s.Resources.Sessions.Limit, s.Resources.InFlight.Limit)
 	}
 }
+
+// faultRawAnswer takes the upstream connection of call c over and writes
+// raw on it: a response the net/http server would not send.
+func faultRawAnswer(c *fakeCall, raw string) net.Conn {
+	conn, _, err := http.NewResponseController(c.w).Hijack()
+	if err != nil {
+		panic(err)
+	}
+	_, _ = io.WriteString(conn, raw)
+	return conn
+}
+
+// faultCutJSON is the start of a JSON answer to call id that declares 200
+// bytes and holds 30 of them.
+func faultCutJSON(id string) string {
+	return "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n" + `{"jsonrpc":"2.0","id":` + id + `,"res`
+}
+
+// faultFreed waits until the proxy holds no request slot and no stream.
+func faultFreed(t *testing.T, admin int, what string) {
+	t.Helper()
+	if !waitUntil(faultWait, 20*time.Millisecond, func() bool {
+		s := status(t, admin)
+		return s.Resources.InFlight.Used == 0 && s.Resources.Active == 0
+	}) {
+		s := status(t, admin)
+		t.Errorf("%s: slots not freed: in flight %d, streams active %d", what, s.Resources.InFlight.Used, s.Resources.Active)
+	}
+}
+
+// TestFaultJSONAnswerStallsPastDeadline: an upstream sends the header of
+// a JSON answer and part of its body, then nothing. The request's
+// deadline (request_timeout, or its tool's timeout) holds through the
+// body: the client gets 200 with the -32001 error for its id, the
+// upstream gets notifications/cancelled in its session, and the request's
+// slot is free.
+func TestFaultJSONAnswerStallsPastDeadline(t *testing.T) {
+	for _, tc := range []struct{ name, block, tool string }{
+		{"request_timeout", "\t\t\trequest_timeout 300ms\n", "stall"},
+		{"tool timeout", "\t\t\ttool stall timeout 300ms\n", "stall"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			release := make(chan struct{})
+			u := startFake(t, &fakeUpstream{name: "stall", on: map[string]func(*fakeCall){
+				"tools/call:stall": func(c *fakeCall) {
+					conn := faultRawAnswer(c, faultCutJSON(c.id))
+					select {
+					case <-release:
+					case <-time.After(2 * faultWait):
+					}
+					_ = conn.Close()
+				},
+			}})
+			t.Cleanup(func() { close(release) })
+			port, admin := startOps(t, u.addr(), opsGlobal, tc.block)
+			url := proxyURL(port) + "/mcp"
+			tok := openSessionWith(t, rawClient, url, sessionVersion, nil)
+			sids := u.mintedIDs()
+			ctx, cancel := context.WithTimeout(context.Background(), faultWait)
+			defer cancel()
+			r := postJSON(ctx, url, callBody("9", tc.tool, "{}"), sessionHeaders(tok, sessionVersion))
+			if r.status != http.StatusOK {
+				t.Fatalf("stalled JSON answer: %s, want 200 with the deadline's error", r)
+			}
+			if m := rpcErrorFor(t, "stalled JSON answer", r.body, "9", -32001); !strings.Contains(m, "request timed out") {
+				t.Errorf("stalled JSON answer: message %q", m)
+			}
+			note := u.await(t, "notifications/cancelled for 9", faultWait, func(s fakeSeen) bool { return s.cancelledID() == "9" })
+			if len(sids) != 1 || note.sid != sids[0] {
+				t.Errorf("notifications/cancelled came in session %q, want the upstream's %q", note.sid, sids)
+			}
+			faultFreed(t, admin, "stalled JSON answer")
+		})
+	}
+}
+
+// TestFaultJSONAnswerBreaksOff: a JSON answer whose body breaks off (the
+// connection closes before its declared length) gets the client a 502
+// with a JSON-RPC -32603 error for its id, not a cut-off 200. A JSON
+// answer larger than max_event_size is relayed as it comes, whole.
+func TestFaultJSONAnswerBreaksOff(t *testing.T) {
+	big := strings.Repeat("x", 10<<10)
+	u := startFake(t, &fakeUpstream{name: "cut", on: map[string]func(*fakeCall){
+		"tools/call:cut": func(c *fakeCall) {
+			conn := faultRawAnswer(c, faultCutJSON(c.id))
+			time.Sleep(50 * time.Millisecond)
+			_ = conn.Close()
+		},
+		"tools/call:big": func(c *fakeCall) { c.text(big) },
+	}})
+	port, admin := startOps(t, u.addr(), opsGlobal, "\t\t\tmax_event_size 4KiB\n")
+	url := proxyURL(port) + "/mcp"
+	tok := openSessionWith(t, rawClient, url, sessionVersion, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), faultWait)
+	defer cancel()
+	r := postJSON(ctx, url, callBody("7", "cut", "{}"), sessionHeaders(tok, sessionVersion))
+	if r.status != http.StatusBadGateway || r.err != nil {
+		t.Errorf("broken JSON answer: %s, want 502", r)
+	}
+	rpcErrorFor(t, "broken JSON answer", r.body, "7", -32603)
+	r = postJSON(ctx, url, callBody("8", "big", "{}"), sessionHeaders(tok, sessionVersion))
+	if !r.ok() || !strings.Contains(r.body, big) {
+		t.Errorf("JSON answer over max_event_size: %d, %d bytes, want the whole answer", r.status, len(r.body))
+	}
+	faultFreed(t, admin, "broken JSON answer")
+}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync/atomic"
 
@@ -15,6 +16,7 @@ import (
 
 	"github.com/mcpgate/mcpgate/mcp"
 	"github.com/mcpgate/mcpgate/policy"
+	"github.com/mcpgate/mcpgate/resources"
 	"github.com/mcpgate/mcpgate/sse"
 )
 
@@ -165,49 +167,68 @@ func (st *State) SetUpstream(addr string) {
 	st.mu.Unlock()
 }
 
-// processJSON reads a JSON answer whole, when it must be (a filtered list,
-// alone or in a batch, or any answer under max_response), and returns it
+// processJSON reads a 200 answer that is not SSE whole, within a bound,
+// while the request's deadline runs: an answer that must be read (a
+// filtered list, alone or in a batch, or any answer under max_response)
+// within max_event_size (a list) or max_response, any other answer to a
+// POST carrying a request within max_event_size. It returns the answer
 // filtered and capped: a list result without what the caller may not
 // see, an answer over max_response replaced by a JSON-RPC error for the
-// request.
-func (st *State) processJSON(resp *http.Response) *http.Response {
+// request. A body that breaks off is answered 502 with a JSON-RPC error,
+// one whose deadline passes before it is read with the deadline's error
+// (-32001). An answer that need not be read and is larger than
+// max_event_size, or finds no room in the memory budget, is relayed as it
+// comes: streaming reports it, and its deadline runs until its last byte,
+// past which its connection is cut.
+func (st *State) processJSON(resp *http.Response) (_ *http.Response, streaming bool) {
 	p := st.p
 	limit := p.MaxResponse
 	lists := st.answerLists()
-	if lists == nil && limit <= 0 {
-		return resp
-	}
-	if lists != nil && (limit <= 0 || p.MaxEvent < limit) {
+	must := lists != nil || limit > 0
+	switch {
+	case !must && !st.carriesRequest():
+		return resp, false
+	case !must:
+		limit = p.MaxEvent
+		if resp.ContentLength > limit {
+			return st.streamJSON(resp, nil), true
+		}
+	case lists != nil && (limit <= 0 || p.MaxEvent < limit):
 		limit = p.MaxEvent
 	}
-	if resp.ContentLength > limit {
+	if must && resp.ContentLength > limit {
 		st.p.Metrics.ResponseTooLarge()
-		return st.replaceResponse(resp, http.StatusOK, codeResponseTooLarge, tooLargeMessage(lists != nil, limit))
+		return st.replaceResponse(resp, http.StatusOK, codeResponseTooLarge, tooLargeMessage(lists != nil, limit)), false
 	}
-	budget := p.Gov.Memory()
 	want := limit + 1
 	if resp.ContentLength >= 0 {
 		want = resp.ContentLength
 	}
-	if !budget.Reserve(want) {
-		st.p.Metrics.Backpressure()
-		return st.replaceResponse(resp, http.StatusServiceUnavailable, mcp.CodeServerError, "server out of memory budget, retry later")
-	}
-	body, _, err := mcp.ReadHead(resp.Body, limit+1)
-	_ = resp.Body.Close()
-	budget.Release(want - int64(len(body)))
+	body, err, refused := readReserved(p.Gov.Memory(), resp.Body, want, resp.ContentLength >= 0)
 	st.holdBytes(int64(len(body)))
 	switch {
+	case err != nil && st.IsExpired():
+		_ = resp.Body.Close()
+		return st.replaceResponse(resp, http.StatusOK, policy.CodeRequestTimeout, policy.TimeoutMessage(st.deadline.Step())), false
 	case err != nil:
-		return st.replaceResponse(resp, http.StatusBadGateway, mcp.CodeInternalError, "upstream answer broke off")
+		_ = resp.Body.Close()
+		return st.replaceResponse(resp, http.StatusBadGateway, mcp.CodeInternalError, "upstream answer broke off"), false
+	case refused && must:
+		_ = resp.Body.Close()
+		st.p.Metrics.Backpressure()
+		return st.replaceResponse(resp, http.StatusServiceUnavailable, mcp.CodeServerError, "server out of memory budget, retry later"), false
+	case refused || !must && int64(len(body)) > limit:
+		return st.streamJSON(resp, body), true
 	case int64(len(body)) > limit:
+		_ = resp.Body.Close()
 		st.p.Metrics.ResponseTooLarge()
-		return st.replaceResponse(resp, http.StatusOK, codeResponseTooLarge, tooLargeMessage(lists != nil, limit))
+		return st.replaceResponse(resp, http.StatusOK, codeResponseTooLarge, tooLargeMessage(lists != nil, limit)), false
 	}
+	_ = resp.Body.Close()
 	if lists != nil {
 		out, ok := filterMessages(body, lists, st.filterList)
 		if !ok {
-			return st.replaceResponse(resp, http.StatusOK, mcp.CodeInternalError, "the list result could not be read by the proxy")
+			return st.replaceResponse(resp, http.StatusOK, mcp.CodeInternalError, "the list result could not be read by the proxy"), false
 		}
 		if out != nil {
 			body = out
@@ -216,7 +237,82 @@ func (st *State) processJSON(resp *http.Response) *http.Response {
 	resp.Body = io.NopCloser(bytes.NewReader(body))
 	resp.ContentLength = int64(len(body))
 	resp.Header.Set("Content-Length", strconv.Itoa(len(body)))
+	return resp, false
+}
+
+// carriesRequest reports whether the request is a POST that carries a
+// JSON-RPC request, whose answer the upstream owes.
+func (st *State) carriesRequest() bool {
+	if st.r == nil || st.r.Method != http.MethodPost {
+		return false
+	}
+	for i := range st.call.Peek.Messages {
+		if st.call.Peek.Messages[i].Kind == mcp.KindRequest {
+			return true
+		}
+	}
+	return false
+}
+
+// readReserved reads body until it ends or holds want bytes, reserving
+// from budget the room it reads into as it grows (all of want at once when
+// sized, from the declared length), and returns what it read, which stays
+// reserved for the caller. refused reports that the budget had no room
+// for more: body is then read no further. An error other than io.EOF is
+// returned with the bytes read before it.
+func readReserved(budget *resources.Budget, body io.Reader, want int64, sized bool) (head []byte, err error, refused bool) {
+	var held int64
+	defer func() { budget.Release(held - int64(len(head))) }()
+	for int64(len(head)) < want {
+		if int64(len(head)) == held {
+			grow := min(max(held, 4<<10), want-held)
+			if sized {
+				grow = want - held
+			}
+			if !budget.Reserve(grow) {
+				return head, nil, true
+			}
+			held += grow
+			head = slices.Grow(head, int(held)-len(head))
+		}
+		n, rerr := body.Read(head[len(head):held])
+		head = head[:len(head)+n]
+		if rerr == io.EOF {
+			return head, nil, false
+		}
+		if rerr != nil {
+			return head, rerr, false
+		}
+	}
+	return head, nil, false
+}
+
+// streamJSON relays an answer as it comes, after head (what was read of
+// it already): the request's deadline runs until its last byte.
+func (st *State) streamJSON(resp *http.Response, head []byte) *http.Response {
+	resp.Body = &deadlineBody{Reader: io.MultiReader(bytes.NewReader(head), resp.Body), body: resp.Body, st: st}
 	return resp
+}
+
+// deadlineBody is the body of an answer relayed as it comes: its end, or
+// its close, stops the request's deadline.
+type deadlineBody struct {
+	io.Reader
+	body io.Closer
+	st   *State
+}
+
+func (d *deadlineBody) Read(b []byte) (int, error) {
+	n, err := d.Reader.Read(b)
+	if err == io.EOF {
+		d.st.stopDeadline()
+	}
+	return n, err
+}
+
+func (d *deadlineBody) Close() error {
+	d.st.stopDeadline()
+	return d.body.Close()
 }
 
 // tooLargeMessage says why an answer was capped.

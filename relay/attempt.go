@@ -93,11 +93,13 @@ func (st *State) Answer(req *http.Request, resp *http.Response, dialled bool, se
 		resp = st.spliceAnswers(resp)
 	}
 	if !streamed {
-		st.stopDeadline()
-		// Whatever its declared media type: a client may read a JSON
-		// answer in it.
-		if resp.StatusCode == http.StatusOK && resp.Body != nil {
-			resp = st.processJSON(resp)
+		// The deadline runs on until the body is read.
+		streaming := false
+		if resp.StatusCode == http.StatusOK && resp.Body != nil && resp.Body != http.NoBody {
+			resp, streaming = st.processJSON(resp)
+		}
+		if !streaming {
+			st.stopDeadline()
 		}
 	}
 	if resp.StatusCode == http.StatusOK && legacyStream(st.r, st.call, st.res) && isEventStream(resp.Header) && !st.openLegacy(selected) {

@@ -273,3 +273,96 @@ func TestDenialsAnswerAsTheUpstreams(t *testing.T) {
 		t.Fatalf("notification: %d %d %q", st, w.Code, w.Body.String())
 	}
 }
+
+// stallingBody yields data, then blocks until ctx ends (for 10s at
+// most), as the body of an upstream answer that stalls does until its
+// request is cancelled.
+type stallingBody struct {
+	data []byte
+	ctx  context.Context
+}
+
+func (b *stallingBody) Read(p []byte) (int, error) {
+	if len(b.data) > 0 {
+		n := copy(p, b.data)
+		b.data = b.data[n:]
+		return n, nil
+	}
+	select {
+	case <-b.ctx.Done():
+		return 0, b.ctx.Err()
+	case <-time.After(10 * time.Second):
+		return 0, io.ErrUnexpectedEOF
+	}
+}
+
+func (b *stallingBody) Close() error { return nil }
+
+func jsonResponse(req *http.Request, body io.ReadCloser, length int64) *http.Response {
+	return &http.Response{
+		StatusCode: http.StatusOK, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header: http.Header{"Content-Type": {"application/json"}},
+		Body:   body, Request: req, ContentLength: length,
+	}
+}
+
+// TestRelayJSONAnswerUnderDeadline: a JSON answer is read whole, within
+// max_event_size, before it is handed on; one whose body stalls past the
+// request's deadline becomes the deadline's error. A larger one is handed
+// on as it comes, and its deadline runs on until its last byte: its body
+// fails when the deadline passes.
+func TestRelayJSONAnswerUnderDeadline(t *testing.T) {
+	const body = `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"slow"}}`
+	answer := `{"jsonrpc":"2.0","id":7,"result":{}}`
+	for _, tc := range []struct {
+		name     string
+		maxEvent int64
+		data     string
+		stall    bool
+	}{
+		{"read whole", 1 << 10, answer, false},
+		{"stalls", 1 << 10, answer[:20], true},
+		{"larger than max_event_size", 8, answer, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, c, _ := newTestProxy(t, Config{})
+			p.MaxEvent = tc.maxEvent
+			r, call := post(t, body)
+			st := p.NewState(httptest.NewRecorder(), r, call, mcp.Resolution{})
+			done, ref := st.Arm(50 * time.Millisecond)
+			if ref != nil {
+				t.Fatal(ref.Message)
+			}
+			defer done()
+			defer st.HandlerDone()
+			req := st.Attempt(r.Clone(r.Context()))
+			var rc io.ReadCloser = io.NopCloser(strings.NewReader(tc.data))
+			if tc.stall {
+				rc = &stallingBody{data: []byte(tc.data), ctx: req.Context()}
+			}
+			resp := st.Answer(req, jsonResponse(req, rc, -1), false, "up:1")
+			got, err := io.ReadAll(resp.Body)
+			switch tc.name {
+			case "read whole":
+				if err != nil || string(got) != answer || resp.ContentLength != int64(len(answer)) || st.IsExpired() {
+					t.Fatalf("answer %q (%v), length %d, expired %v", got, err, resp.ContentLength, st.IsExpired())
+				}
+				time.Sleep(100 * time.Millisecond)
+				if st.IsExpired() {
+					t.Fatal("the deadline passed after the answer was read")
+				}
+			case "stalls":
+				if err != nil || !strings.Contains(string(got), `"code":-32001`) || !strings.Contains(string(got), `"id":7`) || resp.StatusCode != http.StatusOK {
+					t.Fatalf("answer %d %q (%v), want the deadline's error", resp.StatusCode, got, err)
+				}
+			default:
+				if err == nil || string(got) != answer {
+					t.Fatalf("answer %q (%v), want it all, then the read cut by the deadline", got, err)
+				}
+			}
+			if want := tc.stall; st.IsExpired() != want || (c.get("deadline_waiting") == 1) != want {
+				t.Fatalf("expired %v, counts %v", st.IsExpired(), c.m)
+			}
+		})
+	}
+}
