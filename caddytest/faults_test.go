@@ -1432,3 +1432,55 @@ func TestFaultJSONAnswerBreaksOff(t *testing.T) {
 	}
 	faultFreed(t, admin, "broken JSON answer")
 }
+
+// TestFaultAnswerNeitherJSONNorSSE: a 200 answer to a POST carrying a
+// request whose media type is neither JSON nor an event stream (a load
+// balancer's page) is no answer a client can read: the client gets 502
+// with a JSON-RPC -32603 error for its request, or, for a 2025-03-26
+// batch, an array with one for each of its requests. An error status
+// keeps its body byte for byte, and a notification's 202 passes.
+func TestFaultAnswerNeitherJSONNorSSE(t *testing.T) {
+	const page = "<html><body>Bad gateway from some LB</body></html>"
+	u := startFake(t, &fakeUpstream{name: "html", on: map[string]func(*fakeCall){
+		"tools/call:html": func(c *fakeCall) {
+			c.w.Header().Set("Content-Type", "text/html")
+			c.w.WriteHeader(http.StatusOK)
+			_, _ = io.WriteString(c.w, page)
+		},
+		"tools/call:refused": func(c *fakeCall) {
+			c.w.Header().Set("Content-Type", "text/html")
+			c.w.WriteHeader(http.StatusBadRequest)
+			_, _ = io.WriteString(c.w, page)
+		},
+	}})
+	port, admin := startOps(t, u.addr(), opsGlobal, "")
+	url := proxyURL(port) + "/mcp"
+	ctx, cancel := context.WithTimeout(context.Background(), faultWait)
+	defer cancel()
+	tok := openSessionWith(t, rawClient, url, sessionVersion, nil)
+	r := postJSON(ctx, url, callBody("5", "html", "{}"), sessionHeaders(tok, sessionVersion))
+	if r.status != http.StatusBadGateway || !strings.HasPrefix(r.hdr.Get("Content-Type"), "application/json") {
+		t.Errorf("HTML answer: %s, want 502 with JSON", r)
+	}
+	rpcErrorFor(t, "HTML answer", r.body, "5", -32603)
+
+	r = postJSON(ctx, url, callBody("6", "refused", "{}"), sessionHeaders(tok, sessionVersion))
+	if r.status != http.StatusBadRequest || r.body != page {
+		t.Errorf("HTML error page: %s, want the upstream's 400 as it was", r)
+	}
+	r = postJSON(ctx, url, `{"jsonrpc":"2.0","method":"notifications/roots/list_changed"}`, sessionHeaders(tok, sessionVersion))
+	if r.status != http.StatusAccepted {
+		t.Errorf("notification: %s, want 202", r)
+	}
+
+	old := openSessionWith(t, rawClient, url, "2025-03-26", nil)
+	batch := "[" + callBody("21", "html", "{}") + "," + callBody("22", "html", "{}") + "]"
+	r = postJSON(ctx, url, batch, sessionHeaders(old, "2025-03-26"))
+	var answers []json.RawMessage
+	if r.status != http.StatusBadGateway || json.Unmarshal([]byte(r.body), &answers) != nil || len(answers) != 2 {
+		t.Fatalf("HTML answer to a batch: %s, want 502 with an array of two errors", r)
+	}
+	rpcErrorFor(t, "HTML answer to a batch", string(answers[0]), "21", -32603)
+	rpcErrorFor(t, "HTML answer to a batch", string(answers[1]), "22", -32603)
+	faultFreed(t, admin, "HTML answer")
+}

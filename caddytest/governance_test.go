@@ -2158,10 +2158,11 @@ func TestGovernanceAmbiguousListAnswer(t *testing.T) {
 // TestGovernanceListFramings: a list result is filtered however the
 // upstream frames it and however the client sends the request: in a
 // batch (answered with an array), with its id after max_peek (the proxy
-// cannot match the answer by id), as a JSON body declared as another media
-// type, as an SSE event holding an array, or under another id than the
-// request's. The denied tool never reaches the client; the allowed one
-// does.
+// cannot match the answer by id), as a JSON body with unusual media type
+// parameters, as an SSE event holding an array, or under another id than
+// the request's (dropped: the request is owed no such answer). The denied
+// tool never reaches the client; the allowed one does. A JSON body
+// declared as text/plain gets the proxy's 502 instead.
 func TestGovernanceListFramings(t *testing.T) {
 	const tools = `{"tools":[{"name":"add","inputSchema":{"type":"object"}},{"name":"zeta","inputSchema":{"type":"object"}}]}`
 	msg := func(id string) string { return `{"jsonrpc":"2.0","id":` + id + `,"result":` + tools + `}` }
@@ -2229,6 +2230,13 @@ func TestGovernanceListFramings(t *testing.T) {
 	}
 	for _, c := range cases {
 		r := postJSON(ctx, base+"/mcp", c.body, c.hdr)
+		if c.name == "text/plain" {
+			// Not an answer a client reads: the proxy's error instead.
+			if r.status != http.StatusBadGateway || strings.Contains(r.body, `"add"`) {
+				t.Errorf("%s: %d %s, want 502", c.name, r.status, r.body)
+			}
+			continue
+		}
 		if r.status != http.StatusOK {
 			t.Errorf("%s: %d %s", c.name, r.status, r.body)
 			continue

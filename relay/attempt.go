@@ -95,7 +95,13 @@ func (st *State) Answer(req *http.Request, resp *http.Response, dialled bool, se
 	if !streamed {
 		// The deadline runs on until the body is read.
 		streaming := false
-		if resp.StatusCode == http.StatusOK && resp.Body != nil && resp.Body != http.NoBody {
+		switch {
+		case resp.StatusCode == http.StatusOK && st.carriesRequest() && !isJSONAnswer(resp.Header):
+			// Not an answer a client can read: a page of a load
+			// balancer, a misrouted request.
+			resp = st.replaceResponse(resp, http.StatusBadGateway, mcp.CodeInternalError,
+				"the upstream's answer is neither JSON nor an event stream")
+		case resp.StatusCode == http.StatusOK && resp.Body != nil && resp.Body != http.NoBody:
 			resp, streaming = st.processJSON(resp)
 		}
 		if !streaming {

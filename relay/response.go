@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"io"
+	"mime"
 	"net/http"
 	"strconv"
 	"strings"
@@ -100,12 +101,13 @@ func validHeaderValue(v string) bool {
 }
 
 // replaceResponse closes resp's body and returns, in its place, an answer
-// of the proxy's own with a JSON-RPC error for the request.
+// of the proxy's own with a JSON-RPC error for the request (see
+// errorAnswer).
 func (st *State) replaceResponse(resp *http.Response, status, code int, msg string) *http.Response {
 	if resp.Body != nil {
 		_ = resp.Body.Close()
 	}
-	body := mcp.AppendError(nil, st.call.First().ID, code, msg)
+	body := st.errorAnswer(code, msg)
 	hdr := http.Header{}
 	hdr.Set("Content-Type", "application/json")
 	hdr.Set("Content-Length", strconv.Itoa(len(body)))
@@ -124,6 +126,34 @@ func (st *State) replaceResponse(resp *http.Response, status, code int, msg stri
 		ContentLength: int64(len(body)),
 		Request:       resp.Request,
 	}
+}
+
+// errorAnswer is the proxy's answer in place of the upstream's: a
+// JSON-RPC error for the request or, for a batch, an array that holds an
+// error for each request the upstream was sent and the errors of the
+// batch's denied requests.
+func (st *State) errorAnswer(code int, msg string) []byte {
+	if !st.call.Peek.Batch {
+		return mcp.AppendError(nil, st.call.First().ID, code, msg)
+	}
+	var answers [][]byte
+	denied := map[string]bool{}
+	for _, a := range st.Spliced {
+		if id, ok, _ := mcp.ResponseID(a); ok {
+			denied[mcp.IDKey(string(id))] = true
+		}
+		answers = append(answers, a)
+	}
+	for i := range st.call.Peek.Messages {
+		m := &st.call.Peek.Messages[i]
+		if m.Kind == mcp.KindRequest && m.ID != "" && !denied[mcp.IDKey(m.ID)] {
+			answers = append(answers, mcp.AppendError(nil, m.ID, code, msg))
+		}
+	}
+	if len(answers) == 0 {
+		return mcp.AppendError(nil, "", code, msg)
+	}
+	return mcp.AppendBatch(nil, answers)
 }
 
 // deleteUpstreamSession ends an upstream session the proxy will not use,
@@ -183,6 +213,13 @@ func isEventStream(h http.Header) bool {
 	}
 	rest := strings.TrimLeft(ct[len(mt):], " \t")
 	return rest == "" || rest[0] == ';'
+}
+
+// isJSONAnswer reports whether a response's media type is
+// application/json, whatever its parameters.
+func isJSONAnswer(h http.Header) bool {
+	mt, _, err := mime.ParseMediaType(h.Get("Content-Type"))
+	return err == nil && mt == "application/json"
 }
 
 // openLegacy registers the session of a legacy (2024-11-05) HTTP+SSE
