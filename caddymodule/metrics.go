@@ -48,6 +48,7 @@ var metrics = struct {
 	upstreamIDs         *prometheus.CounterVec
 	upstreamFailures    *prometheus.CounterVec
 	unanswered          prometheus.Counter
+	strayAnswers        prometheus.Counter
 	authRefusals        *prometheus.CounterVec
 	denials             *counterVec
 	listFiltered        *counterVec
@@ -92,6 +93,10 @@ var metrics = struct {
 	unanswered: prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "mcp", Name: "unanswered_streams_total",
 		Help: "SSE answers whose upstream stream ended without the response, to which the proxy added a JSON-RPC error for the request.",
+	}),
+	strayAnswers: prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "mcp", Name: "stray_answers_total",
+		Help: "Responses dropped from the SSE answer to a POST: a second one for a request, or one under an id the POST did not send.",
 	}),
 	upstreamFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "mcp", Name: "upstream_failures_total",
@@ -273,6 +278,7 @@ var relayMetrics = &relay.Metrics{
 	Backpressure:     metrics.backpressure.Inc,
 	ListUnreadable:   func() { metrics.listFiltered.WithLabelValues("error").Inc() },
 	Unanswered:       metrics.unanswered.Inc,
+	StrayAnswer:      metrics.strayAnswers.Inc,
 	SessionCreated:   metrics.sessionsCreated.Inc,
 	StreamOpened:     metrics.streamsActive.Inc,
 	StreamClosed:     metrics.streamsActive.Dec,
@@ -313,7 +319,7 @@ func registerMetrics(ctx caddy.Context) error {
 		metrics.replay, metrics.streamsDrained, metrics.cancelsSent, metrics.sideSkipped, metrics.replayBytes,
 		connectionsActive, metrics.level, metrics.levelChanges, metrics.evictions,
 		metrics.backpressure, metrics.protectiveResets, metrics.evictDeletesSkipped, globalGauges,
-		sessionEnds, metrics.panicsRecovered, metrics.upstreamIDs, metrics.upstreamFailures, metrics.unanswered, metrics.authRefusals,
+		sessionEnds, metrics.panicsRecovered, metrics.upstreamIDs, metrics.upstreamFailures, metrics.unanswered, metrics.strayAnswers, metrics.authRefusals,
 		metrics.denials, metrics.listFiltered, metrics.pinned, metrics.deadlines, metrics.responseTooLarge,
 		metrics.audit, metrics.reduced,
 	} {

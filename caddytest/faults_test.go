@@ -1484,3 +1484,100 @@ func TestFaultAnswerNeitherJSONNorSSE(t *testing.T) {
 	rpcErrorFor(t, "HTML answer to a batch", string(answers[1]), "22", -32603)
 	faultFreed(t, admin, "HTML answer")
 }
+
+// faultAnswers counts, in msgs, the responses for each raw id, and notes
+// the code of the last error for each.
+func faultAnswers(t *testing.T, msgs []string) (n map[string]int, code map[string]int) {
+	t.Helper()
+	n, code = map[string]int{}, map[string]int{}
+	var add func(data []byte)
+	add = func(data []byte) {
+		var all []json.RawMessage
+		if json.Unmarshal(data, &all) == nil {
+			for _, m := range all {
+				add(m)
+			}
+			return
+		}
+		var m struct {
+			ID     json.RawMessage `json:"id"`
+			Result json.RawMessage `json:"result"`
+			Error  *struct {
+				Code int `json:"code"`
+			} `json:"error"`
+		}
+		if json.Unmarshal(data, &m) != nil || m.Result == nil && m.Error == nil {
+			return
+		}
+		n[string(m.ID)]++
+		if m.Error != nil {
+			code[string(m.ID)] = m.Error.Code
+		}
+	}
+	for _, d := range msgs {
+		add([]byte(d))
+	}
+	return n, code
+}
+
+// TestFaultStrayAnswersDropped: the SSE answer to a POST carries its
+// requests' answers, once each, and no other: a second answer for a
+// request, and an answer under an id the POST did not send (alone or in
+// an array), are dropped and counted, for a single request (which then
+// gets the proxy's error when its own never came) and for a 2025-03-26
+// batch.
+func TestFaultStrayAnswersDropped(t *testing.T) {
+	answer := func(id, text string) string {
+		return `{"jsonrpc":"2.0","id":` + id + `,"result":{"content":[{"type":"text","text":"` + text + `"}]}}`
+	}
+	u := startFake(t, &fakeUpstream{name: "stray", on: map[string]func(*fakeCall){
+		"tools/call:twice": func(c *fakeCall) {
+			s := c.sse()
+			_ = s.event("", answer(c.id, "first"))
+			_ = s.event("", answer(c.id, "second"))
+		},
+		"tools/call:other": func(c *fakeCall) {
+			s := c.sse()
+			_ = s.event("", answer("424242", "not yours"))
+			_ = s.event("", "["+answer("424243", "not yours")+","+progressNote+"]")
+		},
+		"tools/call:batch": func(c *fakeCall) {
+			// The whole batch is answered here, on one stream.
+			s := c.sse()
+			_ = s.event("", answer("31", "first"))
+			_ = s.event("", answer("31", "again"))
+			_ = s.event("", answer("999", "not yours"))
+			_ = s.event("", "["+answer("32", "first")+","+answer("32", "again")+","+progressNote+"]")
+		},
+		"tools/call:quiet": func(*fakeCall) {},
+	}})
+	port, admin := startOps(t, u.addr(), opsGlobal, "")
+	url := proxyURL(port) + "/mcp"
+	ctx, cancel := context.WithTimeout(context.Background(), faultWait)
+	defer cancel()
+	before := liveMetric(t, "caddy_mcp_stray_answers_total")
+	tok := openSessionWith(t, rawClient, url, sessionVersion, nil)
+
+	r := postJSON(ctx, url, callBody("11", "twice", "{}"), sessionHeaders(tok, sessionVersion))
+	n, _ := faultAnswers(t, messagesOf(t, r))
+	if len(n) != 1 || n["11"] != 1 || !strings.Contains(r.body, "first") || strings.Contains(r.body, "second") {
+		t.Errorf("two answers for one request: the client got %v in %q, want the first only", n, r.body)
+	}
+	r = postJSON(ctx, url, callBody("12", "other", "{}"), sessionHeaders(tok, sessionVersion))
+	n, code := faultAnswers(t, messagesOf(t, r))
+	if len(n) != 1 || n["12"] != 1 || code["12"] != -32603 || !strings.Contains(r.body, "notifications/progress") {
+		t.Errorf("answers under other ids: the client got %v (codes %v) in %q, want the proxy's -32603 for 12 only, and the notification", n, code, r.body)
+	}
+
+	old := openSessionWith(t, rawClient, url, "2025-03-26", nil)
+	batch := "[" + callBody("31", "batch", "{}") + "," + callBody("32", "quiet", "{}") + "]"
+	r = postJSON(ctx, url, batch, sessionHeaders(old, "2025-03-26"))
+	n, _ = faultAnswers(t, messagesOf(t, r))
+	if len(n) != 2 || n["31"] != 1 || n["32"] != 1 || strings.Contains(r.body, "again") || !strings.Contains(r.body, "notifications/progress") {
+		t.Errorf("batch: the client got %v in %q, want one answer for 31 and 32 each, and the notification", n, r.body)
+	}
+	if got := liveMetric(t, "caddy_mcp_stray_answers_total") - before; got != 6 {
+		t.Errorf("caddy_mcp_stray_answers_total grew by %v, want 6", got)
+	}
+	faultFreed(t, admin, "stray answers")
+}

@@ -152,6 +152,112 @@ func (st *State) listWatch(lists map[string]string) func(*sse.Event) []byte {
 	}
 }
 
+// dropStrays takes, from data, the JSON-RPC message or array of them of
+// an event of a POST's SSE answer, the responses take does not accept:
+// take accepts (and notes) a response the POST is owed, the first for
+// each of its requests' ids. Requests and notifications, and messages
+// the proxy cannot read, stay. It returns data without the dropped
+// responses, nil when none was, dropEvent when nothing is left.
+func (st *State) dropStrays(data []byte, take func(id []byte) bool) []byte {
+	if !isArray(data) {
+		id, ok, err := mcp.ResponseID(data)
+		if err != nil || !ok || take(id) {
+			return nil
+		}
+		st.stray(id)
+		return dropEvent
+	}
+	var all []json.RawMessage
+	if json.Unmarshal(data, &all) != nil {
+		return nil
+	}
+	kept := make([]json.RawMessage, 0, len(all))
+	for _, m := range all {
+		if id, ok, err := mcp.ResponseID(m); err == nil && ok && !take(id) {
+			st.stray(id)
+			continue
+		}
+		kept = append(kept, m)
+	}
+	switch {
+	case len(kept) == len(all):
+		return nil
+	case len(kept) == 0:
+		return dropEvent
+	}
+	out, err := json.Marshal(kept)
+	if err != nil {
+		return dropEvent
+	}
+	return out
+}
+
+// stray counts and logs a response dropped from a POST's SSE answer.
+func (st *State) stray(id []byte) {
+	st.p.Metrics.StrayAnswer()
+	if c := st.p.Logger.Check(zap.DebugLevel, "upstream response the request is not owed dropped from its answer stream"); c != nil {
+		c.Write(zap.String("method", st.call.First().Method), zap.ByteString("id", id))
+	}
+}
+
+// withData relays ev with data in place of its own (nil: as it is;
+// dropEvent: not at all) through next, when set.
+func withData(ev *sse.Event, data []byte, next func(*sse.Event) []byte) []byte {
+	switch {
+	case data == nil:
+		if next != nil {
+			return next(ev)
+		}
+		return nil
+	case len(data) == 0:
+		return dropEvent
+	}
+	changed := *ev
+	changed.Data = data
+	if next != nil {
+		if out := next(&changed); out != nil {
+			return out
+		}
+	}
+	return sse.AppendEvent(nil, ev.ID, ev.Name, data)
+}
+
+// answerGuard returns the relay hook of an SSE answer to a POST that is
+// not one request with an id (a batch, notifications or responses): a
+// response is relayed once for each request the upstream was sent, and
+// dropped under another id or for a second time; the rest of the event
+// goes through next, when set. Nil when the POST's ids are not all known
+// (its body was longer than the peek).
+func (st *State) answerGuard(next func(*sse.Event) []byte) func(*sse.Event) []byte {
+	if !st.call.Peek.Complete {
+		return nil
+	}
+	denied := map[string]bool{}
+	for _, a := range st.Spliced {
+		if id, ok, _ := mcp.ResponseID(a); ok {
+			denied[mcp.IDKey(string(id))] = true
+		}
+	}
+	owed := map[string]bool{}
+	for i := range st.call.Peek.Messages {
+		m := &st.call.Peek.Messages[i]
+		if m.Kind == mcp.KindRequest && m.ID != "" && !denied[mcp.IDKey(m.ID)] {
+			owed[mcp.IDKey(m.ID)] = true
+		}
+	}
+	take := func(id []byte) bool {
+		key := mcp.IDKey(string(id))
+		if !owed[key] {
+			return false
+		}
+		delete(owed, key)
+		return true
+	}
+	return func(ev *sse.Event) []byte {
+		return withData(ev, st.dropStrays(ev.Data, take), next)
+	}
+}
+
 // UpstreamAddr returns the dial address of the upstream that answered.
 func (st *State) UpstreamAddr() string {
 	st.mu.Lock()
@@ -372,13 +478,36 @@ func (st *State) answerWatch(id string) (rewrite func(*sse.Event) []byte, final 
 			})
 			return sse.AppendEvent(nil, ev.ID, "message", mcp.AppendError(nil, id, codeResponseTooLarge, tooLargeMessage(false, st.p.MaxResponse)))
 		}
+		if isArray(ev.Data) {
+			// Answers in an array: the request's own, once, and no
+			// other; then the list results in it are filtered.
+			if st.deadline != nil && !answered.Load() && bytes.Contains(ev.Data, progressMethod) {
+				st.extendDeadline()
+			}
+			out := st.dropStrays(ev.Data, func(got []byte) bool {
+				if answered.Load() || !mcp.SameID(got, id) {
+					return false
+				}
+				answered.Store(true)
+				st.stopDeadline()
+				return true
+			})
+			return withData(ev, out, others)
+		}
+		got, isAnswer, err := mcp.ResponseID(ev.Data)
+		if isAnswer && (answered.Load() || !mcp.SameID(got, id)) {
+			// A second answer, or one to a request this POST did not
+			// send: the client must get one answer for its id, and none
+			// for an id of its other requests.
+			st.stray(got)
+			return dropEvent
+		}
 		if answered.Load() {
 			if others != nil {
 				return others(ev)
 			}
 			return nil
 		}
-		got, isAnswer, err := mcp.ResponseID(ev.Data)
 		if err != nil && list != "" {
 			// A client's decoder may read this as the list result, which
 			// the proxy cannot filter as such.
@@ -388,14 +517,14 @@ func (st *State) answerWatch(id string) (rewrite func(*sse.Event) []byte, final 
 			st.p.Logger.Warn("upstream answer not readable; answered with an error", zap.String("method", list), zap.Error(err))
 			return sse.AppendEvent(nil, ev.ID, "message", mcp.AppendError(nil, id, mcp.CodeInternalError, "the list result could not be read by the proxy"))
 		}
-		if !isAnswer || err != nil || !mcp.SameID(got, id) {
+		if !isAnswer || err != nil {
 			if st.deadline != nil && bytes.Contains(ev.Data, progressMethod) {
 				st.extendDeadline()
 			}
-			if others != nil && (isAnswer || err != nil || isArray(ev.Data)) {
-				// A list result under another id, or in an array, is
-				// filtered all the same (a request or a notification
-				// cannot be one).
+			if others != nil && err != nil {
+				// A message the proxy cannot read may be a list result
+				// all the same (a request or a notification cannot be
+				// one).
 				return others(ev)
 			}
 			return nil

@@ -92,10 +92,13 @@ type Lists interface {
 // Metrics are the counts the relay reports. Every field is needed.
 type Metrics struct {
 	CancelSent, ResponseTooLarge, Backpressure, ListUnreadable, Unanswered, SessionCreated func()
-	StreamOpened, StreamClosed, SideSkipped                                                func()
-	Deadline                                                                               func(state string)  // "waiting", "streaming"
-	SessionRefused                                                                         func(kind string)   // "full", "legacy_pending"
-	UpstreamID                                                                             func(result string) // "dropped", "unusable"
+	// StrayAnswer counts a response dropped from a POST's SSE answer: a
+	// second one for a request, or one under an id the POST did not send.
+	StrayAnswer                             func()
+	StreamOpened, StreamClosed, SideSkipped func()
+	Deadline                                func(state string)  // "waiting", "streaming"
+	SessionRefused                          func(kind string)   // "full", "legacy_pending"
+	UpstreamID                              func(result string) // "dropped", "unusable"
 }
 
 // Proxy relays the requests of one mcp_proxy handler.

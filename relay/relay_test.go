@@ -42,7 +42,7 @@ func (c *counts) metrics() *Metrics {
 	return &Metrics{
 		CancelSent: f("cancel"), ResponseTooLarge: f("too_large"), Backpressure: f("backpressure"),
 		ListUnreadable: f("list_unreadable"), Unanswered: f("unanswered"), SessionCreated: f("session"),
-		StreamOpened: f("opened"), StreamClosed: f("closed"), SideSkipped: f("side_skipped"),
+		StreamOpened: f("opened"), StreamClosed: f("closed"), SideSkipped: f("side_skipped"), StrayAnswer: f("stray"),
 		Deadline:       func(s string) { c.add("deadline_" + s) },
 		SessionRefused: func(k string) { c.add("refused_" + k) },
 		UpstreamID:     func(r string) { c.add("id_" + r) },

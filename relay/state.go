@@ -316,6 +316,13 @@ func (p *Proxy) streamConfig(st *State, legacy bool) sse.StreamConfig {
 		// server's): it is filtered by its shape.
 		cfg.Rewrite = st.listWatch(nil)
 	}
+	if !legacy && st.r.Method == http.MethodPost && (st.call.Peek.Batch || first.Kind != mcp.KindRequest) {
+		// A POST's stream carries requests, notifications and the
+		// answers to its own requests only.
+		if guard := st.answerGuard(cfg.Rewrite); guard != nil {
+			cfg.Rewrite = guard
+		}
+	}
 	if filters && !legacy {
 		cfg.Rewrite = messagesOnly(cfg.Rewrite)
 	}
