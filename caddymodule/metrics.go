@@ -92,7 +92,7 @@ var metrics = struct {
 	}, []string{"reason"}),
 	unanswered: prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "mcp", Name: "unanswered_streams_total",
-		Help: "SSE answers whose upstream stream ended without the response, to which the proxy added a JSON-RPC error for the request.",
+		Help: "SSE answers whose upstream stream ended without the response, to which the proxy added a JSON-RPC error for the request; on a legacy stream, each call still awaiting its answer when the upstream's stream ended.",
 	}),
 	strayAnswers: prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "mcp", Name: "stray_answers_total",

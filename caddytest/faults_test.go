@@ -1581,3 +1581,102 @@ func TestFaultStrayAnswersDropped(t *testing.T) {
 	}
 	faultFreed(t, admin, "stray answers")
 }
+
+// TestFaultLegacyStreamDropsAwaitedCalls: a legacy (2024-11-05) session's
+// calls are accepted with 202 and answered on its stream. When the
+// upstream drops the stream (the connection reset), each call still
+// awaiting its answer gets a -32603 error on the client's stream before
+// that ends, the answer can come nowhere else; a call answered before the
+// drop gets no second answer. With a deadline set (the proxy acts on the
+// answers) and without.
+func TestFaultLegacyStreamDropsAwaitedCalls(t *testing.T) {
+	for _, tc := range []struct{ name, block string }{
+		{"request_timeout", "\t\trequest_timeout 30s\n"},
+		{"plain", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			drop := make(chan struct{})
+			onStream := make(chan string, 8)
+			h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.Method == http.MethodGet {
+					w.Header().Set("Content-Type", "text/event-stream")
+					fmt.Fprint(w, "event: endpoint\ndata: /sse?sessionId=s1\n\n")
+					w.(http.Flusher).Flush()
+					for {
+						select {
+						case msg := <-onStream:
+							fmt.Fprintf(w, "event: message\ndata: %s\n\n", msg)
+							w.(http.Flusher).Flush()
+						case <-drop:
+							conn, _, err := http.NewResponseController(w).Hijack()
+							if err == nil {
+								if tc, ok := conn.(*net.TCPConn); ok {
+									_ = tc.SetLinger(0)
+								}
+								_ = conn.Close()
+							}
+							return
+						case <-r.Context().Done():
+							return
+						case <-time.After(2 * faultWait):
+							return
+						}
+					}
+				}
+				var m struct {
+					ID json.RawMessage `json:"id"`
+				}
+				b, _ := io.ReadAll(r.Body)
+				_ = json.Unmarshal(b, &m)
+				w.WriteHeader(http.StatusAccepted)
+				if id := string(m.ID); id == "1" || id == "7" {
+					onStream <- `{"jsonrpc":"2.0","id":` + id + `,"result":{}}`
+				}
+			})
+			ctx, cancel := context.WithTimeout(context.Background(), 2*faultWait)
+			defer cancel()
+			lc, port := legacyStreamTo(t, ctx, h, tc.block)
+			url := proxyURL(port) + lc.endpoint
+			if r := postJSON(ctx, url, initAt(1, "2024-11-05"), nil); r.status != http.StatusAccepted {
+				t.Fatalf("initialize: %s", r)
+			}
+			var seen []string
+			for _, id := range []string{"5", "6", "7"} {
+				if r := postJSON(ctx, url, callBody(id, "slow", "{}"), nil); r.status != http.StatusAccepted {
+					t.Fatalf("tools/call %s: %s", id, r)
+				}
+			}
+			for len(seen) < 2 {
+				select {
+				case ev := <-lc.events:
+					seen = append(seen, ev)
+				case <-time.After(faultWait):
+					t.Fatalf("the answers to initialize and call 7 did not come on the stream (events %q)", seen)
+				}
+			}
+			close(drop)
+			for done := false; !done; {
+				select {
+				case ev := <-lc.events:
+					seen = append(seen, ev)
+				case <-lc.closed:
+					for more := true; more; {
+						select {
+						case ev := <-lc.events:
+							seen = append(seen, ev)
+						default:
+							more = false
+						}
+					}
+					done = true
+				case <-time.After(faultWait):
+					t.Fatalf("the client's stream did not end after the upstream dropped it (events %q)", seen)
+				}
+			}
+			n, code := faultAnswers(t, seen)
+			if len(n) != 4 || n["1"] != 1 || n["5"] != 1 || n["6"] != 1 || n["7"] != 1 || code["5"] != -32603 || code["6"] != -32603 || code["1"] != 0 || code["7"] != 0 {
+				t.Errorf("answers on the client's stream: %v (codes %v) in %q; want a -32603 error for 5 and 6, the results for 1 and 7", n, code, seen)
+			}
+		})
+	}
+}

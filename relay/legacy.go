@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -25,7 +27,10 @@ import (
 // request; a request's deadline runs until its answer comes on the
 // stream, and when it passes the error goes on the stream, the late
 // answer is dropped and the upstream gets notifications/cancelled; an
-// answer over max_response is replaced by an error.
+// answer over max_response is replaced by an error; when the upstream's
+// stream ends, each request still owed its answer (up to
+// policy.MaxAwaited a session) gets an error on the stream, the last
+// place it can come.
 //
 // A POST that finds no link (its stream is relayed by another replica) is
 // denied in its own answer, which a legacy client does not read, and runs
@@ -71,27 +76,27 @@ func (t *legacyTable) get(key string) *legacyLink {
 }
 
 // legacyLink is what the proxy knows of a legacy session whose stream it
-// relays: the stream, who opened it, the upstream, and the requests of the
-// session whose answers it awaits.
+// relays: the stream, who opened it, the upstream, the requests of the
+// session whose answers it acts on (awaiting), and the ids of all the
+// requests whose answers the stream owes the client (owed).
 type legacyLink struct {
 	p        *Proxy
 	stream   *sse.Stream
 	subject  policy.Subject // the stream's opener
 	upstream string
 	awaiting *policy.Awaiting
-}
 
-// watchesLegacy reports whether the handler does anything with answers
-// that a legacy stream would carry.
-func (p *Proxy) watchesLegacy() bool {
-	return p.Lists.Filters() || p.MaxResponse > 0 || p.Deadlines
+	mu     sync.Mutex
+	owed   map[string]string // raw ids by mcp.IDKey; at most policy.MaxAwaited
+	ended  bool              // the upstream stream ended: nothing more is owed
+	untold int               // requests not noted for want of room
 }
 
 // newLegacyLink returns the link of the legacy stream st relays, and the
 // stream hook that runs rewrite (the endpoint event's) and then the
 // link's own work on each event.
 func (p *Proxy) newLegacyLink(st *State, rewrite func(*sse.Event) []byte) (*legacyLink, func(*sse.Event) []byte) {
-	l := &legacyLink{p: p, subject: p.Lists.Freeze(st.Subject), upstream: st.UpstreamAddr()}
+	l := &legacyLink{p: p, subject: p.Lists.Freeze(st.Subject), upstream: st.UpstreamAddr(), owed: map[string]string{}}
 	l.awaiting = policy.NewAwaiting(l.expire)
 	return l, func(ev *sse.Event) []byte {
 		if isEndpointEvent(ev.Name) {
@@ -161,8 +166,73 @@ func (st *State) Arm(step time.Duration) (done func(), ref *mcp.Refusal) {
 	return func() {
 		if len(awaited) > 0 && !(st.responded && (st.status == http.StatusAccepted || st.status == http.StatusNoContent)) {
 			l.awaiting.Forget(awaited)
+			l.settle(awaited...)
 		}
 	}, nil
+}
+
+// owe notes ids as requests whose answers the stream owes the client,
+// and returns those it noted: none once the stream ended, and only as many
+// as there is room for (policy.MaxAwaited). A request past that is not
+// noted: its answer passes as any other, but an end of the stream before
+// it gets it no error.
+func (l *legacyLink) owe(ids []string) []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.ended {
+		return nil
+	}
+	noted := ids[:0:0]
+	for _, id := range ids {
+		key := mcp.IDKey(id)
+		if _, ok := l.owed[key]; !ok && len(l.owed) >= policy.MaxAwaited {
+			l.untold++
+			continue
+		}
+		l.owed[key] = id
+		noted = append(noted, id)
+	}
+	if len(noted) < len(ids) {
+		if c := l.p.Logger.Check(zap.DebugLevel, "legacy session owes too many answers; request not noted"); c != nil {
+			c.Write(zap.Int("owed", len(l.owed)), zap.Int("not_noted", len(ids)-len(noted)))
+		}
+	}
+	return noted
+}
+
+// settle notes that the answers with these raw ids are no longer owed:
+// they came, an error went in their place, or they will not come.
+func (l *legacyLink) settle(ids ...string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, id := range ids {
+		delete(l.owed, mcp.IDKey(id))
+	}
+}
+
+// final is the stream's last word when its upstream side ends: a
+// JSON-RPC error event for each request whose answer the stream still
+// owes, which can now come nowhere else.
+func (l *legacyLink) final(err error) []byte {
+	l.mu.Lock()
+	l.ended = true
+	owed := make([]string, 0, len(l.owed))
+	for _, id := range l.owed {
+		owed = append(owed, id)
+	}
+	clear(l.owed)
+	l.mu.Unlock()
+	slices.Sort(owed)
+	msg := "the upstream's stream ended before the answer"
+	if err != nil && !errors.Is(err, sse.ErrClosed) {
+		msg = "the upstream's stream broke before the answer"
+	}
+	var out []byte
+	for _, id := range owed {
+		l.p.Metrics.Unanswered()
+		out = sse.AppendEvent(out, "", "message", mcp.AppendError(nil, id, mcp.CodeInternalError, msg))
+	}
+	return out
 }
 
 // send delivers answers of the proxy's own on the stream, as `message`
@@ -175,16 +245,16 @@ func (l *legacyLink) send(answers [][]byte) bool {
 	return l.stream.Inject(buf)
 }
 
-// expect notes the requests of st whose answers the stream must act on:
-// a list result to filter, a deadline of step (0: none). It returns their
-// ids, or a refusal when a request with a deadline finds the session
-// awaiting too many answers already (lists that find no room are
-// filtered by their shape instead). A notifications/cancelled of st ends
-// the wait for the request it names.
+// expect notes the requests of st whose answers the stream owes (see
+// owe), and those it must act on: a list result to filter, a deadline of
+// step (0: none). It returns the ids it noted, or a refusal when a
+// request with a deadline finds the session awaiting too many answers
+// already (lists that find no room are filtered by their shape instead).
+// A notifications/cancelled of st ends the wait for the request it names.
 func (l *legacyLink) expect(st *State, step time.Duration) ([]string, *mcp.Refusal) {
 	p := l.p
 	var calls []*policy.Awaited
-	var ids, dropped []string
+	var ids, all, dropped []string
 	for i := range st.call.Peek.Messages {
 		m := &st.call.Peek.Messages[i]
 		if m.Kind == mcp.KindNotification && m.Method == "notifications/cancelled" && m.RequestID != "" {
@@ -195,6 +265,7 @@ func (l *legacyLink) expect(st *State, step time.Duration) ([]string, *mcp.Refus
 		if m.Kind != mcp.KindRequest || m.ID == "" {
 			continue
 		}
+		all = append(all, m.ID)
 		c := &policy.Awaited{ID: m.ID, Step: step}
 		if _, ok := policy.ListKind(m.Method); ok && p.Lists.Filters() {
 			// The answer comes after the POST ended: nothing of its
@@ -212,13 +283,14 @@ func (l *legacyLink) expect(st *State, step time.Duration) ([]string, *mcp.Refus
 	}
 	if len(dropped) > 0 {
 		l.awaiting.Forget(dropped)
+		l.settle(dropped...)
 	}
 	if l.awaiting.Add(calls, p.MaxTimeout) {
-		return ids, nil
+		return l.owe(all), nil
 	}
 	if step == 0 {
 		// Lists only: their results are filtered by their shape.
-		return nil, nil
+		return l.owe(all), nil
 	}
 	l.p.Metrics.SessionRefused("legacy_pending")
 	st.w.Header().Set("Retry-After", RetryAfter)
@@ -233,6 +305,7 @@ func (l *legacyLink) expire(c *policy.Awaited) {
 	defer l.p.recoverPanic("legacy request deadline")
 	l.p.Metrics.Deadline("waiting")
 	msg := mcp.AppendError(nil, c.ID, policy.CodeRequestTimeout, policy.TimeoutMessage(c.Step))
+	l.settle(c.ID)
 	if !l.send([][]byte{msg}) {
 		l.p.Logger.Debug("timeout error of a legacy request not delivered: its stream is gone or full")
 	}
@@ -267,6 +340,7 @@ func (l *legacyLink) answer(ev *sse.Event) []byte {
 	if expired {
 		return dropEvent
 	}
+	l.settle(string(id))
 	if p.MaxResponse > 0 && int64(len(ev.Data)) > p.MaxResponse {
 		l.p.Metrics.ResponseTooLarge()
 		return sse.AppendEvent(nil, ev.ID, "message", mcp.AppendError(nil, string(id), codeResponseTooLarge, tooLargeMessage(false, p.MaxResponse)))
@@ -322,6 +396,7 @@ func (l *legacyLink) answerArray(ev *sse.Event) []byte {
 				changed = true // its timeout error went instead
 				continue
 			}
+			l.settle(string(id))
 			if c != nil && c.List != "" && filters {
 				list, subj = c.List, c.Subject
 			}

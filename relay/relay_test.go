@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -364,5 +365,37 @@ func TestRelayJSONAnswerUnderDeadline(t *testing.T) {
 				t.Fatalf("expired %v, counts %v", st.IsExpired(), c.m)
 			}
 		})
+	}
+}
+
+// TestLegacyOwedAnswers: a legacy stream owes the answers of at most
+// policy.MaxAwaited requests; one past that is not noted. An answer that
+// came, or an error sent in its place, settles a request; the others get
+// an error each when the stream ends, and none is noted after.
+func TestLegacyOwedAnswers(t *testing.T) {
+	p, c, _ := newTestProxy(t, Config{})
+	l := &legacyLink{p: p, owed: map[string]string{}}
+	var ids []string
+	for i := range policy.MaxAwaited + 1 {
+		ids = append(ids, strconv.Itoa(i))
+	}
+	if got := l.owe(ids); len(got) != policy.MaxAwaited || got[0] != "0" {
+		t.Fatalf("noted %d of %d", len(got), len(ids))
+	}
+	l.settle(ids[2:policy.MaxAwaited]...)
+	if got := l.owe([]string{`"a"`}); len(got) != 1 {
+		t.Fatal("no room after the answers came")
+	}
+	out := string(l.final(nil))
+	for _, id := range []string{`"id":0,`, `"id":1,`, `"id":"a",`} {
+		if !strings.Contains(out, id) {
+			t.Errorf("no error for %s in %q", id, out)
+		}
+	}
+	if n := strings.Count(out, "event: message"); n != 3 || c.get("unanswered") != 3 {
+		t.Errorf("%d errors (%d counted) in %q, want 3", n, c.get("unanswered"), out)
+	}
+	if got := l.owe([]string{"9"}); len(got) != 0 || l.final(nil) != nil {
+		t.Error("a request noted after the stream ended")
 	}
 }

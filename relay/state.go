@@ -399,8 +399,9 @@ func (p *Proxy) Relay(w http.ResponseWriter, st *State, body io.ReadCloser) {
 	legacy := legacyStream(st.r, st.call, st.res)
 	cfg := p.streamConfig(st, legacy)
 	var link *legacyLink
-	if legacy && st.legacyID != "" && p.watchesLegacy() {
+	if legacy && st.legacyID != "" {
 		link, cfg.Rewrite = p.newLegacyLink(st, cfg.Rewrite)
+		cfg.Final = link.final
 	}
 	stream := sse.NewStream(cfg)
 	if link != nil {
