@@ -147,7 +147,10 @@ type Auth struct {
 	// `*` matches any run of characters, `/` included, `?` one character,
 	// `\` escapes the next; a malformed glob (one ending in a lone `\`)
 	// is refused at load. An empty method matches only a request without
-	// one (a GET). Default: none.
+	// one (a GET). A resource URI matches as the access rules read it (as
+	// written or canonical); a completion/complete also needs the scopes
+	// of the prompt (prompts/get) or template (resources/read) it
+	// completes. Default: none.
 	ScopeRules []auth.ScopeRule `json:"scope_rules,omitempty"`
 
 	// ScopesSupported is what the metadata lists. Default: the scopes of
@@ -348,15 +351,42 @@ func (a *Auth) checkScopes(p *auth.Principal, call *mcp.Call) *auth.Error {
 		msgs = []mcp.Envelope{{}}
 	}
 	for i := range msgs {
-		glob := policy.Glob
-		if kind, _ := policy.TargetOf(msgs[i].Method, ""); kind == policy.KindResource {
-			glob = policy.GlobURI // as the access rules judge URIs
+		m := &msgs[i]
+		need := a.scopesFor(m.Method, m.Name)
+		// A completion needs, too, the scopes of what it completes, as
+		// the access rules judge it.
+		switch kind, target, ok := policy.RefOf(m); {
+		case ok && kind == policy.KindPrompt:
+			need = appendNew(need, a.scopesFor("prompts/get", target))
+		case ok && kind == policy.KindResource:
+			need = appendNew(need, a.scopesFor("resources/read", target))
 		}
-		if need := auth.RequiredScopes(a.ScopeRules, msgs[i].Method, msgs[i].Name, glob); !p.HasScopes(need) {
+		if !p.HasScopes(need) {
 			return auth.InsufficientScope(need)
 		}
 	}
 	return nil
+}
+
+// scopesFor returns the scopes ScopeRules ask of a message of method with
+// target; a resource URI matches in every reading the access rules judge
+// it in (policy.GlobURI).
+func (a *Auth) scopesFor(method, target string) []string {
+	glob := policy.Glob
+	if kind, _ := policy.TargetOf(method, ""); kind == policy.KindResource {
+		glob = policy.GlobURI
+	}
+	return auth.RequiredScopes(a.ScopeRules, method, target, glob)
+}
+
+// appendNew appends to dst the strings of src it does not hold yet.
+func appendNew(dst, src []string) []string {
+	for _, s := range src {
+		if !slices.Contains(dst, s) {
+			dst = append(dst, s)
+		}
+	}
+	return dst
 }
 
 // checkIssuers refuses keys that could sign for an issuer they do not

@@ -70,6 +70,7 @@ func TestScopeRuleGlobs(t *testing.T) {
 		{Method: "resources/read", Target: "secret://*", Scopes: []string{"secrets"}},
 		{Method: "tools/call", Target: "delete_*", Scopes: []string{"admin"}},
 		{Method: "tools/call", Target: "ops_[x", Scopes: []string{"ops"}},
+		{Method: "prompts/get", Target: "admin_*", Scopes: []string{"admin"}},
 		{Method: "*", Scopes: []string{"basic"}},
 	}}
 	if err := validScopeRules(a.ScopeRules); err != nil {
@@ -88,10 +89,14 @@ func TestScopeRuleGlobs(t *testing.T) {
 		// Other spellings of a URI a scope rule names need its scopes.
 		read("SECRET://db/password"):   "secrets basic",
 		read("secret://db/%70assword"): "secrets basic",
-		call("delete_repo/force"):      "admin basic",
-		call("ops_[x"):                 "ops basic",
-		call("ops_x"):                  "basic",
-		call("echo"):                   "basic",
+		// A completion needs the scopes of what it completes.
+		`{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/resource","uri":"secret://db/{name}"},"argument":{"name":"name","value":""}}}`: "basic secrets",
+		`{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"delete_all"},"argument":{"name":"x","value":""}}}`:             "basic",
+		`{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"admin_reset"},"argument":{"name":"x","value":""}}}`:            "basic admin",
+		call("delete_repo/force"): "admin basic",
+		call("ops_[x"):            "ops basic",
+		call("ops_x"):             "basic",
+		call("echo"):              "basic",
 	} {
 		e := a.checkScopes(&auth.Principal{ID: "u"}, callOf(t, body))
 		if e == nil || e.Scope != want {
