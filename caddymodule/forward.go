@@ -94,11 +94,25 @@ func (h *Handler) forward(x *exchange, next caddyhttp.Handler) error {
 		h.relay.Relay(x.w, st, body)
 		return nil
 	}
-	if r.Method == http.MethodDelete && x.res.Session != nil && responded && status >= 200 && status < 300 {
+	if x.res.Session != nil && responded && upstreamEndedSession(r.Method, x.res.Session.Kind, status) {
 		h.app.global.Resume().Forget(x.res.Key)
 		h.app.global.Sessions().Remove(x.res.Key, resources.CauseDeleted)
 	}
 	return err
+}
+
+// upstreamEndedSession reports an upstream answer that ends the Streamable HTTP
+// session of the request: a DELETE it accepted, or a 404, which is how
+// an upstream says it no longer has the session (the client starts a new
+// one; the proxy forgets it rather than count it until it idles out).
+func upstreamEndedSession(method string, kind mcp.TokenKind, status int) bool {
+	switch {
+	case method == http.MethodDelete:
+		return status >= 200 && status < 300
+	case kind == mcp.TokenSession:
+		return status == http.StatusNotFound
+	}
+	return false
 }
 
 // upstreamFailure is the answer to a request reverse_proxy could not get

@@ -1680,3 +1680,29 @@ func TestFaultLegacyStreamDropsAwaitedCalls(t *testing.T) {
 		})
 	}
 }
+
+// TestFaultUpstreamForgetsSession: an upstream that answers a session's
+// request with 404 no longer has the session; the client gets the 404
+// (and starts anew), and the proxy forgets the session rather than count
+// it until it idles out.
+func TestFaultUpstreamForgetsSession(t *testing.T) {
+	u := startFake(t, &fakeUpstream{name: "expiring"})
+	port, admin := startOps(t, u.addr(), opsGlobal, "")
+	url := proxyURL(port) + "/mcp"
+	before := status(t, admin).Resources.Sessions.Used
+	tok := openSessionWith(t, rawClient, url, sessionVersion, nil)
+	if got := status(t, admin).Resources.Sessions.Used; got != before+1 {
+		t.Fatalf("sessions in the table: %d before, %d after initialize", before, got)
+	}
+	u.mu.Lock()
+	clear(u.sessions)
+	u.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
+	defer cancel()
+	if r := postJSON(ctx, url, echoCall(3, "x"), sessionHeaders(tok, sessionVersion)); r.status != http.StatusNotFound {
+		t.Errorf("a request of a session the upstream forgot: %s, want its 404", r)
+	}
+	if got := status(t, admin).Resources.Sessions.Used; got != before {
+		t.Errorf("sessions in the table: %d before, %d after the upstream's 404; want it forgotten", before, got)
+	}
+}
