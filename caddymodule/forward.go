@@ -77,6 +77,9 @@ func (h *Handler) forward(x *exchange, next caddyhttp.Handler) error {
 	status, responded := st.Response()
 	if responded {
 		x.status = status
+		if code := st.ProxyCode(); code != 0 {
+			x.code = code
+		}
 	} else if st.IsExpired() {
 		ref := st.TimeoutRefusal()
 		x.status, x.code = ref.Status, ref.Code

@@ -1887,6 +1887,25 @@ func TestGovernanceAuditBatch(t *testing.T) {
 	}
 }
 
+// TestGovernanceAuditProxyAnswer: when the proxy answers in place of the
+// upstream (here a JSON answer over max_response), the audit record
+// carries the JSON-RPC code of the proxy's answer.
+func TestGovernanceAuditProxyAnswer(t *testing.T) {
+	up := startRecorded(t, "up", demo.Handler(demo.NewServer("up"), "", &mcp.StreamableHTTPOptions{JSONResponse: true}))
+	logOpt, path := logTo(t, "audit", "http.handlers.mcp_proxy.audit", "INFO")
+	port := freePort(t)
+	loadCaddyfileWith(t, logOpt, proxySite(port, up.addr(), "\t\tmax_response 2KiB\n\t\taudit\n"))
+	u := proxyURL(port) + "/mcp"
+	ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
+	defer cancel()
+	hdr := inSession(rawSession(t, u, nil), nil)
+	if r := postJSON(ctx, u, echoCall(5, strings.Repeat("x", 8<<10)), hdr); !strings.Contains(r.body, "max_response") {
+		t.Fatalf("an answer over max_response: %s", r)
+	}
+	rec := awaitRecord(t, path, "tools/call", "echo", "allow")
+	wantFields(t, "capped answer", rec, map[string]any{"status": 200, "error_code": -32603})
+}
+
 // TestGovernanceAuditBlockedSink: with the audit log going to a TCP sink
 // that never reads, and a queue of 8, 200 calls whose records are 12KiB
 // each all succeed; the records the sink cannot take are dropped and

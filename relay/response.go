@@ -108,6 +108,7 @@ func (st *State) replaceResponse(resp *http.Response, status, code int, msg stri
 		_ = resp.Body.Close()
 	}
 	body := st.errorAnswer(code, msg)
+	st.code.Store(int32(code))
 	hdr := http.Header{}
 	hdr.Set("Content-Type", "application/json")
 	hdr.Set("Content-Length", strconv.Itoa(len(body)))

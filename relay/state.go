@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -36,6 +37,9 @@ type State struct {
 	// Over gives back what the request holds (admission slot, session
 	// in-flight count); it runs once, when the request is over.
 	Over func()
+	// code is the JSON-RPC code of an answer the proxy gave in place of
+	// the upstream's (see ProxyCode).
+	code atomic.Int32
 	// Subject is who sent the request, for filtering its list result.
 	Subject policy.Subject
 	// Spliced are the errors of a batch's denied requests, for the
@@ -499,6 +503,11 @@ func (st *State) Response() (status int, ok bool) {
 	defer st.mu.Unlock()
 	return st.status, st.responded
 }
+
+// ProxyCode returns the JSON-RPC error code of the answer the proxy
+// wrote in place of the upstream's (a deadline, a cap, a broken or
+// unreadable answer), 0 when the upstream's answer went to the client.
+func (st *State) ProxyCode() int { return int(st.code.Load()) }
 
 // StreamBody returns the SSE body the transport took over for Relay, nil
 // when the answer was not a stream.
