@@ -1706,3 +1706,49 @@ func TestFaultUpstreamForgetsSession(t *testing.T) {
 		t.Errorf("sessions in the table: %d before, %d after the upstream's 404; want it forgotten", before, got)
 	}
 }
+
+// TestFaultLegacyEmptyAccept: the MCP Java SDK's legacy HTTP+SSE
+// transport (HttpServletSseServerTransportProvider, Spring WebMvc/WebFlux)
+// accepts a POST with "200 OK" and no body, then answers on the stream:
+// the client gets that 200, as the answers of a legacy POST come on the
+// stream.
+func TestFaultLegacyEmptyAccept(t *testing.T) {
+	onStream := make(chan string, 8)
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet {
+			w.Header().Set("Content-Type", "text/event-stream")
+			fmt.Fprint(w, "event: endpoint\ndata: /sse?sessionId=s1\n\n")
+			w.(http.Flusher).Flush()
+			for {
+				select {
+				case msg := <-onStream:
+					fmt.Fprintf(w, "event: message\ndata: %s\n\n", msg)
+					w.(http.Flusher).Flush()
+				case <-r.Context().Done():
+					return
+				case <-time.After(2 * faultWait):
+					return
+				}
+			}
+		}
+		var m struct {
+			ID json.RawMessage `json:"id"`
+		}
+		b, _ := io.ReadAll(r.Body)
+		_ = json.Unmarshal(b, &m)
+		w.WriteHeader(http.StatusOK) // as the Java SDK does
+		if len(m.ID) > 0 {
+			onStream <- `{"jsonrpc":"2.0","id":` + string(m.ID) + `,"result":{}}`
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*faultWait)
+	defer cancel()
+	lc, port := legacyStreamTo(t, ctx, h, "")
+	url := proxyURL(port) + lc.endpoint
+	if r := postJSON(ctx, url, initAt(1, "2024-11-05"), nil); r.status != http.StatusOK {
+		t.Errorf("initialize: %s, want the upstream's 200", r)
+	}
+	if r := postJSON(ctx, url, callBody("5", "x", "{}"), nil); r.status != http.StatusOK {
+		t.Errorf("tools/call: %s, want the upstream's 200", r)
+	}
+}

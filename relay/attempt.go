@@ -78,11 +78,9 @@ func (st *State) Attempt(req *http.Request) *http.Request {
 // own (h1stream), whose stream may be handed off.
 func (st *State) Answer(req *http.Request, resp *http.Response, dialled bool, selected string) *http.Response {
 	st.status, st.responded = resp.StatusCode, true
-	if resp.StatusCode == http.StatusOK && encoded(resp.Header) {
-		st.p.Logger.Warn("upstream answer has a Content-Encoding though the proxy asked for none; answered with 502",
-			zap.String("content_encoding", resp.Header.Get("Content-Encoding")), zap.String("upstream", st.UpstreamAddr()))
-		return st.replaceResponse(resp, http.StatusBadGateway, mcp.CodeInternalError,
-			"the upstream's answer is encoded (Content-Encoding), which the proxy cannot read")
+	if why := st.unreadableAnswer(resp); why != "" {
+		st.dropUpstreamSession(req, resp)
+		return st.replaceResponse(resp, http.StatusBadGateway, mcp.CodeInternalError, why)
 	}
 	resp = st.sealResponse(req, resp, selected)
 	streamed := isEventStream(resp.Header)
@@ -95,13 +93,7 @@ func (st *State) Answer(req *http.Request, resp *http.Response, dialled bool, se
 	if !streamed {
 		// The deadline runs on until the body is read.
 		streaming := false
-		switch {
-		case resp.StatusCode == http.StatusOK && st.carriesRequest() && !isJSONAnswer(resp.Header):
-			// Not an answer a client can read: a page of a load
-			// balancer, a misrouted request.
-			resp = st.replaceResponse(resp, http.StatusBadGateway, mcp.CodeInternalError,
-				"the upstream's answer is neither JSON nor an event stream")
-		case resp.StatusCode == http.StatusOK && resp.Body != nil && resp.Body != http.NoBody:
+		if resp.StatusCode == http.StatusOK && resp.Body != nil && resp.Body != http.NoBody {
 			resp, streaming = st.processJSON(resp)
 		}
 		if !streaming {
@@ -133,6 +125,38 @@ func (st *State) Answer(req *http.Request, resp *http.Response, dialled bool, se
 		st.w.Header().Set("Transfer-Encoding", "identity")
 	}
 	return resp
+}
+
+// unreadableAnswer returns why the upstream's answer cannot go to the
+// client, "" when it can: a 200 answer encoded though the proxy asked for
+// none, or a 200 answer to a request that is neither JSON nor an event
+// stream (a load balancer's page, a misrouted request). An empty 200 is
+// passed, and so is any answer to a legacy (2024-11-05) POST, whose
+// answers come on the session's stream (the Java SDK accepts such a POST
+// with an empty 200).
+func (st *State) unreadableAnswer(resp *http.Response) string {
+	if resp.StatusCode != http.StatusOK {
+		return ""
+	}
+	if encoded(resp.Header) {
+		st.p.Logger.Warn("upstream answer has a Content-Encoding though the proxy asked for none; answered with 502",
+			zap.String("content_encoding", resp.Header.Get("Content-Encoding")), zap.String("upstream", st.UpstreamAddr()))
+		return "the upstream's answer is encoded (Content-Encoding), which the proxy cannot read"
+	}
+	empty := resp.Body == nil || resp.Body == http.NoBody || resp.ContentLength == 0
+	if !empty && st.call.Era != mcp.EraLegacy && st.carriesRequest() && !isEventStream(resp.Header) && !isJSONAnswer(resp.Header) {
+		return "the upstream's answer is neither JSON nor an event stream"
+	}
+	return ""
+}
+
+// dropUpstreamSession deletes upstream the session an initialize answer
+// the proxy does not pass on started, if it names one it could delete.
+func (st *State) dropUpstreamSession(req *http.Request, resp *http.Response) {
+	ids := resp.Header.Values(mcp.HeaderSessionID)
+	if len(ids) == 1 && st.call.IsInitialize() && st.res.Session == nil && ids[0] != "" && validHeaderValue(ids[0]) {
+		st.deleteUpstreamSession(req, ids[0])
+	}
 }
 
 // encoded reports a Content-Encoding other than identity.

@@ -399,3 +399,72 @@ func TestLegacyOwedAnswers(t *testing.T) {
 		t.Error("a request noted after the stream ended")
 	}
 }
+
+// recordTransport records the requests sent through it and answers 200.
+type recordTransport struct {
+	mu   sync.Mutex
+	reqs []*http.Request
+}
+
+func (rt *recordTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	rt.mu.Lock()
+	rt.reqs = append(rt.reqs, r)
+	rt.mu.Unlock()
+	return &http.Response{StatusCode: http.StatusOK, Body: http.NoBody, Header: http.Header{}, Request: r}, nil
+}
+
+// TestUnreadableAnswers: a 200 answer encoded though the proxy asked for
+// none, or to a request and neither JSON nor SSE, is replaced by a 502
+// with a JSON-RPC error, and the session such an initialize answer
+// started upstream is deleted; JSON types with parameters, +json types,
+// an empty 200 and no media type pass.
+func TestUnreadableAnswers(t *testing.T) {
+	for _, c := range []struct {
+		name, ct, ce, body string
+		want               int
+	}{
+		{"gzip", "application/json", "gzip", "x", http.StatusBadGateway},
+		{"html", "text/html", "", "<html></html>", http.StatusBadGateway},
+		{"json with charset", "application/json; charset=utf-8", "", "{}", http.StatusOK},
+		{"json-rpc", "application/json-rpc", "", "{}", http.StatusOK},
+		{"+json", "application/vnd.example+json", "", "{}", http.StatusOK},
+		{"bad parameter", "application/json; charset=utf-8,", "", "{}", http.StatusOK},
+		{"no type", "", "", "{}", http.StatusOK},
+		{"empty html", "text/html", "", "", http.StatusOK},
+		{"identity", "application/json", "identity", "{}", http.StatusOK},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			p, _, _ := newTestProxy(t, Config{})
+			rt := &recordTransport{}
+			p.Inner = rt
+			r, call := post(t, `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18"}}`)
+			st := p.NewState(httptest.NewRecorder(), r, call, mcp.Resolution{})
+			resp := &http.Response{StatusCode: http.StatusOK, Header: http.Header{}, Body: io.NopCloser(strings.NewReader(c.body)),
+				ContentLength: int64(len(c.body)), Request: r}
+			if c.body == "" {
+				resp.Body = http.NoBody
+			}
+			if c.ct != "" {
+				resp.Header.Set("Content-Type", c.ct)
+			}
+			if c.ce != "" {
+				resp.Header.Set("Content-Encoding", c.ce)
+			}
+			resp.Header.Set(mcp.HeaderSessionID, "upstream-session")
+			out := st.Answer(r.Clone(r.Context()), resp, false, "127.0.0.1:1")
+			if out.StatusCode != c.want {
+				t.Fatalf("status %d, want %d", out.StatusCode, c.want)
+			}
+			p.Gov.Tasks().Wait()
+			rt.mu.Lock()
+			defer rt.mu.Unlock()
+			deleted := len(rt.reqs) == 1 && rt.reqs[0].Method == http.MethodDelete && rt.reqs[0].Header.Get(mcp.HeaderSessionID) == "upstream-session"
+			if c.want == http.StatusBadGateway && !deleted {
+				t.Errorf("the upstream session of a refused initialize answer was not deleted: %d requests", len(rt.reqs))
+			}
+			if c.want == http.StatusOK && len(rt.reqs) > 0 {
+				t.Errorf("%d side requests for a passed answer", len(rt.reqs))
+			}
+		})
+	}
+}

@@ -216,11 +216,20 @@ func isEventStream(h http.Header) bool {
 	return rest == "" || rest[0] == ';'
 }
 
-// isJSONAnswer reports whether a response's media type is
-// application/json, whatever its parameters.
+// isJSONAnswer reports whether a client may read a response as JSON:
+// no media type, application/json, application/json-rpc or a +json type,
+// whatever their parameters (well-formed or not).
 func isJSONAnswer(h http.Header) bool {
-	mt, _, err := mime.ParseMediaType(h.Get("Content-Type"))
-	return err == nil && mt == "application/json"
+	ct := h.Get("Content-Type")
+	if ct == "" {
+		return true
+	}
+	mt, _, err := mime.ParseMediaType(ct)
+	if mt == "" && err != nil {
+		mt, _, _ = strings.Cut(ct, ";")
+		mt = strings.ToLower(strings.TrimSpace(mt))
+	}
+	return mt == "application/json" || mt == "application/json-rpc" || strings.HasSuffix(mt, "+json")
 }
 
 // openLegacy registers the session of a legacy (2024-11-05) HTTP+SSE
