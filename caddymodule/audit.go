@@ -228,7 +228,7 @@ func auditBatch(a *auditor, base policy.Record, x *exchange, effort policy.Effor
 		}
 		rec := base
 		rec.Method, rec.Kind, rec.Target, rec.Rule = m.Method, "", "", ""
-		if kind, target := policy.TargetOf(m.Method, m.Name); kind != policy.KindMethod {
+		if kind, target := policy.MessageTarget(m); kind != policy.KindMethod {
 			rec.Kind, rec.Target = kind.String(), target
 		}
 		if rec.Decision == "deny" {

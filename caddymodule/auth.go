@@ -146,7 +146,8 @@ type Auth struct {
 	// checked. Method and target are globs as the policy rules read them:
 	// `*` matches any run of characters, `/` included, `?` one character,
 	// `\` escapes the next; a malformed glob (one ending in a lone `\`)
-	// is refused at load. An empty method matches only a request without
+	// is refused at load, and so is an unescaped `[` (path.Match's
+	// character classes, which these globs once had, are not read). An empty method matches only a request without
 	// one (a GET). A resource URI matches as the access rules read it (as
 	// written or canonical); a completion/complete also needs the scopes
 	// of the prompt (prompts/get) or template (resources/read) it
@@ -445,9 +446,28 @@ func validScopeRules(rules []auth.ScopeRule) error {
 			if err := policy.ValidGlob(g); err != nil {
 				return fmt.Errorf("scope rule %d (%s): glob %q: %w", i+1, r.Method, g, err)
 			}
+			if unescapedBracket(g) {
+				// These globs once had path.Match's character classes;
+				// a class now matches only itself, which would leave
+				// the rule requiring nothing.
+				return fmt.Errorf("scope rule %d (%s): glob %q: character classes ([...]) are not supported; write \\[ for a literal bracket", i+1, r.Method, g)
+			}
 		}
 	}
 	return nil
+}
+
+// unescapedBracket reports a `[` not escaped by `\` in glob g.
+func unescapedBracket(g string) bool {
+	for i := 0; i < len(g); i++ {
+		switch g[i] {
+		case '\\':
+			i++
+		case '[':
+			return true
+		}
+	}
+	return false
 }
 
 // setPrincipal sets {http.auth.user.id}, and makes the token's claims

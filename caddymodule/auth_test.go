@@ -69,7 +69,7 @@ func TestScopeRuleGlobs(t *testing.T) {
 	a := &Auth{ScopeRules: []auth.ScopeRule{
 		{Method: "resources/read", Target: "secret://*", Scopes: []string{"secrets"}},
 		{Method: "tools/call", Target: "delete_*", Scopes: []string{"admin"}},
-		{Method: "tools/call", Target: "ops_[x", Scopes: []string{"ops"}},
+		{Method: "tools/call", Target: `ops_\[x`, Scopes: []string{"ops"}},
 		{Method: "prompts/get", Target: "admin_*", Scopes: []string{"admin"}},
 		{Method: "*", Scopes: []string{"basic"}},
 	}}
@@ -106,6 +106,9 @@ func TestScopeRuleGlobs(t *testing.T) {
 	for _, bad := range []auth.ScopeRule{
 		{Method: "tools/call", Target: `delete_\`, Scopes: []string{"admin"}},
 		{Method: "tools/\xff", Scopes: []string{"admin"}},
+		// path.Match's character classes, which these globs once had.
+		{Method: "tools/call", Target: "[dD]elete*", Scopes: []string{"admin"}},
+		{Method: "tools/[c]all", Scopes: []string{"admin"}},
 	} {
 		if err := validScopeRules([]auth.ScopeRule{bad}); err == nil {
 			t.Errorf("rule %q:%q accepted", bad.Method, bad.Target)

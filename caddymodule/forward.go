@@ -105,14 +105,16 @@ func (h *Handler) forward(x *exchange, next caddyhttp.Handler) error {
 }
 
 // upstreamEndedSession reports an upstream answer that ends the Streamable HTTP
-// session of the request: a DELETE it accepted, or a 404, which is how
+// session of the request: a DELETE it accepted, or a 404 to a POST, which is how
 // an upstream says it no longer has the session (the client starts a new
 // one; the proxy forgets it rather than count it until it idles out).
 func upstreamEndedSession(method string, kind mcp.TokenKind, status int) bool {
 	switch {
 	case method == http.MethodDelete:
 		return status >= 200 && status < 300
-	case kind == mcp.TokenSession:
+	case method == http.MethodPost && kind == mcp.TokenSession:
+		// Only a POST's 404: an upstream may answer a GET stream or an
+		// unknown Last-Event-ID with 404 and keep the session.
 		return status == http.StatusNotFound
 	}
 	return false

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"unicode/utf8"
 
 	"github.com/mcpgate/mcpgate/mcp"
 )
@@ -335,7 +336,9 @@ func compileRule(r *Rule) (compiledRule, error) {
 		// CanonicalURI), which decide checks a URI in too.
 		var canon []string
 		for _, t := range r.Targets {
-			if c := canonicalPattern(t); c != t {
+			// A pattern whose escapes decode to bytes that are not
+			// UTF-8 keeps its written form only.
+			if c := canonicalPattern(t); c != t && utf8.ValidString(c) {
 				canon = append(canon, c)
 			}
 		}

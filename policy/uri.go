@@ -11,8 +11,11 @@ import (
 // URL parser of JavaScript servers), the scheme and the authority
 // lowercased, a scheme's default port dropped, the authority of a file
 // URI dropped (file://localhost/x and file://any/x are file:///x to a
-// reader of the path), `\` read as `/` in the schemes WHATWG treats as
-// special (file, http, https, ws, wss, ftp), the fragment dropped, every
+// reader of the path, and so are file:/x and file:x), `\` read as `/` in
+// the schemes WHATWG treats as special (file, http, https, ws, wss, ftp),
+// any run of slashes after http, https, ws, wss or ftp read as `//` (as
+// WHATWG does: https:/host/x and https:host/x are https://host/x), the
+// fragment dropped, every
 // percent-escape decoded (Go's url.URL.Path, Node's fileURLToPath) and, in
 // a path that starts with `/`, dot segments and repeated slashes removed
 // (a trailing slash kept). A URI already in that form is returned as it
@@ -64,6 +67,14 @@ func canonicalURI(s string, pattern bool) string {
 		b.WriteByte(':')
 	}
 	file := strings.EqualFold(scheme, "file")
+	switch {
+	case specialScheme(scheme) && !file:
+		// WHATWG reads any run of slashes after such a scheme, none
+		// included, as the start of the authority.
+		rest = "//" + strings.TrimLeft(rest, "/")
+	case file && !strings.HasPrefix(rest, "/"):
+		rest = "/" + rest // file:etc/x is file:///etc/x
+	}
 	if strings.HasPrefix(rest, "//") {
 		rest = rest[2:]
 		end := strings.IndexAny(rest, "/?")

@@ -35,6 +35,11 @@ func TestCanonicalURI(t *testing.T) {
 		"no scheme/%41":                        "no scheme/A",
 		"file:///bad%zzescape":                 "file:///bad%zzescape",
 		"file:///trailing%":                    "file:///trailing%",
+		"file:etc/passwd":                      "file:///etc/passwd",
+		"https:///internal.example.com/x":      "https://internal.example.com/x",
+		"https:/internal.example.com/x":        "https://internal.example.com/x",
+		"https:internal.example.com/x":         "https://internal.example.com/x",
+		"https:\\\\internal.example.com\\x":    "https://internal.example.com/x",
 	} {
 		if got := CanonicalURI(in); got != want {
 			t.Errorf("CanonicalURI(%q) = %q, want %q", in, got, want)
@@ -119,5 +124,31 @@ func TestGlobURI(t *testing.T) {
 		if got := GlobURI(c.pattern, c.target); got != c.want {
 			t.Errorf("GlobURI(%q, %q) = %v, want %v", c.pattern, c.target, got, c.want)
 		}
+	}
+}
+
+// TestDecideResourceWHATWGReadings: the URI spellings a WHATWG parser
+// (JavaScript servers) reads as a denied URI are denied, and a pattern
+// whose escapes do not decode to UTF-8 still compiles and matches as
+// written.
+func TestDecideResourceWHATWGReadings(t *testing.T) {
+	p := &Policy{Default: Allow, Rules: []Rule{
+		{Action: Deny, Kind: KindResource, Targets: []string{"file:///etc/*"}},
+		{Action: Deny, Kind: KindResource, Targets: []string{"https://internal.example.com/*"}},
+		{Action: Deny, Kind: KindResource, Targets: []string{"file:///data/caf%E9/*"}},
+	}}
+	if err := p.Compile(); err != nil {
+		t.Fatal(err)
+	}
+	for _, uri := range []string{
+		"file:etc/passwd", "file:/etc/passwd", "https:///internal.example.com/x", "https:/internal.example.com/x",
+		"https:internal.example.com/x", "file:///data/caf%E9/menu",
+	} {
+		if a, _ := p.Decide(nil, "resources/read", uri); a != Deny {
+			t.Errorf("%s: allowed (canonical %q), want deny", uri, CanonicalURI(uri))
+		}
+	}
+	if a, _ := p.Decide(nil, "resources/read", "https://public.example.com/x"); a != Allow {
+		t.Error("https://public.example.com/x denied")
 	}
 }
