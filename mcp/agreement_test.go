@@ -23,11 +23,8 @@ type stdMessage struct {
 		URI             string                     `json:"uri"`
 		ProtocolVersion string                     `json:"protocolVersion"`
 		Meta            map[string]json.RawMessage `json:"_meta"`
-		Ref             *struct {
-			Type string `json:"type"`
-			Name string `json:"name"`
-			URI  string `json:"uri"`
-		} `json:"ref"`
+		// Ref is read as a reference by completion/complete only.
+		Ref json.RawMessage `json:"ref"`
 	} `json:"params"`
 	Result json.RawMessage `json:"result"`
 	Error  json.RawMessage `json:"error"`
@@ -88,7 +85,15 @@ func (m *stdMessage) reading() (reading, error) {
 	if p := m.Params; p != nil {
 		r.name = upstreamTarget(r.method, p.Name, p.URI)
 		r.version = p.ProtocolVersion
-		if ref := p.Ref; ref != nil && r.method == "completion/complete" {
+		if len(p.Ref) > 0 && string(p.Ref) != "null" && r.method == "completion/complete" {
+			var ref struct {
+				Type string `json:"type"`
+				Name string `json:"name"`
+				URI  string `json:"uri"`
+			}
+			if err := json.Unmarshal(p.Ref, &ref); err != nil {
+				return r, err
+			}
 			r.refType, r.refTarget = ref.Type, upstreamRefTarget(ref.Type, ref.Name, ref.URI)
 		}
 		if raw, ok := p.Meta[metaVersionKey]; ok {
@@ -214,6 +219,7 @@ func isMetaKey(k string) bool { return k == metaVersionKey }
 func strictMessage(d *json.Decoder, open json.Token, members bool) (reading, error) {
 	var r reading
 	var name, uri, refType, refName, refURI string
+	var refErr error
 	var envRead, parRead, refRead func(string) bool
 	if members {
 		envRead = func(k string) bool { return exactMember([]byte(k), setEnvelope) >= 0 }
@@ -252,23 +258,45 @@ func strictMessage(d *json.Decoder, open json.Token, members bool) (reading, err
 				case "protocolVersion":
 					r.version, err = strictString(d, true)
 				case "ref":
-					tok, err := d.Token()
+					// Its keys must be unambiguous in any method; its
+					// types matter to completion/complete only.
+					var raw json.RawMessage
+					if err := d.Decode(&raw); err != nil {
+						return err
+					}
+					rd := json.NewDecoder(bytes.NewReader(raw))
+					tok, err := rd.Token()
 					if err != nil || tok == nil {
 						return err
 					}
-					return strictObject(d, tok, refRead, func(key string) error {
-						var err error
+					if delim, ok := tok.(json.Delim); !ok || delim != '{' {
+						refErr = fmt.Errorf("not an object: %v", tok)
+						return nil
+					}
+					return strictObject(rd, tok, refRead, func(key string) error {
+						var v json.RawMessage
+						if err := rd.Decode(&v); err != nil {
+							return err
+						}
+						if key != "type" && key != "name" && key != "uri" {
+							return nil
+						}
+						var str string
+						if string(v) != "null" && json.Unmarshal(v, &str) != nil {
+							if refErr == nil {
+								refErr = fmt.Errorf("not a string: %s", v)
+							}
+							return nil
+						}
 						switch key {
 						case "type":
-							refType, err = strictString(d, true)
+							refType = str
 						case "name":
-							refName, err = strictString(d, true)
+							refName = str
 						case "uri":
-							refURI, err = strictString(d, true)
-						default:
-							err = skipValue(d)
+							refURI = str
 						}
-						return err
+						return nil
 					})
 				case "_meta":
 					tok, err := d.Token()
@@ -296,6 +324,9 @@ func strictMessage(d *json.Decoder, open json.Token, members bool) (reading, err
 	})
 	r.name = upstreamTarget(r.method, name, uri)
 	if r.method == "completion/complete" {
+		if err == nil && refErr != nil {
+			return r, refErr
+		}
 		r.refType, r.refTarget = refType, upstreamRefTarget(refType, refName, refURI)
 	}
 	return r, err

@@ -564,6 +564,9 @@ type msgFacts struct {
 	nameValue, uriValue string
 	// The values of params.ref.type, .name and .uri.
 	refTypeValue, refNameValue, refURIValue string
+	// refErr is a params.ref, or a member of it, of the wrong type: an
+	// error for a completion/complete only.
+	refErr error
 }
 
 // message scans one message object into env.
@@ -575,6 +578,9 @@ func (s *scanner) message(env *Envelope) error {
 	}
 	env.Name = targetName(env.Method, f.nameValue, f.uriValue)
 	if env.Method == methodComplete {
+		if f.refErr != nil {
+			return f.refErr
+		}
 		env.RefType = f.refTypeValue
 		env.RefTarget = refTarget(f.refTypeValue, f.refNameValue, f.refURIValue)
 	}
@@ -847,7 +853,10 @@ func (s *scanner) params(env *Envelope, f *msgFacts) error {
 			case 'n':
 				err = s.skip()
 			default:
-				return errRefType
+				// Refused for completion/complete only (see message):
+				// another method's params may hold a ref of its own.
+				f.refErr = errRefType
+				err = s.skip()
 			}
 			if err != nil {
 				return err
@@ -879,7 +888,13 @@ func (s *scanner) ref(f *msgFacts) error {
 		}
 		v, isStr, err := s.optString()
 		if !isStr {
-			return refMemberTypeError(m)
+			if f.refErr == nil {
+				f.refErr = refMemberTypeError(m)
+			}
+			if err := s.skip(); err != nil {
+				return err
+			}
+			continue
 		}
 		if err != nil {
 			return err

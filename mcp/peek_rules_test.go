@@ -82,7 +82,7 @@ func TestParseEnvelopeRefusals(t *testing.T) {
 		{"ref name number", `{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":1}}}`, true, ErrNotEnvelope},
 		{"ref type object", `{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":{},"name":"a"}}}`, true, ErrNotEnvelope},
 		{"ref uri array", `{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/resource","uri":["file:///secret/{x}"]}}}`, true, ErrNotEnvelope},
-		{"ref of another method, wrong type", `{"jsonrpc":"2.0","id":1,"method":"x/y","params":{"ref":{"name":7}}}`, true, ErrNotEnvelope},
+
 		{"duplicate ref", `{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"greet"},"ref":{"type":"ref/prompt","name":"admin_reset"}}}`, true, ErrAmbiguous},
 		{"case variant ref", `{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"greet"},"Ref":{"type":"ref/prompt","name":"admin_reset"}}}`, true, ErrAmbiguous},
 		{"upper case ref", `{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"REF":{"type":"ref/prompt","name":"admin_reset"}}}`, true, ErrAmbiguous},
@@ -172,6 +172,13 @@ func TestParseEnvelopeSDKMessages(t *testing.T) {
 			Envelope{Kind: KindRequest, Method: "completion/complete", ID: "1", Name: "n"}},
 		{"ref of another method", `{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"greet","ref":{"type":"ref/prompt","name":"admin_reset"}}}`, true,
 			Envelope{Kind: KindRequest, Method: "prompts/get", ID: "1", Name: "greet"}},
+		// Another method's params may hold a ref of its own shape.
+		{"string ref of another method", `{"jsonrpc":"2.0","id":1,"method":"git/checkout","params":{"ref":"main"}}`, true,
+			Envelope{Kind: KindRequest, Method: "git/checkout", ID: "1"}},
+		{"number ref of a tool call", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","ref":42}}`, true,
+			Envelope{Kind: KindRequest, Method: "tools/call", ID: "1", Name: "x"}},
+		{"ref with a name list in another method", `{"jsonrpc":"2.0","id":1,"method":"x/y","params":{"ref":{"name":["a"]}}}`, true,
+			Envelope{Kind: KindRequest, Method: "x/y", ID: "1"}},
 		{"largest safe id", `{"jsonrpc":"2.0","id":9007199254740991,"method":"ping"}`, true,
 			Envelope{Kind: KindRequest, Method: "ping", ID: "9007199254740991"}},
 		{"negative id", `{"jsonrpc":"2.0","id":-9007199254740991,"method":"ping"}`, true,

@@ -94,6 +94,7 @@ type streamCheck struct {
 	jsonrpc     bool  // "jsonrpc":"2.0" was read
 	methodNotif bool  // the method starts with "notifications/"
 	methodRef   bool  // the method is completion/complete, whose params.ref the peek reads
+	refBad      error // a params.ref, or a member of it, of the wrong type: refused for completion/complete only
 	idEarly     bool  // the id's value ended before the boundary
 	idType      byte  // first byte of the id's value
 	closedEarly bool  // the message object closed before the boundary
@@ -700,7 +701,9 @@ func (v *streamCheck) valueBegin(c byte, pos int64) error {
 				v.next = ctxRef
 			case 'n':
 			default:
-				return errRefType
+				if v.refBad == nil {
+					v.refBad = errRefType
+				}
 			}
 		}
 	case ctxMeta:
@@ -708,8 +711,8 @@ func (v *streamCheck) valueBegin(c byte, pos int64) error {
 			return errMetaVersionType
 		}
 	case ctxRef:
-		if !strOrNull {
-			return refMemberTypeError(m)
+		if !strOrNull && v.refBad == nil {
+			v.refBad = refMemberTypeError(m)
 		}
 	}
 	return nil
@@ -883,6 +886,9 @@ func (v *streamCheck) messageEnd(pos int64) error {
 	has := func(m int) bool { return v.envSeen&(1<<m) != 0 }
 	if !v.jsonrpc {
 		return ErrJSONRPCVersion
+	}
+	if v.methodRef && v.refBad != nil {
+		return v.refBad
 	}
 	method, result, errMember, id := has(envMethod), has(envResult), has(envError), has(envID)
 	switch {
