@@ -20,6 +20,9 @@ func (h *Handler) resolve(x *exchange) *mcp.Refusal {
 	x.principal = h.principalOf(r)
 	res, ref := h.resolver.Resolve(r, call, x.principal)
 	if ref != nil {
+		if ref.Status == http.StatusMethodNotAllowed {
+			x.w.Header().Set("Allow", http.MethodPost)
+		}
 		return ref
 	}
 	if res.Pinned != "" {

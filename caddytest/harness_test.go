@@ -14,6 +14,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -72,16 +73,30 @@ func startUpstreamHandler(t *testing.T, name string, h http.Handler) *upstream {
 	return u
 }
 
-// freePort returns a loopback port that was free a moment ago.
+// freePort returns a loopback port that was free a moment ago and that it
+// never returned before in this process.
 func freePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 100 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		_ = l.Close()
+		// Caddy's listeners set SO_REUSEPORT: a port handed out twice
+		// (the kernel may offer a port again once it is closed) would
+		// have two servers share its connections.
+		if _, dup := portsHanded.LoadOrStore(port, true); !dup {
+			return port
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	t.Fatal("no port that was not handed out before")
+	return 0
 }
+
+// portsHanded holds every port freePort returned in this process.
+var portsHanded sync.Map
 
 // loadCaddyfile adapts a Caddyfile and runs it in this process until the
 // test ends. Global options for a quiet test server are prepended.

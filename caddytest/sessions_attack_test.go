@@ -1359,3 +1359,70 @@ func TestSessionNegotiatedVersion(t *testing.T) {
 		t.Errorf("%d live sessions after an initialize the upstream refused, want %d", got, sessions)
 	}
 }
+
+// TestLegacyRouteCarriesPostsOnly: a legacy route token (the endpoint URL
+// a 2024-11-05 client is given) carries the session's POSTs only: a
+// client's Mcp-Session-Id header on such a POST never reaches the
+// upstream (it could name another session of an upstream that reads
+// it), and a GET or DELETE of the endpoint URL gets 405 without reaching
+// the upstream (a legacy server answers a GET with a new session, whose
+// endpoint, with its raw id, would reach the client unsealed).
+func TestLegacyRouteCarriesPostsOnly(t *testing.T) {
+	var mu sync.Mutex
+	var seen []string
+	events := make(chan string, 16)
+	up := startUpstreamHandler(t, "legacy", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		seen = append(seen, r.Method+" "+r.URL.String()+" sid="+fmt.Sprint(r.Header.Values("Mcp-Session-Id")))
+		mu.Unlock()
+		if r.Method == http.MethodGet && r.URL.Path == "/sse" && r.URL.RawQuery == "" {
+			w.Header().Set("Content-Type", "text/event-stream")
+			fmt.Fprint(w, "event: endpoint\ndata: /messages?sessionId=s1\n\n")
+			w.(http.Flusher).Flush()
+			for {
+				select {
+				case ev := <-events:
+					fmt.Fprintf(w, "event: message\ndata: %s\n\n", ev)
+					w.(http.Flusher).Flush()
+				case <-r.Context().Done():
+					return
+				}
+			}
+		}
+		_, _ = io.ReadAll(r.Body)
+		w.WriteHeader(http.StatusAccepted)
+	}))
+	port := freePort(t)
+	loadCaddyfile(t, proxySite(port, up.addr(), ""))
+	ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
+	defer cancel()
+	lc, r := openLegacyStream(ctx, rawClient, proxyURL(port)+"/sse")
+	if lc == nil {
+		t.Fatalf("legacy stream: %s", r)
+	}
+	defer lc.cancel()
+	const raw = "another-raw-upstream-session-id"
+	if rep := postJSON(ctx, proxyURL(port)+lc.endpoint, `{"jsonrpc":"2.0","method":"notifications/initialized"}`,
+		map[string]string{"Mcp-Session-Id": raw}); rep.status != http.StatusAccepted {
+		t.Fatalf("a POST to the endpoint: %s", rep)
+	}
+	for _, method := range []string{http.MethodGet, http.MethodDelete} {
+		req, err := http.NewRequestWithContext(ctx, method, proxyURL(port)+lc.endpoint, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Accept", "text/event-stream")
+		st, hdr, body := do(t, req)
+		if st != http.StatusMethodNotAllowed || hdr.Get("Allow") != http.MethodPost || !strings.Contains(body, "POST only") {
+			t.Errorf("%s of the endpoint URL: %d Allow %q %s, want 405 with Allow: POST", method, st, hdr.Get("Allow"), body)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) != 2 {
+		t.Fatalf("the upstream saw %q, want the stream's GET and the POST", seen)
+	}
+	if strings.Contains(seen[1], raw) || !strings.HasPrefix(seen[1], "POST /messages?sessionId=s1") {
+		t.Errorf("the upstream saw the POST as %q, want it on the session's endpoint without the client's Mcp-Session-Id", seen[1])
+	}
+}

@@ -98,10 +98,20 @@ func (rv *Resolver) Resolve(r *http.Request, call *Call, principal string) (Reso
 // resolveLegacy opens a legacy route token; the POST goes to the
 // upstream's own endpoint, which the token carries.
 func (rv *Resolver) resolveLegacy(r *http.Request, call *Call, tok, rest, principal string) (Resolution, *Refusal) {
+	if r.Method != http.MethodPost {
+		// A legacy session's endpoint takes its messages; the session's
+		// one GET is the stream that opened it. A GET of the endpoint
+		// would open another upstream session, outside the proxy's.
+		return Resolution{}, Refuse(http.StatusMethodNotAllowed, CodeInvalidRequest, call.First().ID,
+			"a legacy session's endpoint takes POST only")
+	}
 	sess, ref := rv.open(tok, TokenLegacy, call.First().ID, principal)
 	if ref != nil {
 		return Resolution{}, ref
 	}
+	// The upstream knows the session by the endpoint alone; a session id
+	// header is the client's, never forwarded.
+	r.Header.Del(HeaderSessionID)
 	path, query := SplitEndpoint(sess.Endpoint)
 	if sess.Endpoint == "" {
 		path, query = r.URL.EscapedPath(), rest
