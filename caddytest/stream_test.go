@@ -237,3 +237,40 @@ func TestStreamResumesAfterDrop(t *testing.T) {
 		})
 	}
 }
+
+// TestStreamResumeOverSessionLimitKeepsCall: a client resumes a dropped
+// call while its session holds its most streams (32 open GET streams):
+// the resumption cannot be tracked and ends, but the call goes on
+// upstream, to be resumed later (a refused resumption once closed the
+// stream it resumed, cancelling the call for good).
+func TestStreamResumeOverSessionLimitKeepsCall(t *testing.T) {
+	u := startFake(t, &fakeUpstream{on: map[string]func(*fakeCall){"tools/call:gated": gatedTool}})
+	port := freePort(t)
+	loadCaddyfile(t, proxySite(port, u.addr(), ""))
+	url := proxyURL(port) + "/mcp"
+	ctx, cancel := context.WithTimeout(context.Background(), 3*boundedWait)
+	defer cancel()
+	sid := u.openSession(t, proxyURL(port), sessionVersion)
+	pctx, pcancel := context.WithCancel(ctx)
+	resp, err := openPost(pctx, rawClient, url, fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"gated","arguments":{"key":%q},"_meta":{"progressToken":"p%d"}}}`, 5, "k1", 5), inSession(sid, nil))
+	resp = sseAnswer(t, "call", resp, err)
+	evs, _ := watchEvents(resp.Body)
+	first := nextEvent(t, evs, boundedWait, "first event")
+	pcancel()
+	time.Sleep(200 * time.Millisecond)
+	for i := range 32 {
+		mustOpenStream(t, ctx, rawClient, url, sid, sessionVersion, fmt.Sprintf("g%d", i))
+	}
+	time.Sleep(300 * time.Millisecond) // the last streams are registered with the session
+	gctx, gcancel := context.WithTimeout(ctx, 2*time.Second)
+	defer gcancel()
+	r, err := getStream(gctx, rawClient, url, sid, sessionVersion, "", map[string]string{"Last-Event-ID": first.id})
+	if err == nil {
+		b, _ := io.ReadAll(io.LimitReader(r.Body, 4096))
+		r.Body.Close()
+		t.Logf("resume over the limit: %d %q", r.StatusCode, b)
+	}
+	if waitUntil(3*time.Second, 20*time.Millisecond, func() bool { s := u.answer("5"); return s != nil && s.cancelled() }) {
+		t.Errorf("the refused resumption cancelled the call upstream (its answer can never come)")
+	}
+}

@@ -150,7 +150,13 @@ func (p *Proxy) track(a *sse.Attachment, s *sse.Stream, resumable bool, sess *re
 	if sess != nil {
 		forgetSession = sess.AddStream(func(error) {
 			a.Close()
-			s.Close()
+			if !resumable {
+				// A resumable stream's upstream call outlives its
+				// client's attachment (a resumption the session has no
+				// room for); it ends with its session's tasks or its
+				// replay age.
+				s.Close()
+			}
 		})
 	}
 	return func() {
