@@ -327,6 +327,10 @@ func (s *Stream) storeLocked(id string, raw []byte) {
 	}
 	n := int64(len(id) + len(raw))
 	if h := s.cfg.Hooks; h != nil && h.Reserve != nil && !h.Reserve(int(n)) {
+		// The event cannot be kept: a resumption from an event before it
+		// must not be found, or it would replay the later ones without
+		// it (as after an event too large for the ring).
+		s.unreserve(s.ring.Reset())
 		return
 	}
 	evicted, stored := s.ring.Append(id, raw, time.Now())

@@ -1176,7 +1176,8 @@ func TestStreamOversized(t *testing.T) {
 func TestStreamReserveRefused(t *testing.T) {
 	// A refused reservation does not cut a client that keeps up (its
 	// events are written through, not queued), but the event is not kept
-	// for replay.
+	// for replay, and neither are the events before it: a resumption
+	// from one of them is not found rather than replayed with a gap.
 	var slow atomic.Int32
 	rc := &reserveCounter{}
 	cfg := baseConfig()
@@ -1201,11 +1202,55 @@ func TestStreamReserveRefused(t *testing.T) {
 	}
 	w2 := newFakeWriter()
 	a2, found := s.Attach(w2, "1", 0)
-	if !found {
-		t.Fatal("not found")
+	if found {
+		t.Fatal("a resumption from the event before the one not kept was found")
 	}
 	if err := waitAtt(t, a2, context.Background()); err != nil || w2.String() != "" {
 		t.Fatalf("replay Wait = %v, got %q", err, w2.String())
+	}
+	rc.check(t, s)
+}
+
+// TestStreamReserveRefusedNoGap: an event whose ring bytes the budget
+// refuses while the client is away leaves no resumption that would skip
+// it: from an event before it, the stream is not found; from the events
+// kept after it, the replay is whole.
+func TestStreamReserveRefusedNoGap(t *testing.T) {
+	rc := &reserveCounter{}
+	cfg := baseConfig()
+	cfg.Hooks = &Hooks{Reserve: rc.Reserve}
+	s, pw, pumped := pipeStream(cfg)
+	w := newFakeWriter()
+	ctx, cancel := context.WithCancel(context.Background())
+	a, _ := s.Attach(w, "", 0)
+	io.WriteString(pw, evN(1))
+	waitUntil(t, "event 1", func() bool { return w.String() == evN(1) })
+	cancel()
+	_ = waitAtt(t, a, ctx) // the client dropped
+	rc.mu.Lock()
+	rc.refuse = true
+	rc.mu.Unlock()
+	io.WriteString(pw, evN(2))
+	waitUntil(t, "the pump to read 2", func() bool { return s.UpstreamLastID() == "2" })
+	rc.mu.Lock()
+	rc.refuse = false
+	rc.mu.Unlock()
+	io.WriteString(pw, evN(3))
+	io.WriteString(pw, evN(4))
+	waitUntil(t, "the pump to read 4", func() bool { return s.UpstreamLastID() == "4" })
+	pw.Close()
+	pumpResult(t, pumped)
+	w2 := newFakeWriter()
+	a2, found := s.Attach(w2, "1", 0)
+	_ = waitAtt(t, a2, context.Background())
+	if found {
+		t.Errorf("a resumption from 1 was found and replayed %q, without event 2", w2.String())
+	}
+	w3 := newFakeWriter()
+	a3, found := s.Attach(w3, "3", 0)
+	_ = waitAtt(t, a3, context.Background())
+	if !found || w3.String() != evN(4) {
+		t.Errorf("a resumption from 3: found %v, replayed %q, want %q", found, w3.String(), evN(4))
 	}
 	rc.check(t, s)
 }
