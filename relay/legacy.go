@@ -156,7 +156,7 @@ func (st *State) Arm(step time.Duration) (done func(), ref *mcp.Refusal) {
 		}
 		return func() {}, nil
 	}
-	awaited, ref := l.expect(st, step)
+	awaited, owed, ref := l.expect(st, step)
 	if ref != nil {
 		return nil, ref
 	}
@@ -164,9 +164,14 @@ func (st *State) Arm(step time.Duration) (done func(), ref *mcp.Refusal) {
 		st.Spliced = nil
 	}
 	return func() {
-		if len(awaited) > 0 && !(st.responded && (st.status == http.StatusAccepted || st.status == http.StatusNoContent)) {
+		if st.responded && (st.status == http.StatusAccepted || st.status == http.StatusNoContent) {
+			return // the upstream took the requests; their answers come on the stream
+		}
+		if len(awaited) > 0 {
 			l.awaiting.Forget(awaited)
-			l.settle(awaited...)
+		}
+		if len(owed) > 0 {
+			l.settle(owed...)
 		}
 	}, nil
 }
@@ -247,11 +252,12 @@ func (l *legacyLink) send(answers [][]byte) bool {
 
 // expect notes the requests of st whose answers the stream owes (see
 // owe), and those it must act on: a list result to filter, a deadline of
-// step (0: none). It returns the ids it noted, or a refusal when a
-// request with a deadline finds the session awaiting too many answers
-// already (lists that find no room are filtered by their shape instead).
-// A notifications/cancelled of st ends the wait for the request it names.
-func (l *legacyLink) expect(st *State, step time.Duration) ([]string, *mcp.Refusal) {
+// step (0: none). It returns the ids it awaits (to act on) and those it
+// noted as owed, or a refusal when a request with a deadline finds the
+// session awaiting too many answers already (lists that find no room are
+// filtered by their shape instead). A notifications/cancelled of st ends
+// the wait for the request it names.
+func (l *legacyLink) expect(st *State, step time.Duration) (awaited, owed []string, _ *mcp.Refusal) {
 	p := l.p
 	var calls []*policy.Awaited
 	var ids, all, dropped []string
@@ -286,15 +292,15 @@ func (l *legacyLink) expect(st *State, step time.Duration) ([]string, *mcp.Refus
 		l.settle(dropped...)
 	}
 	if l.awaiting.Add(calls, p.MaxTimeout) {
-		return l.owe(all), nil
+		return ids, l.owe(all), nil
 	}
 	if step == 0 {
 		// Lists only: their results are filtered by their shape.
-		return l.owe(all), nil
+		return nil, l.owe(all), nil
 	}
 	l.p.Metrics.SessionRefused("legacy_pending")
 	st.w.Header().Set("Retry-After", RetryAfter)
-	return nil, mcp.Refuse(http.StatusServiceUnavailable, mcp.CodeServerError, st.call.First().ID,
+	return nil, nil, mcp.Refuse(http.StatusServiceUnavailable, mcp.CodeServerError, st.call.First().ID,
 		"too many requests of this session await their answers, retry after "+RetryAfter+"s")
 }
 

@@ -468,3 +468,37 @@ func TestUnreadableAnswers(t *testing.T) {
 		})
 	}
 }
+
+// TestLegacyRefusedPostForgetsAwaited: a POST of a legacy session whose
+// stream already owes as many answers as it notes adds its call to the
+// awaited ones (its deadline) without noting it owed; when the upstream
+// refuses that POST, the call is no longer awaited (its deadline would
+// otherwise answer, and cancel upstream, a call the upstream never took).
+func TestLegacyRefusedPostForgetsAwaited(t *testing.T) {
+	p, _, _ := newTestProxy(t, Config{})
+	l := &legacyLink{p: p, owed: map[string]string{}}
+	l.awaiting = policy.NewAwaiting(l.expire)
+	t.Cleanup(l.awaiting.Close)
+	var full []string
+	for i := range policy.MaxAwaited {
+		full = append(full, strconv.Itoa(1000+i))
+	}
+	l.owe(full)
+	res := mcp.Resolution{Session: &mcp.Session{Kind: mcp.TokenLegacy}, Key: "legacy-test-key"}
+	legacyLinks.add(res.Key, l)
+	t.Cleanup(func() { legacyLinks.remove(res.Key, l) })
+	r, call := post(t, `{"jsonrpc":"2.0","id":"late","method":"tools/call","params":{"name":"slow"}}`)
+	st := p.NewState(httptest.NewRecorder(), r, call, res)
+	done, ref := st.Arm(time.Hour)
+	if ref != nil {
+		t.Fatal(ref.Message)
+	}
+	if l.awaiting.Len() != 1 {
+		t.Fatalf("%d calls awaited, want 1", l.awaiting.Len())
+	}
+	st.status, st.responded = http.StatusServiceUnavailable, true
+	done()
+	if n := l.awaiting.Len(); n != 0 {
+		t.Errorf("%d calls still awaited after the upstream refused their POST", n)
+	}
+}
