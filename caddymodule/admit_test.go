@@ -62,8 +62,9 @@ func TestRequestOf(t *testing.T) {
 }
 
 // TestDeadlineFor: the first tool rule with a timeout that matches a
-// call's tool sets its deadline, else request_timeout; only single
-// requests of a POST have one.
+// call's tool sets its deadline, else request_timeout, also for a call
+// whose id follows the peek; a batch has the largest deadline of its
+// requests; notifications, responses and GETs have none.
 func TestDeadlineFor(t *testing.T) {
 	h := &Handler{requestTimeout: 10 * time.Second, Tools: []ToolLimit{
 		{Pattern: "slow_*", Timeout: caddy.Duration(30 * time.Second)},
@@ -83,7 +84,10 @@ func TestDeadlineFor(t *testing.T) {
 		{"POST", `{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"slow_a"}}`, 10 * time.Second},
 		{"POST", `{"jsonrpc":"2.0","method":"notifications/initialized"}`, 0},
 		{"POST", `{"jsonrpc":"2.0","id":1,"result":{}}`, 0},
-		{"POST", "[" + tool("slow_a") + "]", 0},
+		{"POST", "[" + tool("slow_a") + "]", 30 * time.Second},
+		{"POST", `[{"jsonrpc":"2.0","id":2,"method":"ping"},` + tool("capped") + "]", 10 * time.Second},
+		{"POST", `[{"jsonrpc":"2.0","id":2,"method":"ping"},` + tool("slow_a") + `,{"jsonrpc":"2.0","method":"notifications/initialized"}]`, 30 * time.Second},
+		{"POST", `[{"jsonrpc":"2.0","method":"notifications/initialized"}]`, 0},
 		{"GET", `{}`, 0},
 	}
 	for _, c := range cases {
@@ -96,9 +100,21 @@ func TestDeadlineFor(t *testing.T) {
 			t.Errorf("%s %s: %v, want %v", c.method, c.body, got, c.want)
 		}
 	}
+	// The head of a call whose id follows it.
+	late := new(mcp.Call)
+	head := `{"jsonrpc":"2.0","method":"tools/call","params":{"name":"slow_a","arguments":{"pad":"xxxx`
+	if err := mcp.ParseEnvelope([]byte(head), false, &late.Peek); err != nil || late.First().ID != "" {
+		t.Fatalf("head of a late-id call: %v, id %q", err, late.First().ID)
+	}
+	if got := h.deadlineFor(httptest.NewRequest("POST", "/mcp", nil), late); got != 30*time.Second {
+		t.Errorf("a call whose id follows the peek: %v, want 30s", got)
+	}
 	h.requestTimeout = 0
 	if got := h.deadlineFor(httptest.NewRequest("POST", "/mcp", nil), callOf(t, tool("capped"))); got != 0 {
 		t.Errorf("without request_timeout: %v", got)
+	}
+	if got := h.deadlineFor(httptest.NewRequest("POST", "/mcp", nil), callOf(t, `[{"jsonrpc":"2.0","id":2,"method":"ping"},`+tool("slow_x")+"]")); got != 30*time.Second {
+		t.Errorf("without request_timeout, a batch with a tool of 30s: %v", got)
 	}
 }
 

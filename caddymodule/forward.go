@@ -50,7 +50,7 @@ func (h *Handler) forward(x *exchange, next caddyhttp.Handler) error {
 	r := x.r
 	st := h.relay.NewState(x.w, r, &x.call, x.res)
 	x.st = st
-	st.Whole = x.body.Whole
+	st.Whole, st.Checked = x.body.Whole, x.body.Checked
 	st.Session, st.Over, st.ClientKey, st.Principal = x.sess, x.over, x.clientKey, x.principal
 	st.Spliced = x.spliced
 	if x.subject != nil {
@@ -83,6 +83,12 @@ func (h *Handler) forward(x *exchange, next caddyhttp.Handler) error {
 	} else if st.IsExpired() {
 		ref := st.TimeoutRefusal()
 		x.status, x.code = ref.Status, ref.Code
+		if x.body.Checked != nil {
+			// The body may still be arriving, read by the cancelled
+			// upstream request: the connection cannot carry another
+			// request, and the answer must not wait for the body.
+			x.w.Header().Set("Connection", "close")
+		}
 		return h.refuse(x.w, ref)
 	}
 	if err != nil {

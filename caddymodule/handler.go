@@ -295,17 +295,23 @@ type Handler struct {
 	// (notifications/cancelled in a session, the stream closed at
 	// 2026-07-28). A progress notification on the request's stream
 	// extends it, up to MaxTimeout. A tool's own timeout (Tools) takes
-	// precedence. Default: none.
+	// precedence. A 2025-03-26 batch has the largest deadline of its
+	// requests, which those without one share; past it each request
+	// still unanswered gets the error. A request whose id follows
+	// MaxPeek has its deadline too; if it passes while the body is still
+	// arriving, the error carries id null. Default: none.
 	RequestTimeout caddy.Duration `json:"request_timeout,omitempty"`
 
 	// MaxTimeout caps how far progress notifications extend a request's
 	// deadline, from its start. Default: 10 times the deadline.
 	MaxTimeout caddy.Duration `json:"max_timeout,omitempty"`
 
-	// MaxResponse caps the answer to a request: a JSON answer, or the sum
-	// of an SSE answer's events. An answer over it is replaced by (or, on
-	// a stream, ended with) a JSON-RPC error for the request. Default: no
-	// cap.
+	// MaxResponse caps the answer to a POST: a JSON answer, or the sum of
+	// an SSE answer's events (a batch's, or a request's whose id follows
+	// MaxPeek, included). An answer over it is replaced by (or, on a
+	// stream, ended with) a JSON-RPC error for each request still
+	// unanswered (id null when its id is not known), and the upstream is
+	// sent notifications/cancelled for them. Default: no cap.
 	MaxResponse int64 `json:"max_response,omitempty"`
 
 	// Audit writes one structured record per MCP request to the logger

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/url"
@@ -1533,6 +1534,221 @@ func TestGovernanceDeadlineStateless(t *testing.T) {
 			t.Fatal("the go-sdk tool's context was never cancelled")
 		}
 	})
+}
+
+// cancelledIDs returns the requestIds of the notifications/cancelled a
+// POST carried, alone or in a batch, as raw JSON.
+func cancelledIDs(s fakeSeen) []string {
+	var ids []string
+	for _, m := range s.msgs {
+		var p struct {
+			RequestID json.RawMessage `json:"requestId"`
+		}
+		if m.Method == "notifications/cancelled" && json.Unmarshal(m.Params, &p) == nil {
+			ids = append(ids, string(p.RequestID))
+		}
+	}
+	return ids
+}
+
+// batchErrors returns the errors of a JSON array answer by their raw ids.
+func batchErrors(t *testing.T, what string, r reply) map[string]int {
+	t.Helper()
+	var all []json.RawMessage
+	if err := json.Unmarshal([]byte(r.body), &all); err != nil {
+		t.Fatalf("%s: %v is not a JSON array: %v", what, r, err)
+	}
+	out := map[string]int{}
+	for _, m := range all {
+		id, code, _, ok := rpcErrorOf(string(m))
+		if !ok {
+			t.Errorf("%s: %s is not an error", what, m)
+			continue
+		}
+		out[id] = code
+	}
+	return out
+}
+
+// TestGovernanceBatchDeadline: in a 2025-03-26 session a batch has the
+// largest deadline of its requests, which those without one share: under
+// `tool slow max_inflight 1 timeout 300ms` alone, a batch of a ping and a
+// call of slow that outlives it is answered at the deadline with a
+// -32001 error for each of its requests, in a JSON array when the
+// upstream had not begun its answer and as the last events of the SSE
+// answer when it had; the upstream request is cancelled, the upstream
+// gets notifications/cancelled for each request in its session, and the
+// tool's slot is free at once for the next call.
+func TestGovernanceBatchDeadline(t *testing.T) {
+	cancelled := make(chan string, 8)
+	fake := startFake(t, &fakeUpstream{on: map[string]func(*fakeCall){"tools/call:slow": slowFakeTool(cancelled)}})
+	port := freePort(t)
+	loadCaddyfile(t, proxySite(port, fake.addr(), "\t\ttool slow max_inflight 1 timeout 300ms\n"))
+	base := proxyURL(port)
+	url := base + "/mcp"
+	ctx, cancel := context.WithTimeout(context.Background(), 2*boundedWait)
+	defer cancel()
+	sid := fake.openSession(t, base, "2025-03-26")
+	upstreamSid := fake.mintedIDs()[0]
+	hdr := sessionHeaders(sid, "2025-03-26")
+	cancelledBoth := func(a, b string) func(fakeSeen) bool {
+		return func(s fakeSeen) bool { return slices.Equal(cancelledIDs(s), []string{a, b}) }
+	}
+
+	// No answer begun: a JSON array of errors.
+	start := time.Now()
+	r := postJSON(ctx, url, "["+rpcRequest(60, "ping")+","+gatedCall(61, "slow", "a")+"]", hdr)
+	if took := time.Since(start); r.status != http.StatusOK || took > boundedWait/2 {
+		t.Fatalf("timed-out batch: %s after %v, want 200 at the deadline", r, took.Round(time.Millisecond))
+	}
+	wantContentType(t, "timed-out batch", r, false)
+	if got := batchErrors(t, "timed-out batch", r); !maps.Equal(got, map[string]int{"60": -32001, "61": -32001}) {
+		t.Errorf("timed-out batch: errors %v, want -32001 for 60 and 61", got)
+	}
+	if id := awaitString(t, cancelled, "the upstream request of batch 61 cancelled"); id != "61" {
+		t.Errorf("the upstream request of call %s was cancelled, want 61", id)
+	}
+	note := fake.await(t, "notifications/cancelled for 60 and 61", boundedWait, cancelledBoth("60", "61"))
+	if note.sid != upstreamSid {
+		t.Errorf("notifications/cancelled came with session %q, want the upstream's %q", note.sid, upstreamSid)
+	}
+	fake.open("b")
+	assertResult(t, postJSON(ctx, url, gatedCall(62, "slow", "b"), hdr), "62", "done b")
+
+	// An SSE answer begun (a progress notification): the errors end the
+	// stream.
+	slow := `{"jsonrpc":"2.0","id":63,"method":"tools/call","params":{"name":"slow","arguments":{"key":"c"},"_meta":{"progressToken":"p63"}}}`
+	r = postJSON(ctx, url, "["+slow+","+rpcRequest(64, "ping")+"]", hdr)
+	if r.status != http.StatusOK {
+		t.Fatalf("timed-out streamed batch: %s", r)
+	}
+	wantContentType(t, "timed-out streamed batch", r, true)
+	msgs := messagesOf(t, r)
+	if len(msgs) != 3 || !strings.Contains(msgs[0], "notifications/progress") {
+		t.Fatalf("timed-out streamed batch: events %q, want the progress notification and two errors", msgs)
+	}
+	rpcErrorFor(t, "timed-out streamed batch", msgs[1], "63", -32001)
+	rpcErrorFor(t, "timed-out streamed batch", msgs[2], "64", -32001)
+	if id := awaitString(t, cancelled, "the upstream request of batch 63 cancelled"); id != "63" {
+		t.Errorf("the upstream request of call %s was cancelled, want 63", id)
+	}
+	fake.await(t, "notifications/cancelled for 63 and 64", boundedWait, cancelledBoth("63", "64"))
+	fake.open("d")
+	assertResult(t, postJSON(ctx, url, gatedCall(65, "slow", "d"), hdr), "65", "done d")
+}
+
+// TestGovernanceLateIDDeadline: a tools/call longer than max_peek whose
+// id follows its arguments, as the TypeScript SDK writes it, is held to
+// request_timeout as one whose id comes first: its -32001 error carries
+// the id exactly as the client wrote it, its upstream request is
+// cancelled and the upstream gets notifications/cancelled for it. A call
+// whose deadline passes while its body is still being sent gets the error
+// with id null.
+func TestGovernanceLateIDDeadline(t *testing.T) {
+	cancelled := make(chan string, 8)
+	fake := startFake(t, &fakeUpstream{on: map[string]func(*fakeCall){"tools/call:slow": slowFakeTool(cancelled)}})
+	port := freePort(t)
+	loadCaddyfile(t, proxySite(port, fake.addr(), "\t\trequest_timeout 300ms\n\t\tmax_peek 4KiB\n"))
+	base := proxyURL(port)
+	url := base + "/mcp"
+	ctx, cancel := context.WithTimeout(context.Background(), 2*boundedWait)
+	defer cancel()
+	sid := fake.openSession(t, base, sessionVersion)
+	const id = `"r\u00e9-63"`
+	late := func(id string) string {
+		return `{"jsonrpc":"2.0","method":"tools/call","params":{"name":"slow","arguments":{"key":"never","pad":"` +
+			strings.Repeat("x", 8<<10) + `"}},"id":` + id + `}`
+	}
+
+	start := time.Now()
+	r := postJSON(ctx, url, late(id), inSession(sid, nil))
+	if took := time.Since(start); r.status != http.StatusOK || took > boundedWait/2 {
+		t.Fatalf("timed-out call with a late id: %s after %v, want 200 at the deadline", r, took.Round(time.Millisecond))
+	}
+	if m := rpcErrorFor(t, "timed-out call with a late id", lastMessage(t, "timed-out call", r), id, -32001); !strings.Contains(m, "request timed out") {
+		t.Errorf("timed-out call with a late id: message %q", m)
+	}
+	if got := awaitString(t, cancelled, "the upstream request of the late-id call cancelled"); got != id {
+		t.Errorf("the upstream request of call %s was cancelled, want %s", got, id)
+	}
+	fake.await(t, "notifications/cancelled for "+id, boundedWait, func(s fakeSeen) bool { return s.cancelledID() == id })
+
+	// The body stalls past the deadline before its id.
+	body := late("64")
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, pr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range inSession(sid, map[string]string{"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}) {
+		req.Header.Set(k, v)
+	}
+	go func() { _, _ = io.WriteString(pw, body[:6<<10]) }()
+	start = time.Now()
+	r = readReply(rawClient.Do(req))
+	if took := time.Since(start); r.status != http.StatusOK || took > boundedWait/2 {
+		t.Fatalf("call whose body stalls past the deadline: %s after %v, want 200 at the deadline", r, took.Round(time.Millisecond))
+	}
+	rpcErrorFor(t, "call whose body stalls past the deadline", lastMessage(t, "stalled call", r), "null", -32001)
+	if fake.saw("64") {
+		t.Error("the upstream ran the call whose body never ended")
+	}
+}
+
+// TestGovernanceMaxResponseBatch: max_response caps the SSE answer of
+// every POST, not only of one request whose id the peek read: the answer
+// to a 2025-03-26 batch, and to a tools/call whose id follows max_peek,
+// ends with a -32603 error naming max_response for each request still
+// unanswered, and the upstream gets notifications/cancelled for them.
+func TestGovernanceMaxResponseBatch(t *testing.T) {
+	big := strings.Repeat("B", 200<<10)
+	fake := startFake(t, &fakeUpstream{on: map[string]func(*fakeCall){"tools/call:big": func(c *fakeCall) {
+		if c.batch != nil {
+			c.batch = nil // answered on an SSE stream
+		}
+		c.text(big)
+	}}, sse: true})
+	port := freePort(t)
+	loadCaddyfile(t, proxySite(port, fake.addr(), "\t\tmax_response 64KiB\n\t\tmax_peek 4KiB\n"))
+	base := proxyURL(port)
+	url := base + "/mcp"
+	ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
+	defer cancel()
+	before := liveMetric(t, "caddy_mcp_responses_too_large_total")
+
+	sid := fake.openSession(t, base, "2025-03-26")
+	r := postJSON(ctx, url, "["+callBody("1", "big", `{}`)+","+rpcRequest(2, "ping")+"]", sessionHeaders(sid, "2025-03-26"))
+	wantContentType(t, "batch answer over max_response", r, true)
+	if strings.Contains(r.body, big[:64<<10]) {
+		t.Errorf("batch answer over max_response: the client got %d bytes", len(r.body))
+	}
+	msgs := messagesOf(t, r)
+	if len(msgs) != 2 {
+		t.Fatalf("batch answer over max_response: %d messages, want an error for each request", len(msgs))
+	}
+	if m := rpcErrorFor(t, "batch answer over max_response", msgs[0], "1", -32603); !strings.Contains(m, "max_response") {
+		t.Errorf("batch answer over max_response: message %q", m)
+	}
+	rpcErrorFor(t, "batch answer over max_response", msgs[1], "2", -32603)
+	fake.await(t, "notifications/cancelled for 1 and 2", boundedWait, func(s fakeSeen) bool {
+		return slices.Equal(cancelledIDs(s), []string{"1", "2"})
+	})
+
+	sid = fake.openSession(t, base, sessionVersion)
+	body := `{"jsonrpc":"2.0","method":"tools/call","params":{"name":"big","arguments":{"pad":"` + strings.Repeat("x", 8<<10) + `"}},"id":"late-3"}`
+	r = postJSON(ctx, url, body, inSession(sid, nil))
+	wantContentType(t, "late-id answer over max_response", r, true)
+	if strings.Contains(r.body, big[:64<<10]) {
+		t.Errorf("late-id answer over max_response: the client got %d bytes", len(r.body))
+	}
+	if m := rpcErrorFor(t, "late-id answer over max_response", lastMessage(t, "late-id answer", r), `"late-3"`, -32603); !strings.Contains(m, "max_response") {
+		t.Errorf("late-id answer over max_response: message %q", m)
+	}
+	fake.await(t, `notifications/cancelled for "late-3"`, boundedWait, func(s fakeSeen) bool { return s.cancelledID() == `"late-3"` })
+	if got := liveMetric(t, "caddy_mcp_responses_too_large_total") - before; got != 2 {
+		t.Errorf("caddy_mcp_responses_too_large_total grew by %v, want 2", got)
+	}
 }
 
 // SizeArgs are the arguments of the blob and chatty tools.

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sync/atomic"
 	"time"
 )
 
@@ -102,14 +103,34 @@ func ReadBody(w http.ResponseWriter, r *http.Request, call *Call, lim BodyLimits
 
 // deadlineReader is the rest of a request body past the head: every Read
 // gets timeout to make progress, and the deadline is lifted at its end.
+// stop ends it early (see CheckedBody.Cancel).
 type deadlineReader struct {
 	io.ReadCloser
 	rc      *http.ResponseController
 	timeout time.Duration
+	stopped atomic.Bool
+}
+
+// errBodyStopped is what a Read of a body whose reading was stopped
+// returns.
+var errBodyStopped = errors.New("the reading of the request body was stopped")
+
+// stop makes a Read waiting for the client's bytes return at once (its
+// connection's read deadline is moved to now), and every later Read fail.
+func (d *deadlineReader) stop() {
+	d.stopped.Store(true)
+	_ = d.rc.SetReadDeadline(time.Now())
 }
 
 func (d *deadlineReader) Read(p []byte) (int, error) {
+	if d.stopped.Load() {
+		return 0, errBodyStopped
+	}
 	_ = d.rc.SetReadDeadline(time.Now().Add(d.timeout))
+	if d.stopped.Load() {
+		// stop moved the deadline before this Read set its own.
+		return 0, errBodyStopped
+	}
 	n, err := d.ReadCloser.Read(p)
 	if err != nil {
 		_ = d.rc.SetReadDeadline(time.Time{})

@@ -1,12 +1,14 @@
 package mcp
 
 import (
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
 	"testing/iotest"
+	"time"
 )
 
 // budgetCounter is a memory budget of a fixed size for ReadBody.
@@ -123,5 +125,66 @@ func TestReadBodyRefusals(t *testing.T) {
 	r = postWith(strings.NewReader(`[1,2`), 4)
 	if _, ref := ReadBody(httptest.NewRecorder(), r, &call, budget.limits(1024, 4096)); ref == nil || ref.Code != CodeParseError {
 		t.Fatalf("malformed: %+v", ref)
+	}
+}
+
+// TestCheckedBodyCancel: Cancel ends the wait of a Read for a client that
+// stalls in the middle of its body at once, and every later Read fails; a
+// body that ended is left as it is.
+func TestCheckedBodyCancel(t *testing.T) {
+	head := `{"jsonrpc":"2.0","method":"tools/call","params":{"name":"x","arguments":{"a":"` + strings.Repeat("a", 200)
+	type result struct {
+		n      int
+		err    error
+		waited time.Duration
+		late   error
+		lateID string
+	}
+	got := make(chan result, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var call Call
+		lim := (&budgetCounter{size: 1 << 20}).limits(100, 4096)
+		lim.Timeout = 10 * time.Second
+		b, ref := ReadBody(w, r, &call, lim)
+		if ref != nil || b.Checked == nil {
+			got <- result{err: fmt.Errorf("refused %v", ref)}
+			return
+		}
+		time.AfterFunc(50*time.Millisecond, b.Checked.Cancel)
+		start := time.Now()
+		n, err := io.Copy(io.Discard, r.Body)
+		waited := time.Since(start)
+		_, late := b.Checked.Read(make([]byte, 10))
+		got <- result{n: int(n), err: err, waited: waited, late: late, lateID: b.Checked.LateID()}
+	}))
+	defer srv.Close()
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	go func() { _, _ = io.WriteString(pw, head) }()
+	req, _ := http.NewRequest(http.MethodPost, srv.URL, pr)
+	req.Header.Set("Content-Type", "application/json")
+	go func() {
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	select {
+	case r := <-got:
+		if r.err == nil || r.waited > 5*time.Second || r.waited < 40*time.Millisecond || r.late == nil || r.lateID != "" || r.n >= len(head) {
+			t.Fatalf("read %d bytes in %v, ended with %v, then %v, id %q; want an error at once", r.n, r.waited, r.err, r.late, r.lateID)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the cancelled body was never done with")
+	}
+
+	// An ended body is left alone.
+	msg := head + `"}},"id":1}`
+	cb := NewCheckedBody([]byte(msg[:100]), io.NopCloser(strings.NewReader(msg[100:])), 0)
+	if b, err := io.ReadAll(cb); err != nil || string(b) != msg {
+		t.Fatalf("%q %v", b, err)
+	}
+	cb.Cancel()
+	if cb.Err() != nil || cb.LateID() != "1" {
+		t.Fatalf("after Cancel of an ended body: %v, id %q", cb.Err(), cb.LateID())
 	}
 }

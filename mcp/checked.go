@@ -37,6 +37,10 @@ import (
 //
 // The check keeps a fixed amount of memory, about 1.5 KiB, whatever the
 // body.
+//
+// Once the body has been read to its end and checked out, LateID gives
+// the id the peek did not see (it followed the head), for the answers
+// and cancellations of the request.
 type CheckedBody struct {
 	head    []byte
 	headOff int
@@ -52,8 +56,9 @@ type CheckedBody struct {
 	done    bool    // the body ended and checked out
 	fail    error   // the violation, returned by every later Read
 
-	mu  sync.Mutex
-	err error // fail, for Err
+	mu    sync.Mutex
+	err   error // fail, for Err
+	ended bool  // done, for LateID: v is no longer written
 }
 
 // NewCheckedBody returns the body that reads head, the bytes ParseEnvelope
@@ -132,6 +137,9 @@ func (b *CheckedBody) Read(p []byte) (int, error) {
 				return 0, b.abort(err)
 			}
 			b.done = true
+			b.mu.Lock()
+			b.ended = true
+			b.mu.Unlock()
 			if out > 0 {
 				return out, nil
 			}
@@ -181,6 +189,35 @@ func (b *CheckedBody) abort(err error) error {
 
 // Close closes the original body.
 func (b *CheckedBody) Close() error { return b.rest.Close() }
+
+// LateID returns the raw JSON of the message's id when its value ended
+// past the head, which ParseEnvelope therefore did not see (Envelope.ID
+// is empty), exactly as the client wrote it: a number, or a string of at
+// most 256 bytes between its quotes. It is known once the body has been
+// read to its end and checked out, before the upstream has the whole
+// message; it is "" until then, and for an id in the head, a null id or a
+// longer string. It may be called while another goroutine reads the body.
+func (b *CheckedBody) LateID() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.ended {
+		return ""
+	}
+	return b.v.lateID
+}
+
+// Cancel stops a body that has not ended, for a request given up while
+// its body still arrives (its deadline passed): a Read waiting for the
+// client's bytes returns at once with an error, and so does every later
+// Read, so that the upstream request that reads it can end. A body that
+// ended is left alone.
+func (b *CheckedBody) Cancel() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if s, ok := b.rest.(interface{ stop() }); ok && !b.ended {
+		s.stop()
+	}
+}
 
 // Err returns the violation that aborted the body (ErrLateEnvelope,
 // ErrMalformed, ErrBodyTooLarge, ...) or the error reading the original

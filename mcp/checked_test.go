@@ -298,3 +298,50 @@ func TestCheckedBodyEveryCut(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckedBodyLateID: the id of a message that follows the head is
+// known, exactly as the client wrote it, once the body has been read to
+// its end, and not before; an id in the head, a null id and a string id
+// over 256 bytes give none.
+func TestCheckedBodyLateID(t *testing.T) {
+	x := pad(200)
+	long := strings.Repeat("i", 257)
+	for _, c := range []struct{ body, want string }{
+		{`{"jsonrpc":"2.0","method":"tools/call","params":{"name":"x","arguments":{"a":"` + x + `"}},"id":63}`, `63`},
+		{`{"jsonrpc":"2.0","method":"tools/call","params":{"name":"x","arguments":{"a":"` + x + `"}},"id":-7 }`, `-7`},
+		{`{"jsonrpc":"2.0","method":"tools/call","params":{"name":"x","arguments":{"a":"` + x + `"}},"id":"a\u00e9\"b\\/` + "\xc3\xa9" + `"}`, `"a\u00e9\"b\\/` + "\xc3\xa9" + `"`},
+		{`{"jsonrpc":"2.0","method":"tools/call","params":{"name":"x","arguments":{"a":"` + x + `"}},"id":"` + strings.Repeat("i", 256) + `"}`, `"` + strings.Repeat("i", 256) + `"`},
+		{`{"jsonrpc":"2.0","method":"tools/call","params":{"name":"x","arguments":{"a":"` + x + `"}},"id":"` + long + `"}`, ``},
+		{`{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"x","arguments":{"a":"` + x + `"}}}`, ``},
+		{`{"jsonrpc":"2.0","error":{"code":1,"message":"` + x + `"},"id":null}`, ``},
+		{`{"jsonrpc":"2.0","result":{"a":"` + x + `"},"id":"r1"}`, `"r1"`},
+	} {
+		for _, chunk := range []int{1, 7, 4096} {
+			cb := NewCheckedBody([]byte(c.body[:testWindow]), io.NopCloser(strings.NewReader(c.body[testWindow:])), 0)
+			buf := make([]byte, chunk)
+			var got []byte
+			for {
+				if id := cb.LateID(); id != "" {
+					t.Fatalf("%.50s… chunk %d: id %s known after %d of %d bytes", c.body, chunk, id, len(got), len(c.body))
+				}
+				n, err := cb.Read(buf)
+				got = append(got, buf[:n]...)
+				if err == io.EOF {
+					break
+				}
+				if err != nil {
+					t.Fatalf("%.50s… chunk %d: %v", c.body, chunk, err)
+				}
+				if len(got) == len(c.body) {
+					break
+				}
+			}
+			if string(got) != c.body {
+				t.Fatalf("%.50s…: body changed", c.body)
+			}
+			if id := cb.LateID(); id != c.want {
+				t.Errorf("%.50s… chunk %d: LateID %q, want %q", c.body, chunk, id, c.want)
+			}
+		}
+	}
+}

@@ -33,12 +33,18 @@ type Refusal struct {
 	Message string
 	// ID is the raw JSON id of the request, when known.
 	ID string
+	// Batch, when set, is the body in place of the one error: the
+	// answers of a batch, an error for each of its requests.
+	Batch []byte
 }
 
 func (r *Refusal) Error() string { return r.Message }
 
 // Body returns the JSON-RPC error body of the refusal.
 func (r *Refusal) Body() []byte {
+	if r.Batch != nil {
+		return r.Batch
+	}
 	return AppendError(make([]byte, 0, 96+len(r.Message)), r.ID, r.Code, r.Message)
 }
 

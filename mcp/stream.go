@@ -98,6 +98,10 @@ type streamCheck struct {
 	idEarly     bool  // the id's value ended before the boundary
 	idType      byte  // first byte of the id's value
 	closedEarly bool  // the message object closed before the boundary
+	// lateID is the raw JSON of an id whose value ended at or after the
+	// boundary, as the body holds it: a number, or a string of at most
+	// strCap bytes between its quotes ("" for a longer one, or null).
+	lateID string
 }
 
 // newMessageCheck returns a stream check that reads one JSON-RPC message
@@ -669,7 +673,10 @@ func (v *streamCheck) valueBegin(c byte, pos int64) error {
 				return ErrInvalidID
 			}
 			v.idType = c
-			if !strOrNull {
+			switch {
+			case str:
+				v.startKeep() // for lateID
+			case !strOrNull:
 				v.startKeepNumber(c)
 			}
 		case envParams:
@@ -800,10 +807,20 @@ func (v *streamCheck) valueEnd(d int, pos int64) error {
 			v.methodNotif = v.keptHasPrefix("notifications/")
 		case envID:
 			v.idEarly = early
-			if v.idType != '"' && v.idType != 'n' {
+			switch v.idType {
+			case 'n':
+			case '"':
+				v.buffering = false
+				if !early && !v.bufOver {
+					v.lateID = string(v.buf[:v.bufLen]) + `"`
+				}
+			default:
 				v.buffering = false
 				if v.bufOver || !safeIntegerID(v.buf[:v.bufLen]) {
 					return errNumberID
+				}
+				if !early {
+					v.lateID = string(v.buf[:v.bufLen])
 				}
 			}
 		}

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"sync"
 	"sync/atomic"
 
 	"github.com/dustin/go-humanize"
@@ -222,40 +223,162 @@ func withData(ev *sse.Event, data []byte, next func(*sse.Event) []byte) []byte {
 	return sse.AppendEvent(nil, ev.ID, ev.Name, data)
 }
 
-// answerGuard returns the relay hook of an SSE answer to a POST that is
-// not one request with an id (a batch, notifications or responses): a
-// response is relayed once for each request the upstream was sent, and
-// dropped under another id or for a second time; the rest of the event
-// goes through next, when set. Nil when the POST's ids are not all known
-// (its body was longer than the peek).
-func (st *State) answerGuard(next func(*sse.Event) []byte) func(*sse.Event) []byte {
-	if !st.call.Peek.Complete {
-		return nil
+// owedAnswers holds the requests of a POST whose answers its SSE answer
+// owes the client: each is owed once, until a response with its id
+// passes, or an error of the proxy's goes in its place. Safe for
+// concurrent use (the deadline reads what is still owed).
+type owedAnswers struct {
+	mu   sync.Mutex
+	ids  []string        // raw ids, in the order of the POST
+	left map[string]bool // by mcp.IDKey, those still owed
+}
+
+// newOwedAnswers owes an answer to each of ids.
+func newOwedAnswers(ids []string) *owedAnswers {
+	o := &owedAnswers{ids: ids, left: make(map[string]bool, len(ids))}
+	for _, id := range ids {
+		o.left[mcp.IDKey(id)] = true
 	}
-	denied := map[string]bool{}
-	for _, a := range st.Spliced {
-		if id, ok, _ := mcp.ResponseID(a); ok {
-			denied[mcp.IDKey(string(id))] = true
+	return o
+}
+
+// take reports whether a response with raw id is owed, and notes it as
+// given.
+func (o *owedAnswers) take(id []byte) bool {
+	key := mcp.IDKey(string(id))
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if !o.left[key] {
+		return false
+	}
+	delete(o.left, key)
+	return true
+}
+
+// pending returns the raw ids still owed, in the order of the POST.
+func (o *owedAnswers) pending() []string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.pendingLocked()
+}
+
+func (o *owedAnswers) pendingLocked() []string {
+	var out []string
+	for _, id := range o.ids {
+		if o.left[mcp.IDKey(id)] {
+			out = append(out, id)
 		}
 	}
-	owed := map[string]bool{}
-	for i := range st.call.Peek.Messages {
-		m := &st.call.Peek.Messages[i]
-		if m.Kind == mcp.KindRequest && m.ID != "" && !denied[mcp.IDKey(m.ID)] {
-			owed[mcp.IDKey(m.ID)] = true
+	return out
+}
+
+// takeAll returns the raw ids still owed and owes nothing more: errors go
+// in their place.
+func (o *owedAnswers) takeAll() []string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	out := o.pendingLocked()
+	clear(o.left)
+	return out
+}
+
+// none reports whether nothing more is owed.
+func (o *owedAnswers) none() bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return len(o.left) == 0
+}
+
+// batchWatch returns the relay hooks of an SSE answer to a POST that is
+// not one request (a batch, notifications or responses). rewrite relays a
+// response once for each request the upstream was sent, and drops it
+// under another id or for a second time (when the POST's ids are not all
+// known, its body longer than the peek, responses pass as they are); the
+// rest of the event goes through next, when set. It counts the answer
+// against max_response: past it, the upstream request is cancelled, the
+// upstream is sent notifications/cancelled for the requests still owed,
+// and the stream ends with a -32603 error for each. The deadline stops
+// once every request is answered, and a progress notification moves it
+// while some are owed. final, at the end of the upstream stream, gives a
+// JSON-RPC error for each request still owed (-32001 once the deadline
+// passed), then the errors of the batch's denied requests.
+func (st *State) batchWatch(next func(*sse.Event) []byte) (rewrite func(*sse.Event) []byte, final func(error) []byte) {
+	owed := newOwedAnswers(st.upstreamIDs())
+	st.mu.Lock()
+	st.owed = owed
+	st.mu.Unlock()
+	guard := st.call.Peek.Complete
+	var total int64
+	capped := false
+	rewrite = func(ev *sse.Event) []byte {
+		if capped {
+			return dropEvent // read in the same burst as the capping one
 		}
-	}
-	take := func(id []byte) bool {
-		key := mcp.IDKey(string(id))
-		if !owed[key] {
-			return false
+		total += int64(len(ev.Data))
+		if st.p.MaxResponse > 0 && total > st.p.MaxResponse {
+			capped = true
+			st.p.Metrics.ResponseTooLarge()
+			ids := owed.takeAll()
+			st.abort()
+			st.stopDeadline()
+			_ = st.p.Gov.Tasks().Go(func(context.Context) {
+				defer st.p.recoverPanic("notifications/cancelled after max_response")
+				st.sendCancelledFor(ids, "the response exceeded the proxy's max_response")
+			})
+			msg := tooLargeMessage(false, st.p.MaxResponse)
+			if len(ids) == 0 {
+				return sse.AppendComment(nil, "response exceeds the proxy's max_response")
+			}
+			var out []byte
+			for _, id := range ids {
+				out = sse.AppendEvent(out, "", "message", mcp.AppendError(nil, id, codeResponseTooLarge, msg))
+			}
+			return out
 		}
-		delete(owed, key)
-		return true
+		if st.deadline != nil && !owed.none() && bytes.Contains(ev.Data, progressMethod) {
+			st.extendDeadline()
+		}
+		if !guard {
+			if next != nil {
+				return next(ev)
+			}
+			return nil
+		}
+		out := withData(ev, st.dropStrays(ev.Data, owed.take), next)
+		if owed.none() {
+			st.stopDeadline()
+		}
+		return out
 	}
-	return func(ev *sse.Event) []byte {
-		return withData(ev, st.dropStrays(ev.Data, take), next)
+	final = func(err error) []byte {
+		var out []byte
+		if ids := owed.takeAll(); len(ids) > 0 {
+			msg, code := "", mcp.CodeInternalError
+			switch {
+			case st.IsExpired():
+				msg, code = policy.TimeoutMessage(st.deadline.Step()), policy.CodeRequestTimeout
+			case errors.Is(err, sse.ErrEventTooLarge), errors.Is(err, sse.ErrLineTooLong):
+				msg = "response event exceeds the proxy's max_event_size"
+			case errors.Is(err, sse.ErrClosed):
+			case err != nil:
+				msg = "the upstream connection failed before the answer"
+			default:
+				msg = "the upstream ended the stream without an answer"
+			}
+			for _, id := range ids {
+				if msg == "" {
+					break
+				}
+				st.p.Metrics.Unanswered()
+				out = sse.AppendEvent(out, "", "message", mcp.AppendError(nil, id, code, msg))
+			}
+		}
+		for _, a := range st.Spliced {
+			out = sse.AppendEvent(out, "", "message", a)
+		}
+		return out
 	}
+	return rewrite, final
 }
 
 // UpstreamAddr returns the dial address of the upstream that answered.
@@ -450,7 +573,13 @@ func (st *State) filterList(method string, msg []byte) (out []byte, ok bool) {
 // passed: an event over max_event_size, an upstream that broke, a passed
 // deadline, or a stream that ended (or was never SSE at all) without the
 // answer.
-func (st *State) answerWatch(id string) (rewrite func(*sse.Event) []byte, final func(error) []byte) {
+func (st *State) answerWatch() (rewrite func(*sse.Event) []byte, final func(error) []byte) {
+	// The id of a request whose id followed the peek is known once its
+	// body has been read, before the upstream can answer; a response
+	// that comes while it is not known is taken for the answer. The
+	// hooks run on the stream's pump, one at a time.
+	id := st.requestID()
+	sameID := func(got []byte) bool { return id == "" || mcp.SameID(got, id) }
 	var answered atomic.Bool
 	var total int64
 	list := st.listMethod()
@@ -463,6 +592,9 @@ func (st *State) answerWatch(id string) (rewrite func(*sse.Event) []byte, final 
 	rewrite = func(ev *sse.Event) []byte {
 		if capped {
 			return dropEvent // read in the same burst as the capping one
+		}
+		if id == "" {
+			id = st.requestID()
 		}
 		total += int64(len(ev.Data))
 		if st.p.MaxResponse > 0 && total > st.p.MaxResponse && !answered.Load() {
@@ -485,7 +617,7 @@ func (st *State) answerWatch(id string) (rewrite func(*sse.Event) []byte, final 
 				st.extendDeadline()
 			}
 			out := st.dropStrays(ev.Data, func(got []byte) bool {
-				if answered.Load() || !mcp.SameID(got, id) {
+				if answered.Load() || !sameID(got) {
 					return false
 				}
 				answered.Store(true)
@@ -495,7 +627,7 @@ func (st *State) answerWatch(id string) (rewrite func(*sse.Event) []byte, final 
 			return withData(ev, out, others)
 		}
 		got, isAnswer, err := mcp.ResponseID(ev.Data)
-		if isAnswer && (answered.Load() || !mcp.SameID(got, id)) {
+		if isAnswer && (answered.Load() || !sameID(got)) {
 			// A second answer, or one to a request this POST did not
 			// send: the client must get one answer for its id, and none
 			// for an id of its other requests.
@@ -546,6 +678,9 @@ func (st *State) answerWatch(id string) (rewrite func(*sse.Event) []byte, final 
 	final = func(err error) []byte {
 		if answered.Load() {
 			return nil
+		}
+		if id == "" {
+			id = st.requestID() // "": the error has id null
 		}
 		var msg string
 		code := mcp.CodeInternalError

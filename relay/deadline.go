@@ -9,13 +9,19 @@ import (
 )
 
 // A request's deadline (request_timeout, or its tool's timeout; see
-// policy.Deadline) bounds its whole life after admission. When it passes,
+// policy.Deadline) bounds its whole life after admission; a batch has
+// one, the largest of its requests' (see the caller). When it passes,
 // the upstream request is cancelled (its context, which closes its
 // connection or stream: the 2026-07-28 way of cancelling) and, in a
-// session, the upstream is sent notifications/cancelled with the
-// request's id; the client gets a JSON-RPC error for its request, as the
-// answer or as the last event of its stream; the handler returns, which
-// frees the request's slots.
+// session, the upstream is sent notifications/cancelled with the id of
+// each request still unanswered; the client gets a JSON-RPC error
+// (policy.CodeRequestTimeout) for each of them, as the answer (an array
+// for a batch) or as the last events of its stream; the handler returns,
+// which frees the request's slots. A request whose id follows the peek
+// is known by it once its body has been read (mcp.CheckedBody.LateID);
+// if its deadline passes before, while the body is still being sent, its
+// error carries id null and no notifications/cancelled is sent (the
+// upstream never had the whole request).
 
 // startDeadline arms the request's deadline.
 func (st *State) startDeadline(step, maxTotal time.Duration) {
@@ -65,20 +71,34 @@ func (st *State) expire() {
 	st.mu.Unlock()
 	st.p.Metrics.Deadline(state)
 	st.giveUp("request timed out")
+	if st.Checked != nil {
+		// A body still arriving is read by the upstream request, which
+		// ends only once that read does.
+		st.Checked.Cancel()
+	}
 }
 
 // giveUp abandons the upstream request: cancels it and, in a session,
-// tells the upstream.
+// tells the upstream about the requests it had not answered when it was
+// given up (taken first: the end of its answer stream settles them).
 func (st *State) giveUp(reason string) {
+	ids := st.cancelIDs()
 	st.abort()
-	st.sendCancelled(reason)
+	st.sendCancelledFor(ids, reason)
 }
 
 // TimeoutRefusal is the answer to a request whose deadline passed before
-// the upstream answered: a JSON-RPC error for it, inside a 200 as the
-// request's answer.
+// the upstream answered: a JSON-RPC error for it (id null when its id,
+// following the peek, was not read yet), inside a 200 as the request's
+// answer; for a batch, an array of an error for each request it sent
+// upstream, and the errors of its denied ones.
 func (st *State) TimeoutRefusal() *mcp.Refusal {
-	return mcp.Refuse(http.StatusOK, policy.CodeRequestTimeout, st.call.First().ID, policy.TimeoutMessage(st.deadline.Step()))
+	msg := policy.TimeoutMessage(st.deadline.Step())
+	ref := mcp.Refuse(http.StatusOK, policy.CodeRequestTimeout, st.requestID(), msg)
+	if st.call.Peek.Batch {
+		ref.Batch = st.errorAnswer(policy.CodeRequestTimeout, msg)
+	}
+	return ref
 }
 
 // deadlineWriter is the client's writer as reverse_proxy sees it for a

@@ -473,7 +473,7 @@ func (p *Proxy) legacyCanceller(st *State, id string) func(reason string) {
 	host, upstream := st.r.Host, st.res.Pinned
 	return func(reason string) {
 		p.goSide("legacy notifications/cancelled", func(ctx context.Context) {
-			p.postCancelled(ctx, upstream, path, host, hdr, id, reason)
+			p.postCancelled(ctx, upstream, path, host, hdr, reason, id)
 		})
 	}
 }

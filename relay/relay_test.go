@@ -2,7 +2,10 @@ package relay
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -398,6 +401,242 @@ func TestLegacyOwedAnswers(t *testing.T) {
 	if got := l.owe([]string{"9"}); len(got) != 0 || l.final(nil) != nil {
 		t.Error("a request noted after the stream ended")
 	}
+}
+
+// batchPost returns a POST of a 2025-03-26 session carrying body (a
+// batch), its call and the session's resolution.
+func batchPost(t *testing.T, body string) (*http.Request, *mcp.Call, mcp.Resolution) {
+	t.Helper()
+	r := httptest.NewRequest(http.MethodPost, "/mcp", strings.NewReader(body))
+	r.Header.Set("Content-Type", "application/json")
+	r.Header.Set(mcp.HeaderProtocolVersion, mcp.Version20250326)
+	call := &mcp.Call{}
+	if ref := mcp.ClassifyHeaders(r.Header, call); ref != nil {
+		t.Fatal(ref.Message)
+	}
+	if err := mcp.ParseEnvelope([]byte(body), true, &call.Peek); err != nil {
+		t.Fatal(err)
+	}
+	sess := &mcp.Session{Kind: mcp.TokenSession, Upstream: "up:1", UpstreamID: "u1", Version: mcp.Version20250326}
+	return r, call, mcp.Resolution{Session: sess, Token: "tok", Pinned: "up:1", Key: mcp.SessionKey("up:1", "u1")}
+}
+
+// sideBodies returns the side requests sd recorded once the proxy has
+// counted cancels notifications/cancelled sent (within 5s), or, for none,
+// a moment after the deadline's work.
+func sideBodies(p *Proxy, sd *side, c *counts, cancels int) []string {
+	end := time.Now().Add(5 * time.Second)
+	if cancels == 0 {
+		time.Sleep(50 * time.Millisecond)
+	}
+	for c.get("cancel") < cancels && time.Now().Before(end) {
+		time.Sleep(time.Millisecond)
+	}
+	p.Gov.Tasks().Wait()
+	sd.mu.Lock()
+	defer sd.mu.Unlock()
+	return append([]string(nil), sd.bodies...)
+}
+
+// TestBatchDeadline: a batch's deadline cancels its upstream request
+// and leaves, for the caller, an array with the -32001 error of each
+// request it sent upstream (and the errors of its denied ones); the
+// upstream is sent notifications/cancelled for each, in one batch. When
+// the deadline passes during an SSE answer, the stream ends with the
+// error of each request still unanswered, and only those are cancelled.
+func TestBatchDeadline(t *testing.T) {
+	const body = `[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"slow"}},{"jsonrpc":"2.0","method":"notifications/x"},{"jsonrpc":"2.0","id":"b","method":"tools/call","params":{"name":"slow"}}]`
+	denied := []byte(`{"jsonrpc":"2.0","id":9,"error":{"code":-32602,"message":"unknown tool"}}`)
+
+	t.Run("waiting", func(t *testing.T) {
+		p, c, sd := newTestProxy(t, Config{})
+		r, call, res := batchPost(t, body)
+		st := p.NewState(httptest.NewRecorder(), r, call, res)
+		st.Spliced = [][]byte{denied}
+		done, ref := st.Arm(20 * time.Millisecond)
+		if ref != nil {
+			t.Fatal(ref.Message)
+		}
+		defer done()
+		defer st.HandlerDone()
+		req := st.Attempt(r.Clone(r.Context()))
+		select {
+		case <-req.Context().Done():
+		case <-time.After(10 * time.Second):
+			t.Fatal("the deadline did not cancel the batch's upstream request")
+		}
+		ref = st.TimeoutRefusal()
+		var answers []map[string]any
+		if err := json.Unmarshal(ref.Body(), &answers); err != nil || ref.Status != http.StatusOK {
+			t.Fatalf("refusal %d %q: %v", ref.Status, ref.Body(), err)
+		}
+		got := map[string]float64{}
+		for _, a := range answers {
+			e, _ := a["error"].(map[string]any)
+			code, _ := e["code"].(float64)
+			got[fmt.Sprint(a["id"])] = code
+		}
+		if want := map[string]float64{"1": -32001, "b": -32001, "9": -32602}; !maps.Equal(got, want) {
+			t.Fatalf("answers %v, want %v", got, want)
+		}
+		bodies := sideBodies(p, sd, c, 2)
+		if len(bodies) != 1 || !strings.HasPrefix(bodies[0], "[") || !strings.Contains(bodies[0], `"requestId":1,`) ||
+			!strings.Contains(bodies[0], `"requestId":"b",`) || strings.Contains(bodies[0], `"requestId":9`) || c.get("cancel") != 2 {
+			t.Fatalf("side requests %q, %d counted", bodies, c.get("cancel"))
+		}
+	})
+
+	t.Run("streaming", func(t *testing.T) {
+		p, c, sd := newTestProxy(t, Config{})
+		r, call, res := batchPost(t, body)
+		w := httptest.NewRecorder()
+		st := p.NewState(w, r, call, res)
+		st.Spliced = [][]byte{denied}
+		done, ref := st.Arm(50 * time.Millisecond)
+		if ref != nil {
+			t.Fatal(ref.Message)
+		}
+		defer done()
+		req := st.Attempt(r.Clone(r.Context()))
+		events := "data: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}\n\n"
+		resp := sseResponse(req, "")
+		resp.Body = &stallingBody{data: []byte(events), ctx: req.Context()}
+		st.Answer(req, resp, false, "up:1")
+		p.Relay(w, st, st.StreamBody())
+		st.HandlerDone()
+		out := w.Body.String()
+		if !strings.Contains(out, `"id":1,"result"`) || !strings.Contains(out, `{"jsonrpc":"2.0","id":"b","error":{"code":-32001`) ||
+			strings.Contains(out, `"id":1,"error"`) || !strings.Contains(out, "unknown tool") {
+			t.Fatalf("client got %q", out)
+		}
+		if !st.IsExpired() || c.get("deadline_streaming") != 1 {
+			t.Fatalf("expired %v, %d deadlines passed streaming", st.IsExpired(), c.get("deadline_streaming"))
+		}
+		if bodies := sideBodies(p, sd, c, 1); len(bodies) != 1 || !strings.Contains(bodies[0], `"requestId":"b",`) || strings.Contains(bodies[0], `"requestId":1,`) {
+			t.Fatalf("side requests %q", bodies)
+		}
+	})
+}
+
+// latePost returns a tools/call POST of a 2025-06-18 session whose id
+// comes after its first window bytes, the peek, as the TypeScript SDK
+// writes it; the rest of its body is its checked body.
+func latePost(t *testing.T, window int) (*http.Request, *mcp.Call, *mcp.CheckedBody, mcp.Resolution) {
+	t.Helper()
+	body := `{"jsonrpc":"2.0","method":"tools/call","params":{"name":"slow","arguments":{"pad":"` + strings.Repeat("x", 2*window) + `"}},"id":63}`
+	r := httptest.NewRequest(http.MethodPost, "/mcp", nil)
+	r.Header.Set("Content-Type", "application/json")
+	r.Header.Set(mcp.HeaderProtocolVersion, mcp.Version20250618)
+	call := &mcp.Call{}
+	if ref := mcp.ClassifyHeaders(r.Header, call); ref != nil {
+		t.Fatal(ref.Message)
+	}
+	if err := mcp.ParseEnvelope([]byte(body[:window]), false, &call.Peek); err != nil {
+		t.Fatal(err)
+	}
+	if call.First().Kind != mcp.KindRequest || call.First().ID != "" {
+		t.Fatalf("the peek read %+v", call.First())
+	}
+	cb := mcp.NewCheckedBody([]byte(body[:window]), io.NopCloser(strings.NewReader(body[window:])), 0)
+	r.Body = cb
+	sess := &mcp.Session{Kind: mcp.TokenSession, Upstream: "up:1", UpstreamID: "u1", Version: mcp.Version20250618}
+	return r, call, cb, mcp.Resolution{Session: sess, Token: "tok", Pinned: "up:1", Key: mcp.SessionKey("up:1", "u1")}
+}
+
+// TestLateIDDeadline: a request whose id follows the peek has its
+// deadline. Once its body has been sent, the id read from it is that of
+// its timeout error and of the notifications/cancelled the upstream
+// gets; while its body is still being sent, the error carries id null
+// and the upstream, which never had the whole request, is not told.
+func TestLateIDDeadline(t *testing.T) {
+	for _, sent := range []bool{true, false} {
+		t.Run(fmt.Sprintf("sent=%v", sent), func(t *testing.T) {
+			p, c, sd := newTestProxy(t, Config{})
+			r, call, cb, res := latePost(t, 128)
+			st := p.NewState(httptest.NewRecorder(), r, call, res)
+			st.Checked = cb
+			done, ref := st.Arm(20 * time.Millisecond)
+			if ref != nil {
+				t.Fatal(ref.Message)
+			}
+			defer done()
+			defer st.HandlerDone()
+			req := st.Attempt(r.Clone(r.Context()))
+			if sent {
+				if _, err := io.ReadAll(req.Body); err != nil {
+					t.Fatal(err)
+				}
+			}
+			select {
+			case <-req.Context().Done():
+			case <-time.After(10 * time.Second):
+				t.Fatal("the deadline did not cancel the upstream request")
+			}
+			want, cancels := `"id":63,`, 1
+			if !sent {
+				want, cancels = `"id":null,`, 0
+			}
+			ref = st.TimeoutRefusal()
+			if b := string(ref.Body()); !strings.Contains(b, want) || ref.Code != policy.CodeRequestTimeout {
+				t.Fatalf("refusal %q, want the -32001 error with %s", b, want)
+			}
+			bodies := sideBodies(p, sd, c, cancels)
+			if len(bodies) != cancels || c.get("cancel") != cancels || (sent && !strings.Contains(bodies[0], `"requestId":63,`)) {
+				t.Fatalf("side requests %q, %d counted", bodies, c.get("cancel"))
+			}
+		})
+	}
+}
+
+// TestMaxResponseEveryPost: max_response caps the SSE answer of every
+// POST. A batch's answer past it ends with a -32603 error for each
+// request still unanswered, whose upstream requests are cancelled; the
+// answer of a request whose id followed the peek ends with the error for
+// that id.
+func TestMaxResponseEveryPost(t *testing.T) {
+	big := strings.Repeat("a", 200)
+	t.Run("batch", func(t *testing.T) {
+		p, c, sd := newTestProxy(t, Config{})
+		p.MaxResponse = 100
+		r, call, res := batchPost(t, `[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"big"}},{"jsonrpc":"2.0","id":3,"method":"ping"}]`)
+		w := httptest.NewRecorder()
+		st := p.NewState(w, r, call, res)
+		req := st.Attempt(r.Clone(r.Context()))
+		events := "data: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}\n\n" +
+			"data: {\"jsonrpc\":\"2.0\",\"id\":2,\"result\":{\"text\":\"" + big + "\"}}\n\n" +
+			"data: {\"jsonrpc\":\"2.0\",\"id\":3,\"result\":{}}\n\n"
+		st.Answer(req, sseResponse(req, events), false, "up:1")
+		p.Relay(w, st, st.StreamBody())
+		out := w.Body.String()
+		if strings.Contains(out, "aaaa") || !strings.Contains(out, `"id":1,"result"`) || strings.Contains(out, `"id":3,"result"`) ||
+			!strings.Contains(out, `"id":2,"error":{"code":-32603`) || !strings.Contains(out, `"id":3,"error":{"code":-32603`) {
+			t.Fatalf("client got %q", out)
+		}
+		if bodies := sideBodies(p, sd, c, 2); len(bodies) != 1 || !strings.Contains(bodies[0], `"requestId":2,`) ||
+			!strings.Contains(bodies[0], `"requestId":3,`) || strings.Contains(bodies[0], `"requestId":1,`) || c.get("too_large") != 1 {
+			t.Fatalf("side requests %q, %d too large", bodies, c.get("too_large"))
+		}
+	})
+	t.Run("late id", func(t *testing.T) {
+		p, c, sd := newTestProxy(t, Config{})
+		p.MaxResponse = 100
+		r, call, cb, res := latePost(t, 128)
+		w := httptest.NewRecorder()
+		st := p.NewState(w, r, call, res)
+		st.Checked = cb
+		req := st.Attempt(r.Clone(r.Context()))
+		if _, err := io.ReadAll(req.Body); err != nil {
+			t.Fatal(err)
+		}
+		st.Answer(req, sseResponse(req, "data: {\"jsonrpc\":\"2.0\",\"id\":63,\"result\":{\"text\":\""+big+"\"}}\n\n"), false, "up:1")
+		p.Relay(w, st, st.StreamBody())
+		if out := w.Body.String(); strings.Contains(out, "aaaa") || !strings.Contains(out, `"id":63,"error":{"code":-32603`) {
+			t.Fatalf("client got %q", out)
+		}
+		if bodies := sideBodies(p, sd, c, 1); len(bodies) != 1 || !strings.Contains(bodies[0], `"requestId":63,`) || c.get("too_large") != 1 {
+			t.Fatalf("side requests %q, %d too large", bodies, c.get("too_large"))
+		}
+	})
 }
 
 // recordTransport records the requests sent through it and answers 200.

@@ -135,7 +135,7 @@ func (st *State) replaceResponse(resp *http.Response, status, code int, msg stri
 // batch's denied requests.
 func (st *State) errorAnswer(code int, msg string) []byte {
 	if !st.call.Peek.Batch {
-		return mcp.AppendError(nil, st.call.First().ID, code, msg)
+		return mcp.AppendError(nil, st.requestID(), code, msg)
 	}
 	var answers [][]byte
 	denied := map[string]bool{}

@@ -48,6 +48,10 @@ type State struct {
 	// RoutePrefix is the path prefix a route stripped from the request,
 	// which a legacy endpoint the client is sent keeps.
 	RoutePrefix string
+	// Checked is the request's body streamed past the peek, nil when the
+	// peek read it whole; the id of a request that follows the peek is
+	// read from it (see requestID).
+	Checked *mcp.CheckedBody
 
 	p    *Proxy
 	r    *http.Request // nil once a handed-off stream left the handler
@@ -90,6 +94,9 @@ type State struct {
 	// The request's deadline (see deadline.go), and whether it passed.
 	deadline *policy.Deadline
 	expired  bool
+	// owed is what the SSE answer to a POST that is not one request
+	// still owes (see batchWatch), nil before it began.
+	owed *owedAnswers
 }
 
 // NewState returns the relay state of request r, answered on w.
@@ -127,10 +134,11 @@ func (st *State) clientGone() {
 		return
 	}
 	st.mu.Unlock()
-	st.abort()
 	if st.resumable {
-		st.sendCancelled("client disconnected before the response")
+		st.giveUp("client disconnected before the response")
+		return
 	}
+	st.abort()
 }
 
 // detachedTooLong ends a resumable request nobody resumed in time, and
@@ -148,8 +156,7 @@ func (st *State) detachedTooLong() {
 		return
 	}
 	st.mu.Unlock()
-	st.abort()
-	st.sendCancelled("client did not resume the stream")
+	st.giveUp("client did not resume the stream")
 }
 
 // abort cancels the upstream request and closes its body.
@@ -214,17 +221,24 @@ func (st *State) finish() {
 	}
 }
 
-// sendCancelled posts notifications/cancelled for the request upstream,
-// in its session, as a 2025-era sender that abandons a request must. It
-// goes through the embedded reverse_proxy with the client request's own
+// sendCancelled posts notifications/cancelled upstream, in the request's
+// session, for each of its requests the proxy gives up on (see
+// cancelIDs), as a 2025-era sender that abandons a request must. It goes
+// through the embedded reverse_proxy with the client request's own
 // headers (see sideRequest). initialize is never cancelled.
 func (st *State) sendCancelled(reason string) {
-	first := st.call.First()
+	st.sendCancelledFor(st.cancelIDs(), reason)
+}
+
+// sendCancelledFor is sendCancelled for the requests with these raw ids:
+// one notification, or a batch of them (a batch is sent only where the
+// client sent one, so the upstream reads them).
+func (st *State) sendCancelledFor(ids []string, reason string) {
 	st.mu.Lock()
 	r := st.r
 	sent := st.outReq != nil
 	st.mu.Unlock()
-	if r == nil || !sent || first.ID == "" || first.Method == "initialize" || st.call.Era == mcp.EraStateless || st.res.Session == nil {
+	if r == nil || !sent || len(ids) == 0 || st.call.IsInitialize() || st.call.Era == mcp.EraStateless || st.res.Session == nil {
 		return
 	}
 	release, ok := st.p.sideSlot()
@@ -232,7 +246,63 @@ func (st *State) sendCancelled(reason string) {
 		return
 	}
 	defer release()
-	st.p.postCancelled(context.WithoutCancel(r.Context()), st.res.Pinned, r.URL.EscapedPath(), r.Host, mcp.CancelHeaders(r.Header), first.ID, reason)
+	st.p.postCancelled(context.WithoutCancel(r.Context()), st.res.Pinned, r.URL.EscapedPath(), r.Host, mcp.CancelHeaders(r.Header), reason, ids...)
+}
+
+// requestID returns the raw JSON id of a single request: the peek's, or,
+// for one whose id followed the peek, the id its checked body read (see
+// mcp.CheckedBody.LateID), once the body has been read whole; "" while it
+// is not known, and for a batch.
+func (st *State) requestID() string {
+	first := st.call.First()
+	switch {
+	case st.call.Peek.Batch || first.Kind != mcp.KindRequest:
+		return ""
+	case first.ID != "":
+		return first.ID
+	case st.Checked != nil:
+		return st.Checked.LateID()
+	}
+	return ""
+}
+
+// upstreamIDs returns the raw ids of the requests the POST sent upstream:
+// those of a batch but its denied ones (see Spliced), or the single
+// request's when known.
+func (st *State) upstreamIDs() []string {
+	if !st.call.Peek.Batch {
+		if id := st.requestID(); id != "" {
+			return []string{id}
+		}
+		return nil
+	}
+	denied := map[string]bool{}
+	for _, a := range st.Spliced {
+		if id, ok, _ := mcp.ResponseID(a); ok {
+			denied[mcp.IDKey(string(id))] = true
+		}
+	}
+	var ids []string
+	for i := range st.call.Peek.Messages {
+		m := &st.call.Peek.Messages[i]
+		if m.Kind == mcp.KindRequest && m.ID != "" && !denied[mcp.IDKey(m.ID)] {
+			ids = append(ids, m.ID)
+		}
+	}
+	return ids
+}
+
+// cancelIDs returns the ids of the requests the proxy gives up on when
+// it abandons the POST: those its SSE answer still owes (see owedAnswers),
+// or, before one began, every request it sent upstream.
+func (st *State) cancelIDs() []string {
+	st.mu.Lock()
+	owed := st.owed
+	st.mu.Unlock()
+	if owed != nil {
+		return owed.pending()
+	}
+	return st.upstreamIDs()
 }
 
 // sideSlot takes one of the process's slots for a request of the proxy's
@@ -267,17 +337,30 @@ func (p *Proxy) goSide(where string, f func(ctx context.Context)) {
 // (notifications/cancelled, the DELETE of an unusable session).
 const sideTimeout = 5 * time.Second
 
-// postCancelled posts notifications/cancelled for the request with raw
-// JSON id to upstream, at path with host and hdr, through the caller's
-// proxy, within sideTimeout. The caller holds a side-request slot.
-func (p *Proxy) postCancelled(ctx context.Context, upstream, path, host string, hdr http.Header, id, reason string) {
+// postCancelled posts notifications/cancelled for the requests with raw
+// JSON ids (one message, or a batch of them) to upstream, at path with
+// host and hdr, through the caller's proxy, within sideTimeout. The
+// caller holds a side-request slot.
+func (p *Proxy) postCancelled(ctx context.Context, upstream, path, host string, hdr http.Header, reason string, ids ...string) {
 	ctx, cancel := context.WithTimeout(ctx, sideTimeout)
 	defer cancel()
-	if _, err := p.Side(ctx, upstream, http.MethodPost, path, host, hdr, mcp.AppendCancelled(nil, id, reason)); err != nil {
+	var body []byte
+	if len(ids) == 1 {
+		body = mcp.AppendCancelled(nil, ids[0], reason)
+	} else {
+		msgs := make([][]byte, len(ids))
+		for i, id := range ids {
+			msgs[i] = mcp.AppendCancelled(nil, id, reason)
+		}
+		body = mcp.AppendBatch(nil, msgs)
+	}
+	if _, err := p.Side(ctx, upstream, http.MethodPost, path, host, hdr, body); err != nil {
 		p.Logger.Debug("sending notifications/cancelled upstream failed", zap.Error(err))
 		return
 	}
-	p.Metrics.CancelSent()
+	for range ids {
+		p.Metrics.CancelSent()
+	}
 }
 
 // streamConfig returns the relay configuration of a request's stream. The
@@ -311,8 +394,10 @@ func (p *Proxy) streamConfig(st *State, legacy bool) sse.StreamConfig {
 	switch {
 	case legacy:
 		cfg.Rewrite = st.rewriteLegacyEndpoint()
-	case first.Kind == mcp.KindRequest && first.ID != "" && !st.call.Peek.Batch:
-		cfg.Rewrite, cfg.Final = st.answerWatch(first.ID)
+	case first.Kind == mcp.KindRequest && !st.call.Peek.Batch:
+		// Its id may follow the peek: the watch reads it once the body
+		// has been read (see requestID).
+		cfg.Rewrite, cfg.Final = st.answerWatch()
 	case lists != nil:
 		cfg.Rewrite = st.listWatch(lists)
 	case filters:
@@ -320,17 +405,17 @@ func (p *Proxy) streamConfig(st *State, legacy bool) sse.StreamConfig {
 		// server's): it is filtered by its shape.
 		cfg.Rewrite = st.listWatch(nil)
 	}
-	if !legacy && st.r.Method == http.MethodPost && (st.call.Peek.Batch || first.Kind != mcp.KindRequest) {
+	batchLike := !legacy && st.r.Method == http.MethodPost && (st.call.Peek.Batch || first.Kind != mcp.KindRequest)
+	if batchLike {
 		// A POST's stream carries requests, notifications and the
-		// answers to its own requests only.
-		if guard := st.answerGuard(cfg.Rewrite); guard != nil {
-			cfg.Rewrite = guard
-		}
+		// answers to its own requests only, within max_response; it ends
+		// with an error for each request it did not answer.
+		cfg.Rewrite, cfg.Final = st.batchWatch(cfg.Rewrite)
 	}
 	if filters && !legacy {
 		cfg.Rewrite = messagesOnly(cfg.Rewrite)
 	}
-	if len(st.Spliced) > 0 {
+	if len(st.Spliced) > 0 && !batchLike {
 		cfg.Final = st.splicedFinal()
 	}
 	return cfg
