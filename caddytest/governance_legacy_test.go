@@ -579,3 +579,53 @@ func TestLegacyEndpointFramings(t *testing.T) {
 		})
 	}
 }
+
+// TestGovernanceLegacyLateIDDeadline: in a legacy session, a tools/call
+// whose id follows max_peek (the TypeScript SDK writes id after params)
+// keeps its deadline: its -32001 error comes on the stream, for its id,
+// and the upstream's tool is cancelled.
+func TestGovernanceLegacyLateIDDeadline(t *testing.T) {
+	cancelled := make(chan error, 4)
+	up := startRecorded(t, "legacy-late", demo.Handler(legacyGovServer(cancelled), "/sse", nil))
+	port := freePort(t)
+	loadCaddyfile(t, proxySite(port, up.addr(), "\t\ttool block timeout 300ms\n\t\tmax_peek 4KiB\n"))
+	ctx, cancel := context.WithTimeout(context.Background(), 2*boundedWait)
+	defer cancel()
+	lc, r := openLegacyStream(ctx, rawClient, proxyURL(port)+"/sse")
+	if lc == nil {
+		t.Fatalf("legacy stream: %s", r)
+	}
+	defer lc.cancel()
+	endpoint := proxyURL(port) + lc.endpoint
+	awaitData := func(what, want string) string {
+		t.Helper()
+		for {
+			select {
+			case d := <-lc.events:
+				if strings.Contains(d, want) {
+					return d
+				}
+			case <-time.After(boundedWait):
+				t.Fatalf("%s: no event holding %s on the stream", what, want)
+			}
+		}
+	}
+	if rep := postJSON(ctx, endpoint, initAt(1, "2024-11-05"), nil); rep.status != http.StatusAccepted {
+		t.Fatalf("initialize: %s", rep)
+	}
+	awaitData("initialize", `"id":1,`)
+	if rep := postJSON(ctx, endpoint, `{"jsonrpc":"2.0","method":"notifications/initialized"}`, nil); rep.status != http.StatusAccepted {
+		t.Fatalf("notifications/initialized: %s", rep)
+	}
+	pad := strings.Repeat("x", 8<<10)
+	body := `{"jsonrpc":"2.0","method":"tools/call","params":{"name":"block","arguments":{"pad":"` + pad + `"}},"id":"late-77"}`
+	start := time.Now()
+	if rep := postJSON(ctx, endpoint, body, nil); rep.status != http.StatusAccepted {
+		t.Fatalf("the late-id call: %s", rep)
+	}
+	d := awaitData("the late-id call", `"late-77"`)
+	if !strings.Contains(d, "-32001") {
+		t.Errorf("the late-id call's answer after %v: %s, want the -32001 timeout error", time.Since(start).Round(time.Millisecond), d)
+	}
+	awaitCancelled(t, cancelled)
+}

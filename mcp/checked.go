@@ -59,6 +59,18 @@ type CheckedBody struct {
 	mu    sync.Mutex
 	err   error // fail, for Err
 	ended bool  // done, for LateID: v is no longer written
+	onEnd func(lateID string)
+}
+
+// OnEnd has f called once the body has been read to its end and checked
+// out, with LateID's value, before the reader gets the bytes held back:
+// before the upstream has the whole message. f runs on the reading
+// goroutine and must not read the body. A body that never ends (a
+// violation, an error, a cancel) never calls it.
+func (b *CheckedBody) OnEnd(f func(lateID string)) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.onEnd = f
 }
 
 // NewCheckedBody returns the body that reads head, the bytes ParseEnvelope
@@ -139,7 +151,11 @@ func (b *CheckedBody) Read(p []byte) (int, error) {
 			b.done = true
 			b.mu.Lock()
 			b.ended = true
+			onEnd := b.onEnd
 			b.mu.Unlock()
+			if onEnd != nil {
+				onEnd(b.v.lateID)
+			}
 			if out > 0 {
 				return out, nil
 			}

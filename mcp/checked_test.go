@@ -345,3 +345,43 @@ func TestCheckedBodyLateID(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckedBodyOnEnd: OnEnd's func is called once, with the late id,
+// when the body has ended and checked out, before the reader has its last
+// byte; a body that fails never calls it.
+func TestCheckedBodyOnEnd(t *testing.T) {
+	x := pad(200)
+	for _, c := range []struct{ body, want string }{
+		{`{"jsonrpc":"2.0","method":"tools/call","params":{"name":"x","arguments":{"a":"` + x + `"}},"id":63}`, `63`},
+		{`{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"x","arguments":{"a":"` + x + `"}}}`, ``},
+	} {
+		for _, chunk := range []int{1, 4096} {
+			cb := NewCheckedBody([]byte(c.body[:testWindow]), io.NopCloser(strings.NewReader(c.body[testWindow:])), 0)
+			calls, got, atLen := 0, "", -1
+			var read []byte
+			cb.OnEnd(func(id string) { calls, got, atLen = calls+1, id, len(read) })
+			buf := make([]byte, chunk)
+			for {
+				n, err := cb.Read(buf)
+				read = append(read, buf[:n]...)
+				if err == io.EOF {
+					break
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			if calls != 1 || got != c.want || atLen < 0 || atLen >= len(c.body) {
+				t.Errorf("%.40s… chunk %d: called %d times with %q after %d of %d bytes", c.body, chunk, calls, got, atLen, len(c.body))
+			}
+		}
+	}
+	bad := `{"jsonrpc":"2.0","method":"tools/call","params":{"name":"x","arguments":{"a":"` + x + `"}},"id":63,"method":"y"}`
+	cb := NewCheckedBody([]byte(bad[:testWindow]), io.NopCloser(strings.NewReader(bad[testWindow:])), 0)
+	called := false
+	cb.OnEnd(func(string) { called = true })
+	_, _ = io.ReadAll(cb)
+	if called {
+		t.Error("OnEnd called for a body that failed its check")
+	}
+}

@@ -163,9 +163,15 @@ func (st *State) Arm(step time.Duration) (done func(), ref *mcp.Refusal) {
 	if len(st.Spliced) > 0 && l.send(st.Spliced) {
 		st.Spliced = nil
 	}
+	late := l.expectLate(st, step)
 	return func() {
 		if st.responded && (st.status == http.StatusAccepted || st.status == http.StatusNoContent) {
 			return // the upstream took the requests; their answers come on the stream
+		}
+		if late != nil {
+			if id := late(); id != "" {
+				awaited, owed = append(awaited, id), append(owed, id)
+			}
 		}
 		if len(awaited) > 0 {
 			l.awaiting.Forget(awaited)
@@ -174,6 +180,47 @@ func (st *State) Arm(step time.Duration) (done func(), ref *mcp.Refusal) {
 			l.settle(owed...)
 		}
 	}, nil
+}
+
+// expectLate is expect for a single request whose id follows the peek:
+// its answer is noted as owed, and awaited with its deadline of step or
+// its list to filter, once the end of its body gives the id, before the
+// upstream has the whole request (see mcp.CheckedBody.OnEnd). It returns
+// what tells the id it noted ("" while none), or nil when st has no such
+// request. When the session awaits too many answers already, the request
+// goes on without its deadline (it is on its way upstream).
+func (l *legacyLink) expectLate(st *State, step time.Duration) func() string {
+	first := st.call.First()
+	if st.call.Peek.Batch || first.Kind != mcp.KindRequest || first.ID != "" || st.Checked == nil {
+		return nil
+	}
+	p := l.p
+	var mu sync.Mutex
+	var noted string
+	st.Checked.OnEnd(func(id string) {
+		if id == "" {
+			return
+		}
+		c := &policy.Awaited{ID: id, Step: step}
+		if _, ok := policy.ListKind(first.Method); ok && p.Lists.Filters() {
+			c.List, c.Subject = first.Method, p.Lists.Freeze(st.Subject)
+		}
+		if c.Step > 0 {
+			c.Cancel = p.legacyCanceller(st, id)
+		}
+		if (c.List != "" || c.Step > 0) && !l.awaiting.Add([]*policy.Awaited{c}, p.MaxTimeout) {
+			p.Logger.Debug("legacy session awaits too many answers; a request whose id followed the peek goes on without its deadline")
+		}
+		l.owe([]string{id})
+		mu.Lock()
+		noted = id
+		mu.Unlock()
+	})
+	return func() string {
+		mu.Lock()
+		defer mu.Unlock()
+		return noted
+	}
 }
 
 // owe notes ids as requests whose answers the stream owes the client,
