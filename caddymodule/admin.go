@@ -1,11 +1,13 @@
 package caddymodule
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
 	"math"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"time"
@@ -92,7 +94,10 @@ func (a *AdminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 		if err := allowMethods(w, r, http.MethodDelete); err != nil {
 			return err
 		}
-		upstream := r.URL.Query().Get("upstream")
+		upstream, err := pinsUpstream(r.URL.Query())
+		if err != nil {
+			return err
+		}
 		toolPins.Forget(upstream)
 		a.logger.Info("tool pins forgotten by operator", zap.String("upstream", upstream))
 		return writeJSON(w, http.StatusOK, map[string]int{"pinned": toolPins.Len()})
@@ -173,12 +178,40 @@ func writeJSON(w http.ResponseWriter, status int, v any) error {
 
 // readJSON decodes a small JSON body into v, refusing unknown fields.
 func readJSON(r *http.Request, v any) error {
-	dec := json.NewDecoder(io.LimitReader(r.Body, adminMaxBody))
+	body, err := io.ReadAll(io.LimitReader(r.Body, adminMaxBody+1))
+	if err != nil {
+		return apiError(http.StatusBadRequest, "reading request body: %v", err)
+	}
+	if len(body) > adminMaxBody {
+		return apiError(http.StatusRequestEntityTooLarge, "request body over %d bytes", adminMaxBody)
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return apiError(http.StatusBadRequest, "decoding request body: %v", err)
 	}
+	// One JSON value: a second one, or anything but space after it, is
+	// not a request the operator can have meant.
+	if _, err := dec.Token(); err != io.EOF {
+		return apiError(http.StatusBadRequest, "decoding request body: data after the JSON object")
+	}
 	return nil
+}
+
+// pinsUpstream reads the query of DELETE /mcp/pins: the upstream whose
+// pins are forgotten, "" for all of them when the query is empty. An
+// empty upstream (an unset shell variable) or another parameter (a typo)
+// is refused rather than read as "all".
+func pinsUpstream(q url.Values) (string, error) {
+	for k, vs := range q {
+		if k != "upstream" {
+			return "", apiError(http.StatusBadRequest, "unknown query parameter %q: want upstream=<host:port>, or none to forget every pin", k)
+		}
+		if len(vs) != 1 || vs[0] == "" {
+			return "", apiError(http.StatusBadRequest, "upstream must be one host:port; without it every pin is forgotten")
+		}
+	}
+	return q.Get("upstream"), nil
 }
 
 // --- /mcp/level and /mcp/pressure ------------------------------------------
