@@ -110,6 +110,8 @@ type Governor struct {
 
 	resumeSwept time.Time // the last sweep of resume; the refresh loop's only
 
+	applyMu sync.Mutex // held by applyLevel
+
 	mu       sync.Mutex
 	applied  bool
 	monitors monitorSettings // of the monitors installed
@@ -260,14 +262,14 @@ func (g *Governor) LevelStatus() admission.Status { return g.levels.Status() }
 // applies its actions at once.
 func (g *Governor) Pin(l admission.Level, until, now time.Time) {
 	g.levels.Pin(l, until, now)
-	g.applyLevel(g.levels.Level())
+	g.applyLevel()
 }
 
 // Unpin releases a pinned level; the level the pressure asks for and its
 // actions apply at once.
 func (g *Governor) Unpin(now time.Time) {
 	g.levels.Unpin(now)
-	g.applyLevel(g.levels.Level())
+	g.applyLevel()
 }
 
 // DegradedFraction returns the share of their configured size that stream

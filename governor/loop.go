@@ -37,8 +37,8 @@ func (g *Governor) tick(now time.Time) {
 	if g.hooks.Panic != nil {
 		defer g.recoverPanic("refresh loop")
 	}
-	level := g.levels.Sample(now)
-	g.applyLevel(level)
+	g.levels.Sample(now)
+	level := g.applyLevel()
 	if n := g.sessions.Sweep(now); n > 0 && g.hooks.IdleExpired != nil {
 		g.hooks.IdleExpired(n)
 	}
@@ -53,11 +53,17 @@ func (g *Governor) tick(now time.Time) {
 	}
 }
 
-// applyLevel applies what depends on the level: the session idle timeout,
-// and, at the degraded level and above, the replay ring of each resumable
-// stream shrinks to the degraded fraction of its own configured size (new
-// streams get the fraction too, see DegradedFraction).
-func (g *Governor) applyLevel(level admission.Level) {
+// applyLevel applies what depends on the level in force, and returns it:
+// the session idle timeout, and, at the degraded level and above, the
+// replay ring of each resumable stream shrinks to the degraded fraction
+// of its own configured size (new streams get the fraction too, see
+// DegradedFraction). It reads the level under applyMu, so that of a tick
+// and a pin applying at once, the last to apply applies the level in
+// force, not the one it saw before the other.
+func (g *Governor) applyLevel() admission.Level {
+	g.applyMu.Lock()
+	defer g.applyMu.Unlock()
+	level := g.levels.Level()
 	g.mu.Lock()
 	idle, fraction := g.idle, g.fraction
 	g.mu.Unlock()
@@ -69,6 +75,7 @@ func (g *Governor) applyLevel(level admission.Level) {
 	if g.hooks.LevelApplied != nil {
 		g.hooks.LevelApplied(level)
 	}
+	return level
 }
 
 // recoverPanic reports a panic of the goroutine it is deferred in to

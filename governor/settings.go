@@ -186,7 +186,7 @@ func (g *Governor) Apply(s Settings) error {
 		default: // the loop has a rearm pending already
 		}
 	}
-	g.applyLevel(g.levels.Level())
+	g.applyLevel()
 	return nil
 }
 
