@@ -1,7 +1,9 @@
 package resources
 
 import (
+	"bytes"
 	"cmp"
+	"container/heap"
 	"crypto/sha256"
 	"encoding/hex"
 	"math"
@@ -101,21 +103,85 @@ func (s *Session) view(hash string, now time.Time) SessionView {
 // full hash of the last session of the previous page, so a session that
 // appears or leaves between pages moves nothing. Next is set when more
 // sessions follow.
+//
+// A page costs what its sessions cost: the sessions after the cursor are
+// ranked by their digest in a heap of limit entries, and views are built
+// for the page's sessions only.
 func (r *Registry) Page(cursor string, limit int, now time.Time) SessionPage {
 	out := SessionPage{Sessions: []SessionView{}}
+	if limit <= 0 {
+		r.Range(func(s *Session) bool {
+			out.Total++
+			if h := SessionHash(s.Key()); h > cursor {
+				out.Sessions = append(out.Sessions, s.view(h, now))
+			}
+			return true
+		})
+		sortViews(out.Sessions)
+		return out
+	}
+	top := make(pageHeap, 0, min(limit, 1024))
+	after := 0
 	r.Range(func(s *Session) bool {
 		out.Total++
-		if h := SessionHash(s.Key()); h > cursor {
-			out.Sessions = append(out.Sessions, s.view(h, now))
+		e := pageEntry{s: s}
+		sum := sha256.Sum256([]byte(s.Key()))
+		hex.Encode(e.hash[:], sum[:])
+		if string(e.hash[:]) <= cursor {
+			return true
+		}
+		after++
+		switch {
+		case len(top) < limit:
+			heap.Push(&top, e)
+		case e.before(&top[0]):
+			top[0] = e
+			heap.Fix(&top, 0)
 		}
 		return true
 	})
-	sortViews(out.Sessions)
-	if limit > 0 && len(out.Sessions) > limit {
-		out.Sessions = out.Sessions[:limit]
-		out.Next = out.Sessions[limit-1].hash
+	slices.SortFunc(top, func(x, y pageEntry) int {
+		if x.before(&y) {
+			return -1
+		}
+		return 1
+	})
+	for i := range top {
+		out.Sessions = append(out.Sessions, top[i].s.view(string(top[i].hash[:]), now))
+	}
+	if after > limit {
+		out.Next = out.Sessions[len(out.Sessions)-1].hash
 	}
 	return out
+}
+
+// pageEntry is a session ranked for a page by its hex digest.
+type pageEntry struct {
+	hash [SessionHashLen]byte
+	s    *Session
+}
+
+// before reports whether e sorts before o: by hash, then key.
+func (e *pageEntry) before(o *pageEntry) bool {
+	if c := bytes.Compare(e.hash[:], o.hash[:]); c != 0 {
+		return c < 0
+	}
+	return e.s.Key() < o.s.Key()
+}
+
+// pageHeap is a max-heap of page entries: its root is the last of those
+// kept, the first to go when an earlier one comes.
+type pageHeap []pageEntry
+
+func (h pageHeap) Len() int           { return len(h) }
+func (h pageHeap) Less(i, j int) bool { return h[j].before(&h[i]) }
+func (h pageHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *pageHeap) Push(x any)        { *h = append(*h, x.(pageEntry)) }
+func (h *pageHeap) Pop() any {
+	old := *h
+	e := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return e
 }
 
 // Matching returns the live sessions whose hash starts with prefix, and

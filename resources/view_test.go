@@ -2,6 +2,7 @@ package resources
 
 import (
 	"fmt"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -102,5 +103,56 @@ func TestRegistryMatching(t *testing.T) {
 	}
 	if found, page := r.Matching("00000000000000000000", clk.Now()); len(found) != 0 || page.Total != 0 || page.Sessions != nil {
 		t.Fatalf("no match: found %d, page %+v", len(found), page)
+	}
+}
+
+// TestPageAllocBounded: a page of one session over 20,000 live ones
+// builds one view, not a view of every session after the cursor: the
+// memory a page takes follows its size (beside the snapshot Range takes
+// and a digest per session), however many sessions live. Paging through
+// them in small pages still sees each session once, in hash order.
+func TestPageAllocBounded(t *testing.T) {
+	clk := newFakeClock()
+	r := NewRegistry(RegistryConfig{Clock: clk.Now})
+	const n = 20_000
+	for i := range n {
+		mustOpen(t, r, fmt.Sprintf("10.0.0.1:3000 s%d", i), clk.Now())
+	}
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	p := r.Page("", 1, clk.Now())
+	runtime.ReadMemStats(&after)
+	if len(p.Sessions) != 1 || p.Total != n {
+		t.Fatalf("page: %d sessions, total %d", len(p.Sessions), p.Total)
+	}
+	alloc := after.TotalAlloc - before.TotalAlloc
+	// The snapshot of Range (8 B a session) and one SHA-256 a session are
+	// unavoidable; building and sorting 100,000 views to return 1 is not.
+	const bound = 2 << 20
+	t.Logf("Page(limit=1) over %d sessions allocated %.1f MiB", n, float64(alloc)/(1<<20))
+	if alloc > bound {
+		t.Errorf("Page(limit=1) over %d sessions allocated %.1f MiB, want at most %d MiB", n, float64(alloc)/(1<<20), bound>>20)
+	}
+	seen, prev := 0, ""
+	for cursor := ""; ; {
+		p := r.Page(cursor, 997, clk.Now())
+		for _, v := range p.Sessions {
+			if v.hash <= prev {
+				t.Fatalf("page order: %s after %s", v.hash, prev)
+			}
+			prev = v.hash
+			seen++
+		}
+		if p.Next == "" {
+			break
+		}
+		cursor = p.Next
+		if seen > n {
+			t.Fatal("paging does not end")
+		}
+	}
+	if seen != n {
+		t.Errorf("paged through %d sessions, want %d", seen, n)
 	}
 }
