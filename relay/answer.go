@@ -321,10 +321,7 @@ func (st *State) batchWatch(next func(*sse.Event) []byte) (rewrite func(*sse.Eve
 			ids := owed.takeAll()
 			st.abort()
 			st.stopDeadline()
-			_ = st.p.Gov.Tasks().Go(func(context.Context) {
-				defer st.p.recoverPanic("notifications/cancelled after max_response")
-				st.sendCancelledFor(ids, "the response exceeded the proxy's max_response")
-			})
+			st.cancelTooLarge(ids)
 			msg := tooLargeMessage(false, st.p.MaxResponse)
 			if len(ids) == 0 {
 				return sse.AppendComment(nil, "response exceeds the proxy's max_response")
@@ -379,6 +376,17 @@ func (st *State) batchWatch(next func(*sse.Event) []byte) (rewrite func(*sse.Eve
 		return out
 	}
 	return rewrite, final
+}
+
+// cancelTooLarge tells the upstream, for the requests with these raw ids,
+// that the proxy gave up on an answer over max_response. It is not sent
+// from the pump, which must go on to end the answer: the process's task
+// group owns (and bounds) the side request.
+func (st *State) cancelTooLarge(ids []string) {
+	_ = st.p.Gov.Tasks().Go(func(context.Context) {
+		defer st.p.recoverPanic("notifications/cancelled after max_response")
+		st.sendCancelledFor(ids, "the response exceeded the proxy's max_response")
+	})
 }
 
 // UpstreamAddr returns the dial address of the upstream that answered.
@@ -601,13 +609,9 @@ func (st *State) answerWatch() (rewrite func(*sse.Event) []byte, final func(erro
 			answered.Store(true)
 			capped = true
 			st.p.Metrics.ResponseTooLarge()
+			ids := st.cancelIDs()
 			st.abort()
-			// Not from the pump, which must go on to end the answer; the
-			// process's task group owns (and bounds) the side request.
-			_ = st.p.Gov.Tasks().Go(func(context.Context) {
-				defer st.p.recoverPanic("notifications/cancelled after max_response")
-				st.sendCancelled("the response exceeded the proxy's max_response")
-			})
+			st.cancelTooLarge(ids)
 			return sse.AppendEvent(nil, ev.ID, "message", mcp.AppendError(nil, id, codeResponseTooLarge, tooLargeMessage(false, st.p.MaxResponse)))
 		}
 		if isArray(ev.Data) {

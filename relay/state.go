@@ -221,18 +221,13 @@ func (st *State) finish() {
 	}
 }
 
-// sendCancelled posts notifications/cancelled upstream, in the request's
-// session, for each of its requests the proxy gives up on (see
-// cancelIDs), as a 2025-era sender that abandons a request must. It goes
-// through the embedded reverse_proxy with the client request's own
-// headers (see sideRequest). initialize is never cancelled.
-func (st *State) sendCancelled(reason string) {
-	st.sendCancelledFor(st.cancelIDs(), reason)
-}
-
-// sendCancelledFor is sendCancelled for the requests with these raw ids:
-// one notification, or a batch of them (a batch is sent only where the
-// client sent one, so the upstream reads them).
+// sendCancelledFor posts notifications/cancelled upstream, in the
+// request's session, for the requests with these raw ids the proxy gives
+// up on (see cancelIDs), as a 2025-era sender that abandons a request
+// must: one notification, or a batch of them (a batch is sent only where
+// the client sent one, so the upstream reads them). It goes through the
+// embedded reverse_proxy with the client request's own headers (see
+// sideRequest). initialize is never cancelled.
 func (st *State) sendCancelledFor(ids []string, reason string) {
 	st.mu.Lock()
 	r := st.r
