@@ -1713,33 +1713,8 @@ func TestFaultUpstreamForgetsSession(t *testing.T) {
 // the client gets that 200, as the answers of a legacy POST come on the
 // stream.
 func TestFaultLegacyEmptyAccept(t *testing.T) {
-	onStream := make(chan string, 8)
-	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodGet {
-			w.Header().Set("Content-Type", "text/event-stream")
-			fmt.Fprint(w, "event: endpoint\ndata: /sse?sessionId=s1\n\n")
-			w.(http.Flusher).Flush()
-			for {
-				select {
-				case msg := <-onStream:
-					fmt.Fprintf(w, "event: message\ndata: %s\n\n", msg)
-					w.(http.Flusher).Flush()
-				case <-r.Context().Done():
-					return
-				case <-time.After(2 * faultWait):
-					return
-				}
-			}
-		}
-		var m struct {
-			ID json.RawMessage `json:"id"`
-		}
-		b, _ := io.ReadAll(r.Body)
-		_ = json.Unmarshal(b, &m)
-		w.WriteHeader(http.StatusOK) // as the Java SDK does
-		if len(m.ID) > 0 {
-			onStream <- `{"jsonrpc":"2.0","id":` + string(m.ID) + `,"result":{}}`
-		}
+	h := legacyServer("event: endpoint\ndata: /sse?sessionId=s1\n\n", http.StatusOK, func(id string) string {
+		return `{"jsonrpc":"2.0","id":` + id + `,"result":{}}`
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*faultWait)
 	defer cancel()

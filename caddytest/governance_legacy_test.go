@@ -420,6 +420,12 @@ func answeringLegacyServer(answer func(id string) string) http.Handler {
 // legacyServerWith is answeringLegacyServer whose stream begins with head
 // (raw SSE text, the endpoint event in it) instead.
 func legacyServerWith(head string, answer func(id string) string) http.Handler {
+	return legacyServer(head, http.StatusAccepted, answer)
+}
+
+// legacyServer is legacyServerWith accepting each POST with status (202,
+// or 200 as the Java SDK does).
+func legacyServer(head string, status int, answer func(id string) string) http.Handler {
 	events := make(chan string, 16)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodGet {
@@ -443,7 +449,7 @@ func legacyServerWith(head string, answer func(id string) string) http.Handler {
 		if json.Unmarshal(body, &m) == nil && len(m.ID) > 0 {
 			events <- answer(string(m.ID))
 		}
-		w.WriteHeader(http.StatusAccepted)
+		w.WriteHeader(status)
 	})
 }
 

@@ -1370,27 +1370,12 @@ func TestSessionNegotiatedVersion(t *testing.T) {
 func TestLegacyRouteCarriesPostsOnly(t *testing.T) {
 	var mu sync.Mutex
 	var seen []string
-	events := make(chan string, 16)
+	legacy := legacyServerWith("event: endpoint\ndata: /messages?sessionId=s1\n\n", func(string) string { return "" })
 	up := startUpstreamHandler(t, "legacy", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		mu.Lock()
 		seen = append(seen, r.Method+" "+r.URL.String()+" sid="+fmt.Sprint(r.Header.Values("Mcp-Session-Id")))
 		mu.Unlock()
-		if r.Method == http.MethodGet && r.URL.Path == "/sse" && r.URL.RawQuery == "" {
-			w.Header().Set("Content-Type", "text/event-stream")
-			fmt.Fprint(w, "event: endpoint\ndata: /messages?sessionId=s1\n\n")
-			w.(http.Flusher).Flush()
-			for {
-				select {
-				case ev := <-events:
-					fmt.Fprintf(w, "event: message\ndata: %s\n\n", ev)
-					w.(http.Flusher).Flush()
-				case <-r.Context().Done():
-					return
-				}
-			}
-		}
-		_, _ = io.ReadAll(r.Body)
-		w.WriteHeader(http.StatusAccepted)
+		legacy.ServeHTTP(w, r)
 	}))
 	port := freePort(t)
 	loadCaddyfile(t, proxySite(port, up.addr(), ""))
