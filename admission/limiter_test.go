@@ -15,11 +15,18 @@ import (
 // never the subject of an assertion.
 const hang = 10 * time.Second
 
-// waitQueued polls until l has n queued waiters.
+// waitQueued polls until l has n queued waiters, each in the queue.
 func waitQueued(t *testing.T, l *Limiter, n int) {
 	t.Helper()
 	deadline := time.Now().Add(hang)
-	for l.Queued() != n {
+	// Queued counts a waiter as it starts to join; it is in the queue (and
+	// has read the clock) once count says so too.
+	inQueue := func() int {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		return l.count
+	}
+	for l.Queued() != n || inQueue() != n {
 		if time.Now().After(deadline) {
 			t.Fatalf("Queued() = %d, want %d", l.Queued(), n)
 		}
