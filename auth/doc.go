@@ -20,6 +20,9 @@
 // Introspector caches at most MaxCached results, each for no longer than
 // its token lives. The package starts no goroutine.
 //
-// It imports the standard library and go-jose only; the Caddy module
-// mcp_auth (package caddymodule) wires it into Caddy.
+// Scope rules (ScopeRule, CheckScopes) require scopes by MCP method and
+// target, read as the access rules read them: the package imports the
+// standard library, go-jose, mcp (the messages of a request) and policy
+// (globs, targets and URI readings). The Caddy module mcp_auth (package
+// caddymodule) wires it into Caddy.
 package auth

@@ -2,8 +2,6 @@ package auth
 
 import (
 	"encoding/json"
-	"net/http"
-	"slices"
 	"strings"
 )
 
@@ -84,62 +82,4 @@ func Challenge(e *Error, metadataURL string) string {
 	add("scope", e.Scope)
 	add("resource_metadata", metadataURL)
 	return b.String()
-}
-
-// ScopeRule requires scopes for MCP requests whose method, and target
-// (tool, prompt or resource), match globs.
-type ScopeRule struct {
-	// Method is a glob over the JSON-RPC method, as the Glob given to
-	// Matches reads it; empty matches only a request without a method (a
-	// GET).
-	Method string `json:"method"`
-	// Target, when set, is a glob over the tool name (tools/call), the
-	// prompt name (prompts/get) or the resource URI (resources/read,
-	// resources/subscribe).
-	Target string `json:"target,omitempty"`
-	// Scopes must all be held.
-	Scopes []string `json:"scopes"`
-}
-
-// Glob reports whether target matches the glob pattern. The package
-// leaves globbing to its caller, so that scope rules read patterns as the
-// caller's other rules do: mcp_auth passes policy.Glob, whose `*` matches
-// any run of characters, `/` included (resource URIs hold slashes), `?`
-// one character, and `\` escapes the next.
-type Glob func(pattern, target string) bool
-
-// Matches reports whether the rule applies to method and target, with
-// glob reading its patterns.
-func (r *ScopeRule) Matches(method, target string, glob Glob) bool {
-	if r.Method == "" {
-		if method != "" {
-			return false
-		}
-	} else if !glob(r.Method, method) {
-		return false
-	}
-	return r.Target == "" || glob(r.Target, target)
-}
-
-// RequiredScopes returns the scopes every rule matching method and target
-// (see ScopeRule.Matches) requires, in rule order, without repeats.
-func RequiredScopes(rules []ScopeRule, method, target string, glob Glob) []string {
-	var out []string
-	for i := range rules {
-		if !rules[i].Matches(method, target, glob) {
-			continue
-		}
-		for _, s := range rules[i].Scopes {
-			if !slices.Contains(out, s) {
-				out = append(out, s)
-			}
-		}
-	}
-	return out
-}
-
-// InsufficientScope is the 403 for a principal that lacks scopes.
-func InsufficientScope(scopes []string) *Error {
-	return &Error{Status: http.StatusForbidden, Code: "insufficient_scope",
-		Description: "the token lacks a scope this request needs", Scope: strings.Join(scopes, " ")}
 }

@@ -5,11 +5,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
-	"unicode"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -18,7 +16,6 @@ import (
 
 	"github.com/mcpgate/mcpgate/auth"
 	"github.com/mcpgate/mcpgate/mcp"
-	"github.com/mcpgate/mcpgate/policy"
 	"github.com/mcpgate/mcpgate/resources"
 )
 
@@ -203,7 +200,11 @@ func (a *Auth) Provision(ctx caddy.Context) error {
 		}
 		v.Algorithms = append(v.Algorithms, jose.SignatureAlgorithm(alg))
 	}
-	if err := a.checkIssuers(); err != nil {
+	bind := auth.KeyBinding{Issuers: a.Issuers, JWKS: a.JWKSURL != "", JWKSIssuers: a.JWKSIssuers}
+	for _, k := range a.Keys {
+		bind.KeyIssuers = append(bind.KeyIssuers, k.Issuers)
+	}
+	if err := bind.Check(); err != nil {
 		return err
 	}
 	if a.JWKSURL != "" || len(a.Keys) > 0 {
@@ -227,7 +228,7 @@ func (a *Auth) Provision(ctx caddy.Context) error {
 	if v.Keys == nil && v.Introspection == nil {
 		return errors.New("mcp_auth needs jwks_url, a key, or introspection")
 	}
-	if err := validScopeRules(a.ScopeRules); err != nil {
+	if err := auth.ValidScopeRules(a.ScopeRules); err != nil {
 		return err
 	}
 	a.verifier = v
@@ -299,7 +300,7 @@ func (a *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 			return writeRefusal(w, ref)
 		}
 	}
-	if e := a.checkScopes(p, &call); e != nil {
+	if e := auth.CheckScopes(a.ScopeRules, p, call.Peek.Messages); e != nil {
 		metrics.authRefusals.WithLabelValues(e.Code).Inc()
 		return writeChallenge(w, e, auth.MetadataURL(resource), call.First().ID)
 	}
@@ -339,135 +340,6 @@ func (a *Auth) readMessages(w http.ResponseWriter, r *http.Request, call *mcp.Ca
 		return mcp.Body{}, ref
 	}
 	return mcp.ReadBody(w, r, call, a.body)
-}
-
-// checkScopes returns the 403 for a principal lacking a scope one of the
-// request's messages needs under ScopeRules, nil when it holds them all.
-func (a *Auth) checkScopes(p *auth.Principal, call *mcp.Call) *auth.Error {
-	if len(a.ScopeRules) == 0 {
-		return nil
-	}
-	msgs := call.Peek.Messages
-	if len(msgs) == 0 {
-		msgs = []mcp.Envelope{{}}
-	}
-	for i := range msgs {
-		m := &msgs[i]
-		need := a.scopesFor(m.Method, m.Name)
-		// A completion needs, too, the scopes of what it completes, as
-		// the access rules judge it.
-		switch kind, target, ok := policy.RefOf(m); {
-		case ok && kind == policy.KindPrompt:
-			need = appendNew(need, a.scopesFor("prompts/get", target))
-		case ok && kind == policy.KindResource:
-			need = appendNew(need, a.scopesFor("resources/read", target))
-		}
-		if !p.HasScopes(need) {
-			return auth.InsufficientScope(need)
-		}
-	}
-	return nil
-}
-
-// scopesFor returns the scopes ScopeRules ask of a message of method with
-// target; a resource URI matches in every reading the access rules judge
-// it in (policy.GlobURI).
-func (a *Auth) scopesFor(method, target string) []string {
-	glob := policy.Glob
-	if kind, _ := policy.TargetOf(method, ""); kind == policy.KindResource {
-		glob = policy.GlobURI
-	}
-	return auth.RequiredScopes(a.ScopeRules, method, target, glob)
-}
-
-// appendNew appends to dst the strings of src it does not hold yet.
-func appendNew(dst, src []string) []string {
-	for _, s := range src {
-		if !slices.Contains(dst, s) {
-			dst = append(dst, s)
-		}
-	}
-	return dst
-}
-
-// checkIssuers refuses keys that could sign for an issuer they do not
-// belong to: with several issuers, a static key must name its own, and so
-// must the JWKS beside static keys; a key's issuers must be accepted
-// ones. With several issuers, one holding a space is refused, as the
-// principal "<issuer> <claim>" would not name one issuer's user only.
-func (a *Auth) checkIssuers() error {
-	several := len(a.Issuers) > 1
-	accepted := func(what string, issuers []string) error {
-		for _, iss := range issuers {
-			if len(a.Issuers) > 0 && !slices.Contains(a.Issuers, iss) {
-				return fmt.Errorf("%s: issuer %q is not one of the accepted issuers %q", what, iss, a.Issuers)
-			}
-		}
-		return nil
-	}
-	for i, k := range a.Keys {
-		if several && len(k.Issuers) == 0 {
-			return fmt.Errorf("key %d: with several issuers, name the one the key signs for (key … issuer <url>): "+
-				"a key of one issuer must not sign tokens of another", i)
-		}
-		if err := accepted(fmt.Sprintf("key %d", i), k.Issuers); err != nil {
-			return err
-		}
-	}
-	if a.JWKSURL == "" && len(a.JWKSIssuers) > 0 {
-		return errors.New("jwks_issuers without jwks_url")
-	}
-	if several && a.JWKSURL != "" && len(a.Keys) > 0 && len(a.JWKSIssuers) == 0 {
-		return errors.New("with several issuers and static keys, name the issuers the jwks_url signs for (jwks_issuer <url...>): " +
-			"a key of one issuer must not sign tokens of another")
-	}
-	if err := accepted("jwks_issuers", a.JWKSIssuers); err != nil {
-		return err
-	}
-	if several {
-		for _, iss := range a.Issuers {
-			if strings.ContainsFunc(iss, unicode.IsSpace) {
-				return fmt.Errorf("issuer %q: with several issuers, an issuer may not hold a space", iss)
-			}
-		}
-	}
-	return nil
-}
-
-// validScopeRules refuses a scope rule whose method or target is a
-// malformed glob (see policy.ValidGlob), which would match nothing and so
-// require no scope.
-func validScopeRules(rules []auth.ScopeRule) error {
-	for i, r := range rules {
-		for _, g := range []string{r.Method, r.Target} {
-			if g == "" {
-				continue
-			}
-			if err := policy.ValidGlob(g); err != nil {
-				return fmt.Errorf("scope rule %d (%s): glob %q: %w", i+1, r.Method, g, err)
-			}
-			if unescapedBracket(g) {
-				// These globs once had path.Match's character classes;
-				// a class now matches only itself, which would leave
-				// the rule requiring nothing.
-				return fmt.Errorf("scope rule %d (%s): glob %q: character classes ([...]) are not supported; write \\[ for a literal bracket", i+1, r.Method, g)
-			}
-		}
-	}
-	return nil
-}
-
-// unescapedBracket reports a `[` not escaped by `\` in glob g.
-func unescapedBracket(g string) bool {
-	for i := 0; i < len(g); i++ {
-		switch g[i] {
-		case '\\':
-			i++
-		case '[':
-			return true
-		}
-	}
-	return false
 }
 
 // setPrincipal sets {http.auth.user.id}, and makes the token's claims
