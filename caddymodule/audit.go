@@ -12,7 +12,6 @@ import (
 
 	"github.com/mcpgate/mcpgate/admission"
 	"github.com/mcpgate/mcpgate/governor"
-	"github.com/mcpgate/mcpgate/mcp"
 	"github.com/mcpgate/mcpgate/policy"
 	"github.com/mcpgate/mcpgate/resources"
 )
@@ -172,20 +171,15 @@ func (h *Handler) audit(x *exchange, out *countingWriter) {
 	}
 	first := x.call.First()
 	rec := policy.Record{
-		Time: x.start, Principal: x.principal, Client: x.clientKey, Method: first.Method,
+		Time: x.start, Principal: x.principal, Client: x.clientKey, Method: x.r.Method,
 		Decision: x.decision, Rule: x.rule, Status: x.status, Code: x.code,
 		Duration: time.Since(x.start), BytesIn: x.r.ContentLength,
 	}
 	if rec.Client == "" {
 		rec.Client, _ = caddyhttp.GetVar(x.r.Context(), caddyhttp.ClientIPVarKey).(string)
 	}
-	if rec.Method == "" {
-		rec.Method = x.r.Method
-	}
 	if first.Method != "" {
-		if kind, target := policy.MessageTarget(first); kind != policy.KindMethod {
-			rec.Kind, rec.Target = kind.String(), target
-		}
+		rec.SetTarget(first)
 	}
 	if x.res.Session != nil {
 		rec.Session = resources.SessionID(x.res.Key)
@@ -204,46 +198,18 @@ func (h *Handler) audit(x *exchange, out *countingWriter) {
 		level = h.app.global.Level()
 	}
 	if x.call.Peek.Batch {
-		auditBatch(a, rec, x, effortAt(level))
+		msgs := x.batch
+		if msgs == nil {
+			msgs = x.call.Peek.Messages
+		}
+		a.AuditBatch(&rec, msgs, x.denied, effortAt(level), countAudit)
 		return
 	}
-	metrics.audit.WithLabelValues(a.Audit(&rec, effortAt(level), x.body.Whole).String()).Inc()
+	countAudit(a.Audit(&rec, effortAt(level), x.body.Whole))
 }
 
-// auditBatch queues a record for each request and notification of a
-// batch, denied ones included: its method, target and decision (a denied
-// message's own, with the rule that denied it; the others the batch's,
-// without a rule), the rest (status, bytes, duration) the batch's as a
-// whole, and its place in the batch. Each is kept or left out at effort
-// on its own.
-func auditBatch(a *auditor, base policy.Record, x *exchange, effort policy.Effort) {
-	msgs := x.batch
-	if msgs == nil {
-		msgs = x.call.Peek.Messages
-	}
-	for i := range msgs {
-		m := &msgs[i]
-		if m.Kind == mcp.KindResponse {
-			continue
-		}
-		rec := base
-		rec.Method, rec.Kind, rec.Target, rec.Rule = m.Method, "", "", ""
-		if kind, target := policy.MessageTarget(m); kind != policy.KindMethod {
-			rec.Kind, rec.Target = kind.String(), target
-		}
-		if rec.Decision == "deny" {
-			rec.Decision = "allow" // unless denied below
-		}
-		for _, d := range x.denied {
-			if d.Index == i {
-				rec.Decision, rec.Rule = "deny", d.Rule
-				break
-			}
-		}
-		rec.BatchIndex, rec.BatchSize = i+1, len(msgs)
-		metrics.audit.WithLabelValues(a.Audit(&rec, effort, nil).String()).Inc()
-	}
-}
+// countAudit counts an audit record's result.
+func countAudit(res policy.AuditResult) { metrics.audit.WithLabelValues(res.String()).Inc() }
 
 // governanceStatus is the governance part of /mcp/status.
 func governanceStatus(level admission.Level) governor.GovernanceView {

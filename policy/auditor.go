@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"time"
 	"unicode/utf8"
+
+	"github.com/mcpgate/mcpgate/mcp"
 )
 
 // Defaults of an Auditor.
@@ -105,6 +107,48 @@ func (a *Auditor) Audit(rec *Record, effort Effort, msg []byte) AuditResult {
 		return AuditWritten
 	}
 	return AuditDropped
+}
+
+// SetTarget sets the record's method and, for a message with a target
+// (a tool, prompt or resource), its kind and target, as m names them.
+func (r *Record) SetTarget(m *mcp.Envelope) {
+	r.Method, r.Kind, r.Target = m.Method, "", ""
+	if kind, target := MessageTarget(m); kind != KindMethod {
+		r.Kind, r.Target = kind.String(), target
+	}
+}
+
+// AuditBatch audits a record for each request and notification of a
+// batch's msgs (as the client sent them), denied ones included: its
+// method, target and decision (a denied message's own, with the rule that
+// denied it, from denied; the others base's, without a rule), the rest
+// (status, bytes, duration) base's, the batch's as a whole, and its place
+// in the batch. Each is kept or left out at effort on its own; counted, if
+// not nil, is given each one's result.
+func (a *Auditor) AuditBatch(base *Record, msgs []mcp.Envelope, denied []Denial, effort Effort, counted func(AuditResult)) {
+	for i := range msgs {
+		m := &msgs[i]
+		if m.Kind == mcp.KindResponse {
+			continue
+		}
+		rec := *base
+		rec.SetTarget(m)
+		rec.Rule = ""
+		if rec.Decision == "deny" {
+			rec.Decision = "allow" // unless denied below
+		}
+		for _, d := range denied {
+			if d.Index == i {
+				rec.Decision, rec.Rule = "deny", d.Rule
+				break
+			}
+		}
+		rec.BatchIndex, rec.BatchSize = i+1, len(msgs)
+		res := a.Audit(&rec, effort, nil)
+		if counted != nil {
+			counted(res)
+		}
+	}
 }
 
 // MaxRecordField bounds each text field of a Record that a client

@@ -2,12 +2,15 @@ package policy
 
 import (
 	"encoding/json"
+	"fmt"
 	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 	"unicode/utf8"
+
+	"github.com/mcpgate/mcpgate/mcp"
 )
 
 // collect is a write func that keeps copies of the records written.
@@ -188,5 +191,51 @@ func TestAuditorCapsClientFields(t *testing.T) {
 	}
 	if recs[1].Target != "short" {
 		t.Errorf("a short target was changed: %q", recs[1].Target)
+	}
+}
+
+// TestAuditorAuditBatch: a batch gives a record to each of its requests
+// and notifications, responses skipped: each with its own method and
+// target, the denied one with its rule and "deny", the others "allow"
+// (even when the batch as a whole was recorded as denied), all with the
+// batch's status and their place in it.
+func TestAuditorAuditBatch(t *testing.T) {
+	var c collect
+	a, err := NewAuditor(AuditSettings{}, c.write)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p mcp.Peek
+	body := `[{"jsonrpc":"2.0","id":1,"method":"ping"},` +
+		`{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"admin_reset"}},` +
+		`{"jsonrpc":"2.0","id":9,"result":{}},` +
+		`{"jsonrpc":"2.0","method":"notifications/progress"}]`
+	if err := mcp.ParseEnvelope([]byte(body), true, &p); err != nil {
+		t.Fatal(err)
+	}
+	var results []AuditResult
+	base := &Record{Method: "POST", Decision: "deny", Rule: "r0", Status: 200, Kind: "tool", Target: "x"}
+	a.AuditBatch(base, p.Messages, []Denial{{Index: 1, Kind: KindTool, Name: "admin_reset", Rule: "deny tool admin_*"}},
+		EffortFull, func(r AuditResult) { results = append(results, r) })
+	if !a.Close(5 * time.Second) {
+		t.Fatal("Close timed out")
+	}
+	if len(results) != 3 {
+		t.Fatalf("results %v, want 3", results)
+	}
+	want := []string{
+		"ping   allow  1/4 200",
+		"tools/call tool admin_reset deny deny tool admin_* 2/4 200",
+		"notifications/progress   allow  4/4 200",
+	}
+	recs := c.all()
+	for i, r := range recs {
+		got := fmt.Sprintf("%s %s %s %s %s %d/%d %d", r.Method, r.Kind, r.Target, r.Decision, r.Rule, r.BatchIndex, r.BatchSize, r.Status)
+		if i >= len(want) || got != want[i] {
+			t.Errorf("record %d: %q", i, got)
+		}
+	}
+	if len(recs) != len(want) {
+		t.Errorf("%d records, want %d", len(recs), len(want))
 	}
 }
