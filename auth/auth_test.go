@@ -656,7 +656,7 @@ func TestPrincipalCacheBound(t *testing.T) {
 	if n := len(c.m); n != limit-limit/16 {
 		t.Fatalf("%d entries after a put into a full cache, want %d", n, limit-limit/16)
 	}
-	if c.get(key(limit), now) == nil {
+	if _, ok := c.get(key(limit), now); !ok {
 		t.Fatal("the new entry is not kept")
 	}
 	for i := range limit/16 - 1 {

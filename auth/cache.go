@@ -9,8 +9,8 @@ import (
 // MaxVerified bounds the verified JWTs a Verifier remembers.
 const MaxVerified = 10000
 
-// principalCache remembers principals by a 32-byte key, each until a
-// time of its own, holding at most a given number: when it is full,
+// ttlCache remembers values by a 32-byte key, each until a time of its
+// own, holding at most a given number: when it is full,
 // expired entries go first, then arbitrary ones. The zero value is empty
 // and ready for use; it is safe for concurrent use. A full cache of live
 // entries drops a sixteenth of them at once, so that the sweep for
@@ -20,14 +20,18 @@ const MaxVerified = 10000
 // SHA-256 of the token and the audiences it was checked against, until the
 // token expires (at most MaxVerified): a client sends the same token with
 // every request for its lifetime, and a signature costs tens of
-// microseconds to verify. An Introspector keeps its results likewise.
-type principalCache struct {
+// microseconds to verify. An Introspector keeps its results likewise,
+// and its refusals in another.
+type ttlCache[V any] struct {
 	mu sync.Mutex
-	m  map[[32]byte]cachedPrincipal
+	m  map[[32]byte]cached[V]
 }
 
-type cachedPrincipal struct {
-	p     *Principal
+// principalCache keeps principals.
+type principalCache = ttlCache[*Principal]
+
+type cached[V any] struct {
+	v     V
 	until time.Time
 }
 
@@ -44,29 +48,26 @@ func cacheKey(token string, audiences []string) [32]byte {
 	return sha256.Sum256(b)
 }
 
-// get returns the principal kept under k, or nil when there is none or
+// get returns the value kept under k, and false when there is none or
 // it expired at now (it is then dropped).
-func (c *principalCache) get(k [32]byte, now time.Time) *Principal {
+func (c *ttlCache[V]) get(k [32]byte, now time.Time) (V, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e, ok := c.m[k]
-	if !ok {
-		return nil
-	}
-	if !now.Before(e.until) {
+	if ok && !now.Before(e.until) {
 		delete(c.m, k)
-		return nil
+		ok = false
 	}
-	return e.p
+	return e.v, ok
 }
 
-// put keeps p under k until until, first making room when the cache
+// put keeps v under k until until, first making room when the cache
 // holds limit entries at now.
-func (c *principalCache) put(k [32]byte, p *Principal, until, now time.Time, limit int) {
+func (c *ttlCache[V]) put(k [32]byte, v V, until, now time.Time, limit int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.m == nil {
-		c.m = make(map[[32]byte]cachedPrincipal)
+		c.m = make(map[[32]byte]cached[V])
 	}
 	if len(c.m) >= limit {
 		for key, e := range c.m {
@@ -83,5 +84,5 @@ func (c *principalCache) put(k [32]byte, p *Principal, until, now time.Time, lim
 			delete(c.m, key)
 		}
 	}
-	c.m[k] = cachedPrincipal{p: p, until: until}
+	c.m[k] = cached[V]{v: v, until: until}
 }

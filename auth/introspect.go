@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -20,6 +21,18 @@ const (
 	// DefaultCacheTTL is how long an active result is kept at most (and
 	// never past the token's expiry).
 	DefaultCacheTTL = time.Minute
+	// RefusalTTL is how long a refused token (not active, expired, for
+	// another resource or issuer, without a principal) is remembered as
+	// refused (at most CacheTTL): a client repeating a bad token does not
+	// make the endpoint be asked again at each request.
+	RefusalTTL = 10 * time.Second
+	// DefaultMaxInFlight is how many introspection requests an
+	// Introspector sends at once when MaxInFlight is 0.
+	DefaultMaxInFlight = 32
+	// MaxSlotWait is how long a check waits for a request slot while
+	// they are all busy (at most the Client's timeout) before it is
+	// refused with ErrBusy.
+	MaxSlotWait = 2 * time.Second
 	// maxIntrospectionBytes caps an introspection answer.
 	maxIntrospectionBytes = 64 << 10
 )
@@ -27,7 +40,12 @@ const (
 // Introspector checks opaque tokens with an OAuth 2.0 Token Introspection
 // endpoint (RFC 7662), caching each accepted result by the SHA-256 of the
 // token and the audiences it was accepted for, for at most CacheTTL and
-// never past the token's expiry. It is safe for concurrent use.
+// never past the token's expiry, and each refusal for RefusalTTL. It sends
+// at most MaxInFlight requests at once: a check that finds them all busy
+// waits for one to end, up to MaxSlotWait or its context's end,
+// and then fails with a 503 (ErrBusy), so that clients sending new tokens
+// at every request make the endpoint answer no more than that many at a
+// time. It is safe for concurrent use.
 type Introspector struct {
 	// URL is the introspection endpoint.
 	URL string
@@ -36,11 +54,24 @@ type Introspector struct {
 	ClientID, ClientSecret string
 	// Client sends the requests; nil means one with a 5 s timeout.
 	Client *http.Client
-	// CacheTTL: see DefaultCacheTTL. Negative disables caching.
+	// CacheTTL: see DefaultCacheTTL. Negative disables caching, of
+	// refusals too.
 	CacheTTL time.Duration
+	// MaxInFlight bounds the requests sent at once; 0 means
+	// DefaultMaxInFlight.
+	MaxInFlight int
 
-	cache principalCache
+	cache   principalCache
+	refused ttlCache[*Error]
+	once    sync.Once
+	slots   chan struct{}
 }
+
+// ErrBusy is the refusal of a check that found every introspection
+// request slot busy for as long as it could wait: the token was not
+// checked, and the client should retry.
+var ErrBusy = &Error{Status: http.StatusServiceUnavailable, Code: "temporarily_unavailable",
+	Description: "too many tokens are being checked; retry shortly"}
 
 // introspection is the answer of an introspection endpoint.
 type introspection struct {
@@ -60,14 +91,39 @@ type introspection struct {
 // checked again.
 func (in *Introspector) Check(ctx context.Context, token string, audiences, issuers []string, principalClaim string, now time.Time) (*Principal, error) {
 	key := cacheKey(token, audiences)
-	if p := in.cache.get(key, now); p != nil {
+	if p, ok := in.cache.get(key, now); ok {
 		return p, nil
 	}
+	if e, ok := in.refused.get(key, now); ok {
+		return nil, e
+	}
+	if !in.acquire(ctx) {
+		return nil, ErrBusy
+	}
 	res, claims, err := in.introspect(ctx, token)
+	<-in.slots
 	if err != nil {
 		return nil, &Error{Status: http.StatusUnauthorized, Code: "invalid_token", Description: "the token could not be checked",
 			Cause: fmt.Errorf("introspection: %w", err)}
 	}
+	p, e := in.judge(res, claims, audiences, issuers, principalClaim, now)
+	if e != nil {
+		if e != errNotYetValid {
+			in.storeRefusal(key, e, now)
+		}
+		return nil, e
+	}
+	in.store(key, p, now)
+	return p, nil
+}
+
+// errNotYetValid refuses a token before its nbf; unlike the other
+// refusals it is not remembered, as the token becomes valid.
+var errNotYetValid = invalid("the token is not valid yet")
+
+// judge checks an introspection answer against the accepted audiences and
+// issuers, and returns its principal.
+func (in *Introspector) judge(res *introspection, claims map[string]any, audiences, issuers []string, principalClaim string, now time.Time) (*Principal, *Error) {
 	if !res.Active {
 		return nil, invalid("the token is not active")
 	}
@@ -76,7 +132,7 @@ func (in *Introspector) Check(ctx context.Context, token string, audiences, issu
 		return nil, invalid("the token has expired")
 	}
 	if res.Nbf != 0 && now.Before(time.Unix(res.Nbf, 0)) {
-		return nil, invalid("the token is not valid yet")
+		return nil, errNotYetValid
 	}
 	if len(issuers) > 0 && !slices.Contains(issuers, res.Iss) {
 		return nil, invalid("the token's issuer is not accepted")
@@ -92,9 +148,51 @@ func (in *Introspector) Check(ctx context.Context, token string, audiences, issu
 	if res.Exp != 0 {
 		p.Expires = exp
 	}
-	in.store(key, p, now)
 	return p, nil
 }
+
+// acquire takes a request slot, waiting for one while they are all busy,
+// up to MaxSlotWait (at most the Client's timeout) or until ctx ends;
+// false when none came.
+func (in *Introspector) acquire(ctx context.Context) bool {
+	in.once.Do(func() {
+		n := in.MaxInFlight
+		if n <= 0 {
+			n = DefaultMaxInFlight
+		}
+		in.slots = make(chan struct{}, n)
+	})
+	select {
+	case in.slots <- struct{}{}:
+		return true
+	default:
+	}
+	d := MaxSlotWait
+	if t := in.client().Timeout; t > 0 {
+		d = min(d, t)
+	}
+	wait := time.NewTimer(d)
+	defer wait.Stop()
+	select {
+	case in.slots <- struct{}{}:
+		return true
+	case <-wait.C:
+	case <-ctx.Done():
+	}
+	return false
+}
+
+// client is the HTTP client requests are sent with.
+func (in *Introspector) client() *http.Client {
+	if in.Client != nil {
+		return in.Client
+	}
+	return defaultIntrospectionClient
+}
+
+// defaultIntrospectionClient sends the requests of an Introspector
+// without a Client.
+var defaultIntrospectionClient = &http.Client{Timeout: DefaultFetchTimeout}
 
 // introspect asks the endpoint about token.
 func (in *Introspector) introspect(ctx context.Context, token string) (*introspection, map[string]any, error) {
@@ -108,11 +206,7 @@ func (in *Introspector) introspect(ctx context.Context, token string) (*introspe
 	if in.ClientID != "" {
 		req.SetBasicAuth(url.QueryEscape(in.ClientID), url.QueryEscape(in.ClientSecret))
 	}
-	client := in.Client
-	if client == nil {
-		client = &http.Client{Timeout: DefaultFetchTimeout}
-	}
-	resp, err := client.Do(req)
+	resp, err := in.client().Do(req)
 	if err != nil {
 		return nil, nil, redactURL(err)
 	}
@@ -148,6 +242,19 @@ func (in *Introspector) store(key [32]byte, p *Principal, now time.Time) {
 		until = p.Expires
 	}
 	in.cache.put(key, p, until, now, MaxCached)
+}
+
+// storeRefusal remembers a refusal for RefusalTTL (at most CacheTTL),
+// keeping at most MaxCached.
+func (in *Introspector) storeRefusal(key [32]byte, e *Error, now time.Time) {
+	ttl := RefusalTTL
+	if in.CacheTTL < 0 {
+		return
+	}
+	if in.CacheTTL > 0 {
+		ttl = min(ttl, in.CacheTTL)
+	}
+	in.refused.put(key, e, now.Add(ttl), now, MaxCached)
 }
 
 // redactURL drops the query and user info from the address a request

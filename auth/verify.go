@@ -122,7 +122,7 @@ func (v *Verifier) Verify(ctx context.Context, token string, audiences []string,
 	var err error
 	key := cacheKey(token, audiences)
 	if !v.NoCache {
-		p = v.cache.get(key, now)
+		p, _ = v.cache.get(key, now)
 	}
 	if p != nil {
 		// A verified token is verified again only once it expires.

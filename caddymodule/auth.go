@@ -267,7 +267,7 @@ func (a *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 			reason = "missing"
 		}
 		metrics.authRefusals.WithLabelValues(reason).Inc()
-		if ae.Cause != nil {
+		if ae.Cause != nil || ae.Status == http.StatusServiceUnavailable {
 			a.logCause(ae)
 		}
 		if c := a.logger.Check(zap.DebugLevel, "token refused"); c != nil {
@@ -398,9 +398,15 @@ func (a *Auth) serveMetadata(w http.ResponseWriter, r *http.Request, resourcePat
 	return nil
 }
 
-// writeChallenge writes an auth refusal with a JSON-RPC error for id.
+// writeChallenge writes an auth refusal with a JSON-RPC error for id: a
+// 401 or 403 with its challenge, a 503 (the token could not be checked
+// yet) with Retry-After.
 func writeChallenge(w http.ResponseWriter, e *auth.Error, metadataURL, id string) error {
-	w.Header().Set("WWW-Authenticate", auth.Challenge(e, metadataURL))
+	if e.Status == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", "1")
+	} else {
+		w.Header().Set("WWW-Authenticate", auth.Challenge(e, metadataURL))
+	}
 	msg := http.StatusText(e.Status) + ": " + e.Description
 	return writeRefusal(w, mcp.Refuse(e.Status, mcp.CodeServerError, id, msg))
 }

@@ -1,0 +1,152 @@
+package auth
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// TestIntrospectionRemembersRefusals: a refused token is refused again
+// from memory for RefusalTTL (at most CacheTTL), for the audiences it was
+// checked against; a token not valid yet, or one the endpoint could not
+// be asked about, is asked about again; a negative CacheTTL remembers
+// nothing.
+func TestIntrospectionRemembersRefusals(t *testing.T) {
+	now := time.Now()
+	var calls atomic.Int64
+	var down atomic.Bool
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		if down.Load() {
+			http.Error(w, "down", http.StatusBadGateway)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		switch r.FormValue("token") {
+		case "later":
+			fmt.Fprintf(w, `{"active":true,"sub":"bob","nbf":%d}`, now.Add(time.Hour).Unix())
+		case "other-aud":
+			_, _ = w.Write([]byte(`{"active":true,"sub":"bob","aud":"https://x.example"}`))
+		default:
+			_, _ = w.Write([]byte(`{"active":false}`))
+		}
+	}))
+	defer srv.Close()
+	ctx := context.Background()
+	aud := []string{resource}
+	check := func(in *Introspector, tok string, aud []string, at time.Time) {
+		t.Helper()
+		if p, err := in.Check(ctx, tok, aud, nil, "", at); err == nil {
+			t.Fatalf("%s accepted: %+v", tok, p)
+		}
+	}
+	asked := func(what string, want int64) {
+		t.Helper()
+		if n := calls.Swap(0); n != want {
+			t.Errorf("%s: the endpoint was asked %d times, want %d", what, n, want)
+		}
+	}
+	in := &Introspector{URL: srv.URL}
+	for range 20 {
+		check(in, "bogus", aud, now)
+		check(in, "other-aud", aud, now)
+	}
+	asked("two refused tokens twenty times each", 2)
+	check(in, "bogus", []string{"https://other.example/mcp"}, now)
+	asked("a refused token for another resource", 1)
+	check(in, "bogus", aud, now.Add(RefusalTTL))
+	asked("a refused token past RefusalTTL", 1)
+	for range 3 {
+		check(in, "later", aud, now)
+	}
+	asked("a token not valid yet, three times", 3)
+	down.Store(true)
+	for range 3 {
+		check(in, "unasked", aud, now)
+	}
+	asked("a token the endpoint failed to answer for, three times", 3)
+	down.Store(false)
+
+	short := &Introspector{URL: srv.URL, CacheTTL: time.Second}
+	check(short, "bogus", aud, now)
+	check(short, "bogus", aud, now.Add(time.Second))
+	asked("with a CacheTTL shorter than RefusalTTL", 2)
+	none := &Introspector{URL: srv.URL, CacheTTL: -1}
+	for range 3 {
+		check(none, "bogus", aud, now)
+	}
+	asked("with caching off", 3)
+}
+
+// TestIntrospectionInFlightBound: however many new tokens arrive at once,
+// at most MaxInFlight introspection requests are in flight; the others
+// wait for a slot and then are checked, and one that cannot wait (its
+// context ends) is refused with ErrBusy, a 503.
+func TestIntrospectionInFlightBound(t *testing.T) {
+	const limit, checks = 4, 24
+	release := make(chan struct{})
+	var inFlight, most atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n := inFlight.Add(1)
+		defer inFlight.Add(-1)
+		for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+		}
+		<-release
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"active":true,"sub":"` + r.FormValue("token") + `"}`))
+	}))
+	defer srv.Close()
+	defer func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	}()
+	in := &Introspector{URL: srv.URL, MaxInFlight: limit, Client: &http.Client{Timeout: time.Minute}}
+	now := time.Now()
+	var wg sync.WaitGroup
+	errs := make(chan error, checks)
+	for i := range checks {
+		wg.Go(func() {
+			tok := fmt.Sprint("t", i)
+			p, err := in.Check(context.Background(), tok, nil, nil, "", now)
+			if err == nil && p.ID != tok {
+				err = fmt.Errorf("%s: principal %q", tok, p.ID)
+			}
+			errs <- err
+		})
+	}
+	// Wait (bounded) until the endpoint holds its limit of requests and
+	// the other checks wait for a slot.
+	for i := 0; i < 500 && (inFlight.Load() < limit || len(in.slots) < limit); i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := inFlight.Load(); n != limit {
+		t.Fatalf("%d requests in flight, want %d", n, limit)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := in.Check(ctx, "impatient", nil, nil, "", now); err != ErrBusy {
+		t.Errorf("a check that cannot wait for a slot: %v, want ErrBusy", err)
+	}
+	if ErrBusy.Status != http.StatusServiceUnavailable {
+		t.Errorf("ErrBusy is a %d", ErrBusy.Status)
+	}
+	close(release)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
+	}
+	if m := most.Load(); m > limit {
+		t.Errorf("%d requests were in flight at once, want at most %d", m, limit)
+	}
+}
