@@ -110,51 +110,17 @@ func (b *CheckedBody) Read(p []byte) (int, error) {
 		default:
 			dst, viaOne = b.one[:], true
 		}
-		var n int
-		var rerr error
-		if b.headOff < len(b.head) {
-			n = copy(dst, b.head[b.headOff:])
-			b.headOff += n
-		} else {
-			n, rerr = b.rest.Read(dst)
-		}
+		n, rerr := b.readNext(dst)
 		out := 0
 		if n > 0 {
-			if b.limit > 0 && b.n+int64(n) > b.limit {
-				return 0, b.abort(ErrBodyTooLarge)
-			}
-			b.n += int64(n)
-			at, err := b.v.write(dst[:n])
-			if err != nil {
-				return 0, b.abort(err)
-			}
-			switch {
-			case b.closed:
-				if err := b.hold(dst[:n]); err != nil {
-					return 0, err
-				}
-			case at >= 0:
-				b.closed = true
-				if err := b.hold(dst[at:n]); err != nil {
-					return 0, err
-				}
-				out = b.release(p, lead, viaOne, at)
-			default:
-				out = b.release(p, lead, viaOne, n-1)
-				b.last, b.hasLast = dst[n-1], true
+			var err error
+			if out, err = b.check(p, dst[:n], lead, viaOne); err != nil {
+				return 0, err
 			}
 		}
 		if rerr == io.EOF {
-			if err := b.v.end(); err != nil {
-				return 0, b.abort(err)
-			}
-			b.done = true
-			b.mu.Lock()
-			b.ended = true
-			onEnd := b.onEnd
-			b.mu.Unlock()
-			if onEnd != nil {
-				onEnd(b.v.lateID)
+			if err := b.finish(); err != nil {
+				return 0, err
 			}
 			if out > 0 {
 				return out, nil
@@ -168,6 +134,62 @@ func (b *CheckedBody) Read(p []byte) (int, error) {
 			return out, nil
 		}
 	}
+}
+
+// readNext reads the next bytes of the body into dst: the rest of the
+// head, then the original body.
+func (b *CheckedBody) readNext(dst []byte) (int, error) {
+	if b.headOff < len(b.head) {
+		n := copy(dst, b.head[b.headOff:])
+		b.headOff += n
+		return n, nil
+	}
+	return b.rest.Read(dst)
+}
+
+// check checks got, the bytes just read into p after lead bytes (or,
+// with viaOne, into b.one), holds back what must wait for the body's end
+// and returns how many bytes of p are ready.
+func (b *CheckedBody) check(p, got []byte, lead int, viaOne bool) (int, error) {
+	n := len(got)
+	if b.limit > 0 && b.n+int64(n) > b.limit {
+		return 0, b.abort(ErrBodyTooLarge)
+	}
+	b.n += int64(n)
+	at, err := b.v.write(got)
+	if err != nil {
+		return 0, b.abort(err)
+	}
+	switch {
+	case b.closed:
+		return 0, b.hold(got)
+	case at >= 0:
+		b.closed = true
+		if err := b.hold(got[at:]); err != nil {
+			return 0, err
+		}
+		return b.release(p, lead, viaOne, at), nil
+	}
+	out := b.release(p, lead, viaOne, n-1)
+	b.last, b.hasLast = got[n-1], true
+	return out, nil
+}
+
+// finish checks the message once the original body ended, and on success
+// calls the function given to OnEnd.
+func (b *CheckedBody) finish() error {
+	if err := b.v.end(); err != nil {
+		return b.abort(err)
+	}
+	b.done = true
+	b.mu.Lock()
+	b.ended = true
+	onEnd := b.onEnd
+	b.mu.Unlock()
+	if onEnd != nil {
+		onEnd(b.v.lateID)
+	}
+	return nil
 }
 
 // release gives up the byte held back before and the k first new bytes,

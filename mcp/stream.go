@@ -648,78 +648,95 @@ func (v *streamCheck) valueBegin(c byte, pos int64) error {
 	if m < 0 {
 		return nil
 	}
-	str := c == '"'
-	strOrNull := str || c == 'n'
 	switch v.ctx[d] {
 	case ctxEnvelope:
-		if pos >= v.boundary && (m == envParams || m == envResult || m == envError) {
-			// ParseEnvelope reads these from the head when their value
-			// starts in it.
-			return lateKey(setEnvelope, m)
-		}
-		switch m {
-		case envJSONRPC:
-			if !str {
-				return ErrJSONRPCVersion
-			}
-			v.startKeep()
-		case envMethod:
-			if !str {
-				return errMethodType
-			}
-			v.startKeep()
-		case envID:
-			if !strOrNull && c != '-' && (c < '0' || c > '9') {
-				return ErrInvalidID
-			}
-			v.idType = c
-			switch {
-			case str:
-				v.startKeep() // for lateID
-			case !strOrNull:
-				v.startKeepNumber(c)
-			}
-		case envParams:
-			switch c {
-			case '{':
-				v.next = ctxParams
-			case 'n':
-			default:
-				return errParamsType
-			}
-		}
+		return v.envelopeValueBegin(c, m, pos)
 	case ctxParams:
-		switch m {
-		case parName, parURI, parProtocolVersion:
-			if !strOrNull {
-				return paramTypeError(m)
-			}
-		case parMeta:
-			switch c {
-			case '{':
-				v.next = ctxMeta
-			case 'n':
-			default:
-				return errMetaType
-			}
-		case parRef:
-			switch c {
-			case '{':
-				v.next = ctxRef
-			case 'n':
-			default:
-				if v.refBad == nil {
-					v.refBad = errRefType
-				}
-			}
-		}
+		return v.paramsValueBegin(c, m)
 	case ctxMeta:
-		if !strOrNull {
+		if !isStringOrNull(c) {
 			return errMetaVersionType
 		}
 	case ctxRef:
-		if !strOrNull && v.refBad == nil {
+		if !isStringOrNull(c) && v.refBad == nil {
 			v.refBad = refMemberTypeError(m)
+		}
+	}
+	return nil
+}
+
+// isStringOrNull reports whether c, the first byte of a valid value,
+// starts a string or null.
+func isStringOrNull(c byte) bool { return c == '"' || c == 'n' }
+
+// envelopeValueBegin notes c, the first byte of the value of the
+// envelope's member m, at offset pos.
+func (v *streamCheck) envelopeValueBegin(c byte, m int, pos int64) error {
+	if pos >= v.boundary && (m == envParams || m == envResult || m == envError) {
+		// ParseEnvelope reads these from the head when their value
+		// starts in it.
+		return lateKey(setEnvelope, m)
+	}
+	str := c == '"'
+	switch m {
+	case envJSONRPC:
+		if !str {
+			return ErrJSONRPCVersion
+		}
+		v.startKeep()
+	case envMethod:
+		if !str {
+			return errMethodType
+		}
+		v.startKeep()
+	case envID:
+		if !isStringOrNull(c) && c != '-' && (c < '0' || c > '9') {
+			return ErrInvalidID
+		}
+		v.idType = c
+		switch {
+		case str:
+			v.startKeep() // for lateID
+		case c != 'n':
+			v.startKeepNumber(c)
+		}
+	case envParams:
+		switch c {
+		case '{':
+			v.next = ctxParams
+		case 'n':
+		default:
+			return errParamsType
+		}
+	}
+	return nil
+}
+
+// paramsValueBegin notes c, the first byte of the value of the params
+// member m.
+func (v *streamCheck) paramsValueBegin(c byte, m int) error {
+	switch m {
+	case parName, parURI, parProtocolVersion:
+		if !isStringOrNull(c) {
+			return paramTypeError(m)
+		}
+	case parMeta:
+		switch c {
+		case '{':
+			v.next = ctxMeta
+		case 'n':
+		default:
+			return errMetaType
+		}
+	case parRef:
+		switch c {
+		case '{':
+			v.next = ctxRef
+		case 'n':
+		default:
+			if v.refBad == nil {
+				v.refBad = errRefType
+			}
 		}
 	}
 	return nil
