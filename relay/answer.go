@@ -582,126 +582,179 @@ func (st *State) filterList(method string, msg []byte) (out []byte, ok bool) {
 // deadline, or a stream that ended (or was never SSE at all) without the
 // answer.
 func (st *State) answerWatch() (rewrite func(*sse.Event) []byte, final func(error) []byte) {
-	// The id of a request whose id followed the peek is known once its
-	// body has been read, before the upstream can answer; a response
-	// that comes while it is not known is taken for the answer. The
-	// hooks run on the stream's pump, one at a time.
-	id := st.requestID()
-	sameID := func(got []byte) bool { return id == "" || mcp.SameID(got, id) }
-	var answered atomic.Bool
-	var total int64
-	list := st.listMethod()
-	var others func(*sse.Event) []byte
+	w := &answerWatcher{st: st, id: st.requestID()}
+	w.list = st.listMethod()
 	if st.p.Lists.Filters() {
 		// Any other message may be a list result a client reads.
-		others = st.listWatch(nil)
+		w.others = st.listWatch(nil)
 	}
-	capped := false
-	rewrite = func(ev *sse.Event) []byte {
-		if capped {
-			return dropEvent // read in the same burst as the capping one
-		}
-		if id == "" {
-			id = st.requestID()
-		}
-		total += int64(len(ev.Data))
-		if st.p.MaxResponse > 0 && total > st.p.MaxResponse && !answered.Load() {
-			answered.Store(true)
-			capped = true
-			st.p.Metrics.ResponseTooLarge()
-			ids := st.cancelIDs()
-			st.abort()
-			st.cancelTooLarge(ids)
-			return sse.AppendEvent(nil, ev.ID, "message", mcp.AppendError(nil, id, codeResponseTooLarge, tooLargeMessage(false, st.p.MaxResponse)))
-		}
-		if isArray(ev.Data) {
-			// Answers in an array: the request's own, once, and no
-			// other; then the list results in it are filtered.
-			if st.deadline != nil && !answered.Load() && bytes.Contains(ev.Data, progressMethod) {
-				st.extendDeadline()
-			}
-			out := st.dropStrays(ev.Data, func(got []byte) bool {
-				if answered.Load() || !sameID(got) {
-					return false
-				}
-				answered.Store(true)
-				st.stopDeadline()
-				return true
-			})
-			return withData(ev, out, others)
-		}
-		got, isAnswer, err := mcp.ResponseID(ev.Data)
-		if isAnswer && (answered.Load() || !sameID(got)) {
-			// A second answer, or one to a request this POST did not
-			// send: the client must get one answer for its id, and none
-			// for an id of its other requests.
-			st.stray(got)
-			return dropEvent
-		}
-		if answered.Load() {
-			if others != nil {
-				return others(ev)
-			}
-			return nil
-		}
-		if err != nil && list != "" {
-			// A client's decoder may read this as the list result, which
-			// the proxy cannot filter as such.
-			answered.Store(true)
-			st.stopDeadline()
-			st.p.Metrics.ListUnreadable()
-			st.p.Logger.Warn("upstream answer not readable; answered with an error", zap.String("method", list), zap.Error(err))
-			return sse.AppendEvent(nil, ev.ID, "message", mcp.AppendError(nil, id, mcp.CodeInternalError, "the list result could not be read by the proxy"))
-		}
-		if !isAnswer || err != nil {
-			if st.deadline != nil && bytes.Contains(ev.Data, progressMethod) {
-				st.extendDeadline()
-			}
-			if others != nil && err != nil {
-				// A message the proxy cannot read may be a list result
-				// all the same (a request or a notification cannot be
-				// one).
-				return others(ev)
-			}
-			return nil
-		}
-		answered.Store(true)
-		st.stopDeadline()
-		if list == "" {
-			return nil
-		}
-		out, ok := st.filterList(list, ev.Data)
-		switch {
-		case !ok:
-			return sse.AppendEvent(nil, ev.ID, "message", mcp.AppendError(nil, id, mcp.CodeInternalError, "the list result could not be read by the proxy"))
-		case out != nil:
-			return sse.AppendEvent(nil, ev.ID, ev.Name, out)
+	return w.rewrite, w.final
+}
+
+// answerWatcher is what answerWatch's hooks know of a request's SSE
+// answer. The hooks run on the stream's pump, one at a time.
+type answerWatcher struct {
+	st *State
+	// id is the request's raw id. The id of a request whose id followed
+	// the peek is known once its body has been read, before the upstream
+	// can answer; a response that comes while it is not known ("") is
+	// taken for the answer.
+	id string
+	// answered: the answer passed, or an error of the proxy's went in its
+	// place.
+	answered atomic.Bool
+	// total is the size of the events read, against max_response; capped,
+	// that it passed max_response: the rest of the stream is dropped.
+	total  int64
+	capped bool
+	// list is the list method whose result is filtered, or "".
+	list string
+	// others relays the messages other than the answer, when set.
+	others func(*sse.Event) []byte
+}
+
+// sameID reports whether a response with raw id got answers the request.
+func (w *answerWatcher) sameID(got []byte) bool {
+	return w.id == "" || mcp.SameID(got, w.id)
+}
+
+// rewrite is answerWatch's rewrite hook.
+func (w *answerWatcher) rewrite(ev *sse.Event) []byte {
+	if w.capped {
+		return dropEvent // read in the same burst as the capping one
+	}
+	if w.id == "" {
+		w.id = w.st.requestID()
+	}
+	w.total += int64(len(ev.Data))
+	if w.st.p.MaxResponse > 0 && w.total > w.st.p.MaxResponse && !w.answered.Load() {
+		return w.capAnswer(ev)
+	}
+	if isArray(ev.Data) {
+		return w.rewriteArray(ev)
+	}
+	return w.rewriteMessage(ev)
+}
+
+// capAnswer ends an answer that passed max_response: the upstream request
+// is cancelled, the upstream is sent notifications/cancelled for it, and
+// the client gets a -32603 error in place of the answer.
+func (w *answerWatcher) capAnswer(ev *sse.Event) []byte {
+	st := w.st
+	w.answered.Store(true)
+	w.capped = true
+	st.p.Metrics.ResponseTooLarge()
+	ids := st.cancelIDs()
+	st.abort()
+	st.cancelTooLarge(ids)
+	return sse.AppendEvent(nil, ev.ID, "message", mcp.AppendError(nil, w.id, codeResponseTooLarge, tooLargeMessage(false, st.p.MaxResponse)))
+}
+
+// rewriteArray relays an event of answers in an array: the request's
+// own, once, and no other; then the list results in it are filtered.
+func (w *answerWatcher) rewriteArray(ev *sse.Event) []byte {
+	st := w.st
+	if st.deadline != nil && !w.answered.Load() && bytes.Contains(ev.Data, progressMethod) {
+		st.extendDeadline()
+	}
+	return withData(ev, st.dropStrays(ev.Data, w.take), w.others)
+}
+
+// take accepts a response with raw id got as the answer, when it is the
+// first with the request's id, and stops the deadline.
+func (w *answerWatcher) take(got []byte) bool {
+	if w.answered.Load() || !w.sameID(got) {
+		return false
+	}
+	w.answered.Store(true)
+	w.st.stopDeadline()
+	return true
+}
+
+// rewriteMessage relays an event of one message: the answer passes once,
+// filtered when it is a list result; a response with another id is
+// dropped; any other message may move the deadline.
+func (w *answerWatcher) rewriteMessage(ev *sse.Event) []byte {
+	st := w.st
+	got, isAnswer, err := mcp.ResponseID(ev.Data)
+	if isAnswer && (w.answered.Load() || !w.sameID(got)) {
+		// A second answer, or one to a request this POST did not
+		// send: the client must get one answer for its id, and none
+		// for an id of its other requests.
+		st.stray(got)
+		return dropEvent
+	}
+	if w.answered.Load() {
+		if w.others != nil {
+			return w.others(ev)
 		}
 		return nil
 	}
-	final = func(err error) []byte {
-		if answered.Load() {
-			return nil
-		}
-		if id == "" {
-			id = st.requestID() // "": the error has id null
-		}
-		var msg string
-		code := mcp.CodeInternalError
-		switch {
-		case st.IsExpired():
-			msg, code = "request timed out: the deadline passed ("+st.deadline.Step().String()+")", policy.CodeRequestTimeout
-		case errors.Is(err, sse.ErrEventTooLarge), errors.Is(err, sse.ErrLineTooLong):
-			msg = "response event exceeds the proxy's max_event_size"
-		case errors.Is(err, sse.ErrClosed):
-			return nil
-		case err != nil:
-			msg = "the upstream connection failed before the answer"
-		default:
-			msg = "the upstream ended the stream without an answer"
-		}
-		st.p.Metrics.Unanswered()
-		return sse.AppendEvent(nil, "", "message", mcp.AppendError(nil, id, code, msg))
+	if err != nil && w.list != "" {
+		// A client's decoder may read this as the list result, which
+		// the proxy cannot filter as such.
+		w.answered.Store(true)
+		st.stopDeadline()
+		st.p.Metrics.ListUnreadable()
+		st.p.Logger.Warn("upstream answer not readable; answered with an error", zap.String("method", w.list), zap.Error(err))
+		return sse.AppendEvent(nil, ev.ID, "message", mcp.AppendError(nil, w.id, mcp.CodeInternalError, "the list result could not be read by the proxy"))
 	}
-	return rewrite, final
+	if !isAnswer || err != nil {
+		if st.deadline != nil && bytes.Contains(ev.Data, progressMethod) {
+			st.extendDeadline()
+		}
+		if w.others != nil && err != nil {
+			// A message the proxy cannot read may be a list result
+			// all the same (a request or a notification cannot be
+			// one).
+			return w.others(ev)
+		}
+		return nil
+	}
+	return w.passAnswer(ev)
+}
+
+// passAnswer notes the answer, stops the deadline and relays the answer,
+// filtered when it is a list result.
+func (w *answerWatcher) passAnswer(ev *sse.Event) []byte {
+	w.answered.Store(true)
+	w.st.stopDeadline()
+	if w.list == "" {
+		return nil
+	}
+	out, ok := w.st.filterList(w.list, ev.Data)
+	switch {
+	case !ok:
+		return sse.AppendEvent(nil, ev.ID, "message", mcp.AppendError(nil, w.id, mcp.CodeInternalError, "the list result could not be read by the proxy"))
+	case out != nil:
+		return sse.AppendEvent(nil, ev.ID, ev.Name, out)
+	}
+	return nil
+}
+
+// final is answerWatch's final hook.
+func (w *answerWatcher) final(err error) []byte {
+	if w.answered.Load() {
+		return nil
+	}
+	st := w.st
+	if w.id == "" {
+		w.id = st.requestID() // "": the error has id null
+	}
+	var msg string
+	code := mcp.CodeInternalError
+	switch {
+	case st.IsExpired():
+		msg, code = "request timed out: the deadline passed ("+st.deadline.Step().String()+")", policy.CodeRequestTimeout
+	case errors.Is(err, sse.ErrEventTooLarge), errors.Is(err, sse.ErrLineTooLong):
+		msg = "response event exceeds the proxy's max_event_size"
+	case errors.Is(err, sse.ErrClosed):
+		return nil
+	case err != nil:
+		msg = "the upstream connection failed before the answer"
+	default:
+		msg = "the upstream ended the stream without an answer"
+	}
+	st.p.Metrics.Unanswered()
+	return sse.AppendEvent(nil, "", "message", mcp.AppendError(nil, w.id, code, msg))
 }
