@@ -84,7 +84,7 @@ func (h *Handler) provisionAdmission(ctx caddy.Context) error {
 	}
 	for _, t := range h.Tools {
 		if t.MaxInflight == 0 && t.Timeout > 0 {
-			continue // a deadline only, see deadlineFor
+			continue // a deadline only, see provisionDeadlines
 		}
 		cfg.Tools = append(cfg.Tools, admission.ToolRule{Pattern: t.Pattern, MaxInflight: t.MaxInflight, Timeout: time.Duration(t.Wait)})
 	}

@@ -61,63 +61,6 @@ func TestRequestOf(t *testing.T) {
 	}
 }
 
-// TestDeadlineFor: the first tool rule with a timeout that matches a
-// call's tool sets its deadline, else request_timeout, also for a call
-// whose id follows the peek; a batch has the largest deadline of its
-// requests; notifications, responses and GETs have none.
-func TestDeadlineFor(t *testing.T) {
-	h := &Handler{requestTimeout: 10 * time.Second, Tools: []ToolLimit{
-		{Pattern: "slow_*", Timeout: caddy.Duration(30 * time.Second)},
-		{Pattern: "slow_x", Timeout: caddy.Duration(time.Second)},
-		{Pattern: "capped", MaxInflight: 2},
-	}}
-	tool := func(name string) string {
-		return `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"` + name + `"}}`
-	}
-	cases := []struct {
-		method, body string
-		want         time.Duration
-	}{
-		{"POST", tool("slow_a"), 30 * time.Second},
-		{"POST", tool("slow_x"), 30 * time.Second},
-		{"POST", tool("capped"), 10 * time.Second},
-		{"POST", `{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"slow_a"}}`, 10 * time.Second},
-		{"POST", `{"jsonrpc":"2.0","method":"notifications/initialized"}`, 0},
-		{"POST", `{"jsonrpc":"2.0","id":1,"result":{}}`, 0},
-		{"POST", "[" + tool("slow_a") + "]", 30 * time.Second},
-		{"POST", `[{"jsonrpc":"2.0","id":2,"method":"ping"},` + tool("capped") + "]", 10 * time.Second},
-		{"POST", `[{"jsonrpc":"2.0","id":2,"method":"ping"},` + tool("slow_a") + `,{"jsonrpc":"2.0","method":"notifications/initialized"}]`, 30 * time.Second},
-		{"POST", `[{"jsonrpc":"2.0","method":"notifications/initialized"}]`, 0},
-		{"GET", `{}`, 0},
-	}
-	for _, c := range cases {
-		r := httptest.NewRequest(c.method, "/mcp", nil)
-		call := new(mcp.Call)
-		if c.method == "POST" {
-			call = callOf(t, c.body)
-		}
-		if got := h.deadlineFor(r, call); got != c.want {
-			t.Errorf("%s %s: %v, want %v", c.method, c.body, got, c.want)
-		}
-	}
-	// The head of a call whose id follows it.
-	late := new(mcp.Call)
-	head := `{"jsonrpc":"2.0","method":"tools/call","params":{"name":"slow_a","arguments":{"pad":"xxxx`
-	if err := mcp.ParseEnvelope([]byte(head), false, &late.Peek); err != nil || late.First().ID != "" {
-		t.Fatalf("head of a late-id call: %v, id %q", err, late.First().ID)
-	}
-	if got := h.deadlineFor(httptest.NewRequest("POST", "/mcp", nil), late); got != 30*time.Second {
-		t.Errorf("a call whose id follows the peek: %v, want 30s", got)
-	}
-	h.requestTimeout = 0
-	if got := h.deadlineFor(httptest.NewRequest("POST", "/mcp", nil), callOf(t, tool("capped"))); got != 0 {
-		t.Errorf("without request_timeout: %v", got)
-	}
-	if got := h.deadlineFor(httptest.NewRequest("POST", "/mcp", nil), callOf(t, `[{"jsonrpc":"2.0","id":2,"method":"ping"},`+tool("slow_x")+"]")); got != 30*time.Second {
-		t.Errorf("without request_timeout, a batch with a tool of 30s: %v", got)
-	}
-}
-
 // TestRefuseAdmission: a refusal is a 503 or 429 with Retry-After and a
 // JSON-RPC error carrying the request's id, but a single call refused by
 // its tool's limit gets its error inside a 200.
@@ -182,5 +125,19 @@ func TestUpstreamFailure(t *testing.T) {
 		if ref.Status != c.status || ref.Code != c.code || ref.ID != "9" {
 			t.Errorf("%s: %+v", c.name, ref)
 		}
+	}
+}
+
+// TestDeadlineForPOSTOnly: only a POST's requests have a deadline; a GET
+// (a stream) has none, whatever request_timeout says.
+func TestDeadlineForPOSTOnly(t *testing.T) {
+	h := &Handler{RequestTimeout: caddy.Duration(10 * time.Second)}
+	h.provisionDeadlines()
+	call := callOf(t, `{"jsonrpc":"2.0","id":1,"method":"ping"}`)
+	if got := h.deadlineFor(httptest.NewRequest("POST", "/mcp", nil), call); got != 10*time.Second {
+		t.Errorf("POST: %v, want 10s", got)
+	}
+	if got := h.deadlineFor(httptest.NewRequest("GET", "/mcp", nil), new(mcp.Call)); got != 0 {
+		t.Errorf("GET: %v, want none", got)
 	}
 }

@@ -1,10 +1,10 @@
 // Package caddymodule wires the mcpgate libraries into Caddy: the module
-// types (mcp_proxy, its mcp_relay transport and mcp_session policy, the
-// mcp app, mcp_health, mcp_connections, the admin routes), Caddyfile
-// parsing, provisioning, metrics registration and Caddy events. The
-// protocol, access policy, authentication, relaying, streaming, admission
-// and resource logic lives in the packages mcp, policy, auth, relay, sse,
-// h1stream, admission, resources and governor.
+// types (mcp_proxy, its mcp_relay transport and mcp_session policy,
+// mcp_auth, the mcp app, mcp_health, mcp_connections, the admin routes),
+// Caddyfile parsing, provisioning, metrics registration and Caddy events.
+// The protocol, access policy, authentication, relaying, streaming,
+// admission and resource logic lives in the packages mcp, policy, auth,
+// relay, sse, h1stream, admission, resources and governor.
 //
 // # A request through mcp_proxy
 //

@@ -13,6 +13,7 @@ import (
 
 	"github.com/mcpgate/mcpgate/admission"
 	"github.com/mcpgate/mcpgate/mcp"
+	"github.com/mcpgate/mcpgate/policy"
 	"github.com/mcpgate/mcpgate/relay"
 	"github.com/mcpgate/mcpgate/sse"
 )
@@ -385,17 +386,17 @@ type Handler struct {
 	relay      *relay.Proxy
 	registered bool // listed for side requests, see registerUpstreams
 
-	drain          time.Duration
-	streams        *sse.StreamSet
-	app            *App
-	ctrl           *admission.Controller
-	streamSlots    admission.StreamSlots
-	clientKey      string
-	principal      string
-	gov            *governance
-	auditor        *auditor
-	requestTimeout time.Duration
-	ipv6Prefix     int
+	drain       time.Duration
+	streams     *sse.StreamSet
+	app         *App
+	ctrl        *admission.Controller
+	streamSlots admission.StreamSlots
+	clientKey   string
+	principal   string
+	gov         *governance
+	auditor     *auditor
+	deadlines   policy.Deadlines // request_timeout and the tools' timeouts
+	ipv6Prefix  int
 	// downRetryAfter is the Retry-After, in seconds, of a request whose
 	// pinned upstream cannot be reached: how long a health check keeps
 	// an upstream marked down.

@@ -51,7 +51,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.provisionGovernance(ctx); err != nil {
 		return err
 	}
-	h.requestTimeout = time.Duration(h.RequestTimeout)
+	h.provisionDeadlines()
 	if h.MaxResponse < 0 {
 		return fmt.Errorf("max_response %d: want a size", h.MaxResponse)
 	}
@@ -244,10 +244,7 @@ func hasKeyFold(m map[string]any, key string) bool {
 // provisionRelay prepares what relays the handler's admitted requests.
 func (h *Handler) provisionRelay() {
 	cfg := h.relayCfg
-	cfg.Deadlines = h.requestTimeout > 0
-	for _, t := range h.Tools {
-		cfg.Deadlines = cfg.Deadlines || t.Timeout > 0
-	}
+	cfg.Deadlines = h.deadlines.Any()
 	h.relay = &relay.Proxy{
 		Config: cfg, Logger: h.logger, Gov: h.app.global.Governor, Lists: lists{h}, Sealer: h.sealer, LegacyParams: legacyParams,
 		Streams: h.streams, Inner: h.transport.inner, Now: h.now, Metrics: relayMetrics,

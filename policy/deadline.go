@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"path"
 	"sync"
 	"time"
 
@@ -233,4 +234,66 @@ func (a *Awaiting) expire(c *Awaited) {
 	a.mu.Lock()
 	c.Cancel = nil // called: what it holds can go
 	a.mu.Unlock()
+}
+
+// ToolTimeout gives the calls of the tools whose names Pattern matches
+// (path.Match syntax) a deadline step of their own.
+type ToolTimeout struct {
+	Pattern string
+	Timeout time.Duration
+}
+
+// Deadlines says the deadline step of a request: the Timeout of the first
+// of Tools that matches its tool (a tools/call) and has one, else Request
+// (0 for none).
+type Deadlines struct {
+	Request time.Duration
+	Tools   []ToolTimeout
+}
+
+// Any reports whether any request can have a deadline.
+func (d *Deadlines) Any() bool {
+	if d.Request > 0 {
+		return true
+	}
+	for _, t := range d.Tools {
+		if t.Timeout > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// StepOf returns the deadline step of request m (0 for none).
+func (d *Deadlines) StepOf(m *mcp.Envelope) time.Duration {
+	if m.Method == "tools/call" {
+		for _, t := range d.Tools {
+			if ok, _ := path.Match(t.Pattern, m.Name); ok && t.Timeout > 0 {
+				return t.Timeout
+			}
+		}
+	}
+	return d.Request
+}
+
+// For returns the deadline step of a POST's messages (0 for none): for a
+// single request, its own step, also when its id follows the peek (the
+// relay reads it from the body); for a batch, the largest step of its
+// requests that have one, which the batch's other requests share: the
+// batch is answered, or ends, as a whole. Notifications and responses
+// have none.
+func (d *Deadlines) For(msgs []mcp.Envelope, batch bool) time.Duration {
+	if !batch {
+		if len(msgs) > 0 && msgs[0].Kind == mcp.KindRequest {
+			return d.StepOf(&msgs[0])
+		}
+		return 0
+	}
+	var step time.Duration
+	for i := range msgs {
+		if m := &msgs[i]; m.Kind == mcp.KindRequest && m.ID != "" {
+			step = max(step, d.StepOf(m))
+		}
+	}
+	return step
 }

@@ -5,6 +5,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/mcpgate/mcpgate/mcp"
 )
 
 func TestDeadlineFiresOnce(t *testing.T) {
@@ -176,4 +178,87 @@ func TestAwaitingBound(t *testing.T) {
 	if c, _ := b.Take([]byte(`0`)); c == nil || c.List != "tools/list" || c.Step != 0 {
 		t.Fatalf("replaced: %+v", c)
 	}
+}
+
+// TestDeadlinesFor: the first tool rule with a timeout that matches a
+// call's tool sets its deadline, else request_timeout, also for a call
+// whose id follows the peek; a batch has the largest deadline of its
+// requests; notifications and responses have none.
+func TestDeadlinesFor(t *testing.T) {
+	d := &Deadlines{Request: 10 * time.Second, Tools: []ToolTimeout{
+		{Pattern: "slow_*", Timeout: 30 * time.Second},
+		{Pattern: "slow_x", Timeout: time.Second},
+		{Pattern: "capped"}, // a tool rule without a timeout
+	}}
+	tool := func(name string) string {
+		return `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"` + name + `"}}`
+	}
+	cases := []struct {
+		method, body string // every method POST
+		want         time.Duration
+	}{
+		{"POST", tool("slow_a"), 30 * time.Second},
+		{"POST", tool("slow_x"), 30 * time.Second},
+		{"POST", tool("capped"), 10 * time.Second},
+		{"POST", `{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"slow_a"}}`, 10 * time.Second},
+		{"POST", `{"jsonrpc":"2.0","method":"notifications/initialized"}`, 0},
+		{"POST", `{"jsonrpc":"2.0","id":1,"result":{}}`, 0},
+		{"POST", "[" + tool("slow_a") + "]", 30 * time.Second},
+		{"POST", `[{"jsonrpc":"2.0","id":2,"method":"ping"},` + tool("capped") + "]", 10 * time.Second},
+		{"POST", `[{"jsonrpc":"2.0","id":2,"method":"ping"},` + tool("slow_a") + `,{"jsonrpc":"2.0","method":"notifications/initialized"}]`, 30 * time.Second},
+		{"POST", `[{"jsonrpc":"2.0","method":"notifications/initialized"}]`, 0},
+	}
+	for _, c := range cases {
+		var p mcp.Peek
+		if err := mcp.ParseEnvelope([]byte(c.body), true, &p); err != nil {
+			t.Fatalf("%s: %v", c.body, err)
+		}
+		if got := d.For(p.Messages, p.Batch); got != c.want {
+			t.Errorf("%s %s: %v, want %v", c.method, c.body, got, c.want)
+		}
+	}
+	// The head of a call whose id follows it.
+	var late mcp.Peek
+	head := `{"jsonrpc":"2.0","method":"tools/call","params":{"name":"slow_a","arguments":{"pad":"xxxx`
+	if err := mcp.ParseEnvelope([]byte(head), false, &late); err != nil || late.First().ID != "" {
+		t.Fatalf("head of a late-id call: %v, id %q", err, late.First().ID)
+	}
+	if got := d.For(late.Messages, late.Batch); got != 30*time.Second {
+		t.Errorf("a call whose id follows the peek: %v, want 30s", got)
+	}
+	d.Request = 0
+	if got := d.For(messagesOf(t, tool("capped")), false); got != 0 {
+		t.Errorf("without request_timeout: %v", got)
+	}
+	if got := d.For(messagesOf(t, `[{"jsonrpc":"2.0","id":2,"method":"ping"},`+tool("slow_x")+"]"), true); got != 30*time.Second {
+		t.Errorf("without request_timeout, a batch with a tool of 30s: %v", got)
+	}
+}
+
+// TestDeadlinesAny: deadlines exist with request_timeout or a tool's
+// timeout, not with tool rules that have none.
+func TestDeadlinesAny(t *testing.T) {
+	for _, c := range []struct {
+		d    Deadlines
+		want bool
+	}{
+		{Deadlines{}, false},
+		{Deadlines{Tools: []ToolTimeout{{Pattern: "x"}}}, false},
+		{Deadlines{Request: time.Second}, true},
+		{Deadlines{Tools: []ToolTimeout{{Pattern: "x"}, {Pattern: "y", Timeout: time.Second}}}, true},
+	} {
+		if got := c.d.Any(); got != c.want {
+			t.Errorf("%+v: Any %v", c.d, got)
+		}
+	}
+}
+
+// messagesOf reads the JSON-RPC messages of body as the proxy does.
+func messagesOf(t *testing.T, body string) []mcp.Envelope {
+	t.Helper()
+	var p mcp.Peek
+	if err := mcp.ParseEnvelope([]byte(body), true, &p); err != nil {
+		t.Fatalf("%s: %v", body, err)
+	}
+	return p.Messages
 }
