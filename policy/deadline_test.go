@@ -227,10 +227,10 @@ func TestDeadlinesFor(t *testing.T) {
 		t.Errorf("a call whose id follows the peek: %v, want 30s", got)
 	}
 	d.Request = 0
-	if got := d.For(messagesOf(t, tool("capped")), false); got != 0 {
+	if got := d.For(envelopes(t, tool("capped")), false); got != 0 {
 		t.Errorf("without request_timeout: %v", got)
 	}
-	if got := d.For(messagesOf(t, `[{"jsonrpc":"2.0","id":2,"method":"ping"},`+tool("slow_x")+"]"), true); got != 30*time.Second {
+	if got := d.For(envelopes(t, `[{"jsonrpc":"2.0","id":2,"method":"ping"},`+tool("slow_x")+"]"), true); got != 30*time.Second {
 		t.Errorf("without request_timeout, a batch with a tool of 30s: %v", got)
 	}
 }
@@ -251,14 +251,4 @@ func TestDeadlinesAny(t *testing.T) {
 			t.Errorf("%+v: Any %v", c.d, got)
 		}
 	}
-}
-
-// messagesOf reads the JSON-RPC messages of body as the proxy does.
-func messagesOf(t *testing.T, body string) []mcp.Envelope {
-	t.Helper()
-	var p mcp.Peek
-	if err := mcp.ParseEnvelope([]byte(body), true, &p); err != nil {
-		t.Fatalf("%s: %v", body, err)
-	}
-	return p.Messages
 }
