@@ -17,8 +17,10 @@
 // Bounds: a KeySet holds the keys of one JWKS document (at most
 // MaxJWKSKeys, a document of at most MaxJWKSBytes) and fetches it at most
 // once per MinRefresh whatever the tokens ask for, one fetch at a time; an
-// Introspector caches at most MaxCached results, each for no longer than
-// its token lives. The package starts no goroutine.
+// Introspector caches at most MaxCached accepted results, each for no
+// longer than its token lives, and MaxCached refusals, each for at most
+// RefusalTTL, and sends at most MaxInFlight requests at once, a check
+// waiting at most MaxSlotWait for one. The package starts no goroutine.
 //
 // Scope rules (ScopeRule, CheckScopes) require scopes by MCP method and
 // target, read as the access rules read them: the package imports the

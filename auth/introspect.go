@@ -40,12 +40,13 @@ const (
 // Introspector checks opaque tokens with an OAuth 2.0 Token Introspection
 // endpoint (RFC 7662), caching each accepted result by the SHA-256 of the
 // token and the audiences it was accepted for, for at most CacheTTL and
-// never past the token's expiry, and each refusal for RefusalTTL. It sends
-// at most MaxInFlight requests at once: a check that finds them all busy
-// waits for one to end, up to MaxSlotWait or its context's end,
-// and then fails with a 503 (ErrBusy), so that clients sending new tokens
-// at every request make the endpoint answer no more than that many at a
-// time. It is safe for concurrent use.
+// never past the token's expiry, and each refusal but that of a token
+// not valid yet for RefusalTTL (at most CacheTTL). It sends at most
+// MaxInFlight requests at once: a check that finds them all busy waits
+// for one to end, up to MaxSlotWait or its context's end, and then fails
+// with a 503 (ErrBusy), so that clients sending new tokens at every
+// request make the endpoint answer no more than that many at a time. It
+// is safe for concurrent use.
 type Introspector struct {
 	// URL is the introspection endpoint.
 	URL string
@@ -68,14 +69,16 @@ type Introspector struct {
 }
 
 // ErrBusy is the refusal of a check that found every introspection
-// request slot busy for as long as it could wait: the token was not
-// checked, and the client should retry.
+// request slot busy for as long as it could wait (or whose context ended
+// while it waited): the token was not checked, and the client should
+// retry. Like every *Error Check returns, it may be shared between
+// callers: it must not be modified.
 var ErrBusy = &Error{Status: http.StatusServiceUnavailable, Code: "temporarily_unavailable",
 	Description: "too many tokens are being checked; retry shortly"}
 
 // introspection is the answer of an introspection endpoint.
 type introspection struct {
-	Active bool            `json:"active"`
+	Active *bool           `json:"active"` // required (RFC 7662)
 	Scope  string          `json:"scope"`
 	Iss    string          `json:"iss"`
 	Aud    json.RawMessage `json:"aud"`
@@ -88,7 +91,8 @@ type introspection struct {
 // audiences, and names its principal in principalClaim (sub when empty)
 // as a non-empty string. A result is cached for the audiences it was
 // checked against: the same token presented for another resource is
-// checked again.
+// checked again. The *Error of a refusal may be shared between callers
+// (a remembered refusal): it must not be modified.
 func (in *Introspector) Check(ctx context.Context, token string, audiences, issuers []string, principalClaim string, now time.Time) (*Principal, error) {
 	key := cacheKey(token, audiences)
 	if p, ok := in.cache.get(key, now); ok {
@@ -97,11 +101,10 @@ func (in *Introspector) Check(ctx context.Context, token string, audiences, issu
 	if e, ok := in.refused.get(key, now); ok {
 		return nil, e
 	}
-	if !in.acquire(ctx) {
+	res, claims, err := in.introspectInSlot(ctx, token)
+	if err == errNoSlot {
 		return nil, ErrBusy
 	}
-	res, claims, err := in.introspect(ctx, token)
-	<-in.slots
 	if err != nil {
 		return nil, &Error{Status: http.StatusUnauthorized, Code: "invalid_token", Description: "the token could not be checked",
 			Cause: fmt.Errorf("introspection: %w", err)}
@@ -124,7 +127,7 @@ var errNotYetValid = invalid("the token is not valid yet")
 // judge checks an introspection answer against the accepted audiences and
 // issuers, and returns its principal.
 func (in *Introspector) judge(res *introspection, claims map[string]any, audiences, issuers []string, principalClaim string, now time.Time) (*Principal, *Error) {
-	if !res.Active {
+	if !*res.Active {
 		return nil, invalid("the token is not active")
 	}
 	exp := time.Unix(res.Exp, 0)
@@ -194,6 +197,19 @@ func (in *Introspector) client() *http.Client {
 // without a Client.
 var defaultIntrospectionClient = &http.Client{Timeout: DefaultFetchTimeout}
 
+// errNoSlot: no request slot came in time.
+var errNoSlot = errors.New("no introspection request slot")
+
+// introspectInSlot asks the endpoint about token in a request slot, or
+// fails with errNoSlot.
+func (in *Introspector) introspectInSlot(ctx context.Context, token string) (*introspection, map[string]any, error) {
+	if !in.acquire(ctx) {
+		return nil, nil, errNoSlot
+	}
+	defer func() { <-in.slots }()
+	return in.introspect(ctx, token)
+}
+
 // introspect asks the endpoint about token.
 func (in *Introspector) introspect(ctx context.Context, token string) (*introspection, map[string]any, error) {
 	form := url.Values{"token": {token}, "token_type_hint": {"access_token"}}
@@ -222,6 +238,10 @@ func (in *Introspector) introspect(ctx context.Context, token string) (*introspe
 	var claims map[string]any
 	if err := json.Unmarshal(body, &res); err != nil {
 		return nil, nil, fmt.Errorf("decoding introspection: %w", err)
+	}
+	if res.Active == nil {
+		// null, {} or an error object: not an answer about the token.
+		return nil, nil, errors.New("introspection answer without \"active\"")
 	}
 	_ = json.Unmarshal(body, &claims)
 	return &res, claims, nil

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -28,6 +29,8 @@ func TestIntrospectionRemembersRefusals(t *testing.T) {
 		}
 		w.Header().Set("Content-Type", "application/json")
 		switch r.FormValue("token") {
+		case "no-answer":
+			_, _ = w.Write([]byte(`{"error":"server_error"}`))
 		case "later":
 			fmt.Fprintf(w, `{"active":true,"sub":"bob","nbf":%d}`, now.Add(time.Hour).Unix())
 		case "other-aud":
@@ -65,6 +68,12 @@ func TestIntrospectionRemembersRefusals(t *testing.T) {
 		check(in, "later", aud, now)
 	}
 	asked("a token not valid yet, three times", 3)
+	for range 3 {
+		if _, err := in.Check(ctx, "no-answer", aud, nil, "", now); err == nil || !strings.Contains(err.Error(), "could not be checked") {
+			t.Fatalf("an answer without \"active\": %v, want the token could not be checked", err)
+		}
+	}
+	asked("an answer without \"active\", three times", 3)
 	down.Store(true)
 	for range 3 {
 		check(in, "unasked", aud, now)
@@ -148,5 +157,27 @@ func TestIntrospectionInFlightBound(t *testing.T) {
 	}
 	if m := most.Load(); m > limit {
 		t.Errorf("%d requests were in flight at once, want at most %d", m, limit)
+	}
+}
+
+// panickingTransport panics on every request, as a faulty custom
+// transport might.
+type panickingTransport struct{}
+
+func (panickingTransport) RoundTrip(*http.Request) (*http.Response, error) { panic("transport") }
+
+// TestIntrospectionSlotOnPanic: a request slot is given back even when
+// the request panics (a recovered panic must not leak slots until every
+// check is refused).
+func TestIntrospectionSlotOnPanic(t *testing.T) {
+	in := &Introspector{URL: "http://127.0.0.1:1/introspect", MaxInFlight: 1, Client: &http.Client{Transport: panickingTransport{}}}
+	for i := range 3 {
+		func() {
+			defer func() { _ = recover() }()
+			_, _ = in.Check(context.Background(), fmt.Sprint("t", i), nil, nil, "", time.Now())
+		}()
+		if n := len(in.slots); n != 0 {
+			t.Fatalf("after panic %d: %d slots held", i+1, n)
+		}
 	}
 }

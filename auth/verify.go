@@ -113,7 +113,8 @@ type Verifier struct {
 
 // Verify checks token for the resource whose identifiers (its URI, and
 // any configured audience) are audiences: a token is accepted only when
-// its aud names one of them. It returns the principal, or an *Error.
+// its aud names one of them. It returns the principal, or an *Error,
+// which may be shared between callers and must not be modified.
 func (v *Verifier) Verify(ctx context.Context, token string, audiences []string, now time.Time) (*Principal, error) {
 	if token == "" {
 		return nil, ErrNoToken

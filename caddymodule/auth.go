@@ -267,7 +267,7 @@ func (a *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 			reason = "missing"
 		}
 		metrics.authRefusals.WithLabelValues(reason).Inc()
-		if ae.Cause != nil || ae.Status == http.StatusServiceUnavailable {
+		if ae.Cause != nil {
 			a.logCause(ae)
 		}
 		if c := a.logger.Check(zap.DebugLevel, "token refused"); c != nil {

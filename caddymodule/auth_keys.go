@@ -41,12 +41,12 @@ type StaticKey struct {
 	Issuers []string `json:"issuers,omitempty"`
 }
 
-// IntrospectionConfig configures RFC 7662 introspection. At most 32
-// introspection requests are in flight at once: a request whose token is
-// not cached and that finds them all busy waits up to 2s for one, then
-// gets 503 with Retry-After (`caddy_mcp_auth_refusals_total`'s reason
-// temporarily_unavailable), so that clients sending new tokens cannot
-// load the endpoint without bound.
+// IntrospectionConfig configures RFC 7662 introspection. Each mcp_auth
+// handler sends at most 32 introspection requests at once: a request
+// whose token is not cached and that finds them all busy waits up to 2s
+// for one, then gets 503 with Retry-After (`caddy_mcp_auth_refusals_total`'s
+// reason temporarily_unavailable), so that clients sending new tokens
+// cannot load the endpoint without bound.
 type IntrospectionConfig struct {
 	// URL is the introspection endpoint; placeholders such as {env.X}
 	// are replaced. Required.
@@ -61,8 +61,10 @@ type IntrospectionConfig struct {
 	ClientSecret string `json:"client_secret,omitempty"`
 	// CacheTTL is how long an accepted token's result is kept at most
 	// (never past the token's expiry); a refused token (not active,
-	// expired, for another resource or issuer) is remembered as refused
-	// for 10s, or CacheTTL when shorter. Default: 1m.
+	// expired, for another resource or issuer, without a principal) is
+	// remembered as refused for 10s, or CacheTTL when shorter, but one
+	// not valid yet (nbf) is not. A negative CacheTTL keeps nothing.
+	// Default: 1m.
 	CacheTTL caddy.Duration `json:"cache_ttl,omitempty"`
 }
 

@@ -17,7 +17,7 @@ import (
 // cannot make mcp_auth ask the introspection endpoint without bound: a
 // refused token sent again is refused from memory, and new tokens arriving
 // at once are asked about at most auth.DefaultMaxInFlight at a time; a
-// request that waited for a slot past the fetch timeout gets 503 with
+// request that waited for a slot for auth.MaxSlotWait gets 503 with
 // Retry-After, not a 401 that would send its client back to authorize.
 func TestAuthIntrospectionBounded(t *testing.T) {
 	var asked, inFlight atomic.Int64
