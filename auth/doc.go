@@ -20,7 +20,8 @@
 // Introspector caches at most MaxCached accepted results, each for no
 // longer than its token lives, and MaxCached refusals, each for at most
 // RefusalTTL, and sends at most MaxInFlight requests at once, a check
-// waiting at most MaxSlotWait for one. The package starts no goroutine.
+// waiting at most MaxSlotWait for one and a client (WithClient) having at
+// most MaxPerClient checks under way. The package starts no goroutine.
 //
 // Scope rules (ScopeRule, CheckScopes) require scopes by MCP method and
 // target, read as the access rules read them: the package imports the

@@ -29,6 +29,10 @@ const (
 	// DefaultMaxInFlight is how many introspection requests an
 	// Introspector sends at once when MaxInFlight is 0.
 	DefaultMaxInFlight = 32
+	// DefaultMaxPerClient is how many checks of one client (see
+	// WithClient) may be in flight or waiting for a slot at once when
+	// MaxPerClient is 0.
+	DefaultMaxPerClient = 4
 	// MaxSlotWait is how long a check waits for a request slot while
 	// they are all busy (at most the Client's timeout) before it is
 	// refused with ErrBusy.
@@ -45,8 +49,11 @@ const (
 // MaxInFlight requests at once: a check that finds them all busy waits
 // for one to end, up to MaxSlotWait or its context's end, and then fails
 // with a 503 (ErrBusy), so that clients sending new tokens at every
-// request make the endpoint answer no more than that many at a time. It
-// is safe for concurrent use.
+// request make the endpoint answer no more than that many at a time. Of
+// them, one client (named with WithClient) may hold MaxPerClient at most,
+// counting those waiting for a slot; its next check is refused at once
+// with a 429 (ErrClientBusy), so that one client cannot take every slot.
+// It is safe for concurrent use.
 type Introspector struct {
 	// URL is the introspection endpoint.
 	URL string
@@ -61,11 +68,33 @@ type Introspector struct {
 	// MaxInFlight bounds the requests sent at once; 0 means
 	// DefaultMaxInFlight.
 	MaxInFlight int
+	// MaxPerClient bounds the checks of one client in flight or waiting
+	// for a slot; 0 means DefaultMaxPerClient, negative no bound.
+	MaxPerClient int
 
 	cache   principalCache
 	refused ttlCache[*Error]
 	once    sync.Once
 	slots   chan struct{}
+	// clients counts the checks of each client in flight or waiting for
+	// a slot; an entry lives while its client has one, so the map holds
+	// at most one per check under way.
+	clientsMu sync.Mutex
+	clients   map[string]int
+}
+
+// ErrClientBusy is the refusal of a check whose client (see WithClient)
+// already has MaxPerClient checks in flight or waiting: the token was not
+// checked, and the client should retry. It must not be modified.
+var ErrClientBusy = &Error{Status: http.StatusTooManyRequests, Code: "temporarily_unavailable",
+	Description: "too many of this client's tokens are being checked; retry shortly"}
+
+type clientKey struct{}
+
+// WithClient returns ctx naming the client a check is for (its address,
+// or any key that stands for one client), for MaxPerClient.
+func WithClient(ctx context.Context, client string) context.Context {
+	return context.WithValue(ctx, clientKey{}, client)
 }
 
 // ErrBusy is the refusal of a check that found every introspection
@@ -102,8 +131,11 @@ func (in *Introspector) Check(ctx context.Context, token string, audiences, issu
 		return nil, e
 	}
 	res, claims, err := in.introspectInSlot(ctx, token)
-	if err == errNoSlot {
+	switch err {
+	case errNoSlot:
 		return nil, ErrBusy
+	case errClientBusy:
+		return nil, ErrClientBusy
 	}
 	if err != nil {
 		return nil, &Error{Status: http.StatusUnauthorized, Code: "invalid_token", Description: "the token could not be checked",
@@ -197,17 +229,54 @@ func (in *Introspector) client() *http.Client {
 // without a Client.
 var defaultIntrospectionClient = &http.Client{Timeout: DefaultFetchTimeout}
 
-// errNoSlot: no request slot came in time.
-var errNoSlot = errors.New("no introspection request slot")
+// errNoSlot: no request slot came in time; errClientBusy: the client has
+// all the checks it may have.
+var (
+	errNoSlot     = errors.New("no introspection request slot")
+	errClientBusy = errors.New("the client's introspection checks are at their bound")
+)
 
 // introspectInSlot asks the endpoint about token in a request slot, or
-// fails with errNoSlot.
+// fails with errNoSlot, or errClientBusy.
 func (in *Introspector) introspectInSlot(ctx context.Context, token string) (*introspection, map[string]any, error) {
+	if client, _ := ctx.Value(clientKey{}).(string); client != "" && in.MaxPerClient >= 0 {
+		if !in.enter(client) {
+			return nil, nil, errClientBusy
+		}
+		defer in.leave(client)
+	}
 	if !in.acquire(ctx) {
 		return nil, nil, errNoSlot
 	}
 	defer func() { <-in.slots }()
 	return in.introspect(ctx, token)
+}
+
+// enter counts a check of client, unless it has MaxPerClient already.
+func (in *Introspector) enter(client string) bool {
+	limit := in.MaxPerClient
+	if limit == 0 {
+		limit = DefaultMaxPerClient
+	}
+	in.clientsMu.Lock()
+	defer in.clientsMu.Unlock()
+	if in.clients[client] >= limit {
+		return false
+	}
+	if in.clients == nil {
+		in.clients = make(map[string]int)
+	}
+	in.clients[client]++
+	return true
+}
+
+// leave counts the end of a check of client.
+func (in *Introspector) leave(client string) {
+	in.clientsMu.Lock()
+	defer in.clientsMu.Unlock()
+	if in.clients[client]--; in.clients[client] <= 0 {
+		delete(in.clients, client)
+	}
 }
 
 // introspect asks the endpoint about token.

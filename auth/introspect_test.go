@@ -181,3 +181,62 @@ func TestIntrospectionSlotOnPanic(t *testing.T) {
 		}
 	}
 }
+
+// TestIntrospectionPerClientBound: one client may have MaxPerClient checks
+// under way; its next is refused at once with ErrClientBusy (a 429) while
+// another client's check still gets a slot, and a check that names no
+// client is bounded by MaxInFlight only. A client's count ends with its
+// checks.
+func TestIntrospectionPerClientBound(t *testing.T) {
+	release := make(chan struct{})
+	var inFlight atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		inFlight.Add(1)
+		defer inFlight.Add(-1)
+		if strings.HasPrefix(r.FormValue("token"), "slow") {
+			<-release
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"active":true,"sub":"u"}`))
+	}))
+	defer srv.Close()
+	var once sync.Once
+	free := func() { once.Do(func() { close(release) }) }
+	defer free()
+	in := &Introspector{URL: srv.URL, MaxInFlight: 8, MaxPerClient: 2, Client: &http.Client{Timeout: time.Minute}}
+	now := time.Now()
+	a := WithClient(context.Background(), "192.0.2.1")
+	var wg sync.WaitGroup
+	for i := range 2 {
+		wg.Go(func() { _, _ = in.Check(a, fmt.Sprint("slow-a", i), nil, nil, "", now) })
+	}
+	for i := 0; i < 500 && inFlight.Load() < 2; i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, err := in.Check(a, "third-of-a", nil, nil, "", now); err != ErrClientBusy {
+		t.Errorf("a client's third check: %v, want ErrClientBusy", err)
+	}
+	if ErrClientBusy.Status != http.StatusTooManyRequests {
+		t.Errorf("ErrClientBusy is a %d", ErrClientBusy.Status)
+	}
+	b := WithClient(context.Background(), "192.0.2.2")
+	if p, err := in.Check(b, "of-b", nil, nil, "", now); err != nil || p.ID != "u" {
+		t.Errorf("another client's check: %+v %v", p, err)
+	}
+	for i := range 3 {
+		if _, err := in.Check(context.Background(), fmt.Sprint("anonymous", i), nil, nil, "", now); err != nil {
+			t.Errorf("a check naming no client: %v", err)
+		}
+	}
+	free()
+	wg.Wait()
+	if p, err := in.Check(a, "after", nil, nil, "", now); err != nil || p.ID != "u" {
+		t.Errorf("the client's check once its others ended: %+v %v", p, err)
+	}
+	in.clientsMu.Lock()
+	n := len(in.clients)
+	in.clientsMu.Unlock()
+	if n != 0 {
+		t.Errorf("%d clients counted with no check under way", n)
+	}
+}

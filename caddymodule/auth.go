@@ -14,6 +14,7 @@ import (
 	jose "github.com/go-jose/go-jose/v4"
 	"go.uber.org/zap"
 
+	"github.com/mcpgate/mcpgate/admission"
 	"github.com/mcpgate/mcpgate/auth"
 	"github.com/mcpgate/mcpgate/mcp"
 	"github.com/mcpgate/mcpgate/resources"
@@ -256,7 +257,13 @@ func (a *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	if audiences == nil {
 		audiences = append([]string{resource}, a.Audiences...)
 	}
-	p, err := a.verifier.Verify(r.Context(), tok, audiences, time.Now())
+	ctx := r.Context()
+	if a.verifier.Introspection != nil {
+		// Introspection bounds each client's checks under way.
+		ip, _ := caddyhttp.GetVar(ctx, caddyhttp.ClientIPVarKey).(string)
+		ctx = auth.WithClient(ctx, admission.ClientKeyForIP(ip, 0))
+	}
+	p, err := a.verifier.Verify(ctx, tok, audiences, time.Now())
 	if err != nil {
 		var ae *auth.Error
 		if !errors.As(err, &ae) {
@@ -399,10 +406,10 @@ func (a *Auth) serveMetadata(w http.ResponseWriter, r *http.Request, resourcePat
 }
 
 // writeChallenge writes an auth refusal with a JSON-RPC error for id: a
-// 401 or 403 with its challenge, a 503 (the token could not be checked
-// yet) with Retry-After.
+// 401 or 403 with its challenge, a 429 or 503 (the token could not be
+// checked yet) with Retry-After.
 func writeChallenge(w http.ResponseWriter, e *auth.Error, metadataURL, id string) error {
-	if e.Status == http.StatusServiceUnavailable {
+	if e.Status == http.StatusServiceUnavailable || e.Status == http.StatusTooManyRequests {
 		w.Header().Set("Retry-After", "1")
 	} else {
 		w.Header().Set("WWW-Authenticate", auth.Challenge(e, metadataURL))

@@ -42,11 +42,14 @@ type StaticKey struct {
 }
 
 // IntrospectionConfig configures RFC 7662 introspection. Each mcp_auth
-// handler sends at most 32 introspection requests at once: a request
-// whose token is not cached and that finds them all busy waits up to 2s
-// for one, then gets 503 with Retry-After (`caddy_mcp_auth_refusals_total`'s
-// reason temporarily_unavailable), so that clients sending new tokens
-// cannot load the endpoint without bound.
+// handler sends at most 32 introspection requests at once, and has at
+// most 4 checks of one client (its address, an IPv6 one by its /64)
+// under way, counting those waiting for a request: a request whose token
+// is not cached gets 429 with Retry-After when its client has 4 already,
+// and 503 with Retry-After when it waited 2s for a request to end
+// (`caddy_mcp_auth_refusals_total`'s reason temporarily_unavailable), so
+// that clients sending new tokens cannot load the endpoint without bound,
+// nor one client take every request.
 type IntrospectionConfig struct {
 	// URL is the introspection endpoint; placeholders such as {env.X}
 	// are replaced. Required.

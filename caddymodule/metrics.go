@@ -88,7 +88,7 @@ var metrics = struct {
 	}, []string{"feature"}),
 	authRefusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "mcp", Name: "auth_refusals_total",
-		Help: "Requests mcp_auth refused: missing (no bearer token, 401), invalid_token (401), insufficient_scope (403), temporarily_unavailable (503, every introspection request slot busy).",
+		Help: "Requests mcp_auth refused: missing (no bearer token, 401), invalid_token (401), insufficient_scope (403), temporarily_unavailable (429 or 503, introspection checks at their bound).",
 	}, []string{"reason"}),
 	unanswered: prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "mcp", Name: "unanswered_streams_total",

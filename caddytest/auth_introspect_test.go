@@ -2,6 +2,7 @@ package caddytest
 
 import (
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -15,10 +16,12 @@ import (
 
 // TestAuthIntrospectionBounded checks that clients sending opaque tokens
 // cannot make mcp_auth ask the introspection endpoint without bound: a
-// refused token sent again is refused from memory, and new tokens arriving
-// at once are asked about at most auth.DefaultMaxInFlight at a time; a
-// request that waited for a slot for auth.MaxSlotWait gets 503 with
-// Retry-After, not a 401 that would send its client back to authorize.
+// refused token sent again is refused from memory; one client (address)
+// has at most auth.DefaultMaxPerClient checks under way, its next getting
+// 429; new tokens arriving at once are asked about at most
+// auth.DefaultMaxInFlight at a time, and a request that waited for a slot
+// for auth.MaxSlotWait gets 503. Both carry Retry-After, not the 401 that
+// would send a client back to authorize.
 func TestAuthIntrospectionBounded(t *testing.T) {
 	var asked, inFlight atomic.Int64
 	release := make(chan struct{})
@@ -55,16 +58,26 @@ func TestAuthIntrospectionBounded(t *testing.T) {
 		t.Errorf("a revoked token sent 20 times was introspected %d times, want 1", n)
 	}
 
+	// Clients of their own addresses, each with its bound of checks.
+	from := func(ip string) *http.Client {
+		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}, Timeout: 5 * time.Second}
+		return &http.Client{Transport: &http.Transport{DialContext: d.DialContext, DisableKeepAlives: true}, Timeout: time.Minute}
+	}
 	var wg sync.WaitGroup
 	for i := range auth.DefaultMaxInFlight {
+		hc := from(fmt.Sprint("127.0.0.", 2+i/auth.DefaultMaxPerClient))
 		wg.Go(func() {
-			_, _, _ = rawPost(t, proxyURL(port)+"/mcp", toolCall("echo"), bearerHdr(fmt.Sprint("slow-", i)))
+			_, _, _ = postWith(t, hc, proxyURL(port)+"/mcp", toolCall("echo"), bearerHdr(fmt.Sprint("slow-", i)))
 		})
 	}
 	if !waitUntil(10*time.Second, 10*time.Millisecond, func() bool { return inFlight.Load() == auth.DefaultMaxInFlight }) {
 		t.Fatalf("%d requests in flight at the endpoint, want %d", inFlight.Load(), auth.DefaultMaxInFlight)
 	}
-	status, h, body := rawPost(t, proxyURL(port)+"/mcp", toolCall("echo"), bearerHdr("one-too-many"))
+	status, h, body := postWith(t, from("127.0.0.2"), proxyURL(port)+"/mcp", toolCall("echo"), bearerHdr("fifth-of-a-client"))
+	if status != http.StatusTooManyRequests || h.Get("Retry-After") == "" || h.Get("WWW-Authenticate") != "" {
+		t.Errorf("a client's check past its bound: %d Retry-After %q WWW-Authenticate %q %s, want 429 with Retry-After", status, h.Get("Retry-After"), h.Get("WWW-Authenticate"), body)
+	}
+	status, h, body = postWith(t, from("127.0.0.100"), proxyURL(port)+"/mcp", toolCall("echo"), bearerHdr("one-too-many"))
 	if status != http.StatusServiceUnavailable || h.Get("Retry-After") == "" || h.Get("WWW-Authenticate") != "" {
 		t.Errorf("a token past the limit: %d Retry-After %q WWW-Authenticate %q %s, want 503 with Retry-After", status, h.Get("Retry-After"), h.Get("WWW-Authenticate"), body)
 	}
