@@ -98,7 +98,9 @@ type App struct {
 
 	// SessionIdleTimeout expires a session with no request in flight, no
 	// open stream and no activity for this long; its upstream session is
-	// deleted too. Default: 5m.
+	// deleted too. Each replica judges by the requests it has seen, so
+	// replicas that share sessions want them routed sticky or a timeout
+	// above how long a live session may go unseen by one. Default: 5m.
 	SessionIdleTimeout caddy.Duration `json:"session_idle_timeout,omitempty"`
 
 	// Refresh is how often the pressure monitors are sampled and the
