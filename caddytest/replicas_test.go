@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -134,4 +135,47 @@ func TestReplicasShareSessions(t *testing.T) {
 		cs.Close()
 	}
 	assertBothUsed(t, "sessions did not use both upstreams", a, b)
+}
+
+// TestReplicaKeyRotationSteps follows the rotation of session_key across
+// replicas that README and RUNBOOK give, with two sites standing for two
+// replicas of one upstream: while one replica has the new key only as an
+// older one, sessions move both ways; once it puts the new key first and
+// the other still holds it as an older one, they still do; and the
+// rotation's hazard holds as documented: a replica that puts the new key
+// first before the other holds it makes its sessions 404 there.
+func TestReplicaKeyRotationSteps(t *testing.T) {
+	up := startUpstream(t, "up", nil)
+	const current, next = "current-session-key-current-session-key", "next-session-key-next-session-key-next!!"
+	keys := func(k ...string) string {
+		q := make([]string, len(k))
+		for i := range k {
+			q[i] = strconv.Quote(k[i])
+		}
+		return strings.Join(q, " ")
+	}
+	load := func(a, b string) (string, string) {
+		pa, pb := freePort(t), freePort(t)
+		loadCaddyfile(t, fmt.Sprintf(":%d {\n\tmcp_proxy %s {\n\t\tsession_key %s\n\t}\n}\n:%d {\n\tmcp_proxy %s {\n\t\tsession_key %s\n\t}\n}\n",
+			pa, up.addr(), a, pb, up.addr(), b))
+		return proxyURL(pa) + "/mcp", proxyURL(pb) + "/mcp"
+	}
+	both := func(step, a, b string) {
+		t.Helper()
+		for i, urls := range [][2]string{{a, b}, {b, a}} {
+			sid := rawSession(t, urls[0], nil)
+			if st, body := sessionEcho(t, urls[1], sid, 2+i); st != http.StatusOK {
+				t.Errorf("%s: a session of one replica on the other (%d): %d %s", step, i, st, body)
+			}
+		}
+	}
+	a, b := load(keys(current, next), keys(current))
+	both("step 1, the new key added after the current one on one replica", a, b)
+	a, b = load(keys(next, current), keys(current, next))
+	both("step 2, the new key first on one, held as an older key by the other", a, b)
+	a, b = load(keys(next, current), keys(current))
+	sid := rawSession(t, a, nil)
+	if st, body := sessionEcho(t, b, sid, 9); st != http.StatusNotFound {
+		t.Errorf("the new key first before the other replica holds it: %d %s, want 404", st, body)
+	}
 }
