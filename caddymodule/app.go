@@ -2,6 +2,7 @@ package caddymodule
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"time"
 
@@ -37,6 +38,7 @@ func init() {
 //			memory_limit         <size>
 //			session_memory       <size>
 //			session_idle_timeout <duration>
+//			evicted_sessions     delete|forget
 //			refresh              <duration>
 //			levels               <degraded> <essential> <protective> [<hysteresis>]
 //			degraded_fraction    <0..1>
@@ -98,10 +100,21 @@ type App struct {
 
 	// SessionIdleTimeout expires a session with no request in flight, no
 	// open stream and no activity for this long; its upstream session is
-	// deleted too. Each replica judges by the requests it has seen, so
-	// replicas that share sessions want them routed sticky or a timeout
-	// above how long a live session may go unseen by one. Default: 5m.
+	// deleted too (see EvictedSessions). Each replica judges by the
+	// requests it has seen, so replicas that share sessions want them
+	// routed sticky, a timeout above how long a live session may go unseen
+	// by one, or EvictedSessions "forget". Default: 5m.
 	SessionIdleTimeout caddy.Duration `json:"session_idle_timeout,omitempty"`
+
+	// EvictedSessions is what an eviction for idleness, capacity or the
+	// service level does besides freeing the session here: "delete"
+	// deletes it upstream and answers its id with 404 for 24h; "forget"
+	// leaves the upstream session alone (the upstream expires it) and a
+	// later request of it adopts it again, for replicas that share
+	// sessions without sticky routing, where another replica may still be
+	// serving it. An eviction through the admin API deletes either way.
+	// Default: "delete".
+	EvictedSessions string `json:"evicted_sessions,omitempty"`
 
 	// Refresh is how often the pressure monitors are sampled and the
 	// service level recomputed. Default: 250ms.
@@ -238,6 +251,13 @@ func (a *App) Provision(ctx caddy.Context) error {
 		DegradedFraction:   a.DegradedFraction,
 		GoroutineCeiling:   a.GoroutineCeiling,
 		SchedLatencyTarget: time.Duration(a.SchedLatencyTarget),
+	}
+	switch a.EvictedSessions {
+	case "", "delete":
+	case "forget":
+		a.settings.ForgetEvicted = true
+	default:
+		return fmt.Errorf("evicted_sessions %q: want delete or forget", a.EvictedSessions)
 	}
 	if err := a.settings.Validate(); err != nil {
 		return err

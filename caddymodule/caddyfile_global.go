@@ -37,6 +37,13 @@ func (a *App) options() map[string]option {
 		"memory_limit":         sizeOpt(&a.MemoryLimit),
 		"session_memory":       sizeOpt(&a.SessionMemory),
 		"session_idle_timeout": durationOpt(&a.SessionIdleTimeout),
+		"evicted_sessions": one(func(s string) error {
+			if s != "delete" && s != "forget" {
+				return fmt.Errorf("%q: want delete or forget", s)
+			}
+			a.EvictedSessions = s
+			return nil
+		}),
 		"refresh":              durationOpt(&a.Refresh),
 		"sched_latency_target": durationOpt(&a.SchedLatencyTarget),
 		"levels":               {nargs: between(3, 4), apply: a.parseLevels},

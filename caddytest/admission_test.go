@@ -797,6 +797,7 @@ func TestAdmissionCaddyfileErrors(t *testing.T) {
 		"mcp negative":          {global: "mcp {\n\t\tmax_streams -1\n\t}", want: `bad max_streams "-1"`},
 		"mcp missing count":     {global: "mcp {\n\t\tmax_inflight\n\t}", want: "wrong argument count"},
 		"mcp extra argument":    {global: "mcp {\n\t\tmax_inflight 1 2\n\t}", want: "wrong argument count"},
+		"mcp evicted_sessions":  {global: "mcp {\n\t\tevicted_sessions keep\n\t}", want: `"keep": want delete or forget`},
 	} {
 		adaptFails(t, name, proxyBlockCaddyfile(tt.global, tt.block), tt.want)
 	}

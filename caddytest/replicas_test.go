@@ -179,3 +179,35 @@ func TestReplicaKeyRotationSteps(t *testing.T) {
 		t.Errorf("the new key first before the other replica holds it: %d %s, want 404", st, body)
 	}
 }
+
+// TestReplicaForgetEvicted: with `evicted_sessions forget` on both
+// replicas, a session initialized through replica B and then used only
+// through replica A lives on: B's idle expiry frees it on B without
+// deleting it upstream (with `delete`, the default, A's next request got
+// the upstream's 404 once B's timeout passed), and B adopts it again at
+// its next request.
+func TestReplicaForgetEvicted(t *testing.T) {
+	up := startUpstream(t, "shared", nil)
+	const key = "replica-shared-key-replica-shared-key"
+	global := "\tmcp {\n\t\tsession_idle_timeout 1s\n\t\trefresh 50ms\n\t\tevicted_sessions forget\n\t}\n"
+	site := func(port int) string {
+		return fmt.Sprintf("http://127.0.0.1:%d {\n\tmcp_proxy %s {\n\t\tsession_key %q\n\t}\n}\n", port, up.addr(), key)
+	}
+	pa, pb := freePort(t), freePort(t)
+	loadCaddyfileWith(t, global, site(pa)) // replica A: this process
+	startCaddyProcess(t, "{\n\tadmin off\n\tauto_https off\n\tpersist_config off\n"+global+"}\n"+site(pb), pb)
+
+	sid := rawSession(t, proxyURL(pb)+"/mcp", nil) // initialize through B
+	urlA := proxyURL(pa) + "/mcp"
+	start := time.Now()
+	for i := 2; time.Since(start) < 3*time.Second; i++ {
+		if st, b := sessionEcho(t, urlA, sid, i); st != http.StatusOK {
+			t.Fatalf("call %d through replica A, %v after the initialize on B: %d %s",
+				i, time.Since(start).Round(100*time.Millisecond), st, b)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if st, b := sessionEcho(t, proxyURL(pb)+"/mcp", sid, 99); st != http.StatusOK {
+		t.Errorf("the session through replica B after B's idle expiry: %d %s", st, b)
+	}
+}

@@ -98,9 +98,10 @@ type Governor struct {
 	resume   *sse.Registry
 	tasks    *resources.Group
 
-	refusals     admission.RefusalCounts
-	connRefusals atomic.Uint64
-	maxDrain     atomic.Int64 // ns
+	refusals      admission.RefusalCounts
+	connRefusals  atomic.Uint64
+	maxDrain      atomic.Int64 // ns
+	forgetEvicted atomic.Bool  // Settings.ForgetEvicted
 
 	deletes   chan resources.SessionInfo
 	cancel    context.CancelFunc

@@ -270,6 +270,54 @@ func TestEvictionDeletesUpstream(t *testing.T) {
 	})
 }
 
+// TestForgetEvictedKeepsUpstream: with ForgetEvicted, a session evicted
+// for idleness is forgotten here (its eviction is reported) but neither
+// deleted upstream nor tombstoned; an operator's eviction still is both.
+func TestForgetEvictedKeepsUpstream(t *testing.T) {
+	r := newRecord()
+	g := newGovernor(t, r, Settings{ForgetEvicted: true})
+	if !g.ForgetsEvicted() {
+		t.Fatal("ForgetsEvicted false with ForgetEvicted set")
+	}
+	if _, err := g.Sessions().Open(sessionInfo("evicted", mcp.Version20250618), time.Now(), false); err != nil {
+		t.Fatal(err)
+	}
+	g.Sessions().Remove("evicted", resources.CauseIdle)
+	select {
+	case info := <-r.deleted:
+		t.Fatalf("%s deleted upstream", info.Key)
+	case <-time.After(50 * time.Millisecond):
+	}
+	r.read(func() {
+		if fmt.Sprint(r.evicted) != "[idle]" {
+			t.Errorf("evicted %v", r.evicted)
+		}
+	})
+	// The operator's eviction ends the session as ever: deleted upstream
+	// and tombstoned; the others leave no tombstone.
+	if g.Sessions().WasEvicted("evicted") {
+		t.Error("an idle eviction tombstoned the key")
+	}
+	if _, err := g.Sessions().Open(sessionInfo("operator", mcp.Version20250618), time.Now(), false); err != nil {
+		t.Fatal(err)
+	}
+	g.Sessions().Remove("operator", resources.CauseOperator)
+	select {
+	case info := <-r.deleted:
+		if info.Key != "operator" {
+			t.Fatalf("deleted %+v", info)
+		}
+	case <-time.After(hangBound):
+		t.Fatal("the operator's eviction was not deleted upstream")
+	}
+	if !g.Sessions().WasEvicted("operator") {
+		t.Error("the operator's eviction left no tombstone")
+	}
+	if err := g.Apply(Settings{}); err != nil || g.ForgetsEvicted() {
+		t.Errorf("after applying the default: %v, ForgetsEvicted %v", err, g.ForgetsEvicted())
+	}
+}
+
 // TestDeleteQueueBounded: while every worker is busy, evictions fill the
 // bounded queue and those past it are reported skipped; a session
 // DeleteSession cannot route is reported skipped too.

@@ -87,9 +87,10 @@ func (g *Governor) recoverPanic(where string) {
 	}
 }
 
-// onEvict forgets the resumable streams of an evicted session and queues
-// its deletion upstream: most clients never send DELETE, so evicted
-// sessions would otherwise pile up upstream. A full queue drops the
+// onEvict forgets the resumable streams of an evicted session and,
+// unless Settings.ForgetEvicted spares it, queues its deletion upstream: most
+// clients never send DELETE, so evicted sessions would otherwise pile up
+// upstream. A full queue drops the
 // session (Hooks.DeleteSkipped); the upstream expires it itself.
 func (g *Governor) onEvict(s *resources.Session, cause resources.Cause) {
 	if g.hooks.SessionEvicted != nil {
@@ -97,6 +98,9 @@ func (g *Governor) onEvict(s *resources.Session, cause resources.Cause) {
 	}
 	info := s.Info()
 	g.resume.Forget(info.Key)
+	if g.forgetEvicted.Load() && cause != resources.CauseOperator {
+		return // another replica may be serving it (Settings.ForgetEvicted)
+	}
 	if info.UpstreamID == "" || !mcp.HasSessionDelete(info.Version) || g.hooks.DeleteSession == nil {
 		// A legacy session ends upstream with its stream, which eviction
 		// closed; the stateless revision has no sessions.

@@ -61,6 +61,16 @@ type Settings struct {
 	// IdleTimeout expires sessions idle this long (shortened at the
 	// degraded level and above). Default: resources.DefaultIdleTimeout.
 	IdleTimeout time.Duration
+	// ForgetEvicted makes an eviction for idleness, capacity or the
+	// service level forget the session in this process only: its
+	// upstream session is not deleted and its key is not tombstoned
+	// (resources.Registry.SetForgetEvicted), so a later request of it
+	// adopts it again. It suits replicas that share sessions without
+	// sticky routing, where another replica may still be serving a
+	// session this one evicts. An operator's eviction (the admin API)
+	// ends the session as ever. Default: false, every eviction deletes the
+	// session upstream and tombstones its key.
+	ForgetEvicted bool
 	// Refresh is how often the monitors are sampled and the level's
 	// actions applied. Default: DefaultRefresh.
 	Refresh time.Duration
@@ -170,6 +180,8 @@ func (g *Governor) Apply(s Settings) error {
 		return err
 	}
 	g.maxDrain.Store(int64(s.MaxDrain))
+	g.forgetEvicted.Store(s.ForgetEvicted)
+	g.sessions.SetForgetEvicted(s.ForgetEvicted)
 	mon := monitorSettings{goroutines: s.GoroutineCeiling, sched: s.SchedLatencyTarget}
 	g.mu.Lock()
 	if !g.applied || g.monitors != mon {
@@ -215,3 +227,7 @@ func orDefault[T int | int64 | float64 | time.Duration](v, def T) T {
 	}
 	return v
 }
+
+// ForgetsEvicted reports whether evictions other than the operator's only
+// forget sessions here (Settings.ForgetEvicted).
+func (g *Governor) ForgetsEvicted() bool { return g.forgetEvicted.Load() }

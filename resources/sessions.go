@@ -453,6 +453,7 @@ type Registry struct {
 
 	maxSessions   atomic.Int64
 	clientMax     atomic.Int64
+	forgetEvicted atomic.Bool // see SetForgetEvicted
 	quota         atomic.Int64
 	memory        *Budget
 	tombstoneTTL  time.Duration
@@ -819,6 +820,12 @@ func (r *Registry) unindexClient(s *Session) {
 	}
 }
 
+// SetForgetEvicted, when on, makes evictions other than the operator's
+// (CauseOperator) leave no tombstone from now on: a session evicted for
+// idleness, capacity or the service level may be opened again at once.
+// Tombstones already written keep answering WasEvicted until they age.
+func (r *Registry) SetForgetEvicted(on bool) { r.forgetEvicted.Store(on) }
+
 // SetMaxSessions changes MaxSessions for sessions opened from now on;
 // 0 means no cap.
 func (r *Registry) SetMaxSessions(n int) { r.maxSessions.Store(int64(n)) }
@@ -925,7 +932,8 @@ func (r *Registry) removeIf(key string, cause Cause, may func(live *Session) boo
 
 // detachLocked takes s out of sh at at for cause; sh.mu must be held and s
 // must be in sh. In the same critical section it tombstones the key (for
-// every cause but CauseDeleted) and takes s out of its client's index, so
+// every cause but CauseDeleted, and only CauseOperator under
+// SetForgetEvicted) and takes s out of its client's index, so
 // that whoever misses s in the map sees the tombstone and the client's
 // count without s.
 func (r *Registry) detachLocked(sh *shard, s *Session, cause Cause, at time.Time) {
@@ -935,7 +943,7 @@ func (r *Registry) detachLocked(sh *shard, s *Session, cause Cause, at time.Time
 	}
 	s.state.Store(stateEvicted)
 	r.count.Add(-1)
-	if cause != CauseDeleted {
+	if cause != CauseDeleted && (cause == CauseOperator || !r.forgetEvicted.Load()) {
 		r.tombstone(s.info.Key, at.UnixNano())
 	}
 	if s.info.ClientKey != "" {
