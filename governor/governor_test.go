@@ -276,9 +276,6 @@ func TestEvictionDeletesUpstream(t *testing.T) {
 func TestForgetEvictedKeepsUpstream(t *testing.T) {
 	r := newRecord()
 	g := newGovernor(t, r, Settings{ForgetEvicted: true})
-	if !g.ForgetsEvicted() {
-		t.Fatal("ForgetsEvicted false with ForgetEvicted set")
-	}
 	if _, err := g.Sessions().Open(sessionInfo("evicted", mcp.Version20250618), time.Now(), false); err != nil {
 		t.Fatal(err)
 	}
@@ -313,8 +310,24 @@ func TestForgetEvictedKeepsUpstream(t *testing.T) {
 	if !g.Sessions().WasEvicted("operator") {
 		t.Error("the operator's eviction left no tombstone")
 	}
-	if err := g.Apply(Settings{}); err != nil || g.ForgetsEvicted() {
-		t.Errorf("after applying the default: %v, ForgetsEvicted %v", err, g.ForgetsEvicted())
+	// Applying the default makes evictions delete and tombstone again.
+	if err := g.Apply(Settings{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := g.Sessions().Open(sessionInfo("idle", mcp.Version20250618), time.Now(), false); err != nil {
+		t.Fatal(err)
+	}
+	g.Sessions().Remove("idle", resources.CauseIdle)
+	select {
+	case info := <-r.deleted:
+		if info.Key != "idle" {
+			t.Fatalf("deleted %+v", info)
+		}
+	case <-time.After(hangBound):
+		t.Fatal("with the default applied, an idle eviction was not deleted upstream")
+	}
+	if !g.Sessions().WasEvicted("idle") {
+		t.Error("with the default applied, an idle eviction left no tombstone")
 	}
 }
 

@@ -87,11 +87,11 @@ func (g *Governor) recoverPanic(where string) {
 	}
 }
 
-// onEvict forgets the resumable streams of an evicted session and,
-// unless Settings.ForgetEvicted spares it, queues its deletion upstream: most
+// onEvict forgets the resumable streams of an evicted session and, unless
+// Settings.ForgetEvicted spares it, queues its deletion upstream: most
 // clients never send DELETE, so evicted sessions would otherwise pile up
-// upstream. A full queue drops the
-// session (Hooks.DeleteSkipped); the upstream expires it itself.
+// upstream. A full queue drops the session (Hooks.DeleteSkipped); the
+// upstream expires it itself.
 func (g *Governor) onEvict(s *resources.Session, cause resources.Cause) {
 	if g.hooks.SessionEvicted != nil {
 		g.hooks.SessionEvicted(s, cause)

@@ -227,7 +227,3 @@ func orDefault[T int | int64 | float64 | time.Duration](v, def T) T {
 	}
 	return v
 }
-
-// ForgetsEvicted reports whether evictions other than the operator's only
-// forget sessions here (Settings.ForgetEvicted).
-func (g *Governor) ForgetsEvicted() bool { return g.forgetEvicted.Load() }
