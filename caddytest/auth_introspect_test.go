@@ -1,7 +1,9 @@
 package caddytest
 
 import (
+	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -64,10 +66,18 @@ func TestAuthIntrospectionBounded(t *testing.T) {
 		return &http.Client{Transport: &http.Transport{DialContext: d.DialContext, DisableKeepAlives: true}, Timeout: time.Minute}
 	}
 	var wg sync.WaitGroup
+	defer func() { free(); wg.Wait() }()
 	for i := range auth.DefaultMaxInFlight {
 		hc := from(fmt.Sprint("127.0.0.", 2+i/auth.DefaultMaxPerClient))
+		req, err := newPost(context.Background(), proxyURL(port)+"/mcp", toolCall("echo"), bearerHdr(fmt.Sprint("slow-", i)))
+		if err != nil {
+			t.Fatal(err)
+		}
 		wg.Go(func() {
-			_, _, _ = postWith(t, hc, proxyURL(port)+"/mcp", toolCall("echo"), bearerHdr(fmt.Sprint("slow-", i)))
+			if resp, err := hc.Do(req); err == nil {
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
 		})
 	}
 	if !waitUntil(10*time.Second, 10*time.Millisecond, func() bool { return inFlight.Load() == auth.DefaultMaxInFlight }) {
@@ -84,6 +94,4 @@ func TestAuthIntrospectionBounded(t *testing.T) {
 	if n := asked.Load(); n != auth.DefaultMaxInFlight {
 		t.Errorf("the endpoint was asked %d times, want %d", n, auth.DefaultMaxInFlight)
 	}
-	free()
-	wg.Wait()
 }
