@@ -298,9 +298,7 @@ func TestGovernanceToolListAndDenial(t *testing.T) {
 			if !up.didRun("tools/call:zeta") || !up.saw("803") {
 				t.Errorf("the allowed calls did not reach the upstream: %v", up.ran())
 			}
-			if got := liveMetric(t, "caddy_mcp_denials_total", "kind", "tool") - denialsBefore; got != 3 {
-				t.Errorf("caddy_mcp_denials_total{kind=tool} grew by %v, want 3", got)
-			}
+			denialsGrew(t, "tool", denialsBefore, 3)
 		})
 	}
 }
@@ -677,17 +675,9 @@ func TestGovernanceResourcesAndPrompts(t *testing.T) {
 			if r := ask("834", "resources/read", `{"uri":"file:///public/readme.txt"}`); !strings.Contains(r.body, "contents of file:///public/readme.txt") {
 				t.Errorf("raw read of the public resource: %s", r)
 			}
-			for _, s := range up.since(0) {
-				if strings.Contains(string(s.params), "secret") || strings.Contains(string(s.params), "admin_reset") {
-					t.Errorf("the upstream received %s with params %s", s.rpc, s.params)
-				}
-			}
-			if got := liveMetric(t, "caddy_mcp_denials_total", "kind", "resource") - resBefore; got != 7 {
-				t.Errorf("caddy_mcp_denials_total{kind=resource} grew by %v, want 7", got)
-			}
-			if got := liveMetric(t, "caddy_mcp_denials_total", "kind", "prompt") - promptBefore; got != 2 {
-				t.Errorf("caddy_mcp_denials_total{kind=prompt} grew by %v, want 2", got)
-			}
+			upstreamNeverGot(t, up, "secret", "admin_reset")
+			denialsGrew(t, "resource", resBefore, 7)
+			denialsGrew(t, "prompt", promptBefore, 2)
 		})
 	}
 }
@@ -874,17 +864,9 @@ func TestGovernanceCompletionOfDenied(t *testing.T) {
 				t.Errorf("the upstream read %v of the batch, want the completion 8111 only", ran)
 			}
 
-			for _, s := range up.since(0) {
-				if strings.Contains(string(s.params), "secret") || strings.Contains(string(s.params), "admin_reset") {
-					t.Errorf("the upstream received %s with params %.200s", s.rpc, s.params)
-				}
-			}
-			if got := liveMetric(t, "caddy_mcp_denials_total", "kind", "prompt") - promptBefore; got != 6 {
-				t.Errorf("caddy_mcp_denials_total{kind=prompt} grew by %v, want 6", got)
-			}
-			if got := liveMetric(t, "caddy_mcp_denials_total", "kind", "resource") - resBefore; got != 4 {
-				t.Errorf("caddy_mcp_denials_total{kind=resource} grew by %v, want 4", got)
-			}
+			upstreamNeverGot(t, up, "secret", "admin_reset")
+			denialsGrew(t, "prompt", promptBefore, 6)
+			denialsGrew(t, "resource", resBefore, 4)
 			rec := awaitLine(t, logPath, "the audit record of a denied completion", func(m map[string]any) bool {
 				return m["method"] == "completion/complete" && m["decision"] == "deny" && m["resource"] != nil
 			})
@@ -1014,9 +996,7 @@ func TestGovernanceMethodRules(t *testing.T) {
 				t.Errorf("all-denied batch: %s", r)
 			}
 			up.assertNotForwarded(t, mark)
-			if got := liveMetric(t, "caddy_mcp_denials_total", "kind", "method") - before; got != 7 {
-				t.Errorf("caddy_mcp_denials_total{kind=method} grew by %v, want 7", got)
-			}
+			denialsGrew(t, "method", before, 7)
 		})
 	}
 }
@@ -2491,6 +2471,29 @@ func TestGovernanceListFramings(t *testing.T) {
 		}
 		if !strings.Contains(r.body, `"zeta"`) && !strings.HasPrefix(c.name, "raw SSE") {
 			t.Errorf("%s: the allowed tool is missing from %s", c.name, r.body)
+		}
+	}
+}
+
+// denialsGrew checks that caddy_mcp_denials_total{kind} grew by want
+// since it read before.
+func denialsGrew(t *testing.T, kind string, before, want float64) {
+	t.Helper()
+	if got := liveMetric(t, "caddy_mcp_denials_total", "kind", kind) - before; got != want {
+		t.Errorf("caddy_mcp_denials_total{kind=%s} grew by %v, want %v", kind, got, want)
+	}
+}
+
+// upstreamNeverGot checks that no message the upstream received carried
+// one of words in its params.
+func upstreamNeverGot(t *testing.T, up *recordedUpstream, words ...string) {
+	t.Helper()
+	for _, s := range up.since(0) {
+		for _, w := range words {
+			if strings.Contains(string(s.params), w) {
+				t.Errorf("the upstream received %s with params %.200s", s.rpc, s.params)
+				break
+			}
 		}
 	}
 }
