@@ -98,10 +98,9 @@ type Governor struct {
 	resume   *sse.Registry
 	tasks    *resources.Group
 
-	refusals      admission.RefusalCounts
-	connRefusals  atomic.Uint64
-	maxDrain      atomic.Int64 // ns
-	forgetEvicted atomic.Bool  // Settings.ForgetEvicted
+	refusals     admission.RefusalCounts
+	connRefusals atomic.Uint64
+	maxDrain     atomic.Int64 // ns
 
 	deletes   chan resources.SessionInfo
 	cancel    context.CancelFunc

@@ -98,7 +98,7 @@ func (g *Governor) onEvict(s *resources.Session, cause resources.Cause) {
 	}
 	info := s.Info()
 	g.resume.Forget(info.Key)
-	if g.forgetEvicted.Load() && cause != resources.CauseOperator {
+	if s.Forgotten() {
 		return // another replica may be serving it (Settings.ForgetEvicted)
 	}
 	if info.UpstreamID == "" || !mcp.HasSessionDelete(info.Version) || g.hooks.DeleteSession == nil {

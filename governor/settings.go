@@ -180,7 +180,6 @@ func (g *Governor) Apply(s Settings) error {
 		return err
 	}
 	g.maxDrain.Store(int64(s.MaxDrain))
-	g.forgetEvicted.Store(s.ForgetEvicted)
 	g.sessions.SetForgetEvicted(s.ForgetEvicted)
 	mon := monitorSettings{goroutines: s.GoroutineCeiling, sched: s.SchedLatencyTarget}
 	g.mu.Lock()

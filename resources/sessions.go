@@ -217,6 +217,7 @@ type Session struct {
 	nstreams   atomic.Int64 // mirrors len(streams) for lock-free reads
 	state      atomic.Uint32
 	deleted    atomic.Bool // set before closed when removed with CauseDeleted
+	forgotten  atomic.Bool // set when evicted without a tombstone (SetForgetEvicted)
 
 	// events and bytes relayed on the session's streams, for its
 	// lifetime figures; written on every relayed event, so lock-free.
@@ -287,6 +288,11 @@ func (s *Session) Goroutines() int { return s.group.Count() }
 // Evicted reports whether the session has left the registry, by eviction
 // or by removal.
 func (s *Session) Evicted() bool { return s.state.Load() == stateEvicted }
+
+// Forgotten reports whether the session was evicted without a tombstone
+// (Registry.SetForgetEvicted): it was forgotten here only, and whoever
+// ends evicted sessions elsewhere (upstream) leaves it alone.
+func (s *Session) Forgotten() bool { return s.forgotten.Load() }
 
 // Begin marks a request in flight and touches the session; the returned
 // function ends it (and touches the session again) and must be called
@@ -933,9 +939,9 @@ func (r *Registry) removeIf(key string, cause Cause, may func(live *Session) boo
 // detachLocked takes s out of sh at at for cause; sh.mu must be held and s
 // must be in sh. In the same critical section it tombstones the key (for
 // every cause but CauseDeleted, and only CauseOperator under
-// SetForgetEvicted) and takes s out of its client's index, so
-// that whoever misses s in the map sees the tombstone and the client's
-// count without s.
+// SetForgetEvicted; a session evicted without one is marked Forgotten)
+// and takes s out of its client's index, so that whoever misses s in the
+// map sees the tombstone and the client's count without s.
 func (r *Registry) detachLocked(sh *shard, s *Session, cause Cause, at time.Time) {
 	delete(sh.sessions, s.info.Key)
 	if cause == CauseDeleted {
@@ -943,8 +949,12 @@ func (r *Registry) detachLocked(sh *shard, s *Session, cause Cause, at time.Time
 	}
 	s.state.Store(stateEvicted)
 	r.count.Add(-1)
-	if cause != CauseDeleted && (cause == CauseOperator || !r.forgetEvicted.Load()) {
+	switch {
+	case cause == CauseDeleted:
+	case cause == CauseOperator || !r.forgetEvicted.Load():
 		r.tombstone(s.info.Key, at.UnixNano())
+	default:
+		s.forgotten.Store(true)
 	}
 	if s.info.ClientKey != "" {
 		r.unindexClient(s)
