@@ -132,12 +132,23 @@ func TestUpstreamFailure(t *testing.T) {
 // (a stream) has none, whatever request_timeout says.
 func TestDeadlineForPOSTOnly(t *testing.T) {
 	h := &Handler{RequestTimeout: caddy.Duration(10 * time.Second)}
-	h.provisionDeadlines()
+	if err := h.provisionDeadlines(); err != nil {
+		t.Fatal(err)
+	}
 	call := callOf(t, `{"jsonrpc":"2.0","id":1,"method":"ping"}`)
 	if got := h.deadlineFor(httptest.NewRequest("POST", "/mcp", nil), call); got != 10*time.Second {
 		t.Errorf("POST: %v, want 10s", got)
 	}
 	if got := h.deadlineFor(httptest.NewRequest("GET", "/mcp", nil), new(mcp.Call)); got != 0 {
 		t.Errorf("GET: %v, want none", got)
+	}
+}
+
+// TestProvisionDeadlinesBadPattern: a tool rule with a timeout and a
+// malformed pattern is refused, not left to match no tool.
+func TestProvisionDeadlinesBadPattern(t *testing.T) {
+	h := &Handler{Tools: []ToolLimit{{Pattern: "[", Timeout: caddy.Duration(time.Second)}}}
+	if err := h.provisionDeadlines(); err == nil {
+		t.Error("a malformed tool pattern with a timeout was accepted")
 	}
 }

@@ -51,7 +51,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.provisionGovernance(ctx); err != nil {
 		return err
 	}
-	h.provisionDeadlines()
+	if err := h.provisionDeadlines(); err != nil {
+		return err
+	}
 	if h.MaxResponse < 0 {
 		return fmt.Errorf("max_response %d: want a size", h.MaxResponse)
 	}
