@@ -188,7 +188,8 @@ func (st *State) spliceAnswers(resp *http.Response) *http.Response {
 		resp.ContentLength = int64(len(body))
 		return resp
 	}
-	if resp.StatusCode != http.StatusOK || !mcp.IsJSON(resp.Header.Get("Content-Type")) || resp.Body == nil {
+	// The JSON answers unreadableAnswer passes, whatever their media type.
+	if resp.StatusCode != http.StatusOK || !isJSONAnswer(resp.Header) || resp.Body == nil {
 		return resp
 	}
 	limit := st.p.MaxEvent

@@ -741,3 +741,36 @@ func TestLegacyRefusedPostForgetsAwaited(t *testing.T) {
 		t.Errorf("%d calls still awaited after the upstream refused their POST", n)
 	}
 }
+
+// TestSpliceAnswersEveryJSONType: the errors of a batch's denied requests
+// are added to the upstream's JSON answer whatever JSON media type it
+// carries, as the answer check reads one (none, application/json-rpc,
+// parameters).
+func TestSpliceAnswersEveryJSONType(t *testing.T) {
+	const body = `[{"jsonrpc":"2.0","id":1,"method":"ping"}]`
+	denied := []byte(`{"jsonrpc":"2.0","id":9,"error":{"code":-32602,"message":"unknown tool"}}`)
+	for _, c := range []struct{ ct, answer, want string }{
+		{"application/json", `[{"jsonrpc":"2.0","id":1,"result":{}}]`, `[{"jsonrpc":"2.0","id":1,"result":{}},` + string(denied) + `]`},
+		{"", `[{"jsonrpc":"2.0","id":1,"result":{}}]`, `[{"jsonrpc":"2.0","id":1,"result":{}},` + string(denied) + `]`},
+		{"application/json-rpc", `[{"jsonrpc":"2.0","id":1,"result":{}}]`, `[{"jsonrpc":"2.0","id":1,"result":{}},` + string(denied) + `]`},
+		{"application/json; charset=utf-8; q=1", `[{"jsonrpc":"2.0","id":1,"result":{}}]`, `[{"jsonrpc":"2.0","id":1,"result":{}},` + string(denied) + `]`},
+	} {
+		p, _, _ := newTestProxy(t, Config{})
+		r, call, res := batchPost(t, body)
+		st := p.NewState(httptest.NewRecorder(), r, call, res)
+		st.Spliced = [][]byte{denied}
+		req := st.Attempt(r.Clone(r.Context()))
+		resp := jsonResponse(req, io.NopCloser(strings.NewReader(c.answer)), int64(len(c.answer)))
+		if c.ct == "" {
+			resp.Header.Del("Content-Type")
+		} else {
+			resp.Header.Set("Content-Type", c.ct)
+		}
+		resp = st.Answer(req, resp, false, "up:1")
+		got, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK || string(got) != c.want {
+			t.Errorf("Content-Type %q, answer %q: %d %s, want %s", c.ct, c.answer, resp.StatusCode, got, c.want)
+		}
+		st.HandlerDone()
+	}
+}
