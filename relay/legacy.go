@@ -86,10 +86,9 @@ type legacyLink struct {
 	upstream string
 	awaiting *policy.Awaiting
 
-	mu     sync.Mutex
-	owed   map[string]string // raw ids by mcp.IDKey; at most policy.MaxAwaited
-	ended  bool              // the upstream stream ended: nothing more is owed
-	untold int               // requests not noted for want of room
+	mu    sync.Mutex
+	owed  map[string]string // raw ids by mcp.IDKey; at most policy.MaxAwaited
+	ended bool              // the upstream stream ended: nothing more is owed
 }
 
 // newLegacyLink returns the link of the legacy stream st relays, and the
@@ -238,7 +237,6 @@ func (l *legacyLink) owe(ids []string) []string {
 	for _, id := range ids {
 		key := mcp.IDKey(id)
 		if _, ok := l.owed[key]; !ok && len(l.owed) >= policy.MaxAwaited {
-			l.untold++
 			continue
 		}
 		l.owed[key] = id
