@@ -618,6 +618,20 @@ func (w *answerWatcher) sameID(got []byte) bool {
 	return w.id == "" || mcp.SameID(got, w.id)
 }
 
+// settle notes that the request's answer passed, or that an error of the
+// proxy's went in its place: nothing is owed any more, so giving the POST
+// up (the client gone, the stream not resumed) cancels nothing upstream.
+func (w *answerWatcher) settle() {
+	w.answered.Store(true)
+	w.st.mu.Lock()
+	w.st.owed = nothingOwed
+	w.st.mu.Unlock()
+}
+
+// nothingOwed is the owedAnswers of a POST whose answers all passed; it
+// is only read.
+var nothingOwed = newOwedAnswers(nil)
+
 // rewrite is answerWatch's rewrite hook.
 func (w *answerWatcher) rewrite(ev *sse.Event) []byte {
 	if w.capped {
@@ -641,11 +655,12 @@ func (w *answerWatcher) rewrite(ev *sse.Event) []byte {
 // the client gets a -32603 error in place of the answer.
 func (w *answerWatcher) capAnswer(ev *sse.Event) []byte {
 	st := w.st
-	w.answered.Store(true)
+	ids := st.cancelIDs()
+	w.settle()
 	w.capped = true
 	st.p.Metrics.ResponseTooLarge()
-	ids := st.cancelIDs()
 	st.abort()
+	st.stopDeadline()
 	st.cancelTooLarge(ids)
 	return sse.AppendEvent(nil, ev.ID, "message", mcp.AppendError(nil, w.id, codeResponseTooLarge, tooLargeMessage(false, st.p.MaxResponse)))
 }
@@ -666,7 +681,7 @@ func (w *answerWatcher) take(got []byte) bool {
 	if w.answered.Load() || !w.sameID(got) {
 		return false
 	}
-	w.answered.Store(true)
+	w.settle()
 	w.st.stopDeadline()
 	return true
 }
@@ -693,7 +708,7 @@ func (w *answerWatcher) rewriteMessage(ev *sse.Event) []byte {
 	if err != nil && w.list != "" {
 		// A client's decoder may read this as the list result, which
 		// the proxy cannot filter as such.
-		w.answered.Store(true)
+		w.settle()
 		st.stopDeadline()
 		st.p.Metrics.ListUnreadable()
 		st.p.Logger.Warn("upstream answer not readable; answered with an error", zap.String("method", w.list), zap.Error(err))
@@ -717,7 +732,7 @@ func (w *answerWatcher) rewriteMessage(ev *sse.Event) []byte {
 // passAnswer notes the answer, stops the deadline and relays the answer,
 // filtered when it is a list result.
 func (w *answerWatcher) passAnswer(ev *sse.Event) []byte {
-	w.answered.Store(true)
+	w.settle()
 	w.st.stopDeadline()
 	if w.list == "" {
 		return nil

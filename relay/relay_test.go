@@ -774,3 +774,33 @@ func TestSpliceAnswersEveryJSONType(t *testing.T) {
 		st.HandlerDone()
 	}
 }
+
+// TestGiveUpAfterAnswer: once a request's answer passed on its SSE
+// stream, giving up the POST (the client left, the stream was not
+// resumed) cancels nothing upstream; without the answer it cancels the
+// request.
+func TestGiveUpAfterAnswer(t *testing.T) {
+	const body = `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo"}}`
+	sess := &mcp.Session{Kind: mcp.TokenSession, Upstream: "up:1", UpstreamID: "u1", Version: mcp.Version20250618}
+	res := mcp.Resolution{Session: sess, Token: "tok", Pinned: "up:1", Key: mcp.SessionKey("up:1", "u1")}
+	for _, c := range []struct {
+		events  string
+		cancels int
+	}{
+		{"data: {\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{}}\n\n", 0},
+		{"data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\n", 1},
+	} {
+		p, cnt, sd := newTestProxy(t, Config{})
+		r, call := post(t, body)
+		w := httptest.NewRecorder()
+		st := p.NewState(w, r, call, res)
+		req := st.Attempt(r.Clone(r.Context()))
+		st.Answer(req, sseResponse(req, c.events), false, "up:1")
+		p.Relay(w, st, st.StreamBody())
+		st.giveUp("client did not resume the stream")
+		if bodies := sideBodies(p, sd, cnt, c.cancels); len(bodies) != c.cancels {
+			t.Errorf("after %q: side requests %q, want %d cancellation", c.events, bodies, c.cancels)
+		}
+		st.HandlerDone()
+	}
+}
