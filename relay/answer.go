@@ -156,17 +156,16 @@ func (st *State) listWatch(lists map[string]string) func(*sse.Event) []byte {
 // dropStrays takes, from data, the JSON-RPC message or array of them of
 // an event of a POST's SSE answer, the responses take does not accept:
 // take accepts (and notes) a response the POST is owed, the first for
-// each of its requests' ids. Requests and notifications, and messages
-// the proxy cannot read, stay. It returns data without the dropped
-// responses, nil when none was, dropEvent when nothing is left.
+// each of its requests' ids (see isStray). Requests and notifications,
+// and messages the proxy cannot read but no decoder reads as a response,
+// stay. It returns data without the dropped responses, nil when none was,
+// dropEvent when nothing is left.
 func (st *State) dropStrays(data []byte, take func(id []byte) bool) []byte {
 	if !isArray(data) {
-		id, ok, err := mcp.ResponseID(data)
-		if err != nil || !ok || take(id) {
-			return nil
+		if st.isStray(data, take) {
+			return dropEvent
 		}
-		st.stray(id)
-		return dropEvent
+		return nil
 	}
 	var all []json.RawMessage
 	if json.Unmarshal(data, &all) != nil {
@@ -174,11 +173,9 @@ func (st *State) dropStrays(data []byte, take func(id []byte) bool) []byte {
 	}
 	kept := make([]json.RawMessage, 0, len(all))
 	for _, m := range all {
-		if id, ok, err := mcp.ResponseID(m); err == nil && ok && !take(id) {
-			st.stray(id)
-			continue
+		if !st.isStray(m, take) {
+			kept = append(kept, m)
 		}
-		kept = append(kept, m)
 	}
 	switch {
 	case len(kept) == len(all):
@@ -191,6 +188,18 @@ func (st *State) dropStrays(data []byte, take func(id []byte) bool) []byte {
 		return dropEvent
 	}
 	return out
+}
+
+// isStray reports, counting it, a message of a POST's SSE answer to drop:
+// a response take does not accept, or one a decoder that ignores case
+// may read as a response under any id (mcp.ErrAmbiguous).
+func (st *State) isStray(msg []byte, take func(id []byte) bool) bool {
+	id, ok, err := mcp.ResponseID(msg)
+	if errors.Is(err, mcp.ErrAmbiguous) || err == nil && ok && !take(id) {
+		st.stray(id)
+		return true
+	}
+	return false
 }
 
 // stray counts and logs a response dropped from a POST's SSE answer.
@@ -692,10 +701,12 @@ func (w *answerWatcher) take(got []byte) bool {
 func (w *answerWatcher) rewriteMessage(ev *sse.Event) []byte {
 	st := w.st
 	got, isAnswer, err := mcp.ResponseID(ev.Data)
-	if isAnswer && (w.answered.Load() || !w.sameID(got)) {
+	if isAnswer && (w.answered.Load() || !w.sameID(got)) || errors.Is(err, mcp.ErrAmbiguous) && w.list == "" {
 		// A second answer, or one to a request this POST did not
-		// send: the client must get one answer for its id, and none
-		// for an id of its other requests.
+		// send, or a message a decoder may read as either: the client
+		// must get one answer for its id, and none for an id of its
+		// other requests. (A list method's is answered with an error
+		// below: the client may read it as its list result.)
 		st.stray(got)
 		return dropEvent
 	}

@@ -804,3 +804,32 @@ func TestGiveUpAfterAnswer(t *testing.T) {
 		st.HandlerDone()
 	}
 }
+
+// TestAmbiguousAnswersDropped: a message of a POST's SSE answer that a
+// decoder ignoring case reads as a response (`{"ID":5,"Result":{}}`) is
+// dropped as a stray, alone or in an array, so the client gets one answer
+// for its request and none under another id.
+func TestAmbiguousAnswersDropped(t *testing.T) {
+	const body = `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo"}}`
+	sess := &mcp.Session{Kind: mcp.TokenSession, Upstream: "up:1", UpstreamID: "u1", Version: mcp.Version20250618}
+	res := mcp.Resolution{Session: sess, Token: "tok", Pinned: "up:1", Key: mcp.SessionKey("up:1", "u1")}
+	events := "data: {\"jsonrpc\":\"2.0\",\"ID\":5,\"Result\":{\"x\":\"alone\"}}\n\n" +
+		"data: [{\"jsonrpc\":\"2.0\",\"Id\":6,\"result\":{\"x\":\"member\"}},{\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}]\n\n" +
+		"data: {\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{\"x\":\"answer\"}}\n\n"
+	p, c, _ := newTestProxy(t, Config{})
+	r, call := post(t, body)
+	w := httptest.NewRecorder()
+	st := p.NewState(w, r, call, res)
+	req := st.Attempt(r.Clone(r.Context()))
+	st.Answer(req, sseResponse(req, events), false, "up:1")
+	p.Relay(w, st, st.StreamBody())
+	st.HandlerDone()
+	out := w.Body.String()
+	if strings.Contains(out, "alone") || strings.Contains(out, "member") || !strings.Contains(out, "notifications/progress") ||
+		!strings.Contains(out, `"answer"`) || strings.Contains(out, "without an answer") {
+		t.Fatalf("client got %q", out)
+	}
+	if c.get("stray") != 2 {
+		t.Fatalf("counts %v, want 2 strays", c.m)
+	}
+}
