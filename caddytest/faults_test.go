@@ -1312,7 +1312,7 @@ func TestFaultFailedStartChangesNothing(t *testing.T) {
 		if st, b := faultAdminLoad(t, admin, "text/caddyfile", bad); st == http.StatusOK {
 			t.Fatalf("the config with a taken port loaded: %s", b)
 		}
-		s := status(t, admin)
+		s := freshStatus(t, admin)
 		if s.Resources.Sessions.Limit != before.Resources.Sessions.Limit || s.Resources.InFlight.Limit != before.Resources.InFlight.Limit {
 			t.Fatalf("attempt %d: the failed reload changed the running settings: sessions limit %d → %d, in-flight limit %d → %d",
 				attempt, before.Resources.Sessions.Limit, s.Resources.Sessions.Limit, before.Resources.InFlight.Limit, s.Resources.InFlight.Limit)
@@ -1726,4 +1726,22 @@ func TestFaultLegacyEmptyAccept(t *testing.T) {
 	if r := postJSON(ctx, url, callBody("5", "x", "{}"), nil); r.status != http.StatusOK {
 		t.Errorf("tools/call: %s, want the upstream's 200", r)
 	}
+}
+
+// freshStatus reads /mcp/status on a connection of its own: a reload that
+// fails rolls the admin endpoint back, which may close a connection kept
+// alive from before it.
+func freshStatus(t *testing.T, adminPort int) opsStatus {
+	t.Helper()
+	hc := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 10 * time.Second}
+	resp, err := hc.Get(fmt.Sprintf("http://127.0.0.1:%d/mcp/status", adminPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var s opsStatus
+	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /mcp/status: %d %v", resp.StatusCode, err)
+	}
+	return s
 }
