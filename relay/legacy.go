@@ -185,19 +185,24 @@ func (st *State) Arm(step time.Duration) (done func(), ref *mcp.Refusal) {
 // its answer is noted as owed, and awaited with its deadline of step or
 // its list to filter, once the end of its body gives the id, before the
 // upstream has the whole request (see mcp.CheckedBody.OnEnd). It returns
-// what tells the id it noted ("" while none), or nil when st has no such
-// request. When the session awaits too many answers already, the request
-// goes on without its deadline (it is on its way upstream).
+// what closes the expectation and tells the id it noted ("" when none):
+// the body may end after the upstream answered, and an id read then is
+// not noted. It returns nil when st has no such request. When the session
+// awaits too many answers already, the request goes on without its
+// deadline (it is on its way upstream).
 func (l *legacyLink) expectLate(st *State, step time.Duration) func() string {
 	first := st.call.First()
 	if st.call.Peek.Batch || first.Kind != mcp.KindRequest || first.ID != "" || st.Checked == nil {
 		return nil
 	}
 	p := l.p
-	var mu sync.Mutex
+	var mu sync.Mutex // held while an id is noted, so done sees it whole
 	var noted string
+	closed := false
 	st.Checked.OnEnd(func(id string) {
-		if id == "" {
+		mu.Lock()
+		defer mu.Unlock()
+		if id == "" || closed {
 			return
 		}
 		c := &policy.Awaited{ID: id, Step: step}
@@ -211,13 +216,12 @@ func (l *legacyLink) expectLate(st *State, step time.Duration) func() string {
 			p.Logger.Debug("legacy session awaits too many answers; a request whose id followed the peek goes on without its deadline")
 		}
 		l.owe([]string{id})
-		mu.Lock()
 		noted = id
-		mu.Unlock()
 	})
 	return func() string {
 		mu.Lock()
 		defer mu.Unlock()
+		closed = true
 		return noted
 	}
 }

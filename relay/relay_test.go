@@ -833,3 +833,35 @@ func TestAmbiguousAnswersDropped(t *testing.T) {
 		t.Fatalf("counts %v, want 2 strays", c.m)
 	}
 }
+
+// TestLegacyLateIDAfterAnswer: a legacy POST whose id follows the peek
+// and whose upstream answered (here refused) before its body ended: the
+// id read from the body afterwards is neither awaited nor owed, as the
+// stream will carry no answer for it.
+func TestLegacyLateIDAfterAnswer(t *testing.T) {
+	p, _, _ := newTestProxy(t, Config{})
+	l := &legacyLink{p: p, owed: map[string]string{}}
+	l.awaiting = policy.NewAwaiting(l.expire)
+	t.Cleanup(l.awaiting.Close)
+	r, call, cb, _ := latePost(t, 64)
+	res := mcp.Resolution{Session: &mcp.Session{Kind: mcp.TokenLegacy}, Key: "legacy-late-test-key"}
+	legacyLinks.add(res.Key, l)
+	t.Cleanup(func() { legacyLinks.remove(res.Key, l) })
+	st := p.NewState(httptest.NewRecorder(), r, call, res)
+	st.Checked = cb
+	done, ref := st.Arm(time.Hour)
+	if ref != nil {
+		t.Fatal(ref.Message)
+	}
+	st.status, st.responded = http.StatusBadRequest, true
+	done()
+	if _, err := io.ReadAll(cb); err != nil {
+		t.Fatal(err)
+	}
+	l.mu.Lock()
+	owed := len(l.owed)
+	l.mu.Unlock()
+	if n := l.awaiting.Len(); n != 0 || owed != 0 {
+		t.Errorf("after the answer, the late id is awaited %d times and owed %d times, want none", n, owed)
+	}
+}
