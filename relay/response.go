@@ -9,6 +9,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -137,19 +138,9 @@ func (st *State) errorAnswer(code int, msg string) []byte {
 	if !st.call.Peek.Batch {
 		return mcp.AppendError(nil, st.requestID(), code, msg)
 	}
-	var answers [][]byte
-	denied := map[string]bool{}
-	for _, a := range st.Spliced {
-		if id, ok, _ := mcp.ResponseID(a); ok {
-			denied[mcp.IDKey(string(id))] = true
-		}
-		answers = append(answers, a)
-	}
-	for i := range st.call.Peek.Messages {
-		m := &st.call.Peek.Messages[i]
-		if m.Kind == mcp.KindRequest && m.ID != "" && !denied[mcp.IDKey(m.ID)] {
-			answers = append(answers, mcp.AppendError(nil, m.ID, code, msg))
-		}
+	answers := slices.Clone(st.Spliced)
+	for _, id := range st.upstreamIDs() {
+		answers = append(answers, mcp.AppendError(nil, id, code, msg))
 	}
 	if len(answers) == 0 {
 		return mcp.AppendError(nil, "", code, msg)
