@@ -110,15 +110,7 @@ func (s *Session) view(hash string, now time.Time) SessionView {
 func (r *Registry) Page(cursor string, limit int, now time.Time) SessionPage {
 	out := SessionPage{Sessions: []SessionView{}}
 	if limit <= 0 {
-		r.Range(func(s *Session) bool {
-			out.Total++
-			if h := SessionHash(s.Key()); h > cursor {
-				out.Sessions = append(out.Sessions, s.view(h, now))
-			}
-			return true
-		})
-		sortViews(out.Sessions)
-		return out
+		limit = math.MaxInt
 	}
 	top := make(pageHeap, 0, min(limit, 1024))
 	after := 0
