@@ -40,7 +40,7 @@ func TestCheckScopes(t *testing.T) {
 		{call("admin_reset"), []string{"tools", "admin"}, ""},
 		{`{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"admin_x"}}`, nil, ""},
 		// a batch is refused for its member that needs more
-		{"[" + call("add") + "," + call("admin_reset") + "]", []string{"tools"}, "admin tools"},
+		{"[" + call("add") + "," + strings.Replace(call("admin_reset"), `"id":1`, `"id":2`, 1) + "]", []string{"tools"}, "admin tools"},
 		{"", nil, "stream"},
 		{"", []string{"stream"}, ""},
 	}

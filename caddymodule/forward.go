@@ -131,7 +131,9 @@ func upstreamEndedSession(method string, kind mcp.TokenKind, status int) bool {
 func (h *Handler) upstreamFailure(x *exchange, err error) *mcp.Refusal {
 	id := x.call.First().ID
 	if ref := h.body.CheckedBodyRefusal(x.body); ref != nil {
-		ref.ID = id
+		if ref.ID = id; id == "" {
+			ref.ID = x.body.Checked.LateID() // known when the body ended and its id was refused
+		}
 		x.w.Header().Set("Connection", "close")
 		return ref
 	}

@@ -1599,9 +1599,7 @@ func TestFaultLegacyStreamDropsAwaitedCalls(t *testing.T) {
 			onStream := make(chan string, 8)
 			h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				if r.Method == http.MethodGet {
-					w.Header().Set("Content-Type", "text/event-stream")
-					fmt.Fprint(w, "event: endpoint\ndata: /sse?sessionId=s1\n\n")
-					w.(http.Flusher).Flush()
+					openLegacyEvents(w, legacyEndpointEvent)
 					for {
 						select {
 						case msg := <-onStream:
@@ -1713,7 +1711,7 @@ func TestFaultUpstreamForgetsSession(t *testing.T) {
 // the client gets that 200, as the answers of a legacy POST come on the
 // stream.
 func TestFaultLegacyEmptyAccept(t *testing.T) {
-	h := legacyServer("event: endpoint\ndata: /sse?sessionId=s1\n\n", http.StatusOK, func(id string) string {
+	h := legacyServer(legacyEndpointEvent, http.StatusOK, func(id string) string {
 		return `{"jsonrpc":"2.0","id":` + id + `,"result":{}}`
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*faultWait)

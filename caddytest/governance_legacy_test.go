@@ -412,7 +412,7 @@ func TestGovernanceLegacyPinTools(t *testing.T) {
 // POSTed request on its stream with the message answer makes of its raw
 // id.
 func answeringLegacyServer(answer func(id string) string) http.Handler {
-	return legacyServerWith("event: endpoint\ndata: /sse?sessionId=s1\n\n", answer)
+	return legacyServerWith(legacyEndpointEvent, answer)
 }
 
 // legacyServerWith is answeringLegacyServer whose stream begins with head
@@ -427,18 +427,8 @@ func legacyServer(head string, status int, answer func(id string) string) http.H
 	events := make(chan string, 16)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodGet {
-			w.Header().Set("Content-Type", "text/event-stream")
-			fmt.Fprint(w, head)
-			w.(http.Flusher).Flush()
-			for {
-				select {
-				case ev := <-events:
-					fmt.Fprintf(w, "event: message\ndata: %s\n\n", ev)
-					w.(http.Flusher).Flush()
-				case <-r.Context().Done():
-					return
-				}
-			}
+			serveLegacyEvents(w, r, head, events)
+			return
 		}
 		var m struct {
 			ID json.RawMessage `json:"id"`
@@ -449,6 +439,32 @@ func legacyServer(head string, status int, answer func(id string) string) http.H
 		}
 		w.WriteHeader(status)
 	})
+}
+
+// legacyEndpointEvent is the endpoint event of the legacy servers here.
+const legacyEndpointEvent = "event: endpoint\ndata: /sse?sessionId=s1\n\n"
+
+// openLegacyEvents begins a legacy server's stream: the SSE header and
+// head (raw SSE text, the endpoint event in it), flushed.
+func openLegacyEvents(w http.ResponseWriter, head string) {
+	w.Header().Set("Content-Type", "text/event-stream")
+	fmt.Fprint(w, head)
+	w.(http.Flusher).Flush()
+}
+
+// serveLegacyEvents serves a legacy server's stream: head, then each of
+// events as a message event, until the request ends.
+func serveLegacyEvents(w http.ResponseWriter, r *http.Request, head string, events <-chan string) {
+	openLegacyEvents(w, head)
+	for {
+		select {
+		case ev := <-events:
+			fmt.Fprintf(w, "event: message\ndata: %s\n\n", ev)
+			w.(http.Flusher).Flush()
+		case <-r.Context().Done():
+			return
+		}
+	}
 }
 
 // legacyToolsResult is a tools/list result listing add and zeta.
@@ -632,4 +648,110 @@ func TestGovernanceLegacyLateIDDeadline(t *testing.T) {
 		t.Errorf("the late-id call's answer after %v: %s, want the -32001 timeout error", time.Since(start).Round(time.Millisecond), d)
 	}
 	awaitCancelled(t, cancelled)
+}
+
+// gatedLegacyServer is a legacy HTTP+SSE server that answers every POSTed
+// request on its stream, a tools/call once gate is closed and the others
+// at once. posted gets the raw id of each POST whose body it read whole.
+func gatedLegacyServer(gate <-chan struct{}, posted chan<- string) http.Handler {
+	events := make(chan string, 16)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet {
+			serveLegacyEvents(w, r, legacyEndpointEvent, events)
+			return
+		}
+		var m struct {
+			ID     json.RawMessage `json:"id"`
+			Method string          `json:"method"`
+		}
+		body, err := io.ReadAll(r.Body)
+		if err != nil || json.Unmarshal(body, &m) != nil {
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
+		w.WriteHeader(http.StatusAccepted)
+		if len(m.ID) == 0 {
+			return
+		}
+		posted <- string(m.ID)
+		answer := `{"jsonrpc":"2.0","id":` + string(m.ID) + `,"result":{"content":[{"type":"text","text":"` + m.Method + `"}]}}`
+		if m.Method != "tools/call" {
+			events <- answer
+			return
+		}
+		go func() {
+			select {
+			case <-gate:
+				events <- answer
+			case <-time.After(boundedWait):
+			}
+		}()
+	})
+}
+
+// TestGovernanceLegacyIDInUse: in a legacy session, whose answers all come
+// on one stream and are told apart by their ids, a request whose id is
+// that of a request still unanswered (written alike or not, its id in the
+// peek or after it) is refused with 400 before the upstream has it whole.
+// Let through, the quick request's answer settled the slow one's
+// deadline, which then ran on past request_timeout. The slow one gets its
+// -32001 at the deadline, its late answer is dropped, and its id is free
+// once that answer came.
+func TestGovernanceLegacyIDInUse(t *testing.T) {
+	gate, posted := make(chan struct{}), make(chan string, 16)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*boundedWait)
+	defer cancel()
+	lc, port := legacyStreamTo(t, ctx, gatedLegacyServer(gate, posted), "\t\trequest_timeout 300ms\n\t\tmax_peek 4KiB\n")
+	log := &legacyLog{lc: lc}
+	url := proxyURL(port) + lc.endpoint
+	for _, id := range []string{"60", `"a"`} {
+		if r := postJSON(ctx, url, callBody(id, "slow", `{}`), nil); r.status != http.StatusAccepted {
+			t.Fatalf("call %s: %s", id, r)
+		}
+		if got := awaitString(t, posted, "the upstream's call "+id); got != id {
+			t.Fatalf("the upstream got %s, want %s", got, id)
+		}
+	}
+	pad := strings.Repeat("x", 8<<10)
+	for _, tc := range []struct{ what, body, id string }{
+		{"a ping with the id of the call", `{"jsonrpc":"2.0","id":60,"method":"ping"}`, "60"},
+		{"a ping with the id written another way", `{"jsonrpc":"2.0","id":"\u0061","method":"ping"}`, `"\u0061"`},
+		{"a call whose id follows max_peek", `{"jsonrpc":"2.0","method":"tools/call","params":{"name":"slow","arguments":{"pad":"` + pad + `"}},"id":60}`, "60"},
+	} {
+		r := postJSON(ctx, url, tc.body, nil)
+		if r.status != http.StatusBadRequest {
+			t.Fatalf("%s: %s, want 400", tc.what, r)
+		}
+		if m := rpcErrorFor(t, tc.what, r.body, tc.id, -32600); !strings.Contains(m, "in use") {
+			t.Errorf("%s: message %q", tc.what, m)
+		}
+	}
+	rpcErrorFor(t, "call 60", log.answer(t, 60), "60", -32001)
+	rpcErrorFor(t, `call "a"`, log.answer(t, `"a"`), `"a"`, -32001)
+	select {
+	case id := <-posted:
+		t.Fatalf("the upstream got a request with the id %s in use", id)
+	default:
+	}
+
+	// The late answers come (and are dropped): the ids are free again.
+	close(gate)
+	var r reply
+	for range 100 {
+		if r = postJSON(ctx, url, rpcRequest(60, "ping"), nil); r.status != http.StatusBadRequest {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if r.status != http.StatusAccepted {
+		t.Fatalf("a ping with id 60 after the late answer came: %s, want 202", r)
+	}
+	if ev := log.answer(t, 60); !strings.Contains(ev, `"text":"ping"`) {
+		t.Errorf("the answer to the ping with id 60: %s", ev)
+	}
+	for _, ev := range log.seen {
+		if strings.Contains(ev, `"text":"tools/call"`) {
+			t.Errorf("a late answer reached the client: %s", ev)
+		}
+	}
 }

@@ -2497,3 +2497,45 @@ func upstreamNeverGot(t *testing.T, up *recordedUpstream, words ...string) {
 		}
 	}
 }
+
+// TestGovernanceBatchDuplicateIDs: a 2025-03-26 batch in which two
+// requests have the same id (written alike or not) is refused with 400
+// before it reaches the upstream: let through, an SSE answer to the quick
+// one would settle both, and the slow one would run past request_timeout
+// with its answer dropped. Ids of two kinds, or a response's id equal to
+// a request's, are not the same id.
+func TestGovernanceBatchDuplicateIDs(t *testing.T) {
+	cancelled := make(chan string, 8)
+	fake := startFake(t, &fakeUpstream{on: map[string]func(*fakeCall){"tools/call:slow": slowFakeTool(cancelled)}})
+	port := freePort(t)
+	loadCaddyfile(t, proxySite(port, fake.addr(), "\t\trequest_timeout 300ms\n"))
+	base := proxyURL(port)
+	url := base + "/mcp"
+	ctx, cancel := context.WithTimeout(context.Background(), 2*boundedWait)
+	defer cancel()
+	sid := fake.openSession(t, base, "2025-03-26")
+	hdr := sessionHeaders(sid, "2025-03-26")
+	for _, tc := range []struct{ what, first, second string }{
+		{"a number id twice", "70", "70"},
+		{"a string id twice", `"a"`, `"a"`},
+		{"a string id written two ways", `"a"`, `"\u0061"`},
+	} {
+		body := "[" + callBody(tc.first, "slow", `{"key":"dup"}`) + `,{"jsonrpc":"2.0","id":` + tc.second + `,"method":"ping"}]`
+		r := postJSON(ctx, url, body, hdr)
+		if r.status != http.StatusBadRequest {
+			t.Fatalf("%s: %s, want 400", tc.what, r)
+		}
+		if m := rpcErrorFor(t, tc.what, r.body, "null", -32600); !strings.Contains(m, "same id") {
+			t.Errorf("%s: message %q, want it to say two requests have the same id", tc.what, m)
+		}
+	}
+	if _, ok := fake.find(func(s fakeSeen) bool { return s.batch && len(s.msgs) == 2 }); ok {
+		t.Error("the upstream got a batch with a duplicate id")
+	}
+	r := postJSON(ctx, url, `[`+rpcRequest(71, "ping")+`,{"jsonrpc":"2.0","id":"71","method":"ping"},{"jsonrpc":"2.0","id":71,"result":{}}]`, hdr)
+	var answers []json.RawMessage
+	if err := json.Unmarshal([]byte(r.body), &answers); r.status != http.StatusOK || err != nil || len(answers) != 2 ||
+		strings.Contains(r.body, `"error"`) {
+		t.Errorf("a batch with ids 71 and \"71\" and a response 71: %s; want both pings answered", r)
+	}
+}

@@ -59,15 +59,17 @@ type CheckedBody struct {
 	mu    sync.Mutex
 	err   error // fail, for Err
 	ended bool  // done, for LateID: v is no longer written
-	onEnd func(lateID string)
+	onEnd func(lateID string) error
 }
 
 // OnEnd has f called once the body has been read to its end and checked
 // out, with LateID's value, before the reader gets the bytes held back:
-// before the upstream has the whole message. f runs on the reading
-// goroutine and must not read the body. A body that never ends (a
-// violation, an error, a cancel) never calls it.
-func (b *CheckedBody) OnEnd(f func(lateID string)) {
+// before the upstream has the whole message. An error f returns aborts
+// the body as a violation does: the reader gets it instead of the last
+// bytes, and Err returns it. f runs on the reading goroutine and must not
+// read the body. A body that never ends (a violation, an error, a cancel)
+// never calls it.
+func (b *CheckedBody) OnEnd(f func(lateID string) error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.onEnd = f
@@ -181,14 +183,16 @@ func (b *CheckedBody) finish() error {
 	if err := b.v.end(); err != nil {
 		return b.abort(err)
 	}
-	b.done = true
 	b.mu.Lock()
 	b.ended = true
 	onEnd := b.onEnd
 	b.mu.Unlock()
 	if onEnd != nil {
-		onEnd(b.v.lateID)
+		if err := onEnd(b.v.lateID); err != nil {
+			return b.abort(err)
+		}
 	}
+	b.done = true
 	return nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"testing"
@@ -359,7 +360,10 @@ func TestCheckedBodyOnEnd(t *testing.T) {
 			cb := NewCheckedBody([]byte(c.body[:testWindow]), io.NopCloser(strings.NewReader(c.body[testWindow:])), 0)
 			calls, got, atLen := 0, "", -1
 			var read []byte
-			cb.OnEnd(func(id string) { calls, got, atLen = calls+1, id, len(read) })
+			cb.OnEnd(func(id string) error {
+				calls, got, atLen = calls+1, id, len(read)
+				return nil
+			})
 			buf := make([]byte, chunk)
 			for {
 				n, err := cb.Read(buf)
@@ -379,9 +383,24 @@ func TestCheckedBodyOnEnd(t *testing.T) {
 	bad := `{"jsonrpc":"2.0","method":"tools/call","params":{"name":"x","arguments":{"a":"` + x + `"}},"id":63,"method":"y"}`
 	cb := NewCheckedBody([]byte(bad[:testWindow]), io.NopCloser(strings.NewReader(bad[testWindow:])), 0)
 	called := false
-	cb.OnEnd(func(string) { called = true })
+	cb.OnEnd(func(string) error {
+		called = true
+		return nil
+	})
 	_, _ = io.ReadAll(cb)
 	if called {
 		t.Error("OnEnd called for a body that failed its check")
+	}
+
+	// An error of OnEnd's function aborts the body before its last byte.
+	good := `{"jsonrpc":"2.0","method":"tools/call","params":{"name":"x","arguments":{"a":"` + x + `"}},"id":63}`
+	cb = NewCheckedBody([]byte(good[:testWindow]), io.NopCloser(strings.NewReader(good[testWindow:])), 0)
+	cb.OnEnd(func(id string) error { return fmt.Errorf("%w: %s", ErrIDInUse, id) })
+	read, err := io.ReadAll(cb)
+	if !errors.Is(err, ErrIDInUse) || !errors.Is(cb.Err(), ErrIDInUse) || len(read) >= len(good) {
+		t.Errorf("OnEnd's error: read %d of %d bytes, err %v, Err %v; want the body aborted with it before its end", len(read), len(good), err, cb.Err())
+	}
+	if id := cb.LateID(); id != "63" {
+		t.Errorf("LateID of the aborted body = %q, want 63", id)
 	}
 }

@@ -58,7 +58,7 @@ func Refuse(status, code int, id, msg string) *Refusal {
 // ErrBatchTooLarge, ErrLateEnvelope, ErrBodyTooLarge), 400 with a JSON-RPC
 // parse error for ErrMalformed and ErrEmptyBody, and 400 with an invalid
 // request error otherwise (ErrAmbiguous, ErrJSONRPCVersion, ErrInvalidID,
-// ErrNotEnvelope, ErrBatchTooLong).
+// ErrNotEnvelope, ErrBatchTooLong, ErrDuplicateID).
 func BodyRefusal(err error) *Refusal {
 	switch {
 	case errors.Is(err, ErrTooLarge), errors.Is(err, ErrBatchTooLarge),

@@ -120,6 +120,13 @@ var (
 	ErrNotEnvelope = errors.New("not a JSON-RPC request, notification or response")
 	// ErrBatchTooLong is a batch of more than MaxBatch messages.
 	ErrBatchTooLong = fmt.Errorf("batch holds more than %d messages", MaxBatch)
+	// ErrDuplicateID is a batch in which two requests have the same id,
+	// written alike or not ("a" and "\u0061"): an answer could not be told
+	// apart from the other's, nor a deadline or a denial held to one of
+	// them (the MCP specification forbids a requestor to use an id twice
+	// in a session). The error returned names the id; errors.Is matches it
+	// with ErrDuplicateID.
+	ErrDuplicateID = errors.New("two requests of the batch have the same id")
 	// ErrTooLarge means the body is larger than the peek limit and the
 	// envelope fields were not all found within it.
 	ErrTooLarge = errors.New("JSON-RPC envelope not found within the peek limit")
@@ -137,6 +144,12 @@ var (
 	// ErrInvalidID is a message whose id is not a string, null, or an
 	// integer that every peer reads alike (see safeIntegerID).
 	ErrInvalidID = errors.New("JSON-RPC id must be a string, an integer or null")
+	// ErrIDInUse is a request whose id is the id of a request of the same
+	// session whose answer has not come (the MCP specification forbids a
+	// requestor to use an id twice in a session): the proxy, which holds
+	// the requests of a legacy session by their ids, could not tell the
+	// two answers apart. The error returned names the id.
+	ErrIDInUse = errors.New("the id is in use by a request of this session that has no answer yet")
 	// ErrBatchTooLarge is a batch larger than the peek limit: every
 	// message of a batch must be known before it is admitted (HTTP 413).
 	ErrBatchTooLarge = errors.New("JSON-RPC batch larger than the peek limit")
@@ -252,6 +265,8 @@ func lateKey(set memberSet, m int) error {
 // of params, and its members read for a completion/complete, see
 // Envelope.RefTarget). A complete body must be valid JSON and valid UTF-8.
 //
+// Two requests of a batch must not have the same id (ErrDuplicateID).
+//
 // A truncated body must be a valid prefix of one message (a batch must be
 // complete: ErrBatchTooLarge) whose head holds its method (or a result or
 // error), and for tools/call and prompts/get params.name, for
@@ -301,7 +316,7 @@ func ParseEnvelope(body []byte, complete bool, into *Peek) error {
 			}
 			s.ws()
 			if s.b[s.i] == ']' {
-				return nil
+				return uniqueRequestIDs(into.Messages)
 			}
 			s.i++ // ','
 			s.ws()
@@ -309,6 +324,28 @@ func ParseEnvelope(body []byte, complete bool, into *Peek) error {
 	}
 	into.Messages = append(into.Messages, Envelope{})
 	return s.message(&into.Messages[0])
+}
+
+// uniqueRequestIDs returns ErrDuplicateID, naming the id, when two
+// requests of msgs have ids with the same IDKey. A response may have the
+// id of a request: the client answers the server's ids, not its own.
+func uniqueRequestIDs(msgs []Envelope) error {
+	var seen map[string]struct{}
+	for i := range msgs {
+		m := &msgs[i]
+		if m.Kind != KindRequest {
+			continue
+		}
+		if seen == nil {
+			seen = make(map[string]struct{}, len(msgs)-i)
+		}
+		key := IDKey(m.ID)
+		if _, dup := seen[key]; dup {
+			return fmt.Errorf("%w: %s", ErrDuplicateID, m.ID)
+		}
+		seen[key] = struct{}{}
+	}
+	return nil
 }
 
 // checkJSON refuses a body that is not valid JSON in valid UTF-8, or, not

@@ -68,6 +68,10 @@ func TestParseEnvelopeRefusals(t *testing.T) {
 		{"id past 2^53", `{"jsonrpc":"2.0","id":9007199254740993,"method":"tools/list"}`, true, ErrInvalidID},
 		{"id past 2^53 negative", `{"jsonrpc":"2.0","id":-9007199254740992,"method":"tools/list"}`, true, ErrInvalidID},
 		{"response fraction id", `{"jsonrpc":"2.0","id":1.5,"result":{}}`, true, ErrInvalidID},
+		// Two requests of a batch with one id, written alike or not.
+		{"batch duplicate id", `[{"jsonrpc":"2.0","id":70,"method":"tools/call","params":{"name":"slow"}},{"jsonrpc":"2.0","id":70,"method":"ping"}]`, true, ErrDuplicateID},
+		{"batch duplicate string id", `[{"jsonrpc":"2.0","id":"a","method":"ping"},{"jsonrpc":"2.0","method":"notifications/initialized"},{"jsonrpc":"2.0","id":"a","method":"ping"}]`, true, ErrDuplicateID},
+		{"batch duplicate escaped id", `[{"jsonrpc":"2.0","id":"a","method":"ping"},{"jsonrpc":"2.0","id":"\u0061","method":"ping"}]`, true, ErrDuplicateID},
 		{"batch member exponent id", `[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","id":2E1,"method":"ping"}]`, true, ErrInvalidID},
 		{"method number", `{"jsonrpc":"2.0","id":1,"method":5}`, true, ErrNotEnvelope},
 		{"method null", `{"jsonrpc":"2.0","id":1,"method":null}`, true, ErrNotEnvelope},

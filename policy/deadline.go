@@ -158,6 +158,14 @@ func (a *Awaiting) Len() int {
 	return len(a.pending)
 }
 
+// Has reports whether a request with the raw id (written any way, see
+// mcp.IDKey) is in the table, its deadline passed or not.
+func (a *Awaiting) Has(id string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.pending[mcp.IDKey(id)] != nil
+}
+
 // Forget stops awaiting the requests with these raw ids: their answer
 // will not come (the upstream refused their POST, the client cancelled
 // them).

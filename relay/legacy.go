@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"slices"
 	"sync"
@@ -199,11 +200,16 @@ func (l *legacyLink) expectLate(st *State, step time.Duration) func() string {
 	var mu sync.Mutex // held while an id is noted, so done sees it whole
 	var noted string
 	closed := false
-	st.Checked.OnEnd(func(id string) {
+	st.Checked.OnEnd(func(id string) error {
 		mu.Lock()
 		defer mu.Unlock()
 		if id == "" || closed {
-			return
+			return nil
+		}
+		owed, inUse := l.claim([]string{id})
+		if inUse != "" {
+			l.p.Metrics.SessionRefused("id_in_use")
+			return fmt.Errorf("%w: %s", mcp.ErrIDInUse, inUse)
 		}
 		c := &policy.Awaited{ID: id, Step: step}
 		if _, ok := policy.ListKind(first.Method); ok && p.Lists.Filters() {
@@ -215,8 +221,10 @@ func (l *legacyLink) expectLate(st *State, step time.Duration) func() string {
 		if (c.List != "" || c.Step > 0) && !l.awaiting.Add([]*policy.Awaited{c}, p.MaxTimeout) {
 			p.Logger.Debug("legacy session awaits too many answers; a request whose id followed the peek goes on without its deadline")
 		}
-		l.owe([]string{id})
-		noted = id
+		if len(owed) > 0 {
+			noted = id
+		}
+		return nil
 	})
 	return func() string {
 		mu.Lock()
@@ -226,32 +234,36 @@ func (l *legacyLink) expectLate(st *State, step time.Duration) func() string {
 	}
 }
 
-// owe notes ids as requests whose answers the stream owes the client,
+// claim notes ids as requests whose answers the stream owes the client,
 // and returns those it noted: none once the stream ended, and only as many
 // as there is room for (policy.MaxAwaited). A request past that is not
 // noted: its answer passes as any other, but an end of the stream before
-// it gets it no error.
-func (l *legacyLink) owe(ids []string) []string {
+// it gets it no error. When one of ids is owed already, or awaited (its
+// answer has not come, or came after its deadline passed), claim notes
+// none and returns it as inUse: its answer and the new request's could
+// not be told apart, and the first's deadline would end with the second.
+func (l *legacyLink) claim(ids []string) (noted []string, inUse string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.ended {
-		return nil
+		return nil, ""
 	}
-	noted := ids[:0:0]
 	for _, id := range ids {
-		key := mcp.IDKey(id)
-		if _, ok := l.owed[key]; !ok && len(l.owed) >= policy.MaxAwaited {
-			continue
+		if _, ok := l.owed[mcp.IDKey(id)]; ok || l.awaiting.Has(id) {
+			return nil, id
 		}
-		l.owed[key] = id
-		noted = append(noted, id)
+	}
+	n := min(len(ids), policy.MaxAwaited-len(l.owed))
+	noted = ids[:n:n]
+	for _, id := range noted {
+		l.owed[mcp.IDKey(id)] = id
 	}
 	if len(noted) < len(ids) {
 		if c := l.p.Logger.Check(zap.DebugLevel, "legacy session owes too many answers; request not noted"); c != nil {
 			c.Write(zap.Int("owed", len(l.owed)), zap.Int("not_noted", len(ids)-len(noted)))
 		}
 	}
-	return noted
+	return noted, ""
 }
 
 // settle notes that the answers with these raw ids are no longer owed:
@@ -340,13 +352,23 @@ func (l *legacyLink) expect(st *State, step time.Duration) (awaited, owed []stri
 		l.awaiting.Forget(dropped)
 		l.settle(dropped...)
 	}
+	owed, inUse := l.claim(all)
+	if inUse != "" {
+		l.p.Metrics.SessionRefused("id_in_use")
+		id := ""
+		if !st.call.Peek.Batch {
+			id = inUse
+		}
+		return nil, nil, mcp.Refuse(http.StatusBadRequest, mcp.CodeInvalidRequest, id, "invalid request: "+mcp.ErrIDInUse.Error()+": "+inUse)
+	}
 	if l.awaiting.Add(calls, p.MaxTimeout) {
-		return ids, l.owe(all), nil
+		return ids, owed, nil
 	}
 	if step == 0 {
 		// Lists only: their results are filtered by their shape.
-		return nil, l.owe(all), nil
+		return nil, owed, nil
 	}
+	l.settle(owed...)
 	l.p.Metrics.SessionRefused("legacy_pending")
 	st.w.Header().Set("Retry-After", RetryAfter)
 	return nil, nil, mcp.Refuse(http.StatusServiceUnavailable, mcp.CodeServerError, st.call.First().ID,

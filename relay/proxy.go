@@ -97,7 +97,7 @@ type Metrics struct {
 	StrayAnswer                             func()
 	StreamOpened, StreamClosed, SideSkipped func()
 	Deadline                                func(state string)  // "waiting", "streaming"
-	SessionRefused                          func(kind string)   // "full", "legacy_pending"
+	SessionRefused                          func(kind string)   // "full", "legacy_pending", "id_in_use"
 	UpstreamID                              func(result string) // "dropped", "unusable"
 }
 

@@ -374,21 +374,31 @@ func TestRelayJSONAnswerUnderDeadline(t *testing.T) {
 // TestLegacyOwedAnswers: a legacy stream owes the answers of at most
 // policy.MaxAwaited requests; one past that is not noted. An answer that
 // came, or an error sent in its place, settles a request; the others get
-// an error each when the stream ends, and none is noted after.
+// an error each when the stream ends, and none is noted after. An id
+// owed, or awaited, is in use: a request with it (written any way) is
+// not noted, nor the others with it.
 func TestLegacyOwedAnswers(t *testing.T) {
 	p, c, _ := newTestProxy(t, Config{})
-	l := &legacyLink{p: p, owed: map[string]string{}}
+	l := &legacyLink{p: p, owed: map[string]string{}, awaiting: policy.NewAwaiting(func(*policy.Awaited) {})}
 	var ids []string
 	for i := range policy.MaxAwaited + 1 {
 		ids = append(ids, strconv.Itoa(i))
 	}
-	if got := l.owe(ids); len(got) != policy.MaxAwaited || got[0] != "0" {
-		t.Fatalf("noted %d of %d", len(got), len(ids))
+	if got, inUse := l.claim(ids); len(got) != policy.MaxAwaited || got[0] != "0" || inUse != "" {
+		t.Fatalf("noted %d of %d (in use %q)", len(got), len(ids), inUse)
 	}
 	l.settle(ids[2:policy.MaxAwaited]...)
-	if got := l.owe([]string{`"a"`}); len(got) != 1 {
+	if got, inUse := l.claim([]string{`"b"`, "1"}); len(got) != 0 || inUse != "1" {
+		t.Fatalf("an owed id claimed again: noted %q, in use %q; want none noted, 1 in use", got, inUse)
+	}
+	if got, _ := l.claim([]string{`"a"`}); len(got) != 1 {
 		t.Fatal("no room after the answers came")
 	}
+	l.awaiting.Add([]*policy.Awaited{{ID: `"c"`}}, 0)
+	if got, inUse := l.claim([]string{`"\u0063"`}); len(got) != 0 || inUse != `"\u0063"` {
+		t.Fatalf("an awaited id written another way: noted %q, in use %q", got, inUse)
+	}
+	l.awaiting.Forget([]string{`"c"`})
 	out := string(l.final(nil))
 	for _, id := range []string{`"id":0,`, `"id":1,`, `"id":"a",`} {
 		if !strings.Contains(out, id) {
@@ -398,7 +408,7 @@ func TestLegacyOwedAnswers(t *testing.T) {
 	if n := strings.Count(out, "event: message"); n != 3 || c.get("unanswered") != 3 {
 		t.Errorf("%d errors (%d counted) in %q, want 3", n, c.get("unanswered"), out)
 	}
-	if got := l.owe([]string{"9"}); len(got) != 0 || l.final(nil) != nil {
+	if got, _ := l.claim([]string{"9"}); len(got) != 0 || l.final(nil) != nil {
 		t.Error("a request noted after the stream ended")
 	}
 }
@@ -722,7 +732,7 @@ func TestLegacyRefusedPostForgetsAwaited(t *testing.T) {
 	for i := range policy.MaxAwaited {
 		full = append(full, strconv.Itoa(1000+i))
 	}
-	l.owe(full)
+	l.claim(full)
 	res := mcp.Resolution{Session: &mcp.Session{Kind: mcp.TokenLegacy}, Key: "legacy-test-key"}
 	legacyLinks.add(res.Key, l)
 	t.Cleanup(func() { legacyLinks.remove(res.Key, l) })
