@@ -443,6 +443,9 @@ func (h *Handler) refuse(w http.ResponseWriter, ref *mcp.Refusal) error {
 func writeRefusal(w http.ResponseWriter, ref *mcp.Refusal) error {
 	body := ref.Body()
 	hdr := w.Header()
+	for k, v := range ref.Header {
+		hdr[k] = v
+	}
 	hdr.Set("Content-Type", "application/json")
 	hdr.Set("Content-Length", fmt.Sprint(len(body)))
 	w.WriteHeader(ref.Status)

@@ -1,6 +1,8 @@
 package caddytest
 
 import (
+	"bytes"
+	"compress/gzip"
 	"context"
 	"crypto/x509"
 	"encoding/base64"
@@ -314,8 +316,9 @@ func TestAuthScopeGlobsCrossSlash(t *testing.T) {
 
 // TestAuthScopesUnreadableBody checks mcp_auth's scope rules in front of a
 // plain reverse_proxy: a POST whose messages it cannot read (a body in
-// another charset, which a server may decode into other messages, or not
-// declared as JSON at all) is refused, not passed unchecked.
+// another charset or content coding, which a server may decode into other
+// messages, or not declared as JSON at all) is refused, not passed
+// unchecked.
 func TestAuthScopesUnreadableBody(t *testing.T) {
 	as := startAuthServer(t)
 	up := startUpstream(t, "up", &mcp.StreamableHTTPOptions{Stateless: true})
@@ -333,6 +336,16 @@ func TestAuthScopesUnreadableBody(t *testing.T) {
 		if status, _, body := rawPost(t, endpoint, smuggled, hdr); status != http.StatusUnsupportedMediaType {
 			t.Errorf("%s: %d %s, want 415", ct, status, body)
 		}
+	}
+	// Express's JSON body parser inflates a body declared gzip.
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	_, _ = zw.Write([]byte(toolCall("delete_repo")))
+	_ = zw.Close()
+	hdr := bearerHdr(reader)
+	hdr["Content-Encoding"] = "gzip"
+	if status, rh, body := rawPost(t, endpoint, gz.String(), hdr); status != http.StatusUnsupportedMediaType || rh.Get("Accept-Encoding") != "identity" {
+		t.Errorf("a gzip body: %d (Accept-Encoding %q) %s, want 415 with Accept-Encoding identity", status, rh.Get("Accept-Encoding"), body)
 	}
 	if n := up.requests.Load() - before; n != 0 {
 		t.Errorf("the upstream got %d unchecked requests", n)

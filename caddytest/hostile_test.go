@@ -210,6 +210,7 @@ func TestHostileShape(t *testing.T) {
 		{"GET", "/mcp", map[string]string{"Accept": "text/html"}, 406, false},
 		{"POST", "/mcp", map[string]string{"Content-Type": "text/plain"}, 415, false},
 		{"POST", "/mcp", map[string]string{"Content-Type": "application/json; charset=utf-7"}, 415, false},
+		{"POST", "/mcp", map[string]string{"Content-Type": "application/json", "Content-Encoding": "gzip"}, 415, false},
 		{"POST", "/mcp/../../etc/passwd", map[string]string{"Content-Type": "application/json"}, 400, false},
 		{"POST", "/mcp/%2e%2e/admin", map[string]string{"Content-Type": "application/json"}, 400, false},
 	} {
@@ -235,6 +236,9 @@ func TestHostileShape(t *testing.T) {
 		}
 		if tt.allow && resp.Header.Get("Allow") != "GET, POST, DELETE, OPTIONS" {
 			t.Errorf("%s: Allow %q", tt.method, resp.Header.Get("Allow"))
+		}
+		if enc := tt.hdr["Content-Encoding"]; enc != "" && resp.Header.Get("Accept-Encoding") != "identity" {
+			t.Errorf("a body encoded %s: Accept-Encoding %q, want identity", enc, resp.Header.Get("Accept-Encoding"))
 		}
 	}
 	if n := up.requests.Load() - before; n != 0 {

@@ -36,6 +36,9 @@ type Refusal struct {
 	// Batch, when set, is the body in place of the one error: the
 	// answers of a batch, an error for each of its requests.
 	Batch []byte
+	// Header holds header fields the answer carries besides its
+	// Content-Type and Content-Length, or nil.
+	Header http.Header
 }
 
 func (r *Refusal) Error() string { return r.Message }

@@ -90,6 +90,20 @@ func TestCheckShapeTwoContentTypes(t *testing.T) {
 	}
 }
 
+// TestCheckShapeContentEncoding: an encoded POST body is refused with
+// 415 and Accept-Encoding: identity, whichever of its Content-Encoding
+// headers names the coding.
+func TestCheckShapeContentEncoding(t *testing.T) {
+	r, _ := http.NewRequest("POST", "http://h/mcp", nil)
+	r.Header.Set("Content-Type", "application/json")
+	r.Header.Add("Content-Encoding", "identity")
+	r.Header.Add("Content-Encoding", "x-gzip")
+	ref := CheckShape(r)
+	if ref == nil || ref.Status != 415 || ref.Header.Get("Accept-Encoding") != "identity" || !strings.Contains(ref.Message, "x-gzip") {
+		t.Errorf("a body encoded x-gzip in a second header: %+v", ref)
+	}
+}
+
 func TestCheckShape(t *testing.T) {
 	for _, tt := range []struct {
 		method, path string
@@ -110,6 +124,13 @@ func TestCheckShape(t *testing.T) {
 		{"POST", "/mcp", map[string]string{"Content-Type": "application/json; charset*=utf-8''utf-7"}, 415},
 		{"POST", "/mcp", map[string]string{"Content-Type": "application/json; profile=x"}, 415},
 		{"POST", "/mcp", map[string]string{"Content-Type": "application/json, text/plain"}, 415},
+		// A body a server would decode first is not what the proxy reads.
+		{"POST", "/mcp", map[string]string{"Content-Type": "application/json", "Content-Encoding": "gzip"}, 415},
+		{"POST", "/mcp", map[string]string{"Content-Type": "application/json", "Content-Encoding": "BR"}, 415},
+		{"POST", "/mcp", map[string]string{"Content-Type": "application/json", "Content-Encoding": "identity, deflate"}, 415},
+		{"POST", "/mcp", map[string]string{"Content-Type": "application/json", "Content-Encoding": "Identity"}, 0},
+		{"POST", "/mcp", map[string]string{"Content-Type": "application/json", "Content-Encoding": ""}, 0},
+		{"GET", "/mcp", map[string]string{"Accept": "text/event-stream", "Content-Encoding": "gzip"}, 0},
 		{"GET", "/mcp", map[string]string{"Accept": "text/event-stream"}, 0},
 		{"GET", "/mcp", map[string]string{"Accept": "text/html, */*;q=0.8"}, 0},
 		{"GET", "/mcp", map[string]string{"Accept": "text/*"}, 0},

@@ -48,15 +48,36 @@ func IsPreflight(r *http.Request) bool {
 }
 
 // CheckMediaType refuses, with 415, a POST whose body is not declared as
-// JSON in UTF-8 by exactly one Content-Type header (see IsJSON). A body
-// declared in another charset is refused, not read as UTF-8: a server that
-// decodes it by its charset (UTF-7, UTF-16, Latin-1) would read other
-// messages than the proxy checked.
+// JSON in UTF-8 by exactly one Content-Type header (see IsJSON), or is
+// declared encoded by a Content-Encoding other than identity (the answer
+// then carries "Accept-Encoding: identity", as RFC 9110 asks). Such a
+// body is refused, not read as it is: a server that decodes it by its
+// charset (UTF-7, UTF-16, Latin-1) or its coding (body parsers inflate
+// gzip, deflate and br) would read other messages than the proxy checked.
 func CheckMediaType(h http.Header) *Refusal {
 	if cts := h.Values("Content-Type"); len(cts) != 1 || !IsJSON(cts[0]) {
 		return Refuse(http.StatusUnsupportedMediaType, CodeInvalidRequest, "", "Unsupported Media Type: Content-Type must be application/json, in UTF-8")
 	}
+	if coding := contentCoding(h); coding != "" {
+		ref := Refuse(http.StatusUnsupportedMediaType, CodeInvalidRequest, "",
+			"Unsupported Media Type: the body must not be encoded (Content-Encoding "+coding+")")
+		ref.Header = http.Header{"Accept-Encoding": {"identity"}}
+		return ref
+	}
 	return nil
+}
+
+// contentCoding returns the first content coding of h other than
+// identity (at most 32 bytes of it), "" when there is none.
+func contentCoding(h http.Header) string {
+	for _, v := range h.Values("Content-Encoding") {
+		for c := range strings.SplitSeq(v, ",") {
+			if c = strings.TrimSpace(c); c != "" && !strings.EqualFold(c, "identity") {
+				return c[:min(len(c), 32)]
+			}
+		}
+	}
+	return ""
 }
 
 // IsJSON reports whether a Content-Type is application/json (any case)
