@@ -330,7 +330,11 @@ func TestAuthScopesUnreadableBody(t *testing.T) {
 	// member appears, which JSON.parse takes.
 	smuggled := `{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo","arguments":{},"x":"+ACI-,+ACI-name+ACI-:+ACI-delete_repo"}}`
 	before := up.requests.Load()
-	for _, ct := range []string{"application/json; charset=utf-7", "application/json; charset=utf-16", "text/plain"} {
+	// The last two are read as UTF-7 by Node's content-type package
+	// (Express's JSON parser, the TypeScript SDK), as UTF-8 by Go's mime,
+	// which folds charset* into charset.
+	for _, ct := range []string{"application/json; charset=utf-7", "application/json; charset=utf-16", "text/plain",
+		"application/json; charset=utf-7; charset*=utf-8''utf-8", "application/json; charset*=utf-8''utf-8; charset=utf-7"} {
 		hdr := bearerHdr(reader)
 		hdr["Content-Type"] = ct
 		if status, _, body := rawPost(t, endpoint, smuggled, hdr); status != http.StatusUnsupportedMediaType {

@@ -210,6 +210,8 @@ func TestHostileShape(t *testing.T) {
 		{"GET", "/mcp", map[string]string{"Accept": "text/html"}, 406, false},
 		{"POST", "/mcp", map[string]string{"Content-Type": "text/plain"}, 415, false},
 		{"POST", "/mcp", map[string]string{"Content-Type": "application/json; charset=utf-7"}, 415, false},
+		// Node's content-type reads charset utf-7; Go's mime, utf-8 from charset*.
+		{"POST", "/mcp", map[string]string{"Content-Type": "application/json; charset=utf-7; charset*=utf-8''utf-8"}, 415, false},
 		{"POST", "/mcp", map[string]string{"Content-Type": "application/json", "Content-Encoding": "gzip"}, 415, false},
 		{"POST", "/mcp/../../etc/passwd", map[string]string{"Content-Type": "application/json"}, 400, false},
 		{"POST", "/mcp/%2e%2e/admin", map[string]string{"Content-Type": "application/json"}, 400, false},

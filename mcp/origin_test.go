@@ -165,3 +165,26 @@ func TestCheckShape(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckShapeExtendedCharset: a Content-Type whose parameters are
+// read one way by Go's mime package and another by Node's content-type
+// package is refused. Go folds an RFC 2231 `charset*` (or `charset*0`)
+// into charset, over a plain charset; Node's content-type, used by
+// Express's JSON body parser and the TypeScript SDK's own body reading,
+// keeps `charset*` apart and decodes the body by the plain charset
+// (UTF-7 here), so the server would read other messages than the proxy.
+func TestCheckShapeExtendedCharset(t *testing.T) {
+	for _, ct := range []string{
+		"application/json; charset=utf-7; charset*=utf-8''utf-8",
+		"application/json; charset*=utf-8''utf-8; charset=utf-7",
+		"application/json; charset=utf-16; charset*0=utf-8",
+		"application/json; charset*=utf-8''utf-8",
+		"application/json; charset*0=utf-8",
+	} {
+		r, _ := http.NewRequest("POST", "http://h/mcp", nil)
+		r.Header.Set("Content-Type", ct)
+		if ref := CheckShape(r); ref == nil || ref.Status != http.StatusUnsupportedMediaType {
+			t.Errorf("Content-Type %q: %+v, want 415", ct, ref)
+		}
+	}
+}

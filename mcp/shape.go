@@ -82,10 +82,17 @@ func contentCoding(h http.Header) string {
 
 // IsJSON reports whether a Content-Type is application/json (any case)
 // with no parameter but, at most, charset=utf-8 (or utf8; any case,
-// quoted or not).
+// quoted or not). A `*` anywhere refuses it: Go's mime package folds an
+// RFC 2231 parameter (`charset*`, `charset*0`) into
+// charset, over a plain charset, while Node's content-type package
+// (Express's JSON parser, the TypeScript SDK's body reading) keeps it
+// apart and decodes the body by the plain charset, UTF-7 say.
 func IsJSON(ct string) bool {
 	if strings.EqualFold(ct, "application/json") {
 		return true // what clients send, without a parse
+	}
+	if strings.ContainsRune(ct, '*') {
+		return false
 	}
 	mt, params, err := mime.ParseMediaType(ct)
 	if err != nil || mt != "application/json" {
