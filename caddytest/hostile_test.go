@@ -481,6 +481,11 @@ func TestHostileLegacyEndpoint(t *testing.T) {
 		{"sessionId=secret-upstream-id", map[string]string{"Mcp-Protocol-Version": "2026-07-28", "Mcp-Method": "ping"}, `{"jsonrpc":"2.0","id":3,"method":"ping","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}`},
 		{"sessionid=secret-upstream-id", nil, `{"jsonrpc":"2.0","id":4,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{}}}`},
 		{"x=1&session%49d=secret-upstream-id", nil, `{"jsonrpc":"2.0","id":5,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{}}}`},
+		// Express 4's query parser (qs) reads these as sessionId too: an
+		// array ["secret-upstream-id"], which indexes an object of
+		// transports as its one string, and a plain string.
+		{"sessionId[]=secret-upstream-id", nil, `{"jsonrpc":"2.0","id":7,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{}}}`},
+		{"%5BsessionId%5D=secret-upstream-id", nil, `{"jsonrpc":"2.0","id":8,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{}}}`},
 	} {
 		st, _, b := rawPost(t, proxyURL(port)+"/evil.example/message?"+c.query, c.body, c.hdr)
 		if st != http.StatusNotFound || !strings.Contains(b, `"code":-32001`) {

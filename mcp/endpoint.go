@@ -172,7 +172,11 @@ func (lp *LegacyParams) Named(rawQuery string) bool {
 
 // queryNames yields the parameter names of a raw query, unescaped as
 // servers read them ("+" is a space) and lowercased; a name that does not
-// unescape is yielded as it is.
+// unescape is yielded as it is. A name with brackets is yielded too as
+// each run of characters between them, as qs (Express 4's query parser)
+// nests it: `sessionId[]`, `sessionId[0]` and `[sessionId]` are all
+// read there as sessionId. (Note remembers such pieces of an
+// endpoint's names too, which only widens what Named refuses.)
 func queryNames(rawQuery string) func(yield func(string) bool) {
 	return func(yield func(string) bool) {
 		for part := range strings.SplitSeq(rawQuery, "&") {
@@ -180,8 +184,17 @@ func queryNames(rawQuery string) func(yield func(string) bool) {
 			if un, err := url.QueryUnescape(name); err == nil {
 				name = un
 			}
-			if !yield(strings.ToLower(name)) {
+			name = strings.ToLower(name)
+			if !yield(name) {
 				return
+			}
+			if !strings.ContainsAny(name, "[]") {
+				continue
+			}
+			for piece := range strings.FieldsFuncSeq(name, func(r rune) bool { return r == '[' || r == ']' }) {
+				if piece != name && !yield(piece) {
+					return
+				}
 			}
 		}
 	}

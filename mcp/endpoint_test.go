@@ -91,6 +91,14 @@ func TestLegacyParams(t *testing.T) {
 		"":                     false,
 		"tenant=a&other=b":     false,
 		"tenant=a&sessionId=b": true,
+		// Express 4's query parser (qs) reads all of these as sessionId.
+		"sessionId[]=x":       true,
+		"sessionId%5B0%5D=x":  true,
+		"sessionId[=x":        true,
+		"[sessionId]=x":       true,
+		"[sessionId]tail=x":   true,
+		"sessionId[a][b]=x":   true,
+		"tenant[sessionId]=x": true,
 	} {
 		if got := lp.Named(q); got != want {
 			t.Errorf("Named(%q) = %v, want %v", q, got, want)
