@@ -571,3 +571,37 @@ func TestHostileDuplicateHeaders(t *testing.T) {
 		t.Errorf("%d requests with two values of a header reached the upstream", n)
 	}
 }
+
+// TestHostileEncodedSlashDotSegment: a path whose dot segment appears
+// only once its encoded slash is decoded never reaches the upstream.
+// Caddy's path matchers clean the decoded path, so
+// /admin/..%2fpublic/mcp is served by the site's unprotected route (the
+// one for /public/*), while uvicorn hands Starlette the decoded path
+// uncleaned, /admin/../public/mcp, which a Mount("/admin") routes to
+// the protected app, and Express, matching its routes on the raw path,
+// gives it to app.use("/admin").
+func TestHostileEncodedSlashDotSegment(t *testing.T) {
+	up := startFake(t, &fakeUpstream{name: "paths", stateless: true})
+	port := freePort(t)
+	loadCaddyfile(t, fmt.Sprintf(":%d {\n\thandle /admin/* {\n\t\trespond \"sign in first\" 401\n\t}\n"+
+		"\thandle {\n\t\tmcp_proxy %s {\n\t\t\trequire_session off\n\t\t}\n\t}\n}\n", port, up.addr()))
+	const initialize = `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{}}}`
+	if st, _, b := rawPost(t, proxyURL(port)+"/admin/mcp", initialize, nil); st != http.StatusUnauthorized {
+		t.Fatalf("/admin/mcp: %d %s, want the site's 401", st, b)
+	}
+	before := len(up.since(0))
+	for _, path := range []string{"/admin/..%2fpublic/mcp", "/admin/x/..%2F..%2fpublic/mcp", "/admin/%2e%2e%2fpublic/mcp"} {
+		st, _, b := rawPost(t, proxyURL(port)+path, initialize, nil)
+		if st != http.StatusBadRequest || !strings.Contains(b, `"jsonrpc":"2.0"`) {
+			t.Errorf("POST %s: %d %s, want 400", path, st, b)
+		}
+	}
+	if got := up.since(before); len(got) != 0 {
+		for _, s := range got {
+			t.Errorf("the upstream got %s %s", s.method, s.uri)
+		}
+	}
+	if st, _, b := rawPost(t, proxyURL(port)+"/public/mcp", initialize, nil); st != http.StatusOK {
+		t.Errorf("/public/mcp: %d %s", st, b)
+	}
+}

@@ -188,3 +188,34 @@ func TestCheckShapeExtendedCharset(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckShapeEncodedSlashDotSegment: a dot segment that appears only
+// once an encoded slash is decoded is refused too. Caddy's path matchers
+// clean the decoded path ("/admin/..%2fpublic/mcp" matches /public/*),
+// while uvicorn gives Starlette the decoded path uncleaned, which a
+// Mount("/admin") routes to the admin app, and Express matches routes on
+// the raw path, which app.use("/admin") takes.
+func TestCheckShapeEncodedSlashDotSegment(t *testing.T) {
+	for path, want := range map[string]int{
+		"/admin/..%2fpublic/mcp":     400,
+		"/admin/..%2Fpublic/mcp":     400,
+		"/admin/%2e%2e%2fpublic/mcp": 400,
+		"/admin/.%2fpublic/mcp":      400,
+		"/admin/x%2f..%2fpublic/mcp": 400,
+		"/mcp/a%2fb":                 0,
+		"/mcp/..a%2fb":               0,
+	} {
+		r, err := http.NewRequest("POST", "http://h"+path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Header.Set("Content-Type", "application/json")
+		got := 0
+		if ref := CheckShape(r); ref != nil {
+			got = ref.Status
+		}
+		if got != want {
+			t.Errorf("POST %s: %d, want %d", path, got, want)
+		}
+	}
+}

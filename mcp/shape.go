@@ -15,7 +15,8 @@ const AllowedMethods = "GET, POST, DELETE, OPTIONS"
 // OPTIONS when it is a CORS preflight) gets 405, a GET whose Accept does
 // not admit text/event-stream 406, a POST whose body is not JSON in UTF-8
 // 415 (see CheckMediaType), and a path with dot segments (".", "..", also
-// percent-encoded) 400. The caller sets the Allow header on a 405.
+// percent-encoded, or made by decoding an encoded slash) 400. The caller
+// sets the Allow header on a 405.
 func CheckShape(r *http.Request) *Refusal {
 	switch r.Method {
 	case http.MethodPost:
@@ -34,7 +35,7 @@ func CheckShape(r *http.Request) *Refusal {
 	default:
 		return Refuse(http.StatusMethodNotAllowed, CodeInvalidRequest, "", "Method Not Allowed: an MCP endpoint serves GET, POST and DELETE")
 	}
-	if HasDotSegment(r.URL.EscapedPath()) {
+	if HasDotSegment(r.URL.EscapedPath()) || hasDecodedDotSegment(r.URL.Path) {
 		return Refuse(http.StatusBadRequest, CodeInvalidRequest, "", "Bad Request: the path has dot segments")
 	}
 	return nil
@@ -150,6 +151,21 @@ func HasDotSegment(escapedPath string) bool {
 		}
 		s := strings.ReplaceAll(strings.ToLower(seg), "%2e", ".")
 		if s == "." || s == ".." {
+			return true
+		}
+	}
+	return false
+}
+
+// hasDecodedDotSegment reports whether a decoded URL path has a "." or
+// ".." segment, which an encoded slash (%2F) can make where the escaped
+// path has none: "/admin/..%2fpublic" is "/admin/../public". Caddy's path
+// matchers clean the decoded path (/public), while uvicorn gives
+// Starlette the decoded path uncleaned, which routes it under /admin, and
+// Express matches its routes on the raw path, /admin too.
+func hasDecodedDotSegment(path string) bool {
+	for seg := range strings.SplitSeq(path, "/") {
+		if seg == "." || seg == ".." {
 			return true
 		}
 	}
