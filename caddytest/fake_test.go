@@ -192,6 +192,7 @@ func (u *fakeUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		u.busy.Add(1)
 		defer u.busy.Add(-1)
 		s := newFakeStream(w, r, r.Header.Get("X-Test-Stream"), seen.sid)
+		defer s.end()
 		if s.key != "" {
 			u.mu.Lock()
 			u.gets[s.key] = s
@@ -384,7 +385,14 @@ type fakeStream struct {
 
 	w  http.ResponseWriter
 	rc *http.ResponseController
+	// wmu orders the writes, which a test may make from its own
+	// goroutine, with the end of the stream's handler (over).
+	wmu  sync.Mutex
+	over bool
 }
+
+// errFakeStreamOver is a write to a stream whose handler returned.
+var errFakeStreamOver = errors.New("the stream's handler returned")
 
 func newFakeStream(w http.ResponseWriter, r *http.Request, key, sid string) *fakeStream {
 	s := &fakeStream{key: key, sid: sid, r: r, ctx: r.Context(), opened: time.Now(), done: make(chan struct{}),
@@ -396,8 +404,21 @@ func newFakeStream(w http.ResponseWriter, r *http.Request, key, sid string) *fak
 	return s
 }
 
+// end notes that the stream's handler returns: writes fail from now on
+// instead of touching a finished response.
+func (s *fakeStream) end() {
+	s.wmu.Lock()
+	s.over = true
+	s.wmu.Unlock()
+}
+
 // write writes raw SSE text and flushes it.
 func (s *fakeStream) write(text string) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	if s.over {
+		return errFakeStreamOver
+	}
 	if _, err := io.WriteString(s.w, text); err != nil {
 		return err
 	}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -272,5 +273,94 @@ func TestStreamResumeOverSessionLimitKeepsCall(t *testing.T) {
 	}
 	if waitUntil(3*time.Second, 20*time.Millisecond, func() bool { s := u.answer("5"); return s != nil && s.cancelled() }) {
 		t.Errorf("the refused resumption cancelled the call upstream (its answer can never come)")
+	}
+}
+
+// TestStreamSilentLongerThanWriteTimeout: a stream may be silent for
+// longer than write_timeout after an event, over HTTP/1.1 and HTTP/2:
+// write_timeout bounds each write, not the silence between them. Over
+// HTTP/2 a write deadline left armed resets the stream when it passes,
+// with no write in flight (the client read "stream error: INTERNAL_ERROR"
+// one write_timeout after the event). Both a GET stream and the SSE
+// answer of a tools/call (progress, then its result after the silence)
+// are checked.
+func TestStreamSilentLongerThanWriteTimeout(t *testing.T) {
+	// A write_timeout short enough to wait out, long enough that no write
+	// to a client that reads takes it.
+	const writeTimeout = time.Second
+	const silence = 2 * writeTimeout
+	cancelled := make(chan string, 8)
+	fake := startFake(t, &fakeUpstream{on: map[string]func(*fakeCall){"tools/call:slow": slowFakeTool(cancelled)}})
+	port := freePort(t)
+	loadCaddyfileWith(t, "\tservers {\n\t\tprotocols h1 h2c\n\t}\n", proxySite(port, fake.addr(),
+		fmt.Sprintf("\t\twrite_timeout %v\n\t\tkeepalive 5m\n", writeTimeout)))
+	base := proxyURL(port)
+	var h2 http.Protocols
+	h2.SetUnencryptedHTTP2(true)
+	h2tr := &http.Transport{Protocols: &h2, DisableCompression: true}
+	defer h2tr.CloseIdleConnections()
+	h1tr := &http.Transport{DisableCompression: true}
+	defer h1tr.CloseIdleConnections()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*boundedWait)
+	defer cancel()
+	for _, proto := range []struct {
+		name  string
+		major int
+		hc    *http.Client
+	}{{"HTTP/1.1", 1, &http.Client{Transport: h1tr}}, {"HTTP/2", 2, &http.Client{Transport: h2tr}}} {
+		sid := fake.openSession(t, base, sessionVersion)
+		key := "silent-" + proto.name
+		resp, err := openStream(ctx, proto.hc, base+"/mcp", sid, sessionVersion, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.ProtoMajor != proto.major {
+			t.Fatalf("%s: the stream came over %s", proto.name, resp.Proto)
+		}
+		events := make(chan sseEvent, 8)
+		ended := make(chan error, 1)
+		go func() {
+			ended <- readEvents(resp.Body, func(ev sseEvent) error {
+				if !ev.comment {
+					events <- ev
+				}
+				return nil
+			})
+		}()
+		note := func(n int) string {
+			return fmt.Sprintf(`{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"%d"}}`, n)
+		}
+		for n := range 2 {
+			if err := fake.streamOf(t, key).event("", note(n)); err != nil {
+				t.Fatalf("%s: the upstream's event %d: %v", proto.name, n, err)
+			}
+			select {
+			case ev := <-events:
+				if ev.data != note(n) {
+					t.Fatalf("%s: event %q, want %q", proto.name, ev.data, note(n))
+				}
+			case err := <-ended:
+				t.Fatalf("%s: the GET stream ended before event %d: %v", proto.name, n, err)
+			case <-time.After(boundedWait):
+				t.Fatalf("%s: no event %d", proto.name, n)
+			}
+			if n == 0 {
+				time.Sleep(silence)
+			}
+		}
+		_ = resp.Body.Close()
+
+		// The SSE answer of a call: progress, silence, the result.
+		gateKey := "gate-" + proto.name
+		answer := make(chan reply, 1)
+		go func() {
+			answer <- post(ctx, proto.hc, base+"/mcp", `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"slow","arguments":{"key":"`+gateKey+`"},"_meta":{"progressToken":"p7"}}}`, inSession(sid, nil))
+		}()
+		time.Sleep(silence)
+		fake.open(gateKey)
+		r := awaitReply(t, answer, proto.name+" call")
+		if r.err != nil || r.status != http.StatusOK || !strings.Contains(r.body, "done "+gateKey) {
+			t.Errorf("%s: the call silent for %v after its progress: %s", proto.name, silence, r)
+		}
 	}
 }

@@ -24,6 +24,9 @@ type clientWriter struct {
 	w    http.ResponseWriter
 	rc   *http.ResponseController
 	conn interface{ SetWriteDeadline(time.Time) error } // nil: the innermost writer has no deadline
+	// resets: a deadline left armed ends the response when it passes,
+	// with no write in flight (HTTP/2).
+	resets bool
 
 	mu       sync.Mutex
 	deadline time.Time // the last deadline asked for
@@ -34,8 +37,9 @@ type clientWriter struct {
 // innermost one.
 const maxUnwrap = 32
 
-func newClientWriter(w http.ResponseWriter) *clientWriter {
-	c := &clientWriter{w: w, rc: http.NewResponseController(w)}
+// newClientWriter returns the writer of the response w to r.
+func newClientWriter(w http.ResponseWriter, r *http.Request) *clientWriter {
+	c := &clientWriter{w: w, rc: http.NewResponseController(w), resets: r.ProtoMajor == 2}
 	inner := w
 	for range maxUnwrap {
 		u, ok := inner.(interface{ Unwrap() http.ResponseWriter })
@@ -62,10 +66,23 @@ func (c *clientWriter) Flush() error {
 // passed, it also cuts short a write in progress on another goroutine
 // (see clientWriter).
 func (c *clientWriter) SetWriteDeadline(t time.Time) error {
+	if t.IsZero() {
+		// From the goroutine that writes, once its writes are done (see
+		// sse.ClientWriter). Over HTTP/1 the next write reads the
+		// deadline left; over HTTP/2 it would reset the silent stream
+		// when it passes: the chain forgets it now.
+		if !c.resets {
+			return nil
+		}
+		c.mu.Lock()
+		c.deadline, c.pending = t, false
+		c.mu.Unlock()
+		return c.rc.SetWriteDeadline(t)
+	}
 	c.mu.Lock()
 	c.deadline, c.pending = t, true
 	c.mu.Unlock()
-	if c.conn == nil || t.IsZero() || t.After(time.Now()) {
+	if c.conn == nil || t.After(time.Now()) {
 		return nil // the chain gets it before the next write
 	}
 	return c.conn.SetWriteDeadline(t)

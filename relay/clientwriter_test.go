@@ -52,7 +52,7 @@ func TestClientWriterDeadlineFromAnotherGoroutine(t *testing.T) {
 	started := make(chan struct{})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ceiling = &ceilingWriter{ResponseWriter: w, rc: http.NewResponseController(w)}
-		cw = newClientWriter(ceiling)
+		cw = newClientWriter(ceiling, r)
 		w.Header().Set("Content-Type", "text/event-stream")
 		_ = cw.Flush()
 		close(started)
@@ -113,7 +113,7 @@ func (d *deadlineRecorder) SetWriteDeadline(t time.Time) error {
 func TestClientWriterDeadlineReachesChain(t *testing.T) {
 	inner := &deadlineRecorder{ResponseRecorder: httptest.NewRecorder()}
 	ceiling := &ceilingWriter{ResponseWriter: inner, rc: http.NewResponseController(inner)}
-	cw := newClientWriter(ceiling)
+	cw := newClientWriter(ceiling, httptest.NewRequest(http.MethodGet, "/", nil))
 	write := func() {
 		t.Helper()
 		if _, err := cw.Write([]byte("x")); err != nil {
@@ -141,5 +141,34 @@ func TestClientWriterDeadlineReachesChain(t *testing.T) {
 	}
 	if got := inner.Body.String(); got != "xxx" {
 		t.Errorf("body %q", got)
+	}
+}
+
+// TestClientWriterClearsOverHTTP2: the zero deadline that ends a burst of
+// writes reaches the chain at once over HTTP/2, where a deadline left
+// armed would reset the silent stream when it passes; over HTTP/1, where
+// only the next write reads it, nothing is done.
+func TestClientWriterClearsOverHTTP2(t *testing.T) {
+	for _, major := range []int{1, 2} {
+		inner := &deadlineRecorder{ResponseRecorder: httptest.NewRecorder()}
+		ceiling := &ceilingWriter{ResponseWriter: inner, rc: http.NewResponseController(inner)}
+		r := httptest.NewRequest(http.MethodGet, "/", nil)
+		r.ProtoMajor = major
+		cw := newClientWriter(ceiling, r)
+		_ = cw.SetWriteDeadline(time.Now().Add(time.Hour))
+		if _, err := cw.Write([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		_ = cw.SetWriteDeadline(time.Time{})
+		cleared := len(ceiling.seen) == 2 && ceiling.seen[1].IsZero()
+		if cleared != (major == 2) {
+			t.Errorf("HTTP/%d: the chain got deadlines %v after a zero one; cleared %v, want %v", major, ceiling.seen, cleared, major == 2)
+		}
+		if _, err := cw.Write([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		if n := len(ceiling.seen); major == 2 && n != 2 {
+			t.Errorf("HTTP/2: the chain got deadlines %v; the zero one was given again before a write", ceiling.seen)
+		}
 	}
 }

@@ -502,7 +502,7 @@ func (p *Proxy) Relay(w http.ResponseWriter, st *State, body io.ReadCloser) {
 		p.Gov.Resume().Add(st.res.Key, stream)
 	}
 	// The headers go out now: an idle stream may send nothing for long.
-	cw := newClientWriter(w)
+	cw := newClientWriter(w, st.r)
 	_ = cw.Flush()
 	if sb, ok := body.(*h1stream.Body); ok && st.handoff && p.handOff(w, st, stream, sb) {
 		return
@@ -563,7 +563,7 @@ func (p *Proxy) ServeResume(w http.ResponseWriter, r *http.Request, stream *sse.
 	hdr.Set("Cache-Control", "no-cache")
 	hdr.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
-	cw := newClientWriter(w)
+	cw := newClientWriter(w, r)
 	_ = cw.Flush()
 	att, _ := stream.Attach(cw, last, retry)
 	untrack := p.track(att, stream, true, sess)

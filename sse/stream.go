@@ -15,6 +15,11 @@ import (
 // provides both). Write and Flush are called by one goroutine at a time;
 // SetWriteDeadline may also be called while a Write or Flush is in
 // progress on another goroutine, to cut it short, as a net.Conn allows.
+// The zero time comes from the goroutine that writes, once its writes are
+// done: the stream may now be silent for longer than the deadline, which
+// must not end it. A writer whose deadline is read only by the next write
+// (a net.Conn, HTTP/1) may ignore it; on HTTP/2 a deadline left armed
+// resets the stream when it passes, with no write in flight.
 type ClientWriter interface {
 	Write(p []byte) (int, error)
 	Flush() error
@@ -749,6 +754,7 @@ func (s *Stream) endChunk() {
 		a.final = nil
 	}
 	a.writing = false
+	a.idleLocked()
 	a.resumeLocked()
 	a.mu.Unlock()
 }
@@ -924,6 +930,15 @@ func (a *Attachment) setDeadlineLocked(timeout time.Duration) {
 	}
 }
 
+// idleLocked is called by the goroutine giving up the writer role with
+// its writes done: an open attachment may now be silent for longer than
+// the write deadline, which the writer is told (see ClientWriter).
+func (a *Attachment) idleLocked() {
+	if !a.closed && a.s.cfg.WriteTimeout > 0 {
+		_ = a.w.SetWriteDeadline(time.Time{})
+	}
+}
+
 // resumeLocked is called by the goroutine giving up the writer role: it
 // starts the writer goroutine when something waits to be written, else
 // finishes a closed or ended attachment, else rearms the keepalive.
@@ -988,6 +1003,7 @@ func (a *Attachment) writeLoop() {
 			a.final = nil
 		default:
 			a.writing = false
+			a.idleLocked()
 			a.resumeLocked()
 			a.mu.Unlock()
 			return
