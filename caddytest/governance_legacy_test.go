@@ -287,25 +287,40 @@ func TestGovernanceLegacyPendingBound(t *testing.T) {
 
 // legacyLog reads a legacy stream's events and keeps them all.
 type legacyLog struct {
-	lc   *legacyClient
-	seen []string
+	lc    *legacyClient
+	seen  []string
+	taken map[int]bool // the indexes in seen of the events answer returned
 }
 
-// answer returns the data of the first event that answers id (an int,
-// or a raw JSON string id).
+// answer returns the data of the first event not returned yet that
+// answers id (an int, or a raw JSON string id), read before (answers to
+// other ids may come in another order than awaited) or now.
 func (l *legacyLog) answer(t *testing.T, id any) string {
 	t.Helper()
 	want := fmt.Sprintf(`"id":%v,`, id)
+	answers := func(ev string) bool {
+		return strings.Contains(ev, want) && (strings.Contains(ev, `"result"`) || strings.Contains(ev, `"error"`))
+	}
+	if l.taken == nil {
+		l.taken = map[int]bool{}
+	}
+	for i, ev := range l.seen {
+		if !l.taken[i] && answers(ev) {
+			l.taken[i] = true
+			return ev
+		}
+	}
 	timeout := time.After(boundedWait)
 	for {
 		select {
 		case ev := <-l.lc.events:
 			l.seen = append(l.seen, ev)
-			if strings.Contains(ev, want) && (strings.Contains(ev, `"result"`) || strings.Contains(ev, `"error"`)) {
+			if answers(ev) {
+				l.taken[len(l.seen)-1] = true
 				return ev
 			}
 		case <-timeout:
-			t.Fatalf("no answer to %v on the legacy stream", id)
+			t.Fatalf("no answer to %v on the legacy stream; seen %q", id, l.seen)
 			return ""
 		}
 	}
