@@ -770,3 +770,118 @@ func TestGovernanceLegacyIDInUse(t *testing.T) {
 		}
 	}
 }
+
+// keyedLegacyServer is a legacy HTTP+SSE server that answers a tools/call
+// on its stream once the gate of its "key" argument is closed, and any
+// other request at once; it accepts notifications (notifications/cancelled
+// among them, which it ignores, as a receiver may) and answers none.
+// posted gets the raw id of each request POSTed.
+func keyedLegacyServer(gates map[string]chan struct{}, posted chan<- string) http.Handler {
+	events := make(chan string, 16)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet {
+			serveLegacyEvents(w, r, legacyEndpointEvent, events)
+			return
+		}
+		var m struct {
+			ID     json.RawMessage `json:"id"`
+			Method string          `json:"method"`
+			Params struct {
+				Arguments struct {
+					Key string `json:"key"`
+				} `json:"arguments"`
+			} `json:"params"`
+		}
+		body, err := io.ReadAll(r.Body)
+		if err != nil || json.Unmarshal(body, &m) != nil {
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
+		w.WriteHeader(http.StatusAccepted)
+		if len(m.ID) == 0 {
+			return
+		}
+		posted <- string(m.ID)
+		text := m.Method
+		if m.Method == "tools/call" {
+			text = m.Params.Arguments.Key
+		}
+		answer := `{"jsonrpc":"2.0","id":` + string(m.ID) + `,"result":{"content":[{"type":"text","text":"` + text + `"}]}}`
+		gate := gates[m.Params.Arguments.Key]
+		if m.Method != "tools/call" || gate == nil {
+			events <- answer
+			return
+		}
+		go func() {
+			select {
+			case <-gate:
+				events <- answer
+			case <-time.After(boundedWait):
+			}
+		}()
+	})
+}
+
+// TestGovernanceLegacyCancelledIDInUse: in a legacy session, a request the
+// client cancelled keeps its id in use until its answer comes (a server
+// may ignore the cancellation, or have sent the answer already): a second
+// request with that id is refused with 400, so the first's answer cannot
+// be taken for the second's, which would stop the second's deadline and
+// let its answer through after it. The cancelled request's late answer is
+// dropped (the client gave it up), and its id is free once it came.
+func TestGovernanceLegacyCancelledIDInUse(t *testing.T) {
+	gates := map[string]chan struct{}{"first": make(chan struct{}), "second": make(chan struct{})}
+	posted := make(chan string, 16)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*boundedWait)
+	defer cancel()
+	lc, port := legacyStreamTo(t, ctx, keyedLegacyServer(gates, posted), "\t\trequest_timeout 300ms\n")
+	log := &legacyLog{lc: lc}
+	url := proxyURL(port) + lc.endpoint
+	if r := postJSON(ctx, url, callBody("60", "slow", `{"key":"first"}`), nil); r.status != http.StatusAccepted {
+		t.Fatalf("the first call: %s", r)
+	}
+	awaitString(t, posted, "the upstream's first call")
+	if r := postJSON(ctx, url, `{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":60}}`, nil); r.status != http.StatusAccepted {
+		t.Fatalf("notifications/cancelled: %s", r)
+	}
+	r := postJSON(ctx, url, callBody("60", "slow", `{"key":"second"}`), nil)
+	if r.status == http.StatusAccepted {
+		// Let through: the cancelled call's answer must not pass as the
+		// second's, whose deadline must hold.
+		awaitString(t, posted, "the upstream's second call")
+		close(gates["first"])
+		ev := log.answer(t, 60)
+		if strings.Contains(ev, `"text":"first"`) {
+			t.Errorf("the cancelled call's answer reached the client for the second call with its id: %s", ev)
+			ev = log.answer(t, 60)
+		}
+		rpcErrorFor(t, "the second call", ev, "60", -32001)
+		close(gates["second"])
+		return
+	}
+	if r.status != http.StatusBadRequest {
+		t.Fatalf("a call with the id of a cancelled call whose answer has not come: %s, want 400", r)
+	}
+	if m := rpcErrorFor(t, "the second call", r.body, "60", -32600); !strings.Contains(m, "in use") {
+		t.Errorf("the second call's refusal: %q", m)
+	}
+	close(gates["first"])
+	for range 100 {
+		if r = postJSON(ctx, url, rpcRequest(60, "ping"), nil); r.status != http.StatusBadRequest {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if r.status != http.StatusAccepted {
+		t.Fatalf("a ping with id 60 after the cancelled call's answer came: %s, want 202", r)
+	}
+	if ev := log.answer(t, 60); !strings.Contains(ev, `"text":"ping"`) {
+		t.Errorf("the answer to the ping with id 60: %s", ev)
+	}
+	for _, ev := range log.seen {
+		if strings.Contains(ev, `"text":"first"`) {
+			t.Errorf("the cancelled call's answer reached the client: %s", ev)
+		}
+	}
+	close(gates["second"])
+}

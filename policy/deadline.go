@@ -166,9 +166,18 @@ func (a *Awaiting) Has(id string) bool {
 	return a.pending[mcp.IDKey(id)] != nil
 }
 
+// Running reports whether a request with the raw id (written any way,
+// see mcp.IDKey) is in the table and its deadline has not passed.
+func (a *Awaiting) Running(id string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	c := a.pending[mcp.IDKey(id)]
+	return c != nil && !c.expired
+}
+
 // Forget stops awaiting the requests with these raw ids: their answer
-// will not come (the upstream refused their POST, the client cancelled
-// them).
+// will not come (the upstream refused their POST), or the client gave
+// them up.
 func (a *Awaiting) Forget(ids []string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()

@@ -87,16 +87,20 @@ type legacyLink struct {
 	upstream string
 	awaiting *policy.Awaiting
 
-	mu    sync.Mutex
-	owed  map[string]string // raw ids by mcp.IDKey; at most policy.MaxAwaited
-	ended bool              // the upstream stream ended: nothing more is owed
+	mu   sync.Mutex
+	owed map[string]string // raw ids by mcp.IDKey; at most policy.MaxAwaited
+	// cancelled holds, by mcp.IDKey, the requests the client cancelled
+	// whose answers have not come: their ids stay in use (see claim) and
+	// their late answers are dropped. At most policy.MaxAwaited.
+	cancelled map[string]bool
+	ended     bool // the upstream stream ended: nothing more is owed
 }
 
 // newLegacyLink returns the link of the legacy stream st relays, and the
 // stream hook that runs rewrite (the endpoint event's) and then the
 // link's own work on each event.
 func (p *Proxy) newLegacyLink(st *State, rewrite func(*sse.Event) []byte) (*legacyLink, func(*sse.Event) []byte) {
-	l := &legacyLink{p: p, subject: p.Lists.Freeze(st.Subject), upstream: st.UpstreamAddr(), owed: map[string]string{}}
+	l := &legacyLink{p: p, subject: p.Lists.Freeze(st.Subject), upstream: st.UpstreamAddr(), owed: map[string]string{}, cancelled: map[string]bool{}}
 	l.awaiting = policy.NewAwaiting(l.expire)
 	return l, func(ev *sse.Event) []byte {
 		if isEndpointEvent(ev.Name) {
@@ -147,7 +151,8 @@ func SendOnLegacyStream(res mcp.Resolution, answers [][]byte) bool {
 // starts. It returns a refusal when the request cannot be awaited, and
 // otherwise what to call once the proxy has returned, which stops
 // awaiting the answers of a POST the upstream did not accept (only a 202
-// or 204 is answered on the stream).
+// or 204 is answered on the stream), and gives up the requests a
+// notifications/cancelled of one it accepted names (see cancel).
 func (st *State) Arm(step time.Duration) (done func(), ref *mcp.Refusal) {
 	l := legacyLinkOf(st.res)
 	if l == nil {
@@ -156,7 +161,7 @@ func (st *State) Arm(step time.Duration) (done func(), ref *mcp.Refusal) {
 		}
 		return func() {}, nil
 	}
-	awaited, owed, ref := l.expect(st, step)
+	awaited, owed, cancels, ref := l.expect(st, step)
 	if ref != nil {
 		return nil, ref
 	}
@@ -166,7 +171,10 @@ func (st *State) Arm(step time.Duration) (done func(), ref *mcp.Refusal) {
 	late := l.expectLate(st, step)
 	return func() {
 		if st.responded && (st.status == http.StatusAccepted || st.status == http.StatusNoContent) {
-			return // the upstream took the requests; their answers come on the stream
+			// The upstream took the requests, whose answers come on the
+			// stream, and the cancellations.
+			l.cancel(cancels)
+			return
 		}
 		if late != nil {
 			if id := late(); id != "" {
@@ -238,10 +246,11 @@ func (l *legacyLink) expectLate(st *State, step time.Duration) func() string {
 // and returns those it noted: none once the stream ended, and only as many
 // as there is room for (policy.MaxAwaited). A request past that is not
 // noted: its answer passes as any other, but an end of the stream before
-// it gets it no error. When one of ids is owed already, or awaited (its
-// answer has not come, or came after its deadline passed), claim notes
-// none and returns it as inUse: its answer and the new request's could
-// not be told apart, and the first's deadline would end with the second.
+// it gets it no error. When one of ids is owed already, awaited (its
+// answer has not come, or came after its deadline passed), or cancelled
+// by the client without its answer having come, claim notes none and
+// returns it as inUse: its answer and the new request's could not be
+// told apart, and the first's answer would end the second's deadline.
 func (l *legacyLink) claim(ids []string) (noted []string, inUse string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -249,7 +258,8 @@ func (l *legacyLink) claim(ids []string) (noted []string, inUse string) {
 		return nil, ""
 	}
 	for _, id := range ids {
-		if _, ok := l.owed[mcp.IDKey(id)]; ok || l.awaiting.Has(id) {
+		key := mcp.IDKey(id)
+		if _, ok := l.owed[key]; ok || l.cancelled[key] || l.awaiting.Has(id) {
 			return nil, id
 		}
 	}
@@ -276,6 +286,46 @@ func (l *legacyLink) settle(ids ...string) {
 	}
 }
 
+// answered notes that an answer with raw id came: it is owed no more,
+// and its id is free again; cancelled reports that the client cancelled
+// its request, so the answer is dropped.
+func (l *legacyLink) answered(id []byte) (cancelled bool) {
+	key := mcp.IDKey(string(id))
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.owed, key)
+	cancelled = l.cancelled[key]
+	delete(l.cancelled, key)
+	return cancelled
+}
+
+// cancel gives up the requests with these raw ids, which the client
+// cancelled (a notifications/cancelled the upstream accepted), when they
+// are owed or awaited with their deadline running: their deadlines stop,
+// no error goes in their place, and their late answers are dropped. Their
+// ids stay in use until those answers come: an upstream may ignore the
+// cancellation, or have sent the answer already, which must not be taken
+// for the answer of a later request with the same id. A request the
+// table of cancelled requests has no room for (policy.MaxAwaited) is
+// awaited as before.
+func (l *legacyLink) cancel(ids []string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, id := range ids {
+		key := mcp.IDKey(id)
+		if _, owed := l.owed[key]; !owed && !l.awaiting.Running(id) {
+			continue // unknown, answered, or its deadline passed
+		}
+		if len(l.cancelled) >= policy.MaxAwaited {
+			l.p.Logger.Debug("legacy session holds too many cancelled requests; a cancelled request is still awaited")
+			continue
+		}
+		l.cancelled[key] = true
+		delete(l.owed, key)
+		l.awaiting.Forget([]string{id})
+	}
+}
+
 // final is the stream's last word when its upstream side ends: a
 // JSON-RPC error event for each request whose answer the stream still
 // owes, which can now come nowhere else.
@@ -287,6 +337,7 @@ func (l *legacyLink) final(err error) []byte {
 		owed = append(owed, id)
 	}
 	clear(l.owed)
+	clear(l.cancelled)
 	l.mu.Unlock()
 	slices.Sort(owed)
 	msg := "the upstream's stream ended before the answer"
@@ -312,21 +363,21 @@ func (l *legacyLink) send(answers [][]byte) bool {
 }
 
 // expect notes the requests of st whose answers the stream owes (see
-// owe), and those it must act on: a list result to filter, a deadline of
-// step (0: none). It returns the ids it awaits (to act on) and those it
-// noted as owed, or a refusal when a request with a deadline finds the
-// session awaiting too many answers already (lists that find no room are
-// filtered by their shape instead). A notifications/cancelled of st ends
-// the wait for the request it names.
-func (l *legacyLink) expect(st *State, step time.Duration) (awaited, owed []string, _ *mcp.Refusal) {
+// claim), and those it must act on: a list result to filter, a deadline
+// of step (0: none). It returns the ids it awaits (to act on), those it
+// noted as owed, and those the notifications/cancelled of st name (given
+// up once the upstream accepted them: see cancel), or a refusal when a
+// request's id is in use or a request with a deadline finds the session
+// awaiting too many answers already (lists that find no room are
+// filtered by their shape instead).
+func (l *legacyLink) expect(st *State, step time.Duration) (awaited, owed, cancels []string, _ *mcp.Refusal) {
 	p := l.p
 	var calls []*policy.Awaited
-	var ids, all, dropped []string
+	var ids, all []string
 	for i := range st.call.Peek.Messages {
 		m := &st.call.Peek.Messages[i]
 		if m.Kind == mcp.KindNotification && m.Method == "notifications/cancelled" && m.RequestID != "" {
-			// The client gave the request up: no answer is awaited.
-			dropped = append(dropped, m.RequestID)
+			cancels = append(cancels, m.RequestID)
 			continue
 		}
 		if m.Kind != mcp.KindRequest || m.ID == "" {
@@ -348,10 +399,6 @@ func (l *legacyLink) expect(st *State, step time.Duration) (awaited, owed []stri
 		calls = append(calls, c)
 		ids = append(ids, m.ID)
 	}
-	if len(dropped) > 0 {
-		l.awaiting.Forget(dropped)
-		l.settle(dropped...)
-	}
 	owed, inUse := l.claim(all)
 	if inUse != "" {
 		l.p.Metrics.SessionRefused("id_in_use")
@@ -359,19 +406,19 @@ func (l *legacyLink) expect(st *State, step time.Duration) (awaited, owed []stri
 		if !st.call.Peek.Batch {
 			id = inUse
 		}
-		return nil, nil, mcp.Refuse(http.StatusBadRequest, mcp.CodeInvalidRequest, id, "invalid request: "+mcp.ErrIDInUse.Error()+": "+inUse)
+		return nil, nil, nil, mcp.Refuse(http.StatusBadRequest, mcp.CodeInvalidRequest, id, "invalid request: "+mcp.ErrIDInUse.Error()+": "+inUse)
 	}
 	if l.awaiting.Add(calls, p.MaxTimeout) {
-		return ids, owed, nil
+		return ids, owed, cancels, nil
 	}
 	if step == 0 {
 		// Lists only: their results are filtered by their shape.
-		return nil, owed, nil
+		return nil, owed, cancels, nil
 	}
 	l.settle(owed...)
 	l.p.Metrics.SessionRefused("legacy_pending")
 	st.w.Header().Set("Retry-After", RetryAfter)
-	return nil, nil, mcp.Refuse(http.StatusServiceUnavailable, mcp.CodeServerError, st.call.First().ID,
+	return nil, nil, nil, mcp.Refuse(http.StatusServiceUnavailable, mcp.CodeServerError, st.call.First().ID,
 		"too many requests of this session await their answers, retry after "+RetryAfter+"s")
 }
 
@@ -414,10 +461,9 @@ func (l *legacyLink) answer(ev *sse.Event) []byte {
 		return nil
 	}
 	c, expired := l.awaiting.Take(id)
-	if expired {
+	if l.answered(id) || expired {
 		return dropEvent
 	}
-	l.settle(string(id))
 	if p.MaxResponse > 0 && int64(len(ev.Data)) > p.MaxResponse {
 		l.p.Metrics.ResponseTooLarge()
 		return sse.AppendEvent(nil, ev.ID, "message", mcp.AppendError(nil, string(id), codeResponseTooLarge, tooLargeMessage(false, p.MaxResponse)))
@@ -469,11 +515,10 @@ func (l *legacyLink) answerArray(ev *sse.Event) []byte {
 		}
 		if ok {
 			c, expired := l.awaiting.Take(id)
-			if expired {
-				changed = true // its timeout error went instead
+			if l.answered(id) || expired {
+				changed = true // its timeout error went instead, or the client gave it up
 				continue
 			}
-			l.settle(string(id))
 			if c != nil && c.List != "" && filters {
 				list, subj = c.List, c.Subject
 			}
