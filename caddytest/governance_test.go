@@ -2539,3 +2539,41 @@ func TestGovernanceBatchDuplicateIDs(t *testing.T) {
 		t.Errorf("a batch with ids 71 and \"71\" and a response 71: %s; want both pings answered", r)
 	}
 }
+
+// TestGovernanceDeadlineNotProgress: only a progress notification moves a
+// request's deadline, not another message that merely holds the words: a
+// tool that logs its argument, called with the text
+// "notifications/progress" and no progress token, logs every 100ms for
+// 1.2s; with request_timeout 300ms and max_timeout 2s it gets -32001, and
+// its result does not reach the client.
+func TestGovernanceDeadlineNotProgress(t *testing.T) {
+	fake := startFake(t, &fakeUpstream{sse: true, on: map[string]func(*fakeCall){"tools/call:logger": func(c *fakeCall) {
+		for range 12 {
+			// A log notification and a batch-like array, each holding the
+			// client's text.
+			if c.sse().event("", logNote(c.arg("text"))) != nil || c.sse().event("", "["+logNote(c.arg("text"))+"]") != nil {
+				return
+			}
+			select {
+			case <-c.r.Context().Done():
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+		c.text("logged")
+	}}})
+	port := freePort(t)
+	loadCaddyfile(t, proxySite(port, fake.addr(), "\t\trequest_timeout 300ms\n\t\tmax_timeout 2s\n"))
+	url := proxyURL(port) + "/mcp"
+	ctx, cancel := context.WithTimeout(context.Background(), 2*boundedWait)
+	defer cancel()
+	sid := rawSession(t, url, nil)
+	r := postJSON(ctx, url, callBody("81", "logger", `{"text":"notifications/progress"}`), inSession(sid, nil))
+	msgs := messagesOf(t, r)
+	for _, m := range msgs {
+		if strings.Contains(m, "logged") {
+			t.Errorf("the call's result passed its deadline (%d messages before it): %s", len(msgs)-1, m)
+		}
+	}
+	rpcErrorFor(t, "the logging call", msgs[len(msgs)-1], "81", -32001)
+}

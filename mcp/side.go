@@ -146,3 +146,26 @@ func SessionEndpoint(r *http.Request) string {
 	}
 	return p
 }
+
+// MethodProgress is the method of a progress notification.
+const MethodProgress = "notifications/progress"
+
+// HoldsProgress reports whether data, the data of one SSE event (one
+// JSON-RPC message, or an array of them), is or holds a progress
+// notification: a message whose method is notifications/progress, not
+// any message that holds those words (a log line of a client's text).
+func HoldsProgress(data []byte) bool {
+	if !bytes.Contains(data, []byte(MethodProgress)) {
+		return false
+	}
+	var p Peek
+	if ParseEnvelope(data, true, &p) != nil {
+		return false
+	}
+	for i := range p.Messages {
+		if m := &p.Messages[i]; m.Kind == KindNotification && m.Method == MethodProgress {
+			return true
+		}
+	}
+	return false
+}

@@ -190,3 +190,22 @@ func FuzzResponseIDAgreement(f *testing.F) {
 		}
 	})
 }
+
+func TestHoldsProgress(t *testing.T) {
+	for _, c := range []struct {
+		data string
+		want bool
+	}{
+		{`{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":"p","progress":1}}`, true},
+		{`[{"jsonrpc":"2.0","id":1,"result":{}},{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":1}}]`, true},
+		{`{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"notifications/progress"}}`, false},
+		{`[{"jsonrpc":"2.0","method":"notifications/message","params":{"data":"notifications/progress"}}]`, false},
+		{`{"jsonrpc":"2.0","id":3,"result":{"content":[{"type":"text","text":"notifications/progress"}]}}`, false},
+		{`{"jsonrpc":"2.0","id":4,"method":"notifications/progress"}`, false},
+		{`{"jsonrpc":"2.0","method":"notifications/progress",`, false},
+	} {
+		if got := HoldsProgress([]byte(c.data)); got != c.want {
+			t.Errorf("HoldsProgress(%s) = %v, want %v", c.data, got, c.want)
+		}
+	}
+}

@@ -341,7 +341,7 @@ func (st *State) batchWatch(next func(*sse.Event) []byte) (rewrite func(*sse.Eve
 			}
 			return out
 		}
-		if st.deadline != nil && !owed.none() && bytes.Contains(ev.Data, progressMethod) {
+		if st.deadline != nil && !owed.none() && mcp.HoldsProgress(ev.Data) {
 			st.extendDeadline()
 		}
 		if !guard {
@@ -678,7 +678,7 @@ func (w *answerWatcher) capAnswer(ev *sse.Event) []byte {
 // own, once, and no other; then the list results in it are filtered.
 func (w *answerWatcher) rewriteArray(ev *sse.Event) []byte {
 	st := w.st
-	if st.deadline != nil && !w.answered.Load() && bytes.Contains(ev.Data, progressMethod) {
+	if st.deadline != nil && !w.answered.Load() && mcp.HoldsProgress(ev.Data) {
 		st.extendDeadline()
 	}
 	return withData(ev, st.dropStrays(ev.Data, w.take), w.others)
@@ -726,7 +726,7 @@ func (w *answerWatcher) rewriteMessage(ev *sse.Event) []byte {
 		return sse.AppendEvent(nil, ev.ID, "message", mcp.AppendError(nil, w.id, mcp.CodeInternalError, "the list result could not be read by the proxy"))
 	}
 	if !isAnswer || err != nil {
-		if st.deadline != nil && bytes.Contains(ev.Data, progressMethod) {
+		if st.deadline != nil && mcp.HoldsProgress(ev.Data) {
 			st.extendDeadline()
 		}
 		if w.others != nil && err != nil {

@@ -1,7 +1,6 @@
 package relay
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -38,9 +37,6 @@ import (
 // without a deadline; the replica that relays the stream still filters a
 // list result it sees there, told apart by its shape, for the stream's
 // opener (the session's principal: a legacy token is bound to it).
-
-// progressMethod marks a progress notification, which moves deadlines.
-var progressMethod = []byte(`notifications/progress`)
 
 // legacyLinks holds the links of the legacy streams relayed in the
 // process, by session key: a POST finds its session's stream also when a
@@ -452,7 +448,7 @@ func (l *legacyLink) answer(ev *sse.Event) []byte {
 		return dropEvent
 	}
 	if !ok {
-		if bytes.Contains(ev.Data, progressMethod) {
+		if mcp.HoldsProgress(ev.Data) {
 			l.awaiting.Extend()
 		}
 		if isArray(ev.Data) {
