@@ -771,12 +771,13 @@ func TestGovernanceLegacyIDInUse(t *testing.T) {
 	}
 }
 
-// keyedLegacyServer is a legacy HTTP+SSE server that answers a tools/call
+// keyedLegacyServer is a legacy HTTP+SSE server that accepts each POST
+// with status (202, or 200 as the Java SDK does) and answers a tools/call
 // on its stream once the gate of its "key" argument is closed, and any
 // other request at once; it accepts notifications (notifications/cancelled
 // among them, which it ignores, as a receiver may) and answers none.
 // posted gets the raw id of each request POSTed.
-func keyedLegacyServer(gates map[string]chan struct{}, posted chan<- string) http.Handler {
+func keyedLegacyServer(status int, gates map[string]chan struct{}, posted chan<- string) http.Handler {
 	events := make(chan string, 16)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodGet {
@@ -797,7 +798,7 @@ func keyedLegacyServer(gates map[string]chan struct{}, posted chan<- string) htt
 			w.WriteHeader(http.StatusBadRequest)
 			return
 		}
-		w.WriteHeader(http.StatusAccepted)
+		w.WriteHeader(status)
 		if len(m.ID) == 0 {
 			return
 		}
@@ -834,7 +835,7 @@ func TestGovernanceLegacyCancelledIDInUse(t *testing.T) {
 	posted := make(chan string, 16)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*boundedWait)
 	defer cancel()
-	lc, port := legacyStreamTo(t, ctx, keyedLegacyServer(gates, posted), "\t\trequest_timeout 300ms\n")
+	lc, port := legacyStreamTo(t, ctx, keyedLegacyServer(http.StatusAccepted, gates, posted), "\t\trequest_timeout 300ms\n")
 	log := &legacyLog{lc: lc}
 	url := proxyURL(port) + lc.endpoint
 	if r := postJSON(ctx, url, callBody("60", "slow", `{"key":"first"}`), nil); r.status != http.StatusAccepted {
@@ -884,4 +885,31 @@ func TestGovernanceLegacyCancelledIDInUse(t *testing.T) {
 		}
 	}
 	close(gates["second"])
+}
+
+// TestGovernanceLegacyEmptyAcceptDeadline: an upstream that accepts a
+// legacy POST with an empty 200, as the MCP Java SDK does, answers it on
+// the stream all the same: the call's deadline holds there (its -32001
+// error comes at request_timeout, its late answer is dropped), and its id
+// stays in use until that answer came.
+func TestGovernanceLegacyEmptyAcceptDeadline(t *testing.T) {
+	gates := map[string]chan struct{}{"slow": make(chan struct{})}
+	posted := make(chan string, 16)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*boundedWait)
+	defer cancel()
+	lc, port := legacyStreamTo(t, ctx, keyedLegacyServer(http.StatusOK, gates, posted), "\t\trequest_timeout 300ms\n")
+	log := &legacyLog{lc: lc}
+	url := proxyURL(port) + lc.endpoint
+	if r := postJSON(ctx, url, callBody("70", "slow", `{"key":"slow"}`), nil); r.status != http.StatusOK {
+		t.Fatalf("the call: %s, want the upstream's 200", r)
+	}
+	awaitString(t, posted, "the upstream's call")
+	if r := postJSON(ctx, url, rpcRequest(70, "ping"), nil); r.status != http.StatusBadRequest {
+		t.Errorf("a ping with the id of the unanswered call: %s, want 400", r)
+	}
+	go func() {
+		time.Sleep(time.Second)
+		close(gates["slow"])
+	}()
+	rpcErrorFor(t, "the call", log.answer(t, 70), "70", -32001)
 }

@@ -146,8 +146,9 @@ func SendOnLegacyStream(res mcp.Resolution, answers [][]byte) bool {
 // spliced errors are sent on it; otherwise a deadline of step (0: none)
 // starts. It returns a refusal when the request cannot be awaited, and
 // otherwise what to call once the proxy has returned, which stops
-// awaiting the answers of a POST the upstream did not accept (only a 202
-// or 204 is answered on the stream), and gives up the requests a
+// awaiting the answers of a POST the upstream did not accept (a POST
+// accepted with a 2xx, the Java SDK's empty 200 as a 202, is answered on
+// the stream), and gives up the requests a
 // notifications/cancelled of one it accepted names (see cancel).
 func (st *State) Arm(step time.Duration) (done func(), ref *mcp.Refusal) {
 	l := legacyLinkOf(st.res)
@@ -166,7 +167,7 @@ func (st *State) Arm(step time.Duration) (done func(), ref *mcp.Refusal) {
 	}
 	late := l.expectLate(st, step)
 	return func() {
-		if st.responded && (st.status == http.StatusAccepted || st.status == http.StatusNoContent) {
+		if st.responded && st.status >= 200 && st.status < 300 {
 			// The upstream took the requests, whose answers come on the
 			// stream, and the cancellations.
 			l.cancel(cancels)
