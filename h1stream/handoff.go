@@ -69,5 +69,13 @@ func (w ConnWriter) Write(p []byte) (int, error) { return w.Conn.Write(p) }
 // Flush returns nil: every Write has already reached the connection.
 func (ConnWriter) Flush() error { return nil }
 
-// SetWriteDeadline sets the connection's write deadline.
-func (w ConnWriter) SetWriteDeadline(t time.Time) error { return w.Conn.SetWriteDeadline(t) }
+// SetWriteDeadline sets the connection's write deadline. The zero time,
+// which a stream gives once its writes are done, is ignored: only the
+// next write reads a connection's deadline, and each write is given its
+// own.
+func (w ConnWriter) SetWriteDeadline(t time.Time) error {
+	if t.IsZero() {
+		return nil
+	}
+	return w.Conn.SetWriteDeadline(t)
+}
