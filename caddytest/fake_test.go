@@ -198,10 +198,12 @@ func (u *fakeUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			u.gets[s.key] = s
 			u.mu.Unlock()
 		}
+		s.wmu.Lock() // a test may write an event as soon as the stream is listed
 		w.Header().Set("Content-Type", "text/event-stream")
 		w.Header().Set("Cache-Control", "no-cache")
 		w.WriteHeader(http.StatusOK)
 		_ = s.rc.Flush()
+		s.wmu.Unlock()
 		run := u.stream
 		if run == nil {
 			run = func(s *fakeStream) error { return s.idle(nil) }

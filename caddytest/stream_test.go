@@ -286,9 +286,10 @@ func TestStreamResumeOverSessionLimitKeepsCall(t *testing.T) {
 // are checked.
 func TestStreamSilentLongerThanWriteTimeout(t *testing.T) {
 	// A write_timeout short enough to wait out, long enough that no write
-	// to a client that reads takes it.
-	const writeTimeout = time.Second
-	const silence = 2 * writeTimeout
+	// to a client that reads takes it (also under -race on a busy
+	// machine): the deadline must pass in the silence, not in a write.
+	const writeTimeout = 2 * time.Second
+	const silence = writeTimeout + time.Second
 	cancelled := make(chan string, 8)
 	fake := startFake(t, &fakeUpstream{on: map[string]func(*fakeCall){"tools/call:slow": slowFakeTool(cancelled)}})
 	port := freePort(t)
@@ -332,7 +333,7 @@ func TestStreamSilentLongerThanWriteTimeout(t *testing.T) {
 		}
 		for n := range 2 {
 			if err := fake.streamOf(t, key).event("", note(n)); err != nil {
-				t.Fatalf("%s: the upstream's event %d: %v", proto.name, n, err)
+				t.Fatalf("%s: the upstream's event %d: %v (the proxy ended the stream in the silence)", proto.name, n, err)
 			}
 			select {
 			case ev := <-events:
