@@ -665,45 +665,6 @@ func TestGovernanceLegacyLateIDDeadline(t *testing.T) {
 	awaitCancelled(t, cancelled)
 }
 
-// gatedLegacyServer is a legacy HTTP+SSE server that answers every POSTed
-// request on its stream, a tools/call once gate is closed and the others
-// at once. posted gets the raw id of each POST whose body it read whole.
-func gatedLegacyServer(gate <-chan struct{}, posted chan<- string) http.Handler {
-	events := make(chan string, 16)
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodGet {
-			serveLegacyEvents(w, r, legacyEndpointEvent, events)
-			return
-		}
-		var m struct {
-			ID     json.RawMessage `json:"id"`
-			Method string          `json:"method"`
-		}
-		body, err := io.ReadAll(r.Body)
-		if err != nil || json.Unmarshal(body, &m) != nil {
-			w.WriteHeader(http.StatusBadRequest)
-			return
-		}
-		w.WriteHeader(http.StatusAccepted)
-		if len(m.ID) == 0 {
-			return
-		}
-		posted <- string(m.ID)
-		answer := `{"jsonrpc":"2.0","id":` + string(m.ID) + `,"result":{"content":[{"type":"text","text":"` + m.Method + `"}]}}`
-		if m.Method != "tools/call" {
-			events <- answer
-			return
-		}
-		go func() {
-			select {
-			case <-gate:
-				events <- answer
-			case <-time.After(boundedWait):
-			}
-		}()
-	})
-}
-
 // TestGovernanceLegacyIDInUse: in a legacy session, whose answers all come
 // on one stream and are told apart by their ids, a request whose id is
 // that of a request still unanswered (written alike or not, its id in the
@@ -716,11 +677,12 @@ func TestGovernanceLegacyIDInUse(t *testing.T) {
 	gate, posted := make(chan struct{}), make(chan string, 16)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*boundedWait)
 	defer cancel()
-	lc, port := legacyStreamTo(t, ctx, gatedLegacyServer(gate, posted), "\t\trequest_timeout 300ms\n\t\tmax_peek 4KiB\n")
+	lc, port := legacyStreamTo(t, ctx, keyedLegacyServer(http.StatusAccepted, map[string]chan struct{}{"slow": gate}, posted),
+		"\t\trequest_timeout 300ms\n\t\tmax_peek 4KiB\n")
 	log := &legacyLog{lc: lc}
 	url := proxyURL(port) + lc.endpoint
 	for _, id := range []string{"60", `"a"`} {
-		if r := postJSON(ctx, url, callBody(id, "slow", `{}`), nil); r.status != http.StatusAccepted {
+		if r := postJSON(ctx, url, callBody(id, "slow", `{"key":"slow"}`), nil); r.status != http.StatusAccepted {
 			t.Fatalf("call %s: %s", id, r)
 		}
 		if got := awaitString(t, posted, "the upstream's call "+id); got != id {
@@ -765,7 +727,7 @@ func TestGovernanceLegacyIDInUse(t *testing.T) {
 		t.Errorf("the answer to the ping with id 60: %s", ev)
 	}
 	for _, ev := range log.seen {
-		if strings.Contains(ev, `"text":"tools/call"`) {
+		if strings.Contains(ev, `"text":"slow"`) {
 			t.Errorf("a late answer reached the client: %s", ev)
 		}
 	}
