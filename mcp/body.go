@@ -94,7 +94,12 @@ func ReadBody(w http.ResponseWriter, r *http.Request, call *Call, lim BodyLimits
 		b.Whole = head
 		return b, nil
 	}
-	rest := &deadlineReader{ReadCloser: r.Body, rc: rc, timeout: lim.Timeout}
+	rest := &deadlineReader{ReadCloser: r.Body, rc: rc, timeout: lim.Timeout, lift: r.ProtoMajor == 2}
+	if rest.lift {
+		// The request waits for admission and an upstream before the rest
+		// is read; see deadlineReader.lift.
+		_ = rc.SetReadDeadline(time.Time{})
+	}
 	b.Checked = NewCheckedBody(head, rest, max(lim.MaxBody, 0))
 	r.Body = b.Checked
 	r.ContentLength = cl
@@ -108,6 +113,14 @@ type deadlineReader struct {
 	io.ReadCloser
 	rc      *http.ResponseController
 	timeout time.Duration
+	// lift: the deadline is lifted after every Read, so that it bounds
+	// only a read in flight. Over HTTP/2 a read deadline is a timer that
+	// closes the body when it passes, even with no read in flight: a
+	// request waiting for admission, or an upstream slow to take the
+	// bytes read before, would lose a body its client was sending in
+	// time (flow control holds the client back meanwhile). Over HTTP/1
+	// only the next read looks at the deadline, which it sets anew.
+	lift    bool
 	stopped atomic.Bool
 }
 
@@ -132,7 +145,7 @@ func (d *deadlineReader) Read(p []byte) (int, error) {
 		return 0, errBodyStopped
 	}
 	n, err := d.ReadCloser.Read(p)
-	if err != nil {
+	if err != nil || d.lift && !d.stopped.Load() {
 		_ = d.rc.SetReadDeadline(time.Time{})
 	}
 	return n, err

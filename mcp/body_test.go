@@ -188,3 +188,53 @@ func TestCheckedBodyCancel(t *testing.T) {
 		t.Fatalf("after Cancel of an ended body: %v, id %q", cb.Err(), cb.LateID())
 	}
 }
+
+// readDeadlineRecorder is a response writer that records the read
+// deadlines set through an http.ResponseController.
+type readDeadlineRecorder struct {
+	*httptest.ResponseRecorder
+	deadline time.Time
+}
+
+func (d *readDeadlineRecorder) SetReadDeadline(t time.Time) error {
+	d.deadline = t
+	return nil
+}
+
+// TestReadBodyRestDeadlineBetweenReads: the rest of a body past the head
+// has a read deadline only while a read is in flight over HTTP/2, where
+// a deadline is a timer that closes the body when it passes (the request
+// may wait for admission, or an upstream, for longer than body_timeout
+// before its next read); over HTTP/1 each read sets its own.
+func TestReadBodyRestDeadlineBetweenReads(t *testing.T) {
+	msg := `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"` + strings.Repeat("a", 300) + `"}}}`
+	for _, major := range []int{1, 2} {
+		budget := &budgetCounter{size: 1 << 20}
+		r := postWith(iotest.OneByteReader(strings.NewReader(msg)), int64(len(msg)))
+		r.ProtoMajor = major
+		w := &readDeadlineRecorder{ResponseRecorder: httptest.NewRecorder()}
+		lim := budget.limits(100, 4096)
+		lim.Timeout = time.Minute
+		var call Call
+		b, ref := ReadBody(w, r, &call, lim)
+		if ref != nil || b.Checked == nil {
+			t.Fatalf("HTTP/%d: refusal %v, checked %v", major, ref, b.Checked)
+		}
+		armed := []bool{!w.deadline.IsZero()}
+		buf := make([]byte, 64)
+		for range 3 {
+			if _, err := r.Body.Read(buf); err != nil {
+				t.Fatalf("HTTP/%d: %v", major, err)
+			}
+			armed = append(armed, !w.deadline.IsZero())
+		}
+		for i, a := range armed {
+			if a && major == 2 {
+				t.Errorf("HTTP/2: a read deadline left armed after read %d (0: the head's)", i)
+			}
+		}
+		if _, err := io.Copy(io.Discard, r.Body); err != nil || !w.deadline.IsZero() {
+			t.Errorf("HTTP/%d: the body's end: %v, deadline %v", major, err, w.deadline)
+		}
+	}
+}
