@@ -191,11 +191,12 @@ func (st *State) Arm(step time.Duration) (done func(), ref *mcp.Refusal) {
 // its answer is noted as owed, and awaited with its deadline of step or
 // its list to filter, once the end of its body gives the id, before the
 // upstream has the whole request (see mcp.CheckedBody.OnEnd). It returns
-// what closes the expectation and tells the id it noted ("" when none):
-// the body may end after the upstream answered, and an id read then is
-// not noted. It returns nil when st has no such request. When the session
-// awaits too many answers already, the request goes on without its
-// deadline (it is on its way upstream).
+// what closes the expectation and tells the id it noted owed or awaited
+// ("" when none): the body may end after the upstream answered, and an
+// id read then is not noted. It returns nil when st has no such request.
+// When the session awaits too many answers already, the request goes on
+// without its deadline (it is on its way upstream); when its stream owes
+// too many, it is awaited without being owed.
 func (l *legacyLink) expectLate(st *State, step time.Duration) func() string {
 	first := st.call.First()
 	if st.call.Peek.Batch || first.Kind != mcp.KindRequest || first.ID != "" || st.Checked == nil {
@@ -223,10 +224,15 @@ func (l *legacyLink) expectLate(st *State, step time.Duration) func() string {
 		if c.Step > 0 {
 			c.Cancel = p.legacyCanceller(st, id)
 		}
-		if (c.List != "" || c.Step > 0) && !l.awaiting.Add([]*policy.Awaited{c}, p.MaxTimeout) {
-			p.Logger.Debug("legacy session awaits too many answers; a request whose id followed the peek goes on without its deadline")
+		awaited := false
+		if c.List != "" || c.Step > 0 {
+			if awaited = l.awaiting.Add([]*policy.Awaited{c}, p.MaxTimeout); !awaited {
+				p.Logger.Debug("legacy session awaits too many answers; a request whose id followed the peek goes on without its deadline")
+			}
 		}
-		if len(owed) > 0 {
+		if len(owed) > 0 || awaited {
+			// Owed or awaited (the stream may owe as many answers as it
+			// notes already): done undoes both when the POST is refused.
 			noted = id
 		}
 		return nil

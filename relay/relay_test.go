@@ -875,3 +875,41 @@ func TestLegacyLateIDAfterAnswer(t *testing.T) {
 		t.Errorf("after the answer, the late id is awaited %d times and owed %d times, want none", n, owed)
 	}
 }
+
+// TestLegacyRefusedLatePostForgetsAwaited: a request whose id follows the
+// peek, in a session whose stream already owes as many answers as it
+// notes, is awaited (its deadline) without being noted owed; when the
+// upstream refuses its POST, it is no longer awaited, as one whose id is
+// in the peek.
+func TestLegacyRefusedLatePostForgetsAwaited(t *testing.T) {
+	p, _, _ := newTestProxy(t, Config{})
+	l := &legacyLink{p: p, owed: map[string]string{}}
+	l.awaiting = policy.NewAwaiting(l.expire)
+	t.Cleanup(l.awaiting.Close)
+	var full []string
+	for i := range policy.MaxAwaited {
+		full = append(full, strconv.Itoa(1000+i))
+	}
+	l.claim(full)
+	r, call, cb, _ := latePost(t, 64)
+	res := mcp.Resolution{Session: &mcp.Session{Kind: mcp.TokenLegacy}, Key: "legacy-late-full-test-key"}
+	legacyLinks.add(res.Key, l)
+	t.Cleanup(func() { legacyLinks.remove(res.Key, l) })
+	st := p.NewState(httptest.NewRecorder(), r, call, res)
+	st.Checked = cb
+	done, ref := st.Arm(time.Hour)
+	if ref != nil {
+		t.Fatal(ref.Message)
+	}
+	if _, err := io.ReadAll(cb); err != nil {
+		t.Fatal(err)
+	}
+	if l.awaiting.Len() != 1 {
+		t.Fatalf("%d calls awaited, want 1", l.awaiting.Len())
+	}
+	st.status, st.responded = http.StatusServiceUnavailable, true
+	done()
+	if n := l.awaiting.Len(); n != 0 {
+		t.Errorf("%d calls still awaited after the upstream refused their POST", n)
+	}
+}
