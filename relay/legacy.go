@@ -86,9 +86,13 @@ type legacyLink struct {
 	mu   sync.Mutex
 	owed map[string]string // raw ids by mcp.IDKey; at most policy.MaxAwaited
 	// cancelled holds, by mcp.IDKey, the requests the client cancelled
-	// whose answers have not come: their ids stay in use (see claim) and
-	// their late answers are dropped. At most policy.MaxAwaited.
-	cancelled map[string]bool
+	// whose answers have not come, each with the number of its
+	// cancellation (from cancels): their ids stay in use (see claim) and
+	// their late answers are dropped. At most policy.MaxAwaited: an
+	// upstream need not answer a cancelled request, so the oldest makes
+	// room for a new one.
+	cancelled map[string]uint64
+	cancels   uint64
 	ended     bool // the upstream stream ended: nothing more is owed
 }
 
@@ -96,7 +100,7 @@ type legacyLink struct {
 // stream hook that runs rewrite (the endpoint event's) and then the
 // link's own work on each event.
 func (p *Proxy) newLegacyLink(st *State, rewrite func(*sse.Event) []byte) (*legacyLink, func(*sse.Event) []byte) {
-	l := &legacyLink{p: p, subject: p.Lists.Freeze(st.Subject), upstream: st.UpstreamAddr(), owed: map[string]string{}, cancelled: map[string]bool{}}
+	l := &legacyLink{p: p, subject: p.Lists.Freeze(st.Subject), upstream: st.UpstreamAddr(), owed: map[string]string{}, cancelled: map[string]uint64{}}
 	l.awaiting = policy.NewAwaiting(l.expire)
 	return l, func(ev *sse.Event) []byte {
 		if isEndpointEvent(ev.Name) {
@@ -262,7 +266,9 @@ func (l *legacyLink) claim(ids []string) (noted []string, inUse string) {
 	}
 	for _, id := range ids {
 		key := mcp.IDKey(id)
-		if _, ok := l.owed[key]; ok || l.cancelled[key] || l.awaiting.Has(id) {
+		_, owed := l.owed[key]
+		_, cancelled := l.cancelled[key]
+		if owed || cancelled || l.awaiting.Has(id) {
 			return nil, id
 		}
 	}
@@ -297,7 +303,7 @@ func (l *legacyLink) answered(id []byte) (cancelled bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	delete(l.owed, key)
-	cancelled = l.cancelled[key]
+	_, cancelled = l.cancelled[key]
 	delete(l.cancelled, key)
 	return cancelled
 }
@@ -308,9 +314,10 @@ func (l *legacyLink) answered(id []byte) (cancelled bool) {
 // no error goes in their place, and their late answers are dropped. Their
 // ids stay in use until those answers come: an upstream may ignore the
 // cancellation, or have sent the answer already, which must not be taken
-// for the answer of a later request with the same id. A request the
-// table of cancelled requests has no room for (policy.MaxAwaited) is
-// awaited as before.
+// for the answer of a later request with the same id. An upstream need
+// not answer a cancelled request at all (the TypeScript SDK does not):
+// when the table of cancelled requests is full (policy.MaxAwaited), the
+// oldest cancellation in it is let go, its id free again.
 func (l *legacyLink) cancel(ids []string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -320,12 +327,27 @@ func (l *legacyLink) cancel(ids []string) {
 			continue // unknown, answered, or its deadline passed
 		}
 		if len(l.cancelled) >= policy.MaxAwaited {
-			l.p.Logger.Debug("legacy session holds too many cancelled requests; a cancelled request is still awaited")
-			continue
+			l.dropOldestCancelledLocked()
 		}
-		l.cancelled[key] = true
+		l.cancels++
+		l.cancelled[key] = l.cancels
 		delete(l.owed, key)
 		l.awaiting.Forget([]string{id})
+	}
+}
+
+// dropOldestCancelledLocked lets go of the oldest cancelled request held:
+// its answer, if it comes, passes as any other.
+func (l *legacyLink) dropOldestCancelledLocked() {
+	oldest, first := "", uint64(0)
+	for key, n := range l.cancelled {
+		if oldest == "" || n < first {
+			oldest, first = key, n
+		}
+	}
+	delete(l.cancelled, oldest)
+	if c := l.p.Logger.Check(zap.DebugLevel, "legacy session holds too many cancelled requests; the oldest is let go"); c != nil {
+		c.Write(zap.Int("cancelled", len(l.cancelled)))
 	}
 }
 

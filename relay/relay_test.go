@@ -913,3 +913,43 @@ func TestLegacyRefusedLatePostForgetsAwaited(t *testing.T) {
 		t.Errorf("%d calls still awaited after the upstream refused their POST", n)
 	}
 }
+
+// TestLegacyCancelledTableTurnsOver: an upstream need not answer a
+// request its client cancelled (the TypeScript SDK never does), so the
+// cancelled requests a legacy session holds are not all freed by their
+// answers. Once the table is full, a new cancellation still gives its
+// request up (no deadline, nothing owed) and keeps its id in use, in
+// place of the oldest cancellation held.
+func TestLegacyCancelledTableTurnsOver(t *testing.T) {
+	p, _, _ := newTestProxy(t, Config{})
+	l := &legacyLink{p: p, owed: map[string]string{}, cancelled: map[string]uint64{}}
+	l.awaiting = policy.NewAwaiting(l.expire)
+	t.Cleanup(l.awaiting.Close)
+	for i := range policy.MaxAwaited + 1 {
+		id := strconv.Itoa(i)
+		if _, inUse := l.claim([]string{id}); inUse != "" {
+			t.Fatalf("id %s in use", inUse)
+		}
+		if !l.awaiting.Add([]*policy.Awaited{{ID: id, Step: time.Hour, Cancel: func(string) {}}}, 0) {
+			t.Fatalf("no room to await request %s", id)
+		}
+		l.cancel([]string{id}) // the upstream never answers it
+	}
+	last := strconv.Itoa(policy.MaxAwaited)
+	l.mu.Lock()
+	_, owed := l.owed[last]
+	n := len(l.cancelled)
+	l.mu.Unlock()
+	if owed || l.awaiting.Running(last) {
+		t.Errorf("request %s, cancelled once %d others were held, is still owed (%v) or awaited (%v)", last, policy.MaxAwaited, owed, l.awaiting.Running(last))
+	}
+	if n > policy.MaxAwaited {
+		t.Errorf("%d cancelled requests held, want at most %d", n, policy.MaxAwaited)
+	}
+	if _, inUse := l.claim([]string{last}); inUse != last {
+		t.Errorf("the last cancelled id is free again (in use %q)", inUse)
+	}
+	if _, inUse := l.claim([]string{"0"}); inUse != "" {
+		t.Errorf("the oldest cancelled id is still held (in use %q)", inUse)
+	}
+}
