@@ -238,7 +238,9 @@ func (b *CheckedBody) Close() error { return b.rest.Close() }
 // most 256 bytes between its quotes. It is known once the body has been
 // read to its end and checked out, before the upstream has the whole
 // message; it is "" until then, and for an id in the head, a null id or a
-// longer string. It may be called while another goroutine reads the body.
+// longer string. It is known too when the function given to OnEnd
+// refused the body (the id in use). It may be called while another
+// goroutine reads the body.
 func (b *CheckedBody) LateID() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()

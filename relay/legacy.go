@@ -254,8 +254,8 @@ func (l *legacyLink) expectLate(st *State, step time.Duration) func() string {
 // as there is room for (policy.MaxAwaited). A request past that is not
 // noted: its answer passes as any other, but an end of the stream before
 // it gets it no error. When one of ids is owed already, awaited (its
-// answer has not come, or came after its deadline passed), or cancelled
-// by the client without its answer having come, claim notes none and
+// answer has not come, its deadline passed or not), or cancelled by the
+// client without its answer having come, claim notes none and
 // returns it as inUse: its answer and the new request's could not be
 // told apart, and the first's answer would end the second's deadline.
 func (l *legacyLink) claim(ids []string) (noted []string, inUse string) {
