@@ -61,7 +61,8 @@ func RequiredScopes(rules []ScopeRule, method, target string) []string {
 // ScopesFor returns the scopes rules require of message m: those of its
 // method and target and, for a completion, those of the prompt
 // (prompts/get) or resource template (resources/read) it completes, as
-// the access rules judge a completion.
+// the access rules judge a completion, and for a subscriptions/listen
+// those of a resources/subscribe of each resource it subscribes to.
 func ScopesFor(rules []ScopeRule, m *mcp.Envelope) []string {
 	need := RequiredScopes(rules, m.Method, m.Name)
 	switch kind, target, ok := policy.RefOf(m); {
@@ -69,6 +70,11 @@ func ScopesFor(rules []ScopeRule, m *mcp.Envelope) []string {
 		need = appendNew(need, RequiredScopes(rules, "prompts/get", target))
 	case ok && kind == policy.KindResource:
 		need = appendNew(need, RequiredScopes(rules, "resources/read", target))
+	}
+	for _, uri := range m.Subscriptions {
+		// A subscriptions/listen subscribes to each of these resources
+		// as a resources/subscribe of it would.
+		need = appendNew(need, RequiredScopes(rules, "resources/subscribe", uri))
 	}
 	return need
 }

@@ -69,6 +69,7 @@ func TestCheckScopes(t *testing.T) {
 func TestScopeRuleGlobs(t *testing.T) {
 	rules := []ScopeRule{
 		{Method: "resources/read", Target: "secret://*", Scopes: []string{"secrets"}},
+		{Method: "resources/subscribe", Target: "secret://*", Scopes: []string{"secrets"}},
 		{Method: "tools/call", Target: "delete_*", Scopes: []string{"admin"}},
 		{Method: "tools/call", Target: `ops_\[x`, Scopes: []string{"ops"}},
 		{Method: "prompts/get", Target: "admin_*", Scopes: []string{"admin"}},
@@ -94,6 +95,9 @@ func TestScopeRuleGlobs(t *testing.T) {
 		`{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/resource","uri":"secret://db/{name}"},"argument":{"name":"name","value":""}}}`: "basic secrets",
 		`{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"delete_all"},"argument":{"name":"x","value":""}}}`:             "basic",
 		`{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"admin_reset"},"argument":{"name":"x","value":""}}}`:            "basic admin",
+		// A subscriptions/listen needs the scopes of subscribing to each
+		// resource it names.
+		`{"jsonrpc":"2.0","id":1,"method":"subscriptions/listen","params":{"notifications":{"resourceSubscriptions":["file:///a","secret://db/x"]}}}`: "basic secrets",
 		call("delete_repo/force"): "admin basic",
 		call("ops_[x"):            "ops basic",
 		call("ops_x"):             "basic",

@@ -30,10 +30,11 @@ const (
 	parArguments
 	parCursor
 	parRef
+	parNotifications
 )
 
 // paramsNames are the params members, indexed by the par constants.
-var paramsNames = [...]string{"name", "uri", "protocolVersion", "requestId", "_meta", "arguments", "cursor", "ref"}
+var paramsNames = [...]string{"name", "uri", "protocolVersion", "requestId", "_meta", "arguments", "cursor", "ref", "notifications"}
 
 // Members of params.ref (a completion/complete's reference) the proxy
 // reads.
@@ -45,6 +46,11 @@ const (
 
 // refNames are the params.ref members, indexed by the ref constants.
 var refNames = [...]string{"type", "name", "uri"}
+
+// notifNames is the one member of params.notifications (a
+// subscriptions/listen's filter) the proxy reads: the URIs of the
+// resources whose updates the client subscribes to.
+var notifNames = [...]string{"resourceSubscriptions"}
 
 // metaVersionKey is the _meta key that carries the protocol version in the
 // stateless revision.
@@ -58,6 +64,7 @@ const (
 	setParams
 	setMeta
 	setRef
+	setNotif
 )
 
 // names returns the exact spellings of the set's members, indexed by
@@ -70,6 +77,8 @@ func (set memberSet) names() []string {
 		return paramsNames[:]
 	case setRef:
 		return refNames[:]
+	case setNotif:
+		return notifNames[:]
 	}
 	return metaNames[:]
 }
@@ -82,7 +91,7 @@ func (set memberSet) name(m int) string { return set.names()[m] }
 
 // foldedNames holds the members' names of each set in folded form (see
 // appendFold), indexed like names.
-var foldedNames = func() (folded [setRef + 1][]string) {
+var foldedNames = func() (folded [setNotif + 1][]string) {
 	for set := range folded {
 		for _, name := range memberSet(set).names() {
 			folded[set] = append(folded[set], string(appendFold(nil, []byte(name))))
@@ -189,6 +198,8 @@ func exactMember(key []byte, set memberSet) int {
 			return parCursor
 		case "ref":
 			return parRef
+		case "notifications":
+			return parNotifications
 		}
 	case setMeta:
 		if string(key) == metaVersionKey {
@@ -203,6 +214,10 @@ func exactMember(key []byte, set memberSet) int {
 		case "uri":
 			return refURI
 		}
+	case setNotif:
+		if string(key) == notifNames[0] {
+			return 0
+		}
 	}
 	return -1
 }
@@ -213,7 +228,7 @@ func exactMember(key []byte, set memberSet) int {
 // spelled as it.
 type objectKeys struct {
 	set     memberSet
-	members uint8 // the members met
+	members uint16 // the members met
 	others  keySet
 }
 

@@ -71,6 +71,12 @@ type Envelope struct {
 	// methods. Name is not affected: a completion's Name stays
 	// params.name or params.uri, as for any other method.
 	RefTarget string
+	// Subscriptions are the resource URIs a subscriptions/listen (the
+	// 2026-07-28 replacement of resources/subscribe) subscribes to:
+	// params.notifications.resourceSubscriptions, each subscribed to by
+	// its upstream as by a resources/subscribe of it. Empty for other
+	// methods.
+	Subscriptions []string
 }
 
 // The types of params.ref of a completion/complete.
@@ -83,6 +89,10 @@ const (
 
 // methodComplete is the method whose params.ref the peek reads.
 const methodComplete = "completion/complete"
+
+// methodListen is the method whose
+// params.notifications.resourceSubscriptions the peek reads.
+const methodListen = "subscriptions/listen"
 
 // Peek is the result of scanning a request body.
 type Peek struct {
@@ -180,6 +190,9 @@ var (
 	errNumberID         = fmt.Errorf("%w: a number id must be an integer of at most 2^53-1 in magnitude, without fraction or exponent", ErrInvalidID)
 	errRequestWithoutID = fmt.Errorf("%w: in a body longer than the peek limit, a method that is not a notification needs an id", ErrNotEnvelope)
 	errRefType          = fmt.Errorf("%w: params.ref must be an object", ErrNotEnvelope)
+	errNotifType        = fmt.Errorf("%w: params.notifications must be an object", ErrNotEnvelope)
+	errSubsType         = fmt.Errorf("%w: params.notifications.resourceSubscriptions must be an array of strings", ErrNotEnvelope)
+	errListenLate       = fmt.Errorf("%w: a subscriptions/listen must end within the peek limit", ErrTooLarge)
 	errParamTypes       = [...]error{
 		parName:            fmt.Errorf("%w: params.name must be a string", ErrNotEnvelope),
 		parURI:             fmt.Errorf("%w: params.uri must be a string", ErrNotEnvelope),
@@ -217,6 +230,8 @@ func (set memberSet) objectName() string {
 		return " in params._meta"
 	case setRef:
 		return " in params.ref"
+	case setNotif:
+		return " in params.notifications"
 	}
 	return ""
 }
@@ -604,6 +619,11 @@ type msgFacts struct {
 	// refErr is a params.ref, or a member of it, of the wrong type: an
 	// error for a completion/complete only.
 	refErr error
+	// subs are the strings of params.notifications.resourceSubscriptions;
+	// subsErr is params.notifications, or that member, of the wrong type:
+	// an error for a subscriptions/listen only.
+	subs    []string
+	subsErr error
 }
 
 // message scans one message object into env.
@@ -622,6 +642,16 @@ func (s *scanner) message(env *Envelope) error {
 		env.RefTarget = refTarget(f.refTypeValue, f.refNameValue, f.refURIValue)
 	}
 	closed := err == nil
+	if env.Method == methodListen {
+		if f.subsErr != nil {
+			return f.subsErr
+		}
+		if !closed {
+			// Its resources are all judged: the whole of it is read.
+			return errListenLate
+		}
+		env.Subscriptions = f.subs
+	}
 	switch {
 	case f.method && (f.result || f.errorKey):
 		return errMethodAndResult
@@ -899,11 +929,89 @@ func (s *scanner) params(env *Envelope, f *msgFacts) error {
 				return err
 			}
 			f.ref = true
+		case parNotifications:
+			switch s.b[s.i] {
+			case '{':
+				err = s.notifications(f)
+			case 'n':
+				err = s.skip()
+			default:
+				// Refused for subscriptions/listen only (see message).
+				f.subsErr = errNotifType
+				err = s.skip()
+			}
+			if err != nil {
+				return err
+			}
 		default:
 			if err := s.skip(); err != nil {
 				return err
 			}
 		}
+	}
+}
+
+// notifications scans params.notifications (a subscriptions/listen's
+// filter) for its resourceSubscriptions.
+func (s *scanner) notifications(f *msgFacts) error {
+	s.i++ // '{'
+	keys := objectKeys{set: setNotif}
+	for first := true; ; first = false {
+		m, ok, err := s.member(&keys, first)
+		if err != nil || !ok {
+			return err
+		}
+		if m < 0 || s.b[s.i] != '[' {
+			if m >= 0 && s.b[s.i] != 'n' && f.subsErr == nil {
+				f.subsErr = errSubsType
+			}
+			if err := s.skip(); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := s.subscriptions(f); err != nil {
+			return err
+		}
+	}
+}
+
+// subscriptions reads the array of resource URIs at s.i.
+func (s *scanner) subscriptions(f *msgFacts) error {
+	s.i++ // '['
+	for first := true; ; first = false {
+		s.ws()
+		if s.eof() {
+			return errEOF
+		}
+		if s.b[s.i] == ']' {
+			s.i++
+			return nil
+		}
+		if !first {
+			if s.b[s.i] != ',' {
+				return ErrMalformed
+			}
+			s.i++
+			s.ws()
+			if s.eof() {
+				return errEOF
+			}
+		}
+		if s.b[s.i] != '"' {
+			if f.subsErr == nil {
+				f.subsErr = errSubsType
+			}
+			if err := s.skip(); err != nil {
+				return err
+			}
+			continue
+		}
+		v, err := s.stringValue()
+		if err != nil {
+			return err
+		}
+		f.subs = append(f.subs, v)
 	}
 }
 

@@ -3,6 +3,7 @@ package mcp
 import (
 	"errors"
 	"net/http"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -225,7 +226,7 @@ func TestParseEnvelopeSDKMessages(t *testing.T) {
 			if err := ParseEnvelope([]byte(tt.body), tt.complete, &p); err != nil {
 				t.Fatal(err)
 			}
-			if len(p.Messages) != 1 || p.Messages[0] != tt.want {
+			if len(p.Messages) != 1 || !reflect.DeepEqual(p.Messages[0], tt.want) {
 				t.Fatalf("got %+v, want %+v", p.Messages, tt.want)
 			}
 			if tt.complete {
@@ -330,6 +331,54 @@ func TestBatchRefusal(t *testing.T) {
 		ref := BatchRefusal(&Call{Version: tt.header}, tt.session)
 		if (ref != nil) != tt.refused || ref != nil && (ref.Status != http.StatusBadRequest || !strings.Contains(ref.Message, tt.names)) {
 			t.Errorf("header %q session %q: %+v", tt.header, tt.session, ref)
+		}
+	}
+}
+
+// TestParseEnvelopeListen: a 2026-07-28 subscriptions/listen names the
+// resources it subscribes to in params.notifications.resourceSubscriptions,
+// which the peek reads whole, refusing what decoders could read
+// otherwise; a listen that does not end within the peek is too large.
+func TestParseEnvelopeListen(t *testing.T) {
+	listen := func(notifications string) string {
+		return `{"jsonrpc":"2.0","id":1,"method":"subscriptions/listen","params":{"notifications":` + notifications + `}}`
+	}
+	for body, want := range map[string][]string{
+		listen(`{"resourceSubscriptions":["file:///a","file:///\u0062"]}`):                                   {"file:///a", "file:///b"},
+		listen(`{"toolsListChanged":true, "resourceSubscriptions" : [ "x" , "y" ] }`):                        {"x", "y"},
+		listen(`{"resourceSubscriptions":[]}`):                                                               nil,
+		listen(`{"resourceSubscriptions":null}`):                                                             nil,
+		listen(`null`):                                                                                       nil,
+		`{"jsonrpc":"2.0","id":1,"method":"x/y","params":{"notifications":{"resourceSubscriptions":["a"]}}}`: nil,
+		`{"jsonrpc":"2.0","id":1,"method":"x/y","params":{"notifications":[1]}}`:                             nil,
+	} {
+		var p Peek
+		if err := ParseEnvelope([]byte(body), true, &p); err != nil {
+			t.Errorf("%s: %v", body, err)
+			continue
+		}
+		if got := p.First().Subscriptions; !reflect.DeepEqual(got, want) {
+			t.Errorf("%s: subscriptions %q, want %q", body, got, want)
+		}
+	}
+	for body, want := range map[string]error{
+		listen(`{"ResourceSubscriptions":["file:///secret"]}`):                                   ErrAmbiguous,
+		listen(`{"resourceSubscriptions":["a"],"resourceSubscriptions":["b"]}`):                  ErrAmbiguous,
+		listen(`{"resourceSubscriptions":["a",1]}`):                                              ErrNotEnvelope,
+		listen(`{"resourceSubscriptions":"a"}`):                                                  ErrNotEnvelope,
+		listen(`["a"]`):                                                                          ErrNotEnvelope,
+		`{"jsonrpc":"2.0","id":1,"method":"subscriptions/listen","params":{"Notifications":{}}}`: ErrAmbiguous,
+	} {
+		var p Peek
+		if err := ParseEnvelope([]byte(body), true, &p); !errors.Is(err, want) {
+			t.Errorf("%s: %v, want %v", body, err, want)
+		}
+	}
+	body := listen(`{"resourceSubscriptions":["file:///public/a","file:///secret/b"]}`)
+	for cut := strings.Index(body, "params"); cut < len(body); cut++ {
+		var p Peek
+		if err := ParseEnvelope([]byte(body[:cut]), false, &p); !errors.Is(err, ErrTooLarge) {
+			t.Fatalf("listen cut at %d: %v, want ErrTooLarge", cut, err)
 		}
 	}
 }

@@ -2,6 +2,7 @@ package mcp
 
 import (
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -83,7 +84,7 @@ func TestParseEnvelope(t *testing.T) {
 				t.Fatalf("got %d messages, want %d", len(p.Messages), len(tt.want))
 			}
 			for i := range tt.want {
-				if p.Messages[i] != tt.want[i] {
+				if !reflect.DeepEqual(p.Messages[i], tt.want[i]) {
 					t.Errorf("message %d = %+v, want %+v", i, p.Messages[i], tt.want[i])
 				}
 			}

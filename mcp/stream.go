@@ -87,17 +87,17 @@ type streamCheck struct {
 	bufLen    int
 	buf       [strCap + 2]byte // the string being kept, with its quotes
 
-	envSeen     uint8 // bits of the envelope members met
-	parSeen     uint8 // bits of the params members met
-	metaSeen    bool  // the _meta version key was met
-	refSeen     uint8 // bits of the params.ref members met
-	jsonrpc     bool  // "jsonrpc":"2.0" was read
-	methodNotif bool  // the method starts with "notifications/"
-	methodRef   bool  // the method is completion/complete, whose params.ref the peek reads
-	refBad      error // a params.ref, or a member of it, of the wrong type: refused for completion/complete only
-	idEarly     bool  // the id's value ended before the boundary
-	idType      byte  // first byte of the id's value
-	closedEarly bool  // the message object closed before the boundary
+	envSeen     uint8  // bits of the envelope members met
+	parSeen     uint16 // bits of the params members met
+	metaSeen    bool   // the _meta version key was met
+	refSeen     uint8  // bits of the params.ref members met
+	jsonrpc     bool   // "jsonrpc":"2.0" was read
+	methodNotif bool   // the method starts with "notifications/"
+	methodRef   bool   // the method is completion/complete, whose params.ref the peek reads
+	refBad      error  // a params.ref, or a member of it, of the wrong type: refused for completion/complete only
+	idEarly     bool   // the id's value ended before the boundary
+	idType      byte   // first byte of the id's value
+	closedEarly bool   // the message object closed before the boundary
 	// lateID is the raw JSON of an id whose value ended at or after the
 	// boundary, as the body holds it: a number, or a string of at most
 	// strCap bytes between its quotes ("" for a longer one, or null).

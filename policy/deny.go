@@ -59,6 +59,12 @@ type Denial struct {
 // template), and it then gets the error of an unknown prompt or
 // resource. When both allow, the rule named is the item's when a rule
 // decided it, else the method's.
+//
+// A subscriptions/listen (2026-07-28) is judged as the method and, when
+// that allows it, as a resources/subscribe of each resource URI its
+// params.notifications.resourceSubscriptions names (mcp.Envelope's
+// Subscriptions): it is denied, as the first denied URI (Denial.Kind
+// KindResource), when one of them is.
 func (p *Policy) DecideAll(s Subject, msgs []mcp.Envelope) (denied []Denial, last Action, rule string) {
 	for i := range msgs {
 		m := &msgs[i]
@@ -76,6 +82,20 @@ func (p *Policy) DecideAll(s Subject, msgs []mcp.Envelope) (denied []Denial, las
 				kind, target, action, r = rk, rt, a, ri
 			case ri >= 0:
 				r = ri
+			}
+		}
+		if action == Allow && m.Method == methodListen {
+			// Each resource a subscriptions/listen subscribes to, as a
+			// resources/subscribe of it: the upstream subscribes to it so.
+			for _, uri := range m.Subscriptions {
+				a, ri := p.decide(s, methodResourcesSub, KindResource, uri)
+				if a == Deny {
+					kind, target, action, r = KindResource, uri, a, ri
+					break
+				}
+				if ri >= 0 {
+					r = ri
+				}
 			}
 		}
 		last, rule = action, ""

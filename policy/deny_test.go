@@ -251,3 +251,62 @@ func TestSpliceAnswers(t *testing.T) {
 		t.Error("an answer that is not an array was spliced")
 	}
 }
+
+// TestDecideAllListen: a 2026-07-28 subscriptions/listen subscribes to
+// the resources its params.notifications.resourceSubscriptions names, as
+// resources/subscribe does: each is judged as a resources/subscribe of
+// it, and the listen is denied as the first denied one.
+func TestDecideAllListen(t *testing.T) {
+	listen := func(id int, uris string) string {
+		return fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"subscriptions/listen","params":{"notifications":{"toolsListChanged":true,"resourceSubscriptions":[%s]}}}`, id, uris)
+	}
+	p := &Policy{Rules: []Rule{
+		{Action: Deny, Kind: KindResource, Targets: []string{"file:///secret/*"}, Label: "no secrets"},
+		{Action: Deny, Kind: KindResource, Targets: []string{"secret://*"}, Methods: []string{"resources/subscribe"}, Label: "no watching"},
+		{Action: Deny, Kind: KindResource, Targets: []string{"db://*"}, Methods: []string{"resources/read"}, Label: "no reading"},
+	}}
+	if err := p.Compile(); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		body   string
+		denied []Denial
+	}{
+		{listen(1, `"file:///secret/key"`), []Denial{{Kind: KindResource, Name: "file:///secret/key", Rule: "no secrets"}}},
+		{listen(2, `"file:///public/a","file:///secret/key"`), []Denial{{Kind: KindResource, Name: "file:///secret/key", Rule: "no secrets"}}},
+		{listen(3, `"secret://db"`), []Denial{{Kind: KindResource, Name: "secret://db", Rule: "no watching"}}},
+		{listen(4, `"FILE:///public/../secret/key"`), []Denial{{Kind: KindResource, Name: "FILE:///public/../secret/key", Rule: "no secrets"}}},
+		{listen(5, `"file:///public/a","db://x"`), nil},
+		{listen(6, ``), nil},
+		{`{"jsonrpc":"2.0","id":7,"method":"subscriptions/listen","params":{"notifications":{"toolsListChanged":true}}}`, nil},
+		// Another method's params.notifications is not read.
+		{`{"jsonrpc":"2.0","id":8,"method":"x/y","params":{"notifications":{"resourceSubscriptions":["file:///secret/key"]}}}`, nil},
+	}
+	for _, c := range cases {
+		denied, _, _ := p.DecideAll(nil, envelopes(t, c.body))
+		if len(denied) != len(c.denied) {
+			t.Errorf("%s: %+v, want %+v", c.body, denied, c.denied)
+			continue
+		}
+		for i := range denied {
+			if denied[i] != c.denied[i] {
+				t.Errorf("%s: denial %d = %+v, want %+v", c.body, i, denied[i], c.denied[i])
+			}
+		}
+	}
+	// Under default deny, the listen and each of its resources must be
+	// allowed.
+	p = &Policy{Default: Deny, Rules: []Rule{
+		{Action: Allow, Kind: KindMethod, Targets: []string{"subscriptions/listen"}},
+		{Action: Allow, Kind: KindResource, Targets: []string{"file:///public/*"}},
+	}}
+	if err := p.Compile(); err != nil {
+		t.Fatal(err)
+	}
+	if denied, _, _ := p.DecideAll(nil, envelopes(t, listen(9, `"file:///public/a"`))); len(denied) != 0 {
+		t.Errorf("default deny, allowed resource: %+v", denied)
+	}
+	if denied, _, _ := p.DecideAll(nil, envelopes(t, listen(10, `"file:///public/a","file:///other"`))); len(denied) != 1 || denied[0].Name != "file:///other" {
+		t.Errorf("default deny, another resource: %+v", denied)
+	}
+}

@@ -68,6 +68,7 @@ const (
 	methodResourcesList     = "resources/list"
 	methodResourceTemplates = "resources/templates/list"
 	methodComplete          = "completion/complete"
+	methodListen            = "subscriptions/listen"
 )
 
 // kindMethods lists, for each kind but KindMethod, the methods whose
