@@ -914,33 +914,15 @@ func (s *scanner) params(env *Envelope, f *msgFacts) error {
 				return err
 			}
 		case parRef:
-			switch s.b[s.i] {
-			case '{':
-				err = s.ref(f)
-			case 'n':
-				err = s.skip()
-			default:
-				// Refused for completion/complete only (see message):
-				// another method's params may hold a ref of its own.
-				f.refErr = errRefType
-				err = s.skip()
-			}
-			if err != nil {
+			// Of the wrong type, refused for completion/complete only (see
+			// message): another method's params may hold a ref of its own.
+			if err := s.optObject(func() error { return s.ref(f) }, &f.refErr, errRefType); err != nil {
 				return err
 			}
 			f.ref = true
 		case parNotifications:
-			switch s.b[s.i] {
-			case '{':
-				err = s.notifications(f)
-			case 'n':
-				err = s.skip()
-			default:
-				// Refused for subscriptions/listen only (see message).
-				f.subsErr = errNotifType
-				err = s.skip()
-			}
-			if err != nil {
+			// Of the wrong type, refused for subscriptions/listen only.
+			if err := s.optObject(func() error { return s.notifications(f) }, &f.subsErr, errNotifType); err != nil {
 				return err
 			}
 		default:
@@ -951,26 +933,54 @@ func (s *scanner) params(env *Envelope, f *msgFacts) error {
 	}
 }
 
+// optObject scans the value at s.i with scan when it is an object, skips
+// it when it is null, and otherwise skips it and notes bad in *wrongType,
+// an error for the one method that reads the member.
+func (s *scanner) optObject(scan func() error, wrongType *error, bad error) error {
+	switch s.b[s.i] {
+	case '{':
+		return scan()
+	case 'n':
+		return s.skip()
+	}
+	*wrongType = bad
+	return s.skip()
+}
+
 // notifications scans params.notifications (a subscriptions/listen's
 // filter) for its resourceSubscriptions.
 func (s *scanner) notifications(f *msgFacts) error {
+	return s.members(setNotif, func(int) error {
+		switch s.b[s.i] {
+		case '[':
+			return s.subscriptions(f)
+		case 'n':
+			return s.skip()
+		}
+		if f.subsErr == nil {
+			f.subsErr = errSubsType
+		}
+		return s.skip()
+	})
+}
+
+// members scans the object at s.i, whose keys are checked as set's
+// (ambiguous ones refused), calling each for the value of every member of
+// set it holds; each must read the value. Other members are skipped.
+func (s *scanner) members(set memberSet, each func(m int) error) error {
 	s.i++ // '{'
-	keys := objectKeys{set: setNotif}
+	keys := objectKeys{set: set}
 	for first := true; ; first = false {
 		m, ok, err := s.member(&keys, first)
 		if err != nil || !ok {
 			return err
 		}
-		if m < 0 || s.b[s.i] != '[' {
-			if m >= 0 && s.b[s.i] != 'n' && f.subsErr == nil {
-				f.subsErr = errSubsType
-			}
-			if err := s.skip(); err != nil {
-				return err
-			}
-			continue
+		if m < 0 {
+			err = s.skip()
+		} else {
+			err = each(m)
 		}
-		if err := s.subscriptions(f); err != nil {
+		if err != nil {
 			return err
 		}
 	}
@@ -1018,28 +1028,13 @@ func (s *scanner) subscriptions(f *msgFacts) error {
 // ref scans params.ref (a completion/complete's reference) for its type,
 // name and uri.
 func (s *scanner) ref(f *msgFacts) error {
-	s.i++ // '{'
-	keys := objectKeys{set: setRef}
-	for first := true; ; first = false {
-		m, ok, err := s.member(&keys, first)
-		if err != nil || !ok {
-			return err
-		}
-		if m < 0 {
-			if err := s.skip(); err != nil {
-				return err
-			}
-			continue
-		}
+	return s.members(setRef, func(m int) error {
 		v, isStr, err := s.optString()
 		if !isStr {
 			if f.refErr == nil {
 				f.refErr = refMemberTypeError(m)
 			}
-			if err := s.skip(); err != nil {
-				return err
-			}
-			continue
+			return s.skip()
 		}
 		if err != nil {
 			return err
@@ -1052,7 +1047,8 @@ func (s *scanner) ref(f *msgFacts) error {
 		default:
 			f.refURIValue = v
 		}
-	}
+		return nil
+	})
 }
 
 // meta scans params._meta for the protocol version.
