@@ -107,8 +107,10 @@ const (
 )
 
 // maxMemberKey bounds the length of a decoded key that can still fold to a
-// member name: the longest name has 39 bytes, and a folded name is never
-// longer than its source, so 128 leaves room for every spelling.
+// member name: the longest name has 39 bytes, and a folded rune is never
+// longer than its source, so 128 leaves room for every spelling. (A byte
+// that is not UTF-8 decodes as U+FFFD, three bytes: the folded key can
+// outgrow its source, and classifyKey stops keeping it at the bound.)
 const maxMemberKey = 128
 
 // classifyKey compares a decoded key with the members of set the way
@@ -130,6 +132,9 @@ func classifyKey(key []byte, set memberSet) (member int, exact bool, hash uint64
 				c -= 'a' - 'A'
 			}
 			h = (h ^ uint64(c)) * fnvPrime
+			if short && n == len(buf) {
+				short = false // grown past the bound by bytes that are not UTF-8
+			}
 			if short {
 				buf[n] = c
 				n++

@@ -209,3 +209,23 @@ func TestHoldsProgress(t *testing.T) {
 		}
 	}
 }
+
+// TestResponseIDKeyNotUTF8: a key of an upstream's message is folded
+// without a check of its UTF-8 (ResponseID reads events as they come); a
+// byte that is not UTF-8 folds to U+FFFD, three bytes, so a key within
+// maxMemberKey bytes can fold longer than that, which must end the
+// folded copy, not overrun it. The key is no member; the message is no
+// answer.
+func TestResponseIDKeyNotUTF8(t *testing.T) {
+	for _, n := range []int{42, 43, 60, maxMemberKey} {
+		key := "0" + strings.Repeat("\xee", n) + "00"
+		data := []byte(`{"` + key + `":[],"jsonrpc":"2.0","id":1,"result":{}}`)
+		id, ok, err := ResponseID(data)
+		if string(id) != "1" || !ok || err != nil {
+			t.Errorf("%d bytes not UTF-8 in a key: id %q, answer %v, err %v; want the answer of 1", n, id, ok, err)
+		}
+		if m, _, _ := classifyKey([]byte(key), setEnvelope); m != -1 {
+			t.Errorf("%d bytes not UTF-8: member %d", n, m)
+		}
+	}
+}
