@@ -602,3 +602,46 @@ func heapInuse() uint64 {
 	runtime.ReadMemStats(&ms)
 	return ms.HeapInuse
 }
+
+// h2cGlobal is the global option that serves HTTP/2 over cleartext (h2c)
+// beside HTTP/1.1, as an HTTPS site serves HTTP/2.
+const h2cGlobal = "\tservers {\n\t\tprotocols h1 h2c\n\t}\n"
+
+// h2cClient returns a client that speaks HTTP/2 over cleartext, every
+// request on one connection.
+func h2cClient(t *testing.T) *http.Client { return h2cClientWindow(t, 0) }
+
+// h2cClientWindow is h2cClient whose streams each buffer at most window
+// bytes the test has not read (flow control holds the proxy back past
+// it); 0 for the transport's default.
+func h2cClientWindow(t *testing.T, window int) *http.Client {
+	var h2 http.Protocols
+	h2.SetUnencryptedHTTP2(true)
+	tr := &http.Transport{Protocols: &h2, DisableCompression: true}
+	if window > 0 {
+		tr.HTTP2 = &http.HTTP2Config{MaxReceiveBufferPerStream: window}
+	}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr}
+}
+
+// h1Client returns an HTTP/1.1 client of its own.
+func h1Client(t *testing.T) *http.Client {
+	tr := &http.Transport{DisableCompression: true}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr}
+}
+
+// protoClients are an HTTP/1.1 and an HTTP/2 client, with the major
+// version each must be answered in.
+func protoClients(t *testing.T) []struct {
+	name  string
+	major int
+	hc    *http.Client
+} {
+	return []struct {
+		name  string
+		major int
+		hc    *http.Client
+	}{{"HTTP/1.1", 1, h1Client(t)}, {"HTTP/2", 2, h2cClient(t)}}
+}

@@ -12,41 +12,6 @@ import (
 	"time"
 )
 
-// h2cGlobal is the global option that serves HTTP/2 over cleartext (h2c)
-// beside HTTP/1.1, as an HTTPS site serves HTTP/2.
-const h2cGlobal = "\tservers {\n\t\tprotocols h1 h2c\n\t}\n"
-
-// h2cClient returns a client that speaks HTTP/2 over cleartext, every
-// request on one connection, and HTTP/1.1 one for comparison.
-func h2cClient(t *testing.T) *http.Client {
-	var h2 http.Protocols
-	h2.SetUnencryptedHTTP2(true)
-	tr := &http.Transport{Protocols: &h2, DisableCompression: true}
-	t.Cleanup(tr.CloseIdleConnections)
-	return &http.Client{Transport: tr}
-}
-
-// h1Client returns an HTTP/1.1 client of its own.
-func h1Client(t *testing.T) *http.Client {
-	tr := &http.Transport{DisableCompression: true}
-	t.Cleanup(tr.CloseIdleConnections)
-	return &http.Client{Transport: tr}
-}
-
-// protoClients are an HTTP/1.1 and an HTTP/2 client, with the major
-// version each must be answered in.
-func protoClients(t *testing.T) []struct {
-	name  string
-	major int
-	hc    *http.Client
-} {
-	return []struct {
-		name  string
-		major int
-		hc    *http.Client
-	}{{"HTTP/1.1", 1, h1Client(t)}, {"HTTP/2", 2, h2cClient(t)}}
-}
-
 // TestH2BodyWaitsInQueue: a POST body longer than max_peek whose request
 // waits in the admission queue for longer than body_timeout, its client
 // having sent every byte at once, is read on once admitted, over HTTP/1.1
@@ -193,11 +158,7 @@ func TestH2SlowConsumer(t *testing.T) {
 	port := freePort(t)
 	loadCaddyfileWith(t, h2cGlobal, proxySite(port, u.addr(), fmt.Sprintf("\t\twrite_timeout %v\n", writeTimeout)))
 	base := proxyURL(port)
-	var h2 http.Protocols
-	h2.SetUnencryptedHTTP2(true)
-	tr := &http.Transport{Protocols: &h2, HTTP2: &http.HTTP2Config{MaxReceiveBufferPerStream: 16 << 10}}
-	defer tr.CloseIdleConnections()
-	hc := &http.Client{Transport: tr}
+	hc := h2cClientWindow(t, 16<<10)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*boundedWait)
 	defer cancel()
 	steady := mustOpenStream(t, ctx, hc, base+"/mcp", u.openSession(t, base, relayVersion), relayVersion, "steady")
@@ -437,11 +398,7 @@ func TestH2SlowConsumerOfAnswer(t *testing.T) {
 	port := freePort(t)
 	loadCaddyfileWith(t, h2cGlobal, proxySite(port, fake.addr(), "\t\twrite_timeout 1s\n"))
 	base := proxyURL(port)
-	var h2 http.Protocols
-	h2.SetUnencryptedHTTP2(true)
-	tr := &http.Transport{Protocols: &h2, HTTP2: &http.HTTP2Config{MaxReceiveBufferPerStream: 16 << 10}}
-	defer tr.CloseIdleConnections()
-	hc := &http.Client{Transport: tr}
+	hc := h2cClientWindow(t, 16<<10)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*boundedWait)
 	defer cancel()
 	sid := fake.openSessionWith(t, hc, base, relayVersion)

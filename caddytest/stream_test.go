@@ -293,22 +293,12 @@ func TestStreamSilentLongerThanWriteTimeout(t *testing.T) {
 	cancelled := make(chan string, 8)
 	fake := startFake(t, &fakeUpstream{on: map[string]func(*fakeCall){"tools/call:slow": slowFakeTool(cancelled)}})
 	port := freePort(t)
-	loadCaddyfileWith(t, "\tservers {\n\t\tprotocols h1 h2c\n\t}\n", proxySite(port, fake.addr(),
+	loadCaddyfileWith(t, h2cGlobal, proxySite(port, fake.addr(),
 		fmt.Sprintf("\t\twrite_timeout %v\n\t\tkeepalive 5m\n", writeTimeout)))
 	base := proxyURL(port)
-	var h2 http.Protocols
-	h2.SetUnencryptedHTTP2(true)
-	h2tr := &http.Transport{Protocols: &h2, DisableCompression: true}
-	defer h2tr.CloseIdleConnections()
-	h1tr := &http.Transport{DisableCompression: true}
-	defer h1tr.CloseIdleConnections()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*boundedWait)
 	defer cancel()
-	for _, proto := range []struct {
-		name  string
-		major int
-		hc    *http.Client
-	}{{"HTTP/1.1", 1, &http.Client{Transport: h1tr}}, {"HTTP/2", 2, &http.Client{Transport: h2tr}}} {
+	for _, proto := range protoClients(t) {
 		sid := fake.openSession(t, base, sessionVersion)
 		key := "silent-" + proto.name
 		resp, err := openStream(ctx, proto.hc, base+"/mcp", sid, sessionVersion, key)

@@ -718,13 +718,10 @@ func TestUnreadableAnswers(t *testing.T) {
 	}
 }
 
-// TestLegacyRefusedPostForgetsAwaited: a POST of a legacy session whose
-// stream already owes as many answers as it notes adds its call to the
-// awaited ones (its deadline) without noting it owed; when the upstream
-// refuses that POST, the call is no longer awaited (its deadline would
-// otherwise answer, and cancel upstream, a call the upstream never took).
-func TestLegacyRefusedPostForgetsAwaited(t *testing.T) {
-	p, _, _ := newTestProxy(t, Config{})
+// owingLegacyLink returns the link of a legacy session, known under key,
+// whose stream owes as many answers as it notes.
+func owingLegacyLink(t *testing.T, p *Proxy, key string) (*legacyLink, mcp.Resolution) {
+	t.Helper()
 	l := &legacyLink{p: p, owed: map[string]string{}}
 	l.awaiting = policy.NewAwaiting(l.expire)
 	t.Cleanup(l.awaiting.Close)
@@ -733,15 +730,16 @@ func TestLegacyRefusedPostForgetsAwaited(t *testing.T) {
 		full = append(full, strconv.Itoa(1000+i))
 	}
 	l.claim(full)
-	res := mcp.Resolution{Session: &mcp.Session{Kind: mcp.TokenLegacy}, Key: "legacy-test-key"}
+	res := mcp.Resolution{Session: &mcp.Session{Kind: mcp.TokenLegacy}, Key: key}
 	legacyLinks.add(res.Key, l)
 	t.Cleanup(func() { legacyLinks.remove(res.Key, l) })
-	r, call := post(t, `{"jsonrpc":"2.0","id":"late","method":"tools/call","params":{"name":"slow"}}`)
-	st := p.NewState(httptest.NewRecorder(), r, call, res)
-	done, ref := st.Arm(time.Hour)
-	if ref != nil {
-		t.Fatal(ref.Message)
-	}
+	return l, res
+}
+
+// refuseAwaited checks that st's one call is awaited, has the upstream
+// refuse its POST, and checks that it is awaited no more once done ran.
+func refuseAwaited(t *testing.T, l *legacyLink, st *State, done func()) {
+	t.Helper()
 	if l.awaiting.Len() != 1 {
 		t.Fatalf("%d calls awaited, want 1", l.awaiting.Len())
 	}
@@ -750,6 +748,23 @@ func TestLegacyRefusedPostForgetsAwaited(t *testing.T) {
 	if n := l.awaiting.Len(); n != 0 {
 		t.Errorf("%d calls still awaited after the upstream refused their POST", n)
 	}
+}
+
+// TestLegacyRefusedPostForgetsAwaited: a POST of a legacy session whose
+// stream already owes as many answers as it notes adds its call to the
+// awaited ones (its deadline) without noting it owed; when the upstream
+// refuses that POST, the call is no longer awaited (its deadline would
+// otherwise answer, and cancel upstream, a call the upstream never took).
+func TestLegacyRefusedPostForgetsAwaited(t *testing.T) {
+	p, _, _ := newTestProxy(t, Config{})
+	l, res := owingLegacyLink(t, p, "legacy-test-key")
+	r, call := post(t, `{"jsonrpc":"2.0","id":"late","method":"tools/call","params":{"name":"slow"}}`)
+	st := p.NewState(httptest.NewRecorder(), r, call, res)
+	done, ref := st.Arm(time.Hour)
+	if ref != nil {
+		t.Fatal(ref.Message)
+	}
+	refuseAwaited(t, l, st, done)
 }
 
 // TestSpliceAnswersEveryJSONType: the errors of a batch's denied requests
@@ -883,18 +898,8 @@ func TestLegacyLateIDAfterAnswer(t *testing.T) {
 // in the peek.
 func TestLegacyRefusedLatePostForgetsAwaited(t *testing.T) {
 	p, _, _ := newTestProxy(t, Config{})
-	l := &legacyLink{p: p, owed: map[string]string{}}
-	l.awaiting = policy.NewAwaiting(l.expire)
-	t.Cleanup(l.awaiting.Close)
-	var full []string
-	for i := range policy.MaxAwaited {
-		full = append(full, strconv.Itoa(1000+i))
-	}
-	l.claim(full)
+	l, res := owingLegacyLink(t, p, "legacy-late-full-test-key")
 	r, call, cb, _ := latePost(t, 64)
-	res := mcp.Resolution{Session: &mcp.Session{Kind: mcp.TokenLegacy}, Key: "legacy-late-full-test-key"}
-	legacyLinks.add(res.Key, l)
-	t.Cleanup(func() { legacyLinks.remove(res.Key, l) })
 	st := p.NewState(httptest.NewRecorder(), r, call, res)
 	st.Checked = cb
 	done, ref := st.Arm(time.Hour)
@@ -904,14 +909,7 @@ func TestLegacyRefusedLatePostForgetsAwaited(t *testing.T) {
 	if _, err := io.ReadAll(cb); err != nil {
 		t.Fatal(err)
 	}
-	if l.awaiting.Len() != 1 {
-		t.Fatalf("%d calls awaited, want 1", l.awaiting.Len())
-	}
-	st.status, st.responded = http.StatusServiceUnavailable, true
-	done()
-	if n := l.awaiting.Len(); n != 0 {
-		t.Errorf("%d calls still awaited after the upstream refused their POST", n)
-	}
+	refuseAwaited(t, l, st, done)
 }
 
 // TestLegacyCancelledTableTurnsOver: an upstream need not answer a
