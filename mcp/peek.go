@@ -661,25 +661,35 @@ func (s *scanner) message(env *Envelope) error {
 		return errResponseID
 	}
 	if closed {
-		if !f.jsonrpc {
-			return ErrJSONRPCVersion
-		}
-		switch {
-		case f.method && f.id && !f.idNull:
-			env.Kind = KindRequest
-		case f.method:
-			env.Kind = KindNotification
-		case f.result || f.errorKey:
-			if !f.id {
-				return errResponseID
-			}
-			env.Kind = KindResponse
-		default:
-			return ErrNotEnvelope
-		}
-		return nil
+		return f.kindOfWhole(env)
 	}
-	// The head of a longer body: what the proxy decides on must be in it.
+	return f.kindOfHead(env)
+}
+
+// kindOfWhole sets the kind of a message read to its end.
+func (f *msgFacts) kindOfWhole(env *Envelope) error {
+	if !f.jsonrpc {
+		return ErrJSONRPCVersion
+	}
+	switch {
+	case f.method && f.id && !f.idNull:
+		env.Kind = KindRequest
+	case f.method:
+		env.Kind = KindNotification
+	case f.result || f.errorKey:
+		if !f.id {
+			return errResponseID
+		}
+		env.Kind = KindResponse
+	default:
+		return ErrNotEnvelope
+	}
+	return nil
+}
+
+// kindOfHead sets the kind of the head of a body longer than the peek:
+// what the proxy decides on must be in it.
+func (f *msgFacts) kindOfHead(env *Envelope) error {
 	switch {
 	case f.method:
 		switch {
