@@ -545,63 +545,6 @@ func TestSessionFloodNotificationsIdle(t *testing.T) {
 	}
 }
 
-// legacyClient is one legacy HTTP+SSE stream as a client holds it.
-type legacyClient struct {
-	endpoint string
-	events   chan string // data of the events after the endpoint
-	closed   chan struct{}
-	cancel   context.CancelFunc
-}
-
-// openLegacyStream opens a legacy stream (GET /sse) and reads its endpoint
-// event. A stream that does not open is answered as a reply.
-func openLegacyStream(ctx context.Context, hc *http.Client, url string) (*legacyClient, reply) {
-	ctx, cancel := context.WithCancel(ctx)
-	resp, err := getStream(ctx, hc, url, "", "", "", nil)
-	if err != nil || resp.StatusCode != http.StatusOK {
-		cancel()
-		return nil, readReply(resp, err)
-	}
-	// The endpoint event comes at once; a stream that does not send it
-	// within 10s is given up.
-	giveUp := time.AfterFunc(10*time.Second, cancel)
-	br := bufio.NewReader(resp.Body)
-	event := ""
-	for {
-		line, err := br.ReadString('\n')
-		if err != nil {
-			resp.Body.Close()
-			cancel()
-			return nil, reply{status: resp.StatusCode, hdr: resp.Header, err: fmt.Errorf("no endpoint event: %w", err)}
-		}
-		line = strings.TrimRight(line, "\r\n")
-		if v, ok := strings.CutPrefix(line, "event:"); ok {
-			event = strings.TrimSpace(v)
-		}
-		if v, ok := strings.CutPrefix(line, "data:"); ok && event == "endpoint" {
-			giveUp.Stop()
-			c := &legacyClient{endpoint: strings.TrimSpace(v), events: make(chan string, 64), closed: make(chan struct{}), cancel: cancel}
-			go func() {
-				defer close(c.closed)
-				defer resp.Body.Close()
-				for {
-					line, err := br.ReadString('\n')
-					if err != nil {
-						return
-					}
-					if v, ok := strings.CutPrefix(strings.TrimRight(line, "\r\n"), "data:"); ok {
-						select {
-						case c.events <- strings.TrimSpace(v):
-						default:
-						}
-					}
-				}
-			}()
-			return c, reply{status: resp.StatusCode, hdr: resp.Header}
-		}
-	}
-}
-
 // TestSessionLegacyFlood: legacy HTTP+SSE streams are sessions. Under
 // `max_sessions 200`, 500 legacy streams from one client: 200 open, the
 // rest are refused with 503, Retry-After and a JSON-RPC error (an open
