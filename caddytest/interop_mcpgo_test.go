@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -98,23 +99,28 @@ type interopUpstream struct {
 // without session ids), "sse" (legacy, a root-relative endpoint),
 // "sse-full" (legacy, an absolute endpoint URL with the upstream's own
 // host) or "sse-base" (legacy under a base path, absolute endpoint).
+// The "sessions" and "sse" servers ping the client every 50ms on its
+// stream (GET or legacy), a request the client answers.
 func startInterop(t *testing.T, name, kind string) *interopUpstream {
 	t.Helper()
 	u := &interopUpstream{kind: kind, started: make(chan struct{}, 8), cancelled: make(chan error, 8), path: "/mcp"}
 	s := interopServer(name, u.started, u.cancelled)
 	var h http.Handler
 	u.recordedUpstream = startRecorded(t, name, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { h.ServeHTTP(w, r) }))
+	u.legacy = strings.HasPrefix(kind, "sse")
 	switch kind {
 	case "sessions":
-		h = mgoserver.NewStreamableHTTPServer(s, mgoserver.WithStateful(true))
+		h = mgoserver.NewStreamableHTTPServer(s, mgoserver.WithStateful(true), mgoserver.WithHeartbeatInterval(50*time.Millisecond))
 	case "stateless":
 		h = mgoserver.NewStreamableHTTPServer(s, mgoserver.WithStateLess(true))
 	case "sse":
-		h, u.legacy, u.path = mgoserver.NewSSEServer(s, mgoserver.WithUseFullURLForMessageEndpoint(false)), true, "/sse"
+		h = mgoserver.NewSSEServer(s, mgoserver.WithUseFullURLForMessageEndpoint(false), mgoserver.WithKeepAliveInterval(50*time.Millisecond))
+		u.path = "/sse"
 	case "sse-full":
-		h, u.legacy, u.path = mgoserver.NewSSEServer(s, mgoserver.WithBaseURL(u.URL)), true, "/sse"
+		h, u.path = mgoserver.NewSSEServer(s, mgoserver.WithBaseURL(u.URL)), "/sse"
 	case "sse-base":
-		h, u.legacy, u.path = mgoserver.NewSSEServer(s, mgoserver.WithBaseURL(u.URL), mgoserver.WithStaticBasePath("/mcp")), true, "/mcp/sse"
+		h = mgoserver.NewSSEServer(s, mgoserver.WithBaseURL(u.URL), mgoserver.WithStaticBasePath("/mcp"))
+		u.path = "/mcp/sse"
 	default:
 		t.Fatalf("unknown kind %q", kind)
 	}
@@ -151,7 +157,7 @@ type interopPeer struct {
 
 // sdkPeer connects a go-sdk client to endpoint (legacy: over HTTP+SSE)
 // at version ("" for the client's choice).
-func sdkPeer(t *testing.T, ctx context.Context, endpoint string, legacy bool, version string) (*interopPeer, error) {
+func sdkPeer(ctx context.Context, endpoint string, legacy bool, version string) (*interopPeer, error) {
 	p := &interopPeer{}
 	client := mcp.NewClient(&mcp.Implementation{Name: "interop-sdk", Version: "1"}, &mcp.ClientOptions{
 		ProgressNotificationHandler: func(context.Context, *mcp.ProgressNotificationClientRequest) { p.progress.Add(1) },
@@ -206,28 +212,23 @@ func sdkPeer(t *testing.T, ctx context.Context, endpoint string, legacy bool, ve
 
 // mcpgoPeer connects an mcp-go client to endpoint (legacy: over
 // HTTP+SSE) at version ("" for the client's choice).
-func mcpgoPeer(t *testing.T, ctx context.Context, endpoint string, legacy bool, version string) (*interopPeer, error) {
+func mcpgoPeer(ctx context.Context, endpoint string, legacy bool, version string) (*interopPeer, error) {
 	p := &interopPeer{}
-	var c *mgoclient.Client
+	var tr mgotransport.Interface
 	var err error
-	opts := []mgoclient.ClientOption{mgoclient.WithElicitationHandler(interopElicit{})}
-	if version != "" {
-		opts = append(opts, mgoclient.WithProtocolVersion(version))
-	}
 	if legacy {
-		var tr *mgotransport.SSE
-		if tr, err = mgotransport.NewSSE(endpoint); err == nil {
-			c = mgoclient.NewClient(tr, opts...)
-		}
+		tr, err = mgotransport.NewSSE(endpoint)
 	} else {
-		var tr *mgotransport.StreamableHTTP
-		if tr, err = mgotransport.NewStreamableHTTP(endpoint); err == nil {
-			c = mgoclient.NewClient(tr, opts...)
-		}
+		tr, err = mgotransport.NewStreamableHTTP(endpoint)
 	}
 	if err != nil {
 		return nil, err
 	}
+	opts := []mgoclient.ClientOption{mgoclient.WithElicitationHandler(interopElicit{})}
+	if version != "" {
+		opts = append(opts, mgoclient.WithProtocolVersion(version))
+	}
+	c := mgoclient.NewClient(tr, opts...)
 	if err := c.Start(ctx); err != nil {
 		return nil, err
 	}
@@ -296,19 +297,14 @@ func (interopElicit) Elicit(context.Context, mgo.ElicitationRequest) (*mgo.Elici
 }
 
 // interopConnect is sdkPeer or mcpgoPeer.
-type interopConnect func(t *testing.T, ctx context.Context, endpoint string, legacy bool, version string) (*interopPeer, error)
+type interopConnect func(ctx context.Context, endpoint string, legacy bool, version string) (*interopPeer, error)
 
-// exercise runs the scenarios against a session p of u: tools/list,
-// calls with progress and a log message, resources/read, ping, and what
-// the pair supports of the rest: an elicitation (mcp-go serves one to a
-// session-era client of a stateful Streamable HTTP server) and a call
-// cancelled mid-way, which the upstream's tool must see end, and which
-// must reach the upstream as notifications/cancelled when the client
-// sends one (go-sdk, before 2026-07-28).
-func exercise(t *testing.T, ctx context.Context, p *interopPeer, u *interopUpstream, client string) {
+// basics lists the tools of p's server, which must hold echo, countdown
+// and tool, and calls echo and countdown, this one with progress.
+func basics(t *testing.T, ctx context.Context, p *interopPeer, tool string) {
 	t.Helper()
 	names, err := p.tools(ctx)
-	if err != nil || !slices.Contains(names, "echo") || !slices.Contains(names, "ask") {
+	if err != nil || !slices.Contains(names, "echo") || !slices.Contains(names, "countdown") || !slices.Contains(names, tool) {
 		t.Fatalf("tools/list: %v %v", names, err)
 	}
 	if got, err := p.call(ctx, "echo", map[string]any{"text": "hi"}, false); err != nil || got != "hi" {
@@ -317,6 +313,31 @@ func exercise(t *testing.T, ctx context.Context, p *interopPeer, u *interopUpstr
 	if got, err := p.call(ctx, "countdown", map[string]any{"from": 3}, true); err != nil || got != "liftoff" {
 		t.Fatalf("countdown: %q %v", got, err)
 	}
+}
+
+// viaBoth runs f as the subtests name/direct and name/proxy, with the
+// base URL of the upstream or of the proxy, and a bounded context.
+func viaBoth(t *testing.T, name, direct, proxy string, f func(t *testing.T, ctx context.Context, base string)) {
+	for _, via := range []struct{ name, base string }{{"direct", direct}, {"proxy", proxy}} {
+		t.Run(name+"/"+via.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
+			defer cancel()
+			f(t, ctx, via.base)
+		})
+	}
+}
+
+// exercise runs the scenarios against a session p of u: tools/list,
+// calls with progress and a log message, resources/read, ping, and what
+// the pair supports of the rest: an elicitation (mcp-go serves one to a
+// session-era client of a stateful Streamable HTTP server) and a call
+// cancelled mid-way, which the upstream's tool must see end, and which
+// must reach the upstream as notifications/cancelled when the client
+// sends one (go-sdk, before 2026-07-28); and the server's pings since
+// its mark'th request answered.
+func exercise(t *testing.T, ctx context.Context, p *interopPeer, u *interopUpstream, client string, mark int) {
+	t.Helper()
+	basics(t, ctx, p, "ask")
 	// mcp-go's Streamable HTTP server can drop a notification when the
 	// previous request's forwarder, not yet gone, takes it off the
 	// session's channel (directly as well): wait for one of each.
@@ -339,12 +360,29 @@ func exercise(t *testing.T, ctx context.Context, p *interopPeer, u *interopUpstr
 			t.Errorf("ask (elicitation): %q %v", got, err)
 		}
 	}
+	// The server's pings: the mcp-go client opens no GET stream unless
+	// asked to, and its legacy transport answers no server requests.
+	if !modern && client == "go-sdk" && (u.kind == "sessions" || u.kind == "sse") {
+		answers := func() (n int) {
+			for _, s := range u.since(mark) {
+				for _, m := range s.msgs {
+					if m.Method == "" && string(m.ID) != "" {
+						n++
+					}
+				}
+			}
+			return n
+		}
+		if !waitUntil(5*time.Second, 5*time.Millisecond, func() bool { return answers() >= 2 }) {
+			t.Errorf("the server got %d answers to its pings", answers())
+		}
+	}
 	// The mcp-go client sends no notifications/cancelled over HTTP, and a
 	// legacy server sees no end of a POST it has answered with 202.
 	if client != "go-sdk" && u.legacy {
 		return
 	}
-	mark := len(u.since(0))
+	mark = len(u.since(0))
 	callCtx, cancel := context.WithCancel(ctx)
 	errc := make(chan error, 1)
 	go func() { _, err := p.call(callCtx, "block", nil, false); errc <- err }()
@@ -388,29 +426,19 @@ func TestInteropMcpgoServer(t *testing.T) {
 	}
 	loadCaddyfile(t, cf)
 	for _, k := range kinds {
-		for _, cl := range []struct {
-			name    string
-			connect interopConnect
-		}{{"go-sdk", sdkPeer}, {"mcp-go", mcpgoPeer}} {
+		u := ups[k]
+		for _, cl := range interopClients {
 			for _, version := range []string{"", "2025-11-25"} {
-				for _, via := range []string{"direct", "proxy"} {
-					t.Run(fmt.Sprintf("%s/%s/%q/%s", k, cl.name, version, via), func(t *testing.T) {
-						ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
-						defer cancel()
-						u := ups[k]
-						base := u.URL
-						if via == "proxy" {
-							base = proxyURL(ports[k])
-						}
-						p, err := cl.connect(t, ctx, base+u.path, u.legacy, version)
-						if err != nil {
-							t.Fatalf("connect: %v", err)
-						}
-						defer p.close()
-						t.Logf("negotiated %s", p.version)
-						exercise(t, ctx, p, u, cl.name)
-					})
-				}
+				viaBoth(t, fmt.Sprintf("%s/%s/%q", k, cl.name, version), u.URL, proxyURL(ports[k]), func(t *testing.T, ctx context.Context, base string) {
+					mark := len(u.since(0))
+					p, err := cl.connect(ctx, base+u.path, u.legacy, version)
+					if err != nil {
+						t.Fatalf("connect: %v", err)
+					}
+					defer p.close()
+					t.Logf("negotiated %s", p.version)
+					exercise(t, ctx, p, u, cl.name, mark)
+				})
 			}
 		}
 	}
@@ -434,7 +462,7 @@ func TestInteropMcpgoSessionClose(t *testing.T) {
 		t.Run(cl.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
 			defer cancel()
-			p, err := cl.connect(t, ctx, proxyURL(port)+u.path, false, "2025-11-25")
+			p, err := cl.connect(ctx, proxyURL(port)+u.path, false, "2025-11-25")
 			if err != nil {
 				t.Fatalf("connect: %v", err)
 			}
@@ -453,10 +481,7 @@ func TestInteropMcpgoSessionClose(t *testing.T) {
 			if del.sid == "" || del.sid == sid {
 				t.Errorf("the upstream's DELETE carried session id %q, the client's was %q", del.sid, sid)
 			}
-			st, _, body := rawPost(t, proxyURL(port)+u.path, `{"jsonrpc":"2.0","id":9,"method":"ping"}`, map[string]string{
-				"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
-				"Mcp-Session-Id": sid, "Mcp-Protocol-Version": "2025-11-25",
-			})
+			st, _, body := rawPost(t, proxyURL(port)+u.path, rpcRequest(9, "ping"), sessionHeaders(sid, "2025-11-25"))
 			if st != http.StatusNotFound {
 				t.Errorf("ping in the closed session: %d %s", st, body)
 			}
@@ -479,7 +504,7 @@ func TestInteropMcpgoTwoUpstreams(t *testing.T) {
 			defer cancel()
 			for i := range 4 {
 				for _, cl := range interopClients {
-					p, err := cl.connect(t, ctx, proxyURL(port)+a.path, a.legacy, "2025-11-25")
+					p, err := cl.connect(ctx, proxyURL(port)+a.path, a.legacy, "2025-11-25")
 					if err != nil {
 						t.Fatalf("%s connect %d: %v", cl.name, i, err)
 					}
@@ -514,40 +539,25 @@ func TestInteropMcpgoClient(t *testing.T) {
 	loadCaddyfile(t, proxySite(port, up.addr(), "")+proxySite(statelessPort, stateless.addr(), ""))
 	for _, path := range []string{"/mcp", "/sse"} {
 		for _, version := range []string{"", "2025-11-25"} {
-			for _, via := range []string{"direct", "proxy"} {
-				t.Run(fmt.Sprintf("%s/%q/%s", path, version, via), func(t *testing.T) {
-					ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
-					defer cancel()
-					base, pport := up.URL, port
-					if path == "/mcp" && version == "" {
-						base, pport = stateless.URL, statelessPort
-					}
-					if via == "proxy" {
-						base = proxyURL(pport)
-					}
-					p, err := mcpgoPeer(t, ctx, base+path, path == "/sse", version)
-					if err != nil {
-						t.Fatalf("connect: %v", err)
-					}
-					defer p.close()
-					t.Logf("negotiated %s", p.version)
-					if names, err := p.tools(ctx); err != nil || !slices.Contains(names, "countdown") {
-						t.Fatalf("tools/list: %v %v", names, err)
-					}
-					if got, err := p.call(ctx, "echo", map[string]any{"text": "hi"}, false); err != nil || got != "hi" {
-						t.Errorf("echo: %q %v", got, err)
-					}
-					if got, err := p.call(ctx, "countdown", map[string]any{"from": 3}, true); err != nil || got != "liftoff" {
-						t.Errorf("countdown: %q %v", got, err)
-					}
-					if !waitUntil(5*time.Second, 5*time.Millisecond, func() bool { return p.progress.Load() == 3 }) {
-						t.Errorf("%d progress notifications, want 3", p.progress.Load())
-					}
-					if err := p.ping(ctx); err != nil {
-						t.Errorf("ping: %v", err)
-					}
-				})
+			direct, pport := up.URL, port
+			if path == "/mcp" && version == "" {
+				direct, pport = stateless.URL, statelessPort
 			}
+			viaBoth(t, fmt.Sprintf("%s/%q", path, version), direct, proxyURL(pport), func(t *testing.T, ctx context.Context, base string) {
+				p, err := mcpgoPeer(ctx, base+path, path == "/sse", version)
+				if err != nil {
+					t.Fatalf("connect: %v", err)
+				}
+				defer p.close()
+				t.Logf("negotiated %s", p.version)
+				basics(t, ctx, p, "add")
+				if !waitUntil(5*time.Second, 5*time.Millisecond, func() bool { return p.progress.Load() == 3 }) {
+					t.Errorf("%d progress notifications, want 3", p.progress.Load())
+				}
+				if err := p.ping(ctx); err != nil {
+					t.Errorf("ping: %v", err)
+				}
+			})
 		}
 	}
 }
