@@ -62,7 +62,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.resolver = &mcp.Resolver{
 		Sealer: h.sealer, Tokens: &h.tokens, Upstreams: h.upstreams,
-		RequireSession: h.RequireSession == nil || *h.RequireSession, Now: h.now,
+		RequireSession: h.relayCfg.RequireSession, Now: h.now,
 		Legacy: legacyParams, Refused: h.sessionRefused,
 	}
 	h.provisionRelay()
@@ -118,6 +118,7 @@ func (h *Handler) setDefaults() {
 		MaxResponse:     h.MaxResponse,
 		MaxTimeout:      time.Duration(h.MaxTimeout),
 		SessionLifetime: orDefault(time.Duration(h.SessionLifetime), defaultSessionLifetime),
+		RequireSession:  h.RequireSession == nil || *h.RequireSession,
 	}
 }
 

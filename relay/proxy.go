@@ -21,6 +21,7 @@ package relay
 import (
 	"context"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -69,6 +70,10 @@ type Config struct {
 	// Deadlines: some request may have a deadline (request_timeout or a
 	// tool's timeout).
 	Deadlines bool
+	// RequireSession: requests without a session are refused
+	// (mcp.Resolver), so an initialize answered without a session id is
+	// logged as a misconfiguration.
+	RequireSession bool
 }
 
 // Lists is the access policy's part in answers: whether list results are
@@ -131,6 +136,25 @@ type Proxy struct {
 	// answer (see Denials); Answer notes their answers while access rules
 	// are enforced.
 	Denials Denials
+
+	sessionlessWarned atomic.Int64 // when an upstream without sessions was last logged (Unix ns)
+}
+
+// sessionlessEvery is how often, at most, a handler logs an upstream that
+// answers initialize without a session id.
+const sessionlessEvery = time.Minute
+
+// warnSessionless logs, at most once per sessionlessEvery, that upstream
+// answered an initialize without a session id while requests without one
+// are refused: the client's next requests will get 400.
+func (p *Proxy) warnSessionless(upstream string) {
+	now, last := p.Now().UnixNano(), p.sessionlessWarned.Load()
+	if last != 0 && now-last < int64(sessionlessEvery) || !p.sessionlessWarned.CompareAndSwap(last, now) {
+		return
+	}
+	p.Logger.Warn("upstream answered initialize without a session id, and requests without one are refused: "+
+		"its client's next requests get 400; set require_session off for an upstream that runs without sessions",
+		zap.String("upstream", upstream))
 }
 
 // recoverPanic reports a panic of the goroutine or timer it is deferred

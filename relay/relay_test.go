@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/mcpgate/mcpgate/governor"
 	"github.com/mcpgate/mcpgate/mcp"
@@ -949,5 +950,61 @@ func TestLegacyCancelledTableTurnsOver(t *testing.T) {
 	}
 	if _, inUse := l.claim([]string{"0"}); inUse != "" {
 		t.Errorf("the oldest cancelled id is still held (in use %q)", inUse)
+	}
+}
+
+// TestSessionlessUpstreamLogged: an initialize answered without a session
+// id while requests without one are refused is logged, once a minute at
+// most; with require_session off, or for an answer with an id, nothing is.
+func TestSessionlessUpstreamLogged(t *testing.T) {
+	const body = `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}`
+	answer := `{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":"2025-06-18","capabilities":{},"serverInfo":{"name":"s","version":"1"}}}`
+	now := time.Unix(1000, 0)
+	for _, tc := range []struct {
+		name    string
+		require bool
+		id      string
+		answers int
+		advance time.Duration
+		want    int
+	}{
+		{"refused without a session", true, "", 3, 0, 1},
+		{"logged again a minute later", true, "", 2, sessionlessEvery, 2},
+		{"require_session off", false, "", 2, 0, 0},
+		{"answered with a session id", true, "u1", 2, 0, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, _, _ := newTestProxy(t, Config{})
+			core, logs := observer.New(zap.WarnLevel)
+			p.Logger, p.RequireSession = zap.New(core), tc.require
+			clock := now
+			p.Now = func() time.Time { return clock }
+			for i := range tc.answers {
+				if i == tc.answers-1 {
+					clock = clock.Add(tc.advance)
+				}
+				r, call := post(t, body)
+				st := p.NewState(httptest.NewRecorder(), r, call, mcp.Resolution{})
+				req := st.Attempt(r.Clone(r.Context()))
+				resp := jsonResponse(req, io.NopCloser(strings.NewReader(answer)), int64(len(answer)))
+				if tc.id != "" {
+					resp.Header.Set(mcp.HeaderSessionID, tc.id)
+				}
+				resp = st.Answer(req, resp, false, "up:1")
+				if got, err := io.ReadAll(resp.Body); err != nil || resp.StatusCode != http.StatusOK || string(got) != answer {
+					t.Fatalf("answer %d %q (%v), want the upstream's", resp.StatusCode, got, err)
+				}
+				st.HandlerDone()
+			}
+			got := logs.FilterMessageSnippet("without a session id").All()
+			if len(got) != tc.want {
+				t.Fatalf("%d warnings, want %d: %v", len(got), tc.want, got)
+			}
+			for _, e := range got {
+				if e.ContextMap()["upstream"] != "up:1" || !strings.Contains(e.Message, "require_session off") {
+					t.Errorf("warning %q %v, want the upstream and the option", e.Message, e.ContextMap())
+				}
+			}
+		})
 	}
 }

@@ -34,6 +34,9 @@ func (st *State) sealResponse(req *http.Request, resp *http.Response, upstream s
 	hdr := resp.Header
 	ids := hdr.Values(mcp.HeaderSessionID)
 	if len(ids) == 0 {
+		if st.p.RequireSession && st.call.IsInitialize() && st.res.Session == nil && resp.StatusCode/100 == 2 {
+			st.p.warnSessionless(upstream)
+		}
 		return resp
 	}
 	p := st.p
