@@ -62,7 +62,8 @@ var errRawLegacyID = errors.New("a legacy endpoint's query parameter without the
 // carries: a token that does not open, or opens for another principal than
 // principal, is refused with 404, and the request is then handled in the
 // era its token records (a version header of another era gets 400, as the
-// session's servers answer it). The upstream gets its own session id (or
+// session's servers answer it, except a version older than the session
+// era's, which a Streamable HTTP session may have negotiated). The upstream gets its own session id (or
 // legacy endpoint) in place of the token: r is rewritten, and a client's
 // raw id is never forwarded; nor is a query naming a legacy endpoint's
 // parameter (see Legacy) without a route token: that is a 404. A batch
@@ -133,9 +134,13 @@ func (rv *Resolver) resolveSession(r *http.Request, call *Call, tok, principal s
 	if ref != nil {
 		return Resolution{}, ref
 	}
-	if era, ok := EraOf(sess.Version); ok && era != call.Era && call.Version != "" {
+	if era, ok := EraOf(sess.Version); ok && era != call.Era && call.Version != "" &&
+		(era != EraSession || call.Era != EraLegacy) {
 		// The request is the session's, whose era refuses a version
-		// header of another era, as its servers do.
+		// header of another era, as its servers do. A version older than
+		// the session era's is one its client and server agreed on over
+		// Streamable HTTP (SDKs still negotiate 2024-11-05 there): the
+		// session's transport, not the version, makes its era.
 		return Resolution{}, Refuse(http.StatusBadRequest, CodeInvalidRequest, id,
 			"Bad Request: MCP-Protocol-Version "+call.Version+" is not the session's version "+sess.Version)
 	} else if ok {

@@ -120,6 +120,26 @@ func TestResolveSession(t *testing.T) {
 	}
 }
 
+// A client and server may agree on a version older than the session era
+// over Streamable HTTP (the TypeScript SDK does when offered 2024-11-05)
+// and then send it as MCP-Protocol-Version: the session's token, not the
+// version, makes the era, and the request goes through.
+func TestResolveSessionLegacyVersionHeader(t *testing.T) {
+	rv, _ := newResolver(t, "up:1")
+	tok := rv.seal(t, &Session{Kind: TokenSession, Upstream: "up:1", UpstreamID: "u-1", Version: SessionVersion(Version20241105)})
+	for _, method := range []string{http.MethodPost, http.MethodGet, http.MethodDelete} {
+		r, call := request(t, "/mcp", ping, HeaderSessionID, tok, HeaderProtocolVersion, Version20241105)
+		r.Method = method
+		res, ref := rv.Resolve(r, call, "")
+		if ref != nil {
+			t.Fatalf("%s: refused %d %s", method, ref.Status, ref.Message)
+		}
+		if res.Pinned != "up:1" || r.Header.Get(HeaderSessionID) != "u-1" || call.Era != EraSession {
+			t.Fatalf("%s: resolution %+v, header %q, era %v", method, res, r.Header.Get(HeaderSessionID), call.Era)
+		}
+	}
+}
+
 func TestResolveLegacy(t *testing.T) {
 	rv, _ := newResolver(t)
 	tok := rv.seal(t, &Session{Kind: TokenLegacy, Upstream: "up:1", UpstreamID: "legacy-1", Version: Version20241105, Endpoint: "/messages/?sessionId=abc"})
