@@ -116,7 +116,10 @@ type Handler struct {
 	MaxPeek int64 `json:"max_peek,omitempty"`
 
 	// MaxBody caps a POST body, in bytes: a larger declared length is
-	// refused with 413 before anything is read, and a chunked or
+	// refused with 413 and never forwarded (over HTTP/1, a body of at
+	// most twice the cap is read and discarded first, so that clients
+	// that send the whole request before reading the answer get the 413
+	// rather than a reset connection), and a chunked or
 	// understated body is aborted at the cap (413; the upstream never
 	// receives a complete request). A negative value turns the cap off
 	// (Caddyfile: `max_body 0`). Default: 4MiB.

@@ -47,14 +47,17 @@ type Body struct {
 // ClassifyBody) and puts the body back, unchanged, for the upstream. A
 // declared length over lim.MaxBody is refused at once. The buffer is
 // reserved before anything is read, for what will really be read, and
-// grows only as bytes arrive. A body longer than the head streams on
+// grows only as bytes arrive (a body over the cap is read only to be
+// discarded, see discard). A body longer than the head streams on
 // through a CheckedBody, which checks the rest of its top level and
 // aborts it at lim.MaxBody; each read of the rest gets lim.Timeout. A
 // refusal that leaves the body unread asks for the connection to close.
 func ReadBody(w http.ResponseWriter, r *http.Request, call *Call, lim BodyLimits) (b Body, ref *Refusal) {
 	cl := r.ContentLength
 	if lim.MaxBody > 0 && cl > lim.MaxBody {
-		w.Header().Set("Connection", "close")
+		if !lim.discard(w, r, cl) {
+			w.Header().Set("Connection", "close")
+		}
 		return b, lim.tooLarge()
 	}
 	want := PeekSize(lim.MaxPeek, lim.MaxBody, cl)
@@ -104,6 +107,23 @@ func ReadBody(w http.ResponseWriter, r *http.Request, call *Call, lim BodyLimits
 	r.Body = b.Checked
 	r.ContentLength = cl
 	return b, nil
+}
+
+// discard reads and throws away an HTTP/1 body of declared length cl
+// refused for being over MaxBody, when it is at most twice MaxBody, each
+// read within Timeout, and reports whether it was read to its end (the
+// connection can then serve another request). A server that answers
+// before the body is read closes the connection with bytes unread, which
+// resets it: a client that writes its whole request before it reads the
+// answer, as Node.js fetch does, would see a broken connection, not the
+// 413. A larger body is not worth reading; HTTP/2 ends the stream alone.
+func (lim BodyLimits) discard(w http.ResponseWriter, r *http.Request, cl int64) bool {
+	if r.ProtoMajor != 1 || cl-lim.MaxBody > lim.MaxBody {
+		return false
+	}
+	rest := &deadlineReader{ReadCloser: r.Body, rc: http.NewResponseController(w), timeout: lim.Timeout}
+	n, err := io.Copy(io.Discard, rest)
+	return err == nil && n == cl
 }
 
 // deadlineReader is the rest of a request body past the head: every Read

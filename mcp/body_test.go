@@ -1,8 +1,10 @@
 package mcp
 
 import (
+	"bufio"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -95,10 +97,10 @@ func TestReadBodyStreamsTheRest(t *testing.T) {
 func TestReadBodyRefusals(t *testing.T) {
 	const msg = `{"jsonrpc":"2.0","id":1,"method":"ping"}`
 	budget := &budgetCounter{size: 1 << 20}
-	// A declared length over max_body: refused before reading, the
-	// connection to be closed.
+	// A declared length over twice max_body: refused before reading,
+	// the connection to be closed.
 	w := httptest.NewRecorder()
-	r := postWith(strings.NewReader(msg), 5000)
+	r := postWith(strings.NewReader(msg), 9000)
 	var call Call
 	if _, ref := ReadBody(w, r, &call, budget.limits(1024, 4096)); ref == nil || ref.Status != http.StatusRequestEntityTooLarge || w.Header().Get("Connection") != "close" {
 		t.Fatalf("declared length over max_body: %+v, Connection %q", ref, w.Header().Get("Connection"))
@@ -125,6 +127,71 @@ func TestReadBodyRefusals(t *testing.T) {
 	r = postWith(strings.NewReader(`[1,2`), 4)
 	if _, ref := ReadBody(httptest.NewRecorder(), r, &call, budget.limits(1024, 4096)); ref == nil || ref.Code != CodeParseError {
 		t.Fatalf("malformed: %+v", ref)
+	}
+}
+
+// smallBuffers accepts connections with small socket buffers, so that a
+// body the server does not read stalls its client's writes.
+type smallBuffers struct{ net.Listener }
+
+func (l smallBuffers) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetReadBuffer(16 << 10)
+	}
+	return c, err
+}
+
+// TestReadBodyTooLargeAnswered: a client that writes its whole request
+// before it reads the answer (Node.js fetch does) gets the 413 of a
+// declared length over max_body, not a reset connection, when the body is
+// at most twice the cap; and the connection stays usable.
+func TestReadBodyTooLargeAnswered(t *testing.T) {
+	const maxBody = 256 << 10
+	budget := &budgetCounter{size: 1 << 20}
+	ts := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		lim := budget.limits(1024, maxBody)
+		lim.Timeout = 5 * time.Second
+		var call Call
+		if _, ref := ReadBody(w, r, &call, lim); ref != nil {
+			http.Error(w, ref.Message, ref.Status)
+			return
+		}
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	ts.Listener = smallBuffers{ts.Listener}
+	ts.Start()
+	defer ts.Close()
+
+	c, err := net.Dial("tcp", ts.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.(*net.TCPConn).SetWriteBuffer(16 << 10)
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(c)
+	body := `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"` +
+		strings.Repeat("x", maxBody*3/2) + `"}}}`
+	head := "POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+	if _, err := fmt.Fprintf(c, head+"%s", len(body), body); err != nil {
+		t.Fatalf("writing the request: %v", err)
+	}
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("reading the answer: %v", err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode != http.StatusRequestEntityTooLarge || resp.Close {
+		t.Fatalf("answer %d, close %v; want 413 on a connection kept open", resp.StatusCode, resp.Close)
+	}
+	// The same connection serves the next request.
+	if _, err := fmt.Fprintf(c, head+"%s", 2, "{}"); err != nil {
+		t.Fatal(err)
+	}
+	if resp, err = http.ReadResponse(br, nil); err != nil || resp.StatusCode != http.StatusBadRequest {
+		t.Fatalf("next request: %v %v", resp, err)
 	}
 }
 
