@@ -146,11 +146,13 @@ type Handler struct {
 
 	// RequireSession refuses with 400 a session-era request other than
 	// initialize that carries no Mcp-Session-Id (and a legacy POST without
-	// its route), the answer the MCP spec gives for a missing session. Set
-	// it to false for upstreams that run Streamable HTTP without sessions
-	// under 2025-era clients; while it is true, an initialize answered
-	// without a session id is logged at WARN, at most once a minute.
-	// Default: true.
+	// its route), the answer the MCP spec gives for a missing session; a
+	// GET without one opens a legacy HTTP+SSE stream whatever its version
+	// header (legacy clients reopen their stream with the version they
+	// negotiated). Set it to false for upstreams that run Streamable HTTP
+	// without sessions under 2025-era clients; while it is true, an
+	// initialize answered without a session id is logged at WARN, at most
+	// once a minute. Default: true.
 	RequireSession *bool `json:"require_session,omitempty"`
 
 	// MaxEventSize caps one Server-Sent Event from an upstream, in bytes.

@@ -79,6 +79,14 @@ func (rv *Resolver) Resolve(r *http.Request, call *Call, principal string) (Reso
 		ref = Refuse(http.StatusNotFound, CodeSessionNotFound, call.First().ID, "session not found")
 	} else if tok := r.Header.Get(HeaderSessionID); tok != "" {
 		res, ref = rv.resolveSession(r, call, tok, principal)
+	} else if rv.RequireSession && r.Method == http.MethodGet && call.Era == EraSession {
+		// No Streamable HTTP stream: its upstream issues sessions (else
+		// require_session would be off). It is a legacy client reopening
+		// its stream with the version it negotiated (the TypeScript SDK's
+		// SSE client sends it on every request): it opens a legacy
+		// session, as without the header, and an upstream that serves no
+		// legacy SSE refuses it itself.
+		call.Era = EraLegacy
 	} else if rv.RequireSession && NeedsSession(r.Method, call) {
 		rv.refused(RefusedMissing, "", principal, nil)
 		ref = Refuse(http.StatusBadRequest, CodeServerError, call.First().ID, "Bad Request: Mcp-Session-Id header is required")

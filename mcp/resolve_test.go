@@ -140,6 +140,32 @@ func TestResolveSessionLegacyVersionHeader(t *testing.T) {
 	}
 }
 
+// The TypeScript SDK's SSE client sends the version it negotiated on
+// every request, the GET that reopens its legacy stream included: with
+// require_session on, a GET at a session-era version without a session
+// opens a legacy stream as it does without the header; with it off, it is
+// a Streamable HTTP GET of an upstream that issues no sessions.
+func TestResolveSessionlessGetWithVersion(t *testing.T) {
+	for _, require := range []bool{true, false} {
+		rv, rf := newResolver(t, "up:1")
+		rv.RequireSession = require
+		r := httptest.NewRequest(http.MethodGet, "/sse", nil)
+		r.Header.Set("Accept", "text/event-stream")
+		r.Header.Set(HeaderProtocolVersion, Version20251125)
+		call := &Call{}
+		if ref := ClassifyHeaders(r.Header, call); ref != nil {
+			t.Fatal(ref.Message)
+		}
+		res, ref := rv.Resolve(r, call, "")
+		if ref != nil || res.Session != nil || len(rf.kinds) != 0 {
+			t.Fatalf("require_session %v: refused %+v, refusals %v", require, ref, rf.kinds)
+		}
+		if got := OpensLegacyStream(r.Method, call, false); got != require {
+			t.Fatalf("require_session %v: opens a legacy stream %v, era %v", require, got, call.Era)
+		}
+	}
+}
+
 func TestResolveLegacy(t *testing.T) {
 	rv, _ := newResolver(t)
 	tok := rv.seal(t, &Session{Kind: TokenLegacy, Upstream: "up:1", UpstreamID: "legacy-1", Version: Version20241105, Endpoint: "/messages/?sessionId=abc"})
