@@ -366,7 +366,11 @@ func (l *legacyLink) final(err error) []byte {
 	l.mu.Unlock()
 	slices.Sort(owed)
 	msg := "the upstream's stream ended before the answer"
-	if err != nil && !errors.Is(err, sse.ErrClosed) {
+	switch {
+	case errors.Is(err, sse.ErrEventTooLarge), errors.Is(err, sse.ErrLineTooLong):
+		// The stream is the session's: it ends for all its calls.
+		msg = "an event on the session's stream exceeds the proxy's max_event_size; the stream ends"
+	case err != nil && !errors.Is(err, sse.ErrClosed):
 		msg = "the upstream's stream broke before the answer"
 	}
 	var out []byte

@@ -412,6 +412,13 @@ func TestLegacyOwedAnswers(t *testing.T) {
 	if got, _ := l.claim([]string{"9"}); len(got) != 0 || l.final(nil) != nil {
 		t.Error("a request noted after the stream ended")
 	}
+	// An event over max_event_size ends the session's stream: its calls
+	// are told why.
+	l = &legacyLink{p: p, owed: map[string]string{}, awaiting: policy.NewAwaiting(func(*policy.Awaited) {})}
+	l.claim([]string{"7"})
+	if out := string(l.final(sse.ErrEventTooLarge)); !strings.Contains(out, `"id":7,`) || !strings.Contains(out, "max_event_size") {
+		t.Errorf("oversized event: %q", out)
+	}
 }
 
 // batchPost returns a POST of a 2025-03-26 session carrying body (a
