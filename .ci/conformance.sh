@@ -116,18 +116,7 @@ ensure_node
 
 CONF_DIR="$CACHE/conformance"
 CONF_PKG="$CONF_DIR/node_modules/@modelcontextprotocol/conformance"
-pkg_version() { "$NODE" -p "require(process.argv[1]).version" "$1/package.json" 2>/dev/null || true; }
-if [[ "$(pkg_version "$CONF_PKG")" == "$CONFORMANCE_VERSION" ]]; then
-  echo "reusing cached @modelcontextprotocol/conformance@${CONFORMANCE_VERSION}"
-else
-  echo "installing @modelcontextprotocol/conformance@${CONFORMANCE_VERSION} into ${CONF_DIR#"$ROOT"/}"
-  rm -rf "$CONF_DIR" "$CONF_DIR.tmp"
-  # The system npm may be older than the package's engines field wants; the
-  # CLI itself runs on Node ${NODE_MAJOR}.
-  npm install --silent --engine-strict=false --save-exact --prefix "$CONF_DIR.tmp" \
-    "@modelcontextprotocol/conformance@${CONFORMANCE_VERSION}"
-  mv "$CONF_DIR.tmp" "$CONF_DIR"
-fi
+ensure_npm_package "$CONF_DIR" @modelcontextprotocol/conformance "$CONFORMANCE_VERSION"
 CONF_CLI="$CONF_PKG/$("$NODE" -p '
   const p = require(process.argv[1]);
   typeof p.bin === "string" ? p.bin : (p.bin.conformance || Object.values(p.bin)[0])

@@ -26,3 +26,20 @@ ensure_node() {
   fi
   "$NODE" --version
 }
+
+# ensure_npm_package <dir> <package> <version> installs the exact version
+# of an npm package into <dir> (its node_modules), or reuses it there. The
+# system npm may be older than a package's engines field wants; the
+# package itself runs on the Node of ensure_node, which must come first.
+ensure_npm_package() {
+  local dir="$1" pkg="$2" version="$3" have
+  have="$("$NODE" -p "require(process.argv[1]).version" "$dir/node_modules/$pkg/package.json" 2>/dev/null || true)"
+  if [[ "$have" == "$version" ]]; then
+    echo "reusing cached $pkg@$version"
+    return 0
+  fi
+  echo "installing $pkg@$version into ${dir#"$ROOT"/}"
+  rm -rf "$dir" "$dir.tmp"
+  npm install --silent --engine-strict=false --save-exact --prefix "$dir.tmp" "$pkg@$version"
+  mv "$dir.tmp" "$dir"
+}
