@@ -1679,6 +1679,47 @@ func TestFaultLegacyStreamDropsAwaitedCalls(t *testing.T) {
 	}
 }
 
+// TestFaultLegacyEndedSessionRefused: a legacy session is its stream; once
+// the upstream ended it, a POST to its endpoint gets 404 from the proxy
+// and is not forwarded: the upstream no longer has the session (the
+// TypeScript SDK's SSE server never answers a POST for a session it does
+// not know), and the client learns at once to open a new stream.
+func TestFaultLegacyEndedSessionRefused(t *testing.T) {
+	end := make(chan struct{})
+	var posts atomic.Int32
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet {
+			openLegacyEvents(w, legacyEndpointEvent)
+			select {
+			case <-end:
+			case <-r.Context().Done():
+			}
+			return
+		}
+		posts.Add(1)
+		w.WriteHeader(http.StatusAccepted)
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), faultWait)
+	defer cancel()
+	lc, port := legacyStreamTo(t, ctx, h, "")
+	url := proxyURL(port) + lc.endpoint
+	if r := postJSON(ctx, url, initAt(1, "2024-11-05"), nil); r.status != http.StatusAccepted {
+		t.Fatalf("initialize: %s", r)
+	}
+	close(end)
+	select {
+	case <-lc.closed:
+	case <-time.After(faultWait):
+		t.Fatal("the client's stream did not end with the upstream's")
+	}
+	if r := postJSON(ctx, url, rpcRequest(2, "ping"), nil); r.status != http.StatusNotFound {
+		t.Errorf("a POST to the ended session: %s, want 404", r)
+	}
+	if n := posts.Load(); n != 1 {
+		t.Errorf("the upstream got %d POSTs, want the initialize alone", n)
+	}
+}
+
 // TestFaultUpstreamForgetsSession: an upstream that answers a session's
 // request with 404 no longer has the session; the client gets the 404
 // (and starts anew), and the proxy forgets the session rather than count

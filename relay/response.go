@@ -250,7 +250,11 @@ func (st *State) openLegacy(upstream string) bool {
 	st.Session, st.legacyID, st.legacyUpstream = s, id, upstream
 	st.legacyEnd = func() {
 		end()
-		g.Sessions().Remove(info.Key, resources.CauseDeleted)
+		// The upstream's session ended with its stream: a later POST to
+		// its endpoint gets 404 (see admission.TrackSession), as the
+		// upstream would give, or never give (the TypeScript SDK's
+		// server leaves it unanswered).
+		g.Sessions().RemoveEnded(info.Key)
 	}
 	st.mu.Unlock()
 	st.p.Metrics.SessionCreated()

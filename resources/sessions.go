@@ -883,7 +883,7 @@ func (r *Registry) Get(key string) (*Session, bool) {
 
 // WasEvicted reports whether a session with the key was evicted less than
 // TombstoneTTL ago and has not been reopened. Removal with CauseDeleted
-// leaves no tombstone.
+// leaves no tombstone, except through RemoveEnded.
 //
 // The tombstone is written in the critical section that takes the
 // session out of the registry, so when Get misses the key of an evicted
@@ -905,21 +905,30 @@ func (r *Registry) WasEvicted(key string) bool {
 // removal is an eviction: the key is tombstoned, at the moment it leaves
 // the map, and OnEvict is called.
 func (r *Registry) Remove(key string, cause Cause) bool {
-	return r.removeIf(key, cause, nil)
+	return r.removeIf(key, cause, false, nil)
+}
+
+// RemoveEnded is Remove with CauseDeleted for a session that cannot come
+// back, such as a legacy HTTP+SSE session whose stream ended: its key is
+// also tombstoned, as it leaves the map, so that WasEvicted refuses a
+// later request for it rather than the registry opening it anew.
+func (r *Registry) RemoveEnded(key string) bool {
+	return r.removeIf(key, CauseDeleted, true, nil)
 }
 
 // evictSession evicts s for cause if it is still live and, unless
 // protective, has no request in flight; it reports whether it did.
 func (r *Registry) evictSession(s *Session, protective bool, cause Cause) bool {
-	return r.removeIf(s.info.Key, cause, func(live *Session) bool {
+	return r.removeIf(s.info.Key, cause, false, func(live *Session) bool {
 		return live == s && (protective || s.inFlight.Load() == 0)
 	})
 }
 
 // removeIf takes the live session with the key out of the registry for
 // cause, if there is one and may (when set) allows it, and reports whether
-// it did. may is asked under the shard's lock.
-func (r *Registry) removeIf(key string, cause Cause, may func(live *Session) bool) bool {
+// it did; bury tombstones the key whatever the cause. may is asked under
+// the shard's lock.
+func (r *Registry) removeIf(key string, cause Cause, bury bool, may func(live *Session) bool) bool {
 	sh := r.shard(key)
 	sh.mu.Lock()
 	s, ok := sh.sessions[key]
@@ -928,6 +937,9 @@ func (r *Registry) removeIf(key string, cause Cause, may func(live *Session) boo
 	if ok {
 		at = r.now()
 		r.detachLocked(sh, s, cause, at)
+		if bury {
+			r.tombstone(key, at.UnixNano())
+		}
 	}
 	sh.mu.Unlock()
 	if ok {

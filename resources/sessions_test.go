@@ -184,6 +184,11 @@ func TestRegistryRemoveDeleted(t *testing.T) {
 	if !r.WasEvicted("b") || len(log.get("b")) != 1 {
 		t.Fatal("Remove with an eviction cause must tombstone and call OnEvict")
 	}
+	// A session that cannot come back is removed as deleted, tombstoned.
+	mustOpen(t, r, "c", clk.Now())
+	if !r.RemoveEnded("c") || !r.WasEvicted("c") || len(log.get("c")) != 0 || r.Stats().Evictions[CauseDeleted] != 2 {
+		t.Fatal("RemoveEnded must tombstone a deletion without calling OnEvict")
+	}
 }
 
 func TestSessionStreams(t *testing.T) {
