@@ -63,12 +63,14 @@ var errRawLegacyID = errors.New("a legacy endpoint's query parameter without the
 // principal, is refused with 404, and the request is then handled in the
 // era its token records (a version header of another era gets 400, as the
 // session's servers answer it, except a version older than the session
-// era's, which a Streamable HTTP session may have negotiated). The upstream gets its own session id (or
-// legacy endpoint) in place of the token: r is rewritten, and a client's
-// raw id is never forwarded; nor is a query naming a legacy endpoint's
-// parameter (see Legacy) without a route token: that is a 404. A batch
-// is refused where the request's version, or else its session's, forbids
-// batches.
+// era's, which a Streamable HTTP session may have negotiated). The
+// upstream gets its own session id (or legacy endpoint) in place of the
+// token: r is rewritten, and a client's raw id is never forwarded; nor is
+// a query naming a legacy endpoint's parameter (see Legacy) without a
+// route token: that is a 404. Without a token, a request that needs a
+// session is refused under RequireSession, except a GET, which opens a
+// legacy stream whatever its version header. A batch is refused where the
+// request's version, or else its session's, forbids batches.
 func (rv *Resolver) Resolve(r *http.Request, call *Call, principal string) (Resolution, *Refusal) {
 	var res Resolution
 	var ref *Refusal
