@@ -467,29 +467,12 @@ func TestAuthSDKClientFlow(t *testing.T) {
 	loadCaddyfile(t, authSite(port, as, up.addr(), "\t\tscopes_supported mcp:read\n", ""))
 	endpoint := proxyURL(port) + "/mcp"
 
-	noRedirect := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }, Timeout: 10 * time.Second}
 	handler, err := sdkauth.NewAuthorizationCodeHandler(&sdkauth.AuthorizationCodeHandlerConfig{
 		PreregisteredClient: &oauthex.ClientCredentials{ClientID: "e2e",
 			ClientSecretAuth: &oauthex.ClientSecretAuth{ClientSecret: "e2e-secret"}},
-		RedirectURL: "http://127.0.0.1:1/callback",
-		AuthorizationCodeFetcher: func(ctx context.Context, args *sdkauth.AuthorizationArgs) (*sdkauth.AuthorizationResult, error) {
-			req, err := http.NewRequestWithContext(ctx, http.MethodGet, args.URL, nil)
-			if err != nil {
-				return nil, err
-			}
-			resp, err := noRedirect.Do(req)
-			if err != nil {
-				return nil, err
-			}
-			_, _ = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			loc, err := url.Parse(resp.Header.Get("Location"))
-			if err != nil || resp.StatusCode != http.StatusFound {
-				return nil, fmt.Errorf("authorize: %d %q", resp.StatusCode, resp.Header.Get("Location"))
-			}
-			return &sdkauth.AuthorizationResult{Code: loc.Query().Get("code"), State: loc.Query().Get("state")}, nil
-		},
-		Client: &http.Client{Timeout: 10 * time.Second},
+		RedirectURL:              "http://127.0.0.1:1/callback",
+		AuthorizationCodeFetcher: followAuthorization,
+		Client:                   &http.Client{Timeout: 10 * time.Second},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -515,6 +498,28 @@ func TestAuthSDKClientFlow(t *testing.T) {
 	if len(users) == 0 || users[len(users)-1] != "alice" {
 		t.Errorf("X-User = %q, want alice", users)
 	}
+}
+
+// followAuthorization is the go-sdk's AuthorizationCodeFetcher for an
+// authorization server that approves at once: it follows the
+// authorization URL and takes the code and state from the redirect.
+func followAuthorization(ctx context.Context, args *sdkauth.AuthorizationArgs) (*sdkauth.AuthorizationResult, error) {
+	noRedirect := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }, Timeout: 10 * time.Second}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, args.URL, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := noRedirect.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	loc, err := url.Parse(resp.Header.Get("Location"))
+	if err != nil || resp.StatusCode != http.StatusFound {
+		return nil, fmt.Errorf("authorize: %d %q", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	return &sdkauth.AuthorizationResult{Code: loc.Query().Get("code"), State: loc.Query().Get("state")}, nil
 }
 
 // TestBasicAuthSessionBinding binds sessions to the principal of Caddy's

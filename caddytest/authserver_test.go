@@ -21,9 +21,10 @@ import (
 
 // authServer is an OAuth 2.1 authorization server on loopback for the
 // tests: RFC 8414 metadata, a JWKS whose keys can be rotated or made
-// unreachable, an authorization endpoint that grants every request to the
-// user the test named, and a token endpoint (authorization code with PKCE,
-// refresh token) issuing RS256 JWTs for the requested resource.
+// unreachable, RFC 7591 dynamic registration, an authorization endpoint
+// that grants every request to the user the test named, and a token
+// endpoint (authorization code with PKCE, refresh token) issuing RS256
+// JWTs for the requested resource.
 type authServer struct {
 	*httptest.Server
 	t testing.TB
@@ -33,10 +34,19 @@ type authServer struct {
 	codes     map[string]grant
 	refreshes map[string]grant
 	user      string // who the authorization endpoint grants to
+	clients   map[string]bool
+	// scopes lists the scope of each authorization request, in order.
+	scopes []string
 
-	jwksDown  atomic.Bool
-	jwksHits  atomic.Int64
-	tokenHits atomic.Int64
+	jwksDown    atomic.Bool
+	jwksHits    atomic.Int64
+	tokenHits   atomic.Int64
+	refreshHits atomic.Int64
+	// expiresIn, when set, is the expires_in of the tokens issued;
+	// expireNext makes the next token issued one that expired ten minutes
+	// ago, whatever its expires_in says.
+	expiresIn  atomic.Int64
+	expireNext atomic.Bool
 }
 
 type signingKey struct {
@@ -51,11 +61,12 @@ type grant struct {
 
 func startAuthServer(t testing.TB) *authServer {
 	t.Helper()
-	as := &authServer{t: t, codes: map[string]grant{}, refreshes: map[string]grant{}, user: "alice"}
+	as := &authServer{t: t, codes: map[string]grant{}, refreshes: map[string]grant{}, clients: map[string]bool{}, user: "alice"}
 	as.rotate()
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /.well-known/oauth-authorization-server", as.metadata)
 	mux.HandleFunc("GET /jwks", as.jwks)
+	mux.HandleFunc("POST /register", as.register)
 	mux.HandleFunc("GET /authorize", as.authorize)
 	mux.HandleFunc("POST /token", as.token)
 	as.Server = httptest.NewServer(mux)
@@ -129,6 +140,7 @@ func (as *authServer) metadata(w http.ResponseWriter, _ *http.Request) {
 		"authorization_endpoint":                as.URL + "/authorize",
 		"token_endpoint":                        as.URL + "/token",
 		"jwks_uri":                              as.URL + "/jwks",
+		"registration_endpoint":                 as.URL + "/register",
 		"response_types_supported":              []string{"code"},
 		"grant_types_supported":                 []string{"authorization_code", "refresh_token"},
 		"code_challenge_methods_supported":      []string{"S256"},
@@ -153,6 +165,24 @@ func (as *authServer) jwks(w http.ResponseWriter, _ *http.Request) {
 	writeJSONTest(w, set)
 }
 
+// register registers a client (RFC 7591) under a new client_id.
+func (as *authServer) register(w http.ResponseWriter, r *http.Request) {
+	var md map[string]any
+	if err := json.NewDecoder(r.Body).Decode(&md); err != nil {
+		http.Error(w, "bad registration", http.StatusBadRequest)
+		return
+	}
+	id := rand.Text()
+	as.mu.Lock()
+	as.clients[id] = true
+	as.mu.Unlock()
+	md["client_id"] = id
+	md["token_endpoint_auth_method"] = "none"
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusCreated)
+	_ = json.NewEncoder(w).Encode(md)
+}
+
 // authorize grants the request to the current user at once, redirecting
 // with a code bound to the PKCE challenge and the resource.
 func (as *authServer) authorize(w http.ResponseWriter, r *http.Request) {
@@ -163,6 +193,7 @@ func (as *authServer) authorize(w http.ResponseWriter, r *http.Request) {
 	}
 	code := rand.Text()
 	as.mu.Lock()
+	as.scopes = append(as.scopes, q.Get("scope"))
 	as.codes[code] = grant{user: as.user, resource: q.Get("resource"), scope: q.Get("scope"), challenge: q.Get("code_challenge")}
 	as.mu.Unlock()
 	to, err := url.Parse(q.Get("redirect_uri"))
@@ -196,8 +227,12 @@ func (as *authServer) token(w http.ResponseWriter, r *http.Request) {
 		sum := sha256.Sum256([]byte(r.PostForm.Get("code_verifier")))
 		ok = ok && base64.RawURLEncoding.EncodeToString(sum[:]) == g.challenge
 	case "refresh_token":
+		as.refreshHits.Add(1)
 		g, ok = as.refreshes[r.PostForm.Get("refresh_token")]
 	}
+	// A resource named at the token endpoint is the one authorized (RFC
+	// 8707 §2.2).
+	ok = ok && (r.PostForm.Get("resource") == "" || r.PostForm.Get("resource") == g.resource)
 	refresh := rand.Text()
 	if ok {
 		as.refreshes[refresh] = g
@@ -209,9 +244,17 @@ func (as *authServer) token(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write([]byte(`{"error":"invalid_grant"}`))
 		return
 	}
+	claims := as.claims(g.user, g.resource, g.scope)
+	if as.expireNext.Swap(false) {
+		claims["exp"] = time.Now().Add(-10 * time.Minute).Unix()
+	}
+	expiresIn := as.expiresIn.Load()
+	if expiresIn == 0 {
+		expiresIn = 3600
+	}
 	writeJSONTest(w, map[string]any{
-		"access_token": as.tokenFor(g.user, g.resource, g.scope), "token_type": "Bearer",
-		"expires_in": 3600, "refresh_token": refresh, "scope": g.scope,
+		"access_token": as.mint(claims), "token_type": "Bearer",
+		"expires_in": expiresIn, "refresh_token": refresh, "scope": g.scope,
 	})
 }
 
