@@ -142,6 +142,25 @@ func appendNew(dst, src []string) []string {
 	return dst
 }
 
+// StepUp returns the 403 e (insufficient_scope) for p with the scopes of
+// keep that p holds named after those e names. The MCP specification
+// (2025-11-25, Scope Challenge Handling) has the client take the
+// challenge's scopes as authoritative and authorize again for them: a
+// challenge naming only what the request lacks gets the client a token
+// without the scopes it held, and its next request needing one of those a
+// 403 of its own.
+func StepUp(e *Error, p *Principal, keep []string) *Error {
+	scopes := strings.Fields(e.Scope)
+	for _, s := range keep {
+		if slices.Contains(p.Scopes, s) {
+			scopes = appendNew(scopes, []string{s})
+		}
+	}
+	out := *e
+	out.Scope = strings.Join(scopes, " ")
+	return &out
+}
+
 // InsufficientScope is the 403 for a principal that lacks scopes.
 func InsufficientScope(scopes []string) *Error {
 	return &Error{Status: http.StatusForbidden, Code: "insufficient_scope",

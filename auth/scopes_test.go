@@ -154,3 +154,15 @@ func TestKeyBinding(t *testing.T) {
 		}
 	}
 }
+
+// TestStepUp: a 403 names what the request needs, then the scopes of the
+// resource the token holds (not others, such as openid), without repeats,
+// so that a client authorizing again for exactly these keeps them.
+func TestStepUp(t *testing.T) {
+	p := &Principal{ID: "u", Scopes: []string{"openid", "mcp:read", "mcp:write"}}
+	keep := []string{"mcp:read", "mcp:admin", "mcp:write", "mcp:secrets"}
+	e := StepUp(InsufficientScope([]string{"mcp:admin", "mcp:read"}), p, keep)
+	if e.Status != 403 || e.Code != "insufficient_scope" || e.Scope != "mcp:admin mcp:read mcp:write" {
+		t.Errorf("StepUp: %+v, want 403 naming mcp:admin mcp:read mcp:write", e)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -140,7 +141,9 @@ type Auth struct {
 
 	// ScopeRules require scopes for MCP requests by method and target
 	// (tool, prompt or resource): a token lacking one gets 403
-	// insufficient_scope naming the scopes. Every message of a batch is
+	// insufficient_scope naming the scopes, then those of this resource
+	// (ScopesSupported, RequiredScopes, the rules') the token holds, which
+	// a client stepping up asks for again. Every message of a batch is
 	// checked. Method and target are globs as the policy rules read them:
 	// `*` matches any run of characters, `/` included, `?` one character,
 	// `\` escapes the next; a malformed glob (one ending in a lone `\`)
@@ -174,9 +177,12 @@ type Auth struct {
 	// audiences are the accepted audiences when Resource is set; nil
 	// when each request's resource is one.
 	audiences []string
-	memory    *resources.Budget
-	body      mcp.BodyLimits
-	logger    *zap.Logger
+	// known are the scopes of this resource: ScopesSupported,
+	// RequiredScopes and those of ScopeRules.
+	known  []string
+	memory *resources.Budget
+	body   mcp.BodyLimits
+	logger *zap.Logger
 	// causeLogNext is when logCause may log again (Unix ns);
 	// causeLogSkipped counts the causes it left out since.
 	causeLogNext, causeLogSkipped atomic.Int64
@@ -233,6 +239,7 @@ func (a *Auth) Provision(ctx caddy.Context) error {
 		return err
 	}
 	a.verifier = v
+	a.known = auth.SupportedScopes(nil, append(slices.Clone(a.ScopesSupported), a.RequiredScopes...), a.ScopeRules)
 	if a.Resource != "" {
 		a.audiences = append([]string{a.Resource}, a.Audiences...)
 	}
@@ -309,7 +316,9 @@ func (a *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	}
 	if e := auth.CheckScopes(a.ScopeRules, p, call.Peek.Messages); e != nil {
 		metrics.authRefusals.WithLabelValues(e.Code).Inc()
-		return writeChallenge(w, e, auth.MetadataURL(resource), call.First().ID)
+		// The client authorizes again for the scopes named: with those
+		// of this resource the token holds, it keeps them.
+		return writeChallenge(w, auth.StepUp(e, p, a.known), auth.MetadataURL(resource), call.First().ID)
 	}
 	setPrincipal(r, p)
 	caddyhttp.SetVar(r.Context(), varAuth, p)

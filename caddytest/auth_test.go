@@ -233,10 +233,13 @@ func TestAuthMetadataAndKeys(t *testing.T) {
 		}
 	}
 
-	reader := as.tokenFor("alice", endpoint, "mcp:read")
+	// The 403 names the scope delete_repo needs, then the scopes of this
+	// resource the token holds: a client authorizing again for exactly
+	// these (as the MCP specification has it take them) keeps mcp:read.
+	reader := as.tokenFor("alice", endpoint, "mcp:read openid")
 	status, h, body := rawPost(t, endpoint, toolCall("delete_repo"), bearerHdr(reader))
 	chal := h.Get("WWW-Authenticate")
-	if status != http.StatusForbidden || !strings.Contains(chal, `error="insufficient_scope"`) || !strings.Contains(chal, `scope="mcp:admin"`) {
+	if status != http.StatusForbidden || !strings.Contains(chal, `error="insufficient_scope"`) || !strings.Contains(chal, `scope="mcp:admin mcp:read"`) {
 		t.Errorf("delete_repo with mcp:read: %d %q %s", status, chal, body)
 	}
 	if !strings.Contains(body, `"id":3`) {
