@@ -74,7 +74,8 @@ type Auth struct {
 
 	// Resource is this resource's URI, the audience tokens must name (RFC
 	// 8707). Default: the request's scheme and host with the MCP
-	// endpoint's path (the request's path; the path after
+	// endpoint's path (the path the client asked for, before handle_path
+	// or a rewrite stripped a prefix; the path after
 	// /.well-known/oauth-protected-resource for the metadata). Set it when
 	// one MCP server spans several paths, as a legacy HTTP+SSE one does,
 	// and on a site that answers any host: the host is then the client's
@@ -255,10 +256,11 @@ func (a *Auth) Provision(ctx caddy.Context) error {
 // ServeHTTP serves the metadata, or authenticates the request, reads its
 // MCP messages, checks their scopes, and passes it on.
 func (a *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	if rp, ok := auth.ResourcePathOf(r.URL.Path); ok && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
+	path := clientPath(r)
+	if rp, ok := auth.ResourcePathOf(path); ok && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
 		return a.serveMetadata(w, r, rp)
 	}
-	resource := a.resourceOf(r, r.URL.Path)
+	resource := a.resourceOf(r, path)
 	tok := auth.Bearer(r.Header.Get("Authorization"))
 	audiences := a.audiences
 	if audiences == nil {
@@ -393,6 +395,19 @@ type sharedPeek struct {
 	call  mcp.Call
 	whole []byte
 	body  io.ReadCloser
+}
+
+// clientPath is the path of the URL the client asked for: the request's
+// before a route rewrote it (handle_path, uri strip_prefix). That URL is
+// the resource the client knows, asks a token for and finds the metadata
+// of; the path left after handle_path /mcp* strips /mcp would make every
+// server mounted so on a site the one resource of the site's root, and a
+// token for one of them good at all.
+func clientPath(r *http.Request) string {
+	if orig, ok := r.Context().Value(caddyhttp.OriginalRequestCtxKey).(http.Request); ok && orig.URL != nil {
+		return orig.URL.Path
+	}
+	return r.URL.Path
 }
 
 // resourceOf is the resource URI of a request to path.

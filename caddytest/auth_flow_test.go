@@ -128,3 +128,59 @@ func TestAuthSDKClientUnderPath(t *testing.T) {
 		}
 	}
 }
+
+// TestAuthUnderHandlePath puts mcp_auth inside handle_path blocks, one MCP
+// server under /mcp and another under /other on one site: the resource
+// of each is the URL its clients use, before handle_path strips the
+// prefix, so the 401 points at the path-suffixed metadata, that metadata
+// names /mcp, and a token for one server is refused at the other (a token
+// for the site's root too).
+func TestAuthUnderHandlePath(t *testing.T) {
+	as := startAuthServer(t)
+	up := startUpstream(t, "up", &mcp.StreamableHTTPOptions{Stateless: true})
+	port := freePort(t)
+	authBlock := fmt.Sprintf("mcp_auth {\n\t\t\tissuer %s\n\t\t\tjwks_url %s/jwks\n\t\t}", as.issuer(), as.URL)
+	loadCaddyfile(t, fmt.Sprintf(`:%[1]d {
+	handle /.well-known/oauth-protected-resource* {
+		%[2]s
+	}
+	handle_path /mcp* {
+		%[2]s
+		mcp_proxy %[3]s {
+			require_session off
+		}
+	}
+	handle_path /other* {
+		%[2]s
+		mcp_proxy %[3]s {
+			require_session off
+		}
+	}
+}
+`, port, authBlock, up.addr()))
+	base := proxyURL(port)
+	endpoint := base + "/mcp"
+
+	status, h, body := rawPost(t, endpoint, toolCall("echo"), bearerHdr(""))
+	mdURL := base + "/.well-known/oauth-protected-resource/mcp"
+	if chal := h.Get("WWW-Authenticate"); status != http.StatusUnauthorized || !strings.Contains(chal, `resource_metadata="`+mdURL+`"`) {
+		t.Fatalf("no token: %d %q %s, want 401 naming %s", status, chal, body, mdURL)
+	}
+	req, _ := http.NewRequest(http.MethodGet, mdURL, nil)
+	if status, _, body := do(t, req); status != http.StatusOK || !strings.Contains(body, `"resource":"`+endpoint+`"`) {
+		t.Errorf("metadata: %d %s, want resource %s", status, body, endpoint)
+	}
+	for _, c := range []struct {
+		name, url, aud string
+		want           int
+	}{
+		{"/mcp's token at /mcp", endpoint, endpoint, http.StatusOK},
+		{"/mcp's token at /other", base + "/other", endpoint, http.StatusUnauthorized},
+		{"the root's token at /mcp", endpoint, base, http.StatusUnauthorized},
+		{"the root's token at /other", base + "/other", base, http.StatusUnauthorized},
+	} {
+		if status, _, body := rawPost(t, c.url, toolCall("echo"), bearerHdr(as.tokenFor("alice", c.aud, ""))); status != c.want {
+			t.Errorf("%s: %d, want %d (%s)", c.name, status, c.want, body)
+		}
+	}
+}
