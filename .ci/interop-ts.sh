@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the TypeScript MCP SDK client (@modelcontextprotocol/sdk) against the
 # Go demo upstream of Caddyfile.example, directly and through Caddy, over
-# Streamable HTTP and legacy HTTP+SSE (.ci/interop-ts.mjs). Fails when a
-# scenario fails directly, or passes directly and fails through the proxy.
+# Streamable HTTP and legacy HTTP+SSE (.ci/interop-ts.mjs), and its OAuth
+# flow through mcp_auth in front of the demo (.ci/interop-ts-auth.mjs).
+# Fails when a scenario fails directly, or through the proxy.
 # Step 4c of .ci/run.
 #
 # Optional environment: CADDY_BIN, the Caddy binary to test (default: go
@@ -34,5 +35,7 @@ fi
 
 rc=0
 TMPDIR="$TMP" timeout 600 "$NODE" "$ROOT/.ci/interop-ts.mjs" "$CADDY" "$ROOT/Caddyfile.example" "$SDK_DIR" </dev/null || rc=$?
+# The client's OAuth flow through mcp_auth (.ci/interop-ts-auth.mjs).
+TMPDIR="$TMP" timeout 120 "$NODE" "$ROOT/.ci/interop-ts-auth.mjs" "$CADDY" "$SDK_DIR" </dev/null || rc=$(( rc ? rc : $? ))
 echo "interop-ts: exit $rc after $(( $(date +%s) - START ))s"
 exit "$rc"
