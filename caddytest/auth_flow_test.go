@@ -1,7 +1,6 @@
 package caddytest
 
 import (
-	"context"
 	"fmt"
 	"net/http"
 	"slices"
@@ -49,25 +48,12 @@ func TestAuthSDKClientUnderPath(t *testing.T) {
 `, port, as.issuer(), as.URL, up.addr()))
 	endpoint := proxyURL(port) + "/mcp"
 
-	handler, err := sdkauth.NewAuthorizationCodeHandler(&sdkauth.AuthorizationCodeHandlerConfig{
+	ctx, cs := connectOAuth(t, endpoint, &sdkauth.AuthorizationCodeHandlerConfig{
 		DynamicClientRegistrationConfig: &sdkauth.DynamicClientRegistrationConfig{Metadata: &oauthex.ClientRegistrationMetadata{
 			ClientName: "e2e-dcr", RedirectURIs: []string{"http://127.0.0.1:1/callback"},
 			GrantTypes: []string{"authorization_code", "refresh_token"}, TokenEndpointAuthMethod: "none",
 		}},
-		AuthorizationCodeFetcher: followAuthorization,
-		Client:                   &http.Client{Timeout: 10 * time.Second},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	client := mcp.NewClient(&mcp.Implementation{Name: "e2e-oauth", Version: "1"}, nil)
-	cs, err := client.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: endpoint, OAuthHandler: handler, MaxRetries: 1}, nil)
-	if err != nil {
-		t.Fatalf("connect with OAuth: %v", err)
-	}
-	defer cs.Close()
 	authorizations := func() ([]string, int) {
 		as.mu.Lock()
 		defer as.mu.Unlock()

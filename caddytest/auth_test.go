@@ -470,24 +470,11 @@ func TestAuthSDKClientFlow(t *testing.T) {
 	loadCaddyfile(t, authSite(port, as, up.addr(), "\t\tscopes_supported mcp:read\n", ""))
 	endpoint := proxyURL(port) + "/mcp"
 
-	handler, err := sdkauth.NewAuthorizationCodeHandler(&sdkauth.AuthorizationCodeHandlerConfig{
+	ctx, cs := connectOAuth(t, endpoint, &sdkauth.AuthorizationCodeHandlerConfig{
 		PreregisteredClient: &oauthex.ClientCredentials{ClientID: "e2e",
 			ClientSecretAuth: &oauthex.ClientSecretAuth{ClientSecret: "e2e-secret"}},
-		RedirectURL:              "http://127.0.0.1:1/callback",
-		AuthorizationCodeFetcher: followAuthorization,
-		Client:                   &http.Client{Timeout: 10 * time.Second},
+		RedirectURL: "http://127.0.0.1:1/callback",
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	client := mcp.NewClient(&mcp.Implementation{Name: "e2e-oauth", Version: "1"}, nil)
-	cs, err := client.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: endpoint, OAuthHandler: handler, MaxRetries: 1}, nil)
-	if err != nil {
-		t.Fatalf("connect with OAuth: %v", err)
-	}
-	defer cs.Close()
 	if got, err := echo(ctx, cs, "through oauth"); err != nil || got != "through oauth" {
 		t.Fatalf("echo: %q %v", got, err)
 	}
@@ -501,6 +488,28 @@ func TestAuthSDKClientFlow(t *testing.T) {
 	if len(users) == 0 || users[len(users)-1] != "alice" {
 		t.Errorf("X-User = %q, want alice", users)
 	}
+}
+
+// connectOAuth opens a session at endpoint with the go-sdk's OAuth client
+// configured by cfg, which authorizes at once (followAuthorization); the
+// context bounds the test's calls.
+func connectOAuth(t *testing.T, endpoint string, cfg *sdkauth.AuthorizationCodeHandlerConfig) (context.Context, *mcp.ClientSession) {
+	t.Helper()
+	cfg.AuthorizationCodeFetcher = followAuthorization
+	cfg.Client = &http.Client{Timeout: 10 * time.Second}
+	handler, err := sdkauth.NewAuthorizationCodeHandler(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	client := mcp.NewClient(&mcp.Implementation{Name: "e2e-oauth", Version: "1"}, nil)
+	cs, err := client.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: endpoint, OAuthHandler: handler, MaxRetries: 1}, nil)
+	if err != nil {
+		t.Fatalf("connect with OAuth: %v", err)
+	}
+	t.Cleanup(func() { _ = cs.Close() })
+	return ctx, cs
 }
 
 // followAuthorization is the go-sdk's AuthorizationCodeFetcher for an
