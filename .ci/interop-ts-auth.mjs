@@ -16,45 +16,19 @@
 // has no authorization of its own; any scenario failing fails the run.
 //
 // Usage: node .ci/interop-ts-auth.mjs <caddy binary> <dir of node_modules with the SDK>
-import { spawn } from "node:child_process";
 import crypto from "node:crypto";
 import fs from "node:fs";
 import http from "node:http";
-import net from "node:net";
 import os from "node:os";
 import path from "node:path";
+
+import { assert, deadline, freePort, startCaddy, text } from "./interop-lib.mjs";
 
 const [caddyBin, sdkDir] = process.argv.slice(2);
 const sdk = (p) => import(path.join(sdkDir, "node_modules/@modelcontextprotocol/sdk/dist/esm", p));
 const { Client } = await sdk("client/index.js");
 const { StreamableHTTPClientTransport } = await sdk("client/streamableHttp.js");
 const { UnauthorizedError } = await sdk("client/auth.js");
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const deadline = (p, ms, what) => Promise.race([p, sleep(ms).then(() => { throw new Error(`timeout ${ms}ms: ${what}`); })]);
-const assert = (c, m) => { if (!c) throw new Error(`assertion failed: ${m}`); };
-const text = (r) => (r.content ?? []).map((c) => c.text ?? `[${c.type}]`).join(" ");
-
-async function freePort() {
-  const s = net.createServer();
-  await new Promise((r) => s.listen(0, "127.0.0.1", r));
-  const { port } = s.address();
-  await new Promise((r) => s.close(r));
-  return port;
-}
-
-async function waitPort(port, child, log) {
-  for (let i = 0; i < 300; i++) {
-    if (child.exitCode !== null) throw new Error(`caddy exited: ${fs.readFileSync(log, "utf8").slice(-2000)}`);
-    const ok = await new Promise((r) => {
-      const c = net.connect(port, "127.0.0.1", () => { c.destroy(); r(true); });
-      c.on("error", () => r(false));
-    });
-    if (ok) return;
-    await sleep(100);
-  }
-  throw new Error(`nothing listens on ${port}`);
-}
 
 // An authorization server that approves every request for `user` at once.
 async function startAuthServer() {
@@ -261,7 +235,7 @@ const authBlock = (matcher = "") => `mcp_auth ${matcher}{
 			scope tools/call:add mcp:admin
 		}`;
 // The README's matcher, and handle_path with the metadata served beside it.
-fs.writeFileSync(path.join(tmp, "Caddyfile"), `{
+const caddy = startCaddy(caddyBin, tmp, `{
 	admin off
 	auto_https off
 }
@@ -288,15 +262,11 @@ http://127.0.0.1:${up} {
 	mcp_demo
 }
 `);
-const log = path.join(tmp, "caddy.log");
-const caddy = spawn(caddyBin, ["run", "--config", path.join(tmp, "Caddyfile"), "--adapter", "caddyfile"], {
-  env: { ...process.env, XDG_DATA_HOME: tmp, XDG_CONFIG_HOME: tmp }, stdio: ["ignore", fs.openSync(log, "w"), fs.openSync(log, "a")],
-});
 // A run ended by timeout(1) takes its Caddy with it.
-for (const sig of ["SIGTERM", "SIGINT"]) process.on(sig, () => { caddy.kill("SIGKILL"); as.close(); fs.rmSync(tmp, { recursive: true, force: true }); process.exit(1); });
+for (const sig of ["SIGTERM", "SIGINT"]) process.on(sig, () => { caddy.kill(); as.close(); fs.rmSync(tmp, { recursive: true, force: true }); process.exit(1); });
 let failed = false;
 try {
-  for (const p of [site, pathSite, up]) await waitPort(p, caddy, log);
+  for (const p of [site, pathSite, up]) await caddy.waitPort(p);
   for (const [label, port] of [["matcher", site], ["handle_path", pathSite]]) {
     const endpoint = `http://127.0.0.1:${port}/mcp`;
     console.log(`\noauth (streamable, mcp_auth under /mcp by ${label})`);
@@ -311,12 +281,11 @@ try {
   console.log(`ERROR: ${e.stack}`);
   failed = true;
 } finally {
-  caddy.kill("SIGTERM");
-  await new Promise((r) => (caddy.exitCode !== null ? r() : caddy.on("exit", r)));
+  await caddy.stop();
   as.close();
   if (failed) {
     console.log(`\nauthorization server log:\n  ${as.log.join("\n  ")}`);
-    console.log(`\ncaddy log (tail):\n${fs.readFileSync(log, "utf8").split("\n").slice(-8).map((l) => l.slice(0, 300)).join("\n")}`);
+    console.log(`\ncaddy log (tail):\n${caddy.tail(8)}`);
   }
   fs.rmSync(tmp, { recursive: true, force: true });
 }

@@ -6,43 +6,18 @@
 // passes directly and fails through the proxy.
 //
 // Usage: node .ci/interop-ts.mjs <caddy binary> <Caddyfile.example> <dir of node_modules with the SDK>
-import { spawn } from "node:child_process";
 import fs from "node:fs";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
+
+import { assert, deadline, freePort, sleep, startCaddy, text } from "./interop-lib.mjs";
 
 const [caddyBin, caddyfile, sdkDir] = process.argv.slice(2);
 const sdk = (p) => import(path.join(sdkDir, "node_modules/@modelcontextprotocol/sdk/dist/esm", p));
 const { Client } = await sdk("client/index.js");
 const { StreamableHTTPClientTransport } = await sdk("client/streamableHttp.js");
 const { SSEClientTransport } = await sdk("client/sse.js");
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const deadline = (p, ms, what) => Promise.race([p, sleep(ms).then(() => { throw new Error(`timeout ${ms}ms: ${what}`); })]);
-const assert = (c, m) => { if (!c) throw new Error(`assertion failed: ${m}`); };
-const text = (r) => (r.content ?? []).map((c) => c.text ?? `[${c.type}]`).join(" ");
-
-async function freePort() {
-  const s = net.createServer();
-  await new Promise((r) => s.listen(0, "127.0.0.1", r));
-  const { port } = s.address();
-  await new Promise((r) => s.close(r));
-  return port;
-}
-
-async function waitPort(port, child, log) {
-  for (let i = 0; i < 300; i++) {
-    if (child.exitCode !== null) throw new Error(`caddy exited: ${fs.readFileSync(log, "utf8").slice(-2000)}`);
-    const ok = await new Promise((r) => {
-      const c = net.connect(port, "127.0.0.1", () => { c.destroy(); r(true); });
-      c.on("error", () => r(false));
-    });
-    if (ok) return;
-    await sleep(100);
-  }
-  throw new Error(`nothing listens on ${port}`);
-}
 
 // A TCP relay in front of target whose connections cut() resets.
 async function relayTo(target) {
@@ -163,17 +138,13 @@ const [site, admin, up1, up2] = [await freePort(), await freePort(), await freeP
 const config = fs.readFileSync(caddyfile, "utf8")
   .replaceAll(":8080", `:${site}`).replaceAll("localhost:2019", `localhost:${admin}`)
   .replaceAll("9001", String(up1)).replaceAll("9002", String(up2));
-fs.writeFileSync(path.join(tmp, "Caddyfile"), config);
-const log = path.join(tmp, "caddy.log");
-const caddy = spawn(caddyBin, ["run", "--config", path.join(tmp, "Caddyfile"), "--adapter", "caddyfile"], {
-  env: { ...process.env, XDG_DATA_HOME: tmp, XDG_CONFIG_HOME: tmp }, stdio: ["ignore", fs.openSync(log, "w"), fs.openSync(log, "a")],
-});
+const caddy = startCaddy(caddyBin, tmp, config);
 // A run ended by timeout(1) takes its Caddy with it.
-for (const sig of ["SIGTERM", "SIGINT"]) process.on(sig, () => { caddy.kill("SIGKILL"); process.exit(1); });
+for (const sig of ["SIGTERM", "SIGINT"]) process.on(sig, () => { caddy.kill(); process.exit(1); });
 let failed = false;
 try {
-  await waitPort(site, caddy, log);
-  await waitPort(up1, caddy, log);
+  await caddy.waitPort(site);
+  await caddy.waitPort(up1);
   const cases = [
     ["streamable", "latest", `http://127.0.0.1:${up1}/`, `http://127.0.0.1:${site}/mcp`, undefined],
     ["streamable", "2024-11-05", `http://127.0.0.1:${up1}/`, `http://127.0.0.1:${site}/mcp`, "2024-11-05"],
@@ -197,9 +168,8 @@ try {
   console.log(`ERROR: ${e.stack}`);
   failed = true;
 } finally {
-  caddy.kill("SIGTERM");
-  await new Promise((r) => (caddy.exitCode !== null ? r() : caddy.on("exit", r)));
-  if (failed) console.log(`\ncaddy log (tail):\n${fs.readFileSync(log, "utf8").split("\n").slice(-8).map((l) => l.slice(0, 300)).join("\n")}`);
+  await caddy.stop();
+  if (failed) console.log(`\ncaddy log (tail):\n${caddy.tail(8)}`);
   fs.rmSync(tmp, { recursive: true, force: true });
 }
 process.exit(failed ? 1 : 0);
