@@ -515,8 +515,13 @@ func TestMetadataAndChallenge(t *testing.T) {
 	if got := MetadataURL("https://mcp.example.com/mcp"); got != "https://mcp.example.com/.well-known/oauth-protected-resource/mcp" {
 		t.Errorf("MetadataURL: %s", got)
 	}
-	if got := MetadataURL("https://mcp.example.com"); got != "https://mcp.example.com/.well-known/oauth-protected-resource" {
-		t.Errorf("MetadataURL root: %s", got)
+	if got := MetadataURL("https://mcp.example.com/mcp/"); got != "https://mcp.example.com/.well-known/oauth-protected-resource/mcp/" {
+		t.Errorf("MetadataURL with a trailing slash: %s", got)
+	}
+	for _, root := range []string{"https://mcp.example.com", "https://mcp.example.com/"} {
+		if got := MetadataURL(root); got != "https://mcp.example.com/.well-known/oauth-protected-resource" {
+			t.Errorf("MetadataURL root %s: %s", root, got)
+		}
 	}
 	if p, ok := ResourcePathOf("/.well-known/oauth-protected-resource/mcp"); !ok || p != "/mcp" {
 		t.Errorf("ResourcePathOf: %q %v", p, ok)

@@ -30,14 +30,14 @@ func (m *Metadata) JSON() []byte {
 
 // MetadataURL returns the address of the metadata document of the
 // resource at resourceURL (scheme://host/path): the well-known path with
-// the resource's path appended, as RFC 9728 §3.1 forms it.
+// the resource's path appended, a trailing slash included, as RFC 9728
+// §3.1 forms it.
 func MetadataURL(resourceURL string) string {
 	scheme, rest, ok := strings.Cut(resourceURL, "://")
 	if !ok {
 		return resourceURL
 	}
 	host, p, _ := strings.Cut(rest, "/")
-	p = strings.TrimSuffix(p, "/")
 	if p == "" {
 		return scheme + "://" + host + WellKnownPath
 	}

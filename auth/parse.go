@@ -81,14 +81,29 @@ func Bearer(header string) string {
 }
 
 // ResourceURL is the resource a request to path addresses when none is
-// configured: the request's scheme and Host with path, without a trailing
-// slash.
+// configured: the request's scheme and Host with path as the client wrote
+// it, a trailing slash included (a client refuses metadata whose resource
+// is not the URL it used, RFC 9728 §3.3), the root's alone dropped.
 func ResourceURL(r *http.Request, path string) string {
 	scheme := "http"
 	if r.TLS != nil {
 		scheme = "https"
 	}
-	return scheme + "://" + r.Host + strings.TrimSuffix(path, "/")
+	if path == "/" {
+		path = ""
+	}
+	return scheme + "://" + r.Host + path
+}
+
+// ResourceAudiences are the audiences a token for resource may name: the
+// resource, and the same URI with its trailing slash added or removed,
+// which clients and authorization servers write either way for one
+// endpoint.
+func ResourceAudiences(resource string) []string {
+	if other, ok := strings.CutSuffix(resource, "/"); ok {
+		return []string{resource, other}
+	}
+	return []string{resource, resource + "/"}
 }
 
 // SupportedScopes is the scopes_supported of the metadata: configured

@@ -99,8 +99,17 @@ func TestBearer(t *testing.T) {
 
 func TestResourceURLAndScopes(t *testing.T) {
 	r := httptest.NewRequest("GET", "http://mcp.example.com/mcp/", nil)
-	if got := ResourceURL(r, "/mcp/"); got != "http://mcp.example.com/mcp" {
+	if got := ResourceURL(r, "/mcp/"); got != "http://mcp.example.com/mcp/" {
 		t.Errorf("ResourceURL %q", got)
+	}
+	for resource, want := range map[string]string{
+		"http://mcp.example.com/mcp/": "http://mcp.example.com/mcp/ http://mcp.example.com/mcp",
+		"http://mcp.example.com/mcp":  "http://mcp.example.com/mcp http://mcp.example.com/mcp/",
+		"http://mcp.example.com":      "http://mcp.example.com http://mcp.example.com/",
+	} {
+		if got := strings.Join(ResourceAudiences(resource), " "); got != want {
+			t.Errorf("ResourceAudiences(%s) = %s, want %s", resource, got, want)
+		}
 	}
 	r = httptest.NewRequest("GET", "https://mcp.example.com/", nil)
 	if got := ResourceURL(r, "/"); got != "https://mcp.example.com" {

@@ -75,7 +75,8 @@ type Auth struct {
 	// Resource is this resource's URI, the audience tokens must name (RFC
 	// 8707). Default: the request's scheme and host with the MCP
 	// endpoint's path (the path the client asked for, before handle_path
-	// or a rewrite stripped a prefix; the path after
+	// or a rewrite stripped a prefix, with its trailing slash, tokens for
+	// the path without it or with it passing too; the path after
 	// /.well-known/oauth-protected-resource for the metadata). Set it when
 	// one MCP server spans several paths, as a legacy HTTP+SSE one does,
 	// and on a site that answers any host: the host is then the client's
@@ -264,7 +265,7 @@ func (a *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	tok := auth.Bearer(r.Header.Get("Authorization"))
 	audiences := a.audiences
 	if audiences == nil {
-		audiences = append([]string{resource}, a.Audiences...)
+		audiences = append(auth.ResourceAudiences(resource), a.Audiences...)
 	}
 	ctx := r.Context()
 	if a.verifier.Introspection != nil {

@@ -461,22 +461,25 @@ func TestAuthPlaceholderMatcher(t *testing.T) {
 // TestAuthSDKClientFlow runs the go-sdk's OAuth client against mcp_auth:
 // it discovers the metadata from the 401, runs the authorization code
 // flow with PKCE at the authorization server, and calls a tool with the
-// token it got.
+// token it got; also with the endpoint written with a trailing slash,
+// where the metadata the 401 names must give that URL as the resource
+// (RFC 9728 §3.3), which the go-sdk checks.
 func TestAuthSDKClientFlow(t *testing.T) {
 	as := startAuthServer(t)
 	var seen seenHeaders
 	up := startUpstreamHandler(t, "up", seen.wrap(demo.Handler(demo.NewServer("up"), "/sse", nil)))
 	port := freePort(t)
 	loadCaddyfile(t, authSite(port, as, up.addr(), "\t\tscopes_supported mcp:read\n", ""))
-	endpoint := proxyURL(port) + "/mcp"
 
-	ctx, cs := connectOAuth(t, endpoint, &sdkauth.AuthorizationCodeHandlerConfig{
-		PreregisteredClient: &oauthex.ClientCredentials{ClientID: "e2e",
-			ClientSecretAuth: &oauthex.ClientSecretAuth{ClientSecret: "e2e-secret"}},
-		RedirectURL: "http://127.0.0.1:1/callback",
-	})
-	if got, err := echo(ctx, cs, "through oauth"); err != nil || got != "through oauth" {
-		t.Fatalf("echo: %q %v", got, err)
+	for _, endpoint := range []string{proxyURL(port) + "/mcp", proxyURL(port) + "/mcp/"} {
+		ctx, cs := connectOAuth(t, endpoint, &sdkauth.AuthorizationCodeHandlerConfig{
+			PreregisteredClient: &oauthex.ClientCredentials{ClientID: "e2e",
+				ClientSecretAuth: &oauthex.ClientSecretAuth{ClientSecret: "e2e-secret"}},
+			RedirectURL: "http://127.0.0.1:1/callback",
+		})
+		if got, err := echo(ctx, cs, "through oauth"); err != nil || got != "through oauth" {
+			t.Fatalf("%s: echo: %q %v", endpoint, got, err)
+		}
 	}
 	if as.tokenHits.Load() == 0 {
 		t.Error("the client never asked the token endpoint")
@@ -506,7 +509,7 @@ func connectOAuth(t *testing.T, endpoint string, cfg *sdkauth.AuthorizationCodeH
 	client := mcp.NewClient(&mcp.Implementation{Name: "e2e-oauth", Version: "1"}, nil)
 	cs, err := client.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: endpoint, OAuthHandler: handler, MaxRetries: 1}, nil)
 	if err != nil {
-		t.Fatalf("connect with OAuth: %v", err)
+		t.Fatalf("connect to %s with OAuth: %v", endpoint, err)
 	}
 	t.Cleanup(func() { _ = cs.Close() })
 	return ctx, cs
