@@ -135,6 +135,13 @@ func TestVerifyJWT(t *testing.T) {
 	if !errors.As(err, &ae) || ae.Status != http.StatusForbidden || ae.Code != "insufficient_scope" || ae.Scope != "mcp:admin" {
 		t.Errorf("insufficient scope: %v", err)
 	}
+	// The resource's scopes the token holds follow, for a client that
+	// authorizes again for exactly those named to keep them.
+	v.KnownScopes = []string{"mcp:admin", "mcp:tools", "mcp:other"}
+	_, err = v.Verify(context.Background(), ok, []string{resource}, now)
+	if !errors.As(err, &ae) || ae.Status != http.StatusForbidden || ae.Scope != "mcp:admin mcp:tools" {
+		t.Errorf("insufficient scope with known scopes: %v, scope %q", err, ae.Scope)
+	}
 }
 
 func TestVerifyECAndClaim(t *testing.T) {

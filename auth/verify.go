@@ -105,6 +105,10 @@ type Verifier struct {
 	PrincipalClaim string
 	// RequiredScopes must all be held by every token.
 	RequiredScopes []string
+	// KnownScopes are this resource's scopes: a token lacking one of
+	// RequiredScopes gets a 403 that names them, then those of
+	// KnownScopes it holds (see StepUp).
+	KnownScopes []string
 	// NoCache turns off the cache of verified tokens.
 	NoCache bool
 
@@ -141,8 +145,8 @@ func (v *Verifier) Verify(ctx context.Context, token string, audiences []string,
 		return nil, err
 	}
 	if !p.HasScopes(v.RequiredScopes) {
-		return nil, &Error{Status: http.StatusForbidden, Code: "insufficient_scope",
-			Description: "the token lacks a required scope", Scope: strings.Join(v.RequiredScopes, " ")}
+		return nil, StepUp(&Error{Status: http.StatusForbidden, Code: "insufficient_scope",
+			Description: "the token lacks a required scope", Scope: strings.Join(v.RequiredScopes, " ")}, p, v.KnownScopes)
 	}
 	return p, nil
 }

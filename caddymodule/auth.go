@@ -138,7 +138,10 @@ type Auth struct {
 	// no sub. Default: sub.
 	PrincipalClaim string `json:"principal_claim,omitempty"`
 
-	// RequiredScopes must all be held by every token. Default: none.
+	// RequiredScopes must all be held by every token: a 401 names them, and
+	// a token lacking one gets 403 insufficient_scope naming them, then
+	// the scopes of this resource it holds (as ScopeRules' 403 does).
+	// Default: none.
 	RequiredScopes []string `json:"required_scopes,omitempty"`
 
 	// ScopeRules require scopes for MCP requests by method and target
@@ -240,8 +243,9 @@ func (a *Auth) Provision(ctx caddy.Context) error {
 	if err := auth.ValidScopeRules(a.ScopeRules); err != nil {
 		return err
 	}
-	a.verifier = v
 	a.known = auth.SupportedScopes(nil, append(slices.Clone(a.ScopesSupported), a.RequiredScopes...), a.ScopeRules)
+	v.KnownScopes = a.known
+	a.verifier = v
 	if a.Resource != "" {
 		a.audiences = append([]string{a.Resource}, a.Audiences...)
 	}
