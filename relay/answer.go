@@ -758,6 +758,20 @@ func (w *answerWatcher) passAnswer(ev *sse.Event) []byte {
 	return nil
 }
 
+// upstreamPolls reports, at the clean end of a resumable request's
+// stream, that the upstream ended it after an event id of its own: it
+// closed the stream for the client to resume with that id (a GET with
+// Last-Event-ID, which the proxy passes on: see sse.Stream.Resumes), as
+// 2025-11-25 servers may (SEP-1699) and some servers do in every session
+// era. The client gets the rest from the upstream, not an error from the
+// proxy.
+func (st *State) upstreamPolls() bool {
+	st.mu.Lock()
+	s := st.stream
+	st.mu.Unlock()
+	return st.resumable && s != nil && s.EndsAtUpstreamID()
+}
+
 // final is answerWatch's final hook.
 func (w *answerWatcher) final(err error) []byte {
 	if w.answered.Load() {
@@ -778,6 +792,8 @@ func (w *answerWatcher) final(err error) []byte {
 		return nil
 	case err != nil:
 		msg = "the upstream connection failed before the answer"
+	case st.upstreamPolls():
+		return nil
 	default:
 		msg = "the upstream ended the stream without an answer"
 	}

@@ -200,6 +200,44 @@ func TestRelayAnswerWatch(t *testing.T) {
 	}
 }
 
+// TestRelayUpstreamPolls: an SSE answer the upstream ends cleanly right
+// after an event id of its own (a priming event, then the close SEP-1699
+// allows) ends without the proxy's error, and that id is left to the
+// upstream to resume; ended after an event without an id, or with an id
+// only the proxy gave, it gets the error as before.
+func TestRelayUpstreamPolls(t *testing.T) {
+	const body = `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"slow"}}`
+	sess := &mcp.Session{Kind: mcp.TokenSession, Upstream: "up:1", UpstreamID: "u1", Version: mcp.Version20250618}
+	res := mcp.Resolution{Session: sess, Token: "tok", Pinned: "up:1", Key: mcp.SessionKey("up:1", "u1")}
+	for _, tc := range []struct {
+		name, events string
+		polls        bool
+	}{
+		{"priming event then close", "id: ev-1\nretry: 500\ndata: \n\n", true},
+		{"notification after the id", "id: ev-1\ndata: \n\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\n", false},
+		{"no id", "retry: 500\ndata: \n\n", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, c, _ := newTestProxy(t, Config{})
+			p.ReplayEvents, p.ReplayBytes, p.ReplayAge = 10, 1<<16, time.Minute
+			r, call := post(t, body)
+			w := httptest.NewRecorder()
+			st := p.NewState(w, r, call, res)
+			req := st.Attempt(r.Clone(r.Context()))
+			st.Answer(req, sseResponse(req, tc.events), false, "up:1")
+			p.Relay(w, st, st.StreamBody())
+			p.Gov.Tasks().Wait()
+			out := w.Body.String()
+			if got := strings.Contains(out, "without an answer"); got == tc.polls {
+				t.Errorf("error event sent: %v; client got %q", got, out)
+			}
+			if tc.polls && (c.get("unanswered") != 0 || p.Gov.Resume().Find(res.Key, "ev-1") != nil) {
+				t.Errorf("unanswered %d; the ring answers the upstream's ev-1: %v", c.get("unanswered"), p.Gov.Resume().Find(res.Key, "ev-1") != nil)
+			}
+		})
+	}
+}
+
 // TestArmDeadline: without a legacy link a request with a step gets a
 // deadline, which cancels its upstream attempt and leaves the timeout
 // error for the caller.

@@ -113,7 +113,8 @@ func (r *Registry) dropLRULocked() {
 	}
 }
 
-// Find returns the stream of session whose ring holds the event id.
+// Find returns the stream of session that answers a client resuming
+// after the event id (see Stream.Resumes).
 func (r *Registry) Find(session, id string) *Stream {
 	r.mu.Lock()
 	rs := r.sessions[session]
@@ -125,7 +126,7 @@ func (r *Registry) Find(session, id string) *Stream {
 	r.mu.Unlock()
 	now := time.Now()
 	for i := len(streams) - 1; i >= 0; i-- {
-		if streams[i].Has(id, now) {
+		if streams[i].Resumes(id, now) {
 			return streams[i]
 		}
 	}

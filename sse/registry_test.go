@@ -25,12 +25,12 @@ func idEvents(ids ...string) string {
 	return b.String()
 }
 
-// endedStream returns a stream whose upstream sent events with ids and
-// ended.
+// endedStream returns a stream whose upstream sent events with ids, then
+// one without, and ended: each id has something after it to replay.
 func endedStream(t *testing.T, ids ...string) *Stream {
 	t.Helper()
 	s := NewStream(regConfig())
-	if err := s.Pump(strings.NewReader(idEvents(ids...))); err != nil {
+	if err := s.Pump(strings.NewReader(idEvents(ids...) + "data: end\n\n")); err != nil {
 		t.Fatal(err)
 	}
 	return s
@@ -92,6 +92,36 @@ func TestRegistryFindScopedBySession(t *testing.T) {
 	// Find does not create sessions.
 	if s, _ := r.Len(); s != 2 {
 		t.Errorf("%d sessions after Find of an unknown one", s)
+	}
+}
+
+// TestRegistryFindLeavesPollingToUpstream: a stream whose upstream ended
+// right after an event of its own id does not answer that id, which the
+// upstream resumes (it closed the stream for its client to poll); an
+// earlier id, or that id on a live stream, is answered from the ring.
+func TestRegistryFindLeavesPollingToUpstream(t *testing.T) {
+	r := NewRegistry(10, 10, time.Minute)
+	polled := NewStream(regConfig())
+	if err := polled.Pump(strings.NewReader("id: e1\ndata: one\n\nid: e2\nretry: 500\ndata: \n\n")); err != nil {
+		t.Fatal(err)
+	}
+	live := liveStream(t, "l1")
+	r.Add("A", polled)
+	r.Add("A", live)
+	if !polled.EndsAtUpstreamID() {
+		t.Error("EndsAtUpstreamID = false after an upstream id")
+	}
+	for id, want := range map[string]*Stream{"e1": polled, "e2": nil, "l1": live} {
+		if got := r.Find("A", id); got != want {
+			t.Errorf("Find(%q) = %p, want %p", id, got, want)
+		}
+	}
+	proxied := NewStream(StreamConfig{ReplayEvents: 8, ReplayBytes: 1 << 16, IDPrefix: "p-"})
+	if err := proxied.Pump(strings.NewReader("id: e1\ndata: one\n\ndata: two\n\n")); err != nil {
+		t.Fatal(err)
+	}
+	if proxied.EndsAtUpstreamID() {
+		t.Error("EndsAtUpstreamID = true after an event given the proxy's id")
 	}
 }
 

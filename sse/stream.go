@@ -161,8 +161,11 @@ type Stream struct {
 	pumpErr  error
 	endedAt  time.Time
 	upstream string // newest id the upstream itself assigned
-	done     chan struct{}
-	closeFn  func() // stops the upstream read, set by SetCloser
+	// lastOwn: a client that got every event so far holds the upstream's
+	// own id (upstream) as its last event id, not one of the proxy's.
+	lastOwn bool
+	done    chan struct{}
+	closeFn func() // stops the upstream read, set by SetCloser
 
 	// Used by the Pump goroutine only.
 	owner       *Attachment // whose writer role the pump holds in this chunk
@@ -261,6 +264,38 @@ func (s *Stream) UpstreamLastID() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.upstream
+}
+
+// EndsAtUpstreamID reports whether a client that got every event so far
+// holds, as its last event id, one the upstream assigned: resuming with
+// it, the upstream itself can go on where the stream left off. Final may
+// call it.
+func (s *Stream) EndsAtUpstreamID() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lastOwn
+}
+
+// Resumes reports whether a client reconnecting with Last-Event-ID id is
+// to be answered from this stream: its ring holds the event, and the
+// stream has more to give, events after it or a live upstream. A stream
+// whose upstream ended right after an event of its own id has not: that
+// id is the upstream's to resume (an upstream that closes a stream for
+// its client to poll, as 2025-11-25 allows, answers the GET with the rest).
+func (s *Stream) Resumes(id string, now time.Time) bool {
+	if s.ring == nil || id == "" {
+		return false
+	}
+	more := false
+	if !s.ring.After(id, now, func(string, []byte) bool { more = true; return false }) {
+		return false
+	}
+	if more {
+		return true
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return !s.ended || id != s.upstream
 }
 
 // Has reports whether the ring still holds an event with this id.
@@ -525,13 +560,14 @@ func (s *Stream) emit(ev *Event) error {
 	s.seq++
 	id := ev.ID
 	if ev.HasID && id != "" {
-		s.upstream = id
+		s.upstream, s.lastOwn = id, true
 		if _, skip := s.cfg.Skip[id]; skip {
 			s.mu.Unlock()
 			return nil
 		}
 	} else if s.cfg.IDPrefix != "" {
 		id = s.cfg.IDPrefix + strconv.FormatUint(s.seq, 10)
+		s.lastOwn = false
 		if ev.HasID {
 			// An empty upstream "id:" field resets the client's last
 			// event id; ours must come after it to be the one kept.
@@ -540,6 +576,8 @@ func (s *Stream) emit(ev *Event) error {
 			s.scratch = prependID(s.scratch[:0], id, raw)
 		}
 		raw = s.scratch
+	} else if ev.HasID {
+		s.lastOwn = false // an empty "id:" field resets the client's
 	}
 	s.storeLocked(id, raw)
 	att := s.att
