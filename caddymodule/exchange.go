@@ -65,7 +65,9 @@ type exchange struct {
 // filters list results and hands SSE bodies to the relay. Every refusal
 // is answered here with its status and a JSON-RPC error; nothing refused
 // or denied reaches an upstream. With an audit trail, the request's
-// record is queued when the handler returns.
+// record is queued when the handler returns. A GET or HEAD of an OAuth
+// discovery document (mcp.IsOAuthMetadata) is no MCP request: it goes to
+// the upstream as it is.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	x := &exchange{w: w, r: r, status: http.StatusOK, decision: "allow"}
 	defer x.leave()
@@ -76,6 +78,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		defer h.audit(x, cw)
 	}
 	defer x.releaseBody(h)
+	if mcp.IsOAuthMetadata(r) {
+		// An upstream that does its own OAuth serves its discovery
+		// documents on the MCP origin: they pass as reverse_proxy would
+		// pass them (mcp_auth, when in front, serves its own instead).
+		return h.proxy.ServeHTTP(x.w, r, next)
+	}
 	if ref := h.classify(x); ref != nil {
 		return x.refuse(h, ref)
 	}
