@@ -144,6 +144,18 @@ func post(t *testing.T, body string) (*http.Request, *mcp.Call) {
 	return r, call
 }
 
+// relayEvents relays events as the upstream's SSE answer to r (of call,
+// in the session res) through p, and returns the request's relay state
+// and what its client got.
+func relayEvents(p *Proxy, r *http.Request, call *mcp.Call, res mcp.Resolution, events string) (*State, *httptest.ResponseRecorder) {
+	w := httptest.NewRecorder()
+	st := p.NewState(w, r, call, res)
+	req := st.Attempt(r.Clone(r.Context()))
+	st.Answer(req, sseResponse(req, events), false, "up:1")
+	p.Relay(w, st, st.StreamBody())
+	return st, w
+}
+
 func sseResponse(req *http.Request, events string) *http.Response {
 	return &http.Response{
 		StatusCode: http.StatusOK, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
@@ -182,12 +194,8 @@ func TestRelayAnswerWatch(t *testing.T) {
 	p, c, sd := newTestProxy(t, Config{})
 	p.MaxResponse = 100
 	r, call = post(t, body)
-	w = httptest.NewRecorder()
-	st = p.NewState(w, r, call, res)
-	req = st.Attempt(r.Clone(r.Context()))
 	big := `{"jsonrpc":"2.0","id":7,"result":{"text":"` + strings.Repeat("a", 200) + `"}}`
-	st.Answer(req, sseResponse(req, "data: "+big+"\n\n"), false, "up:1")
-	p.Relay(w, st, st.StreamBody())
+	_, w = relayEvents(p, r, call, res, "data: "+big+"\n\n")
 	out = w.Body.String()
 	if strings.Contains(out, "aaaa") || !strings.Contains(out, "max_response") {
 		t.Fatalf("client got %q", out)
@@ -221,11 +229,7 @@ func TestRelayUpstreamPolls(t *testing.T) {
 			p, c, _ := newTestProxy(t, Config{})
 			p.ReplayEvents, p.ReplayBytes, p.ReplayAge = 10, 1<<16, time.Minute
 			r, call := post(t, body)
-			w := httptest.NewRecorder()
-			st := p.NewState(w, r, call, res)
-			req := st.Attempt(r.Clone(r.Context()))
-			st.Answer(req, sseResponse(req, tc.events), false, "up:1")
-			p.Relay(w, st, st.StreamBody())
+			_, w := relayEvents(p, r, call, res, tc.events)
 			p.Gov.Tasks().Wait()
 			out := w.Body.String()
 			if got := strings.Contains(out, "without an answer"); got == tc.polls {
@@ -655,14 +659,10 @@ func TestMaxResponseEveryPost(t *testing.T) {
 		p, c, sd := newTestProxy(t, Config{})
 		p.MaxResponse = 100
 		r, call, res := batchPost(t, `[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"big"}},{"jsonrpc":"2.0","id":3,"method":"ping"}]`)
-		w := httptest.NewRecorder()
-		st := p.NewState(w, r, call, res)
-		req := st.Attempt(r.Clone(r.Context()))
 		events := "data: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}\n\n" +
 			"data: {\"jsonrpc\":\"2.0\",\"id\":2,\"result\":{\"text\":\"" + big + "\"}}\n\n" +
 			"data: {\"jsonrpc\":\"2.0\",\"id\":3,\"result\":{}}\n\n"
-		st.Answer(req, sseResponse(req, events), false, "up:1")
-		p.Relay(w, st, st.StreamBody())
+		_, w := relayEvents(p, r, call, res, events)
 		out := w.Body.String()
 		if strings.Contains(out, "aaaa") || !strings.Contains(out, `"id":1,"result"`) || strings.Contains(out, `"id":3,"result"`) ||
 			!strings.Contains(out, `"id":2,"error":{"code":-32603`) || !strings.Contains(out, `"id":3,"error":{"code":-32603`) {
@@ -863,11 +863,7 @@ func TestGiveUpAfterAnswer(t *testing.T) {
 	} {
 		p, cnt, sd := newTestProxy(t, Config{})
 		r, call := post(t, body)
-		w := httptest.NewRecorder()
-		st := p.NewState(w, r, call, res)
-		req := st.Attempt(r.Clone(r.Context()))
-		st.Answer(req, sseResponse(req, c.events), false, "up:1")
-		p.Relay(w, st, st.StreamBody())
+		st, _ := relayEvents(p, r, call, res, c.events)
 		st.giveUp("client did not resume the stream")
 		if bodies := sideBodies(p, sd, cnt, c.cancels); len(bodies) != c.cancels {
 			t.Errorf("after %q: side requests %q, want %d cancellation", c.events, bodies, c.cancels)
@@ -889,11 +885,7 @@ func TestAmbiguousAnswersDropped(t *testing.T) {
 		"data: {\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{\"x\":\"answer\"}}\n\n"
 	p, c, _ := newTestProxy(t, Config{})
 	r, call := post(t, body)
-	w := httptest.NewRecorder()
-	st := p.NewState(w, r, call, res)
-	req := st.Attempt(r.Clone(r.Context()))
-	st.Answer(req, sseResponse(req, events), false, "up:1")
-	p.Relay(w, st, st.StreamBody())
+	st, w := relayEvents(p, r, call, res, events)
 	st.HandlerDone()
 	out := w.Body.String()
 	if strings.Contains(out, "alone") || strings.Contains(out, "member") || !strings.Contains(out, "notifications/progress") ||
