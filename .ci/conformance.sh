@@ -26,8 +26,6 @@ CONFORMANCE_VERSION="${CONFORMANCE_VERSION:-0.1.16}"
 CONFORMANCE_SUITE="${CONFORMANCE_SUITE:-all}"
 CONFORMANCE_SPEC_VERSION="${CONFORMANCE_SPEC_VERSION:-2025-11-25}"
 CADDYFILE="${CONFORMANCE_CADDYFILE:-.ci/Caddyfile.conformance}"
-GO_SDK_MODULE="github.com/modelcontextprotocol/go-sdk"
-GO_SDK_FALLBACK_VERSION="v1.8.0"
 
 section() { printf '\n======== %s ========\n' "$*"; }
 now() { date +%s.%N; }
@@ -44,16 +42,8 @@ T_ALL="$(now)"
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/mcpgate-conformance.XXXXXX")"
 PIDS=()
 
-stop_group() { # stop_group <pid>: TERM its process group, KILL after 5s
-  local pid="$1" i
-  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || return 0
-  for i in $(seq 1 50); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
+# shellcheck source=procs.sh
+source "$ROOT/.ci/procs.sh"
 cleanup() {
   local rc=$? pid
   for pid in "${PIDS[@]}"; do stop_group "$pid"; done
@@ -113,15 +103,7 @@ T="$(now)"
 # shellcheck source=node.sh
 source "$ROOT/.ci/node.sh"
 ensure_node
-
-CONF_DIR="$CACHE/conformance"
-CONF_PKG="$CONF_DIR/node_modules/@modelcontextprotocol/conformance"
-ensure_npm_package "$CONF_DIR" @modelcontextprotocol/conformance "$CONFORMANCE_VERSION"
-CONF_CLI="$CONF_PKG/$("$NODE" -p '
-  const p = require(process.argv[1]);
-  typeof p.bin === "string" ? p.bin : (p.bin.conformance || Object.values(p.bin)[0])
-' "$CONF_PKG/package.json")"
-[[ -f "$CONF_CLI" ]] || { echo "ERROR: conformance CLI not found at $CONF_CLI" >&2; exit 1; }
+ensure_conformance_cli
 echo "conformance CLI $("$NODE" "$CONF_CLI" --version) at ${CONF_CLI#"$ROOT"/}"
 timed "tools" "$T"
 
@@ -129,21 +111,9 @@ timed "tools" "$T"
 section "conformance: build everything-server and caddy"
 T="$(now)"
 EVERYTHING="$TMP/everything-server"
-if ! go build -o "$EVERYTHING" "$GO_SDK_MODULE/conformance/everything-server" 2>"$TMP/build-es.log"; then
-  # The repo's go.mod/go.sum do not (yet) carry everything the SDK's
-  # conformance server needs. Build it against a scratch copy of them so the
-  # checkout is never modified; say so loudly.
-  echo "NOTE: 'go build $GO_SDK_MODULE/conformance/everything-server' failed with the repo's go.mod/go.sum:"
-  sed 's/^/    /' "$TMP/build-es.log" | head -n 8
-  sdk_version="$(go list -m -f '{{.Version}}' "$GO_SDK_MODULE" 2>/dev/null || true)"
-  sdk_version="${sdk_version:-$GO_SDK_FALLBACK_VERSION}"
-  echo "NOTE: building it against a scratch copy of go.mod/go.sum with $GO_SDK_MODULE@$sdk_version instead"
-  mkdir -p "$TMP/modfile"
-  cp go.mod "$TMP/modfile/go.mod"
-  cp go.sum "$TMP/modfile/go.sum" 2>/dev/null || true
-  go get -modfile="$TMP/modfile/go.mod" "$GO_SDK_MODULE@$sdk_version" >/dev/null 2>&1 || true
-  go build -modfile="$TMP/modfile/go.mod" -mod=mod -o "$EVERYTHING" "$GO_SDK_MODULE/conformance/everything-server"
-fi
+# shellcheck source=gosdk.sh
+source "$ROOT/.ci/gosdk.sh"
+build_gosdk_conformance everything-server "$EVERYTHING" "$TMP"
 echo "built $EVERYTHING"
 if [[ -n "${CADDY_BIN:-}" ]]; then
   CADDY="$CADDY_BIN"

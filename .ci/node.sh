@@ -43,3 +43,18 @@ ensure_npm_package() {
   npm install --silent --engine-strict=false --save-exact --prefix "$dir.tmp" "$pkg@$version"
   mv "$dir.tmp" "$dir"
 }
+
+# ensure_conformance_cli installs @modelcontextprotocol/conformance at
+# CONFORMANCE_VERSION (default 0.1.16) into $CACHE/conformance, or reuses
+# it there, and sets CONF_CLI to its command-line program (run it with
+# $NODE). It needs ensure_node first.
+ensure_conformance_cli() {
+  CONFORMANCE_VERSION="${CONFORMANCE_VERSION:-0.1.16}"
+  local dir="$CACHE/conformance" pkg="$CACHE/conformance/node_modules/@modelcontextprotocol/conformance"
+  ensure_npm_package "$dir" @modelcontextprotocol/conformance "$CONFORMANCE_VERSION"
+  CONF_CLI="$pkg/$("$NODE" -p '
+    const p = require(process.argv[1]);
+    typeof p.bin === "string" ? p.bin : (p.bin.conformance || Object.values(p.bin)[0])
+  ' "$pkg/package.json")"
+  [[ -f "$CONF_CLI" ]] || { echo "ERROR: conformance CLI not found at $CONF_CLI" >&2; return 1; }
+}
