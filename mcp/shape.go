@@ -3,6 +3,7 @@ package mcp
 import (
 	"mime"
 	"net/http"
+	"slices"
 	"strings"
 )
 
@@ -111,17 +112,17 @@ func IsJSON(ct string) bool {
 // text/event-stream: the type itself, text/*, */*, or no Accept header at
 // all (which accepts anything). A media range with q=0 does not admit.
 func AcceptsEventStream(values []string) bool {
-	if len(values) == 0 {
-		return true
-	}
+	return len(values) == 0 || acceptsOneOf(values, "text/event-stream", "text/*", "*/*")
+}
+
+// acceptsOneOf reports whether Accept header values hold one of the media
+// ranges types (lower case) without q=0.
+func acceptsOneOf(values []string, types ...string) bool {
 	for _, v := range values {
 		for item := range strings.SplitSeq(v, ",") {
 			mt, params, _ := strings.Cut(item, ";")
 			mt = strings.ToLower(strings.TrimSpace(mt))
-			if mt != "text/event-stream" && mt != "text/*" && mt != "*/*" {
-				continue
-			}
-			if !zeroQ(params) {
+			if slices.Contains(types, mt) && !zeroQ(params) {
 				return true
 			}
 		}
