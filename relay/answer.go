@@ -368,6 +368,7 @@ func (st *State) batchWatch(next func(*sse.Event) []byte) (rewrite func(*sse.Eve
 			case errors.Is(err, sse.ErrClosed):
 			case err != nil:
 				msg = "the upstream connection failed before the answer"
+			case st.upstreamPolls():
 			default:
 				msg = "the upstream ended the stream without an answer"
 			}
@@ -758,18 +759,20 @@ func (w *answerWatcher) passAnswer(ev *sse.Event) []byte {
 	return nil
 }
 
-// upstreamPolls reports, at the clean end of a resumable request's
-// stream, that the upstream ended it after an event id of its own: it
-// closed the stream for the client to resume with that id (a GET with
-// Last-Event-ID, which the proxy passes on: see sse.Stream.Resumes), as
-// 2025-11-25 servers may (SEP-1699) and some servers do in every session
-// era. The client gets the rest from the upstream, not an error from the
-// proxy.
+// upstreamPolls reports, at the clean end of the stream of a POST in a
+// Streamable HTTP session, that the upstream ended it after an event id
+// of its own: it closed the stream for the client to resume with that id
+// (a GET with Last-Event-ID, which the proxy passes on: see
+// sse.Stream.Resumes), as 2025-11-25 servers may (SEP-1699) and some
+// servers do in every session era. The client gets the rest from the
+// upstream, not an error from the proxy. A batch's stream, which the
+// proxy keeps no replay of, is resumed from the upstream alike.
 func (st *State) upstreamPolls() bool {
 	st.mu.Lock()
 	s := st.stream
 	st.mu.Unlock()
-	return st.resumable && s != nil && s.EndsAtUpstreamID()
+	inSession := st.res.Session != nil && st.res.Session.Kind == mcp.TokenSession
+	return (st.resumable || inSession && st.call.Peek.Batch) && s != nil && s.EndsAtUpstreamID()
 }
 
 // final is answerWatch's final hook.

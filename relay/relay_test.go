@@ -217,26 +217,33 @@ func TestRelayUpstreamPolls(t *testing.T) {
 	const body = `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"slow"}}`
 	sess := &mcp.Session{Kind: mcp.TokenSession, Upstream: "up:1", UpstreamID: "u1", Version: mcp.Version20250618}
 	res := mcp.Resolution{Session: sess, Token: "tok", Pinned: "up:1", Key: mcp.SessionKey("up:1", "u1")}
+	const batch = `[{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"slow"}},{"jsonrpc":"2.0","id":8,"method":"ping"}]`
 	for _, tc := range []struct {
 		name, events string
-		polls        bool
+		polls, batch bool
 	}{
-		{"priming event then close", "id: ev-1\nretry: 500\ndata: \n\n", true},
-		{"notification after the id", "id: ev-1\ndata: \n\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\n", false},
-		{"no id", "retry: 500\ndata: \n\n", false},
+		{"priming event then close", "id: ev-1\nretry: 500\ndata: \n\n", true, false},
+		{"notification after the id", "id: ev-1\ndata: \n\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\n", false, false},
+		{"no id", "retry: 500\ndata: \n\n", false, false},
+		{"a batch: priming event then close", "id: ev-1\nretry: 500\ndata: \n\n", true, true},
+		{"a batch: no id", "retry: 500\ndata: \n\n", false, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p, c, _ := newTestProxy(t, Config{})
 			p.ReplayEvents, p.ReplayBytes, p.ReplayAge = 10, 1<<16, time.Minute
 			r, call := post(t, body)
-			_, w := relayEvents(p, r, call, res, tc.events)
+			rs := res
+			if tc.batch {
+				r, call, rs = batchPost(t, batch)
+			}
+			_, w := relayEvents(p, r, call, rs, tc.events)
 			p.Gov.Tasks().Wait()
 			out := w.Body.String()
 			if got := strings.Contains(out, "without an answer"); got == tc.polls {
 				t.Errorf("error event sent: %v; client got %q", got, out)
 			}
-			if tc.polls && (c.get("unanswered") != 0 || p.Gov.Resume().Find(res.Key, "ev-1") != nil) {
-				t.Errorf("unanswered %d; the ring answers the upstream's ev-1: %v", c.get("unanswered"), p.Gov.Resume().Find(res.Key, "ev-1") != nil)
+			if tc.polls && (c.get("unanswered") != 0 || p.Gov.Resume().Find(rs.Key, "ev-1") != nil) {
+				t.Errorf("unanswered %d; the ring answers the upstream's ev-1: %v", c.get("unanswered"), p.Gov.Resume().Find(rs.Key, "ev-1") != nil)
 			}
 		})
 	}
