@@ -713,24 +713,7 @@ func TestGovernanceLegacyIDInUse(t *testing.T) {
 
 	// The late answers come (and are dropped): the ids are free again.
 	close(gate)
-	var r reply
-	for range 100 {
-		if r = postJSON(ctx, url, rpcRequest(60, "ping"), nil); r.status != http.StatusBadRequest {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if r.status != http.StatusAccepted {
-		t.Fatalf("a ping with id 60 after the late answer came: %s, want 202", r)
-	}
-	if ev := log.answer(t, 60); !strings.Contains(ev, `"text":"ping"`) {
-		t.Errorf("the answer to the ping with id 60: %s", ev)
-	}
-	for _, ev := range log.seen {
-		if strings.Contains(ev, `"text":"slow"`) {
-			t.Errorf("a late answer reached the client: %s", ev)
-		}
-	}
+	pingWhenFree(t, ctx, url, log, "the late answer", "slow")
 }
 
 // keyedLegacyServer is a legacy HTTP+SSE server that accepts each POST
@@ -829,23 +812,7 @@ func TestGovernanceLegacyCancelledIDInUse(t *testing.T) {
 		t.Errorf("the second call's refusal: %q", m)
 	}
 	close(gates["first"])
-	for range 100 {
-		if r = postJSON(ctx, url, rpcRequest(60, "ping"), nil); r.status != http.StatusBadRequest {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if r.status != http.StatusAccepted {
-		t.Fatalf("a ping with id 60 after the cancelled call's answer came: %s, want 202", r)
-	}
-	if ev := log.answer(t, 60); !strings.Contains(ev, `"text":"ping"`) {
-		t.Errorf("the answer to the ping with id 60: %s", ev)
-	}
-	for _, ev := range log.seen {
-		if strings.Contains(ev, `"text":"first"`) {
-			t.Errorf("the cancelled call's answer reached the client: %s", ev)
-		}
-	}
+	pingWhenFree(t, ctx, url, log, "the cancelled call's answer", "first")
 	close(gates["second"])
 }
 
@@ -874,4 +841,30 @@ func TestGovernanceLegacyEmptyAcceptDeadline(t *testing.T) {
 		close(gates["slow"])
 	}()
 	rpcErrorFor(t, "the call", log.answer(t, 70), "70", -32001)
+}
+
+// pingWhenFree posts a ping with id 60 to a legacy endpoint until the id
+// is no longer in use (400 while it is), once the answer that held it
+// (what) has come; the ping must be accepted and answered, and no event
+// with the text stray (the held answer) may have reached the client.
+func pingWhenFree(t *testing.T, ctx context.Context, url string, log *legacyLog, what, stray string) {
+	t.Helper()
+	var r reply
+	for range 100 {
+		if r = postJSON(ctx, url, rpcRequest(60, "ping"), nil); r.status != http.StatusBadRequest {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if r.status != http.StatusAccepted {
+		t.Fatalf("a ping with id 60 after %s came: %s, want 202", what, r)
+	}
+	if ev := log.answer(t, 60); !strings.Contains(ev, `"text":"ping"`) {
+		t.Errorf("the answer to the ping with id 60: %s", ev)
+	}
+	for _, ev := range log.seen {
+		if strings.Contains(ev, `"text":"`+stray+`"`) {
+			t.Errorf("%s reached the client: %s", what, ev)
+		}
+	}
 }
