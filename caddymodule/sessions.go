@@ -35,6 +35,7 @@ func (h *Handler) trackSession(r *http.Request, call *mcp.Call, res mcp.Resoluti
 	case err != nil:
 		return nil, nil, h.relay.SessionTableRefusal(err, call.First().ID)
 	}
+	s.SetVersion(call.Version)
 	return s, end, nil
 }
 

@@ -578,3 +578,39 @@ func TestAdminSessions(t *testing.T) {
 		t.Errorf("%d sessions of the upstream after the eviction, want 2", len(mine))
 	}
 }
+
+// TestAdminEvictDeletesAtAgreedVersion: a session whose server agreed on
+// an older version than its client offered is deleted upstream, when
+// evicted, at the version the two agreed, which the server accepts; not
+// at the one offered, which it refuses.
+func TestAdminEvictDeletesAtAgreedVersion(t *testing.T) {
+	up := startFake(t, &fakeUpstream{versions: []string{"2025-06-18", "2025-03-26"}})
+	port, adminPort := startOps(t, up.addr(), opsGlobal, "")
+	url := proxyURL(port) + "/mcp"
+
+	st, h, b := rawPost(t, url, initAt(1, "2025-11-25"), nil)
+	tok := h.Get("Mcp-Session-Id")
+	if st != http.StatusOK || tok == "" || !strings.Contains(b, `"2025-06-18"`) {
+		t.Fatalf("initialize offering 2025-11-25: %d %q %s", st, tok, b)
+	}
+	if st, _, b := rawPost(t, url, notifyInitialized, sessionHeaders(tok, "2025-06-18")); st != http.StatusAccepted {
+		t.Fatalf("notifications/initialized at the agreed version: %d %s", st, b)
+	}
+	sids := up.mintedIDs()
+	if len(sids) != 1 {
+		t.Fatalf("upstream minted %d sessions, want 1", len(sids))
+	}
+	var listed adminPage
+	adminJSON(t, adminPort, http.MethodGet, "/mcp/sessions/"+up.adminID(sids[0]), "", http.StatusOK, &listed)
+	if len(listed.Sessions) != 1 || listed.Sessions[0].Version != "2025-06-18" {
+		t.Errorf("the session is listed as %+v, want protocol_version 2025-06-18", listed.Sessions)
+	}
+	adminJSON(t, adminPort, http.MethodDelete, "/mcp/sessions/"+up.adminID(sids[0]), "", http.StatusOK, nil)
+	del := up.await(t, "the upstream DELETE of the evicted session", boundedWait, func(s fakeSeen) bool {
+		return s.method == http.MethodDelete
+	})
+	if del.sid != sids[0] || del.version != "2025-06-18" {
+		t.Errorf("evicted session deleted with Mcp-Session-Id %q, MCP-Protocol-Version %q; want %q, 2025-06-18", del.sid, del.version, sids[0])
+	}
+	pollUntil(t, "the upstream to end the session", func() bool { return up.deletedKnown.Load() == 1 })
+}

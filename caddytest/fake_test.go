@@ -47,6 +47,12 @@ type fakeUpstream struct {
 	// stateless serves requests of any session id, or of none, instead of
 	// refusing the ids it did not issue with 404.
 	stateless bool
+	// versions are the protocol versions it serves, newest first, as an
+	// SDK server checks them: initialize is answered with the client's
+	// version when listed, else the newest; any other request that names
+	// an unlisted version in MCP-Protocol-Version gets 400. Empty: every
+	// version, the client's always agreed.
+	versions []string
 	// stream runs a GET stream; nil idles until the request ends. A nil
 	// return marks the stream as ended by the upstream itself.
 	stream func(s *fakeStream) error
@@ -160,6 +166,11 @@ func (u *fakeUpstream) openSessionWith(t *testing.T, hc *http.Client, base, vers
 func (u *fakeUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	u.init()
 	seen, _, err := u.record(r)
+	if v := r.Header.Get("Mcp-Protocol-Version"); v != "" && len(u.versions) > 0 && !slices.Contains(u.versions, v) &&
+		(len(seen.msgs) != 1 || seen.msgs[0].Method != "initialize") {
+		http.Error(w, "Bad Request: Unsupported protocol version", http.StatusBadRequest)
+		return
+	}
 	switch r.Method {
 	case http.MethodPost:
 		msgs, batch := seen.msgs, seen.batch
@@ -230,7 +241,8 @@ func (u *fakeUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // initialize starts a session and answers with the version the client
-// asked for.
+// asked for, or the newest of versions when it serves only those and not
+// the client's.
 func (u *fakeUpstream) initialize(w http.ResponseWriter, r *http.Request, m fakeMsg) {
 	var b [16]byte
 	_, _ = rand.Read(b[:])
@@ -242,7 +254,11 @@ func (u *fakeUpstream) initialize(w http.ResponseWriter, r *http.Request, m fake
 	u.addMinted(sid)
 	w.Header().Set("Mcp-Session-Id", sid)
 	c := &fakeCall{u: u, w: w, r: r, msg: m, id: string(m.ID)}
-	c.result(fmt.Sprintf(`{"protocolVersion":%q,"capabilities":{"tools":{}},"serverInfo":{"name":%q,"version":"1"}}`, m.params().ProtocolVersion, u.name))
+	version := m.params().ProtocolVersion
+	if len(u.versions) > 0 && !slices.Contains(u.versions, version) {
+		version = u.versions[0]
+	}
+	c.result(fmt.Sprintf(`{"protocolVersion":%q,"capabilities":{"tools":{}},"serverInfo":{"name":%q,"version":"1"}}`, version, u.name))
 }
 
 // serveBatch runs every message of a batch and answers the requests among

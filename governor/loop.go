@@ -106,6 +106,7 @@ func (g *Governor) onEvict(s *resources.Session, cause resources.Cause) {
 		// closed; the stateless revision has no sessions.
 		return
 	}
+	info.Version = s.Version() // the version its server agreed on
 	select {
 	case g.deletes <- info:
 	default:

@@ -163,7 +163,9 @@ type SessionInfo struct {
 	Key string
 	// Upstream is the upstream address the session is pinned to.
 	Upstream string
-	// Version is the MCP protocol version negotiated for the session.
+	// Version is the MCP protocol version the session was opened at; the
+	// one its client and server agreed on may be older (see
+	// Session.Version).
 	Version string
 	// UpstreamID is the upstream's own session id, and Endpoint and Host
 	// the URL and Host header the upstream serves the session on; with
@@ -224,6 +226,10 @@ type Session struct {
 	relayedEvents atomic.Int64
 	relayedBytes  atomic.Int64
 
+	// version is the protocol version the session's client last named,
+	// nil until it names one (see SetVersion).
+	version atomic.Pointer[string]
+
 	mu      sync.Mutex
 	closed  bool          // guarded by mu; set when the streams are taken for eviction
 	nextID  uint64        // guarded by mu
@@ -247,6 +253,27 @@ func (s *Session) Group() *Group { return s.group }
 
 // Created returns when the session was opened.
 func (s *Session) Created() time.Time { return s.created }
+
+// Version returns the MCP protocol version of the session's requests: the
+// one its client last named (SetVersion), which is the version its server
+// agreed on, else the one it was opened at.
+func (s *Session) Version() string {
+	if v := s.version.Load(); v != nil {
+		return *v
+	}
+	return s.info.Version
+}
+
+// SetVersion records v, the MCP-Protocol-Version a request of the session
+// named, as the session's version: a server may agree on an older version
+// than its client offered, and then refuses requests, its session's
+// DELETE among them, that name the newer one.
+func (s *Session) SetVersion(v string) {
+	if cur := s.version.Load(); v == "" || cur != nil && *cur == v || cur == nil && v == s.info.Version {
+		return
+	}
+	s.version.Store(&v)
+}
 
 // LastActive returns the last time the session was touched.
 func (s *Session) LastActive() time.Time { return time.Unix(0, s.lastActive.Load()) }

@@ -87,6 +87,36 @@ func TestRegistryOpenGet(t *testing.T) {
 	}
 }
 
+// TestSessionVersion: a session's version is the one it was opened at
+// until a request names another; the last one named wins, and the
+// session's opening info keeps the version it was opened at.
+func TestSessionVersion(t *testing.T) {
+	clk := newFakeClock()
+	r := NewRegistry(RegistryConfig{Clock: clk.Now})
+	in := info("a")
+	in.Version = "2025-11-25"
+	s, err := r.Open(in, clk.Now(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, step := range []struct{ set, want string }{
+		{"", "2025-11-25"},
+		{"2025-11-25", "2025-11-25"},
+		{"2025-06-18", "2025-06-18"},
+		{"", "2025-06-18"},
+		{"2024-11-05", "2024-11-05"},
+		{"2025-11-25", "2025-11-25"},
+	} {
+		s.SetVersion(step.set)
+		if got := s.Version(); got != step.want {
+			t.Errorf("after SetVersion(%q): Version() = %q, want %q", step.set, got, step.want)
+		}
+	}
+	if s.Info().Version != "2025-11-25" {
+		t.Errorf("Info().Version = %q, want the opening version", s.Info().Version)
+	}
+}
+
 func TestRegistryEvict(t *testing.T) {
 	clk := newFakeClock()
 	mem := NewBudget(0)

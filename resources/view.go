@@ -84,7 +84,7 @@ func (s *Session) view(hash string, now time.Time) SessionView {
 	return SessionView{
 		ID:          hash[:SessionIDLen],
 		Upstream:    info.Upstream,
-		Version:     info.Version,
+		Version:     s.Version(),
 		AgeSeconds:  Round3(max(now.Sub(s.Created()).Seconds(), 0)),
 		IdleSeconds: Round3(max(now.Sub(s.LastActive()).Seconds(), 0)),
 		Bytes:       acct.Used(),
