@@ -355,3 +355,46 @@ func TestStreamSilentLongerThanWriteTimeout(t *testing.T) {
 		}
 	}
 }
+
+// TestStreamUpstreamBreakResumed: an upstream whose answer stream breaks
+// after an event id of its own can go on from that id; the go-sdk client
+// resumes with Last-Event-ID, as it does through plain reverse_proxy, and
+// gets the result from the upstream rather than an error from the proxy.
+func TestStreamUpstreamBreakResumed(t *testing.T) {
+	var callID atomic.Value // the raw JSON id of the call that broke
+	up := startFake(t, &fakeUpstream{sse: true, on: map[string]func(*fakeCall){
+		"tools/call:flaky": func(c *fakeCall) {
+			callID.Store(c.id)
+			_ = c.sse().event("ev-1", `{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"working"}}`)
+			panic(http.ErrAbortHandler) // the connection breaks
+		},
+	}, stream: func(s *fakeStream) error {
+		if s.r.Header.Get("Last-Event-ID") != "ev-1" {
+			return s.idle(nil)
+		}
+		id, _ := callID.Load().(string)
+		return s.event("ev-2", `{"jsonrpc":"2.0","id":`+id+`,"result":{"content":[{"type":"text","text":"resumed"}]}}`)
+	}})
+	port, plain := freePort(t), freePort(t)
+	loadCaddyfile(t, proxySite(port, up.addr(), "")+fmt.Sprintf(":%d {\n\treverse_proxy %s\n}\n", plain, up.addr()))
+	for _, through := range []struct{ name, url string }{
+		{"plain reverse_proxy", proxyURL(plain) + "/mcp"},
+		{"mcp_proxy", proxyURL(port) + "/mcp"},
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
+		cs := connect(t, ctx, through.url, nil, nil)
+		res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "flaky"})
+		switch {
+		case err != nil:
+			t.Errorf("through %s: the call failed: %v", through.name, err)
+		case res.IsError || len(res.Content) != 1:
+			t.Errorf("through %s: result %+v", through.name, res)
+		default:
+			if tc, ok := res.Content[0].(*mcp.TextContent); !ok || tc.Text != "resumed" {
+				t.Errorf("through %s: content %+v, want the resumed result", through.name, res.Content[0])
+			}
+		}
+		_ = cs.Close()
+		cancel()
+	}
+}

@@ -365,10 +365,9 @@ func (st *State) batchWatch(next func(*sse.Event) []byte) (rewrite func(*sse.Eve
 				msg, code = policy.TimeoutMessage(st.deadline.Step()), policy.CodeRequestTimeout
 			case errors.Is(err, sse.ErrEventTooLarge), errors.Is(err, sse.ErrLineTooLong):
 				msg = "response event exceeds the proxy's max_event_size"
-			case errors.Is(err, sse.ErrClosed):
+			case errors.Is(err, sse.ErrClosed), st.upstreamPolls():
 			case err != nil:
 				msg = "the upstream connection failed before the answer"
-			case st.upstreamPolls():
 			default:
 				msg = "the upstream ended the stream without an answer"
 			}
@@ -759,14 +758,16 @@ func (w *answerWatcher) passAnswer(ev *sse.Event) []byte {
 	return nil
 }
 
-// upstreamPolls reports, at the clean end of the stream of a POST in a
-// Streamable HTTP session, that the upstream ended it after an event id
-// of its own: it closed the stream for the client to resume with that id
-// (a GET with Last-Event-ID, which the proxy passes on: see
-// sse.Stream.Resumes), as 2025-11-25 servers may (SEP-1699) and some
-// servers do in every session era. The client gets the rest from the
-// upstream, not an error from the proxy. A batch's stream, which the
-// proxy keeps no replay of, is resumed from the upstream alike.
+// upstreamPolls reports, at the end of the stream of a POST in a
+// Streamable HTTP session, that the upstream stream ended after an event
+// id of its own: closed for the client to resume with that id (a GET with
+// Last-Event-ID, which the proxy passes on: see sse.Stream.Resumes), as
+// 2025-11-25 servers may (SEP-1699) and some servers do in every session
+// era, or broken, which a client resumes from the same id. The client
+// gets the rest from the upstream, not an error from the proxy (a client
+// of plain reverse_proxy would see the break and resume). A batch's
+// stream, which the proxy keeps no replay of, is resumed from the
+// upstream alike.
 func (st *State) upstreamPolls() bool {
 	st.mu.Lock()
 	s := st.stream
@@ -791,12 +792,10 @@ func (w *answerWatcher) final(err error) []byte {
 		msg, code = "request timed out: the deadline passed ("+st.deadline.Step().String()+")", policy.CodeRequestTimeout
 	case errors.Is(err, sse.ErrEventTooLarge), errors.Is(err, sse.ErrLineTooLong):
 		msg = "response event exceeds the proxy's max_event_size"
-	case errors.Is(err, sse.ErrClosed):
+	case errors.Is(err, sse.ErrClosed), st.upstreamPolls():
 		return nil
 	case err != nil:
 		msg = "the upstream connection failed before the answer"
-	case st.upstreamPolls():
-		return nil
 	default:
 		msg = "the upstream ended the stream without an answer"
 	}

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"go.uber.org/zap"
@@ -208,25 +209,29 @@ func TestRelayAnswerWatch(t *testing.T) {
 	}
 }
 
-// TestRelayUpstreamPolls: an SSE answer the upstream ends cleanly right
-// after an event id of its own (a priming event, then the close SEP-1699
-// allows) ends without the proxy's error, and that id is left to the
-// upstream to resume; ended after an event without an id, or with an id
-// only the proxy gave, it gets the error as before.
+// TestRelayUpstreamPolls: an SSE answer whose upstream stream ends right
+// after an event id of its own, cleanly (a priming event, then the close
+// SEP-1699 allows) or with a broken connection, ends without the proxy's
+// error, and that id is left to the upstream to resume; ended after an
+// event without an id, or with an id only the proxy gave, it gets the
+// error.
 func TestRelayUpstreamPolls(t *testing.T) {
 	const body = `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"slow"}}`
 	sess := &mcp.Session{Kind: mcp.TokenSession, Upstream: "up:1", UpstreamID: "u1", Version: mcp.Version20250618}
 	res := mcp.Resolution{Session: sess, Token: "tok", Pinned: "up:1", Key: mcp.SessionKey("up:1", "u1")}
 	const batch = `[{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"slow"}},{"jsonrpc":"2.0","id":8,"method":"ping"}]`
 	for _, tc := range []struct {
-		name, events string
-		polls, batch bool
+		name, events         string
+		polls, batch, broken bool
 	}{
-		{"priming event then close", "id: ev-1\nretry: 500\ndata: \n\n", true, false},
-		{"notification after the id", "id: ev-1\ndata: \n\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\n", false, false},
-		{"no id", "retry: 500\ndata: \n\n", false, false},
-		{"a batch: priming event then close", "id: ev-1\nretry: 500\ndata: \n\n", true, true},
-		{"a batch: no id", "retry: 500\ndata: \n\n", false, true},
+		{"priming event then close", "id: ev-1\nretry: 500\ndata: \n\n", true, false, false},
+		{"notification after the id", "id: ev-1\ndata: \n\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\n", false, false, false},
+		{"no id", "retry: 500\ndata: \n\n", false, false, false},
+		{"a batch: priming event then close", "id: ev-1\nretry: 500\ndata: \n\n", true, true, false},
+		{"a batch: no id", "retry: 500\ndata: \n\n", false, true, false},
+		{"progress with an id, then the connection breaks", "id: ev-1\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\n", true, false, true},
+		{"a batch: an id, then the connection breaks", "id: ev-1\ndata: \n\n", true, true, true},
+		{"no id, then the connection breaks", "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\n", false, false, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p, c, _ := newTestProxy(t, Config{})
@@ -236,10 +241,18 @@ func TestRelayUpstreamPolls(t *testing.T) {
 			if tc.batch {
 				r, call, rs = batchPost(t, batch)
 			}
-			_, w := relayEvents(p, r, call, rs, tc.events)
+			w := httptest.NewRecorder()
+			st := p.NewState(w, r, call, rs)
+			req := st.Attempt(r.Clone(r.Context()))
+			resp := sseResponse(req, tc.events)
+			if tc.broken {
+				resp.Body = io.NopCloser(io.MultiReader(strings.NewReader(tc.events), iotest.ErrReader(io.ErrUnexpectedEOF)))
+			}
+			st.Answer(req, resp, false, "up:1")
+			p.Relay(w, st, st.StreamBody())
 			p.Gov.Tasks().Wait()
 			out := w.Body.String()
-			if got := strings.Contains(out, "without an answer"); got == tc.polls {
+			if got := strings.Contains(out, `"error"`); got == tc.polls {
 				t.Errorf("error event sent: %v; client got %q", got, out)
 			}
 			if tc.polls && (c.get("unanswered") != 0 || p.Gov.Resume().Find(rs.Key, "ev-1") != nil) {
