@@ -213,8 +213,8 @@ func TestRelayAnswerWatch(t *testing.T) {
 // after an event id of its own, cleanly (a priming event, then the close
 // SEP-1699 allows) or with a broken connection, ends without the proxy's
 // error, and that id is left to the upstream to resume; ended after an
-// event without an id, or with an id only the proxy gave, it gets the
-// error.
+// event without an id, or with an id only the proxy gave, or broken under
+// a deadline, it gets the error.
 func TestRelayUpstreamPolls(t *testing.T) {
 	const body = `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"slow"}}`
 	sess := &mcp.Session{Kind: mcp.TokenSession, Upstream: "up:1", UpstreamID: "u1", Version: mcp.Version20250618}
@@ -223,15 +223,18 @@ func TestRelayUpstreamPolls(t *testing.T) {
 	for _, tc := range []struct {
 		name, events         string
 		polls, batch, broken bool
+		deadline             bool
 	}{
-		{"priming event then close", "id: ev-1\nretry: 500\ndata: \n\n", true, false, false},
-		{"notification after the id", "id: ev-1\ndata: \n\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\n", false, false, false},
-		{"no id", "retry: 500\ndata: \n\n", false, false, false},
-		{"a batch: priming event then close", "id: ev-1\nretry: 500\ndata: \n\n", true, true, false},
-		{"a batch: no id", "retry: 500\ndata: \n\n", false, true, false},
-		{"progress with an id, then the connection breaks", "id: ev-1\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\n", true, false, true},
-		{"a batch: an id, then the connection breaks", "id: ev-1\ndata: \n\n", true, true, true},
-		{"no id, then the connection breaks", "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\n", false, false, true},
+		{"priming event then close", "id: ev-1\nretry: 500\ndata: \n\n", true, false, false, false},
+		{"notification after the id", "id: ev-1\ndata: \n\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\n", false, false, false, false},
+		{"no id", "retry: 500\ndata: \n\n", false, false, false, false},
+		{"a batch: priming event then close", "id: ev-1\nretry: 500\ndata: \n\n", true, true, false, false},
+		{"a batch: no id", "retry: 500\ndata: \n\n", false, true, false, false},
+		{"progress with an id, then the connection breaks", "id: ev-1\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\n", true, false, true, false},
+		{"a batch: an id, then the connection breaks", "id: ev-1\ndata: \n\n", true, true, true, false},
+		{"no id, then the connection breaks", "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\n", false, false, true, false},
+		{"under a deadline: priming event then close", "id: ev-1\nretry: 500\ndata: \n\n", true, false, false, true},
+		{"under a deadline: an id, then the connection breaks", "id: ev-1\ndata: \n\n", false, false, true, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p, c, _ := newTestProxy(t, Config{})
@@ -243,6 +246,10 @@ func TestRelayUpstreamPolls(t *testing.T) {
 			}
 			w := httptest.NewRecorder()
 			st := p.NewState(w, r, call, rs)
+			if tc.deadline {
+				done, _ := st.Arm(time.Minute)
+				defer done()
+			}
 			req := st.Attempt(r.Clone(r.Context()))
 			resp := sseResponse(req, tc.events)
 			if tc.broken {
