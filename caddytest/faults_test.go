@@ -1402,6 +1402,59 @@ func TestFaultJSONAnswerStallsPastDeadline(t *testing.T) {
 	}
 }
 
+// TestFaultUpstreamPolls: an upstream that closes a call's SSE answer
+// right after a priming event, for its client to poll (SEP-1699), gets
+// the poll from the proxy, which relays what follows on the stream its
+// client holds: a client that does not resume streams itself gets the
+// answer, and a deadline holds through the poll (the client gets -32001,
+// the upstream notifications/cancelled, and the slots are freed).
+func TestFaultUpstreamPolls(t *testing.T) {
+	var mu sync.Mutex
+	calls := map[string]string{} // the raw ids of the calls, by priming event id
+	answer := true
+	u := startFake(t, &fakeUpstream{name: "poll", on: map[string]func(*fakeCall){
+		"tools/call:poll": func(c *fakeCall) {
+			mu.Lock()
+			calls["p-"+c.id] = c.id
+			mu.Unlock()
+			_ = c.sse().write("id: p-" + c.id + "\nretry: 20\ndata: \n\n")
+		},
+	}, stream: func(s *fakeStream) error {
+		mu.Lock()
+		id, ok := calls[s.r.Header.Get("Last-Event-ID")]
+		ans := answer
+		mu.Unlock()
+		if !ok || !ans {
+			return s.idle(nil)
+		}
+		return s.event("r-"+id, `{"jsonrpc":"2.0","id":`+id+`,"result":{"content":[{"type":"text","text":"polled"}]}}`)
+	}})
+	port, admin := startOps(t, u.addr(), opsGlobal, "\t\t\trequest_timeout 500ms\n")
+	url := proxyURL(port) + "/mcp"
+	tok := openSessionWith(t, rawClient, url, "2025-11-25", nil)
+	ctx, cancel := context.WithTimeout(context.Background(), faultWait)
+	defer cancel()
+
+	r := postJSON(ctx, url, callBody("4", "poll", "{}"), sessionHeaders(tok, "2025-11-25"))
+	assertResult(t, r, "4", "polled")
+	if strings.Contains(r.body, `"error"`) {
+		t.Errorf("polled answer: %q", r.body)
+	}
+	if get := u.await(t, "the poll", faultWait, func(s fakeSeen) bool { return s.method == http.MethodGet }); get.sid != u.mintedIDs()[0] {
+		t.Errorf("polled in session %q, want the upstream's", get.sid)
+	}
+
+	mu.Lock()
+	answer = false
+	mu.Unlock()
+	r = postJSON(ctx, url, callBody("5", "poll", "{}"), sessionHeaders(tok, "2025-11-25"))
+	if r.status != http.StatusOK || !strings.Contains(r.body, `"id":5,"error":{"code":-32001`) {
+		t.Errorf("a poll past the deadline: %s, want the -32001 error", r)
+	}
+	u.await(t, "notifications/cancelled for 5", faultWait, func(s fakeSeen) bool { return s.cancelledID() == "5" })
+	faultFreed(t, admin, "a poll past the deadline")
+}
+
 // TestFaultJSONAnswerBreaksOff: a JSON answer whose body breaks off (the
 // connection closes before its declared length) gets the client a 502
 // with a JSON-RPC -32603 error for its id, not a cut-off 200. A JSON

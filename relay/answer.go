@@ -365,7 +365,7 @@ func (st *State) batchWatch(next func(*sse.Event) []byte) (rewrite func(*sse.Eve
 				msg, code = policy.TimeoutMessage(st.deadline.Step()), policy.CodeRequestTimeout
 			case errors.Is(err, sse.ErrEventTooLarge), errors.Is(err, sse.ErrLineTooLong):
 				msg = "response event exceeds the proxy's max_event_size"
-			case errors.Is(err, sse.ErrClosed), st.upstreamPolls(err):
+			case errors.Is(err, sse.ErrClosed):
 			case err != nil:
 				msg = "the upstream connection failed before the answer"
 			default:
@@ -758,31 +758,6 @@ func (w *answerWatcher) passAnswer(ev *sse.Event) []byte {
 	return nil
 }
 
-// upstreamPolls reports, at the end of the stream of a POST in a
-// Streamable HTTP session, that the upstream stream ended after an event
-// id of its own: closed for the client to resume with that id (a GET with
-// Last-Event-ID, which the proxy passes on: see sse.Stream.Resumes), as
-// 2025-11-25 servers may (SEP-1699) and some servers do in every session
-// era, or broken (err, the stream's, is not nil), which a client resumes
-// from the same id. The client gets the rest from the upstream, not an
-// error from the proxy (a client of plain reverse_proxy would see the
-// break and resume). A batch's stream, which the proxy keeps no replay
-// of, is resumed from the upstream alike. A request under a deadline
-// whose stream broke is not: the deadline, which does not follow the
-// client's resumption, promises the answer or an error by then (a
-// server that polls closes every stream, and its requests are left to it
-// without their deadline).
-func (st *State) upstreamPolls(err error) bool {
-	if err != nil && st.deadline != nil {
-		return false
-	}
-	st.mu.Lock()
-	s := st.stream
-	st.mu.Unlock()
-	inSession := st.res.Session != nil && st.res.Session.Kind == mcp.TokenSession
-	return (st.resumable || inSession && st.call.Peek.Batch) && s != nil && s.EndsAtUpstreamID()
-}
-
 // final is answerWatch's final hook.
 func (w *answerWatcher) final(err error) []byte {
 	if w.answered.Load() {
@@ -799,7 +774,7 @@ func (w *answerWatcher) final(err error) []byte {
 		msg, code = "request timed out: the deadline passed ("+st.deadline.Step().String()+")", policy.CodeRequestTimeout
 	case errors.Is(err, sse.ErrEventTooLarge), errors.Is(err, sse.ErrLineTooLong):
 		msg = "response event exceeds the proxy's max_event_size"
-	case errors.Is(err, sse.ErrClosed), st.upstreamPolls(err):
+	case errors.Is(err, sse.ErrClosed):
 		return nil
 	case err != nil:
 		msg = "the upstream connection failed before the answer"

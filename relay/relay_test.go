@@ -8,6 +8,7 @@ import (
 	"maps"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -80,6 +81,13 @@ func (s *side) sendFunc() func(context.Context, string, string, string, string, 
 		s.bodies = append(s.bodies, string(body))
 		return http.StatusAccepted, nil
 	}
+}
+
+// all returns the bodies sent so far.
+func (s *side) all() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.bodies)
 }
 
 func newTestProxy(t *testing.T, cfg Config) (*Proxy, *counts, *side) {
@@ -209,36 +217,94 @@ func TestRelayAnswerWatch(t *testing.T) {
 	}
 }
 
-// TestRelayUpstreamPolls: an SSE answer whose upstream stream ends right
-// after an event id of its own, cleanly (a priming event, then the close
-// SEP-1699 allows) or with a broken connection, ends without the proxy's
-// error, and that id is left to the upstream to resume; ended after an
-// event without an id, or with an id only the proxy gave, or broken under
-// a deadline, it gets the error.
-func TestRelayUpstreamPolls(t *testing.T) {
+// resumeTransport answers the relay's resumptions of an upstream stream
+// (GETs with Last-Event-ID) with its bodies in turn, as SSE; past the
+// last, with 404. A stall body blocks until the request's context ends.
+type resumeTransport struct {
+	mu      sync.Mutex
+	bodies  []string
+	lastIDs []string // Last-Event-ID of each GET
+}
+
+const stallBody = "\x00stall"
+
+func (rt *resumeTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	if r.Method != http.MethodGet || r.Header.Get("Accept") != "text/event-stream" || r.Header.Get(mcp.HeaderSessionID) == "" {
+		return nil, fmt.Errorf("not a resumption: %s %v", r.Method, r.Header)
+	}
+	rt.lastIDs = append(rt.lastIDs, r.Header.Get(mcp.HeaderLastEventID))
+	if len(rt.bodies) == 0 {
+		return &http.Response{StatusCode: http.StatusNotFound, Body: http.NoBody, Header: http.Header{}, Request: r}, nil
+	}
+	b := rt.bodies[0]
+	rt.bodies = rt.bodies[1:]
+	resp := sseResponse(r, b)
+	if b == stallBody {
+		resp.Body = &stallingBody{ctx: r.Context()}
+	}
+	return resp, nil
+}
+
+func (rt *resumeTransport) gets() []string {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	return slices.Clone(rt.lastIDs)
+}
+
+// TestRelayResumesUpstream: an SSE answer in a session whose upstream
+// stream ends before the answer right after an event id of its own,
+// cleanly (a priming event, then the close SEP-1699 allows) or with a
+// broken connection, is resumed by the relay from the upstream (a GET
+// with Last-Event-ID) on the stream the client holds, as long as each
+// resumption brings a new id; ended after an event without an id of the
+// upstream's, or when the upstream does not resume it, it ends with the
+// proxy's error. A deadline runs on through the resumption.
+func TestRelayResumesUpstream(t *testing.T) {
 	const body = `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"slow"}}`
 	sess := &mcp.Session{Kind: mcp.TokenSession, Upstream: "up:1", UpstreamID: "u1", Version: mcp.Version20250618}
 	res := mcp.Resolution{Session: sess, Token: "tok", Pinned: "up:1", Key: mcp.SessionKey("up:1", "u1")}
 	const batch = `[{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"slow"}},{"jsonrpc":"2.0","id":8,"method":"ping"}]`
+	const (
+		priming  = "id: ev-1\nretry: 1\ndata: \n\n"
+		progress = "id: ev-1\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\n"
+		answer7  = "id: ev-9\ndata: {\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{}}\n\n"
+		answer8  = "data: {\"jsonrpc\":\"2.0\",\"id\":8,\"result\":{}}\n\n"
+	)
 	for _, tc := range []struct {
-		name, events         string
-		polls, batch, broken bool
-		deadline             bool
+		name, events string
+		broken       bool
+		batch        bool
+		deadline     bool
+		resumptions  []string // the upstream's answers to the GETs
+		wantGets     []string // their Last-Event-IDs
+		wantError    string   // in the client's stream; "" for none
 	}{
-		{"priming event then close", "id: ev-1\nretry: 500\ndata: \n\n", true, false, false, false},
-		{"notification after the id", "id: ev-1\ndata: \n\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\n", false, false, false, false},
-		{"no id", "retry: 500\ndata: \n\n", false, false, false, false},
-		{"a batch: priming event then close", "id: ev-1\nretry: 500\ndata: \n\n", true, true, false, false},
-		{"a batch: no id", "retry: 500\ndata: \n\n", false, true, false, false},
-		{"progress with an id, then the connection breaks", "id: ev-1\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\n", true, false, true, false},
-		{"a batch: an id, then the connection breaks", "id: ev-1\ndata: \n\n", true, true, true, false},
-		{"no id, then the connection breaks", "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\n", false, false, true, false},
-		{"under a deadline: priming event then close", "id: ev-1\nretry: 500\ndata: \n\n", true, false, false, true},
-		{"under a deadline: an id, then the connection breaks", "id: ev-1\ndata: \n\n", false, false, true, true},
+		{name: "priming event then close", events: priming, resumptions: []string{answer7}, wantGets: []string{"ev-1"}},
+		{name: "an id, then the connection breaks", events: progress, broken: true, resumptions: []string{answer7}, wantGets: []string{"ev-1"}},
+		{name: "the upstream polls twice", events: priming,
+			resumptions: []string{"id: ev-2\nretry: 1\ndata: \n\n", answer7}, wantGets: []string{"ev-1", "ev-2"}},
+		{name: "no progress", events: priming, resumptions: []string{"", "", "", ""},
+			wantGets: []string{"ev-1", "ev-1", "ev-1"}, wantError: "without an answer"},
+		{name: "the upstream does not resume", events: priming, wantGets: []string{"ev-1"}, wantError: "without an answer"},
+		{name: "no id", events: "retry: 500\ndata: \n\n", wantError: "without an answer"},
+		{name: "notification after the id", events: "id: ev-1\ndata: \n\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\n",
+			wantError: "without an answer"},
+		{name: "no id, then the connection breaks", events: "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\n",
+			broken: true, wantError: "connection failed"},
+		{name: "answered", events: "id: ev-1\ndata: {\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{}}\n\n"},
+		{name: "a batch", events: priming, batch: true, resumptions: []string{answer7 + answer8}, wantGets: []string{"ev-1"}},
+		{name: "a batch, answered in part", events: priming, batch: true, resumptions: []string{answer7},
+			wantGets: []string{"ev-1", "ev-9"}, wantError: `"id":8,"error"`},
+		{name: "the deadline passes while resumed", events: priming, deadline: true, resumptions: []string{stallBody},
+			wantGets: []string{"ev-1"}, wantError: fmt.Sprintf(`"code":%d`, policy.CodeRequestTimeout)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			p, c, _ := newTestProxy(t, Config{})
+			p, c, sd := newTestProxy(t, Config{})
 			p.ReplayEvents, p.ReplayBytes, p.ReplayAge = 10, 1<<16, time.Minute
+			rt := &resumeTransport{bodies: tc.resumptions}
+			p.Inner = rt
 			r, call := post(t, body)
 			rs := res
 			if tc.batch {
@@ -247,10 +313,11 @@ func TestRelayUpstreamPolls(t *testing.T) {
 			w := httptest.NewRecorder()
 			st := p.NewState(w, r, call, rs)
 			if tc.deadline {
-				done, _ := st.Arm(time.Minute)
+				done, _ := st.Arm(20 * time.Millisecond)
 				defer done()
 			}
 			req := st.Attempt(r.Clone(r.Context()))
+			req.Header.Set(mcp.HeaderSessionID, "u1")
 			resp := sseResponse(req, tc.events)
 			if tc.broken {
 				resp.Body = io.NopCloser(io.MultiReader(strings.NewReader(tc.events), iotest.ErrReader(io.ErrUnexpectedEOF)))
@@ -259,11 +326,22 @@ func TestRelayUpstreamPolls(t *testing.T) {
 			p.Relay(w, st, st.StreamBody())
 			p.Gov.Tasks().Wait()
 			out := w.Body.String()
-			if got := strings.Contains(out, `"error"`); got == tc.polls {
-				t.Errorf("error event sent: %v; client got %q", got, out)
+			if gets := rt.gets(); !slices.Equal(gets, tc.wantGets) {
+				t.Errorf("resumed with Last-Event-ID %q, want %q", gets, tc.wantGets)
 			}
-			if tc.polls && (c.get("unanswered") != 0 || p.Gov.Resume().Find(rs.Key, "ev-1") != nil) {
-				t.Errorf("unanswered %d; the ring answers the upstream's ev-1: %v", c.get("unanswered"), p.Gov.Resume().Find(rs.Key, "ev-1") != nil)
+			switch {
+			case tc.wantError == "" && strings.Contains(out, `"error"`):
+				t.Errorf("error event sent; client got %q", out)
+			case tc.wantError != "" && !strings.Contains(out, tc.wantError):
+				t.Errorf("client got %q, want an error with %s", out, tc.wantError)
+			case tc.wantError == "" && !strings.Contains(out, `"id":7,"result"`):
+				t.Errorf("client got %q, want the answer", out)
+			}
+			if tc.wantError == "" && c.get("unanswered") != 0 {
+				t.Errorf("unanswered %d", c.get("unanswered"))
+			}
+			if tc.deadline && !slices.ContainsFunc(sd.all(), func(b string) bool { return strings.Contains(b, "notifications/cancelled") }) {
+				t.Errorf("the upstream was not told: %q", sd.all())
 			}
 		})
 	}

@@ -413,6 +413,9 @@ func (p *Proxy) streamConfig(st *State, legacy bool) sse.StreamConfig {
 	if len(st.Spliced) > 0 && !batchLike {
 		cfg.Final = st.splicedFinal()
 	}
+	if !legacy && st.continues() {
+		cfg.Continue = (&continuer{st: st}).next
+	}
 	return cfg
 }
 

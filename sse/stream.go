@@ -85,11 +85,38 @@ type StreamConfig struct {
 	// event to deliver and keep for replay, such as a JSON-RPC error for
 	// a request whose stream ended without its answer, or nil for none.
 	Final func(err error) []byte
+	// Continue, when set, is asked at the end of each upstream body,
+	// clean or broken (not after Close or an oversized event), for the
+	// body the stream goes on with: the upstream's own resumption of the
+	// stream from its last event id (a GET with Last-Event-ID), so that
+	// the client gets the rest on the stream it holds. It runs on Pump's
+	// goroutine and may wait; it returns nil to end the stream (Final is
+	// then called with the last body's error). Pump reads each body it
+	// returns to its end, a fresh parser for each (an event cut short by
+	// a break is dropped), and closes it; Close closes it too.
+	Continue func(c Continuation) io.ReadCloser
 	// Skip lists event ids the client already has (replayed before this
 	// stream began); events with these ids are not delivered again.
 	Skip map[string]struct{}
 	// Hooks receives the stream's accounting; may be nil.
 	Hooks *Hooks
+}
+
+// Continuation is what StreamConfig.Continue is told at the end of an
+// upstream body.
+type Continuation struct {
+	// Err is the body's error; nil at a clean end.
+	Err error
+	// LastID is the newest event id the upstream itself assigned, when
+	// it is the last id a client that got every event holds (see
+	// Stream.EndsAtUpstreamID): the id the upstream can resume after.
+	// "" otherwise.
+	LastID string
+	// Retry is the upstream's last `retry:` field, -1 when it sent none.
+	Retry time.Duration
+	// Stop is closed when the stream is closed (Close): a wait for the
+	// upstream must end.
+	Stop <-chan struct{}
 }
 
 // Hooks are counters and callbacks a stream reports to. Every field may
@@ -164,8 +191,11 @@ type Stream struct {
 	// lastOwn: a client that got every event so far holds the upstream's
 	// own id (upstream) as its last event id, not one of the proxy's.
 	lastOwn bool
+	// retry is the upstream's last retry field, -1 for none.
+	retry   time.Duration
 	done    chan struct{}
-	closeFn func() // stops the upstream read, set by SetCloser
+	stop    chan struct{} // closed by Close
+	closeFn func()        // stops the upstream read, set by SetCloser
 
 	// Used by the Pump goroutine only.
 	owner       *Attachment // whose writer role the pump holds in this chunk
@@ -213,7 +243,7 @@ func NewStream(cfg StreamConfig) *Stream {
 	if cfg.QueueBytes <= 0 {
 		cfg.QueueBytes = DefaultQueueBytes
 	}
-	s := &Stream{cfg: cfg, done: make(chan struct{})}
+	s := &Stream{cfg: cfg, done: make(chan struct{}), stop: make(chan struct{}), retry: -1}
 	if cfg.ReplayEvents > 0 && cfg.ReplayBytes > 0 {
 		s.ring = NewRing(cfg.ReplayEvents, cfg.ReplayBytes, cfg.ReplayAge)
 	}
@@ -233,6 +263,9 @@ func (s *Stream) SetCloser(f func()) {
 // client is sent no retry hint for it (Attachment.Close sends one).
 func (s *Stream) Close() {
 	s.mu.Lock()
+	if !s.closing {
+		close(s.stop)
+	}
 	s.closing = true
 	f := s.closeFn
 	s.mu.Unlock()
@@ -412,11 +445,14 @@ var burstPool = sync.Pool{New: func() any { b := make([]byte, burstBufSize); ret
 // is a slow consumer and is cut.
 func (s *Stream) Pump(body io.Reader) error {
 	defer close(s.done)
-	p := NewParser(s.cfg.MaxEvent, s.cfg.MaxLine)
-	err := s.relay(body, p)
-	if errors.Is(err, io.EOF) {
-		err = nil
-		_, _ = p.Flush(s.emit)
+	var err error
+	for {
+		err = s.pumpBody(body)
+		next := s.next(err)
+		if next == nil {
+			break
+		}
+		body = next
 	}
 	oversized := errors.Is(err, ErrEventTooLarge) || errors.Is(err, ErrLineTooLong)
 	if oversized {
@@ -437,6 +473,60 @@ func (s *Stream) Pump(body io.Reader) error {
 		att.streamEnded(broken)
 	}
 	return err
+}
+
+// pumpBody relays one upstream body, with a parser of its own, and
+// returns its error (nil at a clean end). A body StreamConfig.Continue
+// gave is closed.
+func (s *Stream) pumpBody(body io.Reader) error {
+	p := NewParser(s.cfg.MaxEvent, s.cfg.MaxLine)
+	err := s.relay(body, p)
+	if errors.Is(err, io.EOF) {
+		err = nil
+		_, _ = p.Flush(s.emit)
+	}
+	if c, ok := body.(*continued); ok {
+		_ = c.Close()
+	}
+	return err
+}
+
+// continued is a body StreamConfig.Continue gave, which Pump closes.
+type continued struct{ io.ReadCloser }
+
+// next asks StreamConfig.Continue, after a body that ended with err, for
+// the body the stream goes on with; nil when it ends: no Continue, an
+// oversized event, Close, or Continue's nil.
+func (s *Stream) next(err error) io.Reader {
+	if s.cfg.Continue == nil || errors.Is(err, ErrEventTooLarge) || errors.Is(err, ErrLineTooLong) {
+		return nil
+	}
+	s.mu.Lock()
+	c := Continuation{Err: err, Retry: s.retry, Stop: s.stop}
+	if s.lastOwn {
+		c.LastID = s.upstream
+	}
+	closing := s.closing
+	s.mu.Unlock()
+	if closing {
+		return nil
+	}
+	body := s.cfg.Continue(c)
+	if body == nil {
+		return nil
+	}
+	next := &continued{body}
+	s.mu.Lock()
+	closing = s.closing
+	if !closing {
+		s.closeFn = func() { _ = next.Close() }
+	}
+	s.mu.Unlock()
+	if closing {
+		_ = next.Close()
+		return nil
+	}
+	return next
 }
 
 // relay reads body and feeds p, one upstream read at a time, until a
@@ -536,6 +626,11 @@ func (s *Stream) emit(ev *Event) error {
 		s.mu.Unlock()
 		s.deliver(att, ev.Raw)
 		return nil
+	}
+	if ev.Retry >= 0 {
+		s.mu.Lock()
+		s.retry = time.Duration(ev.Retry) * time.Millisecond
+		s.mu.Unlock()
 	}
 	raw, rewritten := ev.Raw, false
 	if s.cfg.Rewrite != nil {

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/iotest"
 	"time"
 )
 
@@ -2109,5 +2110,104 @@ func TestIDPrefix(t *testing.T) {
 	}
 	if strings.ContainsAny(a, "\r\n :") {
 		t.Fatalf("prefix %q holds a byte an SSE id line or a Last-Event-ID cannot", a)
+	}
+}
+
+// closeRecorder is an upstream body that records its Close.
+type closeRecorder struct {
+	io.Reader
+	closed atomic.Bool
+}
+
+func (c *closeRecorder) Close() error { c.closed.Store(true); return nil }
+
+// TestStreamContinue: at the end of each upstream body, clean or broken,
+// Continue is told the error, the upstream's own last id (the client's
+// last, which an event without an id keeps) and retry, and the stream goes on with the body it
+// returns, parsed afresh (an event cut by the break is dropped) and
+// closed by Pump; Final runs once, after the last body. An oversized
+// event ends the stream without asking; Close stops a Continue that
+// waits.
+func TestStreamContinue(t *testing.T) {
+	errBroken := errors.New("connection reset")
+	var asked []Continuation
+	var bodies []*closeRecorder
+	cfg := baseConfig()
+	cfg.Continue = func(c Continuation) io.ReadCloser {
+		asked = append(asked, c)
+		var next string
+		switch len(asked) {
+		case 1:
+			next = "data: {\"n\":9}\n\nretry: 250\nid: up-2\ndata: {\"n\":2}\n\n"
+		case 2:
+			next = "id: up-3\ndata: {\"n\":3}\n\ndata: {\"n\":4}\n\n"
+		default:
+			return nil
+		}
+		b := &closeRecorder{Reader: strings.NewReader(next)}
+		bodies = append(bodies, b)
+		return b
+	}
+	var finals []error
+	cfg.Final = func(err error) []byte { finals = append(finals, err); return []byte(finalEvent(err)) }
+	s := NewStream(cfg)
+	w := newFakeWriter()
+	s.Attach(w, "", 0)
+	first := io.MultiReader(strings.NewReader("id: up-1\ndata: {\"n\":1}\n\ndata: {\"cut"), iotest.ErrReader(errBroken))
+	if err := pumpResult(t, startPump(s, first)); err != nil {
+		t.Fatalf("Pump = %v, want the clean end of the last body", err)
+	}
+	if len(asked) != 3 {
+		t.Fatalf("Continue asked %d times, want 3", len(asked))
+	}
+	for i, want := range []Continuation{
+		{Err: errBroken, LastID: "up-1", Retry: -1},
+		{LastID: "up-2", Retry: 250 * time.Millisecond},
+		{LastID: "up-3", Retry: 250 * time.Millisecond}, // an event without an id keeps it
+	} {
+		got := asked[i]
+		if !errors.Is(got.Err, want.Err) || (want.Err == nil) != (got.Err == nil) || got.LastID != want.LastID || got.Retry != want.Retry || got.Stop == nil {
+			t.Errorf("Continue #%d told %+v, want %+v", i+1, got, want)
+		}
+	}
+	for i, b := range bodies {
+		if !b.closed.Load() {
+			t.Errorf("body %d not closed", i+2)
+		}
+	}
+	if len(finals) != 1 || finals[0] != nil {
+		t.Errorf("Final called with %v, want once with nil", finals)
+	}
+	want := "id: up-1\ndata: {\"n\":1}\n\ndata: {\"n\":9}\n\nretry: 250\nid: up-2\ndata: {\"n\":2}\n\nid: up-3\ndata: {\"n\":3}\n\ndata: {\"n\":4}\n\n" + finalEvent(nil)
+	if got := w.String(); got != want {
+		t.Errorf("client got %q\nwant       %q", got, want)
+	}
+
+	// An oversized event ends the stream; nothing is asked.
+	asked = nil
+	cfg.MaxEvent = 64
+	s = NewStream(cfg)
+	if err := pumpResult(t, startPump(s, strings.NewReader("id: up-1\ndata: "+strings.Repeat("x", 100)+"\n\n"))); !errors.Is(err, ErrEventTooLarge) || len(asked) != 0 {
+		t.Errorf("oversized: Pump = %v, Continue asked %d times", err, len(asked))
+	}
+
+	// Close ends a Continue that waits, and the stream.
+	cfg = baseConfig()
+	waiting := make(chan struct{})
+	cfg.Continue = func(c Continuation) io.ReadCloser {
+		close(waiting)
+		<-c.Stop
+		return io.NopCloser(strings.NewReader(evN(5)))
+	}
+	s = NewStream(cfg)
+	pumped := startPump(s, strings.NewReader(evN(1)))
+	<-waiting
+	s.Close()
+	if err := pumpResult(t, pumped); err != nil {
+		t.Errorf("closed while continuing: Pump = %v", err)
+	}
+	w = newFakeWriter()
+	if _, found := s.Attach(w, "1", 0); !found || strings.Contains(w.String(), `"n":5`) {
+		t.Errorf("closed while continuing: a resumption got %q", w.String())
 	}
 }
