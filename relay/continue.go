@@ -67,7 +67,7 @@ func (k *continuer) next(c sse.Continuation) io.ReadCloser {
 		st.p.Logger.Debug("upstream stream not resumed: no progress", zap.String("upstream", st.UpstreamAddr()), zap.Int("tries", maxContinueTries))
 		return nil
 	}
-	ctx := out.Context()
+	ctx := out.Context() // what abort, and so the deadline, cancels
 	if c.Retry > 0 {
 		t := time.NewTimer(min(c.Retry, maxContinueDelay))
 		defer t.Stop()

@@ -4,8 +4,9 @@
 // a disconnect is no cancel), the answer (session ids sealed, a legacy
 // session registered, a JSON answer read whole when it is filtered or
 // capped, an SSE body taken over), the SSE relay of the answer or GET
-// stream (answer watch, max_response, replay and resumption, handoff of a
-// GET stream's connection), request deadlines, the legacy HTTP+SSE links
+// stream (answer watch, max_response, replay and resumption, the
+// upstream's own resumption of an answer stream it ended before the
+// answer, handoff of a GET stream's connection), request deadlines, the legacy HTTP+SSE links
 // that act on answers sent on a session's stream, and the answers of
 // requests the access rules denied (Denials).
 //
