@@ -87,7 +87,7 @@ func (h *Handler) forward(x *exchange, next caddyhttp.Handler) error {
 			// The body may still be arriving, read by the cancelled
 			// upstream request: the connection cannot carry another
 			// request, and the answer must not wait for the body.
-			x.w.Header().Set("Connection", "close")
+			mcp.CloseConnection(x.w, x.r)
 		}
 		return h.refuse(x.w, ref)
 	}
@@ -134,7 +134,7 @@ func (h *Handler) upstreamFailure(x *exchange, err error) *mcp.Refusal {
 		if ref.ID = id; id == "" {
 			ref.ID = x.body.Checked.LateID() // known when the body ended and its id was refused
 		}
-		x.w.Header().Set("Connection", "close")
+		mcp.CloseConnection(x.w, x.r)
 		return ref
 	}
 	if missing, _ := caddyhttp.GetVar(x.r.Context(), varPinMissing).(bool); missing {

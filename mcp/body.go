@@ -56,7 +56,7 @@ func ReadBody(w http.ResponseWriter, r *http.Request, call *Call, lim BodyLimits
 	cl := r.ContentLength
 	if lim.MaxBody > 0 && cl > lim.MaxBody {
 		if !lim.discard(w, r, cl) {
-			w.Header().Set("Connection", "close")
+			CloseConnection(w, r)
 		}
 		return b, lim.tooLarge()
 	}
@@ -74,14 +74,14 @@ func ReadBody(w http.ResponseWriter, r *http.Request, call *Call, lim BodyLimits
 	if err != nil {
 		_ = rc.SetReadDeadline(time.Time{})
 		if IsTimeout(err) {
-			w.Header().Set("Connection", "close")
+			CloseConnection(w, r)
 			return b, bodyTimeout()
 		}
 		return b, bodyReadRefusal(err)
 	}
 	complete := eof || (cl >= 0 && int64(len(head)) == cl)
 	if lim.MaxBody > 0 && int64(len(head)) > lim.MaxBody {
-		w.Header().Set("Connection", "close")
+		CloseConnection(w, r)
 		return b, lim.tooLarge()
 	}
 	perr := ParseEnvelope(head, complete, &call.Peek)
@@ -107,6 +107,19 @@ func ReadBody(w http.ResponseWriter, r *http.Request, call *Call, lim BodyLimits
 	r.Body = b.Checked
 	r.ContentLength = cl
 	return b, nil
+}
+
+// CloseConnection asks for the connection of r to be closed once the
+// answer is sent, for a refusal that leaves the request's body unread.
+// Not over HTTP/3: it ends the request's stream alone, and an HTTP/3
+// answer carrying a connection-specific header field such as Connection
+// is malformed (RFC 9114, section 4.2), which its client rejects instead
+// of reading the refusal. (Go's HTTP/2 server drops the header and
+// closes the connection gracefully.)
+func CloseConnection(w http.ResponseWriter, r *http.Request) {
+	if r.ProtoMajor < 3 {
+		w.Header().Set("Connection", "close")
+	}
 }
 
 // discard reads and throws away an HTTP/1 body of declared length cl
