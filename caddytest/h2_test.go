@@ -131,9 +131,18 @@ func TestH2DrainOnReload(t *testing.T) {
 // write_timeout and its upstream GET closed, while another stream on the
 // same connection goes on receiving events.
 func TestH2SlowConsumer(t *testing.T) {
-	const writeTimeout = time.Second
+	u := slowConsumerUpstream(t)
+	port := freePort(t)
+	loadCaddyfileWith(t, h2cGlobal, proxySite(port, u.addr(), "\t\twrite_timeout 1s\n"))
+	checkSlowConsumer(t, u, proxyURL(port), h2cClientWindow(t, 16<<10), 2)
+}
+
+// slowConsumerUpstream is an upstream whose GET stream "steady" sends an
+// event every 50ms and whose other streams send 1 KB events as fast as
+// the proxy reads them, far more than the buffers on the way hold.
+func slowConsumerUpstream(t *testing.T) *fakeUpstream {
 	pad := strings.Repeat("x", 1000)
-	u := startFake(t, &fakeUpstream{stream: func(s *fakeStream) error {
+	return startFake(t, &fakeUpstream{stream: func(s *fakeStream) error {
 		if s.key == "steady" {
 			for seq := 1; ; seq++ {
 				if err := s.event(fmt.Sprint(seq), logNote("tick")); err != nil {
@@ -146,8 +155,6 @@ func TestH2SlowConsumer(t *testing.T) {
 				}
 			}
 		}
-		// As fast as the proxy reads; far more than the buffers on the
-		// way hold.
 		for seq := 1; seq <= 100_000; seq++ {
 			if err := s.event(fmt.Sprint(seq), `{"pad":"`+pad+`"}`); err != nil {
 				return err
@@ -155,17 +162,22 @@ func TestH2SlowConsumer(t *testing.T) {
 		}
 		return s.idle(nil)
 	}})
-	port := freePort(t)
-	loadCaddyfileWith(t, h2cGlobal, proxySite(port, u.addr(), fmt.Sprintf("\t\twrite_timeout %v\n", writeTimeout)))
-	base := proxyURL(port)
-	hc := h2cClientWindow(t, 16<<10)
+}
+
+// checkSlowConsumer opens, through hc (whose streams each buffer little
+// unread), the streams "steady", which the test reads, and "stalled",
+// which it does not, of slowConsumerUpstream u at base; both must come
+// over HTTP/major. The proxy must cut the stalled stream and close its
+// upstream GET, while the steady one goes on receiving events.
+func checkSlowConsumer(t *testing.T, u *fakeUpstream, base string, hc *http.Client, major int) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*boundedWait)
 	defer cancel()
-	steady := mustOpenStream(t, ctx, hc, base+"/mcp", u.openSession(t, base, relayVersion), relayVersion, "steady")
+	steady := mustOpenStream(t, ctx, hc, base+"/mcp", u.openSessionWith(t, hc, base, relayVersion), relayVersion, "steady")
 	evs, _ := watchEvents(steady.Body)
 	nextEvent(t, evs, boundedWait, "steady event")
-	stalled := mustOpenStream(t, ctx, hc, base+"/mcp", u.openSession(t, base, relayVersion), relayVersion, "stalled")
-	if stalled.ProtoMajor != 2 || steady.ProtoMajor != 2 {
+	stalled := mustOpenStream(t, ctx, hc, base+"/mcp", u.openSessionWith(t, hc, base, relayVersion), relayVersion, "stalled")
+	if stalled.ProtoMajor != major || steady.ProtoMajor != major {
 		t.Fatalf("streams over %s and %s", stalled.Proto, steady.Proto)
 	}
 	opened := time.Now()
@@ -382,6 +394,16 @@ func TestH2StreamsOnOneConnection(t *testing.T) {
 // answer, far larger than every buffer on the way, keeps being read (into
 // the replay ring) to its end, so the upstream is not held back.
 func TestH2SlowConsumerOfAnswer(t *testing.T) {
+	fake, finished := floodUpstream(t)
+	port := freePort(t)
+	loadCaddyfileWith(t, h2cGlobal, proxySite(port, fake.addr(), "\t\twrite_timeout 1s\n"))
+	checkSlowConsumerOfAnswer(t, fake, finished, proxyURL(port), h2cClientWindow(t, 16<<10), 2)
+}
+
+// floodUpstream is an upstream whose tool "flood" answers with 20,000
+// progress notifications of 1 KB, then its result, and reports on the
+// channel how its answer ended.
+func floodUpstream(t *testing.T) (*fakeUpstream, <-chan error) {
 	const events = 20_000 // 20 MB
 	pad := strings.Repeat("x", 1000)
 	finished := make(chan error, 1)
@@ -395,16 +417,21 @@ func TestH2SlowConsumerOfAnswer(t *testing.T) {
 		}
 		finished <- err
 	}}})
-	port := freePort(t)
-	loadCaddyfileWith(t, h2cGlobal, proxySite(port, fake.addr(), "\t\twrite_timeout 1s\n"))
-	base := proxyURL(port)
-	hc := h2cClientWindow(t, 16<<10)
+	return fake, finished
+}
+
+// checkSlowConsumerOfAnswer calls flood of floodUpstream fake at base
+// through hc, whose streams each buffer little unread, and reads nothing
+// of the answer, which must come over HTTP/major: the upstream's answer
+// must be read to its end all the same, and the client's cut.
+func checkSlowConsumerOfAnswer(t *testing.T, fake *fakeUpstream, finished <-chan error, base string, hc *http.Client, major int) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*boundedWait)
 	defer cancel()
 	sid := fake.openSessionWith(t, hc, base, relayVersion)
 	call := `{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"flood","arguments":{},"_meta":{"progressToken":"p9"}}}`
 	opened := time.Now()
-	resp := openSSE(t, ctx, hc, 2, base+"/mcp", call, sessionHeaders(sid, relayVersion))
+	resp := openSSE(t, ctx, hc, major, base+"/mcp", call, sessionHeaders(sid, relayVersion))
 	defer resp.Body.Close()
 	select {
 	case err := <-finished:
@@ -427,6 +454,15 @@ func TestH2SlowConsumerOfAnswer(t *testing.T) {
 // period (the deadline of each comment's write must not outlive it), and
 // still carries the upstream's next event.
 func TestH2Keepalive(t *testing.T) {
+	u, next := keepaliveUpstream(t)
+	port := freePort(t)
+	loadCaddyfileWith(t, h2cGlobal, proxySite(port, u.addr(), "\t\tkeepalive 300ms\n\t\twrite_timeout 100ms\n"))
+	checkKeepalive(t, u, next, proxyURL(port), h2cClient(t), 2)
+}
+
+// keepaliveUpstream is an upstream whose GET streams send an event, then
+// idle until next is closed, then send a second event.
+func keepaliveUpstream(t *testing.T) (*fakeUpstream, chan struct{}) {
 	next := make(chan struct{})
 	u := startFake(t, &fakeUpstream{stream: func(s *fakeStream) error {
 		if err := s.event("1", logNote("hello")); err != nil {
@@ -437,14 +473,19 @@ func TestH2Keepalive(t *testing.T) {
 		}
 		return s.event("2", logNote("again"))
 	}})
-	port := freePort(t)
-	loadCaddyfileWith(t, h2cGlobal, proxySite(port, u.addr(), "\t\tkeepalive 300ms\n\t\twrite_timeout 100ms\n"))
-	base := proxyURL(port)
-	hc := h2cClient(t)
+	return u, next
+}
+
+// checkKeepalive opens a GET stream of keepaliveUpstream u at base
+// through hc, which must come over HTTP/major: after the first event the
+// idle stream gets keepalive comments, then the second event once next
+// is closed.
+func checkKeepalive(t *testing.T, u *fakeUpstream, next chan struct{}, base string, hc *http.Client, major int) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
 	defer cancel()
 	resp := mustOpenStream(t, ctx, hc, base+"/mcp", u.openSessionWith(t, hc, base, relayVersion), relayVersion, "ka")
-	if resp.ProtoMajor != 2 {
+	if resp.ProtoMajor != major {
 		t.Fatalf("the stream came over %s", resp.Proto)
 	}
 	evs, ended := watchEvents(resp.Body)

@@ -299,60 +299,69 @@ func TestStreamSilentLongerThanWriteTimeout(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*boundedWait)
 	defer cancel()
 	for _, proto := range protoClients(t) {
-		sid := fake.openSession(t, base, sessionVersion)
-		key := "silent-" + proto.name
-		resp, err := openStream(ctx, proto.hc, base+"/mcp", sid, sessionVersion, key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if resp.ProtoMajor != proto.major {
-			t.Fatalf("%s: the stream came over %s", proto.name, resp.Proto)
-		}
-		events := make(chan sseEvent, 8)
-		ended := make(chan error, 1)
-		go func() {
-			ended <- readEvents(resp.Body, func(ev sseEvent) error {
-				if !ev.comment {
-					events <- ev
-				}
-				return nil
-			})
-		}()
-		note := func(n int) string {
-			return fmt.Sprintf(`{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"%d"}}`, n)
-		}
-		for n := range 2 {
-			if err := fake.streamOf(t, key).event("", note(n)); err != nil {
-				t.Fatalf("%s: the upstream's event %d: %v (the proxy ended the stream in the silence)", proto.name, n, err)
-			}
-			select {
-			case ev := <-events:
-				if ev.data != note(n) {
-					t.Fatalf("%s: event %q, want %q", proto.name, ev.data, note(n))
-				}
-			case err := <-ended:
-				t.Fatalf("%s: the GET stream ended before event %d: %v", proto.name, n, err)
-			case <-time.After(boundedWait):
-				t.Fatalf("%s: no event %d", proto.name, n)
-			}
-			if n == 0 {
-				time.Sleep(silence)
-			}
-		}
-		_ = resp.Body.Close()
+		checkSilentStream(t, ctx, fake, base, proto.name, proto.major, proto.hc, silence)
+	}
+}
 
-		// The SSE answer of a call: progress, silence, the result.
-		gateKey := "gate-" + proto.name
-		answer := make(chan reply, 1)
-		go func() {
-			answer <- post(ctx, proto.hc, base+"/mcp", `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"slow","arguments":{"key":"`+gateKey+`"},"_meta":{"progressToken":"p7"}}}`, inSession(sid, nil))
-		}()
-		time.Sleep(silence)
-		fake.open(gateKey)
-		r := awaitReply(t, answer, proto.name+" call")
-		if r.err != nil || r.status != http.StatusOK || !strings.Contains(r.body, "done "+gateKey) {
-			t.Errorf("%s: the call silent for %v after its progress: %s", proto.name, silence, r)
+// checkSilentStream opens a GET stream of a new session of fake through
+// hc, which must come over HTTP/major, and checks that it carries an
+// event after a silence longer than write_timeout, and so does the SSE
+// answer of a call (slowFakeTool) silent as long after its progress.
+func checkSilentStream(t *testing.T, ctx context.Context, fake *fakeUpstream, base, name string, major int, hc *http.Client, silence time.Duration) {
+	t.Helper()
+	sid := fake.openSessionWith(t, hc, base, sessionVersion)
+	key := "silent-" + name
+	resp, err := openStream(ctx, hc, base+"/mcp", sid, sessionVersion, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.ProtoMajor != major {
+		t.Fatalf("%s: the stream came over %s", name, resp.Proto)
+	}
+	events := make(chan sseEvent, 8)
+	ended := make(chan error, 1)
+	go func() {
+		ended <- readEvents(resp.Body, func(ev sseEvent) error {
+			if !ev.comment {
+				events <- ev
+			}
+			return nil
+		})
+	}()
+	note := func(n int) string {
+		return fmt.Sprintf(`{"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"%d"}}`, n)
+	}
+	for n := range 2 {
+		if err := fake.streamOf(t, key).event("", note(n)); err != nil {
+			t.Fatalf("%s: the upstream's event %d: %v (the proxy ended the stream in the silence)", name, n, err)
 		}
+		select {
+		case ev := <-events:
+			if ev.data != note(n) {
+				t.Fatalf("%s: event %q, want %q", name, ev.data, note(n))
+			}
+		case err := <-ended:
+			t.Fatalf("%s: the GET stream ended before event %d: %v", name, n, err)
+		case <-time.After(boundedWait):
+			t.Fatalf("%s: no event %d", name, n)
+		}
+		if n == 0 {
+			time.Sleep(silence)
+		}
+	}
+	_ = resp.Body.Close()
+
+	// The SSE answer of a call: progress, silence, the result.
+	gateKey := "gate-" + name
+	answer := make(chan reply, 1)
+	go func() {
+		answer <- post(ctx, hc, base+"/mcp", `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"slow","arguments":{"key":"`+gateKey+`"},"_meta":{"progressToken":"p7"}}}`, inSession(sid, nil))
+	}()
+	time.Sleep(silence)
+	fake.open(gateKey)
+	r := awaitReply(t, answer, name+" call")
+	if r.err != nil || r.status != http.StatusOK || !strings.Contains(r.body, "done "+gateKey) {
+		t.Errorf("%s: the call silent for %v after its progress: %s", name, silence, r)
 	}
 }
 
