@@ -308,6 +308,15 @@ func TestH3SlowConsumer(t *testing.T) {
 	}
 }
 
+// TestH3SlowConsumerOfAnswer: the SSE answer of a call whose HTTP/3 client
+// stops reading is cut, and the upstream's answer, far larger than every
+// buffer on the way, is read to its end all the same.
+func TestH3SlowConsumerOfAnswer(t *testing.T) {
+	fake, finished := floodUpstream(t)
+	site := startH3Site(t, "", "", fake.addr(), "\t\twrite_timeout 1s\n")
+	checkSlowConsumerOfAnswer(t, fake, finished, site.base, site.h3Client(t, 16<<10), 3)
+}
+
 // TestH3ClientGoneMidCall: an HTTP/3 client of a 2025-06-18 session that
 // cancels its request (the QUIC stream is reset) makes the proxy end the
 // upstream request and post notifications/cancelled with the request's
@@ -358,6 +367,37 @@ func TestH3ClientGoneMidCall(t *testing.T) {
 		if resp := <-answered; resp != nil {
 			resp.Body.Close()
 		}
+	}
+}
+
+// TestH3SlowConsumerEndsBroken: a GET stream of 5 KB events whose HTTP/3
+// client stops reading is cut in the middle of a write, so in the middle
+// of an event. The client, reading at last, must not see that as the
+// clean end of a stream: its stream must end with an error (a reset), as
+// over HTTP/1.1 and HTTP/2, not with a truncated event and a clean end
+// that an SSE client reads as a whole one.
+func TestH3SlowConsumerEndsBroken(t *testing.T) {
+	pad := strings.Repeat("x", 5000)
+	u := startFake(t, &fakeUpstream{stream: func(s *fakeStream) error {
+		for seq := 1; seq <= 10_000; seq++ { // 50 MB, far more than the buffers on the way
+			if err := s.event(fmt.Sprint(seq), `{"pad":"`+pad+`"}`); err != nil {
+				return err
+			}
+		}
+		return s.idle(nil)
+	}})
+	site := startH3Site(t, "", "", u.addr(), "\t\twrite_timeout 1s\n")
+	hc := site.h3Client(t, 16<<10)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*boundedWait)
+	defer cancel()
+	resp := mustOpenStream(t, ctx, hc, site.base+"/mcp", u.openSessionWith(t, hc, site.base, relayVersion), relayVersion, "stalled")
+	if g := u.streamOf(t, "stalled"); !g.waitDone(boundedWait) || g.selfEnded.Load() {
+		t.Fatalf("the proxy did not cut the stalled stream (upstream sent %d events)", g.sent.Load())
+	}
+	got, err := io.ReadAll(resp.Body)
+	t.Logf("the stalled client read %d bytes, then %v", len(got), err)
+	if err == nil && !strings.HasSuffix(string(got), "\n\n") {
+		t.Errorf("the stalled client's stream ended cleanly in the middle of an event: %q", got[max(0, len(got)-80):])
 	}
 }
 

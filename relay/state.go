@@ -538,14 +538,27 @@ func (p *Proxy) Relay(w http.ResponseWriter, st *State, body io.ReadCloser) {
 		}
 		stop := context.AfterFunc(st.r.Context(), att.Gone)
 		defer stop()
-		_ = att.Wait(st.r.Context())
+		waitAttached(st.r.Context(), att)
 		return
 	}
 	stop := context.AfterFunc(st.r.Context(), func() { att.Gone(); stream.Close() })
 	defer stop()
 	att.OnEnd(stream.Close)
 	p.pump(stream, body, st)
-	_ = att.Wait(st.r.Context())
+	waitAttached(st.r.Context(), att)
+}
+
+// waitAttached waits until the client of att has been sent all it will
+// be sent. A response whose write to the client failed is then aborted
+// (http.ErrAbortHandler): the client may hold part of an event, and must
+// see a broken stream (its HTTP/1 connection closed before the last
+// chunk, its HTTP/2 or HTTP/3 stream reset), not a clean end; an HTTP/3
+// stream would otherwise end cleanly after the cut.
+func waitAttached(ctx context.Context, att *sse.Attachment) {
+	_ = att.Wait(ctx)
+	if att.Broken() {
+		panic(http.ErrAbortHandler)
+	}
 }
 
 // pump runs the upstream side of a stream until it ends.
@@ -575,7 +588,7 @@ func (p *Proxy) ServeResume(w http.ResponseWriter, r *http.Request, stream *sse.
 	defer p.Metrics.StreamClosed()
 	stop := context.AfterFunc(r.Context(), att.Gone)
 	defer stop()
-	_ = att.Wait(r.Context())
+	waitAttached(r.Context(), att)
 	return nil
 }
 

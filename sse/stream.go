@@ -851,7 +851,9 @@ func (s *Stream) writeOut() bool {
 func (s *Stream) writeOwnedErr(_ int, err error) bool {
 	if err != nil {
 		s.ownerFailed = true
-		s.owner.close(writeErrReason(err))
+		s.owner.mu.Lock()
+		s.owner.writeFailedLocked(err)
+		s.owner.mu.Unlock()
 		return false
 	}
 	return true
@@ -880,7 +882,7 @@ func (s *Stream) endChunk() {
 	}
 	a.mu.Lock()
 	if err != nil {
-		a.closeLocked(writeErrReason(err))
+		a.writeFailedLocked(err)
 	}
 	if err != nil || s.ownerFailed {
 		// The connection failed mid-write: no retry hint can follow.
@@ -890,6 +892,13 @@ func (s *Stream) endChunk() {
 	a.idleLocked()
 	a.resumeLocked()
 	a.mu.Unlock()
+}
+
+// writeFailedLocked ends the attachment whose write or flush to the
+// client failed with err, and marks it broken (see Broken).
+func (a *Attachment) writeFailedLocked(err error) {
+	a.broken = true
+	a.closeLocked(writeErrReason(err))
 }
 
 // writeErrReason classifies a failed client write.
@@ -969,6 +978,7 @@ type Attachment struct {
 	isClosed atomic.Bool // closed, readable without mu by the pump
 	ended    bool        // the stream has no more events
 	reason   error
+	broken   bool          // a write or flush to the client failed
 	space    chan struct{} // buffered 1; signals the waiting pump
 	finished chan struct{} // closed when nothing more will be written
 	timer    *time.Timer
@@ -1155,7 +1165,7 @@ func (a *Attachment) writeLoop() {
 		}
 		if err != nil {
 			a.mu.Lock()
-			a.closeLocked(writeErrReason(err))
+			a.writeFailedLocked(err)
 			a.final = nil
 			a.mu.Unlock()
 			continue
@@ -1430,6 +1440,15 @@ func (a *Attachment) OnEnd(f func()) {
 		return
 	}
 	a.onEnd = f
+}
+
+// Broken reports whether a write or flush to the client failed: the
+// client may have received part of an event, so its response must not
+// end as a complete one would. Valid once Wait has returned.
+func (a *Attachment) Broken() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.broken
 }
 
 // Wait blocks until the client has been sent everything the stream will

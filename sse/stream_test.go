@@ -961,6 +961,9 @@ func TestStreamClientWriteError(t *testing.T) {
 	if err := waitAtt(t, a, context.Background()); !errors.Is(err, ErrClientGone) {
 		t.Fatalf("Wait = %v, want ErrClientGone", err)
 	}
+	if !a.Broken() {
+		t.Error("Broken() = false after a failed write")
+	}
 	pw.Close()
 	pumpResult(t, pumped)
 	rc.check(t, s)
@@ -983,6 +986,9 @@ func TestStreamKeepalive(t *testing.T) {
 	pumpResult(t, pumped)
 	if err := waitAtt(t, a, context.Background()); err != nil {
 		t.Fatal(err)
+	}
+	if a.Broken() {
+		t.Error("Broken() = true after a clean end")
 	}
 	n := w.count(":\n\n")
 	if int(kas.Load()) != n {
