@@ -127,7 +127,8 @@ type Handler struct {
 
 	// BodyTimeout bounds the wait for the first MaxPeek bytes of a POST
 	// body, and then each read of the rest: a client that does not send
-	// them within it gets 408 and its connection is closed. Default: 10s.
+	// them within it gets 408, and its connection is closed (HTTP/1; over
+	// HTTP/2 and HTTP/3 the request's stream alone ends). Default: 10s.
 	BodyTimeout caddy.Duration `json:"body_timeout,omitempty"`
 
 	// AllowedOrigins lists browser origins that may call the endpoint

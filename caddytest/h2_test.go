@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptrace"
 	"strings"
 	"testing"
 	"time"
@@ -520,6 +521,42 @@ func checkKeepalive(t *testing.T, u *fakeUpstream, next chan struct{}, base stri
 			t.Fatalf("the stream ended before the upstream's second event: %v", e.err)
 		case <-timeout:
 			t.Fatal("no second event")
+		}
+	}
+}
+
+// TestH2RefusalKeepsConnection: a request refused with its body unread
+// (over max_body, declared or not) ends its HTTP/2 stream alone: the
+// client's next request goes on the same connection. (Over HTTP/1 the
+// connection closes; over HTTP/2, where Go's server reads Connection:
+// close as a graceful shutdown, it would end every stream the client
+// multiplexes on it.)
+func TestH2RefusalKeepsConnection(t *testing.T) {
+	u := startFake(t, &fakeUpstream{})
+	port := freePort(t)
+	loadCaddyfileWith(t, h2cGlobal, proxySite(port, u.addr(), "\t\tmax_body 4KiB\n"))
+	base := proxyURL(port)
+	hc := h2cClient(t)
+	ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
+	defer cancel()
+	tok := u.openSessionWith(t, hc, base, relayVersion)
+	hdr := sessionHeaders(tok, relayVersion)
+	url := base + "/mcp"
+	big := echoCall(5, strings.Repeat("b", 8<<10))
+	for _, tc := range []struct {
+		what string
+		send func(ctx context.Context) reply
+	}{
+		{"a body declared over max_body", func(ctx context.Context) reply { return post(ctx, hc, url, big, hdr) }},
+		{"a body of unknown length over max_body", func(ctx context.Context) reply { return postUnsized(ctx, hc, url, big, hdr) }},
+	} {
+		if r := tc.send(ctx); r.err != nil || r.status != http.StatusRequestEntityTooLarge || r.hdr.Get("Connection") != "" {
+			t.Errorf("%s over HTTP/2: %s, want 413", tc.what, r)
+		}
+		reused := false
+		trace := &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) { reused = info.Reused }}
+		if r := post(httptrace.WithClientTrace(ctx, trace), hc, url, echoCall(6, "after"), hdr); !r.ok() || !reused {
+			t.Errorf("the request after %s: %s, on the same connection: %v", tc.what, r, reused)
 		}
 	}
 }

@@ -51,7 +51,8 @@ type Body struct {
 // discarded, see discard). A body longer than the head streams on
 // through a CheckedBody, which checks the rest of its top level and
 // aborts it at lim.MaxBody; each read of the rest gets lim.Timeout. A
-// refusal that leaves the body unread asks for the connection to close.
+// refusal that leaves the body unread asks for an HTTP/1 connection to
+// close (see CloseConnection).
 func ReadBody(w http.ResponseWriter, r *http.Request, call *Call, lim BodyLimits) (b Body, ref *Refusal) {
 	cl := r.ContentLength
 	if lim.MaxBody > 0 && cl > lim.MaxBody {
@@ -109,15 +110,16 @@ func ReadBody(w http.ResponseWriter, r *http.Request, call *Call, lim BodyLimits
 	return b, nil
 }
 
-// CloseConnection asks for the connection of r to be closed once the
-// answer is sent, for a refusal that leaves the request's body unread.
-// Not over HTTP/3: it ends the request's stream alone, and an HTTP/3
-// answer carrying a connection-specific header field such as Connection
-// is malformed (RFC 9114, section 4.2), which its client rejects instead
-// of reading the refusal. (Go's HTTP/2 server drops the header and
-// closes the connection gracefully.)
+// CloseConnection asks for the HTTP/1 connection of r to be closed once
+// the answer is sent, for a refusal that leaves the request's body
+// unread. HTTP/2 and HTTP/3 end the request's stream alone, and the
+// connection goes on carrying the client's other streams: Go's HTTP/2
+// server would read the header as a graceful shutdown of the whole
+// connection, and an HTTP/3 answer carrying a connection-specific header
+// field is malformed (RFC 9114, section 4.2), which its client rejects
+// instead of reading the refusal.
 func CloseConnection(w http.ResponseWriter, r *http.Request) {
-	if r.ProtoMajor < 3 {
+	if r.ProtoMajor == 1 {
 		w.Header().Set("Connection", "close")
 	}
 }
