@@ -49,9 +49,10 @@ func init() {
 //
 // Each option may be given once; `0` turns off a cap that has a default.
 type App struct {
-	// MaxConnections caps the client connections accepted by servers that
-	// use the mcp_connections listener wrapper; a connection over it is
-	// closed at once. 0 means no cap. Default: 0.
+	// MaxConnections caps the client TCP connections accepted by servers
+	// that use the mcp_connections listener wrapper; a connection over it
+	// is closed at once. HTTP/3 (QUIC) connections take no listener
+	// wrapper and are not counted. 0 means no cap. Default: 0.
 	MaxConnections int `json:"max_connections,omitempty"`
 
 	// MaxInflight caps the requests in flight through every mcp_proxy of

@@ -18,7 +18,8 @@ func init() {
 // connections a server accepts against the `mcp` app's max_connections,
 // shared by every server that uses it. A connection over the limit is
 // closed as soon as it is accepted, before any TLS or HTTP work is spent
-// on it, and counted as a refusal with reason "connections".
+// on it, and counted as a refusal with reason "connections". It wraps
+// TCP listeners: HTTP/3 connections (QUIC) are not counted.
 //
 //	{
 //		servers {
