@@ -32,8 +32,9 @@ import (
 // result. Answers are JSON, or SSE streams of one event with sse set, as
 // the go-sdk server answers. A batch is answered with an array. A
 // notification or a response gets 202. A GET of a known session opens an
-// SSE stream run by stream (idle until the request ends without one); a
-// DELETE ends the session. Anything of a session it did not issue gets
+// SSE stream run by stream (idle until the request ends without one;
+// without one, a GET with Last-Event-ID gets 400); a DELETE ends the
+// session. Anything of a session it did not issue gets
 // 404, unless stateless is set. Every request is recorded (fakeLog), and
 // calls can wait on gates (fakeGates).
 type fakeUpstream struct {
@@ -198,6 +199,13 @@ func (u *fakeUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case http.MethodGet:
 		if !u.stateless && !u.known(seen.sid) {
 			http.Error(w, "unknown session", http.StatusNotFound)
+			return
+		}
+		if r.Header.Get("Last-Event-ID") != "" && u.stream == nil {
+			// Without a stream func it keeps no events to replay, and
+			// refuses a resumption as the go-sdk's server without an
+			// event store does.
+			http.Error(w, "stream replay unsupported", http.StatusBadRequest)
 			return
 		}
 		u.busy.Add(1)
