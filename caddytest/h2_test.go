@@ -133,9 +133,7 @@ func TestH2DrainOnReload(t *testing.T) {
 // same connection goes on receiving events.
 func TestH2SlowConsumer(t *testing.T) {
 	u := slowConsumerUpstream(t)
-	port := freePort(t)
-	loadCaddyfileWith(t, h2cGlobal, proxySite(port, u.addr(), "\t\twrite_timeout 1s\n"))
-	checkSlowConsumer(t, u, proxyURL(port), h2cClientWindow(t, 16<<10), 2)
+	checkSlowConsumer(t, u, startH2cSite(t, u.addr(), "\t\twrite_timeout 1s\n"), h2cClientWindow(t, 16<<10), 2)
 }
 
 // slowConsumerUpstream is an upstream whose GET stream "steady" sends an
@@ -224,9 +222,7 @@ func TestH2ResetMidAnswer(t *testing.T) {
 	cancelled := make(chan string, 8)
 	// stateless: the 2026-07-28 call below has no session.
 	fake := startFake(t, &fakeUpstream{stateless: true, on: map[string]func(*fakeCall){"tools/call:slow": slowFakeTool(cancelled)}})
-	port := freePort(t)
-	loadCaddyfileWith(t, h2cGlobal, proxySite(port, fake.addr(), "\t\tmax_inflight 1\n"))
-	base := proxyURL(port)
+	base := startH2cSite(t, fake.addr(), "\t\tmax_inflight 1\n")
 	hc := h2cClient(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*boundedWait)
 	defer cancel()
@@ -296,9 +292,7 @@ func TestH2AnswerCutByProxy(t *testing.T) {
 			c.text("chatty done")
 		},
 	}})
-	port := freePort(t)
-	loadCaddyfileWith(t, h2cGlobal, proxySite(port, fake.addr(), "\t\trequest_timeout 500ms\n\t\tmax_response 8KiB\n"))
-	base := proxyURL(port)
+	base := startH2cSite(t, fake.addr(), "\t\trequest_timeout 500ms\n\t\tmax_response 8KiB\n")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*boundedWait)
 	defer cancel()
 	for i, proto := range protoClients(t) {
@@ -338,9 +332,7 @@ func TestH2AnswerCutByProxy(t *testing.T) {
 // (RST_STREAM CANCEL) gives its slot back.
 func TestH2StreamsOnOneConnection(t *testing.T) {
 	u := startFake(t, &fakeUpstream{stream: eventThenIdle("1", "hi")})
-	port := freePort(t)
-	loadCaddyfileWith(t, h2cGlobal, proxySite(port, u.addr(), "\t\tclient_max_streams 2\n"))
-	base := proxyURL(port)
+	base := startH2cSite(t, u.addr(), "\t\tclient_max_streams 2\n")
 	hc := h2cClient(t)
 	ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
 	defer cancel()
@@ -396,9 +388,7 @@ func TestH2StreamsOnOneConnection(t *testing.T) {
 // the replay ring) to its end, so the upstream is not held back.
 func TestH2SlowConsumerOfAnswer(t *testing.T) {
 	fake, finished := floodUpstream(t)
-	port := freePort(t)
-	loadCaddyfileWith(t, h2cGlobal, proxySite(port, fake.addr(), "\t\twrite_timeout 1s\n"))
-	checkSlowConsumerOfAnswer(t, fake, finished, proxyURL(port), h2cClientWindow(t, 16<<10), 2)
+	checkSlowConsumerOfAnswer(t, fake, finished, startH2cSite(t, fake.addr(), "\t\twrite_timeout 1s\n"), h2cClientWindow(t, 16<<10), 2)
 }
 
 // floodUpstream is an upstream whose tool "flood" answers with 20,000
@@ -456,9 +446,7 @@ func checkSlowConsumerOfAnswer(t *testing.T, fake *fakeUpstream, finished <-chan
 // still carries the upstream's next event.
 func TestH2Keepalive(t *testing.T) {
 	u, next := keepaliveUpstream(t)
-	port := freePort(t)
-	loadCaddyfileWith(t, h2cGlobal, proxySite(port, u.addr(), "\t\tkeepalive 300ms\n\t\twrite_timeout 100ms\n"))
-	checkKeepalive(t, u, next, proxyURL(port), h2cClient(t), 2)
+	checkKeepalive(t, u, next, startH2cSite(t, u.addr(), "\t\tkeepalive 300ms\n\t\twrite_timeout 100ms\n"), h2cClient(t), 2)
 }
 
 // keepaliveUpstream is an upstream whose GET streams send an event, then
@@ -533,9 +521,7 @@ func checkKeepalive(t *testing.T, u *fakeUpstream, next chan struct{}, base stri
 // multiplexes on it.)
 func TestH2RefusalKeepsConnection(t *testing.T) {
 	u := startFake(t, &fakeUpstream{})
-	port := freePort(t)
-	loadCaddyfileWith(t, h2cGlobal, proxySite(port, u.addr(), "\t\tmax_body 4KiB\n"))
-	base := proxyURL(port)
+	base := startH2cSite(t, u.addr(), "\t\tmax_body 4KiB\n")
 	hc := h2cClient(t)
 	ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
 	defer cancel()
@@ -559,4 +545,14 @@ func TestH2RefusalKeepsConnection(t *testing.T) {
 			t.Errorf("the request after %s: %s, on the same connection: %v", tc.what, r, reused)
 		}
 	}
+}
+
+// startH2cSite runs a Caddy site on a free port that speaks HTTP/1.1 and
+// cleartext HTTP/2, whose mcp_proxy goes to up with the lines of block,
+// and returns its base URL.
+func startH2cSite(t *testing.T, up, block string) string {
+	t.Helper()
+	port := freePort(t)
+	loadCaddyfileWith(t, h2cGlobal, proxySite(port, up, block))
+	return proxyURL(port)
 }
