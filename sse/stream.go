@@ -172,8 +172,9 @@ var (
 // comment included, counts as activity for the keepalive timer.
 //
 // When the upstream breaks (Pump ends with a read error that Close did not
-// cause), the attached client is sent everything queued, the Final event
-// and then its retry hint, so that it reconnects and resumes; at a clean
+// cause, and StreamConfig.Continue gives no body to go on with), the
+// attached client is sent everything queued, the Final event and then its
+// retry hint, so that it reconnects and resumes; at a clean
 // end of stream, after Close, or after an oversized event (the proxy's
 // own refusal, answered by the Final event) no hint is sent.
 type Stream struct {
