@@ -977,6 +977,19 @@ func (s *killableServer) track(c net.Conn, state http.ConnState) {
 	}
 }
 
+// reset resets every open connection (RST, no FIN) and goes on serving
+// new ones.
+func (s *killableServer) reset() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.conns {
+		if tc, ok := c.(*net.TCPConn); ok {
+			_ = tc.SetLinger(0)
+		}
+		_ = c.Close()
+	}
+}
+
 // kill closes the listener and resets every open connection (RST, no
 // FIN); handlers still running write into closed connections.
 func (s *killableServer) kill() {

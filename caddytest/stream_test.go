@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
+	"github.com/mcpgate/mcpgate/internal/demo"
 	"github.com/mcpgate/mcpgate/sse"
 )
 
@@ -233,6 +235,86 @@ func TestStreamResumesAfterDrop(t *testing.T) {
 						t.Errorf("%s: progress %v, want 1..%d in order", tok, got, steps)
 						break
 					}
+				}
+			}
+		})
+	}
+}
+
+// roundTripFunc is a client transport made of a function.
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// TestStreamUpstreamConnectionReset resets the connections between the
+// proxy and a go-sdk upstream mid-call: the proxy resumes the call's
+// stream from the upstream's event store (a GET with the upstream's
+// Last-Event-ID) and its client, which saw no break and cannot resume a
+// stream itself, gets every progress notification once and the result. An upstream without an event store
+// refuses the resumption, and the client gets the proxy's error at once.
+func TestStreamUpstreamConnectionReset(t *testing.T) {
+	for _, store := range []bool{true, false} {
+		t.Run(fmt.Sprintf("event_store=%v", store), func(t *testing.T) {
+			opts := &mcp.StreamableHTTPOptions{}
+			if store {
+				opts.EventStore = mcp.NewMemoryEventStore(nil)
+			}
+			up := startKillable(t, "127.0.0.1:0", demo.Handler(demo.NewServer("up"), "/sse", opts))
+			port := freePort(t)
+			loadCaddyfile(t, proxySite(port, up.addr, ""))
+			ctx, cancel := context.WithTimeout(context.Background(), 3*boundedWait)
+			defer cancel()
+			var mu sync.Mutex
+			var progress []float64
+			client := mcp.NewClient(&mcp.Implementation{Name: "reset", Version: "1"}, &mcp.ClientOptions{
+				ProgressNotificationHandler: func(_ context.Context, req *mcp.ProgressNotificationClientRequest) {
+					mu.Lock()
+					progress = append(progress, req.Params.Progress)
+					n := len(progress)
+					mu.Unlock()
+					if n == 3 {
+						up.reset()
+					}
+				},
+			})
+			// The client cannot resume: what it gets, the proxy resumed.
+			noResume := roundTripFunc(func(r *http.Request) (*http.Response, error) {
+				if r.Header.Get("Last-Event-ID") != "" {
+					return nil, errors.New("the client resumed a stream")
+				}
+				return http.DefaultTransport.RoundTrip(r)
+			})
+			cs, err := client.Connect(ctx, &mcp.StreamableClientTransport{
+				Endpoint: proxyURL(port) + "/mcp", HTTPClient: &http.Client{Transport: noResume}, MaxRetries: 1,
+			}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cs.Close()
+			const steps = 8
+			res, err := cs.CallTool(ctx, &mcp.CallToolParams{
+				Meta: mcp.Meta{"progressToken": "p"}, Name: "countdown",
+				Arguments: map[string]any{"from": steps, "delay_ms": 100},
+			})
+			mu.Lock()
+			got := slices.Clone(progress)
+			mu.Unlock()
+			if !store {
+				if err == nil || !strings.Contains(err.Error(), "the upstream connection failed before the answer") {
+					t.Errorf("without an event store: %+v, %v; want the proxy's error", res, err)
+				}
+				return
+			}
+			if err != nil || res.IsError || len(res.Content) != 1 || res.Content[0].(*mcp.TextContent).Text != "liftoff" {
+				t.Fatalf("the call: %+v, %v", res, err)
+			}
+			if len(got) != steps {
+				t.Errorf("progress %v, want 1..%d once each", got, steps)
+			}
+			for i, p := range got {
+				if p != float64(i+1) {
+					t.Errorf("progress %v, want 1..%d in order", got, steps)
+					break
 				}
 			}
 		})
