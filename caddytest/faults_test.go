@@ -1455,6 +1455,32 @@ func TestFaultUpstreamPolls(t *testing.T) {
 	faultFreed(t, admin, "a poll past the deadline")
 }
 
+// TestFaultPrimingWrittenAnew: where the proxy writes events anew
+// (pin_tools here, or rules), an upstream's priming event (an id and an
+// empty data field) keeps its empty data line. A client's SSE parser
+// dispatches only an event with a data field (WHATWG; the TypeScript
+// SDK's eventsource-parser), and the TypeScript SDK's client takes its
+// Last-Event-ID from dispatched events only: without the line, a client
+// whose stream breaks before the next event cannot resume it.
+func TestFaultPrimingWrittenAnew(t *testing.T) {
+	u := startFake(t, &fakeUpstream{name: "prime", on: map[string]func(*fakeCall){
+		"tools/call:prime": func(c *fakeCall) {
+			_ = c.sse().write("id: p-1\nretry: 20\ndata: \n\n")
+			c.text("primed")
+		},
+	}})
+	port, _ := startOps(t, u.addr(), opsGlobal, "\t\t\tpin_tools warn\n")
+	url := proxyURL(port) + "/mcp"
+	tok := openSessionWith(t, rawClient, url, "2025-11-25", nil)
+	ctx, cancel := context.WithTimeout(context.Background(), faultWait)
+	defer cancel()
+	r := postJSON(ctx, url, callBody("4", "prime", "{}"), sessionHeaders(tok, "2025-11-25"))
+	assertResult(t, r, "4", "primed")
+	if first, _, _ := strings.Cut(r.body, "\n\n"); first != "id: p-1\nretry: 20\ndata:" {
+		t.Errorf("the priming event reached the client as %q, want it with its data line", first)
+	}
+}
+
 // TestFaultJSONAnswerBreaksOff: a JSON answer whose body breaks off (the
 // connection closes before its declared length) gets the client a 502
 // with a JSON-RPC -32603 error for its id, not a cut-off 200. A JSON

@@ -45,12 +45,12 @@ func AppendEvent(dst []byte, id, name string, data []byte) []byte {
 // an "id" line when the block had a valid id field (an empty one too: it
 // resets the client's last event id), an "event" line when it had a name,
 // a "retry" line when it had a valid one, one "data" line per line of
-// Data (none when Data is empty, which a client does not tell apart from
-// empty data lines), and the blank line. Comment lines, unknown fields and
-// the upstream's own line ends are left out. A block with none of these
-// fields appends nothing.
+// Data when it had a data field (an empty one too: a client dispatches
+// the event only then), and the blank line. Comment lines, unknown fields
+// and the upstream's own line ends are left out. A block with none of
+// these fields appends nothing.
 func AppendCanonical(dst []byte, ev *Event) []byte {
-	if !ev.HasID && ev.Name == "" && ev.Retry < 0 && len(ev.Data) == 0 {
+	if !ev.HasID && ev.Name == "" && ev.Retry < 0 && !ev.HasData {
 		return dst
 	}
 	if ev.HasID {
@@ -64,13 +64,10 @@ func AppendCanonical(dst []byte, ev *Event) []byte {
 		dst = strconv.AppendInt(dst, int64(ev.Retry), 10)
 		dst = append(dst, '\n')
 	}
-	for data := ev.Data; len(data) > 0; {
-		line, rest, more := bytes.Cut(data, []byte{'\n'})
+	for data, more := ev.Data, ev.HasData; more; {
+		var line []byte
+		line, data, more = bytes.Cut(data, []byte{'\n'})
 		dst = appendLine(dst, "data", line)
-		if more && len(rest) == 0 {
-			dst = appendLine(dst, "data", rest) // a last empty line
-		}
-		data = rest
 	}
 	return append(dst, '\n')
 }

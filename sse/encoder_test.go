@@ -111,11 +111,12 @@ func BenchmarkAppendEvent(b *testing.B) {
 
 // parsedEvent is what a client reads of an event.
 type parsedEvent struct {
-	id    string
-	hasID bool
-	name  string
-	data  string
-	retry int
+	id      string
+	hasID   bool
+	name    string
+	data    string
+	hasData bool
+	retry   int
 }
 
 // parseAll parses a whole stream and returns the events with a field a
@@ -124,8 +125,8 @@ func parseAll(t *testing.T, stream []byte) []parsedEvent {
 	t.Helper()
 	var out []parsedEvent
 	emit := func(ev *Event) error {
-		if !ev.Comment && (ev.HasID || ev.Name != "" || ev.Retry >= 0 || len(ev.Data) > 0) {
-			out = append(out, parsedEvent{ev.ID, ev.HasID, ev.Name, string(ev.Data), ev.Retry})
+		if !ev.Comment && (ev.HasID || ev.Name != "" || ev.Retry >= 0 || ev.HasData) {
+			out = append(out, parsedEvent{ev.ID, ev.HasID, ev.Name, string(ev.Data), ev.HasData, ev.Retry})
 		}
 		return nil
 	}
@@ -175,6 +176,9 @@ func TestAppendCanonical(t *testing.T) {
 		"x\rdata: y\n\n",
 		"event: message \ndata:  two spaces\n\n",
 		"id:\ndata:\n\n",
+		"id: p-1\nretry: 200\ndata: \n\n",
+		"data\n\n",
+		"id: 1\n\n",
 		"id: a\x00b\ndata: x\ndata:\n\n",
 		"retry: 3000\n\n",
 		"Data: x\nfoo\n\n",

@@ -49,6 +49,10 @@ type Event struct {
 	// Data is the block's "data" field values joined with "\n"; it is empty
 	// when the block had no data field or only empty ones.
 	Data []byte
+	// HasData reports whether the block had a "data" field, an empty one
+	// too: a client dispatches an event only then (an MCP priming event
+	// is an id and one empty data field).
+	HasData bool
 	// Retry is the value of the block's last valid "retry" field, in
 	// milliseconds, or -1 when there was none. Values too large for an
 	// int32 are clamped to math.MaxInt32.
@@ -489,6 +493,7 @@ func (p *Parser) dispatch(raw []byte, emit func(*Event) error) error {
 	default:
 		ev.Data = nil
 	}
+	ev.HasData = p.dataState != 0
 	ev.Name = p.name
 	ev.HasID = p.hasID
 	ev.ID = ""
