@@ -2,8 +2,15 @@
 // same scenarios against the Go demo upstream directly and through Caddy
 // configured by Caddyfile.example (ports replaced by free loopback ports),
 // over Streamable HTTP (at the SDK's latest version and at 2024-11-05) and
-// the legacy HTTP+SSE transport. Fails when a scenario fails directly, or
-// passes directly and fails through the proxy.
+// the legacy HTTP+SSE transport. Then calls to a TypeScript SDK server whose
+// tools end their POST's SSE answer before the answer (they close it for
+// the client to poll, SEP-1699, or break its connection;
+// .ci/interop-ts-server.mjs), directly, through plain reverse_proxy as a
+// control and through mcp_proxy (as is, with request_timeout 5s, with
+// pin_tools), with the SDK's client and with a raw client that never
+// resumes a stream (only mcp_proxy, resuming the upstream's stream itself,
+// gets it its answers). Fails when a scenario fails directly, or passes
+// directly and fails through the proxy (mcp_proxy).
 //
 // Usage: node .ci/interop-ts.mjs <caddy binary> <Caddyfile.example> <dir of node_modules with the SDK>
 import fs from "node:fs";
@@ -12,6 +19,7 @@ import os from "node:os";
 import path from "node:path";
 
 import { assert, deadline, freePort, sleep, startCaddy, text } from "./interop-lib.mjs";
+import { startServer } from "./interop-ts-server.mjs";
 
 const [caddyBin, caddyfile, sdkDir] = process.argv.slice(2);
 const sdk = (p) => import(path.join(sdkDir, "node_modules/@modelcontextprotocol/sdk/dist/esm", p));
@@ -133,11 +141,130 @@ async function run(kind, url, proto) {
   return out;
 }
 
+// The scenarios against the TypeScript SDK server of interop-ts-server.mjs
+// run at five hops: "direct", "reverse_proxy" (the control), "mcp_proxy",
+// "mcp_proxy 5s" (request_timeout 5s) and "mcp_proxy pin" (pin_tools warn:
+// events written anew). Each tool's progress, in order.
+const hops = ["direct", "reverse_proxy", "mcp_proxy", "mcp_proxy 5s", "mcp_proxy pin"];
+const polled = { poll: "1,2", poll_twice: "1,2,3", poll_fast: "1,2", poll_long: "1,2,3,4", break: "1,2" };
+const viaMcpProxy = (hop) => hop.startsWith("mcp_proxy");
+
+// rawCall opens a session at url and calls tool as a client that never
+// resumes a stream: it reads the POST's SSE answer to its end (or its
+// break, or 10s). Returns the answer's text (or undefined) and the progress.
+async function rawCall(url, tool) {
+  const h = { "content-type": "application/json", accept: "application/json, text/event-stream" };
+  const post = (headers, msg, signal) => fetch(url, { method: "POST", headers, body: JSON.stringify({ jsonrpc: "2.0", ...msg }), signal });
+  const init = await post(h, { id: 1, method: "initialize", params: { protocolVersion: "2025-11-25", capabilities: {}, clientInfo: { name: "raw", version: "1" } } });
+  await init.text();
+  const hs = { ...h, "mcp-session-id": init.headers.get("mcp-session-id") ?? "", "mcp-protocol-version": "2025-11-25" };
+  await (await post(hs, { method: "notifications/initialized" })).text();
+  const ac = new AbortController();
+  const timer = setTimeout(() => ac.abort(), 10000);
+  let body = "";
+  try {
+    const res = await post(hs, { id: 2, method: "tools/call", params: { name: tool, arguments: {}, _meta: { progressToken: "p" } } }, ac.signal);
+    const dec = new TextDecoder();
+    for await (const chunk of res.body) body += dec.decode(chunk, { stream: true });
+  } catch { /* the stream broke, or 10s passed */ } finally { clearTimeout(timer); }
+  await fetch(url, { method: "DELETE", headers: hs }).then((r) => r.text(), () => {});
+  const msgs = body.split(/\r?\n\r?\n/)
+    .map((ev) => ev.split(/\r?\n/).filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trim()).join("\n"))
+    .filter((d) => d).map((d) => { try { return JSON.parse(d); } catch { return {}; } });
+  return { answer: msgs.find((m) => m.id === 2)?.result?.content?.[0]?.text, progress: msgs.filter((m) => m.method === "notifications/progress").map((m) => m.params.progress).join() };
+}
+
+const pollScenarios = {
+  ...Object.fromEntries(Object.entries(polled).map(([tool, want]) => [tool, async (c, hop) => {
+    const prog = [];
+    const resumed = c.resumed;
+    const r = await c.client.callTool({ name: tool, arguments: {} }, undefined, { onprogress: (p) => prog.push(p.progress) });
+    assert(text(r) === `${tool} done` && prog.join() === want, `"${text(r)}", progress ${prog}`);
+    // mcp_proxy resumed the upstream's stream itself: the client did not.
+    if (viaMcpProxy(hop)) assert(c.resumed === resumed, `the client resumed the stream ${c.resumed - resumed} times`);
+  }])),
+  async poll_slow(c, hop) {
+    const t0 = Date.now();
+    const r = await c.client.callTool({ name: "poll_slow", arguments: {} }).then(text, (e) => e);
+    const ms = Date.now() - t0;
+    if (hop === "mcp_proxy 5s") assert(r?.code === -32001 && ms >= 4500 && ms < 7000, `${r} after ${ms}ms, not the deadline's -32001 at 5s`);
+    else assert(r === "poll_slow done" && ms >= 7500, `${r} after ${ms}ms`);
+  },
+  // The client's own connection breaks after the priming event: it
+  // resumes the stream from that event's id.
+  async cut(c) {
+    const relay = await relayTo(new URL(c.url));
+    let client;
+    try {
+      ({ client } = await connect("streamable", relay.url, undefined, { reconnectionOptions: fast }));
+      const p = client.callTool({ name: "late", arguments: {} }, undefined, { timeout: 10000 });
+      await sleep(300);
+      relay.cut();
+      const r = await p;
+      assert(text(r) === "late done", `"${text(r)}"`);
+    } finally { await client?.close(); relay.close(); }
+  },
+  // Only mcp_proxy gets a client that does not resume streams its answer.
+  ...Object.fromEntries(["poll", "break"].map((tool) => [`raw_${tool}`, async (c, hop) => {
+    const { answer, progress } = await rawCall(c.url, tool);
+    if (viaMcpProxy(hop)) assert(answer === `${tool} done` && progress === "1,2", `answer ${answer}, progress ${progress}`);
+    else assert(answer === undefined, `answered without a resumption: ${answer}`);
+    return answer === undefined ? "no answer" : "answered";
+  }])),
+};
+
+async function runPolling(hop, url) {
+  const out = {};
+  const c = { url, resumed: 0 };
+  // Counts the client's own resumptions (a GET with Last-Event-ID).
+  const fetchFn = (input, init) => {
+    if (init?.method === "GET" && new Headers(init.headers).has("last-event-id")) c.resumed++;
+    return fetch(input, init);
+  };
+  try { Object.assign(c, await connect("streamable", url, undefined, { fetch: fetchFn })); } catch (e) { return { connect: `FAIL ${e.message}` }; }
+  for (const [name, fn] of Object.entries(pollScenarios)) {
+    try {
+      const note = await deadline(fn(c, hop), 30000, name);
+      out[name] = note ? `pass (${note})` : "pass";
+    } catch (e) { out[name] = `FAIL ${String(e.message).slice(0, 160)}`; }
+  }
+  await c.client.close();
+  return out;
+}
+
+// reportPolling prints the results of every hop; true when a scenario fails
+// directly, or passes directly and fails through mcp_proxy (the control,
+// reverse_proxy, only reports).
+function reportPolling(res) {
+  let failed = false;
+  const pass = (v) => v?.startsWith("pass");
+  console.log(`\nstreamable, TypeScript SDK server closing or breaking its streams\n  ${"".padEnd(12)} ${hops.map((h) => h.padEnd(17)).join(" ")}`);
+  for (const name of new Set(hops.flatMap((h) => Object.keys(res[h])))) {
+    const d = res.direct[name];
+    const bad = pass(d) && hops.some((h) => viaMcpProxy(h) && !pass(res[h][name]));
+    const broken = d !== undefined && !pass(d);
+    const control = pass(d) && !pass(res.reverse_proxy[name]);
+    failed ||= bad || broken;
+    const why = bad ? "   <-- fails only through mcp_proxy" : broken ? "   <-- fails directly" : control ? "   (fails through reverse_proxy)" : "";
+    const cell = (v) => (v === undefined ? "-" : pass(v) ? v : "FAIL").padEnd(17);
+    console.log(`  ${name.padEnd(12)} ${hops.map((h) => cell(res[h][name])).join(" ")}${why}`);
+    for (const h of hops) if (!pass(res[h][name]) && res[h][name]) console.log(`      ${h}: ${res[h][name]}`);
+  }
+  return failed;
+}
+
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "mcpgate-interop-"));
 const [site, admin, up1, up2] = [await freePort(), await freePort(), await freePort(), await freePort()];
+const ts = await startServer(sdkDir);
+// Beside Caddyfile.example's sites, one per proxied hop to the TypeScript server.
+const hopPorts = Object.fromEntries(await Promise.all(hops.slice(1).map(async (h) => [h, await freePort()])));
+const hopSite = (port, directive, block = "") => `\nhttp://127.0.0.1:${port} {\n\tbind 127.0.0.1\n\t${directive} 127.0.0.1:${ts.port}${block}\n}\n`;
 const config = fs.readFileSync(caddyfile, "utf8")
   .replaceAll(":8080", `:${site}`).replaceAll("localhost:2019", `localhost:${admin}`)
-  .replaceAll("9001", String(up1)).replaceAll("9002", String(up2));
+  .replaceAll("9001", String(up1)).replaceAll("9002", String(up2)) +
+  hopSite(hopPorts.reverse_proxy, "reverse_proxy") + hopSite(hopPorts.mcp_proxy, "mcp_proxy") +
+  hopSite(hopPorts["mcp_proxy 5s"], "mcp_proxy", " {\n\t\trequest_timeout 5s\n\t}") +
+  hopSite(hopPorts["mcp_proxy pin"], "mcp_proxy", " {\n\t\tpin_tools warn\n\t}");
 const caddy = startCaddy(caddyBin, tmp, config);
 // A run ended by timeout(1) takes its Caddy with it.
 for (const sig of ["SIGTERM", "SIGINT"]) process.on(sig, () => { caddy.kill(); process.exit(1); });
@@ -164,10 +291,17 @@ try {
       console.log(`  ${name.padEnd(14)} direct: ${(d[name] ?? "-").padEnd(6)} proxied: ${p[name] ?? "-"}${why}`);
     }
   }
+  const res = {};
+  for (const hop of hops) {
+    if (hop !== "direct") await caddy.waitPort(hopPorts[hop]);
+    res[hop] = await runPolling(hop, hop === "direct" ? ts.url : `http://127.0.0.1:${hopPorts[hop]}/mcp`);
+  }
+  failed = reportPolling(res) || failed;
 } catch (e) {
   console.log(`ERROR: ${e.stack}`);
   failed = true;
 } finally {
+  await ts.close();
   await caddy.stop();
   if (failed) console.log(`\ncaddy log (tail):\n${caddy.tail(8)}`);
   fs.rmSync(tmp, { recursive: true, force: true });

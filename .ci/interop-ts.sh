@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # Runs the TypeScript MCP SDK client (@modelcontextprotocol/sdk) against the
 # Go demo upstream of Caddyfile.example, directly and through Caddy, over
-# Streamable HTTP and legacy HTTP+SSE (.ci/interop-ts.mjs), and its OAuth
-# flow through mcp_auth in front of the demo (.ci/interop-ts-auth.mjs).
-# Fails when a scenario fails directly, or through the proxy.
+# Streamable HTTP and legacy HTTP+SSE (.ci/interop-ts.mjs); it and a raw
+# client that never resumes a stream against a TypeScript SDK server whose
+# tools close their POST's stream for the client to poll (SEP-1699) or break
+# it (.ci/interop-ts-server.mjs), directly, through reverse_proxy and through
+# mcp_proxy (also with request_timeout and with pin_tools), in the same
+# script; and its OAuth flow through mcp_auth in front of the demo
+# (.ci/interop-ts-auth.mjs). Fails when a scenario fails directly, or
+# through the proxy.
 # Step 4c of .ci/run.
 #
 # Optional environment: CADDY_BIN, the Caddy binary to test (default: go
