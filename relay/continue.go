@@ -50,6 +50,9 @@ func (st *State) continues() bool {
 // resumption of the stream after c.LastID, or nil when there is none to
 // ask for (every answer came, the deadline passed, no id of the
 // upstream's own ends the stream, no progress) or the upstream gives none.
+// An upstream that answers 409 Conflict still holds the stream's broken
+// connection as its live one (it has not noticed the break): it is asked
+// again after a retry delay, within the same tries.
 func (k *continuer) next(c sse.Continuation) io.ReadCloser {
 	st := k.st
 	st.mu.Lock()
@@ -58,25 +61,36 @@ func (k *continuer) next(c sse.Continuation) io.ReadCloser {
 	if c.LastID == "" || out == nil || st.IsExpired() || len(st.cancelIDs()) == 0 {
 		return nil
 	}
-	if c.LastID == k.lastID {
+	if c.LastID != k.lastID {
+		k.lastID, k.tries = c.LastID, 0
+	}
+	delay := c.Retry
+	for k.tries < maxContinueTries {
 		k.tries++
-	} else {
-		k.lastID, k.tries = c.LastID, 1
+		body, busy := k.ask(out, c, delay)
+		if body != nil || !busy {
+			return body
+		}
+		delay = max(delay, sse.DefaultRetry)
 	}
-	if k.tries > maxContinueTries {
-		st.p.Logger.Debug("upstream stream not resumed: no progress", zap.String("upstream", st.UpstreamAddr()), zap.Int("tries", maxContinueTries))
-		return nil
-	}
+	st.p.Logger.Debug("upstream stream not resumed: no progress", zap.String("upstream", st.UpstreamAddr()), zap.Int("tries", maxContinueTries))
+	return nil
+}
+
+// ask waits delay (none when not positive) and asks the upstream for its
+// stream after c.LastID with a GET like out; busy reports a 409 answer.
+func (k *continuer) ask(out *http.Request, c sse.Continuation, delay time.Duration) (body io.ReadCloser, busy bool) {
+	st := k.st
 	ctx := out.Context() // what abort, and so the deadline, cancels
-	if c.Retry > 0 {
-		t := time.NewTimer(min(c.Retry, maxContinueDelay))
+	if delay > 0 {
+		t := time.NewTimer(min(delay, maxContinueDelay))
 		defer t.Stop()
 		select {
 		case <-t.C:
 		case <-c.Stop:
-			return nil
+			return nil, false
 		case <-ctx.Done():
-			return nil
+			return nil, false
 		}
 	}
 	get := out.Clone(ctx)
@@ -89,14 +103,14 @@ func (k *continuer) next(c sse.Continuation) io.ReadCloser {
 	resp, err := st.p.Inner.RoundTrip(get)
 	if err != nil {
 		st.p.Logger.Debug("resuming the upstream stream failed", zap.Error(err), zap.String("upstream", st.UpstreamAddr()))
-		return nil
+		return nil, false
 	}
 	if resp.StatusCode != http.StatusOK || !isEventStream(resp.Header) || encoded(resp.Header) {
 		st.p.Logger.Debug("upstream did not resume its stream", zap.Int("status", resp.StatusCode),
 			zap.String("content_type", resp.Header.Get("Content-Type")), zap.String("upstream", st.UpstreamAddr()))
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4<<10))
 		_ = resp.Body.Close()
-		return nil
+		return nil, resp.StatusCode == http.StatusConflict
 	}
-	return resp.Body
+	return resp.Body, false
 }

@@ -226,7 +226,11 @@ type resumeTransport struct {
 	lastIDs []string // Last-Event-ID of each GET
 }
 
-const stallBody = "\x00stall"
+// stallBody and conflictBody stand for a body that stalls and a 409.
+const (
+	stallBody    = "\x00stall"
+	conflictBody = "\x00conflict"
+)
 
 func (rt *resumeTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	rt.mu.Lock()
@@ -240,6 +244,9 @@ func (rt *resumeTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	}
 	b := rt.bodies[0]
 	rt.bodies = rt.bodies[1:]
+	if b == conflictBody {
+		return &http.Response{StatusCode: http.StatusConflict, Body: http.NoBody, Header: http.Header{}, Request: r}, nil
+	}
 	resp := sseResponse(r, b)
 	if b == stallBody {
 		resp.Body = &stallingBody{ctx: r.Context()}
@@ -258,9 +265,10 @@ func (rt *resumeTransport) gets() []string {
 // cleanly (a priming event, then the close SEP-1699 allows) or with a
 // broken connection, is resumed by the relay from the upstream (a GET
 // with Last-Event-ID) on the stream the client holds, as long as each
-// resumption brings a new id; ended after an event without an id of the
-// upstream's, or when the upstream does not resume it, it ends with the
-// proxy's error. A deadline runs on through the resumption.
+// resumption brings a new id (a 409, the upstream still holding the broken
+// connection, is asked again within the same tries); ended after an event
+// without an id of the upstream's, or when the upstream does not resume
+// it, it ends with the proxy's error. A deadline runs on through the resumption.
 func TestRelayResumesUpstream(t *testing.T) {
 	const body = `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"slow"}}`
 	sess := &mcp.Session{Kind: mcp.TokenSession, Upstream: "up:1", UpstreamID: "u1", Version: mcp.Version20250618}
@@ -288,6 +296,10 @@ func TestRelayResumesUpstream(t *testing.T) {
 		{name: "no progress", events: priming, resumptions: []string{"", "", "", ""},
 			wantGets: []string{"ev-1", "ev-1", "ev-1"}, wantError: "without an answer"},
 		{name: "the upstream does not resume", events: priming, wantGets: []string{"ev-1"}, wantError: "without an answer"},
+		{name: "the upstream holds the broken connection a while", events: progress, broken: true,
+			resumptions: []string{conflictBody, answer7}, wantGets: []string{"ev-1", "ev-1"}},
+		{name: "the upstream holds the broken connection", events: progress, broken: true,
+			resumptions: []string{conflictBody, conflictBody, conflictBody, answer7}, wantGets: []string{"ev-1", "ev-1", "ev-1"}, wantError: "connection failed"},
 		{name: "no id", events: "retry: 500\ndata: \n\n", wantError: "without an answer"},
 		{name: "notification after the id", events: "id: ev-1\ndata: \n\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\n",
 			wantError: "without an answer"},
