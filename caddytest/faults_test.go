@@ -1402,6 +1402,16 @@ func TestFaultJSONAnswerStallsPastDeadline(t *testing.T) {
 	}
 }
 
+// faultLatestSession serves u behind an mcp_proxy with the lines of block
+// and opens a raw session at 2025-11-25; it returns the endpoint, the
+// session's token and the admin port.
+func faultLatestSession(t *testing.T, u *fakeUpstream, block string) (url, tok string, admin int) {
+	t.Helper()
+	port, admin := startOps(t, u.addr(), opsGlobal, block)
+	url = proxyURL(port) + "/mcp"
+	return url, openSessionWith(t, rawClient, url, "2025-11-25", nil), admin
+}
+
 // TestFaultUpstreamPolls: an upstream that closes a call's SSE answer
 // right after a priming event, for its client to poll (SEP-1699), gets
 // the poll from the proxy, which relays what follows on the stream its
@@ -1429,9 +1439,7 @@ func TestFaultUpstreamPolls(t *testing.T) {
 		}
 		return s.event("r-"+id, `{"jsonrpc":"2.0","id":`+id+`,"result":{"content":[{"type":"text","text":"polled"}]}}`)
 	}})
-	port, admin := startOps(t, u.addr(), opsGlobal, "\t\t\trequest_timeout 500ms\n")
-	url := proxyURL(port) + "/mcp"
-	tok := openSessionWith(t, rawClient, url, "2025-11-25", nil)
+	url, tok, admin := faultLatestSession(t, u, "\t\t\trequest_timeout 500ms\n")
 	ctx, cancel := context.WithTimeout(context.Background(), faultWait)
 	defer cancel()
 
@@ -1469,9 +1477,7 @@ func TestFaultPrimingWrittenAnew(t *testing.T) {
 			c.text("primed")
 		},
 	}})
-	port, _ := startOps(t, u.addr(), opsGlobal, "\t\t\tpin_tools warn\n")
-	url := proxyURL(port) + "/mcp"
-	tok := openSessionWith(t, rawClient, url, "2025-11-25", nil)
+	url, tok, _ := faultLatestSession(t, u, "\t\t\tpin_tools warn\n")
 	ctx, cancel := context.WithTimeout(context.Background(), faultWait)
 	defer cancel()
 	r := postJSON(ctx, url, callBody("4", "prime", "{}"), sessionHeaders(tok, "2025-11-25"))
