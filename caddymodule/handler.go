@@ -182,7 +182,9 @@ type Handler struct {
 
 	// Keepalive is how long a stream may stay silent before the proxy
 	// sends an SSE comment, so that idle timeouts of load balancers and
-	// clients do not cut it. Default: 15s.
+	// clients do not cut it; over HTTP/3 it must stay under QUIC's idle
+	// timeout, 30s unless the client keeps its connection alive.
+	// Default: 15s.
 	Keepalive caddy.Duration `json:"keepalive,omitempty"`
 
 	// ReplayEvents bounds the events kept in the replay ring of each
