@@ -187,7 +187,9 @@ const pollScenarios = {
     const t0 = Date.now();
     const r = await c.client.callTool({ name: "poll_slow", arguments: {} }).then(text, (e) => e);
     const ms = Date.now() - t0;
-    if (hop === "mcp_proxy 5s") assert(r?.code === -32001 && ms >= 4500 && ms < 7000, `${r} after ${ms}ms, not the deadline's -32001 at 5s`);
+    // The error, not the time, tells the deadline from the answer (at 8s);
+    // only a lower bound holds on a loaded machine.
+    if (hop === "mcp_proxy 5s") assert(r?.code === -32001 && ms >= 4500, `${r} after ${ms}ms, not the deadline's -32001 at 5s`);
     else assert(r === "poll_slow done" && ms >= 7500, `${r} after ${ms}ms`);
   },
   // The client's own connection breaks after the priming event: it
