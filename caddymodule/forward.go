@@ -58,8 +58,8 @@ func (h *Handler) forward(x *exchange, next caddyhttp.Handler) error {
 	} else if h.gov.filters() {
 		st.Subject = newSubject(r, x.principal, h.gov.matchers)
 	}
-	if orig, ok := r.Context().Value(caddyhttp.OriginalRequestCtxKey).(http.Request); ok && orig.URL != nil && r.Method == http.MethodGet {
-		st.RoutePrefix = mcp.StrippedPrefix(orig.URL.Path, r.URL.Path)
+	if r.Method == http.MethodGet {
+		st.RoutePrefix = mcp.StrippedPrefix(clientPath(r), r.URL.Path)
 	}
 	armed, ref := st.Arm(h.deadlineFor(r, &x.call))
 	if ref != nil {

@@ -6,9 +6,9 @@
 // capped, an SSE body taken over), the SSE relay of the answer or GET
 // stream (answer watch, max_response, replay and resumption, the
 // upstream's own resumption of an answer stream it ended before the
-// answer, handoff of a GET stream's connection), request deadlines, the legacy HTTP+SSE links
-// that act on answers sent on a session's stream, and the answers of
-// requests the access rules denied (Denials).
+// answer, handoff of a GET stream's connection), request deadlines, the
+// legacy HTTP+SSE links that act on answers sent on a session's stream,
+// and the answers of requests the access rules denied (Denials).
 //
 // A Proxy holds what one mcp_proxy handler configures and the process-wide
 // state it shares (the governor); its function fields are how it reaches

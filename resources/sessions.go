@@ -269,7 +269,7 @@ func (s *Session) Version() string {
 // than its client offered, and then refuses requests, its session's
 // DELETE among them, that name the newer one.
 func (s *Session) SetVersion(v string) {
-	if cur := s.version.Load(); v == "" || cur != nil && *cur == v || cur == nil && v == s.info.Version {
+	if v == "" || v == s.Version() {
 		return
 	}
 	s.version.Store(&v)

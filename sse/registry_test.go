@@ -101,27 +101,33 @@ func TestRegistryFindScopedBySession(t *testing.T) {
 // earlier id, or that id on a live stream, is answered from the ring.
 func TestRegistryFindLeavesPollingToUpstream(t *testing.T) {
 	r := NewRegistry(10, 10, time.Minute)
-	polled := NewStream(regConfig())
+	// endsAt records the upstream id a client that got every event holds
+	// at the end of the stream (Continuation.LastID), "" for none.
+	var endsAt string
+	endsAtHook := func(c Continuation) io.ReadCloser { endsAt = c.LastID; return nil }
+	cfg := regConfig()
+	cfg.Continue = endsAtHook
+	polled := NewStream(cfg)
 	if err := polled.Pump(strings.NewReader("id: e1\ndata: one\n\nid: e2\nretry: 500\ndata: \n\n")); err != nil {
 		t.Fatal(err)
 	}
 	live := liveStream(t, "l1")
 	r.Add("A", polled)
 	r.Add("A", live)
-	if !polled.EndsAtUpstreamID() {
-		t.Error("EndsAtUpstreamID = false after an upstream id")
+	if endsAt != "e2" {
+		t.Errorf("the stream ends at upstream id %q, want e2", endsAt)
 	}
 	for id, want := range map[string]*Stream{"e1": polled, "e2": nil, "l1": live} {
 		if got := r.Find("A", id); got != want {
 			t.Errorf("Find(%q) = %p, want %p", id, got, want)
 		}
 	}
-	proxied := NewStream(StreamConfig{ReplayEvents: 8, ReplayBytes: 1 << 16, IDPrefix: "p-"})
+	proxied := NewStream(StreamConfig{ReplayEvents: 8, ReplayBytes: 1 << 16, IDPrefix: "p-", Continue: endsAtHook})
 	if err := proxied.Pump(strings.NewReader("id: e1\ndata: one\n\ndata: two\n\n")); err != nil {
 		t.Fatal(err)
 	}
-	if proxied.EndsAtUpstreamID() {
-		t.Error("EndsAtUpstreamID = true after an event given the proxy's id")
+	if endsAt != "" {
+		t.Errorf("the stream ends at upstream id %q after an event given the proxy's id, want none", endsAt)
 	}
 }
 

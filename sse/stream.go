@@ -108,9 +108,9 @@ type Continuation struct {
 	// Err is the body's error; nil at a clean end.
 	Err error
 	// LastID is the newest event id the upstream itself assigned, when
-	// it is the last id a client that got every event holds (see
-	// Stream.EndsAtUpstreamID): the id the upstream can resume after.
-	// "" otherwise.
+	// it is the last id a client that got every event holds (no event
+	// with an id of the proxy's came after it): the id the upstream can
+	// resume after. "" otherwise.
 	LastID string
 	// Retry is the upstream's last `retry:` field, -1 when it sent none.
 	Retry time.Duration
@@ -298,16 +298,6 @@ func (s *Stream) UpstreamLastID() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.upstream
-}
-
-// EndsAtUpstreamID reports whether a client that got every event so far
-// holds, as its last event id, one the upstream assigned: resuming with
-// it, the upstream itself can go on where the stream left off. Final may
-// call it.
-func (s *Stream) EndsAtUpstreamID() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.lastOwn
 }
 
 // Resumes reports whether a client reconnecting with Last-Event-ID id is
