@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command bench is mcpgate's side-by-side benchmark harness: it builds
 // Caddy with the mcpgate modules, starts a mock MCP upstream in-process and
 // one Caddy process with two sites (plain reverse_proxy and mcp_proxy) in
@@ -9,6 +11,10 @@
 // idleedge can also measure the same mcp_proxy site served by a second
 // Caddy process started from that binary (-targets …,baseline), for a
 // comparison across commits within one run.
+//
+// It builds on Linux only: it reads Caddy's memory, CPU time and open
+// descriptors from /proc, and ties the processes it starts to its own
+// life with Pdeathsig.
 //
 // Usage:
 //
