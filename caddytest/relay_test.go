@@ -113,15 +113,7 @@ func tinyRecvBufClient() *http.Client {
 
 // tinyRecvBufDialer dials connections with a 4 KiB TCP receive buffer.
 func tinyRecvBufDialer() *net.Dialer {
-	return &net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
-		var serr error
-		if err := c.Control(func(fd uintptr) {
-			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
-		}); err != nil {
-			return err
-		}
-		return serr
-	}}
+	return &net.Dialer{Control: func(_, _ string, c syscall.RawConn) error { return setRcvBuf(c, 4096) }}
 }
 
 // TestRelayClientGoneWhileWriteBlocked: a GET stream relayed from its
