@@ -491,7 +491,13 @@ func TestRelayJSONAnswerUnderDeadline(t *testing.T) {
 			p.MaxEvent = tc.maxEvent
 			r, call := post(t, body)
 			st := p.NewState(httptest.NewRecorder(), r, call, mcp.Resolution{})
-			done, ref := st.Arm(50 * time.Millisecond)
+			// The answer read whole must beat its deadline on a loaded
+			// machine, and the deadline must then pass within the test.
+			step := 50 * time.Millisecond
+			if !tc.stall {
+				step = 500 * time.Millisecond
+			}
+			done, ref := st.Arm(step)
 			if ref != nil {
 				t.Fatal(ref.Message)
 			}
@@ -509,7 +515,7 @@ func TestRelayJSONAnswerUnderDeadline(t *testing.T) {
 				if err != nil || string(got) != answer || resp.ContentLength != int64(len(answer)) || st.IsExpired() {
 					t.Fatalf("answer %q (%v), length %d, expired %v", got, err, resp.ContentLength, st.IsExpired())
 				}
-				time.Sleep(100 * time.Millisecond)
+				time.Sleep(step + 200*time.Millisecond)
 				if st.IsExpired() {
 					t.Fatal("the deadline passed after the answer was read")
 				}
