@@ -1417,10 +1417,13 @@ func faultLatestSession(t *testing.T, u *fakeUpstream, block string) (url, tok s
 // the poll from the proxy, which relays what follows on the stream its
 // client holds: a client that does not resume streams itself gets the
 // answer, and a deadline holds through the poll (the client gets -32001,
-// the upstream notifications/cancelled, and the slots are freed).
+// the upstream notifications/cancelled, and the slots are freed). The
+// poll of a call the client sent chunked, with a trailer, is a GET with
+// no body framing.
 func TestFaultUpstreamPolls(t *testing.T) {
 	var mu sync.Mutex
-	calls := map[string]string{} // the raw ids of the calls, by priming event id
+	calls := map[string]string{}   // the raw ids of the calls, by priming event id
+	framing := map[string]string{} // the body framing of each poll, by call
 	answer := true
 	u := startFake(t, &fakeUpstream{name: "poll", on: map[string]func(*fakeCall){
 		"tools/call:poll": func(c *fakeCall) {
@@ -1433,6 +1436,9 @@ func TestFaultUpstreamPolls(t *testing.T) {
 		mu.Lock()
 		id, ok := calls[s.r.Header.Get("Last-Event-ID")]
 		ans := answer
+		if ok {
+			framing[id] = fmt.Sprintf("length %d, transfer encoding %q, trailer %v", s.r.ContentLength, s.r.TransferEncoding, s.r.Trailer)
+		}
 		mu.Unlock()
 		if !ok || !ans {
 			return s.idle(nil)
@@ -1451,6 +1457,19 @@ func TestFaultUpstreamPolls(t *testing.T) {
 	if get := u.await(t, "the poll", faultWait, func(s fakeSeen) bool { return s.method == http.MethodGet }); get.sid != u.mintedIDs()[0] {
 		t.Errorf("polled in session %q, want the upstream's", get.sid)
 	}
+
+	req, err := newPost(ctx, url, callBody("6", "poll", "{}"), sessionHeaders(tok, "2025-11-25"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Body, req.ContentLength, req.GetBody = io.NopCloser(io.MultiReader(req.Body)), -1, nil
+	req.Trailer = http.Header{"X-Checksum": {"1"}}
+	assertResult(t, readReply(rawClient.Do(req)), "6", "polled")
+	mu.Lock()
+	if want := "length 0, transfer encoding [], trailer map[]"; framing["6"] != want {
+		t.Errorf("the poll of a chunked call: %s, want %s", framing["6"], want)
+	}
+	mu.Unlock()
 
 	mu.Lock()
 	answer = false

@@ -93,11 +93,7 @@ func (k *continuer) ask(out *http.Request, c sse.Continuation, delay time.Durati
 			return nil, false
 		}
 	}
-	get := out.Clone(ctx)
-	get.Method = http.MethodGet
-	get.Body, get.ContentLength, get.GetBody = http.NoBody, 0, nil
-	get.Header.Del("Content-Type")
-	get.Header.Del("Content-Length")
+	get := bodiless(ctx, out, http.MethodGet)
 	get.Header.Set("Accept", "text/event-stream")
 	get.Header.Set(mcp.HeaderLastEventID, c.LastID)
 	resp, err := st.p.Inner.RoundTrip(get)

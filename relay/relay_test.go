@@ -231,6 +231,10 @@ func (rt *resumeTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	if r.Method != http.MethodGet || r.Header.Get("Accept") != "text/event-stream" || r.Header.Get(mcp.HeaderSessionID) == "" {
 		return nil, fmt.Errorf("not a resumption: %s %v", r.Method, r.Header)
 	}
+	// The GET carries none of the POST's body framing.
+	if r.ContentLength != 0 || len(r.TransferEncoding) != 0 || r.Trailer != nil || (r.Body != nil && r.Body != http.NoBody) {
+		return nil, fmt.Errorf("a resumption with a body: length %d, transfer encoding %q, trailer %v", r.ContentLength, r.TransferEncoding, r.Trailer)
+	}
 	rt.lastIDs = append(rt.lastIDs, r.Header.Get(mcp.HeaderLastEventID))
 	if len(rt.bodies) == 0 {
 		return &http.Response{StatusCode: http.StatusNotFound, Body: http.NoBody, Header: http.Header{}, Request: r}, nil
@@ -323,6 +327,8 @@ func TestRelayResumesUpstream(t *testing.T) {
 			}
 			req := st.Attempt(r.Clone(r.Context()))
 			req.Header.Set(mcp.HeaderSessionID, "u1")
+			// The client sent its body chunked, with a trailer.
+			req.ContentLength, req.TransferEncoding, req.Trailer = -1, []string{"chunked"}, http.Header{"X-Checksum": nil}
 			resp := sseResponse(req, tc.events)
 			if tc.broken {
 				resp.Body = io.NopCloser(io.MultiReader(strings.NewReader(tc.events), iotest.ErrReader(io.ErrUnexpectedEOF)))
@@ -867,7 +873,10 @@ func TestUnreadableAnswers(t *testing.T) {
 				resp.Header.Set("Content-Encoding", c.ce)
 			}
 			resp.Header.Set(mcp.HeaderSessionID, "upstream-session")
-			out := st.Answer(r.Clone(r.Context()), resp, false, "127.0.0.1:1")
+			// The client sent its initialize chunked, with a trailer.
+			req := r.Clone(r.Context())
+			req.ContentLength, req.TransferEncoding, req.Trailer = -1, []string{"chunked"}, http.Header{"X-Checksum": nil}
+			out := st.Answer(req, resp, false, "127.0.0.1:1")
 			if out.StatusCode != c.want {
 				t.Fatalf("status %d, want %d", out.StatusCode, c.want)
 			}
@@ -877,6 +886,12 @@ func TestUnreadableAnswers(t *testing.T) {
 			deleted := len(rt.reqs) == 1 && rt.reqs[0].Method == http.MethodDelete && rt.reqs[0].Header.Get(mcp.HeaderSessionID) == "upstream-session"
 			if c.want == http.StatusBadGateway && !deleted {
 				t.Errorf("the upstream session of a refused initialize answer was not deleted: %d requests", len(rt.reqs))
+			}
+			if deleted {
+				if d := rt.reqs[0]; d.ContentLength != 0 || d.TransferEncoding != nil || d.Trailer != nil || d.Header.Get("Content-Type") != "" {
+					t.Errorf("the DELETE carries the POST's body framing: length %d, transfer encoding %q, trailer %v, type %q",
+						d.ContentLength, d.TransferEncoding, d.Trailer, d.Header.Get("Content-Type"))
+				}
 			}
 			if c.want == http.StatusOK && len(rt.reqs) > 0 {
 				t.Errorf("%d side requests for a passed answer", len(rt.reqs))

@@ -151,15 +151,25 @@ func (st *State) errorAnswer(code int, msg string) []byte {
 	return mcp.AppendBatch(nil, answers)
 }
 
+// bodiless returns a copy of req, the upstream request of a POST, under
+// ctx, as a request of method without a body: none of the POST's body
+// framing goes with it (a chunked POST would make it chunked too, with an
+// empty body, and announce its trailers), nor its Content-Type.
+func bodiless(ctx context.Context, req *http.Request, method string) *http.Request {
+	out := req.Clone(ctx)
+	out.Method = method
+	out.Body, out.ContentLength, out.GetBody = http.NoBody, 0, nil
+	out.TransferEncoding, out.Trailer = nil, nil
+	out.Header.Del("Content-Type")
+	out.Header.Del("Content-Length")
+	return out
+}
+
 // deleteUpstreamSession ends an upstream session the proxy will not use,
 // with a DELETE sent like req (same upstream, transport and headers), in
 // the background if a side-request slot is free.
 func (st *State) deleteUpstreamSession(req *http.Request, sid string) {
-	del := req.Clone(context.WithoutCancel(req.Context()))
-	del.Method = http.MethodDelete
-	del.Body, del.ContentLength, del.GetBody = http.NoBody, 0, nil
-	del.Header.Del("Content-Type")
-	del.Header.Del("Content-Length")
+	del := bodiless(context.WithoutCancel(req.Context()), req, http.MethodDelete)
 	del.Header.Set(mcp.HeaderSessionID, sid)
 	p := st.p
 	inner, logger := p.Inner, p.Logger
