@@ -1418,8 +1418,8 @@ func faultLatestSession(t *testing.T, u *fakeUpstream, block string) (url, tok s
 // client holds: a client that does not resume streams itself gets the
 // answer, and a deadline holds through the poll (the client gets -32001,
 // the upstream notifications/cancelled, and the slots are freed). The
-// poll of a call the client sent chunked, with a trailer, is a GET with
-// no body framing.
+// poll of a call the client sent chunked, with a trailer, Expect:
+// 100-continue and a Content-Digest, is a GET with none of them.
 func TestFaultUpstreamPolls(t *testing.T) {
 	var mu sync.Mutex
 	calls := map[string]string{}   // the raw ids of the calls, by priming event id
@@ -1437,7 +1437,8 @@ func TestFaultUpstreamPolls(t *testing.T) {
 		id, ok := calls[s.r.Header.Get("Last-Event-ID")]
 		ans := answer
 		if ok {
-			framing[id] = fmt.Sprintf("length %d, transfer encoding %q, trailer %v", s.r.ContentLength, s.r.TransferEncoding, s.r.Trailer)
+			framing[id] = fmt.Sprintf("length %d, transfer encoding %q, trailer %v, expect %q, digest %q",
+				s.r.ContentLength, s.r.TransferEncoding, s.r.Trailer, s.r.Header.Get("Expect"), s.r.Header.Get("Content-Digest"))
 		}
 		mu.Unlock()
 		if !ok || !ans {
@@ -1464,9 +1465,11 @@ func TestFaultUpstreamPolls(t *testing.T) {
 	}
 	req.Body, req.ContentLength, req.GetBody = io.NopCloser(io.MultiReader(req.Body)), -1, nil
 	req.Trailer = http.Header{"X-Checksum": {"1"}}
+	req.Header.Set("Expect", "100-continue")
+	req.Header.Set("Content-Digest", "sha-256=:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=:")
 	assertResult(t, readReply(rawClient.Do(req)), "6", "polled")
 	mu.Lock()
-	if want := "length 0, transfer encoding [], trailer map[]"; framing["6"] != want {
+	if want := `length 0, transfer encoding [], trailer map[], expect "", digest ""`; framing["6"] != want {
 		t.Errorf("the poll of a chunked call: %s, want %s", framing["6"], want)
 	}
 	mu.Unlock()

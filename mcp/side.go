@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"net/http"
+	"slices"
 	"strings"
 )
 
@@ -107,16 +108,35 @@ func ResponseID(data []byte) (id []byte, ok bool, err error) {
 
 // CancelHeaders returns the headers of a notifications/cancelled the proxy
 // posts for a client request that had header h: the client's own (its
-// session, version and credentials), for a JSON body of the proxy's.
+// session, version and credentials) but those of its body (see
+// DropBodyHeaders) and its Last-Event-ID, for a JSON body of the proxy's.
 func CancelHeaders(h http.Header) http.Header {
 	hdr := h.Clone()
-	for _, k := range []string{"Content-Length", "Transfer-Encoding", HeaderLastEventID} {
-		hdr.Del(k)
-	}
+	DropBodyHeaders(hdr)
+	hdr.Del(HeaderLastEventID)
 	hdr.Set("Content-Type", "application/json")
 	hdr.Set("Accept", "application/json, text/event-stream")
 	return hdr
 }
+
+// DropBodyHeaders removes from h, the header of a client's POST, the
+// fields that describe its body or how it is sent: every Content-* field
+// (its type, length, encoding, digest...), Digest, Repr-Digest, Expect,
+// Trailer and Transfer-Encoding. A request of the proxy's own built from
+// the POST, with a body of its own or none, would otherwise claim them:
+// an upstream that checks a digest would refuse it, and one that sees
+// Expect: 100-continue would answer it.
+func DropBodyHeaders(h http.Header) {
+	for k := range h {
+		if ck := http.CanonicalHeaderKey(k); strings.HasPrefix(ck, "Content-") || slices.Contains(bodyFields, ck) {
+			delete(h, k)
+		}
+	}
+}
+
+// bodyFields are the header fields of a body, or of how it is sent,
+// besides the Content-* ones.
+var bodyFields = []string{"Digest", "Repr-Digest", "Expect", "Trailer", "Transfer-Encoding"}
 
 // SessionKey names a session in the proxy's registries: its upstream and
 // the upstream's own session id, which every token of the session shares.

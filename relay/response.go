@@ -154,14 +154,14 @@ func (st *State) errorAnswer(code int, msg string) []byte {
 // bodiless returns a copy of req, the upstream request of a POST, under
 // ctx, as a request of method without a body: none of the POST's body
 // framing goes with it (a chunked POST would make it chunked too, with an
-// empty body, and announce its trailers), nor its Content-Type.
+// empty body, and announce its trailers), nor the header fields of its
+// body (mcp.DropBodyHeaders).
 func bodiless(ctx context.Context, req *http.Request, method string) *http.Request {
 	out := req.Clone(ctx)
 	out.Method = method
 	out.Body, out.ContentLength, out.GetBody = http.NoBody, 0, nil
 	out.TransferEncoding, out.Trailer = nil, nil
-	out.Header.Del("Content-Type")
-	out.Header.Del("Content-Length")
+	mcp.DropBodyHeaders(out.Header)
 	return out
 }
 
