@@ -138,6 +138,49 @@ func listAllTools(t *testing.T, ctx context.Context, cs *mcp.ClientSession) (nam
 	return nil, 0
 }
 
+// TestGovernanceBodyBoundHeaders: an upstream's digest and entity tag
+// name the bytes of its answer's body; they reach the client with a JSON
+// answer the proxy passes as it is, and never with a body the proxy
+// changed (a filtered list), wrote (a denial) or relayed as a stream
+// (keepalives and ids of its own go among the events).
+func TestGovernanceBodyBoundHeaders(t *testing.T) {
+	for _, mode := range []struct {
+		name string
+		json bool
+	}{{"json", true}, {"sse", false}} {
+		t.Run(mode.name, func(t *testing.T) {
+			h := demo.Handler(pagedServer("add", "b_hidden", "countdown", "echo", "zeta"), "", &mcp.StreamableHTTPOptions{JSONResponse: mode.json})
+			up := startRecorded(t, "digest", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Digest", "sha-256=:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=:")
+				w.Header().Set("ETag", `"v1"`)
+				h.ServeHTTP(w, r)
+			}))
+			port := freePort(t)
+			loadCaddyfile(t, proxySite(port, up.addr(), rulesBlock("deny tool add b_*")))
+			url := proxyURL(port) + "/mcp"
+			ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
+			defer cancel()
+			hdr := inSession(rawSession(t, url, nil), nil)
+			for _, c := range []struct {
+				what, body string
+				keeps      bool
+			}{
+				{"a filtered tools/list page", `{"jsonrpc":"2.0","id":1,"method":"tools/list"}`, false},
+				{"a denied call", callBody("2", "add", `{}`), false},
+				{"an answer passed as it is", callBody("3", "zeta", `{}`), mode.json},
+			} {
+				r := postJSON(ctx, url, c.body, hdr)
+				if r.err != nil || r.status != http.StatusOK {
+					t.Fatalf("%s: %s", c.what, r)
+				}
+				if d, e := r.hdr.Get("Content-Digest"), r.hdr.Get("ETag"); (d != "" || e != "") != c.keeps {
+					t.Errorf("%s: Content-Digest %q, ETag %q; want them kept: %v", c.what, d, e, c.keeps)
+				}
+			}
+		})
+	}
+}
+
 // toolNames returns the names in a tools/list answer message.
 func toolNames(t *testing.T, msg string) (names []string, cursor string) {
 	t.Helper()

@@ -478,6 +478,7 @@ func (st *State) processJSON(resp *http.Response) (_ *http.Response, streaming b
 		}
 		if out != nil {
 			body = out
+			dropBodyBound(resp.Header)
 		}
 	}
 	resp.Body = io.NopCloser(bytes.NewReader(body))

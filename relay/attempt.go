@@ -116,6 +116,9 @@ func (st *State) Answer(req *http.Request, resp *http.Response, dialled bool, se
 	resp.Body = http.NoBody
 	resp.ContentLength = -1
 	resp.Header.Del("Content-Length")
+	// The relay writes keepalives, ids and errors of its own among the
+	// upstream's events.
+	dropBodyBound(resp.Header)
 	// A stream that may be handed off is delimited by the close of its
 	// connection, not chunked: net/http then sends "Connection: close"
 	// and no Transfer-Encoding, and the relay writes the events as they

@@ -31,7 +31,8 @@ type answerTemplate struct {
 }
 
 // perResponseHeaders are not copied from an upstream's answer to a
-// denial's.
+// denial's, and neither are the fields that name the bytes of its body
+// (bodyBoundHeaders).
 var perResponseHeaders = []string{"Content-Length", "Date", mcp.HeaderSessionID, "Set-Cookie", "Transfer-Encoding", "Connection"}
 
 // Note keeps the headers of an upstream's 200 answer to a POST, the
@@ -47,6 +48,7 @@ func (d *Denials) Note(resp *http.Response, streamed bool) {
 	for _, k := range perResponseHeaders {
 		hdr.Del(k)
 	}
+	dropBodyBound(hdr)
 	slot.Store(&answerTemplate{header: hdr, session: session,
 		via: strconv.Itoa(resp.ProtoMajor) + "." + strconv.Itoa(resp.ProtoMinor) + " Caddy"})
 }

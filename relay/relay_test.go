@@ -414,6 +414,7 @@ func TestDenialsAnswerAsTheUpstreams(t *testing.T) {
 
 	up := &http.Response{ProtoMajor: 1, ProtoMinor: 1, Header: http.Header{
 		"Content-Type": {"text/event-stream"}, "X-Upstream": {"yes"}, mcp.HeaderSessionID: {"u-1"}, "Date": {"then"},
+		"Content-Digest": {"sha-256=:x:"}, "Etag": {`"v1"`},
 	}}
 	d.Note(up, true)
 	w = httptest.NewRecorder()
@@ -423,7 +424,7 @@ func TestDenialsAnswerAsTheUpstreams(t *testing.T) {
 	}
 	h := w.Header()
 	if h.Get("Content-Type") != "text/event-stream" || h.Get("X-Upstream") != "yes" || h.Get("Date") != "" || h.Get("Server") != "" ||
-		h.Get("Via") != "1.1 Caddy" || h.Get(mcp.HeaderSessionID) != "client-token" {
+		h.Get("Via") != "1.1 Caddy" || h.Get(mcp.HeaderSessionID) != "client-token" || h.Get("Content-Digest") != "" || h.Get("ETag") != "" {
 		t.Fatalf("headers %v", h)
 	}
 	if b := w.Body.String(); !strings.Contains(b, "event: message") || !strings.Contains(b, "unknown tool") || !strings.Contains(b, "id: "+sse.ProxyIDMarker) {

@@ -104,6 +104,18 @@ func validHeaderValue(v string) bool {
 	return true
 }
 
+// bodyBoundHeaders are the fields of an answer that name the exact bytes
+// of its body: a digest or an entity tag. They go with a body the proxy
+// changes or writes itself, which they would misname.
+var bodyBoundHeaders = []string{"Content-Digest", "Repr-Digest", "Digest", "Content-MD5", "ETag"}
+
+// dropBodyBound removes bodyBoundHeaders from h.
+func dropBodyBound(h http.Header) {
+	for _, k := range bodyBoundHeaders {
+		h.Del(k)
+	}
+}
+
 // replaceResponse closes resp's body and returns, in its place, an answer
 // of the proxy's own with a JSON-RPC error for the request (see
 // errorAnswer).
