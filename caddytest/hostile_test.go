@@ -10,7 +10,9 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -188,6 +190,72 @@ func TestHostileBodies(t *testing.T) {
 	}
 	if n := up.bodiesRead(); n != 0 || up.didRun("tools/call:echo") {
 		t.Errorf("the upstream received %d complete bodies, ran %v", n, up.ran())
+	}
+}
+
+// TestHostileRequestTrailers: a request that announces trailers is
+// refused with 400, over HTTP/1.1 and HTTP/2, and never reaches the
+// upstream, which might read a trailer field as the header the proxy
+// checked (a session, a method, credentials); a trailer the client did
+// not announce is not passed on.
+func TestHostileRequestTrailers(t *testing.T) {
+	var mu sync.Mutex
+	var seen []string // the trailers of each request the upstream got
+	up := startUpstreamHandler(t, "trailers", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		mu.Lock()
+		seen = append(seen, fmt.Sprint(r.Trailer))
+		mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"jsonrpc":"2.0","id":1,"result":{}}`)
+	}))
+	port := freePort(t)
+	loadCaddyfileWith(t, h2cGlobal, proxySite(port, up.addr(), "\t\trequire_session off\n"))
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	const body = `{"jsonrpc":"2.0","id":1,"method":"tools/list"}`
+
+	chunked := func(announce, trailer string) string {
+		t.Helper()
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(boundedWait))
+		_, _ = fmt.Fprintf(c, "POST /mcp HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"+
+			"Accept: application/json, text/event-stream\r\nTransfer-Encoding: chunked\r\n%s\r\n%x\r\n%s\r\n0\r\n%s\r\n",
+			addr, announce, len(body), body, trailer)
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatalf("no answer: %v", err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		return fmt.Sprintf("%d %s", resp.StatusCode, b)
+	}
+	smuggled := "Mcp-Session-Id: raw-upstream-id\r\nMcp-Method: tools/call\r\nAuthorization: Bearer x\r\n"
+	if got := chunked("Trailer: Mcp-Session-Id, Mcp-Method, Authorization\r\n", smuggled); !strings.HasPrefix(got, "400 ") || !strings.Contains(got, "trailers") {
+		t.Errorf("announced trailers over HTTP/1.1: %s, want 400", got)
+	}
+	if got := chunked("", smuggled); !strings.HasPrefix(got, "200 ") {
+		t.Errorf("trailers not announced over HTTP/1.1: %s, want 200", got)
+	}
+
+	req, err := http.NewRequest(http.MethodPost, "http://"+addr+"/mcp", io.MultiReader(strings.NewReader(body)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json, text/event-stream")
+	req.Trailer = http.Header{"Mcp-Method": {"tools/call"}}
+	r := readReply(h2cClient(t).Do(req))
+	if r.err != nil || r.status != http.StatusBadRequest || !strings.Contains(r.body, "trailers") {
+		t.Errorf("announced trailers over HTTP/2: %s, want 400", r)
+	}
+
+	mu.Lock()
+	defer mu.Unlock()
+	if want := []string{"map[]"}; !slices.Equal(seen, want) {
+		t.Errorf("the upstream got requests with trailers %q, want %q (only the one without announced trailers, and none of them)", seen, want)
 	}
 }
 

@@ -104,6 +104,23 @@ func TestCheckShapeContentEncoding(t *testing.T) {
 	}
 }
 
+// TestCheckShapeTrailers: a request that announces trailers is refused
+// with 400, whatever its method; an empty trailer map is no trailer.
+func TestCheckShapeTrailers(t *testing.T) {
+	for _, method := range []string{"POST", "GET", "DELETE"} {
+		r, _ := http.NewRequest(method, "http://h/mcp", nil)
+		r.Header.Set("Content-Type", "application/json")
+		r.Trailer = http.Header{"Mcp-Session-Id": nil}
+		if ref := CheckShape(r); ref == nil || ref.Status != 400 || !strings.Contains(ref.Message, "trailers") {
+			t.Errorf("%s with a trailer: %+v", method, ref)
+		}
+		r.Trailer = http.Header{}
+		if ref := CheckShape(r); ref != nil {
+			t.Errorf("%s with an empty trailer map: %+v", method, ref)
+		}
+	}
+}
+
 func TestCheckShape(t *testing.T) {
 	for _, tt := range []struct {
 		method, path string

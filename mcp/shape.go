@@ -15,9 +15,14 @@ const AllowedMethods = "GET, POST, DELETE, OPTIONS"
 // anything else is read: a method other than GET, POST, DELETE (and
 // OPTIONS when it is a CORS preflight) gets 405, a GET whose Accept does
 // not admit text/event-stream 406, a POST whose body is not JSON in UTF-8
-// 415 (see CheckMediaType), and a path with dot segments (".", "..", also
-// percent-encoded, or made by decoding an encoded slash) 400. The caller
-// sets the Allow header on a 405.
+// 415 (see CheckMediaType), a path with dot segments (".", "..", also
+// percent-encoded, or made by decoding an encoded slash) 400, and so does
+// a request that announces trailers (the Trailer header of a chunked
+// HTTP/1.1 body, or over HTTP/2 and HTTP/3): reverse_proxy would pass
+// them on, and an upstream that reads a trailer field as a header would
+// take an Mcp-Session-Id, an Mcp-Method or an Authorization the proxy
+// never checked. (Trailers a client sends without announcing them are
+// not passed on.) The caller sets the Allow header on a 405.
 func CheckShape(r *http.Request) *Refusal {
 	switch r.Method {
 	case http.MethodPost:
@@ -38,6 +43,9 @@ func CheckShape(r *http.Request) *Refusal {
 	}
 	if HasDotSegment(r.URL.EscapedPath()) || hasDecodedDotSegment(r.URL.Path) {
 		return Refuse(http.StatusBadRequest, CodeInvalidRequest, "", "Bad Request: the path has dot segments")
+	}
+	if len(r.Trailer) > 0 {
+		return Refuse(http.StatusBadRequest, CodeInvalidRequest, "", "Bad Request: request trailers are not accepted")
 	}
 	return nil
 }
