@@ -259,6 +259,33 @@ func TestHostileRequestTrailers(t *testing.T) {
 	}
 }
 
+// TestHostileConnectionOptions: a Connection header that names an
+// end-to-end field is refused with 400 and nothing reaches the upstream:
+// reverse_proxy would drop that field, and the upstream would read the
+// request without it (without its session, once the proxy pinned it; a
+// tenant a matcher read). The request's own options pass.
+func TestHostileConnectionOptions(t *testing.T) {
+	u := startFake(t, &fakeUpstream{name: "conn"})
+	port := freePort(t)
+	loadCaddyfile(t, proxySite(port, u.addr(), ""))
+	url := proxyURL(port) + "/mcp"
+	sid := rawSession(t, url, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
+	defer cancel()
+	mark := u.mark()
+	for _, conn := range []string{"keep-alive, Mcp-Session-Id", "Mcp-Protocol-Version", "X-Tenant"} {
+		r := postJSON(ctx, url, callBody("5", "echo", `{"text":"hi"}`), inSession(sid, map[string]string{"Connection": conn}))
+		if r.status != http.StatusBadRequest || !strings.Contains(r.body, "Connection header names") {
+			t.Errorf("Connection: %s: %s, want 400", conn, r)
+		}
+	}
+	if seen := u.since(mark); len(seen) != 0 {
+		t.Errorf("the upstream got %d requests whose Connection header names an end-to-end field", len(seen))
+	}
+	r := postJSON(ctx, url, callBody("6", "echo", `{"text":"hi"}`), inSession(sid, map[string]string{"Connection": "keep-alive"}))
+	assertResult(t, r, "6", "hi")
+}
+
 // TestHostileShape: only MCP over HTTP reaches the upstream.
 func TestHostileShape(t *testing.T) {
 	up, _ := startDecoding(t)

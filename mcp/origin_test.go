@@ -121,6 +121,23 @@ func TestCheckShapeTrailers(t *testing.T) {
 	}
 }
 
+// TestCheckShapeConnection: a Connection header may name the request's
+// own options and hop-by-hop fields, in any case; one that names another
+// field, which reverse_proxy would drop, is refused with 400.
+func TestCheckShapeConnection(t *testing.T) {
+	for conn, ok := range map[string]bool{
+		"keep-alive": true, "Close": true, "Upgrade, HTTP2-Settings": true, "TE, close": true, " keep-alive ,, Proxy-Authorization": true,
+		"keep-alive, Mcp-Session-Id": false, "mcp-protocol-version": false, "Authorization": false, "X-Tenant": false, "close,Content-Type": false,
+	} {
+		r, _ := http.NewRequest("POST", "http://h/mcp", nil)
+		r.Header.Set("Content-Type", "application/json")
+		r.Header.Set("Connection", conn)
+		if ref := CheckShape(r); (ref == nil) != ok || ref != nil && (ref.Status != 400 || !strings.Contains(ref.Message, "Connection")) {
+			t.Errorf("Connection: %s: %+v, want accepted %v", conn, ref, ok)
+		}
+	}
+}
+
 func TestCheckShape(t *testing.T) {
 	for _, tt := range []struct {
 		method, path string

@@ -22,7 +22,12 @@ const AllowedMethods = "GET, POST, DELETE, OPTIONS"
 // them on, and an upstream that reads a trailer field as a header would
 // take an Mcp-Session-Id, an Mcp-Method or an Authorization the proxy
 // never checked. (Trailers a client sends without announcing them are
-// not passed on.) The caller sets the Allow header on a 405.
+// not passed on.) An HTTP/1 request whose Connection header names a field
+// other than a hop-by-hop one (see hopOptions) is refused with 400 too:
+// reverse_proxy drops every field the Connection header names, so the
+// upstream would read the request without a header the proxy, or a
+// matcher, read (Connection: Mcp-Session-Id takes the session away after
+// the proxy pinned it). The caller sets the Allow header on a 405.
 func CheckShape(r *http.Request) *Refusal {
 	switch r.Method {
 	case http.MethodPost:
@@ -47,7 +52,29 @@ func CheckShape(r *http.Request) *Refusal {
 	if len(r.Trailer) > 0 {
 		return Refuse(http.StatusBadRequest, CodeInvalidRequest, "", "Bad Request: request trailers are not accepted")
 	}
+	if f := endToEndOption(r.Header); f != "" {
+		return Refuse(http.StatusBadRequest, CodeInvalidRequest, "", "Bad Request: the Connection header names "+f+", which is not hop-by-hop")
+	}
 	return nil
+}
+
+// hopOptions are the options a request's Connection header may carry: its
+// own (close, keep-alive, upgrade, and HTTP2-Settings for an h2c upgrade)
+// and the names of hop-by-hop fields, which reverse_proxy drops anyway.
+var hopOptions = []string{"close", "keep-alive", "upgrade", "http2-settings", "te", "trailer", "transfer-encoding",
+	"proxy-connection", "proxy-authenticate", "proxy-authorization", "alt-svc", "connection"}
+
+// endToEndOption returns the first option of h's Connection header that
+// is not in hopOptions (at most 64 bytes of it), "" when there is none.
+func endToEndOption(h http.Header) string {
+	for _, v := range h.Values("Connection") {
+		for o := range strings.SplitSeq(v, ",") {
+			if o = strings.TrimSpace(o); o != "" && !slices.ContainsFunc(hopOptions, func(k string) bool { return strings.EqualFold(k, o) }) {
+				return o[:min(len(o), 64)]
+			}
+		}
+	}
+	return ""
 }
 
 // IsPreflight reports whether r is a CORS preflight: OPTIONS with Origin
