@@ -124,6 +124,10 @@ func (h *Handler) classify(x *exchange) *mcp.Refusal {
 		}
 		return ref
 	}
+	// An upgrade to h2c over plain HTTP/1.1 (curl --http2) is declined:
+	// without its Upgrade header, reverse_proxy sends the request on as
+	// the HTTP/1.1 request it is, as a server may (RFC 7540, section 3.2).
+	r.Header.Del("Upgrade")
 	if ref := h.checkOrigin(r); ref != nil {
 		return ref
 	}

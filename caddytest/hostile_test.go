@@ -286,6 +286,67 @@ func TestHostileConnectionOptions(t *testing.T) {
 	assertResult(t, r, "6", "hi")
 }
 
+// TestHostileUpgrade: a request for a protocol upgrade never reaches the
+// upstream, which could switch the connection to a tunnel that passes no
+// check of the proxy's: an upgrade to WebSocket is refused with 400, one
+// to h2c (curl --http2 over plain HTTP) is declined and the request goes
+// on as HTTP/1.1, without its Upgrade header.
+func TestHostileUpgrade(t *testing.T) {
+	u := startFake(t, &fakeUpstream{name: "upgrade"})
+	var asked atomic.Int32 // requests that reached the upstream asking for an upgrade
+	up := startUpstreamHandler(t, "upgrade", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") == "" {
+			u.ServeHTTP(w, r)
+			return
+		}
+		asked.Add(1)
+		c, _, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		_, _ = io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: "+r.Header.Get("Upgrade")+"\r\n\r\n")
+	}))
+	port := freePort(t)
+	loadCaddyfile(t, proxySite(port, up.addr(), ""))
+	url := proxyURL(port) + "/mcp"
+	sid := rawSession(t, url, nil)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	const call = `{"jsonrpc":"2.0","id":5,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hi"}}}`
+	for _, tc := range []struct {
+		what, req string
+		status    int
+		want      string
+	}{
+		{"a GET stream upgraded to WebSocket", fmt.Sprintf("GET /mcp HTTP/1.1\r\nHost: %s\r\nAccept: text/event-stream\r\n"+
+			"Mcp-Session-Id: %s\r\nMcp-Protocol-Version: %s\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", addr, sid, sessionVersion),
+			http.StatusBadRequest, "switch protocols"},
+		{"a call upgraded to h2c", fmt.Sprintf("POST /mcp HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n"+
+			"Mcp-Session-Id: %s\r\nMcp-Protocol-Version: %s\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n"+
+			"Content-Length: %d\r\n\r\n%s", addr, sid, sessionVersion, len(call), call),
+			http.StatusOK, `"text":"hi"`},
+	} {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetDeadline(time.Now().Add(boundedWait))
+		_, _ = io.WriteString(c, tc.req)
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.what, err)
+		}
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
+		c.Close()
+		if resp.StatusCode != tc.status || !strings.Contains(string(b), tc.want) {
+			t.Errorf("%s: %d %s, want %d with %s", tc.what, resp.StatusCode, b, tc.status, tc.want)
+		}
+	}
+	if n := asked.Load(); n != 0 {
+		t.Errorf("%d requests reached the upstream asking for an upgrade", n)
+	}
+}
+
 // TestHostileShape: only MCP over HTTP reaches the upstream.
 func TestHostileShape(t *testing.T) {
 	up, _ := startDecoding(t)

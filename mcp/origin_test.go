@@ -138,6 +138,30 @@ func TestCheckShapeConnection(t *testing.T) {
 	}
 }
 
+// TestCheckShapeUpgrade: a request for a protocol upgrade is refused
+// with 400 but one to h2c; an Upgrade header without the Connection
+// option asks for nothing.
+func TestCheckShapeUpgrade(t *testing.T) {
+	for _, tc := range []struct {
+		conn, upgrade string
+		ok            bool
+	}{
+		{"Upgrade", "websocket", false},
+		{"keep-alive, upgrade", "WebSocket", false},
+		{"Upgrade", "h2c, websocket", false},
+		{"Upgrade, HTTP2-Settings", "h2c", true},
+		{"keep-alive", "websocket", true},
+	} {
+		r, _ := http.NewRequest("GET", "http://h/mcp", nil)
+		r.Header.Set("Accept", "text/event-stream")
+		r.Header.Set("Connection", tc.conn)
+		r.Header.Set("Upgrade", tc.upgrade)
+		if ref := CheckShape(r); (ref == nil) != tc.ok || ref != nil && (ref.Status != 400 || !strings.Contains(ref.Message, "switch protocols")) {
+			t.Errorf("Connection: %s, Upgrade: %s: %+v, want accepted %v", tc.conn, tc.upgrade, ref, tc.ok)
+		}
+	}
+}
+
 func TestCheckShape(t *testing.T) {
 	for _, tt := range []struct {
 		method, path string

@@ -27,7 +27,12 @@ const AllowedMethods = "GET, POST, DELETE, OPTIONS"
 // reverse_proxy drops every field the Connection header names, so the
 // upstream would read the request without a header the proxy, or a
 // matcher, read (Connection: Mcp-Session-Id takes the session away after
-// the proxy pinned it). The caller sets the Allow header on a 405.
+// the proxy pinned it). A request for a protocol upgrade (Connection:
+// upgrade and an Upgrade header) other than to h2c is refused with 400:
+// MCP is not carried over a switched protocol, and a tunnel to the
+// upstream would pass no check of the proxy's. The caller declines the
+// upgrade to h2c of a request that passes by dropping its Upgrade header.
+// The caller sets the Allow header on a 405.
 func CheckShape(r *http.Request) *Refusal {
 	switch r.Method {
 	case http.MethodPost:
@@ -55,7 +60,24 @@ func CheckShape(r *http.Request) *Refusal {
 	if f := endToEndOption(r.Header); f != "" {
 		return Refuse(http.StatusBadRequest, CodeInvalidRequest, "", "Bad Request: the Connection header names "+f+", which is not hop-by-hop")
 	}
+	if up := upgradeAsked(r.Header); up != "" && !strings.EqualFold(up, "h2c") {
+		return Refuse(http.StatusBadRequest, CodeInvalidRequest, "", "Bad Request: the proxy does not switch protocols (Upgrade: "+up[:min(len(up), 64)]+")")
+	}
 	return nil
+}
+
+// upgradeAsked returns the Upgrade header of a request that asks for a
+// protocol upgrade (a Connection option "upgrade"), "" for one that does
+// not.
+func upgradeAsked(h http.Header) string {
+	for _, v := range h.Values("Connection") {
+		for o := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(o), "upgrade") {
+				return strings.Join(h.Values("Upgrade"), ", ")
+			}
+		}
+	}
+	return ""
 }
 
 // hopOptions are the options a request's Connection header may carry: its
