@@ -12,27 +12,34 @@ import (
 const AllowedMethods = "GET, POST, DELETE, OPTIONS"
 
 // CheckShape refuses a request that cannot be MCP over HTTP, before
-// anything else is read: a method other than GET, POST, DELETE (and
-// OPTIONS when it is a CORS preflight) gets 405, a GET whose Accept does
-// not admit text/event-stream 406, a POST whose body is not JSON in UTF-8
-// 415 (see CheckMediaType), a path with dot segments (".", "..", also
-// percent-encoded, or made by decoding an encoded slash) 400, and so does
-// a request that announces trailers (the Trailer header of a chunked
-// HTTP/1.1 body, or over HTTP/2 and HTTP/3): reverse_proxy would pass
-// them on, and an upstream that reads a trailer field as a header would
-// take an Mcp-Session-Id, an Mcp-Method or an Authorization the proxy
-// never checked. (Trailers a client sends without announcing them are
-// not passed on.) An HTTP/1 request whose Connection header names a field
-// other than a hop-by-hop one (see hopOptions) is refused with 400 too:
-// reverse_proxy drops every field the Connection header names, so the
-// upstream would read the request without a header the proxy, or a
-// matcher, read (Connection: Mcp-Session-Id takes the session away after
-// the proxy pinned it). A request for a protocol upgrade (Connection:
-// upgrade and an Upgrade header) other than to h2c is refused with 400:
-// MCP is not carried over a switched protocol, and a tunnel to the
-// upstream would pass no check of the proxy's. The caller declines the
-// upgrade to h2c of a request that passes by dropping its Upgrade header.
-// The caller sets the Allow header on a 405.
+// anything else is read:
+//   - a method other than GET, POST, DELETE (and OPTIONS when it is a
+//     CORS preflight) gets 405; the caller sets the Allow header;
+//   - a GET whose Accept does not admit text/event-stream gets 406;
+//   - a POST whose body is not JSON in UTF-8 gets 415 (see
+//     CheckMediaType);
+//   - a path with dot segments (".", "..", also percent-encoded, or made
+//     by decoding an encoded slash) gets 400.
+//
+// Three more get 400, because reverse_proxy would change the request the
+// proxy checked before the upstream reads it:
+//   - a request that announces trailers (the Trailer header of a chunked
+//     HTTP/1.1 body, or over HTTP/2 and HTTP/3): they would be passed on,
+//     and an upstream that reads a trailer field as a header would take
+//     an Mcp-Session-Id, an Mcp-Method or an Authorization the proxy never
+//     checked (trailers a client sends without announcing them are not
+//     passed on);
+//   - an HTTP/1 request whose Connection header names a field that is not
+//     hop-by-hop (close, keep-alive, upgrade, HTTP2-Settings and the
+//     hop-by-hop fields pass): every field it names would be dropped,
+//     so Connection: Mcp-Session-Id would take the session away after
+//     the proxy pinned it, and Connection: X-Tenant a header a matcher
+//     read;
+//   - a request for a protocol upgrade (Connection: upgrade and an Upgrade
+//     header) other than to h2c: on the upstream's 101 the client's
+//     connection would become a tunnel to the upstream that passes no
+//     check of the proxy's. The caller declines an upgrade to h2c by
+//     dropping the Upgrade header.
 func CheckShape(r *http.Request) *Refusal {
 	switch r.Method {
 	case http.MethodPost:
