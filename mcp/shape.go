@@ -1,6 +1,7 @@
 package mcp
 
 import (
+	"iter"
 	"mime"
 	"net/http"
 	"slices"
@@ -77,14 +78,26 @@ func CheckShape(r *http.Request) *Refusal {
 // protocol upgrade (a Connection option "upgrade"), "" for one that does
 // not.
 func upgradeAsked(h http.Header) string {
-	for _, v := range h.Values("Connection") {
-		for o := range strings.SplitSeq(v, ",") {
-			if strings.EqualFold(strings.TrimSpace(o), "upgrade") {
-				return strings.Join(h.Values("Upgrade"), ", ")
-			}
+	for o := range connectionOptions(h) {
+		if strings.EqualFold(o, "upgrade") {
+			return strings.Join(h.Values("Upgrade"), ", ")
 		}
 	}
 	return ""
+}
+
+// connectionOptions yields the options of h's Connection header, trimmed,
+// the empty ones left out.
+func connectionOptions(h http.Header) iter.Seq[string] {
+	return func(yield func(string) bool) {
+		for _, v := range h.Values("Connection") {
+			for o := range strings.SplitSeq(v, ",") {
+				if o = strings.TrimSpace(o); o != "" && !yield(o) {
+					return
+				}
+			}
+		}
+	}
 }
 
 // hopOptions are the options a request's Connection header may carry: its
@@ -96,11 +109,9 @@ var hopOptions = []string{"close", "keep-alive", "upgrade", "http2-settings", "t
 // endToEndOption returns the first option of h's Connection header that
 // is not in hopOptions (at most 64 bytes of it), "" when there is none.
 func endToEndOption(h http.Header) string {
-	for _, v := range h.Values("Connection") {
-		for o := range strings.SplitSeq(v, ",") {
-			if o = strings.TrimSpace(o); o != "" && !slices.ContainsFunc(hopOptions, func(k string) bool { return strings.EqualFold(k, o) }) {
-				return o[:min(len(o), 64)]
-			}
+	for o := range connectionOptions(h) {
+		if !slices.ContainsFunc(hopOptions, func(k string) bool { return strings.EqualFold(k, o) }) {
+			return o[:min(len(o), 64)]
 		}
 	}
 	return ""

@@ -192,18 +192,17 @@ type Stream struct {
 	// lastOwn: a client that got every event so far holds the upstream's
 	// own id (upstream) as its last event id, not one of the proxy's.
 	lastOwn bool
-	// retry is the upstream's last retry field, -1 for none.
-	retry   time.Duration
 	done    chan struct{}
 	stop    chan struct{} // closed by Close
 	closeFn func()        // stops the upstream read, set by SetCloser
 
 	// Used by the Pump goroutine only.
-	owner       *Attachment // whose writer role the pump holds in this chunk
-	ownerFailed bool        // a write of the pump to owner failed
-	out         *[]byte     // owner's events of this chunk, not yet written
-	scratch     []byte      // builds events that get a proxy id
-	canon       []byte      // builds events written anew (Canonical)
+	retry       time.Duration // the upstream's last retry field, -1 for none
+	owner       *Attachment   // whose writer role the pump holds in this chunk
+	ownerFailed bool          // a write of the pump to owner failed
+	out         *[]byte       // owner's events of this chunk, not yet written
+	scratch     []byte        // builds events that get a proxy id
+	canon       []byte        // builds events written anew (Canonical)
 }
 
 // Defaults of a relayed stream: the bounds NewStream uses where a
@@ -619,9 +618,7 @@ func (s *Stream) emit(ev *Event) error {
 		return nil
 	}
 	if ev.Retry >= 0 {
-		s.mu.Lock()
 		s.retry = time.Duration(ev.Retry) * time.Millisecond
-		s.mu.Unlock()
 	}
 	raw, rewritten := ev.Raw, false
 	if s.cfg.Rewrite != nil {
