@@ -86,10 +86,11 @@ func withHeaders(maps ...map[string]string) map[string]string {
 
 // reply is an HTTP answer as a client got it.
 type reply struct {
-	status int
-	hdr    http.Header
-	body   string
-	err    error
+	status  int
+	hdr     http.Header
+	trailer http.Header
+	body    string
+	err     error
 }
 
 // refused reports an answer of the proxy's admission control or service
@@ -118,7 +119,7 @@ func readReply(resp *http.Response, err error) reply {
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	return reply{status: resp.StatusCode, hdr: resp.Header, body: string(b), err: err}
+	return reply{status: resp.StatusCode, hdr: resp.Header, trailer: resp.Trailer, body: string(b), err: err}
 }
 
 // newPost builds a JSON-RPC POST with headers.

@@ -481,10 +481,18 @@ func (st *State) processJSON(resp *http.Response) (_ *http.Response, streaming b
 			dropBodyBound(resp.Header)
 		}
 	}
+	setBody(resp, body)
+	return resp, false
+}
+
+// setBody makes body, read whole or written by the proxy, resp's body:
+// sized, so without trailers (net/http fills the upstream's in as its
+// body ends, and reverse_proxy would announce them).
+func setBody(resp *http.Response, body []byte) {
 	resp.Body = io.NopCloser(bytes.NewReader(body))
 	resp.ContentLength = int64(len(body))
 	resp.Header.Set("Content-Length", strconv.Itoa(len(body)))
-	return resp, false
+	resp.Trailer = nil
 }
 
 // carriesRequest reports whether the request is a POST that carries a

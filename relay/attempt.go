@@ -6,7 +6,6 @@ import (
 	"errors"
 	"io"
 	"net/http"
-	"strconv"
 	"strings"
 
 	"go.uber.org/zap"
@@ -108,11 +107,19 @@ func (st *State) Answer(req *http.Request, resp *http.Response, dialled bool, se
 	// the relay too: it ends at once, without the request's answer.
 	if resp.StatusCode != http.StatusOK || resp.Body == nil || !isEventStream(resp.Header) {
 		st.handoff = false
-		return resp
+		return guardTrailers(resp)
 	}
 	st.mu.Lock()
 	st.body = resp.Body
 	st.mu.Unlock()
+	// The relay writes the body: no trailer of the upstream's goes with
+	// it (reverse_proxy would announce them, and net/http then send the
+	// answer's header fields of the same names as trailers). The client's
+	// answer is a copy: net/http fills the upstream's trailers into the
+	// response it made when the pump reads the body's end.
+	taken := *resp
+	resp = &taken
+	resp.Trailer = nil
 	resp.Body = http.NoBody
 	resp.ContentLength = -1
 	resp.Header.Del("Content-Length")
@@ -162,6 +169,43 @@ func (st *State) dropUpstreamSession(req *http.Request, resp *http.Response) {
 	}
 }
 
+// guardTrailers returns resp with its body wrapped so that the trailers
+// of the upstream's answer, which net/http fills in when the body ends,
+// never carry a session id to the client: an upstream id would reach it
+// unsealed. The other trailers of a body relayed as it comes pass as
+// reverse_proxy passes them; a body the proxy read whole goes with a
+// Content-Length and no trailers (see processJSON).
+func guardTrailers(resp *http.Response) *http.Response {
+	if resp.Body == nil || resp.Body == http.NoBody {
+		resp.Trailer = nil
+		return resp
+	}
+	resp.Trailer.Del(mcp.HeaderSessionID) // announced: not even its name goes
+	resp.Body = &trailerGuard{ReadCloser: resp.Body, resp: resp}
+	return resp
+}
+
+// trailerGuard removes a session id from its response's trailers when
+// the body ends or is closed, before reverse_proxy copies them.
+type trailerGuard struct {
+	io.ReadCloser
+	resp *http.Response
+}
+
+func (g *trailerGuard) Read(b []byte) (int, error) {
+	n, err := g.ReadCloser.Read(b)
+	if err != nil {
+		g.resp.Trailer.Del(mcp.HeaderSessionID)
+	}
+	return n, err
+}
+
+func (g *trailerGuard) Close() error {
+	err := g.ReadCloser.Close()
+	g.resp.Trailer.Del(mcp.HeaderSessionID)
+	return err
+}
+
 // encoded reports a Content-Encoding other than identity.
 func encoded(h http.Header) bool {
 	for _, v := range h.Values("Content-Encoding") {
@@ -186,9 +230,8 @@ func (st *State) spliceAnswers(resp *http.Response) *http.Response {
 		}
 		resp.StatusCode, resp.Status = http.StatusOK, "200 OK"
 		resp.Header.Set("Content-Type", "application/json")
-		resp.Header.Set("Content-Length", strconv.Itoa(len(body)))
-		resp.Body = io.NopCloser(bytes.NewReader(body))
-		resp.ContentLength = int64(len(body))
+		dropBodyBound(resp.Header)
+		setBody(resp, body)
 		return resp
 	}
 	// The JSON answers unreadableAnswer passes, whatever their media type.
@@ -207,9 +250,8 @@ func (st *State) spliceAnswers(resp *http.Response) *http.Response {
 	if err != nil {
 		return st.replaceResponse(resp, http.StatusBadGateway, mcp.CodeInternalError, "the upstream's batch answer could not be read")
 	}
-	resp.Body = io.NopCloser(bytes.NewReader(body))
-	resp.ContentLength = int64(len(body))
-	resp.Header.Set("Content-Length", strconv.Itoa(len(body)))
+	dropBodyBound(resp.Header)
+	setBody(resp, body)
 	return resp
 }
 

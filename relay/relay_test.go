@@ -974,12 +974,41 @@ func TestSpliceAnswersEveryJSONType(t *testing.T) {
 		} else {
 			resp.Header.Set("Content-Type", c.ct)
 		}
+		resp.Header.Set("Content-Digest", "sha-256=:x:")
+		resp.Trailer = http.Header{"Content-Digest": nil}
 		resp = st.Answer(req, resp, false, "up:1")
 		got, _ := io.ReadAll(resp.Body)
 		if resp.StatusCode != http.StatusOK || string(got) != c.want {
 			t.Errorf("Content-Type %q, answer %q: %d %s, want %s", c.ct, c.answer, resp.StatusCode, got, c.want)
 		}
+		if resp.Header.Get("Content-Digest") != "" || resp.Trailer != nil {
+			t.Errorf("Content-Type %q: the upstream's digest goes with the spliced answer: %v, trailers %v", c.ct, resp.Header, resp.Trailer)
+		}
 		st.HandlerDone()
+	}
+}
+
+// TestSpliceAnswersInto202: when the rest of a batch held no request, the
+// errors of its denied requests are the whole answer: a 200 JSON array
+// without the digest, entity tag or trailers of the upstream's 202.
+func TestSpliceAnswersInto202(t *testing.T) {
+	denied := []byte(`{"jsonrpc":"2.0","id":9,"error":{"code":-32602,"message":"unknown tool"}}`)
+	p, _, _ := newTestProxy(t, Config{})
+	r, call, res := batchPost(t, `[{"jsonrpc":"2.0","method":"notifications/x"}]`)
+	st := p.NewState(httptest.NewRecorder(), r, call, res)
+	defer st.HandlerDone()
+	st.Spliced = [][]byte{denied}
+	req := st.Attempt(r.Clone(r.Context()))
+	resp := &http.Response{StatusCode: http.StatusAccepted, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header: http.Header{"Content-Digest": {"sha-256=:47DEQ=:"}, "Etag": {`"e"`}, "X-Upstream": {"yes"}},
+		Body:   http.NoBody, Request: req, Trailer: http.Header{"X-Check": nil}}
+	resp = st.Answer(req, resp, false, "up:1")
+	got, _ := io.ReadAll(resp.Body)
+	if want := "[" + string(denied) + "]"; resp.StatusCode != http.StatusOK || string(got) != want || resp.ContentLength != int64(len(want)) {
+		t.Errorf("%d %s (length %d), want 200 %s", resp.StatusCode, got, resp.ContentLength, want)
+	}
+	if h := resp.Header; h.Get("Content-Digest") != "" || h.Get("ETag") != "" || h.Get("X-Upstream") != "yes" || resp.Trailer != nil {
+		t.Errorf("headers %v, trailers %v: want the upstream's but its digest and tag, and no trailers", h, resp.Trailer)
 	}
 }
 
@@ -1180,5 +1209,76 @@ func TestSessionlessUpstreamLogged(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// fillingBody fills in its response's trailers when it ends, as net/http's
+// client does.
+type fillingBody struct {
+	io.Reader
+	resp    *http.Response
+	trailer http.Header
+}
+
+func (b *fillingBody) Read(p []byte) (int, error) {
+	n, err := b.Reader.Read(p)
+	if err == io.EOF {
+		if b.resp.Trailer == nil {
+			b.resp.Trailer = http.Header{}
+		}
+		maps.Copy(b.resp.Trailer, b.trailer)
+	}
+	return n, err
+}
+
+func (b *fillingBody) Close() error { return nil }
+
+// TestAnswerTrailers: an answer relayed as it comes keeps the upstream's
+// trailers but a session id, announced or not, which is gone from the
+// trailers both before and after the body ends; an answer read whole, or
+// taken over for the SSE relay, goes without trailers.
+func TestAnswerTrailers(t *testing.T) {
+	const answer = `{"jsonrpc":"2.0","id":1,"result":{}}`
+	filled := http.Header{mcp.HeaderSessionID: {"raw-upstream-id"}, "X-Check": {"1"}}
+	for _, c := range []struct {
+		what, body string
+		notify     bool
+		sse        bool
+		want       string
+	}{
+		{"a 202 to a notification", "", true, false, "map[X-Check:[1]]"},
+		{"a JSON answer read whole", answer, false, false, "map[]"},
+		{"an SSE answer", "data: " + answer + "\n\n", false, true, "map[]"},
+	} {
+		p, _, _ := newTestProxy(t, Config{})
+		body := `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}}`
+		if c.notify {
+			body = `{"jsonrpc":"2.0","method":"notifications/x"}`
+		}
+		r, call := post(t, body)
+		st := p.NewState(httptest.NewRecorder(), r, call, mcp.Resolution{})
+		req := st.Attempt(r.Clone(r.Context()))
+		resp := jsonResponse(req, nil, -1)
+		if c.sse {
+			resp.Header.Set("Content-Type", "text/event-stream")
+		}
+		if c.notify {
+			resp.StatusCode = http.StatusAccepted
+		}
+		resp.Trailer = http.Header{mcp.HeaderSessionID: nil, "X-Check": nil}
+		resp.Body = &fillingBody{Reader: strings.NewReader(c.body + "x"), resp: resp, trailer: filled}
+		out := st.Answer(req, resp, false, "up:1")
+		if _, ok := out.Trailer[mcp.HeaderSessionID]; ok {
+			t.Errorf("%s: trailers %v announce a session id", c.what, out.Trailer)
+		}
+		if c.sse {
+			_, _ = io.Copy(io.Discard, st.StreamBody())
+		}
+		_, _ = io.Copy(io.Discard, out.Body)
+		_ = out.Body.Close()
+		if got := fmt.Sprint(out.Trailer); got != c.want && !(c.want == "map[]" && out.Trailer == nil) {
+			t.Errorf("%s: trailers %v after the body, want %s", c.what, out.Trailer, c.want)
+		}
+		st.HandlerDone()
 	}
 }
