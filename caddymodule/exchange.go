@@ -82,14 +82,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		// An upstream that does its own OAuth serves its discovery
 		// documents on the MCP origin: they pass as reverse_proxy would
 		// pass them (mcp_auth, when in front, serves its own instead).
-		return h.proxy.ServeHTTP(x.w, r, next)
+		return h.proxy.ServeHTTP(relay.PassWriter(x.w), r, next)
 	}
 	if ref := h.classify(x); ref != nil {
 		return x.refuse(h, ref)
 	}
 	if r.Method == http.MethodOptions {
 		// A CORS preflight from an allowed origin: the upstream answers it.
-		return h.proxy.ServeHTTP(x.w, r, next)
+		return h.proxy.ServeHTTP(relay.PassWriter(x.w), r, next)
 	}
 	if ref := h.resolve(x); ref != nil {
 		return x.refuse(h, ref)

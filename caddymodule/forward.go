@@ -69,10 +69,10 @@ func (h *Handler) forward(x *exchange, next caddyhttp.Handler) error {
 	caddyhttp.SetVar(r.Context(), varRelay, st)
 	defer st.HandlerDone()
 	var err error
-	if r.Method == http.MethodGet {
-		err = h.proxyShallow(x.w, r, next)
+	if w := st.Writer(x.w); r.Method == http.MethodGet {
+		err = h.proxyShallow(w, r, next)
 	} else {
-		err = h.proxy.ServeHTTP(st.Writer(x.w), r, next)
+		err = h.proxy.ServeHTTP(w, r, next)
 	}
 	status, responded := st.Response()
 	if responded {

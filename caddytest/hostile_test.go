@@ -7,11 +7,15 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -869,3 +873,109 @@ func (u unsized) Write(b []byte) (int, error) {
 func (u unsized) Flush() { http.NewResponseController(u.ResponseWriter).Flush() }
 
 func (u unsized) Unwrap() http.ResponseWriter { return u.ResponseWriter }
+
+// TestHostileUpstreamEarlyHints: an upstream's informational answers (103
+// Early Hints), which reverse_proxy passes on as they come, reach the
+// client without the upstream's session id, over every kind of request
+// (initialize, a notification, a call, a GET stream, an OAuth discovery
+// document, a CORS preflight); their other headers pass.
+func TestHostileUpstreamEarlyHints(t *testing.T) {
+	h := demo.Handler(pagedServer("zeta"), "", nil)
+	var mu sync.Mutex
+	raw := map[string]bool{} // every session id the upstream sent
+	up := startUpstreamHandler(t, "hints", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sid := r.Header.Get("Mcp-Session-Id")
+		if sid == "" {
+			sid = "early-" + strconv.Itoa(rand.IntN(1<<30))
+		}
+		mu.Lock()
+		raw[sid] = true
+		mu.Unlock()
+		w.Header().Set("Mcp-Session-Id", sid)
+		w.Header().Set("Link", "</style.css>; rel=preload; as=style")
+		w.WriteHeader(http.StatusEarlyHints)
+		w.Header().Del("Mcp-Session-Id")
+		w.Header().Del("Link")
+		if r.Method == http.MethodOptions || strings.HasPrefix(r.URL.Path, "/.well-known/") {
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = io.WriteString(w, "{}")
+			return
+		}
+		h.ServeHTTP(w, r)
+	}))
+	port := freePort(t)
+	loadCaddyfile(t, proxySite(port, up.addr(), ""))
+	url := proxyURL(port) + "/mcp"
+	ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
+	defer cancel()
+
+	// send makes a request and returns the headers of each 103 it got and
+	// its answer.
+	send := func(method, target, body string, hdr map[string]string) (hints []http.Header, r reply) {
+		t.Helper()
+		var hmu sync.Mutex
+		trace := &httptrace.ClientTrace{Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
+			hmu.Lock()
+			hints = append(hints, http.Header(h).Clone())
+			hmu.Unlock()
+			return nil
+		}}
+		req, err := http.NewRequestWithContext(httptrace.WithClientTrace(ctx, trace), method, target, strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k, v := range hdr {
+			req.Header.Set(k, v)
+		}
+		if method == http.MethodGet {
+			resp, err := rawClient.Do(req)
+			if err != nil {
+				t.Fatalf("%s %s: %v", method, target, err)
+			}
+			resp.Body.Close()
+			r = reply{status: resp.StatusCode, hdr: resp.Header}
+		} else {
+			r = readReply(rawClient.Do(req))
+		}
+		hmu.Lock()
+		defer hmu.Unlock()
+		return hints, r
+	}
+	post := map[string]string{"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+	hints, init := send(http.MethodPost, url, initBody(1), post)
+	sid := init.hdr.Get("Mcp-Session-Id")
+	if init.status != http.StatusOK || sid == "" {
+		t.Fatalf("initialize: %s", init)
+	}
+	all := map[string][]http.Header{"initialize": hints}
+	hints, _ = send(http.MethodPost, url, notifyInitialized, withHeaders(post, inSession(sid, nil)))
+	all["initialized"] = hints
+	hints, _ = send(http.MethodPost, url, callBody("2", "zeta", `{}`), withHeaders(post, inSession(sid, nil)))
+	all["a call"] = hints
+	hints, _ = send(http.MethodGet, url, "", withHeaders(map[string]string{"Accept": "text/event-stream"}, inSession(sid, nil)))
+	all["a GET stream"] = hints
+	hints, _ = send(http.MethodGet, proxyURL(port)+"/.well-known/oauth-protected-resource/mcp", "", nil)
+	all["a discovery document"] = hints
+	hints, _ = send(http.MethodOptions, url, "", map[string]string{"Origin": proxyURL(port), "Access-Control-Request-Method": "POST"})
+	all["a preflight"] = hints
+
+	mu.Lock()
+	defer mu.Unlock()
+	for what, hints := range all {
+		// A GET stream goes on a connection of the relay's own, which
+		// reads informational answers past.
+		if len(hints) == 0 && what != "a GET stream" {
+			t.Errorf("%s: no 103 reached the client", what)
+		}
+		for _, h := range hints {
+			if h.Get("Link") == "" {
+				t.Errorf("%s: a 103 without its Link: %v", what, h)
+			}
+			for _, v := range h.Values("Mcp-Session-Id") {
+				if raw[v] || v != "" {
+					t.Errorf("%s: a 103 carries the session id %q (the upstream's: %v)", what, v, raw[v])
+				}
+			}
+		}
+	}
+}

@@ -101,36 +101,46 @@ func (st *State) TimeoutRefusal() *mcp.Refusal {
 	return ref
 }
 
-// deadlineWriter is the client's writer as reverse_proxy sees it for a
-// request with a deadline: reverse_proxy records an upstream request
-// cancelled by the deadline as the client's own disconnect (499), which
-// the handler answers instead with the request's timeout error.
-type deadlineWriter struct {
+// proxyWriter is the client's writer as reverse_proxy sees it. The
+// headers of an upstream's informational answer (103 Early Hints), which
+// reverse_proxy passes on as they come, before the relay sees the answer,
+// lose any session id: an upstream's id never reaches the client
+// unsealed. For a request with a deadline, reverse_proxy's record of an
+// upstream request the deadline cancelled, which it takes for the
+// client's own disconnect (499), does not reach the client: the handler
+// answers with the request's timeout error instead.
+type proxyWriter struct {
 	http.ResponseWriter
-	st *State
+	st *State // nil for an answer that has no relay state
 }
 
-func (d *deadlineWriter) WriteHeader(code int) {
-	if code == statusClientClosed && d.st.IsExpired() {
+func (p *proxyWriter) WriteHeader(code int) {
+	switch {
+	case code >= 100 && code < 200:
+		p.Header().Del(mcp.HeaderSessionID)
+	case code == statusClientClosed && p.st != nil && p.st.IsExpired():
 		return
 	}
-	d.ResponseWriter.WriteHeader(code)
+	p.ResponseWriter.WriteHeader(code)
 }
 
 // Unwrap lets http.ResponseController reach the writer beneath.
-func (d *deadlineWriter) Unwrap() http.ResponseWriter { return d.ResponseWriter }
+func (p *proxyWriter) Unwrap() http.ResponseWriter { return p.ResponseWriter }
 
 // statusClientClosed is the status reverse_proxy records for a cancelled
 // upstream request.
 const statusClientClosed = 499
 
-// Writer returns w as the proxy should write the client's answer: for a
-// request with a deadline, a writer that does not let the proxy's record
-// of the cancelled upstream request (499) reach the client, which the
-// caller answers with TimeoutRefusal instead.
+// Writer returns w as reverse_proxy should write the client's answer to
+// it (see proxyWriter).
 func (st *State) Writer(w http.ResponseWriter) http.ResponseWriter {
-	if st.deadline == nil {
-		return w
-	}
-	return &deadlineWriter{ResponseWriter: w, st: st}
+	return &proxyWriter{ResponseWriter: w, st: st}
+}
+
+// PassWriter returns w as reverse_proxy should write to it an answer that
+// has no relay state (an OAuth discovery document, a CORS preflight): an
+// upstream's informational answers lose any session id (see
+// proxyWriter).
+func PassWriter(w http.ResponseWriter) http.ResponseWriter {
+	return &proxyWriter{ResponseWriter: w}
 }

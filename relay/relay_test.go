@@ -1282,3 +1282,43 @@ func TestAnswerTrailers(t *testing.T) {
 		st.HandlerDone()
 	}
 }
+
+// TestProxyWriterInformational: the headers of an informational answer
+// lose any session id, with or without a relay state, and those of the
+// final answer keep theirs; a 499 passes when no deadline expired.
+func TestProxyWriterInformational(t *testing.T) {
+	p, _, _ := newTestProxy(t, Config{})
+	r, call := post(t, `{"jsonrpc":"2.0","id":1,"method":"ping"}`)
+	st := p.NewState(httptest.NewRecorder(), r, call, mcp.Resolution{})
+	defer st.HandlerDone()
+	for name, wrap := range map[string]func(http.ResponseWriter) http.ResponseWriter{"Writer": st.Writer, "PassWriter": PassWriter} {
+		var infos []http.Header
+		rec := httptest.NewRecorder()
+		w := wrap(&infoRecorder{ResponseRecorder: rec, infos: &infos})
+		w.Header().Set(mcp.HeaderSessionID, "raw")
+		w.Header().Set("Link", "</a>; rel=preload")
+		w.WriteHeader(http.StatusEarlyHints)
+		w.Header().Set(mcp.HeaderSessionID, "token")
+		w.WriteHeader(statusClientClosed)
+		if len(infos) != 1 || infos[0].Get(mcp.HeaderSessionID) != "" || infos[0].Get("Link") == "" {
+			t.Errorf("%s: informational headers %v", name, infos)
+		}
+		if rec.Code != statusClientClosed || rec.Header().Get(mcp.HeaderSessionID) != "token" {
+			t.Errorf("%s: final %d %v", name, rec.Code, rec.Header())
+		}
+	}
+}
+
+// infoRecorder records the headers of each informational answer.
+type infoRecorder struct {
+	*httptest.ResponseRecorder
+	infos *[]http.Header
+}
+
+func (i *infoRecorder) WriteHeader(code int) {
+	if code >= 100 && code < 200 {
+		*i.infos = append(*i.infos, i.Header().Clone())
+		return
+	}
+	i.ResponseRecorder.WriteHeader(code)
+}
