@@ -79,10 +79,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	defer x.releaseBody(h)
 	if mcp.IsOAuthMetadata(r) {
-		// An upstream that does its own OAuth serves its discovery
-		// documents on the MCP origin: they pass as reverse_proxy would
-		// pass them (mcp_auth, when in front, serves its own instead).
-		return h.proxy.ServeHTTP(relay.PassWriter(x.w), r, next)
+		return h.passDiscovery(x, next)
 	}
 	if ref := h.classify(x); ref != nil {
 		return x.refuse(h, ref)
@@ -105,6 +102,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return nil
 	}
 	return h.forward(x, next)
+}
+
+// passDiscovery passes the fetch of an OAuth discovery document on: an
+// upstream that does its own OAuth serves its documents on the MCP origin,
+// and they pass as reverse_proxy would pass them (mcp_auth, when in front,
+// serves its own instead), but for a protocol upgrade, which is refused or
+// declined as for an MCP request (see classify).
+func (h *Handler) passDiscovery(x *exchange, next caddyhttp.Handler) error {
+	if ref := mcp.CheckUpgrade(x.r.Header); ref != nil {
+		return x.refuse(h, ref)
+	}
+	x.r.Header.Del("Upgrade")
+	return h.proxy.ServeHTTP(relay.PassWriter(x.w), x.r, next)
 }
 
 // refuse answers the request with a refusal and notes it for the audit

@@ -333,6 +333,14 @@ func TestHostileUpgrade(t *testing.T) {
 			"Mcp-Session-Id: %s\r\nMcp-Protocol-Version: %s\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n"+
 			"Content-Length: %d\r\n\r\n%s", addr, sid, sessionVersion, len(call), call),
 			http.StatusOK, `"text":"hi"`},
+		// A discovery document passes to the upstream unjudged as an MCP
+		// request, but not as an upgrade.
+		{"a discovery document upgraded to WebSocket", fmt.Sprintf("GET /.well-known/oauth-protected-resource/mcp HTTP/1.1\r\nHost: %s\r\n"+
+			"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", addr),
+			http.StatusBadRequest, "switch protocols"},
+		{"a discovery document upgraded to h2c", fmt.Sprintf("GET /.well-known/oauth-protected-resource/mcp HTTP/1.1\r\nHost: %s\r\n"+
+			"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n", addr),
+			http.StatusNotFound, ""},
 	} {
 		c, err := net.Dial("tcp", addr)
 		if err != nil {

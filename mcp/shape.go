@@ -68,7 +68,14 @@ func CheckShape(r *http.Request) *Refusal {
 	if f := endToEndOption(r.Header); f != "" {
 		return Refuse(http.StatusBadRequest, CodeInvalidRequest, "", "Bad Request: the Connection header names "+f+", which is not hop-by-hop")
 	}
-	if up := upgradeAsked(r.Header); up != "" && !strings.EqualFold(up, "h2c") {
+	return CheckUpgrade(r.Header)
+}
+
+// CheckUpgrade refuses, with 400, a request for a protocol upgrade other
+// than to h2c (see CheckShape); the caller declines an upgrade to h2c by
+// dropping the Upgrade header.
+func CheckUpgrade(h http.Header) *Refusal {
+	if up := upgradeAsked(h); up != "" && !strings.EqualFold(up, "h2c") {
 		return Refuse(http.StatusBadRequest, CodeInvalidRequest, "", "Bad Request: the proxy does not switch protocols (Upgrade: "+up[:min(len(up), 64)]+")")
 	}
 	return nil
