@@ -1544,8 +1544,9 @@ func TestFaultJSONAnswerBreaksOff(t *testing.T) {
 // request whose media type is neither JSON nor an event stream (a load
 // balancer's page) is no answer a client can read: the client gets 502
 // with a JSON-RPC -32603 error for its request, or, for a 2025-03-26
-// batch, an array with one for each of its requests. An error status
-// keeps its body byte for byte, and a notification's 202 passes.
+// batch, an array with one for each of its requests. So does an answer
+// with two Content-Type fields, which clients read differently. An error
+// status keeps its body byte for byte, and a notification's 202 passes.
 func TestFaultAnswerNeitherJSONNorSSE(t *testing.T) {
 	const page = "<html><body>Bad gateway from some LB</body></html>"
 	u := startFake(t, &fakeUpstream{name: "html", on: map[string]func(*fakeCall){
@@ -1553,6 +1554,13 @@ func TestFaultAnswerNeitherJSONNorSSE(t *testing.T) {
 			c.w.Header().Set("Content-Type", "text/html")
 			c.w.WriteHeader(http.StatusOK)
 			_, _ = io.WriteString(c.w, page)
+		},
+		"tools/call:two": func(c *fakeCall) {
+			// Read by its first Content-Type, a JSON answer; by the
+			// TypeScript SDK, which reads the fields joined, an SSE one.
+			c.w.Header()["Content-Type"] = []string{"application/json", "text/event-stream"}
+			c.w.WriteHeader(http.StatusOK)
+			_, _ = io.WriteString(c.w, "data: {\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{}}\n\n")
 		},
 		"tools/call:refused": func(c *fakeCall) {
 			c.w.Header().Set("Content-Type", "text/html")
@@ -1570,6 +1578,11 @@ func TestFaultAnswerNeitherJSONNorSSE(t *testing.T) {
 		t.Errorf("HTML answer: %s, want 502 with JSON", r)
 	}
 	rpcErrorFor(t, "HTML answer", r.body, "5", -32603)
+	r = postJSON(ctx, url, callBody("7", "two", "{}"), sessionHeaders(tok, sessionVersion))
+	if r.status != http.StatusBadGateway || r.hdr.Get("Content-Type") != "application/json" || len(r.hdr.Values("Content-Type")) != 1 {
+		t.Errorf("an answer with two media types: %s %v, want 502 with JSON", r, r.hdr.Values("Content-Type"))
+	}
+	rpcErrorFor(t, "an answer with two media types", r.body, "7", -32603)
 
 	r = postJSON(ctx, url, callBody("6", "refused", "{}"), sessionHeaders(tok, sessionVersion))
 	if r.status != http.StatusBadRequest || r.body != page {

@@ -139,8 +139,10 @@ func (st *State) Answer(req *http.Request, resp *http.Response, dialled bool, se
 
 // unreadableAnswer returns why the upstream's answer cannot go to the
 // client, "" when it can: a 200 answer encoded though the proxy asked for
-// none, or a 200 answer to a request that is neither JSON nor an event
-// stream (a load balancer's page, a misrouted request). An empty 200 is
+// none, one with more than one Content-Type field (the proxy would read
+// the first, and a client that joins them, as the TypeScript SDK does,
+// another), or a 200 answer to a request that is neither JSON nor an
+// event stream (a load balancer's page, a misrouted request). An empty 200 is
 // passed, and so is any answer to a legacy (2024-11-05) POST, whose
 // answers come on the session's stream (the Java SDK accepts such a POST
 // with an empty 200).
@@ -152,6 +154,11 @@ func (st *State) unreadableAnswer(resp *http.Response) string {
 		st.p.Logger.Warn("upstream answer has a Content-Encoding though the proxy asked for none; answered with 502",
 			zap.String("content_encoding", resp.Header.Get("Content-Encoding")), zap.String("upstream", st.UpstreamAddr()))
 		return "the upstream's answer is encoded (Content-Encoding), which the proxy cannot read"
+	}
+	if len(resp.Header.Values("Content-Type")) > 1 {
+		st.p.Logger.Warn("upstream answer has more than one Content-Type; answered with 502",
+			zap.Strings("content_type", resp.Header.Values("Content-Type")), zap.String("upstream", st.UpstreamAddr()))
+		return "the upstream's answer has more than one Content-Type, which clients read differently"
 	}
 	empty := resp.Body == nil || resp.Body == http.NoBody || resp.ContentLength == 0
 	if !empty && st.call.Era != mcp.EraLegacy && st.carriesRequest() && !isEventStream(resp.Header) && !isJSONAnswer(resp.Header) {
