@@ -9,10 +9,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -73,26 +75,53 @@ func startUpstreamHandler(t *testing.T, name string, h http.Handler) *upstream {
 	return u
 }
 
-// freePort returns a loopback port that was free a moment ago and that it
-// never returned before in this process.
+// freePort returns a port, free on every interface for TCP and UDP, that
+// no other test in this process was given: Caddy's listeners set
+// SO_REUSEPORT, so a port handed out twice would have two servers share
+// its connections. It is taken below the kernel's range of ephemeral
+// ports: a port of that range, free when checked here, may be the local
+// port of one of the many connections the tests open by the time a
+// server binds it.
 func freePort(t testing.TB) int {
 	t.Helper()
-	for range 100 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+	hi := ephemeralLow()
+	lo := hi / 2
+	for range 200 {
+		port := lo + rand.IntN(hi-lo)
+		if _, dup := portsHanded.LoadOrStore(port, true); dup {
+			continue
+		}
+		l, err := net.Listen("tcp", fmt.Sprintf(":%d", port))
 		if err != nil {
-			t.Fatal(err)
+			continue
 		}
-		port := l.Addr().(*net.TCPAddr).Port
 		_ = l.Close()
-		// Caddy's listeners set SO_REUSEPORT: a port handed out twice
-		// (the kernel may offer a port again once it is closed) would
-		// have two servers share its connections.
-		if _, dup := portsHanded.LoadOrStore(port, true); !dup {
-			return port
+		pc, err := net.ListenPacket("udp", fmt.Sprintf(":%d", port))
+		if err != nil {
+			continue
 		}
+		_ = pc.Close()
+		return port
 	}
-	t.Fatal("no port that was not handed out before")
+	t.Fatal("no free port below the ephemeral range")
 	return 0
+}
+
+// ephemeralLow returns the first port of the kernel's ephemeral range
+// (49152, IANA's, when the kernel does not say).
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 49152
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 49152
+	}
+	if n, err := strconv.Atoi(f[0]); err == nil && n >= 4096 {
+		return n
+	}
+	return 49152
 }
 
 // portsHanded holds every port freePort returned in this process.
