@@ -987,3 +987,33 @@ func TestHostileUpstreamEarlyHints(t *testing.T) {
 		}
 	}
 }
+
+// TestHostileUpstreamConnectionOptions: an upstream's Connection header
+// names fields of its answer that are for one hop only, which
+// reverse_proxy removes before the client gets the answer. The proxy
+// acts on none of them either: an initialize answer whose session id the
+// upstream so names starts no session in the proxy (the client, which
+// gets no id, could never use one).
+func TestHostileUpstreamConnectionOptions(t *testing.T) {
+	h := demo.Handler(pagedServer("zeta"), "", &mcp.StreamableHTTPOptions{JSONResponse: true})
+	var named atomic.Bool // the upstream names Mcp-Session-Id in Connection
+	up := startUpstreamHandler(t, "connection", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if named.Load() {
+			w.Header().Set("Connection", "Mcp-Session-Id")
+		}
+		h.ServeHTTP(w, r)
+	}))
+	port, admin := startOps(t, up.addr(), opsGlobal, "")
+	url := proxyURL(port) + "/mcp"
+	ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
+	defer cancel()
+
+	named.Store(true)
+	r := postJSON(ctx, url, initBody(1), nil)
+	if r.status != http.StatusOK || r.hdr.Get("Mcp-Session-Id") != "" {
+		t.Fatalf("initialize with its session id for one hop: %s %v", r, r.hdr)
+	}
+	if n := status(t, admin).Resources.Sessions.Used; n != 0 {
+		t.Errorf("the proxy holds %d sessions the client never got", n)
+	}
+}

@@ -2,6 +2,7 @@ package mcp
 
 import (
 	"net/http"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -275,5 +276,23 @@ func TestCheckShapeEncodedSlashDotSegment(t *testing.T) {
 		if got != want {
 			t.Errorf("POST %s: %d, want %d", path, got, want)
 		}
+	}
+}
+
+// TestRemoveConnectionFields: every field an answer's Connection header
+// names goes, whatever its case, spacing and repetition; the Connection
+// header and the fields it does not name stay.
+func TestRemoveConnectionFields(t *testing.T) {
+	h := http.Header{
+		"Connection":     {"keep-alive, mcp-session-id", " Content-Type ,,X-Hop"},
+		"Mcp-Session-Id": {"raw"},
+		"Content-Type":   {"application/json"},
+		"X-Hop":          {"1"},
+		"X-Stays":        {"1"},
+	}
+	RemoveConnectionFields(h)
+	want := http.Header{"Connection": {"keep-alive, mcp-session-id", " Content-Type ,,X-Hop"}, "X-Stays": {"1"}}
+	if !reflect.DeepEqual(h, want) {
+		t.Errorf("got %v, want %v", h, want)
 	}
 }

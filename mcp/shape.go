@@ -93,6 +93,19 @@ func upgradeAsked(h http.Header) string {
 	return ""
 }
 
+// RemoveConnectionFields removes from an upstream's answer the fields its
+// Connection header names (RFC 9110, section 7.6.1). They are for one hop
+// only, and reverse_proxy removes them before the client gets the answer:
+// removed first, the proxy acts on none of them (it would otherwise seal
+// and register a session id the client never gets).
+func RemoveConnectionFields(h http.Header) {
+	for o := range connectionOptions(h) {
+		if !strings.EqualFold(o, "Connection") {
+			h.Del(o)
+		}
+	}
+}
+
 // connectionOptions yields the options of h's Connection header, trimmed,
 // the empty ones left out.
 func connectionOptions(h http.Header) iter.Seq[string] {

@@ -77,6 +77,7 @@ func (st *State) Attempt(req *http.Request) *http.Request {
 // own (h1stream), whose stream may be handed off.
 func (st *State) Answer(req *http.Request, resp *http.Response, dialled bool, selected string) *http.Response {
 	st.status, st.responded = resp.StatusCode, true
+	mcp.RemoveConnectionFields(resp.Header)
 	if why := st.unreadableAnswer(resp); why != "" {
 		st.dropUpstreamSession(req, resp)
 		return st.replaceResponse(resp, http.StatusBadGateway, mcp.CodeInternalError, why)
