@@ -2614,3 +2614,46 @@ func TestGovernanceDeadlineNotProgress(t *testing.T) {
 	}
 	rpcErrorFor(t, "the logging call", msgs[len(msgs)-1], "81", -32001)
 }
+
+// TestGovernanceDenialNotAnotherCallers: a denial takes the headers of an
+// upstream's answers that are the same for every caller, never those
+// that name another caller or request: an upstream that tells each
+// caller who it is, and gives each answer an id, does not have a denial
+// tell Bob that Alice called, or which request of hers it was.
+func TestGovernanceDenialNotAnotherCallers(t *testing.T) {
+	for _, mode := range []struct {
+		name string
+		json bool
+	}{{"json", true}, {"sse", false}} {
+		t.Run(mode.name, func(t *testing.T) {
+			h := demo.Handler(pagedServer("add", "zeta"), "", &mcp.StreamableHTTPOptions{JSONResponse: mode.json})
+			var n atomic.Int64
+			up := startRecorded(t, "callers", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("X-Caller", r.Header.Get("X-Caller"))
+				w.Header().Set("X-Request-Id", strconv.FormatInt(n.Add(1), 10))
+				w.Header().Set("X-Powered-By", "upstream")
+				h.ServeHTTP(w, r)
+			}))
+			port := freePort(t)
+			loadCaddyfile(t, proxySite(port, up.addr(), rulesBlock("deny tool add")))
+			url := proxyURL(port) + "/mcp"
+			ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
+			defer cancel()
+			alice := inSession(rawSession(t, url, map[string]string{"X-Caller": "alice"}), map[string]string{"X-Caller": "alice"})
+			if r := postJSON(ctx, url, callBody("2", "zeta", `{}`), alice); !r.ok() || r.hdr.Get("X-Caller") != "alice" {
+				t.Fatalf("alice's call: %s %v", r, r.hdr)
+			}
+			bob := inSession(rawSession(t, url, map[string]string{"X-Caller": "bob"}), map[string]string{"X-Caller": "bob"})
+			r := postJSON(ctx, url, callBody("3", "add", `{}`), bob)
+			if r.err != nil || r.status != http.StatusOK || !strings.Contains(r.body, `"error"`) {
+				t.Fatalf("bob's denied call: %s", r)
+			}
+			if c, id := r.hdr.Values("X-Caller"), r.hdr.Values("X-Request-Id"); len(c) > 0 || len(id) > 0 {
+				t.Errorf("bob's denial carries X-Caller %q and X-Request-Id %q of another caller's answer", c, id)
+			}
+			if got := r.hdr.Get("X-Powered-By"); got != "upstream" {
+				t.Errorf("bob's denial: X-Powered-By %q, want the upstream's", got)
+			}
+		})
+	}
+}

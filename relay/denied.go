@@ -21,8 +21,8 @@ type Denials struct {
 }
 
 // answerTemplate is what a denial copies of an upstream's answer: its
-// headers (less those of the one response) and the Via that
-// reverse_proxy adds.
+// headers that are the same for every caller (templateHeaders) and the
+// Via that reverse_proxy adds.
 type answerTemplate struct {
 	header http.Header
 	via    string
@@ -30,10 +30,21 @@ type answerTemplate struct {
 	session bool
 }
 
-// perResponseHeaders are not copied from an upstream's answer to a
-// denial's, and neither are the fields that name the bytes of its body
-// (bodyBoundHeaders).
-var perResponseHeaders = []string{"Content-Length", "Date", mcp.HeaderSessionID, "Set-Cookie", "Transfer-Encoding", "Connection"}
+// templateHeaders are the fields of an upstream's answer a denial copies:
+// those that describe the server and the kind of answer, the same for
+// every caller. The template is shared by every caller of the handler, so
+// the others, which may name one request or one caller (a request id,
+// trace context, a caller's rate limit, a cookie, a digest of the body),
+// are left out: a denial never carries what an upstream told another
+// caller.
+var templateHeaders = []string{
+	"Access-Control-Allow-Credentials", "Access-Control-Allow-Origin", "Access-Control-Expose-Headers",
+	"Cache-Control", "Content-Language", "Content-Security-Policy", "Content-Type",
+	"Cross-Origin-Embedder-Policy", "Cross-Origin-Opener-Policy", "Cross-Origin-Resource-Policy",
+	"Permissions-Policy", "Pragma", "Referrer-Policy", "Server", "Strict-Transport-Security",
+	"Timing-Allow-Origin", "Vary", "X-Accel-Buffering", "X-Content-Type-Options", "X-Frame-Options",
+	"X-Powered-By", "X-Xss-Protection",
+}
 
 // Note keeps the headers of an upstream's 200 answer to a POST, the
 // first one of each kind and then one in 256.
@@ -43,13 +54,13 @@ func (d *Denials) Note(resp *http.Response, streamed bool) {
 	if slot.Load() != nil && d.seen.Add(1)%256 != 0 {
 		return
 	}
-	hdr := resp.Header.Clone()
-	session := hdr.Get(mcp.HeaderSessionID) != ""
-	for _, k := range perResponseHeaders {
-		hdr.Del(k)
+	hdr := http.Header{}
+	for _, k := range templateHeaders {
+		if v := resp.Header[k]; len(v) > 0 {
+			hdr[k] = append([]string(nil), v...)
+		}
 	}
-	dropBodyBound(hdr)
-	slot.Store(&answerTemplate{header: hdr, session: session,
+	slot.Store(&answerTemplate{header: hdr, session: resp.Header.Get(mcp.HeaderSessionID) != "",
 		via: strconv.Itoa(resp.ProtoMajor) + "." + strconv.Itoa(resp.ProtoMinor) + " Caddy"})
 }
 

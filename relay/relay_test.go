@@ -412,9 +412,12 @@ func TestDenialsAnswerAsTheUpstreams(t *testing.T) {
 		t.Fatalf("first: %d %v %q", st, w.Header(), w.Body.String())
 	}
 
+	// Fields that name one request or one caller are not copied: the
+	// template serves every caller.
 	up := &http.Response{ProtoMajor: 1, ProtoMinor: 1, Header: http.Header{
-		"Content-Type": {"text/event-stream"}, "X-Upstream": {"yes"}, mcp.HeaderSessionID: {"u-1"}, "Date": {"then"},
-		"Content-Digest": {"sha-256=:x:"}, "Etag": {`"v1"`},
+		"Content-Type": {"text/event-stream"}, "X-Powered-By": {"yes"}, mcp.HeaderSessionID: {"u-1"}, "Date": {"then"},
+		"Content-Digest": {"sha-256=:x:"}, "Etag": {`"v1"`}, "X-Request-Id": {"r-1"}, "Traceparent": {"00-1-2-01"},
+		"X-Ratelimit-Remaining": {"41"}, "Set-Cookie": {"a=1"}, "X-User": {"alice"},
 	}}
 	d.Note(up, true)
 	w = httptest.NewRecorder()
@@ -423,9 +426,14 @@ func TestDenialsAnswerAsTheUpstreams(t *testing.T) {
 		t.Fatalf("status %d", st)
 	}
 	h := w.Header()
-	if h.Get("Content-Type") != "text/event-stream" || h.Get("X-Upstream") != "yes" || h.Get("Date") != "" || h.Get("Server") != "" ||
-		h.Get("Via") != "1.1 Caddy" || h.Get(mcp.HeaderSessionID) != "client-token" || h.Get("Content-Digest") != "" || h.Get("ETag") != "" {
+	if h.Get("Content-Type") != "text/event-stream" || h.Get("X-Powered-By") != "yes" || h.Get("Server") != "" ||
+		h.Get("Via") != "1.1 Caddy" || h.Get(mcp.HeaderSessionID) != "client-token" {
 		t.Fatalf("headers %v", h)
+	}
+	for _, k := range []string{"Date", "Content-Digest", "ETag", "X-Request-Id", "Traceparent", "X-Ratelimit-Remaining", "Set-Cookie", "X-User"} {
+		if v := h.Values(k); len(v) > 0 {
+			t.Errorf("the denial has the upstream's %s: %q", k, v)
+		}
 	}
 	if b := w.Body.String(); !strings.Contains(b, "event: message") || !strings.Contains(b, "unknown tool") || !strings.Contains(b, "id: "+sse.ProxyIDMarker) {
 		t.Fatalf("body %q", b)
