@@ -1251,7 +1251,7 @@ func gzipped(s string) []byte {
 // proxy did not read.
 func TestFaultEncodedAnswers(t *testing.T) {
 	const list = `"result":{"tools":[{"name":"echo","inputSchema":{"type":"object"}},{"name":"secret","inputSchema":{"type":"object"}}]}}`
-	var ignoreIdentity atomic.Bool
+	var ignoreIdentity, hopOnly atomic.Bool
 	var asked atomic.Value
 	u := startFake(t, &fakeUpstream{name: "zip", on: map[string]func(*fakeCall){
 		"tools/list": func(c *fakeCall) {
@@ -1259,6 +1259,10 @@ func TestFaultEncodedAnswers(t *testing.T) {
 			msg := `{"jsonrpc":"2.0","id":` + c.id + `,` + list
 			c.w.Header().Set("Content-Type", "application/json")
 			if ignoreIdentity.Load() || strings.Contains(c.r.Header.Get("Accept-Encoding"), "gzip") {
+				if hopOnly.Load() {
+					// reverse_proxy would remove the field, not the coding.
+					c.w.Header().Set("Connection", "Content-Encoding")
+				}
 				c.w.Header().Set("Content-Encoding", "gzip")
 				_, _ = c.w.Write(gzipped(msg))
 				return
@@ -1284,6 +1288,11 @@ func TestFaultEncodedAnswers(t *testing.T) {
 	r = postJSON(ctx, url, rpcRequest(10, "tools/list"), hdr)
 	if r.status != http.StatusBadGateway || !strings.Contains(r.body, `"id":10`) || !strings.Contains(r.body, "-32603") || strings.Contains(r.body, "secret") {
 		t.Errorf("an encoded answer: %s; want 502 with a JSON-RPC error for id 10", r)
+	}
+	hopOnly.Store(true)
+	r = postJSON(ctx, url, rpcRequest(11, "tools/list"), hdr)
+	if r.status != http.StatusBadGateway || !strings.Contains(r.body, `"id":11`) || !strings.Contains(r.body, "-32603") {
+		t.Errorf("an encoded answer whose Connection header names Content-Encoding: %s; want 502 with a JSON-RPC error for id 11", r)
 	}
 }
 

@@ -96,8 +96,10 @@ func upgradeAsked(h http.Header) string {
 // RemoveConnectionFields removes from an upstream's answer the fields its
 // Connection header names (RFC 9110, section 7.6.1). They are for one hop
 // only, and reverse_proxy removes them before the client gets the answer:
-// removed first, the proxy acts on none of them (it would otherwise seal
-// and register a session id the client never gets).
+// removed before the proxy acts on the answer, they do not make it act on
+// what the client never gets (seal and register a session id). The
+// caller refuses a body it cannot read (a content coding) first: the
+// field goes, the coding stays.
 func RemoveConnectionFields(h http.Header) {
 	for o := range connectionOptions(h) {
 		if !strings.EqualFold(o, "Connection") {

@@ -77,11 +77,14 @@ func (st *State) Attempt(req *http.Request) *http.Request {
 // own (h1stream), whose stream may be handed off.
 func (st *State) Answer(req *http.Request, resp *http.Response, dialled bool, selected string) *http.Response {
 	st.status, st.responded = resp.StatusCode, true
-	mcp.RemoveConnectionFields(resp.Header)
 	if why := st.unreadableAnswer(resp); why != "" {
 		st.dropUpstreamSession(req, resp)
 		return st.replaceResponse(resp, http.StatusBadGateway, mcp.CodeInternalError, why)
 	}
+	// After the check: a coding or a second media type the proxy cannot
+	// read is refused whatever the Connection header says (reverse_proxy
+	// would remove the field, and pass the body as it is).
+	mcp.RemoveConnectionFields(resp.Header)
 	resp = st.sealResponse(req, resp, selected)
 	streamed := isEventStream(resp.Header)
 	if req.Method == http.MethodPost && resp.StatusCode == http.StatusOK && st.p.Lists.Enforces() {
