@@ -144,41 +144,36 @@ func listAllTools(t *testing.T, ctx context.Context, cs *mcp.ClientSession) (nam
 // changed (a filtered list), wrote (a denial) or relayed as a stream
 // (keepalives and ids of its own go among the events).
 func TestGovernanceBodyBoundHeaders(t *testing.T) {
-	for _, mode := range []struct {
-		name string
-		json bool
-	}{{"json", true}, {"sse", false}} {
-		t.Run(mode.name, func(t *testing.T) {
-			h := demo.Handler(pagedServer("add", "b_hidden", "countdown", "echo", "zeta"), "", &mcp.StreamableHTTPOptions{JSONResponse: mode.json})
-			up := startRecorded(t, "digest", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				w.Header().Set("Content-Digest", "sha-256=:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=:")
-				w.Header().Set("ETag", `"v1"`)
-				h.ServeHTTP(w, r)
-			}))
-			port := freePort(t)
-			loadCaddyfile(t, proxySite(port, up.addr(), rulesBlock("deny tool add b_*")))
-			url := proxyURL(port) + "/mcp"
-			ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
-			defer cancel()
-			hdr := inSession(rawSession(t, url, nil), nil)
-			for _, c := range []struct {
-				what, body string
-				keeps      bool
-			}{
-				{"a filtered tools/list page", `{"jsonrpc":"2.0","id":1,"method":"tools/list"}`, false},
-				{"a denied call", callBody("2", "add", `{}`), false},
-				{"an answer passed as it is", callBody("3", "zeta", `{}`), mode.json},
-			} {
-				r := postJSON(ctx, url, c.body, hdr)
-				if r.err != nil || r.status != http.StatusOK {
-					t.Fatalf("%s: %s", c.what, r)
-				}
-				if d, e := r.hdr.Get("Content-Digest"), r.hdr.Get("ETag"); (d != "" || e != "") != c.keeps {
-					t.Errorf("%s: Content-Digest %q, ETag %q; want them kept: %v", c.what, d, e, c.keeps)
-				}
+	inAnswerModes(t, func(t *testing.T, jsonMode bool) {
+		h := demo.Handler(pagedServer("add", "b_hidden", "countdown", "echo", "zeta"), "", &mcp.StreamableHTTPOptions{JSONResponse: jsonMode})
+		up := startRecorded(t, "digest", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Digest", "sha-256=:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=:")
+			w.Header().Set("ETag", `"v1"`)
+			h.ServeHTTP(w, r)
+		}))
+		port := freePort(t)
+		loadCaddyfile(t, proxySite(port, up.addr(), rulesBlock("deny tool add b_*")))
+		url := proxyURL(port) + "/mcp"
+		ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
+		defer cancel()
+		hdr := inSession(rawSession(t, url, nil), nil)
+		for _, c := range []struct {
+			what, body string
+			keeps      bool
+		}{
+			{"a filtered tools/list page", `{"jsonrpc":"2.0","id":1,"method":"tools/list"}`, false},
+			{"a denied call", callBody("2", "add", `{}`), false},
+			{"an answer passed as it is", callBody("3", "zeta", `{}`), jsonMode},
+		} {
+			r := postJSON(ctx, url, c.body, hdr)
+			if r.err != nil || r.status != http.StatusOK {
+				t.Fatalf("%s: %s", c.what, r)
 			}
-		})
-	}
+			if d, e := r.hdr.Get("Content-Digest"), r.hdr.Get("ETag"); (d != "" || e != "") != c.keeps {
+				t.Errorf("%s: Content-Digest %q, ETag %q; want them kept: %v", c.what, d, e, c.keeps)
+			}
+		}
+	})
 }
 
 // toolNames returns the names in a tools/list answer message.
@@ -235,115 +230,110 @@ func sameAnswer(t *testing.T, what, denied, upstream string, replace ...string) 
 // the session header and nothing in the framing that tells them apart,
 // and none of the denied calls reaches the upstream.
 func TestGovernanceToolListAndDenial(t *testing.T) {
-	for _, mode := range []struct {
-		name string
-		json bool
-	}{{"json", true}, {"sse", false}} {
-		t.Run(mode.name, func(t *testing.T) {
-			srv := pagedServer("add", "b_hidden1", "b_hidden2", "countdown", "echo", "zeta")
-			up := startRecorded(t, "paged", demo.Handler(srv, "", &mcp.StreamableHTTPOptions{JSONResponse: mode.json}))
-			port := freePort(t)
-			loadCaddyfile(t, proxySite(port, up.addr(), rulesBlock("deny tool add b_*")))
-			url := proxyURL(port) + "/mcp"
-			ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
-			defer cancel()
-			denialsBefore := liveMetric(t, "caddy_mcp_denials_total", "kind", "tool")
+	inAnswerModes(t, func(t *testing.T, jsonMode bool) {
+		srv := pagedServer("add", "b_hidden1", "b_hidden2", "countdown", "echo", "zeta")
+		up := startRecorded(t, "paged", demo.Handler(srv, "", &mcp.StreamableHTTPOptions{JSONResponse: jsonMode}))
+		port := freePort(t)
+		loadCaddyfile(t, proxySite(port, up.addr(), rulesBlock("deny tool add b_*")))
+		url := proxyURL(port) + "/mcp"
+		ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
+		defer cancel()
+		denialsBefore := liveMetric(t, "caddy_mcp_denials_total", "kind", "tool")
 
+		cs := connect(t, ctx, url, nil, nil)
+		defer cs.Close()
+		names, pages := listAllTools(t, ctx, cs)
+		if want := []string{"countdown", "echo", "zeta"}; !slices.Equal(names, want) || pages != 3 {
+			t.Errorf("go-sdk client listed %v over %d pages, want %v over 3", names, pages, want)
+		}
+		res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "zeta", Arguments: map[string]any{}})
+		if err != nil || res.IsError || len(res.Content) != 1 || res.Content[0].(*mcp.TextContent).Text != "tool zeta" {
+			t.Errorf("go-sdk client calling zeta: %+v %v", res, err)
+		}
+		// Each denied call on a session of its own: a go-sdk client
+		// closes its session when an answer carries another session
+		// id.
+		for _, name := range []string{"add", "b_hidden2"} {
 			cs := connect(t, ctx, url, nil, nil)
-			defer cs.Close()
-			names, pages := listAllTools(t, ctx, cs)
-			if want := []string{"countdown", "echo", "zeta"}; !slices.Equal(names, want) || pages != 3 {
-				t.Errorf("go-sdk client listed %v over %d pages, want %v over 3", names, pages, want)
+			_, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: name, Arguments: map[string]any{}})
+			if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("unknown tool %q", name)) {
+				t.Errorf("go-sdk client calling denied %s: %v, want an unknown tool error", name, err)
 			}
-			res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "zeta", Arguments: map[string]any{}})
-			if err != nil || res.IsError || len(res.Content) != 1 || res.Content[0].(*mcp.TextContent).Text != "tool zeta" {
-				t.Errorf("go-sdk client calling zeta: %+v %v", res, err)
-			}
-			// Each denied call on a session of its own: a go-sdk client
-			// closes its session when an answer carries another session
-			// id.
-			for _, name := range []string{"add", "b_hidden2"} {
-				cs := connect(t, ctx, url, nil, nil)
-				_, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: name, Arguments: map[string]any{}})
-				if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("unknown tool %q", name)) {
-					t.Errorf("go-sdk client calling denied %s: %v, want an unknown tool error", name, err)
-				}
-				cs.Close()
-			}
+			cs.Close()
+		}
 
-			// Raw requests: the pages as the upstream cut them, the
-			// denied call answered as the upstream answers an unknown
-			// one.
-			sid := rawSession(t, url, nil)
-			hdr := inSession(sid, nil)
-			page := postJSON(ctx, url, `{"jsonrpc":"2.0","id":801,"method":"tools/list"}`, hdr)
-			wantContentType(t, "tools/list", page, !mode.json)
-			first := onlyMessage(t, "tools/list", page)
-			if names, cursor := toolNames(t, first); len(names) != 0 || cursor == "" {
-				t.Errorf("first page %s: want no tools and a nextCursor", first)
-			}
-			if !strings.Contains(first, `"tools":[]`) {
-				t.Errorf("first page %s: want an empty tools array", first)
-			}
-			if s := cacheScopeOf(t, first); s != "private" {
-				t.Errorf("first page: cacheScope %q, want private (the go-sdk sets one; a filtered list is private)", s)
-			}
-			_, cursor := toolNames(t, first)
-			second := onlyMessage(t, "tools/list page 2", postJSON(ctx, url,
-				fmt.Sprintf(`{"jsonrpc":"2.0","id":802,"method":"tools/list","params":{"cursor":%q}}`, cursor), hdr))
-			if names, next := toolNames(t, second); !slices.Equal(names, []string{"countdown"}) || next == "" {
-				t.Errorf("second page %s: want [countdown] and a nextCursor", second)
-			}
+		// Raw requests: the pages as the upstream cut them, the
+		// denied call answered as the upstream answers an unknown
+		// one.
+		sid := rawSession(t, url, nil)
+		hdr := inSession(sid, nil)
+		page := postJSON(ctx, url, `{"jsonrpc":"2.0","id":801,"method":"tools/list"}`, hdr)
+		wantContentType(t, "tools/list", page, !jsonMode)
+		first := onlyMessage(t, "tools/list", page)
+		if names, cursor := toolNames(t, first); len(names) != 0 || cursor == "" {
+			t.Errorf("first page %s: want no tools and a nextCursor", first)
+		}
+		if !strings.Contains(first, `"tools":[]`) {
+			t.Errorf("first page %s: want an empty tools array", first)
+		}
+		if s := cacheScopeOf(t, first); s != "private" {
+			t.Errorf("first page: cacheScope %q, want private (the go-sdk sets one; a filtered list is private)", s)
+		}
+		_, cursor := toolNames(t, first)
+		second := onlyMessage(t, "tools/list page 2", postJSON(ctx, url,
+			fmt.Sprintf(`{"jsonrpc":"2.0","id":802,"method":"tools/list","params":{"cursor":%q}}`, cursor), hdr))
+		if names, next := toolNames(t, second); !slices.Equal(names, []string{"countdown"}) || next == "" {
+			t.Errorf("second page %s: want [countdown] and a nextCursor", second)
+		}
 
-			unknown := postJSON(ctx, url, callBody("803", "nosuch", `{}`), hdr)
-			denied := postJSON(ctx, url, callBody("804", "add", `{}`), hdr)
-			if denied.status != http.StatusOK || unknown.status != http.StatusOK {
-				t.Fatalf("unknown tool: %s; denied tool: %s", unknown, denied)
+		unknown := postJSON(ctx, url, callBody("803", "nosuch", `{}`), hdr)
+		denied := postJSON(ctx, url, callBody("804", "add", `{}`), hdr)
+		if denied.status != http.StatusOK || unknown.status != http.StatusOK {
+			t.Fatalf("unknown tool: %s; denied tool: %s", unknown, denied)
+		}
+		wantContentType(t, "denied tools/call", denied, !jsonMode)
+		wantContentType(t, "unknown tools/call", unknown, !jsonMode)
+		if got, want := denied.hdr.Get("Mcp-Session-Id"), unknown.hdr.Get("Mcp-Session-Id"); got != want {
+			t.Errorf("denied tools/call: Mcp-Session-Id %q where the answer for an unknown tool has %q (session %q)", got, want, sid)
+		}
+		if got := denied.hdr.Get("Mcp-Session-Id"); got != "" && slices.Contains(up.mintedIDs(), got) {
+			t.Errorf("denied tools/call: the proxy handed out the upstream's own session id %q", got)
+		}
+		deniedMsg := onlyMessage(t, "denied tools/call", denied)
+		rpcErrorFor(t, "denied tools/call", deniedMsg, "804", -32602)
+		sameAnswer(t, "denied tools/call", deniedMsg, onlyMessage(t, "unknown tools/call", unknown), "803", "804", "nosuch", "add")
+		if jsonMode && denied.hdr.Get("Content-Length") == "" {
+			t.Errorf("denied tools/call: JSON answer without Content-Length")
+		}
+		if !jsonMode && !strings.Contains(denied.body, "event: message\n") {
+			t.Errorf("denied tools/call: SSE answer %q, want a message event", denied.body)
+		}
+		// Nothing in the framing tells the denial apart from the
+		// upstream's answer for an unknown tool either.
+		for _, h := range []string{"Cache-Control", "Via", "Server"} {
+			if d, u := denied.hdr.Get(h), unknown.hdr.Get(h); d != u {
+				t.Errorf("denied tools/call: header %s %q where the answer for an unknown tool has %q", h, d, u)
 			}
-			wantContentType(t, "denied tools/call", denied, !mode.json)
-			wantContentType(t, "unknown tools/call", unknown, !mode.json)
-			if got, want := denied.hdr.Get("Mcp-Session-Id"), unknown.hdr.Get("Mcp-Session-Id"); got != want {
-				t.Errorf("denied tools/call: Mcp-Session-Id %q where the answer for an unknown tool has %q (session %q)", got, want, sid)
-			}
-			if got := denied.hdr.Get("Mcp-Session-Id"); got != "" && slices.Contains(up.mintedIDs(), got) {
-				t.Errorf("denied tools/call: the proxy handed out the upstream's own session id %q", got)
-			}
-			deniedMsg := onlyMessage(t, "denied tools/call", denied)
-			rpcErrorFor(t, "denied tools/call", deniedMsg, "804", -32602)
-			sameAnswer(t, "denied tools/call", deniedMsg, onlyMessage(t, "unknown tools/call", unknown), "803", "804", "nosuch", "add")
-			if mode.json && denied.hdr.Get("Content-Length") == "" {
-				t.Errorf("denied tools/call: JSON answer without Content-Length")
-			}
-			if !mode.json && !strings.Contains(denied.body, "event: message\n") {
-				t.Errorf("denied tools/call: SSE answer %q, want a message event", denied.body)
-			}
-			// Nothing in the framing tells the denial apart from the
-			// upstream's answer for an unknown tool either.
-			for _, h := range []string{"Cache-Control", "Via", "Server"} {
-				if d, u := denied.hdr.Get(h), unknown.hdr.Get(h); d != u {
-					t.Errorf("denied tools/call: header %s %q where the answer for an unknown tool has %q", h, d, u)
-				}
-			}
-			if d, u := strings.HasPrefix(denied.body, "id: "), strings.HasPrefix(unknown.body, "id: "); d != u {
-				t.Errorf("denied tools/call: SSE event with an id %v where the answer for an unknown tool has one %v:\n\t%q\n\t%q", d, u, denied.body, unknown.body)
-			}
+		}
+		if d, u := strings.HasPrefix(denied.body, "id: "), strings.HasPrefix(unknown.body, "id: "); d != u {
+			t.Errorf("denied tools/call: SSE event with an id %v where the answer for an unknown tool has one %v:\n\t%q\n\t%q", d, u, denied.body, unknown.body)
+		}
 
-			for _, id := range []string{"804"} {
-				if up.saw(id) {
-					t.Errorf("denied request %s reached the upstream", id)
-				}
+		for _, id := range []string{"804"} {
+			if up.saw(id) {
+				t.Errorf("denied request %s reached the upstream", id)
 			}
-			for _, tool := range []string{"add", "b_hidden2"} {
-				if up.didRun("tools/call:" + tool) {
-					t.Errorf("a call of the denied tool %s reached the upstream", tool)
-				}
+		}
+		for _, tool := range []string{"add", "b_hidden2"} {
+			if up.didRun("tools/call:" + tool) {
+				t.Errorf("a call of the denied tool %s reached the upstream", tool)
 			}
-			if !up.didRun("tools/call:zeta") || !up.saw("803") {
-				t.Errorf("the allowed calls did not reach the upstream: %v", up.ran())
-			}
-			denialsGrew(t, "tool", denialsBefore, 3)
-		})
-	}
+		}
+		if !up.didRun("tools/call:zeta") || !up.saw("803") {
+			t.Errorf("the allowed calls did not reach the upstream: %v", up.ran())
+		}
+		denialsGrew(t, "tool", denialsBefore, 3)
+	})
 }
 
 // headerTransport adds headers to every request.
@@ -632,97 +622,92 @@ func TestGovernanceResourceURIReadings(t *testing.T) {
 // and gets of denied targets get the upstream's own answers for unknown
 // ones and never reach it, the allowed ones pass.
 func TestGovernanceResourcesAndPrompts(t *testing.T) {
-	for _, mode := range []struct {
-		name string
-		json bool
-	}{{"json", true}, {"sse", false}} {
-		t.Run(mode.name, func(t *testing.T) {
-			up := startRecorded(t, "catalog", demo.Handler(catalogServer(), "", &mcp.StreamableHTTPOptions{JSONResponse: mode.json}))
-			port := freePort(t)
-			loadCaddyfile(t, proxySite(port, up.addr(), rulesBlock(
-				"deny resource file:///secret/*",
-				"deny resource file:///public/* on resources/subscribe",
-				"deny prompt admin_*")))
-			url := proxyURL(port) + "/mcp"
-			ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
-			defer cancel()
-			resBefore := liveMetric(t, "caddy_mcp_denials_total", "kind", "resource")
-			promptBefore := liveMetric(t, "caddy_mcp_denials_total", "kind", "prompt")
+	inAnswerModes(t, func(t *testing.T, jsonMode bool) {
+		up := startRecorded(t, "catalog", demo.Handler(catalogServer(), "", &mcp.StreamableHTTPOptions{JSONResponse: jsonMode}))
+		port := freePort(t)
+		loadCaddyfile(t, proxySite(port, up.addr(), rulesBlock(
+			"deny resource file:///secret/*",
+			"deny resource file:///public/* on resources/subscribe",
+			"deny prompt admin_*")))
+		url := proxyURL(port) + "/mcp"
+		ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
+		defer cancel()
+		resBefore := liveMetric(t, "caddy_mcp_denials_total", "kind", "resource")
+		promptBefore := liveMetric(t, "caddy_mcp_denials_total", "kind", "prompt")
 
-			cs := connect(t, ctx, url, nil, nil)
-			defer cs.Close()
-			wantCatalogLists(t, ctx, cs)
-			for _, uri := range []string{"file:///public/readme.txt", "file:///docs/guide"} {
-				if res, err := cs.ReadResource(ctx, &mcp.ReadResourceParams{URI: uri}); err != nil || len(res.Contents) != 1 || res.Contents[0].Text != "contents of "+uri {
-					t.Errorf("reading %s: %+v %v", uri, res, err)
-				}
+		cs := connect(t, ctx, url, nil, nil)
+		defer cs.Close()
+		wantCatalogLists(t, ctx, cs)
+		for _, uri := range []string{"file:///public/readme.txt", "file:///docs/guide"} {
+			if res, err := cs.ReadResource(ctx, &mcp.ReadResourceParams{URI: uri}); err != nil || len(res.Contents) != 1 || res.Contents[0].Text != "contents of "+uri {
+				t.Errorf("reading %s: %+v %v", uri, res, err)
 			}
-			if res, err := cs.GetPrompt(ctx, &mcp.GetPromptParams{Name: "greet"}); err != nil || len(res.Messages) != 1 {
-				t.Errorf("prompts/get greet: %+v %v", res, err)
-			}
-			if err := cs.Subscribe(ctx, &mcp.SubscribeParams{URI: "file:///docs/guide"}); err != nil {
-				t.Errorf("subscribing to file:///docs/guide: %v", err)
-			}
+		}
+		if res, err := cs.GetPrompt(ctx, &mcp.GetPromptParams{Name: "greet"}); err != nil || len(res.Messages) != 1 {
+			t.Errorf("prompts/get greet: %+v %v", res, err)
+		}
+		if err := cs.Subscribe(ctx, &mcp.SubscribeParams{URI: "file:///docs/guide"}); err != nil {
+			t.Errorf("subscribing to file:///docs/guide: %v", err)
+		}
 
-			// The denied ones, each on a session of its own.
-			err := freshCall(t, ctx, url, nil, func(cs *mcp.ClientSession) error {
-				_, err := cs.ReadResource(ctx, &mcp.ReadResourceParams{URI: "file:///secret/key.txt"})
-				return err
-			})
-			if err == nil || !strings.Contains(err.Error(), "Resource not found") {
-				t.Errorf("go-sdk client reading file:///secret/key.txt: %v, want Resource not found", err)
-			}
-			err = freshCall(t, ctx, url, nil, func(cs *mcp.ClientSession) error {
-				_, err := cs.GetPrompt(ctx, &mcp.GetPromptParams{Name: "admin_reset"})
-				return err
-			})
-			if err == nil || !strings.Contains(err.Error(), `unknown prompt "admin_reset"`) {
-				t.Errorf("go-sdk client getting admin_reset: %v, want unknown prompt", err)
-			}
-
-			// Raw: each denied answer is the upstream's answer for an
-			// unknown target.
-			sid := rawSession(t, url, nil)
-			hdr := inSession(sid, nil)
-			ask := func(id, method, params string) reply {
-				return postJSON(ctx, url, fmt.Sprintf(`{"jsonrpc":"2.0","id":%s,"method":%q,"params":%s}`, id, method, params), hdr)
-			}
-			unknownRead := onlyMessage(t, "unknown resource", ask("831", "resources/read", `{"uri":"file:///nowhere/x.txt"}`))
-			for i, c := range []struct{ method, uri string }{
-				{"resources/read", "file:///secret/nested/deep.txt"},
-				{"resources/read", "file:///secret/other"},
-				{"resources/subscribe", "file:///public/readme.txt"},
-				{"resources/subscribe", "file:///secret/key.txt"},
-				{"resources/unsubscribe", "file:///secret/key.txt"},
-			} {
-				id := fmt.Sprintf("84%d", i)
-				r := ask(id, c.method, fmt.Sprintf(`{"uri":%q}`, c.uri))
-				wantContentType(t, c.method+" "+c.uri, r, !mode.json)
-				msg := onlyMessage(t, c.method+" "+c.uri, r)
-				sameAnswer(t, c.method+" "+c.uri, msg, unknownRead, "831", id, "file:///nowhere/x.txt", c.uri)
-				if !strings.Contains(msg, fmt.Sprintf(`"data":{"uri":%q}`, c.uri)) {
-					t.Errorf("%s %s: %s lacks data.uri", c.method, c.uri, msg)
-				}
-				if up.saw(id) {
-					t.Errorf("%s %s (denied) reached the upstream", c.method, c.uri)
-				}
-			}
-			// A name beside the uri does not hide the uri the upstream
-			// reads.
-			if r := ask("849", "resources/read", `{"name":"x","uri":"file:///secret/key.txt"}`); strings.Contains(r.body, "contents of") || up.saw("849") {
-				t.Errorf("resources/read of a denied uri with a name beside it: %s", r)
-			}
-			unknownPrompt := onlyMessage(t, "unknown prompt", ask("832", "prompts/get", `{"name":"nosuch"}`))
-			denied := onlyMessage(t, "admin prompt", ask("833", "prompts/get", `{"name":"admin_reset"}`))
-			sameAnswer(t, "prompts/get admin_reset", denied, unknownPrompt, "832", "833", "nosuch", "admin_reset")
-			if r := ask("834", "resources/read", `{"uri":"file:///public/readme.txt"}`); !strings.Contains(r.body, "contents of file:///public/readme.txt") {
-				t.Errorf("raw read of the public resource: %s", r)
-			}
-			upstreamNeverGot(t, up, "secret", "admin_reset")
-			denialsGrew(t, "resource", resBefore, 7)
-			denialsGrew(t, "prompt", promptBefore, 2)
+		// The denied ones, each on a session of its own.
+		err := freshCall(t, ctx, url, nil, func(cs *mcp.ClientSession) error {
+			_, err := cs.ReadResource(ctx, &mcp.ReadResourceParams{URI: "file:///secret/key.txt"})
+			return err
 		})
-	}
+		if err == nil || !strings.Contains(err.Error(), "Resource not found") {
+			t.Errorf("go-sdk client reading file:///secret/key.txt: %v, want Resource not found", err)
+		}
+		err = freshCall(t, ctx, url, nil, func(cs *mcp.ClientSession) error {
+			_, err := cs.GetPrompt(ctx, &mcp.GetPromptParams{Name: "admin_reset"})
+			return err
+		})
+		if err == nil || !strings.Contains(err.Error(), `unknown prompt "admin_reset"`) {
+			t.Errorf("go-sdk client getting admin_reset: %v, want unknown prompt", err)
+		}
+
+		// Raw: each denied answer is the upstream's answer for an
+		// unknown target.
+		sid := rawSession(t, url, nil)
+		hdr := inSession(sid, nil)
+		ask := func(id, method, params string) reply {
+			return postJSON(ctx, url, fmt.Sprintf(`{"jsonrpc":"2.0","id":%s,"method":%q,"params":%s}`, id, method, params), hdr)
+		}
+		unknownRead := onlyMessage(t, "unknown resource", ask("831", "resources/read", `{"uri":"file:///nowhere/x.txt"}`))
+		for i, c := range []struct{ method, uri string }{
+			{"resources/read", "file:///secret/nested/deep.txt"},
+			{"resources/read", "file:///secret/other"},
+			{"resources/subscribe", "file:///public/readme.txt"},
+			{"resources/subscribe", "file:///secret/key.txt"},
+			{"resources/unsubscribe", "file:///secret/key.txt"},
+		} {
+			id := fmt.Sprintf("84%d", i)
+			r := ask(id, c.method, fmt.Sprintf(`{"uri":%q}`, c.uri))
+			wantContentType(t, c.method+" "+c.uri, r, !jsonMode)
+			msg := onlyMessage(t, c.method+" "+c.uri, r)
+			sameAnswer(t, c.method+" "+c.uri, msg, unknownRead, "831", id, "file:///nowhere/x.txt", c.uri)
+			if !strings.Contains(msg, fmt.Sprintf(`"data":{"uri":%q}`, c.uri)) {
+				t.Errorf("%s %s: %s lacks data.uri", c.method, c.uri, msg)
+			}
+			if up.saw(id) {
+				t.Errorf("%s %s (denied) reached the upstream", c.method, c.uri)
+			}
+		}
+		// A name beside the uri does not hide the uri the upstream
+		// reads.
+		if r := ask("849", "resources/read", `{"name":"x","uri":"file:///secret/key.txt"}`); strings.Contains(r.body, "contents of") || up.saw("849") {
+			t.Errorf("resources/read of a denied uri with a name beside it: %s", r)
+		}
+		unknownPrompt := onlyMessage(t, "unknown prompt", ask("832", "prompts/get", `{"name":"nosuch"}`))
+		denied := onlyMessage(t, "admin prompt", ask("833", "prompts/get", `{"name":"admin_reset"}`))
+		sameAnswer(t, "prompts/get admin_reset", denied, unknownPrompt, "832", "833", "nosuch", "admin_reset")
+		if r := ask("834", "resources/read", `{"uri":"file:///public/readme.txt"}`); !strings.Contains(r.body, "contents of file:///public/readme.txt") {
+			t.Errorf("raw read of the public resource: %s", r)
+		}
+		upstreamNeverGot(t, up, "secret", "admin_reset")
+		denialsGrew(t, "resource", resBefore, 7)
+		denialsGrew(t, "prompt", promptBefore, 2)
+	})
 }
 
 // completionServer is a go-sdk server with the prompts greet and
@@ -784,142 +769,137 @@ func completeBody(id, ref, pad string, refLast bool) string {
 // is refused with 413, as a late name is). A `deny method
 // completion/complete` still denies every completion.
 func TestGovernanceCompletionOfDenied(t *testing.T) {
-	for _, mode := range []struct {
-		name string
-		json bool
-	}{{"json", true}, {"sse", false}} {
-		t.Run(mode.name, func(t *testing.T) {
-			up := startRecorded(t, "catalog", demo.Handler(completionServer(), "", &mcp.StreamableHTTPOptions{JSONResponse: mode.json}))
-			logOpt, logPath := logTo(t, "audit", "http.handlers.mcp_proxy.audit", "INFO")
-			port := freePort(t)
-			loadCaddyfileWith(t, logOpt, proxySite(port, up.addr(), rulesBlock("deny prompt admin_*", "deny resource file:///secret/*")+
-				"\t\tmax_peek 4KiB\n\t\taudit\n"))
-			url := proxyURL(port) + "/mcp"
-			ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
-			defer cancel()
-			promptBefore := liveMetric(t, "caddy_mcp_denials_total", "kind", "prompt")
-			resBefore := liveMetric(t, "caddy_mcp_denials_total", "kind", "resource")
+	inAnswerModes(t, func(t *testing.T, jsonMode bool) {
+		up := startRecorded(t, "catalog", demo.Handler(completionServer(), "", &mcp.StreamableHTTPOptions{JSONResponse: jsonMode}))
+		logOpt, logPath := logTo(t, "audit", "http.handlers.mcp_proxy.audit", "INFO")
+		port := freePort(t)
+		loadCaddyfileWith(t, logOpt, proxySite(port, up.addr(), rulesBlock("deny prompt admin_*", "deny resource file:///secret/*")+
+			"\t\tmax_peek 4KiB\n\t\taudit\n"))
+		url := proxyURL(port) + "/mcp"
+		ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
+		defer cancel()
+		promptBefore := liveMetric(t, "caddy_mcp_denials_total", "kind", "prompt")
+		resBefore := liveMetric(t, "caddy_mcp_denials_total", "kind", "resource")
 
-			// A go-sdk client completes greet, not admin_reset.
-			cs := connect(t, ctx, url, nil, nil)
-			defer cs.Close()
-			arg := mcp.CompleteParamsArgument{Name: "target"}
-			res, err := cs.Complete(ctx, &mcp.CompleteParams{Ref: &mcp.CompleteReference{Type: "ref/prompt", Name: "greet"}, Argument: arg})
-			if err != nil || !slices.Equal(res.Completion.Values, []string{"world"}) {
-				t.Errorf("go-sdk client completing greet: %+v %v", res, err)
+		// A go-sdk client completes greet, not admin_reset.
+		cs := connect(t, ctx, url, nil, nil)
+		defer cs.Close()
+		arg := mcp.CompleteParamsArgument{Name: "target"}
+		res, err := cs.Complete(ctx, &mcp.CompleteParams{Ref: &mcp.CompleteReference{Type: "ref/prompt", Name: "greet"}, Argument: arg})
+		if err != nil || !slices.Equal(res.Completion.Values, []string{"world"}) {
+			t.Errorf("go-sdk client completing greet: %+v %v", res, err)
+		}
+		err = freshCall(t, ctx, url, nil, func(cs *mcp.ClientSession) error {
+			res, err := cs.Complete(ctx, &mcp.CompleteParams{Ref: &mcp.CompleteReference{Type: "ref/prompt", Name: "admin_reset"}, Argument: arg})
+			if err == nil {
+				return fmt.Errorf("completed: %+v", res.Completion)
 			}
-			err = freshCall(t, ctx, url, nil, func(cs *mcp.ClientSession) error {
-				res, err := cs.Complete(ctx, &mcp.CompleteParams{Ref: &mcp.CompleteReference{Type: "ref/prompt", Name: "admin_reset"}, Argument: arg})
-				if err == nil {
-					return fmt.Errorf("completed: %+v", res.Completion)
-				}
-				return err
-			})
-			if err == nil || !strings.Contains(err.Error(), `unknown prompt "admin_reset"`) {
-				t.Errorf("go-sdk client completing admin_reset: %v, want unknown prompt", err)
-			}
-
-			// Raw: the denied completions get the unknown prompt's and
-			// the unknown resource's answers.
-			hdr := inSession(rawSession(t, url, nil), nil)
-			ask := func(id, method, params string) reply {
-				return postJSON(ctx, url, fmt.Sprintf(`{"jsonrpc":"2.0","id":%s,"method":%q,"params":%s}`, id, method, params), hdr)
-			}
-			unknownPrompt := onlyMessage(t, "unknown prompt", ask("881", "prompts/get", `{"name":"nosuch"}`))
-			unknownRead := onlyMessage(t, "unknown resource", ask("882", "resources/read", `{"uri":"file:///nowhere/x.txt"}`))
-			if r := ask("883", "prompts/get", `{"name":"admin_reset"}`); !strings.Contains(r.body, `unknown prompt`) || up.saw("883") {
-				t.Errorf("control: prompts/get admin_reset: %s", r)
-			}
-			for i, ref := range []string{
-				`{"type":"ref/prompt","name":"admin_reset"}`,
-				`{"type":"ref\/prompt","n\u0061me":"admin_reset"}`,
-				`{"uri":"file:///docs/{name}","type":"ref/prompt","name":"admin_reset"}`,
-			} {
-				id := fmt.Sprintf("88%d", 4+i)
-				r := postJSON(ctx, url, completeBody(id, ref, "", i%2 == 0), hdr)
-				wantContentType(t, "completion of "+ref, r, !mode.json)
-				sameAnswer(t, "completion of "+ref, onlyMessage(t, "completion of "+ref, r), unknownPrompt, "881", id, "nosuch", "admin_reset")
-				if up.saw(id) {
-					t.Errorf("completion of %s (denied) reached the upstream", ref)
-				}
-			}
-			for i, uri := range []string{"file:///secret/{name}", "file:///%73ecret/{name}", "FILE:///docs/../secret/{name}"} {
-				id := fmt.Sprintf("89%d", i)
-				ref := fmt.Sprintf(`{"type":"ref/resource","uri":%q}`, uri)
-				r := postJSON(ctx, url, completeBody(id, ref, "", i%2 == 1), hdr)
-				wantContentType(t, "completion of "+uri, r, !mode.json)
-				msg := onlyMessage(t, "completion of "+uri, r)
-				sameAnswer(t, "completion of "+uri, msg, unknownRead, "882", id, "file:///nowhere/x.txt", uri)
-				if up.saw(id) {
-					t.Errorf("completion of %s (denied) reached the upstream", uri)
-				}
-			}
-			// The allowed ones, with the ref in the head or after it.
-			pad := strings.Repeat("p", 5<<10)
-			for _, c := range []struct {
-				id, ref, pad, want string
-				refLast            bool
-			}{
-				{"8101", `{"type":"ref/prompt","name":"greet"}`, "", `"values":["world"]`, true},
-				{"8102", `{"type":"ref/resource","uri":"file:///docs/{name}"}`, "", `"values":["guide.txt"]`, false},
-				{"8103", `{"type":"ref/prompt","name":"greet"}`, pad, `"values":["world"]`, false},
-			} {
-				r := postJSON(ctx, url, completeBody(c.id, c.ref, c.pad, c.refLast), hdr)
-				if msg := onlyMessage(t, "completion of "+c.ref, r); !strings.Contains(msg, c.want) || !strings.Contains(msg, `"id":`+c.id) {
-					t.Errorf("completion of %s: %s, want %s", c.ref, msg, c.want)
-				}
-			}
-			// A ref after the head is refused, allowed or not.
-			for _, c := range []struct{ id, ref string }{
-				{"8104", `{"type":"ref/prompt","name":"admin_reset"}`},
-				{"8105", `{"type":"ref/prompt","name":"greet"}`},
-			} {
-				if r := postJSON(ctx, url, completeBody(c.id, c.ref, pad, true), hdr); r.status != http.StatusRequestEntityTooLarge || up.saw(c.id) {
-					t.Errorf("completion of %s after max_peek: %d %.200s (reached the upstream: %v), want 413", c.ref, r.status, r.body, up.saw(c.id))
-				}
-			}
-
-			// A 2025-03-26 batch: the denied completions are taken out,
-			// the allowed one reaches the upstream.
-			oldHdr := sessionHeaders(openSessionWith(t, rawClient, url, "2025-03-26", nil), "2025-03-26")
-			mark := up.mark()
-			batch := "[" + completeBody("8111", `{"type":"ref/prompt","name":"greet"}`, "", false) + "," +
-				completeBody("8112", `{"type":"ref/prompt","name":"admin_reset"}`, "", false) + "," +
-				completeBody("8113", `{"type":"ref/resource","uri":"file:///secret/{name}"}`, "", true) + "]"
-			r := postJSON(ctx, url, batch, oldHdr)
-			byID := batchAnswers(t, r)
-			if a := byID["8111"]; !strings.Contains(a, `"values":["world"]`) {
-				t.Errorf("batch completion of greet: %q, want the upstream's values", a)
-			}
-			if m := rpcErrorFor(t, "batch completion of admin_reset", byID["8112"], "8112", -32602); m != `unknown prompt "admin_reset"` {
-				t.Errorf("batch completion of admin_reset: message %q", m)
-			}
-			if a := byID["8113"]; !strings.Contains(a, "Resource not found") || !strings.Contains(a, `"data":{"uri":"file:///secret/{name}"}`) {
-				t.Errorf("batch completion of the secret template: %q, want Resource not found", a)
-			}
-			var ran []string
-			for _, s := range up.since(mark) {
-				for _, m := range s.msgs {
-					ran = append(ran, m.what()+"#"+string(m.ID))
-				}
-			}
-			if len(ran) != 1 || !strings.HasSuffix(ran[0], "#8111") {
-				t.Errorf("the upstream read %v of the batch, want the completion 8111 only", ran)
-			}
-
-			upstreamNeverGot(t, up, "secret", "admin_reset")
-			denialsGrew(t, "prompt", promptBefore, 6)
-			denialsGrew(t, "resource", resBefore, 4)
-			rec := awaitLine(t, logPath, "the audit record of a denied completion", func(m map[string]any) bool {
-				return m["method"] == "completion/complete" && m["decision"] == "deny" && m["resource"] != nil
-			})
-			wantFields(t, "denied completion", rec, map[string]any{"resource": "file:///secret/{name}", "rule": "rule 2: deny resource file:///secret/*", "error_code": -32602})
-			rec = awaitLine(t, logPath, "the audit record of an allowed completion", func(m map[string]any) bool {
-				return m["method"] == "completion/complete" && m["decision"] == "allow" && m["prompt"] != nil
-			})
-			wantFields(t, "allowed completion", rec, map[string]any{"prompt": "greet", "rule": nil})
+			return err
 		})
-	}
+		if err == nil || !strings.Contains(err.Error(), `unknown prompt "admin_reset"`) {
+			t.Errorf("go-sdk client completing admin_reset: %v, want unknown prompt", err)
+		}
+
+		// Raw: the denied completions get the unknown prompt's and
+		// the unknown resource's answers.
+		hdr := inSession(rawSession(t, url, nil), nil)
+		ask := func(id, method, params string) reply {
+			return postJSON(ctx, url, fmt.Sprintf(`{"jsonrpc":"2.0","id":%s,"method":%q,"params":%s}`, id, method, params), hdr)
+		}
+		unknownPrompt := onlyMessage(t, "unknown prompt", ask("881", "prompts/get", `{"name":"nosuch"}`))
+		unknownRead := onlyMessage(t, "unknown resource", ask("882", "resources/read", `{"uri":"file:///nowhere/x.txt"}`))
+		if r := ask("883", "prompts/get", `{"name":"admin_reset"}`); !strings.Contains(r.body, `unknown prompt`) || up.saw("883") {
+			t.Errorf("control: prompts/get admin_reset: %s", r)
+		}
+		for i, ref := range []string{
+			`{"type":"ref/prompt","name":"admin_reset"}`,
+			`{"type":"ref\/prompt","n\u0061me":"admin_reset"}`,
+			`{"uri":"file:///docs/{name}","type":"ref/prompt","name":"admin_reset"}`,
+		} {
+			id := fmt.Sprintf("88%d", 4+i)
+			r := postJSON(ctx, url, completeBody(id, ref, "", i%2 == 0), hdr)
+			wantContentType(t, "completion of "+ref, r, !jsonMode)
+			sameAnswer(t, "completion of "+ref, onlyMessage(t, "completion of "+ref, r), unknownPrompt, "881", id, "nosuch", "admin_reset")
+			if up.saw(id) {
+				t.Errorf("completion of %s (denied) reached the upstream", ref)
+			}
+		}
+		for i, uri := range []string{"file:///secret/{name}", "file:///%73ecret/{name}", "FILE:///docs/../secret/{name}"} {
+			id := fmt.Sprintf("89%d", i)
+			ref := fmt.Sprintf(`{"type":"ref/resource","uri":%q}`, uri)
+			r := postJSON(ctx, url, completeBody(id, ref, "", i%2 == 1), hdr)
+			wantContentType(t, "completion of "+uri, r, !jsonMode)
+			msg := onlyMessage(t, "completion of "+uri, r)
+			sameAnswer(t, "completion of "+uri, msg, unknownRead, "882", id, "file:///nowhere/x.txt", uri)
+			if up.saw(id) {
+				t.Errorf("completion of %s (denied) reached the upstream", uri)
+			}
+		}
+		// The allowed ones, with the ref in the head or after it.
+		pad := strings.Repeat("p", 5<<10)
+		for _, c := range []struct {
+			id, ref, pad, want string
+			refLast            bool
+		}{
+			{"8101", `{"type":"ref/prompt","name":"greet"}`, "", `"values":["world"]`, true},
+			{"8102", `{"type":"ref/resource","uri":"file:///docs/{name}"}`, "", `"values":["guide.txt"]`, false},
+			{"8103", `{"type":"ref/prompt","name":"greet"}`, pad, `"values":["world"]`, false},
+		} {
+			r := postJSON(ctx, url, completeBody(c.id, c.ref, c.pad, c.refLast), hdr)
+			if msg := onlyMessage(t, "completion of "+c.ref, r); !strings.Contains(msg, c.want) || !strings.Contains(msg, `"id":`+c.id) {
+				t.Errorf("completion of %s: %s, want %s", c.ref, msg, c.want)
+			}
+		}
+		// A ref after the head is refused, allowed or not.
+		for _, c := range []struct{ id, ref string }{
+			{"8104", `{"type":"ref/prompt","name":"admin_reset"}`},
+			{"8105", `{"type":"ref/prompt","name":"greet"}`},
+		} {
+			if r := postJSON(ctx, url, completeBody(c.id, c.ref, pad, true), hdr); r.status != http.StatusRequestEntityTooLarge || up.saw(c.id) {
+				t.Errorf("completion of %s after max_peek: %d %.200s (reached the upstream: %v), want 413", c.ref, r.status, r.body, up.saw(c.id))
+			}
+		}
+
+		// A 2025-03-26 batch: the denied completions are taken out,
+		// the allowed one reaches the upstream.
+		oldHdr := sessionHeaders(openSessionWith(t, rawClient, url, "2025-03-26", nil), "2025-03-26")
+		mark := up.mark()
+		batch := "[" + completeBody("8111", `{"type":"ref/prompt","name":"greet"}`, "", false) + "," +
+			completeBody("8112", `{"type":"ref/prompt","name":"admin_reset"}`, "", false) + "," +
+			completeBody("8113", `{"type":"ref/resource","uri":"file:///secret/{name}"}`, "", true) + "]"
+		r := postJSON(ctx, url, batch, oldHdr)
+		byID := batchAnswers(t, r)
+		if a := byID["8111"]; !strings.Contains(a, `"values":["world"]`) {
+			t.Errorf("batch completion of greet: %q, want the upstream's values", a)
+		}
+		if m := rpcErrorFor(t, "batch completion of admin_reset", byID["8112"], "8112", -32602); m != `unknown prompt "admin_reset"` {
+			t.Errorf("batch completion of admin_reset: message %q", m)
+		}
+		if a := byID["8113"]; !strings.Contains(a, "Resource not found") || !strings.Contains(a, `"data":{"uri":"file:///secret/{name}"}`) {
+			t.Errorf("batch completion of the secret template: %q, want Resource not found", a)
+		}
+		var ran []string
+		for _, s := range up.since(mark) {
+			for _, m := range s.msgs {
+				ran = append(ran, m.what()+"#"+string(m.ID))
+			}
+		}
+		if len(ran) != 1 || !strings.HasSuffix(ran[0], "#8111") {
+			t.Errorf("the upstream read %v of the batch, want the completion 8111 only", ran)
+		}
+
+		upstreamNeverGot(t, up, "secret", "admin_reset")
+		denialsGrew(t, "prompt", promptBefore, 6)
+		denialsGrew(t, "resource", resBefore, 4)
+		rec := awaitLine(t, logPath, "the audit record of a denied completion", func(m map[string]any) bool {
+			return m["method"] == "completion/complete" && m["decision"] == "deny" && m["resource"] != nil
+		})
+		wantFields(t, "denied completion", rec, map[string]any{"resource": "file:///secret/{name}", "rule": "rule 2: deny resource file:///secret/*", "error_code": -32602})
+		rec = awaitLine(t, logPath, "the audit record of an allowed completion", func(m map[string]any) bool {
+			return m["method"] == "completion/complete" && m["decision"] == "allow" && m["prompt"] != nil
+		})
+		wantFields(t, "allowed completion", rec, map[string]any{"prompt": "greet", "rule": nil})
+	})
 
 	t.Run("method rule", func(t *testing.T) {
 		up := startRecorded(t, "catalog", demo.Handler(completionServer(), "", &mcp.StreamableHTTPOptions{JSONResponse: true}))
@@ -950,98 +930,93 @@ func TestGovernanceCompletionOfDenied(t *testing.T) {
 // denied messages only is answered by the proxy alone); unknown_error
 // replaces the error of a kind.
 func TestGovernanceMethodRules(t *testing.T) {
-	for _, mode := range []struct {
-		name string
-		json bool
-	}{{"json", true}, {"sse", false}} {
-		t.Run(mode.name, func(t *testing.T) {
-			up := startRecorded(t, "up", demo.Handler(demo.NewServer("up"), "", &mcp.StreamableHTTPOptions{JSONResponse: mode.json}))
-			port := freePort(t)
-			loadCaddyfile(t, proxySite(port, up.addr(), rulesBlock("deny method logging/setLevel notifications/roots/*", "deny tool add")+
-				"\t\tunknown_error tool -32000 \"tool %q is not available\"\n"))
-			url := proxyURL(port) + "/mcp"
-			ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
-			defer cancel()
-			before := liveMetric(t, "caddy_mcp_denials_total", "kind", "method")
+	inAnswerModes(t, func(t *testing.T, jsonMode bool) {
+		up := startRecorded(t, "up", demo.Handler(demo.NewServer("up"), "", &mcp.StreamableHTTPOptions{JSONResponse: jsonMode}))
+		port := freePort(t)
+		loadCaddyfile(t, proxySite(port, up.addr(), rulesBlock("deny method logging/setLevel notifications/roots/*", "deny tool add")+
+			"\t\tunknown_error tool -32000 \"tool %q is not available\"\n"))
+		url := proxyURL(port) + "/mcp"
+		ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
+		defer cancel()
+		before := liveMetric(t, "caddy_mcp_denials_total", "kind", "method")
 
-			err := freshCall(t, ctx, url, nil, func(cs *mcp.ClientSession) error {
-				return cs.SetLoggingLevel(ctx, &mcp.SetLoggingLevelParams{Level: "debug"})
-			})
-			if err == nil || !strings.Contains(err.Error(), `method not found: "logging/setLevel"`) {
-				t.Errorf("go-sdk client setting the logging level: %v, want method not found", err)
-			}
-
-			sid := rawSession(t, url, nil)
-			hdr := inSession(sid, nil)
-			r := postJSON(ctx, url, `{"jsonrpc":"2.0","id":851,"method":"logging/setLevel","params":{"level":"debug"}}`, hdr)
-			wantContentType(t, "logging/setLevel", r, !mode.json)
-			msg := onlyMessage(t, "logging/setLevel", r)
-			if m := rpcErrorFor(t, "logging/setLevel", msg, "851", -32601); m != `method not found: "logging/setLevel"` {
-				t.Errorf("logging/setLevel: message %q", m)
-			}
-			if r := postJSON(ctx, url, rpcRequest(852, "ping"), hdr); !r.ok() {
-				t.Errorf("ping: %s", r)
-			}
-			if up.saw("851") || !up.saw("852") {
-				t.Errorf("denied request forwarded (%v) or the allowed one not (%v)", up.saw("851"), up.saw("852"))
-			}
-
-			// A denied notification: 202, dropped.
-			mark := up.mark()
-			if st, _, b := rawPost(t, url, `{"jsonrpc":"2.0","method":"notifications/roots/list_changed"}`, hdr); st != http.StatusAccepted {
-				t.Errorf("denied notification: %d %s, want 202", st, b)
-			}
-			up.assertNotForwarded(t, mark)
-
-			// unknown_error replaces the tool error.
-			r = postJSON(ctx, url, callBody("853", "add", `{"a":1,"b":2}`), hdr)
-			if m := rpcErrorFor(t, "denied add", onlyMessage(t, "denied add", r), "853", -32000); m != `tool "add" is not available` {
-				t.Errorf("denied add with unknown_error: message %q", m)
-			}
-
-			// 2025-03-26 batches.
-			old := openSessionWith(t, rawClient, url, "2025-03-26", nil)
-			oldHdr := sessionHeaders(old, "2025-03-26")
-			mark = up.mark()
-			batch := `[{"jsonrpc":"2.0","id":861,"method":"ping"},{"jsonrpc":"2.0","id":862,"method":"logging/setLevel","params":{"level":"debug"}},` +
-				`{"jsonrpc":"2.0","method":"notifications/roots/list_changed"},{"jsonrpc":"2.0","id":863,"method":"tools/call","params":{"name":"echo","arguments":{"text":"x"}}}]`
-			r = postJSON(ctx, url, batch, oldHdr)
-			if r.status != http.StatusOK {
-				t.Fatalf("batch: %s", r)
-			}
-			byID := batchAnswers(t, r)
-			if a := byID["861"]; !strings.Contains(a, `"result"`) {
-				t.Errorf("batch ping: %q, want the upstream's result", a)
-			}
-			if a := byID["863"]; !strings.Contains(a, `"text":"x"`) {
-				t.Errorf("batch echo: %q, want the upstream's result", a)
-			}
-			if m := rpcErrorFor(t, "batch logging/setLevel", byID["862"], "862", -32601); m != `method not found: "logging/setLevel"` {
-				t.Errorf("batch logging/setLevel: message %q", m)
-			}
-			if len(byID) != 3 {
-				t.Errorf("batch: %d answers %v, want 3", len(byID), byID)
-			}
-			var ran []string
-			for _, s := range up.since(mark) {
-				for _, m := range s.msgs {
-					ran = append(ran, m.what()+"#"+string(m.ID))
-				}
-			}
-			if want := []string{"ping#861", "tools/call:echo#863"}; !slices.Equal(ran, want) {
-				t.Errorf("the upstream read %v of the batch, want %v", ran, want)
-			}
-
-			mark = up.mark()
-			r = postJSON(ctx, url, `[{"jsonrpc":"2.0","id":871,"method":"logging/setLevel","params":{"level":"info"}},{"jsonrpc":"2.0","method":"notifications/roots/list_changed"}]`, oldHdr)
-			byID = batchAnswers(t, r)
-			if m := rpcErrorFor(t, "all-denied batch", byID["871"], "871", -32601); m != `method not found: "logging/setLevel"` || len(byID) != 1 {
-				t.Errorf("all-denied batch: %s", r)
-			}
-			up.assertNotForwarded(t, mark)
-			denialsGrew(t, "method", before, 7)
+		err := freshCall(t, ctx, url, nil, func(cs *mcp.ClientSession) error {
+			return cs.SetLoggingLevel(ctx, &mcp.SetLoggingLevelParams{Level: "debug"})
 		})
-	}
+		if err == nil || !strings.Contains(err.Error(), `method not found: "logging/setLevel"`) {
+			t.Errorf("go-sdk client setting the logging level: %v, want method not found", err)
+		}
+
+		sid := rawSession(t, url, nil)
+		hdr := inSession(sid, nil)
+		r := postJSON(ctx, url, `{"jsonrpc":"2.0","id":851,"method":"logging/setLevel","params":{"level":"debug"}}`, hdr)
+		wantContentType(t, "logging/setLevel", r, !jsonMode)
+		msg := onlyMessage(t, "logging/setLevel", r)
+		if m := rpcErrorFor(t, "logging/setLevel", msg, "851", -32601); m != `method not found: "logging/setLevel"` {
+			t.Errorf("logging/setLevel: message %q", m)
+		}
+		if r := postJSON(ctx, url, rpcRequest(852, "ping"), hdr); !r.ok() {
+			t.Errorf("ping: %s", r)
+		}
+		if up.saw("851") || !up.saw("852") {
+			t.Errorf("denied request forwarded (%v) or the allowed one not (%v)", up.saw("851"), up.saw("852"))
+		}
+
+		// A denied notification: 202, dropped.
+		mark := up.mark()
+		if st, _, b := rawPost(t, url, `{"jsonrpc":"2.0","method":"notifications/roots/list_changed"}`, hdr); st != http.StatusAccepted {
+			t.Errorf("denied notification: %d %s, want 202", st, b)
+		}
+		up.assertNotForwarded(t, mark)
+
+		// unknown_error replaces the tool error.
+		r = postJSON(ctx, url, callBody("853", "add", `{"a":1,"b":2}`), hdr)
+		if m := rpcErrorFor(t, "denied add", onlyMessage(t, "denied add", r), "853", -32000); m != `tool "add" is not available` {
+			t.Errorf("denied add with unknown_error: message %q", m)
+		}
+
+		// 2025-03-26 batches.
+		old := openSessionWith(t, rawClient, url, "2025-03-26", nil)
+		oldHdr := sessionHeaders(old, "2025-03-26")
+		mark = up.mark()
+		batch := `[{"jsonrpc":"2.0","id":861,"method":"ping"},{"jsonrpc":"2.0","id":862,"method":"logging/setLevel","params":{"level":"debug"}},` +
+			`{"jsonrpc":"2.0","method":"notifications/roots/list_changed"},{"jsonrpc":"2.0","id":863,"method":"tools/call","params":{"name":"echo","arguments":{"text":"x"}}}]`
+		r = postJSON(ctx, url, batch, oldHdr)
+		if r.status != http.StatusOK {
+			t.Fatalf("batch: %s", r)
+		}
+		byID := batchAnswers(t, r)
+		if a := byID["861"]; !strings.Contains(a, `"result"`) {
+			t.Errorf("batch ping: %q, want the upstream's result", a)
+		}
+		if a := byID["863"]; !strings.Contains(a, `"text":"x"`) {
+			t.Errorf("batch echo: %q, want the upstream's result", a)
+		}
+		if m := rpcErrorFor(t, "batch logging/setLevel", byID["862"], "862", -32601); m != `method not found: "logging/setLevel"` {
+			t.Errorf("batch logging/setLevel: message %q", m)
+		}
+		if len(byID) != 3 {
+			t.Errorf("batch: %d answers %v, want 3", len(byID), byID)
+		}
+		var ran []string
+		for _, s := range up.since(mark) {
+			for _, m := range s.msgs {
+				ran = append(ran, m.what()+"#"+string(m.ID))
+			}
+		}
+		if want := []string{"ping#861", "tools/call:echo#863"}; !slices.Equal(ran, want) {
+			t.Errorf("the upstream read %v of the batch, want %v", ran, want)
+		}
+
+		mark = up.mark()
+		r = postJSON(ctx, url, `[{"jsonrpc":"2.0","id":871,"method":"logging/setLevel","params":{"level":"info"}},{"jsonrpc":"2.0","method":"notifications/roots/list_changed"}]`, oldHdr)
+		byID = batchAnswers(t, r)
+		if m := rpcErrorFor(t, "all-denied batch", byID["871"], "871", -32601); m != `method not found: "logging/setLevel"` || len(byID) != 1 {
+			t.Errorf("all-denied batch: %s", r)
+		}
+		up.assertNotForwarded(t, mark)
+		denialsGrew(t, "method", before, 7)
+	})
 }
 
 // batchAnswers returns the answers to a batch by raw id: the members of a
@@ -1805,77 +1780,72 @@ func sizedServer() *mcp.Server {
 // whose events add up to more than it (one large event, or many small
 // progress notifications) ends with that error; answers under it pass.
 func TestGovernanceMaxResponse(t *testing.T) {
-	for _, mode := range []struct {
-		name string
-		json bool
-	}{{"json", true}, {"sse", false}} {
-		t.Run(mode.name, func(t *testing.T) {
-			up := startUpstreamHandler(t, "sized", demo.Handler(sizedServer(), "", &mcp.StreamableHTTPOptions{JSONResponse: mode.json}))
-			port := freePort(t)
-			loadCaddyfile(t, proxySite(port, up.addr(), "\t\tmax_response 2KiB\n"))
-			url := proxyURL(port) + "/mcp"
-			ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
-			defer cancel()
-			before := liveMetric(t, "caddy_mcp_responses_too_large_total")
-			sid := rawSession(t, url, nil)
-			hdr := inSession(sid, nil)
+	inAnswerModes(t, func(t *testing.T, jsonMode bool) {
+		up := startUpstreamHandler(t, "sized", demo.Handler(sizedServer(), "", &mcp.StreamableHTTPOptions{JSONResponse: jsonMode}))
+		port := freePort(t)
+		loadCaddyfile(t, proxySite(port, up.addr(), "\t\tmax_response 2KiB\n"))
+		url := proxyURL(port) + "/mcp"
+		ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
+		defer cancel()
+		before := liveMetric(t, "caddy_mcp_responses_too_large_total")
+		sid := rawSession(t, url, nil)
+		hdr := inSession(sid, nil)
 
-			small := postJSON(ctx, url, callBody("71", "blob", `{"size":1000}`), hdr)
-			assertResult(t, small, "71", strings.Repeat("x", 1000))
+		small := postJSON(ctx, url, callBody("71", "blob", `{"size":1000}`), hdr)
+		assertResult(t, small, "71", strings.Repeat("x", 1000))
 
-			big := postJSON(ctx, url, callBody("72", "blob", `{"size":4000}`), hdr)
-			if big.status != http.StatusOK {
-				t.Fatalf("answer over max_response: %s, want 200", big)
-			}
-			wantContentType(t, "answer over max_response", big, !mode.json)
-			if strings.Contains(big.body, strings.Repeat("x", 2048)) {
-				t.Errorf("answer over max_response: the client got more than 2KiB of it")
-			}
-			if m := rpcErrorFor(t, "answer over max_response", lastMessage(t, "answer over max_response", big), "72", -32603); !strings.Contains(m, "max_response") {
-				t.Errorf("answer over max_response: message %q", m)
-			}
-			want := 1.0
-			if !mode.json {
-				r := postJSON(ctx, url, `{"jsonrpc":"2.0","id":73,"method":"tools/call","params":{"name":"chatty","arguments":{"size":20},"_meta":{"progressToken":"p73"}}}`, hdr)
-				wantContentType(t, "chatty answer", r, true)
-				msgs := messagesOf(t, r)
-				errAt, answers, relayed := -1, 0, 0
-				for i, m := range msgs {
-					if strings.Contains(m, `"id":73,`) {
-						answers++
-					}
-					if errAt < 0 && isRPCError(m, "73", -32603) {
-						errAt = i
-						if _, _, msg, _ := rpcErrorOf(m); !strings.Contains(msg, "max_response") {
-							t.Errorf("chatty answer: message %q", msg)
-						}
-					}
-					if errAt < 0 {
-						relayed += len(m)
+		big := postJSON(ctx, url, callBody("72", "blob", `{"size":4000}`), hdr)
+		if big.status != http.StatusOK {
+			t.Fatalf("answer over max_response: %s, want 200", big)
+		}
+		wantContentType(t, "answer over max_response", big, !jsonMode)
+		if strings.Contains(big.body, strings.Repeat("x", 2048)) {
+			t.Errorf("answer over max_response: the client got more than 2KiB of it")
+		}
+		if m := rpcErrorFor(t, "answer over max_response", lastMessage(t, "answer over max_response", big), "72", -32603); !strings.Contains(m, "max_response") {
+			t.Errorf("answer over max_response: message %q", m)
+		}
+		want := 1.0
+		if !jsonMode {
+			r := postJSON(ctx, url, `{"jsonrpc":"2.0","id":73,"method":"tools/call","params":{"name":"chatty","arguments":{"size":20},"_meta":{"progressToken":"p73"}}}`, hdr)
+			wantContentType(t, "chatty answer", r, true)
+			msgs := messagesOf(t, r)
+			errAt, answers, relayed := -1, 0, 0
+			for i, m := range msgs {
+				if strings.Contains(m, `"id":73,`) {
+					answers++
+				}
+				if errAt < 0 && isRPCError(m, "73", -32603) {
+					errAt = i
+					if _, _, msg, _ := rpcErrorOf(m); !strings.Contains(msg, "max_response") {
+						t.Errorf("chatty answer: message %q", msg)
 					}
 				}
-				switch {
-				case errAt < 0:
-					t.Errorf("chatty answer: no max_response error among %d messages", len(msgs))
-				case errAt != len(msgs)-1:
-					t.Errorf("chatty answer: the stream went on after the max_response error (message %d of %d): %d more messages, the last %.120s",
-						errAt+1, len(msgs), len(msgs)-1-errAt, msgs[len(msgs)-1])
+				if errAt < 0 {
+					relayed += len(m)
 				}
-				if answers != 1 {
-					t.Errorf("chatty answer: %d answers to request 73, want the one error", answers)
-				}
-				if relayed > 2048 {
-					t.Errorf("chatty answer: %d bytes of events relayed before the error, over max_response", relayed)
-				}
-				want++
 			}
-			if got := liveMetric(t, "caddy_mcp_responses_too_large_total") - before; got != want {
-				t.Errorf("caddy_mcp_responses_too_large_total grew by %v, want %v", got, want)
+			switch {
+			case errAt < 0:
+				t.Errorf("chatty answer: no max_response error among %d messages", len(msgs))
+			case errAt != len(msgs)-1:
+				t.Errorf("chatty answer: the stream went on after the max_response error (message %d of %d): %d more messages, the last %.120s",
+					errAt+1, len(msgs), len(msgs)-1-errAt, msgs[len(msgs)-1])
 			}
-			// The session goes on.
-			assertResult(t, postJSON(ctx, url, callBody("74", "blob", `{"size":10}`), hdr), "74", "xxxxxxxxxx")
-		})
-	}
+			if answers != 1 {
+				t.Errorf("chatty answer: %d answers to request 73, want the one error", answers)
+			}
+			if relayed > 2048 {
+				t.Errorf("chatty answer: %d bytes of events relayed before the error, over max_response", relayed)
+			}
+			want++
+		}
+		if got := liveMetric(t, "caddy_mcp_responses_too_large_total") - before; got != want {
+			t.Errorf("caddy_mcp_responses_too_large_total grew by %v, want %v", got, want)
+		}
+		// The session goes on.
+		assertResult(t, postJSON(ctx, url, callBody("74", "blob", `{"size":10}`), hdr), "74", "xxxxxxxxxx")
+	})
 }
 
 // auditRecords returns the audit records in a log file.
@@ -2621,39 +2591,42 @@ func TestGovernanceDeadlineNotProgress(t *testing.T) {
 // caller who it is, and gives each answer an id, does not have a denial
 // tell Bob that Alice called, or which request of hers it was.
 func TestGovernanceDenialNotAnotherCallers(t *testing.T) {
-	for _, mode := range []struct {
-		name string
-		json bool
-	}{{"json", true}, {"sse", false}} {
-		t.Run(mode.name, func(t *testing.T) {
-			h := demo.Handler(pagedServer("add", "zeta"), "", &mcp.StreamableHTTPOptions{JSONResponse: mode.json})
-			var n atomic.Int64
-			up := startRecorded(t, "callers", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				w.Header().Set("X-Caller", r.Header.Get("X-Caller"))
-				w.Header().Set("X-Request-Id", strconv.FormatInt(n.Add(1), 10))
-				w.Header().Set("X-Powered-By", "upstream")
-				h.ServeHTTP(w, r)
-			}))
-			port := freePort(t)
-			loadCaddyfile(t, proxySite(port, up.addr(), rulesBlock("deny tool add")))
-			url := proxyURL(port) + "/mcp"
-			ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
-			defer cancel()
-			alice := inSession(rawSession(t, url, map[string]string{"X-Caller": "alice"}), map[string]string{"X-Caller": "alice"})
-			if r := postJSON(ctx, url, callBody("2", "zeta", `{}`), alice); !r.ok() || r.hdr.Get("X-Caller") != "alice" {
-				t.Fatalf("alice's call: %s %v", r, r.hdr)
-			}
-			bob := inSession(rawSession(t, url, map[string]string{"X-Caller": "bob"}), map[string]string{"X-Caller": "bob"})
-			r := postJSON(ctx, url, callBody("3", "add", `{}`), bob)
-			if r.err != nil || r.status != http.StatusOK || !strings.Contains(r.body, `"error"`) {
-				t.Fatalf("bob's denied call: %s", r)
-			}
-			if c, id := r.hdr.Values("X-Caller"), r.hdr.Values("X-Request-Id"); len(c) > 0 || len(id) > 0 {
-				t.Errorf("bob's denial carries X-Caller %q and X-Request-Id %q of another caller's answer", c, id)
-			}
-			if got := r.hdr.Get("X-Powered-By"); got != "upstream" {
-				t.Errorf("bob's denial: X-Powered-By %q, want the upstream's", got)
-			}
-		})
-	}
+	inAnswerModes(t, func(t *testing.T, jsonMode bool) {
+		h := demo.Handler(pagedServer("add", "zeta"), "", &mcp.StreamableHTTPOptions{JSONResponse: jsonMode})
+		var n atomic.Int64
+		up := startRecorded(t, "callers", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("X-Caller", r.Header.Get("X-Caller"))
+			w.Header().Set("X-Request-Id", strconv.FormatInt(n.Add(1), 10))
+			w.Header().Set("X-Powered-By", "upstream")
+			h.ServeHTTP(w, r)
+		}))
+		port := freePort(t)
+		loadCaddyfile(t, proxySite(port, up.addr(), rulesBlock("deny tool add")))
+		url := proxyURL(port) + "/mcp"
+		ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
+		defer cancel()
+		alice := inSession(rawSession(t, url, map[string]string{"X-Caller": "alice"}), map[string]string{"X-Caller": "alice"})
+		if r := postJSON(ctx, url, callBody("2", "zeta", `{}`), alice); !r.ok() || r.hdr.Get("X-Caller") != "alice" {
+			t.Fatalf("alice's call: %s %v", r, r.hdr)
+		}
+		bob := inSession(rawSession(t, url, map[string]string{"X-Caller": "bob"}), map[string]string{"X-Caller": "bob"})
+		r := postJSON(ctx, url, callBody("3", "add", `{}`), bob)
+		if r.err != nil || r.status != http.StatusOK || !strings.Contains(r.body, `"error"`) {
+			t.Fatalf("bob's denied call: %s", r)
+		}
+		if c, id := r.hdr.Values("X-Caller"), r.hdr.Values("X-Request-Id"); len(c) > 0 || len(id) > 0 {
+			t.Errorf("bob's denial carries X-Caller %q and X-Request-Id %q of another caller's answer", c, id)
+		}
+		if got := r.hdr.Get("X-Powered-By"); got != "upstream" {
+			t.Errorf("bob's denial: X-Powered-By %q, want the upstream's", got)
+		}
+	})
+}
+
+// inAnswerModes runs f as two subtests: with upstreams that answer POSTs
+// in JSON (jsonMode), and with upstreams that answer in SSE.
+func inAnswerModes(t *testing.T, f func(t *testing.T, jsonMode bool)) {
+	t.Helper()
+	t.Run("json", func(t *testing.T) { f(t, true) })
+	t.Run("sse", func(t *testing.T) { f(t, false) })
 }

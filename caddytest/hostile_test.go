@@ -786,82 +786,77 @@ func TestHostileEncodedSlashDotSegment(t *testing.T) {
 // max_event_size), and only there: an answer the proxy reads whole goes
 // with a Content-Length, and the relay writes an SSE answer's body.
 func TestHostileUpstreamTrailers(t *testing.T) {
-	for _, mode := range []struct {
-		name string
-		json bool
-	}{{"json", true}, {"sse", false}} {
-		t.Run(mode.name, func(t *testing.T) {
-			s := pagedServer("add", "b_hidden", "countdown", "echo", "zeta")
-			s.AddTool(&mcp.Tool{Name: "big", InputSchema: map[string]any{"type": "object"}},
-				func(context.Context, *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
-					return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: strings.Repeat("b", 8<<10)}}}, nil
-				})
-			h := demo.Handler(s, "", &mcp.StreamableHTTPOptions{JSONResponse: mode.json})
-			var mu sync.Mutex
-			raw := map[string]bool{} // every session id the upstream sent
-			up := startUpstreamHandler(t, "trailers", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				w.Header().Set("Trailer", "Mcp-Session-Id, Content-Digest")
-				h.ServeHTTP(unsized{w}, r)
-				sid := w.Header().Get("Mcp-Session-Id")
-				if sid == "" {
-					sid = r.Header.Get("Mcp-Session-Id")
-				}
-				mu.Lock()
-				raw[sid] = true
-				mu.Unlock()
-				w.Header().Set("Mcp-Session-Id", sid)
-				w.Header().Set("Content-Digest", "sha-256=:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=:")
-				w.Header().Set(http.TrailerPrefix+"X-Upstream-Check", "1")
-			}))
-			port := freePort(t)
-			loadCaddyfile(t, proxySite(port, up.addr(), rulesBlock("deny tool add b_*")+"\t\tmax_event_size 4KiB\n"))
-			url := proxyURL(port) + "/mcp"
-			ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
-			defer cancel()
-			init := postJSON(ctx, url, initBody(1), nil)
-			sid := init.hdr.Get("Mcp-Session-Id")
-			if init.status != http.StatusOK || sid == "" {
-				t.Fatalf("initialize: %s", init)
-			}
-			type answer struct {
-				what   string
-				r      reply
-				passes bool // the upstream's trailers other than its session id pass
-			}
-			answers := []answer{{"the initialize answer", init, false}}
-			hdr := inSession(sid, nil)
-			for _, c := range []struct {
-				what, body string
-				passes     bool
-			}{
-				{"initialized (202)", notifyInitialized, true},
-				{"a filtered tools/list page", `{"jsonrpc":"2.0","id":1,"method":"tools/list"}`, false},
-				{"an answer read whole", callBody("3", "zeta", `{}`), false},
-				{"an answer larger than max_event_size", callBody("4", "big", `{}`), mode.json},
-			} {
-				answers = append(answers, answer{c.what, postJSON(ctx, url, c.body, hdr), c.passes})
+	inAnswerModes(t, func(t *testing.T, jsonMode bool) {
+		s := pagedServer("add", "b_hidden", "countdown", "echo", "zeta")
+		s.AddTool(&mcp.Tool{Name: "big", InputSchema: map[string]any{"type": "object"}},
+			func(context.Context, *mcp.CallToolRequest) (*mcp.CallToolResult, error) {
+				return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: strings.Repeat("b", 8<<10)}}}, nil
+			})
+		h := demo.Handler(s, "", &mcp.StreamableHTTPOptions{JSONResponse: jsonMode})
+		var mu sync.Mutex
+		raw := map[string]bool{} // every session id the upstream sent
+		up := startUpstreamHandler(t, "trailers", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Trailer", "Mcp-Session-Id, Content-Digest")
+			h.ServeHTTP(unsized{w}, r)
+			sid := w.Header().Get("Mcp-Session-Id")
+			if sid == "" {
+				sid = r.Header.Get("Mcp-Session-Id")
 			}
 			mu.Lock()
-			defer mu.Unlock()
-			for _, a := range answers {
-				if a.r.err != nil || a.r.status/100 != 2 {
-					t.Fatalf("%s: %s", a.what, a.r)
-				}
-				for k, v := range a.r.trailer {
-					if raw[strings.Join(v, "")] {
-						t.Errorf("%s: the upstream's session id in trailer %s", a.what, k)
-					}
-				}
-				if _, ok := a.r.trailer["Mcp-Session-Id"]; ok {
-					t.Errorf("%s: trailers %v name a session id", a.what, a.r.trailer)
-				}
-				want := map[bool]string{true: "[Content-Digest X-Upstream-Check]", false: "[]"}[a.passes]
-				if got := fmt.Sprint(slices.Sorted(maps.Keys(a.r.trailer))); got != want {
-					t.Errorf("%s: trailers %v, want %s", a.what, a.r.trailer, want)
+			raw[sid] = true
+			mu.Unlock()
+			w.Header().Set("Mcp-Session-Id", sid)
+			w.Header().Set("Content-Digest", "sha-256=:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=:")
+			w.Header().Set(http.TrailerPrefix+"X-Upstream-Check", "1")
+		}))
+		port := freePort(t)
+		loadCaddyfile(t, proxySite(port, up.addr(), rulesBlock("deny tool add b_*")+"\t\tmax_event_size 4KiB\n"))
+		url := proxyURL(port) + "/mcp"
+		ctx, cancel := context.WithTimeout(context.Background(), boundedWait)
+		defer cancel()
+		init := postJSON(ctx, url, initBody(1), nil)
+		sid := init.hdr.Get("Mcp-Session-Id")
+		if init.status != http.StatusOK || sid == "" {
+			t.Fatalf("initialize: %s", init)
+		}
+		type answer struct {
+			what   string
+			r      reply
+			passes bool // the upstream's trailers other than its session id pass
+		}
+		answers := []answer{{"the initialize answer", init, false}}
+		hdr := inSession(sid, nil)
+		for _, c := range []struct {
+			what, body string
+			passes     bool
+		}{
+			{"initialized (202)", notifyInitialized, true},
+			{"a filtered tools/list page", `{"jsonrpc":"2.0","id":1,"method":"tools/list"}`, false},
+			{"an answer read whole", callBody("3", "zeta", `{}`), false},
+			{"an answer larger than max_event_size", callBody("4", "big", `{}`), jsonMode},
+		} {
+			answers = append(answers, answer{c.what, postJSON(ctx, url, c.body, hdr), c.passes})
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		for _, a := range answers {
+			if a.r.err != nil || a.r.status/100 != 2 {
+				t.Fatalf("%s: %s", a.what, a.r)
+			}
+			for k, v := range a.r.trailer {
+				if raw[strings.Join(v, "")] {
+					t.Errorf("%s: the upstream's session id in trailer %s", a.what, k)
 				}
 			}
-		})
-	}
+			if _, ok := a.r.trailer["Mcp-Session-Id"]; ok {
+				t.Errorf("%s: trailers %v name a session id", a.what, a.r.trailer)
+			}
+			want := map[bool]string{true: "[Content-Digest X-Upstream-Check]", false: "[]"}[a.passes]
+			if got := fmt.Sprint(slices.Sorted(maps.Keys(a.r.trailer))); got != want {
+				t.Errorf("%s: trailers %v, want %s", a.what, a.r.trailer, want)
+			}
+		}
+	})
 }
 
 // unsized is a ResponseWriter that sends no Content-Length, so that a body
