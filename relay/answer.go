@@ -489,11 +489,19 @@ func (st *State) processJSON(resp *http.Response) (_ *http.Response, streaming b
 // sized, so without trailers (net/http fills the upstream's in as its
 // body ends, and reverse_proxy would announce them).
 func setBody(resp *http.Response, body []byte) {
-	resp.Body = io.NopCloser(bytes.NewReader(body))
+	b := new(wholeBody)
+	b.Reset(body)
+	resp.Body = b
 	resp.ContentLength = int64(len(body))
 	resp.Header.Set("Content-Length", strconv.Itoa(len(body)))
 	resp.Trailer = nil
 }
+
+// wholeBody is an answer's body the proxy holds whole (setBody): it has
+// no trailers to guard (see guardTrailers).
+type wholeBody struct{ bytes.Reader }
+
+func (*wholeBody) Close() error { return nil }
 
 // carriesRequest reports whether the request is a POST that carries a
 // JSON-RPC request, whose answer the upstream owes.

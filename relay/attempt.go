@@ -184,10 +184,10 @@ func (st *State) dropUpstreamSession(req *http.Request, resp *http.Response) {
 // of the upstream's answer, which net/http fills in when the body ends,
 // never carry a session id to the client: an upstream id would reach it
 // unsealed. The other trailers of a body relayed as it comes pass as
-// reverse_proxy passes them; a body the proxy read whole goes with a
-// Content-Length and no trailers (see processJSON).
+// reverse_proxy passes them; a body the proxy holds whole goes with a
+// Content-Length and no trailers (setBody), and needs no guard.
 func guardTrailers(resp *http.Response) *http.Response {
-	if resp.Body == nil || resp.Body == http.NoBody {
+	if _, whole := resp.Body.(*wholeBody); whole || resp.Body == nil || resp.Body == http.NoBody {
 		resp.Trailer = nil
 		return resp
 	}
